@@ -1,0 +1,211 @@
+//! Audit events and the hash chain that makes the log tamper-evident.
+//!
+//! Each stored record carries `hash = SHA-256(prev_hash || seq || canonical(record))`; changing,
+//! deleting or reordering any record breaks every hash after it.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+/// Operation names, in the form of Azure's Activity Log.
+pub mod ops {
+    pub const POLICY_WRITE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/write";
+    pub const POLICY_DELETE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/delete";
+    pub const POLICY_READ: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/read";
+    pub const POLICY_INITIATE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action";
+    pub const GRANT_EXPIRE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/expire/action";
+    pub const VM_WRITE: &str = "Microsoft.Compute/virtualMachines/write";
+    pub const VM_DELETE: &str = "Microsoft.Compute/virtualMachines/delete";
+    pub const VM_READ: &str = "Microsoft.Compute/virtualMachines/read";
+    pub const PRINCIPAL_WRITE: &str = "Microsoft.Authorization/principals/write";
+    pub const SIGN_IN: &str = "Microsoft.Authorization/signIn/action";
+}
+
+/// The outcome of an operation, as Azure's Activity Log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditStatus {
+    Started,
+    Succeeded,
+    Failed,
+}
+
+impl AuditStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditStatus::Started => "Started",
+            AuditStatus::Succeeded => "Succeeded",
+            AuditStatus::Failed => "Failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Started" => Some(AuditStatus::Started),
+            "Succeeded" => Some(AuditStatus::Succeeded),
+            "Failed" => Some(AuditStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One thing that happened: who did what to which resource, from where, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub time: OffsetDateTime,
+    pub operation: String,
+    pub status: AuditStatus,
+    pub caller: String,
+    pub caller_ip: Option<String>,
+    pub resource_id: String,
+    pub correlation_id: String,
+    /// Details: ports, sources, end times, justification, the reason of a denial …
+    pub properties: BTreeMap<String, String>,
+}
+
+impl AuditEvent {
+    /// The same event with another outcome and a reason, for recording a refusal.
+    pub fn failed(mut self, reason: impl Into<String>) -> Self {
+        self.status = AuditStatus::Failed;
+        self.properties.insert("reason".into(), reason.into());
+        self
+    }
+
+    pub fn succeeded(mut self) -> Self {
+        self.status = AuditStatus::Succeeded;
+        self
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.properties.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// A deterministic byte encoding of every field: length-prefixed, in a fixed order.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        fn put(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.time.unix_timestamp_nanos().to_be_bytes());
+        put(&mut out, &self.operation);
+        put(&mut out, self.status.as_str());
+        put(&mut out, &self.caller);
+        put(&mut out, self.caller_ip.as_deref().unwrap_or(""));
+        put(&mut out, &self.resource_id);
+        put(&mut out, &self.correlation_id);
+        out.extend_from_slice(&(self.properties.len() as u64).to_be_bytes());
+        for (k, v) in &self.properties {
+            put(&mut out, k);
+            put(&mut out, v);
+        }
+        out
+    }
+}
+
+/// The hash that precedes the first record.
+pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// The chain hash of record `seq` given the hash of the record before it.
+pub fn chain_hash(prev: &[u8; 32], seq: u64, event: &AuditEvent) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(event.canonical_bytes());
+    h.finalize().into()
+}
+
+/// Where a chain of `(seq, event, stored_hash)` first fails to verify, if anywhere.
+pub fn first_invalid<'a>(start: [u8; 32], records: impl IntoIterator<Item = (u64, &'a AuditEvent, [u8; 32])>) -> Option<u64> {
+    let mut prev = start;
+    let mut expected_seq = None;
+    for (seq, event, stored) in records {
+        if let Some(e) = expected_seq {
+            if seq != e {
+                return Some(seq);
+            }
+        }
+        if chain_hash(&prev, seq, event) != stored {
+            return Some(seq);
+        }
+        prev = stored;
+        expected_seq = Some(seq + 1);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(op: &str) -> AuditEvent {
+        AuditEvent {
+            time: OffsetDateTime::UNIX_EPOCH,
+            operation: op.into(),
+            status: AuditStatus::Succeeded,
+            caller: "alice".into(),
+            caller_ip: Some("10.0.0.1".into()),
+            resource_id: "/x".into(),
+            correlation_id: "c".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn chain(events: &[AuditEvent]) -> Vec<(u64, &AuditEvent, [u8; 32])> {
+        let mut prev = GENESIS;
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let seq = i as u64 + 1;
+                prev = chain_hash(&prev, seq, e);
+                (seq, e, prev)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let events = vec![event("a"), event("b"), event("c")];
+        assert_eq!(first_invalid(GENESIS, chain(&events)), None);
+    }
+
+    #[test]
+    fn a_changed_field_is_found() {
+        let events = vec![event("a"), event("b"), event("c")];
+        let mut records = chain(&events);
+        let changed = event("b").with("reason", "edited");
+        records[1].1 = &changed;
+        assert_eq!(first_invalid(GENESIS, records), Some(2));
+    }
+
+    #[test]
+    fn a_deleted_or_swapped_record_is_found() {
+        let events = vec![event("a"), event("b"), event("c")];
+        let mut records = chain(&events);
+        records.remove(1);
+        assert_eq!(first_invalid(GENESIS, records), Some(3));
+        let mut records = chain(&events);
+        records.swap(0, 1);
+        assert_eq!(first_invalid(GENESIS, records), Some(2));
+    }
+
+    #[test]
+    fn every_field_takes_part_in_the_hash() {
+        let base = event("a");
+        let h = chain_hash(&GENESIS, 1, &base);
+        let mut variants = vec![base.clone(); 7];
+        variants[0].caller = "bob".into();
+        variants[1].caller_ip = None;
+        variants[2].resource_id = "/y".into();
+        variants[3].correlation_id = "d".into();
+        variants[4].status = AuditStatus::Failed;
+        variants[5].time = OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(1);
+        variants[6].properties.insert("k".into(), "v".into());
+        for v in &variants {
+            assert_ne!(chain_hash(&GENESIS, 1, v), h, "{v:?}");
+        }
+        assert_ne!(chain_hash(&GENESIS, 2, &base), h);
+    }
+}

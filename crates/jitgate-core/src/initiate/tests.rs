@@ -1,0 +1,172 @@
+use super::*;
+use crate::ids::PolicyRef;
+use crate::policy::{resolve, validate, OsType, PolicyDraft, PortDraft, VmDraft};
+
+const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
+
+fn vm_id(name: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/{name}")
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("valid time")
+}
+
+/// vm1: 22/TCP from *, PT3H; 3389/* from 10.0.0.0/24 and 192.168.1.0/24, PT1H.
+fn policy() -> Policy {
+    let draft = PolicyDraft {
+        kind: None,
+        vms: vec![VmDraft {
+            id: vm_id("vm1"),
+            ports: Some(vec![
+                PortDraft {
+                    number: Some(22),
+                    protocol: Some("TCP".into()),
+                    prefix: Some("*".into()),
+                    prefixes: None,
+                    max_duration: Some("PT3H".into()),
+                },
+                PortDraft {
+                    number: Some(3389),
+                    protocol: Some("*".into()),
+                    prefix: None,
+                    prefixes: Some(vec!["10.0.0.0/24".into(), "192.168.1.0/24".into()]),
+                    max_duration: Some("PT1H".into()),
+                },
+            ]),
+            public_ip_address: None,
+        }],
+    };
+    let reference = PolicyRef::new(SUB, "rg1", "westeurope", "default").expect("valid");
+    resolve(validate(reference, draft).expect("valid"), |_| Some(OsType::Linux)).expect("resolved")
+}
+
+fn request(port: InitiatePortDraft) -> InitiateDraft {
+    InitiateDraft { vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port] }], justification: Some("maintenance".into()) }
+}
+
+fn port(number: i64, source: Option<&str>, minutes: i64) -> InitiatePortDraft {
+    InitiatePortDraft {
+        number: Some(number),
+        end_time: Some(now() + Duration::minutes(minutes)),
+        duration: None,
+        prefix: source.map(String::from),
+        prefixes: None,
+    }
+}
+
+fn caller() -> Option<IpAddr> {
+    Some("198.51.100.7".parse().expect("ip"))
+}
+
+fn decide_one(p: InitiatePortDraft) -> Result<GrantPlan, Invalid> {
+    decide(&policy(), &request(p), caller(), now()).map(|mut plan| plan.grants.remove(0))
+}
+
+#[test]
+fn a_request_inside_the_policy_becomes_a_grant() {
+    let g = decide_one(port(22, Some("203.0.113.5"), 60)).expect("granted");
+    assert_eq!(g.number, 22);
+    assert_eq!(g.protocol, Protocol::Tcp);
+    assert_eq!(g.end_time, now() + Duration::hours(1));
+    assert_eq!(g.sources.prefixes()[0].text(), "203.0.113.5");
+    let plan = decide(&policy(), &request(port(22, None, 60)), caller(), now()).expect("granted");
+    assert_eq!(plan.justification.as_deref(), Some("maintenance"));
+    assert_eq!(plan.start_time, now());
+}
+
+#[test]
+fn an_omitted_source_means_the_callers_own_address() {
+    let g = decide_one(port(22, None, 60)).expect("granted");
+    assert_eq!(g.sources, SourceSpec::Single(SourcePrefix::from_ip("198.51.100.7".parse().expect("ip"))));
+    let err = decide(&policy(), &request(port(22, None, 60)), None, now()).expect_err("no caller address");
+    assert_eq!(err.code, codes::INVALID_INITIATE);
+    // The caller's own address must itself be allowed by the policy.
+    let err = decide_one(port(3389, None, 30)).expect_err("caller outside 3389's ranges");
+    assert!(err.message.contains("198.51.100.7"), "{}", err.message);
+}
+
+#[test]
+fn a_duration_may_replace_the_end_time_but_not_join_it() {
+    let mut p = port(22, Some("*"), 0);
+    p.end_time = None;
+    p.duration = Some("PT30M".into());
+    assert_eq!(decide_one(p.clone()).expect("granted").end_time, now() + Duration::minutes(30));
+    let mut both = p.clone();
+    both.end_time = Some(now() + Duration::minutes(30));
+    assert!(decide_one(both).expect_err("both").message.contains("exactly one"));
+    let mut neither = p.clone();
+    neither.duration = None;
+    assert!(decide_one(neither).is_err());
+    let mut bad = p;
+    bad.duration = Some("half an hour".into());
+    assert_eq!(decide_one(bad).expect_err("bad").target.as_deref(), Some("virtualMachines[0].ports[0].duration"));
+}
+
+#[test]
+fn the_end_time_must_be_in_the_future_and_within_the_ports_maximum() {
+    assert!(decide_one(port(22, Some("*"), -1)).is_err());
+    assert!(decide_one(port(22, Some("*"), 0)).is_err());
+    assert!(decide_one(port(22, Some("*"), 180)).is_ok(), "exactly the maximum");
+    assert!(decide_one(port(22, Some("*"), 181)).is_err());
+    assert!(decide_one(port(22, Some("*"), 300)).is_err());
+    assert!(decide_one(port(3389, Some("10.0.0.1"), 61)).is_err(), "3389 allows one hour");
+    let mut within_leeway = port(22, Some("*"), 180);
+    within_leeway.end_time = within_leeway.end_time.map(|t| t + Duration::seconds(10));
+    assert!(decide_one(within_leeway).is_ok());
+}
+
+#[test]
+fn the_source_must_lie_inside_what_the_policy_allows() {
+    assert!(decide_one(port(3389, Some("10.0.0.0/24"), 30)).is_ok(), "equal to an allowed range");
+    assert!(decide_one(port(3389, Some("10.0.0.7"), 30)).is_ok(), "inside an allowed range");
+    assert!(decide_one(port(3389, Some("192.168.1.128/25"), 30)).is_ok());
+    for outside in ["172.16.0.1", "10.0.0.0/23", "*", "2001:db8::1"] {
+        let err = decide_one(port(3389, Some(outside), 30)).expect_err(outside);
+        assert!(err.message.contains("not a subset of policy"), "{}", err.message);
+    }
+    let mut several = port(3389, None, 30);
+    several.prefixes = Some(vec!["10.0.0.1".into(), "172.16.0.1".into()]);
+    assert!(decide_one(several).is_err(), "every prefix must be covered");
+    assert!(decide_one(port(3389, Some("not an ip"), 30)).is_err());
+}
+
+#[test]
+fn only_ports_and_vms_of_the_policy_can_be_opened() {
+    let err = decide_one(port(8080, Some("*"), 30)).expect_err("unconfigured port");
+    assert_eq!(err.target.as_deref(), Some("virtualMachines[0].ports[0].number"));
+    let mut other_vm = request(port(22, Some("*"), 30));
+    other_vm.vms[0].id = vm_id("vm2");
+    assert!(decide(&policy(), &other_vm, caller(), now()).is_err());
+    let mut upper = request(port(22, Some("*"), 30));
+    upper.vms[0].id = upper.vms[0].id.to_uppercase().replace("SUBSCRIPTIONS", "subscriptions");
+    assert!(decide(&policy(), &upper, caller(), now()).is_ok(), "ids compare case-insensitively");
+}
+
+#[test]
+fn empty_lists_and_repeats_are_refused() {
+    let empty_vms = InitiateDraft { vms: vec![], justification: None };
+    assert!(decide(&policy(), &empty_vms, caller(), now()).is_err());
+    let empty_ports = InitiateDraft { vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![] }], justification: None };
+    assert!(decide(&policy(), &empty_ports, caller(), now()).is_err());
+    let twice = InitiateDraft {
+        vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port(22, Some("*"), 30), port(22, Some("*"), 30)] }],
+        justification: None,
+    };
+    assert!(decide(&policy(), &twice, caller(), now()).is_err());
+    for n in [0, 65536] {
+        assert!(decide_one(port(n, Some("*"), 30)).is_err());
+    }
+    let mut long = request(port(22, Some("*"), 30));
+    long.justification = Some("x".repeat(MAX_JUSTIFICATION + 1));
+    assert!(decide(&policy(), &long, caller(), now()).is_err());
+}
+
+#[test]
+fn the_supersede_key_ignores_prefix_spelling() {
+    let a = decide_one(port(22, Some("203.0.113.5"), 60)).expect("granted");
+    let b = decide_one(port(22, Some("203.0.113.5/32"), 30)).expect("granted");
+    let c = decide_one(port(22, Some("203.0.113.6"), 30)).expect("granted");
+    assert_eq!(a.supersede_key(), b.supersede_key());
+    assert_ne!(a.supersede_key(), c.supersede_key());
+}
