@@ -184,3 +184,53 @@ pub fn decide(policy: &Policy, draft: &InitiateDraft, caller: Option<IpAddr>, no
 
 #[cfg(test)]
 mod tests;
+
+/// The state of one grant, as Azure names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantStatus {
+    Initiated,
+    Revoked,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Initiated => "Initiated",
+            GrantStatus::Revoked => "Revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Initiated" => Some(GrantStatus::Initiated),
+            "Revoked" => Some(GrantStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// Why a grant is in its state. `PolicyDeleted` is jitgate's own (the enum is extensible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusReason {
+    UserRequested,
+    Expired,
+    NewerRequestInitiated,
+    PolicyDeleted,
+}
+
+impl StatusReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusReason::UserRequested => "UserRequested",
+            StatusReason::Expired => "Expired",
+            StatusReason::NewerRequestInitiated => "NewerRequestInitiated",
+            StatusReason::PolicyDeleted => "PolicyDeleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::UserRequested, Self::Expired, Self::NewerRequestInitiated, Self::PolicyDeleted]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}

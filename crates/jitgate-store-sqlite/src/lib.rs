@@ -1,1 +1,619 @@
-//! jitgate-store-sqlite
+//! The SQLite backend of the jitgate store.
+//!
+//! One database file in WAL mode with `synchronous=FULL` (an fsync on every commit). All changes
+//! go through one writer thread that commits them in groups ([`writer`]); reads use a small pool
+//! of connections on the blocking thread pool, and see only committed data.
+
+mod rows;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use jitgate_core::audit::{ops, AuditEvent};
+use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
+use jitgate_core::invalid::codes;
+use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
+use jitgate_store::{
+    AccessRequestRecord, AuditRecord, ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, ListScope,
+    PolicyRecord, Principal, Store, StoreError, StoreResult, Vm, VmSpec,
+};
+
+use crate::rows::{encode_sources, from_nanos, nanos};
+use crate::writer::{FnJob, Job, WriteCtx};
+
+/// The schema this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = include_str!("schema.sql");
+/// Read connections kept open.
+const READERS: usize = 4;
+
+/// A store in one SQLite file.
+pub struct SqliteStore {
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Arc<ReadPool>,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> rusqlite::Result<Connection> {
+        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+        match idle {
+            Some(c) => Ok(c),
+            None => {
+                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+                c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
+                Ok(c)
+            }
+        }
+    }
+
+    fn put(&self, c: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < READERS {
+                idle.push(c);
+            }
+        }
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, migrates it, and starts the writer.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(backend)?;
+        migrate(&conn)?;
+        let chain = writer::load_chain(&conn).map_err(backend)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let handle = std::thread::Builder::new()
+            .name("jitgate-sqlite-writer".into())
+            .spawn(move || writer::run(conn, chain, rx))
+            .map_err(backend)?;
+        Ok(SqliteStore {
+            jobs: Some(tx),
+            writer: Some(handle),
+            readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let (job, rx) = FnJob::new(f);
+        let jobs = self.jobs.as_ref().ok_or_else(|| backend("the store is closed"))?;
+        jobs.send(job).await.map_err(|_| backend("the store writer has stopped"))?;
+        rx.await.map_err(|_| backend("the store writer has stopped"))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = f(&conn);
+            pool.put(conn);
+            out
+        })
+        .await
+        .map_err(backend)?
+        .map_err(backend)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has committed what it holds.
+        self.jobs.take();
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn migrate(conn: &Connection) -> StoreResult<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    match version {
+        0 => conn
+            .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
+            .map_err(backend),
+        SCHEMA_VERSION => Ok(()),
+        v => Err(backend(format!("the database has schema version {v}, newer than this jitgate ({SCHEMA_VERSION})"))),
+    }
+}
+
+/// Turns a domain refusal into a rejected store call, writing its `Failed` audit record first.
+fn reject<T>(ctx: &mut WriteCtx<'_>, audit: AuditEvent, invalid: Invalid) -> StoreResult<T> {
+    ctx.audit(&audit.failed(invalid.message.clone())).map_err(backend)?;
+    Err(StoreError::Rejected(invalid))
+}
+
+fn scope_query(scope: &ListScope) -> (String, Vec<String>) {
+    let l = |s: &str| s.to_ascii_lowercase();
+    match scope {
+        ListScope::Subscription { subscription } => ("sub_key = ?1".into(), vec![l(subscription)]),
+        ListScope::SubscriptionLocation { subscription, location } => {
+            ("sub_key = ?1 AND loc_key = ?2".into(), vec![l(subscription), l(location)])
+        }
+        ListScope::ResourceGroup { subscription, resource_group } => {
+            ("sub_key = ?1 AND rg_key = ?2".into(), vec![l(subscription), l(resource_group)])
+        }
+        ListScope::ResourceGroupLocation { subscription, resource_group, location } => (
+            "sub_key = ?1 AND rg_key = ?2 AND loc_key = ?3".into(),
+            vec![l(subscription), l(resource_group), l(location)],
+        ),
+    }
+}
+
+fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy) -> rusqlite::Result<()> {
+    let mut vm_stmt =
+        conn.prepare_cached("INSERT INTO policy_vms (pid, ord, vm_key, vm_id, public_ip) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    let mut port_stmt = conn.prepare_cached(
+        "INSERT INTO policy_ports (pid, vm_ord, ord, number, protocol, source_form, sources, max_duration) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for (i, vm) in policy.vms.iter().enumerate() {
+        vm_stmt.execute(params![pid, i as i64, vm.id.key(), vm.id.as_str(), vm.public_ip_address])?;
+        for (j, p) in vm.ports.iter().enumerate() {
+            let (form, sources) = encode_sources(&p.sources);
+            port_stmt.execute(params![
+                pid,
+                i as i64,
+                j as i64,
+                p.number,
+                p.protocol.as_str(),
+                form,
+                sources,
+                p.max_duration.text()
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn port_summary(policy: &jitgate_core::Policy) -> String {
+    let mut parts = Vec::new();
+    for vm in &policy.vms {
+        for p in &vm.ports {
+            parts.push(format!("{}:{}/{}", vm.id.name(), p.number, p.protocol.as_str()));
+        }
+    }
+    parts.join(",")
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn bootstrap(&self, owner: &str, token_hash: &str, audit: AuditEvent) -> StoreResult<bool> {
+        let (owner, token_hash) = (owner.to_owned(), token_hash.to_owned());
+        self.write(move |ctx| {
+            let count: i64 = ctx.conn.query_row("SELECT count(*) FROM principals", [], |r| r.get(0)).map_err(backend)?;
+            if count > 0 {
+                return Ok(false);
+            }
+            let now = nanos(audit.time);
+            ctx.conn
+                .execute("INSERT INTO principals (name, kind, created) VALUES (?1, 'User', ?2)", params![owner, now])
+                .map_err(backend)?;
+            let pid = ctx.conn.last_insert_rowid();
+            ctx.conn
+                .execute("INSERT INTO tokens (principal_id, hash, created) VALUES (?1, ?2, ?3)", params![pid, token_hash, now])
+                .map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("principal", owner.clone()).with("role", "Owner")).map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<Principal>> {
+        let hash = token_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT p.id, p.name, p.kind FROM tokens t JOIN principals p ON p.id = t.principal_id \
+                 WHERE t.hash = ?1 AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > ?2)",
+            )?
+            .query_row(params![hash, nanos(now)], |r| Ok(Principal { id: r.get(0)?, name: r.get(1)?, kind: r.get(2)? }))
+            .optional()
+        })
+        .await
+    }
+
+    async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)> {
+        self.write(move |ctx| {
+            let key = vm.id.key();
+            let now = nanos(audit.time);
+            let existing = rows::get_vm(ctx.conn, &key).map_err(backend)?;
+            let address = vm.address.map(|a| a.to_string());
+            match &existing {
+                Some(_) => ctx.conn.execute(
+                    "UPDATE vms SET os_type = ?2, location = ?3, address = ?4, updated = ?5 WHERE key = ?1",
+                    params![key, vm.os_type.as_str(), vm.location, address, now],
+                ),
+                None => ctx.conn.execute(
+                    "INSERT INTO vms (key, id, os_type, location, address, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    params![key, vm.id.as_str(), vm.os_type.as_str(), vm.location, address, now],
+                ),
+            }
+            .map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("osType", vm.os_type.as_str())
+                .with("location", vm.location.clone())
+                .with("address", address.unwrap_or_default());
+            ctx.audit(&event).map_err(backend)?;
+            let stored = rows::get_vm(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the VM vanished"))?;
+            Ok((stored, existing.is_none()))
+        })
+        .await
+    }
+
+    async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
+        self.read(|c| c.prepare_cached("SELECT * FROM vms ORDER BY key")?.query_map([], rows::vm_from_row)?.collect())
+            .await
+    }
+
+    async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>> {
+        let key = id.key();
+        self.read(move |c| rows::get_vm(c, &key)).await
+    }
+
+    async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm> {
+        let id = id.clone();
+        self.write(move |ctx| {
+            let key = id.key();
+            let Some(vm) = rows::get_vm(ctx.conn, &key).map_err(backend)? else {
+                return reject(ctx, audit, Invalid::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")));
+            };
+            let policy: Option<String> = ctx
+                .conn
+                .query_row(
+                    "SELECT p.subscription, p.resource_group, p.location, p.name FROM policy_vms v \
+                     JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1",
+                    [&key],
+                    |r| {
+                        Ok(PolicyRef { subscription: r.get(0)?, resource_group: r.get(1)?, location: r.get(2)?, name: r.get(3)? }
+                            .id())
+                    },
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(policy) = policy {
+                let message =
+                    format!("virtual machine '{id}' is protected by policy '{policy}'; remove it from the policy first");
+                return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
+            }
+            ctx.conn.execute("DELETE FROM vms WHERE key = ?1", [&key]).map_err(backend)?;
+            ctx.audit(&audit.succeeded()).map_err(backend)?;
+            Ok(vm)
+        })
+        .await
+    }
+
+    async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord> {
+        self.write(move |ctx| {
+            let key = policy.reference.key();
+            let mut known: HashMap<String, OsType> = HashMap::new();
+            for vm in &policy.vms {
+                if let Some(v) = rows::get_vm(ctx.conn, &vm.id.key()).map_err(backend)? {
+                    known.insert(vm.id.key(), v.spec.os_type);
+                }
+            }
+            let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
+                Ok(p) => p,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            let existing: Option<i64> = ctx
+                .conn
+                .query_row("SELECT pid FROM policies WHERE key = ?1", [&key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            // A VM is protected by one policy at a time.
+            for (i, vm) in resolved.vms.iter().enumerate() {
+                let other: Option<String> = ctx
+                    .conn
+                    .query_row(
+                        "SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1 AND p.key <> ?2",
+                        params![vm.id.key(), key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(other) = other {
+                    let mut invalid = Invalid::conflict(
+                        "VirtualMachineInAnotherPolicy",
+                        format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
+                    );
+                    invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                    return reject(ctx, audit, invalid);
+                }
+            }
+            let now = nanos(audit.time);
+            let r = &resolved.reference;
+            let pid = match existing {
+                Some(pid) => {
+                    ctx.conn
+                        .execute("UPDATE policies SET kind = ?2, updated = ?3 WHERE pid = ?1", params![pid, resolved.kind, now])
+                        .map_err(backend)?;
+                    ctx.conn.execute("DELETE FROM policy_ports WHERE pid = ?1", [pid]).map_err(backend)?;
+                    ctx.conn.execute("DELETE FROM policy_vms WHERE pid = ?1", [pid]).map_err(backend)?;
+                    pid
+                }
+                None => {
+                    ctx.conn
+                        .execute(
+                            "INSERT INTO policies (key, subscription, resource_group, location, name, sub_key, rg_key, loc_key, \
+                             kind, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                            params![
+                                key,
+                                r.subscription,
+                                r.resource_group,
+                                r.location,
+                                r.name,
+                                r.subscription.to_ascii_lowercase(),
+                                r.resource_group.to_ascii_lowercase(),
+                                r.location.to_ascii_lowercase(),
+                                resolved.kind,
+                                now
+                            ],
+                        )
+                        .map_err(backend)?;
+                    ctx.conn.last_insert_rowid()
+                }
+            };
+            insert_policy_body(ctx.conn, pid, &resolved).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("created", existing.is_none().to_string())
+                .with("ports", port_summary(&resolved));
+            ctx.audit(&event).map_err(backend)?;
+            let (_, record) = rows::load_policy(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the policy vanished"))?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>> {
+        let key = policy.key();
+        self.read(move |c| Ok(rows::load_policy(c, &key)?.map(|(_, r)| r))).await
+    }
+
+    async fn list_policies(&self, scope: &ListScope, after: Option<&str>, limit: usize) -> StoreResult<Vec<PolicyRecord>> {
+        let (filter, mut args) = scope_query(scope);
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |c| {
+            let sql = format!("SELECT key FROM policies WHERE {filter} AND key > ?{} ORDER BY key LIMIT {}", args.len() + 1, limit);
+            args.push(after);
+            let keys: Vec<String> = c.prepare(&sql)?.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some((_, record)) = rows::load_policy(c, &key)? {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool> {
+        let key = policy.key();
+        self.write(move |ctx| {
+            let pid: Option<i64> = ctx
+                .conn
+                .query_row("SELECT pid FROM policies WHERE key = ?1", [&key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(pid) = pid else { return Ok(false) };
+            let revoked = ctx
+                .conn
+                .execute(
+                    "UPDATE grants SET status = 'Revoked', status_reason = ?2 WHERE pid = ?1 AND status = 'Initiated'",
+                    params![pid, StatusReason::PolicyDeleted.as_str()],
+                )
+                .map_err(backend)?;
+            for table in ["policy_ports", "policy_vms", "policies"] {
+                ctx.conn.execute(&format!("DELETE FROM {table} WHERE pid = ?1"), [pid]).map_err(backend)?;
+            }
+            ctx.audit(&audit.succeeded().with("revokedGrants", revoked.to_string())).map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
+        self.write(move |ctx| {
+            let key = cmd.policy.key();
+            let Some((pid, record)) = rows::load_policy(ctx.conn, &key).map_err(backend)? else {
+                let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
+                return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+            };
+            if let Some(client_id) = &cmd.client_request_id {
+                let earlier: Option<i64> = ctx
+                    .conn
+                    .prepare_cached("SELECT rid FROM requests WHERE pid = ?1 AND principal = ?2 AND client_request_id = ?3")
+                    .and_then(|mut s| s.query_row(params![pid, cmd.requestor, client_id], |r| r.get(0)).optional())
+                    .map_err(backend)?;
+                if let Some(rid) = earlier {
+                    let request = rows::load_request(ctx.conn, rid).map_err(backend)?;
+                    return Ok(InitiateOutcome { request, replayed: true });
+                }
+            }
+            let plan = match decide(&record.policy, &cmd.draft, cmd.caller, cmd.now) {
+                Ok(plan) => plan,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            let policy_id = record.policy.reference.id();
+            ctx.conn
+                .prepare_cached(
+                    "INSERT INTO requests (pid, policy_id, requestor, principal, start_time, justification, client_request_id) \
+                     VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![pid, policy_id, cmd.requestor, nanos(plan.start_time), plan.justification, cmd.client_request_id])
+                })
+                .map_err(backend)?;
+            let rid = ctx.conn.last_insert_rowid();
+            let mut grants = Vec::with_capacity(plan.grants.len());
+            let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+            for (ord, g) in plan.grants.iter().enumerate() {
+                let skey = g.supersede_key();
+                ctx.conn
+                    .prepare_cached(
+                        "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
+                         WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
+                    )
+                    .and_then(|mut s| s.execute(params![pid, skey]))
+                    .map_err(backend)?;
+                let (form, texts) = encode_sources(&g.sources);
+                ctx.conn
+                    .prepare_cached(
+                        "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, number, protocol, source_form, sources, \
+                         supersede_key, end_time, status, status_reason) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'Initiated', 'UserRequested')",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            rid,
+                            pid,
+                            ord as i64,
+                            policy_id,
+                            g.vm_id.as_str(),
+                            g.number,
+                            g.protocol.as_str(),
+                            form,
+                            texts,
+                            skey,
+                            nanos(g.end_time)
+                        ])
+                    })
+                    .map_err(backend)?;
+                ports.push(format!("{}:{}", g.vm_id.name(), g.number));
+                sources.push(texts.replace('\n', " "));
+                ends.push(rfc3339(g.end_time));
+                grants.push(GrantRecord {
+                    vm_id: g.vm_id.as_str().to_owned(),
+                    number: g.number,
+                    protocol: g.protocol,
+                    sources: g.sources.clone(),
+                    end_time: g.end_time,
+                    status: GrantStatus::Initiated,
+                    status_reason: StatusReason::UserRequested,
+                    mapped_port: None,
+                });
+            }
+            let mut event = audit
+                .succeeded()
+                .with("requestId", rid.to_string())
+                .with("ports", ports.join(","))
+                .with("sources", sources.join(","))
+                .with("endTimeUtc", ends.join(","));
+            if let Some(j) = &plan.justification {
+                event = event.with("justification", j.clone());
+            }
+            ctx.audit(&event).map_err(backend)?;
+            let request = AccessRequestRecord {
+                id: rid,
+                requestor: cmd.requestor,
+                start_time: plan.start_time,
+                justification: plan.justification,
+                grants,
+            };
+            Ok(InitiateOutcome { request, replayed: false })
+        })
+        .await
+    }
+
+    async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
+        self.write(move |ctx| {
+            let due: Vec<(i64, i64, String, String, u16, String, i64)> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT gid, rid, policy_id, vm_id, number, sources, end_time FROM grants \
+                     WHERE status = 'Initiated' AND end_time <= ?1 ORDER BY end_time",
+                )
+                .and_then(|mut s| {
+                    s.query_map([nanos(now)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    })?
+                    .collect()
+                })
+                .map_err(backend)?;
+            for (gid, rid, policy_id, vm_id, number, sources, end) in &due {
+                ctx.conn
+                    .execute("UPDATE grants SET status = 'Revoked', status_reason = 'Expired' WHERE gid = ?1", [gid])
+                    .map_err(backend)?;
+                let event = AuditEvent {
+                    time: now,
+                    operation: ops::GRANT_EXPIRE.into(),
+                    status: jitgate_core::audit::AuditStatus::Succeeded,
+                    caller: "jitgate".into(),
+                    caller_ip: None,
+                    resource_id: policy_id.clone(),
+                    correlation_id: format!("expiry-{gid}"),
+                    properties: Default::default(),
+                }
+                .with("requestId", rid.to_string())
+                .with("virtualMachine", vm_id.clone())
+                .with("port", number.to_string())
+                .with("sources", sources.replace('\n', " "))
+                .with("endTimeUtc", from_nanos(*end).map(rfc3339).unwrap_or_default());
+                ctx.audit(&event).map_err(backend)?;
+            }
+            Ok(ExpirySweep { expired: due.len() })
+        })
+        .await
+    }
+
+    async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
+        self.read(|c| {
+            let n: Option<i64> =
+                c.prepare_cached("SELECT min(end_time) FROM grants WHERE status = 'Initiated'")?.query_row([], |r| r.get(0))?;
+            n.map(from_nanos).transpose()
+        })
+        .await
+    }
+
+    async fn record(&self, event: AuditEvent) -> StoreResult<()> {
+        self.write(move |ctx| ctx.audit(&event).map(|_| ()).map_err(backend)).await
+    }
+
+    async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT * FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+                .query_map(params![after as i64, limit as i64], rows::audit_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}

@@ -1,1 +1,178 @@
-//! jitgate-store
+//! The storage boundary of jitgate.
+//!
+//! [`Store`] has one method per use case. Every method that changes state also appends its audit
+//! record, in the same transaction as the change; a refusal decided inside the transaction
+//! (for example an initiate outside the policy) appends a `Failed` record and changes nothing
+//! else. Backends implement the trait and run the shared [`conformance`] suite.
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use jitgate_core::audit::AuditEvent;
+use jitgate_core::initiate::{GrantStatus, InitiateDraft, StatusReason};
+use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::{Invalid, OsType, Policy, PolicyRef, Protocol, SourceSpec, VmId};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+/// How many of a policy's most recent requests a read returns in `properties.requests`.
+pub const REQUEST_HISTORY_LIMIT: usize = 100;
+
+/// What can go wrong in a store call.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The domain refused the change; its `Failed` audit record has been written.
+    #[error("{0}")]
+    Rejected(Invalid),
+    /// The database failed; nothing was changed.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A principal: who a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+}
+
+/// A VM registration as an operator sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub id: VmId,
+    pub os_type: OsType,
+    pub location: String,
+    pub address: Option<IpAddr>,
+}
+
+/// A registered VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vm {
+    pub spec: VmSpec,
+    pub created: OffsetDateTime,
+    pub updated: OffsetDateTime,
+}
+
+/// One opened port of a request, with its life-cycle state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub vm_id: String,
+    pub number: u16,
+    pub protocol: Protocol,
+    pub sources: SourceSpec,
+    pub end_time: OffsetDateTime,
+    pub status: GrantStatus,
+    pub status_reason: StatusReason,
+    pub mapped_port: Option<u16>,
+}
+
+/// An accepted access request and its grants, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRequestRecord {
+    pub id: i64,
+    pub requestor: String,
+    pub start_time: OffsetDateTime,
+    pub justification: Option<String>,
+    pub grants: Vec<GrantRecord>,
+}
+
+/// A stored policy with its recent request history (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub policy: Policy,
+    pub requests: Vec<AccessRequestRecord>,
+}
+
+/// The four list scopes of the Azure API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListScope {
+    Subscription { subscription: String },
+    SubscriptionLocation { subscription: String, location: String },
+    ResourceGroup { subscription: String, resource_group: String },
+    ResourceGroupLocation { subscription: String, resource_group: String, location: String },
+}
+
+/// An initiate as the server hands it to the store: the decision runs inside the transaction,
+/// against the policy as it is at that moment.
+#[derive(Debug, Clone)]
+pub struct InitiateCommand {
+    pub policy: PolicyRef,
+    pub draft: InitiateDraft,
+    /// The requester's own address, used where a port names no source.
+    pub caller: Option<IpAddr>,
+    pub requestor: String,
+    /// `x-ms-client-request-id`: a retried initiate with the same id returns the first answer.
+    pub client_request_id: Option<String>,
+    pub now: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitiateOutcome {
+    pub request: AccessRequestRecord,
+    /// True when this answers a retry of an initiate that was already granted.
+    pub replayed: bool,
+}
+
+/// A stored audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub event: AuditEvent,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// Outcome of a sweep of expired grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExpirySweep {
+    pub expired: usize,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// On an empty store: creates the owner principal with one token (stored as its hash) and
+    /// returns true. On a store that has principals: does nothing and returns false.
+    async fn bootstrap(&self, owner: &str, token_hash: &str, audit: AuditEvent) -> StoreResult<bool>;
+
+    /// The principal holding the token with this hash, if the token is valid at `now`.
+    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<Principal>>;
+
+    /// Registers or replaces a VM. Returns the VM and whether it was new.
+    async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
+    async fn list_vms(&self) -> StoreResult<Vec<Vm>>;
+    async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>>;
+    /// Removes a VM; refused (`VirtualMachineInUse`) while a policy names it.
+    async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm>;
+
+    /// Creates or replaces a policy, resolving its VMs (existence, OS defaults) in the same
+    /// transaction. The request history of an existing policy is kept.
+    async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord>;
+    async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>>;
+    /// One page of a scope, ordered by policy key, starting after `after` (a key).
+    async fn list_policies(&self, scope: &ListScope, after: Option<&str>, limit: usize) -> StoreResult<Vec<PolicyRecord>>;
+    /// Deletes a policy and revokes its live grants. False when there was no such policy.
+    async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool>;
+
+    /// Decides an access request against the current policy and records its grants; a newer
+    /// grant for the same VM, port and source revokes the older (`NewerRequestInitiated`).
+    async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome>;
+
+    /// Marks every live grant whose end time is at or before `now` as `Revoked`/`Expired`.
+    async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep>;
+    /// The earliest end time of a live grant.
+    async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>>;
+
+    /// Appends a standalone audit record (a refusal decided before the store was asked).
+    async fn record(&self, event: AuditEvent) -> StoreResult<()>;
+    /// Audit records with `seq > after`, oldest first.
+    async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+}

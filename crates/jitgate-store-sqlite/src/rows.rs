@@ -1,0 +1,231 @@
+//! Encoding of domain values into columns and back, and the queries shared by readers and the
+//! writer.
+
+use std::collections::BTreeMap;
+
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use time::OffsetDateTime;
+
+use jitgate_core::audit::{AuditEvent, AuditStatus};
+use jitgate_core::initiate::{GrantStatus, StatusReason};
+use jitgate_core::{AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId};
+use jitgate_store::{AccessRequestRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT};
+
+pub fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+pub fn from_nanos(n: i64) -> rusqlite::Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).map_err(|e| corrupt(format!("time {n}: {e}")))
+}
+
+/// A stored value that no longer parses: the database was changed behind our back.
+pub fn corrupt(what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, what.into())
+}
+
+pub fn hash_from_hex(s: &str) -> rusqlite::Result<[u8; 32]> {
+    let bytes = hex::decode(s).map_err(|e| corrupt(format!("hash {s}: {e}")))?;
+    bytes.try_into().map_err(|_| corrupt(format!("hash {s}: not 32 bytes")))
+}
+
+/// Sources are stored as their form (`single`/`multi`) and their texts, one per line.
+pub fn encode_sources(s: &SourceSpec) -> (&'static str, String) {
+    let form = match s {
+        SourceSpec::Single(_) => "single",
+        SourceSpec::Multiple(_) => "multi",
+    };
+    let texts: Vec<&str> = s.prefixes().iter().map(SourcePrefix::text).collect();
+    (form, texts.join("\n"))
+}
+
+pub fn decode_sources(form: &str, texts: &str) -> rusqlite::Result<SourceSpec> {
+    let parse = |t: &str| SourcePrefix::parse(t).map_err(corrupt);
+    match form {
+        "single" => Ok(SourceSpec::Single(parse(texts)?)),
+        "multi" => Ok(SourceSpec::Multiple(texts.split('\n').map(parse).collect::<rusqlite::Result<_>>()?)),
+        other => Err(corrupt(format!("source form {other}"))),
+    }
+}
+
+fn protocol(s: &str) -> rusqlite::Result<Protocol> {
+    Protocol::parse(s).ok_or_else(|| corrupt(format!("protocol {s}")))
+}
+
+fn vm_id(s: &str) -> rusqlite::Result<VmId> {
+    VmId::parse(s).map_err(corrupt)
+}
+
+pub fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
+    let id: String = r.get("id")?;
+    let os: String = r.get("os_type")?;
+    let address: Option<String> = r.get("address")?;
+    Ok(Vm {
+        spec: VmSpec {
+            id: vm_id(&id)?,
+            os_type: OsType::parse(&os).ok_or_else(|| corrupt(format!("os type {os}")))?,
+            location: r.get("location")?,
+            address: address.map(|a| a.parse().map_err(|_| corrupt(format!("address {a}")))).transpose()?,
+        },
+        created: from_nanos(r.get("created")?)?,
+        updated: from_nanos(r.get("updated")?)?,
+    })
+}
+
+pub fn get_vm(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vm>> {
+    conn.prepare_cached("SELECT * FROM vms WHERE key = ?1")?.query_row([key], vm_from_row).optional()
+}
+
+/// The policy row id and its full record.
+pub fn load_policy(conn: &Connection, key: &str) -> rusqlite::Result<Option<(i64, PolicyRecord)>> {
+    let head = conn
+        .prepare_cached("SELECT pid, subscription, resource_group, location, name, kind FROM policies WHERE key = ?1")?
+        .query_row([key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                PolicyRef { subscription: r.get(1)?, resource_group: r.get(2)?, location: r.get(3)?, name: r.get(4)? },
+                r.get::<_, String>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((pid, reference, kind)) = head else { return Ok(None) };
+    let policy = load_policy_body(conn, pid, reference, kind)?;
+    let requests = load_requests(conn, pid)?;
+    Ok(Some((pid, PolicyRecord { policy, requests })))
+}
+
+fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: String) -> rusqlite::Result<Policy> {
+    let mut vms: Vec<PolicyVm> = Vec::new();
+    let mut stmt = conn.prepare_cached("SELECT vm_id, public_ip FROM policy_vms WHERE pid = ?1 ORDER BY ord")?;
+    let mut rows = stmt.query([pid])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        vms.push(PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.get(1)? });
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT vm_ord, number, protocol, source_form, sources, max_duration FROM policy_ports \
+         WHERE pid = ?1 ORDER BY vm_ord, ord",
+    )?;
+    let mut rows = stmt.query([pid])?;
+    while let Some(r) = rows.next()? {
+        let vm_ord: usize = r.get(0)?;
+        let number: u16 = r.get(1)?;
+        let proto: String = r.get(2)?;
+        let form: String = r.get(3)?;
+        let sources: String = r.get(4)?;
+        let max: String = r.get(5)?;
+        let rule = PortRule {
+            number,
+            protocol: protocol(&proto)?,
+            sources: decode_sources(&form, &sources)?,
+            max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
+        };
+        vms.get_mut(vm_ord).ok_or_else(|| corrupt(format!("port of missing vm {vm_ord}")))?.ports.push(rule);
+    }
+    Ok(Policy { reference, kind, vms })
+}
+
+/// The most recent requests of a policy, oldest first.
+fn load_requests(conn: &Connection, pid: i64) -> rusqlite::Result<Vec<AccessRequestRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT rid, requestor, start_time, justification FROM requests WHERE pid = ?1 ORDER BY rid DESC LIMIT ?2",
+    )?;
+    let mut requests = stmt
+        .query_map(params![pid, REQUEST_HISTORY_LIMIT as i64], |r| {
+            Ok(AccessRequestRecord {
+                id: r.get(0)?,
+                requestor: r.get(1)?,
+                start_time: from_nanos(r.get(2)?)?,
+                justification: r.get(3)?,
+                grants: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    requests.reverse();
+    let Some(first) = requests.first().map(|r| r.id) else { return Ok(requests) };
+    let mut stmt = conn.prepare_cached(
+        "SELECT g.rid, g.vm_id, g.number, g.protocol, g.source_form, g.sources, g.end_time, g.status, g.status_reason, \
+         g.mapped_port FROM grants g JOIN requests r ON r.rid = g.rid WHERE r.pid = ?1 AND g.rid >= ?2 ORDER BY g.rid, g.ord",
+    )?;
+    let mut rows = stmt.query(params![pid, first])?;
+    let mut index = 0;
+    while let Some(r) = rows.next()? {
+        let rid: i64 = r.get(0)?;
+        while index < requests.len() && requests[index].id != rid {
+            index += 1;
+        }
+        let Some(request) = requests.get_mut(index) else { break };
+        request.grants.push(grant_from_row(r, 1)?);
+    }
+    Ok(requests)
+}
+
+/// Reads the grant columns starting at `at`: vm_id, number, protocol, source_form, sources,
+/// end_time, status, status_reason, mapped_port.
+fn grant_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<GrantRecord> {
+    let proto: String = r.get(at + 2)?;
+    let form: String = r.get(at + 3)?;
+    let sources: String = r.get(at + 4)?;
+    let status: String = r.get(at + 6)?;
+    let reason: String = r.get(at + 7)?;
+    Ok(GrantRecord {
+        vm_id: r.get(at)?,
+        number: r.get(at + 1)?,
+        protocol: protocol(&proto)?,
+        sources: decode_sources(&form, &sources)?,
+        end_time: from_nanos(r.get(at + 5)?)?,
+        status: GrantStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        status_reason: StatusReason::parse(&reason).ok_or_else(|| corrupt(format!("status reason {reason}")))?,
+        mapped_port: r.get(at + 8)?,
+    })
+}
+
+/// One request with its grants, by row id.
+pub fn load_request(conn: &Connection, rid: i64) -> rusqlite::Result<AccessRequestRecord> {
+    let mut request = conn
+        .prepare_cached("SELECT rid, requestor, start_time, justification FROM requests WHERE rid = ?1")?
+        .query_row([rid], |r| {
+            Ok(AccessRequestRecord {
+                id: r.get(0)?,
+                requestor: r.get(1)?,
+                start_time: from_nanos(r.get(2)?)?,
+                justification: r.get(3)?,
+                grants: Vec::new(),
+            })
+        })?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT vm_id, number, protocol, source_form, sources, end_time, status, status_reason, mapped_port \
+         FROM grants WHERE rid = ?1 ORDER BY ord",
+    )?;
+    let mut rows = stmt.query([rid])?;
+    while let Some(r) = rows.next()? {
+        request.grants.push(grant_from_row(r, 0)?);
+    }
+    Ok(request)
+}
+
+pub fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let status: String = r.get("status")?;
+    let properties: String = r.get("properties")?;
+    let properties: BTreeMap<String, String> =
+        serde_json::from_str(&properties).map_err(|e| corrupt(format!("audit properties: {e}")))?;
+    let seq: i64 = r.get("seq")?;
+    let prev: String = r.get("prev_hash")?;
+    let hash: String = r.get("hash")?;
+    Ok(AuditRecord {
+        seq: seq as u64,
+        event: AuditEvent {
+            time: from_nanos(r.get("time")?)?,
+            operation: r.get("operation")?,
+            status: AuditStatus::parse(&status).ok_or_else(|| corrupt(format!("audit status {status}")))?,
+            caller: r.get("caller")?,
+            caller_ip: r.get("caller_ip")?,
+            resource_id: r.get("resource_id")?,
+            correlation_id: r.get("correlation_id")?,
+            properties,
+        },
+        prev_hash: hash_from_hex(&prev)?,
+        hash: hash_from_hex(&hash)?,
+    })
+}

@@ -1,0 +1,104 @@
+-- jitgate SQLite schema, version 1. Times are Unix nanoseconds (INTEGER); keys are lower-cased ARM ids.
+CREATE TABLE principals (
+    id       INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    kind     TEXT NOT NULL,
+    created  INTEGER NOT NULL
+);
+CREATE TABLE tokens (
+    id           INTEGER PRIMARY KEY,
+    principal_id INTEGER NOT NULL REFERENCES principals(id),
+    hash         TEXT NOT NULL UNIQUE,
+    created      INTEGER NOT NULL,
+    expires      INTEGER,
+    revoked      INTEGER
+);
+CREATE TABLE vms (
+    key       TEXT PRIMARY KEY,
+    id        TEXT NOT NULL,
+    os_type   TEXT NOT NULL,
+    location  TEXT NOT NULL,
+    address   TEXT,
+    created   INTEGER NOT NULL,
+    updated   INTEGER NOT NULL
+);
+CREATE TABLE policies (
+    pid            INTEGER PRIMARY KEY AUTOINCREMENT,
+    key            TEXT NOT NULL UNIQUE,
+    subscription   TEXT NOT NULL,
+    resource_group TEXT NOT NULL,
+    location       TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    sub_key        TEXT NOT NULL,
+    rg_key         TEXT NOT NULL,
+    loc_key        TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    created        INTEGER NOT NULL,
+    updated        INTEGER NOT NULL
+);
+CREATE INDEX policies_scope ON policies (sub_key, key);
+CREATE TABLE policy_vms (
+    pid       INTEGER NOT NULL REFERENCES policies(pid),
+    ord       INTEGER NOT NULL,
+    vm_key    TEXT NOT NULL,
+    vm_id     TEXT NOT NULL,
+    public_ip TEXT,
+    PRIMARY KEY (pid, ord)
+);
+CREATE UNIQUE INDEX policy_vms_vm ON policy_vms (vm_key);
+CREATE TABLE policy_ports (
+    pid          INTEGER NOT NULL REFERENCES policies(pid),
+    vm_ord       INTEGER NOT NULL,
+    ord          INTEGER NOT NULL,
+    number       INTEGER NOT NULL,
+    protocol     TEXT NOT NULL,
+    source_form  TEXT NOT NULL,
+    sources      TEXT NOT NULL,
+    max_duration TEXT NOT NULL,
+    PRIMARY KEY (pid, vm_ord, ord)
+);
+CREATE TABLE requests (
+    rid               INTEGER PRIMARY KEY,
+    pid               INTEGER NOT NULL,
+    policy_id         TEXT NOT NULL,
+    requestor         TEXT NOT NULL,
+    principal         TEXT NOT NULL,
+    start_time        INTEGER NOT NULL,
+    justification     TEXT,
+    client_request_id TEXT
+);
+CREATE INDEX requests_pid ON requests (pid, rid);
+CREATE UNIQUE INDEX requests_client_id ON requests (pid, principal, client_request_id) WHERE client_request_id IS NOT NULL;
+CREATE TABLE grants (
+    gid           INTEGER PRIMARY KEY,
+    rid           INTEGER NOT NULL REFERENCES requests(rid),
+    pid           INTEGER NOT NULL,
+    ord           INTEGER NOT NULL,
+    policy_id     TEXT NOT NULL,
+    vm_id         TEXT NOT NULL,
+    number        INTEGER NOT NULL,
+    protocol      TEXT NOT NULL,
+    source_form   TEXT NOT NULL,
+    sources       TEXT NOT NULL,
+    supersede_key TEXT NOT NULL,
+    end_time      INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    status_reason TEXT NOT NULL,
+    mapped_port   INTEGER
+);
+CREATE INDEX grants_rid ON grants (rid, ord);
+CREATE INDEX grants_live_key ON grants (pid, supersede_key) WHERE status = 'Initiated';
+CREATE INDEX grants_live_end ON grants (end_time) WHERE status = 'Initiated';
+CREATE TABLE audit (
+    seq            INTEGER PRIMARY KEY,
+    time           INTEGER NOT NULL,
+    operation      TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    caller         TEXT NOT NULL,
+    caller_ip      TEXT,
+    resource_id    TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    properties     TEXT NOT NULL,
+    prev_hash      TEXT NOT NULL,
+    hash           TEXT NOT NULL
+);
