@@ -11,6 +11,7 @@ pub mod initiate;
 pub mod invalid;
 pub mod policy;
 pub mod prefix;
+pub mod records;
 
 pub use duration::AccessDuration;
 pub use ids::{PolicyRef, VmId};

@@ -11,9 +11,11 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use jitgate_core::audit::AuditEvent;
-use jitgate_core::initiate::{GrantStatus, InitiateDraft, StatusReason};
+use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
-use jitgate_core::{Invalid, OsType, Policy, PolicyRef, Protocol, SourceSpec, VmId};
+use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
+
+pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -57,36 +59,6 @@ pub struct Vm {
     pub spec: VmSpec,
     pub created: OffsetDateTime,
     pub updated: OffsetDateTime,
-}
-
-/// One opened port of a request, with its life-cycle state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrantRecord {
-    pub vm_id: String,
-    pub number: u16,
-    pub protocol: Protocol,
-    pub sources: SourceSpec,
-    pub end_time: OffsetDateTime,
-    pub status: GrantStatus,
-    pub status_reason: StatusReason,
-    pub mapped_port: Option<u16>,
-}
-
-/// An accepted access request and its grants, in request order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessRequestRecord {
-    pub id: i64,
-    pub requestor: String,
-    pub start_time: OffsetDateTime,
-    pub justification: Option<String>,
-    pub grants: Vec<GrantRecord>,
-}
-
-/// A stored policy with its recent request history (oldest first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyRecord {
-    pub policy: Policy,
-    pub requests: Vec<AccessRequestRecord>,
 }
 
 /// The four list scopes of the Azure API.

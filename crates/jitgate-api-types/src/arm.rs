@@ -1,0 +1,303 @@
+//! Azure's JIT policy shapes (api-version 2020-01-01), as the SDKs send and read them.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use jitgate_core::ids::POLICY_TYPE;
+use jitgate_core::initiate::{InitiateDraft, InitiatePortDraft, InitiateVmDraft};
+use jitgate_core::invalid::codes;
+use jitgate_core::policy::{PolicyDraft, PortDraft, VmDraft};
+use jitgate_core::{Invalid, Policy, SourceSpec};
+use jitgate_core::records::{AccessRequestRecord, PolicyRecord};
+
+use crate::datetime;
+
+/// The only api-version this resource has.
+pub const API_VERSION: &str = "2020-01-01";
+
+// ---------- input ----------
+
+/// A PUT body. Read-only fields (`id`, `name`, `type`, `location`, `properties.requests`,
+/// `properties.provisioningState`) may be sent back by clients and are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyIn {
+    pub kind: Option<String>,
+    pub properties: Option<PolicyPropertiesIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyPropertiesIn {
+    pub virtual_machines: Option<Vec<PolicyVmIn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVmIn {
+    pub id: Option<String>,
+    pub ports: Option<Vec<PortRuleIn>>,
+    pub public_ip_address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRuleIn {
+    pub number: Option<i64>,
+    pub protocol: Option<String>,
+    pub allowed_source_address_prefix: Option<String>,
+    pub allowed_source_address_prefixes: Option<Vec<String>>,
+    pub max_request_access_duration: Option<String>,
+}
+
+impl PolicyIn {
+    /// The draft the domain validates. Missing required containers are named here.
+    pub fn into_draft(self) -> Result<PolicyDraft, Invalid> {
+        let bad = |target: &str, message: &str| Invalid::input(codes::INVALID_POLICY, Some(target.into()), message);
+        let props = self.properties.ok_or_else(|| bad("properties", "properties is required"))?;
+        let vms = props
+            .virtual_machines
+            .ok_or_else(|| bad("properties.virtualMachines", "properties.virtualMachines is required"))?;
+        let mut out = Vec::with_capacity(vms.len());
+        for (i, vm) in vms.into_iter().enumerate() {
+            let id = vm.id.ok_or_else(|| {
+                bad(&format!("properties.virtualMachines[{i}].id"), "every virtual machine needs its id")
+            })?;
+            let ports = vm.ports.map(|ports| {
+                ports
+                    .into_iter()
+                    .map(|p| PortDraft {
+                        number: p.number,
+                        protocol: p.protocol,
+                        prefix: p.allowed_source_address_prefix,
+                        prefixes: p.allowed_source_address_prefixes,
+                        max_duration: p.max_request_access_duration,
+                    })
+                    .collect()
+            });
+            out.push(VmDraft { id, ports, public_ip_address: vm.public_ip_address });
+        }
+        Ok(PolicyDraft { kind: self.kind, vms: out })
+    }
+}
+
+/// An initiate body. `duration` and `allowedSourceAddressPrefixes` are accepted beside the
+/// spec's fields, as the service does.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitiateIn {
+    pub virtual_machines: Option<Vec<InitiateVmIn>>,
+    pub justification: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitiateVmIn {
+    pub id: Option<String>,
+    pub ports: Option<Vec<InitiatePortIn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitiatePortIn {
+    pub number: Option<i64>,
+    pub allowed_source_address_prefix: Option<String>,
+    pub allowed_source_address_prefixes: Option<Vec<String>>,
+    pub end_time_utc: Option<String>,
+    pub duration: Option<String>,
+}
+
+impl InitiateIn {
+    pub fn into_draft(self) -> Result<InitiateDraft, Invalid> {
+        let bad = |target: String, message: String| Invalid::input(codes::INVALID_INITIATE, Some(target), message);
+        let vms = self
+            .virtual_machines
+            .ok_or_else(|| bad("virtualMachines".into(), "virtualMachines is required".into()))?;
+        let mut out = Vec::with_capacity(vms.len());
+        for (i, vm) in vms.into_iter().enumerate() {
+            let id = vm.id.ok_or_else(|| bad(format!("virtualMachines[{i}].id"), "every virtual machine needs its id".into()))?;
+            let ports_in = vm
+                .ports
+                .ok_or_else(|| bad(format!("virtualMachines[{i}].ports"), "name the ports to open".into()))?;
+            let mut ports = Vec::with_capacity(ports_in.len());
+            for (j, p) in ports_in.into_iter().enumerate() {
+                let end_time = p
+                    .end_time_utc
+                    .map(|t| datetime::parse(&t).map_err(|m| bad(format!("virtualMachines[{i}].ports[{j}].endTimeUtc"), m)))
+                    .transpose()?;
+                ports.push(InitiatePortDraft {
+                    number: p.number,
+                    end_time,
+                    duration: p.duration,
+                    prefix: p.allowed_source_address_prefix,
+                    prefixes: p.allowed_source_address_prefixes,
+                });
+            }
+            out.push(InitiateVmDraft { id, ports });
+        }
+        Ok(InitiateDraft { vms: out, justification: self.justification })
+    }
+}
+
+// ---------- output ----------
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyOut {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind_type: String,
+    pub location: String,
+    pub kind: String,
+    pub properties: PolicyPropertiesOut,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyPropertiesOut {
+    pub virtual_machines: Vec<PolicyVmOut>,
+    pub requests: Vec<RequestOut>,
+    pub provisioning_state: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVmOut {
+    pub id: String,
+    pub ports: Vec<PortRuleOut>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_ip_address: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRuleOut {
+    pub number: u16,
+    pub protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub allowed_source_address_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub allowed_source_address_prefixes: Option<Vec<String>>,
+    pub max_request_access_duration: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestOut {
+    pub virtual_machines: Vec<RequestVmOut>,
+    pub start_time_utc: String,
+    pub requestor: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub justification: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestVmOut {
+    pub id: String,
+    pub ports: Vec<RequestPortOut>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestPortOut {
+    pub number: u16,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub allowed_source_address_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub allowed_source_address_prefixes: Option<Vec<String>>,
+    pub end_time_utc: String,
+    pub status: String,
+    pub status_reason: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mapped_port: Option<u16>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyListOut {
+    pub value: Vec<PolicyOut>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_link: Option<String>,
+}
+
+fn sources_out(s: &SourceSpec) -> (Option<String>, Option<Vec<String>>) {
+    match s {
+        SourceSpec::Single(p) => (Some(p.text().to_owned()), None),
+        SourceSpec::Multiple(v) => (None, Some(v.iter().map(|p| p.text().to_owned()).collect())),
+    }
+}
+
+/// The wire form of a policy with its history.
+pub fn policy_out(record: &PolicyRecord) -> PolicyOut {
+    let p: &Policy = &record.policy;
+    PolicyOut {
+        id: p.reference.id(),
+        name: p.reference.name.clone(),
+        kind_type: POLICY_TYPE.into(),
+        location: p.reference.location.clone(),
+        kind: p.kind.clone(),
+        properties: PolicyPropertiesOut {
+            virtual_machines: p
+                .vms
+                .iter()
+                .map(|vm| PolicyVmOut {
+                    id: vm.id.as_str().to_owned(),
+                    ports: vm
+                        .ports
+                        .iter()
+                        .map(|r| {
+                            let (one, many) = sources_out(&r.sources);
+                            PortRuleOut {
+                                number: r.number,
+                                protocol: r.protocol.as_str().into(),
+                                allowed_source_address_prefix: one,
+                                allowed_source_address_prefixes: many,
+                                max_request_access_duration: r.max_duration.text().to_owned(),
+                            }
+                        })
+                        .collect(),
+                    public_ip_address: vm.public_ip_address.clone(),
+                })
+                .collect(),
+            requests: record.requests.iter().map(request_out).collect(),
+            provisioning_state: "Succeeded".into(),
+        },
+    }
+}
+
+/// The wire form of one access request: its grants grouped by VM, in request order.
+pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
+    let mut vms: Vec<RequestVmOut> = Vec::new();
+    for g in &r.grants {
+        let (one, many) = sources_out(&g.sources);
+        let port = RequestPortOut {
+            number: g.number,
+            allowed_source_address_prefix: one,
+            allowed_source_address_prefixes: many,
+            end_time_utc: datetime::format(g.end_time),
+            status: g.status.as_str().into(),
+            status_reason: g.status_reason.as_str().into(),
+            mapped_port: g.mapped_port,
+        };
+        match vms.iter_mut().find(|v| v.id.eq_ignore_ascii_case(&g.vm_id)) {
+            Some(v) => v.ports.push(port),
+            None => vms.push(RequestVmOut { id: g.vm_id.clone(), ports: vec![port] }),
+        }
+    }
+    RequestOut {
+        virtual_machines: vms,
+        start_time_utc: datetime::format(r.start_time),
+        requestor: r.requestor.clone(),
+        justification: r.justification.clone(),
+    }
+}
+
+/// A convenience for tests and clients: the end of a window starting now.
+pub fn end_time_in(now: OffsetDateTime, d: time::Duration) -> String {
+    datetime::format(now + d)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! Date-times on the wire: RFC 3339 with 0 to 9 fractional digits in, always 7 digits and `Z` out
+//! (the form Azure's own responses use, e.g. `2018-05-17T08:06:45.5691611Z`).
+
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+/// Parses `2026-11-25T16:45:14Z`, `…14.1234567Z`, `…14+01:00`, and a zone-less `…14.000` (taken
+/// as UTC, as Azure does).
+pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
+    let t = s.trim();
+    if let Ok(dt) = OffsetDateTime::parse(t, &Rfc3339) {
+        return Ok(dt.to_offset(UtcOffset::UTC));
+    }
+    if let Ok(dt) = OffsetDateTime::parse(&format!("{t}Z"), &Rfc3339) {
+        return Ok(dt);
+    }
+    Err(format!("'{s}' is not an RFC 3339 date-time such as 2026-11-25T16:45:14.000Z"))
+}
+
+/// Writes `YYYY-MM-DDTHH:MM:SS.fffffffZ` in UTC.
+pub fn format(t: OffsetDateTime) -> String {
+    let t = t.to_offset(UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() / 100
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_zero_to_seven_fraction_digits_and_offsets() {
+        let base = parse("2026-11-25T16:45:14Z").expect("0 digits");
+        assert_eq!(base.unix_timestamp(), 1_795_625_114);
+        for (text, nanos) in [
+            ("2026-11-25T16:45:14.5Z", 500_000_000),
+            ("2026-11-25T16:45:14.000Z", 0),
+            ("2026-11-25T16:45:14.123456Z", 123_456_000),
+            ("2026-11-25T16:45:14.5691611Z", 569_161_100),
+            ("2026-11-25T16:45:14.5691611", 569_161_100),
+        ] {
+            let t = parse(text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(t.unix_timestamp(), base.unix_timestamp(), "{text}");
+            assert_eq!(t.nanosecond(), nanos, "{text}");
+        }
+        assert_eq!(parse("2026-11-25T17:45:14+01:00").map(|t| t.unix_timestamp()), Ok(base.unix_timestamp()));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_date_time() {
+        for bad in ["", "yesterday", "2026-11-25", "2026-13-25T16:45:14Z", "16:45:14", "2026-11-25T16:45:14ZZ"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn formats_with_seven_digits_and_round_trips() {
+        let t = parse("2026-11-25T16:45:14.5691611Z").expect("valid");
+        assert_eq!(format(t), "2026-11-25T16:45:14.5691611Z");
+        assert_eq!(format(parse("2026-11-25T16:45:14Z").expect("valid")), "2026-11-25T16:45:14.0000000Z");
+        assert_eq!(parse(&format(t)), Ok(t));
+    }
+}

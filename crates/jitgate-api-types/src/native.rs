@@ -1,0 +1,119 @@
+//! jitgate's own `/api/v1` shapes.
+
+use serde::{Deserialize, Serialize};
+
+use jitgate_core::{Invalid, OsType, VmId};
+
+use crate::datetime;
+
+/// `PUT /api/v1/vms` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmIn {
+    pub id: Option<String>,
+    pub os_type: Option<String>,
+    pub location: Option<String>,
+    pub address: Option<String>,
+}
+
+/// A checked VM registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRegistration {
+    pub id: VmId,
+    pub os_type: OsType,
+    pub location: String,
+    pub address: Option<std::net::IpAddr>,
+}
+
+pub const INVALID_VM: &str = jitgate_core::invalid::codes::INVALID_VM;
+
+impl VmIn {
+    pub fn validate(self) -> Result<VmRegistration, Invalid> {
+        let bad = |field: &str, m: String| Invalid::input(INVALID_VM, Some(field.into()), m);
+        let id = self.id.ok_or_else(|| bad("id", "id is required: the VM's ARM id".into()))?;
+        let id = VmId::parse(&id).map_err(|m| bad("id", m))?;
+        let os = self.os_type.ok_or_else(|| bad("osType", "osType is required: Linux or Windows".into()))?;
+        let os_type = OsType::parse(&os).ok_or_else(|| bad("osType", format!("osType '{os}' is not Linux or Windows")))?;
+        let location = self.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
+        if location.trim().is_empty() || location.len() > 90 || location.chars().any(char::is_control) {
+            return Err(bad("location", format!("location '{location}' must be 1 to 90 printable characters")));
+        }
+        let address = self
+            .address
+            .map(|a| a.trim().parse().map_err(|_| bad("address", format!("address '{a}' is not an IP address"))))
+            .transpose()?;
+        Ok(VmRegistration { id, os_type, location, address })
+    }
+}
+
+/// A registered VM on the wire.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmOut {
+    pub id: String,
+    pub name: String,
+    pub os_type: String,
+    pub location: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub address: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl VmOut {
+    pub fn new(
+        id: &VmId,
+        os: OsType,
+        location: &str,
+        address: Option<std::net::IpAddr>,
+        created: time::OffsetDateTime,
+        updated: time::OffsetDateTime,
+    ) -> Self {
+        VmOut {
+            id: id.as_str().into(),
+            name: id.name().into(),
+            os_type: os.as_str().into(),
+            location: location.into(),
+            address: address.map(|a| a.to_string()),
+            created_at: datetime::format(created),
+            updated_at: datetime::format(updated),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListOut<T> {
+    pub value: Vec<T>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_json;
+
+    const ID: &str = "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web1";
+
+    fn check(body: serde_json::Value) -> Result<VmRegistration, Option<String>> {
+        parse_json::<VmIn>(body.to_string().as_bytes()).map_err(|e| e.target)?.validate().map_err(|e| e.target)
+    }
+
+    #[test]
+    fn a_registration_is_checked_field_by_field() {
+        let ok = check(serde_json::json!({"id": ID, "osType": "linux", "location": "westeurope", "address": "10.0.0.4"}))
+            .expect("valid");
+        assert_eq!(ok.os_type, OsType::Linux);
+        assert_eq!(ok.address.map(|a| a.to_string()).as_deref(), Some("10.0.0.4"));
+        assert!(check(serde_json::json!({"id": ID, "osType": "Windows", "location": "westeurope"})).is_ok());
+        for (body, field) in [
+            (serde_json::json!({"osType": "Linux", "location": "w"}), "id"),
+            (serde_json::json!({"id": "web1", "osType": "Linux", "location": "w"}), "id"),
+            (serde_json::json!({"id": ID, "osType": "BeOS", "location": "w"}), "osType"),
+            (serde_json::json!({"id": ID, "location": "w"}), "osType"),
+            (serde_json::json!({"id": ID, "osType": "Linux"}), "location"),
+            (serde_json::json!({"id": ID, "osType": "Linux", "location": "w", "address": "10.0.0"}), "address"),
+            (serde_json::json!({"id": ID, "osType": "Linux", "location": "w", "address": 4}), "address"),
+        ] {
+            assert_eq!(check(body.clone()).err().flatten().as_deref(), Some(field), "{body}");
+        }
+    }
+}
