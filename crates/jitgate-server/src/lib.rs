@@ -1,1 +1,246 @@
-//! jitgate-server
+//! The jitgate control plane: the Azure-compatible JIT policy API, jitgate's native API, bearer
+//! authentication, the expiry sweeper and health endpoints, served by [`run`].
+//!
+//! Handlers follow one shape: parse the request into a closed enum ([`arm::route`]), check it
+//! with the pure domain (jitgate-core), hand the change and its audit record to the store in one
+//! call, and map any failure through [`error::ApiError`] to Azure's error body.
+
+pub mod api;
+pub mod arm;
+pub mod auth;
+pub mod error;
+pub mod sweeper;
+pub mod tls;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use time::OffsetDateTime;
+use tokio::sync::{watch, Notify};
+
+use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_store::{Principal, Store};
+
+use crate::error::{json, ApiError};
+use crate::tls::{PeerAddr, ServerListener};
+
+/// Where the current time comes from (a fixed or stepped clock in tests).
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system's UTC clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Whether connections are TLS (decides the scheme of `nextLink`).
+    pub tls: bool,
+    /// Policies per page of a list answer.
+    pub list_page_size: usize,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// The externally visible base URL (`https://jit.example.com`), for `nextLink`; when unset,
+    /// the request's `Host` is used.
+    pub public_url: Option<String>,
+}
+
+impl ServerConfig {
+    pub const DEFAULT_PAGE_SIZE: usize = 100;
+    pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<ServerConfig>,
+    /// Wakes the expiry sweeper when a grant may have moved the next expiry earlier.
+    pub sweeper: Arc<Notify>,
+}
+
+/// Per-request facts every handler needs: the caller's address and the correlation id.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    pub caller_ip: IpAddr,
+    pub correlation_id: String,
+    pub client_request_id: Option<String>,
+}
+
+/// Correlation ids put into request extensions by [`correlate`].
+#[derive(Debug, Clone)]
+struct Correlation {
+    correlation_id: String,
+    client_request_id: Option<String>,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: ServerConfig) -> Self {
+        App { store, clock, config: Arc::new(config), sweeper: Arc::new(Notify::new()) }
+    }
+
+    /// A `Started` audit event for this request, to be completed by the store or [`App::refuse`].
+    pub fn audit(&self, ctx: &RequestCtx, caller: &str, operation: &str, resource_id: &str) -> AuditEvent {
+        AuditEvent {
+            time: self.clock.now(),
+            operation: operation.into(),
+            status: AuditStatus::Started,
+            caller: caller.into(),
+            caller_ip: Some(ctx.caller_ip.to_string()),
+            resource_id: resource_id.into(),
+            correlation_id: ctx.correlation_id.clone(),
+            properties: Default::default(),
+        }
+    }
+
+    /// Records a refusal decided before the store was asked, then returns the error to answer.
+    /// If the audit record cannot be written the answer becomes a 500: no refusal goes unrecorded.
+    pub async fn refuse(&self, audit: AuditEvent, err: ApiError) -> ApiError {
+        let event = audit.failed(format!("{}: {}", err.code, err.message));
+        match self.store.record(event).await {
+            Ok(()) => err,
+            Err(e) => ApiError::from(e),
+        }
+    }
+
+    /// The principal behind the request's bearer token. Failures are audited as sign-in attempts.
+    pub async fn authenticate(&self, headers: &HeaderMap, ctx: &RequestCtx, resource_id: &str) -> Result<Principal, ApiError> {
+        let failure = match auth::bearer(headers) {
+            Ok(token) => match self.store.authenticate(&auth::hash_token(token), self.clock.now()).await? {
+                Some(p) => return Ok(p),
+                None => ApiError::unauthorized(
+                    "InvalidAuthenticationToken",
+                    "The access token is invalid, expired or revoked.",
+                ),
+            },
+            Err(e) => e,
+        };
+        Err(self.refuse(self.audit(ctx, "anonymous", ops::SIGN_IN, resource_id), failure).await)
+    }
+}
+
+fn request_ctx(peer: PeerAddr, correlation: Option<&Correlation>) -> RequestCtx {
+    let caller_ip = peer.0.ip().to_canonical();
+    match correlation {
+        Some(c) => RequestCtx {
+            caller_ip,
+            correlation_id: c.correlation_id.clone(),
+            client_request_id: c.client_request_id.clone(),
+        },
+        None => RequestCtx { caller_ip, correlation_id: uuid::Uuid::new_v4().to_string(), client_request_id: None },
+    }
+}
+
+/// Sets `x-ms-request-id` and `x-ms-correlation-request-id` on every answer and logs it.
+async fn correlate(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let client_request_id = req
+        .headers()
+        .get("x-ms-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let correlation_id = client_request_id.clone().unwrap_or_else(|| request_id.clone());
+    req.extensions_mut().insert(Correlation { correlation_id: correlation_id.clone(), client_request_id });
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut resp = next.run(req).await;
+    for (name, value) in [("x-ms-request-id", &request_id), ("x-ms-correlation-request-id", &correlation_id)] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    tracing::info!(
+        %method,
+        path,
+        status = resp.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        correlation_id,
+        "request"
+    );
+    resp
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "unavailable"}))
+        }
+    }
+}
+
+async fn fallback(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    req: Request<Body>,
+) -> Response {
+    if req.uri().path().to_ascii_lowercase().starts_with("/subscriptions/") {
+        return arm::handle(app, peer, req).await;
+    }
+    ApiError::not_found("NotFound", format!("no route for {} {}", req.method(), req.uri().path())).into_response()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal().into_response()
+}
+
+/// Every route of the control plane.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api::router())
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn(correlate))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(app)
+}
+
+/// Serves the control plane on `listener` until `shutdown` completes, then drains in-flight
+/// requests and stops the sweeper.
+pub async fn run(
+    listener: ServerListener,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = App::new(store, clock, config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_rx));
+    let service = router(app).into_make_service_with_connect_info::<PeerAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    served
+}
+
+/// Extracts the request context inside handlers that take the whole request.
+pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
+    request_ctx(peer, req.extensions().get::<Correlation>())
+}

@@ -1,0 +1,245 @@
+//! The Azure-compatible API: `Microsoft.Security/locations/jitNetworkAccessPolicies`,
+//! api-version 2020-01-01, every operation of the contract.
+
+pub mod route;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use percent_encoding::percent_decode_str;
+
+use jitgate_api_types::arm::{self as dto, InitiateIn, PolicyIn, PolicyListOut};
+use jitgate_api_types::parse_json;
+use jitgate_core::audit::AuditEvent;
+use jitgate_core::invalid::codes;
+use jitgate_core::policy::validate;
+use jitgate_core::PolicyRef;
+use jitgate_store::{InitiateCommand, ListScope, Principal};
+
+use crate::error::{json, ApiError};
+use crate::tls::PeerAddr;
+use crate::{App, RequestCtx};
+
+use self::route::ArmRoute;
+
+/// The api-versions whose shapes jitgate serves (the preview has the same shapes).
+pub const API_VERSIONS: [&str; 2] = [dto::API_VERSION, "2015-06-01-preview"];
+
+/// Handles one request under `/subscriptions/`.
+pub async fn handle(app: App, peer: PeerAddr, req: Request<Body>) -> Response {
+    match handle_inner(&app, peer, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
+    let ctx = crate::ctx_of(peer, &req);
+    let (parts, body) = req.into_parts();
+    let route = route::parse(&parts.method, parts.uri.path())?;
+    let resource_id = match &route {
+        ArmRoute::Get(r) | ArmRoute::Put(r) | ArmRoute::Delete(r) | ArmRoute::Initiate(r) => r.id(),
+        ArmRoute::List(_) => parts.uri.path().to_owned(),
+    };
+    let principal = app.authenticate(&parts.headers, &ctx, &resource_id).await?;
+    let audit = app.audit(&ctx, &principal.name, route.operation(), &resource_id);
+    let query = Query::parse(parts.uri.query());
+    if let Err(e) = check_api_version(&query) {
+        return Err(if route.is_mutation() { app.refuse(audit, e).await } else { e });
+    }
+    match route {
+        ArmRoute::List(scope) => list(app, &scope, &query, &parts.headers, parts.uri.path()).await,
+        ArmRoute::Get(r) => get(app, &r).await,
+        ArmRoute::Put(r) => {
+            let body = match read_body(app, body).await {
+                Ok(b) => b,
+                Err(e) => return Err(app.refuse(audit, e).await),
+            };
+            put(app, r, &body, audit).await
+        }
+        ArmRoute::Delete(r) => delete(app, &r, audit).await,
+        ArmRoute::Initiate(r) => {
+            let body = match read_body(app, body).await {
+                Ok(b) => b,
+                Err(e) => return Err(app.refuse(audit, e).await),
+            };
+            initiate(app, r, &body, &ctx, &principal, audit).await
+        }
+    }
+}
+
+/// The decoded query string (`+` is a space, as form encoding has it).
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(raw: Option<&str>) -> Self {
+        let decode = |s: &str| percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        Query(
+            raw.unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (decode(k), decode(v)),
+                    None => (decode(p), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn check_api_version(q: &Query) -> Result<(), ApiError> {
+    match q.get("api-version") {
+        None | Some("") => Err(ApiError::bad_request(
+            "MissingApiVersionParameter",
+            format!("The api-version query parameter (?api-version=) is required for all requests; use {}.", dto::API_VERSION),
+        )),
+        Some(v) if API_VERSIONS.contains(&v) => Ok(()),
+        Some(v) => Err(ApiError::bad_request(
+            "InvalidApiVersionParameter",
+            format!("The api-version '{v}' is invalid. The supported versions are '{}'.", API_VERSIONS.join("', '")),
+        )),
+    }
+}
+
+/// Reads the whole body, refusing more than the configured limit with 413.
+pub async fn read_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = app.config.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestBodyTooLarge",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    })
+}
+
+async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
+    let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let after = match q.get("$skiptoken") {
+        None | Some("") => None,
+        Some(t) => Some(
+            engine
+                .decode(t.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::bad_request("InvalidSkipToken", format!("'{t}' is not a skip token from a nextLink")))?,
+        ),
+    };
+    let size = app.config.list_page_size.max(1);
+    let mut page = app.store.list_policies(scope, after.as_deref(), size + 1).await?;
+    let next_link = if page.len() > size {
+        page.truncate(size);
+        page.last().map(|last| {
+            let token = engine.encode(last.policy.reference.key());
+            format!("{}{}?api-version={}&$skiptoken={token}", base_url(app, headers), path, dto::API_VERSION)
+        })
+    } else {
+        None
+    };
+    let body = PolicyListOut { value: page.iter().map(dto::policy_out).collect(), next_link };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// The base of absolute links: the configured public URL, else the scheme and `Host` of the
+/// request.
+fn base_url(app: &App, headers: &HeaderMap) -> String {
+    if let Some(u) = &app.config.public_url {
+        return u.trim_end_matches('/').to_owned();
+    }
+    let scheme = if app.config.tls { "https" } else { "http" };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+fn policy_not_found(r: &PolicyRef) -> ApiError {
+    ApiError::not_found(codes::POLICY_NOT_FOUND, format!("JIT network access policy '{}' was not found", r.id()))
+}
+
+async fn get(app: &App, r: &PolicyRef) -> Result<Response, ApiError> {
+    match app.store.get_policy(r).await? {
+        Some(record) => Ok(json(StatusCode::OK, &dto::policy_out(&record))),
+        None => Err(policy_not_found(r)),
+    }
+}
+
+async fn put(app: &App, r: PolicyRef, body: &[u8], audit: AuditEvent) -> Result<Response, ApiError> {
+    let validated = parse_json::<PolicyIn>(body).and_then(PolicyIn::into_draft).and_then(|d| validate(r, d));
+    let validated = match validated {
+        Ok(v) => v,
+        Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
+    };
+    let record = app.store.put_policy(validated, audit).await?;
+    // The SDK accepts only 200, for a new policy and a replaced one alike.
+    Ok(json(StatusCode::OK, &dto::policy_out(&record)))
+}
+
+async fn delete(app: &App, r: &PolicyRef, audit: AuditEvent) -> Result<Response, ApiError> {
+    if app.store.delete_policy(r, audit).await? {
+        app.sweeper.notify_one();
+        Ok(StatusCode::OK.into_response())
+    } else {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+}
+
+async fn initiate(
+    app: &App,
+    r: PolicyRef,
+    body: &[u8],
+    ctx: &RequestCtx,
+    principal: &Principal,
+    audit: AuditEvent,
+) -> Result<Response, ApiError> {
+    let draft = match parse_json::<InitiateIn>(body).and_then(InitiateIn::into_draft) {
+        Ok(d) => d,
+        Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
+    };
+    let cmd = InitiateCommand {
+        policy: r,
+        draft,
+        caller: Some(ctx.caller_ip),
+        requestor: principal.name.clone(),
+        client_request_id: ctx.client_request_id.clone(),
+        now: app.clock.now(),
+    };
+    let outcome = app.store.initiate(cmd, audit).await?;
+    if !outcome.replayed {
+        app.sweeper.notify_one();
+    }
+    // From here on nothing can fail: the grant is recorded, so the answer is 202.
+    Ok(json(StatusCode::ACCEPTED, &dto::request_out(&outcome.request)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        let q = Query::parse(Some("api-version=2020-01-01&%24skiptoken=a%20b+c&flag"));
+        assert_eq!(q.get("api-version"), Some("2020-01-01"));
+        assert_eq!(q.get("$skiptoken"), Some("a b c"));
+        assert_eq!(q.get("flag"), Some(""));
+        assert_eq!(q.get("missing"), None);
+    }
+
+    #[test]
+    fn api_version_must_be_present_and_known() {
+        assert_eq!(check_api_version(&Query::parse(None)).map_err(|e| e.code), Err("MissingApiVersionParameter".into()));
+        assert_eq!(
+            check_api_version(&Query::parse(Some("api-version=2023-01-01"))).map_err(|e| e.code),
+            Err("InvalidApiVersionParameter".into())
+        );
+        assert!(check_api_version(&Query::parse(Some("api-version=2020-01-01"))).is_ok());
+    }
+}

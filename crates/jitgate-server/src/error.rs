@@ -1,0 +1,95 @@
+//! The one place where failures become HTTP answers: a status and Azure's error body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use jitgate_api_types::error::ErrorBody;
+use jitgate_core::invalid::InvalidKind;
+use jitgate_core::Invalid;
+use jitgate_store::StoreError;
+
+/// An error answer. Never carries `Retry-After`: 4xx answers must not be retried.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub target: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError { status, code: code.into(), message: message.into(), target: None }
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "jitgate could not complete the request; nothing was changed. See the server log.",
+        )
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(i: Invalid) -> Self {
+        let status = match i.kind {
+            InvalidKind::BadInput => StatusCode::BAD_REQUEST,
+            InvalidKind::NotFound => StatusCode::NOT_FOUND,
+            InvalidKind::Conflict => StatusCode::CONFLICT,
+        };
+        ApiError { status, code: i.code.into(), message: i.message, target: i.target }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected(i) => i.into(),
+            StoreError::Backend(msg) => {
+                tracing::error!(error = %msg, "store failure");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(self.code, self.message, self.target);
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = (self.status, bytes).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"jitgate\""));
+        }
+        resp
+    }
+}
+
+/// A JSON answer with the given status.
+pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut resp = (status, bytes).into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a response");
+            ApiError::internal().into_response()
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The expiry sweeper: marks grants whose end time has passed as `Revoked`/`Expired`.
+//!
+//! It sleeps until the earliest live end time (at most a minute), or until a new grant wakes it.
+//! The kernel's element timeouts close ports on their own; this keeps the record and the views
+//! true, and audits each expiry.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::App;
+
+/// The longest the sweeper sleeps without looking.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How often it retries after a store failure.
+const RETRY: Duration = Duration::from_secs(1);
+
+pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    loop {
+        let sleep_for = match sweep_once(&app).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry sweep failed; retrying");
+                RETRY
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = app.sweeper.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One sweep; returns how long to sleep before the next.
+pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError> {
+    let swept = app.store.expire_due(app.clock.now()).await?;
+    if swept.expired > 0 {
+        tracing::info!(expired = swept.expired, "grants expired");
+    }
+    let Some(next) = app.store.next_expiry().await? else { return Ok(MAX_SLEEP) };
+    let wait = next - app.clock.now();
+    let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+    // A millisecond past the end time, so the sweep after waking finds the grant due.
+    Ok(wait.min(MAX_SLEEP) + Duration::from_millis(1))
+}
