@@ -7,8 +7,8 @@ use jitgate_core::ids::POLICY_TYPE;
 use jitgate_core::initiate::{InitiateDraft, InitiatePortDraft, InitiateVmDraft};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{PolicyDraft, PortDraft, VmDraft};
-use jitgate_core::{Invalid, Policy, SourceSpec};
 use jitgate_core::records::{AccessRequestRecord, PolicyRecord};
+use jitgate_core::{Invalid, Policy, SourceSpec};
 
 use crate::datetime;
 
@@ -110,20 +110,22 @@ pub struct InitiatePortIn {
 impl InitiateIn {
     pub fn into_draft(self) -> Result<InitiateDraft, Invalid> {
         let bad = |target: String, message: String| Invalid::input(codes::INVALID_INITIATE, Some(target), message);
-        let vms = self
-            .virtual_machines
-            .ok_or_else(|| bad("virtualMachines".into(), "virtualMachines is required".into()))?;
+        let vms =
+            self.virtual_machines.ok_or_else(|| bad("virtualMachines".into(), "virtualMachines is required".into()))?;
         let mut out = Vec::with_capacity(vms.len());
         for (i, vm) in vms.into_iter().enumerate() {
-            let id = vm.id.ok_or_else(|| bad(format!("virtualMachines[{i}].id"), "every virtual machine needs its id".into()))?;
-            let ports_in = vm
-                .ports
-                .ok_or_else(|| bad(format!("virtualMachines[{i}].ports"), "name the ports to open".into()))?;
+            let id = vm
+                .id
+                .ok_or_else(|| bad(format!("virtualMachines[{i}].id"), "every virtual machine needs its id".into()))?;
+            let ports_in =
+                vm.ports.ok_or_else(|| bad(format!("virtualMachines[{i}].ports"), "name the ports to open".into()))?;
             let mut ports = Vec::with_capacity(ports_in.len());
             for (j, p) in ports_in.into_iter().enumerate() {
                 let end_time = p
                     .end_time_utc
-                    .map(|t| datetime::parse(&t).map_err(|m| bad(format!("virtualMachines[{i}].ports[{j}].endTimeUtc"), m)))
+                    .map(|t| {
+                        datetime::parse(&t).map_err(|m| bad(format!("virtualMachines[{i}].ports[{j}].endTimeUtc"), m))
+                    })
                     .transpose()?;
                 ports.push(InitiatePortDraft {
                     number: p.number,

@@ -20,7 +20,11 @@ pub const INVALID_REQUEST_CONTENT: &str = "InvalidRequestContent";
 /// Parses a JSON body, naming the path of a field of the wrong type.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Invalid> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Invalid::input(INVALID_REQUEST_CONTENT, None, "the request body is empty; a JSON object is required"));
+        return Err(Invalid::input(
+            INVALID_REQUEST_CONTENT,
+            None,
+            "the request body is empty; a JSON object is required",
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -42,8 +46,10 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_field() {
-        let err = parse_json::<arm::PolicyIn>(br#"{"properties":{"virtualMachines":[{"id":"x","ports":[{"number":"22"}]}]}}"#)
-            .expect_err("wrong type");
+        let err = parse_json::<arm::PolicyIn>(
+            br#"{"properties":{"virtualMachines":[{"id":"x","ports":[{"number":"22"}]}]}}"#,
+        )
+        .expect_err("wrong type");
         assert_eq!(err.code, INVALID_REQUEST_CONTENT);
         assert_eq!(err.target.as_deref(), Some("properties.virtualMachines[0].ports[0].number"));
         let err = parse_json::<arm::PolicyIn>(b"{not json").expect_err("syntax");

@@ -33,7 +33,8 @@ impl VmIn {
         let id = self.id.ok_or_else(|| bad("id", "id is required: the VM's ARM id".into()))?;
         let id = VmId::parse(&id).map_err(|m| bad("id", m))?;
         let os = self.os_type.ok_or_else(|| bad("osType", "osType is required: Linux or Windows".into()))?;
-        let os_type = OsType::parse(&os).ok_or_else(|| bad("osType", format!("osType '{os}' is not Linux or Windows")))?;
+        let os_type =
+            OsType::parse(&os).ok_or_else(|| bad("osType", format!("osType '{os}' is not Linux or Windows")))?;
         let location = self.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
         if location.trim().is_empty() || location.len() > 90 || location.chars().any(char::is_control) {
             return Err(bad("location", format!("location '{location}' must be 1 to 90 printable characters")));
@@ -99,8 +100,9 @@ mod tests {
 
     #[test]
     fn a_registration_is_checked_field_by_field() {
-        let ok = check(serde_json::json!({"id": ID, "osType": "linux", "location": "westeurope", "address": "10.0.0.4"}))
-            .expect("valid");
+        let ok =
+            check(serde_json::json!({"id": ID, "osType": "linux", "location": "westeurope", "address": "10.0.0.4"}))
+                .expect("valid");
         assert_eq!(ok.os_type, OsType::Linux);
         assert_eq!(ok.address.map(|a| a.to_string()).as_deref(), Some("10.0.0.4"));
         assert!(check(serde_json::json!({"id": ID, "osType": "Windows", "location": "westeurope"})).is_ok());

@@ -1,1 +1,120 @@
-//! jitgate-cli
+//! The jitgate command tree. `serve` runs the control plane (carried out by the binary, which
+//! owns the concrete store); `bench` measures a running or freshly started server.
+
+pub mod bench;
+pub mod client;
+pub mod local;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// jitgate: just-in-time network access for Linux hosts and gateways.
+#[derive(Debug, Parser)]
+#[command(name = "jitgate", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: the Azure-compatible JIT API and the native API, over TLS.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
+    Bench(bench::BenchArgs),
+}
+
+const SERVE_EXAMPLES: &str = "Examples:
+  jitgate serve                                   # ./jitgate-data, https://127.0.0.1:8443, self-signed cert
+  jitgate serve --listen 0.0.0.0:8443 --tls-san jit.example.com
+  jitgate serve --tls-cert /etc/jitgate/cert.pem --tls-key /etc/jitgate/key.pem
+  jitgate serve --tls off --listen 127.0.0.1:8080  # behind a TLS-terminating proxy";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Directory of the SQLite database and of tls/cert.pem + tls/key.pem.
+    #[arg(long, env = "JITGATE_DATA_DIR", default_value = "./jitgate-data")]
+    pub data_dir: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "JITGATE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Serve TLS (default) or plain HTTP for a TLS-terminating proxy in front.
+    #[arg(long, env = "JITGATE_TLS", value_enum, default_value = "on")]
+    pub tls: TlsMode,
+    /// Your own certificate (PEM); with --tls-key. Default: a self-signed one in DATA_DIR/tls.
+    #[arg(long, env = "JITGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "JITGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or addresses for the self-signed certificate (repeat or comma-separate).
+    #[arg(long, env = "JITGATE_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// On first start, also write the one-time admin token to this file (mode 0600).
+    #[arg(long, env = "JITGATE_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Policies per page in list answers (the rest follows through nextLink).
+    #[arg(long, env = "JITGATE_LIST_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub list_page_size: u32,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "JITGATE_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=67_108_864))]
+    pub max_body_bytes: u64,
+    /// The externally visible base URL, used in nextLink (default: from the request's Host).
+    #[arg(long, env = "JITGATE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Log format on stderr (level from JITGATE_LOG or RUST_LOG, default info).
+    #[arg(long, env = "JITGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["jitgate", "serve"]).expect("defaults");
+        let Command::Serve(s) = cli.command else { panic!("serve expected") };
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(s.data_dir, PathBuf::from("./jitgate-data"));
+        assert_eq!(s.tls, TlsMode::On);
+        let cli = Cli::try_parse_from([
+            "jitgate",
+            "serve",
+            "--tls",
+            "off",
+            "--tls-san",
+            "a.example,10.0.0.1",
+            "--tls-san",
+            "b",
+        ])
+        .expect("flags");
+        let Command::Serve(s) = cli.command else { panic!("serve expected") };
+        assert_eq!(s.tls, TlsMode::Off);
+        assert_eq!(s.tls_san, ["a.example", "10.0.0.1", "b"]);
+        assert!(Cli::try_parse_from(["jitgate", "serve", "--tls-cert", "c.pem"]).is_err(), "cert needs key");
+        assert!(Cli::try_parse_from(["jitgate", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["jitgate", "serve", "--list-page-size", "0"]).is_err());
+    }
+}

@@ -117,7 +117,10 @@ pub fn chain_hash(prev: &[u8; 32], seq: u64, event: &AuditEvent) -> [u8; 32] {
 }
 
 /// Where a chain of `(seq, event, stored_hash)` first fails to verify, if anywhere.
-pub fn first_invalid<'a>(start: [u8; 32], records: impl IntoIterator<Item = (u64, &'a AuditEvent, [u8; 32])>) -> Option<u64> {
+pub fn first_invalid<'a>(
+    start: [u8; 32],
+    records: impl IntoIterator<Item = (u64, &'a AuditEvent, [u8; 32])>,
+) -> Option<u64> {
     let mut prev = start;
     let mut expected_seq = None;
     for (seq, event, stored) in records {

@@ -178,7 +178,9 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_duration() {
-        for bad in ["", "P", "PT", "3H", "three hours", "PT3", "PTH", "P1Y", "P2M", "PT3M2H", "PT1H1H", "PT-1H", "PT1X", "P1H"] {
+        for bad in
+            ["", "P", "PT", "3H", "three hours", "PT3", "PTH", "P1Y", "P2M", "PT3M2H", "PT1H1H", "PT-1H", "PT1X", "P1H"]
+        {
             assert!(AccessDuration::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

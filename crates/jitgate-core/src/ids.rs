@@ -33,7 +33,13 @@ impl VmId {
         if parts.len() != 9 || !parts[0].is_empty() {
             return Err(err());
         }
-        let expect = [(1, "subscriptions"), (3, "resourceGroups"), (5, "providers"), (6, "Microsoft.Compute"), (7, "virtualMachines")];
+        let expect = [
+            (1, "subscriptions"),
+            (3, "resourceGroups"),
+            (5, "providers"),
+            (6, "Microsoft.Compute"),
+            (7, "virtualMachines"),
+        ];
         if expect.iter().any(|(i, word)| !parts[*i].eq_ignore_ascii_case(word)) {
             return Err(err());
         }
@@ -164,7 +170,8 @@ mod tests {
 
     #[test]
     fn parses_a_vm_id_case_insensitively_and_keeps_its_casing() {
-        let text = format!("/subscriptions/{SUB}/resourcegroups/My-RG/providers/microsoft.compute/VirtualMachines/Web1");
+        let text =
+            format!("/subscriptions/{SUB}/resourcegroups/My-RG/providers/microsoft.compute/VirtualMachines/Web1");
         let id = VmId::parse(&text).expect("valid id");
         assert_eq!(id.as_str(), text);
         assert_eq!(id.name(), "Web1");
@@ -194,9 +201,18 @@ mod tests {
             p.id(),
             format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default")
         );
-        assert_eq!(PolicyRef::new("nope", "rg1", "westeurope", "default").map_err(|e| e.code), Err("InvalidSubscriptionId"));
-        assert_eq!(PolicyRef::new(SUB, "my rg", "westeurope", "default").map_err(|e| e.code), Err("InvalidResourceGroupName"));
-        assert_eq!(PolicyRef::new(SUB, &"r".repeat(91), "westeurope", "default").map_err(|e| e.code), Err("InvalidResourceGroupName"));
+        assert_eq!(
+            PolicyRef::new("nope", "rg1", "westeurope", "default").map_err(|e| e.code),
+            Err("InvalidSubscriptionId")
+        );
+        assert_eq!(
+            PolicyRef::new(SUB, "my rg", "westeurope", "default").map_err(|e| e.code),
+            Err("InvalidResourceGroupName")
+        );
+        assert_eq!(
+            PolicyRef::new(SUB, &"r".repeat(91), "westeurope", "default").map_err(|e| e.code),
+            Err("InvalidResourceGroupName")
+        );
         assert!(PolicyRef::new(SUB, "rg(1).x_y-z", "westeurope", "a/b c").is_ok());
         assert!(PolicyRef::new(SUB, "rg", "westeurope", "").is_err());
     }

@@ -73,7 +73,12 @@ pub struct RequestPlan {
 /// Checks a request against the policy and decides what to open.
 ///
 /// `caller` is the requester's own address, used when a port names no source (as Azure does).
-pub fn decide(policy: &Policy, draft: &InitiateDraft, caller: Option<IpAddr>, now: OffsetDateTime) -> Result<RequestPlan, Invalid> {
+pub fn decide(
+    policy: &Policy,
+    draft: &InitiateDraft,
+    caller: Option<IpAddr>,
+    now: OffsetDateTime,
+) -> Result<RequestPlan, Invalid> {
     let bad = |target: String, message: String| Invalid::input(codes::INVALID_INITIATE, Some(target), message);
     let not_subset = |target: String, why: String| {
         Invalid::input(
@@ -90,7 +95,10 @@ pub fn decide(policy: &Policy, draft: &InitiateDraft, caller: Option<IpAddr>, no
     }
     if let Some(j) = &draft.justification {
         if j.chars().count() > MAX_JUSTIFICATION {
-            return Err(bad("justification".into(), format!("the justification is longer than {MAX_JUSTIFICATION} characters")));
+            return Err(bad(
+                "justification".into(),
+                format!("the justification is longer than {MAX_JUSTIFICATION} characters"),
+            ));
         }
     }
     let mut grants = Vec::new();
@@ -135,15 +143,22 @@ pub fn decide(policy: &Policy, draft: &InitiateDraft, caller: Option<IpAddr>, no
                 }
                 (Some(end), None) => *end,
                 (None, Some(text)) => {
-                    let d = AccessDuration::parse(text).map_err(|e| bad(format!("{at}.duration"), format!("port {number}: {e}")))?;
+                    let d = AccessDuration::parse(text)
+                        .map_err(|e| bad(format!("{at}.duration"), format!("port {number}: {e}")))?;
                     if d.duration() <= Duration::ZERO {
-                        return Err(bad(format!("{at}.duration"), format!("port {number}: the duration must be positive")));
+                        return Err(bad(
+                            format!("{at}.duration"),
+                            format!("port {number}: the duration must be positive"),
+                        ));
                     }
                     now + d.duration()
                 }
             };
             if end_time <= now {
-                return Err(bad(format!("{at}.endTimeUtc"), format!("port {number}: the end time {end_time} is not in the future")));
+                return Err(bad(
+                    format!("{at}.endTimeUtc"),
+                    format!("port {number}: the end time {end_time} is not in the future"),
+                ));
             }
             if end_time - now > rule.max_duration.duration() + END_TIME_LEEWAY {
                 return Err(not_subset(
@@ -173,7 +188,11 @@ pub fn decide(policy: &Policy, draft: &InitiateDraft, caller: Option<IpAddr>, no
                 let asked: Vec<&str> = sources.prefixes().iter().map(|p| p.text()).collect();
                 return Err(not_subset(
                     format!("{at}.allowedSourceAddressPrefix"),
-                    format!("port {number}: source {} is not inside the allowed {}", asked.join(", "), allowed.join(", ")),
+                    format!(
+                        "port {number}: source {} is not inside the allowed {}",
+                        asked.join(", "),
+                        allowed.join(", ")
+                    ),
                 ));
             }
             grants.push(GrantPlan { vm_id: pvm.id.clone(), number, protocol: rule.protocol, sources, end_time });

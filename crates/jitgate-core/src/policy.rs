@@ -266,7 +266,8 @@ pub fn validate(reference: PolicyRef, draft: PolicyDraft) -> Result<ValidatedPol
 }
 
 fn validate_port(at: &str, port: PortDraft) -> Result<PortRule, Invalid> {
-    let bad = |field: &str, message: String| Invalid::input(codes::INVALID_POLICY, Some(format!("{at}.{field}")), message);
+    let bad =
+        |field: &str, message: String| Invalid::input(codes::INVALID_POLICY, Some(format!("{at}.{field}")), message);
     let number = match port.number {
         None => return Err(bad("number", "the port number is required".into())),
         Some(n) if !(1..=65535).contains(&n) => {
@@ -290,7 +291,8 @@ fn validate_port(at: &str, port: PortDraft) -> Result<PortRule, Invalid> {
     let max_text = port.max_duration.ok_or_else(|| {
         bad("maxRequestAccessDuration", format!("port {number}: maxRequestAccessDuration is required, e.g. PT3H"))
     })?;
-    let max_duration = AccessDuration::parse(&max_text).map_err(|e| bad("maxRequestAccessDuration", format!("port {number}: {e}")))?;
+    let max_duration =
+        AccessDuration::parse(&max_text).map_err(|e| bad("maxRequestAccessDuration", format!("port {number}: {e}")))?;
     if max_duration.duration() < MIN_MAX_ACCESS || max_duration.duration() > MAX_MAX_ACCESS {
         return Err(bad(
             "maxRequestAccessDuration",

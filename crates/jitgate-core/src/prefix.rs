@@ -102,7 +102,17 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_an_address() {
-        for bad in ["", "any", "Internet", "10.0.0", "10.0.0.0/33", "300.1.1.1", "10.0.0.0/", "::/129", "* "[..1].repeat(2).as_str()] {
+        for bad in [
+            "",
+            "any",
+            "Internet",
+            "10.0.0",
+            "10.0.0.0/33",
+            "300.1.1.1",
+            "10.0.0.0/",
+            "::/129",
+            "* "[..1].repeat(2).as_str(),
+        ] {
             assert!(SourcePrefix::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

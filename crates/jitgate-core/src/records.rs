@@ -34,4 +34,3 @@ pub struct PolicyRecord {
     pub policy: Policy,
     pub requests: Vec<AccessRequestRecord>,
 }
-

@@ -64,12 +64,17 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             }
             Some(id) => match app.store.get_vm(&id).await? {
                 Some(vm) => Ok(json(StatusCode::OK, &vm_out(&vm))),
-                None => Err(ApiError::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered"))),
+                None => {
+                    Err(ApiError::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")))
+                }
             },
         },
         "PUT" => {
             let audit = app.audit(&ctx, &principal.name, ops::VM_WRITE, "/api/v1/vms");
-            let reg = match read_body(app, body).await.and_then(|b| parse_json::<VmIn>(&b).and_then(VmIn::validate).map_err(Into::into)) {
+            let reg = match read_body(app, body)
+                .await
+                .and_then(|b| parse_json::<VmIn>(&b).and_then(VmIn::validate).map_err(Into::into))
+            {
                 Ok(r) => r,
                 Err(e) => return Err(app.refuse(audit, e).await),
             };
@@ -84,7 +89,10 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             let id = match id_param(&query) {
                 Ok(Some(id)) => id,
                 Ok(None) => {
-                    let e = ApiError::bad_request(codes::INVALID_VM, "name the VM to remove: DELETE /api/v1/vms?id=<ARM id>");
+                    let e = ApiError::bad_request(
+                        codes::INVALID_VM,
+                        "name the VM to remove: DELETE /api/v1/vms?id=<ARM id>",
+                    );
                     return Err(app.refuse(audit, e).await);
                 }
                 Err(e) => return Err(app.refuse(audit, e).await),

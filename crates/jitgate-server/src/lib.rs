@@ -122,7 +122,12 @@ impl App {
     }
 
     /// The principal behind the request's bearer token. Failures are audited as sign-in attempts.
-    pub async fn authenticate(&self, headers: &HeaderMap, ctx: &RequestCtx, resource_id: &str) -> Result<Principal, ApiError> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        ctx: &RequestCtx,
+        resource_id: &str,
+    ) -> Result<Principal, ApiError> {
         let failure = match auth::bearer(headers) {
             Ok(token) => match self.store.authenticate(&auth::hash_token(token), self.clock.now()).await? {
                 Some(p) => return Ok(p),
@@ -193,11 +198,7 @@ async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-async fn fallback(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
+async fn fallback(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
     if req.uri().path().to_ascii_lowercase().starts_with("/subscriptions/") {
         return arm::handle(app, peer, req).await;
     }

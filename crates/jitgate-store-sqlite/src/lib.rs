@@ -54,7 +54,10 @@ impl ReadPool {
         match idle {
             Some(c) => Ok(c),
             None => {
-                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
                 c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
                 Ok(c)
             }
@@ -214,7 +217,8 @@ impl Store for SqliteStore {
     async fn bootstrap(&self, owner: &str, token_hash: &str, audit: AuditEvent) -> StoreResult<bool> {
         let (owner, token_hash) = (owner.to_owned(), token_hash.to_owned());
         self.write(move |ctx| {
-            let count: i64 = ctx.conn.query_row("SELECT count(*) FROM principals", [], |r| r.get(0)).map_err(backend)?;
+            let count: i64 =
+                ctx.conn.query_row("SELECT count(*) FROM principals", [], |r| r.get(0)).map_err(backend)?;
             if count > 0 {
                 return Ok(false);
             }
@@ -224,7 +228,10 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             let pid = ctx.conn.last_insert_rowid();
             ctx.conn
-                .execute("INSERT INTO tokens (principal_id, hash, created) VALUES (?1, ?2, ?3)", params![pid, token_hash, now])
+                .execute(
+                    "INSERT INTO tokens (principal_id, hash, created) VALUES (?1, ?2, ?3)",
+                    params![pid, token_hash, now],
+                )
                 .map_err(backend)?;
             ctx.audit(&audit.succeeded().with("principal", owner.clone()).with("role", "Owner")).map_err(backend)?;
             Ok(true)
@@ -289,7 +296,11 @@ impl Store for SqliteStore {
         self.write(move |ctx| {
             let key = id.key();
             let Some(vm) = rows::get_vm(ctx.conn, &key).map_err(backend)? else {
-                return reject(ctx, audit, Invalid::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")));
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")),
+                );
             };
             let policy: Option<String> = ctx
                 .conn
@@ -298,15 +309,21 @@ impl Store for SqliteStore {
                      JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1",
                     [&key],
                     |r| {
-                        Ok(PolicyRef { subscription: r.get(0)?, resource_group: r.get(1)?, location: r.get(2)?, name: r.get(3)? }
-                            .id())
+                        Ok(PolicyRef {
+                            subscription: r.get(0)?,
+                            resource_group: r.get(1)?,
+                            location: r.get(2)?,
+                            name: r.get(3)?,
+                        }
+                        .id())
                     },
                 )
                 .optional()
                 .map_err(backend)?;
             if let Some(policy) = policy {
-                let message =
-                    format!("virtual machine '{id}' is protected by policy '{policy}'; remove it from the policy first");
+                let message = format!(
+                    "virtual machine '{id}' is protected by policy '{policy}'; remove it from the policy first"
+                );
                 return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
             }
             ctx.conn.execute("DELETE FROM vms WHERE key = ?1", [&key]).map_err(backend)?;
@@ -404,13 +421,25 @@ impl Store for SqliteStore {
         self.read(move |c| Ok(rows::load_policy(c, &key)?.map(|(_, r)| r))).await
     }
 
-    async fn list_policies(&self, scope: &ListScope, after: Option<&str>, limit: usize) -> StoreResult<Vec<PolicyRecord>> {
+    async fn list_policies(
+        &self,
+        scope: &ListScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<PolicyRecord>> {
         let (filter, mut args) = scope_query(scope);
         let after = after.unwrap_or("").to_owned();
         self.read(move |c| {
-            let sql = format!("SELECT key FROM policies WHERE {filter} AND key > ?{} ORDER BY key LIMIT {}", args.len() + 1, limit);
+            let sql = format!(
+                "SELECT key FROM policies WHERE {filter} AND key > ?{} ORDER BY key LIMIT {}",
+                args.len() + 1,
+                limit
+            );
             args.push(after);
-            let keys: Vec<String> = c.prepare(&sql)?.query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let keys: Vec<String> = c
+                .prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
                 if let Some((_, record)) = rows::load_policy(c, &key)? {
@@ -450,7 +479,7 @@ impl Store for SqliteStore {
     async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
         self.write(move |ctx| {
             let key = cmd.policy.key();
-            let Some((pid, record)) = rows::load_policy(ctx.conn, &key).map_err(backend)? else {
+            let Some((pid, policy)) = rows::load_policy_only(ctx.conn, &key).map_err(backend)? else {
                 let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
                 return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
             };
@@ -465,11 +494,11 @@ impl Store for SqliteStore {
                     return Ok(InitiateOutcome { request, replayed: true });
                 }
             }
-            let plan = match decide(&record.policy, &cmd.draft, cmd.caller, cmd.now) {
+            let plan = match decide(&policy, &cmd.draft, cmd.caller, cmd.now) {
                 Ok(plan) => plan,
                 Err(invalid) => return reject(ctx, audit, invalid),
             };
-            let policy_id = record.policy.reference.id();
+            let policy_id = policy.reference.id();
             ctx.conn
                 .prepare_cached(
                     "INSERT INTO requests (pid, policy_id, requestor, principal, start_time, justification, client_request_id) \
@@ -593,8 +622,9 @@ impl Store for SqliteStore {
 
     async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
         self.read(|c| {
-            let n: Option<i64> =
-                c.prepare_cached("SELECT min(end_time) FROM grants WHERE status = 'Initiated'")?.query_row([], |r| r.get(0))?;
+            let n: Option<i64> = c
+                .prepare_cached("SELECT min(end_time) FROM grants WHERE status = 'Initiated'")?
+                .query_row([], |r| r.get(0))?;
             n.map(from_nanos).transpose()
         })
         .await

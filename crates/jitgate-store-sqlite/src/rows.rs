@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 
 use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_core::initiate::{GrantStatus, StatusReason};
-use jitgate_core::{AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId};
+use jitgate_core::{
+    AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId,
+};
 use jitgate_store::{AccessRequestRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT};
 
 pub fn nanos(t: OffsetDateTime) -> i64 {
@@ -79,6 +81,13 @@ pub fn get_vm(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vm>> {
 
 /// The policy row id and its full record.
 pub fn load_policy(conn: &Connection, key: &str) -> rusqlite::Result<Option<(i64, PolicyRecord)>> {
+    let Some((pid, policy)) = load_policy_only(conn, key)? else { return Ok(None) };
+    let requests = load_requests(conn, pid)?;
+    Ok(Some((pid, PolicyRecord { policy, requests })))
+}
+
+/// The policy row id and its rules, without the request history (the initiate hot path).
+pub fn load_policy_only(conn: &Connection, key: &str) -> rusqlite::Result<Option<(i64, Policy)>> {
     let head = conn
         .prepare_cached("SELECT pid, subscription, resource_group, location, name, kind FROM policies WHERE key = ?1")?
         .query_row([key], |r| {
@@ -90,9 +99,7 @@ pub fn load_policy(conn: &Connection, key: &str) -> rusqlite::Result<Option<(i64
         })
         .optional()?;
     let Some((pid, reference, kind)) = head else { return Ok(None) };
-    let policy = load_policy_body(conn, pid, reference, kind)?;
-    let requests = load_requests(conn, pid)?;
-    Ok(Some((pid, PolicyRecord { policy, requests })))
+    Ok(Some((pid, load_policy_body(conn, pid, reference, kind)?)))
 }
 
 fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: String) -> rusqlite::Result<Policy> {

@@ -188,13 +188,15 @@ async fn initiate_supersede_and_replay(store: &dyn Store) {
     let r = policy_ref("req", "westeurope", "default");
     put(store, &r, one_vm_policy("req", "vm1", None)).await.expect("policy");
     let vm = vm_id("req", "vm1");
-    let first = store.initiate(initiate_cmd(&r, &vm, "203.0.113.5", 60, Some("c1")), audit("init")).await.expect("first");
+    let first =
+        store.initiate(initiate_cmd(&r, &vm, "203.0.113.5", 60, Some("c1")), audit("init")).await.expect("first");
     assert!(!first.replayed);
     assert_eq!(first.request.grants[0].status, GrantStatus::Initiated);
     assert_eq!(first.request.grants[0].status_reason, StatusReason::UserRequested);
     assert_eq!(first.request.justification.as_deref(), Some("why not"));
     // The same client request id again: the first answer, nothing new recorded.
-    let again = store.initiate(initiate_cmd(&r, &vm, "203.0.113.5", 60, Some("c1")), audit("init")).await.expect("retry");
+    let again =
+        store.initiate(initiate_cmd(&r, &vm, "203.0.113.5", 60, Some("c1")), audit("init")).await.expect("retry");
     assert!(again.replayed);
     assert_eq!(again.request.id, first.request.id);
     // Another source: a separate grant; the same source: supersedes the first.
@@ -232,14 +234,19 @@ async fn refusals_change_nothing_but_the_audit(store: &dyn Store) {
     assert_eq!(store.get_policy(&r).await.expect("get").expect("found").requests.len(), history);
     let after = store.audit_records(0, usize::MAX >> 1).await.expect("audit");
     assert_eq!(after.len(), before + 3, "one Failed record per refusal");
-    assert!(after[before..].iter().all(|a| a.event.status == AuditStatus::Failed && a.event.properties.contains_key("reason")));
+    assert!(after[before..]
+        .iter()
+        .all(|a| a.event.status == AuditStatus::Failed && a.event.properties.contains_key("reason")));
 }
 
 async fn expiry(store: &dyn Store) {
     register(store, "exp", "vm1", OsType::Linux).await;
     let r = policy_ref("exp", "westeurope", "default");
     put(store, &r, one_vm_policy("exp", "vm1", None)).await.expect("policy");
-    store.initiate(initiate_cmd(&r, &vm_id("exp", "vm1"), "198.51.100.1", 5, None), audit("init")).await.expect("grant");
+    store
+        .initiate(initiate_cmd(&r, &vm_id("exp", "vm1"), "198.51.100.1", 5, None), audit("init"))
+        .await
+        .expect("grant");
     let next = store.next_expiry().await.expect("next").expect("some live grant");
     assert!(next <= now() + Duration::minutes(5));
     assert_eq!(store.expire_due(now() + Duration::minutes(4)).await.expect("early").expired, 0);

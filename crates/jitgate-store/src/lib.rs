@@ -127,7 +127,12 @@ pub trait Store: Send + Sync + 'static {
     async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord>;
     async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>>;
     /// One page of a scope, ordered by policy key, starting after `after` (a key).
-    async fn list_policies(&self, scope: &ListScope, after: Option<&str>, limit: usize) -> StoreResult<Vec<PolicyRecord>>;
+    async fn list_policies(
+        &self,
+        scope: &ListScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<PolicyRecord>>;
     /// Deletes a policy and revokes its live grants. False when there was no such policy.
     async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool>;
 

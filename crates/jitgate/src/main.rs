@@ -1,1 +1,33 @@
-fn main() {}
+//! The jitgate binary: parses the command line and runs the chosen command. Thin by design:
+//! `serve` picks the store, prepares TLS and the first admin token, and calls
+//! `jitgate_server::run`.
+
+mod serve;
+
+use clap::Parser;
+
+use jitgate_cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jitgate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Bench(args) => jitgate_cli::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jitgate: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

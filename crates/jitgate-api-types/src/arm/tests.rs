@@ -70,7 +70,8 @@ fn missing_containers_are_named() {
         (json!({"properties": {}}), "properties.virtualMachines"),
         (json!({"properties": {"virtualMachines": [{"ports": []}]}}), "properties.virtualMachines[0].id"),
     ] {
-        let err = parse_json::<PolicyIn>(body.to_string().as_bytes()).expect("parse").into_draft().expect_err("missing");
+        let err =
+            parse_json::<PolicyIn>(body.to_string().as_bytes()).expect("parse").into_draft().expect_err("missing");
         assert_eq!(err.target.as_deref(), Some(target));
     }
 }

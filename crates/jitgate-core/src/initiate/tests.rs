@@ -42,7 +42,10 @@ fn policy() -> Policy {
 }
 
 fn request(port: InitiatePortDraft) -> InitiateDraft {
-    InitiateDraft { vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port] }], justification: Some("maintenance".into()) }
+    InitiateDraft {
+        vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port] }],
+        justification: Some("maintenance".into()),
+    }
 }
 
 fn port(number: i64, source: Option<&str>, minutes: i64) -> InitiatePortDraft {
@@ -147,7 +150,8 @@ fn only_ports_and_vms_of_the_policy_can_be_opened() {
 fn empty_lists_and_repeats_are_refused() {
     let empty_vms = InitiateDraft { vms: vec![], justification: None };
     assert!(decide(&policy(), &empty_vms, caller(), now()).is_err());
-    let empty_ports = InitiateDraft { vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![] }], justification: None };
+    let empty_ports =
+        InitiateDraft { vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![] }], justification: None };
     assert!(decide(&policy(), &empty_ports, caller(), now()).is_err());
     let twice = InitiateDraft {
         vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port(22, Some("*"), 30), port(22, Some("*"), 30)] }],

@@ -21,7 +21,10 @@ fn port(number: i64) -> PortDraft {
 }
 
 fn draft_with(port: PortDraft) -> PolicyDraft {
-    PolicyDraft { kind: None, vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![port]), public_ip_address: None }] }
+    PolicyDraft {
+        kind: None,
+        vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![port]), public_ip_address: None }],
+    }
 }
 
 /// Validates a one-port policy and returns the target of the error, if any.

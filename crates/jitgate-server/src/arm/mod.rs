@@ -97,7 +97,10 @@ fn check_api_version(q: &Query) -> Result<(), ApiError> {
     match q.get("api-version") {
         None | Some("") => Err(ApiError::bad_request(
             "MissingApiVersionParameter",
-            format!("The api-version query parameter (?api-version=) is required for all requests; use {}.", dto::API_VERSION),
+            format!(
+                "The api-version query parameter (?api-version=) is required for all requests; use {}.",
+                dto::API_VERSION
+            ),
         )),
         Some(v) if API_VERSIONS.contains(&v) => Ok(()),
         Some(v) => Err(ApiError::bad_request(
@@ -123,13 +126,9 @@ async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, path
     let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let after = match q.get("$skiptoken") {
         None | Some("") => None,
-        Some(t) => Some(
-            engine
-                .decode(t.trim())
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::bad_request("InvalidSkipToken", format!("'{t}' is not a skip token from a nextLink")))?,
-        ),
+        Some(t) => Some(engine.decode(t.trim()).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
+            ApiError::bad_request("InvalidSkipToken", format!("'{t}' is not a skip token from a nextLink"))
+        })?),
     };
     let size = app.config.list_page_size.max(1);
     let mut page = app.store.list_policies(scope, after.as_deref(), size + 1).await?;
@@ -235,7 +234,10 @@ mod tests {
 
     #[test]
     fn api_version_must_be_present_and_known() {
-        assert_eq!(check_api_version(&Query::parse(None)).map_err(|e| e.code), Err("MissingApiVersionParameter".into()));
+        assert_eq!(
+            check_api_version(&Query::parse(None)).map_err(|e| e.code),
+            Err("MissingApiVersionParameter".into())
+        );
         assert_eq!(
             check_api_version(&Query::parse(Some("api-version=2023-01-01"))).map_err(|e| e.code),
             Err("InvalidApiVersionParameter".into())

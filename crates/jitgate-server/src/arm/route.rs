@@ -48,11 +48,7 @@ fn not_found(path: &str) -> ApiError {
 }
 
 fn method_not_allowed(method: &Method, path: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "MethodNotAllowed",
-        format!("{method} is not supported on '{path}'"),
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{method} is not supported on '{path}'"))
 }
 
 fn decode(seg: &str) -> Result<String, ApiError> {
@@ -82,10 +78,10 @@ pub fn parse(method: &Method, path: &str) -> Result<ArmRoute, ApiError> {
         return Err(not_found(path));
     }
     let rest = &rest[2..];
-    let get_only = |route: ArmRoute| if method == Method::GET { Ok(route) } else { Err(method_not_allowed(method, path)) };
-    let check_sub = || {
-        jitgate_core::ids::validate_subscription(sub).map_err(|m| ApiError::bad_request("InvalidSubscriptionId", m))
-    };
+    let get_only =
+        |route: ArmRoute| if method == Method::GET { Ok(route) } else { Err(method_not_allowed(method, path)) };
+    let check_sub =
+        || jitgate_core::ids::validate_subscription(sub).map_err(|m| ApiError::bad_request("InvalidSubscriptionId", m));
     let check_rg = |rg: &str| {
         jitgate_core::ids::validate_resource_group(rg).map_err(|m| ApiError::bad_request("InvalidResourceGroupName", m))
     };
@@ -107,7 +103,11 @@ pub fn parse(method: &Method, path: &str) -> Result<ArmRoute, ApiError> {
                 None => ListScope::SubscriptionLocation { subscription: sub.into(), location: (*loc).into() },
                 Some(rg) => {
                     check_rg(rg)?;
-                    ListScope::ResourceGroupLocation { subscription: sub.into(), resource_group: rg.into(), location: (*loc).into() }
+                    ListScope::ResourceGroupLocation {
+                        subscription: sub.into(),
+                        resource_group: rg.into(),
+                        location: (*loc).into(),
+                    }
                 }
             };
             get_only(ArmRoute::List(scope))
@@ -151,8 +151,14 @@ mod tests {
             Ok(ArmRoute::List(ListScope::Subscription { subscription: SUB.into() }))
         );
         assert_eq!(
-            p(Method::GET, &format!("{base}/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies")),
-            Ok(ArmRoute::List(ListScope::SubscriptionLocation { subscription: SUB.into(), location: "westeurope".into() }))
+            p(
+                Method::GET,
+                &format!("{base}/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies")
+            ),
+            Ok(ArmRoute::List(ListScope::SubscriptionLocation {
+                subscription: SUB.into(),
+                location: "westeurope".into()
+            }))
         );
         assert_eq!(
             p(Method::GET, &format!("{base}/resourceGroups/rg1/providers/Microsoft.Security/jitNetworkAccessPolicies")),
@@ -205,16 +211,21 @@ mod tests {
             Err((400, "InvalidResourceGroupName".into()))
         );
         assert_eq!(
-            p(Method::GET, &format!("/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines")).map_err(|e| e.0),
+            p(Method::GET, &format!("/subscriptions/{SUB}/providers/Microsoft.Compute/virtualMachines"))
+                .map_err(|e| e.0),
             Err(404)
         );
         assert_eq!(
-            p(Method::PUT, &format!("/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies")).map_err(|e| e.0),
+            p(Method::PUT, &format!("/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies"))
+                .map_err(|e| e.0),
             Err(405)
         );
         assert_eq!(
-            p(Method::GET, &format!("/subscriptions/{SUB}/providers/Microsoft.Security/locations/x/jitNetworkAccessPolicies/name"))
-                .map_err(|e| e.0),
+            p(
+                Method::GET,
+                &format!("/subscriptions/{SUB}/providers/Microsoft.Security/locations/x/jitNetworkAccessPolicies/name")
+            )
+            .map_err(|e| e.0),
             Err(404),
             "a single policy needs its resource group"
         );

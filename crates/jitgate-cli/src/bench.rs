@@ -1,0 +1,151 @@
+//! `jitgate bench`: initiate throughput and latency over HTTPS with keep-alive and several
+//! concurrent clients, against a server it starts (embedded SQLite, fsync on every commit,
+//! audit included) or one named with --url.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::json;
+
+use crate::client::http_client;
+use crate::local::LocalServer;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server to measure; when absent, a fresh `jitgate serve` is started in a temporary directory.
+    #[arg(long, requires = "token")]
+    pub url: Option<String>,
+    /// Bearer token for --url (needs the rights to register a VM, write a policy and initiate).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signs the server's certificate, for --url.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Concurrent clients, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+}
+
+const SUB: &str = "b0000000-0000-4000-8000-000000000001";
+const RG: &str = "bench-rg";
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (_local, url, token, ca) = match &args.url {
+        Some(url) => {
+            (None, url.trim_end_matches('/').to_owned(), args.token.clone().unwrap_or_default(), args.ca_cert.clone())
+        }
+        None => {
+            let exe = std::env::current_exe().context("locating the jitgate binary")?;
+            let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, &[])).await??;
+            let (url, token, ca) = (server.url.clone(), server.token.clone(), Some(server.ca_cert.clone()));
+            (Some(server), url, token, ca)
+        }
+    };
+    let client = http_client(ca.as_deref())?;
+    let vm_id =
+        format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/bench-vm");
+    let policy = format!("{url}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/bench");
+    let auth = format!("Bearer {token}");
+    let r = client
+        .put(format!("{url}/api/v1/vms"))
+        .header("Authorization", &auth)
+        .json(&json!({"id": vm_id, "osType": "Linux", "location": "westeurope"}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("registering the bench VM: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    let body = json!({"kind": "Basic", "properties": {"virtualMachines": [{"id": vm_id, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
+    let r = client
+        .put(format!("{policy}?api-version=2020-01-01"))
+        .header("Authorization", &auth)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("creating the bench policy: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let end = measure_from + Duration::from_secs(args.seconds);
+    let initiate = Arc::new(format!("{policy}/initiate?api-version=2020-01-01"));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let client = client.clone();
+        let (counter, errors, initiate, auth, vm_id) =
+            (counter.clone(), errors.clone(), initiate.clone(), auth.clone(), vm_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(16_384);
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let source = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+                let body = json!({"virtualMachines": [{"id": vm_id, "ports": [{"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}]}], "justification": "bench"});
+                let sent = Instant::now();
+                let ok = match client.post(initiate.as_str()).header("Authorization", &auth).json(&body).send().await {
+                    Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                let took = sent.elapsed();
+                if sent >= measure_from {
+                    if ok {
+                        latencies.push(took);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    all.sort_unstable();
+    let errs = errors.load(Ordering::Relaxed);
+    if all.is_empty() {
+        bail!("no initiate succeeded ({errs} failed)");
+    }
+    let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "jitgate bench: initiate over HTTPS (keep-alive), {} clients, {} s measured after {} s warm-up",
+        args.concurrency, args.seconds, args.warmup
+    );
+    println!(
+        "server: {url}{}",
+        if args.url.is_none() {
+            " (started for this run: embedded SQLite, WAL, fsync per commit, audit chain)"
+        } else {
+            ""
+        }
+    );
+    println!("initiates: {} ok, {errs} failed", all.len());
+    println!("throughput: {:.0} initiates/s", all.len() as f64 / args.seconds as f64);
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(*all.last().unwrap_or(&Duration::ZERO))
+    );
+    Ok(())
+}

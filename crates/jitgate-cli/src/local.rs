@@ -1,0 +1,115 @@
+//! Starts `jitgate serve` as a child process in a temporary data directory on a free port, and
+//! stops it (and removes the directory) when dropped — for the benchmark and the tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The line `jitgate serve` prints once it accepts connections.
+pub const LISTENING_PREFIX: &str = "jitgate listening on ";
+
+/// A running `jitgate serve` child.
+pub struct LocalServer {
+    child: Option<Child>,
+    pub url: String,
+    pub token: String,
+    pub ca_cert: PathBuf,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl LocalServer {
+    /// Starts `binary serve` with `extra` arguments in a new temporary directory.
+    pub fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let data_dir = dir.path().join("data");
+        let mut server = Self::start_in(binary, &data_dir, extra)?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Starts `binary serve` on `data_dir` (kept when dropped).
+    pub fn start_in(binary: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let token_file = data_dir.with_extension("admin-token");
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
+            .args(extra)
+            .env("JITGATE_LOG", std::env::var("JITGATE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix(LISTENING_PREFIX) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            if let Ok(url) = rx.recv_timeout(Duration::from_millis(50)) {
+                break url;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("jitgate serve exited early with {status}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("jitgate serve did not start listening within 30 s");
+            }
+        };
+        let token = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_owned();
+        Ok(LocalServer {
+            child: Some(child),
+            url,
+            token,
+            ca_cert: data_dir.join("tls").join("cert.pem"),
+            data_dir: data_dir.to_owned(),
+            _dir: None,
+        })
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> anyhow::Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(true) };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("jitgate serve did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
