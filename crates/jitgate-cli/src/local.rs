@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -14,6 +15,7 @@ pub const LISTENING_PREFIX: &str = "jitgate listening on ";
 /// A running `jitgate serve` child.
 pub struct LocalServer {
     child: Option<Child>,
+    stdout: Arc<Mutex<Vec<String>>>,
     pub url: String,
     pub token: String,
     pub ca_cert: PathBuf,
@@ -50,10 +52,15 @@ impl LocalServer {
             .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let captured = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix(LISTENING_PREFIX) {
                     let _ = tx.send(url.trim().to_owned());
+                }
+                if let Ok(mut v) = captured.lock() {
+                    v.push(line);
                 }
             }
         });
@@ -73,12 +80,18 @@ impl LocalServer {
         let token = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_owned();
         Ok(LocalServer {
             child: Some(child),
+            stdout: lines,
             url,
             token,
             ca_cert: data_dir.join("tls").join("cert.pem"),
             data_dir: data_dir.to_owned(),
             _dir: None,
         })
+    }
+
+    /// Everything the server printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|v| v.join("\n")).unwrap_or_default()
     }
 
     /// The child's process id.

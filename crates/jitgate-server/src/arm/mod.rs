@@ -5,7 +5,7 @@ pub mod route;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use percent_encoding::percent_decode_str;
@@ -50,7 +50,7 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
         return Err(if route.is_mutation() { app.refuse(audit, e).await } else { e });
     }
     match route {
-        ArmRoute::List(scope) => list(app, &scope, &query, &parts.headers, parts.uri.path()).await,
+        ArmRoute::List(scope) => list(app, &scope, &query, &parts.headers, &parts.uri).await,
         ArmRoute::Get(r) => get(app, &r).await,
         ArmRoute::Put(r) => {
             let body = match read_body(app, body).await {
@@ -122,7 +122,7 @@ pub async fn read_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> 
     })
 }
 
-async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
+async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, uri: &Uri) -> Result<Response, ApiError> {
     let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let after = match q.get("$skiptoken") {
         None | Some("") => None,
@@ -136,7 +136,7 @@ async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, path
         page.truncate(size);
         page.last().map(|last| {
             let token = engine.encode(last.policy.reference.key());
-            format!("{}{}?api-version={}&$skiptoken={token}", base_url(app, headers), path, dto::API_VERSION)
+            format!("{}{}?api-version={}&$skiptoken={token}", base_url(app, headers, uri), uri.path(), dto::API_VERSION)
         })
     } else {
         None
@@ -145,9 +145,9 @@ async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, path
     Ok(json(StatusCode::OK, &body))
 }
 
-/// The base of absolute links: the configured public URL, else the scheme and `Host` of the
-/// request.
-fn base_url(app: &App, headers: &HeaderMap) -> String {
+/// The base of absolute links: the configured public URL, else the scheme and `Host` (HTTP/1.1)
+/// or `:authority` (HTTP/2) of the request.
+fn base_url(app: &App, headers: &HeaderMap, uri: &Uri) -> String {
     if let Some(u) = &app.config.public_url {
         return u.trim_end_matches('/').to_owned();
     }
@@ -155,6 +155,7 @@ fn base_url(app: &App, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
         .unwrap_or("localhost");
     format!("{scheme}://{host}")
