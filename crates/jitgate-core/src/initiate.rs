@@ -157,7 +157,7 @@ pub fn decide(
             if end_time <= now {
                 return Err(bad(
                     format!("{at}.endTimeUtc"),
-                    format!("port {number}: the end time {end_time} is not in the future"),
+                    format!("port {number}: the end time {} is not in the future", rfc3339(end_time)),
                 ));
             }
             if end_time - now > rule.max_duration.duration() + END_TIME_LEEWAY {
@@ -203,6 +203,10 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests;
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
 
 /// The state of one grant, as Azure names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -104,7 +104,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let (job, rx) = FnJob::new(f);
+        let (job, rx) = FnJob::boxed(f);
         let jobs = self.jobs.as_ref().ok_or_else(|| backend("the store is closed"))?;
         jobs.send(job).await.map_err(|_| backend("the store writer has stopped"))?;
         rx.await.map_err(|_| backend("the store writer has stopped"))?

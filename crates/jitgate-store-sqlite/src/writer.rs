@@ -79,7 +79,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
 {
-    pub fn new(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
+    pub fn boxed(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
         let (reply, rx) = oneshot::channel();
         (Box::new(FnJob { f: Some(f), out: None, reply }), rx)
     }
