@@ -133,21 +133,24 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
     Ok(Policy { reference, kind, vms })
 }
 
+/// A request without its grants, from `rid, requestor, start_time, justification`.
+fn request_from_row(r: &Row<'_>) -> rusqlite::Result<AccessRequestRecord> {
+    Ok(AccessRequestRecord {
+        id: r.get(0)?,
+        requestor: r.get(1)?,
+        start_time: from_nanos(r.get(2)?)?,
+        justification: r.get(3)?,
+        grants: Vec::new(),
+    })
+}
+
 /// The most recent requests of a policy, oldest first.
 fn load_requests(conn: &Connection, pid: i64) -> rusqlite::Result<Vec<AccessRequestRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT rid, requestor, start_time, justification FROM requests WHERE pid = ?1 ORDER BY rid DESC LIMIT ?2",
     )?;
     let mut requests = stmt
-        .query_map(params![pid, REQUEST_HISTORY_LIMIT as i64], |r| {
-            Ok(AccessRequestRecord {
-                id: r.get(0)?,
-                requestor: r.get(1)?,
-                start_time: from_nanos(r.get(2)?)?,
-                justification: r.get(3)?,
-                grants: Vec::new(),
-            })
-        })?
+        .query_map(params![pid, REQUEST_HISTORY_LIMIT as i64], request_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     requests.reverse();
     let Some(first) = requests.first().map(|r| r.id) else { return Ok(requests) };
@@ -192,15 +195,7 @@ fn grant_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<GrantRecord> {
 pub fn load_request(conn: &Connection, rid: i64) -> rusqlite::Result<AccessRequestRecord> {
     let mut request = conn
         .prepare_cached("SELECT rid, requestor, start_time, justification FROM requests WHERE rid = ?1")?
-        .query_row([rid], |r| {
-            Ok(AccessRequestRecord {
-                id: r.get(0)?,
-                requestor: r.get(1)?,
-                start_time: from_nanos(r.get(2)?)?,
-                justification: r.get(3)?,
-                grants: Vec::new(),
-            })
-        })?;
+        .query_row([rid], request_from_row)?;
     let mut stmt = conn.prepare_cached(
         "SELECT vm_id, number, protocol, source_form, sources, end_time, status, status_reason, mapped_port \
          FROM grants WHERE rid = ?1 ORDER BY ord",

@@ -3,9 +3,22 @@
 
 use std::sync::Arc;
 
-use jitgate_core::audit::{first_invalid, GENESIS};
+use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
 use jitgate_store::Store;
 use jitgate_store_sqlite::SqliteStore;
+
+fn event(operation: impl Into<String>) -> AuditEvent {
+    AuditEvent {
+        time: time::OffsetDateTime::now_utc(),
+        operation: operation.into(),
+        status: AuditStatus::Succeeded,
+        caller: "t".into(),
+        caller_ip: None,
+        resource_id: "/".into(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_conformance_suite() {
@@ -25,19 +38,7 @@ async fn data_and_the_audit_chain_survive_a_reopen() {
     };
     let store = SqliteStore::open(&path).expect("reopen");
     assert!(store.authenticate("hash-1", time::OffsetDateTime::now_utc()).await.expect("auth").is_some());
-    store
-        .record(jitgate_core::audit::AuditEvent {
-            time: time::OffsetDateTime::now_utc(),
-            operation: "after-reopen".into(),
-            status: jitgate_core::audit::AuditStatus::Succeeded,
-            caller: "t".into(),
-            caller_ip: None,
-            resource_id: "/".into(),
-            correlation_id: "c".into(),
-            properties: Default::default(),
-        })
-        .await
-        .expect("record");
+    store.record(event("after-reopen")).await.expect("record");
     let records = store.audit_records(0, 1 << 20).await.expect("audit");
     assert_eq!(records.len(), count + 1);
     assert_eq!(first_invalid(GENESIS, records.iter().map(|r| (r.seq, &r.event, r.hash))), None, "chain continues");
@@ -50,19 +51,7 @@ async fn concurrent_writes_are_all_committed_in_one_chain() {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let s = store.clone();
-        tasks.push(tokio::spawn(async move {
-            s.record(jitgate_core::audit::AuditEvent {
-                time: time::OffsetDateTime::now_utc(),
-                operation: format!("op-{i}"),
-                status: jitgate_core::audit::AuditStatus::Succeeded,
-                caller: "t".into(),
-                caller_ip: None,
-                resource_id: "/".into(),
-                correlation_id: "c".into(),
-                properties: Default::default(),
-            })
-            .await
-        }));
+        tasks.push(tokio::spawn(async move { s.record(event(format!("op-{i}"))).await }));
     }
     for t in tasks {
         t.await.expect("join").expect("record");
