@@ -48,6 +48,10 @@ pub struct PortRuleIn {
     pub allowed_source_address_prefix: Option<String>,
     pub allowed_source_address_prefixes: Option<Vec<String>>,
     pub max_request_access_duration: Option<String>,
+    /// jitgate extension: stop live sessions at expiry or revoke.
+    pub cut_sessions_at_expiry: Option<bool>,
+    /// jitgate extension: the gateway port that forwards (DNAT) to this port of the VM.
+    pub mapped_port: Option<i64>,
 }
 
 impl PolicyIn {
@@ -72,6 +76,8 @@ impl PolicyIn {
                         prefix: p.allowed_source_address_prefix,
                         prefixes: p.allowed_source_address_prefixes,
                         max_duration: p.max_request_access_duration,
+                        cut_sessions: p.cut_sessions_at_expiry,
+                        mapped_port: p.mapped_port,
                     })
                     .collect()
             });
@@ -182,11 +188,18 @@ pub struct PortRuleOut {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub allowed_source_address_prefixes: Option<Vec<String>>,
     pub max_request_access_duration: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cut_sessions_at_expiry: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mapped_port: Option<u16>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestOut {
+    /// jitgate extension: the request's id, for `POST /api/v1/requests/{id}/revoke`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub id: Option<i64>,
     pub virtual_machines: Vec<RequestVmOut>,
     pub start_time_utc: String,
     pub requestor: String,
@@ -199,6 +212,9 @@ pub struct RequestOut {
 pub struct RequestVmOut {
     pub id: String,
     pub ports: Vec<RequestPortOut>,
+    /// The gateway's public address when the VM is reached through a gateway.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_ip_address: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -257,6 +273,8 @@ pub fn policy_out(record: &PolicyRecord) -> PolicyOut {
                                 allowed_source_address_prefix: one,
                                 allowed_source_address_prefixes: many,
                                 max_request_access_duration: r.max_duration.text().to_owned(),
+                                cut_sessions_at_expiry: r.cut_sessions.then_some(true),
+                                mapped_port: r.mapped_port,
                             }
                         })
                         .collect(),
@@ -269,7 +287,8 @@ pub fn policy_out(record: &PolicyRecord) -> PolicyOut {
     }
 }
 
-/// The wire form of one access request: its grants grouped by VM, in request order.
+/// The wire form of one access request: its grants grouped by VM, in request order, with
+/// jitgate's request id (`id`, for revoke) as an extension field.
 pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
     let mut vms: Vec<RequestVmOut> = Vec::new();
     for g in &r.grants {
@@ -284,11 +303,17 @@ pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
             mapped_port: g.mapped_port,
         };
         match vms.iter_mut().find(|v| v.id.eq_ignore_ascii_case(&g.vm_id)) {
-            Some(v) => v.ports.push(port),
-            None => vms.push(RequestVmOut { id: g.vm_id.clone(), ports: vec![port] }),
+            Some(v) => {
+                v.ports.push(port);
+                if v.public_ip_address.is_none() {
+                    v.public_ip_address = g.public_ip.clone();
+                }
+            }
+            None => vms.push(RequestVmOut { id: g.vm_id.clone(), ports: vec![port], public_ip_address: g.public_ip.clone() }),
         }
     }
     RequestOut {
+        id: Some(r.id),
         virtual_machines: vms,
         start_time_utc: datetime::format(r.start_time),
         requestor: r.requestor.clone(),

@@ -5,6 +5,7 @@
 //! lenient about types only where Azure is (every field optional at the serde level) so that the
 //! domain can name exactly what is missing or wrong.
 
+pub mod agent;
 pub mod arm;
 pub mod datetime;
 pub mod error;

@@ -14,6 +14,9 @@ pub struct VmIn {
     pub os_type: Option<String>,
     pub location: Option<String>,
     pub address: Option<String>,
+    /// The name of the gateway agent in front of the VM (gateway mode); `address` is then the
+    /// VM's inner address.
+    pub gateway: Option<String>,
 }
 
 /// A checked VM registration.
@@ -23,6 +26,7 @@ pub struct VmRegistration {
     pub os_type: OsType,
     pub location: String,
     pub address: Option<std::net::IpAddr>,
+    pub gateway: Option<String>,
 }
 
 pub const INVALID_VM: &str = jitgate_core::invalid::codes::INVALID_VM;
@@ -43,7 +47,14 @@ impl VmIn {
             .address
             .map(|a| a.trim().parse().map_err(|_| bad("address", format!("address '{a}' is not an IP address"))))
             .transpose()?;
-        Ok(VmRegistration { id, os_type, location, address })
+        let gateway = match self.gateway {
+            Some(g) if g.trim().is_empty() => None,
+            Some(g) if g.len() > 64 || g.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+                return Err(bad("gateway", format!("gateway '{g}' is not a gateway agent name")));
+            }
+            other => other,
+        };
+        Ok(VmRegistration { id, os_type, location, address, gateway })
     }
 }
 
@@ -59,6 +70,24 @@ pub struct VmOut {
     pub address: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gateway: Option<String>,
+    /// The enforcement point: `{"agent", "mode", "lastSeen", "stale"}`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement: Option<EnforcementOut>,
+    /// Why JIT cannot protect this VM now, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unsupported_reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcementOut {
+    pub agent: String,
+    pub mode: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_seen: Option<String>,
+    pub stale: bool,
 }
 
 impl VmOut {
@@ -78,6 +107,9 @@ impl VmOut {
             address: address.map(|a| a.to_string()),
             created_at: datetime::format(created),
             updated_at: datetime::format(updated),
+            gateway: None,
+            enforcement: None,
+            unsupported_reason: None,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The jitgate command tree. `serve` runs the control plane (carried out by the binary, which
 //! owns the concrete store); `bench` measures a running or freshly started server.
 
+pub mod access;
+pub mod agent;
 pub mod bench;
 pub mod client;
 pub mod local;
+pub mod probe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,8 +26,70 @@ pub enum Command {
     /// Run the control plane: the Azure-compatible JIT API and the native API, over TLS.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// Run an enforcement point (`jitgate agent --server … --join-token … --state-dir …`), or
+    /// manage agent join tokens (`jitgate agent token create …`).
+    Agent(agent::AgentArgs),
+    /// Access requests: revoke a grant before its end time.
+    Access(access::AccessArgs),
+    /// Network probes: is a port open from here, when did it close, does a session survive.
+    Probe(probe::ProbeArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
     Bench(bench::BenchArgs),
+}
+
+/// How a client command reaches the server.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// The server's URL.
+    #[arg(long = "url", env = "JITGATE_URL", global = true)]
+    pub url: Option<String>,
+    /// A bearer token.
+    #[arg(long, env = "JITGATE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA (or self-signed) certificate of the server, PEM.
+    #[arg(long = "ca-cert", env = "JITGATE_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    /// The URL, token and client, or a clear error naming what is missing.
+    pub fn connect(&self) -> anyhow::Result<(String, String, reqwest::Client)> {
+        let url = self.url.clone().ok_or_else(|| anyhow::anyhow!("no server: set --url or JITGATE_URL"))?;
+        let token = self.token.clone().ok_or_else(|| anyhow::anyhow!("no token: set --token or JITGATE_TOKEN"))?;
+        let client = client::http_client(self.ca_cert.as_deref())?;
+        Ok((url.trim_end_matches('/').to_owned(), token, client))
+    }
+}
+
+/// Turns `30m`, `1h`, `2d`, `90s` or an ISO-8601 duration into ISO-8601.
+pub fn iso_duration(text: &str) -> anyhow::Result<String> {
+    let t = text.trim();
+    if t.to_ascii_uppercase().starts_with('P') {
+        return Ok(t.to_ascii_uppercase());
+    }
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("'{text}' is not a duration such as 30m, 1h, 2d or PT1H"))?;
+    Ok(match unit {
+        "s" => format!("PT{n}S"),
+        "m" | "min" => format!("PT{n}M"),
+        "h" => format!("PT{n}H"),
+        "d" => format!("P{n}D"),
+        _ => anyhow::bail!("'{text}' is not a duration such as 30m, 1h, 2d or PT1H"),
+    })
+}
+
+/// Sends a request and returns the JSON answer, or an error carrying the server's code and message.
+pub async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let code = value["error"]["code"].as_str().unwrap_or("");
+        let message = value["error"]["message"].as_str().unwrap_or(text.as_str());
+        anyhow::bail!("{} {code}: {message}", status.as_u16());
+    }
+    Ok(value)
 }
 
 const SERVE_EXAMPLES: &str = "Examples:
@@ -90,6 +155,35 @@ mod tests {
     #[test]
     fn the_command_tree_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_for_the_command_line() {
+        assert_eq!(iso_duration("1h").ok().as_deref(), Some("PT1H"));
+        assert_eq!(iso_duration("30m").ok().as_deref(), Some("PT30M"));
+        assert_eq!(iso_duration("2d").ok().as_deref(), Some("P2D"));
+        assert_eq!(iso_duration("pt2h").ok().as_deref(), Some("PT2H"));
+        assert!(iso_duration("soon").is_err());
+        assert!(iso_duration("5y").is_err());
+    }
+
+    #[test]
+    fn agent_command_lines_parse() {
+        let run = Cli::try_parse_from([
+            "jitgate", "agent", "--server", "https://s", "--join-token", "jgj_x", "--state-dir", "/tmp/a", "--mode", "gateway",
+            "--vm-name", "gw1",
+        ])
+        .expect("agent run");
+        let Command::Agent(a) = run.command else { panic!("agent expected") };
+        assert!(a.command.is_none());
+        assert_eq!(a.run.state_dir.as_deref(), Some(std::path::Path::new("/tmp/a")));
+        let create = Cli::try_parse_from([
+            "jitgate", "agent", "token", "create", "--subscription", "s", "--resource-group", "rg", "--location", "l", "--ttl", "2h",
+        ])
+        .expect("token create");
+        let Command::Agent(a) = create.command else { panic!("agent expected") };
+        assert!(a.command.is_some());
+        assert!(Cli::try_parse_from(["jitgate", "agent", "--server", "https://s"]).is_err(), "a running agent needs --state-dir");
     }
 
     #[test]

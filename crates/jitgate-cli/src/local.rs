@@ -35,12 +35,26 @@ impl LocalServer {
 
     /// Starts `binary serve` on `data_dir` (kept when dropped).
     pub fn start_in(binary: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(&[], binary, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `prefix… binary serve --listen listen` on `data_dir` (kept when dropped); the
+    /// prefix runs it elsewhere, e.g. `ip netns exec NS`.
+    pub fn start_with(prefix: &[&str], binary: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let token_file = data_dir.with_extension("admin-token");
-        let mut child = Command::new(binary)
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .arg("--bootstrap-token-file")
             .arg(&token_file)
             .args(extra)

@@ -20,6 +20,10 @@ pub mod ops {
     pub const VM_READ: &str = "Microsoft.Compute/virtualMachines/read";
     pub const PRINCIPAL_WRITE: &str = "Microsoft.Authorization/principals/write";
     pub const SIGN_IN: &str = "Microsoft.Authorization/signIn/action";
+    pub const REQUEST_REVOKE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/revoke/action";
+    pub const JOIN_TOKEN_WRITE: &str = "jitgate/agents/joinTokens/write";
+    pub const AGENT_JOIN: &str = "jitgate/agents/join/action";
+    pub const AGENT_APPLIED: &str = "jitgate/agents/applied/action";
 }
 
 /// The outcome of an operation, as Azure's Activity Log names it.

@@ -126,6 +126,11 @@ pub struct PortRule {
     pub protocol: Protocol,
     pub sources: SourceSpec,
     pub max_duration: AccessDuration,
+    /// jitgate extension (`cutSessionsAtExpiry`): live connections stop when the grant ends.
+    pub cut_sessions: bool,
+    /// jitgate extension (`mappedPort`): behind a gateway, the gateway port that forwards (DNAT)
+    /// to this port of the VM.
+    pub mapped_port: Option<u16>,
 }
 
 impl PortRule {
@@ -137,6 +142,8 @@ impl PortRule {
             protocol: Protocol::Any,
             sources: SourceSpec::Single(SourcePrefix::any()),
             max_duration: AccessDuration::from_seconds(3 * 3600),
+            cut_sessions: false,
+            mapped_port: None,
         }
     }
 }
@@ -192,6 +199,8 @@ pub struct PortDraft {
     pub prefix: Option<String>,
     pub prefixes: Option<Vec<String>>,
     pub max_duration: Option<String>,
+    pub cut_sessions: Option<bool>,
+    pub mapped_port: Option<i64>,
 }
 
 /// A policy whose every rule is checked, but whose VMs have not yet been looked up; a VM with
@@ -207,6 +216,7 @@ pub struct ValidatedPolicy {
 pub fn validate(reference: PolicyRef, draft: PolicyDraft) -> Result<ValidatedPolicy, Invalid> {
     let bad = |target: String, message: String| Invalid::input(codes::INVALID_POLICY, Some(target), message);
     let mut seen = HashSet::new();
+    let mut mapped = HashSet::new();
     let mut vms = Vec::with_capacity(draft.vms.len());
     for (i, vm) in draft.vms.into_iter().enumerate() {
         let at = format!("properties.virtualMachines[{i}]");
@@ -252,6 +262,14 @@ pub fn validate(reference: PolicyRef, draft: PolicyDraft) -> Result<ValidatedPol
                     format!("{at}.ports[{j}].number"),
                     format!("port {} is listed more than once for virtual machine '{}'", rule.number, id.name()),
                 ));
+            }
+            if let Some(m) = rule.mapped_port {
+                if !mapped.insert((m, rule.protocol)) {
+                    return Err(bad(
+                        format!("{at}.ports[{j}].mappedPort"),
+                        format!("mappedPort {m} is used twice in this policy; each gateway port maps to one VM port"),
+                    ));
+                }
             }
             ports.push(rule);
         }
@@ -299,7 +317,12 @@ fn validate_port(at: &str, port: PortDraft) -> Result<PortRule, Invalid> {
             format!("port {number}: maxRequestAccessDuration '{max_text}' must be between PT5M and PT24H"),
         ));
     }
-    Ok(PortRule { number, protocol, sources, max_duration })
+    let mapped_port = match port.mapped_port {
+        None => None,
+        Some(n) if (1..=65535).contains(&n) => Some(n as u16),
+        Some(n) => return Err(bad("mappedPort", format!("port {number}: mappedPort {n} is outside 1..65535"))),
+    };
+    Ok(PortRule { number, protocol, sources, max_duration, cut_sessions: port.cut_sessions.unwrap_or(false), mapped_port })
 }
 
 /// Parses the singular/plural source fields. `Ok(None)` when neither is set; an error names the

@@ -16,6 +16,8 @@ pub struct GrantRecord {
     pub status: GrantStatus,
     pub status_reason: StatusReason,
     pub mapped_port: Option<u16>,
+    /// The gateway's public address, for a VM behind a gateway (connection details).
+    pub public_ip: Option<String>,
 }
 
 /// An accepted access request and its grants, in request order.

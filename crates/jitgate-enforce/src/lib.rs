@@ -269,3 +269,14 @@ mod tests {
         assert!(!key("::/0", 22).is_exact());
     }
 }
+
+/// A firewall that can hold a [`Desired`] state. The nftables backend implements it for real;
+/// tests use a fake.
+pub trait Firewall: Send {
+    /// Whether this firewall can be programmed here; `Err` says why not.
+    fn usable(&self) -> Result<(), String>;
+    /// Replaces everything atomically with `desired` (remaining timeouts computed from `now`).
+    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), String>;
+    /// Applies element changes in one atomic batch.
+    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), String>;
+}

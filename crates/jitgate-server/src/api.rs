@@ -4,33 +4,233 @@
 //! - `PUT /api/v1/vms` `{"id","osType","location","address"?}` → 201 new, 200 replaced
 //! - `GET /api/v1/vms` → `{"value":[…]}`; `GET /api/v1/vms?id=…` → one VM or 404
 //! - `DELETE /api/v1/vms?id=…` → 200 with the removed VM; 404 unknown; 409 while a policy names it
+//! - `POST /api/v1/agentTokens` → 201 a one-time join token; `GET /api/v1/agents`
+//! - `GET /api/v1/requests/{id}`; `POST /api/v1/requests/{id}/revoke[?wait=applied]`
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::extract::Path;
+use axum::routing::{any, get, post};
 use axum::Router;
 
-use jitgate_api_types::native::{ListOut, VmIn, VmOut};
+use jitgate_api_types::agent::{AgentOut, JoinTokenIn, JoinTokenOut};
+use jitgate_api_types::arm::request_out;
+use jitgate_api_types::datetime;
+use jitgate_api_types::native::{EnforcementOut, ListOut, VmIn, VmOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::invalid::codes;
-use jitgate_core::VmId;
-use jitgate_store::{Vm, VmSpec};
+use jitgate_core::enforcement::AgentMode;
+use jitgate_core::ids::{validate_resource_group, validate_subscription};
+use jitgate_core::{AccessDuration, VmId};
+use jitgate_store::{AgentRecord, JoinTokenSpec, Vm, VmSpec};
 
 use crate::arm::{read_body, Query};
+use crate::auth;
 use crate::error::{json, ApiError};
 use crate::tls::PeerAddr;
 use crate::App;
 
 pub fn router() -> Router<App> {
-    Router::new().route("/api/v1/vms", any(vms))
+    Router::new()
+        .route("/api/v1/vms", any(vms))
+        .route("/api/v1/agentTokens", post(agent_tokens))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/requests/{id}", get(get_request))
+        .route("/api/v1/requests/{id}/revoke", post(revoke))
 }
 
-fn vm_out(vm: &Vm) -> VmOut {
+fn vm_out(app: &App, vm: &Vm) -> VmOut {
     let s = &vm.spec;
-    VmOut::new(&s.id, s.os_type, &s.location, s.address, vm.created, vm.updated)
+    let mut out = VmOut::new(&s.id, s.os_type, &s.location, s.address, vm.created, vm.updated);
+    out.gateway = s.gateway.clone();
+    match &vm.agent {
+        None => {
+            out.unsupported_reason = Some(match &s.gateway {
+                Some(gw) => format!("no enforcement point: gateway '{gw}' has not joined"),
+                None => "no enforcement point: no agent runs on the VM and no gateway is in front of it".into(),
+            });
+        }
+        Some(a) => {
+            out.enforcement = Some(EnforcementOut {
+                agent: a.name.clone(),
+                mode: a.mode.as_str().into(),
+                last_seen: a.last_seen.map(datetime::format),
+                stale: app.is_stale(a),
+            });
+            if a.nft_usable == Some(false) {
+                out.unsupported_reason = Some(format!(
+                    "nftables unusable on {}: {}",
+                    a.name,
+                    a.nft_error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn agent_out(app: &App, a: &AgentRecord) -> AgentOut {
+    AgentOut {
+        id: a.id.clone(),
+        name: a.name.clone(),
+        mode: a.mode.as_str().into(),
+        subscription: a.subscription.clone(),
+        resource_group: a.resource_group.clone(),
+        location: a.location.clone(),
+        vm_id: a.vm_id.clone(),
+        addresses: a.addresses.iter().map(|x| x.to_string()).collect(),
+        public_address: a.public_address.map(|x| x.to_string()),
+        joined_at: datetime::format(a.joined),
+        last_seen: a.last_seen.map(datetime::format),
+        applied_revision: a.applied_revision,
+        stale: app.is_stale(a),
+        nftables_usable: a.nft_usable,
+        nftables_error: a.nft_error.clone(),
+    }
+}
+
+fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Prefix of one-time join tokens.
+pub const JOIN_TOKEN_PREFIX: &str = "jgj_";
+
+async fn agent_tokens(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
+    respond(agent_tokens_inner(&app, peer, req).await)
+}
+
+async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
+    let ctx = crate::ctx_of(peer, &req);
+    let (parts, body) = req.into_parts();
+    let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/agentTokens").await?;
+    let audit = app.audit(&ctx, &principal.name, ops::JOIN_TOKEN_WRITE, "/api/v1/agentTokens");
+    let checked = async {
+        let body = read_body(app, body).await?;
+        let input: JoinTokenIn = parse_json(&body)?;
+        let bad = |field: &str, m: String| {
+            let mut e = ApiError::bad_request("InvalidJoinTokenRequest", m);
+            e.target = Some(field.into());
+            e
+        };
+        let subscription = input.subscription.ok_or_else(|| bad("subscription", "subscription is required".into()))?;
+        validate_subscription(&subscription).map_err(|m| bad("subscription", m))?;
+        let resource_group = input.resource_group.ok_or_else(|| bad("resourceGroup", "resourceGroup is required".into()))?;
+        validate_resource_group(&resource_group).map_err(|m| bad("resourceGroup", m))?;
+        let location = input.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
+        if location.trim().is_empty() || location.len() > 90 {
+            return Err(bad("location", format!("location '{location}' must be 1 to 90 characters")));
+        }
+        let mode_text = input.mode.unwrap_or_else(|| "host".into());
+        let mode = AgentMode::parse(&mode_text).ok_or_else(|| bad("mode", format!("mode '{mode_text}' is not host or gateway")))?;
+        let ttl = match input.ttl {
+            None => time::Duration::hours(1),
+            Some(t) => AccessDuration::parse(&t).map_err(|e| bad("ttl", e.0))?.duration(),
+        };
+        if ttl <= time::Duration::ZERO || ttl > time::Duration::days(7) {
+            return Err(bad("ttl", "ttl must be positive and at most P7D".into()));
+        }
+        Ok::<_, ApiError>(JoinTokenSpec { subscription, resource_group, location, mode, expires: app.clock.now() + ttl })
+    }
+    .await;
+    let spec = match checked {
+        Ok(s) => s,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    let token = format!("{JOIN_TOKEN_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
+    app.store.create_join_token(spec.clone(), &auth::hash_token(&token), audit).await?;
+    let out = JoinTokenOut {
+        token,
+        expires_on: datetime::format(spec.expires),
+        subscription: spec.subscription,
+        resource_group: spec.resource_group,
+        location: spec.location,
+        mode: spec.mode.as_str().into(),
+    };
+    Ok(json(StatusCode::CREATED, &out))
+}
+
+async fn agents(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
+    respond(
+        async {
+            let ctx = crate::ctx_of(peer, &req);
+            let headers = req.headers().clone();
+            drop(req);
+            app.authenticate(&headers, &ctx, "/api/v1/agents").await?;
+            let list = app.store.list_agents().await?;
+            Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(|a| agent_out(&app, a)).collect() }))
+        }
+        .await,
+    )
+}
+
+fn request_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::bad_request("InvalidRequestId", format!("'{raw}' is not a request id")))
+}
+
+async fn get_request(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(
+        async {
+            let ctx = crate::ctx_of(peer, &req);
+            let headers = req.headers().clone();
+            drop(req);
+            app.authenticate(&headers, &ctx, "/api/v1/requests").await?;
+            let id = request_id(&id)?;
+            match app.store.get_request(id).await? {
+                Some((policy, r)) => {
+                    let mut v = serde_json::to_value(request_out(&r)).unwrap_or_default();
+                    v["policyId"] = serde_json::Value::String(policy);
+                    Ok(json(StatusCode::OK, &v))
+                }
+                None => Err(ApiError::not_found("RequestNotFound", format!("access request {id} was not found"))),
+            }
+        }
+        .await,
+    )
+}
+
+async fn revoke(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(
+        async {
+            let ctx = crate::ctx_of(peer, &req);
+            let (headers, query) = (req.headers().clone(), Query::parse(req.uri().query()));
+            drop(req);
+            let principal = app.authenticate(&headers, &ctx, "/api/v1/requests").await?;
+            let audit = app.audit(&ctx, &principal.name, ops::REQUEST_REVOKE, &format!("/api/v1/requests/{id}"));
+            let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
+                Ok(x) => x,
+                Err(e) => return Err(app.refuse(audit, e).await),
+            };
+            let request = app.store.revoke_request(id, &principal.name, audit).await?;
+            app.changed();
+            let body = request_out(&request);
+            match wait {
+                None => Ok(json(StatusCode::OK, &body)),
+                Some(timeout) => {
+                    let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
+                    let revision = app.store.revision().await?;
+                    crate::arm::enforced_answer(&app, &vms, revision, timeout, StatusCode::OK, &body, id).await
+                }
+            }
+        }
+        .await,
+    )
 }
 
 fn id_param(q: &Query) -> Result<Option<VmId>, ApiError> {
@@ -60,10 +260,10 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
         "GET" => match id_param(&query)? {
             None => {
                 let list = app.store.list_vms().await?;
-                Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(vm_out).collect() }))
+                Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(|v| vm_out(app, v)).collect() }))
             }
             Some(id) => match app.store.get_vm(&id).await? {
-                Some(vm) => Ok(json(StatusCode::OK, &vm_out(&vm))),
+                Some(vm) => Ok(json(StatusCode::OK, &vm_out(app, &vm))),
                 None => {
                     Err(ApiError::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")))
                 }
@@ -80,9 +280,11 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             };
             let mut audit = audit;
             audit.resource_id = reg.id.as_str().to_owned();
-            let spec = VmSpec { id: reg.id, os_type: reg.os_type, location: reg.location, address: reg.address };
+            let spec =
+                VmSpec { id: reg.id, os_type: reg.os_type, location: reg.location, address: reg.address, gateway: reg.gateway };
             let (vm, created) = app.store.put_vm(spec, audit).await?;
-            Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &vm_out(&vm)))
+            app.changed();
+            Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &vm_out(app, &vm)))
         }
         "DELETE" => {
             let audit = app.audit(&ctx, &principal.name, ops::VM_DELETE, "/api/v1/vms");
@@ -100,7 +302,8 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             let mut audit = audit;
             audit.resource_id = id.as_str().to_owned();
             let vm = app.store.delete_vm(&id, audit).await?;
-            Ok(json(StatusCode::OK, &vm_out(&vm)))
+            app.changed();
+            Ok(json(StatusCode::OK, &vm_out(app, &vm)))
         }
         other => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

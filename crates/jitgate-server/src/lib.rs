@@ -5,6 +5,7 @@
 //! with the pure domain (jitgate-core), hand the change and its audit record to the store in one
 //! call, and map any failure through [`error::ApiError`] to Azure's error body.
 
+pub mod agent_api;
 pub mod api;
 pub mod arm;
 pub mod auth;
@@ -75,6 +76,22 @@ pub struct App {
     pub config: Arc<ServerConfig>,
     /// Wakes the expiry sweeper when a grant may have moved the next expiry earlier.
     pub sweeper: Arc<Notify>,
+    /// Ticks on every change an agent must see; wakes the state long-polls.
+    pub changes: Arc<watch::Sender<u64>>,
+    /// Wakes whoever waits for agents to apply a revision (`?wait=applied`).
+    pub applied: Arc<Notify>,
+}
+
+/// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
+pub const STALE_AFTER: time::Duration = time::Duration::seconds(90);
+
+/// Why waiting for enforcement ended without success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnforcementWait {
+    /// These agents had not applied the revision in time.
+    TimedOut(Vec<String>),
+    /// This agent applied it but reports nftables unusable.
+    Failed { agent: String, error: String },
 }
 
 /// Per-request facts every handler needs: the caller's address and the correlation id.
@@ -94,7 +111,57 @@ struct Correlation {
 
 impl App {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: ServerConfig) -> Self {
-        App { store, clock, config: Arc::new(config), sweeper: Arc::new(Notify::new()) }
+        App {
+            store,
+            clock,
+            config: Arc::new(config),
+            sweeper: Arc::new(Notify::new()),
+            changes: Arc::new(watch::channel(0).0),
+            applied: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Says that enforcement-relevant state changed: agents' long-polls wake at once.
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Whether an agent has gone quiet.
+    pub fn is_stale(&self, agent: &jitgate_store::AgentRecord) -> bool {
+        agent.last_seen.is_none_or(|seen| self.clock.now() - seen > STALE_AFTER)
+    }
+
+    /// Waits until every agent enforcing `vm_ids` has applied `revision` (or a later one).
+    /// Returns the agents waited for (none: no enforcement point).
+    pub async fn wait_applied(
+        &self,
+        vm_ids: &[String],
+        revision: u64,
+        timeout: std::time::Duration,
+    ) -> Result<Result<Vec<String>, EnforcementWait>, ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let agents = self.store.agents_for_vms(vm_ids).await?;
+            let mut waiting = Vec::new();
+            for a in &agents {
+                if a.applied_revision < revision {
+                    waiting.push(a.name.clone());
+                } else if a.nft_usable == Some(false) {
+                    let error = a.nft_error.clone().unwrap_or_else(|| "nftables unusable".into());
+                    return Ok(Err(EnforcementWait::Failed { agent: a.name.clone(), error }));
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(Ok(agents.into_iter().map(|a| a.name).collect()));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Err(EnforcementWait::TimedOut(waiting))),
+            }
+        }
     }
 
     /// A `Started` audit event for this request, to be completed by the store or [`App::refuse`].
@@ -216,6 +283,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api::router())
+        .merge(agent_api::router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn(correlate))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

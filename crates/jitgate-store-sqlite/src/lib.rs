@@ -4,6 +4,7 @@
 //! go through one writer thread that commits them in groups ([`writer`]); reads use a small pool
 //! of connections on the blocking thread pool, and see only committed data.
 
+mod agents;
 mod rows;
 mod writer;
 
@@ -17,14 +18,15 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use jitgate_core::audit::{ops, AuditEvent};
+use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_store::{
-    AccessRequestRecord, AuditRecord, ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, ListScope,
-    PolicyRecord, Principal, Store, StoreError, StoreResult, Vm, VmSpec,
+    AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditRecord, ExpirySweep, GrantRecord, InitiateCommand,
+    InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, Store, StoreError, StoreResult, Vm, VmSpec,
 };
 
 use crate::rows::{encode_sources, from_nanos, nanos};
@@ -176,8 +178,8 @@ fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy
     let mut vm_stmt =
         conn.prepare_cached("INSERT INTO policy_vms (pid, ord, vm_key, vm_id, public_ip) VALUES (?1, ?2, ?3, ?4, ?5)")?;
     let mut port_stmt = conn.prepare_cached(
-        "INSERT INTO policy_ports (pid, vm_ord, ord, number, protocol, source_form, sources, max_duration) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO policy_ports (pid, vm_ord, ord, number, protocol, source_form, sources, max_duration, cut_sessions, \
+         mapped_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for (i, vm) in policy.vms.iter().enumerate() {
         vm_stmt.execute(params![pid, i as i64, vm.id.key(), vm.id.as_str(), vm.public_ip_address])?;
@@ -191,7 +193,9 @@ fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy
                 p.protocol.as_str(),
                 form,
                 sources,
-                p.max_duration.text()
+                p.max_duration.text(),
+                p.cut_sessions,
+                p.mapped_port
             ])?;
         }
     }
@@ -258,22 +262,44 @@ impl Store for SqliteStore {
             let now = nanos(audit.time);
             let existing = rows::get_vm(ctx.conn, &key).map_err(backend)?;
             let address = vm.address.map(|a| a.to_string());
+            if let Some(gw) = &vm.gateway {
+                if rows::gateway_agent(ctx.conn, gw).map_err(backend)?.is_none() {
+                    let mut invalid = Invalid::input(
+                        codes::INVALID_VM,
+                        Some("gateway".into()),
+                        format!("no gateway agent named '{gw}' has joined; join it first (jitgate agent --mode gateway)"),
+                    );
+                    invalid.kind = jitgate_core::invalid::InvalidKind::BadInput;
+                    return reject(ctx, audit, invalid);
+                }
+                if vm.address.is_none() {
+                    let invalid = Invalid::input(
+                        codes::INVALID_VM,
+                        Some("address".into()),
+                        "a VM behind a gateway needs its inner address (the address the gateway forwards to)",
+                    );
+                    return reject(ctx, audit, invalid);
+                }
+            }
             match &existing {
                 Some(_) => ctx.conn.execute(
-                    "UPDATE vms SET os_type = ?2, location = ?3, address = ?4, updated = ?5 WHERE key = ?1",
-                    params![key, vm.os_type.as_str(), vm.location, address, now],
+                    "UPDATE vms SET os_type = ?2, location = ?3, address = ?4, gateway = ?5, updated = ?6 WHERE key = ?1",
+                    params![key, vm.os_type.as_str(), vm.location, address, vm.gateway, now],
                 ),
                 None => ctx.conn.execute(
-                    "INSERT INTO vms (key, id, os_type, location, address, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                    params![key, vm.id.as_str(), vm.os_type.as_str(), vm.location, address, now],
+                    "INSERT INTO vms (key, id, os_type, location, address, gateway, created, updated) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                    params![key, vm.id.as_str(), vm.os_type.as_str(), vm.location, address, vm.gateway, now],
                 ),
             }
             .map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
             let event = audit
                 .succeeded()
                 .with("osType", vm.os_type.as_str())
                 .with("location", vm.location.clone())
-                .with("address", address.unwrap_or_default());
+                .with("address", address.unwrap_or_default())
+                .with("gateway", vm.gateway.clone().unwrap_or_default());
             ctx.audit(&event).map_err(backend)?;
             let stored = rows::get_vm(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the VM vanished"))?;
             Ok((stored, existing.is_none()))
@@ -282,8 +308,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
-        self.read(|c| c.prepare_cached("SELECT * FROM vms ORDER BY key")?.query_map([], rows::vm_from_row)?.collect())
-            .await
+        self.read(|c| {
+            let keys: Vec<String> =
+                c.prepare_cached("SELECT key FROM vms ORDER BY key")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(vm) = rows::get_vm(c, &key)? {
+                    out.push(vm);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>> {
@@ -327,6 +363,7 @@ impl Store for SqliteStore {
                 return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
             }
             ctx.conn.execute("DELETE FROM vms WHERE key = ?1", [&key]).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&audit.succeeded()).map_err(backend)?;
             Ok(vm)
         })
@@ -405,6 +442,7 @@ impl Store for SqliteStore {
                 }
             };
             insert_policy_body(ctx.conn, pid, &resolved).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
             let event = audit
                 .succeeded()
                 .with("created", existing.is_none().to_string())
@@ -470,6 +508,7 @@ impl Store for SqliteStore {
             for table in ["policy_ports", "policy_vms", "policies"] {
                 ctx.conn.execute(&format!("DELETE FROM {table} WHERE pid = ?1"), [pid]).map_err(backend)?;
             }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&audit.succeeded().with("revokedGrants", revoked.to_string())).map_err(backend)?;
             Ok(true)
         })
@@ -521,11 +560,20 @@ impl Store for SqliteStore {
                     .and_then(|mut s| s.execute(params![pid, skey]))
                     .map_err(backend)?;
                 let (form, texts) = encode_sources(&g.sources);
+                // Behind a gateway the grant carries the connection details: the gateway's public
+                // address and the mapped port (when the policy port maps one).
+                let (mapped_port, public_ip) = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
+                    Some(vm) if vm.spec.gateway.is_some() => (
+                        policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
+                        vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
+                    ),
+                    _ => (None, None),
+                };
                 ctx.conn
                     .prepare_cached(
-                        "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, number, protocol, source_form, sources, \
-                         supersede_key, end_time, status, status_reason) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'Initiated', 'UserRequested')",
+                        "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
+                         supersede_key, end_time, status, status_reason, mapped_port, public_ip) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'Initiated', 'UserRequested', ?13, ?14)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -534,12 +582,15 @@ impl Store for SqliteStore {
                             ord as i64,
                             policy_id,
                             g.vm_id.as_str(),
+                            g.vm_id.key(),
                             g.number,
                             g.protocol.as_str(),
                             form,
                             texts,
                             skey,
-                            nanos(g.end_time)
+                            nanos(g.end_time),
+                            mapped_port,
+                            public_ip
                         ])
                     })
                     .map_err(backend)?;
@@ -554,7 +605,8 @@ impl Store for SqliteStore {
                     end_time: g.end_time,
                     status: GrantStatus::Initiated,
                     status_reason: StatusReason::UserRequested,
-                    mapped_port: None,
+                    mapped_port,
+                    public_ip,
                 });
             }
             let mut event = audit
@@ -566,6 +618,7 @@ impl Store for SqliteStore {
             if let Some(j) = &plan.justification {
                 event = event.with("justification", j.clone());
             }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&event).map_err(backend)?;
             let request = AccessRequestRecord {
                 id: rid,
@@ -639,6 +692,256 @@ impl Store for SqliteStore {
             c.prepare_cached("SELECT * FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
                 .query_map(params![after as i64, limit as i64], rows::audit_from_row)?
                 .collect()
+        })
+        .await
+    }
+
+    async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord> {
+        let revoked_by = revoked_by.to_owned();
+        self.write(move |ctx| {
+            let exists: Option<String> = ctx
+                .conn
+                .query_row("SELECT policy_id FROM requests WHERE rid = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(policy_id) = exists else {
+                return reject(ctx, audit, Invalid::not_found("RequestNotFound", format!("access request {id} was not found")));
+            };
+            let revoked = ctx
+                .conn
+                .execute(
+                    "UPDATE grants SET status = 'Revoked', status_reason = 'UserRequested', revoked_by = ?2 \
+                     WHERE rid = ?1 AND status = 'Initiated'",
+                    params![id, revoked_by],
+                )
+                .map_err(backend)?;
+            if revoked == 0 {
+                let message = format!("access request {id} has no live grant left to revoke (expired, superseded or revoked)");
+                return reject(ctx, audit, Invalid::conflict("RequestNotActive", message));
+            }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let mut event = audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", revoked.to_string());
+            event.resource_id = policy_id;
+            ctx.audit(&event).map_err(backend)?;
+            rows::load_request(ctx.conn, id).map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>> {
+        self.read(move |c| {
+            let policy: Option<String> =
+                c.query_row("SELECT policy_id FROM requests WHERE rid = ?1", [id], |r| r.get(0)).optional()?;
+            match policy {
+                Some(p) => Ok(Some((p, rows::load_request(c, id)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn revision(&self) -> StoreResult<u64> {
+        self.read(rows::revision).await
+    }
+
+    async fn create_join_token(&self, spec: JoinTokenSpec, token_hash: &str, audit: AuditEvent) -> StoreResult<()> {
+        let hash = token_hash.to_owned();
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO join_tokens (hash, subscription, resource_group, location, mode, created, expires, created_by) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        hash,
+                        spec.subscription,
+                        spec.resource_group,
+                        spec.location,
+                        spec.mode.as_str(),
+                        nanos(audit.time),
+                        nanos(spec.expires),
+                        audit.caller
+                    ],
+                )
+                .map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("mode", spec.mode.as_str())
+                .with("location", spec.location.clone())
+                .with("expiresOn", rfc3339(spec.expires));
+            ctx.audit(&event).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord> {
+        self.write(move |ctx| {
+            let token: Option<(String, String, String, String, i64, Option<i64>)> = ctx
+                .conn
+                .query_row(
+                    "SELECT subscription, resource_group, location, mode, expires, used FROM join_tokens WHERE hash = ?1",
+                    [&join.token_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let denied = |m: &str| Invalid::input("InvalidJoinToken", None, m.to_owned());
+            let Some((sub, rg, loc, mode, expires, used)) = token else {
+                return reject(ctx, audit, denied("the join token is unknown"));
+            };
+            if used.is_some() {
+                return reject(ctx, audit, denied("the join token was already used; create a new one"));
+            }
+            if expires <= nanos(join.now) {
+                return reject(ctx, audit, denied("the join token has expired; create a new one"));
+            }
+            if mode != join.mode.as_str() {
+                let m = format!("the join token is for {mode} mode, the agent asked for {}", join.mode.as_str());
+                return reject(ctx, audit, denied(&m));
+            }
+            let vm = match join.mode {
+                AgentMode::Host => match agents::host_vm_id(&sub, &rg, &join.name) {
+                    Ok(id) => Some(id),
+                    Err(m) => return reject(ctx, audit, Invalid::input("InvalidAgentName", Some("name".into()), m)),
+                },
+                AgentMode::Gateway => {
+                    if rows::gateway_agent(ctx.conn, &join.name).map_err(backend)?.is_some() {
+                        let m = format!("a gateway named '{}' has already joined", join.name);
+                        return reject(ctx, audit, Invalid::conflict("GatewayExists", m));
+                    }
+                    None
+                }
+            };
+            let now = nanos(join.now);
+            ctx.conn.execute("UPDATE join_tokens SET used = ?2 WHERE hash = ?1", params![join.token_hash, now]).map_err(backend)?;
+            let addresses: Vec<String> = join.addresses.iter().map(|a| a.to_string()).collect();
+            if let Some(vm) = &vm {
+                // Host mode: the agent registers its own VM (a re-join replaces the earlier agent).
+                let address = join.addresses.first().map(|a| a.to_string());
+                ctx.conn
+                    .execute(
+                        "INSERT INTO vms (key, id, os_type, location, address, agent_id, created, updated) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (key) DO UPDATE SET os_type = ?3, \
+                         location = ?4, address = ?5, agent_id = ?6, gateway = NULL, updated = ?7",
+                        params![vm.key(), vm.as_str(), join.os_type.as_str(), loc, address, join.id, now],
+                    )
+                    .map_err(backend)?;
+                ctx.conn.execute("DELETE FROM agents WHERE vm_key = ?1 AND mode = 'host'", [vm.key()]).map_err(backend)?;
+            }
+            ctx.conn
+                .execute(
+                    "INSERT INTO agents (id, name, mode, subscription, resource_group, location, vm_key, vm_id, credential_hash, \
+                     os_type, addresses, public_address, hostname, joined) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    params![
+                        join.id,
+                        join.name,
+                        join.mode.as_str(),
+                        sub,
+                        rg,
+                        loc,
+                        vm.as_ref().map(|v| v.key()),
+                        vm.as_ref().map(|v| v.as_str().to_owned()),
+                        join.credential_hash,
+                        join.os_type.as_str(),
+                        addresses.join(" "),
+                        join.public_address.map(|a| a.to_string()),
+                        join.hostname,
+                        now
+                    ],
+                )
+                .map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let mut event = audit
+                .succeeded()
+                .with("agentId", join.id.clone())
+                .with("mode", join.mode.as_str())
+                .with("name", join.name.clone())
+                .with("addresses", addresses.join(" "));
+            if let Some(vm) = &vm {
+                event.resource_id = vm.as_str().to_owned();
+            }
+            ctx.audit(&event).map_err(backend)?;
+            agents::agent_by_id(ctx.conn, &join.id).map_err(backend)?.ok_or_else(|| backend("the agent vanished"))
+        })
+        .await
+    }
+
+    async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>> {
+        let hash = credential_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT * FROM agents WHERE credential_hash = ?1")?.query_row([hash], rows::agent_from_row).optional()
+        })
+        .await
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.read(|c| c.prepare_cached("SELECT * FROM agents ORDER BY joined")?.query_map([], rows::agent_from_row)?.collect()).await
+    }
+
+    async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
+        let id = agent_id.to_owned();
+        self.read(move |c| {
+            let agent = agents::agent_by_id(c, &id)?.ok_or_else(|| rows::corrupt(format!("agent {id} is gone")))?;
+            agents::state(c, &agent, now)
+        })
+        .await
+    }
+
+    async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| {
+            let before: Option<(i64, Option<bool>)> = ctx
+                .conn
+                .query_row("SELECT applied_revision, nft_usable FROM agents WHERE id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            let Some((applied, usable)) = before else {
+                return Err(StoreError::Rejected(Invalid::not_found("AgentNotFound", format!("agent {id} is not known"))));
+            };
+            ctx.conn
+                .execute(
+                    "UPDATE agents SET last_seen = ?2, applied_revision = max(applied_revision, ?3), nft_usable = ?4, \
+                     nft_error = ?5 WHERE id = ?1",
+                    params![id, nanos(report.now), report.revision as i64, report.nft_usable, report.nft_error],
+                )
+                .map_err(backend)?;
+            // Audit what changes: a newly applied revision, or a change in nftables health.
+            if report.revision as i64 > applied || usable != Some(report.nft_usable) {
+                let event = AuditEvent {
+                    time: report.now,
+                    operation: ops::AGENT_APPLIED.into(),
+                    status: if report.nft_usable { AuditStatus::Succeeded } else { AuditStatus::Failed },
+                    caller: format!("agent:{id}"),
+                    caller_ip: None,
+                    resource_id: format!("/agents/{id}"),
+                    correlation_id: format!("agent-{id}-{}", report.revision),
+                    properties: Default::default(),
+                }
+                .with("revision", report.revision.to_string())
+                .with("nftablesUsable", report.nft_usable.to_string())
+                .with("nftablesError", report.nft_error.clone().unwrap_or_default());
+                ctx.audit(&event).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>> {
+        let keys: Vec<String> = vm_ids.iter().map(|v| v.to_ascii_lowercase()).collect();
+        self.read(move |c| {
+            let mut out: Vec<AgentRecord> = Vec::new();
+            for key in keys {
+                if let Some(vm) = rows::get_vm(c, &key)? {
+                    if let Some(agent) = vm.agent {
+                        if !out.iter().any(|a| a.id == agent.id) {
+                            out.push(agent);
+                        }
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -12,7 +12,8 @@ use jitgate_core::initiate::{GrantStatus, StatusReason};
 use jitgate_core::{
     AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId,
 };
-use jitgate_store::{AccessRequestRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT};
+use jitgate_core::enforcement::AgentMode;
+use jitgate_store::{AccessRequestRecord, AgentRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT};
 
 pub fn nanos(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
@@ -69,14 +70,72 @@ pub fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
             os_type: OsType::parse(&os).ok_or_else(|| corrupt(format!("os type {os}")))?,
             location: r.get("location")?,
             address: address.map(|a| a.parse().map_err(|_| corrupt(format!("address {a}")))).transpose()?,
+            gateway: r.get("gateway")?,
         },
         created: from_nanos(r.get("created")?)?,
         updated: from_nanos(r.get("updated")?)?,
+        agent: None,
     })
 }
 
+/// A VM with its enforcement point (host agent, or gateway agent by name).
 pub fn get_vm(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vm>> {
-    conn.prepare_cached("SELECT * FROM vms WHERE key = ?1")?.query_row([key], vm_from_row).optional()
+    let vm = conn.prepare_cached("SELECT * FROM vms WHERE key = ?1")?.query_row([key], vm_from_row).optional()?;
+    vm.map(|vm| with_agent(conn, vm, key)).transpose()
+}
+
+/// Fills in the VM's enforcement point.
+pub fn with_agent(conn: &Connection, mut vm: Vm, key: &str) -> rusqlite::Result<Vm> {
+    vm.agent = match &vm.spec.gateway {
+        Some(gw) => gateway_agent(conn, gw)?,
+        None => conn
+            .prepare_cached("SELECT * FROM agents WHERE vm_key = ?1 AND mode = 'host' ORDER BY joined DESC LIMIT 1")?
+            .query_row([key], agent_from_row)
+            .optional()?,
+    };
+    Ok(vm)
+}
+
+pub fn gateway_agent(conn: &Connection, name: &str) -> rusqlite::Result<Option<AgentRecord>> {
+    conn.prepare_cached("SELECT * FROM agents WHERE lower(name) = lower(?1) AND mode = 'gateway'")?
+        .query_row([name], agent_from_row)
+        .optional()
+}
+
+pub fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
+    let mode: String = r.get("mode")?;
+    let addresses: String = r.get("addresses")?;
+    let public: Option<String> = r.get("public_address")?;
+    let last_seen: Option<i64> = r.get("last_seen")?;
+    let usable: Option<bool> = r.get("nft_usable")?;
+    let applied: i64 = r.get("applied_revision")?;
+    Ok(AgentRecord {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        mode: AgentMode::parse(&mode).ok_or_else(|| corrupt(format!("agent mode {mode}")))?,
+        subscription: r.get("subscription")?,
+        resource_group: r.get("resource_group")?,
+        location: r.get("location")?,
+        vm_id: r.get("vm_id")?,
+        addresses: addresses.split_whitespace().filter_map(|a| a.parse().ok()).collect(),
+        public_address: public.and_then(|a| a.parse().ok()),
+        joined: from_nanos(r.get("joined")?)?,
+        last_seen: last_seen.map(from_nanos).transpose()?,
+        applied_revision: applied as u64,
+        nft_usable: usable,
+        nft_error: r.get("nft_error")?,
+    })
+}
+
+/// Bumps the enforcement revision inside the current transaction; returns the new value.
+pub fn bump_revision(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
+}
+
+pub fn revision(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?.query_row([], |r| r.get::<_, i64>(0)).map(|v| v as u64)
 }
 
 /// The policy row id and its full record.
@@ -111,7 +170,7 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
         vms.push(PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.get(1)? });
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT vm_ord, number, protocol, source_form, sources, max_duration FROM policy_ports \
+        "SELECT vm_ord, number, protocol, source_form, sources, max_duration, cut_sessions, mapped_port FROM policy_ports \
          WHERE pid = ?1 ORDER BY vm_ord, ord",
     )?;
     let mut rows = stmt.query([pid])?;
@@ -127,6 +186,8 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
             protocol: protocol(&proto)?,
             sources: decode_sources(&form, &sources)?,
             max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
+            cut_sessions: r.get(6)?,
+            mapped_port: r.get(7)?,
         };
         vms.get_mut(vm_ord).ok_or_else(|| corrupt(format!("port of missing vm {vm_ord}")))?.ports.push(rule);
     }
@@ -156,7 +217,7 @@ fn load_requests(conn: &Connection, pid: i64) -> rusqlite::Result<Vec<AccessRequ
     let Some(first) = requests.first().map(|r| r.id) else { return Ok(requests) };
     let mut stmt = conn.prepare_cached(
         "SELECT g.rid, g.vm_id, g.number, g.protocol, g.source_form, g.sources, g.end_time, g.status, g.status_reason, \
-         g.mapped_port FROM grants g JOIN requests r ON r.rid = g.rid WHERE r.pid = ?1 AND g.rid >= ?2 ORDER BY g.rid, g.ord",
+         g.mapped_port, g.public_ip FROM grants g JOIN requests r ON r.rid = g.rid WHERE r.pid = ?1 AND g.rid >= ?2 ORDER BY g.rid, g.ord",
     )?;
     let mut rows = stmt.query(params![pid, first])?;
     let mut index = 0;
@@ -172,7 +233,7 @@ fn load_requests(conn: &Connection, pid: i64) -> rusqlite::Result<Vec<AccessRequ
 }
 
 /// Reads the grant columns starting at `at`: vm_id, number, protocol, source_form, sources,
-/// end_time, status, status_reason, mapped_port.
+/// end_time, status, status_reason, mapped_port, public_ip.
 fn grant_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<GrantRecord> {
     let proto: String = r.get(at + 2)?;
     let form: String = r.get(at + 3)?;
@@ -188,6 +249,7 @@ fn grant_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<GrantRecord> {
         status: GrantStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
         status_reason: StatusReason::parse(&reason).ok_or_else(|| corrupt(format!("status reason {reason}")))?,
         mapped_port: r.get(at + 8)?,
+        public_ip: r.get(at + 9)?,
     })
 }
 
@@ -197,7 +259,7 @@ pub fn load_request(conn: &Connection, rid: i64) -> rusqlite::Result<AccessReque
         .prepare_cached("SELECT rid, requestor, start_time, justification FROM requests WHERE rid = ?1")?
         .query_row([rid], request_from_row)?;
     let mut stmt = conn.prepare_cached(
-        "SELECT vm_id, number, protocol, source_form, sources, end_time, status, status_reason, mapped_port \
+        "SELECT vm_id, number, protocol, source_form, sources, end_time, status, status_reason, mapped_port, public_ip \
          FROM grants WHERE rid = ?1 ORDER BY ord",
     )?;
     let mut rows = stmt.query([rid])?;

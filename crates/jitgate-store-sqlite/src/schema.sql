@@ -19,6 +19,8 @@ CREATE TABLE vms (
     os_type   TEXT NOT NULL,
     location  TEXT NOT NULL,
     address   TEXT,
+    gateway   TEXT,              -- name of the gateway agent in front of the VM (gateway mode)
+    agent_id  TEXT,              -- the host-mode agent running on the VM
     created   INTEGER NOT NULL,
     updated   INTEGER NOT NULL
 );
@@ -55,6 +57,8 @@ CREATE TABLE policy_ports (
     source_form  TEXT NOT NULL,
     sources      TEXT NOT NULL,
     max_duration TEXT NOT NULL,
+    cut_sessions INTEGER NOT NULL DEFAULT 0,
+    mapped_port  INTEGER,
     PRIMARY KEY (pid, vm_ord, ord)
 );
 CREATE TABLE requests (
@@ -76,6 +80,7 @@ CREATE TABLE grants (
     ord           INTEGER NOT NULL,
     policy_id     TEXT NOT NULL,
     vm_id         TEXT NOT NULL,
+    vm_key        TEXT NOT NULL,
     number        INTEGER NOT NULL,
     protocol      TEXT NOT NULL,
     source_form   TEXT NOT NULL,
@@ -84,8 +89,11 @@ CREATE TABLE grants (
     end_time      INTEGER NOT NULL,
     status        TEXT NOT NULL,
     status_reason TEXT NOT NULL,
-    mapped_port   INTEGER
+    mapped_port   INTEGER,
+    public_ip     TEXT,
+    revoked_by    TEXT
 );
+CREATE INDEX grants_live_vm ON grants (vm_key) WHERE status = 'Initiated';
 CREATE INDEX grants_rid ON grants (rid, ord);
 CREATE INDEX grants_live_key ON grants (pid, supersede_key) WHERE status = 'Initiated';
 CREATE INDEX grants_live_end ON grants (end_time) WHERE status = 'Initiated';
@@ -102,3 +110,40 @@ CREATE TABLE audit (
     prev_hash      TEXT NOT NULL,
     hash           TEXT NOT NULL
 );
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('revision', 1);
+CREATE TABLE join_tokens (
+    hash           TEXT PRIMARY KEY,
+    subscription   TEXT NOT NULL,
+    resource_group TEXT NOT NULL,
+    location       TEXT NOT NULL,
+    mode           TEXT NOT NULL,
+    created        INTEGER NOT NULL,
+    expires        INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    used           INTEGER
+);
+CREATE TABLE agents (
+    id               TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    mode             TEXT NOT NULL,
+    subscription     TEXT NOT NULL,
+    resource_group   TEXT NOT NULL,
+    location         TEXT NOT NULL,
+    vm_key           TEXT,
+    vm_id            TEXT,
+    credential_hash  TEXT NOT NULL UNIQUE,
+    os_type          TEXT NOT NULL,
+    addresses        TEXT NOT NULL,
+    public_address   TEXT,
+    hostname         TEXT NOT NULL,
+    joined           INTEGER NOT NULL,
+    last_seen        INTEGER,
+    applied_revision INTEGER NOT NULL DEFAULT 0,
+    nft_usable       INTEGER,
+    nft_error        TEXT
+);
+CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(name)) WHERE mode = 'gateway';

@@ -9,9 +9,10 @@ use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
 use jitgate_core::initiate::{GrantStatus, InitiateDraft, InitiatePortDraft, InitiateVmDraft, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
+use jitgate_core::enforcement::AgentMode;
 use jitgate_core::{OsType, PolicyRef, VmId};
 
-use crate::{InitiateCommand, ListScope, Store, StoreError, VmSpec};
+use crate::{AgentJoin, AgentReport, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec};
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
 
@@ -42,7 +43,7 @@ fn policy_ref(rg: &str, location: &str, name: &str) -> PolicyRef {
 }
 
 async fn register(store: &dyn Store, rg: &str, name: &str, os: OsType) {
-    let spec = VmSpec { id: vm_id(rg, name), os_type: os, location: "westeurope".into(), address: None };
+    let spec = VmSpec { id: vm_id(rg, name), os_type: os, location: "westeurope".into(), address: None, gateway: None };
     store.put_vm(spec, audit("vm")).await.expect("register vm");
 }
 
@@ -57,6 +58,7 @@ fn ssh_port() -> PortDraft {
         prefix: Some("*".into()),
         prefixes: None,
         max_duration: Some("PT3H".into()),
+        ..Default::default()
     }
 }
 
@@ -95,11 +97,12 @@ pub async fn run_all(store: &dyn Store) {
     refusals_change_nothing_but_the_audit(store).await;
     expiry(store).await;
     bootstrap_and_tokens(store).await;
+    agents_and_enforcement_state(store).await;
     audit_chain_is_intact(store).await;
 }
 
 async fn vms(store: &dyn Store) {
-    let spec = VmSpec { id: vm_id("vms", "a"), os_type: OsType::Linux, location: "westeurope".into(), address: None };
+    let spec = VmSpec { id: vm_id("vms", "a"), os_type: OsType::Linux, location: "westeurope".into(), address: None, gateway: None };
     let (vm, created) = store.put_vm(spec.clone(), audit("vm")).await.expect("put");
     assert!(created);
     assert_eq!(vm.spec, spec);
@@ -277,4 +280,127 @@ async fn audit_chain_is_intact(store: &dyn Store) {
     for pair in records.windows(2) {
         assert_eq!(pair[1].prev_hash, pair[0].hash);
     }
+}
+
+fn join(token: &str, id: &str, name: &str, mode: AgentMode) -> AgentJoin {
+    AgentJoin {
+        token_hash: token.into(),
+        credential_hash: format!("cred-{id}"),
+        id: id.into(),
+        name: name.into(),
+        mode,
+        os_type: OsType::Linux,
+        addresses: vec!["10.1.0.5".parse().expect("ip")],
+        public_address: Some("203.0.113.1".parse().expect("ip")),
+        hostname: name.into(),
+        now: now(),
+    }
+}
+
+async fn agents_and_enforcement_state(store: &dyn Store) {
+    let spec = |mode| JoinTokenSpec {
+        subscription: SUB.into(),
+        resource_group: "agents".into(),
+        location: "westeurope".into(),
+        mode,
+        expires: now() + Duration::hours(1),
+    };
+    store.create_join_token(spec(AgentMode::Host), "jt-host", audit("jt")).await.expect("token");
+    store.create_join_token(spec(AgentMode::Gateway), "jt-gw", audit("jt")).await.expect("token");
+    let rev0 = store.revision().await.expect("revision");
+    // Host mode: joining registers the VM.
+    let host = store.join_agent(join("jt-host", "a-host", "hostvm", AgentMode::Host), audit("join")).await.expect("join");
+    assert_eq!(host.vm_id.as_deref(), Some(vm_id("agents", "hostvm").as_str()));
+    assert!(store.revision().await.expect("revision") > rev0);
+    let vm = store.get_vm(&vm_id("agents", "hostvm")).await.expect("get").expect("registered by the join");
+    assert_eq!(vm.agent.as_ref().map(|a| a.id.as_str()), Some("a-host"));
+    // A join token works once, and only for its mode.
+    match store.join_agent(join("jt-host", "a-again", "other", AgentMode::Host), audit("join")).await {
+        Err(StoreError::Rejected(i)) => assert_eq!(i.code, "InvalidJoinToken"),
+        other => panic!("expected InvalidJoinToken, got {other:?}"),
+    }
+    match store.join_agent(join("jt-gw", "a-gw", "gw1", AgentMode::Host), audit("join")).await {
+        Err(StoreError::Rejected(i)) => assert_eq!(i.code, "InvalidJoinToken"),
+        other => panic!("expected a mode mismatch, got {other:?}"),
+    }
+    assert_eq!(store.agent_by_credential("cred-a-host").await.expect("auth").map(|a| a.id), Some("a-host".into()));
+
+    // Gateway mode: a VM attached by name, with its inner address.
+    store.join_agent(join("jt-gw", "a-gw", "gw1", AgentMode::Gateway), audit("join")).await.expect("gateway join");
+    let behind = VmSpec {
+        id: vm_id("agents", "inner"),
+        os_type: OsType::Linux,
+        location: "westeurope".into(),
+        address: Some("10.2.0.7".parse().expect("ip")),
+        gateway: Some("GW1".into()),
+    };
+    store.put_vm(behind.clone(), audit("vm")).await.expect("attach");
+    let mut unknown_gw = behind.clone();
+    unknown_gw.gateway = Some("nope".into());
+    assert!(matches!(store.put_vm(unknown_gw, audit("vm")).await, Err(StoreError::Rejected(_))));
+
+    // Policies on both; a grant on each.
+    let mut mapped = ssh_port();
+    mapped.mapped_port = Some(50022);
+    mapped.cut_sessions = Some(true);
+    let r = policy_ref("agents", "westeurope", "default");
+    let draft = PolicyDraft {
+        kind: None,
+        vms: vec![
+            VmDraft { id: vm_id("agents", "hostvm").as_str().into(), ports: None, public_ip_address: None },
+            VmDraft { id: vm_id("agents", "inner").as_str().into(), ports: Some(vec![mapped]), public_ip_address: None },
+        ],
+    };
+    put(store, &r, draft).await.expect("policy");
+    let g1 = store.initiate(initiate_cmd(&r, &vm_id("agents", "hostvm"), "198.51.100.4", 30, None), audit("i")).await.expect("grant");
+    let g2 = store.initiate(initiate_cmd(&r, &vm_id("agents", "inner"), "198.51.100.0/24", 30, None), audit("i")).await.expect("grant");
+    assert_eq!(g2.request.grants[0].mapped_port, Some(50022), "connection details: mapped port");
+    assert_eq!(g2.request.grants[0].public_ip.as_deref(), Some("203.0.113.1"), "connection details: gateway address");
+    assert_eq!(g1.request.grants[0].public_ip, None);
+
+    let hs = store.agent_state("a-host", now()).await.expect("host state");
+    assert_eq!(hs.mode, AgentMode::Host);
+    assert_eq!(hs.ports.len(), 1);
+    assert_eq!((hs.ports[0].number, hs.ports[0].address), (22, None));
+    assert_eq!(hs.grants.len(), 1);
+    assert_eq!(hs.grants[0].sources.prefixes()[0].text(), "198.51.100.4");
+    let gs = store.agent_state("a-gw", now()).await.expect("gateway state");
+    assert_eq!(gs.ports.len(), 1);
+    assert_eq!(gs.ports[0].address, Some("10.2.0.7".parse().expect("ip")));
+    assert!(gs.ports[0].cut_sessions);
+    assert_eq!(gs.grants[0].mapped_port, Some(50022));
+    // Expired grants are not sent.
+    assert!(store.agent_state("a-host", now() + Duration::hours(1)).await.expect("later").grants.is_empty());
+
+    // Revoke ends a request's grants at once, and only once.
+    let rev = store.revision().await.expect("revision");
+    let revoked = store.revoke_request(g1.request.id, "tester", audit("revoke")).await.expect("revoke");
+    assert_eq!(revoked.grants[0].status, GrantStatus::Revoked);
+    assert_eq!(revoked.grants[0].status_reason, StatusReason::UserRequested);
+    assert!(store.revision().await.expect("revision") > rev);
+    assert!(store.agent_state("a-host", now()).await.expect("state").grants.is_empty());
+    assert!(matches!(store.revoke_request(g1.request.id, "tester", audit("revoke")).await, Err(StoreError::Rejected(_))));
+    assert!(matches!(store.revoke_request(999_999, "tester", audit("revoke")).await, Err(StoreError::Rejected(_))));
+    let (policy_id, _) = store.get_request(g2.request.id).await.expect("get").expect("found");
+    assert_eq!(policy_id, r.id());
+
+    // Reports move the applied revision forward only.
+    let report = |revision, usable: bool| AgentReport {
+        revision,
+        nft_usable: usable,
+        nft_error: (!usable).then(|| "nft: not found".to_string()),
+        now: now(),
+    };
+    store.agent_report("a-host", report(7, true)).await.expect("report");
+    store.agent_report("a-host", report(5, false)).await.expect("report");
+    let a = store.list_agents().await.expect("list").into_iter().find(|a| a.id == "a-host").expect("listed");
+    assert_eq!(a.applied_revision, 7);
+    assert_eq!(a.nft_usable, Some(false));
+    assert_eq!(a.nft_error.as_deref(), Some("nft: not found"));
+    assert!(a.last_seen.is_some());
+    let for_vms = store.agents_for_vms(&[vm_id("agents", "inner").as_str().into(), vm_id("agents", "hostvm").as_str().into()]).await;
+    assert_eq!(for_vms.expect("agents").len(), 2);
+    // Deleting the policy removes the protection.
+    store.delete_policy(&r, audit("del")).await.expect("delete");
+    assert!(store.agent_state("a-gw", now()).await.expect("state").ports.is_empty());
 }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
@@ -51,6 +52,8 @@ pub struct VmSpec {
     pub os_type: OsType,
     pub location: String,
     pub address: Option<IpAddr>,
+    /// The gateway agent (by name) in front of the VM; `address` is then its inner address.
+    pub gateway: Option<String>,
 }
 
 /// A registered VM.
@@ -59,6 +62,64 @@ pub struct Vm {
     pub spec: VmSpec,
     pub created: OffsetDateTime,
     pub updated: OffsetDateTime,
+    /// The enforcement point: the host agent on the VM, or the gateway agent in front of it.
+    pub agent: Option<AgentRecord>,
+}
+
+/// A one-time join token's scope, as its creator asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenSpec {
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    pub mode: AgentMode,
+    pub expires: OffsetDateTime,
+}
+
+/// An agent joining with a join token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentJoin {
+    pub token_hash: String,
+    pub credential_hash: String,
+    pub id: String,
+    /// The VM name (host mode) or the gateway's name (gateway mode).
+    pub name: String,
+    pub mode: AgentMode,
+    pub os_type: OsType,
+    pub addresses: Vec<IpAddr>,
+    pub public_address: Option<IpAddr>,
+    pub hostname: String,
+    pub now: OffsetDateTime,
+}
+
+/// An enforcement point as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub name: String,
+    pub mode: AgentMode,
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    /// Host mode: the VM the agent runs on.
+    pub vm_id: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub public_address: Option<IpAddr>,
+    pub joined: OffsetDateTime,
+    pub last_seen: Option<OffsetDateTime>,
+    pub applied_revision: u64,
+    /// What the agent last said about nftables: `None` before its first report.
+    pub nft_usable: Option<bool>,
+    pub nft_error: Option<String>,
+}
+
+/// What an agent reports after applying a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReport {
+    pub revision: u64,
+    pub nft_usable: bool,
+    pub nft_error: Option<String>,
+    pub now: OffsetDateTime,
 }
 
 /// The four list scopes of the Azure API.
@@ -149,6 +210,26 @@ pub trait Store: Send + Sync + 'static {
     async fn record(&self, event: AuditEvent) -> StoreResult<()>;
     /// Audit records with `seq > after`, oldest first.
     async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Ends a request's live grants before their end time (`Revoked`/`UserRequested`).
+    async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord>;
+    /// A request by id with its policy's id.
+    async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>>;
+
+    /// The revision of enforcement-relevant state; bumped by every change an agent must see.
+    async fn revision(&self) -> StoreResult<u64>;
+    /// Stores a one-time join token (by its hash).
+    async fn create_join_token(&self, spec: JoinTokenSpec, token_hash: &str, audit: AuditEvent) -> StoreResult<()>;
+    /// Consumes a join token and creates the agent; in host mode also registers its VM.
+    async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord>;
+    async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>>;
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    /// What one agent must enforce now.
+    async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState>;
+    /// Records an agent's report (last seen, revision applied, nftables health).
+    async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()>;
+    /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
+    async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;

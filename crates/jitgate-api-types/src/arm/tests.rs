@@ -106,6 +106,7 @@ fn requests_group_grants_by_vm_and_echo_the_source_form() {
         status: GrantStatus::Initiated,
         status_reason: StatusReason::UserRequested,
         mapped_port: None,
+        public_ip: None,
     };
     let one = SourceSpec::Single(SourcePrefix::parse("127.0.0.1").expect("p"));
     let many = SourceSpec::Multiple(vec![SourcePrefix::parse("10.0.0.0/24").expect("p")]);

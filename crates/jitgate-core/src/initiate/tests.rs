@@ -25,6 +25,7 @@ fn policy() -> Policy {
                     prefix: Some("*".into()),
                     prefixes: None,
                     max_duration: Some("PT3H".into()),
+                    ..Default::default()
                 },
                 PortDraft {
                     number: Some(3389),
@@ -32,6 +33,7 @@ fn policy() -> Policy {
                     prefix: None,
                     prefixes: Some(vec!["10.0.0.0/24".into(), "192.168.1.0/24".into()]),
                     max_duration: Some("PT1H".into()),
+                    ..Default::default()
                 },
             ]),
             public_ip_address: None,

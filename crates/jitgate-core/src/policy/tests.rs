@@ -17,6 +17,8 @@ fn port(number: i64) -> PortDraft {
         prefix: Some("*".into()),
         prefixes: None,
         max_duration: Some("PT3H".into()),
+        cut_sessions: None,
+        mapped_port: None,
     }
 }
 
@@ -205,4 +207,23 @@ fn explicit_ports_are_kept_when_resolving() {
     let p = resolve(v, |_| Some(OsType::Linux)).expect("resolved");
     assert_eq!(p.vms[0].ports.len(), 1);
     assert_eq!(p.vms[0].ports[0].number, 2222);
+}
+
+#[test]
+fn extension_fields_cut_sessions_and_mapped_port() {
+    let mut p = port(22);
+    p.cut_sessions = Some(true);
+    p.mapped_port = Some(50022);
+    let v = validate(reference("default"), draft_with(p)).expect("valid");
+    assert!(v.vms[0].ports[0].cut_sessions);
+    assert_eq!(v.vms[0].ports[0].mapped_port, Some(50022));
+    let mut bad = port(22);
+    bad.mapped_port = Some(70000);
+    assert_eq!(check_port(bad), Err("properties.virtualMachines[0].ports[0].mappedPort".into()));
+    let mut a = port(22);
+    a.mapped_port = Some(50022);
+    let mut b = port(3389);
+    b.mapped_port = Some(50022);
+    let twice = PolicyDraft { kind: None, vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![a, b]), public_ip_address: None }] };
+    assert!(validate(reference("default"), twice).is_err(), "a gateway port maps to one VM port");
 }

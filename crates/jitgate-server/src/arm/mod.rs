@@ -65,7 +65,7 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
                 Ok(b) => b,
                 Err(e) => return Err(app.refuse(audit, e).await),
             };
-            initiate(app, r, &body, &ctx, &principal, audit).await
+            initiate(app, r, &body, &ctx, &principal, audit, &query).await
         }
     }
 }
@@ -179,6 +179,7 @@ async fn put(app: &App, r: PolicyRef, body: &[u8], audit: AuditEvent) -> Result<
         Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
     };
     let record = app.store.put_policy(validated, audit).await?;
+    app.changed();
     // The SDK accepts only 200, for a new policy and a replaced one alike.
     Ok(json(StatusCode::OK, &dto::policy_out(&record)))
 }
@@ -186,6 +187,7 @@ async fn put(app: &App, r: PolicyRef, body: &[u8], audit: AuditEvent) -> Result<
 async fn delete(app: &App, r: &PolicyRef, audit: AuditEvent) -> Result<Response, ApiError> {
     if app.store.delete_policy(r, audit).await? {
         app.sweeper.notify_one();
+        app.changed();
         Ok(StatusCode::OK.into_response())
     } else {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -199,7 +201,9 @@ async fn initiate(
     ctx: &RequestCtx,
     principal: &Principal,
     audit: AuditEvent,
+    query: &Query,
 ) -> Result<Response, ApiError> {
+    let wait = wait_option(query)?;
     let draft = match parse_json::<InitiateIn>(body).and_then(InitiateIn::into_draft) {
         Ok(d) => d,
         Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
@@ -215,9 +219,75 @@ async fn initiate(
     let outcome = app.store.initiate(cmd, audit).await?;
     if !outcome.replayed {
         app.sweeper.notify_one();
+        app.changed();
     }
-    // From here on nothing can fail: the grant is recorded, so the answer is 202.
-    Ok(json(StatusCode::ACCEPTED, &dto::request_out(&outcome.request)))
+    let body = dto::request_out(&outcome.request);
+    match wait {
+        None => Ok(json(StatusCode::ACCEPTED, &body)),
+        // The grant is recorded either way; waiting only decides when (and how) we answer.
+        Some(timeout) => {
+            let vms: Vec<String> = outcome.request.grants.iter().map(|g| g.vm_id.clone()).collect();
+            let revision = app.store.revision().await?;
+            enforced_answer(app, &vms, revision, timeout, StatusCode::ACCEPTED, &body, outcome.request.id).await
+        }
+    }
+}
+
+/// `?wait=applied[&timeout=SECONDS]`: the longest to wait for the enforcement points.
+pub fn wait_option(q: &Query) -> Result<Option<std::time::Duration>, ApiError> {
+    match q.get("wait") {
+        None | Some("") => Ok(None),
+        Some(w) if w.eq_ignore_ascii_case("applied") => {
+            let secs = match q.get("timeout") {
+                None => 10.0,
+                Some(t) => t
+                    .trim_end_matches('s')
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 120.0)
+                    .ok_or_else(|| ApiError::bad_request("InvalidTimeout", format!("timeout '{t}' is not 0 < seconds <= 120")))?,
+            };
+            Ok(Some(std::time::Duration::from_secs_f64(secs)))
+        }
+        Some(w) => Err(ApiError::bad_request("InvalidWait", format!("wait '{w}' is not supported; use wait=applied"))),
+    }
+}
+
+/// Answers `body` with `status` once every enforcement point of `vms` has applied `revision`,
+/// or with a clear error naming who did not. `x-jitgate-enforcement` says who applied it.
+pub async fn enforced_answer<T: serde::Serialize>(
+    app: &App,
+    vms: &[String],
+    revision: u64,
+    timeout: std::time::Duration,
+    status: StatusCode,
+    body: &T,
+    request_id: i64,
+) -> Result<Response, ApiError> {
+    match app.wait_applied(vms, revision, timeout).await? {
+        Ok(agents) => {
+            let mut resp = json(status, body);
+            let value = if agents.is_empty() { "none".to_owned() } else { format!("applied by {}", agents.join(", ")) };
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert("x-jitgate-enforcement", v);
+            }
+            Ok(resp)
+        }
+        Err(crate::EnforcementWait::TimedOut(agents)) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "EnforcementTimeout",
+            format!(
+                "request {request_id} is recorded, but enforcement point(s) {} did not apply it within {:.1} s; it takes effect when they do",
+                agents.join(", "),
+                timeout.as_secs_f64()
+            ),
+        )),
+        Err(crate::EnforcementWait::Failed { agent, error }) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "EnforcementFailed",
+            format!("request {request_id} is recorded, but enforcement point {agent} cannot program nftables: {error}"),
+        )),
+    }
 }
 
 #[cfg(test)]

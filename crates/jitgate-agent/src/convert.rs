@@ -1,0 +1,147 @@
+//! From the server's state (remaining milliseconds) to the enforcement model (deadlines on this
+//! host's monotonic clock).
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use jitgate_api_types::agent::StateOut;
+use jitgate_enforce::{Desired, DnatKey, DnatTarget, GrantKey, Mode, Protected, L4};
+
+fn protocols(p: &str) -> &'static [L4] {
+    match p {
+        "TCP" | "tcp" => &[L4::Tcp],
+        "UDP" | "udp" => &[L4::Udp],
+        _ => &[L4::Tcp, L4::Udp],
+    }
+}
+
+/// Source prefixes as networks; `*` is every IPv4 and every IPv6 address.
+fn sources(texts: &[String], mode: Mode) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for t in texts {
+        if t == "*" {
+            out.push("0.0.0.0/0".parse().unwrap_or(IpNet::V4(Default::default())));
+            if mode == Mode::Host {
+                out.push("::/0".parse().unwrap_or(IpNet::V6(Default::default())));
+            }
+            continue;
+        }
+        let net = if t.contains('/') { t.parse::<IpNet>().ok().map(|n| n.trunc()) } else { t.parse::<IpAddr>().ok().map(IpNet::from) };
+        match net {
+            Some(n) if mode == Mode::Gateway && matches!(n, IpNet::V6(_)) => {
+                tracing::warn!(source = %t, "IPv6 sources are not enforced in gateway mode; skipped");
+            }
+            Some(n) => out.push(n),
+            None => tracing::warn!(source = %t, "unreadable source prefix; skipped"),
+        }
+    }
+    out
+}
+
+/// The desired state, with deadlines `asked + remaining - already_elapsed`.
+pub fn desired(state: &StateOut, mode: Mode, asked: Instant, already_elapsed: Duration) -> Desired {
+    let mut d = Desired::empty(mode);
+    for p in &state.ports {
+        let dest = if mode == Mode::Gateway {
+            match p.address.as_deref().and_then(|a| a.parse().ok()) {
+                Some(a) => Some(a),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        for proto in protocols(&p.protocol) {
+            d.protected.insert(Protected { dest, proto: *proto, port: p.port, cut_sessions: p.cut_sessions });
+        }
+    }
+    for g in &state.grants {
+        let Some(remaining) = Duration::from_millis(g.remaining_ms).checked_sub(already_elapsed) else { continue };
+        let end = asked + remaining;
+        let dest: Option<IpAddr> = if mode == Mode::Gateway {
+            match g.address.as_deref().and_then(|a| a.parse().ok()) {
+                Some(a) => Some(a),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        for source in sources(&g.sources, mode) {
+            for proto in protocols(&g.protocol) {
+                let key = GrantKey { source, dest, proto: *proto, port: g.port };
+                let slot = d.grants.entry(key).or_insert(end);
+                *slot = (*slot).max(end);
+                if let (Some(public_port), Some(addr)) = (g.mapped_port, dest) {
+                    let dk = DnatKey { source, proto: *proto, public_port };
+                    let value = d.dnat.entry(dk).or_insert((DnatTarget { addr, port: g.port }, end));
+                    value.1 = value.1.max(end);
+                }
+            }
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitgate_api_types::agent::{GrantOut, PortOut};
+
+    fn state(mode: &str, address: Option<&str>) -> StateOut {
+        StateOut {
+            revision: 3,
+            mode: mode.into(),
+            ports: vec![PortOut {
+                vm_id: "/vm".into(),
+                address: address.map(String::from),
+                protocol: "*".into(),
+                port: 22,
+                cut_sessions: true,
+                mapped_port: Some(50022),
+            }],
+            grants: vec![GrantOut {
+                request_id: 1,
+                vm_id: "/vm".into(),
+                address: address.map(String::from),
+                protocol: "TCP".into(),
+                port: 22,
+                sources: vec!["203.0.113.5".into(), "*".into()],
+                remaining_ms: 60_000,
+                mapped_port: Some(50022),
+            }],
+        }
+    }
+
+    #[test]
+    fn host_state_expands_protocols_and_sources() {
+        let asked = Instant::now();
+        let d = desired(&state("host", None), Mode::Host, asked, Duration::ZERO);
+        assert_eq!(d.protected.len(), 2, "* is tcp and udp");
+        assert!(d.protected.iter().all(|p| p.dest.is_none() && p.cut_sessions));
+        assert_eq!(d.grants.len(), 3, "one address, and * as 0.0.0.0/0 and ::/0");
+        assert!(d.grants.values().all(|end| *end == asked + Duration::from_secs(60)));
+        assert!(d.dnat.is_empty(), "no DNAT on a host");
+    }
+
+    #[test]
+    fn gateway_state_targets_the_vm_and_maps_ports() {
+        let asked = Instant::now();
+        let d = desired(&state("gateway", Some("10.2.0.7")), Mode::Gateway, asked, Duration::ZERO);
+        let vm: IpAddr = "10.2.0.7".parse().expect("ip");
+        assert!(d.protected.iter().all(|p| p.dest == Some(vm)));
+        assert_eq!(d.grants.len(), 2, "IPv6 * left out in gateway mode");
+        let (target, _) = d.dnat.values().next().expect("a DNAT mapping");
+        assert_eq!((target.addr, target.port), (vm, 22));
+        assert!(d.dnat.keys().all(|k| k.public_port == 50022));
+    }
+
+    #[test]
+    fn elapsed_time_shortens_or_drops_grants() {
+        let asked = Instant::now();
+        let d = desired(&state("host", None), Mode::Host, asked, Duration::from_secs(50));
+        assert!(d.grants.values().all(|end| *end == asked + Duration::from_secs(10)));
+        let d = desired(&state("host", None), Mode::Host, asked, Duration::from_secs(61));
+        assert!(d.grants.is_empty());
+    }
+}

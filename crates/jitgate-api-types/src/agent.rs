@@ -1,0 +1,136 @@
+//! The agent protocol (`/agent/v1/…`) and the native agent endpoints (`/api/v1/agentTokens`,
+//! `/api/v1/agents`).
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/agentTokens`: what a join token may join.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenIn {
+    pub subscription: Option<String>,
+    pub resource_group: Option<String>,
+    pub location: Option<String>,
+    /// `host` (default) or `gateway`.
+    pub mode: Option<String>,
+    /// ISO-8601 lifetime of the token (default `PT1H`, at most `P7D`).
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenOut {
+    pub token: String,
+    pub expires_on: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    pub mode: String,
+}
+
+/// `POST /agent/v1/join`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinIn {
+    pub join_token: String,
+    pub name: String,
+    pub mode: String,
+    pub os_type: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    pub public_address: Option<String>,
+    pub hostname: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinOut {
+    pub agent_id: String,
+    /// The agent's own bearer credential; shown only here.
+    pub credential: String,
+    pub name: String,
+    pub mode: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vm_id: Option<String>,
+}
+
+/// `GET /agent/v1/state`: everything the agent must enforce, at one revision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateOut {
+    pub revision: u64,
+    pub mode: String,
+    pub ports: Vec<PortOut>,
+    pub grants: Vec<GrantOut>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortOut {
+    pub vm_id: String,
+    /// The VM's inner address behind a gateway; absent on the host itself.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub address: Option<String>,
+    /// `TCP`, `UDP` or `*`.
+    pub protocol: String,
+    pub port: u16,
+    pub cut_sessions: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mapped_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantOut {
+    pub request_id: i64,
+    pub vm_id: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub address: Option<String>,
+    pub protocol: String,
+    pub port: u16,
+    /// Source prefixes (`*`, an address or a CIDR range).
+    pub sources: Vec<String>,
+    /// Milliseconds left when the server answered: the agent's kernel timeout comes from this,
+    /// never from comparing clocks.
+    pub remaining_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mapped_port: Option<u16>,
+}
+
+/// `POST /agent/v1/applied`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedIn {
+    pub revision: u64,
+    pub nftables_usable: bool,
+    pub nftables_error: Option<String>,
+}
+
+/// An agent in `GET /api/v1/agents`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentOut {
+    pub id: String,
+    pub name: String,
+    pub mode: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vm_id: Option<String>,
+    pub addresses: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_address: Option<String>,
+    pub joined_at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_seen: Option<String>,
+    pub applied_revision: u64,
+    /// No report for longer than the staleness limit.
+    pub stale: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nftables_usable: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nftables_error: Option<String>,
+}

@@ -1,0 +1,117 @@
+//! `jitgate agent …`: run an enforcement point, or create its one-time join token.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::{call, iso_duration, ConnArgs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentMode {
+    /// Enforce on this host's own ports.
+    Host,
+    /// Enforce for VMs behind this gateway (forwarding and DNAT).
+    Gateway,
+}
+
+impl AgentMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentMode::Host => "host",
+            AgentMode::Gateway => "gateway",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, after_help = AGENT_EXAMPLES)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: AgentRunArgs,
+}
+
+const AGENT_EXAMPLES: &str = "Examples:
+  TOKEN=$(jitgate agent token create --subscription $SUB --resource-group prod --location westeurope)
+  jitgate agent --server https://jit.example.com:8443 --join-token $TOKEN --ca-cert cert.pem --state-dir /var/lib/jitgate-agent
+  jitgate agent --state-dir /var/lib/jitgate-agent          # later starts: the stored credential is used";
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentRunArgs {
+    /// The control plane's URL (needed to join; later taken from the stored credential).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The one-time join token (`jitgate agent token create`); needed only the first time.
+    #[arg(long, env = "JITGATE_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// The CA (or self-signed) certificate of the server, PEM.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Where the agent keeps its credential (0600) and its last applied state.
+    #[arg(long, required = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Host (protect this host) or gateway (protect VMs behind it).
+    #[arg(long, value_enum, default_value = "host")]
+    pub mode: AgentMode,
+    /// The VM's name (host mode; its ARM id is built from the join token's subscription and
+    /// resource group) or the gateway's name. Default: the hostname.
+    #[arg(long)]
+    pub vm_name: Option<String>,
+    /// Gateway mode: the address clients connect to, shown to requesters as publicIpAddress.
+    #[arg(long)]
+    pub public_address: Option<IpAddr>,
+    /// How long the server may hold one state request open, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub poll_seconds: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AgentCommand {
+    /// One-time join tokens for agents.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token; prints the token alone on stdout.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreateArgs {
+    #[arg(long)]
+    pub subscription: String,
+    #[arg(long)]
+    pub resource_group: String,
+    #[arg(long)]
+    pub location: String,
+    #[arg(long, value_enum, default_value = "host")]
+    pub mode: AgentMode,
+    /// How long the token may be used: 30m, 1h, 2d or ISO-8601.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// `jitgate agent token create`: prints the token alone.
+pub async fn token_create(args: TokenCreateArgs) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let body = json!({
+        "subscription": args.subscription,
+        "resourceGroup": args.resource_group,
+        "location": args.location,
+        "mode": args.mode.as_str(),
+        "ttl": iso_duration(&args.ttl)?,
+    });
+    let out = call(client.post(format!("{url}/api/v1/agentTokens")).bearer_auth(token).json(&body)).await?;
+    let t = out["token"].as_str().ok_or_else(|| anyhow::anyhow!("the server answered without a token"))?;
+    println!("{t}");
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Agents, join tokens, revoke and the per-agent enforcement state.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use time::OffsetDateTime;
+
+use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState};
+use jitgate_core::{Protocol, VmId};
+use jitgate_store::AgentRecord;
+
+use crate::rows::{self, corrupt, decode_sources, from_nanos, nanos};
+
+pub fn agent_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<AgentRecord>> {
+    conn.prepare_cached("SELECT * FROM agents WHERE id = ?1")?.query_row([id], rows::agent_from_row).optional()
+}
+
+/// Builds what one agent must enforce at `now`.
+pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rusqlite::Result<EnforcementState> {
+    let revision = rows::revision(conn)?;
+    // The VMs this agent enforces for, with the address traffic to them has (gateway mode).
+    let targets: Vec<(String, Option<IpAddr>)> = match agent.mode {
+        AgentMode::Host => match &agent.vm_id {
+            Some(id) => vec![(id.to_ascii_lowercase(), None)],
+            None => vec![],
+        },
+        AgentMode::Gateway => conn
+            .prepare_cached("SELECT key, address FROM vms WHERE lower(gateway) = lower(?1) AND address IS NOT NULL ORDER BY key")?
+            .query_map([&agent.name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, a)| a.parse().ok().map(|ip| (k, Some(ip))))
+            .collect(),
+    };
+    let mut ports = Vec::new();
+    let mut grants = Vec::new();
+    let mut port_stmt = conn.prepare_cached(
+        "SELECT v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
+         JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = ?1 ORDER BY pp.ord",
+    )?;
+    let mut grant_stmt = conn.prepare_cached(
+        "SELECT rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
+         WHERE vm_key = ?1 AND status = 'Initiated' AND end_time > ?2 ORDER BY gid",
+    )?;
+    for (key, address) in targets {
+        let mut protected = HashSet::new();
+        let mut rows_ = port_stmt.query([&key])?;
+        while let Some(r) = rows_.next()? {
+            let proto: String = r.get(2)?;
+            let number: u16 = r.get(1)?;
+            protected.insert(number);
+            ports.push(EnforcedPort {
+                vm_id: r.get(0)?,
+                address,
+                protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
+                number,
+                cut_sessions: r.get(3)?,
+                mapped_port: r.get(4)?,
+            });
+        }
+        let mut rows_ = grant_stmt.query(params![key, nanos(now)])?;
+        while let Some(r) = rows_.next()? {
+            let number: u16 = r.get(3)?;
+            if !protected.contains(&number) {
+                continue; // the port is no longer under JIT control: nothing to open
+            }
+            let proto: String = r.get(2)?;
+            let form: String = r.get(4)?;
+            let sources: String = r.get(5)?;
+            grants.push(EnforcedGrant {
+                request_id: r.get(0)?,
+                vm_id: r.get(1)?,
+                address,
+                protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
+                number,
+                sources: decode_sources(&form, &sources)?,
+                end_time: from_nanos(r.get(6)?)?,
+                mapped_port: r.get(7)?,
+            });
+        }
+    }
+    Ok(EnforcementState { revision, mode: agent.mode, ports, grants })
+}
+
+/// The VM id an agent of this name enforces in host mode.
+pub fn host_vm_id(subscription: &str, resource_group: &str, name: &str) -> Result<VmId, String> {
+    VmId::parse(&format!(
+        "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{name}"
+    ))
+}
