@@ -28,7 +28,11 @@ fn sources(texts: &[String], mode: Mode) -> Vec<IpNet> {
             }
             continue;
         }
-        let net = if t.contains('/') { t.parse::<IpNet>().ok().map(|n| n.trunc()) } else { t.parse::<IpAddr>().ok().map(IpNet::from) };
+        let net = if t.contains('/') {
+            t.parse::<IpNet>().ok().map(|n| n.trunc())
+        } else {
+            t.parse::<IpAddr>().ok().map(IpNet::from)
+        };
         match net {
             Some(n) if mode == Mode::Gateway && matches!(n, IpNet::V6(_)) => {
                 tracing::warn!(source = %t, "IPv6 sources are not enforced in gateway mode; skipped");

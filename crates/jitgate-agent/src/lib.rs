@@ -3,7 +3,8 @@
 //! It joins once with a one-time token and keeps its own credential in the state directory
 //! (mode 0600); from then on it starts from that credential. It long-polls its desired state,
 //! turns it into a [`Desired`] (each grant's deadline from the *remaining* time the server sent,
-//! measured from when the agent asked, so clock skew never widens a window), plans the change
+//! counted from the arrival of the answer, so clock skew between hosts never moves a window; at
+//! most the one-way network latency is added), plans the change
 //! against what it applied last, applies it in one atomic step, and reports the revision.
 //! If the server is unreachable it keeps what it applied and retries with backoff; grants expire
 //! in the kernel regardless.
@@ -128,7 +129,9 @@ pub async fn credential(cfg: &AgentConfig) -> anyhow::Result<Credential> {
         return Ok(c);
     }
     let Some(server) = cfg.server.as_deref() else { bail!("not joined yet: give --server and --join-token") };
-    let Some(token) = cfg.join_token.as_deref() else { bail!("not joined yet: give --join-token (from `jitgate agent token create`)") };
+    let Some(token) = cfg.join_token.as_deref() else {
+        bail!("not joined yet: give --join-token (from `jitgate agent token create`)")
+    };
     let server = server.trim_end_matches('/').to_owned();
     let client = jitgate_cli::client::http_client(cfg.ca_cert.as_deref())?;
     let name = cfg.vm_name.clone().unwrap_or_else(hostname);
@@ -197,12 +200,12 @@ pub async fn run<F: Firewall>(
     let mut backoff = Duration::from_millis(250);
     tokio::pin!(shutdown);
     loop {
-        let asked = Instant::now();
         let mut url = format!("{}/agent/v1/state?wait={}", cred.server, cfg.poll_wait.as_secs());
         if let Some(a) = after {
             url.push_str(&format!("&after={a}"));
         }
-        let fetch = client.get(&url).bearer_auth(&cred.credential).timeout(cfg.poll_wait + Duration::from_secs(15)).send();
+        let fetch =
+            client.get(&url).bearer_auth(&cred.credential).timeout(cfg.poll_wait + Duration::from_secs(15)).send();
         let resp = tokio::select! {
             r = fetch => r,
             _ = &mut shutdown => return Ok(()),
@@ -217,7 +220,10 @@ pub async fn run<F: Firewall>(
                 }
             },
             Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                bail!("the server no longer accepts this agent's credential; remove {} and join again", cfg.state_dir.join(CREDENTIAL_FILE).display())
+                bail!(
+                    "the server no longer accepts this agent's credential; remove {} and join again",
+                    cfg.state_dir.join(CREDENTIAL_FILE).display()
+                )
             }
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "state request failed; keeping the applied state");
@@ -235,11 +241,14 @@ pub async fn run<F: Firewall>(
             }
         };
         backoff = Duration::from_millis(250);
+        // Remaining times were computed when the server answered (a long-poll may have been held
+        // for a while): count them from the arrival of the answer.
+        let received = Instant::now();
         let revision = state.revision;
         let (usable, error) = match &health {
             Err(e) => (false, Some(e.clone())),
             Ok(()) => {
-                let desired = convert::desired(&state, mode, asked, Duration::ZERO);
+                let desired = convert::desired(&state, mode, received, Duration::ZERO);
                 let now = Instant::now();
                 let result = match plan(applied.as_ref(), &desired, now) {
                     Plan::Nothing => Ok(()),
@@ -252,7 +261,10 @@ pub async fn run<F: Firewall>(
                 match result {
                     Ok(()) => {
                         applied = Some(desired);
-                        let cache = CachedState { fetched_unix_ms: unix_ms().saturating_sub(asked.elapsed().as_millis() as u64), state };
+                        let cache = CachedState {
+                            fetched_unix_ms: unix_ms().saturating_sub(received.elapsed().as_millis() as u64),
+                            state,
+                        };
                         if let Ok(data) = serde_json::to_vec(&cache) {
                             if let Err(e) = write_private(&cfg.state_dir.join(STATE_FILE), &data) {
                                 tracing::warn!(error = %e, "could not save the applied state");
@@ -269,7 +281,12 @@ pub async fn run<F: Firewall>(
             }
         };
         let report = AppliedIn { revision, nftables_usable: usable, nftables_error: error };
-        let sent = client.post(format!("{}/agent/v1/applied", cred.server)).bearer_auth(&cred.credential).json(&report).send().await;
+        let sent = client
+            .post(format!("{}/agent/v1/applied", cred.server))
+            .bearer_auth(&cred.credential)
+            .json(&report)
+            .send()
+            .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "could not report the applied revision");
         }

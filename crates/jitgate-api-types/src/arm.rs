@@ -309,7 +309,11 @@ pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
                     v.public_ip_address = g.public_ip.clone();
                 }
             }
-            None => vms.push(RequestVmOut { id: g.vm_id.clone(), ports: vec![port], public_ip_address: g.public_ip.clone() }),
+            None => vms.push(RequestVmOut {
+                id: g.vm_id.clone(),
+                ports: vec![port],
+                public_ip_address: g.public_ip.clone(),
+            }),
         }
     }
     RequestOut {

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod bench;
 pub mod client;
 pub mod local;
+pub mod netns;
 pub mod probe;
 
 use std::net::SocketAddr;
@@ -170,20 +171,44 @@ mod tests {
     #[test]
     fn agent_command_lines_parse() {
         let run = Cli::try_parse_from([
-            "jitgate", "agent", "--server", "https://s", "--join-token", "jgj_x", "--state-dir", "/tmp/a", "--mode", "gateway",
-            "--vm-name", "gw1",
+            "jitgate",
+            "agent",
+            "--server",
+            "https://s",
+            "--join-token",
+            "jgj_x",
+            "--state-dir",
+            "/tmp/a",
+            "--mode",
+            "gateway",
+            "--vm-name",
+            "gw1",
         ])
         .expect("agent run");
         let Command::Agent(a) = run.command else { panic!("agent expected") };
         assert!(a.command.is_none());
         assert_eq!(a.run.state_dir.as_deref(), Some(std::path::Path::new("/tmp/a")));
         let create = Cli::try_parse_from([
-            "jitgate", "agent", "token", "create", "--subscription", "s", "--resource-group", "rg", "--location", "l", "--ttl", "2h",
+            "jitgate",
+            "agent",
+            "token",
+            "create",
+            "--subscription",
+            "s",
+            "--resource-group",
+            "rg",
+            "--location",
+            "l",
+            "--ttl",
+            "2h",
         ])
         .expect("token create");
         let Command::Agent(a) = create.command else { panic!("agent expected") };
         assert!(a.command.is_some());
-        assert!(Cli::try_parse_from(["jitgate", "agent", "--server", "https://s"]).is_err(), "a running agent needs --state-dir");
+        assert!(
+            Cli::try_parse_from(["jitgate", "agent", "--server", "https://s"]).is_err(),
+            "a running agent needs --state-dir"
+        );
     }
 
     #[test]

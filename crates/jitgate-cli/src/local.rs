@@ -40,7 +40,13 @@ impl LocalServer {
 
     /// Starts `prefix… binary serve --listen listen` on `data_dir` (kept when dropped); the
     /// prefix runs it elsewhere, e.g. `ip netns exec NS`.
-    pub fn start_with(prefix: &[&str], binary: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start_with(
+        prefix: &[&str],
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let token_file = data_dir.with_extension("admin-token");
         let mut command = match prefix.split_first() {
             Some((first, rest)) => {

@@ -87,7 +87,11 @@ fn unix_ms() -> u64 {
 }
 
 /// One TCP connect attempt from `from` to `to`.
-pub async fn try_connect(from: Option<std::net::IpAddr>, to: SocketAddr, timeout: Duration) -> Option<tokio::net::TcpStream> {
+pub async fn try_connect(
+    from: Option<std::net::IpAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Option<tokio::net::TcpStream> {
     let socket = if to.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.ok()?;
     if let Some(ip) = from {
         socket.bind(SocketAddr::new(ip, 0)).ok()?;
@@ -137,7 +141,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
                 let open = try_connect(a.from, a.to, attempt).await.is_some();
                 let reached = open == (a.expect == Expect::Open);
                 if reached || start.elapsed() >= Duration::from_millis(a.within_ms) {
-                    println!("{}", json!({"open": open, "reached": reached, "atUnixMs": at, "elapsedMs": start.elapsed().as_millis() as u64}));
+                    println!(
+                        "{}",
+                        json!({"open": open, "reached": reached, "atUnixMs": at, "elapsedMs": start.elapsed().as_millis() as u64})
+                    );
                     return Ok(if reached { 0 } else { 5 });
                 }
                 if open {
@@ -157,7 +164,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
             while Instant::now() < end {
                 let at = unix_ms();
                 let ok = s.write_all(b"x").await.is_ok()
-                    && matches!(tokio::time::timeout(Duration::from_millis(a.interval_ms), s.read_exact(&mut buf)).await, Ok(Ok(_)));
+                    && matches!(
+                        tokio::time::timeout(Duration::from_millis(a.interval_ms), s.read_exact(&mut buf)).await,
+                        Ok(Ok(_))
+                    );
                 if ok {
                     last_ok = Some(at);
                     tokio::time::sleep(Duration::from_millis(a.interval_ms)).await;
@@ -170,7 +180,14 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
         ProbeCommand::Udp(a) => {
-            let bind = SocketAddr::new(a.from.unwrap_or(if a.to.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() }), 0);
+            let bind = SocketAddr::new(
+                a.from.unwrap_or(if a.to.is_ipv4() {
+                    [0, 0, 0, 0].into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                }),
+                0,
+            );
             let u = UdpSocket::bind(bind).await?;
             u.send_to(b"ping", a.to).await?;
             let mut buf = [0u8; 16];

@@ -322,7 +322,14 @@ fn validate_port(at: &str, port: PortDraft) -> Result<PortRule, Invalid> {
         Some(n) if (1..=65535).contains(&n) => Some(n as u16),
         Some(n) => return Err(bad("mappedPort", format!("port {number}: mappedPort {n} is outside 1..65535"))),
     };
-    Ok(PortRule { number, protocol, sources, max_duration, cut_sessions: port.cut_sessions.unwrap_or(false), mapped_port })
+    Ok(PortRule {
+        number,
+        protocol,
+        sources,
+        max_duration,
+        cut_sessions: port.cut_sessions.unwrap_or(false),
+        mapped_port,
+    })
 }
 
 /// Parses the singular/plural source fields. `Ok(None)` when neither is set; an error names the

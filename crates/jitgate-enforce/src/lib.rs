@@ -199,6 +199,17 @@ pub fn plan(applied: Option<&Desired>, desired: &Desired, now: Instant) -> Plan 
     Plan::Batch(dels)
 }
 
+/// A firewall that can hold a [`Desired`] state. The nftables backend implements it for real;
+/// tests use a fake.
+pub trait Firewall: Send {
+    /// Whether this firewall can be programmed here; `Err` says why not.
+    fn usable(&self) -> Result<(), String>;
+    /// Replaces everything atomically with `desired` (remaining timeouts computed from `now`).
+    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), String>;
+    /// Applies element changes in one atomic batch.
+    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), String>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +248,10 @@ mod tests {
         let (k1, k2) = (key("10.0.0.1/32", 22), key("10.0.0.0/24", 22));
         let a = state(&[(k1, now + Duration::from_secs(60))]);
         let d = state(&[(k1, now + Duration::from_secs(60)), (k2, now + Duration::from_secs(30))]);
-        assert_eq!(plan(Some(&a), &d, now), Plan::Batch(vec![ElemOp::AddGrant { key: k2, timeout: Duration::from_secs(30) }]));
+        assert_eq!(
+            plan(Some(&a), &d, now),
+            Plan::Batch(vec![ElemOp::AddGrant { key: k2, timeout: Duration::from_secs(30) }])
+        );
         // A newer grant for the same key: delete and add in one batch, deletions first.
         let newer = state(&[(k1, now + Duration::from_secs(90))]);
         assert_eq!(
@@ -268,15 +282,4 @@ mod tests {
         assert!(key("2001:db8::1/128", 22).is_exact());
         assert!(!key("::/0", 22).is_exact());
     }
-}
-
-/// A firewall that can hold a [`Desired`] state. The nftables backend implements it for real;
-/// tests use a fake.
-pub trait Firewall: Send {
-    /// Whether this firewall can be programmed here; `Err` says why not.
-    fn usable(&self) -> Result<(), String>;
-    /// Replaces everything atomically with `desired` (remaining timeouts computed from `now`).
-    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), String>;
-    /// Applies element changes in one atomic batch.
-    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), String>;
 }

@@ -45,10 +45,9 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 /// The agent behind the request's credential.
 async fn agent(app: &App, headers: &HeaderMap) -> Result<AgentRecord, ApiError> {
     let token = auth::bearer(headers)?;
-    app.store
-        .agent_by_credential(&auth::hash_token(token))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("InvalidAuthenticationToken", "The agent credential is unknown; join again."))
+    app.store.agent_by_credential(&auth::hash_token(token)).await?.ok_or_else(|| {
+        ApiError::unauthorized("InvalidAuthenticationToken", "The agent credential is unknown; join again.")
+    })
 }
 
 async fn join(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
@@ -72,8 +71,10 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
         e
     };
     let checked = (|| {
-        let mode = AgentMode::parse(&input.mode).ok_or_else(|| bad("mode", format!("mode '{}' is not host or gateway", input.mode)))?;
-        let os_type = OsType::parse(&input.os_type).ok_or_else(|| bad("osType", format!("osType '{}' is not Linux or Windows", input.os_type)))?;
+        let mode = AgentMode::parse(&input.mode)
+            .ok_or_else(|| bad("mode", format!("mode '{}' is not host or gateway", input.mode)))?;
+        let os_type = OsType::parse(&input.os_type)
+            .ok_or_else(|| bad("osType", format!("osType '{}' is not Linux or Windows", input.os_type)))?;
         jitgate_core::ids::validate_vm_name(&input.name).map_err(|m| bad("name", m))?;
         let addresses = input
             .addresses

@@ -8,10 +8,10 @@
 //! - `GET /api/v1/requests/{id}`; `POST /api/v1/requests/{id}/revoke[?wait=applied]`
 
 use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::extract::Path;
 use axum::routing::{any, get, post};
 use axum::Router;
 
@@ -21,9 +21,9 @@ use jitgate_api_types::datetime;
 use jitgate_api_types::native::{EnforcementOut, ListOut, VmIn, VmOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
-use jitgate_core::invalid::codes;
 use jitgate_core::enforcement::AgentMode;
 use jitgate_core::ids::{validate_resource_group, validate_subscription};
+use jitgate_core::invalid::codes;
 use jitgate_core::{AccessDuration, VmId};
 use jitgate_store::{AgentRecord, JoinTokenSpec, Vm, VmSpec};
 
@@ -99,7 +99,11 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 /// Prefix of one-time join tokens.
 pub const JOIN_TOKEN_PREFIX: &str = "jgj_";
 
-async fn agent_tokens(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
+async fn agent_tokens(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    req: Request<Body>,
+) -> Response {
     respond(agent_tokens_inner(&app, peer, req).await)
 }
 
@@ -118,14 +122,16 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
         };
         let subscription = input.subscription.ok_or_else(|| bad("subscription", "subscription is required".into()))?;
         validate_subscription(&subscription).map_err(|m| bad("subscription", m))?;
-        let resource_group = input.resource_group.ok_or_else(|| bad("resourceGroup", "resourceGroup is required".into()))?;
+        let resource_group =
+            input.resource_group.ok_or_else(|| bad("resourceGroup", "resourceGroup is required".into()))?;
         validate_resource_group(&resource_group).map_err(|m| bad("resourceGroup", m))?;
         let location = input.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
         if location.trim().is_empty() || location.len() > 90 {
             return Err(bad("location", format!("location '{location}' must be 1 to 90 characters")));
         }
         let mode_text = input.mode.unwrap_or_else(|| "host".into());
-        let mode = AgentMode::parse(&mode_text).ok_or_else(|| bad("mode", format!("mode '{mode_text}' is not host or gateway")))?;
+        let mode = AgentMode::parse(&mode_text)
+            .ok_or_else(|| bad("mode", format!("mode '{mode_text}' is not host or gateway")))?;
         let ttl = match input.ttl {
             None => time::Duration::hours(1),
             Some(t) => AccessDuration::parse(&t).map_err(|e| bad("ttl", e.0))?.duration(),
@@ -133,7 +139,13 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
         if ttl <= time::Duration::ZERO || ttl > time::Duration::days(7) {
             return Err(bad("ttl", "ttl must be positive and at most P7D".into()));
         }
-        Ok::<_, ApiError>(JoinTokenSpec { subscription, resource_group, location, mode, expires: app.clock.now() + ttl })
+        Ok::<_, ApiError>(JoinTokenSpec {
+            subscription,
+            resource_group,
+            location,
+            mode,
+            expires: app.clock.now() + ttl,
+        })
     }
     .await;
     let spec = match checked {
@@ -280,8 +292,13 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             };
             let mut audit = audit;
             audit.resource_id = reg.id.as_str().to_owned();
-            let spec =
-                VmSpec { id: reg.id, os_type: reg.os_type, location: reg.location, address: reg.address, gateway: reg.gateway };
+            let spec = VmSpec {
+                id: reg.id,
+                os_type: reg.os_type,
+                location: reg.location,
+                address: reg.address,
+                gateway: reg.gateway,
+            };
             let (vm, created) = app.store.put_vm(spec, audit).await?;
             app.changed();
             Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &vm_out(app, &vm)))

@@ -26,7 +26,9 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
             None => vec![],
         },
         AgentMode::Gateway => conn
-            .prepare_cached("SELECT key, address FROM vms WHERE lower(gateway) = lower(?1) AND address IS NOT NULL ORDER BY key")?
+            .prepare_cached(
+                "SELECT key, address FROM vms WHERE lower(gateway) = lower(?1) AND address IS NOT NULL ORDER BY key",
+            )?
             .query_map([&agent.name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .filter_map(|r| r.ok())
             .filter_map(|(k, a)| a.parse().ok().map(|ip| (k, Some(ip))))

@@ -19,11 +19,11 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
-use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditRecord, ExpirySweep, GrantRecord, InitiateCommand,
     InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, Store, StoreError, StoreResult, Vm, VmSpec,
@@ -309,8 +309,10 @@ impl Store for SqliteStore {
 
     async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
         self.read(|c| {
-            let keys: Vec<String> =
-                c.prepare_cached("SELECT key FROM vms ORDER BY key")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+            let keys: Vec<String> = c
+                .prepare_cached("SELECT key FROM vms ORDER BY key")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
                 if let Some(vm) = rows::get_vm(c, &key)? {
@@ -705,7 +707,11 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             let Some(policy_id) = exists else {
-                return reject(ctx, audit, Invalid::not_found("RequestNotFound", format!("access request {id} was not found")));
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found("RequestNotFound", format!("access request {id} was not found")),
+                );
             };
             let revoked = ctx
                 .conn
@@ -716,11 +722,13 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             if revoked == 0 {
-                let message = format!("access request {id} has no live grant left to revoke (expired, superseded or revoked)");
+                let message =
+                    format!("access request {id} has no live grant left to revoke (expired, superseded or revoked)");
                 return reject(ctx, audit, Invalid::conflict("RequestNotActive", message));
             }
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            let mut event = audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", revoked.to_string());
+            let mut event =
+                audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", revoked.to_string());
             event.resource_id = policy_id;
             ctx.audit(&event).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
@@ -870,13 +878,18 @@ impl Store for SqliteStore {
     async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>> {
         let hash = credential_hash.to_owned();
         self.read(move |c| {
-            c.prepare_cached("SELECT * FROM agents WHERE credential_hash = ?1")?.query_row([hash], rows::agent_from_row).optional()
+            c.prepare_cached("SELECT * FROM agents WHERE credential_hash = ?1")?
+                .query_row([hash], rows::agent_from_row)
+                .optional()
         })
         .await
     }
 
     async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
-        self.read(|c| c.prepare_cached("SELECT * FROM agents ORDER BY joined")?.query_map([], rows::agent_from_row)?.collect()).await
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM agents ORDER BY joined")?.query_map([], rows::agent_from_row)?.collect()
+        })
+        .await
     }
 
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
@@ -893,11 +906,16 @@ impl Store for SqliteStore {
         self.write(move |ctx| {
             let before: Option<(i64, Option<bool>)> = ctx
                 .conn
-                .query_row("SELECT applied_revision, nft_usable FROM agents WHERE id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row("SELECT applied_revision, nft_usable FROM agents WHERE id = ?1", [&id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()
                 .map_err(backend)?;
             let Some((applied, usable)) = before else {
-                return Err(StoreError::Rejected(Invalid::not_found("AgentNotFound", format!("agent {id} is not known"))));
+                return Err(StoreError::Rejected(Invalid::not_found(
+                    "AgentNotFound",
+                    format!("agent {id} is not known"),
+                )));
             };
             ctx.conn
                 .execute(

@@ -8,12 +8,14 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use jitgate_core::audit::{AuditEvent, AuditStatus};
+use jitgate_core::enforcement::AgentMode;
 use jitgate_core::initiate::{GrantStatus, StatusReason};
 use jitgate_core::{
     AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId,
 };
-use jitgate_core::enforcement::AgentMode;
-use jitgate_store::{AccessRequestRecord, AgentRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT};
+use jitgate_store::{
+    AccessRequestRecord, AgentRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT,
+};
 
 pub fn nanos(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
@@ -135,7 +137,9 @@ pub fn bump_revision(conn: &Connection) -> rusqlite::Result<u64> {
 }
 
 pub fn revision(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?.query_row([], |r| r.get::<_, i64>(0)).map(|v| v as u64)
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
 }
 
 /// The policy row id and its full record.

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
 
 use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
+use jitgate_core::enforcement::AgentMode;
 use jitgate_core::initiate::{GrantStatus, InitiateDraft, InitiatePortDraft, InitiateVmDraft, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
-use jitgate_core::enforcement::AgentMode;
 use jitgate_core::{OsType, PolicyRef, VmId};
 
 use crate::{AgentJoin, AgentReport, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec};
@@ -102,7 +102,13 @@ pub async fn run_all(store: &dyn Store) {
 }
 
 async fn vms(store: &dyn Store) {
-    let spec = VmSpec { id: vm_id("vms", "a"), os_type: OsType::Linux, location: "westeurope".into(), address: None, gateway: None };
+    let spec = VmSpec {
+        id: vm_id("vms", "a"),
+        os_type: OsType::Linux,
+        location: "westeurope".into(),
+        address: None,
+        gateway: None,
+    };
     let (vm, created) = store.put_vm(spec.clone(), audit("vm")).await.expect("put");
     assert!(created);
     assert_eq!(vm.spec, spec);
@@ -309,7 +315,8 @@ async fn agents_and_enforcement_state(store: &dyn Store) {
     store.create_join_token(spec(AgentMode::Gateway), "jt-gw", audit("jt")).await.expect("token");
     let rev0 = store.revision().await.expect("revision");
     // Host mode: joining registers the VM.
-    let host = store.join_agent(join("jt-host", "a-host", "hostvm", AgentMode::Host), audit("join")).await.expect("join");
+    let host =
+        store.join_agent(join("jt-host", "a-host", "hostvm", AgentMode::Host), audit("join")).await.expect("join");
     assert_eq!(host.vm_id.as_deref(), Some(vm_id("agents", "hostvm").as_str()));
     assert!(store.revision().await.expect("revision") > rev0);
     let vm = store.get_vm(&vm_id("agents", "hostvm")).await.expect("get").expect("registered by the join");
@@ -348,12 +355,22 @@ async fn agents_and_enforcement_state(store: &dyn Store) {
         kind: None,
         vms: vec![
             VmDraft { id: vm_id("agents", "hostvm").as_str().into(), ports: None, public_ip_address: None },
-            VmDraft { id: vm_id("agents", "inner").as_str().into(), ports: Some(vec![mapped]), public_ip_address: None },
+            VmDraft {
+                id: vm_id("agents", "inner").as_str().into(),
+                ports: Some(vec![mapped]),
+                public_ip_address: None,
+            },
         ],
     };
     put(store, &r, draft).await.expect("policy");
-    let g1 = store.initiate(initiate_cmd(&r, &vm_id("agents", "hostvm"), "198.51.100.4", 30, None), audit("i")).await.expect("grant");
-    let g2 = store.initiate(initiate_cmd(&r, &vm_id("agents", "inner"), "198.51.100.0/24", 30, None), audit("i")).await.expect("grant");
+    let g1 = store
+        .initiate(initiate_cmd(&r, &vm_id("agents", "hostvm"), "198.51.100.4", 30, None), audit("i"))
+        .await
+        .expect("grant");
+    let g2 = store
+        .initiate(initiate_cmd(&r, &vm_id("agents", "inner"), "198.51.100.0/24", 30, None), audit("i"))
+        .await
+        .expect("grant");
     assert_eq!(g2.request.grants[0].mapped_port, Some(50022), "connection details: mapped port");
     assert_eq!(g2.request.grants[0].public_ip.as_deref(), Some("203.0.113.1"), "connection details: gateway address");
     assert_eq!(g1.request.grants[0].public_ip, None);
@@ -379,7 +396,10 @@ async fn agents_and_enforcement_state(store: &dyn Store) {
     assert_eq!(revoked.grants[0].status_reason, StatusReason::UserRequested);
     assert!(store.revision().await.expect("revision") > rev);
     assert!(store.agent_state("a-host", now()).await.expect("state").grants.is_empty());
-    assert!(matches!(store.revoke_request(g1.request.id, "tester", audit("revoke")).await, Err(StoreError::Rejected(_))));
+    assert!(matches!(
+        store.revoke_request(g1.request.id, "tester", audit("revoke")).await,
+        Err(StoreError::Rejected(_))
+    ));
     assert!(matches!(store.revoke_request(999_999, "tester", audit("revoke")).await, Err(StoreError::Rejected(_))));
     let (policy_id, _) = store.get_request(g2.request.id).await.expect("get").expect("found");
     assert_eq!(policy_id, r.id());
@@ -398,7 +418,9 @@ async fn agents_and_enforcement_state(store: &dyn Store) {
     assert_eq!(a.nft_usable, Some(false));
     assert_eq!(a.nft_error.as_deref(), Some("nft: not found"));
     assert!(a.last_seen.is_some());
-    let for_vms = store.agents_for_vms(&[vm_id("agents", "inner").as_str().into(), vm_id("agents", "hostvm").as_str().into()]).await;
+    let for_vms = store
+        .agents_for_vms(&[vm_id("agents", "inner").as_str().into(), vm_id("agents", "hostvm").as_str().into()])
+        .await;
     assert_eq!(for_vms.expect("agents").len(), 2);
     // Deleting the policy removes the protection.
     store.delete_policy(&r, audit("del")).await.expect("delete");

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use jitgate_core::audit::AuditEvent;
+use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
-use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};

@@ -2,10 +2,14 @@
 //! `serve` picks the store, prepares TLS and the first admin token, and calls
 //! `jitgate_server::run`.
 
+mod agent;
+mod common;
 mod serve;
 
 use clap::Parser;
 
+use jitgate_cli::access::AccessCommand;
+use jitgate_cli::agent::{AgentCommand, TokenCommand};
 use jitgate_cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
@@ -21,6 +25,20 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Bench(args) => jitgate_cli::bench::run(args).await,
+            Command::Agent(args) => match args.command {
+                Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
+                    jitgate_cli::agent::token_create(a).await
+                }
+                None => agent::run(args.run).await,
+            },
+            Command::Probe(args) => match jitgate_cli::probe::run(args).await {
+                Ok(0) => Ok(()),
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            },
+            Command::Access(args) => match args.command {
+                AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
+            },
         }
     });
     match result {

@@ -224,6 +224,9 @@ fn extension_fields_cut_sessions_and_mapped_port() {
     a.mapped_port = Some(50022);
     let mut b = port(3389);
     b.mapped_port = Some(50022);
-    let twice = PolicyDraft { kind: None, vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![a, b]), public_ip_address: None }] };
+    let twice = PolicyDraft {
+        kind: None,
+        vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![a, b]), public_ip_address: None }],
+    };
     assert!(validate(reference("default"), twice).is_err(), "a gateway port maps to one VM port");
 }

@@ -245,7 +245,9 @@ pub fn wait_option(q: &Query) -> Result<Option<std::time::Duration>, ApiError> {
                     .parse::<f64>()
                     .ok()
                     .filter(|s| s.is_finite() && *s > 0.0 && *s <= 120.0)
-                    .ok_or_else(|| ApiError::bad_request("InvalidTimeout", format!("timeout '{t}' is not 0 < seconds <= 120")))?,
+                    .ok_or_else(|| {
+                        ApiError::bad_request("InvalidTimeout", format!("timeout '{t}' is not 0 < seconds <= 120"))
+                    })?,
             };
             Ok(Some(std::time::Duration::from_secs_f64(secs)))
         }

@@ -1,0 +1,268 @@
+//! The thin I/O layer: the netlink socket and the `nft` process.
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Write as _};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jitgate_enforce::{Desired, DnatKey, DnatTarget, ElemOp, GrantKey, Mode, Protected, L4};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use rustix::net::sockopt;
+
+use crate::elements::{describe, op_elem};
+use crate::netlink::{encode, encode_delete_table, encode_probe, parse_acks, Ack, Batch};
+use crate::ruleset::{ruleset, unsupported};
+use crate::NftError;
+
+/// How long to wait for the kernel's acknowledgements. The kernel processes a batch while it
+/// is being sent, so they are normally queued before `send` returns.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The send buffer bounds the size of one batch (a batch must be one datagram): 64 MiB is
+/// about 1.8 million IPv4 elements. Raising it past `wmem_max` needs CAP_NET_ADMIN, which
+/// programming nftables needs anyway.
+const SEND_BUFFER: usize = 64 << 20;
+const RECV_BUFFER: usize = 4 << 20;
+const ENOENT: i32 = 2;
+const EPERM: i32 = 1;
+
+/// Where `nft` may live when it is not on `PATH` (e.g. `/usr/sbin` for a non-login shell).
+const NFT_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
+
+/// A `NETLINK_NETFILTER` socket in the network namespace where it was opened, and the
+/// sequence counter of its batches.
+///
+/// [`NftFirewall::replace`] and [`NftFirewall::usable`] run the `nft` binary, which works in
+/// the network namespace of the *calling thread*: call them from the namespace the socket was
+/// opened in.
+pub struct NftFirewall {
+    socket: Socket,
+    seq: u32,
+}
+
+impl std::fmt::Debug for NftFirewall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NftFirewall").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+fn sock(what: &'static str) -> impl FnOnce(std::io::Error) -> NftError {
+    move |source| NftError::Socket { what, source }
+}
+
+impl NftFirewall {
+    /// Opens a `NETLINK_NETFILTER` socket in the current network namespace.
+    pub fn open() -> Result<Self, NftError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(sock("socket(NETLINK_NETFILTER)"))?;
+        socket.bind_auto().map_err(sock("bind"))?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(sock("connect"))?;
+        // Acks without a copy of the request, with the kernel's message and the offset of the
+        // attribute it refused (to name the operation).
+        socket.set_cap_ack(true).map_err(sock("setsockopt(NETLINK_CAP_ACK)"))?;
+        socket.set_ext_ack(true).map_err(sock("setsockopt(NETLINK_EXT_ACK)"))?;
+        if sockopt::set_socket_send_buffer_size_force(&socket, SEND_BUFFER).is_err() {
+            sockopt::set_socket_send_buffer_size(&socket, SEND_BUFFER)
+                .map_err(|e| NftError::Socket { what: "setsockopt(SO_SNDBUF)", source: e.into() })?;
+        }
+        if sockopt::set_socket_recv_buffer_size_force(&socket, RECV_BUFFER).is_err() {
+            sockopt::set_socket_recv_buffer_size(&socket, RECV_BUFFER)
+                .map_err(|e| NftError::Socket { what: "setsockopt(SO_RCVBUF)", source: e.into() })?;
+        }
+        sockopt::set_socket_timeout(&socket, sockopt::Timeout::Recv, Some(ACK_TIMEOUT))
+            .map_err(|e| NftError::Socket { what: "setsockopt(SO_RCVTIMEO)", source: e.into() })?;
+        let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
+        Ok(NftFirewall { socket, seq })
+    }
+
+    /// Whether nftables can be programmed here: the `nft` binary is present, a dry run
+    /// (`nft -c`) of our table with an element of every kind passes, and the kernel takes
+    /// `NFT_MSG_DESTROYSETELEM` (Linux ≥ 6.3) from us. `Err` says what is missing.
+    pub fn usable() -> Result<(), String> {
+        let nft = nft_binary().ok_or_else(|| "the nft binary was not found (PATH, /usr/sbin, /sbin)".to_string())?;
+        let now = Instant::now();
+        run_nft(&nft, &["-c", "-f", "-"], &ruleset(&sample_state(now), now), "checking the table (nft -c)")
+            .map_err(|e| e.to_string())?;
+        let mut fw = NftFirewall::open().map_err(|e| e.to_string())?;
+        let batch = encode_probe(fw.seq);
+        fw.seq = batch.next_seq;
+        let acks = fw.transact(&batch).map_err(|e| e.to_string())?;
+        match acks.iter().find(|a| a.errno != 0 && a.errno != ENOENT) {
+            None => Ok(()),
+            Some(a) if a.errno == EPERM => Err("netlink: operation not permitted (CAP_NET_ADMIN needed)".into()),
+            Some(a) => Err(format!(
+                "the kernel refused NFT_MSG_DESTROYSETELEM ({}); Linux 6.3 or later is needed",
+                std::io::Error::from_raw_os_error(a.errno)
+            )),
+        }
+    }
+
+    /// Replaces `table inet jitgate` with `desired` in one transaction (`nft -f -` with
+    /// [`ruleset`]). Refuses, before touching anything, a state with entries this backend
+    /// cannot express (IPv6 in gateway mode).
+    pub fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), NftError> {
+        let bad = unsupported(desired);
+        if !bad.is_empty() {
+            return Err(NftError::Unsupported(bad.join("; ")));
+        }
+        let nft = nft_binary().ok_or_else(|| NftError::NftMissing("not found (PATH, /usr/sbin, /sbin)".into()))?;
+        run_nft(&nft, &["-f", "-"], &ruleset(desired, now), "replacing the table")
+    }
+
+    /// Applies `ops` in one netlink batch and waits for the kernel's acknowledgements: either
+    /// all of them take effect or none does. An error names the refused operation.
+    pub fn apply(&mut self, ops: &[ElemOp]) -> Result<(), NftError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        for op in ops {
+            op_elem(op).map_err(|e| NftError::Unsupported(format!("{}: {e}", describe(op))))?;
+        }
+        let batch = encode(ops, self.seq);
+        self.seq = batch.next_seq;
+        let acks = self.transact(&batch)?;
+        // Prefer an error that names a message (and so an operation) over one for the batch.
+        let failed = acks
+            .iter()
+            .find(|a| a.errno != 0 && a.seq != batch.begin_seq)
+            .or_else(|| acks.iter().find(|a| a.errno != 0));
+        match failed {
+            None => Ok(()),
+            Some(a) => Err(NftError::Kernel {
+                what: batch.describe(ops, a.seq, a.offset),
+                errno: a.errno,
+                message: a.message.clone(),
+            }),
+        }
+    }
+
+    /// Deletes our table if it exists (one netlink batch).
+    pub fn remove(&mut self) -> Result<(), NftError> {
+        let batch = encode_delete_table(self.seq);
+        self.seq = batch.next_seq;
+        let acks = self.transact(&batch)?;
+        match acks.iter().find(|a| a.errno != 0 && a.errno != ENOENT) {
+            None => Ok(()),
+            Some(a) => Err(NftError::Kernel {
+                what: batch.describe(&[], a.seq, None),
+                errno: a.errno,
+                message: a.message.clone(),
+            }),
+        }
+    }
+
+    /// Sends one batch and collects the acknowledgements of its messages (and an error for the
+    /// batch as a whole, if any).
+    fn transact(&mut self, batch: &Batch) -> Result<Vec<Ack>, NftError> {
+        let sent = self.socket.send(&batch.bytes, 0).map_err(|e| {
+            if e.raw_os_error() == Some(90) {
+                NftError::Protocol(format!(
+                    "batch of {} bytes is larger than the socket's send buffer",
+                    batch.bytes.len()
+                ))
+            } else {
+                NftError::Socket { what: "send", source: e }
+            }
+        })?;
+        if sent != batch.bytes.len() {
+            return Err(NftError::Protocol(format!("sent {sent} of {} bytes", batch.bytes.len())));
+        }
+        let mut pending: HashSet<u32> = batch.messages.iter().map(|m| m.seq).collect();
+        let mut acks = Vec::new();
+        let mut failed = false;
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        while !pending.is_empty() {
+            buf.clear();
+            // After an error the kernel has queued everything it will send: drain, don't wait.
+            let flags = if failed { rustix::net::RecvFlags::DONTWAIT.bits() as i32 } else { 0 };
+            match self.socket.recv(&mut buf, flags) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    return Err(NftError::Socket {
+                        what: "recv (acknowledgements lost: the batch's outcome is unknown)",
+                        source: e,
+                    })
+                }
+            }
+            for ack in parse_acks(&buf).map_err(NftError::Protocol)? {
+                if pending.remove(&ack.seq) || ack.seq == batch.begin_seq {
+                    failed |= ack.errno != 0;
+                    acks.push(ack);
+                }
+                // Anything else is a late answer to an earlier batch: ignore it.
+            }
+        }
+        if !failed && !pending.is_empty() {
+            return Err(NftError::Protocol(format!(
+                "no acknowledgement for {} of {} messages within {ACK_TIMEOUT:?}",
+                pending.len(),
+                batch.messages.len()
+            )));
+        }
+        Ok(acks)
+    }
+}
+
+/// The `nft` binary: on `PATH`, else in the usual sbin directories.
+fn nft_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(NFT_DIRS.iter().map(PathBuf::from)).map(|d| d.join("nft")).find(|p| p.is_file())
+}
+
+fn run_nft(nft: &PathBuf, args: &[&str], script: &str, what: &'static str) -> Result<(), NftError> {
+    let mut child = Command::new(nft)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NftError::NftMissing(format!("{}: {e}", nft.display())))?;
+    let stdin = child.stdin.take();
+    let output = std::thread::scope(|s| {
+        // Write from another thread so that a chatty nft cannot deadlock us.
+        let writer = s.spawn(move || stdin.map(|mut i| i.write_all(script.as_bytes())));
+        let output = child.wait_with_output();
+        let _ = writer.join();
+        output
+    })
+    .map_err(|e| NftError::NftMissing(format!("{}: {e}", nft.display())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if stderr.is_empty() {
+        stderr = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    }
+    Err(NftError::Nft { what, status: output.status.to_string(), stderr })
+}
+
+/// A state with one element of every kind, for the dry run in [`NftFirewall::usable`].
+fn sample_state(now: Instant) -> Desired {
+    let end = now + Duration::from_secs(60);
+    let v4 = |s: &str| s.parse().expect("literal");
+    let mut d = Desired::empty(Mode::Gateway);
+    d.protected.insert(Protected { dest: None, proto: L4::Tcp, port: 22, cut_sessions: true });
+    d.protected.insert(Protected {
+        dest: Some(IpAddr::from([192, 0, 2, 10])),
+        proto: L4::Udp,
+        port: 53,
+        cut_sessions: true,
+    });
+    for (source, dest) in [
+        ("192.0.2.1/32", None),
+        ("192.0.2.0/24", None),
+        ("2001:db8::1/128", None),
+        ("2001:db8::/64", None),
+        ("192.0.2.1/32", Some(IpAddr::from([192, 0, 2, 10]))),
+        ("0.0.0.0/0", Some(IpAddr::from([192, 0, 2, 10]))),
+    ] {
+        d.grants.insert(GrantKey { source: v4(source), dest, proto: L4::Tcp, port: 22 }, end);
+    }
+    let target = DnatTarget { addr: IpAddr::from([192, 0, 2, 10]), port: 22 };
+    for source in ["192.0.2.1/32", "192.0.2.0/24"] {
+        d.dnat.insert(DnatKey { source: v4(source), proto: L4::Tcp, public_port: 50022 }, (target, end));
+    }
+    d
+}

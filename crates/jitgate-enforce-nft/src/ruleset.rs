@@ -1,0 +1,235 @@
+//! The `nft -f -` script that replaces our table in one transaction.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Instant;
+
+use jitgate_enforce::{Desired, Mode};
+
+use crate::elements::{dnat_elem, fields_text, grant_elem, protected_elem};
+use crate::{
+    CHAIN_FORWARD, CHAIN_GW_DNAT4, CHAIN_GW_FORWARD4, CHAIN_INPUT, CHAIN_INPUT4, CHAIN_INPUT6, CHAIN_PREROUTING,
+    FAMILY, MAP_DNAT4, MAP_DNAT4_NET, PRIORITY_FORWARD, PRIORITY_INPUT, PRIORITY_PREROUTING, SET_ALLOW4,
+    SET_ALLOW4_NET, SET_ALLOW6, SET_ALLOW6_NET, SET_CUT, SET_GW_ALLOW4, SET_GW_ALLOW4_NET, SET_GW_CUT,
+    SET_GW_PROTECTED, SET_PROTECTED, TABLE,
+};
+
+const TYPE_HOST_PORT: &str = "inet_proto . inet_service";
+const TYPE_ALLOW4: &str = "ipv4_addr . inet_proto . inet_service";
+const TYPE_ALLOW6: &str = "ipv6_addr . inet_proto . inet_service";
+const TYPE_GW_PORT: &str = "ipv4_addr . inet_proto . inet_service";
+const TYPE_GW_ALLOW4: &str = "ipv4_addr . ipv4_addr . inet_proto . inet_service";
+const TYPE_DNAT4: &str = "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service";
+
+/// Whether the state needs the gateway part of the table (forward and NAT chains).
+pub(crate) fn wants_gateway(desired: &Desired) -> bool {
+    desired.mode == Mode::Gateway
+        || !desired.dnat.is_empty()
+        || desired.protected.iter().any(|p| p.dest.is_some())
+        || desired.grants.keys().any(|k| k.dest.is_some())
+}
+
+/// Everything in `desired` that this backend cannot express (IPv6 in gateway mode), as
+/// messages. [`crate::NftFirewall::replace`] refuses a state with any; [`ruleset`] leaves such
+/// entries out (as comments).
+pub(crate) fn unsupported(desired: &Desired) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in &desired.protected {
+        if let Err(e) = protected_elem(p) {
+            out.push(e);
+        }
+    }
+    for k in desired.grants.keys() {
+        if let Err(e) = grant_elem(k) {
+            out.push(e);
+        }
+    }
+    for (k, (t, _)) in &desired.dnat {
+        if let Err(e) = dnat_elem(k, Some(t)) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// An `nft -f -` script that atomically replaces `table inet jitgate` with `desired`.
+///
+/// The script adds the table (so that the delete cannot fail), deletes it and declares it again
+/// with its sets, chains and elements; nft sends all of it as one transaction. Grants and DNAT
+/// entries carry their remaining lifetime at `now` as `timeout Nms` (rounded down, so never
+/// longer than the deadline); what has ended (less than 1 ms left) is left out. Entries that the
+/// backend cannot express (IPv6 in gateway mode) are left out as comments; `replace` refuses
+/// them before it gets here. The gateway part is present in gateway mode and whenever the state
+/// holds a gateway entry.
+pub fn ruleset(desired: &Desired, now: Instant) -> String {
+    let gateway = wants_gateway(desired);
+    let mut elems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for p in &desired.protected {
+        match protected_elem(p) {
+            Ok((set, cut, key)) => {
+                let text = fields_text(&key);
+                if p.cut_sessions {
+                    elems.entry(cut.to_string()).or_default().push(text.clone());
+                }
+                elems.entry(set.to_string()).or_default().push(text);
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    let remaining_ms = |end: Instant| {
+        let ms = end.saturating_duration_since(now).as_millis();
+        (ms > 0).then_some(ms)
+    };
+    for (k, end) in &desired.grants {
+        let Some(ms) = remaining_ms(*end) else { continue };
+        match grant_elem(k) {
+            Ok(e) => elems.entry(e.set).or_default().push(format!("{} timeout {ms}ms", fields_text(&e.key))),
+            Err(e) => skipped.push(e),
+        }
+    }
+    for (k, (target, end)) in &desired.dnat {
+        let Some(ms) = remaining_ms(*end) else { continue };
+        match dnat_elem(k, Some(target)) {
+            Ok(e) => {
+                let data = e.data.as_deref().map(fields_text).unwrap_or_default();
+                elems.entry(e.set).or_default().push(format!("{} timeout {ms}ms : {data}", fields_text(&e.key)));
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# jitgate: {FAMILY} {TABLE}, {} mode; generated, replaced as a whole", desired.mode.as_str());
+    for s in &skipped {
+        let _ = writeln!(w, "# left out (not supported): {}", s.replace('\n', " "));
+    }
+    let _ = writeln!(w, "table {FAMILY} {TABLE}");
+    let _ = writeln!(w, "delete table {FAMILY} {TABLE}");
+    let _ = writeln!(w, "table {FAMILY} {TABLE} {{");
+
+    set(w, &mut elems, "set", SET_PROTECTED, TYPE_HOST_PORT, false);
+    set(w, &mut elems, "set", SET_CUT, TYPE_HOST_PORT, false);
+    set(w, &mut elems, "set", SET_ALLOW4, TYPE_ALLOW4, true);
+    for len in 0..32 {
+        set(w, &mut elems, "set", &format!("{SET_ALLOW4_NET}{len}"), TYPE_ALLOW4, true);
+    }
+    set(w, &mut elems, "set", SET_ALLOW6, TYPE_ALLOW6, true);
+    for len in 0..128 {
+        set(w, &mut elems, "set", &format!("{SET_ALLOW6_NET}{len}"), TYPE_ALLOW6, true);
+    }
+
+    let _ = writeln!(w, "\tchain {CHAIN_INPUT} {{");
+    let _ = writeln!(w, "\t\ttype filter hook input priority {PRIORITY_INPUT}; policy accept;");
+    let _ = writeln!(w, "\t\tiif \"lo\" accept");
+    let _ = writeln!(w, "\t\tmeta l4proto . th dport != @{SET_PROTECTED} accept");
+    let _ = writeln!(w, "\t\tmeta l4proto . th dport != @{SET_CUT} ct state established,related accept");
+    let _ = writeln!(w, "\t\tmeta nfproto ipv4 jump {CHAIN_INPUT4}");
+    let _ = writeln!(w, "\t\tmeta nfproto ipv6 jump {CHAIN_INPUT6}");
+    let _ = writeln!(w, "\t\tdrop");
+    let _ = writeln!(w, "\t}}");
+    let _ = writeln!(w, "\tchain {CHAIN_INPUT4} {{");
+    let _ = writeln!(w, "\t\tip saddr . meta l4proto . th dport @{SET_ALLOW4} accept");
+    for len in (0..32).rev() {
+        let _ = writeln!(w, "\t\tip saddr & {} . meta l4proto . th dport @{SET_ALLOW4_NET}{len} accept", mask4(len));
+    }
+    let _ = writeln!(w, "\t}}");
+    let _ = writeln!(w, "\tchain {CHAIN_INPUT6} {{");
+    let _ = writeln!(w, "\t\tip6 saddr . meta l4proto . th dport @{SET_ALLOW6} accept");
+    for len in (0..128).rev() {
+        let _ = writeln!(w, "\t\tip6 saddr & {} . meta l4proto . th dport @{SET_ALLOW6_NET}{len} accept", mask6(len));
+    }
+    let _ = writeln!(w, "\t}}");
+
+    if gateway {
+        set(w, &mut elems, "set", SET_GW_PROTECTED, TYPE_GW_PORT, false);
+        set(w, &mut elems, "set", SET_GW_CUT, TYPE_GW_PORT, false);
+        set(w, &mut elems, "set", SET_GW_ALLOW4, TYPE_GW_ALLOW4, true);
+        for len in 0..32 {
+            set(w, &mut elems, "set", &format!("{SET_GW_ALLOW4_NET}{len}"), TYPE_GW_ALLOW4, true);
+        }
+        set(w, &mut elems, "map", MAP_DNAT4, TYPE_DNAT4, true);
+        for len in 0..32 {
+            set(w, &mut elems, "map", &format!("{MAP_DNAT4_NET}{len}"), TYPE_DNAT4, true);
+        }
+
+        let _ = writeln!(w, "\tchain {CHAIN_FORWARD} {{");
+        let _ = writeln!(w, "\t\ttype filter hook forward priority {PRIORITY_FORWARD}; policy accept;");
+        let _ = writeln!(w, "\t\tmeta nfproto ipv4 jump {CHAIN_GW_FORWARD4}");
+        let _ = writeln!(w, "\t}}");
+        let _ = writeln!(w, "\tchain {CHAIN_GW_FORWARD4} {{");
+        let _ = writeln!(w, "\t\tip daddr . meta l4proto . th dport != @{SET_GW_PROTECTED} accept");
+        let _ =
+            writeln!(w, "\t\tip daddr . meta l4proto . th dport != @{SET_GW_CUT} ct state established,related accept");
+        let _ = writeln!(w, "\t\tip saddr . ip daddr . meta l4proto . th dport @{SET_GW_ALLOW4} accept");
+        for len in (0..32).rev() {
+            let _ = writeln!(
+                w,
+                "\t\tip saddr & {} . ip daddr . meta l4proto . th dport @{SET_GW_ALLOW4_NET}{len} accept",
+                mask4(len)
+            );
+        }
+        let _ = writeln!(w, "\t\tdrop");
+        let _ = writeln!(w, "\t}}");
+        let _ = writeln!(w, "\tchain {CHAIN_PREROUTING} {{");
+        let _ = writeln!(w, "\t\ttype nat hook prerouting priority {PRIORITY_PREROUTING}; policy accept;");
+        let _ = writeln!(w, "\t\tmeta nfproto ipv4 fib daddr type local jump {CHAIN_GW_DNAT4}");
+        let _ = writeln!(w, "\t}}");
+        let _ = writeln!(w, "\tchain {CHAIN_GW_DNAT4} {{");
+        let _ = writeln!(w, "\t\tdnat ip to ip saddr . meta l4proto . th dport map @{MAP_DNAT4}");
+        for len in (0..32).rev() {
+            let _ = writeln!(
+                w,
+                "\t\tdnat ip to ip saddr & {} . meta l4proto . th dport map @{MAP_DNAT4_NET}{len}",
+                mask4(len)
+            );
+        }
+        let _ = writeln!(w, "\t}}");
+    }
+    let _ = writeln!(w, "}}");
+    out
+}
+
+fn set(w: &mut String, elems: &mut BTreeMap<String, Vec<String>>, kind: &str, name: &str, ty: &str, timeout: bool) {
+    let _ = writeln!(w, "\t{kind} {name} {{");
+    let _ = writeln!(w, "\t\ttype {ty}");
+    if timeout {
+        let _ = writeln!(w, "\t\tflags timeout");
+    }
+    if let Some(list) = elems.remove(name) {
+        let _ = writeln!(w, "\t\telements = {{");
+        let last = list.len() - 1;
+        for (i, e) in list.iter().enumerate() {
+            let _ = writeln!(w, "\t\t\t{e}{}", if i == last { "" } else { "," });
+        }
+        let _ = writeln!(w, "\t\t}}");
+    }
+    let _ = writeln!(w, "\t}}");
+}
+
+fn mask4(len: u8) -> IpAddr {
+    let bits = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+    IpAddr::V4(Ipv4Addr::from(bits))
+}
+
+fn mask6(len: u8) -> IpAddr {
+    let bits = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    IpAddr::V6(Ipv6Addr::from(bits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask4(0).to_string(), "0.0.0.0");
+        assert_eq!(mask4(24).to_string(), "255.255.255.0");
+        assert_eq!(mask4(31).to_string(), "255.255.255.254");
+        assert_eq!(mask6(0).to_string(), "::");
+        assert_eq!(mask6(64).to_string(), "ffff:ffff:ffff:ffff::");
+        assert_eq!(mask6(127).to_string(), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe");
+    }
+}

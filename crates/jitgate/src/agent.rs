@@ -1,0 +1,56 @@
+//! `jitgate agent`: the enforcement point, with the nftables backend.
+
+use std::time::{Duration, Instant};
+
+use jitgate_agent::AgentConfig;
+use jitgate_cli::agent::{AgentMode, AgentRunArgs};
+use jitgate_cli::LogFormat;
+use jitgate_enforce::{Desired, ElemOp, Firewall, Mode};
+use jitgate_enforce_nft::NftFirewall;
+
+use crate::common::{init_logging, shutdown_signal};
+
+/// nftables as the agent's firewall; remembers why it cannot be used when it cannot.
+struct Nft {
+    fw: Result<NftFirewall, String>,
+}
+
+impl Firewall for Nft {
+    fn usable(&self) -> Result<(), String> {
+        self.fw.as_ref().map_err(Clone::clone)?;
+        NftFirewall::usable()
+    }
+
+    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), String> {
+        match &mut self.fw {
+            Ok(fw) => fw.replace(desired, now).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), String> {
+        match &mut self.fw {
+            Ok(fw) => fw.apply(ops).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text);
+    let cfg = AgentConfig {
+        server: args.server,
+        join_token: args.join_token,
+        ca_cert: args.ca_cert,
+        state_dir: args.state_dir.ok_or_else(|| anyhow::anyhow!("--state-dir is required"))?,
+        mode: match args.mode {
+            AgentMode::Host => Mode::Host,
+            AgentMode::Gateway => Mode::Gateway,
+        },
+        vm_name: args.vm_name,
+        public_address: args.public_address,
+        poll_wait: Duration::from_secs(args.poll_seconds),
+    };
+    let fw = Nft { fw: NftFirewall::open().map_err(|e| e.to_string()) };
+    jitgate_agent::run(cfg, fw, shutdown_signal()).await
+}

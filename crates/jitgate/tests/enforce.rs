@@ -1,0 +1,322 @@
+//! Real enforcement, end to end: `jitgate serve` and `jitgate agent` as real processes in network
+//! namespaces the test creates, nftables programmed by the agent, probed with real TCP/UDP
+//! connections between the namespaces. Needs root, `ip` and `nft`; skips with a printed reason
+//! otherwise (`.ci/run` installs them and runs as root).
+//!
+//! Topology: namespace C holds the control plane and the clients (source A = 10.9.0.1, source
+//! B = 10.9.0.3); namespace V is the VM with the agent (10.9.0.2) and echo listeners.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use jitgate_cli::netns::{self, veth, KillOnDrop, Netns};
+use jitgate_testkit::{vm_id, LocalServer, SUB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+const A: &str = "10.9.0.1";
+const B: &str = "10.9.0.3";
+const VM: &str = "10.9.0.2";
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+macro_rules! skip_unless_netns {
+    ($name:expr) => {
+        if let Some(why) = netns::unavailable() {
+            eprintln!("SKIPPED {}: {why}", $name);
+            return;
+        }
+    };
+}
+
+/// A control plane in C, an agent and listeners in V.
+struct World {
+    _tmp: tempfile::TempDir,
+    c: Netns,
+    v: Netns,
+    server: LocalServer,
+    agent: Option<KillOnDrop>,
+    _listener: KillOnDrop,
+    state_dir: std::path::PathBuf,
+}
+
+impl World {
+    fn new(ports: &[u16]) -> World {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let c = Netns::new("c").expect("netns c");
+        let v = Netns::new("v").expect("netns v");
+        veth(&c, "10.9.0.1/24", &v, "10.9.0.2/24").expect("veth");
+        let cif = {
+            let out = c.cmd("ip").args(["-o", "link", "show", "type", "veth"]).output().expect("ip link");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.split(": ").nth(1).and_then(|s| s.split('@').next()).unwrap_or("").to_owned()
+        };
+        c.ip(&["addr", "add", "10.9.0.3/24", "dev", &cif]).expect("second client address");
+        let mut listen = v.cmd(BIN);
+        listen.args(["probe", "listen"]);
+        for p in ports {
+            listen.args(["--tcp", &format!("0.0.0.0:{p}"), "--udp", &format!("0.0.0.0:{p}")]);
+        }
+        let mut listener = KillOnDrop::spawn(listen).expect("listener");
+        listener.wait_for_line("listening").expect("listener ready");
+        let server = LocalServer::start_with(
+            &c.prefix(),
+            Path::new(BIN),
+            &tmp.path().join("server"),
+            &format!("{A}:0"),
+            &["--tls-san", A],
+        )
+        .expect("server in C");
+        let state_dir = tmp.path().join("agent");
+        let mut w = World { _tmp: tmp, c, v, server, agent: None, _listener: listener, state_dir };
+        let token = w.cli(&[
+            "agent",
+            "token",
+            "create",
+            "--subscription",
+            SUB,
+            "--resource-group",
+            "rg",
+            "--location",
+            "westeurope",
+        ]);
+        assert!(token.starts_with("jgj_"), "join token printed alone: {token:?}");
+        w.start_agent(Some(token.trim()));
+        w.wait_for(|w| {
+            w.api("GET", &format!("/api/v1/vms?id={}", vm_id("rg", "vm1")), None).1["enforcement"]["agent"] == "vm1"
+        });
+        w
+    }
+
+    fn start_agent(&mut self, token: Option<&str>) {
+        let mut cmd = self.v.cmd(BIN);
+        cmd.args(["agent", "--server", &self.server.url, "--state-dir"]).arg(&self.state_dir).args([
+            "--vm-name",
+            "vm1",
+            "--poll-seconds",
+            "5",
+        ]);
+        cmd.arg("--ca-cert").arg(&self.server.ca_cert);
+        if let Some(t) = token {
+            cmd.args(["--join-token", t]);
+        }
+        cmd.env("JITGATE_LOG", "warn");
+        self.agent = Some(KillOnDrop::spawn(cmd).expect("agent"));
+    }
+
+    /// Runs the jitgate CLI inside C with the admin connection settings; returns stdout.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = self
+            .c
+            .cmd(BIN)
+            .args(args)
+            .env("JITGATE_URL", &self.server.url)
+            .env("JITGATE_TOKEN", &self.server.token)
+            .env("JITGATE_CA_CERT", &self.server.ca_cert)
+            .output()
+            .expect("cli runs");
+        assert!(out.status.success(), "jitgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Calls the API with curl inside C; returns the status and the JSON body.
+    fn api(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut cmd = self.c.cmd("curl");
+        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"]).arg(&self.server.ca_cert);
+        cmd.args([
+            "-H",
+            &format!("Authorization: Bearer {}", self.server.token),
+            "-H",
+            "Content-Type: application/json",
+        ]);
+        if let Some(b) = body {
+            cmd.args(["-d", &b.to_string()]);
+        }
+        cmd.arg(format!("{}{path}", self.server.url));
+        let out = cmd.output().expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (status.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn policy_path(&self) -> String {
+        format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default?api-version=2020-01-01")
+    }
+
+    fn put_policy(&self, ports: Value) {
+        let body = json!({"properties": {"virtualMachines": [{"id": vm_id("rg", "vm1"), "ports": ports}]}});
+        let (status, b) = self.api("PUT", &self.policy_path(), Some(&body));
+        assert_eq!(status, 200, "{b}");
+    }
+
+    /// Initiates for `source` on `port`, waiting until the agent applied it. Returns the answer.
+    fn initiate(&self, source: &str, port: u16, duration: &str) -> Value {
+        let body = json!({"virtualMachines": [{"id": vm_id("rg", "vm1"), "ports": [
+            {"number": port, "allowedSourceAddressPrefix": source, "duration": duration}]}]});
+        let path = self.policy_path().replace("?api-version", "/initiate?api-version") + "&wait=applied";
+        let (status, b) = self.api("POST", &path, Some(&body));
+        assert_eq!(status, 202, "{b}");
+        b
+    }
+
+    /// Probes a TCP connect from `from` to VM:`port` inside C.
+    fn probe(&self, from: &str, port: u16, expect: &str, within_ms: u64) -> Value {
+        let out = self
+            .c
+            .cmd(BIN)
+            .args(["probe", "connect", "--from", from, "--to", &format!("{VM}:{port}"), "--expect", expect])
+            .args(["--within-ms", &within_ms.to_string(), "--attempt-ms", "150"])
+            .output()
+            .expect("probe runs");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn is_open(&self, from: &str, port: u16) -> bool {
+        self.probe(from, port, "open", 0)["open"] == true
+    }
+
+    fn wait_for(&self, check: impl Fn(&World) -> bool) {
+        for _ in 0..200 {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("condition not reached within 10 s");
+    }
+}
+
+fn end_ms(answer: &Value) -> u64 {
+    let text = answer["virtualMachines"][0]["ports"][0]["endTimeUtc"].as_str().unwrap_or("");
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).expect("end time");
+    (t.unix_timestamp_nanos() / 1_000_000) as u64
+}
+
+fn ssh_like(port: u16) -> Value {
+    json!({"number": port, "protocol": "*", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"})
+}
+
+#[test]
+fn ports_close_open_for_exactly_the_source_and_close_again() {
+    skip_unless_netns!("ports_close_open_for_exactly_the_source_and_close_again");
+    let w = World::new(&[2222, 3333]);
+    assert!(w.is_open(A, 2222), "before enabling: open");
+    w.put_policy(json!([ssh_like(2222), ssh_like(3333)]));
+    assert_eq!(w.probe(A, 2222, "closed", 5000)["reached"], true, "after enabling: closed");
+    assert!(!w.is_open(B, 2222));
+    assert!(!w.is_open(A, 3333));
+
+    // Open for A only; the other protected port stays closed.
+    let granted = w.initiate(A, 2222, "PT10M");
+    assert!(w.is_open(A, 2222), "open for A right after initiate?wait=applied");
+    assert!(!w.is_open(B, 2222), "still closed for B");
+    assert!(!w.is_open(A, 3333), "other protected port still closed");
+
+    // UDP on a '*' port follows the same grant.
+    let udp =
+        w.c.cmd(BIN).args(["probe", "udp", "--from", A, "--to", &format!("{VM}:2222")]).output().expect("udp probe");
+    assert!(udp.status.success(), "UDP open for A: {}", String::from_utf8_lossy(&udp.stdout));
+    let udp_b =
+        w.c.cmd(BIN).args(["probe", "udp", "--from", B, "--to", &format!("{VM}:2222")]).output().expect("udp probe");
+    assert!(!udp_b.status.success(), "UDP closed for B");
+
+    // At endTimeUtc: closed again, within 100 ms.
+    let short = w.initiate(B, 2222, "PT2S");
+    assert!(w.is_open(B, 2222));
+    let closed = w.probe(B, 2222, "closed", 5000);
+    assert_eq!(closed["reached"], true, "{closed}");
+    let late = closed["atUnixMs"].as_u64().unwrap_or(0) as i64 - end_ms(&short) as i64;
+    assert!(late <= 100, "closed {late} ms after endTimeUtc");
+    assert!(late >= -50, "closed {late} ms before endTimeUtc");
+
+    // Revoke closes at once.
+    let id = granted["id"].as_i64().expect("request id");
+    let (status, b) = w.api("POST", &format!("/api/v1/requests/{id}/revoke?wait=applied"), None);
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["virtualMachines"][0]["ports"][0]["status"], "Revoked");
+    assert!(!w.is_open(A, 2222), "closed right after revoke");
+
+    // Deleting the policy gives the ports back their pre-JIT state.
+    let (status, _) = w.api("DELETE", &w.policy_path(), None);
+    assert_eq!(status, 200);
+    assert_eq!(w.probe(B, 2222, "open", 5000)["reached"], true, "open again after delete");
+    assert!(w.is_open(B, 3333));
+}
+
+#[test]
+fn grants_close_on_time_even_with_every_process_dead_and_survive_agent_restarts() {
+    skip_unless_netns!("grants_close_on_time_even_with_every_process_dead_and_survive_agent_restarts");
+    let mut w = World::new(&[2222]);
+    w.put_policy(json!([ssh_like(2222)]));
+    assert_eq!(w.probe(A, 2222, "closed", 5000)["reached"], true);
+
+    // Agent restart mid-grant: the grant survives, nothing else opens.
+    w.initiate(A, 2222, "PT10M");
+    assert!(w.is_open(A, 2222));
+    if let Some(mut a) = w.agent.take() {
+        a.kill9();
+    }
+    w.start_agent(None);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(w.is_open(A, 2222), "the grant survives the restart");
+    assert!(!w.is_open(B, 2222), "nothing else opened");
+
+    // kill -9 of agent and server while a grant is live: it still closes at its end time.
+    let short = w.initiate(B, 2222, "PT3S");
+    assert!(w.is_open(B, 2222));
+    if let Some(mut a) = w.agent.take() {
+        a.kill9();
+    }
+    if let Some(pid) = w.server.pid() {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let closed = w.probe(B, 2222, "closed", 8000);
+    assert_eq!(closed["reached"], true, "{closed}");
+    let late = closed["atUnixMs"].as_u64().unwrap_or(0) as i64 - end_ms(&short) as i64;
+    assert!(late <= 100, "closed {late} ms after endTimeUtc with no jitgate process alive");
+    assert!(w.is_open(A, 2222), "the longer grant is still open");
+    let _ = unix_ms();
+}
+
+#[test]
+fn cut_sessions_at_expiry_stops_live_connections_and_default_keeps_them() {
+    skip_unless_netns!("cut_sessions_at_expiry_stops_live_connections_and_default_keeps_them");
+    let w = World::new(&[2222, 3333]);
+    let mut cut = ssh_like(3333);
+    cut["cutSessionsAtExpiry"] = json!(true);
+    w.put_policy(json!([ssh_like(2222), cut]));
+    assert_eq!(w.probe(A, 2222, "closed", 5000)["reached"], true);
+    let keep = w.initiate(A, 2222, "PT2S");
+    let cutting = w.initiate(A, 3333, "PT2S");
+    let session = |port: u16| {
+        let mut cmd = w.c.cmd(BIN);
+        cmd.args([
+            "probe",
+            "session",
+            "--from",
+            A,
+            "--to",
+            &format!("{VM}:{port}"),
+            "--for-ms",
+            "4000",
+            "--interval-ms",
+            "50",
+        ]);
+        std::thread::spawn(move || {
+            cmd.output().map(|o| serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null))
+        })
+    };
+    let (kept, cutoff) = (session(2222), session(3333));
+    let kept = kept.join().expect("join").expect("probe");
+    let cutoff = cutoff.join().expect("join").expect("probe");
+    assert_eq!(kept["connected"], true);
+    assert!(kept["firstFailUnixMs"].is_null(), "the default keeps established sessions: {kept}");
+    assert!(kept["lastOkUnixMs"].as_u64().unwrap_or(0) > end_ms(&keep) + 1000);
+    let stopped = cutoff["firstFailUnixMs"].as_u64().expect("the cut session stopped");
+    let after = stopped as i64 - end_ms(&cutting) as i64;
+    assert!(after <= 1000, "cut {after} ms after expiry");
+    assert!(cutoff["lastOkUnixMs"].as_u64().unwrap_or(0) <= end_ms(&cutting) + 100);
+}
