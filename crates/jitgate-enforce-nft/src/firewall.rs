@@ -206,7 +206,13 @@ impl NftFirewall {
 }
 
 /// The `nft` binary: on `PATH`, else in the usual sbin directories.
+/// The `nft` binary: `JITGATE_NFT` when set (and then only that), else the first `nft` on the
+/// PATH, in /usr/sbin or in /sbin.
 fn nft_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("JITGATE_NFT") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path).chain(NFT_DIRS.iter().map(PathBuf::from)).map(|d| d.join("nft")).find(|p| p.is_file())
 }

@@ -1,6 +1,6 @@
 //! The `nft -f -` script that replaces our table in one transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -64,16 +64,16 @@ pub(crate) fn unsupported(desired: &Desired) -> Vec<String> {
 /// holds a gateway entry.
 pub fn ruleset(desired: &Desired, now: Instant) -> String {
     let gateway = wants_gateway(desired);
-    let mut elems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut elems: BTreeMap<String, SetElems> = BTreeMap::new();
     let mut skipped = Vec::new();
     for p in &desired.protected {
         match protected_elem(p) {
             Ok((set, cut, key)) => {
                 let text = fields_text(&key);
                 if p.cut_sessions {
-                    elems.entry(cut.to_string()).or_default().push(text.clone());
+                    elems.entry(cut.to_string()).or_default().insert(text.clone(), None, None);
                 }
-                elems.entry(set.to_string()).or_default().push(text);
+                elems.entry(set.to_string()).or_default().insert(text, None, None);
             }
             Err(e) => skipped.push(e),
         }
@@ -85,7 +85,7 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
     for (k, end) in &desired.grants {
         let Some(ms) = remaining_ms(*end) else { continue };
         match grant_elem(k) {
-            Ok(e) => elems.entry(e.set).or_default().push(format!("{} timeout {ms}ms", fields_text(&e.key))),
+            Ok(e) => elems.entry(e.set).or_default().insert(fields_text(&e.key), Some(ms), None),
             Err(e) => skipped.push(e),
         }
     }
@@ -93,8 +93,8 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
         let Some(ms) = remaining_ms(*end) else { continue };
         match dnat_elem(k, Some(target)) {
             Ok(e) => {
-                let data = e.data.as_deref().map(fields_text).unwrap_or_default();
-                elems.entry(e.set).or_default().push(format!("{} timeout {ms}ms : {data}", fields_text(&e.key)));
+                let data = e.data.as_deref().map(fields_text);
+                elems.entry(e.set).or_default().insert(fields_text(&e.key), Some(ms), data);
             }
             Err(e) => skipped.push(e),
         }
@@ -192,20 +192,57 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
     out
 }
 
-fn set(w: &mut String, elems: &mut BTreeMap<String, Vec<String>>, kind: &str, name: &str, ty: &str, timeout: bool) {
+/// The elements of one set, in the order they came, without duplicates: two model entries can
+/// be one element (e.g. `10.0.0.5/24` and `10.0.0.7/24` are both `10.0.0.0/24`); the longer
+/// timeout wins.
+#[derive(Default)]
+struct SetElems {
+    list: Vec<(String, Option<u128>, Option<String>)>,
+    index: HashMap<String, usize>,
+}
+
+impl SetElems {
+    fn insert(&mut self, key: String, ms: Option<u128>, data: Option<String>) {
+        match self.index.get(&key) {
+            Some(&i) => {
+                let e = &mut self.list[i];
+                if ms > e.1 {
+                    e.1 = ms;
+                    e.2 = data;
+                }
+            }
+            None => {
+                self.index.insert(key.clone(), self.list.len());
+                self.list.push((key, ms, data));
+            }
+        }
+    }
+}
+
+fn set(w: &mut String, elems: &mut BTreeMap<String, SetElems>, kind: &str, name: &str, ty: &str, timeout: bool) {
+    let flags = if timeout { " flags timeout;" } else { "" };
+    let Some(set) = elems.remove(name) else {
+        let _ = writeln!(w, "\t{kind} {name} {{ type {ty};{flags} }}");
+        return;
+    };
     let _ = writeln!(w, "\t{kind} {name} {{");
     let _ = writeln!(w, "\t\ttype {ty}");
     if timeout {
         let _ = writeln!(w, "\t\tflags timeout");
     }
-    if let Some(list) = elems.remove(name) {
-        let _ = writeln!(w, "\t\telements = {{");
-        let last = list.len() - 1;
-        for (i, e) in list.iter().enumerate() {
-            let _ = writeln!(w, "\t\t\t{e}{}", if i == last { "" } else { "," });
+    let _ = writeln!(w, "\t\telements = {{");
+    let last = set.list.len() - 1;
+    for (i, (key, ms, data)) in set.list.iter().enumerate() {
+        let _ = write!(w, "\t\t\t{key}");
+        if let Some(ms) = ms {
+            let _ = write!(w, " timeout {ms}ms");
         }
-        let _ = writeln!(w, "\t\t}}");
+        if let Some(data) = data {
+            let _ = write!(w, " : {data}");
+        }
+        let _ = writeln!(w, "{}", if i == last { "" } else { "," });
     }
+    let _ = writeln!(w, "\t\t}}");
     let _ = writeln!(w, "\t}}");
 }
 

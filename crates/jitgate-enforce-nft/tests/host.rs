@@ -35,8 +35,7 @@ fn host(ports: &[u16]) -> Host {
     for a in ["10.77.0.2/24", "fd77::2/64"] {
         addr(&server, &is, a);
     }
-    let addrs: Vec<SocketAddr> =
-        ports.iter().flat_map(|p| [sa(SRV, *p), sa(SRV_6, *p)]).collect();
+    let addrs: Vec<SocketAddr> = ports.iter().flat_map(|p| [sa(SRV, *p), sa(SRV_6, *p)]).collect();
     let echo = Echo::start(&server, &addrs);
     let fw = server.firewall();
     Host { client, server, fw, _echo: echo }
@@ -264,10 +263,9 @@ fn a_batch_is_all_or_nothing_and_the_error_names_the_operation() {
     h.replace(&protected(&[(L4::Tcp, 22, false)]));
     // A timeout the kernel refuses (ERANGE) in the middle of good elements.
     let bad = ElemOp::AddGrant { key: key("10.0.0.2/32", L4::Tcp, 22), timeout: Duration::from_secs(u64::MAX / 1000) };
-    let err = h
-        .fw
-        .apply(&[add("10.0.0.1/32", L4::Tcp, 22, MINUTE), bad, add("10.0.0.0/24", L4::Tcp, 22, MINUTE)])
-        .expect_err("refused");
+    let err =
+        h.fw.apply(&[add("10.0.0.1/32", L4::Tcp, 22, MINUTE), bad, add("10.0.0.0/24", L4::Tcp, 22, MINUTE)])
+            .expect_err("refused");
     let text = err.to_string();
     assert!(text.contains("10.0.0.2/32"), "names the refused element: {text}");
     assert!(h.server.elements("allow4").is_empty(), "nothing of the batch was applied");
@@ -277,7 +275,8 @@ fn a_batch_is_all_or_nothing_and_the_error_names_the_operation() {
     assert_eq!(h.server.elements("allow4").len(), 1);
 
     // Gateway-only and IPv6-gateway operations: refused before anything is sent.
-    let v6gw = GrantKey { source: "fd00::1/128".parse().expect("net"), dest: Some(ip("fd00::2")), proto: L4::Tcp, port: 22 };
+    let v6gw =
+        GrantKey { source: "fd00::1/128".parse().expect("net"), dest: Some(ip("fd00::2")), proto: L4::Tcp, port: 22 };
     let err = h.fw.apply(&[ElemOp::AddGrant { key: v6gw, timeout: MINUTE }]).expect_err("unsupported");
     assert!(matches!(err, NftError::Unsupported(_)), "{err}");
 }
@@ -311,10 +310,13 @@ fn apply_timing_for_one_element_and_ten_thousand() {
     let t = Instant::now();
     h.apply(&ops);
     let bulk = t.elapsed();
-    let dels: Vec<ElemOp> = ops.iter().map(|o| match o {
-        ElemOp::AddGrant { key, .. } => ElemOp::DelGrant { key: *key },
-        other => *other,
-    }).collect();
+    let dels: Vec<ElemOp> = ops
+        .iter()
+        .map(|o| match o {
+            ElemOp::AddGrant { key, .. } => ElemOp::DelGrant { key: *key },
+            other => *other,
+        })
+        .collect();
     let t = Instant::now();
     h.apply(&dels);
     let bulk_del = t.elapsed();

@@ -313,3 +313,44 @@ pub async fn run(
 pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
     request_ctx(peer, req.extensions().get::<Correlation>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FixedClock(OffsetDateTime);
+
+    impl Clock for FixedClock {
+        fn now(&self) -> OffsetDateTime {
+            self.0
+        }
+    }
+
+    #[test]
+    fn agents_that_stop_reporting_are_stale() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db")).expect("store");
+        let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
+        let config = ServerConfig { tls: true, list_page_size: 10, max_body_bytes: 1024, public_url: None };
+        let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
+        let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {
+            id: "a".into(),
+            name: "a".into(),
+            mode: jitgate_core::enforcement::AgentMode::Host,
+            subscription: "s".into(),
+            resource_group: "rg".into(),
+            location: "l".into(),
+            vm_id: None,
+            addresses: vec![],
+            public_address: None,
+            joined: now,
+            last_seen,
+            applied_revision: 0,
+            nft_usable: None,
+            nft_error: None,
+        };
+        assert!(app.is_stale(&agent(None)), "never reported");
+        assert!(!app.is_stale(&agent(Some(now - time::Duration::seconds(10)))));
+        assert!(app.is_stale(&agent(Some(now - STALE_AFTER - time::Duration::seconds(1)))));
+    }
+}

@@ -32,30 +32,50 @@ macro_rules! skip_unless_netns {
     };
 }
 
-/// A control plane in C, an agent and listeners in V.
+/// A control plane in C and an agent in V (host mode), or in G in front of V (gateway mode).
 struct World {
     _tmp: tempfile::TempDir,
     c: Netns,
+    /// Where the agent runs: the VM itself (host mode) or the gateway.
     v: Netns,
+    /// Gateway mode: the VM behind the gateway.
+    _inner: Option<Netns>,
     server: LocalServer,
     agent: Option<KillOnDrop>,
     _listener: KillOnDrop,
     state_dir: std::path::PathBuf,
+    gateway: bool,
 }
+
+/// Gateway mode addresses: the gateway's public side is VM (10.9.0.2), the VM behind it INNER.
+const INNER: &str = "10.8.0.2";
 
 impl World {
     fn new(ports: &[u16]) -> World {
+        Self::build(ports, false)
+    }
+
+    fn new_gateway(ports: &[u16]) -> World {
+        Self::build(ports, true)
+    }
+
+    fn build(ports: &[u16], gateway: bool) -> World {
         let tmp = tempfile::tempdir().expect("tempdir");
         let c = Netns::new("c").expect("netns c");
-        let v = Netns::new("v").expect("netns v");
-        veth(&c, "10.9.0.1/24", &v, "10.9.0.2/24").expect("veth");
-        let cif = {
-            let out = c.cmd("ip").args(["-o", "link", "show", "type", "veth"]).output().expect("ip link");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            text.split(": ").nth(1).and_then(|s| s.split('@').next()).unwrap_or("").to_owned()
-        };
+        let v = Netns::new(if gateway { "g" } else { "v" }).expect("netns v");
+        let (cif, _) = veth(&c, "10.9.0.1/24", &v, "10.9.0.2/24").expect("veth");
         c.ip(&["addr", "add", "10.9.0.3/24", "dev", &cif]).expect("second client address");
-        let mut listen = v.cmd(BIN);
+        let inner = if gateway {
+            let inner = Netns::new("i").expect("netns inner");
+            veth(&v, "10.8.0.1/24", &inner, "10.8.0.2/24").expect("inner veth");
+            v.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+            c.ip(&["route", "add", "10.8.0.0/24", "via", VM]).expect("route to the inner network");
+            inner.ip(&["route", "add", "default", "via", "10.8.0.1"]).expect("default route");
+            Some(inner)
+        } else {
+            None
+        };
+        let mut listen = inner.as_ref().unwrap_or(&v).cmd(BIN);
         listen.args(["probe", "listen"]);
         for p in ports {
             listen.args(["--tcp", &format!("0.0.0.0:{p}"), "--udp", &format!("0.0.0.0:{p}")]);
@@ -71,7 +91,9 @@ impl World {
         )
         .expect("server in C");
         let state_dir = tmp.path().join("agent");
-        let mut w = World { _tmp: tmp, c, v, server, agent: None, _listener: listener, state_dir };
+        let mut w =
+            World { _tmp: tmp, c, v, _inner: inner, server, agent: None, _listener: listener, state_dir, gateway };
+        let mode = if gateway { "gateway" } else { "host" };
         let token = w.cli(&[
             "agent",
             "token",
@@ -82,23 +104,34 @@ impl World {
             "rg",
             "--location",
             "westeurope",
+            "--mode",
+            mode,
         ]);
         assert!(token.starts_with("jgj_"), "join token printed alone: {token:?}");
         w.start_agent(Some(token.trim()));
+        if gateway {
+            w.wait_for(|w| w.api("GET", "/api/v1/agents", None).1["value"][0]["lastSeen"].is_string());
+            let vm = json!({"id": vm_id("rg", "vm1"), "osType": "Linux", "location": "westeurope", "address": INNER, "gateway": "gw1"});
+            let (status, b) = w.api("PUT", "/api/v1/vms", Some(&vm));
+            assert_eq!(status, 201, "attach the VM behind the gateway: {b}");
+        }
         w.wait_for(|w| {
-            w.api("GET", &format!("/api/v1/vms?id={}", vm_id("rg", "vm1")), None).1["enforcement"]["agent"] == "vm1"
+            let agent = if w.gateway { "gw1" } else { "vm1" };
+            w.api("GET", &format!("/api/v1/vms?id={}", vm_id("rg", "vm1")), None).1["enforcement"]["agent"] == agent
         });
         w
     }
 
     fn start_agent(&mut self, token: Option<&str>) {
         let mut cmd = self.v.cmd(BIN);
-        cmd.args(["agent", "--server", &self.server.url, "--state-dir"]).arg(&self.state_dir).args([
-            "--vm-name",
-            "vm1",
-            "--poll-seconds",
-            "5",
-        ]);
+        cmd.args(["agent", "--server", &self.server.url, "--state-dir"])
+            .arg(&self.state_dir)
+            .args(["--poll-seconds", "5"]);
+        if self.gateway {
+            cmd.args(["--mode", "gateway", "--vm-name", "gw1", "--public-address", VM]);
+        } else {
+            cmd.args(["--vm-name", "vm1"]);
+        }
         cmd.arg("--ca-cert").arg(&self.server.ca_cert);
         if let Some(t) = token {
             cmd.args(["--join-token", t]);
@@ -164,10 +197,14 @@ impl World {
 
     /// Probes a TCP connect from `from` to VM:`port` inside C.
     fn probe(&self, from: &str, port: u16, expect: &str, within_ms: u64) -> Value {
+        self.probe_to(from, VM, port, expect, within_ms)
+    }
+
+    fn probe_to(&self, from: &str, to: &str, port: u16, expect: &str, within_ms: u64) -> Value {
         let out = self
             .c
             .cmd(BIN)
-            .args(["probe", "connect", "--from", from, "--to", &format!("{VM}:{port}"), "--expect", expect])
+            .args(["probe", "connect", "--from", from, "--to", &format!("{to}:{port}"), "--expect", expect])
             .args(["--within-ms", &within_ms.to_string(), "--attempt-ms", "150"])
             .output()
             .expect("probe runs");
@@ -319,4 +356,74 @@ fn cut_sessions_at_expiry_stops_live_connections_and_default_keeps_them() {
     let after = stopped as i64 - end_ms(&cutting) as i64;
     assert!(after <= 1000, "cut {after} ms after expiry");
     assert!(cutoff["lastOkUnixMs"].as_u64().unwrap_or(0) <= end_ms(&cutting) + 100);
+}
+
+#[test]
+fn gateway_mode_forwards_only_the_granted_source_through_the_mapped_port() {
+    skip_unless_netns!("gateway_mode_forwards_only_the_granted_source_through_the_mapped_port");
+    let w = World::new_gateway(&[2222]);
+    let open_to = |from: &str, to: &str, port: u16| w.probe_to(from, to, port, "open", 0)["open"] == true;
+    assert!(open_to(A, INNER, 2222), "before enabling: the VM is reachable through the gateway");
+    let mut rule = ssh_like(2222);
+    rule["mappedPort"] = json!(52222);
+    w.put_policy(json!([rule]));
+    assert_eq!(w.probe_to(A, INNER, 2222, "closed", 5000)["reached"], true, "after enabling: closed");
+    assert!(!open_to(B, INNER, 2222));
+    assert!(!open_to(A, VM, 52222), "no mapping before a grant");
+
+    let granted = w.initiate(A, 2222, "PT10M");
+    let vm = &granted["virtualMachines"][0];
+    assert_eq!(vm["publicIpAddress"], VM, "connection details: the gateway's address: {granted}");
+    assert_eq!(vm["ports"][0]["mappedPort"], 52222, "connection details: the mapped port");
+    assert!(open_to(A, VM, 52222), "A reaches the VM through the mapped gateway port");
+    assert!(open_to(A, INNER, 2222), "and directly through the gateway");
+    assert!(!open_to(B, VM, 52222), "B does not, through the mapped port");
+    assert!(!open_to(B, INNER, 2222), "nor directly");
+    let history = w.api("GET", &w.policy_path(), None).1;
+    assert_eq!(history["properties"]["requests"][0]["virtualMachines"][0]["ports"][0]["mappedPort"], 52222);
+
+    let (status, _) = w.api("DELETE", &w.policy_path(), None);
+    assert_eq!(status, 200);
+    assert_eq!(w.probe_to(B, INNER, 2222, "open", 5000)["reached"], true, "pre-JIT state after delete");
+}
+
+#[test]
+fn an_agent_without_usable_nftables_makes_its_vm_unsupported() {
+    skip_unless_netns!("an_agent_without_usable_nftables_makes_its_vm_unsupported");
+    let w = World::new(&[2222]);
+    let token = w.cli(&[
+        "agent",
+        "token",
+        "create",
+        "--subscription",
+        SUB,
+        "--resource-group",
+        "rg",
+        "--location",
+        "westeurope",
+    ]);
+    let dir = w.state_dir.with_file_name("agent-without-nft");
+    // The agent's nft binary does not exist: it must say so rather than pretend to enforce.
+    let mut cmd = w.v.cmd(BIN);
+    cmd.env("JITGATE_NFT", "/nonexistent/nft");
+    cmd.args([
+        "agent",
+        "--server",
+        &w.server.url,
+        "--join-token",
+        token.trim(),
+        "--vm-name",
+        "vm2",
+        "--poll-seconds",
+        "5",
+    ]);
+    cmd.arg("--ca-cert").arg(&w.server.ca_cert).arg("--state-dir").arg(&dir);
+    cmd.env("JITGATE_LOG", "error");
+    let _agent = KillOnDrop::spawn(cmd).expect("agent");
+    w.wait_for(|w| {
+        w.api("GET", &format!("/api/v1/vms?id={}", vm_id("rg", "vm2")), None).1["unsupportedReason"].is_string()
+    });
+    let vm = w.api("GET", &format!("/api/v1/vms?id={}", vm_id("rg", "vm2")), None).1;
+    let reason = vm["unsupportedReason"].as_str().unwrap_or("");
+    assert!(reason.contains("nftables"), "{vm}");
 }

@@ -117,8 +117,11 @@ impl Netns {
         std::thread::scope(|s| {
             s.spawn(move || {
                 let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                rustix::thread::move_into_link_name_space(file.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
                 f()
             })
             .join()
@@ -302,7 +305,8 @@ pub fn tcp_closed(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr) -> bool {
 
 /// Whether a UDP datagram from `ns` to `dst` is echoed within `wait` (a few tries).
 pub fn udp_echoes(ns: &Netns, dst: SocketAddr, wait: Duration, tries: u32) -> bool {
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
+    let bind: SocketAddr =
+        if dst.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
     let sock = ns.run(move || UdpSocket::bind(bind).expect("bind udp"));
     sock.set_read_timeout(Some(wait)).expect("timeout");
     let mut buf = [0u8; 16];

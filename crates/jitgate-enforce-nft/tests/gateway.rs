@@ -1,0 +1,194 @@
+//! Gateway mode with three namespaces: a client (10.88.1.1 and 10.88.1.3, fd88:1::1), a
+//! gateway that forwards (10.88.1.2 | 10.88.2.1, fd88:1::2 | fd88:2::1) and runs the firewall,
+//! and a VM behind it (10.88.2.2, fd88:2::2) with echo servers. Skipped, with the reason
+//! printed, without root or nftables.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{addr, echoes, tcp_closed, tcp_connect, tcp_open, veth, Echo, Netns, OPEN_WAIT};
+use jitgate_enforce::{Desired, DnatKey, DnatTarget, ElemOp, GrantKey, Mode, Protected, L4};
+use jitgate_enforce_nft::{NftError, NftFirewall};
+
+const C1: &str = "10.88.1.1";
+const C2: &str = "10.88.1.3";
+const GW: &str = "10.88.1.2";
+const VM: &str = "10.88.2.2";
+const PUBLIC: u16 = 50022;
+const MINUTE: Duration = Duration::from_secs(60);
+
+struct Gateway {
+    client: Netns,
+    gateway: Netns,
+    _vm: Netns,
+    fw: NftFirewall,
+    _echo: Echo,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn sa(a: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(a), port)
+}
+
+fn gateway() -> Gateway {
+    let client = Netns::new("c");
+    let gw = Netns::new("g");
+    let vm = Netns::new("v");
+    let (c_if, g1) = veth(&client, &gw);
+    let (g2, v_if) = veth(&gw, &vm);
+    for a in ["10.88.1.1/24", "10.88.1.3/24", "fd88:1::1/64"] {
+        addr(&client, &c_if, a);
+    }
+    for a in ["10.88.1.2/24", "fd88:1::2/64"] {
+        addr(&gw, &g1, a);
+    }
+    for a in ["10.88.2.1/24", "fd88:2::1/64"] {
+        addr(&gw, &g2, a);
+    }
+    for a in ["10.88.2.2/24", "fd88:2::2/64"] {
+        addr(&vm, &v_if, a);
+    }
+    client.ip(&["route", "add", "default", "via", "10.88.1.2"]);
+    client.ip(&["-6", "route", "add", "default", "via", "fd88:1::2"]);
+    vm.ip(&["route", "add", "default", "via", "10.88.2.1"]);
+    vm.ip(&["-6", "route", "add", "default", "via", "fd88:2::1"]);
+    gw.sysctl("net.ipv4.ip_forward", "1");
+    gw.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let echo = Echo::start(&vm, &[sa(VM, 22), sa(VM, 2223), sa(VM, 8080), sa("fd88:2::2", 22)]);
+    let fw = gw.firewall();
+    Gateway { client, gateway: gw, _vm: vm, fw, _echo: echo }
+}
+
+fn state() -> Desired {
+    let mut d = Desired::empty(Mode::Gateway);
+    d.protected.insert(Protected { dest: Some(ip(VM)), proto: L4::Tcp, port: 22, cut_sessions: false });
+    d.protected.insert(Protected { dest: Some(ip(VM)), proto: L4::Tcp, port: 2223, cut_sessions: true });
+    d
+}
+
+fn grant(source: &str, port: u16) -> GrantKey {
+    GrantKey { source: source.parse().expect("net"), dest: Some(ip(VM)), proto: L4::Tcp, port }
+}
+
+fn dnat(source: &str, public_port: u16) -> DnatKey {
+    DnatKey { source: source.parse().expect("net"), proto: L4::Tcp, public_port }
+}
+
+/// The grant and DNAT entry a request makes: public port → VM port, and the forward check.
+fn open_ops(source: &str, public_port: u16, port: u16, timeout: Duration) -> Vec<ElemOp> {
+    vec![
+        ElemOp::AddGrant { key: grant(source, port), timeout },
+        ElemOp::AddDnat { key: dnat(source, public_port), target: DnatTarget { addr: ip(VM), port }, timeout },
+    ]
+}
+
+fn close_ops(source: &str, public_port: u16, port: u16) -> Vec<ElemOp> {
+    vec![ElemOp::DelGrant { key: grant(source, port) }, ElemOp::DelDnat { key: dnat(source, public_port) }]
+}
+
+impl Gateway {
+    fn via_gateway(&self, src: &str, public_port: u16) -> bool {
+        tcp_open(&self.client, Some(ip(src)), sa(GW, public_port))
+    }
+
+    fn closed_via_gateway(&self, src: &str, public_port: u16) -> bool {
+        tcp_closed(&self.client, Some(ip(src)), sa(GW, public_port))
+    }
+}
+
+#[test]
+fn only_the_granted_source_reaches_the_vm_through_the_public_port() {
+    require_kernel!();
+    let mut g = gateway();
+    assert!(tcp_open(&g.client, Some(ip(C1)), sa(VM, 22)), "routed before the table exists");
+
+    let fw = &mut g.fw;
+    g.gateway.run(|| fw.replace(&state(), Instant::now())).expect("replace");
+    assert!(tcp_closed(&g.client, Some(ip(C1)), sa(VM, 22)), "protected VM port closed to routed traffic");
+    assert!(g.closed_via_gateway(C1, PUBLIC), "no DNAT yet");
+    assert!(tcp_open(&g.client, Some(ip(C1)), sa(VM, 8080)), "other VM ports untouched");
+    assert!(tcp_open(&g.client, None, sa("fd88:2::2", 22)), "forwarded IPv6 is not dropped by the IPv4 gateway chains");
+
+    g.fw.apply(&open_ops("10.88.1.1/32", PUBLIC, 22, MINUTE)).expect("apply");
+    assert!(g.via_gateway(C1, PUBLIC), "granted source lands on vm:22 via gateway:{PUBLIC}");
+    assert!(g.closed_via_gateway(C2, PUBLIC), "another source gets no DNAT");
+    assert!(tcp_closed(&g.client, Some(ip(C2)), sa(VM, 22)), "nor a routed path");
+    assert!(tcp_open(&g.client, Some(ip(C1)), sa(VM, 22)), "the grant also covers the routed path");
+
+    // A DNAT entry alone does not open the port: the forward check needs the grant.
+    g.fw.apply(&[ElemOp::AddDnat {
+        key: dnat("10.88.1.3/32", PUBLIC),
+        target: DnatTarget { addr: ip(VM), port: 22 },
+        timeout: MINUTE,
+    }])
+    .expect("apply");
+    assert!(g.closed_via_gateway(C2, PUBLIC), "DNAT without a grant stays closed");
+
+    // A range grant for the whole client subnet, overlapping the exact one.
+    g.fw.apply(&[ElemOp::DelDnat { key: dnat("10.88.1.3/32", PUBLIC) }]).expect("apply");
+    g.fw.apply(&open_ops("10.88.1.0/24", PUBLIC + 1, 22, MINUTE)).expect("apply");
+    assert!(g.via_gateway(C2, PUBLIC + 1), "range DNAT and grant");
+    // The same public port for the whole subnet, to the VM's port 2223, which nobody may reach:
+    // the exact entry for .1 must win over the range (longest prefix first).
+    g.fw.apply(&[ElemOp::AddDnat {
+        key: dnat("10.88.1.0/24", PUBLIC),
+        target: DnatTarget { addr: ip(VM), port: 2223 },
+        timeout: MINUTE,
+    }])
+    .expect("apply");
+    assert!(g.via_gateway(C1, PUBLIC), "the exact DNAT entry wins for .1");
+    assert!(g.closed_via_gateway(C2, PUBLIC), ".3 lands on vm:2223, which has no grant");
+
+    g.fw.apply(&close_ops("10.88.1.0/24", PUBLIC + 1, 22)).expect("apply");
+    g.fw.apply(&[ElemOp::DelDnat { key: dnat("10.88.1.0/24", PUBLIC) }]).expect("apply");
+    g.fw.apply(&close_ops("10.88.1.1/32", PUBLIC, 22)).expect("apply");
+    assert!(g.closed_via_gateway(C1, PUBLIC), "closed after the delete");
+    assert!(g.closed_via_gateway(C2, PUBLIC + 1), "closed after the delete");
+
+    // Timeouts apply to the grant and the DNAT entry alike.
+    g.fw.apply(&open_ops("10.88.1.1/32", PUBLIC, 22, Duration::from_secs(1))).expect("apply");
+    let start = Instant::now();
+    assert!(g.via_gateway(C1, PUBLIC));
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(start.elapsed()));
+    assert!(g.closed_via_gateway(C1, PUBLIC), "closed by the kernel after 1 s");
+
+    g.gateway.run(|| g.fw.remove()).expect("remove");
+    assert!(tcp_open(&g.client, Some(ip(C2)), sa(VM, 22)), "remove() restores routing");
+}
+
+#[test]
+fn sessions_through_the_gateway_end_with_their_grant_when_the_port_cuts_them() {
+    require_kernel!();
+    let mut g = gateway();
+    let fw = &mut g.fw;
+    g.gateway.run(|| fw.replace(&state(), Instant::now())).expect("replace");
+    let mut ops = open_ops("10.88.1.1/32", PUBLIC, 22, MINUTE);
+    ops.extend(open_ops("10.88.1.1/32", PUBLIC + 1, 2223, MINUTE));
+    g.fw.apply(&ops).expect("apply");
+    let mut kept = tcp_connect(&g.client, Some(ip(C1)), sa(GW, PUBLIC), OPEN_WAIT).expect("connect");
+    let mut cut = tcp_connect(&g.client, Some(ip(C1)), sa(GW, PUBLIC + 1), OPEN_WAIT).expect("connect");
+    assert!(echoes(&mut kept, OPEN_WAIT) && echoes(&mut cut, OPEN_WAIT));
+    let mut close = close_ops("10.88.1.1/32", PUBLIC, 22);
+    close.extend(close_ops("10.88.1.1/32", PUBLIC + 1, 2223));
+    g.fw.apply(&close).expect("apply");
+    assert!(!echoes(&mut cut, Duration::from_millis(500)), "the session to the cutting port stops");
+    assert!(echoes(&mut kept, OPEN_WAIT), "the other session carries on");
+}
+
+#[test]
+fn ipv6_gateway_entries_are_refused_before_anything_changes() {
+    require_kernel!();
+    let mut g = gateway();
+    let mut d = state();
+    d.protected.insert(Protected { dest: Some(ip("fd88:2::2")), proto: L4::Tcp, port: 22, cut_sessions: false });
+    let fw = &mut g.fw;
+    let err = g.gateway.run(|| fw.replace(&d, Instant::now())).expect_err("IPv6 gateway");
+    assert!(matches!(err, NftError::Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("IPv4 only"), "{err}");
+    assert!(!g.gateway.has_table(), "nothing was changed");
+}
