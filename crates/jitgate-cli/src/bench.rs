@@ -14,8 +14,75 @@ use serde_json::json;
 use crate::client::http_client;
 use crate::local::LocalServer;
 
+/// `jitgate bench` measures initiate throughput; its subcommands measure enforcement.
 #[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub initiate: InitiateBenchArgs,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Initiate throughput and latency over HTTPS (the default).
+    Initiate(InitiateBenchArgs),
+    /// In network namespaces: time from the initiate call to the first TCP connect through the
+    /// new grant, and how late ports close after endTimeUtc (needs root and nft).
+    OpenLatency(OpenLatencyArgs),
+    /// In a network namespace: nftables batch and update times at scale, and the TCP connect
+    /// rate through a table of 10 versus many live grants (needs root and nft).
+    Kernel(KernelArgs),
+    /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
+    #[command(hide = true)]
+    Inner(InnerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OpenLatencyArgs {
+    /// How many grants to open (and revoke) one after the other.
+    #[arg(long, default_value_t = 200)]
+    pub grants: u32,
+    /// How many short grants to watch expire.
+    #[arg(long, default_value_t = 10)]
+    pub expiries: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KernelArgs {
+    /// Live grants in the big table.
+    #[arg(long, default_value_t = 100_000)]
+    pub elements: u32,
+    /// Seconds of TCP connects per connect-rate measurement.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InnerArgs {
+    /// Which part: open, connect-rate, nft-setup, nft-fill.
+    pub part: String,
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long)]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub from: Option<std::net::IpAddr>,
+    #[arg(long)]
+    pub to: Option<std::net::SocketAddr>,
+    #[arg(long, default_value_t = 0)]
+    pub count: u32,
+    #[arg(long, default_value_t = 0)]
+    pub extra: u32,
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitiateBenchArgs {
     /// Server to measure; when absent, a fresh `jitgate serve` is started in a temporary directory.
     #[arg(long, requires = "token")]
     pub url: Option<String>,
@@ -39,7 +106,7 @@ pub struct BenchArgs {
 const SUB: &str = "b0000000-0000-4000-8000-000000000001";
 const RG: &str = "bench-rg";
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
     let (_local, url, token, ca) = match &args.url {
         Some(url) => {
             (None, url.trim_end_matches('/').to_owned(), args.token.clone().unwrap_or_default(), args.ca_cert.clone())

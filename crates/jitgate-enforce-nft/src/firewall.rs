@@ -26,6 +26,7 @@ const SEND_BUFFER: usize = 64 << 20;
 const RECV_BUFFER: usize = 4 << 20;
 const ENOENT: i32 = 2;
 const EPERM: i32 = 1;
+const EMSGSIZE: i32 = 90;
 
 /// Where `nft` may live when it is not on `PATH` (e.g. `/usr/sbin` for a non-login shell).
 const NFT_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
@@ -92,7 +93,7 @@ impl NftFirewall {
             Some(a) if a.errno == EPERM => Err("netlink: operation not permitted (CAP_NET_ADMIN needed)".into()),
             Some(a) => Err(format!(
                 "the kernel refused NFT_MSG_DESTROYSETELEM ({}); Linux 6.3 or later is needed",
-                std::io::Error::from_raw_os_error(a.errno)
+                crate::errno_text(a.errno)
             )),
         }
     }
@@ -155,7 +156,7 @@ impl NftFirewall {
     /// batch as a whole, if any).
     fn transact(&mut self, batch: &Batch) -> Result<Vec<Ack>, NftError> {
         let sent = self.socket.send(&batch.bytes, 0).map_err(|e| {
-            if e.raw_os_error() == Some(90) {
+            if e.raw_os_error() == Some(EMSGSIZE) {
                 NftError::Protocol(format!(
                     "batch of {} bytes is larger than the socket's send buffer",
                     batch.bytes.len()
@@ -205,7 +206,6 @@ impl NftFirewall {
     }
 }
 
-/// The `nft` binary: on `PATH`, else in the usual sbin directories.
 /// The `nft` binary: `JITGATE_NFT` when set (and then only that), else the first `nft` on the
 /// PATH, in /usr/sbin or in /sbin.
 fn nft_binary() -> Option<PathBuf> {

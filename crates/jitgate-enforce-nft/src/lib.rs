@@ -26,9 +26,10 @@
 //!     drop }
 //!   chain input4 {
 //!     ip saddr . meta l4proto . th dport @allow4 accept
+//!     ip saddr & 0.0.0.0 . meta l4proto . th dport @allow4net_0 accept
 //!     ip saddr & 255.255.255.254 . meta l4proto . th dport @allow4net_31 accept
-//!     ...
-//!     ip saddr & 0.0.0.0 . meta l4proto . th dport @allow4net_0 accept }
+//!     ...                                                  # down to allow4net_1
+//!   }
 //!   chain input6 { ... }
 //! }
 //! ```
@@ -55,7 +56,7 @@
 //!     ip daddr . meta l4proto . th dport != @gw_protected accept
 //!     ip daddr . meta l4proto . th dport != @gw_cut ct state established,related accept
 //!     ip saddr . ip daddr . meta l4proto . th dport @gw_allow4 accept
-//!     ip saddr & MASK . ip daddr . meta l4proto . th dport @gw_allow4net_N accept   # N = 31..=0
+//!     ip saddr & MASK . ip daddr . meta l4proto . th dport @gw_allow4net_N accept   # N = 0, 31..=1
 //!     drop }
 //!   chain prerouting { type nat hook prerouting priority dstnat; policy accept;
 //!     meta nfproto ipv4 fib daddr type local jump gw_dnat4 }
@@ -146,7 +147,7 @@ pub enum NftError {
         source: std::io::Error,
     },
     /// The kernel refused a message of the batch; nothing of the batch was applied.
-    #[error("netlink: the kernel refused {what}: {} (errno {errno}){}", std::io::Error::from_raw_os_error(*.errno), .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    #[error("netlink: the kernel refused {what}: {} (errno {errno}){}", errno_text(*.errno), .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Kernel { what: String, errno: i32, message: Option<String> },
     /// The kernel's answer did not make sense (missing or malformed acknowledgements).
     #[error("netlink: {0}")]
@@ -154,4 +155,13 @@ pub enum NftError {
     /// The desired state or operation cannot be expressed by this backend.
     #[error("not supported by the nftables backend: {0}")]
     Unsupported(String),
+}
+
+/// The system's text for an errno, without Rust's " (os error N)" suffix.
+pub(crate) fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }

@@ -132,13 +132,13 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "\tchain {CHAIN_INPUT4} {{");
     let _ = writeln!(w, "\t\tip saddr . meta l4proto . th dport @{SET_ALLOW4} accept");
-    for len in (0..32).rev() {
+    for len in allow_order(32) {
         let _ = writeln!(w, "\t\tip saddr & {} . meta l4proto . th dport @{SET_ALLOW4_NET}{len} accept", mask4(len));
     }
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "\tchain {CHAIN_INPUT6} {{");
     let _ = writeln!(w, "\t\tip6 saddr . meta l4proto . th dport @{SET_ALLOW6} accept");
-    for len in (0..128).rev() {
+    for len in allow_order(128) {
         let _ = writeln!(w, "\t\tip6 saddr & {} . meta l4proto . th dport @{SET_ALLOW6_NET}{len} accept", mask6(len));
     }
     let _ = writeln!(w, "\t}}");
@@ -164,7 +164,7 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
         let _ =
             writeln!(w, "\t\tip daddr . meta l4proto . th dport != @{SET_GW_CUT} ct state established,related accept");
         let _ = writeln!(w, "\t\tip saddr . ip daddr . meta l4proto . th dport @{SET_GW_ALLOW4} accept");
-        for len in (0..32).rev() {
+        for len in allow_order(32) {
             let _ = writeln!(
                 w,
                 "\t\tip saddr & {} . ip daddr . meta l4proto . th dport @{SET_GW_ALLOW4_NET}{len} accept",
@@ -179,7 +179,7 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
         let _ = writeln!(w, "\t}}");
         let _ = writeln!(w, "\tchain {CHAIN_GW_DNAT4} {{");
         let _ = writeln!(w, "\t\tdnat ip to ip saddr . meta l4proto . th dport map @{MAP_DNAT4}");
-        for len in (0..32).rev() {
+        for len in dnat_order() {
             let _ = writeln!(
                 w,
                 "\t\tdnat ip to ip saddr & {} . meta l4proto . th dport map @{MAP_DNAT4_NET}{len}",
@@ -246,6 +246,18 @@ fn set(w: &mut String, elems: &mut BTreeMap<String, SetElems>, kind: &str, name:
     let _ = writeln!(w, "\t}}");
 }
 
+/// The order of the range lookups in the allow chains: `/0` (a policy's `*`, the most common
+/// range) first, then from the longest prefix down. Any order gives the same verdict; this one
+/// makes the common case short for ports whose every packet is checked.
+fn allow_order(max: u8) -> impl Iterator<Item = u8> {
+    std::iter::once(0).chain((1..max).rev())
+}
+
+/// The order of the DNAT lookups: longest prefix first, so the most specific entry wins.
+fn dnat_order() -> impl Iterator<Item = u8> {
+    (0..32).rev()
+}
+
 fn mask4(len: u8) -> IpAddr {
     let bits = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
     IpAddr::V4(Ipv4Addr::from(bits))
@@ -259,6 +271,14 @@ fn mask6(len: u8) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_orders() {
+        assert_eq!(allow_order(4).collect::<Vec<_>>(), [0, 3, 2, 1]);
+        assert_eq!(allow_order(128).count(), 128);
+        assert_eq!(dnat_order().next(), Some(31));
+        assert_eq!(dnat_order().last(), Some(0));
+    }
 
     #[test]
     fn masks() {

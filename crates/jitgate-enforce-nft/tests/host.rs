@@ -259,6 +259,7 @@ fn a_batch_is_all_or_nothing_and_the_error_names_the_operation() {
     let err = h.fw.apply(&[add("10.0.0.1/32", L4::Tcp, 22, MINUTE)]).expect_err("no table");
     assert!(matches!(err, NftError::Kernel { errno: 2, .. }), "{err}");
     assert!(err.to_string().contains("set allow4"), "{err}");
+    eprintln!("without the table: {err}");
 
     h.replace(&protected(&[(L4::Tcp, 22, false)]));
     // A timeout the kernel refuses (ERANGE) in the middle of good elements.
@@ -267,6 +268,7 @@ fn a_batch_is_all_or_nothing_and_the_error_names_the_operation() {
         h.fw.apply(&[add("10.0.0.1/32", L4::Tcp, 22, MINUTE), bad, add("10.0.0.0/24", L4::Tcp, 22, MINUTE)])
             .expect_err("refused");
     let text = err.to_string();
+    eprintln!("a refused element: {text}");
     assert!(text.contains("10.0.0.2/32"), "names the refused element: {text}");
     assert!(h.server.elements("allow4").is_empty(), "nothing of the batch was applied");
     assert!(h.server.elements("allow4net_24").is_empty(), "nothing of the batch was applied");

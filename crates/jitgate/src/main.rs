@@ -3,6 +3,7 @@
 //! `jitgate_server::run`.
 
 mod agent;
+mod bench_enforce;
 mod common;
 mod serve;
 
@@ -10,6 +11,7 @@ use clap::Parser;
 
 use jitgate_cli::access::AccessCommand;
 use jitgate_cli::agent::{AgentCommand, TokenCommand};
+use jitgate_cli::bench::BenchCommand;
 use jitgate_cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
@@ -24,7 +26,13 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Bench(args) => jitgate_cli::bench::run(args).await,
+            Command::Bench(args) => match args.command {
+                None => jitgate_cli::bench::run(args.initiate).await,
+                Some(BenchCommand::Initiate(a)) => jitgate_cli::bench::run(a).await,
+                Some(BenchCommand::OpenLatency(a)) => bench_enforce::open_latency(a).await,
+                Some(BenchCommand::Kernel(a)) => bench_enforce::kernel(a).await,
+                Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
+            },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
                     jitgate_cli::agent::token_create(a).await

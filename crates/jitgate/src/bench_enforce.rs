@@ -1,0 +1,374 @@
+//! `jitgate bench open-latency` and `jitgate bench kernel`: enforcement measured in network
+//! namespaces made for the run (and deleted after it), with real packets.
+//!
+//! The orchestration runs in the caller's namespace; the timed parts run inside the
+//! namespaces as `jitgate bench inner …` so that the clock and the sockets are where the
+//! packets are.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use jitgate_cli::bench::{InnerArgs, KernelArgs, OpenLatencyArgs};
+use jitgate_cli::local::LocalServer;
+use jitgate_cli::netns::{self, veth, KillOnDrop, Netns};
+use jitgate_cli::probe::try_connect;
+use jitgate_enforce::{Desired, ElemOp, GrantKey, Mode, Protected, L4};
+use jitgate_enforce_nft::NftFirewall;
+
+const SUB: &str = "b0000000-0000-4000-8000-000000000002";
+const CLIENT: &str = "10.9.0.1";
+const VM: &str = "10.9.0.2";
+const PORT: u16 = 2222;
+
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the jitgate binary")
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn summary(label: &str, mut v: Vec<f64>, unit: &str) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{label}: n={} p50 {:.3} {unit}  p99 {:.3} {unit}  max {:.3} {unit}",
+        v.len(),
+        pct(&v, 0.5),
+        pct(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Two namespaces joined by a veth: C (client, 10.9.0.1) and V (the VM, 10.9.0.2) with an
+/// echo listener on the benchmark port.
+fn pair() -> anyhow::Result<(Netns, Netns, KillOnDrop)> {
+    if let Some(why) = netns::unavailable() {
+        bail!("this benchmark {why}");
+    }
+    let c = Netns::new("bc")?;
+    let v = Netns::new("bv")?;
+    veth(&c, &format!("{CLIENT}/24"), &v, &format!("{VM}/24"))?;
+    let mut listen = v.cmd(exe()?);
+    listen.args(["probe", "listen", "--tcp", &format!("0.0.0.0:{PORT}")]);
+    let mut listener = KillOnDrop::spawn(listen)?;
+    listener.wait_for_line("listening")?;
+    Ok((c, v, listener))
+}
+
+fn run_inner(ns: &Netns, args: &[String]) -> anyhow::Result<String> {
+    let out = ns.cmd(exe()?).args(["bench", "inner"]).args(args).output()?;
+    if !out.status.success() {
+        bail!("bench inner {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub async fn open_latency(args: OpenLatencyArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || open_latency_blocking(args)).await?
+}
+
+fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
+    let (c, v, _listener) = pair()?;
+    let tmp = tempfile::tempdir()?;
+    let server = LocalServer::start_with(
+        &c.prefix(),
+        &exe()?,
+        &tmp.path().join("server"),
+        &format!("{CLIENT}:0"),
+        &["--tls-san", CLIENT],
+    )?;
+    let conn = |cmd: &mut std::process::Command| {
+        cmd.env("JITGATE_URL", &server.url).env("JITGATE_TOKEN", &server.token).env("JITGATE_CA_CERT", &server.ca_cert);
+    };
+    let mut create = c.cmd(exe()?);
+    create.args([
+        "agent",
+        "token",
+        "create",
+        "--subscription",
+        SUB,
+        "--resource-group",
+        "bench",
+        "--location",
+        "westeurope",
+    ]);
+    conn(&mut create);
+    let out = create.output()?;
+    if !out.status.success() {
+        bail!("creating a join token: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut agent = v.cmd(exe()?);
+    agent.args(["agent", "--server", &server.url, "--join-token", &token, "--vm-name", "benchvm", "--state-dir"]);
+    agent.arg(tmp.path().join("agent")).arg("--ca-cert").arg(&server.ca_cert).env("JITGATE_LOG", "warn");
+    let _agent = KillOnDrop::spawn(agent)?;
+    println!("jitgate bench open-latency: server and agent as real processes; client and VM in network namespaces joined by a veth");
+    let inner = vec![
+        "open".to_string(),
+        "--url".into(),
+        server.url.clone(),
+        "--token".into(),
+        server.token.clone(),
+        "--ca-cert".into(),
+        server.ca_cert.display().to_string(),
+        "--from".into(),
+        CLIENT.into(),
+        "--to".into(),
+        format!("{VM}:{PORT}"),
+        "--count".into(),
+        args.grants.to_string(),
+        "--extra".into(),
+        args.expiries.to_string(),
+    ];
+    print!("{}", run_inner(&c, &inner)?);
+    Ok(())
+}
+
+pub async fn kernel(args: KernelArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || kernel_blocking(args)).await?
+}
+
+fn kernel_blocking(args: KernelArgs) -> anyhow::Result<()> {
+    let (c, v, _listener) = pair()?;
+    println!(
+        "jitgate bench kernel: nftables in a network namespace, programmed over netlink; TCP from another namespace"
+    );
+    let to = format!("{VM}:{PORT}");
+    let rate = |label: &str| -> anyhow::Result<f64> {
+        let out = run_inner(
+            &c,
+            &[
+                "connect-rate".into(),
+                "--from".into(),
+                CLIENT.into(),
+                "--to".into(),
+                to.clone(),
+                "--seconds".into(),
+                args.seconds.to_string(),
+            ],
+        )?;
+        let rate: f64 = out.trim().parse().with_context(|| format!("connect rate: {out}"))?;
+        println!("TCP connect rate through a table with {label}: {rate:.0} connections/s");
+        Ok(rate)
+    };
+    print!("{}", run_inner(&v, &["nft-setup".into(), "--from".into(), CLIENT.into(), "--count".into(), "10".into()])?);
+    let small = rate("10 live grants")?;
+    print!(
+        "{}",
+        run_inner(
+            &v,
+            &["nft-fill".into(), "--from".into(), CLIENT.into(), "--count".into(), args.elements.to_string()]
+        )?
+    );
+    let big = rate(&format!("{} live grants", args.elements))?;
+    println!("packet path: connect rate with {} grants / with 10 = {:.3}", args.elements, big / small);
+    let _ = run_inner(&v, &["nft-remove".into()]);
+    Ok(())
+}
+
+/// The `n`-th filler source address: 11.0.0.0 upwards, never the client's.
+fn filler(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0b00_0000u32 + n))
+}
+
+fn grant(source: IpAddr) -> GrantKey {
+    GrantKey { source: source.into(), dest: None, proto: L4::Tcp, port: PORT }
+}
+
+/// The parts that run inside a namespace.
+pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
+    match args.part.as_str() {
+        "open" => inner_open(args).await,
+        "connect-rate" => inner_connect_rate(args).await,
+        "nft-setup" | "nft-fill" | "nft-remove" => tokio::task::spawn_blocking(move || inner_nft(args)).await?,
+        other => bail!("unknown bench part {other}"),
+    }
+}
+
+async fn inner_connect_rate(args: InnerArgs) -> anyhow::Result<()> {
+    let to = args.to.context("--to")?;
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        if let Some(s) = try_connect(args.from, to, Duration::from_secs(1)).await {
+            // Reset instead of FIN: no TIME_WAIT pile-up eating the ephemeral ports.
+            let _ = s.set_zero_linger();
+            n += 1;
+        }
+    }
+    println!("{}", n as f64 / args.seconds as f64);
+    Ok(())
+}
+
+fn inner_nft(args: InnerArgs) -> anyhow::Result<()> {
+    let mut fw = NftFirewall::open().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let far = Duration::from_secs(3600);
+    match args.part.as_str() {
+        "nft-remove" => fw.remove().map_err(|e| anyhow::anyhow!("{e}")),
+        "nft-setup" => {
+            let now = Instant::now();
+            let mut d = Desired::empty(Mode::Host);
+            d.protected.insert(Protected { dest: None, proto: L4::Tcp, port: PORT, cut_sessions: false });
+            d.grants.insert(grant(args.from.context("--from")?), now + far);
+            for i in 1..args.count {
+                d.grants.insert(grant(filler(i)), now + far);
+            }
+            fw.replace(&d, now).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        _ => {
+            // Fill up to `count` live grants in batches of 10,000; time the first batch.
+            let total = args.count.max(10_000);
+            let mut added = 10u32;
+            let mut batches = Vec::new();
+            while added < total {
+                let n = (total - added).min(10_000);
+                let ops: Vec<ElemOp> =
+                    (added..added + n).map(|i| ElemOp::AddGrant { key: grant(filler(i)), timeout: far }).collect();
+                let t = Instant::now();
+                fw.apply(&ops).map_err(|e| anyhow::anyhow!("{e}"))?;
+                batches.push((n, t.elapsed()));
+                added += n;
+            }
+            if let Some((n, t)) = batches.first() {
+                println!("one netlink batch of {n} grants: {:.1} ms", t.as_secs_f64() * 1000.0);
+            }
+            let all: Duration = batches.iter().map(|b| b.1).sum();
+            println!(
+                "filled to {added} grants in {} batches: {:.1} ms in all",
+                batches.len(),
+                all.as_secs_f64() * 1000.0
+            );
+            // Single updates into the full table: add one, then remove it.
+            let (mut adds, mut dels) = (Vec::new(), Vec::new());
+            for i in 0..1000u32 {
+                let key = grant(filler(total + 1 + i));
+                let t = Instant::now();
+                fw.apply(&[ElemOp::AddGrant { key, timeout: far }]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                adds.push(t.elapsed().as_secs_f64() * 1e6);
+                let t = Instant::now();
+                fw.apply(&[ElemOp::DelGrant { key }]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                dels.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            summary(&format!("one grant added to a table of {added}"), adds, "µs");
+            summary(&format!("one grant removed from a table of {added}"), dels, "µs");
+            Ok(())
+        }
+    }
+}
+
+async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
+    let url = args.url.clone().context("--url")?;
+    let token = args.token.clone().context("--token")?;
+    let client = jitgate_cli::client::http_client(args.ca_cert.as_deref().map(Path::new))?;
+    let from = args.from.context("--from")?;
+    let to: SocketAddr = args.to.context("--to")?;
+    let vm = format!("/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.Compute/virtualMachines/benchvm");
+    let policy = format!("{url}/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/bench");
+    let auth = format!("Bearer {token}");
+    // Wait for the agent to have joined and registered its VM.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.get(format!("{url}/api/v1/vms?id={vm}")).header("Authorization", &auth).send().await?;
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if v["enforcement"]["lastSeen"].is_string() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not join within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": to.port(), "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
+    let r = client
+        .put(format!("{policy}?api-version=2020-01-01"))
+        .header("Authorization", &auth)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("policy: {}", r.text().await.unwrap_or_default());
+    }
+    wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
+    let initiate = |duration: &str| {
+        let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": to.port(), "allowedSourceAddressPrefix": from.to_string(), "duration": duration}]}]});
+        client
+            .post(format!("{policy}/initiate?api-version=2020-01-01"))
+            .header("Authorization", &auth)
+            .json(&body)
+            .send()
+    };
+    let mut opens = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..args.count {
+        let t = Instant::now();
+        let r = initiate("PT10M").await?;
+        let v: Value = r.json().await?;
+        answers.push(t.elapsed().as_secs_f64() * 1000.0);
+        let id = v["id"].as_i64().context("request id")?;
+        wait_until(from, to, true, Duration::from_secs(5)).await.context("the grant never opened")?;
+        opens.push(t.elapsed().as_secs_f64() * 1000.0);
+        let r = client
+            .post(format!("{url}/api/v1/requests/{id}/revoke?wait=applied"))
+            .header("Authorization", &auth)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("revoke: {}", r.text().await.unwrap_or_default());
+        }
+        wait_until(from, to, false, Duration::from_secs(5)).await.context("revoke never closed the port")?;
+    }
+    summary("initiate → first TCP connect through the new grant", opens, "ms");
+    summary("initiate → 202 answer (recorded and audited, fsync included)", answers, "ms");
+    let mut lateness = Vec::new();
+    let mut seen = BTreeSet::new();
+    for _ in 0..args.extra {
+        let r = initiate("PT1S").await?;
+        let v: Value = r.json().await?;
+        let end = v["virtualMachines"][0]["ports"][0]["endTimeUtc"].as_str().unwrap_or("").to_owned();
+        let end = time::OffsetDateTime::parse(&end, &time::format_description::well_known::Rfc3339)?;
+        let end_ms = (end.unix_timestamp_nanos() / 1_000_000) as i64;
+        wait_until(from, to, true, Duration::from_secs(5)).await.context("the short grant never opened")?;
+        let closed_at =
+            wait_until(from, to, false, Duration::from_secs(5)).await.context("the short grant never closed")?;
+        lateness.push((closed_at as i64 - end_ms) as f64);
+        seen.insert(closed_at);
+    }
+    summary("port closed after endTimeUtc (negative: before)", lateness, "ms");
+    Ok(())
+}
+
+/// Tries connects until the port is open (`open`) or closed; returns the wall-clock ms at which
+/// the attempt that first showed it started.
+async fn wait_until(from: IpAddr, to: SocketAddr, open: bool, within: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let at = unix_ms();
+        let attempt = if open { Duration::from_micros(250) } else { Duration::from_millis(20) };
+        let ok = match try_connect(Some(from), to, attempt).await {
+            Some(s) => {
+                let _ = s.set_zero_linger();
+                true
+            }
+            None => false,
+        };
+        if ok == open {
+            return Ok(at);
+        }
+        if Instant::now() > deadline {
+            bail!("not {} within {within:?}", if open { "open" } else { "closed" });
+        }
+    }
+}
