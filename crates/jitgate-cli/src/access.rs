@@ -12,6 +12,8 @@ pub struct AccessArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AccessCommand {
+    /// Request access to ports of a VM (what Start-AzJitNetworkAccessPolicy does).
+    Request(RequestArgs),
     /// End a request's grants now ("I'm done"); the ports close at once.
     Revoke(RevokeArgs),
 }
@@ -25,6 +27,109 @@ pub struct RevokeArgs {
     pub wait: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "Examples:\n  jitgate access request --vm web1 --port 22 --for 1h --wait\n  jitgate access request --vm /subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/web1 --port 22 --port 3389 --source 203.0.113.0/24 --until 2026-11-25T18:00:00Z"
+)]
+pub struct RequestArgs {
+    /// The VM: its ARM id, or its name when that is unique among registered VMs.
+    #[arg(long)]
+    pub vm: String,
+    /// A port to open (repeat for several).
+    #[arg(long = "port", required = true)]
+    pub ports: Vec<u16>,
+    /// The source to open for: `my-ip` (the default: the address the server sees) or a CIDR.
+    #[arg(long, default_value = "my-ip")]
+    pub source: String,
+    /// How long: 30m, 1h, PT2H … (default 1h).
+    #[arg(long = "for", conflicts_with = "until")]
+    pub duration: Option<String>,
+    /// Until when (RFC 3339, e.g. 2026-11-25T18:00:00Z).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub justification: Option<String>,
+    /// Wait until every enforcement point has opened the ports; prints how long it took.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Finds the VM's ARM id and the policy that protects it.
+async fn locate(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> anyhow::Result<(String, String)> {
+    let vms = call(client.get(format!("{url}/api/v1/vms")).bearer_auth(token)).await?;
+    let list = vms["value"].as_array().cloned().unwrap_or_default();
+    let matches: Vec<&serde_json::Value> = list
+        .iter()
+        .filter(|v| {
+            v["id"].as_str().is_some_and(|id| id.eq_ignore_ascii_case(vm.trim_end_matches('/')))
+                || v["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(vm))
+        })
+        .collect();
+    let id = match matches.as_slice() {
+        [one] => one["id"].as_str().unwrap_or_default().to_owned(),
+        [] => anyhow::bail!("404 VirtualMachineNotFound: no registered VM is named '{vm}'"),
+        _ => anyhow::bail!("400 AmbiguousVirtualMachine: several VMs are named '{vm}'; give its ARM id"),
+    };
+    let parts: Vec<&str> = id.split('/').collect();
+    let (sub, rg) = (parts.get(2).copied().unwrap_or(""), parts.get(4).copied().unwrap_or(""));
+    let mut next = Some(format!("{url}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"));
+    while let Some(page) = next {
+        let body = call(client.get(&page).bearer_auth(token)).await?;
+        for p in body["value"].as_array().into_iter().flatten() {
+            let covers = p["properties"]["virtualMachines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)));
+            if covers {
+                return Ok((id, p["id"].as_str().unwrap_or_default().to_owned()));
+            }
+        }
+        next = body["nextLink"].as_str().map(String::from);
+    }
+    anyhow::bail!("404 PolicyNotFound: no JIT policy protects '{id}'")
+}
+
+pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let (vm_id, policy_id) = locate(&client, &url, &token, &args.vm).await?;
+    let ports: Vec<serde_json::Value> = args
+        .ports
+        .iter()
+        .map(|p| {
+            let mut port = serde_json::json!({"number": p});
+            if args.source != "my-ip" {
+                port["allowedSourceAddressPrefix"] = serde_json::json!(args.source);
+            }
+            match (&args.until, &args.duration) {
+                (Some(until), _) => port["endTimeUtc"] = serde_json::json!(until),
+                (None, d) => {
+                    port["duration"] =
+                        serde_json::json!(crate::iso_duration(d.as_deref().unwrap_or("1h")).unwrap_or_default())
+                }
+            }
+            port
+        })
+        .collect();
+    let mut body = serde_json::json!({"virtualMachines": [{"id": vm_id, "ports": ports}]});
+    if let Some(j) = &args.justification {
+        body["justification"] = serde_json::json!(j);
+    }
+    let wait = if args.wait { "&wait=applied" } else { "" };
+    let started = std::time::Instant::now();
+    let out = call(
+        client.post(format!("{url}{policy_id}/initiate?api-version=2020-01-01{wait}")).bearer_auth(&token).json(&body),
+    )
+    .await?;
+    if args.wait {
+        eprintln!("open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {

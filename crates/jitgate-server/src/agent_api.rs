@@ -144,17 +144,17 @@ async fn state_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError
     let mut changes = app.changes.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let revision = app.store.revision().await?;
-        if after.is_none_or(|a| revision > a) {
-            break;
+        // Read the state itself (it carries the revision): one round trip when something changed.
+        let state = app.store.agent_state(&agent.id, app.clock.now()).await?;
+        let timed_out = tokio::time::Instant::now() >= deadline;
+        if after.is_none_or(|a| state.revision > a) || timed_out {
+            return Ok(json(StatusCode::OK, &state_out(&state, app.clock.now())));
         }
         tokio::select! {
-            r = changes.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep_until(deadline) => break,
+            r = changes.changed() => if r.is_err() { return Ok(json(StatusCode::OK, &state_out(&state, app.clock.now()))) },
+            _ = tokio::time::sleep_until(deadline) => {}
         }
     }
-    let state = app.store.agent_state(&agent.id, app.clock.now()).await?;
-    Ok(json(StatusCode::OK, &state_out(&state, app.clock.now())))
 }
 
 /// The wire form of an agent's state: absolute end times become remaining milliseconds.

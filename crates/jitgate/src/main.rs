@@ -46,6 +46,7 @@ fn main() -> std::process::ExitCode {
             },
             Command::Access(args) => match args.command {
                 AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
+                AccessCommand::Request(a) => jitgate_cli::access::request(a).await,
             },
         }
     });

@@ -246,8 +246,9 @@ fn ports_close_open_for_exactly_the_source_and_close_again() {
     assert!(!w.is_open(B, 2222));
     assert!(!w.is_open(A, 3333));
 
-    // Open for A only; the other protected port stays closed.
-    let granted = w.initiate(A, 2222, "PT10M");
+    // Open for A only (through the CLI, waiting for the agent); the other protected port stays closed.
+    let out = w.cli(&["access", "request", "--vm", "vm1", "--port", "2222", "--source", A, "--for", "10m", "--wait"]);
+    let granted: Value = serde_json::from_str(&out).expect("the request as JSON");
     assert!(w.is_open(A, 2222), "open for A right after initiate?wait=applied");
     assert!(!w.is_open(B, 2222), "still closed for B");
     assert!(!w.is_open(A, 3333), "other protected port still closed");
@@ -275,6 +276,11 @@ fn ports_close_open_for_exactly_the_source_and_close_again() {
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["virtualMachines"][0]["ports"][0]["status"], "Revoked");
     assert!(!w.is_open(A, 2222), "closed right after revoke");
+
+    // Editing the policy's ports updates what is protected.
+    w.put_policy(json!([ssh_like(2222)]));
+    assert_eq!(w.probe(B, 3333, "open", 5000)["reached"], true, "3333 left the policy: open again");
+    assert!(!w.is_open(B, 2222), "2222 still protected");
 
     // Deleting the policy gives the ports back their pre-JIT state.
     let (status, _) = w.api("DELETE", &w.policy_path(), None);
@@ -307,6 +313,13 @@ fn grants_close_on_time_even_with_every_process_dead_and_survive_agent_restarts(
     if let Some(mut a) = w.agent.take() {
         a.kill9();
     }
+    // With the agent gone, waiting for enforcement ends in a clear timeout (the grant is recorded).
+    let body = json!({"virtualMachines": [{"id": vm_id("rg", "vm1"), "ports": [
+        {"number": 2222, "allowedSourceAddressPrefix": "10.9.0.99", "duration": "PT1M"}]}]});
+    let path = w.policy_path().replace("?api-version", "/initiate?api-version") + "&wait=applied&timeout=0.5";
+    let (status, b) = w.api("POST", &path, Some(&body));
+    assert_eq!((status, b["error"]["code"].as_str()), (504, Some("EnforcementTimeout")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap_or("").contains("vm1"), "names the agent: {b}");
     if let Some(pid) = w.server.pid() {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
@@ -426,4 +439,13 @@ fn an_agent_without_usable_nftables_makes_its_vm_unsupported() {
     let vm = w.api("GET", &format!("/api/v1/vms?id={}", vm_id("rg", "vm2")), None).1;
     let reason = vm["unsupportedReason"].as_str().unwrap_or("");
     assert!(reason.contains("nftables"), "{vm}");
+    // Waiting for such an enforcement point fails at once, and says why.
+    let policy = json!({"properties": {"virtualMachines": [{"id": vm_id("rg", "vm2"), "ports": [ssh_like(2222)]}]}});
+    let path2 = w.policy_path().replace("/default?", "/second?");
+    assert_eq!(w.api("PUT", &path2, Some(&policy)).0, 200);
+    let body =
+        json!({"virtualMachines": [{"id": vm_id("rg", "vm2"), "ports": [{"number": 2222, "duration": "PT1M"}]}]});
+    let (status, b) =
+        w.api("POST", &(path2.replace("?api-version", "/initiate?api-version") + "&wait=applied"), Some(&body));
+    assert_eq!((status, b["error"]["code"].as_str()), (502, Some("EnforcementFailed")), "{b}");
 }
