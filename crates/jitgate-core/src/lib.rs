@@ -12,6 +12,7 @@ pub mod initiate;
 pub mod invalid;
 pub mod policy;
 pub mod prefix;
+pub mod rbac;
 pub mod records;
 
 pub use duration::AccessDuration;

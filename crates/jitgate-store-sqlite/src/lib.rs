@@ -5,6 +5,7 @@
 //! of connections on the blocking thread pool, and see only committed data.
 
 mod agents;
+mod rbac;
 mod rows;
 mod writer;
 
@@ -23,10 +24,12 @@ use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditRecord, ExpirySweep, GrantRecord, InitiateCommand,
-    InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, Store, StoreError, StoreResult, Vm, VmSpec,
+    InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, RoleAssignment, Store, StoreError, StoreResult,
+    TokenRecord, Vm, VmSpec,
 };
 
 use crate::rows::{encode_sources, from_nanos, nanos};
@@ -237,6 +240,7 @@ impl Store for SqliteStore {
                     params![pid, token_hash, now],
                 )
                 .map_err(backend)?;
+            rbac::insert_assignment(ctx.conn, pid, "Owner", "/", now, "jitgate").map_err(backend)?;
             ctx.audit(&audit.succeeded().with("principal", owner.clone()).with("role", "Owner")).map_err(backend)?;
             Ok(true)
         })
@@ -960,6 +964,304 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn create_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
+        let (name, kind) = (name.to_owned(), kind.to_owned());
+        self.write(move |ctx| {
+            if rbac::principal(ctx.conn, &name).map_err(backend)?.is_some() {
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::conflict("PrincipalExists", format!("a principal named '{name}' exists")),
+                );
+            }
+            ctx.conn
+                .execute(
+                    "INSERT INTO principals (name, kind, created) VALUES (?1, ?2, ?3)",
+                    params![name, kind, nanos(audit.time)],
+                )
+                .map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("principal", name.clone()).with("type", kind)).map_err(backend)?;
+            rbac::principal(ctx.conn, &name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
+        })
+        .await
+    }
+
+    async fn ensure_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
+        if let Some(p) = self.get_principal(name).await? {
+            return Ok(p);
+        }
+        let (name, kind) = (name.to_owned(), kind.to_owned());
+        self.write(move |ctx| {
+            if let Some(p) = rbac::principal(ctx.conn, &name).map_err(backend)? {
+                return Ok(p);
+            }
+            ctx.conn
+                .execute(
+                    "INSERT INTO principals (name, kind, created) VALUES (?1, ?2, ?3)",
+                    params![name, kind, nanos(audit.time)],
+                )
+                .map_err(backend)?;
+            ctx.audit(
+                &audit.succeeded().with("principal", name.clone()).with("type", kind).with("provisioned", "oidc"),
+            )
+            .map_err(backend)?;
+            rbac::principal(ctx.conn, &name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
+        })
+        .await
+    }
+
+    async fn list_principals(&self) -> StoreResult<Vec<Principal>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM principals ORDER BY name")?
+                .query_map([], rbac::principal_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>> {
+        let name = name.to_owned();
+        self.read(move |c| rbac::principal(c, &name)).await
+    }
+
+    async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal> {
+        let name = name.to_owned();
+        self.write(move |ctx| {
+            let Some(p) = rbac::principal(ctx.conn, &name).map_err(backend)? else {
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found("PrincipalNotFound", format!("no principal named '{name}'")),
+                );
+            };
+            let now = nanos(audit.time);
+            ctx.conn
+                .execute(
+                    "UPDATE tokens SET revoked = ?2 WHERE principal_id = ?1 AND revoked IS NULL",
+                    params![p.id, now],
+                )
+                .map_err(backend)?;
+            let removed =
+                ctx.conn.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [p.id]).map_err(backend)?;
+            ctx.conn
+                .execute("UPDATE principals SET name = name || '#deleted-' || id WHERE id = ?1", [p.id])
+                .map_err(backend)?;
+            ctx.audit(
+                &audit.succeeded().with("principal", name.clone()).with("removedAssignments", removed.to_string()),
+            )
+            .map_err(backend)?;
+            Ok(p)
+        })
+        .await
+    }
+
+    async fn create_token(
+        &self,
+        principal: &str,
+        token_hash: &str,
+        expires: Option<OffsetDateTime>,
+        audit: AuditEvent,
+    ) -> StoreResult<TokenRecord> {
+        let (principal, hash) = (principal.to_owned(), token_hash.to_owned());
+        self.write(move |ctx| {
+            let Some(p) = rbac::principal(ctx.conn, &principal).map_err(backend)? else {
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found("PrincipalNotFound", format!("no principal named '{principal}'")),
+                );
+            };
+            ctx.conn
+                .execute(
+                    "INSERT INTO tokens (principal_id, hash, created, expires) VALUES (?1, ?2, ?3, ?4)",
+                    params![p.id, hash, nanos(audit.time), expires.map(nanos)],
+                )
+                .map_err(backend)?;
+            let id = ctx.conn.last_insert_rowid();
+            let event = audit
+                .succeeded()
+                .with("principal", principal.clone())
+                .with("tokenId", id.to_string())
+                .with("expiresOn", expires.map(rfc3339).unwrap_or_default());
+            ctx.audit(&event).map_err(backend)?;
+            rbac::token(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the token vanished"))
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, principal: &str) -> StoreResult<Vec<TokenRecord>> {
+        let principal = principal.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("{} WHERE p.name = ?1 ORDER BY t.id", rbac::TOKEN_SELECT))?
+                .query_map([principal], rbac::token_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_token(&self, id: i64) -> StoreResult<Option<TokenRecord>> {
+        self.read(move |c| rbac::token(c, id)).await
+    }
+
+    async fn revoke_token(&self, id: i64, audit: AuditEvent) -> StoreResult<TokenRecord> {
+        self.write(move |ctx| {
+            let Some(t) = rbac::token(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, Invalid::not_found("TokenNotFound", format!("no token with id {id}")));
+            };
+            ctx.conn
+                .execute(
+                    "UPDATE tokens SET revoked = coalesce(revoked, ?2) WHERE id = ?1",
+                    params![id, nanos(audit.time)],
+                )
+                .map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("tokenId", id.to_string()).with("principal", t.principal.clone()))
+                .map_err(backend)?;
+            rbac::token(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the token vanished"))
+        })
+        .await
+    }
+
+    async fn put_role_definition(
+        &self,
+        role: RoleDefinition,
+        audit: AuditEvent,
+    ) -> StoreResult<(RoleDefinition, bool)> {
+        self.write(move |ctx| {
+            let created = rbac::put_role(ctx.conn, &role, nanos(audit.time)).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("role", role.name.clone())
+                .with("actions", role.actions.join(" "))
+                .with("notActions", role.not_actions.join(" "))
+                .with("assignableScopes", role.assignable_scopes.join(" "));
+            ctx.audit(&event).map_err(backend)?;
+            let stored =
+                rbac::role(ctx.conn, &role.name).map_err(backend)?.ok_or_else(|| backend("the role vanished"))?;
+            Ok((stored, created))
+        })
+        .await
+    }
+
+    async fn list_role_definitions(&self) -> StoreResult<Vec<RoleDefinition>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM role_definitions ORDER BY key")?
+                .query_map([], rbac::role_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_role_definition(&self, name: &str) -> StoreResult<Option<RoleDefinition>> {
+        let name = name.to_owned();
+        self.read(move |c| rbac::role(c, &name)).await
+    }
+
+    async fn delete_role_definition(&self, name: &str, audit: AuditEvent) -> StoreResult<RoleDefinition> {
+        let name = name.to_owned();
+        self.write(move |ctx| {
+            let Some(role) = rbac::role(ctx.conn, &name).map_err(backend)? else {
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found("RoleDefinitionNotFound", format!("no custom role named '{name}'")),
+                );
+            };
+            let used: i64 = ctx
+                .conn
+                .query_row("SELECT count(*) FROM role_assignments WHERE role_key = lower(?1)", [&name], |r| r.get(0))
+                .map_err(backend)?;
+            if used > 0 {
+                let m = format!("role '{name}' has {used} assignment(s); delete them first");
+                return reject(ctx, audit, Invalid::conflict("RoleDefinitionInUse", m));
+            }
+            ctx.conn.execute("DELETE FROM role_definitions WHERE key = lower(?1)", [&name]).map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("role", name.clone())).map_err(backend)?;
+            Ok(role)
+        })
+        .await
+    }
+
+    async fn create_role_assignment(
+        &self,
+        principal: &str,
+        role: &str,
+        scope: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<RoleAssignment> {
+        let (principal, role, scope) = (principal.to_owned(), role.to_owned(), scope.to_owned());
+        self.write(move |ctx| {
+            let Some(p) = rbac::principal(ctx.conn, &principal).map_err(backend)? else {
+                return reject(ctx, audit, Invalid::not_found("PrincipalNotFound", format!("no principal named '{principal}'")));
+            };
+            let exists: Option<String> = ctx
+                .conn
+                .query_row(
+                    "SELECT id FROM role_assignments WHERE principal_id = ?1 AND role_key = lower(?2) AND lower(scope) = lower(?3)",
+                    params![p.id, role, scope],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(id) = exists {
+                let m = format!("'{principal}' already holds '{role}' at '{scope}' (assignment {id})");
+                return reject(ctx, audit, Invalid::conflict("RoleAssignmentExists", m));
+            }
+            let id = rbac::insert_assignment(ctx.conn, p.id, &role, &scope, nanos(audit.time), &audit.caller).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("assignmentId", id.clone())
+                .with("principal", principal.clone())
+                .with("role", role.clone())
+                .with("scope", scope.clone());
+            ctx.audit(&event).map_err(backend)?;
+            rbac::assignment(ctx.conn, &id).map_err(backend)?.ok_or_else(|| backend("the assignment vanished"))
+        })
+        .await
+    }
+
+    async fn list_role_assignments(&self, principal: Option<&str>) -> StoreResult<Vec<RoleAssignment>> {
+        let principal = principal.map(str::to_owned);
+        self.read(move |c| match principal {
+            Some(p) => c
+                .prepare_cached(&format!("{} WHERE p.name = ?1 ORDER BY a.created, a.id", rbac::ASSIGNMENT_SELECT))?
+                .query_map([p], rbac::assignment_from_row)?
+                .collect(),
+            None => c
+                .prepare_cached(&format!("{} ORDER BY a.created, a.id", rbac::ASSIGNMENT_SELECT))?
+                .query_map([], rbac::assignment_from_row)?
+                .collect(),
+        })
+        .await
+    }
+
+    async fn get_role_assignment(&self, id: &str) -> StoreResult<Option<RoleAssignment>> {
+        let id = id.to_owned();
+        self.read(move |c| rbac::assignment(c, &id)).await
+    }
+
+    async fn delete_role_assignment(&self, id: &str, audit: AuditEvent) -> StoreResult<RoleAssignment> {
+        let id = id.to_owned();
+        self.write(move |ctx| {
+            let Some(a) = rbac::assignment(ctx.conn, &id).map_err(backend)? else {
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found("RoleAssignmentNotFound", format!("no role assignment {id}")),
+                );
+            };
+            ctx.conn.execute("DELETE FROM role_assignments WHERE id = ?1", [&id]).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("assignmentId", id.clone())
+                .with("principal", a.principal.clone())
+                .with("role", a.role.clone())
+                .with("scope", a.scope.clone());
+            ctx.audit(&event).map_err(backend)?;
+            Ok(a)
         })
         .await
     }

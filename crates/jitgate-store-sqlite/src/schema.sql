@@ -147,3 +147,25 @@ CREATE TABLE agents (
     nft_error        TEXT
 );
 CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(name)) WHERE mode = 'gateway';
+CREATE TABLE role_definitions (
+    key               TEXT PRIMARY KEY,     -- lower-cased name
+    name              TEXT NOT NULL,
+    id                TEXT NOT NULL UNIQUE,
+    description       TEXT NOT NULL,
+    actions           TEXT NOT NULL,        -- one per line
+    not_actions       TEXT NOT NULL,
+    assignable_scopes TEXT NOT NULL,
+    created           INTEGER NOT NULL,
+    updated           INTEGER NOT NULL
+);
+CREATE TABLE role_assignments (
+    id           TEXT PRIMARY KEY,
+    principal_id INTEGER NOT NULL REFERENCES principals(id),
+    role_key     TEXT NOT NULL,
+    role_name    TEXT NOT NULL,
+    scope        TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    created_by   TEXT NOT NULL
+);
+CREATE INDEX role_assignments_principal ON role_assignments (principal_id);
+CREATE UNIQUE INDEX role_assignments_unique ON role_assignments (principal_id, role_key, lower(scope));

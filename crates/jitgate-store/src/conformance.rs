@@ -98,6 +98,7 @@ pub async fn run_all(store: &dyn Store) {
     expiry(store).await;
     bootstrap_and_tokens(store).await;
     agents_and_enforcement_state(store).await;
+    principals_tokens_roles_and_assignments(store).await;
     audit_chain_is_intact(store).await;
 }
 
@@ -425,4 +426,69 @@ async fn agents_and_enforcement_state(store: &dyn Store) {
     // Deleting the policy removes the protection.
     store.delete_policy(&r, audit("del")).await.expect("delete");
     assert!(store.agent_state("a-gw", now()).await.expect("state").ports.is_empty());
+}
+
+async fn principals_tokens_roles_and_assignments(store: &dyn Store) {
+    // The bootstrap owner holds Owner at "/".
+    let owner = store.list_role_assignments(Some("owner")).await.expect("list");
+    assert_eq!(owner.len(), 1);
+    assert_eq!((owner[0].role.as_str(), owner[0].scope.as_str()), ("Owner", "/"));
+
+    let alice = store.create_principal("alice", "User", audit("p")).await.expect("create");
+    assert_eq!(alice.kind, "User");
+    assert!(matches!(store.create_principal("alice", "User", audit("p")).await, Err(StoreError::Rejected(_))));
+    let bot = store.ensure_principal("bot", "ServicePrincipal", audit("p")).await.expect("ensure");
+    assert_eq!(store.ensure_principal("bot", "ServicePrincipal", audit("p")).await.expect("again").id, bot.id);
+    assert!(store.list_principals().await.expect("list").iter().any(|p| p.name == "alice"));
+
+    // Tokens: expiry and revocation both end them.
+    let t1 = store.create_token("alice", "alice-1", None, audit("t")).await.expect("token");
+    let t2 =
+        store.create_token("alice", "alice-2", Some(now() + Duration::minutes(5)), audit("t")).await.expect("token");
+    assert_eq!(store.authenticate("alice-1", now()).await.expect("auth").map(|p| p.name), Some("alice".into()));
+    assert!(store.authenticate("alice-2", now() + Duration::minutes(6)).await.expect("auth").is_none(), "expired");
+    store.revoke_token(t1.id, audit("r")).await.expect("revoke");
+    assert!(store.authenticate("alice-1", now()).await.expect("auth").is_none(), "revoked");
+    let listed = store.list_tokens("alice").await.expect("tokens");
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].revoked.is_some() && listed[1].expires.is_some());
+    assert_eq!(store.get_token(t2.id).await.expect("get").map(|t| t.principal), Some("alice".into()));
+
+    // Custom roles and assignments.
+    let role = jitgate_core::rbac::least_privileged_role("JIT Access Role", &format!("/subscriptions/{SUB}"), "r-1");
+    let (stored, created) = store.put_role_definition(role.clone(), audit("rd")).await.expect("role");
+    assert!(created);
+    assert_eq!(stored.actions, role.actions);
+    let (_, created) = store.put_role_definition(role.clone(), audit("rd")).await.expect("replace");
+    assert!(!created);
+    assert_eq!(
+        store.get_role_definition("jit access role").await.expect("get").map(|r| r.name),
+        Some("JIT Access Role".into())
+    );
+    let scope = format!("/subscriptions/{SUB}/resourceGroups/rg1");
+    let a = store.create_role_assignment("alice", "JIT Access Role", &scope, audit("ra")).await.expect("assign");
+    assert!(matches!(
+        store.create_role_assignment("alice", "JIT Access Role", &scope, audit("ra")).await,
+        Err(StoreError::Rejected(_))
+    ));
+    assert!(matches!(
+        store.create_role_assignment("nobody", "Reader", &scope, audit("ra")).await,
+        Err(StoreError::Rejected(_))
+    ));
+    assert!(
+        matches!(store.delete_role_definition("JIT Access Role", audit("rd")).await, Err(StoreError::Rejected(_))),
+        "in use"
+    );
+    assert_eq!(store.list_role_assignments(Some("alice")).await.expect("list").len(), 1);
+    assert_eq!(store.get_role_assignment(&a.id).await.expect("get").map(|x| x.scope), Some(scope.clone()));
+    store.delete_role_assignment(&a.id, audit("ra")).await.expect("unassign");
+    store.delete_role_definition("JIT Access Role", audit("rd")).await.expect("delete role");
+    assert!(store.get_role_definition("JIT Access Role").await.expect("get").is_none());
+
+    // Deleting a principal ends its tokens and assignments.
+    store.create_role_assignment("alice", "Reader", &scope, audit("ra")).await.expect("assign");
+    store.delete_principal("alice", audit("dp")).await.expect("delete");
+    assert!(store.get_principal("alice").await.expect("get").is_none());
+    assert!(store.authenticate("alice-2", now()).await.expect("auth").is_none());
+    assert!(store.list_role_assignments(None).await.expect("all").iter().all(|a| a.principal != "alice"));
 }

@@ -14,6 +14,7 @@ use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
@@ -43,6 +44,26 @@ pub struct Principal {
     pub id: i64,
     pub name: String,
     pub kind: String,
+}
+
+/// An API token's record (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub principal: String,
+    pub created: OffsetDateTime,
+    pub expires: Option<OffsetDateTime>,
+    pub revoked: Option<OffsetDateTime>,
+}
+
+/// A role assignment: a principal holds a role at a scope (and below it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleAssignment {
+    pub id: String,
+    pub principal: String,
+    pub role: String,
+    pub scope: String,
+    pub created: OffsetDateTime,
 }
 
 /// A VM registration as an operator sends it.
@@ -230,6 +251,43 @@ pub trait Store: Send + Sync + 'static {
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()>;
     /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
+
+    /// Creates a principal (`User` or `ServicePrincipal`); `PrincipalExists` when the name is taken.
+    async fn create_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal>;
+    /// The principal of this name, created (and audited) if missing: OIDC sign-ins.
+    async fn ensure_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal>;
+    async fn list_principals(&self) -> StoreResult<Vec<Principal>>;
+    async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>>;
+    /// Deletes a principal with its tokens and role assignments.
+    async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal>;
+    /// Stores a new token (its hash) for a principal.
+    async fn create_token(
+        &self,
+        principal: &str,
+        token_hash: &str,
+        expires: Option<OffsetDateTime>,
+        audit: AuditEvent,
+    ) -> StoreResult<TokenRecord>;
+    async fn list_tokens(&self, principal: &str) -> StoreResult<Vec<TokenRecord>>;
+    async fn get_token(&self, id: i64) -> StoreResult<Option<TokenRecord>>;
+    async fn revoke_token(&self, id: i64, audit: AuditEvent) -> StoreResult<TokenRecord>;
+    /// Creates or replaces a custom role. Returns it and whether it was new.
+    async fn put_role_definition(&self, role: RoleDefinition, audit: AuditEvent)
+        -> StoreResult<(RoleDefinition, bool)>;
+    async fn list_role_definitions(&self) -> StoreResult<Vec<RoleDefinition>>;
+    async fn get_role_definition(&self, name: &str) -> StoreResult<Option<RoleDefinition>>;
+    /// Deletes a custom role; refused (`RoleDefinitionInUse`) while assigned.
+    async fn delete_role_definition(&self, name: &str, audit: AuditEvent) -> StoreResult<RoleDefinition>;
+    async fn create_role_assignment(
+        &self,
+        principal: &str,
+        role: &str,
+        scope: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<RoleAssignment>;
+    async fn list_role_assignments(&self, principal: Option<&str>) -> StoreResult<Vec<RoleAssignment>>;
+    async fn get_role_assignment(&self, id: &str) -> StoreResult<Option<RoleAssignment>>;
+    async fn delete_role_assignment(&self, id: &str, audit: AuditEvent) -> StoreResult<RoleAssignment>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
