@@ -10,6 +10,7 @@ pub mod arm;
 pub mod datetime;
 pub mod error;
 pub mod native;
+pub mod rbac;
 
 use serde::de::DeserializeOwned;
 

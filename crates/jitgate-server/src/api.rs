@@ -24,6 +24,7 @@ use jitgate_core::audit::ops;
 use jitgate_core::enforcement::AgentMode;
 use jitgate_core::ids::{validate_resource_group, validate_subscription};
 use jitgate_core::invalid::codes;
+use jitgate_core::rbac::actions;
 use jitgate_core::{AccessDuration, VmId};
 use jitgate_store::{AgentRecord, JoinTokenSpec, Vm, VmSpec};
 
@@ -152,6 +153,10 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
         Ok(s) => s,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
+    // Joining registers VMs in the token's resource group.
+    let mut audit = audit;
+    let rg_scope = format!("/subscriptions/{}/resourceGroups/{}", spec.subscription, spec.resource_group);
+    app.authorize_change(&principal, actions::VM_WRITE, &rg_scope, &mut audit).await?;
     let token = format!("{JOIN_TOKEN_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
     app.store.create_join_token(spec.clone(), &auth::hash_token(&token), audit).await?;
     let out = JoinTokenOut {
@@ -171,9 +176,20 @@ async fn agents(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>
             let ctx = crate::ctx_of(peer, &req);
             let headers = req.headers().clone();
             drop(req);
-            app.authenticate(&headers, &ctx, "/api/v1/agents").await?;
+            let principal = app.authenticate(&headers, &ctx, "/api/v1/agents").await?;
             let list = app.store.list_agents().await?;
-            Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(|a| agent_out(&app, a)).collect() }))
+            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+            let value = list
+                .iter()
+                .filter(|a| {
+                    let scope = a.vm_id.clone().unwrap_or_else(|| {
+                        format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group)
+                    });
+                    grants.permits(actions::VM_READ, &scope)
+                })
+                .map(|a| agent_out(&app, a))
+                .collect();
+            Ok(json(StatusCode::OK, &ListOut { value }))
         }
         .await,
     )
@@ -197,10 +213,11 @@ async fn get_request(
             let ctx = crate::ctx_of(peer, &req);
             let headers = req.headers().clone();
             drop(req);
-            app.authenticate(&headers, &ctx, "/api/v1/requests").await?;
+            let principal = app.authenticate(&headers, &ctx, "/api/v1/requests").await?;
             let id = request_id(&id)?;
             match app.store.get_request(id).await? {
                 Some((policy, r)) => {
+                    app.authorize(&principal, actions::POLICY_READ, &policy).await?;
                     let mut v = serde_json::to_value(request_out(&r)).unwrap_or_default();
                     v["policyId"] = serde_json::Value::String(policy);
                     Ok(json(StatusCode::OK, &v))
@@ -229,6 +246,14 @@ async fn revoke(
                 Ok(x) => x,
                 Err(e) => return Err(app.refuse(audit, e).await),
             };
+            // The requester may end their own grants ("I'm done"); anyone else needs to be able
+            // to change the policy.
+            let mut audit = audit;
+            if let Some((policy, request)) = app.store.get_request(id).await? {
+                let action =
+                    if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
+                app.authorize_change(&principal, action, &policy, &mut audit).await?;
+            }
             let request = app.store.revoke_request(id, &principal.name, audit).await?;
             app.changed();
             let body = request_out(&request);
@@ -272,9 +297,18 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
         "GET" => match id_param(&query)? {
             None => {
                 let list = app.store.list_vms().await?;
-                Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(|v| vm_out(app, v)).collect() }))
+                let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+                let value = list
+                    .iter()
+                    .filter(|v| grants.permits(actions::VM_READ, v.spec.id.as_str()))
+                    .map(|v| vm_out(app, v))
+                    .collect();
+                Ok(json(StatusCode::OK, &ListOut { value }))
             }
-            Some(id) => match app.store.get_vm(&id).await? {
+            Some(id) => match {
+                app.authorize(&principal, actions::VM_READ, id.as_str()).await?;
+                app.store.get_vm(&id).await?
+            } {
                 Some(vm) => Ok(json(StatusCode::OK, &vm_out(app, &vm))),
                 None => {
                     Err(ApiError::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")))
@@ -292,6 +326,7 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             };
             let mut audit = audit;
             audit.resource_id = reg.id.as_str().to_owned();
+            app.authorize_change(&principal, actions::VM_WRITE, reg.id.as_str(), &mut audit).await?;
             let spec = VmSpec {
                 id: reg.id,
                 os_type: reg.os_type,
@@ -318,6 +353,7 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             };
             let mut audit = audit;
             audit.resource_id = id.as_str().to_owned();
+            app.authorize_change(&principal, actions::VM_DELETE, id.as_str(), &mut audit).await?;
             let vm = app.store.delete_vm(&id, audit).await?;
             app.changed();
             Ok(json(StatusCode::OK, &vm_out(app, &vm)))

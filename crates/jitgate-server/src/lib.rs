@@ -7,8 +7,10 @@
 
 pub mod agent_api;
 pub mod api;
+pub mod api_rbac;
 pub mod arm;
 pub mod auth;
+pub mod authz;
 pub mod error;
 pub mod sweeper;
 pub mod tls;
@@ -80,6 +82,8 @@ pub struct App {
     pub changes: Arc<watch::Sender<u64>>,
     /// Wakes whoever waits for agents to apply a revision (`?wait=applied`).
     pub applied: Arc<Notify>,
+    /// Resolved role assignments per principal.
+    pub authz: Arc<authz::Authz>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -118,7 +122,38 @@ impl App {
             sweeper: Arc::new(Notify::new()),
             changes: Arc::new(watch::channel(0).0),
             applied: Arc::new(Notify::new()),
+            authz: Arc::new(authz::Authz::default()),
         }
+    }
+
+    /// Checks that `principal` may perform `action` over `scope`. On success returns what allowed
+    /// it ("Role at scope"); a refusal of a state-changing call is audited by the caller.
+    pub async fn authorize(&self, principal: &Principal, action: &str, scope: &str) -> Result<String, ApiError> {
+        let grants = self.authz.grants(self.store.as_ref(), principal).await?;
+        grants.allowing(action, scope).ok_or_else(|| authz::denied(&principal.name, action, scope))
+    }
+
+    /// Like [`App::authorize`] for a state-changing call: a refusal is recorded in the audit log
+    /// (with `audit`'s principal and operation), and an allow is noted in `audit`.
+    pub async fn authorize_change(
+        &self,
+        principal: &Principal,
+        action: &str,
+        scope: &str,
+        audit: &mut AuditEvent,
+    ) -> Result<(), ApiError> {
+        match self.authorize(principal, action, scope).await {
+            Ok(by) => {
+                audit.properties.insert("authorizedBy".into(), by);
+                Ok(())
+            }
+            Err(e) => Err(self.refuse(audit.clone(), e).await),
+        }
+    }
+
+    /// Whether `principal` may perform `action` over `scope` (for filtering lists).
+    pub async fn can(&self, principal: &Principal, action: &str, scope: &str) -> Result<bool, ApiError> {
+        Ok(self.authz.grants(self.store.as_ref(), principal).await?.permits(action, scope))
     }
 
     /// Says that enforcement-relevant state changed: agents' long-polls wake at once.
@@ -284,6 +319,7 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(readyz))
         .merge(api::router())
         .merge(agent_api::router())
+        .merge(api_rbac::router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn(correlate))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))

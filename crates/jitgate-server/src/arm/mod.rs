@@ -15,6 +15,7 @@ use jitgate_api_types::parse_json;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::validate;
+use jitgate_core::rbac::actions;
 use jitgate_core::PolicyRef;
 use jitgate_store::{InitiateCommand, ListScope, Principal};
 
@@ -44,13 +45,24 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
         ArmRoute::List(_) => parts.uri.path().to_owned(),
     };
     let principal = app.authenticate(&parts.headers, &ctx, &resource_id).await?;
-    let audit = app.audit(&ctx, &principal.name, route.operation(), &resource_id);
+    let mut audit = app.audit(&ctx, &principal.name, route.operation(), &resource_id);
     let query = Query::parse(parts.uri.query());
     if let Err(e) = check_api_version(&query) {
         return Err(if route.is_mutation() { app.refuse(audit, e).await } else { e });
     }
+    match &route {
+        ArmRoute::List(_) => {}
+        ArmRoute::Get(r) => {
+            app.authorize(&principal, actions::POLICY_READ, &r.id()).await?;
+        }
+        ArmRoute::Put(r) => app.authorize_change(&principal, actions::POLICY_WRITE, &r.id(), &mut audit).await?,
+        ArmRoute::Delete(r) => app.authorize_change(&principal, actions::POLICY_DELETE, &r.id(), &mut audit).await?,
+        ArmRoute::Initiate(r) => {
+            app.authorize_change(&principal, actions::POLICY_INITIATE, &r.id(), &mut audit).await?
+        }
+    }
     match route {
-        ArmRoute::List(scope) => list(app, &scope, &query, &parts.headers, &parts.uri).await,
+        ArmRoute::List(scope) => list(app, &principal, &scope, &query, &parts.headers, &parts.uri).await,
         ArmRoute::Get(r) => get(app, &r).await,
         ArmRoute::Put(r) => {
             let body = match read_body(app, body).await {
@@ -122,7 +134,14 @@ pub async fn read_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> 
     })
 }
 
-async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, uri: &Uri) -> Result<Response, ApiError> {
+async fn list(
+    app: &App,
+    principal: &Principal,
+    scope: &ListScope,
+    q: &Query,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Response, ApiError> {
     let engine = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let after = match q.get("$skiptoken") {
         None | Some("") => None,
@@ -141,7 +160,14 @@ async fn list(app: &App, scope: &ListScope, q: &Query, headers: &HeaderMap, uri:
     } else {
         None
     };
-    let body = PolicyListOut { value: page.iter().map(dto::policy_out).collect(), next_link };
+    // A list returns only what the caller may read.
+    let grants = app.authz.grants(app.store.as_ref(), principal).await?;
+    let value = page
+        .iter()
+        .filter(|p| grants.permits(actions::POLICY_READ, &p.policy.reference.id()))
+        .map(dto::policy_out)
+        .collect();
+    let body = PolicyListOut { value, next_link };
     Ok(json(StatusCode::OK, &body))
 }
 
@@ -208,6 +234,11 @@ async fn initiate(
         Ok(d) => d,
         Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
     };
+    // Initiate also needs read access to every VM it opens.
+    let mut audit = audit;
+    for vm in &draft.vms {
+        app.authorize_change(principal, actions::VM_READ, vm.id.trim_end_matches('/'), &mut audit).await?;
+    }
     let cmd = InitiateCommand {
         policy: r,
         draft,
