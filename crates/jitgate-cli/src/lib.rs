@@ -8,6 +8,7 @@ pub mod client;
 pub mod local;
 pub mod netns;
 pub mod probe;
+pub mod role;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,8 +31,10 @@ pub enum Command {
     /// Run an enforcement point (`jitgate agent --server … --join-token … --state-dir …`), or
     /// manage agent join tokens (`jitgate agent token create …`).
     Agent(agent::AgentArgs),
-    /// Access requests: revoke a grant before its end time.
+    /// Access requests: request access to ports, revoke a grant before its end time.
     Access(access::AccessArgs),
+    /// Role definitions and assignments.
+    Role(role::RoleArgs),
     /// Network probes: is a port open from here, when did it close, does a session survive.
     Probe(probe::ProbeArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
@@ -146,6 +149,21 @@ pub struct ServeArgs {
     /// Log format on stderr (level from JITGATE_LOG or RUST_LOG, default info).
     #[arg(long, env = "JITGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Proxies (CIDR) whose X-Forwarded-For is believed for the caller's address (repeat or comma-separate).
+    #[arg(long, env = "JITGATE_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<String>,
+    /// OIDC issuer whose ID tokens sign humans in (its discovery document gives the JWKS).
+    #[arg(long, env = "JITGATE_OIDC_ISSUER", requires = "oidc_audience")]
+    pub oidc_issuer: Option<String>,
+    /// The audience (client id) ID tokens must carry.
+    #[arg(long, env = "JITGATE_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
+    /// Read the issuer's keys from this JWKS file instead of its discovery document.
+    #[arg(long, env = "JITGATE_OIDC_JWKS_FILE", requires = "oidc_issuer")]
+    pub oidc_jwks_file: Option<PathBuf>,
+    /// The ID-token claim that names the principal (default: preferred_username, else email, else sub).
+    #[arg(long, env = "JITGATE_OIDC_CLAIM", requires = "oidc_issuer")]
+    pub oidc_claim: Option<String>,
 }
 
 #[cfg(test)]

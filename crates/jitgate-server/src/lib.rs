@@ -12,6 +12,7 @@ pub mod arm;
 pub mod auth;
 pub mod authz;
 pub mod error;
+pub mod oidc;
 pub mod sweeper;
 pub mod tls;
 
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     /// The externally visible base URL (`https://jit.example.com`), for `nextLink`; when unset,
     /// the request's `Host` is used.
     pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerConfig {
@@ -84,6 +87,8 @@ pub struct App {
     pub applied: Arc<Notify>,
     /// Resolved role assignments per principal.
     pub authz: Arc<authz::Authz>,
+    /// OIDC sign-in, when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -123,7 +128,14 @@ impl App {
             changes: Arc::new(watch::channel(0).0),
             applied: Arc::new(Notify::new()),
             authz: Arc::new(authz::Authz::default()),
+            oidc: None,
         }
+    }
+
+    /// The same app with OIDC sign-in.
+    pub fn with_oidc(mut self, oidc: Option<oidc::Oidc>) -> Self {
+        self.oidc = oidc.map(Arc::new);
+        self
     }
 
     /// Checks that `principal` may perform `action` over `scope`. On success returns what allowed
@@ -231,6 +243,19 @@ impl App {
         resource_id: &str,
     ) -> Result<Principal, ApiError> {
         let failure = match auth::bearer(headers) {
+            Ok(token) if self.oidc.is_some() && oidc::looks_like_jwt(token) => {
+                let oidc = self.oidc.as_ref().map(Arc::clone);
+                match oidc {
+                    Some(o) => match o.validate(token).await {
+                        Ok(name) => {
+                            let audit = self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &format!("/api/v1/principals/{name}"));
+                            return Ok(self.store.ensure_principal(&name, "User", audit).await?);
+                        }
+                        Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why),
+                    },
+                    None => ApiError::unauthorized("InvalidAuthenticationToken", "OIDC sign-in is not configured"),
+                }
+            }
             Ok(token) => match self.store.authenticate(&auth::hash_token(token), self.clock.now()).await? {
                 Some(p) => return Ok(p),
                 None => ApiError::unauthorized(
@@ -244,8 +269,30 @@ impl App {
     }
 }
 
-fn request_ctx(peer: PeerAddr, correlation: Option<&Correlation>) -> RequestCtx {
-    let caller_ip = peer.0.ip().to_canonical();
+/// The caller's address: the peer's, or — only when the peer is a trusted proxy — the
+/// right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn caller_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    let Some(list) = forwarded else { return peer };
+    let mut chosen = peer;
+    for hop in list.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                chosen = ip.to_canonical();
+                if !trusted.iter().any(|n| n.contains(&chosen)) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    chosen
+}
+
+fn request_ctx(caller_ip: IpAddr, correlation: Option<&Correlation>) -> RequestCtx {
     match correlation {
         Some(c) => RequestCtx {
             caller_ip,
@@ -314,6 +361,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 
 /// Every route of the control plane.
 pub fn router(app: App) -> Router {
+    let config = app.config.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -322,6 +370,7 @@ pub fn router(app: App) -> Router {
         .merge(api_rbac::router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn(correlate))
+        .layer(axum::Extension(config))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
 }
@@ -333,9 +382,10 @@ pub async fn run(
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: ServerConfig,
+    oidc: Option<oidc::Oidc>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = App::new(store, clock, config);
+    let app = App::new(store, clock, config).with_oidc(oidc);
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_rx));
     let service = router(app).into_make_service_with_connect_info::<PeerAddr>();
@@ -347,7 +397,9 @@ pub async fn run(
 
 /// Extracts the request context inside handlers that take the whole request.
 pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
-    request_ctx(peer, req.extensions().get::<Correlation>())
+    let trusted = req.extensions().get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.clone()).unwrap_or_default();
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    request_ctx(caller_ip(peer.0.ip(), forwarded, &trusted), req.extensions().get::<Correlation>())
 }
 
 #[cfg(test)]
@@ -367,7 +419,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db")).expect("store");
         let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
-        let config = ServerConfig { tls: true, list_page_size: 10, max_body_bytes: 1024, public_url: None };
+        let config =
+            ServerConfig { tls: true, list_page_size: 10, max_body_bytes: 1024, public_url: None, trusted_proxies: vec![] };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {
             id: "a".into(),
@@ -388,5 +441,17 @@ mod tests {
         assert!(app.is_stale(&agent(None)), "never reported");
         assert!(!app.is_stale(&agent(Some(now - time::Duration::seconds(10)))));
         assert!(app.is_stale(&agent(Some(now - STALE_AFTER - time::Duration::seconds(1)))));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        assert_eq!(caller_ip(ip("198.51.100.1"), Some("203.0.113.9"), &trusted), ip("198.51.100.1"), "untrusted peer");
+        assert_eq!(caller_ip(ip("10.0.0.5"), Some("203.0.113.9"), &trusted), ip("203.0.113.9"));
+        assert_eq!(caller_ip(ip("10.0.0.5"), Some("1.2.3.4, 203.0.113.9, 10.0.0.7"), &trusted), ip("203.0.113.9"), "right-most untrusted hop");
+        assert_eq!(caller_ip(ip("10.0.0.5"), None, &trusted), ip("10.0.0.5"));
+        assert_eq!(caller_ip(ip("10.0.0.5"), Some("garbage"), &trusted), ip("10.0.0.5"));
+        assert_eq!(caller_ip(ip("::ffff:198.51.100.1"), None, &[]), ip("198.51.100.1"));
     }
 }

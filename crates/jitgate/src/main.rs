@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),
             },
+            Command::Role(args) => jitgate_cli::role::run(args).await,
             Command::Access(args) => match args.command {
                 AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
                 AccessCommand::Request(a) => jitgate_cli::access::request(a).await,

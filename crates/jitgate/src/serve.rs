@@ -12,6 +12,7 @@ use jitgate_cli::{ServeArgs, TlsMode};
 use crate::common::{init_logging, shutdown_signal};
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_server::tls::{self, ServerListener};
+use jitgate_server::oidc::{Oidc, OidcConfig};
 use jitgate_server::{auth, ServerConfig, SystemClock};
 use jitgate_store::Store;
 use jitgate_store_sqlite::SqliteStore;
@@ -57,18 +58,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
     }
 
+    let trusted_proxies = args
+        .trusted_proxy
+        .iter()
+        .map(|p| {
+            let p = p.trim();
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| format!("--trusted-proxy '{p}' is not an address or CIDR range"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let oidc = match (&args.oidc_issuer, &args.oidc_audience) {
+        (Some(issuer), Some(audience)) => Some(
+            Oidc::new(OidcConfig {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                jwks_file: args.oidc_jwks_file.clone(),
+                claim: args.oidc_claim.clone(),
+                leeway: std::time::Duration::from_secs(60),
+            })
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        _ => None,
+    };
     let config = ServerConfig {
         tls: tls_config.is_some(),
         list_page_size: args.list_page_size as usize,
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(ServerConfig::DEFAULT_MAX_BODY),
         public_url: args.public_url.clone(),
+        trusted_proxies,
     };
     let listener = ServerListener::new(listener, tls_config)?;
     println!("{}{url}", jitgate_cli::local::LISTENING_PREFIX);
     std::io::stdout().flush().ok();
     tracing::info!(%url, data_dir = %data_dir.display(), "jitgate serving");
     let dyn_store: Arc<dyn Store> = store.clone();
-    jitgate_server::run(listener, dyn_store, Arc::new(SystemClock), config, shutdown_signal()).await?;
+    jitgate_server::run(listener, dyn_store, Arc::new(SystemClock), config, oidc, shutdown_signal()).await?;
     drop(store);
     tracing::info!("jitgate stopped");
     Ok(())

@@ -1,0 +1,127 @@
+//! OIDC ID-token sign-in for humans: the token's signature is checked against the issuer's
+//! JWKS (from its discovery document, or a file), then issuer, audience, expiry and not-before
+//! (with a small leeway); one claim names the principal.
+
+use std::path::PathBuf;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
+
+/// How OIDC sign-in is configured.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Use this JWKS file instead of the issuer's discovery document.
+    pub jwks_file: Option<PathBuf>,
+    /// The claim that names the principal (default `preferred_username`, falling back to `email`, then `sub`).
+    pub claim: Option<String>,
+    /// Clock leeway for `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// The shortest time between two JWKS refreshes caused by unknown key ids.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Oidc {
+    config: OidcConfig,
+    client: reqwest::Client,
+    keys: RwLock<Option<(JwkSet, Instant)>>,
+}
+
+impl Oidc {
+    /// Checks the configuration: the issuer must be HTTPS (plain HTTP only on loopback).
+    pub fn new(config: OidcConfig) -> Result<Self, String> {
+        let issuer = config.issuer.trim_end_matches('/');
+        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| issuer.starts_with(p));
+        if !issuer.starts_with("https://") && !loopback {
+            return Err(format!("--oidc-issuer '{issuer}' must be an https:// URL (plain http only on loopback)"));
+        }
+        if config.audience.is_empty() {
+            return Err("--oidc-audience is required with --oidc-issuer".into());
+        }
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+        Ok(Oidc { config, client, keys: RwLock::new(None) })
+    }
+
+    async fn fetch_keys(&self) -> Result<JwkSet, String> {
+        if let Some(file) = &self.config.jwks_file {
+            let data = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+            return serde_json::from_slice(&data).map_err(|e| format!("{} is not a JWKS: {e}", file.display()));
+        }
+        let discovery = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+        let doc: serde_json::Value = self
+            .client
+            .get(&discovery)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("fetching {discovery}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("reading {discovery}: {e}"))?;
+        let uri = doc["jwks_uri"].as_str().ok_or_else(|| format!("{discovery} has no jwks_uri"))?;
+        self.client
+            .get(uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("fetching {uri}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("{uri} is not a JWKS: {e}"))
+    }
+
+    /// The key for `kid`, refreshing the JWKS (rate-limited) when it is unknown.
+    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, String> {
+        let find = |set: &JwkSet| match kid {
+            Some(k) => set.find(k).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        };
+        let cached = self.keys.read().ok().and_then(|g| g.as_ref().map(|(s, at)| (find(s), *at)));
+        let jwk = match cached {
+            Some((Some(jwk), _)) => jwk,
+            Some((None, at)) if at.elapsed() < REFRESH_EVERY => return Err("the token's signing key is not in the issuer's JWKS".into()),
+            _ => {
+                let set = self.fetch_keys().await?;
+                let found = find(&set);
+                if let Ok(mut g) = self.keys.write() {
+                    *g = Some((set, Instant::now()));
+                }
+                found.ok_or_else(|| "the token's signing key is not in the issuer's JWKS".to_string())?
+            }
+        };
+        DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key in the JWKS: {e}"))
+    }
+
+    /// Validates an ID token; returns the principal name its claim gives.
+    pub async fn validate(&self, token: &str) -> Result<String, String> {
+        let header = decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+        let key = self.key(header.kid.as_deref()).await?;
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[self.config.issuer.as_str(), self.config.issuer.trim_end_matches('/')]);
+        v.set_audience(&[self.config.audience.as_str()]);
+        v.leeway = self.config.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = decode::<serde_json::Value>(token, &key, &v).map_err(|e| format!("ID token refused: {e}"))?;
+        let claims = data.claims;
+        let name = match &self.config.claim {
+            Some(c) => claims[c.as_str()].as_str().map(String::from),
+            None => ["preferred_username", "email", "sub"].iter().find_map(|c| claims[*c].as_str().map(String::from)),
+        };
+        let name = name.filter(|n| !n.is_empty()).ok_or("the ID token has no claim naming the user")?;
+        if name.len() > 128 || name.contains('#') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("the ID token's principal name '{name}' is not usable"));
+        }
+        Ok(name)
+    }
+}
+
+/// Whether a bearer token looks like a JWT (three base64url parts).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3 && !token.starts_with(crate::auth::TOKEN_PREFIX)
+}
