@@ -34,6 +34,8 @@ pub enum BenchCommand {
     /// In a network namespace: nftables batch and update times at scale, and the TCP connect
     /// rate through a table of 10 versus many live grants (needs root and nft).
     Kernel(KernelArgs),
+    /// The cost of an authorization check for a principal holding many role assignments.
+    Authz(AuthzArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
     Inner(InnerArgs),
@@ -57,6 +59,16 @@ pub struct KernelArgs {
     /// Seconds of TCP connects per connect-rate measurement.
     #[arg(long, default_value_t = 3)]
     pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthzArgs {
+    /// Role assignments the principal holds.
+    #[arg(long, default_value_t = 1000)]
+    pub assignments: u32,
+    /// Checks to time.
+    #[arg(long, default_value_t = 100_000)]
+    pub checks: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -14,7 +14,9 @@ pub struct RoleArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum RoleCommand {
     /// Create the least-privileged JIT requester role (what Set-JitLeastPrivilegedRole does) and print it.
-    #[command(after_help = "Example:\n  jitgate role create-least-privileged --name \"JIT Access Role\" --scope /subscriptions/$SUB")]
+    #[command(
+        after_help = "Example:\n  jitgate role create-least-privileged --name \"JIT Access Role\" --scope /subscriptions/$SUB"
+    )]
     CreateLeastPrivileged(CreateLeastArgs),
     /// List the built-in and custom roles.
     List(ListArgs),
@@ -68,7 +70,13 @@ pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
         RoleCommand::CreateLeastPrivileged(a) => {
             let (url, token, client) = a.conn.connect()?;
             let name = a.name.replace('/', "%2F").replace(' ', "%20");
-            let out = call(client.put(format!("{url}/api/v1/roleDefinitions/{name}")).bearer_auth(token).json(&least_privileged_body(&a.name, &a.scope))).await?;
+            let out = call(
+                client
+                    .put(format!("{url}/api/v1/roleDefinitions/{name}"))
+                    .bearer_auth(token)
+                    .json(&least_privileged_body(&a.name, &a.scope)),
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         RoleCommand::List(a) => {
@@ -76,7 +84,11 @@ pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
             let out = call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(token)).await?;
             for r in out["value"].as_array().into_iter().flatten() {
                 let kind = if r["IsCustom"] == true { "custom" } else { "built-in" };
-                println!("{:<32} {kind:<9} {}", r["Name"].as_str().unwrap_or(""), r["Description"].as_str().unwrap_or(""));
+                println!(
+                    "{:<32} {kind:<9} {}",
+                    r["Name"].as_str().unwrap_or(""),
+                    r["Description"].as_str().unwrap_or("")
+                );
             }
         }
         RoleCommand::Assign(a) => {

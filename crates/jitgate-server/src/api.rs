@@ -305,15 +305,17 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
                     .collect();
                 Ok(json(StatusCode::OK, &ListOut { value }))
             }
-            Some(id) => match {
+            Some(id) => {
                 app.authorize(&principal, actions::VM_READ, id.as_str()).await?;
-                app.store.get_vm(&id).await?
-            } {
-                Some(vm) => Ok(json(StatusCode::OK, &vm_out(app, &vm))),
-                None => {
-                    Err(ApiError::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")))
+                let found = app.store.get_vm(&id).await?;
+                match found {
+                    Some(vm) => Ok(json(StatusCode::OK, &vm_out(app, &vm))),
+                    None => Err(ApiError::not_found(
+                        codes::VM_NOT_FOUND,
+                        format!("virtual machine '{id}' is not registered"),
+                    )),
                 }
-            },
+            }
         },
         "PUT" => {
             let audit = app.audit(&ctx, &principal.name, ops::VM_WRITE, "/api/v1/vms");

@@ -248,7 +248,8 @@ impl App {
                 match oidc {
                     Some(o) => match o.validate(token).await {
                         Ok(name) => {
-                            let audit = self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &format!("/api/v1/principals/{name}"));
+                            let audit =
+                                self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &format!("/api/v1/principals/{name}"));
                             return Ok(self.store.ensure_principal(&name, "User", audit).await?);
                         }
                         Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why),
@@ -419,8 +420,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db")).expect("store");
         let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
-        let config =
-            ServerConfig { tls: true, list_page_size: 10, max_body_bytes: 1024, public_url: None, trusted_proxies: vec![] };
+        let config = ServerConfig {
+            tls: true,
+            list_page_size: 10,
+            max_body_bytes: 1024,
+            public_url: None,
+            trusted_proxies: vec![],
+        };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {
             id: "a".into(),
@@ -449,7 +455,11 @@ mod tests {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         assert_eq!(caller_ip(ip("198.51.100.1"), Some("203.0.113.9"), &trusted), ip("198.51.100.1"), "untrusted peer");
         assert_eq!(caller_ip(ip("10.0.0.5"), Some("203.0.113.9"), &trusted), ip("203.0.113.9"));
-        assert_eq!(caller_ip(ip("10.0.0.5"), Some("1.2.3.4, 203.0.113.9, 10.0.0.7"), &trusted), ip("203.0.113.9"), "right-most untrusted hop");
+        assert_eq!(
+            caller_ip(ip("10.0.0.5"), Some("1.2.3.4, 203.0.113.9, 10.0.0.7"), &trusted),
+            ip("203.0.113.9"),
+            "right-most untrusted hop"
+        );
         assert_eq!(caller_ip(ip("10.0.0.5"), None, &trusted), ip("10.0.0.5"));
         assert_eq!(caller_ip(ip("10.0.0.5"), Some("garbage"), &trusted), ip("10.0.0.5"));
         assert_eq!(caller_ip(ip("::ffff:198.51.100.1"), None, &[]), ip("198.51.100.1"));

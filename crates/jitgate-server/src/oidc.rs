@@ -84,7 +84,9 @@ impl Oidc {
         let cached = self.keys.read().ok().and_then(|g| g.as_ref().map(|(s, at)| (find(s), *at)));
         let jwk = match cached {
             Some((Some(jwk), _)) => jwk,
-            Some((None, at)) if at.elapsed() < REFRESH_EVERY => return Err("the token's signing key is not in the issuer's JWKS".into()),
+            Some((None, at)) if at.elapsed() < REFRESH_EVERY => {
+                return Err("the token's signing key is not in the issuer's JWKS".into())
+            }
             _ => {
                 let set = self.fetch_keys().await?;
                 let found = find(&set);

@@ -3,6 +3,7 @@
 //! `jitgate_server::run`.
 
 mod agent;
+mod bench_authz;
 mod bench_enforce;
 mod common;
 mod serve;
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::OpenLatency(a)) => bench_enforce::open_latency(a).await,
                 Some(BenchCommand::Kernel(a)) => bench_enforce::kernel(a).await,
                 Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
+                Some(BenchCommand::Authz(a)) => bench_authz::run(a).await,
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {

@@ -11,8 +11,8 @@ use jitgate_cli::{ServeArgs, TlsMode};
 
 use crate::common::{init_logging, shutdown_signal};
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
-use jitgate_server::tls::{self, ServerListener};
 use jitgate_server::oidc::{Oidc, OidcConfig};
+use jitgate_server::tls::{self, ServerListener};
 use jitgate_server::{auth, ServerConfig, SystemClock};
 use jitgate_store::Store;
 use jitgate_store_sqlite::SqliteStore;

@@ -1,0 +1,406 @@
+//! Identity and authorization end to end, against the real server: every built-in role × every
+//! operation × a scope inside and outside its assignment; escalation attempts; OIDC ID tokens
+//! checked against a JWKS this test serves on loopback; X-Forwarded-For from trusted proxies.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use jitgate_testkit::{vm_id, Answer, TestServer, SUB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+fn rg_scope(rg: &str) -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/{rg}")
+}
+
+/// Creates a principal with a token; returns the token.
+async fn principal(s: &TestServer, name: &str) -> String {
+    let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name, "type": "User"})).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
+    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
+    t.body["token"].as_str().expect("token").to_owned()
+}
+
+async fn assign(s: &TestServer, name: &str, role: &str, scope: &str) -> Answer {
+    s.json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": name, "role": role, "scope": scope}))
+        .await
+}
+
+async fn as_user(s: &TestServer, token: &str, method: Method, url: &str, body: Option<&Value>) -> Answer {
+    let auth = format!("Bearer {token}");
+    let text = body.map(|b| b.to_string());
+    s.send_with(
+        method,
+        url,
+        text.as_deref().map(str::as_bytes),
+        &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+    )
+    .await
+}
+
+fn policy_body(vm: &str) -> Value {
+    json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}})
+}
+
+fn initiate_body(vm: &str) -> Value {
+    json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT5M", "allowedSourceAddressPrefix": "*"}]}]})
+}
+
+/// What each built-in role may do inside its scope: get, list, put, delete, initiate, VM read.
+const MATRIX: [(&str, [bool; 6]); 6] = [
+    ("Owner", [true, true, true, true, true, true]),
+    ("Contributor", [true, true, true, true, true, true]),
+    ("Reader", [true, true, false, false, false, true]),
+    ("Security Admin", [true, true, true, true, true, true]),
+    ("Security Reader", [true, true, false, false, false, true]),
+    ("JIT Network Access Requester", [true, true, false, false, true, true]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_built_in_role_on_every_operation_inside_and_outside_its_scope() {
+    let s = TestServer::start(BIN, &[]);
+    let mut disposable = Vec::new();
+    for rg in ["inside", "outside"] {
+        let vm = s.register_vm(rg, "vm", "Linux").await;
+        assert_eq!(
+            s.json(Method::PUT, &s.policy_url(rg, "westeurope", "default"), &policy_body(&vm)).await.status,
+            StatusCode::OK
+        );
+        for (i, _) in MATRIX.iter().enumerate() {
+            let d = s.register_vm(rg, &format!("d{i}"), "Linux").await;
+            let a = s.json(Method::PUT, &s.policy_url(rg, "westeurope", &format!("del{i}")), &policy_body(&d)).await;
+            assert_eq!(a.status, StatusCode::OK);
+            disposable.push(d);
+        }
+    }
+    let list_url = s.url(&format!(
+        "/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
+    ));
+    for (i, (role, allowed)) in MATRIX.iter().enumerate() {
+        let name = format!("user{i}");
+        let token = principal(&s, &name).await;
+        assert_eq!(assign(&s, &name, role, &rg_scope("inside")).await.status, StatusCode::CREATED);
+        for (rg, inside) in [("inside", true), ("outside", false)] {
+            let expect = |k: usize| inside && allowed[k];
+            let vm = vm_id(rg, "vm");
+            let checks: Vec<(&str, Answer, bool)> = vec![
+                (
+                    "get",
+                    as_user(&s, &token, Method::GET, &s.policy_url(rg, "westeurope", "default"), None).await,
+                    expect(0),
+                ),
+                (
+                    "put",
+                    as_user(
+                        &s,
+                        &token,
+                        Method::PUT,
+                        &s.policy_url(rg, "westeurope", "default"),
+                        Some(&policy_body(&vm)),
+                    )
+                    .await,
+                    expect(2),
+                ),
+                (
+                    "delete",
+                    as_user(&s, &token, Method::DELETE, &s.policy_url(rg, "westeurope", &format!("del{i}")), None)
+                        .await,
+                    expect(3),
+                ),
+                (
+                    "initiate",
+                    as_user(
+                        &s,
+                        &token,
+                        Method::POST,
+                        &s.initiate_url(rg, "westeurope", "default"),
+                        Some(&initiate_body(&vm)),
+                    )
+                    .await,
+                    expect(4),
+                ),
+                (
+                    "vm read",
+                    as_user(&s, &token, Method::GET, &s.url(&format!("/api/v1/vms?id={vm}")), None).await,
+                    expect(5),
+                ),
+            ];
+            for (op, answer, ok) in checks {
+                if ok {
+                    assert!(answer.status.is_success(), "{role} {op} {rg}: {answer:?}");
+                } else {
+                    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{role} {op} {rg}: {answer:?}");
+                    assert_eq!(answer.code(), "AuthorizationFailed");
+                    let message = answer.body["error"]["message"].as_str().unwrap_or("");
+                    assert!(
+                        message.contains(&name) && message.contains("Microsoft."),
+                        "names the principal and the action: {message}"
+                    );
+                }
+            }
+            // Lists return only what the caller may read.
+            let listed = as_user(&s, &token, Method::GET, &list_url, None).await;
+            assert_eq!(listed.status, StatusCode::OK);
+            let ids: Vec<&str> =
+                listed.body["value"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()).collect();
+            let sees = ids.iter().any(|id| id.contains(&format!("/resourceGroups/{rg}/")));
+            assert_eq!(sees, expect(1), "{role} list sees {rg}: {ids:?}");
+        }
+    }
+    // Every decision on a state-changing call is audited with the principal.
+    let db = s.server.data_dir.join("jitgate.db");
+    let mut s = s;
+    assert!(s.server.stop().expect("stop"));
+    let conn = rusqlite::Connection::open(db).expect("db");
+    let denied: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE status = 'Failed' AND caller = 'user2' AND properties LIKE '%AuthorizationFailed%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert!(denied >= 3, "the Reader's refused put, delete and initiate are audited ({denied})");
+    let allowed: i64 = conn
+        .query_row("SELECT count(*) FROM audit WHERE status = 'Succeeded' AND caller = 'user0' AND properties LIKE '%authorizedBy%'", [], |r| r.get(0))
+        .expect("count");
+    assert!(allowed >= 3, "the Owner's allowed changes carry what allowed them ({allowed})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_attempts_all_fail() {
+    let s = TestServer::start(BIN, &[]);
+    let vm = s.register_vm("inside", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("inside", "westeurope", "default"), &policy_body(&vm)).await;
+
+    // A requester cannot assign itself (or anyone) a role.
+    let alice = principal(&s, "alice").await;
+    assign(&s, "alice", "JIT Network Access Requester", &rg_scope("inside")).await;
+    let a = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.url("/api/v1/roleAssignments"),
+        Some(&json!({"principal": "alice", "role": "Owner", "scope": rg_scope("inside")})),
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"), "{a:?}");
+    assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("roleAssignments/write"));
+    let a = as_user(&s, &alice, Method::POST, &s.url("/api/v1/principals/owner/tokens"), Some(&json!({}))).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "no tokens for someone else: {a:?}");
+
+    // An owner of a resource group cannot define a role for the whole subscription.
+    let bob = principal(&s, "bob").await;
+    assign(&s, "bob", "Owner", &rg_scope("inside")).await;
+    let broad = json!({"Name": "Broad", "Actions": ["*"], "AssignableScopes": [format!("/subscriptions/{SUB}")]});
+    let a = as_user(&s, &bob, Method::PUT, &s.url("/api/v1/roleDefinitions/Broad"), Some(&broad)).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    let narrow = json!({"Name": "Narrow", "Actions": ["*/read"], "AssignableScopes": [rg_scope("inside")]});
+    let a = as_user(&s, &bob, Method::PUT, &s.url("/api/v1/roleDefinitions/Narrow"), Some(&narrow)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "within its own scope it may: {a:?}");
+    let a = as_user(
+        &s,
+        &bob,
+        Method::POST,
+        &s.url("/api/v1/roleAssignments"),
+        Some(&json!({"principal": "bob", "role": "Owner", "scope": format!("/subscriptions/{SUB}")})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "no assignment above its scope: {a:?}");
+    let a = s
+        .json(
+            Method::PUT,
+            &s.url("/api/v1/roleDefinitions/Owner"),
+            &json!({"Actions": ["*"], "AssignableScopes": ["/"]}),
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (StatusCode::CONFLICT, "RoleDefinitionIsBuiltIn"), "built-ins cannot be changed");
+
+    // A custom role whose NotActions remove initiate cannot initiate.
+    let no_init = json!({"Name": "No Initiate", "Actions": ["*"], "NotActions": ["Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action"], "AssignableScopes": ["/"]});
+    assert_eq!(
+        s.json(Method::PUT, &s.url("/api/v1/roleDefinitions/No%20Initiate"), &no_init).await.status,
+        StatusCode::CREATED
+    );
+    let carol = principal(&s, "carol").await;
+    assign(&s, "carol", "No Initiate", &rg_scope("inside")).await;
+    let a = as_user(
+        &s,
+        &carol,
+        Method::POST,
+        &s.initiate_url("inside", "westeurope", "default"),
+        Some(&initiate_body(&vm)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    assert_eq!(
+        as_user(&s, &carol, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await.status,
+        StatusCode::OK
+    );
+
+    // Revoked and expired tokens are refused.
+    let t = s.json(Method::POST, &s.url("/api/v1/principals/carol/tokens"), &json!({"expiresIn": "PT1S"})).await;
+    let short = t.body["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        as_user(&s, &short, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await.status,
+        StatusCode::OK
+    );
+    let list = s.send(Method::GET, &s.url("/api/v1/principals/carol/tokens"), None).await;
+    let first = list.body["value"][0]["id"].as_i64().expect("id");
+    assert!(list.body.to_string().find("jg_").is_none(), "token lists carry no secrets");
+    assert_eq!(s.send(Method::DELETE, &s.url(&format!("/api/v1/tokens/{first}")), None).await.status, StatusCode::OK);
+    let a = as_user(&s, &carol, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "revoked: {a:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let a = as_user(&s, &short, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "expired: {a:?}");
+
+    // A token of subscription A cannot act on subscription B.
+    let other_sub = "11111111-2222-3333-4444-555555555555";
+    let dave = principal(&s, "dave").await;
+    assign(&s, "dave", "Owner", &format!("/subscriptions/{other_sub}")).await;
+    let a = as_user(&s, &dave, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = as_user(&s, &dave, Method::PUT, &s.policy_url("inside", "westeurope", "default"), Some(&policy_body(&vm)))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let listed = as_user(
+        &s,
+        &dave,
+        Method::GET,
+        &s.url(&format!(
+            "/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(listed.body["value"], json!([]));
+
+    // The requester may revoke its own request; others' need more.
+    let mine = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("inside", "westeurope", "default"),
+        Some(&initiate_body(&vm)),
+    )
+    .await;
+    assert_eq!(mine.status, StatusCode::ACCEPTED, "{mine:?}");
+    let id = mine.body["id"].as_i64().expect("id");
+    let theirs = s.json(Method::POST, &s.initiate_url("inside", "westeurope", "default"), &json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT5M", "allowedSourceAddressPrefix": "10.1.1.1"}]}]})).await;
+    let their_id = theirs.body["id"].as_i64().expect("id");
+    assert_eq!(
+        as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{their_id}/revoke")), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await.status,
+        StatusCode::OK
+    );
+}
+
+/// Serves an OIDC discovery document and a JWKS on loopback; returns the issuer URL.
+fn serve_jwks(jwks: Value) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let discovery = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}).to_string();
+    let jwks = jwks.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let body = if line.contains("/jwks") { &jwks } else { &discovery };
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = reader.get_mut().write_all(resp.as_bytes());
+        }
+    });
+    issuer
+}
+
+fn ec_key() -> (jsonwebtoken::EncodingKey, Value) {
+    let kp = rcgen::KeyPair::generate().expect("key");
+    let raw = kp.public_key_raw().to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65]), "kid": "k1", "alg": "ES256", "use": "sig"});
+    (jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).expect("pem"), jwk)
+}
+
+fn jwt(key: &jsonwebtoken::EncodingKey, claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(&header, &claims, key).expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_id_tokens_sign_humans_in_and_bad_ones_are_refused() {
+    let (key, jwk) = ec_key();
+    let issuer = serve_jwks(json!({"keys": [jwk]}));
+    let s = TestServer::start(BIN, &["--oidc-issuer", &issuer, "--oidc-audience", "jitgate-test"]);
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy_body(&vm)).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = |patch: Value| {
+        let mut c = json!({"iss": issuer, "aud": "jitgate-test", "sub": "u-1", "preferred_username": "erin", "iat": now, "nbf": now - 5, "exp": now + 300});
+        for (k, v) in patch.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let url = s.policy_url("rg1", "westeurope", "default");
+    let good = jwt(&key, claims(json!({})));
+    // Signed in (a principal now exists), but no role yet: 403, not 401.
+    let a = as_user(&s, &good, Method::GET, &url, None).await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"), "{a:?}");
+    assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("erin"));
+    assert_eq!(assign(&s, "erin", "Reader", &format!("/subscriptions/{SUB}")).await.status, StatusCode::CREATED);
+    assert_eq!(as_user(&s, &good, Method::GET, &url, None).await.status, StatusCode::OK);
+
+    let (other_key, _) = ec_key();
+    for (why, token) in [
+        ("forged signature", jwt(&other_key, claims(json!({})))),
+        ("expired", jwt(&key, claims(json!({"exp": now - 120, "nbf": now - 600})))),
+        ("wrong audience", jwt(&key, claims(json!({"aud": "someone-else"})))),
+        ("wrong issuer", jwt(&key, claims(json!({"iss": "https://evil.example"})))),
+        ("not yet valid", jwt(&key, claims(json!({"nbf": now + 600})))),
+        ("garbage", "a.b.c".to_string()),
+    ] {
+        let a = as_user(&s, &token, Method::GET, &url, None).await;
+        assert_eq!((a.status, a.code()), (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken"), "{why}: {a:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let body = |vm: &str| json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT5M"}]}]});
+    for (flags, expected) in [(vec!["--trusted-proxy", "127.0.0.1/32"], "203.0.113.9"), (vec![], "127.0.0.1")] {
+        let s = TestServer::start(BIN, &flags);
+        let vm = s.register_vm("rg1", "vm", "Linux").await;
+        s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy_body(&vm)).await;
+        let auth = format!("Bearer {}", s.server.token);
+        let text = body(&vm).to_string();
+        let a = s
+            .send_with(
+                Method::POST,
+                &s.initiate_url("rg1", "westeurope", "default"),
+                Some(text.as_bytes()),
+                &[("Authorization", auth.as_str()), ("X-Forwarded-For", "203.0.113.9")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+        assert_eq!(a.body["virtualMachines"][0]["ports"][0]["allowedSourceAddressPrefix"], expected, "{flags:?}");
+    }
+}
