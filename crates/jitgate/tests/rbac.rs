@@ -404,3 +404,58 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
         assert_eq!(a.body["virtualMachines"][0]["ports"][0]["allowedSourceAddressPrefix"], expected, "{flags:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
+    let s = TestServer::start(BIN, &[]);
+    let scope = format!("/subscriptions/{SUB}");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .env("JITGATE_URL", &s.server.url)
+            .env("JITGATE_TOKEN", &s.server.token)
+            .env("JITGATE_CA_CERT", &s.server.ca_cert)
+            .output()
+            .expect("cli runs");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed: Value = serde_json::from_str(&run(&[
+        "role",
+        "create-least-privileged",
+        "--name",
+        "JIT Access Role",
+        "--scope",
+        &scope,
+    ]))
+    .expect("json");
+    assert_eq!(printed["Name"], "JIT Access Role");
+    assert_eq!(printed["AssignableScopes"], json!([scope]));
+    let actions: Vec<&str> = printed["Actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert_eq!(actions, jitgate_core_requester());
+    assert!(run(&["role", "list"]).contains("JIT Access Role"));
+    principal(&s, "frank").await;
+    let assigned: Value = serde_json::from_str(&run(&[
+        "role",
+        "assign",
+        "--principal",
+        "frank",
+        "--role",
+        "JIT Access Role",
+        "--scope",
+        &rg_scope("rg1"),
+    ]))
+    .expect("json");
+    assert_eq!(assigned["role"], "JIT Access Role");
+}
+
+fn jitgate_core_requester() -> Vec<&'static str> {
+    vec![
+        "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action",
+        "Microsoft.Security/locations/jitNetworkAccessPolicies/*/read",
+        "Microsoft.Security/locations/jitNetworkAccessPolicies/read",
+        "Microsoft.Compute/virtualMachines/read",
+        "Microsoft.Network/networkInterfaces/*/read",
+        "Microsoft.Network/publicIPAddresses/read",
+    ]
+}
