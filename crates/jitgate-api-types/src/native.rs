@@ -17,6 +17,8 @@ pub struct VmIn {
     /// The name of the gateway agent in front of the VM (gateway mode); `address` is then the
     /// VM's inner address.
     pub gateway: Option<String>,
+    /// A classic (non-ARM) deployment, which JIT cannot protect.
+    pub classic: Option<bool>,
 }
 
 /// A checked VM registration.
@@ -27,6 +29,7 @@ pub struct VmRegistration {
     pub location: String,
     pub address: Option<std::net::IpAddr>,
     pub gateway: Option<String>,
+    pub classic: bool,
 }
 
 pub const INVALID_VM: &str = jitgate_core::invalid::codes::INVALID_VM;
@@ -54,7 +57,7 @@ impl VmIn {
             }
             other => other,
         };
-        Ok(VmRegistration { id, os_type, location, address, gateway })
+        Ok(VmRegistration { id, os_type, location, address, gateway, classic: self.classic.unwrap_or(false) })
     }
 }
 

@@ -335,6 +335,7 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
                 location: reg.location,
                 address: reg.address,
                 gateway: reg.gateway,
+                classic: reg.classic,
             };
             let (vm, created) = app.store.put_vm(spec, audit).await?;
             app.changed();

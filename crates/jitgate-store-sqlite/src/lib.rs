@@ -5,6 +5,7 @@
 //! of connections on the blocking thread pool, and see only committed data.
 
 mod agents;
+mod auditq;
 mod rbac;
 mod rows;
 mod writer;
@@ -27,9 +28,9 @@ use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 use jitgate_store::{
-    AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditRecord, ExpirySweep, GrantRecord, InitiateCommand,
-    InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, RoleAssignment, Store, StoreError, StoreResult,
-    TokenRecord, Vm, VmSpec,
+    AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, ExpirySweep,
+    GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, RoleAssignment,
+    SecurityPolicy, Store, StoreError, StoreResult, TokenRecord, Vm, VmAccess, VmSpec,
 };
 
 use crate::rows::{encode_sources, from_nanos, nanos};
@@ -40,6 +41,11 @@ const SCHEMA_VERSION: i64 = 1;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Read connections kept open.
 const READERS: usize = 4;
+
+/// Verifies the audit chain of a database file, read-only, without a running server.
+pub fn verify_audit_file(path: &Path) -> Result<jitgate_store::AuditVerification, String> {
+    auditq::verify_file(path)
+}
 
 /// A store in one SQLite file.
 pub struct SqliteStore {
@@ -287,13 +293,13 @@ impl Store for SqliteStore {
             }
             match &existing {
                 Some(_) => ctx.conn.execute(
-                    "UPDATE vms SET os_type = ?2, location = ?3, address = ?4, gateway = ?5, updated = ?6 WHERE key = ?1",
-                    params![key, vm.os_type.as_str(), vm.location, address, vm.gateway, now],
+                    "UPDATE vms SET os_type = ?2, location = ?3, address = ?4, gateway = ?5, updated = ?6, classic = ?7 WHERE key = ?1",
+                    params![key, vm.os_type.as_str(), vm.location, address, vm.gateway, now, vm.classic],
                 ),
                 None => ctx.conn.execute(
-                    "INSERT INTO vms (key, id, os_type, location, address, gateway, created, updated) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                    params![key, vm.id.as_str(), vm.os_type.as_str(), vm.location, address, vm.gateway, now],
+                    "INSERT INTO vms (key, id, os_type, location, address, gateway, created, updated, classic) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                    params![key, vm.id.as_str(), vm.os_type.as_str(), vm.location, address, vm.gateway, now, vm.classic],
                 ),
             }
             .map_err(backend)?;
@@ -394,6 +400,22 @@ impl Store for SqliteStore {
                 .query_row("SELECT pid FROM policies WHERE key = ?1", [&key], |r| r.get(0))
                 .optional()
                 .map_err(backend)?;
+            // JIT may be switched off for a subscription or resource group by a security policy.
+            let disabled: Vec<String> = ctx
+                .conn
+                .prepare_cached("SELECT scope FROM security_policies WHERE jit_enabled = 0")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .map_err(backend)?;
+            for (i, vm) in resolved.vms.iter().enumerate() {
+                if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.id.as_str())) {
+                    let mut invalid = Invalid::conflict(
+                        "JitDisabledBySecurityPolicy",
+                        format!("JIT is disabled by a security policy on '{scope}'; virtual machine '{}' cannot be enabled", vm.id),
+                    );
+                    invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                    return reject(ctx, audit, invalid);
+                }
+            }
             // A VM is protected by one policy at a time.
             for (i, vm) in resolved.vms.iter().enumerate() {
                 let other: Option<String> = ctx
@@ -1262,6 +1284,126 @@ impl Store for SqliteStore {
                 .with("scope", a.scope.clone());
             ctx.audit(&event).map_err(backend)?;
             Ok(a)
+        })
+        .await
+    }
+
+    async fn query_audit(&self, filter: &AuditFilter, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| auditq::query(c, &filter, after, limit)).await
+    }
+
+    async fn verify_audit(&self) -> StoreResult<AuditVerification> {
+        self.read(auditq::verify).await
+    }
+
+    async fn audit_before(&self, before: OffsetDateTime, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |c| auditq::before(c, nanos(before), limit)).await
+    }
+
+    async fn seal_archive(
+        &self,
+        through_seq: u64,
+        last_hash: [u8; 32],
+        file: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<usize> {
+        let file = file.to_owned();
+        self.write(move |ctx| {
+            let stored: Option<String> = ctx
+                .conn
+                .query_row("SELECT hash FROM audit WHERE seq = ?1", [through_seq as i64], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            if stored.as_deref() != Some(hex::encode(last_hash).as_str()) {
+                return Err(backend(format!(
+                    "audit record {through_seq} does not carry the archive's last hash; nothing archived"
+                )));
+            }
+            let removed =
+                ctx.conn.execute("DELETE FROM audit WHERE seq <= ?1", [through_seq as i64]).map_err(backend)?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO audit_archive (through_seq, last_hash, file, archived) VALUES (?1, ?2, ?3, ?4)",
+                    params![through_seq as i64, hex::encode(last_hash), file, nanos(audit.time)],
+                )
+                .map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("throughSeq", through_seq.to_string())
+                .with("records", removed.to_string())
+                .with("file", file.clone());
+            ctx.audit(&event).map_err(backend)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn put_security_policy(
+        &self,
+        scope: &str,
+        jit_enabled: bool,
+        audit: AuditEvent,
+    ) -> StoreResult<SecurityPolicy> {
+        let scope = scope.trim_end_matches('/').to_owned();
+        self.write(move |ctx| {
+            let now = nanos(audit.time);
+            ctx.conn
+                .execute(
+                    "INSERT INTO security_policies (scope_key, scope, jit_enabled, updated) VALUES (lower(?1), ?1, ?2, ?3) \
+                     ON CONFLICT (scope_key) DO UPDATE SET jit_enabled = ?2, updated = ?3",
+                    params![scope, jit_enabled, now],
+                )
+                .map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let updated = audit.time;
+            ctx.audit(&audit.succeeded().with("scope", scope.clone()).with("jitEnabled", jit_enabled.to_string())).map_err(backend)?;
+            Ok(SecurityPolicy { scope, jit_enabled, updated })
+        })
+        .await
+    }
+
+    async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT scope, jit_enabled, updated FROM security_policies ORDER BY scope_key")?
+                .query_map([], |r| {
+                    Ok(SecurityPolicy { scope: r.get(0)?, jit_enabled: r.get(1)?, updated: from_nanos(r.get(2)?)? })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {
+        let key = vm.key();
+        self.read(move |c| {
+            let approved: i64 = c
+                .prepare_cached("SELECT count(DISTINCT g.rid) FROM grants g JOIN requests r ON r.rid = g.rid WHERE g.vm_key = ?1 AND r.start_time >= ?2")?
+                .query_row(params![key, nanos(since)], |r| r.get(0))?;
+            let last: Option<(i64, String)> = c
+                .prepare_cached("SELECT r.start_time, r.requestor FROM grants g JOIN requests r ON r.rid = g.rid WHERE g.vm_key = ?1 ORDER BY r.rid DESC LIMIT 1")?
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(VmAccess {
+                approved_since: approved as u64,
+                last_access: last.as_ref().map(|(t, _)| from_nanos(*t)).transpose()?,
+                last_user: last.map(|(_, u)| u),
+            })
+        })
+        .await
+    }
+
+    async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>> {
+        let key = vm.key();
+        self.read(move |c| {
+            let pkey: Option<String> = c
+                .prepare_cached("SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1")?
+                .query_row([&key], |r| r.get(0))
+                .optional()?;
+            match pkey {
+                Some(k) => Ok(rows::load_policy_only(c, &k)?.map(|(_, p)| p)),
+                None => Ok(None),
+            }
         })
         .await
     }

@@ -73,6 +73,7 @@ pub fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
             location: r.get("location")?,
             address: address.map(|a| a.parse().map_err(|_| corrupt(format!("address {a}")))).transpose()?,
             gateway: r.get("gateway")?,
+            classic: r.get("classic")?,
         },
         created: from_nanos(r.get("created")?)?,
         updated: from_nanos(r.get("updated")?)?,

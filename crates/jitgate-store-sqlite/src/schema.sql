@@ -20,6 +20,7 @@ CREATE TABLE vms (
     location  TEXT NOT NULL,
     address   TEXT,
     gateway   TEXT,              -- name of the gateway agent in front of the VM (gateway mode)
+    classic   INTEGER NOT NULL DEFAULT 0,
     agent_id  TEXT,              -- the host-mode agent running on the VM
     created   INTEGER NOT NULL,
     updated   INTEGER NOT NULL
@@ -109,6 +110,23 @@ CREATE TABLE audit (
     properties     TEXT NOT NULL,
     prev_hash      TEXT NOT NULL,
     hash           TEXT NOT NULL
+);
+CREATE INDEX audit_time ON audit (time);
+CREATE INDEX audit_caller ON audit (caller, time);
+CREATE INDEX audit_resource ON audit (resource_id COLLATE NOCASE, time);
+CREATE INDEX audit_operation ON audit (operation, time);
+-- Where the live chain starts when older records were moved to a sealed archive.
+CREATE TABLE audit_archive (
+    through_seq INTEGER PRIMARY KEY,
+    last_hash   TEXT NOT NULL,
+    file        TEXT NOT NULL,
+    archived    INTEGER NOT NULL
+);
+CREATE TABLE security_policies (
+    scope_key   TEXT PRIMARY KEY,
+    scope       TEXT NOT NULL,
+    jit_enabled INTEGER NOT NULL,
+    updated     INTEGER NOT NULL
 );
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

@@ -12,7 +12,9 @@ use jitgate_core::invalid::codes;
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
 
-use crate::{AgentJoin, AgentReport, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec};
+use crate::{
+    AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec,
+};
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
 
@@ -43,7 +45,14 @@ fn policy_ref(rg: &str, location: &str, name: &str) -> PolicyRef {
 }
 
 async fn register(store: &dyn Store, rg: &str, name: &str, os: OsType) {
-    let spec = VmSpec { id: vm_id(rg, name), os_type: os, location: "westeurope".into(), address: None, gateway: None };
+    let spec = VmSpec {
+        id: vm_id(rg, name),
+        os_type: os,
+        location: "westeurope".into(),
+        address: None,
+        gateway: None,
+        classic: false,
+    };
     store.put_vm(spec, audit("vm")).await.expect("register vm");
 }
 
@@ -100,6 +109,7 @@ pub async fn run_all(store: &dyn Store) {
     agents_and_enforcement_state(store).await;
     principals_tokens_roles_and_assignments(store).await;
     audit_chain_is_intact(store).await;
+    audit_queries_inventory_facts_and_security_policies(store).await;
 }
 
 async fn vms(store: &dyn Store) {
@@ -109,6 +119,7 @@ async fn vms(store: &dyn Store) {
         location: "westeurope".into(),
         address: None,
         gateway: None,
+        classic: false,
     };
     let (vm, created) = store.put_vm(spec.clone(), audit("vm")).await.expect("put");
     assert!(created);
@@ -341,6 +352,7 @@ async fn agents_and_enforcement_state(store: &dyn Store) {
         location: "westeurope".into(),
         address: Some("10.2.0.7".parse().expect("ip")),
         gateway: Some("GW1".into()),
+        classic: false,
     };
     store.put_vm(behind.clone(), audit("vm")).await.expect("attach");
     let mut unknown_gw = behind.clone();
@@ -491,4 +503,106 @@ async fn principals_tokens_roles_and_assignments(store: &dyn Store) {
     assert!(store.get_principal("alice").await.expect("get").is_none());
     assert!(store.authenticate("alice-2", now()).await.expect("auth").is_none());
     assert!(store.list_role_assignments(None).await.expect("all").iter().all(|a| a.principal != "alice"));
+}
+
+async fn audit_queries_inventory_facts_and_security_policies(store: &dyn Store) {
+    // Queries: by caller, operation, status, resource prefix and time, paged by sequence.
+    let all = store.query_audit(&AuditFilter::default(), 0, 1 << 20).await.expect("all");
+    assert!(all.len() > 20);
+    let failed = store
+        .query_audit(&AuditFilter { status: Some(AuditStatus::Failed), ..Default::default() }, 0, 1 << 20)
+        .await
+        .expect("failed");
+    assert!(!failed.is_empty() && failed.iter().all(|r| r.event.status == AuditStatus::Failed));
+    let by_op = store
+        .query_audit(&AuditFilter { operation: Some("INIT".into()), ..Default::default() }, 0, 1 << 20)
+        .await
+        .expect("op");
+    assert!(
+        !by_op.is_empty() && by_op.iter().all(|r| r.event.operation == "init"),
+        "operation compares case-insensitively"
+    );
+    let by_res = store
+        .query_audit(&AuditFilter { resource_id: Some("/TEST".into()), ..Default::default() }, 0, 1 << 20)
+        .await
+        .expect("res");
+    assert!(!by_res.is_empty() && by_res.iter().all(|r| r.event.resource_id.to_ascii_lowercase().starts_with("/test")));
+    let none = store
+        .query_audit(&AuditFilter { caller: Some("nobody".into()), ..Default::default() }, 0, 10)
+        .await
+        .expect("none");
+    assert!(none.is_empty());
+    let page1 = store.query_audit(&AuditFilter::default(), 0, 5).await.expect("page");
+    let page2 = store.query_audit(&AuditFilter::default(), page1[4].seq, 5).await.expect("page");
+    assert_eq!(page2[0].seq, page1[4].seq + 1);
+    let window = store
+        .query_audit(
+            &AuditFilter { from: Some(now()), to: Some(now() + Duration::seconds(1)), ..Default::default() },
+            0,
+            1 << 20,
+        )
+        .await
+        .expect("window");
+    assert!(window.iter().all(|r| r.event.time >= now() && r.event.time < now() + Duration::seconds(1)));
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.valid && v.records as usize >= all.len(), "{v:?}");
+
+    // Access facts of a VM, against explicit times.
+    register(store, "inv", "vm1", OsType::Linux).await;
+    let r = policy_ref("inv", "westeurope", "default");
+    put(store, &r, one_vm_policy("inv", "vm1", None)).await.expect("policy");
+    assert_eq!(
+        store.policy_of_vm(&vm_id("inv", "vm1")).await.expect("policy of vm").map(|p| p.reference.name),
+        Some("default".into())
+    );
+    assert!(store.policy_of_vm(&vm_id("inv", "nope")).await.expect("none").is_none());
+    let empty = store.vm_access(&vm_id("inv", "vm1"), now() - Duration::days(7)).await.expect("access");
+    assert_eq!((empty.approved_since, empty.last_user), (0, None));
+    let mut cmd = initiate_cmd(&r, &vm_id("inv", "vm1"), "198.51.100.8", 30, None);
+    cmd.requestor = "zoe".into();
+    store.initiate(cmd, audit("init")).await.expect("grant");
+    let access = store.vm_access(&vm_id("inv", "vm1"), now() - Duration::days(7)).await.expect("access");
+    assert_eq!(access.approved_since, 1);
+    assert_eq!(access.last_user.as_deref(), Some("zoe"));
+    assert_eq!(access.last_access, Some(now()));
+    assert_eq!(
+        store.vm_access(&vm_id("inv", "vm1"), now() + Duration::seconds(1)).await.expect("later").approved_since,
+        0,
+        "outside the window"
+    );
+
+    // A security policy that switches JIT off refuses enabling it below.
+    let sp = store
+        .put_security_policy(&format!("/subscriptions/{SUB}/resourceGroups/locked"), false, audit("sp"))
+        .await
+        .expect("sp");
+    assert!(!sp.jit_enabled);
+    register(store, "locked", "vm1", OsType::Linux).await;
+    match put(store, &policy_ref("locked", "westeurope", "default"), one_vm_policy("locked", "vm1", None)).await {
+        Err(StoreError::Rejected(i)) => assert_eq!(i.code, "JitDisabledBySecurityPolicy"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    store
+        .put_security_policy(&format!("/subscriptions/{SUB}/resourceGroups/locked"), true, audit("sp"))
+        .await
+        .expect("sp");
+    put(store, &policy_ref("locked", "westeurope", "default"), one_vm_policy("locked", "vm1", None))
+        .await
+        .expect("allowed again");
+    assert_eq!(store.list_security_policies().await.expect("list").len(), 1);
+
+    // Archiving: the oldest records leave the live log; the chain continues from their last hash.
+    let old = store.audit_before(now() + Duration::days(3650), 10).await.expect("old");
+    assert_eq!(old.len(), 10);
+    let last = old.last().expect("last");
+    assert!(
+        store.seal_archive(last.seq, [7u8; 32], "bad.jsonl", audit("arch")).await.is_err(),
+        "a wrong last hash archives nothing"
+    );
+    let removed = store.seal_archive(last.seq, last.hash, "audit-1.jsonl", audit("arch")).await.expect("seal");
+    assert_eq!(removed, 10);
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.valid, "{v:?}");
+    assert_eq!(v.archived_through, Some(last.seq));
+    assert_eq!(store.audit_records(0, 1).await.expect("first")[0].seq, last.seq + 1);
 }

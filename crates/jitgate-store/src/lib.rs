@@ -66,6 +66,46 @@ pub struct RoleAssignment {
     pub created: OffsetDateTime,
 }
 
+/// Filters of an audit query; `resource_id` matches as a case-insensitive prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+    pub caller: Option<String>,
+    pub resource_id: Option<String>,
+    pub operation: Option<String>,
+    pub status: Option<jitgate_core::audit::AuditStatus>,
+}
+
+/// The result of checking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    pub valid: bool,
+    /// Live records checked.
+    pub records: u64,
+    /// The first record that does not verify (changed, missing before it, or out of order).
+    pub first_invalid: Option<u64>,
+    /// Records up to this sequence number were moved to sealed archives.
+    pub archived_through: Option<u64>,
+}
+
+/// A security policy: whether JIT may be enabled at a subscription or resource group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityPolicy {
+    pub scope: String,
+    pub jit_enabled: bool,
+    pub updated: OffsetDateTime,
+}
+
+/// Access statistics of one VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmAccess {
+    /// Requests that opened a port of the VM since the given time.
+    pub approved_since: u64,
+    pub last_access: Option<OffsetDateTime>,
+    pub last_user: Option<String>,
+}
+
 /// A VM registration as an operator sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -75,6 +115,8 @@ pub struct VmSpec {
     pub address: Option<IpAddr>,
     /// The gateway agent (by name) in front of the VM; `address` is then its inner address.
     pub gateway: Option<String>,
+    /// A classic (non-ARM) deployment: JIT cannot protect it.
+    pub classic: bool,
 }
 
 /// A registered VM.
@@ -288,6 +330,33 @@ pub trait Store: Send + Sync + 'static {
     async fn list_role_assignments(&self, principal: Option<&str>) -> StoreResult<Vec<RoleAssignment>>;
     async fn get_role_assignment(&self, id: &str) -> StoreResult<Option<RoleAssignment>>;
     async fn delete_role_assignment(&self, id: &str, audit: AuditEvent) -> StoreResult<RoleAssignment>;
+
+    /// Audit records matching `filter` with `seq > after`, oldest first.
+    async fn query_audit(&self, filter: &AuditFilter, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// Checks the whole live chain (from the last sealed archive on).
+    async fn verify_audit(&self) -> StoreResult<AuditVerification>;
+    /// The oldest records written before `before` (for archiving), at most `limit`.
+    async fn audit_before(&self, before: OffsetDateTime, limit: usize) -> StoreResult<Vec<AuditRecord>>;
+    /// After the records up to `through_seq` were written to the sealed archive `file`: removes them
+    /// from the live log, remembers where the chain continues, and records the archiving.
+    async fn seal_archive(
+        &self,
+        through_seq: u64,
+        last_hash: [u8; 32],
+        file: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<usize>;
+    async fn put_security_policy(
+        &self,
+        scope: &str,
+        jit_enabled: bool,
+        audit: AuditEvent,
+    ) -> StoreResult<SecurityPolicy>;
+    async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>>;
+    /// How often and by whom a VM was opened since `since`.
+    async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess>;
+    /// The policy that protects a VM, if one does.
+    async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
