@@ -13,23 +13,20 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers the SIGTERM and SIGINT handlers *now* (so a signal that arrives right after the
+/// server says it listens is not lost) and returns the future that completes on either.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT; stop with SIGKILL");
+            return std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = term => tracing::info!("SIGTERM: shutting down"),
     }
 }

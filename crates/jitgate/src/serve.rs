@@ -89,11 +89,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies,
     };
     let listener = ServerListener::new(listener, tls_config)?;
+    let shutdown = shutdown_signal();
     println!("{}{url}", jitgate_cli::local::LISTENING_PREFIX);
     std::io::stdout().flush().ok();
     tracing::info!(%url, data_dir = %data_dir.display(), "jitgate serving");
     let dyn_store: Arc<dyn Store> = store.clone();
-    jitgate_server::run(listener, dyn_store, Arc::new(SystemClock), config, oidc, shutdown_signal()).await?;
+    jitgate_server::run(listener, dyn_store, Arc::new(SystemClock), config, oidc, shutdown).await?;
     drop(store);
     tracing::info!("jitgate stopped");
     Ok(())
