@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod arm;
+pub mod audit;
 pub mod datetime;
 pub mod error;
 pub mod native;

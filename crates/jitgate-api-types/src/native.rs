@@ -81,6 +81,50 @@ pub struct VmOut {
     /// Why JIT cannot protect this VM now, when it cannot.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub unsupported_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub classic: Option<bool>,
+    /// Inventory views: the policy that protects the VM.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub policy_id: Option<String>,
+    /// Inventory views: `Enforced`, `NotEnforced` (nothing closes the ports), `Stale` (the
+    /// enforcement point stopped reporting) or `Unusable` (it cannot program nftables).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub warning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approved_requests_last7_days: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_access: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connection_details: Option<ConnectionDetailsOut>,
+}
+
+/// How to reach a configured VM: its JIT ports and the enforcement point in front of them.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionDetailsOut {
+    pub ports: Vec<ConnectionPortOut>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement_point: Option<String>,
+    /// `host` or `gateway`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_ip_address: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPortOut {
+    pub number: u16,
+    pub protocol: String,
+    pub allowed_source_address_prefixes: Vec<String>,
+    pub max_request_access_duration: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mapped_port: Option<u16>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,6 +157,14 @@ impl VmOut {
             gateway: None,
             enforcement: None,
             unsupported_reason: None,
+            classic: None,
+            policy_id: None,
+            enforcement_state: None,
+            warning: None,
+            approved_requests_last7_days: None,
+            last_access: None,
+            last_user: None,
+            connection_details: None,
         }
     }
 }

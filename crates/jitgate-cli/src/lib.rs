@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod local;
@@ -35,6 +36,8 @@ pub enum Command {
     Access(access::AccessArgs),
     /// Role definitions and assignments.
     Role(role::RoleArgs),
+    /// The audit log: list, export, verify.
+    Audit(audit::AuditArgs),
     /// Network probes: is a port open from here, when did it close, does a session survive.
     Probe(probe::ProbeArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
@@ -149,6 +152,9 @@ pub struct ServeArgs {
     /// Log format on stderr (level from JITGATE_LOG or RUST_LOG, default info).
     #[arg(long, env = "JITGATE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Move audit records older than this (e.g. 400d) to sealed JSONL archives in DATA_DIR/audit-archive.
+    #[arg(long, env = "JITGATE_AUDIT_RETENTION")]
+    pub audit_retention: Option<String>,
     /// Proxies (CIDR) whose X-Forwarded-For is believed for the caller's address (repeat or comma-separate).
     #[arg(long, env = "JITGATE_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxy: Vec<String>,

@@ -7,12 +7,14 @@
 
 pub mod agent_api;
 pub mod api;
+pub mod api_audit;
 pub mod api_rbac;
 pub mod arm;
 pub mod auth;
 pub mod authz;
 pub mod error;
 pub mod oidc;
+pub mod retention;
 pub mod sweeper;
 pub mod tls;
 
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Audit records older than this move to sealed archives in the directory.
+    pub audit_retention: Option<(time::Duration, std::path::PathBuf)>,
 }
 
 impl ServerConfig {
@@ -369,6 +373,7 @@ pub fn router(app: App) -> Router {
         .merge(api::router())
         .merge(agent_api::router())
         .merge(api_rbac::router())
+        .merge(api_audit::router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn(correlate))
         .layer(axum::Extension(config))
@@ -388,11 +393,19 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let app = App::new(store, clock, config).with_oidc(oidc);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_rx));
+    let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_rx.clone()));
+    let retention = app
+        .config
+        .audit_retention
+        .clone()
+        .map(|(keep, dir)| tokio::spawn(retention::run(app.clone(), keep, dir, stop_rx)));
     let service = router(app).into_make_service_with_connect_info::<PeerAddr>();
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    if let Some(r) = retention {
+        let _ = r.await;
+    }
     served
 }
 

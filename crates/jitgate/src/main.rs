@@ -12,6 +12,7 @@ use clap::Parser;
 
 use jitgate_cli::access::AccessCommand;
 use jitgate_cli::agent::{AgentCommand, TokenCommand};
+use jitgate_cli::audit::{AuditCommand, VerifyArgs};
 use jitgate_cli::bench::BenchCommand;
 use jitgate_cli::{Cli, Command};
 
@@ -47,6 +48,15 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             },
             Command::Role(args) => jitgate_cli::role::run(args).await,
+            Command::Audit(args) => match args.command {
+                AuditCommand::List(a) => jitgate_cli::audit::query(a, false).await,
+                AuditCommand::Export(a) => jitgate_cli::audit::query(a, true).await,
+                AuditCommand::Verify(a) => match audit_verify(a).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => std::process::exit(1),
+                    Err(e) => Err(e),
+                },
+            },
             Command::Access(args) => match args.command {
                 AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
                 AccessCommand::Request(a) => jitgate_cli::access::request(a).await,
@@ -59,5 +69,34 @@ fn main() -> std::process::ExitCode {
             eprintln!("jitgate: error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `jitgate audit verify`: offline on a data directory, or through the API. Prints the result;
+/// returns whether the chain is intact.
+async fn audit_verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let v = match &args.data_dir {
+        Some(dir) => {
+            let db = dir.join("jitgate.db");
+            if !db.exists() {
+                anyhow::bail!("no database at {}", db.display());
+            }
+            let v = jitgate_store_sqlite::verify_audit_file(&db).map_err(|e| anyhow::anyhow!(e))?;
+            serde_json::json!({"valid": v.valid, "records": v.records, "firstInvalid": v.first_invalid, "archivedThrough": v.archived_through})
+        }
+        None => {
+            let (url, token, client) = args.conn.connect()?;
+            jitgate_cli::call(client.get(format!("{url}/api/v1/audit/verify")).bearer_auth(token)).await?
+        }
+    };
+    if v["valid"] == true {
+        println!("audit chain intact: {} records verified", v["records"]);
+        Ok(true)
+    } else {
+        println!(
+            "audit chain BROKEN: the first bad record is {} ({} records verified before it)",
+            v["firstInvalid"], v["records"]
+        );
+        Ok(false)
     }
 }

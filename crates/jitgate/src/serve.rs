@@ -87,6 +87,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(ServerConfig::DEFAULT_MAX_BODY),
         public_url: args.public_url.clone(),
         trusted_proxies,
+        audit_retention: match &args.audit_retention {
+            None => None,
+            Some(text) => {
+                let iso = jitgate_cli::iso_duration(text)?;
+                let keep = jitgate_core::AccessDuration::parse(&iso)
+                    .map_err(|e| anyhow::anyhow!("--audit-retention: {}", e.0))?
+                    .duration();
+                if keep <= time::Duration::ZERO {
+                    bail!("--audit-retention must be positive");
+                }
+                Some((keep, data_dir.join("audit-archive")))
+            }
+        },
     };
     let listener = ServerListener::new(listener, tls_config)?;
     let shutdown = shutdown_signal();

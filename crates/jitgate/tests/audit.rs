@@ -1,0 +1,508 @@
+//! The audit log as a product (completeness, queries, export, verification online and offline,
+//! retention into sealed archives) and the inventory views, end to end.
+
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use jitgate_testkit::{vm_id, Answer, LocalServer, TestServer, SUB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+async fn as_user(s: &TestServer, token: &str, method: Method, url: &str, body: Option<&Value>) -> Answer {
+    let auth = format!("Bearer {token}");
+    let text = body.map(|b| b.to_string());
+    s.send_with(
+        method,
+        url,
+        text.as_deref().map(str::as_bytes),
+        &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+    )
+    .await
+}
+
+fn policy(vm: &str) -> Value {
+    json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}})
+}
+
+fn initiate(vm: &str, source: &str) -> Value {
+    json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT10M", "allowedSourceAddressPrefix": source}]}], "justification": "audit test"})
+}
+
+async fn all_records(s: &TestServer, query: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = Some(s.url(&format!("/api/v1/audit?top=7{query}")));
+    while let Some(url) = next {
+        let a = s.send(Method::GET, &url, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
+        next = a.body["nextLink"].as_str().map(String::from);
+    }
+    out
+}
+
+fn cli(s: &TestServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env("JITGATE_URL", &s.server.url)
+        .env("JITGATE_TOKEN", &s.server.token)
+        .env("JITGATE_CA_CERT", &s.server.ca_cert)
+        .output()
+        .expect("cli runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_of_a_scripted_session_is_audited_once_with_its_fields() {
+    let s = TestServer::start(BIN, &[]);
+    let mut expected: Vec<(&str, &str, &str)> = Vec::new(); // (caller, operation suffix, status)
+    let ok = StatusCode::is_success;
+    let vm1 = s.register_vm("rg1", "vm1", "Linux").await;
+    let vm2 = s.register_vm("rg1", "vm2", "Windows").await;
+    expected.extend([("owner", "virtualMachines/write", "Succeeded"); 2]);
+    assert!(ok(&s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm1)).await.status));
+    assert!(ok(&s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "second"), &policy(&vm2)).await.status));
+    expected.extend([("owner", "jitNetworkAccessPolicies/write", "Succeeded"); 2]);
+    for (name, role) in [("alice", "JIT Network Access Requester"), ("bob", "Reader")] {
+        assert_eq!(
+            s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await.status,
+            StatusCode::CREATED
+        );
+        let a = s
+            .json(
+                Method::POST,
+                &s.url("/api/v1/roleAssignments"),
+                &json!({"principal": name, "role": role, "scope": format!("/subscriptions/{SUB}")}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED);
+        expected.extend([("owner", "principals/write", "Succeeded"), ("owner", "roleAssignments/write", "Succeeded")]);
+    }
+    let token = |name: &str| {
+        let (s, name) = (&s, name.to_owned());
+        async move {
+            let t = s
+                .json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({"expiresIn": "PT1H"}))
+                .await;
+            t.body["token"].as_str().expect("token").to_owned()
+        }
+    };
+    let (alice, bob) = (token("alice").await, token("bob").await);
+    expected.extend([("owner", "principals/write", "Succeeded"); 2]);
+    // Alice requests twice and revokes one; Bob may read but not change or open anything.
+    let first = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&initiate(&vm1, "203.0.113.1")),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let second = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "second"),
+        Some(&initiate(&vm2, "203.0.113.2")),
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::ACCEPTED);
+    expected.extend([("alice", "initiate/action", "Succeeded"); 2]);
+    let id = first.body["id"].as_i64().expect("id");
+    assert_eq!(
+        as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await.status,
+        StatusCode::OK
+    );
+    expected.push(("alice", "requests/revoke/action", "Succeeded"));
+    assert_eq!(
+        as_user(&s, &bob, Method::GET, &s.policy_url("rg1", "westeurope", "default"), None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        as_user(&s, &bob, Method::PUT, &s.policy_url("rg1", "westeurope", "default"), Some(&policy(&vm1))).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        as_user(&s, &bob, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&initiate(&vm1, "*")))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        as_user(&s, &bob, Method::DELETE, &s.policy_url("rg1", "westeurope", "second"), None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    expected.extend([
+        ("bob", "jitNetworkAccessPolicies/write", "Failed"),
+        ("bob", "initiate/action", "Failed"),
+        ("bob", "jitNetworkAccessPolicies/delete", "Failed"),
+    ]);
+    // Refusals of bad input, a failed sign-in, and more changes.
+    assert_eq!(
+        s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &json!({"properties": {}})).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        as_user(
+            &s,
+            &alice,
+            Method::POST,
+            &s.initiate_url("rg1", "westeurope", "default"),
+            Some(&json!({"virtualMachines": []}))
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        as_user(&s, "jg_forged", Method::GET, &s.url("/api/v1/vms"), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    expected.extend([
+        ("owner", "jitNetworkAccessPolicies/write", "Failed"),
+        ("alice", "initiate/action", "Failed"),
+        ("anonymous", "signIn/action", "Failed"),
+    ]);
+    let sp = s
+        .json(
+            Method::PUT,
+            &s.url("/api/v1/securityPolicies"),
+            &json!({"scope": format!("/subscriptions/{SUB}/resourceGroups/locked"), "jitEnabled": false}),
+        )
+        .await;
+    assert_eq!(sp.status, StatusCode::OK, "{sp:?}");
+    expected.push(("owner", "Microsoft.Security/policies/write", "Succeeded"));
+    let role =
+        json!({"Name": "Auditor", "Actions": ["Microsoft.Insights/eventtypes/values/read"], "AssignableScopes": ["/"]});
+    assert_eq!(s.json(Method::PUT, &s.url("/api/v1/roleDefinitions/Auditor"), &role).await.status, StatusCode::CREATED);
+    expected.push(("owner", "roleDefinitions/write", "Succeeded"));
+    let jt = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/agentTokens"),
+            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope"}),
+        )
+        .await;
+    assert_eq!(jt.status, StatusCode::CREATED);
+    expected.push(("owner", "joinTokens/write", "Succeeded"));
+    assert!(ok(&s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm1)).await.status));
+    expected.push(("owner", "jitNetworkAccessPolicies/write", "Succeeded"));
+    assert_eq!(
+        s.json(Method::POST, &s.initiate_url("rg1", "westeurope", "default"), &initiate(&vm1, "198.51.100.7"))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    expected.push(("owner", "initiate/action", "Succeeded"));
+    assert_eq!(
+        as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await.status,
+        StatusCode::CONFLICT
+    );
+    expected.push(("alice", "requests/revoke/action", "Failed"));
+    let tokens = s.send(Method::GET, &s.url("/api/v1/principals/bob/tokens"), None).await;
+    let bob_token = tokens.body["value"][0]["id"].as_i64().expect("id");
+    assert_eq!(
+        s.send(Method::DELETE, &s.url(&format!("/api/v1/tokens/{bob_token}")), None).await.status,
+        StatusCode::OK
+    );
+    expected.push(("owner", "principals/write", "Succeeded"));
+    assert_eq!(as_user(&s, &bob, Method::GET, &s.url("/api/v1/vms"), None).await.status, StatusCode::UNAUTHORIZED);
+    expected.push(("anonymous", "signIn/action", "Failed"));
+    assert_eq!(s.send(Method::DELETE, &s.policy_url("rg1", "westeurope", "second"), None).await.status, StatusCode::OK);
+    expected.push(("owner", "jitNetworkAccessPolicies/delete", "Succeeded"));
+    assert_eq!(s.send(Method::DELETE, &s.url(&format!("/api/v1/vms?id={vm2}")), None).await.status, StatusCode::OK);
+    expected.push(("owner", "virtualMachines/delete", "Succeeded"));
+    assert!(expected.len() >= 29, "a session of about 30 operations: {}", expected.len());
+
+    // Every operation appears exactly once, in order, with its fields.
+    let records = all_records(&s, "").await;
+    let got: Vec<(String, String, String)> = records
+        .iter()
+        .skip(1) // the first start's Owner
+        .map(|r| {
+            (
+                r["caller"].as_str().unwrap_or("").into(),
+                r["operationName"].as_str().unwrap_or("").into(),
+                r["status"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+    for ((caller, op, status), (ec, eop, es)) in got.iter().zip(&expected) {
+        assert_eq!((caller.as_str(), status.as_str()), (*ec, *es), "{op}");
+        assert!(op.ends_with(eop), "{op} vs {eop}");
+    }
+    for r in &records {
+        for field in [
+            "sequence",
+            "eventTimestamp",
+            "operationName",
+            "status",
+            "caller",
+            "resourceId",
+            "correlationId",
+            "properties",
+            "hash",
+            "previousHash",
+        ] {
+            assert!(!r[field].is_null(), "{field} in {r}");
+        }
+    }
+    let init = records.iter().find(|r| r["caller"] == "alice" && r["status"] == "Succeeded").expect("alice's initiate");
+    assert_eq!(init["properties"]["justification"], "audit test");
+    assert!(init["properties"]["sources"].as_str().unwrap_or("").contains("203.0.113.1"));
+    assert!(init["properties"]["endTimeUtc"].is_string());
+    assert_eq!(init["callerIpAddress"], "127.0.0.1");
+    assert!(init["resourceId"].as_str().unwrap_or("").ends_with("jitNetworkAccessPolicies/default"));
+    let denied = records.iter().find(|r| r["caller"] == "bob").expect("bob's refusal");
+    assert!(denied["properties"]["reason"].as_str().unwrap_or("").contains("AuthorizationFailed"));
+
+    // Filters, alone and together.
+    assert!(all_records(&s, "&caller=bob").await.iter().all(|r| r["caller"] == "bob"));
+    assert_eq!(all_records(&s, "&caller=bob&status=Failed").await.len(), 3);
+    assert_eq!(
+        all_records(
+            &s,
+            "&operation=Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action&status=Succeeded"
+        )
+        .await
+        .len(),
+        3
+    );
+    let by_vm =
+        all_records(&s, &format!("&resourceId={}", vm2.to_uppercase().replace("SUBSCRIPTIONS", "subscriptions"))).await;
+    assert_eq!(by_vm.len(), 2, "the VM's write and delete: {by_vm:#?}");
+    assert!(all_records(&s, "&from=2000-01-01T00:00:00Z&to=2000-01-02T00:00:00Z").await.is_empty());
+    let a = s.send(Method::GET, &s.url("/api/v1/audit?status=Maybe"), None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        as_user(&s, &alice, Method::GET, &s.url("/api/v1/audit"), None).await.status,
+        StatusCode::FORBIDDEN,
+        "requesters read no audit"
+    );
+
+    // Export: every record once, as JSON lines and as CSV.
+    let jsonl = cli(&s, &["audit", "export", "--format", "jsonl"]);
+    assert!(jsonl.status.success());
+    assert_eq!(String::from_utf8_lossy(&jsonl.stdout).lines().count(), records.len());
+    let csv = cli(&s, &["audit", "export", "--format", "csv"]);
+    let text = String::from_utf8_lossy(&csv.stdout);
+    assert!(text.starts_with("sequence,eventTimestamp,operationName,status,caller"));
+    assert_eq!(text.lines().count(), records.len() + 1);
+
+    let v = s.send(Method::GET, &s.url("/api/v1/audit/verify"), None).await;
+    assert_eq!(v.body["valid"], true, "{v:?}");
+    assert_eq!(v.body["records"].as_u64(), Some(records.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("start");
+    let token = server.token.clone();
+    let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
+    for i in 0..12 {
+        let id = vm_id("rg", &format!("vm{i}"));
+        let r = client
+            .put(format!("{}/api/v1/vms", server.url))
+            .bearer_auth(&token)
+            .json(&json!({"id": id, "osType": "Linux", "location": "westeurope"}))
+            .send()
+            .await
+            .expect("put");
+        assert!(r.status().is_success());
+    }
+    assert!(server.stop().expect("stop"));
+    let verify = |dir: &Path| {
+        std::process::Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(dir).output().expect("verify")
+    };
+    let intact = verify(&data);
+    assert!(intact.status.success(), "{}", String::from_utf8_lossy(&intact.stdout));
+
+    // Retention: everything older than 1 s moves to a sealed archive; the chain continues.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let restarted = LocalServer::start_in(Path::new(BIN), &data, &["--audit-retention", "1s"]).expect("restart");
+    let mut archived = false;
+    for _ in 0..50 {
+        let sealed = std::fs::read_dir(data.join("audit-archive"))
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().ends_with(".jsonl")
+                        && !e.file_name().to_string_lossy().starts_with('.')
+                })
+            })
+            .unwrap_or(false);
+        if sealed {
+            archived = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(archived, "an archive was written");
+    let file = std::fs::read_dir(data.join("audit-archive"))
+        .expect("dir")
+        .flatten()
+        .find(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .expect("file")
+        .path();
+    assert!(std::fs::metadata(&file).expect("meta").permissions().readonly(), "the archive is sealed read-only");
+    let lines = std::fs::read_to_string(&file).expect("read");
+    assert_eq!(lines.lines().count(), 14, "bootstrap + 12 VMs + the seal line");
+    assert!(lines.lines().last().unwrap_or("").contains("\"sealed\":true"));
+    let client = jitgate_cli::client::http_client(Some(&restarted.ca_cert)).expect("client");
+    let mut v = Value::Null;
+    for _ in 0..50 {
+        v = client
+            .get(format!("{}/api/v1/audit/verify", restarted.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("verify")
+            .json()
+            .await
+            .expect("json");
+        if v["archivedThrough"] == 13 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["archivedThrough"], 13, "{v}");
+    let mut restarted = restarted;
+    assert!(restarted.stop().expect("stop"));
+    assert!(verify(&data).status.success(), "offline verify starts after the archive");
+
+    // A changed field is caught offline, naming the record; and online after a restart.
+    let conn = rusqlite::Connection::open(data.join("jitgate.db")).expect("db");
+    let first: i64 = conn.query_row("SELECT min(seq) FROM audit", [], |r| r.get(0)).expect("min");
+    conn.execute("UPDATE audit SET caller = 'mallory' WHERE seq = ?1", [first]).expect("tamper");
+    drop(conn);
+    let broken = verify(&data);
+    assert_eq!(broken.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert!(out.contains("BROKEN") && out.contains(&first.to_string()), "{out}");
+    let again = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("restart");
+    let client = jitgate_cli::client::http_client(Some(&again.ca_cert)).expect("client");
+    let v: Value = client
+        .get(format!("{}/api/v1/audit/verify", again.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("verify")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((v["valid"].clone(), v["firstInvalid"].clone()), (json!(false), json!(first)), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_views_group_vms_like_the_portal() {
+    let s = TestServer::start(BIN, &[]);
+    // A gateway enforcement point (joined through the API, as an agent would).
+    let t = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/agentTokens"),
+            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
+        )
+        .await;
+    let join = json!({"joinToken": t.body["token"], "name": "gw1", "mode": "gateway", "osType": "Linux", "addresses": ["10.0.0.1"], "publicAddress": "203.0.113.10", "hostname": "gw1"});
+    let joined = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{joined:?}");
+    let credential = joined.body["credential"].as_str().expect("credential").to_owned();
+    let attach = |name: &str, address: &str| json!({"id": vm_id("rg1", name), "osType": "Linux", "location": "westeurope", "address": address, "gateway": "gw1"});
+    for (name, addr) in [("configured", "10.1.0.1"), ("spare", "10.1.0.2")] {
+        assert_eq!(s.json(Method::PUT, &s.url("/api/v1/vms"), &attach(name, addr)).await.status, StatusCode::CREATED);
+    }
+    let bare = s.register_vm("rg1", "bare", "Linux").await;
+    let classic = json!({"id": vm_id("rg1", "old"), "osType": "Windows", "location": "westeurope", "classic": true});
+    assert_eq!(s.json(Method::PUT, &s.url("/api/v1/vms"), &classic).await.status, StatusCode::CREATED);
+    let locked = json!({"id": vm_id("locked", "vm"), "osType": "Linux", "location": "westeurope", "address": "10.1.0.9", "gateway": "gw1"});
+    assert_eq!(s.json(Method::PUT, &s.url("/api/v1/vms"), &locked).await.status, StatusCode::CREATED);
+    let off = json!({"scope": format!("/subscriptions/{SUB}/resourceGroups/locked"), "jitEnabled": false});
+    assert_eq!(s.json(Method::PUT, &s.url("/api/v1/securityPolicies"), &off).await.status, StatusCode::OK);
+    let mut rule = policy(&vm_id("rg1", "configured"));
+    rule["properties"]["virtualMachines"][0]["ports"][0]["mappedPort"] = json!(50022);
+    rule["properties"]["virtualMachines"].as_array_mut().expect("vms").push(json!({"id": bare}));
+    assert_eq!(s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &rule).await.status, StatusCode::OK);
+    for src in ["198.51.100.1", "198.51.100.2"] {
+        let a = s
+            .json(
+                Method::POST,
+                &s.initiate_url("rg1", "westeurope", "default"),
+                &initiate(&vm_id("rg1", "configured"), src),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::ACCEPTED);
+    }
+    let view = |v: &str| {
+        let (s, v) = (&s, v.to_owned());
+        async move {
+            let a = s.send(Method::GET, &s.url(&format!("/api/v1/vms?view={v}")), None).await;
+            assert_eq!(a.status, StatusCode::OK, "{a:?}");
+            a.body["value"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let names = |list: &[Value]| list.iter().map(|v| v["name"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>();
+
+    let configured = view("configured").await;
+    assert_eq!(names(&configured), ["bare", "configured"]);
+    let c = &configured[1];
+    assert_eq!(c["approvedRequestsLast7Days"], 2);
+    assert_eq!(c["lastUser"], "owner");
+    assert!(c["lastAccess"].is_string());
+    assert_eq!(c["connectionDetails"]["enforcementPoint"], "gw1");
+    assert_eq!(c["connectionDetails"]["mode"], "gateway");
+    assert_eq!(c["connectionDetails"]["publicIpAddress"], "203.0.113.10");
+    assert_eq!(c["connectionDetails"]["ports"][0]["number"], 22);
+    assert_eq!(c["connectionDetails"]["ports"][0]["mappedPort"], 50022);
+    assert_eq!(c["enforcementState"], "Stale", "the gateway never reported");
+    let b = &configured[0];
+    assert_eq!(b["enforcementState"], "NotEnforced");
+    assert!(b["warning"].as_str().unwrap_or("").contains("nothing closes"));
+    assert_eq!(b["approvedRequestsLast7Days"], 0);
+
+    // Once the gateway reports, its VMs are enforced.
+    let r = s
+        .send_with(
+            Method::POST,
+            &s.url("/agent/v1/applied"),
+            Some(json!({"revision": 1, "nftablesUsable": true}).to_string().as_bytes()),
+            &[("Authorization", &format!("Bearer {credential}"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(view("configured").await[1]["enforcementState"], "Enforced");
+
+    assert_eq!(names(&view("notConfigured").await), ["spare"]);
+    let unsupported = view("unsupported").await;
+    let reasons: Vec<(String, String)> = unsupported
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or("").into(), v["unsupportedReason"].as_str().unwrap_or("").into()))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|(n, r)| n == "old" && r.contains("classic")), "{reasons:?}");
+    assert!(reasons.iter().any(|(n, r)| n == "vm" && r.contains("security policy")), "{reasons:?}");
+    let none = s.register_vm("rg2", "lonely", "Linux").await;
+    assert!(view("unsupported")
+        .await
+        .iter()
+        .any(|v| v["id"] == none && v["unsupportedReason"].as_str().unwrap_or("").contains("no enforcement point")));
+
+    // Enabling JIT where a security policy forbids it is refused, and allowed once it is lifted.
+    let a =
+        s.json(Method::PUT, &s.policy_url("locked", "westeurope", "default"), &policy(&vm_id("locked", "vm"))).await;
+    assert_eq!((a.status, a.code()), (StatusCode::CONFLICT, "JitDisabledBySecurityPolicy"), "{a:?}");
+    let on = json!({"scope": format!("/subscriptions/{SUB}/resourceGroups/locked"), "jitEnabled": true});
+    assert_eq!(s.json(Method::PUT, &s.url("/api/v1/securityPolicies"), &on).await.status, StatusCode::OK);
+    assert_eq!(
+        s.json(Method::PUT, &s.policy_url("locked", "westeurope", "default"), &policy(&vm_id("locked", "vm")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(s.send(Method::GET, &s.url("/api/v1/vms?view=everything"), None).await.status, StatusCode::BAD_REQUEST);
+}
