@@ -439,6 +439,7 @@ mod tests {
             max_body_bytes: 1024,
             public_url: None,
             trusted_proxies: vec![],
+            audit_retention: None,
         };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {
