@@ -52,6 +52,10 @@ pub struct PortRuleIn {
     pub cut_sessions_at_expiry: Option<bool>,
     /// jitgate extension: the gateway port that forwards (DNAT) to this port of the VM.
     pub mapped_port: Option<i64>,
+    /// jitgate extension: requests wait for an approver.
+    pub require_approval: Option<bool>,
+    /// jitgate extension: how long a request waits for one (ISO-8601, default PT1H).
+    pub approval_timeout: Option<String>,
 }
 
 impl PolicyIn {
@@ -78,6 +82,8 @@ impl PolicyIn {
                         max_duration: p.max_request_access_duration,
                         cut_sessions: p.cut_sessions_at_expiry,
                         mapped_port: p.mapped_port,
+                        require_approval: p.require_approval,
+                        approval_timeout: p.approval_timeout,
                     })
                     .collect()
             });
@@ -192,6 +198,10 @@ pub struct PortRuleOut {
     pub cut_sessions_at_expiry: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mapped_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub require_approval: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub approval_timeout: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -275,6 +285,8 @@ pub fn policy_out(record: &PolicyRecord) -> PolicyOut {
                                 max_request_access_duration: r.max_duration.text().to_owned(),
                                 cut_sessions_at_expiry: r.cut_sessions.then_some(true),
                                 mapped_port: r.mapped_port,
+                                require_approval: r.require_approval.then_some(true),
+                                approval_timeout: r.approval_timeout.as_ref().map(|d| d.text().to_owned()),
                             }
                         })
                         .collect(),

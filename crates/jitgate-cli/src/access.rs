@@ -16,6 +16,10 @@ pub enum AccessCommand {
     Request(RequestArgs),
     /// End a request's grants now ("I'm done"); the ports close at once.
     Revoke(RevokeArgs),
+    /// Approve a request that waits for an approver (its window starts now).
+    Approve(DecideArgs),
+    /// Deny a request that waits for an approver.
+    Deny(DecideArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -136,6 +140,32 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let (url, token, client) = args.conn.connect()?;
     let wait = if args.wait { "?wait=applied" } else { "" };
     let out = call(client.post(format!("{url}/api/v1/requests/{}/revoke{wait}", args.id)).bearer_auth(token)).await?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DecideArgs {
+    /// The request id.
+    pub id: i64,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Approve only: wait until every enforcement point has opened the ports.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let verb = if approve { "approve" } else { "deny" };
+    let wait = if args.wait && approve { "?wait=applied" } else { "" };
+    let body = serde_json::json!({"reason": args.reason});
+    let out =
+        call(client.post(format!("{url}/api/v1/requests/{}/{verb}{wait}", args.id)).bearer_auth(token).json(&body))
+            .await?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -36,6 +36,8 @@ pub enum BenchCommand {
     Kernel(KernelArgs),
     /// The cost of an authorization check for a principal holding many role assignments.
     Authz(AuthzArgs),
+    /// Audit queries and chain verification over a large log.
+    Audit(AuditBenchArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
     Inner(InnerArgs),
@@ -59,6 +61,13 @@ pub struct KernelArgs {
     /// Seconds of TCP connects per connect-rate measurement.
     #[arg(long, default_value_t = 3)]
     pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditBenchArgs {
+    /// Records in the log.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -15,6 +15,8 @@ use crate::prefix::SourcePrefix;
 /// How far past the port's maximum an end time may reach, to absorb clock skew between the
 /// client that computed `now + max` and this server.
 pub const END_TIME_LEEWAY: Duration = Duration::seconds(30);
+/// How long a request that needs approval waits for one, unless the port says otherwise.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::hours(1);
 /// The longest justification accepted.
 pub const MAX_JUSTIFICATION: usize = 2048;
 
@@ -48,6 +50,9 @@ pub struct GrantPlan {
     pub protocol: Protocol,
     pub sources: SourceSpec,
     pub end_time: OffsetDateTime,
+    /// When the port needs an approver: how long the request may wait for one. The window
+    /// (`end_time - start`) then starts when it is approved.
+    pub approval_timeout: Option<time::Duration>,
 }
 
 impl GrantPlan {
@@ -195,7 +200,23 @@ pub fn decide(
                     ),
                 ));
             }
-            grants.push(GrantPlan { vm_id: pvm.id.clone(), number, protocol: rule.protocol, sources, end_time });
+            if rule.require_approval && draft.justification.as_deref().is_none_or(|j| j.trim().is_empty()) {
+                return Err(bad(
+                    "justification".into(),
+                    format!("port {number} needs an approver's approval: give a justification"),
+                ));
+            }
+            let approval_timeout = rule
+                .require_approval
+                .then(|| rule.approval_timeout.as_ref().map(|d| d.duration()).unwrap_or(DEFAULT_APPROVAL_TIMEOUT));
+            grants.push(GrantPlan {
+                vm_id: pvm.id.clone(),
+                number,
+                protocol: rule.protocol,
+                sources,
+                end_time,
+                approval_timeout,
+            });
         }
     }
     Ok(RequestPlan { grants, justification: draft.justification.clone(), start_time: now })
@@ -213,6 +234,8 @@ fn rfc3339(t: OffsetDateTime) -> String {
 pub enum GrantStatus {
     Initiated,
     Revoked,
+    /// Waiting for an approver; opens nothing (jitgate's own, the enum is extensible).
+    Pending,
 }
 
 impl GrantStatus {
@@ -220,6 +243,7 @@ impl GrantStatus {
         match self {
             GrantStatus::Initiated => "Initiated",
             GrantStatus::Revoked => "Revoked",
+            GrantStatus::Pending => "Pending",
         }
     }
 
@@ -227,6 +251,7 @@ impl GrantStatus {
         match s {
             "Initiated" => Some(GrantStatus::Initiated),
             "Revoked" => Some(GrantStatus::Revoked),
+            "Pending" => Some(GrantStatus::Pending),
             _ => None,
         }
     }
@@ -239,6 +264,10 @@ pub enum StatusReason {
     Expired,
     NewerRequestInitiated,
     PolicyDeleted,
+    ApprovalRequired,
+    Approved,
+    Denied,
+    ApprovalExpired,
 }
 
 impl StatusReason {
@@ -248,12 +277,25 @@ impl StatusReason {
             StatusReason::Expired => "Expired",
             StatusReason::NewerRequestInitiated => "NewerRequestInitiated",
             StatusReason::PolicyDeleted => "PolicyDeleted",
+            StatusReason::ApprovalRequired => "ApprovalRequired",
+            StatusReason::Approved => "Approved",
+            StatusReason::Denied => "Denied",
+            StatusReason::ApprovalExpired => "ApprovalExpired",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::UserRequested, Self::Expired, Self::NewerRequestInitiated, Self::PolicyDeleted]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            Self::UserRequested,
+            Self::Expired,
+            Self::NewerRequestInitiated,
+            Self::PolicyDeleted,
+            Self::ApprovalRequired,
+            Self::Approved,
+            Self::Denied,
+            Self::ApprovalExpired,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }

@@ -25,6 +25,8 @@ pub enum InvalidKind {
     NotFound,
     /// The request conflicts with current state (409).
     Conflict,
+    /// The caller may not do this, whatever its roles (403).
+    Forbidden,
 }
 
 impl Invalid {

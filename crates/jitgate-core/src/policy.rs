@@ -131,6 +131,10 @@ pub struct PortRule {
     /// jitgate extension (`mappedPort`): behind a gateway, the gateway port that forwards (DNAT)
     /// to this port of the VM.
     pub mapped_port: Option<u16>,
+    /// jitgate extension (`requireApproval`): requests wait for an approver (not the requester).
+    pub require_approval: bool,
+    /// jitgate extension (`approvalTimeout`): how long a request may wait (default PT1H).
+    pub approval_timeout: Option<AccessDuration>,
 }
 
 impl PortRule {
@@ -144,6 +148,8 @@ impl PortRule {
             max_duration: AccessDuration::from_seconds(3 * 3600),
             cut_sessions: false,
             mapped_port: None,
+            require_approval: false,
+            approval_timeout: None,
         }
     }
 }
@@ -201,6 +207,8 @@ pub struct PortDraft {
     pub max_duration: Option<String>,
     pub cut_sessions: Option<bool>,
     pub mapped_port: Option<i64>,
+    pub require_approval: Option<bool>,
+    pub approval_timeout: Option<String>,
 }
 
 /// A policy whose every rule is checked, but whose VMs have not yet been looked up; a VM with
@@ -322,6 +330,19 @@ fn validate_port(at: &str, port: PortDraft) -> Result<PortRule, Invalid> {
         Some(n) if (1..=65535).contains(&n) => Some(n as u16),
         Some(n) => return Err(bad("mappedPort", format!("port {number}: mappedPort {n} is outside 1..65535"))),
     };
+    let approval_timeout = match port.approval_timeout {
+        None => None,
+        Some(t) => {
+            let d = AccessDuration::parse(&t).map_err(|e| bad("approvalTimeout", format!("port {number}: {e}")))?;
+            if d.duration() <= Duration::ZERO || d.duration() > Duration::days(7) {
+                return Err(bad(
+                    "approvalTimeout",
+                    format!("port {number}: approvalTimeout must be positive and at most P7D"),
+                ));
+            }
+            Some(d)
+        }
+    };
     Ok(PortRule {
         number,
         protocol,
@@ -329,6 +350,8 @@ fn validate_port(at: &str, port: PortDraft) -> Result<PortRule, Invalid> {
         max_duration,
         cut_sessions: port.cut_sessions.unwrap_or(false),
         mapped_port,
+        require_approval: port.require_approval.unwrap_or(false),
+        approval_timeout,
     })
 }
 

@@ -11,6 +11,8 @@ pub mod actions {
     pub const POLICY_WRITE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/write";
     pub const POLICY_DELETE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/delete";
     pub const POLICY_INITIATE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action";
+    /// jitgate's own: approving (or denying) someone else's request on a port that needs it.
+    pub const POLICY_APPROVE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/approve/action";
     pub const VM_READ: &str = "Microsoft.Compute/virtualMachines/read";
     pub const VM_WRITE: &str = "Microsoft.Compute/virtualMachines/write";
     pub const VM_DELETE: &str = "Microsoft.Compute/virtualMachines/delete";

@@ -41,6 +41,8 @@ pub fn router() -> Router<App> {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/requests/{id}/revoke", post(revoke))
+        .route("/api/v1/requests/{id}/approve", post(approve))
+        .route("/api/v1/requests/{id}/deny", post(deny))
 }
 
 fn vm_out(app: &App, vm: &Vm) -> VmOut {
@@ -370,6 +372,64 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             "MethodNotAllowed",
             format!("{other} is not supported on /api/v1/vms; use GET, PUT or DELETE"),
         )),
+    }
+}
+
+async fn approve(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(decide(&app, peer, id, req, true).await)
+}
+
+async fn deny(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(decide(&app, peer, id, req, false).await)
+}
+
+/// `POST /api/v1/requests/{id}/approve[?wait=applied]` and `…/deny` `{"reason"}`: needs
+/// `…/jitNetworkAccessPolicies/approve/action` on the policy; never on one's own request.
+async fn decide(
+    app: &App,
+    peer: PeerAddr,
+    id: String,
+    req: Request<Body>,
+    approve: bool,
+) -> Result<Response, ApiError> {
+    let ctx = crate::ctx_of(peer, &req);
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/requests").await?;
+    let op = if approve { ops::REQUEST_APPROVE } else { ops::REQUEST_DENY };
+    let mut audit = app.audit(&ctx, &principal.name, op, &format!("/api/v1/requests/{id}"));
+    let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    let bytes = read_body(app, body).await?;
+    let reason =
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["reason"].as_str().map(String::from));
+    if let Some((policy, _)) = app.store.get_request(id).await? {
+        audit.resource_id = policy.clone();
+        app.authorize_change(&principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
+    }
+    let request = app.store.decide_request(id, approve, &principal.name, reason, app.clock.now(), audit).await?;
+    app.changed();
+    app.sweeper.notify_one();
+    let body = request_out(&request);
+    match wait {
+        Some(timeout) if approve => {
+            let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
+            let revision = app.store.revision().await?;
+            crate::arm::enforced_answer(app, &vms, revision, timeout, StatusCode::OK, &body, id).await
+        }
+        _ => Ok(json(StatusCode::OK, &body)),
     }
 }
 

@@ -49,6 +49,7 @@ impl From<Invalid> for ApiError {
             InvalidKind::BadInput => StatusCode::BAD_REQUEST,
             InvalidKind::NotFound => StatusCode::NOT_FOUND,
             InvalidKind::Conflict => StatusCode::CONFLICT,
+            InvalidKind::Forbidden => StatusCode::FORBIDDEN,
         };
         ApiError { status, code: i.code.into(), message: i.message, target: i.target }
     }

@@ -10,7 +10,16 @@ use crate::rows::{self, hash_from_hex, nanos};
 
 /// The matching records after `after`, oldest first.
 pub fn query(conn: &Connection, f: &AuditFilter, after: u64, limit: usize) -> rusqlite::Result<Vec<AuditRecord>> {
-    let mut sql = String::from("SELECT * FROM audit WHERE seq > ?1");
+    // With a selective filter, walk its index and sort the few matches, rather than walking the
+    // whole log in sequence order looking for them.
+    let index = if f.resource_id.is_some() {
+        " INDEXED BY audit_resource"
+    } else if f.caller.is_some() {
+        " INDEXED BY audit_caller"
+    } else {
+        ""
+    };
+    let mut sql = format!("SELECT * FROM audit{index} WHERE seq > ?1");
     let mut args: Vec<Value> = vec![Value::Integer(after as i64)];
     let mut add = |clause: &str, v: Value| {
         args.push(v);

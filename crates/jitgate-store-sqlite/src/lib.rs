@@ -188,7 +188,7 @@ fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy
         conn.prepare_cached("INSERT INTO policy_vms (pid, ord, vm_key, vm_id, public_ip) VALUES (?1, ?2, ?3, ?4, ?5)")?;
     let mut port_stmt = conn.prepare_cached(
         "INSERT INTO policy_ports (pid, vm_ord, ord, number, protocol, source_form, sources, max_duration, cut_sessions, \
-         mapped_port) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         mapped_port, require_approval, approval_timeout) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for (i, vm) in policy.vms.iter().enumerate() {
         vm_stmt.execute(params![pid, i as i64, vm.id.key(), vm.id.as_str(), vm.public_ip_address])?;
@@ -204,7 +204,9 @@ fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy
                 sources,
                 p.max_duration.text(),
                 p.cut_sessions,
-                p.mapped_port
+                p.mapped_port,
+                p.require_approval,
+                p.approval_timeout.as_ref().map(|d| d.text().to_owned())
             ])?;
         }
     }
@@ -580,13 +582,22 @@ impl Store for SqliteStore {
             let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
             for (ord, g) in plan.grants.iter().enumerate() {
                 let skey = g.supersede_key();
-                ctx.conn
-                    .prepare_cached(
-                        "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
-                         WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
-                    )
-                    .and_then(|mut s| s.execute(params![pid, skey]))
-                    .map_err(backend)?;
+                // A grant that needs approval waits (and opens nothing); it supersedes older grants
+                // only once approved.
+                let pending = g.approval_timeout.is_some();
+                if !pending {
+                    ctx.conn
+                        .prepare_cached(
+                            "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
+                             WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
+                        )
+                        .and_then(|mut s| s.execute(params![pid, skey]))
+                        .map_err(backend)?;
+                }
+                let (status, reason, end, window) = match g.approval_timeout {
+                    Some(wait) => ("Pending", "ApprovalRequired", plan.start_time + wait, Some(nanos(g.end_time) - nanos(plan.start_time))),
+                    None => ("Initiated", "UserRequested", g.end_time, None),
+                };
                 let (form, texts) = encode_sources(&g.sources);
                 // Behind a gateway the grant carries the connection details: the gateway's public
                 // address and the mapped port (when the policy port maps one).
@@ -600,8 +611,8 @@ impl Store for SqliteStore {
                 ctx.conn
                     .prepare_cached(
                         "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
-                         supersede_key, end_time, status, status_reason, mapped_port, public_ip) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'Initiated', 'UserRequested', ?13, ?14)",
+                         supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15, ?16, ?13, ?14, ?17)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -616,9 +627,12 @@ impl Store for SqliteStore {
                             form,
                             texts,
                             skey,
-                            nanos(g.end_time),
+                            nanos(end),
                             mapped_port,
-                            public_ip
+                            public_ip,
+                            status,
+                            reason,
+                            window
                         ])
                     })
                     .map_err(backend)?;
@@ -630,9 +644,9 @@ impl Store for SqliteStore {
                     number: g.number,
                     protocol: g.protocol,
                     sources: g.sources.clone(),
-                    end_time: g.end_time,
-                    status: GrantStatus::Initiated,
-                    status_reason: StatusReason::UserRequested,
+                    end_time: end,
+                    status: if pending { GrantStatus::Pending } else { GrantStatus::Initiated },
+                    status_reason: if pending { StatusReason::ApprovalRequired } else { StatusReason::UserRequested },
                     mapped_port,
                     public_ip,
                 });
@@ -662,22 +676,27 @@ impl Store for SqliteStore {
 
     async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
         self.write(move |ctx| {
-            let due: Vec<(i64, i64, String, String, u16, String, i64)> = ctx
+            let due: Vec<(i64, i64, String, String, u16, String, i64, String)> = ctx
                 .conn
                 .prepare_cached(
-                    "SELECT gid, rid, policy_id, vm_id, number, sources, end_time FROM grants \
-                     WHERE status = 'Initiated' AND end_time <= ?1 ORDER BY end_time",
+                    "SELECT gid, rid, policy_id, vm_id, number, sources, end_time, status FROM grants \
+                     WHERE status IN ('Initiated', 'Pending') AND end_time <= ?1 ORDER BY end_time",
                 )
                 .and_then(|mut s| {
                     s.query_map([nanos(now)], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
                     })?
                     .collect()
                 })
                 .map_err(backend)?;
-            for (gid, rid, policy_id, vm_id, number, sources, end) in &due {
+            for (gid, rid, policy_id, vm_id, number, sources, end, status) in &due {
+                // A pending request nobody approved in time expires unopened.
+                let reason = if status == "Pending" { "ApprovalExpired" } else { "Expired" };
                 ctx.conn
-                    .execute("UPDATE grants SET status = 'Revoked', status_reason = 'Expired' WHERE gid = ?1", [gid])
+                    .execute(
+                        "UPDATE grants SET status = 'Revoked', status_reason = ?2 WHERE gid = ?1",
+                        params![gid, reason],
+                    )
                     .map_err(backend)?;
                 let event = AuditEvent {
                     time: now,
@@ -693,7 +712,8 @@ impl Store for SqliteStore {
                 .with("virtualMachine", vm_id.clone())
                 .with("port", number.to_string())
                 .with("sources", sources.replace('\n', " "))
-                .with("endTimeUtc", from_nanos(*end).map(rfc3339).unwrap_or_default());
+                .with("endTimeUtc", from_nanos(*end).map(rfc3339).unwrap_or_default())
+                .with("reason", reason);
                 ctx.audit(&event).map_err(backend)?;
             }
             Ok(ExpirySweep { expired: due.len() })
@@ -704,7 +724,7 @@ impl Store for SqliteStore {
     async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
         self.read(|c| {
             let n: Option<i64> = c
-                .prepare_cached("SELECT min(end_time) FROM grants WHERE status = 'Initiated'")?
+                .prepare_cached("SELECT min(end_time) FROM grants WHERE status IN ('Initiated', 'Pending')")?
                 .query_row([], |r| r.get(0))?;
             n.map(from_nanos).transpose()
         })
@@ -713,6 +733,16 @@ impl Store for SqliteStore {
 
     async fn record(&self, event: AuditEvent) -> StoreResult<()> {
         self.write(move |ctx| ctx.audit(&event).map(|_| ()).map_err(backend)).await
+    }
+
+    async fn record_many(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
+        self.write(move |ctx| {
+            for e in &events {
+                ctx.audit(e).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
@@ -756,6 +786,82 @@ impl Store for SqliteStore {
             let mut event =
                 audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", revoked.to_string());
             event.resource_id = policy_id;
+            ctx.audit(&event).map_err(backend)?;
+            rows::load_request(ctx.conn, id).map_err(backend)
+        })
+        .await
+    }
+
+    async fn decide_request(
+        &self,
+        id: i64,
+        approve: bool,
+        decider: &str,
+        reason: Option<String>,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        let decider = decider.to_owned();
+        self.write(move |ctx| {
+            let head: Option<(String, String)> = ctx
+                .conn
+                .query_row("SELECT policy_id, requestor FROM requests WHERE rid = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            let mut audit = audit;
+            let Some((policy_id, requestor)) = head else {
+                return reject(ctx, audit, Invalid::not_found("RequestNotFound", format!("access request {id} was not found")));
+            };
+            audit.resource_id = policy_id;
+            if requestor == decider {
+                let m = format!("'{decider}' made request {id} and cannot approve or deny it; another approver must");
+                let mut invalid = Invalid::conflict("SelfApprovalNotAllowed", m);
+                invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
+                return reject(ctx, audit, invalid);
+            }
+            let pending: Vec<(i64, i64, String, i64, Option<i64>)> = ctx
+                .conn
+                .prepare_cached("SELECT gid, pid, supersede_key, end_time, window_ns FROM grants WHERE rid = ?1 AND status = 'Pending'")
+                .and_then(|mut s| s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
+                .map_err(backend)?;
+            let live: Vec<_> = pending.into_iter().filter(|p| p.3 > nanos(now)).collect();
+            if live.is_empty() {
+                let m = format!("access request {id} has nothing waiting for a decision (decided, expired or not needing approval)");
+                return reject(ctx, audit, Invalid::conflict("RequestNotPending", m));
+            }
+            for (gid, pid, skey, _, window) in &live {
+                if approve {
+                    ctx.conn
+                        .execute(
+                            "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
+                             WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
+                            params![pid, skey],
+                        )
+                        .map_err(backend)?;
+                    // The window starts when the request is approved, not when it was asked.
+                    let end = nanos(now).saturating_add(window.unwrap_or(0));
+                    ctx.conn
+                        .execute(
+                            "UPDATE grants SET status = 'Initiated', status_reason = 'Approved', end_time = ?2, decided_by = ?3 WHERE gid = ?1",
+                            params![gid, end, decider],
+                        )
+                        .map_err(backend)?;
+                } else {
+                    ctx.conn
+                        .execute("UPDATE grants SET status = 'Revoked', status_reason = 'Denied', decided_by = ?2 WHERE gid = ?1", params![gid, decider])
+                        .map_err(backend)?;
+                }
+            }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let mut event = audit
+                .succeeded()
+                .with("requestId", id.to_string())
+                .with("requestor", requestor)
+                .with("decision", if approve { "Approved" } else { "Denied" })
+                .with("grants", live.len().to_string());
+            if let Some(r) = reason {
+                event = event.with("reason", r);
+            }
             ctx.audit(&event).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })

@@ -175,7 +175,7 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
         vms.push(PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.get(1)? });
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT vm_ord, number, protocol, source_form, sources, max_duration, cut_sessions, mapped_port FROM policy_ports \
+        "SELECT vm_ord, number, protocol, source_form, sources, max_duration, cut_sessions, mapped_port, require_approval, approval_timeout FROM policy_ports \
          WHERE pid = ?1 ORDER BY vm_ord, ord",
     )?;
     let mut rows = stmt.query([pid])?;
@@ -193,6 +193,11 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
             max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
             cut_sessions: r.get(6)?,
             mapped_port: r.get(7)?,
+            require_approval: r.get(8)?,
+            approval_timeout: r
+                .get::<_, Option<String>>(9)?
+                .map(|t| AccessDuration::parse(&t).map_err(|e| corrupt(e.0)))
+                .transpose()?,
         };
         vms.get_mut(vm_ord).ok_or_else(|| corrupt(format!("port of missing vm {vm_ord}")))?.ports.push(rule);
     }

@@ -60,6 +60,8 @@ CREATE TABLE policy_ports (
     max_duration TEXT NOT NULL,
     cut_sessions INTEGER NOT NULL DEFAULT 0,
     mapped_port  INTEGER,
+    require_approval INTEGER NOT NULL DEFAULT 0,
+    approval_timeout TEXT,
     PRIMARY KEY (pid, vm_ord, ord)
 );
 CREATE TABLE requests (
@@ -92,8 +94,11 @@ CREATE TABLE grants (
     status_reason TEXT NOT NULL,
     mapped_port   INTEGER,
     public_ip     TEXT,
-    revoked_by    TEXT
+    revoked_by    TEXT,
+    window_ns     INTEGER,      -- a pending grant's requested window, which starts when approved
+    decided_by    TEXT
 );
+CREATE INDEX grants_pending_end ON grants (end_time) WHERE status = 'Pending';
 CREATE INDEX grants_live_vm ON grants (vm_key) WHERE status = 'Initiated';
 CREATE INDEX grants_rid ON grants (rid, ord);
 CREATE INDEX grants_live_key ON grants (pid, supersede_key) WHERE status = 'Initiated';

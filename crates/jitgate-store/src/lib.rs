@@ -271,11 +271,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends a standalone audit record (a refusal decided before the store was asked).
     async fn record(&self, event: AuditEvent) -> StoreResult<()>;
+    /// Appends many standalone audit records in one transaction (imports, benchmarks).
+    async fn record_many(&self, events: Vec<AuditEvent>) -> StoreResult<()>;
     /// Audit records with `seq > after`, oldest first.
     async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
 
     /// Ends a request's live grants before their end time (`Revoked`/`UserRequested`).
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord>;
+    /// Approves (the window starts now) or denies a request's pending grants. The requester can
+    /// never decide their own request (`SelfApprovalNotAllowed`).
+    async fn decide_request(
+        &self,
+        id: i64,
+        approve: bool,
+        decider: &str,
+        reason: Option<String>,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord>;
     /// A request by id with its policy's id.
     async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>>;
 

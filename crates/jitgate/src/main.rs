@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Kernel(a)) => bench_enforce::kernel(a).await,
                 Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
                 Some(BenchCommand::Authz(a)) => bench_authz::run(a).await,
+                Some(BenchCommand::Audit(a)) => bench_authz::audit(a).await,
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
@@ -60,6 +61,8 @@ fn main() -> std::process::ExitCode {
             Command::Access(args) => match args.command {
                 AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
                 AccessCommand::Request(a) => jitgate_cli::access::request(a).await,
+                AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true).await,
+                AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false).await,
             },
         }
     });

@@ -506,3 +506,131 @@ async fn inventory_views_group_vms_like_the_portal() {
     );
     assert_eq!(s.send(Method::GET, &s.url("/api/v1/vms?view=everything"), None).await.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_open_nothing_until_another_principal_approves() {
+    let s = TestServer::start(BIN, &[]);
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    let rule = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H", "requireApproval": true, "approvalTimeout": "PT1S"},
+        {"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
+    let a = s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &rule).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["properties"]["virtualMachines"][0]["ports"][0]["requireApproval"], true);
+    // The requester (alice) and an approver (carol, Security Admin).
+    for (name, role) in [("alice", "JIT Network Access Requester"), ("carol", "Security Admin")] {
+        s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await;
+        s.json(
+            Method::POST,
+            &s.url("/api/v1/roleAssignments"),
+            &json!({"principal": name, "role": role, "scope": format!("/subscriptions/{SUB}")}),
+        )
+        .await;
+    }
+    let tok = |name: &str| {
+        let (s, name) = (&s, name.to_owned());
+        async move {
+            s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await.body["token"]
+                .as_str()
+                .expect("token")
+                .to_owned()
+        }
+    };
+    let (alice, carol) = (tok("alice").await, tok("carol").await);
+    let ask = |justification: Option<&str>| {
+        let mut b = json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT30M", "allowedSourceAddressPrefix": "203.0.113.5"}]}]});
+        if let Some(j) = justification {
+            b["justification"] = json!(j);
+        }
+        b
+    };
+    let a = as_user(&s, &alice, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&ask(None))).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "a justification is required: {a:?}");
+    let pending = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&ask(Some("patch night"))),
+    )
+    .await;
+    assert_eq!(pending.status, StatusCode::ACCEPTED, "{pending:?}");
+    assert_eq!(pending.body["virtualMachines"][0]["ports"][0]["status"], "Pending");
+    assert_eq!(pending.body["virtualMachines"][0]["ports"][0]["statusReason"], "ApprovalRequired");
+    let id = pending.body["id"].as_i64().expect("id");
+    // Nobody approves their own request.
+    let a = as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{id}/approve")), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
+    // Carol approves: the window starts now and lasts what was asked.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let approved = as_user(
+        &s,
+        &carol,
+        Method::POST,
+        &s.url(&format!("/api/v1/requests/{id}/approve")),
+        Some(&json!({"reason": "ok"})),
+    )
+    .await;
+    assert_eq!(approved.status, StatusCode::OK, "{approved:?}");
+    let port = &approved.body["virtualMachines"][0]["ports"][0];
+    assert_eq!((port["status"].as_str(), port["statusReason"].as_str()), (Some("Initiated"), Some("Approved")));
+    let end = time::OffsetDateTime::parse(
+        port["endTimeUtc"].as_str().unwrap_or(""),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("end");
+    let start = time::OffsetDateTime::parse(
+        approved.body["startTimeUtc"].as_str().unwrap_or(""),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("start");
+    assert!(
+        end - start >= time::Duration::minutes(30) + time::Duration::milliseconds(250),
+        "the window starts at approval: {start} → {end}"
+    );
+    let again = as_user(&s, &carol, Method::POST, &s.url(&format!("/api/v1/requests/{id}/approve")), None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "already decided");
+
+    // Denied: stays closed. Unanswered: expires unopened.
+    let second =
+        as_user(&s, &alice, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&ask(Some("again"))))
+            .await;
+    let id2 = second.body["id"].as_i64().expect("id");
+    let denied = as_user(
+        &s,
+        &carol,
+        Method::POST,
+        &s.url(&format!("/api/v1/requests/{id2}/deny")),
+        Some(&json!({"reason": "not tonight"})),
+    )
+    .await;
+    assert_eq!(denied.body["virtualMachines"][0]["ports"][0]["statusReason"], "Denied");
+    let third =
+        as_user(&s, &alice, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&ask(Some("later"))))
+            .await;
+    let id3 = third.body["id"].as_i64().expect("id");
+    let mut reason = String::new();
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = s.send(Method::GET, &s.url(&format!("/api/v1/requests/{id3}")), None).await;
+        reason = r.body["virtualMachines"][0]["ports"][0]["statusReason"].as_str().unwrap_or("").into();
+        if reason == "ApprovalExpired" {
+            break;
+        }
+    }
+    assert_eq!(reason, "ApprovalExpired");
+    let late = as_user(&s, &carol, Method::POST, &s.url(&format!("/api/v1/requests/{id3}/approve")), None).await;
+    assert_eq!(late.status, StatusCode::CONFLICT, "too late to approve");
+    // Ports without the requirement open at once, as before.
+    let direct = as_user(&s, &alice, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&json!({"virtualMachines": [{"id": vm, "ports": [{"number": 3389, "duration": "PT5M", "allowedSourceAddressPrefix": "*"}]}]}))).await;
+    assert_eq!(direct.body["virtualMachines"][0]["ports"][0]["status"], "Initiated");
+    // Every step is in the audit log.
+    let records = all_records(&s, "&caller=carol").await;
+    let decisions: Vec<&str> = records.iter().filter_map(|r| r["properties"]["decision"].as_str()).collect();
+    assert_eq!(decisions, ["Approved", "Denied"]);
+    assert_eq!(
+        all_records(&s, "&caller=alice&status=Failed").await.len(),
+        2,
+        "the missing justification and the self-approval"
+    );
+}

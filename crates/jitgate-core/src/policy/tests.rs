@@ -19,6 +19,8 @@ fn port(number: i64) -> PortDraft {
         max_duration: Some("PT3H".into()),
         cut_sessions: None,
         mapped_port: None,
+        require_approval: None,
+        approval_timeout: None,
     }
 }
 
