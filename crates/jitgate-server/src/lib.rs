@@ -17,6 +17,7 @@ pub mod oidc;
 pub mod retention;
 pub mod sweeper;
 pub mod tls;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -93,6 +94,8 @@ pub struct App {
     pub authz: Arc<authz::Authz>,
     /// OIDC sign-in, when configured.
     pub oidc: Option<Arc<oidc::Oidc>>,
+    /// Wakes the webhook worker when events may have been queued.
+    pub deliveries: Arc<Notify>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -133,6 +136,7 @@ impl App {
             applied: Arc::new(Notify::new()),
             authz: Arc::new(authz::Authz::default()),
             oidc: None,
+            deliveries: Arc::new(Notify::new()),
         }
     }
 
@@ -172,9 +176,11 @@ impl App {
         Ok(self.authz.grants(self.store.as_ref(), principal).await?.permits(action, scope))
     }
 
-    /// Says that enforcement-relevant state changed: agents' long-polls wake at once.
+    /// Says that enforcement-relevant state changed: agents' long-polls wake at once (and the
+    /// webhook worker looks for queued events).
     pub fn changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        self.deliveries.notify_one();
     }
 
     /// Whether an agent has gone quiet.
@@ -374,6 +380,7 @@ pub fn router(app: App) -> Router {
         .merge(agent_api::router())
         .merge(api_rbac::router())
         .merge(api_audit::router())
+        .merge(webhooks::router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn(correlate))
         .layer(axum::Extension(config))
@@ -394,6 +401,7 @@ pub async fn run(
     let app = App::new(store, clock, config).with_oidc(oidc);
     let (stop_tx, stop_rx) = watch::channel(false);
     let sweeper = tokio::spawn(sweeper::run(app.clone(), stop_rx.clone()));
+    let hooks = tokio::spawn(webhooks::run(app.clone(), stop_rx.clone()));
     let retention = app
         .config
         .audit_retention
@@ -403,6 +411,7 @@ pub async fn run(
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
+    let _ = hooks.await;
     if let Some(r) = retention {
         let _ = r.await;
     }

@@ -37,6 +37,7 @@ pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError
     let swept = app.store.expire_due(app.clock.now()).await?;
     if swept.expired > 0 {
         tracing::info!(expired = swept.expired, "grants expired");
+        app.deliveries.notify_one();
     }
     let Some(next) = app.store.next_expiry().await? else { return Ok(MAX_SLEEP) };
     let wait = next - app.clock.now();

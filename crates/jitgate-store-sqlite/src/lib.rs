@@ -6,6 +6,7 @@
 
 mod agents;
 mod auditq;
+mod hooks;
 mod rbac;
 mod rows;
 mod writer;
@@ -28,9 +29,9 @@ use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 use jitgate_store::{
-    AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, ExpirySweep,
-    GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal, RoleAssignment,
-    SecurityPolicy, Store, StoreError, StoreResult, TokenRecord, Vm, VmAccess, VmSpec,
+    AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
+    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal,
+    RoleAssignment, SecurityPolicy, Store, StoreError, StoreResult, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 
 use crate::rows::{encode_sources, from_nanos, nanos};
@@ -662,6 +663,10 @@ impl Store for SqliteStore {
             }
             rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&event).map_err(backend)?;
+            hooks::enqueue(ctx.conn, "requested", rid, cmd.now).map_err(backend)?;
+            if grants.iter().any(|g| g.status == GrantStatus::Initiated) {
+                hooks::enqueue(ctx.conn, "opened", rid, cmd.now).map_err(backend)?;
+            }
             let request = AccessRequestRecord {
                 id: rid,
                 requestor: cmd.requestor,
@@ -715,6 +720,7 @@ impl Store for SqliteStore {
                 .with("endTimeUtc", from_nanos(*end).map(rfc3339).unwrap_or_default())
                 .with("reason", reason);
                 ctx.audit(&event).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "expired", *rid, now).map_err(backend)?;
             }
             Ok(ExpirySweep { expired: due.len() })
         })
@@ -783,10 +789,12 @@ impl Store for SqliteStore {
                 return reject(ctx, audit, Invalid::conflict("RequestNotActive", message));
             }
             rows::bump_revision(ctx.conn).map_err(backend)?;
+            let now = audit.time;
             let mut event =
                 audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", revoked.to_string());
             event.resource_id = policy_id;
             ctx.audit(&event).map_err(backend)?;
+            hooks::enqueue(ctx.conn, "revoked", id, now).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
@@ -863,6 +871,12 @@ impl Store for SqliteStore {
                 event = event.with("reason", r);
             }
             ctx.audit(&event).map_err(backend)?;
+            if approve {
+                hooks::enqueue(ctx.conn, "approved", id, now).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "opened", id, now).map_err(backend)?;
+            } else {
+                hooks::enqueue(ctx.conn, "denied", id, now).map_err(backend)?;
+            }
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
@@ -1510,6 +1524,115 @@ impl Store for SqliteStore {
                 Some(k) => Ok(rows::load_policy_only(c, &k)?.map(|(_, p)| p)),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook> {
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO webhooks (id, subscription, principal, url, secret, events, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![hook.id, hook.subscription, hook.principal, hook.url, hook.secret, hook.events.join(" "), nanos(hook.created)],
+                )
+                .map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("webhookId", hook.id.clone())
+                .with("url", hook.url.clone())
+                .with("subscription", hook.subscription.clone().unwrap_or_default())
+                .with("principal", hook.principal.clone().unwrap_or_default());
+            ctx.audit(&event).map_err(backend)?;
+            hooks::hook(ctx.conn, &hook.id).map_err(backend)?.ok_or_else(|| backend("the webhook vanished"))
+        })
+        .await
+    }
+
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM webhooks ORDER BY created")?.query_map([], hooks::hook_from_row)?.collect()
+        })
+        .await
+    }
+
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+        let id = id.to_owned();
+        self.read(move |c| hooks::hook(c, &id)).await
+    }
+
+    async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook> {
+        let id = id.to_owned();
+        self.write(move |ctx| {
+            let Some(h) = hooks::hook(ctx.conn, &id).map_err(backend)? else {
+                return reject(ctx, audit, Invalid::not_found("WebhookNotFound", format!("no webhook {id}")));
+            };
+            ctx.conn
+                .execute("DELETE FROM deliveries WHERE webhook_id = ?1 AND state = 'Pending'", [&id])
+                .map_err(backend)?;
+            ctx.conn.execute("DELETE FROM webhooks WHERE id = ?1", [&id]).map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("webhookId", id.clone())).map_err(backend)?;
+            Ok(h)
+        })
+        .await
+    }
+
+    async fn due_deliveries(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "{} WHERE d.state = 'Pending' AND d.next_attempt <= ?1 ORDER BY d.id LIMIT ?2",
+                hooks::DELIVERY_SELECT
+            ))?
+            .query_map(params![nanos(now), limit as i64], hooks::delivery_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delivery_attempted(
+        &self,
+        id: i64,
+        ok: bool,
+        error: Option<String>,
+        next: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> StoreResult<()> {
+        self.write(move |ctx| {
+            let (state, next_at) = match (ok, next) {
+                (true, _) => ("Delivered", nanos(now)),
+                (false, Some(n)) => ("Pending", nanos(n)),
+                (false, None) => ("Failed", nanos(now)),
+            };
+            ctx.conn
+                .execute(
+                    "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt = ?3, last_error = ?4, \
+                     delivered = CASE WHEN ?2 = 'Delivered' THEN ?5 ELSE delivered END WHERE id = ?1",
+                    params![id, state, next_at, error, nanos(now)],
+                )
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
+        let id = webhook_id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "{} WHERE d.webhook_id = ?1 ORDER BY d.id DESC LIMIT ?2",
+                hooks::DELIVERY_SELECT
+            ))?
+            .query_map(params![id, limit as i64], hooks::delivery_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>> {
+        self.read(|c| {
+            let n: Option<i64> = c
+                .prepare_cached("SELECT min(next_attempt) FROM deliveries WHERE state = 'Pending'")?
+                .query_row([], |r| r.get(0))?;
+            n.map(from_nanos).transpose()
         })
         .await
     }

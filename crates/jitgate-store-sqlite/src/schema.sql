@@ -192,3 +192,26 @@ CREATE TABLE role_assignments (
 );
 CREATE INDEX role_assignments_principal ON role_assignments (principal_id);
 CREATE UNIQUE INDEX role_assignments_unique ON role_assignments (principal_id, role_key, lower(scope));
+CREATE TABLE webhooks (
+    id           TEXT PRIMARY KEY,
+    subscription TEXT,          -- every request in this subscription (administrators)
+    principal    TEXT,          -- or: this principal's own requests (requesters)
+    url          TEXT NOT NULL,
+    secret       TEXT NOT NULL,
+    events       TEXT NOT NULL, -- space-separated, empty: all
+    created      INTEGER NOT NULL
+);
+CREATE TABLE deliveries (
+    id           INTEGER PRIMARY KEY,
+    webhook_id   TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    state        TEXT NOT NULL,  -- Pending, Delivered, Failed
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    last_error   TEXT,
+    created      INTEGER NOT NULL,
+    delivered    INTEGER
+);
+CREATE INDEX deliveries_due ON deliveries (next_attempt) WHERE state = 'Pending';
+CREATE INDEX deliveries_hook ON deliveries (webhook_id, id);

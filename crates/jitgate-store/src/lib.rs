@@ -106,6 +106,38 @@ pub struct VmAccess {
     pub last_user: Option<String>,
 }
 
+/// A webhook: where events about requests are sent, signed with `secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: String,
+    /// Every request in this subscription (administrators) …
+    pub subscription: Option<String>,
+    /// … or this principal's own requests (requesters).
+    pub principal: Option<String>,
+    pub url: String,
+    pub secret: String,
+    /// Event names to send; empty: all.
+    pub events: Vec<String>,
+    pub created: OffsetDateTime,
+}
+
+/// One event on its way to one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub webhook_id: String,
+    pub url: String,
+    pub secret: String,
+    pub event: String,
+    pub payload: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt: OffsetDateTime,
+    pub last_error: Option<String>,
+    pub created: OffsetDateTime,
+    pub delivered: Option<OffsetDateTime>,
+}
+
 /// A VM registration as an operator sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -370,6 +402,25 @@ pub trait Store: Send + Sync + 'static {
     async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess>;
     /// The policy that protects a VM, if one does.
     async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>>;
+
+    async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook>;
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
+    async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook>;
+    /// Deliveries due at `now` (pending, next attempt reached), oldest first.
+    async fn due_deliveries(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// Records an attempt: delivered, or failed with the next attempt (`None`: give up).
+    async fn delivery_attempted(
+        &self,
+        id: i64,
+        ok: bool,
+        error: Option<String>,
+        next: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> StoreResult<()>;
+    async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// The earliest pending delivery.
+    async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>>;
 
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;

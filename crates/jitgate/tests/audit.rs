@@ -634,3 +634,167 @@ async fn approvals_open_nothing_until_another_principal_approves() {
         "the missing justification and the self-approval"
     );
 }
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, bool, i64, Value)>>>;
+
+/// A webhook receiver on loopback: records (event, signature valid, timestamp, body).
+fn receiver(secret: &'static str) -> (String, Seen) {
+    use hmac::Mac;
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let seen: Seen = Default::default();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let ts = headers.get("x-jitgate-timestamp").cloned().unwrap_or_default();
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+            mac.update(format!("{ts}.{body}").as_bytes());
+            let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            let valid = headers.get("x-jitgate-signature") == Some(&expected);
+            let event = headers.get("x-jitgate-event").cloned().unwrap_or_default();
+            out.lock().expect("lock").push((
+                event,
+                valid,
+                ts.parse().unwrap_or(0),
+                serde_json::from_str(&body).unwrap_or(Value::Null),
+            ));
+            let _ = reader.get_mut().write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+/// A receiver that accepts connections and never answers.
+fn hanging_receiver() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_delays_nothing() {
+    let s = TestServer::start(BIN, &[]);
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
+    s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": "alice"})).await;
+    s.json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": "alice", "role": "JIT Network Access Requester", "scope": format!("/subscriptions/{SUB}")})).await;
+    let alice = s.json(Method::POST, &s.url("/api/v1/principals/alice/tokens"), &json!({})).await.body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    let (admin_url, admin_seen) = receiver("admin-secret-0123456789");
+    let (own_url, own_seen) = receiver("alice-secret-0123456789");
+    let hang = hanging_receiver();
+    let hook = |body: Value| {
+        let s = &s;
+        async move { s.json(Method::POST, &s.url("/api/v1/webhooks"), &body).await }
+    };
+    let admin = hook(json!({"subscription": SUB, "url": admin_url, "secret": "admin-secret-0123456789"})).await;
+    assert_eq!(admin.status, StatusCode::CREATED, "{admin:?}");
+    assert_eq!(admin.body["secret"], "admin-secret-0123456789", "the secret is shown on creation");
+    let stuck = hook(json!({"subscription": SUB, "url": hang})).await;
+    assert!(stuck.body["secret"].as_str().unwrap_or("").starts_with("whsec_"), "a secret is made when none is given");
+    // The requester subscribes to its own requests; it may not subscribe to everyone's.
+    let own = as_user(&s, &alice, Method::POST, &s.url("/api/v1/webhooks"), Some(&json!({"principal": "alice", "url": own_url, "secret": "alice-secret-0123456789", "events": ["opened", "revoked"]}))).await;
+    assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
+    let theirs = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.url("/api/v1/webhooks"),
+        Some(&json!({"subscription": SUB, "url": own_url})),
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::FORBIDDEN);
+    assert_eq!(hook(json!({"subscription": SUB, "url": "ftp://x"})).await.status, StatusCode::BAD_REQUEST);
+
+    let started = std::time::Instant::now();
+    let granted = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&initiate(&vm, "203.0.113.4")),
+    )
+    .await;
+    assert_eq!(granted.status, StatusCode::ACCEPTED);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "a hanging receiver never delays a grant");
+    let id = granted.body["id"].as_i64().expect("id");
+    assert_eq!(
+        as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await.status,
+        StatusCode::OK
+    );
+
+    let events = |seen: &Seen| seen.lock().expect("lock").iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    for _ in 0..50 {
+        if events(&admin_seen).len() >= 3 && events(&own_seen).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut admin_events = events(&admin_seen);
+    admin_events.sort();
+    assert_eq!(admin_events, ["opened", "requested", "revoked"], "administrators hear every event");
+    let mut own_events = events(&own_seen);
+    own_events.sort();
+    assert_eq!(own_events, ["opened", "revoked"], "the requester hears the events it asked for");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (event, valid, ts, body) in admin_seen.lock().expect("lock").iter().chain(own_seen.lock().expect("lock").iter())
+    {
+        assert!(valid, "{event}: the HMAC-SHA256 signature verifies");
+        assert!((now - ts).abs() < 60, "{event}: a fresh timestamp");
+        assert_eq!(body["requestId"], id);
+        assert_eq!(body["requestor"], "alice");
+    }
+    // Delivery state is visible: delivered for the good receiver, still trying for the stuck one.
+    let delivered = s
+        .send(
+            Method::GET,
+            &s.url(&format!("/api/v1/webhooks/{}/deliveries", admin.body["id"].as_str().unwrap_or(""))),
+            None,
+        )
+        .await;
+    assert!(
+        delivered.body["value"].as_array().into_iter().flatten().all(|d| d["state"] == "Delivered"),
+        "{delivered:?}"
+    );
+    let waiting = s
+        .send(
+            Method::GET,
+            &s.url(&format!("/api/v1/webhooks/{}/deliveries", stuck.body["id"].as_str().unwrap_or(""))),
+            None,
+        )
+        .await;
+    let states: Vec<&str> =
+        waiting.body["value"].as_array().into_iter().flatten().filter_map(|d| d["state"].as_str()).collect();
+    assert_eq!(states.len(), 3);
+    assert!(states.iter().all(|st| *st == "Pending"), "{states:?}");
+    let listed = as_user(&s, &alice, Method::GET, &s.url("/api/v1/webhooks"), None).await;
+    assert_eq!(listed.body["value"].as_array().map(Vec::len), Some(1), "a requester sees its own webhook only");
+    assert!(listed.body.to_string().find("alice-secret").is_none(), "no secrets in lists");
+}
