@@ -100,6 +100,8 @@ impl PolicyIn {
 pub struct InitiateIn {
     pub virtual_machines: Option<Vec<InitiateVmIn>>,
     pub justification: Option<String>,
+    /// jitgate extension: open the ports later (a maintenance window).
+    pub start_time_utc: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +151,9 @@ impl InitiateIn {
             }
             out.push(InitiateVmDraft { id, ports });
         }
-        Ok(InitiateDraft { vms: out, justification: self.justification })
+        let start_time =
+            self.start_time_utc.map(|t| datetime::parse(&t).map_err(|m| bad("startTimeUtc".into(), m))).transpose()?;
+        Ok(InitiateDraft { vms: out, justification: self.justification, start_time })
     }
 }
 

@@ -20,6 +20,8 @@ pub enum AccessCommand {
     Approve(DecideArgs),
     /// Deny a request that waits for an approver.
     Deny(DecideArgs),
+    /// Keep a granted port open longer (up to the port's maximum from now).
+    Extend(ExtendArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -165,6 +167,29 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
     let body = serde_json::json!({"reason": args.reason});
     let out =
         call(client.post(format!("{url}/api/v1/requests/{}/{verb}{wait}", args.id)).bearer_auth(token).json(&body))
+            .await?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExtendArgs {
+    pub id: i64,
+    /// The new length from now: 30m, 1h, PT2H …
+    #[arg(long = "for")]
+    pub duration: String,
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let wait = if args.wait { "?wait=applied" } else { "" };
+    let body = serde_json::json!({"duration": crate::iso_duration(&args.duration)?});
+    let out =
+        call(client.post(format!("{url}/api/v1/requests/{}/extend{wait}", args.id)).bearer_auth(token).json(&body))
             .await?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -14,6 +14,8 @@ pub mod ops {
     pub const POLICY_DELETE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/delete";
     pub const POLICY_READ: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/read";
     pub const POLICY_INITIATE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action";
+    pub const GRANT_OPEN: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/open/action";
+    pub const REQUEST_EXTEND: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/extend/action";
     pub const GRANT_EXPIRE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/expire/action";
     pub const VM_WRITE: &str = "Microsoft.Compute/virtualMachines/write";
     pub const VM_DELETE: &str = "Microsoft.Compute/virtualMachines/delete";

@@ -15,6 +15,8 @@ use crate::prefix::SourcePrefix;
 /// How far past the port's maximum an end time may reach, to absorb clock skew between the
 /// client that computed `now + max` and this server.
 pub const END_TIME_LEEWAY: Duration = Duration::seconds(30);
+/// How far ahead a request may be scheduled.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::days(7);
 /// How long a request that needs approval waits for one, unless the port says otherwise.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::hours(1);
 /// The longest justification accepted.
@@ -25,6 +27,8 @@ pub const MAX_JUSTIFICATION: usize = 2048;
 pub struct InitiateDraft {
     pub vms: Vec<InitiateVmDraft>,
     pub justification: Option<String>,
+    /// jitgate extension (`startTimeUtc`): open later, for a maintenance window.
+    pub start_time: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -51,8 +55,10 @@ pub struct GrantPlan {
     pub sources: SourceSpec,
     pub end_time: OffsetDateTime,
     /// When the port needs an approver: how long the request may wait for one. The window
-    /// (`end_time - start`) then starts when it is approved.
+    /// (`end_time - opens_at`) then starts when it is approved.
     pub approval_timeout: Option<time::Duration>,
+    /// When the port opens: now, or a scheduled start.
+    pub opens_at: OffsetDateTime,
 }
 
 impl GrantPlan {
@@ -106,6 +112,13 @@ pub fn decide(
             ));
         }
     }
+    let opens_at = match draft.start_time {
+        Some(t) if t > now + MAX_SCHEDULE_AHEAD => {
+            return Err(bad("startTimeUtc".into(), format!("startTimeUtc {} is more than 7 days ahead", rfc3339(t))));
+        }
+        Some(t) if t > now => t,
+        _ => now,
+    };
     let mut grants = Vec::new();
     let mut seen_vms = HashSet::new();
     for (i, vm) in draft.vms.iter().enumerate() {
@@ -156,16 +169,16 @@ pub fn decide(
                             format!("port {number}: the duration must be positive"),
                         ));
                     }
-                    now + d.duration()
+                    opens_at + d.duration()
                 }
             };
-            if end_time <= now {
+            if end_time <= opens_at {
                 return Err(bad(
                     format!("{at}.endTimeUtc"),
                     format!("port {number}: the end time {} is not in the future", rfc3339(end_time)),
                 ));
             }
-            if end_time - now > rule.max_duration.duration() + END_TIME_LEEWAY {
+            if end_time - opens_at > rule.max_duration.duration() + END_TIME_LEEWAY {
                 return Err(not_subset(
                     format!("{at}.endTimeUtc"),
                     format!(
@@ -216,10 +229,11 @@ pub fn decide(
                 sources,
                 end_time,
                 approval_timeout,
+                opens_at,
             });
         }
     }
-    Ok(RequestPlan { grants, justification: draft.justification.clone(), start_time: now })
+    Ok(RequestPlan { grants, justification: draft.justification.clone(), start_time: opens_at })
 }
 
 #[cfg(test)]
@@ -236,6 +250,8 @@ pub enum GrantStatus {
     Revoked,
     /// Waiting for an approver; opens nothing (jitgate's own, the enum is extensible).
     Pending,
+    /// Granted for a window that has not started yet; opens nothing until then.
+    Scheduled,
 }
 
 impl GrantStatus {
@@ -244,6 +260,7 @@ impl GrantStatus {
             GrantStatus::Initiated => "Initiated",
             GrantStatus::Revoked => "Revoked",
             GrantStatus::Pending => "Pending",
+            GrantStatus::Scheduled => "Scheduled",
         }
     }
 
@@ -252,6 +269,7 @@ impl GrantStatus {
             "Initiated" => Some(GrantStatus::Initiated),
             "Revoked" => Some(GrantStatus::Revoked),
             "Pending" => Some(GrantStatus::Pending),
+            "Scheduled" => Some(GrantStatus::Scheduled),
             _ => None,
         }
     }

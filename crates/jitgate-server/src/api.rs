@@ -43,6 +43,7 @@ pub fn router() -> Router<App> {
         .route("/api/v1/requests/{id}/revoke", post(revoke))
         .route("/api/v1/requests/{id}/approve", post(approve))
         .route("/api/v1/requests/{id}/deny", post(deny))
+        .route("/api/v1/requests/{id}/extend", post(extend))
 }
 
 fn vm_out(app: &App, vm: &Vm) -> VmOut {
@@ -431,6 +432,62 @@ async fn decide(
         }
         _ => Ok(json(StatusCode::OK, &body)),
     }
+}
+
+/// `POST /api/v1/requests/{id}/extend` `{"duration":"PT1H"}` or `{"endTimeUtc":…}`: moves the
+/// end of a live grant, at most the port's maximum from now. The requester may extend their own.
+async fn extend(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(
+        async {
+            let ctx = crate::ctx_of(peer, &req);
+            let (parts, body) = req.into_parts();
+            let query = Query::parse(parts.uri.query());
+            let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/requests").await?;
+            let mut audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));
+            let now = app.clock.now();
+            let checked = async {
+                let id = request_id(&id)?;
+                let wait = crate::arm::wait_option(&query)?;
+                let bytes = read_body(&app, body).await?;
+                let v: serde_json::Value = parse_json(&bytes)?;
+                let bad = |m: String| ApiError::bad_request("InvalidExtension", m);
+                let new_end = match (v["duration"].as_str(), v["endTimeUtc"].as_str()) {
+                    (Some(d), None) => now + AccessDuration::parse(d).map_err(|e| bad(e.0))?.duration(),
+                    (None, Some(t)) => datetime::parse(t).map_err(bad)?,
+                    _ => return Err(bad("set exactly one of duration and endTimeUtc".into())),
+                };
+                Ok::<_, ApiError>((id, wait, new_end))
+            }
+            .await;
+            let (id, wait, new_end) = match checked {
+                Ok(x) => x,
+                Err(e) => return Err(app.refuse(audit, e).await),
+            };
+            if let Some((policy, request)) = app.store.get_request(id).await? {
+                let action =
+                    if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
+                app.authorize_change(&principal, action, &policy, &mut audit).await?;
+            }
+            let request = app.store.extend_request(id, new_end, now, audit).await?;
+            app.changed();
+            app.sweeper.notify_one();
+            let body = request_out(&request);
+            match wait {
+                None => Ok(json(StatusCode::OK, &body)),
+                Some(timeout) => {
+                    let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
+                    let revision = app.store.revision().await?;
+                    crate::arm::enforced_answer(&app, &vms, revision, timeout, StatusCode::OK, &body, id).await
+                }
+            }
+        }
+        .await,
+    )
 }
 
 /// The inventory views of `GET /api/v1/vms?view=…`, as the portal's JIT page groups VMs.

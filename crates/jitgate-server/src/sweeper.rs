@@ -39,6 +39,10 @@ pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError
         tracing::info!(expired = swept.expired, "grants expired");
         app.deliveries.notify_one();
     }
+    if swept.activated > 0 {
+        tracing::info!(opened = swept.activated, "scheduled grants opened");
+        app.changed();
+    }
     let Some(next) = app.store.next_expiry().await? else { return Ok(MAX_SLEEP) };
     let wait = next - app.clock.now();
     let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);

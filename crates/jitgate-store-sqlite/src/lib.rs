@@ -586,7 +586,7 @@ impl Store for SqliteStore {
                 // A grant that needs approval waits (and opens nothing); it supersedes older grants
                 // only once approved.
                 let pending = g.approval_timeout.is_some();
-                if !pending {
+                if !pending && g.opens_at <= cmd.now {
                     ctx.conn
                         .prepare_cached(
                             "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
@@ -595,8 +595,10 @@ impl Store for SqliteStore {
                         .and_then(|mut s| s.execute(params![pid, skey]))
                         .map_err(backend)?;
                 }
+                let scheduled = !pending && g.opens_at > cmd.now;
                 let (status, reason, end, window) = match g.approval_timeout {
-                    Some(wait) => ("Pending", "ApprovalRequired", plan.start_time + wait, Some(nanos(g.end_time) - nanos(plan.start_time))),
+                    Some(wait) => ("Pending", "ApprovalRequired", cmd.now + wait, Some(nanos(g.end_time) - nanos(g.opens_at))),
+                    None if scheduled => ("Scheduled", "UserRequested", g.end_time, None),
                     None => ("Initiated", "UserRequested", g.end_time, None),
                 };
                 let (form, texts) = encode_sources(&g.sources);
@@ -612,8 +614,8 @@ impl Store for SqliteStore {
                 ctx.conn
                     .prepare_cached(
                         "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
-                         supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15, ?16, ?13, ?14, ?17)",
+                         supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15, ?16, ?13, ?14, ?17, ?18)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -633,7 +635,8 @@ impl Store for SqliteStore {
                             public_ip,
                             status,
                             reason,
-                            window
+                            window,
+                            nanos(g.opens_at)
                         ])
                     })
                     .map_err(backend)?;
@@ -646,7 +649,13 @@ impl Store for SqliteStore {
                     protocol: g.protocol,
                     sources: g.sources.clone(),
                     end_time: end,
-                    status: if pending { GrantStatus::Pending } else { GrantStatus::Initiated },
+                    status: if pending {
+                        GrantStatus::Pending
+                    } else if scheduled {
+                        GrantStatus::Scheduled
+                    } else {
+                        GrantStatus::Initiated
+                    },
                     status_reason: if pending { StatusReason::ApprovalRequired } else { StatusReason::UserRequested },
                     mapped_port,
                     public_ip,
@@ -722,7 +731,39 @@ impl Store for SqliteStore {
                 ctx.audit(&event).map_err(backend)?;
                 hooks::enqueue(ctx.conn, "expired", *rid, now).map_err(backend)?;
             }
-            Ok(ExpirySweep { expired: due.len() })
+            // Scheduled windows that have begun: open them (newer grants replace older ones).
+            let starting: Vec<(i64, i64, i64, String, String)> = ctx
+                .conn
+                .prepare_cached("SELECT gid, rid, pid, supersede_key, policy_id FROM grants WHERE status = 'Scheduled' AND opens_at <= ?1")
+                .and_then(|mut s| s.query_map([nanos(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
+                .map_err(backend)?;
+            for (gid, rid, pid, skey, policy_id) in &starting {
+                ctx.conn
+                    .execute(
+                        "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
+                         WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
+                        params![pid, skey],
+                    )
+                    .map_err(backend)?;
+                ctx.conn.execute("UPDATE grants SET status = 'Initiated' WHERE gid = ?1", [gid]).map_err(backend)?;
+                let event = AuditEvent {
+                    time: now,
+                    operation: ops::GRANT_OPEN.into(),
+                    status: jitgate_core::audit::AuditStatus::Succeeded,
+                    caller: "jitgate".into(),
+                    caller_ip: None,
+                    resource_id: policy_id.clone(),
+                    correlation_id: format!("open-{gid}"),
+                    properties: Default::default(),
+                }
+                .with("requestId", rid.to_string());
+                ctx.audit(&event).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "opened", *rid, now).map_err(backend)?;
+            }
+            if !starting.is_empty() {
+                rows::bump_revision(ctx.conn).map_err(backend)?;
+            }
+            Ok(ExpirySweep { expired: due.len(), activated: starting.len() })
         })
         .await
     }
@@ -730,7 +771,10 @@ impl Store for SqliteStore {
     async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
         self.read(|c| {
             let n: Option<i64> = c
-                .prepare_cached("SELECT min(end_time) FROM grants WHERE status IN ('Initiated', 'Pending')")?
+                .prepare_cached(
+                    "SELECT min(t) FROM (SELECT min(end_time) AS t FROM grants WHERE status IN ('Initiated', 'Pending') \
+                     UNION ALL SELECT min(opens_at) FROM grants WHERE status = 'Scheduled')",
+                )?
                 .query_row([], |r| r.get(0))?;
             n.map(from_nanos).transpose()
         })
@@ -846,12 +890,17 @@ impl Store for SqliteStore {
                             params![pid, skey],
                         )
                         .map_err(backend)?;
-                    // The window starts when the request is approved, not when it was asked.
-                    let end = nanos(now).saturating_add(window.unwrap_or(0));
+                    // The window starts when the request is approved (or at its scheduled start,
+                    // if that is later), not when it was asked.
+                    let opens: Option<i64> =
+                        ctx.conn.query_row("SELECT opens_at FROM grants WHERE gid = ?1", [gid], |r| r.get(0)).map_err(backend)?;
+                    let start = opens.unwrap_or(0).max(nanos(now));
+                    let end = start.saturating_add(window.unwrap_or(0));
+                    let status = if start > nanos(now) { "Scheduled" } else { "Initiated" };
                     ctx.conn
                         .execute(
-                            "UPDATE grants SET status = 'Initiated', status_reason = 'Approved', end_time = ?2, decided_by = ?3 WHERE gid = ?1",
-                            params![gid, end, decider],
+                            "UPDATE grants SET status = ?4, status_reason = 'Approved', end_time = ?2, decided_by = ?3 WHERE gid = ?1",
+                            params![gid, end, decider, status],
                         )
                         .map_err(backend)?;
                 } else {
@@ -877,6 +926,64 @@ impl Store for SqliteStore {
             } else {
                 hooks::enqueue(ctx.conn, "denied", id, now).map_err(backend)?;
             }
+            rows::load_request(ctx.conn, id).map_err(backend)
+        })
+        .await
+    }
+
+    async fn extend_request(
+        &self,
+        id: i64,
+        new_end: OffsetDateTime,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        self.write(move |ctx| {
+            let head: Option<(i64, String)> = ctx
+                .conn
+                .query_row("SELECT pid, policy_id FROM requests WHERE rid = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            let mut audit = audit;
+            let Some((_, policy_id)) = head else {
+                return reject(ctx, audit, Invalid::not_found("RequestNotFound", format!("access request {id} was not found")));
+            };
+            audit.resource_id = policy_id.clone();
+            let live: Vec<(i64, String, u16, i64)> = ctx
+                .conn
+                .prepare_cached("SELECT gid, vm_key, number, end_time FROM grants WHERE rid = ?1 AND status = 'Initiated' AND end_time > ?2")
+                .and_then(|mut s| s.query_map(params![id, nanos(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+                .map_err(backend)?;
+            if live.is_empty() {
+                let m = format!("access request {id} has no open grant to extend");
+                return reject(ctx, audit, Invalid::conflict("RequestNotActive", m));
+            }
+            let policy = rows::load_policy_only(ctx.conn, &policy_id.to_ascii_lowercase()).map_err(backend)?.map(|(_, p)| p);
+            let Some(policy) = policy else {
+                return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, format!("policy '{policy_id}' is gone")));
+            };
+            for (_, vm_key, number, end) in &live {
+                let Some(rule) = policy.vm(vm_key).and_then(|v| v.port(*number)) else {
+                    return reject(ctx, audit, Invalid::conflict("RequestNotActive", format!("port {number} is no longer in the policy")));
+                };
+                if rule.require_approval {
+                    let m = format!("port {number} needs an approver: request again (the new request waits for approval)");
+                    return reject(ctx, audit, Invalid::conflict("ExtensionNeedsApproval", m));
+                }
+                if nanos(new_end) <= *end {
+                    let m = format!("the new end {} is not later than the current one", rfc3339(new_end));
+                    return reject(ctx, audit, Invalid::input(codes::INVALID_INITIATE, Some("endTimeUtc".into()), m));
+                }
+                if new_end - now > rule.max_duration.duration() + jitgate_core::initiate::END_TIME_LEEWAY {
+                    let m = format!("port {number}: at most {} from now", rule.max_duration);
+                    return reject(ctx, audit, Invalid::input(codes::NOT_SUBSET, Some("endTimeUtc".into()), m));
+                }
+            }
+            for (gid, ..) in &live {
+                ctx.conn.execute("UPDATE grants SET end_time = ?2 WHERE gid = ?1", params![gid, nanos(new_end)]).map_err(backend)?;
+            }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end))).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await

@@ -96,9 +96,11 @@ CREATE TABLE grants (
     public_ip     TEXT,
     revoked_by    TEXT,
     window_ns     INTEGER,      -- a pending grant's requested window, which starts when approved
+    opens_at      INTEGER,      -- a scheduled grant opens then
     decided_by    TEXT
 );
 CREATE INDEX grants_pending_end ON grants (end_time) WHERE status = 'Pending';
+CREATE INDEX grants_scheduled ON grants (opens_at) WHERE status = 'Scheduled';
 CREATE INDEX grants_live_vm ON grants (vm_key) WHERE status = 'Initiated';
 CREATE INDEX grants_rid ON grants (rid, ord);
 CREATE INDEX grants_live_key ON grants (pid, supersede_key) WHERE status = 'Initiated';

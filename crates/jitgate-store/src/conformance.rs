@@ -90,6 +90,7 @@ fn initiate_cmd(r: &PolicyRef, vm: &VmId, source: &str, minutes: i64, client_id:
                 }],
             }],
             justification: Some("why not".into()),
+            start_time: None,
         },
         caller: None,
         requestor: "tester".into(),

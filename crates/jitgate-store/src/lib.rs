@@ -260,6 +260,8 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExpirySweep {
     pub expired: usize,
+    /// Scheduled grants whose window began.
+    pub activated: usize,
 }
 
 #[async_trait]
@@ -318,6 +320,15 @@ pub trait Store: Send + Sync + 'static {
         approve: bool,
         decider: &str,
         reason: Option<String>,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord>;
+    /// Moves the end of a request's live grants to `new_end` (later than now, within each port's
+    /// maximum counted from now). Ports that need approval are refused (`ExtensionNeedsApproval`).
+    async fn extend_request(
+        &self,
+        id: i64,
+        new_end: OffsetDateTime,
         now: OffsetDateTime,
         audit: AuditEvent,
     ) -> StoreResult<AccessRequestRecord>;

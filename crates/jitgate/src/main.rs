@@ -63,6 +63,7 @@ fn main() -> std::process::ExitCode {
                 AccessCommand::Request(a) => jitgate_cli::access::request(a).await,
                 AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true).await,
                 AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false).await,
+                AccessCommand::Extend(a) => jitgate_cli::access::extend(a).await,
             },
         }
     });

@@ -798,3 +798,111 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
     assert_eq!(listed.body["value"].as_array().map(Vec::len), Some(1), "a requester sees its own webhook only");
     assert!(listed.body.to_string().find("alice-secret").is_none(), "no secrets in lists");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_the_maximum() {
+    let s = TestServer::start(BIN, &[]);
+    // A gateway agent (joined through the API) to see what enforcement would get.
+    let t = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/agentTokens"),
+            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
+        )
+        .await;
+    let join = json!({"joinToken": t.body["token"], "name": "gw1", "mode": "gateway", "osType": "Linux", "addresses": [], "hostname": "gw1"});
+    let credential =
+        s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await.body
+            ["credential"]
+            .as_str()
+            .expect("credential")
+            .to_owned();
+    let vm = vm_id("rg1", "vm");
+    s.json(
+        Method::PUT,
+        &s.url("/api/v1/vms"),
+        &json!({"id": vm, "osType": "Linux", "location": "westeurope", "address": "10.1.0.1", "gateway": "gw1"}),
+    )
+    .await;
+    let rule = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"},
+        {"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H", "requireApproval": true}]}]}});
+    assert_eq!(s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &rule).await.status, StatusCode::OK);
+    let agent_grants = || {
+        let (s, credential) = (&s, credential.clone());
+        async move {
+            let a = s
+                .send_with(
+                    Method::GET,
+                    &s.url("/agent/v1/state?wait=0"),
+                    None,
+                    &[("Authorization", &format!("Bearer {credential}"))],
+                )
+                .await;
+            a.body["grants"].as_array().map(Vec::len).unwrap_or(0)
+        }
+    };
+
+    // Scheduled: nothing opens before the start; the window counts from it.
+    let start = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1500);
+    let start_text = start.format(&time::format_description::well_known::Rfc3339).expect("fmt");
+    let body = json!({"startTimeUtc": start_text, "virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT3H", "allowedSourceAddressPrefix": "203.0.113.8"}]}]});
+    let a = s.json(Method::POST, &s.initiate_url("rg1", "westeurope", "default"), &body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+    assert_eq!(a.body["virtualMachines"][0]["ports"][0]["status"], "Scheduled");
+    let end = time::OffsetDateTime::parse(
+        a.body["virtualMachines"][0]["ports"][0]["endTimeUtc"].as_str().unwrap_or(""),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("end");
+    assert!(
+        (end - start - time::Duration::hours(3)).abs() < time::Duration::milliseconds(1),
+        "the full 3 h from the start"
+    );
+    let id = a.body["id"].as_i64().expect("id");
+    assert_eq!(agent_grants().await, 0, "a scheduled grant opens nothing yet");
+    let mut status = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = s.send(Method::GET, &s.url(&format!("/api/v1/requests/{id}")), None).await.body["virtualMachines"][0]
+            ["ports"][0]["status"]
+            .as_str()
+            .unwrap_or("")
+            .into();
+        if status == "Initiated" {
+            break;
+        }
+    }
+    assert_eq!(status, "Initiated", "opened at its start");
+    assert_eq!(agent_grants().await, 1, "and enforcement points get it");
+
+    // Extending: later, within the maximum from now; never past it; approval ports ask again.
+    let short = s.json(Method::POST, &s.initiate_url("rg1", "westeurope", "default"), &json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT2H", "allowedSourceAddressPrefix": "203.0.113.9"}]}]})).await;
+    let id = short.body["id"].as_i64().expect("id");
+    let a = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{id}/extend")), &json!({"duration": "PT1H"})).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "earlier than the current end: {a:?}");
+    let now = time::OffsetDateTime::now_utc();
+    let a = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{id}/extend")), &json!({"endTimeUtc": (now + time::Duration::minutes(175)).format(&time::format_description::well_known::Rfc3339).expect("fmt")})).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let a = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{id}/extend")), &json!({"duration": "PT4H"})).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "beyond the maximum: {a:?}");
+    s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": "approver"})).await;
+    s.json(
+        Method::POST,
+        &s.url("/api/v1/roleAssignments"),
+        &json!({"principal": "approver", "role": "Security Admin", "scope": "/"}),
+    )
+    .await;
+    let appr = s.json(Method::POST, &s.url("/api/v1/principals/approver/tokens"), &json!({})).await.body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let p = s.json(Method::POST, &s.initiate_url("rg1", "westeurope", "default"), &json!({"justification": "x", "virtualMachines": [{"id": vm, "ports": [{"number": 3389, "duration": "PT10M", "allowedSourceAddressPrefix": "*"}]}]})).await;
+    let pid = p.body["id"].as_i64().expect("id");
+    assert_eq!(
+        as_user(&s, &appr, Method::POST, &s.url(&format!("/api/v1/requests/{pid}/approve")), None).await.status,
+        StatusCode::OK
+    );
+    let a = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{pid}/extend")), &json!({"duration": "PT1H"})).await;
+    assert_eq!((a.status, a.code()), (StatusCode::CONFLICT, "ExtensionNeedsApproval"));
+}

@@ -47,6 +47,7 @@ fn request(port: InitiatePortDraft) -> InitiateDraft {
     InitiateDraft {
         vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port] }],
         justification: Some("maintenance".into()),
+        start_time: None,
     }
 }
 
@@ -150,14 +151,18 @@ fn only_ports_and_vms_of_the_policy_can_be_opened() {
 
 #[test]
 fn empty_lists_and_repeats_are_refused() {
-    let empty_vms = InitiateDraft { vms: vec![], justification: None };
+    let empty_vms = InitiateDraft { vms: vec![], justification: None, start_time: None };
     assert!(decide(&policy(), &empty_vms, caller(), now()).is_err());
-    let empty_ports =
-        InitiateDraft { vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![] }], justification: None };
+    let empty_ports = InitiateDraft {
+        vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![] }],
+        justification: None,
+        start_time: None,
+    };
     assert!(decide(&policy(), &empty_ports, caller(), now()).is_err());
     let twice = InitiateDraft {
         vms: vec![InitiateVmDraft { id: vm_id("vm1"), ports: vec![port(22, Some("*"), 30), port(22, Some("*"), 30)] }],
         justification: None,
+        start_time: None,
     };
     assert!(decide(&policy(), &twice, caller(), now()).is_err());
     for n in [0, 65536] {
@@ -175,4 +180,28 @@ fn the_supersede_key_ignores_prefix_spelling() {
     let c = decide_one(port(22, Some("203.0.113.6"), 30)).expect("granted");
     assert_eq!(a.supersede_key(), b.supersede_key());
     assert_ne!(a.supersede_key(), c.supersede_key());
+}
+
+#[test]
+fn a_request_may_be_scheduled_and_its_window_counts_from_its_start() {
+    let mut later = request(InitiatePortDraft {
+        number: Some(22),
+        end_time: None,
+        duration: Some("PT3H".into()),
+        prefix: Some("*".into()),
+        prefixes: None,
+    });
+    later.start_time = Some(now() + Duration::hours(5));
+    let plan = decide(&policy(), &later, caller(), now()).expect("scheduled");
+    assert_eq!(plan.grants[0].opens_at, now() + Duration::hours(5));
+    assert_eq!(plan.grants[0].end_time, now() + Duration::hours(8), "the full maximum, counted from the start");
+    later.start_time = Some(now() + Duration::days(8));
+    assert!(decide(&policy(), &later, caller(), now()).is_err(), "at most 7 days ahead");
+    let mut past = request(port(22, Some("*"), 60));
+    past.start_time = Some(now() - Duration::hours(1));
+    assert_eq!(
+        decide(&policy(), &past, caller(), now()).expect("now").grants[0].opens_at,
+        now(),
+        "a past start means now"
+    );
 }
