@@ -260,7 +260,16 @@ impl App {
                         Ok(name) => {
                             let audit =
                                 self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &format!("/api/v1/principals/{name}"));
-                            return Ok(self.store.ensure_principal(&name, "User", audit).await?);
+                            let principal = self.store.ensure_principal(&name, "User", audit).await?;
+                            if o.first_use(token) {
+                                let event = self
+                                    .audit(ctx, &name, ops::SIGN_IN, &format!("/api/v1/principals/{name}"))
+                                    .succeeded()
+                                    .with("method", "oidc")
+                                    .with("issuer", o.issuer());
+                                self.store.record(event).await?;
+                            }
+                            return Ok(principal);
                         }
                         Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why),
                     },

@@ -29,6 +29,8 @@ pub struct Oidc {
     config: OidcConfig,
     client: reqwest::Client,
     keys: RwLock<Option<(JwkSet, Instant)>>,
+    /// Hashes of ID tokens already seen, so each sign-in is audited once, not on every request.
+    seen: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl Oidc {
@@ -43,7 +45,7 @@ impl Oidc {
             return Err("--oidc-audience is required with --oidc-issuer".into());
         }
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
-        Ok(Oidc { config, client, keys: RwLock::new(None) })
+        Ok(Oidc { config, client, keys: RwLock::new(None), seen: Default::default() })
     }
 
     async fn fetch_keys(&self) -> Result<JwkSet, String> {
@@ -126,4 +128,25 @@ impl Oidc {
 /// Whether a bearer token looks like a JWT (three base64url parts).
 pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3 && !token.starts_with(crate::auth::TOKEN_PREFIX)
+}
+
+impl Oidc {
+    /// True the first time this (valid) ID token is used: that use is the sign-in.
+    pub fn first_use(&self, token: &str) -> bool {
+        use sha2::Digest;
+        let h: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        self.seen
+            .lock()
+            .map(|mut s| {
+                if s.len() > 100_000 {
+                    s.clear();
+                }
+                s.insert(h)
+            })
+            .unwrap_or(false)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
 }

@@ -39,6 +39,9 @@ pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError
         tracing::info!(expired = swept.expired, "grants expired");
         app.deliveries.notify_one();
     }
+    if swept.warned > 0 {
+        app.deliveries.notify_one();
+    }
     if swept.activated > 0 {
         tracing::info!(opened = swept.activated, "scheduled grants opened");
         app.changed();

@@ -1,5 +1,6 @@
 //! Notifications: webhooks per subscription (administrators) or per principal (requesters),
-//! for `requested`, `approved`, `denied`, `opened`, `revoked` and `expired`. Events are queued in
+//! for `requested`, `approved`, `denied`, `opened`, `expiringSoon` (5 minutes before the end),
+//! `revoked` and `expired`. Events are queued in
 //! the same transaction as their change (nothing is lost) and delivered by a background worker,
 //! each delivery on its own task with a timeout, so a slow or dead receiver never delays a grant.
 //!
@@ -38,7 +39,7 @@ use crate::{auth, App};
 
 pub const WEBHOOK_WRITE: &str = "Microsoft.Security/webhooks/write";
 pub const WEBHOOK_READ: &str = "Microsoft.Security/webhooks/read";
-pub const EVENTS: [&str; 6] = ["requested", "approved", "denied", "opened", "revoked", "expired"];
+pub const EVENTS: [&str; 7] = ["requested", "approved", "denied", "opened", "expiringSoon", "revoked", "expired"];
 /// Attempts before a delivery is given up (backoff 1 s, 2 s, 4 s … between them).
 pub const MAX_ATTEMPTS: u32 = 8;
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,7 +172,12 @@ async fn create(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>
                     principal: principal_name,
                     url,
                     secret,
-                    events: events.iter().map(|e| e.to_ascii_lowercase()).collect(),
+                    events: events
+                        .iter()
+                        .map(|e| {
+                            EVENTS.iter().find(|k| k.eq_ignore_ascii_case(e)).map(|k| k.to_string()).unwrap_or_default()
+                        })
+                        .collect(),
                     created: app.clock.now(),
                 })
             }

@@ -763,7 +763,20 @@ impl Store for SqliteStore {
             if !starting.is_empty() {
                 rows::bump_revision(ctx.conn).map_err(backend)?;
             }
-            Ok(ExpirySweep { expired: due.len(), activated: starting.len() })
+            // Live grants about to end: tell the webhooks once.
+            let soon: Vec<(i64, i64)> = ctx
+                .conn
+                .prepare_cached("SELECT gid, rid FROM grants WHERE status = 'Initiated' AND warned = 0 AND end_time <= ?1")
+                .and_then(|mut s| s.query_map([nanos(now + jitgate_store::EXPIRING_SOON)], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(backend)?;
+            let mut announced = std::collections::HashSet::new();
+            for (gid, rid) in &soon {
+                ctx.conn.execute("UPDATE grants SET warned = 1 WHERE gid = ?1", [gid]).map_err(backend)?;
+                if announced.insert(*rid) {
+                    hooks::enqueue(ctx.conn, "expiringSoon", *rid, now).map_err(backend)?;
+                }
+            }
+            Ok(ExpirySweep { expired: due.len(), activated: starting.len(), warned: soon.len() })
         })
         .await
     }
@@ -773,9 +786,10 @@ impl Store for SqliteStore {
             let n: Option<i64> = c
                 .prepare_cached(
                     "SELECT min(t) FROM (SELECT min(end_time) AS t FROM grants WHERE status IN ('Initiated', 'Pending') \
-                     UNION ALL SELECT min(opens_at) FROM grants WHERE status = 'Scheduled')",
+                     UNION ALL SELECT min(opens_at) FROM grants WHERE status = 'Scheduled' \
+                     UNION ALL SELECT min(end_time) - ?1 FROM grants WHERE status = 'Initiated' AND warned = 0)",
                 )?
-                .query_row([], |r| r.get(0))?;
+                .query_row([jitgate_store::EXPIRING_SOON.whole_nanoseconds() as i64], |r| r.get(0))?;
             n.map(from_nanos).transpose()
         })
         .await

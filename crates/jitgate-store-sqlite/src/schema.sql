@@ -97,6 +97,7 @@ CREATE TABLE grants (
     revoked_by    TEXT,
     window_ns     INTEGER,      -- a pending grant's requested window, which starts when approved
     opens_at      INTEGER,      -- a scheduled grant opens then
+    warned        INTEGER NOT NULL DEFAULT 0,  -- the "expiring soon" event was queued
     decided_by    TEXT
 );
 CREATE INDEX grants_pending_end ON grants (end_time) WHERE status = 'Pending';

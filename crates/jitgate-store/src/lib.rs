@@ -262,7 +262,12 @@ pub struct ExpirySweep {
     pub expired: usize,
     /// Scheduled grants whose window began.
     pub activated: usize,
+    /// Live grants that end within [`EXPIRING_SOON`] and were announced.
+    pub warned: usize,
 }
+
+/// How long before its end a grant is announced as expiring soon.
+pub const EXPIRING_SOON: time::Duration = time::Duration::minutes(5);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -771,6 +771,16 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
         assert_eq!(body["requestId"], id);
         assert_eq!(body["requestor"], "alice");
     }
+    // A grant about to end is announced once.
+    let short = as_user(&s, &alice, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT2M", "allowedSourceAddressPrefix": "203.0.113.6"}]}]}))).await;
+    assert_eq!(short.status, StatusCode::ACCEPTED);
+    for _ in 0..50 {
+        if events(&admin_seen).iter().any(|e| e == "expiringSoon") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(events(&admin_seen).iter().filter(|e| *e == "expiringSoon").count(), 1, "{:?}", events(&admin_seen));
     // Delivery state is visible: delivered for the good receiver, still trying for the stuck one.
     let delivered = s
         .send(
@@ -792,7 +802,7 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
         .await;
     let states: Vec<&str> =
         waiting.body["value"].as_array().into_iter().flatten().filter_map(|d| d["state"].as_str()).collect();
-    assert_eq!(states.len(), 3);
+    assert_eq!(states.len(), 6, "requested, opened, revoked; requested, opened, expiringSoon");
     assert!(states.iter().all(|st| *st == "Pending"), "{states:?}");
     let listed = as_user(&s, &alice, Method::GET, &s.url("/api/v1/webhooks"), None).await;
     assert_eq!(listed.body["value"].as_array().map(Vec::len), Some(1), "a requester sees its own webhook only");

@@ -368,6 +368,16 @@ async fn oidc_id_tokens_sign_humans_in_and_bad_ones_are_refused() {
     assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("erin"));
     assert_eq!(assign(&s, "erin", "Reader", &format!("/subscriptions/{SUB}")).await.status, StatusCode::CREATED);
     assert_eq!(as_user(&s, &good, Method::GET, &url, None).await.status, StatusCode::OK);
+    // The sign-in is audited once, not on every request.
+    let signins = s
+        .send(
+            Method::GET,
+            &s.url("/api/v1/audit?caller=erin&operation=Microsoft.Authorization/signIn/action&status=Succeeded"),
+            None,
+        )
+        .await;
+    assert_eq!(signins.body["value"].as_array().map(Vec::len), Some(1), "{signins:?}");
+    assert_eq!(signins.body["value"][0]["properties"]["method"], "oidc");
 
     let (other_key, _) = ec_key();
     for (why, token) in [
