@@ -66,20 +66,7 @@ pub struct RequestArgs {
 
 /// Finds the VM's ARM id and the policy that protects it.
 async fn locate(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> anyhow::Result<(String, String)> {
-    let vms = call(client.get(format!("{url}/api/v1/vms")).bearer_auth(token)).await?;
-    let list = vms["value"].as_array().cloned().unwrap_or_default();
-    let matches: Vec<&serde_json::Value> = list
-        .iter()
-        .filter(|v| {
-            v["id"].as_str().is_some_and(|id| id.eq_ignore_ascii_case(vm.trim_end_matches('/')))
-                || v["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(vm))
-        })
-        .collect();
-    let id = match matches.as_slice() {
-        [one] => one["id"].as_str().unwrap_or_default().to_owned(),
-        [] => anyhow::bail!("404 VirtualMachineNotFound: no registered VM is named '{vm}'"),
-        _ => anyhow::bail!("400 AmbiguousVirtualMachine: several VMs are named '{vm}'; give its ARM id"),
-    };
+    let id = crate::policy::resolve_vm(client, url, token, vm).await?;
     let parts: Vec<&str> = id.split('/').collect();
     let (sub, rg) = (parts.get(2).copied().unwrap_or(""), parts.get(4).copied().unwrap_or(""));
     let mut next = Some(format!("{url}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"));
@@ -97,10 +84,10 @@ async fn locate(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> a
         }
         next = body["nextLink"].as_str().map(String::from);
     }
-    anyhow::bail!("404 PolicyNotFound: no JIT policy protects '{id}'")
+    Err(crate::output::fail(crate::output::exit::NOT_FOUND, format!("no JIT policy protects '{id}'")))
 }
 
-pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
+pub async fn request(args: RequestArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     let (url, token, client) = args.conn.connect()?;
     let (vm_id, policy_id) = locate(&client, &url, &token, &args.vm).await?;
     let ports: Vec<serde_json::Value> = args
@@ -134,7 +121,27 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<()> {
     if args.wait {
         eprintln!("open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::output::print(format, &out, |o| {
+        println!("request {}", o["id"]);
+        let mut rows = Vec::new();
+        for vm in o["virtualMachines"].as_array().into_iter().flatten() {
+            let name = vm["id"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_owned();
+            for p in vm["ports"].as_array().into_iter().flatten() {
+                let connect = match (vm["publicIpAddress"].as_str(), p["mappedPort"].as_u64()) {
+                    (Some(ip), Some(m)) => format!("{ip}:{m}"),
+                    _ => format!("{name}:{}", p["number"]),
+                };
+                rows.push(vec![
+                    name.clone(),
+                    p["number"].to_string(),
+                    p["status"].as_str().unwrap_or("").into(),
+                    p["endTimeUtc"].as_str().unwrap_or("").into(),
+                    connect,
+                ]);
+            }
+        }
+        crate::output::table(&["VM", "PORT", "STATUS", "UNTIL", "CONNECT TO"], &rows);
+    });
     Ok(())
 }
 

@@ -2,13 +2,17 @@
 //! owns the concrete store); `bench` measures a running or freshly started server.
 
 pub mod access;
+pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod bench;
 pub mod client;
 pub mod local;
 pub mod netns;
+pub mod output;
+pub mod policy;
 pub mod probe;
+pub mod profile;
 pub mod role;
 
 use std::net::SocketAddr;
@@ -19,10 +23,18 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// jitgate: just-in-time network access for Linux hosts and gateways.
 #[derive(Debug, Parser)]
 #[command(name = "jitgate", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = EXIT_CODES)]
 pub struct Cli {
+    /// Output: aligned tables for people, or the API's JSON (or YAML) for scripts.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value = "table")]
+    pub output: output::OutputFormat,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Exit codes, for scripts.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting.
+Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -36,6 +48,18 @@ pub enum Command {
     Access(access::AccessArgs),
     /// Role definitions and assignments.
     Role(role::RoleArgs),
+    /// JIT policies: set, get, list, delete.
+    Policy(policy::PolicyArgs),
+    /// Virtual machines and the inventory views.
+    Vm(admin::VmArgs),
+    /// API tokens.
+    Token(admin::TokenArgs),
+    /// Check and save the connection settings (profile file, mode 0600).
+    Login(admin::LoginArgs),
+    /// Shell completions: `jitgate completions bash > /etc/bash_completion.d/jitgate`.
+    Completions(admin::CompletionsArgs),
+    /// The man page, from the command tree: `jitgate man > jitgate.1`.
+    Man,
     /// The audit log: list, export, verify.
     Audit(audit::AuditArgs),
     /// Network probes: is a port open from here, when did it close, does a session survive.
@@ -59,11 +83,18 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    /// The URL, token and client, or a clear error naming what is missing.
+    /// The URL, token and client — from flags, then the environment, then the profile — or a
+    /// clear error naming what is missing.
     pub fn connect(&self) -> anyhow::Result<(String, String, reqwest::Client)> {
-        let url = self.url.clone().ok_or_else(|| anyhow::anyhow!("no server: set --url or JITGATE_URL"))?;
-        let token = self.token.clone().ok_or_else(|| anyhow::anyhow!("no token: set --token or JITGATE_TOKEN"))?;
-        let client = client::http_client(self.ca_cert.as_deref())?;
+        let profile = profile::load();
+        let url = self.url.clone().or(profile.url).ok_or_else(|| {
+            output::fail(output::exit::USAGE, "no server: set --url or JITGATE_URL, or run `jitgate login`")
+        })?;
+        let token = self.token.clone().or(profile.token).ok_or_else(|| {
+            output::fail(output::exit::USAGE, "no token: set --token or JITGATE_TOKEN, or run `jitgate login`")
+        })?;
+        let ca = self.ca_cert.clone().or(profile.ca_cert);
+        let client = client::http_client(ca.as_deref())?;
         Ok((url.trim_end_matches('/').to_owned(), token, client))
     }
 }
@@ -92,9 +123,9 @@ pub async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Va
     let text = resp.text().await.unwrap_or_default();
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        let code = value["error"]["code"].as_str().unwrap_or("");
-        let message = value["error"]["message"].as_str().unwrap_or(text.as_str());
-        anyhow::bail!("{} {code}: {message}", status.as_u16());
+        let code = value["error"]["code"].as_str().unwrap_or("").to_owned();
+        let message = value["error"]["message"].as_str().unwrap_or(text.as_str()).to_owned();
+        return Err(anyhow::Error::new(output::ApiFailure { status: status.as_u16(), code, message }));
     }
     Ok(value)
 }

@@ -8,16 +8,37 @@ mod bench_enforce;
 mod common;
 mod serve;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 use jitgate_cli::access::AccessCommand;
 use jitgate_cli::agent::{AgentCommand, TokenCommand};
 use jitgate_cli::audit::{AuditCommand, VerifyArgs};
 use jitgate_cli::bench::BenchCommand;
+use jitgate_cli::policy::PolicyCommand;
 use jitgate_cli::{Cli, Command};
 
+/// The `--vm` and `--port` values of `policy set`, in command-line order (a port belongs to the
+/// VM before it).
+fn policy_set_order(m: &ArgMatches) -> Vec<(bool, String)> {
+    let Some(set) = m.subcommand_matches("policy").and_then(|p| p.subcommand_matches("set")) else { return vec![] };
+    let mut all: Vec<(usize, bool, String)> = Vec::new();
+    for (id, is_vm) in [("vms", true), ("ports", false)] {
+        if let (Some(idx), Some(vals)) = (set.indices_of(id), set.get_many::<String>(id)) {
+            all.extend(idx.zip(vals).map(|(i, v)| (i, is_vm, v.clone())));
+        }
+    }
+    all.sort_by_key(|x| x.0);
+    all.into_iter().map(|(_, vm, v)| (vm, v)).collect()
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let format = cli.output;
+    let order = policy_set_order(&matches);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -49,6 +70,17 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             },
             Command::Role(args) => jitgate_cli::role::run(args).await,
+            Command::Policy(args) => match args.command {
+                PolicyCommand::Set(a) => jitgate_cli::policy::set(a, format, order).await,
+                PolicyCommand::Get(a) => jitgate_cli::policy::get(a, format).await,
+                PolicyCommand::List(a) => jitgate_cli::policy::list(a, format).await,
+                PolicyCommand::Delete(a) => jitgate_cli::policy::delete(a, format).await,
+            },
+            Command::Vm(args) => jitgate_cli::admin::vm(args, format).await,
+            Command::Token(args) => jitgate_cli::admin::token(args, format).await,
+            Command::Login(args) => jitgate_cli::admin::login(args).await,
+            Command::Completions(args) => jitgate_cli::admin::completions(args),
+            Command::Man => jitgate_cli::admin::man(),
             Command::Audit(args) => match args.command {
                 AuditCommand::List(a) => jitgate_cli::audit::query(a, false).await,
                 AuditCommand::Export(a) => jitgate_cli::audit::query(a, true).await,
@@ -60,7 +92,7 @@ fn main() -> std::process::ExitCode {
             },
             Command::Access(args) => match args.command {
                 AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
-                AccessCommand::Request(a) => jitgate_cli::access::request(a).await,
+                AccessCommand::Request(a) => jitgate_cli::access::request(a, format).await,
                 AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true).await,
                 AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false).await,
                 AccessCommand::Extend(a) => jitgate_cli::access::extend(a).await,
@@ -71,7 +103,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jitgate: error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(jitgate_cli::output::exit_code(&e) as u8)
         }
     }
 }

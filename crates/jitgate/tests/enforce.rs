@@ -247,7 +247,9 @@ fn ports_close_open_for_exactly_the_source_and_close_again() {
     assert!(!w.is_open(A, 3333));
 
     // Open for A only (through the CLI, waiting for the agent); the other protected port stays closed.
-    let out = w.cli(&["access", "request", "--vm", "vm1", "--port", "2222", "--source", A, "--for", "10m", "--wait"]);
+    let out = w.cli(&[
+        "access", "request", "--vm", "vm1", "--port", "2222", "--source", A, "--for", "10m", "--wait", "-o", "json",
+    ]);
     let granted: Value = serde_json::from_str(&out).expect("the request as JSON");
     assert!(w.is_open(A, 2222), "open for A right after initiate?wait=applied");
     assert!(!w.is_open(B, 2222), "still closed for B");

@@ -1,0 +1,274 @@
+//! `jitgate login`, `vm …`, `token …`, `completions`, `man`.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Subcommand};
+use serde_json::{json, Value};
+
+use crate::output::{exit, fail, print, table, OutputFormat};
+use crate::{call, ConnArgs};
+
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    #[arg(long = "url", env = "JITGATE_URL")]
+    pub url: String,
+    #[arg(long, env = "JITGATE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[arg(long = "ca-cert", env = "JITGATE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// The subscription commands use when given none.
+    #[arg(long, env = "JITGATE_SUBSCRIPTION")]
+    pub subscription: Option<String>,
+}
+
+/// Checks the settings against the server, then writes the profile (0600).
+pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
+    let ca = a.ca_cert.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+    let client = crate::client::http_client(ca.as_deref())?;
+    let url = a.url.trim_end_matches('/').to_owned();
+    call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(&a.token)).await?;
+    let path = crate::profile::save(&crate::profile::Profile {
+        url: Some(url.clone()),
+        token: Some(a.token),
+        ca_cert: ca,
+        subscription: a.subscription,
+    })?;
+    println!("logged in to {url}; settings saved in {}", path.display());
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VmArgs {
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum VmCommand {
+    /// List VMs, or one inventory view.
+    #[command(after_help = "Examples:\n  jitgate vm list --configured\n  jitgate vm list --unsupported -o json")]
+    List(VmListArgs),
+    /// Register a VM (agents register their own; this is for VMs behind a gateway or before an agent).
+    Add(VmAddArgs),
+    /// Remove a VM (refused while a policy protects it).
+    Rm(VmRef),
+    /// Put a VM behind a gateway agent, with its inner address.
+    AttachGateway(AttachArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VmListArgs {
+    #[arg(long, conflicts_with_all = ["not_configured", "unsupported"])]
+    pub configured: bool,
+    #[arg(long, conflicts_with = "unsupported")]
+    pub not_configured: bool,
+    #[arg(long)]
+    pub unsupported: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VmAddArgs {
+    /// The VM's ARM id.
+    #[arg(long)]
+    pub id: String,
+    #[arg(long, default_value = "Linux")]
+    pub os: String,
+    #[arg(long, short = 'l')]
+    pub location: String,
+    #[arg(long)]
+    pub address: Option<String>,
+    #[arg(long)]
+    pub gateway: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VmRef {
+    /// ARM id, or name when unique.
+    pub vm: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AttachArgs {
+    pub vm: String,
+    #[arg(long)]
+    pub gateway: String,
+    /// The VM's address behind the gateway.
+    #[arg(long)]
+    pub address: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+fn print_vms(format: OutputFormat, v: &Value) {
+    print(format, v, |v| {
+        let rows: Vec<Vec<String>> = v["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|vm| {
+                let s = |k: &str| vm[k].as_str().unwrap_or("").to_owned();
+                vec![
+                    s("name"),
+                    s("osType"),
+                    s("location"),
+                    s("address"),
+                    vm["enforcement"]["agent"].as_str().unwrap_or("-").into(),
+                    vm["enforcementState"].as_str().or(vm["unsupportedReason"].as_str()).unwrap_or("").into(),
+                ]
+            })
+            .collect();
+        table(&["NAME", "OS", "LOCATION", "ADDRESS", "ENFORCED BY", "STATE"], &rows);
+    });
+}
+
+pub async fn vm(a: VmArgs, format: OutputFormat) -> anyhow::Result<()> {
+    match a.command {
+        VmCommand::List(l) => {
+            let (url, token, client) = l.conn.connect()?;
+            let view = if l.configured {
+                "?view=configured"
+            } else if l.not_configured {
+                "?view=notConfigured"
+            } else if l.unsupported {
+                "?view=unsupported"
+            } else {
+                ""
+            };
+            let out = call(client.get(format!("{url}/api/v1/vms{view}")).bearer_auth(token)).await?;
+            print_vms(format, &out);
+        }
+        VmCommand::Add(v) => {
+            let (url, token, client) = v.conn.connect()?;
+            let body =
+                json!({"id": v.id, "osType": v.os, "location": v.location, "address": v.address, "gateway": v.gateway});
+            let out = call(client.put(format!("{url}/api/v1/vms")).bearer_auth(token).json(&body)).await?;
+            print(format, &out, |o| println!("registered {}", o["id"].as_str().unwrap_or("")));
+        }
+        VmCommand::Rm(r) => {
+            let (url, token, client) = r.conn.connect()?;
+            let id = crate::policy::resolve_vm(&client, &url, &token, &r.vm).await?;
+            let out = call(client.delete(format!("{url}/api/v1/vms")).query(&[("id", &id)]).bearer_auth(token)).await?;
+            print(format, &out, |o| println!("removed {}", o["id"].as_str().unwrap_or("")));
+        }
+        VmCommand::AttachGateway(g) => {
+            let (url, token, client) = g.conn.connect()?;
+            let id = crate::policy::resolve_vm(&client, &url, &token, &g.vm).await?;
+            let current =
+                call(client.get(format!("{url}/api/v1/vms")).query(&[("id", &id)]).bearer_auth(&token)).await?;
+            let body = json!({"id": id, "osType": current["osType"], "location": current["location"], "address": g.address, "gateway": g.gateway});
+            let out = call(client.put(format!("{url}/api/v1/vms")).bearer_auth(token).json(&body)).await?;
+            print(format, &out, |o| println!("{} is behind gateway {}", o["id"].as_str().unwrap_or(""), g.gateway));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; prints the token alone (it is shown only this once).
+    Create(TokenCreate),
+    /// List a principal's tokens (never their secrets).
+    List(TokenFor),
+    /// Revoke a token by id.
+    Revoke(TokenRevoke),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreate {
+    #[arg(long)]
+    pub principal: String,
+    /// Lifetime: 30m, 8h, 30d or ISO-8601; default: no expiry.
+    #[arg(long)]
+    pub expires_in: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenFor {
+    #[arg(long)]
+    pub principal: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenRevoke {
+    pub id: i64,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
+    match a.command {
+        TokenCommand::Create(c) => {
+            let (url, token, client) = c.conn.connect()?;
+            let body = match &c.expires_in {
+                Some(d) => json!({"expiresIn": crate::iso_duration(d)?}),
+                None => json!({}),
+            };
+            let out = call(
+                client.post(format!("{url}/api/v1/principals/{}/tokens", c.principal)).bearer_auth(token).json(&body),
+            )
+            .await?;
+            print(format, &out, |o| println!("{}", o["token"].as_str().unwrap_or("")));
+        }
+        TokenCommand::List(l) => {
+            let (url, token, client) = l.conn.connect()?;
+            let out =
+                call(client.get(format!("{url}/api/v1/principals/{}/tokens", l.principal)).bearer_auth(token)).await?;
+            print(format, &out, |o| {
+                let rows: Vec<Vec<String>> = o["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        vec![
+                            t["id"].to_string(),
+                            t["createdAt"].as_str().unwrap_or("").into(),
+                            t["expiresOn"].as_str().unwrap_or("never").into(),
+                            if t["revoked"] == true { "revoked".into() } else { "active".into() },
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "CREATED", "EXPIRES", "STATE"], &rows);
+            });
+        }
+        TokenCommand::Revoke(r) => {
+            let (url, token, client) = r.conn.connect()?;
+            let out = call(client.delete(format!("{url}/api/v1/tokens/{}", r.id)).bearer_auth(token)).await?;
+            print(format, &out, |o| println!("revoked token {}", o["id"]));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+/// Shell completions from the command tree.
+pub fn completions(a: CompletionsArgs) -> anyhow::Result<()> {
+    let mut cmd = crate::Cli::command();
+    clap_complete::generate(a.shell, &mut cmd, "jitgate", &mut std::io::stdout());
+    Ok(())
+}
+
+/// The man page (roff) from the command tree.
+pub fn man() -> anyhow::Result<()> {
+    let cmd = crate::Cli::command();
+    clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| fail(exit::ERROR, e.to_string()))
+}

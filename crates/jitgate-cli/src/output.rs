@@ -1,0 +1,220 @@
+//! Output formats (`-o table|json|yaml`), the CLI's exit codes, and the server error they come from.
+
+use std::fmt;
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The API's own JSON.
+    Json,
+    /// The same as YAML.
+    Yaml,
+}
+
+/// Exit codes, documented in `jitgate --help` and the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const DENIED: i32 = 3;
+    pub const NOT_FOUND: i32 = 4;
+    pub const TIMEOUT: i32 = 5;
+}
+
+/// A refusal from the server: its status, code and message.
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// A failure the CLI itself names, with its exit code.
+#[derive(Debug, Clone)]
+pub struct CliFailure {
+    pub exit: i32,
+    pub message: String,
+}
+
+impl fmt::Display for CliFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliFailure {}
+
+pub fn fail(exit: i32, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(CliFailure { exit, message: message.into() })
+}
+
+/// The exit code for an error: 3 denied (401/403), 4 not found (404), 5 timeout, 1 otherwise.
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(c) = e.downcast_ref::<CliFailure>() {
+        return c.exit;
+    }
+    if let Some(a) = e.downcast_ref::<ApiFailure>() {
+        return match a.status {
+            401 | 403 => exit::DENIED,
+            404 => exit::NOT_FOUND,
+            408 | 504 => exit::TIMEOUT,
+            _ => exit::ERROR,
+        };
+    }
+    if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
+        return exit::TIMEOUT;
+    }
+    exit::ERROR
+}
+
+/// Prints `value` as JSON or YAML, or calls `table` for the human form.
+pub fn print(format: OutputFormat, value: &Value, table: impl FnOnce(&Value)) {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        OutputFormat::Yaml => print!("{}", yaml(value)),
+        OutputFormat::Table => table(value),
+    }
+}
+
+/// Aligned columns: a header row, then one row per item.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+/// A small YAML writer for JSON values (block style; strings quoted when needed).
+pub fn yaml(v: &Value) -> String {
+    let mut out = String::new();
+    write_yaml(v, 0, &mut out, true);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let plain = !s.is_empty()
+                && s.chars().all(|c| c.is_alphanumeric() || "-_./:@".contains(c))
+                && !matches!(s.as_str(), "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~")
+                && s.parse::<f64>().is_err()
+                && !s.starts_with(['-', ':', '@', '/']);
+            if plain {
+                s.clone()
+            } else {
+                serde_json::to_string(s).unwrap_or_default()
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+fn write_yaml(v: &Value, indent: usize, out: &mut String, top: bool) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(map) if map.is_empty() => out.push_str("{}\n"),
+        Value::Array(a) if a.is_empty() => out.push_str("[]\n"),
+        Value::Object(map) => {
+            if !top {
+                out.push('\n');
+            }
+            for (k, val) in map {
+                out.push_str(&format!("{pad}{}:", scalar(&Value::String(k.clone()))));
+                match val {
+                    Value::Object(m) if !m.is_empty() => write_yaml(val, indent + 2, out, false),
+                    Value::Array(a) if !a.is_empty() => write_yaml(val, indent, out, false),
+                    _ => {
+                        out.push(' ');
+                        write_yaml(val, indent + 2, out, false);
+                    }
+                }
+            }
+        }
+        Value::Array(a) => {
+            if !top {
+                out.push('\n');
+            }
+            for item in a {
+                out.push_str(&format!("{pad}- "));
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        let mut inner = String::new();
+                        write_yaml(item, indent + 2, &mut inner, true);
+                        out.push_str(inner.trim_start());
+                    }
+                    Value::Array(x) if !x.is_empty() => {
+                        let mut inner = String::new();
+                        write_yaml(item, indent + 2, &mut inner, true);
+                        out.push_str(inner.trim_start());
+                    }
+                    _ => write_yaml(item, indent + 2, out, false),
+                }
+            }
+        }
+        _ => {
+            out.push_str(&scalar(v));
+            out.push('\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn yaml_of_nested_values() {
+        let v = json!({"name": "default", "ports": [{"number": 22, "sources": ["*", "10.0.0.0/24"]}], "empty": [], "kind": "true", "n": null});
+        assert_eq!(
+            yaml(&v),
+            "empty: []\nkind: \"true\"\nn: null\nname: default\nports:\n- number: 22\n  sources:\n  - \"*\"\n  - 10.0.0.0/24\n"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_server_status() {
+        let api = |status| anyhow::Error::new(ApiFailure { status, code: "X".into(), message: "m".into() });
+        assert_eq!(exit_code(&api(403)), exit::DENIED);
+        assert_eq!(exit_code(&api(401)), exit::DENIED);
+        assert_eq!(exit_code(&api(404)), exit::NOT_FOUND);
+        assert_eq!(exit_code(&api(504)), exit::TIMEOUT);
+        assert_eq!(exit_code(&api(400)), exit::ERROR);
+        assert_eq!(exit_code(&fail(exit::USAGE, "u")), exit::USAGE);
+    }
+}

@@ -1,0 +1,223 @@
+//! The CLI end to end: the real binary against a real server, every command family, the
+//! PowerShell-shaped policy file, bad files, exit codes, output formats, the login profile.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use jitgate_testkit::{vm_id, TestServer, SUB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+struct Cli<'a> {
+    s: &'a TestServer,
+    config: std::path::PathBuf,
+}
+
+impl Cli<'_> {
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("JITGATE_CONFIG", &self.config)
+            .env_remove("JITGATE_URL")
+            .env_remove("JITGATE_TOKEN")
+            .env_remove("JITGATE_CA_CERT");
+        c.env("JITGATE_SUBSCRIPTION", SUB);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("jitgate runs")
+    }
+
+    /// With the connection in the environment.
+    fn run(&self, args: &[&str]) -> Output {
+        let ca = self.s.server.ca_cert.display().to_string();
+        self.run_with(
+            args,
+            &[("JITGATE_URL", &self.s.server.url), ("JITGATE_TOKEN", &self.s.server.token), ("JITGATE_CA_CERT", &ca)],
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "jitgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_family_against_a_real_server() {
+    let s = TestServer::start(BIN, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cli = Cli { s: &s, config: dir.path().join("profile.json") };
+    for name in ["web1", "web2", "win1"] {
+        let os = if name.starts_with("win") { "Windows" } else { "Linux" };
+        cli.ok(&["vm", "add", "--id", &vm_id("prod", name), "--os", os, "-l", "westeurope", "--address", "10.0.0.4"]);
+    }
+
+    // policy set with --vm/--port (a VM by name), in three output formats.
+    let p = cli.json(&[
+        "policy",
+        "set",
+        "-g",
+        "prod",
+        "-l",
+        "westeurope",
+        "--vm",
+        "web1",
+        "--port",
+        "22",
+        "--port",
+        "3389/tcp,from=10.0.0.0/24,from=10.1.0.0/24,max=PT1H",
+        "--vm",
+        "win1",
+        "--port",
+        "5986/tcp",
+    ]);
+    let vms = &p["properties"]["virtualMachines"];
+    assert_eq!(vms[0]["id"], vm_id("prod", "web1"));
+    assert_eq!(vms[0]["ports"][1]["allowedSourceAddressPrefixes"], serde_json::json!(["10.0.0.0/24", "10.1.0.0/24"]));
+    assert_eq!(vms[1]["ports"][0]["number"], 5986, "ports belong to the --vm before them");
+    let table = cli.ok(&["policy", "get", "-g", "prod", "-l", "westeurope"]);
+    assert!(
+        table.contains("VM")
+            && table.contains("PORT")
+            && table.contains("web1")
+            && table.contains("10.0.0.0/24,10.1.0.0/24"),
+        "{table}"
+    );
+    let yaml = cli.ok(&["policy", "get", "-g", "prod", "-l", "westeurope", "-o", "yaml"]);
+    assert!(yaml.contains("maxRequestAccessDuration: PT1H") && yaml.contains("name: default"), "{yaml}");
+    // --defaults: a VM without ports gets its OS default.
+    let d = cli.json(&[
+        "policy",
+        "set",
+        "-g",
+        "prod",
+        "-l",
+        "northeurope",
+        "--name",
+        "other",
+        "--vm",
+        "web2",
+        "--defaults",
+    ]);
+    assert_eq!(d["properties"]["virtualMachines"][0]["ports"][0]["number"], 22);
+
+    // --file: the $JitPolicy array the PowerShell example builds, with @("*") as an array.
+    let file = dir.path().join("jit.json");
+    let ps = serde_json::json!([{"id": vm_id("prod", "web1"), "ports": [
+        {"number": 22, "protocol": "*", "allowedSourceAddressPrefix": ["*"], "maxRequestAccessDuration": "PT3H"},
+        {"number": 3389, "protocol": "*", "allowedSourceAddressPrefix": ["10.0.0.0/24"], "maxRequestAccessDuration": "PT2H"}]}]);
+    std::fs::write(&file, ps.to_string()).expect("write");
+    let f = cli.json(&["policy", "set", "-g", "prod", "-l", "westeurope", "--file", file.to_str().expect("utf8")]);
+    assert_eq!(f["properties"]["virtualMachines"][0]["ports"][0]["allowedSourceAddressPrefix"], "*");
+    assert_eq!(f["properties"]["virtualMachines"][0]["ports"][1]["maxRequestAccessDuration"], "PT2H");
+    // Bad files: a clear error naming the field, exit 1.
+    std::fs::write(&file, r#"[{"id": "x", "ports": [{"protocol": "*"}]}]"#).expect("write");
+    let bad = cli.run(&["policy", "set", "-g", "prod", "-l", "westeurope", "--file", file.to_str().expect("utf8")]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("[0].ports[0].number"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    std::fs::write(&file, serde_json::json!([{"id": vm_id("prod", "web1"), "ports": [{"number": 22, "protocol": "ICMP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]).to_string()).expect("write");
+    let bad = cli.run(&["policy", "set", "-g", "prod", "-l", "westeurope", "--file", file.to_str().expect("utf8")]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("InvalidJitNetworkAccessPolicy") && err.contains("ICMP"),
+        "the server's code and message: {err}"
+    );
+
+    // Lists filter; access requests; revoke.
+    let all = cli.json(&["policy", "list"]);
+    assert_eq!(all["value"].as_array().map(Vec::len), Some(2));
+    let west = cli.json(&["policy", "list", "-g", "prod", "-l", "westeurope"]);
+    assert_eq!(west["value"].as_array().map(Vec::len), Some(1));
+    let r = cli.json(&[
+        "access",
+        "request",
+        "--vm",
+        "web1",
+        "--port",
+        "22",
+        "--source",
+        "203.0.113.7",
+        "--for",
+        "30m",
+        "--justification",
+        "cli",
+    ]);
+    assert_eq!(r["virtualMachines"][0]["ports"][0]["status"], "Initiated");
+    let id = r["id"].as_i64().expect("id").to_string();
+    let human = cli.ok(&["access", "request", "--vm", "web1", "--port", "3389", "--source", "10.0.0.9"]);
+    assert!(human.contains("CONNECT TO") && human.contains("web1:3389"), "{human}");
+    cli.ok(&["access", "revoke", &id]);
+
+    // Exit codes: 4 not found, 3 denied, 2 usage.
+    assert_eq!(cli.run(&["access", "request", "--vm", "ghost", "--port", "22"]).status.code(), Some(4), "unknown VM");
+    assert_eq!(cli.run(&["policy", "get", "-g", "prod", "-l", "westeurope", "--name", "nope"]).status.code(), Some(4));
+    let ca = s.server.ca_cert.display().to_string();
+    let denied = cli.run_with(
+        &["policy", "list"],
+        &[("JITGATE_URL", &s.server.url), ("JITGATE_TOKEN", "jg_wrong"), ("JITGATE_CA_CERT", &ca)],
+    );
+    assert_eq!(denied.status.code(), Some(3), "wrong token");
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("InvalidAuthenticationToken"));
+    assert_eq!(cli.run(&["policy", "set", "--nonsense"]).status.code(), Some(2));
+    assert_eq!(cli.run_with(&["policy", "list"], &[]).status.code(), Some(2), "no connection settings");
+
+    // Tokens, VMs.
+    let t = cli.ok(&["token", "create", "--principal", "owner", "--expires-in", "1h"]);
+    assert!(t.trim().starts_with("jg_"), "the token alone: {t}");
+    let tokens = cli.json(&["token", "list", "--principal", "owner"]);
+    let newest = tokens["value"].as_array().and_then(|v| v.last()).cloned().expect("token");
+    assert!(newest["expiresOn"].is_string());
+    cli.ok(&["token", "revoke", &newest["id"].to_string()]);
+    let unsupported = cli.json(&["vm", "list", "--unsupported"]);
+    assert!(unsupported["value"].as_array().map(Vec::len).unwrap_or(0) >= 1);
+    assert!(cli.ok(&["vm", "list"]).contains("ENFORCED BY"));
+    cli.ok(&["policy", "delete", "-g", "prod", "-l", "northeurope", "--name", "other"]);
+    assert_eq!(
+        cli.run(&["policy", "delete", "-g", "prod", "-l", "northeurope", "--name", "other"]).status.code(),
+        Some(4)
+    );
+    cli.ok(&["vm", "rm", "web2"]);
+    let gw = cli.run(&["vm", "attach-gateway", "web1", "--gateway", "gw9", "--address", "10.8.0.2"]);
+    assert_eq!(gw.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gw.stderr).contains("gw9"), "names the missing gateway");
+
+    // login: the profile (0600) replaces the environment.
+    let out = cli.run_with(
+        &["login", "--url", &s.server.url, "--token", &s.server.token, "--ca-cert", &ca, "--subscription", SUB],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&cli.config).expect("profile").permissions().mode() & 0o777, 0o600);
+    }
+    let listed = cli.run_with(&["policy", "list", "-o", "json"], &[]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let bad_login = cli.run_with(&["login", "--url", &s.server.url, "--token", "jg_nope", "--ca-cert", &ca], &[]);
+    assert_eq!(bad_login.status.code(), Some(3));
+
+    // Completions and the man page come from the same command tree.
+    let bash = cli.ok(&["completions", "bash"]);
+    assert!(bash.contains("jitgate") && bash.contains("policy"));
+    assert!(cli.ok(&["completions", "zsh"]).contains("#compdef jitgate"));
+    assert!(cli.ok(&["completions", "fish"]).contains("complete -c jitgate"));
+    assert!(cli.ok(&["man"]).contains(".TH jitgate"));
+    let help = cli.ok(&["policy", "set", "--help"]);
+    assert!(help.contains("Examples:"));
+    assert!(cli.ok(&["--help"]).contains("Exit codes: 0 ok, 1 error, 2 usage, 3 denied"));
+}
