@@ -16,6 +16,8 @@ pub enum AccessCommand {
     Request(RequestArgs),
     /// End a request's grants now ("I'm done"); the ports close at once.
     Revoke(RevokeArgs),
+    /// List access requests (from the policies' histories) with their state.
+    List(ListArgs),
     /// Approve a request that waits for an approver (its window starts now).
     Approve(DecideArgs),
     /// Deny a request that waits for an approver.
@@ -65,7 +67,7 @@ pub struct RequestArgs {
 }
 
 /// Finds the VM's ARM id and the policy that protects it.
-async fn locate(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> anyhow::Result<(String, String)> {
+pub async fn locate(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> anyhow::Result<(String, String)> {
     let id = crate::policy::resolve_vm(client, url, token, vm).await?;
     let parts: Vec<&str> = id.split('/').collect();
     let (sub, rg) = (parts.get(2).copied().unwrap_or(""), parts.get(4).copied().unwrap_or(""));
@@ -113,6 +115,9 @@ pub async fn request(args: RequestArgs, format: crate::output::OutputFormat) -> 
         body["justification"] = serde_json::json!(j);
     }
     let wait = if args.wait { "&wait=applied" } else { "" };
+    if args.wait {
+        eprintln!("jitgate: waiting for the enforcement points to open the port…");
+    }
     let started = std::time::Instant::now();
     let out = call(
         client.post(format!("{url}{policy_id}/initiate?api-version=2020-01-01{wait}")).bearer_auth(&token).json(&body),
@@ -199,5 +204,82 @@ pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
         call(client.post(format!("{url}/api/v1/requests/{}/extend{wait}", args.id)).bearer_auth(token).json(&body))
             .await?;
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    #[arg(long, env = "JITGATE_SUBSCRIPTION")]
+    pub subscription: Option<String>,
+    /// Only this VM (ARM id or name).
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Only requests with a port still open or waiting.
+    #[arg(long)]
+    pub active: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn list(args: ListArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let sub = crate::policy::subscription(&args.subscription)?;
+    let mut next = Some(format!(
+        "{url}/subscriptions/{sub}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
+    ));
+    let vm = match &args.vm {
+        Some(v) => Some(crate::policy::resolve_vm(&client, &url, &token, v).await?.to_ascii_lowercase()),
+        None => None,
+    };
+    let mut requests = Vec::new();
+    while let Some(u) = next {
+        let page = call(client.get(&u).bearer_auth(&token)).await?;
+        for p in page["value"].as_array().into_iter().flatten() {
+            for r in p["properties"]["requests"].as_array().into_iter().flatten() {
+                let ports: Vec<&serde_json::Value> = r["virtualMachines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|v| v["ports"].as_array().into_iter().flatten())
+                    .collect();
+                let on_vm = vm.as_ref().is_none_or(|id| {
+                    r["virtualMachines"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(id)))
+                });
+                let active =
+                    ports.iter().any(|p| matches!(p["status"].as_str(), Some("Initiated" | "Pending" | "Scheduled")));
+                if on_vm && (!args.active || active) {
+                    let mut r = r.clone();
+                    r["policyId"] = p["id"].clone();
+                    requests.push(r);
+                }
+            }
+        }
+        next = page["nextLink"].as_str().map(String::from);
+    }
+    let value = serde_json::json!({"value": requests});
+    crate::output::print(format, &value, |v| {
+        let mut rows = Vec::new();
+        for r in v["value"].as_array().into_iter().flatten() {
+            for vm in r["virtualMachines"].as_array().into_iter().flatten() {
+                let name = vm["id"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_owned();
+                for p in vm["ports"].as_array().into_iter().flatten() {
+                    rows.push(vec![
+                        r["id"].to_string(),
+                        name.clone(),
+                        p["number"].to_string(),
+                        p["status"].as_str().unwrap_or("").into(),
+                        p["statusReason"].as_str().unwrap_or("").into(),
+                        r["requestor"].as_str().unwrap_or("").into(),
+                        p["endTimeUtc"].as_str().unwrap_or("").into(),
+                    ]);
+                }
+            }
+        }
+        crate::output::table(&["ID", "VM", "PORT", "STATUS", "REASON", "REQUESTOR", "UNTIL"], &rows);
+    });
     Ok(())
 }

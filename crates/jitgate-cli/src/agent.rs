@@ -81,6 +81,32 @@ pub enum AgentCommand {
 pub enum TokenCommand {
     /// Create a join token; prints the token alone on stdout.
     Create(TokenCreateArgs),
+    /// List join tokens (without secrets): scope, expiry, and whether they were used.
+    List(TokenListArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn token_list(args: TokenListArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let out = call(client.get(format!("{url}/api/v1/agentTokens")).bearer_auth(token)).await?;
+    crate::output::print(format, &out, |o| {
+        let rows: Vec<Vec<String>> = o["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let s = |k: &str| t[k].as_str().unwrap_or("").to_owned();
+                vec![s("resourceGroup"), s("location"), s("mode"), s("state"), s("expiresOn"), s("createdBy")]
+            })
+            .collect();
+        crate::output::table(&["RESOURCE GROUP", "LOCATION", "MODE", "STATE", "EXPIRES", "BY"], &rows);
+    });
+    Ok(())
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod audit;
 pub mod bench;
 pub mod client;
+pub mod connect;
 pub mod local;
 pub mod netns;
 pub mod output;
@@ -46,6 +47,8 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Access requests: request access to ports, revoke a grant before its end time.
     Access(access::AccessArgs),
+    /// Request access, wait until open, run a command with the connection details, revoke after.
+    Connect(connect::ConnectArgs),
     /// Role definitions and assignments.
     Role(role::RoleArgs),
     /// JIT policies: set, get, list, delete.

@@ -76,7 +76,7 @@ pub struct ListArgs {
     pub conn: ConnArgs,
 }
 
-fn subscription(given: &Option<String>) -> anyhow::Result<String> {
+pub fn subscription(given: &Option<String>) -> anyhow::Result<String> {
     given.clone().or(crate::profile::load().subscription).ok_or_else(|| {
         fail(
             exit::USAGE,

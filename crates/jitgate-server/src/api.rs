@@ -37,7 +37,7 @@ use crate::App;
 pub fn router() -> Router<App> {
     Router::new()
         .route("/api/v1/vms", any(vms))
-        .route("/api/v1/agentTokens", post(agent_tokens))
+        .route("/api/v1/agentTokens", post(agent_tokens).get(list_agent_tokens))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/requests/{id}/revoke", post(revoke))
@@ -171,6 +171,41 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
         mode: spec.mode.as_str().into(),
     };
     Ok(json(StatusCode::CREATED, &out))
+}
+
+/// `GET /api/v1/agentTokens`: join tokens where the caller may register VMs, without secrets.
+async fn list_agent_tokens(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    req: Request<Body>,
+) -> Response {
+    respond(
+        async {
+            let ctx = crate::ctx_of(peer, &req);
+            let headers = req.headers().clone();
+            drop(req);
+            let principal = app.authenticate(&headers, &ctx, "/api/v1/agentTokens").await?;
+            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+            let now = app.clock.now();
+            let value: Vec<serde_json::Value> = app
+                .store
+                .list_join_tokens()
+                .await?
+                .into_iter()
+                .filter(|t| grants.permits(actions::VM_WRITE, &format!("/subscriptions/{}/resourceGroups/{}", t.spec.subscription, t.spec.resource_group)))
+                .map(|t| {
+                    let state = if t.used.is_some() { "used" } else if t.spec.expires <= now { "expired" } else { "unused" };
+                    serde_json::json!({
+                        "subscription": t.spec.subscription, "resourceGroup": t.spec.resource_group, "location": t.spec.location,
+                        "mode": t.spec.mode.as_str(), "createdAt": datetime::format(t.created), "createdBy": t.created_by,
+                        "expiresOn": datetime::format(t.spec.expires), "usedAt": t.used.map(datetime::format), "state": state,
+                    })
+                })
+                .collect();
+            Ok(json(StatusCode::OK, &ListOut { value }))
+        }
+        .await,
+    )
 }
 
 async fn agents(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {

@@ -30,8 +30,9 @@ use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
-    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenSpec, ListScope, PolicyRecord, Principal,
-    RoleAssignment, SecurityPolicy, Store, StoreError, StoreResult, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
+    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope,
+    PolicyRecord, Principal, RoleAssignment, SecurityPolicy, Store, StoreError, StoreResult, TokenRecord, Vm, VmAccess,
+    VmSpec, Webhook,
 };
 
 use crate::rows::{encode_sources, from_nanos, nanos};
@@ -1045,6 +1046,32 @@ impl Store for SqliteStore {
                 .with("expiresOn", rfc3339(spec.expires));
             ctx.audit(&event).map_err(backend)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT subscription, resource_group, location, mode, expires, created, created_by, used FROM join_tokens ORDER BY created",
+            )?
+            .query_map([], |r| {
+                let mode: String = r.get(3)?;
+                let used: Option<i64> = r.get(7)?;
+                Ok(JoinTokenRecord {
+                    spec: JoinTokenSpec {
+                        subscription: r.get(0)?,
+                        resource_group: r.get(1)?,
+                        location: r.get(2)?,
+                        mode: AgentMode::parse(&mode).ok_or_else(|| rows::corrupt(format!("mode {mode}")))?,
+                        expires: from_nanos(r.get(4)?)?,
+                    },
+                    created: from_nanos(r.get(5)?)?,
+                    created_by: r.get(6)?,
+                    used: used.map(from_nanos).transpose()?,
+                })
+            })?
+            .collect()
         })
         .await
     }

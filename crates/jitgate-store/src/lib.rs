@@ -171,6 +171,15 @@ pub struct JoinTokenSpec {
     pub expires: OffsetDateTime,
 }
 
+/// A join token as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    pub spec: JoinTokenSpec,
+    pub created: OffsetDateTime,
+    pub created_by: String,
+    pub used: Option<OffsetDateTime>,
+}
+
 /// An agent joining with a join token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentJoin {
@@ -344,6 +353,8 @@ pub trait Store: Send + Sync + 'static {
     async fn revision(&self) -> StoreResult<u64>;
     /// Stores a one-time join token (by its hash).
     async fn create_join_token(&self, spec: JoinTokenSpec, token_hash: &str, audit: AuditEvent) -> StoreResult<()>;
+    /// Join tokens (never their secrets): scope, expiry, creator, and when used.
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>>;
     /// Consumes a join token and creates the agent; in host mode also registers its VM.
     async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord>;
     async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>>;

@@ -62,6 +62,9 @@ fn main() -> std::process::ExitCode {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
                     jitgate_cli::agent::token_create(a).await
                 }
+                Some(AgentCommand::Token { command: TokenCommand::List(a) }) => {
+                    jitgate_cli::agent::token_list(a, format).await
+                }
                 None => agent::run(args.run).await,
             },
             Command::Probe(args) => match jitgate_cli::probe::run(args).await {
@@ -70,6 +73,11 @@ fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             },
             Command::Role(args) => jitgate_cli::role::run(args).await,
+            Command::Connect(args) => match jitgate_cli::connect::run(args).await {
+                Ok(0) => Ok(()),
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            },
             Command::Policy(args) => match args.command {
                 PolicyCommand::Set(a) => jitgate_cli::policy::set(a, format, order).await,
                 PolicyCommand::Get(a) => jitgate_cli::policy::get(a, format).await,
@@ -96,6 +104,7 @@ fn main() -> std::process::ExitCode {
                 AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true).await,
                 AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false).await,
                 AccessCommand::Extend(a) => jitgate_cli::access::extend(a).await,
+                AccessCommand::List(a) => jitgate_cli::access::list(a, format).await,
             },
         }
     });

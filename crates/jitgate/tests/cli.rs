@@ -221,3 +221,54 @@ async fn every_command_family_against_a_real_server() {
     assert!(help.contains("Examples:"));
     assert!(cli.ok(&["--help"]).contains("Exit codes: 0 ok, 1 error, 2 usage, 3 denied"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_runs_the_command_with_the_details_and_revokes_after() {
+    let s = TestServer::start(BIN, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cli = Cli { s: &s, config: dir.path().join("profile.json") };
+    cli.ok(&["vm", "add", "--id", &vm_id("prod", "web1"), "-l", "westeurope", "--address", "10.0.0.4"]);
+    cli.ok(&["policy", "set", "-g", "prod", "-l", "westeurope", "--vm", "web1", "--port", "22"]);
+    let out = cli.run(&[
+        "connect",
+        "web1",
+        "--for",
+        "10m",
+        "--",
+        "sh",
+        "-c",
+        "echo connecting to {host} port {port}; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "the command's own exit code: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connecting to 10.0.0.4 port 22"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open after") && err.contains("revoked"), "{err}");
+    // The grant was revoked when the command ended.
+    let requests = cli.json(&["access", "list", "--vm", "web1"]);
+    let ports = &requests["value"][0]["virtualMachines"][0]["ports"][0];
+    assert_eq!(
+        (ports["status"].as_str(), ports["statusReason"].as_str()),
+        (Some("Revoked"), Some("UserRequested")),
+        "{requests}"
+    );
+    assert_eq!(cli.json(&["access", "list", "--active"])["value"], serde_json::json!([]));
+    assert!(cli.ok(&["access", "list"]).contains("REQUESTOR"));
+    // Agent join tokens: created alone on stdout, listed without secrets.
+    let t = cli.ok(&[
+        "agent",
+        "token",
+        "create",
+        "--subscription",
+        SUB,
+        "--resource-group",
+        "prod",
+        "--location",
+        "westeurope",
+        "--ttl",
+        "30m",
+    ]);
+    assert!(t.trim().starts_with("jgj_") && t.trim().lines().count() == 1);
+    let listed = cli.json(&["agent", "token", "list"]);
+    assert_eq!(listed["value"][0]["state"], "unused");
+    assert!(!listed.to_string().contains("jgj_"), "no secrets");
+}

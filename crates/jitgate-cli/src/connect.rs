@@ -1,0 +1,94 @@
+//! `jitgate connect VM -- ssh -p {port} user@{host}`: request access for my address, wait until
+//! the port is open, run the command with the connection details filled in, and revoke the grant
+//! when the command ends (or is interrupted).
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::output::{exit, fail};
+use crate::{call, ConnArgs};
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  jitgate connect web1 -- ssh -p {port} admin@{host}
+  jitgate connect win1 --port 3389 --for 2h -- xfreerdp /v:{host}:{port}")]
+pub struct ConnectArgs {
+    /// The VM: ARM id, or name when unique.
+    pub vm: String,
+    #[arg(long, default_value_t = 22)]
+    pub port: u16,
+    /// How long at most (the grant ends earlier, when the command does).
+    #[arg(long = "for", default_value = "30m")]
+    pub duration: String,
+    /// `my-ip` (default) or a CIDR.
+    #[arg(long, default_value = "my-ip")]
+    pub source: String,
+    #[arg(long)]
+    pub justification: Option<String>,
+    /// The command; `{host}` and `{port}` are replaced by where to connect.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// Where to connect: the gateway's address and mapped port, or the VM's own.
+fn endpoint(request: &Value, vm_address: Option<&str>, vm_name: &str, port: u16) -> (String, u16) {
+    let vm = &request["virtualMachines"][0];
+    let mapped = vm["ports"][0]["mappedPort"].as_u64().and_then(|p| u16::try_from(p).ok());
+    match (vm["publicIpAddress"].as_str(), mapped) {
+        (Some(ip), Some(p)) => (ip.to_owned(), p),
+        _ => (vm_address.unwrap_or(vm_name).to_owned(), port),
+    }
+}
+
+pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
+    let (url, token, client) = args.conn.connect()?;
+    let (vm_id, policy_id) = crate::access::locate(&client, &url, &token, &args.vm).await?;
+    let mut port = json!({"number": args.port, "duration": crate::iso_duration(&args.duration)?});
+    if args.source != "my-ip" {
+        port["allowedSourceAddressPrefix"] = json!(args.source);
+    }
+    let mut body = json!({"virtualMachines": [{"id": vm_id, "ports": [port]}]});
+    body["justification"] =
+        json!(args.justification.clone().unwrap_or_else(|| format!("jitgate connect: {}", args.command.join(" "))));
+    eprintln!("jitgate: requesting port {} of {} and waiting for the enforcement points…", args.port, args.vm);
+    let started = std::time::Instant::now();
+    let granted = call(
+        client
+            .post(format!("{url}{policy_id}/initiate?api-version=2020-01-01&wait=applied"))
+            .bearer_auth(&token)
+            .json(&body),
+    )
+    .await?;
+    let id = granted["id"].as_i64().ok_or_else(|| fail(exit::ERROR, "the server answered without a request id"))?;
+    let vm = call(client.get(format!("{url}/api/v1/vms")).query(&[("id", &vm_id)]).bearer_auth(&token)).await?;
+    let name = vm_id.rsplit('/').next().unwrap_or("").to_owned();
+    let (host, port) = endpoint(&granted, vm["address"].as_str(), &name, args.port);
+    eprintln!(
+        "jitgate: open after {:.0} ms; connecting to {host}:{port} (request {id})",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let fill = |s: &String| s.replace("{host}", &host).replace("{port}", &port.to_string());
+    let mut child = tokio::process::Command::new(fill(&args.command[0]))
+        .args(args.command[1..].iter().map(fill))
+        .spawn()
+        .map_err(|e| fail(exit::ERROR, format!("starting {}: {e}", args.command[0])));
+    let code = match &mut child {
+        Ok(c) => {
+            let status = tokio::select! {
+                s = c.wait() => s.ok(),
+                _ = tokio::signal::ctrl_c() => { let _ = c.kill().await; None }
+            };
+            status.and_then(|s| s.code()).unwrap_or(130)
+        }
+        Err(_) => exit::ERROR,
+    };
+    // Whatever happened, the port closes now.
+    match call(client.post(format!("{url}/api/v1/requests/{id}/revoke")).bearer_auth(&token)).await {
+        Ok(_) => eprintln!("jitgate: request {id} revoked"),
+        Err(e) => eprintln!("jitgate: could not revoke request {id} ({e}); it ends at its end time"),
+    }
+    child?;
+    Ok(code)
+}
