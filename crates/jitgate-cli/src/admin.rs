@@ -9,11 +9,19 @@ use crate::output::{exit, fail, print, table, OutputFormat};
 use crate::{call, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  jitgate login --url https://jit.example.com:8443 --token jg_… --ca-cert cert.pem --subscription $SUB
+  jitgate login --url https://jit.example.com:8443 --oidc      # sign in with the server's OIDC provider (device flow)")]
 pub struct LoginArgs {
     #[arg(long = "url", env = "JITGATE_URL")]
     pub url: String,
-    #[arg(long, env = "JITGATE_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// An API token (or an ID token) to save.
+    #[arg(long, env = "JITGATE_TOKEN", hide_env_values = true, required_unless_present = "oidc")]
+    pub token: Option<String>,
+    /// Sign in through the server's OIDC issuer with the device flow: open the link shown, enter the
+    /// code, and the ID token is saved (sign in again when it expires).
+    #[arg(long, conflicts_with = "token")]
+    pub oidc: bool,
     #[arg(long = "ca-cert", env = "JITGATE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// The subscription commands use when given none.
@@ -21,15 +29,82 @@ pub struct LoginArgs {
     pub subscription: Option<String>,
 }
 
+/// The OAuth 2.0 device authorization grant (RFC 8628) against the server's OIDC issuer; returns
+/// the ID token.
+async fn device_flow(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let cfg = call(client.get(format!("{url}/api/v1/auth/config"))).await?;
+    let (Some(issuer), Some(client_id)) = (cfg["oidcIssuer"].as_str(), cfg["oidcClientId"].as_str()) else {
+        return Err(fail(exit::USAGE, "this server has no OIDC sign-in configured; use --token"));
+    };
+    let idp = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+    let discovery: Value = idp
+        .get(format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let (Some(device_ep), Some(token_ep)) =
+        (discovery["device_authorization_endpoint"].as_str(), discovery["token_endpoint"].as_str())
+    else {
+        return Err(fail(exit::ERROR, format!("{issuer} offers no device authorization endpoint")));
+    };
+    let start: Value = idp
+        .post(device_ep)
+        .form(&[("client_id", client_id), ("scope", "openid profile email")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let device_code =
+        start["device_code"].as_str().ok_or_else(|| fail(exit::ERROR, "the issuer sent no device_code"))?;
+    let link = start["verification_uri_complete"].as_str().or(start["verification_uri"].as_str()).unwrap_or("");
+    eprintln!("To sign in, open {link} and enter the code {}", start["user_code"].as_str().unwrap_or(""));
+    let mut interval = start["interval"].as_u64().unwrap_or(5);
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(start["expires_in"].as_u64().unwrap_or(600));
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(fail(exit::TIMEOUT, "the sign-in was not completed in time"));
+        }
+        let r: Value = idp
+            .post(token_ep)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", device_code),
+                ("client_id", client_id),
+            ])
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(t) = r["id_token"].as_str() {
+            return Ok(t.to_owned());
+        }
+        match r["error"].as_str() {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += 5,
+            Some(e) => return Err(fail(exit::DENIED, format!("sign-in refused: {e}"))),
+            None => return Err(fail(exit::ERROR, "the issuer answered without an ID token")),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
+    }
+}
+
 /// Checks the settings against the server, then writes the profile (0600).
 pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let ca = a.ca_cert.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     let client = crate::client::http_client(ca.as_deref())?;
     let url = a.url.trim_end_matches('/').to_owned();
-    call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(&a.token)).await?;
+    let token = match a.token {
+        Some(t) => t,
+        None => device_flow(&client, &url).await?,
+    };
+    call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(&token)).await?;
     let path = crate::profile::save(&crate::profile::Profile {
         url: Some(url.clone()),
-        token: Some(a.token),
+        token: Some(token),
         ca_cert: ca,
         subscription: a.subscription,
     })?;

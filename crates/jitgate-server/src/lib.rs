@@ -353,6 +353,15 @@ async fn correlate(mut req: Request, next: Next) -> Response {
     resp
 }
 
+/// `GET /api/v1/auth/config` (no token): how humans sign in, for `jitgate login --oidc`.
+async fn auth_config(State(app): State<App>) -> Response {
+    let value = match &app.oidc {
+        Some(o) => serde_json::json!({"oidcIssuer": o.issuer(), "oidcClientId": o.audience()}),
+        None => serde_json::json!({}),
+    };
+    json(StatusCode::OK, &value)
+}
+
 async fn healthz() -> Response {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
@@ -385,6 +394,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/auth/config", get(auth_config))
         .merge(api::router())
         .merge(agent_api::router())
         .merge(api_rbac::router())

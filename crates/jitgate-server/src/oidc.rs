@@ -149,4 +149,9 @@ impl Oidc {
     pub fn issuer(&self) -> &str {
         &self.config.issuer
     }
+
+    /// The audience, which is the OIDC client id CLIs sign in with.
+    pub fn audience(&self) -> &str {
+        &self.config.audience
+    }
 }

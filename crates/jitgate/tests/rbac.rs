@@ -469,3 +469,88 @@ fn jitgate_core_requester() -> Vec<&'static str> {
         "Microsoft.Network/publicIPAddresses/read",
     ]
 }
+
+/// A tiny OIDC provider on loopback: discovery, JWKS, a device authorization endpoint, and a
+/// token endpoint that says `authorization_pending` once, then hands out the ID token.
+fn serve_idp(jwks: Value, mint: impl Fn(&str) -> String + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+    let iss = issuer.clone();
+    std::thread::spawn(move || {
+        let mut polls = 0;
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let answer = if line.contains("/.well-known/openid-configuration") {
+                json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks"), "device_authorization_endpoint": format!("{iss}/device"), "token_endpoint": format!("{iss}/token")})
+            } else if line.contains("/jwks") {
+                jwks.clone()
+            } else if line.contains("/device") {
+                assert!(String::from_utf8_lossy(&body).contains("client_id=jitgate-test"));
+                json!({"device_code": "dc-1", "user_code": "WDJB-MJHT", "verification_uri": format!("{iss}/activate"), "interval": 1, "expires_in": 60})
+            } else {
+                polls += 1;
+                if polls == 1 {
+                    json!({"error": "authorization_pending"})
+                } else {
+                    json!({"id_token": mint(&iss), "token_type": "Bearer"})
+                }
+            };
+            let text = answer.to_string();
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+            let _ = reader.get_mut().write_all(resp.as_bytes());
+        }
+    });
+    issuer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitgate_login_oidc_signs_in_with_the_device_flow() {
+    let (key, jwk) = ec_key();
+    let issuer = serve_idp(json!({"keys": [jwk]}), move |iss| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        jwt(
+            &key,
+            json!({"iss": iss, "aud": "jitgate-test", "sub": "u-9", "preferred_username": "gina", "iat": now, "exp": now + 600}),
+        )
+    });
+    let s = TestServer::start(BIN, &["--oidc-issuer", &issuer, "--oidc-audience", "jitgate-test"]);
+    let cfg = s.send_with(Method::GET, &s.url("/api/v1/auth/config"), None, &[]).await;
+    assert_eq!(cfg.body["oidcClientId"], "jitgate-test");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = dir.path().join("profile.json");
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("JITGATE_CONFIG", &profile)
+            .env_remove("JITGATE_TOKEN")
+            .env_remove("JITGATE_URL")
+            .env_remove("JITGATE_CA_CERT")
+            .output()
+            .expect("runs")
+    };
+    let ca = s.server.ca_cert.display().to_string();
+    let out = run(&["login", "--url", &s.server.url, "--ca-cert", &ca, "--oidc", "--subscription", SUB]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WDJB-MJHT"), "shows the code to enter");
+    // The profile now signs gina in; she has no role yet, so lists are empty rather than refused.
+    let listed = run(&["policy", "list", "-o", "json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let principals = s.send(Method::GET, &s.url("/api/v1/principals"), None).await;
+    assert!(principals.body["value"].as_array().into_iter().flatten().any(|p| p["name"] == "gina"), "{principals:?}");
+}
