@@ -15,14 +15,19 @@ pub enum AccessCommand {
     /// Request access to ports of a VM (what Start-AzJitNetworkAccessPolicy does).
     Request(RequestArgs),
     /// End a request's grants now ("I'm done"); the ports close at once.
+    #[command(after_help = "Example:\n  jitgate access revoke 42 --wait")]
     Revoke(RevokeArgs),
     /// List access requests (from the policies' histories) with their state.
+    #[command(after_help = "Example:\n  jitgate access list --active\n  jitgate access list --vm web1 -o json")]
     List(ListArgs),
     /// Approve a request that waits for an approver (its window starts now).
+    #[command(after_help = "Example:\n  jitgate access approve 42 --reason \"change CHG-1234\" --wait")]
     Approve(DecideArgs),
     /// Deny a request that waits for an approver.
+    #[command(after_help = "Example:\n  jitgate access deny 42 --reason \"not during the freeze\"")]
     Deny(DecideArgs),
     /// Keep a granted port open longer (up to the port's maximum from now).
+    #[command(after_help = "Example:\n  jitgate access extend 42 --for 2h --wait")]
     Extend(ExtendArgs),
 }
 
@@ -126,7 +131,13 @@ pub async fn request(args: RequestArgs, format: crate::output::OutputFormat) -> 
     if args.wait {
         eprintln!("open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
-    crate::output::print(format, &out, |o| {
+    print_request(format, &out);
+    Ok(())
+}
+
+/// A request as a table (or JSON/YAML): VM, port, status, until, and where to connect.
+pub fn print_request(format: crate::output::OutputFormat, out: &serde_json::Value) {
+    crate::output::print(format, out, |o| {
         println!("request {}", o["id"]);
         let mut rows = Vec::new();
         for vm in o["virtualMachines"].as_array().into_iter().flatten() {
@@ -147,14 +158,13 @@ pub async fn request(args: RequestArgs, format: crate::output::OutputFormat) -> 
         }
         crate::output::table(&["VM", "PORT", "STATUS", "UNTIL", "CONNECT TO"], &rows);
     });
-    Ok(())
 }
 
-pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+pub async fn revoke(args: RevokeArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     let (url, token, client) = args.conn.connect()?;
     let wait = if args.wait { "?wait=applied" } else { "" };
     let out = call(client.post(format!("{url}/api/v1/requests/{}/revoke{wait}", args.id)).bearer_auth(token)).await?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    print_request(format, &out);
     Ok(())
 }
 
@@ -172,7 +182,7 @@ pub struct DecideArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
+pub async fn decide(args: DecideArgs, approve: bool, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     let (url, token, client) = args.conn.connect()?;
     let verb = if approve { "approve" } else { "deny" };
     let wait = if args.wait && approve { "?wait=applied" } else { "" };
@@ -180,7 +190,7 @@ pub async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<()> {
     let out =
         call(client.post(format!("{url}/api/v1/requests/{}/{verb}{wait}", args.id)).bearer_auth(token).json(&body))
             .await?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    print_request(format, &out);
     Ok(())
 }
 
@@ -196,14 +206,14 @@ pub struct ExtendArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn extend(args: ExtendArgs) -> anyhow::Result<()> {
+pub async fn extend(args: ExtendArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     let (url, token, client) = args.conn.connect()?;
     let wait = if args.wait { "?wait=applied" } else { "" };
     let body = serde_json::json!({"duration": crate::iso_duration(&args.duration)?});
     let out =
         call(client.post(format!("{url}/api/v1/requests/{}/extend{wait}", args.id)).bearer_auth(token).json(&body))
             .await?;
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    print_request(format, &out);
     Ok(())
 }
 

@@ -124,10 +124,15 @@ pub enum VmCommand {
     #[command(after_help = "Examples:\n  jitgate vm list --configured\n  jitgate vm list --unsupported -o json")]
     List(VmListArgs),
     /// Register a VM (agents register their own; this is for VMs behind a gateway or before an agent).
+    #[command(
+        after_help = "Example:\n  jitgate vm add --id /subscriptions/$SUB/resourceGroups/prod/providers/Microsoft.Compute/virtualMachines/web1 --os Linux -l westeurope --address 10.0.0.4"
+    )]
     Add(VmAddArgs),
     /// Remove a VM (refused while a policy protects it).
+    #[command(after_help = "Example:\n  jitgate vm rm web1")]
     Rm(VmRef),
     /// Put a VM behind a gateway agent, with its inner address.
+    #[command(after_help = "Example:\n  jitgate vm attach-gateway web1 --gateway gw1 --address 10.8.0.2")]
     AttachGateway(AttachArgs),
 }
 
@@ -253,10 +258,13 @@ pub struct TokenArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenCommand {
     /// Create an API token; prints the token alone (it is shown only this once).
+    #[command(after_help = "Example:\n  jitgate token create --principal alice --expires-in 8h")]
     Create(TokenCreate),
     /// List a principal's tokens (never their secrets).
+    #[command(after_help = "Example:\n  jitgate token list --principal alice")]
     List(TokenFor),
     /// Revoke a token by id.
+    #[command(after_help = "Example:\n  jitgate token revoke 7")]
     Revoke(TokenRevoke),
 }
 

@@ -80,8 +80,12 @@ pub enum AgentCommand {
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenCommand {
     /// Create a join token; prints the token alone on stdout.
+    #[command(
+        after_help = "Example:\n  jitgate agent token create --subscription $SUB --resource-group prod --location westeurope --mode host --ttl 1h"
+    )]
     Create(TokenCreateArgs),
     /// List join tokens (without secrets): scope, expiry, and whether they were used.
+    #[command(after_help = "Example:\n  jitgate agent token list -o json")]
     List(TokenListArgs),
 }
 

@@ -15,11 +15,19 @@ pub struct AuditArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum AuditCommand {
     /// Show audit records (newest filters first: --from/--to/--caller/--resource-id/--operation/--status).
+    #[command(
+        after_help = "Example:\n  jitgate audit list --caller alice --status Failed\n  jitgate audit list --resource-id /subscriptions/$SUB/resourceGroups/prod --from 2026-11-01T00:00:00Z"
+    )]
     List(QueryArgs),
     /// Write every matching record, following the pages, as JSON lines or CSV.
+    #[command(
+        after_help = "Example:\n  jitgate audit export --format csv > audit.csv\n  jitgate audit export --format jsonl --from 2026-11-01T00:00:00Z"
+    )]
     Export(QueryArgs),
     /// Verify the hash chain: through the API, or offline on a data directory (--data-dir).
-    #[command(after_help = "Exit status: 0 intact, 1 broken (the first bad record is named), 2 usage.")]
+    #[command(
+        after_help = "Examples:\n  jitgate audit verify\n  jitgate audit verify --data-dir /var/lib/jitgate     # offline, no server needed\nExit status: 0 intact, 1 broken (the first bad record is named), 2 usage."
+    )]
     Verify(VerifyArgs),
 }
 

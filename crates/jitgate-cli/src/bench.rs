@@ -27,16 +27,21 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
     /// Initiate throughput and latency over HTTPS (the default).
+    #[command(after_help = "Example:\n  jitgate bench initiate --concurrency 16 --seconds 10")]
     Initiate(InitiateBenchArgs),
     /// In network namespaces: time from the initiate call to the first TCP connect through the
     /// new grant, and how late ports close after endTimeUtc (needs root and nft).
+    #[command(after_help = "Example:\n  sudo jitgate bench open-latency --grants 200")]
     OpenLatency(OpenLatencyArgs),
     /// In a network namespace: nftables batch and update times at scale, and the TCP connect
     /// rate through a table of 10 versus many live grants (needs root and nft).
+    #[command(after_help = "Example:\n  sudo jitgate bench kernel --elements 100000")]
     Kernel(KernelArgs),
     /// The cost of an authorization check for a principal holding many role assignments.
+    #[command(after_help = "Example:\n  jitgate bench authz --assignments 1000")]
     Authz(AuthzArgs),
     /// Audit queries and chain verification over a large log.
+    #[command(after_help = "Example:\n  jitgate bench audit --records 1000000")]
     Audit(AuditBenchArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]

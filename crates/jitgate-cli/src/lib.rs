@@ -59,9 +59,13 @@ pub enum Command {
     Token(admin::TokenArgs),
     /// Check and save the connection settings (profile file, mode 0600).
     Login(admin::LoginArgs),
-    /// Shell completions: `jitgate completions bash > /etc/bash_completion.d/jitgate`.
+    /// Shell completions from the command tree.
+    #[command(
+        after_help = "Examples:\n  jitgate completions bash > /etc/bash_completion.d/jitgate\n  jitgate completions zsh > \"${fpath[1]}/_jitgate\""
+    )]
     Completions(admin::CompletionsArgs),
-    /// The man page, from the command tree: `jitgate man > jitgate.1`.
+    /// The man page, from the command tree.
+    #[command(after_help = "Example:\n  jitgate man > /usr/local/share/man/man1/jitgate.1")]
     Man,
     /// The audit log: list, export, verify.
     Audit(audit::AuditArgs),
@@ -293,5 +297,31 @@ mod tests {
         assert!(Cli::try_parse_from(["jitgate", "serve", "--tls-cert", "c.pem"]).is_err(), "cert needs key");
         assert!(Cli::try_parse_from(["jitgate", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["jitgate", "serve", "--list-page-size", "0"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn leaves(cmd: &clap::Command, path: String, out: &mut Vec<(String, bool)>) {
+        let subs: Vec<&clap::Command> =
+            cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help").collect();
+        let has = |c: &clap::Command| c.get_after_help().map(|h| h.to_string().contains("Example")).unwrap_or(false);
+        if subs.is_empty() || has(cmd) {
+            out.push((path.clone(), has(cmd)));
+        }
+        for s in subs {
+            leaves(s, format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_has_examples_in_its_help() {
+        let mut all = Vec::new();
+        leaves(&Cli::command(), "jitgate".into(), &mut all);
+        let missing: Vec<&String> = all.iter().filter(|(_, has)| !has).map(|(p, _)| p).collect();
+        assert!(missing.is_empty(), "commands without examples: {missing:#?}");
     }
 }

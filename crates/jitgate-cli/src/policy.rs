@@ -24,10 +24,13 @@ pub enum PolicyCommand {
   jitgate policy set -g prod -l westeurope --file policy.json                  # REST body or the $JitPolicy array")]
     Set(SetArgs),
     /// Show one policy.
+    #[command(after_help = "Example:\n  jitgate policy get -g prod -l westeurope -o yaml")]
     Get(Where),
     /// List policies (of the subscription, narrowed by --resource-group and --location).
+    #[command(after_help = "Example:\n  jitgate policy list\n  jitgate policy list -g prod -l westeurope -o json")]
     List(ListArgs),
     /// Delete a policy (its protection ends).
+    #[command(after_help = "Example:\n  jitgate policy delete -g prod -l westeurope --name default")]
     Delete(Where),
 }
 

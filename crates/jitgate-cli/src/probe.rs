@@ -19,12 +19,16 @@ pub struct ProbeArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ProbeCommand {
     /// Echo server: every TCP connection and UDP datagram is echoed back.
+    #[command(after_help = "Example:\n  jitgate probe listen --tcp 0.0.0.0:2222 --udp 0.0.0.0:2222")]
     Listen(ListenArgs),
     /// Try TCP connects until the port is open (or closed); prints when that happened.
+    #[command(after_help = "Example:\n  jitgate probe connect --to 10.0.0.4:22 --expect open --within-ms 5000")]
     Connect(ConnectArgs),
     /// Keep one TCP session alive with an echo every interval; prints when echoes stopped.
+    #[command(after_help = "Example:\n  jitgate probe session --to 10.0.0.4:22 --for-ms 10000")]
     Session(SessionArgs),
     /// Send a UDP datagram and wait for the echo.
+    #[command(after_help = "Example:\n  jitgate probe udp --to 10.0.0.4:53")]
     Udp(UdpArgs),
 }
 

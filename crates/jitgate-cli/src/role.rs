@@ -19,8 +19,12 @@ pub enum RoleCommand {
     )]
     CreateLeastPrivileged(CreateLeastArgs),
     /// List the built-in and custom roles.
+    #[command(after_help = "Example:\n  jitgate role list\n  jitgate role list -o json")]
     List(ListArgs),
     /// Assign a role to a principal at a scope.
+    #[command(
+        after_help = "Example:\n  jitgate role assign --principal alice --role \"JIT Network Access Requester\" --scope /subscriptions/$SUB/resourceGroups/prod"
+    )]
     Assign(AssignArgs),
 }
 
@@ -65,7 +69,7 @@ pub fn least_privileged_body(name: &str, scope: &str) -> serde_json::Value {
     })
 }
 
-pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
+pub async fn run(args: RoleArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
     match args.command {
         RoleCommand::CreateLeastPrivileged(a) => {
             let (url, token, client) = a.conn.connect()?;
@@ -77,7 +81,10 @@ pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
                     .json(&least_privileged_body(&a.name, &a.scope)),
             )
             .await?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            // The role itself, in Azure's form, is the useful output for people and scripts alike.
+            let json_out =
+                if format == crate::output::OutputFormat::Yaml { format } else { crate::output::OutputFormat::Json };
+            crate::output::print(json_out, &out, |_| {});
         }
         RoleCommand::List(a) => {
             let (url, token, client) = a.conn.connect()?;
@@ -95,7 +102,15 @@ pub async fn run(args: RoleArgs) -> anyhow::Result<()> {
             let (url, token, client) = a.conn.connect()?;
             let body = json!({"principal": a.principal, "role": a.role, "scope": a.scope});
             let out = call(client.post(format!("{url}/api/v1/roleAssignments")).bearer_auth(token).json(&body)).await?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            crate::output::print(format, &out, |o| {
+                println!(
+                    "assignment {}: {} holds {} at {}",
+                    o["id"].as_str().unwrap_or(""),
+                    o["principal"].as_str().unwrap_or(""),
+                    o["role"].as_str().unwrap_or(""),
+                    o["scope"].as_str().unwrap_or("")
+                );
+            });
         }
     }
     Ok(())

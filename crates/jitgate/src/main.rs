@@ -72,7 +72,7 @@ fn main() -> std::process::ExitCode {
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),
             },
-            Command::Role(args) => jitgate_cli::role::run(args).await,
+            Command::Role(args) => jitgate_cli::role::run(args, format).await,
             Command::Connect(args) => match jitgate_cli::connect::run(args).await {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),
@@ -99,11 +99,11 @@ fn main() -> std::process::ExitCode {
                 },
             },
             Command::Access(args) => match args.command {
-                AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a).await,
+                AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a, format).await,
                 AccessCommand::Request(a) => jitgate_cli::access::request(a, format).await,
-                AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true).await,
-                AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false).await,
-                AccessCommand::Extend(a) => jitgate_cli::access::extend(a).await,
+                AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true, format).await,
+                AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false, format).await,
+                AccessCommand::Extend(a) => jitgate_cli::access::extend(a, format).await,
                 AccessCommand::List(a) => jitgate_cli::access::list(a, format).await,
             },
         }

@@ -454,6 +454,8 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
         "JIT Access Role",
         "--scope",
         &rg_scope("rg1"),
+        "-o",
+        "json",
     ]))
     .expect("json");
     assert_eq!(assigned["role"], "JIT Access Role");
