@@ -129,14 +129,20 @@ pub async fn request(args: RequestArgs, format: crate::output::OutputFormat) -> 
     )
     .await?;
     if args.wait {
-        eprintln!("open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("jitgate: open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
-    print_request(format, &out);
+    let vm = call(client.get(format!("{url}/api/v1/vms")).query(&[("id", &vm_id)]).bearer_auth(&token)).await.ok();
+    print_request_at(format, &out, vm.as_ref().and_then(|v| v["address"].as_str()));
     Ok(())
 }
 
 /// A request as a table (or JSON/YAML): VM, port, status, until, and where to connect.
 pub fn print_request(format: crate::output::OutputFormat, out: &serde_json::Value) {
+    print_request_at(format, out, None)
+}
+
+/// The same, connecting to `address` (the VM's own) when no gateway mapping applies.
+pub fn print_request_at(format: crate::output::OutputFormat, out: &serde_json::Value, address: Option<&str>) {
     crate::output::print(format, out, |o| {
         println!("request {}", o["id"]);
         let mut rows = Vec::new();
@@ -145,7 +151,7 @@ pub fn print_request(format: crate::output::OutputFormat, out: &serde_json::Valu
             for p in vm["ports"].as_array().into_iter().flatten() {
                 let connect = match (vm["publicIpAddress"].as_str(), p["mappedPort"].as_u64()) {
                     (Some(ip), Some(m)) => format!("{ip}:{m}"),
-                    _ => format!("{name}:{}", p["number"]),
+                    _ => format!("{}:{}", address.unwrap_or(&name), p["number"]),
                 };
                 rows.push(vec![
                     name.clone(),

@@ -159,7 +159,7 @@ async fn every_command_family_against_a_real_server() {
     assert_eq!(r["virtualMachines"][0]["ports"][0]["status"], "Initiated");
     let id = r["id"].as_i64().expect("id").to_string();
     let human = cli.ok(&["access", "request", "--vm", "web1", "--port", "3389", "--source", "10.0.0.9"]);
-    assert!(human.contains("CONNECT TO") && human.contains("web1:3389"), "{human}");
+    assert!(human.contains("CONNECT TO") && human.contains("10.0.0.4:3389"), "{human}");
     cli.ok(&["access", "revoke", &id]);
 
     // Exit codes: 4 not found, 3 denied, 2 usage.
@@ -271,4 +271,62 @@ async fn connect_runs_the_command_with_the_details_and_revokes_after() {
     let listed = cli.json(&["agent", "token", "list"]);
     assert_eq!(listed["value"][0]["state"], "unused");
     assert!(!listed.to_string().contains("jgj_"), "no secrets");
+
+    // Approvals and extensions from the CLI: the owner asks, another principal decides.
+    let file = dir.path().join("approval.json");
+    let body = serde_json::json!({"properties": {"virtualMachines": [{"id": vm_id("prod", "web1"), "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H", "requireApproval": true},
+        {"number": 2222, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
+    std::fs::write(&file, body.to_string()).expect("write");
+    cli.ok(&["policy", "set", "-g", "prod", "-l", "westeurope", "--file", file.to_str().expect("utf8")]);
+    s.json(reqwest::Method::POST, &s.url("/api/v1/principals"), &serde_json::json!({"name": "boss"})).await;
+    s.json(
+        reqwest::Method::POST,
+        &s.url("/api/v1/roleAssignments"),
+        &serde_json::json!({"principal": "boss", "role": "Security Admin", "scope": "/"}),
+    )
+    .await;
+    let boss = cli.ok(&["token", "create", "--principal", "boss"]).trim().to_owned();
+    let ca = s.server.ca_cert.display().to_string();
+    let as_boss = |args: &[&str]| {
+        cli.run_with(args, &[("JITGATE_URL", &s.server.url), ("JITGATE_TOKEN", &boss), ("JITGATE_CA_CERT", &ca)])
+    };
+    let asked = cli.json(&[
+        "access",
+        "request",
+        "--vm",
+        "web1",
+        "--port",
+        "22",
+        "--source",
+        "203.0.113.50",
+        "--justification",
+        "patch",
+    ]);
+    assert_eq!(asked["virtualMachines"][0]["ports"][0]["status"], "Pending");
+    let first = asked["id"].to_string();
+    assert_eq!(cli.run(&["access", "approve", &first]).status.code(), Some(3), "no self-approval");
+    let approved = as_boss(&["access", "approve", &first, "--reason", "ok", "-o", "json"]);
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let second = cli.json(&[
+        "access",
+        "request",
+        "--vm",
+        "web1",
+        "--port",
+        "22",
+        "--source",
+        "203.0.113.51",
+        "--justification",
+        "again",
+    ])["id"]
+        .to_string();
+    assert!(as_boss(&["access", "deny", &second, "--reason", "no"]).status.success());
+    let open =
+        cli.json(&["access", "request", "--vm", "web1", "--port", "2222", "--source", "203.0.113.52", "--for", "30m"])
+            ["id"]
+            .to_string();
+    let extended = cli.json(&["access", "extend", &open, "--for", "2h"]);
+    assert_eq!(extended["virtualMachines"][0]["ports"][0]["status"], "Initiated");
+    assert_eq!(cli.run(&["access", "extend", &open, "--for", "5h"]).status.code(), Some(1), "beyond the maximum");
 }
