@@ -294,15 +294,7 @@ async fn revoke(
             }
             let request = app.store.revoke_request(id, &principal.name, audit).await?;
             app.changed();
-            let body = request_out(&request);
-            match wait {
-                None => Ok(json(StatusCode::OK, &body)),
-                Some(timeout) => {
-                    let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
-                    let revision = app.store.revision().await?;
-                    crate::arm::enforced_answer(&app, &vms, revision, timeout, StatusCode::OK, &body, id).await
-                }
-            }
+            answer_request(&app, &request, wait).await
         }
         .await,
     )
@@ -458,15 +450,7 @@ async fn decide(
     let request = app.store.decide_request(id, approve, &principal.name, reason, app.clock.now(), audit).await?;
     app.changed();
     app.sweeper.notify_one();
-    let body = request_out(&request);
-    match wait {
-        Some(timeout) if approve => {
-            let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
-            let revision = app.store.revision().await?;
-            crate::arm::enforced_answer(app, &vms, revision, timeout, StatusCode::OK, &body, id).await
-        }
-        _ => Ok(json(StatusCode::OK, &body)),
-    }
+    answer_request(app, &request, wait.filter(|_| approve)).await
 }
 
 /// `POST /api/v1/requests/{id}/extend` `{"duration":"PT1H"}` or `{"endTimeUtc":…}`: moves the
@@ -511,18 +495,28 @@ async fn extend(
             let request = app.store.extend_request(id, new_end, now, audit).await?;
             app.changed();
             app.sweeper.notify_one();
-            let body = request_out(&request);
-            match wait {
-                None => Ok(json(StatusCode::OK, &body)),
-                Some(timeout) => {
-                    let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
-                    let revision = app.store.revision().await?;
-                    crate::arm::enforced_answer(&app, &vms, revision, timeout, StatusCode::OK, &body, id).await
-                }
-            }
+            answer_request(&app, &request, wait).await
         }
         .await,
     )
+}
+
+/// A request after a change to it: at once, or (`?wait=applied`) once its enforcement points
+/// have applied the change.
+async fn answer_request(
+    app: &App,
+    request: &jitgate_store::AccessRequestRecord,
+    wait: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    let body = request_out(request);
+    match wait {
+        None => Ok(json(StatusCode::OK, &body)),
+        Some(timeout) => {
+            let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
+            let revision = app.store.revision().await?;
+            crate::arm::enforced_answer(app, &vms, revision, timeout, StatusCode::OK, &body, request.id).await
+        }
+    }
 }
 
 /// The inventory views of `GET /api/v1/vms?view=…`, as the portal's JIT page groups VMs.

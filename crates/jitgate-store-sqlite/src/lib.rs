@@ -162,6 +162,18 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     }
 }
 
+/// Inserts a principal and audits it; returns it.
+fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
+    ctx.conn
+        .execute(
+            "INSERT INTO principals (name, kind, created) VALUES (?1, ?2, ?3)",
+            params![name, kind, nanos(audit.time)],
+        )
+        .map_err(backend)?;
+    ctx.audit(&audit.succeeded().with("principal", name).with("type", kind)).map_err(backend)?;
+    rbac::principal(ctx.conn, name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
+}
+
 /// Turns a domain refusal into a rejected store call, writing its `Failed` audit record first.
 fn reject<T>(ctx: &mut WriteCtx<'_>, audit: AuditEvent, invalid: Invalid) -> StoreResult<T> {
     ctx.audit(&audit.failed(invalid.message.clone())).map_err(backend)?;
@@ -1262,20 +1274,10 @@ impl Store for SqliteStore {
         let (name, kind) = (name.to_owned(), kind.to_owned());
         self.write(move |ctx| {
             if rbac::principal(ctx.conn, &name).map_err(backend)?.is_some() {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::conflict("PrincipalExists", format!("a principal named '{name}' exists")),
-                );
+                let invalid = Invalid::conflict("PrincipalExists", format!("a principal named '{name}' exists"));
+                return reject(ctx, audit, invalid);
             }
-            ctx.conn
-                .execute(
-                    "INSERT INTO principals (name, kind, created) VALUES (?1, ?2, ?3)",
-                    params![name, kind, nanos(audit.time)],
-                )
-                .map_err(backend)?;
-            ctx.audit(&audit.succeeded().with("principal", name.clone()).with("type", kind)).map_err(backend)?;
-            rbac::principal(ctx.conn, &name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
+            insert_principal(ctx, &name, &kind, audit)
         })
         .await
     }
@@ -1285,21 +1287,9 @@ impl Store for SqliteStore {
             return Ok(p);
         }
         let (name, kind) = (name.to_owned(), kind.to_owned());
-        self.write(move |ctx| {
-            if let Some(p) = rbac::principal(ctx.conn, &name).map_err(backend)? {
-                return Ok(p);
-            }
-            ctx.conn
-                .execute(
-                    "INSERT INTO principals (name, kind, created) VALUES (?1, ?2, ?3)",
-                    params![name, kind, nanos(audit.time)],
-                )
-                .map_err(backend)?;
-            ctx.audit(
-                &audit.succeeded().with("principal", name.clone()).with("type", kind).with("provisioned", "oidc"),
-            )
-            .map_err(backend)?;
-            rbac::principal(ctx.conn, &name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
+        self.write(move |ctx| match rbac::principal(ctx.conn, &name).map_err(backend)? {
+            Some(p) => Ok(p),
+            None => insert_principal(ctx, &name, &kind, audit.with("provisioned", "oidc")),
         })
         .await
     }

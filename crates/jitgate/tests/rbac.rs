@@ -442,7 +442,7 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
     assert_eq!(printed["Name"], "JIT Access Role");
     assert_eq!(printed["AssignableScopes"], json!([scope]));
     let actions: Vec<&str> = printed["Actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    assert_eq!(actions, jitgate_core_requester());
+    assert_eq!(actions, jitgate_core::rbac::REQUESTER_ACTIONS);
     assert!(run(&["role", "list"]).contains("JIT Access Role"));
     principal(&s, "frank").await;
     let assigned: Value = serde_json::from_str(&run(&[
@@ -459,17 +459,6 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
     ]))
     .expect("json");
     assert_eq!(assigned["role"], "JIT Access Role");
-}
-
-fn jitgate_core_requester() -> Vec<&'static str> {
-    vec![
-        "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action",
-        "Microsoft.Security/locations/jitNetworkAccessPolicies/*/read",
-        "Microsoft.Security/locations/jitNetworkAccessPolicies/read",
-        "Microsoft.Compute/virtualMachines/read",
-        "Microsoft.Network/networkInterfaces/*/read",
-        "Microsoft.Network/publicIPAddresses/read",
-    ]
 }
 
 /// A tiny OIDC provider on loopback: discovery, JWKS, a device authorization endpoint, and a
