@@ -7,9 +7,9 @@
 //!   `GET /api/v1/roleAssignments?principal=…`; `DELETE /api/v1/roleAssignments/{id}`
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
@@ -25,11 +25,10 @@ use jitgate_core::rbac::{actions, built_in_roles, RoleDefinition};
 use jitgate_core::AccessDuration;
 use jitgate_store::{Principal, RoleAssignment, TokenRecord};
 
-use crate::arm::{read_body, Query};
+use crate::arm::read_body;
 use crate::auth;
 use crate::error::{json, ApiError};
-use crate::tls::PeerAddr;
-use crate::{App, RequestCtx};
+use crate::{App, Caller};
 
 pub fn router() -> Router<App> {
     Router::new()
@@ -41,25 +40,6 @@ pub fn router() -> Router<App> {
         .route("/api/v1/roleDefinitions/{name}", get(get_role).put(put_role).delete(delete_role))
         .route("/api/v1/roleAssignments", post(create_assignment).get(list_assignments))
         .route("/api/v1/roleAssignments/{id}", delete(delete_assignment))
-}
-
-/// The authenticated request: context, principal, query and body.
-struct Call {
-    ctx: RequestCtx,
-    principal: Principal,
-    query: Query,
-    body: Body,
-}
-
-async fn call(app: &App, peer: PeerAddr, req: Request<Body>, resource: &str) -> Result<Call, ApiError> {
-    let ctx = crate::ctx_of(peer, &req);
-    let (parts, body) = req.into_parts();
-    let principal = app.authenticate(&parts.headers, &ctx, resource).await?;
-    Ok(Call { ctx, principal, query: Query::parse(parts.uri.query()), body })
-}
-
-fn respond(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn principal_out(p: &Principal) -> PrincipalOut {
@@ -93,7 +73,7 @@ fn bad(code: &str, field: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// Reads and parses the body, recording a refusal when it is bad.
-async fn body<T: serde::de::DeserializeOwned>(app: &App, body: Body, audit: &AuditEvent) -> Result<T, ApiError> {
+async fn parse_body<T: serde::de::DeserializeOwned>(app: &App, body: Body, audit: &AuditEvent) -> Result<T, ApiError> {
     let parsed = match read_body(app, body).await {
         Ok(b) => parse_json::<T>(&b).map_err(ApiError::from),
         Err(e) => Err(e),
@@ -104,94 +84,57 @@ async fn body<T: serde::de::DeserializeOwned>(app: &App, body: Body, audit: &Aud
     }
 }
 
-async fn create_principal(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let c = call(&app, peer, req, "/api/v1/principals").await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, "/api/v1/principals");
-            app.authorize_change(&c.principal, actions::PRINCIPAL_WRITE, "/", &mut audit).await?;
-            let input: PrincipalIn = body(&app, c.body, &audit).await?;
-            let checked = (|| {
-                let name = input.name.ok_or_else(|| bad("InvalidPrincipal", "name", "name is required"))?;
-                if name.is_empty()
-                    || name.len() > 128
-                    || name.contains('#')
-                    || name.chars().any(|ch| ch.is_control() || ch.is_whitespace())
-                {
-                    return Err(bad(
-                        "InvalidPrincipal",
-                        "name",
-                        format!("'{name}' is not 1 to 128 characters without spaces or '#'"),
-                    ));
-                }
-                let kind = input.kind.unwrap_or_else(|| "User".into());
-                let kind = match kind.to_ascii_lowercase().as_str() {
-                    "user" => "User",
-                    "serviceprincipal" => "ServicePrincipal",
-                    _ => {
-                        return Err(bad(
-                            "InvalidPrincipal",
-                            "type",
-                            format!("type '{kind}' is not User or ServicePrincipal"),
-                        ))
-                    }
-                };
-                Ok((name, kind))
-            })();
-            let (name, kind) = match checked {
-                Ok(x) => x,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            audit.resource_id = format!("/api/v1/principals/{name}");
-            let p = app.store.create_principal(&name, kind, audit).await?;
-            Ok(json(StatusCode::CREATED, &principal_out(&p)))
+async fn create_principal(State(app): State<App>, c: Caller, body: Body) -> Result<Response, ApiError> {
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, "/api/v1/principals");
+    app.authorize_change(&c.principal, actions::PRINCIPAL_WRITE, "/", &mut audit).await?;
+    let input: PrincipalIn = parse_body(&app, body, &audit).await?;
+    let checked = (|| {
+        let name = input.name.ok_or_else(|| bad("InvalidPrincipal", "name", "name is required"))?;
+        if name.is_empty()
+            || name.len() > 128
+            || name.contains('#')
+            || name.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+        {
+            return Err(bad(
+                "InvalidPrincipal",
+                "name",
+                format!("'{name}' is not 1 to 128 characters without spaces or '#'"),
+            ));
         }
-        .await,
-    )
+        let kind = input.kind.unwrap_or_else(|| "User".into());
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "user" => "User",
+            "serviceprincipal" => "ServicePrincipal",
+            _ => return Err(bad("InvalidPrincipal", "type", format!("type '{kind}' is not User or ServicePrincipal"))),
+        };
+        Ok((name, kind))
+    })();
+    let (name, kind) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    audit.resource_id = format!("/api/v1/principals/{name}");
+    let p = app.store.create_principal(&name, kind, audit).await?;
+    Ok(json(StatusCode::CREATED, &principal_out(&p)))
 }
 
-async fn list_principals(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let c = call(&app, peer, req, "/api/v1/principals").await?;
-            app.authorize(&c.principal, actions::PRINCIPAL_READ, "/").await?;
-            let list = app.store.list_principals().await?;
-            Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(principal_out).collect() }))
-        }
-        .await,
-    )
+async fn list_principals(State(app): State<App>, c: Caller) -> Result<Response, ApiError> {
+    app.authorize(&c.principal, actions::PRINCIPAL_READ, "/").await?;
+    let list = app.store.list_principals().await?;
+    Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(principal_out).collect() }))
 }
 
-async fn delete_principal(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let resource = format!("/api/v1/principals/{name}");
-            let c = call(&app, peer, req, &resource).await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
-            app.authorize_change(&c.principal, actions::PRINCIPAL_WRITE, "/", &mut audit).await?;
-            if name == c.principal.name {
-                let e = ApiError::bad_request("CannotDeleteSelf", "a principal cannot delete itself");
-                return Err(app.refuse(audit, e).await);
-            }
-            let p = app.store.delete_principal(&name, audit).await?;
-            app.authz.invalidate();
-            Ok(json(StatusCode::OK, &principal_out(&p)))
-        }
-        .await,
-    )
+async fn delete_principal(State(app): State<App>, Path(name): Path<String>, c: Caller) -> Result<Response, ApiError> {
+    let resource = format!("/api/v1/principals/{name}");
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
+    app.authorize_change(&c.principal, actions::PRINCIPAL_WRITE, "/", &mut audit).await?;
+    if name == c.principal.name {
+        let e = ApiError::bad_request("CannotDeleteSelf", "a principal cannot delete itself");
+        return Err(app.refuse(audit, e).await);
+    }
+    let p = app.store.delete_principal(&name, audit).await?;
+    app.authz.invalidate();
+    Ok(json(StatusCode::OK, &principal_out(&p)))
 }
 
 /// Managing one's own tokens needs no extra right; anyone else's needs the principal action.
@@ -211,86 +154,55 @@ async fn self_or(
 
 async fn create_token(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let resource = format!("/api/v1/principals/{name}/tokens");
-            let c = call(&app, peer, req, &resource).await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
-            self_or(&app, &c.principal, &name, actions::PRINCIPAL_WRITE, &mut audit).await?;
-            let bytes = read_body(&app, c.body).await?;
-            let input: TokenIn = if bytes.iter().all(u8::is_ascii_whitespace) {
-                TokenIn::default()
-            } else {
-                match parse_json(&bytes) {
-                    Ok(i) => i,
-                    Err(e) => return Err(app.refuse(audit, e.into()).await),
-                }
-            };
-            let expires = match input.expires_in.as_deref().map(AccessDuration::parse) {
-                None => None,
-                Some(Ok(d)) if d.duration() > time::Duration::ZERO => Some(app.clock.now() + d.duration()),
-                Some(Ok(_)) => {
-                    return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", "expiresIn must be positive")).await)
-                }
-                Some(Err(e)) => return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", e.0)).await),
-            };
-            let token = auth::new_token();
-            let t = app.store.create_token(&name, &auth::hash_token(&token), expires, audit).await?;
-            Ok(json(
-                StatusCode::CREATED,
-                &TokenCreatedOut { id: t.id, token, expires_on: t.expires.map(datetime::format) },
-            ))
+    c: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let resource = format!("/api/v1/principals/{name}/tokens");
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
+    self_or(&app, &c.principal, &name, actions::PRINCIPAL_WRITE, &mut audit).await?;
+    let bytes = read_body(&app, body).await?;
+    let input: TokenIn = if bytes.iter().all(u8::is_ascii_whitespace) {
+        TokenIn::default()
+    } else {
+        match parse_json(&bytes) {
+            Ok(i) => i,
+            Err(e) => return Err(app.refuse(audit, e.into()).await),
         }
-        .await,
-    )
+    };
+    let expires = match input.expires_in.as_deref().map(AccessDuration::parse) {
+        None => None,
+        Some(Ok(d)) if d.duration() > time::Duration::ZERO => Some(app.clock.now() + d.duration()),
+        Some(Ok(_)) => {
+            return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", "expiresIn must be positive")).await)
+        }
+        Some(Err(e)) => return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", e.0)).await),
+    };
+    let token = auth::new_token();
+    let t = app.store.create_token(&name, &auth::hash_token(&token), expires, audit).await?;
+    Ok(json(StatusCode::CREATED, &TokenCreatedOut { id: t.id, token, expires_on: t.expires.map(datetime::format) }))
 }
 
-async fn list_tokens(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let c = call(&app, peer, req, "/api/v1/principals").await?;
-            if c.principal.name != name {
-                app.authorize(&c.principal, actions::PRINCIPAL_READ, "/").await?;
-            }
-            let list = app.store.list_tokens(&name).await?;
-            Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(token_out).collect() }))
-        }
-        .await,
-    )
+async fn list_tokens(State(app): State<App>, Path(name): Path<String>, c: Caller) -> Result<Response, ApiError> {
+    if c.principal.name != name {
+        app.authorize(&c.principal, actions::PRINCIPAL_READ, "/").await?;
+    }
+    let list = app.store.list_tokens(&name).await?;
+    Ok(json(StatusCode::OK, &ListOut { value: list.iter().map(token_out).collect() }))
 }
 
-async fn revoke_token(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let resource = format!("/api/v1/tokens/{id}");
-            let c = call(&app, peer, req, &resource).await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
-            let Some(id) = id.parse::<i64>().ok() else {
-                return Err(app
-                    .refuse(audit, ApiError::bad_request("InvalidTokenId", format!("'{id}' is not a token id")))
-                    .await);
-            };
-            let owner = app.store.get_token(id).await?.map(|t| t.principal).unwrap_or_default();
-            self_or(&app, &c.principal, &owner, actions::PRINCIPAL_WRITE, &mut audit).await?;
-            let t = app.store.revoke_token(id, audit).await?;
-            Ok(json(StatusCode::OK, &token_out(&t)))
-        }
-        .await,
-    )
+async fn revoke_token(State(app): State<App>, Path(id): Path<String>, c: Caller) -> Result<Response, ApiError> {
+    let resource = format!("/api/v1/tokens/{id}");
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
+    let Some(id) = id.parse::<i64>().ok() else {
+        return Err(app
+            .refuse(audit, ApiError::bad_request("InvalidTokenId", format!("'{id}' is not a token id")))
+            .await);
+    };
+    let owner = app.store.get_token(id).await?.map(|t| t.principal).unwrap_or_default();
+    self_or(&app, &c.principal, &owner, actions::PRINCIPAL_WRITE, &mut audit).await?;
+    let t = app.store.revoke_token(id, audit).await?;
+    Ok(json(StatusCode::OK, &token_out(&t)))
 }
 
 fn built_in(name: &str) -> Option<RoleDefinition> {
@@ -305,34 +217,17 @@ async fn find_role(app: &App, name: &str) -> Result<Option<RoleDefinition>, ApiE
     }
 }
 
-async fn list_roles(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            call(&app, peer, req, "/api/v1/roleDefinitions").await?;
-            let mut roles = built_in_roles();
-            roles.extend(app.store.list_role_definitions().await?);
-            Ok(json(StatusCode::OK, &ListOut { value: roles.iter().map(RoleDefinitionIo::from_role).collect() }))
-        }
-        .await,
-    )
+async fn list_roles(State(app): State<App>, _caller: Caller) -> Result<Response, ApiError> {
+    let mut roles = built_in_roles();
+    roles.extend(app.store.list_role_definitions().await?);
+    Ok(json(StatusCode::OK, &ListOut { value: roles.iter().map(RoleDefinitionIo::from_role).collect() }))
 }
 
-async fn get_role(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            call(&app, peer, req, "/api/v1/roleDefinitions").await?;
-            match find_role(&app, &name).await? {
-                Some(r) => Ok(json(StatusCode::OK, &RoleDefinitionIo::from_role(&r))),
-                None => Err(ApiError::not_found("RoleDefinitionNotFound", format!("no role named '{name}'"))),
-            }
-        }
-        .await,
-    )
+async fn get_role(State(app): State<App>, Path(name): Path<String>, _caller: Caller) -> Result<Response, ApiError> {
+    match find_role(&app, &name).await? {
+        Some(r) => Ok(json(StatusCode::OK, &RoleDefinitionIo::from_role(&r))),
+        None => Err(ApiError::not_found("RoleDefinitionNotFound", format!("no role named '{name}'"))),
+    }
 }
 
 fn read_only(name: &str) -> ApiError {
@@ -345,162 +240,108 @@ fn read_only(name: &str) -> ApiError {
 
 async fn put_role(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let resource = format!("/api/v1/roleDefinitions/{name}");
-            let c = call(&app, peer, req, &resource).await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_DEFINITION_WRITE, &resource);
-            if built_in(&name).is_some() {
-                return Err(app.refuse(audit, read_only(&name)).await);
-            }
-            let input: RoleDefinitionIo = body(&app, c.body, &audit).await?;
-            let existing = app.store.get_role_definition(&name).await?;
-            let id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let role = match input.into_role(&name, id) {
-                Ok(r) => r,
-                Err(e) => return Err(app.refuse(audit, e.into()).await),
-            };
-            // One may only define roles where one may write role definitions: every scope the role
-            // can be assigned at (and, when replacing, every scope it could be assigned at before).
-            let old_scopes = existing.map(|r| r.assignable_scopes).unwrap_or_default();
-            for scope in role.assignable_scopes.iter().chain(old_scopes.iter()) {
-                app.authorize_change(&c.principal, actions::ROLE_DEFINITION_WRITE, scope, &mut audit).await?;
-            }
-            let (stored, created) = app.store.put_role_definition(role, audit).await?;
-            app.authz.invalidate();
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(json(status, &RoleDefinitionIo::from_role(&stored)))
-        }
-        .await,
-    )
+    c: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let resource = format!("/api/v1/roleDefinitions/{name}");
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_DEFINITION_WRITE, &resource);
+    if built_in(&name).is_some() {
+        return Err(app.refuse(audit, read_only(&name)).await);
+    }
+    let input: RoleDefinitionIo = parse_body(&app, body, &audit).await?;
+    let existing = app.store.get_role_definition(&name).await?;
+    let id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let role = match input.into_role(&name, id) {
+        Ok(r) => r,
+        Err(e) => return Err(app.refuse(audit, e.into()).await),
+    };
+    // One may only define roles where one may write role definitions: every scope the role
+    // can be assigned at (and, when replacing, every scope it could be assigned at before).
+    let old_scopes = existing.map(|r| r.assignable_scopes).unwrap_or_default();
+    for scope in role.assignable_scopes.iter().chain(old_scopes.iter()) {
+        app.authorize_change(&c.principal, actions::ROLE_DEFINITION_WRITE, scope, &mut audit).await?;
+    }
+    let (stored, created) = app.store.put_role_definition(role, audit).await?;
+    app.authz.invalidate();
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json(status, &RoleDefinitionIo::from_role(&stored)))
 }
 
-async fn delete_role(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(name): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let resource = format!("/api/v1/roleDefinitions/{name}");
-            let c = call(&app, peer, req, &resource).await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_DEFINITION_DELETE, &resource);
-            if built_in(&name).is_some() {
-                return Err(app.refuse(audit, read_only(&name)).await);
-            }
-            let Some(existing) = app.store.get_role_definition(&name).await? else {
-                let e = ApiError::not_found("RoleDefinitionNotFound", format!("no custom role named '{name}'"));
-                return Err(app.refuse(audit, e).await);
-            };
-            for scope in &existing.assignable_scopes {
-                app.authorize_change(&c.principal, actions::ROLE_DEFINITION_DELETE, scope, &mut audit).await?;
-            }
-            let role = app.store.delete_role_definition(&name, audit).await?;
-            app.authz.invalidate();
-            Ok(json(StatusCode::OK, &RoleDefinitionIo::from_role(&role)))
-        }
-        .await,
-    )
+async fn delete_role(State(app): State<App>, Path(name): Path<String>, c: Caller) -> Result<Response, ApiError> {
+    let resource = format!("/api/v1/roleDefinitions/{name}");
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_DEFINITION_DELETE, &resource);
+    if built_in(&name).is_some() {
+        return Err(app.refuse(audit, read_only(&name)).await);
+    }
+    let Some(existing) = app.store.get_role_definition(&name).await? else {
+        let e = ApiError::not_found("RoleDefinitionNotFound", format!("no custom role named '{name}'"));
+        return Err(app.refuse(audit, e).await);
+    };
+    for scope in &existing.assignable_scopes {
+        app.authorize_change(&c.principal, actions::ROLE_DEFINITION_DELETE, scope, &mut audit).await?;
+    }
+    let role = app.store.delete_role_definition(&name, audit).await?;
+    app.authz.invalidate();
+    Ok(json(StatusCode::OK, &RoleDefinitionIo::from_role(&role)))
 }
 
-async fn create_assignment(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let c = call(&app, peer, req, "/api/v1/roleAssignments").await?;
-            let mut audit =
-                app.audit(&c.ctx, &c.principal.name, actions::ROLE_ASSIGNMENT_WRITE, "/api/v1/roleAssignments");
-            let input: RoleAssignmentIn = body(&app, c.body, &audit).await?;
-            let checked = (|| {
-                let principal = input
-                    .principal
-                    .ok_or_else(|| bad("InvalidRoleAssignment", "principal", "principal is required"))?;
-                let role = input.role.ok_or_else(|| bad("InvalidRoleAssignment", "role", "role is required"))?;
-                let scope = input.scope.ok_or_else(|| bad("InvalidRoleAssignment", "scope", "scope is required"))?;
-                validate_scope(&scope).map_err(|m| bad("InvalidRoleAssignment", "scope", m))?;
-                Ok((principal, role, scope))
-            })();
-            let (principal, role, scope) = match checked {
-                Ok(x) => x,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            audit.resource_id = scope.clone();
-            // Assigning a role, to oneself or anyone, needs roleAssignments/write at that scope.
-            app.authorize_change(&c.principal, actions::ROLE_ASSIGNMENT_WRITE, &scope, &mut audit).await?;
-            let Some(definition) = find_role(&app, &role).await? else {
-                let e = ApiError::not_found("RoleDefinitionNotFound", format!("no role named '{role}'"));
-                return Err(app.refuse(audit, e).await);
-            };
-            if !definition.assignable_at(&scope) {
-                let e = bad(
-                    "RoleNotAssignableAtScope",
-                    "scope",
-                    format!(
-                        "role '{}' can only be assigned at {}",
-                        definition.name,
-                        definition.assignable_scopes.join(", ")
-                    ),
-                );
-                return Err(app.refuse(audit, e).await);
-            }
-            let a = app.store.create_role_assignment(&principal, &definition.name, &scope, audit).await?;
-            app.authz.invalidate();
-            Ok(json(StatusCode::CREATED, &assignment_out(&a)))
-        }
-        .await,
-    )
+async fn create_assignment(State(app): State<App>, c: Caller, body: Body) -> Result<Response, ApiError> {
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_ASSIGNMENT_WRITE, "/api/v1/roleAssignments");
+    let input: RoleAssignmentIn = parse_body(&app, body, &audit).await?;
+    let checked = (|| {
+        let principal =
+            input.principal.ok_or_else(|| bad("InvalidRoleAssignment", "principal", "principal is required"))?;
+        let role = input.role.ok_or_else(|| bad("InvalidRoleAssignment", "role", "role is required"))?;
+        let scope = input.scope.ok_or_else(|| bad("InvalidRoleAssignment", "scope", "scope is required"))?;
+        validate_scope(&scope).map_err(|m| bad("InvalidRoleAssignment", "scope", m))?;
+        Ok((principal, role, scope))
+    })();
+    let (principal, role, scope) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    audit.resource_id = scope.clone();
+    // Assigning a role, to oneself or anyone, needs roleAssignments/write at that scope.
+    app.authorize_change(&c.principal, actions::ROLE_ASSIGNMENT_WRITE, &scope, &mut audit).await?;
+    let Some(definition) = find_role(&app, &role).await? else {
+        let e = ApiError::not_found("RoleDefinitionNotFound", format!("no role named '{role}'"));
+        return Err(app.refuse(audit, e).await);
+    };
+    if !definition.assignable_at(&scope) {
+        let e = bad(
+            "RoleNotAssignableAtScope",
+            "scope",
+            format!("role '{}' can only be assigned at {}", definition.name, definition.assignable_scopes.join(", ")),
+        );
+        return Err(app.refuse(audit, e).await);
+    }
+    let a = app.store.create_role_assignment(&principal, &definition.name, &scope, audit).await?;
+    app.authz.invalidate();
+    Ok(json(StatusCode::CREATED, &assignment_out(&a)))
 }
 
-async fn list_assignments(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let c = call(&app, peer, req, "/api/v1/roleAssignments").await?;
-            let list = app.store.list_role_assignments(c.query.get("principal")).await?;
-            let grants = app.authz.grants(app.store.as_ref(), &c.principal).await?;
-            // Everyone sees their own assignments; others' where they may read assignments.
-            let value = list
-                .iter()
-                .filter(|a| a.principal == c.principal.name || grants.permits(actions::ROLE_ASSIGNMENT_READ, &a.scope))
-                .map(assignment_out)
-                .collect();
-            Ok(json(StatusCode::OK, &ListOut { value }))
-        }
-        .await,
-    )
+async fn list_assignments(State(app): State<App>, c: Caller) -> Result<Response, ApiError> {
+    let list = app.store.list_role_assignments(c.query.get("principal")).await?;
+    let grants = app.authz.grants(app.store.as_ref(), &c.principal).await?;
+    // Everyone sees their own assignments; others' where they may read assignments.
+    let value = list
+        .iter()
+        .filter(|a| a.principal == c.principal.name || grants.permits(actions::ROLE_ASSIGNMENT_READ, &a.scope))
+        .map(assignment_out)
+        .collect();
+    Ok(json(StatusCode::OK, &ListOut { value }))
 }
 
-async fn delete_assignment(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let resource = format!("/api/v1/roleAssignments/{id}");
-            let c = call(&app, peer, req, &resource).await?;
-            let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_ASSIGNMENT_DELETE, &resource);
-            let Some(a) = app.store.get_role_assignment(&id).await? else {
-                let e = ApiError::not_found("RoleAssignmentNotFound", format!("no role assignment {id}"));
-                return Err(app.refuse(audit, e).await);
-            };
-            app.authorize_change(&c.principal, actions::ROLE_ASSIGNMENT_DELETE, &a.scope, &mut audit).await?;
-            let a = app.store.delete_role_assignment(&id, audit).await?;
-            app.authz.invalidate();
-            Ok(json(StatusCode::OK, &assignment_out(&a)))
-        }
-        .await,
-    )
+async fn delete_assignment(State(app): State<App>, Path(id): Path<String>, c: Caller) -> Result<Response, ApiError> {
+    let resource = format!("/api/v1/roleAssignments/{id}");
+    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_ASSIGNMENT_DELETE, &resource);
+    let Some(a) = app.store.get_role_assignment(&id).await? else {
+        let e = ApiError::not_found("RoleAssignmentNotFound", format!("no role assignment {id}"));
+        return Err(app.refuse(audit, e).await);
+    };
+    app.authorize_change(&c.principal, actions::ROLE_ASSIGNMENT_DELETE, &a.scope, &mut audit).await?;
+    let a = app.store.delete_role_assignment(&id, audit).await?;
+    app.authz.invalidate();
+    Ok(json(StatusCode::OK, &assignment_out(&a)))
 }

@@ -439,9 +439,36 @@ pub async fn run(
 
 /// Extracts the request context inside handlers that take the whole request.
 pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
-    let trusted = req.extensions().get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.clone()).unwrap_or_default();
-    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    request_ctx(caller_ip(peer.0.ip(), forwarded, &trusted), req.extensions().get::<Correlation>())
+    ctx_from(peer, req.headers(), req.extensions())
+}
+
+fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extensions) -> RequestCtx {
+    let trusted = extensions.get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.clone()).unwrap_or_default();
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    request_ctx(caller_ip(peer.0.ip(), forwarded, &trusted), extensions.get::<Correlation>())
+}
+
+/// An authenticated caller, as a handler argument: the request's context, the principal behind
+/// its bearer token (a failure is audited and answered with 401), and the query string.
+pub struct Caller {
+    pub ctx: RequestCtx,
+    pub principal: Principal,
+    pub query: arm::Query,
+}
+
+impl axum::extract::FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &App) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|c| c.0)
+            .unwrap_or(PeerAddr(std::net::SocketAddr::from(([0, 0, 0, 0], 0))));
+        let ctx = ctx_from(peer, &parts.headers, &parts.extensions);
+        let principal = app.authenticate(&parts.headers, &ctx, parts.uri.path()).await?;
+        Ok(Caller { ctx, principal, query: arm::Query::parse(parts.uri.query()) })
+    }
 }
 
 #[cfg(test)]
