@@ -11,7 +11,8 @@ use crate::{call, ConnArgs};
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Examples:
   jitgate login --url https://jit.example.com:8443 --token jg_… --ca-cert cert.pem --subscription $SUB
-  jitgate login --url https://jit.example.com:8443 --oidc      # sign in with the server's OIDC provider (device flow)")]
+  jitgate login --url https://jit.example.com:8443 --oidc      # sign in with the server's OIDC provider (device flow)
+  jitgate login --url https://jit.example.com:8443 --oidc --browser   # … in a browser on this machine")]
 pub struct LoginArgs {
     #[arg(long = "url", env = "JITGATE_URL")]
     pub url: String,
@@ -19,9 +20,14 @@ pub struct LoginArgs {
     #[arg(long, env = "JITGATE_TOKEN", hide_env_values = true, required_unless_present = "oidc")]
     pub token: Option<String>,
     /// Sign in through the server's OIDC issuer with the device flow: open the link shown, enter the
-    /// code, and the ID token is saved (sign in again when it expires).
+    /// code, and the ID token is saved (sign in again when it expires). Issuers without a device
+    /// endpoint get the browser flow.
     #[arg(long, conflicts_with = "token")]
     pub oidc: bool,
+    /// With --oidc: sign in in a browser on this machine (authorization code with PKCE and a
+    /// loopback redirect) instead of the device flow. `$BROWSER` (else xdg-open) opens the link.
+    #[arg(long, requires = "oidc")]
+    pub browser: bool,
     #[arg(long = "ca-cert", env = "JITGATE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// The subscription commands use when given none.
@@ -29,9 +35,14 @@ pub struct LoginArgs {
     pub subscription: Option<String>,
 }
 
-/// The OAuth 2.0 device authorization grant (RFC 8628) against the server's OIDC issuer; returns
-/// the ID token.
-async fn device_flow(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+/// The issuer and client the server names, and the issuer's discovery document.
+struct Idp {
+    client: reqwest::Client,
+    client_id: String,
+    discovery: Value,
+}
+
+async fn discover(client: &reqwest::Client, url: &str) -> anyhow::Result<Idp> {
     let cfg = call(client.get(format!("{url}/api/v1/auth/config"))).await?;
     let (Some(issuer), Some(client_id)) = (cfg["oidcIssuer"].as_str(), cfg["oidcClientId"].as_str()) else {
         return Err(fail(exit::USAGE, "this server has no OIDC sign-in configured; use --token"));
@@ -44,12 +55,24 @@ async fn device_flow(client: &reqwest::Client, url: &str) -> anyhow::Result<Stri
         .error_for_status()?
         .json()
         .await?;
-    let (Some(device_ep), Some(token_ep)) =
-        (discovery["device_authorization_endpoint"].as_str(), discovery["token_endpoint"].as_str())
-    else {
-        return Err(fail(exit::ERROR, format!("{issuer} offers no device authorization endpoint")));
-    };
+    Ok(Idp { client: idp, client_id: client_id.to_owned(), discovery })
+}
+
+impl Idp {
+    fn endpoint(&self, key: &str) -> anyhow::Result<&str> {
+        self.discovery[key].as_str().ok_or_else(|| {
+            let issuer = self.discovery["issuer"].as_str().unwrap_or("the issuer");
+            fail(exit::ERROR, format!("{issuer} names no {key}"))
+        })
+    }
+}
+
+/// The OAuth 2.0 device authorization grant (RFC 8628); returns the ID token.
+async fn device_flow(idp: &Idp) -> anyhow::Result<String> {
+    let (device_ep, token_ep) = (idp.endpoint("device_authorization_endpoint")?, idp.endpoint("token_endpoint")?);
+    let client_id = idp.client_id.as_str();
     let start: Value = idp
+        .client
         .post(device_ep)
         .form(&[("client_id", client_id), ("scope", "openid profile email")])
         .send()
@@ -69,6 +92,7 @@ async fn device_flow(client: &reqwest::Client, url: &str) -> anyhow::Result<Stri
             return Err(fail(exit::TIMEOUT, "the sign-in was not completed in time"));
         }
         let r: Value = idp
+            .client
             .post(token_ep)
             .form(&[
                 ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
@@ -92,6 +116,114 @@ async fn device_flow(client: &reqwest::Client, url: &str) -> anyhow::Result<Stri
     }
 }
 
+fn random_b64(bytes: usize) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// How long the browser flow waits for the redirect back.
+const BROWSER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The authorization code grant with PKCE (RFC 7636) and a loopback redirect (RFC 8252 §7.3);
+/// returns the ID token.
+async fn browser_flow(idp: &Idp) -> anyhow::Result<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let (auth_ep, token_ep) = (idp.endpoint("authorization_endpoint")?, idp.endpoint("token_endpoint")?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let redirect = format!("http://127.0.0.1:{}/callback", listener.local_addr()?.port());
+    let verifier = random_b64(32);
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let state = random_b64(16);
+    let mut link = reqwest::Url::parse(auth_ep)
+        .map_err(|e| fail(exit::ERROR, format!("the issuer's authorization_endpoint is not a URL: {e}")))?;
+    link.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &idp.client_id)
+        .append_pair("redirect_uri", &redirect)
+        .append_pair("scope", "openid profile email")
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", &state);
+    eprintln!("To sign in, open {link}");
+    let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".to_owned());
+    let _ = std::process::Command::new(opener)
+        .arg(link.as_str())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+
+    let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
+    let code = loop {
+        let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
+        let Ok(accepted) = accepted else {
+            return Err(fail(exit::TIMEOUT, "the sign-in was not completed in time"));
+        };
+        let (stream, _) = accepted?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), reader.read_line(&mut line)).await.is_err() {
+            continue;
+        }
+        // GET /callback?code=…&state=… HTTP/1.1
+        let target = line.split_whitespace().nth(1).unwrap_or("");
+        let Ok(url) = reqwest::Url::parse(&format!("http://127.0.0.1{target}")) else { continue };
+        if url.path() != "/callback" {
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            continue;
+        }
+        let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+        let (page, outcome) = if param("state").as_deref() != Some(state.as_str()) {
+            (
+                "The sign-in answer did not match this request; run jitgate login again.",
+                Err(fail(exit::DENIED, "the sign-in answer carried the wrong state")),
+            )
+        } else if let Some(e) = param("error") {
+            let why = param("error_description").map(|d| format!("{e}: {d}")).unwrap_or(e);
+            ("The sign-in was refused; see the terminal.", Err(fail(exit::DENIED, format!("sign-in refused: {why}"))))
+        } else if let Some(code) = param("code") {
+            ("Signed in to jitgate. You can close this tab.", Ok(code))
+        } else {
+            ("The sign-in answer carried no code.", Err(fail(exit::ERROR, "the issuer redirected without a code")))
+        };
+        let html = format!("<!doctype html><title>jitgate</title><p>{page}</p>");
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            html.len()
+        );
+        let _ = reader.get_mut().write_all(format!("{head}{html}").as_bytes()).await;
+        break outcome?;
+    };
+    let r: Value = idp
+        .client
+        .post(token_ep)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect.as_str()),
+            ("client_id", idp.client_id.as_str()),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    match (r["id_token"].as_str(), r["error"].as_str()) {
+        (Some(t), _) => Ok(t.to_owned()),
+        (None, Some(e)) => Err(fail(exit::DENIED, format!("sign-in refused: {e}"))),
+        (None, None) => Err(fail(exit::ERROR, "the issuer answered without an ID token")),
+    }
+}
+
 /// Checks the settings against the server, then writes the profile (0600).
 pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let ca = a.ca_cert.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
@@ -99,7 +231,14 @@ pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
     let url = a.url.trim_end_matches('/').to_owned();
     let token = match a.token {
         Some(t) => t,
-        None => device_flow(&client, &url).await?,
+        None => {
+            let idp = discover(&client, &url).await?;
+            if a.browser || idp.discovery["device_authorization_endpoint"].as_str().is_none() {
+                browser_flow(&idp).await?
+            } else {
+                device_flow(&idp).await?
+            }
+        }
     };
     call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(&token)).await?;
     let path = crate::profile::save(&crate::profile::Profile {

@@ -462,13 +462,17 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
 }
 
 /// A tiny OIDC provider on loopback: discovery, JWKS, a device authorization endpoint, and a
-/// token endpoint that says `authorization_pending` once, then hands out the ID token.
+/// token endpoint that says `authorization_pending` once, then hands out the ID token; and an
+/// authorization endpoint that redirects straight back with a code, which the token endpoint
+/// exchanges only for the PKCE verifier that matches the challenge and the same redirect URI.
 fn serve_idp(jwks: Value, mint: impl Fn(&str) -> String + Send + 'static) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let issuer = format!("http://{}", listener.local_addr().expect("addr"));
     let iss = issuer.clone();
     std::thread::spawn(move || {
         let mut polls = 0;
+        // (code_challenge, redirect_uri) of the last authorization request.
+        let mut pending: Option<(String, String)> = None;
         for stream in listener.incoming().flatten() {
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
@@ -487,8 +491,38 @@ fn serve_idp(jwks: Value, mint: impl Fn(&str) -> String + Send + 'static) -> Str
             }
             let mut body = vec![0u8; len];
             let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let query = |text: &str, key: &str| {
+                reqwest::Url::parse(&format!("http://idp/?{text}"))
+                    .ok()
+                    .and_then(|u| u.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned()))
+            };
+            if target.starts_with("/authorize?") {
+                let q = target.trim_start_matches("/authorize?");
+                assert_eq!(query(q, "code_challenge_method").as_deref(), Some("S256"));
+                assert_eq!(query(q, "client_id").as_deref(), Some("jitgate-test"));
+                let redirect = query(q, "redirect_uri").unwrap_or_default();
+                pending = Some((query(q, "code_challenge").unwrap_or_default(), redirect.clone()));
+                let state = query(q, "state").unwrap_or_default();
+                let resp = format!("HTTP/1.1 302 Found\r\nLocation: {redirect}?code=ac-1&state={state}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = reader.get_mut().write_all(resp.as_bytes());
+                continue;
+            }
+            let form = String::from_utf8_lossy(&body).into_owned();
             let answer = if line.contains("/.well-known/openid-configuration") {
-                json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks"), "device_authorization_endpoint": format!("{iss}/device"), "token_endpoint": format!("{iss}/token")})
+                json!({"issuer": iss, "jwks_uri": format!("{iss}/jwks"), "device_authorization_endpoint": format!("{iss}/device"), "authorization_endpoint": format!("{iss}/authorize"), "token_endpoint": format!("{iss}/token")})
+            } else if query(&form, "grant_type").as_deref() == Some("authorization_code") {
+                let verifier = query(&form, "code_verifier").unwrap_or_default();
+                let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(<sha2::Sha256 as sha2::Digest>::digest(verifier.as_bytes()));
+                let expected = pending.take();
+                if query(&form, "code").as_deref() == Some("ac-1")
+                    && expected == Some((challenge, query(&form, "redirect_uri").unwrap_or_default()))
+                {
+                    json!({"id_token": mint(&iss), "token_type": "Bearer"})
+                } else {
+                    json!({"error": "invalid_grant"})
+                }
             } else if line.contains("/jwks") {
                 jwks.clone()
             } else if line.contains("/device") {
@@ -544,4 +578,77 @@ async fn jitgate_login_oidc_signs_in_with_the_device_flow() {
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let principals = s.send(Method::GET, &s.url("/api/v1/principals"), None).await;
     assert!(principals.body["value"].as_array().into_iter().flatten().any(|p| p["name"] == "gina"), "{principals:?}");
+}
+
+/// Runs `jitgate login --oidc --browser`, plays the browser: reads the link the CLI prints and
+/// fetches it (following the issuer's redirect back to the CLI's loopback listener), or, with
+/// `forge_state`, calls the loopback listener directly with a state the CLI never issued.
+async fn browser_login(s: &TestServer, profile: &std::path::Path, forge_state: bool) -> (std::process::Output, String) {
+    let ca = s.server.ca_cert.display().to_string();
+    let mut child = std::process::Command::new(BIN)
+        .args(["login", "--url", &s.server.url, "--ca-cert", &ca, "--oidc", "--browser", "--subscription", SUB])
+        .env("JITGATE_CONFIG", profile)
+        .env("BROWSER", "true")
+        .env_remove("JITGATE_TOKEN")
+        .env_remove("JITGATE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("open http") {
+        line.clear();
+        if stderr.read_line(&mut line).expect("reads") == 0 {
+            panic!("login ended without printing a link: {:?}", child.wait_with_output());
+        }
+    }
+    let link = line.split_whitespace().last().expect("link").to_owned();
+    let browser = reqwest::Client::new();
+    let page = if forge_state {
+        let u = reqwest::Url::parse(&link).expect("url");
+        let redirect =
+            u.query_pairs().find(|(k, _)| k == "redirect_uri").map(|(_, v)| v.into_owned()).expect("redirect_uri");
+        assert!(redirect.starts_with("http://127.0.0.1:"), "loopback redirect: {redirect}");
+        browser.get(format!("{redirect}?code=ac-1&state=forged")).send().await
+    } else {
+        browser.get(&link).send().await
+    };
+    let page = page.expect("the browser reaches the CLI").text().await.unwrap_or_default();
+    let out = child.wait_with_output().expect("waits");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    (std::process::Output { stderr: rest.into_bytes(), ..out }, page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitgate_login_oidc_browser_uses_pkce_and_a_loopback_redirect() {
+    let (key, jwk) = ec_key();
+    let issuer = serve_idp(json!({"keys": [jwk]}), move |iss| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        jwt(
+            &key,
+            json!({"iss": iss, "aud": "jitgate-test", "sub": "u-10", "preferred_username": "hana", "iat": now, "exp": now + 600}),
+        )
+    });
+    let s = TestServer::start(BIN, &["--oidc-issuer", &issuer, "--oidc-audience", "jitgate-test"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let profile = dir.path().join("profile.json");
+
+    // An answer with a state the CLI did not issue is refused and nothing is saved.
+    let (forged, page) = browser_login(&s, &profile, true).await;
+    assert_eq!(forged.status.code(), Some(3), "{}", String::from_utf8_lossy(&forged.stderr));
+    assert!(page.contains("did not match"), "{page}");
+    assert!(!profile.exists(), "a refused sign-in writes no profile");
+
+    let (out, page) = browser_login(&s, &profile, false).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(page.contains("Signed in"), "{page}");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&profile).expect("profile")).expect("json");
+    let token = saved["token"].as_str().expect("token saved").to_owned();
+    let me = s.send(Method::GET, &s.url("/api/v1/principals"), None).await;
+    assert!(me.body["value"].as_array().into_iter().flatten().any(|p| p["name"] == "hana"), "{me:?}");
+    let bearer = format!("Bearer {token}");
+    let listed = s.send_with(Method::GET, &s.url("/api/v1/roleDefinitions"), None, &[("Authorization", &bearer)]).await;
+    assert_eq!(listed.status, StatusCode::OK, "the saved ID token signs hana in: {listed:?}");
 }
