@@ -132,7 +132,7 @@ const BROWSER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 async fn browser_flow(idp: &Idp) -> anyhow::Result<String> {
     use base64::Engine;
     use sha2::Digest;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     let (auth_ep, token_ep) = (idp.endpoint("authorization_endpoint")?, idp.endpoint("token_endpoint")?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -165,8 +165,9 @@ async fn browser_flow(idp: &Idp) -> anyhow::Result<String> {
         let Ok(accepted) = accepted else {
             return Err(fail(exit::TIMEOUT, "the sign-in was not completed in time"));
         };
-        let (stream, _) = accepted?;
-        let mut reader = BufReader::new(stream);
+        let (mut stream, _) = accepted?;
+        // Only the request line matters; a peer that sends more than a few KiB without one is dropped.
+        let mut reader = BufReader::new((&mut stream).take(8 * 1024));
         let mut line = String::new();
         if tokio::time::timeout(std::time::Duration::from_secs(10), reader.read_line(&mut line)).await.is_err() {
             continue;
@@ -175,10 +176,8 @@ async fn browser_flow(idp: &Idp) -> anyhow::Result<String> {
         let target = line.split_whitespace().nth(1).unwrap_or("");
         let Ok(url) = reqwest::Url::parse(&format!("http://127.0.0.1{target}")) else { continue };
         if url.path() != "/callback" {
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .await;
+            drop(reader);
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
             continue;
         }
         let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
@@ -200,7 +199,8 @@ async fn browser_flow(idp: &Idp) -> anyhow::Result<String> {
             "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             html.len()
         );
-        let _ = reader.get_mut().write_all(format!("{head}{html}").as_bytes()).await;
+        drop(reader);
+        let _ = stream.write_all(format!("{head}{html}").as_bytes()).await;
         break outcome?;
     };
     let r: Value = idp
