@@ -4,9 +4,9 @@
 //! - `PUT /api/v1/securityPolicies` `{"scope","jitEnabled"}`; `GET /api/v1/securityPolicies`
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
@@ -21,8 +21,7 @@ use jitgate_store::{AuditFilter, AuditRecord};
 
 use crate::arm::{read_body, Query};
 use crate::error::{json, ApiError};
-use crate::tls::PeerAddr;
-use crate::App;
+use crate::{App, Caller};
 
 /// Changing where JIT may be enabled.
 pub const SECURITY_POLICY_WRITE: &str = "Microsoft.Security/policies/write";
@@ -36,10 +35,6 @@ pub fn router() -> Router<App> {
         .route("/api/v1/audit", get(list))
         .route("/api/v1/audit/verify", get(verify))
         .route("/api/v1/securityPolicies", get(list_policies).put(put_policy))
-}
-
-fn respond(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub fn record_out(r: &AuditRecord) -> AuditRecordOut {
@@ -82,162 +77,119 @@ fn filter(q: &Query) -> Result<AuditFilter, ApiError> {
     })
 }
 
-async fn list(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let (parts, _) = req.into_parts();
-            let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/audit").await?;
-            let q = Query::parse(parts.uri.query());
-            let f = filter(&q)?;
-            let after = match q.get("$skiptoken").filter(|v| !v.is_empty()) {
-                None => 0,
-                Some(t) => t
-                    .parse::<u64>()
-                    .map_err(|_| ApiError::bad_request("InvalidSkipToken", format!("'{t}' is not a skip token")))?,
-            };
-            let top = match q.get("top").or(q.get("$top")) {
-                None => DEFAULT_TOP,
-                Some(t) => t.parse::<usize>().ok().filter(|n| (1..=MAX_TOP).contains(n)).ok_or_else(|| {
-                    ApiError::bad_request("InvalidAuditQuery", format!("top '{t}' is not 1..{MAX_TOP}"))
-                })?,
-            };
-            // A caller sees the records of resources where it may read the audit log.
-            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
-            if !grants.assignments.iter().any(|(_, role)| role.allows(actions::AUDIT_READ)) {
-                return Err(crate::authz::denied(&principal.name, actions::AUDIT_READ, "/"));
-            }
-            let page = app.store.query_audit(&f, after, top).await?;
-            let value: Vec<AuditRecordOut> = page
-                .iter()
-                .filter(|r| grants.permits(actions::AUDIT_READ, &r.event.resource_id))
-                .map(record_out)
-                .collect();
-            let next_link = (page.len() == top).then(|| {
-                let host = parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or(parts.uri.authority().map(|a| a.as_str()))
-                    .unwrap_or("localhost");
-                let scheme = if app.config.tls { "https" } else { "http" };
-                let base = app.config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{host}"));
-                let mut pairs: Vec<String> = ["from", "to", "caller", "resourceId", "operation", "status"]
-                    .iter()
-                    .filter_map(|k| {
-                        q.get(k).filter(|v| !v.is_empty()).map(|v| {
-                            format!(
-                                "{k}={}",
-                                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-                            )
-                        })
-                    })
-                    .collect();
-                pairs.push(format!("top={top}"));
-                pairs.push(format!("$skiptoken={}", page.last().map(|r| r.seq).unwrap_or(after)));
-                format!("{}/api/v1/audit?{}", base.trim_end_matches('/'), pairs.join("&"))
-            });
-            Ok(json(StatusCode::OK, &AuditPageOut { value, next_link }))
-        }
-        .await,
-    )
-}
-
-async fn verify(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/audit/verify").await?;
-            app.authorize(&principal, actions::AUDIT_READ, "/").await?;
-            let v = app.store.verify_audit().await?;
-            Ok(json(
-                StatusCode::OK,
-                &AuditVerifyOut {
-                    valid: v.valid,
-                    records: v.records,
-                    first_invalid: v.first_invalid,
-                    archived_through: v.archived_through,
-                },
-            ))
-        }
-        .await,
-    )
-}
-
-async fn list_policies(
+async fn list(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/securityPolicies").await?;
-            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
-            let value: Vec<SecurityPolicyOut> = app
-                .store
-                .list_security_policies()
-                .await?
-                .into_iter()
-                .filter(|p| grants.permits(SECURITY_POLICY_READ, &p.scope))
-                .map(|p| SecurityPolicyOut {
-                    scope: p.scope,
-                    jit_enabled: p.jit_enabled,
-                    updated_at: datetime::format(p.updated),
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    Caller { principal, query: q, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let f = filter(&q)?;
+    let after = match q.get("$skiptoken").filter(|v| !v.is_empty()) {
+        None => 0,
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("InvalidSkipToken", format!("'{t}' is not a skip token")))?,
+    };
+    let top = match q.get("top").or(q.get("$top")) {
+        None => DEFAULT_TOP,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_TOP).contains(n))
+            .ok_or_else(|| ApiError::bad_request("InvalidAuditQuery", format!("top '{t}' is not 1..{MAX_TOP}")))?,
+    };
+    // A caller sees the records of resources where it may read the audit log.
+    let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+    if !grants.assignments.iter().any(|(_, role)| role.allows(actions::AUDIT_READ)) {
+        return Err(crate::authz::denied(&principal.name, actions::AUDIT_READ, "/"));
+    }
+    let page = app.store.query_audit(&f, after, top).await?;
+    let value: Vec<AuditRecordOut> =
+        page.iter().filter(|r| grants.permits(actions::AUDIT_READ, &r.event.resource_id)).map(record_out).collect();
+    let next_link = (page.len() == top).then(|| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(uri.authority().map(|a| a.as_str()))
+            .unwrap_or("localhost");
+        let scheme = if app.config.tls { "https" } else { "http" };
+        let base = app.config.public_url.clone().unwrap_or_else(|| format!("{scheme}://{host}"));
+        let mut pairs: Vec<String> = ["from", "to", "caller", "resourceId", "operation", "status"]
+            .iter()
+            .filter_map(|k| {
+                q.get(k).filter(|v| !v.is_empty()).map(|v| {
+                    format!("{k}={}", percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC))
                 })
-                .collect();
-            Ok(json(StatusCode::OK, &ListOut { value }))
-        }
-        .await,
-    )
+            })
+            .collect();
+        pairs.push(format!("top={top}"));
+        pairs.push(format!("$skiptoken={}", page.last().map(|r| r.seq).unwrap_or(after)));
+        format!("{}/api/v1/audit?{}", base.trim_end_matches('/'), pairs.join("&"))
+    });
+    Ok(json(StatusCode::OK, &AuditPageOut { value, next_link }))
 }
 
-async fn put_policy(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let (parts, body) = req.into_parts();
-            let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/securityPolicies").await?;
-            let mut audit = app.audit(&ctx, &principal.name, SECURITY_POLICY_WRITE, "/api/v1/securityPolicies");
-            let checked = async {
-                let b = read_body(&app, body).await?;
-                let input: SecurityPolicyIn = parse_json(&b)?;
-                let scope =
-                    input.scope.ok_or_else(|| ApiError::bad_request("InvalidSecurityPolicy", "scope is required"))?;
-                validate_scope(&scope).map_err(|m| ApiError::bad_request("InvalidSecurityPolicy", m))?;
-                if scope == "/" || scope.split('/').count() > 5 {
-                    return Err(ApiError::bad_request(
-                        "InvalidSecurityPolicy",
-                        "scope is a subscription or a resource group",
-                    ));
-                }
-                let enabled = input
-                    .jit_enabled
-                    .ok_or_else(|| ApiError::bad_request("InvalidSecurityPolicy", "jitEnabled is required"))?;
-                Ok::<_, ApiError>((scope, enabled))
-            }
-            .await;
-            let (scope, enabled) = match checked {
-                Ok(x) => x,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            audit.resource_id = scope.clone();
-            app.authorize_change(&principal, SECURITY_POLICY_WRITE, &scope, &mut audit).await?;
-            let p = app.store.put_security_policy(&scope, enabled, audit).await?;
-            app.changed();
-            Ok(json(
-                StatusCode::OK,
-                &SecurityPolicyOut {
-                    scope: p.scope,
-                    jit_enabled: p.jit_enabled,
-                    updated_at: datetime::format(p.updated),
-                },
-            ))
+async fn verify(State(app): State<App>, Caller { principal, .. }: Caller) -> Result<Response, ApiError> {
+    app.authorize(&principal, actions::AUDIT_READ, "/").await?;
+    let v = app.store.verify_audit().await?;
+    Ok(json(
+        StatusCode::OK,
+        &AuditVerifyOut {
+            valid: v.valid,
+            records: v.records,
+            first_invalid: v.first_invalid,
+            archived_through: v.archived_through,
+        },
+    ))
+}
+
+async fn list_policies(State(app): State<App>, Caller { principal, .. }: Caller) -> Result<Response, ApiError> {
+    let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+    let value: Vec<SecurityPolicyOut> = app
+        .store
+        .list_security_policies()
+        .await?
+        .into_iter()
+        .filter(|p| grants.permits(SECURITY_POLICY_READ, &p.scope))
+        .map(|p| SecurityPolicyOut {
+            scope: p.scope,
+            jit_enabled: p.jit_enabled,
+            updated_at: datetime::format(p.updated),
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &ListOut { value }))
+}
+
+async fn put_policy(
+    State(app): State<App>,
+    Caller { ctx, principal, .. }: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut audit = app.audit(&ctx, &principal.name, SECURITY_POLICY_WRITE, "/api/v1/securityPolicies");
+    let checked = async {
+        let b = read_body(&app, body).await?;
+        let input: SecurityPolicyIn = parse_json(&b)?;
+        let scope = input.scope.ok_or_else(|| ApiError::bad_request("InvalidSecurityPolicy", "scope is required"))?;
+        validate_scope(&scope).map_err(|m| ApiError::bad_request("InvalidSecurityPolicy", m))?;
+        if scope == "/" || scope.split('/').count() > 5 {
+            return Err(ApiError::bad_request("InvalidSecurityPolicy", "scope is a subscription or a resource group"));
         }
-        .await,
-    )
+        let enabled = input
+            .jit_enabled
+            .ok_or_else(|| ApiError::bad_request("InvalidSecurityPolicy", "jitEnabled is required"))?;
+        Ok::<_, ApiError>((scope, enabled))
+    }
+    .await;
+    let (scope, enabled) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    audit.resource_id = scope.clone();
+    app.authorize_change(&principal, SECURITY_POLICY_WRITE, &scope, &mut audit).await?;
+    let p = app.store.put_security_policy(&scope, enabled, audit).await?;
+    app.changed();
+    Ok(json(
+        StatusCode::OK,
+        &SecurityPolicyOut { scope: p.scope, jit_enabled: p.jit_enabled, updated_at: datetime::format(p.updated) },
+    ))
 }

@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use hmac::{Hmac, Mac};
@@ -34,8 +34,7 @@ use jitgate_store::{Delivery, Webhook};
 
 use crate::arm::read_body;
 use crate::error::{json, ApiError};
-use crate::tls::PeerAddr;
-use crate::{auth, App};
+use crate::{auth, App, Caller};
 
 pub const WEBHOOK_WRITE: &str = "Microsoft.Security/webhooks/write";
 pub const WEBHOOK_READ: &str = "Microsoft.Security/webhooks/read";
@@ -104,10 +103,6 @@ pub fn router() -> Router<App> {
         .route("/api/v1/webhooks/{id}/deliveries", get(deliveries))
 }
 
-fn respond(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
-}
-
 /// The scope a webhook's management is checked at: its subscription, or `/` for someone else's.
 fn scope_of(h: &Webhook) -> String {
     h.subscription.as_ref().map(|s| format!("/subscriptions/{s}")).unwrap_or_else(|| "/".into())
@@ -129,162 +124,123 @@ async fn may(app: &App, who: &jitgate_store::Principal, h: &Webhook, action: &st
     app.can(who, act, &scope_of(h)).await
 }
 
-async fn create(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let (parts, body) = req.into_parts();
-            let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/webhooks").await?;
-            let mut audit = app.audit(&ctx, &principal.name, WEBHOOK_WRITE, "/api/v1/webhooks");
-            let checked = async {
-                let b = read_body(&app, body).await?;
-                let input: WebhookIn = parse_json(&b)?;
-                let bad = |m: String| ApiError::bad_request("InvalidWebhook", m);
-                let url = input.url.ok_or_else(|| bad("url is required".into()))?;
-                let parsed = reqwest::Url::parse(&url).map_err(|e| bad(format!("url '{url}': {e}")))?;
-                if !matches!(parsed.scheme(), "https" | "http") {
-                    return Err(bad(format!("url '{url}' is not http(s)")));
-                }
-                let events = input.events.unwrap_or_default();
-                if let Some(e) = events.iter().find(|e| !EVENTS.iter().any(|k| k.eq_ignore_ascii_case(e))) {
-                    return Err(bad(format!("event '{e}' is not one of {}", EVENTS.join(", "))));
-                }
-                let (subscription, principal_name) =
-                    match (input.subscription, input.principal) {
-                        (Some(s), None) => {
-                            jitgate_core::ids::validate_subscription(&s).map_err(bad)?;
-                            (Some(s), None)
-                        }
-                        (None, Some(p)) => (None, Some(p)),
-                        _ => return Err(bad(
-                            "set exactly one of subscription (every request in it) and principal (its own requests)"
-                                .into(),
-                        )),
-                    };
-                let secret =
-                    input.secret.unwrap_or_else(|| format!("whsec_{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]));
-                if secret.len() < 16 {
-                    return Err(bad("secret must be at least 16 characters".into()));
-                }
-                Ok::<_, ApiError>(Webhook {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    subscription,
-                    principal: principal_name,
-                    url,
-                    secret,
-                    events: events
-                        .iter()
-                        .map(|e| {
-                            EVENTS.iter().find(|k| k.eq_ignore_ascii_case(e)).map(|k| k.to_string()).unwrap_or_default()
-                        })
-                        .collect(),
-                    created: app.clock.now(),
-                })
-            }
-            .await;
-            let hook = match checked {
-                Ok(h) => h,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            if !may(&app, &principal, &hook, WEBHOOK_WRITE).await? {
-                let e = crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&hook));
-                return Err(app.refuse(audit, e).await);
-            }
-            audit.resource_id = scope_of(&hook);
-            let stored = app.store.create_webhook(hook, audit).await?;
-            Ok(json(StatusCode::CREATED, &out(&stored, true)))
+async fn create(
+    State(app): State<App>,
+    Caller { ctx, principal, .. }: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut audit = app.audit(&ctx, &principal.name, WEBHOOK_WRITE, "/api/v1/webhooks");
+    let checked = async {
+        let b = read_body(&app, body).await?;
+        let input: WebhookIn = parse_json(&b)?;
+        let bad = |m: String| ApiError::bad_request("InvalidWebhook", m);
+        let url = input.url.ok_or_else(|| bad("url is required".into()))?;
+        let parsed = reqwest::Url::parse(&url).map_err(|e| bad(format!("url '{url}': {e}")))?;
+        if !matches!(parsed.scheme(), "https" | "http") {
+            return Err(bad(format!("url '{url}' is not http(s)")));
         }
-        .await,
-    )
+        let events = input.events.unwrap_or_default();
+        if let Some(e) = events.iter().find(|e| !EVENTS.iter().any(|k| k.eq_ignore_ascii_case(e))) {
+            return Err(bad(format!("event '{e}' is not one of {}", EVENTS.join(", "))));
+        }
+        let (subscription, principal_name) = match (input.subscription, input.principal) {
+            (Some(s), None) => {
+                jitgate_core::ids::validate_subscription(&s).map_err(bad)?;
+                (Some(s), None)
+            }
+            (None, Some(p)) => (None, Some(p)),
+            _ => {
+                return Err(bad(
+                    "set exactly one of subscription (every request in it) and principal (its own requests)".into(),
+                ))
+            }
+        };
+        let secret =
+            input.secret.unwrap_or_else(|| format!("whsec_{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]));
+        if secret.len() < 16 {
+            return Err(bad("secret must be at least 16 characters".into()));
+        }
+        Ok::<_, ApiError>(Webhook {
+            id: uuid::Uuid::new_v4().to_string(),
+            subscription,
+            principal: principal_name,
+            url,
+            secret,
+            events: events
+                .iter()
+                .map(|e| EVENTS.iter().find(|k| k.eq_ignore_ascii_case(e)).map(|k| k.to_string()).unwrap_or_default())
+                .collect(),
+            created: app.clock.now(),
+        })
+    }
+    .await;
+    let hook = match checked {
+        Ok(h) => h,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    if !may(&app, &principal, &hook, WEBHOOK_WRITE).await? {
+        let e = crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&hook));
+        return Err(app.refuse(audit, e).await);
+    }
+    audit.resource_id = scope_of(&hook);
+    let stored = app.store.create_webhook(hook, audit).await?;
+    Ok(json(StatusCode::CREATED, &out(&stored, true)))
 }
 
-async fn list(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/webhooks").await?;
-            let mut value = Vec::new();
-            for h in app.store.list_webhooks().await? {
-                if may(&app, &principal, &h, WEBHOOK_READ).await? {
-                    value.push(out(&h, false));
-                }
-            }
-            Ok(json(StatusCode::OK, &ListOut { value }))
+async fn list(State(app): State<App>, Caller { principal, .. }: Caller) -> Result<Response, ApiError> {
+    let mut value = Vec::new();
+    for h in app.store.list_webhooks().await? {
+        if may(&app, &principal, &h, WEBHOOK_READ).await? {
+            value.push(out(&h, false));
         }
-        .await,
-    )
+    }
+    Ok(json(StatusCode::OK, &ListOut { value }))
 }
 
 async fn remove(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/webhooks").await?;
-            let audit = app.audit(&ctx, &principal.name, WEBHOOK_WRITE, &format!("/api/v1/webhooks/{id}"));
-            let Some(h) = app.store.get_webhook(&id).await? else {
-                return Err(app
-                    .refuse(audit, ApiError::not_found("WebhookNotFound", format!("no webhook {id}")))
-                    .await);
-            };
-            if !may(&app, &principal, &h, WEBHOOK_WRITE).await? {
-                return Err(app
-                    .refuse(audit, crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&h)))
-                    .await);
-            }
-            let h = app.store.delete_webhook(&id, audit).await?;
-            Ok(json(StatusCode::OK, &out(&h, false)))
-        }
-        .await,
-    )
+    Caller { ctx, principal, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let audit = app.audit(&ctx, &principal.name, WEBHOOK_WRITE, &format!("/api/v1/webhooks/{id}"));
+    let Some(h) = app.store.get_webhook(&id).await? else {
+        return Err(app.refuse(audit, ApiError::not_found("WebhookNotFound", format!("no webhook {id}"))).await);
+    };
+    if !may(&app, &principal, &h, WEBHOOK_WRITE).await? {
+        return Err(app.refuse(audit, crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&h))).await);
+    }
+    let h = app.store.delete_webhook(&id, audit).await?;
+    Ok(json(StatusCode::OK, &out(&h, false)))
 }
 
 async fn deliveries(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/webhooks").await?;
-            let Some(h) = app.store.get_webhook(&id).await? else {
-                return Err(ApiError::not_found("WebhookNotFound", format!("no webhook {id}")));
-            };
-            if !may(&app, &principal, &h, WEBHOOK_READ).await? {
-                return Err(crate::authz::denied(&principal.name, WEBHOOK_READ, &scope_of(&h)));
-            }
-            let value: Vec<DeliveryOut> = app
-                .store
-                .list_deliveries(&id, 200)
-                .await?
-                .into_iter()
-                .map(|d| DeliveryOut {
-                    id: d.id,
-                    event: d.event,
-                    state: d.state,
-                    attempts: d.attempts,
-                    next_attempt: datetime::format(d.next_attempt),
-                    last_error: d.last_error,
-                    created_at: datetime::format(d.created),
-                    delivered_at: d.delivered.map(datetime::format),
-                })
-                .collect();
-            Ok(json(StatusCode::OK, &ListOut { value }))
-        }
-        .await,
-    )
+    Caller { principal, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let Some(h) = app.store.get_webhook(&id).await? else {
+        return Err(ApiError::not_found("WebhookNotFound", format!("no webhook {id}")));
+    };
+    if !may(&app, &principal, &h, WEBHOOK_READ).await? {
+        return Err(crate::authz::denied(&principal.name, WEBHOOK_READ, &scope_of(&h)));
+    }
+    let value: Vec<DeliveryOut> = app
+        .store
+        .list_deliveries(&id, 200)
+        .await?
+        .into_iter()
+        .map(|d| DeliveryOut {
+            id: d.id,
+            event: d.event,
+            state: d.state,
+            attempts: d.attempts,
+            next_attempt: datetime::format(d.next_attempt),
+            last_error: d.last_error,
+            created_at: datetime::format(d.created),
+            delivered_at: d.delivered.map(datetime::format),
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &ListOut { value }))
 }
 
 /// The signature header value for `body` sent at `timestamp`.
