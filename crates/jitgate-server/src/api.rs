@@ -32,7 +32,7 @@ use crate::arm::{read_body, Query};
 use crate::auth;
 use crate::error::{json, ApiError};
 use crate::tls::PeerAddr;
-use crate::App;
+use crate::{App, Caller};
 
 pub fn router() -> Router<App> {
     Router::new()
@@ -174,63 +174,41 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
 }
 
 /// `GET /api/v1/agentTokens`: join tokens where the caller may register VMs, without secrets.
-async fn list_agent_tokens(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/agentTokens").await?;
-            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
-            let now = app.clock.now();
-            let value: Vec<serde_json::Value> = app
-                .store
-                .list_join_tokens()
-                .await?
-                .into_iter()
-                .filter(|t| grants.permits(actions::VM_WRITE, &format!("/subscriptions/{}/resourceGroups/{}", t.spec.subscription, t.spec.resource_group)))
-                .map(|t| {
-                    let state = if t.used.is_some() { "used" } else if t.spec.expires <= now { "expired" } else { "unused" };
-                    serde_json::json!({
-                        "subscription": t.spec.subscription, "resourceGroup": t.spec.resource_group, "location": t.spec.location,
-                        "mode": t.spec.mode.as_str(), "createdAt": datetime::format(t.created), "createdBy": t.created_by,
-                        "expiresOn": datetime::format(t.spec.expires), "usedAt": t.used.map(datetime::format), "state": state,
-                    })
-                })
-                .collect();
-            Ok(json(StatusCode::OK, &ListOut { value }))
-        }
-        .await,
-    )
+async fn list_agent_tokens(State(app): State<App>, Caller { principal, .. }: Caller) -> Result<Response, ApiError> {
+    let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+    let now = app.clock.now();
+    let value: Vec<serde_json::Value> = app
+        .store
+        .list_join_tokens()
+        .await?
+        .into_iter()
+        .filter(|t| grants.permits(actions::VM_WRITE, &format!("/subscriptions/{}/resourceGroups/{}", t.spec.subscription, t.spec.resource_group)))
+        .map(|t| {
+            let state = if t.used.is_some() { "used" } else if t.spec.expires <= now { "expired" } else { "unused" };
+            serde_json::json!({
+                "subscription": t.spec.subscription, "resourceGroup": t.spec.resource_group, "location": t.spec.location,
+                "mode": t.spec.mode.as_str(), "createdAt": datetime::format(t.created), "createdBy": t.created_by,
+                "expiresOn": datetime::format(t.spec.expires), "usedAt": t.used.map(datetime::format), "state": state,
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &ListOut { value }))
 }
 
-async fn agents(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/agents").await?;
-            let list = app.store.list_agents().await?;
-            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
-            let value = list
-                .iter()
-                .filter(|a| {
-                    let scope = a.vm_id.clone().unwrap_or_else(|| {
-                        format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group)
-                    });
-                    grants.permits(actions::VM_READ, &scope)
-                })
-                .map(|a| agent_out(&app, a))
-                .collect();
-            Ok(json(StatusCode::OK, &ListOut { value }))
-        }
-        .await,
-    )
+async fn agents(State(app): State<App>, Caller { principal, .. }: Caller) -> Result<Response, ApiError> {
+    let list = app.store.list_agents().await?;
+    let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+    let value =
+        list.iter()
+            .filter(|a| {
+                let scope = a.vm_id.clone().unwrap_or_else(|| {
+                    format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group)
+                });
+                grants.permits(actions::VM_READ, &scope)
+            })
+            .map(|a| agent_out(&app, a))
+            .collect();
+    Ok(json(StatusCode::OK, &ListOut { value }))
 }
 
 fn request_id(raw: &str) -> Result<i64, ApiError> {
@@ -242,62 +220,41 @@ fn request_id(raw: &str) -> Result<i64, ApiError> {
 
 async fn get_request(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let headers = req.headers().clone();
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/requests").await?;
-            let id = request_id(&id)?;
-            match app.store.get_request(id).await? {
-                Some((policy, r)) => {
-                    app.authorize(&principal, actions::POLICY_READ, &policy).await?;
-                    let mut v = serde_json::to_value(request_out(&r)).unwrap_or_default();
-                    v["policyId"] = serde_json::Value::String(policy);
-                    Ok(json(StatusCode::OK, &v))
-                }
-                None => Err(ApiError::not_found("RequestNotFound", format!("access request {id} was not found"))),
-            }
+    Caller { principal, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let id = request_id(&id)?;
+    match app.store.get_request(id).await? {
+        Some((policy, r)) => {
+            app.authorize(&principal, actions::POLICY_READ, &policy).await?;
+            let mut v = serde_json::to_value(request_out(&r)).unwrap_or_default();
+            v["policyId"] = serde_json::Value::String(policy);
+            Ok(json(StatusCode::OK, &v))
         }
-        .await,
-    )
+        None => Err(ApiError::not_found("RequestNotFound", format!("access request {id} was not found"))),
+    }
 }
 
 async fn revoke(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let (headers, query) = (req.headers().clone(), Query::parse(req.uri().query()));
-            drop(req);
-            let principal = app.authenticate(&headers, &ctx, "/api/v1/requests").await?;
-            let audit = app.audit(&ctx, &principal.name, ops::REQUEST_REVOKE, &format!("/api/v1/requests/{id}"));
-            let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
-                Ok(x) => x,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            // The requester may end their own grants ("I'm done"); anyone else needs to be able
-            // to change the policy.
-            let mut audit = audit;
-            if let Some((policy, request)) = app.store.get_request(id).await? {
-                let action =
-                    if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
-                app.authorize_change(&principal, action, &policy, &mut audit).await?;
-            }
-            let request = app.store.revoke_request(id, &principal.name, audit).await?;
-            app.changed();
-            answer_request(&app, &request, wait).await
-        }
-        .await,
-    )
+    Caller { ctx, principal, query }: Caller,
+) -> Result<Response, ApiError> {
+    let audit = app.audit(&ctx, &principal.name, ops::REQUEST_REVOKE, &format!("/api/v1/requests/{id}"));
+    let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    // The requester may end their own grants ("I'm done"); anyone else needs to be able
+    // to change the policy.
+    let mut audit = audit;
+    if let Some((policy, request)) = app.store.get_request(id).await? {
+        let action = if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
+        app.authorize_change(&principal, action, &policy, &mut audit).await?;
+    }
+    let request = app.store.revoke_request(id, &principal.name, audit).await?;
+    app.changed();
+    answer_request(&app, &request, wait).await
 }
 
 fn id_param(q: &Query) -> Result<Option<VmId>, ApiError> {
@@ -457,48 +414,38 @@ async fn decide(
 /// end of a live grant, at most the port's maximum from now. The requester may extend their own.
 async fn extend(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(
-        async {
-            let ctx = crate::ctx_of(peer, &req);
-            let (parts, body) = req.into_parts();
-            let query = Query::parse(parts.uri.query());
-            let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/requests").await?;
-            let mut audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));
-            let now = app.clock.now();
-            let checked = async {
-                let id = request_id(&id)?;
-                let wait = crate::arm::wait_option(&query)?;
-                let bytes = read_body(&app, body).await?;
-                let v: serde_json::Value = parse_json(&bytes)?;
-                let bad = |m: String| ApiError::bad_request("InvalidExtension", m);
-                let new_end = match (v["duration"].as_str(), v["endTimeUtc"].as_str()) {
-                    (Some(d), None) => now + AccessDuration::parse(d).map_err(|e| bad(e.0))?.duration(),
-                    (None, Some(t)) => datetime::parse(t).map_err(bad)?,
-                    _ => return Err(bad("set exactly one of duration and endTimeUtc".into())),
-                };
-                Ok::<_, ApiError>((id, wait, new_end))
-            }
-            .await;
-            let (id, wait, new_end) = match checked {
-                Ok(x) => x,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            if let Some((policy, request)) = app.store.get_request(id).await? {
-                let action =
-                    if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
-                app.authorize_change(&principal, action, &policy, &mut audit).await?;
-            }
-            let request = app.store.extend_request(id, new_end, now, audit).await?;
-            app.changed();
-            app.sweeper.notify_one();
-            answer_request(&app, &request, wait).await
-        }
-        .await,
-    )
+    Caller { ctx, principal, query }: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));
+    let now = app.clock.now();
+    let checked = async {
+        let id = request_id(&id)?;
+        let wait = crate::arm::wait_option(&query)?;
+        let bytes = read_body(&app, body).await?;
+        let v: serde_json::Value = parse_json(&bytes)?;
+        let bad = |m: String| ApiError::bad_request("InvalidExtension", m);
+        let new_end = match (v["duration"].as_str(), v["endTimeUtc"].as_str()) {
+            (Some(d), None) => now + AccessDuration::parse(d).map_err(|e| bad(e.0))?.duration(),
+            (None, Some(t)) => datetime::parse(t).map_err(bad)?,
+            _ => return Err(bad("set exactly one of duration and endTimeUtc".into())),
+        };
+        Ok::<_, ApiError>((id, wait, new_end))
+    }
+    .await;
+    let (id, wait, new_end) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    if let Some((policy, request)) = app.store.get_request(id).await? {
+        let action = if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
+        app.authorize_change(&principal, action, &policy, &mut audit).await?;
+    }
+    let request = app.store.extend_request(id, new_end, now, audit).await?;
+    app.changed();
+    app.sweeper.notify_one();
+    answer_request(&app, &request, wait).await
 }
 
 /// A request after a change to it: at once, or (`?wait=applied`) once its enforcement points
