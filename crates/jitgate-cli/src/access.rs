@@ -62,6 +62,7 @@ pub struct RequestArgs {
     /// Until when (RFC 3339, e.g. 2026-11-25T18:00:00Z).
     #[arg(long)]
     pub until: Option<String>,
+    /// Why access is needed; recorded with the request and in the audit log.
     #[arg(long)]
     pub justification: Option<String>,
     /// Wait until every enforcement point has opened the ports; prints how long it took.

@@ -277,10 +277,13 @@ pub enum VmCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct VmListArgs {
+    /// Only VMs a policy protects.
     #[arg(long, conflicts_with_all = ["not_configured", "unsupported"])]
     pub configured: bool,
+    /// Only supported VMs no policy protects yet.
     #[arg(long, conflicts_with = "unsupported")]
     pub not_configured: bool,
+    /// Only VMs jitgate cannot protect (no enforcement point, nftables unusable …), with the reason.
     #[arg(long)]
     pub unsupported: bool,
     #[command(flatten)]
@@ -409,6 +412,7 @@ pub enum TokenCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenCreate {
+    /// The principal the token signs in as.
     #[arg(long)]
     pub principal: String,
     /// Lifetime: 30m, 8h, 30d or ISO-8601; default: no expiry.
@@ -420,6 +424,7 @@ pub struct TokenCreate {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenFor {
+    /// The principal the token signs in as.
     #[arg(long)]
     pub principal: String,
     #[command(flatten)]

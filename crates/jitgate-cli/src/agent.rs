@@ -115,10 +115,13 @@ pub async fn token_list(args: TokenListArgs, format: crate::output::OutputFormat
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenCreateArgs {
+    /// The subscription VMs that join with the token are registered in.
     #[arg(long)]
     pub subscription: String,
+    /// Their resource group.
     #[arg(long)]
     pub resource_group: String,
+    /// Their location.
     #[arg(long)]
     pub location: String,
     #[arg(long, value_enum, default_value = "host")]

@@ -40,16 +40,22 @@ pub enum Format {
 
 #[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
+    /// Records at or after this time (RFC 3339).
     #[arg(long)]
     pub from: Option<String>,
+    /// Records before this time (RFC 3339).
     #[arg(long)]
     pub to: Option<String>,
+    /// Records of this principal.
     #[arg(long)]
     pub caller: Option<String>,
+    /// Records about this resource or anything under it (an ARM id prefix).
     #[arg(long)]
     pub resource_id: Option<String>,
+    /// Records of this operation (an action string).
     #[arg(long)]
     pub operation: Option<String>,
+    /// Succeeded or Failed.
     #[arg(long)]
     pub status: Option<String>,
     #[arg(long, value_enum, default_value = "table")]

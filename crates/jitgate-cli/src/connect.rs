@@ -23,6 +23,7 @@ pub struct ConnectArgs {
     /// `my-ip` (default) or a CIDR.
     #[arg(long, default_value = "my-ip")]
     pub source: String,
+    /// Why access is needed; recorded with the request and in the audit log.
     #[arg(long)]
     pub justification: Option<String>,
     /// The command; `{host}` and `{port}` are replaced by where to connect.

@@ -39,10 +39,13 @@ pub struct Where {
     /// Default: JITGATE_SUBSCRIPTION or the profile's.
     #[arg(long, env = "JITGATE_SUBSCRIPTION")]
     pub subscription: Option<String>,
+    /// The resource group the policy belongs to.
     #[arg(long, short = 'g')]
     pub resource_group: String,
+    /// The policy's location (region), as in the ARM path.
     #[arg(long, short = 'l')]
     pub location: String,
+    /// The policy's name.
     #[arg(long, default_value = "default")]
     pub name: String,
     #[command(flatten)]
@@ -69,10 +72,13 @@ pub struct SetArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
+    /// Default: JITGATE_SUBSCRIPTION or the profile's.
     #[arg(long, env = "JITGATE_SUBSCRIPTION")]
     pub subscription: Option<String>,
+    /// Only policies in this resource group.
     #[arg(long, short = 'g')]
     pub resource_group: Option<String>,
+    /// Only policies in this location.
     #[arg(long, short = 'l')]
     pub location: Option<String>,
     #[command(flatten)]

@@ -47,10 +47,13 @@ pub struct ListArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AssignArgs {
+    /// Who gets the role.
     #[arg(long)]
     pub principal: String,
+    /// The role's name (built-in or custom).
     #[arg(long)]
     pub role: String,
+    /// Where it applies: /, /subscriptions/{id}, a resource group or a VM.
     #[arg(long)]
     pub scope: String,
     #[command(flatten)]
