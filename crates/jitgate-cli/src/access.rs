@@ -203,10 +203,12 @@ pub async fn decide(args: DecideArgs, approve: bool, format: crate::output::Outp
 
 #[derive(Debug, Clone, Args)]
 pub struct ExtendArgs {
+    /// The request's id (from `jitgate access list`).
     pub id: i64,
     /// The new length from now: 30m, 1h, PT2H …
     #[arg(long = "for")]
     pub duration: String,
+    /// Wait until every enforcement point has the new end.
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
@@ -226,6 +228,7 @@ pub async fn extend(args: ExtendArgs, format: crate::output::OutputFormat) -> an
 
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
+    /// Default: JITGATE_SUBSCRIPTION or the profile's.
     #[arg(long, env = "JITGATE_SUBSCRIPTION")]
     pub subscription: Option<String>,
     /// Only this VM (ARM id or name).

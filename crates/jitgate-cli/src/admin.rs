@@ -14,6 +14,7 @@ use crate::{call, ConnArgs};
   jitgate login --url https://jit.example.com:8443 --oidc      # sign in with the server's OIDC provider (device flow)
   jitgate login --url https://jit.example.com:8443 --oidc --browser   # … in a browser on this machine")]
 pub struct LoginArgs {
+    /// The server's URL.
     #[arg(long = "url", env = "JITGATE_URL")]
     pub url: String,
     /// An API token (or an ID token) to save.
@@ -28,6 +29,7 @@ pub struct LoginArgs {
     /// loopback redirect) instead of the device flow. `$BROWSER` (else xdg-open) opens the link.
     #[arg(long, requires = "oidc")]
     pub browser: bool,
+    /// The CA (or self-signed) certificate of the server, PEM.
     #[arg(long = "ca-cert", env = "JITGATE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// The subscription commands use when given none.
@@ -295,12 +297,16 @@ pub struct VmAddArgs {
     /// The VM's ARM id.
     #[arg(long)]
     pub id: String,
+    /// Linux or Windows (chooses the default rule: 22 or 3389).
     #[arg(long, default_value = "Linux")]
     pub os: String,
+    /// The VM's location (region).
     #[arg(long, short = 'l')]
     pub location: String,
+    /// The address users connect to (shown when access opens).
     #[arg(long)]
     pub address: Option<String>,
+    /// The gateway agent in front of the VM (then --address is its inner address).
     #[arg(long)]
     pub gateway: Option<String>,
     #[command(flatten)]
@@ -317,7 +323,9 @@ pub struct VmRef {
 
 #[derive(Debug, Clone, Args)]
 pub struct AttachArgs {
+    /// The VM: ARM id, or name when unique.
     pub vm: String,
+    /// The gateway agent's name.
     #[arg(long)]
     pub gateway: String,
     /// The VM's address behind the gateway.
@@ -433,6 +441,7 @@ pub struct TokenFor {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenRevoke {
+    /// The token's id (from `jitgate token list`).
     pub id: i64,
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -484,6 +493,7 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
 
 #[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
+    /// The shell to write completions for.
     pub shell: clap_complete::Shell,
 }
 

@@ -124,6 +124,7 @@ pub struct TokenCreateArgs {
     /// Their location.
     #[arg(long)]
     pub location: String,
+    /// What agents joining with the token do: protect their own host, or VMs behind them (gateway).
     #[arg(long, value_enum, default_value = "host")]
     pub mode: AgentMode,
     /// How long the token may be used: 30m, 1h, 2d or ISO-8601.

@@ -58,6 +58,7 @@ pub struct QueryArgs {
     /// Succeeded or Failed.
     #[arg(long)]
     pub status: Option<String>,
+    /// table, jsonl (one record a line) or csv.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     #[command(flatten)]

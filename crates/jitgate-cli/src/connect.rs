@@ -15,6 +15,7 @@ use crate::{call, ConnArgs};
 pub struct ConnectArgs {
     /// The VM: ARM id, or name when unique.
     pub vm: String,
+    /// The port to open and fill in as {port}.
     #[arg(long, default_value_t = 22)]
     pub port: u16,
     /// How long at most (the grant ends earlier, when the command does).

@@ -324,4 +324,23 @@ mod help_tests {
         let missing: Vec<&String> = all.iter().filter(|(_, has)| !has).map(|(p, _)| p).collect();
         assert!(missing.is_empty(), "commands without examples: {missing:#?}");
     }
+
+    fn undocumented(cmd: &clap::Command, path: String, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let builtin = matches!(a.get_id().as_str(), "help" | "version");
+            if !a.is_hide_set() && !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                out.push(format!("{path} --{}", a.get_long().unwrap_or(a.get_id().as_str())));
+            }
+        }
+        for s in cmd.get_subcommands().filter(|c| !c.is_hide_set() && c.get_name() != "help") {
+            undocumented(s, format!("{path} {}", s.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_is_described_in_its_help() {
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "jitgate".into(), &mut missing);
+        assert!(missing.is_empty(), "arguments without help text: {missing:#?}");
+    }
 }

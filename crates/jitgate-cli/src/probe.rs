@@ -34,8 +34,10 @@ pub enum ProbeCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
+    /// Accept TCP connections here (repeatable).
     #[arg(long)]
     pub tcp: Vec<SocketAddr>,
+    /// Echo UDP datagrams here (repeatable).
     #[arg(long)]
     pub udp: Vec<SocketAddr>,
 }
@@ -51,8 +53,10 @@ pub struct ConnectArgs {
     /// Local address to connect from.
     #[arg(long)]
     pub from: Option<std::net::IpAddr>,
+    /// The address and port to connect to.
     #[arg(long)]
     pub to: SocketAddr,
+    /// Succeed when the port is open, or when it is closed.
     #[arg(long, value_enum, default_value = "open")]
     pub expect: Expect,
     /// Give up after this many milliseconds (0: one attempt).
@@ -65,23 +69,29 @@ pub struct ConnectArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SessionArgs {
+    /// Local address to connect from.
     #[arg(long)]
     pub from: Option<std::net::IpAddr>,
+    /// The address and port to hold a session with.
     #[arg(long)]
     pub to: SocketAddr,
     /// How long to keep the session, in milliseconds.
     #[arg(long)]
     pub for_ms: u64,
+    /// Send a byte this often, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct UdpArgs {
+    /// Local address to send from.
     #[arg(long)]
     pub from: Option<std::net::IpAddr>,
+    /// The address and port to send to.
     #[arg(long)]
     pub to: SocketAddr,
+    /// How long to wait for the echo, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_ms: u64,
 }

@@ -30,6 +30,7 @@ pub enum RoleCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct CreateLeastArgs {
+    /// The new role's name.
     #[arg(long, default_value = "JIT Access Role")]
     pub name: String,
     /// Where the role may be assigned, e.g. /subscriptions/{id}.
