@@ -164,6 +164,9 @@ pub fn print_request_at(format: crate::output::OutputFormat, out: &serde_json::V
             }
         }
         crate::output::table(&["VM", "PORT", "STATUS", "UNTIL", "CONNECT TO"], &rows);
+        if let Some(end) = o["pendingExtensionEndTimeUtc"].as_str() {
+            println!("an extension until {end} waits for an approver (jitgate access approve {})", o["id"]);
+        }
     });
 }
 

@@ -28,6 +28,8 @@ pub struct AccessRequestRecord {
     pub start_time: OffsetDateTime,
     pub justification: Option<String>,
     pub grants: Vec<GrantRecord>,
+    /// An extension of the live grants that waits for an approver: the end it asks for.
+    pub pending_extension: Option<OffsetDateTime>,
 }
 
 /// A stored policy with its recent request history (oldest first).

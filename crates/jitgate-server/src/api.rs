@@ -227,7 +227,7 @@ async fn get_request(
     match app.store.get_request(id).await? {
         Some((policy, r)) => {
             app.authorize(&principal, actions::POLICY_READ, &policy).await?;
-            let mut v = serde_json::to_value(request_out(&r)).unwrap_or_default();
+            let mut v = native_request(&r);
             v["policyId"] = serde_json::Value::String(policy);
             Ok(json(StatusCode::OK, &v))
         }
@@ -448,6 +448,16 @@ async fn extend(
     answer_request(&app, &request, wait).await
 }
 
+/// A request in the native API: the ARM shape plus `pendingExtensionEndTimeUtc` while an
+/// extension waits for an approver.
+fn native_request(r: &jitgate_store::AccessRequestRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(request_out(r)).unwrap_or_default();
+    if let Some(end) = r.pending_extension {
+        v["pendingExtensionEndTimeUtc"] = serde_json::Value::String(datetime::format(end));
+    }
+    v
+}
+
 /// A request after a change to it: at once, or (`?wait=applied`) once its enforcement points
 /// have applied the change.
 async fn answer_request(
@@ -455,7 +465,7 @@ async fn answer_request(
     request: &jitgate_store::AccessRequestRecord,
     wait: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
-    let body = request_out(request);
+    let body = native_request(request);
     match wait {
         None => Ok(json(StatusCode::OK, &body)),
         Some(timeout) => {

@@ -39,7 +39,7 @@ use crate::rows::{encode_sources, from_nanos, nanos};
 use crate::writer::{FnJob, Job, WriteCtx};
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Read connections kept open.
 const READERS: usize = 4;
@@ -157,9 +157,80 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
         0 => conn
             .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
             .map_err(backend),
+        1 => conn
+            .execute_batch(&format!(
+                "BEGIN; ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT; \
+                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(backend),
         SCHEMA_VERSION => Ok(()),
         v => Err(backend(format!("the database has schema version {v}, newer than this jitgate ({SCHEMA_VERSION})"))),
     }
+}
+
+/// An answer to an extension that waits for approval.
+struct ExtensionDecision {
+    id: i64,
+    ext_end: i64,
+    ext_by: Option<String>,
+    approve: bool,
+    decider: String,
+    requestor: String,
+    reason: Option<String>,
+    now: OffsetDateTime,
+}
+
+/// Approves (the live grants end at the asked end) or denies (they keep theirs) a pending
+/// extension; either way it is no longer pending. Whoever asked for it cannot decide it.
+fn decide_extension(
+    ctx: &mut WriteCtx<'_>,
+    d: ExtensionDecision,
+    audit: AuditEvent,
+) -> StoreResult<AccessRequestRecord> {
+    let ExtensionDecision { id, ext_end, ext_by, approve, decider, requestor, reason, now } = d;
+    if ext_by.as_deref() == Some(decider.as_str()) {
+        let m =
+            format!("'{decider}' asked for the extension of request {id} and cannot decide it; another approver must");
+        let mut invalid = Invalid::conflict("SelfApprovalNotAllowed", m);
+        invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
+        return reject(ctx, audit, invalid);
+    }
+    let live: i64 = ctx
+        .conn
+        .query_row(
+            "SELECT count(*) FROM grants WHERE rid = ?1 AND status = 'Initiated' AND end_time > ?2",
+            params![id, nanos(now)],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if approve && (live == 0 || ext_end <= nanos(now)) {
+        ctx.conn.execute("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = ?1", [id]).map_err(backend)?;
+        let m = format!("access request {id} has no open grant left to extend; request again");
+        return reject(ctx, audit, Invalid::conflict("RequestNotActive", m));
+    }
+    ctx.conn.execute("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = ?1", [id]).map_err(backend)?;
+    if approve {
+        ctx.conn
+            .execute(
+                "UPDATE grants SET end_time = ?3, decided_by = ?4 \
+                 WHERE rid = ?1 AND status = 'Initiated' AND end_time > ?2 AND end_time < ?3",
+                params![id, nanos(now), ext_end, decider],
+            )
+            .map_err(backend)?;
+        rows::bump_revision(ctx.conn).map_err(backend)?;
+    }
+    let mut event = audit
+        .succeeded()
+        .with("requestId", id.to_string())
+        .with("requestor", requestor)
+        .with("decision", if approve { "Approved" } else { "Denied" })
+        .with("extensionEndTimeUtc", rfc3339(from_nanos(ext_end).map_err(backend)?));
+    if let Some(r) = reason {
+        event = event.with("reason", r);
+    }
+    ctx.audit(&event).map_err(backend)?;
+    hooks::enqueue(ctx.conn, if approve { "approved" } else { "denied" }, id, now).map_err(backend)?;
+    rows::load_request(ctx.conn, id).map_err(backend)
 }
 
 /// Inserts a principal and audits it; returns it.
@@ -695,6 +766,7 @@ impl Store for SqliteStore {
                 start_time: plan.start_time,
                 justification: plan.justification,
                 grants,
+                pending_extension: None,
             };
             Ok(InitiateOutcome { request, replayed: false })
         })
@@ -904,7 +976,15 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
                 .map_err(backend)?;
             let live: Vec<_> = pending.into_iter().filter(|p| p.3 > nanos(now)).collect();
+            let extension: Option<(i64, Option<String>)> = ctx
+                .conn
+                .query_row("SELECT ext_end, ext_by FROM requests WHERE rid = ?1 AND ext_end IS NOT NULL", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
             if live.is_empty() {
+                if let Some((ext_end, ext_by)) = extension {
+                    return decide_extension(ctx, ExtensionDecision { id, ext_end, ext_by, approve, decider, requestor, reason, now }, audit);
+                }
                 let m = format!("access request {id} has nothing waiting for a decision (decided, expired or not needing approval)");
                 return reject(ctx, audit, Invalid::conflict("RequestNotPending", m));
             }
@@ -989,14 +1069,12 @@ impl Store for SqliteStore {
             let Some(policy) = policy else {
                 return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, format!("policy '{policy_id}' is gone")));
             };
+            let mut needs_approval = false;
             for (_, vm_key, number, end) in &live {
                 let Some(rule) = policy.vm(vm_key).and_then(|v| v.port(*number)) else {
                     return reject(ctx, audit, Invalid::conflict("RequestNotActive", format!("port {number} is no longer in the policy")));
                 };
-                if rule.require_approval {
-                    let m = format!("port {number} needs an approver: request again (the new request waits for approval)");
-                    return reject(ctx, audit, Invalid::conflict("ExtensionNeedsApproval", m));
-                }
+                needs_approval |= rule.require_approval;
                 if nanos(new_end) <= *end {
                     let m = format!("the new end {} is not later than the current one", rfc3339(new_end));
                     return reject(ctx, audit, Invalid::input(codes::INVALID_INITIATE, Some("endTimeUtc".into()), m));
@@ -1005,6 +1083,16 @@ impl Store for SqliteStore {
                     let m = format!("port {number}: at most {} from now", rule.max_duration);
                     return reject(ctx, audit, Invalid::input(codes::NOT_SUBSET, Some("endTimeUtc".into()), m));
                 }
+            }
+            if needs_approval {
+                // The grants keep their end until an approver (not the one who asked) agrees.
+                ctx.conn
+                    .execute("UPDATE requests SET ext_end = ?2, ext_by = ?3 WHERE rid = ?1", params![id, nanos(new_end), audit.caller])
+                    .map_err(backend)?;
+                let event = audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
+                ctx.audit(&event.with("decision", "Pending")).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "requested", id, now).map_err(backend)?;
+                return rows::load_request(ctx.conn, id).map_err(backend);
             }
             for (gid, ..) in &live {
                 ctx.conn.execute("UPDATE grants SET end_time = ?2 WHERE gid = ?1", params![gid, nanos(new_end)]).map_err(backend)?;

@@ -64,6 +64,7 @@ CREATE TABLE policy_ports (
     approval_timeout TEXT,
     PRIMARY KEY (pid, vm_ord, ord)
 );
+-- ext_end, ext_by: an extension waiting for an approver (the end it asks for, who asked).
 CREATE TABLE requests (
     rid               INTEGER PRIMARY KEY,
     pid               INTEGER NOT NULL,
@@ -72,7 +73,9 @@ CREATE TABLE requests (
     principal         TEXT NOT NULL,
     start_time        INTEGER NOT NULL,
     justification     TEXT,
-    client_request_id TEXT
+    client_request_id TEXT,
+    ext_end           INTEGER,
+    ext_by            TEXT
 );
 CREATE INDEX requests_pid ON requests (pid, rid);
 CREATE UNIQUE INDEX requests_client_id ON requests (pid, principal, client_request_id) WHERE client_request_id IS NOT NULL;

@@ -117,3 +117,28 @@ async fn offline_verify_catches_changed_deleted_and_swapped_rows() {
         assert_eq!(after.first_invalid, Some(expected), "{what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jitgate.db");
+    drop(SqliteStore::open(&path).expect("open"));
+    {
+        // What the first schema looked like: no pending extensions on requests.
+        let c = rusqlite::Connection::open(&path).expect("raw open");
+        c.execute_batch(
+            "ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by; PRAGMA user_version = 1;",
+        )
+        .expect("downgrade");
+    }
+    drop(SqliteStore::open(&path).expect("a schema-1 database opens"));
+    {
+        let c = rusqlite::Connection::open(&path).expect("raw open");
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(v, 2);
+        c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the new columns exist");
+        c.execute_batch("PRAGMA user_version = 99;").expect("from the future");
+    }
+    let err = SqliteStore::open(&path).err().expect("a newer database is refused");
+    assert!(err.to_string().contains("newer than this jitgate"), "{err}");
+}

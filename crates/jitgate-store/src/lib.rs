@@ -326,8 +326,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends a request's live grants before their end time (`Revoked`/`UserRequested`).
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord>;
-    /// Approves (the window starts now) or denies a request's pending grants. The requester can
-    /// never decide their own request (`SelfApprovalNotAllowed`).
+    /// Approves (the window starts now) or denies a request's pending grants, or else its pending
+    /// extension. The requester can never decide their own request, nor whoever asked for an
+    /// extension that extension (`SelfApprovalNotAllowed`).
     async fn decide_request(
         &self,
         id: i64,
@@ -338,7 +339,8 @@ pub trait Store: Send + Sync + 'static {
         audit: AuditEvent,
     ) -> StoreResult<AccessRequestRecord>;
     /// Moves the end of a request's live grants to `new_end` (later than now, within each port's
-    /// maximum counted from now). Ports that need approval are refused (`ExtensionNeedsApproval`).
+    /// maximum counted from now). When a port needs approval, nothing moves yet: the extension is
+    /// kept as `pending_extension` until `decide_request` approves or denies it.
     async fn extend_request(
         &self,
         id: i64,

@@ -913,6 +913,44 @@ async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_th
         as_user(&s, &appr, Method::POST, &s.url(&format!("/api/v1/requests/{pid}/approve")), None).await.status,
         StatusCode::OK
     );
+    // On a port that needs approval, an extension waits for an approver other than the one who
+    // asked; until then, and when denied, the grant keeps its end.
+    let end_of = |a: &Answer| a.body["virtualMachines"][0]["ports"][0]["endTimeUtc"].as_str().unwrap_or("").to_owned();
+    let request_url = s.url(&format!("/api/v1/requests/{pid}"));
+    let before = end_of(&s.send(Method::GET, &request_url, None).await);
     let a = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{pid}/extend")), &json!({"duration": "PT1H"})).await;
-    assert_eq!((a.status, a.code()), (StatusCode::CONFLICT, "ExtensionNeedsApproval"));
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let asked = a.body["pendingExtensionEndTimeUtc"].as_str().expect("the extension is pending").to_owned();
+    assert_eq!(end_of(&a), before, "a pending extension moves nothing");
+    let own = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{pid}/approve")), &json!({})).await;
+    assert_eq!((own.status, own.code()), (StatusCode::FORBIDDEN, "SelfApprovalNotAllowed"), "{own:?}");
+    let ok = as_user(&s, &appr, Method::POST, &s.url(&format!("/api/v1/requests/{pid}/approve")), None).await;
+    assert_eq!(ok.status, StatusCode::OK, "{ok:?}");
+    assert_eq!(end_of(&ok), asked, "approved: the grant ends at the asked end");
+    assert!(ok.body.get("pendingExtensionEndTimeUtc").is_none(), "{ok:?}");
+    let a =
+        s.json(Method::POST, &s.url(&format!("/api/v1/requests/{pid}/extend")), &json!({"duration": "PT90M"})).await;
+    assert!(a.body["pendingExtensionEndTimeUtc"].is_string(), "{a:?}");
+    let no = as_user(&s, &appr, Method::POST, &s.url(&format!("/api/v1/requests/{pid}/deny")), None).await;
+    assert_eq!(no.status, StatusCode::OK, "{no:?}");
+    assert_eq!(end_of(&no), asked, "denied: the grant keeps its end");
+    assert!(no.body.get("pendingExtensionEndTimeUtc").is_none(), "{no:?}");
+    let again = as_user(&s, &appr, Method::POST, &s.url(&format!("/api/v1/requests/{pid}/deny")), None).await;
+    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "RequestNotPending"), "{again:?}");
+    let decisions: Vec<String> = s
+        .send(
+            Method::GET,
+            &s.url(
+                "/api/v1/audit?operation=Microsoft.Security/locations/jitNetworkAccessPolicies/requests/extend/action",
+            ),
+            None,
+        )
+        .await
+        .body["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["properties"]["decision"].as_str().map(String::from))
+        .collect();
+    assert_eq!(decisions, ["Pending", "Pending"], "both asks are audited as pending");
 }
