@@ -97,6 +97,19 @@ impl TestServer {
     }
 }
 
+/// Sends a request as the holder of `token`, with an optional JSON body.
+pub async fn as_user(s: &TestServer, token: &str, method: Method, url: &str, body: Option<&Value>) -> Answer {
+    let auth = format!("Bearer {token}");
+    let text = body.map(|b| b.to_string());
+    s.send_with(
+        method,
+        url,
+        text.as_deref().map(str::as_bytes),
+        &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
+    )
+    .await
+}
+
 /// The ARM id of a test VM.
 pub fn vm_id(rg: &str, name: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}")

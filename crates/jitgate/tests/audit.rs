@@ -6,21 +6,9 @@ use std::path::Path;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use jitgate_testkit::{vm_id, Answer, LocalServer, TestServer, SUB};
+use jitgate_testkit::{as_user, vm_id, Answer, LocalServer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
-
-async fn as_user(s: &TestServer, token: &str, method: Method, url: &str, body: Option<&Value>) -> Answer {
-    let auth = format!("Bearer {token}");
-    let text = body.map(|b| b.to_string());
-    s.send_with(
-        method,
-        url,
-        text.as_deref().map(str::as_bytes),
-        &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
-    )
-    .await
-}
 
 fn policy(vm: &str) -> Value {
     json!({"properties": {"virtualMachines": [{"id": vm, "ports": [

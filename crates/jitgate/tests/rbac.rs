@@ -9,7 +9,7 @@ use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use jitgate_testkit::{vm_id, Answer, TestServer, SUB};
+use jitgate_testkit::{as_user, vm_id, Answer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
@@ -29,18 +29,6 @@ async fn principal(s: &TestServer, name: &str) -> String {
 async fn assign(s: &TestServer, name: &str, role: &str, scope: &str) -> Answer {
     s.json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": name, "role": role, "scope": scope}))
         .await
-}
-
-async fn as_user(s: &TestServer, token: &str, method: Method, url: &str, body: Option<&Value>) -> Answer {
-    let auth = format!("Bearer {token}");
-    let text = body.map(|b| b.to_string());
-    s.send_with(
-        method,
-        url,
-        text.as_deref().map(str::as_bytes),
-        &[("Authorization", auth.as_str()), ("Content-Type", "application/json")],
-    )
-    .await
 }
 
 fn policy_body(vm: &str) -> Value {
