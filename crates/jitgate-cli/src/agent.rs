@@ -3,26 +3,18 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::{call, iso_duration, ConnArgs};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AgentMode {
-    /// Enforce on this host's own ports.
-    Host,
-    /// Enforce for VMs behind this gateway (forwarding and DNAT).
-    Gateway,
-}
+pub use jitgate_core::enforcement::AgentMode;
 
-impl AgentMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentMode::Host => "host",
-            AgentMode::Gateway => "gateway",
-        }
-    }
+/// `host` or `gateway`, listed in help and completions.
+fn mode_parser() -> impl TypedValueParser<Value = AgentMode> {
+    clap::builder::PossibleValuesParser::new(["host", "gateway"])
+        .map(|s| AgentMode::parse(&s).unwrap_or(AgentMode::Host))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -54,7 +46,7 @@ pub struct AgentRunArgs {
     #[arg(long, required = true)]
     pub state_dir: Option<PathBuf>,
     /// Host (protect this host) or gateway (protect VMs behind it).
-    #[arg(long, value_enum, default_value = "host")]
+    #[arg(long, value_parser = mode_parser(), default_value = "host")]
     pub mode: AgentMode,
     /// The VM's name (host mode; its ARM id is built from the join token's subscription and
     /// resource group) or the gateway's name. Default: the hostname.
@@ -125,7 +117,7 @@ pub struct TokenCreateArgs {
     #[arg(long)]
     pub location: String,
     /// What agents joining with the token do: protect their own host, or VMs behind them (gateway).
-    #[arg(long, value_enum, default_value = "host")]
+    #[arg(long, value_parser = mode_parser(), default_value = "host")]
     pub mode: AgentMode,
     /// How long the token may be used: 30m, 1h, 2d or ISO-8601.
     #[arg(long, default_value = "1h")]

@@ -13,31 +13,9 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-/// The enforcement point's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// On the VM itself: protects the host's own ports (input hook).
-    Host,
-    /// On a gateway in front of VMs: protects forwarded traffic to VM addresses, with DNAT.
-    Gateway,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Host => "host",
-            Mode::Gateway => "gateway",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "host" => Some(Mode::Host),
-            "gateway" => Some(Mode::Gateway),
-            _ => None,
-        }
-    }
-}
+/// The enforcement point's role: on the VM itself (host: input hook), or on a gateway in front
+/// of VMs (forwarded traffic to VM addresses, with DNAT). The same type the control plane stores.
+pub use jitgate_core::enforcement::AgentMode as Mode;
 
 /// A transport protocol as the firewall sees it (`*` in a policy becomes both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use jitgate_agent::AgentConfig;
-use jitgate_cli::agent::{AgentMode, AgentRunArgs};
+use jitgate_cli::agent::AgentRunArgs;
 use jitgate_cli::LogFormat;
-use jitgate_enforce::{Desired, ElemOp, Firewall, Mode};
+use jitgate_enforce::{Desired, ElemOp, Firewall};
 use jitgate_enforce_nft::NftFirewall;
 
 use crate::common::{init_logging, shutdown_signal};
@@ -43,10 +43,7 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         join_token: args.join_token,
         ca_cert: args.ca_cert,
         state_dir: args.state_dir.ok_or_else(|| anyhow::anyhow!("--state-dir is required"))?,
-        mode: match args.mode {
-            AgentMode::Host => Mode::Host,
-            AgentMode::Gateway => Mode::Gateway,
-        },
+        mode: args.mode,
         vm_name: args.vm_name,
         public_address: args.public_address,
         poll_wait: Duration::from_secs(args.poll_seconds),
