@@ -132,6 +132,28 @@ pub struct InitiateBenchArgs {
 const SUB: &str = "b0000000-0000-4000-8000-000000000001";
 const RG: &str = "bench-rg";
 
+/// Puts the policy at `policy_url` (no query): one VM, one TCP port, any source, PT3H.
+pub async fn put_bench_policy(
+    client: &reqwest::Client,
+    policy_url: &str,
+    auth: &str,
+    vm_id: &str,
+    port: u16,
+) -> anyhow::Result<()> {
+    let body = json!({"kind": "Basic", "properties": {"virtualMachines": [{"id": vm_id, "ports": [
+        {"number": port, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
+    let r = client
+        .put(format!("{policy_url}?api-version=2020-01-01"))
+        .header("Authorization", auth)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("creating the bench policy: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    Ok(())
+}
+
 pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
     let (_local, url, token, ca) = match &args.url {
         Some(url) => {
@@ -158,17 +180,7 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
     if !r.status().is_success() {
         bail!("registering the bench VM: {} {}", r.status(), r.text().await.unwrap_or_default());
     }
-    let body = json!({"kind": "Basic", "properties": {"virtualMachines": [{"id": vm_id, "ports": [
-        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
-    let r = client
-        .put(format!("{policy}?api-version=2020-01-01"))
-        .header("Authorization", &auth)
-        .json(&body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("creating the bench policy: {} {}", r.status(), r.text().await.unwrap_or_default());
-    }
+    put_bench_policy(&client, &policy, &auth, &vm_id, 22).await?;
 
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

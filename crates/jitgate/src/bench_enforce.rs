@@ -290,17 +290,7 @@ async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let body = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
-        {"number": to.port(), "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
-    let r = client
-        .put(format!("{policy}?api-version=2020-01-01"))
-        .header("Authorization", &auth)
-        .json(&body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("policy: {}", r.text().await.unwrap_or_default());
-    }
+    jitgate_cli::bench::put_bench_policy(&client, &policy, &auth, &vm, to.port()).await?;
     wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
     let initiate = |duration: &str| {
         let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": to.port(), "allowedSourceAddressPrefix": from.to_string(), "duration": duration}]}]});
