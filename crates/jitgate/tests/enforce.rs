@@ -94,19 +94,7 @@ impl World {
         let mut w =
             World { _tmp: tmp, c, v, _inner: inner, server, agent: None, _listener: listener, state_dir, gateway };
         let mode = if gateway { "gateway" } else { "host" };
-        let token = w.cli(&[
-            "agent",
-            "token",
-            "create",
-            "--subscription",
-            SUB,
-            "--resource-group",
-            "rg",
-            "--location",
-            "westeurope",
-            "--mode",
-            mode,
-        ]);
+        let token = w.join_token(mode);
         assert!(token.starts_with("jgj_"), "join token printed alone: {token:?}");
         w.start_agent(Some(token.trim()));
         if gateway {
@@ -141,6 +129,23 @@ impl World {
     }
 
     /// Runs the jitgate CLI inside C with the admin connection settings; returns stdout.
+    /// A join token for resource group `rg`, made with the CLI.
+    fn join_token(&self, mode: &str) -> String {
+        self.cli(&[
+            "agent",
+            "token",
+            "create",
+            "--subscription",
+            SUB,
+            "--resource-group",
+            "rg",
+            "--location",
+            "westeurope",
+            "--mode",
+            mode,
+        ])
+    }
+
     fn cli(&self, args: &[&str]) -> String {
         let out = self
             .c
@@ -406,17 +411,7 @@ fn gateway_mode_forwards_only_the_granted_source_through_the_mapped_port() {
 fn an_agent_without_usable_nftables_makes_its_vm_unsupported() {
     skip_unless_netns!("an_agent_without_usable_nftables_makes_its_vm_unsupported");
     let w = World::new(&[2222]);
-    let token = w.cli(&[
-        "agent",
-        "token",
-        "create",
-        "--subscription",
-        SUB,
-        "--resource-group",
-        "rg",
-        "--location",
-        "westeurope",
-    ]);
+    let token = w.join_token("host");
     let dir = w.state_dir.with_file_name("agent-without-nft");
     // The agent's nft binary does not exist: it must say so rather than pretend to enforce.
     let mut cmd = w.v.cmd(BIN);
