@@ -10,6 +10,26 @@ use jitgate_testkit::{as_user, vm_id, Answer, LocalServer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
+/// Joins gateway `gw1` in rg1 through the API, as an agent would, with `extra` join fields
+/// (addresses, publicAddress); returns the agent's credential.
+async fn join_gateway(s: &TestServer, extra: &Value) -> String {
+    let t = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/agentTokens"),
+            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
+        )
+        .await;
+    let mut join =
+        json!({"joinToken": t.body["token"], "name": "gw1", "mode": "gateway", "osType": "Linux", "hostname": "gw1"});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        join[k] = v.clone();
+    }
+    let joined = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{joined:?}");
+    joined.body["credential"].as_str().expect("credential").to_owned()
+}
+
 fn policy(vm: &str) -> Value {
     json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
         {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}})
@@ -390,17 +410,7 @@ async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
 async fn inventory_views_group_vms_like_the_portal() {
     let s = TestServer::start(BIN, &[]);
     // A gateway enforcement point (joined through the API, as an agent would).
-    let t = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/agentTokens"),
-            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
-        )
-        .await;
-    let join = json!({"joinToken": t.body["token"], "name": "gw1", "mode": "gateway", "osType": "Linux", "addresses": ["10.0.0.1"], "publicAddress": "203.0.113.10", "hostname": "gw1"});
-    let joined = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await;
-    assert_eq!(joined.status, StatusCode::CREATED, "{joined:?}");
-    let credential = joined.body["credential"].as_str().expect("credential").to_owned();
+    let credential = join_gateway(&s, &json!({"addresses": ["10.0.0.1"], "publicAddress": "203.0.113.10"})).await;
     let attach = |name: &str, address: &str| json!({"id": vm_id("rg1", name), "osType": "Linux", "location": "westeurope", "address": address, "gateway": "gw1"});
     for (name, addr) in [("configured", "10.1.0.1"), ("spare", "10.1.0.2")] {
         assert_eq!(s.json(Method::PUT, &s.url("/api/v1/vms"), &attach(name, addr)).await.status, StatusCode::CREATED);
@@ -801,20 +811,7 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
 async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_the_maximum() {
     let s = TestServer::start(BIN, &[]);
     // A gateway agent (joined through the API) to see what enforcement would get.
-    let t = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/agentTokens"),
-            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
-        )
-        .await;
-    let join = json!({"joinToken": t.body["token"], "name": "gw1", "mode": "gateway", "osType": "Linux", "addresses": [], "hostname": "gw1"});
-    let credential =
-        s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await.body
-            ["credential"]
-            .as_str()
-            .expect("credential")
-            .to_owned();
+    let credential = join_gateway(&s, &json!({"addresses": []})).await;
     let vm = vm_id("rg1", "vm");
     s.json(
         Method::PUT,
