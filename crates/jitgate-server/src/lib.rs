@@ -443,9 +443,9 @@ pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
 }
 
 fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extensions) -> RequestCtx {
-    let trusted = extensions.get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.clone()).unwrap_or_default();
+    let trusted = extensions.get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.as_slice()).unwrap_or_default();
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    request_ctx(caller_ip(peer.0.ip(), forwarded, &trusted), extensions.get::<Correlation>())
+    request_ctx(caller_ip(peer.0.ip(), forwarded, trusted), extensions.get::<Correlation>())
 }
 
 /// An authenticated caller, as a handler argument: the request's context, the principal behind
