@@ -4,17 +4,31 @@
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-/// Parses `2026-11-25T16:45:14Z`, `…14.1234567Z`, `…14+01:00`, and a zone-less `…14.000` (taken
-/// as UTC, as Azure does).
+/// Parses `2026-11-25T16:45:14Z`, `…14.1234567Z`, `…14+01:00`, and a zone-less `…14.000`, which
+/// is read as UTC, as Azure reads it (answers always carry the `Z`). The date and the time must be
+/// separated by `T`: `2026-12-01 10:00:00` is refused rather than guessed at.
 pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
     let t = s.trim();
+    let shown = || jitgate_core::ids::shown(s);
+    if t.len() > 40 {
+        return Err(format!("'{}' is not an RFC 3339 date-time such as 2026-11-25T16:45:14.000Z", shown()));
+    }
+    if t.as_bytes().get(10).is_some_and(|b| *b != b'T') {
+        return Err(format!(
+            "'{}': separate the date and the time with 'T', e.g. 2026-11-25T16:45:14Z (times without an offset are UTC)",
+            shown()
+        ));
+    }
     if let Ok(dt) = OffsetDateTime::parse(t, &Rfc3339) {
         return Ok(dt.to_offset(UtcOffset::UTC));
     }
-    if let Ok(dt) = OffsetDateTime::parse(&format!("{t}Z"), &Rfc3339) {
-        return Ok(dt);
+    let zoneless = t.len() > 10 && !t[10..].contains(['Z', 'z', '+', '-']);
+    if zoneless {
+        if let Ok(dt) = OffsetDateTime::parse(&format!("{t}Z"), &Rfc3339) {
+            return Ok(dt);
+        }
     }
-    Err(format!("'{s}' is not an RFC 3339 date-time such as 2026-11-25T16:45:14.000Z"))
+    Err(format!("'{}' is not an RFC 3339 date-time such as 2026-11-25T16:45:14.000Z", shown()))
 }
 
 /// Writes `YYYY-MM-DDTHH:MM:SS.fffffffZ` in UTC.
@@ -56,9 +70,29 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_date_time() {
-        for bad in ["", "yesterday", "2026-11-25", "2026-13-25T16:45:14Z", "16:45:14", "2026-11-25T16:45:14ZZ"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-25",
+            "2026-13-25T16:45:14Z",
+            "16:45:14",
+            "2026-11-25T16:45:14ZZ",
+            "2026-12-01 10:00:00",
+            "2026-12-01 10:00:00Z",
+            "2026-12-01t10:00:00Z",
+            "2026-12-01T10:00:00+01:00Z",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_time_without_an_offset_is_utc_and_a_space_is_refused_clearly() {
+        let zoneless = parse("2026-12-01T10:00:00").expect("read as UTC");
+        assert_eq!(format(zoneless), "2026-12-01T10:00:00.0000000Z");
+        let e = parse("2026-12-01 10:00:00").expect_err("space");
+        assert!(e.contains("'T'"), "{e}");
+        assert!(parse(&"2026-12-01T10:00:00".repeat(5000)).expect_err("long").len() < 300);
     }
 
     #[test]

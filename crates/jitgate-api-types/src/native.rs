@@ -43,9 +43,7 @@ impl VmIn {
         let os_type =
             OsType::parse(&os).ok_or_else(|| bad("osType", format!("osType '{os}' is not Linux or Windows")))?;
         let location = self.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
-        if location.trim().is_empty() || location.len() > 90 || location.chars().any(char::is_control) {
-            return Err(bad("location", format!("location '{location}' must be 1 to 90 printable characters")));
-        }
+        jitgate_core::ids::validate_location(&location).map_err(|m| bad("location", m))?;
         let address = self
             .address
             .map(|a| a.trim().parse().map_err(|_| bad("address", format!("address '{a}' is not an IP address"))))

@@ -77,14 +77,27 @@ pub fn validate_scope(scope: &str) -> Result<(), String> {
     if scope == "/" {
         return Ok(());
     }
+    if scope.len() > 1024 {
+        return Err(format!("a scope is at most 1024 characters; this one has {}", scope.len()));
+    }
     let parts: Vec<&str> = scope.trim_end_matches('/').split('/').collect();
-    let bad = || format!("scope '{scope}' is not '/' or /subscriptions/{{id}}[/resourceGroups/{{name}}[/providers/…]]");
+    let bad = || {
+        format!(
+            "scope '{}' is not '/' or /subscriptions/{{id}}[/resourceGroups/{{name}}[/providers/…]]",
+            jitgate_core::ids::shown_max(scope, 200)
+        )
+    };
     if parts.len() < 3
         || !parts[0].is_empty()
         || !parts[1].eq_ignore_ascii_case("subscriptions")
         || parts.iter().skip(1).any(|p| p.is_empty())
     {
         return Err(bad());
+    }
+    // Every segment is a resource name ARM would accept: no '%', '\', '?', '#', no control or
+    // invisible characters, no '.' or '..'.
+    for p in &parts[1..] {
+        jitgate_core::ids::check_arm_segment("scope segment", p, 260)?;
     }
     jitgate_core::ids::validate_subscription(parts[2])?;
     if parts.len() > 3 {
@@ -109,9 +122,10 @@ impl RoleDefinitionIo {
                 return Err(bad("Name", format!("the body names the role '{n}' but the path names '{name}'")));
             }
         }
-        if name.trim().is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(bad("Name", "a role name is 1 to 128 printable characters".into()));
+        if name.trim() != name {
+            return Err(bad("Name", "a role name cannot start or end with a space".into()));
         }
+        jitgate_core::ids::check_arm_segment("role name", name, 128).map_err(|m| bad("Name", m))?;
         let check = |field: &str, list: &[String]| -> Result<(), Invalid> {
             for a in list {
                 if a.is_empty() || a.len() > 512 || a.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -202,6 +216,11 @@ mod tests {
             format!("{sub}/resourceGroups"),
             format!("{sub}/things/x"),
             format!("{sub}/resourceGroups/rg/providers/x"),
+            format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/.."),
+            format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/a%2Fb"),
+            format!("{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/a{}b", '\u{202E}'),
+            format!("{sub}/resourceGroups/../providers/Microsoft.Compute/virtualMachines/vm"),
+            format!("{sub}/resourceGroups/rg/providers/{}", "x/".repeat(600)),
         ] {
             assert!(validate_scope(&bad).is_err(), "{bad}");
         }

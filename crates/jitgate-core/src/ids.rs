@@ -24,8 +24,9 @@ impl VmId {
     pub fn parse(text: &str) -> Result<Self, String> {
         let err = || {
             format!(
-                "'{text}' is not a virtual machine id of the form \
-                 /subscriptions/{{subscriptionId}}/resourceGroups/{{resourceGroup}}/providers/Microsoft.Compute/virtualMachines/{{name}}"
+                "'{}' is not a virtual machine id of the form \
+                 /subscriptions/{{subscriptionId}}/resourceGroups/{{resourceGroup}}/providers/Microsoft.Compute/virtualMachines/{{name}}",
+                shown_max(text, 300)
             )
         };
         let trimmed = text.strip_suffix('/').unwrap_or(text);
@@ -124,40 +125,88 @@ pub fn validate_subscription(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("subscription id '{s}' is not a GUID such as 20ff7fc3-e762-44dd-bd96-b71116dcdc23"))
+        Err(format!("subscription id '{}' is not a GUID such as 20ff7fc3-e762-44dd-bd96-b71116dcdc23", shown(s)))
     }
 }
 
-/// Resource group names: 1 to 90 characters of letters, digits, `-`, `_`, `.`, `(` and `)`.
+/// A name from outside as it may appear in a message: escaped, and cut after 80 characters.
+pub fn shown(s: &str) -> String {
+    shown_max(s, 80)
+}
+
+/// Like [`shown`], cut after `max` characters.
+pub fn shown_max(s: &str, max: usize) -> String {
+    let text: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    if s.chars().count() > max {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+/// Characters ARM refuses in any resource name segment: they would change how an id splits into
+/// segments (`/`, `\`), or how it reads in a URL (`%`, `?`, `#`).
+const ARM_FORBIDDEN: &[char] = &['/', '\\', '%', '?', '#'];
+
+/// Invisible characters that make two names look alike or reorder how they display: zero-width
+/// spaces and joiners, bidirectional embeddings, overrides and isolates (U+202E …), word joiners,
+/// the byte-order mark and the soft hyphen.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// Why `s` cannot be one segment of an ARM id (`what` names it in the message), checking what
+/// every resource name must satisfy: 1 to `max` characters, no control or invisible characters,
+/// none of `/ \ % ? #`, and not made of dots alone (`.` and `..` are path navigation).
+pub fn check_arm_segment(what: &str, s: &str, max: usize) -> Result<(), String> {
+    let shown = shown(s);
+    if s.is_empty() || s.chars().count() > max {
+        return Err(format!("{what} '{shown}' must be 1 to {max} characters"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control() || is_invisible(*c)) {
+        return Err(format!("{what} '{shown}' contains the control or invisible character U+{:04X}", c as u32));
+    }
+    if let Some(c) = s.chars().find(|c| ARM_FORBIDDEN.contains(c)) {
+        return Err(format!("{what} '{shown}' contains '{c}', which is not allowed in a resource name"));
+    }
+    if s.chars().all(|c| c == '.') {
+        return Err(format!("{what} '{shown}' cannot be made of dots alone"));
+    }
+    Ok(())
+}
+
+/// Resource group names: 1 to 90 characters of letters, digits, `-`, `_`, `.`, `(` and `)`, not
+/// ending in `.` (as in Azure).
 pub fn validate_resource_group(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.chars().count() <= 90
-        && s.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')'));
+    check_arm_segment("resource group name", s, 90)?;
+    let ok = s.chars().all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '(' | ')')) && !s.ends_with('.');
     if ok {
         Ok(())
     } else {
-        Err(format!("resource group name '{s}' must be 1 to 90 letters, digits, '-', '_', '.', '(' or ')'"))
+        Err(format!(
+            "resource group name '{}' must be 1 to 90 letters, digits, '-', '_', '.', '(' or ')', not ending in '.'",
+            shown(s)
+        ))
     }
 }
 
-fn validate_location(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 90 || s.chars().any(|c| c.is_control() || c == '/') {
-        return Err(format!("location '{s}' must be 1 to 90 printable characters without '/'"));
-    }
-    Ok(())
+/// ASC locations (`westeurope`): 1 to 90 characters, an ARM segment.
+pub fn validate_location(s: &str) -> Result<(), String> {
+    check_arm_segment("location", s, 90)
 }
 
-fn validate_policy_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.chars().count() > 260 || s.chars().any(|c| c.is_control()) {
-        return Err("the policy name must be 1 to 260 printable characters".into());
-    }
-    Ok(())
+/// Policy names: 1 to 260 characters, an ARM segment.
+pub fn validate_policy_name(s: &str) -> Result<(), String> {
+    check_arm_segment("policy name", s, 260)
 }
 
-/// VM names: 1 to 64 characters without control characters or `/`.
+/// VM names: 1 to 64 characters, an ARM segment, without spaces.
 pub fn validate_vm_name(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.chars().count() > 64 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("virtual machine name '{s}' must be 1 to 64 characters without spaces"));
+    check_arm_segment("virtual machine name", s, 64)?;
+    if s.chars().any(char::is_whitespace) {
+        return Err(format!("virtual machine name '{}' must be 1 to 64 characters without spaces", shown(s)));
     }
     Ok(())
 }
@@ -213,7 +262,42 @@ mod tests {
             PolicyRef::new(SUB, &"r".repeat(91), "westeurope", "default").map_err(|e| e.code),
             Err("InvalidResourceGroupName")
         );
-        assert!(PolicyRef::new(SUB, "rg(1).x_y-z", "westeurope", "a/b c").is_ok());
+        assert!(PolicyRef::new(SUB, "rg(1).x_y-z", "westeurope", "a.b c").is_ok());
         assert!(PolicyRef::new(SUB, "rg", "westeurope", "").is_err());
+    }
+
+    #[test]
+    fn names_that_would_change_how_an_id_splits_are_refused() {
+        // A '/' in a name would put the resource below another one's scope; '..' navigates.
+        for bad in ["h/1", "h\\1", "h%2F1", "a?b", "a#b", ".", "..", "...", "a\u{202E}b", "a\u{200B}", "a\nb", ""] {
+            assert!(validate_policy_name(bad).is_err(), "policy {bad:?}");
+            assert!(validate_vm_name(bad).is_err(), "vm {bad:?}");
+            assert!(validate_resource_group(bad).is_err(), "rg {bad:?}");
+            assert!(validate_location(bad).is_err(), "location {bad:?}");
+            assert_eq!(
+                PolicyRef::new(SUB, "rg", "westeurope", bad).map_err(|e| e.code),
+                Err(codes::INVALID_POLICY),
+                "{bad:?}"
+            );
+        }
+        for good in ["default", "a.b", "web-1_x", ".hidden", "x."] {
+            assert!(validate_policy_name(good).is_ok(), "{good:?}");
+        }
+        assert!(validate_resource_group("rg.").is_err(), "ARM refuses a trailing dot in a resource group");
+        assert!(validate_vm_name(&"v".repeat(64)).is_ok());
+        assert!(validate_vm_name(&"v".repeat(65)).is_err());
+        let vm = format!("/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/..");
+        assert!(VmId::parse(&vm).is_err());
+    }
+
+    #[test]
+    fn messages_about_long_names_stay_short() {
+        let long = "x/".repeat(30_000);
+        let m = validate_policy_name(&long).expect_err("too long");
+        assert!(m.len() < 300, "{} bytes", m.len());
+        let m = VmId::parse(&long).expect_err("not an id");
+        assert!(m.len() < 600, "{} bytes", m.len());
+        assert!(validate_subscription(&long).expect_err("not a GUID").len() < 300);
+        assert_eq!(shown("a\u{202E}b"), "a\\u{202e}b");
     }
 }

@@ -14,25 +14,59 @@ pub struct SourcePrefix {
 }
 
 impl SourcePrefix {
-    /// Parses `*`, `10.0.0.4`, `10.0.0.0/24`, `2001:db8::1` or `2001:db8::/32`.
+    /// Parses `*`, `10.0.0.4`, `10.0.0.0/24`, `2001:db8::1` or `2001:db8::/32`, strictly: no
+    /// leading zeros in an IPv4 octet or in the prefix length (`010.0.0.0/8`, `10.0.0.1/08` are
+    /// refused, as Azure refuses them), and no host bits beside a prefix length (`10.0.0.1/24` is
+    /// refused with the network it would mean). What is kept is the canonical text
+    /// (`2001:DB8::1` becomes `2001:db8::1`), so agents and webhooks see one spelling.
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
         if t == "*" {
-            return Ok(SourcePrefix { text: "*".into(), net: None });
+            return Ok(SourcePrefix::any());
         }
-        let net = if t.contains('/') {
-            let net: IpNet = t.parse().map_err(|_| Self::error(text))?;
-            // A range written with host bits (10.0.0.7/24) means the network that contains them.
-            net.trunc()
-        } else {
-            let ip: IpAddr = t.parse().map_err(|_| Self::error(text))?;
-            IpNet::from(ip)
+        let (addr, len) = match t.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (t, None),
         };
-        Ok(SourcePrefix { text: t.to_owned(), net: Some(net) })
+        // The standard parser refuses leading zeros in IPv4 octets and every other odd form.
+        let ip: IpAddr = addr.parse().map_err(|_| Self::error(text))?;
+        let Some(len) = len else {
+            return Ok(Self::from_ip(ip));
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let canonical_len = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) && (len == "0" || !len.starts_with('0'));
+        let bits = len.parse::<u8>().ok().filter(|b| canonical_len && *b <= max).ok_or_else(|| {
+            format!("'{}': the prefix length must be a number from 0 to {max} without leading zeros", Self::shown(text))
+        })?;
+        let net = IpNet::new(ip, bits).map_err(|_| Self::error(text))?;
+        if net.trunc() != net {
+            return Err(format!(
+                "'{}' has host bits set after the /{bits} prefix; write the network {} or the single address {}",
+                Self::shown(text),
+                net.trunc(),
+                ip
+            ));
+        }
+        Ok(SourcePrefix { text: net.to_string(), net: Some(net) })
+    }
+
+    /// Reads a prefix stored by an earlier version, which kept the text as the caller wrote it
+    /// (host bits and all): lenient, for data already accepted, never for input.
+    pub fn parse_stored(text: &str) -> Result<Self, String> {
+        if let Ok(p) = Self::parse(text) {
+            return Ok(SourcePrefix { text: text.trim().to_owned(), ..p });
+        }
+        let t = text.trim();
+        let net: IpNet = t.parse().map_err(|_| Self::error(text))?;
+        Ok(SourcePrefix { text: t.to_owned(), net: Some(net.trunc()) })
+    }
+
+    fn shown(text: &str) -> String {
+        crate::ids::shown(text)
     }
 
     fn error(text: &str) -> String {
-        format!("'{text}' is not '*', an IP address or a CIDR range such as 10.0.0.0/24")
+        format!("'{}' is not '*', an IP address or a CIDR range such as 10.0.0.0/24", Self::shown(text))
     }
 
     /// The prefix of exactly one address.
@@ -94,8 +128,10 @@ mod tests {
         assert!(p("*").is_any());
         assert_eq!(p("10.0.0.4").canonical(), "10.0.0.4/32");
         assert_eq!(p("10.0.0.0/24").canonical(), "10.0.0.0/24");
-        assert_eq!(p("10.0.0.7/24").canonical(), "10.0.0.0/24");
-        assert_eq!(p("10.0.0.7/24").text(), "10.0.0.7/24");
+        assert_eq!(p("10.0.0.4/32").text(), "10.0.0.4/32");
+        assert_eq!(p(" 10.0.0.4 ").text(), "10.0.0.4");
+        assert_eq!(p("2001:DB8:0::1").text(), "2001:db8::1", "IPv6 is kept in its canonical spelling");
+        assert_eq!(p("0.0.0.0/0").canonical(), "0.0.0.0/0");
         assert_eq!(p("2001:db8::1").canonical(), "2001:db8::1/128");
         assert_eq!(p("2001:db8::/32").canonical(), "2001:db8::/32");
     }
@@ -129,5 +165,24 @@ mod tests {
         assert!(!p("10.0.0.0/24").covers(&p("10.0.1.1")));
         assert!(!p("10.0.0.0/8").covers(&p("2001:db8::1")));
         assert!(p("2001:db8::/32").covers(&p("2001:db8::1")));
+    }
+
+    #[test]
+    fn refuses_non_canonical_spellings_and_host_bits() {
+        for bad in ["010.0.0.0/8", "10.0.0.1/08", "10.0.0.010/32", "10.0.0.0/+8", "10.0.0.0/ 8", "0x0a.0.0.1", "10.1", "2130706433"] {
+            assert!(SourcePrefix::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        let e = SourcePrefix::parse("10.0.0.1/24").expect_err("host bits");
+        assert!(e.contains("10.0.0.0/24") && e.contains("10.0.0.1"), "{e}");
+        assert!(SourcePrefix::parse("2001:db8::1/32").is_err());
+        assert!(SourcePrefix::parse(&"1".repeat(70_000)).expect_err("long").len() < 300);
+    }
+
+    #[test]
+    fn stored_prefixes_of_earlier_versions_still_load() {
+        let old = SourcePrefix::parse_stored("10.0.0.7/24").expect("lenient");
+        assert_eq!((old.text(), old.canonical().as_str()), ("10.0.0.7/24", "10.0.0.0/24"));
+        assert_eq!(SourcePrefix::parse_stored("10.0.0.0/24").expect("strict form").text(), "10.0.0.0/24");
+        assert_eq!(SourcePrefix::parse_stored("*").map(|p| p.is_any()), Ok(true));
     }
 }

@@ -46,7 +46,7 @@ pub fn encode_sources(s: &SourceSpec) -> (&'static str, String) {
 }
 
 pub fn decode_sources(form: &str, texts: &str) -> rusqlite::Result<SourceSpec> {
-    let parse = |t: &str| SourcePrefix::parse(t).map_err(corrupt);
+    let parse = |t: &str| SourcePrefix::parse_stored(t).map_err(corrupt);
     match form {
         "single" => Ok(SourceSpec::Single(parse(texts)?)),
         "multi" => Ok(SourceSpec::Multiple(texts.split('\n').map(parse).collect::<rusqlite::Result<_>>()?)),

@@ -99,6 +99,7 @@ pub fn parse(method: &Method, path: &str) -> Result<ArmRoute, ApiError> {
         }
         [l, loc, p] if eq(l, "locations") && eq(p, "jitNetworkAccessPolicies") => {
             check_sub()?;
+            jitgate_core::ids::validate_location(loc).map_err(|m| ApiError::bad_request("InvalidLocation", m))?;
             let scope = match rg {
                 None => ListScope::SubscriptionLocation { subscription: sub.into(), location: (*loc).into() },
                 Some(rg) => {
@@ -193,9 +194,31 @@ mod tests {
     #[test]
     fn segments_are_decoded_one_by_one() {
         let path = format!(
-            "/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Security/locations/west%20europe/jitNetworkAccessPolicies/a%2Fb%20c"
+            "/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Security/locations/west%20europe/jitNetworkAccessPolicies/a%2Eb%20c"
         );
-        assert_eq!(p(Method::GET, &path), Ok(ArmRoute::Get(policy("rg1", "west europe", "a/b c"))));
+        assert_eq!(p(Method::GET, &path), Ok(ArmRoute::Get(policy("rg1", "west europe", "a.b c"))));
+    }
+
+    #[test]
+    fn a_decoded_name_never_adds_segments_or_navigates() {
+        // `h%2F1` would be the id `…/jitNetworkAccessPolicies/h/1`, inside the scope of a policy `h`.
+        let base = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies");
+        for name in ["h%2F1", "h%2f1", "h%5C1", "..", "%2E%2E", ".", "h%3F1", "h%231", "h%251", "a%E2%80%AEb", "a%00b"] {
+            for method in [Method::GET, Method::PUT, Method::DELETE] {
+                assert_eq!(
+                    p(method.clone(), &format!("{base}/{name}")),
+                    Err((400, jitgate_core::invalid::codes::INVALID_POLICY.into())),
+                    "{method} {name}"
+                );
+            }
+            assert_eq!(p(Method::POST, &format!("{base}/{name}/initiate")).map_err(|e| e.0), Err(400), "{name}");
+        }
+        let rg = format!("/subscriptions/{SUB}/resourceGroups/a%2Fb/providers/Microsoft.Security/jitNetworkAccessPolicies");
+        assert_eq!(p(Method::GET, &rg), Err((400, "InvalidResourceGroupName".into())));
+        let rg = format!("/subscriptions/{SUB}/resourceGroups/../providers/Microsoft.Security/jitNetworkAccessPolicies");
+        assert_eq!(p(Method::GET, &rg), Err((400, "InvalidResourceGroupName".into())));
+        let loc = format!("/subscriptions/{SUB}/providers/Microsoft.Security/locations/a%2Fb/jitNetworkAccessPolicies");
+        assert_eq!(p(Method::GET, &loc), Err((400, "InvalidLocation".into())));
     }
 
     #[test]
