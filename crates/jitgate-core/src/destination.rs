@@ -164,7 +164,9 @@ pub fn check_url(scheme: &str, has_userinfo: bool, host: Option<Host<'_>>, rules
         other => return Err(format!("the scheme '{other}' is not https")),
     }
     if has_userinfo {
-        return Err("credentials in the URL (user:password@) are refused; the signature authenticates the server".into());
+        return Err(
+            "credentials in the URL (user:password@) are refused; the signature authenticates the server".into()
+        );
     }
     let allowed = |ip: IpAddr| check(ip, &rules.allowed).map_err(|b| b.to_string());
     match host {

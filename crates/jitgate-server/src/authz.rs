@@ -34,7 +34,10 @@ impl Grants {
     /// The first assignment, at whatever scope, whose role allows `action` ("Role at scope"): for
     /// rights that concern only the caller's own things, wherever they are.
     pub fn allowing_somewhere(&self, action: &str) -> Option<String> {
-        self.assignments.iter().find(|(_, role)| role.allows(action)).map(|(scope, role)| format!("{} at {}", role.name, scope))
+        self.assignments
+            .iter()
+            .find(|(_, role)| role.allows(action))
+            .map(|(scope, role)| format!("{} at {}", role.name, scope))
     }
 }
 

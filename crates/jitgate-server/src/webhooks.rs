@@ -229,7 +229,10 @@ async fn create(
             }
             (None, Some(p)) => {
                 if p.is_empty() || p.chars().count() > PRINCIPAL_MAX || p.chars().any(char::is_control) {
-                    return Err(bad("principal", format!("principal must be 1 to {PRINCIPAL_MAX} printable characters")));
+                    return Err(bad(
+                        "principal",
+                        format!("principal must be 1 to {PRINCIPAL_MAX} printable characters"),
+                    ));
                 }
                 (None, Some(p))
             }
@@ -546,7 +549,9 @@ async fn attempt(app: &App, client: &reqwest::Client, d: &Delivery) -> Result<()
             kind: FailureKind::HttpStatus,
             detail: format!("the receiver answered {} (redirects are not followed)", r.status()),
         }),
-        Ok(r) => Err(Failure { kind: FailureKind::HttpStatus, detail: format!("the receiver answered {}", r.status()) }),
+        Ok(r) => {
+            Err(Failure { kind: FailureKind::HttpStatus, detail: format!("the receiver answered {}", r.status()) })
+        }
         Err(e) if e.is_timeout() => {
             Err(Failure { kind: FailureKind::Timeout, detail: format!("no answer within {} s", TIMEOUT.as_secs()) })
         }

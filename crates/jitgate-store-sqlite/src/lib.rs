@@ -21,6 +21,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+pub use hooks::SealReport;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
@@ -28,7 +29,6 @@ use jitgate_core::invalid::codes;
 use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
-pub use hooks::SealReport;
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
@@ -176,7 +176,8 @@ impl Drop for SqliteStore {
 }
 
 /// Schema 1 → 2: pending extensions on requests.
-const UPGRADE_TO_2: &str = "ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT;";
+const UPGRADE_TO_2: &str =
+    "ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT;";
 
 // ---- Schema 2 → 3: webhooks and secrets at rest (issue 9, findings 8 and 15). ----
 // Webhook secrets get the id of the key that seals them (`SqliteStore::open` seals the ones

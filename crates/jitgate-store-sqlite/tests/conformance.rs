@@ -129,9 +129,11 @@ async fn offline_verify_catches_changed_deleted_and_swapped_rows() {
 /// deliveries whose highest id was deleted (`user_version` = `version`).
 fn old_database(path: &std::path::Path, version: i64) {
     let c = rusqlite::Connection::open(path).expect("raw open");
-    c.execute_batch(&format!("PRAGMA journal_mode = WAL; BEGIN; {} COMMIT;", include_str!("schema-v2.sql"))).expect("v2 schema");
+    c.execute_batch(&format!("PRAGMA journal_mode = WAL; BEGIN; {} COMMIT;", include_str!("schema-v2.sql")))
+        .expect("v2 schema");
     if version < 2 {
-        c.execute_batch("ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by;").expect("v1");
+        c.execute_batch("ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by;")
+            .expect("v1");
     }
     c.execute_batch(&format!(
         "INSERT INTO webhooks (id, subscription, principal, url, secret, events, created) \

@@ -13,7 +13,7 @@ use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
 
 use crate::{
-    Webhook, AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec,
+    AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec, Webhook,
 };
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";

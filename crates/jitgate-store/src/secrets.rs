@@ -54,7 +54,8 @@ impl fmt::Debug for SecretKey {
 
 impl SecretKey {
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &[b"jitgate secrets key id\0".as_slice(), &bytes].concat());
+        let digest =
+            ring::digest::digest(&ring::digest::SHA256, &[b"jitgate secrets key id\0".as_slice(), &bytes].concat());
         SecretKey { id: hex_prefix(digest.as_ref()), bytes }
     }
 
@@ -188,11 +189,7 @@ impl Keyring {
         SystemRandom::new().fill(&mut nonce).map_err(|_| SecretsError::Random)?;
         let mut data = plain.as_bytes().to_vec();
         key.aead()?
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(context.as_bytes()),
-                &mut data,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut data)
             .map_err(|_| SecretsError::Damaged { key_id: key.id.clone() })?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);
@@ -201,10 +198,11 @@ impl Keyring {
 
     /// Opens a secret sealed under `key_id`, bound to `context`.
     pub fn open(&self, key_id: &str, ciphertext: &str, context: &str) -> Result<String, SecretsError> {
-        let key = self.keys.iter().find(|k| k.id == key_id).ok_or_else(|| SecretsError::UnknownKey {
-            key_id: key_id.to_owned(),
-            held: self.ids().join(", "),
-        })?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| SecretsError::UnknownKey { key_id: key_id.to_owned(), held: self.ids().join(", ") })?;
         let damaged = || SecretsError::Damaged { key_id: key_id.to_owned() };
         let raw = STANDARD_NO_PAD.decode(ciphertext).map_err(|_| damaged())?;
         if raw.len() < NONCE_LEN {
@@ -213,7 +211,8 @@ impl Keyring {
         let (nonce, sealed) = raw.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| damaged())?;
         let mut data = sealed.to_vec();
-        let plain = key.aead()?.open_in_place(nonce, Aad::from(context.as_bytes()), &mut data).map_err(|_| damaged())?;
+        let plain =
+            key.aead()?.open_in_place(nonce, Aad::from(context.as_bytes()), &mut data).map_err(|_| damaged())?;
         String::from_utf8(plain.to_vec()).map_err(|_| damaged())
     }
 }

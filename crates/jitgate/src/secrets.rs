@@ -161,7 +161,11 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
         report.resealed + report.sealed + report.current,
         new.id(),
         path.display(),
-        if retired.is_empty() { String::from("; the old keys stay for opening only") } else { format!("; retired {}", retired.join(", ")) }
+        if retired.is_empty() {
+            String::from("; the old keys stay for opening only")
+        } else {
+            format!("; retired {}", retired.join(", "))
+        }
     );
     Ok(())
 }
@@ -252,10 +256,11 @@ pub fn secure_data_dir(data_dir: &Path) -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        let mut files: Vec<PathBuf> = ["jitgate.db", "jitgate.db-wal", "jitgate.db-shm", "jitgate.db-journal", LOCK_FILE, DEFAULT_KEY_FILE]
-            .iter()
-            .map(|f| data_dir.join(f))
-            .collect();
+        let mut files: Vec<PathBuf> =
+            ["jitgate.db", "jitgate.db-wal", "jitgate.db-shm", "jitgate.db-journal", LOCK_FILE, DEFAULT_KEY_FILE]
+                .iter()
+                .map(|f| data_dir.join(f))
+                .collect();
         for sub in ["tls", "audit-archive"] {
             let dir = data_dir.join(sub);
             let Ok(meta) = std::fs::symlink_metadata(&dir) else { continue };
