@@ -15,6 +15,7 @@ pub mod policy;
 pub mod probe;
 pub mod profile;
 pub mod role;
+pub mod secrets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
     Bench(bench::BenchArgs),
+    /// The key that seals webhook secrets at rest: rotate it, or make a new one.
+    Secrets(secrets::SecretsArgs),
 }
 
 /// How a client command reaches the server.
@@ -141,7 +144,8 @@ const SERVE_EXAMPLES: &str = "Examples:
   jitgate serve                                   # ./jitgate-data, https://127.0.0.1:8443, self-signed cert
   jitgate serve --listen 0.0.0.0:8443 --tls-san jit.example.com
   jitgate serve --tls-cert /etc/jitgate/cert.pem --tls-key /etc/jitgate/key.pem
-  jitgate serve --tls off --listen 127.0.0.1:8080  # behind a TLS-terminating proxy";
+  jitgate serve --tls off --listen 127.0.0.1:8080  # behind a TLS-terminating proxy
+  jitgate serve --secrets-key-file /etc/jitgate/secrets.key --webhook-allow-range 10.20.0.0/16";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
@@ -208,6 +212,19 @@ pub struct ServeArgs {
     /// The ID-token claim that names the principal (default: preferred_username, else email, else sub).
     #[arg(long, env = "JITGATE_OIDC_CLAIM", requires = "oidc_issuer")]
     pub oidc_claim: Option<String>,
+    /// Allow webhooks to plain http:// URLs (default: https only; webhooks carry signed request data).
+    #[arg(long, env = "JITGATE_WEBHOOK_ALLOW_HTTP")]
+    pub webhook_allow_http: bool,
+    /// Let webhooks reach this range although the deny list refuses it (loopback, link-local,
+    /// private, CGNAT, multicast …); repeat or comma-separate. E.g. 10.20.0.0/16 for an internal
+    /// receiver.
+    #[arg(long, env = "JITGATE_WEBHOOK_ALLOW_RANGE", value_delimiter = ',')]
+    pub webhook_allow_range: Vec<String>,
+    /// The file of keys that seal webhook secrets at rest (made on first start, mode 0600; default
+    /// DATA_DIR/secrets.key — keep it away from the database's backups). JITGATE_SECRETS_KEY, when
+    /// set, holds the keys themselves instead.
+    #[arg(long, env = "JITGATE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

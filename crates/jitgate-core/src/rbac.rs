@@ -27,6 +27,14 @@ pub mod actions {
     pub const PRINCIPAL_WRITE: &str = "Microsoft.Authorization/principals/write";
     /// Reading the audit log (Azure's Activity Log read action).
     pub const AUDIT_READ: &str = "Microsoft.Insights/eventtypes/values/read";
+    /// jitgate's own: webhooks about every request in a subscription (checked at the
+    /// subscription), and reading their delivery details.
+    pub const WEBHOOK_READ: &str = "Microsoft.Security/webhooks/read";
+    pub const WEBHOOK_WRITE: &str = "Microsoft.Security/webhooks/write";
+    pub const WEBHOOK_DELETE: &str = "Microsoft.Security/webhooks/delete";
+    /// jitgate's own: a webhook about one's own requests only. Needed at some scope (any
+    /// assignment that allows it); the events it carries are the caller's own.
+    pub const WEBHOOK_NOTIFY_OWN: &str = "Microsoft.Security/webhooks/notifyOwn/action";
 }
 
 /// A role: what it allows (`Actions`) minus what it takes away (`NotActions`), and where it may
@@ -142,14 +150,17 @@ fn role(name: &str, id: &str, description: &str, actions: &[&str], not_actions: 
 }
 
 /// The actions a least-privileged JIT requester needs (the seed's request-access list, plus the
-/// policy read that Set-JitLeastPrivilegedRole grants so a requester can see what it may request).
-pub const REQUESTER_ACTIONS: [&str; 6] = [
+/// policy read that Set-JitLeastPrivilegedRole grants so a requester can see what it may request,
+/// plus jitgate's own right to be told about one's own requests — a request waiting for approval
+/// is only useful if its requester hears the answer).
+pub const REQUESTER_ACTIONS: [&str; 7] = [
     "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action",
     "Microsoft.Security/locations/jitNetworkAccessPolicies/*/read",
     "Microsoft.Security/locations/jitNetworkAccessPolicies/read",
     "Microsoft.Compute/virtualMachines/read",
     "Microsoft.Network/networkInterfaces/*/read",
     "Microsoft.Network/publicIPAddresses/read",
+    actions::WEBHOOK_NOTIFY_OWN,
 ];
 
 /// The built-in roles, with Azure's names and ids.
@@ -305,11 +316,25 @@ mod tests {
             actions::VM_WRITE,
             actions::ROLE_ASSIGNMENT_WRITE,
             actions::AUDIT_READ,
+            actions::WEBHOOK_WRITE,
+            actions::WEBHOOK_READ,
+            actions::WEBHOOK_DELETE,
         ] {
             assert!(!r.allows(no), "{no}");
         }
+        assert!(r.allows(actions::WEBHOOK_NOTIFY_OWN), "told about its own requests");
         let reader = find("Security Reader");
         assert!(reader.allows(actions::POLICY_READ) && !reader.allows(actions::POLICY_INITIATE));
+        for role in ["Reader", "Security Reader"] {
+            let r = find(role);
+            assert!(!r.allows(actions::WEBHOOK_WRITE) && !r.allows(actions::WEBHOOK_NOTIFY_OWN), "{role}");
+        }
+        for role in ["Owner", "Contributor", "Security Admin"] {
+            let r = find(role);
+            for a in [actions::WEBHOOK_WRITE, actions::WEBHOOK_DELETE, actions::WEBHOOK_NOTIFY_OWN] {
+                assert!(r.allows(a), "{role}: {a}");
+            }
+        }
         let lp = least_privileged_role("JIT Access Role", "/subscriptions/s", "id");
         assert_eq!(lp.actions, r.actions);
         assert!(lp.assignable_at("/subscriptions/s/resourceGroups/rg"));

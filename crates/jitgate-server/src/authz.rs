@@ -30,6 +30,15 @@ impl Grants {
     pub fn permits(&self, action: &str, resource: &str) -> bool {
         self.allowing(action, resource).is_some()
     }
+
+    /// The first assignment, at whatever scope, whose role allows `action` ("Role at scope"): for
+    /// rights that concern only the caller's own things, wherever they are.
+    pub fn allowing_somewhere(&self, action: &str) -> Option<String> {
+        self.assignments
+            .iter()
+            .find(|(_, role)| role.allows(action))
+            .map(|(scope, role)| format!("{} at {}", role.name, scope))
+    }
 }
 
 /// The cache of resolved grants, cleared whenever roles or assignments change.

@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Audit records older than this move to sealed archives in the directory.
     pub audit_retention: Option<(time::Duration, std::path::PathBuf)>,
+    /// Where webhooks may be sent (default: https to public addresses only).
+    pub webhooks: jitgate_core::destination::Rules,
 }
 
 impl ServerConfig {
@@ -486,7 +488,8 @@ mod tests {
     #[test]
     fn agents_that_stop_reporting_are_stale() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db")).expect("store");
+        let keys = jitgate_store::secrets::Keyring::generate().expect("keys");
+        let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db"), keys).expect("store");
         let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
         let config = ServerConfig {
             tls: true,
@@ -495,6 +498,7 @@ mod tests {
             public_url: None,
             trusted_proxies: vec![],
             audit_retention: None,
+            webhooks: Default::default(),
         };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {

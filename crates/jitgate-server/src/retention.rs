@@ -40,7 +40,11 @@ pub async fn archive_once(app: &App, retention: time::Duration, dir: &Path) -> R
     loop {
         let records = app.store.audit_before(cutoff, CHUNK).await.map_err(|e| e.to_string())?;
         let (Some(first), Some(last)) = (records.first(), records.last()) else { return Ok(moved) };
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let name = format!("audit-{:012}-{:012}.jsonl", first.seq, last.seq);
         let path = dir.join(&name);
         let mut text = String::new();
@@ -57,7 +61,12 @@ pub async fn archive_once(app: &App, retention: time::Duration, dir: &Path) -> R
         // is never seen half-written.
         let tmp = dir.join(format!(".{name}.tmp"));
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            // Readable by the server's user only, whatever the umask.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
             let mut perms = f.metadata()?.permissions();

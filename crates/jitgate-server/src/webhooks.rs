@@ -10,9 +10,18 @@
 //!
 //! - `POST /api/v1/webhooks` `{"subscription"|"principal","url","secret"?,"events"?}` → 201 (the secret is shown only here)
 //! - `GET /api/v1/webhooks`; `DELETE /api/v1/webhooks/{id}`; `GET /api/v1/webhooks/{id}/deliveries`
+//!
+//! Webhooks must not become a way to make the server reach what the caller cannot
+//! (server-side request forgery): URLs are https (http only when the operator allows it), carry no
+//! credentials, and their destination is checked against [`jitgate_core::destination`]'s deny list
+//! when the webhook is created and again at every delivery — names are resolved by the worker
+//! itself, every address is checked, and the connection goes to the checked addresses only, so a
+//! DNS answer cannot change between check and use. Redirects are never followed (a 3xx is a failed
+//! attempt). Who did not set up the server sees only the category of a failed attempt, never the
+//! detail (which would tell whether some host answered).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,20 +38,27 @@ use tokio::sync::{watch, Semaphore};
 use jitgate_api_types::datetime;
 use jitgate_api_types::native::ListOut;
 use jitgate_api_types::parse_json;
+use jitgate_core::destination::{self, Host, Rules};
 use jitgate_core::rbac::actions;
-use jitgate_store::{Delivery, Webhook};
+use jitgate_store::{Delivery, Principal, Webhook};
 
 use crate::arm::read_body;
 use crate::error::{json, ApiError};
 use crate::{auth, App, Caller};
 
-pub const WEBHOOK_WRITE: &str = "Microsoft.Security/webhooks/write";
-pub const WEBHOOK_READ: &str = "Microsoft.Security/webhooks/read";
+pub use jitgate_core::rbac::actions::{WEBHOOK_DELETE, WEBHOOK_NOTIFY_OWN, WEBHOOK_READ, WEBHOOK_WRITE};
 pub const EVENTS: [&str; 7] = ["requested", "approved", "denied", "opened", "expiringSoon", "revoked", "expired"];
 /// Attempts before a delivery is given up (backoff 1 s, 2 s, 4 s … between them).
 pub const MAX_ATTEMPTS: u32 = 8;
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a claimed delivery stays out of other passes: longer than any attempt takes.
+const LEASE: time::Duration = time::Duration::seconds(60);
 const PARALLEL: usize = 16;
+/// Secrets: at least this long (guessable ones make the signature worthless), at most that.
+const SECRET_MIN: usize = 16;
+const SECRET_MAX: usize = 256;
+/// The longest principal name a webhook may name.
+const PRINCIPAL_MAX: usize = 256;
 
 #[derive(Debug, Deserialize)]
 struct WebhookIn {
@@ -108,20 +124,73 @@ fn scope_of(h: &Webhook) -> String {
     h.subscription.as_ref().map(|s| format!("/subscriptions/{s}")).unwrap_or_else(|| "/".into())
 }
 
-async fn may(app: &App, who: &jitgate_store::Principal, h: &Webhook, action: &str) -> Result<bool, ApiError> {
-    if h.principal.as_deref() == Some(who.name.as_str()) {
-        return Ok(true);
-    }
-    let act = if h.principal.is_some() {
-        if action == WEBHOOK_WRITE {
-            actions::PRINCIPAL_WRITE
-        } else {
-            actions::PRINCIPAL_READ
+/// What managing a webhook needs, by what it is: `own` for the caller's own webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Read,
+    Write,
+    Delete,
+}
+
+/// Whether `who` may `verb` webhook `h`: "Role at scope" when allowed, the refusal otherwise.
+///
+/// - a subscription's webhook: `Microsoft.Security/webhooks/{read,write,delete}` at the
+///   subscription;
+/// - one's own: reading and deleting always; creating needs
+///   `Microsoft.Security/webhooks/notifyOwn/action` (or the subscription-wide write) from any
+///   assignment — a principal with no role at all cannot make the server send anything;
+/// - someone else's: the principal-management rights at `/`.
+async fn may(app: &App, who: &Principal, h: &Webhook, verb: Verb) -> Result<Result<String, ApiError>, ApiError> {
+    let grants = app.authz.grants(app.store.as_ref(), who).await?;
+    let own = h.principal.as_deref() == Some(who.name.as_str());
+    let (action, scope) = match (own, h.principal.is_some(), verb) {
+        (true, _, Verb::Read | Verb::Delete) => return Ok(Ok("owner of the webhook".into())),
+        (true, _, Verb::Write) => {
+            let by = grants.allowing_somewhere(WEBHOOK_NOTIFY_OWN).or_else(|| grants.allowing_somewhere(WEBHOOK_WRITE));
+            return Ok(by.ok_or_else(|| crate::authz::denied(&who.name, WEBHOOK_NOTIFY_OWN, "/")));
         }
-    } else {
-        action
+        (false, true, Verb::Read) => (actions::PRINCIPAL_READ, "/".to_owned()),
+        (false, true, Verb::Write | Verb::Delete) => (actions::PRINCIPAL_WRITE, "/".to_owned()),
+        (false, false, Verb::Read) => (WEBHOOK_READ, scope_of(h)),
+        (false, false, Verb::Write) => (WEBHOOK_WRITE, scope_of(h)),
+        (false, false, Verb::Delete) => (WEBHOOK_DELETE, scope_of(h)),
     };
-    app.can(who, act, &scope_of(h)).await
+    Ok(grants.allowing(action, &scope).ok_or_else(|| crate::authz::denied(&who.name, action, &scope)))
+}
+
+/// Whether `who` sees the detail of failed attempts (else only their category): whoever may
+/// manage webhooks server-wide, i.e. holds `Microsoft.Security/webhooks/write` at `/`.
+async fn sees_details(app: &App, who: &Principal) -> Result<bool, ApiError> {
+    app.can(who, WEBHOOK_WRITE, "/").await
+}
+
+/// Parses a webhook URL strictly and checks it against the operator's rules. Returns the URL as
+/// it will be used (normalised: `2130706433` becomes `127.0.0.1`, so what was checked is what is
+/// sent).
+pub fn check_url(text: &str, rules: &Rules) -> Result<reqwest::Url, String> {
+    if text.len() > destination::MAX_URL_LEN {
+        return Err(format!("longer than {} characters", destination::MAX_URL_LEN));
+    }
+    if text.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        return Err("contains spaces, control characters or backslashes".into());
+    }
+    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+    if !lower.starts_with("https://") && !lower.starts_with("http://") {
+        return Err("must start with https://".into());
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
+    if url.fragment().is_some() {
+        return Err("a fragment (#…) is never sent; leave it out".into());
+    }
+    let host = match url.host() {
+        Some(url::Host::Ipv4(v4)) => Some(Host::Ip(v4.into())),
+        Some(url::Host::Ipv6(v6)) => Some(Host::Ip(v6.into())),
+        Some(url::Host::Domain(d)) => Some(Host::Domain(d)),
+        None => None,
+    };
+    let userinfo = !url.username().is_empty() || url.password().is_some();
+    destination::check_url(url.scheme(), userinfo, host, rules)?;
+    Ok(url)
 }
 
 async fn create(
@@ -133,43 +202,59 @@ async fn create(
     let checked = async {
         let b = read_body(&app, body).await?;
         let input: WebhookIn = parse_json(&b)?;
-        let bad = |m: String| ApiError::bad_request("InvalidWebhook", m);
-        let url = input.url.ok_or_else(|| bad("url is required".into()))?;
-        let parsed = reqwest::Url::parse(&url).map_err(|e| bad(format!("url '{url}': {e}")))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(bad(format!("url '{url}' is not http(s)")));
-        }
-        let events = input.events.unwrap_or_default();
-        if let Some(e) = events.iter().find(|e| !EVENTS.iter().any(|k| k.eq_ignore_ascii_case(e))) {
-            return Err(bad(format!("event '{e}' is not one of {}", EVENTS.join(", "))));
+        let bad = |target: &str, m: String| {
+            let mut e = ApiError::bad_request("InvalidWebhook", m);
+            e.target = Some(target.into());
+            e
+        };
+        let text = input.url.ok_or_else(|| bad("url", "url is required".into()))?;
+        let url = check_url(&text, &app.config.webhooks).map_err(|e| {
+            let shown: String = text.chars().take(200).collect();
+            bad("url", format!("url '{shown}' is refused: {e}"))
+        })?;
+        let mut events: Vec<String> = Vec::new();
+        for e in input.events.unwrap_or_default() {
+            let Some(known) = EVENTS.iter().find(|k| k.eq_ignore_ascii_case(&e)) else {
+                let shown: String = e.chars().take(40).collect();
+                return Err(bad("events", format!("event '{shown}' is not one of {}", EVENTS.join(", "))));
+            };
+            if !events.iter().any(|x| x == known) {
+                events.push(known.to_string());
+            }
         }
         let (subscription, principal_name) = match (input.subscription, input.principal) {
             (Some(s), None) => {
-                jitgate_core::ids::validate_subscription(&s).map_err(bad)?;
+                jitgate_core::ids::validate_subscription(&s).map_err(|m| bad("subscription", m))?;
                 (Some(s), None)
             }
-            (None, Some(p)) => (None, Some(p)),
+            (None, Some(p)) => {
+                if p.is_empty() || p.chars().count() > PRINCIPAL_MAX || p.chars().any(char::is_control) {
+                    return Err(bad(
+                        "principal",
+                        format!("principal must be 1 to {PRINCIPAL_MAX} printable characters"),
+                    ));
+                }
+                (None, Some(p))
+            }
             _ => {
-                return Err(bad(
-                    "set exactly one of subscription (every request in it) and principal (its own requests)".into(),
+                return Err(ApiError::bad_request(
+                    "InvalidWebhook",
+                    "set exactly one of subscription (every request in it) and principal (its own requests)",
                 ))
             }
         };
         let secret =
             input.secret.unwrap_or_else(|| format!("whsec_{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]));
-        if secret.len() < 16 {
-            return Err(bad("secret must be at least 16 characters".into()));
+        if secret.len() < SECRET_MIN || secret.len() > SECRET_MAX || secret.chars().any(char::is_control) {
+            return Err(bad("secret", format!("secret must be {SECRET_MIN} to {SECRET_MAX} printable characters")));
         }
         Ok::<_, ApiError>(Webhook {
             id: uuid::Uuid::new_v4().to_string(),
             subscription,
             principal: principal_name,
-            url,
+            url: url.to_string(),
             secret,
-            events: events
-                .iter()
-                .map(|e| EVENTS.iter().find(|k| k.eq_ignore_ascii_case(e)).map(|k| k.to_string()).unwrap_or_default())
-                .collect(),
+            events,
             created: app.clock.now(),
         })
     }
@@ -178,11 +263,13 @@ async fn create(
         Ok(h) => h,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
-    if !may(&app, &principal, &hook, WEBHOOK_WRITE).await? {
-        let e = crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&hook));
-        return Err(app.refuse(audit, e).await);
-    }
     audit.resource_id = scope_of(&hook);
+    match may(&app, &principal, &hook, Verb::Write).await? {
+        Ok(by) => {
+            audit.properties.insert("authorizedBy".into(), by);
+        }
+        Err(e) => return Err(app.refuse(audit, e).await),
+    }
     let stored = app.store.create_webhook(hook, audit).await?;
     Ok(json(StatusCode::CREATED, &out(&stored, true)))
 }
@@ -190,11 +277,19 @@ async fn create(
 async fn list(State(app): State<App>, Caller { principal, .. }: Caller) -> Result<Response, ApiError> {
     let mut value = Vec::new();
     for h in app.store.list_webhooks().await? {
-        if may(&app, &principal, &h, WEBHOOK_READ).await? {
+        if may(&app, &principal, &h, Verb::Read).await?.is_ok() {
             value.push(out(&h, false));
         }
     }
     Ok(json(StatusCode::OK, &ListOut { value }))
+}
+
+/// Webhook ids are UUIDs: anything longer is not one.
+fn bounded_id(id: &str) -> Result<&str, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::not_found("WebhookNotFound", "no such webhook"));
+    }
+    Ok(id)
 }
 
 async fn remove(
@@ -202,12 +297,20 @@ async fn remove(
     Path(id): Path<String>,
     Caller { ctx, principal, .. }: Caller,
 ) -> Result<Response, ApiError> {
-    let audit = app.audit(&ctx, &principal.name, WEBHOOK_WRITE, &format!("/api/v1/webhooks/{id}"));
-    let Some(h) = app.store.get_webhook(&id).await? else {
-        return Err(app.refuse(audit, ApiError::not_found("WebhookNotFound", format!("no webhook {id}"))).await);
+    let shown: String = id.chars().take(64).collect();
+    let mut audit = app.audit(&ctx, &principal.name, WEBHOOK_DELETE, &format!("/api/v1/webhooks/{shown}"));
+    let found = match bounded_id(&id) {
+        Ok(id) => app.store.get_webhook(id).await?,
+        Err(e) => return Err(app.refuse(audit, e).await),
     };
-    if !may(&app, &principal, &h, WEBHOOK_WRITE).await? {
-        return Err(app.refuse(audit, crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&h))).await);
+    let Some(h) = found else {
+        return Err(app.refuse(audit, ApiError::not_found("WebhookNotFound", format!("no webhook {shown}"))).await);
+    };
+    match may(&app, &principal, &h, Verb::Delete).await? {
+        Ok(by) => {
+            audit.properties.insert("authorizedBy".into(), by);
+        }
+        Err(e) => return Err(app.refuse(audit, e).await),
     }
     let h = app.store.delete_webhook(&id, audit).await?;
     Ok(json(StatusCode::OK, &out(&h, false)))
@@ -218,12 +321,11 @@ async fn deliveries(
     Path(id): Path<String>,
     Caller { principal, .. }: Caller,
 ) -> Result<Response, ApiError> {
-    let Some(h) = app.store.get_webhook(&id).await? else {
+    let Some(h) = app.store.get_webhook(bounded_id(&id)?).await? else {
         return Err(ApiError::not_found("WebhookNotFound", format!("no webhook {id}")));
     };
-    if !may(&app, &principal, &h, WEBHOOK_READ).await? {
-        return Err(crate::authz::denied(&principal.name, WEBHOOK_READ, &scope_of(&h)));
-    }
+    may(&app, &principal, &h, Verb::Read).await??;
+    let details = sees_details(&app, &principal).await?;
     let value: Vec<DeliveryOut> = app
         .store
         .list_deliveries(&id, 200)
@@ -235,12 +337,124 @@ async fn deliveries(
             state: d.state,
             attempts: d.attempts,
             next_attempt: datetime::format(d.next_attempt),
-            last_error: d.last_error,
+            last_error: d.last_error.map(|e| if details { e } else { FailureKind::of(&e).as_str().to_owned() }),
             created_at: datetime::format(d.created),
             delivered_at: d.delivered.map(datetime::format),
         })
         .collect();
     Ok(json(StatusCode::OK, &ListOut { value }))
+}
+
+/// What went wrong with an attempt, as everyone may see it. The stored `lastError` is
+/// `"{kind}: {detail}"`; only those who set up the server see the detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The destination is refused (deny list, scheme): nothing was sent.
+    Blocked,
+    /// No answer in time.
+    Timeout,
+    /// No connection (name unknown, refused, TLS failed).
+    ConnectionFailed,
+    /// The receiver answered, but not with 2xx (a redirect included: redirects are not followed).
+    HttpStatus,
+    /// A failure recorded before categories existed.
+    Failed,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Blocked => "Blocked",
+            FailureKind::Timeout => "Timeout",
+            FailureKind::ConnectionFailed => "ConnectionFailed",
+            FailureKind::HttpStatus => "HttpStatus",
+            FailureKind::Failed => "Failed",
+        }
+    }
+
+    /// The category of a stored `lastError`.
+    pub fn of(last_error: &str) -> FailureKind {
+        let head = last_error.split(':').next().unwrap_or("");
+        [FailureKind::Blocked, FailureKind::Timeout, FailureKind::ConnectionFailed, FailureKind::HttpStatus]
+            .into_iter()
+            .find(|k| k.as_str() == head)
+            .unwrap_or(FailureKind::Failed)
+    }
+}
+
+/// A failed attempt: its category and what exactly happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.detail)
+    }
+}
+
+/// A resolved name that leads somewhere the deny list refuses.
+#[derive(Debug)]
+struct BlockedName(String);
+
+impl std::fmt::Display for BlockedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BlockedName {}
+
+/// The worker's resolver: resolves a name itself and answers only when **every** address is an
+/// allowed destination. reqwest connects to exactly the addresses answered here, so a second,
+/// different DNS answer (rebinding) never reaches the connection.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    allowed: Arc<Vec<ipnet::IpNet>>,
+}
+
+impl GuardedResolver {
+    pub fn new(allowed: Vec<ipnet::IpNet>) -> Self {
+        GuardedResolver { allowed: Arc::new(allowed) }
+    }
+
+    /// The checked addresses of `host`.
+    pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} has no address").into());
+        }
+        for a in &addrs {
+            if let Err(b) = destination::check(a.ip(), &self.allowed) {
+                return Err(Box::new(BlockedName(format!("{host} resolves to {b}"))));
+            }
+        }
+        Ok(addrs)
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (this, host) = (self.clone(), name.as_str().to_owned());
+        Box::pin(async move {
+            let addrs = this.lookup(&host).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client of the delivery worker: our resolver, no proxy (a proxy would resolve and
+/// connect on our behalf, past the checks), no redirects, a timeout per attempt.
+pub fn delivery_client(rules: &Rules) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .use_rustls_tls()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver::new(rules.allowed.clone())))
+        .build()
 }
 
 /// The signature header value for `body` sent at `timestamp`.
@@ -251,9 +465,11 @@ pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The delivery worker: runs until `stop`.
+/// The delivery worker: runs until `stop`. Each pass claims what is due (at most as many as may
+/// run at once); a claimed delivery is out of later passes until its attempt is recorded, so no
+/// memory of what was tried is kept here.
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder().timeout(TIMEOUT).use_rustls_tls().build() {
+    let client = match delivery_client(&app.config.webhooks) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "webhook deliveries disabled: no HTTP client");
@@ -261,42 +477,25 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         }
     };
     let limit = Arc::new(Semaphore::new(PARALLEL));
-    // The attempt number each delivery was last tried at: a snapshot read before that attempt
-    // was recorded must not send it again.
-    let tried: Arc<Mutex<HashMap<i64, u32>>> = Arc::default();
     loop {
-        let due = app.store.due_deliveries(app.clock.now(), 100).await.unwrap_or_default();
-        for d in due {
-            let fresh = tried
-                .lock()
-                .map(|mut t| {
-                    if t.len() > 100_000 {
-                        t.clear();
+        let now = app.clock.now();
+        let next = app.store.next_delivery().await.ok().flatten();
+        let free = limit.available_permits();
+        if free > 0 && next.is_some_and(|t| t <= now) {
+            match app.store.claim_deliveries(now, now + LEASE, free).await {
+                Ok(due) => {
+                    for d in due {
+                        let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                        let (app, client) = (app.clone(), client.clone());
+                        tokio::spawn(async move {
+                            deliver(&app, &client, &d).await;
+                            drop(permit);
+                            app.deliveries.notify_one();
+                        });
                     }
-                    match t.get(&d.id) {
-                        Some(n) if *n >= d.attempts => false,
-                        _ => {
-                            t.insert(d.id, d.attempts);
-                            true
-                        }
-                    }
-                })
-                .unwrap_or(false);
-            if !fresh {
-                continue;
-            }
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                if let Ok(mut t) = tried.lock() {
-                    t.remove(&d.id);
                 }
-                break;
-            };
-            let (app, client) = (app.clone(), client.clone());
-            tokio::spawn(async move {
-                deliver(&app, &client, &d).await;
-                drop(permit);
-                app.deliveries.notify_one();
-            });
+                Err(e) => tracing::warn!(error = %e, "could not claim webhook deliveries"),
+            }
         }
         let wait = match app.store.next_delivery().await {
             Ok(Some(t)) => Duration::try_from(t - app.clock.now())
@@ -312,10 +511,29 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery) {
+/// The error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// One attempt: the destination is checked again (the operator's rules may have changed since
+/// the webhook was made), then the signed POST goes out through the guarded client.
+async fn attempt(app: &App, client: &reqwest::Client, d: &Delivery) -> Result<(), Failure> {
+    let blocked = |detail: String| Failure { kind: FailureKind::Blocked, detail };
+    let url = check_url(&d.url, &app.config.webhooks).map_err(blocked)?;
     let ts = app.clock.now().unix_timestamp();
     let sent = client
-        .post(&d.url)
+        .post(url)
         .header("Content-Type", "application/json")
         .header("User-Agent", "jitgate-webhooks")
         .header("X-Jitgate-Event", &d.event)
@@ -325,16 +543,106 @@ async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery) {
         .body(d.payload.clone())
         .send()
         .await;
-    let (ok, error) = match sent {
-        Ok(r) if r.status().is_success() => (true, None),
-        Ok(r) => (false, Some(format!("the receiver answered {}", r.status()))),
-        Err(e) if e.is_timeout() => (false, Some(format!("no answer within {} s", TIMEOUT.as_secs()))),
-        Err(e) => (false, Some(e.to_string())),
-    };
+    match sent {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) if r.status().is_redirection() => Err(Failure {
+            kind: FailureKind::HttpStatus,
+            detail: format!("the receiver answered {} (redirects are not followed)", r.status()),
+        }),
+        Ok(r) => {
+            Err(Failure { kind: FailureKind::HttpStatus, detail: format!("the receiver answered {}", r.status()) })
+        }
+        Err(e) if e.is_timeout() => {
+            Err(Failure { kind: FailureKind::Timeout, detail: format!("no answer within {} s", TIMEOUT.as_secs()) })
+        }
+        Err(e) => {
+            let mut source: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(s) = source {
+                if let Some(b) = s.downcast_ref::<BlockedName>() {
+                    return Err(blocked(b.0.clone()));
+                }
+                source = s.source();
+            }
+            Err(Failure { kind: FailureKind::ConnectionFailed, detail: chain(&e) })
+        }
+    }
+}
+
+async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery) {
+    let outcome = attempt(app, client, d).await;
+    if let Err(f) = &outcome {
+        tracing::info!(delivery = d.id, webhook = %d.webhook_id, error = %f, "webhook delivery failed");
+    }
     let attempts = d.attempts + 1;
+    let ok = outcome.is_ok();
     let next = (!ok && attempts < MAX_ATTEMPTS)
         .then(|| app.clock.now() + time::Duration::seconds(1 << (attempts - 1).min(10)));
+    let error = outcome.err().map(|f| f.to_string());
     if let Err(e) = app.store.delivery_attempted(d.id, ok, error, next, app.clock.now()).await {
         tracing::warn!(error = %e, delivery = d.id, "could not record a webhook delivery");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strict() -> Rules {
+        Rules::default()
+    }
+
+    #[test]
+    fn urls_are_parsed_strictly_and_normalised_before_the_deny_list() {
+        let ok = check_url("https://hooks.example.com/x?y=1", &strict()).expect("public https");
+        assert_eq!(ok.as_str(), "https://hooks.example.com/x?y=1");
+        for bad in [
+            "https://169.254.169.254/latest/meta-data",
+            "https://[::ffff:169.254.169.254]/",
+            "https://[::ffff:a9fe:a9fe]/",
+            "https://2852039166/",
+            "https://0xa9fea9fe/",
+            "https://0251.0376.0251.0376/",
+            "https://169.254.43518/",
+            "https://2130706433/",
+            "https://0x7f.1/",
+            "https://127.1/",
+            "https://localhost/",
+            "https://LOCALHOST./",
+            "https://10.0.0.1/",
+            "https://[fd00::1]/",
+            "https://[::1]:8443/",
+            "https://user:pw@hooks.example.com/",
+            "https://user@hooks.example.com/",
+            "http://hooks.example.com/",
+            "https:hooks.example.com/",
+            "https://hooks.example.com/#frag",
+            "https://hooks.example.com/\\x",
+            "https://hooks.example.com/ x",
+            "ftp://hooks.example.com/",
+            "https://",
+        ] {
+            assert!(check_url(bad, &strict()).is_err(), "{bad} should be refused");
+        }
+        let lax = Rules { allow_http: true, allowed: vec!["127.0.0.0/8".parse().expect("net")] };
+        assert_eq!(check_url("http://2130706433:9/h", &lax).expect("allowed").as_str(), "http://127.0.0.1:9/h");
+        assert!(check_url("http://169.254.169.254/", &lax).is_err(), "only the allowed range");
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_names_that_lead_to_denied_addresses() {
+        let guarded = GuardedResolver::new(vec![]);
+        let err = guarded.lookup("localhost").await.expect_err("localhost is loopback");
+        assert!(err.to_string().contains("loopback"), "{err}");
+        let allowed = GuardedResolver::new(vec!["127.0.0.0/8".parse().expect("net"), "::1/128".parse().expect("net")]);
+        let addrs = allowed.lookup("localhost").await.expect("allowed by the operator");
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn failures_reduce_to_their_category() {
+        let f = Failure { kind: FailureKind::ConnectionFailed, detail: "10.1.1.1:443: connection refused".into() };
+        assert_eq!(FailureKind::of(&f.to_string()), FailureKind::ConnectionFailed);
+        assert_eq!(FailureKind::of("Blocked: 127.0.0.1 is a loopback address"), FailureKind::Blocked);
+        assert_eq!(FailureKind::of("the receiver answered 500"), FailureKind::Failed, "from before categories");
     }
 }

@@ -1,38 +1,145 @@
 //! Webhooks and their delivery outbox. Events are queued in the same transaction as the change
 //! that causes them, so none is lost; delivery happens later, off the request path.
+//!
+//! Webhook secrets are sealed at rest with the store's [`Keyring`], bound to the webhook's id;
+//! [`seal_all`] runs at every open and leaves every secret sealed under the current key.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
+use jitgate_store::secrets::{Keyring, SecretsError};
 use jitgate_store::{Delivery, Webhook};
 
 use crate::rows::{from_nanos, nanos};
 
-pub fn hook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
+fn secret_error(webhook: &str, e: SecretsError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("the secret of webhook {webhook} {e}").into(),
+    )
+}
+
+/// The plain secret of a webhook row (`secret`, sealed under `secret_key`).
+fn open_secret(r: &Row<'_>, webhook: &str, keys: &Keyring) -> rusqlite::Result<String> {
+    let secret: String = r.get("secret")?;
+    match r.get::<_, Option<String>>("secret_key")? {
+        Some(key_id) => keys.open(&key_id, &secret, webhook).map_err(|e| secret_error(webhook, e)),
+        // Written before secrets were sealed; `seal_all` seals it at the next open.
+        None => Ok(secret),
+    }
+}
+
+pub fn hook_from_row(r: &Row<'_>, keys: &Keyring) -> rusqlite::Result<Webhook> {
     let events: String = r.get("events")?;
+    let id: String = r.get("id")?;
     Ok(Webhook {
-        id: r.get("id")?,
+        secret: open_secret(r, &id, keys)?,
+        id,
         subscription: r.get("subscription")?,
         principal: r.get("principal")?,
         url: r.get("url")?,
-        secret: r.get("secret")?,
         events: events.split_whitespace().map(String::from).collect(),
         created: from_nanos(r.get("created")?)?,
     })
 }
 
-pub fn hook(conn: &Connection, id: &str) -> rusqlite::Result<Option<Webhook>> {
-    conn.prepare_cached("SELECT * FROM webhooks WHERE id = ?1")?.query_row([id], hook_from_row).optional()
+pub fn hook(conn: &Connection, id: &str, keys: &Keyring) -> rusqlite::Result<Option<Webhook>> {
+    conn.prepare_cached("SELECT * FROM webhooks WHERE id = ?1")?.query_row([id], |r| hook_from_row(r, keys)).optional()
 }
 
-pub fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+/// Inserts a webhook with its secret sealed under the keyring's current key.
+pub fn insert(conn: &Connection, hook: &Webhook, keys: &Keyring) -> rusqlite::Result<()> {
+    let sealed = keys.seal(&hook.secret, &hook.id).map_err(|e| secret_error(&hook.id, e))?;
+    conn.execute(
+        "INSERT INTO webhooks (id, subscription, principal, url, secret, secret_key, events, created)          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            hook.id,
+            hook.subscription,
+            hook.principal,
+            hook.url,
+            sealed.ciphertext,
+            sealed.key_id,
+            hook.events.join(" "),
+            nanos(hook.created)
+        ],
+    )?;
+    Ok(())
+}
+
+/// What [`seal_all`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealReport {
+    /// Secrets stored in the clear (by an earlier version) that are sealed now.
+    pub sealed: usize,
+    /// Secrets sealed under an older key, re-sealed under the current one.
+    pub resealed: usize,
+    /// Secrets already sealed under the current key (each was opened to prove the key right).
+    pub current: usize,
+}
+
+/// Leaves every webhook secret sealed under the keyring's current key, in one transaction: seals
+/// plaintext secrets (from before sealing existed), re-seals those under an older key (rotation),
+/// and opens the rest to prove the key is the right one. Any secret that does not open fails the
+/// whole call, naming the webhook and the key, and nothing is changed.
+pub fn seal_all(conn: &Connection, keys: &Keyring) -> Result<SealReport, String> {
+    let run = || -> rusqlite::Result<SealReport> {
+        let rows: Vec<(String, String, Option<String>)> = conn
+            .prepare("SELECT id, secret, secret_key FROM webhooks ORDER BY id")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut report = SealReport::default();
+        for (id, secret, key_id) in rows {
+            let plain = match &key_id {
+                None => secret,
+                Some(k) => keys.open(k, &secret, &id).map_err(|e| secret_error(&id, e))?,
+            };
+            match key_id {
+                Some(k) if k == keys.current().id() => {
+                    report.current += 1;
+                    continue;
+                }
+                Some(_) => report.resealed += 1,
+                None => report.sealed += 1,
+            }
+            let sealed = keys.seal(&plain, &id).map_err(|e| secret_error(&id, e))?;
+            conn.execute(
+                "UPDATE webhooks SET secret = ?2, secret_key = ?3 WHERE id = ?1",
+                params![id, sealed.ciphertext, sealed.key_id],
+            )?;
+        }
+        Ok(report)
+    };
+    // Whatever a seal replaces is overwritten on disk, not left in free space; and the WAL is
+    // emptied into the database afterwards, so no clear-text copy stays behind.
+    conn.execute_batch("PRAGMA secure_delete = ON; BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    match run() {
+        Ok(report) => {
+            conn.execute_batch("COMMIT; PRAGMA secure_delete = OFF;").map_err(|e| e.to_string())?;
+            if report.sealed + report.resealed > 0 {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| e.to_string())?;
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK; PRAGMA secure_delete = OFF;");
+            Err(match e {
+                rusqlite::Error::FromSqlConversionFailure(_, _, inner) => inner.to_string(),
+                other => other.to_string(),
+            })
+        }
+    }
+}
+
+pub fn delivery_from_row(r: &Row<'_>, keys: &Keyring) -> rusqlite::Result<Delivery> {
     let delivered: Option<i64> = r.get("delivered")?;
     let attempts: i64 = r.get("attempts")?;
+    let webhook_id: String = r.get("webhook_id")?;
     Ok(Delivery {
         id: r.get("id")?,
-        webhook_id: r.get("webhook_id")?,
+        secret: open_secret(r, &webhook_id, keys)?,
+        webhook_id,
         url: r.get("url")?,
-        secret: r.get("secret")?,
         event: r.get("event")?,
         payload: r.get("payload")?,
         state: r.get("state")?,
@@ -45,7 +152,7 @@ pub fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 pub const DELIVERY_SELECT: &str =
-    "SELECT d.*, w.url, w.secret FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id";
+    "SELECT d.*, w.url, w.secret, w.secret_key FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id";
 
 /// Queues `event` about request `rid` for every webhook that wants it: those of the policy's
 /// subscription, and the requester's own.

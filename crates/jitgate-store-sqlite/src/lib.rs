@@ -21,6 +21,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+pub use hooks::SealReport;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_core::enforcement::{AgentMode, EnforcementState};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
@@ -28,6 +29,7 @@ use jitgate_core::invalid::codes;
 use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
+use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
     ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope,
@@ -39,7 +41,7 @@ use crate::rows::{encode_sources, from_nanos, nanos};
 use crate::writer::{FnJob, Job, WriteCtx};
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Read connections kept open.
 const READERS: usize = 4;
@@ -54,6 +56,9 @@ pub struct SqliteStore {
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     writer: Option<JoinHandle<()>>,
     readers: Arc<ReadPool>,
+    /// Seals and opens webhook secrets.
+    keys: Arc<Keyring>,
+    sealed: SealReport,
 }
 
 struct ReadPool {
@@ -92,13 +97,25 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, migrates it, and starts the writer.
-    pub fn open(path: &Path) -> StoreResult<Self> {
+    /// Webhook secrets are sealed with `keys`: every secret is left sealed under its current key
+    /// (plaintext ones from an older version are sealed, those under an older key re-sealed), and
+    /// a secret that `keys` cannot open fails the open with an error naming the key.
+    pub fn open(path: &Path, keys: Keyring) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )
         .map_err(backend)?;
         migrate(&conn)?;
+        let sealed = hooks::seal_all(&conn, &keys).map_err(|e| StoreError::Backend(format!("webhook secrets: {e}")))?;
+        if sealed.sealed + sealed.resealed > 0 {
+            tracing::info!(
+                sealed = sealed.sealed,
+                resealed = sealed.resealed,
+                key = keys.current().id(),
+                "webhook secrets sealed under the current secrets key"
+            );
+        }
         let chain = writer::load_chain(&conn).map_err(backend)?;
         let (tx, rx) = mpsc::channel(4096);
         let handle = std::thread::Builder::new()
@@ -109,7 +126,14 @@ impl SqliteStore {
             jobs: Some(tx),
             writer: Some(handle),
             readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            keys: Arc::new(keys),
+            sealed,
         })
+    }
+
+    /// What the open did to the webhook secrets (sealed, re-sealed, already current).
+    pub fn seal_report(&self) -> SealReport {
+        self.sealed
     }
 
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
@@ -151,21 +175,52 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Schema 1 → 2: pending extensions on requests.
+const UPGRADE_TO_2: &str =
+    "ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT;";
+
+// ---- Schema 2 → 3: webhooks and secrets at rest (issue 9, findings 8 and 15). ----
+// Webhook secrets get the id of the key that seals them (`SqliteStore::open` seals the ones
+// stored in the clear), and delivery ids become AUTOINCREMENT so that no id is ever reused after
+// a webhook's deliveries are deleted (SQLite cannot add AUTOINCREMENT in place: the table is
+// rebuilt with the same rows and indexes).
+const UPGRADE_TO_3: &str = "ALTER TABLE webhooks ADD COLUMN secret_key TEXT; \
+    CREATE TABLE deliveries_v3 ( \
+        id INTEGER PRIMARY KEY AUTOINCREMENT, webhook_id TEXT NOT NULL, event TEXT NOT NULL, \
+        payload TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, \
+        next_attempt INTEGER NOT NULL, last_error TEXT, created INTEGER NOT NULL, delivered INTEGER); \
+    INSERT INTO deliveries_v3 (id, webhook_id, event, payload, state, attempts, next_attempt, last_error, created, delivered) \
+        SELECT id, webhook_id, event, payload, state, attempts, next_attempt, last_error, created, delivered FROM deliveries; \
+    DROP TABLE deliveries; \
+    ALTER TABLE deliveries_v3 RENAME TO deliveries; \
+    CREATE INDEX deliveries_due ON deliveries (next_attempt) WHERE state = 'Pending'; \
+    CREATE INDEX deliveries_hook ON deliveries (webhook_id, id);";
+// ---- end of schema 3 ----
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
-    match version {
-        0 => conn
+    if version == 0 {
+        return conn
             .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-            .map_err(backend),
-        1 => conn
-            .execute_batch(&format!(
-                "BEGIN; ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT; \
-                 PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            ))
-            .map_err(backend),
-        SCHEMA_VERSION => Ok(()),
-        v => Err(backend(format!("the database has schema version {v}, newer than this jitgate ({SCHEMA_VERSION})"))),
+            .map_err(backend);
     }
+    if version > SCHEMA_VERSION {
+        return Err(backend(format!(
+            "the database has schema version {version}, newer than this jitgate ({SCHEMA_VERSION})"
+        )));
+    }
+    let steps: String = [(2, UPGRADE_TO_2), (3, UPGRADE_TO_3)]
+        .iter()
+        .filter(|(to, _)| version < *to)
+        .map(|(_, sql)| format!("{sql} "))
+        .collect();
+    if steps.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch(&format!("BEGIN; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")).map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        backend(format!("upgrading the database from schema version {version}: {e}"))
+    })
 }
 
 /// An answer to an extension that waits for approval.
@@ -1755,13 +1810,9 @@ impl Store for SqliteStore {
     }
 
     async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook> {
+        let keys = self.keys.clone();
         self.write(move |ctx| {
-            ctx.conn
-                .execute(
-                    "INSERT INTO webhooks (id, subscription, principal, url, secret, events, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![hook.id, hook.subscription, hook.principal, hook.url, hook.secret, hook.events.join(" "), nanos(hook.created)],
-                )
-                .map_err(backend)?;
+            hooks::insert(ctx.conn, &hook, &keys).map_err(backend)?;
             let event = audit
                 .succeeded()
                 .with("webhookId", hook.id.clone())
@@ -1769,27 +1820,30 @@ impl Store for SqliteStore {
                 .with("subscription", hook.subscription.clone().unwrap_or_default())
                 .with("principal", hook.principal.clone().unwrap_or_default());
             ctx.audit(&event).map_err(backend)?;
-            hooks::hook(ctx.conn, &hook.id).map_err(backend)?.ok_or_else(|| backend("the webhook vanished"))
+            hooks::hook(ctx.conn, &hook.id, &keys).map_err(backend)?.ok_or_else(|| backend("the webhook vanished"))
         })
         .await
     }
 
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT * FROM webhooks ORDER BY created")?.query_map([], hooks::hook_from_row)?.collect()
+        let keys = self.keys.clone();
+        self.read(move |c| {
+            c.prepare_cached("SELECT * FROM webhooks ORDER BY created")?
+                .query_map([], |r| hooks::hook_from_row(r, &keys))?
+                .collect()
         })
         .await
     }
 
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
-        let id = id.to_owned();
-        self.read(move |c| hooks::hook(c, &id)).await
+        let (id, keys) = (id.to_owned(), self.keys.clone());
+        self.read(move |c| hooks::hook(c, &id, &keys)).await
     }
 
     async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook> {
-        let id = id.to_owned();
+        let (id, keys) = (id.to_owned(), self.keys.clone());
         self.write(move |ctx| {
-            let Some(h) = hooks::hook(ctx.conn, &id).map_err(backend)? else {
+            let Some(h) = hooks::hook(ctx.conn, &id, &keys).map_err(backend)? else {
                 return reject(ctx, audit, Invalid::not_found("WebhookNotFound", format!("no webhook {id}")));
             };
             ctx.conn
@@ -1802,14 +1856,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn due_deliveries(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<Delivery>> {
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "{} WHERE d.state = 'Pending' AND d.next_attempt <= ?1 ORDER BY d.id LIMIT ?2",
-                hooks::DELIVERY_SELECT
-            ))?
-            .query_map(params![nanos(now), limit as i64], hooks::delivery_from_row)?
-            .collect()
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        let keys = self.keys.clone();
+        self.write(move |ctx| {
+            let due: Vec<Delivery> = ctx
+                .conn
+                .prepare_cached(&format!(
+                    "{} WHERE d.state = 'Pending' AND d.next_attempt <= ?1 ORDER BY d.id LIMIT ?2",
+                    hooks::DELIVERY_SELECT
+                ))
+                .and_then(|mut st| {
+                    st.query_map(params![nanos(now), limit as i64], |r| hooks::delivery_from_row(r, &keys))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            let mut lease = ctx
+                .conn
+                .prepare_cached("UPDATE deliveries SET next_attempt = ?2 WHERE id = ?1 AND state = 'Pending'")
+                .map_err(backend)?;
+            for d in &due {
+                lease.execute(params![d.id, nanos(lease_until)]).map_err(backend)?;
+            }
+            Ok(due)
         })
         .await
     }
@@ -1841,13 +1914,13 @@ impl Store for SqliteStore {
     }
 
     async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
-        let id = webhook_id.to_owned();
+        let (id, keys) = (webhook_id.to_owned(), self.keys.clone());
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "{} WHERE d.webhook_id = ?1 ORDER BY d.id DESC LIMIT ?2",
                 hooks::DELIVERY_SELECT
             ))?
-            .query_map(params![id, limit as i64], hooks::delivery_from_row)?
+            .query_map(params![id, limit as i64], |r| hooks::delivery_from_row(r, &keys))?
             .collect()
         })
         .await

@@ -203,12 +203,14 @@ CREATE TABLE webhooks (
     subscription TEXT,          -- every request in this subscription (administrators)
     principal    TEXT,          -- or: this principal's own requests (requesters)
     url          TEXT NOT NULL,
-    secret       TEXT NOT NULL,
+    secret       TEXT NOT NULL, -- sealed (base64 nonce ‖ ciphertext ‖ tag) under the key secret_key
     events       TEXT NOT NULL, -- space-separated, empty: all
-    created      INTEGER NOT NULL
+    created      INTEGER NOT NULL,
+    secret_key   TEXT           -- id of the secrets key that sealed `secret`
 );
+-- AUTOINCREMENT: a delivery id is never reused, not even after its webhook's rows are deleted.
 CREATE TABLE deliveries (
-    id           INTEGER PRIMARY KEY,
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
     webhook_id   TEXT NOT NULL,
     event        TEXT NOT NULL,
     payload      TEXT NOT NULL,

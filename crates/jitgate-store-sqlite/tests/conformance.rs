@@ -4,8 +4,15 @@
 use std::sync::Arc;
 
 use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
+use jitgate_store::secrets::Keyring;
 use jitgate_store::Store;
 use jitgate_store_sqlite::SqliteStore;
+
+/// One key for every open in these tests: a reopen must find the secrets it sealed.
+fn keys() -> Keyring {
+    static KEYS: std::sync::OnceLock<Keyring> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| Keyring::generate().expect("random")).clone()
+}
 
 fn event(operation: impl Into<String>) -> AuditEvent {
     AuditEvent {
@@ -23,7 +30,7 @@ fn event(operation: impl Into<String>) -> AuditEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(&dir.path().join("jitgate.db")).expect("open");
+    let store = SqliteStore::open(&dir.path().join("jitgate.db"), keys()).expect("open");
     jitgate_store::conformance::run_all(&store).await;
 }
 
@@ -32,11 +39,11 @@ async fn data_and_the_audit_chain_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("jitgate.db");
     let count = {
-        let store = SqliteStore::open(&path).expect("open");
+        let store = SqliteStore::open(&path, keys()).expect("open");
         jitgate_store::conformance::run_all(&store).await;
         store.audit_records(0, 1 << 20).await.expect("audit").len()
     };
-    let store = SqliteStore::open(&path).expect("reopen");
+    let store = SqliteStore::open(&path, keys()).expect("reopen");
     assert!(store.authenticate("hash-1", time::OffsetDateTime::now_utc()).await.expect("auth").is_some());
     store.record(event("after-reopen")).await.expect("record");
     let records = store.audit_records(0, 1 << 20).await.expect("audit");
@@ -48,7 +55,7 @@ async fn data_and_the_audit_chain_survive_a_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_are_all_committed_in_one_chain() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SqliteStore::open(&dir.path().join("jitgate.db")).expect("open"));
+    let store = Arc::new(SqliteStore::open(&dir.path().join("jitgate.db"), keys()).expect("open"));
     let mut tasks = Vec::new();
     for i in 0..200 {
         let s = store.clone();
@@ -67,14 +74,14 @@ async fn tampering_with_the_file_breaks_the_chain() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("jitgate.db");
     {
-        let store = SqliteStore::open(&path).expect("open");
+        let store = SqliteStore::open(&path, keys()).expect("open");
         jitgate_store::conformance::run_all(&store).await;
     }
     let conn = rusqlite::Connection::open(&path).expect("raw open");
     let first: i64 = conn.query_row("SELECT min(seq) FROM audit", [], |r| r.get(0)).expect("min");
     conn.execute("UPDATE audit SET caller = 'mallory' WHERE seq = ?1", [first + 5]).expect("tamper");
     drop(conn);
-    let store = SqliteStore::open(&path).expect("reopen");
+    let store = SqliteStore::open(&path, keys()).expect("reopen");
     let v = store.verify_audit().await.expect("verify");
     assert_eq!((v.valid, v.first_invalid), (false, Some(first as u64 + 5)));
 }
@@ -99,7 +106,7 @@ async fn offline_verify_catches_changed_deleted_and_swapped_rows() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("jitgate.db");
         {
-            let store = SqliteStore::open(&path).expect("open");
+            let store = SqliteStore::open(&path, keys()).expect("open");
             jitgate_store::conformance::run_all(&store).await;
         }
         let before = jitgate_store_sqlite::verify_audit_file(&path).expect("verify");
@@ -118,27 +125,109 @@ async fn offline_verify_catches_changed_deleted_and_swapped_rows() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("jitgate.db");
-    drop(SqliteStore::open(&path).expect("open"));
-    {
-        // What the first schema looked like: no pending extensions on requests.
-        let c = rusqlite::Connection::open(&path).expect("raw open");
-        c.execute_batch(
-            "ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by; PRAGMA user_version = 1;",
-        )
-        .expect("downgrade");
+/// A database as version 2 made it, with a webhook whose secret is stored in the clear and
+/// deliveries whose highest id was deleted (`user_version` = `version`).
+fn old_database(path: &std::path::Path, version: i64) {
+    let c = rusqlite::Connection::open(path).expect("raw open");
+    c.execute_batch(&format!("PRAGMA journal_mode = WAL; BEGIN; {} COMMIT;", include_str!("schema-v2.sql")))
+        .expect("v2 schema");
+    if version < 2 {
+        c.execute_batch("ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by;")
+            .expect("v1");
     }
-    drop(SqliteStore::open(&path).expect("a schema-1 database opens"));
-    {
+    c.execute_batch(&format!(
+        "INSERT INTO webhooks (id, subscription, principal, url, secret, events, created) \
+         VALUES ('w1', NULL, 'alice', 'https://hooks.example.com/a', 'plain-old-secret-0123456789', '', 1); \
+         INSERT INTO deliveries (webhook_id, event, payload, state, next_attempt, created) VALUES \
+         ('w1', 'opened', '{{}}', 'Delivered', 1, 1), ('w1', 'revoked', '{{}}', 'Pending', 1, 1), ('w1', 'expired', '{{}}', 'Pending', 1, 1); \
+         DELETE FROM deliveries WHERE id = 3; PRAGMA user_version = {version};"
+    ))
+    .expect("old rows");
+}
+
+fn file_holds(path: &std::path::Path, needle: &str) -> bool {
+    let mut bytes = std::fs::read(path).unwrap_or_default();
+    bytes.extend(std::fs::read(path.with_extension("db-wal")).unwrap_or_default());
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_databases_are_upgraded_secrets_sealed_and_a_newer_one_refused() {
+    for version in [1, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("jitgate.db");
+        old_database(&path, version);
+        assert!(file_holds(&path, "plain-old-secret"), "the old version kept it in the clear");
+        let store = SqliteStore::open(&path, keys()).expect("an older database opens");
+        assert_eq!(store.seal_report().sealed, 1, "the clear-text secret is sealed on upgrade");
+        let hook = store.get_webhook("w1").await.expect("get").expect("found");
+        assert_eq!(hook.secret, "plain-old-secret-0123456789", "and still reads back");
+        drop(store);
+        assert!(!file_holds(&path, "plain-old-secret"), "v{version}: no clear-text copy left in the file");
         let c = rusqlite::Connection::open(&path).expect("raw open");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-        assert_eq!(v, 2);
-        c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the new columns exist");
+        assert_eq!(v, 3);
+        c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the v2 columns exist");
+        let sql: String = c
+            .query_row("SELECT sql FROM sqlite_master WHERE name = 'deliveries'", [], |r| r.get(0))
+            .expect("deliveries");
+        assert!(sql.contains("AUTOINCREMENT"), "{sql}");
+        let kept: i64 = c.query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0)).expect("count");
+        assert_eq!(kept, 2, "the deliveries are kept");
+        c.execute(
+            "INSERT INTO deliveries (webhook_id, event, payload, state, next_attempt, created) VALUES ('w1', 'x', '{}', 'Pending', 1, 1)",
+            [],
+        )
+        .expect("insert");
+        c.execute("DELETE FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)", []).expect("delete");
+        c.execute(
+            "INSERT INTO deliveries (webhook_id, event, payload, state, next_attempt, created) VALUES ('w1', 'y', '{}', 'Pending', 1, 1)",
+            [],
+        )
+        .expect("insert");
+        let newest: i64 = c.query_row("SELECT max(id) FROM deliveries", [], |r| r.get(0)).expect("max");
+        assert_eq!(newest, 4, "a deleted id is not handed out again");
         c.execute_batch("PRAGMA user_version = 99;").expect("from the future");
+        drop(c);
+        let err = SqliteStore::open(&path, keys()).err().expect("a newer database is refused");
+        assert!(err.to_string().contains("newer than this jitgate"), "{err}");
     }
-    let err = SqliteStore::open(&path).err().expect("a newer database is refused");
-    assert!(err.to_string().contains("newer than this jitgate"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_never_reach_the_file_and_a_wrong_key_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jitgate.db");
+    let first = Keyring::generate().expect("key");
+    let store = SqliteStore::open(&path, first.clone()).expect("open");
+    let hook = jitgate_store::Webhook {
+        id: "w-secret".into(),
+        subscription: Some(jitgate_store::conformance::SUB.into()),
+        principal: None,
+        url: "https://hooks.example.com/x".into(),
+        secret: "this-secret-must-not-be-stored-in-clear".into(),
+        events: vec![],
+        created: time::OffsetDateTime::now_utc(),
+    };
+    store.create_webhook(hook, event("hook")).await.expect("create");
+    drop(store);
+    assert!(!file_holds(&path, "this-secret-must-not-be-stored"), "sealed before it is written");
+
+    let wrong = Keyring::generate().expect("key");
+    let err = SqliteStore::open(&path, wrong.clone()).err().expect("the wrong key is refused at open");
+    let text = err.to_string();
+    assert!(text.contains(first.current().id()) && text.contains(wrong.current().id()), "names both keys: {text}");
+    assert!(text.contains("w-secret"), "names the webhook: {text}");
+
+    // Rotation: a keyring holding the new and the old key re-seals under the new one at open;
+    // the new key alone opens everything afterwards, the old one alone no longer does.
+    let both = Keyring::new(wrong.current().clone(), vec![first.current().clone()]);
+    let store = SqliteStore::open(&path, both).expect("old + new");
+    assert_eq!(store.seal_report().resealed, 1);
+    drop(store);
+    let store = SqliteStore::open(&path, wrong.clone()).expect("the new key alone");
+    let back = store.get_webhook("w-secret").await.expect("get").expect("found");
+    assert_eq!(back.secret, "this-secret-must-not-be-stored-in-clear");
+    drop(store);
+    assert!(SqliteStore::open(&path, first).is_err(), "the retired key opens nothing any more");
 }

@@ -13,7 +13,7 @@ use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
 
 use crate::{
-    AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec,
+    AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec, Webhook,
 };
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -111,6 +111,7 @@ pub async fn run_all(store: &dyn Store) {
     principals_tokens_roles_and_assignments(store).await;
     audit_chain_is_intact(store).await;
     audit_queries_inventory_facts_and_security_policies(store).await;
+    webhook_deliveries_are_isolated_and_claimed_once(store).await;
 }
 
 async fn vms(store: &dyn Store) {
@@ -606,4 +607,69 @@ async fn audit_queries_inventory_facts_and_security_policies(store: &dyn Store) 
     assert!(v.valid, "{v:?}");
     assert_eq!(v.archived_through, Some(last.seq));
     assert_eq!(store.audit_records(0, 1).await.expect("first")[0].seq, last.seq + 1);
+}
+
+fn webhook(id: &str, subscription: Option<&str>, principal: Option<&str>) -> Webhook {
+    Webhook {
+        id: id.into(),
+        subscription: subscription.map(String::from),
+        principal: principal.map(String::from),
+        url: format!("https://hooks.example.com/{id}"),
+        secret: format!("secret-of-{id}-0123456789"),
+        events: vec![],
+        created: now(),
+    }
+}
+
+/// Secrets come back as given; a claimed delivery is not claimed again until its lease ends;
+/// and a delivery id is never reused after a webhook's deliveries are deleted, so one webhook's
+/// history can never stand for another's (issue 9, finding 15).
+async fn webhook_deliveries_are_isolated_and_claimed_once(store: &dyn Store) {
+    register(store, "hooks", "vm1", OsType::Linux).await;
+    let r = policy_ref("hooks", "westeurope", "default");
+    put(store, &r, one_vm_policy("hooks", "vm1", None)).await.expect("policy");
+    let vm = vm_id("hooks", "vm1");
+    let admin = store.create_webhook(webhook("admin", Some(SUB), None), audit("hook")).await.expect("admin hook");
+    assert_eq!(admin.secret, "secret-of-admin-0123456789");
+    store.create_webhook(webhook("own", None, Some("tester")), audit("hook")).await.expect("own hook");
+    let got = store.get_webhook("own").await.expect("get").expect("found");
+    assert_eq!(got.secret, "secret-of-own-0123456789", "the secret reads back as it was given");
+    assert!(store.list_webhooks().await.expect("list").iter().any(|h| h.id == "admin" && h.secret == admin.secret));
+
+    store.initiate(initiate_cmd(&r, &vm, "203.0.113.40", 30, None), audit("init")).await.expect("first request");
+    // requested + opened, for each of the two webhooks.
+    let lease = now() + Duration::seconds(60);
+    let claimed = store.claim_deliveries(now(), lease, 100).await.expect("claim");
+    assert_eq!(claimed.len(), 4, "{claimed:?}");
+    assert!(claimed.iter().all(|d| d.attempts == 0 && !d.secret.is_empty()));
+    assert!(store.claim_deliveries(now(), lease, 100).await.expect("claim").is_empty(), "leased: not again");
+    assert_eq!(store.next_delivery().await.expect("next"), Some(lease));
+    let own: Vec<i64> = claimed.iter().filter(|d| d.webhook_id == "own").map(|d| d.id).collect();
+    for d in claimed.iter().filter(|d| d.webhook_id == "admin") {
+        store.delivery_attempted(d.id, true, None, None, now()).await.expect("delivered");
+    }
+    // The lease runs out (a worker died mid-attempt): the requester's deliveries are due again.
+    let again = store.claim_deliveries(lease, lease + Duration::seconds(60), 100).await.expect("claim");
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), own);
+    for d in &again {
+        let next = Some(lease + Duration::seconds(1));
+        store.delivery_attempted(d.id, false, Some("ConnectionFailed: x".into()), next, lease).await.expect("failed");
+    }
+    let highest = own.iter().copied().max().unwrap_or(0);
+    store.delete_webhook("own", audit("unhook")).await.expect("delete");
+
+    // The second request: only the administrator's webhook hears of it, under new ids.
+    store.initiate(initiate_cmd(&r, &vm, "203.0.113.41", 30, None), audit("init")).await.expect("second request");
+    let later = lease + Duration::seconds(120);
+    let second = store.claim_deliveries(later, later + Duration::seconds(60), 100).await.expect("claim");
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(second.iter().all(|d| d.webhook_id == "admin" && d.attempts == 0));
+    assert!(second.iter().all(|d| d.id > highest), "ids are never reused: {second:?} after {highest}");
+    for d in &second {
+        store.delivery_attempted(d.id, true, None, None, later).await.expect("delivered");
+    }
+    let listed = store.list_deliveries("admin", 10).await.expect("list");
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|d| d.state == "Delivered"), "{listed:?}");
+    store.delete_webhook("admin", audit("unhook")).await.expect("delete");
 }

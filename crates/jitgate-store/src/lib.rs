@@ -21,6 +21,7 @@ pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod secrets;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
 pub const REQUEST_HISTORY_LIMIT: usize = 100;
@@ -106,7 +107,8 @@ pub struct VmAccess {
     pub last_user: Option<String>,
 }
 
-/// A webhook: where events about requests are sent, signed with `secret`.
+/// A webhook: where events about requests are sent, signed with `secret` (which the store keeps
+/// sealed at rest; see [`secrets`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub id: String,
@@ -124,6 +126,7 @@ pub struct Webhook {
 /// One event on its way to one webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// Never reused, not even after its webhook is deleted.
     pub id: i64,
     pub webhook_id: String,
     pub url: String,
@@ -436,8 +439,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
     async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook>;
-    /// Deliveries due at `now` (pending, next attempt reached), oldest first.
-    async fn due_deliveries(&self, now: OffsetDateTime, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// Claims at most `limit` deliveries due at `now` (pending, next attempt reached), oldest
+    /// first: each is not due again before `lease_until`, so no later pass sends it again while
+    /// this attempt is under way; [`Store::delivery_attempted`] then sets its next attempt. A
+    /// worker that dies mid-attempt leaves the lease to run out, and the delivery is tried again.
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
     /// Records an attempt: delivered, or failed with the next attempt (`None`: give up).
     async fn delivery_attempted(
         &self,

@@ -28,7 +28,7 @@ fn event() -> AuditEvent {
 pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&dir.path().join("bench.db")).map_err(|e| anyhow::anyhow!("{e}"))?);
+        Arc::new(SqliteStore::open(&dir.path().join("bench.db"), bench_keys()?).map_err(|e| anyhow::anyhow!("{e}"))?);
     let principal = store.create_principal("bench", "User", event()).await?;
     // Custom roles with several patterns each, assigned at many resource-group scopes; the one
     // assignment that allows the checked action is the last.
@@ -115,7 +115,7 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
 pub async fn audit(args: jitgate_cli::bench::AuditBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.db");
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, bench_keys()?).map_err(|e| anyhow::anyhow!("{e}"))?);
     let sub = "b0000000-0000-4000-8000-000000000004";
     let start = time::OffsetDateTime::now_utc() - time::Duration::days(30);
     let step = time::Duration::days(30) / args.records.max(1) as i32;
@@ -175,4 +175,9 @@ pub async fn audit(args: jitgate_cli::bench::AuditBenchArgs) -> anyhow::Result<(
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// A throwaway key for a benchmark's own database (it holds no webhooks worth keeping).
+fn bench_keys() -> anyhow::Result<jitgate_store::secrets::Keyring> {
+    jitgate_store::secrets::Keyring::generate().map_err(|e| anyhow::anyhow!(e))
 }

@@ -6,6 +6,7 @@ mod agent;
 mod bench_authz;
 mod bench_enforce;
 mod common;
+mod secrets;
 mod serve;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -15,6 +16,7 @@ use jitgate_cli::agent::{AgentCommand, TokenCommand};
 use jitgate_cli::audit::{AuditCommand, VerifyArgs};
 use jitgate_cli::bench::BenchCommand;
 use jitgate_cli::policy::PolicyCommand;
+use jitgate_cli::secrets::SecretsCommand;
 use jitgate_cli::{Cli, Command};
 
 /// The `--vm` and `--port` values of `policy set`, in command-line order (a port belongs to the
@@ -97,6 +99,10 @@ fn main() -> std::process::ExitCode {
                     Ok(false) => std::process::exit(1),
                     Err(e) => Err(e),
                 },
+            },
+            Command::Secrets(args) => match args.command {
+                SecretsCommand::Rotate(a) => secrets::rotate(a).await,
+                SecretsCommand::Generate => secrets::generate(),
             },
             Command::Access(args) => match args.command {
                 AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a, format).await,

@@ -1,4 +1,8 @@
 //! `jitgate serve`: data directory, logging, store, TLS, first-start bootstrap, listen, run.
+//!
+//! Every file the server writes is its owner's alone: the process umask is 0077 from the start
+//! (the database, its WAL, the TLS key, archives, the key file, the bootstrap token file), and
+//! files already in the data directory with wider modes are restricted at start.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,6 +14,7 @@ use tokio::net::TcpListener;
 use jitgate_cli::{ServeArgs, TlsMode};
 
 use crate::common::{init_logging, shutdown_signal};
+use crate::secrets;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_server::oidc::{Oidc, OidcConfig};
 use jitgate_server::tls::{self, ServerListener};
@@ -21,12 +26,27 @@ use jitgate_store_sqlite::SqliteStore;
 const OWNER: &str = "owner";
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before any file is created: new files are readable and writable by their owner only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     init_logging(args.log_format);
     create_private_dir(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize().with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let _lock = secrets::lock_data_dir(&data_dir)?;
+    secrets::secure_data_dir(&data_dir)?;
+    if let Some(key) = &args.tls_key {
+        warn_if_open(key);
+    }
+    let webhooks = webhook_rules(&args)?;
     let db = data_dir.join("jitgate.db");
-    let store: Arc<SqliteStore> =
-        Arc::new(SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?);
+    let (keys, source) = secrets::load_keys(&data_dir, args.secrets_key_file.as_deref())?;
+    let key_id = keys.current().id().to_owned();
+    let store: Arc<SqliteStore> = Arc::new(secrets::open_store(&db, keys, &source)?);
+    secrets::audit_sealing(&store, &key_id, "start").await?;
+    if matches!(&source, secrets::KeySource::File { path, .. } if path.parent() == Some(data_dir.as_path())) {
+        tracing::info!(
+            "the secrets key file sits beside the database: keep it out of the database's backups, or move it (--secrets-key-file) or into JITGATE_SECRETS_KEY"
+        );
+    }
 
     let (tls_config, cert_path) = match args.tls {
         TlsMode::Off => {
@@ -100,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Some((keep, data_dir.join("audit-archive")))
             }
         },
+        webhooks,
     };
     let listener = ServerListener::new(listener, tls_config)?;
     let shutdown = shutdown_signal();
@@ -148,6 +169,43 @@ async fn bootstrap(store: &dyn Store, args: &ServeArgs, url: &str, cert: Option<
     print!("{out}");
     std::io::stdout().flush().ok();
     Ok(())
+}
+
+/// Where webhooks may go, from `--webhook-allow-http` and `--webhook-allow-range`.
+fn webhook_rules(args: &ServeArgs) -> anyhow::Result<jitgate_core::destination::Rules> {
+    let allowed = args
+        .webhook_allow_range
+        .iter()
+        .map(|p| {
+            let p = p.trim();
+            p.parse::<ipnet::IpNet>()
+                .map(|n| n.trunc())
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .with_context(|| format!("--webhook-allow-range '{p}' is not an address or CIDR range"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.webhook_allow_http {
+        tracing::warn!("webhooks may use plain http:// (--webhook-allow-http)");
+    }
+    for n in &allowed {
+        tracing::warn!(range = %n, "webhooks may reach this range (--webhook-allow-range)");
+    }
+    Ok(jitgate_core::destination::Rules { allow_http: args.webhook_allow_http, allowed })
+}
+
+/// Warns when a file the operator gave (a TLS key) can be read by group or others.
+fn warn_if_open(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), mode = format!("{mode:04o}"), "a private key is open to group or others");
+                eprintln!("jitgate: WARNING: {} is mode {mode:04o}; a private key should be 0600", path.display());
+            }
+        }
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -1,0 +1,612 @@
+//! Issue 9, findings 8, 14 and 15, end to end: webhooks are no server-side request forgery tool
+//! (deny list at creation and delivery, https, no credentials, no redirects, a role to create
+//! them, categories for non-admins), one webhook's deletion cannot silence another's deliveries,
+//! and what the server keeps on disk is its owner's alone, with webhook secrets sealed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use jitgate_testkit::{as_user, LocalServer, TestServer, SUB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+/// What the tests with loopback receivers start the server with.
+const LOOPBACK_RECEIVERS: [&str; 3] = ["--webhook-allow-http", "--webhook-allow-range", "127.0.0.0/8"];
+
+/// (event, signature valid, body) of each POST a receiver got.
+type Seen = Arc<Mutex<Vec<(String, bool, Value)>>>;
+
+/// A loopback receiver: records each POST and answers with `answer` (a whole HTTP head).
+fn receiver_answering(secret: &'static str, answer: String) -> (String, Seen) {
+    use hmac::Mac;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let seen: Seen = Default::default();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+            let mut body = vec![0u8; len.min(1 << 20)];
+            let _ = reader.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let ts = headers.get("x-jitgate-timestamp").cloned().unwrap_or_default();
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+            mac.update(format!("{ts}.{body}").as_bytes());
+            let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            let valid = headers.get("x-jitgate-signature") == Some(&expected);
+            let event = headers.get("x-jitgate-event").cloned().unwrap_or_default();
+            if let Ok(mut v) = out.lock() {
+                v.push((event, valid, serde_json::from_str(&body).unwrap_or(Value::Null)));
+            }
+            let _ = reader.get_mut().write_all(answer.as_bytes());
+        }
+    });
+    (url, seen)
+}
+
+fn receiver(secret: &'static str) -> (String, Seen) {
+    receiver_answering(secret, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".into())
+}
+
+/// A loopback URL where nothing listens.
+fn closed_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    drop(listener);
+    url
+}
+
+fn events(seen: &Seen) -> Vec<String> {
+    seen.lock().map(|v| v.iter().map(|e| e.0.clone()).collect()).unwrap_or_default()
+}
+
+fn requests_seen(seen: &Seen, id: i64) -> Vec<String> {
+    seen.lock().map(|v| v.iter().filter(|e| e.2["requestId"] == id).map(|e| e.0.clone()).collect()).unwrap_or_default()
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns whether it held.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn policy(vm: &str) -> Value {
+    json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}})
+}
+
+fn initiate(vm: &str, source: &str) -> Value {
+    json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT10M", "allowedSourceAddressPrefix": source}]}]})
+}
+
+/// Creates principal `name` with `role` at `scope` (none: no role) and returns a token of it.
+async fn principal(s: &TestServer, name: &str, role: Option<(&str, &str)>) -> String {
+    let made = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
+    if let Some((role, scope)) = role {
+        let a = s
+            .json(
+                Method::POST,
+                &s.url("/api/v1/roleAssignments"),
+                &json!({"principal": name, "role": role, "scope": scope}),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+    }
+    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
+    t.body["token"].as_str().expect("token").to_owned()
+}
+
+async fn deliveries(s: &TestServer, token: &str, hook: &str) -> Vec<Value> {
+    let a = as_user(s, token, Method::GET, &s.url(&format!("/api/v1/webhooks/{hook}/deliveries")), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    a.body["value"].as_array().cloned().unwrap_or_default()
+}
+
+async fn failed_records(s: &TestServer) -> usize {
+    let a = s.send(Method::GET, &s.url("/api/v1/audit?status=Failed&top=1000"), None).await;
+    a.body["value"].as_array().map(Vec::len).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_internal_destinations_credentials_or_plain_http_are_refused_by_default() {
+    let s = TestServer::start(BIN, &[]);
+    let (loopback_receiver, seen) = receiver("never-used-secret-0123");
+    let port = loopback_receiver.split(':').nth(2).and_then(|p| p.split('/').next()).unwrap_or("1").to_owned();
+    let refused = [
+        // plain http, even to a public name
+        "http://hooks.example.com/x".to_owned(),
+        loopback_receiver.clone(),
+        // loopback in its spellings
+        format!("https://127.0.0.1:{port}/hook"),
+        "https://2130706433/".into(),
+        "https://0x7f.1/".into(),
+        "https://0x7f000001/".into(),
+        "https://0177.0.0.1/".into(),
+        "https://127.1/".into(),
+        "https://localhost/".into(),
+        "https://LocalHost./".into(),
+        "https://[::1]/".into(),
+        "https://[::ffff:127.0.0.1]/".into(),
+        // the cloud metadata address in every spelling
+        "https://169.254.169.254/latest/meta-data/".into(),
+        "https://[::ffff:169.254.169.254]/".into(),
+        "https://[::ffff:a9fe:a9fe]/".into(),
+        "https://2852039166/".into(),
+        "https://0xa9fea9fe/".into(),
+        "https://0xa9.0xfe.0xa9.0xfe/".into(),
+        "https://0251.0376.0251.0376/".into(),
+        "https://169.254.43518/".into(),
+        "https://[64:ff9b::a9fe:a9fe]/".into(),
+        "https://[fe80::1]/".into(),
+        // private, shared, multicast, unspecified
+        "https://10.0.0.1/".into(),
+        "https://172.16.5.4/".into(),
+        "https://192.168.1.1/".into(),
+        "https://100.64.0.1/".into(),
+        "https://[fd00::1]/".into(),
+        "https://224.0.0.1/".into(),
+        "https://0.0.0.0/".into(),
+        "https://255.255.255.255/".into(),
+        // credentials in the URL, and sloppy forms
+        "https://user:pw@hooks.example.com/".into(),
+        "https://user@hooks.example.com/".into(),
+        "https:hooks.example.com/".into(),
+        "https://hooks.example.com/\\@127.0.0.1/".into(),
+        "ftp://hooks.example.com/".into(),
+        format!("https://hooks.example.com/{}", "a".repeat(3000)),
+    ];
+    let before = failed_records(&s).await;
+    for url in &refused {
+        let a = s.json(Method::POST, &s.url("/api/v1/webhooks"), &json!({"subscription": SUB, "url": url})).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{url}: {a:?}");
+        assert_eq!(a.code(), "InvalidWebhook", "{url}");
+        assert_eq!(a.body["error"]["target"], "url", "{url}");
+        assert!(a.body["error"]["message"].as_str().unwrap_or("").len() < 1000, "bounded message");
+        let own = s.json(Method::POST, &s.url("/api/v1/webhooks"), &json!({"principal": "owner", "url": url})).await;
+        assert_eq!(own.status, StatusCode::BAD_REQUEST, "{url}: {own:?}");
+    }
+    assert_eq!(failed_records(&s).await, before + 2 * refused.len(), "every refusal is audited");
+    let listed = s.send(Method::GET, &s.url("/api/v1/webhooks"), None).await;
+    assert_eq!(listed.body["value"], json!([]), "nothing was created");
+    // A public https receiver is fine; the stored URL is the normalised one.
+    let ok = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/webhooks"),
+            &json!({"subscription": SUB, "url": "HTTPS://Hooks.Example.COM/x"}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
+    assert_eq!(ok.body["url"], "https://hooks.example.com/x");
+    assert!(events(&seen).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_webhooks_needs_a_notification_right() {
+    let s = TestServer::start(BIN, &[]);
+    let url = "https://hooks.example.com/x";
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/rg1");
+    let nobody = principal(&s, "nobody", None).await;
+    let reader = principal(&s, "reader", Some(("Reader", "/"))).await;
+    let requester = principal(&s, "requester", Some(("JIT Network Access Requester", &rg))).await;
+    let secadmin = principal(&s, "secadmin", Some(("Security Admin", &format!("/subscriptions/{SUB}")))).await;
+    let create = |token: String, body: Value| {
+        let s = &s;
+        async move { as_user(s, &token, Method::POST, &s.url("/api/v1/webhooks"), Some(&body)).await }
+    };
+    // No role at all, or only reading: nothing, not even about one's own requests.
+    for (token, name) in [(&nobody, "nobody"), (&reader, "reader")] {
+        let a = create(token.clone(), json!({"principal": name, "url": url})).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{name}: {a:?}");
+        assert_eq!(a.code(), "AuthorizationFailed");
+        assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("webhooks/notifyOwn/action"), "{a:?}");
+    }
+    // The requester: about its own requests only.
+    let own = create(requester.clone(), json!({"principal": "requester", "url": url})).await;
+    assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
+    for body in [json!({"subscription": SUB, "url": url}), json!({"principal": "secadmin", "url": url})] {
+        let a = create(requester.clone(), body.clone()).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{body}: {a:?}");
+    }
+    // A security admin of the subscription: every request there, but not another subscription's.
+    let sub = create(secadmin.clone(), json!({"subscription": SUB, "url": url})).await;
+    assert_eq!(sub.status, StatusCode::CREATED, "{sub:?}");
+    let other =
+        create(secadmin.clone(), json!({"subscription": "00000000-0000-4000-8000-000000000001", "url": url})).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    // Deleting: one's own always; someone else's subscription webhook needs the delete right.
+    let sub_id = sub.body["id"].as_str().expect("id");
+    let denied = as_user(&s, &requester, Method::DELETE, &s.url(&format!("/api/v1/webhooks/{sub_id}")), None).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let own_id = own.body["id"].as_str().expect("id");
+    let gone = as_user(&s, &requester, Method::DELETE, &s.url(&format!("/api/v1/webhooks/{own_id}")), None).await;
+    assert_eq!(gone.status, StatusCode::OK, "{gone:?}");
+    let long =
+        as_user(&s, &secadmin, Method::DELETE, &s.url(&format!("/api/v1/webhooks/{}", "x".repeat(5000))), None).await;
+    assert_eq!(long.status, StatusCode::NOT_FOUND, "{long:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_requesters_see_only_the_category_of_a_failure() {
+    let s = TestServer::start(BIN, &LOOPBACK_RECEIVERS);
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
+    let alice = principal(&s, "alice", Some(("JIT Network Access Requester", &format!("/subscriptions/{SUB}")))).await;
+    let (elsewhere, elsewhere_seen) = receiver("admin-secret-0123456789");
+    let (redirecting, redirect_seen) = receiver_answering(
+        "admin-secret-0123456789",
+        format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    );
+    let admin = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/webhooks"),
+            &json!({"subscription": SUB, "url": redirecting, "secret": "admin-secret-0123456789", "events": ["requested"]}),
+        )
+        .await;
+    assert_eq!(admin.status, StatusCode::CREATED, "{admin:?}");
+    let own = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.url("/api/v1/webhooks"),
+        Some(&json!({"principal": "alice", "url": closed_url(), "events": ["requested"]})),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
+    let granted = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&initiate(&vm, "203.0.113.4")),
+    )
+    .await;
+    assert_eq!(granted.status, StatusCode::ACCEPTED);
+
+    let (admin_id, own_id) = (admin.body["id"].as_str().expect("id"), own.body["id"].as_str().expect("id"));
+    let token = s.server.token.clone();
+    let tried = eventually(Duration::from_secs(10), async || {
+        let a = deliveries(&s, &token, admin_id).await;
+        let o = deliveries(&s, &alice, own_id).await;
+        a.first().is_some_and(|d| d["attempts"].as_u64() >= Some(1))
+            && o.first().is_some_and(|d| d["attempts"].as_u64() >= Some(1))
+    })
+    .await;
+    assert!(tried, "both deliveries were attempted");
+    assert_eq!(events(&redirect_seen), ["requested"], "the receiver got the signed POST");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(events(&elsewhere_seen).is_empty(), "the 307 was not followed: the signed body went nowhere else");
+    let a = deliveries(&s, &token, admin_id).await;
+    let detail = a[0]["lastError"].as_str().unwrap_or("");
+    assert!(
+        detail.starts_with("HttpStatus: ") && detail.contains("307"),
+        "the administrator sees the detail: {detail}"
+    );
+    assert_eq!(a[0]["state"], "Pending", "a redirect is a failed attempt, retried later");
+    // The requester sees what kind of failure, not whether or how some host answered.
+    let mine = deliveries(&s, &alice, own_id).await;
+    assert_eq!(mine[0]["lastError"], "ConnectionFailed", "{mine:?}");
+    let as_admin = deliveries(&s, &token, own_id).await;
+    let full = as_admin[0]["lastError"].as_str().unwrap_or("");
+    assert!(full.starts_with("ConnectionFailed: ") && full.len() > "ConnectionFailed: ".len(), "{full}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_are_checked_again_at_every_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut first = LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("start");
+    let token = first.token.clone();
+    let (url, seen) = receiver("delivery-time-secret-0123");
+    let client = jitgate_cli::client::http_client(Some(&first.ca_cert)).expect("client");
+    let hook: Value = client
+        .post(format!("{}/api/v1/webhooks", first.url))
+        .bearer_auth(&token)
+        .json(&json!({"subscription": SUB, "url": url, "secret": "delivery-time-secret-0123"}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    let hook_id = hook["id"].as_str().expect("created").to_owned();
+    assert!(first.stop().expect("stop"));
+
+    // The operator takes the loopback range back: the stored webhook is refused at delivery.
+    let second = LocalServer::start_in(Path::new(BIN), &data, &["--webhook-allow-http"]).expect("restart");
+    let s =
+        TestServer { client: jitgate_cli::client::http_client(Some(&second.ca_cert)).expect("client"), server: second };
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
+    let granted =
+        s.json(Method::POST, &s.initiate_url("rg1", "westeurope", "default"), &initiate(&vm, "203.0.113.4")).await;
+    assert_eq!(granted.status, StatusCode::ACCEPTED);
+    let blocked = eventually(Duration::from_secs(10), async || {
+        deliveries(&s, &token, &hook_id)
+            .await
+            .iter()
+            .any(|d| d["lastError"].as_str().unwrap_or("").starts_with("Blocked: "))
+    })
+    .await;
+    assert!(blocked, "{:?}", deliveries(&s, &token, &hook_id).await);
+    let d = deliveries(&s, &token, &hook_id).await;
+    assert!(d.iter().any(|d| d["lastError"].as_str().unwrap_or("").contains("loopback")), "{d:?}");
+    assert!(events(&seen).is_empty(), "nothing reached the receiver");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_webhook_cannot_silence_the_deliveries_of_another() {
+    let s = TestServer::start(BIN, &LOOPBACK_RECEIVERS);
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
+    let alice = principal(&s, "alice", Some(("JIT Network Access Requester", &format!("/subscriptions/{SUB}")))).await;
+    let (admin_url, admin_seen) = receiver("admin-secret-0123456789");
+    let admin = s
+        .json(
+            Method::POST,
+            &s.url("/api/v1/webhooks"),
+            &json!({"subscription": SUB, "url": admin_url, "secret": "admin-secret-0123456789"}),
+        )
+        .await;
+    assert_eq!(admin.status, StatusCode::CREATED, "{admin:?}");
+    // The requester's own webhook points at an address that always fails.
+    let own = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.url("/api/v1/webhooks"),
+        Some(&json!({"principal": "alice", "url": closed_url()})),
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
+    let own_id = own.body["id"].as_str().expect("id").to_owned();
+
+    let first = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&initiate(&vm, "203.0.113.4")),
+    )
+    .await;
+    let first_id = first.body["id"].as_i64().expect("id");
+    let attempted = eventually(Duration::from_secs(10), async || {
+        let d = deliveries(&s, &alice, &own_id).await;
+        d.len() == 2 && d.iter().all(|d| d["attempts"].as_u64() >= Some(1))
+    })
+    .await;
+    assert!(attempted, "the failing deliveries were tried");
+    let gone = as_user(&s, &alice, Method::DELETE, &s.url(&format!("/api/v1/webhooks/{own_id}")), None).await;
+    assert_eq!(gone.status, StatusCode::OK);
+
+    let second = as_user(
+        &s,
+        &alice,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&initiate(&vm, "203.0.113.5")),
+    )
+    .await;
+    let second_id = second.body["id"].as_i64().expect("id");
+    let heard = eventually(Duration::from_secs(10), async || {
+        let mut e = requests_seen(&admin_seen, second_id);
+        e.sort();
+        e == ["opened", "requested"]
+    })
+    .await;
+    let mut first_events = requests_seen(&admin_seen, first_id);
+    first_events.sort();
+    assert_eq!(first_events, ["opened", "requested"]);
+    assert!(heard, "the administrator hears of the second request: {:?}", events(&admin_seen));
+    let token = s.server.token.clone();
+    let admin_id = admin.body["id"].as_str().expect("id");
+    let all = deliveries(&s, &token, admin_id).await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.iter().all(|d| d["state"] == "Delivered"), "none left pending: {all:?}");
+    let mut ids: Vec<i64> = all.iter().filter_map(|d| d["id"].as_i64()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_private_in_an_open_data_directory_and_wrong_modes_are_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    let mut server = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("start");
+    let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
+    let put = client
+        .put(format!("{}/api/v1/vms", server.url))
+        .bearer_auth(&server.token)
+        .json(&json!({"id": jitgate_testkit::vm_id("rg", "vm"), "osType": "Linux", "location": "westeurope"}))
+        .send()
+        .await
+        .expect("put");
+    assert!(put.status().is_success());
+    let files: Vec<PathBuf> =
+        ["jitgate.db", "jitgate.db-wal", "jitgate.db-shm", "secrets.key", "tls/key.pem", "tls/cert.pem"]
+            .iter()
+            .map(|f| data.join(f))
+            .chain([data.with_extension("admin-token")])
+            .collect();
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert_eq!(mode(&data.join("tls")), 0o700);
+    assert_eq!(mode(&data), 0o755, "the directory is the operator's: warned about, not changed");
+    assert!(server.stop().expect("stop"));
+
+    // A database left readable by an older version is tightened at the next start, and said so.
+    std::fs::set_permissions(data.join("jitgate.db"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(data.join("tls/key.pem"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let stderr = serve_until_listening(&data);
+    assert!(stderr.contains("data directory") && stderr.contains("0755"), "warned about the directory: {stderr}");
+    assert!(stderr.contains("jitgate.db was mode 0644"), "said what it tightened: {stderr}");
+    assert_eq!(mode(&data.join("jitgate.db")), 0o600);
+    assert_eq!(mode(&data.join("tls/key.pem")), 0o600);
+}
+
+/// Runs `jitgate serve` on `data` until it listens, stops it, and returns what it wrote on stderr.
+#[cfg(unix)]
+fn serve_until_listening(data: &Path) -> String {
+    use std::process::{Command, Stdio};
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log.reopen().expect("reopen")))
+        .spawn()
+        .expect("serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let listening = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("jitgate listening on"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "the server started");
+    std::fs::read_to_string(log.path()).unwrap_or_default()
+}
+
+fn db_holds(data: &Path, needle: &str) -> bool {
+    ["jitgate.db", "jitgate.db-wal"].iter().any(|f| {
+        let bytes = std::fs::read(data.join(f)).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_are_sealed_a_wrong_key_stops_the_start_and_rotation_keeps_webhooks_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let secret = "sealed-webhook-secret-0123456789";
+    let (url, seen) = receiver("sealed-webhook-secret-0123456789");
+    let server = LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("start");
+    let token = server.token.clone();
+    let s = TestServer { client: jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client"), server };
+    let made = s
+        .json(Method::POST, &s.url("/api/v1/webhooks"), &json!({"subscription": SUB, "url": url, "secret": secret}))
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
+    assert_eq!(made.body["secret"], secret, "shown once, in the clear");
+    assert!(!db_holds(&data, secret), "the secret is not in the database files");
+
+    // Rotation is refused while the server runs.
+    let rotate = || {
+        std::process::Command::new(BIN).args(["secrets", "rotate", "--data-dir"]).arg(&data).output().expect("rotate")
+    };
+    let busy = rotate();
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("stop it first"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    let mut server = s.server;
+    assert!(server.stop().expect("stop"));
+    let key_before = std::fs::read_to_string(data.join("secrets.key")).expect("key file");
+
+    // A wrong key stops the start with an error that names the problem.
+    let wrong = dir.path().join("wrong.key");
+    let generated = std::process::Command::new(BIN).args(["secrets", "generate"]).output().expect("generate");
+    std::fs::write(&wrong, &generated.stdout).expect("write");
+    let started = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--secrets-key-file"])
+        .arg(&wrong)
+        .output()
+        .expect("serve");
+    assert!(!started.status.success(), "the server does not start with the wrong key");
+    let err = String::from_utf8_lossy(&started.stderr);
+    assert!(err.contains("secrets key") && err.contains("not the one"), "{err}");
+    let by_env = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("JITGATE_SECRETS_KEY", String::from_utf8_lossy(&generated.stdout).trim())
+        .output()
+        .expect("serve");
+    assert!(!by_env.status.success());
+    assert!(String::from_utf8_lossy(&by_env.stderr).contains("JITGATE_SECRETS_KEY"), "names where the key came from");
+
+    // Rotation: a new key, every secret re-sealed, the old key retired; webhooks keep working.
+    let rotated = rotate();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let key_after = std::fs::read_to_string(data.join("secrets.key")).expect("key file");
+    assert_ne!(key_before, key_after);
+    let old_key = key_before.lines().find(|l| !l.starts_with('#')).expect("a key line");
+    assert!(!key_after.contains(old_key), "the old key is retired from the file");
+    #[cfg(unix)]
+    assert_eq!(mode(&data.join("secrets.key")), 0o600);
+    assert!(!db_holds(&data, secret));
+    let old_only = dir.path().join("old.key");
+    std::fs::write(&old_only, &key_before).expect("write");
+    let with_old = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--secrets-key-file"])
+        .arg(&old_only)
+        .output()
+        .expect("serve");
+    assert!(!with_old.status.success(), "the retired key opens nothing any more");
+
+    let again = LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("restart");
+    let s =
+        TestServer { client: jitgate_cli::client::http_client(Some(&again.ca_cert)).expect("client"), server: again };
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
+    let granted = as_user(
+        &s,
+        &token,
+        Method::POST,
+        &s.initiate_url("rg1", "westeurope", "default"),
+        Some(&initiate(&vm, "203.0.113.9")),
+    )
+    .await;
+    assert_eq!(granted.status, StatusCode::ACCEPTED);
+    let delivered = eventually(Duration::from_secs(10), async || events(&seen).len() >= 2).await;
+    assert!(delivered, "{:?}", events(&seen));
+    assert!(seen.lock().expect("lock").iter().all(|e| e.1), "signed with the same secret after the rotation");
+    let audit = s.send(Method::GET, &s.url("/api/v1/audit?operation=jitgate/secrets/seal/action"), None).await;
+    assert_eq!(audit.body["value"].as_array().map(Vec::len), Some(1), "the rotation is in the audit log: {audit:?}");
+}
