@@ -423,7 +423,8 @@ pub struct TokenCreate {
     /// The principal the token signs in as.
     #[arg(long)]
     pub principal: String,
-    /// Lifetime: 30m, 8h, 30d or ISO-8601; default: no expiry.
+    /// Lifetime: 30m, 8h, 30d or ISO-8601; default: as long as the server allows (its maximum,
+    /// and never beyond the token or sign-in you create it with). The expiry is printed on stderr.
     #[arg(long)]
     pub expires_in: Option<String>,
     #[command(flatten)]
@@ -459,7 +460,14 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
                 client.post(format!("{url}/api/v1/principals/{}/tokens", c.principal)).bearer_auth(token).json(&body),
             )
             .await?;
-            print(format, &out, |o| println!("{}", o["token"].as_str().unwrap_or("")));
+            print(format, &out, |o| {
+                // The token alone on stdout (for scripts); when it ends on stderr.
+                println!("{}", o["token"].as_str().unwrap_or(""));
+                match o["expiresOn"].as_str() {
+                    Some(at) => eprintln!("token {} for {} expires {at}", o["id"], c.principal),
+                    None => eprintln!("token {} for {} does not expire", o["id"], c.principal),
+                }
+            });
         }
         TokenCommand::List(l) => {
             let (url, token, client) = l.conn.connect()?;

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod duration;
 pub mod enforcement;
+pub mod identity;
 pub mod ids;
 pub mod initiate;
 pub mod invalid;

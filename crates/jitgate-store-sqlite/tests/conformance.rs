@@ -118,6 +118,13 @@ async fn offline_verify_catches_changed_deleted_and_swapped_rows() {
     }
 }
 
+/// Turns a fresh database into what schema 2 looked like: no OIDC identities on principals, no
+/// origins on tokens.
+const DOWNGRADE_TO_2: &str = "DROP INDEX principals_oidc; ALTER TABLE principals DROP COLUMN issuer; \
+    ALTER TABLE principals DROP COLUMN subject; ALTER TABLE principals DROP COLUMN display_name; \
+    DROP INDEX tokens_parent; ALTER TABLE tokens DROP COLUMN origin; ALTER TABLE tokens DROP COLUMN parent_id; \
+    PRAGMA user_version = 2;";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -126,6 +133,7 @@ async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
     {
         // What the first schema looked like: no pending extensions on requests.
         let c = rusqlite::Connection::open(&path).expect("raw open");
+        c.execute_batch(DOWNGRADE_TO_2).expect("downgrade to 2");
         c.execute_batch(
             "ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by; PRAGMA user_version = 1;",
         )
@@ -135,10 +143,59 @@ async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
     {
         let c = rusqlite::Connection::open(&path).expect("raw open");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-        assert_eq!(v, 2);
+        assert_eq!(v, 3);
         c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the new columns exist");
+        c.execute("UPDATE principals SET issuer = 'i', subject = 's', display_name = 'd' WHERE id = -1", [])
+            .expect("the identity columns exist");
         c.execute_batch("PRAGMA user_version = 99;").expect("from the future");
     }
     let err = SqliteStore::open(&path).err().expect("a newer database is refused");
     assert!(err.to_string().contains("newer than this jitgate"), "{err}");
+}
+
+/// A schema-2 database, where an OIDC sign-in made a principal named by its display claim:
+/// after the upgrade that principal is a plain local one (its roles stay with it, not with the
+/// identity), old tokens keep working, and a derived name someone already holds refuses the
+/// identity's sign-in rather than merging the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_2_database_keeps_its_principals_and_tokens_apart_from_oidc_identities() {
+    use jitgate_store::{OidcIdentity, OidcSignIn, StoreError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jitgate.db");
+    let (issuer, subject) = ("https://idp.example", "u-1");
+    let squatted = jitgate_core::identity::oidc_name(issuer, "u-2");
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        assert!(store.bootstrap("owner", "owner-hash", None, event("boot")).await.expect("bootstrap"));
+    }
+    {
+        let c = rusqlite::Connection::open(&path).expect("raw open");
+        c.execute_batch(DOWNGRADE_TO_2).expect("downgrade");
+        // What the old code did for an ID token saying preferred_username "erin", and a principal
+        // whose name happens to be the derived name of another identity.
+        c.execute_batch(&format!(
+            "INSERT INTO principals (name, kind, created) VALUES ('erin', 'User', 1), ('{squatted}', 'User', 1); \
+             INSERT INTO tokens (principal_id, hash, created) SELECT id, 'erin-hash', 1 FROM principals WHERE name = 'erin';"
+        ))
+        .expect("old rows");
+    }
+    let store = SqliteStore::open(&path).expect("a schema-2 database opens");
+    let now = time::OffsetDateTime::now_utc();
+    let owner = store.authenticate("owner-hash", now).await.expect("auth").expect("the Owner's token still works");
+    assert_eq!(owner.principal.name, "owner");
+    let old = store.authenticate("erin-hash", now).await.expect("auth").expect("an old token still works");
+    assert_eq!((old.principal.oidc.as_ref(), old.expires), (None, None), "a local principal now");
+    assert_eq!(store.list_tokens("erin").await.expect("tokens")[0].origin, None, "origin not recorded then");
+
+    let sign_in = |subject: &str| OidcSignIn {
+        identity: OidcIdentity { issuer: issuer.into(), subject: subject.into() },
+        display_name: Some("erin".into()),
+    };
+    let identity = store.oidc_principal(sign_in(subject), event("oidc")).await.expect("sign in");
+    assert_ne!(identity.id, old.principal.id, "the identity is not the old name-keyed principal");
+    match store.oidc_principal(sign_in("u-2"), event("oidc")).await {
+        Err(StoreError::Rejected(e)) => assert_eq!(e.code, "PrincipalExists"),
+        other => panic!("a held derived name must refuse the sign-in: {other:?}"),
+    }
+    assert!(store.verify_audit().await.expect("verify").valid);
 }
