@@ -500,6 +500,46 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct PrincipalArgs {
+    #[command(subcommand)]
+    pub command: PrincipalCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PrincipalCommand {
+    /// List principals: the name roles are assigned to (oidc:… for an OIDC identity), its type,
+    /// and for OIDC identities the display name, issuer and subject.
+    #[command(after_help = "Example:\n  jitgate principal list\n  jitgate role assign --principal oidc:3f2a… --role Reader --scope /subscriptions/$SUB")]
+    List(PrincipalList),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrincipalList {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn principal(a: PrincipalArgs, format: OutputFormat) -> anyhow::Result<()> {
+    match a.command {
+        PrincipalCommand::List(l) => {
+            let (url, token, client) = l.conn.connect()?;
+            let out = call(client.get(format!("{url}/api/v1/principals")).bearer_auth(token)).await?;
+            print(format, &out, |o| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+                let rows: Vec<Vec<String>> = o["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| vec![text(&p["name"]), text(&p["type"]), text(&p["displayName"]), text(&p["issuer"])])
+                    .collect();
+                table(&["NAME", "TYPE", "DISPLAY NAME", "ISSUER"], &rows);
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
     /// The shell to write completions for.
     pub shell: clap_complete::Shell,

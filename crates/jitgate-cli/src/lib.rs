@@ -57,6 +57,8 @@ pub enum Command {
     Vm(admin::VmArgs),
     /// API tokens.
     Token(admin::TokenArgs),
+    /// Principals: local ones and OIDC identities (with their display names).
+    Principal(admin::PrincipalArgs),
     /// Check and save the connection settings (profile file, mode 0600).
     Login(admin::LoginArgs),
     /// Shell completions from the command tree.

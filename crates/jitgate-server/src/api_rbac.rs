@@ -136,7 +136,7 @@ async fn delete_principal(State(app): State<App>, Path(name): Path<String>, c: C
     let resource = format!("/api/v1/principals/{name}");
     let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
     app.authorize_change(&c.principal, actions::PRINCIPAL_WRITE, "/", &mut audit).await?;
-    if name == c.principal.name {
+    if name.eq_ignore_ascii_case(&c.principal.name) {
         let e = ApiError::bad_request("CannotDeleteSelf", "a principal cannot delete itself");
         return Err(app.refuse(audit, e).await);
     }

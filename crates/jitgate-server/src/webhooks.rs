@@ -179,7 +179,7 @@ async fn create(
         Err(e) => return Err(app.refuse(audit, e).await),
     };
     if !may(&app, &principal, &hook, WEBHOOK_WRITE).await? {
-        let e = crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&hook));
+        let e = crate::authz::denied(&principal.label(), WEBHOOK_WRITE, &scope_of(&hook));
         return Err(app.refuse(audit, e).await);
     }
     audit.resource_id = scope_of(&hook);
@@ -207,7 +207,7 @@ async fn remove(
         return Err(app.refuse(audit, ApiError::not_found("WebhookNotFound", format!("no webhook {id}"))).await);
     };
     if !may(&app, &principal, &h, WEBHOOK_WRITE).await? {
-        return Err(app.refuse(audit, crate::authz::denied(&principal.name, WEBHOOK_WRITE, &scope_of(&h))).await);
+        return Err(app.refuse(audit, crate::authz::denied(&principal.label(), WEBHOOK_WRITE, &scope_of(&h))).await);
     }
     let h = app.store.delete_webhook(&id, audit).await?;
     Ok(json(StatusCode::OK, &out(&h, false)))
@@ -222,7 +222,7 @@ async fn deliveries(
         return Err(ApiError::not_found("WebhookNotFound", format!("no webhook {id}")));
     };
     if !may(&app, &principal, &h, WEBHOOK_READ).await? {
-        return Err(crate::authz::denied(&principal.name, WEBHOOK_READ, &scope_of(&h)));
+        return Err(crate::authz::denied(&principal.label(), WEBHOOK_READ, &scope_of(&h)));
     }
     let value: Vec<DeliveryOut> = app
         .store

@@ -1505,6 +1505,19 @@ impl Store for SqliteStore {
             let descendants = rbac::revoke_with_descendants(ctx.conn, &own, now).map_err(backend)?;
             let removed =
                 ctx.conn.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [p.id]).map_err(backend)?;
+            // Its own webhooks go with it: they are found by name, and a later principal of the
+            // same name must not inherit them.
+            ctx.conn
+                .execute(
+                    "DELETE FROM deliveries WHERE state = 'Pending' AND webhook_id IN \
+                     (SELECT id FROM webhooks WHERE lower(principal) = lower(?1))",
+                    [&p.name],
+                )
+                .map_err(backend)?;
+            let hooks = ctx
+                .conn
+                .execute("DELETE FROM webhooks WHERE lower(principal) = lower(?1)", [&p.name])
+                .map_err(backend)?;
             // The name is freed; an OIDC identity signing in again starts afresh (no roles).
             ctx.conn
                 .execute(
@@ -1516,7 +1529,8 @@ impl Store for SqliteStore {
                 .succeeded()
                 .with("principal", name.clone())
                 .with("removedAssignments", removed.to_string())
-                .with("revokedDescendantTokens", descendants.to_string());
+                .with("revokedDescendantTokens", descendants.to_string())
+                .with("removedWebhooks", hooks.to_string());
             if let Some(o) = &p.oidc {
                 event = event.with("issuer", o.issuer.clone()).with("subject", o.subject.clone());
             }

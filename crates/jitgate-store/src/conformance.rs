@@ -14,7 +14,7 @@ use jitgate_core::{OsType, PolicyRef, VmId};
 
 use crate::{
     AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, NewToken, OidcIdentity, OidcSignIn,
-    Store, StoreError, TokenOrigin, VmSpec,
+    Store, StoreError, TokenOrigin, VmSpec, Webhook,
 };
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -112,6 +112,7 @@ pub async fn run_all(store: &dyn Store) {
     principals_tokens_roles_and_assignments(store).await;
     oidc_identities_live_in_their_own_namespace(store).await;
     tokens_never_outlive_what_created_them(store).await;
+    a_deleted_principal_leaves_nothing_to_its_namesake(store).await;
     audit_chain_is_intact(store).await;
     audit_queries_inventory_facts_and_security_policies(store).await;
 }
@@ -737,4 +738,29 @@ async fn tokens_never_outlive_what_created_them(store: &dyn Store) {
     let ids = store.audit_records(0, 1 << 20).await.expect("audit");
     let revocation = ids.iter().rev().find(|r| r.event.operation == "dp").expect("the deletion is audited");
     assert_eq!(revocation.event.properties.get("revokedDescendantTokens").map(String::as_str), Some("1"));
+}
+
+/// Principals are referred to by name (webhooks, requests): a principal made later under a
+/// deleted one's name inherits neither its tokens, roles nor webhooks.
+async fn a_deleted_principal_leaves_nothing_to_its_namesake(store: &dyn Store) {
+    let first = store.create_principal("wanda", "User", audit("p")).await.expect("wanda");
+    let hook = Webhook {
+        id: "hook-wanda".into(),
+        subscription: None,
+        principal: Some("Wanda".into()),
+        url: "https://hooks.example/w".into(),
+        secret: "0123456789abcdef0123".into(),
+        events: vec![],
+        created: now(),
+    };
+    store.create_webhook(hook, audit("wh")).await.expect("webhook");
+    let t = NewToken { principal: "wanda".into(), token_hash: "wanda-1".into(), expires: None, origin: TokenOrigin::Server };
+    store.create_token(t, audit("t")).await.expect("token");
+    store.create_role_assignment("wanda", "Reader", "/", audit("ra")).await.expect("assign");
+    store.delete_principal("wanda", audit("dp")).await.expect("delete");
+    let second = store.create_principal("wanda", "User", audit("p")).await.expect("a new wanda");
+    assert_ne!(second.id, first.id);
+    assert!(store.list_tokens("wanda").await.expect("tokens").is_empty());
+    assert!(store.list_role_assignments(Some("wanda")).await.expect("roles").is_empty());
+    assert!(store.get_webhook("hook-wanda").await.expect("get").is_none(), "the webhook went with the principal");
 }

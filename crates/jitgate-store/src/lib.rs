@@ -460,7 +460,8 @@ pub trait Store: Send + Sync + 'static {
     async fn oidc_principal(&self, sign_in: OidcSignIn, audit: AuditEvent) -> StoreResult<Principal>;
     async fn list_principals(&self) -> StoreResult<Vec<Principal>>;
     async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>>;
-    /// Deletes a principal with its tokens (and the tokens they created) and role assignments.
+    /// Deletes a principal with its tokens (and the tokens they created), role assignments and
+    /// own webhooks; its name is freed.
     async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal>;
     /// Stores a new token (its hash) for a principal. A token made by another token must end no
     /// later than it, and that token must still be valid at `audit.time` (else `ParentTokenInvalid`).

@@ -196,6 +196,17 @@ async fn an_oidc_identity_is_its_issuer_and_subject_and_gains_roles_only_by_assi
     let other = idp.id_token(ISSUER, "u-8", 300, json!({"preferred_username": "erin"}));
     assert_eq!(read_policy(&s, &other).await, StatusCode::FORBIDDEN);
     assert_ne!(oidc_principal(&s, "u-8").await["name"], json!(name));
+    // The CLI shows who is who.
+    let out = std::process::Command::new(BIN)
+        .args(["principal", "list"])
+        .env("JITGATE_URL", &s.server.url)
+        .env("JITGATE_TOKEN", &s.server.token)
+        .env("JITGATE_CA_CERT", &s.server.ca_cert)
+        .output()
+        .expect("cli runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.lines().any(|l| l.contains(&name) && l.contains("erin.new") && l.contains(ISSUER)), "{table}");
     // Nor can anyone create a local principal with an OIDC identity's name.
     let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await;
     assert_eq!((a.status, a.code()), (StatusCode::BAD_REQUEST, "InvalidPrincipal"), "{a:?}");
