@@ -509,7 +509,9 @@ pub struct PrincipalArgs {
 pub enum PrincipalCommand {
     /// List principals: the name roles are assigned to (oidc:… for an OIDC identity), its type,
     /// and for OIDC identities the display name, issuer and subject.
-    #[command(after_help = "Example:\n  jitgate principal list\n  jitgate role assign --principal oidc:3f2a… --role Reader --scope /subscriptions/$SUB")]
+    #[command(
+        after_help = "Example:\n  jitgate principal list\n  jitgate role assign --principal oidc:3f2a… --role Reader --scope /subscriptions/$SUB"
+    )]
     List(PrincipalList),
 }
 

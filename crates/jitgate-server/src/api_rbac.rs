@@ -27,8 +27,8 @@ use jitgate_core::AccessDuration;
 use jitgate_store::{NewToken, Principal, RoleAssignment, TokenOrigin, TokenRecord};
 
 use crate::arm::read_body;
-use crate::{auth, authz};
 use crate::error::{json, ApiError};
+use crate::{auth, authz};
 use crate::{App, Caller};
 
 pub fn router() -> Router<App> {
@@ -181,7 +181,9 @@ async fn create_token(
     let requested = match input.expires_in.as_deref() {
         None => None,
         Some(text) if text.len() > 64 => {
-            return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", "expiresIn is not a duration such as PT8H")).await)
+            return Err(app
+                .refuse(audit, bad("InvalidToken", "expiresIn", "expiresIn is not a duration such as PT8H"))
+                .await)
         }
         Some(text) => match AccessDuration::parse(text) {
             Ok(d) => Some(d.duration()),
@@ -195,7 +197,8 @@ async fn create_token(
         Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
     };
     let token = auth::new_token();
-    let new = NewToken { principal: name, token_hash: auth::hash_token(&token), expires, origin: c.credential.origin() };
+    let new =
+        NewToken { principal: name, token_hash: auth::hash_token(&token), expires, origin: c.credential.origin() };
     let t = app.store.create_token(new, audit).await?;
     let (created_with, parent_id) = origin_out(t.origin);
     let out = TokenCreatedOut { id: t.id, token, expires_on: t.expires.map(datetime::format), created_with, parent_id };

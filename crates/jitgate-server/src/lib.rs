@@ -296,7 +296,12 @@ impl App {
 
     /// The principal behind the request's bearer token and that credential. Failures are
     /// audited as sign-in attempts.
-    pub async fn sign_in(&self, headers: &HeaderMap, ctx: &RequestCtx, resource_id: &str) -> Result<SignedIn, ApiError> {
+    pub async fn sign_in(
+        &self,
+        headers: &HeaderMap,
+        ctx: &RequestCtx,
+        resource_id: &str,
+    ) -> Result<SignedIn, ApiError> {
         let failure = match auth::bearer(headers) {
             Ok(token) if self.oidc.is_some() && oidc::looks_like_jwt(token) => {
                 let oidc = self.oidc.as_ref().map(Arc::clone);
@@ -343,13 +348,14 @@ impl App {
             Err(why) => (None, Some(why.clone())),
         };
         let sign_in = OidcSignIn { identity: id.identity.clone(), display_name: display_name.clone() };
-        let principal = match self.store.oidc_principal(sign_in, self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &resource)).await {
-            Ok(p) => p,
-            Err(StoreError::Rejected(invalid)) => {
-                return Ok(Err(ApiError::unauthorized("InvalidAuthenticationToken", invalid.message)))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let principal =
+            match self.store.oidc_principal(sign_in, self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &resource)).await {
+                Ok(p) => p,
+                Err(StoreError::Rejected(invalid)) => {
+                    return Ok(Err(ApiError::unauthorized("InvalidAuthenticationToken", invalid.message)))
+                }
+                Err(e) => return Err(e.into()),
+            };
         if o.first_use(token) {
             let mut event = self
                 .audit(ctx, &principal.name, ops::SIGN_IN, &resource)

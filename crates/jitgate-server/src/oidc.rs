@@ -134,7 +134,10 @@ impl Oidc {
             Some(raw) => identity::display_name(raw).map(Some),
         };
         Ok(IdToken {
-            identity: OidcIdentity { issuer: identity::issuer_key(&self.config.issuer).to_owned(), subject: subject.into() },
+            identity: OidcIdentity {
+                issuer: identity::issuer_key(&self.config.issuer).to_owned(),
+                subject: subject.into(),
+            },
             display,
             expires,
         })

@@ -152,7 +152,8 @@ impl Drop for SqliteStore {
 }
 
 /// Schema version 2: pending extensions of requests.
-const UPGRADE_TO_2: &str = "ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT;";
+const UPGRADE_TO_2: &str =
+    "ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT;";
 
 // --- Identities and tokens (schema version 3) ---------------------------------------------
 /// Schema version 3: OIDC identities keyed by (issuer, subject) with a display name; what
@@ -1618,7 +1619,9 @@ impl Store for SqliteStore {
                 return reject(ctx, audit, Invalid::not_found("TokenNotFound", format!("no token with id {id}")));
             };
             let now = nanos(audit.time);
-            ctx.conn.execute("UPDATE tokens SET revoked = coalesce(revoked, ?2) WHERE id = ?1", params![id, now]).map_err(backend)?;
+            ctx.conn
+                .execute("UPDATE tokens SET revoked = coalesce(revoked, ?2) WHERE id = ?1", params![id, now])
+                .map_err(backend)?;
             let descendants = rbac::revoke_with_descendants(ctx.conn, &[id], now).map_err(backend)?;
             let event = audit
                 .succeeded()

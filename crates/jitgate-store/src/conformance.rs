@@ -653,7 +653,10 @@ async fn oidc_identities_live_in_their_own_namespace(store: &dyn Store) {
 
     // Same (issuer, subject), another display name: the same principal, display updated.
     let again = store.oidc_principal(sign_in(a, "u-1", Some("Erin")), audit("oidc")).await.expect("again");
-    assert_eq!((again.id, again.name.as_str(), again.display_name.as_deref()), (first.id, first.name.as_str(), Some("Erin")));
+    assert_eq!(
+        (again.id, again.name.as_str(), again.display_name.as_deref()),
+        (first.id, first.name.as_str(), Some("Erin"))
+    );
     let same = store.oidc_principal(sign_in(a, "u-1", Some("Erin")), audit("oidc")).await.expect("unchanged");
     assert_eq!(same, again);
     // Same subject at another issuer: another principal.
@@ -688,7 +691,8 @@ async fn tokens_never_outlive_what_created_them(store: &dyn Store) {
         origin,
     };
     let end = now() + Duration::hours(1);
-    let root = store.create_token(new("carl", "carl-root", Some(end), TokenOrigin::Server), audit("t")).await.expect("root");
+    let root =
+        store.create_token(new("carl", "carl-root", Some(end), TokenOrigin::Server), audit("t")).await.expect("root");
     // Longer than the parent, or unlimited: refused, nothing stored.
     for expires in [Some(end + Duration::seconds(1)), None] {
         match store.create_token(new("carl", "carl-long", expires, TokenOrigin::Token(root.id)), audit("t")).await {
@@ -702,12 +706,18 @@ async fn tokens_never_outlive_what_created_them(store: &dyn Store) {
     let child = child.expect("child");
     assert_eq!(child.origin, Some(TokenOrigin::Token(root.id)));
     let grandchild = store
-        .create_token(new("dina", "dina-grand", Some(end - Duration::minutes(1)), TokenOrigin::Token(child.id)), audit("t"))
+        .create_token(
+            new("dina", "dina-grand", Some(end - Duration::minutes(1)), TokenOrigin::Token(child.id)),
+            audit("t"),
+        )
         .await
         .expect("grandchild");
-    let other = store.create_token(new("carl", "carl-other", None, TokenOrigin::Server), audit("t")).await.expect("other");
-    let unrelated =
-        store.create_token(new("dina", "dina-own", Some(end), TokenOrigin::Token(other.id)), audit("t")).await.expect("own");
+    let other =
+        store.create_token(new("carl", "carl-other", None, TokenOrigin::Server), audit("t")).await.expect("other");
+    let unrelated = store
+        .create_token(new("dina", "dina-own", Some(end), TokenOrigin::Token(other.id)), audit("t"))
+        .await
+        .expect("own");
     assert!(store.authenticate("dina-grand", now()).await.expect("auth").is_some());
 
     // Revoking the root revokes its whole tree in one transaction, and nothing else.
@@ -754,7 +764,12 @@ async fn a_deleted_principal_leaves_nothing_to_its_namesake(store: &dyn Store) {
         created: now(),
     };
     store.create_webhook(hook, audit("wh")).await.expect("webhook");
-    let t = NewToken { principal: "wanda".into(), token_hash: "wanda-1".into(), expires: None, origin: TokenOrigin::Server };
+    let t = NewToken {
+        principal: "wanda".into(),
+        token_hash: "wanda-1".into(),
+        expires: None,
+        origin: TokenOrigin::Server,
+    };
     store.create_token(t, audit("t")).await.expect("token");
     store.create_role_assignment("wanda", "Reader", "/", audit("ra")).await.expect("assign");
     store.delete_principal("wanda", audit("dp")).await.expect("delete");

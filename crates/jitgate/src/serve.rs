@@ -190,7 +190,9 @@ async fn bootstrap(
         None => "It does not expire (--max-token-lifetime none).".to_string(),
     };
     let mut out = String::new();
-    out.push_str(&format!("\njitgate: {headline}. Its admin token is shown this once:\n\n    {token}\n\n{lifetime}\n\n"));
+    out.push_str(&format!(
+        "\njitgate: {headline}. Its admin token is shown this once:\n\n    {token}\n\n{lifetime}\n\n"
+    ));
     out.push_str("Log in from a shell:\n");
     out.push_str(&format!("    export JITGATE_URL={url}\n    export JITGATE_TOKEN={token}\n"));
     if let Some(cert) = cert {

@@ -49,7 +49,8 @@ impl Idp {
     /// An ID token of `issuer` for `sub`, valid for `lifetime` seconds, with extra claims.
     fn id_token(&self, issuer: &str, sub: &str, lifetime: i64, extra: Value) -> String {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let mut claims = json!({"iss": issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + lifetime});
+        let mut claims =
+            json!({"iss": issuer, "aud": AUDIENCE, "sub": sub, "iat": now, "nbf": now - 5, "exp": now + lifetime});
         for (k, v) in extra.as_object().into_iter().flatten() {
             claims[k] = v.clone();
         }
@@ -114,7 +115,10 @@ async fn an_oidc_display_claim_never_makes_the_caller_a_local_principal() {
         (json!({"preferred_username": "ｏｗｎｅｒ"}), Some("owner")),
         (json!({"preferred_username": "\u{43E}wner"}), None), // Cyrillic о: mixed scripts, not shown
         (json!({"email": "owner"}), Some("owner")),
-        (json!({"preferred_username": "oidc:0123456789abcdef0123456789abcdef"}), Some("oidc:0123456789abcdef0123456789abcdef")),
+        (
+            json!({"preferred_username": "oidc:0123456789abcdef0123456789abcdef"}),
+            Some("oidc:0123456789abcdef0123456789abcdef"),
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -134,8 +138,8 @@ async fn an_oidc_display_claim_never_makes_the_caller_a_local_principal() {
         let name = me["name"].as_str().expect("name").to_owned();
         assert!(name.starts_with("oidc:") && name.len() == 37, "{name}");
         assert_eq!((me["issuer"].as_str(), me["displayName"].as_str()), (Some(ISSUER), shown), "{claim}");
-        let own = as_user(&s, &token, Method::GET, &s.url(&format!("/api/v1/roleAssignments?principal={name}")), None)
-            .await;
+        let own =
+            as_user(&s, &token, Method::GET, &s.url(&format!("/api/v1/roleAssignments?principal={name}")), None).await;
         assert_eq!((own.status, own.body["value"].clone()), (StatusCode::OK, json!([])), "{claim}");
     }
     assert_eq!(tokens_of(&s, "owner").await.len(), owner_tokens, "no token was made for the owner");
@@ -171,7 +175,10 @@ async fn an_oidc_identity_is_its_issuer_and_subject_and_gains_roles_only_by_assi
     let vm = s.register_vm("rg1", "vm", "Linux").await;
     let policy = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
         {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
-    assert_eq!(s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy).await.status, StatusCode::OK);
+    assert_eq!(
+        s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy).await.status,
+        StatusCode::OK
+    );
     let erin = idp.id_token(ISSUER, "u-7", 300, json!({"preferred_username": "erin"}));
     assert_eq!(whoami_status(&s, &erin).await, StatusCode::OK, "signed in, even without roles");
     let p = oidc_principal(&s, "u-7").await;
@@ -272,7 +279,11 @@ async fn local_principal_names_are_a_strict_set_and_refusals_are_audited() {
     }
     assert_eq!(principals(&s).await.len(), before, "nothing was created");
     let refusals = s
-        .send(Method::GET, &s.url("/api/v1/audit?operation=Microsoft.Authorization/principals/write&status=Failed"), None)
+        .send(
+            Method::GET,
+            &s.url("/api/v1/audit?operation=Microsoft.Authorization/principals/write&status=Failed"),
+            None,
+        )
         .await;
     assert_eq!(refusals.body["value"].as_array().map(Vec::len), Some(10), "{refusals:?}");
     for ok in ["alice", "svc.deploy-2", "ci@example.com"] {
@@ -287,7 +298,9 @@ async fn local_principal_names_are_a_strict_set_and_refusals_are_audited() {
 async fn principal_with_token(s: &TestServer, name: &str, expires_in: &str) -> (String, Value) {
     let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({"expiresIn": expires_in})).await;
+    let t = s
+        .json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({"expiresIn": expires_in}))
+        .await;
     assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
     (t.body["token"].as_str().expect("token").to_owned(), t.body)
 }
@@ -326,13 +339,16 @@ async fn a_token_cannot_mint_tokens_that_outlive_it_and_they_end_with_it() {
     // Revoking the parent revokes everything it made, at once.
     let a = as_user(&s, &parent, Method::DELETE, &s.url(&format!("/api/v1/tokens/{}", made["id"])), None).await;
     assert_eq!(a.status, StatusCode::OK, "one's own token: {a:?}");
-    for (what, t) in [("parent", &parent), ("child", &child_token), ("grandchild", &grandchild_token), ("bare", &bare_token)] {
+    for (what, t) in
+        [("parent", &parent), ("child", &child_token), ("grandchild", &grandchild_token), ("bare", &bare_token)]
+    {
         let a = as_user(&s, t, Method::GET, &s.url("/api/v1/roleDefinitions"), None).await;
         assert_eq!((a.status, a.code()), (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken"), "{what}: {a:?}");
     }
     let listed = tokens_of(&s, "alice").await;
     assert!(listed.iter().all(|t| t["revoked"] == true), "{listed:?}");
-    let audit = s.send(Method::GET, &s.url(&format!("/api/v1/audit?resourceId=/api/v1/tokens/{}", made["id"])), None).await;
+    let audit =
+        s.send(Method::GET, &s.url(&format!("/api/v1/audit?resourceId=/api/v1/tokens/{}", made["id"])), None).await;
     let revocation = audit.body["value"].as_array().and_then(|v| v.last()).cloned().unwrap_or(Value::Null);
     assert_eq!(revocation["properties"]["revokedDescendantTokens"], "3", "{audit:?}");
 }
@@ -479,7 +495,11 @@ async fn the_owner_can_be_given_a_new_token_by_a_restart_with_the_break_glass_fl
         .json()
         .await
         .expect("json");
-    assert!(audit["value"].as_array().into_iter().flatten().any(|r| r["properties"]["reason"] == "--reissue-owner-token"));
+    assert!(audit["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["properties"]["reason"] == "--reissue-owner-token"));
     drop(second);
     // Without the flag, a restart makes nothing.
     std::fs::remove_file(data.with_extension("admin-token")).expect("token file");
