@@ -14,16 +14,26 @@ pub struct PrincipalIn {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PrincipalOut {
+    /// What role assignments and tokens refer to (`oidc:…` for an OIDC identity).
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// An OIDC identity's display claim, cleaned; shown only, never used to find the principal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub display_name: Option<String>,
+    /// An OIDC identity's issuer and subject (`sub`), which the principal is keyed by.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenIn {
-    /// ISO-8601 lifetime; absent: the token does not expire.
+    /// ISO-8601 lifetime; absent: as long as the server's maximum and the creating credential allow.
     pub expires_in: Option<String>,
 }
 
@@ -35,6 +45,11 @@ pub struct TokenCreatedOut {
     pub token: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub expires_on: Option<String>,
+    /// What created it: `token` (with `parentId`), `idToken` or `server`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub created_with: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parent_id: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +61,12 @@ pub struct TokenOut {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub expires_on: Option<String>,
     pub revoked: bool,
+    /// What created it: `token` (with `parentId`), `idToken` or `server`; absent for tokens made
+    /// before this was recorded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub created_with: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parent_id: Option<i64>,
 }
 
 /// Azure's role definition JSON. Field names are Azure's (`Name`, `Actions` …); camelCase is

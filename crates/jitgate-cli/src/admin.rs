@@ -423,7 +423,8 @@ pub struct TokenCreate {
     /// The principal the token signs in as.
     #[arg(long)]
     pub principal: String,
-    /// Lifetime: 30m, 8h, 30d or ISO-8601; default: no expiry.
+    /// Lifetime: 30m, 8h, 30d or ISO-8601; default: as long as the server allows (its maximum,
+    /// and never beyond the token or sign-in you create it with). The expiry is printed on stderr.
     #[arg(long)]
     pub expires_in: Option<String>,
     #[command(flatten)]
@@ -459,7 +460,14 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
                 client.post(format!("{url}/api/v1/principals/{}/tokens", c.principal)).bearer_auth(token).json(&body),
             )
             .await?;
-            print(format, &out, |o| println!("{}", o["token"].as_str().unwrap_or("")));
+            print(format, &out, |o| {
+                // The token alone on stdout (for scripts); when it ends on stderr.
+                println!("{}", o["token"].as_str().unwrap_or(""));
+                match o["expiresOn"].as_str() {
+                    Some(at) => eprintln!("token {} for {} expires {at}", o["id"], c.principal),
+                    None => eprintln!("token {} for {} does not expire", o["id"], c.principal),
+                }
+            });
         }
         TokenCommand::List(l) => {
             let (url, token, client) = l.conn.connect()?;
@@ -486,6 +494,48 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
             let (url, token, client) = r.conn.connect()?;
             let out = call(client.delete(format!("{url}/api/v1/tokens/{}", r.id)).bearer_auth(token)).await?;
             print(format, &out, |o| println!("revoked token {}", o["id"]));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrincipalArgs {
+    #[command(subcommand)]
+    pub command: PrincipalCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PrincipalCommand {
+    /// List principals: the name roles are assigned to (oidc:… for an OIDC identity), its type,
+    /// and for OIDC identities the display name, issuer and subject.
+    #[command(
+        after_help = "Example:\n  jitgate principal list\n  jitgate role assign --principal oidc:3f2a… --role Reader --scope /subscriptions/$SUB"
+    )]
+    List(PrincipalList),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrincipalList {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+pub async fn principal(a: PrincipalArgs, format: OutputFormat) -> anyhow::Result<()> {
+    match a.command {
+        PrincipalCommand::List(l) => {
+            let (url, token, client) = l.conn.connect()?;
+            let out = call(client.get(format!("{url}/api/v1/principals")).bearer_auth(token)).await?;
+            print(format, &out, |o| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+                let rows: Vec<Vec<String>> = o["value"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| vec![text(&p["name"]), text(&p["type"]), text(&p["displayName"]), text(&p["issuer"])])
+                    .collect();
+                table(&["NAME", "TYPE", "DISPLAY NAME", "ISSUER"], &rows);
+            });
         }
     }
     Ok(())

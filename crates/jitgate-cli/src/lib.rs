@@ -58,6 +58,8 @@ pub enum Command {
     Vm(admin::VmArgs),
     /// API tokens.
     Token(admin::TokenArgs),
+    /// Principals: local ones and OIDC identities (with their display names).
+    Principal(admin::PrincipalArgs),
     /// Check and save the connection settings (profile file, mode 0600).
     Login(admin::LoginArgs),
     /// Shell completions from the command tree.
@@ -209,7 +211,8 @@ pub struct ServeArgs {
     /// Read the issuer's keys from this JWKS file instead of its discovery document.
     #[arg(long, env = "JITGATE_OIDC_JWKS_FILE", requires = "oidc_issuer")]
     pub oidc_jwks_file: Option<PathBuf>,
-    /// The ID-token claim that names the principal (default: preferred_username, else email, else sub).
+    /// The ID-token claim shown as an OIDC principal's display name (default: preferred_username,
+    /// else email); the principal itself is always the issuer and the token's sub.
     #[arg(long, env = "JITGATE_OIDC_CLAIM", requires = "oidc_issuer")]
     pub oidc_claim: Option<String>,
     /// Allow webhooks to plain http:// URLs (default: https only; webhooks carry signed request data).
@@ -225,6 +228,14 @@ pub struct ServeArgs {
     /// set, holds the keys themselves instead.
     #[arg(long, env = "JITGATE_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// The longest life of an API token (30m, 12h, 90d or ISO-8601), the first start's Owner
+    /// token included; `none` (or 0) allows tokens that never expire.
+    #[arg(long, env = "JITGATE_MAX_TOKEN_LIFETIME", default_value = "90d")]
+    pub max_token_lifetime: String,
+    /// Break glass: on this start, make a new token for the Owner principal "owner" (printed once,
+    /// and written to --bootstrap-token-file), e.g. after its tokens expired. Audited.
+    #[arg(long, env = "JITGATE_REISSUE_OWNER_TOKEN")]
+    pub reissue_owner_token: bool,
 }
 
 #[cfg(test)]
@@ -314,6 +325,11 @@ mod tests {
         assert!(Cli::try_parse_from(["jitgate", "serve", "--tls-cert", "c.pem"]).is_err(), "cert needs key");
         assert!(Cli::try_parse_from(["jitgate", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["jitgate", "serve", "--list-page-size", "0"]).is_err());
+        assert_eq!((s.max_token_lifetime.as_str(), s.reissue_owner_token), ("90d", false));
+        let cli = Cli::try_parse_from(["jitgate", "serve", "--max-token-lifetime", "none", "--reissue-owner-token"])
+            .expect("token flags");
+        let Command::Serve(s) = cli.command else { panic!("serve expected") };
+        assert_eq!((s.max_token_lifetime.as_str(), s.reissue_owner_token), ("none", true));
     }
 }
 

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod destination;
 pub mod duration;
 pub mod enforcement;
+pub mod identity;
 pub mod ids;
 pub mod initiate;
 pub mod invalid;

@@ -238,7 +238,7 @@ async fn get_request(
 async fn revoke(
     State(app): State<App>,
     Path(id): Path<String>,
-    Caller { ctx, principal, query }: Caller,
+    Caller { ctx, principal, query, .. }: Caller,
 ) -> Result<Response, ApiError> {
     let audit = app.audit(&ctx, &principal.name, ops::REQUEST_REVOKE, &format!("/api/v1/requests/{id}"));
     let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
@@ -415,7 +415,7 @@ async fn decide(
 async fn extend(
     State(app): State<App>,
     Path(id): Path<String>,
-    Caller { ctx, principal, query }: Caller,
+    Caller { ctx, principal, query, .. }: Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));

@@ -101,7 +101,7 @@ async fn list(
     // A caller sees the records of resources where it may read the audit log.
     let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
     if !grants.assignments.iter().any(|(_, role)| role.allows(actions::AUDIT_READ)) {
-        return Err(crate::authz::denied(&principal.name, actions::AUDIT_READ, "/"));
+        return Err(crate::authz::denied(&principal.label(), actions::AUDIT_READ, "/"));
     }
     let page = app.store.query_audit(&f, after, top).await?;
     let value: Vec<AuditRecordOut> =

@@ -21,13 +21,14 @@ use jitgate_api_types::rbac::{
     TokenIn, TokenOut,
 };
 use jitgate_core::audit::AuditEvent;
+use jitgate_core::identity::{self, TokenLimits};
 use jitgate_core::rbac::{actions, built_in_roles, RoleDefinition};
 use jitgate_core::AccessDuration;
-use jitgate_store::{Principal, RoleAssignment, TokenRecord};
+use jitgate_store::{NewToken, Principal, RoleAssignment, TokenOrigin, TokenRecord};
 
 use crate::arm::read_body;
-use crate::auth;
 use crate::error::{json, ApiError};
+use crate::{auth, authz};
 use crate::{App, Caller};
 
 pub fn router() -> Router<App> {
@@ -43,16 +44,33 @@ pub fn router() -> Router<App> {
 }
 
 fn principal_out(p: &Principal) -> PrincipalOut {
-    PrincipalOut { name: p.name.clone(), kind: p.kind.clone() }
+    PrincipalOut {
+        name: p.name.clone(),
+        kind: p.kind.clone(),
+        display_name: p.display_name.clone(),
+        issuer: p.oidc.as_ref().map(|o| o.issuer.clone()),
+        subject: p.oidc.as_ref().map(|o| o.subject.clone()),
+    }
+}
+
+fn origin_out(origin: Option<TokenOrigin>) -> (Option<String>, Option<i64>) {
+    match origin {
+        Some(TokenOrigin::Token(parent)) => (Some("token".into()), Some(parent)),
+        Some(o) => (Some(o.as_str().into()), None),
+        None => (None, None),
+    }
 }
 
 fn token_out(t: &TokenRecord) -> TokenOut {
+    let (created_with, parent_id) = origin_out(t.origin);
     TokenOut {
         id: t.id,
         principal: t.principal.clone(),
         created_at: datetime::format(t.created),
         expires_on: t.expires.map(datetime::format),
         revoked: t.revoked.is_some(),
+        created_with,
+        parent_id,
     }
 }
 
@@ -90,17 +108,7 @@ async fn create_principal(State(app): State<App>, c: Caller, body: Body) -> Resu
     let input: PrincipalIn = parse_body(&app, body, &audit).await?;
     let checked = (|| {
         let name = input.name.ok_or_else(|| bad("InvalidPrincipal", "name", "name is required"))?;
-        if name.is_empty()
-            || name.len() > 128
-            || name.contains('#')
-            || name.chars().any(|ch| ch.is_control() || ch.is_whitespace())
-        {
-            return Err(bad(
-                "InvalidPrincipal",
-                "name",
-                format!("'{name}' is not 1 to 128 characters without spaces or '#'"),
-            ));
-        }
+        identity::validate_local_name(&name)?;
         let kind = input.kind.unwrap_or_else(|| "User".into());
         let kind = match kind.to_ascii_lowercase().as_str() {
             "user" => "User",
@@ -128,7 +136,7 @@ async fn delete_principal(State(app): State<App>, Path(name): Path<String>, c: C
     let resource = format!("/api/v1/principals/{name}");
     let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
     app.authorize_change(&c.principal, actions::PRINCIPAL_WRITE, "/", &mut audit).await?;
-    if name == c.principal.name {
+    if name.eq_ignore_ascii_case(&c.principal.name) {
         let e = ApiError::bad_request("CannotDeleteSelf", "a principal cannot delete itself");
         return Err(app.refuse(audit, e).await);
     }
@@ -170,17 +178,31 @@ async fn create_token(
             Err(e) => return Err(app.refuse(audit, e.into()).await),
         }
     };
-    let expires = match input.expires_in.as_deref().map(AccessDuration::parse) {
+    let requested = match input.expires_in.as_deref() {
         None => None,
-        Some(Ok(d)) if d.duration() > time::Duration::ZERO => Some(app.clock.now() + d.duration()),
-        Some(Ok(_)) => {
-            return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", "expiresIn must be positive")).await)
+        Some(text) if text.len() > 64 => {
+            return Err(app
+                .refuse(audit, bad("InvalidToken", "expiresIn", "expiresIn is not a duration such as PT8H"))
+                .await)
         }
-        Some(Err(e)) => return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", e.0)).await),
+        Some(text) => match AccessDuration::parse(text) {
+            Ok(d) => Some(d.duration()),
+            Err(e) => return Err(app.refuse(audit, bad("InvalidToken", "expiresIn", e.0)).await),
+        },
+    };
+    // No longer than the server allows, and never longer than the credential asking for it.
+    let limits = TokenLimits { max: app.config.max_token_lifetime, parent_expires: c.credential.expires() };
+    let expires = match identity::token_expiry(requested, app.clock.now(), limits) {
+        Ok(e) => e,
+        Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
     };
     let token = auth::new_token();
-    let t = app.store.create_token(&name, &auth::hash_token(&token), expires, audit).await?;
-    Ok(json(StatusCode::CREATED, &TokenCreatedOut { id: t.id, token, expires_on: t.expires.map(datetime::format) }))
+    let new =
+        NewToken { principal: name, token_hash: auth::hash_token(&token), expires, origin: c.credential.origin() };
+    let t = app.store.create_token(new, audit).await?;
+    let (created_with, parent_id) = origin_out(t.origin);
+    let out = TokenCreatedOut { id: t.id, token, expires_on: t.expires.map(datetime::format), created_with, parent_id };
+    Ok(json(StatusCode::CREATED, &out))
 }
 
 async fn list_tokens(State(app): State<App>, Path(name): Path<String>, c: Caller) -> Result<Response, ApiError> {
@@ -322,8 +344,15 @@ async fn create_assignment(State(app): State<App>, c: Caller, body: Body) -> Res
 }
 
 async fn list_assignments(State(app): State<App>, c: Caller) -> Result<Response, ApiError> {
-    let list = app.store.list_role_assignments(c.query.get("principal")).await?;
     let grants = app.authz.grants(app.store.as_ref(), &c.principal).await?;
+    // Asking for someone else's assignments needs the right to read assignments somewhere.
+    if let Some(asked) = c.query.get("principal") {
+        let reads_any = grants.assignments.iter().any(|(_, role)| role.allows(actions::ROLE_ASSIGNMENT_READ));
+        if !asked.eq_ignore_ascii_case(&c.principal.name) && !reads_any {
+            return Err(authz::denied(&c.principal.label(), actions::ROLE_ASSIGNMENT_READ, "/"));
+        }
+    }
+    let list = app.store.list_role_assignments(c.query.get("principal")).await?;
     // Everyone sees their own assignments; others' where they may read assignments.
     let value = list
         .iter()

@@ -35,7 +35,8 @@ use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
-use jitgate_store::{Principal, Store};
+use jitgate_core::identity;
+use jitgate_store::{OidcSignIn, Principal, Store, StoreError, TokenOrigin};
 
 use crate::error::{json, ApiError};
 use crate::tls::{PeerAddr, ServerListener};
@@ -73,11 +74,49 @@ pub struct ServerConfig {
     pub audit_retention: Option<(time::Duration, std::path::PathBuf)>,
     /// Where webhooks may be sent (default: https to public addresses only).
     pub webhooks: jitgate_core::destination::Rules,
+    /// The longest life of an API token; `None`: the operator allows tokens that never expire.
+    pub max_token_lifetime: Option<time::Duration>,
 }
 
 impl ServerConfig {
     pub const DEFAULT_PAGE_SIZE: usize = 100;
     pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+    /// The default of `--max-token-lifetime`.
+    pub const DEFAULT_MAX_TOKEN_LIFETIME: time::Duration = time::Duration::days(90);
+}
+
+/// What authenticated a request, so that what the caller creates can be bounded by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A jitgate API token: its id, and when it expires (`None`: never).
+    Token { id: i64, expires: Option<OffsetDateTime> },
+    /// An OIDC ID token, valid until its `exp`.
+    IdToken { expires: OffsetDateTime },
+}
+
+impl Credential {
+    /// When the credential stops being valid (`None`: never).
+    pub fn expires(&self) -> Option<OffsetDateTime> {
+        match self {
+            Credential::Token { expires, .. } => *expires,
+            Credential::IdToken { expires } => Some(*expires),
+        }
+    }
+
+    /// What a token made with this credential records as its origin.
+    pub fn origin(&self) -> TokenOrigin {
+        match self {
+            Credential::Token { id, .. } => TokenOrigin::Token(*id),
+            Credential::IdToken { .. } => TokenOrigin::IdToken,
+        }
+    }
+}
+
+/// A signed-in caller: the principal and the credential that proved it.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub principal: Principal,
+    pub credential: Credential,
 }
 
 /// Shared state of every handler.
@@ -152,7 +191,7 @@ impl App {
     /// it ("Role at scope"); a refusal of a state-changing call is audited by the caller.
     pub async fn authorize(&self, principal: &Principal, action: &str, scope: &str) -> Result<String, ApiError> {
         let grants = self.authz.grants(self.store.as_ref(), principal).await?;
-        grants.allowing(action, scope).ok_or_else(|| authz::denied(&principal.name, action, scope))
+        grants.allowing(action, scope).ok_or_else(|| authz::denied(&principal.label(), action, scope))
     }
 
     /// Like [`App::authorize`] for a state-changing call: a refusal is recorded in the audit log
@@ -254,32 +293,36 @@ impl App {
         ctx: &RequestCtx,
         resource_id: &str,
     ) -> Result<Principal, ApiError> {
+        self.sign_in(headers, ctx, resource_id).await.map(|s| s.principal)
+    }
+
+    /// The principal behind the request's bearer token and that credential. Failures are
+    /// audited as sign-in attempts.
+    pub async fn sign_in(
+        &self,
+        headers: &HeaderMap,
+        ctx: &RequestCtx,
+        resource_id: &str,
+    ) -> Result<SignedIn, ApiError> {
         let failure = match auth::bearer(headers) {
             Ok(token) if self.oidc.is_some() && oidc::looks_like_jwt(token) => {
                 let oidc = self.oidc.as_ref().map(Arc::clone);
                 match oidc {
                     Some(o) => match o.validate(token).await {
-                        Ok(name) => {
-                            let audit =
-                                self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &format!("/api/v1/principals/{name}"));
-                            let principal = self.store.ensure_principal(&name, "User", audit).await?;
-                            if o.first_use(token) {
-                                let event = self
-                                    .audit(ctx, &name, ops::SIGN_IN, &format!("/api/v1/principals/{name}"))
-                                    .succeeded()
-                                    .with("method", "oidc")
-                                    .with("issuer", o.issuer());
-                                self.store.record(event).await?;
-                            }
-                            return Ok(principal);
-                        }
+                        Ok(id) => match self.oidc_sign_in(&o, token, id, ctx).await? {
+                            Ok(signed_in) => return Ok(signed_in),
+                            Err(e) => e,
+                        },
                         Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why),
                     },
                     None => ApiError::unauthorized("InvalidAuthenticationToken", "OIDC sign-in is not configured"),
                 }
             }
             Ok(token) => match self.store.authenticate(&auth::hash_token(token), self.clock.now()).await? {
-                Some(p) => return Ok(p),
+                Some(t) => {
+                    let credential = Credential::Token { id: t.token_id, expires: t.expires };
+                    return Ok(SignedIn { principal: t.principal, credential });
+                }
                 None => ApiError::unauthorized(
                     "InvalidAuthenticationToken",
                     "The access token is invalid, expired or revoked.",
@@ -288,6 +331,47 @@ impl App {
             Err(e) => e,
         };
         Err(self.refuse(self.audit(ctx, "anonymous", ops::SIGN_IN, resource_id), failure).await)
+    }
+
+    /// The principal of a valid ID token: found by (issuer, subject), created on first sign-in
+    /// with its derived name and no roles. The inner `Err` is a sign-in refused by the store
+    /// (already audited there).
+    async fn oidc_sign_in(
+        &self,
+        o: &oidc::Oidc,
+        token: &str,
+        id: oidc::IdToken,
+        ctx: &RequestCtx,
+    ) -> Result<Result<SignedIn, ApiError>, ApiError> {
+        let name = identity::oidc_name(&id.identity.issuer, &id.identity.subject);
+        let resource = format!("/api/v1/principals/{name}");
+        let (display_name, refused) = match &id.display {
+            Ok(d) => (d.clone(), None),
+            Err(why) => (None, Some(why.clone())),
+        };
+        let sign_in = OidcSignIn { identity: id.identity.clone(), display_name: display_name.clone() };
+        let principal =
+            match self.store.oidc_principal(sign_in, self.audit(ctx, &name, ops::PRINCIPAL_WRITE, &resource)).await {
+                Ok(p) => p,
+                Err(StoreError::Rejected(invalid)) => {
+                    return Ok(Err(ApiError::unauthorized("InvalidAuthenticationToken", invalid.message)))
+                }
+                Err(e) => return Err(e.into()),
+            };
+        if o.first_use(token) {
+            let mut event = self
+                .audit(ctx, &principal.name, ops::SIGN_IN, &resource)
+                .succeeded()
+                .with("method", "oidc")
+                .with("issuer", id.identity.issuer.clone())
+                .with("subject", id.identity.subject.clone())
+                .with("displayName", display_name.unwrap_or_default());
+            if let Some(why) = refused {
+                event = event.with("displayNameRefused", why);
+            }
+            self.store.record(event).await?;
+        }
+        Ok(Ok(SignedIn { principal, credential: Credential::IdToken { expires: id.expires } }))
     }
 }
 
@@ -451,10 +535,12 @@ fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extens
 }
 
 /// An authenticated caller, as a handler argument: the request's context, the principal behind
-/// its bearer token (a failure is audited and answered with 401), and the query string.
+/// its bearer token (a failure is audited and answered with 401), the credential that proved it,
+/// and the query string.
 pub struct Caller {
     pub ctx: RequestCtx,
     pub principal: Principal,
+    pub credential: Credential,
     pub query: arm::Query,
 }
 
@@ -468,8 +554,8 @@ impl axum::extract::FromRequestParts<App> for Caller {
             .map(|c| c.0)
             .unwrap_or(PeerAddr(std::net::SocketAddr::from(([0, 0, 0, 0], 0))));
         let ctx = ctx_from(peer, &parts.headers, &parts.extensions);
-        let principal = app.authenticate(&parts.headers, &ctx, parts.uri.path()).await?;
-        Ok(Caller { ctx, principal, query: arm::Query::parse(parts.uri.query()) })
+        let SignedIn { principal, credential } = app.sign_in(&parts.headers, &ctx, parts.uri.path()).await?;
+        Ok(Caller { ctx, principal, credential, query: arm::Query::parse(parts.uri.query()) })
     }
 }
 
@@ -499,6 +585,7 @@ mod tests {
             trusted_proxies: vec![],
             audit_retention: None,
             webhooks: Default::default(),
+            max_token_lifetime: Some(ServerConfig::DEFAULT_MAX_TOKEN_LIFETIME),
         };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {

@@ -1,6 +1,7 @@
 //! OIDC ID-token sign-in for humans: the token's signature is checked against the issuer's
 //! JWKS (from its discovery document, or a file), then issuer, audience, expiry and not-before
-//! (with a small leeway); one claim names the principal.
+//! (with a small leeway). The identity is (issuer, `sub`); one claim gives a display name, which
+//! is only shown (see `jitgate_core::identity`).
 
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -9,6 +10,9 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
 
+use jitgate_core::identity;
+use jitgate_store::OidcIdentity;
+
 /// How OIDC sign-in is configured.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
@@ -16,7 +20,8 @@ pub struct OidcConfig {
     pub audience: String,
     /// Use this JWKS file instead of the issuer's discovery document.
     pub jwks_file: Option<PathBuf>,
-    /// The claim that names the principal (default `preferred_username`, falling back to `email`, then `sub`).
+    /// The claim shown as the principal's display name (default `preferred_username`, falling
+    /// back to `email`). It never selects the principal: (issuer, `sub`) does.
     pub claim: Option<String>,
     /// Clock leeway for `exp` and `nbf`.
     pub leeway: Duration,
@@ -101,8 +106,8 @@ impl Oidc {
         DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key in the JWKS: {e}"))
     }
 
-    /// Validates an ID token; returns the principal name its claim gives.
-    pub async fn validate(&self, token: &str) -> Result<String, String> {
+    /// Validates an ID token; returns who it signs in and until when.
+    pub async fn validate(&self, token: &str) -> Result<IdToken, String> {
         let header = decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
         let key = self.key(header.kid.as_deref()).await?;
         let mut v = Validation::new(header.alg);
@@ -110,19 +115,44 @@ impl Oidc {
         v.set_audience(&[self.config.audience.as_str()]);
         v.leeway = self.config.leeway.as_secs();
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<serde_json::Value>(token, &key, &v).map_err(|e| format!("ID token refused: {e}"))?;
         let claims = data.claims;
-        let name = match &self.config.claim {
-            Some(c) => claims[c.as_str()].as_str().map(String::from),
-            None => ["preferred_username", "email", "sub"].iter().find_map(|c| claims[*c].as_str().map(String::from)),
+        let subject = claims["sub"].as_str().ok_or("the ID token has no 'sub' claim")?;
+        identity::validate_subject(subject)?;
+        let expires = claims["exp"]
+            .as_i64()
+            .or_else(|| claims["exp"].as_f64().map(|f| f as i64))
+            .and_then(|e| time::OffsetDateTime::from_unix_timestamp(e).ok())
+            .ok_or("the ID token's 'exp' is not a time")?;
+        let display = match &self.config.claim {
+            Some(c) => claims[c.as_str()].as_str(),
+            None => ["preferred_username", "email"].iter().find_map(|c| claims[*c].as_str()),
         };
-        let name = name.filter(|n| !n.is_empty()).ok_or("the ID token has no claim naming the user")?;
-        if name.len() > 128 || name.contains('#') || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(format!("the ID token's principal name '{name}' is not usable"));
-        }
-        Ok(name)
+        let display = match display {
+            None => Ok(None),
+            Some(raw) => identity::display_name(raw).map(Some),
+        };
+        Ok(IdToken {
+            identity: OidcIdentity {
+                issuer: identity::issuer_key(&self.config.issuer).to_owned(),
+                subject: subject.into(),
+            },
+            display,
+            expires,
+        })
     }
+}
+
+/// A valid ID token: who it signs in, what to show for them, and when it stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdToken {
+    pub identity: OidcIdentity,
+    /// The cleaned display claim; `Ok(None)` when the token has none, `Err` with the reason when
+    /// it was refused (the sign-in still counts: the identity is the subject, not this name).
+    pub display: Result<Option<String>, String>,
+    /// The token's `exp`: nothing made with it may outlive this.
+    pub expires: time::OffsetDateTime,
 }
 
 /// Whether a bearer token looks like a JWT (three base64url parts).

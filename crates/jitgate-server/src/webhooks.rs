@@ -147,7 +147,7 @@ async fn may(app: &App, who: &Principal, h: &Webhook, verb: Verb) -> Result<Resu
         (true, _, Verb::Read | Verb::Delete) => return Ok(Ok("owner of the webhook".into())),
         (true, _, Verb::Write) => {
             let by = grants.allowing_somewhere(WEBHOOK_NOTIFY_OWN).or_else(|| grants.allowing_somewhere(WEBHOOK_WRITE));
-            return Ok(by.ok_or_else(|| crate::authz::denied(&who.name, WEBHOOK_NOTIFY_OWN, "/")));
+            return Ok(by.ok_or_else(|| crate::authz::denied(&who.label(), WEBHOOK_NOTIFY_OWN, "/")));
         }
         (false, true, Verb::Read) => (actions::PRINCIPAL_READ, "/".to_owned()),
         (false, true, Verb::Write | Verb::Delete) => (actions::PRINCIPAL_WRITE, "/".to_owned()),
@@ -155,7 +155,7 @@ async fn may(app: &App, who: &Principal, h: &Webhook, verb: Verb) -> Result<Resu
         (false, false, Verb::Write) => (WEBHOOK_WRITE, scope_of(h)),
         (false, false, Verb::Delete) => (WEBHOOK_DELETE, scope_of(h)),
     };
-    Ok(grants.allowing(action, &scope).ok_or_else(|| crate::authz::denied(&who.name, action, &scope)))
+    Ok(grants.allowing(action, &scope).ok_or_else(|| crate::authz::denied(&who.label(), action, &scope)))
 }
 
 /// Whether `who` sees the detail of failed attempts (else only their category): whoever may

@@ -32,16 +32,16 @@ use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
-    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope,
-    PolicyRecord, Principal, RoleAssignment, SecurityPolicy, Store, StoreError, StoreResult, TokenRecord, Vm, VmAccess,
-    VmSpec, Webhook,
+    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken,
+    OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, Store, StoreError, StoreResult, TokenAuth,
+    TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 
 use crate::rows::{encode_sources, from_nanos, nanos};
 use crate::writer::{FnJob, Job, WriteCtx};
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Read connections kept open.
 const READERS: usize = 4;
@@ -197,6 +197,20 @@ const UPGRADE_TO_3: &str = "ALTER TABLE webhooks ADD COLUMN secret_key TEXT; \
     CREATE INDEX deliveries_hook ON deliveries (webhook_id, id);";
 // ---- end of schema 3 ----
 
+// --- Identities and tokens (schema version 4) ---------------------------------------------
+/// Schema 3 → 4: OIDC identities keyed by (issuer, subject) with a display name; what
+/// created each token. Principals made by earlier OIDC sign-ins (named by their display claim)
+/// stay what they were: local principals; the identity gets a new, derived principal.
+const UPGRADE_TO_4: &str = "\
+    ALTER TABLE principals ADD COLUMN issuer TEXT; \
+    ALTER TABLE principals ADD COLUMN subject TEXT; \
+    ALTER TABLE principals ADD COLUMN display_name TEXT; \
+    CREATE UNIQUE INDEX principals_oidc ON principals (issuer, subject) WHERE issuer IS NOT NULL; \
+    ALTER TABLE tokens ADD COLUMN origin TEXT; \
+    ALTER TABLE tokens ADD COLUMN parent_id INTEGER REFERENCES tokens(id); \
+    CREATE INDEX tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL;";
+// --- end of identities and tokens -----------------------------------------------------------
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
     if version == 0 {
@@ -209,7 +223,7 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             "the database has schema version {version}, newer than this jitgate ({SCHEMA_VERSION})"
         )));
     }
-    let steps: String = [(2, UPGRADE_TO_2), (3, UPGRADE_TO_3)]
+    let steps: String = [(2, UPGRADE_TO_2), (3, UPGRADE_TO_3), (4, UPGRADE_TO_4)]
         .iter()
         .filter(|(to, _)| version < *to)
         .map(|(_, sql)| format!("{sql} "))
@@ -288,7 +302,7 @@ fn decide_extension(
     rows::load_request(ctx.conn, id).map_err(backend)
 }
 
-/// Inserts a principal and audits it; returns it.
+/// Inserts a local principal and audits it; returns it.
 fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
     ctx.conn
         .execute(
@@ -298,6 +312,52 @@ fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: Audit
         .map_err(backend)?;
     ctx.audit(&audit.succeeded().with("principal", name).with("type", kind)).map_err(backend)?;
     rbac::principal(ctx.conn, name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
+}
+
+/// The principal of an OIDC identity: found by (issuer, subject), its display name brought up to
+/// date, or created with the derived name.
+fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: AuditEvent) -> StoreResult<Principal> {
+    let id = &sign_in.identity;
+    let shown = sign_in.display_name.clone().unwrap_or_default();
+    if let Some(p) = rbac::oidc_principal(ctx.conn, id).map_err(backend)? {
+        if p.display_name == sign_in.display_name {
+            return Ok(p);
+        }
+        ctx.conn
+            .execute("UPDATE principals SET display_name = ?2 WHERE id = ?1", params![p.id, sign_in.display_name])
+            .map_err(backend)?;
+        let event = audit
+            .succeeded()
+            .with("principal", p.name.clone())
+            .with("displayName", shown)
+            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        ctx.audit(&event).map_err(backend)?;
+        return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
+    }
+    let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
+    if let Some(holder) = rbac::principal(ctx.conn, &name).map_err(backend)? {
+        let m = format!(
+            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
+            holder.id
+        );
+        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+    }
+    ctx.conn
+        .execute(
+            "INSERT INTO principals (name, kind, created, issuer, subject, display_name) VALUES (?1, 'User', ?2, ?3, ?4, ?5)",
+            params![name, nanos(audit.time), id.issuer, id.subject, sign_in.display_name],
+        )
+        .map_err(backend)?;
+    let event = audit
+        .succeeded()
+        .with("principal", name.clone())
+        .with("type", "User")
+        .with("provisioned", "oidc")
+        .with("issuer", id.issuer.clone())
+        .with("subject", id.subject.clone())
+        .with("displayName", shown);
+    ctx.audit(&event).map_err(backend)?;
+    rbac::oidc_principal(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
 }
 
 /// Turns a domain refusal into a rejected store call, writing its `Failed` audit record first.
@@ -369,7 +429,13 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn bootstrap(&self, owner: &str, token_hash: &str, audit: AuditEvent) -> StoreResult<bool> {
+    async fn bootstrap(
+        &self,
+        owner: &str,
+        token_hash: &str,
+        expires: Option<OffsetDateTime>,
+        audit: AuditEvent,
+    ) -> StoreResult<bool> {
         let (owner, token_hash) = (owner.to_owned(), token_hash.to_owned());
         self.write(move |ctx| {
             let count: i64 =
@@ -384,25 +450,38 @@ impl Store for SqliteStore {
             let pid = ctx.conn.last_insert_rowid();
             ctx.conn
                 .execute(
-                    "INSERT INTO tokens (principal_id, hash, created) VALUES (?1, ?2, ?3)",
-                    params![pid, token_hash, now],
+                    "INSERT INTO tokens (principal_id, hash, created, expires, origin) VALUES (?1, ?2, ?3, ?4, 'server')",
+                    params![pid, token_hash, now, expires.map(nanos)],
                 )
                 .map_err(backend)?;
             rbac::insert_assignment(ctx.conn, pid, "Owner", "/", now, "jitgate").map_err(backend)?;
-            ctx.audit(&audit.succeeded().with("principal", owner.clone()).with("role", "Owner")).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("principal", owner.clone())
+                .with("role", "Owner")
+                .with("expiresOn", expires.map(rfc3339).unwrap_or_default());
+            ctx.audit(&event).map_err(backend)?;
             Ok(true)
         })
         .await
     }
 
-    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<Principal>> {
+    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>> {
         let hash = token_hash.to_owned();
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT p.id, p.name, p.kind FROM tokens t JOIN principals p ON p.id = t.principal_id \
+            c.prepare_cached(&format!(
+                "SELECT {}, t.id AS token_id, t.expires FROM tokens t JOIN principals p ON p.id = t.principal_id \
                  WHERE t.hash = ?1 AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > ?2)",
-            )?
-            .query_row(params![hash, nanos(now)], |r| Ok(Principal { id: r.get(0)?, name: r.get(1)?, kind: r.get(2)? }))
+                rbac::PRINCIPAL_COLUMNS
+            ))?
+            .query_row(params![hash, nanos(now)], |r| {
+                let expires: Option<i64> = r.get("expires")?;
+                Ok(TokenAuth {
+                    principal: rbac::principal_from_row(r)?,
+                    token_id: r.get("token_id")?,
+                    expires: expires.map(from_nanos).transpose()?,
+                })
+            })
             .optional()
         })
         .await
@@ -1416,6 +1495,9 @@ impl Store for SqliteStore {
     async fn create_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
         let (name, kind) = (name.to_owned(), kind.to_owned());
         self.write(move |ctx| {
+            if let Err(invalid) = jitgate_core::identity::validate_local_name(&name) {
+                return reject(ctx, audit, invalid);
+            }
             if rbac::principal(ctx.conn, &name).map_err(backend)?.is_some() {
                 let invalid = Invalid::conflict("PrincipalExists", format!("a principal named '{name}' exists"));
                 return reject(ctx, audit, invalid);
@@ -1425,21 +1507,19 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ensure_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
-        if let Some(p) = self.get_principal(name).await? {
-            return Ok(p);
+    async fn oidc_principal(&self, sign_in: OidcSignIn, audit: AuditEvent) -> StoreResult<Principal> {
+        let id = sign_in.identity.clone();
+        if let Some(p) = self.read(move |c| rbac::oidc_principal(c, &id)).await? {
+            if p.display_name == sign_in.display_name {
+                return Ok(p);
+            }
         }
-        let (name, kind) = (name.to_owned(), kind.to_owned());
-        self.write(move |ctx| match rbac::principal(ctx.conn, &name).map_err(backend)? {
-            Some(p) => Ok(p),
-            None => insert_principal(ctx, &name, &kind, audit.with("provisioned", "oidc")),
-        })
-        .await
+        self.write(move |ctx| upsert_oidc_principal(ctx, &sign_in, audit)).await
     }
 
     async fn list_principals(&self) -> StoreResult<Vec<Principal>> {
         self.read(|c| {
-            c.prepare_cached("SELECT * FROM principals ORDER BY name")?
+            c.prepare_cached(&format!("SELECT {} FROM principals p ORDER BY p.name", rbac::PRINCIPAL_COLUMNS))?
                 .query_map([], rbac::principal_from_row)?
                 .collect()
         })
@@ -1462,54 +1542,108 @@ impl Store for SqliteStore {
                 );
             };
             let now = nanos(audit.time);
+            let own: Vec<i64> = ctx
+                .conn
+                .prepare_cached("SELECT id FROM tokens WHERE principal_id = ?1")
+                .and_then(|mut s| s.query_map([p.id], |r| r.get(0))?.collect())
+                .map_err(backend)?;
             ctx.conn
                 .execute(
                     "UPDATE tokens SET revoked = ?2 WHERE principal_id = ?1 AND revoked IS NULL",
                     params![p.id, now],
                 )
                 .map_err(backend)?;
+            // Tokens these tokens created (for this principal or others) end with them.
+            let descendants = rbac::revoke_with_descendants(ctx.conn, &own, now).map_err(backend)?;
             let removed =
                 ctx.conn.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [p.id]).map_err(backend)?;
+            // Its own webhooks go with it: they are found by name, and a later principal of the
+            // same name must not inherit them.
             ctx.conn
-                .execute("UPDATE principals SET name = name || '#deleted-' || id WHERE id = ?1", [p.id])
+                .execute(
+                    "DELETE FROM deliveries WHERE state = 'Pending' AND webhook_id IN \
+                     (SELECT id FROM webhooks WHERE lower(principal) = lower(?1))",
+                    [&p.name],
+                )
                 .map_err(backend)?;
-            ctx.audit(
-                &audit.succeeded().with("principal", name.clone()).with("removedAssignments", removed.to_string()),
-            )
-            .map_err(backend)?;
+            let hooks = ctx
+                .conn
+                .execute("DELETE FROM webhooks WHERE lower(principal) = lower(?1)", [&p.name])
+                .map_err(backend)?;
+            // The name is freed; an OIDC identity signing in again starts afresh (no roles).
+            ctx.conn
+                .execute(
+                    "UPDATE principals SET name = name || '#deleted-' || id, issuer = NULL, subject = NULL WHERE id = ?1",
+                    [p.id],
+                )
+                .map_err(backend)?;
+            let mut event = audit
+                .succeeded()
+                .with("principal", name.clone())
+                .with("removedAssignments", removed.to_string())
+                .with("revokedDescendantTokens", descendants.to_string())
+                .with("removedWebhooks", hooks.to_string());
+            if let Some(o) = &p.oidc {
+                event = event.with("issuer", o.issuer.clone()).with("subject", o.subject.clone());
+            }
+            ctx.audit(&event).map_err(backend)?;
             Ok(p)
         })
         .await
     }
 
-    async fn create_token(
-        &self,
-        principal: &str,
-        token_hash: &str,
-        expires: Option<OffsetDateTime>,
-        audit: AuditEvent,
-    ) -> StoreResult<TokenRecord> {
-        let (principal, hash) = (principal.to_owned(), token_hash.to_owned());
+    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> StoreResult<TokenRecord> {
         self.write(move |ctx| {
+            let NewToken { principal, token_hash: hash, expires, origin } = token;
             let Some(p) = rbac::principal(ctx.conn, &principal).map_err(backend)? else {
                 return reject(
                     ctx,
                     audit,
-                    Invalid::not_found("PrincipalNotFound", format!("no principal named '{principal}'")),
+                    Invalid::not_found(
+                        "PrincipalNotFound",
+                        format!("no principal named '{}'", jitgate_core::identity::shown(&principal)),
+                    ),
                 );
+            };
+            let parent = match origin {
+                TokenOrigin::Token(parent) => {
+                    // Checked inside the transaction: a parent revoked a moment ago cannot slip a
+                    // child past the revocation of its descendants.
+                    let live = rbac::token(ctx.conn, parent)
+                        .map_err(backend)?
+                        .filter(|t| t.revoked.is_none() && t.expires.is_none_or(|e| e > audit.time));
+                    let Some(live) = live else {
+                        let mut invalid = Invalid::conflict(
+                            "ParentTokenInvalid",
+                            format!("token {parent}, which asks for a new token, is revoked or has expired"),
+                        );
+                        invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
+                        return reject(ctx, audit, invalid);
+                    };
+                    if let Some(limit) = live.expires.filter(|l| expires.is_none_or(|e| e > *l)) {
+                        let m = format!("a token cannot outlive token {parent}, which creates it (it expires at {})", rfc3339(limit));
+                        return reject(ctx, audit, Invalid::input("TokenLifetimeTooLong", Some("expiresIn".into()), m));
+                    }
+                    Some(parent)
+                }
+                TokenOrigin::Server | TokenOrigin::IdToken => None,
             };
             ctx.conn
                 .execute(
-                    "INSERT INTO tokens (principal_id, hash, created, expires) VALUES (?1, ?2, ?3, ?4)",
-                    params![p.id, hash, nanos(audit.time), expires.map(nanos)],
+                    "INSERT INTO tokens (principal_id, hash, created, expires, origin, parent_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![p.id, hash, nanos(audit.time), expires.map(nanos), origin.as_str(), parent],
                 )
                 .map_err(backend)?;
             let id = ctx.conn.last_insert_rowid();
-            let event = audit
+            let mut event = audit
                 .succeeded()
-                .with("principal", principal.clone())
+                .with("principal", p.name.clone())
                 .with("tokenId", id.to_string())
-                .with("expiresOn", expires.map(rfc3339).unwrap_or_default());
+                .with("expiresOn", expires.map(rfc3339).unwrap_or_default())
+                .with("createdWith", origin.as_str());
+            if let Some(parent) = parent {
+                event = event.with("parentTokenId", parent.to_string());
+            }
             ctx.audit(&event).map_err(backend)?;
             rbac::token(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the token vanished"))
         })
@@ -1535,14 +1669,17 @@ impl Store for SqliteStore {
             let Some(t) = rbac::token(ctx.conn, id).map_err(backend)? else {
                 return reject(ctx, audit, Invalid::not_found("TokenNotFound", format!("no token with id {id}")));
             };
+            let now = nanos(audit.time);
             ctx.conn
-                .execute(
-                    "UPDATE tokens SET revoked = coalesce(revoked, ?2) WHERE id = ?1",
-                    params![id, nanos(audit.time)],
-                )
+                .execute("UPDATE tokens SET revoked = coalesce(revoked, ?2) WHERE id = ?1", params![id, now])
                 .map_err(backend)?;
-            ctx.audit(&audit.succeeded().with("tokenId", id.to_string()).with("principal", t.principal.clone()))
-                .map_err(backend)?;
+            let descendants = rbac::revoke_with_descendants(ctx.conn, &[id], now).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("tokenId", id.to_string())
+                .with("principal", t.principal.clone())
+                .with("revokedDescendantTokens", descendants.to_string());
+            ctx.audit(&event).map_err(backend)?;
             rbac::token(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the token vanished"))
         })
         .await

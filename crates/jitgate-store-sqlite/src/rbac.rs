@@ -3,17 +3,44 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_store::{Principal, RoleAssignment, TokenRecord};
+use jitgate_store::{OidcIdentity, Principal, RoleAssignment, TokenOrigin, TokenRecord};
 
 use crate::rows::from_nanos;
 
+/// The columns of a principal, for queries that join it (`p` is the principals table).
+pub const PRINCIPAL_COLUMNS: &str = "p.id, p.name, p.kind, p.issuer, p.subject, p.display_name";
+
 pub fn principal_from_row(r: &Row<'_>) -> rusqlite::Result<Principal> {
-    Ok(Principal { id: r.get("id")?, name: r.get("name")?, kind: r.get("kind")? })
+    let issuer: Option<String> = r.get("issuer")?;
+    let subject: Option<String> = r.get("subject")?;
+    Ok(Principal {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        kind: r.get("kind")?,
+        oidc: issuer.zip(subject).map(|(issuer, subject)| OidcIdentity { issuer, subject }),
+        display_name: r.get("display_name")?,
+    })
 }
 
+/// A principal by name (case-insensitive).
 pub fn principal(conn: &Connection, name: &str) -> rusqlite::Result<Option<Principal>> {
-    conn.prepare_cached("SELECT * FROM principals WHERE name = ?1")
+    conn.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.name = ?1"))
         .and_then(|mut s| s.query_row([name], principal_from_row).optional())
+}
+
+/// An OIDC identity's principal, by (issuer, subject) only.
+pub fn oidc_principal(conn: &Connection, id: &OidcIdentity) -> rusqlite::Result<Option<Principal>> {
+    conn.prepare_cached(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals p WHERE p.issuer = ?1 AND p.subject = ?2"))
+        .and_then(|mut s| s.query_row([&id.issuer, &id.subject], principal_from_row).optional())
+}
+
+fn origin(text: Option<String>, parent: Option<i64>) -> Option<TokenOrigin> {
+    match (text.as_deref(), parent) {
+        (Some("server"), _) => Some(TokenOrigin::Server),
+        (Some("idToken"), _) => Some(TokenOrigin::IdToken),
+        (Some("token"), Some(p)) => Some(TokenOrigin::Token(p)),
+        _ => None,
+    }
 }
 
 pub fn token_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
@@ -25,11 +52,27 @@ pub fn token_from_row(r: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         created: from_nanos(r.get("created")?)?,
         expires: expires.map(from_nanos).transpose()?,
         revoked: revoked.map(from_nanos).transpose()?,
+        origin: origin(r.get("origin")?, r.get("parent_id")?),
     })
 }
 
-pub const TOKEN_SELECT: &str = "SELECT t.id, p.name AS principal, t.created, t.expires, t.revoked FROM tokens t \
-                                JOIN principals p ON p.id = t.principal_id";
+pub const TOKEN_SELECT: &str =
+    "SELECT t.id, p.name AS principal, t.created, t.expires, t.revoked, t.origin, t.parent_id FROM tokens t \
+     JOIN principals p ON p.id = t.principal_id";
+
+/// Revokes the token `id` and every token created by it or by those, at `now` (those already
+/// revoked keep their time). Returns how many tokens besides `id` this revoked.
+pub fn revoke_with_descendants(conn: &Connection, ids: &[i64], now: i64) -> rusqlite::Result<usize> {
+    let mut revoked = 0;
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE tree(id) AS (SELECT ?1 UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id) \
+         UPDATE tokens SET revoked = ?2 WHERE id IN (SELECT id FROM tree) AND id != ?1 AND revoked IS NULL",
+    )?;
+    for id in ids {
+        revoked += stmt.execute(params![id, now])?;
+    }
+    Ok(revoked)
+}
 
 pub fn token(conn: &Connection, id: i64) -> rusqlite::Result<Option<TokenRecord>> {
     conn.prepare_cached(&format!("{TOKEN_SELECT} WHERE t.id = ?1"))

@@ -1,18 +1,29 @@
 -- jitgate SQLite schema, version 1. Times are Unix nanoseconds (INTEGER); keys are lower-cased ARM ids.
+-- issuer, subject: an OIDC identity is found by these only (NULL: a local principal, found by name);
+-- its name is derived from them. display_name: the cleaned display claim, shown only.
 CREATE TABLE principals (
-    id       INTEGER PRIMARY KEY,
-    name     TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    kind     TEXT NOT NULL,
-    created  INTEGER NOT NULL
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    kind         TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    issuer       TEXT,
+    subject      TEXT,
+    display_name TEXT
 );
+CREATE UNIQUE INDEX principals_oidc ON principals (issuer, subject) WHERE issuer IS NOT NULL;
+-- origin: what created the token (server, token, idToken; NULL: not recorded); parent_id: the
+-- token that created it, which it never outlives and is revoked with.
 CREATE TABLE tokens (
     id           INTEGER PRIMARY KEY,
     principal_id INTEGER NOT NULL REFERENCES principals(id),
     hash         TEXT NOT NULL UNIQUE,
     created      INTEGER NOT NULL,
     expires      INTEGER,
-    revoked      INTEGER
+    revoked      INTEGER,
+    origin       TEXT,
+    parent_id    INTEGER REFERENCES tokens(id)
 );
+CREATE INDEX tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL;
 CREATE TABLE vms (
     key       TEXT PRIMARY KEY,
     id        TEXT NOT NULL,

@@ -166,7 +166,7 @@ async fn older_databases_are_upgraded_secrets_sealed_and_a_newer_one_refused() {
         assert!(!file_holds(&path, "plain-old-secret"), "v{version}: no clear-text copy left in the file");
         let c = rusqlite::Connection::open(&path).expect("raw open");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-        assert_eq!(v, 3);
+        assert_eq!(v, 4);
         c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the v2 columns exist");
         let sql: String = c
             .query_row("SELECT sql FROM sqlite_master WHERE name = 'deliveries'", [], |r| r.get(0))
@@ -187,6 +187,8 @@ async fn older_databases_are_upgraded_secrets_sealed_and_a_newer_one_refused() {
         .expect("insert");
         let newest: i64 = c.query_row("SELECT max(id) FROM deliveries", [], |r| r.get(0)).expect("max");
         assert_eq!(newest, 4, "a deleted id is not handed out again");
+        c.execute("UPDATE principals SET issuer = 'i', subject = 's', display_name = 'd' WHERE id = -1", [])
+            .expect("the identity columns exist");
         c.execute_batch("PRAGMA user_version = 99;").expect("from the future");
         drop(c);
         let err = SqliteStore::open(&path, keys()).err().expect("a newer database is refused");
@@ -230,4 +232,49 @@ async fn webhook_secrets_never_reach_the_file_and_a_wrong_key_is_named() {
     assert_eq!(back.secret, "this-secret-must-not-be-stored-in-clear");
     drop(store);
     assert!(SqliteStore::open(&path, first).is_err(), "the retired key opens nothing any more");
+}
+
+/// A schema-2 database, where an OIDC sign-in made a principal named by its display claim:
+/// after the upgrade that principal is a plain local one (its roles stay with it, not with the
+/// identity), old tokens keep working, and a derived name someone already holds refuses the
+/// identity's sign-in rather than merging the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_2_database_keeps_its_principals_and_tokens_apart_from_oidc_identities() {
+    use jitgate_store::{OidcIdentity, OidcSignIn, StoreError};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jitgate.db");
+    let (issuer, subject) = ("https://idp.example", "u-1");
+    let squatted = jitgate_core::identity::oidc_name(issuer, "u-2");
+    {
+        old_database(&path, 2);
+        let c = rusqlite::Connection::open(&path).expect("raw open");
+        // The owner as the first start made it; what the old code did for an ID token saying
+        // preferred_username "erin"; and a principal whose name happens to be the derived name
+        // of another identity.
+        c.execute_batch(&format!(
+            "INSERT INTO principals (name, kind, created) VALUES ('owner', 'User', 1), ('erin', 'User', 1), ('{squatted}', 'User', 1); \
+             INSERT INTO tokens (principal_id, hash, created) SELECT id, 'owner-hash', 1 FROM principals WHERE name = 'owner'; \
+             INSERT INTO tokens (principal_id, hash, created) SELECT id, 'erin-hash', 1 FROM principals WHERE name = 'erin';"
+        ))
+        .expect("old rows");
+    }
+    let store = SqliteStore::open(&path, keys()).expect("a schema-2 database opens");
+    let now = time::OffsetDateTime::now_utc();
+    let owner = store.authenticate("owner-hash", now).await.expect("auth").expect("the Owner's token still works");
+    assert_eq!(owner.principal.name, "owner");
+    let old = store.authenticate("erin-hash", now).await.expect("auth").expect("an old token still works");
+    assert_eq!((old.principal.oidc.as_ref(), old.expires), (None, None), "a local principal now");
+    assert_eq!(store.list_tokens("erin").await.expect("tokens")[0].origin, None, "origin not recorded then");
+
+    let sign_in = |subject: &str| OidcSignIn {
+        identity: OidcIdentity { issuer: issuer.into(), subject: subject.into() },
+        display_name: Some("erin".into()),
+    };
+    let identity = store.oidc_principal(sign_in(subject), event("oidc")).await.expect("sign in");
+    assert_ne!(identity.id, old.principal.id, "the identity is not the old name-keyed principal");
+    match store.oidc_principal(sign_in("u-2"), event("oidc")).await {
+        Err(StoreError::Rejected(e)) => assert_eq!(e.code, "PrincipalExists"),
+        other => panic!("a held derived name must refuse the sign-in: {other:?}"),
+    }
+    assert!(store.verify_audit().await.expect("verify").valid);
 }

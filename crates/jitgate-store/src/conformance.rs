@@ -13,7 +13,8 @@ use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
 
 use crate::{
-    AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, Store, StoreError, VmSpec, Webhook,
+    AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, NewToken, OidcIdentity, OidcSignIn,
+    Store, StoreError, TokenOrigin, VmSpec, Webhook,
 };
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -109,6 +110,9 @@ pub async fn run_all(store: &dyn Store) {
     bootstrap_and_tokens(store).await;
     agents_and_enforcement_state(store).await;
     principals_tokens_roles_and_assignments(store).await;
+    oidc_identities_live_in_their_own_namespace(store).await;
+    tokens_never_outlive_what_created_them(store).await;
+    a_deleted_principal_leaves_nothing_to_its_namesake(store).await;
     audit_chain_is_intact(store).await;
     audit_queries_inventory_facts_and_security_policies(store).await;
     webhook_deliveries_are_isolated_and_claimed_once(store).await;
@@ -283,10 +287,13 @@ async fn expiry(store: &dyn Store) {
 }
 
 async fn bootstrap_and_tokens(store: &dyn Store) {
-    assert!(store.bootstrap("owner", "hash-1", audit("boot")).await.expect("bootstrap"));
-    assert!(!store.bootstrap("owner2", "hash-2", audit("boot")).await.expect("second bootstrap is a no-op"));
-    let p = store.authenticate("hash-1", now()).await.expect("auth").expect("valid token");
-    assert_eq!(p.name, "owner");
+    assert!(store.bootstrap("owner", "hash-1", None, audit("boot")).await.expect("bootstrap"));
+    let later = Some(now() + Duration::days(1));
+    assert!(!store.bootstrap("owner2", "hash-2", later, audit("boot")).await.expect("second bootstrap is a no-op"));
+    let t = store.authenticate("hash-1", now()).await.expect("auth").expect("valid token");
+    assert_eq!((t.principal.name.as_str(), t.expires, t.principal.oidc.as_ref()), ("owner", None, None));
+    let listed = store.list_tokens("owner").await.expect("tokens");
+    assert_eq!(listed.iter().map(|x| (x.id, x.origin)).collect::<Vec<_>>(), [(t.token_id, Some(TokenOrigin::Server))]);
     assert!(store.authenticate("hash-2", now()).await.expect("auth").is_none());
     store.ping().await.expect("ping");
 }
@@ -451,15 +458,29 @@ async fn principals_tokens_roles_and_assignments(store: &dyn Store) {
     let alice = store.create_principal("alice", "User", audit("p")).await.expect("create");
     assert_eq!(alice.kind, "User");
     assert!(matches!(store.create_principal("alice", "User", audit("p")).await, Err(StoreError::Rejected(_))));
-    let bot = store.ensure_principal("bot", "ServicePrincipal", audit("p")).await.expect("ensure");
-    assert_eq!(store.ensure_principal("bot", "ServicePrincipal", audit("p")).await.expect("again").id, bot.id);
+    assert!(matches!(store.create_principal("ALICE", "User", audit("p")).await, Err(StoreError::Rejected(_))));
+    let bot = store.create_principal("bot", "ServicePrincipal", audit("p")).await.expect("create");
+    assert_eq!(store.get_principal("BOT").await.expect("get").map(|p| p.id), Some(bot.id), "names ignore case");
     assert!(store.list_principals().await.expect("list").iter().any(|p| p.name == "alice"));
+    // Local names are checked by the store itself: no reserved, look-alike or invisible names.
+    for bad in ["oidc:0123456789abcdef0123456789abcdef", "o\u{202E}wner", "оwner", "own er", "", "a#deleted-1"] {
+        match store.create_principal(bad, "User", audit("p")).await {
+            Err(StoreError::Rejected(e)) => assert_eq!(e.code, "InvalidPrincipal", "{bad:?}"),
+            other => panic!("{bad:?} was not refused: {other:?}"),
+        }
+    }
 
     // Tokens: expiry and revocation both end them.
-    let t1 = store.create_token("alice", "alice-1", None, audit("t")).await.expect("token");
-    let t2 =
-        store.create_token("alice", "alice-2", Some(now() + Duration::minutes(5)), audit("t")).await.expect("token");
-    assert_eq!(store.authenticate("alice-1", now()).await.expect("auth").map(|p| p.name), Some("alice".into()));
+    let token = |hash: &str, expires| NewToken {
+        principal: "alice".into(),
+        token_hash: hash.into(),
+        expires,
+        origin: TokenOrigin::Server,
+    };
+    let t1 = store.create_token(token("alice-1", None), audit("t")).await.expect("token");
+    let t2 = store.create_token(token("alice-2", Some(now() + Duration::minutes(5))), audit("t")).await.expect("token");
+    let auth = store.authenticate("alice-1", now()).await.expect("auth").expect("valid");
+    assert_eq!((auth.principal.name.as_str(), auth.token_id, auth.expires), ("alice", t1.id, None));
     assert!(store.authenticate("alice-2", now() + Duration::minutes(6)).await.expect("auth").is_none(), "expired");
     store.revoke_token(t1.id, audit("r")).await.expect("revoke");
     assert!(store.authenticate("alice-1", now()).await.expect("auth").is_none(), "revoked");
@@ -672,4 +693,155 @@ async fn webhook_deliveries_are_isolated_and_claimed_once(store: &dyn Store) {
     assert_eq!(listed.len(), 4);
     assert!(listed.iter().all(|d| d.state == "Delivered"), "{listed:?}");
     store.delete_webhook("admin", audit("unhook")).await.expect("delete");
+}
+
+fn sign_in(issuer: &str, subject: &str, display: Option<&str>) -> OidcSignIn {
+    OidcSignIn {
+        identity: OidcIdentity { issuer: issuer.into(), subject: subject.into() },
+        display_name: display.map(String::from),
+    }
+}
+
+/// OIDC identities are found by (issuer, subject) only, named in a form no local name can take,
+/// and start without roles; a display name is only shown.
+async fn oidc_identities_live_in_their_own_namespace(store: &dyn Store) {
+    let (a, b) = ("https://idp-a.example", "https://idp-b.example/realms/x");
+    // A display name that is a local principal's name changes nothing.
+    let first = store.oidc_principal(sign_in(a, "u-1", Some("owner")), audit("oidc")).await.expect("sign in");
+    assert_eq!(first.name, jitgate_core::identity::oidc_name(a, "u-1"));
+    assert_ne!(first.name.to_ascii_lowercase(), "owner");
+    assert_eq!(first.oidc, Some(OidcIdentity { issuer: a.into(), subject: "u-1".into() }));
+    assert_eq!((first.display_name.as_deref(), first.kind.as_str()), (Some("owner"), "User"));
+    assert!(store.list_role_assignments(Some(&first.name)).await.expect("list").is_empty(), "no roles");
+    let owner = store.get_principal("owner").await.expect("get").expect("the owner is still there");
+    assert_eq!((owner.oidc, owner.display_name), (None, None));
+    assert_eq!(store.list_role_assignments(Some("owner")).await.expect("list").len(), 1);
+
+    // Same (issuer, subject), another display name: the same principal, display updated.
+    let again = store.oidc_principal(sign_in(a, "u-1", Some("Erin")), audit("oidc")).await.expect("again");
+    assert_eq!(
+        (again.id, again.name.as_str(), again.display_name.as_deref()),
+        (first.id, first.name.as_str(), Some("Erin"))
+    );
+    let same = store.oidc_principal(sign_in(a, "u-1", Some("Erin")), audit("oidc")).await.expect("unchanged");
+    assert_eq!(same, again);
+    // Same subject at another issuer: another principal.
+    let other = store.oidc_principal(sign_in(b, "u-1", Some("Erin")), audit("oidc")).await.expect("other issuer");
+    assert_ne!((other.id, &other.name), (first.id, &first.name));
+    let listed = store.list_principals().await.expect("list");
+    let shown = listed.iter().find(|p| p.id == first.id).expect("listed");
+    assert_eq!((shown.display_name.as_deref(), shown.oidc.is_some()), (Some("Erin"), true));
+    assert_eq!(shown.label(), format!("{} (Erin)", first.name));
+
+    // Deleting an identity's principal frees its name and ends its roles.
+    let taken = store.oidc_principal(sign_in(a, "u-2", None), audit("oidc")).await.expect("u-2");
+    store.delete_principal(&taken.name, audit("dp")).await.expect("delete");
+    let back = store.oidc_principal(sign_in(a, "u-2", None), audit("oidc")).await.expect("signs in again, afresh");
+    assert_ne!(back.id, taken.id, "a deleted identity comes back as a new principal without roles");
+
+    // An OIDC principal gains roles only by assignment, to its own name.
+    let scope = format!("/subscriptions/{SUB}");
+    store.create_role_assignment(&first.name, "Reader", &scope, audit("ra")).await.expect("assign");
+    assert_eq!(store.list_role_assignments(Some(&first.name)).await.expect("list").len(), 1);
+    assert!(store.list_role_assignments(Some(&other.name)).await.expect("list").is_empty());
+}
+
+/// A token made by a token ends no later than it and is revoked with it, however deep.
+async fn tokens_never_outlive_what_created_them(store: &dyn Store) {
+    store.create_principal("carl", "User", audit("p")).await.expect("carl");
+    store.create_principal("dina", "User", audit("p")).await.expect("dina");
+    let new = |principal: &str, hash: &str, expires: Option<OffsetDateTime>, origin| NewToken {
+        principal: principal.into(),
+        token_hash: hash.into(),
+        expires,
+        origin,
+    };
+    let end = now() + Duration::hours(1);
+    let root =
+        store.create_token(new("carl", "carl-root", Some(end), TokenOrigin::Server), audit("t")).await.expect("root");
+    // Longer than the parent, or unlimited: refused, nothing stored.
+    for expires in [Some(end + Duration::seconds(1)), None] {
+        match store.create_token(new("carl", "carl-long", expires, TokenOrigin::Token(root.id)), audit("t")).await {
+            Err(StoreError::Rejected(e)) => assert_eq!(e.code, "TokenLifetimeTooLong"),
+            other => panic!("{expires:?}: {other:?}"),
+        }
+    }
+    assert!(store.authenticate("carl-long", now()).await.expect("auth").is_none());
+    // A child for carl, a grandchild for dina (minted by carl's child), and a sibling tree.
+    let child = store.create_token(new("carl", "carl-child", Some(end), TokenOrigin::Token(root.id)), audit("t")).await;
+    let child = child.expect("child");
+    assert_eq!(child.origin, Some(TokenOrigin::Token(root.id)));
+    let grandchild = store
+        .create_token(
+            new("dina", "dina-grand", Some(end - Duration::minutes(1)), TokenOrigin::Token(child.id)),
+            audit("t"),
+        )
+        .await
+        .expect("grandchild");
+    let other =
+        store.create_token(new("carl", "carl-other", None, TokenOrigin::Server), audit("t")).await.expect("other");
+    let unrelated = store
+        .create_token(new("dina", "dina-own", Some(end), TokenOrigin::Token(other.id)), audit("t"))
+        .await
+        .expect("own");
+    assert!(store.authenticate("dina-grand", now()).await.expect("auth").is_some());
+
+    // Revoking the root revokes its whole tree in one transaction, and nothing else.
+    store.revoke_token(root.id, audit("r")).await.expect("revoke");
+    for hash in ["carl-root", "carl-child", "dina-grand"] {
+        assert!(store.authenticate(hash, now()).await.expect("auth").is_none(), "{hash} revoked with its ancestor");
+    }
+    assert!(store.get_token(grandchild.id).await.expect("get").and_then(|t| t.revoked).is_some());
+    assert!(store.authenticate("dina-own", now()).await.expect("auth").is_some(), "another tree lives on");
+    // A revoked (or expired) token cannot create tokens any more.
+    match store.create_token(new("carl", "late", Some(end), TokenOrigin::Token(child.id)), audit("t")).await {
+        Err(StoreError::Rejected(e)) => assert_eq!(e.code, "ParentTokenInvalid"),
+        other => panic!("{other:?}"),
+    }
+    let short = store
+        .create_token(new("carl", "carl-short", Some(now() - Duration::seconds(1)), TokenOrigin::Server), audit("t"))
+        .await
+        .expect("an already expired token");
+    assert!(matches!(
+        store.create_token(new("carl", "late-2", None, TokenOrigin::Token(short.id)), audit("t")).await,
+        Err(StoreError::Rejected(_))
+    ));
+
+    // Deleting a principal ends the tokens its tokens made for others.
+    store.delete_principal("carl", audit("dp")).await.expect("delete carl");
+    assert!(store.authenticate("dina-own", now()).await.expect("auth").is_none(), "made by carl's token");
+    assert_eq!(store.get_token(unrelated.id).await.expect("get").map(|t| t.revoked.is_some()), Some(true));
+    let ids = store.audit_records(0, 1 << 20).await.expect("audit");
+    let revocation = ids.iter().rev().find(|r| r.event.operation == "dp").expect("the deletion is audited");
+    assert_eq!(revocation.event.properties.get("revokedDescendantTokens").map(String::as_str), Some("1"));
+}
+
+/// Principals are referred to by name (webhooks, requests): a principal made later under a
+/// deleted one's name inherits neither its tokens, roles nor webhooks.
+async fn a_deleted_principal_leaves_nothing_to_its_namesake(store: &dyn Store) {
+    let first = store.create_principal("wanda", "User", audit("p")).await.expect("wanda");
+    let hook = Webhook {
+        id: "hook-wanda".into(),
+        subscription: None,
+        principal: Some("Wanda".into()),
+        url: "https://hooks.example/w".into(),
+        secret: "0123456789abcdef0123".into(),
+        events: vec![],
+        created: now(),
+    };
+    store.create_webhook(hook, audit("wh")).await.expect("webhook");
+    let t = NewToken {
+        principal: "wanda".into(),
+        token_hash: "wanda-1".into(),
+        expires: None,
+        origin: TokenOrigin::Server,
+    };
+    store.create_token(t, audit("t")).await.expect("token");
+    store.create_role_assignment("wanda", "Reader", "/", audit("ra")).await.expect("assign");
+    store.delete_principal("wanda", audit("dp")).await.expect("delete");
+    let second = store.create_principal("wanda", "User", audit("p")).await.expect("a new wanda");
+    assert_ne!(second.id, first.id);
+    assert!(store.list_tokens("wanda").await.expect("tokens").is_empty());
+    assert!(store.list_role_assignments(Some("wanda")).await.expect("roles").is_empty());
+    assert!(store.get_webhook("hook-wanda").await.expect("get").is_none(), "the webhook went with the principal");
 }

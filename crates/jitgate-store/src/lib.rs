@@ -39,12 +39,75 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A principal: who a token belongs to.
+/// A principal: who a token belongs to. Local principals are found by their name; OIDC
+/// identities only by (issuer, subject), and their name is derived from those
+/// (`jitgate_core::identity::oidc_name`), never chosen by the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub id: i64,
+    /// What role assignments, tokens, requests and the audit log refer to.
     pub name: String,
     pub kind: String,
+    /// An OIDC identity's issuer and subject; `None` for a local principal.
+    pub oidc: Option<OidcIdentity>,
+    /// An OIDC identity's cleaned display claim, for showing only.
+    pub display_name: Option<String>,
+}
+
+impl Principal {
+    /// The name, with the display name after it when there is one: `oidc:… (erin)`.
+    pub fn label(&self) -> String {
+        match &self.display_name {
+            Some(d) => format!("{} ({d})", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Where an OIDC principal comes from: the issuer (without a trailing `/`) and its `sub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    pub subject: String,
+}
+
+/// A valid OIDC sign-in, as the store needs it to find or create the principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcSignIn {
+    pub identity: OidcIdentity,
+    /// The cleaned display claim (`jitgate_core::identity::display_name`), if usable.
+    pub display_name: Option<String>,
+}
+
+/// What created a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// The server itself: the first start's Owner token, or `--reissue-owner-token`.
+    Server,
+    /// Another API token (its id): the new one expires no later and is revoked with it.
+    Token(i64),
+    /// An OIDC ID token: the new one expires no later than the ID token.
+    IdToken,
+}
+
+impl TokenOrigin {
+    /// The name used on the wire and in the database.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TokenOrigin::Server => "server",
+            TokenOrigin::Token(_) => "token",
+            TokenOrigin::IdToken => "idToken",
+        }
+    }
+}
+
+/// A token to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub principal: String,
+    pub token_hash: String,
+    pub expires: Option<OffsetDateTime>,
+    pub origin: TokenOrigin,
 }
 
 /// An API token's record (never the secret).
@@ -55,6 +118,16 @@ pub struct TokenRecord {
     pub created: OffsetDateTime,
     pub expires: Option<OffsetDateTime>,
     pub revoked: Option<OffsetDateTime>,
+    /// What created it; `None` for tokens made before this was recorded.
+    pub origin: Option<TokenOrigin>,
+}
+
+/// A valid API token and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAuth {
+    pub principal: Principal,
+    pub token_id: i64,
+    pub expires: Option<OffsetDateTime>,
 }
 
 /// A role assignment: a principal holds a role at a scope (and below it).
@@ -283,12 +356,20 @@ pub const EXPIRING_SOON: time::Duration = time::Duration::minutes(5);
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// On an empty store: creates the owner principal with one token (stored as its hash) and
-    /// returns true. On a store that has principals: does nothing and returns false.
-    async fn bootstrap(&self, owner: &str, token_hash: &str, audit: AuditEvent) -> StoreResult<bool>;
+    /// On an empty store: creates the owner principal with one token (stored as its hash,
+    /// expiring at `expires`) and returns true. On a store that has principals: does nothing and
+    /// returns false.
+    async fn bootstrap(
+        &self,
+        owner: &str,
+        token_hash: &str,
+        expires: Option<OffsetDateTime>,
+        audit: AuditEvent,
+    ) -> StoreResult<bool>;
 
-    /// The principal holding the token with this hash, if the token is valid at `now`.
-    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<Principal>>;
+    /// The token with this hash and its principal, if the token is valid at `now` (not revoked,
+    /// not expired).
+    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>>;
 
     /// Registers or replaces a VM. Returns the VM and whether it was new.
     async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
@@ -371,24 +452,26 @@ pub trait Store: Send + Sync + 'static {
     /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
 
-    /// Creates a principal (`User` or `ServicePrincipal`); `PrincipalExists` when the name is taken.
+    /// Creates a local principal (`User` or `ServicePrincipal`). The name must pass
+    /// `jitgate_core::identity::validate_local_name` (else `InvalidPrincipal`, 400);
+    /// `PrincipalExists` when it is taken.
     async fn create_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal>;
-    /// The principal of this name, created (and audited) if missing: OIDC sign-ins.
-    async fn ensure_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal>;
+    /// The principal of an OIDC identity, found by (issuer, subject) only, created (and audited)
+    /// on its first sign-in with the derived name and no role assignments. A changed display
+    /// name is stored (and audited). Refused (`PrincipalExists`) if the derived name is held by
+    /// another principal: an identity never becomes someone else.
+    async fn oidc_principal(&self, sign_in: OidcSignIn, audit: AuditEvent) -> StoreResult<Principal>;
     async fn list_principals(&self) -> StoreResult<Vec<Principal>>;
     async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>>;
-    /// Deletes a principal with its tokens and role assignments.
+    /// Deletes a principal with its tokens (and the tokens they created), role assignments and
+    /// own webhooks; its name is freed.
     async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal>;
-    /// Stores a new token (its hash) for a principal.
-    async fn create_token(
-        &self,
-        principal: &str,
-        token_hash: &str,
-        expires: Option<OffsetDateTime>,
-        audit: AuditEvent,
-    ) -> StoreResult<TokenRecord>;
+    /// Stores a new token (its hash) for a principal. A token made by another token must end no
+    /// later than it, and that token must still be valid at `audit.time` (else `ParentTokenInvalid`).
+    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> StoreResult<TokenRecord>;
     async fn list_tokens(&self, principal: &str) -> StoreResult<Vec<TokenRecord>>;
     async fn get_token(&self, id: i64) -> StoreResult<Option<TokenRecord>>;
+    /// Revokes a token and, in the same transaction, every token created by it or by those.
     async fn revoke_token(&self, id: i64, audit: AuditEvent) -> StoreResult<TokenRecord>;
     /// Creates or replaces a custom role. Returns it and whether it was new.
     async fn put_role_definition(&self, role: RoleDefinition, audit: AuditEvent)

@@ -88,6 +88,7 @@ fn main() -> std::process::ExitCode {
             },
             Command::Vm(args) => jitgate_cli::admin::vm(args, format).await,
             Command::Token(args) => jitgate_cli::admin::token(args, format).await,
+            Command::Principal(args) => jitgate_cli::admin::principal(args, format).await,
             Command::Login(args) => jitgate_cli::admin::login(args).await,
             Command::Completions(args) => jitgate_cli::admin::completions(args),
             Command::Man => jitgate_cli::admin::man(),

@@ -19,7 +19,7 @@ use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_server::oidc::{Oidc, OidcConfig};
 use jitgate_server::tls::{self, ServerListener};
 use jitgate_server::{auth, ServerConfig, SystemClock};
-use jitgate_store::Store;
+use jitgate_store::{NewToken, Store, TokenOrigin};
 use jitgate_store_sqlite::SqliteStore;
 
 /// The name of the principal created on first start.
@@ -73,7 +73,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let scheme = if tls_config.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{local}");
 
-    bootstrap(store.as_ref(), &args, &url, cert_path.as_deref()).await?;
+    let max_token_lifetime = max_token_lifetime(&args.max_token_lifetime)?;
+    bootstrap(store.as_ref(), &args, max_token_lifetime, &url, cert_path.as_deref()).await?;
     if let Some(cert) = &cert_path {
         println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
     }
@@ -121,6 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         },
         webhooks,
+        max_token_lifetime,
     };
     let listener = ServerListener::new(listener, tls_config)?;
     let shutdown = shutdown_signal();
@@ -134,12 +136,40 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--max-token-lifetime`: a duration (`90d`, `PT12H` …), or `none`/`0` for no maximum.
+fn max_token_lifetime(text: &str) -> anyhow::Result<Option<time::Duration>> {
+    if matches!(text.trim().to_ascii_lowercase().as_str(), "none" | "0" | "unlimited") {
+        return Ok(None);
+    }
+    let iso = jitgate_cli::iso_duration(text).context("--max-token-lifetime")?;
+    let d = jitgate_core::AccessDuration::parse(&iso)
+        .map_err(|e| anyhow::anyhow!("--max-token-lifetime: {}", e.0))?
+        .duration();
+    if d <= time::Duration::ZERO {
+        bail!("--max-token-lifetime must be positive (or none)");
+    }
+    Ok(Some(d))
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
 /// On an empty store: creates the Owner and prints its token this once (and writes it to
-/// --bootstrap-token-file, mode 0600).
-async fn bootstrap(store: &dyn Store, args: &ServeArgs, url: &str, cert: Option<&Path>) -> anyhow::Result<()> {
+/// --bootstrap-token-file, mode 0600). With --reissue-owner-token on a store that has one, makes
+/// the Owner a new token the same way.
+async fn bootstrap(
+    store: &dyn Store,
+    args: &ServeArgs,
+    max_lifetime: Option<time::Duration>,
+    url: &str,
+    cert: Option<&Path>,
+) -> anyhow::Result<()> {
     let token = auth::new_token();
+    let now = time::OffsetDateTime::now_utc();
+    let expires = max_lifetime.map(|m| now + m);
     let audit = AuditEvent {
-        time: time::OffsetDateTime::now_utc(),
+        time: now,
         operation: ops::PRINCIPAL_WRITE.into(),
         status: AuditStatus::Started,
         caller: "jitgate".into(),
@@ -148,16 +178,42 @@ async fn bootstrap(store: &dyn Store, args: &ServeArgs, url: &str, cert: Option<
         correlation_id: "bootstrap".into(),
         properties: Default::default(),
     };
-    if !store.bootstrap(OWNER, &auth::hash_token(&token), audit).await? {
+    let headline = if store.bootstrap(OWNER, &auth::hash_token(&token), expires, audit.clone()).await? {
+        format!("first start. Created the Owner principal \"{OWNER}\"")
+    } else if args.reissue_owner_token {
+        let new = NewToken {
+            principal: OWNER.into(),
+            token_hash: auth::hash_token(&token),
+            expires,
+            origin: TokenOrigin::Server,
+        };
+        let audit = AuditEvent { resource_id: format!("/api/v1/principals/{OWNER}/tokens"), ..audit };
+        store
+            .create_token(new, audit.with("reason", "--reissue-owner-token"))
+            .await
+            .with_context(|| format!("--reissue-owner-token: making a token for \"{OWNER}\""))?;
+        tracing::warn!("made a new token for the Owner (--reissue-owner-token); remove the flag");
+        format!("made a new token for the Owner principal \"{OWNER}\" (--reissue-owner-token; remove the flag now)")
+    } else {
         tracing::info!("store already initialised; no new admin token");
         return Ok(());
-    }
+    };
     if let Some(path) = &args.bootstrap_token_file {
         tls::write_private(path, format!("{token}\n").as_bytes())
             .with_context(|| format!("writing the admin token to {}", path.display()))?;
     }
+    let lifetime = match expires {
+        Some(at) => format!(
+            "It expires at {} (--max-token-lifetime {}); tokens made with it expire no later.",
+            rfc3339(at),
+            args.max_token_lifetime
+        ),
+        None => "It does not expire (--max-token-lifetime none).".to_string(),
+    };
     let mut out = String::new();
-    out.push_str(&format!("\njitgate: first start. Created the Owner principal \"{OWNER}\". Its admin token is shown this once:\n\n    {token}\n\n"));
+    out.push_str(&format!(
+        "\njitgate: {headline}. Its admin token is shown this once:\n\n    {token}\n\n{lifetime}\n\n"
+    ));
     out.push_str("Log in from a shell:\n");
     out.push_str(&format!("    export JITGATE_URL={url}\n    export JITGATE_TOKEN={token}\n"));
     if let Some(cert) = cert {
@@ -220,4 +276,22 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir).with_context(|| format!("creating --data-dir {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_maximum_token_lifetime_flag() {
+        assert_eq!(max_token_lifetime("90d").ok(), Some(Some(time::Duration::days(90))));
+        assert_eq!(max_token_lifetime("PT12H").ok(), Some(Some(time::Duration::hours(12))));
+        assert_eq!(max_token_lifetime("30m").ok(), Some(Some(time::Duration::minutes(30))));
+        for unlimited in ["none", "0", "NONE", "unlimited"] {
+            assert_eq!(max_token_lifetime(unlimited).ok(), Some(None), "{unlimited}");
+        }
+        for bad in ["soon", "P1Y", "PT0S", "-1d", ""] {
+            assert!(max_token_lifetime(bad).is_err(), "{bad}");
+        }
+    }
 }

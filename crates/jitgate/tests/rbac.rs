@@ -353,14 +353,27 @@ async fn oidc_id_tokens_sign_humans_in_and_bad_ones_are_refused() {
     // Signed in (a principal now exists), but no role yet: 403, not 401.
     let a = as_user(&s, &good, Method::GET, &url, None).await;
     assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"), "{a:?}");
-    assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("erin"));
-    assert_eq!(assign(&s, "erin", "Reader", &format!("/subscriptions/{SUB}")).await.status, StatusCode::CREATED);
+    assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("(erin)"), "shown with its display name");
+    // The principal is the identity (issuer, sub), named oidc:…; "erin" is only its display name.
+    let principals = s.send(Method::GET, &s.url("/api/v1/principals"), None).await;
+    let erin = principals.body["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["displayName"] == "erin")
+        .and_then(|p| p["name"].as_str())
+        .expect("listed with its display name")
+        .to_owned();
+    assert!(erin.starts_with("oidc:"), "{erin}");
+    assert_eq!(assign(&s, &erin, "Reader", &format!("/subscriptions/{SUB}")).await.status, StatusCode::CREATED);
     assert_eq!(as_user(&s, &good, Method::GET, &url, None).await.status, StatusCode::OK);
     // The sign-in is audited once, not on every request.
     let signins = s
         .send(
             Method::GET,
-            &s.url("/api/v1/audit?caller=erin&operation=Microsoft.Authorization/signIn/action&status=Succeeded"),
+            &s.url(&format!(
+                "/api/v1/audit?caller={erin}&operation=Microsoft.Authorization/signIn/action&status=Succeeded"
+            )),
             None,
         )
         .await;
@@ -565,7 +578,10 @@ async fn jitgate_login_oidc_signs_in_with_the_device_flow() {
     let listed = run(&["policy", "list", "-o", "json"]);
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let principals = s.send(Method::GET, &s.url("/api/v1/principals"), None).await;
-    assert!(principals.body["value"].as_array().into_iter().flatten().any(|p| p["name"] == "gina"), "{principals:?}");
+    assert!(
+        principals.body["value"].as_array().into_iter().flatten().any(|p| p["displayName"] == "gina"),
+        "{principals:?}"
+    );
 }
 
 /// Runs `jitgate login --oidc --browser`, plays the browser: reads the link the CLI prints and
@@ -635,7 +651,7 @@ async fn jitgate_login_oidc_browser_uses_pkce_and_a_loopback_redirect() {
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&profile).expect("profile")).expect("json");
     let token = saved["token"].as_str().expect("token saved").to_owned();
     let me = s.send(Method::GET, &s.url("/api/v1/principals"), None).await;
-    assert!(me.body["value"].as_array().into_iter().flatten().any(|p| p["name"] == "hana"), "{me:?}");
+    assert!(me.body["value"].as_array().into_iter().flatten().any(|p| p["displayName"] == "hana"), "{me:?}");
     let bearer = format!("Bearer {token}");
     let listed = s.send_with(Method::GET, &s.url("/api/v1/roleDefinitions"), None, &[("Authorization", &bearer)]).await;
     assert_eq!(listed.status, StatusCode::OK, "the saved ID token signs hana in: {listed:?}");
