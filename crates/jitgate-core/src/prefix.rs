@@ -34,7 +34,8 @@ impl SourcePrefix {
             return Ok(Self::from_ip(ip));
         };
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        let canonical_len = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) && (len == "0" || !len.starts_with('0'));
+        let canonical_len =
+            !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()) && (len == "0" || !len.starts_with('0'));
         let bits = len.parse::<u8>().ok().filter(|b| canonical_len && *b <= max).ok_or_else(|| {
             format!("'{}': the prefix length must be a number from 0 to {max} without leading zeros", Self::shown(text))
         })?;
@@ -169,7 +170,16 @@ mod tests {
 
     #[test]
     fn refuses_non_canonical_spellings_and_host_bits() {
-        for bad in ["010.0.0.0/8", "10.0.0.1/08", "10.0.0.010/32", "10.0.0.0/+8", "10.0.0.0/ 8", "0x0a.0.0.1", "10.1", "2130706433"] {
+        for bad in [
+            "010.0.0.0/8",
+            "10.0.0.1/08",
+            "10.0.0.010/32",
+            "10.0.0.0/+8",
+            "10.0.0.0/ 8",
+            "0x0a.0.0.1",
+            "10.1",
+            "2130706433",
+        ] {
             assert!(SourcePrefix::parse(bad).is_err(), "{bad:?} should be refused");
         }
         let e = SourcePrefix::parse("10.0.0.1/24").expect_err("host bits");

@@ -25,7 +25,11 @@ async fn principal_with_role(s: &TestServer, name: &str, role: &str, scope: &str
     let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
     assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
     let a = s
-        .json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": name, "role": role, "scope": scope}))
+        .json(
+            Method::POST,
+            &s.url("/api/v1/roleAssignments"),
+            &json!({"principal": name, "role": role, "scope": scope}),
+        )
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     t.body["token"].as_str().expect("token").to_owned()
@@ -58,9 +62,16 @@ async fn a_slash_or_dots_in_a_name_never_reach_below_another_scope() {
     }
     // Nothing was created beside `h`, and `h` is intact.
     let list = s
-        .send(Method::GET, &s.url(&format!("/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01")), None)
+        .send(
+            Method::GET,
+            &s.url(&format!(
+                "/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
+            )),
+            None,
+        )
         .await;
-    let names: Vec<&str> = list.body["value"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    let names: Vec<&str> =
+        list.body["value"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["h"], "{list:?}");
 
     // VM names, resource groups and role-assignment scopes follow the same rule.
@@ -72,7 +83,11 @@ async fn a_slash_or_dots_in_a_name_never_reach_below_another_scope() {
     }
     let scope = format!("{}/..", policy_path("h"));
     let a = s
-        .json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": "h-admin", "role": "Reader", "scope": scope}))
+        .json(
+            Method::POST,
+            &s.url("/api/v1/roleAssignments"),
+            &json!({"principal": "h-admin", "role": "Reader", "scope": scope}),
+        )
         .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
 }
@@ -85,7 +100,10 @@ async fn source_prefixes_are_canonical_or_refused() {
     for bad in ["010.0.0.0/8", "10.0.0.1/08", "10.0.0.010/32", "10.0.0.1/24", "0x0a.0.0.0/8", "2130706433"] {
         let a = s.json(Method::PUT, &url, &policy_body(&vm, bad)).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {a:?}");
-        assert_eq!(a.body["error"]["target"], "properties.virtualMachines[0].ports[0].allowedSourceAddressPrefix", "{a:?}");
+        assert_eq!(
+            a.body["error"]["target"], "properties.virtualMachines[0].ports[0].allowedSourceAddressPrefix",
+            "{a:?}"
+        );
     }
     assert_eq!(s.send(Method::GET, &url, None).await.status, StatusCode::NOT_FOUND, "nothing was stored");
 
@@ -119,9 +137,7 @@ async fn end_times_without_t_are_refused_and_without_offset_are_utc() {
         format!("{:04}-{:02}-{:02}", end.year(), u8::from(end.month()), end.day()),
         format!("{:02}:{:02}:{:02}", end.hour(), end.minute(), end.second()),
     );
-    let body = |t: &str| {
-        json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "endTimeUtc": t, "allowedSourceAddressPrefix": "10.0.0.1"}]}]})
-    };
+    let body = |t: &str| json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "endTimeUtc": t, "allowedSourceAddressPrefix": "10.0.0.1"}]}]});
     let a = s.json(Method::POST, &initiate, &body(&format!("{date} {clock}"))).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
     assert!(a.body["error"]["message"].as_str().is_some_and(|m| m.contains("'T'")), "says what to write: {a:?}");

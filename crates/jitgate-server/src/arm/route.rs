@@ -203,7 +203,8 @@ mod tests {
     fn a_decoded_name_never_adds_segments_or_navigates() {
         // `h%2F1` would be the id `…/jitNetworkAccessPolicies/h/1`, inside the scope of a policy `h`.
         let base = format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies");
-        for name in ["h%2F1", "h%2f1", "h%5C1", "..", "%2E%2E", ".", "h%3F1", "h%231", "h%251", "a%E2%80%AEb", "a%00b"] {
+        for name in ["h%2F1", "h%2f1", "h%5C1", "..", "%2E%2E", ".", "h%3F1", "h%231", "h%251", "a%E2%80%AEb", "a%00b"]
+        {
             for method in [Method::GET, Method::PUT, Method::DELETE] {
                 assert_eq!(
                     p(method.clone(), &format!("{base}/{name}")),
@@ -213,9 +214,11 @@ mod tests {
             }
             assert_eq!(p(Method::POST, &format!("{base}/{name}/initiate")).map_err(|e| e.0), Err(400), "{name}");
         }
-        let rg = format!("/subscriptions/{SUB}/resourceGroups/a%2Fb/providers/Microsoft.Security/jitNetworkAccessPolicies");
+        let rg =
+            format!("/subscriptions/{SUB}/resourceGroups/a%2Fb/providers/Microsoft.Security/jitNetworkAccessPolicies");
         assert_eq!(p(Method::GET, &rg), Err((400, "InvalidResourceGroupName".into())));
-        let rg = format!("/subscriptions/{SUB}/resourceGroups/../providers/Microsoft.Security/jitNetworkAccessPolicies");
+        let rg =
+            format!("/subscriptions/{SUB}/resourceGroups/../providers/Microsoft.Security/jitNetworkAccessPolicies");
         assert_eq!(p(Method::GET, &rg), Err((400, "InvalidResourceGroupName".into())));
         let loc = format!("/subscriptions/{SUB}/providers/Microsoft.Security/locations/a%2Fb/jitNetworkAccessPolicies");
         assert_eq!(p(Method::GET, &loc), Err((400, "InvalidLocation".into())));
