@@ -124,10 +124,15 @@ async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
     let path = dir.path().join("jitgate.db");
     drop(SqliteStore::open(&path).expect("open"));
     {
-        // What the first schema looked like: no pending extensions on requests.
+        // What the first schema looked like: no pending extensions on requests, join tokens for
+        // any VM name, no delivered revisions, gateway names unique across subscriptions.
         let c = rusqlite::Connection::open(&path).expect("raw open");
         c.execute_batch(
-            "ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by; PRAGMA user_version = 1;",
+            "ALTER TABLE requests DROP COLUMN ext_end; ALTER TABLE requests DROP COLUMN ext_by; \
+             ALTER TABLE join_tokens DROP COLUMN vm; ALTER TABLE agents DROP COLUMN delivered_revision; \
+             DROP INDEX agents_gateway_name; \
+             CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(name)) WHERE mode = 'gateway'; \
+             PRAGMA user_version = 1;",
         )
         .expect("downgrade");
     }
@@ -135,8 +140,18 @@ async fn a_schema_1_database_is_migrated_and_a_newer_one_refused() {
     {
         let c = rusqlite::Connection::open(&path).expect("raw open");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-        assert_eq!(v, 2);
+        assert_eq!(v, 3);
         c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the new columns exist");
+        c.execute("UPDATE join_tokens SET vm = 'x' WHERE hash = ''", []).expect("join tokens for one VM");
+        c.execute("UPDATE agents SET delivered_revision = 1 WHERE id = ''", []).expect("delivered revisions");
+        for sub in ["a", "b"] {
+            c.execute(
+                "INSERT INTO agents (id, name, mode, subscription, resource_group, location, credential_hash, os_type, \
+                 addresses, hostname, joined) VALUES (?1, 'gw', 'gateway', ?1, 'rg', 'l', ?1, 'Linux', '', 'gw', 0)",
+                [sub],
+            )
+            .expect("one gateway name per subscription");
+        }
         c.execute_batch("PRAGMA user_version = 99;").expect("from the future");
     }
     let err = SqliteStore::open(&path).err().expect("a newer database is refused");
