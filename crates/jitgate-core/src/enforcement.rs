@@ -173,7 +173,8 @@ pub fn check_join(draft: JoinDraft) -> Result<CheckedJoin, Invalid> {
         .ok_or_else(|| bad("mode", format!("mode '{}' is not host or gateway", quote(&draft.mode))))?;
     let os_type = OsType::parse(&draft.os_type)
         .ok_or_else(|| bad("osType", format!("osType '{}' is not Linux or Windows", quote(&draft.os_type))))?;
-    crate::ids::validate_vm_name(&draft.name).map_err(|_| {
+    let name_ok = crate::ids::validate_vm_name(&draft.name).is_ok() && !draft.name.chars().any(unsafe_char);
+    name_ok.then_some(()).ok_or_else(|| {
         bad(
             "name",
             format!("name '{}' must be 1 to 64 characters without spaces or control characters", quote(&draft.name)),
