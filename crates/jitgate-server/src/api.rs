@@ -136,8 +136,9 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
             input.resource_group.ok_or_else(|| bad("resourceGroup", "resourceGroup is required".into()))?;
         validate_resource_group(&resource_group).map_err(|m| bad("resourceGroup", m))?;
         let location = input.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
-        if location.trim().is_empty() || location.len() > 90 {
-            return Err(bad("location", format!("location '{location}' must be 1 to 90 characters")));
+        if location.trim().is_empty() || location.len() > 90 || location.chars().any(char::is_control) {
+            let shown = jitgate_core::enforcement::quote(&location);
+            return Err(bad("location", format!("location '{shown}' must be 1 to 90 printable characters")));
         }
         let mode_text = input.mode.unwrap_or_else(|| "host".into());
         let mode = AgentMode::parse(&mode_text).ok_or_else(|| {
@@ -150,7 +151,10 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
                     "only host-mode tokens are made for one VM; a gateway joins under its own name".into(),
                 ));
             }
-            validate_vm_name(vm).map_err(|m| bad("vm", m))?;
+            validate_vm_name(vm).map_err(|_| {
+                let shown = jitgate_core::enforcement::quote(vm);
+                bad("vm", format!("virtual machine name '{shown}' must be 1 to 64 characters without spaces"))
+            })?;
         }
         let ttl = match input.ttl {
             None => time::Duration::hours(1),

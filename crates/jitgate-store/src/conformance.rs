@@ -521,7 +521,7 @@ async fn agent_bindings_revocation_and_gateway_scope(store: &dyn Store) {
     assert_eq!(vm.spec.address, Some("10.3.0.22".parse().expect("ip")));
     assert_eq!(vm.agent.map(|a| a.id).as_deref(), Some("web2-new"));
     let records = store.audit_records(0, 100_000).await.expect("audit");
-    let rebind = records.iter().rev().find(|r| r.event.properties.get("rebound").is_some()).expect("audited");
+    let rebind = records.iter().rev().find(|r| r.event.properties.contains_key("rebound")).expect("audited");
     assert_eq!(rebind.event.properties.get("previousAgent").map(String::as_str), Some("web2-agent"));
     assert_eq!(rebind.event.properties.get("previousAddress").map(String::as_str), Some("10.3.0.2"));
     assert_eq!(rebind.event.properties.get("address").map(String::as_str), Some("10.3.0.22"));

@@ -385,7 +385,7 @@ async fn the_agent_rotates_its_credential_and_says_so_when_it_was_revoked() {
     .await;
     let c1 = stored_credential(dir.path());
     assert!(c1.starts_with("jga_"));
-    drop(first.child.kill());
+    let _ = first.child.kill();
     let _ = first.child.wait();
 
     let mut second = AgentProcess::start(&s, dir.path(), &["--rotate-credential"]);
