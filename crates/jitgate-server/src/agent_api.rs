@@ -43,13 +43,14 @@ pub fn router() -> Router<App> {
 const REVOKED: &str = "The agent credential is not accepted: the agent was revoked (DELETE /api/v1/agents/{id}), \
      removed with its VM, replaced by a re-join, or its credential was rotated. Join again with a new join token.";
 
-/// A join or report body, at most `limits::BODY_BYTES`.
-async fn read_small_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limits::BODY_BYTES).await.map_err(|_| {
+/// A join or report body: at most `limits::BODY_BYTES` (or the server's smaller body limit).
+async fn read_small_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = limits::BODY_BYTES.min(app.config.max_body_bytes);
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestBodyTooLarge",
-            format!("an agent request body is at most {} bytes", limits::BODY_BYTES),
+            format!("an agent request body is at most {limit} bytes"),
         )
     })
 }
@@ -96,7 +97,7 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
     let ctx = crate::ctx_of(peer, &req);
     let audit = app.audit(&ctx, "agent", ops::AGENT_JOIN, "/agent/v1/join");
     let checked = async {
-        let body = read_small_body(req.into_body()).await?;
+        let body = read_small_body(app, req.into_body()).await?;
         let input = parse_json::<JoinIn>(&body)?;
         let draft = JoinDraft {
             join_token: input.join_token,
@@ -231,7 +232,7 @@ async fn applied(State(app): State<App>, req: Request<Body>) -> Response {
 async fn applied_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let agent = agent(app, &parts.headers).await?;
-    let body = read_small_body(body).await?;
+    let body = read_small_body(app, body).await?;
     let input: AppliedIn = parse_json(&body).map_err(|e| bounded(e.into()))?;
     let report = AgentReport {
         revision: input.revision,
