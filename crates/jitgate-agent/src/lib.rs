@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use jitgate_api_types::agent::{AppliedIn, JoinIn, JoinOut, StateOut};
+use jitgate_api_types::agent::{AppliedIn, JoinIn, JoinOut, RotateOut, StateOut};
 use jitgate_enforce::{plan, Desired, Firewall, Mode, Plan};
 
 /// Where the agent keeps its credential and its last applied state.
@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub public_address: Option<IpAddr>,
     /// How long one long-poll may be held by the server.
     pub poll_wait: Duration,
+    /// Replace the stored credential with a new one before running.
+    pub rotate_credential: bool,
 }
 
 /// The agent's own credential, as stored in the state directory.
@@ -164,6 +166,44 @@ pub async fn credential(cfg: &AgentConfig) -> anyhow::Result<Credential> {
     Ok(c)
 }
 
+/// What the agent says when the server refuses its credential (401), and how to recover.
+pub fn refused_message(state_dir: &Path) -> String {
+    format!(
+        "the server refused this agent's credential (401): it was revoked (jitgate agent rm), removed with its VM, \
+         replaced by another agent joining for this VM, or rotated by another copy of this agent. To join again: \
+         create a join token (jitgate agent token create … --vm NAME for an existing VM), remove {}, and start the \
+         agent with --join-token",
+        state_dir.join(CREDENTIAL_FILE).display()
+    )
+}
+
+/// Asks the server for a new credential and stores it (0600) in place of the old one, which
+/// stops working at once.
+pub async fn rotate(cfg: &AgentConfig, cred: &Credential) -> anyhow::Result<Credential> {
+    let client = jitgate_cli::client::http_client(cred.ca_cert.as_deref())?;
+    let resp = client
+        .post(format!("{}/agent/v1/rotate", cred.server))
+        .bearer_auth(&cred.credential)
+        .send()
+        .await
+        .context("rotating the credential")?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        bail!("{}", refused_message(&cfg.state_dir));
+    }
+    if !status.is_success() {
+        bail!("rotating the credential failed ({status}): {text}");
+    }
+    let out: RotateOut = serde_json::from_str(&text).context("reading the rotation answer")?;
+    let mut next = cred.clone();
+    next.credential = out.credential;
+    let path = cfg.state_dir.join(CREDENTIAL_FILE);
+    write_private(&path, &serde_json::to_vec_pretty(&next)?)?;
+    tracing::info!(agent = %next.agent_id, "rotated the credential");
+    Ok(next)
+}
+
 fn load_cache(dir: &Path) -> Option<CachedState> {
     std::fs::read(dir.join(STATE_FILE)).ok().and_then(|d| serde_json::from_slice(&d).ok())
 }
@@ -174,7 +214,10 @@ pub async fn run<F: Firewall>(
     mut firewall: F,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let cred = credential(&cfg).await?;
+    let mut cred = credential(&cfg).await?;
+    if cfg.rotate_credential {
+        cred = rotate(&cfg, &cred).await?;
+    }
     let mode = Mode::parse(&cred.mode).unwrap_or(cfg.mode);
     let client = jitgate_cli::client::http_client(cred.ca_cert.as_deref())?;
     let health = firewall.usable();
@@ -219,12 +262,7 @@ pub async fn run<F: Firewall>(
                     continue;
                 }
             },
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                bail!(
-                    "the server no longer accepts this agent's credential; remove {} and join again",
-                    cfg.state_dir.join(CREDENTIAL_FILE).display()
-                )
-            }
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => bail!("{}", refused_message(&cfg.state_dir)),
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "state request failed; keeping the applied state");
                 if sleep_or_stop(&mut backoff, &mut shutdown).await.is_err() {
@@ -287,8 +325,13 @@ pub async fn run<F: Firewall>(
             .json(&report)
             .send()
             .await;
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "could not report the applied revision");
+        match sent {
+            Err(e) => tracing::warn!(error = %e, "could not report the applied revision"),
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => bail!("{}", refused_message(&cfg.state_dir)),
+            Ok(r) if !r.status().is_success() => {
+                tracing::warn!(status = %r.status(), "the server refused the report of the applied revision")
+            }
+            Ok(_) => {}
         }
         if usable {
             after = Some(revision);

@@ -14,6 +14,10 @@ pub struct JoinTokenIn {
     pub mode: Option<String>,
     /// ISO-8601 lifetime of the token (default `PT1H`, at most `P7D`).
     pub ttl: Option<String>,
+    /// Host mode: the one VM (name, in the resource group) the token may join as. Joining as a VM
+    /// that is already registered needs such a token, and re-binds that VM to the new agent.
+    #[serde(default)]
+    pub vm: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,6 +29,8 @@ pub struct JoinTokenOut {
     pub resource_group: String,
     pub location: String,
     pub mode: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vm: Option<String>,
 }
 
 /// `POST /agent/v1/join`.
@@ -108,6 +114,15 @@ pub struct AppliedIn {
     pub nftables_error: Option<String>,
 }
 
+/// `POST /agent/v1/rotate`: the agent's new credential (the one it called with stops working).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotateOut {
+    pub agent_id: String,
+    /// Shown only here.
+    pub credential: String,
+}
+
 /// An agent in `GET /api/v1/agents`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -127,6 +142,9 @@ pub struct AgentOut {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_seen: Option<String>,
     pub applied_revision: u64,
+    /// The latest revision the agent was sent; it cannot report a later one.
+    #[serde(default)]
+    pub delivered_revision: u64,
     /// No report for longer than the staleness limit.
     pub stale: bool,
     #[serde(skip_serializing_if = "Option::is_none", default)]

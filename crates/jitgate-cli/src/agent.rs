@@ -29,7 +29,10 @@ pub struct AgentArgs {
 const AGENT_EXAMPLES: &str = "Examples:
   TOKEN=$(jitgate agent token create --subscription $SUB --resource-group prod --location westeurope)
   jitgate agent --server https://jit.example.com:8443 --join-token $TOKEN --ca-cert cert.pem --state-dir /var/lib/jitgate-agent
-  jitgate agent --state-dir /var/lib/jitgate-agent          # later starts: the stored credential is used";
+  jitgate agent --state-dir /var/lib/jitgate-agent          # later starts: the stored credential is used
+  jitgate agent --state-dir /var/lib/jitgate-agent --rotate-credential   # a new credential first
+  jitgate agent list
+  jitgate agent rm 3f6c…                                    # revoke an agent's credential";
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentRunArgs {
@@ -58,6 +61,10 @@ pub struct AgentRunArgs {
     /// How long the server may hold one state request open, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub poll_seconds: u64,
+    /// Before running, replace the stored credential with a new one from the server (the old
+    /// one stops working at once).
+    #[arg(long)]
+    pub rotate_credential: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -67,13 +74,110 @@ pub enum AgentCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// List agents: mode, VM, addresses, last report, applied revision.
+    #[command(after_help = "Examples:\n  jitgate agent list\n  jitgate agent list -o json")]
+    List(AgentListArgs),
+    /// Revoke an agent's credential and remove it; the VMs it enforced have no enforcement
+    /// point until an agent joins for them (a host VM: with a token made `--vm NAME`).
+    #[command(
+        visible_alias = "revoke",
+        after_help = "Examples:\n  jitgate agent rm 3f6c2a9e-8d1b-4c3e-9f0a-1b2c3d4e5f60\n  jitgate agent rm web1 -o json    # by VM or gateway name, when it names one agent"
+    )]
+    Rm(AgentRmArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentListArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentRmArgs {
+    /// The agent's id (from `jitgate agent list`), or its name when exactly one agent has it.
+    pub agent: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+fn agent_rows(o: &serde_json::Value) -> Vec<Vec<String>> {
+    o["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or("").to_owned();
+            let addresses: Vec<&str> =
+                a["addresses"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+            let state = if a["nftablesUsable"] == false {
+                "nftables unusable".to_owned()
+            } else if a["stale"] == true {
+                "stale".to_owned()
+            } else {
+                "ok".to_owned()
+            };
+            vec![
+                s("id"),
+                s("name"),
+                s("mode"),
+                s("resourceGroup"),
+                addresses.join(","),
+                s("lastSeen"),
+                a["appliedRevision"].to_string(),
+                state,
+            ]
+        })
+        .collect()
+}
+
+const AGENT_HEADERS: [&str; 8] = ["ID", "NAME", "MODE", "RESOURCE GROUP", "ADDRESSES", "LAST SEEN", "APPLIED", "STATE"];
+
+/// `jitgate agent list`.
+pub async fn list(args: AgentListArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let out = call(client.get(format!("{url}/api/v1/agents")).bearer_auth(token)).await?;
+    crate::output::print(format, &out, |o| crate::output::table(&AGENT_HEADERS, &agent_rows(o)));
+    Ok(())
+}
+
+/// `jitgate agent rm ID|NAME`: revokes and removes the agent.
+pub async fn remove(args: AgentRmArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+    let (url, token, client) = args.conn.connect()?;
+    let list = call(client.get(format!("{url}/api/v1/agents")).bearer_auth(&token)).await?;
+    let agents: Vec<&serde_json::Value> = list["value"].as_array().into_iter().flatten().collect();
+    let id = if agents.iter().any(|a| a["id"] == args.agent.as_str()) {
+        args.agent.clone()
+    } else {
+        let named: Vec<&&serde_json::Value> =
+            agents.iter().filter(|a| a["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&args.agent))).collect();
+        match named.as_slice() {
+            [one] => one["id"].as_str().unwrap_or_default().to_owned(),
+            [] => args.agent.clone(),
+            _ => {
+                return Err(crate::output::fail(
+                    crate::output::exit::USAGE,
+                    format!("{} agents are named '{}'; give the id (jitgate agent list)", named.len(), args.agent),
+                ))
+            }
+        }
+    };
+    let out = call(client.delete(format!("{url}/api/v1/agents/{id}")).bearer_auth(token)).await?;
+    crate::output::print(format, &out, |o| {
+        println!(
+            "revoked agent {} ({} {}); its VMs have no enforcement point until an agent joins for them",
+            o["id"].as_str().unwrap_or(""),
+            o["mode"].as_str().unwrap_or(""),
+            o["name"].as_str().unwrap_or("")
+        )
+    });
+    Ok(())
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenCommand {
     /// Create a join token; prints the token alone on stdout.
     #[command(
-        after_help = "Example:\n  jitgate agent token create --subscription $SUB --resource-group prod --location westeurope --mode host --ttl 1h"
+        after_help = "Examples:\n  jitgate agent token create --subscription $SUB --resource-group prod --location westeurope --mode host --ttl 1h\n  jitgate agent token create --subscription $SUB --resource-group prod --location westeurope --vm web2   # re-bind web2"
     )]
     Create(TokenCreateArgs),
     /// List join tokens (without secrets): scope, expiry, and whether they were used.
@@ -97,10 +201,10 @@ pub async fn token_list(args: TokenListArgs, format: crate::output::OutputFormat
             .flatten()
             .map(|t| {
                 let s = |k: &str| t[k].as_str().unwrap_or("").to_owned();
-                vec![s("resourceGroup"), s("location"), s("mode"), s("state"), s("expiresOn"), s("createdBy")]
+                vec![s("resourceGroup"), s("vm"), s("location"), s("mode"), s("state"), s("expiresOn"), s("createdBy")]
             })
             .collect();
-        crate::output::table(&["RESOURCE GROUP", "LOCATION", "MODE", "STATE", "EXPIRES", "BY"], &rows);
+        crate::output::table(&["RESOURCE GROUP", "VM", "LOCATION", "MODE", "STATE", "EXPIRES", "BY"], &rows);
     });
     Ok(())
 }
@@ -122,6 +226,10 @@ pub struct TokenCreateArgs {
     /// How long the token may be used: 30m, 1h, 2d or ISO-8601.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
+    /// Host mode: the one VM the token may join as. Needed to join as a VM that is already
+    /// registered; the joining agent then replaces that VM's agent and address (audited).
+    #[arg(long)]
+    pub vm: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -135,6 +243,7 @@ pub async fn token_create(args: TokenCreateArgs) -> anyhow::Result<()> {
         "location": args.location,
         "mode": args.mode.as_str(),
         "ttl": iso_duration(&args.ttl)?,
+        "vm": args.vm,
     });
     let out = call(client.post(format!("{url}/api/v1/agentTokens")).bearer_auth(token).json(&body)).await?;
     let t = out["token"].as_str().ok_or_else(|| anyhow::anyhow!("the server answered without a token"))?;

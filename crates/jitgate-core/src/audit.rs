@@ -28,6 +28,8 @@ pub mod ops {
     pub const JOIN_TOKEN_WRITE: &str = "jitgate/agents/joinTokens/write";
     pub const AGENT_JOIN: &str = "jitgate/agents/join/action";
     pub const AGENT_APPLIED: &str = "jitgate/agents/applied/action";
+    pub const AGENT_DELETE: &str = "jitgate/agents/delete";
+    pub const AGENT_ROTATE: &str = "jitgate/agents/rotate/action";
 }
 
 /// The outcome of an operation, as Azure's Activity Log names it.

@@ -80,6 +80,11 @@ impl Protocol {
         }
     }
 
+    /// Whether a packet can match both: equal, or either is `*`.
+    pub fn overlaps(self, other: Protocol) -> bool {
+        self == other || self == Protocol::Any || other == Protocol::Any
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
@@ -224,7 +229,7 @@ pub struct ValidatedPolicy {
 pub fn validate(reference: PolicyRef, draft: PolicyDraft) -> Result<ValidatedPolicy, Invalid> {
     let bad = |target: String, message: String| Invalid::input(codes::INVALID_POLICY, Some(target), message);
     let mut seen = HashSet::new();
-    let mut mapped = HashSet::new();
+    let mut mapped: Vec<(u16, Protocol)> = Vec::new();
     let mut vms = Vec::with_capacity(draft.vms.len());
     for (i, vm) in draft.vms.into_iter().enumerate() {
         let at = format!("properties.virtualMachines[{i}]");
@@ -272,12 +277,13 @@ pub fn validate(reference: PolicyRef, draft: PolicyDraft) -> Result<ValidatedPol
                 ));
             }
             if let Some(m) = rule.mapped_port {
-                if !mapped.insert((m, rule.protocol)) {
+                if mapped.iter().any(|(n, p)| *n == m && p.overlaps(rule.protocol)) {
                     return Err(bad(
                         format!("{at}.ports[{j}].mappedPort"),
                         format!("mappedPort {m} is used twice in this policy; each gateway port maps to one VM port"),
                     ));
                 }
+                mapped.push((m, rule.protocol));
             }
             ports.push(rule);
         }

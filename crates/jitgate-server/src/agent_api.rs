@@ -1,6 +1,7 @@
-//! The agent protocol: `POST /agent/v1/join`, `GET /agent/v1/state` (long-poll) and
-//! `POST /agent/v1/applied`. An agent authenticates with its own credential and only ever sees
-//! its own state.
+//! The agent protocol: `POST /agent/v1/join`, `GET /agent/v1/state` (long-poll),
+//! `POST /agent/v1/applied` and `POST /agent/v1/rotate`. An agent authenticates with its own
+//! credential and only ever sees its own state. Everything an agent sends is bounded
+//! (`jitgate_core::enforcement::limits`) before it is stored, audited or shown.
 
 use std::time::Duration;
 
@@ -11,14 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use jitgate_api_types::agent::{AppliedIn, GrantOut, JoinIn, JoinOut, PortOut, StateOut};
+use jitgate_api_types::agent::{AppliedIn, GrantOut, JoinIn, JoinOut, PortOut, RotateOut, StateOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
-use jitgate_core::enforcement::{AgentMode, EnforcementState};
-use jitgate_core::OsType;
-use jitgate_store::{AgentJoin, AgentRecord, AgentReport};
+use jitgate_core::enforcement::{check_join, limits, printable, report_error, EnforcementState, JoinDraft};
+use jitgate_store::{AgentJoin, AgentRecord, AgentReport, StoreError};
 
-use crate::arm::{read_body, Query};
+use crate::arm::Query;
 use crate::auth;
 use crate::error::{json, ApiError};
 use crate::tls::PeerAddr;
@@ -36,6 +36,41 @@ pub fn router() -> Router<App> {
         .route("/agent/v1/join", post(join))
         .route("/agent/v1/state", get(state))
         .route("/agent/v1/applied", post(applied))
+        .route("/agent/v1/rotate", post(rotate))
+}
+
+/// What an agent is told when its credential is refused.
+const REVOKED: &str = "The agent credential is not accepted: the agent was revoked (DELETE /api/v1/agents/{id}), \
+     removed with its VM, replaced by a re-join, or its credential was rotated. Join again with a new join token.";
+
+/// A join or report body: at most `limits::BODY_BYTES` (or the server's smaller body limit).
+async fn read_small_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = limits::BODY_BYTES.min(app.config.max_body_bytes);
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestBodyTooLarge",
+            format!("an agent request body is at most {limit} bytes"),
+        )
+    })
+}
+
+/// An error whose message may quote what an unauthenticated caller sent: kept printable and
+/// short, for the answer and for the audit record.
+fn bounded(mut e: ApiError) -> ApiError {
+    e.message = printable(&e.message, 300);
+    e.target = e.target.map(|t| printable(&t, 100));
+    e
+}
+
+/// A removed agent's calls are answered as an unknown credential.
+fn agent_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Rejected(i) if i.code == "AgentNotFound" => {
+            ApiError::unauthorized("InvalidAuthenticationToken", REVOKED)
+        }
+        other => other.into(),
+    }
 }
 
 fn respond(r: Result<Response, ApiError>) -> Response {
@@ -45,9 +80,13 @@ fn respond(r: Result<Response, ApiError>) -> Response {
 /// The agent behind the request's credential.
 async fn agent(app: &App, headers: &HeaderMap) -> Result<AgentRecord, ApiError> {
     let token = auth::bearer(headers)?;
-    app.store.agent_by_credential(&auth::hash_token(token)).await?.ok_or_else(|| {
-        ApiError::unauthorized("InvalidAuthenticationToken", "The agent credential is unknown; join again.")
-    })
+    if token.len() > limits::JOIN_TOKEN {
+        return Err(ApiError::unauthorized("InvalidAuthenticationToken", REVOKED));
+    }
+    app.store
+        .agent_by_credential(&auth::hash_token(token))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("InvalidAuthenticationToken", REVOKED))
 }
 
 async fn join(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
@@ -57,52 +96,42 @@ async fn join(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, 
 async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
     let ctx = crate::ctx_of(peer, &req);
     let audit = app.audit(&ctx, "agent", ops::AGENT_JOIN, "/agent/v1/join");
-    let body = match read_body(app, req.into_body()).await {
-        Ok(b) => b,
-        Err(e) => return Err(app.refuse(audit, e).await),
-    };
-    let input = match parse_json::<JoinIn>(&body) {
-        Ok(i) => i,
-        Err(e) => return Err(app.refuse(audit, e.into()).await),
-    };
-    let bad = |field: &str, m: String| {
-        let mut e = ApiError::bad_request("InvalidJoinRequest", m);
-        e.target = Some(field.into());
-        e
-    };
-    let checked = (|| {
-        let mode = AgentMode::parse(&input.mode)
-            .ok_or_else(|| bad("mode", format!("mode '{}' is not host or gateway", input.mode)))?;
-        let os_type = OsType::parse(&input.os_type)
-            .ok_or_else(|| bad("osType", format!("osType '{}' is not Linux or Windows", input.os_type)))?;
-        jitgate_core::ids::validate_vm_name(&input.name).map_err(|m| bad("name", m))?;
-        let addresses = input
-            .addresses
-            .iter()
-            .map(|a| a.parse().map_err(|_| bad("addresses", format!("'{a}' is not an IP address"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let public_address = input
-            .public_address
-            .as_deref()
-            .map(|a| a.parse().map_err(|_| bad("publicAddress", format!("'{a}' is not an IP address"))))
-            .transpose()?;
-        Ok::<_, ApiError>((mode, os_type, addresses, public_address))
-    })();
-    let (mode, os_type, addresses, public_address) = match checked {
+    let checked = async {
+        let body = read_small_body(app, req.into_body()).await?;
+        let input = parse_json::<JoinIn>(&body)?;
+        let draft = JoinDraft {
+            join_token: input.join_token,
+            name: input.name,
+            mode: input.mode,
+            os_type: input.os_type,
+            addresses: input.addresses,
+            public_address: input.public_address,
+            hostname: input.hostname,
+        };
+        check_join(draft).map_err(|invalid| {
+            let mut e = ApiError::from(invalid);
+            if e.code == "InvalidJoinToken" {
+                e.status = StatusCode::UNAUTHORIZED;
+            }
+            e
+        })
+    }
+    .await;
+    let input = match checked {
         Ok(c) => c,
-        Err(e) => return Err(app.refuse(audit, e).await),
+        Err(e) => return Err(app.refuse(audit, bounded(e)).await),
     };
     let credential = format!("{CREDENTIAL_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
     let join = AgentJoin {
-        token_hash: auth::hash_token(input.join_token.trim()),
+        token_hash: auth::hash_token(&input.join_token),
         credential_hash: auth::hash_token(&credential),
         id: uuid::Uuid::new_v4().to_string(),
-        name: input.name.clone(),
-        mode,
-        os_type,
-        addresses,
-        public_address,
-        hostname: input.hostname.chars().take(255).collect(),
+        name: input.name,
+        mode: input.mode,
+        os_type: input.os_type,
+        addresses: input.addresses,
+        public_address: input.public_address,
+        hostname: input.hostname,
         now: app.clock.now(),
     };
     let agent = app.store.join_agent(join, audit).await.map_err(|e| {
@@ -145,15 +174,20 @@ async fn state_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Read the state itself (it carries the revision): one round trip when something changed.
-        let state = app.store.agent_state(&agent.id, app.clock.now()).await?;
-        let timed_out = tokio::time::Instant::now() >= deadline;
-        if after.is_none_or(|a| state.revision > a) || timed_out {
-            return Ok(json(StatusCode::OK, &state_out(&state, app.clock.now())));
+        let state = app.store.agent_state(&agent.id, app.clock.now()).await.map_err(agent_error)?;
+        let ready = after.is_none_or(|a| state.revision > a) || tokio::time::Instant::now() >= deadline;
+        if !ready {
+            tokio::select! {
+                r = changes.changed() => if r.is_ok() { continue },
+                _ = tokio::time::sleep_until(deadline) => continue,
+            }
+            // The change channel closed (shutting down): answer with what there is.
         }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return Ok(json(StatusCode::OK, &state_out(&state, app.clock.now()))) },
-            _ = tokio::time::sleep_until(deadline) => {}
+        // The agent may report this revision as applied only once it was sent to it.
+        if state.revision > agent.delivered_revision {
+            app.store.agent_delivered(&agent.id, state.revision).await.map_err(agent_error)?;
         }
+        return Ok(json(StatusCode::OK, &state_out(&state, app.clock.now())));
     }
 }
 
@@ -198,15 +232,35 @@ async fn applied(State(app): State<App>, req: Request<Body>) -> Response {
 async fn applied_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let agent = agent(app, &parts.headers).await?;
-    let body = read_body(app, body).await?;
-    let input: AppliedIn = parse_json(&body)?;
+    let body = read_small_body(app, body).await?;
+    let input: AppliedIn = parse_json(&body).map_err(|e| bounded(e.into()))?;
     let report = AgentReport {
         revision: input.revision,
         nft_usable: input.nftables_usable,
-        nft_error: input.nftables_error.map(|e| e.chars().take(2000).collect()),
+        // Shown to operators and requesters: printable, at most `limits::REPORT_ERROR` characters.
+        nft_error: input.nftables_error.as_deref().map(report_error),
         now: app.clock.now(),
     };
-    app.store.agent_report(&agent.id, report).await?;
+    app.store.agent_report(&agent.id, report).await.map_err(agent_error)?;
     app.applied.notify_waiters();
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rotate(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
+    respond(rotate_inner(&app, peer, req).await)
+}
+
+/// `POST /agent/v1/rotate`: a new credential for the calling agent; the one it called with
+/// stops working at once.
+async fn rotate_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
+    let ctx = crate::ctx_of(peer, &req);
+    let agent = agent(app, req.headers()).await?;
+    let old = auth::bearer(req.headers())?.to_owned();
+    let credential = format!("{CREDENTIAL_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
+    let audit = app.audit(&ctx, &format!("agent:{}", agent.id), ops::AGENT_ROTATE, &format!("/agents/{}", agent.id));
+    app.store
+        .rotate_agent_credential(&agent.id, &auth::hash_token(&old), &auth::hash_token(&credential), audit)
+        .await
+        .map_err(agent_error)?;
+    Ok(json(StatusCode::OK, &RotateOut { agent_id: agent.id, credential }))
 }

@@ -4,7 +4,8 @@
 //! - `PUT /api/v1/vms` `{"id","osType","location","address"?}` → 201 new, 200 replaced
 //! - `GET /api/v1/vms` → `{"value":[…]}`; `GET /api/v1/vms?id=…` → one VM or 404
 //! - `DELETE /api/v1/vms?id=…` → 200 with the removed VM; 404 unknown; 409 while a policy names it
-//! - `POST /api/v1/agentTokens` → 201 a one-time join token; `GET /api/v1/agents`
+//! - `POST /api/v1/agentTokens` → 201 a one-time join token; `GET /api/v1/agents`;
+//!   `DELETE /api/v1/agents/{id}` → 200 the revoked and removed agent
 //! - `GET /api/v1/requests/{id}`; `POST /api/v1/requests/{id}/revoke[?wait=applied]`
 
 use axum::body::Body;
@@ -22,7 +23,7 @@ use jitgate_api_types::native::{ConnectionDetailsOut, ConnectionPortOut, Enforce
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::enforcement::AgentMode;
-use jitgate_core::ids::{validate_resource_group, validate_subscription};
+use jitgate_core::ids::{validate_resource_group, validate_subscription, validate_vm_name};
 use jitgate_core::invalid::codes;
 use jitgate_core::rbac::actions;
 use jitgate_core::{AccessDuration, VmId};
@@ -39,6 +40,7 @@ pub fn router() -> Router<App> {
         .route("/api/v1/vms", any(vms))
         .route("/api/v1/agentTokens", post(agent_tokens).get(list_agent_tokens))
         .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}", axum::routing::delete(delete_agent))
         .route("/api/v1/requests/{id}", get(get_request))
         .route("/api/v1/requests/{id}/revoke", post(revoke))
         .route("/api/v1/requests/{id}/approve", post(approve))
@@ -53,8 +55,11 @@ fn vm_out(app: &App, vm: &Vm) -> VmOut {
     match &vm.agent {
         None => {
             out.unsupported_reason = Some(match &s.gateway {
-                Some(gw) => format!("no enforcement point: gateway '{gw}' has not joined"),
-                None => "no enforcement point: no agent runs on the VM and no gateway is in front of it".into(),
+                Some(gw) => format!("no enforcement point: gateway '{gw}' has not joined (or was revoked)"),
+                None => {
+                    "no enforcement point: no agent runs on the VM (or it was revoked) and no gateway is in front of it"
+                        .into()
+                }
             });
         }
         Some(a) => {
@@ -90,6 +95,7 @@ fn agent_out(app: &App, a: &AgentRecord) -> AgentOut {
         joined_at: datetime::format(a.joined),
         last_seen: a.last_seen.map(datetime::format),
         applied_revision: a.applied_revision,
+        delivered_revision: a.delivered_revision,
         stale: app.is_stale(a),
         nftables_usable: a.nft_usable,
         nftables_error: a.nft_error.clone(),
@@ -130,12 +136,26 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
             input.resource_group.ok_or_else(|| bad("resourceGroup", "resourceGroup is required".into()))?;
         validate_resource_group(&resource_group).map_err(|m| bad("resourceGroup", m))?;
         let location = input.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
-        if location.trim().is_empty() || location.len() > 90 {
-            return Err(bad("location", format!("location '{location}' must be 1 to 90 characters")));
+        if location.trim().is_empty() || location.len() > 90 || location.chars().any(char::is_control) {
+            let shown = jitgate_core::enforcement::quote(&location);
+            return Err(bad("location", format!("location '{shown}' must be 1 to 90 printable characters")));
         }
         let mode_text = input.mode.unwrap_or_else(|| "host".into());
-        let mode = AgentMode::parse(&mode_text)
-            .ok_or_else(|| bad("mode", format!("mode '{mode_text}' is not host or gateway")))?;
+        let mode = AgentMode::parse(&mode_text).ok_or_else(|| {
+            bad("mode", format!("mode '{}' is not host or gateway", jitgate_core::enforcement::quote(&mode_text)))
+        })?;
+        if let Some(vm) = &input.vm {
+            if mode != AgentMode::Host {
+                return Err(bad(
+                    "vm",
+                    "only host-mode tokens are made for one VM; a gateway joins under its own name".into(),
+                ));
+            }
+            validate_vm_name(vm).map_err(|_| {
+                let shown = jitgate_core::enforcement::quote(vm);
+                bad("vm", format!("virtual machine name '{shown}' must be 1 to 64 characters without spaces"))
+            })?;
+        }
         let ttl = match input.ttl {
             None => time::Duration::hours(1),
             Some(t) => AccessDuration::parse(&t).map_err(|e| bad("ttl", e.0))?.duration(),
@@ -149,6 +169,7 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
             location,
             mode,
             expires: app.clock.now() + ttl,
+            vm: input.vm,
         })
     }
     .await;
@@ -156,10 +177,10 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
         Ok(s) => s,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
-    // Joining registers VMs in the token's resource group.
+    // Joining registers VMs in the token's resource group; a token made for one VM registers or
+    // re-binds only that VM.
     let mut audit = audit;
-    let rg_scope = format!("/subscriptions/{}/resourceGroups/{}", spec.subscription, spec.resource_group);
-    app.authorize_change(&principal, actions::VM_WRITE, &rg_scope, &mut audit).await?;
+    app.authorize_change(&principal, actions::VM_WRITE, &token_scope(&spec), &mut audit).await?;
     let token = format!("{JOIN_TOKEN_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
     app.store.create_join_token(spec.clone(), &auth::hash_token(&token), audit).await?;
     let out = JoinTokenOut {
@@ -169,8 +190,45 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
         resource_group: spec.resource_group,
         location: spec.location,
         mode: spec.mode.as_str().into(),
+        vm: spec.vm,
     };
     Ok(json(StatusCode::CREATED, &out))
+}
+
+/// Where a join token registers VMs: its resource group, or the one VM it was made for.
+fn token_scope(spec: &JoinTokenSpec) -> String {
+    let rg = format!("/subscriptions/{}/resourceGroups/{}", spec.subscription, spec.resource_group);
+    match &spec.vm {
+        Some(vm) => format!("{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"),
+        None => rg,
+    }
+}
+
+/// Where an agent is managed: its VM (host mode) or the resource group it joined (gateway).
+fn agent_scope(a: &AgentRecord) -> String {
+    a.vm_id.clone().unwrap_or_else(|| format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group))
+}
+
+/// `DELETE /api/v1/agents/{id}`: revokes the agent's credential and removes it; the VMs it
+/// enforced have no enforcement point until an agent joins for them. Needs
+/// `Microsoft.Compute/virtualMachines/write` where the agent is managed.
+async fn delete_agent(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Caller { ctx, principal, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let shown = jitgate_core::enforcement::quote(&id);
+    let mut audit = app.audit(&ctx, &principal.name, ops::AGENT_DELETE, &format!("/api/v1/agents/{shown}"));
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        let e = ApiError::not_found("AgentNotFound", format!("agent '{shown}' is not known"));
+        return Err(app.refuse(audit, e).await);
+    }
+    if let Some(agent) = app.store.get_agent(&id).await? {
+        app.authorize_change(&principal, actions::VM_WRITE, &agent_scope(&agent), &mut audit).await?;
+    }
+    let agent = app.store.delete_agent(&id, audit).await?;
+    app.changed();
+    Ok(json(StatusCode::OK, &agent_out(&app, &agent)))
 }
 
 /// `GET /api/v1/agentTokens`: join tokens where the caller may register VMs, without secrets.
@@ -182,13 +240,14 @@ async fn list_agent_tokens(State(app): State<App>, Caller { principal, .. }: Cal
         .list_join_tokens()
         .await?
         .into_iter()
-        .filter(|t| grants.permits(actions::VM_WRITE, &format!("/subscriptions/{}/resourceGroups/{}", t.spec.subscription, t.spec.resource_group)))
+        .filter(|t| grants.permits(actions::VM_WRITE, &token_scope(&t.spec)))
         .map(|t| {
             let state = if t.used.is_some() { "used" } else if t.spec.expires <= now { "expired" } else { "unused" };
             serde_json::json!({
                 "subscription": t.spec.subscription, "resourceGroup": t.spec.resource_group, "location": t.spec.location,
                 "mode": t.spec.mode.as_str(), "createdAt": datetime::format(t.created), "createdBy": t.created_by,
                 "expiresOn": datetime::format(t.spec.expires), "usedAt": t.used.map(datetime::format), "state": state,
+                "vm": t.spec.vm,
             })
         })
         .collect();
@@ -199,15 +258,7 @@ async fn agents(State(app): State<App>, Caller { principal, .. }: Caller) -> Res
     let list = app.store.list_agents().await?;
     let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
     let value =
-        list.iter()
-            .filter(|a| {
-                let scope = a.vm_id.clone().unwrap_or_else(|| {
-                    format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group)
-                });
-                grants.permits(actions::VM_READ, &scope)
-            })
-            .map(|a| agent_out(&app, a))
-            .collect();
+        list.iter().filter(|a| grants.permits(actions::VM_READ, &agent_scope(a))).map(|a| agent_out(&app, a)).collect();
     Ok(json(StatusCode::OK, &ListOut { value }))
 }
 
@@ -320,6 +371,14 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             let mut audit = audit;
             audit.resource_id = reg.id.as_str().to_owned();
             app.authorize_change(&principal, actions::VM_WRITE, reg.id.as_str(), &mut audit).await?;
+            // A gateway is a resource of its own subscription and resource group: attaching a VM
+            // to it routes the VM's grants through it, so the caller must be able to manage it.
+            // It is looked up in the VM's subscription only (the store refuses unknown names).
+            if let Some(gw) = &reg.gateway {
+                if let Some(g) = app.store.gateway_agent(reg.id.subscription(), gw).await? {
+                    app.authorize_change(&principal, actions::VM_WRITE, &agent_scope(&g), &mut audit).await?;
+                }
+            }
             let spec = VmSpec {
                 id: reg.id,
                 os_type: reg.os_type,

@@ -601,6 +601,7 @@ mod tests {
             joined: now,
             last_seen,
             applied_revision: 0,
+            delivered_revision: 0,
             nft_usable: None,
             nft_error: None,
         };

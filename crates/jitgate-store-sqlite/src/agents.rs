@@ -21,15 +21,23 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
     let revision = rows::revision(conn)?;
     // The VMs this agent enforces for, with the address traffic to them has (gateway mode).
     let targets: Vec<(String, Option<IpAddr>)> = match agent.mode {
-        AgentMode::Host => match &agent.vm_id {
-            Some(id) => vec![(id.to_ascii_lowercase(), None)],
-            None => vec![],
-        },
+        // The VM bound to this agent (none once the VM was deleted or another agent took it over).
+        AgentMode::Host => conn
+            .prepare_cached("SELECT key FROM vms WHERE agent_id = ?1 ORDER BY key")?
+            .query_map([&agent.id], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?
+            .into_iter()
+            .map(|k| (k, None))
+            .collect(),
+        // The VMs of the gateway's own subscription attached to it by name.
         AgentMode::Gateway => conn
             .prepare_cached(
-                "SELECT key, address FROM vms WHERE lower(gateway) = lower(?1) AND address IS NOT NULL ORDER BY key",
+                "SELECT key, address FROM vms WHERE lower(gateway) = lower(?1) AND substr(key, 1, length(?2)) = ?2 \
+                 AND address IS NOT NULL ORDER BY key",
             )?
-            .query_map([&agent.name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .query_map(params![agent.name, rows::subscription_prefix(&agent.subscription)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
             .filter_map(|r| r.ok())
             .filter_map(|(k, a)| a.parse().ok().map(|ip| (k, Some(ip))))
             .collect(),

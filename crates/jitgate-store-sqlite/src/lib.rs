@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 pub use hooks::SealReport;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
-use jitgate_core::enforcement::{AgentMode, EnforcementState};
+use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{resolve, ValidatedPolicy};
@@ -41,7 +41,7 @@ use crate::rows::{encode_sources, from_nanos, nanos};
 use crate::writer::{FnJob, Job, WriteCtx};
 
 /// The schema this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Read connections kept open.
 const READERS: usize = 4;
@@ -211,6 +211,15 @@ const UPGRADE_TO_4: &str = "\
     CREATE INDEX tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL;";
 // --- end of identities and tokens -----------------------------------------------------------
 
+// --- Agents and gateways (schema version 5) -------------------------------------------------
+/// Schema 4 → 5: join tokens made for one VM; the revision last delivered to each agent;
+/// gateway names unique per subscription instead of globally.
+const UPGRADE_TO_5: &str = "ALTER TABLE join_tokens ADD COLUMN vm TEXT; \
+     ALTER TABLE agents ADD COLUMN delivered_revision INTEGER NOT NULL DEFAULT 0; \
+     DROP INDEX agents_gateway_name; \
+     CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(subscription), lower(name)) WHERE mode = 'gateway';";
+// --- end of agents and gateways -------------------------------------------------------------
+
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
     if version == 0 {
@@ -223,7 +232,7 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
             "the database has schema version {version}, newer than this jitgate ({SCHEMA_VERSION})"
         )));
     }
-    let steps: String = [(2, UPGRADE_TO_2), (3, UPGRADE_TO_3), (4, UPGRADE_TO_4)]
+    let steps: String = [(2, UPGRADE_TO_2), (3, UPGRADE_TO_3), (4, UPGRADE_TO_4), (5, UPGRADE_TO_5)]
         .iter()
         .filter(|(to, _)| version < *to)
         .map(|(_, sql)| format!("{sql} "))
@@ -423,6 +432,37 @@ fn port_summary(policy: &jitgate_core::Policy) -> String {
     parts.join(",")
 }
 
+/// The gateway ports the policy protecting VM `key` claims for it.
+fn vm_claims(conn: &Connection, key: &str) -> rusqlite::Result<Vec<MappedClaim>> {
+    let Some(policy) = conn
+        .query_row("SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1", [key], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+    else {
+        return Ok(vec![]);
+    };
+    let Some((_, policy)) = rows::load_policy_only(conn, &policy)? else { return Ok(vec![]) };
+    Ok(policy
+        .vms
+        .iter()
+        .filter(|v| v.id.key() == key)
+        .flat_map(|v| {
+            let policy_id = policy.reference.id();
+            v.ports.iter().filter_map(move |p| {
+                p.mapped_port.map(|m| MappedClaim {
+                    policy: policy_id.clone(),
+                    vm: v.id.name().to_owned(),
+                    number: p.number,
+                    protocol: p.protocol,
+                    mapped_port: m,
+                    target: Some("gateway".into()),
+                })
+            })
+        })
+        .collect())
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
@@ -494,14 +534,28 @@ impl Store for SqliteStore {
             let existing = rows::get_vm(ctx.conn, &key).map_err(backend)?;
             let address = vm.address.map(|a| a.to_string());
             if let Some(gw) = &vm.gateway {
-                if rows::gateway_agent(ctx.conn, gw).map_err(backend)?.is_none() {
-                    let mut invalid = Invalid::input(
+                let sub = vm.id.subscription();
+                if rows::gateway_agent(ctx.conn, sub, gw).map_err(backend)?.is_none() {
+                    let invalid = Invalid::input(
                         codes::INVALID_VM,
                         Some("gateway".into()),
-                        format!("no gateway agent named '{gw}' has joined; join it first (jitgate agent --mode gateway)"),
+                        format!(
+                            "no gateway agent named '{gw}' has joined subscription '{sub}'; a VM attaches only to a \
+                             gateway of its own subscription (join one with jitgate agent --mode gateway)"
+                        ),
                     );
-                    invalid.kind = jitgate_core::invalid::InvalidKind::BadInput;
                     return reject(ctx, audit, invalid);
+                }
+                // The VM's mapped ports move onto this gateway: they must be free there.
+                let moving = existing.as_ref().is_none_or(|e| {
+                    e.spec.gateway.as_deref().map(str::to_ascii_lowercase) != Some(gw.to_ascii_lowercase())
+                });
+                if moving {
+                    let new: Vec<MappedClaim> = vm_claims(ctx.conn, &key).map_err(backend)?;
+                    let held = rows::gateway_claims(ctx.conn, sub, gw, "", &key).map_err(backend)?;
+                    if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                        return reject(ctx, audit, invalid);
+                    }
                 }
                 if vm.address.is_none() {
                     let invalid = Invalid::input(
@@ -595,9 +649,23 @@ impl Store for SqliteStore {
                 );
                 return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
             }
+            // The VM's host agent goes with it: its credential never binds to a VM registered
+            // again under this name.
+            let revoked: Vec<String> = ctx
+                .conn
+                .prepare_cached(
+                    "DELETE FROM agents WHERE mode = 'host' AND (vm_key = ?1 OR id = (SELECT agent_id FROM vms WHERE key = ?1)) \
+                     RETURNING id",
+                )
+                .and_then(|mut st| st.query_map([&key], |r| r.get(0))?.collect())
+                .map_err(backend)?;
             ctx.conn.execute("DELETE FROM vms WHERE key = ?1", [&key]).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            ctx.audit(&audit.succeeded()).map_err(backend)?;
+            let mut event = audit.succeeded();
+            if !revoked.is_empty() {
+                event = event.with("revokedAgents", revoked.join(" "));
+            }
+            ctx.audit(&event).map_err(backend)?;
             Ok(vm)
         })
         .await
@@ -607,9 +675,13 @@ impl Store for SqliteStore {
         self.write(move |ctx| {
             let key = policy.reference.key();
             let mut known: HashMap<String, OsType> = HashMap::new();
+            let mut gateway_of: HashMap<String, String> = HashMap::new();
             for vm in &policy.vms {
                 if let Some(v) = rows::get_vm(ctx.conn, &vm.id.key()).map_err(backend)? {
                     known.insert(vm.id.key(), v.spec.os_type);
+                    if let Some(gw) = v.spec.gateway {
+                        gateway_of.insert(vm.id.key(), gw);
+                    }
                 }
             }
             let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
@@ -654,6 +726,40 @@ impl Store for SqliteStore {
                         format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
                     );
                     invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                    return reject(ctx, audit, invalid);
+                }
+            }
+            // A gateway's public ports are one namespace across all policies.
+            let mut gateways: Vec<String> = Vec::new();
+            for vm in &resolved.vms {
+                if let Some(gw) = gateway_of.get(&vm.id.key()) {
+                    if !gateways.iter().any(|g| g.eq_ignore_ascii_case(gw)) {
+                        gateways.push(gw.clone());
+                    }
+                }
+            }
+            for gw in &gateways {
+                let mut new = Vec::new();
+                for (i, vm) in resolved.vms.iter().enumerate() {
+                    if !gateway_of.get(&vm.id.key()).is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
+                        continue;
+                    }
+                    for (j, p) in vm.ports.iter().enumerate() {
+                        if let Some(m) = p.mapped_port {
+                            new.push(MappedClaim {
+                                policy: resolved.reference.id(),
+                                vm: vm.id.name().to_owned(),
+                                number: p.number,
+                                protocol: p.protocol,
+                                mapped_port: m,
+                                target: Some(format!("properties.virtualMachines[{i}].ports[{j}].mappedPort")),
+                            });
+                        }
+                    }
+                }
+                let held = rows::gateway_claims(ctx.conn, &resolved.reference.subscription, gw, &key, "")
+                    .map_err(backend)?;
+                if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
                     return reject(ctx, audit, invalid);
                 }
             }
@@ -1259,8 +1365,8 @@ impl Store for SqliteStore {
         self.write(move |ctx| {
             ctx.conn
                 .execute(
-                    "INSERT INTO join_tokens (hash, subscription, resource_group, location, mode, created, expires, created_by) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO join_tokens (hash, subscription, resource_group, location, mode, created, expires, created_by, vm) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         hash,
                         spec.subscription,
@@ -1269,15 +1375,19 @@ impl Store for SqliteStore {
                         spec.mode.as_str(),
                         nanos(audit.time),
                         nanos(spec.expires),
-                        audit.caller
+                        audit.caller,
+                        spec.vm
                     ],
                 )
                 .map_err(backend)?;
-            let event = audit
+            let mut event = audit
                 .succeeded()
                 .with("mode", spec.mode.as_str())
                 .with("location", spec.location.clone())
                 .with("expiresOn", rfc3339(spec.expires));
+            if let Some(vm) = &spec.vm {
+                event = event.with("vm", vm.clone());
+            }
             ctx.audit(&event).map_err(backend)?;
             Ok(())
         })
@@ -1287,7 +1397,7 @@ impl Store for SqliteStore {
     async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
         self.read(|c| {
             c.prepare_cached(
-                "SELECT subscription, resource_group, location, mode, expires, created, created_by, used FROM join_tokens ORDER BY created",
+                "SELECT subscription, resource_group, location, mode, expires, created, created_by, used, vm FROM join_tokens ORDER BY created",
             )?
             .query_map([], |r| {
                 let mode: String = r.get(3)?;
@@ -1299,6 +1409,7 @@ impl Store for SqliteStore {
                         location: r.get(2)?,
                         mode: AgentMode::parse(&mode).ok_or_else(|| rows::corrupt(format!("mode {mode}")))?,
                         expires: from_nanos(r.get(4)?)?,
+                        vm: r.get(8)?,
                     },
                     created: from_nanos(r.get(5)?)?,
                     created_by: r.get(6)?,
@@ -1312,17 +1423,18 @@ impl Store for SqliteStore {
 
     async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord> {
         self.write(move |ctx| {
-            let token: Option<(String, String, String, String, i64, Option<i64>)> = ctx
+            type TokenRow = (String, String, String, String, i64, Option<i64>, Option<String>);
+            let token: Option<TokenRow> = ctx
                 .conn
                 .query_row(
-                    "SELECT subscription, resource_group, location, mode, expires, used FROM join_tokens WHERE hash = ?1",
+                    "SELECT subscription, resource_group, location, mode, expires, used, vm FROM join_tokens WHERE hash = ?1",
                     [&join.token_hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
                 )
                 .optional()
                 .map_err(backend)?;
             let denied = |m: &str| Invalid::input("InvalidJoinToken", None, m.to_owned());
-            let Some((sub, rg, loc, mode, expires, used)) = token else {
+            let Some((sub, rg, loc, mode, expires, used, for_vm)) = token else {
                 return reject(ctx, audit, denied("the join token is unknown"));
             };
             if used.is_some() {
@@ -1335,35 +1447,90 @@ impl Store for SqliteStore {
                 let m = format!("the join token is for {mode} mode, the agent asked for {}", join.mode.as_str());
                 return reject(ctx, audit, denied(&m));
             }
+            if let Some(for_vm) = &for_vm {
+                if !for_vm.eq_ignore_ascii_case(&join.name) {
+                    let m = format!("the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'", join.name);
+                    return reject(ctx, audit, denied(&m));
+                }
+            }
+            let now = nanos(join.now);
+            let addresses: Vec<String> = join.addresses.iter().map(|a| a.to_string()).collect();
+            let mut event = audit
+                .clone()
+                .succeeded()
+                .with("agentId", join.id.clone())
+                .with("mode", join.mode.as_str())
+                .with("name", join.name.clone())
+                .with("addresses", addresses.join(" "));
+            let mut location = loc.clone();
             let vm = match join.mode {
                 AgentMode::Host => match agents::host_vm_id(&sub, &rg, &join.name) {
                     Ok(id) => Some(id),
                     Err(m) => return reject(ctx, audit, Invalid::input("InvalidAgentName", Some("name".into()), m)),
                 },
                 AgentMode::Gateway => {
-                    if rows::gateway_agent(ctx.conn, &join.name).map_err(backend)?.is_some() {
-                        let m = format!("a gateway named '{}' has already joined", join.name);
+                    if let Some(g) = rows::gateway_agent(ctx.conn, &sub, &join.name).map_err(backend)? {
+                        let m = format!(
+                            "a gateway named '{}' has already joined subscription '{sub}' (agent {}); revoke it first \
+                             (jitgate agent rm {}) to join a replacement",
+                            g.name, g.id, g.id
+                        );
                         return reject(ctx, audit, Invalid::conflict("GatewayExists", m));
                     }
                     None
                 }
             };
-            let now = nanos(join.now);
-            ctx.conn.execute("UPDATE join_tokens SET used = ?2 WHERE hash = ?1", params![join.token_hash, now]).map_err(backend)?;
-            let addresses: Vec<String> = join.addresses.iter().map(|a| a.to_string()).collect();
             if let Some(vm) = &vm {
-                // Host mode: the agent registers its own VM (a re-join replaces the earlier agent).
                 let address = join.addresses.first().map(|a| a.to_string());
-                ctx.conn
-                    .execute(
-                        "INSERT INTO vms (key, id, os_type, location, address, agent_id, created, updated) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (key) DO UPDATE SET os_type = ?3, \
-                         location = ?4, address = ?5, agent_id = ?6, gateway = NULL, updated = ?7",
-                        params![vm.key(), vm.as_str(), join.os_type.as_str(), loc, address, join.id, now],
-                    )
-                    .map_err(backend)?;
+                match rows::get_vm(ctx.conn, &vm.key()).map_err(backend)? {
+                    None => {
+                        ctx.conn
+                            .execute(
+                                "INSERT INTO vms (key, id, os_type, location, address, agent_id, created, updated) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                                params![vm.key(), vm.as_str(), join.os_type.as_str(), loc, address, join.id, now],
+                            )
+                            .map_err(backend)?;
+                    }
+                    // An existing VM changes its enforcement point only when an operator made
+                    // this token for it; never as a side effect of some other host token.
+                    Some(_) if for_vm.is_none() => {
+                        let m = format!(
+                            "virtual machine '{vm}' is already registered; an agent joins as an existing VM only with a \
+                             join token made for it (jitgate agent token create --vm {} …, which needs \
+                             Microsoft.Compute/virtualMachines/write on the VM)",
+                            vm.name()
+                        );
+                        return reject(ctx, audit, Invalid::conflict("VirtualMachineExists", m));
+                    }
+                    Some(existing) if existing.spec.gateway.is_some() => {
+                        let m = format!(
+                            "virtual machine '{vm}' is enforced by gateway '{}'; detach it from the gateway first \
+                             (PUT /api/v1/vms without gateway) before a host agent joins as it",
+                            existing.spec.gateway.unwrap_or_default()
+                        );
+                        return reject(ctx, audit, Invalid::conflict("VirtualMachineBehindGateway", m));
+                    }
+                    Some(existing) => {
+                        // The explicit re-bind: new agent and address; location and OS stay.
+                        location = existing.spec.location.clone();
+                        ctx.conn
+                            .execute(
+                                "UPDATE vms SET address = ?2, agent_id = ?3, updated = ?4 WHERE key = ?1",
+                                params![vm.key(), address, join.id, now],
+                            )
+                            .map_err(backend)?;
+                        event = event
+                            .with("rebound", "true")
+                            .with("previousAgent", existing.agent.map(|a| a.id).unwrap_or_default())
+                            .with("previousAddress", existing.spec.address.map(|a| a.to_string()).unwrap_or_default())
+                            .with("address", address.unwrap_or_default());
+                    }
+                }
+                // The VM's earlier host agent (if any) is replaced: its credential stops working.
                 ctx.conn.execute("DELETE FROM agents WHERE vm_key = ?1 AND mode = 'host'", [vm.key()]).map_err(backend)?;
             }
+            ctx.conn.execute("UPDATE join_tokens SET used = ?2 WHERE hash = ?1", params![join.token_hash, now]).map_err(backend)?;
             ctx.conn
                 .execute(
                     "INSERT INTO agents (id, name, mode, subscription, resource_group, location, vm_key, vm_id, credential_hash, \
@@ -1375,7 +1542,7 @@ impl Store for SqliteStore {
                         join.mode.as_str(),
                         sub,
                         rg,
-                        loc,
+                        location,
                         vm.as_ref().map(|v| v.key()),
                         vm.as_ref().map(|v| v.as_str().to_owned()),
                         join.credential_hash,
@@ -1388,12 +1555,6 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            let mut event = audit
-                .succeeded()
-                .with("agentId", join.id.clone())
-                .with("mode", join.mode.as_str())
-                .with("name", join.name.clone())
-                .with("addresses", addresses.join(" "));
             if let Some(vm) = &vm {
                 event.resource_id = vm.as_str().to_owned();
             }
@@ -1420,11 +1581,108 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_agent(&self, id: &str) -> StoreResult<Option<AgentRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| agents::agent_by_id(c, &id)).await
+    }
+
+    async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>> {
+        let (sub, name) = (subscription.to_owned(), name.to_owned());
+        self.read(move |c| rows::gateway_agent(c, &sub, &name)).await
+    }
+
+    async fn delete_agent(&self, id: &str, audit: AuditEvent) -> StoreResult<AgentRecord> {
+        let id = id.to_owned();
+        self.write(move |ctx| {
+            let Some(agent) = agents::agent_by_id(ctx.conn, &id).map_err(backend)? else {
+                return reject(ctx, audit, Invalid::not_found("AgentNotFound", format!("agent '{id}' is not known")));
+            };
+            let vms: Vec<String> = match agent.mode {
+                AgentMode::Host => ctx
+                    .conn
+                    .prepare_cached("SELECT id FROM vms WHERE agent_id = ?1 ORDER BY key")
+                    .and_then(|mut st| st.query_map([&id], |r| r.get(0))?.collect()),
+                AgentMode::Gateway => ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT id FROM vms WHERE lower(gateway) = lower(?1) AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map(params![agent.name, rows::subscription_prefix(&agent.subscription)], |r| r.get(0))?
+                            .collect()
+                    }),
+            }
+            .map_err(backend)?;
+            ctx.conn.execute("UPDATE vms SET agent_id = NULL WHERE agent_id = ?1", [&id]).map_err(backend)?;
+            ctx.conn.execute("DELETE FROM agents WHERE id = ?1", [&id]).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            const LISTED: usize = 50;
+            let mut listed = vms.iter().take(LISTED).cloned().collect::<Vec<_>>().join(" ");
+            if vms.len() > LISTED {
+                listed.push_str(&format!(" (and {} more)", vms.len() - LISTED));
+            }
+            let event = audit
+                .succeeded()
+                .with("agentId", agent.id.clone())
+                .with("name", agent.name.clone())
+                .with("mode", agent.mode.as_str())
+                .with("unenforcedVms", listed);
+            ctx.audit(&event).map_err(backend)?;
+            Ok(agent)
+        })
+        .await
+    }
+
+    async fn rotate_agent_credential(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<AgentRecord> {
+        let (id, old, new) = (id.to_owned(), old_hash.to_owned(), new_hash.to_owned());
+        self.write(move |ctx| {
+            let changed = ctx
+                .conn
+                .execute(
+                    "UPDATE agents SET credential_hash = ?3 WHERE id = ?1 AND credential_hash = ?2",
+                    params![id, old, new],
+                )
+                .map_err(backend)?;
+            if changed == 0 {
+                let m = format!("agent '{id}' is not known or its credential was already replaced");
+                return reject(ctx, audit, Invalid::not_found("AgentNotFound", m));
+            }
+            ctx.audit(&audit.succeeded().with("agentId", id.clone())).map_err(backend)?;
+            agents::agent_by_id(ctx.conn, &id).map_err(backend)?.ok_or_else(|| backend("the agent vanished"))
+        })
+        .await
+    }
+
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
         let id = agent_id.to_owned();
-        self.read(move |c| {
-            let agent = agents::agent_by_id(c, &id)?.ok_or_else(|| rows::corrupt(format!("agent {id} is gone")))?;
-            agents::state(c, &agent, now)
+        let state = self
+            .read(move |c| match agents::agent_by_id(c, &id)? {
+                Some(agent) => agents::state(c, &agent, now).map(Some),
+                None => Ok(None),
+            })
+            .await?;
+        state.ok_or_else(|| {
+            StoreError::Rejected(Invalid::not_found("AgentNotFound", format!("agent '{agent_id}' was removed")))
+        })
+    }
+
+    async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
+        let id = agent_id.to_owned();
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "UPDATE agents SET delivered_revision = max(delivered_revision, ?2) WHERE id = ?1",
+                    params![id, revision],
+                )
+                .map_err(backend)?;
+            Ok(())
         })
         .await
     }
@@ -1432,41 +1690,55 @@ impl Store for SqliteStore {
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
         let id = agent_id.to_owned();
         self.write(move |ctx| {
-            let before: Option<(i64, Option<bool>)> = ctx
+            let before: Option<(i64, Option<bool>, i64)> = ctx
                 .conn
-                .query_row("SELECT applied_revision, nft_usable FROM agents WHERE id = ?1", [&id], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT applied_revision, nft_usable, delivered_revision FROM agents WHERE id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()
                 .map_err(backend)?;
-            let Some((applied, usable)) = before else {
+            let Some((applied, usable, delivered)) = before else {
                 return Err(StoreError::Rejected(Invalid::not_found(
                     "AgentNotFound",
                     format!("agent {id} is not known"),
                 )));
             };
+            let event = AuditEvent {
+                time: report.now,
+                operation: ops::AGENT_APPLIED.into(),
+                status: if report.nft_usable { AuditStatus::Succeeded } else { AuditStatus::Failed },
+                caller: format!("agent:{id}"),
+                caller_ip: None,
+                resource_id: format!("/agents/{id}"),
+                correlation_id: format!("agent-{id}-{}", report.revision),
+                properties: Default::default(),
+            };
+            // An agent can only have applied what it was sent.
+            if report.revision > delivered.max(0) as u64 {
+                let m = format!(
+                    "revision {} was never delivered to this agent (the latest it was sent is {delivered}); \
+                     report only revisions from GET /agent/v1/state",
+                    report.revision
+                );
+                let refusal = event.with("revision", report.revision.to_string());
+                return reject(ctx, refusal, Invalid::conflict("RevisionNotDelivered", m));
+            }
+            let revision = report.revision as i64;
             ctx.conn
                 .execute(
                     "UPDATE agents SET last_seen = ?2, applied_revision = max(applied_revision, ?3), nft_usable = ?4, \
                      nft_error = ?5 WHERE id = ?1",
-                    params![id, nanos(report.now), report.revision as i64, report.nft_usable, report.nft_error],
+                    params![id, nanos(report.now), revision, report.nft_usable, report.nft_error],
                 )
                 .map_err(backend)?;
             // Audit what changes: a newly applied revision, or a change in nftables health.
-            if report.revision as i64 > applied || usable != Some(report.nft_usable) {
-                let event = AuditEvent {
-                    time: report.now,
-                    operation: ops::AGENT_APPLIED.into(),
-                    status: if report.nft_usable { AuditStatus::Succeeded } else { AuditStatus::Failed },
-                    caller: format!("agent:{id}"),
-                    caller_ip: None,
-                    resource_id: format!("/agents/{id}"),
-                    correlation_id: format!("agent-{id}-{}", report.revision),
-                    properties: Default::default(),
-                }
-                .with("revision", report.revision.to_string())
-                .with("nftablesUsable", report.nft_usable.to_string())
-                .with("nftablesError", report.nft_error.clone().unwrap_or_default());
+            if revision > applied || usable != Some(report.nft_usable) {
+                let event = event
+                    .with("revision", report.revision.to_string())
+                    .with("nftablesUsable", report.nft_usable.to_string())
+                    .with("nftablesError", report.nft_error.clone().unwrap_or_default());
                 ctx.audit(&event).map_err(backend)?;
             }
             Ok(())

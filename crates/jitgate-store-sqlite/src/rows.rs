@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use jitgate_core::audit::{AuditEvent, AuditStatus};
-use jitgate_core::enforcement::AgentMode;
+use jitgate_core::enforcement::{AgentMode, MappedClaim};
 use jitgate_core::initiate::{GrantStatus, StatusReason};
 use jitgate_core::{
     AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId,
@@ -87,22 +87,66 @@ pub fn get_vm(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vm>> {
     vm.map(|vm| with_agent(conn, vm, key)).transpose()
 }
 
-/// Fills in the VM's enforcement point.
+/// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or
+/// the host agent bound to this very VM row (a VM registered again has none until one joins).
 pub fn with_agent(conn: &Connection, mut vm: Vm, key: &str) -> rusqlite::Result<Vm> {
     vm.agent = match &vm.spec.gateway {
-        Some(gw) => gateway_agent(conn, gw)?,
+        Some(gw) => gateway_agent(conn, vm.spec.id.subscription(), gw)?,
         None => conn
-            .prepare_cached("SELECT * FROM agents WHERE vm_key = ?1 AND mode = 'host' ORDER BY joined DESC LIMIT 1")?
+            .prepare_cached(
+                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = ?1 AND a.mode = 'host'",
+            )?
             .query_row([key], agent_from_row)
             .optional()?,
     };
     Ok(vm)
 }
 
-pub fn gateway_agent(conn: &Connection, name: &str) -> rusqlite::Result<Option<AgentRecord>> {
-    conn.prepare_cached("SELECT * FROM agents WHERE lower(name) = lower(?1) AND mode = 'gateway'")?
-        .query_row([name], agent_from_row)
-        .optional()
+/// The gateway agent named `name` in `subscription` (both compare case-insensitively).
+pub fn gateway_agent(conn: &Connection, subscription: &str, name: &str) -> rusqlite::Result<Option<AgentRecord>> {
+    conn.prepare_cached(
+        "SELECT * FROM agents WHERE mode = 'gateway' AND lower(subscription) = lower(?1) AND lower(name) = lower(?2)",
+    )?
+    .query_row([subscription, name], agent_from_row)
+    .optional()
+}
+
+/// The key prefix of every VM in a subscription (keys are lower-cased ARM ids).
+pub fn subscription_prefix(subscription: &str) -> String {
+    format!("/subscriptions/{}/", subscription.to_ascii_lowercase())
+}
+
+/// The gateway ports claimed by policies on VMs attached to gateway `gateway` of `subscription`,
+/// leaving out the claims of policy `except_policy` and of VM `except_vm` (keys; "" for none).
+pub fn gateway_claims(
+    conn: &Connection,
+    subscription: &str,
+    gateway: &str,
+    except_policy: &str,
+    except_vm: &str,
+) -> rusqlite::Result<Vec<MappedClaim>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.subscription, p.resource_group, p.location, p.name, pv.vm_id, pp.number, pp.protocol, pp.mapped_port \
+         FROM policy_ports pp JOIN policy_vms pv ON pv.pid = pp.pid AND pv.ord = pp.vm_ord \
+         JOIN policies p ON p.pid = pp.pid JOIN vms v ON v.key = pv.vm_key \
+         WHERE pp.mapped_port IS NOT NULL AND lower(v.gateway) = lower(?1) AND substr(v.key, 1, length(?2)) = ?2 \
+         AND p.key <> ?3 AND pv.vm_key <> ?4",
+    )?;
+    let rows = stmt.query_map(params![gateway, subscription_prefix(subscription), except_policy, except_vm], |r| {
+        let reference =
+            PolicyRef { subscription: r.get(0)?, resource_group: r.get(1)?, location: r.get(2)?, name: r.get(3)? };
+        let vm: String = r.get(4)?;
+        let proto: String = r.get(6)?;
+        Ok(MappedClaim {
+            policy: reference.id(),
+            vm: vm_id(&vm)?.name().to_owned(),
+            number: r.get(5)?,
+            protocol: protocol(&proto)?,
+            mapped_port: r.get(7)?,
+            target: None,
+        })
+    })?;
+    rows.collect()
 }
 
 pub fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
@@ -112,6 +156,7 @@ pub fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
     let last_seen: Option<i64> = r.get("last_seen")?;
     let usable: Option<bool> = r.get("nft_usable")?;
     let applied: i64 = r.get("applied_revision")?;
+    let delivered: i64 = r.get("delivered_revision")?;
     Ok(AgentRecord {
         id: r.get("id")?,
         name: r.get("name")?,
@@ -125,6 +170,7 @@ pub fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
         joined: from_nanos(r.get("joined")?)?,
         last_seen: last_seen.map(from_nanos).transpose()?,
         applied_revision: applied as u64,
+        delivered_revision: delivered as u64,
         nft_usable: usable,
         nft_error: r.get("nft_error")?,
     })

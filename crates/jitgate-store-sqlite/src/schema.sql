@@ -164,7 +164,8 @@ CREATE TABLE join_tokens (
     created        INTEGER NOT NULL,
     expires        INTEGER NOT NULL,
     created_by     TEXT NOT NULL,
-    used           INTEGER
+    used           INTEGER,
+    vm             TEXT              -- host mode: the one VM name the token may join as
 );
 CREATE TABLE agents (
     id               TEXT PRIMARY KEY,
@@ -184,9 +185,11 @@ CREATE TABLE agents (
     last_seen        INTEGER,
     applied_revision INTEGER NOT NULL DEFAULT 0,
     nft_usable       INTEGER,
-    nft_error        TEXT
+    nft_error        TEXT,
+    delivered_revision INTEGER NOT NULL DEFAULT 0  -- the latest revision a state answer carried
 );
-CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(name)) WHERE mode = 'gateway';
+-- Gateway names are unique within a subscription (VMs attach to a gateway of their own subscription).
+CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(subscription), lower(name)) WHERE mode = 'gateway';
 CREATE TABLE role_definitions (
     key               TEXT PRIMARY KEY,     -- lower-cased name
     name              TEXT NOT NULL,

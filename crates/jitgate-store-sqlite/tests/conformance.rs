@@ -166,7 +166,7 @@ async fn older_databases_are_upgraded_secrets_sealed_and_a_newer_one_refused() {
         assert!(!file_holds(&path, "plain-old-secret"), "v{version}: no clear-text copy left in the file");
         let c = rusqlite::Connection::open(&path).expect("raw open");
         let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
-        assert_eq!(v, 4);
+        assert_eq!(v, 5);
         c.execute("UPDATE requests SET ext_end = 1, ext_by = 'x' WHERE rid = -1", []).expect("the v2 columns exist");
         let sql: String = c
             .query_row("SELECT sql FROM sqlite_master WHERE name = 'deliveries'", [], |r| r.get(0))
@@ -189,6 +189,16 @@ async fn older_databases_are_upgraded_secrets_sealed_and_a_newer_one_refused() {
         assert_eq!(newest, 4, "a deleted id is not handed out again");
         c.execute("UPDATE principals SET issuer = 'i', subject = 's', display_name = 'd' WHERE id = -1", [])
             .expect("the identity columns exist");
+        c.execute("UPDATE join_tokens SET vm = 'x' WHERE hash = ''", []).expect("join tokens for one VM");
+        c.execute("UPDATE agents SET delivered_revision = 1 WHERE id = ''", []).expect("delivered revisions");
+        for sub in ["a", "b"] {
+            c.execute(
+                "INSERT INTO agents (id, name, mode, subscription, resource_group, location, credential_hash, os_type, \
+                 addresses, hostname, joined) VALUES (?1, 'gw', 'gateway', ?1, 'rg', 'l', ?1, 'Linux', '', 'gw', 0)",
+                [sub],
+            )
+            .expect("one gateway name per subscription");
+        }
         c.execute_batch("PRAGMA user_version = 99;").expect("from the future");
         drop(c);
         let err = SqliteStore::open(&path, keys()).err().expect("a newer database is refused");

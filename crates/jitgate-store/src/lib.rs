@@ -245,6 +245,10 @@ pub struct JoinTokenSpec {
     pub location: String,
     pub mode: AgentMode,
     pub expires: OffsetDateTime,
+    /// Host mode: the one VM (by name, in the token's resource group) the token may join as. An
+    /// agent joins as a VM that is already registered only with a token made for it, and then
+    /// takes over its enforcement point (an explicit re-bind, audited).
+    pub vm: Option<String>,
 }
 
 /// A join token as listed.
@@ -288,6 +292,8 @@ pub struct AgentRecord {
     pub joined: OffsetDateTime,
     pub last_seen: Option<OffsetDateTime>,
     pub applied_revision: u64,
+    /// The latest revision a state answer delivered to the agent; it cannot report more.
+    pub delivered_revision: u64,
     /// What the agent last said about nftables: `None` before its first report.
     pub nft_usable: Option<bool>,
     pub nft_error: Option<String>,
@@ -371,15 +377,18 @@ pub trait Store: Send + Sync + 'static {
     /// not expired).
     async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>>;
 
-    /// Registers or replaces a VM. Returns the VM and whether it was new.
+    /// Registers or replaces a VM. Returns the VM and whether it was new. A gateway is looked up
+    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`).
     async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
     async fn list_vms(&self) -> StoreResult<Vec<Vm>>;
     async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>>;
-    /// Removes a VM; refused (`VirtualMachineInUse`) while a policy names it.
+    /// Removes a VM; refused (`VirtualMachineInUse`) while a policy names it. Its host agent is
+    /// revoked with it: a VM registered again under the name never gets the old credential back.
     async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm>;
 
     /// Creates or replaces a policy, resolving its VMs (existence, OS defaults) in the same
-    /// transaction. The request history of an existing policy is kept.
+    /// transaction. The request history of an existing policy is kept. A gateway's mapped ports
+    /// are one namespace across all policies (`MappedPortInUse` names the holder).
     async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord>;
     async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>>;
     /// One page of a scope, ordered by policy key, starting after `after` (a key).
@@ -441,13 +450,36 @@ pub trait Store: Send + Sync + 'static {
     async fn create_join_token(&self, spec: JoinTokenSpec, token_hash: &str, audit: AuditEvent) -> StoreResult<()>;
     /// Join tokens (never their secrets): scope, expiry, creator, and when used.
     async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>>;
-    /// Consumes a join token and creates the agent; in host mode also registers its VM.
+    /// Consumes a join token and creates the agent; in host mode also registers its VM. A host
+    /// join creates a new VM, or binds to the VM its token was made for (`JoinTokenSpec::vm`,
+    /// replacing that VM's earlier agent: audited with the old and new agent and address);
+    /// joining as any other registered VM is refused (`VirtualMachineExists`), as is joining as
+    /// a VM behind a gateway (`VirtualMachineBehindGateway`). A gateway's name is unique within
+    /// its subscription (`GatewayExists`).
     async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord>;
     async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>>;
     async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
-    /// What one agent must enforce now.
+    async fn get_agent(&self, id: &str) -> StoreResult<Option<AgentRecord>>;
+    /// The gateway agent of this name in this subscription (names compare case-insensitively).
+    async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>>;
+    /// Revokes and removes an agent: its credential stops working at once and the VMs it
+    /// enforced have no enforcement point until another agent joins for them.
+    /// `AgentNotFound` when there is no such agent.
+    async fn delete_agent(&self, id: &str, audit: AuditEvent) -> StoreResult<AgentRecord>;
+    /// Replaces an agent's credential, provided it still is `old_hash` (`AgentNotFound` if not).
+    async fn rotate_agent_credential(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<AgentRecord>;
+    /// What one agent must enforce now (`AgentNotFound` once it was removed).
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState>;
-    /// Records an agent's report (last seen, revision applied, nftables health).
+    /// Notes that a state answer at `revision` was delivered to the agent.
+    async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()>;
+    /// Records an agent's report (last seen, revision applied, nftables health). A revision never
+    /// delivered to that agent is refused (`RevisionNotDelivered`, audited).
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()>;
     /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;

@@ -47,6 +47,7 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         vm_name: args.vm_name,
         public_address: args.public_address,
         poll_wait: Duration::from_secs(args.poll_seconds),
+        rotate_credential: args.rotate_credential,
     };
     let fw = Nft { fw: NftFirewall::open().map_err(|e| e.to_string()) };
     jitgate_agent::run(cfg, fw, shutdown_signal()).await

@@ -67,6 +67,8 @@ fn main() -> std::process::ExitCode {
                 Some(AgentCommand::Token { command: TokenCommand::List(a) }) => {
                     jitgate_cli::agent::token_list(a, format).await
                 }
+                Some(AgentCommand::List(a)) => jitgate_cli::agent::list(a, format).await,
+                Some(AgentCommand::Rm(a)) => jitgate_cli::agent::remove(a, format).await,
                 None => agent::run(args.run).await,
             },
             Command::Probe(args) => match jitgate_cli::probe::run(args).await {

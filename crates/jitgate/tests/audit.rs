@@ -463,13 +463,16 @@ async fn inventory_views_group_vms_like_the_portal() {
     assert!(b["warning"].as_str().unwrap_or("").contains("nothing closes"));
     assert_eq!(b["approvedRequestsLast7Days"], 0);
 
-    // Once the gateway reports, its VMs are enforced.
+    // Once the gateway reports the state it was sent, its VMs are enforced.
+    let bearer = format!("Bearer {credential}");
+    let sent = s.send_with(Method::GET, &s.url("/agent/v1/state?wait=0"), None, &[("Authorization", &bearer)]).await;
+    assert_eq!(sent.status, StatusCode::OK, "{sent:?}");
     let r = s
         .send_with(
             Method::POST,
             &s.url("/agent/v1/applied"),
-            Some(json!({"revision": 1, "nftablesUsable": true}).to_string().as_bytes()),
-            &[("Authorization", &format!("Bearer {credential}"))],
+            Some(json!({"revision": sent.body["revision"], "nftablesUsable": true}).to_string().as_bytes()),
+            &[("Authorization", &bearer)],
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);

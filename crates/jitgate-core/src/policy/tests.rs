@@ -231,4 +231,18 @@ fn extension_fields_cut_sessions_and_mapped_port() {
         vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![a, b]), public_ip_address: None }],
     };
     assert!(validate(reference("default"), twice).is_err(), "a gateway port maps to one VM port");
+    // `*` overlaps TCP and UDP; TCP and UDP do not overlap each other.
+    let tcp_and = |proto: &str| {
+        let mut a = port(22);
+        a.mapped_port = Some(50022);
+        let mut b = port(3389);
+        b.mapped_port = Some(50022);
+        b.protocol = Some(proto.into());
+        PolicyDraft {
+            kind: None,
+            vms: vec![VmDraft { id: vm_id("vm1"), ports: Some(vec![a, b]), public_ip_address: None }],
+        }
+    };
+    assert!(validate(reference("default"), tcp_and("*")).is_err(), "* and TCP claim the same gateway port");
+    assert!(validate(reference("default"), tcp_and("UDP")).is_ok(), "TCP and UDP are separate gateway ports");
 }
