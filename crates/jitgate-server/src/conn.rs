@@ -131,7 +131,13 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-async fn serve_connection(io: Box<dyn Conn>, peer: PeerAddr, router: Router, header_timeout: Duration, watcher: Watcher) {
+async fn serve_connection(
+    io: Box<dyn Conn>,
+    peer: PeerAddr,
+    router: Router,
+    header_timeout: Duration,
+    watcher: Watcher,
+) {
     let (protocol, io) = match tokio::time::timeout(header_timeout, sniff(io)).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return tracing::debug!(peer = %peer.0, error = %e, "connection closed before a request"),

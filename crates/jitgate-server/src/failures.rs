@@ -25,7 +25,11 @@ struct Key {
 
 impl Key {
     fn of(e: &AuditEvent) -> Self {
-        Key { operation: e.operation.clone(), caller: e.caller.clone(), source: e.caller_ip.clone().unwrap_or_default() }
+        Key {
+            operation: e.operation.clone(),
+            caller: e.caller.clone(),
+            source: e.caller_ip.clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -160,8 +164,12 @@ impl FailureLog {
     /// Summaries of the windows that have closed by `now` (which are forgotten).
     pub fn due(&mut self, now: Instant, wall: time::OffsetDateTime) -> Vec<AuditEvent> {
         let window = self.window;
-        let closed: Vec<Key> =
-            self.windows.iter().filter(|(_, w)| now.saturating_duration_since(w.opened) >= window).map(|(k, _)| k.clone()).collect();
+        let closed: Vec<Key> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.opened) >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
         closed.into_iter().filter_map(|k| self.windows.remove(&k)).filter_map(|w| w.summary(wall)).collect()
     }
 
@@ -254,7 +262,10 @@ mod tests {
         let accounted: u64 = written
             .iter()
             .map(|e| match e.properties.get("summary") {
-                Some(_) => e.properties["failures"].parse::<u64>().unwrap_or(0) + e.properties["rateLimited"].parse::<u64>().unwrap_or(0),
+                Some(_) => {
+                    e.properties["failures"].parse::<u64>().unwrap_or(0)
+                        + e.properties["rateLimited"].parse::<u64>().unwrap_or(0)
+                }
                 None => 1,
             })
             .sum();

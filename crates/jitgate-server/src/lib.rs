@@ -430,8 +430,15 @@ async fn error_bodies(req: Request, next: Next) -> Response {
         StatusCode::REQUEST_TIMEOUT => ("RequestTimeout", "the request did not arrive in time".to_owned()),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", "the request body must be JSON".to_owned()),
         StatusCode::TOO_MANY_REQUESTS => ("TooManyRequests", "too many requests".to_owned()),
-        s if s.is_server_error() => return ApiError::internal().into_response(),
-        _ => ("BadRequest", if text.is_empty() { format!("{method} {path} is not a valid request") } else { text.into_owned() }),
+        s if s.is_server_error() => {
+            let mut e = ApiError::internal();
+            e.status = s;
+            return e.into_response();
+        }
+        _ => (
+            "BadRequest",
+            if text.is_empty() { format!("{method} {path} is not a valid request") } else { text.into_owned() },
+        ),
     };
     let mut err = ApiError::new(status, code, message);
     err.allow = allow;

@@ -10,12 +10,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+/// Per agent, its waiting long-polls, oldest first: an id and what tells it to answer.
+type Waiting = HashMap<String, VecDeque<(u64, Arc<Notify>)>>;
+
 /// The long-polls waiting, per agent.
 #[derive(Debug)]
 pub struct LongPolls {
     cap: usize,
     next: AtomicU64,
-    waiting: Mutex<HashMap<String, VecDeque<(u64, Arc<Notify>)>>>,
+    waiting: Mutex<Waiting>,
 }
 
 /// One waiting long-poll; leaves the register when dropped.
@@ -33,7 +36,7 @@ impl LongPolls {
         LongPolls { cap, next: AtomicU64::new(0), waiting: Mutex::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, VecDeque<(u64, Arc<Notify>)>>> {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

@@ -319,7 +319,12 @@ async fn oversized_audit_fields_are_bounded(store: &dyn Store) {
     let big: Vec<_> = records.iter().rev().take(3).collect();
     for r in big {
         assert!(r.event.is_bounded(), "unbounded record {}", r.seq);
-        assert!(r.event.canonical_bytes().len() < 16 * 1024, "record {} is {} bytes", r.seq, r.event.canonical_bytes().len());
+        assert!(
+            r.event.canonical_bytes().len() < 16 * 1024,
+            "record {} is {} bytes",
+            r.seq,
+            r.event.canonical_bytes().len()
+        );
     }
     let last_two = &records[records.len() - 3..records.len() - 1];
     for r in last_two {

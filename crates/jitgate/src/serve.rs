@@ -95,8 +95,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         connections_per_source: args.max_connections_per_source,
         long_polls_per_agent: args.max_long_polls_per_agent,
     };
-    let conn_limit =
-        tls::ConnLimit { per_source: limits.connections_per_source, exempt: trusted_proxies.clone() };
+    let conn_limit = tls::ConnLimit { per_source: limits.connections_per_source, exempt: trusted_proxies.clone() };
     let config = ServerConfig {
         limits,
         tls: tls_config.is_some(),

@@ -173,7 +173,10 @@ fn policy(vm: &str) -> Value {
 async fn initiates_and_token_creations_are_rate_limited_per_principal() {
     let s = TestServer::start(BIN, &["--rate-limit-initiate", "3/min", "--rate-limit-tokens", "3/min"]);
     let vm = s.register_vm("rg1", "vm1", "Linux").await;
-    assert_eq!(s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await.status, StatusCode::OK);
+    assert_eq!(
+        s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await.status,
+        StatusCode::OK
+    );
     let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT10M", "allowedSourceAddressPrefix": "198.51.100.7"}]}]});
     let initiate = s.initiate_url("rg1", "westeurope", "default");
     for _ in 0..3 {
@@ -281,7 +284,8 @@ const NATIVE_ROUTES: &[(&str, &[&str])] = &[
 ];
 
 fn allowed_set(header: &str) -> Vec<String> {
-    let mut v: Vec<String> = header.split(',').map(|m| m.trim().to_ascii_uppercase()).filter(|m| !m.is_empty()).collect();
+    let mut v: Vec<String> =
+        header.split(',').map(|m| m.trim().to_ascii_uppercase()).filter(|m| !m.is_empty()).collect();
     v.sort();
     v
 }
@@ -326,7 +330,9 @@ async fn every_wrong_method_gets_an_azure_error_body_and_allow() {
         (Method::GET, s.initiate_url("rg1", "westeurope", "default"), "POST"),
         (
             Method::PUT,
-            s.url(&format!("/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01")),
+            s.url(&format!(
+                "/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
+            )),
             "GET",
         ),
     ] {
@@ -432,7 +438,9 @@ async fn slow_clients_are_cut_off_by_the_header_and_body_timeouts() {
     let limit = Duration::from_secs(20);
     // Headers one byte at a time, never finished.
     let conn = tls_connect(&s).await.expect("TLS");
-    let held = held_for(conn, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ", Duration::from_millis(200), limit).await;
+    let held =
+        held_for(conn, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ", Duration::from_millis(200), limit)
+            .await;
     assert!(held < Duration::from_secs(6), "a dribbling client was held {held:?}");
     // Nothing at all after the handshake.
     let conn = tls_connect(&s).await.expect("TLS");
