@@ -129,6 +129,10 @@ pub struct InitiateBenchArgs {
     pub warmup: u64,
 }
 
+/// The server a benchmark starts drives one principal as fast as it can from one address: the
+/// initiate rate limit and the per-source connection cap would measure themselves instead.
+pub const BENCH_SERVER_FLAGS: &[&str] = &["--rate-limit-initiate", "off", "--max-connections-per-source", "0"];
+
 const SUB: &str = "b0000000-0000-4000-8000-000000000001";
 const RG: &str = "bench-rg";
 
@@ -161,7 +165,7 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
         }
         None => {
             let exe = std::env::current_exe().context("locating the jitgate binary")?;
-            let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, &[])).await??;
+            let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, BENCH_SERVER_FLAGS)).await??;
             let (url, token, ca) = (server.url.clone(), server.token.clone(), Some(server.ca_cert.clone()));
             (Some(server), url, token, ca)
         }
@@ -238,9 +242,9 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
     println!(
         "server: {url}{}",
         if args.url.is_none() {
-            " (started for this run: embedded SQLite, WAL, fsync per commit, audit chain)"
+            " (started for this run: embedded SQLite, WAL, fsync per commit, audit chain; initiate rate limit and per-source connection cap off)"
         } else {
-            ""
+            " (its --rate-limit-initiate applies: turn it off there to measure throughput)"
         }
     );
     println!("initiates: {} ok, {errs} failed", all.len());

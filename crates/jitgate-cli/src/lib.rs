@@ -42,7 +42,7 @@ Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CER
 pub enum Command {
     /// Run the control plane: the Azure-compatible JIT API and the native API, over TLS.
     #[command(after_help = SERVE_EXAMPLES)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run an enforcement point (`jitgate agent --server … --join-token … --state-dir …`), or
     /// manage agent join tokens (`jitgate agent token create …`).
     Agent(agent::AgentArgs),
@@ -236,6 +236,69 @@ pub struct ServeArgs {
     /// and written to --bootstrap-token-file), e.g. after its tokens expired. Audited.
     #[arg(long, env = "JITGATE_REISSUE_OWNER_TOKEN")]
     pub reissue_owner_token: bool,
+    /// Failed sign-ins allowed per source address and per credential, e.g. 30/min, 5/s, 100/h;
+    /// past it the answer is 429 with Retry-After (0 or off: no limit).
+    #[arg(long, env = "JITGATE_RATE_LIMIT_SIGNIN", default_value = "30/min", value_parser = rate)]
+    pub rate_limit_signin: String,
+    /// Initiate requests allowed per principal (0 or off: no limit).
+    #[arg(long, env = "JITGATE_RATE_LIMIT_INITIATE", default_value = "60/min", value_parser = rate)]
+    pub rate_limit_initiate: String,
+    /// Token creations allowed per principal (0 or off: no limit).
+    #[arg(long, env = "JITGATE_RATE_LIMIT_TOKENS", default_value = "10/min", value_parser = rate)]
+    pub rate_limit_tokens: String,
+    /// Refused agent joins allowed per source address (0 or off: no limit).
+    #[arg(long, env = "JITGATE_RATE_LIMIT_JOIN", default_value = "30/min", value_parser = rate)]
+    pub rate_limit_join: String,
+    /// Failed and rate-limited attempts are summarised in one audit record per source and interval.
+    #[arg(long, env = "JITGATE_AUDIT_SUMMARY_INTERVAL", default_value = "60s", value_parser = seconds)]
+    pub audit_summary_interval: std::time::Duration,
+    /// How long a client may take to send a request's headers (also the keep-alive idle limit).
+    #[arg(long, env = "JITGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = seconds)]
+    pub header_timeout: std::time::Duration,
+    /// How long a client may take to send a request's body (408 after it).
+    #[arg(long, env = "JITGATE_BODY_TIMEOUT", default_value = "30s", value_parser = seconds)]
+    pub body_timeout: std::time::Duration,
+    /// Open connections allowed per source address (IPv6: per /64; trusted proxies exempt; 0: no cap).
+    #[arg(long, env = "JITGATE_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256)]
+    pub max_connections_per_source: usize,
+    /// Concurrent state long-polls per agent credential; a new one past it replaces the oldest (0: no cap).
+    #[arg(long, env = "JITGATE_MAX_LONG_POLLS_PER_AGENT", default_value_t = 4)]
+    pub max_long_polls_per_agent: usize,
+}
+
+/// Checks a rate such as `30/min`, `5/s`, `100/h`, `0` or `off` (the server parses it).
+fn rate(text: &str) -> Result<String, String> {
+    let t = text.trim().to_ascii_lowercase();
+    if matches!(t.as_str(), "0" | "off" | "none" | "unlimited") {
+        return Ok(t);
+    }
+    let (n, unit) = t.split_once('/').unwrap_or((t.as_str(), "min"));
+    let ok_unit = matches!(unit.trim(), "s" | "sec" | "second" | "m" | "min" | "minute" | "h" | "hour");
+    if n.trim().parse::<u32>().is_err() || !ok_unit {
+        return Err(format!("'{text}' is not a rate such as 30/min, 5/s or 100/h (0 or off: no limit)"));
+    }
+    Ok(t)
+}
+
+/// A time span such as `10s`, `1.5s`, `500ms`, `2m` or a number of seconds.
+pub fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let bad = || format!("'{text}' is not a time such as 10s, 500ms or 2m");
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix("min").or_else(|| t.strip_suffix('m')) {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t.as_str(), 1.0)
+    };
+    let value: f64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -330,6 +393,39 @@ mod tests {
             .expect("token flags");
         let Command::Serve(s) = cli.command else { panic!("serve expected") };
         assert_eq!((s.max_token_lifetime.as_str(), s.reissue_owner_token), ("none", true));
+    }
+
+    #[test]
+    fn limit_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["jitgate", "serve"]).expect("defaults");
+        let Command::Serve(s) = cli.command else { panic!("serve expected") };
+        assert_eq!(s.rate_limit_signin, "30/min");
+        assert_eq!(s.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(s.body_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(s.max_connections_per_source, 256);
+        assert_eq!(s.max_long_polls_per_agent, 4);
+        let cli = Cli::try_parse_from([
+            "jitgate",
+            "serve",
+            "--rate-limit-signin",
+            "10/min",
+            "--rate-limit-initiate",
+            "off",
+            "--header-timeout",
+            "500ms",
+            "--body-timeout",
+            "1.5s",
+        ])
+        .expect("flags");
+        let Command::Serve(s) = cli.command else { panic!("serve expected") };
+        assert_eq!(s.rate_limit_initiate, "off");
+        assert_eq!(s.header_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(s.body_timeout, std::time::Duration::from_millis(1500));
+        assert!(Cli::try_parse_from(["jitgate", "serve", "--rate-limit-join", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["jitgate", "serve", "--rate-limit-join", "5/day"]).is_err());
+        assert!(Cli::try_parse_from(["jitgate", "serve", "--header-timeout", "0"]).is_err());
+        assert_eq!(seconds("2m"), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(seconds("7"), Ok(std::time::Duration::from_secs(7)));
     }
 }
 

@@ -114,6 +114,69 @@ impl AuditEvent {
     }
 }
 
+/// The longest `resource_id` an audit record keeps, in characters (ARM ids are far shorter).
+pub const MAX_RESOURCE_ID_CHARS: usize = 1024;
+/// The longest caller, caller address, correlation id, operation or property name kept.
+pub const MAX_NAME_CHARS: usize = 256;
+/// The longest property value kept.
+pub const MAX_VALUE_CHARS: usize = 4096;
+
+/// `s` cut to at most `max` characters; a cut text ends with a marker giving the original length.
+pub fn truncate_field(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max || s.chars().count() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let total = s.chars().count();
+    let marker = format!("…[truncated, {total} characters]");
+    let keep = max.saturating_sub(marker.chars().count());
+    let mut out: String = s.chars().take(keep).collect();
+    out.push_str(&marker);
+    std::borrow::Cow::Owned(out)
+}
+
+impl AuditEvent {
+    /// The same event with every field bounded (see the `MAX_*` constants): what goes into the
+    /// log. Any text a caller controls (a path, a name, an error message quoting input) can
+    /// thus grow a record by a few kilobytes at most.
+    pub fn bounded(mut self) -> Self {
+        fn cut(s: &mut String, max: usize) {
+            if let std::borrow::Cow::Owned(t) = truncate_field(s, max) {
+                *s = t;
+            }
+        }
+        cut(&mut self.operation, MAX_NAME_CHARS);
+        cut(&mut self.caller, MAX_NAME_CHARS);
+        if let Some(ip) = self.caller_ip.as_mut() {
+            cut(ip, MAX_NAME_CHARS);
+        }
+        cut(&mut self.resource_id, MAX_RESOURCE_ID_CHARS);
+        cut(&mut self.correlation_id, MAX_NAME_CHARS);
+        let over = self.properties.iter().any(|(k, v)| {
+            truncate_field(k, MAX_NAME_CHARS).len() != k.len() || truncate_field(v, MAX_VALUE_CHARS).len() != v.len()
+        });
+        if over {
+            self.properties = std::mem::take(&mut self.properties)
+                .into_iter()
+                .map(|(k, v)| {
+                    (truncate_field(&k, MAX_NAME_CHARS).into_owned(), truncate_field(&v, MAX_VALUE_CHARS).into_owned())
+                })
+                .collect();
+        }
+        self
+    }
+
+    /// Whether every field is within its bound.
+    pub fn is_bounded(&self) -> bool {
+        let ok = |s: &str, max: usize| s.chars().count() <= max;
+        ok(&self.operation, MAX_NAME_CHARS)
+            && ok(&self.caller, MAX_NAME_CHARS)
+            && self.caller_ip.as_deref().is_none_or(|ip| ok(ip, MAX_NAME_CHARS))
+            && ok(&self.resource_id, MAX_RESOURCE_ID_CHARS)
+            && ok(&self.correlation_id, MAX_NAME_CHARS)
+            && self.properties.iter().all(|(k, v)| ok(k, MAX_NAME_CHARS) && ok(v, MAX_VALUE_CHARS))
+    }
+}
+
 /// The hash that precedes the first record.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
@@ -220,5 +283,34 @@ mod tests {
             assert_ne!(chain_hash(&GENESIS, 1, v), h, "{v:?}");
         }
         assert_ne!(chain_hash(&GENESIS, 2, &base), h);
+    }
+
+    #[test]
+    fn fields_are_bounded_with_a_marker() {
+        let long = "x".repeat(60_000);
+        let mut e = event("a").with("reason", long.clone()).with(&long, "v");
+        e.resource_id = format!("/api/v1/requests/{long}");
+        e.caller = long.clone();
+        e.correlation_id = long.clone();
+        e.caller_ip = Some(long.clone());
+        assert!(!e.is_bounded());
+        let b = e.bounded();
+        assert!(b.is_bounded(), "{b:?}");
+        assert_eq!(b.resource_id.chars().count(), MAX_RESOURCE_ID_CHARS);
+        assert!(b.resource_id.starts_with("/api/v1/requests/xxx"));
+        assert!(b.resource_id.ends_with("…[truncated, 60017 characters]"), "{}", &b.resource_id[900..]);
+        assert_eq!(b.properties["reason"].chars().count(), MAX_VALUE_CHARS);
+        assert!(b.canonical_bytes().len() < 8 * 1024);
+    }
+
+    #[test]
+    fn short_fields_and_multibyte_text_are_kept_or_cut_on_characters() {
+        let e = event("a").with("reason", "fine");
+        assert_eq!(e.clone().bounded(), e);
+        let text = "é".repeat(300);
+        let cut = truncate_field(&text, 100);
+        assert_eq!(cut.chars().count(), 100);
+        assert!(cut.starts_with("éé"));
+        assert_eq!(truncate_field("abc", 3), "abc");
     }
 }

@@ -89,8 +89,18 @@ async fn agent(app: &App, headers: &HeaderMap) -> Result<AgentRecord, ApiError> 
         .ok_or_else(|| ApiError::unauthorized("InvalidAuthenticationToken", REVOKED))
 }
 
+/// Joins are rate limited per source address: a refused join counts, and while a source has
+/// none left its joins are answered 429 before they are looked at (see `crate::limits`).
 async fn join(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(join_inner(&app, peer, req).await)
+    let ctx = crate::ctx_of(peer, &req);
+    if let Err(e) = app.join_allowed(&app.audit(&ctx, "agent", ops::AGENT_JOIN, "/agent/v1/join")).await {
+        return e.into_response();
+    }
+    let answer = join_inner(&app, peer, req).await;
+    if answer.as_ref().is_err_and(|e| e.status.is_client_error()) {
+        app.join_refused(ctx.caller_ip);
+    }
+    respond(answer)
 }
 
 async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
@@ -172,16 +182,21 @@ async fn state_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError
         .min(MAX_WAIT);
     let mut changes = app.changes.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    // Registered once the poll waits; past the per-agent cap the oldest poll answers at once.
+    let mut ticket = None;
     loop {
         // Read the state itself (it carries the revision): one round trip when something changed.
         let state = app.store.agent_state(&agent.id, app.clock.now()).await.map_err(agent_error)?;
         let ready = after.is_none_or(|a| state.revision > a) || tokio::time::Instant::now() >= deadline;
         if !ready {
+            let ticket = ticket.get_or_insert_with(|| app.long_polls.enter(&agent.id));
             tokio::select! {
                 r = changes.changed() => if r.is_ok() { continue },
                 _ = tokio::time::sleep_until(deadline) => continue,
+                _ = ticket.replaced() => {}
             }
-            // The change channel closed (shutting down): answer with what there is.
+            // A newer poll of this agent replaced this one, or the change channel closed (shutting
+            // down): answer with what there is.
         }
         // The agent may report this revision as applied only once it was sent to it.
         if state.revision > agent.delivered_revision {

@@ -13,7 +13,7 @@ use axum::extract::Path;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 
 use jitgate_api_types::agent::{AgentOut, JoinTokenIn, JoinTokenOut};
@@ -37,7 +37,7 @@ use crate::{App, Caller};
 
 pub fn router() -> Router<App> {
     Router::new()
-        .route("/api/v1/vms", any(vms))
+        .route("/api/v1/vms", get(vms).put(vms).delete(vms))
         .route("/api/v1/agentTokens", post(agent_tokens).get(list_agent_tokens))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}", axum::routing::delete(delete_agent))
@@ -332,7 +332,7 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
     let query = Query::parse(parts.uri.query());
     let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/vms").await?;
     match parts.method.as_str() {
-        "GET" => match id_param(&query)? {
+        "GET" | "HEAD" => match id_param(&query)? {
             None => {
                 let list = app.store.list_vms().await?;
                 let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
@@ -411,11 +411,15 @@ async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Resp
             app.changed();
             Ok(json(StatusCode::OK, &vm_out(app, &vm)))
         }
-        other => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("{other} is not supported on /api/v1/vms; use GET, PUT or DELETE"),
-        )),
+        other => {
+            let mut e = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{other} is not supported on /api/v1/vms; use GET, PUT or DELETE"),
+            );
+            e.allow = Some("GET,HEAD,PUT,DELETE".into());
+            Err(e)
+        }
     }
 }
 

@@ -168,6 +168,7 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let resource = format!("/api/v1/principals/{name}/tokens");
     let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
+    app.rate_limit(crate::limits::Action::CreateToken, &c.principal.name, &audit).await?;
     self_or(&app, &c.principal, &name, actions::PRINCIPAL_WRITE, &mut audit).await?;
     let bytes = read_body(&app, body).await?;
     let input: TokenIn = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -8,18 +8,22 @@ use jitgate_core::invalid::InvalidKind;
 use jitgate_core::Invalid;
 use jitgate_store::StoreError;
 
-/// An error answer. Never carries `Retry-After`: 4xx answers must not be retried.
+/// An error answer. Only a 429 carries `Retry-After`: other 4xx answers must not be retried.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
     pub target: Option<String>,
+    /// Seconds for `Retry-After` (429 only).
+    pub retry_after: Option<u64>,
+    /// The methods of a 405's `Allow` header.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError { status, code: code.into(), message: message.into(), target: None }
+        ApiError { status, code: code.into(), message: message.into(), target: None, retry_after: None, allow: None }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -51,7 +55,7 @@ impl From<Invalid> for ApiError {
             InvalidKind::Conflict => StatusCode::CONFLICT,
             InvalidKind::Forbidden => StatusCode::FORBIDDEN,
         };
-        ApiError { status, code: i.code.into(), message: i.message, target: i.target }
+        ApiError { status, code: i.code.into(), message: i.message, target: i.target, retry_after: None, allow: None }
     }
 }
 
@@ -75,6 +79,12 @@ impl IntoResponse for ApiError {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"jitgate\""));
+        }
+        if let Some(secs) = self.retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(v) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+            resp.headers_mut().insert(header::ALLOW, v);
         }
         resp
     }

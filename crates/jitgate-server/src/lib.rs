@@ -12,8 +12,13 @@ pub mod api_rbac;
 pub mod arm;
 pub mod auth;
 pub mod authz;
+pub mod conn;
 pub mod error;
+pub mod failures;
+pub mod limits;
+pub mod longpoll;
 pub mod oidc;
+pub mod ratelimit;
 pub mod retention;
 pub mod sweeper;
 pub mod tls;
@@ -76,6 +81,8 @@ pub struct ServerConfig {
     pub webhooks: jitgate_core::destination::Rules,
     /// The longest life of an API token; `None`: the operator allows tokens that never expire.
     pub max_token_lifetime: Option<time::Duration>,
+    /// Rate limits, slow-client timeouts, connection and long-poll caps.
+    pub limits: limits::LimitConfig,
 }
 
 impl ServerConfig {
@@ -137,6 +144,10 @@ pub struct App {
     pub oidc: Option<Arc<oidc::Oidc>>,
     /// Wakes the webhook worker when events may have been queued.
     pub deliveries: Arc<Notify>,
+    /// Rate limiters and the summaries of failed and rate-limited attempts.
+    pub limits: Arc<limits::Limits>,
+    /// The state long-polls waiting, per agent.
+    pub long_polls: Arc<longpoll::LongPolls>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -171,6 +182,8 @@ impl App {
         App {
             store,
             clock,
+            limits: Arc::new(limits::Limits::new(&config.limits)),
+            long_polls: Arc::new(longpoll::LongPolls::new(config.limits.long_polls_per_agent)),
             config: Arc::new(config),
             sweeper: Arc::new(Notify::new()),
             changes: Arc::new(watch::channel(0).0),
@@ -286,7 +299,9 @@ impl App {
         }
     }
 
-    /// The principal behind the request's bearer token. Failures are audited as sign-in attempts.
+    /// The principal behind the request's bearer token. Failures are audited as sign-in attempts,
+    /// compactly and rate limited per source and credential (see [`limits`]): past the limit the
+    /// answer is 429 instead of 401.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -330,7 +345,8 @@ impl App {
             },
             Err(e) => e,
         };
-        Err(self.refuse(self.audit(ctx, "anonymous", ops::SIGN_IN, resource_id), failure).await)
+        let audit = self.audit(ctx, "anonymous", ops::SIGN_IN, resource_id);
+        Err(self.signin_failure(audit, auth::bearer(headers).ok(), failure).await)
     }
 
     /// The principal of a valid ID token: found by (issuer, subject), created on first sign-in
@@ -469,6 +485,58 @@ async fn fallback(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAdd
     ApiError::not_found("NotFound", format!("no route for {} {}", req.method(), req.uri().path())).into_response()
 }
 
+/// Gives every error answer Azure's error body: axum's own answers (405 with `Allow`, a path
+/// parameter that does not parse, …) come without one or as plain text. A body that is already
+/// JSON is kept.
+async fn error_bodies(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = jitgate_core::audit::truncate_field(text.trim(), 512);
+    let allow = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = jitgate_core::audit::truncate_field(&path, 256);
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "MethodNotAllowed",
+            format!("{method} is not supported on '{path}'; allowed: {}", allow.as_deref().unwrap_or("none")),
+        ),
+        StatusCode::NOT_FOUND => ("NotFound", format!("no route for {method} {path}")),
+        StatusCode::PAYLOAD_TOO_LARGE => ("RequestBodyTooLarge", "the request body is too large".to_owned()),
+        StatusCode::REQUEST_TIMEOUT => ("RequestTimeout", "the request did not arrive in time".to_owned()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", "the request body must be JSON".to_owned()),
+        StatusCode::TOO_MANY_REQUESTS => ("TooManyRequests", "too many requests".to_owned()),
+        s if s.is_server_error() => {
+            let mut e = ApiError::internal();
+            e.status = s;
+            return e.into_response();
+        }
+        _ => (
+            "BadRequest",
+            if text.is_empty() { format!("{method} {path} is not a valid request") } else { text.into_owned() },
+        ),
+    };
+    let mut err = ApiError::new(status, code, message);
+    err.allow = allow;
+    let mut out = err.into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    out
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     ApiError::internal().into_response()
@@ -487,6 +555,7 @@ pub fn router(app: App) -> Router {
         .merge(api_audit::router())
         .merge(webhooks::router())
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(error_bodies))
         .layer(axum::middleware::from_fn(correlate))
         .layer(axum::Extension(config))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
@@ -512,15 +581,17 @@ pub async fn run(
         .audit_retention
         .clone()
         .map(|(keep, dir)| tokio::spawn(retention::run(app.clone(), keep, dir, stop_rx)));
-    let service = router(app).into_make_service_with_connect_info::<PeerAddr>();
-    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    let summaries = tokio::spawn(limits::run(app.clone(), stop_tx.subscribe()));
+    let header_timeout = app.config.limits.header_timeout;
+    conn::serve(listener, router(app), header_timeout, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     let _ = hooks.await;
+    let _ = summaries.await;
     if let Some(r) = retention {
         let _ = r.await;
     }
-    served
+    Ok(())
 }
 
 /// Extracts the request context inside handlers that take the whole request.
@@ -586,6 +657,7 @@ mod tests {
             audit_retention: None,
             webhooks: Default::default(),
             max_token_lifetime: Some(ServerConfig::DEFAULT_MAX_TOKEN_LIFETIME),
+            limits: Default::default(),
         };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {

@@ -1,17 +1,18 @@
 //! TLS: the self-signed certificate made on first start, loading a certificate and key, and the
-//! listener that hands axum finished TLS (or plain TCP) connections.
+//! listener that hands the HTTP layer finished TLS (or plain TCP) connections, capped per source.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -133,18 +134,113 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// How many connections one source address may hold open at once.
+#[derive(Debug, Clone, Default)]
+pub struct ConnLimit {
+    /// The most open connections per source address (IPv6: per /64); 0 for no cap.
+    pub per_source: usize,
+    /// Sources without a cap: the trusted proxies, which carry many clients' connections.
+    pub exempt: Vec<ipnet::IpNet>,
+}
+
+/// Open connections per source address.
+#[derive(Debug, Default)]
+struct OpenConns(Mutex<HashMap<IpAddr, usize>>);
+
+impl OpenConns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Holds one of its source's connection slots until dropped (with the connection).
+struct Slot {
+    open: Arc<OpenConns>,
+    key: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl ConnLimit {
+    /// A slot for a new connection from `peer`, or `None` when the source is at its cap.
+    fn admit(&self, open: &Arc<OpenConns>, peer: IpAddr) -> Option<Option<Slot>> {
+        let peer = peer.to_canonical();
+        if self.per_source == 0 || self.exempt.iter().any(|n| n.contains(&peer)) {
+            return Some(None);
+        }
+        let key = crate::ratelimit::source_key(peer);
+        let mut conns = open.lock();
+        let n = conns.entry(key).or_insert(0);
+        if *n >= self.per_source {
+            return None;
+        }
+        *n += 1;
+        Some(Some(Slot { open: open.clone(), key }))
+    }
+}
+
+/// A connection and the slot it holds.
+struct Counted<C> {
+    inner: C,
+    _slot: Option<Slot>,
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Counted<C> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Counted<C> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// Accepts TCP connections and, with TLS, completes each handshake on its own task so that a
-/// slow client never holds up the others.
+/// slow client never holds up the others. A source at its connection cap has its new
+/// connections closed at once, before any handshake.
 pub struct ServerListener {
     incoming: mpsc::Receiver<(Box<dyn Conn>, PeerAddr)>,
     local: SocketAddr,
 }
 
 impl ServerListener {
-    pub fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Self> {
+    pub fn new(tcp: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, limit: ConnLimit) -> io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel::<(Box<dyn Conn>, PeerAddr)>(256);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+        let open = Arc::new(OpenConns::default());
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -159,10 +255,16 @@ impl ServerListener {
                         continue;
                     }
                 };
+                let Some(slot) = limit.admit(&open, peer.ip()) else {
+                    tracing::debug!(%peer, cap = limit.per_source, "too many connections from this source; closed");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 match &acceptor {
                     None => {
-                        if tx.send((Box::new(stream), PeerAddr(peer))).await.is_err() {
+                        let conn = Counted { inner: stream, _slot: slot };
+                        if tx.send((Box::new(conn), PeerAddr(peer))).await.is_err() {
                             break;
                         }
                     }
@@ -171,7 +273,8 @@ impl ServerListener {
                         tokio::spawn(async move {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
-                                    let _ = tx.send((Box::new(tls), PeerAddr(peer))).await;
+                                    let conn = Counted { inner: tls, _slot: slot };
+                                    let _ = tx.send((Box::new(conn), PeerAddr(peer))).await;
                                 }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -183,27 +286,40 @@ impl ServerListener {
         });
         Ok(ServerListener { incoming: rx, local })
     }
+
+    /// The next connection (after its TLS handshake); `None` once the accept task has ended.
+    pub async fn accept(&mut self) -> Option<(Box<dyn Conn>, PeerAddr)> {
+        self.incoming.recv().await
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
 }
 
-impl Listener for ServerListener {
-    type Io = Box<dyn Conn>;
-    type Addr = PeerAddr;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends when this listener is gone; wait forever meanwhile.
-            None => std::future::pending().await,
+    #[test]
+    fn connections_are_capped_per_source_except_for_trusted_proxies() {
+        let limit = ConnLimit { per_source: 2, exempt: vec!["10.0.0.0/8".parse().expect("net")] };
+        let open = Arc::new(OpenConns::default());
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let a = limit.admit(&open, ip("192.0.2.1")).expect("first");
+        let b = limit.admit(&open, ip("::ffff:192.0.2.1")).expect("second");
+        assert!(limit.admit(&open, ip("192.0.2.1")).is_none(), "third from the same source");
+        assert!(limit.admit(&open, ip("192.0.2.2")).is_some(), "another source");
+        drop(a);
+        let c = limit.admit(&open, ip("192.0.2.1")).expect("a slot was freed");
+        for _ in 0..10 {
+            assert!(matches!(limit.admit(&open, ip("10.1.2.3")), Some(None)), "trusted proxies are not capped");
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(PeerAddr(self.local))
-    }
-}
-
-impl Connected<IncomingStream<'_, ServerListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, ServerListener>) -> Self {
-        *stream.remote_addr()
+        drop((b, c));
+        assert!(open.lock().is_empty());
+        let none = ConnLimit { per_source: 0, exempt: vec![] };
+        for _ in 0..10 {
+            assert!(matches!(none.admit(&open, ip("192.0.2.1")), Some(None)));
+        }
     }
 }

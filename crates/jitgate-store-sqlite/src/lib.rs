@@ -45,6 +45,10 @@ const SCHEMA_VERSION: i64 = 5;
 const SCHEMA: &str = include_str!("schema.sql");
 /// Read connections kept open.
 const READERS: usize = 4;
+/// Reads running at once. The others wait for a slot as futures, not on threads of the
+/// blocking pool: a burst of readers (every agent's long-poll waking on one change) must not
+/// become hundreds of threads and connections.
+const READ_CONCURRENCY: usize = 8;
 
 /// Verifies the audit chain of a database file, read-only, without a running server.
 pub fn verify_audit_file(path: &Path) -> Result<jitgate_store::AuditVerification, String> {
@@ -59,6 +63,7 @@ pub struct SqliteStore {
     /// Seals and opens webhook secrets.
     keys: Arc<Keyring>,
     sealed: SealReport,
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
 
 struct ReadPool {
@@ -128,6 +133,7 @@ impl SqliteStore {
             readers: Arc::new(ReadPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
             keys: Arc::new(keys),
             sealed,
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READ_CONCURRENCY)),
         })
     }
 
@@ -153,7 +159,9 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let pool = self.readers.clone();
+        let slot = self.read_slots.clone().acquire_owned().await.map_err(backend)?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let conn = pool.take()?;
             let out = f(&conn);
             pool.put(conn);
@@ -2347,5 +2355,47 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_reads_waits_for_slots_instead_of_taking_threads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(
+            SqliteStore::open(
+                &dir.path().join("jitgate.db"),
+                jitgate_store::secrets::Keyring::generate().expect("key"),
+            )
+            .expect("open"),
+        );
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let reads: Vec<_> = (0..64)
+            .map(|_| {
+                let (store, running, most) = (store.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    store
+                        .read(move |c| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.expect("join").expect("read"), 1);
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= READ_CONCURRENCY, "{most} reads ran at once");
+        assert!(most >= 2, "reads still run in parallel");
     }
 }

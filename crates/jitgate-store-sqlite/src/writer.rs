@@ -30,8 +30,16 @@ pub struct WriteCtx<'a> {
 }
 
 impl WriteCtx<'_> {
-    /// Appends one audit record, chained to the one before it.
+    /// Appends one audit record, chained to the one before it. Every field is bounded first
+    /// ([`AuditEvent::bounded`]): what a caller sends can never make a record large.
     pub fn audit(&mut self, event: &AuditEvent) -> rusqlite::Result<u64> {
+        let bounded;
+        let event = if event.is_bounded() {
+            event
+        } else {
+            bounded = event.clone().bounded();
+            &bounded
+        };
         let seq = self.chain.seq + 1;
         let hash = chain_hash(&self.chain.hash, seq, event);
         let properties = serde_json::to_string(&event.properties).unwrap_or_else(|_| "{}".into());

@@ -114,6 +114,7 @@ pub async fn run_all(store: &dyn Store) {
     oidc_identities_live_in_their_own_namespace(store).await;
     tokens_never_outlive_what_created_them(store).await;
     a_deleted_principal_leaves_nothing_to_its_namesake(store).await;
+    oversized_audit_fields_are_bounded(store).await;
     audit_chain_is_intact(store).await;
     audit_queries_inventory_facts_and_security_policies(store).await;
     webhook_deliveries_are_isolated_and_claimed_once(store).await;
@@ -307,6 +308,37 @@ async fn audit_chain_is_intact(store: &dyn Store) {
     assert_eq!(first_invalid(GENESIS, records.iter().map(|r| (r.seq, &r.event, r.hash))), None);
     for pair in records.windows(2) {
         assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+}
+
+/// Whatever a caller sends, a stored audit record stays small: every field is cut to its bound
+/// (`AuditEvent::bounded`) before it is hashed and stored, on every write path.
+async fn oversized_audit_fields_are_bounded(store: &dyn Store) {
+    let long = "x".repeat(60_000);
+    let mut event = audit(jitgate_core::audit::ops::SIGN_IN).failed(long.clone()).with("name", long.clone());
+    event.resource_id = format!("/api/v1/requests/{long}");
+    event.caller = long.clone();
+    store.record(event.clone()).await.expect("record");
+    store.record_many(vec![event]).await.expect("record many");
+    // A refusal decided inside the store (a 60,000-character join token name) is bounded too.
+    let mut j = join("no-such-token", "big", "big", AgentMode::Host);
+    j.name = long.clone();
+    assert!(store.join_agent(j, audit(jitgate_core::audit::ops::AGENT_JOIN)).await.is_err());
+    let records = store.audit_records(0, usize::MAX >> 1).await.expect("audit");
+    let big: Vec<_> = records.iter().rev().take(3).collect();
+    for r in big {
+        assert!(r.event.is_bounded(), "unbounded record {}", r.seq);
+        assert!(
+            r.event.canonical_bytes().len() < 16 * 1024,
+            "record {} is {} bytes",
+            r.seq,
+            r.event.canonical_bytes().len()
+        );
+    }
+    let last_two = &records[records.len() - 3..records.len() - 1];
+    for r in last_two {
+        assert!(r.event.resource_id.starts_with("/api/v1/requests/xxxx"));
+        assert!(r.event.resource_id.contains("truncated"), "{}", r.event.resource_id.len());
     }
 }
 

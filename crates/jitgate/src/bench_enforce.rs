@@ -87,7 +87,7 @@ fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
         &exe()?,
         &tmp.path().join("server"),
         &format!("{CLIENT}:0"),
-        &["--tls-san", CLIENT],
+        &[&["--tls-san", CLIENT], jitgate_cli::bench::BENCH_SERVER_FLAGS].concat(),
     )?;
     let conn = |cmd: &mut std::process::Command| {
         cmd.env("JITGATE_URL", &server.url).env("JITGATE_TOKEN", &server.token).env("JITGATE_CA_CERT", &server.ca_cert);

@@ -50,7 +50,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Bench(args) => match args.command {
                 None => jitgate_cli::bench::run(args.initiate).await,
                 Some(BenchCommand::Initiate(a)) => jitgate_cli::bench::run(a).await,

@@ -102,7 +102,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let rate = |flag: &str, text: &str| {
+        jitgate_server::ratelimit::Rate::parse(text).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+    };
+    let limits = jitgate_server::limits::LimitConfig {
+        signin: rate("rate-limit-signin", &args.rate_limit_signin)?,
+        initiate: rate("rate-limit-initiate", &args.rate_limit_initiate)?,
+        tokens: rate("rate-limit-tokens", &args.rate_limit_tokens)?,
+        join: rate("rate-limit-join", &args.rate_limit_join)?,
+        audit_summary_interval: args.audit_summary_interval,
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        connections_per_source: args.max_connections_per_source,
+        long_polls_per_agent: args.max_long_polls_per_agent,
+    };
+    let conn_limit = tls::ConnLimit { per_source: limits.connections_per_source, exempt: trusted_proxies.clone() };
     let config = ServerConfig {
+        limits,
         tls: tls_config.is_some(),
         list_page_size: args.list_page_size as usize,
         max_body_bytes: usize::try_from(args.max_body_bytes).unwrap_or(ServerConfig::DEFAULT_MAX_BODY),
@@ -124,7 +140,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         webhooks,
         max_token_lifetime,
     };
-    let listener = ServerListener::new(listener, tls_config)?;
+    let listener = ServerListener::new(listener, tls_config, conn_limit)?;
     let shutdown = shutdown_signal();
     println!("{}{url}", jitgate_cli::local::LISTENING_PREFIX);
     std::io::stdout().flush().ok();

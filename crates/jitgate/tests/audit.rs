@@ -217,12 +217,13 @@ async fn every_operation_of_a_scripted_session_is_audited_once_with_its_fields()
     );
     expected.push(("owner", "principals/write", "Succeeded"));
     assert_eq!(as_user(&s, &bob, Method::GET, &s.url("/api/v1/vms"), None).await.status, StatusCode::UNAUTHORIZED);
-    expected.push(("anonymous", "signIn/action", "Failed"));
+    // A second failed sign-in from the same address within the summary interval is counted, not
+    // recorded on its own: it appears in the summary record when the interval closes.
     assert_eq!(s.send(Method::DELETE, &s.policy_url("rg1", "westeurope", "second"), None).await.status, StatusCode::OK);
     expected.push(("owner", "jitNetworkAccessPolicies/delete", "Succeeded"));
     assert_eq!(s.send(Method::DELETE, &s.url(&format!("/api/v1/vms?id={vm2}")), None).await.status, StatusCode::OK);
     expected.push(("owner", "virtualMachines/delete", "Succeeded"));
-    assert!(expected.len() >= 29, "a session of about 30 operations: {}", expected.len());
+    assert!(expected.len() >= 28, "a session of about 30 operations: {}", expected.len());
 
     // Every operation appears exactly once, in order, with its fields.
     let records = all_records(&s, "").await;

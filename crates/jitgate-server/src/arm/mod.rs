@@ -46,6 +46,9 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
     };
     let principal = app.authenticate(&parts.headers, &ctx, &resource_id).await?;
     let mut audit = app.audit(&ctx, &principal.name, route.operation(), &resource_id);
+    if let ArmRoute::Initiate(_) = route {
+        app.rate_limit(crate::limits::Action::Initiate, &principal.name, &audit).await?;
+    }
     let query = Query::parse(parts.uri.query());
     if let Err(e) = check_api_version(&query) {
         return Err(if route.is_mutation() { app.refuse(audit, e).await } else { e });
@@ -122,16 +125,24 @@ fn check_api_version(q: &Query) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the whole body, refusing more than the configured limit with 413.
+/// Reads the whole body, refusing more than the configured limit with 413 and a body that does
+/// not arrive within the body timeout with 408.
 pub async fn read_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> {
     let limit = app.config.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    let timeout = app.config.limits.body_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestBodyTooLarge",
             format!("the request body is larger than {limit} bytes"),
-        )
-    })
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        )),
+    }
 }
 
 async fn list(

@@ -47,8 +47,14 @@ fn not_found(path: &str) -> ApiError {
     )
 }
 
-fn method_not_allowed(method: &Method, path: &str) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{method} is not supported on '{path}'"))
+fn method_not_allowed(method: &Method, path: &str, allow: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{method} is not supported on '{path}'; allowed: {allow}"),
+    );
+    e.allow = Some(allow.into());
+    e
 }
 
 fn decode(seg: &str) -> Result<String, ApiError> {
@@ -79,7 +85,7 @@ pub fn parse(method: &Method, path: &str) -> Result<ArmRoute, ApiError> {
     }
     let rest = &rest[2..];
     let get_only =
-        |route: ArmRoute| if method == Method::GET { Ok(route) } else { Err(method_not_allowed(method, path)) };
+        |route: ArmRoute| if method == Method::GET { Ok(route) } else { Err(method_not_allowed(method, path, "GET")) };
     let check_sub =
         || jitgate_core::ids::validate_subscription(sub).map_err(|m| ApiError::bad_request("InvalidSubscriptionId", m));
     let check_rg = |rg: &str| {
@@ -121,8 +127,8 @@ pub fn parse(method: &Method, path: &str) -> Result<ArmRoute, ApiError> {
                 ([], &Method::PUT) => Ok(ArmRoute::Put(reference)),
                 ([], &Method::DELETE) => Ok(ArmRoute::Delete(reference)),
                 ([action], &Method::POST) if eq(action, "initiate") => Ok(ArmRoute::Initiate(reference)),
-                ([action], _) if eq(action, "initiate") => Err(method_not_allowed(method, path)),
-                ([], _) => Err(method_not_allowed(method, path)),
+                ([action], _) if eq(action, "initiate") => Err(method_not_allowed(method, path, "POST")),
+                ([], _) => Err(method_not_allowed(method, path, "GET, PUT, DELETE")),
                 _ => Err(not_found(path)),
             }
         }
