@@ -136,10 +136,7 @@ async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Re
             input.resource_group.ok_or_else(|| bad("resourceGroup", "resourceGroup is required".into()))?;
         validate_resource_group(&resource_group).map_err(|m| bad("resourceGroup", m))?;
         let location = input.location.ok_or_else(|| bad("location", "location is required, e.g. westeurope".into()))?;
-        if location.trim().is_empty() || location.len() > 90 || location.chars().any(char::is_control) {
-            let shown = jitgate_core::enforcement::quote(&location);
-            return Err(bad("location", format!("location '{shown}' must be 1 to 90 printable characters")));
-        }
+        jitgate_core::ids::validate_location(&location).map_err(|m| bad("location", m))?;
         let mode_text = input.mode.unwrap_or_else(|| "host".into());
         let mode = AgentMode::parse(&mode_text).ok_or_else(|| {
             bad("mode", format!("mode '{}' is not host or gateway", jitgate_core::enforcement::quote(&mode_text)))
