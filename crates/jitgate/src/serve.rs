@@ -221,7 +221,7 @@ async fn bootstrap(
     let lifetime = match expires {
         Some(at) => format!(
             "It expires at {} (--max-token-lifetime {}); tokens made with it expire no later.",
-            rfc3339(at),
+            rfc3339(at.replace_nanosecond(0).unwrap_or(at)),
             args.max_token_lifetime
         ),
         None => "It does not expire (--max-token-lifetime none).".to_string(),
