@@ -142,6 +142,8 @@ async fn delete_principal(State(app): State<App>, Path(name): Path<String>, c: C
     }
     let p = app.store.delete_principal(&name, audit).await?;
     app.authz.invalidate();
+    // Its grants were revoked with it: agents close them now, not at their end time.
+    app.changed();
     Ok(json(StatusCode::OK, &principal_out(&p)))
 }
 

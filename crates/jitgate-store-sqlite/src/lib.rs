@@ -1850,6 +1850,33 @@ impl Store for SqliteStore {
                 .conn
                 .execute("DELETE FROM webhooks WHERE lower(principal) = lower(?1)", [&p.name])
                 .map_err(backend)?;
+            // Its access ends with it: live, pending and scheduled grants are revoked, so that a
+            // pending request cannot be approved for someone who no longer exists, and a later
+            // principal of the same name finds nothing of the old one's left to extend.
+            let deleter = audit.caller.clone();
+            let requests: Vec<i64> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT DISTINCT g.rid FROM grants g JOIN requests r ON r.rid = g.rid \
+                     WHERE lower(r.principal) = lower(?1) AND g.status IN ('Initiated', 'Pending', 'Scheduled')",
+                )
+                .and_then(|mut s| s.query_map([&p.name], |r| r.get(0))?.collect())
+                .map_err(backend)?;
+            let mut ended = 0;
+            for rid in &requests {
+                ended += ctx
+                    .conn
+                    .execute(
+                        "UPDATE grants SET status = 'Revoked', status_reason = 'UserRequested', revoked_by = ?2 \
+                         WHERE rid = ?1 AND status IN ('Initiated', 'Pending', 'Scheduled')",
+                        params![rid, deleter],
+                    )
+                    .map_err(backend)?;
+                hooks::enqueue(ctx.conn, "revoked", *rid, audit.time).map_err(backend)?;
+            }
+            if ended > 0 {
+                rows::bump_revision(ctx.conn).map_err(backend)?;
+            }
             // The name is freed; an OIDC identity signing in again starts afresh (no roles).
             ctx.conn
                 .execute(
@@ -1862,7 +1889,8 @@ impl Store for SqliteStore {
                 .with("principal", name.clone())
                 .with("removedAssignments", removed.to_string())
                 .with("revokedDescendantTokens", descendants.to_string())
-                .with("removedWebhooks", hooks.to_string());
+                .with("removedWebhooks", hooks.to_string())
+                .with("revokedGrants", ended.to_string());
             if let Some(o) = &p.oidc {
                 event = event.with("issuer", o.issuer.clone()).with("subject", o.subject.clone());
             }

@@ -1070,7 +1070,24 @@ async fn a_deleted_principal_leaves_nothing_to_its_namesake(store: &dyn Store) {
     };
     store.create_token(t, audit("t")).await.expect("token");
     store.create_role_assignment("wanda", "Reader", "/", audit("ra")).await.expect("assign");
+    // Wanda's access is open, and so is someone else's on the same VM.
+    register(store, "namesake", "vm1", OsType::Linux).await;
+    let r = policy_ref("namesake", "westeurope", "default");
+    put(store, &r, one_vm_policy("namesake", "vm1", None)).await.expect("policy");
+    let vm = vm_id("namesake", "vm1");
+    let mut cmd = initiate_cmd(&r, &vm, "203.0.113.60", 30, None);
+    cmd.requestor = "wanda".into();
+    let hers = store.initiate(cmd, audit("init")).await.expect("wanda's request").request;
+    let other = store.initiate(initiate_cmd(&r, &vm, "203.0.113.61", 30, None), audit("init")).await.expect("other");
+    let revision = store.revision().await.expect("revision");
     store.delete_principal("wanda", audit("dp")).await.expect("delete");
+    // Her grants end with her, in the same transaction (agents are told: the revision moves);
+    // nobody else's do.
+    let (_, after) = store.get_request(hers.id).await.expect("get").expect("kept in the history");
+    assert!(after.grants.iter().all(|g| g.status == GrantStatus::Revoked), "{after:?}");
+    let (_, untouched) = store.get_request(other.request.id).await.expect("get").expect("other");
+    assert!(untouched.grants.iter().all(|g| g.status == GrantStatus::Initiated), "{untouched:?}");
+    assert!(store.revision().await.expect("revision") > revision);
     let second = store.create_principal("wanda", "User", audit("p")).await.expect("a new wanda");
     assert_ne!(second.id, first.id);
     assert!(store.list_tokens("wanda").await.expect("tokens").is_empty());

@@ -496,7 +496,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_principals(&self) -> StoreResult<Vec<Principal>>;
     async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>>;
     /// Deletes a principal with its tokens (and the tokens they created), role assignments and
-    /// own webhooks; its name is freed.
+    /// own webhooks, and revokes its live, pending and scheduled grants; its name is freed.
     async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal>;
     /// Stores a new token (its hash) for a principal. A token made by another token must end no
     /// later than it, and that token must still be valid at `audit.time` (else `ParentTokenInvalid`).
