@@ -64,4 +64,8 @@ pub mod codes {
     pub const VM_NOT_FOUND: &str = "VirtualMachineNotFound";
     pub const VM_IN_USE: &str = "VirtualMachineInUse";
     pub const NOT_SUBSET: &str = "RequestNotSubsetOfPolicy";
+    pub const REQUEST_NOT_FOUND: &str = "RequestNotFound";
+    pub const REQUEST_NOT_ACTIVE: &str = "RequestNotActive";
+    pub const REQUEST_NOT_PENDING: &str = "RequestNotPending";
+    pub const SELF_APPROVAL: &str = "SelfApprovalNotAllowed";
 }
