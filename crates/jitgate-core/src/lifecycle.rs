@@ -34,7 +34,7 @@ pub struct GrantState {
 impl GrantState {
     /// Open: it lets traffic through (until its end is swept).
     pub fn is_live(&self) -> bool {
-        self.status == GrantStatus::Initiated
+        LIVE.contains(&self.status)
     }
 
     fn revoked(self, reason: StatusReason) -> GrantState {
@@ -42,6 +42,8 @@ impl GrantState {
     }
 }
 
+/// The statuses of an open grant: what an agent enforces.
+pub const LIVE: [GrantStatus; 1] = [GrantStatus::Initiated];
 /// The statuses a newer grant with the same key replaces.
 pub const SUPERSEDABLE: [GrantStatus; 1] = [GrantStatus::Initiated];
 /// The statuses whose `end_time` the expiry sweep watches.

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
@@ -48,10 +49,11 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
         "SELECT v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
          JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = ?1 ORDER BY pp.ord",
     )?;
-    let mut grant_stmt = conn.prepare_cached(
+    let mut grant_stmt = conn.prepare_cached(&format!(
         "SELECT rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
-         WHERE vm_key = ?1 AND status = 'Initiated' AND end_time > ?2 ORDER BY gid",
-    )?;
+         WHERE vm_key = ?1 AND {} AND end_time > ?2 ORDER BY gid",
+        crate::grants::status_in("status", 3, &jitgate_core::lifecycle::LIVE)
+    ))?;
     for (key, address) in targets {
         let mut protected = HashSet::new();
         let mut rows_ = port_stmt.query([&key])?;
@@ -68,7 +70,9 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
                 mapped_port: r.get(4)?,
             });
         }
-        let mut rows_ = grant_stmt.query(params![key, nanos(now)])?;
+        let live = &jitgate_core::lifecycle::LIVE;
+        let mut rows_ =
+            grant_stmt.query(crate::grants::bind([Value::Text(key.clone()), Value::Integer(nanos(now))], live))?;
         while let Some(r) = rows_.next()? {
             let number: u16 = r.get(3)?;
             if !protected.contains(&number) {

@@ -6,6 +6,7 @@
 
 mod agents;
 mod auditq;
+mod grants;
 mod hooks;
 mod rbac;
 mod rows;
@@ -17,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -26,6 +28,7 @@ use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
+use jitgate_core::lifecycle::{self, Decision, Extension};
 use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
@@ -37,6 +40,7 @@ use jitgate_store::{
     TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 
+use crate::grants::{By, STATE_COLUMNS};
 use crate::rows::{encode_sources, from_nanos, nanos};
 use crate::writer::{FnJob, Job, WriteCtx};
 
@@ -254,69 +258,14 @@ fn migrate(conn: &Connection) -> StoreResult<()> {
     })
 }
 
-/// An answer to an extension that waits for approval.
-struct ExtensionDecision {
-    id: i64,
-    ext_end: i64,
-    ext_by: Option<String>,
-    approve: bool,
-    decider: String,
-    requestor: String,
-    reason: Option<String>,
-    now: OffsetDateTime,
+fn request_not_found(id: i64) -> Invalid {
+    Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
 }
 
-/// Approves (the live grants end at the asked end) or denies (they keep theirs) a pending
-/// extension; either way it is no longer pending. Whoever asked for it cannot decide it.
-fn decide_extension(
-    ctx: &mut WriteCtx<'_>,
-    d: ExtensionDecision,
-    audit: AuditEvent,
-) -> StoreResult<AccessRequestRecord> {
-    let ExtensionDecision { id, ext_end, ext_by, approve, decider, requestor, reason, now } = d;
-    if ext_by.as_deref() == Some(decider.as_str()) {
-        let m =
-            format!("'{decider}' asked for the extension of request {id} and cannot decide it; another approver must");
-        let mut invalid = Invalid::conflict("SelfApprovalNotAllowed", m);
-        invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
-        return reject(ctx, audit, invalid);
-    }
-    let live: i64 = ctx
-        .conn
-        .query_row(
-            "SELECT count(*) FROM grants WHERE rid = ?1 AND status = 'Initiated' AND end_time > ?2",
-            params![id, nanos(now)],
-            |r| r.get(0),
-        )
-        .map_err(backend)?;
-    if approve && (live == 0 || ext_end <= nanos(now)) {
-        ctx.conn.execute("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = ?1", [id]).map_err(backend)?;
-        let m = format!("access request {id} has no open grant left to extend; request again");
-        return reject(ctx, audit, Invalid::conflict("RequestNotActive", m));
-    }
-    ctx.conn.execute("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = ?1", [id]).map_err(backend)?;
-    if approve {
-        ctx.conn
-            .execute(
-                "UPDATE grants SET end_time = ?3, decided_by = ?4 \
-                 WHERE rid = ?1 AND status = 'Initiated' AND end_time > ?2 AND end_time < ?3",
-                params![id, nanos(now), ext_end, decider],
-            )
-            .map_err(backend)?;
-        rows::bump_revision(ctx.conn).map_err(backend)?;
-    }
-    let mut event = audit
-        .succeeded()
-        .with("requestId", id.to_string())
-        .with("requestor", requestor)
-        .with("decision", if approve { "Approved" } else { "Denied" })
-        .with("extensionEndTimeUtc", rfc3339(from_nanos(ext_end).map_err(backend)?));
-    if let Some(r) = reason {
-        event = event.with("reason", r);
-    }
-    ctx.audit(&event).map_err(backend)?;
-    hooks::enqueue(ctx.conn, if approve { "approved" } else { "denied" }, id, now).map_err(backend)?;
-    rows::load_request(ctx.conn, id).map_err(backend)
+/// A pending extension, once decided (or lapsed), no longer waits.
+fn clear_extension(conn: &Connection, id: i64) -> StoreResult<()> {
+    conn.execute("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = ?1", [id]).map_err(backend)?;
+    Ok(())
 }
 
 /// Inserts a local principal and audits it; returns it.
@@ -861,13 +810,15 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             let Some(pid) = pid else { return Ok(false) };
-            let revoked = ctx
-                .conn
-                .execute(
-                    "UPDATE grants SET status = 'Revoked', status_reason = ?2 WHERE pid = ?1 AND status = 'Initiated'",
-                    params![pid, StatusReason::PolicyDeleted.as_str()],
-                )
-                .map_err(backend)?;
+            let revoked = grants::transition_where(
+                ctx.conn,
+                "pid = ?1",
+                vec![Value::Integer(pid)],
+                &lifecycle::ENDED_BY_POLICY_DELETE,
+                lifecycle::policy_deleted,
+                By::Nobody,
+            )
+            .map_err(backend)?;
             for table in ["policy_ports", "policy_vms", "policies"] {
                 ctx.conn.execute(&format!("DELETE FROM {table} WHERE pid = ?1"), [pid]).map_err(backend)?;
             }
@@ -911,28 +862,16 @@ impl Store for SqliteStore {
                 })
                 .map_err(backend)?;
             let rid = ctx.conn.last_insert_rowid();
-            let mut grants = Vec::with_capacity(plan.grants.len());
+            let mut records = Vec::with_capacity(plan.grants.len());
             let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
             for (ord, g) in plan.grants.iter().enumerate() {
                 let skey = g.supersede_key();
-                // A grant that needs approval waits (and opens nothing); it supersedes older grants
-                // only once approved.
-                let pending = g.approval_timeout.is_some();
-                if !pending && g.opens_at <= cmd.now {
-                    ctx.conn
-                        .prepare_cached(
-                            "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
-                             WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
-                        )
-                        .and_then(|mut s| s.execute(params![pid, skey]))
-                        .map_err(backend)?;
+                // A grant that needs approval waits (and opens nothing), a scheduled one opens
+                // later: each supersedes older grants only once it opens.
+                let state = lifecycle::start(g, cmd.now);
+                if state.is_live() {
+                    grants::supersede_older(ctx.conn, pid, &skey).map_err(backend)?;
                 }
-                let scheduled = !pending && g.opens_at > cmd.now;
-                let (status, reason, end, window) = match g.approval_timeout {
-                    Some(wait) => ("Pending", "ApprovalRequired", cmd.now + wait, Some(nanos(g.end_time) - nanos(g.opens_at))),
-                    None if scheduled => ("Scheduled", "UserRequested", g.end_time, None),
-                    None => ("Initiated", "UserRequested", g.end_time, None),
-                };
                 let (form, texts) = encode_sources(&g.sources);
                 // Behind a gateway the grant carries the connection details: the gateway's public
                 // address and the mapped port (when the policy port maps one).
@@ -962,12 +901,12 @@ impl Store for SqliteStore {
                             form,
                             texts,
                             skey,
-                            nanos(end),
+                            nanos(state.end_time),
                             mapped_port,
                             public_ip,
-                            status,
-                            reason,
-                            window,
+                            state.status.as_str(),
+                            state.reason.as_str(),
+                            grants::window_nanos(&state),
                             nanos(g.opens_at)
                         ])
                     })
@@ -975,20 +914,14 @@ impl Store for SqliteStore {
                 ports.push(format!("{}:{}", g.vm_id.name(), g.number));
                 sources.push(texts.replace('\n', " "));
                 ends.push(rfc3339(g.end_time));
-                grants.push(GrantRecord {
+                records.push(GrantRecord {
                     vm_id: g.vm_id.as_str().to_owned(),
                     number: g.number,
                     protocol: g.protocol,
                     sources: g.sources.clone(),
-                    end_time: end,
-                    status: if pending {
-                        GrantStatus::Pending
-                    } else if scheduled {
-                        GrantStatus::Scheduled
-                    } else {
-                        GrantStatus::Initiated
-                    },
-                    status_reason: if pending { StatusReason::ApprovalRequired } else { StatusReason::UserRequested },
+                    end_time: state.end_time,
+                    status: state.status,
+                    status_reason: state.reason,
                     mapped_port,
                     public_ip,
                 });
@@ -1005,7 +938,7 @@ impl Store for SqliteStore {
             rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&event).map_err(backend)?;
             hooks::enqueue(ctx.conn, "requested", rid, cmd.now).map_err(backend)?;
-            if grants.iter().any(|g| g.status == GrantStatus::Initiated) {
+            if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
                 hooks::enqueue(ctx.conn, "opened", rid, cmd.now).map_err(backend)?;
             }
             let request = AccessRequestRecord {
@@ -1013,7 +946,7 @@ impl Store for SqliteStore {
                 requestor: cmd.requestor,
                 start_time: plan.start_time,
                 justification: plan.justification,
-                grants,
+                grants: records,
                 pending_extension: None,
             };
             Ok(InitiateOutcome { request, replayed: false })
@@ -1023,28 +956,35 @@ impl Store for SqliteStore {
 
     async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
         self.write(move |ctx| {
-            let due: Vec<(i64, i64, String, String, u16, String, i64, String)> = ctx
+            type Due = (i64, i64, String, String, u16, String, lifecycle::GrantState);
+            let due: Vec<Due> = ctx
                 .conn
-                .prepare_cached(
-                    "SELECT gid, rid, policy_id, vm_id, number, sources, end_time, status FROM grants \
-                     WHERE status IN ('Initiated', 'Pending') AND end_time <= ?1 ORDER BY end_time",
-                )
+                .prepare_cached(&format!(
+                    "SELECT gid, rid, policy_id, vm_id, number, sources, {STATE_COLUMNS} FROM grants \
+                     WHERE {} AND end_time <= ?1 ORDER BY end_time",
+                    grants::status_in("status", 2, &lifecycle::EXPIRING)
+                ))
                 .and_then(|mut s| {
-                    s.query_map([nanos(now)], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+                    s.query_map(grants::bind([Value::Integer(nanos(now))], &lifecycle::EXPIRING), |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            grants::state_from_row(r, 6)?,
+                        ))
                     })?
                     .collect()
                 })
                 .map_err(backend)?;
-            for (gid, rid, policy_id, vm_id, number, sources, end, status) in &due {
+            let mut expired = 0;
+            for (gid, rid, policy_id, vm_id, number, sources, state) in &due {
                 // A pending request nobody approved in time expires unopened.
-                let reason = if status == "Pending" { "ApprovalExpired" } else { "Expired" };
-                ctx.conn
-                    .execute(
-                        "UPDATE grants SET status = 'Revoked', status_reason = ?2 WHERE gid = ?1",
-                        params![gid, reason],
-                    )
-                    .map_err(backend)?;
+                let Some(new) = lifecycle::expire(*state, now) else { continue };
+                grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
+                expired += 1;
                 let event = AuditEvent {
                     time: now,
                     operation: ops::GRANT_EXPIRE.into(),
@@ -1059,26 +999,33 @@ impl Store for SqliteStore {
                 .with("virtualMachine", vm_id.clone())
                 .with("port", number.to_string())
                 .with("sources", sources.replace('\n', " "))
-                .with("endTimeUtc", from_nanos(*end).map(rfc3339).unwrap_or_default())
-                .with("reason", reason);
+                .with("endTimeUtc", rfc3339(state.end_time))
+                .with("reason", new.reason.as_str());
                 ctx.audit(&event).map_err(backend)?;
                 hooks::enqueue(ctx.conn, "expired", *rid, now).map_err(backend)?;
             }
             // Scheduled windows that have begun: open them (newer grants replace older ones).
-            let starting: Vec<(i64, i64, i64, String, String)> = ctx
+            type Starting = (i64, i64, i64, String, String, lifecycle::GrantState);
+            let starting: Vec<Starting> = ctx
                 .conn
-                .prepare_cached("SELECT gid, rid, pid, supersede_key, policy_id FROM grants WHERE status = 'Scheduled' AND opens_at <= ?1")
-                .and_then(|mut s| s.query_map([nanos(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
+                .prepare_cached(&format!(
+                    "SELECT gid, rid, pid, supersede_key, policy_id, {STATE_COLUMNS} FROM grants \
+                     WHERE {} AND opens_at <= ?1",
+                    grants::status_in("status", 2, &lifecycle::OPENING)
+                ))
+                .and_then(|mut s| {
+                    s.query_map(grants::bind([Value::Integer(nanos(now))], &lifecycle::OPENING), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, grants::state_from_row(r, 5)?))
+                    })?
+                    .collect()
+                })
                 .map_err(backend)?;
-            for (gid, rid, pid, skey, policy_id) in &starting {
-                ctx.conn
-                    .execute(
-                        "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
-                         WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
-                        params![pid, skey],
-                    )
-                    .map_err(backend)?;
-                ctx.conn.execute("UPDATE grants SET status = 'Initiated' WHERE gid = ?1", [gid]).map_err(backend)?;
+            let mut activated = 0;
+            for (gid, rid, pid, skey, policy_id, state) in &starting {
+                let Some(new) = lifecycle::open(*state, now) else { continue };
+                grants::supersede_older(ctx.conn, *pid, skey).map_err(backend)?;
+                grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
+                activated += 1;
                 let event = AuditEvent {
                     time: now,
                     operation: ops::GRANT_OPEN.into(),
@@ -1093,14 +1040,23 @@ impl Store for SqliteStore {
                 ctx.audit(&event).map_err(backend)?;
                 hooks::enqueue(ctx.conn, "opened", *rid, now).map_err(backend)?;
             }
-            if !starting.is_empty() {
+            if activated > 0 {
                 rows::bump_revision(ctx.conn).map_err(backend)?;
             }
             // Live grants about to end: tell the webhooks once.
             let soon: Vec<(i64, i64)> = ctx
                 .conn
-                .prepare_cached("SELECT gid, rid FROM grants WHERE status = 'Initiated' AND warned = 0 AND end_time <= ?1")
-                .and_then(|mut s| s.query_map([nanos(now + jitgate_store::EXPIRING_SOON)], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .prepare_cached(&format!(
+                    "SELECT gid, rid FROM grants WHERE {} AND warned = 0 AND end_time <= ?1",
+                    grants::status_in("status", 2, &lifecycle::LIVE)
+                ))
+                .and_then(|mut s| {
+                    let warn_from = nanos(now + jitgate_store::EXPIRING_SOON);
+                    s.query_map(grants::bind([Value::Integer(warn_from)], &lifecycle::LIVE), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect()
+                })
                 .map_err(backend)?;
             let mut announced = std::collections::HashSet::new();
             for (gid, rid) in &soon {
@@ -1109,7 +1065,7 @@ impl Store for SqliteStore {
                     hooks::enqueue(ctx.conn, "expiringSoon", *rid, now).map_err(backend)?;
                 }
             }
-            Ok(ExpirySweep { expired: due.len(), activated: starting.len(), warned: soon.len() })
+            Ok(ExpirySweep { expired, activated, warned: soon.len() })
         })
         .await
     }
@@ -1117,12 +1073,25 @@ impl Store for SqliteStore {
     async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
         self.read(|c| {
             let n: Option<i64> = c
-                .prepare_cached(
-                    "SELECT min(t) FROM (SELECT min(end_time) AS t FROM grants WHERE status IN ('Initiated', 'Pending') \
-                     UNION ALL SELECT min(opens_at) FROM grants WHERE status = 'Scheduled' \
-                     UNION ALL SELECT min(end_time) - ?1 FROM grants WHERE status = 'Initiated' AND warned = 0)",
-                )?
-                .query_row([jitgate_store::EXPIRING_SOON.whole_nanoseconds() as i64], |r| r.get(0))?;
+                .prepare_cached(&format!(
+                    "SELECT min(t) FROM (SELECT min(end_time) AS t FROM grants WHERE {} \
+                     UNION ALL SELECT min(opens_at) FROM grants WHERE {} \
+                     UNION ALL SELECT min(end_time) - ?1 FROM grants WHERE {} AND warned = 0)",
+                    grants::status_in("status", 2, &lifecycle::EXPIRING),
+                    grants::status_in("status", 2 + lifecycle::EXPIRING.len(), &lifecycle::OPENING),
+                    grants::status_in(
+                        "status",
+                        2 + lifecycle::EXPIRING.len() + lifecycle::OPENING.len(),
+                        &lifecycle::LIVE
+                    ),
+                ))?
+                .query_row(
+                    grants::bind(
+                        [Value::Integer(jitgate_store::EXPIRING_SOON.whole_nanoseconds() as i64)],
+                        &[&lifecycle::EXPIRING[..], &lifecycle::OPENING[..], &lifecycle::LIVE[..]].concat(),
+                    ),
+                    |r| r.get(0),
+                )?;
             n.map(from_nanos).transpose()
         })
         .await
@@ -1154,36 +1123,19 @@ impl Store for SqliteStore {
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord> {
         let revoked_by = revoked_by.to_owned();
         self.write(move |ctx| {
-            let exists: Option<String> = ctx
-                .conn
-                .query_row("SELECT policy_id FROM requests WHERE rid = ?1", [id], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            let Some(policy_id) = exists else {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::not_found("RequestNotFound", format!("access request {id} was not found")),
-                );
+            let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, request_not_found(id));
             };
-            let revoked = ctx
-                .conn
-                .execute(
-                    "UPDATE grants SET status = 'Revoked', status_reason = 'UserRequested', revoked_by = ?2 \
-                     WHERE rid = ?1 AND status = 'Initiated'",
-                    params![id, revoked_by],
-                )
-                .map_err(backend)?;
-            if revoked == 0 {
-                let message =
-                    format!("access request {id} has no live grant left to revoke (expired, superseded or revoked)");
-                return reject(ctx, audit, Invalid::conflict("RequestNotActive", message));
-            }
+            let changes = match lifecycle::revoke(&facts) {
+                Ok(changes) => changes,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            grants::apply(ctx.conn, &gids, &changes, By::Revoker(&revoked_by)).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
             let now = audit.time;
             let mut event =
-                audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", revoked.to_string());
-            event.resource_id = policy_id;
+                audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", changes.len().to_string());
+            event.resource_id = facts.policy_id;
             ctx.audit(&event).map_err(backend)?;
             hooks::enqueue(ctx.conn, "revoked", id, now).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
@@ -1202,80 +1154,68 @@ impl Store for SqliteStore {
     ) -> StoreResult<AccessRequestRecord> {
         let decider = decider.to_owned();
         self.write(move |ctx| {
-            let head: Option<(String, String)> = ctx
-                .conn
-                .query_row("SELECT policy_id, requestor FROM requests WHERE rid = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(backend)?;
             let mut audit = audit;
-            let Some((policy_id, requestor)) = head else {
-                return reject(ctx, audit, Invalid::not_found("RequestNotFound", format!("access request {id} was not found")));
+            let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, request_not_found(id));
             };
-            audit.resource_id = policy_id;
-            if requestor == decider {
-                let m = format!("'{decider}' made request {id} and cannot approve or deny it; another approver must");
-                let mut invalid = Invalid::conflict("SelfApprovalNotAllowed", m);
-                invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
-                return reject(ctx, audit, invalid);
-            }
-            let pending: Vec<(i64, i64, String, i64, Option<i64>)> = ctx
-                .conn
-                .prepare_cached("SELECT gid, pid, supersede_key, end_time, window_ns FROM grants WHERE rid = ?1 AND status = 'Pending'")
-                .and_then(|mut s| s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?.collect())
-                .map_err(backend)?;
-            let live: Vec<_> = pending.into_iter().filter(|p| p.3 > nanos(now)).collect();
-            let extension: Option<(i64, Option<String>)> = ctx
-                .conn
-                .query_row("SELECT ext_end, ext_by FROM requests WHERE rid = ?1 AND ext_end IS NOT NULL", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(backend)?;
-            if live.is_empty() {
-                if let Some((ext_end, ext_by)) = extension {
-                    return decide_extension(ctx, ExtensionDecision { id, ext_end, ext_by, approve, decider, requestor, reason, now }, audit);
+            audit.resource_id = facts.policy_id.clone();
+            let decision = match lifecycle::decide(&facts, approve, &decider, now) {
+                Ok(decision) => decision,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            let verdict =
+                |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
+            let requestor = facts.requestor.clone();
+            let succeeded = move |audit: AuditEvent| {
+                audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor)
+            };
+            let (approved, mut event) = match decision {
+                Decision::Grants { approved, changes } => {
+                    for (i, state) in &changes {
+                        let gid = grants::gid_at(&gids, *i).map_err(backend)?;
+                        if approved {
+                            // The approved grant replaces older ones with its key.
+                            let (pid, skey): (i64, String) = ctx
+                                .conn
+                                .query_row("SELECT pid, supersede_key FROM grants WHERE gid = ?1", [gid], |r| {
+                                    Ok((r.get(0)?, r.get(1)?))
+                                })
+                                .map_err(backend)?;
+                            grants::supersede_older(ctx.conn, pid, &skey).map_err(backend)?;
+                        }
+                        grants::persist(ctx.conn, gid, state, By::Decider(&decider)).map_err(backend)?;
+                    }
+                    rows::bump_revision(ctx.conn).map_err(backend)?;
+                    let event =
+                        succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
+                    (approved, event)
                 }
-                let m = format!("access request {id} has nothing waiting for a decision (decided, expired or not needing approval)");
-                return reject(ctx, audit, Invalid::conflict("RequestNotPending", m));
-            }
-            for (gid, pid, skey, _, window) in &live {
-                if approve {
-                    ctx.conn
-                        .execute(
-                            "UPDATE grants SET status = 'Revoked', status_reason = 'NewerRequestInitiated' \
-                             WHERE pid = ?1 AND supersede_key = ?2 AND status = 'Initiated'",
-                            params![pid, skey],
-                        )
-                        .map_err(backend)?;
-                    // The window starts when the request is approved (or at its scheduled start,
-                    // if that is later), not when it was asked.
-                    let opens: Option<i64> =
-                        ctx.conn.query_row("SELECT opens_at FROM grants WHERE gid = ?1", [gid], |r| r.get(0)).map_err(backend)?;
-                    let start = opens.unwrap_or(0).max(nanos(now));
-                    let end = start.saturating_add(window.unwrap_or(0));
-                    let status = if start > nanos(now) { "Scheduled" } else { "Initiated" };
-                    ctx.conn
-                        .execute(
-                            "UPDATE grants SET status = ?4, status_reason = 'Approved', end_time = ?2, decided_by = ?3 WHERE gid = ?1",
-                            params![gid, end, decider, status],
-                        )
-                        .map_err(backend)?;
-                } else {
-                    ctx.conn
-                        .execute("UPDATE grants SET status = 'Revoked', status_reason = 'Denied', decided_by = ?2 WHERE gid = ?1", params![gid, decider])
-                        .map_err(backend)?;
+                Decision::Extension { approved, end_time, changes } => {
+                    clear_extension(ctx.conn, id)?;
+                    if approved {
+                        grants::apply(ctx.conn, &gids, &changes, By::Decider(&decider)).map_err(backend)?;
+                        rows::bump_revision(ctx.conn).map_err(backend)?;
+                    }
+                    let mut event = succeeded(audit)
+                        .with("decision", verdict(approved))
+                        .with("extensionEndTimeUtc", rfc3339(end_time));
+                    if let Some(r) = reason {
+                        event = event.with("reason", r);
+                    }
+                    ctx.audit(&event).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, if approved { "approved" } else { "denied" }, id, now).map_err(backend)?;
+                    return rows::load_request(ctx.conn, id).map_err(backend);
                 }
-            }
-            rows::bump_revision(ctx.conn).map_err(backend)?;
-            let mut event = audit
-                .succeeded()
-                .with("requestId", id.to_string())
-                .with("requestor", requestor)
-                .with("decision", if approve { "Approved" } else { "Denied" })
-                .with("grants", live.len().to_string());
+                Decision::ExtensionLapsed(invalid) => {
+                    clear_extension(ctx.conn, id)?;
+                    return reject(ctx, audit, invalid);
+                }
+            };
             if let Some(r) = reason {
                 event = event.with("reason", r);
             }
             ctx.audit(&event).map_err(backend)?;
-            if approve {
+            if approved {
                 hooks::enqueue(ctx.conn, "approved", id, now).map_err(backend)?;
                 hooks::enqueue(ctx.conn, "opened", id, now).map_err(backend)?;
             } else {
@@ -1294,59 +1234,36 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> StoreResult<AccessRequestRecord> {
         self.write(move |ctx| {
-            let head: Option<(i64, String)> = ctx
-                .conn
-                .query_row("SELECT pid, policy_id FROM requests WHERE rid = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-                .map_err(backend)?;
             let mut audit = audit;
-            let Some((_, policy_id)) = head else {
-                return reject(ctx, audit, Invalid::not_found("RequestNotFound", format!("access request {id} was not found")));
+            let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, request_not_found(id));
             };
-            audit.resource_id = policy_id.clone();
-            let live: Vec<(i64, String, u16, i64)> = ctx
-                .conn
-                .prepare_cached("SELECT gid, vm_key, number, end_time FROM grants WHERE rid = ?1 AND status = 'Initiated' AND end_time > ?2")
-                .and_then(|mut s| s.query_map(params![id, nanos(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
-                .map_err(backend)?;
-            if live.is_empty() {
-                let m = format!("access request {id} has no open grant to extend");
-                return reject(ctx, audit, Invalid::conflict("RequestNotActive", m));
-            }
-            let policy = rows::load_policy_only(ctx.conn, &policy_id.to_ascii_lowercase()).map_err(backend)?.map(|(_, p)| p);
-            let Some(policy) = policy else {
-                return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, format!("policy '{policy_id}' is gone")));
+            audit.resource_id = facts.policy_id.clone();
+            let policy = rows::load_policy_only(ctx.conn, &facts.policy_id.to_ascii_lowercase())
+                .map_err(backend)?
+                .map(|(_, p)| p);
+            let changes = match lifecycle::extend(&facts, policy.as_ref(), new_end, now) {
+                Err(invalid) => return reject(ctx, audit, invalid),
+                Ok(Extension::NeedsApproval) => {
+                    // The grants keep their end until an approver (not the one who asked) agrees.
+                    ctx.conn
+                        .execute(
+                            "UPDATE requests SET ext_end = ?2, ext_by = ?3 WHERE rid = ?1",
+                            params![id, nanos(new_end), audit.caller],
+                        )
+                        .map_err(backend)?;
+                    let event =
+                        audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
+                    ctx.audit(&event.with("decision", GrantStatus::Pending.as_str())).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, "requested", id, now).map_err(backend)?;
+                    return rows::load_request(ctx.conn, id).map_err(backend);
+                }
+                Ok(Extension::Extended(changes)) => changes,
             };
-            let mut needs_approval = false;
-            for (_, vm_key, number, end) in &live {
-                let Some(rule) = policy.vm(vm_key).and_then(|v| v.port(*number)) else {
-                    return reject(ctx, audit, Invalid::conflict("RequestNotActive", format!("port {number} is no longer in the policy")));
-                };
-                needs_approval |= rule.require_approval;
-                if nanos(new_end) <= *end {
-                    let m = format!("the new end {} is not later than the current one", rfc3339(new_end));
-                    return reject(ctx, audit, Invalid::input(codes::INVALID_INITIATE, Some("endTimeUtc".into()), m));
-                }
-                if new_end - now > rule.max_duration.duration() + jitgate_core::initiate::END_TIME_LEEWAY {
-                    let m = format!("port {number}: at most {} from now", rule.max_duration);
-                    return reject(ctx, audit, Invalid::input(codes::NOT_SUBSET, Some("endTimeUtc".into()), m));
-                }
-            }
-            if needs_approval {
-                // The grants keep their end until an approver (not the one who asked) agrees.
-                ctx.conn
-                    .execute("UPDATE requests SET ext_end = ?2, ext_by = ?3 WHERE rid = ?1", params![id, nanos(new_end), audit.caller])
-                    .map_err(backend)?;
-                let event = audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
-                ctx.audit(&event.with("decision", "Pending")).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "requested", id, now).map_err(backend)?;
-                return rows::load_request(ctx.conn, id).map_err(backend);
-            }
-            for (gid, ..) in &live {
-                ctx.conn.execute("UPDATE grants SET end_time = ?2 WHERE gid = ?1", params![gid, nanos(new_end)]).map_err(backend)?;
-            }
+            grants::apply(ctx.conn, &gids, &changes, By::Nobody).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            ctx.audit(&audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end))).map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)))
+                .map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
@@ -1854,24 +1771,27 @@ impl Store for SqliteStore {
             // pending request cannot be approved for someone who no longer exists, and a later
             // principal of the same name finds nothing of the old one's left to extend.
             let deleter = audit.caller.clone();
+            let ending = &lifecycle::ENDED_BY_PRINCIPAL_DELETE;
             let requests: Vec<i64> = ctx
                 .conn
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT DISTINCT g.rid FROM grants g JOIN requests r ON r.rid = g.rid \
-                     WHERE lower(r.principal) = lower(?1) AND g.status IN ('Initiated', 'Pending', 'Scheduled')",
-                )
-                .and_then(|mut s| s.query_map([&p.name], |r| r.get(0))?.collect())
+                     WHERE lower(r.principal) = lower(?1) AND {}",
+                    grants::status_in("g.status", 2, ending)
+                ))
+                .and_then(|mut s| s.query_map(grants::bind([Value::Text(p.name.clone())], ending), |r| r.get(0))?.collect())
                 .map_err(backend)?;
             let mut ended = 0;
             for rid in &requests {
-                ended += ctx
-                    .conn
-                    .execute(
-                        "UPDATE grants SET status = 'Revoked', status_reason = 'UserRequested', revoked_by = ?2 \
-                         WHERE rid = ?1 AND status IN ('Initiated', 'Pending', 'Scheduled')",
-                        params![rid, deleter],
-                    )
-                    .map_err(backend)?;
+                ended += grants::transition_where(
+                    ctx.conn,
+                    "rid = ?1",
+                    vec![Value::Integer(*rid)],
+                    ending,
+                    lifecycle::principal_deleted,
+                    By::Revoker(&deleter),
+                )
+                .map_err(backend)?;
                 hooks::enqueue(ctx.conn, "revoked", *rid, audit.time).map_err(backend)?;
             }
             if ended > 0 {

@@ -169,6 +169,7 @@ fn single_grant_transitions() {
 fn the_status_sets_agree_with_the_transitions() {
     for s in [Initiated, Pending, Scheduled, Revoked] {
         let g = GrantState { status: s, ..state(s, UserRequested, -1) };
+        assert_eq!(LIVE.contains(&s), g.is_live(), "{s:?}");
         assert_eq!(SUPERSEDABLE.contains(&s), supersede(g).is_some(), "{s:?}");
         assert_eq!(EXPIRING.contains(&s), expire(g, now()).is_some(), "{s:?}");
         assert_eq!(OPENING.contains(&s), open(g, now()).is_some(), "{s:?}");
