@@ -15,7 +15,7 @@ pub const STATE_COLUMNS: &str = "status, status_reason, end_time, opens_at, wind
 
 /// The condition "`column` has a status of `set`", over parameters `?first, ?first+1, …` (bind
 /// them with [`bind`]). A single status is compared with `=`: SQLite then re-plans the statement
-/// with the bound word and can use a partial index (`WHERE status = 'Initiated'` in the schema),
+/// with the bound word and can use a partial index (the schema's `grants_live_key` and the like),
 /// which it does not for `IN (?)`.
 pub fn status_in(column: &str, first: usize, set: &[GrantStatus]) -> String {
     if set.len() == 1 {
@@ -160,7 +160,7 @@ pub fn request_facts(conn: &Connection, rid: i64) -> rusqlite::Result<Option<(Re
 mod tests {
     use super::*;
 
-    /// Binding the status keeps the partial indexes (`WHERE status = 'Initiated'` and the like in
+    /// Binding the status keeps the partial indexes (`grants_live_key` and the like, over one word, in
     /// the schema) usable: SQLite re-plans a statement with the bound value.
     #[test]
     fn a_bound_status_still_uses_the_partial_indexes() {
@@ -197,5 +197,52 @@ mod tests {
             "{}",
             plan(scheduled, GrantStatus::Scheduled)
         );
+    }
+
+    /// No status or reason of a grant is written into this crate's Rust source: the store binds
+    /// the core values. ("Pending" is also a state of the webhook outbox, so for that word only
+    /// comparisons with the grant columns are looked for.)
+    #[test]
+    fn no_grant_status_or_reason_is_a_literal_in_the_store_source() {
+        let statuses = [GrantStatus::Initiated, GrantStatus::Revoked, GrantStatus::Pending, GrantStatus::Scheduled];
+        let reasons = [
+            StatusReason::UserRequested,
+            StatusReason::Expired,
+            StatusReason::NewerRequestInitiated,
+            StatusReason::PolicyDeleted,
+            StatusReason::ApprovalRequired,
+            StatusReason::Approved,
+            StatusReason::Denied,
+            StatusReason::ApprovalExpired,
+        ];
+        let words = statuses.iter().map(|s| s.as_str()).chain(reasons.iter().map(|r| r.as_str()));
+        let q = '\'';
+        let mut forbidden: Vec<String> =
+            vec![format!("status = {q}"), format!("status IN ({q}"), format!("status_reason = {q}")];
+        for w in words.filter(|w| *w != GrantStatus::Pending.as_str()) {
+            forbidden.push(format!("{q}{w}{q}"));
+            forbidden.push(format!("\"{w}\""));
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut dirs = vec![src];
+        let mut checked = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("read");
+                for f in &forbidden {
+                    assert!(!text.contains(f.as_str()), "{} writes {f}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2, "the sources were found");
     }
 }
