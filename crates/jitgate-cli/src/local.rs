@@ -109,6 +109,33 @@ impl LocalServer {
         })
     }
 
+    /// Gives `cmd`, a `jitgate` client command, this server's connection settings (its URL, the
+    /// admin token and its certificate).
+    pub fn client_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("JITGATE_URL", &self.url).env("JITGATE_TOKEN", &self.token).env("JITGATE_CA_CERT", &self.ca_cert)
+    }
+
+    /// Makes a join token with `jitgate agent token create`, run as `cmd` (the `jitgate` binary,
+    /// perhaps inside a network namespace), for `resource_group` of `subscription` at `location`
+    /// with `extra` flags; returns the token.
+    pub fn create_join_token(
+        &self,
+        mut cmd: Command,
+        subscription: &str,
+        resource_group: &str,
+        location: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        cmd.args(["agent", "token", "create", "--subscription", subscription, "--resource-group", resource_group])
+            .args(["--location", location])
+            .args(extra);
+        let out = self.client_env(&mut cmd).output().context("running jitgate agent token create")?;
+        if !out.status.success() {
+            bail!("creating a join token: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// Everything the server printed on stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout.lock().map(|v| v.join("\n")).unwrap_or_default()

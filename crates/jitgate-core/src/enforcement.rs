@@ -125,9 +125,10 @@ pub fn printable(text: &str, max: usize) -> String {
     out
 }
 
-/// A refused value as an error message quotes it: printable and short.
+/// A refused value as an error message quotes it: escaped and short, like every name from outside
+/// ([`crate::ids::shown_max`]).
 pub fn quote(text: &str) -> String {
-    printable(text, limits::QUOTE)
+    crate::ids::shown_max(text, limits::QUOTE)
 }
 
 /// What an agent reports about nftables, as stored and shown to operators.
@@ -151,6 +152,13 @@ pub struct JoinDraft {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedJoin {
     pub join_token: String,
+    pub agent: JoiningAgent,
+}
+
+/// What a joining agent says about itself, checked and bounded: what the store records of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoiningAgent {
+    /// The VM name (host mode) or the gateway's name (gateway mode).
     pub name: String,
     pub mode: AgentMode,
     pub os_type: OsType,
@@ -210,15 +218,8 @@ pub fn check_join(draft: JoinDraft) -> Result<CheckedJoin, Invalid> {
             ),
         ));
     }
-    Ok(CheckedJoin {
-        join_token: token.to_owned(),
-        name: draft.name,
-        mode,
-        os_type,
-        addresses,
-        public_address,
-        hostname: draft.hostname,
-    })
+    let agent = JoiningAgent { name: draft.name, mode, os_type, addresses, public_address, hostname: draft.hostname };
+    Ok(CheckedJoin { join_token: token.to_owned(), agent })
 }
 
 /// One claim on a gateway's public port: `mapped_port`/`protocol` forwards to `vm`:`number`.
@@ -307,7 +308,7 @@ mod tests {
         let e = refused(JoinDraft { join_token: huge, ..draft() });
         assert_eq!(e.code, "InvalidJoinToken");
         let many = check_join(JoinDraft { addresses: vec!["10.0.0.1".into(); 64], ..draft() }).expect("64 are fine");
-        assert_eq!(many.addresses.len(), 1, "duplicates are kept once");
+        assert_eq!(many.agent.addresses.len(), 1, "duplicates are kept once");
     }
 
     #[test]
@@ -316,6 +317,7 @@ mod tests {
         assert_eq!(printable("a\u{202e}b", 10), "a b");
         assert_eq!(printable("abcdef", 3), "abc…");
         assert_eq!(printable("  ab  ", 10), "ab");
+        assert_eq!(quote("web\u{202e}1\n"), "web\\u{202e}1\\n", "a quoted value is escaped, not cleaned");
         assert_eq!(report_error(&"e".repeat(10_000)).chars().count(), limits::REPORT_ERROR + 1);
     }
 

@@ -37,6 +37,8 @@ pub const INVALID_PRINCIPAL: &str = "InvalidPrincipal";
 pub const TOKEN_LIFETIME_TOO_LONG: &str = "TokenLifetimeTooLong";
 
 /// A name from outside, safe to echo in a message: ASCII only (everything else escaped), bounded.
+/// Not [`crate::ids::shown`]: that one leaves printable non-ASCII as it is, which would show a
+/// look-alike of a principal name (Cyrillic `о` for `o`) as the name itself.
 pub fn shown(text: &str) -> String {
     let mut out: String = text.chars().take(MAX_LOCAL_NAME + 16).flat_map(char::escape_default).collect();
     if text.chars().count() > MAX_LOCAL_NAME + 16 {

@@ -103,6 +103,14 @@ async fn join(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, 
     respond(answer)
 }
 
+/// A bad join token is an authentication failure (401), not a malformed request.
+fn join_token_unauthorized(mut e: ApiError) -> ApiError {
+    if e.code == "InvalidJoinToken" {
+        e.status = StatusCode::UNAUTHORIZED;
+    }
+    e
+}
+
 async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
     let ctx = crate::ctx_of(peer, &req);
     let audit = app.audit(&ctx, "agent", ops::AGENT_JOIN, "/agent/v1/join");
@@ -118,13 +126,7 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
             public_address: input.public_address,
             hostname: input.hostname,
         };
-        check_join(draft).map_err(|invalid| {
-            let mut e = ApiError::from(invalid);
-            if e.code == "InvalidJoinToken" {
-                e.status = StatusCode::UNAUTHORIZED;
-            }
-            e
-        })
+        check_join(draft).map_err(|invalid| join_token_unauthorized(invalid.into()))
     }
     .await;
     let input = match checked {
@@ -136,22 +138,10 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
         token_hash: auth::hash_token(&input.join_token),
         credential_hash: auth::hash_token(&credential),
         id: uuid::Uuid::new_v4().to_string(),
-        name: input.name,
-        mode: input.mode,
-        os_type: input.os_type,
-        addresses: input.addresses,
-        public_address: input.public_address,
-        hostname: input.hostname,
+        agent: input.agent,
         now: app.clock.now(),
     };
-    let agent = app.store.join_agent(join, audit).await.map_err(|e| {
-        // A bad join token is an authentication failure, not a malformed request.
-        let mut err = ApiError::from(e);
-        if err.code == "InvalidJoinToken" {
-            err.status = StatusCode::UNAUTHORIZED;
-        }
-        err
-    })?;
+    let agent = app.store.join_agent(join, audit).await.map_err(|e| join_token_unauthorized(e.into()))?;
     app.changed();
     let out = JoinOut {
         agent_id: agent.id,

@@ -1368,33 +1368,33 @@ impl Store for SqliteStore {
             if expires <= nanos(join.now) {
                 return reject(ctx, audit, denied("the join token has expired; create a new one"));
             }
-            if mode != join.mode.as_str() {
-                let m = format!("the join token is for {mode} mode, the agent asked for {}", join.mode.as_str());
+            if mode != join.agent.mode.as_str() {
+                let m = format!("the join token is for {mode} mode, the agent asked for {}", join.agent.mode.as_str());
                 return reject(ctx, audit, denied(&m));
             }
             if let Some(for_vm) = &for_vm {
-                if !for_vm.eq_ignore_ascii_case(&join.name) {
-                    let m = format!("the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'", join.name);
+                if !for_vm.eq_ignore_ascii_case(&join.agent.name) {
+                    let m = format!("the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'", join.agent.name);
                     return reject(ctx, audit, denied(&m));
                 }
             }
             let now = nanos(join.now);
-            let addresses: Vec<String> = join.addresses.iter().map(|a| a.to_string()).collect();
+            let addresses: Vec<String> = join.agent.addresses.iter().map(|a| a.to_string()).collect();
             let mut event = audit
                 .clone()
                 .succeeded()
                 .with("agentId", join.id.clone())
-                .with("mode", join.mode.as_str())
-                .with("name", join.name.clone())
+                .with("mode", join.agent.mode.as_str())
+                .with("name", join.agent.name.clone())
                 .with("addresses", addresses.join(" "));
             let mut location = loc.clone();
-            let vm = match join.mode {
-                AgentMode::Host => match agents::host_vm_id(&sub, &rg, &join.name) {
+            let vm = match join.agent.mode {
+                AgentMode::Host => match agents::host_vm_id(&sub, &rg, &join.agent.name) {
                     Ok(id) => Some(id),
                     Err(m) => return reject(ctx, audit, Invalid::input("InvalidAgentName", Some("name".into()), m)),
                 },
                 AgentMode::Gateway => {
-                    if let Some(g) = rows::gateway_agent(ctx.conn, &sub, &join.name).map_err(backend)? {
+                    if let Some(g) = rows::gateway_agent(ctx.conn, &sub, &join.agent.name).map_err(backend)? {
                         let m = format!(
                             "a gateway named '{}' has already joined subscription '{sub}' (agent {}); revoke it first \
                              (jitgate agent rm {}) to join a replacement",
@@ -1406,14 +1406,14 @@ impl Store for SqliteStore {
                 }
             };
             if let Some(vm) = &vm {
-                let address = join.addresses.first().map(|a| a.to_string());
+                let address = join.agent.addresses.first().map(|a| a.to_string());
                 match rows::get_vm(ctx.conn, &vm.key()).map_err(backend)? {
                     None => {
                         ctx.conn
                             .execute(
                                 "INSERT INTO vms (key, id, os_type, location, address, agent_id, created, updated) \
                                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                                params![vm.key(), vm.as_str(), join.os_type.as_str(), loc, address, join.id, now],
+                                params![vm.key(), vm.as_str(), join.agent.os_type.as_str(), loc, address, join.id, now],
                             )
                             .map_err(backend)?;
                     }
@@ -1463,18 +1463,18 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                     params![
                         join.id,
-                        join.name,
-                        join.mode.as_str(),
+                        join.agent.name,
+                        join.agent.mode.as_str(),
                         sub,
                         rg,
                         location,
                         vm.as_ref().map(|v| v.key()),
                         vm.as_ref().map(|v| v.as_str().to_owned()),
                         join.credential_hash,
-                        join.os_type.as_str(),
+                        join.agent.os_type.as_str(),
                         addresses.join(" "),
-                        join.public_address.map(|a| a.to_string()),
-                        join.hostname,
+                        join.agent.public_address.map(|a| a.to_string()),
+                        join.agent.hostname,
                         now
                     ],
                 )

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use time::{Duration, OffsetDateTime};
 
 use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
-use jitgate_core::enforcement::AgentMode;
+use jitgate_core::enforcement::{AgentMode, JoiningAgent};
 use jitgate_core::initiate::{GrantStatus, InitiateDraft, InitiatePortDraft, InitiateVmDraft, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
@@ -322,7 +322,7 @@ async fn oversized_audit_fields_are_bounded(store: &dyn Store) {
     store.record_many(vec![event]).await.expect("record many");
     // A refusal decided inside the store (a 60,000-character join token name) is bounded too.
     let mut j = join("no-such-token", "big", "big", AgentMode::Host);
-    j.name = long.clone();
+    j.agent.name = long.clone();
     assert!(store.join_agent(j, audit(jitgate_core::audit::ops::AGENT_JOIN)).await.is_err());
     let records = store.audit_records(0, usize::MAX >> 1).await.expect("audit");
     let big: Vec<_> = records.iter().rev().take(3).collect();
@@ -347,12 +347,14 @@ fn join(token: &str, id: &str, name: &str, mode: AgentMode) -> AgentJoin {
         token_hash: token.into(),
         credential_hash: format!("cred-{id}"),
         id: id.into(),
-        name: name.into(),
-        mode,
-        os_type: OsType::Linux,
-        addresses: vec!["10.1.0.5".parse().expect("ip")],
-        public_address: Some("203.0.113.1".parse().expect("ip")),
-        hostname: name.into(),
+        agent: JoiningAgent {
+            name: name.into(),
+            mode,
+            os_type: OsType::Linux,
+            addresses: vec!["10.1.0.5".parse().expect("ip")],
+            public_address: Some("203.0.113.1".parse().expect("ip")),
+            hostname: name.into(),
+        },
         now: now(),
     }
 }
@@ -519,7 +521,7 @@ async fn agent_bindings_revocation_and_gateway_scope(store: &dyn Store) {
     };
     let joining = |token: &str, id: &str, name: &str, mode, address: &str| {
         let mut j = join(token, id, name, mode);
-        j.addresses = vec![address.parse().expect("ip")];
+        j.agent.addresses = vec![address.parse().expect("ip")];
         j
     };
     // A host token joins as a new VM.
@@ -612,27 +614,17 @@ async fn agent_bindings_revocation_and_gateway_scope(store: &dyn Store) {
     let (app7, _) = store.put_vm(attach("app7", "10.4.0.7"), audit("vm")).await.expect("attach");
     assert_eq!(app7.agent.map(|a| a.id).as_deref(), Some("gw-a"));
     let sees = |id: &'static str| async move { store.agent_state(id, now()).await.expect("state") };
-    // A gateway's mapped ports are one namespace across policies.
-    let mapped = |m: i64, number: i64| {
+    // A gateway's mapped ports are one namespace across policies. A claim: policy `policy`
+    // forwards the gateway's port `m` to port `number` of `vm`.
+    let claim = async |policy: &str, vm: &str, m: i64, number: i64| {
         let mut p = ssh_port();
         p.number = Some(number);
         p.mapped_port = Some(m);
-        p
+        put(store, &policy_ref("bind", "westeurope", policy), one_vm_policy("bind", vm, Some(vec![p]))).await
     };
-    put(
-        store,
-        &policy_ref("bind", "westeurope", "first"),
-        one_vm_policy("bind", "app7", Some(vec![mapped(52222, 22)])),
-    )
-    .await
-    .expect("first claim");
+    claim("first", "app7", 52222, 22).await.expect("first claim");
     store.put_vm(attach("app8", "10.4.0.8"), audit("vm")).await.expect("attach");
-    let second = put(
-        store,
-        &policy_ref("bind", "westeurope", "second"),
-        one_vm_policy("bind", "app8", Some(vec![mapped(52222, 2200)])),
-    )
-    .await;
+    let second = claim("second", "app8", 52222, 2200).await;
     match second {
         Err(StoreError::Rejected(i)) => {
             assert_eq!(i.code, "MappedPortInUse");
@@ -642,33 +634,15 @@ async fn agent_bindings_revocation_and_gateway_scope(store: &dyn Store) {
         other => panic!("expected MappedPortInUse, got {other:?}"),
     }
     // Re-putting the holder itself is fine; another port is fine.
-    put(
-        store,
-        &policy_ref("bind", "westeurope", "first"),
-        one_vm_policy("bind", "app7", Some(vec![mapped(52222, 22)])),
-    )
-    .await
-    .expect("the holder again");
+    claim("first", "app7", 52222, 22).await.expect("the holder again");
     // A VM not (yet) behind the gateway may hold the port; attaching it then is refused.
     let mut app9 = attach("app9", "10.4.0.9");
     app9.gateway = None;
     store.put_vm(app9.clone(), audit("vm")).await.expect("app9 alone");
-    put(
-        store,
-        &policy_ref("bind", "westeurope", "third"),
-        one_vm_policy("bind", "app9", Some(vec![mapped(52222, 22)])),
-    )
-    .await
-    .expect("no gateway, no clash");
+    claim("third", "app9", 52222, 22).await.expect("no gateway, no clash");
     app9.gateway = Some("GW-PROD-A".into());
     assert_eq!(rejected_code(store.put_vm(app9, audit("vm")).await), "MappedPortInUse");
-    put(
-        store,
-        &policy_ref("bind", "westeurope", "second"),
-        one_vm_policy("bind", "app8", Some(vec![mapped(52223, 2200)])),
-    )
-    .await
-    .expect("another gateway port");
+    claim("second", "app8", 52223, 2200).await.expect("another gateway port");
     assert_eq!(sees("gw-a").await.ports.len(), 2, "SUB_A's gateway enforces app7 and app8");
     assert!(sees("gw-b").await.ports.is_empty(), "SUB_B's gateway of the same name sees none of SUB_A's VMs");
     // Revoking a gateway frees its name for a replacement; its VMs wait for it.

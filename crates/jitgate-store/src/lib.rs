@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use jitgate_core::audit::AuditEvent;
-use jitgate_core::enforcement::{AgentMode, EnforcementState};
+use jitgate_core::enforcement::{AgentMode, EnforcementState, JoiningAgent};
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::rbac::RoleDefinition;
@@ -266,13 +266,7 @@ pub struct AgentJoin {
     pub token_hash: String,
     pub credential_hash: String,
     pub id: String,
-    /// The VM name (host mode) or the gateway's name (gateway mode).
-    pub name: String,
-    pub mode: AgentMode,
-    pub os_type: OsType,
-    pub addresses: Vec<IpAddr>,
-    pub public_address: Option<IpAddr>,
-    pub hostname: String,
+    pub agent: JoiningAgent,
     pub now: OffsetDateTime,
 }
 

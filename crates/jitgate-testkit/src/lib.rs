@@ -1,13 +1,19 @@
 //! Test helpers: run the real `jitgate` binary on a free port in a temporary directory (removed
 //! when the guard drops, even if the test fails) and talk to it over TLS with its own
-//! certificate as the only trust root.
+//! certificate as the only trust root. Agents played through the protocol are in [`agents`],
+//! webhook receivers in [`webhooks`].
 
 use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 pub use jitgate_cli::local::LocalServer;
+
+pub mod agents;
+pub mod webhooks;
 
 /// The subscription used by tests.
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -33,12 +39,18 @@ impl Answer {
     }
 }
 
+impl From<LocalServer> for TestServer {
+    /// A client for a server started some other way (e.g. on a data directory that is kept).
+    fn from(server: LocalServer) -> Self {
+        let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
+        TestServer { server, client }
+    }
+}
+
 impl TestServer {
     /// Starts `binary serve` with `extra` flags.
     pub fn start(binary: &str, extra: &[&str]) -> Self {
-        let server = LocalServer::start(Path::new(binary), extra).expect("jitgate serve starts");
-        let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
-        TestServer { server, client }
+        LocalServer::start(Path::new(binary), extra).expect("jitgate serve starts").into()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -94,6 +106,69 @@ impl TestServer {
             .await;
         assert!(a.status.is_success(), "registering {name}: {a:?}");
         id
+    }
+
+    /// Creates the principal `name` (a user) and returns a new token of it.
+    pub async fn principal(&self, name: &str) -> String {
+        let a = self.json(Method::POST, &self.url("/api/v1/principals"), &json!({"name": name})).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+        let t = self.json(Method::POST, &self.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
+        assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
+        t.body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Assigns `role` to `principal` at `scope`, as the admin.
+    pub async fn assign(&self, principal: &str, role: &str, scope: &str) -> Answer {
+        let body = json!({"principal": principal, "role": role, "scope": scope});
+        self.json(Method::POST, &self.url("/api/v1/roleAssignments"), &body).await
+    }
+
+    /// Creates the principal `name` holding `role` at `scope`; returns a new token of it.
+    pub async fn principal_with_role(&self, name: &str, role: &str, scope: &str) -> String {
+        let token = self.principal(name).await;
+        let a = self.assign(name, role, scope).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
+        token
+    }
+
+    /// The audit records (one page, in log order) that `query` selects, e.g.
+    /// `operation=…&status=Failed`.
+    pub async fn audit(&self, query: &str) -> Vec<Value> {
+        let a = self.send(Method::GET, &self.url(&format!("/api/v1/audit?{query}")), None).await;
+        assert_eq!(a.status, StatusCode::OK, "{a:?}");
+        a.body["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Every item of a paged list: GETs `url` and follows `nextLink`.
+    pub async fn list_all(&self, url: String) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut next = Some(url);
+        while let Some(url) = next {
+            let a = self.send(Method::GET, &url, None).await;
+            assert_eq!(a.status, StatusCode::OK, "{a:?}");
+            out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
+            next = a.body["nextLink"].as_str().map(String::from);
+        }
+        out
+    }
+}
+
+/// Runs the `jitgate` client (`binary`) with `args`, connected to `s` as its admin.
+pub fn cli(binary: &str, s: &TestServer, args: &[&str]) -> Output {
+    s.server.client_env(Command::new(binary).args(args)).output().expect("cli runs")
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

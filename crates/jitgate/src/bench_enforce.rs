@@ -89,27 +89,7 @@ fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
         &format!("{CLIENT}:0"),
         &[&["--tls-san", CLIENT], jitgate_cli::bench::BENCH_SERVER_FLAGS].concat(),
     )?;
-    let conn = |cmd: &mut std::process::Command| {
-        cmd.env("JITGATE_URL", &server.url).env("JITGATE_TOKEN", &server.token).env("JITGATE_CA_CERT", &server.ca_cert);
-    };
-    let mut create = c.cmd(exe()?);
-    create.args([
-        "agent",
-        "token",
-        "create",
-        "--subscription",
-        SUB,
-        "--resource-group",
-        "bench",
-        "--location",
-        "westeurope",
-    ]);
-    conn(&mut create);
-    let out = create.output()?;
-    if !out.status.success() {
-        bail!("creating a join token: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let token = server.create_join_token(c.cmd(exe()?), SUB, "bench", "westeurope", &[])?;
     let mut agent = v.cmd(exe()?);
     agent.args(["agent", "--server", &server.url, "--join-token", &token, "--vm-name", "benchvm", "--state-dir"]);
     agent.arg(tmp.path().join("agent")).arg("--ca-cert").arg(&server.ca_cert).env("JITGATE_LOG", "warn");

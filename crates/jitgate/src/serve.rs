@@ -79,16 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
     }
 
-    let trusted_proxies = args
-        .trusted_proxy
-        .iter()
-        .map(|p| {
-            let p = p.trim();
-            p.parse::<ipnet::IpNet>()
-                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .with_context(|| format!("--trusted-proxy '{p}' is not an address or CIDR range"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trusted_proxies = ranges("--trusted-proxy", &args.trusted_proxy)?;
     let oidc = match (&args.oidc_issuer, &args.oidc_audience) {
         (Some(issuer), Some(audience)) => Some(
             Oidc::new(OidcConfig {
@@ -243,19 +234,23 @@ async fn bootstrap(
     Ok(())
 }
 
-/// Where webhooks may go, from `--webhook-allow-http` and `--webhook-allow-range`.
-fn webhook_rules(args: &ServeArgs) -> anyhow::Result<jitgate_core::destination::Rules> {
-    let allowed = args
-        .webhook_allow_range
+/// The addresses or CIDR ranges given with `flag`, as written (a single address is its own range).
+fn ranges(flag: &str, values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    values
         .iter()
         .map(|p| {
             let p = p.trim();
             p.parse::<ipnet::IpNet>()
-                .map(|n| n.trunc())
                 .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .with_context(|| format!("--webhook-allow-range '{p}' is not an address or CIDR range"))
+                .with_context(|| format!("{flag} '{p}' is not an address or CIDR range"))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// Where webhooks may go, from `--webhook-allow-http` and `--webhook-allow-range`.
+fn webhook_rules(args: &ServeArgs) -> anyhow::Result<jitgate_core::destination::Rules> {
+    let allowed: Vec<ipnet::IpNet> =
+        ranges("--webhook-allow-range", &args.webhook_allow_range)?.iter().map(ipnet::IpNet::trunc).collect();
     if args.webhook_allow_http {
         tracing::warn!("webhooks may use plain http:// (--webhook-allow-http)");
     }

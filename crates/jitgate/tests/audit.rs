@@ -6,29 +6,11 @@ use std::path::Path;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use jitgate_testkit::{as_user, vm_id, Answer, LocalServer, TestServer, SUB};
+use jitgate_testkit::agents::{agent_call, join_gateway, state};
+use jitgate_testkit::webhooks::{create_webhook, events, hanging_receiver, receiver, LOOPBACK_RECEIVERS};
+use jitgate_testkit::{as_user, eventually, vm_id, Answer, LocalServer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
-
-/// Joins gateway `gw1` in rg1 through the API, as an agent would, with `extra` join fields
-/// (addresses, publicAddress); returns the agent's credential.
-async fn join_gateway(s: &TestServer, extra: &Value) -> String {
-    let t = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/agentTokens"),
-            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
-        )
-        .await;
-    let mut join =
-        json!({"joinToken": t.body["token"], "name": "gw1", "mode": "gateway", "osType": "Linux", "hostname": "gw1"});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        join[k] = v.clone();
-    }
-    let joined = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await;
-    assert_eq!(joined.status, StatusCode::CREATED, "{joined:?}");
-    joined.body["credential"].as_str().expect("credential").to_owned()
-}
 
 fn policy(vm: &str) -> Value {
     json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
@@ -40,25 +22,11 @@ fn initiate(vm: &str, source: &str) -> Value {
 }
 
 async fn all_records(s: &TestServer, query: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut next = Some(s.url(&format!("/api/v1/audit?top=7{query}")));
-    while let Some(url) = next {
-        let a = s.send(Method::GET, &url, None).await;
-        assert_eq!(a.status, StatusCode::OK, "{a:?}");
-        out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
-        next = a.body["nextLink"].as_str().map(String::from);
-    }
-    out
+    s.list_all(s.url(&format!("/api/v1/audit?top=7{query}"))).await
 }
 
 fn cli(s: &TestServer, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(BIN)
-        .args(args)
-        .env("JITGATE_URL", &s.server.url)
-        .env("JITGATE_TOKEN", &s.server.token)
-        .env("JITGATE_CA_CERT", &s.server.ca_cert)
-        .output()
-        .expect("cli runs")
+    jitgate_testkit::cli(BIN, s, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,21 +278,16 @@ async fn every_operation_of_a_scripted_session_is_audited_once_with_its_fields()
 async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut server = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("start");
-    let token = server.token.clone();
-    let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
+    let mut s = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &[]).expect("start"));
+    let token = s.server.token.clone();
     for i in 0..12 {
         let id = vm_id("rg", &format!("vm{i}"));
-        let r = client
-            .put(format!("{}/api/v1/vms", server.url))
-            .bearer_auth(&token)
-            .json(&json!({"id": id, "osType": "Linux", "location": "westeurope"}))
-            .send()
-            .await
-            .expect("put");
-        assert!(r.status().is_success());
+        let r = s
+            .json(Method::PUT, &s.url("/api/v1/vms"), &json!({"id": id, "osType": "Linux", "location": "westeurope"}))
+            .await;
+        assert!(r.status.is_success());
     }
-    assert!(server.stop().expect("stop"));
+    assert!(s.server.stop().expect("stop"));
     let verify = |dir: &Path| {
         std::process::Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(dir).output().expect("verify")
     };
@@ -333,7 +296,10 @@ async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
 
     // Retention: everything older than 1 s moves to a sealed archive; the chain continues.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let restarted = LocalServer::start_in(Path::new(BIN), &data, &["--audit-retention", "1s"]).expect("restart");
+    let mut restarted =
+        TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &["--audit-retention", "1s"]).expect("restart"));
+    let verify_online =
+        async |s: &TestServer| as_user(s, &token, Method::GET, &s.url("/api/v1/audit/verify"), None).await.body;
     let mut archived = false;
     for _ in 0..50 {
         let sealed = std::fs::read_dir(data.join("audit-archive"))
@@ -361,18 +327,9 @@ async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
     let lines = std::fs::read_to_string(&file).expect("read");
     assert_eq!(lines.lines().count(), 14, "bootstrap + 12 VMs + the seal line");
     assert!(lines.lines().last().unwrap_or("").contains("\"sealed\":true"));
-    let client = jitgate_cli::client::http_client(Some(&restarted.ca_cert)).expect("client");
     let mut v = Value::Null;
     for _ in 0..50 {
-        v = client
-            .get(format!("{}/api/v1/audit/verify", restarted.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("verify")
-            .json()
-            .await
-            .expect("json");
+        v = verify_online(&restarted).await;
         if v["archivedThrough"] == 13 {
             break;
         }
@@ -380,8 +337,7 @@ async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
     }
     assert_eq!(v["valid"], true, "{v}");
     assert_eq!(v["archivedThrough"], 13, "{v}");
-    let mut restarted = restarted;
-    assert!(restarted.stop().expect("stop"));
+    assert!(restarted.server.stop().expect("stop"));
     assert!(verify(&data).status.success(), "offline verify starts after the archive");
 
     // A changed field is caught offline, naming the record; and online after a restart.
@@ -393,17 +349,8 @@ async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
     assert_eq!(broken.status.code(), Some(1));
     let out = String::from_utf8_lossy(&broken.stdout);
     assert!(out.contains("BROKEN") && out.contains(&first.to_string()), "{out}");
-    let again = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("restart");
-    let client = jitgate_cli::client::http_client(Some(&again.ca_cert)).expect("client");
-    let v: Value = client
-        .get(format!("{}/api/v1/audit/verify", again.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("verify")
-        .json()
-        .await
-        .expect("json");
+    let again = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &[]).expect("restart"));
+    let v = verify_online(&again).await;
     assert_eq!((v["valid"].clone(), v["firstInvalid"].clone()), (json!(false), json!(first)), "{v}");
 }
 
@@ -411,7 +358,7 @@ async fn tampering_is_caught_online_and_offline_and_retention_seals_archives() {
 async fn inventory_views_group_vms_like_the_portal() {
     let s = TestServer::start(BIN, &[]);
     // A gateway enforcement point (joined through the API, as an agent would).
-    let credential = join_gateway(&s, &json!({"addresses": ["10.0.0.1"], "publicAddress": "203.0.113.10"})).await;
+    let credential = join_gateway(&s, "gw1", json!({"addresses": ["10.0.0.1"], "publicAddress": "203.0.113.10"})).await;
     let attach = |name: &str, address: &str| json!({"id": vm_id("rg1", name), "osType": "Linux", "location": "westeurope", "address": address, "gateway": "gw1"});
     for (name, addr) in [("configured", "10.1.0.1"), ("spare", "10.1.0.2")] {
         assert_eq!(s.json(Method::PUT, &s.url("/api/v1/vms"), &attach(name, addr)).await.status, StatusCode::CREATED);
@@ -465,17 +412,10 @@ async fn inventory_views_group_vms_like_the_portal() {
     assert_eq!(b["approvedRequestsLast7Days"], 0);
 
     // Once the gateway reports the state it was sent, its VMs are enforced.
-    let bearer = format!("Bearer {credential}");
-    let sent = s.send_with(Method::GET, &s.url("/agent/v1/state?wait=0"), None, &[("Authorization", &bearer)]).await;
+    let sent = state(&s, &credential).await;
     assert_eq!(sent.status, StatusCode::OK, "{sent:?}");
-    let r = s
-        .send_with(
-            Method::POST,
-            &s.url("/agent/v1/applied"),
-            Some(json!({"revision": sent.body["revision"], "nftablesUsable": true}).to_string().as_bytes()),
-            &[("Authorization", &bearer)],
-        )
-        .await;
+    let report = json!({"revision": sent.body["revision"], "nftablesUsable": true});
+    let r = agent_call(&s, &credential, Method::POST, "/agent/v1/applied", Some(report)).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(view("configured").await[1]["enforcementState"], "Enforced");
 
@@ -520,25 +460,9 @@ async fn approvals_open_nothing_until_another_principal_approves() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body["properties"]["virtualMachines"][0]["ports"][0]["requireApproval"], true);
     // The requester (alice) and an approver (carol, Security Admin).
-    for (name, role) in [("alice", "JIT Network Access Requester"), ("carol", "Security Admin")] {
-        s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await;
-        s.json(
-            Method::POST,
-            &s.url("/api/v1/roleAssignments"),
-            &json!({"principal": name, "role": role, "scope": format!("/subscriptions/{SUB}")}),
-        )
-        .await;
-    }
-    let tok = |name: &str| {
-        let (s, name) = (&s, name.to_owned());
-        async move {
-            s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await.body["token"]
-                .as_str()
-                .expect("token")
-                .to_owned()
-        }
-    };
-    let (alice, carol) = (tok("alice").await, tok("carol").await);
+    let sub = format!("/subscriptions/{SUB}");
+    let alice = s.principal_with_role("alice", "JIT Network Access Requester", &sub).await;
+    let carol = s.principal_with_role("carol", "Security Admin", &sub).await;
     let ask = |justification: Option<&str>| {
         let mut b = json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT30M", "allowedSourceAddressPrefix": "203.0.113.5"}]}]});
         if let Some(j) = justification {
@@ -637,102 +561,27 @@ async fn approvals_open_nothing_until_another_principal_approves() {
     );
 }
 
-type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, bool, i64, Value)>>>;
-
-/// A webhook receiver on loopback: records (event, signature valid, timestamp, body).
-fn receiver(secret: &'static str) -> (String, Seen) {
-    use hmac::Mac;
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let seen: Seen = Default::default();
-    let out = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut headers = std::collections::HashMap::new();
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                }
-            }
-            let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            let body = String::from_utf8_lossy(&body).into_owned();
-            let ts = headers.get("x-jitgate-timestamp").cloned().unwrap_or_default();
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-            mac.update(format!("{ts}.{body}").as_bytes());
-            let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-            let valid = headers.get("x-jitgate-signature") == Some(&expected);
-            let event = headers.get("x-jitgate-event").cloned().unwrap_or_default();
-            out.lock().expect("lock").push((
-                event,
-                valid,
-                ts.parse().unwrap_or(0),
-                serde_json::from_str(&body).unwrap_or(Value::Null),
-            ));
-            let _ = reader.get_mut().write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (url, seen)
-}
-
-/// A receiver that accepts connections and never answers.
-fn hanging_receiver() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_delays_nothing() {
     // The receivers are plain http on loopback, which the server refuses unless told otherwise.
-    let s = TestServer::start(BIN, &["--webhook-allow-http", "--webhook-allow-range", "127.0.0.0/8"]);
+    let s = TestServer::start(BIN, &LOOPBACK_RECEIVERS);
     let vm = s.register_vm("rg1", "vm", "Linux").await;
     s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
-    s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": "alice"})).await;
-    s.json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": "alice", "role": "JIT Network Access Requester", "scope": format!("/subscriptions/{SUB}")})).await;
-    let alice = s.json(Method::POST, &s.url("/api/v1/principals/alice/tokens"), &json!({})).await.body["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let alice = s.principal_with_role("alice", "JIT Network Access Requester", &format!("/subscriptions/{SUB}")).await;
 
     let (admin_url, admin_seen) = receiver("admin-secret-0123456789");
     let (own_url, own_seen) = receiver("alice-secret-0123456789");
     let hang = hanging_receiver();
-    let hook = |body: Value| {
-        let s = &s;
-        async move { s.json(Method::POST, &s.url("/api/v1/webhooks"), &body).await }
-    };
+    let hook = async |body: Value| create_webhook(&s, &s.server.token, body).await;
     let admin = hook(json!({"subscription": SUB, "url": admin_url, "secret": "admin-secret-0123456789"})).await;
     assert_eq!(admin.status, StatusCode::CREATED, "{admin:?}");
     assert_eq!(admin.body["secret"], "admin-secret-0123456789", "the secret is shown on creation");
     let stuck = hook(json!({"subscription": SUB, "url": hang})).await;
     assert!(stuck.body["secret"].as_str().unwrap_or("").starts_with("whsec_"), "a secret is made when none is given");
     // The requester subscribes to its own requests; it may not subscribe to everyone's.
-    let own = as_user(&s, &alice, Method::POST, &s.url("/api/v1/webhooks"), Some(&json!({"principal": "alice", "url": own_url, "secret": "alice-secret-0123456789", "events": ["opened", "revoked"]}))).await;
+    let own = create_webhook(&s, &alice, json!({"principal": "alice", "url": own_url, "secret": "alice-secret-0123456789", "events": ["opened", "revoked"]})).await;
     assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
-    let theirs = as_user(
-        &s,
-        &alice,
-        Method::POST,
-        &s.url("/api/v1/webhooks"),
-        Some(&json!({"subscription": SUB, "url": own_url})),
-    )
-    .await;
+    let theirs = create_webhook(&s, &alice, json!({"subscription": SUB, "url": own_url})).await;
     assert_eq!(theirs.status, StatusCode::FORBIDDEN);
     assert_eq!(hook(json!({"subscription": SUB, "url": "ftp://x"})).await.status, StatusCode::BAD_REQUEST);
 
@@ -753,13 +602,8 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
         StatusCode::OK
     );
 
-    let events = |seen: &Seen| seen.lock().expect("lock").iter().map(|e| e.0.clone()).collect::<Vec<_>>();
-    for _ in 0..50 {
-        if events(&admin_seen).len() >= 3 && events(&own_seen).len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let limit = std::time::Duration::from_millis(2500);
+    eventually(limit, async || events(&admin_seen).len() >= 3 && events(&own_seen).len() >= 2).await;
     let mut admin_events = events(&admin_seen);
     admin_events.sort();
     assert_eq!(admin_events, ["opened", "requested", "revoked"], "administrators hear every event");
@@ -767,22 +611,16 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
     own_events.sort();
     assert_eq!(own_events, ["opened", "revoked"], "the requester hears the events it asked for");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for (event, valid, ts, body) in admin_seen.lock().expect("lock").iter().chain(own_seen.lock().expect("lock").iter())
-    {
-        assert!(valid, "{event}: the HMAC-SHA256 signature verifies");
-        assert!((now - ts).abs() < 60, "{event}: a fresh timestamp");
-        assert_eq!(body["requestId"], id);
-        assert_eq!(body["requestor"], "alice");
+    for got in admin_seen.lock().expect("lock").iter().chain(own_seen.lock().expect("lock").iter()) {
+        assert!(got.valid, "{}: the HMAC-SHA256 signature verifies", got.event);
+        assert!((now - got.timestamp).abs() < 60, "{}: a fresh timestamp", got.event);
+        assert_eq!(got.body["requestId"], id);
+        assert_eq!(got.body["requestor"], "alice");
     }
     // A grant about to end is announced once.
     let short = as_user(&s, &alice, Method::POST, &s.initiate_url("rg1", "westeurope", "default"), Some(&json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT2M", "allowedSourceAddressPrefix": "203.0.113.6"}]}]}))).await;
     assert_eq!(short.status, StatusCode::ACCEPTED);
-    for _ in 0..50 {
-        if events(&admin_seen).iter().any(|e| e == "expiringSoon") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(limit, async || events(&admin_seen).iter().any(|e| e == "expiringSoon")).await;
     assert_eq!(events(&admin_seen).iter().filter(|e| *e == "expiringSoon").count(), 1, "{:?}", events(&admin_seen));
     // Delivery state is visible: delivered for the good receiver, still trying for the stuck one.
     let delivered = s
@@ -816,7 +654,7 @@ async fn webhooks_are_signed_reach_admins_and_requesters_and_a_hanging_receiver_
 async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_the_maximum() {
     let s = TestServer::start(BIN, &[]);
     // A gateway agent (joined through the API) to see what enforcement would get.
-    let credential = join_gateway(&s, &json!({"addresses": []})).await;
+    let credential = join_gateway(&s, "gw1", json!({"addresses": []})).await;
     let vm = vm_id("rg1", "vm");
     s.json(
         Method::PUT,
@@ -830,17 +668,7 @@ async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_th
     assert_eq!(s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &rule).await.status, StatusCode::OK);
     let agent_grants = || {
         let (s, credential) = (&s, credential.clone());
-        async move {
-            let a = s
-                .send_with(
-                    Method::GET,
-                    &s.url("/agent/v1/state?wait=0"),
-                    None,
-                    &[("Authorization", &format!("Bearer {credential}"))],
-                )
-                .await;
-            a.body["grants"].as_array().map(Vec::len).unwrap_or(0)
-        }
+        async move { state(s, &credential).await.body["grants"].as_array().map(Vec::len).unwrap_or(0) }
     };
 
     // Scheduled: nothing opens before the start; the window counts from it.
@@ -886,17 +714,7 @@ async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_th
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
     let a = s.json(Method::POST, &s.url(&format!("/api/v1/requests/{id}/extend")), &json!({"duration": "PT4H"})).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "beyond the maximum: {a:?}");
-    s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": "approver"})).await;
-    s.json(
-        Method::POST,
-        &s.url("/api/v1/roleAssignments"),
-        &json!({"principal": "approver", "role": "Security Admin", "scope": "/"}),
-    )
-    .await;
-    let appr = s.json(Method::POST, &s.url("/api/v1/principals/approver/tokens"), &json!({})).await.body["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let appr = s.principal_with_role("approver", "Security Admin", "/").await;
     let p = s.json(Method::POST, &s.initiate_url("rg1", "westeurope", "default"), &json!({"justification": "x", "virtualMachines": [{"id": vm, "ports": [{"number": 3389, "duration": "PT10M", "allowedSourceAddressPrefix": "*"}]}]})).await;
     let pid = p.body["id"].as_i64().expect("id");
     assert_eq!(
@@ -927,20 +745,8 @@ async fn scheduled_requests_open_at_their_start_and_live_grants_extend_within_th
     assert!(no.body.get("pendingExtensionEndTimeUtc").is_none(), "{no:?}");
     let again = as_user(&s, &appr, Method::POST, &s.url(&format!("/api/v1/requests/{pid}/deny")), None).await;
     assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "RequestNotPending"), "{again:?}");
-    let decisions: Vec<String> = s
-        .send(
-            Method::GET,
-            &s.url(
-                "/api/v1/audit?operation=Microsoft.Security/locations/jitNetworkAccessPolicies/requests/extend/action",
-            ),
-            None,
-        )
-        .await
-        .body["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["properties"]["decision"].as_str().map(String::from))
-        .collect();
+    let extends =
+        s.audit("operation=Microsoft.Security/locations/jitNetworkAccessPolicies/requests/extend/action").await;
+    let decisions: Vec<&str> = extends.iter().filter_map(|r| r["properties"]["decision"].as_str()).collect();
     assert_eq!(decisions, ["Pending", "Pending"], "both asks are audited as pending");
 }

@@ -15,14 +15,20 @@ struct Cli<'a> {
 }
 
 impl Cli<'_> {
-    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    /// `jitgate` with the test's profile and subscription and no connection settings of its own.
+    fn command(&self) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args)
-            .env("JITGATE_CONFIG", &self.config)
+        c.env("JITGATE_CONFIG", &self.config)
             .env_remove("JITGATE_URL")
             .env_remove("JITGATE_TOKEN")
             .env_remove("JITGATE_CA_CERT");
         c.env("JITGATE_SUBSCRIPTION", SUB);
+        c
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.command();
+        c.args(args);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -254,20 +260,9 @@ async fn connect_runs_the_command_with_the_details_and_revokes_after() {
     assert_eq!(cli.json(&["access", "list", "--active"])["value"], serde_json::json!([]));
     assert!(cli.ok(&["access", "list"]).contains("REQUESTOR"));
     // Agent join tokens: created alone on stdout, listed without secrets.
-    let t = cli.ok(&[
-        "agent",
-        "token",
-        "create",
-        "--subscription",
-        SUB,
-        "--resource-group",
-        "prod",
-        "--location",
-        "westeurope",
-        "--ttl",
-        "30m",
-    ]);
-    assert!(t.trim().starts_with("jgj_") && t.trim().lines().count() == 1);
+    let t =
+        s.server.create_join_token(cli.command(), SUB, "prod", "westeurope", &["--ttl", "30m"]).expect("join token");
+    assert!(t.starts_with("jgj_") && t.lines().count() == 1);
     let listed = cli.json(&["agent", "token", "list"]);
     assert_eq!(listed["value"][0]["state"], "unused");
     assert!(!listed.to_string().contains("jgj_"), "no secrets");

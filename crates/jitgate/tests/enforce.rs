@@ -96,7 +96,7 @@ impl World {
         let mode = if gateway { "gateway" } else { "host" };
         let token = w.join_token(mode);
         assert!(token.starts_with("jgj_"), "join token printed alone: {token:?}");
-        w.start_agent(Some(token.trim()));
+        w.start_agent(Some(&token));
         if gateway {
             w.wait_for(|w| w.api("GET", "/api/v1/agents", None).1["value"][0]["lastSeen"].is_string());
             let vm = json!({"id": vm_id("rg", "vm1"), "osType": "Linux", "location": "westeurope", "address": INNER, "gateway": "gw1"});
@@ -128,34 +128,14 @@ impl World {
         self.agent = Some(KillOnDrop::spawn(cmd).expect("agent"));
     }
 
-    /// Runs the jitgate CLI inside C with the admin connection settings; returns stdout.
-    /// A join token for resource group `rg`, made with the CLI.
+    /// A join token for resource group `rg`, made with the CLI inside C.
     fn join_token(&self, mode: &str) -> String {
-        self.cli(&[
-            "agent",
-            "token",
-            "create",
-            "--subscription",
-            SUB,
-            "--resource-group",
-            "rg",
-            "--location",
-            "westeurope",
-            "--mode",
-            mode,
-        ])
+        self.server.create_join_token(self.c.cmd(BIN), SUB, "rg", "westeurope", &["--mode", mode]).expect("join token")
     }
 
+    /// Runs the jitgate CLI inside C with the admin connection settings; returns stdout.
     fn cli(&self, args: &[&str]) -> String {
-        let out = self
-            .c
-            .cmd(BIN)
-            .args(args)
-            .env("JITGATE_URL", &self.server.url)
-            .env("JITGATE_TOKEN", &self.server.token)
-            .env("JITGATE_CA_CERT", &self.server.ca_cert)
-            .output()
-            .expect("cli runs");
+        let out = self.server.client_env(self.c.cmd(BIN).args(args)).output().expect("cli runs");
         assert!(out.status.success(), "jitgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

@@ -17,20 +17,6 @@ fn rg_scope(rg: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{rg}")
 }
 
-/// Creates a principal with a token; returns the token.
-async fn principal(s: &TestServer, name: &str) -> String {
-    let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name, "type": "User"})).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
-    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
-    t.body["token"].as_str().expect("token").to_owned()
-}
-
-async fn assign(s: &TestServer, name: &str, role: &str, scope: &str) -> Answer {
-    s.json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": name, "role": role, "scope": scope}))
-        .await
-}
-
 fn policy_body(vm: &str) -> Value {
     json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
         {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}})
@@ -72,8 +58,8 @@ async fn every_built_in_role_on_every_operation_inside_and_outside_its_scope() {
     ));
     for (i, (role, allowed)) in MATRIX.iter().enumerate() {
         let name = format!("user{i}");
-        let token = principal(&s, &name).await;
-        assert_eq!(assign(&s, &name, role, &rg_scope("inside")).await.status, StatusCode::CREATED);
+        let token = s.principal(&name).await;
+        assert_eq!(s.assign(&name, role, &rg_scope("inside")).await.status, StatusCode::CREATED);
         for (rg, inside) in [("inside", true), ("outside", false)] {
             let expect = |k: usize| inside && allowed[k];
             let vm = vm_id(rg, "vm");
@@ -167,8 +153,8 @@ async fn escalation_attempts_all_fail() {
     s.json(Method::PUT, &s.policy_url("inside", "westeurope", "default"), &policy_body(&vm)).await;
 
     // A requester cannot assign itself (or anyone) a role.
-    let alice = principal(&s, "alice").await;
-    assign(&s, "alice", "JIT Network Access Requester", &rg_scope("inside")).await;
+    let alice = s.principal("alice").await;
+    s.assign("alice", "JIT Network Access Requester", &rg_scope("inside")).await;
     let a = as_user(
         &s,
         &alice,
@@ -183,8 +169,8 @@ async fn escalation_attempts_all_fail() {
     assert_eq!(a.status, StatusCode::FORBIDDEN, "no tokens for someone else: {a:?}");
 
     // An owner of a resource group cannot define a role for the whole subscription.
-    let bob = principal(&s, "bob").await;
-    assign(&s, "bob", "Owner", &rg_scope("inside")).await;
+    let bob = s.principal("bob").await;
+    s.assign("bob", "Owner", &rg_scope("inside")).await;
     let broad = json!({"Name": "Broad", "Actions": ["*"], "AssignableScopes": [format!("/subscriptions/{SUB}")]});
     let a = as_user(&s, &bob, Method::PUT, &s.url("/api/v1/roleDefinitions/Broad"), Some(&broad)).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
@@ -215,8 +201,8 @@ async fn escalation_attempts_all_fail() {
         s.json(Method::PUT, &s.url("/api/v1/roleDefinitions/No%20Initiate"), &no_init).await.status,
         StatusCode::CREATED
     );
-    let carol = principal(&s, "carol").await;
-    assign(&s, "carol", "No Initiate", &rg_scope("inside")).await;
+    let carol = s.principal("carol").await;
+    s.assign("carol", "No Initiate", &rg_scope("inside")).await;
     let a = as_user(
         &s,
         &carol,
@@ -250,8 +236,8 @@ async fn escalation_attempts_all_fail() {
 
     // A token of subscription A cannot act on subscription B.
     let other_sub = "11111111-2222-3333-4444-555555555555";
-    let dave = principal(&s, "dave").await;
-    assign(&s, "dave", "Owner", &format!("/subscriptions/{other_sub}")).await;
+    let dave = s.principal("dave").await;
+    s.assign("dave", "Owner", &format!("/subscriptions/{other_sub}")).await;
     let a = as_user(&s, &dave, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     let a = as_user(&s, &dave, Method::PUT, &s.policy_url("inside", "westeurope", "default"), Some(&policy_body(&vm)))
@@ -365,7 +351,7 @@ async fn oidc_id_tokens_sign_humans_in_and_bad_ones_are_refused() {
         .expect("listed with its display name")
         .to_owned();
     assert!(erin.starts_with("oidc:"), "{erin}");
-    assert_eq!(assign(&s, &erin, "Reader", &format!("/subscriptions/{SUB}")).await.status, StatusCode::CREATED);
+    assert_eq!(s.assign(&erin, "Reader", &format!("/subscriptions/{SUB}")).await.status, StatusCode::CREATED);
     assert_eq!(as_user(&s, &good, Method::GET, &url, None).await.status, StatusCode::OK);
     // The sign-in is audited once, not on every request.
     let signins = s
@@ -445,7 +431,7 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
     let actions: Vec<&str> = printed["Actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     assert_eq!(actions, jitgate_core::rbac::REQUESTER_ACTIONS);
     assert!(run(&["role", "list"]).contains("JIT Access Role"));
-    principal(&s, "frank").await;
+    s.principal("frank").await;
     let assigned: Value = serde_json::from_str(&run(&[
         "role",
         "assign",

@@ -11,49 +11,12 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use jitgate_testkit::{as_user, vm_id, Answer, TestServer, SUB};
+use jitgate_testkit::agents::{agent_call, join, join_token, joined, state};
+use jitgate_testkit::{as_user, eventually, vm_id, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 /// A second subscription.
 const SUB_B: &str = "7d2a3c1e-0b4f-4e8a-9c6d-5f1e2a3b4c5d";
-
-/// A join token made by the admin; `extra` adds fields such as `"vm"`.
-async fn join_token(s: &TestServer, sub: &str, rg: &str, mode: &str, extra: Value) -> String {
-    let mut body = json!({"subscription": sub, "resourceGroup": rg, "location": "westeurope", "mode": mode});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        body[k] = v.clone();
-    }
-    let t = s.json(Method::POST, &s.url("/api/v1/agentTokens"), &body).await;
-    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
-    t.body["token"].as_str().expect("token").to_owned()
-}
-
-/// Joins as an agent would, with no credential of its own.
-async fn join(s: &TestServer, token: &str, name: &str, mode: &str, extra: Value) -> Answer {
-    let mut body = json!({"joinToken": token, "name": name, "mode": mode, "osType": "Linux", "hostname": name});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        body[k] = v.clone();
-    }
-    s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(body.to_string().as_bytes()), &[]).await
-}
-
-/// Joins and returns (agent id, credential).
-async fn joined(s: &TestServer, token: &str, name: &str, mode: &str, extra: Value) -> (String, String) {
-    let a = join(s, token, name, mode, extra).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    (a.body["agentId"].as_str().expect("id").to_owned(), a.body["credential"].as_str().expect("credential").to_owned())
-}
-
-/// A call made with an agent credential.
-async fn agent_call(s: &TestServer, credential: &str, method: Method, path: &str, body: Option<Value>) -> Answer {
-    let auth = format!("Bearer {credential}");
-    let text = body.map(|b| b.to_string());
-    s.send_with(method, &s.url(path), text.as_deref().map(str::as_bytes), &[("Authorization", &auth)]).await
-}
-
-async fn state(s: &TestServer, credential: &str) -> Answer {
-    agent_call(s, credential, Method::GET, "/agent/v1/state?wait=0", None).await
-}
 
 async fn vm(s: &TestServer, sub: &str, rg: &str, name: &str) -> Value {
     let id = vm_id(rg, name).replace(SUB, sub);
@@ -70,38 +33,11 @@ async fn agents(s: &TestServer) -> Vec<Value> {
 
 /// Audit records of one operation, newest last.
 async fn audit_of(s: &TestServer, operation: &str) -> Vec<Value> {
-    let a = s.send(Method::GET, &s.url(&format!("/api/v1/audit?operation={operation}&top=1000")), None).await;
-    assert_eq!(a.status, StatusCode::OK, "{a:?}");
-    a.body["value"].as_array().cloned().unwrap_or_default()
-}
-
-/// Creates a principal with a token and a role at a scope; returns the token.
-async fn principal_with(s: &TestServer, name: &str, role: &str, scopes: &[&str]) -> String {
-    let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name, "type": "User"})).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    for scope in scopes {
-        let r = s
-            .json(
-                Method::POST,
-                &s.url("/api/v1/roleAssignments"),
-                &json!({"principal": name, "role": role, "scope": scope}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
-    }
-    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
-    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
-    t.body["token"].as_str().expect("token").to_owned()
+    s.audit(&format!("operation={operation}&top=1000")).await
 }
 
 fn cli(s: &TestServer, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("JITGATE_URL", &s.server.url)
-        .env("JITGATE_TOKEN", &s.server.token)
-        .env("JITGATE_CA_CERT", &s.server.ca_cert)
-        .output()
-        .expect("cli runs")
+    jitgate_testkit::cli(BIN, s, args)
 }
 
 fn policy(vm: &str, number: u16, mapped: Option<u16>) -> Value {
@@ -151,27 +87,8 @@ async fn a_host_join_token_cannot_take_over_an_existing_vm() {
     assert_eq!(v["location"], "westeurope");
 
     // A token made for one VM joins as that VM only.
-    let for_web2 = String::from_utf8_lossy(
-        &cli(
-            &s,
-            &[
-                "agent",
-                "token",
-                "create",
-                "--subscription",
-                SUB,
-                "--resource-group",
-                "prod",
-                "--location",
-                "northeurope",
-                "--vm",
-                "web2",
-            ],
-        )
-        .stdout,
-    )
-    .trim()
-    .to_owned();
+    let for_web2 =
+        s.server.create_join_token(Command::new(BIN), SUB, "prod", "northeurope", &["--vm", "web2"]).expect("token");
     assert!(for_web2.starts_with("jgj_"), "{for_web2:?}");
     let a = join(&s, &for_web2, "web3", "host", json!({"addresses": ["192.0.2.66"]})).await;
     assert_eq!((a.status, a.code()), (StatusCode::UNAUTHORIZED, "InvalidJoinToken"), "{a:?}");
@@ -194,7 +111,7 @@ async fn a_host_join_token_cannot_take_over_an_existing_vm() {
     assert!(p["previousAgent"].as_str().is_some_and(|a| !a.is_empty() && a != new_id), "{rebind}");
 
     // A token for one VM needs write on that VM only; a token for the whole group needs more.
-    let vm_admin = principal_with(&s, "vmadmin", "Contributor", &[&vm_id("prod", "web3")]).await;
+    let vm_admin = s.principal_with_role("vmadmin", "Contributor", &vm_id("prod", "web3")).await;
     let ask = |body: Value| {
         let (s, vm_admin) = (&s, vm_admin.clone());
         async move { as_user(s, &vm_admin, Method::POST, &s.url("/api/v1/agentTokens"), Some(&body)).await }
@@ -236,7 +153,7 @@ async fn agents_are_listed_revoked_removed_with_their_vm_and_rotated() {
     assert_eq!(state(&s, &c5b).await.status, StatusCode::OK);
 
     // Revocation needs write where the agent is managed.
-    let reader = principal_with(&s, "reader", "Reader", &["/"]).await;
+    let reader = s.principal_with_role("reader", "Reader", "/").await;
     let a = as_user(&s, &reader, Method::DELETE, &s.url(&format!("/api/v1/agents/{id5}")), None).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
     assert_eq!(state(&s, &c5b).await.status, StatusCode::OK);
@@ -364,12 +281,8 @@ fn stored_credential(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-async fn until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until(what: &str, limit: Duration, check: impl AsyncFnMut() -> bool) {
+    assert!(eventually(limit, check).await, "timed out waiting for {what}");
 }
 
 // Finding 12, the agent's side: it rotates on request and says clearly when it was revoked.
@@ -489,18 +402,13 @@ async fn every_join_field_is_bounded_and_refused_joins_are_audited_compactly() {
         (json!({"publicAddress": inside}), "publicAddress"),
     ];
     for (fields, target) in &cases {
-        let mut body = json!({"joinToken": t, "name": "web1", "mode": "host", "osType": "Linux", "hostname": "web1"});
-        for (k, v) in fields.as_object().into_iter().flatten() {
-            body[k] = v.clone();
-        }
-        let a = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(body.to_string().as_bytes()), &[]).await;
+        let a = join(&s, &t, "web1", "host", fields.clone()).await;
         assert_eq!((a.status, a.code()), (StatusCode::BAD_REQUEST, "InvalidJoinRequest"), "{target}: {a:?}");
         assert_eq!(a.body["error"]["target"], *target);
         assert!(a.body.to_string().len() < 1000, "{target}: the answer quotes little");
     }
     // A wrong type carrying a long string, and a long join token.
-    let wrong = json!({"joinToken": t, "name": "web1", "mode": "host", "osType": "Linux", "hostname": "web1", "addresses": inside});
-    let a = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(wrong.to_string().as_bytes()), &[]).await;
+    let a = join(&s, &t, "web1", "host", json!({"addresses": inside})).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{a:?}");
     let a = join(&s, &inside, "web1", "host", json!({})).await;
     assert_eq!((a.status, a.code()), (StatusCode::UNAUTHORIZED, "InvalidJoinToken"));
@@ -576,7 +484,7 @@ async fn gateways_belong_to_their_subscription_and_are_attached_only_where_one_m
     let tb = join_token(&s, SUB_B, "net", "gateway", json!({})).await;
     let (b_id, b_cred) = joined(&s, &tb, "gw-prod-a", "gateway", json!({"publicAddress": "198.51.100.99"})).await;
     // SUB_A's operator attaches app7 to that name: there is no such gateway in SUB_A.
-    let operator = principal_with(&s, "opa", "Contributor", &[&format!("/subscriptions/{SUB}")]).await;
+    let operator = s.principal_with_role("opa", "Contributor", &format!("/subscriptions/{SUB}")).await;
     let app7 = attach(SUB, "apps", "app7", "10.7.0.7", "gw-prod-a");
     let a = as_user(&s, &operator, Method::PUT, &s.url("/api/v1/vms"), Some(&app7)).await;
     assert_eq!((a.status, a.code()), (StatusCode::BAD_REQUEST, "InvalidVirtualMachine"), "{a:?}");
@@ -589,7 +497,7 @@ async fn gateways_belong_to_their_subscription_and_are_attached_only_where_one_m
     let (a_id, _) = joined(&s, &ta, "gw-prod-a", "gateway", json!({"publicAddress": "203.0.113.7"})).await;
     // Attaching needs write where the gateway is managed, not only on the VM.
     let apps_only =
-        principal_with(&s, "appsop", "Contributor", &[&format!("/subscriptions/{SUB}/resourceGroups/apps")]).await;
+        s.principal_with_role("appsop", "Contributor", &format!("/subscriptions/{SUB}/resourceGroups/apps")).await;
     let a = as_user(&s, &apps_only, Method::PUT, &s.url("/api/v1/vms"), Some(&app7)).await;
     assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"), "{a:?}");
     assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("resourceGroups/edge"), "{a:?}");

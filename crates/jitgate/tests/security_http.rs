@@ -12,20 +12,13 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use jitgate_testkit::agents::join_gateway;
 use jitgate_testkit::{Answer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
 async fn audit_records(s: &TestServer) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut next = Some(s.url("/api/v1/audit?top=1000"));
-    while let Some(url) = next {
-        let a = s.send(Method::GET, &url, None).await;
-        assert_eq!(a.status, StatusCode::OK, "{a:?}");
-        out.extend(a.body["value"].as_array().cloned().unwrap_or_default());
-        next = a.body["nextLink"].as_str().map(String::from);
-    }
-    out
+    s.list_all(s.url("/api/v1/audit?top=1000")).await
 }
 
 fn retry_after(a: &Answer) -> u64 {
@@ -217,20 +210,15 @@ async fn initiates_and_token_creations_are_rate_limited_per_principal() {
 async fn refused_joins_are_rate_limited_per_source() {
     let s = TestServer::start(BIN, &["--rate-limit-join", "5/min", "--trusted-proxy", "127.0.0.1"]);
     let before = audit_records(&s).await.len();
-    let join = |name: &str, token: &str| {
-        json!({"joinToken": token, "name": name, "mode": "gateway", "osType": "Linux", "hostname": name}).to_string()
+    // A join with a wrong token, from `source` (behind the trusted proxy).
+    let join_from = async |source: &str, token: &str| {
+        let body = json!({"joinToken": token, "name": "gw", "mode": "gateway", "osType": "Linux", "hostname": "gw"});
+        let headers = [("X-Forwarded-For", source), ("Content-Type", "application/json")];
+        s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(body.to_string().as_bytes()), &headers).await
     };
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let body = join("gw", &format!("jgj_wrong_{i}"));
-        let a = s
-            .send_with(
-                Method::POST,
-                &s.url("/agent/v1/join"),
-                Some(body.as_bytes()),
-                &[("X-Forwarded-For", "203.0.113.9"), ("Content-Type", "application/json")],
-            )
-            .await;
+        let a = join_from("203.0.113.9", &format!("jgj_wrong_{i}")).await;
         if i >= 5 {
             assert_too_many(&a, 60);
         }
@@ -240,15 +228,7 @@ async fn refused_joins_are_rate_limited_per_source() {
     let grown = audit_records(&s).await.len() - before;
     assert_eq!(grown, 5, "only the refusals within the limit are recorded one by one");
     // Another source is not affected.
-    let body = join("gw", "jgj_wrong");
-    let a = s
-        .send_with(
-            Method::POST,
-            &s.url("/agent/v1/join"),
-            Some(body.as_bytes()),
-            &[("X-Forwarded-For", "203.0.113.10"), ("Content-Type", "application/json")],
-        )
-        .await;
+    let a = join_from("203.0.113.10", "jgj_wrong").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{a:?}");
 }
 
@@ -498,25 +478,10 @@ async fn connections_per_source_are_capped() {
 
 // ---- long-polls ----
 
-async fn join_gateway(s: &TestServer, name: &str) -> String {
-    let t = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/agentTokens"),
-            &json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"}),
-        )
-        .await;
-    let join =
-        json!({"joinToken": t.body["token"], "name": name, "mode": "gateway", "osType": "Linux", "hostname": name});
-    let joined = s.send_with(Method::POST, &s.url("/agent/v1/join"), Some(join.to_string().as_bytes()), &[]).await;
-    assert_eq!(joined.status, StatusCode::CREATED, "{joined:?}");
-    joined.body["credential"].as_str().expect("credential").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_holds_at_most_four_long_polls_and_the_oldest_answers() {
     let s = Arc::new(TestServer::start(BIN, &[]));
-    let credential = join_gateway(&s, "gw1").await;
+    let credential = join_gateway(&s, "gw1", json!({})).await;
     let auth = format!("Bearer {credential}");
     let first = s.send_with(Method::GET, &s.url("/agent/v1/state"), None, &[("Authorization", auth.as_str())]).await;
     assert_eq!(first.status, StatusCode::OK);
@@ -545,7 +510,7 @@ async fn a_credential_holds_at_most_four_long_polls_and_the_oldest_answers() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(polls.iter().all(|p| !p.is_finished()), "the other four still wait");
     // A change (another gateway joins): every waiting long-poll answers.
-    join_gateway(&s, "gw2").await;
+    join_gateway(&s, "gw2", json!({})).await;
     for p in polls {
         let a = tokio::time::timeout(Duration::from_secs(10), p).await.expect("answers on a change").expect("join");
         assert_eq!(a.status, StatusCode::OK);

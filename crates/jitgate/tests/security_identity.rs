@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use jitgate_testkit::{as_user, Answer, LocalServer, TestServer, SUB};
+use jitgate_testkit::{as_user, cli, Answer, LocalServer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 const ISSUER: &str = "https://idp-a.example/realms/ops";
@@ -86,11 +86,6 @@ async fn mint(s: &TestServer, bearer: &str, principal: &str, body: Value) -> Ans
     as_user(s, bearer, Method::POST, &s.url(&format!("/api/v1/principals/{principal}/tokens")), Some(&body)).await
 }
 
-async fn assign(s: &TestServer, name: &str, role: &str, scope: &str) -> Answer {
-    s.json(Method::POST, &s.url("/api/v1/roleAssignments"), &json!({"principal": name, "role": role, "scope": scope}))
-        .await
-}
-
 /// The status of reading the policy `rg1/default` (needs a role over it).
 async fn read_policy(s: &TestServer, bearer: &str) -> StatusCode {
     as_user(s, bearer, Method::GET, &s.policy_url("rg1", "westeurope", "default"), None).await.status
@@ -150,19 +145,8 @@ async fn an_oidc_display_claim_never_makes_the_caller_a_local_principal() {
     assert_eq!(all.len(), 9, "{all:?}");
     assert_eq!(all.iter().filter(|p| p["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("owner"))).count(), 1);
     // Refused display names are audited with the sign-in.
-    let signins = s
-        .send(
-            Method::GET,
-            &s.url("/api/v1/audit?operation=Microsoft.Authorization/signIn/action&status=Succeeded"),
-            None,
-        )
-        .await;
-    let refused: Vec<&Value> = signins.body["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["properties"]["displayNameRefused"].is_string())
-        .collect();
+    let signins = s.audit("operation=Microsoft.Authorization/signIn/action&status=Succeeded").await;
+    let refused: Vec<&Value> = signins.iter().filter(|r| r["properties"]["displayNameRefused"].is_string()).collect();
     assert_eq!(refused.len(), 1, "{signins:?}");
     assert!(refused[0]["properties"]["displayNameRefused"].as_str().unwrap_or("").contains("Cyrillic"));
 }
@@ -185,7 +169,7 @@ async fn an_oidc_identity_is_its_issuer_and_subject_and_gains_roles_only_by_assi
     let name = p["name"].as_str().expect("name").to_owned();
     let scope = format!("/subscriptions/{SUB}");
     assert_eq!(read_policy(&s, &erin).await, StatusCode::FORBIDDEN, "no roles yet");
-    assert_eq!(assign(&s, &name, "Reader", &scope).await.status, StatusCode::CREATED);
+    assert_eq!(s.assign(&name, "Reader", &scope).await.status, StatusCode::CREATED);
     assert_eq!(read_policy(&s, &erin).await, StatusCode::OK);
     let url = s.url(&format!(
         "/subscriptions/{SUB}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
@@ -278,14 +262,8 @@ async fn local_principal_names_are_a_strict_set_and_refusals_are_audited() {
         assert!(a.body["error"]["message"].as_str().is_some_and(str::is_ascii), "echoed escaped: {a:?}");
     }
     assert_eq!(principals(&s).await.len(), before, "nothing was created");
-    let refusals = s
-        .send(
-            Method::GET,
-            &s.url("/api/v1/audit?operation=Microsoft.Authorization/principals/write&status=Failed"),
-            None,
-        )
-        .await;
-    assert_eq!(refusals.body["value"].as_array().map(Vec::len), Some(10), "{refusals:?}");
+    let refusals = s.audit("operation=Microsoft.Authorization/principals/write&status=Failed").await;
+    assert_eq!(refusals.len(), 10, "{refusals:?}");
     for ok in ["alice", "svc.deploy-2", "ci@example.com"] {
         let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": ok})).await;
         assert_eq!(a.status, StatusCode::CREATED, "{ok}: {a:?}");
@@ -347,9 +325,8 @@ async fn a_token_cannot_mint_tokens_that_outlive_it_and_they_end_with_it() {
     }
     let listed = tokens_of(&s, "alice").await;
     assert!(listed.iter().all(|t| t["revoked"] == true), "{listed:?}");
-    let audit =
-        s.send(Method::GET, &s.url(&format!("/api/v1/audit?resourceId=/api/v1/tokens/{}", made["id"])), None).await;
-    let revocation = audit.body["value"].as_array().and_then(|v| v.last()).cloned().unwrap_or(Value::Null);
+    let audit = s.audit(&format!("resourceId=/api/v1/tokens/{}", made["id"])).await;
+    let revocation = audit.last().cloned().unwrap_or(Value::Null);
     assert_eq!(revocation["properties"]["revokedDescendantTokens"], "3", "{audit:?}");
 }
 
@@ -431,23 +408,11 @@ async fn the_maximum_token_lifetime_bounds_every_token_and_unlimited_needs_the_o
     let a = mint(&s, &s.server.token, "owner", json!({"expiresIn": "PT30M"})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     // The CLI prints the token alone on stdout and its expiry on stderr.
-    let out = std::process::Command::new(BIN)
-        .args(["token", "create", "--principal", "owner", "--expires-in", "10m"])
-        .env("JITGATE_URL", &s.server.url)
-        .env("JITGATE_TOKEN", &s.server.token)
-        .env("JITGATE_CA_CERT", &s.server.ca_cert)
-        .output()
-        .expect("cli runs");
+    let out = cli(BIN, &s, &["token", "create", "--principal", "owner", "--expires-in", "10m"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("jg_"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expires 20"), "{}", String::from_utf8_lossy(&out.stderr));
-    let refused = std::process::Command::new(BIN)
-        .args(["token", "create", "--principal", "owner", "--expires-in", "2h"])
-        .env("JITGATE_URL", &s.server.url)
-        .env("JITGATE_TOKEN", &s.server.token)
-        .env("JITGATE_CA_CERT", &s.server.ca_cert)
-        .output()
-        .expect("cli runs");
+    let refused = cli(BIN, &s, &["token", "create", "--principal", "owner", "--expires-in", "2h"]);
     assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("TokenLifetimeTooLong"));
 
@@ -470,36 +435,16 @@ async fn the_owner_can_be_given_a_new_token_by_a_restart_with_the_break_glass_fl
     std::fs::remove_file(data.with_extension("admin-token")).expect("token file");
     let second = LocalServer::start_in(Path::new(BIN), &data, &["--reissue-owner-token", "--max-token-lifetime", "2h"])
         .expect("restart");
-    let new = second.token.clone();
+    let second = TestServer::from(second);
+    let new = second.server.token.clone();
     assert!(new.starts_with("jg_") && new != old, "a new token is written: {new:?}");
-    assert!(second.stdout().contains(&new) && second.stdout().contains("It expires at"), "{}", second.stdout());
-    let client = jitgate_cli::client::http_client(Some(&second.ca_cert)).expect("client");
-    let listed: Value = client
-        .get(format!("{}/api/v1/principals/owner/tokens", second.url))
-        .bearer_auth(&new)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    let newest = listed["value"].as_array().and_then(|v| v.last()).cloned().expect("tokens");
+    let stdout = second.server.stdout();
+    assert!(stdout.contains(&new) && stdout.contains("It expires at"), "{stdout}");
+    let newest = tokens_of(&second, "owner").await.last().cloned().expect("tokens");
     assert_eq!(newest["createdWith"], "server");
     assert!(time_of(&newest["expiresOn"]) <= OffsetDateTime::now_utc() + time::Duration::hours(2));
-    let audit: Value = client
-        .get(format!("{}/api/v1/audit?caller=jitgate", second.url))
-        .bearer_auth(&new)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    assert!(audit["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|r| r["properties"]["reason"] == "--reissue-owner-token"));
+    let audit = second.audit("caller=jitgate").await;
+    assert!(audit.iter().any(|r| r["properties"]["reason"] == "--reissue-owner-token"));
     drop(second);
     // Without the flag, a restart makes nothing.
     std::fs::remove_file(data.with_extension("admin-token")).expect("token file");

@@ -19,22 +19,6 @@ fn policy_body(vm: &str, source: &str) -> Value {
         {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": source, "maxRequestAccessDuration": "PT3H"}]}]}})
 }
 
-async fn principal_with_role(s: &TestServer, name: &str, role: &str, scope: &str) -> String {
-    let a = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name, "type": "User"})).await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
-    assert_eq!(t.status, StatusCode::CREATED, "{t:?}");
-    let a = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/roleAssignments"),
-            &json!({"principal": name, "role": role, "scope": scope}),
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    t.body["token"].as_str().expect("token").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slash_or_dots_in_a_name_never_reach_below_another_scope() {
     let s = TestServer::start(BIN, &[]);
@@ -43,7 +27,7 @@ async fn a_slash_or_dots_in_a_name_never_reach_below_another_scope() {
     // The owner makes policy `h`; a Security Admin holds the scope of `h` only.
     let h = s.url(&format!("{}?api-version=2020-01-01", policy_path("h")));
     assert_eq!(s.json(Method::PUT, &h, &policy_body(&vm1, "*")).await.status, StatusCode::OK);
-    let admin = principal_with_role(&s, "h-admin", "Security Admin", &policy_path("h")).await;
+    let admin = s.principal_with_role("h-admin", "Security Admin", &policy_path("h")).await;
 
     // (`..` itself is resolved away by every URL client before it is sent; the route's unit tests
     // send it raw. `...` is a name of dots alone that survives the trip.)

@@ -3,96 +3,24 @@
 //! them, categories for non-admins), one webhook's deletion cannot silence another's deliveries,
 //! and what the server keeps on disk is its owner's alone, with webhook secrets sealed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use jitgate_testkit::{as_user, LocalServer, TestServer, SUB};
+use jitgate_testkit::webhooks::{
+    closed_url, create_webhook, events, receiver, receiver_answering, Seen, LOOPBACK_RECEIVERS,
+};
+use jitgate_testkit::{as_user, eventually, Answer, LocalServer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
-/// What the tests with loopback receivers start the server with.
-const LOOPBACK_RECEIVERS: [&str; 3] = ["--webhook-allow-http", "--webhook-allow-range", "127.0.0.0/8"];
-
-/// (event, signature valid, body) of each POST a receiver got.
-type Seen = Arc<Mutex<Vec<(String, bool, Value)>>>;
-
-/// A loopback receiver: records each POST and answers with `answer` (a whole HTTP head).
-fn receiver_answering(secret: &'static str, answer: String) -> (String, Seen) {
-    use hmac::Mac;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    let seen: Seen = Default::default();
-    let out = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream);
-            let mut headers = std::collections::HashMap::new();
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                }
-            }
-            let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
-            let mut body = vec![0u8; len.min(1 << 20)];
-            let _ = reader.read_exact(&mut body);
-            let body = String::from_utf8_lossy(&body).into_owned();
-            let ts = headers.get("x-jitgate-timestamp").cloned().unwrap_or_default();
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-            mac.update(format!("{ts}.{body}").as_bytes());
-            let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-            let valid = headers.get("x-jitgate-signature") == Some(&expected);
-            let event = headers.get("x-jitgate-event").cloned().unwrap_or_default();
-            if let Ok(mut v) = out.lock() {
-                v.push((event, valid, serde_json::from_str(&body).unwrap_or(Value::Null)));
-            }
-            let _ = reader.get_mut().write_all(answer.as_bytes());
-        }
-    });
-    (url, seen)
-}
-
-fn receiver(secret: &'static str) -> (String, Seen) {
-    receiver_answering(secret, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".into())
-}
-
-/// A loopback URL where nothing listens.
-fn closed_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    drop(listener);
-    url
-}
-
-fn events(seen: &Seen) -> Vec<String> {
-    seen.lock().map(|v| v.iter().map(|e| e.0.clone()).collect()).unwrap_or_default()
-}
 
 fn requests_seen(seen: &Seen, id: i64) -> Vec<String> {
-    seen.lock().map(|v| v.iter().filter(|e| e.2["requestId"] == id).map(|e| e.0.clone()).collect()).unwrap_or_default()
-}
-
-/// Polls `check` every 50 ms until it holds or `limit` passes; returns whether it held.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    seen.lock()
+        .map(|v| v.iter().filter(|e| e.body["requestId"] == id).map(|e| e.event.clone()).collect())
+        .unwrap_or_default()
 }
 
 fn policy(vm: &str) -> Value {
@@ -104,22 +32,22 @@ fn initiate(vm: &str, source: &str) -> Value {
     json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT10M", "allowedSourceAddressPrefix": source}]}]})
 }
 
-/// Creates principal `name` with `role` at `scope` (none: no role) and returns a token of it.
-async fn principal(s: &TestServer, name: &str, role: Option<(&str, &str)>) -> String {
-    let made = s.json(Method::POST, &s.url("/api/v1/principals"), &json!({"name": name})).await;
-    assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
-    if let Some((role, scope)) = role {
-        let a = s
-            .json(
-                Method::POST,
-                &s.url("/api/v1/roleAssignments"),
-                &json!({"principal": name, "role": role, "scope": scope}),
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    }
-    let t = s.json(Method::POST, &s.url(&format!("/api/v1/principals/{name}/tokens")), &json!({})).await;
-    t.body["token"].as_str().expect("token").to_owned()
+/// Initiates access to port 22 of `vm` from `source` on rg1's policy `default`, as the holder of
+/// `token`.
+async fn initiate_as(s: &TestServer, token: &str, vm: &str, source: &str) -> Answer {
+    let url = s.initiate_url("rg1", "westeurope", "default");
+    as_user(s, token, Method::POST, &url, Some(&initiate(vm, source))).await
+}
+
+/// A server that delivers to loopback receivers, with VM `vm` of rg1 under its policy `default`
+/// and `alice`, a requester in the subscription; returns (server, VM id, alice's token).
+async fn with_requester() -> (TestServer, String, String) {
+    let s = TestServer::start(BIN, &LOOPBACK_RECEIVERS);
+    let vm = s.register_vm("rg1", "vm", "Linux").await;
+    let a = s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let alice = s.principal_with_role("alice", "JIT Network Access Requester", &format!("/subscriptions/{SUB}")).await;
+    (s, vm, alice)
 }
 
 async fn deliveries(s: &TestServer, token: &str, hook: &str) -> Vec<Value> {
@@ -129,8 +57,7 @@ async fn deliveries(s: &TestServer, token: &str, hook: &str) -> Vec<Value> {
 }
 
 async fn failed_records(s: &TestServer) -> usize {
-    let a = s.send(Method::GET, &s.url("/api/v1/audit?status=Failed&top=1000"), None).await;
-    a.body["value"].as_array().map(Vec::len).unwrap_or(0)
+    s.audit("status=Failed&top=1000").await.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,27 +108,22 @@ async fn webhooks_to_internal_destinations_credentials_or_plain_http_are_refused
         "ftp://hooks.example.com/".into(),
         format!("https://hooks.example.com/{}", "a".repeat(3000)),
     ];
+    let owner = &s.server.token;
     let before = failed_records(&s).await;
     for url in &refused {
-        let a = s.json(Method::POST, &s.url("/api/v1/webhooks"), &json!({"subscription": SUB, "url": url})).await;
+        let a = create_webhook(&s, owner, json!({"subscription": SUB, "url": url})).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{url}: {a:?}");
         assert_eq!(a.code(), "InvalidWebhook", "{url}");
         assert_eq!(a.body["error"]["target"], "url", "{url}");
         assert!(a.body["error"]["message"].as_str().unwrap_or("").len() < 1000, "bounded message");
-        let own = s.json(Method::POST, &s.url("/api/v1/webhooks"), &json!({"principal": "owner", "url": url})).await;
+        let own = create_webhook(&s, owner, json!({"principal": "owner", "url": url})).await;
         assert_eq!(own.status, StatusCode::BAD_REQUEST, "{url}: {own:?}");
     }
     assert_eq!(failed_records(&s).await, before + 2 * refused.len(), "every refusal is audited");
     let listed = s.send(Method::GET, &s.url("/api/v1/webhooks"), None).await;
     assert_eq!(listed.body["value"], json!([]), "nothing was created");
     // A public https receiver is fine; the stored URL is the normalised one.
-    let ok = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/webhooks"),
-            &json!({"subscription": SUB, "url": "HTTPS://Hooks.Example.COM/x"}),
-        )
-        .await;
+    let ok = create_webhook(&s, owner, json!({"subscription": SUB, "url": "HTTPS://Hooks.Example.COM/x"})).await;
     assert_eq!(ok.status, StatusCode::CREATED, "{ok:?}");
     assert_eq!(ok.body["url"], "https://hooks.example.com/x");
     assert!(events(&seen).is_empty());
@@ -212,33 +134,30 @@ async fn creating_webhooks_needs_a_notification_right() {
     let s = TestServer::start(BIN, &[]);
     let url = "https://hooks.example.com/x";
     let rg = format!("/subscriptions/{SUB}/resourceGroups/rg1");
-    let nobody = principal(&s, "nobody", None).await;
-    let reader = principal(&s, "reader", Some(("Reader", "/"))).await;
-    let requester = principal(&s, "requester", Some(("JIT Network Access Requester", &rg))).await;
-    let secadmin = principal(&s, "secadmin", Some(("Security Admin", &format!("/subscriptions/{SUB}")))).await;
-    let create = |token: String, body: Value| {
-        let s = &s;
-        async move { as_user(s, &token, Method::POST, &s.url("/api/v1/webhooks"), Some(&body)).await }
-    };
+    let nobody = s.principal("nobody").await;
+    let reader = s.principal_with_role("reader", "Reader", "/").await;
+    let requester = s.principal_with_role("requester", "JIT Network Access Requester", &rg).await;
+    let secadmin = s.principal_with_role("secadmin", "Security Admin", &format!("/subscriptions/{SUB}")).await;
     // No role at all, or only reading: nothing, not even about one's own requests.
     for (token, name) in [(&nobody, "nobody"), (&reader, "reader")] {
-        let a = create(token.clone(), json!({"principal": name, "url": url})).await;
+        let a = create_webhook(&s, token, json!({"principal": name, "url": url})).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{name}: {a:?}");
         assert_eq!(a.code(), "AuthorizationFailed");
         assert!(a.body["error"]["message"].as_str().unwrap_or("").contains("webhooks/notifyOwn/action"), "{a:?}");
     }
     // The requester: about its own requests only.
-    let own = create(requester.clone(), json!({"principal": "requester", "url": url})).await;
+    let own = create_webhook(&s, &requester, json!({"principal": "requester", "url": url})).await;
     assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
     for body in [json!({"subscription": SUB, "url": url}), json!({"principal": "secadmin", "url": url})] {
-        let a = create(requester.clone(), body.clone()).await;
+        let a = create_webhook(&s, &requester, body.clone()).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{body}: {a:?}");
     }
     // A security admin of the subscription: every request there, but not another subscription's.
-    let sub = create(secadmin.clone(), json!({"subscription": SUB, "url": url})).await;
+    let sub = create_webhook(&s, &secadmin, json!({"subscription": SUB, "url": url})).await;
     assert_eq!(sub.status, StatusCode::CREATED, "{sub:?}");
     let other =
-        create(secadmin.clone(), json!({"subscription": "00000000-0000-4000-8000-000000000001", "url": url})).await;
+        create_webhook(&s, &secadmin, json!({"subscription": "00000000-0000-4000-8000-000000000001", "url": url}))
+            .await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
     // Deleting: one's own always; someone else's subscription webhook needs the delete right.
     let sub_id = sub.body["id"].as_str().expect("id");
@@ -254,40 +173,20 @@ async fn creating_webhooks_needs_a_notification_right() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_and_requesters_see_only_the_category_of_a_failure() {
-    let s = TestServer::start(BIN, &LOOPBACK_RECEIVERS);
-    let vm = s.register_vm("rg1", "vm", "Linux").await;
-    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
-    let alice = principal(&s, "alice", Some(("JIT Network Access Requester", &format!("/subscriptions/{SUB}")))).await;
+    let (s, vm, alice) = with_requester().await;
     let (elsewhere, elsewhere_seen) = receiver("admin-secret-0123456789");
     let (redirecting, redirect_seen) = receiver_answering(
         "admin-secret-0123456789",
         format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     );
-    let admin = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/webhooks"),
-            &json!({"subscription": SUB, "url": redirecting, "secret": "admin-secret-0123456789", "events": ["requested"]}),
-        )
-        .await;
+    let body =
+        json!({"subscription": SUB, "url": redirecting, "secret": "admin-secret-0123456789", "events": ["requested"]});
+    let admin = create_webhook(&s, &s.server.token, body).await;
     assert_eq!(admin.status, StatusCode::CREATED, "{admin:?}");
-    let own = as_user(
-        &s,
-        &alice,
-        Method::POST,
-        &s.url("/api/v1/webhooks"),
-        Some(&json!({"principal": "alice", "url": closed_url(), "events": ["requested"]})),
-    )
-    .await;
+    let own =
+        create_webhook(&s, &alice, json!({"principal": "alice", "url": closed_url(), "events": ["requested"]})).await;
     assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
-    let granted = as_user(
-        &s,
-        &alice,
-        Method::POST,
-        &s.initiate_url("rg1", "westeurope", "default"),
-        Some(&initiate(&vm, "203.0.113.4")),
-    )
-    .await;
+    let granted = initiate_as(&s, &alice, &vm, "203.0.113.4").await;
     assert_eq!(granted.status, StatusCode::ACCEPTED);
 
     let (admin_id, own_id) = (admin.body["id"].as_str().expect("id"), own.body["id"].as_str().expect("id"));
@@ -322,27 +221,16 @@ async fn redirects_are_not_followed_and_requesters_see_only_the_category_of_a_fa
 async fn destinations_are_checked_again_at_every_delivery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut first = LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("start");
-    let token = first.token.clone();
+    let mut first = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("start"));
+    let token = first.server.token.clone();
     let (url, seen) = receiver("delivery-time-secret-0123");
-    let client = jitgate_cli::client::http_client(Some(&first.ca_cert)).expect("client");
-    let hook: Value = client
-        .post(format!("{}/api/v1/webhooks", first.url))
-        .bearer_auth(&token)
-        .json(&json!({"subscription": SUB, "url": url, "secret": "delivery-time-secret-0123"}))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
-    let hook_id = hook["id"].as_str().expect("created").to_owned();
-    assert!(first.stop().expect("stop"));
+    let body = json!({"subscription": SUB, "url": url, "secret": "delivery-time-secret-0123"});
+    let hook = create_webhook(&first, &token, body).await;
+    let hook_id = hook.body["id"].as_str().expect("created").to_owned();
+    assert!(first.server.stop().expect("stop"));
 
     // The operator takes the loopback range back: the stored webhook is refused at delivery.
-    let second = LocalServer::start_in(Path::new(BIN), &data, &["--webhook-allow-http"]).expect("restart");
-    let s =
-        TestServer { client: jitgate_cli::client::http_client(Some(&second.ca_cert)).expect("client"), server: second };
+    let s = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &["--webhook-allow-http"]).expect("restart"));
     let vm = s.register_vm("rg1", "vm", "Linux").await;
     s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
     let granted =
@@ -363,39 +251,17 @@ async fn destinations_are_checked_again_at_every_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_webhook_cannot_silence_the_deliveries_of_another() {
-    let s = TestServer::start(BIN, &LOOPBACK_RECEIVERS);
-    let vm = s.register_vm("rg1", "vm", "Linux").await;
-    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
-    let alice = principal(&s, "alice", Some(("JIT Network Access Requester", &format!("/subscriptions/{SUB}")))).await;
+    let (s, vm, alice) = with_requester().await;
     let (admin_url, admin_seen) = receiver("admin-secret-0123456789");
-    let admin = s
-        .json(
-            Method::POST,
-            &s.url("/api/v1/webhooks"),
-            &json!({"subscription": SUB, "url": admin_url, "secret": "admin-secret-0123456789"}),
-        )
-        .await;
+    let body = json!({"subscription": SUB, "url": admin_url, "secret": "admin-secret-0123456789"});
+    let admin = create_webhook(&s, &s.server.token, body).await;
     assert_eq!(admin.status, StatusCode::CREATED, "{admin:?}");
     // The requester's own webhook points at an address that always fails.
-    let own = as_user(
-        &s,
-        &alice,
-        Method::POST,
-        &s.url("/api/v1/webhooks"),
-        Some(&json!({"principal": "alice", "url": closed_url()})),
-    )
-    .await;
+    let own = create_webhook(&s, &alice, json!({"principal": "alice", "url": closed_url()})).await;
     assert_eq!(own.status, StatusCode::CREATED, "{own:?}");
     let own_id = own.body["id"].as_str().expect("id").to_owned();
 
-    let first = as_user(
-        &s,
-        &alice,
-        Method::POST,
-        &s.initiate_url("rg1", "westeurope", "default"),
-        Some(&initiate(&vm, "203.0.113.4")),
-    )
-    .await;
+    let first = initiate_as(&s, &alice, &vm, "203.0.113.4").await;
     let first_id = first.body["id"].as_i64().expect("id");
     let attempted = eventually(Duration::from_secs(10), async || {
         let d = deliveries(&s, &alice, &own_id).await;
@@ -406,14 +272,7 @@ async fn a_deleted_webhook_cannot_silence_the_deliveries_of_another() {
     let gone = as_user(&s, &alice, Method::DELETE, &s.url(&format!("/api/v1/webhooks/{own_id}")), None).await;
     assert_eq!(gone.status, StatusCode::OK);
 
-    let second = as_user(
-        &s,
-        &alice,
-        Method::POST,
-        &s.initiate_url("rg1", "westeurope", "default"),
-        Some(&initiate(&vm, "203.0.113.5")),
-    )
-    .await;
+    let second = initiate_as(&s, &alice, &vm, "203.0.113.5").await;
     let second_id = second.body["id"].as_i64().expect("id");
     let heard = eventually(Duration::from_secs(10), async || {
         let mut e = requests_seen(&admin_seen, second_id);
@@ -449,16 +308,15 @@ async fn files_are_private_in_an_open_data_directory_and_wrong_modes_are_tighten
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
-    let mut server = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("start");
-    let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
-    let put = client
-        .put(format!("{}/api/v1/vms", server.url))
-        .bearer_auth(&server.token)
-        .json(&json!({"id": jitgate_testkit::vm_id("rg", "vm"), "osType": "Linux", "location": "westeurope"}))
-        .send()
-        .await
-        .expect("put");
-    assert!(put.status().is_success());
+    let mut s = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &[]).expect("start"));
+    let put = s
+        .json(
+            Method::PUT,
+            &s.url("/api/v1/vms"),
+            &json!({"id": jitgate_testkit::vm_id("rg", "vm"), "osType": "Linux", "location": "westeurope"}),
+        )
+        .await;
+    assert!(put.status.is_success());
     let files: Vec<PathBuf> =
         ["jitgate.db", "jitgate.db-wal", "jitgate.db-shm", "secrets.key", "tls/key.pem", "tls/cert.pem"]
             .iter()
@@ -470,7 +328,7 @@ async fn files_are_private_in_an_open_data_directory_and_wrong_modes_are_tighten
     }
     assert_eq!(mode(&data.join("tls")), 0o700);
     assert_eq!(mode(&data), 0o755, "the directory is the operator's: warned about, not changed");
-    assert!(server.stop().expect("stop"));
+    assert!(s.server.stop().expect("stop"));
 
     // A database left readable by an older version is tightened at the next start, and said so.
     std::fs::set_permissions(data.join("jitgate.db"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -482,20 +340,20 @@ async fn files_are_private_in_an_open_data_directory_and_wrong_modes_are_tighten
     assert_eq!(mode(&data.join("tls/key.pem")), 0o600);
 }
 
+/// `jitgate serve` on `data`, on a free loopback port.
+fn serve(data: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("serve").arg("--data-dir").arg(data).args(["--listen", "127.0.0.1:0"]);
+    cmd
+}
+
 /// Runs `jitgate serve` on `data` until it listens, stops it, and returns what it wrote on stderr.
 #[cfg(unix)]
 fn serve_until_listening(data: &Path) -> String {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log.reopen().expect("reopen")))
-        .spawn()
-        .expect("serve");
+    let mut child =
+        serve(data).stdout(Stdio::piped()).stderr(Stdio::from(log.reopen().expect("reopen"))).spawn().expect("serve");
     let stdout = child.stdout.take().expect("stdout");
     let listening = BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("jitgate listening on"));
     let _ = child.kill();
@@ -517,12 +375,9 @@ async fn webhook_secrets_are_sealed_a_wrong_key_stops_the_start_and_rotation_kee
     let data = dir.path().join("data");
     let secret = "sealed-webhook-secret-0123456789";
     let (url, seen) = receiver("sealed-webhook-secret-0123456789");
-    let server = LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("start");
-    let token = server.token.clone();
-    let s = TestServer { client: jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client"), server };
-    let made = s
-        .json(Method::POST, &s.url("/api/v1/webhooks"), &json!({"subscription": SUB, "url": url, "secret": secret}))
-        .await;
+    let s = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("start"));
+    let token = s.server.token.clone();
+    let made = create_webhook(&s, &token, json!({"subscription": SUB, "url": url, "secret": secret})).await;
     assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
     assert_eq!(made.body["secret"], secret, "shown once, in the clear");
     assert!(!db_holds(&data, secret), "the secret is not in the database files");
@@ -546,22 +401,11 @@ async fn webhook_secrets_are_sealed_a_wrong_key_stops_the_start_and_rotation_kee
     let wrong = dir.path().join("wrong.key");
     let generated = std::process::Command::new(BIN).args(["secrets", "generate"]).output().expect("generate");
     std::fs::write(&wrong, &generated.stdout).expect("write");
-    let started = std::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--secrets-key-file"])
-        .arg(&wrong)
-        .output()
-        .expect("serve");
+    let started = serve(&data).arg("--secrets-key-file").arg(&wrong).output().expect("serve");
     assert!(!started.status.success(), "the server does not start with the wrong key");
     let err = String::from_utf8_lossy(&started.stderr);
     assert!(err.contains("secrets key") && err.contains("not the one"), "{err}");
-    let by_env = std::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0"])
+    let by_env = serve(&data)
         .env("JITGATE_SECRETS_KEY", String::from_utf8_lossy(&generated.stdout).trim())
         .output()
         .expect("serve");
@@ -580,33 +424,17 @@ async fn webhook_secrets_are_sealed_a_wrong_key_stops_the_start_and_rotation_kee
     assert!(!db_holds(&data, secret));
     let old_only = dir.path().join("old.key");
     std::fs::write(&old_only, &key_before).expect("write");
-    let with_old = std::process::Command::new(BIN)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", "127.0.0.1:0", "--secrets-key-file"])
-        .arg(&old_only)
-        .output()
-        .expect("serve");
+    let with_old = serve(&data).arg("--secrets-key-file").arg(&old_only).output().expect("serve");
     assert!(!with_old.status.success(), "the retired key opens nothing any more");
 
-    let again = LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("restart");
-    let s =
-        TestServer { client: jitgate_cli::client::http_client(Some(&again.ca_cert)).expect("client"), server: again };
+    let s = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &LOOPBACK_RECEIVERS).expect("restart"));
     let vm = s.register_vm("rg1", "vm", "Linux").await;
     s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm)).await;
-    let granted = as_user(
-        &s,
-        &token,
-        Method::POST,
-        &s.initiate_url("rg1", "westeurope", "default"),
-        Some(&initiate(&vm, "203.0.113.9")),
-    )
-    .await;
+    let granted = initiate_as(&s, &token, &vm, "203.0.113.9").await;
     assert_eq!(granted.status, StatusCode::ACCEPTED);
     let delivered = eventually(Duration::from_secs(10), async || events(&seen).len() >= 2).await;
     assert!(delivered, "{:?}", events(&seen));
-    assert!(seen.lock().expect("lock").iter().all(|e| e.1), "signed with the same secret after the rotation");
-    let audit = s.send(Method::GET, &s.url("/api/v1/audit?operation=jitgate/secrets/seal/action"), None).await;
-    assert_eq!(audit.body["value"].as_array().map(Vec::len), Some(1), "the rotation is in the audit log: {audit:?}");
+    assert!(seen.lock().expect("lock").iter().all(|e| e.valid), "signed with the same secret after the rotation");
+    let audit = s.audit("operation=jitgate/secrets/seal/action").await;
+    assert_eq!(audit.len(), 1, "the rotation is in the audit log: {audit:?}");
 }
