@@ -220,7 +220,7 @@ pub async fn run<F: Firewall>(
     }
     let mode = Mode::parse(&cred.mode).unwrap_or(cfg.mode);
     let client = jitgate_cli::client::http_client(cred.ca_cert.as_deref())?;
-    let health = firewall.usable();
+    let health = firewall.usable().map_err(|e| e.to_string());
     if let Err(e) = &health {
         tracing::error!(error = %e, "nftables is not usable here; reporting it to the server");
     }
@@ -313,7 +313,7 @@ pub async fn run<F: Firewall>(
                     Err(e) => {
                         tracing::error!(error = %e, "applying the state failed");
                         applied = None;
-                        (false, Some(e))
+                        (false, Some(e.to_string()))
                     }
                 }
             }
