@@ -52,5 +52,5 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         rotate_credential: args.rotate_credential,
     };
     let fw = Nft { fw: NftFirewall::open().map_err(|e| e.to_string()) };
-    jitgate_agent::run(cfg, fw, shutdown_signal()).await
+    Ok(jitgate_agent::run(cfg, fw, shutdown_signal()).await?)
 }
