@@ -96,8 +96,17 @@ impl ReadPool {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Backend(e.into())
+}
+
+#[cfg(test)]
+#[test]
+fn a_backend_failure_keeps_the_driver_error_as_its_source() {
+    let e = backend(rusqlite::Error::QueryReturnedNoRows);
+    assert_eq!(e.to_string(), format!("storage failure: {}", rusqlite::Error::QueryReturnedNoRows));
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(matches!(source.downcast_ref::<rusqlite::Error>(), Some(rusqlite::Error::QueryReturnedNoRows)));
 }
 
 impl SqliteStore {
@@ -112,7 +121,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         migrate(&conn)?;
-        let sealed = hooks::seal_all(&conn, &keys).map_err(|e| StoreError::Backend(format!("webhook secrets: {e}")))?;
+        let sealed = hooks::seal_all(&conn, &keys).map_err(|e| backend(format!("webhook secrets: {e}")))?;
         if sealed.sealed + sealed.resealed > 0 {
             tracing::info!(
                 sealed = sealed.sealed,
