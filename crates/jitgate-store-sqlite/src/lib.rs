@@ -50,8 +50,17 @@ const READERS: usize = 4;
 /// become hundreds of threads and connections.
 const READ_CONCURRENCY: usize = 8;
 
+/// A database file that could not be opened or read; the driver's error is the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", .path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
 /// Verifies the audit chain of a database file, read-only, without a running server.
-pub fn verify_audit_file(path: &Path) -> Result<jitgate_store::AuditVerification, String> {
+pub fn verify_audit_file(path: &Path) -> Result<jitgate_store::AuditVerification, FileError> {
     auditq::verify_file(path)
 }
 
