@@ -34,7 +34,8 @@ struct Inner {
     applies: usize,
 }
 
-/// A [`Firewall`] that keeps its table in memory.
+/// A [`Firewall`] that keeps its table in memory. Clones share the table, as two handles on
+/// one kernel would.
 #[derive(Clone)]
 pub struct FakeFirewall {
     clock: Clock,
@@ -55,13 +56,6 @@ impl FakeFirewall {
     /// An empty firewall (no table) whose timeouts run on `clock`.
     pub fn new(clock: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
         FakeFirewall { clock: Arc::new(clock), inner: Arc::default() }
-    }
-
-    /// A firewall that already holds `table`, as the kernel still does after an agent restarts.
-    pub fn with_table(clock: impl Fn() -> Instant + Send + Sync + 'static, table: FakeTable) -> Self {
-        let fw = FakeFirewall::new(clock);
-        fw.lock().table = Some(table);
-        fw
     }
 
     pub fn handle(&self) -> FakeHandle {
