@@ -9,17 +9,21 @@
 //! If the server is unreachable it keeps what it applied and retries with backoff; grants expire
 //! in the kernel regardless.
 
+pub mod control;
 pub mod convert;
+#[cfg(test)]
+mod tests;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use jitgate_api_types::agent::{AppliedIn, JoinIn, JoinOut, RotateOut, StateOut};
+use jitgate_api_types::agent::{AppliedIn, JoinIn, StateOut};
 use jitgate_enforce::{plan, Desired, Firewall, Mode, Plan};
+
+pub use control::{CallError, ClientError, Control, HttpControl};
 
 /// Where the agent keeps its credential and its last applied state.
 pub const CREDENTIAL_FILE: &str = "agent.json";
@@ -64,24 +68,86 @@ struct CachedState {
     state: StateOut,
 }
 
+/// Why the agent stopped (or could not start). A shutdown is not an error: [`run`] returns
+/// `Ok(())` for it.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No stored credential and no server to join.
+    #[error("not joined yet: give --server and --join-token")]
+    NoServer,
+    /// No stored credential and no join token.
+    #[error("not joined yet: give --join-token (from `jitgate agent token create`)")]
+    NoJoinToken,
+    /// The server refused the agent's credential (401).
+    #[error("{}", refused_message(.state_dir))]
+    Refused { state_dir: PathBuf },
+    /// A file in the state directory could not be read or written.
+    #[error("{what} {}", .path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stored credential is not what this agent writes.
+    #[error("reading {}", .path.display())]
+    BadCredential {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("setting up the connection to the server")]
+    Client(#[from] ClientError),
+    /// Joining or rotating failed.
+    #[error("{what}")]
+    Call {
+        what: &'static str,
+        #[source]
+        source: CallError,
+    },
+}
+
+impl AgentError {
+    fn call<'a>(what: &'static str, state_dir: &'a Path) -> impl FnOnce(CallError) -> AgentError + 'a {
+        move |source| match source {
+            CallError::Unauthorized => AgentError::Refused { state_dir: state_dir.to_owned() },
+            source => AgentError::Call { what, source },
+        }
+    }
+}
+
+/// The agent's clock: the monotonic clock, as the runtime sees it (so that tests can pause it).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError {
+        let path = path.to_owned();
+        move |source| AgentError::File { what: "writing", path, source }
+    }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = opts.open(&tmp).map_err(file_error(&tmp))?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(file_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(file_error(path))?;
     Ok(())
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs cannot fail; an empty file would be refused when read.
+    serde_json::to_vec_pretty(value).unwrap_or_default()
 }
 
 /// The host's name, for the default VM name.
@@ -116,26 +182,34 @@ pub fn local_addresses() -> Vec<IpAddr> {
         .collect()
 }
 
-/// Loads the stored credential, or joins with the join token and stores the new one.
-pub async fn credential(cfg: &AgentConfig) -> anyhow::Result<Credential> {
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+/// The stored credential, with the server and CA certificate given on the command line in
+/// place of the stored ones; `None` when the agent has not joined yet.
+pub fn stored_credential(cfg: &AgentConfig) -> Result<Option<Credential>, AgentError> {
     let path = cfg.state_dir.join(CREDENTIAL_FILE);
-    if let Ok(data) = std::fs::read(&path) {
-        let mut c: Credential = serde_json::from_slice(&data).with_context(|| format!("reading {}", path.display()))?;
-        if let Some(server) = &cfg.server {
-            c.server = server.trim_end_matches('/').to_owned();
-        }
-        if cfg.ca_cert.is_some() {
-            c.ca_cert = cfg.ca_cert.clone();
-        }
+    let Ok(data) = std::fs::read(&path) else { return Ok(None) };
+    let mut c: Credential =
+        serde_json::from_slice(&data).map_err(|source| AgentError::BadCredential { path: path.clone(), source })?;
+    if let Some(server) = &cfg.server {
+        c.server = server.trim_end_matches('/').to_owned();
+    }
+    if cfg.ca_cert.is_some() {
+        c.ca_cert = cfg.ca_cert.clone();
+    }
+    Ok(Some(c))
+}
+
+/// Loads the stored credential, or joins with the join token and stores the new one.
+pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Credential, AgentError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::File {
+        what: "creating",
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    if let Some(c) = stored_credential(cfg)? {
         return Ok(c);
     }
-    let Some(server) = cfg.server.as_deref() else { bail!("not joined yet: give --server and --join-token") };
-    let Some(token) = cfg.join_token.as_deref() else {
-        bail!("not joined yet: give --join-token (from `jitgate agent token create`)")
-    };
-    let server = server.trim_end_matches('/').to_owned();
-    let client = jitgate_cli::client::http_client(cfg.ca_cert.as_deref())?;
+    let Some(server) = cfg.server.as_deref() else { return Err(AgentError::NoServer) };
+    let Some(token) = cfg.join_token.as_deref() else { return Err(AgentError::NoJoinToken) };
     let name = cfg.vm_name.clone().unwrap_or_else(hostname);
     let body = JoinIn {
         join_token: token.to_owned(),
@@ -146,22 +220,16 @@ pub async fn credential(cfg: &AgentConfig) -> anyhow::Result<Credential> {
         public_address: cfg.public_address.map(|a| a.to_string()),
         hostname: hostname(),
     };
-    let resp = client.post(format!("{server}/agent/v1/join")).json(&body).send().await.context("joining")?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("join refused ({status}): {text}");
-    }
-    let out: JoinOut = serde_json::from_str(&text).context("reading the join answer")?;
+    let out = control.join(&body).await.map_err(|source| AgentError::Call { what: "joining", source })?;
     let c = Credential {
-        server,
+        server: server.trim_end_matches('/').to_owned(),
         agent_id: out.agent_id,
         credential: out.credential,
         name: out.name,
         mode: out.mode,
         ca_cert: cfg.ca_cert.clone(),
     };
-    write_private(&path, &serde_json::to_vec_pretty(&c)?)?;
+    write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &to_json(&c))?;
     tracing::info!(agent = %c.agent_id, name = %c.name, vm = ?out.vm_id, "joined");
     Ok(c)
 }
@@ -179,27 +247,12 @@ pub fn refused_message(state_dir: &Path) -> String {
 
 /// Asks the server for a new credential and stores it (0600) in place of the old one, which
 /// stops working at once.
-pub async fn rotate(cfg: &AgentConfig, cred: &Credential) -> anyhow::Result<Credential> {
-    let client = jitgate_cli::client::http_client(cred.ca_cert.as_deref())?;
-    let resp = client
-        .post(format!("{}/agent/v1/rotate", cred.server))
-        .bearer_auth(&cred.credential)
-        .send()
-        .await
-        .context("rotating the credential")?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if status == reqwest::StatusCode::UNAUTHORIZED {
-        bail!("{}", refused_message(&cfg.state_dir));
-    }
-    if !status.is_success() {
-        bail!("rotating the credential failed ({status}): {text}");
-    }
-    let out: RotateOut = serde_json::from_str(&text).context("reading the rotation answer")?;
+pub async fn rotate(cfg: &AgentConfig, cred: &Credential, control: &impl Control) -> Result<Credential, AgentError> {
+    let out =
+        control.rotate(&cred.credential).await.map_err(AgentError::call("rotating the credential", &cfg.state_dir))?;
     let mut next = cred.clone();
     next.credential = out.credential;
-    let path = cfg.state_dir.join(CREDENTIAL_FILE);
-    write_private(&path, &serde_json::to_vec_pretty(&next)?)?;
+    write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &to_json(&next))?;
     tracing::info!(agent = %next.agent_id, "rotated the credential");
     Ok(next)
 }
@@ -208,19 +261,41 @@ fn load_cache(dir: &Path) -> Option<CachedState> {
     std::fs::read(dir.join(STATE_FILE)).ok().and_then(|d| serde_json::from_slice(&d).ok())
 }
 
-/// The agent's loop; returns when `shutdown` completes. The firewall table stays in place.
+/// The agent's loop over HTTPS; returns `Ok(())` when `shutdown` completes. The firewall table
+/// stays in place.
 pub async fn run<F: Firewall>(
     cfg: AgentConfig,
+    firewall: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let stored = stored_credential(&cfg)?;
+    let (server, ca_cert) = match &stored {
+        Some(c) => (c.server.clone(), c.ca_cert.clone()),
+        None => (cfg.server.clone().ok_or(AgentError::NoServer)?, cfg.ca_cert.clone()),
+    };
+    let control = HttpControl::new(&server, ca_cert.as_deref())?;
+    run_with(cfg, &control, firewall, shutdown).await
+}
+
+/// The first backoff after a failure; it doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The agent's loop against any [`Control`]: join (or load the credential), restore the last
+/// applied state, then long-poll, apply and report until `shutdown` completes.
+pub async fn run_with<F: Firewall>(
+    cfg: AgentConfig,
+    control: &impl Control,
     mut firewall: F,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let mut cred = credential(&cfg).await?;
+) -> Result<(), AgentError> {
+    let mut cred = credential(&cfg, control).await?;
     if cfg.rotate_credential {
-        cred = rotate(&cfg, &cred).await?;
+        cred = rotate(&cfg, &cred, control).await?;
     }
+    let refused = || AgentError::Refused { state_dir: cfg.state_dir.clone() };
     let mode = Mode::parse(&cred.mode).unwrap_or(cfg.mode);
-    let client = jitgate_cli::client::http_client(cred.ca_cert.as_deref())?;
-    let health = firewall.usable();
+    let health = firewall.usable().map_err(|e| e.to_string());
     if let Err(e) = &health {
         tracing::error!(error = %e, "nftables is not usable here; reporting it to the server");
     }
@@ -229,8 +304,8 @@ pub async fn run<F: Firewall>(
     if health.is_ok() {
         if let Some(cache) = load_cache(&cfg.state_dir) {
             let elapsed = unix_ms().saturating_sub(cache.fetched_unix_ms);
-            let desired = convert::desired(&cache.state, mode, Instant::now(), Duration::from_millis(elapsed));
-            match firewall.replace(&desired, Instant::now()) {
+            let desired = convert::desired(&cache.state, mode, now(), Duration::from_millis(elapsed));
+            match firewall.replace(&desired, now()) {
                 Ok(()) => {
                     tracing::info!(revision = cache.state.revision, "restored the last applied state");
                     applied = Some(desired);
@@ -240,67 +315,54 @@ pub async fn run<F: Firewall>(
         }
     }
     let mut after: Option<u64> = None;
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     tokio::pin!(shutdown);
     loop {
-        let mut url = format!("{}/agent/v1/state?wait={}", cred.server, cfg.poll_wait.as_secs());
-        if let Some(a) = after {
-            url.push_str(&format!("&after={a}"));
-        }
-        let fetch =
-            client.get(&url).bearer_auth(&cred.credential).timeout(cfg.poll_wait + Duration::from_secs(15)).send();
-        let resp = tokio::select! {
-            r = fetch => r,
+        let answer = tokio::select! {
+            r = control.state(&cred.credential, after, cfg.poll_wait) => r,
             _ = &mut shutdown => return Ok(()),
         };
-        let state: StateOut = match resp {
-            Ok(r) if r.status().is_success() => match r.json().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "unreadable state; retrying");
-                    sleep_or_stop(&mut backoff, &mut shutdown).await?;
-                    continue;
-                }
-            },
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => bail!("{}", refused_message(&cfg.state_dir)),
-            Ok(r) => {
-                tracing::warn!(status = %r.status(), "state request failed; keeping the applied state");
-                if sleep_or_stop(&mut backoff, &mut shutdown).await.is_err() {
-                    return Ok(());
-                }
-                continue;
-            }
+        let state = match answer {
+            Ok(state) => state,
+            Err(CallError::Unauthorized) => return Err(refused()),
             Err(e) => {
-                tracing::warn!(error = %e, "server unreachable; keeping the applied state");
-                if sleep_or_stop(&mut backoff, &mut shutdown).await.is_err() {
-                    return Ok(());
+                match &e {
+                    CallError::Unreadable(_) => tracing::warn!(error = %e, "unreadable state; retrying"),
+                    CallError::Status { status, .. } => {
+                        tracing::warn!(status = %status, "state request failed; keeping the applied state")
+                    }
+                    _ => tracing::warn!(error = %e, "server unreachable; keeping the applied state"),
                 }
-                continue;
+                match sleep_or_stop(&mut backoff, &mut shutdown).await {
+                    Wake::Retry => continue,
+                    Wake::Shutdown => return Ok(()),
+                }
             }
         };
-        backoff = Duration::from_millis(250);
+        backoff = FIRST_BACKOFF;
         // Remaining times were computed when the server answered (a long-poll may have been held
         // for a while): count them from the arrival of the answer.
-        let received = Instant::now();
+        let received = now();
         let revision = state.revision;
         let (usable, error) = match &health {
             Err(e) => (false, Some(e.clone())),
             Ok(()) => {
                 let desired = convert::desired(&state, mode, received, Duration::ZERO);
-                let now = Instant::now();
-                let result = match plan(applied.as_ref(), &desired, now) {
+                let at = now();
+                let result = match plan(applied.as_ref(), &desired, at) {
                     Plan::Nothing => Ok(()),
-                    Plan::Replace(d) => firewall.replace(&d, now),
+                    Plan::Replace(d) => firewall.replace(&d, at),
                     Plan::Batch(ops) => firewall.apply(&ops).or_else(|e| {
                         tracing::warn!(error = %e, "batch failed; replacing the table instead");
-                        firewall.replace(&desired, Instant::now())
+                        firewall.replace(&desired, now())
                     }),
                 };
                 match result {
                     Ok(()) => {
                         applied = Some(desired);
                         let cache = CachedState {
-                            fetched_unix_ms: unix_ms().saturating_sub(received.elapsed().as_millis() as u64),
+                            fetched_unix_ms: unix_ms()
+                                .saturating_sub(now().saturating_duration_since(received).as_millis() as u64),
                             state,
                         };
                         if let Ok(data) = serde_json::to_vec(&cache) {
@@ -313,43 +375,43 @@ pub async fn run<F: Firewall>(
                     Err(e) => {
                         tracing::error!(error = %e, "applying the state failed");
                         applied = None;
-                        (false, Some(e))
+                        (false, Some(e.to_string()))
                     }
                 }
             }
         };
         let report = AppliedIn { revision, nftables_usable: usable, nftables_error: error };
-        let sent = client
-            .post(format!("{}/agent/v1/applied", cred.server))
-            .bearer_auth(&cred.credential)
-            .json(&report)
-            .send()
-            .await;
-        match sent {
-            Err(e) => tracing::warn!(error = %e, "could not report the applied revision"),
-            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => bail!("{}", refused_message(&cfg.state_dir)),
-            Ok(r) if !r.status().is_success() => {
-                tracing::warn!(status = %r.status(), "the server refused the report of the applied revision")
+        match control.applied(&cred.credential, &report).await {
+            Ok(()) => {}
+            Err(CallError::Unauthorized) => return Err(refused()),
+            Err(CallError::Status { status, .. }) => {
+                tracing::warn!(status = %status, "the server refused the report of the applied revision")
             }
-            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not report the applied revision"),
         }
         if usable {
             after = Some(revision);
-        } else if sleep_or_stop(&mut backoff, &mut shutdown).await.is_err() {
+        } else if let Wake::Shutdown = sleep_or_stop(&mut backoff, &mut shutdown).await {
             return Ok(());
         }
     }
 }
 
-/// Sleeps for the backoff (doubling it up to 30 s); `Err` when shutdown came first.
+/// How a backoff ended.
+enum Wake {
+    Retry,
+    Shutdown,
+}
+
+/// Sleeps for the backoff (doubling it up to [`MAX_BACKOFF`]), or less if shutdown comes first.
 async fn sleep_or_stop(
     backoff: &mut Duration,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> anyhow::Result<()> {
+) -> Wake {
     let wait = *backoff;
-    *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
     tokio::select! {
-        _ = tokio::time::sleep(wait) => Ok(()),
-        _ = shutdown.as_mut() => bail!("shutdown"),
+        _ = tokio::time::sleep(wait) => Wake::Retry,
+        _ = shutdown.as_mut() => Wake::Shutdown,
     }
 }

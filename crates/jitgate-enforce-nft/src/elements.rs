@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use jitgate_enforce::{DnatKey, DnatTarget, ElemOp, GrantKey, Protected, L4};
 
 use crate::{
-    MAP_DNAT4, MAP_DNAT4_NET, SET_ALLOW4, SET_ALLOW4_NET, SET_ALLOW6, SET_ALLOW6_NET, SET_CUT, SET_GW_ALLOW4,
+    NftError, MAP_DNAT4, MAP_DNAT4_NET, SET_ALLOW4, SET_ALLOW4_NET, SET_ALLOW6, SET_ALLOW6_NET, SET_CUT, SET_GW_ALLOW4,
     SET_GW_ALLOW4_NET, SET_GW_CUT, SET_GW_PROTECTED, SET_PROTECTED,
 };
 
@@ -92,13 +92,13 @@ fn source_set(source: &IpNet, exact: &str, net_prefix: &str) -> (String, Field) 
 }
 
 /// The set that holds a grant (see the crate docs for the routing rules).
-pub fn grant_set(key: &GrantKey) -> Result<String, String> {
-    grant_elem(key).map(|e| e.set)
+pub fn grant_set(key: &GrantKey) -> Result<String, NftError> {
+    grant_elem(key).map(|e| e.set).map_err(NftError::Unsupported)
 }
 
 /// The map that holds a DNAT entry.
-pub fn dnat_map(key: &DnatKey) -> Result<String, String> {
-    dnat_elem(key, None).map(|e| e.set)
+pub fn dnat_map(key: &DnatKey) -> Result<String, NftError> {
+    dnat_elem(key, None).map(|e| e.set).map_err(NftError::Unsupported)
 }
 
 pub(crate) fn grant_elem(key: &GrantKey) -> Result<Elem, String> {
@@ -199,13 +199,13 @@ mod tests {
 
     #[test]
     fn grants_are_routed_by_dest_family_and_prefix_length() {
-        assert_eq!(grant_set(&gk("10.0.0.1/32", None, 22)).as_deref(), Ok("allow4"));
-        assert_eq!(grant_set(&gk("10.0.0.0/24", None, 22)).as_deref(), Ok("allow4net_24"));
-        assert_eq!(grant_set(&gk("0.0.0.0/0", None, 22)).as_deref(), Ok("allow4net_0"));
-        assert_eq!(grant_set(&gk("2001:db8::1/128", None, 22)).as_deref(), Ok("allow6"));
-        assert_eq!(grant_set(&gk("2001:db8::/64", None, 22)).as_deref(), Ok("allow6net_64"));
-        assert_eq!(grant_set(&gk("10.0.0.1/32", Some("10.9.0.2"), 22)).as_deref(), Ok("gw_allow4"));
-        assert_eq!(grant_set(&gk("10.0.0.0/8", Some("10.9.0.2"), 22)).as_deref(), Ok("gw_allow4net_8"));
+        assert_eq!(grant_set(&gk("10.0.0.1/32", None, 22)).ok().as_deref(), Some("allow4"));
+        assert_eq!(grant_set(&gk("10.0.0.0/24", None, 22)).ok().as_deref(), Some("allow4net_24"));
+        assert_eq!(grant_set(&gk("0.0.0.0/0", None, 22)).ok().as_deref(), Some("allow4net_0"));
+        assert_eq!(grant_set(&gk("2001:db8::1/128", None, 22)).ok().as_deref(), Some("allow6"));
+        assert_eq!(grant_set(&gk("2001:db8::/64", None, 22)).ok().as_deref(), Some("allow6net_64"));
+        assert_eq!(grant_set(&gk("10.0.0.1/32", Some("10.9.0.2"), 22)).ok().as_deref(), Some("gw_allow4"));
+        assert_eq!(grant_set(&gk("10.0.0.0/8", Some("10.9.0.2"), 22)).ok().as_deref(), Some("gw_allow4net_8"));
         assert!(grant_set(&gk("2001:db8::1/128", Some("10.9.0.2"), 22)).is_err());
         assert!(grant_set(&gk("10.0.0.1/32", Some("fd00::2"), 22)).is_err());
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jitgate_enforce::{Desired, DnatKey, DnatTarget, ElemOp, GrantKey, Mode, Protected, L4};
+use jitgate_enforce::{Desired, DnatKey, DnatTarget, ElemOp, Firewall, FirewallError, GrantKey, Mode, Protected, L4};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use rustix::net::sockopt;
 
@@ -79,22 +79,26 @@ impl NftFirewall {
     /// Whether nftables can be programmed here: the `nft` binary is present, a dry run
     /// (`nft -c`) of our table with an element of every kind passes, and the kernel takes
     /// `NFT_MSG_DESTROYSETELEM` (Linux ≥ 6.3) from us. `Err` says what is missing.
-    pub fn usable() -> Result<(), String> {
-        let nft = nft_binary().ok_or_else(|| "the nft binary was not found (PATH, /usr/sbin, /sbin)".to_string())?;
+    pub fn usable() -> Result<(), FirewallError> {
+        let unusable = |e: NftError| FirewallError::Unusable(e.to_string());
+        let nft = nft_binary()
+            .ok_or_else(|| FirewallError::Unusable("the nft binary was not found (PATH, /usr/sbin, /sbin)".into()))?;
         let now = Instant::now();
         run_nft(&nft, &["-c", "-f", "-"], &ruleset(&sample_state(now), now), "checking the table (nft -c)")
-            .map_err(|e| e.to_string())?;
-        let mut fw = NftFirewall::open().map_err(|e| e.to_string())?;
+            .map_err(unusable)?;
+        let mut fw = NftFirewall::open().map_err(unusable)?;
         let batch = encode_probe(fw.seq);
         fw.seq = batch.next_seq;
-        let acks = fw.transact(&batch).map_err(|e| e.to_string())?;
+        let acks = fw.transact(&batch).map_err(unusable)?;
         match acks.iter().find(|a| a.errno != 0 && a.errno != ENOENT) {
             None => Ok(()),
-            Some(a) if a.errno == EPERM => Err("netlink: operation not permitted (CAP_NET_ADMIN needed)".into()),
-            Some(a) => Err(format!(
+            Some(a) if a.errno == EPERM => {
+                Err(FirewallError::Unusable("netlink: operation not permitted (CAP_NET_ADMIN needed)".into()))
+            }
+            Some(a) => Err(FirewallError::Unusable(format!(
                 "the kernel refused NFT_MSG_DESTROYSETELEM ({}); Linux 6.3 or later is needed",
                 crate::errno_text(a.errno)
-            )),
+            ))),
         }
     }
 
@@ -203,6 +207,21 @@ impl NftFirewall {
             )));
         }
         Ok(acks)
+    }
+}
+
+/// The agent's view of nftables; [`NftError`]s become [`FirewallError`]s (see its `From`).
+impl Firewall for NftFirewall {
+    fn usable(&self) -> Result<(), FirewallError> {
+        NftFirewall::usable()
+    }
+
+    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), FirewallError> {
+        NftFirewall::replace(self, desired, now).map_err(FirewallError::from)
+    }
+
+    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), FirewallError> {
+        NftFirewall::apply(self, ops).map_err(FirewallError::from)
     }
 }
 

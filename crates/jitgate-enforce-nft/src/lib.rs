@@ -73,6 +73,8 @@ mod firewall;
 mod netlink;
 mod ruleset;
 
+use jitgate_enforce::FirewallError;
+
 pub use elements::{describe, dnat_map, grant_set};
 pub use firewall::NftFirewall;
 pub use netlink::encode_batch;
@@ -155,6 +157,17 @@ pub enum NftError {
     /// The desired state or operation cannot be expressed by this backend.
     #[error("not supported by the nftables backend: {0}")]
     Unsupported(String),
+}
+
+impl From<NftError> for FirewallError {
+    /// What cannot be expressed stays [`FirewallError::Unsupported`] (with the same text);
+    /// everything else is a failed change that keeps the [`NftError`] as its source.
+    fn from(e: NftError) -> Self {
+        match e {
+            NftError::Unsupported(_) => FirewallError::Unsupported(e.to_string()),
+            e => FirewallError::Failed(Box::new(e)),
+        }
+    }
 }
 
 /// The system's text for an errno, without Rust's " (os error N)" suffix.

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+pub mod fake;
+
 /// The enforcement point's role: on the VM itself (host: input hook), or on a gateway in front
 /// of VMs (forwarded traffic to VM addresses, with DNAT). The same type the control plane stores.
 pub use jitgate_core::enforcement::AgentMode as Mode;
@@ -177,15 +179,31 @@ pub fn plan(applied: Option<&Desired>, desired: &Desired, now: Instant) -> Plan 
     Plan::Batch(dels)
 }
 
+/// Why a firewall could not be used or could not make a state true. A failed change took no
+/// effect: [`Firewall::replace`] and [`Firewall::apply`] are all-or-nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The firewall cannot be programmed here (a tool or a permission is missing, the kernel is
+    /// too old); the text says what is missing.
+    #[error("{0}")]
+    Unusable(String),
+    /// The state or an operation cannot be expressed by this firewall; nothing was touched.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The firewall refused the change or could not be reached; nothing of it took effect.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// A firewall that can hold a [`Desired`] state. The nftables backend implements it for real;
-/// tests use a fake.
+/// tests use [`fake::FakeFirewall`].
 pub trait Firewall: Send {
     /// Whether this firewall can be programmed here; `Err` says why not.
-    fn usable(&self) -> Result<(), String>;
+    fn usable(&self) -> Result<(), FirewallError>;
     /// Replaces everything atomically with `desired` (remaining timeouts computed from `now`).
-    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), String>;
+    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), FirewallError>;
     /// Applies element changes in one atomic batch.
-    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), String>;
+    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), FirewallError>;
 }
 
 #[cfg(test)]

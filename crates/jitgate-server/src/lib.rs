@@ -328,7 +328,7 @@ impl App {
                             Ok(signed_in) => return Ok(signed_in),
                             Err(e) => e,
                         },
-                        Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why),
+                        Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why.to_string()),
                     },
                     None => ApiError::unauthorized("InvalidAuthenticationToken", "OIDC sign-in is not configured"),
                 }

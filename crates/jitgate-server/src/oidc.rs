@@ -27,6 +27,61 @@ pub struct OidcConfig {
     pub leeway: Duration,
 }
 
+/// Why OIDC sign-in could not be set up, or why an ID token was refused. The text is what the
+/// caller is told (a 401's message) or what the server prints at start.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// The issuer is not an HTTPS URL (plain HTTP is only allowed on loopback).
+    #[error("--oidc-issuer '{0}' must be an https:// URL (plain http only on loopback)")]
+    InsecureIssuer(String),
+    #[error("--oidc-audience is required with --oidc-issuer")]
+    NoAudience,
+    /// The HTTP client for the issuer could not be built.
+    #[error("{0}")]
+    Client(#[source] reqwest::Error),
+    /// The JWKS file could not be read.
+    #[error("reading {}: {source}", .path.display())]
+    ReadJwks {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JWKS file or the issuer's `jwks_uri` did not hold a JWKS.
+    #[error("{what} is not a JWKS: {source}")]
+    NotJwks {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The discovery document or the JWKS could not be fetched or read.
+    #[error("{what} {url}: {source}")]
+    Fetch {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The discovery document names no JWKS.
+    #[error("{0} has no jwks_uri")]
+    NoJwksUri(String),
+    #[error("the token's signing key is not in the issuer's JWKS")]
+    UnknownKey,
+    #[error("unusable key in the JWKS: {0}")]
+    UnusableKey(#[source] jsonwebtoken::errors::Error),
+    #[error("not a JWT: {0}")]
+    NotJwt(#[source] jsonwebtoken::errors::Error),
+    /// The signature, issuer, audience, expiry or not-before check failed.
+    #[error("ID token refused: {0}")]
+    Refused(#[source] jsonwebtoken::errors::Error),
+    #[error("the ID token has no 'sub' claim")]
+    NoSubject,
+    /// The subject is not one jitgate accepts (`jitgate_core::identity::validate_subject`).
+    #[error("{0}")]
+    BadSubject(String),
+    #[error("the ID token's 'exp' is not a time")]
+    BadExpiry,
+}
+
 /// The shortest time between two JWKS refreshes caused by unknown key ids.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 
@@ -40,49 +95,54 @@ pub struct Oidc {
 
 impl Oidc {
     /// Checks the configuration: the issuer must be HTTPS (plain HTTP only on loopback).
-    pub fn new(config: OidcConfig) -> Result<Self, String> {
+    pub fn new(config: OidcConfig) -> Result<Self, OidcError> {
         let issuer = config.issuer.trim_end_matches('/');
         let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| issuer.starts_with(p));
         if !issuer.starts_with("https://") && !loopback {
-            return Err(format!("--oidc-issuer '{issuer}' must be an https:// URL (plain http only on loopback)"));
+            return Err(OidcError::InsecureIssuer(issuer.to_owned()));
         }
         if config.audience.is_empty() {
-            return Err("--oidc-audience is required with --oidc-issuer".into());
+            return Err(OidcError::NoAudience);
         }
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(OidcError::Client)?;
         Ok(Oidc { config, client, keys: RwLock::new(None), seen: Default::default() })
     }
 
-    async fn fetch_keys(&self) -> Result<JwkSet, String> {
+    async fn fetch_keys(&self) -> Result<JwkSet, OidcError> {
         if let Some(file) = &self.config.jwks_file {
-            let data = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-            return serde_json::from_slice(&data).map_err(|e| format!("{} is not a JWKS: {e}", file.display()));
+            let data = std::fs::read(file).map_err(|source| OidcError::ReadJwks { path: file.clone(), source })?;
+            return serde_json::from_slice(&data)
+                .map_err(|e| OidcError::NotJwks { what: file.display().to_string(), source: e.into() });
         }
         let discovery = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+        let fetch = |what: &'static str, url: &str| {
+            let url = url.to_owned();
+            move |source| OidcError::Fetch { what, url, source }
+        };
         let doc: serde_json::Value = self
             .client
             .get(&discovery)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("fetching {discovery}: {e}"))?
+            .map_err(fetch("fetching", &discovery))?
             .json()
             .await
-            .map_err(|e| format!("reading {discovery}: {e}"))?;
-        let uri = doc["jwks_uri"].as_str().ok_or_else(|| format!("{discovery} has no jwks_uri"))?;
+            .map_err(fetch("reading", &discovery))?;
+        let uri = doc["jwks_uri"].as_str().ok_or_else(|| OidcError::NoJwksUri(discovery.clone()))?;
         self.client
             .get(uri)
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("fetching {uri}: {e}"))?
+            .map_err(fetch("fetching", uri))?
             .json()
             .await
-            .map_err(|e| format!("{uri} is not a JWKS: {e}"))
+            .map_err(|e| OidcError::NotJwks { what: uri.to_owned(), source: e.into() })
     }
 
     /// The key for `kid`, refreshing the JWKS (rate-limited) when it is unknown.
-    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, String> {
+    async fn key(&self, kid: Option<&str>) -> Result<DecodingKey, OidcError> {
         let find = |set: &JwkSet| match kid {
             Some(k) => set.find(k).cloned(),
             None if set.keys.len() == 1 => set.keys.first().cloned(),
@@ -91,24 +151,22 @@ impl Oidc {
         let cached = self.keys.read().ok().and_then(|g| g.as_ref().map(|(s, at)| (find(s), *at)));
         let jwk = match cached {
             Some((Some(jwk), _)) => jwk,
-            Some((None, at)) if at.elapsed() < REFRESH_EVERY => {
-                return Err("the token's signing key is not in the issuer's JWKS".into())
-            }
+            Some((None, at)) if at.elapsed() < REFRESH_EVERY => return Err(OidcError::UnknownKey),
             _ => {
                 let set = self.fetch_keys().await?;
                 let found = find(&set);
                 if let Ok(mut g) = self.keys.write() {
                     *g = Some((set, Instant::now()));
                 }
-                found.ok_or_else(|| "the token's signing key is not in the issuer's JWKS".to_string())?
+                found.ok_or(OidcError::UnknownKey)?
             }
         };
-        DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key in the JWKS: {e}"))
+        DecodingKey::from_jwk(&jwk).map_err(OidcError::UnusableKey)
     }
 
     /// Validates an ID token; returns who it signs in and until when.
-    pub async fn validate(&self, token: &str) -> Result<IdToken, String> {
-        let header = decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
+    pub async fn validate(&self, token: &str) -> Result<IdToken, OidcError> {
+        let header = decode_header(token).map_err(OidcError::NotJwt)?;
         let key = self.key(header.kid.as_deref()).await?;
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[self.config.issuer.as_str(), self.config.issuer.trim_end_matches('/')]);
@@ -116,15 +174,15 @@ impl Oidc {
         v.leeway = self.config.leeway.as_secs();
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = decode::<serde_json::Value>(token, &key, &v).map_err(|e| format!("ID token refused: {e}"))?;
+        let data = decode::<serde_json::Value>(token, &key, &v).map_err(OidcError::Refused)?;
         let claims = data.claims;
-        let subject = claims["sub"].as_str().ok_or("the ID token has no 'sub' claim")?;
-        identity::validate_subject(subject)?;
+        let subject = claims["sub"].as_str().ok_or(OidcError::NoSubject)?;
+        identity::validate_subject(subject).map_err(OidcError::BadSubject)?;
         let expires = claims["exp"]
             .as_i64()
             .or_else(|| claims["exp"].as_f64().map(|f| f as i64))
             .and_then(|e| time::OffsetDateTime::from_unix_timestamp(e).ok())
-            .ok_or("the ID token's 'exp' is not a time")?;
+            .ok_or(OidcError::BadExpiry)?;
         let display = match &self.config.claim {
             Some(c) => claims[c.as_str()].as_str(),
             None => ["preferred_username", "email"].iter().find_map(|c| claims[*c].as_str()),
@@ -183,5 +241,45 @@ impl Oidc {
     /// The audience, which is the OIDC client id CLIs sign in with.
     pub fn audience(&self) -> &str {
         &self.config.audience
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(issuer: &str, audience: &str, jwks_file: Option<PathBuf>) -> OidcConfig {
+        OidcConfig {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks_file,
+            claim: None,
+            leeway: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_configuration_is_checked() {
+        let plain = Oidc::new(config("http://idp.example", "jitgate", None)).err();
+        assert!(matches!(&plain, Some(OidcError::InsecureIssuer(i)) if i == "http://idp.example"), "{plain:?}");
+        assert!(matches!(Oidc::new(config("https://idp.example", "", None)), Err(OidcError::NoAudience)));
+        assert!(Oidc::new(config("http://127.0.0.1:9999/", "jitgate", None)).is_ok(), "loopback may be plain");
+    }
+
+    #[tokio::test]
+    async fn refusals_say_which_step_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("jwks.json");
+        let oidc = Oidc::new(config("https://idp.example", "jitgate", Some(missing.clone()))).expect("config");
+        assert!(matches!(oidc.validate("not-a-token").await, Err(OidcError::NotJwt(_))));
+        // A well-formed header ({"alg":"RS256"}): the keys are looked for, and the file is missing.
+        let err = oidc.validate("eyJhbGciOiJSUzI1NiJ9.e30.c2ln").await.err();
+        assert!(matches!(&err, Some(OidcError::ReadJwks { path, .. }) if *path == missing), "{err:?}");
+        std::fs::write(&missing, b"[]").expect("write");
+        let err = oidc.validate("eyJhbGciOiJSUzI1NiJ9.e30.c2ln").await.err();
+        assert!(matches!(&err, Some(OidcError::NotJwks { .. })), "{err:?}");
+        std::fs::write(&missing, br#"{"keys":[]}"#).expect("write");
+        let err = oidc.validate("eyJhbGciOiJSUzI1NiJ9.e30.c2ln").await.err();
+        assert!(matches!(err, Some(OidcError::UnknownKey)), "{err:?}");
     }
 }

@@ -103,10 +103,10 @@ pub fn verify(conn: &Connection) -> rusqlite::Result<AuditVerification> {
 }
 
 /// Verifies the chain of a database file without a running server, read-only.
-pub fn verify_file(path: &std::path::Path) -> Result<AuditVerification, String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    verify(&conn).map_err(|e| format!("{}: {e}", path.display()))
+pub fn verify_file(path: &std::path::Path) -> Result<AuditVerification, crate::FileError> {
+    let failed = |source| crate::FileError { path: path.to_owned(), source };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(failed)?;
+    verify(&conn).map_err(failed)
 }
 
 pub fn before(conn: &Connection, before: i64, limit: usize) -> rusqlite::Result<Vec<AuditRecord>> {

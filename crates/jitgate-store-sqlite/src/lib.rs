@@ -54,8 +54,17 @@ const READERS: usize = 4;
 /// become hundreds of threads and connections.
 const READ_CONCURRENCY: usize = 8;
 
+/// A database file that could not be opened or read; the driver's error is the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", .path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
 /// Verifies the audit chain of a database file, read-only, without a running server.
-pub fn verify_audit_file(path: &Path) -> Result<jitgate_store::AuditVerification, String> {
+pub fn verify_audit_file(path: &Path) -> Result<jitgate_store::AuditVerification, FileError> {
     auditq::verify_file(path)
 }
 
@@ -100,8 +109,17 @@ impl ReadPool {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Backend(e.into())
+}
+
+#[cfg(test)]
+#[test]
+fn a_backend_failure_keeps_the_driver_error_as_its_source() {
+    let e = backend(rusqlite::Error::QueryReturnedNoRows);
+    assert_eq!(e.to_string(), format!("storage failure: {}", rusqlite::Error::QueryReturnedNoRows));
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(matches!(source.downcast_ref::<rusqlite::Error>(), Some(rusqlite::Error::QueryReturnedNoRows)));
 }
 
 impl SqliteStore {
@@ -116,7 +134,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         migrate(&conn)?;
-        let sealed = hooks::seal_all(&conn, &keys).map_err(|e| StoreError::Backend(format!("webhook secrets: {e}")))?;
+        let sealed = hooks::seal_all(&conn, &keys).map_err(|e| backend(format!("webhook secrets: {e}")))?;
         if sealed.sealed + sealed.resealed > 0 {
             tracing::info!(
                 sealed = sealed.sealed,

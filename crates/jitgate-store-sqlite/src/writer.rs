@@ -110,7 +110,7 @@ where
     fn finish(self: Box<Self>, committed: Result<(), String>) {
         let result = match committed {
             Ok(()) => self.out.unwrap_or_else(|| Err(StoreError::Backend("the job did not run".into()))),
-            Err(e) => Err(StoreError::Backend(e)),
+            Err(e) => Err(StoreError::Backend(e.into())),
         };
         let _ = self.reply.send(result);
     }

@@ -32,9 +32,10 @@ pub enum StoreError {
     /// The domain refused the change; its `Failed` audit record has been written.
     #[error("{0}")]
     Rejected(Invalid),
-    /// The database failed; nothing was changed.
+    /// The database failed; nothing was changed. The backend's own error is kept as the source
+    /// (a driver error, or a message when there is none).
     #[error("storage failure: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use jitgate_agent::AgentConfig;
 use jitgate_cli::agent::AgentRunArgs;
 use jitgate_cli::LogFormat;
-use jitgate_enforce::{Desired, ElemOp, Firewall};
+use jitgate_enforce::{Desired, ElemOp, Firewall, FirewallError};
 use jitgate_enforce_nft::NftFirewall;
 
 use crate::common::{init_logging, shutdown_signal};
@@ -16,22 +16,24 @@ struct Nft {
 }
 
 impl Firewall for Nft {
-    fn usable(&self) -> Result<(), String> {
-        self.fw.as_ref().map_err(Clone::clone)?;
-        NftFirewall::usable()
-    }
-
-    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), String> {
-        match &mut self.fw {
-            Ok(fw) => fw.replace(desired, now).map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
+    fn usable(&self) -> Result<(), FirewallError> {
+        match &self.fw {
+            Ok(fw) => fw.usable(),
+            Err(e) => Err(FirewallError::Unusable(e.clone())),
         }
     }
 
-    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), String> {
+    fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), FirewallError> {
         match &mut self.fw {
-            Ok(fw) => fw.apply(ops).map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
+            Ok(fw) => Firewall::replace(fw, desired, now),
+            Err(e) => Err(FirewallError::Unusable(e.clone())),
+        }
+    }
+
+    fn apply(&mut self, ops: &[ElemOp]) -> Result<(), FirewallError> {
+        match &mut self.fw {
+            Ok(fw) => Firewall::apply(fw, ops),
+            Err(e) => Err(FirewallError::Unusable(e.clone())),
         }
     }
 }
@@ -50,5 +52,5 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         rotate_credential: args.rotate_credential,
     };
     let fw = Nft { fw: NftFirewall::open().map_err(|e| e.to_string()) };
-    jitgate_agent::run(cfg, fw, shutdown_signal()).await
+    Ok(jitgate_agent::run(cfg, fw, shutdown_signal()).await?)
 }

@@ -135,7 +135,7 @@ async fn audit_verify(args: VerifyArgs) -> anyhow::Result<bool> {
             if !db.exists() {
                 anyhow::bail!("no database at {}", db.display());
             }
-            let v = jitgate_store_sqlite::verify_audit_file(&db).map_err(|e| anyhow::anyhow!(e))?;
+            let v = jitgate_store_sqlite::verify_audit_file(&db)?;
             serde_json::json!({"valid": v.valid, "records": v.records, "firstInvalid": v.first_invalid, "archivedThrough": v.archived_through})
         }
         None => {

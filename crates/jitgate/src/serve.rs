@@ -81,16 +81,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let trusted_proxies = ranges("--trusted-proxy", &args.trusted_proxy)?;
     let oidc = match (&args.oidc_issuer, &args.oidc_audience) {
-        (Some(issuer), Some(audience)) => Some(
-            Oidc::new(OidcConfig {
-                issuer: issuer.clone(),
-                audience: audience.clone(),
-                jwks_file: args.oidc_jwks_file.clone(),
-                claim: args.oidc_claim.clone(),
-                leeway: std::time::Duration::from_secs(60),
-            })
-            .map_err(|e| anyhow::anyhow!(e))?,
-        ),
+        (Some(issuer), Some(audience)) => Some(Oidc::new(OidcConfig {
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            jwks_file: args.oidc_jwks_file.clone(),
+            claim: args.oidc_claim.clone(),
+            leeway: std::time::Duration::from_secs(60),
+        })?),
         _ => None,
     };
     let rate = |flag: &str, text: &str| {
