@@ -9,7 +9,6 @@ pub mod bench;
 pub mod client;
 pub mod connect;
 pub mod local;
-pub mod netns;
 pub mod output;
 pub mod policy;
 pub mod probe;

@@ -119,7 +119,9 @@ pub fn parse_port(spec: &str) -> anyhow::Result<Value> {
         other => return Err(fail(exit::USAGE, format!("--port {spec}: protocol '{other}' is not tcp, udp or *"))),
     };
     let mut from = Vec::new();
-    let mut max = "PT3H".to_string();
+    let mut max = jitgate_core::duration::AccessDuration::from_seconds(jitgate_core::policy::DEFAULT_MAX_DURATION_SECS)
+        .text()
+        .to_owned();
     for p in parts {
         match p.split_once('=') {
             Some(("from", v)) => from.push(v.to_owned()),

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
 use crate::invalid::Invalid;
+use crate::timefmt::rfc3339;
 
 /// The longest local principal name.
 pub const MAX_LOCAL_NAME: usize = 64;
@@ -197,10 +198,6 @@ fn iso(d: Duration) -> String {
     } else {
         crate::duration::format_iso8601(d)
     }
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// When a new token expires (`None`: never), or why it may not be made.

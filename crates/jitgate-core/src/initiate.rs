@@ -11,6 +11,7 @@ use crate::ids::VmId;
 use crate::invalid::{codes, Invalid};
 use crate::policy::{parse_sources, Policy, Protocol, SourceSpec};
 use crate::prefix::SourcePrefix;
+use crate::timefmt::rfc3339;
 
 /// How far past the port's maximum an end time may reach, to absorb clock skew between the
 /// client that computed `now + max` and this server.
@@ -238,10 +239,6 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests;
-
-pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
-}
 
 /// The state of one grant, as Azure names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,9 +17,11 @@ pub mod policy;
 pub mod prefix;
 pub mod rbac;
 pub mod records;
+pub mod timefmt;
 
 pub use duration::AccessDuration;
 pub use ids::{PolicyRef, VmId};
 pub use invalid::Invalid;
 pub use policy::{OsType, Policy, PolicyVm, PortRule, Protocol, SourceSpec};
 pub use prefix::SourcePrefix;
+pub use timefmt::rfc3339;

@@ -14,8 +14,9 @@
 
 use time::{Duration, OffsetDateTime};
 
-use crate::initiate::{rfc3339, GrantPlan, GrantStatus, StatusReason, END_TIME_LEEWAY};
+use crate::initiate::{GrantPlan, GrantStatus, StatusReason, END_TIME_LEEWAY};
 use crate::invalid::{codes, Invalid, InvalidKind};
+use crate::timefmt::rfc3339;
 use crate::Policy;
 
 /// The state of one grant: what a transition reads and writes.

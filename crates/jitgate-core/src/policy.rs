@@ -142,15 +142,19 @@ pub struct PortRule {
     pub approval_timeout: Option<AccessDuration>,
 }
 
+/// The longest window a port rule allows when its policy names none: three hours (`PT3H`), in
+/// seconds. Used for a VM's OS default rule and by the CLI's `--port` when `max=` is left out.
+pub const DEFAULT_MAX_DURATION_SECS: i64 = 3 * 3600;
+
 impl PortRule {
     /// The rule a VM gets when it is enabled with no ports: its OS's port, any protocol, any
-    /// source, at most three hours.
+    /// source, at most [`DEFAULT_MAX_DURATION_SECS`].
     pub fn default_for(os: OsType) -> Self {
         PortRule {
             number: os.default_port(),
             protocol: Protocol::Any,
             sources: SourceSpec::Single(SourcePrefix::any()),
-            max_duration: AccessDuration::from_seconds(3 * 3600),
+            max_duration: AccessDuration::from_seconds(DEFAULT_MAX_DURATION_SECS),
             cut_sessions: false,
             mapped_port: None,
             require_approval: false,

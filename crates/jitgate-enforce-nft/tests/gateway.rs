@@ -8,7 +8,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{addr, echoes, tcp_closed, tcp_connect, tcp_open, veth, Echo, Netns, OPEN_WAIT};
+use common::{addr, echoes, netns, tcp_closed, tcp_connect, tcp_open, veth, Echo, Netns, TestNs, OPEN_WAIT};
 use jitgate_enforce::{Desired, DnatKey, DnatTarget, ElemOp, GrantKey, Mode, Protected, L4};
 use jitgate_enforce_nft::{NftError, NftFirewall};
 
@@ -36,9 +36,9 @@ fn sa(a: &str, port: u16) -> SocketAddr {
 }
 
 fn gateway() -> Gateway {
-    let client = Netns::new("c");
-    let gw = Netns::new("g");
-    let vm = Netns::new("v");
+    let client = netns("c");
+    let gw = netns("g");
+    let vm = netns("v");
     let (c_if, g1) = veth(&client, &gw);
     let (g2, v_if) = veth(&gw, &vm);
     for a in ["10.88.1.1/24", "10.88.1.3/24", "fd88:1::1/64"] {
@@ -53,12 +53,12 @@ fn gateway() -> Gateway {
     for a in ["10.88.2.2/24", "fd88:2::2/64"] {
         addr(&vm, &v_if, a);
     }
-    client.ip(&["route", "add", "default", "via", "10.88.1.2"]);
-    client.ip(&["-6", "route", "add", "default", "via", "fd88:1::2"]);
-    vm.ip(&["route", "add", "default", "via", "10.88.2.1"]);
-    vm.ip(&["-6", "route", "add", "default", "via", "fd88:2::1"]);
-    gw.sysctl("net.ipv4.ip_forward", "1");
-    gw.sysctl("net.ipv6.conf.all.forwarding", "1");
+    client.must_ip(&["route", "add", "default", "via", "10.88.1.2"]);
+    client.must_ip(&["-6", "route", "add", "default", "via", "fd88:1::2"]);
+    vm.must_ip(&["route", "add", "default", "via", "10.88.2.1"]);
+    vm.must_ip(&["-6", "route", "add", "default", "via", "fd88:2::1"]);
+    gw.must_sysctl("net.ipv4.ip_forward", "1");
+    gw.must_sysctl("net.ipv6.conf.all.forwarding", "1");
     let echo = Echo::start(&vm, &[sa(VM, 22), sa(VM, 2223), sa(VM, 8080), sa("fd88:2::2", 22)]);
     let fw = gw.firewall();
     Gateway { client, gateway: gw, _vm: vm, fw, _echo: echo }
@@ -108,7 +108,7 @@ fn only_the_granted_source_reaches_the_vm_through_the_public_port() {
     assert!(tcp_open(&g.client, Some(ip(C1)), sa(VM, 22)), "routed before the table exists");
 
     let fw = &mut g.fw;
-    g.gateway.run(|| fw.replace(&state(), Instant::now())).expect("replace");
+    g.gateway.inside(|| fw.replace(&state(), Instant::now())).expect("replace");
     assert!(tcp_closed(&g.client, Some(ip(C1)), sa(VM, 22)), "protected VM port closed to routed traffic");
     assert!(g.closed_via_gateway(C1, PUBLIC), "no DNAT yet");
     assert!(tcp_open(&g.client, Some(ip(C1)), sa(VM, 8080)), "other VM ports untouched");
@@ -157,7 +157,7 @@ fn only_the_granted_source_reaches_the_vm_through_the_public_port() {
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(start.elapsed()));
     assert!(g.closed_via_gateway(C1, PUBLIC), "closed by the kernel after 1 s");
 
-    g.gateway.run(|| g.fw.remove()).expect("remove");
+    g.gateway.inside(|| g.fw.remove()).expect("remove");
     assert!(tcp_open(&g.client, Some(ip(C2)), sa(VM, 22)), "remove() restores routing");
 }
 
@@ -166,7 +166,7 @@ fn sessions_through_the_gateway_end_with_their_grant_when_the_port_cuts_them() {
     require_kernel!();
     let mut g = gateway();
     let fw = &mut g.fw;
-    g.gateway.run(|| fw.replace(&state(), Instant::now())).expect("replace");
+    g.gateway.inside(|| fw.replace(&state(), Instant::now())).expect("replace");
     let mut ops = open_ops("10.88.1.1/32", PUBLIC, 22, MINUTE);
     ops.extend(open_ops("10.88.1.1/32", PUBLIC + 1, 2223, MINUTE));
     g.fw.apply(&ops).expect("apply");
@@ -187,7 +187,7 @@ fn ipv6_gateway_entries_are_refused_before_anything_changes() {
     let mut d = state();
     d.protected.insert(Protected { dest: Some(ip("fd88:2::2")), proto: L4::Tcp, port: 22, cut_sessions: false });
     let fw = &mut g.fw;
-    let err = g.gateway.run(|| fw.replace(&d, Instant::now())).expect_err("IPv6 gateway");
+    let err = g.gateway.inside(|| fw.replace(&d, Instant::now())).expect_err("IPv6 gateway");
     assert!(matches!(err, NftError::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("IPv4 only"), "{err}");
     assert!(!g.gateway.has_table(), "nothing was changed");

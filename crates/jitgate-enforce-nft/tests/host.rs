@@ -7,7 +7,10 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{addr, echoes, eventually, tcp_closed, tcp_connect, tcp_open, udp_echoes, veth, Echo, Netns, OPEN_WAIT};
+use common::{
+    addr, echoes, eventually, netns, tcp_closed, tcp_connect, tcp_open, udp_echoes, veth, Echo, Netns, TestNs,
+    OPEN_WAIT,
+};
 use jitgate_enforce::{Desired, ElemOp, GrantKey, Mode, Protected, L4};
 use jitgate_enforce_nft::{NftError, NftFirewall};
 
@@ -26,8 +29,8 @@ struct Host {
 
 /// Two namespaces joined by a veth pair, echo servers (TCP and UDP) on `ports` of the server.
 fn host(ports: &[u16]) -> Host {
-    let client = Netns::new("c");
-    let server = Netns::new("s");
+    let client = netns("c");
+    let server = netns("s");
     let (ic, is) = veth(&client, &server);
     for a in ["10.77.0.1/24", "10.77.0.3/24", "fd77::1/64", "fd77::3/64"] {
         addr(&client, &ic, a);
@@ -44,7 +47,7 @@ fn host(ports: &[u16]) -> Host {
 impl Host {
     fn replace(&mut self, d: &Desired) {
         let fw = &mut self.fw;
-        self.server.run(|| fw.replace(d, Instant::now())).expect("replace");
+        self.server.inside(|| fw.replace(d, Instant::now())).expect("replace");
     }
 
     fn apply(&mut self, ops: &[ElemOp]) {
@@ -122,7 +125,7 @@ fn a_grant_opens_the_port_for_its_source_only_until_it_ends() {
     // Deleting an element the kernel has expired is not an error (DESTROYSETELEM).
     h.apply(&[del("10.77.0.1/32", L4::Tcp, 2222)]);
 
-    h.server.run(|| h.fw.remove()).expect("remove");
+    h.server.inside(|| h.fw.remove()).expect("remove");
     assert!(!h.server.has_table());
     assert!(h.open(C1, 2222) && h.open(C2, 2223), "remove() restores everything");
     h.fw.remove().expect("removing an absent table is fine");
@@ -286,8 +289,8 @@ fn a_batch_is_all_or_nothing_and_the_error_names_the_operation() {
 #[test]
 fn usable_says_yes_here() {
     require_kernel!();
-    let ns = Netns::new("u");
-    ns.run(NftFirewall::usable).expect("usable");
+    let ns = netns("u");
+    ns.inside(NftFirewall::usable).expect("usable");
     assert!(!ns.has_table(), "the dry run leaves nothing behind");
 }
 

@@ -137,7 +137,7 @@ fn unsupported_entries_are_left_out_as_comments() {
 fn the_scripts_pass_nft_check() {
     require_kernel!();
     let now = Instant::now();
-    let ns = common::Netns::new("r");
+    let ns = common::netns("r");
     for (name, d) in [
         ("empty host", Desired::empty(Mode::Host)),
         ("empty gateway", Desired::empty(Mode::Gateway)),
@@ -145,7 +145,7 @@ fn the_scripts_pass_nft_check() {
         ("gateway", gateway_state(now)),
     ] {
         let script = ruleset(&d, now);
-        let path = std::env::temp_dir().join(format!("{}.nft", common::unique("r")));
+        let path = std::env::temp_dir().join(format!("jg{}r.nft", jitgate_netns::unique()));
         std::fs::write(&path, &script).expect("write");
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, "nft", "-c", "-f"])

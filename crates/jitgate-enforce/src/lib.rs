@@ -64,8 +64,9 @@ pub struct GrantKey {
 }
 
 impl GrantKey {
-    /// Exact addresses go into hash sets (O(1) updates even with 100k elements); ranges go into
-    /// interval sets.
+    /// Exact addresses go into the exact-address hash sets; ranges go into one hash set per prefix
+    /// length, looked up with the source masked to that length (both O(1) per update, even with
+    /// 100k elements).
     pub fn is_exact(&self) -> bool {
         self.source.prefix_len() == self.source.max_prefix_len()
     }

@@ -444,6 +444,9 @@ async fn correlate(mut req: Request, next: Next) -> Response {
             resp.headers_mut().insert(name, v);
         }
     }
+    if let Some(Panicked(message)) = resp.extensions_mut().remove::<Panicked>() {
+        tracing::error!(%method, path, request_id, correlation_id, panic = message, "a request handler panicked");
+    }
     tracing::info!(
         %method,
         path,
@@ -537,15 +540,37 @@ async fn error_bodies(req: Request, next: Next) -> Response {
     out
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::internal().into_response()
+/// A panic's message, carried on the 500 answer from [`panic_response`] to [`correlate`], which
+/// logs it with the request id.
+#[derive(Debug, Clone)]
+struct Panicked(String);
+
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => "(a panic without a message)".to_owned(),
+    };
+    let mut resp = ApiError::internal().into_response();
+    resp.extensions_mut().insert(Panicked(message));
+    resp
+}
+
+/// The layers around every route, innermost first: Azure error bodies, the catch-panic layer
+/// (inside `correlate`, so a panic's 500 carries the request ids and its message is logged with
+/// them), `correlate`, the server config.
+fn layers<S: Clone + Send + Sync + 'static>(routes: Router<S>, config: Arc<ServerConfig>) -> Router<S> {
+    routes
+        .layer(axum::middleware::from_fn(error_bodies))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn(correlate))
+        .layer(axum::Extension(config))
 }
 
 /// Every route of the control plane.
 pub fn router(app: App) -> Router {
     let config = app.config.clone();
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/auth/config", get(auth_config))
@@ -554,12 +579,8 @@ pub fn router(app: App) -> Router {
         .merge(api_rbac::router())
         .merge(api_audit::router())
         .merge(webhooks::router())
-        .fallback(fallback)
-        .layer(axum::middleware::from_fn(error_bodies))
-        .layer(axum::middleware::from_fn(correlate))
-        .layer(axum::Extension(config))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .with_state(app)
+        .fallback(fallback);
+    layers(routes, config).with_state(app)
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes, then drains in-flight
@@ -633,6 +654,62 @@ impl axum::extract::FromRequestParts<App> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written by a test's own subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    fn boom() -> &'static str {
+        panic!("boom at step 42")
+    }
+
+    #[tokio::test]
+    async fn a_panic_answers_500_with_the_request_ids_and_its_message_is_logged_with_them() {
+        use tower::ServiceExt;
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let routes: Router<()> = Router::new().route("/boom", get(|| async { boom() }));
+        let config = ServerConfig {
+            tls: true,
+            list_page_size: 10,
+            max_body_bytes: 1024,
+            public_url: None,
+            trusted_proxies: vec![],
+            audit_retention: None,
+            webhooks: Default::default(),
+            max_token_lifetime: None,
+            limits: Default::default(),
+        };
+        let req = Request::builder().uri("/boom").body(axum::body::Body::empty()).expect("request");
+        let resp = layers(routes, Arc::new(config)).oneshot(req).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let request_id = resp.headers().get("x-ms-request-id").and_then(|v| v.to_str().ok()).expect("request id");
+        let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8");
+        let line = text.lines().find(|l| l.contains("a request handler panicked")).expect("a panic line");
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("boom at step 42"), "{line}");
+        assert!(line.contains(request_id), "{line}");
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.expect("body");
+        assert!(!String::from_utf8_lossy(&body).contains("boom"), "the panic stays out of the answer");
+    }
 
     struct FixedClock(OffsetDateTime);
 

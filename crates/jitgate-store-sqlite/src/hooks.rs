@@ -180,14 +180,14 @@ pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) ->
             serde_json::json!({
                 "virtualMachine": g.vm_id, "number": g.number, "protocol": g.protocol.as_str(),
                 "sources": g.sources.prefixes().iter().map(|p| p.text()).collect::<Vec<_>>(),
-                "endTimeUtc": g.end_time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "endTimeUtc": jitgate_core::rfc3339(g.end_time),
                 "status": g.status.as_str(), "statusReason": g.status_reason.as_str(),
             })
         })
         .collect();
     let payload = serde_json::json!({
         "event": event,
-        "time": now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "time": jitgate_core::rfc3339(now),
         "requestId": rid,
         "policyId": policy_id,
         "requestor": requestor,

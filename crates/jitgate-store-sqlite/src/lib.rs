@@ -31,7 +31,7 @@ use jitgate_core::invalid::codes;
 use jitgate_core::lifecycle::{self, Decision, Extension};
 use jitgate_core::policy::{resolve, ValidatedPolicy};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
@@ -436,10 +436,6 @@ fn vm_claims(conn: &Connection, key: &str) -> rusqlite::Result<Vec<MappedClaim>>
             })
         })
         .collect())
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[async_trait]

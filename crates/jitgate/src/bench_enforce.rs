@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 
 use jitgate_cli::bench::{InnerArgs, KernelArgs, OpenLatencyArgs};
 use jitgate_cli::local::LocalServer;
-use jitgate_cli::netns::{self, veth, KillOnDrop, Netns};
 use jitgate_cli::probe::try_connect;
 use jitgate_enforce::{Desired, ElemOp, GrantKey, Mode, Protected, L4};
 use jitgate_enforce_nft::NftFirewall;
+use jitgate_netns::{self as netns, veth, KillOnDrop, Netns};
 
 const SUB: &str = "b0000000-0000-4000-8000-000000000002";
 const CLIENT: &str = "10.9.0.1";

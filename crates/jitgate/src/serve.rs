@@ -155,10 +155,6 @@ fn max_token_lifetime(text: &str) -> anyhow::Result<Option<time::Duration>> {
     Ok(Some(d))
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
 /// On an empty store: creates the Owner and prints its token this once (and writes it to
 /// --bootstrap-token-file, mode 0600). With --reissue-owner-token on a store that has one, makes
 /// the Owner a new token the same way.
@@ -209,7 +205,7 @@ async fn bootstrap(
     let lifetime = match expires {
         Some(at) => format!(
             "It expires at {} (--max-token-lifetime {}); tokens made with it expire no later.",
-            rfc3339(at.replace_nanosecond(0).unwrap_or(at)),
+            jitgate_core::rfc3339(at.replace_nanosecond(0).unwrap_or(at)),
             args.max_token_lifetime
         ),
         None => "It does not expire (--max-token-lifetime none).".to_string(),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use jitgate_cli::netns::{self, veth, KillOnDrop, Netns};
+use jitgate_netns::{self as netns, veth, KillOnDrop, Netns};
 use jitgate_testkit::{vm_id, LocalServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");

@@ -1,22 +1,21 @@
-//! Network-namespace helpers for the kernel tests.
+//! Kernel-test helpers over `jitgate-netns`.
 //!
-//! Every test makes its own namespaces and veth pairs with names unique to the process and the
-//! test (`jg<pid>x<n>…`), so tests run in parallel; a guard deletes them on drop, also when the
-//! test fails. Work "inside" a namespace runs on a short-lived thread that has `setns`'d into it:
-//! sockets opened there (netlink, TCP, UDP) stay in that namespace for their whole life, and a
-//! process spawned from that thread (`nft`) starts in it. The test's own thread never moves.
+//! Every test makes its own namespaces and veth pairs (`jitgate_netns`: names unique to the
+//! process and the call, deleted on drop, also when the test fails), so tests run in parallel.
+//! Work "inside" a namespace runs on a short-lived thread that has `setns`'d into it
+//! ([`TestNs::inside`]): sockets opened there stay in that namespace for their whole life. The
+//! test's own thread never moves. Setup failures panic here: they end the test that met them.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use jitgate_enforce_nft::NftFirewall;
+pub use jitgate_netns::Netns;
 
 /// How long a connection attempt may take before the port counts as closed (our rules drop).
 pub const CLOSED_WAIT: Duration = Duration::from_millis(400);
@@ -30,21 +29,18 @@ pub fn skip_reason() -> Option<String> {
 }
 
 fn check() -> Option<String> {
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root".into());
+    if let Some(why) = jitgate_netns::unavailable() {
+        return Some(why);
     }
-    for tool in ["ip", "nft"] {
-        let found = Command::new(tool).arg("-V").output().is_ok()
-            || ["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(tool).is_file());
-        if !found {
-            return Some(format!("`{tool}` not found"));
-        }
+    let probe = match Netns::new("probe") {
+        Ok(ns) => ns,
+        Err(e) => return Some(format!("no network namespace: {e}")),
+    };
+    match probe.run(NftFirewall::usable) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("nftables not usable: {e}")),
+        Err(e) => Some(format!("cannot enter a namespace: {e}")),
     }
-    let probe = Netns::new("probe");
-    if let Err(e) = probe.run(NftFirewall::usable) {
-        return Some(format!("nftables not usable: {e}"));
-    }
-    None
 }
 
 /// Returns early from a test, with the reason printed, when the kernel tests cannot run.
@@ -58,90 +54,67 @@ macro_rules! require_kernel {
     };
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call: `jg<pid>x<n><tag>` (at most 15 characters for
-/// short tags, the limit for interface names).
-pub fn unique(tag: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("jg{}x{n}{tag}", std::process::id())
+/// A new namespace, which must be made.
+pub fn netns(tag: &str) -> Netns {
+    Netns::new(tag).unwrap_or_else(|e| panic!("namespace {tag}: {e}"))
 }
 
-fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// A veth pair between two namespaces, both ends up; returns the interface names (`a` side,
+/// `b` side).
+pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
+    jitgate_netns::veth_pair(a, b).unwrap_or_else(|e| panic!("veth: {e}"))
 }
 
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
+/// Adds an address (IPv6 without duplicate address detection, so it is usable at once).
+pub fn addr(ns: &Netns, dev: &str, cidr: &str) {
+    ns.addr(dev, cidr).unwrap_or_else(|e| panic!("{cidr} on {dev}: {e}"));
 }
 
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
+/// What the kernel tests do in a namespace, panicking on setup failures.
+pub trait TestNs {
+    /// Runs `f` on a thread inside the namespace.
+    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T;
     /// `ip -n NAME …`, which must succeed.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all);
-    }
-
+    fn must_ip(&self, args: &[&str]);
     /// A command inside the namespace, which must succeed; returns its stdout.
-    pub fn exec(&self, cmd: &str, args: &[&str]) -> String {
-        let mut all = vec!["netns", "exec", &self.name, cmd];
-        all.extend_from_slice(args);
-        String::from_utf8_lossy(&run("ip", &all).stdout).into_owned()
-    }
-
-    pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]);
-    }
-
-    /// Runs `f` on a thread inside this namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-                rustix::thread::move_into_link_name_space(
-                    file.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-
+    fn must_exec(&self, cmd: &str, args: &[&str]) -> String;
+    fn must_sysctl(&self, key: &str, value: &str);
     /// Opens the firewall in this namespace.
-    pub fn firewall(&self) -> NftFirewall {
-        self.run(NftFirewall::open).expect("open netlink socket")
+    fn firewall(&self) -> NftFirewall;
+    /// `nft -j list set inet jitgate NAME`, parsed.
+    fn list_set(&self, set: &str) -> serde_json::Value;
+    /// The elements of one of our sets, as nft's JSON shows them.
+    fn elements(&self, set: &str) -> Vec<serde_json::Value>;
+    fn has_table(&self) -> bool;
+}
+
+impl TestNs for Netns {
+    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.run(f).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `nft -j list set inet jitgate NAME`, parsed.
-    pub fn list_set(&self, set: &str) -> serde_json::Value {
-        let out = self.exec("nft", &["-j", "list", "set", "inet", "jitgate", set]);
+    fn must_ip(&self, args: &[&str]) {
+        self.ip(args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn must_exec(&self, cmd: &str, args: &[&str]) -> String {
+        self.exec(cmd, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn must_sysctl(&self, key: &str, value: &str) {
+        self.sysctl(key, value).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn firewall(&self) -> NftFirewall {
+        self.inside(NftFirewall::open).expect("open netlink socket")
+    }
+
+    fn list_set(&self, set: &str) -> serde_json::Value {
+        let out = self.must_exec("nft", &["-j", "list", "set", "inet", "jitgate", set]);
         serde_json::from_str(&out).expect("nft -j output")
     }
 
-    /// The elements of one of our sets, as nft's JSON shows them.
-    pub fn elements(&self, set: &str) -> Vec<serde_json::Value> {
+    fn elements(&self, set: &str) -> Vec<serde_json::Value> {
         let v = self.list_set(set);
         v["nftables"]
             .as_array()
@@ -152,33 +125,8 @@ impl Netns {
             .collect()
     }
 
-    pub fn has_table(&self) -> bool {
-        self.exec("nft", &["list", "tables"]).contains("jitgate")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-/// A veth pair between two namespaces; returns the interface names (`a` side, `b` side).
-pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
-    let base = unique("");
-    let (ia, ib) = (format!("{base}a"), format!("{base}b"));
-    run("ip", &["link", "add", &ia, "netns", &a.name, "type", "veth", "peer", "name", &ib, "netns", &b.name]);
-    a.ip(&["link", "set", &ia, "up"]);
-    b.ip(&["link", "set", &ib, "up"]);
-    (ia, ib)
-}
-
-/// Adds an address (IPv6 without duplicate address detection, so it is usable at once).
-pub fn addr(ns: &Netns, dev: &str, cidr: &str) {
-    if cidr.contains(':') {
-        ns.ip(&["addr", "add", cidr, "dev", dev, "nodad"]);
-    } else {
-        ns.ip(&["addr", "add", cidr, "dev", dev]);
+    fn has_table(&self) -> bool {
+        self.must_exec("nft", &["list", "tables"]).contains("jitgate")
     }
 }
 
@@ -193,7 +141,7 @@ impl Echo {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &addr in addrs {
-            let (tcp, udp) = ns.run(move || {
+            let (tcp, udp) = ns.inside(move || {
                 let tcp = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
                 let udp = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
                 (tcp, udp)
@@ -260,7 +208,7 @@ impl Drop for Echo {
 
 /// Opens a TCP connection from `ns` (from `src` when given) to `dst`.
 pub fn tcp_connect(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, wait: Duration) -> Option<TcpStream> {
-    ns.run(move || {
+    ns.inside(move || {
         let sock = socket2::Socket::new(socket2::Domain::for_address(dst), socket2::Type::STREAM, None).ok()?;
         if let Some(src) = src {
             sock.bind(&SocketAddr::new(src, 0).into()).expect("bind source");
@@ -307,7 +255,7 @@ pub fn tcp_closed(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr) -> bool {
 pub fn udp_echoes(ns: &Netns, dst: SocketAddr, wait: Duration, tries: u32) -> bool {
     let bind: SocketAddr =
         if dst.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
-    let sock = ns.run(move || UdpSocket::bind(bind).expect("bind udp"));
+    let sock = ns.inside(move || UdpSocket::bind(bind).expect("bind udp"));
     sock.set_read_timeout(Some(wait)).expect("timeout");
     let mut buf = [0u8; 16];
     for _ in 0..tries {
