@@ -1,0 +1,182 @@
+//! Access requests: reading one, revoking, approving, denying and extending.
+
+use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use jitgate_api_types::arm::request_out;
+use jitgate_api_types::datetime;
+use jitgate_api_types::parse_json;
+use jitgate_core::audit::ops;
+use jitgate_core::rbac::actions;
+use jitgate_core::AccessDuration;
+
+use super::respond;
+use crate::arm::{read_body, Query};
+use crate::error::{json, ApiError};
+use crate::tls::PeerAddr;
+use crate::{App, Caller};
+
+fn request_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ApiError::bad_request("InvalidRequestId", format!("'{raw}' is not a request id")))
+}
+
+pub(super) async fn get_request(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Caller { principal, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let id = request_id(&id)?;
+    match app.store.get_request(id).await? {
+        Some((policy, r)) => {
+            app.authorize(&principal, actions::POLICY_READ, &policy).await?;
+            let mut v = native_request(&r);
+            v["policyId"] = serde_json::Value::String(policy);
+            Ok(json(StatusCode::OK, &v))
+        }
+        None => Err(ApiError::not_found("RequestNotFound", format!("access request {id} was not found"))),
+    }
+}
+
+pub(super) async fn revoke(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Caller { ctx, principal, query, .. }: Caller,
+) -> Result<Response, ApiError> {
+    let audit = app.audit(&ctx, &principal.name, ops::REQUEST_REVOKE, &format!("/api/v1/requests/{id}"));
+    let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    // The requester may end their own grants ("I'm done"); anyone else needs to be able
+    // to change the policy.
+    let mut audit = audit;
+    if let Some((policy, request)) = app.store.get_request(id).await? {
+        let action = if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
+        app.authorize_change(&principal, action, &policy, &mut audit).await?;
+    }
+    let request = app.store.revoke_request(id, &principal.name, audit).await?;
+    app.changed();
+    answer_request(&app, &request, wait).await
+}
+
+pub(super) async fn approve(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(decide(&app, peer, id, req, true).await)
+}
+
+pub(super) async fn deny(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    respond(decide(&app, peer, id, req, false).await)
+}
+
+/// `POST /api/v1/requests/{id}/approve[?wait=applied]` and `…/deny` `{"reason"}`: needs
+/// `…/jitNetworkAccessPolicies/approve/action` on the policy; never on one's own request.
+async fn decide(
+    app: &App,
+    peer: PeerAddr,
+    id: String,
+    req: Request<Body>,
+    approve: bool,
+) -> Result<Response, ApiError> {
+    let ctx = crate::ctx_of(peer, &req);
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/requests").await?;
+    let op = if approve { ops::REQUEST_APPROVE } else { ops::REQUEST_DENY };
+    let mut audit = app.audit(&ctx, &principal.name, op, &format!("/api/v1/requests/{id}"));
+    let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    let bytes = read_body(app, body).await?;
+    let reason =
+        serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["reason"].as_str().map(String::from));
+    if let Some((policy, _)) = app.store.get_request(id).await? {
+        audit.resource_id = policy.clone();
+        app.authorize_change(&principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
+    }
+    let request = app.store.decide_request(id, approve, &principal.name, reason, app.clock.now(), audit).await?;
+    app.changed();
+    app.sweeper.notify_one();
+    answer_request(app, &request, wait.filter(|_| approve)).await
+}
+
+/// `POST /api/v1/requests/{id}/extend` `{"duration":"PT1H"}` or `{"endTimeUtc":…}`: moves the
+/// end of a live grant, at most the port's maximum from now. The requester may extend their own.
+pub(super) async fn extend(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Caller { ctx, principal, query, .. }: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));
+    let now = app.clock.now();
+    let checked = async {
+        let id = request_id(&id)?;
+        let wait = crate::arm::wait_option(&query)?;
+        let bytes = read_body(&app, body).await?;
+        let v: serde_json::Value = parse_json(&bytes)?;
+        let bad = |m: String| ApiError::bad_request("InvalidExtension", m);
+        let new_end = match (v["duration"].as_str(), v["endTimeUtc"].as_str()) {
+            (Some(d), None) => now + AccessDuration::parse(d).map_err(|e| bad(e.0))?.duration(),
+            (None, Some(t)) => datetime::parse(t).map_err(bad)?,
+            _ => return Err(bad("set exactly one of duration and endTimeUtc".into())),
+        };
+        Ok::<_, ApiError>((id, wait, new_end))
+    }
+    .await;
+    let (id, wait, new_end) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
+    if let Some((policy, request)) = app.store.get_request(id).await? {
+        let action = if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
+        app.authorize_change(&principal, action, &policy, &mut audit).await?;
+    }
+    let request = app.store.extend_request(id, new_end, now, audit).await?;
+    app.changed();
+    app.sweeper.notify_one();
+    answer_request(&app, &request, wait).await
+}
+
+/// A request in the native API: the ARM shape plus `pendingExtensionEndTimeUtc` while an
+/// extension waits for an approver.
+fn native_request(r: &jitgate_store::AccessRequestRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(request_out(r)).unwrap_or_default();
+    if let Some(end) = r.pending_extension {
+        v["pendingExtensionEndTimeUtc"] = serde_json::Value::String(datetime::format(end));
+    }
+    v
+}
+
+/// A request after a change to it: at once, or (`?wait=applied`) once its enforcement points
+/// have applied the change.
+async fn answer_request(
+    app: &App,
+    request: &jitgate_store::AccessRequestRecord,
+    wait: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    let body = native_request(request);
+    match wait {
+        None => Ok(json(StatusCode::OK, &body)),
+        Some(timeout) => {
+            let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
+            let revision = app.store.revision().await?;
+            crate::arm::enforced_answer(app, &vms, revision, timeout, StatusCode::OK, &body, request.id).await
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Virtual machines: registration, listing (with the inventory views) and removal.
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use jitgate_api_types::datetime;
+use jitgate_api_types::native::{EnforcementOut, ListOut, VmIn, VmOut};
+use jitgate_api_types::parse_json;
+use jitgate_core::audit::ops;
+use jitgate_core::invalid::codes;
+use jitgate_core::rbac::actions;
+use jitgate_core::VmId;
+use jitgate_store::{Vm, VmSpec};
+
+use super::agents::agent_scope;
+use super::inventory::{inventory, View};
+use crate::arm::{read_body, Query};
+use crate::error::{json, ApiError};
+use crate::tls::PeerAddr;
+use crate::App;
+
+pub(super) fn vm_out(app: &App, vm: &Vm) -> VmOut {
+    let s = &vm.spec;
+    let mut out = VmOut::new(&s.id, s.os_type, &s.location, s.address, vm.created, vm.updated);
+    out.gateway = s.gateway.clone();
+    match &vm.agent {
+        None => {
+            out.unsupported_reason = Some(match &s.gateway {
+                Some(gw) => format!("no enforcement point: gateway '{gw}' has not joined (or was revoked)"),
+                None => {
+                    "no enforcement point: no agent runs on the VM (or it was revoked) and no gateway is in front of it"
+                        .into()
+                }
+            });
+        }
+        Some(a) => {
+            out.enforcement = Some(EnforcementOut {
+                agent: a.name.clone(),
+                mode: a.mode.as_str().into(),
+                last_seen: a.last_seen.map(datetime::format),
+                stale: app.is_stale(a),
+            });
+            if a.nft_usable == Some(false) {
+                out.unsupported_reason = Some(format!(
+                    "nftables unusable on {}: {}",
+                    a.name,
+                    a.nft_error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn id_param(q: &Query) -> Result<Option<VmId>, ApiError> {
+    match q.get("id") {
+        None => Ok(None),
+        Some(id) => VmId::parse(id).map(Some).map_err(|m| {
+            let mut e = ApiError::bad_request(codes::INVALID_VM, m);
+            e.target = Some("id".into());
+            e
+        }),
+    }
+}
+
+pub(super) async fn vms(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    req: Request<Body>,
+) -> Response {
+    match vms_inner(&app, peer, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn vms_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
+    let ctx = crate::ctx_of(peer, &req);
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/vms").await?;
+    match parts.method.as_str() {
+        "GET" | "HEAD" => match id_param(&query)? {
+            None => {
+                let list = app.store.list_vms().await?;
+                let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
+                let visible: Vec<&Vm> =
+                    list.iter().filter(|v| grants.permits(actions::VM_READ, v.spec.id.as_str())).collect();
+                let value = match query.get("view") {
+                    None | Some("") => visible.iter().map(|v| vm_out(app, v)).collect(),
+                    Some(view) => {
+                        let view = View::parse(view)?;
+                        inventory(app, &visible, view).await?
+                    }
+                };
+                Ok(json(StatusCode::OK, &ListOut { value }))
+            }
+            Some(id) => {
+                app.authorize(&principal, actions::VM_READ, id.as_str()).await?;
+                let found = app.store.get_vm(&id).await?;
+                match found {
+                    Some(vm) => Ok(json(StatusCode::OK, &vm_out(app, &vm))),
+                    None => Err(ApiError::not_found(
+                        codes::VM_NOT_FOUND,
+                        format!("virtual machine '{id}' is not registered"),
+                    )),
+                }
+            }
+        },
+        "PUT" => {
+            let audit = app.audit(&ctx, &principal.name, ops::VM_WRITE, "/api/v1/vms");
+            let reg = match read_body(app, body)
+                .await
+                .and_then(|b| parse_json::<VmIn>(&b).and_then(VmIn::validate).map_err(Into::into))
+            {
+                Ok(r) => r,
+                Err(e) => return Err(app.refuse(audit, e).await),
+            };
+            let mut audit = audit;
+            audit.resource_id = reg.id.as_str().to_owned();
+            app.authorize_change(&principal, actions::VM_WRITE, reg.id.as_str(), &mut audit).await?;
+            // A gateway is a resource of its own subscription and resource group: attaching a VM
+            // to it routes the VM's grants through it, so the caller must be able to manage it.
+            // It is looked up in the VM's subscription only (the store refuses unknown names).
+            if let Some(gw) = &reg.gateway {
+                if let Some(g) = app.store.gateway_agent(reg.id.subscription(), gw).await? {
+                    app.authorize_change(&principal, actions::VM_WRITE, &agent_scope(&g), &mut audit).await?;
+                }
+            }
+            let spec = VmSpec {
+                id: reg.id,
+                os_type: reg.os_type,
+                location: reg.location,
+                address: reg.address,
+                gateway: reg.gateway,
+                classic: reg.classic,
+            };
+            let (vm, created) = app.store.put_vm(spec, audit).await?;
+            app.changed();
+            Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &vm_out(app, &vm)))
+        }
+        "DELETE" => {
+            let audit = app.audit(&ctx, &principal.name, ops::VM_DELETE, "/api/v1/vms");
+            let id = match id_param(&query) {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    let e = ApiError::bad_request(
+                        codes::INVALID_VM,
+                        "name the VM to remove: DELETE /api/v1/vms?id=<ARM id>",
+                    );
+                    return Err(app.refuse(audit, e).await);
+                }
+                Err(e) => return Err(app.refuse(audit, e).await),
+            };
+            let mut audit = audit;
+            audit.resource_id = id.as_str().to_owned();
+            app.authorize_change(&principal, actions::VM_DELETE, id.as_str(), &mut audit).await?;
+            let vm = app.store.delete_vm(&id, audit).await?;
+            app.changed();
+            Ok(json(StatusCode::OK, &vm_out(app, &vm)))
+        }
+        other => {
+            let mut e = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{other} is not supported on /api/v1/vms; use GET, PUT or DELETE"),
+            );
+            e.allow = Some("GET,HEAD,PUT,DELETE".into());
+            Err(e)
+        }
+    }
+}
