@@ -1,8 +1,7 @@
 //! Enforcement points: one-time join tokens and the agents that joined.
 
 use axum::body::Body;
-use axum::extract::Path;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
@@ -17,11 +16,9 @@ use jitgate_core::rbac::actions;
 use jitgate_core::AccessDuration;
 use jitgate_store::{AgentRecord, JoinTokenSpec};
 
-use super::respond;
 use crate::arm::read_body;
 use crate::auth;
 use crate::error::{json, ApiError};
-use crate::tls::PeerAddr;
 use crate::{App, Caller};
 
 fn agent_out(app: &App, a: &AgentRecord) -> AgentOut {
@@ -48,18 +45,14 @@ fn agent_out(app: &App, a: &AgentRecord) -> AgentOut {
 /// Prefix of one-time join tokens.
 pub const JOIN_TOKEN_PREFIX: &str = "jgj_";
 
+/// `POST /api/v1/agentTokens` `{"subscription","resourceGroup","location","mode"?,"vm"?,"ttl"?}`:
+/// 201 a one-time join token.
 pub(super) async fn agent_tokens(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
-    req: Request<Body>,
-) -> Response {
-    respond(agent_tokens_inner(&app, peer, req).await)
-}
-
-async fn agent_tokens_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
-    let ctx = crate::ctx_of(peer, &req);
-    let (parts, body) = req.into_parts();
-    let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/agentTokens").await?;
+    Caller { ctx, principal, .. }: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app = &app;
     let audit = app.audit(&ctx, &principal.name, ops::JOIN_TOKEN_WRITE, "/api/v1/agentTokens");
     let checked = async {
         let body = read_body(app, body).await?;

@@ -1,5 +1,5 @@
-//! jitgate's native API (`/api/v1`). For now: VM registration, which a policy needs before it
-//! can name a VM (agents will register their own VMs later).
+//! jitgate's native API (`/api/v1`), one module per resource; axum routes by method and every
+//! handler takes the [`crate::Caller`] extractor.
 //!
 //! - `PUT /api/v1/vms` `{"id","osType","location","address"?}` → 201 new, 200 replaced
 //! - `GET /api/v1/vms` → `{"value":[…]}`; `GET /api/v1/vms?id=…` → one VM or 404
@@ -13,11 +13,9 @@ mod inventory;
 mod requests;
 mod vms;
 
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::error::ApiError;
 use crate::App;
 
 pub use agents::JOIN_TOKEN_PREFIX;
@@ -25,7 +23,7 @@ pub use inventory::View;
 
 pub fn router() -> Router<App> {
     Router::new()
-        .route("/api/v1/vms", get(vms::vms).put(vms::vms).delete(vms::vms))
+        .route("/api/v1/vms", get(vms::get_vms).put(vms::put_vm).delete(vms::delete_vm))
         .route("/api/v1/agentTokens", post(agents::agent_tokens).get(agents::list_agent_tokens))
         .route("/api/v1/agents", get(agents::agents))
         .route("/api/v1/agents/{id}", axum::routing::delete(agents::delete_agent))
@@ -34,8 +32,4 @@ pub fn router() -> Router<App> {
         .route("/api/v1/requests/{id}/approve", post(requests::approve))
         .route("/api/v1/requests/{id}/deny", post(requests::deny))
         .route("/api/v1/requests/{id}/extend", post(requests::extend))
-}
-
-pub(super) fn respond(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
 }

@@ -1,8 +1,7 @@
 //! Access requests: reading one, revoking, approving, denying and extending.
 
 use axum::body::Body;
-use axum::extract::Path;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
@@ -10,13 +9,12 @@ use jitgate_api_types::arm::request_out;
 use jitgate_api_types::datetime;
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
+use jitgate_core::invalid::codes;
 use jitgate_core::rbac::actions;
 use jitgate_core::AccessDuration;
 
-use super::respond;
-use crate::arm::{read_body, Query};
+use crate::arm::read_body;
 use crate::error::{json, ApiError};
-use crate::tls::PeerAddr;
 use crate::{App, Caller};
 
 fn request_id(raw: &str) -> Result<i64, ApiError> {
@@ -39,7 +37,7 @@ pub(super) async fn get_request(
             v["policyId"] = serde_json::Value::String(policy);
             Ok(json(StatusCode::OK, &v))
         }
-        None => Err(ApiError::not_found("RequestNotFound", format!("access request {id} was not found"))),
+        None => Err(ApiError::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))),
     }
 }
 
@@ -67,42 +65,45 @@ pub(super) async fn revoke(
 
 pub(super) async fn approve(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(decide(&app, peer, id, req, true).await)
+    caller: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    decide(&app, id, caller, body, true).await
 }
 
 pub(super) async fn deny(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     Path(id): Path<String>,
-    req: Request<Body>,
-) -> Response {
-    respond(decide(&app, peer, id, req, false).await)
+    caller: Caller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    decide(&app, id, caller, body, false).await
 }
 
 /// `POST /api/v1/requests/{id}/approve[?wait=applied]` and `…/deny` `{"reason"}`: needs
 /// `…/jitNetworkAccessPolicies/approve/action` on the policy; never on one's own request.
 async fn decide(
     app: &App,
-    peer: PeerAddr,
     id: String,
-    req: Request<Body>,
+    Caller { ctx, principal, query, .. }: Caller,
+    body: Body,
     approve: bool,
 ) -> Result<Response, ApiError> {
-    let ctx = crate::ctx_of(peer, &req);
-    let (parts, body) = req.into_parts();
-    let query = Query::parse(parts.uri.query());
-    let principal = app.authenticate(&parts.headers, &ctx, "/api/v1/requests").await?;
     let op = if approve { ops::REQUEST_APPROVE } else { ops::REQUEST_DENY };
     let mut audit = app.audit(&ctx, &principal.name, op, &format!("/api/v1/requests/{id}"));
-    let (id, wait) = match request_id(&id).and_then(|id| Ok((id, crate::arm::wait_option(&query)?))) {
+    let checked = async {
+        let id = request_id(&id)?;
+        let wait = crate::arm::wait_option(&query)?;
+        let bytes = read_body(app, body).await?;
+        Ok::<_, ApiError>((id, wait, bytes))
+    }
+    .await;
+    let (id, wait, bytes) = match checked {
         Ok(x) => x,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
-    let bytes = read_body(app, body).await?;
+    // The reason is optional and free text: a body that is not JSON gives none.
     let reason =
         serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["reason"].as_str().map(String::from));
     if let Some((policy, _)) = app.store.get_request(id).await? {
