@@ -1,37 +1,23 @@
-//! The inventory views of `GET /api/v1/vms?view=…`.
+//! The inventory views of `GET /api/v1/vms?view=…`, as the portal's JIT page groups VMs.
 
 use jitgate_api_types::datetime;
 use jitgate_api_types::native::{ConnectionDetailsOut, ConnectionPortOut, VmOut};
 use jitgate_core::enforcement::AgentMode;
+use jitgate_core::inventory::{classify, EnforcementState, View, VmFacts};
 use jitgate_store::Vm;
 
-use super::vms::vm_out;
+use super::vms::{enforcer, vm_out};
 use crate::error::ApiError;
 use crate::App;
 
-/// The inventory views of `GET /api/v1/vms?view=…`, as the portal's JIT page groups VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    Configured,
-    NotConfigured,
-    Unsupported,
+/// The view named by the `view` query parameter.
+pub(super) fn parse_view(s: &str) -> Result<View, ApiError> {
+    View::parse(s).ok_or_else(|| {
+        ApiError::bad_request("InvalidView", format!("view '{s}' is not configured, notConfigured or unsupported"))
+    })
 }
 
-impl View {
-    pub(super) fn parse(s: &str) -> Result<Self, ApiError> {
-        match s.to_ascii_lowercase().as_str() {
-            "configured" => Ok(View::Configured),
-            "notconfigured" => Ok(View::NotConfigured),
-            "unsupported" => Ok(View::Unsupported),
-            _ => Err(ApiError::bad_request(
-                "InvalidView",
-                format!("view '{s}' is not configured, notConfigured or unsupported"),
-            )),
-        }
-    }
-}
-
-/// The VMs of one view, with the view's fields.
+/// The VMs of one view, with the view's fields (which VM belongs where is `core::inventory`'s).
 pub(super) async fn inventory(app: &App, vms: &[&Vm], view: View) -> Result<Vec<VmOut>, ApiError> {
     let disabled: Vec<String> =
         app.store.list_security_policies().await?.into_iter().filter(|p| !p.jit_enabled).map(|p| p.scope).collect();
@@ -40,19 +26,13 @@ pub(super) async fn inventory(app: &App, vms: &[&Vm], view: View) -> Result<Vec<
     for vm in vms {
         let policy = app.store.policy_of_vm(&vm.spec.id).await?;
         let mut entry = vm_out(app, vm);
-        // Why JIT cannot protect the VM, in the order the portal gives them.
-        let reason = if vm.spec.classic {
-            Some("classic deployment: JIT protects ARM virtual machines only".to_string())
-        } else if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.spec.id.as_str())) {
-            Some(format!("JIT is disabled by a security policy on '{scope}'"))
-        } else {
-            entry.unsupported_reason.clone()
+        let facts = VmFacts {
+            id: vm.spec.id.as_str(),
+            classic: vm.spec.classic,
+            configured: policy.is_some(),
+            enforcement_gap: entry.unsupported_reason.as_deref(),
         };
-        let belongs = match (&policy, &reason) {
-            (Some(_), _) => View::Configured,
-            (None, Some(_)) => View::Unsupported,
-            (None, None) => View::NotConfigured,
-        };
+        let (belongs, reason) = classify(&facts, &disabled);
         if belongs != view {
             continue;
         }
@@ -61,23 +41,12 @@ pub(super) async fn inventory(app: &App, vms: &[&Vm], view: View) -> Result<Vec<
         if let Some(p) = policy {
             let access = app.store.vm_access(&vm.spec.id, now - time::Duration::days(7)).await?;
             entry.policy_id = Some(p.reference.id());
-            entry.unsupported_reason = None;
             entry.approved_requests_last7_days = Some(access.approved_since);
             entry.last_access = access.last_access.map(datetime::format);
             entry.last_user = access.last_user;
-            let state = match &vm.agent {
-                None => "NotEnforced",
-                Some(a) if a.nft_usable == Some(false) => "Unusable",
-                Some(a) if app.is_stale(a) => "Stale",
-                Some(_) => "Enforced",
-            };
-            entry.enforcement_state = Some(state.into());
-            entry.warning = match state {
-                "NotEnforced" => Some("no enforcement point: nothing closes these ports; run an agent on the VM or attach it to a gateway".into()),
-                "Unusable" => Some("the enforcement point cannot program nftables: these ports are not closed".into()),
-                "Stale" => Some("the enforcement point stopped reporting: its state is unknown".into()),
-                _ => None,
-            };
+            let state = EnforcementState::of(vm.agent.as_ref().map(|a| enforcer(app, a)).as_ref());
+            entry.enforcement_state = Some(state.as_str().into());
+            entry.warning = state.warning().map(Into::into);
             let ports = p.vm(&vm.spec.id.key()).map(|v| v.ports.clone()).unwrap_or_default();
             entry.connection_details = Some(ConnectionDetailsOut {
                 ports: ports

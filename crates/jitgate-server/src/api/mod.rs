@@ -19,7 +19,7 @@ use axum::Router;
 use crate::App;
 
 pub use agents::JOIN_TOKEN_PREFIX;
-pub use inventory::View;
+pub use jitgate_core::inventory::View;
 
 pub fn router() -> Router<App> {
     Router::new()

@@ -10,12 +10,13 @@ use jitgate_api_types::native::{EnforcementOut, ListOut, VmIn, VmOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::invalid::codes;
+use jitgate_core::inventory::{enforcement_gap, Enforcer};
 use jitgate_core::rbac::actions;
 use jitgate_core::VmId;
-use jitgate_store::{Vm, VmSpec};
+use jitgate_store::{AgentRecord, Vm, VmSpec};
 
 use super::agents::agent_scope;
-use super::inventory::{inventory, View};
+use super::inventory::{inventory, parse_view};
 use crate::arm::{read_body, Query};
 use crate::error::{json, ApiError};
 use crate::{App, Caller};
@@ -24,33 +25,20 @@ pub(super) fn vm_out(app: &App, vm: &Vm) -> VmOut {
     let s = &vm.spec;
     let mut out = VmOut::new(&s.id, s.os_type, &s.location, s.address, vm.created, vm.updated);
     out.gateway = s.gateway.clone();
-    match &vm.agent {
-        None => {
-            out.unsupported_reason = Some(match &s.gateway {
-                Some(gw) => format!("no enforcement point: gateway '{gw}' has not joined (or was revoked)"),
-                None => {
-                    "no enforcement point: no agent runs on the VM (or it was revoked) and no gateway is in front of it"
-                        .into()
-                }
-            });
-        }
-        Some(a) => {
-            out.enforcement = Some(EnforcementOut {
-                agent: a.name.clone(),
-                mode: a.mode.as_str().into(),
-                last_seen: a.last_seen.map(datetime::format),
-                stale: app.is_stale(a),
-            });
-            if a.nft_usable == Some(false) {
-                out.unsupported_reason = Some(format!(
-                    "nftables unusable on {}: {}",
-                    a.name,
-                    a.nft_error.as_deref().unwrap_or("no reason given")
-                ));
-            }
-        }
-    }
+    let agent = vm.agent.as_ref().map(|a| enforcer(app, a));
+    out.unsupported_reason = enforcement_gap(s.gateway.as_deref(), agent.as_ref());
+    out.enforcement = vm.agent.as_ref().map(|a| EnforcementOut {
+        agent: a.name.clone(),
+        mode: a.mode.as_str().into(),
+        last_seen: a.last_seen.map(datetime::format),
+        stale: app.is_stale(a),
+    });
     out
+}
+
+/// What the inventory rules of core see of an agent.
+pub(super) fn enforcer<'a>(app: &App, a: &'a AgentRecord) -> Enforcer<'a> {
+    Enforcer { name: &a.name, nft_usable: a.nft_usable, nft_error: a.nft_error.as_deref(), stale: app.is_stale(a) }
 }
 
 fn id_param(q: &Query) -> Result<Option<VmId>, ApiError> {
@@ -78,7 +66,7 @@ pub(super) async fn get_vms(
             let value = match query.get("view") {
                 None | Some("") => visible.iter().map(|v| vm_out(&app, v)).collect(),
                 Some(view) => {
-                    let view = View::parse(view)?;
+                    let view = parse_view(view)?;
                     inventory(&app, &visible, view).await?
                 }
             };
