@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use jitgate_api_types::agent::{AgentOut, JoinTokenIn, JoinTokenOut};
+use jitgate_api_types::agent::{AgentOut, JoinTokenIn, JoinTokenInfoOut, JoinTokenOut};
 use jitgate_api_types::datetime;
 use jitgate_api_types::native::ListOut;
 use jitgate_api_types::parse_json;
@@ -167,20 +167,32 @@ pub(super) async fn list_agent_tokens(
 ) -> Result<Response, ApiError> {
     let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
     let now = app.clock.now();
-    let value: Vec<serde_json::Value> = app
+    let value: Vec<JoinTokenInfoOut> = app
         .store
         .list_join_tokens()
         .await?
         .into_iter()
         .filter(|t| grants.permits(actions::VM_WRITE, &token_scope(&t.spec)))
         .map(|t| {
-            let state = if t.used.is_some() { "used" } else if t.spec.expires <= now { "expired" } else { "unused" };
-            serde_json::json!({
-                "subscription": t.spec.subscription, "resourceGroup": t.spec.resource_group, "location": t.spec.location,
-                "mode": t.spec.mode.as_str(), "createdAt": datetime::format(t.created), "createdBy": t.created_by,
-                "expiresOn": datetime::format(t.spec.expires), "usedAt": t.used.map(datetime::format), "state": state,
-                "vm": t.spec.vm,
-            })
+            let state = if t.used.is_some() {
+                "used"
+            } else if t.spec.expires <= now {
+                "expired"
+            } else {
+                "unused"
+            };
+            JoinTokenInfoOut {
+                subscription: t.spec.subscription,
+                resource_group: t.spec.resource_group,
+                location: t.spec.location,
+                mode: t.spec.mode.as_str().into(),
+                created_at: datetime::format(t.created),
+                created_by: t.created_by,
+                expires_on: datetime::format(t.spec.expires),
+                used_at: t.used.map(datetime::format),
+                state: state.into(),
+                vm: t.spec.vm,
+            }
         })
         .collect();
     Ok(json(StatusCode::OK, &ListOut { value }))

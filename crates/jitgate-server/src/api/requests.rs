@@ -7,6 +7,7 @@ use axum::response::Response;
 
 use jitgate_api_types::arm::request_out;
 use jitgate_api_types::datetime;
+use jitgate_api_types::native::{DecisionIn, ExtendIn};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::invalid::codes;
@@ -104,8 +105,7 @@ async fn decide(
         Err(e) => return Err(app.refuse(audit, e).await),
     };
     // The reason is optional and free text: a body that is not JSON gives none.
-    let reason =
-        serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["reason"].as_str().map(String::from));
+    let reason = DecisionIn::parse_lenient(&bytes).reason;
     if let Some((policy, _)) = app.store.get_request(id).await? {
         audit.resource_id = policy.clone();
         app.authorize_change(&principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
@@ -130,9 +130,9 @@ pub(super) async fn extend(
         let id = request_id(&id)?;
         let wait = crate::arm::wait_option(&query)?;
         let bytes = read_body(&app, body).await?;
-        let v: serde_json::Value = parse_json(&bytes)?;
+        let input: ExtendIn = parse_json(&bytes)?;
         let bad = |m: String| ApiError::bad_request("InvalidExtension", m);
-        let new_end = match (v["duration"].as_str(), v["endTimeUtc"].as_str()) {
+        let new_end = match (input.duration.as_deref(), input.end_time_utc.as_deref()) {
             (Some(d), None) => now + AccessDuration::parse(d).map_err(|e| bad(e.0))?.duration(),
             (None, Some(t)) => datetime::parse(t).map_err(bad)?,
             _ => return Err(bad("set exactly one of duration and endTimeUtc".into())),
