@@ -190,6 +190,19 @@ pub struct ExtendIn {
     pub end_time_utc: Option<String>,
 }
 
+/// A request in the native API: the ARM shape, the policy it was made under (on a read), and
+/// the end a pending extension asks for while it waits for an approver.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NativeRequestOut {
+    #[serde(flatten)]
+    pub request: crate::arm::RequestOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_extension_end_time_utc: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ListOut<T> {
     pub value: Vec<T>,

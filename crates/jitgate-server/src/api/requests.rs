@@ -7,7 +7,7 @@ use axum::response::Response;
 
 use jitgate_api_types::arm::request_out;
 use jitgate_api_types::datetime;
-use jitgate_api_types::native::{DecisionIn, ExtendIn};
+use jitgate_api_types::native::{DecisionIn, ExtendIn, NativeRequestOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::invalid::codes;
@@ -34,9 +34,7 @@ pub(super) async fn get_request(
     match app.store.get_request(id).await? {
         Some((policy, r)) => {
             app.authorize(&principal, actions::POLICY_READ, &policy).await?;
-            let mut v = native_request(&r);
-            v["policyId"] = serde_json::Value::String(policy);
-            Ok(json(StatusCode::OK, &v))
+            Ok(json(StatusCode::OK, &native_request(&r, Some(policy))))
         }
         None => Err(ApiError::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))),
     }
@@ -154,14 +152,13 @@ pub(super) async fn extend(
     answer_request(&app, &request, wait).await
 }
 
-/// A request in the native API: the ARM shape plus `pendingExtensionEndTimeUtc` while an
-/// extension waits for an approver.
-fn native_request(r: &jitgate_store::AccessRequestRecord) -> serde_json::Value {
-    let mut v = serde_json::to_value(request_out(r)).unwrap_or_default();
-    if let Some(end) = r.pending_extension {
-        v["pendingExtensionEndTimeUtc"] = serde_json::Value::String(datetime::format(end));
+/// A request in the native API (see [`NativeRequestOut`]).
+fn native_request(r: &jitgate_store::AccessRequestRecord, policy_id: Option<String>) -> NativeRequestOut {
+    NativeRequestOut {
+        request: request_out(r),
+        policy_id,
+        pending_extension_end_time_utc: r.pending_extension.map(datetime::format),
     }
-    v
 }
 
 /// A request after a change to it: at once, or (`?wait=applied`) once its enforcement points
@@ -171,7 +168,7 @@ async fn answer_request(
     request: &jitgate_store::AccessRequestRecord,
     wait: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
-    let body = native_request(request);
+    let body = native_request(request, None);
     match wait {
         None => Ok(json(StatusCode::OK, &body)),
         Some(timeout) => {
