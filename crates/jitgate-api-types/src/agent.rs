@@ -33,6 +33,25 @@ pub struct JoinTokenOut {
     pub vm: Option<String>,
 }
 
+/// `GET /api/v1/agentTokens`: a join token without its secret.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenInfoOut {
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    pub mode: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub expires_on: String,
+    /// When it was used (`null` while unused).
+    pub used_at: Option<String>,
+    /// `unused`, `used` or `expired`.
+    pub state: String,
+    /// The one VM it joins as (`null`: any in its resource group).
+    pub vm: Option<String>,
+}
+
 /// `POST /agent/v1/join`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

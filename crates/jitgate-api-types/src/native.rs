@@ -167,6 +167,42 @@ impl VmOut {
     }
 }
 
+/// `POST /api/v1/requests/{id}/approve` and `…/deny` body: an optional free-text reason.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct DecisionIn {
+    pub reason: Option<String>,
+}
+
+impl DecisionIn {
+    /// The body as sent; an empty body, or one of another shape, carries no reason.
+    pub fn parse_lenient(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+/// `POST /api/v1/requests/{id}/extend` body: exactly one of the two is set.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtendIn {
+    /// ISO-8601 duration from now, e.g. `PT1H`.
+    pub duration: Option<String>,
+    /// The new end, RFC 3339.
+    pub end_time_utc: Option<String>,
+}
+
+/// A request in the native API: the ARM shape, the policy it was made under (on a read), and
+/// the end a pending extension asks for while it waits for an approver.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NativeRequestOut {
+    #[serde(flatten)]
+    pub request: crate::arm::RequestOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_extension_end_time_utc: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ListOut<T> {
     pub value: Vec<T>,
@@ -176,6 +212,25 @@ pub struct ListOut<T> {
 mod tests {
     use super::*;
     use crate::parse_json;
+
+    #[test]
+    fn decisions_carry_a_reason_only_when_it_is_text() {
+        let reason = |b: &[u8]| DecisionIn::parse_lenient(b).reason;
+        assert_eq!(reason(br#"{"reason":"on call"}"#).as_deref(), Some("on call"));
+        assert_eq!(reason(br#"{"reason":"on call","other":1}"#).as_deref(), Some("on call"));
+        assert_eq!(reason(b""), None);
+        assert_eq!(reason(b"not json"), None);
+        assert_eq!(reason(br#"{"reason":5}"#), None);
+    }
+
+    #[test]
+    fn extensions_parse_both_fields() {
+        let e: ExtendIn = parse_json(br#"{"duration":"PT1H"}"#).expect("parse");
+        assert_eq!((e.duration.as_deref(), e.end_time_utc), (Some("PT1H"), None));
+        let e: ExtendIn = parse_json(br#"{"endTimeUtc":"2030-01-01T00:00:00Z"}"#).expect("parse");
+        assert_eq!((e.duration, e.end_time_utc.as_deref()), (None, Some("2030-01-01T00:00:00Z")));
+        assert!(parse_json::<ExtendIn>(br#"{"duration":5}"#).is_err());
+    }
 
     const ID: &str = "/subscriptions/20ff7fc3-e762-44dd-bd96-b71116dcdc23/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/web1";
 

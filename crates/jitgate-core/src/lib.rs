@@ -12,6 +12,7 @@ pub mod identity;
 pub mod ids;
 pub mod initiate;
 pub mod invalid;
+pub mod inventory;
 pub mod lifecycle;
 pub mod policy;
 pub mod prefix;

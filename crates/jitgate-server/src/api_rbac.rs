@@ -172,7 +172,10 @@ async fn create_token(
     let mut audit = app.audit(&c.ctx, &c.principal.name, actions::PRINCIPAL_WRITE, &resource);
     app.rate_limit(crate::limits::Action::CreateToken, &c.principal.name, &audit).await?;
     self_or(&app, &c.principal, &name, actions::PRINCIPAL_WRITE, &mut audit).await?;
-    let bytes = read_body(&app, body).await?;
+    let bytes = match read_body(&app, body).await {
+        Ok(b) => b,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
     let input: TokenIn = if bytes.iter().all(u8::is_ascii_whitespace) {
         TokenIn::default()
     } else {

@@ -240,10 +240,11 @@ async fn initiate(
     audit: AuditEvent,
     query: &Query,
 ) -> Result<Response, ApiError> {
-    let wait = wait_option(query)?;
-    let draft = match parse_json::<InitiateIn>(body).and_then(InitiateIn::into_draft) {
-        Ok(d) => d,
-        Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
+    let checked = wait_option(query)
+        .and_then(|wait| Ok((wait, parse_json::<InitiateIn>(body).and_then(InitiateIn::into_draft)?)));
+    let (wait, draft) = match checked {
+        Ok(x) => x,
+        Err(e) => return Err(app.refuse(audit, e).await),
     };
     // Initiate also needs read access to every VM it opens.
     let mut audit = audit;
