@@ -92,6 +92,24 @@ impl ServerConfig {
     pub const DEFAULT_MAX_TOKEN_LIFETIME: time::Duration = time::Duration::days(90);
 }
 
+/// The defaults of `jitgate serve`'s flags: TLS, 100 policies a page, 1 MiB bodies, no proxy
+/// trusted, no retention, public https webhooks only, tokens of at most 90 days, default limits.
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            tls: true,
+            list_page_size: Self::DEFAULT_PAGE_SIZE,
+            max_body_bytes: Self::DEFAULT_MAX_BODY,
+            public_url: None,
+            trusted_proxies: vec![],
+            audit_retention: None,
+            webhooks: Default::default(),
+            max_token_lifetime: Some(Self::DEFAULT_MAX_TOKEN_LIFETIME),
+            limits: Default::default(),
+        }
+    }
+}
+
 /// What authenticated a request, so that what the caller creates can be bounded by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
@@ -687,17 +705,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let routes: Router<()> = Router::new().route("/boom", get(|| async { boom() }));
-        let config = ServerConfig {
-            tls: true,
-            list_page_size: 10,
-            max_body_bytes: 1024,
-            public_url: None,
-            trusted_proxies: vec![],
-            audit_retention: None,
-            webhooks: Default::default(),
-            max_token_lifetime: None,
-            limits: Default::default(),
-        };
+        let config = ServerConfig { list_page_size: 10, max_body_bytes: 1024, ..Default::default() };
         let req = Request::builder().uri("/boom").body(axum::body::Body::empty()).expect("request");
         let resp = layers(routes, Arc::new(config)).oneshot(req).await.expect("answer");
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -725,17 +733,7 @@ mod tests {
         let keys = jitgate_store::secrets::Keyring::generate().expect("keys");
         let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db"), keys).expect("store");
         let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
-        let config = ServerConfig {
-            tls: true,
-            list_page_size: 10,
-            max_body_bytes: 1024,
-            public_url: None,
-            trusted_proxies: vec![],
-            audit_retention: None,
-            webhooks: Default::default(),
-            max_token_lifetime: Some(ServerConfig::DEFAULT_MAX_TOKEN_LIFETIME),
-            limits: Default::default(),
-        };
+        let config = ServerConfig { list_page_size: 10, max_body_bytes: 1024, ..Default::default() };
         let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
         let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {
             id: "a".into(),

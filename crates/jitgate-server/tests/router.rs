@@ -51,17 +51,7 @@ async fn harness() -> Harness {
         properties: Default::default(),
     };
     assert!(store.bootstrap("owner", &auth::hash_token(&token), None, audit).await.expect("bootstrap"));
-    let config = ServerConfig {
-        tls: true,
-        list_page_size: 10,
-        max_body_bytes: MAX_BODY,
-        public_url: None,
-        trusted_proxies: vec![],
-        audit_retention: None,
-        webhooks: Default::default(),
-        max_token_lifetime: Some(ServerConfig::DEFAULT_MAX_TOKEN_LIFETIME),
-        limits: Default::default(),
-    };
+    let config = ServerConfig { list_page_size: 10, max_body_bytes: MAX_BODY, ..Default::default() };
     let app = App::new(store.clone(), Arc::new(FixedClock(now)), config);
     Harness { _dir: dir, store, router: jitgate_server::router(app), token }
 }
