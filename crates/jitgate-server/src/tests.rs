@@ -1,0 +1,103 @@
+//! Unit tests of the server's shared pieces: the layers, staleness, the caller's address.
+
+use super::*;
+
+/// Log lines written by a test's own subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+fn boom() -> &'static str {
+    panic!("boom at step 42")
+}
+
+#[tokio::test]
+async fn a_panic_answers_500_with_the_request_ids_and_its_message_is_logged_with_them() {
+    use tower::ServiceExt;
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let routes: Router<()> = Router::new().route("/boom", get(|| async { boom() }));
+    let config = ServerConfig { list_page_size: 10, max_body_bytes: 1024, ..Default::default() };
+    let req = Request::builder().uri("/boom").body(axum::body::Body::empty()).expect("request");
+    let resp = layers(routes, Arc::new(config)).oneshot(req).await.expect("answer");
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let request_id = resp.headers().get("x-ms-request-id").and_then(|v| v.to_str().ok()).expect("request id");
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8");
+    let line = text.lines().find(|l| l.contains("a request handler panicked")).expect("a panic line");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("boom at step 42"), "{line}");
+    assert!(line.contains(request_id), "{line}");
+    let body = axum::body::to_bytes(resp.into_body(), 4096).await.expect("body");
+    assert!(!String::from_utf8_lossy(&body).contains("boom"), "the panic stays out of the answer");
+}
+
+struct FixedClock(OffsetDateTime);
+
+impl Clock for FixedClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+#[test]
+fn agents_that_stop_reporting_are_stale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = jitgate_store::secrets::Keyring::generate().expect("keys");
+    let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db"), keys).expect("store");
+    let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
+    let config = ServerConfig { list_page_size: 10, max_body_bytes: 1024, ..Default::default() };
+    let app = App::new(Arc::new(store), Arc::new(FixedClock(now)), config);
+    let agent = |last_seen: Option<OffsetDateTime>| jitgate_store::AgentRecord {
+        id: "a".into(),
+        name: "a".into(),
+        mode: jitgate_core::enforcement::AgentMode::Host,
+        subscription: "s".into(),
+        resource_group: "rg".into(),
+        location: "l".into(),
+        vm_id: None,
+        addresses: vec![],
+        public_address: None,
+        joined: now,
+        last_seen,
+        applied_revision: 0,
+        delivered_revision: 0,
+        nft_usable: None,
+        nft_error: None,
+    };
+    assert!(app.is_stale(&agent(None)), "never reported");
+    assert!(!app.is_stale(&agent(Some(now - time::Duration::seconds(10)))));
+    assert!(app.is_stale(&agent(Some(now - STALE_AFTER - time::Duration::seconds(1)))));
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+    assert_eq!(caller_ip(ip("198.51.100.1"), Some("203.0.113.9"), &trusted), ip("198.51.100.1"), "untrusted peer");
+    assert_eq!(caller_ip(ip("10.0.0.5"), Some("203.0.113.9"), &trusted), ip("203.0.113.9"));
+    assert_eq!(
+        caller_ip(ip("10.0.0.5"), Some("1.2.3.4, 203.0.113.9, 10.0.0.7"), &trusted),
+        ip("203.0.113.9"),
+        "right-most untrusted hop"
+    );
+    assert_eq!(caller_ip(ip("10.0.0.5"), None, &trusted), ip("10.0.0.5"));
+    assert_eq!(caller_ip(ip("10.0.0.5"), Some("garbage"), &trusted), ip("10.0.0.5"));
+    assert_eq!(caller_ip(ip("::ffff:198.51.100.1"), None, &[]), ip("198.51.100.1"));
+}
