@@ -3,6 +3,8 @@
 //! and a VM behind it (10.88.2.2, fd88:2::2) with echo servers. Skipped, with the reason
 //! printed, without root or nftables.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};

@@ -2,6 +2,8 @@
 //! (10.77.0.1 and 10.77.0.3, fd77::1 and fd77::3) and a server (10.77.0.2, fd77::2) that runs
 //! the firewall and echo servers. Skipped, with the reason printed, without root or nftables.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 mod common;
 
 use std::net::{IpAddr, SocketAddr};

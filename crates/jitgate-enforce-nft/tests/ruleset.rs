@@ -4,6 +4,8 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test -p jitgate-enforce-nft --test ruleset` rewrites the files in
 //! `tests/snapshots/`; review the diff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 mod common;
 
 use std::net::IpAddr;

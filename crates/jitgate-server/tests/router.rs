@@ -1,6 +1,8 @@
 //! The router without a socket: routing, authentication, error bodies and audited refusals,
 //! driven with `tower::ServiceExt::oneshot` over a temporary SQLite store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

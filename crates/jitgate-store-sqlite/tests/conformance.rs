@@ -1,6 +1,8 @@
 //! The shared store conformance suite, on SQLite, plus what only this backend can show:
 //! durability across reopen, group commit under concurrency, and tamper detection in the file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::sync::Arc;
 
 use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};

@@ -1,5 +1,9 @@
 //! The behaviour every backend must show, written once. A backend's tests call [`run_all`]
 //! with a fresh, empty store (see jitgate-store-sqlite's `tests/conformance.rs`).
+//!
+//! It is a test suite compiled only with the `conformance` feature (by backends' tests), so a
+//! failed expectation is meant to panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 

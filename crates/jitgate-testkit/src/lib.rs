@@ -3,6 +3,8 @@
 //! certificate as the only trust root. Agents played through the protocol are in [`agents`],
 //! webhook receivers in [`webhooks`].
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers may panic on a failed expectation.
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

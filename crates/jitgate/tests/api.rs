@@ -1,6 +1,8 @@
 //! End-to-end: the real binary over TLS (its generated certificate as the only trust root),
 //! every operation of the Azure contract, the native VM API, and the refusals.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;

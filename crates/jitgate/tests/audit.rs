@@ -1,6 +1,8 @@
 //! The audit log as a product (completeness, queries, export, verification online and offline,
 //! retention into sealed archives) and the inventory views, end to end.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::Path;
 
 use reqwest::{Method, StatusCode};

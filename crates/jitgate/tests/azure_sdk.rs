@@ -5,6 +5,8 @@
 //! Needs the virtualenv made by `scripts/azure-sdk-venv.sh` (`.ci/run` makes it); skips with a
 //! printed reason when it is missing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,6 +1,8 @@
 //! The CLI end to end: the real binary against a real server, every command family, the
 //! PowerShell-shaped policy file, bad files, exit codes, output formats, the login profile.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::process::{Command, Output};
 
 use serde_json::Value;

@@ -6,6 +6,8 @@
 //! Topology: namespace C holds the control plane and the clients (source A = 10.9.0.1, source
 //! B = 10.9.0.3); namespace V is the VM with the agent (10.9.0.2) and echo listeners.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

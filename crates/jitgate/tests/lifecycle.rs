@@ -1,6 +1,8 @@
 //! End-to-end: first start and restart, the admin token, graceful shutdown, TLS modes, the
 //! expiry sweeper, and the audit chain left in the database.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! operation × a scope inside and outside its assignment; escalation attempts; OIDC ID tokens
 //! checked against a JWKS this test serves on loopback; X-Forwarded-For from trusted proxies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 

@@ -1,5 +1,7 @@
 //! The README's curl walkthrough, run as written against a fresh server, so it never rots.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::process::Command;
 
 use jitgate_testkit::TestServer;

@@ -4,6 +4,8 @@
 //! their own subscription. Agents are played through `POST /agent/v1/join` directly, except
 //! where the real `jitgate agent` process itself is under test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

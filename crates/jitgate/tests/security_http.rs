@@ -3,6 +3,8 @@
 //! clients cut off by the header and body timeouts, the per-source connection cap, and the cap
 //! on long-polls per agent credential.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

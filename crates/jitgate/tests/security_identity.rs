@@ -8,6 +8,8 @@
 //! ID tokens are signed with a key made here and checked through `--oidc-jwks-file`, so no
 //! issuer needs to be reachable.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::path::Path;
 
 use base64::Engine;

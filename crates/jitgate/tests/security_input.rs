@@ -3,6 +3,8 @@
 //! are canonical or refused, and a date-time without `T` is refused while one without an offset
 //! is read as UTC and echoed with its `Z`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 

@@ -3,6 +3,8 @@
 //! them, categories for non-admins), one webhook's deletion cannot silence another's deliveries,
 //! and what the server keeps on disk is its owner's alone, with webhook secrets sealed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
