@@ -1,0 +1,632 @@
+//! The SQLite store: VMs, their access facts and security policies, join tokens, agents and what
+//! each enforces.
+
+use super::*;
+
+impl SqliteStore {
+    pub(crate) async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)> {
+        self.write(move |ctx| {
+            let key = vm.id.key();
+            let now = nanos(audit.time);
+            let existing = rows::get_vm(ctx.conn, &key).map_err(backend)?;
+            let address = vm.address.map(|a| a.to_string());
+            if let Some(gw) = &vm.gateway {
+                let sub = vm.id.subscription();
+                if rows::gateway_agent(ctx.conn, sub, gw).map_err(backend)?.is_none() {
+                    let invalid = Invalid::input(
+                        codes::INVALID_VM,
+                        Some("gateway".into()),
+                        format!(
+                            "no gateway agent named '{gw}' has joined subscription '{sub}'; a VM attaches only to a \
+                             gateway of its own subscription (join one with jitgate agent --mode gateway)"
+                        ),
+                    );
+                    return reject(ctx, audit, invalid);
+                }
+                // The VM's mapped ports move onto this gateway: they must be free there.
+                let moving = existing.as_ref().is_none_or(|e| {
+                    e.spec.gateway.as_deref().map(str::to_ascii_lowercase) != Some(gw.to_ascii_lowercase())
+                });
+                if moving {
+                    let new: Vec<MappedClaim> = vm_claims(ctx.conn, &key).map_err(backend)?;
+                    let held = rows::gateway_claims(ctx.conn, sub, gw, "", &key).map_err(backend)?;
+                    if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                        return reject(ctx, audit, invalid);
+                    }
+                }
+                if vm.address.is_none() {
+                    let invalid = Invalid::input(
+                        codes::INVALID_VM,
+                        Some("address".into()),
+                        "a VM behind a gateway needs its inner address (the address the gateway forwards to)",
+                    );
+                    return reject(ctx, audit, invalid);
+                }
+            }
+            match &existing {
+                Some(_) => ctx.conn.execute(
+                    "UPDATE vms SET os_type = ?2, location = ?3, address = ?4, gateway = ?5, updated = ?6, classic = ?7 WHERE key = ?1",
+                    params![key, vm.os_type.as_str(), vm.location, address, vm.gateway, now, vm.classic],
+                ),
+                None => ctx.conn.execute(
+                    "INSERT INTO vms (key, id, os_type, location, address, gateway, created, updated, classic) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                    params![key, vm.id.as_str(), vm.os_type.as_str(), vm.location, address, vm.gateway, now, vm.classic],
+                ),
+            }
+            .map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("osType", vm.os_type.as_str())
+                .with("location", vm.location.clone())
+                .with("address", address.unwrap_or_default())
+                .with("gateway", vm.gateway.clone().unwrap_or_default());
+            ctx.audit(&event).map_err(backend)?;
+            let stored = rows::get_vm(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the VM vanished"))?;
+            Ok((stored, existing.is_none()))
+        })
+        .await
+    }
+
+    pub(crate) async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
+        self.read(|c| {
+            let keys: Vec<String> = c
+                .prepare_cached("SELECT key FROM vms ORDER BY key")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some(vm) = rows::get_vm(c, &key)? {
+                    out.push(vm);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>> {
+        let key = id.key();
+        self.read(move |c| rows::get_vm(c, &key)).await
+    }
+
+    pub(crate) async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm> {
+        let id = id.clone();
+        self.write(move |ctx| {
+            let key = id.key();
+            let Some(vm) = rows::get_vm(ctx.conn, &key).map_err(backend)? else {
+                return reject(
+                    ctx,
+                    audit,
+                    Invalid::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")),
+                );
+            };
+            let policy: Option<String> = ctx
+                .conn
+                .query_row(
+                    "SELECT p.subscription, p.resource_group, p.location, p.name FROM policy_vms v \
+                     JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1",
+                    [&key],
+                    |r| {
+                        Ok(PolicyRef {
+                            subscription: r.get(0)?,
+                            resource_group: r.get(1)?,
+                            location: r.get(2)?,
+                            name: r.get(3)?,
+                        }
+                        .id())
+                    },
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(policy) = policy {
+                let message = format!(
+                    "virtual machine '{id}' is protected by policy '{policy}'; remove it from the policy first"
+                );
+                return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
+            }
+            // The VM's host agent goes with it: its credential never binds to a VM registered
+            // again under this name.
+            let revoked: Vec<String> = ctx
+                .conn
+                .prepare_cached(
+                    "DELETE FROM agents WHERE mode = 'host' AND (vm_key = ?1 OR id = (SELECT agent_id FROM vms WHERE key = ?1)) \
+                     RETURNING id",
+                )
+                .and_then(|mut st| st.query_map([&key], |r| r.get(0))?.collect())
+                .map_err(backend)?;
+            ctx.conn.execute("DELETE FROM vms WHERE key = ?1", [&key]).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let mut event = audit.succeeded();
+            if !revoked.is_empty() {
+                event = event.with("revokedAgents", revoked.join(" "));
+            }
+            ctx.audit(&event).map_err(backend)?;
+            Ok(vm)
+        })
+        .await
+    }
+
+    pub(crate) async fn revision(&self) -> StoreResult<u64> {
+        self.read(rows::revision).await
+    }
+
+    pub(crate) async fn create_join_token(
+        &self,
+        spec: JoinTokenSpec,
+        token_hash: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<()> {
+        let hash = token_hash.to_owned();
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "INSERT INTO join_tokens (hash, subscription, resource_group, location, mode, created, expires, created_by, vm) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        hash,
+                        spec.subscription,
+                        spec.resource_group,
+                        spec.location,
+                        spec.mode.as_str(),
+                        nanos(audit.time),
+                        nanos(spec.expires),
+                        audit.caller,
+                        spec.vm
+                    ],
+                )
+                .map_err(backend)?;
+            let mut event = audit
+                .succeeded()
+                .with("mode", spec.mode.as_str())
+                .with("location", spec.location.clone())
+                .with("expiresOn", rfc3339(spec.expires));
+            if let Some(vm) = &spec.vm {
+                event = event.with("vm", vm.clone());
+            }
+            ctx.audit(&event).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT subscription, resource_group, location, mode, expires, created, created_by, used, vm FROM join_tokens ORDER BY created",
+            )?
+            .query_map([], |r| {
+                let mode: String = r.get(3)?;
+                let used: Option<i64> = r.get(7)?;
+                Ok(JoinTokenRecord {
+                    spec: JoinTokenSpec {
+                        subscription: r.get(0)?,
+                        resource_group: r.get(1)?,
+                        location: r.get(2)?,
+                        mode: AgentMode::parse(&mode).ok_or_else(|| rows::corrupt(format!("mode {mode}")))?,
+                        expires: from_nanos(r.get(4)?)?,
+                        vm: r.get(8)?,
+                    },
+                    created: from_nanos(r.get(5)?)?,
+                    created_by: r.get(6)?,
+                    used: used.map(from_nanos).transpose()?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    pub(crate) async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord> {
+        self.write(move |ctx| {
+            type TokenRow = (String, String, String, String, i64, Option<i64>, Option<String>);
+            let token: Option<TokenRow> = ctx
+                .conn
+                .query_row(
+                    "SELECT subscription, resource_group, location, mode, expires, used, vm FROM join_tokens WHERE hash = ?1",
+                    [&join.token_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let denied = |m: &str| Invalid::input("InvalidJoinToken", None, m.to_owned());
+            let Some((sub, rg, loc, mode, expires, used, for_vm)) = token else {
+                return reject(ctx, audit, denied("the join token is unknown"));
+            };
+            if used.is_some() {
+                return reject(ctx, audit, denied("the join token was already used; create a new one"));
+            }
+            if expires <= nanos(join.now) {
+                return reject(ctx, audit, denied("the join token has expired; create a new one"));
+            }
+            if mode != join.agent.mode.as_str() {
+                let m = format!("the join token is for {mode} mode, the agent asked for {}", join.agent.mode.as_str());
+                return reject(ctx, audit, denied(&m));
+            }
+            if let Some(for_vm) = &for_vm {
+                if !for_vm.eq_ignore_ascii_case(&join.agent.name) {
+                    let m = format!("the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'", join.agent.name);
+                    return reject(ctx, audit, denied(&m));
+                }
+            }
+            let now = nanos(join.now);
+            let addresses: Vec<String> = join.agent.addresses.iter().map(|a| a.to_string()).collect();
+            let mut event = audit
+                .clone()
+                .succeeded()
+                .with("agentId", join.id.clone())
+                .with("mode", join.agent.mode.as_str())
+                .with("name", join.agent.name.clone())
+                .with("addresses", addresses.join(" "));
+            let mut location = loc.clone();
+            let vm = match join.agent.mode {
+                AgentMode::Host => match agents::host_vm_id(&sub, &rg, &join.agent.name) {
+                    Ok(id) => Some(id),
+                    Err(m) => return reject(ctx, audit, Invalid::input("InvalidAgentName", Some("name".into()), m)),
+                },
+                AgentMode::Gateway => {
+                    if let Some(g) = rows::gateway_agent(ctx.conn, &sub, &join.agent.name).map_err(backend)? {
+                        let m = format!(
+                            "a gateway named '{}' has already joined subscription '{sub}' (agent {}); revoke it first \
+                             (jitgate agent rm {}) to join a replacement",
+                            g.name, g.id, g.id
+                        );
+                        return reject(ctx, audit, Invalid::conflict("GatewayExists", m));
+                    }
+                    None
+                }
+            };
+            if let Some(vm) = &vm {
+                let address = join.agent.addresses.first().map(|a| a.to_string());
+                match rows::get_vm(ctx.conn, &vm.key()).map_err(backend)? {
+                    None => {
+                        ctx.conn
+                            .execute(
+                                "INSERT INTO vms (key, id, os_type, location, address, agent_id, created, updated) \
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                                params![vm.key(), vm.as_str(), join.agent.os_type.as_str(), loc, address, join.id, now],
+                            )
+                            .map_err(backend)?;
+                    }
+                    // An existing VM changes its enforcement point only when an operator made
+                    // this token for it; never as a side effect of some other host token.
+                    Some(_) if for_vm.is_none() => {
+                        let m = format!(
+                            "virtual machine '{vm}' is already registered; an agent joins as an existing VM only with a \
+                             join token made for it (jitgate agent token create --vm {} …, which needs \
+                             Microsoft.Compute/virtualMachines/write on the VM)",
+                            vm.name()
+                        );
+                        return reject(ctx, audit, Invalid::conflict("VirtualMachineExists", m));
+                    }
+                    Some(existing) if existing.spec.gateway.is_some() => {
+                        let m = format!(
+                            "virtual machine '{vm}' is enforced by gateway '{}'; detach it from the gateway first \
+                             (PUT /api/v1/vms without gateway) before a host agent joins as it",
+                            existing.spec.gateway.unwrap_or_default()
+                        );
+                        return reject(ctx, audit, Invalid::conflict("VirtualMachineBehindGateway", m));
+                    }
+                    Some(existing) => {
+                        // The explicit re-bind: new agent and address; location and OS stay.
+                        location = existing.spec.location.clone();
+                        ctx.conn
+                            .execute(
+                                "UPDATE vms SET address = ?2, agent_id = ?3, updated = ?4 WHERE key = ?1",
+                                params![vm.key(), address, join.id, now],
+                            )
+                            .map_err(backend)?;
+                        event = event
+                            .with("rebound", "true")
+                            .with("previousAgent", existing.agent.map(|a| a.id).unwrap_or_default())
+                            .with("previousAddress", existing.spec.address.map(|a| a.to_string()).unwrap_or_default())
+                            .with("address", address.unwrap_or_default());
+                    }
+                }
+                // The VM's earlier host agent (if any) is replaced: its credential stops working.
+                ctx.conn.execute("DELETE FROM agents WHERE vm_key = ?1 AND mode = 'host'", [vm.key()]).map_err(backend)?;
+            }
+            ctx.conn.execute("UPDATE join_tokens SET used = ?2 WHERE hash = ?1", params![join.token_hash, now]).map_err(backend)?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO agents (id, name, mode, subscription, resource_group, location, vm_key, vm_id, credential_hash, \
+                     os_type, addresses, public_address, hostname, joined) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    params![
+                        join.id,
+                        join.agent.name,
+                        join.agent.mode.as_str(),
+                        sub,
+                        rg,
+                        location,
+                        vm.as_ref().map(|v| v.key()),
+                        vm.as_ref().map(|v| v.as_str().to_owned()),
+                        join.credential_hash,
+                        join.agent.os_type.as_str(),
+                        addresses.join(" "),
+                        join.agent.public_address.map(|a| a.to_string()),
+                        join.agent.hostname,
+                        now
+                    ],
+                )
+                .map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            if let Some(vm) = &vm {
+                event.resource_id = vm.as_str().to_owned();
+            }
+            ctx.audit(&event).map_err(backend)?;
+            agents::agent_by_id(ctx.conn, &join.id).map_err(backend)?.ok_or_else(|| backend("the agent vanished"))
+        })
+        .await
+    }
+
+    pub(crate) async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>> {
+        let hash = credential_hash.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT * FROM agents WHERE credential_hash = ?1")?
+                .query_row([hash], rows::agent_from_row)
+                .optional()
+        })
+        .await
+    }
+
+    pub(crate) async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT * FROM agents ORDER BY joined")?.query_map([], rows::agent_from_row)?.collect()
+        })
+        .await
+    }
+
+    pub(crate) async fn get_agent(&self, id: &str) -> StoreResult<Option<AgentRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| agents::agent_by_id(c, &id)).await
+    }
+
+    pub(crate) async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>> {
+        let (sub, name) = (subscription.to_owned(), name.to_owned());
+        self.read(move |c| rows::gateway_agent(c, &sub, &name)).await
+    }
+
+    pub(crate) async fn delete_agent(&self, id: &str, audit: AuditEvent) -> StoreResult<AgentRecord> {
+        let id = id.to_owned();
+        self.write(move |ctx| {
+            let Some(agent) = agents::agent_by_id(ctx.conn, &id).map_err(backend)? else {
+                return reject(ctx, audit, Invalid::not_found("AgentNotFound", format!("agent '{id}' is not known")));
+            };
+            let vms: Vec<String> = match agent.mode {
+                AgentMode::Host => ctx
+                    .conn
+                    .prepare_cached("SELECT id FROM vms WHERE agent_id = ?1 ORDER BY key")
+                    .and_then(|mut st| st.query_map([&id], |r| r.get(0))?.collect()),
+                AgentMode::Gateway => ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT id FROM vms WHERE lower(gateway) = lower(?1) AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+                    )
+                    .and_then(|mut st| {
+                        st.query_map(params![agent.name, rows::subscription_prefix(&agent.subscription)], |r| r.get(0))?
+                            .collect()
+                    }),
+            }
+            .map_err(backend)?;
+            ctx.conn.execute("UPDATE vms SET agent_id = NULL WHERE agent_id = ?1", [&id]).map_err(backend)?;
+            ctx.conn.execute("DELETE FROM agents WHERE id = ?1", [&id]).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            const LISTED: usize = 50;
+            let mut listed = vms.iter().take(LISTED).cloned().collect::<Vec<_>>().join(" ");
+            if vms.len() > LISTED {
+                listed.push_str(&format!(" (and {} more)", vms.len() - LISTED));
+            }
+            let event = audit
+                .succeeded()
+                .with("agentId", agent.id.clone())
+                .with("name", agent.name.clone())
+                .with("mode", agent.mode.as_str())
+                .with("unenforcedVms", listed);
+            ctx.audit(&event).map_err(backend)?;
+            Ok(agent)
+        })
+        .await
+    }
+
+    pub(crate) async fn rotate_agent_credential(
+        &self,
+        id: &str,
+        old_hash: &str,
+        new_hash: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<AgentRecord> {
+        let (id, old, new) = (id.to_owned(), old_hash.to_owned(), new_hash.to_owned());
+        self.write(move |ctx| {
+            let changed = ctx
+                .conn
+                .execute(
+                    "UPDATE agents SET credential_hash = ?3 WHERE id = ?1 AND credential_hash = ?2",
+                    params![id, old, new],
+                )
+                .map_err(backend)?;
+            if changed == 0 {
+                let m = format!("agent '{id}' is not known or its credential was already replaced");
+                return reject(ctx, audit, Invalid::not_found("AgentNotFound", m));
+            }
+            ctx.audit(&audit.succeeded().with("agentId", id.clone())).map_err(backend)?;
+            agents::agent_by_id(ctx.conn, &id).map_err(backend)?.ok_or_else(|| backend("the agent vanished"))
+        })
+        .await
+    }
+
+    pub(crate) async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
+        let id = agent_id.to_owned();
+        let state = self
+            .read(move |c| match agents::agent_by_id(c, &id)? {
+                Some(agent) => agents::state(c, &agent, now).map(Some),
+                None => Ok(None),
+            })
+            .await?;
+        state.ok_or_else(|| {
+            StoreError::Rejected(Invalid::not_found("AgentNotFound", format!("agent '{agent_id}' was removed")))
+        })
+    }
+
+    pub(crate) async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
+        let id = agent_id.to_owned();
+        let revision = i64::try_from(revision).unwrap_or(i64::MAX);
+        self.write(move |ctx| {
+            ctx.conn
+                .execute(
+                    "UPDATE agents SET delivered_revision = max(delivered_revision, ?2) WHERE id = ?1",
+                    params![id, revision],
+                )
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| {
+            let before: Option<(i64, Option<bool>, i64)> = ctx
+                .conn
+                .query_row(
+                    "SELECT applied_revision, nft_usable, delivered_revision FROM agents WHERE id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some((applied, usable, delivered)) = before else {
+                return Err(StoreError::Rejected(Invalid::not_found(
+                    "AgentNotFound",
+                    format!("agent {id} is not known"),
+                )));
+            };
+            let event = AuditEvent {
+                time: report.now,
+                operation: ops::AGENT_APPLIED.into(),
+                status: if report.nft_usable { AuditStatus::Succeeded } else { AuditStatus::Failed },
+                caller: format!("agent:{id}"),
+                caller_ip: None,
+                resource_id: format!("/agents/{id}"),
+                correlation_id: format!("agent-{id}-{}", report.revision),
+                properties: Default::default(),
+            };
+            // An agent can only have applied what it was sent.
+            if report.revision > delivered.max(0) as u64 {
+                let m = format!(
+                    "revision {} was never delivered to this agent (the latest it was sent is {delivered}); \
+                     report only revisions from GET /agent/v1/state",
+                    report.revision
+                );
+                let refusal = event.with("revision", report.revision.to_string());
+                return reject(ctx, refusal, Invalid::conflict("RevisionNotDelivered", m));
+            }
+            let revision = report.revision as i64;
+            ctx.conn
+                .execute(
+                    "UPDATE agents SET last_seen = ?2, applied_revision = max(applied_revision, ?3), nft_usable = ?4, \
+                     nft_error = ?5 WHERE id = ?1",
+                    params![id, nanos(report.now), revision, report.nft_usable, report.nft_error],
+                )
+                .map_err(backend)?;
+            // Audit what changes: a newly applied revision, or a change in nftables health.
+            if revision > applied || usable != Some(report.nft_usable) {
+                let event = event
+                    .with("revision", report.revision.to_string())
+                    .with("nftablesUsable", report.nft_usable.to_string())
+                    .with("nftablesError", report.nft_error.clone().unwrap_or_default());
+                ctx.audit(&event).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>> {
+        let keys: Vec<String> = vm_ids.iter().map(|v| v.to_ascii_lowercase()).collect();
+        self.read(move |c| {
+            let mut out: Vec<AgentRecord> = Vec::new();
+            for key in keys {
+                if let Some(vm) = rows::get_vm(c, &key)? {
+                    if let Some(agent) = vm.agent {
+                        if !out.iter().any(|a| a.id == agent.id) {
+                            out.push(agent);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {
+        let key = vm.key();
+        self.read(move |c| {
+            let approved: i64 = c
+                .prepare_cached("SELECT count(DISTINCT g.rid) FROM grants g JOIN requests r ON r.rid = g.rid WHERE g.vm_key = ?1 AND r.start_time >= ?2")?
+                .query_row(params![key, nanos(since)], |r| r.get(0))?;
+            let last: Option<(i64, String)> = c
+                .prepare_cached("SELECT r.start_time, r.requestor FROM grants g JOIN requests r ON r.rid = g.rid WHERE g.vm_key = ?1 ORDER BY r.rid DESC LIMIT 1")?
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(VmAccess {
+                approved_since: approved as u64,
+                last_access: last.as_ref().map(|(t, _)| from_nanos(*t)).transpose()?,
+                last_user: last.map(|(_, u)| u),
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>> {
+        let key = vm.key();
+        self.read(move |c| {
+            let pkey: Option<String> = c
+                .prepare_cached("SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1")?
+                .query_row([&key], |r| r.get(0))
+                .optional()?;
+            match pkey {
+                Some(k) => Ok(rows::load_policy_only(c, &k)?.map(|(_, p)| p)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn put_security_policy(
+        &self,
+        scope: &str,
+        jit_enabled: bool,
+        audit: AuditEvent,
+    ) -> StoreResult<SecurityPolicy> {
+        let scope = scope.trim_end_matches('/').to_owned();
+        self.write(move |ctx| {
+            let now = nanos(audit.time);
+            ctx.conn
+                .execute(
+                    "INSERT INTO security_policies (scope_key, scope, jit_enabled, updated) VALUES (lower(?1), ?1, ?2, ?3) \
+                     ON CONFLICT (scope_key) DO UPDATE SET jit_enabled = ?2, updated = ?3",
+                    params![scope, jit_enabled, now],
+                )
+                .map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let updated = audit.time;
+            ctx.audit(&audit.succeeded().with("scope", scope.clone()).with("jitEnabled", jit_enabled.to_string())).map_err(backend)?;
+            Ok(SecurityPolicy { scope, jit_enabled, updated })
+        })
+        .await
+    }
+
+    pub(crate) async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT scope, jit_enabled, updated FROM security_policies ORDER BY scope_key")?
+                .query_map([], |r| {
+                    Ok(SecurityPolicy { scope: r.get(0)?, jit_enabled: r.get(1)?, updated: from_nanos(r.get(2)?)? })
+                })?
+                .collect()
+        })
+        .await
+    }
+}

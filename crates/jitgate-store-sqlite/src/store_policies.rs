@@ -1,0 +1,697 @@
+//! The SQLite store: policies, access requests and their grants.
+
+use super::*;
+
+impl SqliteStore {
+    pub(crate) async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord> {
+        self.write(move |ctx| {
+            let key = policy.reference.key();
+            let mut known: HashMap<String, OsType> = HashMap::new();
+            let mut gateway_of: HashMap<String, String> = HashMap::new();
+            for vm in &policy.vms {
+                if let Some(v) = rows::get_vm(ctx.conn, &vm.id.key()).map_err(backend)? {
+                    known.insert(vm.id.key(), v.spec.os_type);
+                    if let Some(gw) = v.spec.gateway {
+                        gateway_of.insert(vm.id.key(), gw);
+                    }
+                }
+            }
+            let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
+                Ok(p) => p,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            let existing: Option<i64> = ctx
+                .conn
+                .query_row("SELECT pid FROM policies WHERE key = ?1", [&key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            // JIT may be switched off for a subscription or resource group by a security policy.
+            let disabled: Vec<String> = ctx
+                .conn
+                .prepare_cached("SELECT scope FROM security_policies WHERE jit_enabled = 0")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .map_err(backend)?;
+            for (i, vm) in resolved.vms.iter().enumerate() {
+                if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.id.as_str())) {
+                    let mut invalid = Invalid::conflict(
+                        "JitDisabledBySecurityPolicy",
+                        format!("JIT is disabled by a security policy on '{scope}'; virtual machine '{}' cannot be enabled", vm.id),
+                    );
+                    invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                    return reject(ctx, audit, invalid);
+                }
+            }
+            // A VM is protected by one policy at a time.
+            for (i, vm) in resolved.vms.iter().enumerate() {
+                let other: Option<String> = ctx
+                    .conn
+                    .query_row(
+                        "SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = ?1 AND p.key <> ?2",
+                        params![vm.id.key(), key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(other) = other {
+                    let mut invalid = Invalid::conflict(
+                        "VirtualMachineInAnotherPolicy",
+                        format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
+                    );
+                    invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                    return reject(ctx, audit, invalid);
+                }
+            }
+            // A gateway's public ports are one namespace across all policies.
+            let mut gateways: Vec<String> = Vec::new();
+            for vm in &resolved.vms {
+                if let Some(gw) = gateway_of.get(&vm.id.key()) {
+                    if !gateways.iter().any(|g| g.eq_ignore_ascii_case(gw)) {
+                        gateways.push(gw.clone());
+                    }
+                }
+            }
+            for gw in &gateways {
+                let mut new = Vec::new();
+                for (i, vm) in resolved.vms.iter().enumerate() {
+                    if !gateway_of.get(&vm.id.key()).is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
+                        continue;
+                    }
+                    for (j, p) in vm.ports.iter().enumerate() {
+                        if let Some(m) = p.mapped_port {
+                            new.push(MappedClaim {
+                                policy: resolved.reference.id(),
+                                vm: vm.id.name().to_owned(),
+                                number: p.number,
+                                protocol: p.protocol,
+                                mapped_port: m,
+                                target: Some(format!("properties.virtualMachines[{i}].ports[{j}].mappedPort")),
+                            });
+                        }
+                    }
+                }
+                let held = rows::gateway_claims(ctx.conn, &resolved.reference.subscription, gw, &key, "")
+                    .map_err(backend)?;
+                if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                    return reject(ctx, audit, invalid);
+                }
+            }
+            let now = nanos(audit.time);
+            let r = &resolved.reference;
+            let pid = match existing {
+                Some(pid) => {
+                    ctx.conn
+                        .execute("UPDATE policies SET kind = ?2, updated = ?3 WHERE pid = ?1", params![pid, resolved.kind, now])
+                        .map_err(backend)?;
+                    ctx.conn.execute("DELETE FROM policy_ports WHERE pid = ?1", [pid]).map_err(backend)?;
+                    ctx.conn.execute("DELETE FROM policy_vms WHERE pid = ?1", [pid]).map_err(backend)?;
+                    pid
+                }
+                None => {
+                    ctx.conn
+                        .execute(
+                            "INSERT INTO policies (key, subscription, resource_group, location, name, sub_key, rg_key, loc_key, \
+                             kind, created, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                            params![
+                                key,
+                                r.subscription,
+                                r.resource_group,
+                                r.location,
+                                r.name,
+                                r.subscription.to_ascii_lowercase(),
+                                r.resource_group.to_ascii_lowercase(),
+                                r.location.to_ascii_lowercase(),
+                                resolved.kind,
+                                now
+                            ],
+                        )
+                        .map_err(backend)?;
+                    ctx.conn.last_insert_rowid()
+                }
+            };
+            insert_policy_body(ctx.conn, pid, &resolved).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let event = audit
+                .succeeded()
+                .with("created", existing.is_none().to_string())
+                .with("ports", port_summary(&resolved));
+            ctx.audit(&event).map_err(backend)?;
+            let (_, record) = rows::load_policy(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the policy vanished"))?;
+            Ok(record)
+        })
+        .await
+    }
+
+    pub(crate) async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>> {
+        let key = policy.key();
+        self.read(move |c| Ok(rows::load_policy(c, &key)?.map(|(_, r)| r))).await
+    }
+
+    pub(crate) async fn list_policies(
+        &self,
+        scope: &ListScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<PolicyRecord>> {
+        let (filter, mut args) = scope_query(scope);
+        let after = after.unwrap_or("").to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT key FROM policies WHERE {filter} AND key > ?{} ORDER BY key LIMIT {}",
+                args.len() + 1,
+                limit
+            );
+            args.push(after);
+            let keys: Vec<String> = c
+                .prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Some((_, record)) = rows::load_policy(c, &key)? {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool> {
+        let key = policy.key();
+        self.write(move |ctx| {
+            let pid: Option<i64> = ctx
+                .conn
+                .query_row("SELECT pid FROM policies WHERE key = ?1", [&key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let Some(pid) = pid else { return Ok(false) };
+            let revoked = grants::transition_where(
+                ctx.conn,
+                "pid = ?1",
+                vec![Value::Integer(pid)],
+                &lifecycle::ENDED_BY_POLICY_DELETE,
+                lifecycle::policy_deleted,
+                By::Nobody,
+            )
+            .map_err(backend)?;
+            for table in ["policy_ports", "policy_vms", "policies"] {
+                ctx.conn.execute(&format!("DELETE FROM {table} WHERE pid = ?1"), [pid]).map_err(backend)?;
+            }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("revokedGrants", revoked.to_string())).map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(crate) async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
+        self.write(move |ctx| {
+            let key = cmd.policy.key();
+            let Some((pid, policy)) = rows::load_policy_only(ctx.conn, &key).map_err(backend)? else {
+                let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
+                return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+            };
+            if let Some(client_id) = &cmd.client_request_id {
+                let earlier: Option<i64> = ctx
+                    .conn
+                    .prepare_cached("SELECT rid FROM requests WHERE pid = ?1 AND principal = ?2 AND client_request_id = ?3")
+                    .and_then(|mut s| s.query_row(params![pid, cmd.requestor, client_id], |r| r.get(0)).optional())
+                    .map_err(backend)?;
+                if let Some(rid) = earlier {
+                    let request = rows::load_request(ctx.conn, rid).map_err(backend)?;
+                    return Ok(InitiateOutcome { request, replayed: true });
+                }
+            }
+            let plan = match decide(&policy, &cmd.draft, cmd.caller, cmd.now) {
+                Ok(plan) => plan,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            let policy_id = policy.reference.id();
+            ctx.conn
+                .prepare_cached(
+                    "INSERT INTO requests (pid, policy_id, requestor, principal, start_time, justification, client_request_id) \
+                     VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![pid, policy_id, cmd.requestor, nanos(plan.start_time), plan.justification, cmd.client_request_id])
+                })
+                .map_err(backend)?;
+            let rid = ctx.conn.last_insert_rowid();
+            let mut records = Vec::with_capacity(plan.grants.len());
+            let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+            for (ord, g) in plan.grants.iter().enumerate() {
+                let skey = g.supersede_key();
+                // A grant that needs approval waits (and opens nothing), a scheduled one opens
+                // later: each supersedes older grants only once it opens.
+                let state = lifecycle::start(g, cmd.now);
+                if state.is_live() {
+                    grants::supersede_older(ctx.conn, pid, &skey).map_err(backend)?;
+                }
+                let (form, texts) = encode_sources(&g.sources);
+                // Behind a gateway the grant carries the connection details: the gateway's public
+                // address and the mapped port (when the policy port maps one).
+                let (mapped_port, public_ip) = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
+                    Some(vm) if vm.spec.gateway.is_some() => (
+                        policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
+                        vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
+                    ),
+                    _ => (None, None),
+                };
+                ctx.conn
+                    .prepare_cached(
+                        "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
+                         supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?15, ?16, ?13, ?14, ?17, ?18)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            rid,
+                            pid,
+                            ord as i64,
+                            policy_id,
+                            g.vm_id.as_str(),
+                            g.vm_id.key(),
+                            g.number,
+                            g.protocol.as_str(),
+                            form,
+                            texts,
+                            skey,
+                            nanos(state.end_time),
+                            mapped_port,
+                            public_ip,
+                            state.status.as_str(),
+                            state.reason.as_str(),
+                            grants::window_nanos(&state),
+                            nanos(g.opens_at)
+                        ])
+                    })
+                    .map_err(backend)?;
+                ports.push(format!("{}:{}", g.vm_id.name(), g.number));
+                sources.push(texts.replace('\n', " "));
+                ends.push(rfc3339(g.end_time));
+                records.push(GrantRecord {
+                    vm_id: g.vm_id.as_str().to_owned(),
+                    number: g.number,
+                    protocol: g.protocol,
+                    sources: g.sources.clone(),
+                    end_time: state.end_time,
+                    status: state.status,
+                    status_reason: state.reason,
+                    mapped_port,
+                    public_ip,
+                });
+            }
+            let mut event = audit
+                .succeeded()
+                .with("requestId", rid.to_string())
+                .with("ports", ports.join(","))
+                .with("sources", sources.join(","))
+                .with("endTimeUtc", ends.join(","));
+            if let Some(j) = &plan.justification {
+                event = event.with("justification", j.clone());
+            }
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            ctx.audit(&event).map_err(backend)?;
+            hooks::enqueue(ctx.conn, "requested", rid, cmd.now).map_err(backend)?;
+            if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
+                hooks::enqueue(ctx.conn, "opened", rid, cmd.now).map_err(backend)?;
+            }
+            let request = AccessRequestRecord {
+                id: rid,
+                requestor: cmd.requestor,
+                start_time: plan.start_time,
+                justification: plan.justification,
+                grants: records,
+                pending_extension: None,
+            };
+            Ok(InitiateOutcome { request, replayed: false })
+        })
+        .await
+    }
+
+    pub(crate) async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
+        self.write(move |ctx| {
+            type Due = (i64, i64, String, String, u16, String, lifecycle::GrantState);
+            let due: Vec<Due> = ctx
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT gid, rid, policy_id, vm_id, number, sources, {STATE_COLUMNS} FROM grants \
+                     WHERE {} AND end_time <= ?1 ORDER BY end_time",
+                    grants::status_in("status", 2, &lifecycle::EXPIRING)
+                ))
+                .and_then(|mut s| {
+                    s.query_map(grants::bind([Value::Integer(nanos(now))], &lifecycle::EXPIRING), |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            grants::state_from_row(r, 6)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(backend)?;
+            let mut expired = 0;
+            for (gid, rid, policy_id, vm_id, number, sources, state) in &due {
+                // A pending request nobody approved in time expires unopened.
+                let Some(new) = lifecycle::expire(*state, now) else { continue };
+                grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
+                expired += 1;
+                let event = AuditEvent {
+                    time: now,
+                    operation: ops::GRANT_EXPIRE.into(),
+                    status: jitgate_core::audit::AuditStatus::Succeeded,
+                    caller: "jitgate".into(),
+                    caller_ip: None,
+                    resource_id: policy_id.clone(),
+                    correlation_id: format!("expiry-{gid}"),
+                    properties: Default::default(),
+                }
+                .with("requestId", rid.to_string())
+                .with("virtualMachine", vm_id.clone())
+                .with("port", number.to_string())
+                .with("sources", sources.replace('\n', " "))
+                .with("endTimeUtc", rfc3339(state.end_time))
+                .with("reason", new.reason.as_str());
+                ctx.audit(&event).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "expired", *rid, now).map_err(backend)?;
+            }
+            // Scheduled windows that have begun: open them (newer grants replace older ones).
+            type Starting = (i64, i64, i64, String, String, lifecycle::GrantState);
+            let starting: Vec<Starting> = ctx
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT gid, rid, pid, supersede_key, policy_id, {STATE_COLUMNS} FROM grants \
+                     WHERE {} AND opens_at <= ?1",
+                    grants::status_in("status", 2, &lifecycle::OPENING)
+                ))
+                .and_then(|mut s| {
+                    s.query_map(grants::bind([Value::Integer(nanos(now))], &lifecycle::OPENING), |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, grants::state_from_row(r, 5)?))
+                    })?
+                    .collect()
+                })
+                .map_err(backend)?;
+            let mut activated = 0;
+            for (gid, rid, pid, skey, policy_id, state) in &starting {
+                let Some(new) = lifecycle::open(*state, now) else { continue };
+                grants::supersede_older(ctx.conn, *pid, skey).map_err(backend)?;
+                grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
+                activated += 1;
+                let event = AuditEvent {
+                    time: now,
+                    operation: ops::GRANT_OPEN.into(),
+                    status: jitgate_core::audit::AuditStatus::Succeeded,
+                    caller: "jitgate".into(),
+                    caller_ip: None,
+                    resource_id: policy_id.clone(),
+                    correlation_id: format!("open-{gid}"),
+                    properties: Default::default(),
+                }
+                .with("requestId", rid.to_string());
+                ctx.audit(&event).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "opened", *rid, now).map_err(backend)?;
+            }
+            if activated > 0 {
+                rows::bump_revision(ctx.conn).map_err(backend)?;
+            }
+            // Live grants about to end: tell the webhooks once.
+            let soon: Vec<(i64, i64)> = ctx
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT gid, rid FROM grants WHERE {} AND warned = 0 AND end_time <= ?1",
+                    grants::status_in("status", 2, &lifecycle::LIVE)
+                ))
+                .and_then(|mut s| {
+                    let warn_from = nanos(now + jitgate_store::EXPIRING_SOON);
+                    s.query_map(grants::bind([Value::Integer(warn_from)], &lifecycle::LIVE), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect()
+                })
+                .map_err(backend)?;
+            let mut announced = std::collections::HashSet::new();
+            for (gid, rid) in &soon {
+                ctx.conn.execute("UPDATE grants SET warned = 1 WHERE gid = ?1", [gid]).map_err(backend)?;
+                if announced.insert(*rid) {
+                    hooks::enqueue(ctx.conn, "expiringSoon", *rid, now).map_err(backend)?;
+                }
+            }
+            Ok(ExpirySweep { expired, activated, warned: soon.len() })
+        })
+        .await
+    }
+
+    pub(crate) async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
+        self.read(|c| {
+            let n: Option<i64> = c
+                .prepare_cached(&format!(
+                    "SELECT min(t) FROM (SELECT min(end_time) AS t FROM grants WHERE {} \
+                     UNION ALL SELECT min(opens_at) FROM grants WHERE {} \
+                     UNION ALL SELECT min(end_time) - ?1 FROM grants WHERE {} AND warned = 0)",
+                    grants::status_in("status", 2, &lifecycle::EXPIRING),
+                    grants::status_in("status", 2 + lifecycle::EXPIRING.len(), &lifecycle::OPENING),
+                    grants::status_in(
+                        "status",
+                        2 + lifecycle::EXPIRING.len() + lifecycle::OPENING.len(),
+                        &lifecycle::LIVE
+                    ),
+                ))?
+                .query_row(
+                    grants::bind(
+                        [Value::Integer(jitgate_store::EXPIRING_SOON.whole_nanoseconds() as i64)],
+                        &[&lifecycle::EXPIRING[..], &lifecycle::OPENING[..], &lifecycle::LIVE[..]].concat(),
+                    ),
+                    |r| r.get(0),
+                )?;
+            n.map(from_nanos).transpose()
+        })
+        .await
+    }
+
+    pub(crate) async fn revoke_request(
+        &self,
+        id: i64,
+        revoked_by: &str,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        let revoked_by = revoked_by.to_owned();
+        self.write(move |ctx| {
+            let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, request_not_found(id));
+            };
+            let changes = match lifecycle::revoke(&facts) {
+                Ok(changes) => changes,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            grants::apply(ctx.conn, &gids, &changes, By::Revoker(&revoked_by)).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            let now = audit.time;
+            let mut event =
+                audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", changes.len().to_string());
+            event.resource_id = facts.policy_id;
+            ctx.audit(&event).map_err(backend)?;
+            hooks::enqueue(ctx.conn, "revoked", id, now).map_err(backend)?;
+            rows::load_request(ctx.conn, id).map_err(backend)
+        })
+        .await
+    }
+
+    pub(crate) async fn decide_request(
+        &self,
+        id: i64,
+        approve: bool,
+        decider: &str,
+        reason: Option<String>,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        let decider = decider.to_owned();
+        self.write(move |ctx| {
+            let mut audit = audit;
+            let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, request_not_found(id));
+            };
+            audit.resource_id = facts.policy_id.clone();
+            let decision = match lifecycle::decide(&facts, approve, &decider, now) {
+                Ok(decision) => decision,
+                Err(invalid) => return reject(ctx, audit, invalid),
+            };
+            let verdict =
+                |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
+            let requestor = facts.requestor.clone();
+            let succeeded = move |audit: AuditEvent| {
+                audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor)
+            };
+            let (approved, mut event) = match decision {
+                Decision::Grants { approved, changes } => {
+                    for (i, state) in &changes {
+                        let gid = grants::gid_at(&gids, *i).map_err(backend)?;
+                        if approved {
+                            // The approved grant replaces older ones with its key.
+                            let (pid, skey): (i64, String) = ctx
+                                .conn
+                                .query_row("SELECT pid, supersede_key FROM grants WHERE gid = ?1", [gid], |r| {
+                                    Ok((r.get(0)?, r.get(1)?))
+                                })
+                                .map_err(backend)?;
+                            grants::supersede_older(ctx.conn, pid, &skey).map_err(backend)?;
+                        }
+                        grants::persist(ctx.conn, gid, state, By::Decider(&decider)).map_err(backend)?;
+                    }
+                    rows::bump_revision(ctx.conn).map_err(backend)?;
+                    let event =
+                        succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
+                    (approved, event)
+                }
+                Decision::Extension { approved, end_time, changes } => {
+                    clear_extension(ctx.conn, id)?;
+                    if approved {
+                        grants::apply(ctx.conn, &gids, &changes, By::Decider(&decider)).map_err(backend)?;
+                        rows::bump_revision(ctx.conn).map_err(backend)?;
+                    }
+                    let mut event = succeeded(audit)
+                        .with("decision", verdict(approved))
+                        .with("extensionEndTimeUtc", rfc3339(end_time));
+                    if let Some(r) = reason {
+                        event = event.with("reason", r);
+                    }
+                    ctx.audit(&event).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, if approved { "approved" } else { "denied" }, id, now).map_err(backend)?;
+                    return rows::load_request(ctx.conn, id).map_err(backend);
+                }
+                Decision::ExtensionLapsed(invalid) => {
+                    clear_extension(ctx.conn, id)?;
+                    return reject(ctx, audit, invalid);
+                }
+            };
+            if let Some(r) = reason {
+                event = event.with("reason", r);
+            }
+            ctx.audit(&event).map_err(backend)?;
+            if approved {
+                hooks::enqueue(ctx.conn, "approved", id, now).map_err(backend)?;
+                hooks::enqueue(ctx.conn, "opened", id, now).map_err(backend)?;
+            } else {
+                hooks::enqueue(ctx.conn, "denied", id, now).map_err(backend)?;
+            }
+            rows::load_request(ctx.conn, id).map_err(backend)
+        })
+        .await
+    }
+
+    pub(crate) async fn extend_request(
+        &self,
+        id: i64,
+        new_end: OffsetDateTime,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        self.write(move |ctx| {
+            let mut audit = audit;
+            let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
+                return reject(ctx, audit, request_not_found(id));
+            };
+            audit.resource_id = facts.policy_id.clone();
+            let policy = rows::load_policy_only(ctx.conn, &facts.policy_id.to_ascii_lowercase())
+                .map_err(backend)?
+                .map(|(_, p)| p);
+            let changes = match lifecycle::extend(&facts, policy.as_ref(), new_end, now) {
+                Err(invalid) => return reject(ctx, audit, invalid),
+                Ok(Extension::NeedsApproval) => {
+                    // The grants keep their end until an approver (not the one who asked) agrees.
+                    ctx.conn
+                        .execute(
+                            "UPDATE requests SET ext_end = ?2, ext_by = ?3 WHERE rid = ?1",
+                            params![id, nanos(new_end), audit.caller],
+                        )
+                        .map_err(backend)?;
+                    let event =
+                        audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
+                    ctx.audit(&event.with("decision", GrantStatus::Pending.as_str())).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, "requested", id, now).map_err(backend)?;
+                    return rows::load_request(ctx.conn, id).map_err(backend);
+                }
+                Ok(Extension::Extended(changes)) => changes,
+            };
+            grants::apply(ctx.conn, &gids, &changes, By::Nobody).map_err(backend)?;
+            rows::bump_revision(ctx.conn).map_err(backend)?;
+            ctx.audit(&audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)))
+                .map_err(backend)?;
+            rows::load_request(ctx.conn, id).map_err(backend)
+        })
+        .await
+    }
+
+    pub(crate) async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>> {
+        self.read(move |c| {
+            let policy: Option<String> =
+                c.query_row("SELECT policy_id FROM requests WHERE rid = ?1", [id], |r| r.get(0)).optional()?;
+            match policy {
+                Some(p) => Ok(Some((p, rows::load_request(c, id)?))),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+}
+
+fn scope_query(scope: &ListScope) -> (String, Vec<String>) {
+    let l = |s: &str| s.to_ascii_lowercase();
+    match scope {
+        ListScope::Subscription { subscription } => ("sub_key = ?1".into(), vec![l(subscription)]),
+        ListScope::SubscriptionLocation { subscription, location } => {
+            ("sub_key = ?1 AND loc_key = ?2".into(), vec![l(subscription), l(location)])
+        }
+        ListScope::ResourceGroup { subscription, resource_group } => {
+            ("sub_key = ?1 AND rg_key = ?2".into(), vec![l(subscription), l(resource_group)])
+        }
+        ListScope::ResourceGroupLocation { subscription, resource_group, location } => (
+            "sub_key = ?1 AND rg_key = ?2 AND loc_key = ?3".into(),
+            vec![l(subscription), l(resource_group), l(location)],
+        ),
+    }
+}
+
+fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy) -> rusqlite::Result<()> {
+    let mut vm_stmt =
+        conn.prepare_cached("INSERT INTO policy_vms (pid, ord, vm_key, vm_id, public_ip) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    let mut port_stmt = conn.prepare_cached(
+        "INSERT INTO policy_ports (pid, vm_ord, ord, number, protocol, source_form, sources, max_duration, cut_sessions, \
+         mapped_port, require_approval, approval_timeout) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    for (i, vm) in policy.vms.iter().enumerate() {
+        vm_stmt.execute(params![pid, i as i64, vm.id.key(), vm.id.as_str(), vm.public_ip_address])?;
+        for (j, p) in vm.ports.iter().enumerate() {
+            let (form, sources) = encode_sources(&p.sources);
+            port_stmt.execute(params![
+                pid,
+                i as i64,
+                j as i64,
+                p.number,
+                p.protocol.as_str(),
+                form,
+                sources,
+                p.max_duration.text(),
+                p.cut_sessions,
+                p.mapped_port,
+                p.require_approval,
+                p.approval_timeout.as_ref().map(|d| d.text().to_owned())
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn port_summary(policy: &jitgate_core::Policy) -> String {
+    let mut parts = Vec::new();
+    for vm in &policy.vms {
+        for p in &vm.ports {
+            parts.push(format!("{}:{}/{}", vm.id.name(), p.number, p.protocol.as_str()));
+        }
+    }
+    parts.join(",")
+}
