@@ -22,6 +22,7 @@ pub mod ops {
     pub const VM_READ: &str = "Microsoft.Compute/virtualMachines/read";
     pub const PRINCIPAL_WRITE: &str = "Microsoft.Authorization/principals/write";
     pub const SIGN_IN: &str = "Microsoft.Authorization/signIn/action";
+    pub const SIGN_OUT: &str = "Microsoft.Authorization/signOut/action";
     pub const REQUEST_APPROVE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/approve/action";
     pub const REQUEST_DENY: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/deny/action";
     pub const REQUEST_REVOKE: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/revoke/action";

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod retention;
 pub mod sweeper;
 pub mod tls;
+pub mod web;
 pub mod webhooks;
 
 use std::future::Future;
@@ -166,6 +167,8 @@ pub struct App {
     pub limits: Arc<limits::Limits>,
     /// The state long-polls waiting, per agent.
     pub long_polls: Arc<longpoll::LongPolls>,
+    /// The portal's signed-in browsers.
+    pub sessions: Arc<web::session::Sessions>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -209,6 +212,7 @@ impl App {
             authz: Arc::new(authz::Authz::default()),
             oidc: None,
             deliveries: Arc::new(Notify::new()),
+            sessions: Arc::new(web::session::Sessions::default()),
         }
     }
 
@@ -508,7 +512,7 @@ async fn fallback(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAdd
 
 /// Gives every error answer Azure's error body: axum's own answers (405 with `Allow`, a path
 /// parameter that does not parse, …) come without one or as plain text. A body that is already
-/// JSON is kept.
+/// JSON (or a portal page) is kept.
 async fn error_bodies(req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let resp = next.run(req).await;
@@ -517,7 +521,7 @@ async fn error_bodies(req: Request, next: Next) -> Response {
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
@@ -597,6 +601,7 @@ pub fn router(app: App) -> Router {
         .merge(api_rbac::router())
         .merge(api_audit::router())
         .merge(webhooks::router())
+        .merge(web::router())
         .fallback(fallback);
     layers(routes, config).with_state(app)
 }

@@ -605,6 +605,10 @@ impl Store for SqliteStore {
         SqliteStore::policy_of_vm(self, vm).await
     }
 
+    async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
+        SqliteStore::configured_vm_keys(self).await
+    }
+
     async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook> {
         SqliteStore::create_webhook(self, hook, audit).await
     }

@@ -595,6 +595,17 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
+        self.read(|c| {
+            let keys = c
+                .prepare_cached("SELECT vm_key FROM policy_vms")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
     pub(crate) async fn put_security_policy(
         &self,
         scope: &str,

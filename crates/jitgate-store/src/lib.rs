@@ -544,6 +544,9 @@ pub trait Store: Send + Sync + 'static {
     async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess>;
     /// The policy that protects a VM, if one does.
     async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>>;
+    /// The keys (lower-cased ids) of every VM a policy names, in one read: what the portal's
+    /// inventory needs to place thousands of VMs without a query per VM.
+    async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>>;
 
     async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook>;
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;

@@ -21,6 +21,11 @@ use crate::App;
 pub use agents::JOIN_TOKEN_PREFIX;
 pub use jitgate_core::inventory::View;
 
+/// What the inventory rules of core see of an agent (stale or not, nftables usable or not).
+pub fn enforcer_of<'a>(app: &App, a: &'a jitgate_store::AgentRecord) -> jitgate_core::inventory::Enforcer<'a> {
+    vms::enforcer(app, a)
+}
+
 pub fn router() -> Router<App> {
     Router::new()
         .route("/api/v1/vms", get(vms::get_vms).put(vms::put_vm).delete(vms::delete_vm))

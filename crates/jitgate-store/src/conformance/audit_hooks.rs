@@ -53,6 +53,9 @@ pub(super) async fn audit_queries_inventory_facts_and_security_policies(store: &
         Some("default".into())
     );
     assert!(store.policy_of_vm(&vm_id("inv", "nope")).await.expect("none").is_none());
+    let configured = store.configured_vm_keys().await.expect("configured keys");
+    assert!(configured.contains(&vm_id("inv", "vm1").key()), "{configured:?}");
+    assert!(!configured.contains(&vm_id("inv", "nope").key()));
     let empty = store.vm_access(&vm_id("inv", "vm1"), now() - Duration::days(7)).await.expect("access");
     assert_eq!((empty.approved_since, empty.last_user), (0, None));
     let mut cmd = initiate_cmd(&r, &vm_id("inv", "vm1"), "198.51.100.8", 30, None);
