@@ -158,3 +158,120 @@ async fn a_reader_is_offered_nothing_it_may_not_do() {
     let a = h.page(Method::GET, "/jit?tab=notconfigured", Some(&cookie), None).await;
     assert!(a.body.contains(">web2</a>") && !a.body.contains("Enable JIT on"), "{}", a.body);
 }
+
+#[tokio::test]
+async fn enable_and_edit_write_the_policy_through_the_api_path() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web2").await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let vm = vm_id("rg1", "web2");
+    let panel = h.page(Method::GET, &format!("/jit/configure?vm={}", enc(&vm)), Some(&cookie), None).await;
+    assert_eq!(panel.status, StatusCode::OK, "{}", panel.body);
+    for port in ["22", "3389", "5985", "5986"] {
+        assert!(panel.body.contains(&format!(r#"value="{port}""#)), "recommended port {port}: {}", panel.body);
+    }
+    for label in [">Save</button>", ">Add</button>", "Remove port 22", "> Per request", "Maximum request time"] {
+        assert!(panel.body.contains(label), "{label}: {}", panel.body);
+    }
+    // Add a custom port: one more row.
+    let from = format!("/jit/configure?vm={}", enc(&vm));
+    let mut fields = vec![("vm", vm.as_str()), ("mode", "enable"), ("rows", "1"), ("action", "add")];
+    fields.extend([("p0.number", "22"), ("p0.protocol", "*"), ("p0.source", "request"), ("p0.hours", "3")]);
+    let a = h.post(&cookie, &from, "/jit/configure", &fields).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains(r#"name="p1.number""#), "a new row: {}", a.body);
+
+    // A window over 24 hours: the API's message, next to the field.
+    let mut fields = vec![("vm", vm.as_str()), ("mode", "enable"), ("rows", "2"), ("action", "save")];
+    fields.extend([("p0.number", "22"), ("p0.protocol", "*"), ("p0.source", "request"), ("p0.hours", "3")]);
+    fields.extend([("p1.number", "8443"), ("p1.protocol", "TCP"), ("p1.source", "ranges")]);
+    fields.extend([("p1.ranges", "10.0.0.0/8"), ("p1.hours", "25")]);
+    let a = h.post(&cookie, &from, "/jit/configure", &fields).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains(r#"id="p1-hours-error""#), "{}", a.body);
+    assert!(!h.configured(&vm).await, "nothing saved");
+    assert_eq!(h.audit(ops::POLICY_WRITE, AuditStatus::Failed).await.len(), 1, "refused like the API: audited");
+
+    let fields: Vec<_> = fields.into_iter().map(|(k, v)| if k == "p1.hours" { (k, "4") } else { (k, v) }).collect();
+    let a = h.post(&cookie, &from, "/jit/configure", &fields).await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/jit?tab=configured"), "{}", a.body);
+    let policy = h.api(Method::GET, &format!("{}?api-version=2020-01-01", policy_id("rg1")), "").await.json();
+    let ports = &policy["properties"]["virtualMachines"][0]["ports"];
+    assert_eq!(ports[1]["number"], 8443, "{policy}");
+    assert_eq!(ports[1]["protocol"], "TCP");
+    assert_eq!(ports[1]["allowedSourceAddressPrefixes"], serde_json::json!(["10.0.0.0/8"]));
+    assert_eq!(ports[1]["maxRequestAccessDuration"], "PT4H");
+    assert_eq!(h.audit(ops::POLICY_WRITE, AuditStatus::Succeeded).await.len(), 1);
+
+    // Edit shows the VM's own ports; removing one and saving writes that.
+    let edit = h.page(Method::GET, &from, Some(&cookie), None).await;
+    assert!(edit.body.contains(r#"value="8443""#) && !edit.body.contains(r#"value="3389""#), "{}", edit.body);
+    let fields = [("vm", vm.as_str()), ("mode", "edit"), ("rows", "1"), ("action", "save"), ("p0.number", "8443")];
+    let fields: Vec<_> =
+        fields.into_iter().chain([("p0.protocol", "UDP"), ("p0.source", "request"), ("p0.hours", "1")]).collect();
+    let a = h.post(&cookie, &from, "/jit/configure", &fields).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let policy = h.api(Method::GET, &format!("{}?api-version=2020-01-01", policy_id("rg1")), "").await.json();
+    let ports = policy["properties"]["virtualMachines"][0]["ports"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ports.len(), 1, "{policy}");
+    assert_eq!((ports[0]["number"].as_i64(), ports[0]["protocol"].as_str()), (Some(8443), Some("UDP")));
+}
+
+#[tokio::test]
+async fn the_56_character_rule_is_the_apis_and_shows_next_to_the_vm() {
+    let h = Harness::new().await;
+    let long = "v".repeat(50); // "default" + 50 = 57 characters
+    h.host_vm("rg1", &long).await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let vm = vm_id("rg1", &long);
+    let from = format!("/jit/configure?vm={}", enc(&vm));
+    let fields = [("vm", vm.as_str()), ("mode", "enable"), ("rows", "1"), ("action", "save"), ("p0.number", "22")];
+    let fields: Vec<_> =
+        fields.into_iter().chain([("p0.protocol", "*"), ("p0.source", "request"), ("p0.hours", "3")]).collect();
+    let a = h.post(&cookie, &from, "/jit/configure", &fields).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains("57 characters together; at most 56"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn a_forged_form_without_the_csrf_token_changes_nothing() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web2").await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let vm = vm_id("rg1", "web2");
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("vm", vm.as_str()), ("mode", "enable"), ("rows", "1"), ("action", "save")])
+        .extend_pairs([("p0.number", "22"), ("p0.protocol", "*"), ("p0.source", "request"), ("p0.hours", "3")])
+        .finish();
+    let a = h.page(Method::POST, "/jit/configure", Some(&cookie), Some(&body)).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    // The right token from another origin is refused too.
+    let page = h.page(Method::GET, "/jit", Some(&cookie), None).await;
+    let csrf = page.hidden("csrf").unwrap();
+    let with_token = format!("csrf={csrf}&{body}");
+    let headers = [
+        ("cookie", cookie.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("origin", "https://evil.example"),
+    ];
+    let a = h.send(Method::POST, "/jit/configure", &headers, Some(&with_token)).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert!(!h.configured(&vm).await, "nothing saved");
+    assert_eq!(h.audit(ops::POLICY_WRITE, AuditStatus::Succeeded).await.len(), 0);
+    assert_eq!(h.audit(ops::POLICY_WRITE, AuditStatus::Failed).await.len(), 2, "both refusals are audited");
+}
+
+#[tokio::test]
+async fn a_reader_forging_a_save_is_refused_by_the_server() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web2").await;
+    let (_, token) = h.principal_with_role("rita", "Reader", &format!("/subscriptions/{SUB}")).await;
+    let (cookie, _) = h.sign_in(&token).await;
+    let vm = vm_id("rg1", "web2");
+    let fields = [("vm", vm.as_str()), ("mode", "enable"), ("rows", "1"), ("action", "save"), ("p0.number", "22")];
+    let fields: Vec<_> =
+        fields.into_iter().chain([("p0.protocol", "*"), ("p0.source", "request"), ("p0.hours", "3")]).collect();
+    let a = h.post(&cookie, "/jit", "/jit/configure", &fields).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert!(!h.configured(&vm).await);
+}

@@ -20,6 +20,7 @@ use crate::App;
 
 pub use agents::JOIN_TOKEN_PREFIX;
 pub use jitgate_core::inventory::View;
+pub(crate) use requests::{decide_request, extend_request, request_id, revoke_request};
 
 /// What the inventory rules of core see of an agent (stale or not, nftables usable or not).
 pub fn enforcer_of<'a>(app: &App, a: &'a jitgate_store::AgentRecord) -> jitgate_core::inventory::Enforcer<'a> {

@@ -18,7 +18,7 @@ use crate::arm::read_body;
 use crate::error::{json, ApiError};
 use crate::{App, Caller};
 
-fn request_id(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn request_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()
         .ok()
         .filter(|v| *v > 0)
@@ -50,16 +50,27 @@ pub(super) async fn revoke(
         Ok(x) => x,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
+    let request = revoke_request(&app, &principal, id, audit).await?;
+    answer_request(&app, &request, wait).await
+}
+
+/// Ends a request's grants: the authorization, store change, audit and wake-up shared by the
+/// API and the portal's Revoke.
+pub(crate) async fn revoke_request(
+    app: &App,
+    principal: &jitgate_store::Principal,
+    id: i64,
+    mut audit: jitgate_core::audit::AuditEvent,
+) -> Result<jitgate_store::AccessRequestRecord, ApiError> {
     // The requester may end their own grants ("I'm done"); anyone else needs to be able
     // to change the policy.
-    let mut audit = audit;
     if let Some((policy, request)) = app.store.get_request(id).await? {
         let action = if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
-        app.authorize_change(&principal, action, &policy, &mut audit).await?;
+        app.authorize_change(principal, action, &policy, &mut audit).await?;
     }
     let request = app.store.revoke_request(id, &principal.name, audit).await?;
     app.changed();
-    answer_request(&app, &request, wait).await
+    Ok(request)
 }
 
 pub(super) async fn approve(
@@ -90,7 +101,7 @@ async fn decide(
     approve: bool,
 ) -> Result<Response, ApiError> {
     let op = if approve { ops::REQUEST_APPROVE } else { ops::REQUEST_DENY };
-    let mut audit = app.audit(&ctx, &principal.name, op, &format!("/api/v1/requests/{id}"));
+    let audit = app.audit(&ctx, &principal.name, op, &format!("/api/v1/requests/{id}"));
     let checked = async {
         let id = request_id(&id)?;
         let wait = crate::arm::wait_option(&query)?;
@@ -104,14 +115,28 @@ async fn decide(
     };
     // The reason is optional and free text: a body that is not JSON gives none.
     let reason = DecisionIn::parse_lenient(&bytes).reason;
+    let request = decide_request(app, &principal, id, approve, reason, audit).await?;
+    answer_request(app, &request, wait.filter(|_| approve)).await
+}
+
+/// Approves or denies a pending request (never one's own: the store refuses it): shared by the
+/// API and the portal's Approve / Deny.
+pub(crate) async fn decide_request(
+    app: &App,
+    principal: &jitgate_store::Principal,
+    id: i64,
+    approve: bool,
+    reason: Option<String>,
+    mut audit: jitgate_core::audit::AuditEvent,
+) -> Result<jitgate_store::AccessRequestRecord, ApiError> {
     if let Some((policy, _)) = app.store.get_request(id).await? {
         audit.resource_id = policy.clone();
-        app.authorize_change(&principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
+        app.authorize_change(principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
     }
     let request = app.store.decide_request(id, approve, &principal.name, reason, app.clock.now(), audit).await?;
     app.changed();
     app.sweeper.notify_one();
-    answer_request(app, &request, wait.filter(|_| approve)).await
+    Ok(request)
 }
 
 /// `POST /api/v1/requests/{id}/extend` `{"duration":"PT1H"}` or `{"endTimeUtc":…}`: moves the
@@ -122,7 +147,7 @@ pub(super) async fn extend(
     Caller { ctx, principal, query, .. }: Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));
+    let audit = app.audit(&ctx, &principal.name, ops::REQUEST_EXTEND, &format!("/api/v1/requests/{id}"));
     let now = app.clock.now();
     let checked = async {
         let id = request_id(&id)?;
@@ -142,14 +167,26 @@ pub(super) async fn extend(
         Ok(x) => x,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
+    let request = extend_request(&app, &principal, id, new_end, audit).await?;
+    answer_request(&app, &request, wait).await
+}
+
+/// Moves the end of a request's live grants: shared by the API and the portal's Extend.
+pub(crate) async fn extend_request(
+    app: &App,
+    principal: &jitgate_store::Principal,
+    id: i64,
+    new_end: time::OffsetDateTime,
+    mut audit: jitgate_core::audit::AuditEvent,
+) -> Result<jitgate_store::AccessRequestRecord, ApiError> {
     if let Some((policy, request)) = app.store.get_request(id).await? {
         let action = if request.requestor == principal.name { actions::POLICY_INITIATE } else { actions::POLICY_WRITE };
-        app.authorize_change(&principal, action, &policy, &mut audit).await?;
+        app.authorize_change(principal, action, &policy, &mut audit).await?;
     }
-    let request = app.store.extend_request(id, new_end, now, audit).await?;
+    let request = app.store.extend_request(id, new_end, app.clock.now(), audit).await?;
     app.changed();
     app.sweeper.notify_one();
-    answer_request(&app, &request, wait).await
+    Ok(request)
 }
 
 /// A request in the native API (see [`NativeRequestOut`]).

@@ -13,11 +13,14 @@ use percent_encoding::percent_decode_str;
 use jitgate_api_types::arm::{self as dto, InitiateIn, PolicyIn, PolicyListOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::AuditEvent;
+use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::invalid::codes;
 use jitgate_core::policy::validate;
+use jitgate_core::policy::PolicyDraft;
 use jitgate_core::rbac::actions;
+use jitgate_core::records::PolicyRecord;
 use jitgate_core::PolicyRef;
-use jitgate_store::{InitiateCommand, ListScope, Principal};
+use jitgate_store::{InitiateCommand, InitiateOutcome, ListScope, Principal};
 
 use crate::error::{json, ApiError};
 use crate::tls::PeerAddr;
@@ -54,33 +57,45 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
         return Err(if route.is_mutation() { app.refuse(audit, e).await } else { e });
     }
     match &route {
-        ArmRoute::List(_) => {}
         ArmRoute::Get(r) => {
             app.authorize(&principal, actions::POLICY_READ, &r.id()).await?;
         }
-        ArmRoute::Put(r) => app.authorize_change(&principal, actions::POLICY_WRITE, &r.id(), &mut audit).await?,
         ArmRoute::Delete(r) => app.authorize_change(&principal, actions::POLICY_DELETE, &r.id(), &mut audit).await?,
-        ArmRoute::Initiate(r) => {
-            app.authorize_change(&principal, actions::POLICY_INITIATE, &r.id(), &mut audit).await?
-        }
+        // Put and initiate are authorized by the functions the portal calls too.
+        ArmRoute::List(_) | ArmRoute::Put(_) | ArmRoute::Initiate(_) => {}
     }
     match route {
         ArmRoute::List(scope) => list(app, &principal, &scope, &query, &parts.headers, &parts.uri).await,
         ArmRoute::Get(r) => get(app, &r).await,
         ArmRoute::Put(r) => {
-            let body = match read_body(app, body).await {
-                Ok(b) => b,
-                Err(e) => return Err(app.refuse(audit, e).await),
-            };
-            put(app, r, &body, audit).await
+            let draft = read_body(app, body)
+                .await
+                .and_then(|b| parse_json::<PolicyIn>(&b).and_then(PolicyIn::into_draft).map_err(Into::into));
+            let record = put_policy(app, &principal, r, draft, audit).await?;
+            // The SDK accepts only 200, for a new policy and a replaced one alike.
+            Ok(json(StatusCode::OK, &dto::policy_out(&record)))
         }
         ArmRoute::Delete(r) => delete(app, &r, audit).await,
         ArmRoute::Initiate(r) => {
-            let body = match read_body(app, body).await {
-                Ok(b) => b,
-                Err(e) => return Err(app.refuse(audit, e).await),
+            let parsed = read_body(app, body).await.and_then(|b| {
+                let wait = wait_option(&query)?;
+                Ok((wait, parse_json::<InitiateIn>(&b).and_then(InitiateIn::into_draft)?))
+            });
+            let (wait, draft) = match parsed {
+                Ok((wait, draft)) => (wait, Ok(draft)),
+                Err(e) => (None, Err(e)),
             };
-            initiate(app, r, &body, &ctx, &principal, audit, &query).await
+            let outcome = initiate_request(app, &ctx, &principal, r, draft, audit).await?;
+            let body = dto::request_out(&outcome.request);
+            match wait {
+                None => Ok(json(StatusCode::ACCEPTED, &body)),
+                // The grant is recorded either way; waiting only decides when (and how) we answer.
+                Some(timeout) => {
+                    let vms: Vec<String> = outcome.request.grants.iter().map(|g| g.vm_id.clone()).collect();
+                    let revision = app.store.revision().await?;
+                    enforced_answer(app, &vms, revision, timeout, StatusCode::ACCEPTED, &body, outcome.request.id).await
+                }
+            }
         }
     }
 }
@@ -209,16 +224,24 @@ async fn get(app: &App, r: &PolicyRef) -> Result<Response, ApiError> {
     }
 }
 
-async fn put(app: &App, r: PolicyRef, body: &[u8], audit: AuditEvent) -> Result<Response, ApiError> {
-    let validated = parse_json::<PolicyIn>(body).and_then(PolicyIn::into_draft).and_then(|d| validate(r, d));
-    let validated = match validated {
+/// Writes a policy: the authorization, validation, audit and wake-up of `PUT` on a policy, the
+/// one code path of the ARM API and the portal's Enable/Edit. `draft` is the parsed body, or why
+/// it could not be read (a refusal, audited like any other).
+pub async fn put_policy(
+    app: &App,
+    principal: &Principal,
+    r: PolicyRef,
+    draft: Result<PolicyDraft, ApiError>,
+    mut audit: AuditEvent,
+) -> Result<PolicyRecord, ApiError> {
+    app.authorize_change(principal, actions::POLICY_WRITE, &r.id(), &mut audit).await?;
+    let validated = match draft.and_then(|d| validate(r, d).map_err(Into::into)) {
         Ok(v) => v,
-        Err(invalid) => return Err(app.refuse(audit, invalid.into()).await),
+        Err(e) => return Err(app.refuse(audit, e).await),
     };
     let record = app.store.put_policy(validated, audit).await?;
     app.changed();
-    // The SDK accepts only 200, for a new policy and a replaced one alike.
-    Ok(json(StatusCode::OK, &dto::policy_out(&record)))
+    Ok(record)
 }
 
 async fn delete(app: &App, r: &PolicyRef, audit: AuditEvent) -> Result<Response, ApiError> {
@@ -231,23 +254,23 @@ async fn delete(app: &App, r: &PolicyRef, audit: AuditEvent) -> Result<Response,
     }
 }
 
-async fn initiate(
+/// Asks for access: the authorization (initiate on the policy, read on every VM), the decision
+/// inside the store, audit and wake-ups of `initiate`, the one code path of the ARM API and the
+/// portal's Request access. `draft` is the parsed body, or why it could not be read.
+pub async fn initiate_request(
     app: &App,
-    r: PolicyRef,
-    body: &[u8],
     ctx: &RequestCtx,
     principal: &Principal,
-    audit: AuditEvent,
-    query: &Query,
-) -> Result<Response, ApiError> {
-    let checked = wait_option(query)
-        .and_then(|wait| Ok((wait, parse_json::<InitiateIn>(body).and_then(InitiateIn::into_draft)?)));
-    let (wait, draft) = match checked {
-        Ok(x) => x,
+    r: PolicyRef,
+    draft: Result<InitiateDraft, ApiError>,
+    mut audit: AuditEvent,
+) -> Result<InitiateOutcome, ApiError> {
+    app.authorize_change(principal, actions::POLICY_INITIATE, &r.id(), &mut audit).await?;
+    let draft = match draft {
+        Ok(d) => d,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
     // Initiate also needs read access to every VM it opens.
-    let mut audit = audit;
     for vm in &draft.vms {
         app.authorize_change(principal, actions::VM_READ, vm.id.trim_end_matches('/'), &mut audit).await?;
     }
@@ -264,16 +287,7 @@ async fn initiate(
         app.sweeper.notify_one();
         app.changed();
     }
-    let body = dto::request_out(&outcome.request);
-    match wait {
-        None => Ok(json(StatusCode::ACCEPTED, &body)),
-        // The grant is recorded either way; waiting only decides when (and how) we answer.
-        Some(timeout) => {
-            let vms: Vec<String> = outcome.request.grants.iter().map(|g| g.vm_id.clone()).collect();
-            let revision = app.store.revision().await?;
-            enforced_answer(app, &vms, revision, timeout, StatusCode::ACCEPTED, &body, outcome.request.id).await
-        }
-    }
+    Ok(outcome)
 }
 
 /// `?wait=applied[&timeout=SECONDS]`: the longest to wait for the enforcement points.

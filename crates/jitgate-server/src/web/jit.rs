@@ -358,3 +358,29 @@ fn unsupported_table(rows: &[&Placed<'_>]) -> Markup {
         }
     }
 }
+
+/// A side panel over the JIT page (opened on `tab`).
+pub async fn with_panel(
+    app: &App,
+    viewer: &Viewer,
+    tab: View,
+    status: StatusCode,
+    title: &str,
+    panel: Markup,
+) -> Response {
+    let q = JitQuery { view: Some(tab), page: 1, ..Default::default() };
+    let behind = match content(app, viewer, &q).await {
+        Ok(m) => m,
+        Err(e) => return super::error_page(Some(viewer), e),
+    };
+    let body = html! {
+        (behind)
+        div.panel-backdrop {}
+        aside.panel role="dialog" aria-modal="true" aria-labelledby="panel-title" {
+            a.close.button href=(q.link(tab, 1)) aria-label="Close panel" { "✕" }
+            h2 #panel-title { (title) }
+            (panel)
+        }
+    };
+    html(status, layout::page(viewer, title, Nav::Jit, body))
+}

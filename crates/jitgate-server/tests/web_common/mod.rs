@@ -220,6 +220,12 @@ impl Harness {
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     }
 
+    /// Whether a policy names the VM.
+    pub async fn configured(&self, vm: &str) -> bool {
+        let id = jitgate_core::VmId::parse(vm).expect("vm id");
+        Store::policy_of_vm(self.store.as_ref(), &id).await.expect("policy of vm").is_some()
+    }
+
     /// Audit records of `operation` with `status`.
     pub async fn audit(&self, operation: &str, status: AuditStatus) -> Vec<AuditEvent> {
         let records = self.store.audit_records(0, 10_000).await.expect("audit");
@@ -233,4 +239,8 @@ pub fn vm_id(rg: &str, name: &str) -> String {
 
 pub fn policy_id(rg: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default")
+}
+
+pub fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
