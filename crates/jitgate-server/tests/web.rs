@@ -275,3 +275,78 @@ async fn a_reader_forging_a_save_is_refused_by_the_server() {
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
     assert!(!h.configured(&vm).await);
 }
+
+#[tokio::test]
+async fn request_access_opens_ports_through_initiate_and_follows_the_agent() {
+    let h = Harness::new().await;
+    let agent = h.host_vm("rg1", "web1").await;
+    h.policy("rg1", &["web1"], &[22, 8443]).await;
+    h.agent_applies(&agent).await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let vm = vm_id("rg1", "web1");
+    let from = format!("/jit/request?vm={}", enc(&vm));
+    let panel = h.page(Method::GET, &from, Some(&cookie), None).await;
+    assert_eq!(panel.status, StatusCode::OK, "{}", panel.body);
+    for label in [">Open ports</button>", "My IP (192.0.2.7)", ">Justification</label>", ">Port 22</label>"] {
+        assert!(panel.body.contains(label), "{label}: {}", panel.body);
+    }
+    assert!(panel.body.contains(r#"<option value="PT3H" selected>3 hours</option>"#), "{}", panel.body);
+
+    // Port 22 only, for one hour, from my address.
+    let fields = [("vm", vm.as_str()), ("port", "0:22"), ("time.0.22", "PT1H"), ("time.0.8443", "PT3H")];
+    let fields: Vec<_> = fields.into_iter().chain([("source", "myip"), ("justification", "deploy")]).collect();
+    let a = h.post(&cookie, &from, "/jit/request", &fields).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let progress = a.location().to_owned();
+    assert!(progress.starts_with("/requests/progress?id=1&rev="), "{progress}");
+    let initiated = h.audit(ops::POLICY_INITIATE, AuditStatus::Succeeded).await;
+    assert_eq!(initiated.len(), 1, "audited like the API's initiate");
+    let policy = h.api(Method::GET, &format!("{}?api-version=2020-01-01", policy_id("rg1")), "").await.json();
+    let request = &policy["properties"]["requests"][0];
+    assert_eq!(request["justification"], "deploy", "{policy}");
+    let ports = request["virtualMachines"][0]["ports"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ports.len(), 1, "{policy}");
+    assert_eq!(ports[0]["number"], 22);
+    assert_eq!(ports[0]["allowedSourceAddressPrefix"], "192.0.2.7", "My IP as the server sees it");
+
+    // Until the agent applies the change the page says so and reloads itself.
+    let a = h.page(Method::GET, &progress, Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains("waiting for web1") && a.body.contains(r#"http-equiv="refresh""#), "{}", a.body);
+    assert!(a.body.contains("data-progress-url=\"/requests/events?"), "{}", a.body);
+
+    // The event stream answers at once with the state, then with `done` when the agent reports.
+    let events = progress.replace("/requests/progress", "/requests/events");
+    let h2 = std::sync::Arc::new(h);
+    let follow = {
+        let (h, cookie, events) = (h2.clone(), cookie.clone(), events.clone());
+        tokio::spawn(async move { h.page(Method::GET, &events, Some(&cookie), None).await })
+    };
+    h2.agent_applies(&agent).await;
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(10), follow).await.expect("stream ends").unwrap();
+    assert_eq!(stream.status, StatusCode::OK);
+    assert!(stream.body.contains("event: done"), "{}", stream.body);
+    assert!(stream.body.contains("Done: every enforcement point"), "{}", stream.body);
+    let a = h2.page(Method::GET, &progress, Some(&cookie), None).await;
+    assert!(a.body.contains("Applied") && !a.body.contains(r#"http-equiv="refresh""#), "{}", a.body);
+    assert!(a.body.contains("<code>10.0.0.4:22</code>"), "connection details: {}", a.body);
+}
+
+#[tokio::test]
+async fn request_access_shows_the_apis_refusal() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    h.policy("rg1", &["web1"], &[22]).await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let vm = vm_id("rg1", "web1");
+    let from = format!("/jit/request?vm={}", enc(&vm));
+    let fields = [("vm", vm.as_str()), ("port", "0:22"), ("time.0.22", "PT30H"), ("source", "myip")];
+    let a = h.post(&cookie, &from, "/jit/request", &fields).await;
+    assert!(a.status.is_client_error(), "{}", a.body);
+    assert!(
+        a.body.contains("longer than the port&#39;s maximum") || a.body.contains("longer than the port's maximum"),
+        "{}",
+        a.body
+    );
+    assert_eq!(h.audit(ops::POLICY_INITIATE, AuditStatus::Succeeded).await.len(), 0);
+}

@@ -244,3 +244,19 @@ pub fn policy_id(rg: &str) -> String {
 pub fn enc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+impl Harness {
+    /// The agent fetches its state (the server records the revision delivered) and reports it
+    /// applied; returns the revision.
+    pub async fn agent_applies(&self, credential: &str) -> u64 {
+        let auth = format!("Bearer {credential}");
+        let a = self.send(Method::GET, "/agent/v1/state?wait=0", &[("authorization", auth.as_str())], None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let revision = a.json()["revision"].as_u64().expect("revision");
+        let body = json!({"revision": revision, "nftablesUsable": true}).to_string();
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let a = self.send(Method::POST, "/agent/v1/applied", &headers, Some(&body)).await;
+        assert!(a.status.is_success(), "{}", a.body);
+        revision
+    }
+}
