@@ -350,3 +350,54 @@ async fn request_access_shows_the_apis_refusal() {
     );
     assert_eq!(h.audit(ops::POLICY_INITIATE, AuditStatus::Succeeded).await.len(), 0);
 }
+
+#[tokio::test]
+async fn my_access_lists_live_grants_and_revoke_ends_them() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    h.policy("rg1", &["web1"], &[22]).await;
+    let id = h.initiate_as(&h.token.clone(), "rg1", "web1", 22).await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let a = h.page(Method::GET, "/access", Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains(">Active</span>") && a.body.contains("data-ends="), "{}", a.body);
+    assert!(a.body.contains(">Revoke</button>") && a.body.contains(">Extend</button>"), "{}", a.body);
+
+    let a = h.post(&cookie, "/access", &format!("/access/{id}/extend"), &[("duration", "PT2H")]).await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/access?done=extended"), "{}", a.body);
+    assert_eq!(h.audit(ops::REQUEST_EXTEND, AuditStatus::Succeeded).await.len(), 1);
+
+    let a = h.post(&cookie, "/access", &format!("/access/{id}/revoke"), &[]).await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/access?done=revoked"), "{}", a.body);
+    assert_eq!(h.grant_statuses(id).await, vec!["Revoked".to_owned()]);
+    assert_eq!(h.audit(ops::REQUEST_REVOKE, AuditStatus::Succeeded).await.len(), 1);
+    let a = h.page(Method::GET, "/access", Some(&cookie), None).await;
+    assert!(!a.body.contains(">Revoke</button>"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn approvers_decide_pending_requests_but_never_their_own() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    h.approval_policy("rg1", "web1", 22).await;
+    let scope = format!("/subscriptions/{SUB}");
+    let (_, alice) = h.principal_with_role("alice", "Owner", &scope).await;
+    let (_, carol) = h.principal_with_role("carol", "Owner", &scope).await;
+    let id = h.initiate_as(&alice, "rg1", "web1", 22).await;
+    assert_eq!(h.grant_statuses(id).await, vec!["Pending".to_owned()]);
+
+    let (alice_cookie, _) = h.sign_in(&alice).await;
+    let mine = h.page(Method::GET, "/approvals", Some(&alice_cookie), None).await;
+    assert!(mine.body.contains("Your own request") && !mine.body.contains(">Approve</button>"), "{}", mine.body);
+    // Forged: the same refusal as the API's.
+    let a = h.post(&alice_cookie, "/approvals", &format!("/access/{id}/approve"), &[]).await;
+    assert!(a.status.is_client_error(), "{}", a.body);
+    assert_eq!(h.grant_statuses(id).await, vec!["Pending".to_owned()]);
+
+    let (carol_cookie, _) = h.sign_in(&carol).await;
+    let theirs = h.page(Method::GET, "/approvals", Some(&carol_cookie), None).await;
+    assert!(theirs.body.contains(">Approve</button>") && theirs.body.contains(">Deny</button>"), "{}", theirs.body);
+    let a = h.post(&carol_cookie, "/approvals", &format!("/access/{id}/approve"), &[]).await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/approvals?done=approved"), "{}", a.body);
+    assert_eq!(h.grant_statuses(id).await, vec!["Initiated".to_owned()]);
+}

@@ -15,6 +15,7 @@ mod store_agents;
 mod store_audit;
 mod store_identity;
 mod store_policies;
+mod store_requests;
 mod store_webhooks;
 mod writer;
 
@@ -607,6 +608,14 @@ impl Store for SqliteStore {
 
     async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
         SqliteStore::configured_vm_keys(self).await
+    }
+
+    async fn open_requests(
+        &self,
+        requestor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, AccessRequestRecord)>> {
+        SqliteStore::open_requests(self, requestor, limit).await
     }
 
     async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook> {

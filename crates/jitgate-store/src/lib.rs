@@ -547,6 +547,13 @@ pub trait Store: Send + Sync + 'static {
     /// The keys (lower-cased ids) of every VM a policy names, in one read: what the portal's
     /// inventory needs to place thousands of VMs without a query per VM.
     async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>>;
+    /// Requests (with their policy's id) that still hold a live, pending or scheduled grant,
+    /// newest first; only `requestor`'s when given.
+    async fn open_requests(
+        &self,
+        requestor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, AccessRequestRecord)>>;
 
     async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook>;
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;

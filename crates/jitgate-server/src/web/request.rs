@@ -95,6 +95,8 @@ async fn render(
 /// The form (also the Connect section of a VM's page).
 pub fn form(viewer: &Viewer, targets: &[Target], previous: &Fields, error: Option<&ApiError>) -> Markup {
     let fresh = previous.0.is_empty();
+    // The policy asks for a justification where a port needs an approver.
+    let needs_reason = targets.iter().filter_map(Target::rules).flat_map(|v| &v.ports).any(|r| r.require_approval);
     let source = previous.get("source").unwrap_or("myip");
     html! {
         form method="post" action="/jit/request" {
@@ -145,7 +147,9 @@ pub fn form(viewer: &Viewer, targets: &[Target], previous: &Fields, error: Optio
             }
             div.field {
                 label for="justification" { "Justification" }
-                textarea #justification name="justification" maxlength="2048" { (previous.get("justification").unwrap_or("")) }
+                @if needs_reason { p.muted #justification-hint { "Required: an approver reads it before the ports open." } }
+                textarea #justification name="justification" maxlength="2048" required[needs_reason]
+                    aria-describedby=[needs_reason.then_some("justification-hint")] { (previous.get("justification").unwrap_or("")) }
             }
             div.actions { button.primary type="submit" { "Open ports" } }
         }

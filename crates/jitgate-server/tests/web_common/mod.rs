@@ -260,3 +260,40 @@ impl Harness {
         revision
     }
 }
+
+impl Harness {
+    /// A policy whose ports need an approver.
+    pub async fn approval_policy(&self, rg: &str, vm: &str, port: u16) {
+        let body = json!({"kind": "Basic", "properties": {"virtualMachines": [{"id": vm_id(rg, vm), "ports": [
+            {"number": port, "protocol": "*", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H",
+             "requireApproval": true}]}]}});
+        let a = self.api(Method::PUT, &format!("{}?api-version=2020-01-01", policy_id(rg)), &body.to_string()).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+
+    /// Initiates with `token` for `port` of `vm` (one hour, from 192.0.2.7); returns the request id.
+    pub async fn initiate_as(&self, token: &str, rg: &str, vm: &str, port: u16) -> i64 {
+        let body = json!({"virtualMachines": [{"id": vm_id(rg, vm), "ports": [
+            {"number": port, "duration": "PT1H", "allowedSourceAddressPrefix": "192.0.2.7"}]}], "justification": "test"});
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let uri = format!("{}/initiate?api-version=2020-01-01", policy_id(rg));
+        let a = self.send(Method::POST, &uri, &headers, Some(&body.to_string())).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.body);
+        a.json()["id"].as_str().and_then(|id| id.rsplit('/').next()).and_then(|n| n.parse().ok()).unwrap_or(1)
+    }
+
+    /// The statuses of a request's grants, through the API.
+    pub async fn grant_statuses(&self, id: i64) -> Vec<String> {
+        let a = self.api(Method::GET, &format!("/api/v1/requests/{id}"), "").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let v = a.json();
+        v["virtualMachines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|vm| vm["ports"].as_array().cloned().unwrap_or_default())
+            .map(|p| p["status"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}

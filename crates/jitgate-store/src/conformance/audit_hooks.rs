@@ -61,6 +61,11 @@ pub(super) async fn audit_queries_inventory_facts_and_security_policies(store: &
     let mut cmd = initiate_cmd(&r, &vm_id("inv", "vm1"), "198.51.100.8", 30, None);
     cmd.requestor = "zoe".into();
     store.initiate(cmd, audit("init")).await.expect("grant");
+    let open = store.open_requests(Some("zoe"), 10).await.expect("open requests");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].0, r.id());
+    assert!(store.open_requests(Some("nobody"), 10).await.expect("none").is_empty());
+    assert!(!store.open_requests(None, 10).await.expect("all").is_empty());
     let access = store.vm_access(&vm_id("inv", "vm1"), now() - Duration::days(7)).await.expect("access");
     assert_eq!(access.approved_since, 1);
     assert_eq!(access.last_user.as_deref(), Some("zoe"));

@@ -1,0 +1,38 @@
+//! Requests across policies, for the portal's My access and Approvals: the requests that still
+//! hold a live, pending or scheduled grant, newest first.
+
+use super::*;
+
+impl SqliteStore {
+    pub(crate) async fn open_requests(
+        &self,
+        requestor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, AccessRequestRecord)>> {
+        let requestor = requestor.map(str::to_owned);
+        self.read(move |c| {
+            let set = [GrantStatus::Initiated, GrantStatus::Pending, GrantStatus::Scheduled];
+            let by = if requestor.is_some() { " AND r.requestor = ?2" } else { "" };
+            let first = if requestor.is_some() { 3 } else { 2 };
+            let sql = format!(
+                "SELECT DISTINCT r.rid, r.policy_id FROM requests r JOIN grants g ON g.rid = r.rid \
+                 WHERE {}{by} ORDER BY r.rid DESC LIMIT ?1",
+                grants::status_in("g.status", first, &set)
+            );
+            let mut lead = vec![rusqlite::types::Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX))];
+            if let Some(r) = requestor {
+                lead.push(rusqlite::types::Value::Text(r));
+            }
+            let found: Vec<(i64, String)> = c
+                .prepare_cached(&sql)?
+                .query_map(grants::bind(lead, &set), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = Vec::with_capacity(found.len());
+            for (rid, policy) in found {
+                out.push((policy, rows::load_request(c, rid)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
