@@ -401,3 +401,29 @@ async fn approvers_decide_pending_requests_but_never_their_own() {
     assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/approvals?done=approved"), "{}", a.body);
     assert_eq!(h.grant_statuses(id).await, vec!["Initiated".to_owned()]);
 }
+
+#[tokio::test]
+async fn a_vms_page_enables_jit_with_the_os_defaults_and_then_offers_request_access() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let path = format!("/vms/{SUB}/rg1/web1");
+    let a = h.page(Method::GET, &path, Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains(">Configuration</h2>") && a.body.contains(">Connect</h2>"), "{}", a.body);
+    assert!(a.body.contains(">Not enabled</span>") && a.body.contains(">Enable just-in-time</button>"), "{}", a.body);
+    assert!(!a.body.contains(">Request access</button>"), "{}", a.body);
+
+    let a = h.post(&cookie, &path, &format!("{path}/enable"), &[]).await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, path.as_str()), "{}", a.body);
+    let policy = h.api(Method::GET, &format!("{}?api-version=2020-01-01", policy_id("rg1")), "").await.json();
+    let port = &policy["properties"]["virtualMachines"][0]["ports"][0];
+    assert_eq!((port["number"].as_i64(), port["maxRequestAccessDuration"].as_str()), (Some(22), Some("PT3H")));
+
+    let a = h.page(Method::GET, &path, Some(&cookie), None).await;
+    assert!(a.body.contains(">Enabled</span>") && a.body.contains(">Request access</button>"), "{}", a.body);
+    assert!(a.body.contains("My IP (192.0.2.7)") && a.body.contains("Edit the JIT configuration"), "{}", a.body);
+
+    let a = h.page(Method::GET, &format!("/vms/{SUB}/rg1/nothing"), Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}

@@ -89,11 +89,12 @@ async fn render(
     error: Option<&ApiError>,
     status: StatusCode,
 ) -> Response {
-    with_panel(app, viewer, View::Configured, status, "Request access", form(viewer, targets, previous, error)).await
+    let form = form(viewer, targets, previous, error, "Open ports");
+    with_panel(app, viewer, View::Configured, status, "Request access", form).await
 }
 
 /// The form (also the Connect section of a VM's page).
-pub fn form(viewer: &Viewer, targets: &[Target], previous: &Fields, error: Option<&ApiError>) -> Markup {
+pub fn form(viewer: &Viewer, targets: &[Target], previous: &Fields, error: Option<&ApiError>, submit: &str) -> Markup {
     let fresh = previous.0.is_empty();
     // The policy asks for a justification where a port needs an approver.
     let needs_reason = targets.iter().filter_map(Target::rules).flat_map(|v| &v.ports).any(|r| r.require_approval);
@@ -151,7 +152,7 @@ pub fn form(viewer: &Viewer, targets: &[Target], previous: &Fields, error: Optio
                 textarea #justification name="justification" maxlength="2048" required[needs_reason]
                     aria-describedby=[needs_reason.then_some("justification-hint")] { (previous.get("justification").unwrap_or("")) }
             }
-            div.actions { button.primary type="submit" { "Open ports" } }
+            div.actions { button.primary type="submit" { (submit) } }
         }
     }
 }
