@@ -238,7 +238,9 @@ fn kill_group(child: &mut Child) {
 
 /// Finds an element by role and accessible name the way a screen reader would: the explicit
 /// `role` attribute or the element's implicit role, and `aria-label`, `aria-labelledby`, the
-/// `<label>` of an input, or the visible text. Visible elements only.
+/// `<label>` of an input, or the visible text. The name is the wanted words, or begins with
+/// them as a whole word ("Revoke request 7" is a "Revoke" button: the visible label leads the
+/// accessible name). Visible elements only.
 const FIND_CONTROL: &str = r#"
 const [role, name] = arguments;
 const implicit = (e) => {
@@ -248,7 +250,8 @@ const implicit = (e) => {
   if (t === 'input' && e.type === 'checkbox') return 'checkbox';
   if (t === 'input' && e.type === 'radio') return 'radio';
   if (t === 'select') return 'combobox';
-  if (t === 'textarea' || (t === 'input' && !['hidden', 'submit', 'button', 'reset', 'checkbox', 'radio'].includes(e.type))) return 'textbox';
+  if (t === 'input' && e.type === 'number') return 'spinbutton';
+  if (t === 'textarea' || (t === 'input' && !['hidden', 'submit', 'button', 'reset', 'checkbox', 'radio', 'number'].includes(e.type))) return 'textbox';
   return null;
 };
 const accName = (e) => {
@@ -264,7 +267,8 @@ const norm = (s) => s.replace(/\s+/g, ' ').trim();
 for (const e of document.querySelectorAll('*')) {
   const r = e.getAttribute('role') || implicit(e);
   if (r !== role) continue;
-  if (norm(accName(e)) !== name) continue;
+  const n = norm(accName(e));
+  if (n !== name && !n.startsWith(name + ' ')) continue;
   const box = e.getBoundingClientRect();
   if (box.width === 0 && box.height === 0 && e.type !== 'checkbox' && e.type !== 'radio') continue;
   return e;

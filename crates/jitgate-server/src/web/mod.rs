@@ -68,14 +68,28 @@ pub fn router() -> Router<App> {
     Router::new().merge(pages).route("/assets/{name}", get(assets::serve))
 }
 
+/// Over HTTP/2 the host is the URI's authority, not a `Host` header: the origin check of a form
+/// ([`same_origin`]) compares against whichever the request carries.
+fn request_host(req: &Request) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
 /// Headers of every page: the CSP, no sniffing, no framing, no referrer, no caching.
-async fn security_headers(req: Request, next: Next) -> Response {
+async fn security_headers(mut req: Request, next: Next) -> Response {
+    if let Some(host) = request_host(&req) {
+        req.headers_mut().insert(header::HOST, host);
+    }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: with the latter a browser sends `Origin: null` on the
+    // portal's own form posts, and the origin check below could not tell them from a forgery.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     resp
 }
@@ -197,10 +211,9 @@ impl Fields {
 /// Whether a post comes from this portal: an `Origin` (or `Sec-Fetch-Site`) that says otherwise
 /// refuses it, whatever the token.
 pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    // A browser's own word (page script cannot set `Sec-Fetch-*`) decides where it has one.
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return false;
-        }
+        return matches!(site, "same-origin" | "none");
     }
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,
