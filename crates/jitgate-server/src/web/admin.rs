@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use maud::{html, Markup};
 
@@ -192,19 +192,6 @@ pub async fn enforcement_points(State(app): State<App>, viewer: Viewer, headers:
     }
 }
 
-/// The URL agents reach the server at: the public URL, else this request's host.
-fn server_url(app: &App, headers: &HeaderMap) -> String {
-    if let Some(u) = &app.config.public_url {
-        return u.trim_end_matches('/').to_owned();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
-        .unwrap_or("127.0.0.1:8443");
-    format!("{}://{host}", if app.config.tls { "https" } else { "http" })
-}
-
 async fn points_page(
     app: &App,
     viewer: &Viewer,
@@ -222,7 +209,7 @@ async fn points_page(
         .collect();
     let may_create = grants.allowing_somewhere(actions::VM_WRITE).is_some();
     let sub = suggested_scope(app).await.trim_start_matches("/subscriptions/").trim_start_matches('/').to_owned();
-    let url = server_url(app, headers);
+    let url = super::base_url(app, headers);
     let body = html! {
         h1 { "Enforcement points" }
         @if let Some(t) = created {
