@@ -53,7 +53,7 @@ pub fn record_out(r: &AuditRecord) -> AuditRecordOut {
     }
 }
 
-fn filter(q: &Query) -> Result<AuditFilter, ApiError> {
+pub(crate) fn filter(q: &Query) -> Result<AuditFilter, ApiError> {
     let time = |name: &str| {
         q.get(name)
             .filter(|v| !v.is_empty())

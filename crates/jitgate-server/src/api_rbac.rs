@@ -238,7 +238,7 @@ fn built_in(name: &str) -> Option<RoleDefinition> {
 }
 
 /// A built-in role or a custom one.
-async fn find_role(app: &App, name: &str) -> Result<Option<RoleDefinition>, ApiError> {
+pub(crate) async fn find_role(app: &App, name: &str) -> Result<Option<RoleDefinition>, ApiError> {
     match built_in(name) {
         Some(r) => Ok(Some(r)),
         None => Ok(app.store.get_role_definition(name).await?),
@@ -272,15 +272,37 @@ async fn put_role(
     c: Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let input = match read_body(&app, body).await {
+        Ok(b) => parse_json::<RoleDefinitionIo>(&b).map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let (stored, created) = put_role_definition(&app, &c.ctx, &c.principal, &name, input).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json(status, &RoleDefinitionIo::from_role(&stored)))
+}
+
+/// Creates or replaces a custom role: the validation, authorization and audit of
+/// `PUT /api/v1/roleDefinitions/{name}`, shared with the portal's "Create least-privileged
+/// requester role". `input` is the parsed body, or why it could not be read.
+pub(crate) async fn put_role_definition(
+    app: &App,
+    ctx: &crate::RequestCtx,
+    caller: &Principal,
+    name: &str,
+    input: Result<RoleDefinitionIo, ApiError>,
+) -> Result<(RoleDefinition, bool), ApiError> {
     let resource = format!("/api/v1/roleDefinitions/{name}");
-    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_DEFINITION_WRITE, &resource);
-    if built_in(&name).is_some() {
-        return Err(app.refuse(audit, read_only(&name)).await);
+    let mut audit = app.audit(ctx, &caller.name, actions::ROLE_DEFINITION_WRITE, &resource);
+    if built_in(name).is_some() {
+        return Err(app.refuse(audit, read_only(name)).await);
     }
-    let input: RoleDefinitionIo = parse_body(&app, body, &audit).await?;
+    let input = match input {
+        Ok(i) => i,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
     let existing = app.store.get_role_definition(&name).await?;
     let id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let role = match input.into_role(&name, id) {
+    let role = match input.into_role(name, id) {
         Ok(r) => r,
         Err(e) => return Err(app.refuse(audit, e.into()).await),
     };
@@ -288,12 +310,11 @@ async fn put_role(
     // can be assigned at (and, when replacing, every scope it could be assigned at before).
     let old_scopes = existing.map(|r| r.assignable_scopes).unwrap_or_default();
     for scope in role.assignable_scopes.iter().chain(old_scopes.iter()) {
-        app.authorize_change(&c.principal, actions::ROLE_DEFINITION_WRITE, scope, &mut audit).await?;
+        app.authorize_change(caller, actions::ROLE_DEFINITION_WRITE, scope, &mut audit).await?;
     }
     let (stored, created) = app.store.put_role_definition(role, audit).await?;
     app.authz.invalidate();
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json(status, &RoleDefinitionIo::from_role(&stored)))
+    Ok((stored, created))
 }
 
 async fn delete_role(State(app): State<App>, Path(name): Path<String>, c: Caller) -> Result<Response, ApiError> {
@@ -315,8 +336,28 @@ async fn delete_role(State(app): State<App>, Path(name): Path<String>, c: Caller
 }
 
 async fn create_assignment(State(app): State<App>, c: Caller, body: Body) -> Result<Response, ApiError> {
-    let mut audit = app.audit(&c.ctx, &c.principal.name, actions::ROLE_ASSIGNMENT_WRITE, "/api/v1/roleAssignments");
-    let input: RoleAssignmentIn = parse_body(&app, body, &audit).await?;
+    let input = match read_body(&app, body).await {
+        Ok(b) => parse_json::<RoleAssignmentIn>(&b).map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let a = assign_role(&app, &c.ctx, &c.principal, input).await?;
+    Ok(json(StatusCode::CREATED, &assignment_out(&a)))
+}
+
+/// Assigns a role at a scope: the validation, authorization and audit of
+/// `POST /api/v1/roleAssignments`, shared with the portal's Access control page. `input` is the
+/// parsed body, or why it could not be read.
+pub(crate) async fn assign_role(
+    app: &App,
+    ctx: &crate::RequestCtx,
+    caller: &Principal,
+    input: Result<RoleAssignmentIn, ApiError>,
+) -> Result<RoleAssignment, ApiError> {
+    let mut audit = app.audit(ctx, &caller.name, actions::ROLE_ASSIGNMENT_WRITE, "/api/v1/roleAssignments");
+    let input = match input {
+        Ok(i) => i,
+        Err(e) => return Err(app.refuse(audit, e).await),
+    };
     let checked = (|| {
         let principal =
             input.principal.ok_or_else(|| bad("InvalidRoleAssignment", "principal", "principal is required"))?;
@@ -331,8 +372,8 @@ async fn create_assignment(State(app): State<App>, c: Caller, body: Body) -> Res
     };
     audit.resource_id = scope.clone();
     // Assigning a role, to oneself or anyone, needs roleAssignments/write at that scope.
-    app.authorize_change(&c.principal, actions::ROLE_ASSIGNMENT_WRITE, &scope, &mut audit).await?;
-    let Some(definition) = find_role(&app, &role).await? else {
+    app.authorize_change(caller, actions::ROLE_ASSIGNMENT_WRITE, &scope, &mut audit).await?;
+    let Some(definition) = find_role(app, &role).await? else {
         let e = ApiError::not_found("RoleDefinitionNotFound", format!("no role named '{role}'"));
         return Err(app.refuse(audit, e).await);
     };
@@ -346,7 +387,7 @@ async fn create_assignment(State(app): State<App>, c: Caller, body: Body) -> Res
     }
     let a = app.store.create_role_assignment(&principal, &definition.name, &scope, audit).await?;
     app.authz.invalidate();
-    Ok(json(StatusCode::CREATED, &assignment_out(&a)))
+    Ok(a)
 }
 
 async fn list_assignments(State(app): State<App>, c: Caller) -> Result<Response, ApiError> {

@@ -80,6 +80,13 @@ pub enum OidcError {
     BadSubject(String),
     #[error("the ID token's 'exp' is not a time")]
     BadExpiry,
+    /// The discovery document lacks an endpoint of the authorization-code flow, or names one
+    /// that is not HTTPS.
+    #[error("{0}")]
+    BadEndpoint(String),
+    /// The token endpoint answered without an ID token.
+    #[error("the token endpoint gave no ID token: {0}")]
+    NoIdToken(String),
 }
 
 /// The shortest time between two JWKS refreshes caused by unknown key ids.
@@ -198,6 +205,7 @@ impl Oidc {
             },
             display,
             expires,
+            nonce: claims["nonce"].as_str().map(str::to_owned),
         })
     }
 }
@@ -211,6 +219,12 @@ pub struct IdToken {
     pub display: Result<Option<String>, String>,
     /// The token's `exp`: nothing made with it may outlive this.
     pub expires: time::OffsetDateTime,
+    /// The `nonce` claim (the portal's sign-in checks it against the one it sent).
+    pub nonce: Option<String>,
+}
+
+fn is_loopback_http(url: &str) -> bool {
+    ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| url.starts_with(p))
 }
 
 /// Whether a bearer token looks like a JWT (three base64url parts).
@@ -232,6 +246,74 @@ impl Oidc {
                 s.insert(h)
             })
             .unwrap_or(false)
+    }
+
+    /// The issuer's authorization and token endpoints, from its discovery document.
+    pub async fn endpoints(&self) -> Result<(String, String), OidcError> {
+        let discovery = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+        let fetch = |what: &'static str| {
+            let url = discovery.clone();
+            move |source| OidcError::Fetch { what, url, source }
+        };
+        let doc: serde_json::Value = self
+            .client
+            .get(&discovery)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(fetch("fetching"))?
+            .json()
+            .await
+            .map_err(fetch("reading"))?;
+        let endpoint = |name: &str| {
+            let url = doc[name].as_str().unwrap_or("");
+            if url.starts_with("https://") || is_loopback_http(url) {
+                Ok(url.to_owned())
+            } else {
+                Err(OidcError::BadEndpoint(format!("{discovery}: '{name}' is missing or not an https:// URL")))
+            }
+        };
+        Ok((endpoint("authorization_endpoint")?, endpoint("token_endpoint")?))
+    }
+
+    /// Redeems an authorization code (with its PKCE verifier) at the token endpoint; returns the
+    /// ID token, still to be validated.
+    pub async fn redeem(
+        &self,
+        token_endpoint: &str,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<String, OidcError> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("client_id", self.config.audience.as_str()),
+                ("code_verifier", verifier),
+            ])
+            .finish();
+        let fetch = |what: &'static str| {
+            let url = token_endpoint.to_owned();
+            move |source| OidcError::Fetch { what, url, source }
+        };
+        let answer: serde_json::Value = self
+            .client
+            .post(token_endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(fetch("redeeming the code at"))?
+            .json()
+            .await
+            .map_err(fetch("reading"))?;
+        match answer["id_token"].as_str() {
+            Some(t) => Ok(t.to_owned()),
+            None => Err(OidcError::NoIdToken(answer["error"].as_str().unwrap_or("no id_token").to_owned())),
+        }
     }
 
     pub fn issuer(&self) -> &str {

@@ -427,3 +427,104 @@ async fn a_vms_page_enables_jit_with_the_os_defaults_and_then_offers_request_acc
     let a = h.page(Method::GET, &format!("/vms/{SUB}/rg1/nothing"), Some(&cookie), None).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_audit_page_filters_pages_exports_and_verifies() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    h.policy("rg1", &["web1"], &[22]).await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let a = h.page(Method::GET, "/audit", Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains(">Verified</span>"), "the chain verification: {}", a.body);
+    assert!(a.body.contains("signIn/action"), "{}", a.body);
+    let op = enc(ops::POLICY_WRITE);
+    let a = h.page(Method::GET, &format!("/audit?operation={op}"), Some(&cookie), None).await;
+    assert!(a.body.contains("jitNetworkAccessPolicies/write") && !a.body.contains("signIn/action"), "{}", a.body);
+
+    let a = h.page(Method::GET, &format!("/audit/export?format=jsonl&operation={op}"), Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let lines: Vec<serde_json::Value> = a.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{}", a.body);
+    assert_eq!(lines[0]["operationName"], ops::POLICY_WRITE);
+    let a = h.page(Method::GET, "/audit/export?format=csv", Some(&cookie), None).await;
+    assert!(a.body.starts_with("sequence,eventTimestamp,operationName"), "{}", a.body);
+    assert!(a.body.lines().count() > 3, "{}", a.body);
+    let disposition = a.headers.get(header::CONTENT_DISPOSITION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(disposition.contains("jitgate-audit.csv"), "{disposition}");
+
+    // Someone who may not read the log gets no page.
+    let a = h.api(Method::POST, "/api/v1/principals", r#"{"name":"nobody","type":"User"}"#).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let t = h.api(Method::POST, "/api/v1/principals/nobody/tokens", "{}").await.json();
+    let (cookie, _) = h.sign_in(t["token"].as_str().unwrap()).await;
+    let a = h.page(Method::GET, "/audit", Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+}
+
+#[tokio::test]
+async fn access_control_creates_the_requester_role_and_assigns_roles() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let a = h.page(Method::GET, "/access-control", Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains(">Create least-privileged requester role</button>"), "{}", a.body);
+    let scope = format!("/subscriptions/{SUB}");
+    let a = h
+        .post(
+            &cookie,
+            "/access-control",
+            "/access-control/requester-role",
+            &[("name", "JIT Access Role"), ("scope", &scope)],
+        )
+        .await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/access-control?done=role"), "{}", a.body);
+    let role = h.api(Method::GET, "/api/v1/roleDefinitions/JIT%20Access%20Role", "").await;
+    assert_eq!(role.status, StatusCode::OK, "{}", role.body);
+    assert!(role.body.contains("initiate/action"), "{}", role.body);
+
+    let a = h.api(Method::POST, "/api/v1/principals", r#"{"name":"dave","type":"User"}"#).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let fields = [("principal", "dave"), ("role", "JIT Access Role"), ("scope", scope.as_str())];
+    let a = h.post(&cookie, "/access-control", "/access-control/assignments", &fields).await;
+    assert_eq!((a.status, a.location()), (StatusCode::SEE_OTHER, "/access-control?done=assigned"), "{}", a.body);
+    let list = h.api(Method::GET, "/api/v1/roleAssignments?principal=dave", "").await.json();
+    assert_eq!(list["value"][0]["role"], "JIT Access Role", "{list}");
+    // The API's refusal, shown on the page: an unknown role.
+    let fields = [("principal", "dave"), ("role", "Nope"), ("scope", scope.as_str())];
+    let a = h.post(&cookie, "/access-control", "/access-control/assignments", &fields).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
+    assert!(a.body.contains("no role named"), "{}", a.body);
+
+    // A Reader is offered neither form.
+    let (_, token) = h.principal_with_role("rita", "Reader", &scope).await;
+    let (cookie, _) = h.sign_in(&token).await;
+    let a = h.page(Method::GET, "/access-control", Some(&cookie), None).await;
+    assert!(!a.body.contains("<button") || !a.body.contains("Assign role"), "{}", a.body);
+    assert!(!a.body.contains("Create least-privileged requester role"), "{}", a.body);
+}
+
+#[tokio::test]
+async fn enforcement_points_show_agents_and_make_join_tokens_once() {
+    let h = Harness::new().await;
+    h.host_vm("rg1", "web1").await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let a = h.page(Method::GET, "/enforcement-points", Some(&cookie), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body.contains("<td>web1</td>") && a.body.contains(">No report yet</span>"), "{}", a.body);
+    let fields = [("subscription", SUB), ("resourceGroup", "rg2"), ("location", "westeurope"), ("mode", "host")];
+    let a = h.post(&cookie, "/enforcement-points", "/enforcement-points/join-tokens", &fields).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let at = a.body.find("jgj_").expect("the token is shown");
+    let token: String =
+        a.body[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect();
+    assert!(a.body.contains("jitgate agent --server https://portal.test --join-token"), "{}", a.body);
+    let join =
+        serde_json::json!({"joinToken": token, "name": "db1", "mode": "host", "osType": "Linux", "hostname": "db1"});
+    let j =
+        h.send(Method::POST, "/agent/v1/join", &[("content-type", "application/json")], Some(&join.to_string())).await;
+    assert_eq!(j.status, StatusCode::CREATED, "the portal's token joins: {}", j.body);
+    let a = h.page(Method::GET, "/enforcement-points", Some(&cookie), None).await;
+    assert!(a.body.contains("<td>db1</td>") && !a.body.contains(&token), "shown once: {}", a.body);
+}

@@ -74,10 +74,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let url = format!("{scheme}://{local}");
 
     let max_token_lifetime = max_token_lifetime(&args.max_token_lifetime)?;
-    bootstrap(store.as_ref(), &args, max_token_lifetime, &url, cert_path.as_deref()).await?;
     if let Some(cert) = &cert_path {
         println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
     }
+    bootstrap(store.as_ref(), &args, max_token_lifetime, &url, cert_path.as_deref()).await?;
 
     let trusted_proxies = ranges("--trusted-proxy", &args.trusted_proxy)?;
     let oidc = match (&args.oidc_issuer, &args.oidc_audience) {
@@ -210,6 +210,15 @@ async fn bootstrap(
         ),
         None => "It does not expire (--max-token-lifetime none).".to_string(),
     };
+    let out = first_start_message(&headline, &token, &lifetime, url, cert);
+    print!("{out}");
+    std::io::stdout().flush().ok();
+    Ok(())
+}
+
+/// What a first start prints: the admin token this once, how to use it from a shell, and the
+/// portal's address.
+fn first_start_message(headline: &str, token: &str, lifetime: &str, url: &str, cert: Option<&Path>) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "\njitgate: {headline}. Its admin token is shown this once:\n\n    {token}\n\n{lifetime}\n\n"
@@ -222,9 +231,18 @@ async fn bootstrap(
     } else {
         out.push_str("    curl -H \"Authorization: Bearer $JITGATE_TOKEN\" \"$JITGATE_URL/api/v1/vms\"\n\n");
     }
-    print!("{out}");
-    std::io::stdout().flush().ok();
-    Ok(())
+    if cert.is_some() {
+        out.push_str("The portal uses the TLS certificate above: compare its SHA-256 if the browser asks.\n");
+    }
+    out.push_str(&format!("In a browser: open {} and sign in with the token above\n", portal_url(url)));
+    out
+}
+
+/// The portal's address for a browser: the listening URL with `/`, an unspecified address
+/// (`0.0.0.0`, `::`) shown as loopback.
+fn portal_url(url: &str) -> String {
+    let url = url.replacen("://0.0.0.0:", "://127.0.0.1:", 1).replacen("://[::]:", "://[::1]:", 1);
+    format!("{}/", url.trim_end_matches('/'))
 }
 
 /// The addresses or CIDR ranges given with `flag`, as written (a single address is its own range).
@@ -285,6 +303,16 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_start_message_ends_with_the_portal_address() {
+        let m = first_start_message("created", "jg_x", "It does not expire.", "https://127.0.0.1:8443", None);
+        assert!(m.contains("    jg_x\n"), "{m}");
+        assert!(m.ends_with("open https://127.0.0.1:8443/ and sign in with the token above\n"), "{m}");
+        let m = first_start_message("created", "jg_x", "", "https://0.0.0.0:9443", Some(Path::new("/d/tls/cert.pem")));
+        assert!(m.ends_with("open https://127.0.0.1:9443/ and sign in with the token above\n"), "{m}");
+        assert_eq!(portal_url("https://[::]:8443"), "https://[::1]:8443/");
+    }
 
     #[test]
     fn the_maximum_token_lifetime_flag() {

@@ -52,11 +52,26 @@ pub(super) async fn agent_tokens(
     Caller { ctx, principal, .. }: Caller,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let app = &app;
-    let audit = app.audit(&ctx, &principal.name, ops::JOIN_TOKEN_WRITE, "/api/v1/agentTokens");
+    let input = match read_body(&app, body).await {
+        Ok(b) => parse_json::<JoinTokenIn>(&b).map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let out = create_join_token(&app, &ctx, &principal, input).await?;
+    Ok(json(StatusCode::CREATED, &out))
+}
+
+/// Makes a one-time join token: the validation, authorization and audit of
+/// `POST /api/v1/agentTokens`, shared with the portal's Enforcement points page. `input` is the
+/// parsed body, or why it could not be read.
+pub(crate) async fn create_join_token(
+    app: &App,
+    ctx: &crate::RequestCtx,
+    principal: &jitgate_store::Principal,
+    input: Result<JoinTokenIn, ApiError>,
+) -> Result<JoinTokenOut, ApiError> {
+    let audit = app.audit(ctx, &principal.name, ops::JOIN_TOKEN_WRITE, "/api/v1/agentTokens");
     let checked = async {
-        let body = read_body(app, body).await?;
-        let input: JoinTokenIn = parse_json(&body)?;
+        let input = input?;
         let bad = |field: &str, m: String| {
             let mut e = ApiError::bad_request("InvalidJoinTokenRequest", m);
             e.target = Some(field.into());
@@ -109,10 +124,10 @@ pub(super) async fn agent_tokens(
     // Joining registers VMs in the token's resource group; a token made for one VM registers or
     // re-binds only that VM.
     let mut audit = audit;
-    app.authorize_change(&principal, actions::VM_WRITE, &token_scope(&spec), &mut audit).await?;
+    app.authorize_change(principal, actions::VM_WRITE, &token_scope(&spec), &mut audit).await?;
     let token = format!("{JOIN_TOKEN_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
     app.store.create_join_token(spec.clone(), &auth::hash_token(&token), audit).await?;
-    let out = JoinTokenOut {
+    Ok(JoinTokenOut {
         token,
         expires_on: datetime::format(spec.expires),
         subscription: spec.subscription,
@@ -120,8 +135,7 @@ pub(super) async fn agent_tokens(
         location: spec.location,
         mode: spec.mode.as_str().into(),
         vm: spec.vm,
-    };
-    Ok(json(StatusCode::CREATED, &out))
+    })
 }
 
 /// Where a join token registers VMs: its resource group, or the one VM it was made for.
@@ -134,7 +148,7 @@ fn token_scope(spec: &JoinTokenSpec) -> String {
 }
 
 /// Where an agent is managed: its VM (host mode) or the resource group it joined (gateway).
-pub(super) fn agent_scope(a: &AgentRecord) -> String {
+pub(crate) fn agent_scope(a: &AgentRecord) -> String {
     a.vm_id.clone().unwrap_or_else(|| format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group))
 }
 

@@ -19,6 +19,7 @@ use axum::Router;
 use crate::App;
 
 pub use agents::JOIN_TOKEN_PREFIX;
+pub(crate) use agents::{agent_scope, create_join_token};
 pub use jitgate_core::inventory::View;
 pub(crate) use requests::{decide_request, extend_request, request_id, revoke_request};
 

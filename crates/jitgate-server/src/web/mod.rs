@@ -18,6 +18,7 @@ mod progress;
 mod request;
 pub mod session;
 mod signin;
+mod sso;
 mod vm;
 
 use axum::body::Body;
@@ -47,6 +48,8 @@ pub fn router() -> Router<App> {
         .route("/", get(home))
         .route("/signin", get(signin::form).post(signin::submit))
         .route("/signout", post(signin::sign_out))
+        .route("/signin/sso", get(sso::start))
+        .route("/signin/sso/callback", get(sso::callback))
         .route("/jit", get(jit::page))
         .route("/jit/configure", get(configure::panel).post(configure::save))
         .route("/jit/request", get(request::panel).post(request::open))
@@ -293,4 +296,17 @@ pub(crate) fn new_session(app: &App, principal: &str, proof: Proof, expires: Opt
     let cap = now + session::MAX_AGE;
     let expires = expires.map_or(cap, |e| e.min(cap));
     Session { principal: principal.to_owned(), proof, csrf: session::random_id(), created: now, expires }
+}
+
+/// This server's URL as browsers and agents reach it: the public URL, else the request's host.
+pub(crate) fn base_url(app: &App, headers: &HeaderMap) -> String {
+    if let Some(u) = &app.config.public_url {
+        return u.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)))
+        .unwrap_or("127.0.0.1:8443");
+    format!("{}://{host}", if app.config.tls { "https" } else { "http" })
 }

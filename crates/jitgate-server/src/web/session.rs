@@ -43,10 +43,29 @@ pub struct Session {
     pub expires: OffsetDateTime,
 }
 
-/// The sessions of this process, by the SHA-256 of their id.
+/// The sessions of this process, by the SHA-256 of their id; and the SSO sign-ins under way,
+/// by the SHA-256 of their `state`.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<[u8; 32], Session>>,
+    sso: Mutex<HashMap<[u8; 32], SsoStart>>,
+}
+
+/// The cookie that binds an SSO sign-in to the browser that started it (SameSite=Lax: it must
+/// come back on the identity provider's redirect).
+pub const SSO_COOKIE: &str = "__Host-jitgate_sso";
+/// How long an SSO sign-in may take.
+pub const SSO_WINDOW: time::Duration = time::Duration::minutes(10);
+
+/// An SSO sign-in between the redirect to the identity provider and its return.
+#[derive(Debug, Clone)]
+pub struct SsoStart {
+    pub nonce: String,
+    pub verifier: String,
+    pub redirect_uri: String,
+    pub token_endpoint: String,
+    pub next: String,
+    pub started: OffsetDateTime,
 }
 
 /// A random 256-bit value, URL-safe base64.
@@ -101,6 +120,22 @@ impl Sessions {
     /// Ends the session with this id, returning it.
     pub fn remove(&self, id: &str) -> Option<Session> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest(id))
+    }
+
+    /// Remembers an SSO sign-in under `state`.
+    pub fn start_sso(&self, state: &str, start: SsoStart) {
+        let mut map = self.sso.lock().unwrap_or_else(|e| e.into_inner());
+        let now = start.started;
+        map.retain(|_, s| s.started + SSO_WINDOW > now);
+        if map.len() < MAX_SESSIONS {
+            map.insert(digest(state), start);
+        }
+    }
+
+    /// Takes the SSO sign-in of `state` (once), if it is still in its window.
+    pub fn take_sso(&self, state: &str, now: OffsetDateTime) -> Option<SsoStart> {
+        let start = self.sso.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest(state))?;
+        (start.started + SSO_WINDOW > now).then_some(start)
     }
 
     /// How many sessions are kept (expired ones included until they are next looked at).

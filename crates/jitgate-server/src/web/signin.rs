@@ -21,14 +21,14 @@ pub struct Next {
 }
 
 /// Only a path of this portal may be a target after sign-in.
-fn local_target(next: Option<&str>) -> &str {
+pub(super) fn local_target(next: Option<&str>) -> &str {
     match next {
         Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/signin") => n,
         _ => "/jit",
     }
 }
 
-fn form_page(status: StatusCode, token: &str, next: &str, error: Option<&str>) -> Response {
+pub(super) fn form_page(status: StatusCode, sso: bool, token: &str, next: &str, error: Option<&str>) -> Response {
     let body = html! {
         div.signin {
             h1 { "Sign in to jitgate" }
@@ -45,6 +45,9 @@ fn form_page(status: StatusCode, token: &str, next: &str, error: Option<&str>) -
                 }
                 button.primary type="submit" { "Sign in" }
             }
+            @if sso {
+                p { a.button href={ "/signin/sso?next=" (super::enc(next)) } { "Sign in with SSO" } }
+            }
             p.muted { "Use an API token (" code { "jitgate token create" } ") or the first-start admin token." }
         }
     };
@@ -56,12 +59,12 @@ fn form_page(status: StatusCode, token: &str, next: &str, error: Option<&str>) -
 }
 
 /// `GET /signin`: the form (or the JIT page for someone signed in).
-pub async fn form(viewer: Option<Viewer>, Query(q): Query<Next>) -> Response {
+pub async fn form(State(app): State<App>, viewer: Option<Viewer>, Query(q): Query<Next>) -> Response {
     let next = local_target(q.next.as_deref()).to_owned();
     if viewer.is_some() {
         return redirect(&next);
     }
-    form_page(StatusCode::OK, &session::random_id(), &next, None)
+    form_page(StatusCode::OK, app.oidc.is_some(), &session::random_id(), &next, None)
 }
 
 /// `POST /signin`: checks the form's token against its cookie, then the API token the same way
@@ -79,7 +82,7 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
     let form_ok = matches!((cookie, fields.get("csrf")), (Some(c), Some(f)) if session::same_secret(c, f));
     if !form_ok || !super::same_origin(&headers) {
         let msg = "The sign-in form expired or did not come from this portal. Try again.";
-        return form_page(StatusCode::FORBIDDEN, &session::random_id(), &next, Some(msg));
+        return form_page(StatusCode::FORBIDDEN, app.oidc.is_some(), &session::random_id(), &next, Some(msg));
     }
     let token = fields.text("token").unwrap_or("");
     let mut auth = HeaderMap::new();
@@ -96,7 +99,7 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
                 s if s.is_server_error() => e.message,
                 _ => "Sign-in failed: the token is invalid, expired or revoked.".to_owned(),
             };
-            return form_page(status, &session::random_id(), &next, Some(&msg));
+            return form_page(status, app.oidc.is_some(), &session::random_id(), &next, Some(&msg));
         }
     };
     let (proof, method) = match credential {

@@ -89,6 +89,10 @@ pub fn assert_csp(a: &Answer) {
 
 impl Harness {
     pub async fn new() -> Harness {
+        Harness::with_oidc(None).await
+    }
+
+    pub async fn with_oidc(oidc: Option<jitgate_server::oidc::Oidc>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys = jitgate_store::secrets::Keyring::generate().expect("keys");
         let store = Arc::new(SqliteStore::open(&dir.path().join("db"), keys).expect("store"));
@@ -105,7 +109,8 @@ impl Harness {
             properties: Default::default(),
         };
         assert!(store.bootstrap("owner", &auth::hash_token(&token), None, audit).await.expect("bootstrap"));
-        let app = App::new(store.clone(), Arc::new(jitgate_server::SystemClock), ServerConfig::default());
+        let app =
+            App::new(store.clone(), Arc::new(jitgate_server::SystemClock), ServerConfig::default()).with_oidc(oidc);
         Harness { _dir: dir, store, router: jitgate_server::router(app.clone()), app, token }
     }
 
