@@ -111,9 +111,19 @@ impl Browser {
         Some(Browser { client, driver, _profile: profile })
     }
 
-    /// Opens `url` and waits until the document has loaded.
+    /// Opens `url` and waits until the document has loaded. A network error page (Chromium
+    /// shows one when it sees interfaces change, as a test's namespaces do while it starts) is
+    /// retried a few times before it fails the test.
     pub async fn goto(&self, url: &str) {
-        self.client.goto(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
+        for attempt in 0..5 {
+            self.client.goto(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
+            let uri = self.client.execute("return document.documentURI", vec![]).await.unwrap_or(Value::Null);
+            if !uri.as_str().is_some_and(|u| u.starts_with("chrome-error:")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        panic!("open {url}: the browser shows a network error page");
     }
 
     /// The element matching the CSS selector, waited for.

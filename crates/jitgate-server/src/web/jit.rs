@@ -259,7 +259,7 @@ async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> R
                     button.primary type="submit" data-count-label="Request access" { "Request access" }
                 }
             }
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     thead { tr {
                         @if any_initiate { th { input type="checkbox" data-select-all aria-label="Select all VMs"; } }
@@ -310,7 +310,7 @@ fn not_configured_table(grants: &Grants, rows: &[&Placed<'_>]) -> Markup {
                     button.primary type="submit" data-count-label="Enable JIT on {n} VM{s}" { "Enable JIT on 0 VMs" }
                 }
             }
-            div.table-wrap {
+            div.table-wrap tabindex="0" {
                 table {
                     thead { tr {
                         @if any_enable { th { input type="checkbox" data-select-all aria-label="Select all VMs"; } }
@@ -340,7 +340,7 @@ fn not_configured_table(grants: &Grants, rows: &[&Placed<'_>]) -> Markup {
 
 fn unsupported_table(rows: &[&Placed<'_>]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table {
                 thead { tr { th { "Virtual machine" } th { "Resource group" } th { "Location" } th { "Reason" } } }
                 tbody {
