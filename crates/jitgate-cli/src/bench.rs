@@ -43,9 +43,22 @@ pub enum BenchCommand {
     /// Audit queries and chain verification over a large log.
     #[command(after_help = "Example:\n  jitgate bench audit --records 1000000")]
     Audit(AuditBenchArgs),
+    /// The server's time to render the portal's JIT VM access page over many VMs, and its size.
+    #[command(after_help = "Example:\n  jitgate bench portal --vms 10000")]
+    Portal(PortalArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
     Inner(InnerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PortalArgs {
+    /// Registered VMs (in resource groups of 100; half of the groups configured).
+    #[arg(long, default_value_t = 10_000)]
+    pub vms: usize,
+    /// Renders of each page measured.
+    #[arg(long, default_value_t = 200)]
+    pub renders: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@
 mod agent;
 mod bench_authz;
 mod bench_enforce;
+mod bench_portal;
 mod common;
 mod secrets;
 mod serve;
@@ -59,6 +60,7 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
                 Some(BenchCommand::Authz(a)) => bench_authz::run(a).await,
                 Some(BenchCommand::Audit(a)) => bench_authz::audit(a).await,
+                Some(BenchCommand::Portal(a)) => bench_portal::run(a).await,
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
