@@ -87,6 +87,38 @@ pub fn get_vm(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vm>> {
     vm.map(|vm| with_agent(conn, vm, key)).transpose()
 }
 
+/// Every VM with its enforcement point, in key order: two reads (the VMs, the agents) whatever
+/// the count, joined here, with the same rule as [`with_agent`].
+pub fn all_vms(conn: &Connection) -> rusqlite::Result<Vec<Vm>> {
+    let mut hosts = std::collections::HashMap::new();
+    let mut gateways = std::collections::HashMap::new();
+    let mut agents = conn.prepare_cached("SELECT * FROM agents")?;
+    let mut rows = agents.query([])?;
+    while let Some(r) = rows.next()? {
+        let agent = agent_from_row(r)?;
+        if agent.mode == AgentMode::Gateway {
+            gateways.insert((agent.subscription.to_ascii_lowercase(), agent.name.to_ascii_lowercase()), agent);
+        } else {
+            hosts.insert(agent.id.clone(), agent);
+        }
+    }
+    let mut stmt = conn.prepare_cached("SELECT * FROM vms ORDER BY key")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut vm = vm_from_row(r)?;
+        let agent_id: Option<String> = r.get("agent_id")?;
+        vm.agent = match &vm.spec.gateway {
+            Some(gw) => {
+                gateways.get(&(vm.spec.id.subscription().to_ascii_lowercase(), gw.to_ascii_lowercase())).cloned()
+            }
+            None => agent_id.and_then(|id| hosts.get(&id).cloned()),
+        };
+        out.push(vm);
+    }
+    Ok(out)
+}
+
 /// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or
 /// the host agent bound to this very VM row (a VM registered again has none until one joins).
 pub fn with_agent(conn: &Connection, mut vm: Vm, key: &str) -> rusqlite::Result<Vm> {

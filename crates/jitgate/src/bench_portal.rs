@@ -16,10 +16,11 @@ use tower::ServiceExt;
 
 use jitgate_cli::bench::PortalArgs;
 use jitgate_core::audit::{AuditEvent, AuditStatus};
-use jitgate_core::{OsType, VmId};
+use jitgate_core::enforcement::{AgentMode, JoiningAgent};
+use jitgate_core::OsType;
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, ServerConfig, SystemClock};
-use jitgate_store::{Store, VmSpec};
+use jitgate_store::{AgentJoin, AgentReport, JoinTokenSpec, Store};
 use jitgate_store_sqlite::SqliteStore;
 
 const SUBS: [&str; 2] = ["b0000000-0000-4000-8000-000000000001", "b0000000-0000-4000-8000-000000000002"];
@@ -98,6 +99,14 @@ fn policy_body(sub: &str, group: &str) -> String {
     format!(r#"{{"properties":{{"virtualMachines":[{}]}}}}"#, vms.join(","))
 }
 
+fn location(group: usize) -> &'static str {
+    if group % 3 == 0 {
+        "eastus"
+    } else {
+        "westeurope"
+    }
+}
+
 fn percentile(sorted: &[f64], p: usize) -> f64 {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
@@ -112,25 +121,42 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
     let token = auth::new_token();
     store.bootstrap("owner", &auth::hash_token(&token), None, event("bootstrap")).await?;
     let groups = args.vms / PER_GROUP;
-    // The VMs, straight into the store (the API would rate-limit a single writer this fast).
+    // Every VM with its own host agent that has reported in, straight into the store (the API
+    // would rate-limit a single writer this fast): join token, join, report.
+    let now = time::OffsetDateTime::now_utc();
     let mut tasks = Vec::with_capacity(args.vms);
     for g in 0..groups {
         for i in 0..PER_GROUP {
             let store = store.clone();
-            let sub = SUBS[g % SUBS.len()];
-            let id = VmId::parse(&format!(
-                "/subscriptions/{sub}/resourceGroups/rg{g}/providers/Microsoft.Compute/virtualMachines/vm{i}"
-            ))
-            .map_err(anyhow::Error::msg)?;
-            let spec = VmSpec {
-                id,
-                os_type: OsType::Linux,
-                location: if g % 3 == 0 { "eastus" } else { "westeurope" }.into(),
-                address: Some(std::net::IpAddr::from([10, (g / 250) as u8, (g % 250) as u8, i as u8 + 1])),
-                gateway: None,
-                classic: false,
+            let token_hash = auth::hash_token(&format!("jgj_bench_{g}_{i}"));
+            let token = JoinTokenSpec {
+                subscription: SUBS[g % SUBS.len()].into(),
+                resource_group: format!("rg{g}"),
+                location: location(g).into(),
+                mode: AgentMode::Host,
+                expires: now + time::Duration::hours(1),
+                vm: None,
             };
-            tasks.push(tokio::spawn(async move { store.put_vm(spec, event("vm")).await }));
+            let join = AgentJoin {
+                token_hash: token_hash.clone(),
+                credential_hash: auth::hash_token(&format!("jga_bench_{g}_{i}")),
+                id: format!("agent-{g}-{i}"),
+                agent: JoiningAgent {
+                    name: format!("vm{i}"),
+                    mode: AgentMode::Host,
+                    os_type: OsType::Linux,
+                    addresses: vec![std::net::IpAddr::from([10, (g / 250) as u8, (g % 250) as u8, i as u8 + 1])],
+                    public_address: None,
+                    hostname: format!("vm{i}"),
+                },
+                now,
+            };
+            tasks.push(tokio::spawn(async move {
+                store.create_join_token(token, &token_hash, event("token")).await?;
+                let agent = store.join_agent(join, event("join")).await?;
+                let report = AgentReport { revision: 0, nft_usable: true, nft_error: None, now };
+                store.agent_report(&agent.id, report).await
+            }));
         }
     }
     for t in tasks {
@@ -142,7 +168,7 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
     // Half the resource groups get a policy over all their VMs, through the ARM API.
     for g in (0..groups).step_by(2) {
         let sub = SUBS[g % SUBS.len()];
-        let location = if g % 3 == 0 { "eastus" } else { "westeurope" };
+        let location = location(g);
         let uri = format!("/subscriptions/{sub}/resourceGroups/rg{g}/providers/Microsoft.Security/locations/{location}/jitNetworkAccessPolicies/default?api-version=2020-01-01");
         let req = Request::builder()
             .method(Method::PUT)
@@ -170,7 +196,11 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
         ensure!(a.status.is_success(), "healthz answered {}", a.status);
     }
     yardstick.sort_by(f64::total_cmp);
-    println!("yardstick GET /healthz through the same router: p50 {:.3} ms  p99 {:.3} ms", yardstick[yardstick.len() / 2], percentile(&yardstick, 99));
+    println!(
+        "yardstick GET /healthz through the same router: p50 {:.3} ms  p99 {:.3} ms",
+        yardstick[yardstick.len() / 2],
+        percentile(&yardstick, 99)
+    );
     for (label, uri) in [
         ("Configured tab", "/jit?tab=configured"),
         ("Not configured tab", "/jit?tab=notconfigured"),
