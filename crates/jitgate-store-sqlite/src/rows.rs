@@ -63,20 +63,52 @@ fn vm_id(s: &str) -> rusqlite::Result<VmId> {
 }
 
 pub fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
-    let id: String = r.get("id")?;
-    let os: String = r.get("os_type")?;
-    let address: Option<String> = r.get("address")?;
+    vm_at(r, &VmCols::of(r.as_ref())?)
+}
+
+/// Where a statement's result holds each column of `vms`: looked up once per statement when
+/// many rows are read (by name per value, a wide row costs a string comparison per column).
+pub struct VmCols {
+    id: usize,
+    os_type: usize,
+    address: usize,
+    location: usize,
+    gateway: usize,
+    classic: usize,
+    created: usize,
+    updated: usize,
+}
+
+impl VmCols {
+    pub fn of(stmt: &rusqlite::Statement<'_>) -> rusqlite::Result<Self> {
+        Ok(VmCols {
+            id: stmt.column_index("id")?,
+            os_type: stmt.column_index("os_type")?,
+            address: stmt.column_index("address")?,
+            location: stmt.column_index("location")?,
+            gateway: stmt.column_index("gateway")?,
+            classic: stmt.column_index("classic")?,
+            created: stmt.column_index("created")?,
+            updated: stmt.column_index("updated")?,
+        })
+    }
+}
+
+fn vm_at(r: &Row<'_>, c: &VmCols) -> rusqlite::Result<Vm> {
+    let id: String = r.get(c.id)?;
+    let os: String = r.get(c.os_type)?;
+    let address: Option<String> = r.get(c.address)?;
     Ok(Vm {
         spec: VmSpec {
             id: vm_id(&id)?,
             os_type: OsType::parse(&os).ok_or_else(|| corrupt(format!("os type {os}")))?,
-            location: r.get("location")?,
+            location: r.get(c.location)?,
             address: address.map(|a| a.parse().map_err(|_| corrupt(format!("address {a}")))).transpose()?,
-            gateway: r.get("gateway")?,
-            classic: r.get("classic")?,
+            gateway: r.get(c.gateway)?,
+            classic: r.get(c.classic)?,
         },
-        created: from_nanos(r.get("created")?)?,
-        updated: from_nanos(r.get("updated")?)?,
+        created: from_nanos(r.get(c.created)?)?,
+        updated: from_nanos(r.get(c.updated)?)?,
         agent: None,
     })
 }
@@ -93,9 +125,10 @@ pub fn all_vms(conn: &Connection) -> rusqlite::Result<Vec<Vm>> {
     let mut hosts = std::collections::HashMap::new();
     let mut gateways = std::collections::HashMap::new();
     let mut agents = conn.prepare_cached("SELECT * FROM agents")?;
+    let cols = AgentCols::of(&agents)?;
     let mut rows = agents.query([])?;
     while let Some(r) = rows.next()? {
-        let agent = agent_from_row(r)?;
+        let agent = agent_at(r, &cols)?;
         if agent.mode == AgentMode::Gateway {
             gateways.insert((agent.subscription.to_ascii_lowercase(), agent.name.to_ascii_lowercase()), agent);
         } else {
@@ -103,11 +136,13 @@ pub fn all_vms(conn: &Connection) -> rusqlite::Result<Vec<Vm>> {
         }
     }
     let mut stmt = conn.prepare_cached("SELECT * FROM vms ORDER BY key")?;
+    let cols = VmCols::of(&stmt)?;
+    let agent_at_col = stmt.column_index("agent_id")?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        let mut vm = vm_from_row(r)?;
-        let agent_id: Option<String> = r.get("agent_id")?;
+        let mut vm = vm_at(r, &cols)?;
+        let agent_id: Option<String> = r.get(agent_at_col)?;
         vm.agent = match &vm.spec.gateway {
             Some(gw) => {
                 gateways.get(&(vm.spec.id.subscription().to_ascii_lowercase(), gw.to_ascii_lowercase())).cloned()
@@ -182,29 +217,66 @@ pub fn gateway_claims(
 }
 
 pub fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<AgentRecord> {
-    let mode: String = r.get("mode")?;
-    let addresses: String = r.get("addresses")?;
-    let public: Option<String> = r.get("public_address")?;
-    let last_seen: Option<i64> = r.get("last_seen")?;
-    let usable: Option<bool> = r.get("nft_usable")?;
-    let applied: i64 = r.get("applied_revision")?;
-    let delivered: i64 = r.get("delivered_revision")?;
+    agent_at(r, &AgentCols::of(r.as_ref())?)
+}
+
+/// Where a statement's result holds each column of `agents` (see [`VmCols`]).
+pub struct AgentCols([usize; 15]);
+
+impl AgentCols {
+    const NAMES: [&'static str; 15] = [
+        "mode",
+        "addresses",
+        "public_address",
+        "last_seen",
+        "nft_usable",
+        "applied_revision",
+        "delivered_revision",
+        "id",
+        "name",
+        "subscription",
+        "resource_group",
+        "location",
+        "vm_id",
+        "joined",
+        "nft_error",
+    ];
+
+    pub fn of(stmt: &rusqlite::Statement<'_>) -> rusqlite::Result<Self> {
+        let mut at = [0; 15];
+        for (slot, name) in at.iter_mut().zip(Self::NAMES) {
+            *slot = stmt.column_index(name)?;
+        }
+        Ok(AgentCols(at))
+    }
+}
+
+fn agent_at(r: &Row<'_>, c: &AgentCols) -> rusqlite::Result<AgentRecord> {
+    let [mode, addresses, public, last_seen, usable, applied, delivered, id, name, subscription, group, location, vm_id, joined, nft_error] =
+        c.0;
+    let mode: String = r.get(mode)?;
+    let addresses: String = r.get(addresses)?;
+    let public: Option<String> = r.get(public)?;
+    let last_seen: Option<i64> = r.get(last_seen)?;
+    let usable: Option<bool> = r.get(usable)?;
+    let applied: i64 = r.get(applied)?;
+    let delivered: i64 = r.get(delivered)?;
     Ok(AgentRecord {
-        id: r.get("id")?,
-        name: r.get("name")?,
+        id: r.get(id)?,
+        name: r.get(name)?,
         mode: AgentMode::parse(&mode).ok_or_else(|| corrupt(format!("agent mode {mode}")))?,
-        subscription: r.get("subscription")?,
-        resource_group: r.get("resource_group")?,
-        location: r.get("location")?,
-        vm_id: r.get("vm_id")?,
+        subscription: r.get(subscription)?,
+        resource_group: r.get(group)?,
+        location: r.get(location)?,
+        vm_id: r.get(vm_id)?,
         addresses: addresses.split_whitespace().filter_map(|a| a.parse().ok()).collect(),
         public_address: public.and_then(|a| a.parse().ok()),
-        joined: from_nanos(r.get("joined")?)?,
+        joined: from_nanos(r.get(joined)?)?,
         last_seen: last_seen.map(from_nanos).transpose()?,
         applied_revision: applied as u64,
         delivered_revision: delivered as u64,
         nft_usable: usable,
-        nft_error: r.get("nft_error")?,
+        nft_error: r.get(nft_error)?,
     })
 }
 
