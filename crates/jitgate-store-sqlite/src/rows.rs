@@ -1,7 +1,7 @@
 //! Encoding of domain values into columns and back, and the queries shared by readers and the
 //! writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -85,6 +85,35 @@ pub fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
 pub fn get_vm(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vm>> {
     let vm = conn.prepare_cached("SELECT * FROM vms WHERE key = ?1")?.query_row([key], vm_from_row).optional()?;
     vm.map(|vm| with_agent(conn, vm, key)).transpose()
+}
+
+/// Every VM with its enforcement point, in key order: two reads (the VMs, the agents), the
+/// agents matched in memory the way [`with_agent`] matches them one by one.
+pub fn list_vms(conn: &Connection) -> rusqlite::Result<Vec<Vm>> {
+    let agents: Vec<AgentRecord> =
+        conn.prepare_cached("SELECT * FROM agents")?.query_map([], agent_from_row)?.collect::<rusqlite::Result<_>>()?;
+    let hosts: HashMap<&str, &AgentRecord> =
+        agents.iter().filter(|a| a.mode == AgentMode::Host).map(|a| (a.id.as_str(), a)).collect();
+    let gateways: HashMap<(String, String), &AgentRecord> = agents
+        .iter()
+        .filter(|a| a.mode == AgentMode::Gateway)
+        .map(|a| ((a.subscription.to_ascii_lowercase(), a.name.to_ascii_lowercase()), a))
+        .collect();
+    let mut stmt = conn.prepare_cached("SELECT *, agent_id AS host_agent FROM vms ORDER BY key")?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut vm = vm_from_row(r)?;
+        let host: Option<String> = r.get("host_agent")?;
+        vm.agent = match &vm.spec.gateway {
+            Some(gw) => gateways
+                .get(&(vm.spec.id.subscription().to_ascii_lowercase(), gw.to_ascii_lowercase()))
+                .map(|a| (*a).clone()),
+            None => host.as_deref().and_then(|id| hosts.get(id)).map(|a| (*a).clone()),
+        };
+        out.push(vm);
+    }
+    Ok(out)
 }
 
 /// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or

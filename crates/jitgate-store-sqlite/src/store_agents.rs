@@ -70,20 +70,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
-        self.read(|c| {
-            let keys: Vec<String> = c
-                .prepare_cached("SELECT key FROM vms ORDER BY key")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                if let Some(vm) = rows::get_vm(c, &key)? {
-                    out.push(vm);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.read(rows::list_vms).await
     }
 
     pub(crate) async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>> {

@@ -16,6 +16,7 @@ use jitgate_core::rbac::actions;
 use jitgate_core::{Policy, PolicyRef};
 use jitgate_store::Vm;
 
+use super::inventory::Snapshot;
 use super::layout::{self, chip, Nav, Tone};
 use super::{enc, html, Fields, Viewer};
 use crate::authz::Grants;
@@ -102,19 +103,17 @@ pub struct Placed<'a> {
     pub reason: Option<String>,
 }
 
-/// Every VM the viewer may read, placed in its tab (three reads, whatever the count).
-pub async fn place_all<'a>(app: &App, vms: &'a [Vm], grants: &Grants) -> Result<Vec<Placed<'a>>, ApiError> {
-    let configured = app.store.configured_vm_keys().await?;
-    let disabled: Vec<String> =
-        app.store.list_security_policies().await?.into_iter().filter(|p| !p.jit_enabled).map(|p| p.scope).collect();
-    Ok(vms
+/// Every VM of `snapshot` the viewer may read, placed in its tab (no read per VM).
+pub fn place_all<'a>(app: &App, snapshot: &'a Snapshot, grants: &Grants) -> Vec<Placed<'a>> {
+    snapshot
+        .vms
         .iter()
         .filter(|vm| grants.permits(actions::VM_READ, vm.spec.id.as_str()))
-        .map(|vm| place(app, vm, &configured, &disabled))
-        .collect())
+        .map(|vm| place(app, vm, &snapshot.configured, &snapshot.disabled))
+        .collect()
 }
 
-fn place<'a>(app: &App, vm: &'a Vm, configured: &HashSet<String>, disabled: &[String]) -> Placed<'a> {
+pub fn place<'a>(app: &App, vm: &'a Vm, configured: &HashSet<String>, disabled: &[String]) -> Placed<'a> {
     let enforcer = vm.agent.as_ref().map(|a| crate::api::enforcer_of(app, a));
     let gap = enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref());
     let facts = VmFacts {
@@ -146,8 +145,8 @@ pub async fn page(State(app): State<App>, viewer: Viewer, uri: Uri) -> Response 
 /// The page's content (also the background of the side panels).
 pub async fn content(app: &App, viewer: &Viewer, q: &JitQuery) -> Result<Markup, ApiError> {
     let grants = app.authz.grants(app.store.as_ref(), &viewer.principal).await?;
-    let vms = app.store.list_vms().await?;
-    let placed = place_all(app, &vms, &grants).await?;
+    let snapshot = app.portal_inventory.get(app).await?;
+    let placed = place_all(app, &snapshot, &grants);
     let (mut subs, mut groups, mut locations) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for p in &placed {
         subs.insert(p.vm.spec.id.subscription().to_owned());
@@ -244,8 +243,18 @@ pub fn enforcement_icon(vm: &Vm) -> Markup {
 async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> Result<Markup, ApiError> {
     let since = app.clock.now() - time::Duration::days(7);
     let mut details: Vec<(Option<Policy>, jitgate_store::VmAccess)> = Vec::with_capacity(rows.len());
+    // VMs of one policy usually sit together: a policy read for one row serves the others.
+    let mut policies: Vec<Policy> = Vec::new();
     for p in rows {
-        let policy = app.store.policy_of_vm(&p.vm.spec.id).await?;
+        let key = p.vm.spec.id.key();
+        let policy = match policies.iter().find(|pol| pol.vm(&key).is_some()) {
+            Some(pol) => Some(pol.clone()),
+            None => {
+                let found = app.store.policy_of_vm(&p.vm.spec.id).await?;
+                policies.extend(found.clone());
+                found
+            }
+        };
         let access = app.store.vm_access(&p.vm.spec.id, since).await?;
         details.push((policy, access));
     }

@@ -12,6 +12,7 @@ mod admin;
 pub mod assets;
 mod audit;
 mod configure;
+pub mod inventory;
 mod jit;
 mod layout;
 mod progress;
