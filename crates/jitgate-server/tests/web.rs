@@ -555,3 +555,37 @@ async fn a_request_that_needs_an_approver_is_shown_as_pending() {
     assert!(progress.body.contains("Pending approval"), "{}", progress.body);
     assert!(!progress.body.contains(r#"http-equiv="refresh""#), "{}", progress.body);
 }
+
+#[tokio::test]
+async fn the_jit_page_pages_fifty_vms_at_a_time() {
+    let h = Harness::new().await;
+    for i in 0..55 {
+        h.bare_vm("rg1", &format!("vm{i:02}")).await;
+    }
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let a = h.page(Method::GET, "/jit?tab=unsupported", Some(&cookie), None).await;
+    assert!(
+        a.body.contains(">vm00</a>") && a.body.contains(">vm49</a>") && !a.body.contains(">vm50</a>"),
+        "{}",
+        a.body
+    );
+    assert!(a.body.contains(r#"href="/jit?tab=unsupported&amp;page=2">Next page</a>"#), "{}", a.body);
+    let a = h.page(Method::GET, "/jit?tab=unsupported&page=2", Some(&cookie), None).await;
+    assert!(a.body.contains(">vm54</a>") && !a.body.contains(">vm49</a>"), "{}", a.body);
+    assert!(a.body.contains("Previous page"), "{}", a.body);
+    let a = h.page(Method::GET, "/jit?tab=unsupported&group=other", Some(&cookie), None).await;
+    assert!(!a.body.contains(">vm00</a>"), "the resource group filter: {}", a.body);
+}
+
+#[tokio::test]
+async fn a_session_lasts_no_longer_than_its_token() {
+    let h = Harness::new().await;
+    let a = h.api(Method::POST, "/api/v1/principals/owner/tokens", r#"{"expiresIn":"PT10M"}"#).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let (_, set) = h.sign_in(a.json()["token"].as_str().unwrap()).await;
+    let max_age: i64 = set.split("Max-Age=").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
+    assert!(max_age > 0 && max_age <= 600, "{set}");
+    let (_, set) = h.sign_in(&h.token).await;
+    let max_age: i64 = set.split("Max-Age=").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
+    assert_eq!(max_age, 12 * 3600, "at most twelve hours: {set}");
+}

@@ -114,7 +114,7 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
         return super::error_page(None, ApiError::from(e));
     }
     let s = super::new_session(&app, &principal.name, proof, credential.expires());
-    let max_age = (s.expires - app.clock.now()).whole_seconds();
+    let max_age = (s.expires - s.created).whole_seconds();
     let id = app.sessions.create(s);
     let mut resp = redirect(&next);
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(session::COOKIE, &id, max_age)) {
