@@ -382,14 +382,16 @@ pub async fn with_panel(
         Ok(m) => m,
         Err(e) => return super::error_page(Some(viewer), e),
     };
+    // The panel comes first in the document (it is drawn over the page), so that keyboard and
+    // screen-reader users meet it before the page behind it.
     let body = html! {
-        (behind)
-        div.panel-backdrop {}
         aside.panel role="dialog" aria-modal="true" aria-labelledby="panel-title" {
             a.close.button href=(q.link(tab, 1)) aria-label="Close panel" { "✕" }
             h2 #panel-title { (title) }
             (panel)
         }
+        div.panel-backdrop {}
+        (behind)
     };
     html(status, layout::page(viewer, title, Nav::Jit, body))
 }
