@@ -589,3 +589,47 @@ async fn a_session_lasts_no_longer_than_its_token() {
     let max_age: i64 = set.split("Max-Age=").nth(1).and_then(|r| r.split(';').next()).unwrap().parse().unwrap();
     assert_eq!(max_age, 12 * 3600, "at most twelve hours: {set}");
 }
+
+#[tokio::test]
+async fn behind_a_gateway_the_connection_is_the_gateway_and_its_mapped_port() {
+    let h = Harness::new().await;
+    let body =
+        serde_json::json!({"subscription": SUB, "resourceGroup": "rg1", "location": "westeurope", "mode": "gateway"});
+    let t = h.api(Method::POST, "/api/v1/agentTokens", &body.to_string()).await.json();
+    let join = serde_json::json!({"joinToken": t["token"], "name": "gw1", "mode": "gateway", "osType": "Linux",
+        "hostname": "gw1", "publicAddress": "203.0.113.10"});
+    let a =
+        h.send(Method::POST, "/agent/v1/join", &[("content-type", "application/json")], Some(&join.to_string())).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let gateway = a.json()["credential"].as_str().unwrap().to_owned();
+    let vm = vm_id("rg1", "db1");
+    let body = serde_json::json!({"id": vm, "osType": "Linux", "location": "westeurope", "address": "10.1.0.5", "gateway": "gw1"});
+    assert!(h.api(Method::PUT, "/api/v1/vms", &body.to_string()).await.status.is_success());
+    let policy = serde_json::json!({"properties": {"virtualMachines": [{"id": vm, "ports": [{"number": 22, "protocol": "TCP",
+        "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H", "mappedPort": 2201}]}]}});
+    let a = h.api(Method::PUT, &format!("{}?api-version=2020-01-01", policy_id("rg1")), &policy.to_string()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    h.agent_applies(&gateway).await;
+
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let page = h.page(Method::GET, "/jit", Some(&cookie), None).await;
+    assert!(page.body.contains(r#"aria-label="Gateway enforcement""#), "{}", page.body);
+    assert!(page.body.contains("22 via :2201"), "{}", page.body);
+    let from = format!("/jit/request?vm={}", enc(&vm));
+    let fields = [
+        ("vm", vm.as_str()),
+        ("port", "0:22"),
+        ("time.0.22", "PT1H"),
+        ("source", "range"),
+        ("range", "198.51.100.0/24"),
+    ];
+    let a = h.post(&cookie, &from, "/jit/request", &fields).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let progress = a.location().to_owned();
+    h.agent_applies(&gateway).await;
+    let done = h.page(Method::GET, &progress, Some(&cookie), None).await;
+    assert!(done.body.contains("<code>203.0.113.10:2201</code>"), "{}", done.body);
+    let policy = h.api(Method::GET, &format!("{}?api-version=2020-01-01", policy_id("rg1")), "").await.json();
+    let port = &policy["properties"]["requests"][0]["virtualMachines"][0]["ports"][0];
+    assert_eq!(port["allowedSourceAddressPrefix"], "198.51.100.0/24", "{policy}");
+}

@@ -240,6 +240,14 @@ pub fn enforcement_icon(vm: &Vm) -> Markup {
     }
 }
 
+/// A port as the connection details give it: `22`, or `22 via :2201` behind a gateway.
+fn port_text(r: &jitgate_core::PortRule) -> String {
+    match r.mapped_port {
+        Some(m) => format!("{} via :{m}", r.number),
+        None => r.number.to_string(),
+    }
+}
+
 async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> Result<Markup, ApiError> {
     let since = app.clock.now() - time::Duration::days(7);
     let mut details: Vec<(Option<Policy>, jitgate_store::VmAccess)> = Vec::with_capacity(rows.len());
@@ -290,7 +298,7 @@ async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> R
                                 td {
                                     (enforcement_icon(vm))
                                     @if let Some(ports) = policy.as_ref().and_then(|pol| pol.vm(&vm.spec.id.key())) {
-                                        br; span.muted { "Ports " (ports.ports.iter().map(|r| r.number.to_string()).collect::<Vec<_>>().join(", ")) }
+                                        br; span.muted { "Ports " (ports.ports.iter().map(port_text).collect::<Vec<_>>().join(", ")) }
                                     }
                                 }
                                 td { @match &access.last_user { Some(u) => (u), None => span.muted { "None" } } }
