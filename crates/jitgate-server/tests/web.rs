@@ -633,3 +633,31 @@ async fn behind_a_gateway_the_connection_is_the_gateway_and_its_mapped_port() {
     let port = &policy["properties"]["requests"][0]["virtualMachines"][0]["ports"][0];
     assert_eq!(port["allowedSourceAddressPrefix"], "198.51.100.0/24", "{policy}");
 }
+
+#[tokio::test]
+async fn a_form_posted_over_http2_passes_the_origin_check() {
+    use tower::ServiceExt;
+    let h = Harness::new().await;
+    let (cookie, _) = h.sign_in(&h.token).await;
+    let csrf = h.page(Method::GET, "/jit", Some(&cookie), None).await.hidden("csrf").unwrap();
+    // HTTP/2 carries the host as `:authority` (the URI's), with no `Host` header.
+    let post = |origin: &'static str| {
+        let mut req = axum::http::Request::builder()
+            .method(Method::POST)
+            .uri("https://portal.test/signout")
+            .version(axum::http::Version::HTTP_2)
+            .header("origin", origin)
+            .header("cookie", cookie.as_str())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(format!("csrf={csrf}")))
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(jitgate_server::tls::PeerAddr(
+            std::net::SocketAddr::from(([192, 0, 2, 7], 40000)),
+        )));
+        req
+    };
+    let a = h.router.clone().oneshot(post("https://elsewhere.test")).await.unwrap();
+    assert_eq!(a.status(), StatusCode::FORBIDDEN);
+    let a = h.router.clone().oneshot(post("https://portal.test")).await.unwrap();
+    assert_eq!(a.status(), StatusCode::SEE_OTHER, "signed out");
+}

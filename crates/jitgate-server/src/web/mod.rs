@@ -72,8 +72,15 @@ pub fn router() -> Router<App> {
     Router::new().merge(pages).route("/assets/{name}", get(assets::serve))
 }
 
-/// Headers of every page: the CSP, no sniffing, no framing, no referrer, no caching.
-async fn security_headers(req: Request, next: Next) -> Response {
+/// Headers of every page: the CSP, no sniffing, no framing, no referrer, no caching. An HTTP/2
+/// request names its host in `:authority`, not `Host`: it is copied to `Host` first, so that
+/// the origin check of forms and the links the portal writes see it.
+async fn security_headers(mut req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
@@ -199,8 +206,9 @@ impl Fields {
 }
 
 /// Whether a post comes from this portal: an `Origin` (or `Sec-Fetch-Site`) that says otherwise
-/// refuses it, whatever the token.
-pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+/// refuses it, whatever the token. The origin may be this request's host or the configured
+/// public URL's (behind a proxy that rewrites `Host`).
+pub(crate) fn same_origin(app: &App, headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
         if !matches!(site, "same-origin" | "none") {
             return false;
@@ -211,7 +219,10 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
         Some(origin) => {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
             let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+            let public = app.config.public_url.as_deref().and_then(|u| u.split_once("://")).map(|(_, h)| h);
+            let public = public.map(|h| h.split('/').next().unwrap_or(h));
+            (!host.is_empty() && origin_host.eq_ignore_ascii_case(host))
+                || public.is_some_and(|p| !p.is_empty() && origin_host.eq_ignore_ascii_case(p))
         }
     }
 }
@@ -232,7 +243,7 @@ pub(crate) async fn checked_form(
     };
     let fields = Fields::parse(&bytes);
     let token_ok = fields.get("csrf").is_some_and(|t| session::same_secret(t, &viewer.csrf));
-    if token_ok && same_origin(headers) {
+    if token_ok && same_origin(app, headers) {
         return Ok(fields);
     }
     let audit = app.audit(&viewer.ctx, &viewer.principal.name, operation, resource);

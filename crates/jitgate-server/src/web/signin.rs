@@ -80,7 +80,7 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
     let next = local_target(fields.get("next")).to_owned();
     let cookie = session::cookie(&headers, session::SIGNIN_COOKIE);
     let form_ok = matches!((cookie, fields.get("csrf")), (Some(c), Some(f)) if session::same_secret(c, f));
-    if !form_ok || !super::same_origin(&headers) {
+    if !form_ok || !super::same_origin(&app, &headers) {
         let msg = "The sign-in form expired or did not come from this portal. Try again.";
         return form_page(StatusCode::FORBIDDEN, app.oidc.is_some(), &session::random_id(), &next, Some(msg));
     }
