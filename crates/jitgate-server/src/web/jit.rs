@@ -193,7 +193,7 @@ pub async fn content(app: &App, viewer: &Viewer, q: &JitQuery) -> Result<Markup,
             }
         }
         section #tabpanel role="tabpanel" aria-labelledby={ "tab-" (view_key(view)) } {
-            p.muted { (counts[view as usize]) " VMs" @if pages > 1 { " · page " (page) " of " (pages) } }
+            p.muted { (plural(counts[view as usize], "VM")) @if pages > 1 { " · page " (page) " of " (pages) } }
             (table)
             @if pages > 1 {
                 nav.pager aria-label="Pages" {
@@ -204,6 +204,15 @@ pub async fn content(app: &App, viewer: &Viewer, q: &JitQuery) -> Result<Markup,
             }
         }
     })
+}
+
+/// `1 VM`, `3 VMs`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 fn select(name: &str, label: &str, options: &BTreeSet<String>, current: &str) -> Markup {
@@ -293,7 +302,7 @@ async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> R
                                     }
                                 } }
                                 td { a href=(vm_href(vm)) { (vm.spec.id.name()) } br; span.muted { (vm.spec.id.resource_group()) " · " (vm.spec.location) } }
-                                td { (access.approved_since) " requests" }
+                                td { (plural(access.approved_since as usize, "request")) }
                                 td { @match access.last_access { Some(t) => (layout::when(t)), None => span.muted { "Never" } } }
                                 td {
                                     (enforcement_icon(vm))

@@ -34,6 +34,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · jitgate" }
+            link rel="icon" href="data:,";
             link rel="stylesheet" href={ "/assets/" (STYLE.name) };
             script src={ "/assets/" (SCRIPT.name) } defer {}
         }

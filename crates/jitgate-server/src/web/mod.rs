@@ -72,7 +72,8 @@ pub fn router() -> Router<App> {
     Router::new().merge(pages).route("/assets/{name}", get(assets::serve))
 }
 
-/// Headers of every page: the CSP, no sniffing, no framing, no referrer, no caching. An HTTP/2
+/// Headers of every page: the CSP, no sniffing, no framing, no referrer to other sites, no
+/// caching. An HTTP/2
 /// request names its host in `:authority`, not `Host`: it is copied to `Host` first, so that
 /// the origin check of forms and the links the portal writes see it.
 async fn security_headers(mut req: Request, next: Next) -> Response {
@@ -86,7 +87,9 @@ async fn security_headers(mut req: Request, next: Next) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: under it browsers send `Origin: null` with forms, and the origin check
+    // of every post would refuse them.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     resp
 }
