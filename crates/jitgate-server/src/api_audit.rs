@@ -187,6 +187,7 @@ async fn put_policy(
     audit.resource_id = scope.clone();
     app.authorize_change(&principal, SECURITY_POLICY_WRITE, &scope, &mut audit).await?;
     let p = app.store.put_security_policy(&scope, enabled, audit).await?;
+    app.portal_inventory.clear();
     app.changed();
     Ok(json(
         StatusCode::OK,

@@ -300,7 +300,7 @@ pub(crate) async fn put_role_definition(
         Ok(i) => i,
         Err(e) => return Err(app.refuse(audit, e).await),
     };
-    let existing = app.store.get_role_definition(&name).await?;
+    let existing = app.store.get_role_definition(name).await?;
     let id = existing.as_ref().map(|r| r.id.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let role = match input.into_role(name, id) {
         Ok(r) => r,

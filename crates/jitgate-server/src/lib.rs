@@ -169,6 +169,8 @@ pub struct App {
     pub long_polls: Arc<longpoll::LongPolls>,
     /// The portal's signed-in browsers.
     pub sessions: Arc<web::session::Sessions>,
+    /// The portal's inventory snapshot (see [`web::inventory`]).
+    pub portal_inventory: Arc<web::inventory::Cache>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -213,6 +215,7 @@ impl App {
             oidc: None,
             deliveries: Arc::new(Notify::new()),
             sessions: Arc::new(web::session::Sessions::default()),
+            portal_inventory: Arc::new(web::inventory::Cache::default()),
         }
     }
 

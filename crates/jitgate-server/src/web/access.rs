@@ -118,7 +118,7 @@ fn my_table(viewer: &Viewer, requests: &[(String, AccessRequestRecord)], now: ti
                                 td { (grant_chip(g, now)) }
                                 td {
                                     @if g.status == GrantStatus::Initiated && g.end_time > now {
-                                        span data-ends=(jitgate_api_types::datetime::format(g.end_time)) { (time_left(g.end_time, now)) }
+                                        span data-ends=(layout::iso_seconds(g.end_time)) { (time_left(g.end_time, now)) }
                                     } @else { span.muted { "—" } }
                                 }
                                 td {

@@ -16,6 +16,7 @@ use jitgate_core::rbac::actions;
 use jitgate_core::{Policy, PolicyRef};
 use jitgate_store::Vm;
 
+use super::inventory::Snapshot;
 use super::layout::{self, chip, Nav, Tone};
 use super::{enc, html, Fields, Viewer};
 use crate::authz::Grants;
@@ -102,19 +103,17 @@ pub struct Placed<'a> {
     pub reason: Option<String>,
 }
 
-/// Every VM the viewer may read, placed in its tab (three reads, whatever the count).
-pub async fn place_all<'a>(app: &App, vms: &'a [Vm], grants: &Grants) -> Result<Vec<Placed<'a>>, ApiError> {
-    let configured = app.store.configured_vm_keys().await?;
-    let disabled: Vec<String> =
-        app.store.list_security_policies().await?.into_iter().filter(|p| !p.jit_enabled).map(|p| p.scope).collect();
-    Ok(vms
+/// Every VM of `snapshot` the viewer may read, placed in its tab (no read per VM).
+pub fn place_all<'a>(app: &App, snapshot: &'a Snapshot, grants: &Grants) -> Vec<Placed<'a>> {
+    snapshot
+        .vms
         .iter()
         .filter(|vm| grants.permits(actions::VM_READ, vm.spec.id.as_str()))
-        .map(|vm| place(app, vm, &configured, &disabled))
-        .collect())
+        .map(|vm| place(app, vm, &snapshot.configured, &snapshot.disabled))
+        .collect()
 }
 
-fn place<'a>(app: &App, vm: &'a Vm, configured: &HashSet<String>, disabled: &[String]) -> Placed<'a> {
+pub fn place<'a>(app: &App, vm: &'a Vm, configured: &HashSet<String>, disabled: &[String]) -> Placed<'a> {
     let enforcer = vm.agent.as_ref().map(|a| crate::api::enforcer_of(app, a));
     let gap = enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref());
     let facts = VmFacts {
@@ -146,8 +145,8 @@ pub async fn page(State(app): State<App>, viewer: Viewer, uri: Uri) -> Response 
 /// The page's content (also the background of the side panels).
 pub async fn content(app: &App, viewer: &Viewer, q: &JitQuery) -> Result<Markup, ApiError> {
     let grants = app.authz.grants(app.store.as_ref(), &viewer.principal).await?;
-    let vms = app.store.list_vms().await?;
-    let placed = place_all(app, &vms, &grants).await?;
+    let snapshot = app.portal_inventory.get(app).await?;
+    let placed = place_all(app, &snapshot, &grants);
     let (mut subs, mut groups, mut locations) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for p in &placed {
         subs.insert(p.vm.spec.id.subscription().to_owned());
@@ -194,7 +193,7 @@ pub async fn content(app: &App, viewer: &Viewer, q: &JitQuery) -> Result<Markup,
             }
         }
         section #tabpanel role="tabpanel" aria-labelledby={ "tab-" (view_key(view)) } {
-            p.muted { (counts[view as usize]) " VMs" @if pages > 1 { " · page " (page) " of " (pages) } }
+            p.muted { (plural(counts[view as usize], "VM")) @if pages > 1 { " · page " (page) " of " (pages) } }
             (table)
             @if pages > 1 {
                 nav.pager aria-label="Pages" {
@@ -205,6 +204,15 @@ pub async fn content(app: &App, viewer: &Viewer, q: &JitQuery) -> Result<Markup,
             }
         }
     })
+}
+
+/// `1 VM`, `3 VMs`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 fn select(name: &str, label: &str, options: &BTreeSet<String>, current: &str) -> Markup {
@@ -241,11 +249,29 @@ pub fn enforcement_icon(vm: &Vm) -> Markup {
     }
 }
 
+/// A port as the connection details give it: `22`, or `22 via :2201` behind a gateway.
+fn port_text(r: &jitgate_core::PortRule) -> String {
+    match r.mapped_port {
+        Some(m) => format!("{} via :{m}", r.number),
+        None => r.number.to_string(),
+    }
+}
+
 async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> Result<Markup, ApiError> {
     let since = app.clock.now() - time::Duration::days(7);
     let mut details: Vec<(Option<Policy>, jitgate_store::VmAccess)> = Vec::with_capacity(rows.len());
+    // VMs of one policy usually sit together: a policy read for one row serves the others.
+    let mut policies: Vec<Policy> = Vec::new();
     for p in rows {
-        let policy = app.store.policy_of_vm(&p.vm.spec.id).await?;
+        let key = p.vm.spec.id.key();
+        let policy = match policies.iter().find(|pol| pol.vm(&key).is_some()) {
+            Some(pol) => Some(pol.clone()),
+            None => {
+                let found = app.store.policy_of_vm(&p.vm.spec.id).await?;
+                policies.extend(found.clone());
+                found
+            }
+        };
         let access = app.store.vm_access(&p.vm.spec.id, since).await?;
         details.push((policy, access));
     }
@@ -276,12 +302,12 @@ async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> R
                                     }
                                 } }
                                 td { a href=(vm_href(vm)) { (vm.spec.id.name()) } br; span.muted { (vm.spec.id.resource_group()) " · " (vm.spec.location) } }
-                                td { (access.approved_since) " requests" }
+                                td { (plural(access.approved_since as usize, "request")) }
                                 td { @match access.last_access { Some(t) => (layout::when(t)), None => span.muted { "Never" } } }
                                 td {
                                     (enforcement_icon(vm))
                                     @if let Some(ports) = policy.as_ref().and_then(|pol| pol.vm(&vm.spec.id.key())) {
-                                        br; span.muted { "Ports " (ports.ports.iter().map(|r| r.number.to_string()).collect::<Vec<_>>().join(", ")) }
+                                        br; span.muted { "Ports " (ports.ports.iter().map(port_text).collect::<Vec<_>>().join(", ")) }
                                     }
                                 }
                                 td { @match &access.last_user { Some(u) => (u), None => span.muted { "None" } } }
@@ -373,14 +399,16 @@ pub async fn with_panel(
         Ok(m) => m,
         Err(e) => return super::error_page(Some(viewer), e),
     };
+    // The panel comes first in the document (it is drawn over the page), so that keyboard and
+    // screen-reader users meet it before the page behind it.
     let body = html! {
-        (behind)
-        div.panel-backdrop {}
         aside.panel role="dialog" aria-modal="true" aria-labelledby="panel-title" {
             a.close.button href=(q.link(tab, 1)) aria-label="Close panel" { "✕" }
             h2 #panel-title { (title) }
             (panel)
         }
+        div.panel-backdrop {}
+        (behind)
     };
     html(status, layout::page(viewer, title, Nav::Jit, body))
 }

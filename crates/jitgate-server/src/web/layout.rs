@@ -34,6 +34,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · jitgate" }
+            link rel="icon" href="data:,";
             link rel="stylesheet" href={ "/assets/" (STYLE.name) };
             script src={ "/assets/" (SCRIPT.name) } defer {}
         }
@@ -112,9 +113,24 @@ pub fn chip(tone: Tone, text: &str) -> Markup {
     html! { span class=(class) { (text) } }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds): what HTML's `datetime` and JavaScript's
+/// `Date.parse` read.
+pub fn iso_seconds(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// A time as people read it (UTC), with the machine form in `<time>`.
 pub fn when(t: OffsetDateTime) -> Markup {
-    let iso = jitgate_api_types::datetime::format(t);
+    let iso = iso_seconds(t);
     let shown =
         format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute());
     html! { time datetime=(iso) { (shown) } }

@@ -12,6 +12,7 @@ mod admin;
 pub mod assets;
 mod audit;
 mod configure;
+pub mod inventory;
 mod jit;
 mod layout;
 mod progress;
@@ -71,27 +72,23 @@ pub fn router() -> Router<App> {
     Router::new().merge(pages).route("/assets/{name}", get(assets::serve))
 }
 
-/// Over HTTP/2 the host is the URI's authority, not a `Host` header: the origin check of a form
-/// ([`same_origin`]) compares against whichever the request carries.
-fn request_host(req: &Request) -> Option<HeaderValue> {
-    match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    }
-}
-
-/// Headers of every page: the CSP, no sniffing, no framing, no referrer, no caching.
+/// Headers of every page: the CSP, no sniffing, no framing, no referrer to other sites, no
+/// caching. An HTTP/2
+/// request names its host in `:authority`, not `Host`: it is copied to `Host` first, so that
+/// the origin check of forms and the links the portal writes see it.
 async fn security_headers(mut req: Request, next: Next) -> Response {
-    if let Some(host) = request_host(&req) {
-        req.headers_mut().insert(header::HOST, host);
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, v);
+        }
     }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    // `same-origin`, not `no-referrer`: with the latter a browser sends `Origin: null` on the
-    // portal's own form posts, and the origin check below could not tell them from a forgery.
+    // Not `no-referrer`: under it browsers send `Origin: null` with forms, and the origin check
+    // of every post would refuse them.
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     resp
@@ -212,18 +209,23 @@ impl Fields {
 }
 
 /// Whether a post comes from this portal: an `Origin` (or `Sec-Fetch-Site`) that says otherwise
-/// refuses it, whatever the token.
-pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
-    // A browser's own word (page script cannot set `Sec-Fetch-*`) decides where it has one.
+/// refuses it, whatever the token. The origin may be this request's host or the configured
+/// public URL's (behind a proxy that rewrites `Host`).
+pub(crate) fn same_origin(app: &App, headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        return matches!(site, "same-origin" | "none");
+        if !matches!(site, "same-origin" | "none") {
+            return false;
+        }
     }
     match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(origin) => {
             let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
             let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
-            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+            let public = app.config.public_url.as_deref().and_then(|u| u.split_once("://")).map(|(_, h)| h);
+            let public = public.map(|h| h.split('/').next().unwrap_or(h));
+            (!host.is_empty() && origin_host.eq_ignore_ascii_case(host))
+                || public.is_some_and(|p| !p.is_empty() && origin_host.eq_ignore_ascii_case(p))
         }
     }
 }
@@ -244,7 +246,7 @@ pub(crate) async fn checked_form(
     };
     let fields = Fields::parse(&bytes);
     let token_ok = fields.get("csrf").is_some_and(|t| session::same_secret(t, &viewer.csrf));
-    if token_ok && same_origin(headers) {
+    if token_ok && same_origin(app, headers) {
         return Ok(fields);
     }
     let audit = app.audit(&viewer.ctx, &viewer.principal.name, operation, resource);

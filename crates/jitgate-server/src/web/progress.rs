@@ -74,6 +74,7 @@ async fn fragment(app: &App, viewer: &Viewer, w: &Watch) -> Result<(Markup, bool
         .map(|a| format!("{}: {}", a.name, a.nft_error.as_deref().unwrap_or("nftables unusable")))
         .collect();
     let done = waiting.is_empty();
+    let pending = requests.iter().flat_map(|r| &r.grants).any(|g| g.status == GrantStatus::Pending);
     let mut vms = std::collections::HashMap::new();
     for g in requests.iter().flat_map(|r| &r.grants) {
         if !vms.contains_key(&g.vm_id) {
@@ -87,6 +88,10 @@ async fn fragment(app: &App, viewer: &Viewer, w: &Watch) -> Result<(Markup, bool
             div.notice role="status" { "Opening ports… waiting for " (waiting.join(", ")) " to apply the change." }
         } @else if !failed.is_empty() {
             div.notice.error role="alert" { "Recorded, but not enforced: " (failed.join("; ")) }
+        } @else if live.is_empty() && pending {
+            div.notice role="status" { "Pending approval: the ports open once an approver approves the request (see " a href="/access" { "My access" } ")." }
+        } @else if agents.is_empty() && !live.is_empty() {
+            div.notice.error role="alert" { "Recorded, but no enforcement point enforces these VMs." }
         } @else {
             div.notice.ok role="status" { "Done: every enforcement point has applied the change." }
         }

@@ -80,7 +80,7 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
     let next = local_target(fields.get("next")).to_owned();
     let cookie = session::cookie(&headers, session::SIGNIN_COOKIE);
     let form_ok = matches!((cookie, fields.get("csrf")), (Some(c), Some(f)) if session::same_secret(c, f));
-    if !form_ok || !super::same_origin(&headers) {
+    if !form_ok || !super::same_origin(&app, &headers) {
         let msg = "The sign-in form expired or did not come from this portal. Try again.";
         return form_page(StatusCode::FORBIDDEN, app.oidc.is_some(), &session::random_id(), &next, Some(msg));
     }
@@ -114,7 +114,7 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
         return super::error_page(None, ApiError::from(e));
     }
     let s = super::new_session(&app, &principal.name, proof, credential.expires());
-    let max_age = (s.expires - app.clock.now()).whole_seconds();
+    let max_age = (s.expires - s.created).whole_seconds();
     let id = app.sessions.create(s);
     let mut resp = redirect(&next);
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(session::COOKIE, &id, max_age)) {

@@ -111,7 +111,7 @@ pub async fn callback(State(app): State<App>, req: axum::extract::Request) -> Re
         Ok(Err(e)) | Err(e) => return refused(&app, &start.next, &e.message, e.status),
     };
     let s = super::new_session(&app, &principal.name, Proof::IdToken, Some(expires));
-    let max_age = (s.expires - now).whole_seconds();
+    let max_age = (s.expires - s.created).whole_seconds();
     let id = app.sessions.create(s);
     // A page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that
     // began at the identity provider would not send it.

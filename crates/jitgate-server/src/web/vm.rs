@@ -15,7 +15,7 @@ use jitgate_core::rbac::actions;
 use jitgate_core::VmId;
 
 use super::configure::rule_draft;
-use super::jit::{default_policy, enforcement_icon, place_all, vm_href};
+use super::jit::{default_policy, enforcement_icon, place, vm_href};
 use super::layout::{self, chip, csrf, Nav, Tone};
 use super::request::{form as request_form, Target};
 use super::{enc, error_page, html, redirect, Fields, Viewer};
@@ -48,8 +48,11 @@ async fn render(app: &App, viewer: &Viewer, sub: &str, group: &str, name: &str) 
         ApiError::not_found("VirtualMachineNotFound", format!("virtual machine '{name}' is not registered"))
     })?;
     let grants = app.authz.grants(app.store.as_ref(), &viewer.principal).await?;
-    let placed = place_all(app, std::slice::from_ref(&vm), &grants).await?;
-    let (view, reason) = placed.first().map(|p| (p.view, p.reason.clone())).unwrap_or((View::Unsupported, None));
+    let configured = app.store.configured_vm_keys().await?;
+    let disabled: Vec<String> =
+        app.store.list_security_policies().await?.into_iter().filter(|p| !p.jit_enabled).map(|p| p.scope).collect();
+    let placed = place(app, &vm, &configured, &disabled);
+    let (view, reason) = (placed.view, placed.reason.clone());
     let policy = app.store.policy_of_vm(&id).await?;
     let may_enable = default_policy(&vm).is_ok_and(|r| grants.permits(actions::POLICY_WRITE, &r.id()));
     let may_edit = policy.as_ref().is_some_and(|p| grants.permits(actions::POLICY_WRITE, &p.reference.id()));

@@ -85,6 +85,9 @@ pub fn assert_csp(a: &Answer) {
     assert!(csp.starts_with("default-src 'self'"), "CSP: {csp}");
     assert!(!csp.contains("unsafe-inline"), "CSP: {csp}");
     assert!(a.headers.contains_key(header::X_CONTENT_TYPE_OPTIONS));
+    // `no-referrer` would make browsers send `Origin: null` with every form.
+    let referrer = a.headers.get(header::REFERRER_POLICY).and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert_eq!(referrer, "same-origin");
 }
 
 impl Harness {
