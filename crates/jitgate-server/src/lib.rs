@@ -638,7 +638,7 @@ pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
     ctx_from(peer, req.headers(), req.extensions())
 }
 
-fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extensions) -> RequestCtx {
+pub(crate) fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extensions) -> RequestCtx {
     let trusted = extensions.get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.as_slice()).unwrap_or_default();
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     request_ctx(caller_ip(peer.0.ip(), forwarded, trusted), extensions.get::<Correlation>())
