@@ -34,6 +34,18 @@ fn run(cmd: &mut Command) -> io::Result<Output> {
     Ok(out)
 }
 
+/// A test that cannot run here: prints why and returns, so the caller returns early; under
+/// `CI=true` it fails instead, so that a skip never hides a missing install step in `.ci/run`.
+///
+/// # Panics
+/// Under `CI=true`, always.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} cannot run: {why}. CI=true requires it; .ci/run must install what it needs");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// Why namespace tests cannot run here, if they cannot: not root, or `ip`/`nft` missing.
 pub fn unavailable() -> Option<String> {
     if !rustix::process::geteuid().is_root() {

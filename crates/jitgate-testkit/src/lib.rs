@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 pub use jitgate_cli::local::LocalServer;
 
 pub mod agents;
+pub mod browser;
 pub mod webhooks;
 
 /// The subscription used by tests.

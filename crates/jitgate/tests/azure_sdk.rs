@@ -34,7 +34,10 @@ fn venv_python() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_python_sdk_works_against_jitgate() {
     let Some(python) = venv_python() else {
-        eprintln!("SKIPPED azure_python_sdk_works_against_jitgate: no virtualenv with azure-mgmt-security; run scripts/azure-sdk-venv.sh");
+        jitgate_netns::skip(
+            "azure_python_sdk_works_against_jitgate",
+            "no virtualenv with azure-mgmt-security; run scripts/azure-sdk-venv.sh",
+        );
         return;
     };
     let s = TestServer::start(BIN, &["--list-page-size", "1"]);

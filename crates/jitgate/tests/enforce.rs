@@ -28,7 +28,7 @@ fn unix_ms() -> u64 {
 macro_rules! skip_unless_netns {
     ($name:expr) => {
         if let Some(why) = netns::unavailable() {
-            eprintln!("SKIPPED {}: {why}", $name);
+            netns::skip($name, &why);
             return;
         }
     };

@@ -48,7 +48,7 @@ fn check() -> Option<String> {
 macro_rules! require_kernel {
     () => {
         if let Some(reason) = common::skip_reason() {
-            eprintln!("skipped: {reason}");
+            jitgate_netns::skip(module_path!(), &reason);
             return;
         }
     };
