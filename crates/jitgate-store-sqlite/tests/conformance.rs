@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
+use jitgate_store::prelude::*;
 use jitgate_store::secrets::Keyring;
-use jitgate_store::Store;
 use jitgate_store_sqlite::SqliteStore;
 
 /// One key for every open in these tests: a reopen must find the secrets it sealed.

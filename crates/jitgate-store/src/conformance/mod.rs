@@ -16,9 +16,10 @@ use jitgate_core::invalid::codes;
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
 
+use crate::prelude::*;
 use crate::{
     AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, NewToken, OidcIdentity, OidcSignIn,
-    Store, StoreError, TokenOrigin, VmSpec, Webhook,
+    StoreError, TokenOrigin, VmSpec, Webhook,
 };
 
 mod agents;
