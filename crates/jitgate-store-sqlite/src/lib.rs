@@ -52,7 +52,6 @@ use crate::migrate::migrate;
 use crate::rows::{encode_sources, from_nanos, nanos};
 use crate::writer::{FnJob, Job, WriteCtx};
 
-/// The schema this build writes (`PRAGMA user_version`).
 /// Read connections kept open.
 const READERS: usize = 4;
 /// Reads running at once. The others wait for a slot as futures, not on threads of the
