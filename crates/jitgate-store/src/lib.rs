@@ -21,6 +21,8 @@ pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(test)]
+mod coverage;
 pub mod secrets;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
