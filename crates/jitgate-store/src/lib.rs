@@ -1,9 +1,11 @@
 //! The storage boundary of jitgate.
 //!
-//! [`Store`] has one method per use case. Every method that changes state also appends its audit
-//! record, in the same transaction as the change; a refusal decided inside the transaction
+//! The store is one trait per concern — [`PolicyStore`], [`AgentStore`], [`IdentityStore`],
+//! [`AuditStore`], [`WebhookStore`] — which [`Store`] combines: any type implementing all five is
+//! a `Store`. There is one method per use case. Every method that changes state also appends its
+//! audit record, in the same transaction as the change; a refusal decided inside the transaction
 //! (for example an initiate outside the policy) appends a `Failed` record and changes nothing
-//! else. Backends implement the trait and run the shared [`conformance`] suite.
+//! else. Backends implement the traits and run the shared [`conformance`] suite.
 
 use std::net::IpAddr;
 
