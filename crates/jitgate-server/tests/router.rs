@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, Clock, ServerConfig};
-use jitgate_store::Store;
+use jitgate_store::prelude::*;
 use jitgate_store_sqlite::SqliteStore;
 
 const MAX_BODY: usize = 1024;
