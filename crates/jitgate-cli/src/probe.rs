@@ -113,7 +113,7 @@ pub async fn try_connect(
     tokio::time::timeout(timeout, socket.connect(to)).await.ok()?.ok()
 }
 
-pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
+pub async fn run(args: ProbeArgs) -> Result<i32, crate::CliError> {
     match args.command {
         ProbeCommand::Listen(a) => {
             let mut tasks = Vec::new();

@@ -91,7 +91,8 @@ impl Arm<'_> {
     /// Requests access under the policy `policy_id` (its ARM id); with `wait`, the answer comes
     /// once every enforcement point has applied the grants (`?wait=applied`).
     pub async fn initiate(&self, policy_id: &str, body: &InitiateIn, wait: bool) -> Result<RequestOut, ClientError> {
-        let call = self.call(Method::POST, &format!("{policy_id}/initiate")).query_if(wait, "wait", "applied").json(body);
+        let call =
+            self.call(Method::POST, &format!("{policy_id}/initiate")).query_if(wait, "wait", "applied").json(body);
         self.client.json(call).await
     }
 }

@@ -167,14 +167,14 @@ impl Settings {
             None => None,
             Some(CaCert::Pem(pem)) => Some(("the CA certificate".to_owned(), pem.clone())),
             Some(CaCert::Path(path)) => {
-                let pem = std::fs::read(path)
-                    .map_err(|source| ClientError::CaCertRead { path: path.clone(), source })?;
+                let pem =
+                    std::fs::read(path).map_err(|source| ClientError::CaCertRead { path: path.clone(), source })?;
                 Some((path.display().to_string(), pem))
             }
         };
         if let Some((what, pem)) = pem {
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::CaCertParse { what, source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|source| ClientError::CaCertParse { what, source })?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }

@@ -6,7 +6,9 @@ use reqwest::Method;
 use jitgate_api_types::agent::{AgentOut, JoinTokenIn, JoinTokenInfoOut, JoinTokenOut};
 use jitgate_api_types::audit::{AuditRecordOut, AuditVerifyOut};
 use jitgate_api_types::native::{AuthConfigOut, DecisionIn, ExtendIn, ListOut, NativeRequestOut, VmIn, VmOut};
-use jitgate_api_types::rbac::{PrincipalOut, RoleAssignmentIn, RoleAssignmentOut, RoleDefinitionIo, TokenCreatedOut, TokenIn, TokenOut};
+use jitgate_api_types::rbac::{
+    PrincipalOut, RoleAssignmentIn, RoleAssignmentOut, RoleDefinitionIo, TokenCreatedOut, TokenIn, TokenOut,
+};
 
 use crate::{Bearer, Call, Client, ClientError, Pager};
 
@@ -108,15 +110,19 @@ impl<'c> Native<'c> {
             Decision::Deny => "deny",
         };
         let wait = wait && decision == Decision::Approve;
-        let call =
-            self.call(Method::POST, &format!("/api/v1/requests/{id}/{verb}")).query_if(wait, "wait", "applied").json(body);
+        let call = self
+            .call(Method::POST, &format!("/api/v1/requests/{id}/{verb}"))
+            .query_if(wait, "wait", "applied")
+            .json(body);
         self.client.json(call).await
     }
 
     /// Keeps a request's ports open longer.
     pub async fn extend(&self, id: i64, body: &ExtendIn, wait: bool) -> Result<NativeRequestOut, ClientError> {
-        let call =
-            self.call(Method::POST, &format!("/api/v1/requests/{id}/extend")).query_if(wait, "wait", "applied").json(body);
+        let call = self
+            .call(Method::POST, &format!("/api/v1/requests/{id}/extend"))
+            .query_if(wait, "wait", "applied")
+            .json(body);
         self.client.json(call).await
     }
 

@@ -146,7 +146,10 @@ async fn lists_follow_next_link_with_the_token_and_the_api_version() {
             match q.get("page").map(String::as_str) {
                 None => json(
                     StatusCode::OK,
-                    &format!(r#"{{"value":[{}],"nextLink":"{base}/subscriptions/s/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01&page=2"}}"#, policy("a")),
+                    &format!(
+                        r#"{{"value":[{}],"nextLink":"{base}/subscriptions/s/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01&page=2"}}"#,
+                        policy("a")
+                    ),
                 ),
                 Some(_) => json(StatusCode::OK, &format!(r#"{{"value":[{}]}}"#, policy("b"))),
             }
@@ -167,7 +170,10 @@ async fn lists_follow_next_link_with_the_token_and_the_api_version() {
 #[test]
 fn scopes_and_policy_ids_are_arm_paths() {
     let scope = PolicyScope { subscription: "s".into(), resource_group: Some("rg".into()), location: None };
-    assert_eq!(scope.path(), "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Security/jitNetworkAccessPolicies");
+    assert_eq!(
+        scope.path(),
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Security/jitNetworkAccessPolicies"
+    );
     let at = arm::PolicyRef {
         subscription: "s".into(),
         resource_group: "rg".into(),
@@ -210,7 +216,9 @@ async fn fake_idp(refuse_device: bool) -> (String, Arc<Idp>) {
     let idp = Arc::new(Idp::default());
     let token = move |State(idp): State<Arc<Idp>>, body: String| async move {
         let f = form(&body);
-        let answer = |t: &str| json(StatusCode::OK, &format!(r#"{{"access_token":"at","token_type":"Bearer","id_token":"{t}"}}"#));
+        let answer = |t: &str| {
+            json(StatusCode::OK, &format!(r#"{{"access_token":"at","token_type":"Bearer","id_token":"{t}"}}"#))
+        };
         let error = |e: &str| json(StatusCode::BAD_REQUEST, &format!(r#"{{"error":"{e}"}}"#));
         match f.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-pub use jitgate_cli::local::LocalServer;
+pub use jitgate_client::local::LocalServer;
 
 pub mod agents;
 pub mod webhooks;
@@ -44,7 +44,7 @@ impl Answer {
 impl From<LocalServer> for TestServer {
     /// A client for a server started some other way (e.g. on a data directory that is kept).
     fn from(server: LocalServer) -> Self {
-        let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
+        let client = jitgate_client::http_client(Some(&server.ca_cert)).expect("client");
         TestServer { server, client }
     }
 }
