@@ -336,3 +336,56 @@ async fn a_redirect_with_a_forged_state_is_refused() {
     let err = browser(&provider, &idp, |link| redirect_with(&link, Some("forged"))).await.expect_err("forged");
     assert!(matches!(err, OidcError::WrongState), "{err:?}");
 }
+
+// ---------- TLS ----------
+
+/// An HTTPS server on 127.0.0.1 with a fresh self-signed certificate for `localhost` that
+/// answers every request with the principals; returns its URL and the certificate (PEM).
+async fn tls_server() -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der.into())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{PRINCIPALS}",
+                PRINCIPALS.len()
+            );
+            let _ = tls.write_all(answer.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+    });
+    (format!("https://localhost:{port}"), cert.pem())
+}
+
+#[tokio::test]
+async fn a_custom_ca_is_trusted_and_an_unknown_certificate_is_not() {
+    let (url, pem) = tls_server().await;
+    let trusted = Settings::new(url.as_str()).token("t").ca_cert(Some(CaCert::Pem(pem.into_bytes())));
+    let list = Client::new(trusted).unwrap().native().principals().await.expect("the CA is trusted");
+    assert_eq!(list[0].name, "alice");
+    let stranger = Client::new(Settings::new(url.as_str()).retries(0, Duration::ZERO)).unwrap();
+    let err = stranger.native().principals().await.expect_err("an unknown certificate");
+    assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+}
