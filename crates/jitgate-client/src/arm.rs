@@ -3,7 +3,8 @@
 
 use reqwest::{Method, StatusCode};
 
-use jitgate_api_types::arm::{InitiateIn, PolicyIn, PolicyOut, RequestOut, API_VERSION};
+pub use jitgate_api_types::arm::API_VERSION;
+use jitgate_api_types::arm::{InitiateIn, PolicyIn, PolicyOut, RequestOut};
 
 use crate::{Call, Client, ClientError};
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use jitgate_client::arm::{PolicyRef, API_VERSION};
 pub use jitgate_client::local::LocalServer;
 
 pub mod agents;
@@ -61,9 +62,13 @@ impl TestServer {
 
     /// The ARM URL of a policy, with the api-version.
     pub fn policy_url(&self, rg: &str, location: &str, name: &str) -> String {
-        self.url(&format!(
-            "/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Security/locations/{location}/jitNetworkAccessPolicies/{name}?api-version=2020-01-01"
-        ))
+        let at = PolicyRef {
+            subscription: SUB.to_owned(),
+            resource_group: rg.to_owned(),
+            location: location.to_owned(),
+            name: name.to_owned(),
+        };
+        self.url(&format!("{}?api-version={API_VERSION}", at.id()))
     }
 
     pub fn initiate_url(&self, rg: &str, location: &str, name: &str) -> String {
