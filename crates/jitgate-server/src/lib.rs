@@ -479,8 +479,11 @@ async fn correlate(mut req: Request, next: Next) -> Response {
 /// `GET /api/v1/auth/config` (no token): how humans sign in, for `jitgate login --oidc`.
 async fn auth_config(State(app): State<App>) -> Response {
     let value = match &app.oidc {
-        Some(o) => serde_json::json!({"oidcIssuer": o.issuer(), "oidcClientId": o.audience()}),
-        None => serde_json::json!({}),
+        Some(o) => jitgate_api_types::native::AuthConfigOut {
+            oidc_issuer: Some(o.issuer().to_owned()),
+            oidc_client_id: Some(o.audience().to_owned()),
+        },
+        None => jitgate_api_types::native::AuthConfigOut::default(),
     };
     json(StatusCode::OK, &value)
 }
