@@ -42,68 +42,70 @@ pub trait Control: Send + Sync {
     fn applied(&self, credential: &str, report: &AppliedIn) -> impl Future<Output = Result<(), CallError>> + Send;
 }
 
-/// The agent protocol over HTTPS.
+/// The agent protocol over HTTPS, through `jitgate-client`. No retries inside a call: the
+/// agent's own loop backs off and tries again.
 #[derive(Debug, Clone)]
 pub struct HttpControl {
-    server: String,
-    client: reqwest::Client,
+    client: jitgate_client::Client,
 }
 
 /// The HTTP client could not be built (a CA certificate that cannot be read or parsed).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ClientError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+pub use jitgate_client::ClientError;
 
 impl HttpControl {
     /// A client for the server at `server` (`https://host:port`), trusting `ca_cert` too.
     pub fn new(server: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
-        let client = jitgate_cli::client::http_client(ca_cert).map_err(|e| ClientError(e.into()))?;
-        Ok(HttpControl { server: server.trim_end_matches('/').to_owned(), client })
+        let settings = jitgate_client::Settings::new(server).ca_cert_path(ca_cert).retries(0, Duration::ZERO);
+        Ok(HttpControl { client: jitgate_client::Client::new(settings)? })
     }
+}
 
-    async fn answer<T: serde::de::DeserializeOwned>(
-        sent: Result<reqwest::Response, reqwest::Error>,
-    ) -> Result<T, CallError> {
-        let resp = sent.map_err(|e| CallError::Unreachable(e.into()))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(CallError::Unauthorized);
-        }
-        if !status.is_success() {
-            return Err(CallError::Status { status, body: resp.text().await.unwrap_or_default() });
-        }
-        let bytes = resp.bytes().await.map_err(|e| CallError::Unreadable(e.into()))?;
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Unreadable(e.into()))
+/// A failed call as the agent loop sees it.
+fn call_error(e: ClientError) -> CallError {
+    match e {
+        ClientError::Api { status: 401, .. } => CallError::Unauthorized,
+        ClientError::Api { status, code, message } => CallError::Status {
+            status: reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR),
+            body: if code.is_empty() { message } else { format!("{code}: {message}") },
+        },
+        e @ (ClientError::Body(_) | ClientError::Decode { .. }) => CallError::Unreadable(e.into()),
+        e => CallError::Unreachable(e.into()),
     }
 }
 
 impl Control for HttpControl {
     async fn join(&self, body: &JoinIn) -> Result<JoinOut, CallError> {
-        Self::answer(self.client.post(format!("{}/agent/v1/join", self.server)).json(body).send().await).await
+        self.client.agent().join(body).await.map_err(call_error)
     }
 
     async fn rotate(&self, credential: &str) -> Result<RotateOut, CallError> {
-        let url = format!("{}/agent/v1/rotate", self.server);
-        Self::answer(self.client.post(url).bearer_auth(credential).send().await).await
+        self.client.agent().rotate(credential).await.map_err(call_error)
     }
 
     async fn state(&self, credential: &str, after: Option<u64>, wait: Duration) -> Result<StateOut, CallError> {
-        let mut url = format!("{}/agent/v1/state?wait={}", self.server, wait.as_secs());
-        if let Some(a) = after {
-            url.push_str(&format!("&after={a}"));
-        }
-        let sent = self.client.get(&url).bearer_auth(credential).timeout(wait + Duration::from_secs(15)).send().await;
-        Self::answer(sent).await
+        self.client.agent().state(credential, after, wait).await.map_err(call_error)
     }
 
     async fn applied(&self, credential: &str, report: &AppliedIn) -> Result<(), CallError> {
-        let url = format!("{}/agent/v1/applied", self.server);
-        let resp = self.client.post(url).bearer_auth(credential).json(report).send().await;
-        let resp = resp.map_err(|e| CallError::Unreachable(e.into()))?;
-        match resp.status() {
-            reqwest::StatusCode::UNAUTHORIZED => Err(CallError::Unauthorized),
-            s if !s.is_success() => Err(CallError::Status { status: s, body: resp.text().await.unwrap_or_default() }),
-            _ => Ok(()),
+        self.client.agent().applied(credential, report).await.map_err(call_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_meaning_for_the_loop() {
+        let api = |status, code: &str| ClientError::Api { status, code: code.into(), message: "m".into() };
+        assert!(matches!(call_error(api(401, "")), CallError::Unauthorized));
+        match call_error(api(503, "Busy")) {
+            CallError::Status { status, body } => assert_eq!((status.as_u16(), body.as_str()), (503, "Busy: m")),
+            other => panic!("{other:?}"),
+        }
+        match call_error(api(400, "")) {
+            CallError::Status { body, .. } => assert_eq!(body, "m"),
+            other => panic!("{other:?}"),
         }
     }
 }

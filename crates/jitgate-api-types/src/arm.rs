@@ -19,42 +19,57 @@ pub const API_VERSION: &str = "2020-01-01";
 
 /// A PUT body. Read-only fields (`id`, `name`, `type`, `location`, `properties.requests`,
 /// `properties.provisioningState`) may be sent back by clients and are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub properties: Option<PolicyPropertiesIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyPropertiesIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_machines: Option<Vec<PolicyVmIn>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyVmIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<PortRuleIn>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub public_ip_address: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortRuleIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub number: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_source_address_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_source_address_prefixes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_access_duration: Option<String>,
     /// jitgate extension: stop live sessions at expiry or revoke.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cut_sessions_at_expiry: Option<bool>,
     /// jitgate extension: the gateway port that forwards (DNAT) to this port of the VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mapped_port: Option<i64>,
     /// jitgate extension: requests wait for an approver.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub require_approval: Option<bool>,
     /// jitgate extension: how long a request waits for one (ISO-8601, default PT1H).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_timeout: Option<String>,
 }
 
@@ -95,29 +110,39 @@ impl PolicyIn {
 
 /// An initiate body. `duration` and `allowedSourceAddressPrefixes` are accepted beside the
 /// spec's fields, as the service does.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitiateIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub virtual_machines: Option<Vec<InitiateVmIn>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub justification: Option<String>,
     /// jitgate extension: open the ports later (a maintenance window).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time_utc: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitiateVmIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<InitiatePortIn>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InitiatePortIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub number: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_source_address_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_source_address_prefixes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_time_utc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
 }
 

@@ -1,7 +1,8 @@
 //! The JSON wire shapes of jitgate, and their conversions to and from core values.
 //!
 //! [`arm`] holds Azure's `Microsoft.Security/locations/jitNetworkAccessPolicies` shapes
-//! (api-version 2020-01-01); [`native`] holds jitgate's own `/api/v1` shapes. Input DTOs are
+//! (api-version 2020-01-01); [`native`] holds jitgate's own `/api/v1` shapes; [`webhook`] the
+//! body of a webhook delivery. Input DTOs are
 //! lenient about types only where Azure is (every field optional at the serde level) so that the
 //! domain can name exactly what is missing or wrong.
 
@@ -12,6 +13,7 @@ pub mod datetime;
 pub mod error;
 pub mod native;
 pub mod rbac;
+pub mod webhook;
 
 use serde::de::DeserializeOwned;
 

@@ -7,17 +7,23 @@ use jitgate_core::{Invalid, OsType, VmId};
 use crate::datetime;
 
 /// `PUT /api/v1/vms` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VmIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub os_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// The name of the gateway agent in front of the VM (gateway mode); `address` is then the
     /// VM's inner address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
     /// A classic (non-ARM) deployment, which JIT cannot protect.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub classic: Option<bool>,
 }
 
@@ -168,8 +174,9 @@ impl VmOut {
 }
 
 /// `POST /api/v1/requests/{id}/approve` and `…/deny` body: an optional free-text reason.
-#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -181,26 +188,39 @@ impl DecisionIn {
 }
 
 /// `POST /api/v1/requests/{id}/extend` body: exactly one of the two is set.
-#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtendIn {
     /// ISO-8601 duration from now, e.g. `PT1H`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// The new end, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_time_utc: Option<String>,
 }
 
 /// A request in the native API: the ARM shape, the policy it was made under (on a read), and
 /// the end a pending extension asks for while it waits for an approver.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NativeRequestOut {
     #[serde(flatten)]
     pub request: crate::arm::RequestOut,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub policy_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pending_extension_end_time_utc: Option<String>,
+}
+
+/// `GET /api/v1/auth/config`: the OIDC issuer and client id humans sign in with, when the
+/// server has one (`{}` otherwise).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthConfigOut {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oidc_issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub oidc_client_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,10 +6,12 @@ use serde::{Deserialize, Serialize};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::Invalid;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PrincipalIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(rename = "type")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
 }
 
@@ -30,10 +32,11 @@ pub struct PrincipalOut {
     pub subject: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenIn {
     /// ISO-8601 lifetime; absent: as long as the server's maximum and the creating credential allow.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<String>,
 }
 
@@ -198,10 +201,13 @@ impl RoleDefinitionIo {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RoleAssignmentIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
 }
 

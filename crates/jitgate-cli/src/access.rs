@@ -2,7 +2,14 @@
 
 use clap::{Args, Subcommand};
 
-use crate::{call, ConnArgs};
+use jitgate_api_types::arm::{InitiateIn, InitiatePortIn, InitiateVmIn, RequestOut};
+use jitgate_api_types::native::{DecisionIn, ExtendIn, ListOut, NativeRequestOut};
+use jitgate_client::arm::PolicyScope;
+use jitgate_client::native::Decision;
+use jitgate_client::Client;
+
+use crate::output::{name_of, number, OutputFormat};
+use crate::{CliError, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct AccessArgs {
@@ -73,107 +80,111 @@ pub struct RequestArgs {
 }
 
 /// Finds the VM's ARM id and the policy that protects it.
-pub async fn locate(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> anyhow::Result<(String, String)> {
-    let id = crate::policy::resolve_vm(client, url, token, vm).await?;
+pub async fn locate(client: &Client, vm: &str) -> Result<(String, String), CliError> {
+    let id = crate::policy::resolve_vm(client, vm).await?;
     let parts: Vec<&str> = id.split('/').collect();
-    let (sub, rg) = (parts.get(2).copied().unwrap_or(""), parts.get(4).copied().unwrap_or(""));
-    let mut next = Some(format!("{url}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"));
-    while let Some(page) = next {
-        let body = call(client.get(&page).bearer_auth(token)).await?;
-        for p in body["value"].as_array().into_iter().flatten() {
-            let covers = p["properties"]["virtualMachines"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|v| v["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(&id)));
-            if covers {
-                return Ok((id, p["id"].as_str().unwrap_or_default().to_owned()));
-            }
+    let scope = PolicyScope {
+        subscription: parts.get(2).copied().unwrap_or("").to_owned(),
+        resource_group: Some(parts.get(4).copied().unwrap_or("").to_owned()),
+        location: None,
+    };
+    for p in client.arm().list_policies(&scope).await? {
+        if p.properties.virtual_machines.iter().any(|v| v.id.eq_ignore_ascii_case(&id)) {
+            return Ok((id, p.id));
         }
-        next = body["nextLink"].as_str().map(String::from);
     }
     Err(crate::output::fail(crate::output::exit::NOT_FOUND, format!("no JIT policy protects '{id}'")))
 }
 
-pub async fn request(args: RequestArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let (vm_id, policy_id) = locate(&client, &url, &token, &args.vm).await?;
-    let ports: Vec<serde_json::Value> = args
-        .ports
+/// The initiate body for `ports` of `vm_id`: from `source` (`my-ip`: the address the server
+/// sees), until `until` or for `duration`.
+pub fn initiate_body(
+    vm_id: &str,
+    ports: &[u16],
+    source: &str,
+    until: Option<&str>,
+    duration: Option<String>,
+    justification: Option<String>,
+) -> InitiateIn {
+    let ports = ports
         .iter()
-        .map(|p| {
-            let mut port = serde_json::json!({"number": p});
-            if args.source != "my-ip" {
-                port["allowedSourceAddressPrefix"] = serde_json::json!(args.source);
-            }
-            match (&args.until, &args.duration) {
-                (Some(until), _) => port["endTimeUtc"] = serde_json::json!(until),
-                (None, d) => {
-                    port["duration"] =
-                        serde_json::json!(crate::iso_duration(d.as_deref().unwrap_or("1h")).unwrap_or_default())
-                }
-            }
-            port
+        .map(|p| InitiatePortIn {
+            number: Some(i64::from(*p)),
+            allowed_source_address_prefix: (source != "my-ip").then(|| source.to_owned()),
+            end_time_utc: until.map(str::to_owned),
+            duration: if until.is_some() { None } else { duration.clone() },
+            ..InitiatePortIn::default()
         })
         .collect();
-    let mut body = serde_json::json!({"virtualMachines": [{"id": vm_id, "ports": ports}]});
-    if let Some(j) = &args.justification {
-        body["justification"] = serde_json::json!(j);
+    InitiateIn {
+        virtual_machines: Some(vec![InitiateVmIn { id: Some(vm_id.to_owned()), ports: Some(ports) }]),
+        justification,
+        start_time_utc: None,
     }
-    let wait = if args.wait { "&wait=applied" } else { "" };
+}
+
+pub async fn request(args: RequestArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let (vm_id, policy_id) = locate(&client, &args.vm).await?;
+    let duration = crate::iso_duration(args.duration.as_deref().unwrap_or("1h")).unwrap_or_default();
+    let body = initiate_body(
+        &vm_id,
+        &args.ports,
+        &args.source,
+        args.until.as_deref(),
+        Some(duration),
+        args.justification.clone(),
+    );
     if args.wait {
         eprintln!("jitgate: waiting for the enforcement points to open the port…");
     }
     let started = std::time::Instant::now();
-    let out = call(
-        client.post(format!("{url}{policy_id}/initiate?api-version=2020-01-01{wait}")).bearer_auth(&token).json(&body),
-    )
-    .await?;
+    let out = client.arm().initiate(&policy_id, &body, args.wait).await?;
     if args.wait {
         eprintln!("jitgate: open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
-    let vm = call(client.get(format!("{url}/api/v1/vms")).query(&[("id", &vm_id)]).bearer_auth(&token)).await.ok();
-    print_request_at(format, &out, vm.as_ref().and_then(|v| v["address"].as_str()));
+    let vm = client.native().vm(&vm_id).await.ok();
+    print_request_at(format, &out, &out, None, vm.as_ref().and_then(|v| v.address.as_deref()));
     Ok(())
 }
 
 /// A request as a table (or JSON/YAML): VM, port, status, until, and where to connect.
-pub fn print_request(format: crate::output::OutputFormat, out: &serde_json::Value) {
-    print_request_at(format, out, None)
+pub fn print_request(format: OutputFormat, out: &NativeRequestOut) {
+    print_request_at(format, out, &out.request, out.pending_extension_end_time_utc.as_deref(), None)
 }
 
-/// The same, connecting to `address` (the VM's own) when no gateway mapping applies.
-pub fn print_request_at(format: crate::output::OutputFormat, out: &serde_json::Value, address: Option<&str>) {
-    crate::output::print(format, out, |o| {
-        println!("request {}", o["id"]);
+/// The same for `out` (whose request is `r`), connecting to `address` (the VM's own) when no
+/// gateway mapping applies; `pending` is the end a waiting extension asks for.
+pub fn print_request_at<T: serde::Serialize>(
+    format: OutputFormat,
+    out: &T,
+    r: &RequestOut,
+    pending: Option<&str>,
+    address: Option<&str>,
+) {
+    crate::output::print(format, out, |_| {
+        println!("request {}", number(r.id));
         let mut rows = Vec::new();
-        for vm in o["virtualMachines"].as_array().into_iter().flatten() {
-            let name = vm["id"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_owned();
-            for p in vm["ports"].as_array().into_iter().flatten() {
-                let connect = match (vm["publicIpAddress"].as_str(), p["mappedPort"].as_u64()) {
+        for vm in &r.virtual_machines {
+            let name = name_of(&vm.id);
+            for p in &vm.ports {
+                let connect = match (&vm.public_ip_address, p.mapped_port) {
                     (Some(ip), Some(m)) => format!("{ip}:{m}"),
-                    _ => format!("{}:{}", address.unwrap_or(&name), p["number"]),
+                    _ => format!("{}:{}", address.unwrap_or(&name), p.number),
                 };
-                rows.push(vec![
-                    name.clone(),
-                    p["number"].to_string(),
-                    p["status"].as_str().unwrap_or("").into(),
-                    p["endTimeUtc"].as_str().unwrap_or("").into(),
-                    connect,
-                ]);
+                rows.push(vec![name.clone(), p.number.to_string(), p.status.clone(), p.end_time_utc.clone(), connect]);
             }
         }
         crate::output::table(&["VM", "PORT", "STATUS", "UNTIL", "CONNECT TO"], &rows);
-        if let Some(end) = o["pendingExtensionEndTimeUtc"].as_str() {
-            println!("an extension until {end} waits for an approver (jitgate access approve {})", o["id"]);
+        if let Some(end) = pending {
+            println!("an extension until {end} waits for an approver (jitgate access approve {})", number(r.id));
         }
     });
 }
 
-pub async fn revoke(args: RevokeArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let wait = if args.wait { "?wait=applied" } else { "" };
-    let out = call(client.post(format!("{url}/api/v1/requests/{}/revoke{wait}", args.id)).bearer_auth(token)).await?;
+pub async fn revoke(args: RevokeArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let out = client.native().revoke(args.id, args.wait).await?;
     print_request(format, &out);
     Ok(())
 }
@@ -192,14 +203,11 @@ pub struct DecideArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn decide(args: DecideArgs, approve: bool, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let verb = if approve { "approve" } else { "deny" };
-    let wait = if args.wait && approve { "?wait=applied" } else { "" };
-    let body = serde_json::json!({"reason": args.reason});
-    let out =
-        call(client.post(format!("{url}/api/v1/requests/{}/{verb}{wait}", args.id)).bearer_auth(token).json(&body))
-            .await?;
+pub async fn decide(args: DecideArgs, approve: bool, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let decision = if approve { Decision::Approve } else { Decision::Deny };
+    let body = DecisionIn { reason: args.reason.clone() };
+    let out = client.native().decide(args.id, decision, &body, args.wait).await?;
     print_request(format, &out);
     Ok(())
 }
@@ -218,13 +226,10 @@ pub struct ExtendArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn extend(args: ExtendArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let wait = if args.wait { "?wait=applied" } else { "" };
-    let body = serde_json::json!({"duration": crate::iso_duration(&args.duration)?});
-    let out =
-        call(client.post(format!("{url}/api/v1/requests/{}/extend{wait}", args.id)).bearer_auth(token).json(&body))
-            .await?;
+pub async fn extend(args: ExtendArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let body = ExtendIn { duration: Some(crate::iso_duration(&args.duration)?), end_time_utc: None };
+    let out = client.native().extend(args.id, &body, args.wait).await?;
     print_request(format, &out);
     Ok(())
 }
@@ -244,60 +249,46 @@ pub struct ListArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn list(args: ListArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
+pub async fn list(args: ListArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
     let sub = crate::policy::subscription(&args.subscription)?;
-    let mut next = Some(format!(
-        "{url}/subscriptions/{sub}/providers/Microsoft.Security/jitNetworkAccessPolicies?api-version=2020-01-01"
-    ));
     let vm = match &args.vm {
-        Some(v) => Some(crate::policy::resolve_vm(&client, &url, &token, v).await?.to_ascii_lowercase()),
+        Some(v) => Some(crate::policy::resolve_vm(&client, v).await?.to_ascii_lowercase()),
         None => None,
     };
+    let scope = PolicyScope { subscription: sub, resource_group: None, location: None };
     let mut requests = Vec::new();
-    while let Some(u) = next {
-        let page = call(client.get(&u).bearer_auth(&token)).await?;
-        for p in page["value"].as_array().into_iter().flatten() {
-            for r in p["properties"]["requests"].as_array().into_iter().flatten() {
-                let ports: Vec<&serde_json::Value> = r["virtualMachines"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|v| v["ports"].as_array().into_iter().flatten())
-                    .collect();
-                let on_vm = vm.as_ref().is_none_or(|id| {
-                    r["virtualMachines"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|v| v["id"].as_str().is_some_and(|x| x.eq_ignore_ascii_case(id)))
+    for p in client.arm().list_policies(&scope).await? {
+        for r in p.properties.requests {
+            let on_vm = vm.as_ref().is_none_or(|id| r.virtual_machines.iter().any(|v| v.id.eq_ignore_ascii_case(id)));
+            let active = r
+                .virtual_machines
+                .iter()
+                .flat_map(|v| &v.ports)
+                .any(|p| matches!(p.status.as_str(), "Initiated" | "Pending" | "Scheduled"));
+            if on_vm && (!args.active || active) {
+                requests.push(NativeRequestOut {
+                    request: r,
+                    policy_id: Some(p.id.clone()),
+                    pending_extension_end_time_utc: None,
                 });
-                let active =
-                    ports.iter().any(|p| matches!(p["status"].as_str(), Some("Initiated" | "Pending" | "Scheduled")));
-                if on_vm && (!args.active || active) {
-                    let mut r = r.clone();
-                    r["policyId"] = p["id"].clone();
-                    requests.push(r);
-                }
             }
         }
-        next = page["nextLink"].as_str().map(String::from);
     }
-    let value = serde_json::json!({"value": requests});
-    crate::output::print(format, &value, |v| {
+    crate::output::print(format, &ListOut { value: requests }, |v| {
         let mut rows = Vec::new();
-        for r in v["value"].as_array().into_iter().flatten() {
-            for vm in r["virtualMachines"].as_array().into_iter().flatten() {
-                let name = vm["id"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_owned();
-                for p in vm["ports"].as_array().into_iter().flatten() {
+        for r in v.value.iter().map(|r| &r.request) {
+            for vm in &r.virtual_machines {
+                let name = name_of(&vm.id);
+                for p in &vm.ports {
                     rows.push(vec![
-                        r["id"].to_string(),
+                        number(r.id),
                         name.clone(),
-                        p["number"].to_string(),
-                        p["status"].as_str().unwrap_or("").into(),
-                        p["statusReason"].as_str().unwrap_or("").into(),
-                        r["requestor"].as_str().unwrap_or("").into(),
-                        p["endTimeUtc"].as_str().unwrap_or("").into(),
+                        p.number.to_string(),
+                        p.status.clone(),
+                        p.status_reason.clone(),
+                        r.requestor.clone(),
+                        p.end_time_utc.clone(),
                     ]);
                 }
             }

@@ -3,10 +3,15 @@
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Subcommand};
-use serde_json::{json, Value};
+
+use jitgate_api_types::native::{ListOut, VmIn, VmOut};
+use jitgate_api_types::rbac::TokenIn;
+use jitgate_client::native::VmView;
+use jitgate_client::oidc::Provider;
+use jitgate_client::{Client, Settings};
 
 use crate::output::{exit, fail, print, table, OutputFormat};
-use crate::{call, ConnArgs};
+use crate::{CliError, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Examples:
@@ -37,212 +42,38 @@ pub struct LoginArgs {
     pub subscription: Option<String>,
 }
 
-/// The issuer and client the server names, and the issuer's discovery document.
-struct Idp {
-    client: reqwest::Client,
-    client_id: String,
-    discovery: Value,
-}
-
-async fn discover(client: &reqwest::Client, url: &str) -> anyhow::Result<Idp> {
-    let cfg = call(client.get(format!("{url}/api/v1/auth/config"))).await?;
-    let (Some(issuer), Some(client_id)) = (cfg["oidcIssuer"].as_str(), cfg["oidcClientId"].as_str()) else {
-        return Err(fail(exit::USAGE, "this server has no OIDC sign-in configured; use --token"));
-    };
-    let idp = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-    let discovery: Value = idp
-        .get(format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(Idp { client: idp, client_id: client_id.to_owned(), discovery })
-}
-
-impl Idp {
-    fn endpoint(&self, key: &str) -> anyhow::Result<&str> {
-        self.discovery[key].as_str().ok_or_else(|| {
-            let issuer = self.discovery["issuer"].as_str().unwrap_or("the issuer");
-            fail(exit::ERROR, format!("{issuer} names no {key}"))
-        })
-    }
-}
-
-/// The OAuth 2.0 device authorization grant (RFC 8628); returns the ID token.
-async fn device_flow(idp: &Idp) -> anyhow::Result<String> {
-    let (device_ep, token_ep) = (idp.endpoint("device_authorization_endpoint")?, idp.endpoint("token_endpoint")?);
-    let client_id = idp.client_id.as_str();
-    let start: Value = idp
-        .client
-        .post(device_ep)
-        .form(&[("client_id", client_id), ("scope", "openid profile email")])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let device_code =
-        start["device_code"].as_str().ok_or_else(|| fail(exit::ERROR, "the issuer sent no device_code"))?;
-    let link = start["verification_uri_complete"].as_str().or(start["verification_uri"].as_str()).unwrap_or("");
-    eprintln!("To sign in, open {link} and enter the code {}", start["user_code"].as_str().unwrap_or(""));
-    let mut interval = start["interval"].as_u64().unwrap_or(5);
-    let deadline =
-        std::time::Instant::now() + std::time::Duration::from_secs(start["expires_in"].as_u64().unwrap_or(600));
-    loop {
-        if std::time::Instant::now() > deadline {
-            return Err(fail(exit::TIMEOUT, "the sign-in was not completed in time"));
-        }
-        let r: Value = idp
-            .client
-            .post(token_ep)
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                ("device_code", device_code),
-                ("client_id", client_id),
-            ])
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(t) = r["id_token"].as_str() {
-            return Ok(t.to_owned());
-        }
-        match r["error"].as_str() {
-            Some("authorization_pending") => {}
-            Some("slow_down") => interval += 5,
-            Some(e) => return Err(fail(exit::DENIED, format!("sign-in refused: {e}"))),
-            None => return Err(fail(exit::ERROR, "the issuer answered without an ID token")),
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(interval)).await;
-    }
-}
-
-fn random_b64(bytes: usize) -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-}
-
 /// How long the browser flow waits for the redirect back.
 const BROWSER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The authorization code grant with PKCE (RFC 7636) and a loopback redirect (RFC 8252 §7.3);
-/// returns the ID token.
-async fn browser_flow(idp: &Idp) -> anyhow::Result<String> {
-    use base64::Engine;
-    use sha2::Digest;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-    let (auth_ep, token_ep) = (idp.endpoint("authorization_endpoint")?, idp.endpoint("token_endpoint")?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let redirect = format!("http://127.0.0.1:{}/callback", listener.local_addr()?.port());
-    let verifier = random_b64(32);
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
-    let state = random_b64(16);
-    let mut link = reqwest::Url::parse(auth_ep)
-        .map_err(|e| fail(exit::ERROR, format!("the issuer's authorization_endpoint is not a URL: {e}")))?;
-    link.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &idp.client_id)
-        .append_pair("redirect_uri", &redirect)
-        .append_pair("scope", "openid profile email")
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", &state);
+/// Opens `link` with `$BROWSER` (else xdg-open), quietly; the link is printed too.
+fn open_browser(link: &str) {
     eprintln!("To sign in, open {link}");
     let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".to_owned());
     let _ = std::process::Command::new(opener)
-        .arg(link.as_str())
+        .arg(link)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
-
-    let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
-    let code = loop {
-        let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
-        let Ok(accepted) = accepted else {
-            return Err(fail(exit::TIMEOUT, "the sign-in was not completed in time"));
-        };
-        let (mut stream, _) = accepted?;
-        // Only the request line matters; a peer that sends more than a few KiB without one is dropped.
-        let mut reader = BufReader::new((&mut stream).take(8 * 1024));
-        let mut line = String::new();
-        if tokio::time::timeout(std::time::Duration::from_secs(10), reader.read_line(&mut line)).await.is_err() {
-            continue;
-        }
-        // GET /callback?code=…&state=… HTTP/1.1
-        let target = line.split_whitespace().nth(1).unwrap_or("");
-        let Ok(url) = reqwest::Url::parse(&format!("http://127.0.0.1{target}")) else { continue };
-        if url.path() != "/callback" {
-            drop(reader);
-            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-            continue;
-        }
-        let param = |k: &str| url.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
-        let (page, outcome) = if param("state").as_deref() != Some(state.as_str()) {
-            (
-                "The sign-in answer did not match this request; run jitgate login again.",
-                Err(fail(exit::DENIED, "the sign-in answer carried the wrong state")),
-            )
-        } else if let Some(e) = param("error") {
-            let why = param("error_description").map(|d| format!("{e}: {d}")).unwrap_or(e);
-            ("The sign-in was refused; see the terminal.", Err(fail(exit::DENIED, format!("sign-in refused: {why}"))))
-        } else if let Some(code) = param("code") {
-            ("Signed in to jitgate. You can close this tab.", Ok(code))
-        } else {
-            ("The sign-in answer carried no code.", Err(fail(exit::ERROR, "the issuer redirected without a code")))
-        };
-        let html = format!("<!doctype html><title>jitgate</title><p>{page}</p>");
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            html.len()
-        );
-        drop(reader);
-        let _ = stream.write_all(format!("{head}{html}").as_bytes()).await;
-        break outcome?;
-    };
-    let r: Value = idp
-        .client
-        .post(token_ep)
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", redirect.as_str()),
-            ("client_id", idp.client_id.as_str()),
-            ("code_verifier", verifier.as_str()),
-        ])
-        .send()
-        .await?
-        .json()
-        .await?;
-    match (r["id_token"].as_str(), r["error"].as_str()) {
-        (Some(t), _) => Ok(t.to_owned()),
-        (None, Some(e)) => Err(fail(exit::DENIED, format!("sign-in refused: {e}"))),
-        (None, None) => Err(fail(exit::ERROR, "the issuer answered without an ID token")),
-    }
 }
 
 /// Checks the settings against the server, then writes the profile (0600).
-pub async fn login(a: LoginArgs) -> anyhow::Result<()> {
+pub async fn login(a: LoginArgs) -> Result<(), CliError> {
     let ca = a.ca_cert.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let client = crate::client::http_client(ca.as_deref())?;
-    let url = a.url.trim_end_matches('/').to_owned();
+    let client = Client::new(Settings::new(a.url.as_str()).ca_cert_path(ca.as_deref()))?;
+    let url = client.url().to_owned();
     let token = match a.token {
         Some(t) => t,
         None => {
-            let idp = discover(&client, &url).await?;
-            if a.browser || idp.discovery["device_authorization_endpoint"].as_str().is_none() {
-                browser_flow(&idp).await?
+            let idp = Provider::discover(&client).await?;
+            if a.browser || !idp.has_device_flow() {
+                idp.browser_flow(open_browser, BROWSER_WAIT).await?
             } else {
-                device_flow(&idp).await?
+                idp.device_flow(|link, code| eprintln!("To sign in, open {link} and enter the code {code}")).await?
             }
         }
     };
-    call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(&token)).await?;
+    client.with_token(token.as_str()).native().role_definitions().await?;
     let path = crate::profile::save(&crate::profile::Profile {
         url: Some(url.clone()),
         token: Some(token),
@@ -335,21 +166,20 @@ pub struct AttachArgs {
     pub conn: ConnArgs,
 }
 
-fn print_vms(format: OutputFormat, v: &Value) {
+fn print_vms(format: OutputFormat, v: &ListOut<VmOut>) {
     print(format, v, |v| {
-        let rows: Vec<Vec<String>> = v["value"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows: Vec<Vec<String>> = v
+            .value
+            .iter()
             .map(|vm| {
-                let s = |k: &str| vm[k].as_str().unwrap_or("").to_owned();
+                let state = vm.enforcement_state.as_deref().or(vm.unsupported_reason.as_deref());
                 vec![
-                    s("name"),
-                    s("osType"),
-                    s("location"),
-                    s("address"),
-                    vm["enforcement"]["agent"].as_str().unwrap_or("-").into(),
-                    vm["enforcementState"].as_str().or(vm["unsupportedReason"].as_str()).unwrap_or("").into(),
+                    vm.name.clone(),
+                    vm.os_type.clone(),
+                    vm.location.clone(),
+                    vm.address.clone().unwrap_or_default(),
+                    vm.enforcement.as_ref().map(|e| e.agent.as_str()).unwrap_or("-").to_owned(),
+                    state.unwrap_or("").to_owned(),
                 ]
             })
             .collect();
@@ -357,43 +187,55 @@ fn print_vms(format: OutputFormat, v: &Value) {
     });
 }
 
-pub async fn vm(a: VmArgs, format: OutputFormat) -> anyhow::Result<()> {
+pub async fn vm(a: VmArgs, format: OutputFormat) -> Result<(), CliError> {
     match a.command {
         VmCommand::List(l) => {
-            let (url, token, client) = l.conn.connect()?;
+            let client = l.conn.connect()?;
             let view = if l.configured {
-                "?view=configured"
+                Some(VmView::Configured)
             } else if l.not_configured {
-                "?view=notConfigured"
+                Some(VmView::NotConfigured)
             } else if l.unsupported {
-                "?view=unsupported"
+                Some(VmView::Unsupported)
             } else {
-                ""
+                None
             };
-            let out = call(client.get(format!("{url}/api/v1/vms{view}")).bearer_auth(token)).await?;
-            print_vms(format, &out);
+            let value = client.native().vms(view).await?;
+            print_vms(format, &ListOut { value });
         }
         VmCommand::Add(v) => {
-            let (url, token, client) = v.conn.connect()?;
-            let body =
-                json!({"id": v.id, "osType": v.os, "location": v.location, "address": v.address, "gateway": v.gateway});
-            let out = call(client.put(format!("{url}/api/v1/vms")).bearer_auth(token).json(&body)).await?;
-            print(format, &out, |o| println!("registered {}", o["id"].as_str().unwrap_or("")));
+            let client = v.conn.connect()?;
+            let body = VmIn {
+                id: Some(v.id),
+                os_type: Some(v.os),
+                location: Some(v.location),
+                address: v.address,
+                gateway: v.gateway,
+                classic: None,
+            };
+            let out = client.native().put_vm(&body).await?;
+            print(format, &out, |o| println!("registered {}", o.id));
         }
         VmCommand::Rm(r) => {
-            let (url, token, client) = r.conn.connect()?;
-            let id = crate::policy::resolve_vm(&client, &url, &token, &r.vm).await?;
-            let out = call(client.delete(format!("{url}/api/v1/vms")).query(&[("id", &id)]).bearer_auth(token)).await?;
-            print(format, &out, |o| println!("removed {}", o["id"].as_str().unwrap_or("")));
+            let client = r.conn.connect()?;
+            let id = crate::policy::resolve_vm(&client, &r.vm).await?;
+            let out = client.native().delete_vm(&id).await?;
+            print(format, &out, |o| println!("removed {}", o.id));
         }
         VmCommand::AttachGateway(g) => {
-            let (url, token, client) = g.conn.connect()?;
-            let id = crate::policy::resolve_vm(&client, &url, &token, &g.vm).await?;
-            let current =
-                call(client.get(format!("{url}/api/v1/vms")).query(&[("id", &id)]).bearer_auth(&token)).await?;
-            let body = json!({"id": id, "osType": current["osType"], "location": current["location"], "address": g.address, "gateway": g.gateway});
-            let out = call(client.put(format!("{url}/api/v1/vms")).bearer_auth(token).json(&body)).await?;
-            print(format, &out, |o| println!("{} is behind gateway {}", o["id"].as_str().unwrap_or(""), g.gateway));
+            let client = g.conn.connect()?;
+            let id = crate::policy::resolve_vm(&client, &g.vm).await?;
+            let current = client.native().vm(&id).await?;
+            let body = VmIn {
+                id: Some(id),
+                os_type: Some(current.os_type),
+                location: Some(current.location),
+                address: Some(g.address),
+                gateway: Some(g.gateway.clone()),
+                classic: None,
+            };
+            let out = client.native().put_vm(&body).await?;
+            print(format, &out, |o| println!("{} is behind gateway {}", o.id, g.gateway));
         }
     }
     Ok(())
@@ -448,42 +290,34 @@ pub struct TokenRevoke {
     pub conn: ConnArgs,
 }
 
-pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
+pub async fn token(a: TokenArgs, format: OutputFormat) -> Result<(), CliError> {
     match a.command {
         TokenCommand::Create(c) => {
-            let (url, token, client) = c.conn.connect()?;
-            let body = match &c.expires_in {
-                Some(d) => json!({"expiresIn": crate::iso_duration(d)?}),
-                None => json!({}),
-            };
-            let out = call(
-                client.post(format!("{url}/api/v1/principals/{}/tokens", c.principal)).bearer_auth(token).json(&body),
-            )
-            .await?;
+            let client = c.conn.connect()?;
+            let body = TokenIn { expires_in: c.expires_in.as_deref().map(crate::iso_duration).transpose()? };
+            let out = client.native().create_token(&c.principal, &body).await?;
             print(format, &out, |o| {
                 // The token alone on stdout (for scripts); when it ends on stderr.
-                println!("{}", o["token"].as_str().unwrap_or(""));
-                match o["expiresOn"].as_str() {
-                    Some(at) => eprintln!("token {} for {} expires {at}", o["id"], c.principal),
-                    None => eprintln!("token {} for {} does not expire", o["id"], c.principal),
+                println!("{}", o.token);
+                match &o.expires_on {
+                    Some(at) => eprintln!("token {} for {} expires {at}", o.id, c.principal),
+                    None => eprintln!("token {} for {} does not expire", o.id, c.principal),
                 }
             });
         }
         TokenCommand::List(l) => {
-            let (url, token, client) = l.conn.connect()?;
-            let out =
-                call(client.get(format!("{url}/api/v1/principals/{}/tokens", l.principal)).bearer_auth(token)).await?;
-            print(format, &out, |o| {
-                let rows: Vec<Vec<String>> = o["value"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+            let client = l.conn.connect()?;
+            let value = client.native().tokens(&l.principal).await?;
+            print(format, &ListOut { value }, |o| {
+                let rows: Vec<Vec<String>> = o
+                    .value
+                    .iter()
                     .map(|t| {
                         vec![
-                            t["id"].to_string(),
-                            t["createdAt"].as_str().unwrap_or("").into(),
-                            t["expiresOn"].as_str().unwrap_or("never").into(),
-                            if t["revoked"] == true { "revoked".into() } else { "active".into() },
+                            t.id.to_string(),
+                            t.created_at.clone(),
+                            t.expires_on.clone().unwrap_or_else(|| "never".into()),
+                            if t.revoked { "revoked".into() } else { "active".into() },
                         ]
                     })
                     .collect();
@@ -491,9 +325,9 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> anyhow::Result<()> {
             });
         }
         TokenCommand::Revoke(r) => {
-            let (url, token, client) = r.conn.connect()?;
-            let out = call(client.delete(format!("{url}/api/v1/tokens/{}", r.id)).bearer_auth(token)).await?;
-            print(format, &out, |o| println!("revoked token {}", o["id"]));
+            let client = r.conn.connect()?;
+            let out = client.native().revoke_token(r.id).await?;
+            print(format, &out, |o| println!("revoked token {}", o.id));
         }
     }
     Ok(())
@@ -521,18 +355,17 @@ pub struct PrincipalList {
     pub conn: ConnArgs,
 }
 
-pub async fn principal(a: PrincipalArgs, format: OutputFormat) -> anyhow::Result<()> {
+pub async fn principal(a: PrincipalArgs, format: OutputFormat) -> Result<(), CliError> {
     match a.command {
         PrincipalCommand::List(l) => {
-            let (url, token, client) = l.conn.connect()?;
-            let out = call(client.get(format!("{url}/api/v1/principals")).bearer_auth(token)).await?;
-            print(format, &out, |o| {
-                let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-                let rows: Vec<Vec<String>> = o["value"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| vec![text(&p["name"]), text(&p["type"]), text(&p["displayName"]), text(&p["issuer"])])
+            let client = l.conn.connect()?;
+            let value = client.native().principals().await?;
+            print(format, &ListOut { value }, |o| {
+                let text = |v: &Option<String>| v.clone().unwrap_or_default();
+                let rows: Vec<Vec<String>> = o
+                    .value
+                    .iter()
+                    .map(|p| vec![p.name.clone(), p.kind.clone(), text(&p.display_name), text(&p.issuer)])
                     .collect();
                 table(&["NAME", "TYPE", "DISPLAY NAME", "ISSUER"], &rows);
             });
@@ -548,14 +381,14 @@ pub struct CompletionsArgs {
 }
 
 /// Shell completions from the command tree.
-pub fn completions(a: CompletionsArgs) -> anyhow::Result<()> {
+pub fn completions(a: CompletionsArgs) -> Result<(), CliError> {
     let mut cmd = crate::Cli::command();
     clap_complete::generate(a.shell, &mut cmd, "jitgate", &mut std::io::stdout());
     Ok(())
 }
 
 /// The man page (roff) from the command tree.
-pub fn man() -> anyhow::Result<()> {
+pub fn man() -> Result<(), CliError> {
     let cmd = crate::Cli::command();
     clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| fail(exit::ERROR, e.to_string()))
 }

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand};
-use serde_json::json;
 
-use crate::{call, iso_duration, ConnArgs};
+use jitgate_api_types::agent::{AgentOut, JoinTokenIn};
+use jitgate_api_types::native::ListOut;
+
+use crate::output::OutputFormat;
+use crate::{iso_duration, CliError, ConnArgs};
 
 pub use jitgate_core::enforcement::AgentMode;
 
@@ -100,30 +103,25 @@ pub struct AgentRmArgs {
     pub conn: ConnArgs,
 }
 
-fn agent_rows(o: &serde_json::Value) -> Vec<Vec<String>> {
-    o["value"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn agent_rows(o: &ListOut<AgentOut>) -> Vec<Vec<String>> {
+    o.value
+        .iter()
         .map(|a| {
-            let s = |k: &str| a[k].as_str().unwrap_or("").to_owned();
-            let addresses: Vec<&str> =
-                a["addresses"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
-            let state = if a["nftablesUsable"] == false {
+            let state = if a.nftables_usable == Some(false) {
                 "nftables unusable".to_owned()
-            } else if a["stale"] == true {
+            } else if a.stale {
                 "stale".to_owned()
             } else {
                 "ok".to_owned()
             };
             vec![
-                s("id"),
-                s("name"),
-                s("mode"),
-                s("resourceGroup"),
-                addresses.join(","),
-                s("lastSeen"),
-                a["appliedRevision"].to_string(),
+                a.id.clone(),
+                a.name.clone(),
+                a.mode.clone(),
+                a.resource_group.clone(),
+                a.addresses.join(","),
+                a.last_seen.clone().unwrap_or_default(),
+                a.applied_revision.to_string(),
                 state,
             ]
         })
@@ -133,25 +131,23 @@ fn agent_rows(o: &serde_json::Value) -> Vec<Vec<String>> {
 const AGENT_HEADERS: [&str; 8] = ["ID", "NAME", "MODE", "RESOURCE GROUP", "ADDRESSES", "LAST SEEN", "APPLIED", "STATE"];
 
 /// `jitgate agent list`.
-pub async fn list(args: AgentListArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let out = call(client.get(format!("{url}/api/v1/agents")).bearer_auth(token)).await?;
-    crate::output::print(format, &out, |o| crate::output::table(&AGENT_HEADERS, &agent_rows(o)));
+pub async fn list(args: AgentListArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let value = client.native().agents().await?;
+    crate::output::print(format, &ListOut { value }, |o| crate::output::table(&AGENT_HEADERS, &agent_rows(o)));
     Ok(())
 }
 
 /// `jitgate agent rm ID|NAME`: revokes and removes the agent.
-pub async fn remove(args: AgentRmArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let list = call(client.get(format!("{url}/api/v1/agents")).bearer_auth(&token)).await?;
-    let agents: Vec<&serde_json::Value> = list["value"].as_array().into_iter().flatten().collect();
-    let id = if agents.iter().any(|a| a["id"] == args.agent.as_str()) {
+pub async fn remove(args: AgentRmArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let agents = client.native().agents().await?;
+    let id = if agents.iter().any(|a| a.id == args.agent) {
         args.agent.clone()
     } else {
-        let named: Vec<&&serde_json::Value> =
-            agents.iter().filter(|a| a["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&args.agent))).collect();
+        let named: Vec<&AgentOut> = agents.iter().filter(|a| a.name.eq_ignore_ascii_case(&args.agent)).collect();
         match named.as_slice() {
-            [one] => one["id"].as_str().unwrap_or_default().to_owned(),
+            [one] => one.id.clone(),
             [] => args.agent.clone(),
             _ => {
                 return Err(crate::output::fail(
@@ -161,13 +157,11 @@ pub async fn remove(args: AgentRmArgs, format: crate::output::OutputFormat) -> a
             }
         }
     };
-    let out = call(client.delete(format!("{url}/api/v1/agents/{id}")).bearer_auth(token)).await?;
+    let out = client.native().delete_agent(&id).await?;
     crate::output::print(format, &out, |o| {
         println!(
             "revoked agent {} ({} {}); its VMs have no enforcement point until an agent joins for them",
-            o["id"].as_str().unwrap_or(""),
-            o["mode"].as_str().unwrap_or(""),
-            o["name"].as_str().unwrap_or("")
+            o.id, o.mode, o.name
         )
     });
     Ok(())
@@ -191,17 +185,23 @@ pub struct TokenListArgs {
     pub conn: ConnArgs,
 }
 
-pub async fn token_list(args: TokenListArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let out = call(client.get(format!("{url}/api/v1/agentTokens")).bearer_auth(token)).await?;
-    crate::output::print(format, &out, |o| {
-        let rows: Vec<Vec<String>> = o["value"]
-            .as_array()
-            .into_iter()
-            .flatten()
+pub async fn token_list(args: TokenListArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let value = client.native().join_tokens().await?;
+    crate::output::print(format, &ListOut { value }, |o| {
+        let rows: Vec<Vec<String>> = o
+            .value
+            .iter()
             .map(|t| {
-                let s = |k: &str| t[k].as_str().unwrap_or("").to_owned();
-                vec![s("resourceGroup"), s("vm"), s("location"), s("mode"), s("state"), s("expiresOn"), s("createdBy")]
+                vec![
+                    t.resource_group.clone(),
+                    t.vm.clone().unwrap_or_default(),
+                    t.location.clone(),
+                    t.mode.clone(),
+                    t.state.clone(),
+                    t.expires_on.clone(),
+                    t.created_by.clone(),
+                ]
             })
             .collect();
         crate::output::table(&["RESOURCE GROUP", "VM", "LOCATION", "MODE", "STATE", "EXPIRES", "BY"], &rows);
@@ -235,18 +235,17 @@ pub struct TokenCreateArgs {
 }
 
 /// `jitgate agent token create`: prints the token alone.
-pub async fn token_create(args: TokenCreateArgs) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let body = json!({
-        "subscription": args.subscription,
-        "resourceGroup": args.resource_group,
-        "location": args.location,
-        "mode": args.mode.as_str(),
-        "ttl": iso_duration(&args.ttl)?,
-        "vm": args.vm,
-    });
-    let out = call(client.post(format!("{url}/api/v1/agentTokens")).bearer_auth(token).json(&body)).await?;
-    let t = out["token"].as_str().ok_or_else(|| anyhow::anyhow!("the server answered without a token"))?;
-    println!("{t}");
+pub async fn token_create(args: TokenCreateArgs) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let body = JoinTokenIn {
+        subscription: Some(args.subscription),
+        resource_group: Some(args.resource_group),
+        location: Some(args.location),
+        mode: Some(args.mode.as_str().to_owned()),
+        ttl: Some(iso_duration(&args.ttl)?),
+        vm: args.vm,
+    };
+    let out = client.native().create_join_token(&body).await?;
+    println!("{}", out.token);
     Ok(())
 }

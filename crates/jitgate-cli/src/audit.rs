@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::{call, ConnArgs};
+use jitgate_api_types::audit::AuditRecordOut;
+use jitgate_client::native::AuditQuery;
+
+use crate::{CliError, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
@@ -86,58 +89,60 @@ const FIELDS: [&str; 9] = [
     "properties",
 ];
 
-fn csv_cell(v: &serde_json::Value) -> String {
-    let s = match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    };
+/// A record's cells in the order of [`FIELDS`]; `properties` as compact JSON.
+fn csv_row(r: &AuditRecordOut) -> String {
+    let cells = [
+        r.sequence.to_string(),
+        r.event_timestamp.clone(),
+        r.operation_name.clone(),
+        r.status.clone(),
+        r.caller.clone(),
+        r.caller_ip_address.clone().unwrap_or_default(),
+        r.resource_id.clone(),
+        r.correlation_id.clone(),
+        serde_json::to_string(&r.properties).unwrap_or_default(),
+    ];
+    cells.iter().map(|s| csv_cell(s)).collect::<Vec<_>>().join(",")
+}
+
+fn csv_cell(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s
+        s.to_owned()
     }
 }
 
 /// Lists or exports; with `all`, follows every nextLink.
-pub async fn query(args: QueryArgs, all: bool) -> anyhow::Result<()> {
-    let (url, token, client) = args.conn.connect()?;
-    let mut params: Vec<(&str, String)> = Vec::new();
-    for (k, v) in [
-        ("from", &args.from),
-        ("to", &args.to),
-        ("caller", &args.caller),
-        ("resourceId", &args.resource_id),
-        ("operation", &args.operation),
-        ("status", &args.status),
-    ] {
-        if let Some(v) = v {
-            params.push((k, v.clone()));
-        }
-    }
-    let mut next = Some(client.get(format!("{url}/api/v1/audit")).query(&params).bearer_auth(&token));
+pub async fn query(args: QueryArgs, all: bool) -> Result<(), CliError> {
+    let client = args.conn.connect()?;
+    let q = AuditQuery {
+        from: args.from,
+        to: args.to,
+        caller: args.caller,
+        resource_id: args.resource_id,
+        operation: args.operation,
+        status: args.status,
+    };
+    let native = client.native();
+    let mut pages = native.audit(&q);
     if args.format == Format::Csv {
         println!("{}", FIELDS.join(","));
     }
-    while let Some(req) = next.take() {
-        let page = call(req).await?;
-        for r in page["value"].as_array().into_iter().flatten() {
+    while let Some(page) = pages.next_page().await? {
+        for r in &page {
             match args.format {
-                Format::Jsonl => println!("{}", serde_json::to_string(r)?),
-                Format::Csv => println!("{}", FIELDS.iter().map(|f| csv_cell(&r[*f])).collect::<Vec<_>>().join(",")),
+                // Keys in order, as the API's own JSON reads.
+                Format::Jsonl => println!("{}", serde_json::to_string(&serde_json::to_value(r)?)?),
+                Format::Csv => println!("{}", csv_row(r)),
                 Format::Table => println!(
-                    "{:>6}  {}  {:<9}  {:<16}  {}  {}",
-                    r["sequence"],
-                    r["eventTimestamp"].as_str().unwrap_or(""),
-                    r["status"].as_str().unwrap_or(""),
-                    r["caller"].as_str().unwrap_or(""),
-                    r["operationName"].as_str().unwrap_or(""),
-                    r["resourceId"].as_str().unwrap_or("")
+                    "{}  {}  {:<9}  {:<16}  {}  {}",
+                    r.sequence, r.event_timestamp, r.status, r.caller, r.operation_name, r.resource_id
                 ),
             }
         }
-        if all || args.format != Format::Table {
-            next = page["nextLink"].as_str().map(|l| client.get(l).bearer_auth(&token));
+        if !(all || args.format != Format::Table) {
+            break;
         }
     }
     Ok(())

@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use clap::Args;
-use serde_json::json;
 
-use crate::client::http_client;
-use crate::local::LocalServer;
+use jitgate_api_types::arm::{PolicyIn, PolicyPropertiesIn, PolicyVmIn, PortRuleIn};
+use jitgate_api_types::native::VmIn;
+use jitgate_client::arm::PolicyRef;
+use jitgate_client::local::LocalServer;
+use jitgate_client::{Client, Settings};
+
+use crate::output::{exit, fail};
+use crate::CliError;
 
 /// `jitgate bench` measures initiate throughput; its subcommands measure enforcement.
 #[derive(Debug, Clone, Args)]
@@ -149,67 +153,69 @@ pub const BENCH_SERVER_FLAGS: &[&str] = &["--rate-limit-initiate", "off", "--max
 const SUB: &str = "b0000000-0000-4000-8000-000000000001";
 const RG: &str = "bench-rg";
 
-/// Puts the policy at `policy_url` (no query): one VM, one TCP port, any source, PT3H.
-pub async fn put_bench_policy(
-    client: &reqwest::Client,
-    policy_url: &str,
-    auth: &str,
-    vm_id: &str,
-    port: u16,
-) -> anyhow::Result<()> {
-    let body = json!({"kind": "Basic", "properties": {"virtualMachines": [{"id": vm_id, "ports": [
-        {"number": port, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
-    let r = client
-        .put(format!("{policy_url}?api-version=2020-01-01"))
-        .header("Authorization", auth)
-        .json(&body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("creating the bench policy: {} {}", r.status(), r.text().await.unwrap_or_default());
+/// Puts the policy `at`: one VM, one TCP port, any source, PT3H.
+pub async fn put_bench_policy(client: &Client, at: &PolicyRef, vm_id: &str, port: u16) -> Result<(), CliError> {
+    let rule = PortRuleIn {
+        number: Some(i64::from(port)),
+        protocol: Some("TCP".to_owned()),
+        allowed_source_address_prefix: Some("*".to_owned()),
+        max_request_access_duration: Some("PT3H".to_owned()),
+        ..PortRuleIn::default()
+    };
+    let vm = PolicyVmIn { id: Some(vm_id.to_owned()), ports: Some(vec![rule]), public_ip_address: None };
+    let body = PolicyIn {
+        kind: Some("Basic".to_owned()),
+        properties: Some(PolicyPropertiesIn { virtual_machines: Some(vec![vm]) }),
+    };
+    match client.arm().put_policy(at, &body).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(fail(exit::ERROR, format!("creating the bench policy: {e}"))),
     }
-    Ok(())
 }
 
-pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
     let (_local, url, token, ca) = match &args.url {
         Some(url) => {
             (None, url.trim_end_matches('/').to_owned(), args.token.clone().unwrap_or_default(), args.ca_cert.clone())
         }
         None => {
-            let exe = std::env::current_exe().context("locating the jitgate binary")?;
+            let exe =
+                std::env::current_exe().map_err(|e| fail(exit::ERROR, format!("locating the jitgate binary: {e}")))?;
             let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, BENCH_SERVER_FLAGS)).await??;
             let (url, token, ca) = (server.url.clone(), server.token.clone(), Some(server.ca_cert.clone()));
             (Some(server), url, token, ca)
         }
     };
-    let client = http_client(ca.as_deref())?;
+    let client = Client::new(Settings::new(url.as_str()).token(token).ca_cert_path(ca.as_deref()))?;
     let vm_id =
         format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/bench-vm");
-    let policy = format!("{url}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/bench");
-    let auth = format!("Bearer {token}");
-    let r = client
-        .put(format!("{url}/api/v1/vms"))
-        .header("Authorization", &auth)
-        .json(&json!({"id": vm_id, "osType": "Linux", "location": "westeurope"}))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("registering the bench VM: {} {}", r.status(), r.text().await.unwrap_or_default());
+    let policy = PolicyRef {
+        subscription: SUB.to_owned(),
+        resource_group: RG.to_owned(),
+        location: "westeurope".to_owned(),
+        name: "bench".to_owned(),
+    };
+    let vm = VmIn {
+        id: Some(vm_id.clone()),
+        os_type: Some("Linux".to_owned()),
+        location: Some("westeurope".to_owned()),
+        ..VmIn::default()
+    };
+    if let Err(e) = client.native().put_vm(&vm).await {
+        return Err(fail(exit::ERROR, format!("registering the bench VM: {e}")));
     }
-    put_bench_policy(&client, &policy, &auth, &vm_id, 22).await?;
+    put_bench_policy(&client, &policy, &vm_id, 22).await?;
 
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.seconds);
-    let initiate = Arc::new(format!("{policy}/initiate?api-version=2020-01-01"));
+    let initiate = Arc::new(policy.id());
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let client = client.clone();
-        let (counter, errors, initiate, auth, vm_id) =
-            (counter.clone(), errors.clone(), initiate.clone(), auth.clone(), vm_id.clone());
+        let (counter, errors, initiate, vm_id) = (counter.clone(), errors.clone(), initiate.clone(), vm_id.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(16_384);
             loop {
@@ -219,12 +225,16 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
                 }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let source = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
-                let body = json!({"virtualMachines": [{"id": vm_id, "ports": [{"number": 22, "allowedSourceAddressPrefix": source, "duration": "PT1H"}]}], "justification": "bench"});
+                let body = crate::access::initiate_body(
+                    &vm_id,
+                    &[22],
+                    &source,
+                    None,
+                    Some("PT1H".to_owned()),
+                    Some("bench".to_owned()),
+                );
                 let sent = Instant::now();
-                let ok = match client.post(initiate.as_str()).header("Authorization", &auth).json(&body).send().await {
-                    Ok(r) => r.status().as_u16() == 202 && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let ok = client.arm().initiate(&initiate, &body, false).await.is_ok();
                 let took = sent.elapsed();
                 if sent >= measure_from {
                     if ok {
@@ -244,7 +254,7 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
     all.sort_unstable();
     let errs = errors.load(Ordering::Relaxed);
     if all.is_empty() {
-        bail!("no initiate succeeded ({errs} failed)");
+        return Err(fail(exit::ERROR, format!("no initiate succeeded ({errs} failed)")));
     }
     let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

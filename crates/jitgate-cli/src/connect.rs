@@ -3,10 +3,11 @@
 //! when the command ends (or is interrupted).
 
 use clap::Args;
-use serde_json::{json, Value};
+
+use jitgate_api_types::arm::RequestOut;
 
 use crate::output::{exit, fail};
-use crate::{call, ConnArgs};
+use crate::{CliError, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "Examples:
@@ -35,38 +36,35 @@ pub struct ConnectArgs {
 }
 
 /// Where to connect: the gateway's address and mapped port, or the VM's own.
-fn endpoint(request: &Value, vm_address: Option<&str>, vm_name: &str, port: u16) -> (String, u16) {
-    let vm = &request["virtualMachines"][0];
-    let mapped = vm["ports"][0]["mappedPort"].as_u64().and_then(|p| u16::try_from(p).ok());
-    match (vm["publicIpAddress"].as_str(), mapped) {
+fn endpoint(request: &RequestOut, vm_address: Option<&str>, vm_name: &str, port: u16) -> (String, u16) {
+    let vm = request.virtual_machines.first();
+    let mapped = vm.and_then(|v| v.ports.first()).and_then(|p| p.mapped_port);
+    match (vm.and_then(|v| v.public_ip_address.as_deref()), mapped) {
         (Some(ip), Some(p)) => (ip.to_owned(), p),
         _ => (vm_address.unwrap_or(vm_name).to_owned(), port),
     }
 }
 
-pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
-    let (url, token, client) = args.conn.connect()?;
-    let (vm_id, policy_id) = crate::access::locate(&client, &url, &token, &args.vm).await?;
-    let mut port = json!({"number": args.port, "duration": crate::iso_duration(&args.duration)?});
-    if args.source != "my-ip" {
-        port["allowedSourceAddressPrefix"] = json!(args.source);
-    }
-    let mut body = json!({"virtualMachines": [{"id": vm_id, "ports": [port]}]});
-    body["justification"] =
-        json!(args.justification.clone().unwrap_or_else(|| format!("jitgate connect: {}", args.command.join(" "))));
+pub async fn run(args: ConnectArgs) -> Result<i32, CliError> {
+    let client = args.conn.connect()?;
+    let (vm_id, policy_id) = crate::access::locate(&client, &args.vm).await?;
+    let justification =
+        args.justification.clone().unwrap_or_else(|| format!("jitgate connect: {}", args.command.join(" ")));
+    let body = crate::access::initiate_body(
+        &vm_id,
+        &[args.port],
+        &args.source,
+        None,
+        Some(crate::iso_duration(&args.duration)?),
+        Some(justification),
+    );
     eprintln!("jitgate: requesting port {} of {} and waiting for the enforcement points…", args.port, args.vm);
     let started = std::time::Instant::now();
-    let granted = call(
-        client
-            .post(format!("{url}{policy_id}/initiate?api-version=2020-01-01&wait=applied"))
-            .bearer_auth(&token)
-            .json(&body),
-    )
-    .await?;
-    let id = granted["id"].as_i64().ok_or_else(|| fail(exit::ERROR, "the server answered without a request id"))?;
-    let vm = call(client.get(format!("{url}/api/v1/vms")).query(&[("id", &vm_id)]).bearer_auth(&token)).await?;
-    let name = vm_id.rsplit('/').next().unwrap_or("").to_owned();
-    let (host, port) = endpoint(&granted, vm["address"].as_str(), &name, args.port);
+    let granted = client.arm().initiate(&policy_id, &body, true).await?;
+    let id = granted.id.ok_or_else(|| fail(exit::ERROR, "the server answered without a request id"))?;
+    let vm = client.native().vm(&vm_id).await?;
+    let name = crate::output::name_of(&vm_id);
+    let (host, port) = endpoint(&granted, vm.address.as_deref(), &name, args.port);
     eprintln!(
         "jitgate: open after {:.0} ms; connecting to {host}:{port} (request {id})",
         started.elapsed().as_secs_f64() * 1000.0
@@ -87,7 +85,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<i32> {
         Err(_) => exit::ERROR,
     };
     // Whatever happened, the port closes now.
-    match call(client.post(format!("{url}/api/v1/requests/{id}/revoke")).bearer_auth(&token)).await {
+    match client.native().revoke(id, false).await {
         Ok(_) => eprintln!("jitgate: request {id} revoked"),
         Err(e) => eprintln!("jitgate: could not revoke request {id} ({e}); it ends at its end time"),
     }

@@ -6,9 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod bench;
-pub mod client;
 pub mod connect;
-pub mod local;
 pub mod output;
 pub mod policy;
 pub mod probe;
@@ -20,6 +18,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use jitgate_client::{Client, Settings};
+
+pub use output::CliError;
 
 /// jitgate: just-in-time network access for Linux hosts and gateways.
 #[derive(Debug, Parser)]
@@ -94,9 +95,9 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    /// The URL, token and client — from flags, then the environment, then the profile — or a
-    /// clear error naming what is missing.
-    pub fn connect(&self) -> anyhow::Result<(String, String, reqwest::Client)> {
+    /// A client for the server — URL, token and CA certificate from flags, then the
+    /// environment, then the profile — or a clear error naming what is missing.
+    pub fn connect(&self) -> Result<Client, CliError> {
         let profile = profile::load();
         let url = self.url.clone().or(profile.url).ok_or_else(|| {
             output::fail(output::exit::USAGE, "no server: set --url or JITGATE_URL, or run `jitgate login`")
@@ -105,40 +106,26 @@ impl ConnArgs {
             output::fail(output::exit::USAGE, "no token: set --token or JITGATE_TOKEN, or run `jitgate login`")
         })?;
         let ca = self.ca_cert.clone().or(profile.ca_cert);
-        let client = client::http_client(ca.as_deref())?;
-        Ok((url.trim_end_matches('/').to_owned(), token, client))
+        Ok(Client::new(Settings::new(url).token(token).ca_cert_path(ca.as_deref()))?)
     }
 }
 
 /// Turns `30m`, `1h`, `2d`, `90s` or an ISO-8601 duration into ISO-8601.
-pub fn iso_duration(text: &str) -> anyhow::Result<String> {
+pub fn iso_duration(text: &str) -> Result<String, CliError> {
     let t = text.trim();
     if t.to_ascii_uppercase().starts_with('P') {
         return Ok(t.to_ascii_uppercase());
     }
+    let bad = || output::fail(output::exit::ERROR, format!("'{text}' is not a duration such as 30m, 1h, 2d or PT1H"));
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("'{text}' is not a duration such as 30m, 1h, 2d or PT1H"))?;
+    let n: u64 = num.parse().map_err(|_| bad())?;
     Ok(match unit {
         "s" => format!("PT{n}S"),
         "m" | "min" => format!("PT{n}M"),
         "h" => format!("PT{n}H"),
         "d" => format!("P{n}D"),
-        _ => anyhow::bail!("'{text}' is not a duration such as 30m, 1h, 2d or PT1H"),
+        _ => return Err(bad()),
     })
-}
-
-/// Sends a request and returns the JSON answer, or an error carrying the server's code and message.
-pub async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-    let resp = req.send().await?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let code = value["error"]["code"].as_str().unwrap_or("").to_owned();
-        let message = value["error"]["message"].as_str().unwrap_or(text.as_str()).to_owned();
-        return Err(anyhow::Error::new(output::ApiFailure { status: status.as_u16(), code, message }));
-    }
-    Ok(value)
 }
 
 const SERVE_EXAMPLES: &str = "Examples:

@@ -3,7 +3,11 @@
 use std::fmt;
 
 use clap::ValueEnum;
+use serde::Serialize;
 use serde_json::Value;
+
+use jitgate_client::oidc::OidcError;
+use jitgate_client::ClientError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {
@@ -26,22 +30,6 @@ pub mod exit {
     pub const TIMEOUT: i32 = 5;
 }
 
-/// A refusal from the server: its status, code and message.
-#[derive(Debug, Clone)]
-pub struct ApiFailure {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-
-impl fmt::Display for ApiFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code, self.message)
-    }
-}
-
-impl std::error::Error for ApiFailure {}
-
 /// A failure the CLI itself names, with its exit code.
 #[derive(Debug, Clone)]
 pub struct CliFailure {
@@ -57,36 +45,87 @@ impl fmt::Display for CliFailure {
 
 impl std::error::Error for CliFailure {}
 
-pub fn fail(exit: i32, message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(CliFailure { exit, message: message.into() })
+/// Why a command failed. Each kind keeps what caused it as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A failure the CLI names itself, with its exit code.
+    #[error(transparent)]
+    Failure(#[from] CliFailure),
+    /// A call to the server failed (a refusal carries the server's status, code and message).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Signing in through the OIDC issuer failed.
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+    /// A local server (for `bench`) did not start or stop.
+    #[error(transparent)]
+    Local(#[from] jitgate_client::local::LocalServerError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// The exit code for an error: 3 denied (401/403), 4 not found (404), 5 timeout, 1 otherwise.
-pub fn exit_code(e: &anyhow::Error) -> i32 {
-    if let Some(c) = e.downcast_ref::<CliFailure>() {
-        return c.exit;
+pub fn fail(exit: i32, message: impl Into<String>) -> CliError {
+    CliError::Failure(CliFailure { exit, message: message.into() })
+}
+
+/// The exit code for a server status: 3 denied (401/403), 4 not found (404), 5 timeout, 1 otherwise.
+fn status_exit(status: u16) -> i32 {
+    match status {
+        401 | 403 => exit::DENIED,
+        404 => exit::NOT_FOUND,
+        408 | 504 => exit::TIMEOUT,
+        _ => exit::ERROR,
     }
-    if let Some(a) = e.downcast_ref::<ApiFailure>() {
-        return match a.status {
-            401 | 403 => exit::DENIED,
-            404 => exit::NOT_FOUND,
-            408 | 504 => exit::TIMEOUT,
+}
+
+fn client_exit(e: &ClientError) -> i32 {
+    match e.status() {
+        Some(status) => status_exit(status),
+        None if e.is_timeout() => exit::TIMEOUT,
+        None => exit::ERROR,
+    }
+}
+
+/// The exit code for an error: its own, or 3 denied (401/403), 4 not found (404), 5 timeout, 1
+/// otherwise.
+pub fn exit_code(e: &CliError) -> i32 {
+    match e {
+        CliError::Failure(f) => f.exit,
+        CliError::Client(c) => client_exit(c),
+        CliError::Oidc(o) => match o {
+            OidcError::NotConfigured => exit::USAGE,
+            OidcError::Refused(_) | OidcError::WrongState => exit::DENIED,
+            OidcError::TimedOut => exit::TIMEOUT,
+            OidcError::Server(c) => client_exit(c),
             _ => exit::ERROR,
-        };
+        },
+        _ => exit::ERROR,
     }
-    if e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_timeout) {
-        return exit::TIMEOUT;
-    }
-    exit::ERROR
 }
 
-/// Prints `value` as JSON or YAML, or calls `table` for the human form.
-pub fn print(format: OutputFormat, value: &Value, table: impl FnOnce(&Value)) {
+/// Prints `value` as JSON or YAML (keys in order, as the API's own JSON reads), or calls
+/// `table` for the human form.
+pub fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce(&T)) {
+    let json = || serde_json::to_value(value).unwrap_or(Value::Null);
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
-        OutputFormat::Yaml => print!("{}", yaml(value)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json()).unwrap_or_default()),
+        OutputFormat::Yaml => print!("{}", yaml(&json())),
         OutputFormat::Table => table(value),
     }
+}
+
+/// An optional number as JSON writes it (`null` when absent).
+pub fn number(n: Option<i64>) -> String {
+    n.map(|n| n.to_string()).unwrap_or_else(|| "null".to_owned())
+}
+
+/// The last segment of an ARM id: the resource's name.
+pub fn name_of(id: &str) -> String {
+    id.rsplit('/').next().unwrap_or("").to_owned()
 }
 
 /// Aligned columns: a header row, then one row per item.
@@ -209,12 +248,15 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_server_status() {
-        let api = |status| anyhow::Error::new(ApiFailure { status, code: "X".into(), message: "m".into() });
+        let api = |status| CliError::Client(ClientError::Api { status, code: "X".into(), message: "m".into() });
         assert_eq!(exit_code(&api(403)), exit::DENIED);
         assert_eq!(exit_code(&api(401)), exit::DENIED);
         assert_eq!(exit_code(&api(404)), exit::NOT_FOUND);
         assert_eq!(exit_code(&api(504)), exit::TIMEOUT);
         assert_eq!(exit_code(&api(400)), exit::ERROR);
         assert_eq!(exit_code(&fail(exit::USAGE, "u")), exit::USAGE);
+        assert_eq!(exit_code(&CliError::Oidc(OidcError::WrongState)), exit::DENIED);
+        assert_eq!(exit_code(&CliError::Oidc(OidcError::TimedOut)), exit::TIMEOUT);
+        assert_eq!(exit_code(&CliError::Oidc(OidcError::NotConfigured)), exit::USAGE);
     }
 }

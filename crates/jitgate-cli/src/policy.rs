@@ -4,10 +4,15 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::output::{exit, fail, print, table, OutputFormat};
-use crate::{call, ConnArgs};
+use jitgate_api_types::arm::{PolicyIn, PolicyOut, PolicyPropertiesIn, PolicyVmIn, PortRuleIn};
+use jitgate_api_types::native::ListOut;
+use jitgate_client::arm::{Deleted, PolicyRef, PolicyScope};
+use jitgate_client::Client;
+
+use crate::output::{exit, fail, name_of, print, table, OutputFormat};
+use crate::{CliError, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
@@ -85,7 +90,7 @@ pub struct ListArgs {
     pub conn: ConnArgs,
 }
 
-pub fn subscription(given: &Option<String>) -> anyhow::Result<String> {
+pub fn subscription(given: &Option<String>) -> Result<String, CliError> {
     given.clone().or(crate::profile::load().subscription).ok_or_else(|| {
         fail(
             exit::USAGE,
@@ -94,16 +99,17 @@ pub fn subscription(given: &Option<String>) -> anyhow::Result<String> {
     })
 }
 
-fn policy_url(url: &str, w: &Where) -> anyhow::Result<String> {
-    let sub = subscription(&w.subscription)?;
-    Ok(format!(
-        "{url}/subscriptions/{sub}/resourceGroups/{}/providers/Microsoft.Security/locations/{}/jitNetworkAccessPolicies/{}?api-version=2020-01-01",
-        w.resource_group, w.location, w.name
-    ))
+fn policy_ref(w: &Where) -> Result<PolicyRef, CliError> {
+    Ok(PolicyRef {
+        subscription: subscription(&w.subscription)?,
+        resource_group: w.resource_group.clone(),
+        location: w.location.clone(),
+        name: w.name.clone(),
+    })
 }
 
 /// Parses `22[/tcp][,from=CIDR…][,max=PT3H]`.
-pub fn parse_port(spec: &str) -> anyhow::Result<Value> {
+pub fn parse_port(spec: &str) -> Result<PortRuleIn, CliError> {
     let mut parts = spec.split(',');
     let head = parts.next().unwrap_or("");
     let (number, protocol) = match head.split_once('/') {
@@ -129,24 +135,40 @@ pub fn parse_port(spec: &str) -> anyhow::Result<Value> {
             _ => return Err(fail(exit::USAGE, format!("--port {spec}: '{p}' is not from=CIDR or max=DURATION"))),
         }
     }
-    let mut rule = json!({"number": number, "protocol": protocol, "maxRequestAccessDuration": max});
+    let mut rule = PortRuleIn {
+        number: Some(i64::from(number)),
+        protocol: Some(protocol),
+        max_request_access_duration: Some(max),
+        ..PortRuleIn::default()
+    };
     match from.len() {
-        0 => rule["allowedSourceAddressPrefix"] = json!("*"),
-        1 => rule["allowedSourceAddressPrefix"] = json!(from[0]),
-        _ => rule["allowedSourceAddressPrefixes"] = json!(from),
+        0 => rule.allowed_source_address_prefix = Some("*".to_owned()),
+        1 => rule.allowed_source_address_prefix = from.pop(),
+        _ => rule.allowed_source_address_prefixes = Some(from),
     }
     Ok(rule)
+}
+
+/// A policy body with these VMs and their rules.
+fn policy_body(vms: Vec<PolicyVmIn>) -> PolicyIn {
+    PolicyIn { kind: Some("Basic".to_owned()), properties: Some(PolicyPropertiesIn { virtual_machines: Some(vms) }) }
 }
 
 /// Turns a file's JSON into the REST body: either already one, or the PowerShell `$JitPolicy`
 /// array, whose `allowedSourceAddressPrefix` may be a string or an array (`@("*")`). Problems name
 /// the field.
-pub fn body_from_file(text: &str) -> anyhow::Result<Value> {
+pub fn body_from_file(text: &str) -> Result<PolicyIn, CliError> {
     let v: Value = serde_json::from_str(text).map_err(|e| fail(exit::ERROR, format!("the file is not JSON: {e}")))?;
+    let rest = v.get("properties").and_then(|p| p.get("virtualMachines")).is_some_and(Value::is_array);
     let vms =
-        match &v {
-            Value::Array(a) => a.clone(),
-            Value::Object(_) if v["properties"]["virtualMachines"].is_array() => return Ok(v),
+        match v {
+            Value::Array(a) => a,
+            Value::Object(_) if rest => {
+                return jitgate_api_types::parse_json::<PolicyIn>(text.as_bytes()).map_err(|e| {
+                    let at = e.target.map(|t| format!("{t}: ")).unwrap_or_default();
+                    fail(exit::ERROR, format!("{at}{}", e.message))
+                })
+            }
             _ => return Err(fail(
                 exit::ERROR,
                 "the file must hold the REST body (with properties.virtualMachines) or an array of {\"id\",\"ports\"}",
@@ -154,55 +176,66 @@ pub fn body_from_file(text: &str) -> anyhow::Result<Value> {
         };
     let mut out = Vec::new();
     for (i, vm) in vms.iter().enumerate() {
-        let id = vm["id"]
-            .as_str()
+        let id = vm
+            .get("id")
+            .and_then(Value::as_str)
             .ok_or_else(|| fail(exit::ERROR, format!("[{i}].id: every VM needs its id (a string)")))?;
         let mut ports = Vec::new();
-        for (j, p) in vm["ports"].as_array().into_iter().flatten().enumerate() {
-            let at = format!("[{i}].ports[{j}]");
-            let number = p["number"]
-                .as_u64()
-                .ok_or_else(|| fail(exit::ERROR, format!("{at}.number: a port number is required")))?;
-            let mut rule = json!({"number": number});
-            for k in ["protocol", "maxRequestAccessDuration"] {
-                if let Some(x) = p.get(k) {
-                    rule[k] = x.clone();
-                }
-            }
-            match p.get("allowedSourceAddressPrefix") {
-                Some(Value::String(s)) => rule["allowedSourceAddressPrefix"] = json!(s),
-                Some(Value::Array(a)) if a.len() == 1 => rule["allowedSourceAddressPrefix"] = a[0].clone(),
-                Some(Value::Array(a)) => rule["allowedSourceAddressPrefixes"] = json!(a),
-                Some(other) => {
-                    return Err(fail(
-                        exit::ERROR,
-                        format!("{at}.allowedSourceAddressPrefix: {other} is not a string or an array of strings"),
-                    ))
-                }
-                None => {}
-            }
-            if let Some(x) = p.get("allowedSourceAddressPrefixes") {
-                rule["allowedSourceAddressPrefixes"] = x.clone();
-            }
-            ports.push(rule);
+        let listed = vm.get("ports").and_then(Value::as_array);
+        for (j, p) in listed.into_iter().flatten().enumerate() {
+            ports.push(ps_port(p, &format!("[{i}].ports[{j}]"))?);
         }
-        out.push(json!({"id": id, "ports": ports}));
+        out.push(PolicyVmIn { id: Some(id.to_owned()), ports: Some(ports), public_ip_address: None });
     }
-    Ok(json!({"kind": "Basic", "properties": {"virtualMachines": out}}))
+    Ok(policy_body(out))
+}
+
+/// One port of the PowerShell shape; `at` names it in errors.
+fn ps_port(p: &Value, at: &str) -> Result<PortRuleIn, CliError> {
+    let text = |k: &str, v: &Value| -> Result<String, CliError> {
+        v.as_str().map(str::to_owned).ok_or_else(|| fail(exit::ERROR, format!("{at}.{k}: {v} is not a string")))
+    };
+    let texts = |k: &str, a: &[Value]| -> Result<Vec<String>, CliError> { a.iter().map(|x| text(k, x)).collect() };
+    let number = p
+        .get("number")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| fail(exit::ERROR, format!("{at}.number: a port number is required")))?;
+    let mut rule = PortRuleIn { number: i64::try_from(number).ok(), ..PortRuleIn::default() };
+    if let Some(x) = p.get("protocol") {
+        rule.protocol = Some(text("protocol", x)?);
+    }
+    if let Some(x) = p.get("maxRequestAccessDuration") {
+        rule.max_request_access_duration = Some(text("maxRequestAccessDuration", x)?);
+    }
+    const ONE: &str = "allowedSourceAddressPrefix";
+    match p.get(ONE) {
+        Some(Value::String(s)) => rule.allowed_source_address_prefix = Some(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 => rule.allowed_source_address_prefix = Some(text(ONE, &a[0])?),
+        Some(Value::Array(a)) => rule.allowed_source_address_prefixes = Some(texts(ONE, a)?),
+        Some(other) => {
+            return Err(fail(exit::ERROR, format!("{at}.{ONE}: {other} is not a string or an array of strings")));
+        }
+        None => {}
+    }
+    if let Some(x) = p.get("allowedSourceAddressPrefixes") {
+        let many = x.as_array().map(Vec::as_slice).unwrap_or_default();
+        rule.allowed_source_address_prefixes = Some(texts("allowedSourceAddressPrefixes", many)?);
+    }
+    Ok(rule)
 }
 
 /// A VM's ARM id from its id or its unique name.
-pub async fn resolve_vm(client: &reqwest::Client, url: &str, token: &str, vm: &str) -> anyhow::Result<String> {
+pub async fn resolve_vm(client: &Client, vm: &str) -> Result<String, CliError> {
     if vm.starts_with("/subscriptions/") {
         return Ok(vm.to_owned());
     }
-    let list = call(client.get(format!("{url}/api/v1/vms")).bearer_auth(token)).await?;
-    let found: Vec<String> = list["value"]
-        .as_array()
+    let found: Vec<String> = client
+        .native()
+        .vms(None)
+        .await?
         .into_iter()
-        .flatten()
-        .filter(|v| v["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(vm)))
-        .filter_map(|v| v["id"].as_str().map(String::from))
+        .filter(|v| v.name.eq_ignore_ascii_case(vm))
+        .map(|v| v.id)
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
@@ -211,137 +244,113 @@ pub async fn resolve_vm(client: &reqwest::Client, url: &str, token: &str, vm: &s
     }
 }
 
-fn print_policy(format: OutputFormat, p: &Value) {
+fn print_policy(format: OutputFormat, p: &PolicyOut) {
     print(format, p, |p| {
         let mut rows = Vec::new();
-        for vm in p["properties"]["virtualMachines"].as_array().into_iter().flatten() {
-            let name = vm["id"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_owned();
-            for port in vm["ports"].as_array().into_iter().flatten() {
-                let sources = port["allowedSourceAddressPrefix"].as_str().map(String::from).unwrap_or_else(|| {
-                    port["allowedSourceAddressPrefixes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                });
+        for vm in &p.properties.virtual_machines {
+            let name = name_of(&vm.id);
+            for port in &vm.ports {
+                let sources = port
+                    .allowed_source_address_prefix
+                    .clone()
+                    .unwrap_or_else(|| port.allowed_source_address_prefixes.as_deref().unwrap_or_default().join(","));
                 rows.push(vec![
                     name.clone(),
-                    port["number"].to_string(),
-                    port["protocol"].as_str().unwrap_or("").into(),
+                    port.number.to_string(),
+                    port.protocol.clone(),
                     sources,
-                    port["maxRequestAccessDuration"].as_str().unwrap_or("").into(),
+                    port.max_request_access_duration.clone(),
                 ]);
             }
         }
-        println!("{} ({})", p["name"].as_str().unwrap_or(""), p["id"].as_str().unwrap_or(""));
+        println!("{} ({})", p.name, p.id);
         table(&["VM", "PORT", "PROTOCOL", "SOURCES", "MAX"], &rows);
     });
 }
 
 /// `policy set`; `order` holds, in command-line order, which --vm / --port came when.
-pub async fn set(args: SetArgs, format: OutputFormat, order: Vec<(bool, String)>) -> anyhow::Result<()> {
-    let (url, token, client) = args.at.conn.connect()?;
-    let target = policy_url(&url, &args.at)?;
+pub async fn set(args: SetArgs, format: OutputFormat, order: Vec<(bool, String)>) -> Result<(), CliError> {
+    let client = args.at.conn.connect()?;
+    let target = policy_ref(&args.at)?;
     let body = match &args.file {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| fail(exit::ERROR, format!("{}: {e}", path.display())))?;
             let mut b = body_from_file(&text)?;
-            for vm in b["properties"]["virtualMachines"].as_array_mut().into_iter().flatten() {
-                if let Some(id) = vm["id"].as_str().map(String::from) {
-                    vm["id"] = json!(resolve_vm(&client, &url, &token, &id).await?);
+            let vms = b.properties.as_mut().and_then(|p| p.virtual_machines.as_mut());
+            for vm in vms.into_iter().flatten() {
+                if let Some(id) = &vm.id {
+                    vm.id = Some(resolve_vm(&client, id).await?);
                 }
             }
             b
         }
         None => {
-            let mut vms: Vec<(String, Vec<Value>)> = Vec::new();
+            let mut vms: Vec<PolicyVmIn> = Vec::new();
             for (is_vm, value) in order {
                 if is_vm {
-                    vms.push((resolve_vm(&client, &url, &token, &value).await?, Vec::new()));
+                    let id = resolve_vm(&client, &value).await?;
+                    vms.push(PolicyVmIn { id: Some(id), ports: Some(Vec::new()), public_ip_address: None });
                 } else {
                     let Some(last) = vms.last_mut() else {
                         return Err(fail(exit::USAGE, "--port must follow the --vm it belongs to"));
                     };
-                    last.1.push(parse_port(&value)?);
+                    last.ports.get_or_insert_with(Vec::new).push(parse_port(&value)?);
                 }
             }
             if vms.is_empty() {
                 return Err(fail(exit::USAGE, "name at least one --vm (or give --file)"));
             }
-            if let Some((vm, _)) = vms.iter().find(|(_, p)| p.is_empty()).filter(|_| !args.defaults) {
-                return Err(fail(exit::USAGE, format!("--vm {vm} has no --port: add ports or --defaults")));
+            let bare = vms.iter().find(|v| v.ports.as_ref().is_none_or(Vec::is_empty));
+            if let Some(vm) = bare.filter(|_| !args.defaults) {
+                let id = vm.id.as_deref().unwrap_or_default();
+                return Err(fail(exit::USAGE, format!("--vm {id} has no --port: add ports or --defaults")));
             }
-            json!({"kind": "Basic", "properties": {"virtualMachines": vms.iter().map(|(id, ports)| json!({"id": id, "ports": ports})).collect::<Vec<_>>()}})
+            policy_body(vms)
         }
     };
-    let out = call(client.put(&target).bearer_auth(&token).json(&body)).await?;
+    let out = client.arm().put_policy(&target, &body).await?;
     print_policy(format, &out);
     Ok(())
 }
 
-pub async fn get(w: Where, format: OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = w.conn.connect()?;
-    let out = call(client.get(policy_url(&url, &w)?).bearer_auth(&token)).await?;
+pub async fn get(w: Where, format: OutputFormat) -> Result<(), CliError> {
+    let client = w.conn.connect()?;
+    let out = client.arm().get_policy(&policy_ref(&w)?).await?;
     print_policy(format, &out);
     Ok(())
 }
 
-pub async fn delete(w: Where, format: OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = w.conn.connect()?;
-    let resp = client.delete(policy_url(&url, &w)?).bearer_auth(&token).send().await?;
-    let status = resp.status().as_u16();
-    if status == 204 {
+/// What `policy delete -o json` prints.
+#[derive(Debug, serde::Serialize)]
+struct DeletedOut<'a> {
+    deleted: &'a str,
+}
+
+pub async fn delete(w: Where, format: OutputFormat) -> Result<(), CliError> {
+    let client = w.conn.connect()?;
+    if client.arm().delete_policy(&policy_ref(&w)?).await? == Deleted::NotFound {
         return Err(fail(exit::NOT_FOUND, format!("no policy '{}' in {}/{}", w.name, w.resource_group, w.location)));
     }
-    if !resp.status().is_success() {
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        return Err(anyhow::Error::new(crate::output::ApiFailure {
-            status,
-            code: v["error"]["code"].as_str().unwrap_or("").into(),
-            message: v["error"]["message"].as_str().unwrap_or("").into(),
-        }));
-    }
-    print(format, &json!({"deleted": w.name}), |_| println!("deleted policy {}", w.name));
+    print(format, &DeletedOut { deleted: &w.name }, |_| println!("deleted policy {}", w.name));
     Ok(())
 }
 
-pub async fn list(a: ListArgs, format: OutputFormat) -> anyhow::Result<()> {
-    let (url, token, client) = a.conn.connect()?;
-    let sub = subscription(&a.subscription)?;
-    let mut path = format!("{url}/subscriptions/{sub}");
-    if let Some(rg) = &a.resource_group {
-        path.push_str(&format!("/resourceGroups/{rg}"));
-    }
-    path.push_str("/providers/Microsoft.Security");
-    if let Some(l) = &a.location {
-        path.push_str(&format!("/locations/{l}"));
-    }
-    let mut next = Some(format!("{path}/jitNetworkAccessPolicies?api-version=2020-01-01"));
-    let mut all = Vec::new();
-    while let Some(u) = next {
-        let page = call(client.get(&u).bearer_auth(&token)).await?;
-        all.extend(page["value"].as_array().cloned().unwrap_or_default());
-        next = page["nextLink"].as_str().map(String::from);
-    }
-    let value = json!({"value": all});
-    print(format, &value, |v| {
-        let rows: Vec<Vec<String>> = v["value"]
-            .as_array()
-            .into_iter()
-            .flatten()
+pub async fn list(a: ListArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = a.conn.connect()?;
+    let scope = PolicyScope {
+        subscription: subscription(&a.subscription)?,
+        resource_group: a.resource_group,
+        location: a.location,
+    };
+    let all = client.arm().list_policies(&scope).await?;
+    print(format, &ListOut { value: all }, |v| {
+        let rows: Vec<Vec<String>> = v
+            .value
+            .iter()
             .map(|p| {
-                let id = p["id"].as_str().unwrap_or("");
-                let rg = id.split('/').nth(4).unwrap_or("").to_owned();
-                let vms = p["properties"]["virtualMachines"].as_array().map(Vec::len).unwrap_or(0);
-                vec![
-                    p["name"].as_str().unwrap_or("").into(),
-                    rg,
-                    p["location"].as_str().unwrap_or("").into(),
-                    vms.to_string(),
-                ]
+                let rg = p.id.split('/').nth(4).unwrap_or("").to_owned();
+                vec![p.name.clone(), rg, p.location.clone(), p.properties.virtual_machines.len().to_string()]
             })
             .collect();
         table(&["NAME", "RESOURCE GROUP", "LOCATION", "VMS"], &rows);
@@ -352,17 +361,26 @@ pub async fn list(a: ListArgs, format: OutputFormat) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn wire(rule: Result<PortRuleIn, CliError>) -> Option<Value> {
+        rule.ok().map(|r| serde_json::to_value(r).expect("serializes"))
+    }
+
+    fn wire_body(b: &PolicyIn) -> Value {
+        serde_json::to_value(b).expect("serializes")
+    }
 
     #[test]
     fn port_specs() {
         assert_eq!(
-            parse_port("22").ok(),
+            wire(parse_port("22")),
             Some(
                 json!({"number": 22, "protocol": "*", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"})
             )
         );
         assert_eq!(
-            parse_port("3389/tcp,from=10.0.0.0/24,from=192.168.1.0/24,max=PT1H").ok(),
+            wire(parse_port("3389/tcp,from=10.0.0.0/24,from=192.168.1.0/24,max=PT1H")),
             Some(
                 json!({"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefixes": ["10.0.0.0/24", "192.168.1.0/24"], "maxRequestAccessDuration": "PT1H"})
             )
@@ -377,12 +395,12 @@ mod tests {
         let ps = r#"[{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1",
                      "ports": [{"number": 22, "protocol": "*", "allowedSourceAddressPrefix": ["*"], "maxRequestAccessDuration": "PT3H"},
                                {"number": 3389, "protocol": "*", "allowedSourceAddressPrefix": ["10.0.0.0/24", "10.1.0.0/24"], "maxRequestAccessDuration": "PT3H"}]}]"#;
-        let b = body_from_file(ps).expect("converted");
+        let b = wire_body(&body_from_file(ps).expect("converted"));
         let ports = &b["properties"]["virtualMachines"][0]["ports"];
         assert_eq!(ports[0]["allowedSourceAddressPrefix"], "*");
         assert_eq!(ports[1]["allowedSourceAddressPrefixes"], json!(["10.0.0.0/24", "10.1.0.0/24"]));
         let rest = r#"{"properties": {"virtualMachines": []}}"#;
-        assert_eq!(body_from_file(rest).expect("as is")["properties"]["virtualMachines"], json!([]));
+        assert_eq!(wire_body(&body_from_file(rest).expect("as is"))["properties"]["virtualMachines"], json!([]));
         let err = body_from_file(r#"[{"id": "x", "ports": [{"protocol": "*"}]}]"#).expect_err("no number");
         assert!(err.to_string().contains("[0].ports[0].number"), "{err}");
         assert!(body_from_file("{nope").is_err());

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::json;
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
@@ -96,6 +96,38 @@ pub struct UdpArgs {
     pub timeout_ms: u64,
 }
 
+/// What `probe connect` prints (fields in alphabetical order, as the JSON has always read).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectOut {
+    at_unix_ms: u64,
+    elapsed_ms: u64,
+    open: bool,
+    reached: bool,
+}
+
+/// What `probe session` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionOut {
+    connected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_fail_unix_ms: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_ok_unix_ms: Option<Option<u64>>,
+}
+
+/// What `probe udp` prints.
+#[derive(Debug, Serialize)]
+struct UdpOut {
+    open: bool,
+}
+
+/// One line of JSON on stdout.
+fn say(value: &impl Serialize) {
+    println!("{}", serde_json::to_string(value).unwrap_or_default());
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -113,7 +145,7 @@ pub async fn try_connect(
     tokio::time::timeout(timeout, socket.connect(to)).await.ok()?.ok()
 }
 
-pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
+pub async fn run(args: ProbeArgs) -> Result<i32, crate::CliError> {
     match args.command {
         ProbeCommand::Listen(a) => {
             let mut tasks = Vec::new();
@@ -155,10 +187,8 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
                 let open = try_connect(a.from, a.to, attempt).await.is_some();
                 let reached = open == (a.expect == Expect::Open);
                 if reached || start.elapsed() >= Duration::from_millis(a.within_ms) {
-                    println!(
-                        "{}",
-                        json!({"open": open, "reached": reached, "atUnixMs": at, "elapsedMs": start.elapsed().as_millis() as u64})
-                    );
+                    let elapsed_ms = start.elapsed().as_millis() as u64;
+                    say(&ConnectOut { at_unix_ms: at, elapsed_ms, open, reached });
                     return Ok(if reached { 0 } else { 5 });
                 }
                 if open {
@@ -169,7 +199,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
         }
         ProbeCommand::Session(a) => {
             let Some(mut s) = try_connect(a.from, a.to, Duration::from_secs(1)).await else {
-                println!("{}", json!({"connected": false}));
+                say(&SessionOut { connected: false, first_fail_unix_ms: None, last_ok_unix_ms: None });
                 return Ok(5);
             };
             let end = Instant::now() + Duration::from_millis(a.for_ms);
@@ -190,7 +220,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
                     break;
                 }
             }
-            println!("{}", json!({"connected": true, "lastOkUnixMs": last_ok, "firstFailUnixMs": first_fail}));
+            say(&SessionOut { connected: true, first_fail_unix_ms: Some(first_fail), last_ok_unix_ms: Some(last_ok) });
             Ok(0)
         }
         ProbeCommand::Udp(a) => {
@@ -207,7 +237,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<i32> {
             let mut buf = [0u8; 16];
             let got = tokio::time::timeout(Duration::from_millis(a.timeout_ms), u.recv_from(&mut buf)).await;
             let open = matches!(got, Ok(Ok(_)));
-            println!("{}", json!({"open": open}));
+            say(&UdpOut { open });
             Ok(if open { 0 } else { 5 })
         }
     }

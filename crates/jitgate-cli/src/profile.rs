@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -27,23 +26,27 @@ pub fn path() -> PathBuf {
     base.join("jitgate").join("profile.json")
 }
 
+fn fail(message: String) -> crate::CliError {
+    crate::output::fail(crate::output::exit::ERROR, message)
+}
+
 pub fn load() -> Profile {
     std::fs::read(path()).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default()
 }
 
-pub fn save(p: &Profile) -> anyhow::Result<PathBuf> {
+pub fn save(p: &Profile) -> Result<PathBuf, crate::CliError> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
     let path = path();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(&path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = opts.open(&path).map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -1,9 +1,10 @@
 //! `jitgate role …`: role definitions and assignments.
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
-use crate::{call, ConnArgs};
+use jitgate_api_types::rbac::{RoleAssignmentIn, RoleDefinitionIo};
+
+use crate::{CliError, ConnArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct RoleArgs {
@@ -62,58 +63,49 @@ pub struct AssignArgs {
 }
 
 /// The role body Set-JitLeastPrivilegedRole makes, in Azure's role definition form.
-pub fn least_privileged_body(name: &str, scope: &str) -> serde_json::Value {
-    json!({
-        "Name": name,
-        "IsCustom": true,
-        "Description": "Least-privileged just-in-time requester: request access and see JIT policies, nothing else.",
-        "Actions": jitgate_core::rbac::REQUESTER_ACTIONS,
-        "NotActions": [],
-        "AssignableScopes": [scope],
-    })
+pub fn least_privileged_body(name: &str, scope: &str) -> RoleDefinitionIo {
+    RoleDefinitionIo {
+        name: Some(name.to_owned()),
+        id: None,
+        is_custom: Some(true),
+        description: Some(
+            "Least-privileged just-in-time requester: request access and see JIT policies, nothing else.".to_owned(),
+        ),
+        actions: Some(jitgate_core::rbac::REQUESTER_ACTIONS.iter().map(|a| a.to_string()).collect()),
+        not_actions: Some(Vec::new()),
+        data_actions: None,
+        not_data_actions: None,
+        assignable_scopes: Some(vec![scope.to_owned()]),
+    }
 }
 
-pub async fn run(args: RoleArgs, format: crate::output::OutputFormat) -> anyhow::Result<()> {
+pub async fn run(args: RoleArgs, format: crate::output::OutputFormat) -> Result<(), CliError> {
     match args.command {
         RoleCommand::CreateLeastPrivileged(a) => {
-            let (url, token, client) = a.conn.connect()?;
-            let name = a.name.replace('/', "%2F").replace(' ', "%20");
-            let out = call(
-                client
-                    .put(format!("{url}/api/v1/roleDefinitions/{name}"))
-                    .bearer_auth(token)
-                    .json(&least_privileged_body(&a.name, &a.scope)),
-            )
-            .await?;
+            let client = a.conn.connect()?;
+            let out = client.native().put_role_definition(&a.name, &least_privileged_body(&a.name, &a.scope)).await?;
             // The role itself, in Azure's form, is the useful output for people and scripts alike.
             let json_out =
                 if format == crate::output::OutputFormat::Yaml { format } else { crate::output::OutputFormat::Json };
             crate::output::print(json_out, &out, |_| {});
         }
         RoleCommand::List(a) => {
-            let (url, token, client) = a.conn.connect()?;
-            let out = call(client.get(format!("{url}/api/v1/roleDefinitions")).bearer_auth(token)).await?;
-            for r in out["value"].as_array().into_iter().flatten() {
-                let kind = if r["IsCustom"] == true { "custom" } else { "built-in" };
+            let client = a.conn.connect()?;
+            for r in client.native().role_definitions().await? {
+                let kind = if r.is_custom == Some(true) { "custom" } else { "built-in" };
                 println!(
                     "{:<32} {kind:<9} {}",
-                    r["Name"].as_str().unwrap_or(""),
-                    r["Description"].as_str().unwrap_or("")
+                    r.name.as_deref().unwrap_or(""),
+                    r.description.as_deref().unwrap_or("")
                 );
             }
         }
         RoleCommand::Assign(a) => {
-            let (url, token, client) = a.conn.connect()?;
-            let body = json!({"principal": a.principal, "role": a.role, "scope": a.scope});
-            let out = call(client.post(format!("{url}/api/v1/roleAssignments")).bearer_auth(token).json(&body)).await?;
+            let client = a.conn.connect()?;
+            let body = RoleAssignmentIn { principal: Some(a.principal), role: Some(a.role), scope: Some(a.scope) };
+            let out = client.native().assign_role(&body).await?;
             crate::output::print(format, &out, |o| {
-                println!(
-                    "assignment {}: {} holds {} at {}",
-                    o["id"].as_str().unwrap_or(""),
-                    o["principal"].as_str().unwrap_or(""),
-                    o["role"].as_str().unwrap_or(""),
-                    o["scope"].as_str().unwrap_or("")
-                );
+                println!("assignment {}: {} holds {} at {}", o.id, o.principal, o.role, o.scope);
             });
         }
     }

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -23,6 +24,7 @@ use crate::auth;
 use crate::error::{json, ApiError};
 use crate::tls::PeerAddr;
 use crate::App;
+use crate::RequestCtx;
 
 /// Prefix of agent credentials.
 pub const CREDENTIAL_PREFIX: &str = "jga_";
@@ -73,20 +75,63 @@ fn agent_error(e: StoreError) -> ApiError {
     }
 }
 
+/// How an agent is named as the caller of its audit records.
+fn agent_caller(agent: &AgentRecord) -> String {
+    format!("agent:{}", agent.id)
+}
+
+/// An agent's resource id in audit records.
+fn agent_resource(agent: &AgentRecord) -> String {
+    format!("/agents/{}", agent.id)
+}
+
 fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The agent behind the request's credential.
-async fn agent(app: &App, headers: &HeaderMap) -> Result<AgentRecord, ApiError> {
-    let token = auth::bearer(headers)?;
-    if token.len() > limits::JOIN_TOKEN {
-        return Err(ApiError::unauthorized("InvalidAuthenticationToken", REVOKED));
+/// An authenticated agent, as a handler argument: the request's context, the agent behind its
+/// credential, that credential (a rotation replaces it) and the query string. A refused
+/// credential is audited as a failed sign-in, compactly and rate limited per source and
+/// credential like a person's (see `crate::limits`), and answered 401 (429 past the limit).
+pub struct AgentCaller {
+    pub ctx: RequestCtx,
+    pub agent: AgentRecord,
+    pub credential: String,
+    pub query: Query,
+}
+
+impl FromRequestParts<App> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|c| c.0)
+            .unwrap_or(PeerAddr(std::net::SocketAddr::from(([0, 0, 0, 0], 0))));
+        let ctx = crate::ctx_from(peer, &parts.headers, &parts.extensions);
+        let found = match auth::bearer(&parts.headers) {
+            Ok(token) if token.len() > limits::JOIN_TOKEN => None,
+            Ok(token) => app.store.agent_by_credential(&auth::hash_token(token)).await?.map(|a| (a, token)),
+            Err(e) => return Err(refuse_credential(app, &ctx, parts, e).await),
+        };
+        match found {
+            Some((agent, token)) => {
+                let credential = token.to_owned();
+                Ok(AgentCaller { ctx, agent, credential, query: Query::parse(parts.uri.query()) })
+            }
+            None => {
+                let e = ApiError::unauthorized("InvalidAuthenticationToken", REVOKED);
+                Err(refuse_credential(app, &ctx, parts, e).await)
+            }
+        }
     }
-    app.store
-        .agent_by_credential(&auth::hash_token(token))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("InvalidAuthenticationToken", REVOKED))
+}
+
+/// The one refusal path for an agent credential: a failed sign-in record at the path called.
+async fn refuse_credential(app: &App, ctx: &RequestCtx, parts: &Parts, e: ApiError) -> ApiError {
+    let audit = app.audit(ctx, "anonymous", ops::SIGN_IN, &printable(parts.uri.path(), 100));
+    app.signin_failure(audit, auth::bearer(&parts.headers).ok(), e).await
 }
 
 /// Joins are rate limited per source address: a refused join counts, and while a source has
@@ -156,14 +201,10 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
     Ok(json(StatusCode::CREATED, &out))
 }
 
-async fn state(State(app): State<App>, req: Request<Body>) -> Response {
-    respond(state_inner(&app, req).await)
-}
-
-async fn state_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError> {
-    let (headers, q) = (req.headers().clone(), Query::parse(req.uri().query()));
-    drop(req);
-    let agent = agent(app, &headers).await?;
+/// `GET /agent/v1/state?after=N&wait=30s`: the agent's state, at once when its revision is past
+/// `after` (or `after` is absent), otherwise once it is or `wait` (at most [`MAX_WAIT`]) passed.
+async fn state(State(app): State<App>, AgentCaller { agent, query: q, .. }: AgentCaller) -> Result<Response, ApiError> {
+    let app = &app;
     let after: Option<u64> = q.get("after").and_then(|a| a.parse().ok());
     let wait = q
         .get("wait")
@@ -230,15 +271,26 @@ pub fn state_out(state: &EnforcementState, now: time::OffsetDateTime) -> StateOu
     }
 }
 
-async fn applied(State(app): State<App>, req: Request<Body>) -> Response {
-    respond(applied_inner(&app, req).await)
-}
-
-async fn applied_inner(app: &App, req: Request<Body>) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    let agent = agent(app, &parts.headers).await?;
-    let body = read_small_body(app, body).await?;
-    let input: AppliedIn = parse_json(&body).map_err(|e| bounded(e.into()))?;
+/// `POST /agent/v1/applied` `{"revision","nftablesUsable","nftablesError"?}`: 204. A malformed
+/// report is refused with a record.
+async fn applied(
+    State(app): State<App>,
+    AgentCaller { ctx, agent, .. }: AgentCaller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app = &app;
+    let checked = async {
+        let body = read_small_body(app, body).await?;
+        parse_json::<AppliedIn>(&body).map_err(|e| bounded(e.into()))
+    }
+    .await;
+    let input = match checked {
+        Ok(input) => input,
+        Err(e) => {
+            let audit = app.audit(&ctx, &agent_caller(&agent), ops::AGENT_APPLIED, &agent_resource(&agent));
+            return Err(app.refuse(audit, e).await);
+        }
+    };
     let report = AgentReport {
         revision: input.revision,
         nft_usable: input.nftables_usable,
@@ -251,18 +303,14 @@ async fn applied_inner(app: &App, req: Request<Body>) -> Result<Response, ApiErr
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn rotate(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAddr>, req: Request<Body>) -> Response {
-    respond(rotate_inner(&app, peer, req).await)
-}
-
 /// `POST /agent/v1/rotate`: a new credential for the calling agent; the one it called with
 /// stops working at once.
-async fn rotate_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
-    let ctx = crate::ctx_of(peer, &req);
-    let agent = agent(app, req.headers()).await?;
-    let old = auth::bearer(req.headers())?.to_owned();
+async fn rotate(
+    State(app): State<App>,
+    AgentCaller { ctx, agent, credential: old, .. }: AgentCaller,
+) -> Result<Response, ApiError> {
     let credential = format!("{CREDENTIAL_PREFIX}{}", &auth::new_token()[auth::TOKEN_PREFIX.len()..]);
-    let audit = app.audit(&ctx, &format!("agent:{}", agent.id), ops::AGENT_ROTATE, &format!("/agents/{}", agent.id));
+    let audit = app.audit(&ctx, &agent_caller(&agent), ops::AGENT_ROTATE, &agent_resource(&agent));
     app.store
         .rotate_agent_credential(&agent.id, &auth::hash_token(&old), &auth::hash_token(&credential), audit)
         .await

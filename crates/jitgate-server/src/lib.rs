@@ -486,8 +486,11 @@ async fn correlate(mut req: Request, next: Next) -> Response {
 /// `GET /api/v1/auth/config` (no token): how humans sign in, for `jitgate login --oidc`.
 async fn auth_config(State(app): State<App>) -> Response {
     let value = match &app.oidc {
-        Some(o) => serde_json::json!({"oidcIssuer": o.issuer(), "oidcClientId": o.audience()}),
-        None => serde_json::json!({}),
+        Some(o) => jitgate_api_types::native::AuthConfigOut {
+            oidc_issuer: Some(o.issuer().to_owned()),
+            oidc_client_id: Some(o.audience().to_owned()),
+        },
+        None => jitgate_api_types::native::AuthConfigOut::default(),
     };
     json(StatusCode::OK, &value)
 }
@@ -646,7 +649,7 @@ pub(crate) fn ctx_of(peer: PeerAddr, req: &Request<Body>) -> RequestCtx {
     ctx_from(peer, req.headers(), req.extensions())
 }
 
-fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extensions) -> RequestCtx {
+pub(crate) fn ctx_from(peer: PeerAddr, headers: &HeaderMap, extensions: &axum::http::Extensions) -> RequestCtx {
     let trusted = extensions.get::<Arc<ServerConfig>>().map(|c| c.trusted_proxies.as_slice()).unwrap_or_default();
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     request_ctx(caller_ip(peer.0.ip(), forwarded, trusted), extensions.get::<Correlation>())

@@ -16,7 +16,7 @@ use tower::ServiceExt;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, Clock, ServerConfig};
-use jitgate_store::Store;
+use jitgate_store::prelude::*;
 use jitgate_store_sqlite::SqliteStore;
 
 const MAX_BODY: usize = 1024;
@@ -195,4 +195,57 @@ async fn refusals_before_the_store_are_audited() {
     let a = h.owner(Method::POST, "/api/v1/requests/1/extend?wait=bogus", Body::empty()).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
     assert_eq!(h.refusals(ops::REQUEST_EXTEND).await.len(), 1);
+}
+
+#[tokio::test]
+async fn agent_routes_take_an_agent_credential_and_audit_refusals() {
+    let h = harness().await;
+    for (method, uri) in
+        [(Method::GET, "/agent/v1/state"), (Method::POST, "/agent/v1/applied"), (Method::POST, "/agent/v1/rotate")]
+    {
+        let a = h.send(method.clone(), uri, Some("jga_not-a-credential"), Body::empty()).await;
+        assert_eq!((a.status, a.code()), (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken"), "{method} {uri}");
+        // A person's token is not an agent credential.
+        let a = h.owner(method.clone(), uri, Body::empty()).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}: {:?}", a.body);
+    }
+    let records = h.store.audit_records(0, 1000).await.expect("audit");
+    let failed_agent_sign_ins = records
+        .iter()
+        .filter(|r| r.event.operation == ops::SIGN_IN && r.event.status == AuditStatus::Failed)
+        .filter(|r| r.event.resource_id.starts_with("/agent/v1/"))
+        .count();
+    assert!(failed_agent_sign_ins >= 1, "refused agent credentials are audited: {records:?}");
+
+    let t = h
+        .owner(
+            Method::POST,
+            "/api/v1/agentTokens",
+            r#"{"subscription":"20ff7fc3-e762-44dd-bd96-b71116dcdc23","resourceGroup":"rg1","location":"westeurope"}"#,
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::CREATED, "{:?}", t.body);
+    let join_token = t.body["token"].as_str().expect("token").to_owned();
+    let join = format!(
+        r#"{{"joinToken":"{join_token}","name":"h1","mode":"host","osType":"Linux","hostname":"h1","addresses":["10.0.0.5"]}}"#
+    );
+    let j = h.send(Method::POST, "/agent/v1/join", None, join).await;
+    assert_eq!(j.status, StatusCode::CREATED, "{:?}", j.body);
+    let credential = j.body["credential"].as_str().expect("credential").to_owned();
+
+    let s = h.send(Method::GET, "/agent/v1/state", Some(&credential), Body::empty()).await;
+    assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
+    assert!(s.body["revision"].as_u64().is_some(), "{:?}", s.body);
+
+    let a = h.send(Method::POST, "/agent/v1/applied", Some(&credential), "{").await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{:?}", a.body);
+    assert_eq!(h.refusals(ops::AGENT_APPLIED).await.len(), 1, "a malformed report is refused with a record");
+
+    let r = h.send(Method::POST, "/agent/v1/rotate", Some(&credential), Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let s = h.send(Method::GET, "/agent/v1/state", Some(&credential), Body::empty()).await;
+    assert_eq!(s.status, StatusCode::UNAUTHORIZED, "the rotated-away credential stops working: {:?}", s.body);
+    let fresh = r.body["credential"].as_str().expect("credential");
+    let s = h.send(Method::GET, "/agent/v1/state", Some(fresh), Body::empty()).await;
+    assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
 }

@@ -7,6 +7,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
+use jitgate_api_types::webhook::WebhookPayload;
 use jitgate_store::secrets::{Keyring, SecretsError};
 use jitgate_store::{Delivery, Webhook};
 
@@ -173,28 +174,7 @@ pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) ->
         return Ok(0);
     }
     let request = crate::rows::load_request(conn, rid)?;
-    let ports: Vec<serde_json::Value> = request
-        .grants
-        .iter()
-        .map(|g| {
-            serde_json::json!({
-                "virtualMachine": g.vm_id, "number": g.number, "protocol": g.protocol.as_str(),
-                "sources": g.sources.prefixes().iter().map(|p| p.text()).collect::<Vec<_>>(),
-                "endTimeUtc": jitgate_core::rfc3339(g.end_time),
-                "status": g.status.as_str(), "statusReason": g.status_reason.as_str(),
-            })
-        })
-        .collect();
-    let payload = serde_json::json!({
-        "event": event,
-        "time": jitgate_core::rfc3339(now),
-        "requestId": rid,
-        "policyId": policy_id,
-        "requestor": requestor,
-        "justification": request.justification,
-        "ports": ports,
-    })
-    .to_string();
+    let payload = WebhookPayload::new(event, &policy_id, &request, now).to_json();
     let mut n = 0;
     for (id, events) in hooks {
         if !events.is_empty() && !events.split_whitespace().any(|e| e.eq_ignore_ascii_case(event)) {

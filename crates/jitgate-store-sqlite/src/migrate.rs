@@ -1,4 +1,17 @@
-//! The schema and its numbered upgrade steps, applied in one transaction at open.
+//! The schema as numbered migrations, applied in order, in one transaction, at open.
+//!
+//! `migrations/NNNN_what.sql` takes a database from schema version NNNN − 1 to NNNN; a new,
+//! empty file (version 0) runs them all, from `0001_initial.sql` on. `PRAGMA user_version` holds
+//! the version a database is at, and is set to [`SCHEMA_VERSION`] in the same transaction as the
+//! steps, so a failed upgrade leaves the file as it was. A database newer than this build is
+//! refused. A migration is never edited once released: a change is a new file, listed in
+//! [`MIGRATIONS`] (a test checks the list against the directory).
+//!
+//! Every step so far is SQL. A step that needs Rust logic (rewriting values, say) takes its number
+//! in the same sequence, as a function run on the transaction in place of a file. Sealing
+//! webhook secrets is not a migration: it depends on the keyring given at open, not on the schema
+//! version, so `hooks::seal_all` runs at every open, after the migrations (it seals secrets stored
+//! in the clear by versions before 3 and re-seals those under a retired key).
 
 use rusqlite::Connection;
 
@@ -6,76 +19,90 @@ use jitgate_store::StoreResult;
 
 use crate::backend;
 
-pub(crate) const SCHEMA_VERSION: i64 = 5;
-const SCHEMA: &str = include_str!("schema.sql");
+/// One migration: the version it leads to, its file name, its SQL.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
 
-/// Schema 1 → 2: pending extensions on requests.
-const UPGRADE_TO_2: &str =
-    "ALTER TABLE requests ADD COLUMN ext_end INTEGER; ALTER TABLE requests ADD COLUMN ext_by TEXT;";
+macro_rules! migration {
+    ($version:literal, $name:literal) => {
+        Migration { version: $version, name: $name, sql: include_str!(concat!("../migrations/", $name)) }
+    };
+}
 
-// ---- Schema 2 → 3: webhooks and secrets at rest (issue 9, findings 8 and 15). ----
-// Webhook secrets get the id of the key that seals them (`SqliteStore::open` seals the ones
-// stored in the clear), and delivery ids become AUTOINCREMENT so that no id is ever reused after
-// a webhook's deliveries are deleted (SQLite cannot add AUTOINCREMENT in place: the table is
-// rebuilt with the same rows and indexes).
-const UPGRADE_TO_3: &str = "ALTER TABLE webhooks ADD COLUMN secret_key TEXT; \
-    CREATE TABLE deliveries_v3 ( \
-        id INTEGER PRIMARY KEY AUTOINCREMENT, webhook_id TEXT NOT NULL, event TEXT NOT NULL, \
-        payload TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, \
-        next_attempt INTEGER NOT NULL, last_error TEXT, created INTEGER NOT NULL, delivered INTEGER); \
-    INSERT INTO deliveries_v3 (id, webhook_id, event, payload, state, attempts, next_attempt, last_error, created, delivered) \
-        SELECT id, webhook_id, event, payload, state, attempts, next_attempt, last_error, created, delivered FROM deliveries; \
-    DROP TABLE deliveries; \
-    ALTER TABLE deliveries_v3 RENAME TO deliveries; \
-    CREATE INDEX deliveries_due ON deliveries (next_attempt) WHERE state = 'Pending'; \
-    CREATE INDEX deliveries_hook ON deliveries (webhook_id, id);";
-// ---- end of schema 3 ----
+/// Every migration, in order.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_initial.sql"),
+    migration!(2, "0002_pending_extensions.sql"),
+    migration!(3, "0003_webhook_secrets_and_delivery_ids.sql"),
+    migration!(4, "0004_oidc_identities_and_token_origins.sql"),
+    migration!(5, "0005_agents_and_gateways.sql"),
+];
 
-// --- Identities and tokens (schema version 4) ---------------------------------------------
-/// Schema 3 → 4: OIDC identities keyed by (issuer, subject) with a display name; what
-/// created each token. Principals made by earlier OIDC sign-ins (named by their display claim)
-/// stay what they were: local principals; the identity gets a new, derived principal.
-const UPGRADE_TO_4: &str = "\
-    ALTER TABLE principals ADD COLUMN issuer TEXT; \
-    ALTER TABLE principals ADD COLUMN subject TEXT; \
-    ALTER TABLE principals ADD COLUMN display_name TEXT; \
-    CREATE UNIQUE INDEX principals_oidc ON principals (issuer, subject) WHERE issuer IS NOT NULL; \
-    ALTER TABLE tokens ADD COLUMN origin TEXT; \
-    ALTER TABLE tokens ADD COLUMN parent_id INTEGER REFERENCES tokens(id); \
-    CREATE INDEX tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL;";
-// --- end of identities and tokens -----------------------------------------------------------
+/// The schema this build writes (`PRAGMA user_version`): the last migration's version.
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-// --- Agents and gateways (schema version 5) -------------------------------------------------
-/// Schema 4 → 5: join tokens made for one VM; the revision last delivered to each agent;
-/// gateway names unique per subscription instead of globally.
-const UPGRADE_TO_5: &str = "ALTER TABLE join_tokens ADD COLUMN vm TEXT; \
-     ALTER TABLE agents ADD COLUMN delivered_revision INTEGER NOT NULL DEFAULT 0; \
-     DROP INDEX agents_gateway_name; \
-     CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(subscription), lower(name)) WHERE mode = 'gateway';";
-// --- end of agents and gateways -------------------------------------------------------------
-
+/// Brings the database to [`SCHEMA_VERSION`], or refuses one that is newer.
 pub(crate) fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
-    if version == 0 {
-        return conn
-            .execute_batch(&format!("BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"))
-            .map_err(backend);
-    }
     if version > SCHEMA_VERSION {
         return Err(backend(format!(
             "the database has schema version {version}, newer than this jitgate ({SCHEMA_VERSION})"
         )));
     }
-    let steps: String = [(2, UPGRADE_TO_2), (3, UPGRADE_TO_3), (4, UPGRADE_TO_4), (5, UPGRADE_TO_5)]
-        .iter()
-        .filter(|(to, _)| version < *to)
-        .map(|(_, sql)| format!("{sql} "))
-        .collect();
-    if steps.is_empty() {
+    let pending: Vec<&Migration> = MIGRATIONS.iter().filter(|m| m.version > version).collect();
+    if pending.is_empty() {
         return Ok(());
     }
-    conn.execute_batch(&format!("BEGIN; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")).map_err(|e| {
+    let run = || -> Result<(), String> {
+        conn.execute_batch("BEGIN").map_err(|e| e.to_string())?;
+        for m in &pending {
+            conn.execute_batch(m.sql).map_err(|e| format!("{}: {e}", m.name))?;
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")).map_err(|e| e.to_string())
+    };
+    run().map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         backend(format!("upgrading the database from schema version {version}: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in `migrations/` is listed, under its own number, with none missing between.
+    #[test]
+    fn the_list_matches_the_directory_and_is_numbered_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("migrations directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(files, listed, "every migration file is listed, in order");
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{} is numbered in sequence", m.name);
+            assert_eq!(m.name[..4].parse::<i64>().ok(), Some(m.version), "{} carries its number", m.name);
+            assert!(m.name.ends_with(".sql"));
+        }
+    }
+
+    /// A database at any earlier version reaches the current one, and a second open changes
+    /// nothing.
+    #[test]
+    fn every_version_upgrades_to_the_current_one() {
+        for from in 0..=SCHEMA_VERSION {
+            let conn = Connection::open_in_memory().expect("open");
+            let steps: String = MIGRATIONS.iter().take(from as usize).map(|m| m.sql).collect();
+            conn.execute_batch(&format!("{steps} PRAGMA user_version = {from};")).expect("older schema");
+            migrate(&conn).expect("upgrade");
+            migrate(&conn).expect("again");
+            let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+            assert_eq!(v, SCHEMA_VERSION, "from {from}");
+        }
+    }
 }

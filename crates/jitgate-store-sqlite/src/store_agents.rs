@@ -3,8 +3,9 @@
 
 use super::*;
 
-impl SqliteStore {
-    pub(crate) async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)> {
+#[async_trait]
+impl AgentStore for SqliteStore {
+    async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)> {
         self.write(move |ctx| {
             let key = vm.id.key();
             let now = nanos(audit.time);
@@ -69,16 +70,16 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
+    async fn list_vms(&self) -> StoreResult<Vec<Vm>> {
         self.read(rows::all_vms).await
     }
 
-    pub(crate) async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>> {
+    async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>> {
         let key = id.key();
         self.read(move |c| rows::get_vm(c, &key)).await
     }
 
-    pub(crate) async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm> {
+    async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm> {
         let id = id.clone();
         self.write(move |ctx| {
             let key = id.key();
@@ -135,16 +136,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn revision(&self) -> StoreResult<u64> {
+    async fn revision(&self) -> StoreResult<u64> {
         self.read(rows::revision).await
     }
 
-    pub(crate) async fn create_join_token(
-        &self,
-        spec: JoinTokenSpec,
-        token_hash: &str,
-        audit: AuditEvent,
-    ) -> StoreResult<()> {
+    async fn create_join_token(&self, spec: JoinTokenSpec, token_hash: &str, audit: AuditEvent) -> StoreResult<()> {
         let hash = token_hash.to_owned();
         self.write(move |ctx| {
             ctx.conn
@@ -178,7 +174,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
+    async fn list_join_tokens(&self) -> StoreResult<Vec<JoinTokenRecord>> {
         self.read(|c| {
             c.prepare_cached(
                 "SELECT subscription, resource_group, location, mode, expires, created, created_by, used, vm FROM join_tokens ORDER BY created",
@@ -205,7 +201,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord> {
+    async fn join_agent(&self, join: AgentJoin, audit: AuditEvent) -> StoreResult<AgentRecord> {
         self.write(move |ctx| {
             type TokenRow = (String, String, String, String, i64, Option<i64>, Option<String>);
             let token: Option<TokenRow> = ctx
@@ -348,7 +344,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>> {
+    async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>> {
         let hash = credential_hash.to_owned();
         self.read(move |c| {
             c.prepare_cached("SELECT * FROM agents WHERE credential_hash = ?1")?
@@ -358,24 +354,24 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
+    async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {
         self.read(|c| {
             c.prepare_cached("SELECT * FROM agents ORDER BY joined")?.query_map([], rows::agent_from_row)?.collect()
         })
         .await
     }
 
-    pub(crate) async fn get_agent(&self, id: &str) -> StoreResult<Option<AgentRecord>> {
+    async fn get_agent(&self, id: &str) -> StoreResult<Option<AgentRecord>> {
         let id = id.to_owned();
         self.read(move |c| agents::agent_by_id(c, &id)).await
     }
 
-    pub(crate) async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>> {
+    async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>> {
         let (sub, name) = (subscription.to_owned(), name.to_owned());
         self.read(move |c| rows::gateway_agent(c, &sub, &name)).await
     }
 
-    pub(crate) async fn delete_agent(&self, id: &str, audit: AuditEvent) -> StoreResult<AgentRecord> {
+    async fn delete_agent(&self, id: &str, audit: AuditEvent) -> StoreResult<AgentRecord> {
         let id = id.to_owned();
         self.write(move |ctx| {
             let Some(agent) = agents::agent_by_id(ctx.conn, &id).map_err(backend)? else {
@@ -417,7 +413,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn rotate_agent_credential(
+    async fn rotate_agent_credential(
         &self,
         id: &str,
         old_hash: &str,
@@ -443,7 +439,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
+    async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
         let id = agent_id.to_owned();
         let state = self
             .read(move |c| match agents::agent_by_id(c, &id)? {
@@ -456,7 +452,7 @@ impl SqliteStore {
         })
     }
 
-    pub(crate) async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
+    async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
         let id = agent_id.to_owned();
         let revision = i64::try_from(revision).unwrap_or(i64::MAX);
         self.write(move |ctx| {
@@ -471,7 +467,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
+    async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
         let id = agent_id.to_owned();
         self.write(move |ctx| {
             let before: Option<(i64, Option<bool>, i64)> = ctx
@@ -530,7 +526,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>> {
+    async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>> {
         let keys: Vec<String> = vm_ids.iter().map(|v| v.to_ascii_lowercase()).collect();
         self.read(move |c| {
             let mut out: Vec<AgentRecord> = Vec::new();
@@ -548,7 +544,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {
+    async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {
         let key = vm.key();
         self.read(move |c| {
             let approved: i64 = c
@@ -567,7 +563,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>> {
+    async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>> {
         let key = vm.key();
         self.read(move |c| {
             let pkey: Option<String> = c
@@ -582,7 +578,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
+    async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
         self.read(|c| {
             let keys = c
                 .prepare_cached("SELECT vm_key FROM policy_vms")?
@@ -593,7 +589,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn put_security_policy(
+    async fn put_security_policy(
         &self,
         scope: &str,
         jit_enabled: bool,
@@ -617,7 +613,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>> {
+    async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>> {
         self.read(|c| {
             c.prepare_cached("SELECT scope, jit_enabled, updated FROM security_policies ORDER BY scope_key")?
                 .query_map([], |r| {

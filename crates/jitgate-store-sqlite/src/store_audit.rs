@@ -2,12 +2,13 @@
 
 use super::*;
 
-impl SqliteStore {
-    pub(crate) async fn record(&self, event: AuditEvent) -> StoreResult<()> {
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn record(&self, event: AuditEvent) -> StoreResult<()> {
         self.write(move |ctx| ctx.audit(&event).map(|_| ()).map_err(backend)).await
     }
 
-    pub(crate) async fn record_many(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
+    async fn record_many(&self, events: Vec<AuditEvent>) -> StoreResult<()> {
         self.write(move |ctx| {
             for e in &events {
                 ctx.audit(e).map_err(backend)?;
@@ -17,7 +18,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+    async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
         self.read(move |c| {
             c.prepare_cached("SELECT * FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
                 .query_map(params![after as i64, limit as i64], rows::audit_from_row)?
@@ -26,25 +27,20 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn query_audit(
-        &self,
-        filter: &AuditFilter,
-        after: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<AuditRecord>> {
+    async fn query_audit(&self, filter: &AuditFilter, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>> {
         let filter = filter.clone();
         self.read(move |c| auditq::query(c, &filter, after, limit)).await
     }
 
-    pub(crate) async fn verify_audit(&self) -> StoreResult<AuditVerification> {
+    async fn verify_audit(&self) -> StoreResult<AuditVerification> {
         self.read(auditq::verify).await
     }
 
-    pub(crate) async fn audit_before(&self, before: OffsetDateTime, limit: usize) -> StoreResult<Vec<AuditRecord>> {
+    async fn audit_before(&self, before: OffsetDateTime, limit: usize) -> StoreResult<Vec<AuditRecord>> {
         self.read(move |c| auditq::before(c, nanos(before), limit)).await
     }
 
-    pub(crate) async fn seal_archive(
+    async fn seal_archive(
         &self,
         through_seq: u64,
         last_hash: [u8; 32],
@@ -80,5 +76,9 @@ impl SqliteStore {
             Ok(removed)
         })
         .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 }

@@ -2,8 +2,9 @@
 
 use super::*;
 
-impl SqliteStore {
-    pub(crate) async fn bootstrap(
+#[async_trait]
+impl IdentityStore for SqliteStore {
+    async fn bootstrap(
         &self,
         owner: &str,
         token_hash: &str,
@@ -40,7 +41,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>> {
+    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>> {
         let hash = token_hash.to_owned();
         self.read(move |c| {
             c.prepare_cached(&format!(
@@ -61,7 +62,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn create_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
+    async fn create_principal(&self, name: &str, kind: &str, audit: AuditEvent) -> StoreResult<Principal> {
         let (name, kind) = (name.to_owned(), kind.to_owned());
         self.write(move |ctx| {
             if let Err(invalid) = jitgate_core::identity::validate_local_name(&name) {
@@ -76,7 +77,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn oidc_principal(&self, sign_in: OidcSignIn, audit: AuditEvent) -> StoreResult<Principal> {
+    async fn oidc_principal(&self, sign_in: OidcSignIn, audit: AuditEvent) -> StoreResult<Principal> {
         let id = sign_in.identity.clone();
         if let Some(p) = self.read(move |c| rbac::oidc_principal(c, &id)).await? {
             if p.display_name == sign_in.display_name {
@@ -86,7 +87,7 @@ impl SqliteStore {
         self.write(move |ctx| upsert_oidc_principal(ctx, &sign_in, audit)).await
     }
 
-    pub(crate) async fn list_principals(&self) -> StoreResult<Vec<Principal>> {
+    async fn list_principals(&self) -> StoreResult<Vec<Principal>> {
         self.read(|c| {
             c.prepare_cached(&format!("SELECT {} FROM principals p ORDER BY p.name", rbac::PRINCIPAL_COLUMNS))?
                 .query_map([], rbac::principal_from_row)?
@@ -95,12 +96,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>> {
+    async fn get_principal(&self, name: &str) -> StoreResult<Option<Principal>> {
         let name = name.to_owned();
         self.read(move |c| rbac::principal(c, &name)).await
     }
 
-    pub(crate) async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal> {
+    async fn delete_principal(&self, name: &str, audit: AuditEvent) -> StoreResult<Principal> {
         let name = name.to_owned();
         self.write(move |ctx| {
             let Some(p) = rbac::principal(ctx.conn, &name).map_err(backend)? else {
@@ -192,7 +193,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn create_token(&self, token: NewToken, audit: AuditEvent) -> StoreResult<TokenRecord> {
+    async fn create_token(&self, token: NewToken, audit: AuditEvent) -> StoreResult<TokenRecord> {
         self.write(move |ctx| {
             let NewToken { principal, token_hash: hash, expires, origin } = token;
             let Some(p) = rbac::principal(ctx.conn, &principal).map_err(backend)? else {
@@ -250,7 +251,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_tokens(&self, principal: &str) -> StoreResult<Vec<TokenRecord>> {
+    async fn list_tokens(&self, principal: &str) -> StoreResult<Vec<TokenRecord>> {
         let principal = principal.to_owned();
         self.read(move |c| {
             c.prepare_cached(&format!("{} WHERE p.name = ?1 ORDER BY t.id", rbac::TOKEN_SELECT))?
@@ -260,11 +261,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_token(&self, id: i64) -> StoreResult<Option<TokenRecord>> {
+    async fn get_token(&self, id: i64) -> StoreResult<Option<TokenRecord>> {
         self.read(move |c| rbac::token(c, id)).await
     }
 
-    pub(crate) async fn revoke_token(&self, id: i64, audit: AuditEvent) -> StoreResult<TokenRecord> {
+    async fn revoke_token(&self, id: i64, audit: AuditEvent) -> StoreResult<TokenRecord> {
         self.write(move |ctx| {
             let Some(t) = rbac::token(ctx.conn, id).map_err(backend)? else {
                 return reject(ctx, audit, Invalid::not_found("TokenNotFound", format!("no token with id {id}")));
@@ -285,7 +286,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn put_role_definition(
+    async fn put_role_definition(
         &self,
         role: RoleDefinition,
         audit: AuditEvent,
@@ -306,7 +307,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_role_definitions(&self) -> StoreResult<Vec<RoleDefinition>> {
+    async fn list_role_definitions(&self) -> StoreResult<Vec<RoleDefinition>> {
         self.read(|c| {
             c.prepare_cached("SELECT * FROM role_definitions ORDER BY key")?
                 .query_map([], rbac::role_from_row)?
@@ -315,12 +316,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_role_definition(&self, name: &str) -> StoreResult<Option<RoleDefinition>> {
+    async fn get_role_definition(&self, name: &str) -> StoreResult<Option<RoleDefinition>> {
         let name = name.to_owned();
         self.read(move |c| rbac::role(c, &name)).await
     }
 
-    pub(crate) async fn delete_role_definition(&self, name: &str, audit: AuditEvent) -> StoreResult<RoleDefinition> {
+    async fn delete_role_definition(&self, name: &str, audit: AuditEvent) -> StoreResult<RoleDefinition> {
         let name = name.to_owned();
         self.write(move |ctx| {
             let Some(role) = rbac::role(ctx.conn, &name).map_err(backend)? else {
@@ -345,7 +346,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn create_role_assignment(
+    async fn create_role_assignment(
         &self,
         principal: &str,
         role: &str,
@@ -383,7 +384,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_role_assignments(&self, principal: Option<&str>) -> StoreResult<Vec<RoleAssignment>> {
+    async fn list_role_assignments(&self, principal: Option<&str>) -> StoreResult<Vec<RoleAssignment>> {
         let principal = principal.map(str::to_owned);
         self.read(move |c| match principal {
             Some(p) => c
@@ -398,12 +399,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_role_assignment(&self, id: &str) -> StoreResult<Option<RoleAssignment>> {
+    async fn get_role_assignment(&self, id: &str) -> StoreResult<Option<RoleAssignment>> {
         let id = id.to_owned();
         self.read(move |c| rbac::assignment(c, &id)).await
     }
 
-    pub(crate) async fn delete_role_assignment(&self, id: &str, audit: AuditEvent) -> StoreResult<RoleAssignment> {
+    async fn delete_role_assignment(&self, id: &str, audit: AuditEvent) -> StoreResult<RoleAssignment> {
         let id = id.to_owned();
         self.write(move |ctx| {
             let Some(a) = rbac::assignment(ctx.conn, &id).map_err(backend)? else {

@@ -2,8 +2,9 @@
 
 use super::*;
 
-impl SqliteStore {
-    pub(crate) async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord> {
+#[async_trait]
+impl PolicyStore for SqliteStore {
+    async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord> {
         self.write(move |ctx| {
             let key = policy.reference.key();
             let mut known: HashMap<String, OsType> = HashMap::new();
@@ -141,12 +142,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>> {
+    async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>> {
         let key = policy.key();
         self.read(move |c| Ok(rows::load_policy(c, &key)?.map(|(_, r)| r))).await
     }
 
-    pub(crate) async fn list_policies(
+    async fn list_policies(
         &self,
         scope: &ListScope,
         after: Option<&str>,
@@ -176,7 +177,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool> {
+    async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool> {
         let key = policy.key();
         self.write(move |ctx| {
             let pid: Option<i64> = ctx
@@ -204,7 +205,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
+    async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
         self.write(move |ctx| {
             let key = cmd.policy.key();
             let Some((pid, policy)) = rows::load_policy_only(ctx.conn, &key).map_err(backend)? else {
@@ -329,7 +330,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
+    async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
         self.write(move |ctx| {
             type Due = (i64, i64, String, String, u16, String, lifecycle::GrantState);
             let due: Vec<Due> = ctx
@@ -445,7 +446,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
+    async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
         self.read(|c| {
             let n: Option<i64> = c
                 .prepare_cached(&format!(
@@ -472,12 +473,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn revoke_request(
-        &self,
-        id: i64,
-        revoked_by: &str,
-        audit: AuditEvent,
-    ) -> StoreResult<AccessRequestRecord> {
+    async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord> {
         let revoked_by = revoked_by.to_owned();
         self.write(move |ctx| {
             let Some((facts, gids)) = grants::request_facts(ctx.conn, id).map_err(backend)? else {
@@ -500,7 +496,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn decide_request(
+    async fn decide_request(
         &self,
         id: i64,
         approve: bool,
@@ -583,7 +579,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn extend_request(
+    async fn extend_request(
         &self,
         id: i64,
         new_end: OffsetDateTime,
@@ -626,7 +622,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>> {
+    async fn open_requests(&self, who: Option<&str>, limit: usize) -> StoreResult<Vec<(String, AccessRequestRecord)>> {
+        self.load_open_requests(who, limit).await
+    }
+
+    async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>> {
         self.read(move |c| {
             let policy: Option<String> =
                 c.query_row("SELECT policy_id FROM requests WHERE rid = ?1", [id], |r| r.get(0)).optional()?;

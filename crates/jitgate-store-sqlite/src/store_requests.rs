@@ -4,7 +4,7 @@
 use super::*;
 
 impl SqliteStore {
-    pub(crate) async fn open_requests(
+    pub(crate) async fn load_open_requests(
         &self,
         requestor: Option<&str>,
         limit: usize,

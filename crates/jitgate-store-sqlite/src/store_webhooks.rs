@@ -2,8 +2,9 @@
 
 use super::*;
 
-impl SqliteStore {
-    pub(crate) async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook> {
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook> {
         let keys = self.keys.clone();
         self.write(move |ctx| {
             hooks::insert(ctx.conn, &hook, &keys).map_err(backend)?;
@@ -19,7 +20,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>> {
         let keys = self.keys.clone();
         self.read(move |c| {
             c.prepare_cached("SELECT * FROM webhooks ORDER BY created")?
@@ -29,12 +30,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>> {
         let (id, keys) = (id.to_owned(), self.keys.clone());
         self.read(move |c| hooks::hook(c, &id, &keys)).await
     }
 
-    pub(crate) async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook> {
+    async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook> {
         let (id, keys) = (id.to_owned(), self.keys.clone());
         self.write(move |ctx| {
             let Some(h) = hooks::hook(ctx.conn, &id, &keys).map_err(backend)? else {
@@ -50,7 +51,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn claim_deliveries(
+    async fn claim_deliveries(
         &self,
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
@@ -81,7 +82,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn delivery_attempted(
+    async fn delivery_attempted(
         &self,
         id: i64,
         ok: bool,
@@ -107,7 +108,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
+    async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>> {
         let (id, keys) = (webhook_id.to_owned(), self.keys.clone());
         self.read(move |c| {
             c.prepare_cached(&format!(
@@ -120,7 +121,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>> {
+    async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>> {
         self.read(|c| {
             let n: Option<i64> = c
                 .prepare_cached("SELECT min(next_attempt) FROM deliveries WHERE state = 'Pending'")?

@@ -1,9 +1,11 @@
 //! The storage boundary of jitgate.
 //!
-//! [`Store`] has one method per use case. Every method that changes state also appends its audit
-//! record, in the same transaction as the change; a refusal decided inside the transaction
+//! The store is one trait per concern — [`PolicyStore`], [`AgentStore`], [`IdentityStore`],
+//! [`AuditStore`], [`WebhookStore`] — which [`Store`] combines: any type implementing all five is
+//! a `Store`. There is one method per use case. Every method that changes state also appends its
+//! audit record, in the same transaction as the change; a refusal decided inside the transaction
 //! (for example an initiate outside the policy) appends a `Failed` record and changes nothing
-//! else. Backends implement the trait and run the shared [`conformance`] suite.
+//! else. Backends implement the traits and run the shared [`conformance`] suite.
 
 use std::net::IpAddr;
 
@@ -21,6 +23,8 @@ pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(test)]
+mod coverage;
 pub mod secrets;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
@@ -355,32 +359,22 @@ pub struct ExpirySweep {
 /// How long before its end a grant is announced as expiring soon.
 pub const EXPIRING_SOON: time::Duration = time::Duration::minutes(5);
 
+/// The whole store: every concern's trait. Implemented by any type that implements them all;
+/// callers hold an `Arc<dyn Store>` and import the sub-traits whose methods they call
+/// (`use jitgate_store::prelude::*`).
+pub trait Store: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore {}
+
+impl<T: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore> Store for T {}
+
+/// The store traits, for a glob import where their methods are called.
+pub mod prelude {
+    pub use crate::{AgentStore, AuditStore, IdentityStore, PolicyStore, Store, WebhookStore};
+}
+
+/// Policies, access requests and their grants: the decisions of `jitgate_core::initiate` and
+/// `jitgate_core::lifecycle`, taken inside the transaction that records them.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// On an empty store: creates the owner principal with one token (stored as its hash,
-    /// expiring at `expires`) and returns true. On a store that has principals: does nothing and
-    /// returns false.
-    async fn bootstrap(
-        &self,
-        owner: &str,
-        token_hash: &str,
-        expires: Option<OffsetDateTime>,
-        audit: AuditEvent,
-    ) -> StoreResult<bool>;
-
-    /// The token with this hash and its principal, if the token is valid at `now` (not revoked,
-    /// not expired).
-    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>>;
-
-    /// Registers or replaces a VM. Returns the VM and whether it was new. A gateway is looked up
-    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`).
-    async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
-    async fn list_vms(&self) -> StoreResult<Vec<Vm>>;
-    async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>>;
-    /// Removes a VM; refused (`VirtualMachineInUse`) while a policy names it. Its host agent is
-    /// revoked with it: a VM registered again under the name never gets the old credential back.
-    async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm>;
-
+pub trait PolicyStore: Send + Sync + 'static {
     /// Creates or replaces a policy, resolving its VMs (existence, OS defaults) in the same
     /// transaction. The request history of an existing policy is kept. A gateway's mapped ports
     /// are one namespace across all policies (`MappedPortInUse` names the holder).
@@ -395,23 +389,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<PolicyRecord>>;
     /// Deletes a policy and revokes its live grants. False when there was no such policy.
     async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool>;
-
     /// Decides an access request against the current policy and records its grants; a newer
     /// grant for the same VM, port and source revokes the older (`NewerRequestInitiated`).
     async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome>;
-
     /// Marks every live grant whose end time is at or before `now` as `Revoked`/`Expired`.
     async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep>;
     /// The earliest end time of a live grant.
     async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>>;
-
-    /// Appends a standalone audit record (a refusal decided before the store was asked).
-    async fn record(&self, event: AuditEvent) -> StoreResult<()>;
-    /// Appends many standalone audit records in one transaction (imports, benchmarks).
-    async fn record_many(&self, events: Vec<AuditEvent>) -> StoreResult<()>;
-    /// Audit records with `seq > after`, oldest first.
-    async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
-
     /// Ends a request's live grants before their end time (`Revoked`/`UserRequested`).
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord>;
     /// Approves (the window starts now) or denies a request's pending grants, or else its pending
@@ -438,7 +422,41 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<AccessRequestRecord>;
     /// A request by id with its policy's id.
     async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>>;
+    /// Requests (with their policy's id) that still hold a live, pending or scheduled grant,
+    /// newest first; only `requestor`'s when given.
+    async fn open_requests(
+        &self,
+        requestor: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, AccessRequestRecord)>>;
+}
 
+/// VMs and what is known about them (access facts, the policy protecting one, security policies),
+/// join tokens, agents and the enforcement state each one is given.
+#[async_trait]
+pub trait AgentStore: Send + Sync + 'static {
+    /// Registers or replaces a VM. Returns the VM and whether it was new. A gateway is looked up
+    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`).
+    async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
+    async fn list_vms(&self) -> StoreResult<Vec<Vm>>;
+    async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>>;
+    /// Removes a VM; refused (`VirtualMachineInUse`) while a policy names it. Its host agent is
+    /// revoked with it: a VM registered again under the name never gets the old credential back.
+    async fn delete_vm(&self, id: &VmId, audit: AuditEvent) -> StoreResult<Vm>;
+    /// How often and by whom a VM was opened since `since`.
+    async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess>;
+    /// The policy that protects a VM, if one does.
+    async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>>;
+    /// The keys (lower-cased ids) of every VM a policy names, in one read: what the portal's
+    /// inventory needs to place thousands of VMs without a query per VM.
+    async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>>;
+    async fn put_security_policy(
+        &self,
+        scope: &str,
+        jit_enabled: bool,
+        audit: AuditEvent,
+    ) -> StoreResult<SecurityPolicy>;
+    async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>>;
     /// The revision of enforcement-relevant state; bumped by every change an agent must see.
     async fn revision(&self) -> StoreResult<u64>;
     /// Stores a one-time join token (by its hash).
@@ -478,7 +496,24 @@ pub trait Store: Send + Sync + 'static {
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()>;
     /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
+}
 
+/// Principals (local and OIDC), API tokens, custom role definitions and role assignments.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// On an empty store: creates the owner principal with one token (stored as its hash,
+    /// expiring at `expires`) and returns true. On a store that has principals: does nothing and
+    /// returns false.
+    async fn bootstrap(
+        &self,
+        owner: &str,
+        token_hash: &str,
+        expires: Option<OffsetDateTime>,
+        audit: AuditEvent,
+    ) -> StoreResult<bool>;
+    /// The token with this hash and its principal, if the token is valid at `now` (not revoked,
+    /// not expired).
+    async fn authenticate(&self, token_hash: &str, now: OffsetDateTime) -> StoreResult<Option<TokenAuth>>;
     /// Creates a local principal (`User` or `ServicePrincipal`). The name must pass
     /// `jitgate_core::identity::validate_local_name` (else `InvalidPrincipal`, 400);
     /// `PrincipalExists` when it is taken.
@@ -517,7 +552,18 @@ pub trait Store: Send + Sync + 'static {
     async fn list_role_assignments(&self, principal: Option<&str>) -> StoreResult<Vec<RoleAssignment>>;
     async fn get_role_assignment(&self, id: &str) -> StoreResult<Option<RoleAssignment>>;
     async fn delete_role_assignment(&self, id: &str, audit: AuditEvent) -> StoreResult<RoleAssignment>;
+}
 
+/// The audit log: standalone records, reads and queries, verification, sealed archives; and
+/// the readiness round trip.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends a standalone audit record (a refusal decided before the store was asked).
+    async fn record(&self, event: AuditEvent) -> StoreResult<()>;
+    /// Appends many standalone audit records in one transaction (imports, benchmarks).
+    async fn record_many(&self, events: Vec<AuditEvent>) -> StoreResult<()>;
+    /// Audit records with `seq > after`, oldest first.
+    async fn audit_records(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
     /// Audit records matching `filter` with `seq > after`, oldest first.
     async fn query_audit(&self, filter: &AuditFilter, after: u64, limit: usize) -> StoreResult<Vec<AuditRecord>>;
     /// Checks the whole live chain (from the last sealed archive on).
@@ -533,35 +579,20 @@ pub trait Store: Send + Sync + 'static {
         file: &str,
         audit: AuditEvent,
     ) -> StoreResult<usize>;
-    async fn put_security_policy(
-        &self,
-        scope: &str,
-        jit_enabled: bool,
-        audit: AuditEvent,
-    ) -> StoreResult<SecurityPolicy>;
-    async fn list_security_policies(&self) -> StoreResult<Vec<SecurityPolicy>>;
-    /// How often and by whom a VM was opened since `since`.
-    async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess>;
-    /// The policy that protects a VM, if one does.
-    async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>>;
-    /// The keys (lower-cased ids) of every VM a policy names, in one read: what the portal's
-    /// inventory needs to place thousands of VMs without a query per VM.
-    async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>>;
-    /// Requests (with their policy's id) that still hold a live, pending or scheduled grant,
-    /// newest first; only `requestor`'s when given.
-    async fn open_requests(
-        &self,
-        requestor: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<(String, AccessRequestRecord)>>;
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> StoreResult<()>;
+}
 
+/// Webhooks and the delivery outbox (deliveries are queued by the changes that cause them).
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
     async fn create_webhook(&self, hook: Webhook, audit: AuditEvent) -> StoreResult<Webhook>;
     async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<Webhook>>;
     async fn delete_webhook(&self, id: &str, audit: AuditEvent) -> StoreResult<Webhook>;
     /// Claims at most `limit` deliveries due at `now` (pending, next attempt reached), oldest
     /// first: each is not due again before `lease_until`, so no later pass sends it again while
-    /// this attempt is under way; [`Store::delivery_attempted`] then sets its next attempt. A
+    /// this attempt is under way; [`WebhookStore::delivery_attempted`] then sets its next attempt. A
     /// worker that dies mid-attempt leaves the lease to run out, and the delivery is tried again.
     async fn claim_deliveries(
         &self,
@@ -581,7 +612,4 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>>;
     /// The earliest pending delivery.
     async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>>;
-
-    /// A cheap round trip, for readiness.
-    async fn ping(&self) -> StoreResult<()>;
 }

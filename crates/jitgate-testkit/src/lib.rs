@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-pub use jitgate_cli::local::LocalServer;
+use jitgate_client::arm::{PolicyRef, API_VERSION};
+pub use jitgate_client::local::LocalServer;
 
 pub mod agents;
 pub mod browser;
@@ -45,7 +46,7 @@ impl Answer {
 impl From<LocalServer> for TestServer {
     /// A client for a server started some other way (e.g. on a data directory that is kept).
     fn from(server: LocalServer) -> Self {
-        let client = jitgate_cli::client::http_client(Some(&server.ca_cert)).expect("client");
+        let client = jitgate_client::http_client(Some(&server.ca_cert)).expect("client");
         TestServer { server, client }
     }
 }
@@ -62,9 +63,13 @@ impl TestServer {
 
     /// The ARM URL of a policy, with the api-version.
     pub fn policy_url(&self, rg: &str, location: &str, name: &str) -> String {
-        self.url(&format!(
-            "/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Security/locations/{location}/jitNetworkAccessPolicies/{name}?api-version=2020-01-01"
-        ))
+        let at = PolicyRef {
+            subscription: SUB.to_owned(),
+            resource_group: rg.to_owned(),
+            location: location.to_owned(),
+            name: name.to_owned(),
+        };
+        self.url(&format!("{}?api-version={API_VERSION}", at.id()))
     }
 
     pub fn initiate_url(&self, rg: &str, location: &str, name: &str) -> String {

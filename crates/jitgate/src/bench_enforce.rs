@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
 
 use jitgate_cli::bench::{InnerArgs, KernelArgs, OpenLatencyArgs};
-use jitgate_cli::local::LocalServer;
 use jitgate_cli::probe::try_connect;
+use jitgate_client::arm::PolicyRef;
+use jitgate_client::local::LocalServer;
+use jitgate_client::{Client, Settings};
 use jitgate_enforce::{Desired, ElemOp, GrantKey, Mode, Protected, L4};
 use jitgate_enforce_nft::NftFirewall;
 use jitgate_netns::{self as netns, veth, KillOnDrop, Netns};
@@ -251,18 +252,22 @@ fn inner_nft(args: InnerArgs) -> anyhow::Result<()> {
 async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
     let url = args.url.clone().context("--url")?;
     let token = args.token.clone().context("--token")?;
-    let client = jitgate_cli::client::http_client(args.ca_cert.as_deref().map(Path::new))?;
+    let settings = Settings::new(url).token(token).ca_cert_path(args.ca_cert.as_deref().map(Path::new));
+    let client = Client::new(settings)?;
     let from = args.from.context("--from")?;
     let to: SocketAddr = args.to.context("--to")?;
     let vm = format!("/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.Compute/virtualMachines/benchvm");
-    let policy = format!("{url}/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/bench");
-    let auth = format!("Bearer {token}");
+    let policy = PolicyRef {
+        subscription: SUB.to_owned(),
+        resource_group: "bench".to_owned(),
+        location: "westeurope".to_owned(),
+        name: "bench".to_owned(),
+    };
     // Wait for the agent to have joined and registered its VM.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = client.get(format!("{url}/api/v1/vms?id={vm}")).header("Authorization", &auth).send().await?;
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if v["enforcement"]["lastSeen"].is_string() {
+        let seen = client.native().vm(&vm).await.ok().and_then(|v| v.enforcement).and_then(|e| e.last_seen);
+        if seen.is_some() {
             break;
         }
         if Instant::now() > deadline {
@@ -270,34 +275,30 @@ async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    jitgate_cli::bench::put_bench_policy(&client, &policy, &auth, &vm, to.port()).await?;
+    jitgate_cli::bench::put_bench_policy(&client, &policy, &vm, to.port()).await?;
     wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
     let initiate = |duration: &str| {
-        let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": to.port(), "allowedSourceAddressPrefix": from.to_string(), "duration": duration}]}]});
-        client
-            .post(format!("{policy}/initiate?api-version=2020-01-01"))
-            .header("Authorization", &auth)
-            .json(&body)
-            .send()
+        let body = jitgate_cli::access::initiate_body(
+            &vm,
+            &[to.port()],
+            &from.to_string(),
+            None,
+            Some(duration.to_owned()),
+            None,
+        );
+        let (client, id) = (client.clone(), policy.id());
+        async move { client.arm().initiate(&id, &body, false).await }
     };
     let mut opens = Vec::new();
     let mut answers = Vec::new();
     for _ in 0..args.count {
         let t = Instant::now();
-        let r = initiate("PT10M").await?;
-        let v: Value = r.json().await?;
+        let v = initiate("PT10M").await?;
         answers.push(t.elapsed().as_secs_f64() * 1000.0);
-        let id = v["id"].as_i64().context("request id")?;
+        let id = v.id.context("request id")?;
         wait_until(from, to, true, Duration::from_secs(5)).await.context("the grant never opened")?;
         opens.push(t.elapsed().as_secs_f64() * 1000.0);
-        let r = client
-            .post(format!("{url}/api/v1/requests/{id}/revoke?wait=applied"))
-            .header("Authorization", &auth)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("revoke: {}", r.text().await.unwrap_or_default());
-        }
+        client.native().revoke(id, true).await.context("revoke")?;
         wait_until(from, to, false, Duration::from_secs(5)).await.context("revoke never closed the port")?;
     }
     summary("initiate → first TCP connect through the new grant", opens, "ms");
@@ -305,10 +306,10 @@ async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
     let mut lateness = Vec::new();
     let mut seen = BTreeSet::new();
     for _ in 0..args.extra {
-        let r = initiate("PT1S").await?;
-        let v: Value = r.json().await?;
-        let end = v["virtualMachines"][0]["ports"][0]["endTimeUtc"].as_str().unwrap_or("").to_owned();
-        let end = time::OffsetDateTime::parse(&end, &time::format_description::well_known::Rfc3339)?;
+        let v = initiate("PT1S").await?;
+        let end = v.virtual_machines.first().and_then(|vm| vm.ports.first()).map(|p| p.end_time_utc.clone());
+        let end =
+            time::OffsetDateTime::parse(&end.unwrap_or_default(), &time::format_description::well_known::Rfc3339)?;
         let end_ms = (end.unix_timestamp_nanos() / 1_000_000) as i64;
         wait_until(from, to, true, Duration::from_secs(5)).await.context("the short grant never opened")?;
         let closed_at =

@@ -20,7 +20,8 @@ use jitgate_core::enforcement::{AgentMode, JoiningAgent};
 use jitgate_core::OsType;
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, ServerConfig, SystemClock};
-use jitgate_store::{AgentJoin, AgentReport, JoinTokenSpec, Store};
+use jitgate_store::prelude::*;
+use jitgate_store::{AgentJoin, AgentReport, JoinTokenSpec};
 use jitgate_store_sqlite::SqliteStore;
 
 const SUBS: [&str; 2] = ["b0000000-0000-4000-8000-000000000001", "b0000000-0000-4000-8000-000000000002"];

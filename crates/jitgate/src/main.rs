@@ -12,13 +12,20 @@ mod serve;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
+use jitgate_api_types::audit::AuditVerifyOut;
+
 use jitgate_cli::access::AccessCommand;
 use jitgate_cli::agent::{AgentCommand, TokenCommand};
 use jitgate_cli::audit::{AuditCommand, VerifyArgs};
 use jitgate_cli::bench::BenchCommand;
 use jitgate_cli::policy::PolicyCommand;
 use jitgate_cli::secrets::SecretsCommand;
-use jitgate_cli::{Cli, Command};
+use jitgate_cli::{Cli, CliError, Command};
+
+/// A client command's result, as the binary reports it.
+fn client_result<T>(r: Result<T, CliError>) -> anyhow::Result<T> {
+    r.map_err(Into::into)
+}
 
 /// The `--vm` and `--port` values of `policy set`, in command-line order (a port belongs to the
 /// VM before it).
@@ -53,8 +60,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Bench(args) => match args.command {
-                None => jitgate_cli::bench::run(args.initiate).await,
-                Some(BenchCommand::Initiate(a)) => jitgate_cli::bench::run(a).await,
+                None => client_result(jitgate_cli::bench::run(args.initiate).await),
+                Some(BenchCommand::Initiate(a)) => client_result(jitgate_cli::bench::run(a).await),
                 Some(BenchCommand::OpenLatency(a)) => bench_enforce::open_latency(a).await,
                 Some(BenchCommand::Kernel(a)) => bench_enforce::kernel(a).await,
                 Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
@@ -64,41 +71,41 @@ fn main() -> std::process::ExitCode {
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
-                    jitgate_cli::agent::token_create(a).await
+                    client_result(jitgate_cli::agent::token_create(a).await)
                 }
                 Some(AgentCommand::Token { command: TokenCommand::List(a) }) => {
-                    jitgate_cli::agent::token_list(a, format).await
+                    client_result(jitgate_cli::agent::token_list(a, format).await)
                 }
-                Some(AgentCommand::List(a)) => jitgate_cli::agent::list(a, format).await,
-                Some(AgentCommand::Rm(a)) => jitgate_cli::agent::remove(a, format).await,
+                Some(AgentCommand::List(a)) => client_result(jitgate_cli::agent::list(a, format).await),
+                Some(AgentCommand::Rm(a)) => client_result(jitgate_cli::agent::remove(a, format).await),
                 None => agent::run(args.run).await,
             },
             Command::Probe(args) => match jitgate_cli::probe::run(args).await {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             },
-            Command::Role(args) => jitgate_cli::role::run(args, format).await,
+            Command::Role(args) => client_result(jitgate_cli::role::run(args, format).await),
             Command::Connect(args) => match jitgate_cli::connect::run(args).await {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             },
             Command::Policy(args) => match args.command {
-                PolicyCommand::Set(a) => jitgate_cli::policy::set(a, format, order).await,
-                PolicyCommand::Get(a) => jitgate_cli::policy::get(a, format).await,
-                PolicyCommand::List(a) => jitgate_cli::policy::list(a, format).await,
-                PolicyCommand::Delete(a) => jitgate_cli::policy::delete(a, format).await,
+                PolicyCommand::Set(a) => client_result(jitgate_cli::policy::set(a, format, order).await),
+                PolicyCommand::Get(a) => client_result(jitgate_cli::policy::get(a, format).await),
+                PolicyCommand::List(a) => client_result(jitgate_cli::policy::list(a, format).await),
+                PolicyCommand::Delete(a) => client_result(jitgate_cli::policy::delete(a, format).await),
             },
-            Command::Vm(args) => jitgate_cli::admin::vm(args, format).await,
-            Command::Token(args) => jitgate_cli::admin::token(args, format).await,
-            Command::Principal(args) => jitgate_cli::admin::principal(args, format).await,
-            Command::Login(args) => jitgate_cli::admin::login(args).await,
-            Command::Completions(args) => jitgate_cli::admin::completions(args),
-            Command::Man => jitgate_cli::admin::man(),
+            Command::Vm(args) => client_result(jitgate_cli::admin::vm(args, format).await),
+            Command::Token(args) => client_result(jitgate_cli::admin::token(args, format).await),
+            Command::Principal(args) => client_result(jitgate_cli::admin::principal(args, format).await),
+            Command::Login(args) => client_result(jitgate_cli::admin::login(args).await),
+            Command::Completions(args) => client_result(jitgate_cli::admin::completions(args)),
+            Command::Man => client_result(jitgate_cli::admin::man()),
             Command::Audit(args) => match args.command {
-                AuditCommand::List(a) => jitgate_cli::audit::query(a, false).await,
-                AuditCommand::Export(a) => jitgate_cli::audit::query(a, true).await,
+                AuditCommand::List(a) => client_result(jitgate_cli::audit::query(a, false).await),
+                AuditCommand::Export(a) => client_result(jitgate_cli::audit::query(a, true).await),
                 AuditCommand::Verify(a) => match audit_verify(a).await {
                     Ok(true) => Ok(()),
                     Ok(false) => std::process::exit(1),
@@ -110,12 +117,12 @@ fn main() -> std::process::ExitCode {
                 SecretsCommand::Generate => secrets::generate(),
             },
             Command::Access(args) => match args.command {
-                AccessCommand::Revoke(a) => jitgate_cli::access::revoke(a, format).await,
-                AccessCommand::Request(a) => jitgate_cli::access::request(a, format).await,
-                AccessCommand::Approve(a) => jitgate_cli::access::decide(a, true, format).await,
-                AccessCommand::Deny(a) => jitgate_cli::access::decide(a, false, format).await,
-                AccessCommand::Extend(a) => jitgate_cli::access::extend(a, format).await,
-                AccessCommand::List(a) => jitgate_cli::access::list(a, format).await,
+                AccessCommand::Revoke(a) => client_result(jitgate_cli::access::revoke(a, format).await),
+                AccessCommand::Request(a) => client_result(jitgate_cli::access::request(a, format).await),
+                AccessCommand::Approve(a) => client_result(jitgate_cli::access::decide(a, true, format).await),
+                AccessCommand::Deny(a) => client_result(jitgate_cli::access::decide(a, false, format).await),
+                AccessCommand::Extend(a) => client_result(jitgate_cli::access::extend(a, format).await),
+                AccessCommand::List(a) => client_result(jitgate_cli::access::list(a, format).await),
             },
         }
     });
@@ -123,7 +130,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jitgate: error: {e:#}");
-            std::process::ExitCode::from(jitgate_cli::output::exit_code(&e) as u8)
+            let code =
+                e.downcast_ref::<CliError>().map_or(jitgate_cli::output::exit::ERROR, jitgate_cli::output::exit_code);
+            std::process::ExitCode::from(code as u8)
         }
     }
 }
@@ -138,21 +147,21 @@ async fn audit_verify(args: VerifyArgs) -> anyhow::Result<bool> {
                 anyhow::bail!("no database at {}", db.display());
             }
             let v = jitgate_store_sqlite::verify_audit_file(&db)?;
-            serde_json::json!({"valid": v.valid, "records": v.records, "firstInvalid": v.first_invalid, "archivedThrough": v.archived_through})
+            AuditVerifyOut {
+                valid: v.valid,
+                records: v.records,
+                first_invalid: v.first_invalid,
+                archived_through: v.archived_through,
+            }
         }
-        None => {
-            let (url, token, client) = args.conn.connect()?;
-            jitgate_cli::call(client.get(format!("{url}/api/v1/audit/verify")).bearer_auth(token)).await?
-        }
+        None => args.conn.connect()?.native().audit_verify().await.map_err(CliError::from)?,
     };
-    if v["valid"] == true {
-        println!("audit chain intact: {} records verified", v["records"]);
+    if v.valid {
+        println!("audit chain intact: {} records verified", v.records);
         Ok(true)
     } else {
-        println!(
-            "audit chain BROKEN: the first bad record is {} ({} records verified before it)",
-            v["firstInvalid"], v["records"]
-        );
+        let first = v.first_invalid.map_or_else(|| "null".to_owned(), |n| n.to_string());
+        println!("audit chain BROKEN: the first bad record is {first} ({} records verified before it)", v.records);
         Ok(false)
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use jitgate_cli::secrets::RotateArgs;
 use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_store::secrets::{Keyring, SecretKey};
-use jitgate_store::Store;
+use jitgate_store::AuditStore;
 use jitgate_store_sqlite::SqliteStore;
 
 /// The environment variable that holds the keys themselves (the current one first).

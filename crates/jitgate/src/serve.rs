@@ -130,7 +130,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let listener = ServerListener::new(listener, tls_config, conn_limit)?;
     let shutdown = shutdown_signal();
-    println!("{}{url}", jitgate_cli::local::LISTENING_PREFIX);
+    println!("{}{url}", jitgate_client::local::LISTENING_PREFIX);
     std::io::stdout().flush().ok();
     tracing::info!(%url, data_dir = %data_dir.display(), "jitgate serving");
     let dyn_store: Arc<dyn Store> = store.clone();

@@ -44,7 +44,7 @@ async fn the_admin_token_is_printed_once_and_survives_restarts() {
     assert!(!second.stdout().contains("jg_"), "no new token on restart:\n{}", second.stdout());
     assert!(second.token.is_empty(), "no token file written on restart");
     assert_eq!(std::fs::read(data.join("tls/cert.pem")).expect("cert"), cert_before, "certificate kept");
-    let client = jitgate_cli::client::http_client(Some(&second.ca_cert)).expect("client");
+    let client = jitgate_client::http_client(Some(&second.ca_cert)).expect("client");
     let r = client.get(format!("{}/api/v1/vms", second.url)).bearer_auth(&token).send().await.expect("send");
     assert_eq!(r.status(), StatusCode::OK, "the first token still works");
 }
@@ -64,12 +64,12 @@ async fn tls_off_serves_plain_http_and_own_certificates_work() {
         &["--tls-cert", cert.to_str().expect("utf8"), "--tls-key", key.to_str().expect("utf8")],
     )
     .expect("own cert start");
-    let client = jitgate_cli::client::http_client(Some(&cert)).expect("client");
+    let client = jitgate_client::http_client(Some(&cert)).expect("client");
     let r = client.get(format!("{}/readyz", own.url)).send().await.expect("tls with own cert");
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!own.data_dir.join("tls/cert.pem").exists(), "no self-signed certificate made");
     // A client that does not trust the certificate is refused: verification is real.
-    let stranger = jitgate_cli::client::http_client(None).expect("client");
+    let stranger = jitgate_client::http_client(None).expect("client");
     assert!(stranger.get(format!("{}/healthz", own.url)).send().await.is_err());
 }
 

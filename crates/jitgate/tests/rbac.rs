@@ -451,7 +451,8 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
 }
 
 /// A tiny OIDC provider on loopback: discovery, JWKS, a device authorization endpoint, and a
-/// token endpoint that says `authorization_pending` once, then hands out the ID token; and an
+/// token endpoint that says `authorization_pending` once (400, as RFC 8628 §3.5 has it), then
+/// hands out the ID token beside an access token (RFC 6749 §5.1); and an
 /// authorization endpoint that redirects straight back with a code, which the token endpoint
 /// exchanges only for the PKCE verifier that matches the challenge and the same redirect URI.
 fn serve_idp(jwks: Value, mint: impl Fn(&str) -> String + Send + 'static) -> String {
@@ -508,7 +509,7 @@ fn serve_idp(jwks: Value, mint: impl Fn(&str) -> String + Send + 'static) -> Str
                 if query(&form, "code").as_deref() == Some("ac-1")
                     && expected == Some((challenge, query(&form, "redirect_uri").unwrap_or_default()))
                 {
-                    json!({"id_token": mint(&iss), "token_type": "Bearer"})
+                    json!({"id_token": mint(&iss), "access_token": "at-1", "token_type": "Bearer"})
                 } else {
                     json!({"error": "invalid_grant"})
                 }
@@ -522,11 +523,12 @@ fn serve_idp(jwks: Value, mint: impl Fn(&str) -> String + Send + 'static) -> Str
                 if polls == 1 {
                     json!({"error": "authorization_pending"})
                 } else {
-                    json!({"id_token": mint(&iss), "token_type": "Bearer"})
+                    json!({"id_token": mint(&iss), "access_token": "at-2", "token_type": "Bearer"})
                 }
             };
             let text = answer.to_string();
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+            let status = if answer.get("error").is_some() { "400 Bad Request" } else { "200 OK" };
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
             let _ = reader.get_mut().write_all(resp.as_bytes());
         }
     });

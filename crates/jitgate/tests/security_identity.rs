@@ -213,7 +213,7 @@ async fn two_issuers_with_the_same_subject_are_two_principals() {
     let issuer_b = "https://idp-b.example";
     let first = LocalServer::start_in(Path::new(BIN), &data, &idp.flags(ISSUER)).expect("first start");
     let admin = first.token.clone();
-    let client = jitgate_cli::client::http_client(Some(&first.ca_cert)).expect("client");
+    let client = jitgate_client::http_client(Some(&first.ca_cert)).expect("client");
     let get = |url: String, bearer: String| {
         let client = client.clone();
         async move {

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, Clock, ServerConfig};
-use jitgate_store::Store;
+use jitgate_store::prelude::*;
 use jitgate_store_sqlite::SqliteStore;
 
 pub const SUB: &str = "00000000-0000-0000-0000-000000000001";
@@ -231,7 +231,7 @@ impl Harness {
     /// Whether a policy names the VM.
     pub async fn configured(&self, vm: &str) -> bool {
         let id = jitgate_core::VmId::parse(vm).expect("vm id");
-        Store::policy_of_vm(self.store.as_ref(), &id).await.expect("policy of vm").is_some()
+        AgentStore::policy_of_vm(self.store.as_ref(), &id).await.expect("policy of vm").is_some()
     }
 
     /// Audit records of `operation` with `status`.

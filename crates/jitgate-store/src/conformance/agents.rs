@@ -30,6 +30,13 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
     };
     store.create_join_token(spec(AgentMode::Host), "jt-host", audit("jt")).await.expect("token");
     store.create_join_token(spec(AgentMode::Gateway), "jt-gw", audit("jt")).await.expect("token");
+    let listed = store.list_join_tokens().await.expect("join tokens");
+    let ours: Vec<_> = listed.iter().filter(|t| t.spec.resource_group == "agents").collect();
+    assert_eq!(ours.len(), 2, "{listed:?}");
+    assert!(ours
+        .iter()
+        .all(|t| t.used.is_none() && t.created_by == "tester" && t.spec.expires == now() + Duration::hours(1)));
+    assert_eq!(ours.iter().filter(|t| t.spec == spec(AgentMode::Host)).count(), 1);
     let rev0 = store.revision().await.expect("revision");
     // Host mode: joining registers the VM.
     let host =
@@ -48,6 +55,13 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
         other => panic!("expected a mode mismatch, got {other:?}"),
     }
     assert_eq!(store.agent_by_credential("cred-a-host").await.expect("auth").map(|a| a.id), Some("a-host".into()));
+    let got = store.get_agent("a-host").await.expect("get").expect("found");
+    assert_eq!((got.name.as_str(), got.mode, got.vm_id.as_deref()), ("hostvm", AgentMode::Host, host.vm_id.as_deref()));
+    assert!(store.get_agent("a-nobody").await.expect("get").is_none());
+    let used = store.list_join_tokens().await.expect("join tokens");
+    let used: Vec<_> = used.iter().filter(|t| t.spec.resource_group == "agents" && t.used.is_some()).collect();
+    assert_eq!(used.len(), 1, "the host token is marked used");
+    assert_eq!(used[0].spec.mode, AgentMode::Host);
 
     // Gateway mode: a VM attached by name, with its inner address.
     store.join_agent(join("jt-gw", "a-gw", "gw1", AgentMode::Gateway), audit("join")).await.expect("gateway join");

@@ -112,7 +112,7 @@ pub(super) async fn audit_queries_inventory_facts_and_security_policies(store: &
     assert_eq!(store.audit_records(0, 1).await.expect("first")[0].seq, last.seq + 1);
 }
 
-fn webhook(id: &str, subscription: Option<&str>, principal: Option<&str>) -> Webhook {
+pub(super) fn webhook(id: &str, subscription: Option<&str>, principal: Option<&str>) -> Webhook {
     Webhook {
         id: id.into(),
         subscription: subscription.map(String::from),

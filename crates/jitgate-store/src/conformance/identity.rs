@@ -49,6 +49,8 @@ pub(super) async fn principals_tokens_roles_and_assignments(store: &dyn Store) {
     assert_eq!(stored.actions, role.actions);
     let (_, created) = store.put_role_definition(role.clone(), audit("rd")).await.expect("replace");
     assert!(!created);
+    let listed: Vec<String> = store.list_role_definitions().await.expect("list").into_iter().map(|r| r.name).collect();
+    assert_eq!(listed, ["JIT Access Role"], "custom roles only, once after a replace");
     assert_eq!(
         store.get_role_definition("jit access role").await.expect("get").map(|r| r.name),
         Some("JIT Access Role".into())
@@ -72,6 +74,7 @@ pub(super) async fn principals_tokens_roles_and_assignments(store: &dyn Store) {
     store.delete_role_assignment(&a.id, audit("ra")).await.expect("unassign");
     store.delete_role_definition("JIT Access Role", audit("rd")).await.expect("delete role");
     assert!(store.get_role_definition("JIT Access Role").await.expect("get").is_none());
+    assert!(store.list_role_definitions().await.expect("list").is_empty());
 
     // Deleting a principal ends its tokens and assignments.
     store.create_role_assignment("alice", "Reader", &scope, audit("ra")).await.expect("assign");

@@ -1,6 +1,90 @@
 //! The behaviour every backend must show, written once. A backend's tests call [`run_all`]
 //! with a fresh, empty store (see jitgate-store-sqlite's `tests/conformance.rs`).
 //!
+//! ## What covers what
+//!
+//! Every method of the store traits is called by at least one case of [`run_all`]; a unit test
+//! of `jitgate-store` (`coverage`) fails when a method has no call in this suite or no row in
+//! this table. A new backend is proven by running [`run_all`] on it.
+//!
+//! | method | case(s) |
+//! |---|---|
+//! | **PolicyStore** | |
+//! | `put_policy` | `policies_and_lists`, `refusals_change_nothing_but_the_audit`; every case through `put` |
+//! | `get_policy` | `policies_and_lists`, `initiate_supersede_and_replay`, `refusals_change_nothing_but_the_audit`, `expiry` |
+//! | `list_policies` | `policies_and_lists` |
+//! | `delete_policy` | `vms`, `policies_and_lists`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `initiate` | `initiate_supersede_and_replay`, `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `expiry`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake`, `audit_queries_inventory_facts_and_security_policies`, `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `expire_due` | `expiry` |
+//! | `next_expiry` | `expiry` |
+//! | `revoke_request` | `agents_and_enforcement_state` |
+//! | `decide_request` | `approvals_and_extensions` |
+//! | `extend_request` | `approvals_and_extensions` |
+//! | `get_request` | `approvals_and_extensions`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | **AgentStore** | |
+//! | `put_vm` | `vms`, `agents_and_enforcement_state`; every case through `register` |
+//! | `list_vms` | `vms` |
+//! | `get_vm` | `vms`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `delete_vm` | `vms`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `vm_access` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `policy_of_vm` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `configured_vm_keys` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `open_requests` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `put_security_policy` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `list_security_policies` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `revision` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `create_join_token` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `list_join_tokens` | `agents_and_enforcement_state` |
+//! | `join_agent` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `oversized_audit_fields_are_bounded` |
+//! | `agent_by_credential` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `list_agents` | `agents_and_enforcement_state` |
+//! | `get_agent` | `agents_and_enforcement_state` |
+//! | `gateway_agent` | `agent_bindings_revocation_and_gateway_scope` |
+//! | `delete_agent` | `agent_bindings_revocation_and_gateway_scope` |
+//! | `rotate_agent_credential` | `agent_bindings_revocation_and_gateway_scope` |
+//! | `agent_state` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `agent_delivered` | `agents_and_enforcement_state` |
+//! | `agent_report` | `agents_and_enforcement_state` |
+//! | `agents_for_vms` | `agents_and_enforcement_state` |
+//! | **IdentityStore** | |
+//! | `bootstrap` | `bootstrap_and_tokens` |
+//! | `authenticate` | `bootstrap_and_tokens`, `principals_tokens_roles_and_assignments`, `tokens_never_outlive_what_created_them` |
+//! | `create_principal` | `principals_tokens_roles_and_assignments`, `tokens_never_outlive_what_created_them`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `oidc_principal` | `oidc_identities_live_in_their_own_namespace` |
+//! | `list_principals` | `principals_tokens_roles_and_assignments`, `oidc_identities_live_in_their_own_namespace` |
+//! | `get_principal` | `principals_tokens_roles_and_assignments`, `oidc_identities_live_in_their_own_namespace` |
+//! | `delete_principal` | `principals_tokens_roles_and_assignments`, `oidc_identities_live_in_their_own_namespace`, `tokens_never_outlive_what_created_them`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `create_token` | `principals_tokens_roles_and_assignments`, `tokens_never_outlive_what_created_them`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `list_tokens` | `bootstrap_and_tokens`, `principals_tokens_roles_and_assignments`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `get_token` | `principals_tokens_roles_and_assignments`, `tokens_never_outlive_what_created_them` |
+//! | `revoke_token` | `principals_tokens_roles_and_assignments`, `tokens_never_outlive_what_created_them` |
+//! | `put_role_definition` | `principals_tokens_roles_and_assignments` |
+//! | `list_role_definitions` | `principals_tokens_roles_and_assignments` |
+//! | `get_role_definition` | `principals_tokens_roles_and_assignments` |
+//! | `delete_role_definition` | `principals_tokens_roles_and_assignments` |
+//! | `create_role_assignment` | `principals_tokens_roles_and_assignments`, `oidc_identities_live_in_their_own_namespace`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `list_role_assignments` | `principals_tokens_roles_and_assignments`, `oidc_identities_live_in_their_own_namespace`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
+//! | `get_role_assignment` | `principals_tokens_roles_and_assignments` |
+//! | `delete_role_assignment` | `principals_tokens_roles_and_assignments` |
+//! | **AuditStore** | |
+//! | `record` | `oversized_audit_fields_are_bounded` |
+//! | `record_many` | `oversized_audit_fields_are_bounded` |
+//! | `audit_records` | `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `agent_bindings_revocation_and_gateway_scope`, `tokens_never_outlive_what_created_them`, `oversized_audit_fields_are_bounded`, `audit_chain_is_intact`, `audit_queries_inventory_facts_and_security_policies` |
+//! | `query_audit` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `verify_audit` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `audit_before` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `seal_archive` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `ping` | `bootstrap_and_tokens` |
+//! | **WebhookStore** | |
+//! | `create_webhook` | `approvals_and_extensions`, `a_deleted_principal_leaves_nothing_to_its_namesake`, `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `list_webhooks` | `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `get_webhook` | `a_deleted_principal_leaves_nothing_to_its_namesake`, `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `delete_webhook` | `approvals_and_extensions`, `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `claim_deliveries` | `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `delivery_attempted` | `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `list_deliveries` | `approvals_and_extensions`, `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `next_delivery` | `webhook_deliveries_are_isolated_and_claimed_once` |
+//!
 //! It is a test suite compiled only with the `conformance` feature (by backends' tests), so a
 //! failed expectation is meant to panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,18 +100,21 @@ use jitgate_core::invalid::codes;
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
 
+use crate::prelude::*;
 use crate::{
     AgentJoin, AgentReport, AuditFilter, InitiateCommand, JoinTokenSpec, ListScope, NewToken, OidcIdentity, OidcSignIn,
-    Store, StoreError, TokenOrigin, VmSpec, Webhook,
+    StoreError, TokenOrigin, VmSpec, Webhook,
 };
 
 mod agents;
 mod audit_hooks;
 mod identity;
+mod requests;
 
 use agents::*;
 use audit_hooks::*;
 use identity::*;
+use requests::*;
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
 
@@ -118,6 +205,7 @@ pub async fn run_all(store: &dyn Store) {
     policies_and_lists(store).await;
     initiate_supersede_and_replay(store).await;
     refusals_change_nothing_but_the_audit(store).await;
+    approvals_and_extensions(store).await;
     expiry(store).await;
     bootstrap_and_tokens(store).await;
     agents_and_enforcement_state(store).await;

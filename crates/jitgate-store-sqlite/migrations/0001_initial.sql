@@ -1,29 +1,19 @@
--- jitgate SQLite schema, version 1. Times are Unix nanoseconds (INTEGER); keys are lower-cased ARM ids.
--- issuer, subject: an OIDC identity is found by these only (NULL: a local principal, found by name);
--- its name is derived from them. display_name: the cleaned display claim, shown only.
+-- Schema version 1: the tables as the first release created them. Times are Unix nanoseconds
+-- (INTEGER); keys are lower-cased ARM ids. Later files only add to it, in order.
 CREATE TABLE principals (
-    id           INTEGER PRIMARY KEY,
-    name         TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    kind         TEXT NOT NULL,
-    created      INTEGER NOT NULL,
-    issuer       TEXT,
-    subject      TEXT,
-    display_name TEXT
+    id       INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    kind     TEXT NOT NULL,
+    created  INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX principals_oidc ON principals (issuer, subject) WHERE issuer IS NOT NULL;
--- origin: what created the token (server, token, idToken; NULL: not recorded); parent_id: the
--- token that created it, which it never outlives and is revoked with.
 CREATE TABLE tokens (
     id           INTEGER PRIMARY KEY,
     principal_id INTEGER NOT NULL REFERENCES principals(id),
     hash         TEXT NOT NULL UNIQUE,
     created      INTEGER NOT NULL,
     expires      INTEGER,
-    revoked      INTEGER,
-    origin       TEXT,
-    parent_id    INTEGER REFERENCES tokens(id)
+    revoked      INTEGER
 );
-CREATE INDEX tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL;
 CREATE TABLE vms (
     key       TEXT PRIMARY KEY,
     id        TEXT NOT NULL,
@@ -75,7 +65,6 @@ CREATE TABLE policy_ports (
     approval_timeout TEXT,
     PRIMARY KEY (pid, vm_ord, ord)
 );
--- ext_end, ext_by: an extension waiting for an approver (the end it asks for, who asked).
 CREATE TABLE requests (
     rid               INTEGER PRIMARY KEY,
     pid               INTEGER NOT NULL,
@@ -84,9 +73,7 @@ CREATE TABLE requests (
     principal         TEXT NOT NULL,
     start_time        INTEGER NOT NULL,
     justification     TEXT,
-    client_request_id TEXT,
-    ext_end           INTEGER,
-    ext_by            TEXT
+    client_request_id TEXT
 );
 CREATE INDEX requests_pid ON requests (pid, rid);
 CREATE UNIQUE INDEX requests_client_id ON requests (pid, principal, client_request_id) WHERE client_request_id IS NOT NULL;
@@ -164,8 +151,7 @@ CREATE TABLE join_tokens (
     created        INTEGER NOT NULL,
     expires        INTEGER NOT NULL,
     created_by     TEXT NOT NULL,
-    used           INTEGER,
-    vm             TEXT              -- host mode: the one VM name the token may join as
+    used           INTEGER
 );
 CREATE TABLE agents (
     id               TEXT PRIMARY KEY,
@@ -185,11 +171,9 @@ CREATE TABLE agents (
     last_seen        INTEGER,
     applied_revision INTEGER NOT NULL DEFAULT 0,
     nft_usable       INTEGER,
-    nft_error        TEXT,
-    delivered_revision INTEGER NOT NULL DEFAULT 0  -- the latest revision a state answer carried
+    nft_error        TEXT
 );
--- Gateway names are unique within a subscription (VMs attach to a gateway of their own subscription).
-CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(subscription), lower(name)) WHERE mode = 'gateway';
+CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(name)) WHERE mode = 'gateway';
 CREATE TABLE role_definitions (
     key               TEXT PRIMARY KEY,     -- lower-cased name
     name              TEXT NOT NULL,
@@ -217,14 +201,12 @@ CREATE TABLE webhooks (
     subscription TEXT,          -- every request in this subscription (administrators)
     principal    TEXT,          -- or: this principal's own requests (requesters)
     url          TEXT NOT NULL,
-    secret       TEXT NOT NULL, -- sealed (base64 nonce ‖ ciphertext ‖ tag) under the key secret_key
+    secret       TEXT NOT NULL,
     events       TEXT NOT NULL, -- space-separated, empty: all
-    created      INTEGER NOT NULL,
-    secret_key   TEXT           -- id of the secrets key that sealed `secret`
+    created      INTEGER NOT NULL
 );
--- AUTOINCREMENT: a delivery id is never reused, not even after its webhook's rows are deleted.
 CREATE TABLE deliveries (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           INTEGER PRIMARY KEY,
     webhook_id   TEXT NOT NULL,
     event        TEXT NOT NULL,
     payload      TEXT NOT NULL,

@@ -7,7 +7,39 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+/// Why a local server did not start or stop as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalServerError {
+    /// An operating-system call failed.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The child has no stdout to read its address from.
+    #[error("no stdout")]
+    NoStdout,
+    /// The server exited before it listened.
+    #[error("jitgate serve exited early with {0}")]
+    ExitedEarly(std::process::ExitStatus),
+    /// The server did not listen in time.
+    #[error("jitgate serve did not start listening within 30 s")]
+    NotListening,
+    /// The server did not stop in time.
+    #[error("jitgate serve did not stop within 20 s of SIGTERM")]
+    DidNotStop,
+    /// `jitgate agent token create` failed.
+    #[error("creating a join token: {0}")]
+    JoinToken(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalServerError {
+    let what = what.into();
+    move |source| LocalServerError::Io { what, source }
+}
+
+type LocalResult<T> = std::result::Result<T, LocalServerError>;
 
 /// The line `jitgate serve` prints once it accepts connections.
 pub const LISTENING_PREFIX: &str = "jitgate listening on ";
@@ -25,8 +57,8 @@ pub struct LocalServer {
 
 impl LocalServer {
     /// Starts `binary serve` with `extra` arguments in a new temporary directory.
-    pub fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    pub fn start(binary: &Path, extra: &[&str]) -> LocalResult<Self> {
+        let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
         let data_dir = dir.path().join("data");
         let mut server = Self::start_in(binary, &data_dir, extra)?;
         server._dir = Some(dir);
@@ -34,7 +66,7 @@ impl LocalServer {
     }
 
     /// Starts `binary serve` on `data_dir` (kept when dropped).
-    pub fn start_in(binary: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+    pub fn start_in(binary: &Path, data_dir: &Path, extra: &[&str]) -> LocalResult<Self> {
         Self::start_with(&[], binary, data_dir, "127.0.0.1:0", extra)
     }
 
@@ -46,7 +78,7 @@ impl LocalServer {
         data_dir: &Path,
         listen: &str,
         extra: &[&str],
-    ) -> anyhow::Result<Self> {
+    ) -> LocalResult<Self> {
         let token_file = data_dir.with_extension("admin-token");
         let mut command = match prefix.split_first() {
             Some((first, rest)) => {
@@ -69,8 +101,8 @@ impl LocalServer {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
+            .map_err(io(format!("starting {}", binary.display())))?;
+        let stdout = child.stdout.take().ok_or(LocalServerError::NoStdout)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let captured = lines.clone();
@@ -89,12 +121,12 @@ impl LocalServer {
             if let Ok(url) = rx.recv_timeout(Duration::from_millis(50)) {
                 break url;
             }
-            if let Some(status) = child.try_wait()? {
-                bail!("jitgate serve exited early with {status}");
+            if let Some(status) = child.try_wait().map_err(io("waiting for jitgate serve"))? {
+                return Err(LocalServerError::ExitedEarly(status));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("jitgate serve did not start listening within 30 s");
+                return Err(LocalServerError::NotListening);
             }
         };
         let token = std::fs::read_to_string(&token_file).unwrap_or_default().trim().to_owned();
@@ -125,13 +157,13 @@ impl LocalServer {
         resource_group: &str,
         location: &str,
         extra: &[&str],
-    ) -> anyhow::Result<String> {
+    ) -> LocalResult<String> {
         cmd.args(["agent", "token", "create", "--subscription", subscription, "--resource-group", resource_group])
             .args(["--location", location])
             .args(extra);
-        let out = self.client_env(&mut cmd).output().context("running jitgate agent token create")?;
+        let out = self.client_env(&mut cmd).output().map_err(io("running jitgate agent token create"))?;
         if !out.status.success() {
-            bail!("creating a join token: {}", String::from_utf8_lossy(&out.stderr));
+            return Err(LocalServerError::JoinToken(String::from_utf8_lossy(&out.stderr).into_owned()));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
@@ -147,18 +179,18 @@ impl LocalServer {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
-    pub fn stop(&mut self) -> anyhow::Result<bool> {
+    pub fn stop(&mut self) -> LocalResult<bool> {
         let Some(mut child) = self.child.take() else { return Ok(true) };
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = child.try_wait().map_err(io("waiting for jitgate serve"))? {
                 return Ok(status.success());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("jitgate serve did not stop within 20 s of SIGTERM");
+                return Err(LocalServerError::DidNotStop);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
