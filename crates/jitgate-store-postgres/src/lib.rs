@@ -40,7 +40,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
@@ -71,6 +71,10 @@ use crate::rows::{encode_sources, from_nanos, nanos};
 
 /// Connections in the pool unless the URL says otherwise (`?pool_size=N`).
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// How long making a connection may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a call waits for a free connection before it fails.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What went wrong inside the crate; becomes a [`StoreError`] at the trait boundary.
 #[derive(Debug, thiserror::Error)]
@@ -122,35 +126,73 @@ fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError
     StoreError::Backend(e.into())
 }
 
-/// One pooled connection, with the statements it runs prepared once and cached.
+/// One pooled connection, with the statements it runs prepared once and cached. A connection
+/// dropped inside a transaction (a panic, a failed `COMMIT`) never goes back to the pool: it is
+/// closed instead, so no later user finds a transaction half done.
 pub(crate) struct Db {
-    client: Object,
+    client: Option<Object>,
+    in_transaction: bool,
 }
 
 impl Db {
+    fn new(client: Object) -> Self {
+        Db { client: Some(client), in_transaction: false }
+    }
+
+    fn client(&self) -> Res<&Object> {
+        self.client.as_ref().ok_or_else(|| Error::Corrupt("the connection was closed".into()))
+    }
+
     pub async fn rows(&self, sql: &str, p: Params<'_>) -> Res<Vec<Row>> {
-        let stmt = self.client.prepare_cached(sql).await?;
-        Ok(self.client.query(&stmt, p).await?)
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.query(&stmt, p).await?)
     }
 
     pub async fn opt(&self, sql: &str, p: Params<'_>) -> Res<Option<Row>> {
-        let stmt = self.client.prepare_cached(sql).await?;
-        Ok(self.client.query_opt(&stmt, p).await?)
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.query_opt(&stmt, p).await?)
     }
 
     pub async fn one(&self, sql: &str, p: Params<'_>) -> Res<Row> {
-        let stmt = self.client.prepare_cached(sql).await?;
-        Ok(self.client.query_one(&stmt, p).await?)
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.query_one(&stmt, p).await?)
     }
 
     pub async fn exec(&self, sql: &str, p: Params<'_>) -> Res<u64> {
-        let stmt = self.client.prepare_cached(sql).await?;
-        Ok(self.client.execute(&stmt, p).await?)
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.execute(&stmt, p).await?)
     }
 
     /// Statements without parameters, sent as one simple query.
     pub async fn batch(&self, sql: &str) -> Res<()> {
-        Ok(self.client.batch_execute(sql).await?)
+        Ok(self.client()?.batch_execute(sql).await?)
+    }
+
+    /// Opens a transaction (`BEGIN …`).
+    pub async fn begin(&mut self, sql: &str) -> Res<()> {
+        self.in_transaction = true;
+        self.batch(sql).await
+    }
+
+    /// Ends the transaction (`COMMIT` or `ROLLBACK`); the connection may go back to the pool.
+    pub async fn end(&mut self, sql: &str) -> Res<()> {
+        self.batch(sql).await?;
+        self.in_transaction = false;
+        Ok(())
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if self.in_transaction {
+            if let Some(client) = self.client.take() {
+                drop(Object::take(client));
+            }
+        }
     }
 }
 
@@ -182,7 +224,7 @@ impl Ctx {
         // transaction, so that it is sent exactly when the change commits.
         let events = std::mem::take(&mut self.events);
         chain::append(&self.db, events).await?;
-        self.db.batch("COMMIT").await?;
+        self.db.end("COMMIT").await?;
         Ok(revision)
     }
 }
@@ -257,9 +299,16 @@ impl PgStore {
     pub async fn open(url: &str, keys: Keyring) -> StoreResult<Self> {
         let (config, pool_size) = parse_url(url)?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager).max_size(pool_size).build().map_err(backend)?;
-        let db = Db { client: pool.get().await.map_err(|e| backend(format!("connecting to {}: {e}", redact(url))))? };
-        let (migrated, sealed) = migrate::migrate(&db, &keys).await?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(backend)?;
+        let client = pool.get().await.map_err(|e| backend(format!("connecting to {}: {e}", redact(url))))?;
+        let mut db = Db::new(client);
+        let (migrated, sealed) = migrate::migrate(&mut db, &keys).await?;
         if sealed.sealed + sealed.resealed > 0 {
             tracing::info!(
                 sealed = sealed.sealed,
@@ -289,8 +338,9 @@ impl PgStore {
         self.changes.subscribe()
     }
 
-    /// Runs `f` in one transaction on its own task. A refusal (`Rejected`) commits, with its
-    /// `Failed` audit record; any other failure rolls everything back.
+    /// Runs `f` in one transaction on its own task (a caller that goes away does not stop it
+    /// halfway). A refusal (`Rejected`) commits, with its `Failed` audit record; any other
+    /// failure rolls everything back.
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -298,23 +348,17 @@ impl PgStore {
     {
         let pool = self.pool.clone();
         let task = tokio::spawn(async move {
-            let client = pool.get().await?;
-            client.batch_execute("BEGIN").await?;
-            let mut ctx = Ctx { db: Db { client }, events: Vec::new(), bump: false };
-            let out = f(&mut ctx).await;
-            let keep = matches!(out, Ok(_) | Err(Error::Store(StoreError::Rejected(_))));
-            let finished = if keep { ctx.commit().await } else { Err(Error::Corrupt(String::new())) };
-            match (out, finished) {
-                (out, Ok(revision)) => Ok((out, revision)),
-                (out, Err(e)) => {
-                    if ctx.db.batch("ROLLBACK").await.is_err() {
-                        // A connection whose state is unknown never goes back to the pool.
-                        let _ = Object::take(ctx.db.client);
-                    }
-                    match out {
-                        Ok(_) | Err(Error::Store(StoreError::Rejected(_))) => Err(e),
-                        Err(first) => Err(first),
-                    }
+            let mut db = Db::new(pool.get().await?);
+            db.begin("BEGIN").await?;
+            let mut ctx = Ctx { db, events: Vec::new(), bump: false };
+            match f(&mut ctx).await {
+                out @ (Ok(_) | Err(Error::Store(StoreError::Rejected(_)))) => {
+                    let revision = ctx.commit().await?;
+                    Ok((out, revision))
+                }
+                Err(e) => {
+                    let _ = ctx.db.end("ROLLBACK").await;
+                    Err(e)
                 }
             }
         });
@@ -331,13 +375,23 @@ impl PgStore {
         out.map_err(StoreError::from)
     }
 
-    /// Runs `f` on a pooled connection, outside any transaction: it sees committed data only.
+    /// Runs `f` on its own task in a read-only transaction with one snapshot (`REPEATABLE
+    /// READ`): a read of several statements sees one committed state, never half of a change
+    /// made meanwhile on another replica.
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: for<'c> FnOnce(&'c Db) -> Fut<'c, T> + Send,
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c Db) -> Fut<'c, T> + Send + 'static,
     {
-        let db = Db { client: self.pool.get().await.map_err(backend)? };
-        f(&db).await.map_err(StoreError::from)
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            let mut db = Db::new(pool.get().await?);
+            db.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+            let out = f(&db).await;
+            db.end("COMMIT").await?;
+            out
+        });
+        task.await.map_err(backend)?.map_err(StoreError::from)
     }
 }
 

@@ -49,16 +49,16 @@ pub struct MigrationReport {
 
 /// Brings the database to [`SCHEMA_VERSION`] (or refuses one that is newer) and seals the
 /// webhook secrets, in one transaction under the advisory lock.
-pub(crate) async fn migrate(db: &Db, keys: &Keyring) -> StoreResult<(MigrationReport, SealReport)> {
-    db.batch("BEGIN").await.map_err(StoreError::from)?;
+pub(crate) async fn migrate(db: &mut Db, keys: &Keyring) -> StoreResult<(MigrationReport, SealReport)> {
+    db.begin("BEGIN").await.map_err(StoreError::from)?;
     let out = steps(db, keys).await;
     match out {
         Ok(done) => {
-            db.batch("COMMIT").await.map_err(StoreError::from)?;
+            db.end("COMMIT").await.map_err(StoreError::from)?;
             Ok(done)
         }
         Err(e) => {
-            let _ = db.batch("ROLLBACK").await;
+            let _ = db.end("ROLLBACK").await;
             Err(e)
         }
     }
