@@ -2,7 +2,8 @@
 -- PostgreSQL's types. Times are Unix nanoseconds (BIGINT); keys are lower-cased ARM ids; every
 -- integer is BIGINT and every flag BOOLEAN. Grant statuses are never written here: indexes
 -- lead with the status column instead of naming a word in a partial index, so they serve a
--- bound status as well as any other.
+-- bound status as well as any other. Keys compare and sort byte by byte (COLLATE "C"), whatever
+-- the database's locale, so pages of a list follow one order on every replica.
 CREATE TABLE principals (
     id           BIGSERIAL PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -28,7 +29,7 @@ CREATE TABLE tokens (
 CREATE INDEX tokens_principal ON tokens (principal_id);
 CREATE INDEX tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL;
 CREATE TABLE vms (
-    key       TEXT PRIMARY KEY,
+    key       TEXT COLLATE "C" PRIMARY KEY,
     id        TEXT NOT NULL,
     os_type   TEXT NOT NULL,
     location  TEXT NOT NULL,
@@ -43,14 +44,14 @@ CREATE INDEX vms_agent ON vms (agent_id) WHERE agent_id IS NOT NULL;
 CREATE INDEX vms_gateway ON vms (lower(gateway)) WHERE gateway IS NOT NULL;
 CREATE TABLE policies (
     pid            BIGSERIAL PRIMARY KEY,
-    key            TEXT NOT NULL UNIQUE,
+    key            TEXT COLLATE "C" NOT NULL UNIQUE,
     subscription   TEXT NOT NULL,
     resource_group TEXT NOT NULL,
     location       TEXT NOT NULL,
     name           TEXT NOT NULL,
-    sub_key        TEXT NOT NULL,
-    rg_key         TEXT NOT NULL,
-    loc_key        TEXT NOT NULL,
+    sub_key        TEXT COLLATE "C" NOT NULL,
+    rg_key         TEXT COLLATE "C" NOT NULL,
+    loc_key        TEXT COLLATE "C" NOT NULL,
     kind           TEXT NOT NULL,
     created        BIGINT NOT NULL,
     updated        BIGINT NOT NULL
@@ -158,7 +159,7 @@ CREATE TABLE audit_archive (
     archived    BIGINT NOT NULL
 );
 CREATE TABLE security_policies (
-    scope_key   TEXT PRIMARY KEY,
+    scope_key   TEXT COLLATE "C" PRIMARY KEY,
     scope       TEXT NOT NULL,
     jit_enabled BOOLEAN NOT NULL,
     updated     BIGINT NOT NULL
@@ -204,7 +205,7 @@ CREATE TABLE agents (
 CREATE UNIQUE INDEX agents_gateway_name ON agents (lower(subscription), lower(name)) WHERE mode = 'gateway';
 CREATE INDEX agents_vm ON agents (vm_key) WHERE vm_key IS NOT NULL;
 CREATE TABLE role_definitions (
-    key               TEXT PRIMARY KEY,     -- lower-cased name
+    key               TEXT COLLATE "C" PRIMARY KEY,     -- lower-cased name
     name              TEXT NOT NULL,
     id                TEXT NOT NULL UNIQUE,
     description       TEXT NOT NULL,

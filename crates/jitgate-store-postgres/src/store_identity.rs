@@ -111,7 +111,10 @@ impl IdentityStore for PgStore {
     async fn list_principals(&self) -> StoreResult<Vec<Principal>> {
         self.read(|db| {
             Box::pin(async move {
-                let sql = format!("SELECT {} FROM principals p ORDER BY p.name", rbac::PRINCIPAL_COLUMNS);
+                let sql = format!(
+                    "SELECT {} FROM principals p ORDER BY lower(p.name) COLLATE \"C\", p.id",
+                    rbac::PRINCIPAL_COLUMNS
+                );
                 db.rows(&sql, &[]).await?.iter().map(rbac::principal_from_row).collect()
             })
         })

@@ -410,3 +410,55 @@ async fn deliveries_are_claimed_by_one_replica_each() {
     ids.dedup();
     assert_eq!((ids.len(), total), (queued, queued), "each delivery claimed exactly once");
 }
+
+/// A change that collides with another replica's (here: the same role assignment, inserted by a
+/// transaction that commits while the store's waits on it) ends in `Conflict`, and leaves
+/// nothing behind — not even an audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collision_with_a_concurrent_change_is_a_clean_conflict() {
+    let Some(db) = database("a_collision_with_a_concurrent_change_is_a_clean_conflict").await else { return };
+    let store = Arc::new(PgStore::open(db.url(), keys()).await.expect("open"));
+    let erin = store.create_principal("erin", "User", event("principal")).await.expect("principal");
+    let before = store.audit_records(0, 1000).await.expect("audit").len();
+    let (mut client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.expect("raw connect");
+    tokio::spawn(conn);
+    let other = client.transaction().await.expect("begin");
+    other
+        .execute(
+            "INSERT INTO role_assignments (id, principal_id, role_key, role_name, scope, created, created_by) \
+             VALUES ('other', $1, 'reader', 'Reader', '/', 0, 'other replica')",
+            &[&erin.id],
+        )
+        .await
+        .expect("the other replica's insert");
+    let s = store.clone();
+    let call = tokio::spawn(async move { s.create_role_assignment("erin", "Reader", "/", event("assign")).await });
+    // Wait until the store's insert waits on the other transaction's row.
+    let (watcher, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.expect("raw connect");
+    tokio::spawn(conn);
+    let mut waiting = false;
+    for _ in 0..500 {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(waiting, "the store's insert waits for the other transaction");
+    other.commit().await.expect("the other replica commits");
+    match call.await.expect("join") {
+        Err(e @ StoreError::Conflict(_)) => assert!(e.to_string().contains("try again"), "{e}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.audit_records(0, 1000).await.expect("audit").len(), before, "nothing was written");
+    let held = store.list_role_assignments(Some("erin")).await.expect("list");
+    assert_eq!(held.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["other"]);
+}
