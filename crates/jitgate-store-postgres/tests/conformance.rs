@@ -462,3 +462,51 @@ async fn a_collision_with_a_concurrent_change_is_a_clean_conflict() {
     let held = store.list_role_assignments(Some("erin")).await.expect("list");
     assert_eq!(held.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["other"]);
 }
+
+/// Two replicas sweep expired grants at the same moment: each grant expires once, with one
+/// audit record, whichever replica took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sweeping_at_once_expire_each_grant_once() {
+    let Some(db) = database("two_replicas_sweeping_at_once").await else { return };
+    let (a, b) = two_replicas(&db, false).await;
+    const GRANTS: usize = 30;
+    for i in 0..GRANTS {
+        a.initiate(initiate(&format!("203.0.113.{i}"), "alice"), event("init")).await.expect("initiate");
+    }
+    let later = OffsetDateTime::now_utc() + Duration::hours(1);
+    let (x, y) = tokio::join!(a.expire_due(later), b.expire_due(later));
+    let (x, y) = (x.expect("sweep a"), y.expect("sweep b"));
+    // A grant one replica held was skipped by the other; a last sweep finds nothing left.
+    let rest = a.expire_due(later).await.expect("sweep again");
+    assert_eq!(x.expired + y.expired + rest.expired, GRANTS, "{x:?} {y:?} {rest:?}");
+    let expiries = a
+        .query_audit(
+            &jitgate_store::AuditFilter {
+                operation: Some(jitgate_core::audit::ops::GRANT_EXPIRE.into()),
+                ..Default::default()
+            },
+            0,
+            1000,
+        )
+        .await
+        .expect("query");
+    assert_eq!(expiries.len(), GRANTS, "one expiry record per grant");
+    assert_eq!(a.next_expiry().await.expect("next"), None);
+}
+
+/// A change committed through the store is published on `changes()` with the new revision (the
+/// point where wake-ups from other replicas will join).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_publish_the_new_revision() {
+    let Some(db) = database("committed_changes_publish_the_new_revision").await else { return };
+    let (a, _b) = two_replicas(&db, false).await;
+    let mut changes = a.changes();
+    let before = *changes.borrow_and_update();
+    a.initiate(initiate("198.51.100.20", "alice"), event("init")).await.expect("initiate");
+    assert!(changes.has_changed().expect("open"), "the initiate moved the revision");
+    let after = *changes.borrow_and_update();
+    assert!(after > before);
+    assert_eq!(a.revision().await.expect("revision"), after);
+    a.record(event("no-revision")).await.expect("record");
+    assert!(!changes.has_changed().expect("open"), "an audit record alone moves nothing");
+}
