@@ -104,13 +104,44 @@ fn is_conflict(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| codes.contains(c))
 }
 
+/// A driver error whose message says what the server said (tokio-postgres alone prints
+/// "db error" and keeps the server's words in its source); the driver's error stays the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    message: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DriverError {
+    fn new(e: impl std::error::Error + Send + Sync + 'static) -> Box<Self> {
+        Box::new(DriverError { message: describe(&e), source: Box::new(e) })
+    }
+}
+
+/// An error and its sources, each said once: `a: b: c`.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 impl From<Error> for StoreError {
     fn from(e: Error) -> Self {
         match e {
             Error::Store(s) => s,
-            Error::Db(e) if is_conflict(&e) => StoreError::Conflict(Box::new(e)),
-            Error::Db(e) => StoreError::Backend(Box::new(e)),
-            Error::Pool(e) => StoreError::Backend(Box::new(e)),
+            Error::Db(e) if is_conflict(&e) => StoreError::Conflict(DriverError::new(e)),
+            Error::Db(e) => StoreError::Backend(DriverError::new(e)),
+            Error::Pool(e) => StoreError::Backend(DriverError::new(e)),
             Error::Corrupt(m) => StoreError::Backend(format!("corrupt value in the database: {m}").into()),
         }
     }
@@ -306,7 +337,8 @@ impl PgStore {
             .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(backend)?;
-        let client = pool.get().await.map_err(|e| backend(format!("connecting to {}: {e}", redact(url))))?;
+        let client =
+            pool.get().await.map_err(|e| backend(format!("connecting to {}: {}", redact(url), describe(&e))))?;
         let mut db = Db::new(client);
         let (migrated, sealed) = migrate::migrate(&mut db, &keys).await?;
         if sealed.sealed + sealed.resealed > 0 {
@@ -503,6 +535,20 @@ mod tests {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         assert!(!redact("postgres://u:secret@h/db").contains("secret"));
+    }
+
+    /// What the database said reaches the message, and the driver's error stays the source.
+    #[tokio::test]
+    async fn a_driver_error_says_what_the_server_said() {
+        let err = match tokio_postgres::connect("postgres://nobody@127.0.0.1:1/x?connect_timeout=1", NoTls).await {
+            Err(e) => e,
+            Ok(_) => return, // something answers on port 1: nothing to check here
+        };
+        let store = StoreError::from(Error::Db(err));
+        let text = store.to_string();
+        assert!(text.starts_with("storage failure: error connecting to server: "), "{text}");
+        let source = std::error::Error::source(&store).expect("a source");
+        assert!(source.downcast_ref::<DriverError>().is_some());
     }
 
     #[test]
