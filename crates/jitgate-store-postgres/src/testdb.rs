@@ -63,9 +63,9 @@ async fn admin(sql: &str) -> Result<(), String> {
     let (client, conn) = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .map_err(|_| format!("no PostgreSQL answered at {} within 5 s", server_url()))?
-        .map_err(|e| format!("no PostgreSQL at {}: {e}", server_url()))?;
+        .map_err(|e| format!("no PostgreSQL at {}: {}", server_url(), crate::describe(&e)))?;
     let task = tokio::spawn(conn);
-    let out = client.batch_execute(sql).await.map_err(|e| format!("{sql}: {e}"));
+    let out = client.batch_execute(sql).await.map_err(|e| format!("{sql}: {}", crate::describe(&e)));
     drop(client);
     let _ = task.await;
     out
