@@ -12,8 +12,8 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
-use jitgate_cli::local::LocalServer;
 use jitgate_store_postgres::testdb::TestDatabase;
+use jitgate_testkit::LocalServer;
 use jitgate_testkit::TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
