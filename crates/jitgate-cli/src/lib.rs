@@ -152,6 +152,11 @@ pub struct ServeArgs {
     /// Directory of the SQLite database and of tls/cert.pem + tls/key.pem.
     #[arg(long, env = "JITGATE_DATA_DIR", default_value = "./jitgate-data")]
     pub data_dir: PathBuf,
+    /// Keep the store in PostgreSQL instead of SQLite: postgres://USER[:PASSWORD]@HOST:5432/DB,
+    /// optionally ?pool_size=N (default 16). Several replicas may share one database; DATA_DIR still
+    /// holds the TLS files and the secrets key (give every replica the same key).
+    #[arg(long, env = "JITGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "JITGATE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,

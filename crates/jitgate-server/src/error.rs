@@ -67,6 +67,14 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %msg, "store failure");
                 ApiError::internal()
             }
+            StoreError::Conflict(source) => {
+                tracing::warn!(error = %source, "store conflict with a concurrent change");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "another change to the same resource was made at the same time; nothing was changed, try again",
+                )
+            }
         }
     }
 }
@@ -103,5 +111,17 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
             tracing::error!(error = %e, "could not encode a response");
             ApiError::internal().into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    #[test]
+    fn a_store_conflict_is_a_409_with_an_azure_body() {
+        let e = ApiError::from(StoreError::Conflict("serialization failure".into()));
+        assert_eq!((e.status, e.code.as_str()), (StatusCode::CONFLICT, "Conflict"));
+        assert!(e.message.contains("try again"), "{}", e.message);
     }
 }

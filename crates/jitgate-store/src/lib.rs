@@ -40,6 +40,10 @@ pub enum StoreError {
     /// (a driver error, or a message when there is none).
     #[error("storage failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A concurrent change to the same records won (on a database shared by several replicas);
+    /// nothing was changed and the call may be repeated. The driver's error is the source.
+    #[error("a concurrent change to the same records won; nothing was changed, try again")]
+    Conflict(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -12,6 +12,7 @@ use jitgate_cli::secrets::RotateArgs;
 use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_store::secrets::{Keyring, SecretKey};
 use jitgate_store::AuditStore;
+use jitgate_store_postgres::PgStore;
 use jitgate_store_sqlite::SqliteStore;
 
 /// The environment variable that holds the keys themselves (the current one first).
@@ -86,10 +87,36 @@ pub fn open_store(db: &Path, keys: Keyring, source: &KeySource) -> anyhow::Resul
     }
 }
 
+/// Opens the PostgreSQL store at `url` with `keys`, turning a key that does not fit into an error
+/// that says so (as [`open_store`] does for SQLite).
+pub async fn open_postgres(url: &str, keys: Keyring, source: &KeySource) -> anyhow::Result<PgStore> {
+    match PgStore::open(url, keys).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let text = e.to_string();
+            if let KeySource::File { path, created: true } = source {
+                let _ = std::fs::remove_file(path);
+            }
+            let shown = jitgate_store_postgres::redact(url);
+            if text.contains("webhook secrets:") {
+                bail!(
+                    "opening {shown}: {text}. The secrets key from {source} is not the one the database's webhook secrets were sealed with: give the right one (--secrets-key-file or {KEY_ENV})"
+                );
+            }
+            Err(anyhow::anyhow!(text)).with_context(|| format!("opening {shown}"))
+        }
+    }
+}
+
 /// Records in the audit log that webhook secrets were sealed or re-sealed at open.
-pub async fn audit_sealing(store: &SqliteStore, keys_id: &str, why: &str) -> anyhow::Result<()> {
-    let r = store.seal_report();
-    if r.sealed + r.resealed == 0 {
+pub async fn audit_sealing(
+    store: &(impl AuditStore + ?Sized),
+    sealed: usize,
+    resealed: usize,
+    keys_id: &str,
+    why: &str,
+) -> anyhow::Result<()> {
+    if sealed + resealed == 0 {
         return Ok(());
     }
     let event = AuditEvent {
@@ -105,8 +132,8 @@ pub async fn audit_sealing(store: &SqliteStore, keys_id: &str, why: &str) -> any
     .succeeded()
     .with("reason", why)
     .with("keyId", keys_id)
-    .with("sealed", r.sealed.to_string())
-    .with("resealed", r.resealed.to_string());
+    .with("sealed", sealed.to_string())
+    .with("resealed", resealed.to_string());
     store.record(event).await.map_err(|e| anyhow::anyhow!(e))
 }
 
@@ -145,8 +172,8 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
     replace_private(&path, both.to_text().as_bytes())
         .with_context(|| format!("writing the secrets key file {}", path.display()))?;
     let store = open_store(&db, both.clone(), &source)?;
-    audit_sealing(&store, new.id(), "rotation").await?;
     let report = store.seal_report();
+    audit_sealing(&store, report.sealed, report.resealed, new.id(), "rotation").await?;
     drop(store);
     let retired = if args.keep_old {
         Vec::new()

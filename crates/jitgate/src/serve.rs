@@ -20,7 +20,6 @@ use jitgate_server::oidc::{Oidc, OidcConfig};
 use jitgate_server::tls::{self, ServerListener};
 use jitgate_server::{auth, ServerConfig, SystemClock};
 use jitgate_store::{NewToken, Store, TokenOrigin};
-use jitgate_store_sqlite::SqliteStore;
 
 /// The name of the principal created on first start.
 const OWNER: &str = "owner";
@@ -37,11 +36,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         warn_if_open(key);
     }
     let webhooks = webhook_rules(&args)?;
-    let db = data_dir.join("jitgate.db");
     let (keys, source) = secrets::load_keys(&data_dir, args.secrets_key_file.as_deref())?;
     let key_id = keys.current().id().to_owned();
-    let store: Arc<SqliteStore> = Arc::new(secrets::open_store(&db, keys, &source)?);
-    secrets::audit_sealing(&store, &key_id, "start").await?;
+    // SQLite in the data directory unless a PostgreSQL database is named.
+    let (store, database): (Arc<dyn Store>, String) = match &args.database_url {
+        Some(url) => {
+            let pg = secrets::open_postgres(url, keys, &source).await?;
+            let r = pg.seal_report();
+            secrets::audit_sealing(&pg, r.sealed, r.resealed, &key_id, "start").await?;
+            let m = pg.migration_report();
+            if m.from != m.to {
+                tracing::info!(from = m.from, to = m.to, "migrated the PostgreSQL schema");
+            }
+            (Arc::new(pg), jitgate_store_postgres::redact(url))
+        }
+        None => {
+            let db = data_dir.join("jitgate.db");
+            let sqlite = secrets::open_store(&db, keys, &source)?;
+            let r = sqlite.seal_report();
+            secrets::audit_sealing(&sqlite, r.sealed, r.resealed, &key_id, "start").await?;
+            (Arc::new(sqlite), db.display().to_string())
+        }
+    };
     if matches!(&source, secrets::KeySource::File { path, .. } if path.parent() == Some(data_dir.as_path())) {
         tracing::info!(
             "the secrets key file sits beside the database: keep it out of the database's backups, or move it (--secrets-key-file) or into JITGATE_SECRETS_KEY"
@@ -132,9 +148,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     println!("{}{url}", jitgate_client::local::LISTENING_PREFIX);
     std::io::stdout().flush().ok();
-    tracing::info!(%url, data_dir = %data_dir.display(), "jitgate serving");
-    let dyn_store: Arc<dyn Store> = store.clone();
-    jitgate_server::run(listener, dyn_store, Arc::new(SystemClock), config, oidc, shutdown).await?;
+    tracing::info!(%url, data_dir = %data_dir.display(), %database, "jitgate serving");
+    jitgate_server::run(listener, store.clone(), Arc::new(SystemClock), config, oidc, shutdown).await?;
     drop(store);
     tracing::info!("jitgate stopped");
     Ok(())

@@ -1,5 +1,6 @@
 //! The behaviour every backend must show, written once. A backend's tests call [`run_all`]
-//! with a fresh, empty store (see jitgate-store-sqlite's `tests/conformance.rs`).
+//! with a fresh, empty store (see the `tests/conformance.rs` of jitgate-store-sqlite and
+//! jitgate-store-postgres).
 //!
 //! ## What covers what
 //!

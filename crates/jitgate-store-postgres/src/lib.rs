@@ -1,0 +1,560 @@
+//! The PostgreSQL backend of the jitgate store, for several jitgate replicas on one database.
+//!
+//! A pool of connections (tokio-postgres through deadpool-postgres). Every change runs in one
+//! transaction on its own task, so a caller that goes away never leaves a transaction half
+//! done. The rules are core's, as in the SQLite backend: the store loads the facts a
+//! `jitgate_core` decision reads, under row locks, and writes back what it decides.
+//!
+//! What a shared database adds:
+//! - **One audit chain.** A change's audit records are collected while it runs and appended at
+//!   commit, after locking the one-row `audit_head` (`SELECT … FOR UPDATE`): writers on every
+//!   replica extend one line, and the lock is held only for the append and the commit.
+//! - **Serialised changes.** What a change reads to decide, it locks first: the policy row
+//!   (initiate, edit, approve, extend, revoke of its requests), the grants it moves
+//!   (`FOR UPDATE`, or `SKIP LOCKED` in the expiry sweep), the webhook deliveries it claims. Locks
+//!   are taken in one order — policy, then its grants and other rows, then the revision counter
+//!   and the audit head at commit — so two changes of one policy on two replicas run one after
+//!   the other. What still collides (a deadlock, two inserts of one key) ends in
+//!   [`StoreError::Conflict`] with nothing changed, never in a lost update.
+//! - **Migrations under an advisory lock** ([`migrate`]): replicas starting together migrate once.
+
+mod agents;
+mod auditq;
+mod chain;
+mod grants;
+mod hooks;
+mod migrate;
+mod rbac;
+mod rows;
+mod store_agents;
+mod store_audit;
+mod store_identity;
+mod store_policies;
+mod store_requests;
+mod store_webhooks;
+pub mod testdb;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+pub use hooks::SealReport;
+use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
+use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
+use jitgate_core::invalid::codes;
+use jitgate_core::lifecycle::{self, Decision, Extension};
+use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::rbac::RoleDefinition;
+use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
+use jitgate_store::secrets::Keyring;
+use jitgate_store::{
+    AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
+    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken,
+    OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth,
+    TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
+};
+use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
+pub use migrate::{MigrationReport, SCHEMA_VERSION};
+
+use crate::grants::By;
+use crate::rows::{encode_sources, from_nanos, nanos};
+
+/// Connections in the pool unless the URL says otherwise (`?pool_size=N`).
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// How long making a connection may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a call waits for a free connection before it fails.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What went wrong inside the crate; becomes a [`StoreError`] at the trait boundary.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// A decision of the store (a refusal) or a failure already in the store's terms.
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("{0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// A stored value that no longer parses: the database was changed behind our back.
+    #[error("corrupt value in the database: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// The SQLSTATEs that mean "another transaction got there first": the change can be tried
+/// again and nothing of it was kept.
+fn is_conflict(e: &tokio_postgres::Error) -> bool {
+    let codes = [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::UNIQUE_VIOLATION];
+    e.code().is_some_and(|c| codes.contains(c))
+}
+
+/// A driver error whose message says what the server said (tokio-postgres alone prints
+/// "db error" and keeps the server's words in its source); the driver's error stays the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    message: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DriverError {
+    fn new(e: impl std::error::Error + Send + Sync + 'static) -> Box<Self> {
+        Box::new(DriverError { message: describe(&e), source: Box::new(e) })
+    }
+}
+
+/// An error and its sources, each said once: `a: b: c`.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+impl From<Error> for StoreError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(s) => s,
+            Error::Db(e) if is_conflict(&e) => StoreError::Conflict(DriverError::new(e)),
+            Error::Db(e) => StoreError::Backend(DriverError::new(e)),
+            Error::Pool(e) => StoreError::Backend(DriverError::new(e)),
+            Error::Corrupt(m) => StoreError::Backend(format!("corrupt value in the database: {m}").into()),
+        }
+    }
+}
+
+pub(crate) type Res<T> = Result<T, Error>;
+/// The parameters of a statement.
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+/// What a read or a change runs: a future borrowing the connection (or the change's context).
+pub(crate) type Fut<'c, T> = Pin<Box<dyn Future<Output = Res<T>> + Send + 'c>>;
+
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Backend(e.into())
+}
+
+/// One pooled connection, with the statements it runs prepared once and cached. A connection
+/// dropped inside a transaction (a panic, a failed `COMMIT`) never goes back to the pool: it is
+/// closed instead, so no later user finds a transaction half done.
+pub(crate) struct Db {
+    client: Option<Object>,
+    in_transaction: bool,
+}
+
+impl Db {
+    fn new(client: Object) -> Self {
+        Db { client: Some(client), in_transaction: false }
+    }
+
+    fn client(&self) -> Res<&Object> {
+        self.client.as_ref().ok_or_else(|| Error::Corrupt("the connection was closed".into()))
+    }
+
+    pub async fn rows(&self, sql: &str, p: Params<'_>) -> Res<Vec<Row>> {
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.query(&stmt, p).await?)
+    }
+
+    pub async fn opt(&self, sql: &str, p: Params<'_>) -> Res<Option<Row>> {
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.query_opt(&stmt, p).await?)
+    }
+
+    pub async fn one(&self, sql: &str, p: Params<'_>) -> Res<Row> {
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.query_one(&stmt, p).await?)
+    }
+
+    pub async fn exec(&self, sql: &str, p: Params<'_>) -> Res<u64> {
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await?;
+        Ok(c.execute(&stmt, p).await?)
+    }
+
+    /// Statements without parameters, sent as one simple query.
+    pub async fn batch(&self, sql: &str) -> Res<()> {
+        Ok(self.client()?.batch_execute(sql).await?)
+    }
+
+    /// Opens a transaction (`BEGIN …`).
+    pub async fn begin(&mut self, sql: &str) -> Res<()> {
+        self.in_transaction = true;
+        self.batch(sql).await
+    }
+
+    /// Ends the transaction (`COMMIT` or `ROLLBACK`); the connection may go back to the pool.
+    pub async fn end(&mut self, sql: &str) -> Res<()> {
+        self.batch(sql).await?;
+        self.in_transaction = false;
+        Ok(())
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if self.in_transaction {
+            if let Some(client) = self.client.take() {
+                drop(Object::take(client));
+            }
+        }
+    }
+}
+
+/// What a change sees: the connection inside its open transaction, the audit records it
+/// appends (chained at commit), and whether agents must see it (the revision is bumped at
+/// commit).
+pub(crate) struct Ctx {
+    pub db: Db,
+    events: Vec<AuditEvent>,
+    bump: bool,
+}
+
+impl Ctx {
+    /// Appends one audit record to this change; it is chained and written at commit.
+    pub fn audit(&mut self, event: AuditEvent) {
+        self.events.push(event);
+    }
+
+    /// Marks the change as one an agent must see: the enforcement revision goes up at commit.
+    pub fn bump_revision(&mut self) {
+        self.bump = true;
+    }
+
+    /// Bumps the revision if asked, appends the audit records to the chain, and commits.
+    /// Returns the new revision when it moved.
+    async fn commit(&mut self) -> Res<Option<u64>> {
+        let revision = if self.bump { Some(rows::bump_revision(&self.db).await?) } else { None };
+        // A cross-replica wake-up (NOTIFY carrying `revision`) belongs here, inside the
+        // transaction, so that it is sent exactly when the change commits.
+        let events = std::mem::take(&mut self.events);
+        chain::append(&self.db, events).await?;
+        self.db.end("COMMIT").await?;
+        Ok(revision)
+    }
+}
+
+/// Turns a domain refusal into a rejected store call, with its `Failed` audit record.
+pub(crate) fn reject<T>(ctx: &mut Ctx, audit: AuditEvent, invalid: Invalid) -> Res<T> {
+    ctx.audit(audit.failed(invalid.message.clone()));
+    Err(Error::Store(StoreError::Rejected(invalid)))
+}
+
+/// A store on a PostgreSQL database, which other replicas may share.
+pub struct PgStore {
+    pool: Pool,
+    /// Seals and opens webhook secrets.
+    keys: Arc<Keyring>,
+    sealed: SealReport,
+    migrated: MigrationReport,
+    /// The enforcement revision after this store's latest change.
+    changes: watch::Sender<u64>,
+}
+
+/// Splits jitgate's own settings off a database URL: `pool_size=N`. The rest is libpq's
+/// connection URL, as tokio-postgres reads it.
+fn parse_url(text: &str) -> StoreResult<(tokio_postgres::Config, usize)> {
+    let shown = redact(text);
+    let mut url = url::Url::parse(text).map_err(|e| backend(format!("--database-url {shown}: {e}")))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(backend(format!("--database-url {shown}: the scheme must be postgres://")));
+    }
+    let mut pool_size = DEFAULT_POOL_SIZE;
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (k, v) in url.query_pairs() {
+        if k == "pool_size" {
+            pool_size = v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| backend(format!("--database-url: pool_size={v} is not a number from 1 to 1024")))?;
+        } else {
+            kept.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    url.set_query(None);
+    if !kept.is_empty() {
+        url.query_pairs_mut().extend_pairs(kept);
+    }
+    let mut config =
+        tokio_postgres::Config::from_str(url.as_str()).map_err(|e| backend(format!("--database-url {shown}: {e}")))?;
+    if config.get_application_name().is_none() {
+        config.application_name("jitgate");
+    }
+    Ok((config, pool_size))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`, optionally
+    /// `?pool_size=N`), brings its schema up to date under an advisory lock, and leaves every
+    /// webhook secret sealed under the current key of `keys` (as the SQLite store does; a secret
+    /// that `keys` cannot open fails the open, naming the key).
+    pub async fn open(url: &str, keys: Keyring) -> StoreResult<Self> {
+        let (config, pool_size) = parse_url(url)?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(backend)?;
+        let client =
+            pool.get().await.map_err(|e| backend(format!("connecting to {}: {}", redact(url), describe(&e))))?;
+        let mut db = Db::new(client);
+        let (migrated, sealed) = migrate::migrate(&mut db, &keys).await?;
+        if sealed.sealed + sealed.resealed > 0 {
+            tracing::info!(
+                sealed = sealed.sealed,
+                resealed = sealed.resealed,
+                key = keys.current().id(),
+                "webhook secrets sealed under the current secrets key"
+            );
+        }
+        let revision = rows::revision(&db).await.map_err(StoreError::from)?;
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes: watch::channel(revision).0 })
+    }
+
+    /// What the open did to the webhook secrets (sealed, re-sealed, already current).
+    pub fn seal_report(&self) -> SealReport {
+        self.sealed
+    }
+
+    /// The schema version the open found and the one it left (equal when another replica had
+    /// already migrated, or nothing was due).
+    pub fn migration_report(&self) -> MigrationReport {
+        self.migrated
+    }
+
+    /// The enforcement revision after each change this store committed (the place where
+    /// changes made by other replicas will be fed in too).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Runs `f` in one transaction on its own task (a caller that goes away does not stop it
+    /// halfway). A refusal (`Rejected`) commits, with its `Failed` audit record; any other
+    /// failure rolls everything back.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Ctx) -> Fut<'c, T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            let mut db = Db::new(pool.get().await?);
+            db.begin("BEGIN").await?;
+            let mut ctx = Ctx { db, events: Vec::new(), bump: false };
+            match f(&mut ctx).await {
+                out @ (Ok(_) | Err(Error::Store(StoreError::Rejected(_)))) => {
+                    let revision = ctx.commit().await?;
+                    Ok((out, revision))
+                }
+                Err(e) => {
+                    let _ = ctx.db.end("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        });
+        let (out, revision) = task.await.map_err(backend)?.map_err(StoreError::from)?;
+        if let Some(r) = revision {
+            self.changes.send_if_modified(|v| {
+                let newer = r > *v;
+                if newer {
+                    *v = r;
+                }
+                newer
+            });
+        }
+        out.map_err(StoreError::from)
+    }
+
+    /// Runs `f` on its own task in a read-only transaction with one snapshot (`REPEATABLE
+    /// READ`): a read of several statements sees one committed state, never half of a change
+    /// made meanwhile on another replica.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c Db) -> Fut<'c, T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            let mut db = Db::new(pool.get().await?);
+            db.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+            let out = f(&db).await;
+            db.end("COMMIT").await?;
+            out
+        });
+        task.await.map_err(backend)?.map_err(StoreError::from)
+    }
+}
+
+fn request_not_found(id: i64) -> Invalid {
+    Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
+}
+
+/// A pending extension, once decided (or lapsed), no longer waits.
+async fn clear_extension(db: &Db, id: i64) -> Res<()> {
+    db.exec("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = $1", &[&id]).await?;
+    Ok(())
+}
+
+/// Inserts a local principal and audits it; returns it.
+async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEvent) -> Res<Principal> {
+    ctx.db
+        .exec("INSERT INTO principals (name, kind, created) VALUES ($1, $2, $3)", &[&name, &kind, &nanos(audit.time)])
+        .await?;
+    ctx.audit(audit.succeeded().with("principal", name).with("type", kind));
+    rbac::principal(&ctx.db, name).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
+}
+
+/// The principal of an OIDC identity: found by (issuer, subject), its display name brought up to
+/// date, or created with the derived name.
+async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: AuditEvent) -> Res<Principal> {
+    let id = &sign_in.identity;
+    let shown = sign_in.display_name.clone().unwrap_or_default();
+    if let Some(p) = rbac::oidc_principal(&ctx.db, id, true).await? {
+        if p.display_name == sign_in.display_name {
+            return Ok(p);
+        }
+        ctx.db.exec("UPDATE principals SET display_name = $2 WHERE id = $1", &[&p.id, &sign_in.display_name]).await?;
+        let event = audit
+            .succeeded()
+            .with("principal", p.name.clone())
+            .with("displayName", shown)
+            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        ctx.audit(event);
+        return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
+    }
+    let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
+    if let Some(holder) = rbac::principal(&ctx.db, &name).await? {
+        let m = format!(
+            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
+            holder.id
+        );
+        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+    }
+    ctx.db
+        .exec(
+            "INSERT INTO principals (name, kind, created, issuer, subject, display_name) VALUES ($1, 'User', $2, $3, $4, $5)",
+            &[&name, &nanos(audit.time), &id.issuer, &id.subject, &sign_in.display_name],
+        )
+        .await?;
+    let event = audit
+        .succeeded()
+        .with("principal", name.clone())
+        .with("type", "User")
+        .with("provisioned", "oidc")
+        .with("issuer", id.issuer.clone())
+        .with("subject", id.subject.clone())
+        .with("displayName", shown);
+    ctx.audit(event);
+    rbac::oidc_principal(&ctx.db, id, false).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
+}
+
+/// The gateway ports the policy protecting VM `key` claims for it.
+async fn vm_claims(db: &Db, key: &str) -> Res<Vec<MappedClaim>> {
+    let Some(row) =
+        db.opt("SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = $1", &[&key]).await?
+    else {
+        return Ok(vec![]);
+    };
+    let policy: String = row.try_get(0)?;
+    let Some((_, policy)) = rows::load_policy_only(db, &policy).await? else { return Ok(vec![]) };
+    Ok(policy
+        .vms
+        .iter()
+        .filter(|v| v.id.key() == key)
+        .flat_map(|v| {
+            let policy_id = policy.reference.id();
+            v.ports.iter().filter_map(move |p| {
+                p.mapped_port.map(|m| MappedClaim {
+                    policy: policy_id.clone(),
+                    vm: v.id.name().to_owned(),
+                    number: p.number,
+                    protocol: p.protocol,
+                    mapped_port: m,
+                    target: Some("gateway".into()),
+                })
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_size_is_taken_off_the_url_and_the_rest_kept() {
+        let (config, size) =
+            parse_url("postgres://postgres@127.0.0.1:5432/jit?pool_size=4&connect_timeout=3").expect("parses");
+        assert_eq!(size, 4);
+        assert_eq!(config.get_dbname(), Some("jit"));
+        assert_eq!(config.get_connect_timeout(), Some(&std::time::Duration::from_secs(3)));
+        assert_eq!(parse_url("postgres://h/db").expect("parses").1, DEFAULT_POOL_SIZE);
+        for bad in ["postgres://h/db?pool_size=0", "postgres://h/db?pool_size=x", "mysql://h/db", "nonsense"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        assert!(!redact("postgres://u:secret@h/db").contains("secret"));
+    }
+
+    /// What the database said reaches the message, and the driver's error stays the source.
+    #[tokio::test]
+    async fn a_driver_error_says_what_the_server_said() {
+        let err = match tokio_postgres::connect("postgres://nobody@127.0.0.1:1/x?connect_timeout=1", NoTls).await {
+            Err(e) => e,
+            Ok(_) => return, // something answers on port 1: nothing to check here
+        };
+        let store = StoreError::from(Error::Db(err));
+        let text = store.to_string();
+        assert!(text.starts_with("storage failure: error connecting to server: "), "{text}");
+        let source = std::error::Error::source(&store).expect("a source");
+        assert!(source.downcast_ref::<DriverError>().is_some());
+    }
+
+    #[test]
+    fn a_conflict_keeps_nothing_and_says_so() {
+        let e = StoreError::from(Error::Store(StoreError::Conflict("x".into())));
+        assert!(matches!(e, StoreError::Conflict(_)));
+    }
+}

@@ -1,0 +1,403 @@
+//! Encoding of domain values into columns and back, and the queries shared by reads and
+//! changes.
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+
+use jitgate_core::audit::{AuditEvent, AuditStatus};
+use jitgate_core::enforcement::{AgentMode, MappedClaim};
+use jitgate_core::initiate::{GrantStatus, StatusReason};
+use jitgate_core::{
+    AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId,
+};
+use jitgate_store::{
+    AccessRequestRecord, AgentRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT,
+};
+
+use crate::{Db, Error, Res};
+
+pub fn nanos(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+pub fn from_nanos(n: i64) -> Res<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(n)).map_err(|e| corrupt(format!("time {n}: {e}")))
+}
+
+pub fn corrupt(what: impl Into<String>) -> Error {
+    Error::Corrupt(what.into())
+}
+
+/// A count or a limit as a BIGINT parameter.
+pub fn big(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A port number (or mapped port) from its BIGINT column.
+pub fn port(r: &Row, col: &str) -> Res<u16> {
+    let n: i64 = r.try_get(col)?;
+    u16::try_from(n).map_err(|_| corrupt(format!("{col} {n}")))
+}
+
+pub fn opt_port(r: &Row, col: &str) -> Res<Option<u16>> {
+    let n: Option<i64> = r.try_get(col)?;
+    n.map(|n| u16::try_from(n).map_err(|_| corrupt(format!("{col} {n}")))).transpose()
+}
+
+pub fn opt_time(r: &Row, col: &str) -> Res<Option<OffsetDateTime>> {
+    r.try_get::<_, Option<i64>>(col)?.map(from_nanos).transpose()
+}
+
+pub fn time_at(r: &Row, col: &str) -> Res<OffsetDateTime> {
+    from_nanos(r.try_get(col)?)
+}
+
+pub fn hash_from_hex(s: &str) -> Res<[u8; 32]> {
+    let bytes = hex::decode(s).map_err(|e| corrupt(format!("hash {s}: {e}")))?;
+    bytes.try_into().map_err(|_| corrupt(format!("hash {s}: not 32 bytes")))
+}
+
+/// Sources are stored as their form (`single`/`multi`) and their texts, one per line.
+pub fn encode_sources(s: &SourceSpec) -> (&'static str, String) {
+    let form = match s {
+        SourceSpec::Single(_) => "single",
+        SourceSpec::Multiple(_) => "multi",
+    };
+    let texts: Vec<&str> = s.prefixes().iter().map(SourcePrefix::text).collect();
+    (form, texts.join("\n"))
+}
+
+pub fn decode_sources(form: &str, texts: &str) -> Res<SourceSpec> {
+    let parse = |t: &str| SourcePrefix::parse_stored(t).map_err(corrupt);
+    match form {
+        "single" => Ok(SourceSpec::Single(parse(texts)?)),
+        "multi" => Ok(SourceSpec::Multiple(texts.split('\n').map(parse).collect::<Res<_>>()?)),
+        other => Err(corrupt(format!("source form {other}"))),
+    }
+}
+
+pub fn protocol(s: &str) -> Res<Protocol> {
+    Protocol::parse(s).ok_or_else(|| corrupt(format!("protocol {s}")))
+}
+
+fn vm_id(s: &str) -> Res<VmId> {
+    VmId::parse(s).map_err(corrupt)
+}
+
+pub fn status(s: &str) -> Res<GrantStatus> {
+    GrantStatus::parse(s).ok_or_else(|| corrupt(format!("status {s}")))
+}
+
+pub fn reason(s: &str) -> Res<StatusReason> {
+    StatusReason::parse(s).ok_or_else(|| corrupt(format!("status reason {s}")))
+}
+
+pub fn vm_from_row(r: &Row) -> Res<Vm> {
+    let id: String = r.try_get("id")?;
+    let os: String = r.try_get("os_type")?;
+    let address: Option<String> = r.try_get("address")?;
+    Ok(Vm {
+        spec: VmSpec {
+            id: vm_id(&id)?,
+            os_type: OsType::parse(&os).ok_or_else(|| corrupt(format!("os type {os}")))?,
+            location: r.try_get("location")?,
+            address: address.map(|a| a.parse().map_err(|_| corrupt(format!("address {a}")))).transpose()?,
+            gateway: r.try_get("gateway")?,
+            classic: r.try_get("classic")?,
+        },
+        created: time_at(r, "created")?,
+        updated: time_at(r, "updated")?,
+        agent: None,
+    })
+}
+
+/// A VM with its enforcement point (host agent, or gateway agent by name).
+pub async fn get_vm(db: &Db, key: &str) -> Res<Option<Vm>> {
+    let Some(row) = db.opt("SELECT * FROM vms WHERE key = $1", &[&key]).await? else { return Ok(None) };
+    Ok(Some(with_agent(db, vm_from_row(&row)?, key).await?))
+}
+
+/// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or
+/// the host agent bound to this very VM row (a VM registered again has none until one joins).
+pub async fn with_agent(db: &Db, mut vm: Vm, key: &str) -> Res<Vm> {
+    vm.agent = match &vm.spec.gateway {
+        Some(gw) => gateway_agent(db, vm.spec.id.subscription(), gw).await?,
+        None => db
+            .opt(
+                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = $1 AND a.mode = 'host'",
+                &[&key],
+            )
+            .await?
+            .map(|r| agent_from_row(&r))
+            .transpose()?,
+    };
+    Ok(vm)
+}
+
+/// The gateway agent named `name` in `subscription` (both compare case-insensitively).
+pub async fn gateway_agent(db: &Db, subscription: &str, name: &str) -> Res<Option<AgentRecord>> {
+    db.opt(
+        "SELECT * FROM agents WHERE mode = 'gateway' AND lower(subscription) = lower($1) AND lower(name) = lower($2)",
+        &[&subscription, &name],
+    )
+    .await?
+    .map(|r| agent_from_row(&r))
+    .transpose()
+}
+
+/// The key prefix of every VM in a subscription (keys are lower-cased ARM ids).
+pub fn subscription_prefix(subscription: &str) -> String {
+    format!("/subscriptions/{}/", subscription.to_ascii_lowercase())
+}
+
+/// The gateway ports claimed by policies on VMs attached to gateway `gateway` of `subscription`,
+/// leaving out the claims of policy `except_policy` and of VM `except_vm` (keys; "" for none).
+pub async fn gateway_claims(
+    db: &Db,
+    subscription: &str,
+    gateway: &str,
+    except_policy: &str,
+    except_vm: &str,
+) -> Res<Vec<MappedClaim>> {
+    let rows = db
+        .rows(
+            "SELECT p.subscription, p.resource_group, p.location, p.name, pv.vm_id, pp.number, pp.protocol, pp.mapped_port \
+             FROM policy_ports pp JOIN policy_vms pv ON pv.pid = pp.pid AND pv.ord = pp.vm_ord \
+             JOIN policies p ON p.pid = pp.pid JOIN vms v ON v.key = pv.vm_key \
+             WHERE pp.mapped_port IS NOT NULL AND lower(v.gateway) = lower($1) AND starts_with(v.key, $2) \
+             AND p.key <> $3 AND pv.vm_key <> $4",
+            &[&gateway, &subscription_prefix(subscription), &except_policy, &except_vm],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let reference = PolicyRef {
+                subscription: r.try_get(0)?,
+                resource_group: r.try_get(1)?,
+                location: r.try_get(2)?,
+                name: r.try_get(3)?,
+            };
+            let vm: String = r.try_get(4)?;
+            let proto: String = r.try_get(6)?;
+            Ok(MappedClaim {
+                policy: reference.id(),
+                vm: vm_id(&vm)?.name().to_owned(),
+                number: port(r, "number")?,
+                protocol: protocol(&proto)?,
+                mapped_port: port(r, "mapped_port")?,
+                target: None,
+            })
+        })
+        .collect()
+}
+
+pub fn agent_from_row(r: &Row) -> Res<AgentRecord> {
+    let mode: String = r.try_get("mode")?;
+    let addresses: String = r.try_get("addresses")?;
+    let public: Option<String> = r.try_get("public_address")?;
+    let applied: i64 = r.try_get("applied_revision")?;
+    let delivered: i64 = r.try_get("delivered_revision")?;
+    Ok(AgentRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        mode: AgentMode::parse(&mode).ok_or_else(|| corrupt(format!("agent mode {mode}")))?,
+        subscription: r.try_get("subscription")?,
+        resource_group: r.try_get("resource_group")?,
+        location: r.try_get("location")?,
+        vm_id: r.try_get("vm_id")?,
+        addresses: addresses.split_whitespace().filter_map(|a| a.parse().ok()).collect(),
+        public_address: public.and_then(|a| a.parse().ok()),
+        joined: time_at(r, "joined")?,
+        last_seen: opt_time(r, "last_seen")?,
+        applied_revision: applied.max(0) as u64,
+        delivered_revision: delivered.max(0) as u64,
+        nft_usable: r.try_get("nft_usable")?,
+        nft_error: r.try_get("nft_error")?,
+    })
+}
+
+/// Bumps the enforcement revision inside the current transaction; returns the new value.
+pub async fn bump_revision(db: &Db) -> Res<u64> {
+    let v: i64 =
+        db.one("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value", &[]).await?.try_get(0)?;
+    Ok(v.max(0) as u64)
+}
+
+pub async fn revision(db: &Db) -> Res<u64> {
+    let v: i64 = db.one("SELECT value FROM meta WHERE key = 'revision'", &[]).await?.try_get(0)?;
+    Ok(v.max(0) as u64)
+}
+
+/// The policy row id and its full record.
+pub async fn load_policy(db: &Db, key: &str) -> Res<Option<(i64, PolicyRecord)>> {
+    let Some((pid, policy)) = load_policy_only(db, key).await? else { return Ok(None) };
+    let requests = load_requests(db, pid).await?;
+    Ok(Some((pid, PolicyRecord { policy, requests })))
+}
+
+/// The policy row id and its rules, without the request history (the initiate hot path).
+pub async fn load_policy_only(db: &Db, key: &str) -> Res<Option<(i64, Policy)>> {
+    let Some(r) = db
+        .opt("SELECT pid, subscription, resource_group, location, name, kind FROM policies WHERE key = $1", &[&key])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let pid: i64 = r.try_get(0)?;
+    let reference = PolicyRef {
+        subscription: r.try_get(1)?,
+        resource_group: r.try_get(2)?,
+        location: r.try_get(3)?,
+        name: r.try_get(4)?,
+    };
+    let kind: String = r.try_get(5)?;
+    Ok(Some((pid, load_policy_body(db, pid, reference, kind).await?)))
+}
+
+async fn load_policy_body(db: &Db, pid: i64, reference: PolicyRef, kind: String) -> Res<Policy> {
+    let mut vms: Vec<PolicyVm> = Vec::new();
+    for r in db.rows("SELECT vm_id, public_ip FROM policy_vms WHERE pid = $1 ORDER BY ord", &[&pid]).await? {
+        let id: String = r.try_get(0)?;
+        vms.push(PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.try_get(1)? });
+    }
+    let rows = db
+        .rows(
+            "SELECT vm_ord, number, protocol, source_form, sources, max_duration, cut_sessions, mapped_port, require_approval, \
+             approval_timeout FROM policy_ports WHERE pid = $1 ORDER BY vm_ord, ord",
+            &[&pid],
+        )
+        .await?;
+    for r in rows {
+        let vm_ord: i64 = r.try_get(0)?;
+        let proto: String = r.try_get(2)?;
+        let form: String = r.try_get(3)?;
+        let sources: String = r.try_get(4)?;
+        let max: String = r.try_get(5)?;
+        let rule = PortRule {
+            number: port(&r, "number")?,
+            protocol: protocol(&proto)?,
+            sources: decode_sources(&form, &sources)?,
+            max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
+            cut_sessions: r.try_get(6)?,
+            mapped_port: opt_port(&r, "mapped_port")?,
+            require_approval: r.try_get(8)?,
+            approval_timeout: r
+                .try_get::<_, Option<String>>(9)?
+                .map(|t| AccessDuration::parse(&t).map_err(|e| corrupt(e.0)))
+                .transpose()?,
+        };
+        usize::try_from(vm_ord)
+            .ok()
+            .and_then(|i| vms.get_mut(i))
+            .ok_or_else(|| corrupt(format!("port of missing vm {vm_ord}")))?
+            .ports
+            .push(rule);
+    }
+    Ok(Policy { reference, kind, vms })
+}
+
+/// A request without its grants, from `rid, requestor, start_time, justification, ext_end`.
+fn request_from_row(r: &Row) -> Res<AccessRequestRecord> {
+    Ok(AccessRequestRecord {
+        id: r.try_get(0)?,
+        requestor: r.try_get(1)?,
+        start_time: from_nanos(r.try_get(2)?)?,
+        justification: r.try_get(3)?,
+        grants: Vec::new(),
+        pending_extension: r.try_get::<_, Option<i64>>(4)?.map(from_nanos).transpose()?,
+    })
+}
+
+/// The grant columns [`grant_from_row`] reads.
+const GRANT_COLUMNS: &str =
+    "g.rid, g.vm_id, g.number, g.protocol, g.source_form, g.sources, g.end_time, g.status, g.status_reason, g.mapped_port, g.public_ip";
+
+/// The most recent requests of a policy, oldest first.
+async fn load_requests(db: &Db, pid: i64) -> Res<Vec<AccessRequestRecord>> {
+    let rows = db
+        .rows(
+            "SELECT rid, requestor, start_time, justification, ext_end FROM requests WHERE pid = $1 ORDER BY rid DESC LIMIT $2",
+            &[&pid, &super::rows::big(REQUEST_HISTORY_LIMIT)],
+        )
+        .await?;
+    let mut requests = rows.iter().map(request_from_row).collect::<Res<Vec<_>>>()?;
+    requests.reverse();
+    let Some(first) = requests.first().map(|r| r.id) else { return Ok(requests) };
+    let rows = db
+        .rows(
+            &format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.pid = $1 AND g.rid >= $2 ORDER BY g.rid, g.ord"),
+            &[&pid, &first],
+        )
+        .await?;
+    let mut index = 0;
+    for r in &rows {
+        let rid: i64 = r.try_get(0)?;
+        while index < requests.len() && requests[index].id != rid {
+            index += 1;
+        }
+        let Some(request) = requests.get_mut(index) else { break };
+        request.grants.push(grant_from_row(r)?);
+    }
+    Ok(requests)
+}
+
+/// Reads the [`GRANT_COLUMNS`].
+fn grant_from_row(r: &Row) -> Res<GrantRecord> {
+    let proto: String = r.try_get("protocol")?;
+    let form: String = r.try_get("source_form")?;
+    let sources: String = r.try_get("sources")?;
+    let st: String = r.try_get("status")?;
+    let why: String = r.try_get("status_reason")?;
+    Ok(GrantRecord {
+        vm_id: r.try_get("vm_id")?,
+        number: port(r, "number")?,
+        protocol: protocol(&proto)?,
+        sources: decode_sources(&form, &sources)?,
+        end_time: time_at(r, "end_time")?,
+        status: status(&st)?,
+        status_reason: reason(&why)?,
+        mapped_port: opt_port(r, "mapped_port")?,
+        public_ip: r.try_get("public_ip")?,
+    })
+}
+
+/// One request with its grants, by row id.
+pub async fn load_request(db: &Db, rid: i64) -> Res<AccessRequestRecord> {
+    let head = db
+        .one("SELECT rid, requestor, start_time, justification, ext_end FROM requests WHERE rid = $1", &[&rid])
+        .await?;
+    let mut request = request_from_row(&head)?;
+    let rows =
+        db.rows(&format!("SELECT {GRANT_COLUMNS} FROM grants g WHERE g.rid = $1 ORDER BY g.ord"), &[&rid]).await?;
+    for r in &rows {
+        request.grants.push(grant_from_row(r)?);
+    }
+    Ok(request)
+}
+
+pub fn audit_from_row(r: &Row) -> Res<AuditRecord> {
+    let st: String = r.try_get("status")?;
+    let properties: String = r.try_get("properties")?;
+    let properties: BTreeMap<String, String> =
+        serde_json::from_str(&properties).map_err(|e| corrupt(format!("audit properties: {e}")))?;
+    let seq: i64 = r.try_get("seq")?;
+    let prev: String = r.try_get("prev_hash")?;
+    let hash: String = r.try_get("hash")?;
+    Ok(AuditRecord {
+        seq: seq.max(0) as u64,
+        event: AuditEvent {
+            time: time_at(r, "time")?,
+            operation: r.try_get("operation")?,
+            status: AuditStatus::parse(&st).ok_or_else(|| corrupt(format!("audit status {st}")))?,
+            caller: r.try_get("caller")?,
+            caller_ip: r.try_get("caller_ip")?,
+            resource_id: r.try_get("resource_id")?,
+            correlation_id: r.try_get("correlation_id")?,
+            properties,
+        },
+        prev_hash: hash_from_hex(&prev)?,
+        hash: hash_from_hex(&hash)?,
+    })
+}

@@ -1,0 +1,691 @@
+//! The PostgreSQL store: policies, access requests and their grants.
+
+use super::*;
+
+use crate::grants::{words, Filter, STATE_COLUMNS};
+
+#[async_trait]
+impl PolicyStore for PgStore {
+    async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord> {
+        self.write(move |ctx| {
+            Box::pin(async move {
+                let key = policy.reference.key();
+                // An edit waits for (and then excludes) initiates and other edits of the policy.
+                let existing = grants::lock_policy_key(&ctx.db, &key).await?;
+                let mut known: HashMap<String, OsType> = HashMap::new();
+                let mut gateway_of: HashMap<String, String> = HashMap::new();
+                for vm in &policy.vms {
+                    if let Some(v) = rows::get_vm(&ctx.db, &vm.id.key()).await? {
+                        known.insert(vm.id.key(), v.spec.os_type);
+                        if let Some(gw) = v.spec.gateway {
+                            gateway_of.insert(vm.id.key(), gw);
+                        }
+                    }
+                }
+                let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
+                    Ok(p) => p,
+                    Err(invalid) => return reject(ctx, audit, invalid),
+                };
+                // JIT may be switched off for a subscription or resource group by a security policy.
+                let disabled: Vec<String> = ctx
+                    .db
+                    .rows("SELECT scope FROM security_policies WHERE NOT jit_enabled", &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                for (i, vm) in resolved.vms.iter().enumerate() {
+                    if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.id.as_str())) {
+                        let mut invalid = Invalid::conflict(
+                            "JitDisabledBySecurityPolicy",
+                            format!(
+                                "JIT is disabled by a security policy on '{scope}'; virtual machine '{}' cannot be enabled",
+                                vm.id
+                            ),
+                        );
+                        invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                        return reject(ctx, audit, invalid);
+                    }
+                }
+                // A VM is protected by one policy at a time.
+                for (i, vm) in resolved.vms.iter().enumerate() {
+                    let other = ctx
+                        .db
+                        .opt(
+                            "SELECT p.key FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE v.vm_key = $1 AND p.key <> $2",
+                            &[&vm.id.key(), &key],
+                        )
+                        .await?;
+                    if let Some(other) = other {
+                        let other: String = other.try_get(0)?;
+                        let mut invalid = Invalid::conflict(
+                            "VirtualMachineInAnotherPolicy",
+                            format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
+                        );
+                        invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
+                        return reject(ctx, audit, invalid);
+                    }
+                }
+                // A gateway's public ports are one namespace across all policies.
+                let mut gateways: Vec<String> = Vec::new();
+                for vm in &resolved.vms {
+                    if let Some(gw) = gateway_of.get(&vm.id.key()) {
+                        if !gateways.iter().any(|g| g.eq_ignore_ascii_case(gw)) {
+                            gateways.push(gw.clone());
+                        }
+                    }
+                }
+                for gw in &gateways {
+                    let mut new = Vec::new();
+                    for (i, vm) in resolved.vms.iter().enumerate() {
+                        if !gateway_of.get(&vm.id.key()).is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
+                            continue;
+                        }
+                        for (j, p) in vm.ports.iter().enumerate() {
+                            if let Some(m) = p.mapped_port {
+                                new.push(MappedClaim {
+                                    policy: resolved.reference.id(),
+                                    vm: vm.id.name().to_owned(),
+                                    number: p.number,
+                                    protocol: p.protocol,
+                                    mapped_port: m,
+                                    target: Some(format!("properties.virtualMachines[{i}].ports[{j}].mappedPort")),
+                                });
+                            }
+                        }
+                    }
+                    let held = rows::gateway_claims(&ctx.db, &resolved.reference.subscription, gw, &key, "").await?;
+                    if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                        return reject(ctx, audit, invalid);
+                    }
+                }
+                let now = nanos(audit.time);
+                let r = &resolved.reference;
+                let pid: i64 = match existing {
+                    Some(pid) => {
+                        ctx.db
+                            .exec("UPDATE policies SET kind = $2, updated = $3 WHERE pid = $1", &[&pid, &resolved.kind, &now])
+                            .await?;
+                        ctx.db.exec("DELETE FROM policy_ports WHERE pid = $1", &[&pid]).await?;
+                        ctx.db.exec("DELETE FROM policy_vms WHERE pid = $1", &[&pid]).await?;
+                        pid
+                    }
+                    None => ctx
+                        .db
+                        .one(
+                            "INSERT INTO policies (key, subscription, resource_group, location, name, sub_key, rg_key, loc_key, \
+                             kind, created, updated) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING pid",
+                            &[
+                                &key,
+                                &r.subscription,
+                                &r.resource_group,
+                                &r.location,
+                                &r.name,
+                                &r.subscription.to_ascii_lowercase(),
+                                &r.resource_group.to_ascii_lowercase(),
+                                &r.location.to_ascii_lowercase(),
+                                &resolved.kind,
+                                &now,
+                            ],
+                        )
+                        .await?
+                        .try_get(0)?,
+                };
+                insert_policy_body(&ctx.db, pid, &resolved).await?;
+                ctx.bump_revision();
+                let event =
+                    audit.succeeded().with("created", existing.is_none().to_string()).with("ports", port_summary(&resolved));
+                ctx.audit(event);
+                let (_, record) = rows::load_policy(&ctx.db, &key)
+                    .await?
+                    .ok_or_else(|| Error::Corrupt("the policy vanished".into()))?;
+                Ok(record)
+            })
+        })
+        .await
+    }
+
+    async fn get_policy(&self, policy: &PolicyRef) -> StoreResult<Option<PolicyRecord>> {
+        let key = policy.key();
+        self.read(move |db| Box::pin(async move { Ok(rows::load_policy(db, &key).await?.map(|(_, r)| r)) })).await
+    }
+
+    async fn list_policies(
+        &self,
+        scope: &ListScope,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<PolicyRecord>> {
+        let (filter, mut args) = scope_query(scope);
+        args.push(after.unwrap_or("").to_owned());
+        self.read(move |db| {
+            Box::pin(async move {
+                let sql = format!(
+                    "SELECT key FROM policies WHERE {filter} AND key > ${} ORDER BY key LIMIT {}",
+                    args.len(),
+                    rows::big(limit)
+                );
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    args.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let keys: Vec<String> =
+                    db.rows(&sql, &params).await?.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+                let mut out = Vec::with_capacity(keys.len());
+                for key in keys {
+                    if let Some((_, record)) = rows::load_policy(db, &key).await? {
+                        out.push(record);
+                    }
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn delete_policy(&self, policy: &PolicyRef, audit: AuditEvent) -> StoreResult<bool> {
+        let key = policy.key();
+        self.write(move |ctx| {
+            Box::pin(async move {
+                let Some(pid) = grants::lock_policy_key(&ctx.db, &key).await? else { return Ok(false) };
+                let revoked = grants::transition_where(
+                    &ctx.db,
+                    Filter::Policy(pid),
+                    &lifecycle::ENDED_BY_POLICY_DELETE,
+                    lifecycle::policy_deleted,
+                    By::Nobody,
+                )
+                .await?;
+                for table in ["policy_ports", "policy_vms", "policies"] {
+                    ctx.db.exec(&format!("DELETE FROM {table} WHERE pid = $1"), &[&pid]).await?;
+                }
+                ctx.bump_revision();
+                ctx.audit(audit.succeeded().with("revokedGrants", revoked.to_string()));
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
+        self.write(move |ctx| Box::pin(initiate(ctx, cmd, audit))).await
+    }
+
+    async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
+        self.write(move |ctx| Box::pin(expire_due(ctx, now))).await
+    }
+
+    async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>> {
+        self.read(|db| {
+            Box::pin(async move {
+                let soon = i64::try_from(jitgate_store::EXPIRING_SOON.whole_nanoseconds()).unwrap_or(i64::MAX);
+                let (expiring, opening, live) =
+                    (words(&lifecycle::EXPIRING), words(&lifecycle::OPENING), words(&lifecycle::LIVE));
+                let n: Option<i64> = db
+                    .one(
+                        "SELECT least((SELECT min(end_time) FROM grants WHERE status = ANY($2)), \
+                         (SELECT min(opens_at) FROM grants WHERE status = ANY($3)), \
+                         (SELECT min(end_time) - $1 FROM grants WHERE status = ANY($4) AND NOT warned))",
+                        &[&soon, &expiring, &opening, &live],
+                    )
+                    .await?
+                    .try_get(0)?;
+                n.map(from_nanos).transpose()
+            })
+        })
+        .await
+    }
+
+    async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord> {
+        let revoked_by = revoked_by.to_owned();
+        self.write(move |ctx| {
+            Box::pin(async move {
+                let Some((facts, gids)) = grants::request_facts(&ctx.db, id).await? else {
+                    return reject(ctx, audit, request_not_found(id));
+                };
+                let changes = match lifecycle::revoke(&facts) {
+                    Ok(changes) => changes,
+                    Err(invalid) => return reject(ctx, audit, invalid),
+                };
+                grants::apply(&ctx.db, &gids, &changes, By::Revoker(&revoked_by)).await?;
+                ctx.bump_revision();
+                let now = audit.time;
+                let mut event = audit
+                    .succeeded()
+                    .with("requestId", id.to_string())
+                    .with("revokedGrants", changes.len().to_string());
+                event.resource_id = facts.policy_id;
+                ctx.audit(event);
+                hooks::enqueue(&ctx.db, "revoked", id, now).await?;
+                rows::load_request(&ctx.db, id).await
+            })
+        })
+        .await
+    }
+
+    async fn decide_request(
+        &self,
+        id: i64,
+        approve: bool,
+        decider: &str,
+        reason: Option<String>,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        let decider = decider.to_owned();
+        self.write(move |ctx| Box::pin(decide_request(ctx, id, approve, decider, reason, now, audit))).await
+    }
+
+    async fn extend_request(
+        &self,
+        id: i64,
+        new_end: OffsetDateTime,
+        now: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> StoreResult<AccessRequestRecord> {
+        self.write(move |ctx| {
+            Box::pin(async move {
+                let mut audit = audit;
+                let Some((facts, gids)) = grants::request_facts(&ctx.db, id).await? else {
+                    return reject(ctx, audit, request_not_found(id));
+                };
+                audit.resource_id = facts.policy_id.clone();
+                let policy =
+                    rows::load_policy_only(&ctx.db, &facts.policy_id.to_ascii_lowercase()).await?.map(|(_, p)| p);
+                let changes = match lifecycle::extend(&facts, policy.as_ref(), new_end, now) {
+                    Err(invalid) => return reject(ctx, audit, invalid),
+                    Ok(Extension::NeedsApproval) => {
+                        // The grants keep their end until an approver (not the one who asked) agrees.
+                        ctx.db
+                            .exec(
+                                "UPDATE requests SET ext_end = $2, ext_by = $3 WHERE rid = $1",
+                                &[&id, &nanos(new_end), &audit.caller],
+                            )
+                            .await?;
+                        let event =
+                            audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
+                        ctx.audit(event.with("decision", GrantStatus::Pending.as_str()));
+                        hooks::enqueue(&ctx.db, "requested", id, now).await?;
+                        return rows::load_request(&ctx.db, id).await;
+                    }
+                    Ok(Extension::Extended(changes)) => changes,
+                };
+                grants::apply(&ctx.db, &gids, &changes, By::Nobody).await?;
+                ctx.bump_revision();
+                ctx.audit(audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)));
+                rows::load_request(&ctx.db, id).await
+            })
+        })
+        .await
+    }
+
+    async fn open_requests(&self, who: Option<&str>, limit: usize) -> StoreResult<Vec<(String, AccessRequestRecord)>> {
+        self.load_open_requests(who, limit).await
+    }
+
+    async fn get_request(&self, id: i64) -> StoreResult<Option<(String, AccessRequestRecord)>> {
+        self.read(move |db| {
+            Box::pin(async move {
+                match db.opt("SELECT policy_id FROM requests WHERE rid = $1", &[&id]).await? {
+                    Some(r) => Ok(Some((r.try_get(0)?, rows::load_request(db, id).await?))),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
+    }
+}
+
+async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res<InitiateOutcome> {
+    let key = cmd.policy.key();
+    // Initiates of one policy run one after the other: each decides against the policy and the
+    // grants as the one before left them (supersede, replay).
+    grants::lock_policy_key(&ctx.db, &key).await?;
+    let Some((pid, policy)) = rows::load_policy_only(&ctx.db, &key).await? else {
+        let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
+        return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+    };
+    if let Some(client_id) = &cmd.client_request_id {
+        let earlier = ctx
+            .db
+            .opt(
+                "SELECT rid FROM requests WHERE pid = $1 AND principal = $2 AND client_request_id = $3",
+                &[&pid, &cmd.requestor, client_id],
+            )
+            .await?;
+        if let Some(earlier) = earlier {
+            let request = rows::load_request(&ctx.db, earlier.try_get(0)?).await?;
+            return Ok(InitiateOutcome { request, replayed: true });
+        }
+    }
+    let plan = match decide(&policy, &cmd.draft, cmd.caller, cmd.now) {
+        Ok(plan) => plan,
+        Err(invalid) => return reject(ctx, audit, invalid),
+    };
+    let policy_id = policy.reference.id();
+    let rid: i64 = ctx
+        .db
+        .one(
+            "INSERT INTO requests (pid, policy_id, requestor, principal, start_time, justification, client_request_id) \
+             VALUES ($1, $2, $3, $3, $4, $5, $6) RETURNING rid",
+            &[&pid, &policy_id, &cmd.requestor, &nanos(plan.start_time), &plan.justification, &cmd.client_request_id],
+        )
+        .await?
+        .try_get(0)?;
+    let mut records = Vec::with_capacity(plan.grants.len());
+    let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    for (ord, g) in plan.grants.iter().enumerate() {
+        let skey = g.supersede_key();
+        // A grant that needs approval waits (and opens nothing), a scheduled one opens
+        // later: each supersedes older grants only once it opens.
+        let state = lifecycle::start(g, cmd.now);
+        if state.is_live() {
+            grants::supersede_older(&ctx.db, pid, &skey).await?;
+        }
+        let (form, texts) = encode_sources(&g.sources);
+        // Behind a gateway the grant carries the connection details: the gateway's public
+        // address and the mapped port (when the policy port maps one).
+        let (mapped_port, public_ip) = match rows::get_vm(&ctx.db, &g.vm_id.key()).await? {
+            Some(vm) if vm.spec.gateway.is_some() => (
+                policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
+                vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
+            ),
+            _ => (None, None),
+        };
+        ctx.db
+            .exec(
+                "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
+                 supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                &[
+                    &rid,
+                    &pid,
+                    &rows::big(ord),
+                    &policy_id,
+                    &g.vm_id.as_str(),
+                    &g.vm_id.key(),
+                    &i64::from(g.number),
+                    &g.protocol.as_str(),
+                    &form,
+                    &texts,
+                    &skey,
+                    &nanos(state.end_time),
+                    &state.status.as_str(),
+                    &state.reason.as_str(),
+                    &mapped_port.map(i64::from),
+                    &public_ip,
+                    &grants::window_nanos(&state),
+                    &nanos(g.opens_at),
+                ],
+            )
+            .await?;
+        ports.push(format!("{}:{}", g.vm_id.name(), g.number));
+        sources.push(texts.replace('\n', " "));
+        ends.push(rfc3339(g.end_time));
+        records.push(GrantRecord {
+            vm_id: g.vm_id.as_str().to_owned(),
+            number: g.number,
+            protocol: g.protocol,
+            sources: g.sources.clone(),
+            end_time: state.end_time,
+            status: state.status,
+            status_reason: state.reason,
+            mapped_port,
+            public_ip,
+        });
+    }
+    let mut event = audit
+        .succeeded()
+        .with("requestId", rid.to_string())
+        .with("ports", ports.join(","))
+        .with("sources", sources.join(","))
+        .with("endTimeUtc", ends.join(","));
+    if let Some(j) = &plan.justification {
+        event = event.with("justification", j.clone());
+    }
+    ctx.bump_revision();
+    ctx.audit(event);
+    hooks::enqueue(&ctx.db, "requested", rid, cmd.now).await?;
+    if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
+        hooks::enqueue(&ctx.db, "opened", rid, cmd.now).await?;
+    }
+    let request = AccessRequestRecord {
+        id: rid,
+        requestor: cmd.requestor,
+        start_time: plan.start_time,
+        justification: plan.justification,
+        grants: records,
+        pending_extension: None,
+    };
+    Ok(InitiateOutcome { request, replayed: false })
+}
+
+/// The expiry sweep. Grants another change holds are skipped (`SKIP LOCKED`): that change
+/// decides them, or the next sweep does; two sweeps on two replicas never expire one grant twice.
+async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
+    let at = nanos(now);
+    let due = ctx
+        .db
+        .rows(
+            &format!(
+                "SELECT gid, rid, policy_id, vm_id, number, sources, {STATE_COLUMNS} FROM grants \
+                 WHERE status = ANY($2) AND end_time <= $1 ORDER BY end_time, gid FOR UPDATE SKIP LOCKED"
+            ),
+            &[&at, &words(&lifecycle::EXPIRING)],
+        )
+        .await?;
+    let mut expired = 0;
+    for r in &due {
+        let (gid, rid): (i64, i64) = (r.try_get("gid")?, r.try_get("rid")?);
+        let state = grants::state_from_row(r)?;
+        // A pending request nobody approved in time expires unopened.
+        let Some(new) = lifecycle::expire(state, now) else { continue };
+        grants::persist(&ctx.db, gid, &new, By::Nobody).await?;
+        expired += 1;
+        let sources: String = r.try_get("sources")?;
+        let event = AuditEvent {
+            time: now,
+            operation: ops::GRANT_EXPIRE.into(),
+            status: AuditStatus::Succeeded,
+            caller: "jitgate".into(),
+            caller_ip: None,
+            resource_id: r.try_get("policy_id")?,
+            correlation_id: format!("expiry-{gid}"),
+            properties: Default::default(),
+        }
+        .with("requestId", rid.to_string())
+        .with("virtualMachine", r.try_get::<_, String>("vm_id")?)
+        .with("port", rows::port(r, "number")?.to_string())
+        .with("sources", sources.replace('\n', " "))
+        .with("endTimeUtc", rfc3339(state.end_time))
+        .with("reason", new.reason.as_str());
+        ctx.audit(event);
+        hooks::enqueue(&ctx.db, "expired", rid, now).await?;
+    }
+    // Scheduled windows that have begun: open them (newer grants replace older ones).
+    let starting = ctx
+        .db
+        .rows(
+            &format!(
+                "SELECT gid, rid, pid, supersede_key, policy_id, {STATE_COLUMNS} FROM grants \
+                 WHERE status = ANY($2) AND opens_at <= $1 ORDER BY gid FOR UPDATE SKIP LOCKED"
+            ),
+            &[&at, &words(&lifecycle::OPENING)],
+        )
+        .await?;
+    let mut activated = 0;
+    for r in &starting {
+        let Some(new) = lifecycle::open(grants::state_from_row(r)?, now) else { continue };
+        let (gid, rid, pid): (i64, i64, i64) = (r.try_get("gid")?, r.try_get("rid")?, r.try_get("pid")?);
+        let skey: String = r.try_get("supersede_key")?;
+        grants::supersede_older(&ctx.db, pid, &skey).await?;
+        grants::persist(&ctx.db, gid, &new, By::Nobody).await?;
+        activated += 1;
+        let event = AuditEvent {
+            time: now,
+            operation: ops::GRANT_OPEN.into(),
+            status: AuditStatus::Succeeded,
+            caller: "jitgate".into(),
+            caller_ip: None,
+            resource_id: r.try_get("policy_id")?,
+            correlation_id: format!("open-{gid}"),
+            properties: Default::default(),
+        }
+        .with("requestId", rid.to_string());
+        ctx.audit(event);
+        hooks::enqueue(&ctx.db, "opened", rid, now).await?;
+    }
+    if activated > 0 {
+        ctx.bump_revision();
+    }
+    // Live grants about to end: tell the webhooks once.
+    let warn_from = nanos(now + jitgate_store::EXPIRING_SOON);
+    let soon = ctx
+        .db
+        .rows(
+            "UPDATE grants SET warned = TRUE WHERE gid IN (SELECT gid FROM grants WHERE status = ANY($2) AND NOT warned \
+             AND end_time <= $1 ORDER BY gid FOR UPDATE SKIP LOCKED) RETURNING gid, rid",
+            &[&warn_from, &words(&lifecycle::LIVE)],
+        )
+        .await?;
+    let mut warned: Vec<(i64, i64)> =
+        soon.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, tokio_postgres::Error>>()?;
+    warned.sort_unstable();
+    let mut announced = std::collections::HashSet::new();
+    for (_, rid) in &warned {
+        if announced.insert(*rid) {
+            hooks::enqueue(&ctx.db, "expiringSoon", *rid, now).await?;
+        }
+    }
+    Ok(ExpirySweep { expired, activated, warned: warned.len() })
+}
+
+async fn decide_request(
+    ctx: &mut Ctx,
+    id: i64,
+    approve: bool,
+    decider: String,
+    reason: Option<String>,
+    now: OffsetDateTime,
+    audit: AuditEvent,
+) -> Res<AccessRequestRecord> {
+    let mut audit = audit;
+    let Some((facts, gids)) = grants::request_facts(&ctx.db, id).await? else {
+        return reject(ctx, audit, request_not_found(id));
+    };
+    audit.resource_id = facts.policy_id.clone();
+    let decision = match lifecycle::decide(&facts, approve, &decider, now) {
+        Ok(decision) => decision,
+        Err(invalid) => return reject(ctx, audit, invalid),
+    };
+    let verdict = |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
+    let requestor = facts.requestor.clone();
+    let succeeded =
+        move |audit: AuditEvent| audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor);
+    let (approved, mut event) = match decision {
+        Decision::Grants { approved, changes } => {
+            for (i, state) in &changes {
+                let gid = grants::gid_at(&gids, *i)?;
+                if approved {
+                    // The approved grant replaces older ones with its key.
+                    let r = ctx.db.one("SELECT pid, supersede_key FROM grants WHERE gid = $1", &[&gid]).await?;
+                    let (pid, skey): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+                    grants::supersede_older(&ctx.db, pid, &skey).await?;
+                }
+                grants::persist(&ctx.db, gid, state, By::Decider(&decider)).await?;
+            }
+            ctx.bump_revision();
+            let event = succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
+            (approved, event)
+        }
+        Decision::Extension { approved, end_time, changes } => {
+            clear_extension(&ctx.db, id).await?;
+            if approved {
+                grants::apply(&ctx.db, &gids, &changes, By::Decider(&decider)).await?;
+                ctx.bump_revision();
+            }
+            let mut event =
+                succeeded(audit).with("decision", verdict(approved)).with("extensionEndTimeUtc", rfc3339(end_time));
+            if let Some(r) = reason {
+                event = event.with("reason", r);
+            }
+            ctx.audit(event);
+            hooks::enqueue(&ctx.db, if approved { "approved" } else { "denied" }, id, now).await?;
+            return rows::load_request(&ctx.db, id).await;
+        }
+        Decision::ExtensionLapsed(invalid) => {
+            clear_extension(&ctx.db, id).await?;
+            return reject(ctx, audit, invalid);
+        }
+    };
+    if let Some(r) = reason {
+        event = event.with("reason", r);
+    }
+    ctx.audit(event);
+    if approved {
+        hooks::enqueue(&ctx.db, "approved", id, now).await?;
+        hooks::enqueue(&ctx.db, "opened", id, now).await?;
+    } else {
+        hooks::enqueue(&ctx.db, "denied", id, now).await?;
+    }
+    rows::load_request(&ctx.db, id).await
+}
+
+fn scope_query(scope: &ListScope) -> (String, Vec<String>) {
+    let l = |s: &str| s.to_ascii_lowercase();
+    match scope {
+        ListScope::Subscription { subscription } => ("sub_key = $1".into(), vec![l(subscription)]),
+        ListScope::SubscriptionLocation { subscription, location } => {
+            ("sub_key = $1 AND loc_key = $2".into(), vec![l(subscription), l(location)])
+        }
+        ListScope::ResourceGroup { subscription, resource_group } => {
+            ("sub_key = $1 AND rg_key = $2".into(), vec![l(subscription), l(resource_group)])
+        }
+        ListScope::ResourceGroupLocation { subscription, resource_group, location } => (
+            "sub_key = $1 AND rg_key = $2 AND loc_key = $3".into(),
+            vec![l(subscription), l(resource_group), l(location)],
+        ),
+    }
+}
+
+async fn insert_policy_body(db: &Db, pid: i64, policy: &jitgate_core::Policy) -> Res<()> {
+    for (i, vm) in policy.vms.iter().enumerate() {
+        db.exec(
+            "INSERT INTO policy_vms (pid, ord, vm_key, vm_id, public_ip) VALUES ($1, $2, $3, $4, $5)",
+            &[&pid, &rows::big(i), &vm.id.key(), &vm.id.as_str(), &vm.public_ip_address],
+        )
+        .await?;
+        for (j, p) in vm.ports.iter().enumerate() {
+            let (form, sources) = encode_sources(&p.sources);
+            db.exec(
+                "INSERT INTO policy_ports (pid, vm_ord, ord, number, protocol, source_form, sources, max_duration, \
+                 cut_sessions, mapped_port, require_approval, approval_timeout) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[
+                    &pid,
+                    &rows::big(i),
+                    &rows::big(j),
+                    &i64::from(p.number),
+                    &p.protocol.as_str(),
+                    &form,
+                    &sources,
+                    &p.max_duration.text(),
+                    &p.cut_sessions,
+                    &p.mapped_port.map(i64::from),
+                    &p.require_approval,
+                    &p.approval_timeout.as_ref().map(|d| d.text().to_owned()),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn port_summary(policy: &jitgate_core::Policy) -> String {
+    let mut parts = Vec::new();
+    for vm in &policy.vms {
+        for p in &vm.ports {
+            parts.push(format!("{}:{}/{}", vm.id.name(), p.number, p.protocol.as_str()));
+        }
+    }
+    parts.join(",")
+}
