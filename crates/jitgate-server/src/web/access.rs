@@ -106,7 +106,7 @@ fn my_table(viewer: &Viewer, requests: &[(String, AccessRequestRecord)], now: ti
     html! {
         @if requests.is_empty() { p.muted { "You hold no access right now. Ask for some on " a href="/jit" { "JIT VM access" } "." } }
         @else {
-            div.table-wrap tabindex="0" { table {
+            div.table-wrap tabindex="0" role="region" aria-label="My requests" { table {
                 thead { tr { th { "Request" } th { "Virtual machine" } th { "Port" } th { "State" } th { "Time left" } th { span.visually-hidden { "Actions" } } } }
                 tbody {
                     @for (_, r) in requests {
@@ -154,7 +154,7 @@ fn my_table(viewer: &Viewer, requests: &[(String, AccessRequestRecord)], now: ti
 
 fn pending_table(viewer: &Viewer, requests: &[(String, AccessRequestRecord)], now: time::OffsetDateTime) -> Markup {
     html! {
-        div.table-wrap tabindex="0" { table {
+        div.table-wrap tabindex="0" role="region" aria-label="Requests waiting for approval" { table {
             thead { tr { th { "Request" } th { "Requester" } th { "Ports" } th { "Justification" } th { "Asked" } th { span.visually-hidden { "Decision" } } } }
             tbody {
                 @for (_, r) in requests {

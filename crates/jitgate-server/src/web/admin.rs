@@ -107,7 +107,7 @@ async fn access_control_page(
             }
         }
         h2 { "Role assignments" }
-        div.table-wrap tabindex="0" { table {
+        div.table-wrap tabindex="0" role="region" aria-label="Role assignments" { table {
             thead { tr { th { "Principal" } th { "Role" } th { "Scope" } th { "Since" } } }
             tbody {
                 @for a in &assignments {
@@ -116,7 +116,7 @@ async fn access_control_page(
             }
         } }
         h2 { "Role definitions" }
-        div.table-wrap tabindex="0" { table {
+        div.table-wrap tabindex="0" role="region" aria-label="Role definitions" { table {
             thead { tr { th { "Role" } th { "Type" } th { "Actions" } th { "Not actions" } th { "Assignable scopes" } } }
             tbody {
                 @for r in &roles {
@@ -240,7 +240,7 @@ async fn points_page(
                 }
             }
         }
-        div.table-wrap tabindex="0" { table {
+        div.table-wrap tabindex="0" role="region" aria-label="Enforcement points" { table {
             thead { tr { th { "Name" } th { "Mode" } th { "Resource group" } th { "Last contact" } th { "State" } th { "Applied revision" } } }
             tbody {
                 @for a in &agents {

@@ -103,7 +103,7 @@ async fn render(app: &App, viewer: &Viewer, uri: &Uri) -> Result<Markup, ApiErro
             " · "
             a href={ "/audit/export?format=csv" (query) } download { "Export CSV" }
         }
-        div.table-wrap tabindex="0" { table {
+        div.table-wrap tabindex="0" role="region" aria-label="Audit records" { table {
             thead { tr { th { "#" } th { "Time" } th { "Operation" } th { "Status" } th { "Caller" } th { "Resource" } th { "Details" } } }
             tbody {
                 @for r in &rows {

@@ -239,7 +239,7 @@ fn form(viewer: &Viewer, vms: &[Vm], rows: &[PortRow], editing: bool, errors: &E
                 a.button href=(if editing { "/jit?tab=configured" } else { "/jit?tab=notconfigured" }) { "Cancel" }
             }
             input type="hidden" name="rows" value=(rows.len());
-            div.table-wrap tabindex="0" {
+            div.table-wrap tabindex="0" role="region" aria-label="Ports" {
                 table.ports {
                     thead { tr { th { "Port" } th { "Protocol" } th { "Allowed source IPs" } th { "Maximum request time" } th { span.visually-hidden { "Remove" } } } }
                     tbody {

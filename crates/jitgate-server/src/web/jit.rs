@@ -285,7 +285,7 @@ async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> R
                     button.primary type="submit" data-count-label="Request access" { "Request access" }
                 }
             }
-            div.table-wrap tabindex="0" {
+            div.table-wrap tabindex="0" role="region" aria-label="Configured VMs" {
                 table {
                     thead { tr {
                         @if any_initiate { th { input type="checkbox" data-select-all aria-label="Select all VMs"; } }
@@ -336,7 +336,7 @@ fn not_configured_table(grants: &Grants, rows: &[&Placed<'_>]) -> Markup {
                     button.primary type="submit" data-count-label="Enable JIT on {n} VM{s}" { "Enable JIT on 0 VMs" }
                 }
             }
-            div.table-wrap tabindex="0" {
+            div.table-wrap tabindex="0" role="region" aria-label="Not configured VMs" {
                 table {
                     thead { tr {
                         @if any_enable { th { input type="checkbox" data-select-all aria-label="Select all VMs"; } }
@@ -366,7 +366,7 @@ fn not_configured_table(grants: &Grants, rows: &[&Placed<'_>]) -> Markup {
 
 fn unsupported_table(rows: &[&Placed<'_>]) -> Markup {
     html! {
-        div.table-wrap tabindex="0" {
+        div.table-wrap tabindex="0" role="region" aria-label="Unsupported VMs" {
             table {
                 thead { tr { th { "Virtual machine" } th { "Resource group" } th { "Location" } th { "Reason" } } }
                 tbody {
@@ -402,7 +402,7 @@ pub async fn with_panel(
     // The panel comes first in the document (it is drawn over the page), so that keyboard and
     // screen-reader users meet it before the page behind it.
     let body = html! {
-        aside.panel role="dialog" aria-modal="true" aria-labelledby="panel-title" {
+        div.panel role="dialog" aria-modal="true" aria-labelledby="panel-title" {
             a.close.button href=(q.link(tab, 1)) aria-label="Close panel" { "✕" }
             h2 #panel-title { (title) }
             (panel)

@@ -97,7 +97,7 @@ async fn fragment(app: &App, viewer: &Viewer, w: &Watch) -> Result<(Markup, bool
         }
         @for r in &requests {
             h2 { "Request " (r.id) }
-            div.table-wrap tabindex="0" { table {
+            div.table-wrap tabindex="0" role="region" aria-label={ "Request " (r.id) } { table {
                 thead { tr { th { "Virtual machine" } th { "Port" } th { "State" } th { "Enforcement" } th { "Connect to" } th { "Ends" } } }
                 tbody {
                     @for g in &r.grants {
