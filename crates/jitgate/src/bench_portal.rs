@@ -101,7 +101,7 @@ fn policy_body(sub: &str, group: &str) -> String {
 }
 
 fn location(group: usize) -> &'static str {
-    if group % 3 == 0 {
+    if group.is_multiple_of(3) {
         "eastus"
     } else {
         "westeurope"
