@@ -1,11 +1,12 @@
 //! The facts the JIT page places VMs with — every VM with its enforcement point, the keys of the
-//! VMs a policy names, the scopes where a security policy disables JIT — read together and kept
-//! for a moment: while the enforcement revision (bumped by every VM, policy, grant and agent-join
-//! change) stays the same, for at most [`FRESH_FOR`], pages reuse them instead of reading 10,000
-//! VMs again. Agents' reports do not bump the revision: what they change (staleness, nftables
-//! usable) shows within [`FRESH_FOR`].
+//! VMs a policy names, the scopes where a security policy disables JIT — read together and kept:
+//! while the enforcement revision (bumped by every VM, policy, grant and agent-join change) stays
+//! the same, pages reuse them instead of reading 10,000 VMs again, and a snapshot older than
+//! [`FRESH_FOR`] is read again in the background. Agents' reports do not bump the revision: what
+//! they change (staleness, nftables usable) shows within about [`FRESH_FOR`] plus one read.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,27 +29,57 @@ pub struct Snapshot {
     pub disabled: Vec<String>,
 }
 
-/// The last snapshot.
+/// The last snapshot, and at most one load at a time.
 #[derive(Debug, Default)]
 pub struct Cache {
     last: Mutex<Option<Arc<Snapshot>>>,
+    loading: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
 }
 
 impl Cache {
-    /// A snapshot no older than [`FRESH_FOR`] and taken at the current revision.
+    /// A snapshot taken at the current revision. One older than [`FRESH_FOR`] is still served
+    /// while a fresh one is read in the background (what it can lack is only what agents'
+    /// reports change), so no page waits for 10,000 VMs to be read unless the revision moved:
+    /// then the page waits, and sees the change it may just have made.
     pub async fn get(&self, app: &App) -> Result<Arc<Snapshot>, ApiError> {
         let revision = app.store.revision().await?;
-        let cached = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(s) = cached.filter(|s| s.revision == revision && s.taken.elapsed() < FRESH_FOR) {
+        if let Some(s) = self.at(revision) {
+            if s.taken.elapsed() >= FRESH_FOR && !self.refreshing.swap(true, Ordering::AcqRel) {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let cache = app.portal_inventory.clone();
+                    let _ = cache.load(&app, revision).await;
+                    cache.refreshing.store(false, Ordering::Release);
+                });
+            }
             return Ok(s);
         }
+        let _one_load = self.loading.lock().await;
+        // Whoever held the lock may have read this revision meanwhile.
+        if let Some(s) = self.at(revision) {
+            return Ok(s);
+        }
+        self.load(app, revision).await
+    }
+
+    /// The last snapshot, if it was taken at `revision`.
+    fn at(&self, revision: u64) -> Option<Arc<Snapshot>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone().filter(|s| s.revision == revision)
+    }
+
+    async fn load(&self, app: &App, revision: u64) -> Result<Arc<Snapshot>, ApiError> {
         let taken = Instant::now();
         let vms = app.store.list_vms().await?;
         let configured = app.store.configured_vm_keys().await?;
         let disabled =
             app.store.list_security_policies().await?.into_iter().filter(|p| !p.jit_enabled).map(|p| p.scope).collect();
         let snapshot = Arc::new(Snapshot { revision, taken, vms, configured, disabled });
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot.clone());
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // A background refresh that finished after a newer load leaves the newer one.
+        if last.as_ref().is_none_or(|l| l.revision <= revision) {
+            *last = Some(snapshot.clone());
+        }
         Ok(snapshot)
     }
 
