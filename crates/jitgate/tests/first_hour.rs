@@ -1,0 +1,146 @@
+//! The first hour of a new user: one server per data directory, certificates that verify off
+//! the default loopback address, the CLI commands a first deployment needs, and errors that say
+//! what to do next.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use jitgate_client::local::LocalServer;
+use jitgate_testkit::{TestServer, SUB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// `jitgate serve` on `data_dir`, expected to stop on its own; its output.
+fn serve_exits(data_dir: &Path, listen: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .env("JITGATE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("jitgate serve starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the second server kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_exits_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = LocalServer::start_in(Path::new(BIN), &data, &[]).expect("first server");
+    let out = serve_exits(&data, "127.0.0.1:0");
+    let (_, err) = text(&out);
+    assert!(!out.status.success(), "the second server must fail: {err}");
+    let pid = first.pid().expect("pid");
+    assert!(err.contains(&format!("PID {pid}")), "names the first server's PID {pid}: {err}");
+    assert!(err.contains("--data-dir"), "says how to run a second one: {err}");
+}
+
+#[test]
+fn a_busy_listen_address_says_to_choose_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = LocalServer::start_in(Path::new(BIN), &dir.path().join("a"), &[]).expect("first server");
+    let port = first.url.rsplit(':').next().unwrap().to_owned();
+    let out = serve_exits(&dir.path().join("b"), &format!("127.0.0.1:{port}"));
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("--listen"), "points at --listen: {err}");
+}
+
+/// The `SHA-256 …` fingerprint a server printed.
+fn fingerprint(s: &LocalServer) -> String {
+    let out = s.stdout();
+    let line = out.lines().find(|l| l.starts_with("TLS certificate:")).expect("certificate line").to_owned();
+    line.split("SHA-256 ").nth(1).unwrap().trim_end_matches(')').to_owned()
+}
+
+/// curl `url` trusting only `ca`; whether the TLS handshake verified (any HTTP status will do).
+fn curl_verifies(url: &str, ca: &Path) -> bool {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--cacert"])
+        .arg(ca)
+        .arg(format!("{url}/healthz"))
+        .output()
+        .expect("curl runs");
+    out.status.success()
+}
+
+#[test]
+fn the_self_signed_certificate_covers_the_listen_address_and_follows_it() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        jitgate_netns::skip("the_self_signed_certificate_covers_the_listen_address_and_follows_it", "no curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 127.0.0.2 is not in the default names (localhost, 127.0.0.1, ::1).
+    let mut s = LocalServer::start_with(&[], Path::new(BIN), &data, "127.0.0.2:0", &[]).expect("server");
+    let login = s.stdout();
+    assert!(login.contains(&format!("export JITGATE_URL={}", s.url)), "login block names the URL:\n{login}");
+    assert!(s.url.starts_with("https://127.0.0.2:"), "{}", s.url);
+    assert!(curl_verifies(&s.url, &s.ca_cert), "curl verifies {}", s.url);
+    // The CLI with the login block's settings.
+    let out = s.client_env(Command::new(BIN).args(["vm", "list"])).output().unwrap();
+    assert!(out.status.success(), "the CLI verifies the certificate: {:?}", text(&out));
+    let first = fingerprint(&s);
+    s.stop().unwrap();
+
+    // Another address: a new certificate, the old fingerprint in the log.
+    let mut s = LocalServer::start_with(&[], Path::new(BIN), &data, "127.0.0.3:0", &[]).expect("server");
+    let second = fingerprint(&s);
+    assert_ne!(first, second, "a certificate that does not cover 127.0.0.3 is replaced");
+    assert!(curl_verifies(&s.url, &s.ca_cert));
+    s.stop().unwrap();
+
+    // A --tls-san the certificate lacks: replaced too; one it has: kept.
+    let mut s = LocalServer::start_with(&[], Path::new(BIN), &data, "127.0.0.1:0", &["--tls-san", "jit.example"])
+        .expect("server");
+    let third = fingerprint(&s);
+    assert_ne!(second, third, "--tls-san is not ignored once a certificate exists");
+    s.stop().unwrap();
+    let s = LocalServer::start_with(&[], Path::new(BIN), &data, "127.0.0.1:0", &[]).expect("server");
+    assert_eq!(third, fingerprint(&s), "a certificate that covers everything is kept");
+}
+
+#[test]
+fn the_login_block_is_not_printed_for_a_certificate_that_does_not_cover_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    // A certificate of our own that covers only localhost's names.
+    let sd = dir.path().join("own");
+    std::fs::create_dir_all(&sd).unwrap();
+    let own = LocalServer::start_in(Path::new(BIN), &sd, &[]).expect("server");
+    let (cert, key) = (sd.join("tls/cert.pem"), sd.join("tls/key.pem"));
+    drop(own);
+    let data = dir.path().join("data");
+    let s = LocalServer::start_with(
+        &[],
+        Path::new(BIN),
+        &data,
+        "127.0.0.2:0",
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    )
+    .expect("server");
+    let out = s.stdout();
+    assert!(!out.contains("export JITGATE_URL="), "no login block for a URL that will not verify:\n{out}");
+    assert!(out.contains("does not cover 127.0.0.2"), "says why:\n{out}");
+}
+
+/// The CLI against `s` as its admin, with the test subscription.
+fn cli(s: &TestServer, args: &[&str]) -> Output {
+    let mut c = Command::new(BIN);
+    c.env_remove("JITGATE_CONFIG").env("JITGATE_SUBSCRIPTION", SUB).args(args);
+    s.server.client_env(&mut c).output().unwrap()
+}
