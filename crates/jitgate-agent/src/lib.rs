@@ -219,6 +219,7 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
         addresses: local_addresses().iter().map(|a| a.to_string()).collect(),
         public_address: cfg.public_address.map(|a| a.to_string()),
         hostname: hostname(),
+        name_is_hostname: cfg.vm_name.is_none(),
     };
     let out = control.join(&body).await.map_err(|source| AgentError::Call { what: "joining", source })?;
     let c = Credential {

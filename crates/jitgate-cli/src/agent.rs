@@ -55,7 +55,8 @@ pub struct AgentRunArgs {
     #[arg(long, value_parser = mode_parser(), default_value = "host")]
     pub mode: AgentMode,
     /// The VM's name (host mode; its ARM id is built from the join token's subscription and
-    /// resource group) or the gateway's name. Default: the hostname.
+    /// resource group) or the gateway's name. Default: the VM the join token was made for
+    /// (`agent token create --vm`), else the hostname.
     #[arg(long)]
     pub vm_name: Option<String>,
     /// Gateway mode: the address clients connect to, shown to requesters as publicIpAddress.

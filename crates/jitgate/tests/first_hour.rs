@@ -144,3 +144,69 @@ fn cli(s: &TestServer, args: &[&str]) -> Output {
     c.env_remove("JITGATE_CONFIG").env("JITGATE_SUBSCRIPTION", SUB).args(args);
     s.server.client_env(&mut c).output().unwrap()
 }
+
+#[tokio::test]
+async fn an_agent_without_a_vm_name_joins_as_the_vm_its_token_names() {
+    use jitgate_testkit::agents::join;
+    use serde_json::json;
+    let s = TestServer::start(BIN, &[]);
+    // The operator registered web1 (agentless) and makes a token for it with the CLI.
+    let web1 = s.register_vm("prod", "web1", "Linux").await;
+    let out = cli(
+        &s,
+        &["agent", "token", "create", "--subscription", SUB, "--resource-group", "prod", "--location", "westeurope"],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let plain = text(&out).0.trim().to_owned();
+    let out = cli(
+        &s,
+        &[
+            "agent",
+            "token",
+            "create",
+            "--subscription",
+            SUB,
+            "--resource-group",
+            "prod",
+            "--location",
+            "westeurope",
+            "--vm",
+            "web1",
+        ],
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    let for_web1 = text(&out).0.trim().to_owned();
+    // A plain token with the host's name (`vm`) makes a VM of that name, as before …
+    let a = join(&s, &plain, "vm", "host", json!({"nameIsHostname": true, "addresses": ["10.0.0.9"]})).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.body["name"], "vm");
+    // … but the agent run with the token made for web1 and no --vm-name joins as web1.
+    let a = join(&s, &for_web1, "vm2", "host", json!({"nameIsHostname": true, "addresses": ["10.0.0.5"]})).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.body["name"], "web1");
+    assert_eq!(a.body["vmId"].as_str().map(str::to_ascii_lowercase), Some(web1.to_ascii_lowercase()));
+    let vm = s.send(reqwest::Method::GET, &s.url("/api/v1/vms"), None).await;
+    let web = vm.body["value"].as_array().unwrap().iter().find(|v| v["name"] == "web1").unwrap().clone();
+    assert_eq!(web["address"], "10.0.0.5", "the agent's address: {web}");
+    assert!(web["enforcement"]["agent"].is_string(), "web1 has its agent now: {web}");
+    // A token made for web1 refuses an agent the operator named otherwise.
+    let out = cli(
+        &s,
+        &[
+            "agent",
+            "token",
+            "create",
+            "--subscription",
+            SUB,
+            "--resource-group",
+            "prod",
+            "--location",
+            "westeurope",
+            "--vm",
+            "web1",
+        ],
+    );
+    let again = text(&out).0.trim().to_owned();
+    let a = join(&s, &again, "db1", "host", json!({})).await;
+    assert_eq!((a.status.as_u16(), a.code()), (401, "InvalidJoinToken"), "{a:?}");
+}
