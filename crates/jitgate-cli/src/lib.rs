@@ -60,6 +60,8 @@ pub enum Command {
     Token(admin::TokenArgs),
     /// Principals: local ones and OIDC identities (with their display names).
     Principal(admin::PrincipalArgs),
+    /// Who you are signed in as: principal, credential, expiry, role assignments.
+    Whoami(admin::WhoAmIArgs),
     /// Check and save the connection settings (profile file, mode 0600).
     Login(admin::LoginArgs),
     /// Shell completions from the command tree.

@@ -76,6 +76,7 @@ fn main() -> std::process::ExitCode {
                 }
                 Some(AgentCommand::List(a)) => client_result(jitgate_cli::agent::list(a, format).await),
                 Some(AgentCommand::Rm(a)) => client_result(jitgate_cli::agent::remove(a, format).await),
+                Some(AgentCommand::Uninstall(a)) => agent::uninstall(a),
                 None => agent::run(args.run).await,
             },
             Command::Probe(args) => match jitgate_cli::probe::run(args).await {
@@ -98,6 +99,7 @@ fn main() -> std::process::ExitCode {
             Command::Vm(args) => client_result(jitgate_cli::admin::vm(args, format).await),
             Command::Token(args) => client_result(jitgate_cli::admin::token(args, format).await),
             Command::Principal(args) => client_result(jitgate_cli::admin::principal(args, format).await),
+            Command::Whoami(args) => client_result(jitgate_cli::admin::whoami(args, format).await),
             Command::Login(args) => client_result(jitgate_cli::admin::login(args).await),
             Command::Completions(args) => client_result(jitgate_cli::admin::completions(args)),
             Command::Man => client_result(jitgate_cli::admin::man()),

@@ -210,3 +210,76 @@ async fn an_agent_without_a_vm_name_joins_as_the_vm_its_token_names() {
     let a = join(&s, &again, "db1", "host", json!({})).await;
     assert_eq!((a.status.as_u16(), a.code()), (401, "InvalidJoinToken"), "{a:?}");
 }
+
+#[test]
+fn principals_whoami_and_own_tokens_from_the_cli() {
+    let s = TestServer::start(BIN, &[]);
+    let out = cli(&s, &["principal", "create", "alice"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = cli(&s, &["principal", "create", "bot", "--type", "ServicePrincipal", "-o", "json"]);
+    let bot: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!((bot["name"].as_str(), bot["type"].as_str()), (Some("bot"), Some("ServicePrincipal")));
+    let list = text(&cli(&s, &["principal", "list"])).0;
+    assert!(list.contains("alice") && list.contains("bot") && list.starts_with("NAME"), "{list}");
+
+    // whoami: the owner, its token, its role.
+    let (me, _) = text(&cli(&s, &["whoami"]));
+    assert!(me.contains("owner") && me.contains("API token") && me.contains("Owner"), "{me}");
+    let me: serde_json::Value = serde_json::from_slice(&cli(&s, &["whoami", "-o", "json"]).stdout).unwrap();
+    let my_token = me["tokenId"].as_i64().expect("token id");
+    assert_eq!(me["roleAssignments"][0]["scope"], "/");
+
+    // token create names the id on stderr, the token alone on stdout; -o json gives both.
+    let out = cli(&s, &["token", "create", "--principal", "alice", "--expires-in", "1h"]);
+    let (token, err) = text(&out);
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("jg_") && !token.contains(' '), "{token}");
+    let id: i64 = err.split_whitespace().nth(1).and_then(|w| w.parse().ok()).expect("token id on stderr");
+    let out = cli(&s, &["token", "create", "--principal", "alice", "-o", "json"]);
+    let both: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(both["id"].is_i64() && both["token"].is_string(), "{both}");
+
+    // token list without --principal: one's own.
+    let mine = text(&cli(&s, &["token", "list"])).0;
+    assert!(mine.contains(&format!("\n{my_token} ")) || mine.contains(&format!("\n{my_token}\t")), "{mine}");
+    assert!(!mine.lines().any(|l| l.starts_with(&format!("{id} "))), "alice's token is not the owner's:\n{mine}");
+    let alices = text(&cli(&s, &["token", "list", "--principal", "alice"])).0;
+    assert!(alices.lines().any(|l| l.starts_with(&format!("{id} "))), "{alices}");
+    // As alice: whoami and her own list work without any role.
+    let mut c = Command::new(BIN);
+    c.env_remove("JITGATE_CONFIG").args(["whoami"]);
+    s.server.client_env(&mut c).env("JITGATE_TOKEN", &token);
+    let (alice, err) = text(&c.output().unwrap());
+    assert!(alice.contains("alice") && alice.contains("no role assignments"), "{alice}{err}");
+
+    let out = cli(&s, &["principal", "delete", "alice"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let list = text(&cli(&s, &["principal", "list"])).0;
+    assert!(!list.lines().any(|l| l.starts_with("alice ")), "{list}");
+}
+
+#[test]
+fn agent_uninstall_removes_the_table_and_the_state_dir() {
+    let test = "agent_uninstall_removes_the_table_and_the_state_dir";
+    if let Some(why) = jitgate_netns::unavailable() {
+        jitgate_netns::skip(test, &why);
+        return;
+    }
+    let ns = jitgate_netns::Netns::new("un").expect("namespace");
+    ns.exec("nft", &["add", "table", "inet", "jitgate"]).expect("a table as an agent leaves it");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("agent.json"), "{}").unwrap();
+    // Not an agent's state directory: nothing is touched.
+    let out = ns.cmd(BIN).args(["agent", "uninstall", "--state-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success(), "{:?}", text(&out));
+    assert!(ns.exec("nft", &["list", "table", "inet", "jitgate"]).is_ok(), "the table stays");
+    let out = ns.cmd(BIN).args(["agent", "uninstall", "--state-dir"]).arg(&state).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(ns.exec("nft", &["list", "table", "inet", "jitgate"]).is_err(), "the table is gone");
+    assert!(!state.exists(), "the state directory is gone");
+    // Twice is fine: nothing left to remove.
+    let out = ns.cmd(BIN).args(["agent", "uninstall", "--state-dir"]).arg(&state).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
