@@ -35,7 +35,8 @@ pub struct Cli {
 }
 
 /// Exit codes, for scripts.
-pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting,
+6 not enforced (--wait or connect on a VM with no enforcement point: nothing opens or closes its ports).
 Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes.";
 
 #[derive(Debug, Subcommand)]

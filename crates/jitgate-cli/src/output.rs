@@ -28,6 +28,25 @@ pub mod exit {
     pub const DENIED: i32 = 3;
     pub const NOT_FOUND: i32 = 4;
     pub const TIMEOUT: i32 = 5;
+    /// `--wait` (and `connect`) on a VM no live enforcement point serves: nothing opens or
+    /// closes its ports.
+    pub const NOT_ENFORCED: i32 = 6;
+}
+
+/// Prints a warning on stderr for each VM an answer marks as not enforced; returns the names
+/// of those with no enforcement point at all.
+pub fn warn_unenforced<'a>(vms: impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a str>)>) -> Vec<String> {
+    let mut none = Vec::new();
+    for (id, state, warning) in vms {
+        let Some(state) = state else { continue };
+        let name = name_of(id);
+        let why = warning.unwrap_or("it is not enforced");
+        eprintln!("jitgate: WARNING: {name} is NOT ENFORCED ({state}): {why}");
+        if state == "NotEnforced" {
+            none.push(name);
+        }
+    }
+    none
 }
 
 /// A failure the CLI itself names, with its exit code.

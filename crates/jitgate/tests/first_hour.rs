@@ -283,3 +283,53 @@ fn agent_uninstall_removes_the_table_and_the_state_dir() {
     let out = ns.cmd(BIN).args(["agent", "uninstall", "--state-dir"]).arg(&state).output().unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
 }
+
+#[tokio::test]
+async fn a_vm_without_an_enforcement_point_is_marked_and_warned_about_everywhere() {
+    let s = TestServer::start(BIN, &[]);
+    s.register_vm("prod", "web1", "Linux").await;
+    let out = cli(&s, &["policy", "set", "-g", "prod", "-l", "westeurope", "--vm", "web1", "--port", "22"]);
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("web1 is NOT ENFORCED (NotEnforced)"), "policy set warns: {err}");
+
+    // The API marks the VM in the initiate answer and says so in a header.
+    let body = serde_json::json!({"virtualMachines": [{"id": jitgate_testkit::vm_id("prod", "web1"),
+        "ports": [{"number": 22, "duration": "PT5M", "allowedSourceAddressPrefix": "198.51.100.1"}]}]});
+    let a = s.json(reqwest::Method::POST, &s.initiate_url("prod", "westeurope", "default"), &body).await;
+    assert_eq!(a.status, 202, "{a:?}");
+    assert_eq!(a.body["virtualMachines"][0]["enforcement"], "NotEnforced", "{a:?}");
+    assert!(a.body["virtualMachines"][0]["enforcementWarning"].as_str().unwrap().contains("no enforcement point"));
+    let header = |a: &jitgate_testkit::Answer| {
+        a.headers.get("x-jitgate-enforcement").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned()
+    };
+    assert_eq!(header(&a), "not enforced: web1 (NotEnforced)");
+    // ?wait=applied answers at once with the marker, not "applied".
+    let started = Instant::now();
+    let url = s.initiate_url("prod", "westeurope", "default") + "&wait=applied&timeout=5";
+    let a = s.json(reqwest::Method::POST, &url, &body).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "at once, not after the timeout");
+    assert_eq!((a.status.as_u16(), header(&a).as_str()), (202, "not enforced: web1 (NotEnforced)"), "{a:?}");
+
+    // The CLI: a warning without --wait, exit 6 with it.
+    let out = cli(&s, &["access", "request", "--vm", "web1", "--port", "22", "--for", "5m", "--source", "198.51.100.2/32"]);
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("NOT ENFORCED") && stdout.contains("Initiated"), "{stdout}{err}");
+    let out = cli(
+        &s,
+        &["access", "request", "--vm", "web1", "--port", "22", "--for", "5m", "--source", "198.51.100.3/32", "--wait"],
+    );
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(!err.contains("open on every enforcement point"), "no false success: {err}");
+    assert!(err.contains("no enforcement point"), "{err}");
+
+    // connect refuses unless told otherwise.
+    let out = cli(&s, &["connect", "web1", "--source", "198.51.100.4/32", "--", "true"]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("--allow-unenforced"), "{err}");
+    let out = cli(&s, &["connect", "web1", "--source", "198.51.100.4/32", "--allow-unenforced", "--", "true"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+}
