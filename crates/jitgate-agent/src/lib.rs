@@ -99,6 +99,9 @@ pub enum AgentError {
     /// The HTTP client could not be built.
     #[error("setting up the connection to the server")]
     Client(#[from] ClientError),
+    /// The server refused to let the agent join: its reason, and what to do.
+    #[error("the server refused to let this agent join ({status}): {message}. {}", join_advice(.message))]
+    JoinRefused { status: u16, message: String },
     /// Joining or rotating failed.
     #[error("{what}")]
     Call {
@@ -221,7 +224,16 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
         hostname: hostname(),
         name_is_hostname: cfg.vm_name.is_none(),
     };
-    let out = control.join(&body).await.map_err(|source| AgentError::Call { what: "joining", source })?;
+    let out = control.join(&body).await.map_err(|source| match source {
+        // At join a 401 is the join token's refusal, not a credential's.
+        CallError::Status { status, body } if status.is_client_error() => {
+            AgentError::JoinRefused { status: status.as_u16(), message: body }
+        }
+        CallError::Unauthorized => {
+            AgentError::JoinRefused { status: 401, message: "the join token was refused".into() }
+        }
+        source => AgentError::Call { what: "joining", source },
+    })?;
     let c = Credential {
         server: server.trim_end_matches('/').to_owned(),
         agent_id: out.agent_id,
@@ -233,6 +245,19 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
     write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &to_json(&c))?;
     tracing::info!(agent = %c.agent_id, name = %c.name, vm = ?out.vm_id, "joined");
     Ok(c)
+}
+
+/// What to do after a refused join, by its reason.
+fn join_advice(message: &str) -> &'static str {
+    if message.contains("VirtualMachineExists") {
+        "To put this agent on that VM, make a token for it: jitgate agent token create … --vm NAME"
+    } else if message.contains("was made for virtual machine") {
+        "Start the agent without --vm-name (it then joins as the token's VM), or make a token for the VM you named"
+    } else if message.contains("GatewayExists") {
+        "Remove the old gateway agent first (jitgate agent rm ID), or join under another --vm-name"
+    } else {
+        "Join tokens are single-use and expire: make a new one with jitgate agent token create … (--vm NAME for a VM that is already registered)"
+    }
 }
 
 /// What the agent says when the server refuses its credential (401), and how to recover.

@@ -140,9 +140,11 @@ pub async fn request(args: RequestArgs, format: OutputFormat) -> Result<(), CliE
     }
     let started = std::time::Instant::now();
     let out = client.arm().initiate(&policy_id, &body, args.wait).await?;
-    let none = crate::output::warn_unenforced(out.virtual_machines.iter().map(|v| {
-        (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())
-    }));
+    let none = crate::output::warn_unenforced(
+        out.virtual_machines
+            .iter()
+            .map(|v| (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())),
+    );
     if args.wait && none.is_empty() {
         eprintln!("jitgate: open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }

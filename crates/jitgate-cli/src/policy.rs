@@ -310,9 +310,12 @@ pub async fn set(args: SetArgs, format: OutputFormat, order: Vec<(bool, String)>
         }
     };
     let out = client.arm().put_policy(&target, &body).await?;
-    crate::output::warn_unenforced(out.properties.virtual_machines.iter().map(|v| {
-        (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())
-    }));
+    crate::output::warn_unenforced(
+        out.properties
+            .virtual_machines
+            .iter()
+            .map(|v| (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())),
+    );
     print_policy(format, &out);
     Ok(())
 }

@@ -130,6 +130,20 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jitgate: error: {e:#}");
+            let api = e.chain().find_map(|c| match c.downcast_ref::<jitgate_client::ClientError>() {
+                Some(jitgate_client::ClientError::Api { status, code, .. }) => Some((*status, code.as_str())),
+                _ => None,
+            });
+            let api = api.or_else(|| match e.downcast_ref::<CliError>() {
+                Some(CliError::Client(jitgate_client::ClientError::Api { status, code, .. })) => {
+                    Some((*status, code.as_str()))
+                }
+                _ => None,
+            });
+            let chain: Vec<String> = e.chain().map(|c| format!("{c:?} {c}")).collect();
+            if let Some(h) = jitgate_cli::output::hint(api, &chain.join(" ")) {
+                eprintln!("hint: {h}");
+            }
             let code =
                 e.downcast_ref::<CliError>().map_or(jitgate_cli::output::exit::ERROR, jitgate_cli::output::exit_code);
             std::process::ExitCode::from(code as u8)

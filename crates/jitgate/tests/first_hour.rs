@@ -312,7 +312,8 @@ async fn a_vm_without_an_enforcement_point_is_marked_and_warned_about_everywhere
     assert_eq!((a.status.as_u16(), header(&a).as_str()), (202, "not enforced: web1 (NotEnforced)"), "{a:?}");
 
     // The CLI: a warning without --wait, exit 6 with it.
-    let out = cli(&s, &["access", "request", "--vm", "web1", "--port", "22", "--for", "5m", "--source", "198.51.100.2/32"]);
+    let out =
+        cli(&s, &["access", "request", "--vm", "web1", "--port", "22", "--for", "5m", "--source", "198.51.100.2/32"]);
     let (stdout, err) = text(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("NOT ENFORCED") && stdout.contains("Initiated"), "{stdout}{err}");
@@ -332,4 +333,68 @@ async fn a_vm_without_an_enforcement_point_is_marked_and_warned_about_everywhere
     assert!(err.contains("--allow-unenforced"), "{err}");
     let out = cli(&s, &["connect", "web1", "--source", "198.51.100.4/32", "--allow-unenforced", "--", "true"]);
     assert!(out.status.success(), "{:?}", text(&out));
+}
+
+/// The CLI against `s` with `env` changed; its stderr and exit code.
+fn cli_env(s: &TestServer, args: &[&str], env: &[(&str, Option<&str>)]) -> (String, Option<i32>) {
+    let mut c = Command::new(BIN);
+    c.env_remove("JITGATE_CONFIG").env("JITGATE_SUBSCRIPTION", SUB).args(args);
+    s.server.client_env(&mut c);
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().unwrap();
+    (text(&out).1, out.status.code())
+}
+
+#[test]
+fn errors_say_what_to_do_next() {
+    let s = TestServer::start(BIN, &[]);
+    let config = tempfile::tempdir().unwrap();
+    let profile = config.path().join("profile");
+    let no_profile = ("JITGATE_CONFIG", Some(profile.to_str().unwrap()));
+    // An untrusted certificate: give --ca-cert.
+    let (err, _) = cli_env(&s, &["vm", "list"], &[("JITGATE_CA_CERT", None), no_profile]);
+    assert!(err.contains("hint:") && err.contains("--ca-cert DATA_DIR/tls/cert.pem"), "{err}");
+    // An unknown principal: create it.
+    let (err, code) = cli_env(&s, &["token", "create", "--principal", "nobody"], &[]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("hint: create the principal first: jitgate principal create"), "{err}");
+    // A subscription that is not a GUID: what a subscription is.
+    let (err, _) = cli_env(&s, &["policy", "list"], &[("JITGATE_SUBSCRIPTION", Some("prod"))]);
+    assert!(err.contains("uuidgen"), "{err}");
+    // A policy that does not exist: how to make one.
+    let (err, _) = cli_env(&s, &["policy", "get", "-g", "prod", "-l", "westeurope"], &[]);
+    assert!(err.contains("hint:") && err.contains("jitgate policy set"), "{err}");
+    // A revoked token: sign in again.
+    let (err, code) = cli_env(&s, &["vm", "list"], &[("JITGATE_TOKEN", Some("jg_not-a-token"))]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("hint:") && err.contains("jitgate login"), "{err}");
+    // Nothing listening: is the server running?
+    let (err, _) = cli_env(&s, &["vm", "list"], &[("JITGATE_URL", Some("https://127.0.0.1:9"))]);
+    assert!(err.contains("hint:") && err.contains("jitgate serve"), "{err}");
+}
+
+#[test]
+fn a_refused_join_says_why_and_what_to_do_without_raw_json() {
+    let s = TestServer::start(BIN, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["agent", "--server", &s.server.url, "--join-token", "jgj_unknown", "--ca-cert"])
+        .arg(&s.server.ca_cert)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("JITGATE_LOG", "error")
+        .output()
+        .unwrap();
+    let (_, err) = text(&out);
+    assert!(!out.status.success());
+    assert!(!err.contains("{\""), "no raw JSON: {err}");
+    assert!(
+        err.contains("refused to let this agent join (401)") && err.contains("jitgate agent token create"),
+        "{err}"
+    );
 }

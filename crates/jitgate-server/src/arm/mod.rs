@@ -290,7 +290,11 @@ async fn initiate(
 
 /// The state of `vm` in `states` when it is not enforced.
 fn unenforced(states: &[(String, EnforcementState)], vm: &str) -> Option<EnforcementState> {
-    states.iter().find(|(id, _)| id.eq_ignore_ascii_case(vm)).map(|(_, s)| *s).filter(|s| *s != EnforcementState::Enforced)
+    states
+        .iter()
+        .find(|(id, _)| id.eq_ignore_ascii_case(vm))
+        .map(|(_, s)| *s)
+        .filter(|s| *s != EnforcementState::Enforced)
 }
 
 /// Marks each VM of a request answer that no live enforcement point serves.
@@ -356,11 +360,8 @@ pub async fn enforced_answer<T: serde::Serialize>(
 ) -> Result<Response, ApiError> {
     let vms: Vec<String> = states.iter().map(|(id, _)| id.clone()).collect();
     if states.iter().any(|(_, s)| *s == EnforcementState::NotEnforced) {
-        let enforced: Vec<String> = states
-            .iter()
-            .filter(|(_, s)| *s != EnforcementState::NotEnforced)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let enforced: Vec<String> =
+            states.iter().filter(|(_, s)| *s != EnforcementState::NotEnforced).map(|(id, _)| id.clone()).collect();
         if !enforced.is_empty() {
             if let Err(e) = app.wait_applied(&enforced, revision, timeout).await? {
                 return Err(wait_error(e, request_id, timeout));
