@@ -77,10 +77,23 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Network probes: is a port open from here, when did it close, does a session survive.
     Probe(probe::ProbeArgs),
+    /// Try it all on this machine (root, Linux): a server, an agent on a "VM" in network
+    /// namespaces, and a port that closes, opens for you alone, and closes again at expiry.
+    /// Shows every command it runs; removes everything it made at the end (Ctrl-C too).
+    #[command(after_help = "Examples:\n  sudo jitgate quickstart\n  sudo jitgate quickstart --seconds 5")]
+    Quickstart(QuickstartArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
     Bench(bench::BenchArgs),
     /// The key that seals webhook secrets at rest: rotate it, or make a new one.
     Secrets(secrets::SecretsArgs),
+}
+
+/// `jitgate quickstart`.
+#[derive(Debug, Clone, Args)]
+pub struct QuickstartArgs {
+    /// How long the request keeps the port open, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub seconds: u64,
 }
 
 /// How a client command reaches the server.

@@ -6,6 +6,7 @@ mod agent;
 mod bench_authz;
 mod bench_enforce;
 mod common;
+mod quickstart;
 mod secrets;
 mod serve;
 
@@ -58,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
+            Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => match args.command {
                 None => client_result(jitgate_cli::bench::run(args.initiate).await),
                 Some(BenchCommand::Initiate(a)) => client_result(jitgate_cli::bench::run(a).await),
