@@ -398,3 +398,34 @@ fn a_refused_join_says_why_and_what_to_do_without_raw_json() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn policy_set_says_every_port_option_on_the_command_line() {
+    let s = TestServer::start(BIN, &[]);
+    s.register_vm("prod", "web1", "Linux").await;
+    let out = cli(
+        &s,
+        &[
+            "policy",
+            "set",
+            "-g",
+            "prod",
+            "-l",
+            "westeurope",
+            "--vm",
+            "web1",
+            "--port",
+            "22/tcp,approval=30m,map=50022,cut",
+        ],
+    );
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(stdout.contains("approval=PT30M,map=50022,cut"), "the table shows the options:\n{stdout}");
+    let a = s.send(reqwest::Method::GET, &s.policy_url("prod", "westeurope", "default"), None).await;
+    let port = &a.body["properties"]["virtualMachines"][0]["ports"][0];
+    assert_eq!(
+        (&port["requireApproval"], &port["approvalTimeout"], &port["mappedPort"], &port["cutSessionsAtExpiry"]),
+        (&serde_json::json!(true), &serde_json::json!("PT30M"), &serde_json::json!(50022), &serde_json::json!(true)),
+        "{a:?}"
+    );
+}
