@@ -303,6 +303,55 @@ pub async fn run<F: Firewall>(
     run_with(cfg, &control, firewall, shutdown).await
 }
 
+/// One log line per grant the agent opened or closed (a port's own expiry is the kernel's and
+/// is not seen here).
+fn log_ops(revision: u64, ops: &[jitgate_enforce::ElemOp]) {
+    use jitgate_enforce::ElemOp;
+    for op in ops {
+        match op {
+            ElemOp::AddGrant { key, timeout } => tracing::info!(
+                revision,
+                source = %key.source,
+                port = key.port,
+                proto = ?key.proto,
+                dest = ?key.dest,
+                closes_in_ms = timeout.as_millis() as u64,
+                "opened"
+            ),
+            ElemOp::DelGrant { key } => {
+                tracing::info!(revision, source = %key.source, port = key.port, proto = ?key.proto, dest = ?key.dest, "closed")
+            }
+            ElemOp::AddDnat { key, target, timeout } => tracing::info!(
+                revision,
+                source = %key.source,
+                public_port = key.public_port,
+                to = %format!("{}:{}", target.addr, target.port),
+                closes_in_ms = timeout.as_millis() as u64,
+                "mapped"
+            ),
+            ElemOp::DelDnat { key } => {
+                tracing::info!(revision, source = %key.source, public_port = key.public_port, "unmapped")
+            }
+        }
+    }
+}
+
+/// The log line of a whole-table replace: what is protected and open now.
+fn log_replaced(revision: u64, d: &Desired, at: std::time::Instant) {
+    tracing::info!(revision, protected = d.protected.len(), grants = d.grants.len(), "applied the whole table");
+    for (key, end) in &d.grants {
+        tracing::info!(
+            revision,
+            source = %key.source,
+            port = key.port,
+            proto = ?key.proto,
+            dest = ?key.dest,
+            closes_in_ms = end.saturating_duration_since(at).as_millis() as u64,
+            "open"
+        );
+    }
+}
+
 /// The first backoff after a failure; it doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -377,10 +426,10 @@ pub async fn run_with<F: Firewall>(
                 let at = now();
                 let result = match plan(applied.as_ref(), &desired, at) {
                     Plan::Nothing => Ok(()),
-                    Plan::Replace(d) => firewall.replace(&d, at),
-                    Plan::Batch(ops) => firewall.apply(&ops).or_else(|e| {
+                    Plan::Replace(d) => firewall.replace(&d, at).inspect(|()| log_replaced(revision, &d, at)),
+                    Plan::Batch(ops) => firewall.apply(&ops).map(|()| log_ops(revision, &ops)).or_else(|e| {
                         tracing::warn!(error = %e, "batch failed; replacing the table instead");
-                        firewall.replace(&desired, now())
+                        firewall.replace(&desired, now()).inspect(|()| log_replaced(revision, &desired, now()))
                     }),
                 };
                 match result {

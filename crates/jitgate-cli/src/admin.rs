@@ -480,8 +480,25 @@ pub fn completions(a: CompletionsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The man page (roff) from the command tree.
-pub fn man() -> Result<(), CliError> {
-    let cmd = crate::Cli::command();
-    clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| fail(exit::ERROR, e.to_string()))
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write every page (the command and each subcommand) into this directory instead.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// The man page (roff) from the command tree, or every page into a directory.
+pub fn man(a: ManArgs) -> Result<(), CliError> {
+    // `help` has no page of its own: jitgate(1) must not refer to one.
+    let cmd = crate::Cli::command().disable_help_subcommand(true);
+    match a.dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| fail(exit::ERROR, e.to_string())),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| fail(exit::ERROR, format!("creating {}: {e}", dir.display())))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .map_err(|e| fail(exit::ERROR, format!("writing {}: {e}", dir.display())))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
+    }
 }

@@ -24,7 +24,13 @@ pub use output::CliError;
 
 /// jitgate: just-in-time network access for Linux hosts and gateways.
 #[derive(Debug, Parser)]
-#[command(name = "jitgate", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "jitgate",
+    version,
+    about = "Just-in-time network access for Linux hosts and gateways",
+    long_about = None,
+    propagate_version = true
+)]
 #[command(after_help = EXIT_CODES)]
 pub struct Cli {
     /// Output: aligned tables for people, or the API's JSON (or YAML) for scripts.
@@ -70,9 +76,12 @@ pub enum Command {
         after_help = "Examples:\n  jitgate completions bash > /etc/bash_completion.d/jitgate\n  jitgate completions zsh > \"${fpath[1]}/_jitgate\""
     )]
     Completions(admin::CompletionsArgs),
-    /// The man page, from the command tree.
-    #[command(after_help = "Example:\n  jitgate man > /usr/local/share/man/man1/jitgate.1")]
-    Man,
+    /// The man pages, from the command tree: jitgate(1) on stdout, or with --dir every page
+    /// (jitgate.1, jitgate-serve.1, jitgate-agent-token-create.1 …) that jitgate(1) refers to.
+    #[command(
+        after_help = "Examples:\n  jitgate man > /usr/local/share/man/man1/jitgate.1\n  jitgate man --dir /usr/local/share/man/man1"
+    )]
+    Man(admin::ManArgs),
     /// The audit log: list, export, verify.
     Audit(audit::AuditArgs),
     /// Network probes: is a port open from here, when did it close, does a session survive.

@@ -104,7 +104,7 @@ fn main() -> std::process::ExitCode {
             Command::Whoami(args) => client_result(jitgate_cli::admin::whoami(args, format).await),
             Command::Login(args) => client_result(jitgate_cli::admin::login(args).await),
             Command::Completions(args) => client_result(jitgate_cli::admin::completions(args)),
-            Command::Man => client_result(jitgate_cli::admin::man()),
+            Command::Man(args) => client_result(jitgate_cli::admin::man(args)),
             Command::Audit(args) => match args.command {
                 AuditCommand::List(a) => client_result(jitgate_cli::audit::query(a, false).await),
                 AuditCommand::Export(a) => client_result(jitgate_cli::audit::query(a, true).await),

@@ -429,3 +429,40 @@ async fn policy_set_says_every_port_option_on_the_command_line() {
         "{a:?}"
     );
 }
+
+#[test]
+fn help_and_man_pages_say_what_jitgate_is_and_every_referenced_page_exists() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = text(&help).0;
+    assert!(help.starts_with("Just-in-time network access"), "{help}");
+    assert!(!help.contains("clap"), "{help}");
+    let page = text(&Command::new(BIN).arg("man").output().unwrap()).0;
+    assert!(
+        page.contains("jitgate \\- Just\\-in\\-time network access"),
+        "NAME section: {}",
+        &page[..400.min(page.len())]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    // Every jitgate-…(1) page the main page refers to was written.
+    let plain = page.replace("\\-", "-");
+    let mut referenced = 0;
+    for word in plain.split(|c: char| c.is_whitespace() || c == '"') {
+        if let Some(name) = word.strip_suffix("(1)").filter(|n| n.starts_with("jitgate-")) {
+            assert!(dir.path().join(format!("{name}.1")).is_file(), "{name}.1 missing");
+            referenced += 1;
+        }
+    }
+    assert!(referenced > 5, "the main page refers to its subcommands' pages:\n{plain}");
+    assert!(dir.path().join("jitgate-serve.1").is_file() && dir.path().join("jitgate-agent-token-create.1").is_file());
+}
+
+#[test]
+fn audit_and_role_lists_have_a_header_row() {
+    let s = TestServer::start(BIN, &[]);
+    let roles = text(&cli(&s, &["role", "list"])).0;
+    assert!(roles.starts_with("NAME") && roles.contains("DESCRIPTION"), "{roles}");
+    let audit = text(&cli(&s, &["audit", "list"])).0;
+    assert!(audit.starts_with("SEQ") && audit.contains("OPERATION"), "{audit}");
+}
