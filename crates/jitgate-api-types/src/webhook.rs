@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use jitgate_core::records::AccessRequestRecord;
-use jitgate_core::rfc3339;
+
+use crate::datetime::format as api_time;
 
 /// `POST`ed to a webhook, signed (`X-Jitgate-Signature`); `event` is also in `X-Jitgate-Event`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +25,7 @@ pub struct WebhookPayload {
     pub ports: Vec<WebhookPort>,
     pub request_id: i64,
     pub requestor: String,
-    /// When the event happened (RFC 3339, UTC).
+    /// When the event happened (RFC 3339, UTC, with 7 fractional digits as the API writes times).
     pub time: String,
 }
 
@@ -52,7 +53,7 @@ impl WebhookPayload {
                 .grants
                 .iter()
                 .map(|g| WebhookPort {
-                    end_time_utc: rfc3339(g.end_time),
+                    end_time_utc: api_time(g.end_time),
                     number: g.number,
                     protocol: g.protocol.as_str().to_owned(),
                     sources: g.sources.prefixes().iter().map(|p| p.text().to_owned()).collect(),
@@ -63,7 +64,7 @@ impl WebhookPayload {
                 .collect(),
             request_id: request.id,
             requestor: request.requestor.clone(),
-            time: rfc3339(now),
+            time: api_time(now),
         }
     }
 
@@ -111,17 +112,17 @@ mod tests {
         };
         let payload = WebhookPayload::new("opened", "/p", &request, at(1_900_000_000));
         let expected = format!(
-            "{{\"event\":\"opened\",\"justification\":null,\"policyId\":\"/p\",\"ports\":[{{\"endTimeUtc\":\"2030-03-17T18:46:40Z\",\
+            "{{\"event\":\"opened\",\"justification\":null,\"policyId\":\"/p\",\"ports\":[{{\"endTimeUtc\":\"2030-03-17T18:46:40.0000000Z\",\
              \"number\":22,\"protocol\":\"TCP\",\"sources\":[\"203.0.113.5/32\",\"198.51.100.0/24\"],\"status\":\"Initiated\",\
              \"statusReason\":\"UserRequested\",\"virtualMachine\":\"{vm}\"}}],\"requestId\":7,\"requestor\":\"alice\",\
-             \"time\":\"2030-03-17T17:46:40Z\"}}"
+             \"time\":\"2030-03-17T17:46:40.0000000Z\"}}"
         );
         assert_eq!(payload.to_json(), expected);
         // As the store wrote it before the payload had a type of its own.
         let g = &request.grants[0];
         let before = serde_json::json!({
             "event": "opened",
-            "time": rfc3339(at(1_900_000_000)),
+            "time": api_time(at(1_900_000_000)),
             "requestId": 7,
             "policyId": "/p",
             "requestor": "alice",
@@ -129,7 +130,7 @@ mod tests {
             "ports": [serde_json::json!({
                 "virtualMachine": g.vm_id, "number": g.number, "protocol": g.protocol.as_str(),
                 "sources": g.sources.prefixes().iter().map(|p| p.text()).collect::<Vec<_>>(),
-                "endTimeUtc": rfc3339(g.end_time),
+                "endTimeUtc": api_time(g.end_time),
                 "status": g.status.as_str(), "statusReason": g.status_reason.as_str(),
             })],
         })

@@ -45,12 +45,29 @@ pub struct LoginArgs {
 /// How long the browser flow waits for the redirect back.
 const BROWSER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The command line that opens `link`: `$BROWSER` (its first entry when it lists several,
+/// separated by `:`), which may carry arguments and a `%s` for the link (`firefox
+/// --new-window %s`); else xdg-open. The link goes last when there is no `%s`.
+pub fn browser_command(browser: Option<&str>, link: &str) -> Vec<String> {
+    let entry = browser.and_then(|b| b.split(':').map(str::trim).find(|e| !e.is_empty())).unwrap_or("xdg-open");
+    let mut words: Vec<String> = entry.split_whitespace().map(str::to_owned).collect();
+    if words.iter().any(|w| w.contains("%s")) {
+        for w in &mut words {
+            *w = w.replace("%s", link);
+        }
+    } else {
+        words.push(link.to_owned());
+    }
+    words
+}
+
 /// Opens `link` with `$BROWSER` (else xdg-open), quietly; the link is printed too.
 fn open_browser(link: &str) {
     eprintln!("To sign in, open {link}");
-    let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".to_owned());
-    let _ = std::process::Command::new(opener)
-        .arg(link)
+    let words = browser_command(std::env::var("BROWSER").ok().as_deref(), link);
+    let Some((program, args)) = words.split_first() else { return };
+    let _ = std::process::Command::new(program)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -500,5 +517,21 @@ pub fn man(a: ManArgs) -> Result<(), CliError> {
             println!("man pages written to {}", dir.display());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::browser_command;
+
+    #[test]
+    fn browser_commands_take_arguments_and_a_placeholder() {
+        let link = "https://idp.example/authorize?x=1";
+        assert_eq!(browser_command(None, link), ["xdg-open", link]);
+        assert_eq!(browser_command(Some("firefox"), link), ["firefox", link]);
+        assert_eq!(browser_command(Some("firefox --new-window %s"), link), ["firefox", "--new-window", link]);
+        assert_eq!(browser_command(Some("chromium --app=%s"), link), ["chromium".to_owned(), format!("--app={link}")]);
+        assert_eq!(browser_command(Some("w3m:lynx"), link), ["w3m", link]);
+        assert_eq!(browser_command(Some(""), link), ["xdg-open", link]);
     }
 }
