@@ -466,3 +466,27 @@ fn audit_and_role_lists_have_a_header_row() {
     let audit = text(&cli(&s, &["audit", "list"])).0;
     assert!(audit.starts_with("SEQ") && audit.contains("OPERATION"), "{audit}");
 }
+
+#[tokio::test]
+async fn agents_are_listed_and_removed_and_leave_with_their_vm() {
+    use jitgate_testkit::agents::{join, join_token};
+    use serde_json::json;
+    let s = TestServer::start(BIN, &[]);
+    let agents = |s: &TestServer| text(&cli(s, &["agent", "list"])).0;
+    let t = join_token(&s, SUB, "prod", "host", json!({})).await;
+    assert_eq!(join(&s, &t, "web1", "host", json!({"addresses": ["10.0.0.5"]})).await.status, 201);
+    let t = join_token(&s, SUB, "prod", "host", json!({})).await;
+    assert_eq!(join(&s, &t, "web2", "host", json!({"addresses": ["10.0.0.6"]})).await.status, 201);
+    let list = agents(&s);
+    assert!(list.contains("web1") && list.contains("web2"), "{list}");
+    // `agent remove` (alias of rm) by name: revoked, gone from the list, its VM unsupported.
+    let out = cli(&s, &["agent", "remove", "web1"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(!agents(&s).lines().any(|l| l.contains(" web1 ")), "{}", agents(&s));
+    let vms = text(&cli(&s, &["vm", "list", "--unsupported"])).0;
+    assert!(vms.contains("web1"), "{vms}");
+    // Removing a VM removes its host agent from the list.
+    let out = cli(&s, &["vm", "rm", "web2"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(!agents(&s).contains("web2"), "a stale agent stays listed:\n{}", agents(&s));
+}
