@@ -252,6 +252,9 @@ pub struct RequestOut {
     pub requestor: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub justification: Option<String>,
+    /// jitgate extension: the reason the approver gave when approving or denying the request.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decision_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -380,6 +383,7 @@ pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
         start_time_utc: datetime::format(r.start_time),
         requestor: r.requestor.clone(),
         justification: r.justification.clone(),
+        decision_reason: r.decision_reason.clone(),
     }
 }
 

@@ -23,6 +23,9 @@ pub struct WebhookPayload {
     /// The ARM id of the policy the request was made against.
     pub policy_id: String,
     pub ports: Vec<WebhookPort>,
+    /// `approved` and `denied`: the reason the approver gave, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
     pub request_id: i64,
     pub requestor: String,
     /// When the event happened (RFC 3339, UTC, with 7 fractional digits as the API writes times).
@@ -62,6 +65,7 @@ impl WebhookPayload {
                     virtual_machine: g.vm_id.clone(),
                 })
                 .collect(),
+            reason: matches!(event, "approved" | "denied").then(|| request.decision_reason.clone()).flatten(),
             request_id: request.id,
             requestor: request.requestor.clone(),
             time: api_time(now),
@@ -109,6 +113,7 @@ mod tests {
                 public_ip: None,
             }],
             pending_extension: None,
+            decision_reason: None,
         };
         let payload = WebhookPayload::new("opened", "/p", &request, at(1_900_000_000));
         let expected = format!(
@@ -143,4 +148,22 @@ mod tests {
     }
 
     const SOURCES: [&str; 2] = ["203.0.113.5/32", "198.51.100.0/24"];
+
+    #[test]
+    fn approved_and_denied_events_carry_the_approver_reason() {
+        let request = AccessRequestRecord {
+            id: 9,
+            requestor: "alice".into(),
+            start_time: at(1_900_000_000),
+            justification: Some("deploy".into()),
+            grants: vec![],
+            pending_extension: None,
+            decision_reason: Some("not during the freeze".into()),
+        };
+        for (event, reason) in [("denied", true), ("approved", true), ("opened", false), ("expired", false)] {
+            let p = WebhookPayload::new(event, "/p", &request, at(1_900_000_000));
+            assert_eq!(p.reason.is_some(), reason, "{event}");
+            assert_eq!(p.to_json().contains("\"reason\":\"not during the freeze\""), reason, "{event}");
+        }
+    }
 }

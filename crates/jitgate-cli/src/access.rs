@@ -190,6 +190,9 @@ pub fn print_request_at<T: serde::Serialize>(
             }
         }
         crate::output::table(&["VM", "PORT", "STATUS", "UNTIL", "CONNECT TO"], &rows);
+        if let Some(reason) = &r.decision_reason {
+            println!("the approver's reason: {reason}");
+        }
         if let Some(end) = pending {
             println!("an extension until {end} waits for an approver (jitgate access approve {})", number(r.id));
         }

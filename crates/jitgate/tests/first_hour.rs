@@ -490,3 +490,32 @@ async fn agents_are_listed_and_removed_and_leave_with_their_vm() {
     assert!(out.status.success(), "{:?}", text(&out));
     assert!(!agents(&s).contains("web2"), "a stale agent stays listed:\n{}", agents(&s));
 }
+
+#[tokio::test]
+async fn a_denied_requester_learns_why() {
+    use serde_json::json;
+    let s = TestServer::start(BIN, &[]);
+    let vm = s.register_vm("prod", "web1", "Linux").await;
+    let policy = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "*", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H", "requireApproval": true}]}]}});
+    let a = s.json(reqwest::Method::PUT, &s.policy_url("prod", "westeurope", "default"), &policy).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT1H", "allowedSourceAddressPrefix": "198.51.100.1"}]}],
+        "justification": "deploy"});
+    let asked = s.json(reqwest::Method::POST, &s.initiate_url("prod", "westeurope", "default"), &body).await;
+    let id = asked.body["id"].as_i64().expect("id");
+    // Owner made the request; another principal with the approve action denies it.
+    let approver = s.principal_with_role("ann", "Owner", "/").await;
+    let mut c = Command::new(BIN);
+    c.env_remove("JITGATE_CONFIG").args(["access", "deny", &id.to_string(), "--reason", "not during the freeze"]);
+    s.server.client_env(&mut c).env("JITGATE_TOKEN", &approver);
+    let out = c.output().unwrap();
+    let (stdout, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(stdout.contains("the approver's reason: not during the freeze"), "{stdout}");
+    // The request's own answer and the policy's history carry it.
+    let r = s.send(reqwest::Method::GET, &s.url(&format!("/api/v1/requests/{id}")), None).await;
+    assert_eq!(r.body["decisionReason"], "not during the freeze", "{r:?}");
+    let p = s.send(reqwest::Method::GET, &s.policy_url("prod", "westeurope", "default"), None).await;
+    assert_eq!(p.body["properties"]["requests"][0]["decisionReason"], "not during the freeze", "{p:?}");
+}
