@@ -519,3 +519,21 @@ async fn a_denied_requester_learns_why() {
     let p = s.send(reqwest::Method::GET, &s.policy_url("prod", "westeurope", "default"), None).await;
     assert_eq!(p.body["properties"]["requests"][0]["decisionReason"], "not during the freeze", "{p:?}");
 }
+
+#[tokio::test]
+async fn a_request_outlives_its_policy() {
+    use serde_json::json;
+    let s = TestServer::start(BIN, &[]);
+    let vm = s.register_vm("prod", "web1", "Linux").await;
+    let policy = json!({"properties": {"virtualMachines": [{"id": vm, "ports": []}]}});
+    let url = s.policy_url("prod", "westeurope", "default");
+    assert_eq!(s.json(reqwest::Method::PUT, &url, &policy).await.status, 200);
+    let body = json!({"virtualMachines": [{"id": vm, "ports": [{"number": 22, "duration": "PT1H", "allowedSourceAddressPrefix": "198.51.100.1"}]}]});
+    let asked = s.json(reqwest::Method::POST, &s.initiate_url("prod", "westeurope", "default"), &body).await;
+    let id = asked.body["id"].as_i64().expect("id");
+    assert_eq!(s.send(reqwest::Method::DELETE, &url, None).await.status, 200);
+    let r = s.send(reqwest::Method::GET, &s.url(&format!("/api/v1/requests/{id}")), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let port = &r.body["virtualMachines"][0]["ports"][0];
+    assert_eq!((port["status"].as_str(), port["statusReason"].as_str()), (Some("Revoked"), Some("PolicyDeleted")), "{r:?}");
+}
