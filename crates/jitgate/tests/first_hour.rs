@@ -535,5 +535,9 @@ async fn a_request_outlives_its_policy() {
     let r = s.send(reqwest::Method::GET, &s.url(&format!("/api/v1/requests/{id}")), None).await;
     assert_eq!(r.status, 200, "{r:?}");
     let port = &r.body["virtualMachines"][0]["ports"][0];
-    assert_eq!((port["status"].as_str(), port["statusReason"].as_str()), (Some("Revoked"), Some("PolicyDeleted")), "{r:?}");
+    assert_eq!(
+        (port["status"].as_str(), port["statusReason"].as_str()),
+        (Some("Revoked"), Some("PolicyDeleted")),
+        "{r:?}"
+    );
 }
