@@ -83,10 +83,20 @@ pub async fn run(args: ConnectArgs) -> Result<i32, CliError> {
     let vm = client.native().vm(&vm_id).await?;
     let name = crate::output::name_of(&vm_id);
     let (host, port) = endpoint(&granted, vm.address.as_deref(), &name, args.port);
-    eprintln!(
-        "jitgate: open after {:.0} ms; connecting to {host}:{port} (request {id})",
-        started.elapsed().as_secs_f64() * 1000.0
+    let unenforced = crate::output::warn_unenforced(
+        granted
+            .virtual_machines
+            .iter()
+            .map(|v| (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())),
     );
+    if unenforced.is_empty() {
+        eprintln!(
+            "jitgate: open after {:.0} ms; connecting to {host}:{port} (request {id})",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    } else {
+        eprintln!("jitgate: recorded, not enforced; connecting to {host}:{port} (request {id})");
+    }
     let fill = |s: &String| s.replace("{host}", &host).replace("{port}", &port.to_string());
     let mut child = tokio::process::Command::new(fill(&args.command[0]))
         .args(args.command[1..].iter().map(fill))
