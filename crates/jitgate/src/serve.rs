@@ -106,6 +106,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(cert) = &cert_path {
         println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
     }
+    if local.ip().is_unspecified() {
+        // Listening on every address: the ones other machines use (the certificate covers them).
+        let others: Vec<String> = jitgate_agent::local_addresses()
+            .into_iter()
+            .filter(|a| local.ip().is_ipv6() || a.is_ipv4())
+            .map(|a| format!("{scheme}://{}", std::net::SocketAddr::new(a, local.port())))
+            .collect();
+        if !others.is_empty() {
+            println!("From other machines: {}", others.join(", "));
+        }
+    }
 
     let trusted_proxies = ranges("--trusted-proxy", &args.trusted_proxy)?;
     let oidc = match (&args.oidc_issuer, &args.oidc_audience) {
