@@ -75,7 +75,14 @@ fn call_error(e: ClientError) -> CallError {
 
 impl Control for HttpControl {
     async fn join(&self, body: &JoinIn) -> Result<JoinOut, CallError> {
-        self.client.agent().join(body).await.map_err(call_error)
+        // A refused join keeps the server's reason (a 401 here is the join token's, not a credential's).
+        self.client.agent().join(body).await.map_err(|e| match e {
+            ClientError::Api { status: 401, code, message } => CallError::Status {
+                status: reqwest::StatusCode::UNAUTHORIZED,
+                body: if code.is_empty() { message } else { format!("{code}: {message}") },
+            },
+            e => call_error(e),
+        })
     }
 
     async fn rotate(&self, credential: &str) -> Result<RotateOut, CallError> {

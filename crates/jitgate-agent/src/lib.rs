@@ -99,6 +99,9 @@ pub enum AgentError {
     /// The HTTP client could not be built.
     #[error("setting up the connection to the server")]
     Client(#[from] ClientError),
+    /// The server refused to let the agent join: its reason, and what to do.
+    #[error("the server refused to let this agent join ({status}): {message}. {}", join_advice(.message))]
+    JoinRefused { status: u16, message: String },
     /// Joining or rotating failed.
     #[error("{what}")]
     Call {
@@ -219,8 +222,18 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
         addresses: local_addresses().iter().map(|a| a.to_string()).collect(),
         public_address: cfg.public_address.map(|a| a.to_string()),
         hostname: hostname(),
+        name_is_hostname: cfg.vm_name.is_none(),
     };
-    let out = control.join(&body).await.map_err(|source| AgentError::Call { what: "joining", source })?;
+    let out = control.join(&body).await.map_err(|source| match source {
+        // At join a 401 is the join token's refusal, not a credential's.
+        CallError::Status { status, body } if status.is_client_error() => {
+            AgentError::JoinRefused { status: status.as_u16(), message: body }
+        }
+        CallError::Unauthorized => {
+            AgentError::JoinRefused { status: 401, message: "the join token was refused".into() }
+        }
+        source => AgentError::Call { what: "joining", source },
+    })?;
     let c = Credential {
         server: server.trim_end_matches('/').to_owned(),
         agent_id: out.agent_id,
@@ -232,6 +245,19 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
     write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &to_json(&c))?;
     tracing::info!(agent = %c.agent_id, name = %c.name, vm = ?out.vm_id, "joined");
     Ok(c)
+}
+
+/// What to do after a refused join, by its reason.
+fn join_advice(message: &str) -> &'static str {
+    if message.contains("VirtualMachineExists") {
+        "To put this agent on that VM, make a token for it: jitgate agent token create … --vm NAME"
+    } else if message.contains("was made for virtual machine") {
+        "Start the agent without --vm-name (it then joins as the token's VM), or make a token for the VM you named"
+    } else if message.contains("GatewayExists") {
+        "Remove the old gateway agent first (jitgate agent rm ID), or join under another --vm-name"
+    } else {
+        "Join tokens are single-use and expire: make a new one with jitgate agent token create … (--vm NAME for a VM that is already registered)"
+    }
 }
 
 /// What the agent says when the server refuses its credential (401), and how to recover.
@@ -275,6 +301,55 @@ pub async fn run<F: Firewall>(
     };
     let control = HttpControl::new(&server, ca_cert.as_deref())?;
     run_with(cfg, &control, firewall, shutdown).await
+}
+
+/// One log line per grant the agent opened or closed (a port's own expiry is the kernel's and
+/// is not seen here).
+fn log_ops(revision: u64, ops: &[jitgate_enforce::ElemOp]) {
+    use jitgate_enforce::ElemOp;
+    for op in ops {
+        match op {
+            ElemOp::AddGrant { key, timeout } => tracing::info!(
+                revision,
+                source = %key.source,
+                port = key.port,
+                proto = ?key.proto,
+                dest = ?key.dest,
+                closes_in_ms = timeout.as_millis() as u64,
+                "opened"
+            ),
+            ElemOp::DelGrant { key } => {
+                tracing::info!(revision, source = %key.source, port = key.port, proto = ?key.proto, dest = ?key.dest, "closed")
+            }
+            ElemOp::AddDnat { key, target, timeout } => tracing::info!(
+                revision,
+                source = %key.source,
+                public_port = key.public_port,
+                to = %format!("{}:{}", target.addr, target.port),
+                closes_in_ms = timeout.as_millis() as u64,
+                "mapped"
+            ),
+            ElemOp::DelDnat { key } => {
+                tracing::info!(revision, source = %key.source, public_port = key.public_port, "unmapped")
+            }
+        }
+    }
+}
+
+/// The log line of a whole-table replace: what is protected and open now.
+fn log_replaced(revision: u64, d: &Desired, at: std::time::Instant) {
+    tracing::info!(revision, protected = d.protected.len(), grants = d.grants.len(), "applied the whole table");
+    for (key, end) in &d.grants {
+        tracing::info!(
+            revision,
+            source = %key.source,
+            port = key.port,
+            proto = ?key.proto,
+            dest = ?key.dest,
+            closes_in_ms = end.saturating_duration_since(at).as_millis() as u64,
+            "open"
+        );
+    }
 }
 
 /// The first backoff after a failure; it doubles up to [`MAX_BACKOFF`].
@@ -351,10 +426,10 @@ pub async fn run_with<F: Firewall>(
                 let at = now();
                 let result = match plan(applied.as_ref(), &desired, at) {
                     Plan::Nothing => Ok(()),
-                    Plan::Replace(d) => firewall.replace(&d, at),
-                    Plan::Batch(ops) => firewall.apply(&ops).or_else(|e| {
+                    Plan::Replace(d) => firewall.replace(&d, at).inspect(|()| log_replaced(revision, &d, at)),
+                    Plan::Batch(ops) => firewall.apply(&ops).map(|()| log_ops(revision, &ops)).or_else(|e| {
                         tracing::warn!(error = %e, "batch failed; replacing the table instead");
-                        firewall.replace(&desired, now())
+                        firewall.replace(&desired, now()).inspect(|()| log_replaced(revision, &desired, now()))
                     }),
                 };
                 match result {

@@ -74,6 +74,7 @@ fn clone_join(b: &JoinIn) -> JoinIn {
         addresses: b.addresses.clone(),
         public_address: b.public_address.clone(),
         hostname: b.hostname.clone(),
+        name_is_hostname: b.name_is_hostname,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct JoinIn {
     pub addresses: Vec<String>,
     pub public_address: Option<String>,
     pub hostname: String,
+    /// `name` is the host's name, not one the operator gave (`--vm-name`): a join token made for
+    /// one VM then joins as that VM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub name_is_hostname: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -211,6 +211,14 @@ pub struct PolicyVmOut {
     pub ports: Vec<PortRuleOut>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub public_ip_address: Option<String>,
+    /// jitgate extension, in the answers to a policy PUT and to initiate: `NotEnforced` (no
+    /// enforcement point: nothing closes or opens the ports), `Stale` (its agent stopped
+    /// reporting) or `Unusable` (its agent cannot program nftables); absent when enforced.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement: Option<String>,
+    /// jitgate extension: what `enforcement` means for this VM and what to do.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement_warning: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -244,6 +252,9 @@ pub struct RequestOut {
     pub requestor: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub justification: Option<String>,
+    /// jitgate extension: the reason the approver gave when approving or denying the request.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub decision_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -254,6 +265,11 @@ pub struct RequestVmOut {
     /// The gateway's public address when the VM is reached through a gateway.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub public_ip_address: Option<String>,
+    /// jitgate extension, as in [`PolicyVmOut::enforcement`].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enforcement_warning: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -320,6 +336,8 @@ pub fn policy_out(record: &PolicyRecord) -> PolicyOut {
                         })
                         .collect(),
                     public_ip_address: vm.public_ip_address.clone(),
+                    enforcement: None,
+                    enforcement_warning: None,
                 })
                 .collect(),
             requests: record.requests.iter().map(request_out).collect(),
@@ -354,6 +372,8 @@ pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
                 id: g.vm_id.clone(),
                 ports: vec![port],
                 public_ip_address: g.public_ip.clone(),
+                enforcement: None,
+                enforcement_warning: None,
             }),
         }
     }
@@ -363,6 +383,7 @@ pub fn request_out(r: &AccessRequestRecord) -> RequestOut {
         start_time_utc: datetime::format(r.start_time),
         requestor: r.requestor.clone(),
         justification: r.justification.clone(),
+        decision_reason: r.decision_reason.clone(),
     }
 }
 

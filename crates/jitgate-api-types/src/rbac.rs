@@ -32,6 +32,22 @@ pub struct PrincipalOut {
     pub subject: Option<String>,
 }
 
+/// `GET /api/v1/whoami`: the caller, the credential it signed in with, and its role assignments.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmIOut {
+    pub principal: PrincipalOut,
+    /// `token` (a jitgate API token) or `idToken` (an OIDC sign-in).
+    pub credential: String,
+    /// The API token's id (`jitgate token revoke ID`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub token_id: Option<i64>,
+    /// When the credential stops working; absent: never.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expires_on: Option<String>,
+    pub role_assignments: Vec<RoleAssignmentOut>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenIn {

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use jitgate_core::records::AccessRequestRecord;
-use jitgate_core::rfc3339;
+
+use crate::datetime::format as api_time;
 
 /// `POST`ed to a webhook, signed (`X-Jitgate-Signature`); `event` is also in `X-Jitgate-Event`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,9 +23,12 @@ pub struct WebhookPayload {
     /// The ARM id of the policy the request was made against.
     pub policy_id: String,
     pub ports: Vec<WebhookPort>,
+    /// `approved` and `denied`: the reason the approver gave, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
     pub request_id: i64,
     pub requestor: String,
-    /// When the event happened (RFC 3339, UTC).
+    /// When the event happened (RFC 3339, UTC, with 7 fractional digits as the API writes times).
     pub time: String,
 }
 
@@ -52,7 +56,7 @@ impl WebhookPayload {
                 .grants
                 .iter()
                 .map(|g| WebhookPort {
-                    end_time_utc: rfc3339(g.end_time),
+                    end_time_utc: api_time(g.end_time),
                     number: g.number,
                     protocol: g.protocol.as_str().to_owned(),
                     sources: g.sources.prefixes().iter().map(|p| p.text().to_owned()).collect(),
@@ -61,9 +65,10 @@ impl WebhookPayload {
                     virtual_machine: g.vm_id.clone(),
                 })
                 .collect(),
+            reason: matches!(event, "approved" | "denied").then(|| request.decision_reason.clone()).flatten(),
             request_id: request.id,
             requestor: request.requestor.clone(),
-            time: rfc3339(now),
+            time: api_time(now),
         }
     }
 
@@ -108,20 +113,21 @@ mod tests {
                 public_ip: None,
             }],
             pending_extension: None,
+            decision_reason: None,
         };
         let payload = WebhookPayload::new("opened", "/p", &request, at(1_900_000_000));
         let expected = format!(
-            "{{\"event\":\"opened\",\"justification\":null,\"policyId\":\"/p\",\"ports\":[{{\"endTimeUtc\":\"2030-03-17T18:46:40Z\",\
+            "{{\"event\":\"opened\",\"justification\":null,\"policyId\":\"/p\",\"ports\":[{{\"endTimeUtc\":\"2030-03-17T18:46:40.0000000Z\",\
              \"number\":22,\"protocol\":\"TCP\",\"sources\":[\"203.0.113.5/32\",\"198.51.100.0/24\"],\"status\":\"Initiated\",\
              \"statusReason\":\"UserRequested\",\"virtualMachine\":\"{vm}\"}}],\"requestId\":7,\"requestor\":\"alice\",\
-             \"time\":\"2030-03-17T17:46:40Z\"}}"
+             \"time\":\"2030-03-17T17:46:40.0000000Z\"}}"
         );
         assert_eq!(payload.to_json(), expected);
         // As the store wrote it before the payload had a type of its own.
         let g = &request.grants[0];
         let before = serde_json::json!({
             "event": "opened",
-            "time": rfc3339(at(1_900_000_000)),
+            "time": api_time(at(1_900_000_000)),
             "requestId": 7,
             "policyId": "/p",
             "requestor": "alice",
@@ -129,7 +135,7 @@ mod tests {
             "ports": [serde_json::json!({
                 "virtualMachine": g.vm_id, "number": g.number, "protocol": g.protocol.as_str(),
                 "sources": g.sources.prefixes().iter().map(|p| p.text()).collect::<Vec<_>>(),
-                "endTimeUtc": rfc3339(g.end_time),
+                "endTimeUtc": api_time(g.end_time),
                 "status": g.status.as_str(), "statusReason": g.status_reason.as_str(),
             })],
         })
@@ -142,4 +148,22 @@ mod tests {
     }
 
     const SOURCES: [&str; 2] = ["203.0.113.5/32", "198.51.100.0/24"];
+
+    #[test]
+    fn approved_and_denied_events_carry_the_approver_reason() {
+        let request = AccessRequestRecord {
+            id: 9,
+            requestor: "alice".into(),
+            start_time: at(1_900_000_000),
+            justification: Some("deploy".into()),
+            grants: vec![],
+            pending_extension: None,
+            decision_reason: Some("not during the freeze".into()),
+        };
+        for (event, reason) in [("denied", true), ("approved", true), ("opened", false), ("expired", false)] {
+            let p = WebhookPayload::new(event, "/p", &request, at(1_900_000_000));
+            assert_eq!(p.reason.is_some(), reason, "{event}");
+            assert_eq!(p.to_json().contains("\"reason\":\"not during the freeze\""), reason, "{event}");
+        }
+    }
 }

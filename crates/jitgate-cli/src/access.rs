@@ -140,11 +140,25 @@ pub async fn request(args: RequestArgs, format: OutputFormat) -> Result<(), CliE
     }
     let started = std::time::Instant::now();
     let out = client.arm().initiate(&policy_id, &body, args.wait).await?;
-    if args.wait {
+    let none = crate::output::warn_unenforced(
+        out.virtual_machines
+            .iter()
+            .map(|v| (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())),
+    );
+    if args.wait && none.is_empty() {
         eprintln!("jitgate: open on every enforcement point after {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
     }
     let vm = client.native().vm(&vm_id).await.ok();
     print_request_at(format, &out, &out, None, vm.as_ref().and_then(|v| v.address.as_deref()));
+    if args.wait && !none.is_empty() {
+        return Err(crate::output::fail(
+            crate::output::exit::NOT_ENFORCED,
+            format!(
+                "the request is recorded, but {} has no enforcement point: nothing opened the port (run `jitgate agent` on it, or attach it to a gateway)",
+                none.join(", ")
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -176,6 +190,9 @@ pub fn print_request_at<T: serde::Serialize>(
             }
         }
         crate::output::table(&["VM", "PORT", "STATUS", "UNTIL", "CONNECT TO"], &rows);
+        if let Some(reason) = &r.decision_reason {
+            println!("the approver's reason: {reason}");
+        }
         if let Some(end) = pending {
             println!("an extension until {end} waits for an approver (jitgate access approve {})", number(r.id));
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Subcommand};
 
 use jitgate_api_types::native::{ListOut, VmIn, VmOut};
-use jitgate_api_types::rbac::TokenIn;
+use jitgate_api_types::rbac::{PrincipalIn, TokenIn};
 use jitgate_client::native::VmView;
 use jitgate_client::oidc::Provider;
 use jitgate_client::{Client, Settings};
@@ -45,12 +45,29 @@ pub struct LoginArgs {
 /// How long the browser flow waits for the redirect back.
 const BROWSER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The command line that opens `link`: `$BROWSER` (its first entry when it lists several,
+/// separated by `:`), which may carry arguments and a `%s` for the link (`firefox
+/// --new-window %s`); else xdg-open. The link goes last when there is no `%s`.
+pub fn browser_command(browser: Option<&str>, link: &str) -> Vec<String> {
+    let entry = browser.and_then(|b| b.split(':').map(str::trim).find(|e| !e.is_empty())).unwrap_or("xdg-open");
+    let mut words: Vec<String> = entry.split_whitespace().map(str::to_owned).collect();
+    if words.iter().any(|w| w.contains("%s")) {
+        for w in &mut words {
+            *w = w.replace("%s", link);
+        }
+    } else {
+        words.push(link.to_owned());
+    }
+    words
+}
+
 /// Opens `link` with `$BROWSER` (else xdg-open), quietly; the link is printed too.
 fn open_browser(link: &str) {
     eprintln!("To sign in, open {link}");
-    let opener = std::env::var("BROWSER").unwrap_or_else(|_| "xdg-open".to_owned());
-    let _ = std::process::Command::new(opener)
-        .arg(link)
+    let words = browser_command(std::env::var("BROWSER").ok().as_deref(), link);
+    let Some((program, args)) = words.split_first() else { return };
+    let _ = std::process::Command::new(program)
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -252,8 +269,10 @@ pub enum TokenCommand {
     /// Create an API token; prints the token alone (it is shown only this once).
     #[command(after_help = "Example:\n  jitgate token create --principal alice --expires-in 8h")]
     Create(TokenCreate),
-    /// List a principal's tokens (never their secrets).
-    #[command(after_help = "Example:\n  jitgate token list --principal alice")]
+    /// List a principal's tokens (never their secrets); your own without --principal.
+    #[command(
+        after_help = "Examples:\n  jitgate token list                    # your own tokens\n  jitgate token list --principal alice"
+    )]
     List(TokenFor),
     /// Revoke a token by id.
     #[command(after_help = "Example:\n  jitgate token revoke 7")]
@@ -275,9 +294,9 @@ pub struct TokenCreate {
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenFor {
-    /// The principal the token signs in as.
+    /// Whose tokens; default: your own (the principal of the credential in use).
     #[arg(long)]
-    pub principal: String,
+    pub principal: Option<String>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -307,7 +326,11 @@ pub async fn token(a: TokenArgs, format: OutputFormat) -> Result<(), CliError> {
         }
         TokenCommand::List(l) => {
             let client = l.conn.connect()?;
-            let value = client.native().tokens(&l.principal).await?;
+            let principal = match l.principal {
+                Some(p) => p,
+                None => client.native().whoami().await?.principal.name,
+            };
+            let value = client.native().tokens(&principal).await?;
             print(format, &ListOut { value }, |o| {
                 let rows: Vec<Vec<String>> = o
                     .value
@@ -347,12 +370,81 @@ pub enum PrincipalCommand {
         after_help = "Example:\n  jitgate principal list\n  jitgate role assign --principal oidc:3f2a… --role Reader --scope /subscriptions/$SUB"
     )]
     List(PrincipalList),
+    /// Create a local principal (a user, or a service principal for scripts); then give it a
+    /// role (`jitgate role assign`) and a token (`jitgate token create --principal NAME`).
+    #[command(after_help = "Examples:
+  jitgate principal create alice
+  jitgate principal create deploy-bot --type ServicePrincipal
+  jitgate role assign --principal alice --role \"JIT Requester\" --scope /subscriptions/$SUB/resourceGroups/prod
+  jitgate token create --principal alice --expires-in 8h")]
+    Create(PrincipalCreate),
+    /// Delete a principal: its tokens and role assignments go with it, its live grants are revoked.
+    #[command(after_help = "Example:\n  jitgate principal delete alice")]
+    Delete(PrincipalDelete),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct PrincipalList {
     #[command(flatten)]
     pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrincipalCreate {
+    /// The principal's name (letters, digits, `.`, `_`, `-`, `@`).
+    pub name: String,
+    /// User or ServicePrincipal.
+    #[arg(long = "type", default_value = "User", value_parser = ["User", "ServicePrincipal"])]
+    pub kind: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrincipalDelete {
+    /// The principal's name (`jitgate principal list`).
+    pub name: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:\n  jitgate whoami\n  jitgate whoami -o json")]
+pub struct WhoAmIArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// `jitgate whoami`: the principal, the credential and its expiry, the role assignments.
+pub async fn whoami(a: WhoAmIArgs, format: OutputFormat) -> Result<(), CliError> {
+    let client = a.conn.connect()?;
+    let me = client.native().whoami().await?;
+    print(format, &me, |m| {
+        let shown = m.principal.display_name.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+        println!("{}{shown}, {}", m.principal.name, m.principal.kind);
+        let credential = match m.token_id {
+            Some(id) => format!("API token {id}"),
+            None => "OIDC ID token".to_owned(),
+        };
+        println!(
+            "signed in with {credential}, {}",
+            match &m.expires_on {
+                Some(at) => format!("valid until {at}"),
+                None => "which does not expire".to_owned(),
+            }
+        );
+        if m.role_assignments.is_empty() {
+            println!(
+                "no role assignments (an Owner gives one: jitgate role assign --principal {} …)",
+                m.principal.name
+            );
+        } else {
+            let rows: Vec<Vec<String>> =
+                m.role_assignments.iter().map(|r| vec![r.role.clone(), r.scope.clone()]).collect();
+            table(&["ROLE", "SCOPE"], &rows);
+        }
+    });
+    Ok(())
 }
 
 pub async fn principal(a: PrincipalArgs, format: OutputFormat) -> Result<(), CliError> {
@@ -368,6 +460,24 @@ pub async fn principal(a: PrincipalArgs, format: OutputFormat) -> Result<(), Cli
                     .map(|p| vec![p.name.clone(), p.kind.clone(), text(&p.display_name), text(&p.issuer)])
                     .collect();
                 table(&["NAME", "TYPE", "DISPLAY NAME", "ISSUER"], &rows);
+            });
+        }
+        PrincipalCommand::Create(c) => {
+            let client = c.conn.connect()?;
+            let out = client.native().create_principal(&PrincipalIn { name: Some(c.name), kind: Some(c.kind) }).await?;
+            print(format, &out, |p| {
+                println!("created {} {}", p.kind, p.name);
+                eprintln!(
+                    "next: jitgate role assign --principal {0} --role … --scope …; jitgate token create --principal {0}",
+                    p.name
+                );
+            });
+        }
+        PrincipalCommand::Delete(d) => {
+            let client = d.conn.connect()?;
+            let out = client.native().delete_principal(&d.name).await?;
+            print(format, &out, |p| {
+                println!("deleted {} {} (its tokens, role assignments and grants with it)", p.kind, p.name)
             });
         }
     }
@@ -387,8 +497,41 @@ pub fn completions(a: CompletionsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The man page (roff) from the command tree.
-pub fn man() -> Result<(), CliError> {
-    let cmd = crate::Cli::command();
-    clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| fail(exit::ERROR, e.to_string()))
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write every page (the command and each subcommand) into this directory instead.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// The man page (roff) from the command tree, or every page into a directory.
+pub fn man(a: ManArgs) -> Result<(), CliError> {
+    // `help` has no page of its own: jitgate(1) must not refer to one.
+    let cmd = crate::Cli::command().disable_help_subcommand(true);
+    match a.dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(|e| fail(exit::ERROR, e.to_string())),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| fail(exit::ERROR, format!("creating {}: {e}", dir.display())))?;
+            clap_mangen::generate_to(cmd, &dir)
+                .map_err(|e| fail(exit::ERROR, format!("writing {}: {e}", dir.display())))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::browser_command;
+
+    #[test]
+    fn browser_commands_take_arguments_and_a_placeholder() {
+        let link = "https://idp.example/authorize?x=1";
+        assert_eq!(browser_command(None, link), ["xdg-open", link]);
+        assert_eq!(browser_command(Some("firefox"), link), ["firefox", link]);
+        assert_eq!(browser_command(Some("firefox --new-window %s"), link), ["firefox", "--new-window", link]);
+        assert_eq!(browser_command(Some("chromium --app=%s"), link), ["chromium".to_owned(), format!("--app={link}")]);
+        assert_eq!(browser_command(Some("w3m:lynx"), link), ["w3m", link]);
+        assert_eq!(browser_command(Some(""), link), ["xdg-open", link]);
+    }
 }

@@ -55,7 +55,8 @@ pub struct AgentRunArgs {
     #[arg(long, value_parser = mode_parser(), default_value = "host")]
     pub mode: AgentMode,
     /// The VM's name (host mode; its ARM id is built from the join token's subscription and
-    /// resource group) or the gateway's name. Default: the hostname.
+    /// resource group) or the gateway's name. Default: the VM the join token was made for
+    /// (`agent token create --vm`), else the hostname.
     #[arg(long)]
     pub vm_name: Option<String>,
     /// Gateway mode: the address clients connect to, shown to requesters as publicIpAddress.
@@ -83,10 +84,29 @@ pub enum AgentCommand {
     /// Revoke an agent's credential and remove it; the VMs it enforced have no enforcement
     /// point until an agent joins for them (a host VM: with a token made `--vm NAME`).
     #[command(
-        visible_alias = "revoke",
+        visible_aliases = ["remove", "revoke"],
         after_help = "Examples:\n  jitgate agent rm 3f6c2a9e-8d1b-4c3e-9f0a-1b2c3d4e5f60\n  jitgate agent rm web1 -o json    # by VM or gateway name, when it names one agent"
     )]
     Rm(AgentRmArgs),
+    /// Stop enforcing on this host for good: delete the agent's nftables table (`table inet
+    /// jitgate`, which keeps protected ports closed after the agent stops) and its state
+    /// directory. Run it on the VM as root, after stopping the agent; `jitgate agent rm` removes
+    /// the agent on the server.
+    #[command(after_help = "Examples:
+  systemctl stop jitgate-agent
+  jitgate agent uninstall --state-dir /var/lib/jitgate-agent
+  jitgate agent rm web1                 # and on the server: revoke its credential")]
+    Uninstall(AgentUninstallArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentUninstallArgs {
+    /// The agent's state directory (its credential and last applied state), removed.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Keep the state directory (and so the credential): only remove the nftables table.
+    #[arg(long)]
+    pub keep_state: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -129,6 +129,9 @@ pub async fn query(args: QueryArgs, all: bool) -> Result<(), CliError> {
     if args.format == Format::Csv {
         println!("{}", FIELDS.join(","));
     }
+    if args.format == Format::Table {
+        println!("{:<5}  {:<28}  {:<9}  {:<16}  OPERATION  RESOURCE", "SEQ", "TIME", "STATUS", "CALLER");
+    }
     while let Some(page) = pages.next_page().await? {
         for r in &page {
             match args.format {
@@ -136,7 +139,7 @@ pub async fn query(args: QueryArgs, all: bool) -> Result<(), CliError> {
                 Format::Jsonl => println!("{}", serde_json::to_string(&serde_json::to_value(r)?)?),
                 Format::Csv => println!("{}", csv_row(r)),
                 Format::Table => println!(
-                    "{}  {}  {:<9}  {:<16}  {}  {}",
+                    "{:<5}  {:<28}  {:<9}  {:<16}  {}  {}",
                     r.sequence, r.event_timestamp, r.status, r.caller, r.operation_name, r.resource_id
                 ),
             }

@@ -28,6 +28,10 @@ pub struct ConnectArgs {
     /// Why access is needed; recorded with the request and in the audit log.
     #[arg(long)]
     pub justification: Option<String>,
+    /// Connect even when the VM has no live enforcement point (nothing closes its ports, so the
+    /// request protects nothing).
+    #[arg(long)]
+    pub allow_unenforced: bool,
     /// The command; `{host}` and `{port}` are replaced by where to connect.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -48,6 +52,20 @@ fn endpoint(request: &RequestOut, vm_address: Option<&str>, vm_name: &str, port:
 pub async fn run(args: ConnectArgs) -> Result<i32, CliError> {
     let client = args.conn.connect()?;
     let (vm_id, policy_id) = crate::access::locate(&client, &args.vm).await?;
+    let gap = client.native().vm(&vm_id).await?.unsupported_reason;
+    if let Some(reason) = gap {
+        let what = format!(
+            "{} is not enforced ({reason}): no live enforcement point opens or closes its ports",
+            crate::output::name_of(&vm_id)
+        );
+        if !args.allow_unenforced {
+            return Err(fail(
+                exit::NOT_ENFORCED,
+                format!("{what}; run `jitgate agent` on it (or attach it to a gateway), or pass --allow-unenforced"),
+            ));
+        }
+        eprintln!("jitgate: WARNING: {what} (--allow-unenforced)");
+    }
     let justification =
         args.justification.clone().unwrap_or_else(|| format!("jitgate connect: {}", args.command.join(" ")));
     let body = crate::access::initiate_body(
@@ -65,10 +83,20 @@ pub async fn run(args: ConnectArgs) -> Result<i32, CliError> {
     let vm = client.native().vm(&vm_id).await?;
     let name = crate::output::name_of(&vm_id);
     let (host, port) = endpoint(&granted, vm.address.as_deref(), &name, args.port);
-    eprintln!(
-        "jitgate: open after {:.0} ms; connecting to {host}:{port} (request {id})",
-        started.elapsed().as_secs_f64() * 1000.0
+    let unenforced = crate::output::warn_unenforced(
+        granted
+            .virtual_machines
+            .iter()
+            .map(|v| (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())),
     );
+    if unenforced.is_empty() {
+        eprintln!(
+            "jitgate: open after {:.0} ms; connecting to {host}:{port} (request {id})",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    } else {
+        eprintln!("jitgate: recorded, not enforced; connecting to {host}:{port} (request {id})");
+    }
     let fill = |s: &String| s.replace("{host}", &host).replace("{port}", &port.to_string());
     let mut child = tokio::process::Command::new(fill(&args.command[0]))
         .args(args.command[1..].iter().map(fill))

@@ -24,7 +24,13 @@ pub use output::CliError;
 
 /// jitgate: just-in-time network access for Linux hosts and gateways.
 #[derive(Debug, Parser)]
-#[command(name = "jitgate", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "jitgate",
+    version,
+    about = "Just-in-time network access for Linux hosts and gateways",
+    long_about = None,
+    propagate_version = true
+)]
 #[command(after_help = EXIT_CODES)]
 pub struct Cli {
     /// Output: aligned tables for people, or the API's JSON (or YAML) for scripts.
@@ -35,7 +41,8 @@ pub struct Cli {
 }
 
 /// Exit codes, for scripts.
-pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting.
+pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting,
+6 not enforced (--wait or connect on a VM with no enforcement point: nothing opens or closes its ports).
 Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes.";
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +67,8 @@ pub enum Command {
     Token(admin::TokenArgs),
     /// Principals: local ones and OIDC identities (with their display names).
     Principal(admin::PrincipalArgs),
+    /// Who you are signed in as: principal, credential, expiry, role assignments.
+    Whoami(admin::WhoAmIArgs),
     /// Check and save the connection settings (profile file, mode 0600).
     Login(admin::LoginArgs),
     /// Shell completions from the command tree.
@@ -67,17 +76,33 @@ pub enum Command {
         after_help = "Examples:\n  jitgate completions bash > /etc/bash_completion.d/jitgate\n  jitgate completions zsh > \"${fpath[1]}/_jitgate\""
     )]
     Completions(admin::CompletionsArgs),
-    /// The man page, from the command tree.
-    #[command(after_help = "Example:\n  jitgate man > /usr/local/share/man/man1/jitgate.1")]
-    Man,
+    /// The man pages, from the command tree: jitgate(1) on stdout, or with --dir every page
+    /// (jitgate.1, jitgate-serve.1, jitgate-agent-token-create.1 …) that jitgate(1) refers to.
+    #[command(
+        after_help = "Examples:\n  jitgate man > /usr/local/share/man/man1/jitgate.1\n  jitgate man --dir /usr/local/share/man/man1"
+    )]
+    Man(admin::ManArgs),
     /// The audit log: list, export, verify.
     Audit(audit::AuditArgs),
     /// Network probes: is a port open from here, when did it close, does a session survive.
     Probe(probe::ProbeArgs),
+    /// Try it all on this machine (root, Linux): a server, an agent on a "VM" in network
+    /// namespaces, and a port that closes, opens for you alone, and closes again at expiry.
+    /// Shows every command it runs; removes everything it made at the end (Ctrl-C too).
+    #[command(after_help = "Examples:\n  sudo jitgate quickstart\n  sudo jitgate quickstart --seconds 5")]
+    Quickstart(QuickstartArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
     Bench(bench::BenchArgs),
     /// The key that seals webhook secrets at rest: rotate it, or make a new one.
     Secrets(secrets::SecretsArgs),
+}
+
+/// `jitgate quickstart`.
+#[derive(Debug, Clone, Args)]
+pub struct QuickstartArgs {
+    /// How long the request keeps the port open, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub seconds: u64,
 }
 
 /// How a client command reaches the server.

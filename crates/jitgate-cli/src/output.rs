@@ -28,6 +28,85 @@ pub mod exit {
     pub const DENIED: i32 = 3;
     pub const NOT_FOUND: i32 = 4;
     pub const TIMEOUT: i32 = 5;
+    /// `--wait` (and `connect`) on a VM no live enforcement point serves: nothing opens or
+    /// closes its ports.
+    pub const NOT_ENFORCED: i32 = 6;
+}
+
+/// What to do next after an error: from the server's status and code when it refused
+/// (`api`), else from the error's text (its whole chain). `None` when there is nothing to add.
+pub fn hint(api: Option<(u16, &str)>, text: &str) -> Option<&'static str> {
+    if let Some((status, code)) = api {
+        let by_code = match code {
+            "PrincipalNotFound" => {
+                Some("create the principal first: jitgate principal create NAME (jitgate principal list shows who exists)")
+            }
+            "VirtualMachineNotFound" => Some(
+                "register the VM first: run `jitgate agent` on it (it registers itself), or jitgate vm add --id … for a VM behind a gateway; jitgate vm list shows what exists",
+            ),
+            "PolicyNotFound" => Some(
+                "no JIT policy there yet: enable one with jitgate policy set -g RESOURCE_GROUP -l LOCATION --vm NAME --port 22 (jitgate policy list shows what exists)",
+            ),
+            "InvalidSubscriptionId" => Some(
+                "a subscription is any GUID you choose to group your VMs by (make one with uuidgen); give it with --subscription or JITGATE_SUBSCRIPTION",
+            ),
+            "AgentNotFound" => Some("jitgate agent list shows the agents and their ids"),
+            "TokenNotFound" => Some("jitgate token list shows your tokens and their ids"),
+            "RequestNotFound" => Some("jitgate access list shows the requests and their ids"),
+            "RoleDefinitionNotFound" => Some("jitgate role list shows the roles"),
+            "EnforcementTimeout" => Some(
+                "the grant is recorded; an enforcement point did not apply it in time: jitgate agent list shows when each last reported",
+            ),
+            "InvalidJoinToken" => Some(
+                "join tokens are single-use and expire: make a new one with jitgate agent token create … (--vm NAME for a VM that is already registered)",
+            ),
+            _ => None,
+        };
+        if by_code.is_some() {
+            return by_code;
+        }
+        return match status {
+            401 => Some(
+                "the token is unknown, expired or revoked: sign in again (jitgate login) or get a new token (jitgate token create)",
+            ),
+            403 => Some(
+                "your roles do not allow this here: jitgate whoami shows them; an Owner can give you one (jitgate role assign)",
+            ),
+            _ => None,
+        };
+    }
+    if text.contains("UnknownIssuer")
+        || text.contains("self-signed certificate")
+        || text.contains("unable to get local issuer")
+    {
+        Some("the server's certificate is not trusted here: give its certificate with --ca-cert DATA_DIR/tls/cert.pem (or JITGATE_CA_CERT), copied from the server's data directory")
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        Some("the server's certificate does not cover the host in the URL: use a name or address it covers, or restart the server with --tls-san HOST (or --listen on that address); its self-signed certificate is then made again")
+    } else if text.contains("Connection refused") || text.contains("connection refused") {
+        Some("nothing listens at that address: is `jitgate serve` running there, and are --url / JITGATE_URL (or --server for the agent) right?")
+    } else if text.contains("dns error") || text.contains("failed to lookup address") {
+        Some("the server's name does not resolve: check --url / JITGATE_URL (or --server for the agent)")
+    } else if text.contains("not a GUID") {
+        Some("a subscription is any GUID you choose to group your VMs by (make one with uuidgen); give it with --subscription or JITGATE_SUBSCRIPTION")
+    } else {
+        None
+    }
+}
+
+/// Prints a warning on stderr for each VM an answer marks as not enforced; returns the names
+/// of those with no enforcement point at all.
+pub fn warn_unenforced<'a>(vms: impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a str>)>) -> Vec<String> {
+    let mut none = Vec::new();
+    for (id, state, warning) in vms {
+        let Some(state) = state else { continue };
+        let name = name_of(id);
+        let why = warning.unwrap_or("it is not enforced");
+        eprintln!("jitgate: WARNING: {name} is NOT ENFORCED ({state}): {why}");
+        if state == "NotEnforced" {
+            none.push(name);
+        }
+    }
+    none
 }
 
 /// A failure the CLI itself names, with its exit code.

@@ -25,6 +25,7 @@ pub enum PolicyCommand {
     /// Create or replace a policy.
     #[command(after_help = "Examples:
   jitgate policy set -g prod -l westeurope --vm web1 --port 22 --port 3389/tcp,from=10.0.0.0/24,max=PT1H
+  jitgate policy set -g prod -l westeurope --vm web2 --port 22,approval,map=50022,cut   # approver, gateway port 50022, cut sessions
   jitgate policy set -g prod -l westeurope --vm web1 --vm web2 --defaults      # Linux 22, Windows 3389
   jitgate policy set -g prod -l westeurope --file policy.json                  # REST body or the $JitPolicy array")]
     Set(SetArgs),
@@ -64,7 +65,10 @@ pub struct SetArgs {
     /// A VM (ARM id, or its name when unique); the --port options after it are its ports.
     #[arg(long = "vm")]
     pub vms: Vec<String>,
-    /// `22[/tcp|/udp|/*][,from=CIDR]…[,max=PT3H]` (defaults: protocol *, from *, max PT3H).
+    /// `22[/tcp|/udp|/*][,from=CIDR]…[,max=PT3H][,approval[=PT1H]][,map=50022][,cut]` (defaults:
+    /// protocol *, from *, max PT3H). `approval`: requests wait for an approver (for at most the
+    /// duration given, default PT1H); `map=P`: a gateway forwards its port P to this one (DNAT);
+    /// `cut`: live sessions stop at expiry or revoke.
     #[arg(long = "port")]
     pub ports: Vec<String>,
     /// VMs without --port get their OS's default rule (Linux 22, Windows 3389; *, any source, PT3H).
@@ -108,7 +112,7 @@ fn policy_ref(w: &Where) -> Result<PolicyRef, CliError> {
     })
 }
 
-/// Parses `22[/tcp][,from=CIDR…][,max=PT3H]`.
+/// Parses `22[/tcp][,from=CIDR…][,max=PT3H][,approval[=PT1H]][,map=PORT][,cut]`.
 pub fn parse_port(spec: &str) -> Result<PortRuleIn, CliError> {
     let mut parts = spec.split(',');
     let head = parts.next().unwrap_or("");
@@ -128,19 +132,36 @@ pub fn parse_port(spec: &str) -> Result<PortRuleIn, CliError> {
     let mut max = jitgate_core::duration::AccessDuration::from_seconds(jitgate_core::policy::DEFAULT_MAX_DURATION_SECS)
         .text()
         .to_owned();
+    let mut rule = PortRuleIn::default();
     for p in parts {
         match p.split_once('=') {
             Some(("from", v)) => from.push(v.to_owned()),
             Some(("max", v)) => max = v.to_owned(),
-            _ => return Err(fail(exit::USAGE, format!("--port {spec}: '{p}' is not from=CIDR or max=DURATION"))),
+            Some(("approval", v)) => {
+                rule.require_approval = Some(true);
+                rule.approval_timeout = Some(crate::iso_duration(v)?);
+            }
+            Some(("map", v)) => {
+                let port: u16 = v.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    fail(exit::USAGE, format!("--port {spec}: map={v} is not a port number (1-65535)"))
+                })?;
+                rule.mapped_port = Some(i64::from(port));
+            }
+            None if p == "approval" => rule.require_approval = Some(true),
+            None if p == "cut" => rule.cut_sessions_at_expiry = Some(true),
+            _ => {
+                return Err(fail(
+                    exit::USAGE,
+                    format!(
+                        "--port {spec}: '{p}' is not from=CIDR, max=DURATION, approval[=DURATION], map=PORT or cut"
+                    ),
+                ))
+            }
         }
     }
-    let mut rule = PortRuleIn {
-        number: Some(i64::from(number)),
-        protocol: Some(protocol),
-        max_request_access_duration: Some(max),
-        ..PortRuleIn::default()
-    };
+    rule.number = Some(i64::from(number));
+    rule.protocol = Some(protocol);
+    rule.max_request_access_duration = Some(max);
     match from.len() {
         0 => rule.allowed_source_address_prefix = Some("*".to_owned()),
         1 => rule.allowed_source_address_prefix = from.pop(),
@@ -254,17 +275,31 @@ fn print_policy(format: OutputFormat, p: &PolicyOut) {
                     .allowed_source_address_prefix
                     .clone()
                     .unwrap_or_else(|| port.allowed_source_address_prefixes.as_deref().unwrap_or_default().join(","));
+                let mut options = Vec::new();
+                if port.require_approval == Some(true) {
+                    options.push(match &port.approval_timeout {
+                        Some(t) => format!("approval={t}"),
+                        None => "approval".to_owned(),
+                    });
+                }
+                if let Some(m) = port.mapped_port {
+                    options.push(format!("map={m}"));
+                }
+                if port.cut_sessions_at_expiry == Some(true) {
+                    options.push("cut".to_owned());
+                }
                 rows.push(vec![
                     name.clone(),
                     port.number.to_string(),
                     port.protocol.clone(),
                     sources,
                     port.max_request_access_duration.clone(),
+                    options.join(","),
                 ]);
             }
         }
         println!("{} ({})", p.name, p.id);
-        table(&["VM", "PORT", "PROTOCOL", "SOURCES", "MAX"], &rows);
+        table(&["VM", "PORT", "PROTOCOL", "SOURCES", "MAX", "OPTIONS"], &rows);
     });
 }
 
@@ -310,6 +345,12 @@ pub async fn set(args: SetArgs, format: OutputFormat, order: Vec<(bool, String)>
         }
     };
     let out = client.arm().put_policy(&target, &body).await?;
+    crate::output::warn_unenforced(
+        out.properties
+            .virtual_machines
+            .iter()
+            .map(|v| (v.id.as_str(), v.enforcement.as_deref(), v.enforcement_warning.as_deref())),
+    );
     print_policy(format, &out);
     Ok(())
 }
@@ -385,7 +426,22 @@ mod tests {
                 json!({"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefixes": ["10.0.0.0/24", "192.168.1.0/24"], "maxRequestAccessDuration": "PT1H"})
             )
         );
-        for bad in ["ssh", "22/icmp", "22,color=red", "70000"] {
+        assert_eq!(
+            wire(parse_port("22/tcp,approval,map=50022,cut")),
+            Some(
+                json!({"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H",
+                       "requireApproval": true, "mappedPort": 50022, "cutSessionsAtExpiry": true})
+            )
+        );
+        assert_eq!(
+            wire(parse_port("22,approval=30m")),
+            Some(
+                json!({"number": 22, "protocol": "*", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H",
+                       "requireApproval": true, "approvalTimeout": "PT30M"})
+            )
+        );
+        for bad in ["ssh", "22/icmp", "22,color=red", "70000", "22,map=0", "22,map=x", "22,cut=yes", "22,approval=soon"]
+        {
             assert!(parse_port(bad).is_err(), "{bad}");
         }
     }

@@ -91,14 +91,23 @@ pub async fn run(args: RoleArgs, format: crate::output::OutputFormat) -> Result<
         }
         RoleCommand::List(a) => {
             let client = a.conn.connect()?;
-            for r in client.native().role_definitions().await? {
-                let kind = if r.is_custom == Some(true) { "custom" } else { "built-in" };
-                println!(
-                    "{:<32} {kind:<9} {}",
-                    r.name.as_deref().unwrap_or(""),
-                    r.description.as_deref().unwrap_or("")
-                );
-            }
+            let value = client.native().role_definitions().await?;
+            let list = jitgate_api_types::native::ListOut { value };
+            crate::output::print(format, &list, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .value
+                    .iter()
+                    .map(|r| {
+                        let kind = if r.is_custom == Some(true) { "custom" } else { "built-in" };
+                        vec![
+                            r.name.clone().unwrap_or_default(),
+                            kind.to_owned(),
+                            r.description.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                crate::output::table(&["NAME", "TYPE", "DESCRIPTION"], &rows);
+            });
         }
         RoleCommand::Assign(a) => {
             let client = a.conn.connect()?;

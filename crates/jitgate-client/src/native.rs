@@ -7,7 +7,8 @@ use jitgate_api_types::agent::{AgentOut, JoinTokenIn, JoinTokenInfoOut, JoinToke
 use jitgate_api_types::audit::{AuditRecordOut, AuditVerifyOut};
 use jitgate_api_types::native::{AuthConfigOut, DecisionIn, ExtendIn, ListOut, NativeRequestOut, VmIn, VmOut};
 use jitgate_api_types::rbac::{
-    PrincipalOut, RoleAssignmentIn, RoleAssignmentOut, RoleDefinitionIo, TokenCreatedOut, TokenIn, TokenOut,
+    PrincipalIn, PrincipalOut, RoleAssignmentIn, RoleAssignmentOut, RoleDefinitionIo, TokenCreatedOut, TokenIn,
+    TokenOut, WhoAmIOut,
 };
 
 use crate::{Bearer, Call, Client, ClientError, Pager};
@@ -128,6 +129,21 @@ impl<'c> Native<'c> {
 
     pub async fn principals(&self) -> Result<Vec<PrincipalOut>, ClientError> {
         self.list(self.call(Method::GET, "/api/v1/principals")).await
+    }
+
+    /// Creates a local principal (`User` or `ServicePrincipal`).
+    pub async fn create_principal(&self, body: &PrincipalIn) -> Result<PrincipalOut, ClientError> {
+        self.client.json(self.call(Method::POST, "/api/v1/principals").json(body)).await
+    }
+
+    /// Deletes a principal: its tokens and role assignments go with it, its grants are revoked.
+    pub async fn delete_principal(&self, name: &str) -> Result<PrincipalOut, ClientError> {
+        self.client.json(self.call(Method::DELETE, &format!("/api/v1/principals/{name}"))).await
+    }
+
+    /// The caller: principal, credential and role assignments.
+    pub async fn whoami(&self) -> Result<WhoAmIOut, ClientError> {
+        self.client.json(self.call(Method::GET, "/api/v1/whoami")).await
     }
 
     /// Makes an API token for `principal`; the answer holds the secret, shown only this once.

@@ -146,6 +146,8 @@ pub struct JoinDraft {
     pub addresses: Vec<String>,
     pub public_address: Option<String>,
     pub hostname: String,
+    /// The name is the host's name, not one the operator gave.
+    pub name_is_hostname: bool,
 }
 
 /// A join whose every field is checked and bounded.
@@ -165,6 +167,9 @@ pub struct JoiningAgent {
     pub addresses: Vec<IpAddr>,
     pub public_address: Option<IpAddr>,
     pub hostname: String,
+    /// `name` is the host's name, not one the operator gave: a join token made for one VM
+    /// (host mode) joins as that VM instead.
+    pub name_is_hostname: bool,
 }
 
 /// The code of a malformed join.
@@ -218,7 +223,15 @@ pub fn check_join(draft: JoinDraft) -> Result<CheckedJoin, Invalid> {
             ),
         ));
     }
-    let agent = JoiningAgent { name: draft.name, mode, os_type, addresses, public_address, hostname: draft.hostname };
+    let agent = JoiningAgent {
+        name: draft.name,
+        mode,
+        os_type,
+        addresses,
+        public_address,
+        hostname: draft.hostname,
+        name_is_hostname: draft.name_is_hostname,
+    };
     Ok(CheckedJoin { join_token: token.to_owned(), agent })
 }
 
@@ -276,6 +289,7 @@ mod tests {
             addresses: vec!["10.0.0.4".into()],
             public_address: None,
             hostname: "web1".into(),
+            name_is_hostname: false,
         }
     }
 

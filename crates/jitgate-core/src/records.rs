@@ -30,6 +30,8 @@ pub struct AccessRequestRecord {
     pub grants: Vec<GrantRecord>,
     /// An extension of the live grants that waits for an approver: the end it asks for.
     pub pending_extension: Option<OffsetDateTime>,
+    /// The reason the approver gave with the latest decision (approve or deny), if any.
+    pub decision_reason: Option<String>,
 }
 
 /// A stored policy with its recent request history (oldest first).

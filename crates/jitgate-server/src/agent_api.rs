@@ -170,6 +170,7 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
             addresses: input.addresses,
             public_address: input.public_address,
             hostname: input.hostname,
+            name_is_hostname: input.name_is_hostname,
         };
         check_join(draft).map_err(|invalid| join_token_unauthorized(invalid.into()))
     }

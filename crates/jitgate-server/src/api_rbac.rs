@@ -1,4 +1,5 @@
 //! Identity and authorization endpoints (`/api/v1`):
+//! - `GET /api/v1/whoami`: the caller, its credential and its role assignments (anyone signed in)
 //! - `POST /api/v1/principals` `{"name","type":"User"|"ServicePrincipal"}` → 201; `GET`; `DELETE /api/v1/principals/{name}`
 //! - `POST /api/v1/principals/{name}/tokens` `{"expiresIn":"PT1H"}` → 201 `{"id","token","expiresOn"}` (the
 //!   token is shown only here); `GET` lists without secrets; `DELETE /api/v1/tokens/{id}` revokes
@@ -18,7 +19,7 @@ use jitgate_api_types::native::ListOut;
 use jitgate_api_types::parse_json;
 use jitgate_api_types::rbac::{
     validate_scope, PrincipalIn, PrincipalOut, RoleAssignmentIn, RoleAssignmentOut, RoleDefinitionIo, TokenCreatedOut,
-    TokenIn, TokenOut,
+    TokenIn, TokenOut, WhoAmIOut,
 };
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::identity::{self, TokenLimits};
@@ -33,6 +34,7 @@ use crate::{App, Caller};
 
 pub fn router() -> Router<App> {
     Router::new()
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/principals", post(create_principal).get(list_principals))
         .route("/api/v1/principals/{name}", delete(delete_principal))
         .route("/api/v1/principals/{name}/tokens", post(create_token).get(list_tokens))
@@ -100,6 +102,27 @@ async fn parse_body<T: serde::de::DeserializeOwned>(app: &App, body: Body, audit
         Ok(v) => Ok(v),
         Err(e) => Err(app.refuse(audit.clone(), e).await),
     }
+}
+
+/// Who the caller is: anyone signed in may ask, and sees only their own assignments.
+async fn whoami(State(app): State<App>, c: Caller) -> Result<Response, ApiError> {
+    let assignments = app.store.list_role_assignments(Some(&c.principal.name)).await?;
+    let (credential, token_id) = match &c.credential {
+        crate::Credential::Token { id, .. } => ("token", Some(*id)),
+        crate::Credential::IdToken { .. } => ("idToken", None),
+    };
+    let out = WhoAmIOut {
+        principal: principal_out(&c.principal),
+        credential: credential.into(),
+        token_id,
+        expires_on: c.credential.expires().map(datetime::format),
+        role_assignments: assignments
+            .iter()
+            .filter(|a| a.principal.eq_ignore_ascii_case(&c.principal.name))
+            .map(assignment_out)
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, &out))
 }
 
 async fn create_principal(State(app): State<App>, c: Caller, body: Body) -> Result<Response, ApiError> {

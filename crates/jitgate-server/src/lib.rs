@@ -267,6 +267,34 @@ impl App {
         agent.last_seen.is_none_or(|seen| self.clock.now() - seen > STALE_AFTER)
     }
 
+    /// How each of `vm_ids` is enforced now: no enforcement point, an agent that stopped
+    /// reporting (silent for longer than [`STALE_AFTER`], past any long-poll window), one that
+    /// cannot program nftables, or enforced. In the order given, duplicates left out.
+    pub async fn enforcement_of(
+        &self,
+        vm_ids: &[String],
+    ) -> Result<Vec<(String, jitgate_core::inventory::EnforcementState)>, ApiError> {
+        use jitgate_core::inventory::EnforcementState;
+        let mut out: Vec<(String, EnforcementState)> = Vec::new();
+        for id in vm_ids {
+            if out.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(id)) {
+                continue;
+            }
+            let agents = self.store.agents_for_vms(std::slice::from_ref(id)).await?;
+            let state = if agents.is_empty() {
+                EnforcementState::NotEnforced
+            } else if agents.iter().any(|a| a.nft_usable == Some(false)) {
+                EnforcementState::Unusable
+            } else if agents.iter().any(|a| self.is_stale(a)) {
+                EnforcementState::Stale
+            } else {
+                EnforcementState::Enforced
+            };
+            out.push((id.clone(), state));
+        }
+        Ok(out)
+    }
+
     /// Waits until every agent enforcing `vm_ids` has applied `revision` (or a later one).
     /// Returns the agents waited for (none: no enforcement point).
     pub async fn wait_applied(

@@ -39,24 +39,48 @@ pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub generated: bool,
+    /// When a self-signed certificate was made again because it did not cover a name or
+    /// address it must: the old one's SHA-256 fingerprint and the names it lacked.
+    pub replaced: Option<Replaced>,
 }
 
-/// Makes `dir/cert.pem` and `dir/key.pem` (mode 0600) unless both exist. SANs: localhost,
-/// 127.0.0.1, ::1 and `extra_sans` (names or addresses).
-pub fn ensure_self_signed(dir: &Path, extra_sans: &[String]) -> Result<CertFiles, TlsError> {
+/// The self-signed certificate a new one replaced.
+#[derive(Debug, Clone)]
+pub struct Replaced {
+    pub old_fingerprint: String,
+    pub missing: Vec<String>,
+}
+
+/// The names and addresses every self-signed certificate covers.
+pub const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Makes `dir/cert.pem` and `dir/key.pem` (mode 0600) unless both exist and the certificate
+/// covers every name in `sans`. SANs: localhost, 127.0.0.1, ::1 and `sans` (names or
+/// addresses). A certificate that lacks one is made again (the answer says which it replaced).
+pub fn ensure_self_signed(dir: &Path, sans: &[String]) -> Result<CertFiles, TlsError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
+    let mut wanted: Vec<String> = DEFAULT_SANS.iter().map(|s| (*s).to_owned()).collect();
+    for s in sans.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let s = s.trim_start_matches('[').trim_end_matches(']').to_owned();
+        if !wanted.iter().any(|w| w.eq_ignore_ascii_case(&s)) {
+            wanted.push(s);
+        }
+    }
+    let mut replaced = None;
     if cert.exists() && key.exists() {
-        return Ok(CertFiles { cert, key, generated: false });
+        let missing = not_covered(&cert, &wanted)?;
+        if missing.is_empty() {
+            return Ok(CertFiles { cert, key, generated: false, replaced: None });
+        }
+        replaced = Some(Replaced { old_fingerprint: fingerprint(&cert)?, missing });
     }
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-    sans.extend(extra_sans.iter().filter(|s| !s.trim().is_empty()).map(|s| s.trim().to_owned()));
-    let mut params = rcgen::CertificateParams::new(sans).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(wanted).map_err(|e| TlsError::Generate(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, "jitgate self-signed");
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "jitgate");
@@ -68,7 +92,26 @@ pub fn ensure_self_signed(dir: &Path, extra_sans: &[String]) -> Result<CertFiles
     let certificate = params.self_signed(&key_pair).map_err(|e| TlsError::Generate(e.to_string()))?;
     write_private(&key, key_pair.serialize_pem().as_bytes()).map_err(io_err(&key))?;
     std::fs::write(&cert, certificate.pem()).map_err(io_err(&cert))?;
-    Ok(CertFiles { cert, key, generated: true })
+    Ok(CertFiles { cert, key, generated: true, replaced })
+}
+
+/// The names and addresses in `names` that the certificate in `cert` (PEM) is not valid for.
+pub fn not_covered(cert: &Path, names: &[String]) -> Result<Vec<String>, TlsError> {
+    let certs = read_certs(cert)?;
+    let Ok(leaf) = webpki::EndEntityCert::try_from(&certs[0]) else {
+        return Ok(names.to_vec());
+    };
+    Ok(names
+        .iter()
+        .filter(|n| {
+            let bare = n.trim_start_matches('[').trim_end_matches(']');
+            match rustls::pki_types::ServerName::try_from(bare) {
+                Ok(name) => leaf.verify_is_valid_for_subject_name(&name).is_err(),
+                Err(_) => true,
+            }
+        })
+        .cloned()
+        .collect())
 }
 
 /// Writes a file readable by its owner only.

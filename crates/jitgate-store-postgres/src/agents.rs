@@ -139,6 +139,11 @@ pub async fn join_agent(ctx: &mut Ctx, join: AgentJoin, audit: AuditEvent) -> Re
         let m = format!("the join token is for {mode} mode, the agent asked for {}", join.agent.mode.as_str());
         return reject(ctx, audit, denied(&m));
     }
+    let mut join = join;
+    // A token made for one VM names the agent's VM unless the operator named it.
+    if let (Some(for_vm), AgentMode::Host, true) = (&for_vm, join.agent.mode, join.agent.name_is_hostname) {
+        join.agent.name = for_vm.clone();
+    }
     if let Some(for_vm) = &for_vm {
         if !for_vm.eq_ignore_ascii_case(&join.agent.name) {
             let m = format!(

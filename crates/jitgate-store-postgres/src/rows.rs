@@ -298,7 +298,8 @@ async fn load_policy_body(db: &Db, pid: i64, reference: PolicyRef, kind: String)
     Ok(Policy { reference, kind, vms })
 }
 
-/// A request without its grants, from `rid, requestor, start_time, justification, ext_end`.
+/// A request without its grants, from `rid, requestor, start_time, justification, ext_end,
+/// decision_reason`.
 fn request_from_row(r: &Row) -> Res<AccessRequestRecord> {
     Ok(AccessRequestRecord {
         id: r.try_get(0)?,
@@ -307,6 +308,7 @@ fn request_from_row(r: &Row) -> Res<AccessRequestRecord> {
         justification: r.try_get(3)?,
         grants: Vec::new(),
         pending_extension: r.try_get::<_, Option<i64>>(4)?.map(from_nanos).transpose()?,
+        decision_reason: r.try_get(5)?,
     })
 }
 
@@ -318,7 +320,8 @@ const GRANT_COLUMNS: &str =
 async fn load_requests(db: &Db, pid: i64) -> Res<Vec<AccessRequestRecord>> {
     let rows = db
         .rows(
-            "SELECT rid, requestor, start_time, justification, ext_end FROM requests WHERE pid = $1 ORDER BY rid DESC LIMIT $2",
+            "SELECT rid, requestor, start_time, justification, ext_end, decision_reason FROM requests WHERE pid = $1 \
+             ORDER BY rid DESC LIMIT $2",
             &[&pid, &super::rows::big(REQUEST_HISTORY_LIMIT)],
         )
         .await?;
@@ -366,7 +369,10 @@ fn grant_from_row(r: &Row) -> Res<GrantRecord> {
 /// One request with its grants, by row id.
 pub async fn load_request(db: &Db, rid: i64) -> Res<AccessRequestRecord> {
     let head = db
-        .one("SELECT rid, requestor, start_time, justification, ext_end FROM requests WHERE rid = $1", &[&rid])
+        .one(
+            "SELECT rid, requestor, start_time, justification, ext_end, decision_reason FROM requests WHERE rid = $1",
+            &[&rid],
+        )
         .await?;
     let mut request = request_from_row(&head)?;
     let rows =
@@ -400,4 +406,11 @@ pub fn audit_from_row(r: &Row) -> Res<AuditRecord> {
         prev_hash: hash_from_hex(&prev)?,
         hash: hash_from_hex(&hash)?,
     })
+}
+
+/// Keeps the reason of the latest decision on a request with it (shown with the request and in
+/// the approved/denied webhooks).
+pub async fn set_decision_reason(db: &Db, rid: i64, reason: Option<&str>) -> Res<()> {
+    db.exec("UPDATE requests SET decision_reason = $1 WHERE rid = $2", &[&reason, &rid]).await?;
+    Ok(())
 }

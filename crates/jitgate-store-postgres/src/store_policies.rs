@@ -454,6 +454,7 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         justification: plan.justification,
         grants: records,
         pending_extension: None,
+        decision_reason: None,
     };
     Ok(InitiateOutcome { request, replayed: false })
 }
@@ -598,6 +599,7 @@ async fn decide_request(
         }
         Decision::Extension { approved, end_time, changes } => {
             clear_extension(&ctx.db, id).await?;
+            rows::set_decision_reason(&ctx.db, id, reason.as_deref()).await?;
             if approved {
                 grants::apply(&ctx.db, &gids, &changes, By::Decider(&decider)).await?;
                 ctx.bump_revision();
@@ -616,6 +618,7 @@ async fn decide_request(
             return reject(ctx, audit, invalid);
         }
     };
+    rows::set_decision_reason(&ctx.db, id, reason.as_deref()).await?;
     if let Some(r) = reason {
         event = event.with("reason", r);
     }

@@ -39,6 +39,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_webhook_secrets_and_delivery_ids.sql"),
     migration!(4, "0004_oidc_identities_and_token_origins.sql"),
     migration!(5, "0005_agents_and_gateways.sql"),
+    migration!(6, "0006_decision_reasons.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.

@@ -354,7 +354,8 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
     Ok(Policy { reference, kind, vms })
 }
 
-/// A request without its grants, from `rid, requestor, start_time, justification`.
+/// A request without its grants, from `rid, requestor, start_time, justification, ext_end,
+/// decision_reason`.
 fn request_from_row(r: &Row<'_>) -> rusqlite::Result<AccessRequestRecord> {
     Ok(AccessRequestRecord {
         id: r.get(0)?,
@@ -363,13 +364,15 @@ fn request_from_row(r: &Row<'_>) -> rusqlite::Result<AccessRequestRecord> {
         justification: r.get(3)?,
         grants: Vec::new(),
         pending_extension: r.get::<_, Option<i64>>(4)?.map(from_nanos).transpose()?,
+        decision_reason: r.get(5)?,
     })
 }
 
 /// The most recent requests of a policy, oldest first.
 fn load_requests(conn: &Connection, pid: i64) -> rusqlite::Result<Vec<AccessRequestRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT rid, requestor, start_time, justification, ext_end FROM requests WHERE pid = ?1 ORDER BY rid DESC LIMIT ?2",
+        "SELECT rid, requestor, start_time, justification, ext_end, decision_reason FROM requests WHERE pid = ?1 \
+         ORDER BY rid DESC LIMIT ?2",
     )?;
     let mut requests = stmt
         .query_map(params![pid, REQUEST_HISTORY_LIMIT as i64], request_from_row)?
@@ -417,7 +420,9 @@ fn grant_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<GrantRecord> {
 /// One request with its grants, by row id.
 pub fn load_request(conn: &Connection, rid: i64) -> rusqlite::Result<AccessRequestRecord> {
     let mut request = conn
-        .prepare_cached("SELECT rid, requestor, start_time, justification, ext_end FROM requests WHERE rid = ?1")?
+        .prepare_cached(
+            "SELECT rid, requestor, start_time, justification, ext_end, decision_reason FROM requests WHERE rid = ?1",
+        )?
         .query_row([rid], request_from_row)?;
     let mut stmt = conn.prepare_cached(
         "SELECT vm_id, number, protocol, source_form, sources, end_time, status, status_reason, mapped_port, public_ip \

@@ -227,6 +227,11 @@ impl AgentStore for SqliteStore {
                 let m = format!("the join token is for {mode} mode, the agent asked for {}", join.agent.mode.as_str());
                 return reject(ctx, audit, denied(&m));
             }
+            let mut join = join;
+            // A token made for one VM names the agent's VM unless the operator named it.
+            if let (Some(for_vm), AgentMode::Host, true) = (&for_vm, join.agent.mode, join.agent.name_is_hostname) {
+                join.agent.name = for_vm.clone();
+            }
             if let Some(for_vm) = &for_vm {
                 if !for_vm.eq_ignore_ascii_case(&join.agent.name) {
                     let m = format!("the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'", join.agent.name);

@@ -324,6 +324,7 @@ impl PolicyStore for SqliteStore {
                 justification: plan.justification,
                 grants: records,
                 pending_extension: None,
+                decision_reason: None,
             };
             Ok(InitiateOutcome { request, replayed: false })
         })
@@ -545,6 +546,7 @@ impl PolicyStore for SqliteStore {
                 }
                 Decision::Extension { approved, end_time, changes } => {
                     clear_extension(ctx.conn, id)?;
+                    set_decision_reason(ctx.conn, id, reason.as_deref())?;
                     if approved {
                         grants::apply(ctx.conn, &gids, &changes, By::Decider(&decider)).map_err(backend)?;
                         rows::bump_revision(ctx.conn).map_err(backend)?;
@@ -564,6 +566,7 @@ impl PolicyStore for SqliteStore {
                     return reject(ctx, audit, invalid);
                 }
             };
+            set_decision_reason(ctx.conn, id, reason.as_deref())?;
             if let Some(r) = reason {
                 event = event.with("reason", r);
             }
@@ -694,4 +697,12 @@ fn port_summary(policy: &jitgate_core::Policy) -> String {
         }
     }
     parts.join(",")
+}
+
+/// Keeps the reason of the latest decision on a request with it (shown with the request and in
+/// the approved/denied webhooks).
+fn set_decision_reason(conn: &rusqlite::Connection, rid: i64, reason: Option<&str>) -> StoreResult<()> {
+    conn.execute("UPDATE requests SET decision_reason = ?1 WHERE rid = ?2", rusqlite::params![reason, rid])
+        .map(|_| ())
+        .map_err(backend)
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use jitgate_agent::AgentConfig;
-use jitgate_cli::agent::AgentRunArgs;
+use jitgate_cli::agent::{AgentRunArgs, AgentUninstallArgs};
 use jitgate_cli::LogFormat;
 use jitgate_enforce::{Desired, ElemOp, Firewall, FirewallError};
 use jitgate_enforce_nft::NftFirewall;
@@ -36,6 +36,35 @@ impl Firewall for Nft {
             Err(e) => Err(FirewallError::Unusable(e.clone())),
         }
     }
+}
+
+/// `jitgate agent uninstall`: deletes `table inet jitgate` (the ports it kept closed open to
+/// everyone again) and, unless `--keep-state`, the state directory. A running agent would make
+/// the table again: stop it first.
+pub fn uninstall(args: AgentUninstallArgs) -> anyhow::Result<()> {
+    let dir = &args.state_dir;
+    let credential = dir.join(jitgate_agent::CREDENTIAL_FILE);
+    if dir.exists() && !credential.exists() && !dir.join(jitgate_agent::STATE_FILE).exists() {
+        anyhow::bail!(
+            "{} holds no agent credential or state: not an agent's state directory, so nothing is removed (check --state-dir)",
+            dir.display()
+        );
+    }
+    let mut fw = NftFirewall::open().map_err(|e| {
+        anyhow::anyhow!("cannot reach nftables ({e}); run as root (CAP_NET_ADMIN) on the host the agent protected")
+    })?;
+    fw.remove().map_err(|e| anyhow::anyhow!("deleting table inet {}: {e}", jitgate_enforce_nft::TABLE))?;
+    println!(
+        "deleted table inet {} (the ports it protected are no longer filtered by jitgate)",
+        jitgate_enforce_nft::TABLE
+    );
+    if args.keep_state || !dir.exists() {
+        return Ok(());
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
+    println!("removed {}", dir.display());
+    println!("the server lists this agent until it is removed there: jitgate agent rm NAME-or-ID");
+    Ok(())
 }
 
 pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {

@@ -149,6 +149,7 @@ pub async fn run(args: PortalArgs) -> anyhow::Result<()> {
                     addresses: vec![std::net::IpAddr::from([10, (g / 250) as u8, (g % 250) as u8, i as u8 + 1])],
                     public_address: None,
                     hostname: format!("vm{i}"),
+                    name_is_hostname: false,
                 },
                 now,
             };

@@ -7,6 +7,7 @@ mod bench_authz;
 mod bench_enforce;
 mod bench_portal;
 mod common;
+mod quickstart;
 mod secrets;
 mod serve;
 
@@ -59,6 +60,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
+            Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => match args.command {
                 None => client_result(jitgate_cli::bench::run(args.initiate).await),
                 Some(BenchCommand::Initiate(a)) => client_result(jitgate_cli::bench::run(a).await),
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
                 }
                 Some(AgentCommand::List(a)) => client_result(jitgate_cli::agent::list(a, format).await),
                 Some(AgentCommand::Rm(a)) => client_result(jitgate_cli::agent::remove(a, format).await),
+                Some(AgentCommand::Uninstall(a)) => agent::uninstall(a),
                 None => agent::run(args.run).await,
             },
             Command::Probe(args) => match jitgate_cli::probe::run(args).await {
@@ -100,9 +103,10 @@ fn main() -> std::process::ExitCode {
             Command::Vm(args) => client_result(jitgate_cli::admin::vm(args, format).await),
             Command::Token(args) => client_result(jitgate_cli::admin::token(args, format).await),
             Command::Principal(args) => client_result(jitgate_cli::admin::principal(args, format).await),
+            Command::Whoami(args) => client_result(jitgate_cli::admin::whoami(args, format).await),
             Command::Login(args) => client_result(jitgate_cli::admin::login(args).await),
             Command::Completions(args) => client_result(jitgate_cli::admin::completions(args)),
-            Command::Man => client_result(jitgate_cli::admin::man()),
+            Command::Man(args) => client_result(jitgate_cli::admin::man(args)),
             Command::Audit(args) => match args.command {
                 AuditCommand::List(a) => client_result(jitgate_cli::audit::query(a, false).await),
                 AuditCommand::Export(a) => client_result(jitgate_cli::audit::query(a, true).await),
@@ -130,6 +134,20 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jitgate: error: {e:#}");
+            let api = e.chain().find_map(|c| match c.downcast_ref::<jitgate_client::ClientError>() {
+                Some(jitgate_client::ClientError::Api { status, code, .. }) => Some((*status, code.as_str())),
+                _ => None,
+            });
+            let api = api.or_else(|| match e.downcast_ref::<CliError>() {
+                Some(CliError::Client(jitgate_client::ClientError::Api { status, code, .. })) => {
+                    Some((*status, code.as_str()))
+                }
+                _ => None,
+            });
+            let chain: Vec<String> = e.chain().map(|c| format!("{c:?} {c}")).collect();
+            if let Some(h) = jitgate_cli::output::hint(api, &chain.join(" ")) {
+                eprintln!("hint: {h}");
+            }
             let code =
                 e.downcast_ref::<CliError>().map_or(jitgate_cli::output::exit::ERROR, jitgate_cli::output::exit_code);
             std::process::ExitCode::from(code as u8)

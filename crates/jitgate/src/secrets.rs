@@ -209,13 +209,29 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<DataDirLock> {
     opts.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let file = opts.open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = opts.open(&path).with_context(|| format!("opening {}", path.display()))?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(DataDirLock { _file: file }),
-        Err(rustix::io::Errno::WOULDBLOCK) => bail!(
-            "another jitgate process (a running server?) holds the data directory {}: stop it first",
-            data_dir.display()
-        ),
+        Ok(()) => {
+            // The holder's PID, for the message a second process prints.
+            use std::io::Seek;
+            let _ = file.set_len(0);
+            let _ = file.rewind();
+            let _ = writeln!(file, "{}", std::process::id());
+            let _ = file.sync_all();
+            Ok(DataDirLock { _file: file })
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                .map(|pid| format!(" (PID {pid})"))
+                .unwrap_or_default();
+            bail!(
+                "another jitgate process{holder} holds the data directory {}: stop it first, or give this one \
+                 its own --data-dir",
+                data_dir.display()
+            )
+        }
         Err(e) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
     }
 }

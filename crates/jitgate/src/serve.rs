@@ -74,26 +74,65 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         TlsMode::On => {
             let files = match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => tls::CertFiles { cert: cert.clone(), key: key.clone(), generated: false },
-                _ => tls::ensure_self_signed(&data_dir.join("tls"), &args.tls_san)?,
+                (Some(cert), Some(key)) => {
+                    tls::CertFiles { cert: cert.clone(), key: key.clone(), generated: false, replaced: None }
+                }
+                _ => tls::ensure_self_signed(&data_dir.join("tls"), &certificate_names(&args))?,
             };
-            if files.generated {
+            if let Some(old) = &files.replaced {
+                tracing::warn!(
+                    cert = %files.cert.display(),
+                    old_fingerprint = %old.old_fingerprint,
+                    missing = %old.missing.join(","),
+                    "made a new self-signed TLS certificate: the old one did not cover every listen address and --tls-san; clients that trusted the old one need the new cert.pem"
+                );
+                eprintln!(
+                    "jitgate: made a new self-signed certificate: the old one (SHA-256 {}) did not cover {}. \
+                     Give clients the new {}.",
+                    old.old_fingerprint,
+                    old.missing.join(", "),
+                    files.cert.display()
+                );
+            } else if files.generated {
                 tracing::info!(cert = %files.cert.display(), "made a self-signed TLS certificate");
             }
             (Some(tls::server_config(&files.cert, &files.key)?), Some(files.cert))
         }
     };
 
-    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "; another process (another jitgate?) listens there: stop it, or choose another address with --listen (port 0 picks a free one)"
+        } else if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+            "; this machine has no such address: choose one of its own with --listen (0.0.0.0 for all)"
+        } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE: choose another with --listen"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("listening on {} (--listen): {e}{hint}", args.listen)
+    })?;
     let local = listener.local_addr()?;
     let scheme = if tls_config.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{local}");
+    let login = login_url(scheme, local, cert_path.as_deref());
 
     let max_token_lifetime = max_token_lifetime(&args.max_token_lifetime)?;
     if let Some(cert) = &cert_path {
         println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
     }
-    bootstrap(store.as_ref(), &args, max_token_lifetime, &url, cert_path.as_deref()).await?;
+    bootstrap(store.as_ref(), &args, max_token_lifetime, &login, &url, cert_path.as_deref()).await?;
+    if local.ip().is_unspecified() {
+        // Listening on every address: the ones other machines use (the certificate covers them).
+        let others: Vec<String> = jitgate_agent::local_addresses()
+            .into_iter()
+            .filter(|a| local.ip().is_ipv6() || a.is_ipv4())
+            .map(|a| format!("{scheme}://{}", std::net::SocketAddr::new(a, local.port())))
+            .collect();
+        if !others.is_empty() {
+            println!("From other machines: {}", others.join(", "));
+        }
+    }
 
     let trusted_proxies = ranges("--trusted-proxy", &args.trusted_proxy)?;
     let oidc = match (&args.oidc_issuer, &args.oidc_audience) {
@@ -155,6 +194,43 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The names and addresses the self-signed certificate must cover: the listen address (every
+/// address of this machine for 0.0.0.0 or ::) and `--tls-san`.
+fn certificate_names(args: &ServeArgs) -> Vec<String> {
+    let ip = args.listen.ip();
+    let mut names: Vec<String> = if ip.is_unspecified() {
+        jitgate_agent::local_addresses()
+            .into_iter()
+            .filter(|a| ip.is_ipv6() || a.is_ipv4())
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        vec![ip.to_string()]
+    };
+    names.extend(args.tls_san.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()));
+    names
+}
+
+/// Where the login block sends clients, when a client can verify it: the listen address (the
+/// loopback address for 0.0.0.0 or ::), or `None` when the certificate does not cover it.
+fn login_url(scheme: &str, local: std::net::SocketAddr, cert: Option<&Path>) -> Result<String, String> {
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    let at = std::net::SocketAddr::new(ip, local.port());
+    let url = format!("{scheme}://{at}");
+    match cert.map(|c| tls::not_covered(c, &[ip.to_string()])) {
+        Some(Ok(missing)) if !missing.is_empty() => Err(format!(
+            "the certificate {} does not cover {ip}: connect with a name it covers (give the server a certificate \
+             that covers the name clients use)",
+            cert.map(|c| c.display().to_string()).unwrap_or_default()
+        )),
+        _ => Ok(url),
+    }
+}
+
 /// `--max-token-lifetime`: a duration (`90d`, `PT12H` …), or `none`/`0` for no maximum.
 fn max_token_lifetime(text: &str) -> anyhow::Result<Option<time::Duration>> {
     if matches!(text.trim().to_ascii_lowercase().as_str(), "none" | "0" | "unlimited") {
@@ -177,6 +253,7 @@ async fn bootstrap(
     store: &dyn Store,
     args: &ServeArgs,
     max_lifetime: Option<time::Duration>,
+    login: &Result<String, String>,
     url: &str,
     cert: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -225,7 +302,7 @@ async fn bootstrap(
         ),
         None => "It does not expire (--max-token-lifetime none).".to_string(),
     };
-    let out = first_start_message(&headline, &token, &lifetime, url, cert);
+    let out = first_start_message(&headline, &token, &lifetime, login, url, cert);
     print!("{out}");
     std::io::stdout().flush().ok();
     Ok(())
@@ -233,18 +310,31 @@ async fn bootstrap(
 
 /// What a first start prints: the admin token this once, how to use it from a shell, and the
 /// portal's address.
-fn first_start_message(headline: &str, token: &str, lifetime: &str, url: &str, cert: Option<&Path>) -> String {
+/// `login` is the URL a shell can use (or why none verifies); `url` the one the server listens on.
+fn first_start_message(
+    headline: &str,
+    token: &str,
+    lifetime: &str,
+    login: &Result<String, String>,
+    url: &str,
+    cert: Option<&Path>,
+) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "\njitgate: {headline}. Its admin token is shown this once:\n\n    {token}\n\n{lifetime}\n\n"
     ));
-    out.push_str("Log in from a shell:\n");
-    out.push_str(&format!("    export JITGATE_URL={url}\n    export JITGATE_TOKEN={token}\n"));
-    if let Some(cert) = cert {
-        out.push_str(&format!("    export JITGATE_CA_CERT={}\n", cert.display()));
-        out.push_str("    curl --cacert \"$JITGATE_CA_CERT\" -H \"Authorization: Bearer $JITGATE_TOKEN\" \"$JITGATE_URL/api/v1/vms\"\n\n");
-    } else {
-        out.push_str("    curl -H \"Authorization: Bearer $JITGATE_TOKEN\" \"$JITGATE_URL/api/v1/vms\"\n\n");
+    match login {
+        Ok(url) => {
+            out.push_str("Log in from a shell:\n");
+            out.push_str(&format!("    export JITGATE_URL={url}\n    export JITGATE_TOKEN={token}\n"));
+            if let Some(cert) = cert {
+                out.push_str(&format!("    export JITGATE_CA_CERT={}\n", cert.display()));
+                out.push_str("    curl --cacert \"$JITGATE_CA_CERT\" -H \"Authorization: Bearer $JITGATE_TOKEN\" \"$JITGATE_URL/api/v1/vms\"\n\n");
+            } else {
+                out.push_str("    curl -H \"Authorization: Bearer $JITGATE_TOKEN\" \"$JITGATE_URL/api/v1/vms\"\n\n");
+            }
+        }
+        Err(why) => out.push_str(&format!("Log in: {why}.\n    export JITGATE_TOKEN={token}\n\n")),
     }
     if cert.is_some() {
         out.push_str("The portal uses the TLS certificate above: compare its SHA-256 if the browser asks.\n");
@@ -321,10 +411,24 @@ mod tests {
 
     #[test]
     fn the_first_start_message_ends_with_the_portal_address() {
-        let m = first_start_message("created", "jg_x", "It does not expire.", "https://127.0.0.1:8443", None);
+        let m = first_start_message(
+            "created",
+            "jg_x",
+            "It does not expire.",
+            &Ok("https://127.0.0.1:8443".into()),
+            "https://127.0.0.1:8443",
+            None,
+        );
         assert!(m.contains("    jg_x\n"), "{m}");
         assert!(m.ends_with("open https://127.0.0.1:8443/ and sign in with the token above\n"), "{m}");
-        let m = first_start_message("created", "jg_x", "", "https://0.0.0.0:9443", Some(Path::new("/d/tls/cert.pem")));
+        let m = first_start_message(
+            "created",
+            "jg_x",
+            "",
+            &Err("not covered".into()),
+            "https://0.0.0.0:9443",
+            Some(Path::new("/d/tls/cert.pem")),
+        );
         assert!(m.ends_with("open https://127.0.0.1:9443/ and sign in with the token above\n"), "{m}");
         assert_eq!(portal_url("https://[::]:8443"), "https://[::1]:8443/");
     }

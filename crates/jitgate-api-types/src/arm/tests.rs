@@ -117,6 +117,7 @@ fn requests_group_grants_by_vm_and_echo_the_source_form() {
         justification: None,
         grants: vec![grant("a", 22, one), grant("b", 22, many.clone()), grant("a", 3389, many)],
         pending_extension: None,
+        decision_reason: None,
     };
     let v = serde_json::to_value(request_out(&r)).expect("json");
     assert_eq!(v["startTimeUtc"], "2026-11-25T16:45:14.0000000Z");

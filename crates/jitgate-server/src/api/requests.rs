@@ -205,13 +205,15 @@ async fn answer_request(
     request: &jitgate_store::AccessRequestRecord,
     wait: Option<std::time::Duration>,
 ) -> Result<Response, ApiError> {
-    let body = native_request(request, None);
+    let mut body = native_request(request, None);
     match wait {
         None => Ok(json(StatusCode::OK, &body)),
         Some(timeout) => {
             let vms: Vec<String> = request.grants.iter().map(|g| g.vm_id.clone()).collect();
+            let states = app.enforcement_of(&vms).await?;
+            crate::arm::mark_request(&mut body.request, &states);
             let revision = app.store.revision().await?;
-            crate::arm::enforced_answer(app, &vms, revision, timeout, StatusCode::OK, &body, request.id).await
+            crate::arm::enforced_answer(app, &states, revision, timeout, StatusCode::OK, &body, request.id).await
         }
     }
 }

@@ -15,6 +15,7 @@ use jitgate_api_types::parse_json;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::invalid::codes;
+use jitgate_core::inventory::EnforcementState;
 use jitgate_core::policy::validate;
 use jitgate_core::policy::PolicyDraft;
 use jitgate_core::rbac::actions;
@@ -72,8 +73,17 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
                 .await
                 .and_then(|b| parse_json::<PolicyIn>(&b).and_then(PolicyIn::into_draft).map_err(Into::into));
             let record = put_policy(app, &principal, r, draft, audit).await?;
+            let mut body = dto::policy_out(&record);
+            let ids: Vec<String> = body.properties.virtual_machines.iter().map(|v| v.id.clone()).collect();
+            let states = app.enforcement_of(&ids).await?;
+            for vm in &mut body.properties.virtual_machines {
+                if let Some(state) = unenforced(&states, &vm.id) {
+                    vm.enforcement = Some(state.as_str().into());
+                    vm.enforcement_warning = state.warning().map(str::to_owned);
+                }
+            }
             // The SDK accepts only 200, for a new policy and a replaced one alike.
-            Ok(json(StatusCode::OK, &dto::policy_out(&record)))
+            Ok(with_enforcement_header(json(StatusCode::OK, &body), &states))
         }
         ArmRoute::Delete(r) => delete(app, &r, audit).await,
         ArmRoute::Initiate(r) => {
@@ -86,14 +96,17 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
                 Err(e) => (None, Err(e)),
             };
             let outcome = initiate_request(app, &ctx, &principal, r, draft, audit).await?;
-            let body = dto::request_out(&outcome.request);
+            let mut body = dto::request_out(&outcome.request);
+            let vms: Vec<String> = outcome.request.grants.iter().map(|g| g.vm_id.clone()).collect();
+            let states = app.enforcement_of(&vms).await?;
+            mark_request(&mut body, &states);
             match wait {
-                None => Ok(json(StatusCode::ACCEPTED, &body)),
+                None => Ok(with_enforcement_header(json(StatusCode::ACCEPTED, &body), &states)),
                 // The grant is recorded either way; waiting only decides when (and how) we answer.
                 Some(timeout) => {
-                    let vms: Vec<String> = outcome.request.grants.iter().map(|g| g.vm_id.clone()).collect();
                     let revision = app.store.revision().await?;
-                    enforced_answer(app, &vms, revision, timeout, StatusCode::ACCEPTED, &body, outcome.request.id).await
+                    enforced_answer(app, &states, revision, timeout, StatusCode::ACCEPTED, &body, outcome.request.id)
+                        .await
                 }
             }
         }
@@ -290,6 +303,41 @@ pub async fn initiate_request(
     Ok(outcome)
 }
 
+/// The state of `vm` in `states` when it is not enforced.
+fn unenforced(states: &[(String, EnforcementState)], vm: &str) -> Option<EnforcementState> {
+    states
+        .iter()
+        .find(|(id, _)| id.eq_ignore_ascii_case(vm))
+        .map(|(_, s)| *s)
+        .filter(|s| *s != EnforcementState::Enforced)
+}
+
+/// Marks each VM of a request answer that no live enforcement point serves.
+pub fn mark_request(body: &mut jitgate_api_types::arm::RequestOut, states: &[(String, EnforcementState)]) {
+    for vm in &mut body.virtual_machines {
+        if let Some(state) = unenforced(states, &vm.id) {
+            vm.enforcement = Some(state.as_str().into());
+            vm.enforcement_warning = state.warning().map(str::to_owned);
+        }
+    }
+}
+
+/// `x-jitgate-enforcement: not enforced: VM (why); …` on an answer that concerns VMs no live
+/// enforcement point serves.
+fn with_enforcement_header(mut resp: Response, states: &[(String, EnforcementState)]) -> Response {
+    let gaps: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| *s != EnforcementState::Enforced)
+        .map(|(id, s)| format!("{} ({})", id.rsplit('/').next().unwrap_or(id), s.as_str()))
+        .collect();
+    if !gaps.is_empty() {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("not enforced: {}", gaps.join(", "))) {
+            resp.headers_mut().insert("x-jitgate-enforcement", v);
+        }
+    }
+    resp
+}
+
 /// `?wait=applied[&timeout=SECONDS]`: the longest to wait for the enforcement points.
 pub fn wait_option(q: &Query) -> Result<Option<std::time::Duration>, ApiError> {
     match q.get("wait") {
@@ -312,18 +360,31 @@ pub fn wait_option(q: &Query) -> Result<Option<std::time::Duration>, ApiError> {
     }
 }
 
-/// Answers `body` with `status` once every enforcement point of `vms` has applied `revision`,
-/// or with a clear error naming who did not. `x-jitgate-enforcement` says who applied it.
+/// Answers `body` with `status` once every enforcement point of the VMs in `states` has applied
+/// `revision`, or with a clear error naming who did not. `x-jitgate-enforcement` says who
+/// applied it; VMs with no enforcement point are not waited for: when there are any, the answer
+/// comes at once after the others and its header says `not enforced: …` (the body marks them).
 pub async fn enforced_answer<T: serde::Serialize>(
     app: &App,
-    vms: &[String],
+    states: &[(String, EnforcementState)],
     revision: u64,
     timeout: std::time::Duration,
     status: StatusCode,
     body: &T,
     request_id: i64,
 ) -> Result<Response, ApiError> {
-    match app.wait_applied(vms, revision, timeout).await? {
+    let vms: Vec<String> = states.iter().map(|(id, _)| id.clone()).collect();
+    if states.iter().any(|(_, s)| *s == EnforcementState::NotEnforced) {
+        let enforced: Vec<String> =
+            states.iter().filter(|(_, s)| *s != EnforcementState::NotEnforced).map(|(id, _)| id.clone()).collect();
+        if !enforced.is_empty() {
+            if let Err(e) = app.wait_applied(&enforced, revision, timeout).await? {
+                return Err(wait_error(e, request_id, timeout));
+            }
+        }
+        return Ok(with_enforcement_header(json(status, body), states));
+    }
+    match app.wait_applied(&vms, revision, timeout).await? {
         Ok(agents) => {
             let mut resp = json(status, body);
             let value = if agents.is_empty() { "none".to_owned() } else { format!("applied by {}", agents.join(", ")) };
@@ -332,7 +393,14 @@ pub async fn enforced_answer<T: serde::Serialize>(
             }
             Ok(resp)
         }
-        Err(crate::EnforcementWait::TimedOut(agents)) => Err(ApiError::new(
+        Err(e) => Err(wait_error(e, request_id, timeout)),
+    }
+}
+
+/// The error for a wait that did not end in "applied".
+fn wait_error(e: crate::EnforcementWait, request_id: i64, timeout: std::time::Duration) -> ApiError {
+    match e {
+        crate::EnforcementWait::TimedOut(agents) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "EnforcementTimeout",
             format!(
@@ -340,12 +408,12 @@ pub async fn enforced_answer<T: serde::Serialize>(
                 agents.join(", "),
                 timeout.as_secs_f64()
             ),
-        )),
-        Err(crate::EnforcementWait::Failed { agent, error }) => Err(ApiError::new(
+        ),
+        crate::EnforcementWait::Failed { agent, error } => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "EnforcementFailed",
             format!("request {request_id} is recorded, but enforcement point {agent} cannot program nftables: {error}"),
-        )),
+        ),
     }
 }
 

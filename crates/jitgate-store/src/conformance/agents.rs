@@ -14,6 +14,7 @@ pub(super) fn join(token: &str, id: &str, name: &str, mode: AgentMode) -> AgentJ
             addresses: vec!["10.1.0.5".parse().expect("ip")],
             public_address: Some("203.0.113.1".parse().expect("ip")),
             hostname: name.into(),
+            name_is_hostname: false,
         },
         now: now(),
     }
@@ -241,6 +242,24 @@ pub(super) async fn agent_bindings_revocation_and_gateway_scope(store: &dyn Stor
     assert_eq!(rebind.event.properties.get("previousAgent").map(String::as_str), Some("web2-agent"));
     assert_eq!(rebind.event.properties.get("previousAddress").map(String::as_str), Some("10.3.0.2"));
     assert_eq!(rebind.event.properties.get("address").map(String::as_str), Some("10.3.0.22"));
+    // An agent that sends only its host's name joins as the VM its token was made for; one
+    // whose operator named another VM is refused as before.
+    token("b-4h", SUB, AgentMode::Host, Some("web2")).await;
+    let mut named = joining("b-4h", "x", "web9", AgentMode::Host, "10.3.0.9");
+    named.agent.name_is_hostname = false;
+    assert_eq!(rejected_code(store.join_agent(named, audit("join")).await), "InvalidJoinToken");
+    let mut by_host = joining("b-4h", "web2-host", "vm", AgentMode::Host, "10.3.0.23");
+    by_host.agent.name_is_hostname = true;
+    let joined = store.join_agent(by_host, audit("join")).await.expect("joins as the token's VM");
+    assert_eq!((joined.name.as_str(), joined.vm_id.as_deref()), ("web2", Some(web2.as_str())));
+    assert!(store.get_vm(&vm_id("bind", "vm")).await.expect("get").is_none(), "no VM named after the host");
+    let vm = store.get_vm(&web2).await.expect("get").expect("vm");
+    assert_eq!(vm.agent.map(|a| a.id).as_deref(), Some("web2-host"));
+    // Without a VM in the token the host's name is the VM's name.
+    token("b-5h", SUB, AgentMode::Host, None).await;
+    let mut plain = joining("b-5h", "web7-agent", "web7", AgentMode::Host, "10.3.0.7");
+    plain.agent.name_is_hostname = true;
+    assert_eq!(store.join_agent(plain, audit("join")).await.expect("join").name, "web7");
 
     // Deleting a VM ends its agent's binding for good.
     store.delete_vm(&vm_id("bind", "web3"), audit("vm-del")).await.expect("delete");
@@ -250,13 +269,13 @@ pub(super) async fn agent_bindings_revocation_and_gateway_scope(store: &dyn Stor
 
     // Revoking an agent: its credential stops, its VM has no enforcement point.
     let rev = store.revision().await.expect("revision");
-    let removed = store.delete_agent("web2-new", audit("agent-del")).await.expect("revoke");
+    let removed = store.delete_agent("web2-host", audit("agent-del")).await.expect("revoke");
     assert_eq!(removed.name, "web2");
     assert!(store.revision().await.expect("revision") > rev);
-    assert!(store.agent_by_credential("cred-web2-new").await.expect("auth").is_none());
+    assert!(store.agent_by_credential("cred-web2-host").await.expect("auth").is_none());
     assert!(store.get_vm(&web2).await.expect("get").expect("vm").agent.is_none());
-    assert_eq!(rejected_code(store.agent_state("web2-new", now()).await), "AgentNotFound");
-    assert_eq!(rejected_code(store.delete_agent("web2-new", audit("agent-del")).await), "AgentNotFound");
+    assert_eq!(rejected_code(store.agent_state("web2-host", now()).await), "AgentNotFound");
+    assert_eq!(rejected_code(store.delete_agent("web2-host", audit("agent-del")).await), "AgentNotFound");
 
     // Rotation: the new credential works, the old one does not, and only the current one rotates.
     token("b-4", SUB, AgentMode::Host, None).await;

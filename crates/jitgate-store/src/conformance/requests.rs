@@ -50,6 +50,9 @@ pub(super) async fn approvals_and_extensions(store: &dyn Store) {
     let g = &approved.grants[0];
     assert_eq!((g.status, g.status_reason), (GrantStatus::Initiated, StatusReason::Approved));
     assert_eq!(g.end_time, later + Duration::minutes(60));
+    // The approver's reason stays with the request.
+    assert_eq!(approved.decision_reason.as_deref(), Some("ok"));
+    assert_eq!(store.get_request(id).await.expect("get").expect("found").1.decision_reason.as_deref(), Some("ok"));
     let code = rejected_code(store.decide_request(id, true, "approver", None, later, audit("decide")).await);
     assert_eq!(code, codes::REQUEST_NOT_PENDING, "nothing waits any more");
 
@@ -59,8 +62,10 @@ pub(super) async fn approvals_and_extensions(store: &dyn Store) {
     assert_eq!(waiting.pending_extension, Some(new_end));
     assert_eq!(waiting.grants[0].end_time, g.end_time);
     // Denied: the extension is dropped, the grants keep their end.
-    let denied = store.decide_request(id, false, "approver", None, later, audit("decide")).await.expect("deny");
+    let why = Some("not during the freeze".to_owned());
+    let denied = store.decide_request(id, false, "approver", why.clone(), later, audit("decide")).await.expect("deny");
     assert_eq!((denied.pending_extension, denied.grants[0].end_time), (None, g.end_time));
+    assert_eq!(denied.decision_reason, why, "the latest decision's reason");
     assert_eq!(denied.grants[0].status, GrantStatus::Initiated);
     // Asked again and approved: the grants move to the new end.
     store.extend_request(id, new_end, later, audit("extend")).await.expect("extend again");
