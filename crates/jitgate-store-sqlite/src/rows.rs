@@ -459,3 +459,21 @@ pub fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         hash: hash_from_hex(&hash)?,
     })
 }
+
+/// The WHERE clause and parameters of one of the four list scopes.
+pub fn scope_query(scope: &jitgate_store::ListScope) -> (String, Vec<String>) {
+    let l = |s: &str| s.to_ascii_lowercase();
+    match scope {
+        jitgate_store::ListScope::Subscription { subscription } => ("sub_key = ?1".into(), vec![l(subscription)]),
+        jitgate_store::ListScope::SubscriptionLocation { subscription, location } => {
+            ("sub_key = ?1 AND loc_key = ?2".into(), vec![l(subscription), l(location)])
+        }
+        jitgate_store::ListScope::ResourceGroup { subscription, resource_group } => {
+            ("sub_key = ?1 AND rg_key = ?2".into(), vec![l(subscription), l(resource_group)])
+        }
+        jitgate_store::ListScope::ResourceGroupLocation { subscription, resource_group, location } => (
+            "sub_key = ?1 AND rg_key = ?2 AND loc_key = ?3".into(),
+            vec![l(subscription), l(resource_group), l(location)],
+        ),
+    }
+}

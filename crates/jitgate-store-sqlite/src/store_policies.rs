@@ -1,6 +1,7 @@
 //! The SQLite store: policies, access requests and their grants.
 
 use super::*;
+use crate::store_requests::set_decision_reason;
 
 #[async_trait]
 impl PolicyStore for SqliteStore {
@@ -153,7 +154,7 @@ impl PolicyStore for SqliteStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<PolicyRecord>> {
-        let (filter, mut args) = scope_query(scope);
+        let (filter, mut args) = rows::scope_query(scope);
         let after = after.unwrap_or("").to_owned();
         self.read(move |c| {
             let sql = format!(
@@ -642,23 +643,6 @@ impl PolicyStore for SqliteStore {
     }
 }
 
-fn scope_query(scope: &ListScope) -> (String, Vec<String>) {
-    let l = |s: &str| s.to_ascii_lowercase();
-    match scope {
-        ListScope::Subscription { subscription } => ("sub_key = ?1".into(), vec![l(subscription)]),
-        ListScope::SubscriptionLocation { subscription, location } => {
-            ("sub_key = ?1 AND loc_key = ?2".into(), vec![l(subscription), l(location)])
-        }
-        ListScope::ResourceGroup { subscription, resource_group } => {
-            ("sub_key = ?1 AND rg_key = ?2".into(), vec![l(subscription), l(resource_group)])
-        }
-        ListScope::ResourceGroupLocation { subscription, resource_group, location } => (
-            "sub_key = ?1 AND rg_key = ?2 AND loc_key = ?3".into(),
-            vec![l(subscription), l(resource_group), l(location)],
-        ),
-    }
-}
-
 fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy) -> rusqlite::Result<()> {
     let mut vm_stmt =
         conn.prepare_cached("INSERT INTO policy_vms (pid, ord, vm_key, vm_id, public_ip) VALUES (?1, ?2, ?3, ?4, ?5)")?;
@@ -697,12 +681,4 @@ fn port_summary(policy: &jitgate_core::Policy) -> String {
         }
     }
     parts.join(",")
-}
-
-/// Keeps the reason of the latest decision on a request with it (shown with the request and in
-/// the approved/denied webhooks).
-fn set_decision_reason(conn: &rusqlite::Connection, rid: i64, reason: Option<&str>) -> StoreResult<()> {
-    conn.execute("UPDATE requests SET decision_reason = ?1 WHERE rid = ?2", rusqlite::params![reason, rid])
-        .map(|_| ())
-        .map_err(backend)
 }

@@ -36,3 +36,11 @@ impl SqliteStore {
         .await
     }
 }
+
+/// Keeps the reason of the latest decision on a request with it (shown with the request and in
+/// the approved/denied webhooks).
+pub(crate) fn set_decision_reason(conn: &rusqlite::Connection, rid: i64, reason: Option<&str>) -> StoreResult<()> {
+    conn.execute("UPDATE requests SET decision_reason = ?1 WHERE rid = ?2", rusqlite::params![reason, rid])
+        .map(|_| ())
+        .map_err(backend)
+}
