@@ -66,6 +66,29 @@ pub(crate) async fn migrate(db: &mut Db, keys: &Keyring) -> StoreResult<(Migrati
 }
 
 async fn steps(db: &Db, keys: &Keyring) -> StoreResult<(MigrationReport, SealReport)> {
+    let report = schema_steps(db).await?;
+    let sealed = hooks::seal_all(db, keys).await.map_err(|e| backend(format!("webhook secrets: {e}")))?;
+    Ok((report, sealed))
+}
+
+/// Brings the database to [`SCHEMA_VERSION`] (or refuses one that is newer), in one transaction
+/// under the advisory lock, without touching the webhook secrets (`jitgate migrate`, and the
+/// connection of an export or import).
+pub(crate) async fn migrate_schema(db: &mut Db) -> StoreResult<MigrationReport> {
+    db.begin("BEGIN").await.map_err(StoreError::from)?;
+    match schema_steps(db).await {
+        Ok(done) => {
+            db.end("COMMIT").await.map_err(StoreError::from)?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = db.end("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn schema_steps(db: &Db) -> StoreResult<MigrationReport> {
     db.exec("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(StoreError::from)?;
     db.batch(
         "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied BIGINT NOT NULL)",
@@ -94,8 +117,7 @@ async fn steps(db: &Db, keys: &Keyring) -> StoreResult<(MigrationReport, SealRep
         .await
         .map_err(StoreError::from)?;
     }
-    let sealed = hooks::seal_all(db, keys).await.map_err(|e| backend(format!("webhook secrets: {e}")))?;
-    Ok((MigrationReport { from: version, to: version.max(SCHEMA_VERSION) }, sealed))
+    Ok(MigrationReport { from: version, to: version.max(SCHEMA_VERSION) })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod hooks;
 mod migrate;
 mod rbac;
 mod rows;
+pub mod snapshot;
 mod store_agents;
 mod store_audit;
 mod store_identity;
