@@ -13,6 +13,7 @@ pub mod probe;
 pub mod profile;
 pub mod role;
 pub mod secrets;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,22 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// The key that seals webhook secrets at rest: rotate it, or make a new one.
     Secrets(secrets::SecretsArgs),
+    /// Bring the store's schema up to date and exit, printing the versions applied and present
+    /// (PostgreSQL with --database-url or JITGATE_DATABASE_URL; SQLite with --data-dir).
+    #[command(after_help = storage::MIGRATE_EXAMPLES)]
+    Migrate(storage::MigrateArgs),
+    /// Copy every record of a store (SQLite or PostgreSQL) to a file, as JSON Lines. Reads one
+    /// consistent state; a server may keep running on the store.
+    #[command(after_help = storage::EXPORT_EXAMPLES)]
+    Export(storage::ExportArgs),
+    /// Copy an export into an empty store (SQLite or PostgreSQL) in one transaction, then verify
+    /// its audit chain (a broken chain exits 1).
+    #[command(after_help = storage::IMPORT_EXAMPLES)]
+    Import(storage::ImportArgs),
+    /// Copy a SQLite store to a new database file with SQLite's online backup API, while the
+    /// server runs; the copy's audit chain is verified.
+    #[command(after_help = storage::BACKUP_EXAMPLES)]
+    Backup(storage::BackupArgs),
 }
 
 /// `jitgate quickstart`.

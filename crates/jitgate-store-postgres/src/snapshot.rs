@@ -134,15 +134,17 @@ fn order_by(table: &Table) -> String {
 
 async fn export_table(db: &Db, table: &Table, sink: &mut dyn RecordSink, counts: &mut Counts) -> StoreResult<()> {
     let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+    // A cursor of its own per table: a cached FETCH statement carries the columns of its cursor.
+    let cursor = format!("jitgate_export_{}", table.name);
     let declare = format!(
-        "DECLARE jitgate_export NO SCROLL CURSOR FOR SELECT {} FROM {} ORDER BY {}",
+        "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {} FROM {} ORDER BY {}",
         columns.join(", "),
         table.name,
         order_by(table)
     );
     db.batch(&declare).await.map_err(StoreError::from)?;
     loop {
-        let rows = db.rows(&format!("FETCH {FETCH} FROM jitgate_export"), &[]).await.map_err(StoreError::from)?;
+        let rows = db.rows(&format!("FETCH {FETCH} FROM {cursor}"), &[]).await.map_err(StoreError::from)?;
         if rows.is_empty() {
             break;
         }
@@ -159,7 +161,7 @@ async fn export_table(db: &Db, table: &Table, sink: &mut dyn RecordSink, counts:
             sink.put(record)?;
         }
     }
-    db.batch("CLOSE jitgate_export").await.map_err(StoreError::from)?;
+    db.batch(&format!("CLOSE {cursor}")).await.map_err(StoreError::from)?;
     Ok(())
 }
 

@@ -281,3 +281,8 @@ impl std::fmt::Debug for SqliteSnapshot {
         f.write_str("SqliteSnapshot")
     }
 }
+
+/// Every migration this build knows: its version and file.
+pub fn migrations() -> Vec<(i64, &'static str)> {
+    crate::migrate::MIGRATIONS.iter().map(|m| (m.version, m.name)).collect()
+}

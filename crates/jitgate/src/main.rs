@@ -10,6 +10,7 @@ mod common;
 mod quickstart;
 mod secrets;
 mod serve;
+mod storage;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
@@ -115,6 +116,18 @@ fn main() -> std::process::ExitCode {
                     Ok(false) => std::process::exit(1),
                     Err(e) => Err(e),
                 },
+            },
+            Command::Migrate(args) => storage::migrate(args).await,
+            Command::Export(args) => storage::export(args).await,
+            Command::Import(args) => match storage::import(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => Err(e),
+            },
+            Command::Backup(args) => match storage::backup(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => Err(e),
             },
             Command::Secrets(args) => match args.command {
                 SecretsCommand::Rotate(a) => secrets::rotate(a).await,
