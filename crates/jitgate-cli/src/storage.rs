@@ -32,7 +32,9 @@ impl StoreArgs {
         match (&self.data_dir, &self.database_url) {
             (Some(dir), None) => Ok(StoreLocation::Sqlite(dir.clone())),
             (None, Some(url)) => Ok(StoreLocation::Postgres(url.clone())),
-            (Some(dir), Some(url)) if from_env.as_deref() == Some(url.as_str()) => Ok(StoreLocation::Sqlite(dir.clone())),
+            (Some(dir), Some(url)) if from_env.as_deref() == Some(url.as_str()) => {
+                Ok(StoreLocation::Sqlite(dir.clone()))
+            }
             (Some(_), Some(_)) => Err("give --data-dir or --database-url, not both".into()),
             (None, None) => Err("name the store: --data-dir DIR (SQLite) or --database-url URL (PostgreSQL)".into()),
         }

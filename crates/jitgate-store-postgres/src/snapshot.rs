@@ -26,8 +26,14 @@ use crate::{backend, describe, parse_url, redact, Db, Error, Res};
 const FETCH: usize = 1000;
 
 /// The tables whose ids come from a sequence (`BIGSERIAL`), with their id column.
-const SERIALS: &[(&str, &str)] =
-    &[("principals", "id"), ("tokens", "id"), ("policies", "pid"), ("requests", "rid"), ("grants", "gid"), ("deliveries", "id")];
+const SERIALS: &[(&str, &str)] = &[
+    ("principals", "id"),
+    ("tokens", "id"),
+    ("policies", "pid"),
+    ("requests", "rid"),
+    ("grants", "gid"),
+    ("deliveries", "id"),
+];
 
 /// A migration recorded in `schema_version`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,9 +88,7 @@ impl PgSnapshot {
             .await
             .map_err(StoreError::from)?;
         rows.iter()
-            .map(|r| {
-                Ok(AppliedMigration { version: r.try_get(0)?, name: r.try_get(1)?, applied: r.try_get(2)? })
-            })
+            .map(|r| Ok(AppliedMigration { version: r.try_get(0)?, name: r.try_get(1)?, applied: r.try_get(2)? }))
             .collect::<Res<Vec<_>>>()
             .map_err(StoreError::from)
     }
@@ -177,12 +181,8 @@ async fn export_all(db: &Db, sink: &mut dyn RecordSink) -> StoreResult<Counts> {
             .await
             .and_then(|r| Ok(r.try_get(0)?))
             .map_err(StoreError::from)?;
-        let row = db
-            .one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
-            .await
-            .map_err(StoreError::from)?;
-        let (last, called): (i64, bool) =
-            (row.try_get(0).map_err(Error::from)?, row.try_get(1).map_err(Error::from)?);
+        let row = db.one(&format!("SELECT last_value, is_called FROM {seq}"), &[]).await.map_err(StoreError::from)?;
+        let (last, called): (i64, bool) = (row.try_get(0).map_err(Error::from)?, row.try_get(1).map_err(Error::from)?);
         let record = Record::Sequence(Sequence { table: (*name).into(), last: if called { last } else { 0 } });
         counts.add(&record);
         sink.put(record)?;

@@ -186,7 +186,8 @@ fn export_all(conn: &Connection, sink: &mut dyn RecordSink) -> StoreResult<Count
             .query_row("SELECT seq FROM sqlite_sequence WHERE name = ?1", [name], |r| r.get(0))
             .optional()
             .map_err(backend)?;
-        let record = Record::Sequence(jitgate_store::snapshot::Sequence { table: (*name).into(), last: last.unwrap_or(0) });
+        let record =
+            Record::Sequence(jitgate_store::snapshot::Sequence { table: (*name).into(), last: last.unwrap_or(0) });
         counts.add(&record);
         sink.put(record)?;
     }

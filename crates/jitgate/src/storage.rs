@@ -157,8 +157,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
     let input: Box<dyn std::io::BufRead + Send> = if args.input == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
-        let file =
-            std::fs::File::open(&args.input).with_context(|| format!("opening --in {}", args.input))?;
+        let file = std::fs::File::open(&args.input).with_context(|| format!("opening --in {}", args.input))?;
         Box::new(BufReader::new(file))
     };
     let source = JsonLinesSource::new(input)?;
@@ -187,8 +186,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
             let _lock = secrets::lock_data_dir(&dir)?;
             let path = dir.join(DB_FILE);
             let db = SqliteSnapshot::open_for_import(&path).map_err(|e| anyhow::anyhow!(e))?;
-            let counts =
-                db.import(&mut records).await.with_context(|| format!("importing into {}", path.display()))?;
+            let counts = db.import(&mut records).await.with_context(|| format!("importing into {}", path.display()))?;
             (counts, db.verify_audit()?, path.display().to_string())
         }
     };

@@ -109,11 +109,13 @@ use crate::{
 
 mod agents;
 mod audit_hooks;
+mod fill;
 mod identity;
 mod requests;
 
 use agents::*;
 use audit_hooks::*;
+pub use fill::fill_every_kind;
 use identity::*;
 use requests::*;
 
