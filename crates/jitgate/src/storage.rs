@@ -38,6 +38,11 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.create(dir).with_context(|| format!("creating --data-dir {}", dir.display()))
 }
 
+/// A store error, said once (its source repeats its message).
+fn said(e: jitgate_store::StoreError) -> anyhow::Error {
+    anyhow::anyhow!(e.to_string())
+}
+
 fn location(store: &jitgate_cli::storage::StoreArgs) -> anyhow::Result<StoreLocation> {
     store.location().map_err(|e| anyhow::anyhow!(e))
 }
@@ -47,9 +52,9 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     match location(&args.store)? {
         StoreLocation::Postgres(url) => {
             let shown = jitgate_store_postgres::redact(&url);
-            let db = PgSnapshot::open(&url).await.with_context(|| format!("migrating {shown}"))?;
+            let db = PgSnapshot::open(&url).await.map_err(said).with_context(|| format!("migrating {shown}"))?;
             let report = db.migration_report();
-            for m in db.migrations().await? {
+            for m in db.migrations().await.map_err(said)? {
                 let when = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.applied))
                     .map(jitgate_core::rfc3339)
                     .unwrap_or_default();
@@ -64,7 +69,7 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             let _lock = secrets::lock_data_dir(&dir)?;
             let db = dir.join(DB_FILE);
             let report = jitgate_store_sqlite::snapshot::migrate_file(&db)
-                .map_err(|e| anyhow::anyhow!(e))
+                .map_err(said)
                 .with_context(|| format!("migrating {}", db.display()))?;
             for (version, name) in jitgate_store_sqlite::snapshot::migrations() {
                 let now = if version > report.from { "applied now" } else { "present" };
@@ -100,15 +105,15 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let (store, shown, header): (Box<dyn SnapshotStore>, String, Header) = match location(&args.store)? {
         StoreLocation::Postgres(url) => {
             let shown = jitgate_store_postgres::redact(&url);
-            let db = PgSnapshot::open(&url).await.with_context(|| format!("opening {shown}"))?;
+            let db = PgSnapshot::open(&url).await.map_err(said).with_context(|| format!("opening {shown}"))?;
             let schema = db.migration_report().to;
             (Box::new(db), shown, header("postgres", schema))
         }
         StoreLocation::Sqlite(dir) => {
             let path = dir.join(DB_FILE);
             // Read-only, without the data directory's lock: the server may keep running.
-            let db = SqliteSnapshot::open_read_only(&path).map_err(|e| anyhow::anyhow!(e))?;
-            let schema = db.schema_version()?;
+            let db = SqliteSnapshot::open_read_only(&path).map_err(said)?;
+            let schema = db.schema_version().map_err(said)?;
             (Box::new(db), path.display().to_string(), header("sqlite", schema))
         }
     };
@@ -145,22 +150,23 @@ async fn write_export<W: Write + Send>(
     out: W,
     header: &Header,
 ) -> anyhow::Result<(Counts, W)> {
-    let mut sink = JsonLinesSink::new(out, header)?;
-    let counts = store.export(&mut sink).await?;
-    Ok((counts, sink.finish()?))
+    let mut sink = JsonLinesSink::new(out, header).map_err(said)?;
+    let counts = store.export(&mut sink).await.map_err(said)?;
+    Ok((counts, sink.finish().map_err(said)?))
 }
 
 /// `jitgate import`: an export into an empty store, then its audit chain verified. Returns
 /// whether the chain is intact.
 pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
     private_files();
+    let target = location(&args.store)?;
     let input: Box<dyn std::io::BufRead + Send> = if args.input == "-" {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
         let file = std::fs::File::open(&args.input).with_context(|| format!("opening --in {}", args.input))?;
         Box::new(BufReader::new(file))
     };
-    let source = JsonLinesSource::new(input)?;
+    let source = JsonLinesSource::new(input).map_err(said)?;
     eprintln!(
         "importing an export of a {} store (schema {}, taken {})",
         source.header().source,
@@ -173,21 +179,21 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
             keys.insert(w.secret_key.clone().unwrap_or_else(|| "(not sealed)".into()));
         }
     });
-    let (counts, verified, shown) = match location(&args.store)? {
+    let (counts, verified, shown) = match target {
         StoreLocation::Postgres(url) => {
             let shown = jitgate_store_postgres::redact(&url);
-            let db = PgSnapshot::open(&url).await.with_context(|| format!("opening {shown}"))?;
-            let counts = db.import(&mut records).await.with_context(|| format!("importing into {shown}"))?;
-            (counts, db.verify_audit().await?, shown)
+            let db = PgSnapshot::open(&url).await.map_err(said).with_context(|| format!("opening {shown}"))?;
+            let counts = db.import(&mut records).await.map_err(said).with_context(|| format!("importing into {shown}"))?;
+            (counts, db.verify_audit().await.map_err(said)?, shown)
         }
         StoreLocation::Sqlite(dir) => {
             create_private_dir(&dir)?;
             // No server may write the file while it is filled.
             let _lock = secrets::lock_data_dir(&dir)?;
             let path = dir.join(DB_FILE);
-            let db = SqliteSnapshot::open_for_import(&path).map_err(|e| anyhow::anyhow!(e))?;
-            let counts = db.import(&mut records).await.with_context(|| format!("importing into {}", path.display()))?;
-            (counts, db.verify_audit()?, path.display().to_string())
+            let db = SqliteSnapshot::open_for_import(&path).map_err(said)?;
+            let counts = db.import(&mut records).await.map_err(said).with_context(|| format!("importing into {}", path.display()))?;
+            (counts, db.verify_audit().map_err(said)?, path.display().to_string())
         }
     };
     drop(records);

@@ -25,7 +25,23 @@ use jitgate_testkit::TestServer;
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
 fn jitgate(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env_remove("JITGATE_DATABASE_URL").output().expect("jitgate runs")
+    jitgate_env(args, &[])
+}
+
+fn jitgate_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("JITGATE_DATABASE_URL").env_remove("JITGATE_DATA_DIR");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("jitgate runs")
+}
+
+/// Runs `jitgate`, which must fail with exit code 1; returns its standard error.
+fn fails(args: &[&str]) -> String {
+    let out = jitgate(args);
+    assert_eq!(out.status.code(), Some(1), "jitgate {args:?}: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn ok(args: &[&str]) -> String {
@@ -115,4 +131,177 @@ async fn every_record_moves_from_sqlite_to_postgresql_and_back_unchanged() {
     let v = sqlite.verify_audit().await.expect("verify");
     assert!(v.valid && v.records > 0, "{v:?}");
     assert_eq!(sqlite.list_webhooks().await.expect("webhooks"), hooks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_into_a_store_with_records_or_of_a_cut_off_file_is_refused_and_changes_nothing() {
+    let Some(db) = test_database("an_import_into_a_store_with_records_is_refused_and_changes_nothing").await else {
+        return;
+    };
+    let Some(empty) = test_database("an_import_into_a_store_with_records_is_refused_and_changes_nothing").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys = Keyring::generate().expect("keys");
+    let src = tmp.path().join("src");
+    filled_sqlite(&src, &keys).await;
+    let file = tmp.path().join("all.jsonl");
+    ok(&["export", "--data-dir", src.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    let all = records(&file);
+    let export_of = |args: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let mut a = vec!["export"];
+        a.extend_from_slice(args);
+        a.extend(["--out", out.to_str().unwrap()]);
+        ok(&a);
+        records(&out)
+    };
+
+    // Into a PostgreSQL store that has records: refused, nothing changed.
+    ok(&["import", "--database-url", db.url(), "--in", file.to_str().unwrap()]);
+    let err = fails(&["import", "--database-url", db.url(), "--in", file.to_str().unwrap()]);
+    assert!(err.contains("not empty"), "{err}");
+    assert_eq!(export_of(&["--database-url", db.url()], "pg-after.jsonl"), all);
+    // Into the SQLite store it came from: the same.
+    let err = fails(&["import", "--data-dir", src.to_str().unwrap(), "--in", file.to_str().unwrap()]);
+    assert!(err.contains("not empty"), "{err}");
+    assert_eq!(export_of(&["--data-dir", src.to_str().unwrap()], "sqlite-after.jsonl"), all);
+    // An export file exists already: not overwritten.
+    let err = fails(&["export", "--data-dir", src.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    assert!(err.contains("must not exist"), "{err}");
+    assert_eq!(records(&file), all);
+
+    // A file cut off before its end line imports nothing, into either backend.
+    let text = std::fs::read_to_string(&file).expect("export");
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = tmp.path().join("cut.jsonl");
+    std::fs::write(&cut, lines[..lines.len() - 1].join("\n") + "\n").expect("write");
+    let err = fails(&["import", "--database-url", empty.url(), "--in", cut.to_str().unwrap()]);
+    assert!(err.contains("cut off"), "{err}");
+    let fresh = tmp.path().join("fresh");
+    let err = fails(&["import", "--data-dir", fresh.to_str().unwrap(), "--in", cut.to_str().unwrap()]);
+    assert!(err.contains("cut off"), "{err}");
+    for (args, name) in [
+        (vec!["--database-url", empty.url()], "pg-empty.jsonl"),
+        (vec!["--data-dir", fresh.to_str().unwrap()], "sq-empty.jsonl"),
+    ] {
+        let left = export_of(&args, name);
+        assert!(!left.is_empty());
+        assert!(
+            left.iter().all(|r| matches!(r, Record::Meta(_) | Record::Sequence(_) | Record::End { .. })),
+            "nothing was imported: {left:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_export_run_beside_a_server_that_keeps_writing() {
+    let s = std::sync::Arc::new(TestServer::start(BIN, &[]));
+    let data = s.server.data_dir.clone();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (s, stop, written) = (s.clone(), stop.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                s.register_vm("busy", &format!("vm{n}"), "Linux").await;
+                n += 1;
+                written.store(n, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    while written.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let copy = tmp.path().join("copy.db");
+    let export = tmp.path().join("live.jsonl");
+    let (d, c, e) =
+        (data.to_str().unwrap().to_owned(), copy.to_str().unwrap().to_owned(), export.to_str().unwrap().to_owned());
+    let (backup, exported, import_locked) = tokio::task::spawn_blocking(move || {
+        let b = jitgate(&["backup", "--data-dir", &d, "--out", &c]);
+        let x = jitgate(&["export", "--data-dir", &d, "--out", &e]);
+        let i = jitgate(&["import", "--data-dir", &d, "--in", &e]);
+        (b, x, i)
+    })
+    .await
+    .expect("commands");
+    let before = written.load(std::sync::atomic::Ordering::SeqCst);
+    // The server keeps serving writes after both.
+    while written.load(std::sync::atomic::Ordering::SeqCst) < before + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.expect("writer");
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    let said = String::from_utf8_lossy(&backup.stdout);
+    assert!(said.contains("audit chain intact"), "{said}");
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    assert_eq!(import_locked.status.code(), Some(1), "an import does not write under a running server");
+    assert!(String::from_utf8_lossy(&import_locked.stderr).contains("holds the data directory"));
+
+    // The copy opens as a store (with the server's secrets key) and its chain verifies.
+    let keys = Keyring::parse(&std::fs::read_to_string(data.join("secrets.key")).expect("key")).expect("keyring");
+    let restored = tmp.path().join("restored");
+    std::fs::create_dir_all(&restored).expect("dir");
+    std::fs::copy(&copy, restored.join("jitgate.db")).expect("copy");
+    let store = SqliteStore::open(&restored.join("jitgate.db"), keys).expect("the backup opens");
+    let v = store.verify_audit().await.expect("verify");
+    assert!(v.valid && v.records >= 4, "{v:?}");
+    drop(store);
+    // What was exported under load imports into a new store with an intact chain.
+    let out =
+        ok(&["import", "--data-dir", tmp.path().join("moved").to_str().unwrap(), "--in", export.to_str().unwrap()]);
+    assert!(out.contains("audit chain intact"), "{out}");
+    // A backup never overwrites.
+    let again = jitgate(&["backup", "--data-dir", data.to_str().unwrap(), "--out", copy.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    let answer = s.send(Method::GET, &s.url("/api/v1/audit/verify"), None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["valid"], true, "the live store is intact too: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_brings_a_fresh_postgresql_database_up_to_date_once() {
+    let Some(db) = test_database("migrate_brings_a_fresh_postgresql_database_up_to_date_once").await else {
+        return;
+    };
+    let first = ok(&["migrate", "--database-url", db.url()]);
+    assert!(first.contains("0001_initial.sql (applied now"), "{first}");
+    assert!(first.contains("schema version 0 -> "), "{first}");
+    // Again, the URL from the environment as `serve` takes it: nothing to do.
+    let out = jitgate_env(&["migrate"], &[("JITGATE_DATABASE_URL", db.url())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = String::from_utf8_lossy(&out.stdout);
+    assert!(second.contains("0001_initial.sql (present"), "{second}");
+    assert!(!second.contains("applied now"), "{second}");
+    assert!(second.contains("up to date; nothing applied"), "{second}");
+}
+
+#[test]
+fn migrate_a_sqlite_data_dir_and_the_commands_in_help_and_man_pages() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let first = ok(&["migrate", "--data-dir", dir.to_str().unwrap()]);
+    assert!(first.contains("0001_initial.sql (applied now)") && first.contains("schema version 0 -> "), "{first}");
+    let second = ok(&["migrate", "--data-dir", dir.to_str().unwrap()]);
+    assert!(!second.contains("applied now") && second.contains("nothing applied"), "{second}");
+    assert!(jitgate_store_sqlite::verify_audit_file(&dir.join("jitgate.db")).expect("verify").valid);
+
+    let help = ok(&["--help"]);
+    for command in ["migrate", "export", "import", "backup"] {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(command)), "{command} in --help: {help}");
+        assert!(ok(&[command, "--help"]).contains("Examples:"), "{command} --help has examples");
+    }
+    let man = tmp.path().join("man");
+    ok(&["man", "--dir", man.to_str().unwrap()]);
+    for page in ["jitgate-migrate.1", "jitgate-export.1", "jitgate-import.1", "jitgate-backup.1"] {
+        assert!(man.join(page).exists(), "{page}");
+    }
+    let err = fails(&["export"]);
+    assert!(err.contains("--data-dir DIR (SQLite) or --database-url URL"), "{err}");
+    let err = fails(&["import", "--data-dir", dir.to_str().unwrap(), "--database-url", "postgres://x/y"]);
+    assert!(err.contains("not both"), "{err}");
 }
