@@ -430,6 +430,9 @@ impl<R: BufRead + Send> JsonLinesSource<R> {
         let mut first = String::new();
         input.read_line(&mut first).map_err(io_error)?;
         let bad = |why: String| StoreError::Backend(format!("not a jitgate export: {why}").into());
+        if first.is_empty() {
+            return Err(bad("the input is empty".into()));
+        }
         let header: Header = serde_json::from_str(first.trim_end()).map_err(|e| bad(format!("line 1: {e}")))?;
         if header.format != FORMAT {
             return Err(bad(format!("line 1: format is '{}', not '{FORMAT}'", header.format)));

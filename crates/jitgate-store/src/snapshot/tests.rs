@@ -71,6 +71,8 @@ fn a_cut_off_or_padded_or_foreign_file_is_refused() {
     )
     .is_err());
     assert!(JsonLinesSource::new(&b"hello\n"[..]).is_err());
+    let empty = JsonLinesSource::new(&b""[..]).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(empty.contains("the input is empty"), "{empty}");
     let newer = text.replacen(r#""version":1"#, r#""version":2"#, 1);
     assert!(JsonLinesSource::new(newer.as_bytes()).is_err());
 }
