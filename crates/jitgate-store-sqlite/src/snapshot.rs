@@ -287,3 +287,52 @@ impl std::fmt::Debug for SqliteSnapshot {
 pub fn migrations() -> Vec<(i64, &'static str)> {
     crate::migrate::MIGRATIONS.iter().map(|m| (m.version, m.name)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table and every column of the schema is in the snapshot, with a type that reads it:
+    /// a migration that adds one fails here until `TABLES` has it.
+    #[test]
+    fn the_snapshot_covers_every_table_and_column_of_the_schema() {
+        let conn = Connection::open_in_memory().expect("open");
+        migrate(&conn).expect("migrate");
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("tables")
+            .collect::<rusqlite::Result<_>>()
+            .expect("names");
+        let mut listed: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        listed.sort_unstable();
+        assert_eq!(names, listed, "every table, and nothing else");
+        for table in TABLES {
+            let columns: Vec<(String, String, bool)> = conn
+                .prepare(&format!("PRAGMA table_info({})", table.name))
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? == 0)))
+                .expect("columns")
+                .collect::<rusqlite::Result<_>>()
+                .expect("columns");
+            let mut got: Vec<&str> = columns.iter().map(|c| c.0.as_str()).collect();
+            let mut want: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "the columns of {}", table.name);
+            for (name, ty, nullable) in &columns {
+                let c = table.column(name).expect("listed");
+                let expected = match c.ty {
+                    ColumnType::Int | ColumnType::Bool => "INTEGER",
+                    ColumnType::Text => "TEXT",
+                };
+                assert_eq!(ty, expected, "{}.{name}", table.name);
+                // A column that may be NULL must be read as optional (a key is never NULL).
+                if *nullable && !table.key.contains(&name.as_str()) {
+                    assert!(c.nullable, "{}.{name} may be NULL in the schema", table.name);
+                }
+            }
+        }
+    }
+}

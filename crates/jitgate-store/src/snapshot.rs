@@ -143,6 +143,7 @@ macro_rules! tables {
         $(
             $(#[$doc])*
             #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+            #[serde(deny_unknown_fields)]
             pub struct $variant {
                 $($(#[$fdoc])* pub $field: $ty,)+
             }
@@ -310,6 +311,7 @@ pub const SEQUENCES: &[&str] = &["policies", "deliveries"];
 /// The last id handed out for a table of [`SEQUENCES`] (0: none yet). Not a row: it goes
 /// into `sqlite_sequence` or the PostgreSQL sequence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sequence {
     pub table: String,
     pub last: i64,

@@ -183,7 +183,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
         StoreLocation::Postgres(url) => {
             let shown = jitgate_store_postgres::redact(&url);
             let db = PgSnapshot::open(&url).await.map_err(said).with_context(|| format!("opening {shown}"))?;
-            let counts = db.import(&mut records).await.map_err(said).with_context(|| format!("importing into {shown}"))?;
+            let counts =
+                db.import(&mut records).await.map_err(said).with_context(|| format!("importing into {shown}"))?;
             (counts, db.verify_audit().await.map_err(said)?, shown)
         }
         StoreLocation::Sqlite(dir) => {
@@ -192,7 +193,11 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<bool> {
             let _lock = secrets::lock_data_dir(&dir)?;
             let path = dir.join(DB_FILE);
             let db = SqliteSnapshot::open_for_import(&path).map_err(said)?;
-            let counts = db.import(&mut records).await.map_err(said).with_context(|| format!("importing into {}", path.display()))?;
+            let counts = db
+                .import(&mut records)
+                .await
+                .map_err(said)
+                .with_context(|| format!("importing into {}", path.display()))?;
             (counts, db.verify_audit().map_err(said)?, path.display().to_string())
         }
     };

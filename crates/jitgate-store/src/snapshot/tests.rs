@@ -73,6 +73,11 @@ fn a_cut_off_or_padded_or_foreign_file_is_refused() {
     assert!(JsonLinesSource::new(&b"hello\n"[..]).is_err());
     let empty = JsonLinesSource::new(&b""[..]).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(empty.contains("the input is empty"), "{empty}");
+    // A field this build does not know (a newer jitgate's column) is refused, never dropped.
+    let extra = text.replace(r#""record":"principal","id":2,"#, r#""record":"principal","id":2,"colour":"red","#);
+    assert!(read(&extra).expect_err("unknown field").to_string().contains("colour"));
+    let unknown_kind = text.replace(r#""record":"principal","id":2,"#, r#""record":"gadget","id":2,"#);
+    assert!(read(&unknown_kind).is_err());
     let newer = text.replacen(r#""version":1"#, r#""version":2"#, 1);
     assert!(JsonLinesSource::new(newer.as_bytes()).is_err());
 }
