@@ -82,6 +82,10 @@ pub fn hint(api: Option<(u16, &str)>, text: &str) -> Option<&'static str> {
         Some("the server's certificate is not trusted here: give its certificate with --ca-cert DATA_DIR/tls/cert.pem (or JITGATE_CA_CERT), copied from the server's data directory")
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         Some("the server's certificate does not cover the host in the URL: use a name or address it covers, or restart the server with --tls-san HOST (or --listen on that address); its self-signed certificate is then made again")
+    } else if (text.contains("Connection refused") || text.contains("connection refused"))
+        && (text.contains("postgres://") || text.contains("postgresql://"))
+    {
+        Some("no PostgreSQL answers at that address: check the host and port of --database-url / JITGATE_DATABASE_URL, and that the database server runs")
     } else if text.contains("Connection refused") || text.contains("connection refused") {
         Some("nothing listens at that address: is `jitgate serve` running there, and are --url / JITGATE_URL (or --server for the agent) right?")
     } else if text.contains("dns error") || text.contains("failed to lookup address") {
@@ -337,5 +341,13 @@ mod tests {
         assert_eq!(exit_code(&CliError::Oidc(OidcError::WrongState)), exit::DENIED);
         assert_eq!(exit_code(&CliError::Oidc(OidcError::TimedOut)), exit::TIMEOUT);
         assert_eq!(exit_code(&CliError::Oidc(OidcError::NotConfigured)), exit::USAGE);
+    }
+
+    #[test]
+    fn a_refused_connection_is_blamed_on_the_database_when_a_database_url_was_used() {
+        let pg = hint(None, "connecting to postgres://u@h:1/x: error connecting to server: Connection refused");
+        assert!(pg.is_some_and(|h| h.contains("--database-url")), "{pg:?}");
+        let api = hint(None, "error sending request for url (https://127.0.0.1:1/): Connection refused");
+        assert!(api.is_some_and(|h| h.contains("jitgate serve")), "{api:?}");
     }
 }

@@ -62,12 +62,20 @@ pub fn backup(src: &Path, dest: &Path) -> Result<(), FileError> {
     let mut to = Connection::open(dest).map_err(failed(dest))?;
     {
         let copy = rusqlite::backup::Backup::new(&from, &mut to).map_err(failed(dest))?;
-        loop {
-            match copy.step(-1).map_err(failed(dest))? {
-                rusqlite::backup::StepResult::Done => break,
-                // Busy or locked: the source is between a writer's steps; try again.
-                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        // Busy or locked: a writer holds the source for a moment; try again, for up to 5 s.
+        let mut tries = 0;
+        while copy.step(-1).map_err(failed(dest))? != rusqlite::backup::StepResult::Done {
+            tries += 1;
+            if tries > 500 {
+                return Err(FileError {
+                    path: src.to_owned(),
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                        Some("the database stayed locked for 5 s".into()),
+                    ),
+                });
             }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
     // The copy is a file of its own: durable before it is reported done.

@@ -239,6 +239,12 @@ async fn backup_and_export_run_beside_a_server_that_keeps_writing() {
     let said = String::from_utf8_lossy(&backup.stdout);
     assert!(said.contains("audit chain intact"), "{said}");
     assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    #[cfg(unix)]
+    for file in [&copy, &export] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file).expect("file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} holds credential hashes: its owner's only", file.display());
+    }
     assert_eq!(import_locked.status.code(), Some(1), "an import does not write under a running server");
     assert!(String::from_utf8_lossy(&import_locked.stderr).contains("holds the data directory"));
 
