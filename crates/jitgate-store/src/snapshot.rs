@@ -4,7 +4,7 @@
 //! Every table of the stores has a typed record here, field for field: ids, sequence numbers,
 //! hashes and times (Unix nanoseconds) are kept exactly as stored, webhook secrets stay sealed
 //! under the key that sealed them. Nothing is left out: the stores keep no ephemeral data (portal
-//! sessions are signed cookies, never stored). Two counters come along as [`Sequence`] records:
+//! sessions live in the server's memory, never in a store). Two counters come along as [`Sequence`] records:
 //! the last id handed out for policies and for webhook deliveries, which are never reused even
 //! after their rows are deleted.
 //!
