@@ -306,6 +306,14 @@ fn migrate_a_sqlite_data_dir_and_the_commands_in_help_and_man_pages() {
     for page in ["jitgate-migrate.1", "jitgate-export.1", "jitgate-import.1", "jitgate-backup.1"] {
         assert!(man.join(page).exists(), "{page}");
     }
+    // A database URL from the environment (as `serve` takes it) gives way to --data-dir.
+    let out_file = tmp.path().join("env.jsonl");
+    let out = jitgate_env(
+        &["export", "--data-dir", dir.to_str().unwrap(), "--out", out_file.to_str().unwrap()],
+        &[("JITGATE_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(records(&out_file).iter().any(|r| matches!(r, Record::Meta(_))));
     let err = fails(&["export"]);
     assert!(err.contains("--data-dir DIR (SQLite) or --database-url URL"), "{err}");
     let err = fails(&["import", "--data-dir", dir.to_str().unwrap(), "--database-url", "postgres://x/y"]);
