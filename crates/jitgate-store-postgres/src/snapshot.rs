@@ -24,6 +24,8 @@ use crate::{backend, describe, parse_url, redact, Db, Error, Res};
 
 /// Rows fetched from the cursor at a time.
 const FETCH: usize = 1000;
+/// Rows of one table inserted by one statement.
+const BATCH: usize = 1000;
 
 /// The tables whose ids come from a sequence (`BIGSERIAL`), with their id column.
 const SERIALS: &[(&str, &str)] = &[
@@ -202,6 +204,92 @@ fn insert_sql(table: &Table) -> String {
     sql
 }
 
+/// The values of one column for a batch of rows.
+enum ColumnValues {
+    Int(Vec<Option<i64>>),
+    Bool(Vec<Option<bool>>),
+    Text(Vec<Option<String>>),
+}
+
+/// Rows of one table waiting to be inserted together (`INSERT … SELECT * FROM unnest(…)`: one
+/// round trip per [`BATCH`] rows instead of one per row).
+#[derive(Default)]
+struct Batch {
+    table: Option<&'static Table>,
+    columns: Vec<ColumnValues>,
+    rows: usize,
+}
+
+impl Batch {
+    fn start(&mut self, table: &'static Table) {
+        self.table = Some(table);
+        self.rows = 0;
+        self.columns = table
+            .columns
+            .iter()
+            .map(|c| match c.ty {
+                ColumnType::Int => ColumnValues::Int(Vec::with_capacity(BATCH)),
+                ColumnType::Bool => ColumnValues::Bool(Vec::with_capacity(BATCH)),
+                ColumnType::Text => ColumnValues::Text(Vec::with_capacity(BATCH)),
+            })
+            .collect();
+    }
+
+    fn push(&mut self, values: Vec<Value>) -> StoreResult<()> {
+        for (column, v) in self.columns.iter_mut().zip(values) {
+            match (column, v) {
+                (ColumnValues::Int(c), Value::Int(n)) => c.push(Some(n)),
+                (ColumnValues::Int(c), Value::Null) => c.push(None),
+                (ColumnValues::Bool(c), Value::Bool(b)) => c.push(Some(b)),
+                (ColumnValues::Bool(c), Value::Null) => c.push(None),
+                (ColumnValues::Text(c), Value::Text(t)) => c.push(Some(t)),
+                (ColumnValues::Text(c), Value::Null) => c.push(None),
+                (_, v) => return Err(backend(format!("a value of the wrong type: {v:?}"))),
+            }
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    async fn flush(&mut self, db: &Db) -> StoreResult<()> {
+        let Some(table) = self.table.take() else { return Ok(()) };
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let names: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        let arrays: Vec<String> = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let ty = match c.ty {
+                    ColumnType::Int => "bigint",
+                    ColumnType::Bool => "boolean",
+                    ColumnType::Text => "text",
+                };
+                format!("${}::{ty}[]", i + 1)
+            })
+            .collect();
+        let sql =
+            format!("INSERT INTO {} ({}) SELECT * FROM unnest({})", table.name, names.join(", "), arrays.join(", "));
+        let params: Vec<&(dyn ToSql + Sync)> = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                ColumnValues::Int(v) => v as &(dyn ToSql + Sync),
+                ColumnValues::Bool(v) => v as &(dyn ToSql + Sync),
+                ColumnValues::Text(v) => v as &(dyn ToSql + Sync),
+            })
+            .collect();
+        db.exec(&sql, &params)
+            .await
+            .map_err(|e| backend(format!("importing {} records: {}", table.kind, StoreError::from(e))))?;
+        self.columns.clear();
+        self.rows = 0;
+        Ok(())
+    }
+}
+
 async fn import_all(db: &Db, records: &mut RecordSource<'_>) -> StoreResult<Counts> {
     // One import at a time, and none while a replica migrates.
     db.exec("SELECT pg_advisory_xact_lock($1)", &[&crate::migrate::MIGRATION_LOCK]).await.map_err(StoreError::from)?;
@@ -217,6 +305,7 @@ async fn import_all(db: &Db, records: &mut RecordSource<'_>) -> StoreResult<Coun
     }
     let mut counts = Counts::default();
     let mut sequences: Vec<Sequence> = Vec::new();
+    let mut batch = Batch::default();
     for record in records {
         let record = record?;
         counts.add(&record);
@@ -230,15 +319,26 @@ async fn import_all(db: &Db, records: &mut RecordSource<'_>) -> StoreResult<Coun
             }
             r => {
                 let Some(table) = r.table() else { continue };
-                let params: Vec<Box<dyn ToSql + Sync + Send>> =
-                    r.values().into_iter().zip(table.columns).map(|(v, c)| param(v, c.ty)).collect();
-                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-                db.exec(&insert_sql(table), &refs)
-                    .await
-                    .map_err(|e| backend(format!("importing a {} record: {}", table.kind, StoreError::from(e))))?;
+                if table.upsert {
+                    batch.flush(db).await?;
+                    let params: Vec<Box<dyn ToSql + Sync + Send>> =
+                        r.values().into_iter().zip(table.columns).map(|(v, c)| param(v, c.ty)).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                    db.exec(&insert_sql(table), &refs)
+                        .await
+                        .map_err(|e| backend(format!("importing a {} record: {}", table.kind, StoreError::from(e))))?;
+                    continue;
+                }
+                if batch.table.map(|t| t.name) != Some(table.name) || batch.rows >= BATCH {
+                    batch.flush(db).await?;
+                    batch.start(table);
+                }
+                batch.push(r.values())?;
             }
         }
     }
+    batch.flush(db).await?;
     // Every id sequence past the largest imported id (and past the counter the export carried).
     for (name, column) in SERIALS {
         let carried = sequences.iter().filter(|s| s.table == *name).map(|s| s.last).max().unwrap_or(0);
