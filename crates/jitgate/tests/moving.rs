@@ -319,3 +319,36 @@ fn migrate_a_sqlite_data_dir_and_the_commands_in_help_and_man_pages() {
     let err = fails(&["import", "--data-dir", dir.to_str().unwrap(), "--database-url", "postgres://x/y"]);
     assert!(err.contains("not both"), "{err}");
 }
+
+/// More rows of one table than one insert statement takes: the chain still moves whole, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_audit_log_moves_in_batches_and_still_verifies() {
+    let Some(db) = test_database("a_long_audit_log_moves_in_batches_and_still_verifies").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("dir");
+    let store = SqliteStore::open(&src.join("jitgate.db"), Keyring::generate().expect("keys")).expect("open");
+    let events: Vec<jitgate_core::audit::AuditEvent> = (0..2_500)
+        .map(|i| jitgate_core::audit::AuditEvent {
+            time: time::OffsetDateTime::from_unix_timestamp_nanos(1_800_000_000_000_000_000 + i).expect("time"),
+            operation: "test/batch/action".into(),
+            status: jitgate_core::audit::AuditStatus::Succeeded,
+            caller: format!("caller-{}", i % 7),
+            caller_ip: (i % 2 == 0).then(|| "192.0.2.1".into()),
+            resource_id: format!("/r/{i}"),
+            correlation_id: format!("c{i}"),
+            properties: [("n".to_string(), i.to_string())].into_iter().collect(),
+        })
+        .collect();
+    store.record_many(events).await.expect("record");
+    drop(store);
+    let first = tmp.path().join("a.jsonl");
+    ok(&["export", "--data-dir", src.to_str().unwrap(), "--out", first.to_str().unwrap()]);
+    let out = ok(&["import", "--database-url", db.url(), "--in", first.to_str().unwrap()]);
+    assert!(out.contains("audit chain intact: 2500 records verified"), "{out}");
+    let second = tmp.path().join("b.jsonl");
+    ok(&["export", "--database-url", db.url(), "--out", second.to_str().unwrap()]);
+    assert_eq!(records(&second), records(&first));
+}
