@@ -285,12 +285,6 @@ impl SnapshotStore for SqliteSnapshot {
     }
 }
 
-impl std::fmt::Debug for SqliteSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SqliteSnapshot")
-    }
-}
-
 /// Every migration this build knows: its version and file.
 pub fn migrations() -> Vec<(i64, &'static str)> {
     crate::migrate::MIGRATIONS.iter().map(|m| (m.version, m.name)).collect()
