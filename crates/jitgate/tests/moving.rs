@@ -126,11 +126,16 @@ async fn every_record_moves_from_sqlite_to_postgresql_and_back_unchanged() {
     let v = pg.verify_audit().await.expect("verify");
     assert!(v.valid && v.records > 0, "{v:?}");
     assert_eq!(pg.list_webhooks().await.expect("webhooks"), hooks, "every secret opens with the same key");
+    // New rows get new ids: every id counter is past the imported ids.
+    jitgate_store::conformance::write_one_of_each(&pg, "after").await;
+    assert!(pg.verify_audit().await.expect("verify").valid);
     drop(pg);
     let sqlite = SqliteStore::open(&back.join("jitgate.db"), keys).expect("the SQLite copy opens with the same key");
     let v = sqlite.verify_audit().await.expect("verify");
     assert!(v.valid && v.records > 0, "{v:?}");
     assert_eq!(sqlite.list_webhooks().await.expect("webhooks"), hooks);
+    jitgate_store::conformance::write_one_of_each(&sqlite, "after").await;
+    assert!(sqlite.verify_audit().await.expect("verify").valid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,7 @@ mod requests;
 
 use agents::*;
 use audit_hooks::*;
-pub use fill::fill_every_kind;
+pub use fill::{fill_every_kind, write_one_of_each};
 use identity::*;
 use requests::*;
 
