@@ -75,6 +75,14 @@ async fn filled_sqlite(dir: &Path, keys: &Keyring) -> Vec<Webhook> {
     hooks
 }
 
+/// Two exports hold the same records in the same order; a failure names the first difference.
+fn assert_same(got: &[Record], want: &[Record], what: &str) {
+    if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
+        panic!("{what}: record {i} differs:\n  got  {:?}\n  want {:?}", got[i], want[i]);
+    }
+    assert_eq!(got.len(), want.len(), "{what}: as many records");
+}
+
 fn kinds(records: &[Record]) -> BTreeSet<&'static str> {
     records.iter().map(Record::kind).collect()
 }
@@ -112,14 +120,14 @@ async fn every_record_moves_from_sqlite_to_postgresql_and_back_unchanged() {
     assert!(out.contains("webhook secrets stay sealed under secrets key"), "{out}");
     let second = tmp.path().join("postgres.jsonl");
     ok(&["export", "--database-url", db.url(), "--out", second.to_str().unwrap()]);
-    assert_eq!(records(&second), exported, "PostgreSQL holds exactly what SQLite held");
+    assert_same(&records(&second), &exported, "PostgreSQL holds exactly what SQLite held");
 
     // And the other way round: PostgreSQL → a new SQLite store.
     let out = ok(&["import", "--data-dir", back.to_str().unwrap(), "--in", second.to_str().unwrap()]);
     assert!(out.contains("audit chain intact"), "{out}");
     let third = tmp.path().join("back.jsonl");
     ok(&["export", "--data-dir", back.to_str().unwrap(), "--out", third.to_str().unwrap()]);
-    assert_eq!(records(&third), exported, "SQLite holds exactly what PostgreSQL held");
+    assert_same(&records(&third), &exported, "SQLite holds exactly what PostgreSQL held");
 
     // Both copies open as stores with the source's secrets key, and their chains verify.
     let pg = PgStore::open(db.url(), keys.clone()).await.expect("the PostgreSQL copy opens with the same key");
@@ -166,15 +174,15 @@ async fn an_import_into_a_store_with_records_or_of_a_cut_off_file_is_refused_and
     ok(&["import", "--database-url", db.url(), "--in", file.to_str().unwrap()]);
     let err = fails(&["import", "--database-url", db.url(), "--in", file.to_str().unwrap()]);
     assert!(err.contains("not empty"), "{err}");
-    assert_eq!(export_of(&["--database-url", db.url()], "pg-after.jsonl"), all);
+    assert_same(&export_of(&["--database-url", db.url()], "pg-after.jsonl"), &all, "PostgreSQL unchanged");
     // Into the SQLite store it came from: the same.
     let err = fails(&["import", "--data-dir", src.to_str().unwrap(), "--in", file.to_str().unwrap()]);
     assert!(err.contains("not empty"), "{err}");
-    assert_eq!(export_of(&["--data-dir", src.to_str().unwrap()], "sqlite-after.jsonl"), all);
+    assert_same(&export_of(&["--data-dir", src.to_str().unwrap()], "sqlite-after.jsonl"), &all, "SQLite unchanged");
     // An export file exists already: not overwritten.
     let err = fails(&["export", "--data-dir", src.to_str().unwrap(), "--out", file.to_str().unwrap()]);
     assert!(err.contains("must not exist"), "{err}");
-    assert_eq!(records(&file), all);
+    assert_same(&records(&file), &all, "the file unchanged");
 
     // A file cut off before its end line imports nothing, into either backend.
     let text = std::fs::read_to_string(&file).expect("export");
@@ -355,5 +363,5 @@ async fn a_long_audit_log_moves_in_batches_and_still_verifies() {
     assert!(out.contains("audit chain intact: 2500 records verified"), "{out}");
     let second = tmp.path().join("b.jsonl");
     ok(&["export", "--database-url", db.url(), "--out", second.to_str().unwrap()]);
-    assert_eq!(records(&second), records(&first));
+    assert_same(&records(&second), &records(&first), "the long log");
 }
