@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode};
 
 use jitgate_store::secrets::Keyring;
 use jitgate_store::snapshot::{Record, TABLES};
-use jitgate_store::{AuditStore, Webhook, WebhookStore};
+use jitgate_store::{AuditStore, IdentityStore, Webhook, WebhookStore};
 use jitgate_store_postgres::testdb::TestDatabase;
 use jitgate_store_postgres::PgStore;
 use jitgate_store_sqlite::SqliteStore;
@@ -364,4 +364,40 @@ async fn a_long_audit_log_moves_in_batches_and_still_verifies() {
     let second = tmp.path().join("b.jsonl");
     ok(&["export", "--database-url", db.url(), "--out", second.to_str().unwrap()]);
     assert_same(&records(&second), &records(&first), "the long log");
+}
+
+/// An export whose audit log was changed imports, and the import says the chain is broken and
+/// exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_with_a_changed_audit_record_reports_a_broken_chain_and_exits_1() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("dir");
+    let store = SqliteStore::open(&src.join("jitgate.db"), Keyring::generate().expect("keys")).expect("open");
+    store.bootstrap("owner", "hash-1", None, audit_event("bootstrap")).await.expect("bootstrap");
+    store.record(audit_event("second").succeeded()).await.expect("record");
+    drop(store);
+    let file = tmp.path().join("a.jsonl");
+    ok(&["export", "--data-dir", src.to_str().unwrap(), "--out", file.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&file).expect("export");
+    assert!(text.contains(r#""caller":"tester""#));
+    std::fs::write(&file, text.replacen(r#""caller":"tester""#, r#""caller":"mallory""#, 1)).expect("write");
+    let out =
+        jitgate(&["import", "--data-dir", tmp.path().join("dst").to_str().unwrap(), "--in", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("audit chain BROKEN: the first bad record is 1"), "{said}");
+}
+
+fn audit_event(op: &str) -> jitgate_core::audit::AuditEvent {
+    jitgate_core::audit::AuditEvent {
+        time: time::OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time"),
+        operation: op.into(),
+        status: jitgate_core::audit::AuditStatus::Started,
+        caller: "tester".into(),
+        caller_ip: None,
+        resource_id: "/test".into(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    }
 }
