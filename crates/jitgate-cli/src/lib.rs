@@ -182,6 +182,10 @@ pub struct ServeArgs {
     /// holds the TLS files and the secrets key (give every replica the same key).
     #[arg(long, env = "JITGATE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// With several replicas on one database: how long a replica keeps running the expiry sweep
+    /// or audit retention without renewing its lease; a replica that dies hands them on after it.
+    #[arg(long, env = "JITGATE_LEASE_TTL", default_value = "15s", value_parser = seconds)]
+    pub lease_ttl: std::time::Duration,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "JITGATE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,

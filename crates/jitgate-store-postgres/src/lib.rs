@@ -25,6 +25,7 @@ mod grants;
 mod hooks;
 mod migrate;
 mod rbac;
+mod replica;
 mod rows;
 mod store_agents;
 mod store_audit;
@@ -252,8 +253,7 @@ impl Ctx {
     /// Returns the new revision when it moved.
     async fn commit(&mut self) -> Res<Option<u64>> {
         let revision = if self.bump { Some(rows::bump_revision(&self.db).await?) } else { None };
-        // A cross-replica wake-up (NOTIFY carrying `revision`) belongs here, inside the
-        // transaction, so that it is sent exactly when the change commits.
+        // The revision's trigger notifies other replicas when this commits (migration 3).
         let events = std::mem::take(&mut self.events);
         chain::append(&self.db, events).await?;
         self.db.end("COMMIT").await?;
@@ -274,8 +274,11 @@ pub struct PgStore {
     keys: Arc<Keyring>,
     sealed: SealReport,
     migrated: MigrationReport,
-    /// The enforcement revision after this store's latest change.
+    /// The enforcement revision after this store's latest change, or the latest another
+    /// replica's signal told of.
     changes: watch::Sender<u64>,
+    /// Where the connection that listens for other replicas' changes goes.
+    config: tokio_postgres::Config,
 }
 
 /// Splits jitgate's own settings off a database URL: `pool_size=N`. The rest is libpq's
@@ -330,7 +333,8 @@ impl PgStore {
     /// that `keys` cannot open fails the open, naming the key).
     pub async fn open(url: &str, keys: Keyring) -> StoreResult<Self> {
         let (config, pool_size) = parse_url(url)?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -351,7 +355,7 @@ impl PgStore {
             );
         }
         let revision = rows::revision(&db).await.map_err(StoreError::from)?;
-        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes: watch::channel(revision).0 })
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes: watch::channel(revision).0, config })
     }
 
     /// What the open did to the webhook secrets (sealed, re-sealed, already current).

@@ -35,8 +35,11 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[migration!(1, "0001_initial.sql"), migration!(2, "0002_decision_reasons.sql")];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_initial.sql"),
+    migration!(2, "0002_decision_reasons.sql"),
+    migration!(3, "0003_replica_signals_and_leases.sql"),
+];
 
 /// The schema this build writes: the last migration's version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

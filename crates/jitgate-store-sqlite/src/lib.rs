@@ -15,6 +15,7 @@ mod store_agents;
 mod store_audit;
 mod store_identity;
 mod store_policies;
+mod store_replica;
 mod store_requests;
 mod store_webhooks;
 mod writer;
@@ -46,7 +47,7 @@ use jitgate_store::{
     OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth,
     TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
-use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
+use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, Signal, WebhookStore};
 
 use crate::grants::{By, STATE_COLUMNS};
 use crate::migrate::migrate;

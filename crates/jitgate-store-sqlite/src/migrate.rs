@@ -40,6 +40,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_oidc_identities_and_token_origins.sql"),
     migration!(5, "0005_agents_and_gateways.sql"),
     migration!(6, "0006_decision_reasons.sql"),
+    migration!(7, "0007_leases.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.
