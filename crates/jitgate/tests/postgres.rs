@@ -138,3 +138,37 @@ async fn a_change_on_one_replica_wakes_agents_on_the_other_and_waits_see_their_r
     assert_eq!(done.status, StatusCode::ACCEPTED, "{done:?}");
     assert_eq!(done.body["virtualMachines"][0]["ports"][0]["status"], "Initiated", "{done:?}");
 }
+
+/// `/readyz` says unavailable while the database cannot be reached and ready again once it can,
+/// without a restart; `/healthz` (the process) stays up throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() {
+    let db = match TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip("readiness_follows_the_database", &why),
+    };
+    let target: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("address");
+    let proxy = jitgate_testkit::proxy::CutProxy::start(target).await.expect("proxy");
+    let url = db.url().replace("127.0.0.1:5432", &proxy.addr().to_string());
+    assert_ne!(url, db.url(), "the server reaches the database through the proxy");
+    let s = TestServer::start(BIN, &["--database-url", &url]);
+    let ready = async |s: &TestServer| s.send(Method::GET, &s.url("/readyz"), None).await.status;
+    assert_eq!(ready(&s).await, StatusCode::OK);
+    proxy.cut();
+    let unready = jitgate_testkit::eventually(std::time::Duration::from_secs(20), async || {
+        ready(&s).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(unready, "/readyz turns unavailable without the database");
+    assert_eq!(s.send(Method::GET, &s.url("/healthz"), None).await.status, StatusCode::OK, "the process is alive");
+    let refused = s.send(Method::GET, &s.url("/api/v1/vms"), None).await;
+    assert!(refused.status.is_server_error(), "a call needing the database fails cleanly: {refused:?}");
+    assert!(refused.body["error"]["code"].is_string(), "in Azure's error shape: {refused:?}");
+    proxy.restore();
+    let back =
+        jitgate_testkit::eventually(std::time::Duration::from_secs(20), async || ready(&s).await == StatusCode::OK)
+            .await;
+    assert!(back, "/readyz is ready again once the database answers");
+    let listed = s.send(Method::GET, &s.url("/api/v1/vms"), None).await;
+    assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
+}
