@@ -52,7 +52,9 @@ pub enum BenchCommand {
     Portal(PortalArgs),
     /// PostgreSQL scale-out: initiates per second with 1 and 2 replicas on one database, the
     /// fan-out of one initiate to many long-polling agents across the replicas, and memory.
-    #[command(after_help = "Example:\n  jitgate bench replicas --agents 1000 --vms 10000\n  sudo jitgate bench replicas   # also the memory of a real agent, in a network namespace")]
+    #[command(
+        after_help = "Example:\n  jitgate bench replicas --agents 1000 --vms 10000\n  sudo jitgate bench replicas   # also the memory of a real agent, in a network namespace"
+    )]
     Replicas(ReplicasArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
@@ -272,7 +274,8 @@ pub async fn drive(
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let Some(client) = clients.get(i as usize % clients.len().max(1)).cloned() else { break };
-        let (counter, errors, initiate, vm_id) = (counter.clone(), errors.clone(), initiate.clone(), target.vm_id.clone());
+        let (counter, errors, initiate, vm_id) =
+            (counter.clone(), errors.clone(), initiate.clone(), target.vm_id.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(16_384);
             loop {

@@ -1,21 +1,25 @@
 -- Schema version 3: what several replicas on one database need.
 --
 -- Signals: every change other replicas must hear of sends a notification on the channel
--- `jitgate` when its transaction commits (never before, never for a rolled-back change):
+-- `jitgate` when its transaction commits (never before, never for a rolled-back change). The
+-- payload is `ORIGIN|KIND`: ORIGIN is the writing replica's `jitgate.origin` setting (set for
+-- its transactions, so it can ignore its own news; empty otherwise), and KIND is
 --   r:N  the enforcement revision moved to N (agents' long-polls wake, the expiry sweep looks)
 --   a    an agent's applied revision or nftables state changed (`?wait=applied` looks again)
 --   d    webhook deliveries were queued
 --   g    roles or role assignments changed (cached authorizations are dropped)
 CREATE FUNCTION jitgate_signal() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    origin TEXT := coalesce(current_setting('jitgate.origin', true), '');
 BEGIN
     IF TG_TABLE_NAME = 'meta' THEN
-        PERFORM pg_notify('jitgate', 'r:' || NEW.value);
+        PERFORM pg_notify('jitgate', origin || '|r:' || NEW.value);
     ELSIF TG_TABLE_NAME = 'agents' THEN
-        PERFORM pg_notify('jitgate', 'a');
+        PERFORM pg_notify('jitgate', origin || '|a');
     ELSIF TG_TABLE_NAME = 'deliveries' THEN
-        PERFORM pg_notify('jitgate', 'd');
+        PERFORM pg_notify('jitgate', origin || '|d');
     ELSE
-        PERFORM pg_notify('jitgate', 'g');
+        PERFORM pg_notify('jitgate', origin || '|g');
     END IF;
     RETURN NULL;
 END

@@ -34,6 +34,7 @@ mod store_policies;
 mod store_requests;
 mod store_webhooks;
 pub mod testdb;
+mod writer;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -276,7 +277,11 @@ pub struct PgStore {
     migrated: MigrationReport,
     /// The enforcement revision after this store's latest change, or the latest another
     /// replica's signal told of.
-    changes: watch::Sender<u64>,
+    changes: Arc<watch::Sender<u64>>,
+    /// This store among the replicas, in the signals its commits send (hex digits).
+    origin: Arc<str>,
+    /// Where changes go to be committed (see [`writer`]).
+    writer: tokio::sync::mpsc::Sender<Box<dyn writer::Job>>,
     /// Where the connection that listens for other replicas' changes goes.
     config: tokio_postgres::Config,
 }
@@ -355,7 +360,10 @@ impl PgStore {
             );
         }
         let revision = rows::revision(&db).await.map_err(StoreError::from)?;
-        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes: watch::channel(revision).0, config })
+        let changes = Arc::new(watch::channel(revision).0);
+        let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+        let writer = writer::start(pool.clone(), changes.clone(), origin.clone());
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, config })
     }
 
     /// What the open did to the webhook secrets (sealed, re-sealed, already current).
@@ -375,41 +383,16 @@ impl PgStore {
         self.changes.subscribe()
     }
 
-    /// Runs `f` in one transaction on its own task (a caller that goes away does not stop it
-    /// halfway). A refusal (`Rejected`) commits, with its `Failed` audit record; any other
-    /// failure rolls everything back.
+    /// Runs `f` in a transaction: the store's writer batches the changes waiting together into
+    /// one transaction (see [`writer`]), each in a savepoint of its own, so a caller that goes
+    /// away does not stop it halfway. A refusal (`Rejected`) is kept, with its `Failed` audit
+    /// record; any other failure undoes the change (and only it).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut Ctx) -> Fut<'c, T> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let task = tokio::spawn(async move {
-            let mut db = Db::new(pool.get().await?);
-            db.begin("BEGIN").await?;
-            let mut ctx = Ctx { db, events: Vec::new(), bump: false };
-            match f(&mut ctx).await {
-                out @ (Ok(_) | Err(Error::Store(StoreError::Rejected(_)))) => {
-                    let revision = ctx.commit().await?;
-                    Ok((out, revision))
-                }
-                Err(e) => {
-                    let _ = ctx.db.end("ROLLBACK").await;
-                    Err(e)
-                }
-            }
-        });
-        let (out, revision) = task.await.map_err(backend)?.map_err(StoreError::from)?;
-        if let Some(r) = revision {
-            self.changes.send_if_modified(|v| {
-                let newer = r > *v;
-                if newer {
-                    *v = r;
-                }
-                newer
-            });
-        }
-        out.map_err(StoreError::from)
+        writer::submit(&self.writer, f).await
     }
 
     /// Runs `f` on its own task in a read-only transaction with one snapshot (`REPEATABLE

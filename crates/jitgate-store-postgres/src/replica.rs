@@ -13,14 +13,19 @@ use jitgate_store::{ReplicaStore, Signal};
 /// The longest wait before the listening connection is made again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The signals one notification carries (payloads: `r:N`, `a`, `d`, `g`); anything else is
-/// ignored.
-pub(crate) fn parse(payload: &str) -> Option<Signal> {
-    match payload {
+/// The replica a notification came from and the signal it carries (payloads `ORIGIN|KIND`,
+/// kinds `r:N`, `a`, `d`, `g`); anything else is ignored.
+pub(crate) fn parse(payload: &str) -> Option<(&str, Signal)> {
+    let (origin, kind) = payload.split_once('|')?;
+    Some((origin, kind_of(kind)?))
+}
+
+fn kind_of(kind: &str) -> Option<Signal> {
+    match kind {
         "a" => Some(Signal::Applied),
         "d" => Some(Signal::Deliveries),
         "g" => Some(Signal::Roles),
-        _ => payload.strip_prefix("r:").and_then(|r| r.parse().ok()).map(Signal::Changed),
+        _ => kind.strip_prefix("r:").and_then(|r| r.parse().ok()).map(Signal::Changed),
     }
 }
 
@@ -54,9 +59,13 @@ impl PgStore {
             tokio::select! {
                 payload = heard.recv() => {
                     let Some(payload) = payload else { return Ok(false) };
-                    let Some(signal) = parse(&payload) else { continue };
+                    let Some((origin, signal)) = parse(&payload) else { continue };
+                    // This store's own changes were announced where they were made.
+                    if origin == &*self.origin {
+                        continue;
+                    }
                     if let Signal::Changed(r) = signal {
-                        // This store's own changes and older news wake nothing.
+                        // Older news wakes nothing.
                         if !self.changes.send_if_modified(|v| { let newer = r > *v; if newer { *v = r; } newer }) {
                             continue;
                         }
@@ -143,11 +152,11 @@ mod tests {
 
     #[test]
     fn payloads_become_signals_and_the_rest_is_ignored() {
-        assert_eq!(parse("r:42"), Some(Signal::Changed(42)));
-        assert_eq!(parse("a"), Some(Signal::Applied));
-        assert_eq!(parse("d"), Some(Signal::Deliveries));
-        assert_eq!(parse("g"), Some(Signal::Roles));
-        for other in ["", "r:", "r:x", "r:-1", "z", "A"] {
+        assert_eq!(parse("ab12|r:42"), Some(("ab12", Signal::Changed(42))));
+        assert_eq!(parse("|a"), Some(("", Signal::Applied)));
+        assert_eq!(parse("x|d"), Some(("x", Signal::Deliveries)));
+        assert_eq!(parse("x|g"), Some(("x", Signal::Roles)));
+        for other in ["", "r:4", "a", "x|", "x|r:", "x|r:x", "x|r:-1", "x|z", "x|A"] {
             assert_eq!(parse(other), None, "{other}");
         }
     }

@@ -565,3 +565,38 @@ async fn one_replicas_changes_reach_the_other_as_signals() {
         .expect("the listener ends once nobody hears it")
         .expect("joined");
 }
+
+/// Changes committed together by the writer stay each other's strangers: many at once on one
+/// replica, some refused (a name taken) — each refusal keeps only its own `Failed` record, every
+/// other change is committed, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_in_a_batch_leaves_the_others_committed() {
+    let Some(db) = database("a_refused_change_in_a_batch_leaves_the_others_committed").await else { return };
+    let store = Arc::new(PgStore::open(db.url(), keys()).await.expect("open"));
+    let before = store.audit_records(0, 1 << 20).await.expect("audit").len();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = store.clone();
+        let name = if i % 2 == 0 { format!("p{i}") } else { "taken".to_string() };
+        tasks.push(tokio::spawn(async move { store.create_principal(&name, "User", event("principal")).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("joined") {
+            Ok(_) => ok += 1,
+            Err(StoreError::Rejected(_)) => refused += 1,
+            Err(e) => panic!("a clean answer for every change, got {e}"),
+        }
+    }
+    assert_eq!((ok, refused), (31, 29), "30 new names and one 'taken' committed; 29 refused");
+    let names: Vec<String> = store.list_principals().await.expect("list").into_iter().map(|p| p.name).collect();
+    for i in (0..60).step_by(2) {
+        assert!(names.contains(&format!("p{i}")), "p{i} committed");
+    }
+    assert_eq!(names.iter().filter(|n| *n == "taken").count(), 1);
+    let records = store.audit_records(0, 1 << 20).await.expect("audit");
+    assert_eq!(records.len() - before, 60, "one record per change: 31 succeeded, 29 failed");
+    let failed = records.iter().skip(before).filter(|r| r.event.status == AuditStatus::Failed).count();
+    assert_eq!(failed, 29);
+    assert!(store.verify_audit().await.expect("verify").valid);
+}

@@ -45,7 +45,10 @@ impl Replicas {
         let mut servers: Vec<LocalServer> = Vec::new();
         for i in 0..n {
             let mut flags: Vec<String> = BENCH_SERVER_FLAGS.iter().map(|f| f.to_string()).collect();
-            flags.extend(["--rate-limit-join", "off", "--rate-limit-tokens", "off", "--database-url", database].map(String::from));
+            flags.extend(
+                ["--rate-limit-join", "off", "--rate-limit-tokens", "off", "--database-url", database]
+                    .map(String::from),
+            );
             if let Some(first) = servers.first() {
                 flags.push("--secrets-key-file".into());
                 flags.push(first.data_dir.join("secrets.key").display().to_string());
@@ -203,7 +206,8 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
                 match client.agent().state(&credential, after, Duration::from_secs(30)).await {
                     Ok(state) => {
                         if after != Some(state.revision) {
-                            let report = AppliedIn { revision: state.revision, nftables_usable: true, nftables_error: None };
+                            let report =
+                                AppliedIn { revision: state.revision, nftables_usable: true, nftables_error: None };
                             if let Err(e) = client.agent().applied(&credential, &report).await {
                                 eprintln!("{name}: report failed: {e}");
                             }
@@ -241,10 +245,8 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
             public_ip_address: None,
         })
         .collect();
-    let body = PolicyIn {
-        kind: Some("Basic".into()),
-        properties: Some(PolicyPropertiesIn { virtual_machines: Some(rules) }),
-    };
+    let body =
+        PolicyIn { kind: Some("Basic".into()), properties: Some(PolicyPropertiesIn { virtual_machines: Some(rules) }) };
     admin.arm().put_policy(&policy, &body).await.map_err(|e| anyhow!("the fan-out policy: {e}"))?;
 
     let mut took = Vec::new();
