@@ -80,7 +80,7 @@ fn clone_join(b: &JoinIn) -> JoinIn {
 
 fn config(dir: &Path, join_token: Option<&str>) -> AgentConfig {
     AgentConfig {
-        server: join_token.map(|_| "https://jit.example:8443/".to_owned()),
+        servers: join_token.map(|_| "https://jit.example:8443/".to_owned()).into_iter().collect(),
         join_token: join_token.map(str::to_owned),
         ca_cert: None,
         state_dir: dir.to_owned(),
@@ -245,7 +245,7 @@ async fn without_a_credential_or_a_token_the_agent_says_how_to_join() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fw, _) = firewall();
     let mut cfg = config(dir.path(), None);
-    cfg.server = Some("https://jit.example:8443".into());
+    cfg.servers = vec!["https://jit.example:8443".into()];
     let err = Agent::start(cfg, fw).stop().await.expect_err("no token");
     assert!(matches!(err, AgentError::NoJoinToken), "{err}");
 }

@@ -50,8 +50,9 @@ impl Agent<'_> {
         self.client.json(call).await
     }
 
-    /// Reports what was applied.
+    /// Reports what was applied (a report may be repeated, on another replica too).
     pub async fn applied(&self, credential: &str, report: &AppliedIn) -> Result<(), ClientError> {
-        self.client.send(self.call(Method::POST, "/agent/v1/applied", Some(credential)).json(report)).await.map(drop)
+        let call = self.call(Method::POST, "/agent/v1/applied", Some(credential)).json(report).repeatable();
+        self.client.send(call).await.map(drop)
     }
 }
