@@ -173,3 +173,6 @@ fn why(e: &ClientError) -> String {
         e => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;
