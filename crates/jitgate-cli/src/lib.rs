@@ -504,3 +504,45 @@ mod help_tests {
         assert!(missing.is_empty(), "arguments without help text: {missing:#?}");
     }
 }
+
+#[cfg(test)]
+mod server_list_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn url_repeats_takes_comma_lists_and_has_the_alias_server() {
+        let cli =
+            parse(&["jitgate", "vm", "list", "--url", "https://a:8443,https://b:8443/", "--server", "https://c:8443"]);
+        let Command::Vm(admin::VmArgs { command: admin::VmCommand::List(l) }) = cli.command else { panic!("vm list") };
+        assert_eq!(l.conn.urls(), ["https://a:8443", "https://b:8443", "https://c:8443"]);
+    }
+
+    #[test]
+    fn the_agent_takes_server_repeated_and_as_a_comma_list() {
+        let cli = parse(&[
+            "jitgate",
+            "agent",
+            "--server",
+            "https://a:8443,https://b:8443",
+            "--server",
+            "https://c:8443",
+            "--state-dir",
+            "/tmp/x",
+        ]);
+        let Command::Agent(a) = cli.command else { panic!("agent") };
+        assert_eq!(a.run.server, ["https://a:8443", "https://b:8443", "https://c:8443"]);
+    }
+
+    #[test]
+    fn login_takes_a_list() {
+        let cli = parse(&["jitgate", "login", "--url", "https://a:8443", "--url", "https://b:8443", "--token", "t"]);
+        let Command::Login(l) = cli.command else { panic!("login") };
+        assert_eq!(l.url, ["https://a:8443", "https://b:8443"]);
+    }
+}
