@@ -168,7 +168,10 @@ fn why(e: &ClientError) -> String {
             while let Some(next) = cause.source() {
                 cause = next;
             }
-            cause.to_string()
+            match cause.downcast_ref::<std::io::Error>() {
+                Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "the connection was closed".to_owned(),
+                _ => cause.to_string(),
+            }
         }
         e => e.to_string(),
     }

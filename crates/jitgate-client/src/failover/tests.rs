@@ -228,10 +228,14 @@ async fn a_state_request_whose_server_hangs_up_moves_to_the_next_server() {
     let first = tls.serve_hang_up().await;
     let live = Replica::default();
     let second = tls.serve(live.router(StatusCode::OK)).await;
-    let client = Client::new(tls.settings(&[&first, &second]).retries(0, Duration::ZERO)).unwrap();
+    let (settings, seen) = switches(tls.settings(&[&first, &second]).retries(0, Duration::ZERO));
+    let client = Client::new(settings).unwrap();
     let list = client.native().principals().await.expect("the GET went on to the second server");
     assert_eq!(list[0].name, "alice");
     assert_eq!(client.url(), second);
+    let log = seen.lock().unwrap().clone();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].after, "the connection was closed");
 }
 
 #[tokio::test]
