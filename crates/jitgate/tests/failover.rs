@@ -227,3 +227,34 @@ async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_it
     agent.kill9();
     drop((relay_a, relay_b, c, v, db));
 }
+
+/// A URL where nothing listens: a port bound, then let go.
+fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    format!("https://127.0.0.1:{}", listener.local_addr().expect("addr").port())
+}
+
+#[test]
+fn the_cli_takes_a_list_of_urls_and_moves_past_a_dead_one() {
+    let s = TestServer::start(BIN, &[]);
+    let dead = dead_url();
+    let run = |env_url: &str, args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        s.server.client_env(&mut cmd).env("JITGATE_URL", env_url).args(args);
+        cmd.output().expect("cli runs")
+    };
+
+    // JITGATE_URL as a comma list.
+    let out = run(&format!("{dead},{}", s.server.url), &["whoami", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // --url repeated, and --server as its alias: the flags replace the environment.
+    let out = run("https://unused.invalid:1", &["vm", "list", "--url", &dead, "--server", &s.server.url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Nobody answers: the error names every URL tried.
+    let other = dead_url();
+    let out = run(&format!("{dead},{other}"), &["vm", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no server answered") && err.contains(&dead) && err.contains(&other), "{err}");
+}
