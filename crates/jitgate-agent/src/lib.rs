@@ -442,7 +442,10 @@ pub async fn run_with<F: Firewall>(
         let (usable, error) = match &health {
             Err(e) => (false, Some(e.clone())),
             Ok(()) => {
-                let desired = convert::desired(&state, mode, received, Duration::ZERO);
+                let mut desired = convert::desired(&state, mode, received, Duration::ZERO);
+                if let Some(applied) = &applied {
+                    convert::keep_applied_ends(&mut desired, applied);
+                }
                 let at = now();
                 let result = match plan(applied.as_ref(), &desired, at) {
                     Plan::Nothing => Ok(()),

@@ -97,6 +97,14 @@ async fn applied_revision(s: &TestServer) -> u64 {
     listed.body["value"][0]["appliedRevision"].as_u64().unwrap_or(0)
 }
 
+/// The timeout the kernel element for `source` was programmed with (`timeout 59m59s935ms`): it
+/// changes only when the element is made again.
+fn programmed_timeout(v: &Netns, source: &str) -> Option<String> {
+    let set = allow4(v);
+    let at = set.find(&format!("{source} . tcp . 22 timeout "))?;
+    set[at..].split_whitespace().nth(6).map(|t| t.trim_end_matches(',').to_owned())
+}
+
 fn policy_url(s: &TestServer) -> String {
     s.policy_url("rg", "westeurope", "default")
 }
@@ -180,6 +188,7 @@ async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_it
     let before = applied_revision(&a).await;
     assert!(before > 0, "the agent reported to the first replica");
 
+    let timeout_a = programmed_timeout(&v, A).expect("the grant's element");
     let replaced = || agent_log().matches("applied the whole table").count();
     let replaced_before = replaced();
     assert!(replaced_before > 0, "{}", agent_log());
@@ -208,6 +217,7 @@ async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_it
     let reported = eventually(Duration::from_secs(30), async || applied_revision(&b).await > before).await;
     assert!(reported, "the agent reports to the replica it switched to");
     assert_eq!(replaced(), replaced_before, "the table was not rebuilt: {}", agent_log());
+    assert_eq!(programmed_timeout(&v, A).as_deref(), Some(timeout_a.as_str()), "the element was not made again");
     let switched = format!("switched to {}", relay_b.url());
     assert_eq!(agent_log().matches(&switched).count(), 1, "the switch is logged once: {}", agent_log());
 
@@ -223,6 +233,7 @@ async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_it
     let set = allow4(&v);
     assert!(set.contains(A) && set.contains(B), "nothing was removed while no server answers: {set}");
     assert_eq!(replaced(), replaced_before, "the table was not rebuilt: {}", agent_log());
+    assert_eq!(programmed_timeout(&v, A).as_deref(), Some(timeout_a.as_str()), "{set}");
     assert!(agent.0.try_wait().expect("wait").is_none(), "the agent keeps running: {}", agent_log());
     agent.kill9();
     drop((relay_a, relay_b, c, v, db));
