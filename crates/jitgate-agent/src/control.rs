@@ -48,8 +48,8 @@ pub trait Control: Send + Sync {
 
 /// The agent protocol over HTTPS, through `jitgate-client`, to one server or several replicas:
 /// a call that finds its server gone (no connection, a timeout, 502/503/504) moves on to the
-/// next one at once — a state request and a report, and any call whose connection could not be
-/// made — and the server that answers is kept; each switch is logged once. No retries inside a
+/// next one at once — a join, a state request and a report, and any call whose connection
+/// could not be made — and the server that answers is kept; each switch is logged once. No retries inside a
 /// call beyond one round of the servers: the agent's own loop backs off and tries again.
 #[derive(Debug, Clone)]
 pub struct HttpControl {

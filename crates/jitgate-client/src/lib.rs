@@ -279,7 +279,7 @@ impl Call {
         self
     }
 
-    /// Marks a POST whose repetition changes nothing more (an agent's report).
+    /// Marks a POST whose repetition changes nothing more (an agent's report, a join).
     pub(crate) fn repeatable(mut self) -> Self {
         self.idempotent = true;
         self

@@ -115,13 +115,14 @@ fn json(status: StatusCode, body: &str) -> Response {
 }
 
 const PRINCIPALS: &str = r#"{"value":[{"name":"alice","type":"User"}]}"#;
+const STATE: &str = r#"{"revision":3,"mode":"host","ports":[],"grants":[]}"#;
 const REQUEST: &str = r#"{"id":7,"virtualMachines":[],"startTimeUtc":"2026-01-01T00:00:00Z","requestor":"alice"}"#;
 const NATIVE_REQUEST: &str =
     r#"{"id":7,"policyId":"/p","requestor":"alice","startTimeUtc":"2026-01-01T00:00:00Z","virtualMachines":[]}"#;
 
-/// A replica that answers `status` (with `body` when 2xx, else Azure's error body) to the
-/// principals, initiate and approve, counting the calls and keeping each initiate's
-/// `x-ms-client-request-id`.
+/// A replica that answers `status` (with the body when 2xx, else Azure's error body) to the
+/// principals, an agent's state, initiate and approve, counting the calls and keeping each
+/// initiate's `x-ms-client-request-id`.
 #[derive(Clone, Default)]
 struct Replica {
     calls: Arc<AtomicUsize>,
@@ -137,7 +138,7 @@ impl Replica {
                 json(status, r#"{"error":{"code":"Busy","message":"try again"}}"#)
             }
         };
-        let (c1, c2, c3) = (self.calls.clone(), self.calls.clone(), self.calls.clone());
+        let (c1, c2, c3, c4) = (self.calls.clone(), self.calls.clone(), self.calls.clone(), self.calls.clone());
         let keys = self.keys.clone();
         Router::new()
             .route(
@@ -154,6 +155,13 @@ impl Replica {
                     let key = headers.get("x-ms-client-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
                     keys.lock().unwrap().push(key.to_owned());
                     answer(REQUEST)
+                }),
+            )
+            .route(
+                "/agent/v1/state",
+                get(move || async move {
+                    c4.fetch_add(1, Ordering::SeqCst);
+                    answer(STATE)
                 }),
             )
             .route(
@@ -223,15 +231,15 @@ async fn a_get_answered_503_moves_to_the_next_server() {
 }
 
 #[tokio::test]
-async fn a_state_request_whose_server_hangs_up_moves_to_the_next_server() {
+async fn a_long_poll_whose_server_hangs_up_moves_to_the_next_server() {
     let tls = Tls::new();
     let first = tls.serve_hang_up().await;
     let live = Replica::default();
     let second = tls.serve(live.router(StatusCode::OK)).await;
     let (settings, seen) = switches(tls.settings(&[&first, &second]).retries(0, Duration::ZERO));
     let client = Client::new(settings).unwrap();
-    let list = client.native().principals().await.expect("the GET went on to the second server");
-    assert_eq!(list[0].name, "alice");
+    let state = client.agent().state("cred", Some(2), Duration::from_secs(30)).await.expect("the second server");
+    assert_eq!(state.revision, 3);
     assert_eq!(client.url(), second);
     let log = seen.lock().unwrap().clone();
     assert_eq!(log.len(), 1, "{log:?}");
@@ -338,4 +346,37 @@ async fn a_next_link_on_one_replica_may_be_followed_on_another() {
     assert_eq!(client.at("https://b:8443/x"), "/x");
     assert_eq!(client.at("https://elsewhere:8443/x"), "https://elsewhere:8443/x", "not one of ours: kept");
     assert_eq!(client.at("/x"), "/x");
+}
+
+#[tokio::test]
+async fn an_agent_join_answered_503_moves_to_the_next_server() {
+    let tls = Tls::new();
+    let busy = Router::new().route(
+        "/agent/v1/join",
+        post(|| async { json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":{"code":"Busy","message":"m"}}"#) }),
+    );
+    let live = Router::new().route(
+        "/agent/v1/join",
+        post(|| async {
+            json(
+                StatusCode::CREATED,
+                r#"{"agentId":"a1","credential":"c1","name":"vm1","mode":"host","subscription":"s","resourceGroup":"rg","location":"westeurope"}"#,
+            )
+        }),
+    );
+    let (first, second) = (tls.serve(busy).await, tls.serve(live).await);
+    let client = Client::new(tls.settings(&[&first, &second]).retries(0, Duration::ZERO)).unwrap();
+    let body = jitgate_api_types::agent::JoinIn {
+        join_token: "jgj_x".into(),
+        name: "vm1".into(),
+        mode: "host".into(),
+        os_type: "Linux".into(),
+        addresses: vec![],
+        public_address: None,
+        hostname: "vm1".into(),
+        name_is_hostname: false,
+    };
+    let out = client.agent().join(&body).await.expect("joined through the second server");
+    assert_eq!(out.agent_id, "a1");
+    assert_eq!(client.url(), second);
 }
