@@ -43,7 +43,8 @@ pub struct Cli {
 /// Exit codes, for scripts.
 pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting,
 6 not enforced (--wait or connect on a VM with no enforcement point: nothing opens or closes its ports).
-Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes.";
+Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes;
+--url (alias --server) may repeat or be a comma list of replicas.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -108,9 +109,11 @@ pub struct QuickstartArgs {
 /// How a client command reaches the server.
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
-    /// The server's URL.
-    #[arg(long = "url", env = "JITGATE_URL", global = true)]
-    pub url: Option<String>,
+    /// The server's URL. Give it several times, or as a comma list, for replicas sharing one
+    /// database: a call that finds one gone moves on to the next (GETs, PUTs, DELETEs and
+    /// initiate, which carries an idempotency key).
+    #[arg(long = "url", visible_alias = "server", env = "JITGATE_URL", global = true, value_delimiter = ',')]
+    pub url: Vec<String>,
     /// A bearer token.
     #[arg(long, env = "JITGATE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -124,14 +127,26 @@ impl ConnArgs {
     /// environment, then the profile — or a clear error naming what is missing.
     pub fn connect(&self) -> Result<Client, CliError> {
         let profile = profile::load();
-        let url = self.url.clone().or(profile.url).ok_or_else(|| {
-            output::fail(output::exit::USAGE, "no server: set --url or JITGATE_URL, or run `jitgate login`")
-        })?;
+        let urls = match self.urls() {
+            urls if !urls.is_empty() => urls,
+            _ => profile.url.as_deref().map(jitgate_client::split_urls).unwrap_or_default(),
+        };
+        if urls.is_empty() {
+            return Err(output::fail(
+                output::exit::USAGE,
+                "no server: set --url or JITGATE_URL, or run `jitgate login`",
+            ));
+        }
         let token = self.token.clone().or(profile.token).ok_or_else(|| {
             output::fail(output::exit::USAGE, "no token: set --token or JITGATE_TOKEN, or run `jitgate login`")
         })?;
         let ca = self.ca_cert.clone().or(profile.ca_cert);
-        Ok(Client::new(Settings::new(url).token(token).ca_cert_path(ca.as_deref()))?)
+        Ok(Client::new(Settings::with_urls(urls).token(token).ca_cert_path(ca.as_deref()))?)
+    }
+
+    /// The servers given by flags or the environment: each `--url`, comma lists split.
+    pub fn urls(&self) -> Vec<String> {
+        self.url.iter().flat_map(|u| jitgate_client::split_urls(u)).collect()
     }
 }
 
@@ -491,5 +506,47 @@ mod help_tests {
         let mut missing = Vec::new();
         undocumented(&Cli::command(), "jitgate".into(), &mut missing);
         assert!(missing.is_empty(), "arguments without help text: {missing:#?}");
+    }
+}
+
+#[cfg(test)]
+mod server_list_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn url_repeats_takes_comma_lists_and_has_the_alias_server() {
+        let cli =
+            parse(&["jitgate", "vm", "list", "--url", "https://a:8443,https://b:8443/", "--server", "https://c:8443"]);
+        let Command::Vm(admin::VmArgs { command: admin::VmCommand::List(l) }) = cli.command else { panic!("vm list") };
+        assert_eq!(l.conn.urls(), ["https://a:8443", "https://b:8443", "https://c:8443"]);
+    }
+
+    #[test]
+    fn the_agent_takes_server_repeated_and_as_a_comma_list() {
+        let cli = parse(&[
+            "jitgate",
+            "agent",
+            "--server",
+            "https://a:8443,https://b:8443",
+            "--server",
+            "https://c:8443",
+            "--state-dir",
+            "/tmp/x",
+        ]);
+        let Command::Agent(a) = cli.command else { panic!("agent") };
+        assert_eq!(a.run.server, ["https://a:8443", "https://b:8443", "https://c:8443"]);
+    }
+
+    #[test]
+    fn login_takes_a_list() {
+        let cli = parse(&["jitgate", "login", "--url", "https://a:8443", "--url", "https://b:8443", "--token", "t"]);
+        let Command::Login(l) = cli.command else { panic!("login") };
+        assert_eq!(l.url, ["https://a:8443", "https://b:8443"]);
     }
 }
