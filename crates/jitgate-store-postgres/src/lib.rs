@@ -34,7 +34,6 @@ mod store_requests;
 mod store_webhooks;
 pub mod testdb;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -54,9 +53,11 @@ use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState,
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::lifecycle::{self, Decision, Extension};
-use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{join, vm_put};
+use jitgate_core::{rfc3339, Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
@@ -500,24 +501,7 @@ async fn vm_claims(db: &Db, key: &str) -> Res<Vec<MappedClaim>> {
     };
     let policy: String = row.try_get(0)?;
     let Some((_, policy)) = rows::load_policy_only(db, &policy).await? else { return Ok(vec![]) };
-    Ok(policy
-        .vms
-        .iter()
-        .filter(|v| v.id.key() == key)
-        .flat_map(|v| {
-            let policy_id = policy.reference.id();
-            v.ports.iter().filter_map(move |p| {
-                p.mapped_port.map(|m| MappedClaim {
-                    policy: policy_id.clone(),
-                    vm: v.id.name().to_owned(),
-                    number: p.number,
-                    protocol: p.protocol,
-                    mapped_port: m,
-                    target: Some("gateway".into()),
-                })
-            })
-        })
-        .collect())
+    Ok(policy_put::claims_of_vm(&policy, key))
 }
 
 #[cfg(test)]

@@ -12,17 +12,13 @@ impl PolicyStore for PgStore {
                 let key = policy.reference.key();
                 // An edit waits for (and then excludes) initiates and other edits of the policy.
                 let existing = grants::lock_policy_key(&ctx.db, &key).await?;
-                let mut known: HashMap<String, OsType> = HashMap::new();
-                let mut gateway_of: HashMap<String, String> = HashMap::new();
+                let mut known = KnownVms::default();
                 for vm in &policy.vms {
                     if let Some(v) = rows::get_vm(&ctx.db, &vm.id.key()).await? {
-                        known.insert(vm.id.key(), v.spec.os_type);
-                        if let Some(gw) = v.spec.gateway {
-                            gateway_of.insert(vm.id.key(), gw);
-                        }
+                        known.add(vm.id.key(), v.spec.os_type, v.spec.gateway);
                     }
                 }
-                let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
+                let resolved = match known.resolve(policy) {
                     Ok(p) => p,
                     Err(invalid) => return reject(ctx, audit, invalid),
                 };
@@ -34,21 +30,11 @@ impl PolicyStore for PgStore {
                     .iter()
                     .map(|r| r.try_get(0))
                     .collect::<Result<_, _>>()?;
-                for (i, vm) in resolved.vms.iter().enumerate() {
-                    if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.id.as_str())) {
-                        let mut invalid = Invalid::conflict(
-                            "JitDisabledBySecurityPolicy",
-                            format!(
-                                "JIT is disabled by a security policy on '{scope}'; virtual machine '{}' cannot be enabled",
-                                vm.id
-                            ),
-                        );
-                        invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
-                        return reject(ctx, audit, invalid);
-                    }
+                if let Err(invalid) = policy_put::check_security_policies(&resolved, &disabled) {
+                    return reject(ctx, audit, invalid);
                 }
-                // A VM is protected by one policy at a time.
-                for (i, vm) in resolved.vms.iter().enumerate() {
+                let mut held = Vec::with_capacity(resolved.vms.len());
+                for vm in &resolved.vms {
                     let other = ctx
                         .db
                         .opt(
@@ -56,46 +42,15 @@ impl PolicyStore for PgStore {
                             &[&vm.id.key(), &key],
                         )
                         .await?;
-                    if let Some(other) = other {
-                        let other: String = other.try_get(0)?;
-                        let mut invalid = Invalid::conflict(
-                            "VirtualMachineInAnotherPolicy",
-                            format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
-                        );
-                        invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
-                        return reject(ctx, audit, invalid);
-                    }
+                    held.push(other.map(|r| r.try_get::<_, String>(0)).transpose()?);
+                }
+                if let Err(invalid) = policy_put::check_one_policy_per_vm(&resolved, &held) {
+                    return reject(ctx, audit, invalid);
                 }
                 // A gateway's public ports are one namespace across all policies.
-                let mut gateways: Vec<String> = Vec::new();
-                for vm in &resolved.vms {
-                    if let Some(gw) = gateway_of.get(&vm.id.key()) {
-                        if !gateways.iter().any(|g| g.eq_ignore_ascii_case(gw)) {
-                            gateways.push(gw.clone());
-                        }
-                    }
-                }
-                for gw in &gateways {
-                    let mut new = Vec::new();
-                    for (i, vm) in resolved.vms.iter().enumerate() {
-                        if !gateway_of.get(&vm.id.key()).is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
-                            continue;
-                        }
-                        for (j, p) in vm.ports.iter().enumerate() {
-                            if let Some(m) = p.mapped_port {
-                                new.push(MappedClaim {
-                                    policy: resolved.reference.id(),
-                                    vm: vm.id.name().to_owned(),
-                                    number: p.number,
-                                    protocol: p.protocol,
-                                    mapped_port: m,
-                                    target: Some(format!("properties.virtualMachines[{i}].ports[{j}].mappedPort")),
-                                });
-                            }
-                        }
-                    }
-                    let held = rows::gateway_claims(&ctx.db, &resolved.reference.subscription, gw, &key, "").await?;
-                    if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                for (gw, new) in known.gateway_claims(&resolved) {
+                    let held = rows::gateway_claims(&ctx.db, &resolved.reference.subscription, &gw, &key, "").await?;
+                    if let Err(invalid) = check_mapped_ports(&gw, &new, &held) {
                         return reject(ctx, audit, invalid);
                     }
                 }
@@ -133,9 +88,7 @@ impl PolicyStore for PgStore {
                 };
                 insert_policy_body(&ctx.db, pid, &resolved).await?;
                 ctx.bump_revision();
-                let event =
-                    audit.succeeded().with("created", existing.is_none().to_string()).with("ports", port_summary(&resolved));
-                ctx.audit(event);
+                ctx.audit(policy_put::stored(audit, existing.is_none(), &resolved));
                 let (_, record) = rows::load_policy(&ctx.db, &key)
                     .await?
                     .ok_or_else(|| Error::Corrupt("the policy vanished".into()))?;
@@ -681,14 +634,4 @@ async fn insert_policy_body(db: &Db, pid: i64, policy: &jitgate_core::Policy) ->
         }
     }
     Ok(())
-}
-
-fn port_summary(policy: &jitgate_core::Policy) -> String {
-    let mut parts = Vec::new();
-    for vm in &policy.vms {
-        for p in &vm.ports {
-            parts.push(format!("{}:{}/{}", vm.id.name(), p.number, p.protocol.as_str()));
-        }
-    }
-    parts.join(",")
 }

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState};
-use jitgate_core::{Protocol, VmId};
+use jitgate_core::Protocol;
 use jitgate_store::AgentRecord;
 
 use crate::rows::{self, corrupt, decode_sources, from_nanos, nanos};
@@ -94,11 +94,4 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
         }
     }
     Ok(EnforcementState { revision, mode: agent.mode, ports, grants })
-}
-
-/// The VM id an agent of this name enforces in host mode.
-pub fn host_vm_id(subscription: &str, resource_group: &str, name: &str) -> Result<VmId, String> {
-    VmId::parse(&format!(
-        "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{name}"
-    ))
 }

@@ -19,7 +19,6 @@ mod store_requests;
 mod store_webhooks;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,14 +30,16 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 pub use hooks::SealReport;
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::{ops, AuditEvent};
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::lifecycle::{self, Decision, Extension};
-use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{join, vm_put};
+use jitgate_core::{rfc3339, Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
@@ -301,24 +302,7 @@ fn vm_claims(conn: &Connection, key: &str) -> rusqlite::Result<Vec<MappedClaim>>
         return Ok(vec![]);
     };
     let Some((_, policy)) = rows::load_policy_only(conn, &policy)? else { return Ok(vec![]) };
-    Ok(policy
-        .vms
-        .iter()
-        .filter(|v| v.id.key() == key)
-        .flat_map(|v| {
-            let policy_id = policy.reference.id();
-            v.ports.iter().filter_map(move |p| {
-                p.mapped_port.map(|m| MappedClaim {
-                    policy: policy_id.clone(),
-                    vm: v.id.name().to_owned(),
-                    number: p.number,
-                    protocol: p.protocol,
-                    mapped_port: m,
-                    target: Some("gateway".into()),
-                })
-            })
-        })
-        .collect())
+    Ok(policy_put::claims_of_vm(&policy, key))
 }
 
 #[cfg(test)]
