@@ -15,6 +15,7 @@ pub mod invalid;
 pub mod inventory;
 pub mod join;
 pub mod lifecycle;
+pub mod outbox;
 pub mod policy;
 pub mod policy_put;
 pub mod prefix;

@@ -302,5 +302,8 @@ pub fn extend(
     Ok(Extension::Extended(open.into_iter().map(|(i, g)| (i, GrantState { end_time: new_end, ..g.state })).collect()))
 }
 
+mod sweep;
 #[cfg(test)]
 mod tests;
+
+pub use sweep::{expired_event, opened_event, Swept};

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 
 use jitgate_api_types::webhook::WebhookPayload;
+use jitgate_core::outbox;
 use jitgate_store::secrets::{Keyring, SecretsError};
 use jitgate_store::{Delivery, Webhook};
 
@@ -139,7 +140,7 @@ pub async fn enqueue(db: &Db, event: &str, rid: i64, now: OffsetDateTime) -> Res
         return Ok(0);
     };
     let (policy_id, requestor): (String, String) = (head.try_get(0)?, head.try_get(1)?);
-    let subscription = policy_id.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
+    let subscription = outbox::subscription_of(&policy_id);
     let hooks = db
         .rows(
             "SELECT id, events FROM webhooks WHERE lower(subscription) = $1 OR principal = $2",
@@ -154,7 +155,7 @@ pub async fn enqueue(db: &Db, event: &str, rid: i64, now: OffsetDateTime) -> Res
     let mut n = 0;
     for h in hooks {
         let (id, events): (String, String) = (h.try_get(0)?, h.try_get(1)?);
-        if !events.is_empty() && !events.split_whitespace().any(|e| e.eq_ignore_ascii_case(event)) {
+        if !outbox::wants(&events, event) {
             continue;
         }
         db.exec(

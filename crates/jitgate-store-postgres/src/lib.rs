@@ -48,22 +48,22 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 pub use hooks::SealReport;
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
-use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
+use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::lifecycle::{self, Decision, Extension};
 use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{join, vm_put};
+use jitgate_core::{join, outbox, vm_put};
 use jitgate_core::{rfc3339, Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
-    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken,
-    OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth,
-    TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
+    ExpirySweep, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken, OidcSignIn,
+    PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth, TokenOrigin,
+    TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
 pub use migrate::{MigrationReport, SCHEMA_VERSION};

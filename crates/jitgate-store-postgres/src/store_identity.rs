@@ -454,7 +454,7 @@ async fn delete_principal(ctx: &mut Ctx, name: String, audit: AuditEvent) -> Res
             By::Revoker(&deleter),
         )
         .await?;
-        hooks::enqueue(&ctx.db, "revoked", *rid, audit.time).await?;
+        hooks::enqueue(&ctx.db, outbox::REVOKED, *rid, audit.time).await?;
     }
     if ended > 0 {
         ctx.bump_revision();

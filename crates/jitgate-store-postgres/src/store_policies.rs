@@ -207,7 +207,7 @@ impl PolicyStore for PgStore {
                     .with("revokedGrants", changes.len().to_string());
                 event.resource_id = facts.policy_id;
                 ctx.audit(event);
-                hooks::enqueue(&ctx.db, "revoked", id, now).await?;
+                hooks::enqueue(&ctx.db, outbox::REVOKED, id, now).await?;
                 rows::load_request(&ctx.db, id).await
             })
         })
@@ -256,7 +256,7 @@ impl PolicyStore for PgStore {
                         let event =
                             audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
                         ctx.audit(event.with("decision", GrantStatus::Pending.as_str()));
-                        hooks::enqueue(&ctx.db, "requested", id, now).await?;
+                        hooks::enqueue(&ctx.db, outbox::REQUESTED, id, now).await?;
                         return rows::load_request(&ctx.db, id).await;
                     }
                     Ok(Extension::Extended(changes)) => changes,
@@ -293,8 +293,7 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
     // grants as the one before left them (supersede, replay).
     grants::lock_policy_key(&ctx.db, &key).await?;
     let Some((pid, policy)) = rows::load_policy_only(&ctx.db, &key).await? else {
-        let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
-        return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+        return reject(ctx, audit, policy_not_found(&cmd.policy));
     };
     if let Some(client_id) = &cmd.client_request_id {
         let earlier = ctx
@@ -323,8 +322,7 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         )
         .await?
         .try_get(0)?;
-    let mut records = Vec::with_capacity(plan.grants.len());
-    let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let mut requested = Requested::default();
     for (ord, g) in plan.grants.iter().enumerate() {
         let skey = g.supersede_key();
         // A grant that needs approval waits (and opens nothing), a scheduled one opens
@@ -336,13 +334,11 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         let (form, texts) = encode_sources(&g.sources);
         // Behind a gateway the grant carries the connection details: the gateway's public
         // address and the mapped port (when the policy port maps one).
-        let (mapped_port, public_ip) = match rows::get_vm(&ctx.db, &g.vm_id.key()).await? {
-            Some(vm) if vm.spec.gateway.is_some() => (
-                policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
-                vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
-            ),
-            _ => (None, None),
+        let reach = match rows::get_vm(&ctx.db, &g.vm_id.key()).await? {
+            Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.and_then(|a| a.public_address)),
+            None => Reach::default(),
         };
+        let grant = requested.add(g, &state, reach);
         ctx.db
             .exec(
                 "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
@@ -363,52 +359,21 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
                     &nanos(state.end_time),
                     &state.status.as_str(),
                     &state.reason.as_str(),
-                    &mapped_port.map(i64::from),
-                    &public_ip,
+                    &grant.mapped_port.map(i64::from),
+                    &grant.public_ip,
                     &grants::window_nanos(&state),
                     &nanos(g.opens_at),
                 ],
             )
             .await?;
-        ports.push(format!("{}:{}", g.vm_id.name(), g.number));
-        sources.push(texts.replace('\n', " "));
-        ends.push(rfc3339(g.end_time));
-        records.push(GrantRecord {
-            vm_id: g.vm_id.as_str().to_owned(),
-            number: g.number,
-            protocol: g.protocol,
-            sources: g.sources.clone(),
-            end_time: state.end_time,
-            status: state.status,
-            status_reason: state.reason,
-            mapped_port,
-            public_ip,
-        });
     }
-    let mut event = audit
-        .succeeded()
-        .with("requestId", rid.to_string())
-        .with("ports", ports.join(","))
-        .with("sources", sources.join(","))
-        .with("endTimeUtc", ends.join(","));
-    if let Some(j) = &plan.justification {
-        event = event.with("justification", j.clone());
-    }
+    let event = requested.event(audit, rid, &plan);
     ctx.bump_revision();
     ctx.audit(event);
-    hooks::enqueue(&ctx.db, "requested", rid, cmd.now).await?;
-    if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
-        hooks::enqueue(&ctx.db, "opened", rid, cmd.now).await?;
+    for event in outbox::on_initiate(requested.opened()) {
+        hooks::enqueue(&ctx.db, event, rid, cmd.now).await?;
     }
-    let request = AccessRequestRecord {
-        id: rid,
-        requestor: cmd.requestor,
-        start_time: plan.start_time,
-        justification: plan.justification,
-        grants: records,
-        pending_extension: None,
-        decision_reason: None,
-    };
+    let request = requested.into_record(rid, cmd.requestor, plan);
     Ok(InitiateOutcome { request, replayed: false })
 }
 
@@ -434,25 +399,11 @@ async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
         let Some(new) = lifecycle::expire(state, now) else { continue };
         grants::persist(&ctx.db, gid, &new, By::Nobody).await?;
         expired += 1;
-        let sources: String = r.try_get("sources")?;
-        let event = AuditEvent {
-            time: now,
-            operation: ops::GRANT_EXPIRE.into(),
-            status: AuditStatus::Succeeded,
-            caller: "jitgate".into(),
-            caller_ip: None,
-            resource_id: r.try_get("policy_id")?,
-            correlation_id: format!("expiry-{gid}"),
-            properties: Default::default(),
-        }
-        .with("requestId", rid.to_string())
-        .with("virtualMachine", r.try_get::<_, String>("vm_id")?)
-        .with("port", rows::port(r, "number")?.to_string())
-        .with("sources", sources.replace('\n', " "))
-        .with("endTimeUtc", rfc3339(state.end_time))
-        .with("reason", new.reason.as_str());
-        ctx.audit(event);
-        hooks::enqueue(&ctx.db, "expired", rid, now).await?;
+        let (policy_id, vm_id, sources): (String, String, String) =
+            (r.try_get("policy_id")?, r.try_get("vm_id")?, r.try_get("sources")?);
+        let swept = lifecycle::Swept { gid, rid, policy_id: &policy_id };
+        ctx.audit(lifecycle::expired_event(now, swept, &vm_id, rows::port(r, "number")?, &sources, &state, &new));
+        hooks::enqueue(&ctx.db, outbox::EXPIRED, rid, now).await?;
     }
     // Scheduled windows that have begun: open them (newer grants replace older ones).
     let starting = ctx
@@ -473,19 +424,9 @@ async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
         grants::supersede_older(&ctx.db, pid, &skey).await?;
         grants::persist(&ctx.db, gid, &new, By::Nobody).await?;
         activated += 1;
-        let event = AuditEvent {
-            time: now,
-            operation: ops::GRANT_OPEN.into(),
-            status: AuditStatus::Succeeded,
-            caller: "jitgate".into(),
-            caller_ip: None,
-            resource_id: r.try_get("policy_id")?,
-            correlation_id: format!("open-{gid}"),
-            properties: Default::default(),
-        }
-        .with("requestId", rid.to_string());
-        ctx.audit(event);
-        hooks::enqueue(&ctx.db, "opened", rid, now).await?;
+        let policy_id: String = r.try_get("policy_id")?;
+        ctx.audit(lifecycle::opened_event(now, lifecycle::Swept { gid, rid, policy_id: &policy_id }));
+        hooks::enqueue(&ctx.db, outbox::OPENED, rid, now).await?;
     }
     if activated > 0 {
         ctx.bump_revision();
@@ -506,7 +447,7 @@ async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
     let mut announced = std::collections::HashSet::new();
     for (_, rid) in &warned {
         if announced.insert(*rid) {
-            hooks::enqueue(&ctx.db, "expiringSoon", *rid, now).await?;
+            hooks::enqueue(&ctx.db, outbox::EXPIRING_SOON, *rid, now).await?;
         }
     }
     Ok(ExpirySweep { expired, activated, warned: warned.len() })
@@ -563,7 +504,9 @@ async fn decide_request(
                 event = event.with("reason", r);
             }
             ctx.audit(event);
-            hooks::enqueue(&ctx.db, if approved { "approved" } else { "denied" }, id, now).await?;
+            for event in outbox::on_extension_decision(approved) {
+                hooks::enqueue(&ctx.db, event, id, now).await?;
+            }
             return rows::load_request(&ctx.db, id).await;
         }
         Decision::ExtensionLapsed(invalid) => {
@@ -576,11 +519,8 @@ async fn decide_request(
         event = event.with("reason", r);
     }
     ctx.audit(event);
-    if approved {
-        hooks::enqueue(&ctx.db, "approved", id, now).await?;
-        hooks::enqueue(&ctx.db, "opened", id, now).await?;
-    } else {
-        hooks::enqueue(&ctx.db, "denied", id, now).await?;
+    for event in outbox::on_decision(approved) {
+        hooks::enqueue(&ctx.db, event, id, now).await?;
     }
     rows::load_request(&ctx.db, id).await
 }

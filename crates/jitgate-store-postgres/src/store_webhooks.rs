@@ -104,11 +104,8 @@ impl WebhookStore for PgStore {
     ) -> StoreResult<()> {
         self.write(move |ctx| {
             Box::pin(async move {
-                let (state, next_at) = match (ok, next) {
-                    (true, _) => ("Delivered", nanos(now)),
-                    (false, Some(n)) => ("Pending", nanos(n)),
-                    (false, None) => ("Failed", nanos(now)),
-                };
+                let (state, next_at) = outbox::attempted(ok, next, now);
+                let next_at = nanos(next_at);
                 let delivered = ok.then_some(nanos(now));
                 ctx.db
                     .exec(

@@ -8,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use jitgate_api_types::webhook::WebhookPayload;
+use jitgate_core::outbox;
 use jitgate_store::secrets::{Keyring, SecretsError};
 use jitgate_store::{Delivery, Webhook};
 
@@ -165,7 +166,7 @@ pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) ->
     else {
         return Ok(0);
     };
-    let subscription = policy_id.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
+    let subscription = outbox::subscription_of(&policy_id);
     let hooks: Vec<(String, String)> = conn
         .prepare_cached("SELECT id, events FROM webhooks WHERE lower(subscription) = ?1 OR principal = ?2")?
         .query_map(params![subscription, requestor], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -177,7 +178,7 @@ pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) ->
     let payload = WebhookPayload::new(event, &policy_id, &request, now).to_json();
     let mut n = 0;
     for (id, events) in hooks {
-        if !events.is_empty() && !events.split_whitespace().any(|e| e.eq_ignore_ascii_case(event)) {
+        if !outbox::wants(&events, event) {
             continue;
         }
         conn.prepare_cached(

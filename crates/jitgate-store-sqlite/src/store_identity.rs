@@ -165,7 +165,7 @@ impl IdentityStore for SqliteStore {
                     By::Revoker(&deleter),
                 )
                 .map_err(backend)?;
-                hooks::enqueue(ctx.conn, "revoked", *rid, audit.time).map_err(backend)?;
+                hooks::enqueue(ctx.conn, outbox::REVOKED, *rid, audit.time).map_err(backend)?;
             }
             if ended > 0 {
                 rows::bump_revision(ctx.conn).map_err(backend)?;

@@ -166,8 +166,7 @@ impl PolicyStore for SqliteStore {
         self.write(move |ctx| {
             let key = cmd.policy.key();
             let Some((pid, policy)) = rows::load_policy_only(ctx.conn, &key).map_err(backend)? else {
-                let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
-                return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+                return reject(ctx, audit, policy_not_found(&cmd.policy));
             };
             if let Some(client_id) = &cmd.client_request_id {
                 let earlier: Option<i64> = ctx
@@ -195,8 +194,7 @@ impl PolicyStore for SqliteStore {
                 })
                 .map_err(backend)?;
             let rid = ctx.conn.last_insert_rowid();
-            let mut records = Vec::with_capacity(plan.grants.len());
-            let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+            let mut requested = Requested::default();
             for (ord, g) in plan.grants.iter().enumerate() {
                 let skey = g.supersede_key();
                 // A grant that needs approval waits (and opens nothing), a scheduled one opens
@@ -208,13 +206,11 @@ impl PolicyStore for SqliteStore {
                 let (form, texts) = encode_sources(&g.sources);
                 // Behind a gateway the grant carries the connection details: the gateway's public
                 // address and the mapped port (when the policy port maps one).
-                let (mapped_port, public_ip) = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
-                    Some(vm) if vm.spec.gateway.is_some() => (
-                        policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
-                        vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
-                    ),
-                    _ => (None, None),
+                let reach = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
+                    Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.and_then(|a| a.public_address)),
+                    None => Reach::default(),
                 };
+                let grant = requested.add(g, &state, reach);
                 ctx.conn
                     .prepare_cached(
                         "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
@@ -235,8 +231,8 @@ impl PolicyStore for SqliteStore {
                             texts,
                             skey,
                             nanos(state.end_time),
-                            mapped_port,
-                            public_ip,
+                            grant.mapped_port,
+                            grant.public_ip,
                             state.status.as_str(),
                             state.reason.as_str(),
                             grants::window_nanos(&state),
@@ -244,45 +240,14 @@ impl PolicyStore for SqliteStore {
                         ])
                     })
                     .map_err(backend)?;
-                ports.push(format!("{}:{}", g.vm_id.name(), g.number));
-                sources.push(texts.replace('\n', " "));
-                ends.push(rfc3339(g.end_time));
-                records.push(GrantRecord {
-                    vm_id: g.vm_id.as_str().to_owned(),
-                    number: g.number,
-                    protocol: g.protocol,
-                    sources: g.sources.clone(),
-                    end_time: state.end_time,
-                    status: state.status,
-                    status_reason: state.reason,
-                    mapped_port,
-                    public_ip,
-                });
             }
-            let mut event = audit
-                .succeeded()
-                .with("requestId", rid.to_string())
-                .with("ports", ports.join(","))
-                .with("sources", sources.join(","))
-                .with("endTimeUtc", ends.join(","));
-            if let Some(j) = &plan.justification {
-                event = event.with("justification", j.clone());
-            }
+            let event = requested.event(audit, rid, &plan);
             rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&event).map_err(backend)?;
-            hooks::enqueue(ctx.conn, "requested", rid, cmd.now).map_err(backend)?;
-            if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
-                hooks::enqueue(ctx.conn, "opened", rid, cmd.now).map_err(backend)?;
+            for event in outbox::on_initiate(requested.opened()) {
+                hooks::enqueue(ctx.conn, event, rid, cmd.now).map_err(backend)?;
             }
-            let request = AccessRequestRecord {
-                id: rid,
-                requestor: cmd.requestor,
-                start_time: plan.start_time,
-                justification: plan.justification,
-                grants: records,
-                pending_extension: None,
-                decision_reason: None,
-            };
+            let request = requested.into_record(rid, cmd.requestor, plan);
             Ok(InitiateOutcome { request, replayed: false })
         })
         .await
@@ -319,24 +284,10 @@ impl PolicyStore for SqliteStore {
                 let Some(new) = lifecycle::expire(*state, now) else { continue };
                 grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
                 expired += 1;
-                let event = AuditEvent {
-                    time: now,
-                    operation: ops::GRANT_EXPIRE.into(),
-                    status: jitgate_core::audit::AuditStatus::Succeeded,
-                    caller: "jitgate".into(),
-                    caller_ip: None,
-                    resource_id: policy_id.clone(),
-                    correlation_id: format!("expiry-{gid}"),
-                    properties: Default::default(),
-                }
-                .with("requestId", rid.to_string())
-                .with("virtualMachine", vm_id.clone())
-                .with("port", number.to_string())
-                .with("sources", sources.replace('\n', " "))
-                .with("endTimeUtc", rfc3339(state.end_time))
-                .with("reason", new.reason.as_str());
+                let swept = lifecycle::Swept { gid: *gid, rid: *rid, policy_id };
+                let event = lifecycle::expired_event(now, swept, vm_id, *number, sources, state, &new);
                 ctx.audit(&event).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "expired", *rid, now).map_err(backend)?;
+                hooks::enqueue(ctx.conn, outbox::EXPIRED, *rid, now).map_err(backend)?;
             }
             // Scheduled windows that have begun: open them (newer grants replace older ones).
             type Starting = (i64, i64, i64, String, String, lifecycle::GrantState);
@@ -360,19 +311,9 @@ impl PolicyStore for SqliteStore {
                 grants::supersede_older(ctx.conn, *pid, skey).map_err(backend)?;
                 grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
                 activated += 1;
-                let event = AuditEvent {
-                    time: now,
-                    operation: ops::GRANT_OPEN.into(),
-                    status: jitgate_core::audit::AuditStatus::Succeeded,
-                    caller: "jitgate".into(),
-                    caller_ip: None,
-                    resource_id: policy_id.clone(),
-                    correlation_id: format!("open-{gid}"),
-                    properties: Default::default(),
-                }
-                .with("requestId", rid.to_string());
+                let event = lifecycle::opened_event(now, lifecycle::Swept { gid: *gid, rid: *rid, policy_id });
                 ctx.audit(&event).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "opened", *rid, now).map_err(backend)?;
+                hooks::enqueue(ctx.conn, outbox::OPENED, *rid, now).map_err(backend)?;
             }
             if activated > 0 {
                 rows::bump_revision(ctx.conn).map_err(backend)?;
@@ -396,7 +337,7 @@ impl PolicyStore for SqliteStore {
             for (gid, rid) in &soon {
                 ctx.conn.execute("UPDATE grants SET warned = 1 WHERE gid = ?1", [gid]).map_err(backend)?;
                 if announced.insert(*rid) {
-                    hooks::enqueue(ctx.conn, "expiringSoon", *rid, now).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, outbox::EXPIRING_SOON, *rid, now).map_err(backend)?;
                 }
             }
             Ok(ExpirySweep { expired, activated, warned: soon.len() })
@@ -448,7 +389,7 @@ impl PolicyStore for SqliteStore {
                 audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", changes.len().to_string());
             event.resource_id = facts.policy_id;
             ctx.audit(&event).map_err(backend)?;
-            hooks::enqueue(ctx.conn, "revoked", id, now).map_err(backend)?;
+            hooks::enqueue(ctx.conn, outbox::REVOKED, id, now).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
@@ -515,7 +456,9 @@ impl PolicyStore for SqliteStore {
                         event = event.with("reason", r);
                     }
                     ctx.audit(&event).map_err(backend)?;
-                    hooks::enqueue(ctx.conn, if approved { "approved" } else { "denied" }, id, now).map_err(backend)?;
+                    for event in outbox::on_extension_decision(approved) {
+                        hooks::enqueue(ctx.conn, event, id, now).map_err(backend)?;
+                    }
                     return rows::load_request(ctx.conn, id).map_err(backend);
                 }
                 Decision::ExtensionLapsed(invalid) => {
@@ -528,11 +471,8 @@ impl PolicyStore for SqliteStore {
                 event = event.with("reason", r);
             }
             ctx.audit(&event).map_err(backend)?;
-            if approved {
-                hooks::enqueue(ctx.conn, "approved", id, now).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "opened", id, now).map_err(backend)?;
-            } else {
-                hooks::enqueue(ctx.conn, "denied", id, now).map_err(backend)?;
+            for event in outbox::on_decision(approved) {
+                hooks::enqueue(ctx.conn, event, id, now).map_err(backend)?;
             }
             rows::load_request(ctx.conn, id).map_err(backend)
         })
@@ -568,7 +508,7 @@ impl PolicyStore for SqliteStore {
                     let event =
                         audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
                     ctx.audit(&event.with("decision", GrantStatus::Pending.as_str())).map_err(backend)?;
-                    hooks::enqueue(ctx.conn, "requested", id, now).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, outbox::REQUESTED, id, now).map_err(backend)?;
                     return rows::load_request(ctx.conn, id).map_err(backend);
                 }
                 Ok(Extension::Extended(changes)) => changes,

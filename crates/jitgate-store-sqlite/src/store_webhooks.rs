@@ -91,11 +91,8 @@ impl WebhookStore for SqliteStore {
         now: OffsetDateTime,
     ) -> StoreResult<()> {
         self.write(move |ctx| {
-            let (state, next_at) = match (ok, next) {
-                (true, _) => ("Delivered", nanos(now)),
-                (false, Some(n)) => ("Pending", nanos(n)),
-                (false, None) => ("Failed", nanos(now)),
-            };
+            let (state, next_at) = outbox::attempted(ok, next, now);
+            let next_at = nanos(next_at);
             ctx.conn
                 .execute(
                     "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt = ?3, last_error = ?4, \

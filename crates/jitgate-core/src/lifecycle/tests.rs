@@ -398,3 +398,18 @@ fn policy_with_ports_only(numbers: &[u16]) -> Policy {
     }
     p
 }
+
+#[test]
+fn the_sweep_records_name_the_grant_and_what_happened() {
+    let was = state(Initiated, UserRequested, 0);
+    let swept = Swept { gid: 9, rid: 4, policy_id: "/p" };
+    let now_state = expire(was, now()).expect("expires");
+    let event = expired_event(now(), swept, "/vm1", 22, "10.0.0.0/24\n10.0.1.0/24", &was, &now_state);
+    assert_eq!((event.correlation_id.as_str(), event.resource_id.as_str()), ("expiry-9", "/p"));
+    assert_eq!(event.properties["requestId"], "4");
+    assert_eq!(event.properties["sources"], "10.0.0.0/24 10.0.1.0/24");
+    assert_eq!(event.properties["reason"], now_state.reason.as_str());
+    let opened = opened_event(now(), swept);
+    assert_eq!((opened.correlation_id.as_str(), opened.caller.as_str()), ("open-9", "jitgate"));
+    assert_eq!(opened.operation, crate::audit::ops::GRANT_OPEN);
+}
