@@ -50,6 +50,7 @@ use tokio_postgres::{NoTls, Row};
 pub use hooks::SealReport;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
+use jitgate_core::identity::checks;
 use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::lifecycle::{self, Decision, Extension};
@@ -468,11 +469,7 @@ async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: Audit
     }
     let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
     if let Some(holder) = rbac::principal(&ctx.db, &name).await? {
-        let m = format!(
-            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
-            holder.id
-        );
-        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+        return reject(ctx, audit, checks::oidc_name_held(&name, holder.id));
     }
     ctx.db
         .exec(

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 pub use hooks::SealReport;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
+use jitgate_core::identity::checks;
 use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested, StatusReason};
 use jitgate_core::invalid::codes;
 use jitgate_core::lifecycle::{self, Decision, Extension};
@@ -261,11 +262,7 @@ fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: Au
     }
     let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
     if let Some(holder) = rbac::principal(ctx.conn, &name).map_err(backend)? {
-        let m = format!(
-            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
-            holder.id
-        );
-        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+        return reject(ctx, audit, checks::oidc_name_held(&name, holder.id));
     }
     ctx.conn
         .execute(
