@@ -47,7 +47,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-pub use hooks::SealReport;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::identity::checks;
@@ -60,6 +59,7 @@ use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{join, outbox, vm_put};
 use jitgate_core::{rfc3339, Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
+pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
     ExpirySweep, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken, OidcSignIn,

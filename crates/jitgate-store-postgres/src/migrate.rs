@@ -14,9 +14,10 @@ use time::OffsetDateTime;
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{StoreError, StoreResult};
 
-use crate::hooks::{self, SealReport};
+use crate::hooks;
 use crate::rows::nanos;
 use crate::{backend, Db};
+use jitgate_store::secrets::SealReport;
 
 /// The advisory lock key that serialises migrations (and the sealing of secrets) across replicas.
 pub const MIGRATION_LOCK: i64 = 0x6a69_7467_6174_6501;
