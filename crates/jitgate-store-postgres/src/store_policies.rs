@@ -201,12 +201,7 @@ impl PolicyStore for PgStore {
                 grants::apply(&ctx.db, &gids, &changes, By::Revoker(&revoked_by)).await?;
                 ctx.bump_revision();
                 let now = audit.time;
-                let mut event = audit
-                    .succeeded()
-                    .with("requestId", id.to_string())
-                    .with("revokedGrants", changes.len().to_string());
-                event.resource_id = facts.policy_id;
-                ctx.audit(event);
+                ctx.audit(lifecycle::revoked_event(audit, id, facts.policy_id, changes.len()));
                 hooks::enqueue(&ctx.db, outbox::REVOKED, id, now).await?;
                 rows::load_request(&ctx.db, id).await
             })
@@ -253,9 +248,7 @@ impl PolicyStore for PgStore {
                                 &[&id, &nanos(new_end), &audit.caller],
                             )
                             .await?;
-                        let event =
-                            audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
-                        ctx.audit(event.with("decision", GrantStatus::Pending.as_str()));
+                        ctx.audit(lifecycle::extended_event(audit, id, new_end, true));
                         hooks::enqueue(&ctx.db, outbox::REQUESTED, id, now).await?;
                         return rows::load_request(&ctx.db, id).await;
                     }
@@ -263,7 +256,7 @@ impl PolicyStore for PgStore {
                 };
                 grants::apply(&ctx.db, &gids, &changes, By::Nobody).await?;
                 ctx.bump_revision();
-                ctx.audit(audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)));
+                ctx.audit(lifecycle::extended_event(audit, id, new_end, false));
                 rows::load_request(&ctx.db, id).await
             })
         })
@@ -471,11 +464,8 @@ async fn decide_request(
         Ok(decision) => decision,
         Err(invalid) => return reject(ctx, audit, invalid),
     };
-    let verdict = |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
     let requestor = facts.requestor.clone();
-    let succeeded =
-        move |audit: AuditEvent| audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor);
-    let (approved, mut event) = match decision {
+    let (approved, event) = match decision {
         Decision::Grants { approved, changes } => {
             for (i, state) in &changes {
                 let gid = grants::gid_at(&gids, *i)?;
@@ -488,8 +478,8 @@ async fn decide_request(
                 grants::persist(&ctx.db, gid, state, By::Decider(&decider)).await?;
             }
             ctx.bump_revision();
-            let event = succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
-            (approved, event)
+            let what = Decided::Grants(changes.len());
+            (approved, lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref()))
         }
         Decision::Extension { approved, end_time, changes } => {
             clear_extension(&ctx.db, id).await?;
@@ -498,12 +488,8 @@ async fn decide_request(
                 grants::apply(&ctx.db, &gids, &changes, By::Decider(&decider)).await?;
                 ctx.bump_revision();
             }
-            let mut event =
-                succeeded(audit).with("decision", verdict(approved)).with("extensionEndTimeUtc", rfc3339(end_time));
-            if let Some(r) = reason {
-                event = event.with("reason", r);
-            }
-            ctx.audit(event);
+            let what = Decided::Extension(end_time);
+            ctx.audit(lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref()));
             for event in outbox::on_extension_decision(approved) {
                 hooks::enqueue(&ctx.db, event, id, now).await?;
             }
@@ -515,9 +501,6 @@ async fn decide_request(
         }
     };
     rows::set_decision_reason(&ctx.db, id, reason.as_deref()).await?;
-    if let Some(r) = reason {
-        event = event.with("reason", r);
-    }
     ctx.audit(event);
     for event in outbox::on_decision(approved) {
         hooks::enqueue(&ctx.db, event, id, now).await?;

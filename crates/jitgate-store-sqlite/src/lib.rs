@@ -32,9 +32,8 @@ use tokio::sync::mpsc;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::identity::checks;
-use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested, StatusReason};
-use jitgate_core::invalid::codes;
-use jitgate_core::lifecycle::{self, Decision, Extension};
+use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested};
+use jitgate_core::lifecycle::{self, request_not_found, Decided, Decision, Extension};
 use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
@@ -216,10 +215,6 @@ impl Drop for SqliteStore {
             let _ = h.join();
         }
     }
-}
-
-fn request_not_found(id: i64) -> Invalid {
-    Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
 }
 
 /// A pending extension, once decided (or lapsed), no longer waits.

@@ -385,10 +385,7 @@ impl PolicyStore for SqliteStore {
             grants::apply(ctx.conn, &gids, &changes, By::Revoker(&revoked_by)).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
             let now = audit.time;
-            let mut event =
-                audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", changes.len().to_string());
-            event.resource_id = facts.policy_id;
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&lifecycle::revoked_event(audit, id, facts.policy_id, changes.len())).map_err(backend)?;
             hooks::enqueue(ctx.conn, outbox::REVOKED, id, now).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
@@ -415,13 +412,8 @@ impl PolicyStore for SqliteStore {
                 Ok(decision) => decision,
                 Err(invalid) => return reject(ctx, audit, invalid),
             };
-            let verdict =
-                |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
             let requestor = facts.requestor.clone();
-            let succeeded = move |audit: AuditEvent| {
-                audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor)
-            };
-            let (approved, mut event) = match decision {
+            let (approved, event) = match decision {
                 Decision::Grants { approved, changes } => {
                     for (i, state) in &changes {
                         let gid = grants::gid_at(&gids, *i).map_err(backend)?;
@@ -438,9 +430,8 @@ impl PolicyStore for SqliteStore {
                         grants::persist(ctx.conn, gid, state, By::Decider(&decider)).map_err(backend)?;
                     }
                     rows::bump_revision(ctx.conn).map_err(backend)?;
-                    let event =
-                        succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
-                    (approved, event)
+                    let what = Decided::Grants(changes.len());
+                    (approved, lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref()))
                 }
                 Decision::Extension { approved, end_time, changes } => {
                     clear_extension(ctx.conn, id)?;
@@ -449,12 +440,8 @@ impl PolicyStore for SqliteStore {
                         grants::apply(ctx.conn, &gids, &changes, By::Decider(&decider)).map_err(backend)?;
                         rows::bump_revision(ctx.conn).map_err(backend)?;
                     }
-                    let mut event = succeeded(audit)
-                        .with("decision", verdict(approved))
-                        .with("extensionEndTimeUtc", rfc3339(end_time));
-                    if let Some(r) = reason {
-                        event = event.with("reason", r);
-                    }
+                    let what = Decided::Extension(end_time);
+                    let event = lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref());
                     ctx.audit(&event).map_err(backend)?;
                     for event in outbox::on_extension_decision(approved) {
                         hooks::enqueue(ctx.conn, event, id, now).map_err(backend)?;
@@ -467,9 +454,6 @@ impl PolicyStore for SqliteStore {
                 }
             };
             set_decision_reason(ctx.conn, id, reason.as_deref())?;
-            if let Some(r) = reason {
-                event = event.with("reason", r);
-            }
             ctx.audit(&event).map_err(backend)?;
             for event in outbox::on_decision(approved) {
                 hooks::enqueue(ctx.conn, event, id, now).map_err(backend)?;
@@ -505,9 +489,7 @@ impl PolicyStore for SqliteStore {
                             params![id, nanos(new_end), audit.caller],
                         )
                         .map_err(backend)?;
-                    let event =
-                        audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
-                    ctx.audit(&event.with("decision", GrantStatus::Pending.as_str())).map_err(backend)?;
+                    ctx.audit(&lifecycle::extended_event(audit, id, new_end, true)).map_err(backend)?;
                     hooks::enqueue(ctx.conn, outbox::REQUESTED, id, now).map_err(backend)?;
                     return rows::load_request(ctx.conn, id).map_err(backend);
                 }
@@ -515,8 +497,7 @@ impl PolicyStore for SqliteStore {
             };
             grants::apply(ctx.conn, &gids, &changes, By::Nobody).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            ctx.audit(&audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)))
-                .map_err(backend)?;
+            ctx.audit(&lifecycle::extended_event(audit, id, new_end, false)).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
