@@ -88,6 +88,35 @@ pub fn agent_not_found(id: &str) -> Invalid {
     Invalid::not_found(AGENT_NOT_FOUND, format!("agent '{id}' is not known"))
 }
 
+/// Agent `id` whose credential is not `old` any more (or which is gone): a rotation is refused.
+pub fn credential_replaced(id: &str) -> Invalid {
+    Invalid::not_found(AGENT_NOT_FOUND, format!("agent '{id}' is not known or its credential was already replaced"))
+}
+
+/// Agent `id` was removed while it asked for its state.
+pub fn agent_removed(id: &str) -> Invalid {
+    Invalid::not_found(AGENT_NOT_FOUND, format!("agent '{id}' was removed"))
+}
+
+/// The audit record of a join token made for `mode` agents at `location` (for one VM, if `vm`).
+pub fn token_created(
+    audit: AuditEvent,
+    mode: AgentMode,
+    location: &str,
+    expires: OffsetDateTime,
+    vm: Option<&str>,
+) -> AuditEvent {
+    let event = audit
+        .succeeded()
+        .with("mode", mode.as_str())
+        .with("location", location.to_owned())
+        .with("expiresOn", crate::timefmt::rfc3339(expires));
+    match vm {
+        Some(vm) => event.with("vm", vm.to_owned()),
+        None => event,
+    }
+}
+
 /// A gateway named like one that joined subscription `subscription` (`name`, agent `id`).
 pub fn gateway_exists(subscription: &str, name: &str, id: &str) -> Invalid {
     Invalid::conflict(

@@ -78,5 +78,29 @@ pub fn attempted(ok: bool, next: Option<OffsetDateTime>, now: OffsetDateTime) ->
     }
 }
 
+/// The code of a webhook that does not exist.
+pub const WEBHOOK_NOT_FOUND: &str = "WebhookNotFound";
+
+/// No webhook has id `id`.
+pub fn webhook_not_found(id: &str) -> crate::Invalid {
+    crate::Invalid::not_found(WEBHOOK_NOT_FOUND, format!("no webhook {id}"))
+}
+
+/// The audit record of webhook `id` to `url`, for a subscription's or a principal's requests.
+pub fn webhook_created(
+    audit: crate::audit::AuditEvent,
+    id: &str,
+    url: &str,
+    subscription: Option<&str>,
+    principal: Option<&str>,
+) -> crate::audit::AuditEvent {
+    audit
+        .succeeded()
+        .with("webhookId", id.to_owned())
+        .with("url", url.to_owned())
+        .with("subscription", subscription.unwrap_or_default().to_owned())
+        .with("principal", principal.unwrap_or_default().to_owned())
+}
+
 #[cfg(test)]
 mod tests;

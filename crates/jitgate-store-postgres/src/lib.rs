@@ -56,7 +56,7 @@ use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{join, outbox, vm_put};
-use jitgate_core::{rfc3339, Invalid, PolicyRef, VmId};
+use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
@@ -440,7 +440,7 @@ async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEve
     ctx.db
         .exec("INSERT INTO principals (name, kind, created) VALUES ($1, $2, $3)", &[&name, &kind, &nanos(audit.time)])
         .await?;
-    ctx.audit(audit.succeeded().with("principal", name).with("type", kind));
+    ctx.audit(checks::principal_created(audit, name, kind));
     rbac::principal(&ctx.db, name).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
 }
 
@@ -448,17 +448,12 @@ async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEve
 /// date, or created with the derived name.
 async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: AuditEvent) -> Res<Principal> {
     let id = &sign_in.identity;
-    let shown = sign_in.display_name.clone().unwrap_or_default();
     if let Some(p) = rbac::oidc_principal(&ctx.db, id, true).await? {
         if p.display_name == sign_in.display_name {
             return Ok(p);
         }
         ctx.db.exec("UPDATE principals SET display_name = $2 WHERE id = $1", &[&p.id, &sign_in.display_name]).await?;
-        let event = audit
-            .succeeded()
-            .with("principal", p.name.clone())
-            .with("displayName", shown)
-            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        let event = checks::oidc_renamed(audit, &p.name, sign_in.display_name.as_deref(), p.display_name.as_deref());
         ctx.audit(event);
         return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
     }
@@ -472,14 +467,9 @@ async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: Audit
             &[&name, &nanos(audit.time), &id.issuer, &id.subject, &sign_in.display_name],
         )
         .await?;
-    let event = audit
-        .succeeded()
-        .with("principal", name.clone())
-        .with("type", "User")
-        .with("provisioned", "oidc")
-        .with("issuer", id.issuer.clone())
-        .with("subject", id.subject.clone())
-        .with("displayName", shown);
+    let seen =
+        checks::OidcSeen { issuer: &id.issuer, subject: &id.subject, display_name: sign_in.display_name.as_deref() };
+    let event = checks::oidc_provisioned(audit, &name, seen);
     ctx.audit(event);
     rbac::oidc_principal(&ctx.db, id, false).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
 }

@@ -172,14 +172,7 @@ impl AgentStore for PgStore {
                         ],
                     )
                     .await?;
-                let mut event = audit
-                    .succeeded()
-                    .with("mode", spec.mode.as_str())
-                    .with("location", spec.location.clone())
-                    .with("expiresOn", rfc3339(spec.expires));
-                if let Some(vm) = &spec.vm {
-                    event = event.with("vm", vm.clone());
-                }
+                let event = join::token_created(audit, spec.mode, &spec.location, spec.expires, spec.vm.as_deref());
                 ctx.audit(event);
                 Ok(())
             })
@@ -310,8 +303,7 @@ impl AgentStore for PgStore {
                     )
                     .await?;
                 if changed == 0 {
-                    let m = format!("agent '{id}' is not known or its credential was already replaced");
-                    return reject(ctx, audit, Invalid::not_found(join::AGENT_NOT_FOUND, m));
+                    return reject(ctx, audit, join::credential_replaced(&id));
                 }
                 ctx.audit(audit.succeeded().with("agentId", id.clone()));
                 agents::agent_by_id(&ctx.db, &id).await?.ok_or_else(|| Error::Corrupt("the agent vanished".into()))
@@ -332,9 +324,7 @@ impl AgentStore for PgStore {
                 })
             })
             .await?;
-        state.ok_or_else(|| {
-            StoreError::Rejected(Invalid::not_found(join::AGENT_NOT_FOUND, format!("agent '{agent_id}' was removed")))
-        })
+        state.ok_or_else(|| StoreError::Rejected(join::agent_removed(agent_id)))
     }
 
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {

@@ -38,7 +38,7 @@ use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{join, outbox, vm_put};
-use jitgate_core::{rfc3339, Invalid, PolicyRef, VmId};
+use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
 pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
@@ -231,7 +231,7 @@ fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: Audit
             params![name, kind, nanos(audit.time)],
         )
         .map_err(backend)?;
-    ctx.audit(&audit.succeeded().with("principal", name).with("type", kind)).map_err(backend)?;
+    ctx.audit(&checks::principal_created(audit, name, kind)).map_err(backend)?;
     rbac::principal(ctx.conn, name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
 }
 
@@ -239,7 +239,6 @@ fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: Audit
 /// date, or created with the derived name.
 fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: AuditEvent) -> StoreResult<Principal> {
     let id = &sign_in.identity;
-    let shown = sign_in.display_name.clone().unwrap_or_default();
     if let Some(p) = rbac::oidc_principal(ctx.conn, id).map_err(backend)? {
         if p.display_name == sign_in.display_name {
             return Ok(p);
@@ -247,11 +246,7 @@ fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: Au
         ctx.conn
             .execute("UPDATE principals SET display_name = ?2 WHERE id = ?1", params![p.id, sign_in.display_name])
             .map_err(backend)?;
-        let event = audit
-            .succeeded()
-            .with("principal", p.name.clone())
-            .with("displayName", shown)
-            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        let event = checks::oidc_renamed(audit, &p.name, sign_in.display_name.as_deref(), p.display_name.as_deref());
         ctx.audit(&event).map_err(backend)?;
         return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
     }
@@ -265,14 +260,9 @@ fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: Au
             params![name, nanos(audit.time), id.issuer, id.subject, sign_in.display_name],
         )
         .map_err(backend)?;
-    let event = audit
-        .succeeded()
-        .with("principal", name.clone())
-        .with("type", "User")
-        .with("provisioned", "oidc")
-        .with("issuer", id.issuer.clone())
-        .with("subject", id.subject.clone())
-        .with("displayName", shown);
+    let seen =
+        checks::OidcSeen { issuer: &id.issuer, subject: &id.subject, display_name: sign_in.display_name.as_deref() };
+    let event = checks::oidc_provisioned(audit, &name, seen);
     ctx.audit(&event).map_err(backend)?;
     rbac::oidc_principal(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
 }

@@ -129,14 +129,7 @@ impl AgentStore for SqliteStore {
                     ],
                 )
                 .map_err(backend)?;
-            let mut event = audit
-                .succeeded()
-                .with("mode", spec.mode.as_str())
-                .with("location", spec.location.clone())
-                .with("expiresOn", rfc3339(spec.expires));
-            if let Some(vm) = &spec.vm {
-                event = event.with("vm", vm.clone());
-            }
+            let event = join::token_created(audit, spec.mode, &spec.location, spec.expires, spec.vm.as_deref());
             ctx.audit(&event).map_err(backend)?;
             Ok(())
         })
@@ -351,8 +344,7 @@ impl AgentStore for SqliteStore {
                 )
                 .map_err(backend)?;
             if changed == 0 {
-                let m = format!("agent '{id}' is not known or its credential was already replaced");
-                return reject(ctx, audit, Invalid::not_found(join::AGENT_NOT_FOUND, m));
+                return reject(ctx, audit, join::credential_replaced(&id));
             }
             ctx.audit(&audit.succeeded().with("agentId", id.clone())).map_err(backend)?;
             agents::agent_by_id(ctx.conn, &id).map_err(backend)?.ok_or_else(|| backend("the agent vanished"))
@@ -368,9 +360,7 @@ impl AgentStore for SqliteStore {
                 None => Ok(None),
             })
             .await?;
-        state.ok_or_else(|| {
-            StoreError::Rejected(Invalid::not_found(join::AGENT_NOT_FOUND, format!("agent '{agent_id}' was removed")))
-        })
+        state.ok_or_else(|| StoreError::Rejected(join::agent_removed(agent_id)))
     }
 
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {

@@ -47,6 +47,40 @@ pub fn oidc_name_held(name: &str, holder: i64) -> Invalid {
     )
 }
 
+/// The audit record of local principal `name` of `kind` created.
+pub fn principal_created(audit: AuditEvent, name: &str, kind: &str) -> AuditEvent {
+    audit.succeeded().with("principal", name.to_owned()).with("type", kind.to_owned())
+}
+
+/// What an OIDC sign-in knows of its identity: issuer, subject and the display name it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OidcSeen<'a> {
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub display_name: Option<&'a str>,
+}
+
+/// The audit record of principal `name` provisioned for an OIDC identity at its first sign-in.
+pub fn oidc_provisioned(audit: AuditEvent, name: &str, seen: OidcSeen<'_>) -> AuditEvent {
+    audit
+        .succeeded()
+        .with("principal", name.to_owned())
+        .with("type", "User")
+        .with("provisioned", "oidc")
+        .with("issuer", seen.issuer.to_owned())
+        .with("subject", seen.subject.to_owned())
+        .with("displayName", seen.display_name.unwrap_or_default().to_owned())
+}
+
+/// The audit record of an OIDC principal's display name brought up to date at a sign-in.
+pub fn oidc_renamed(audit: AuditEvent, name: &str, display_name: Option<&str>, previous: Option<&str>) -> AuditEvent {
+    audit
+        .succeeded()
+        .with("principal", name.to_owned())
+        .with("displayName", display_name.unwrap_or_default().to_owned())
+        .with("previousDisplayName", previous.unwrap_or_default().to_owned())
+}
+
 /// No principal is named `name` (as the message should show it).
 pub fn principal_not_found(name: &str) -> Invalid {
     Invalid::not_found(PRINCIPAL_NOT_FOUND, format!("no principal named '{name}'"))

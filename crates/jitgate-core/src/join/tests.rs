@@ -102,3 +102,22 @@ fn a_report_is_refused_past_what_was_delivered_and_audited_only_when_something_c
     let broken = report("a1", before, 3, now(), false, Some("no nft")).expect("accepted").expect("audited");
     assert_eq!((broken.status, broken.properties["nftablesError"].as_str()), (AuditStatus::Failed, "no nft"));
 }
+
+#[test]
+fn a_join_token_record_names_its_vm_when_it_has_one() {
+    let audit = AuditEvent {
+        time: now(),
+        operation: "op".into(),
+        status: AuditStatus::Failed,
+        caller: "me".into(),
+        caller_ip: None,
+        resource_id: "/r".into(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    };
+    let event = token_created(audit.clone(), AgentMode::Host, "westeurope", now(), Some("vm1"));
+    assert_eq!((event.properties["mode"].as_str(), event.properties["vm"].as_str()), ("host", "vm1"));
+    assert!(!token_created(audit, AgentMode::Gateway, "westeurope", now(), None).properties.contains_key("vm"));
+    assert_eq!(credential_replaced("a1").code, AGENT_NOT_FOUND);
+    assert!(agent_removed("a1").message.contains("removed"));
+}

@@ -71,3 +71,19 @@ fn the_records_say_what_changed() {
     let a = assignment_event(audit(), "a1", "alice", "Reader", "/");
     assert_eq!((a.properties["assignmentId"].as_str(), a.properties["scope"].as_str()), ("a1", "/"));
 }
+
+#[test]
+fn the_records_of_oidc_principals_name_the_identity() {
+    let seen = OidcSeen { issuer: "https://idp", subject: "s1", display_name: None };
+    let provisioned = oidc_provisioned(audit(), "oidc:x", seen);
+    assert_eq!(
+        (provisioned.properties["provisioned"].as_str(), provisioned.properties["displayName"].as_str()),
+        ("oidc", "")
+    );
+    let renamed = oidc_renamed(audit(), "oidc:x", Some("Alice"), None);
+    assert_eq!(
+        (renamed.properties["displayName"].as_str(), renamed.properties["previousDisplayName"].as_str()),
+        ("Alice", "")
+    );
+    assert_eq!(principal_created(audit(), "bot", "ServicePrincipal").properties["type"], "ServicePrincipal");
+}
