@@ -26,6 +26,7 @@ pub mod conformance;
 #[cfg(test)]
 mod coverage;
 pub mod secrets;
+pub mod stored;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
 pub const REQUEST_HISTORY_LIMIT: usize = 100;

@@ -110,6 +110,7 @@ use crate::{
 mod agents;
 mod audit_hooks;
 mod identity;
+pub mod literals;
 mod requests;
 
 use agents::*;
