@@ -209,9 +209,16 @@ pub struct Reported {
     pub delivered: i64,
 }
 
-/// Agent `id` reports that it applied `revision` at `now`, and whether nftables is usable:
-/// refused (with the audit record of the refusal), or accepted with the audit record of what
-/// changed, if anything did.
+/// A report, decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reporting {
+    /// Refused: the refusal and the audit record it is written with.
+    Refused { event: AuditEvent, invalid: Invalid },
+    /// Accepted, with the audit record of what changed, if anything did.
+    Accepted(Option<AuditEvent>),
+}
+
+/// Agent `id` reports that it applied `revision` at `now`, and whether nftables is usable.
 pub fn report(
     id: &str,
     before: Reported,
@@ -219,7 +226,7 @@ pub fn report(
     now: OffsetDateTime,
     nft_usable: bool,
     nft_error: Option<&str>,
-) -> Result<Option<AuditEvent>, (AuditEvent, Invalid)> {
+) -> Reporting {
     let event = AuditEvent {
         time: now,
         operation: ops::AGENT_APPLIED.into(),
@@ -238,16 +245,16 @@ pub fn report(
              report only revisions from GET /agent/v1/state",
             revision, before.delivered
         );
-        return Err((event, Invalid::conflict(REVISION_NOT_DELIVERED, m)));
+        return Reporting::Refused { event, invalid: Invalid::conflict(REVISION_NOT_DELIVERED, m) };
     }
     // Audit what changes: a newly applied revision, or a change in nftables health.
     let applied = i64::try_from(revision).unwrap_or(i64::MAX);
     if applied > before.applied || before.usable != Some(nft_usable) {
-        return Ok(Some(
+        return Reporting::Accepted(Some(
             event.with("nftablesUsable", nft_usable.to_string()).with("nftablesError", nft_error.unwrap_or_default()),
         ));
     }
-    Ok(None)
+    Reporting::Accepted(None)
 }
 
 #[cfg(test)]

@@ -405,8 +405,8 @@ impl AgentStore for SqliteStore {
                 report.nft_usable,
                 report.nft_error.as_deref(),
             ) {
-                Ok(audited) => audited,
-                Err((refusal, invalid)) => return reject(ctx, refusal, invalid),
+                join::Reporting::Accepted(audited) => audited,
+                join::Reporting::Refused { event, invalid } => return reject(ctx, event, invalid),
             };
             let revision = i64::try_from(report.revision).unwrap_or(i64::MAX);
             ctx.conn

@@ -93,13 +93,19 @@ fn the_join_and_removal_records_say_what_happened() {
 #[test]
 fn a_report_is_refused_past_what_was_delivered_and_audited_only_when_something_changes() {
     let before = Reported { applied: 3, usable: Some(true), delivered: 4 };
-    let (event, invalid) = report("a1", before, 5, now(), true, None).expect_err("never delivered");
+    let Reporting::Refused { event, invalid } = report("a1", before, 5, now(), true, None) else {
+        panic!("revision 5 was never delivered")
+    };
     assert_eq!(invalid.code, REVISION_NOT_DELIVERED);
     assert_eq!(event.properties["revision"], "5");
-    assert_eq!(report("a1", before, 3, now(), true, None), Ok(None), "nothing new");
-    let applied = report("a1", before, 4, now(), true, None).expect("accepted").expect("audited");
+    assert_eq!(report("a1", before, 3, now(), true, None), Reporting::Accepted(None), "nothing new");
+    let audited = |r: Reporting| match r {
+        Reporting::Accepted(Some(event)) => event,
+        other => panic!("not an audited report: {other:?}"),
+    };
+    let applied = audited(report("a1", before, 4, now(), true, None));
     assert_eq!(applied.status, AuditStatus::Succeeded);
-    let broken = report("a1", before, 3, now(), false, Some("no nft")).expect("accepted").expect("audited");
+    let broken = audited(report("a1", before, 3, now(), false, Some("no nft")));
     assert_eq!((broken.status, broken.properties["nftablesError"].as_str()), (AuditStatus::Failed, "no nft"));
 }
 
