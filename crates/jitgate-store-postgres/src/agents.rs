@@ -1,11 +1,10 @@
 //! Agents: joining with a join token, and the per-agent enforcement state.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use time::OffsetDateTime;
 
-use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState};
+use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState, StateBuilder};
 use jitgate_core::Protocol;
 use jitgate_store::AgentRecord;
 
@@ -48,12 +47,11 @@ pub async fn state(db: &Db, agent: &AgentRecord, now: OffsetDateTime) -> Res<Enf
             })
             .collect(),
     };
-    let mut ports = Vec::new();
-    let mut grants = Vec::new();
+    let mut state = StateBuilder::default();
     let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);
     let now = nanos(now);
     for (key, address) in targets {
-        let mut protected = HashSet::new();
+        state.next_vm();
         let rows_ = db
             .rows(
                 "SELECT v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
@@ -64,8 +62,7 @@ pub async fn state(db: &Db, agent: &AgentRecord, now: OffsetDateTime) -> Res<Enf
         for r in &rows_ {
             let proto: String = r.try_get(2)?;
             let number = rows::port(r, "number")?;
-            protected.insert(number);
-            ports.push(EnforcedPort {
+            state.port(EnforcedPort {
                 vm_id: r.try_get(0)?,
                 address,
                 protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
@@ -83,13 +80,10 @@ pub async fn state(db: &Db, agent: &AgentRecord, now: OffsetDateTime) -> Res<Enf
             .await?;
         for r in &rows_ {
             let number = rows::port(r, "number")?;
-            if !protected.contains(&number) {
-                continue; // the port is no longer under JIT control: nothing to open
-            }
             let proto: String = r.try_get(2)?;
             let form: String = r.try_get(4)?;
             let sources: String = r.try_get(5)?;
-            grants.push(EnforcedGrant {
+            state.grant(EnforcedGrant {
                 request_id: r.try_get(0)?,
                 vm_id: r.try_get(1)?,
                 address,
@@ -101,7 +95,7 @@ pub async fn state(db: &Db, agent: &AgentRecord, now: OffsetDateTime) -> Res<Enf
             });
         }
     }
-    Ok(EnforcementState { revision, mode: agent.mode, ports, grants })
+    Ok(state.build(revision, agent.mode))
 }
 
 /// Consumes a join token and creates the agent (see `AgentStore::join_agent`).
