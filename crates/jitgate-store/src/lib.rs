@@ -21,6 +21,7 @@ use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
+pub mod chain;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]
