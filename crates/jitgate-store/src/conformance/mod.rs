@@ -111,6 +111,7 @@ mod agents;
 mod audit_hooks;
 mod identity;
 pub mod literals;
+pub mod migrations;
 mod requests;
 
 use agents::*;
