@@ -307,5 +307,5 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
-pub use events::{decided_event, extended_event, request_not_found, revoked_event, Decided};
+pub use events::{decided_event, extended_event, request_not_found, revoked_event, By, Decided};
 pub use sweep::{expired_event, opened_event, Swept};

@@ -37,13 +37,7 @@ pub fn state_from_row(r: &Row) -> Res<GrantState> {
     })
 }
 
-/// Who a change is recorded against, besides the new state.
-#[derive(Clone, Copy)]
-pub enum By<'a> {
-    Nobody,
-    Decider(&'a str),
-    Revoker(&'a str),
-}
+pub use jitgate_core::lifecycle::By;
 
 /// Writes a grant's new state (the transitions change status, reason and end).
 pub async fn persist(db: &Db, gid: i64, s: &GrantState, by: By<'_>) -> Res<()> {

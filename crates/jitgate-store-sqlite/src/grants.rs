@@ -50,13 +50,7 @@ pub fn state_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<GrantState> {
     })
 }
 
-/// Who a change is recorded against, besides the new state.
-#[derive(Clone, Copy)]
-pub enum By<'a> {
-    Nobody,
-    Decider(&'a str),
-    Revoker(&'a str),
-}
+pub use jitgate_core::lifecycle::By;
 
 /// Writes a grant's new state (the transitions change status, reason and end).
 pub fn persist(conn: &Connection, gid: i64, s: &GrantState, by: By<'_>) -> rusqlite::Result<()> {

@@ -8,6 +8,15 @@ use crate::initiate::{GrantStatus, StatusReason};
 use crate::invalid::{codes, Invalid};
 use crate::timefmt::rfc3339;
 
+/// Who a change of a grant is recorded against, besides its new state: nobody (the sweep, a
+/// newer grant, an extension), the approver who decided, or the person who revoked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By<'a> {
+    Nobody,
+    Decider(&'a str),
+    Revoker(&'a str),
+}
+
 /// No access request has id `id`.
 pub fn request_not_found(id: i64) -> Invalid {
     Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
