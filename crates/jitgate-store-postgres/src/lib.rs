@@ -36,7 +36,6 @@ mod store_webhooks;
 pub mod testdb;
 mod writer;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -50,21 +49,23 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-pub use hooks::SealReport;
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
-use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
-use jitgate_core::invalid::codes;
-use jitgate_core::lifecycle::{self, Decision, Extension};
-use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::identity::checks;
+use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested};
+use jitgate_core::lifecycle::{self, request_not_found, Decided, Decision, Extension};
+use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{join, outbox, vm_put};
+use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
+pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
-    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken,
-    OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth,
-    TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
+    ExpirySweep, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken, OidcSignIn,
+    PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth, TokenOrigin,
+    TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
 pub use migrate::{MigrationReport, SCHEMA_VERSION};
@@ -415,10 +416,6 @@ impl PgStore {
     }
 }
 
-fn request_not_found(id: i64) -> Invalid {
-    Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
-}
-
 /// A pending extension, once decided (or lapsed), no longer waits.
 async fn clear_extension(db: &Db, id: i64) -> Res<()> {
     db.exec("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = $1", &[&id]).await?;
@@ -430,7 +427,7 @@ async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEve
     ctx.db
         .exec("INSERT INTO principals (name, kind, created) VALUES ($1, $2, $3)", &[&name, &kind, &nanos(audit.time)])
         .await?;
-    ctx.audit(audit.succeeded().with("principal", name).with("type", kind));
+    ctx.audit(checks::principal_created(audit, name, kind));
     rbac::principal(&ctx.db, name).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
 }
 
@@ -438,27 +435,18 @@ async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEve
 /// date, or created with the derived name.
 async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: AuditEvent) -> Res<Principal> {
     let id = &sign_in.identity;
-    let shown = sign_in.display_name.clone().unwrap_or_default();
     if let Some(p) = rbac::oidc_principal(&ctx.db, id, true).await? {
         if p.display_name == sign_in.display_name {
             return Ok(p);
         }
         ctx.db.exec("UPDATE principals SET display_name = $2 WHERE id = $1", &[&p.id, &sign_in.display_name]).await?;
-        let event = audit
-            .succeeded()
-            .with("principal", p.name.clone())
-            .with("displayName", shown)
-            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        let event = checks::oidc_renamed(audit, &p.name, sign_in.display_name.as_deref(), p.display_name.as_deref());
         ctx.audit(event);
         return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
     }
     let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
     if let Some(holder) = rbac::principal(&ctx.db, &name).await? {
-        let m = format!(
-            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
-            holder.id
-        );
-        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+        return reject(ctx, audit, checks::oidc_name_held(&name, holder.id));
     }
     ctx.db
         .exec(
@@ -466,14 +454,9 @@ async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: Audit
             &[&name, &nanos(audit.time), &id.issuer, &id.subject, &sign_in.display_name],
         )
         .await?;
-    let event = audit
-        .succeeded()
-        .with("principal", name.clone())
-        .with("type", "User")
-        .with("provisioned", "oidc")
-        .with("issuer", id.issuer.clone())
-        .with("subject", id.subject.clone())
-        .with("displayName", shown);
+    let seen =
+        checks::OidcSeen { issuer: &id.issuer, subject: &id.subject, display_name: sign_in.display_name.as_deref() };
+    let event = checks::oidc_provisioned(audit, &name, seen);
     ctx.audit(event);
     rbac::oidc_principal(&ctx.db, id, false).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
 }
@@ -487,24 +470,7 @@ async fn vm_claims(db: &Db, key: &str) -> Res<Vec<MappedClaim>> {
     };
     let policy: String = row.try_get(0)?;
     let Some((_, policy)) = rows::load_policy_only(db, &policy).await? else { return Ok(vec![]) };
-    Ok(policy
-        .vms
-        .iter()
-        .filter(|v| v.id.key() == key)
-        .flat_map(|v| {
-            let policy_id = policy.reference.id();
-            v.ports.iter().filter_map(move |p| {
-                p.mapped_port.map(|m| MappedClaim {
-                    policy: policy_id.clone(),
-                    vm: v.id.name().to_owned(),
-                    number: p.number,
-                    protocol: p.protocol,
-                    mapped_port: m,
-                    target: Some("gateway".into()),
-                })
-            })
-        })
-        .collect())
+    Ok(policy_put::claims_of_vm(&policy, key))
 }
 
 #[cfg(test)]

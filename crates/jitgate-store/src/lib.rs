@@ -21,11 +21,13 @@ use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
+pub mod chain;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]
 mod coverage;
 pub mod secrets;
+pub mod stored;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
 pub const REQUEST_HISTORY_LIMIT: usize = 100;

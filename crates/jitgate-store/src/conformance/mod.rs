@@ -114,6 +114,8 @@ use crate::{
 mod agents;
 mod audit_hooks;
 mod identity;
+pub mod literals;
+pub mod migrations;
 mod replica;
 mod requests;
 
