@@ -1,5 +1,6 @@
 //! Agents: joining with a join token, and the per-agent enforcement state.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use time::OffsetDateTime;
@@ -19,83 +20,96 @@ pub async fn agent_by_id(db: &Db, id: &str) -> Res<Option<AgentRecord>> {
     db.opt("SELECT * FROM agents WHERE id = $1", &[&id]).await?.map(|r| rows::agent_from_row(&r)).transpose()
 }
 
-/// Builds what one agent must enforce at `now`.
-pub async fn state(db: &Db, agent: &AgentRecord, now: OffsetDateTime) -> Res<EnforcementState> {
+/// Builds what each of `agents` must enforce at `now`, in their order, with a fixed number of
+/// statements however many agents there are (one more per gateway).
+pub async fn states(db: &Db, agents: &[AgentRecord], now: OffsetDateTime) -> Res<Vec<EnforcementState>> {
     let revision = rows::revision(db).await?;
-    // The VMs this agent enforces for, with the address traffic to them has (gateway mode).
-    let targets: Vec<(String, Option<IpAddr>)> = match agent.mode {
-        // The VM bound to this agent (none once the VM was deleted or another agent took it over).
-        AgentMode::Host => db
-            .rows("SELECT key FROM vms WHERE agent_id = $1 ORDER BY key", &[&agent.id])
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get::<_, String>(0)?, None)))
-            .collect::<Res<_>>()?,
-        // The VMs of the gateway's own subscription attached to it by name.
-        AgentMode::Gateway => db
+    // The VMs each agent enforces for, with the address traffic to them has (gateway mode).
+    let mut targets: HashMap<&str, Vec<(String, Option<IpAddr>)>> = HashMap::new();
+    // Host agents: the VM bound to each (none once the VM was deleted or another agent took it over).
+    let hosts: Vec<&str> = agents.iter().filter(|a| a.mode == AgentMode::Host).map(|a| a.id.as_str()).collect();
+    if !hosts.is_empty() {
+        for r in db.rows("SELECT agent_id, key FROM vms WHERE agent_id = ANY($1) ORDER BY key", &[&hosts]).await? {
+            let (agent, key): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            if let Some(id) = hosts.iter().find(|h| **h == agent) {
+                targets.entry(id).or_default().push((key, None));
+            }
+        }
+    }
+    // Gateways: the VMs of the gateway's own subscription attached to it by name.
+    for agent in agents.iter().filter(|a| a.mode == AgentMode::Gateway) {
+        let rows_ = db
             .rows(
                 "SELECT key, address FROM vms WHERE lower(gateway) = lower($1) AND starts_with(key, $2) \
                  AND address IS NOT NULL ORDER BY key",
                 &[&agent.name, &rows::subscription_prefix(&agent.subscription)],
             )
-            .await?
+            .await?;
+        let list = rows_
             .iter()
             .filter_map(|r| {
                 let key: String = r.try_get(0).ok()?;
                 let address: String = r.try_get(1).ok()?;
                 address.parse().ok().map(|ip| (key, Some(ip)))
             })
-            .collect(),
-    };
-    let mut state = StateBuilder::default();
-    let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);
-    let now = nanos(now);
-    for (key, address) in targets {
-        state.next_vm();
-        let rows_ = db
-            .rows(
-                "SELECT v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
-                 JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = $1 ORDER BY pp.ord",
-                &[&key],
-            )
-            .await?;
-        for r in &rows_ {
-            let proto: String = r.try_get(2)?;
-            let number = rows::port(r, "number")?;
-            state.port(EnforcedPort {
-                vm_id: r.try_get(0)?,
-                address,
-                protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
-                number,
-                cut_sessions: r.try_get(3)?,
-                mapped_port: rows::opt_port(r, "mapped_port")?,
-            });
+            .collect();
+        targets.insert(agent.id.as_str(), list);
+    }
+    let keys: Vec<&str> = targets.values().flatten().map(|(k, _)| k.as_str()).collect();
+    let mut ports_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
+    let mut grants_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
+    if !keys.is_empty() {
+        let sql =
+            "SELECT v.vm_key, v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
+                   JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = ANY($1) \
+                   ORDER BY v.vm_key, pp.ord";
+        for r in db.rows(sql, &[&keys]).await? {
+            ports_of.entry(r.try_get(0)?).or_default().push(r);
         }
-        let rows_ = db
-            .rows(
-                "SELECT rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
-                 WHERE vm_key = $1 AND status = ANY($2) AND end_time > $3 ORDER BY gid",
-                &[&key, &live, &now],
-            )
-            .await?;
-        for r in &rows_ {
-            let number = rows::port(r, "number")?;
-            let proto: String = r.try_get(2)?;
-            let form: String = r.try_get(4)?;
-            let sources: String = r.try_get(5)?;
-            state.grant(EnforcedGrant {
-                request_id: r.try_get(0)?,
-                vm_id: r.try_get(1)?,
-                address,
-                protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
-                number,
-                sources: decode_sources(&form, &sources)?,
-                end_time: rows::time_at(r, "end_time")?,
-                mapped_port: rows::opt_port(r, "mapped_port")?,
-            });
+        let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);
+        let sql =
+            "SELECT vm_key, rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
+                   WHERE vm_key = ANY($1) AND status = ANY($2) AND end_time > $3 ORDER BY gid";
+        for r in db.rows(sql, &[&keys, &live, &nanos(now)]).await? {
+            grants_of.entry(r.try_get(0)?).or_default().push(r);
         }
     }
-    Ok(state.build(revision, agent.mode))
+    let mut out = Vec::with_capacity(agents.len());
+    for agent in agents {
+        let mut state = StateBuilder::default();
+        for (key, address) in targets.get(agent.id.as_str()).into_iter().flatten() {
+            let address = *address;
+            state.next_vm();
+            for r in ports_of.get(key).into_iter().flatten() {
+                let proto: String = r.try_get(3)?;
+                state.port(EnforcedPort {
+                    vm_id: r.try_get(1)?,
+                    address,
+                    protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
+                    number: rows::port(r, "number")?,
+                    cut_sessions: r.try_get(4)?,
+                    mapped_port: rows::opt_port(r, "mapped_port")?,
+                });
+            }
+            for r in grants_of.get(key).into_iter().flatten() {
+                let proto: String = r.try_get(3)?;
+                let form: String = r.try_get(5)?;
+                let sources: String = r.try_get(6)?;
+                state.grant(EnforcedGrant {
+                    request_id: r.try_get(1)?,
+                    vm_id: r.try_get(2)?,
+                    address,
+                    protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
+                    number: rows::port(r, "number")?,
+                    sources: decode_sources(&form, &sources)?,
+                    end_time: rows::time_at(r, "end_time")?,
+                    mapped_port: rows::opt_port(r, "mapped_port")?,
+                });
+            }
+        }
+        out.push(state.build(revision, agent.mode));
+    }
+    Ok(out)
 }
 
 /// Consumes a join token and creates the agent (see `AgentStore::join_agent`).

@@ -21,6 +21,7 @@
 mod agents;
 mod auditq;
 mod chain;
+mod fanout;
 mod grants;
 mod hooks;
 mod migrate;
@@ -283,6 +284,9 @@ pub struct PgStore {
     origin: Arc<str>,
     /// Where changes go to be committed (see [`writer`]).
     writer: tokio::sync::mpsc::Sender<Box<dyn writer::Job>>,
+    /// Where agents' state reads and delivery notes are gathered (see [`fanout`]).
+    states: tokio::sync::mpsc::Sender<fanout::StateAsk>,
+    delivered: tokio::sync::mpsc::Sender<fanout::Delivered>,
     /// Where the connection that listens for other replicas' changes goes.
     config: tokio_postgres::Config,
 }
@@ -364,7 +368,8 @@ impl PgStore {
         let changes = Arc::new(watch::channel(revision).0);
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let writer = writer::start(pool.clone(), changes.clone(), origin.clone());
-        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, config })
+        let (states, delivered) = fanout::start(pool.clone(), writer.clone());
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, states, delivered, config })
     }
 
     /// What the open did to the webhook secrets (sealed, re-sealed, already current).

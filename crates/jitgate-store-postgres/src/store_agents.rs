@@ -312,36 +312,21 @@ impl AgentStore for PgStore {
         .await
     }
 
+    /// Gathered with the other agents' reads of the moment (see `fanout`).
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
-        let id = agent_id.to_owned();
-        let state = self
-            .read(move |db| {
-                Box::pin(async move {
-                    match agents::agent_by_id(db, &id).await? {
-                        Some(agent) => Ok(Some(agents::state(db, &agent, now).await?)),
-                        None => Ok(None),
-                    }
-                })
-            })
-            .await?;
-        state.ok_or_else(|| StoreError::Rejected(join::agent_removed(agent_id)))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = fanout::StateAsk { id: agent_id.to_owned(), now, reply };
+        self.states.send(ask).await.map_err(|_| backend("the store's state reader has stopped"))?;
+        answer.await.map_err(|_| backend("the store's state reader stopped before answering"))?
     }
 
+    /// Gathered with the other agents' delivery notes of the moment (see `fanout`).
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
-        let id = agent_id.to_owned();
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let revision = i64::try_from(revision).unwrap_or(i64::MAX);
-        self.write(move |ctx| {
-            Box::pin(async move {
-                ctx.db
-                    .exec(
-                        "UPDATE agents SET delivered_revision = greatest(delivered_revision, $2) WHERE id = $1",
-                        &[&id, &revision],
-                    )
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
+        let note = fanout::Delivered { id: agent_id.to_owned(), revision, reply };
+        self.delivered.send(note).await.map_err(|_| backend("the store's delivery writer has stopped"))?;
+        answer.await.map_err(|_| backend("the store's delivery writer stopped before answering"))?
     }
 
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
