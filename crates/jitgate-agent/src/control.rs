@@ -40,10 +40,17 @@ pub trait Control: Send + Sync {
     ) -> impl Future<Output = Result<StateOut, CallError>> + Send;
     /// Reports what was applied.
     fn applied(&self, credential: &str, report: &AppliedIn) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// The server in use, when there is one to name.
+    fn server(&self) -> Option<&str> {
+        None
+    }
 }
 
-/// The agent protocol over HTTPS, through `jitgate-client`. No retries inside a call: the
-/// agent's own loop backs off and tries again.
+/// The agent protocol over HTTPS, through `jitgate-client`, to one server or several replicas:
+/// a call that finds its server gone (no connection, a timeout, 502/503/504) moves on to the
+/// next one at once — a join, a state request and a report, and any call whose connection
+/// could not be made — and the server that answers is kept; each switch is logged once. No retries inside a
+/// call beyond one round of the servers: the agent's own loop backs off and tries again.
 #[derive(Debug, Clone)]
 pub struct HttpControl {
     client: jitgate_client::Client,
@@ -53,9 +60,13 @@ pub struct HttpControl {
 pub use jitgate_client::ClientError;
 
 impl HttpControl {
-    /// A client for the server at `server` (`https://host:port`), trusting `ca_cert` too.
-    pub fn new(server: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
-        let settings = jitgate_client::Settings::new(server).ca_cert_path(ca_cert).retries(0, Duration::ZERO);
+    /// A client for the servers at `servers` (`https://host:port` each, or comma lists), tried in
+    /// this order, trusting `ca_cert` too.
+    pub fn new<S: AsRef<str>>(servers: &[S], ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+        let settings = jitgate_client::Settings::with_urls(servers)
+            .ca_cert_path(ca_cert)
+            .retries(0, Duration::ZERO)
+            .on_switch(|s| tracing::warn!(from = %s.from, "switched to {} after {}", s.to, s.after));
         Ok(HttpControl { client: jitgate_client::Client::new(settings)? })
     }
 }
@@ -95,6 +106,10 @@ impl Control for HttpControl {
 
     async fn applied(&self, credential: &str, report: &AppliedIn) -> Result<(), CallError> {
         self.client.agent().applied(credential, report).await.map_err(call_error)
+    }
+
+    fn server(&self) -> Option<&str> {
+        Some(self.client.url())
     }
 }
 

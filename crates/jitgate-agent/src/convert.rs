@@ -87,6 +87,32 @@ pub fn desired(state: &StateOut, mode: Mode, asked: Instant, already_elapsed: Du
     d
 }
 
+/// How far a grant's end may move between two answers and still be the same end: the
+/// difference is the network's latency, or the clocks of the replicas that answered, not a
+/// change of the grant.
+pub const SAME_END: Duration = Duration::from_secs(1);
+
+/// Gives each grant and mapping of `desired` that `applied` holds with an end within
+/// [`SAME_END`] the end it has in `applied`, so that the plan leaves its kernel element — and
+/// the element's timeout — as it is. Ends further apart (an extension) stay as the server says.
+pub fn keep_applied_ends(desired: &mut Desired, applied: &Desired) {
+    let same = |a: Instant, b: Instant| a.max(b).duration_since(a.min(b)) <= SAME_END;
+    for (key, end) in desired.grants.iter_mut() {
+        if let Some(old) = applied.grants.get(key) {
+            if same(*old, *end) {
+                *end = *old;
+            }
+        }
+    }
+    for (key, (target, end)) in desired.dnat.iter_mut() {
+        if let Some((old_target, old)) = applied.dnat.get(key) {
+            if old_target == target && same(*old, *end) {
+                *end = *old;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +173,27 @@ mod tests {
         assert!(d.grants.values().all(|end| *end == asked + Duration::from_secs(10)));
         let d = desired(&state("host", None), Mode::Host, asked, Duration::from_secs(61));
         assert!(d.grants.is_empty());
+    }
+
+    #[test]
+    fn ends_that_moved_by_less_than_a_second_keep_the_applied_end() {
+        let t0 = Instant::now();
+        let applied = desired(&state("gateway", Some("10.2.0.7")), Mode::Gateway, t0, Duration::ZERO);
+        // The same state answered 300 ms later by a server whose clock is 400 ms ahead.
+        let mut later = state("gateway", Some("10.2.0.7"));
+        later.grants[0].remaining_ms -= 700;
+        let mut d = desired(&later, Mode::Gateway, t0 + Duration::from_millis(300), Duration::ZERO);
+        keep_applied_ends(&mut d, &applied);
+        assert_eq!(d.grants, applied.grants, "the kernel elements stay as they are");
+        assert_eq!(d.dnat, applied.dnat);
+        assert!(matches!(jitgate_enforce::plan(Some(&applied), &d, t0), jitgate_enforce::Plan::Nothing));
+
+        // An extension moves the end by more: the server's end is taken.
+        let mut extended = state("gateway", Some("10.2.0.7"));
+        extended.grants[0].remaining_ms += 60_000;
+        let mut d = desired(&extended, Mode::Gateway, t0, Duration::ZERO);
+        keep_applied_ends(&mut d, &applied);
+        assert!(d.grants.values().all(|end| *end == t0 + Duration::from_secs(120)));
+        assert!(d.dnat.values().all(|(_, end)| *end == t0 + Duration::from_secs(120)));
     }
 }

@@ -32,7 +32,8 @@ pub const STATE_FILE: &str = "state.json";
 /// How the agent was started.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub server: Option<String>,
+    /// The control plane's replicas, tried in this order (empty: the stored ones).
+    pub servers: Vec<String>,
     pub join_token: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub state_dir: PathBuf,
@@ -50,7 +51,11 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Credential {
+    /// The server the agent joined through (or the first of the list it was last started with).
     pub server: String,
+    /// Every replica the agent was given; a later start with `--server` replaces the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
     pub agent_id: String,
     pub credential: String,
     pub name: String,
@@ -185,20 +190,27 @@ pub fn local_addresses() -> Vec<IpAddr> {
         .collect()
 }
 
-/// The stored credential, with the server and CA certificate given on the command line in
+/// The stored credential, with the servers and CA certificate given on the command line in
 /// place of the stored ones; `None` when the agent has not joined yet.
 pub fn stored_credential(cfg: &AgentConfig) -> Result<Option<Credential>, AgentError> {
     let path = cfg.state_dir.join(CREDENTIAL_FILE);
     let Ok(data) = std::fs::read(&path) else { return Ok(None) };
     let mut c: Credential =
         serde_json::from_slice(&data).map_err(|source| AgentError::BadCredential { path: path.clone(), source })?;
-    if let Some(server) = &cfg.server {
-        c.server = server.trim_end_matches('/').to_owned();
+    let given = given_servers(cfg);
+    if let Some(first) = given.first() {
+        c.server = first.clone();
+        c.servers = given;
     }
     if cfg.ca_cert.is_some() {
         c.ca_cert = cfg.ca_cert.clone();
     }
     Ok(Some(c))
+}
+
+/// The servers given at start: each `--server`, comma lists split, trailing slashes removed.
+pub fn given_servers(cfg: &AgentConfig) -> Vec<String> {
+    cfg.servers.iter().flat_map(|s| jitgate_client::split_urls(s)).collect()
 }
 
 /// Loads the stored credential, or joins with the join token and stores the new one.
@@ -211,7 +223,10 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
     if let Some(c) = stored_credential(cfg)? {
         return Ok(c);
     }
-    let Some(server) = cfg.server.as_deref() else { return Err(AgentError::NoServer) };
+    let servers = given_servers(cfg);
+    if servers.is_empty() {
+        return Err(AgentError::NoServer);
+    }
     let Some(token) = cfg.join_token.as_deref() else { return Err(AgentError::NoJoinToken) };
     let name = cfg.vm_name.clone().unwrap_or_else(hostname);
     let body = JoinIn {
@@ -235,7 +250,8 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
         source => AgentError::Call { what: "joining", source },
     })?;
     let c = Credential {
-        server: server.trim_end_matches('/').to_owned(),
+        server: control.server().unwrap_or(&servers[0]).to_owned(),
+        servers: if servers.len() > 1 { servers } else { Vec::new() },
         agent_id: out.agent_id,
         credential: out.credential,
         name: out.name,
@@ -295,11 +311,15 @@ pub async fn run<F: Firewall>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let stored = stored_credential(&cfg)?;
-    let (server, ca_cert) = match &stored {
-        Some(c) => (c.server.clone(), c.ca_cert.clone()),
-        None => (cfg.server.clone().ok_or(AgentError::NoServer)?, cfg.ca_cert.clone()),
+    let (servers, ca_cert) = match &stored {
+        Some(c) if c.servers.is_empty() => (vec![c.server.clone()], c.ca_cert.clone()),
+        Some(c) => (c.servers.clone(), c.ca_cert.clone()),
+        None => (given_servers(&cfg), cfg.ca_cert.clone()),
     };
-    let control = HttpControl::new(&server, ca_cert.as_deref())?;
+    if servers.is_empty() {
+        return Err(AgentError::NoServer);
+    }
+    let control = HttpControl::new(&servers, ca_cert.as_deref())?;
     run_with(cfg, &control, firewall, shutdown).await
 }
 
@@ -422,7 +442,10 @@ pub async fn run_with<F: Firewall>(
         let (usable, error) = match &health {
             Err(e) => (false, Some(e.clone())),
             Ok(()) => {
-                let desired = convert::desired(&state, mode, received, Duration::ZERO);
+                let mut desired = convert::desired(&state, mode, received, Duration::ZERO);
+                if let Some(applied) = &applied {
+                    convert::keep_applied_ends(&mut desired, applied);
+                }
                 let at = now();
                 let result = match plan(applied.as_ref(), &desired, at) {
                     Plan::Nothing => Ok(()),

@@ -80,7 +80,7 @@ fn clone_join(b: &JoinIn) -> JoinIn {
 
 fn config(dir: &Path, join_token: Option<&str>) -> AgentConfig {
     AgentConfig {
-        server: join_token.map(|_| "https://jit.example:8443/".to_owned()),
+        servers: join_token.map(|_| "https://jit.example:8443/".to_owned()).into_iter().collect(),
         join_token: join_token.map(str::to_owned),
         ca_cert: None,
         state_dir: dir.to_owned(),
@@ -241,11 +241,34 @@ async fn joins_once_applies_and_long_polls_from_the_revision_it_applied() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_server_list_is_stored_at_join_and_a_later_start_with_another_list_replaces_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_answers, answers_rx) = mpsc::unbounded_channel();
+    let (calls_tx, _calls) = mpsc::unbounded_channel();
+    let control = FakeControl { answers: Mutex::new(answers_rx), calls: calls_tx };
+    let mut cfg = config(dir.path(), Some("join-token-1"));
+    cfg.servers = vec!["https://a:8443/,https://b:8443".into(), "https://c:8443".into()];
+    let joined = credential(&cfg, &control).await.expect("joined");
+    let all: Vec<String> = ["https://a:8443", "https://b:8443", "https://c:8443"].map(String::from).into();
+    assert_eq!((joined.server.as_str(), joined.servers.as_slice()), ("https://a:8443", &all[..]));
+
+    // A later start without --server runs on the stored list.
+    let stored = stored_credential(&config(dir.path(), None)).expect("read").expect("stored");
+    assert_eq!((stored.agent_id.as_str(), stored.servers.as_slice()), ("agent-1", &all[..]));
+    // A start with another list runs on that list alone.
+    let mut other = config(dir.path(), None);
+    other.servers = vec!["https://d:8443".into()];
+    let c = stored_credential(&other).expect("read").expect("stored");
+    assert_eq!((c.server.as_str(), c.servers.as_slice()), ("https://d:8443", &["https://d:8443".to_owned()][..]));
+    assert_eq!(c.credential, "cred-1", "the same credential: it is valid on every replica");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_credential_or_a_token_the_agent_says_how_to_join() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (fw, _) = firewall();
     let mut cfg = config(dir.path(), None);
-    cfg.server = Some("https://jit.example:8443".into());
+    cfg.servers = vec!["https://jit.example:8443".into()];
     let err = Agent::start(cfg, fw).stop().await.expect_err("no token");
     assert!(matches!(err, AgentError::NoJoinToken), "{err}");
 }

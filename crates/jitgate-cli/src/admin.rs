@@ -19,9 +19,10 @@ use crate::{CliError, ConnArgs};
   jitgate login --url https://jit.example.com:8443 --oidc      # sign in with the server's OIDC provider (device flow)
   jitgate login --url https://jit.example.com:8443 --oidc --browser   # … in a browser on this machine")]
 pub struct LoginArgs {
-    /// The server's URL.
-    #[arg(long = "url", env = "JITGATE_URL")]
-    pub url: String,
+    /// The server's URL; several (repeated, or a comma list) for replicas sharing one
+    /// database, all saved in the profile.
+    #[arg(long = "url", visible_alias = "server", env = "JITGATE_URL", value_delimiter = ',', required = true)]
+    pub url: Vec<String>,
     /// An API token (or an ID token) to save.
     #[arg(long, env = "JITGATE_TOKEN", hide_env_values = true, required_unless_present = "oidc")]
     pub token: Option<String>,
@@ -77,8 +78,11 @@ fn open_browser(link: &str) {
 /// Checks the settings against the server, then writes the profile (0600).
 pub async fn login(a: LoginArgs) -> Result<(), CliError> {
     let ca = a.ca_cert.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let client = Client::new(Settings::new(a.url.as_str()).ca_cert_path(ca.as_deref()))?;
-    let url = client.url().to_owned();
+    let client = Client::new(Settings::with_urls(&a.url).ca_cert_path(ca.as_deref()))?;
+    if client.urls().is_empty() {
+        return Err(fail(exit::USAGE, "no server: --url is empty"));
+    }
+    let url = client.urls().join(",");
     let token = match a.token {
         Some(t) => t,
         None => {

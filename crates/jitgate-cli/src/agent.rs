@@ -39,9 +39,11 @@ const AGENT_EXAMPLES: &str = "Examples:
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentRunArgs {
-    /// The control plane's URL (needed to join; later taken from the stored credential).
-    #[arg(long)]
-    pub server: Option<String>,
+    /// The control plane's URL (needed to join; later taken from the stored credential). Give
+    /// it several times, or as a comma list, for replicas sharing one database: the agent moves
+    /// to the next when one stops answering.
+    #[arg(long, value_delimiter = ',')]
+    pub server: Vec<String>,
     /// The one-time join token (`jitgate agent token create`); needed only the first time.
     #[arg(long, env = "JITGATE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,

@@ -50,6 +50,12 @@ pub enum BenchCommand {
     /// The server's time to render the portal's JIT VM access page over many VMs, and its size.
     #[command(after_help = "Example:\n  jitgate bench portal --vms 10000")]
     Portal(PortalArgs),
+    /// PostgreSQL scale-out: initiates per second with 1 and 2 replicas on one database, the
+    /// fan-out of one initiate to many long-polling agents across the replicas, and memory.
+    #[command(
+        after_help = "Example:\n  jitgate bench replicas --agents 1000 --vms 10000\n  sudo jitgate bench replicas   # also the memory of a real agent, in a network namespace"
+    )]
+    Replicas(ReplicasArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
     Inner(InnerArgs),
@@ -83,6 +89,31 @@ pub struct KernelArgs {
     /// Seconds of TCP connects per connect-rate measurement.
     #[arg(long, default_value_t = 3)]
     pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplicasArgs {
+    /// The PostgreSQL server (no database: the benchmark makes its own and drops it).
+    #[arg(long, env = "JITGATE_BENCH_PG", default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub postgres: String,
+    /// Concurrent initiating clients, spread over the replicas.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// Seconds of initiates measured per configuration.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+    /// Seconds of warm-up before measuring.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Simulated agents (on no firewall: they report what they are sent) long-polling the replicas.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub agents: u64,
+    /// Registered VMs in all (the agents' VMs included).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=200_000))]
+    pub vms: u64,
+    /// Initiates touching every agent's VM, timed until all agents report them applied.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub rounds: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -173,20 +204,14 @@ pub async fn put_bench_policy(client: &Client, at: &PolicyRef, vm_id: &str, port
     }
 }
 
-pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
-    let (_local, url, token, ca) = match &args.url {
-        Some(url) => {
-            (None, url.trim_end_matches('/').to_owned(), args.token.clone().unwrap_or_default(), args.ca_cert.clone())
-        }
-        None => {
-            let exe =
-                std::env::current_exe().map_err(|e| fail(exit::ERROR, format!("locating the jitgate binary: {e}")))?;
-            let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, BENCH_SERVER_FLAGS)).await??;
-            let (url, token, ca) = (server.url.clone(), server.token.clone(), Some(server.ca_cert.clone()));
-            (Some(server), url, token, ca)
-        }
-    };
-    let client = Client::new(Settings::new(url.as_str()).token(token).ca_cert_path(ca.as_deref()))?;
+/// The VM and policy the initiate benchmark drives: registered and written through `client`.
+pub struct BenchTarget {
+    pub vm_id: String,
+    pub initiate: String,
+}
+
+/// Registers the bench VM and writes its policy (port 22, any source).
+pub async fn bench_target(client: &Client) -> Result<BenchTarget, CliError> {
     let vm_id =
         format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/bench-vm");
     let policy = PolicyRef {
@@ -204,18 +229,53 @@ pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
     if let Err(e) = client.native().put_vm(&vm).await {
         return Err(fail(exit::ERROR, format!("registering the bench VM: {e}")));
     }
-    put_bench_policy(&client, &policy, &vm_id, 22).await?;
+    put_bench_policy(client, &policy, &vm_id, 22).await?;
+    Ok(BenchTarget { vm_id, initiate: policy.id() })
+}
 
+/// What a run of initiates measured: the latencies of those that succeeded (sorted), and how
+/// many failed.
+pub struct Measured {
+    pub latencies: Vec<Duration>,
+    pub errors: u64,
+    pub seconds: u64,
+}
+
+impl Measured {
+    /// The `p` quantile (0..=1) of the latencies.
+    pub fn pct(&self, p: f64) -> Duration {
+        let n = self.latencies.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        self.latencies[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds.max(1) as f64
+    }
+}
+
+/// Runs `concurrency` clients initiating as fast as they can for `seconds` after `warmup`
+/// seconds; client `i` uses `clients[i % clients.len()]` (one server each, or all the same).
+pub async fn drive(
+    clients: &[Client],
+    target: &BenchTarget,
+    concurrency: u64,
+    warmup: u64,
+    seconds: u64,
+) -> Result<Measured, CliError> {
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs(args.warmup);
-    let end = measure_from + Duration::from_secs(args.seconds);
-    let initiate = Arc::new(policy.id());
+    let measure_from = start + Duration::from_secs(warmup);
+    let end = measure_from + Duration::from_secs(seconds);
+    let initiate = Arc::new(target.initiate.clone());
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let client = client.clone();
-        let (counter, errors, initiate, vm_id) = (counter.clone(), errors.clone(), initiate.clone(), vm_id.clone());
+    for i in 0..concurrency {
+        let Some(client) = clients.get(i as usize % clients.len().max(1)).cloned() else { break };
+        let (counter, errors, initiate, vm_id) =
+            (counter.clone(), errors.clone(), initiate.clone(), target.vm_id.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(16_384);
             loop {
@@ -252,12 +312,34 @@ pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
         all.extend(t.await?);
     }
     all.sort_unstable();
-    let errs = errors.load(Ordering::Relaxed);
+    let errors = errors.load(Ordering::Relaxed);
     if all.is_empty() {
-        return Err(fail(exit::ERROR, format!("no initiate succeeded ({errs} failed)")));
+        return Err(fail(exit::ERROR, format!("no initiate succeeded ({errors} failed)")));
     }
-    let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(Measured { latencies: all, errors, seconds })
+}
+
+/// Milliseconds, for printing.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
+    let (_local, url, token, ca) = match &args.url {
+        Some(url) => {
+            (None, url.trim_end_matches('/').to_owned(), args.token.clone().unwrap_or_default(), args.ca_cert.clone())
+        }
+        None => {
+            let exe =
+                std::env::current_exe().map_err(|e| fail(exit::ERROR, format!("locating the jitgate binary: {e}")))?;
+            let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, BENCH_SERVER_FLAGS)).await??;
+            let (url, token, ca) = (server.url.clone(), server.token.clone(), Some(server.ca_cert.clone()));
+            (Some(server), url, token, ca)
+        }
+    };
+    let client = Client::new(Settings::new(url.as_str()).token(token).ca_cert_path(ca.as_deref()))?;
+    let target = bench_target(&client).await?;
+    let m = drive(std::slice::from_ref(&client), &target, args.concurrency, args.warmup, args.seconds).await?;
     println!(
         "jitgate bench: initiate over HTTPS (keep-alive), {} clients, {} s measured after {} s warm-up",
         args.concurrency, args.seconds, args.warmup
@@ -270,14 +352,14 @@ pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
             " (its --rate-limit-initiate applies: turn it off there to measure throughput)"
         }
     );
-    println!("initiates: {} ok, {errs} failed", all.len());
-    println!("throughput: {:.0} initiates/s", all.len() as f64 / args.seconds as f64);
+    println!("initiates: {} ok, {} failed", m.latencies.len(), m.errors);
+    println!("throughput: {:.0} initiates/s", m.rate());
     println!(
         "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-        ms(pct(0.50)),
-        ms(pct(0.90)),
-        ms(pct(0.99)),
-        ms(*all.last().unwrap_or(&Duration::ZERO))
+        ms(m.pct(0.50)),
+        ms(m.pct(0.90)),
+        ms(m.pct(0.99)),
+        ms(m.pct(1.0))
     );
     Ok(())
 }

@@ -44,7 +44,8 @@ pub struct Cli {
 /// Exit codes, for scripts.
 pub const EXIT_CODES: &str = "Exit codes: 0 ok, 1 error, 2 usage, 3 denied (401/403), 4 not found (404), 5 timeout waiting,
 6 not enforced (--wait or connect on a VM with no enforcement point: nothing opens or closes its ports).
-Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes.";
+Connection: --url/--token/--ca-cert, or JITGATE_URL/JITGATE_TOKEN/JITGATE_CA_CERT, or the profile `jitgate login` writes;
+--url (alias --server) may repeat or be a comma list of replicas.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -125,9 +126,11 @@ pub struct QuickstartArgs {
 /// How a client command reaches the server.
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
-    /// The server's URL.
-    #[arg(long = "url", env = "JITGATE_URL", global = true)]
-    pub url: Option<String>,
+    /// The server's URL. Give it several times, or as a comma list, for replicas sharing one
+    /// database: a call that finds one gone moves on to the next (GETs, PUTs, DELETEs and
+    /// initiate, which carries an idempotency key).
+    #[arg(long = "url", visible_alias = "server", env = "JITGATE_URL", global = true, value_delimiter = ',')]
+    pub url: Vec<String>,
     /// A bearer token.
     #[arg(long, env = "JITGATE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
@@ -141,14 +144,26 @@ impl ConnArgs {
     /// environment, then the profile — or a clear error naming what is missing.
     pub fn connect(&self) -> Result<Client, CliError> {
         let profile = profile::load();
-        let url = self.url.clone().or(profile.url).ok_or_else(|| {
-            output::fail(output::exit::USAGE, "no server: set --url or JITGATE_URL, or run `jitgate login`")
-        })?;
+        let urls = match self.urls() {
+            urls if !urls.is_empty() => urls,
+            _ => profile.url.as_deref().map(jitgate_client::split_urls).unwrap_or_default(),
+        };
+        if urls.is_empty() {
+            return Err(output::fail(
+                output::exit::USAGE,
+                "no server: set --url or JITGATE_URL, or run `jitgate login`",
+            ));
+        }
         let token = self.token.clone().or(profile.token).ok_or_else(|| {
             output::fail(output::exit::USAGE, "no token: set --token or JITGATE_TOKEN, or run `jitgate login`")
         })?;
         let ca = self.ca_cert.clone().or(profile.ca_cert);
-        Ok(Client::new(Settings::new(url).token(token).ca_cert_path(ca.as_deref()))?)
+        Ok(Client::new(Settings::with_urls(urls).token(token).ca_cert_path(ca.as_deref()))?)
+    }
+
+    /// The servers given by flags or the environment: each `--url`, comma lists split.
+    pub fn urls(&self) -> Vec<String> {
+        self.url.iter().flat_map(|u| jitgate_client::split_urls(u)).collect()
     }
 }
 
@@ -199,6 +214,10 @@ pub struct ServeArgs {
     /// holds the TLS files and the secrets key (give every replica the same key).
     #[arg(long, env = "JITGATE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// With several replicas on one database: how long a replica keeps running the expiry sweep
+    /// or audit retention without renewing its lease; a replica that dies hands them on after it.
+    #[arg(long, env = "JITGATE_LEASE_TTL", default_value = "15s", value_parser = seconds)]
+    pub lease_ttl: std::time::Duration,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "JITGATE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -504,5 +523,47 @@ mod help_tests {
         let mut missing = Vec::new();
         undocumented(&Cli::command(), "jitgate".into(), &mut missing);
         assert!(missing.is_empty(), "arguments without help text: {missing:#?}");
+    }
+}
+
+#[cfg(test)]
+mod server_list_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn url_repeats_takes_comma_lists_and_has_the_alias_server() {
+        let cli =
+            parse(&["jitgate", "vm", "list", "--url", "https://a:8443,https://b:8443/", "--server", "https://c:8443"]);
+        let Command::Vm(admin::VmArgs { command: admin::VmCommand::List(l) }) = cli.command else { panic!("vm list") };
+        assert_eq!(l.conn.urls(), ["https://a:8443", "https://b:8443", "https://c:8443"]);
+    }
+
+    #[test]
+    fn the_agent_takes_server_repeated_and_as_a_comma_list() {
+        let cli = parse(&[
+            "jitgate",
+            "agent",
+            "--server",
+            "https://a:8443,https://b:8443",
+            "--server",
+            "https://c:8443",
+            "--state-dir",
+            "/tmp/x",
+        ]);
+        let Command::Agent(a) = cli.command else { panic!("agent") };
+        assert_eq!(a.run.server, ["https://a:8443", "https://b:8443", "https://c:8443"]);
+    }
+
+    #[test]
+    fn login_takes_a_list() {
+        let cli = parse(&["jitgate", "login", "--url", "https://a:8443", "--url", "https://b:8443", "--token", "t"]);
+        let Command::Login(l) = cli.command else { panic!("login") };
+        assert_eq!(l.url, ["https://a:8443", "https://b:8443"]);
     }
 }

@@ -27,9 +27,10 @@ impl Agent<'_> {
         Call::new(method, self.client.at(path)).bearer(bearer)
     }
 
-    /// Joins with the one-time token in `body`.
+    /// Joins with the one-time token in `body`. The call may be repeated (on another replica
+    /// too): the token makes one join at most, a second use is refused.
     pub async fn join(&self, body: &JoinIn) -> Result<JoinOut, ClientError> {
-        self.client.json(self.call(Method::POST, "/agent/v1/join", None).json(body)).await
+        self.client.json(self.call(Method::POST, "/agent/v1/join", None).json(body).repeatable()).await
     }
 
     /// Exchanges `credential` for a new one; the old one stops working.
@@ -50,8 +51,9 @@ impl Agent<'_> {
         self.client.json(call).await
     }
 
-    /// Reports what was applied.
+    /// Reports what was applied (a report may be repeated, on another replica too).
     pub async fn applied(&self, credential: &str, report: &AppliedIn) -> Result<(), ClientError> {
-        self.client.send(self.call(Method::POST, "/agent/v1/applied", Some(credential)).json(report)).await.map(drop)
+        let call = self.call(Method::POST, "/agent/v1/applied", Some(credential)).json(report).repeatable();
+        self.client.send(call).await.map(drop)
     }
 }

@@ -90,10 +90,15 @@ impl Arm<'_> {
     }
 
     /// Requests access under the policy `policy_id` (its ARM id); with `wait`, the answer comes
-    /// once every enforcement point has applied the grants (`?wait=applied`).
+    /// once every enforcement point has applied the grants (`?wait=applied`). The call carries
+    /// a fresh `x-ms-client-request-id`, so a repeat after a lost answer (on another replica
+    /// too) gets the first answer instead of making a second request.
     pub async fn initiate(&self, policy_id: &str, body: &InitiateIn, wait: bool) -> Result<RequestOut, ClientError> {
-        let call =
-            self.call(Method::POST, &format!("{policy_id}/initiate")).query_if(wait, "wait", "applied").json(body);
+        let call = self
+            .call(Method::POST, &format!("{policy_id}/initiate"))
+            .query_if(wait, "wait", "applied")
+            .json(body)
+            .idempotency_key();
         self.client.json(call).await
     }
 }

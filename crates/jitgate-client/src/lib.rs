@@ -1,12 +1,14 @@
 //! The typed HTTP client of jitgate's three APIs: Azure's JIT policies ([`arm`]), jitgate's own
 //! `/api/v1` ([`native`]) and the agent protocol ([`agent`]), over the DTOs of
-//! `jitgate-api-types`. [`Settings`] are the connection settings (URL, bearer token, CA
-//! certificate, timeouts, retries); [`Client`] sends, retries idempotent calls on connection
-//! errors and 502/503/504 with backoff, follows `nextLink`, and turns every failure into a
-//! [`ClientError`]. [`oidc`] signs humans in (device flow, or PKCE with a loopback redirect).
+//! `jitgate-api-types`. [`Settings`] are the connection settings (one URL or several replicas,
+//! bearer token, CA certificate, timeouts, retries); [`Client`] sends, moves to the next replica
+//! and retries calls that are safe to repeat on connection errors and 502/503/504 with backoff,
+//! follows `nextLink`, and turns every failure into a [`ClientError`]. [`oidc`] signs humans in
+//! (device flow, or PKCE with a loopback redirect).
 
 pub mod agent;
 pub mod arm;
+mod failover;
 #[cfg(feature = "local-server")]
 pub mod local;
 pub mod native;
@@ -58,20 +60,31 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    /// Several servers were tried and none answered: each URL with its last failure, in the
+    /// order they were tried.
+    #[error("no server answered: {}", failover::describe(.tried))]
+    Unavailable { tried: Vec<(String, ClientError)> },
 }
 
 impl ClientError {
     /// The HTTP status of a refusal.
+    /// For [`ClientError::Unavailable`], the status of the last server tried.
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            ClientError::Unavailable { tried } => tried.last().and_then(|(_, e)| e.status()),
             _ => None,
         }
     }
 
-    /// Whether the server did not answer in time.
+    /// Whether the server did not answer in time (for [`ClientError::Unavailable`], the last
+    /// server tried).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, ClientError::Transport(e) | ClientError::Body(e) if e.is_timeout())
+        match self {
+            ClientError::Transport(e) | ClientError::Body(e) => e.is_timeout(),
+            ClientError::Unavailable { tried } => tried.last().is_some_and(|(_, e)| e.is_timeout()),
+            _ => false,
+        }
     }
 }
 
@@ -84,11 +97,12 @@ pub enum CaCert {
     Pem(Vec<u8>),
 }
 
-/// How to reach a server.
+/// How to reach a server, or one of several replicas of it.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `https://host:port`, without a trailing slash (one is removed).
-    pub url: String,
+    /// The servers' base URLs (`https://host:port`, without a trailing slash), tried in this
+    /// order; replicas of one control plane (they share its database).
+    pub urls: Vec<String>,
     /// The bearer token sent with every call of the ARM and native APIs.
     pub token: Option<String>,
     /// Trusted besides the system's roots.
@@ -97,11 +111,13 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// How long a whole call may take (a call may ask for more, like the agent's long-poll).
     pub timeout: Duration,
-    /// How often an idempotent call (GET, PUT, DELETE) is tried again after a connection error
-    /// or a 502/503/504.
+    /// How often a call that is safe to repeat (GET, PUT, DELETE, or one with an idempotency
+    /// key) is tried again, on every server, after a connection error or a 502/503/504.
     pub retries: u32,
     /// The wait before the first retry; it doubles for each further one.
     pub backoff: Duration,
+    /// Called when a call lands on another server than the one the client was using.
+    pub on_switch: Option<SwitchHook>,
 }
 
 /// Default [`Settings::timeout`].
@@ -114,18 +130,31 @@ pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(200);
 
 impl Settings {
-    /// The defaults for `url`: no token, the system's roots, 10 s to connect, 60 s per call, two
-    /// retries 200 ms and 400 ms after the first failure.
+    /// The defaults for `url` (one URL, or a comma-separated list of replicas): no token, the
+    /// system's roots, 10 s to connect, 60 s per call, two retries 200 ms and 400 ms after the
+    /// first failure.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::with_urls(split_urls(&url.into()))
+    }
+
+    /// The defaults for several replicas, tried in this order (each may be a comma list too).
+    pub fn with_urls<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Self {
         Settings {
-            url: url.into().trim_end_matches('/').to_owned(),
+            urls: urls.into_iter().flat_map(|u| split_urls(u.as_ref())).collect(),
             token: None,
             ca_cert: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
             retries: DEFAULT_RETRIES,
             backoff: DEFAULT_BACKOFF,
+            on_switch: None,
         }
+    }
+
+    /// Calls `hook` each time a call lands on another server than the one in use.
+    pub fn on_switch(mut self, hook: impl Fn(&Switch) + Send + Sync + 'static) -> Self {
+        self.on_switch = Some(SwitchHook(std::sync::Arc::new(hook)));
+        self
     }
 
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -189,11 +218,12 @@ pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, ClientErro
     Settings::new("").ca_cert_path(ca_cert).http_client()
 }
 
-/// A connection to one server. Cheap to clone (the connection pool is shared).
+/// A connection to a server, or to whichever of several replicas answers. Cheap to clone (the
+/// connection pool and the server in use are shared).
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    url: String,
+    servers: std::sync::Arc<failover::Servers>,
     token: Option<String>,
     retries: u32,
     backoff: Duration,
@@ -203,11 +233,16 @@ pub struct Client {
 #[derive(Debug)]
 pub(crate) struct Call {
     method: Method,
+    /// A path on the server, or an absolute URL (a `nextLink` to a server not in the list).
     url: String,
     query: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
     bearer: Bearer,
     timeout: Option<Duration>,
+    /// Sent as `x-ms-client-request-id`: the server answers a repeat with the first answer.
+    idempotency_key: Option<String>,
+    /// Repeating the call changes nothing more than the first one did.
+    idempotent: bool,
 }
 
 /// Which bearer token a call carries.
@@ -223,7 +258,31 @@ pub(crate) enum Bearer {
 
 impl Call {
     pub(crate) fn new(method: Method, url: String) -> Self {
-        Call { method, url, query: Vec::new(), body: None, bearer: Bearer::Settings, timeout: None }
+        let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE | Method::HEAD);
+        Call {
+            method,
+            url,
+            query: Vec::new(),
+            body: None,
+            bearer: Bearer::Settings,
+            timeout: None,
+            idempotency_key: None,
+            idempotent,
+        }
+    }
+
+    /// Sends a fresh `x-ms-client-request-id` with every attempt of this call, so that it may be
+    /// repeated (on another replica too) without doing twice what it does.
+    pub(crate) fn idempotency_key(mut self) -> Self {
+        self.idempotency_key = Some(uuid::Uuid::new_v4().to_string());
+        self.idempotent = true;
+        self
+    }
+
+    /// Marks a POST whose repetition changes nothing more (an agent's report, a join).
+    pub(crate) fn repeatable(mut self) -> Self {
+        self.idempotent = true;
+        self
     }
 
     pub(crate) fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
@@ -260,16 +319,21 @@ impl Client {
     pub fn new(settings: Settings) -> Result<Self, ClientError> {
         Ok(Client {
             http: settings.http_client()?,
-            url: settings.url,
+            servers: std::sync::Arc::new(failover::Servers::new(settings.urls, settings.on_switch)),
             token: settings.token,
             retries: settings.retries,
             backoff: settings.backoff,
         })
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use: the first of the list until a call fails over.
     pub fn url(&self) -> &str {
-        &self.url
+        self.servers.current_url()
+    }
+
+    /// Every server's base URL, in the order given.
+    pub fn urls(&self) -> &[String] {
+        self.servers.urls()
     }
 
     /// The underlying reqwest client (same pool, same trust).
@@ -297,60 +361,44 @@ impl Client {
         agent::Agent { client: self }
     }
 
-    /// `path` on this server; an absolute URL (a `nextLink`) is kept as it is.
+    /// `path` on whichever server answers; an absolute URL (a `nextLink`) on one of the servers
+    /// becomes its path, so that it too may go to another; any other is kept as it is.
     pub(crate) fn at(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.url)
-        }
+        self.servers.relative(path)
     }
 
-    /// Sends `call`, retrying an idempotent one; a success answer, or the refusal as
-    /// [`ClientError::Api`].
-    pub(crate) async fn send(&self, call: Call) -> Result<reqwest::Response, ClientError> {
-        let idempotent = matches!(call.method, Method::GET | Method::PUT | Method::DELETE | Method::HEAD);
-        let attempts = if idempotent { self.retries + 1 } else { 1 };
-        let mut wait = self.backoff;
-        let mut attempt = 1;
-        loop {
-            let mut req = self.http.request(call.method.clone(), &call.url);
-            if !call.query.is_empty() {
-                req = req.query(&call.query);
-            }
-            let token = match &call.bearer {
-                Bearer::Settings => self.token.as_deref(),
-                Bearer::None => None,
-                Bearer::Given(t) => Some(t.as_str()),
-            };
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            if let Some(body) = &call.body {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
-            }
-            if let Some(t) = call.timeout {
-                req = req.timeout(t);
-            }
-            let retry = match req.send().await {
-                Err(e) if e.is_connect() && attempt < attempts => true,
-                Err(e) => return Err(ClientError::Transport(e)),
-                Ok(resp) if is_transient(resp.status()) && attempt < attempts => true,
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => return Err(refusal(resp).await),
-            };
-            if retry {
-                tokio::time::sleep(wait).await;
-                wait = wait.saturating_mul(2);
-                attempt += 1;
-            }
+    /// One attempt of `call` at `url`.
+    async fn attempt(&self, call: &Call, url: &str) -> Result<reqwest::Response, reqwest::Error> {
+        let mut req = self.http.request(call.method.clone(), url);
+        if !call.query.is_empty() {
+            req = req.query(&call.query);
         }
+        let token = match &call.bearer {
+            Bearer::Settings => self.token.as_deref(),
+            Bearer::None => None,
+            Bearer::Given(t) => Some(t.as_str()),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(key) = &call.idempotency_key {
+            req = req.header("x-ms-client-request-id", key);
+        }
+        if let Some(body) = &call.body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+        }
+        if let Some(t) = call.timeout {
+            req = req.timeout(t);
+        }
+        req.send().await
     }
 
     /// Sends `call` and reads the answer as `T`.
     pub(crate) async fn json<T: DeserializeOwned>(&self, call: Call) -> Result<T, ClientError> {
-        let url = call.url.clone();
         let resp = self.send(call).await?;
+        let mut url = resp.url().clone();
+        url.set_query(None);
+        let url = url.to_string();
         let bytes = resp.bytes().await.map_err(ClientError::Body)?;
         serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { url, source })
     }
@@ -379,6 +427,13 @@ async fn refusal(resp: reqwest::Response) -> ClientError {
         Err(_) => ClientError::Api { status, code: String::new(), message: text },
     }
 }
+
+/// Splits a comma-separated list of base URLs; each loses its trailing slash, blanks are left out.
+pub fn split_urls(text: &str) -> Vec<String> {
+    text.split(',').map(|u| u.trim().trim_end_matches('/')).filter(|u| !u.is_empty()).map(str::to_owned).collect()
+}
+
+pub use failover::{Switch, SwitchHook};
 
 /// One page of a list: `value` and the link to the next page.
 #[derive(Debug, serde::Deserialize)]

@@ -71,6 +71,41 @@ pub struct EnforcementState {
     pub grants: Vec<EnforcedGrant>,
 }
 
+/// Builds an agent's state VM by VM, as a store reads it: each VM's protected ports, then its
+/// live grants. A grant of a port that is no longer protected (its policy changed) opens nothing
+/// and is left out.
+#[derive(Debug, Default)]
+pub struct StateBuilder {
+    ports: Vec<EnforcedPort>,
+    grants: Vec<EnforcedGrant>,
+    protected: std::collections::HashSet<u16>,
+}
+
+impl StateBuilder {
+    /// Starts the next VM: the ports protected so far were another VM's.
+    pub fn next_vm(&mut self) {
+        self.protected.clear();
+    }
+
+    /// A protected port of the current VM.
+    pub fn port(&mut self, port: EnforcedPort) {
+        self.protected.insert(port.number);
+        self.ports.push(port);
+    }
+
+    /// A live grant of the current VM, kept only when its port is protected.
+    pub fn grant(&mut self, grant: EnforcedGrant) {
+        if self.protected.contains(&grant.number) {
+            self.grants.push(grant);
+        }
+    }
+
+    /// The state at `revision`.
+    pub fn build(self, revision: u64, mode: AgentMode) -> EnforcementState {
+        EnforcementState { revision, mode, ports: self.ports, grants: self.grants }
+    }
+}
+
 /// The most an agent may send in each field of a join or a report. Anything from an agent is
 /// stored, audited and shown to operators, so every field is bounded.
 pub mod limits {
@@ -279,6 +314,39 @@ pub fn check_mapped_ports(gateway: &str, new: &[MappedClaim], held: &[MappedClai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_counts_only_on_a_port_its_vm_protects() {
+        let port = |vm: &str, number| EnforcedPort {
+            vm_id: vm.into(),
+            address: None,
+            protocol: Protocol::Tcp,
+            number,
+            cut_sessions: false,
+            mapped_port: None,
+        };
+        let grant = |vm: &str, number| EnforcedGrant {
+            request_id: 1,
+            vm_id: vm.into(),
+            address: None,
+            protocol: Protocol::Tcp,
+            number,
+            sources: SourceSpec::Single(crate::SourcePrefix::any()),
+            end_time: OffsetDateTime::UNIX_EPOCH,
+            mapped_port: None,
+        };
+        let mut b = StateBuilder::default();
+        b.next_vm();
+        b.port(port("vm1", 22));
+        b.grant(grant("vm1", 22));
+        b.grant(grant("vm1", 80));
+        b.next_vm();
+        b.port(port("vm2", 3389));
+        b.grant(grant("vm2", 22));
+        let state = b.build(7, AgentMode::Gateway);
+        assert_eq!((state.revision, state.mode, state.ports.len()), (7, AgentMode::Gateway, 2));
+        assert_eq!(state.grants, vec![grant("vm1", 22)], "80 is not protected, and vm2 does not protect 22");
+    }
 
     fn draft() -> JoinDraft {
         JoinDraft {

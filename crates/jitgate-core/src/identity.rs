@@ -23,6 +23,8 @@ use time::{Duration, OffsetDateTime};
 use crate::invalid::Invalid;
 use crate::timefmt::rfc3339;
 
+pub mod checks;
+
 /// The longest local principal name.
 pub const MAX_LOCAL_NAME: usize = 64;
 /// What every OIDC principal's name starts with (and no local name can contain).

@@ -237,8 +237,11 @@ pub fn decide(
     Ok(RequestPlan { grants, justification: draft.justification.clone(), start_time: opens_at })
 }
 
+mod request;
 #[cfg(test)]
 mod tests;
+
+pub use request::{policy_not_found, Reach, Requested};
 
 /// The state of one grant, as Azure names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

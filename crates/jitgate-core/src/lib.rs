@@ -13,12 +13,16 @@ pub mod ids;
 pub mod initiate;
 pub mod invalid;
 pub mod inventory;
+pub mod join;
 pub mod lifecycle;
+pub mod outbox;
 pub mod policy;
+pub mod policy_put;
 pub mod prefix;
 pub mod rbac;
 pub mod records;
 pub mod timefmt;
+pub mod vm_put;
 
 pub use duration::AccessDuration;
 pub use ids::{PolicyRef, VmId};

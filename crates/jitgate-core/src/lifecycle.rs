@@ -302,5 +302,10 @@ pub fn extend(
     Ok(Extension::Extended(open.into_iter().map(|(i, g)| (i, GrantState { end_time: new_end, ..g.state })).collect()))
 }
 
+mod events;
+mod sweep;
 #[cfg(test)]
 mod tests;
+
+pub use events::{decided_event, extended_event, request_not_found, revoked_event, By, Decided};
+pub use sweep::{expired_event, opened_event, Swept};

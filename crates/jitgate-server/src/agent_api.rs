@@ -68,7 +68,7 @@ fn bounded(mut e: ApiError) -> ApiError {
 /// A removed agent's calls are answered as an unknown credential.
 fn agent_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::Rejected(i) if i.code == "AgentNotFound" => {
+        StoreError::Rejected(i) if i.code == jitgate_core::join::AGENT_NOT_FOUND => {
             ApiError::unauthorized("InvalidAuthenticationToken", REVOKED)
         }
         other => other.into(),

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod longpoll;
 pub mod oidc;
 pub mod ratelimit;
+pub mod replicas;
 pub mod retention;
 pub mod sweeper;
 pub use caller::Caller;
@@ -87,6 +88,8 @@ pub struct ServerConfig {
     pub max_token_lifetime: Option<time::Duration>,
     /// Rate limits, slow-client timeouts, connection and long-poll caps.
     pub limits: limits::LimitConfig,
+    /// How long a background task's lease lasts unrenewed (several replicas on one store).
+    pub lease_ttl: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             webhooks: Default::default(),
             max_token_lifetime: Some(Self::DEFAULT_MAX_TOKEN_LIFETIME),
             limits: Default::default(),
+            lease_ttl: replicas::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -174,6 +178,8 @@ pub struct App {
     pub sessions: Arc<web::session::Sessions>,
     /// The portal's inventory snapshot (see [`web::inventory`]).
     pub portal_inventory: Arc<web::inventory::Cache>,
+    /// This server's name among the replicas on its store (the holder of its leases).
+    pub replica: Arc<str>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -219,6 +225,7 @@ impl App {
             deliveries: Arc::new(Notify::new()),
             sessions: Arc::new(web::session::Sessions::default()),
             portal_inventory: Arc::new(web::inventory::Cache::default()),
+            replica: replicas::replica_name().into(),
         }
     }
 
@@ -326,6 +333,8 @@ impl App {
             }
             tokio::select! {
                 _ = notified => {}
+                // Looks again now and then, should a report on another replica go unheard.
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(Err(EnforcementWait::TimedOut(waiting))),
             }
         }
@@ -663,12 +672,14 @@ pub async fn run(
         .clone()
         .map(|(keep, dir)| tokio::spawn(retention::run(app.clone(), keep, dir, stop_rx)));
     let summaries = tokio::spawn(limits::run(app.clone(), stop_tx.subscribe()));
+    let signals = tokio::spawn(replicas::listen(app.clone(), stop_tx.subscribe()));
     let header_timeout = app.config.limits.header_timeout;
     conn::serve(listener, router(app), header_timeout, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     let _ = hooks.await;
     let _ = summaries.await;
+    let _ = signals.await;
     if let Some(r) = retention {
         let _ = r.await;
     }

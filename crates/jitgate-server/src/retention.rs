@@ -1,6 +1,8 @@
 //! Audit retention: records older than the retention period move to sealed JSONL archives
 //! (written, synced and made read-only before the rows leave the database); the live chain
-//! continues from the archive's last hash. Nothing is ever updated in place.
+//! continues from the archive's last hash. Nothing is ever updated in place. With several
+//! replicas on one store, the replica holding the `retention` lease archives, into its own
+//! archive directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use tokio::sync::watch;
 use jitgate_core::audit::{AuditEvent, AuditStatus};
 
 use crate::api_audit::record_out;
+use crate::replicas::Lease;
 use crate::App;
 
 /// How often retention runs (it also runs at start).
@@ -20,17 +23,24 @@ const CHUNK: usize = 10_000;
 pub const ARCHIVE_OP: &str = "jitgate/audit/archive/action";
 
 pub async fn run(app: App, retention: time::Duration, dir: PathBuf, mut stop: watch::Receiver<bool>) {
+    let lease = Lease::new("retention", app.config.lease_ttl);
+    // When this replica last archived (`None`: not yet, so at once when it holds the lease).
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        match archive_once(&app, retention, &dir).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(records = n, dir = %dir.display(), "audit records archived"),
-            Err(e) => tracing::error!(error = %e, "audit archiving failed; the records stay in the live log"),
+        if lease.hold(&app).await && last.is_none_or(|t| t.elapsed() >= EVERY) {
+            last = Some(tokio::time::Instant::now());
+            match archive_once(&app, retention, &dir).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, dir = %dir.display(), "audit records archived"),
+                Err(e) => tracing::error!(error = %e, "audit archiving failed; the records stay in the live log"),
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
-            _ = stop.changed() => return,
+            _ = tokio::time::sleep(lease.every()) => {}
+            _ = stop.changed() => break,
         }
     }
+    lease.release(&app).await;
 }
 
 /// Archives everything older than `retention`; returns how many records moved.

@@ -2,12 +2,14 @@
 //!
 //! It sleeps until the earliest live end time (at most a minute), or until a new grant wakes it.
 //! The kernel's element timeouts close ports on their own; this keeps the record and the views
-//! true, and audits each expiry.
+//! true, and audits each expiry. With several replicas on one store, the replica holding the
+//! `sweeper` lease sweeps; the others wait to take it over.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::replicas::Lease;
 use crate::App;
 
 /// The longest the sweeper sleeps without looking.
@@ -16,9 +18,17 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
+    let lease = Lease::new("sweeper", app.config.lease_ttl);
     loop {
+        if !lease.hold(&app).await {
+            // Another replica sweeps: look again when its lease could have run out.
+            tokio::select! {
+                _ = tokio::time::sleep(lease.every()) => continue,
+                _ = stop.changed() => return,
+            }
+        }
         let sleep_for = match sweep_once(&app).await {
-            Ok(next) => next,
+            Ok(next) => next.min(lease.every()),
             Err(e) => {
                 tracing::warn!(error = %e, "expiry sweep failed; retrying");
                 RETRY
@@ -27,9 +37,10 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(sleep_for) => {}
             _ = app.sweeper.notified() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
     }
+    lease.release(&app).await;
 }
 
 /// One sweep; returns how long to sleep before the next.

@@ -47,7 +47,7 @@ use crate::error::{json, ApiError};
 use crate::{auth, App, Caller};
 
 pub use jitgate_core::rbac::actions::{WEBHOOK_DELETE, WEBHOOK_NOTIFY_OWN, WEBHOOK_READ, WEBHOOK_WRITE};
-pub const EVENTS: [&str; 7] = ["requested", "approved", "denied", "opened", "expiringSoon", "revoked", "expired"];
+pub const EVENTS: [&str; 7] = jitgate_core::outbox::EVENTS;
 /// Attempts before a delivery is given up (backoff 1 s, 2 s, 4 s … between them).
 pub const MAX_ATTEMPTS: u32 = 8;
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,16 +1,16 @@
 //! Agents: joining with a join token, and the per-agent enforcement state.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use time::OffsetDateTime;
 
-use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState};
-use jitgate_core::{Protocol, VmId};
+use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState, StateBuilder};
+use jitgate_core::Protocol;
 use jitgate_store::AgentRecord;
 
 use jitgate_core::audit::AuditEvent;
-use jitgate_core::Invalid;
+use jitgate_core::join;
 use jitgate_store::AgentJoin;
 
 use crate::rows::{self, corrupt, decode_sources, nanos};
@@ -20,95 +20,96 @@ pub async fn agent_by_id(db: &Db, id: &str) -> Res<Option<AgentRecord>> {
     db.opt("SELECT * FROM agents WHERE id = $1", &[&id]).await?.map(|r| rows::agent_from_row(&r)).transpose()
 }
 
-/// Builds what one agent must enforce at `now`.
-pub async fn state(db: &Db, agent: &AgentRecord, now: OffsetDateTime) -> Res<EnforcementState> {
+/// Builds what each of `agents` must enforce at `now`, in their order, with a fixed number of
+/// statements however many agents there are (one more per gateway).
+pub async fn states(db: &Db, agents: &[AgentRecord], now: OffsetDateTime) -> Res<Vec<EnforcementState>> {
     let revision = rows::revision(db).await?;
-    // The VMs this agent enforces for, with the address traffic to them has (gateway mode).
-    let targets: Vec<(String, Option<IpAddr>)> = match agent.mode {
-        // The VM bound to this agent (none once the VM was deleted or another agent took it over).
-        AgentMode::Host => db
-            .rows("SELECT key FROM vms WHERE agent_id = $1 ORDER BY key", &[&agent.id])
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get::<_, String>(0)?, None)))
-            .collect::<Res<_>>()?,
-        // The VMs of the gateway's own subscription attached to it by name.
-        AgentMode::Gateway => db
+    // The VMs each agent enforces for, with the address traffic to them has (gateway mode).
+    let mut targets: HashMap<&str, Vec<(String, Option<IpAddr>)>> = HashMap::new();
+    // Host agents: the VM bound to each (none once the VM was deleted or another agent took it over).
+    let hosts: Vec<&str> = agents.iter().filter(|a| a.mode == AgentMode::Host).map(|a| a.id.as_str()).collect();
+    if !hosts.is_empty() {
+        for r in db.rows("SELECT agent_id, key FROM vms WHERE agent_id = ANY($1) ORDER BY key", &[&hosts]).await? {
+            let (agent, key): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            if let Some(id) = hosts.iter().find(|h| **h == agent) {
+                targets.entry(id).or_default().push((key, None));
+            }
+        }
+    }
+    // Gateways: the VMs of the gateway's own subscription attached to it by name.
+    for agent in agents.iter().filter(|a| a.mode == AgentMode::Gateway) {
+        let rows_ = db
             .rows(
                 "SELECT key, address FROM vms WHERE lower(gateway) = lower($1) AND starts_with(key, $2) \
                  AND address IS NOT NULL ORDER BY key",
                 &[&agent.name, &rows::subscription_prefix(&agent.subscription)],
             )
-            .await?
+            .await?;
+        let list = rows_
             .iter()
             .filter_map(|r| {
                 let key: String = r.try_get(0).ok()?;
                 let address: String = r.try_get(1).ok()?;
                 address.parse().ok().map(|ip| (key, Some(ip)))
             })
-            .collect(),
-    };
-    let mut ports = Vec::new();
-    let mut grants = Vec::new();
-    let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);
-    let now = nanos(now);
-    for (key, address) in targets {
-        let mut protected = HashSet::new();
-        let rows_ = db
-            .rows(
-                "SELECT v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
-                 JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = $1 ORDER BY pp.ord",
-                &[&key],
-            )
-            .await?;
-        for r in &rows_ {
-            let proto: String = r.try_get(2)?;
-            let number = rows::port(r, "number")?;
-            protected.insert(number);
-            ports.push(EnforcedPort {
-                vm_id: r.try_get(0)?,
-                address,
-                protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
-                number,
-                cut_sessions: r.try_get(3)?,
-                mapped_port: rows::opt_port(r, "mapped_port")?,
-            });
+            .collect();
+        targets.insert(agent.id.as_str(), list);
+    }
+    let keys: Vec<&str> = targets.values().flatten().map(|(k, _)| k.as_str()).collect();
+    let mut ports_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
+    let mut grants_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
+    if !keys.is_empty() {
+        let sql =
+            "SELECT v.vm_key, v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
+                   JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = ANY($1) \
+                   ORDER BY v.vm_key, pp.ord";
+        for r in db.rows(sql, &[&keys]).await? {
+            ports_of.entry(r.try_get(0)?).or_default().push(r);
         }
-        let rows_ = db
-            .rows(
-                "SELECT rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
-                 WHERE vm_key = $1 AND status = ANY($2) AND end_time > $3 ORDER BY gid",
-                &[&key, &live, &now],
-            )
-            .await?;
-        for r in &rows_ {
-            let number = rows::port(r, "number")?;
-            if !protected.contains(&number) {
-                continue; // the port is no longer under JIT control: nothing to open
-            }
-            let proto: String = r.try_get(2)?;
-            let form: String = r.try_get(4)?;
-            let sources: String = r.try_get(5)?;
-            grants.push(EnforcedGrant {
-                request_id: r.try_get(0)?,
-                vm_id: r.try_get(1)?,
-                address,
-                protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
-                number,
-                sources: decode_sources(&form, &sources)?,
-                end_time: rows::time_at(r, "end_time")?,
-                mapped_port: rows::opt_port(r, "mapped_port")?,
-            });
+        let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);
+        let sql =
+            "SELECT vm_key, rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
+                   WHERE vm_key = ANY($1) AND status = ANY($2) AND end_time > $3 ORDER BY gid";
+        for r in db.rows(sql, &[&keys, &live, &nanos(now)]).await? {
+            grants_of.entry(r.try_get(0)?).or_default().push(r);
         }
     }
-    Ok(EnforcementState { revision, mode: agent.mode, ports, grants })
-}
-
-/// The VM id an agent of this name enforces in host mode.
-pub fn host_vm_id(subscription: &str, resource_group: &str, name: &str) -> Result<VmId, String> {
-    VmId::parse(&format!(
-        "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{name}"
-    ))
+    let mut out = Vec::with_capacity(agents.len());
+    for agent in agents {
+        let mut state = StateBuilder::default();
+        for (key, address) in targets.get(agent.id.as_str()).into_iter().flatten() {
+            let address = *address;
+            state.next_vm();
+            for r in ports_of.get(key).into_iter().flatten() {
+                let proto: String = r.try_get(3)?;
+                state.port(EnforcedPort {
+                    vm_id: r.try_get(1)?,
+                    address,
+                    protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
+                    number: rows::port(r, "number")?,
+                    cut_sessions: r.try_get(4)?,
+                    mapped_port: rows::opt_port(r, "mapped_port")?,
+                });
+            }
+            for r in grants_of.get(key).into_iter().flatten() {
+                let proto: String = r.try_get(3)?;
+                let form: String = r.try_get(5)?;
+                let sources: String = r.try_get(6)?;
+                state.grant(EnforcedGrant {
+                    request_id: r.try_get(1)?,
+                    vm_id: r.try_get(2)?,
+                    address,
+                    protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
+                    number: rows::port(r, "number")?,
+                    sources: decode_sources(&form, &sources)?,
+                    end_time: rows::time_at(r, "end_time")?,
+                    mapped_port: rows::opt_port(r, "mapped_port")?,
+                });
+            }
+        }
+        out.push(state.build(revision, agent.mode));
+    }
+    Ok(out)
 }
 
 /// Consumes a join token and creates the agent (see `AgentStore::join_agent`).
@@ -121,67 +122,41 @@ pub async fn join_agent(ctx: &mut Ctx, join: AgentJoin, audit: AuditEvent) -> Re
             &[&join.token_hash],
         )
         .await?;
-    let denied = |m: &str| Invalid::input("InvalidJoinToken", None, m.to_owned());
-    let Some(token) = token else {
-        return reject(ctx, audit, denied("the join token is unknown"));
+    let (sub, rg, loc, for_vm): (String, String, String, Option<String>) = match &token {
+        Some(t) => (t.try_get(0)?, t.try_get(1)?, t.try_get(2)?, t.try_get(6)?),
+        None => Default::default(),
     };
-    let (sub, rg, loc, mode): (String, String, String, String) =
-        (token.try_get(0)?, token.try_get(1)?, token.try_get(2)?, token.try_get(3)?);
-    let (expires, used, for_vm): (i64, Option<i64>, Option<String>) =
-        (token.try_get(4)?, token.try_get(5)?, token.try_get(6)?);
-    if used.is_some() {
-        return reject(ctx, audit, denied("the join token was already used; create a new one"));
-    }
-    if expires <= nanos(join.now) {
-        return reject(ctx, audit, denied("the join token has expired; create a new one"));
-    }
-    if mode != join.agent.mode.as_str() {
-        let m = format!("the join token is for {mode} mode, the agent asked for {}", join.agent.mode.as_str());
-        return reject(ctx, audit, denied(&m));
-    }
+    let token = match token {
+        Some(t) => Some(join::JoinToken {
+            mode: t.try_get(3)?,
+            expires: rows::time_at(&t, "expires")?,
+            used: t.try_get::<_, Option<i64>>(5)?.is_some(),
+            vm: for_vm.clone(),
+        }),
+        None => None,
+    };
     let mut join = join;
-    // A token made for one VM names the agent's VM unless the operator named it.
-    if let (Some(for_vm), AgentMode::Host, true) = (&for_vm, join.agent.mode, join.agent.name_is_hostname) {
-        join.agent.name = for_vm.clone();
-    }
-    if let Some(for_vm) = &for_vm {
-        if !for_vm.eq_ignore_ascii_case(&join.agent.name) {
-            let m = format!(
-                "the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'",
-                join.agent.name
-            );
-            return reject(ctx, audit, denied(&m));
-        }
+    if let Err(invalid) = join::admit(token.as_ref(), &mut join.agent, join.now) {
+        return reject(ctx, audit, invalid);
     }
     let now = nanos(join.now);
     let addresses: Vec<String> = join.agent.addresses.iter().map(|a| a.to_string()).collect();
-    let mut event = audit
-        .clone()
-        .succeeded()
-        .with("agentId", join.id.clone())
-        .with("mode", join.agent.mode.as_str())
-        .with("name", join.agent.name.clone())
-        .with("addresses", addresses.join(" "));
+    let mut event = join::joined(&audit, &join.id, &join.agent);
     let mut location = loc.clone();
     let vm = match join.agent.mode {
-        AgentMode::Host => match host_vm_id(&sub, &rg, &join.agent.name) {
+        AgentMode::Host => match join::host_vm_id(&sub, &rg, &join.agent.name) {
             Ok(id) => Some(id),
-            Err(m) => return reject(ctx, audit, Invalid::input("InvalidAgentName", Some("name".into()), m)),
+            Err(invalid) => return reject(ctx, audit, invalid),
         },
         AgentMode::Gateway => {
             if let Some(g) = rows::gateway_agent(&ctx.db, &sub, &join.agent.name).await? {
-                let m = format!(
-                    "a gateway named '{}' has already joined subscription '{sub}' (agent {}); revoke it first \
-                     (jitgate agent rm {}) to join a replacement",
-                    g.name, g.id, g.id
-                );
-                return reject(ctx, audit, Invalid::conflict("GatewayExists", m));
+                return reject(ctx, audit, join::gateway_exists(&sub, &g.name, &g.id));
             }
             None
         }
     };
     if let Some(vm) = &vm {
-        let address = join.agent.addresses.first().map(|a| a.to_string());
+        let address = join::vm_address(&join.agent);
         ctx.db.opt("SELECT key FROM vms WHERE key = $1 FOR UPDATE", &[&vm.key()]).await?;
         match rows::get_vm(&ctx.db, &vm.key()).await? {
             None => {
@@ -193,26 +168,10 @@ pub async fn join_agent(ctx: &mut Ctx, join: AgentJoin, audit: AuditEvent) -> Re
                     )
                     .await?;
             }
-            // An existing VM changes its enforcement point only when an operator made
-            // this token for it; never as a side effect of some other host token.
-            Some(_) if for_vm.is_none() => {
-                let m = format!(
-                    "virtual machine '{vm}' is already registered; an agent joins as an existing VM only with a \
-                     join token made for it (jitgate agent token create --vm {} …, which needs \
-                     Microsoft.Compute/virtualMachines/write on the VM)",
-                    vm.name()
-                );
-                return reject(ctx, audit, Invalid::conflict("VirtualMachineExists", m));
-            }
-            Some(existing) if existing.spec.gateway.is_some() => {
-                let m = format!(
-                    "virtual machine '{vm}' is enforced by gateway '{}'; detach it from the gateway first \
-                     (PUT /api/v1/vms without gateway) before a host agent joins as it",
-                    existing.spec.gateway.unwrap_or_default()
-                );
-                return reject(ctx, audit, Invalid::conflict("VirtualMachineBehindGateway", m));
-            }
             Some(existing) => {
+                if let Err(invalid) = join::may_rebind(vm, for_vm.is_some(), existing.spec.gateway.as_deref()) {
+                    return reject(ctx, audit, invalid);
+                }
                 // The explicit re-bind: new agent and address; location and OS stay.
                 location = existing.spec.location.clone();
                 ctx.db
@@ -221,11 +180,7 @@ pub async fn join_agent(ctx: &mut Ctx, join: AgentJoin, audit: AuditEvent) -> Re
                         &[&vm.key(), &address, &join.id, &now],
                     )
                     .await?;
-                event = event
-                    .with("rebound", "true")
-                    .with("previousAgent", existing.agent.map(|a| a.id).unwrap_or_default())
-                    .with("previousAddress", existing.spec.address.map(|a| a.to_string()).unwrap_or_default())
-                    .with("address", address.unwrap_or_default());
+                event = join::rebound(event, existing.agent.map(|a| a.id), existing.spec.address, address);
             }
         }
         // The VM's earlier host agent (if any) is replaced: its credential stops working.

@@ -2,7 +2,8 @@
 
 use tokio_postgres::types::ToSql;
 
-use jitgate_core::audit::{chain_hash, GENESIS};
+use jitgate_core::audit::GENESIS;
+use jitgate_store::chain::ChainWalk;
 use jitgate_store::{AuditFilter, AuditRecord, AuditVerification};
 
 use crate::rows::{self, big, hash_from_hex, nanos};
@@ -58,46 +59,21 @@ pub async fn verify(db: &Db) -> Res<AuditVerification> {
     // Read first: every record up to the head committed before this call, so none of them may
     // be missing (a log cut off at its end is caught too).
     let head: i64 = db.one("SELECT seq FROM audit_head WHERE id = 1", &[]).await?.try_get(0)?;
-    let (through, mut prev) = start(db).await?;
-    let mut expected = through + 1;
-    let mut records = 0u64;
+    let (through, prev) = start(db).await?;
+    let mut walk = ChainWalk::new(through, prev);
     loop {
-        let from = i64::try_from(expected).unwrap_or(i64::MAX);
+        let from = i64::try_from(walk.next_seq()).unwrap_or(i64::MAX);
         let page = db.rows("SELECT * FROM audit WHERE seq >= $1 ORDER BY seq LIMIT 10000", &[&from]).await?;
         if page.is_empty() {
             break;
         }
         for row in &page {
-            let r = rows::audit_from_row(row)?;
-            if r.seq != expected || chain_hash(&prev, r.seq, &r.event) != r.hash {
-                // A gap means records were removed before this one.
-                let first_invalid = if r.seq != expected { r.seq.min(expected) } else { r.seq };
-                return Ok(AuditVerification {
-                    valid: false,
-                    records,
-                    first_invalid: Some(first_invalid),
-                    archived_through: (through > 0).then_some(through),
-                });
+            if let Some(broken) = walk.check(&rows::audit_from_row(row)?) {
+                return Ok(broken);
             }
-            prev = r.hash;
-            expected += 1;
-            records += 1;
         }
     }
-    if expected <= head.max(0) as u64 {
-        return Ok(AuditVerification {
-            valid: false,
-            records,
-            first_invalid: Some(expected),
-            archived_through: (through > 0).then_some(through),
-        });
-    }
-    Ok(AuditVerification {
-        valid: true,
-        records,
-        first_invalid: None,
-        archived_through: (through > 0).then_some(through),
-    })
+    Ok(walk.finish(Some(head.max(0) as u64)))
 }
 
 pub async fn before(db: &Db, before: i64, limit: usize) -> Res<Vec<AuditRecord>> {

@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 
 use jitgate_api_types::webhook::WebhookPayload;
-use jitgate_store::secrets::{Keyring, SecretsError};
+use jitgate_core::outbox;
+use jitgate_store::secrets::{Keyring, SealReport, SecretsError};
 use jitgate_store::{Delivery, Webhook};
 
 use crate::rows::{nanos, opt_time, time_at};
@@ -22,11 +23,9 @@ fn secret_error(webhook: &str, e: SecretsError) -> Error {
 /// The plain secret of a webhook row (`secret`, sealed under `secret_key`).
 fn open_secret(r: &Row, webhook: &str, keys: &Keyring) -> Res<String> {
     let secret: String = r.try_get("secret")?;
-    match r.try_get::<_, Option<String>>("secret_key")? {
-        Some(key_id) => keys.open(&key_id, &secret, webhook).map_err(|e| secret_error(webhook, e)),
-        // Never written by this store; `seal_all` would seal it at the next open.
-        None => Ok(secret),
-    }
+    // Never in the clear when this store wrote it; `seal_all` would seal it at the next open.
+    let key_id: Option<String> = r.try_get("secret_key")?;
+    keys.open_stored(key_id.as_deref(), &secret, webhook).map_err(|e| secret_error(webhook, e))
 }
 
 pub fn hook_from_row(r: &Row, keys: &Keyring) -> Res<Webhook> {
@@ -68,17 +67,6 @@ pub async fn insert(db: &Db, hook: &Webhook, keys: &Keyring) -> Res<()> {
     Ok(())
 }
 
-/// What [`seal_all`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SealReport {
-    /// Secrets stored in the clear that are sealed now.
-    pub sealed: usize,
-    /// Secrets sealed under an older key, re-sealed under the current one.
-    pub resealed: usize,
-    /// Secrets already sealed under the current key (each was opened to prove the key right).
-    pub current: usize,
-}
-
 /// Leaves every webhook secret sealed under the keyring's current key (inside the caller's
 /// transaction): seals plaintext secrets, re-seals those under an older key (rotation), and
 /// opens the rest to prove the key is the right one. Any secret that does not open fails the
@@ -88,19 +76,8 @@ pub async fn seal_all(db: &Db, keys: &Keyring) -> Res<SealReport> {
     let mut report = SealReport::default();
     for r in rows {
         let (id, secret, key_id): (String, String, Option<String>) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        let plain = match &key_id {
-            None => secret,
-            Some(k) => keys.open(k, &secret, &id).map_err(|e| secret_error(&id, e))?,
-        };
-        match key_id {
-            Some(k) if k == keys.current().id() => {
-                report.current += 1;
-                continue;
-            }
-            Some(_) => report.resealed += 1,
-            None => report.sealed += 1,
-        }
-        let sealed = keys.seal(&plain, &id).map_err(|e| secret_error(&id, e))?;
+        let resealed = report.reseal(keys, &id, &secret, key_id.as_deref()).map_err(|e| secret_error(&id, e))?;
+        let Some(sealed) = resealed else { continue };
         db.exec(
             "UPDATE webhooks SET secret = $2, secret_key = $3 WHERE id = $1",
             &[&id, &sealed.ciphertext, &sealed.key_id],
@@ -139,7 +116,7 @@ pub async fn enqueue(db: &Db, event: &str, rid: i64, now: OffsetDateTime) -> Res
         return Ok(0);
     };
     let (policy_id, requestor): (String, String) = (head.try_get(0)?, head.try_get(1)?);
-    let subscription = policy_id.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
+    let subscription = outbox::subscription_of(&policy_id);
     let hooks = db
         .rows(
             "SELECT id, events FROM webhooks WHERE lower(subscription) = $1 OR principal = $2",
@@ -154,7 +131,7 @@ pub async fn enqueue(db: &Db, event: &str, rid: i64, now: OffsetDateTime) -> Res
     let mut n = 0;
     for h in hooks {
         let (id, events): (String, String) = (h.try_get(0)?, h.try_get(1)?);
-        if !events.is_empty() && !events.split_whitespace().any(|e| e.eq_ignore_ascii_case(event)) {
+        if !outbox::wants(&events, event) {
             continue;
         }
         db.exec(

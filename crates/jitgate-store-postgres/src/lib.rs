@@ -21,10 +21,12 @@
 mod agents;
 mod auditq;
 mod chain;
+mod fanout;
 mod grants;
 mod hooks;
 mod migrate;
 mod rbac;
+mod replica;
 mod rows;
 pub mod snapshot;
 mod store_agents;
@@ -34,8 +36,8 @@ mod store_policies;
 mod store_requests;
 mod store_webhooks;
 pub mod testdb;
+mod writer;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -49,21 +51,23 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-pub use hooks::SealReport;
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
-use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
-use jitgate_core::invalid::codes;
-use jitgate_core::lifecycle::{self, Decision, Extension};
-use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::identity::checks;
+use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested};
+use jitgate_core::lifecycle::{self, request_not_found, Decided, Decision, Extension};
+use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{join, outbox, vm_put};
+use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
+pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
-    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken,
-    OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth,
-    TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
+    ExpirySweep, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken, OidcSignIn,
+    PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth, TokenOrigin,
+    TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
 pub use migrate::{MigrationReport, SCHEMA_VERSION};
@@ -253,8 +257,7 @@ impl Ctx {
     /// Returns the new revision when it moved.
     async fn commit(&mut self) -> Res<Option<u64>> {
         let revision = if self.bump { Some(rows::bump_revision(&self.db).await?) } else { None };
-        // A cross-replica wake-up (NOTIFY carrying `revision`) belongs here, inside the
-        // transaction, so that it is sent exactly when the change commits.
+        // The revision's trigger notifies other replicas when this commits (migration 3).
         let events = std::mem::take(&mut self.events);
         chain::append(&self.db, events).await?;
         self.db.end("COMMIT").await?;
@@ -275,8 +278,18 @@ pub struct PgStore {
     keys: Arc<Keyring>,
     sealed: SealReport,
     migrated: MigrationReport,
-    /// The enforcement revision after this store's latest change.
-    changes: watch::Sender<u64>,
+    /// The enforcement revision after this store's latest change, or the latest another
+    /// replica's signal told of.
+    changes: Arc<watch::Sender<u64>>,
+    /// This store among the replicas, in the signals its commits send (hex digits).
+    origin: Arc<str>,
+    /// Where changes go to be committed (see [`writer`]).
+    writer: tokio::sync::mpsc::Sender<Box<dyn writer::Job>>,
+    /// Where agents' state reads and delivery notes are gathered (see [`fanout`]).
+    states: tokio::sync::mpsc::Sender<fanout::StateAsk>,
+    delivered: tokio::sync::mpsc::Sender<fanout::Delivered>,
+    /// Where the connection that listens for other replicas' changes goes.
+    config: tokio_postgres::Config,
 }
 
 /// Splits jitgate's own settings off a database URL: `pool_size=N`. The rest is libpq's
@@ -331,7 +344,8 @@ impl PgStore {
     /// that `keys` cannot open fails the open, naming the key).
     pub async fn open(url: &str, keys: Keyring) -> StoreResult<Self> {
         let (config, pool_size) = parse_url(url)?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -352,7 +366,11 @@ impl PgStore {
             );
         }
         let revision = rows::revision(&db).await.map_err(StoreError::from)?;
-        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes: watch::channel(revision).0 })
+        let changes = Arc::new(watch::channel(revision).0);
+        let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+        let writer = writer::start(pool.clone(), changes.clone(), origin.clone());
+        let (states, delivered) = fanout::start(pool.clone(), writer.clone());
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, states, delivered, config })
     }
 
     /// What the open did to the webhook secrets (sealed, re-sealed, already current).
@@ -372,41 +390,16 @@ impl PgStore {
         self.changes.subscribe()
     }
 
-    /// Runs `f` in one transaction on its own task (a caller that goes away does not stop it
-    /// halfway). A refusal (`Rejected`) commits, with its `Failed` audit record; any other
-    /// failure rolls everything back.
+    /// Runs `f` in a transaction: the store's writer batches the changes waiting together into
+    /// one transaction (see [`writer`]), each in a savepoint of its own, so a caller that goes
+    /// away does not stop it halfway. A refusal (`Rejected`) is kept, with its `Failed` audit
+    /// record; any other failure undoes the change (and only it).
     async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut Ctx) -> Fut<'c, T> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let task = tokio::spawn(async move {
-            let mut db = Db::new(pool.get().await?);
-            db.begin("BEGIN").await?;
-            let mut ctx = Ctx { db, events: Vec::new(), bump: false };
-            match f(&mut ctx).await {
-                out @ (Ok(_) | Err(Error::Store(StoreError::Rejected(_)))) => {
-                    let revision = ctx.commit().await?;
-                    Ok((out, revision))
-                }
-                Err(e) => {
-                    let _ = ctx.db.end("ROLLBACK").await;
-                    Err(e)
-                }
-            }
-        });
-        let (out, revision) = task.await.map_err(backend)?.map_err(StoreError::from)?;
-        if let Some(r) = revision {
-            self.changes.send_if_modified(|v| {
-                let newer = r > *v;
-                if newer {
-                    *v = r;
-                }
-                newer
-            });
-        }
-        out.map_err(StoreError::from)
+        writer::submit(&self.writer, f).await
     }
 
     /// Runs `f` on its own task in a read-only transaction with one snapshot (`REPEATABLE
@@ -429,10 +422,6 @@ impl PgStore {
     }
 }
 
-fn request_not_found(id: i64) -> Invalid {
-    Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
-}
-
 /// A pending extension, once decided (or lapsed), no longer waits.
 async fn clear_extension(db: &Db, id: i64) -> Res<()> {
     db.exec("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = $1", &[&id]).await?;
@@ -444,7 +433,7 @@ async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEve
     ctx.db
         .exec("INSERT INTO principals (name, kind, created) VALUES ($1, $2, $3)", &[&name, &kind, &nanos(audit.time)])
         .await?;
-    ctx.audit(audit.succeeded().with("principal", name).with("type", kind));
+    ctx.audit(checks::principal_created(audit, name, kind));
     rbac::principal(&ctx.db, name).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
 }
 
@@ -452,27 +441,18 @@ async fn insert_principal(ctx: &mut Ctx, name: &str, kind: &str, audit: AuditEve
 /// date, or created with the derived name.
 async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: AuditEvent) -> Res<Principal> {
     let id = &sign_in.identity;
-    let shown = sign_in.display_name.clone().unwrap_or_default();
     if let Some(p) = rbac::oidc_principal(&ctx.db, id, true).await? {
         if p.display_name == sign_in.display_name {
             return Ok(p);
         }
         ctx.db.exec("UPDATE principals SET display_name = $2 WHERE id = $1", &[&p.id, &sign_in.display_name]).await?;
-        let event = audit
-            .succeeded()
-            .with("principal", p.name.clone())
-            .with("displayName", shown)
-            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        let event = checks::oidc_renamed(audit, &p.name, sign_in.display_name.as_deref(), p.display_name.as_deref());
         ctx.audit(event);
         return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
     }
     let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
     if let Some(holder) = rbac::principal(&ctx.db, &name).await? {
-        let m = format!(
-            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
-            holder.id
-        );
-        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+        return reject(ctx, audit, checks::oidc_name_held(&name, holder.id));
     }
     ctx.db
         .exec(
@@ -480,14 +460,9 @@ async fn upsert_oidc_principal(ctx: &mut Ctx, sign_in: &OidcSignIn, audit: Audit
             &[&name, &nanos(audit.time), &id.issuer, &id.subject, &sign_in.display_name],
         )
         .await?;
-    let event = audit
-        .succeeded()
-        .with("principal", name.clone())
-        .with("type", "User")
-        .with("provisioned", "oidc")
-        .with("issuer", id.issuer.clone())
-        .with("subject", id.subject.clone())
-        .with("displayName", shown);
+    let seen =
+        checks::OidcSeen { issuer: &id.issuer, subject: &id.subject, display_name: sign_in.display_name.as_deref() };
+    let event = checks::oidc_provisioned(audit, &name, seen);
     ctx.audit(event);
     rbac::oidc_principal(&ctx.db, id, false).await?.ok_or_else(|| Error::Corrupt("the principal vanished".into()))
 }
@@ -501,24 +476,7 @@ async fn vm_claims(db: &Db, key: &str) -> Res<Vec<MappedClaim>> {
     };
     let policy: String = row.try_get(0)?;
     let Some((_, policy)) = rows::load_policy_only(db, &policy).await? else { return Ok(vec![]) };
-    Ok(policy
-        .vms
-        .iter()
-        .filter(|v| v.id.key() == key)
-        .flat_map(|v| {
-            let policy_id = policy.reference.id();
-            v.ports.iter().filter_map(move |p| {
-                p.mapped_port.map(|m| MappedClaim {
-                    policy: policy_id.clone(),
-                    vm: v.id.name().to_owned(),
-                    number: p.number,
-                    protocol: p.protocol,
-                    mapped_port: m,
-                    target: Some("gateway".into()),
-                })
-            })
-        })
-        .collect())
+    Ok(policy_put::claims_of_vm(&policy, key))
 }
 
 #[cfg(test)]

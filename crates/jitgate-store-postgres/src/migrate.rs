@@ -14,9 +14,10 @@ use time::OffsetDateTime;
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{StoreError, StoreResult};
 
-use crate::hooks::{self, SealReport};
+use crate::hooks;
 use crate::rows::nanos;
 use crate::{backend, Db};
+use jitgate_store::secrets::SealReport;
 
 /// The advisory lock key that serialises migrations (and the sealing of secrets) across replicas.
 pub const MIGRATION_LOCK: i64 = 0x6a69_7467_6174_6501;
@@ -35,8 +36,11 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub(crate) const MIGRATIONS: &[Migration] =
-    &[migration!(1, "0001_initial.sql"), migration!(2, "0002_decision_reasons.sql")];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_initial.sql"),
+    migration!(2, "0002_decision_reasons.sql"),
+    migration!(3, "0003_replica_signals_and_leases.sql"),
+];
 
 /// The schema this build writes: the last migration's version.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -128,17 +132,6 @@ mod tests {
     #[test]
     fn the_list_matches_the_directory_and_is_numbered_in_order() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .expect("migrations directory")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
-        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
-        assert_eq!(files, listed, "every migration file is listed, in order");
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i64 + 1, "{} is numbered in sequence", m.name);
-            assert_eq!(m.name[..4].parse::<i64>().ok(), Some(m.version), "{} carries its number", m.name);
-            assert!(m.name.ends_with(".sql"));
-        }
+        jitgate_store::conformance::migrations::assert_listed(&dir, MIGRATIONS.iter().map(|m| (m.version, m.name)));
     }
 }

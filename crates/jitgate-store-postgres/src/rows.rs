@@ -9,9 +9,7 @@ use tokio_postgres::Row;
 use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_core::enforcement::{AgentMode, MappedClaim};
 use jitgate_core::initiate::{GrantStatus, StatusReason};
-use jitgate_core::{
-    AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourcePrefix, SourceSpec, VmId,
-};
+use jitgate_core::{AccessDuration, OsType, Policy, PolicyRef, PolicyVm, PortRule, Protocol, SourceSpec, VmId};
 use jitgate_store::{
     AccessRequestRecord, AgentRecord, AuditRecord, GrantRecord, PolicyRecord, Vm, VmSpec, REQUEST_HISTORY_LIMIT,
 };
@@ -59,23 +57,11 @@ pub fn hash_from_hex(s: &str) -> Res<[u8; 32]> {
     bytes.try_into().map_err(|_| corrupt(format!("hash {s}: not 32 bytes")))
 }
 
-/// Sources are stored as their form (`single`/`multi`) and their texts, one per line.
-pub fn encode_sources(s: &SourceSpec) -> (&'static str, String) {
-    let form = match s {
-        SourceSpec::Single(_) => "single",
-        SourceSpec::Multiple(_) => "multi",
-    };
-    let texts: Vec<&str> = s.prefixes().iter().map(SourcePrefix::text).collect();
-    (form, texts.join("\n"))
-}
+pub use jitgate_store::stored::encode_sources;
 
+/// The sources [`encode_sources`] stored.
 pub fn decode_sources(form: &str, texts: &str) -> Res<SourceSpec> {
-    let parse = |t: &str| SourcePrefix::parse_stored(t).map_err(corrupt);
-    match form {
-        "single" => Ok(SourceSpec::Single(parse(texts)?)),
-        "multi" => Ok(SourceSpec::Multiple(texts.split('\n').map(parse).collect::<Res<_>>()?)),
-        other => Err(corrupt(format!("source form {other}"))),
-    }
+    jitgate_store::stored::decode_sources(form, texts).map_err(corrupt)
 }
 
 pub fn protocol(s: &str) -> Res<Protocol> {

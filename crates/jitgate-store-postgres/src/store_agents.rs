@@ -16,34 +16,19 @@ impl AgentStore for PgStore {
                 let address = vm.address.map(|a| a.to_string());
                 if let Some(gw) = &vm.gateway {
                     let sub = vm.id.subscription();
-                    if rows::gateway_agent(&ctx.db, sub, gw).await?.is_none() {
-                        let invalid = Invalid::input(
-                            codes::INVALID_VM,
-                            Some("gateway".into()),
-                            format!(
-                                "no gateway agent named '{gw}' has joined subscription '{sub}'; a VM attaches only to a \
-                                 gateway of its own subscription (join one with jitgate agent --mode gateway)"
-                            ),
-                        );
+                    let joined = rows::gateway_agent(&ctx.db, sub, gw).await?.is_some();
+                    if let Err(invalid) = vm_put::check_gateway(gw, sub, joined) {
                         return reject(ctx, audit, invalid);
                     }
                     // The VM's mapped ports move onto this gateway: they must be free there.
-                    let moving = existing.as_ref().is_none_or(|e| {
-                        e.spec.gateway.as_deref().map(str::to_ascii_lowercase) != Some(gw.to_ascii_lowercase())
-                    });
-                    if moving {
+                    if vm_put::moves_onto(existing.as_ref().map(|e| e.spec.gateway.as_deref()), gw) {
                         let new: Vec<MappedClaim> = vm_claims(&ctx.db, &key).await?;
                         let held = rows::gateway_claims(&ctx.db, sub, gw, "", &key).await?;
                         if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
                             return reject(ctx, audit, invalid);
                         }
                     }
-                    if vm.address.is_none() {
-                        let invalid = Invalid::input(
-                            codes::INVALID_VM,
-                            Some("address".into()),
-                            "a VM behind a gateway needs its inner address (the address the gateway forwards to)",
-                        );
+                    if let Err(invalid) = vm_put::check_address(vm.address) {
                         return reject(ctx, audit, invalid);
                     }
                 }
@@ -77,13 +62,7 @@ impl AgentStore for PgStore {
                     }
                 };
                 ctx.bump_revision();
-                let event = audit
-                    .succeeded()
-                    .with("osType", vm.os_type.as_str())
-                    .with("location", vm.location.clone())
-                    .with("address", address.unwrap_or_default())
-                    .with("gateway", vm.gateway.clone().unwrap_or_default());
-                ctx.audit(event);
+                ctx.audit(vm_put::stored(audit, vm.os_type, &vm.location, vm.address, vm.gateway.as_deref()));
                 let stored = rows::get_vm(&ctx.db, &key).await?.ok_or_else(|| Error::Corrupt("the VM vanished".into()))?;
                 Ok((stored, existing.is_none()))
             })
@@ -124,8 +103,7 @@ impl AgentStore for PgStore {
                 let key = id.key();
                 ctx.db.opt("SELECT key FROM vms WHERE key = $1 FOR UPDATE", &[&key]).await?;
                 let Some(vm) = rows::get_vm(&ctx.db, &key).await? else {
-                    let m = format!("virtual machine '{id}' is not registered");
-                    return reject(ctx, audit, Invalid::not_found(codes::VM_NOT_FOUND, m));
+                    return reject(ctx, audit, vm_put::not_registered(&id));
                 };
                 let policy = ctx
                     .db
@@ -143,10 +121,9 @@ impl AgentStore for PgStore {
                         name: r.try_get(3)?,
                     }
                     .id();
-                    let message = format!(
-                        "virtual machine '{id}' is protected by policy '{policy}'; remove it from the policy first"
-                    );
-                    return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
+                    if let Err(invalid) = vm_put::check_deletable(&id, Some(policy.as_str())) {
+                        return reject(ctx, audit, invalid);
+                    }
                 }
                 // The VM's host agent goes with it: its credential never binds to a VM registered
                 // again under this name.
@@ -163,11 +140,7 @@ impl AgentStore for PgStore {
                     .collect::<Result<_, _>>()?;
                 ctx.db.exec("DELETE FROM vms WHERE key = $1", &[&key]).await?;
                 ctx.bump_revision();
-                let mut event = audit.succeeded();
-                if !revoked.is_empty() {
-                    event = event.with("revokedAgents", revoked.join(" "));
-                }
-                ctx.audit(event);
+                ctx.audit(vm_put::deleted(audit, &revoked));
                 Ok(vm)
             })
         })
@@ -199,14 +172,7 @@ impl AgentStore for PgStore {
                         ],
                     )
                     .await?;
-                let mut event = audit
-                    .succeeded()
-                    .with("mode", spec.mode.as_str())
-                    .with("location", spec.location.clone())
-                    .with("expiresOn", rfc3339(spec.expires));
-                if let Some(vm) = &spec.vm {
-                    event = event.with("vm", vm.clone());
-                }
+                let event = join::token_created(audit, spec.mode, &spec.location, spec.expires, spec.vm.as_deref());
                 ctx.audit(event);
                 Ok(())
             })
@@ -292,11 +258,7 @@ impl AgentStore for PgStore {
             Box::pin(async move {
                 ctx.db.opt("SELECT id FROM agents WHERE id = $1 FOR UPDATE", &[&id]).await?;
                 let Some(agent) = agents::agent_by_id(&ctx.db, &id).await? else {
-                    return reject(
-                        ctx,
-                        audit,
-                        Invalid::not_found("AgentNotFound", format!("agent '{id}' is not known")),
-                    );
+                    return reject(ctx, audit, join::agent_not_found(&id));
                 };
                 let vms: Vec<String> = match agent.mode {
                     AgentMode::Host => {
@@ -316,18 +278,7 @@ impl AgentStore for PgStore {
                 ctx.db.exec("UPDATE vms SET agent_id = NULL WHERE agent_id = $1", &[&id]).await?;
                 ctx.db.exec("DELETE FROM agents WHERE id = $1", &[&id]).await?;
                 ctx.bump_revision();
-                const LISTED: usize = 50;
-                let mut listed = vms.iter().take(LISTED).cloned().collect::<Vec<_>>().join(" ");
-                if vms.len() > LISTED {
-                    listed.push_str(&format!(" (and {} more)", vms.len() - LISTED));
-                }
-                let event = audit
-                    .succeeded()
-                    .with("agentId", agent.id.clone())
-                    .with("name", agent.name.clone())
-                    .with("mode", agent.mode.as_str())
-                    .with("unenforcedVms", listed);
-                ctx.audit(event);
+                ctx.audit(join::removed(audit, &agent.id, &agent.name, agent.mode, &vms));
                 Ok(agent)
             })
         })
@@ -352,8 +303,7 @@ impl AgentStore for PgStore {
                     )
                     .await?;
                 if changed == 0 {
-                    let m = format!("agent '{id}' is not known or its credential was already replaced");
-                    return reject(ctx, audit, Invalid::not_found("AgentNotFound", m));
+                    return reject(ctx, audit, join::credential_replaced(&id));
                 }
                 ctx.audit(audit.succeeded().with("agentId", id.clone()));
                 agents::agent_by_id(&ctx.db, &id).await?.ok_or_else(|| Error::Corrupt("the agent vanished".into()))
@@ -362,38 +312,21 @@ impl AgentStore for PgStore {
         .await
     }
 
+    /// Gathered with the other agents' reads of the moment (see `fanout`).
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
-        let id = agent_id.to_owned();
-        let state = self
-            .read(move |db| {
-                Box::pin(async move {
-                    match agents::agent_by_id(db, &id).await? {
-                        Some(agent) => Ok(Some(agents::state(db, &agent, now).await?)),
-                        None => Ok(None),
-                    }
-                })
-            })
-            .await?;
-        state.ok_or_else(|| {
-            StoreError::Rejected(Invalid::not_found("AgentNotFound", format!("agent '{agent_id}' was removed")))
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = fanout::StateAsk { id: agent_id.to_owned(), now, reply };
+        self.states.send(ask).await.map_err(|_| backend("the store's state reader has stopped"))?;
+        answer.await.map_err(|_| backend("the store's state reader stopped before answering"))?
     }
 
+    /// Gathered with the other agents' delivery notes of the moment (see `fanout`).
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
-        let id = agent_id.to_owned();
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let revision = i64::try_from(revision).unwrap_or(i64::MAX);
-        self.write(move |ctx| {
-            Box::pin(async move {
-                ctx.db
-                    .exec(
-                        "UPDATE agents SET delivered_revision = greatest(delivered_revision, $2) WHERE id = $1",
-                        &[&id, &revision],
-                    )
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
+        let note = fanout::Delivered { id: agent_id.to_owned(), revision, reply };
+        self.delivered.send(note).await.map_err(|_| backend("the store's delivery writer has stopped"))?;
+        answer.await.map_err(|_| backend("the store's delivery writer stopped before answering"))?
     }
 
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
@@ -409,32 +342,26 @@ impl AgentStore for PgStore {
                     .await?;
                 let Some(before) = before else {
                     return Err(Error::Store(StoreError::Rejected(Invalid::not_found(
-                        "AgentNotFound",
+                        join::AGENT_NOT_FOUND,
                         format!("agent {id} is not known"),
                     ))));
                 };
-                let (applied, usable, delivered): (i64, Option<bool>, i64) =
-                    (before.try_get(0)?, before.try_get(1)?, before.try_get(2)?);
-                let event = AuditEvent {
-                    time: report.now,
-                    operation: ops::AGENT_APPLIED.into(),
-                    status: if report.nft_usable { AuditStatus::Succeeded } else { AuditStatus::Failed },
-                    caller: format!("agent:{id}"),
-                    caller_ip: None,
-                    resource_id: format!("/agents/{id}"),
-                    correlation_id: format!("agent-{id}-{}", report.revision),
-                    properties: Default::default(),
+                let before = join::Reported {
+                    applied: before.try_get(0)?,
+                    usable: before.try_get(1)?,
+                    delivered: before.try_get(2)?,
                 };
-                // An agent can only have applied what it was sent.
-                if report.revision > delivered.max(0) as u64 {
-                    let m = format!(
-                        "revision {} was never delivered to this agent (the latest it was sent is {delivered}); \
-                         report only revisions from GET /agent/v1/state",
-                        report.revision
-                    );
-                    let refusal = event.with("revision", report.revision.to_string());
-                    return reject(ctx, refusal, Invalid::conflict("RevisionNotDelivered", m));
-                }
+                let audited = match join::report(
+                    &id,
+                    before,
+                    report.revision,
+                    report.now,
+                    report.nft_usable,
+                    report.nft_error.as_deref(),
+                ) {
+                    join::Reporting::Accepted(audited) => audited,
+                    join::Reporting::Refused { event, invalid } => return reject(ctx, event, invalid),
+                };
                 let revision = i64::try_from(report.revision).unwrap_or(i64::MAX);
                 ctx.db
                     .exec(
@@ -443,12 +370,7 @@ impl AgentStore for PgStore {
                         &[&id, &nanos(report.now), &revision, &report.nft_usable, &report.nft_error],
                     )
                     .await?;
-                // Audit what changes: a newly applied revision, or a change in nftables health.
-                if revision > applied || usable != Some(report.nft_usable) {
-                    let event = event
-                        .with("revision", report.revision.to_string())
-                        .with("nftablesUsable", report.nft_usable.to_string())
-                        .with("nftablesError", report.nft_error.clone().unwrap_or_default());
+                if let Some(event) = audited {
                     ctx.audit(event);
                 }
                 Ok(())

@@ -37,12 +37,7 @@ impl IdentityStore for PgStore {
                     )
                     .await?;
                 rbac::insert_assignment(&ctx.db, pid, "Owner", "/", now, "jitgate").await?;
-                let event = audit
-                    .succeeded()
-                    .with("principal", owner.clone())
-                    .with("role", "Owner")
-                    .with("expiresOn", expires.map(rfc3339).unwrap_or_default());
-                ctx.audit(event);
+                ctx.audit(checks::bootstrapped(audit, &owner, expires));
                 Ok(true)
             })
         })
@@ -81,8 +76,8 @@ impl IdentityStore for PgStore {
                     return reject(ctx, audit, invalid);
                 }
                 ctx.db.exec("SELECT pg_advisory_xact_lock($1)", &[&PRINCIPALS_LOCK]).await?;
-                if rbac::principal(&ctx.db, &name).await?.is_some() {
-                    let invalid = Invalid::conflict("PrincipalExists", format!("a principal named '{name}' exists"));
+                let taken = rbac::principal(&ctx.db, &name).await?.is_some();
+                if let Err(invalid) = checks::check_name_free(&name, taken) {
                     return reject(ctx, audit, invalid);
                 }
                 insert_principal(ctx, &name, &kind, audit).await
@@ -136,35 +131,19 @@ impl IdentityStore for PgStore {
             Box::pin(async move {
                 let NewToken { principal, token_hash: hash, expires, origin } = token;
                 let Some(p) = rbac::principal(&ctx.db, &principal).await? else {
-                    let m = format!("no principal named '{}'", jitgate_core::identity::shown(&principal));
-                    return reject(ctx, audit, Invalid::not_found("PrincipalNotFound", m));
+                    let shown = jitgate_core::identity::shown(&principal);
+                    return reject(ctx, audit, checks::principal_not_found(&shown));
                 };
                 let parent = match origin {
                     TokenOrigin::Token(parent) => {
                         // Checked inside the transaction, on the locked parent: a parent revoked a
                         // moment ago cannot slip a child past the revocation of its descendants.
                         ctx.db.opt("SELECT id FROM tokens WHERE id = $1 FOR UPDATE", &[&parent]).await?;
-                        let live = rbac::token(&ctx.db, parent)
+                        let found = rbac::token(&ctx.db, parent)
                             .await?
-                            .filter(|t| t.revoked.is_none() && t.expires.is_none_or(|e| e > audit.time));
-                        let Some(live) = live else {
-                            let mut invalid = Invalid::conflict(
-                                "ParentTokenInvalid",
-                                format!("token {parent}, which asks for a new token, is revoked or has expired"),
-                            );
-                            invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
+                            .map(|t| checks::ParentToken { revoked: t.revoked.is_some(), expires: t.expires });
+                        if let Err(invalid) = checks::check_parent(parent, found, expires, audit.time) {
                             return reject(ctx, audit, invalid);
-                        };
-                        if let Some(limit) = live.expires.filter(|l| expires.is_none_or(|e| e > *l)) {
-                            let m = format!(
-                                "a token cannot outlive token {parent}, which creates it (it expires at {})",
-                                rfc3339(limit)
-                            );
-                            return reject(
-                                ctx,
-                                audit,
-                                Invalid::input("TokenLifetimeTooLong", Some("expiresIn".into()), m),
-                            );
                         }
                         Some(parent)
                     }
@@ -179,16 +158,7 @@ impl IdentityStore for PgStore {
                     )
                     .await?
                     .try_get(0)?;
-                let mut event = audit
-                    .succeeded()
-                    .with("principal", p.name.clone())
-                    .with("tokenId", id.to_string())
-                    .with("expiresOn", expires.map(rfc3339).unwrap_or_default())
-                    .with("createdWith", origin.as_str());
-                if let Some(parent) = parent {
-                    event = event.with("parentTokenId", parent.to_string());
-                }
-                ctx.audit(event);
+                ctx.audit(checks::token_created(audit, &p.name, id, expires, origin.as_str(), parent));
                 rbac::token(&ctx.db, id).await?.ok_or_else(|| Error::Corrupt("the token vanished".into()))
             })
         })
@@ -215,17 +185,12 @@ impl IdentityStore for PgStore {
             Box::pin(async move {
                 ctx.db.opt("SELECT id FROM tokens WHERE id = $1 FOR UPDATE", &[&id]).await?;
                 let Some(t) = rbac::token(&ctx.db, id).await? else {
-                    return reject(ctx, audit, Invalid::not_found("TokenNotFound", format!("no token with id {id}")));
+                    return reject(ctx, audit, checks::token_not_found(id));
                 };
                 let now = nanos(audit.time);
                 ctx.db.exec("UPDATE tokens SET revoked = coalesce(revoked, $2) WHERE id = $1", &[&id, &now]).await?;
                 let descendants = rbac::revoke_with_descendants(&ctx.db, &[id], now).await?;
-                let event = audit
-                    .succeeded()
-                    .with("tokenId", id.to_string())
-                    .with("principal", t.principal.clone())
-                    .with("revokedDescendantTokens", descendants.to_string());
-                ctx.audit(event);
+                ctx.audit(checks::token_revoked(audit, id, &t.principal, descendants));
                 rbac::token(&ctx.db, id).await?.ok_or_else(|| Error::Corrupt("the token vanished".into()))
             })
         })
@@ -240,13 +205,7 @@ impl IdentityStore for PgStore {
         self.write(move |ctx| {
             Box::pin(async move {
                 let created = rbac::put_role(&ctx.db, &role, nanos(audit.time)).await?;
-                let event = audit
-                    .succeeded()
-                    .with("role", role.name.clone())
-                    .with("actions", role.actions.join(" "))
-                    .with("notActions", role.not_actions.join(" "))
-                    .with("assignableScopes", role.assignable_scopes.join(" "));
-                ctx.audit(event);
+                ctx.audit(checks::role_stored(audit, &role));
                 let stored =
                     rbac::role(&ctx.db, &role.name).await?.ok_or_else(|| Error::Corrupt("the role vanished".into()))?;
                 Ok((stored, created))
@@ -279,17 +238,15 @@ impl IdentityStore for PgStore {
             Box::pin(async move {
                 ctx.db.opt("SELECT key FROM role_definitions WHERE key = lower($1) FOR UPDATE", &[&name]).await?;
                 let Some(role) = rbac::role(&ctx.db, &name).await? else {
-                    let m = format!("no custom role named '{name}'");
-                    return reject(ctx, audit, Invalid::not_found("RoleDefinitionNotFound", m));
+                    return reject(ctx, audit, checks::role_not_found(&name));
                 };
                 let used: i64 = ctx
                     .db
                     .one("SELECT count(*) FROM role_assignments WHERE role_key = lower($1)", &[&name])
                     .await?
                     .try_get(0)?;
-                if used > 0 {
-                    let m = format!("role '{name}' has {used} assignment(s); delete them first");
-                    return reject(ctx, audit, Invalid::conflict("RoleDefinitionInUse", m));
+                if let Err(invalid) = checks::check_role_unused(&name, used) {
+                    return reject(ctx, audit, invalid);
                 }
                 ctx.db.exec("DELETE FROM role_definitions WHERE key = lower($1)", &[&name]).await?;
                 ctx.audit(audit.succeeded().with("role", name.clone()));
@@ -310,8 +267,7 @@ impl IdentityStore for PgStore {
         self.write(move |ctx| {
             Box::pin(async move {
                 let Some(p) = rbac::principal(&ctx.db, &principal).await? else {
-                    let m = format!("no principal named '{principal}'");
-                    return reject(ctx, audit, Invalid::not_found("PrincipalNotFound", m));
+                    return reject(ctx, audit, checks::principal_not_found(&principal));
                 };
                 let exists = ctx
                     .db
@@ -321,20 +277,13 @@ impl IdentityStore for PgStore {
                         &[&p.id, &role, &scope],
                     )
                     .await?;
-                if let Some(id) = exists {
-                    let id: String = id.try_get(0)?;
-                    let m = format!("'{principal}' already holds '{role}' at '{scope}' (assignment {id})");
-                    return reject(ctx, audit, Invalid::conflict("RoleAssignmentExists", m));
+                let exists: Option<String> = exists.map(|r| r.try_get(0)).transpose()?;
+                if let Err(invalid) = checks::check_not_assigned(&principal, &role, &scope, exists.as_deref()) {
+                    return reject(ctx, audit, invalid);
                 }
                 let id =
                     rbac::insert_assignment(&ctx.db, p.id, &role, &scope, nanos(audit.time), &audit.caller).await?;
-                let event = audit
-                    .succeeded()
-                    .with("assignmentId", id.clone())
-                    .with("principal", principal.clone())
-                    .with("role", role.clone())
-                    .with("scope", scope.clone());
-                ctx.audit(event);
+                ctx.audit(checks::assignment_event(audit, &id, &principal, &role, &scope));
                 rbac::assignment(&ctx.db, &id).await?.ok_or_else(|| Error::Corrupt("the assignment vanished".into()))
             })
         })
@@ -371,21 +320,13 @@ impl IdentityStore for PgStore {
         self.write(move |ctx| {
             Box::pin(async move {
                 let Some(a) = rbac::assignment(&ctx.db, &id).await? else {
-                    let m = format!("no role assignment {id}");
-                    return reject(ctx, audit, Invalid::not_found("RoleAssignmentNotFound", m));
+                    return reject(ctx, audit, checks::assignment_not_found(&id));
                 };
                 if ctx.db.exec("DELETE FROM role_assignments WHERE id = $1", &[&id]).await? == 0 {
                     // Another replica removed it a moment ago.
-                    let m = format!("no role assignment {id}");
-                    return reject(ctx, audit, Invalid::not_found("RoleAssignmentNotFound", m));
+                    return reject(ctx, audit, checks::assignment_not_found(&id));
                 }
-                let event = audit
-                    .succeeded()
-                    .with("assignmentId", id.clone())
-                    .with("principal", a.principal.clone())
-                    .with("role", a.role.clone())
-                    .with("scope", a.scope.clone());
-                ctx.audit(event);
+                ctx.audit(checks::assignment_event(audit, &id, &a.principal, &a.role, &a.scope));
                 Ok(a)
             })
         })
@@ -396,7 +337,7 @@ impl IdentityStore for PgStore {
 async fn delete_principal(ctx: &mut Ctx, name: String, audit: AuditEvent) -> Res<Principal> {
     ctx.db.exec("SELECT pg_advisory_xact_lock($1)", &[&PRINCIPALS_LOCK]).await?;
     let Some(p) = rbac::principal(&ctx.db, &name).await? else {
-        return reject(ctx, audit, Invalid::not_found("PrincipalNotFound", format!("no principal named '{name}'")));
+        return reject(ctx, audit, checks::principal_not_found(&name));
     };
     let now = nanos(audit.time);
     let own: Vec<i64> = ctx
@@ -454,7 +395,7 @@ async fn delete_principal(ctx: &mut Ctx, name: String, audit: AuditEvent) -> Res
             By::Revoker(&deleter),
         )
         .await?;
-        hooks::enqueue(&ctx.db, "revoked", *rid, audit.time).await?;
+        hooks::enqueue(&ctx.db, outbox::REVOKED, *rid, audit.time).await?;
     }
     if ended > 0 {
         ctx.bump_revision();
@@ -466,16 +407,9 @@ async fn delete_principal(ctx: &mut Ctx, name: String, audit: AuditEvent) -> Res
             &[&p.id],
         )
         .await?;
-    let mut event = audit
-        .succeeded()
-        .with("principal", name.clone())
-        .with("removedAssignments", removed.to_string())
-        .with("revokedDescendantTokens", descendants.to_string())
-        .with("removedWebhooks", hooks.to_string())
-        .with("revokedGrants", ended.to_string());
-    if let Some(o) = &p.oidc {
-        event = event.with("issuer", o.issuer.clone()).with("subject", o.subject.clone());
-    }
-    ctx.audit(event);
+    let removed =
+        checks::Removed { assignments: removed, descendant_tokens: descendants, webhooks: hooks, grants: ended };
+    let oidc = p.oidc.as_ref().map(|o| (o.issuer.as_str(), o.subject.as_str()));
+    ctx.audit(checks::principal_deleted(audit, &name, removed, oidc));
     Ok(p)
 }

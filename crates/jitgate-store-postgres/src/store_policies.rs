@@ -12,17 +12,13 @@ impl PolicyStore for PgStore {
                 let key = policy.reference.key();
                 // An edit waits for (and then excludes) initiates and other edits of the policy.
                 let existing = grants::lock_policy_key(&ctx.db, &key).await?;
-                let mut known: HashMap<String, OsType> = HashMap::new();
-                let mut gateway_of: HashMap<String, String> = HashMap::new();
+                let mut known = KnownVms::default();
                 for vm in &policy.vms {
                     if let Some(v) = rows::get_vm(&ctx.db, &vm.id.key()).await? {
-                        known.insert(vm.id.key(), v.spec.os_type);
-                        if let Some(gw) = v.spec.gateway {
-                            gateway_of.insert(vm.id.key(), gw);
-                        }
+                        known.add(vm.id.key(), v.spec.os_type, v.spec.gateway);
                     }
                 }
-                let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
+                let resolved = match known.resolve(policy) {
                     Ok(p) => p,
                     Err(invalid) => return reject(ctx, audit, invalid),
                 };
@@ -34,21 +30,11 @@ impl PolicyStore for PgStore {
                     .iter()
                     .map(|r| r.try_get(0))
                     .collect::<Result<_, _>>()?;
-                for (i, vm) in resolved.vms.iter().enumerate() {
-                    if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.id.as_str())) {
-                        let mut invalid = Invalid::conflict(
-                            "JitDisabledBySecurityPolicy",
-                            format!(
-                                "JIT is disabled by a security policy on '{scope}'; virtual machine '{}' cannot be enabled",
-                                vm.id
-                            ),
-                        );
-                        invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
-                        return reject(ctx, audit, invalid);
-                    }
+                if let Err(invalid) = policy_put::check_security_policies(&resolved, &disabled) {
+                    return reject(ctx, audit, invalid);
                 }
-                // A VM is protected by one policy at a time.
-                for (i, vm) in resolved.vms.iter().enumerate() {
+                let mut held = Vec::with_capacity(resolved.vms.len());
+                for vm in &resolved.vms {
                     let other = ctx
                         .db
                         .opt(
@@ -56,46 +42,15 @@ impl PolicyStore for PgStore {
                             &[&vm.id.key(), &key],
                         )
                         .await?;
-                    if let Some(other) = other {
-                        let other: String = other.try_get(0)?;
-                        let mut invalid = Invalid::conflict(
-                            "VirtualMachineInAnotherPolicy",
-                            format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
-                        );
-                        invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
-                        return reject(ctx, audit, invalid);
-                    }
+                    held.push(other.map(|r| r.try_get::<_, String>(0)).transpose()?);
+                }
+                if let Err(invalid) = policy_put::check_one_policy_per_vm(&resolved, &held) {
+                    return reject(ctx, audit, invalid);
                 }
                 // A gateway's public ports are one namespace across all policies.
-                let mut gateways: Vec<String> = Vec::new();
-                for vm in &resolved.vms {
-                    if let Some(gw) = gateway_of.get(&vm.id.key()) {
-                        if !gateways.iter().any(|g| g.eq_ignore_ascii_case(gw)) {
-                            gateways.push(gw.clone());
-                        }
-                    }
-                }
-                for gw in &gateways {
-                    let mut new = Vec::new();
-                    for (i, vm) in resolved.vms.iter().enumerate() {
-                        if !gateway_of.get(&vm.id.key()).is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
-                            continue;
-                        }
-                        for (j, p) in vm.ports.iter().enumerate() {
-                            if let Some(m) = p.mapped_port {
-                                new.push(MappedClaim {
-                                    policy: resolved.reference.id(),
-                                    vm: vm.id.name().to_owned(),
-                                    number: p.number,
-                                    protocol: p.protocol,
-                                    mapped_port: m,
-                                    target: Some(format!("properties.virtualMachines[{i}].ports[{j}].mappedPort")),
-                                });
-                            }
-                        }
-                    }
-                    let held = rows::gateway_claims(&ctx.db, &resolved.reference.subscription, gw, &key, "").await?;
-                    if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                for (gw, new) in known.gateway_claims(&resolved) {
+                    let held = rows::gateway_claims(&ctx.db, &resolved.reference.subscription, &gw, &key, "").await?;
+                    if let Err(invalid) = check_mapped_ports(&gw, &new, &held) {
                         return reject(ctx, audit, invalid);
                     }
                 }
@@ -133,9 +88,7 @@ impl PolicyStore for PgStore {
                 };
                 insert_policy_body(&ctx.db, pid, &resolved).await?;
                 ctx.bump_revision();
-                let event =
-                    audit.succeeded().with("created", existing.is_none().to_string()).with("ports", port_summary(&resolved));
-                ctx.audit(event);
+                ctx.audit(policy_put::stored(audit, existing.is_none(), &resolved));
                 let (_, record) = rows::load_policy(&ctx.db, &key)
                     .await?
                     .ok_or_else(|| Error::Corrupt("the policy vanished".into()))?;
@@ -248,13 +201,8 @@ impl PolicyStore for PgStore {
                 grants::apply(&ctx.db, &gids, &changes, By::Revoker(&revoked_by)).await?;
                 ctx.bump_revision();
                 let now = audit.time;
-                let mut event = audit
-                    .succeeded()
-                    .with("requestId", id.to_string())
-                    .with("revokedGrants", changes.len().to_string());
-                event.resource_id = facts.policy_id;
-                ctx.audit(event);
-                hooks::enqueue(&ctx.db, "revoked", id, now).await?;
+                ctx.audit(lifecycle::revoked_event(audit, id, facts.policy_id, changes.len()));
+                hooks::enqueue(&ctx.db, outbox::REVOKED, id, now).await?;
                 rows::load_request(&ctx.db, id).await
             })
         })
@@ -300,17 +248,15 @@ impl PolicyStore for PgStore {
                                 &[&id, &nanos(new_end), &audit.caller],
                             )
                             .await?;
-                        let event =
-                            audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
-                        ctx.audit(event.with("decision", GrantStatus::Pending.as_str()));
-                        hooks::enqueue(&ctx.db, "requested", id, now).await?;
+                        ctx.audit(lifecycle::extended_event(audit, id, new_end, true));
+                        hooks::enqueue(&ctx.db, outbox::REQUESTED, id, now).await?;
                         return rows::load_request(&ctx.db, id).await;
                     }
                     Ok(Extension::Extended(changes)) => changes,
                 };
                 grants::apply(&ctx.db, &gids, &changes, By::Nobody).await?;
                 ctx.bump_revision();
-                ctx.audit(audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)));
+                ctx.audit(lifecycle::extended_event(audit, id, new_end, false));
                 rows::load_request(&ctx.db, id).await
             })
         })
@@ -340,8 +286,7 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
     // grants as the one before left them (supersede, replay).
     grants::lock_policy_key(&ctx.db, &key).await?;
     let Some((pid, policy)) = rows::load_policy_only(&ctx.db, &key).await? else {
-        let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
-        return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+        return reject(ctx, audit, policy_not_found(&cmd.policy));
     };
     if let Some(client_id) = &cmd.client_request_id {
         let earlier = ctx
@@ -370,8 +315,7 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         )
         .await?
         .try_get(0)?;
-    let mut records = Vec::with_capacity(plan.grants.len());
-    let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let mut requested = Requested::default();
     for (ord, g) in plan.grants.iter().enumerate() {
         let skey = g.supersede_key();
         // A grant that needs approval waits (and opens nothing), a scheduled one opens
@@ -383,13 +327,11 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         let (form, texts) = encode_sources(&g.sources);
         // Behind a gateway the grant carries the connection details: the gateway's public
         // address and the mapped port (when the policy port maps one).
-        let (mapped_port, public_ip) = match rows::get_vm(&ctx.db, &g.vm_id.key()).await? {
-            Some(vm) if vm.spec.gateway.is_some() => (
-                policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
-                vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
-            ),
-            _ => (None, None),
+        let reach = match rows::get_vm(&ctx.db, &g.vm_id.key()).await? {
+            Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.and_then(|a| a.public_address)),
+            None => Reach::default(),
         };
+        let grant = requested.add(g, &state, reach);
         ctx.db
             .exec(
                 "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
@@ -410,52 +352,21 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
                     &nanos(state.end_time),
                     &state.status.as_str(),
                     &state.reason.as_str(),
-                    &mapped_port.map(i64::from),
-                    &public_ip,
+                    &grant.mapped_port.map(i64::from),
+                    &grant.public_ip,
                     &grants::window_nanos(&state),
                     &nanos(g.opens_at),
                 ],
             )
             .await?;
-        ports.push(format!("{}:{}", g.vm_id.name(), g.number));
-        sources.push(texts.replace('\n', " "));
-        ends.push(rfc3339(g.end_time));
-        records.push(GrantRecord {
-            vm_id: g.vm_id.as_str().to_owned(),
-            number: g.number,
-            protocol: g.protocol,
-            sources: g.sources.clone(),
-            end_time: state.end_time,
-            status: state.status,
-            status_reason: state.reason,
-            mapped_port,
-            public_ip,
-        });
     }
-    let mut event = audit
-        .succeeded()
-        .with("requestId", rid.to_string())
-        .with("ports", ports.join(","))
-        .with("sources", sources.join(","))
-        .with("endTimeUtc", ends.join(","));
-    if let Some(j) = &plan.justification {
-        event = event.with("justification", j.clone());
-    }
+    let event = requested.event(audit, rid, &plan);
     ctx.bump_revision();
     ctx.audit(event);
-    hooks::enqueue(&ctx.db, "requested", rid, cmd.now).await?;
-    if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
-        hooks::enqueue(&ctx.db, "opened", rid, cmd.now).await?;
+    for event in outbox::on_initiate(requested.opened()) {
+        hooks::enqueue(&ctx.db, event, rid, cmd.now).await?;
     }
-    let request = AccessRequestRecord {
-        id: rid,
-        requestor: cmd.requestor,
-        start_time: plan.start_time,
-        justification: plan.justification,
-        grants: records,
-        pending_extension: None,
-        decision_reason: None,
-    };
+    let request = requested.into_record(rid, cmd.requestor, plan);
     Ok(InitiateOutcome { request, replayed: false })
 }
 
@@ -481,25 +392,11 @@ async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
         let Some(new) = lifecycle::expire(state, now) else { continue };
         grants::persist(&ctx.db, gid, &new, By::Nobody).await?;
         expired += 1;
-        let sources: String = r.try_get("sources")?;
-        let event = AuditEvent {
-            time: now,
-            operation: ops::GRANT_EXPIRE.into(),
-            status: AuditStatus::Succeeded,
-            caller: "jitgate".into(),
-            caller_ip: None,
-            resource_id: r.try_get("policy_id")?,
-            correlation_id: format!("expiry-{gid}"),
-            properties: Default::default(),
-        }
-        .with("requestId", rid.to_string())
-        .with("virtualMachine", r.try_get::<_, String>("vm_id")?)
-        .with("port", rows::port(r, "number")?.to_string())
-        .with("sources", sources.replace('\n', " "))
-        .with("endTimeUtc", rfc3339(state.end_time))
-        .with("reason", new.reason.as_str());
-        ctx.audit(event);
-        hooks::enqueue(&ctx.db, "expired", rid, now).await?;
+        let (policy_id, vm_id, sources): (String, String, String) =
+            (r.try_get("policy_id")?, r.try_get("vm_id")?, r.try_get("sources")?);
+        let swept = lifecycle::Swept { gid, rid, policy_id: &policy_id };
+        ctx.audit(lifecycle::expired_event(now, swept, &vm_id, rows::port(r, "number")?, &sources, &state, &new));
+        hooks::enqueue(&ctx.db, outbox::EXPIRED, rid, now).await?;
     }
     // Scheduled windows that have begun: open them (newer grants replace older ones).
     let starting = ctx
@@ -520,19 +417,9 @@ async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
         grants::supersede_older(&ctx.db, pid, &skey).await?;
         grants::persist(&ctx.db, gid, &new, By::Nobody).await?;
         activated += 1;
-        let event = AuditEvent {
-            time: now,
-            operation: ops::GRANT_OPEN.into(),
-            status: AuditStatus::Succeeded,
-            caller: "jitgate".into(),
-            caller_ip: None,
-            resource_id: r.try_get("policy_id")?,
-            correlation_id: format!("open-{gid}"),
-            properties: Default::default(),
-        }
-        .with("requestId", rid.to_string());
-        ctx.audit(event);
-        hooks::enqueue(&ctx.db, "opened", rid, now).await?;
+        let policy_id: String = r.try_get("policy_id")?;
+        ctx.audit(lifecycle::opened_event(now, lifecycle::Swept { gid, rid, policy_id: &policy_id }));
+        hooks::enqueue(&ctx.db, outbox::OPENED, rid, now).await?;
     }
     if activated > 0 {
         ctx.bump_revision();
@@ -553,7 +440,7 @@ async fn expire_due(ctx: &mut Ctx, now: OffsetDateTime) -> Res<ExpirySweep> {
     let mut announced = std::collections::HashSet::new();
     for (_, rid) in &warned {
         if announced.insert(*rid) {
-            hooks::enqueue(&ctx.db, "expiringSoon", *rid, now).await?;
+            hooks::enqueue(&ctx.db, outbox::EXPIRING_SOON, *rid, now).await?;
         }
     }
     Ok(ExpirySweep { expired, activated, warned: warned.len() })
@@ -577,11 +464,8 @@ async fn decide_request(
         Ok(decision) => decision,
         Err(invalid) => return reject(ctx, audit, invalid),
     };
-    let verdict = |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
     let requestor = facts.requestor.clone();
-    let succeeded =
-        move |audit: AuditEvent| audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor);
-    let (approved, mut event) = match decision {
+    let (approved, event) = match decision {
         Decision::Grants { approved, changes } => {
             for (i, state) in &changes {
                 let gid = grants::gid_at(&gids, *i)?;
@@ -594,8 +478,8 @@ async fn decide_request(
                 grants::persist(&ctx.db, gid, state, By::Decider(&decider)).await?;
             }
             ctx.bump_revision();
-            let event = succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
-            (approved, event)
+            let what = Decided::Grants(changes.len());
+            (approved, lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref()))
         }
         Decision::Extension { approved, end_time, changes } => {
             clear_extension(&ctx.db, id).await?;
@@ -604,13 +488,11 @@ async fn decide_request(
                 grants::apply(&ctx.db, &gids, &changes, By::Decider(&decider)).await?;
                 ctx.bump_revision();
             }
-            let mut event =
-                succeeded(audit).with("decision", verdict(approved)).with("extensionEndTimeUtc", rfc3339(end_time));
-            if let Some(r) = reason {
-                event = event.with("reason", r);
+            let what = Decided::Extension(end_time);
+            ctx.audit(lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref()));
+            for event in outbox::on_extension_decision(approved) {
+                hooks::enqueue(&ctx.db, event, id, now).await?;
             }
-            ctx.audit(event);
-            hooks::enqueue(&ctx.db, if approved { "approved" } else { "denied" }, id, now).await?;
             return rows::load_request(&ctx.db, id).await;
         }
         Decision::ExtensionLapsed(invalid) => {
@@ -619,15 +501,9 @@ async fn decide_request(
         }
     };
     rows::set_decision_reason(&ctx.db, id, reason.as_deref()).await?;
-    if let Some(r) = reason {
-        event = event.with("reason", r);
-    }
     ctx.audit(event);
-    if approved {
-        hooks::enqueue(&ctx.db, "approved", id, now).await?;
-        hooks::enqueue(&ctx.db, "opened", id, now).await?;
-    } else {
-        hooks::enqueue(&ctx.db, "denied", id, now).await?;
+    for event in outbox::on_decision(approved) {
+        hooks::enqueue(&ctx.db, event, id, now).await?;
     }
     rows::load_request(&ctx.db, id).await
 }
@@ -681,14 +557,4 @@ async fn insert_policy_body(db: &Db, pid: i64, policy: &jitgate_core::Policy) ->
         }
     }
     Ok(())
-}
-
-fn port_summary(policy: &jitgate_core::Policy) -> String {
-    let mut parts = Vec::new();
-    for vm in &policy.vms {
-        for p in &vm.ports {
-            parts.push(format!("{}:{}/{}", vm.id.name(), p.number, p.protocol.as_str()));
-        }
-    }
-    parts.join(",")
 }

@@ -9,12 +9,13 @@ impl WebhookStore for PgStore {
         self.write(move |ctx| {
             Box::pin(async move {
                 hooks::insert(&ctx.db, &hook, &keys).await?;
-                let event = audit
-                    .succeeded()
-                    .with("webhookId", hook.id.clone())
-                    .with("url", hook.url.clone())
-                    .with("subscription", hook.subscription.clone().unwrap_or_default())
-                    .with("principal", hook.principal.clone().unwrap_or_default());
+                let event = outbox::webhook_created(
+                    audit,
+                    &hook.id,
+                    &hook.url,
+                    hook.subscription.as_deref(),
+                    hook.principal.as_deref(),
+                );
                 ctx.audit(event);
                 hooks::hook(&ctx.db, &hook.id, &keys)
                     .await?
@@ -49,7 +50,7 @@ impl WebhookStore for PgStore {
             Box::pin(async move {
                 ctx.db.opt("SELECT id FROM webhooks WHERE id = $1 FOR UPDATE", &[&id]).await?;
                 let Some(h) = hooks::hook(&ctx.db, &id, &keys).await? else {
-                    return reject(ctx, audit, Invalid::not_found("WebhookNotFound", format!("no webhook {id}")));
+                    return reject(ctx, audit, outbox::webhook_not_found(&id));
                 };
                 ctx.db.exec("DELETE FROM deliveries WHERE webhook_id = $1 AND state = 'Pending'", &[&id]).await?;
                 ctx.db.exec("DELETE FROM webhooks WHERE id = $1", &[&id]).await?;
@@ -104,11 +105,8 @@ impl WebhookStore for PgStore {
     ) -> StoreResult<()> {
         self.write(move |ctx| {
             Box::pin(async move {
-                let (state, next_at) = match (ok, next) {
-                    (true, _) => ("Delivered", nanos(now)),
-                    (false, Some(n)) => ("Pending", nanos(n)),
-                    (false, None) => ("Failed", nanos(now)),
-                };
+                let (state, next_at) = outbox::attempted(ok, next, now);
+                let next_at = nanos(next_at);
                 let delivered = ok.then_some(nanos(now));
                 ctx.db
                     .exec(

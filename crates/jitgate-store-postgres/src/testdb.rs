@@ -17,17 +17,24 @@ pub fn server_url() -> String {
 pub struct TestDatabase {
     name: String,
     url: String,
+    server: String,
 }
 
 impl TestDatabase {
     /// Creates a fresh database, or says why none can be made (no server answering, say).
     pub async fn create() -> Result<Self, String> {
+        Self::create_on(&server_url()).await
+    }
+
+    /// Creates a fresh database on the server at `server` (a URL without a database).
+    pub async fn create_on(server: &str) -> Result<Self, String> {
         static N: AtomicUsize = AtomicUsize::new(0);
+        let server = server.trim_end_matches('/').to_owned();
         let nonce = time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000;
         let name = format!("jitgate_test_{}_{}_{nonce}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        admin(&format!("CREATE DATABASE {name}")).await?;
-        let url = format!("{}/{name}", server_url());
-        Ok(TestDatabase { name, url })
+        admin(&server, &format!("CREATE DATABASE {name}")).await?;
+        let url = format!("{server}/{name}");
+        Ok(TestDatabase { name, url, server })
     }
 
     /// The database's URL.
@@ -45,9 +52,10 @@ impl Drop for TestDatabase {
         // A test's runtime may be the one running this drop: the database is dropped on a thread
         // of its own, with a runtime of its own.
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let server = self.server.clone();
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            rt.block_on(admin(&sql))
+            rt.block_on(admin(&server, &sql))
         })
         .join();
         if let Ok(Err(e)) = done {
@@ -56,14 +64,14 @@ impl Drop for TestDatabase {
     }
 }
 
-/// Runs one statement on the server's `postgres` database.
-async fn admin(sql: &str) -> Result<(), String> {
-    let url = format!("{}/postgres?connect_timeout=3", server_url());
+/// Runs one statement on the `postgres` database of `server`.
+async fn admin(server: &str, sql: &str) -> Result<(), String> {
+    let url = format!("{server}/postgres?connect_timeout=3");
     let connect = tokio_postgres::connect(&url, NoTls);
     let (client, conn) = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
-        .map_err(|_| format!("no PostgreSQL answered at {} within 5 s", server_url()))?
-        .map_err(|e| format!("no PostgreSQL at {}: {}", server_url(), crate::describe(&e)))?;
+        .map_err(|_| format!("no PostgreSQL answered at {server} within 5 s"))?
+        .map_err(|e| format!("no PostgreSQL at {server}: {}", crate::describe(&e)))?;
     let task = tokio::spawn(conn);
     let out = client.batch_execute(sql).await.map_err(|e| format!("{sql}: {}", crate::describe(&e)));
     drop(client);

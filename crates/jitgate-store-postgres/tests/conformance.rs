@@ -510,3 +510,93 @@ async fn committed_changes_publish_the_new_revision() {
     a.record(event("no-revision")).await.expect("record");
     assert!(!changes.has_changed().expect("open"), "an audit record alone moves nothing");
 }
+
+/// The next signal `rx` hears, failing the test when none comes.
+async fn next_signal(rx: &mut tokio::sync::mpsc::Receiver<jitgate_store::Signal>) -> jitgate_store::Signal {
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a signal within the wait")
+        .expect("the listener is running")
+}
+
+/// What one replica commits reaches another replica's listener as a signal: the new revision,
+/// an agent's report, queued deliveries, a role change. A replica's own changes wake nothing
+/// twice, and a rolled-back change sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replicas_changes_reach_the_other_as_signals() {
+    use jitgate_store::Signal;
+    let Some(db) = database("one_replicas_changes_reach_the_other_as_signals").await else { return };
+    let (a, b) = two_replicas(&db, false).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let listener = tokio::spawn({
+        let b = b.clone();
+        async move { b.listen(tx).await }
+    });
+    assert_eq!(next_signal(&mut rx).await, Signal::Resync, "listening begins with a look at everything");
+
+    a.initiate(initiate("198.51.100.30", "alice"), event("init")).await.expect("initiate");
+    let revision = a.revision().await.expect("revision");
+    assert_eq!(next_signal(&mut rx).await, Signal::Changed(revision));
+    assert_eq!(*b.changes().borrow(), revision, "the other replica knows the new revision");
+
+    // B's own change: its revision moves, and its listener stays quiet about it.
+    b.initiate(initiate("198.51.100.31", "bob"), event("init")).await.expect("initiate on b");
+    // A role assignment change on A: cached authorizations on B must go.
+    let principal = a.create_principal("carol", "User", event("principal")).await.expect("principal");
+    a.create_role_assignment(&principal.name, "Reader", &format!("/subscriptions/{SUB}"), event("assign"))
+        .await
+        .expect("assign");
+    assert_eq!(next_signal(&mut rx).await, Signal::Roles, "B's own initiate was not echoed: {revision}");
+
+    // A failed transaction sends nothing: the next signal is the next committed change.
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.expect("raw connect");
+    tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; UPDATE meta SET value = value + 1000 WHERE key = 'revision'; ROLLBACK;")
+        .await
+        .expect("rolled back");
+    a.initiate(initiate("198.51.100.32", "alice"), event("init")).await.expect("initiate");
+    let revision = a.revision().await.expect("revision");
+    assert_eq!(next_signal(&mut rx).await, Signal::Changed(revision), "nothing of the rolled-back change");
+
+    drop(rx);
+    tokio::time::timeout(std::time::Duration::from_secs(10), listener)
+        .await
+        .expect("the listener ends once nobody hears it")
+        .expect("joined");
+}
+
+/// Changes committed together by the writer stay each other's strangers: many at once on one
+/// replica, some refused (a name taken) — each refusal keeps only its own `Failed` record, every
+/// other change is committed, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_in_a_batch_leaves_the_others_committed() {
+    let Some(db) = database("a_refused_change_in_a_batch_leaves_the_others_committed").await else { return };
+    let store = Arc::new(PgStore::open(db.url(), keys()).await.expect("open"));
+    let before = store.audit_records(0, 1 << 20).await.expect("audit").len();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = store.clone();
+        let name = if i % 2 == 0 { format!("p{i}") } else { "taken".to_string() };
+        tasks.push(tokio::spawn(async move { store.create_principal(&name, "User", event("principal")).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("joined") {
+            Ok(_) => ok += 1,
+            Err(StoreError::Rejected(_)) => refused += 1,
+            Err(e) => panic!("a clean answer for every change, got {e}"),
+        }
+    }
+    assert_eq!((ok, refused), (31, 29), "30 new names and one 'taken' committed; 29 refused");
+    let names: Vec<String> = store.list_principals().await.expect("list").into_iter().map(|p| p.name).collect();
+    for i in (0..60).step_by(2) {
+        assert!(names.contains(&format!("p{i}")), "p{i} committed");
+    }
+    assert_eq!(names.iter().filter(|n| *n == "taken").count(), 1);
+    let records = store.audit_records(0, 1 << 20).await.expect("audit");
+    assert_eq!(records.len() - before, 60, "one record per change: 31 succeeded, 29 failed");
+    let failed = records.iter().skip(before).filter(|r| r.event.status == AuditStatus::Failed).count();
+    assert_eq!(failed, 29);
+    assert!(store.verify_audit().await.expect("verify").valid);
+}

@@ -1,14 +1,13 @@
 //! Agents, join tokens, revoke and the per-agent enforcement state.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
-use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState};
-use jitgate_core::{Protocol, VmId};
+use jitgate_core::enforcement::{AgentMode, EnforcedGrant, EnforcedPort, EnforcementState, StateBuilder};
+use jitgate_core::Protocol;
 use jitgate_store::AgentRecord;
 
 use crate::rows::{self, corrupt, decode_sources, from_nanos, nanos};
@@ -43,8 +42,7 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
             .filter_map(|(k, a)| a.parse().ok().map(|ip| (k, Some(ip))))
             .collect(),
     };
-    let mut ports = Vec::new();
-    let mut grants = Vec::new();
+    let mut state = StateBuilder::default();
     let mut port_stmt = conn.prepare_cached(
         "SELECT v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
          JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = ?1 ORDER BY pp.ord",
@@ -55,17 +53,15 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
         crate::grants::status_in("status", 3, &jitgate_core::lifecycle::LIVE)
     ))?;
     for (key, address) in targets {
-        let mut protected = HashSet::new();
+        state.next_vm();
         let mut rows_ = port_stmt.query([&key])?;
         while let Some(r) = rows_.next()? {
             let proto: String = r.get(2)?;
-            let number: u16 = r.get(1)?;
-            protected.insert(number);
-            ports.push(EnforcedPort {
+            state.port(EnforcedPort {
                 vm_id: r.get(0)?,
                 address,
                 protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
-                number,
+                number: r.get(1)?,
                 cut_sessions: r.get(3)?,
                 mapped_port: r.get(4)?,
             });
@@ -74,31 +70,20 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
         let mut rows_ =
             grant_stmt.query(crate::grants::bind([Value::Text(key.clone()), Value::Integer(nanos(now))], live))?;
         while let Some(r) = rows_.next()? {
-            let number: u16 = r.get(3)?;
-            if !protected.contains(&number) {
-                continue; // the port is no longer under JIT control: nothing to open
-            }
             let proto: String = r.get(2)?;
             let form: String = r.get(4)?;
             let sources: String = r.get(5)?;
-            grants.push(EnforcedGrant {
+            state.grant(EnforcedGrant {
                 request_id: r.get(0)?,
                 vm_id: r.get(1)?,
                 address,
                 protocol: Protocol::parse(&proto).ok_or_else(|| corrupt(format!("protocol {proto}")))?,
-                number,
+                number: r.get(3)?,
                 sources: decode_sources(&form, &sources)?,
                 end_time: from_nanos(r.get(6)?)?,
                 mapped_port: r.get(7)?,
             });
         }
     }
-    Ok(EnforcementState { revision, mode: agent.mode, ports, grants })
-}
-
-/// The VM id an agent of this name enforces in host mode.
-pub fn host_vm_id(subscription: &str, resource_group: &str, name: &str) -> Result<VmId, String> {
-    VmId::parse(&format!(
-        "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{name}"
-    ))
+    Ok(state.build(revision, agent.mode))
 }

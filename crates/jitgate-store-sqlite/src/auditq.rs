@@ -3,7 +3,8 @@
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use jitgate_core::audit::{chain_hash, GENESIS};
+use jitgate_core::audit::GENESIS;
+use jitgate_store::chain::ChainWalk;
 use jitgate_store::{AuditFilter, AuditRecord, AuditVerification};
 
 use crate::rows::{self, hash_from_hex, nanos};
@@ -68,38 +69,22 @@ fn start(conn: &Connection) -> rusqlite::Result<(u64, [u8; 32])> {
 
 /// Recomputes every hash of the live chain, in order, in pages.
 pub fn verify(conn: &Connection) -> rusqlite::Result<AuditVerification> {
-    let (through, mut prev) = start(conn)?;
-    let mut expected = through + 1;
-    let mut records = 0u64;
+    let (through, prev) = start(conn)?;
+    let mut walk = ChainWalk::new(through, prev);
     let mut stmt = conn.prepare("SELECT * FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT 10000")?;
     loop {
-        let page: Vec<AuditRecord> =
-            stmt.query_map([expected as i64], rows::audit_from_row)?.collect::<rusqlite::Result<_>>()?;
+        let from = i64::try_from(walk.next_seq()).unwrap_or(i64::MAX);
+        let page: Vec<AuditRecord> = stmt.query_map([from], rows::audit_from_row)?.collect::<rusqlite::Result<_>>()?;
         if page.is_empty() {
             break;
         }
         for r in &page {
-            if r.seq != expected || chain_hash(&prev, r.seq, &r.event) != r.hash {
-                // A gap means records were removed before this one.
-                let first_invalid = if r.seq != expected { r.seq.min(expected) } else { r.seq };
-                return Ok(AuditVerification {
-                    valid: false,
-                    records,
-                    first_invalid: Some(first_invalid),
-                    archived_through: (through > 0).then_some(through),
-                });
+            if let Some(broken) = walk.check(r) {
+                return Ok(broken);
             }
-            prev = r.hash;
-            expected += 1;
-            records += 1;
         }
     }
-    Ok(AuditVerification {
-        valid: true,
-        records,
-        first_invalid: None,
-        archived_through: (through > 0).then_some(through),
-    })
+    Ok(walk.finish(None))
 }
 
 /// Verifies the chain of a database file without a running server, read-only.

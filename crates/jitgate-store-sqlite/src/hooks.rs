@@ -8,7 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use jitgate_api_types::webhook::WebhookPayload;
-use jitgate_store::secrets::{Keyring, SecretsError};
+use jitgate_core::outbox;
+use jitgate_store::secrets::{Keyring, SealReport, SecretsError};
 use jitgate_store::{Delivery, Webhook};
 
 use crate::rows::{from_nanos, nanos};
@@ -24,11 +25,9 @@ fn secret_error(webhook: &str, e: SecretsError) -> rusqlite::Error {
 /// The plain secret of a webhook row (`secret`, sealed under `secret_key`).
 fn open_secret(r: &Row<'_>, webhook: &str, keys: &Keyring) -> rusqlite::Result<String> {
     let secret: String = r.get("secret")?;
-    match r.get::<_, Option<String>>("secret_key")? {
-        Some(key_id) => keys.open(&key_id, &secret, webhook).map_err(|e| secret_error(webhook, e)),
-        // Written before secrets were sealed; `seal_all` seals it at the next open.
-        None => Ok(secret),
-    }
+    // A secret written before secrets were sealed is in the clear; `seal_all` seals it at the next open.
+    let key_id: Option<String> = r.get("secret_key")?;
+    keys.open_stored(key_id.as_deref(), &secret, webhook).map_err(|e| secret_error(webhook, e))
 }
 
 pub fn hook_from_row(r: &Row<'_>, keys: &Keyring) -> rusqlite::Result<Webhook> {
@@ -68,17 +67,6 @@ pub fn insert(conn: &Connection, hook: &Webhook, keys: &Keyring) -> rusqlite::Re
     Ok(())
 }
 
-/// What [`seal_all`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SealReport {
-    /// Secrets stored in the clear (by an earlier version) that are sealed now.
-    pub sealed: usize,
-    /// Secrets sealed under an older key, re-sealed under the current one.
-    pub resealed: usize,
-    /// Secrets already sealed under the current key (each was opened to prove the key right).
-    pub current: usize,
-}
-
 /// Leaves every webhook secret sealed under the keyring's current key, in one transaction: seals
 /// plaintext secrets (from before sealing existed), re-seals those under an older key (rotation),
 /// and opens the rest to prove the key is the right one. Any secret that does not open fails the
@@ -91,19 +79,8 @@ pub fn seal_all(conn: &Connection, keys: &Keyring) -> Result<SealReport, String>
             .collect::<rusqlite::Result<_>>()?;
         let mut report = SealReport::default();
         for (id, secret, key_id) in rows {
-            let plain = match &key_id {
-                None => secret,
-                Some(k) => keys.open(k, &secret, &id).map_err(|e| secret_error(&id, e))?,
-            };
-            match key_id {
-                Some(k) if k == keys.current().id() => {
-                    report.current += 1;
-                    continue;
-                }
-                Some(_) => report.resealed += 1,
-                None => report.sealed += 1,
-            }
-            let sealed = keys.seal(&plain, &id).map_err(|e| secret_error(&id, e))?;
+            let resealed = report.reseal(keys, &id, &secret, key_id.as_deref()).map_err(|e| secret_error(&id, e))?;
+            let Some(sealed) = resealed else { continue };
             conn.execute(
                 "UPDATE webhooks SET secret = ?2, secret_key = ?3 WHERE id = ?1",
                 params![id, sealed.ciphertext, sealed.key_id],
@@ -165,7 +142,7 @@ pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) ->
     else {
         return Ok(0);
     };
-    let subscription = policy_id.split('/').nth(2).unwrap_or("").to_ascii_lowercase();
+    let subscription = outbox::subscription_of(&policy_id);
     let hooks: Vec<(String, String)> = conn
         .prepare_cached("SELECT id, events FROM webhooks WHERE lower(subscription) = ?1 OR principal = ?2")?
         .query_map(params![subscription, requestor], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -177,7 +154,7 @@ pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) ->
     let payload = WebhookPayload::new(event, &policy_id, &request, now).to_json();
     let mut n = 0;
     for (id, events) in hooks {
-        if !events.is_empty() && !events.split_whitespace().any(|e| e.eq_ignore_ascii_case(event)) {
+        if !outbox::wants(&events, event) {
             continue;
         }
         conn.prepare_cached(

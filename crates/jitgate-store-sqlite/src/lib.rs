@@ -16,11 +16,11 @@ mod store_agents;
 mod store_audit;
 mod store_identity;
 mod store_policies;
+mod store_replica;
 mod store_requests;
 mod store_webhooks;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,23 +31,25 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-pub use hooks::SealReport;
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
-use jitgate_core::initiate::{decide, GrantStatus, StatusReason};
-use jitgate_core::invalid::codes;
-use jitgate_core::lifecycle::{self, Decision, Extension};
-use jitgate_core::policy::{resolve, ValidatedPolicy};
+use jitgate_core::identity::checks;
+use jitgate_core::initiate::{decide, policy_not_found, GrantStatus, Reach, Requested};
+use jitgate_core::lifecycle::{self, request_not_found, Decided, Decision, Extension};
+use jitgate_core::policy::ValidatedPolicy;
+use jitgate_core::policy_put::{self, KnownVms};
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{rfc3339, Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{join, outbox, vm_put};
+use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
+pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,
-    ExpirySweep, GrantRecord, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken,
-    OidcSignIn, PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth,
-    TokenOrigin, TokenRecord, Vm, VmAccess, VmSpec, Webhook,
+    ExpirySweep, InitiateCommand, InitiateOutcome, JoinTokenRecord, JoinTokenSpec, ListScope, NewToken, OidcSignIn,
+    PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth, TokenOrigin,
+    TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
-use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
+use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, Signal, WebhookStore};
 
 use crate::grants::{By, STATE_COLUMNS};
 use crate::migrate::migrate;
@@ -217,10 +219,6 @@ impl Drop for SqliteStore {
     }
 }
 
-fn request_not_found(id: i64) -> Invalid {
-    Invalid::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))
-}
-
 /// A pending extension, once decided (or lapsed), no longer waits.
 fn clear_extension(conn: &Connection, id: i64) -> StoreResult<()> {
     conn.execute("UPDATE requests SET ext_end = NULL, ext_by = NULL WHERE rid = ?1", [id]).map_err(backend)?;
@@ -235,7 +233,7 @@ fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: Audit
             params![name, kind, nanos(audit.time)],
         )
         .map_err(backend)?;
-    ctx.audit(&audit.succeeded().with("principal", name).with("type", kind)).map_err(backend)?;
+    ctx.audit(&checks::principal_created(audit, name, kind)).map_err(backend)?;
     rbac::principal(ctx.conn, name).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
 }
 
@@ -243,7 +241,6 @@ fn insert_principal(ctx: &mut WriteCtx<'_>, name: &str, kind: &str, audit: Audit
 /// date, or created with the derived name.
 fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: AuditEvent) -> StoreResult<Principal> {
     let id = &sign_in.identity;
-    let shown = sign_in.display_name.clone().unwrap_or_default();
     if let Some(p) = rbac::oidc_principal(ctx.conn, id).map_err(backend)? {
         if p.display_name == sign_in.display_name {
             return Ok(p);
@@ -251,21 +248,13 @@ fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: Au
         ctx.conn
             .execute("UPDATE principals SET display_name = ?2 WHERE id = ?1", params![p.id, sign_in.display_name])
             .map_err(backend)?;
-        let event = audit
-            .succeeded()
-            .with("principal", p.name.clone())
-            .with("displayName", shown)
-            .with("previousDisplayName", p.display_name.clone().unwrap_or_default());
+        let event = checks::oidc_renamed(audit, &p.name, sign_in.display_name.as_deref(), p.display_name.as_deref());
         ctx.audit(&event).map_err(backend)?;
         return Ok(Principal { display_name: sign_in.display_name.clone(), ..p });
     }
     let name = jitgate_core::identity::oidc_name(&id.issuer, &id.subject);
     if let Some(holder) = rbac::principal(ctx.conn, &name).map_err(backend)? {
-        let m = format!(
-            "the name '{name}' of this OIDC identity is held by another principal (id {}); an administrator must remove it",
-            holder.id
-        );
-        return reject(ctx, audit, Invalid::conflict("PrincipalExists", m));
+        return reject(ctx, audit, checks::oidc_name_held(&name, holder.id));
     }
     ctx.conn
         .execute(
@@ -273,14 +262,9 @@ fn upsert_oidc_principal(ctx: &mut WriteCtx<'_>, sign_in: &OidcSignIn, audit: Au
             params![name, nanos(audit.time), id.issuer, id.subject, sign_in.display_name],
         )
         .map_err(backend)?;
-    let event = audit
-        .succeeded()
-        .with("principal", name.clone())
-        .with("type", "User")
-        .with("provisioned", "oidc")
-        .with("issuer", id.issuer.clone())
-        .with("subject", id.subject.clone())
-        .with("displayName", shown);
+    let seen =
+        checks::OidcSeen { issuer: &id.issuer, subject: &id.subject, display_name: sign_in.display_name.as_deref() };
+    let event = checks::oidc_provisioned(audit, &name, seen);
     ctx.audit(&event).map_err(backend)?;
     rbac::oidc_principal(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the principal vanished"))
 }
@@ -302,24 +286,7 @@ fn vm_claims(conn: &Connection, key: &str) -> rusqlite::Result<Vec<MappedClaim>>
         return Ok(vec![]);
     };
     let Some((_, policy)) = rows::load_policy_only(conn, &policy)? else { return Ok(vec![]) };
-    Ok(policy
-        .vms
-        .iter()
-        .filter(|v| v.id.key() == key)
-        .flat_map(|v| {
-            let policy_id = policy.reference.id();
-            v.ports.iter().filter_map(move |p| {
-                p.mapped_port.map(|m| MappedClaim {
-                    policy: policy_id.clone(),
-                    vm: v.id.name().to_owned(),
-                    number: p.number,
-                    protocol: p.protocol,
-                    mapped_port: m,
-                    target: Some("gateway".into()),
-                })
-            })
-        })
-        .collect())
+    Ok(policy_put::claims_of_vm(&policy, key))
 }
 
 #[cfg(test)]

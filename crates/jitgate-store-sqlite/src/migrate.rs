@@ -40,6 +40,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_oidc_identities_and_token_origins.sql"),
     migration!(5, "0005_agents_and_gateways.sql"),
     migration!(6, "0006_decision_reasons.sql"),
+    migration!(7, "0007_leases.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.
@@ -78,18 +79,7 @@ mod tests {
     #[test]
     fn the_list_matches_the_directory_and_is_numbered_in_order() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut files: Vec<String> = std::fs::read_dir(&dir)
-            .expect("migrations directory")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
-        let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
-        assert_eq!(files, listed, "every migration file is listed, in order");
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i64 + 1, "{} is numbered in sequence", m.name);
-            assert_eq!(m.name[..4].parse::<i64>().ok(), Some(m.version), "{} carries its number", m.name);
-            assert!(m.name.ends_with(".sql"));
-        }
+        jitgate_store::conformance::migrations::assert_listed(&dir, MIGRATIONS.iter().map(|m| (m.version, m.name)));
     }
 
     /// A database at any earlier version reaches the current one, and a second open changes

@@ -13,34 +13,19 @@ impl AgentStore for SqliteStore {
             let address = vm.address.map(|a| a.to_string());
             if let Some(gw) = &vm.gateway {
                 let sub = vm.id.subscription();
-                if rows::gateway_agent(ctx.conn, sub, gw).map_err(backend)?.is_none() {
-                    let invalid = Invalid::input(
-                        codes::INVALID_VM,
-                        Some("gateway".into()),
-                        format!(
-                            "no gateway agent named '{gw}' has joined subscription '{sub}'; a VM attaches only to a \
-                             gateway of its own subscription (join one with jitgate agent --mode gateway)"
-                        ),
-                    );
+                let joined = rows::gateway_agent(ctx.conn, sub, gw).map_err(backend)?.is_some();
+                if let Err(invalid) = vm_put::check_gateway(gw, sub, joined) {
                     return reject(ctx, audit, invalid);
                 }
                 // The VM's mapped ports move onto this gateway: they must be free there.
-                let moving = existing.as_ref().is_none_or(|e| {
-                    e.spec.gateway.as_deref().map(str::to_ascii_lowercase) != Some(gw.to_ascii_lowercase())
-                });
-                if moving {
+                if vm_put::moves_onto(existing.as_ref().map(|e| e.spec.gateway.as_deref()), gw) {
                     let new: Vec<MappedClaim> = vm_claims(ctx.conn, &key).map_err(backend)?;
                     let held = rows::gateway_claims(ctx.conn, sub, gw, "", &key).map_err(backend)?;
                     if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
                         return reject(ctx, audit, invalid);
                     }
                 }
-                if vm.address.is_none() {
-                    let invalid = Invalid::input(
-                        codes::INVALID_VM,
-                        Some("address".into()),
-                        "a VM behind a gateway needs its inner address (the address the gateway forwards to)",
-                    );
+                if let Err(invalid) = vm_put::check_address(vm.address) {
                     return reject(ctx, audit, invalid);
                 }
             }
@@ -57,12 +42,7 @@ impl AgentStore for SqliteStore {
             }
             .map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("osType", vm.os_type.as_str())
-                .with("location", vm.location.clone())
-                .with("address", address.unwrap_or_default())
-                .with("gateway", vm.gateway.clone().unwrap_or_default());
+            let event = vm_put::stored(audit, vm.os_type, &vm.location, vm.address, vm.gateway.as_deref());
             ctx.audit(&event).map_err(backend)?;
             let stored = rows::get_vm(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the VM vanished"))?;
             Ok((stored, existing.is_none()))
@@ -84,11 +64,7 @@ impl AgentStore for SqliteStore {
         self.write(move |ctx| {
             let key = id.key();
             let Some(vm) = rows::get_vm(ctx.conn, &key).map_err(backend)? else {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")),
-                );
+                return reject(ctx, audit, vm_put::not_registered(&id));
             };
             let policy: Option<String> = ctx
                 .conn
@@ -108,11 +84,8 @@ impl AgentStore for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            if let Some(policy) = policy {
-                let message = format!(
-                    "virtual machine '{id}' is protected by policy '{policy}'; remove it from the policy first"
-                );
-                return reject(ctx, audit, Invalid::conflict(codes::VM_IN_USE, message));
+            if let Err(invalid) = vm_put::check_deletable(&id, policy.as_deref()) {
+                return reject(ctx, audit, invalid);
             }
             // The VM's host agent goes with it: its credential never binds to a VM registered
             // again under this name.
@@ -126,11 +99,7 @@ impl AgentStore for SqliteStore {
                 .map_err(backend)?;
             ctx.conn.execute("DELETE FROM vms WHERE key = ?1", [&key]).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            let mut event = audit.succeeded();
-            if !revoked.is_empty() {
-                event = event.with("revokedAgents", revoked.join(" "));
-            }
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&vm_put::deleted(audit, &revoked)).map_err(backend)?;
             Ok(vm)
         })
         .await
@@ -160,14 +129,7 @@ impl AgentStore for SqliteStore {
                     ],
                 )
                 .map_err(backend)?;
-            let mut event = audit
-                .succeeded()
-                .with("mode", spec.mode.as_str())
-                .with("location", spec.location.clone())
-                .with("expiresOn", rfc3339(spec.expires));
-            if let Some(vm) = &spec.vm {
-                event = event.with("vm", vm.clone());
-            }
+            let event = join::token_created(audit, spec.mode, &spec.location, spec.expires, spec.vm.as_deref());
             ctx.audit(&event).map_err(backend)?;
             Ok(())
         })
@@ -213,60 +175,38 @@ impl AgentStore for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            let denied = |m: &str| Invalid::input("InvalidJoinToken", None, m.to_owned());
-            let Some((sub, rg, loc, mode, expires, used, for_vm)) = token else {
-                return reject(ctx, audit, denied("the join token is unknown"));
+            let (sub, rg, loc, for_vm) = match &token {
+                Some((sub, rg, loc, _, _, _, vm)) => (sub.clone(), rg.clone(), loc.clone(), vm.clone()),
+                None => Default::default(),
             };
-            if used.is_some() {
-                return reject(ctx, audit, denied("the join token was already used; create a new one"));
-            }
-            if expires <= nanos(join.now) {
-                return reject(ctx, audit, denied("the join token has expired; create a new one"));
-            }
-            if mode != join.agent.mode.as_str() {
-                let m = format!("the join token is for {mode} mode, the agent asked for {}", join.agent.mode.as_str());
-                return reject(ctx, audit, denied(&m));
-            }
-            let mut join = join;
-            // A token made for one VM names the agent's VM unless the operator named it.
-            if let (Some(for_vm), AgentMode::Host, true) = (&for_vm, join.agent.mode, join.agent.name_is_hostname) {
-                join.agent.name = for_vm.clone();
-            }
-            if let Some(for_vm) = &for_vm {
-                if !for_vm.eq_ignore_ascii_case(&join.agent.name) {
-                    let m = format!("the join token was made for virtual machine '{for_vm}'; the agent asked to join as '{}'", join.agent.name);
-                    return reject(ctx, audit, denied(&m));
+            let token = match token {
+                Some((_, _, _, mode, expires, used, vm)) => {
+                    Some(join::JoinToken { mode, expires: from_nanos(expires).map_err(backend)?, used: used.is_some(), vm })
                 }
+                None => None,
+            };
+            let mut join = join;
+            if let Err(invalid) = join::admit(token.as_ref(), &mut join.agent, join.now) {
+                return reject(ctx, audit, invalid);
             }
             let now = nanos(join.now);
             let addresses: Vec<String> = join.agent.addresses.iter().map(|a| a.to_string()).collect();
-            let mut event = audit
-                .clone()
-                .succeeded()
-                .with("agentId", join.id.clone())
-                .with("mode", join.agent.mode.as_str())
-                .with("name", join.agent.name.clone())
-                .with("addresses", addresses.join(" "));
+            let mut event = join::joined(&audit, &join.id, &join.agent);
             let mut location = loc.clone();
             let vm = match join.agent.mode {
-                AgentMode::Host => match agents::host_vm_id(&sub, &rg, &join.agent.name) {
+                AgentMode::Host => match join::host_vm_id(&sub, &rg, &join.agent.name) {
                     Ok(id) => Some(id),
-                    Err(m) => return reject(ctx, audit, Invalid::input("InvalidAgentName", Some("name".into()), m)),
+                    Err(invalid) => return reject(ctx, audit, invalid),
                 },
                 AgentMode::Gateway => {
                     if let Some(g) = rows::gateway_agent(ctx.conn, &sub, &join.agent.name).map_err(backend)? {
-                        let m = format!(
-                            "a gateway named '{}' has already joined subscription '{sub}' (agent {}); revoke it first \
-                             (jitgate agent rm {}) to join a replacement",
-                            g.name, g.id, g.id
-                        );
-                        return reject(ctx, audit, Invalid::conflict("GatewayExists", m));
+                        return reject(ctx, audit, join::gateway_exists(&sub, &g.name, &g.id));
                     }
                     None
                 }
             };
             if let Some(vm) = &vm {
-                let address = join.agent.addresses.first().map(|a| a.to_string());
+                let address = join::vm_address(&join.agent);
                 match rows::get_vm(ctx.conn, &vm.key()).map_err(backend)? {
                     None => {
                         ctx.conn
@@ -277,26 +217,10 @@ impl AgentStore for SqliteStore {
                             )
                             .map_err(backend)?;
                     }
-                    // An existing VM changes its enforcement point only when an operator made
-                    // this token for it; never as a side effect of some other host token.
-                    Some(_) if for_vm.is_none() => {
-                        let m = format!(
-                            "virtual machine '{vm}' is already registered; an agent joins as an existing VM only with a \
-                             join token made for it (jitgate agent token create --vm {} …, which needs \
-                             Microsoft.Compute/virtualMachines/write on the VM)",
-                            vm.name()
-                        );
-                        return reject(ctx, audit, Invalid::conflict("VirtualMachineExists", m));
-                    }
-                    Some(existing) if existing.spec.gateway.is_some() => {
-                        let m = format!(
-                            "virtual machine '{vm}' is enforced by gateway '{}'; detach it from the gateway first \
-                             (PUT /api/v1/vms without gateway) before a host agent joins as it",
-                            existing.spec.gateway.unwrap_or_default()
-                        );
-                        return reject(ctx, audit, Invalid::conflict("VirtualMachineBehindGateway", m));
-                    }
                     Some(existing) => {
+                        if let Err(invalid) = join::may_rebind(vm, for_vm.is_some(), existing.spec.gateway.as_deref()) {
+                            return reject(ctx, audit, invalid);
+                        }
                         // The explicit re-bind: new agent and address; location and OS stay.
                         location = existing.spec.location.clone();
                         ctx.conn
@@ -305,11 +229,7 @@ impl AgentStore for SqliteStore {
                                 params![vm.key(), address, join.id, now],
                             )
                             .map_err(backend)?;
-                        event = event
-                            .with("rebound", "true")
-                            .with("previousAgent", existing.agent.map(|a| a.id).unwrap_or_default())
-                            .with("previousAddress", existing.spec.address.map(|a| a.to_string()).unwrap_or_default())
-                            .with("address", address.unwrap_or_default());
+                        event = join::rebound(event, existing.agent.map(|a| a.id), existing.spec.address, address);
                     }
                 }
                 // The VM's earlier host agent (if any) is replaced: its credential stops working.
@@ -380,7 +300,7 @@ impl AgentStore for SqliteStore {
         let id = id.to_owned();
         self.write(move |ctx| {
             let Some(agent) = agents::agent_by_id(ctx.conn, &id).map_err(backend)? else {
-                return reject(ctx, audit, Invalid::not_found("AgentNotFound", format!("agent '{id}' is not known")));
+                return reject(ctx, audit, join::agent_not_found(&id));
             };
             let vms: Vec<String> = match agent.mode {
                 AgentMode::Host => ctx
@@ -401,18 +321,7 @@ impl AgentStore for SqliteStore {
             ctx.conn.execute("UPDATE vms SET agent_id = NULL WHERE agent_id = ?1", [&id]).map_err(backend)?;
             ctx.conn.execute("DELETE FROM agents WHERE id = ?1", [&id]).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            const LISTED: usize = 50;
-            let mut listed = vms.iter().take(LISTED).cloned().collect::<Vec<_>>().join(" ");
-            if vms.len() > LISTED {
-                listed.push_str(&format!(" (and {} more)", vms.len() - LISTED));
-            }
-            let event = audit
-                .succeeded()
-                .with("agentId", agent.id.clone())
-                .with("name", agent.name.clone())
-                .with("mode", agent.mode.as_str())
-                .with("unenforcedVms", listed);
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&join::removed(audit, &agent.id, &agent.name, agent.mode, &vms)).map_err(backend)?;
             Ok(agent)
         })
         .await
@@ -435,8 +344,7 @@ impl AgentStore for SqliteStore {
                 )
                 .map_err(backend)?;
             if changed == 0 {
-                let m = format!("agent '{id}' is not known or its credential was already replaced");
-                return reject(ctx, audit, Invalid::not_found("AgentNotFound", m));
+                return reject(ctx, audit, join::credential_replaced(&id));
             }
             ctx.audit(&audit.succeeded().with("agentId", id.clone())).map_err(backend)?;
             agents::agent_by_id(ctx.conn, &id).map_err(backend)?.ok_or_else(|| backend("the agent vanished"))
@@ -452,9 +360,7 @@ impl AgentStore for SqliteStore {
                 None => Ok(None),
             })
             .await?;
-        state.ok_or_else(|| {
-            StoreError::Rejected(Invalid::not_found("AgentNotFound", format!("agent '{agent_id}' was removed")))
-        })
+        state.ok_or_else(|| StoreError::Rejected(join::agent_removed(agent_id)))
     }
 
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
@@ -486,31 +392,23 @@ impl AgentStore for SqliteStore {
                 .map_err(backend)?;
             let Some((applied, usable, delivered)) = before else {
                 return Err(StoreError::Rejected(Invalid::not_found(
-                    "AgentNotFound",
+                    join::AGENT_NOT_FOUND,
                     format!("agent {id} is not known"),
                 )));
             };
-            let event = AuditEvent {
-                time: report.now,
-                operation: ops::AGENT_APPLIED.into(),
-                status: if report.nft_usable { AuditStatus::Succeeded } else { AuditStatus::Failed },
-                caller: format!("agent:{id}"),
-                caller_ip: None,
-                resource_id: format!("/agents/{id}"),
-                correlation_id: format!("agent-{id}-{}", report.revision),
-                properties: Default::default(),
+            let before = join::Reported { applied, usable, delivered };
+            let audited = match join::report(
+                &id,
+                before,
+                report.revision,
+                report.now,
+                report.nft_usable,
+                report.nft_error.as_deref(),
+            ) {
+                join::Reporting::Accepted(audited) => audited,
+                join::Reporting::Refused { event, invalid } => return reject(ctx, event, invalid),
             };
-            // An agent can only have applied what it was sent.
-            if report.revision > delivered.max(0) as u64 {
-                let m = format!(
-                    "revision {} was never delivered to this agent (the latest it was sent is {delivered}); \
-                     report only revisions from GET /agent/v1/state",
-                    report.revision
-                );
-                let refusal = event.with("revision", report.revision.to_string());
-                return reject(ctx, refusal, Invalid::conflict("RevisionNotDelivered", m));
-            }
-            let revision = report.revision as i64;
+            let revision = i64::try_from(report.revision).unwrap_or(i64::MAX);
             ctx.conn
                 .execute(
                     "UPDATE agents SET last_seen = ?2, applied_revision = max(applied_revision, ?3), nft_usable = ?4, \
@@ -518,12 +416,7 @@ impl AgentStore for SqliteStore {
                     params![id, nanos(report.now), revision, report.nft_usable, report.nft_error],
                 )
                 .map_err(backend)?;
-            // Audit what changes: a newly applied revision, or a change in nftables health.
-            if revision > applied || usable != Some(report.nft_usable) {
-                let event = event
-                    .with("revision", report.revision.to_string())
-                    .with("nftablesUsable", report.nft_usable.to_string())
-                    .with("nftablesError", report.nft_error.clone().unwrap_or_default());
+            if let Some(event) = audited {
                 ctx.audit(&event).map_err(backend)?;
             }
             Ok(())

@@ -30,12 +30,7 @@ impl IdentityStore for SqliteStore {
                 )
                 .map_err(backend)?;
             rbac::insert_assignment(ctx.conn, pid, "Owner", "/", now, "jitgate").map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("principal", owner.clone())
-                .with("role", "Owner")
-                .with("expiresOn", expires.map(rfc3339).unwrap_or_default());
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&checks::bootstrapped(audit, &owner, expires)).map_err(backend)?;
             Ok(true)
         })
         .await
@@ -68,8 +63,8 @@ impl IdentityStore for SqliteStore {
             if let Err(invalid) = jitgate_core::identity::validate_local_name(&name) {
                 return reject(ctx, audit, invalid);
             }
-            if rbac::principal(ctx.conn, &name).map_err(backend)?.is_some() {
-                let invalid = Invalid::conflict("PrincipalExists", format!("a principal named '{name}' exists"));
+            let taken = rbac::principal(ctx.conn, &name).map_err(backend)?.is_some();
+            if let Err(invalid) = checks::check_name_free(&name, taken) {
                 return reject(ctx, audit, invalid);
             }
             insert_principal(ctx, &name, &kind, audit)
@@ -105,11 +100,7 @@ impl IdentityStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |ctx| {
             let Some(p) = rbac::principal(ctx.conn, &name).map_err(backend)? else {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::not_found("PrincipalNotFound", format!("no principal named '{name}'")),
-                );
+                return reject(ctx, audit, checks::principal_not_found(&name));
             };
             let now = nanos(audit.time);
             let own: Vec<i64> = ctx
@@ -165,7 +156,7 @@ impl IdentityStore for SqliteStore {
                     By::Revoker(&deleter),
                 )
                 .map_err(backend)?;
-                hooks::enqueue(ctx.conn, "revoked", *rid, audit.time).map_err(backend)?;
+                hooks::enqueue(ctx.conn, outbox::REVOKED, *rid, audit.time).map_err(backend)?;
             }
             if ended > 0 {
                 rows::bump_revision(ctx.conn).map_err(backend)?;
@@ -177,17 +168,14 @@ impl IdentityStore for SqliteStore {
                     [p.id],
                 )
                 .map_err(backend)?;
-            let mut event = audit
-                .succeeded()
-                .with("principal", name.clone())
-                .with("removedAssignments", removed.to_string())
-                .with("revokedDescendantTokens", descendants.to_string())
-                .with("removedWebhooks", hooks.to_string())
-                .with("revokedGrants", ended.to_string());
-            if let Some(o) = &p.oidc {
-                event = event.with("issuer", o.issuer.clone()).with("subject", o.subject.clone());
-            }
-            ctx.audit(&event).map_err(backend)?;
+            let removed = checks::Removed {
+                assignments: removed as u64,
+                descendant_tokens: descendants,
+                webhooks: hooks as u64,
+                grants: ended,
+            };
+            let oidc = p.oidc.as_ref().map(|o| (o.issuer.as_str(), o.subject.as_str()));
+            ctx.audit(&checks::principal_deleted(audit, &name, removed, oidc)).map_err(backend)?;
             Ok(p)
         })
         .await
@@ -197,33 +185,17 @@ impl IdentityStore for SqliteStore {
         self.write(move |ctx| {
             let NewToken { principal, token_hash: hash, expires, origin } = token;
             let Some(p) = rbac::principal(ctx.conn, &principal).map_err(backend)? else {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::not_found(
-                        "PrincipalNotFound",
-                        format!("no principal named '{}'", jitgate_core::identity::shown(&principal)),
-                    ),
-                );
+                return reject(ctx, audit, checks::principal_not_found(&jitgate_core::identity::shown(&principal)));
             };
             let parent = match origin {
                 TokenOrigin::Token(parent) => {
                     // Checked inside the transaction: a parent revoked a moment ago cannot slip a
                     // child past the revocation of its descendants.
-                    let live = rbac::token(ctx.conn, parent)
+                    let found = rbac::token(ctx.conn, parent)
                         .map_err(backend)?
-                        .filter(|t| t.revoked.is_none() && t.expires.is_none_or(|e| e > audit.time));
-                    let Some(live) = live else {
-                        let mut invalid = Invalid::conflict(
-                            "ParentTokenInvalid",
-                            format!("token {parent}, which asks for a new token, is revoked or has expired"),
-                        );
-                        invalid.kind = jitgate_core::invalid::InvalidKind::Forbidden;
+                        .map(|t| checks::ParentToken { revoked: t.revoked.is_some(), expires: t.expires });
+                    if let Err(invalid) = checks::check_parent(parent, found, expires, audit.time) {
                         return reject(ctx, audit, invalid);
-                    };
-                    if let Some(limit) = live.expires.filter(|l| expires.is_none_or(|e| e > *l)) {
-                        let m = format!("a token cannot outlive token {parent}, which creates it (it expires at {})", rfc3339(limit));
-                        return reject(ctx, audit, Invalid::input("TokenLifetimeTooLong", Some("expiresIn".into()), m));
                     }
                     Some(parent)
                 }
@@ -236,16 +208,7 @@ impl IdentityStore for SqliteStore {
                 )
                 .map_err(backend)?;
             let id = ctx.conn.last_insert_rowid();
-            let mut event = audit
-                .succeeded()
-                .with("principal", p.name.clone())
-                .with("tokenId", id.to_string())
-                .with("expiresOn", expires.map(rfc3339).unwrap_or_default())
-                .with("createdWith", origin.as_str());
-            if let Some(parent) = parent {
-                event = event.with("parentTokenId", parent.to_string());
-            }
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&checks::token_created(audit, &p.name, id, expires, origin.as_str(), parent)).map_err(backend)?;
             rbac::token(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the token vanished"))
         })
         .await
@@ -268,19 +231,14 @@ impl IdentityStore for SqliteStore {
     async fn revoke_token(&self, id: i64, audit: AuditEvent) -> StoreResult<TokenRecord> {
         self.write(move |ctx| {
             let Some(t) = rbac::token(ctx.conn, id).map_err(backend)? else {
-                return reject(ctx, audit, Invalid::not_found("TokenNotFound", format!("no token with id {id}")));
+                return reject(ctx, audit, checks::token_not_found(id));
             };
             let now = nanos(audit.time);
             ctx.conn
                 .execute("UPDATE tokens SET revoked = coalesce(revoked, ?2) WHERE id = ?1", params![id, now])
                 .map_err(backend)?;
             let descendants = rbac::revoke_with_descendants(ctx.conn, &[id], now).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("tokenId", id.to_string())
-                .with("principal", t.principal.clone())
-                .with("revokedDescendantTokens", descendants.to_string());
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&checks::token_revoked(audit, id, &t.principal, descendants)).map_err(backend)?;
             rbac::token(ctx.conn, id).map_err(backend)?.ok_or_else(|| backend("the token vanished"))
         })
         .await
@@ -293,13 +251,7 @@ impl IdentityStore for SqliteStore {
     ) -> StoreResult<(RoleDefinition, bool)> {
         self.write(move |ctx| {
             let created = rbac::put_role(ctx.conn, &role, nanos(audit.time)).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("role", role.name.clone())
-                .with("actions", role.actions.join(" "))
-                .with("notActions", role.not_actions.join(" "))
-                .with("assignableScopes", role.assignable_scopes.join(" "));
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&checks::role_stored(audit, &role)).map_err(backend)?;
             let stored =
                 rbac::role(ctx.conn, &role.name).map_err(backend)?.ok_or_else(|| backend("the role vanished"))?;
             Ok((stored, created))
@@ -325,19 +277,14 @@ impl IdentityStore for SqliteStore {
         let name = name.to_owned();
         self.write(move |ctx| {
             let Some(role) = rbac::role(ctx.conn, &name).map_err(backend)? else {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::not_found("RoleDefinitionNotFound", format!("no custom role named '{name}'")),
-                );
+                return reject(ctx, audit, checks::role_not_found(&name));
             };
             let used: i64 = ctx
                 .conn
                 .query_row("SELECT count(*) FROM role_assignments WHERE role_key = lower(?1)", [&name], |r| r.get(0))
                 .map_err(backend)?;
-            if used > 0 {
-                let m = format!("role '{name}' has {used} assignment(s); delete them first");
-                return reject(ctx, audit, Invalid::conflict("RoleDefinitionInUse", m));
+            if let Err(invalid) = checks::check_role_unused(&name, used) {
+                return reject(ctx, audit, invalid);
             }
             ctx.conn.execute("DELETE FROM role_definitions WHERE key = lower(?1)", [&name]).map_err(backend)?;
             ctx.audit(&audit.succeeded().with("role", name.clone())).map_err(backend)?;
@@ -356,7 +303,7 @@ impl IdentityStore for SqliteStore {
         let (principal, role, scope) = (principal.to_owned(), role.to_owned(), scope.to_owned());
         self.write(move |ctx| {
             let Some(p) = rbac::principal(ctx.conn, &principal).map_err(backend)? else {
-                return reject(ctx, audit, Invalid::not_found("PrincipalNotFound", format!("no principal named '{principal}'")));
+                return reject(ctx, audit, checks::principal_not_found(&principal));
             };
             let exists: Option<String> = ctx
                 .conn
@@ -367,18 +314,11 @@ impl IdentityStore for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            if let Some(id) = exists {
-                let m = format!("'{principal}' already holds '{role}' at '{scope}' (assignment {id})");
-                return reject(ctx, audit, Invalid::conflict("RoleAssignmentExists", m));
+            if let Err(invalid) = checks::check_not_assigned(&principal, &role, &scope, exists.as_deref()) {
+                return reject(ctx, audit, invalid);
             }
             let id = rbac::insert_assignment(ctx.conn, p.id, &role, &scope, nanos(audit.time), &audit.caller).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("assignmentId", id.clone())
-                .with("principal", principal.clone())
-                .with("role", role.clone())
-                .with("scope", scope.clone());
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&checks::assignment_event(audit, &id, &principal, &role, &scope)).map_err(backend)?;
             rbac::assignment(ctx.conn, &id).map_err(backend)?.ok_or_else(|| backend("the assignment vanished"))
         })
         .await
@@ -408,20 +348,10 @@ impl IdentityStore for SqliteStore {
         let id = id.to_owned();
         self.write(move |ctx| {
             let Some(a) = rbac::assignment(ctx.conn, &id).map_err(backend)? else {
-                return reject(
-                    ctx,
-                    audit,
-                    Invalid::not_found("RoleAssignmentNotFound", format!("no role assignment {id}")),
-                );
+                return reject(ctx, audit, checks::assignment_not_found(&id));
             };
             ctx.conn.execute("DELETE FROM role_assignments WHERE id = ?1", [&id]).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("assignmentId", id.clone())
-                .with("principal", a.principal.clone())
-                .with("role", a.role.clone())
-                .with("scope", a.scope.clone());
-            ctx.audit(&event).map_err(backend)?;
+            ctx.audit(&checks::assignment_event(audit, &id, &a.principal, &a.role, &a.scope)).map_err(backend)?;
             Ok(a)
         })
         .await

@@ -8,17 +8,13 @@ impl PolicyStore for SqliteStore {
     async fn put_policy(&self, policy: ValidatedPolicy, audit: AuditEvent) -> StoreResult<PolicyRecord> {
         self.write(move |ctx| {
             let key = policy.reference.key();
-            let mut known: HashMap<String, OsType> = HashMap::new();
-            let mut gateway_of: HashMap<String, String> = HashMap::new();
+            let mut known = KnownVms::default();
             for vm in &policy.vms {
                 if let Some(v) = rows::get_vm(ctx.conn, &vm.id.key()).map_err(backend)? {
-                    known.insert(vm.id.key(), v.spec.os_type);
-                    if let Some(gw) = v.spec.gateway {
-                        gateway_of.insert(vm.id.key(), gw);
-                    }
+                    known.add(vm.id.key(), v.spec.os_type, v.spec.gateway);
                 }
             }
-            let resolved = match resolve(policy, |id| known.get(&id.key()).copied()) {
+            let resolved = match known.resolve(policy) {
                 Ok(p) => p,
                 Err(invalid) => return reject(ctx, audit, invalid),
             };
@@ -33,18 +29,11 @@ impl PolicyStore for SqliteStore {
                 .prepare_cached("SELECT scope FROM security_policies WHERE jit_enabled = 0")
                 .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
                 .map_err(backend)?;
-            for (i, vm) in resolved.vms.iter().enumerate() {
-                if let Some(scope) = disabled.iter().find(|s| jitgate_core::rbac::scope_covers(s, vm.id.as_str())) {
-                    let mut invalid = Invalid::conflict(
-                        "JitDisabledBySecurityPolicy",
-                        format!("JIT is disabled by a security policy on '{scope}'; virtual machine '{}' cannot be enabled", vm.id),
-                    );
-                    invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
-                    return reject(ctx, audit, invalid);
-                }
+            if let Err(invalid) = policy_put::check_security_policies(&resolved, &disabled) {
+                return reject(ctx, audit, invalid);
             }
-            // A VM is protected by one policy at a time.
-            for (i, vm) in resolved.vms.iter().enumerate() {
+            let mut held = Vec::with_capacity(resolved.vms.len());
+            for vm in &resolved.vms {
                 let other: Option<String> = ctx
                     .conn
                     .query_row(
@@ -54,46 +43,16 @@ impl PolicyStore for SqliteStore {
                     )
                     .optional()
                     .map_err(backend)?;
-                if let Some(other) = other {
-                    let mut invalid = Invalid::conflict(
-                        "VirtualMachineInAnotherPolicy",
-                        format!("virtual machine '{}' is already protected by policy '{other}'", vm.id),
-                    );
-                    invalid.target = Some(format!("properties.virtualMachines[{i}].id"));
-                    return reject(ctx, audit, invalid);
-                }
+                held.push(other);
+            }
+            if let Err(invalid) = policy_put::check_one_policy_per_vm(&resolved, &held) {
+                return reject(ctx, audit, invalid);
             }
             // A gateway's public ports are one namespace across all policies.
-            let mut gateways: Vec<String> = Vec::new();
-            for vm in &resolved.vms {
-                if let Some(gw) = gateway_of.get(&vm.id.key()) {
-                    if !gateways.iter().any(|g| g.eq_ignore_ascii_case(gw)) {
-                        gateways.push(gw.clone());
-                    }
-                }
-            }
-            for gw in &gateways {
-                let mut new = Vec::new();
-                for (i, vm) in resolved.vms.iter().enumerate() {
-                    if !gateway_of.get(&vm.id.key()).is_some_and(|g| g.eq_ignore_ascii_case(gw)) {
-                        continue;
-                    }
-                    for (j, p) in vm.ports.iter().enumerate() {
-                        if let Some(m) = p.mapped_port {
-                            new.push(MappedClaim {
-                                policy: resolved.reference.id(),
-                                vm: vm.id.name().to_owned(),
-                                number: p.number,
-                                protocol: p.protocol,
-                                mapped_port: m,
-                                target: Some(format!("properties.virtualMachines[{i}].ports[{j}].mappedPort")),
-                            });
-                        }
-                    }
-                }
-                let held = rows::gateway_claims(ctx.conn, &resolved.reference.subscription, gw, &key, "")
+            for (gw, new) in known.gateway_claims(&resolved) {
+                let held = rows::gateway_claims(ctx.conn, &resolved.reference.subscription, &gw, &key, "")
                     .map_err(backend)?;
-                if let Err(invalid) = check_mapped_ports(gw, &new, &held) {
+                if let Err(invalid) = check_mapped_ports(&gw, &new, &held) {
                     return reject(ctx, audit, invalid);
                 }
             }
@@ -132,10 +91,7 @@ impl PolicyStore for SqliteStore {
             };
             insert_policy_body(ctx.conn, pid, &resolved).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("created", existing.is_none().to_string())
-                .with("ports", port_summary(&resolved));
+            let event = policy_put::stored(audit, existing.is_none(), &resolved);
             ctx.audit(&event).map_err(backend)?;
             let (_, record) = rows::load_policy(ctx.conn, &key).map_err(backend)?.ok_or_else(|| backend("the policy vanished"))?;
             Ok(record)
@@ -210,8 +166,7 @@ impl PolicyStore for SqliteStore {
         self.write(move |ctx| {
             let key = cmd.policy.key();
             let Some((pid, policy)) = rows::load_policy_only(ctx.conn, &key).map_err(backend)? else {
-                let message = format!("JIT network access policy '{}' was not found", cmd.policy.id());
-                return reject(ctx, audit, Invalid::not_found(codes::POLICY_NOT_FOUND, message));
+                return reject(ctx, audit, policy_not_found(&cmd.policy));
             };
             if let Some(client_id) = &cmd.client_request_id {
                 let earlier: Option<i64> = ctx
@@ -239,8 +194,7 @@ impl PolicyStore for SqliteStore {
                 })
                 .map_err(backend)?;
             let rid = ctx.conn.last_insert_rowid();
-            let mut records = Vec::with_capacity(plan.grants.len());
-            let (mut ports, mut sources, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+            let mut requested = Requested::default();
             for (ord, g) in plan.grants.iter().enumerate() {
                 let skey = g.supersede_key();
                 // A grant that needs approval waits (and opens nothing), a scheduled one opens
@@ -252,13 +206,11 @@ impl PolicyStore for SqliteStore {
                 let (form, texts) = encode_sources(&g.sources);
                 // Behind a gateway the grant carries the connection details: the gateway's public
                 // address and the mapped port (when the policy port maps one).
-                let (mapped_port, public_ip) = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
-                    Some(vm) if vm.spec.gateway.is_some() => (
-                        policy.vm(&g.vm_id.key()).and_then(|v| v.port(g.number)).and_then(|r| r.mapped_port),
-                        vm.agent.and_then(|a| a.public_address).map(|a| a.to_string()),
-                    ),
-                    _ => (None, None),
+                let reach = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
+                    Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.and_then(|a| a.public_address)),
+                    None => Reach::default(),
                 };
+                let grant = requested.add(g, &state, reach);
                 ctx.conn
                     .prepare_cached(
                         "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
@@ -279,8 +231,8 @@ impl PolicyStore for SqliteStore {
                             texts,
                             skey,
                             nanos(state.end_time),
-                            mapped_port,
-                            public_ip,
+                            grant.mapped_port,
+                            grant.public_ip,
                             state.status.as_str(),
                             state.reason.as_str(),
                             grants::window_nanos(&state),
@@ -288,45 +240,14 @@ impl PolicyStore for SqliteStore {
                         ])
                     })
                     .map_err(backend)?;
-                ports.push(format!("{}:{}", g.vm_id.name(), g.number));
-                sources.push(texts.replace('\n', " "));
-                ends.push(rfc3339(g.end_time));
-                records.push(GrantRecord {
-                    vm_id: g.vm_id.as_str().to_owned(),
-                    number: g.number,
-                    protocol: g.protocol,
-                    sources: g.sources.clone(),
-                    end_time: state.end_time,
-                    status: state.status,
-                    status_reason: state.reason,
-                    mapped_port,
-                    public_ip,
-                });
             }
-            let mut event = audit
-                .succeeded()
-                .with("requestId", rid.to_string())
-                .with("ports", ports.join(","))
-                .with("sources", sources.join(","))
-                .with("endTimeUtc", ends.join(","));
-            if let Some(j) = &plan.justification {
-                event = event.with("justification", j.clone());
-            }
+            let event = requested.event(audit, rid, &plan);
             rows::bump_revision(ctx.conn).map_err(backend)?;
             ctx.audit(&event).map_err(backend)?;
-            hooks::enqueue(ctx.conn, "requested", rid, cmd.now).map_err(backend)?;
-            if records.iter().any(|g| lifecycle::LIVE.contains(&g.status)) {
-                hooks::enqueue(ctx.conn, "opened", rid, cmd.now).map_err(backend)?;
+            for event in outbox::on_initiate(requested.opened()) {
+                hooks::enqueue(ctx.conn, event, rid, cmd.now).map_err(backend)?;
             }
-            let request = AccessRequestRecord {
-                id: rid,
-                requestor: cmd.requestor,
-                start_time: plan.start_time,
-                justification: plan.justification,
-                grants: records,
-                pending_extension: None,
-                decision_reason: None,
-            };
+            let request = requested.into_record(rid, cmd.requestor, plan);
             Ok(InitiateOutcome { request, replayed: false })
         })
         .await
@@ -363,24 +284,10 @@ impl PolicyStore for SqliteStore {
                 let Some(new) = lifecycle::expire(*state, now) else { continue };
                 grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
                 expired += 1;
-                let event = AuditEvent {
-                    time: now,
-                    operation: ops::GRANT_EXPIRE.into(),
-                    status: jitgate_core::audit::AuditStatus::Succeeded,
-                    caller: "jitgate".into(),
-                    caller_ip: None,
-                    resource_id: policy_id.clone(),
-                    correlation_id: format!("expiry-{gid}"),
-                    properties: Default::default(),
-                }
-                .with("requestId", rid.to_string())
-                .with("virtualMachine", vm_id.clone())
-                .with("port", number.to_string())
-                .with("sources", sources.replace('\n', " "))
-                .with("endTimeUtc", rfc3339(state.end_time))
-                .with("reason", new.reason.as_str());
+                let swept = lifecycle::Swept { gid: *gid, rid: *rid, policy_id };
+                let event = lifecycle::expired_event(now, swept, vm_id, *number, sources, state, &new);
                 ctx.audit(&event).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "expired", *rid, now).map_err(backend)?;
+                hooks::enqueue(ctx.conn, outbox::EXPIRED, *rid, now).map_err(backend)?;
             }
             // Scheduled windows that have begun: open them (newer grants replace older ones).
             type Starting = (i64, i64, i64, String, String, lifecycle::GrantState);
@@ -404,19 +311,9 @@ impl PolicyStore for SqliteStore {
                 grants::supersede_older(ctx.conn, *pid, skey).map_err(backend)?;
                 grants::persist(ctx.conn, *gid, &new, By::Nobody).map_err(backend)?;
                 activated += 1;
-                let event = AuditEvent {
-                    time: now,
-                    operation: ops::GRANT_OPEN.into(),
-                    status: jitgate_core::audit::AuditStatus::Succeeded,
-                    caller: "jitgate".into(),
-                    caller_ip: None,
-                    resource_id: policy_id.clone(),
-                    correlation_id: format!("open-{gid}"),
-                    properties: Default::default(),
-                }
-                .with("requestId", rid.to_string());
+                let event = lifecycle::opened_event(now, lifecycle::Swept { gid: *gid, rid: *rid, policy_id });
                 ctx.audit(&event).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "opened", *rid, now).map_err(backend)?;
+                hooks::enqueue(ctx.conn, outbox::OPENED, *rid, now).map_err(backend)?;
             }
             if activated > 0 {
                 rows::bump_revision(ctx.conn).map_err(backend)?;
@@ -440,7 +337,7 @@ impl PolicyStore for SqliteStore {
             for (gid, rid) in &soon {
                 ctx.conn.execute("UPDATE grants SET warned = 1 WHERE gid = ?1", [gid]).map_err(backend)?;
                 if announced.insert(*rid) {
-                    hooks::enqueue(ctx.conn, "expiringSoon", *rid, now).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, outbox::EXPIRING_SOON, *rid, now).map_err(backend)?;
                 }
             }
             Ok(ExpirySweep { expired, activated, warned: soon.len() })
@@ -488,11 +385,8 @@ impl PolicyStore for SqliteStore {
             grants::apply(ctx.conn, &gids, &changes, By::Revoker(&revoked_by)).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
             let now = audit.time;
-            let mut event =
-                audit.succeeded().with("requestId", id.to_string()).with("revokedGrants", changes.len().to_string());
-            event.resource_id = facts.policy_id;
-            ctx.audit(&event).map_err(backend)?;
-            hooks::enqueue(ctx.conn, "revoked", id, now).map_err(backend)?;
+            ctx.audit(&lifecycle::revoked_event(audit, id, facts.policy_id, changes.len())).map_err(backend)?;
+            hooks::enqueue(ctx.conn, outbox::REVOKED, id, now).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
@@ -518,13 +412,8 @@ impl PolicyStore for SqliteStore {
                 Ok(decision) => decision,
                 Err(invalid) => return reject(ctx, audit, invalid),
             };
-            let verdict =
-                |approved: bool| if approved { StatusReason::Approved } else { StatusReason::Denied }.as_str();
             let requestor = facts.requestor.clone();
-            let succeeded = move |audit: AuditEvent| {
-                audit.succeeded().with("requestId", id.to_string()).with("requestor", requestor)
-            };
-            let (approved, mut event) = match decision {
+            let (approved, event) = match decision {
                 Decision::Grants { approved, changes } => {
                     for (i, state) in &changes {
                         let gid = grants::gid_at(&gids, *i).map_err(backend)?;
@@ -541,9 +430,8 @@ impl PolicyStore for SqliteStore {
                         grants::persist(ctx.conn, gid, state, By::Decider(&decider)).map_err(backend)?;
                     }
                     rows::bump_revision(ctx.conn).map_err(backend)?;
-                    let event =
-                        succeeded(audit).with("decision", verdict(approved)).with("grants", changes.len().to_string());
-                    (approved, event)
+                    let what = Decided::Grants(changes.len());
+                    (approved, lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref()))
                 }
                 Decision::Extension { approved, end_time, changes } => {
                     clear_extension(ctx.conn, id)?;
@@ -552,14 +440,12 @@ impl PolicyStore for SqliteStore {
                         grants::apply(ctx.conn, &gids, &changes, By::Decider(&decider)).map_err(backend)?;
                         rows::bump_revision(ctx.conn).map_err(backend)?;
                     }
-                    let mut event = succeeded(audit)
-                        .with("decision", verdict(approved))
-                        .with("extensionEndTimeUtc", rfc3339(end_time));
-                    if let Some(r) = reason {
-                        event = event.with("reason", r);
-                    }
+                    let what = Decided::Extension(end_time);
+                    let event = lifecycle::decided_event(audit, id, &requestor, approved, what, reason.as_deref());
                     ctx.audit(&event).map_err(backend)?;
-                    hooks::enqueue(ctx.conn, if approved { "approved" } else { "denied" }, id, now).map_err(backend)?;
+                    for event in outbox::on_extension_decision(approved) {
+                        hooks::enqueue(ctx.conn, event, id, now).map_err(backend)?;
+                    }
                     return rows::load_request(ctx.conn, id).map_err(backend);
                 }
                 Decision::ExtensionLapsed(invalid) => {
@@ -568,15 +454,9 @@ impl PolicyStore for SqliteStore {
                 }
             };
             set_decision_reason(ctx.conn, id, reason.as_deref())?;
-            if let Some(r) = reason {
-                event = event.with("reason", r);
-            }
             ctx.audit(&event).map_err(backend)?;
-            if approved {
-                hooks::enqueue(ctx.conn, "approved", id, now).map_err(backend)?;
-                hooks::enqueue(ctx.conn, "opened", id, now).map_err(backend)?;
-            } else {
-                hooks::enqueue(ctx.conn, "denied", id, now).map_err(backend)?;
+            for event in outbox::on_decision(approved) {
+                hooks::enqueue(ctx.conn, event, id, now).map_err(backend)?;
             }
             rows::load_request(ctx.conn, id).map_err(backend)
         })
@@ -609,18 +489,15 @@ impl PolicyStore for SqliteStore {
                             params![id, nanos(new_end), audit.caller],
                         )
                         .map_err(backend)?;
-                    let event =
-                        audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end));
-                    ctx.audit(&event.with("decision", GrantStatus::Pending.as_str())).map_err(backend)?;
-                    hooks::enqueue(ctx.conn, "requested", id, now).map_err(backend)?;
+                    ctx.audit(&lifecycle::extended_event(audit, id, new_end, true)).map_err(backend)?;
+                    hooks::enqueue(ctx.conn, outbox::REQUESTED, id, now).map_err(backend)?;
                     return rows::load_request(ctx.conn, id).map_err(backend);
                 }
                 Ok(Extension::Extended(changes)) => changes,
             };
             grants::apply(ctx.conn, &gids, &changes, By::Nobody).map_err(backend)?;
             rows::bump_revision(ctx.conn).map_err(backend)?;
-            ctx.audit(&audit.succeeded().with("requestId", id.to_string()).with("endTimeUtc", rfc3339(new_end)))
-                .map_err(backend)?;
+            ctx.audit(&lifecycle::extended_event(audit, id, new_end, false)).map_err(backend)?;
             rows::load_request(ctx.conn, id).map_err(backend)
         })
         .await
@@ -671,14 +548,4 @@ fn insert_policy_body(conn: &Connection, pid: i64, policy: &jitgate_core::Policy
         }
     }
     Ok(())
-}
-
-fn port_summary(policy: &jitgate_core::Policy) -> String {
-    let mut parts = Vec::new();
-    for vm in &policy.vms {
-        for p in &vm.ports {
-            parts.push(format!("{}:{}/{}", vm.id.name(), p.number, p.protocol.as_str()));
-        }
-    }
-    parts.join(",")
 }

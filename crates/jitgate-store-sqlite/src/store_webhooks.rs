@@ -8,12 +8,13 @@ impl WebhookStore for SqliteStore {
         let keys = self.keys.clone();
         self.write(move |ctx| {
             hooks::insert(ctx.conn, &hook, &keys).map_err(backend)?;
-            let event = audit
-                .succeeded()
-                .with("webhookId", hook.id.clone())
-                .with("url", hook.url.clone())
-                .with("subscription", hook.subscription.clone().unwrap_or_default())
-                .with("principal", hook.principal.clone().unwrap_or_default());
+            let event = outbox::webhook_created(
+                audit,
+                &hook.id,
+                &hook.url,
+                hook.subscription.as_deref(),
+                hook.principal.as_deref(),
+            );
             ctx.audit(&event).map_err(backend)?;
             hooks::hook(ctx.conn, &hook.id, &keys).map_err(backend)?.ok_or_else(|| backend("the webhook vanished"))
         })
@@ -39,7 +40,7 @@ impl WebhookStore for SqliteStore {
         let (id, keys) = (id.to_owned(), self.keys.clone());
         self.write(move |ctx| {
             let Some(h) = hooks::hook(ctx.conn, &id, &keys).map_err(backend)? else {
-                return reject(ctx, audit, Invalid::not_found("WebhookNotFound", format!("no webhook {id}")));
+                return reject(ctx, audit, outbox::webhook_not_found(&id));
             };
             ctx.conn
                 .execute("DELETE FROM deliveries WHERE webhook_id = ?1 AND state = 'Pending'", [&id])
@@ -91,11 +92,8 @@ impl WebhookStore for SqliteStore {
         now: OffsetDateTime,
     ) -> StoreResult<()> {
         self.write(move |ctx| {
-            let (state, next_at) = match (ok, next) {
-                (true, _) => ("Delivered", nanos(now)),
-                (false, Some(n)) => ("Pending", nanos(n)),
-                (false, None) => ("Failed", nanos(now)),
-            };
+            let (state, next_at) = outbox::attempted(ok, next, now);
+            let next_at = nanos(next_at);
             ctx.conn
                 .execute(
                     "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt = ?3, last_error = ?4, \

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-const TRAITS: [&str; 5] = ["PolicyStore", "AgentStore", "IdentityStore", "AuditStore", "WebhookStore"];
+const TRAITS: [&str; 6] = ["PolicyStore", "AgentStore", "IdentityStore", "AuditStore", "WebhookStore", "ReplicaStore"];
 
 /// The methods of each store trait, as declared in `lib.rs`.
 fn trait_methods(lib: &str) -> Vec<(String, String)> {
@@ -34,7 +34,7 @@ fn every_store_method_has_a_conformance_case_and_a_row_in_its_table() {
     let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
     let methods = trait_methods(&lib);
     for t in TRAITS {
-        assert!(methods.iter().filter(|(m, _)| m == t).count() >= 5, "{t} was not found in lib.rs");
+        assert!(methods.iter().filter(|(m, _)| m == t).count() >= 3, "{t} was not found in lib.rs");
         let combined = lib.lines().find(|l| l.starts_with("pub trait Store:")).expect("the Store trait");
         assert!(combined.contains(t), "Store combines {t}");
     }

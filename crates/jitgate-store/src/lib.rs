@@ -1,8 +1,8 @@
 //! The storage boundary of jitgate.
 //!
 //! The store is one trait per concern — [`PolicyStore`], [`AgentStore`], [`IdentityStore`],
-//! [`AuditStore`], [`WebhookStore`] — which [`Store`] combines: any type implementing all five is
-//! a `Store`. There is one method per use case. Every method that changes state also appends its
+//! [`AuditStore`], [`WebhookStore`], [`ReplicaStore`] — which [`Store`] combines: any type
+//! implementing all six is a `Store`. There is one method per use case. Every method that changes state also appends its
 //! audit record, in the same transaction as the change; a refusal decided inside the transaction
 //! (for example an initiate outside the policy) appends a `Failed` record and changes nothing
 //! else. Backends implement the traits and run the shared [`conformance`] suite.
@@ -21,12 +21,14 @@ use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 
+pub mod chain;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]
 mod coverage;
 pub mod secrets;
 pub mod snapshot;
+pub mod stored;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
 pub const REQUEST_HISTORY_LIMIT: usize = 100;
@@ -367,13 +369,13 @@ pub const EXPIRING_SOON: time::Duration = time::Duration::minutes(5);
 /// The whole store: every concern's trait. Implemented by any type that implements them all;
 /// callers hold an `Arc<dyn Store>` and import the sub-traits whose methods they call
 /// (`use jitgate_store::prelude::*`).
-pub trait Store: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore {}
+pub trait Store: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore + ReplicaStore {}
 
-impl<T: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore> Store for T {}
+impl<T: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore + ReplicaStore> Store for T {}
 
 /// The store traits, for a glob import where their methods are called.
 pub mod prelude {
-    pub use crate::{AgentStore, AuditStore, IdentityStore, PolicyStore, Store, WebhookStore};
+    pub use crate::{AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, Store, WebhookStore};
 }
 
 /// Policies, access requests and their grants: the decisions of `jitgate_core::initiate` and
@@ -617,4 +619,44 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>>;
     /// The earliest pending delivery.
     async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>>;
+}
+
+/// What a change committed by another replica means for this one. A store shared by several
+/// servers sends these as its changes commit; a store only one server writes has none to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The enforcement revision moved to this value: agents' long-polls wake, the expiry sweep
+    /// looks again.
+    Changed(u64),
+    /// An agent reported a revision applied: `?wait=applied` looks again.
+    Applied,
+    /// Webhook deliveries were queued.
+    Deliveries,
+    /// Roles or role assignments changed: cached authorizations are no longer true.
+    Roles,
+    /// The signals may have had a gap (the listening connection was lost and made again):
+    /// everything that waits on a signal looks again.
+    Resync,
+}
+
+/// Several servers on one store: signals from the others, and leases, so that a background
+/// task (the expiry sweep, audit retention) runs on one server at a time and moves to another
+/// when its holder stops renewing.
+#[async_trait]
+pub trait ReplicaStore: Send + Sync + 'static {
+    /// Sends to `to`, until it closes, what the changes other servers commit mean here (see
+    /// [`Signal`]). Returns at once for a store no other server writes. Never fails: a lost
+    /// connection is made again, and [`Signal::Resync`] says so.
+    async fn listen(&self, to: tokio::sync::mpsc::Sender<Signal>);
+    /// Takes or renews the lease `name` for `holder` until `until`: true when `holder` holds it
+    /// now (it was free, had run out by `now`, or was already its own).
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> StoreResult<bool>;
+    /// Gives the lease up, if `holder` holds it, so another server takes it at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
 }

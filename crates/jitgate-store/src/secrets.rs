@@ -217,6 +217,53 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// Opens a stored secret: sealed under `key_id`, or (`None`) stored in the clear by a
+    /// version from before secrets were sealed, which [`SealReport::reseal`] seals.
+    pub fn open_stored(&self, key_id: Option<&str>, secret: &str, context: &str) -> Result<String, SecretsError> {
+        match key_id {
+            Some(key_id) => self.open(key_id, secret, context),
+            None => Ok(secret.to_owned()),
+        }
+    }
+}
+
+/// What leaving every stored secret sealed under the current key did (at every open of a store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealReport {
+    /// Secrets stored in the clear (by an earlier version) that are sealed now.
+    pub sealed: usize,
+    /// Secrets sealed under an older key, re-sealed under the current one.
+    pub resealed: usize,
+    /// Secrets already sealed under the current key (each was opened to prove the key right).
+    pub current: usize,
+}
+
+impl SealReport {
+    /// Decides for one stored secret of `context` (`secret`, sealed under `key_id`, or in the
+    /// clear when `None`), and counts it: the secret sealed under the current key, to be stored
+    /// in place of the old one, or `None` when it is current already (it is opened all the same,
+    /// to prove the key right). A secret that does not open is an error naming the key.
+    pub fn reseal(
+        &mut self,
+        keys: &Keyring,
+        context: &str,
+        secret: &str,
+        key_id: Option<&str>,
+    ) -> Result<Option<Sealed>, SecretsError> {
+        let plain = keys.open_stored(key_id, secret, context)?;
+        match key_id {
+            Some(k) if k == keys.current().id() => {
+                self.current += 1;
+                return Ok(None);
+            }
+            Some(_) => self.resealed += 1,
+            None => self.sealed += 1,
+        }
+        keys.seal(&plain, context).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +311,28 @@ mod tests {
         assert!(matches!(Keyring::parse("short"), Err(SecretsError::BadKey(_))));
         assert!(matches!(Keyring::parse("!!!!"), Err(SecretsError::BadKey(_))));
         assert!(!format!("{k:?}").contains(&k.keys[0].encode()), "Debug shows ids, not keys");
+    }
+
+    #[test]
+    fn reseal_seals_clear_secrets_reseals_old_ones_and_counts_each() {
+        let old = ring();
+        let both = Keyring::new(SecretKey::generate().expect("key"), vec![old.current().clone()]);
+        let mut report = SealReport::default();
+        let clear = report.reseal(&both, "h1", "plain", None).expect("sealed").expect("a new seal");
+        assert_eq!(both.open(&clear.key_id, &clear.ciphertext, "h1").expect("opens"), "plain");
+        let under_old = old.seal("older", "h2").expect("seal");
+        let resealed = report
+            .reseal(&both, "h2", &under_old.ciphertext, Some(&under_old.key_id))
+            .expect("re-sealed")
+            .expect("a new seal");
+        assert_eq!(resealed.key_id, both.current().id());
+        assert_eq!(report.reseal(&both, "h1", &clear.ciphertext, Some(&clear.key_id)).expect("current"), None);
+        assert_eq!(report, SealReport { sealed: 1, resealed: 1, current: 1 });
+        let stranger = ring();
+        assert!(matches!(
+            report.reseal(&stranger, "h1", &clear.ciphertext, Some(&clear.key_id)),
+            Err(SecretsError::UnknownKey { .. })
+        ));
+        assert_eq!(both.open_stored(None, "plain", "h1").expect("clear"), "plain");
     }
 }

@@ -1,10 +1,11 @@
 //! A backend-neutral copy of a whole store, for moving between backends (`jitgate export` /
 //! `jitgate import`).
 //!
-//! Every table of the stores has a typed record here, field for field: ids, sequence numbers,
+//! Every lasting table of the stores has a typed record here, field for field: ids, sequence numbers,
 //! hashes and times (Unix nanoseconds) are kept exactly as stored, webhook secrets stay sealed
-//! under the key that sealed them. Nothing is left out: the stores keep no ephemeral data (portal
-//! sessions live in the server's memory, never in a store). Two counters come along as [`Sequence`] records:
+//! under the key that sealed them. Only [`EPHEMERAL`] tables are left out: the leases replicas hold
+//! on background tasks, which lapse within seconds anyway (portal sessions live in the server's
+//! memory, never in a store). Two counters come along as [`Sequence`] records:
 //! the last id handed out for policies and for webhook deliveries, which are never reused even
 //! after their rows are deleted.
 //!
@@ -303,6 +304,10 @@ tables! {
         resource_id: String, correlation_id: String, properties: String, prev_hash: String, hash: String,
     }
 }
+
+/// Tables a snapshot leaves out: `leases` (which replica runs a background task, held for
+/// seconds; a new store's replicas take them afresh).
+pub const EPHEMERAL: &[&str] = &["leases"];
 
 /// The tables with a counter of ids handed out (AUTOINCREMENT, a sequence) that is kept apart
 /// from their rows: [`Sequence`] records carry it.

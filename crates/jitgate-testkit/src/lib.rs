@@ -17,6 +17,7 @@ pub use jitgate_client::local::LocalServer;
 
 pub mod agents;
 pub mod browser;
+pub mod proxy;
 pub mod webhooks;
 
 /// The subscription used by tests.

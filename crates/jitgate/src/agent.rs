@@ -70,7 +70,7 @@ pub fn uninstall(args: AgentUninstallArgs) -> anyhow::Result<()> {
 pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text);
     let cfg = AgentConfig {
-        server: args.server,
+        servers: args.server,
         join_token: args.join_token,
         ca_cert: args.ca_cert,
         state_dir: args.state_dir.ok_or_else(|| anyhow::anyhow!("--state-dir is required"))?,

@@ -81,6 +81,43 @@ pub async fn open_latency(args: OpenLatencyArgs) -> anyhow::Result<()> {
 }
 
 fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
+    println!("jitgate bench open-latency: server and agent as real processes; client and VM in network namespaces joined by a veth");
+    let (report, agent) = open_run(args.grants, args.expiries)?;
+    print!("{report}");
+    println!("agent memory after the run: {agent}");
+    Ok(())
+}
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Rss {
+    pub now_kib: u64,
+    pub peak_kib: u64,
+}
+
+impl Rss {
+    pub fn of(pid: u32) -> Option<Rss> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(Rss { now_kib: field("VmRSS:")?, peak_kib: field("VmHWM:")? })
+    }
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RSS {:.1} MiB (peak {:.1} MiB)", self.now_kib as f64 / 1024.0, self.peak_kib as f64 / 1024.0)
+    }
+}
+
+/// Server in namespace C, a real agent enforcing on V: opens `grants` grants one after the
+/// other (timing each to the first TCP connect) and watches `expiries` short ones close.
+/// Returns the measurements and the agent's memory afterwards.
+pub fn open_run(grants: u32, expiries: u32) -> anyhow::Result<(String, Rss)> {
     let (c, v, _listener) = pair()?;
     let tmp = tempfile::tempdir()?;
     let server = LocalServer::start_with(
@@ -94,8 +131,7 @@ fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
     let mut agent = v.cmd(exe()?);
     agent.args(["agent", "--server", &server.url, "--join-token", &token, "--vm-name", "benchvm", "--state-dir"]);
     agent.arg(tmp.path().join("agent")).arg("--ca-cert").arg(&server.ca_cert).env("JITGATE_LOG", "warn");
-    let _agent = KillOnDrop::spawn(agent)?;
-    println!("jitgate bench open-latency: server and agent as real processes; client and VM in network namespaces joined by a veth");
+    let agent = KillOnDrop::spawn(agent)?;
     let inner = vec![
         "open".to_string(),
         "--url".into(),
@@ -109,12 +145,14 @@ fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
         "--to".into(),
         format!("{VM}:{PORT}"),
         "--count".into(),
-        args.grants.to_string(),
+        grants.to_string(),
         "--extra".into(),
-        args.expiries.to_string(),
+        expiries.to_string(),
     ];
-    print!("{}", run_inner(&c, &inner)?);
-    Ok(())
+    let report = run_inner(&c, &inner)?;
+    // `ip netns exec` runs the agent in its own process: the pid is the agent's.
+    let rss = Rss::of(agent.0.id()).ok_or_else(|| anyhow::anyhow!("the agent is no longer running"))?;
+    Ok((report, rss))
 }
 
 pub async fn kernel(args: KernelArgs) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ mod agent;
 mod bench_authz;
 mod bench_enforce;
 mod bench_portal;
+mod bench_replicas;
 mod common;
 mod quickstart;
 mod secrets;
@@ -71,6 +72,7 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Authz(a)) => bench_authz::run(a).await,
                 Some(BenchCommand::Audit(a)) => bench_authz::audit(a).await,
                 Some(BenchCommand::Portal(a)) => bench_portal::run(a).await,
+                Some(BenchCommand::Replicas(a)) => bench_replicas::run(a).await,
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {

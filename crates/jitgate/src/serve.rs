@@ -160,6 +160,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         long_polls_per_agent: args.max_long_polls_per_agent,
     };
     let conn_limit = tls::ConnLimit { per_source: limits.connections_per_source, exempt: trusted_proxies.clone() };
+    if args.lease_ttl < std::time::Duration::from_secs(1) {
+        bail!("--lease-ttl must be at least 1s (a lease renews every third of it)");
+    }
     let config = ServerConfig {
         limits,
         tls: tls_config.is_some(),
@@ -182,6 +185,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         webhooks,
         max_token_lifetime,
+        lease_ttl: args.lease_ttl,
     };
     let listener = ServerListener::new(listener, tls_config, conn_limit)?;
     let shutdown = shutdown_signal();

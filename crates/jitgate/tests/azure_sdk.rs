@@ -33,14 +33,29 @@ fn venv_python() -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_python_sdk_works_against_jitgate() {
+    sdk_checks("azure_python_sdk_works_against_jitgate", &[]).await;
+}
+
+/// The same checks against a server whose store is PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_python_sdk_works_against_jitgate_on_postgresql() {
+    let test = "azure_python_sdk_works_against_jitgate_on_postgresql";
+    let db = match jitgate_store_postgres::testdb::TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip(test, &why),
+    };
+    sdk_checks(test, &["--database-url", db.url()]).await;
+}
+
+/// Runs the SDK script against a server started with `extra` flags.
+async fn sdk_checks(test: &str, extra: &[&str]) {
     let Some(python) = venv_python() else {
-        jitgate_netns::skip(
-            "azure_python_sdk_works_against_jitgate",
-            "no virtualenv with azure-mgmt-security; run scripts/azure-sdk-venv.sh",
-        );
+        jitgate_netns::skip(test, "no virtualenv with azure-mgmt-security; run scripts/azure-sdk-venv.sh");
         return;
     };
-    let s = TestServer::start(BIN, &["--list-page-size", "1"]);
+    let mut args = vec!["--list-page-size", "1"];
+    args.extend_from_slice(extra);
+    let s = TestServer::start(BIN, &args);
     let vm1 = s.register_vm("probe-rg", "probe-vm1", "Linux").await;
     let vm2 = s.register_vm("probe-rg", "probe-vm2", "Linux").await;
     let script = workspace_root().join("tests/azure_sdk/jit_sdk_test.py");

@@ -13,17 +13,14 @@ use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use jitgate_store_postgres::testdb::TestDatabase;
-use jitgate_testkit::LocalServer;
-use jitgate_testkit::TestServer;
+use jitgate_testkit::agents::{agent_call, join_token, joined, state};
+use jitgate_testkit::{vm_id, LocalServer, TestServer, SUB};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_of_the_binary_serve_one_postgresql_database() {
-    let db = match TestDatabase::create().await {
-        Ok(db) => db,
-        Err(why) => return jitgate_netns::skip("two_replicas_of_the_binary_serve_one_postgresql_database", &why),
-    };
+/// Two replicas of the binary on `db`: the first makes the Owner, the second shares the
+/// database and the secrets key (and makes no second Owner); both carry the Owner's token.
+fn replicas(db: &TestDatabase) -> (TestServer, TestServer) {
     let a = TestServer::start(BIN, &["--database-url", db.url()]);
     assert!(!a.server.token.is_empty(), "the first replica made the Owner on the empty database");
     // The second replica shares the database and the secrets key; it makes no second Owner.
@@ -38,6 +35,16 @@ async fn two_replicas_of_the_binary_serve_one_postgresql_database() {
         assert!(!s.server.data_dir.join("jitgate.db").exists(), "no SQLite file: the store is PostgreSQL");
     }
 
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_of_the_binary_serve_one_postgresql_database() {
+    let db = match TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip("two_replicas_of_the_binary_serve_one_postgresql_database", &why),
+    };
+    let (a, b) = replicas(&db);
     let vm = a.register_vm("rg1", "vm1", "Linux").await;
     let rules = json!([{"id": vm, "ports": [
         {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}
@@ -64,4 +71,104 @@ async fn two_replicas_of_the_binary_serve_one_postgresql_database() {
         assert!(v.body["records"].as_u64().unwrap_or(0) >= 4, "bootstrap, VM, policy, initiate: {v:?}");
     }
     drop((a, b));
+}
+
+/// Replicas cooperate: an agent long-polling replica B is woken by a change made through
+/// replica A (long before its 60-second wait runs out), and A's `?wait=applied` sees the report
+/// the agent sends to B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_wakes_agents_on_the_other_and_waits_see_their_reports() {
+    let test = "a_change_on_one_replica_wakes_agents_on_the_other";
+    let db = match TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip(test, &why),
+    };
+    let (a, b) = replicas(&db);
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
+    let token = join_token(&a, SUB, "rg1", "host", json!({})).await;
+    let (_, credential) = joined(&b, &token, "vm1", "host", json!({"addresses": ["10.0.0.9"]})).await;
+    let vm = vm_id("rg1", "vm1");
+    let rules = json!([{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}
+    ]}]);
+    let put = a
+        .json(
+            Method::PUT,
+            &a.policy_url("rg1", "westeurope", "default"),
+            &json!({"properties": {"virtualMachines": rules}}),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{put:?}");
+    let now = state(&b, &credential).await;
+    let revision = now.body["revision"].as_u64().expect("revision");
+    // The agent's report of the policy, to B; then its long-poll on B.
+    let report = |r: u64| json!({"revision": r, "nftablesUsable": true});
+    let applied = agent_call(&b, &credential, Method::POST, "/agent/v1/applied", Some(report(revision))).await;
+    assert_eq!(applied.status, StatusCode::NO_CONTENT, "{applied:?}");
+    let poll = format!("/agent/v1/state?after={revision}&wait=60");
+    let long_poll = tokio::spawn({
+        let (b, credential) = (b.clone(), credential.clone());
+        async move { agent_call(&b, &credential, Method::GET, &poll, None).await }
+    });
+    // The initiate, through A, waits for enforcement.
+    let end = (OffsetDateTime::now_utc() + Duration::minutes(30)).format(&Rfc3339).expect("format");
+    let body = json!({"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "allowedSourceAddressPrefix": "198.51.100.7", "endTimeUtc": end}]}]});
+    let url = a.initiate_url("rg1", "westeurope", "default") + "&wait=applied&timeout=50";
+    let initiate = tokio::spawn({
+        let a = a.clone();
+        async move { a.json(Method::POST, &url, &body).await }
+    });
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(20), long_poll)
+        .await
+        .expect("B's long-poll answered on A's change, not at the end of its wait")
+        .expect("joined");
+    assert_eq!(woken.status, StatusCode::OK, "{woken:?}");
+    let new = woken.body["revision"].as_u64().expect("revision");
+    assert!(new > revision, "{woken:?}");
+    let grants = woken.body["grants"].as_array().cloned().unwrap_or_default();
+    assert!(grants.iter().any(|g| g.to_string().contains("198.51.100.7")), "the grant is in B's answer: {woken:?}");
+    assert!(!initiate.is_finished(), "A waits for the agent's report");
+    let applied = agent_call(&b, &credential, Method::POST, "/agent/v1/applied", Some(report(new))).await;
+    assert_eq!(applied.status, StatusCode::NO_CONTENT, "{applied:?}");
+    let done = tokio::time::timeout(std::time::Duration::from_secs(20), initiate)
+        .await
+        .expect("A's wait ended on the report B received")
+        .expect("joined");
+    assert_eq!(done.status, StatusCode::ACCEPTED, "{done:?}");
+    assert_eq!(done.body["virtualMachines"][0]["ports"][0]["status"], "Initiated", "{done:?}");
+}
+
+/// `/readyz` says unavailable while the database cannot be reached and ready again once it can,
+/// without a restart; `/healthz` (the process) stays up throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() {
+    let db = match TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip("readiness_follows_the_database", &why),
+    };
+    let target: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("address");
+    let proxy = jitgate_testkit::proxy::CutProxy::start(target).await.expect("proxy");
+    let url = db.url().replace("127.0.0.1:5432", &proxy.addr().to_string());
+    assert_ne!(url, db.url(), "the server reaches the database through the proxy");
+    let s = TestServer::start(BIN, &["--database-url", &url]);
+    let ready = async |s: &TestServer| s.send(Method::GET, &s.url("/readyz"), None).await.status;
+    assert_eq!(ready(&s).await, StatusCode::OK);
+    proxy.cut();
+    let unready = jitgate_testkit::eventually(std::time::Duration::from_secs(20), async || {
+        ready(&s).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(unready, "/readyz turns unavailable without the database");
+    assert_eq!(s.send(Method::GET, &s.url("/healthz"), None).await.status, StatusCode::OK, "the process is alive");
+    let refused = s.send(Method::GET, &s.url("/api/v1/vms"), None).await;
+    assert!(refused.status.is_server_error(), "a call needing the database fails cleanly: {refused:?}");
+    assert!(refused.body["error"]["code"].is_string(), "in Azure's error shape: {refused:?}");
+    proxy.restore();
+    let back =
+        jitgate_testkit::eventually(std::time::Duration::from_secs(20), async || ready(&s).await == StatusCode::OK)
+            .await;
+    assert!(back, "/readyz is ready again once the database answers");
+    let listed = s.send(Method::GET, &s.url("/api/v1/vms"), None).await;
+    assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
 }

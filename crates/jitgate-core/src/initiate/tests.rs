@@ -205,3 +205,51 @@ fn a_request_may_be_scheduled_and_its_window_counts_from_its_start() {
         "a past start means now"
     );
 }
+
+#[test]
+fn a_missing_policy_is_named_in_the_refusal() {
+    let reference = PolicyRef::new(SUB, "rg1", "westeurope", "nope").expect("valid");
+    let invalid = policy_not_found(&reference);
+    assert_eq!(invalid.code, codes::POLICY_NOT_FOUND);
+    assert!(invalid.message.contains(&reference.id()), "{}", invalid.message);
+}
+
+#[test]
+fn a_grant_behind_a_gateway_carries_its_address_and_mapped_port() {
+    let mut mapped = policy();
+    mapped.vms[0].ports[0].mapped_port = Some(2201);
+    let plan = decide(&mapped, &request(port(22, Some("203.0.113.5"), 60)), caller(), now()).expect("granted");
+    let g = &plan.grants[0];
+    let gateway: Option<IpAddr> = Some("192.0.2.1".parse().expect("ip"));
+    assert_eq!(Reach::of(&mapped, g, false, gateway), Reach::default(), "reached directly");
+    let reach = Reach::of(&mapped, g, true, gateway);
+    assert_eq!((reach.mapped_port, reach.public_ip.as_deref()), (Some(2201), Some("192.0.2.1")));
+    assert_eq!(Reach::of(&policy(), g, true, None), Reach::default(), "no mapped port, no address");
+}
+
+#[test]
+fn the_requested_grants_make_the_record_and_the_audit_event() {
+    let plan = decide(&policy(), &request(port(22, Some("203.0.113.5"), 60)), caller(), now()).expect("granted");
+    let mut requested = Requested::default();
+    let state = crate::lifecycle::start(&plan.grants[0], now());
+    let g = requested.add(&plan.grants[0], &state, Reach::default());
+    assert_eq!((g.number, g.status), (22, GrantStatus::Initiated));
+    assert!(requested.opened());
+    let audit = crate::audit::AuditEvent {
+        time: now(),
+        operation: "op".into(),
+        status: crate::audit::AuditStatus::Failed,
+        caller: "me".into(),
+        caller_ip: None,
+        resource_id: "/r".into(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    };
+    let event = requested.event(audit, 7, &plan);
+    assert_eq!(event.status, crate::audit::AuditStatus::Succeeded);
+    assert_eq!(event.properties["ports"], "vm1:22");
+    assert_eq!(event.properties["sources"], "203.0.113.5");
+    assert_eq!(event.properties["justification"], "maintenance");
+    let record = requested.into_record(7, "alice".into(), plan);
+    assert_eq!((record.id, record.grants.len(), record.justification.as_deref()), (7, 1, Some("maintenance")));
+}

@@ -398,3 +398,43 @@ fn policy_with_ports_only(numbers: &[u16]) -> Policy {
     }
     p
 }
+
+#[test]
+fn the_sweep_records_name_the_grant_and_what_happened() {
+    let was = state(Initiated, UserRequested, 0);
+    let swept = Swept { gid: 9, rid: 4, policy_id: "/p" };
+    let now_state = expire(was, now()).expect("expires");
+    let event = expired_event(now(), swept, "/vm1", 22, "10.0.0.0/24\n10.0.1.0/24", &was, &now_state);
+    assert_eq!((event.correlation_id.as_str(), event.resource_id.as_str()), ("expiry-9", "/p"));
+    assert_eq!(event.properties["requestId"], "4");
+    assert_eq!(event.properties["sources"], "10.0.0.0/24 10.0.1.0/24");
+    assert_eq!(event.properties["reason"], now_state.reason.as_str());
+    let opened = opened_event(now(), swept);
+    assert_eq!((opened.correlation_id.as_str(), opened.caller.as_str()), ("open-9", "jitgate"));
+    assert_eq!(opened.operation, crate::audit::ops::GRANT_OPEN);
+}
+
+#[test]
+fn the_records_of_a_persons_changes_say_what_was_decided() {
+    let audit = crate::audit::AuditEvent {
+        time: now(),
+        operation: "op".into(),
+        status: crate::audit::AuditStatus::Failed,
+        caller: "me".into(),
+        caller_ip: None,
+        resource_id: String::new(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    };
+    assert_eq!(request_not_found(3).code, codes::REQUEST_NOT_FOUND);
+    let revoked = revoked_event(audit.clone(), 3, "/p".into(), 2);
+    assert_eq!((revoked.resource_id.as_str(), revoked.properties["revokedGrants"].as_str()), ("/p", "2"));
+    let approved = decided_event(audit.clone(), 3, "alice", true, Decided::Grants(2), Some("ok"));
+    assert_eq!(approved.properties["decision"], StatusReason::Approved.as_str());
+    assert_eq!((approved.properties["grants"].as_str(), approved.properties["reason"].as_str()), ("2", "ok"));
+    let denied = decided_event(audit.clone(), 3, "alice", false, Decided::Extension(at(30)), None);
+    assert_eq!(denied.properties["decision"], StatusReason::Denied.as_str());
+    assert!(denied.properties.contains_key("extensionEndTimeUtc") && !denied.properties.contains_key("reason"));
+    assert_eq!(extended_event(audit.clone(), 3, at(30), true).properties["decision"], Pending.as_str());
+    assert!(!extended_event(audit, 3, at(30), false).properties.contains_key("decision"));
+}

@@ -10,7 +10,6 @@ use jitgate_api_types::datetime;
 use jitgate_api_types::native::{DecisionIn, ExtendIn, NativeRequestOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
-use jitgate_core::invalid::codes;
 use jitgate_core::rbac::actions;
 use jitgate_core::AccessDuration;
 
@@ -36,7 +35,7 @@ pub(super) async fn get_request(
             app.authorize(&principal, actions::POLICY_READ, &policy).await?;
             Ok(json(StatusCode::OK, &native_request(&r, Some(policy))))
         }
-        None => Err(ApiError::not_found(codes::REQUEST_NOT_FOUND, format!("access request {id} was not found"))),
+        None => Err(jitgate_core::lifecycle::request_not_found(id).into()),
     }
 }
 

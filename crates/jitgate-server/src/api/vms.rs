@@ -77,9 +77,7 @@ pub(super) async fn get_vms(
             let found = app.store.get_vm(&id).await?;
             match found {
                 Some(vm) => Ok(json(StatusCode::OK, &vm_out(&app, &vm))),
-                None => {
-                    Err(ApiError::not_found(codes::VM_NOT_FOUND, format!("virtual machine '{id}' is not registered")))
-                }
+                None => Err(jitgate_core::vm_put::not_registered(&id).into()),
             }
         }
     }

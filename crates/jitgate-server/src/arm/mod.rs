@@ -14,7 +14,6 @@ use jitgate_api_types::arm::{self as dto, InitiateIn, PolicyIn, PolicyListOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::initiate::InitiateDraft;
-use jitgate_core::invalid::codes;
 use jitgate_core::inventory::EnforcementState;
 use jitgate_core::policy::validate;
 use jitgate_core::policy::PolicyDraft;
@@ -227,7 +226,7 @@ fn base_url(app: &App, headers: &HeaderMap, uri: &Uri) -> String {
 }
 
 fn policy_not_found(r: &PolicyRef) -> ApiError {
-    ApiError::not_found(codes::POLICY_NOT_FOUND, format!("JIT network access policy '{}' was not found", r.id()))
+    jitgate_core::initiate::policy_not_found(r).into()
 }
 
 async fn get(app: &App, r: &PolicyRef) -> Result<Response, ApiError> {

@@ -45,7 +45,7 @@ async fn load(app: &App, viewer: &Viewer, ids: &[i64]) -> Result<Vec<AccessReque
     let mut out = Vec::new();
     for id in ids {
         let Some((policy, r)) = app.store.get_request(*id).await? else {
-            return Err(ApiError::not_found("RequestNotFound", format!("access request {id} was not found")));
+            return Err(jitgate_core::lifecycle::request_not_found(*id).into());
         };
         if r.requestor != viewer.principal.name {
             app.authorize(&viewer.principal, actions::POLICY_READ, &policy).await?;

@@ -85,6 +85,10 @@
 //! | `delivery_attempted` | `webhook_deliveries_are_isolated_and_claimed_once` |
 //! | `list_deliveries` | `approvals_and_extensions`, `webhook_deliveries_are_isolated_and_claimed_once` |
 //! | `next_delivery` | `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | **ReplicaStore** | |
+//! | `listen` | `leases_are_held_by_one_holder_at_a_time` |
+//! | `try_lease` | `leases_are_held_by_one_holder_at_a_time` |
+//! | `release_lease` | `leases_are_held_by_one_holder_at_a_time` |
 //!
 //! It is a test suite compiled only with the `conformance` feature (by backends' tests), so a
 //! failed expectation is meant to panic.
@@ -111,12 +115,16 @@ mod agents;
 mod audit_hooks;
 mod fill;
 mod identity;
+pub mod literals;
+pub mod migrations;
+mod replica;
 mod requests;
 
 use agents::*;
 use audit_hooks::*;
 pub use fill::{fill_every_kind, write_one_of_each};
 use identity::*;
+use replica::*;
 use requests::*;
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -221,6 +229,7 @@ pub async fn run_all(store: &dyn Store) {
     audit_chain_is_intact(store).await;
     audit_queries_inventory_facts_and_security_policies(store).await;
     webhook_deliveries_are_isolated_and_claimed_once(store).await;
+    leases_are_held_by_one_holder_at_a_time(store).await;
 }
 
 async fn vms(store: &dyn Store) {

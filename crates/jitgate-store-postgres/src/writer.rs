@@ -1,0 +1,213 @@
+//! Group commit: one writer per replica runs the changes waiting at the same moment in one
+//! transaction, each inside a savepoint of its own, and commits them together.
+//!
+//! A change keeps the row locks it takes until its transaction commits, and every change ends
+//! by locking the revision counter and the audit chain's head. Committed one by one, changes
+//! would pass through those locks one commit flush at a time, on every replica together. In a
+//! batch, the locks are taken once and one flush serves every change in it: what a change
+//! decides, it still decides alone (its savepoint sees the batch's earlier changes as any later
+//! transaction would), a change that fails is rolled back to its savepoint without touching the
+//! others, and nothing is answered before the commit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use jitgate_store::{StoreError, StoreResult};
+
+use crate::{backend, Ctx, Db, Error, Fut};
+
+/// The most changes one transaction carries.
+pub(crate) const MAX_BATCH: usize = 64;
+/// Changes that may wait for the writer before callers wait to hand theirs over.
+pub(crate) const QUEUE: usize = 4096;
+
+/// What running a change left: whether it is kept (done, or refused with its audit record) or
+/// undone, and how its caller learns the end once the batch has committed (or failed to).
+pub(crate) struct Ran {
+    keep: bool,
+    finish: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+/// A change waiting for the writer.
+pub(crate) trait Job: Send {
+    /// Runs the change inside the batch's transaction.
+    fn run<'c>(self: Box<Self>, ctx: &'c mut Ctx) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>>;
+    /// Answers the caller without running the change (the batch could not start).
+    fn fail(self: Box<Self>, error: StoreError);
+}
+
+struct Typed<T, F> {
+    f: F,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for Typed<T, F>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Ctx) -> Fut<'c, T> + Send + 'static,
+{
+    fn run<'c>(self: Box<Self>, ctx: &'c mut Ctx) -> Pin<Box<dyn Future<Output = Ran> + Send + 'c>> {
+        let Typed { f, reply } = *self;
+        Box::pin(async move {
+            match f(ctx).await {
+                out @ (Ok(_) | Err(Error::Store(StoreError::Rejected(_)))) => Ran {
+                    keep: true,
+                    finish: Box::new(move |failed| {
+                        let _ = reply.send(match failed {
+                            None => out.map_err(StoreError::from),
+                            Some(e) => Err(e),
+                        });
+                    }),
+                },
+                Err(e) => Ran {
+                    keep: false,
+                    finish: Box::new(move |_| {
+                        let _ = reply.send(Err(StoreError::from(e)));
+                    }),
+                },
+            }
+        })
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// Hands `f` to the writer and waits for its end.
+pub(crate) async fn submit<T, F>(queue: &mpsc::Sender<Box<dyn Job>>, f: F) -> StoreResult<T>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut Ctx) -> Fut<'c, T> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    queue.send(Box::new(Typed { f, reply })).await.map_err(|_| backend("the store's writer has stopped"))?;
+    answer.await.map_err(|_| backend("the store's writer stopped before the change ended"))?
+}
+
+/// The writer: takes what is waiting, up to [`MAX_BATCH`], and commits it as one transaction,
+/// until every sender is gone.
+pub(crate) async fn run(
+    pool: Pool,
+    mut queue: mpsc::Receiver<Box<dyn Job>>,
+    changes: Arc<watch::Sender<u64>>,
+    origin: Arc<str>,
+) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs = std::mem::take(&mut batch);
+        // Each batch on a task of its own: a panic in one change fails its batch, not the writer.
+        let task = tokio::spawn(commit_batch(pool.clone(), jobs, changes.clone(), origin.clone()));
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "a batch of store changes failed");
+        }
+    }
+}
+
+/// A failure that ends the whole batch, for each caller in it.
+fn each(e: &Error) -> impl Fn() -> StoreError + '_ {
+    move || match e {
+        Error::Db(d) if crate::is_conflict(d) => StoreError::Conflict(e.to_string().into()),
+        _ => backend(format!("the change was not committed: {e}")),
+    }
+}
+
+/// Runs `jobs` in one transaction; publishes the revision it moved to, if it did, before any
+/// caller learns the end.
+async fn commit_batch(pool: Pool, jobs: Vec<Box<dyn Job>>, changes: Arc<watch::Sender<u64>>, origin: Arc<str>) {
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = Error::from(e);
+            let failure = each(&e);
+            jobs.into_iter().for_each(|j| j.fail(failure()));
+            return;
+        }
+    };
+    let mut ctx = Ctx { db: Db::new(client), events: Vec::new(), bump: false };
+    // The origin names this replica in the signals the batch's commit sends (it is made of hex
+    // digits only: see `PgStore::open`).
+    if let Err(e) = ctx.db.begin(&format!("BEGIN; SET LOCAL jitgate.origin = '{origin}'")).await {
+        let failure = each(&e);
+        jobs.into_iter().for_each(|j| j.fail(failure()));
+        return;
+    }
+    // One change alone needs no savepoint: if it fails, the transaction is rolled back whole.
+    let alone = jobs.len() == 1;
+    let mut kept: Vec<Box<dyn FnOnce(Option<StoreError>) + Send>> = Vec::with_capacity(jobs.len());
+    let mut undone: Vec<Box<dyn FnOnce(Option<StoreError>) + Send>> = Vec::new();
+    let mut jobs = jobs.into_iter();
+    let fatal: Option<Error> = loop {
+        let Some(job) = jobs.next() else { break None };
+        let (events, bump) = (ctx.events.len(), ctx.bump);
+        if !alone {
+            if let Err(e) = ctx.db.batch("SAVEPOINT change").await {
+                job.fail(each(&e)());
+                break Some(e);
+            }
+        }
+        let ran = job.run(&mut ctx).await;
+        if ran.keep {
+            if !alone {
+                if let Err(e) = ctx.db.batch("RELEASE SAVEPOINT change").await {
+                    kept.push(ran.finish);
+                    break Some(e);
+                }
+            }
+            kept.push(ran.finish);
+            continue;
+        }
+        ctx.events.truncate(events);
+        ctx.bump = bump;
+        undone.push(ran.finish);
+        if alone {
+            break None;
+        }
+        if let Err(e) = ctx.db.batch("ROLLBACK TO SAVEPOINT change").await {
+            break Some(e);
+        }
+    };
+    // Nothing left to keep (one change alone failed): roll back and answer.
+    if fatal.is_none() && kept.is_empty() {
+        let _ = ctx.db.end("ROLLBACK").await;
+        undone.into_iter().for_each(|f| f(None));
+        return;
+    }
+    let committed = match fatal {
+        Some(e) => Err(e),
+        None => ctx.commit().await,
+    };
+    match committed {
+        Ok(revision) => {
+            if let Some(r) = revision {
+                changes.send_if_modified(|v| {
+                    let newer = r > *v;
+                    if newer {
+                        *v = r;
+                    }
+                    newer
+                });
+            }
+            kept.into_iter().for_each(|f| f(None));
+            undone.into_iter().for_each(|f| f(None));
+        }
+        Err(e) => {
+            let _ = ctx.db.end("ROLLBACK").await;
+            let failure = each(&e);
+            kept.into_iter().for_each(|f| f(Some(failure())));
+            undone.into_iter().for_each(|f| f(None));
+            jobs.for_each(|j| j.fail(failure()));
+        }
+    }
+}
+
+/// Starts the writer of a store on `pool`; returns where changes are handed to it.
+pub(crate) fn start(pool: Pool, changes: Arc<watch::Sender<u64>>, origin: Arc<str>) -> mpsc::Sender<Box<dyn Job>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(run(pool, rx, changes, origin));
+    tx
+}
