@@ -11,11 +11,12 @@
 //!   replica extend one line, and the lock is held only for the append and the commit.
 //! - **Serialised changes.** What a change reads to decide, it locks first: the policy row
 //!   (initiate, edit, approve, extend, revoke of its requests), the grants it moves
-//!   (`FOR UPDATE`, or `SKIP LOCKED` in the expiry sweep), the webhook deliveries it claims. Locks
-//!   are taken in one order — policy, then its grants and other rows, then the revision counter
-//!   and the audit head at commit — so two changes of one policy on two replicas run one after
-//!   the other. What still collides (a deadlock, two inserts of one key) ends in
-//!   [`StoreError::Conflict`] with nothing changed, never in a lost update.
+//!   (`FOR UPDATE`, or `SKIP LOCKED` in the expiry sweep), the webhook deliveries it claims.
+//!   Each replica's changes are committed in batches ([`writer`]: group commit), and batches
+//!   take one advisory lock first, so the replicas' batches run one after the other and cannot
+//!   deadlock on each other's row locks. What still collides (two inserts of one key) ends in
+//!   [`StoreError::Conflict`] for that change alone, with nothing of it kept, never in a lost
+//!   update.
 //! - **Migrations under an advisory lock** ([`migrate`]): replicas starting together migrate once.
 
 mod agents;

@@ -8,6 +8,11 @@
 //! decides, it still decides alone (its savepoint sees the batch's earlier changes as any later
 //! transaction would), a change that fails is rolled back to its savepoint without touching the
 //! others, and nothing is answered before the commit.
+//!
+//! A batch holds the locks of all its changes until it commits, so two batches on two replicas
+//! that lock the same rows in different orders would deadlock. Every batch therefore first takes
+//! one advisory lock ([`BATCH_LOCK`]): the replicas' batches run one at a time, each carrying
+//! every change that waited for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +25,8 @@ use jitgate_store::{StoreError, StoreResult};
 
 use crate::{backend, Ctx, Db, Error, Fut};
 
+/// The advisory lock every batch holds until it commits (`jitgate` in ASCII, then 3).
+pub(crate) const BATCH_LOCK: i64 = 0x6a69_7467_6174_6503;
 /// The most changes one transaction carries.
 pub(crate) const MAX_BATCH: usize = 64;
 /// Changes that may wait for the writer before callers wait to hand theirs over.
@@ -131,7 +138,8 @@ async fn commit_batch(pool: Pool, jobs: Vec<Box<dyn Job>>, changes: Arc<watch::S
     let mut ctx = Ctx { db: Db::new(client), events: Vec::new(), bump: false };
     // The origin names this replica in the signals the batch's commit sends (it is made of hex
     // digits only: see `PgStore::open`).
-    if let Err(e) = ctx.db.begin(&format!("BEGIN; SET LOCAL jitgate.origin = '{origin}'")).await {
+    let begin = format!("BEGIN; SET LOCAL jitgate.origin = '{origin}'; SELECT pg_advisory_xact_lock({BATCH_LOCK})");
+    if let Err(e) = ctx.db.begin(&begin).await {
         let failure = each(&e);
         jobs.into_iter().for_each(|j| j.fail(failure()));
         return;

@@ -600,3 +600,44 @@ async fn a_refused_change_in_a_batch_leaves_the_others_committed() {
     assert_eq!(failed, 29);
     assert!(store.verify_audit().await.expect("verify").valid);
 }
+
+/// Changes spread over several policies, from two replicas at once: each replica's batches hold
+/// the locks of many policies, in whatever order the changes arrived; batches take turns, so
+/// none deadlocks and every change succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_many_policies_from_two_replicas_never_deadlock() {
+    let Some(db) = database("batches_of_many_policies_from_two_replicas_never_deadlock").await else { return };
+    let (a, b) = two_replicas(&db, false).await;
+    let names = ["q1", "q2", "q3", "q4"];
+    for name in names {
+        let spec = VmSpec {
+            id: vm(name),
+            os_type: OsType::Linux,
+            location: "westeurope".into(),
+            address: None,
+            gateway: None,
+            classic: false,
+        };
+        a.put_vm(spec, event("vm")).await.expect("vm");
+        let draft = PolicyDraft {
+            kind: None,
+            vms: vec![VmDraft { id: vm(name).as_str().into(), ports: Some(vec![ssh(false)]), public_ip_address: None }],
+        };
+        a.put_policy(validate(policy_ref(name), draft).expect("valid"), event("put")).await.expect("policy");
+    }
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        // Replica a walks the policies forwards, b backwards.
+        let name = if i % 2 == 0 { names[i / 2 % 4] } else { names[3 - i / 2 % 4] };
+        let mut cmd = initiate(&format!("198.51.100.{}", i % 250), "alice");
+        cmd.policy = policy_ref(name);
+        cmd.draft.vms[0].id = vm(name).as_str().into();
+        tasks.push(tokio::spawn(async move { store.initiate(cmd, event("init")).await }));
+    }
+    for t in tasks {
+        let outcome = t.await.expect("joined");
+        assert!(outcome.is_ok(), "every initiate succeeds: {:?}", outcome.err());
+    }
+    assert!(a.verify_audit().await.expect("verify").valid);
+}
