@@ -119,27 +119,50 @@ async fn initiate(s: &TestServer, source: &str) -> Value {
     a.body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_its_kernel_state() {
-    const NAME: &str = "an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_its_kernel_state";
+/// Two replicas on one database, a VM namespace whose agent reaches them through relays (the
+/// first listed first), the policy written and one grant (for `A`) applied through the first.
+struct Cluster {
+    agent: KillOnDrop,
+    relay_a: Relay,
+    relay_b: Relay,
+    a: TestServer,
+    b: TestServer,
+    c: Netns,
+    v: Netns,
+    state_dir: std::path::PathBuf,
+    log_path: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    _db: TestDatabase,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Starts a [`Cluster`] with `extra` flags for both replicas, or skips test `name`.
+async fn cluster(name: &str, extra: &[&str]) -> Option<Cluster> {
     if let Some(why) = jitgate_netns::unavailable() {
-        return jitgate_netns::skip(NAME, &why);
+        jitgate_netns::skip(name, &why);
+        return None;
     }
     let db = match TestDatabase::create().await {
         Ok(db) => db,
-        Err(why) => return jitgate_netns::skip(NAME, &why),
+        Err(why) => {
+            jitgate_netns::skip(name, &why);
+            return None;
+        }
     };
     let tmp = tempfile::tempdir().expect("tempdir");
 
     // Two replicas on one database, sharing the secrets key.
-    let a = TestServer::start(BIN, &["--database-url", db.url()]);
+    let a = TestServer::start(BIN, &[&["--database-url", db.url()], extra].concat());
     let key = tmp.path().join("secrets.key");
     std::fs::copy(a.server.data_dir.join("secrets.key"), &key).expect("copy the secrets key");
-    let mut b = LocalServer::start(
-        std::path::Path::new(BIN),
-        &["--database-url", db.url(), "--secrets-key-file", key.to_str().expect("utf-8")],
-    )
-    .expect("replica b");
+    let flags = [&["--database-url", db.url(), "--secrets-key-file", key.to_str().expect("utf-8")], extra].concat();
+    let mut b = LocalServer::start(std::path::Path::new(BIN), &flags).expect("replica b");
     b.token = a.server.token.clone();
     let b = TestServer::from(b);
     // Each replica made its own self-signed certificate: the agent trusts both.
@@ -167,21 +190,31 @@ async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_it
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let mut agent = KillOnDrop(cmd.spawn().expect("agent"));
-    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let agent = KillOnDrop(cmd.spawn().expect("agent"));
+    let cluster = Cluster { agent, relay_a, relay_b, a, b, c, v, state_dir, log_path, bundle, _db: db, _tmp: tmp };
 
     let vm = vm_id("rg", "vm1");
+    let a = &cluster.a;
     let bound = eventually(Duration::from_secs(30), async || {
         a.send(Method::GET, &a.url(&format!("/api/v1/vms?id={vm}")), None).await.body["enforcement"]["agent"] == "vm1"
     })
     .await;
-    assert!(bound, "the agent joined through the first replica: {}", agent_log());
+    assert!(bound, "the agent joined through the first replica: {}", cluster.agent_log());
     let ports = json!([{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]);
     let policy = json!({"properties": {"virtualMachines": [{"id": vm, "ports": ports}]}});
-    let put = a.json(Method::PUT, &policy_url(&a), &policy).await;
+    let put = a.json(Method::PUT, &policy_url(a), &policy).await;
     assert_eq!(put.status, StatusCode::OK, "{put:?}");
-    initiate(&a, A).await;
-    assert!(allow4(&v).contains(A), "applied through the first replica: {}", allow4(&v));
+    initiate(a, A).await;
+    assert!(allow4(&cluster.v).contains(A), "applied through the first replica: {}", allow4(&cluster.v));
+    Some(cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_its_kernel_state() {
+    const NAME: &str = "an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_its_kernel_state";
+    let Some(cluster) = cluster(NAME, &[]).await else { return };
+    let Cluster { mut agent, relay_a, relay_b, a, b, c, v, state_dir, log_path, _db, _tmp, .. } = cluster;
+    let agent_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let credential: Value =
         serde_json::from_slice(&std::fs::read(state_dir.join("agent.json")).expect("credential")).expect("json");
     let agent_id = credential["agentId"].as_str().expect("agent id").to_owned();
@@ -236,7 +269,131 @@ async fn an_agent_fails_over_to_the_other_replica_without_rejoining_and_keeps_it
     assert_eq!(programmed_timeout(&v, A).as_deref(), Some(timeout_a.as_str()), "{set}");
     assert!(agent.0.try_wait().expect("wait").is_none(), "the agent keeps running: {}", agent_log());
     agent.kill9();
-    drop((relay_a, relay_b, c, v, db));
+    drop((relay_a, relay_b, c, v, _db));
+}
+
+/// The scenario of a replica dying under load: initiates stream through a client that knows
+/// both replicas while the replica the agent and the client talk to is killed with `-9`. Every
+/// initiate is acknowledged exactly once (a retry on the other replica carries the same
+/// `x-ms-client-request-id` and gets the first answer), every acknowledged grant is in the
+/// agent's kernel set, short grants still close at their end time (the kernel's timeouts) and
+/// are recorded as expired by the surviving replica (which takes over the expiry sweep's lease),
+/// and the audit chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_loses_and_doubles_no_acknowledged_grant() {
+    use jitgate_api_types::arm::{InitiateIn, InitiatePortIn, InitiateVmIn};
+    const NAME: &str = "a_replica_killed_mid_stream_loses_and_doubles_no_acknowledged_grant";
+    const TOTAL: u32 = 60;
+    const KILL_AFTER: u32 = 20;
+    let Some(cluster) = cluster(NAME, &["--lease-ttl", "2s"]).await else { return };
+    let settings = jitgate_client::Settings::with_urls([cluster.a.server.url.as_str(), cluster.b.server.url.as_str()])
+        .token(cluster.a.server.token.clone())
+        .ca_cert_path(Some(&cluster.bundle));
+    let client = jitgate_client::Client::new(settings).expect("client");
+    let policy = format!(
+        "/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default"
+    );
+    // Every tenth grant is short: it ends eight seconds after it was asked for.
+    let short = time::Duration::seconds(8);
+    let source = |n: u32| format!("10.77.0.{n}");
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stream = tokio::spawn({
+        let vm = vm_id("rg", "vm1");
+        async move {
+            let mut failures = Vec::new();
+            let mut last_end = time::OffsetDateTime::now_utc();
+            for n in 1..=TOTAL {
+                let mut port = InitiatePortIn {
+                    number: Some(22),
+                    allowed_source_address_prefix: Some(source(n)),
+                    ..InitiatePortIn::default()
+                };
+                if n % 10 == 0 {
+                    last_end = time::OffsetDateTime::now_utc() + short;
+                    let end = last_end.format(&time::format_description::well_known::Rfc3339).expect("time");
+                    port.end_time_utc = Some(end);
+                } else {
+                    port.duration = Some("PT1H".into());
+                }
+                let body = InitiateIn {
+                    virtual_machines: Some(vec![InitiateVmIn { id: Some(vm.clone()), ports: Some(vec![port]) }]),
+                    justification: Some("stream".into()),
+                    start_time_utc: None,
+                };
+                match client.arm().initiate(&policy, &body, false).await {
+                    Ok(_) => {
+                        let _ = acked_tx.send(n);
+                    }
+                    Err(e) => failures.push(format!("{n}: {e}")),
+                }
+            }
+            (failures, last_end)
+        }
+    });
+    // Mid-stream, the first replica (the agent's and the client's) dies.
+    let mut acked = Vec::new();
+    while let Some(n) = acked_rx.recv().await {
+        acked.push(n);
+        if acked.len() == KILL_AFTER as usize {
+            let pid = cluster.a.server.pid().expect("pid");
+            assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill").success());
+        }
+    }
+    let (failures, last_end) = stream.await.expect("joined");
+    assert!(
+        failures.is_empty(),
+        "every initiate was acknowledged (through the other replica after the kill): {failures:?}"
+    );
+    assert_eq!(acked, (1..=TOTAL).collect::<Vec<_>>(), "each acknowledged once, in order");
+
+    // None doubled: one request per source, as the surviving replica records them.
+    let b = &cluster.b;
+    let got = b.send(Method::GET, &policy_url(b), None).await;
+    let requests = got.body["properties"]["requests"].as_array().cloned().unwrap_or_default();
+    for n in 1..=TOTAL {
+        let wanted = source(n);
+        let count = requests
+            .iter()
+            .filter(|r| r["virtualMachines"][0]["ports"][0]["allowedSourceAddressPrefix"] == wanted.as_str())
+            .count();
+        assert_eq!(count, 1, "one request for {wanted}: {requests:?}");
+    }
+    // None lost: every acknowledged grant reaches the kernel.
+    let v = &cluster.v;
+    let all_in = eventually(Duration::from_secs(30), async || {
+        let set = allow4(v);
+        (1..=TOTAL).all(|n| set.contains(&format!("{} . tcp . 22", source(n))))
+    })
+    .await;
+    assert!(all_in, "every acknowledged grant is in the kernel: {} / {}", allow4(v), cluster.agent_log());
+
+    // Expiries on time: the kernel drops the short grants at their end; the surviving replica's
+    // sweep records them as expired.
+    let wait = last_end - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default() + Duration::from_millis(500)).await;
+    let set = allow4(v);
+    for n in (10..=TOTAL).step_by(10) {
+        assert!(!set.contains(&format!("{} . tcp . 22", source(n))), "{} closed at its end: {set}", source(n));
+    }
+    assert!(set.contains(&format!("{} . tcp . 22", source(1))), "the long grants stay: {set}");
+    let recorded = eventually(Duration::from_secs(15), async || {
+        let got = b.send(Method::GET, &policy_url(b), None).await;
+        let requests = got.body["properties"]["requests"].as_array().cloned().unwrap_or_default();
+        let expired =
+            requests.iter().filter(|r| r["virtualMachines"][0]["ports"][0]["statusReason"] == "Expired").count();
+        expired == (TOTAL / 10) as usize
+    })
+    .await;
+    let got = b.send(Method::GET, &policy_url(b), None).await;
+    let statuses: Vec<String> = got.body["properties"]["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["virtualMachines"][0]["ports"][0]["statusReason"].to_string())
+        .collect();
+    assert!(recorded, "the surviving replica swept the short grants: {statuses:?}");
+    let verified = b.send(Method::GET, &b.url("/api/v1/audit/verify"), None).await;
+    assert_eq!(verified.body["valid"], true, "{verified:?}");
 }
 
 /// A URL where nothing listens: a port bound, then let go.
