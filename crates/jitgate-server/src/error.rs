@@ -67,6 +67,14 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %msg, "store failure");
                 ApiError::internal()
             }
+            StoreError::Unavailable(source) => {
+                tracing::error!(error = %source, "the store cannot be reached");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "StoreUnavailable",
+                    "the database cannot be reached at the moment; try again shortly",
+                )
+            }
             StoreError::Conflict(source) => {
                 tracing::warn!(error = %source, "store conflict with a concurrent change");
                 ApiError::new(

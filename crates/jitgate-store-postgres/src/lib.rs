@@ -111,6 +111,13 @@ fn is_conflict(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| codes.contains(c))
 }
 
+/// Whether the database gave no answer at all: the connection is closed, or talking to the
+/// server failed (an I/O error). A statement the server refused, or a value that does not
+/// convert, is something else.
+pub(crate) fn unreachable(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
 /// A driver error whose message says what the server said (tokio-postgres alone prints
 /// "db error" and keeps the server's words in its source); the driver's error stays the source.
 #[derive(Debug, thiserror::Error)]
@@ -147,8 +154,11 @@ impl From<Error> for StoreError {
         match e {
             Error::Store(s) => s,
             Error::Db(e) if is_conflict(&e) => StoreError::Conflict(DriverError::new(e)),
+            // No answer from the database at all (a closed connection, no server): it may be
+            // failing over; the call can be repeated.
+            Error::Db(e) if unreachable(&e) => StoreError::Unavailable(DriverError::new(e)),
             Error::Db(e) => StoreError::Backend(DriverError::new(e)),
-            Error::Pool(e) => StoreError::Backend(DriverError::new(e)),
+            Error::Pool(e) => StoreError::Unavailable(DriverError::new(e)),
             Error::Corrupt(m) => StoreError::Backend(format!("corrupt value in the database: {m}").into()),
         }
     }

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// nothing was changed and the call may be repeated. The driver's error is the source.
     #[error("a concurrent change to the same records won; nothing was changed, try again")]
     Conflict(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database could not be reached (down, failing over, out of connections); nothing was
+    /// changed, or a change whose commit went unanswered is found on retry (idempotency keys).
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
