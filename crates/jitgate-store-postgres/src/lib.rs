@@ -508,7 +508,8 @@ mod tests {
         assert!(!redact("postgres://u:secret@h/db").contains("secret"));
     }
 
-    /// What the database said reaches the message, and the driver's error stays the source.
+    /// What the database said reaches the message, the driver's error stays the source, and a
+    /// server that cannot be reached is "unavailable" (a retry may succeed), not a failure.
     #[tokio::test]
     async fn a_driver_error_says_what_the_server_said() {
         let err = match tokio_postgres::connect("postgres://nobody@127.0.0.1:1/x?connect_timeout=1", NoTls).await {
@@ -517,7 +518,8 @@ mod tests {
         };
         let store = StoreError::from(Error::Db(err));
         let text = store.to_string();
-        assert!(text.starts_with("storage failure: error connecting to server: "), "{text}");
+        assert!(matches!(store, StoreError::Unavailable(_)), "{store:?}");
+        assert!(text.starts_with("storage unavailable: error connecting to server: "), "{text}");
         let source = std::error::Error::source(&store).expect("a source");
         assert!(source.downcast_ref::<DriverError>().is_some());
     }
