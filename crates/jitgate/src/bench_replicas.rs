@@ -191,6 +191,8 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
     // was sent, again.
     let ca = replicas.servers[0].ca_cert.clone();
     let ca_other = replicas.servers.get(1).map(|s| s.ca_cert.clone());
+    // When each agent received a new revision, and when its report of it was answered.
+    let woken: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>> = Arc::default();
     let mut loops = Vec::new();
     for (name, credential, url) in &agents {
         let ca = if Some(url.as_str()) == replicas.servers.get(1).map(|s| s.url.as_str()) {
@@ -199,17 +201,21 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
             ca.clone()
         };
         let client = Client::new(Settings::new(url.as_str()).ca_cert_path(Some(&ca)))?;
-        let (credential, name) = (credential.clone(), name.clone());
+        let (credential, name, woken) = (credential.clone(), name.clone(), woken.clone());
         loops.push(tokio::spawn(async move {
             let mut after = None;
             loop {
                 match client.agent().state(&credential, after, Duration::from_secs(30)).await {
                     Ok(state) => {
                         if after != Some(state.revision) {
+                            let got = Instant::now();
                             let report =
                                 AppliedIn { revision: state.revision, nftables_usable: true, nftables_error: None };
                             if let Err(e) = client.agent().applied(&credential, &report).await {
                                 eprintln!("{name}: report failed: {e}");
+                            }
+                            if let Ok(mut w) = woken.lock() {
+                                w.push((got, Instant::now()));
                             }
                         }
                         after = Some(state.revision);
@@ -250,6 +256,7 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
     admin.arm().put_policy(&policy, &body).await.map_err(|e| anyhow!("the fan-out policy: {e}"))?;
 
     let mut took = Vec::new();
+    let (mut first_wake, mut last_wake, mut last_report) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..=args.rounds {
         let source = format!("198.18.{}.{}/32", (round >> 8) & 0xff, round & 0xff);
         let body = InitiateIn {
@@ -270,13 +277,26 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
             start_time_utc: None,
         };
         let client = &replicas.clients[round as usize % replicas.clients.len()];
+        if let Ok(mut w) = woken.lock() {
+            w.clear();
+        }
         let sent = Instant::now();
         client.arm().initiate(&policy.id(), &body, true).await.map_err(|e| anyhow!("round {round}: {e}"))?;
         // Round 0 warms up (the first state every agent reads in full).
         if round > 0 {
             took.push(sent.elapsed());
+            if let Ok(w) = woken.lock() {
+                let since = |t: &Instant| t.saturating_duration_since(sent);
+                first_wake.push(w.iter().map(|(g, _)| since(g)).min().unwrap_or_default());
+                last_wake.push(w.iter().map(|(g, _)| since(g)).max().unwrap_or_default());
+                last_report.push(w.iter().map(|(_, r)| since(r)).max().unwrap_or_default());
+            }
         }
     }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
     took.sort_unstable();
     let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).clamp(1, took.len()) - 1];
     println!(
@@ -286,6 +306,12 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
         ms(pct(0.5)),
         ms(pct(0.99)),
         ms(pct(1.0))
+    );
+    println!(
+        "fan-out stages (medians, from the initiate sent): first agent woken {:.1} ms, last agent woken {:.1} ms, last report answered {:.1} ms",
+        ms(median(&mut first_wake)),
+        ms(median(&mut last_wake)),
+        ms(median(&mut last_report))
     );
     for (i, rss) in replicas.rss().iter().enumerate() {
         match rss {
