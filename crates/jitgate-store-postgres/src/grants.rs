@@ -73,6 +73,7 @@ pub enum Filter<'a> {
     Policy(i64),
     Request(i64),
     Key(i64, &'a str),
+    Keys(i64, &'a [String]),
 }
 
 /// Applies a transition to the grants of `filter` that have a status of `set`, locking them
@@ -97,6 +98,16 @@ pub async fn transition_where(
             db.rows(
                 &format!("SELECT gid, {STATE_COLUMNS} FROM grants WHERE rid = $1 AND status = ANY($2) ORDER BY gid FOR UPDATE"),
                 &[&rid, &set],
+            )
+            .await?
+        }
+        Filter::Keys(pid, keys) => {
+            db.rows(
+                &format!(
+                    "SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND supersede_key = ANY($2) AND status = ANY($3) \
+                     ORDER BY gid FOR UPDATE"
+                ),
+                &[&pid, &keys, &set],
             )
             .await?
         }
@@ -126,6 +137,102 @@ pub async fn transition_where(
 pub async fn supersede_older(db: &Db, pid: i64, supersede_key: &str) -> Res<usize> {
     transition_where(db, Filter::Key(pid, supersede_key), &lifecycle::SUPERSEDABLE, lifecycle::supersede, By::Nobody)
         .await
+}
+
+/// [`supersede_older`] for several supersede keys in one statement (none: nothing to do).
+pub async fn supersede_older_many(db: &Db, pid: i64, keys: &[String]) -> Res<usize> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    transition_where(db, Filter::Keys(pid, keys), &lifecycle::SUPERSEDABLE, lifecycle::supersede, By::Nobody).await
+}
+
+/// A request's new grants, gathered to be written in one statement.
+#[derive(Default)]
+pub struct NewGrants {
+    ord: Vec<i64>,
+    vm_id: Vec<String>,
+    vm_key: Vec<String>,
+    number: Vec<i64>,
+    protocol: Vec<&'static str>,
+    form: Vec<&'static str>,
+    sources: Vec<String>,
+    supersede_key: Vec<String>,
+    end_time: Vec<i64>,
+    status: Vec<&'static str>,
+    reason: Vec<&'static str>,
+    mapped_port: Vec<Option<i64>>,
+    public_ip: Vec<Option<String>>,
+    window: Vec<Option<i64>>,
+    opens_at: Vec<i64>,
+}
+
+impl NewGrants {
+    /// The grant planned as `g`, at position `ord` of its request, starting as `state`.
+    pub fn push(
+        &mut self,
+        ord: usize,
+        g: &jitgate_core::initiate::GrantPlan,
+        state: &GrantState,
+        mapped_port: Option<u16>,
+        public_ip: Option<String>,
+    ) {
+        let (form, sources) = crate::rows::encode_sources(&g.sources);
+        self.ord.push(crate::rows::big(ord));
+        self.vm_id.push(g.vm_id.as_str().to_owned());
+        self.vm_key.push(g.vm_id.key());
+        self.number.push(i64::from(g.number));
+        self.protocol.push(g.protocol.as_str());
+        self.form.push(form);
+        self.sources.push(sources);
+        self.supersede_key.push(g.supersede_key());
+        self.end_time.push(nanos(state.end_time));
+        self.status.push(state.status.as_str());
+        self.reason.push(state.reason.as_str());
+        self.mapped_port.push(mapped_port.map(i64::from));
+        self.public_ip.push(public_ip);
+        self.window.push(window_nanos(state));
+        self.opens_at.push(nanos(g.opens_at));
+    }
+
+    /// Writes them as grants of request `rid` of policy `pid`.
+    pub async fn insert(&self, db: &Db, rid: i64, pid: i64, policy_id: &str) -> Res<()> {
+        if self.ord.is_empty() {
+            return Ok(());
+        }
+        db.exec(
+            "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
+             supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
+             SELECT $1, $2, u.ord, $3, u.vm_id, u.vm_key, u.number, u.protocol, u.form, u.sources, u.skey, u.end_time, \
+             u.status, u.reason, u.mapped_port, u.public_ip, u.window_ns, u.opens_at \
+             FROM unnest($4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], \
+             $11::text[], $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[], $17::bigint[], $18::bigint[]) \
+             AS u(ord, vm_id, vm_key, number, protocol, form, sources, skey, end_time, status, reason, mapped_port, \
+             public_ip, window_ns, opens_at)",
+            &[
+                &rid,
+                &pid,
+                &policy_id,
+                &self.ord,
+                &self.vm_id,
+                &self.vm_key,
+                &self.number,
+                &self.protocol,
+                &self.form,
+                &self.sources,
+                &self.supersede_key,
+                &self.end_time,
+                &self.status,
+                &self.reason,
+                &self.mapped_port,
+                &self.public_ip,
+                &self.window,
+                &self.opens_at,
+            ],
+        )
+        .await
+        .map(drop)
+    }
 }
 
 /// Writes the changes a request transition decided, naming grants by their index in `gids`.

@@ -105,6 +105,31 @@ pub async fn get_vm(db: &Db, key: &str) -> Res<Option<Vm>> {
     Ok(Some(with_agent(db, vm_from_row(&row)?, key).await?))
 }
 
+/// The VMs of `keys` that are registered, by key, each with its enforcement point (host agents
+/// read in one statement; a gateway's looked up by name).
+pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<String, Vm>> {
+    let mut out = std::collections::HashMap::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let mut hosts = std::collections::HashMap::new();
+    let sql = "SELECT v.key AS vm_key_, a.* FROM vms v JOIN agents a ON a.id = v.agent_id \
+               WHERE v.key = ANY($1) AND a.mode = 'host'";
+    for r in db.rows(sql, &[&keys]).await? {
+        hosts.insert(r.try_get::<_, String>("vm_key_")?, agent_from_row(&r)?);
+    }
+    for r in db.rows("SELECT * FROM vms WHERE key = ANY($1)", &[&keys]).await? {
+        let key: String = r.try_get("key")?;
+        let mut vm = vm_from_row(&r)?;
+        vm.agent = match &vm.spec.gateway {
+            Some(gw) => gateway_agent(db, vm.spec.id.subscription(), gw).await?,
+            None => hosts.remove(&key),
+        };
+        out.insert(key, vm);
+    }
+    Ok(out)
+}
+
 /// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or
 /// the host agent bound to this very VM row (a VM registered again has none until one joins).
 pub async fn with_agent(db: &Db, mut vm: Vm, key: &str) -> Res<Vm> {

@@ -315,51 +315,30 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         )
         .await?
         .try_get(0)?;
+    // Set-based for a request over many VMs: the grants it opens supersede older ones in one
+    // statement (a request names each VM and port once, so its own grants never meet there),
+    // its VMs are read in one, and its grants are written in one.
+    let states: Vec<_> = plan.grants.iter().map(|g| lifecycle::start(g, cmd.now)).collect();
+    // A grant that needs approval waits (and opens nothing), a scheduled one opens later: each
+    // supersedes older grants only once it opens.
+    let opening: Vec<String> =
+        plan.grants.iter().zip(&states).filter(|(_, st)| st.is_live()).map(|(g, _)| g.supersede_key()).collect();
+    grants::supersede_older_many(&ctx.db, pid, &opening).await?;
+    let vm_keys: Vec<String> = plan.grants.iter().map(|g| g.vm_id.key()).collect();
+    let vms = rows::get_vms(&ctx.db, &vm_keys).await?;
     let mut requested = Requested::default();
-    for (ord, g) in plan.grants.iter().enumerate() {
-        let skey = g.supersede_key();
-        // A grant that needs approval waits (and opens nothing), a scheduled one opens
-        // later: each supersedes older grants only once it opens.
-        let state = lifecycle::start(g, cmd.now);
-        if state.is_live() {
-            grants::supersede_older(&ctx.db, pid, &skey).await?;
-        }
-        let (form, texts) = encode_sources(&g.sources);
+    let mut rows_ = grants::NewGrants::default();
+    for (ord, (g, state)) in plan.grants.iter().zip(&states).enumerate() {
         // Behind a gateway the grant carries the connection details: the gateway's public
         // address and the mapped port (when the policy port maps one).
-        let reach = match rows::get_vm(&ctx.db, &g.vm_id.key()).await? {
-            Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.and_then(|a| a.public_address)),
+        let reach = match vms.get(&g.vm_id.key()) {
+            Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.as_ref().and_then(|a| a.public_address)),
             None => Reach::default(),
         };
-        let grant = requested.add(g, &state, reach);
-        ctx.db
-            .exec(
-                "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
-                 supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-                &[
-                    &rid,
-                    &pid,
-                    &rows::big(ord),
-                    &policy_id,
-                    &g.vm_id.as_str(),
-                    &g.vm_id.key(),
-                    &i64::from(g.number),
-                    &g.protocol.as_str(),
-                    &form,
-                    &texts,
-                    &skey,
-                    &nanos(state.end_time),
-                    &state.status.as_str(),
-                    &state.reason.as_str(),
-                    &grant.mapped_port.map(i64::from),
-                    &grant.public_ip,
-                    &grants::window_nanos(&state),
-                    &nanos(g.opens_at),
-                ],
-            )
-            .await?;
+        let grant = requested.add(g, state, reach);
+        rows_.push(ord, g, state, grant.mapped_port, grant.public_ip.clone());
     }
+    rows_.insert(&ctx.db, rid, pid, &policy_id).await?;
     let event = requested.event(audit, rid, &plan);
     ctx.bump_revision();
     ctx.audit(event);
