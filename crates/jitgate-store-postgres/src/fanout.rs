@@ -10,11 +10,11 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use jitgate_core::enforcement::EnforcementState;
-use jitgate_core::join;
-use jitgate_store::{StoreError, StoreResult};
+use jitgate_core::{join, Invalid};
+use jitgate_store::{AgentReport, StoreError, StoreResult};
 
 use crate::writer::Job;
-use crate::{agents, backend, rows, Db, Res};
+use crate::{agents, backend, nanos, rows, Db, Error, Res};
 
 /// The most calls one round serves.
 const ROUND: usize = 1024;
@@ -33,16 +33,29 @@ pub(crate) struct Delivered {
     pub reply: oneshot::Sender<StoreResult<()>>,
 }
 
-/// Starts the state reader and the delivery writer of a store.
-pub(crate) fn start(
-    pool: Pool,
-    writer: mpsc::Sender<Box<dyn Job>>,
-) -> (mpsc::Sender<StateAsk>, mpsc::Sender<Delivered>) {
+/// One agent's report of what it applied.
+pub(crate) struct Report {
+    pub id: String,
+    pub report: AgentReport,
+    pub reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// Where a store's agents' calls are gathered.
+pub(crate) struct Fanout {
+    pub states: mpsc::Sender<StateAsk>,
+    pub delivered: mpsc::Sender<Delivered>,
+    pub reports: mpsc::Sender<Report>,
+}
+
+/// Starts the state reader, the delivery writer and the report writer of a store.
+pub(crate) fn start(pool: Pool, writer: mpsc::Sender<Box<dyn Job>>) -> Fanout {
     let (states, asks) = mpsc::channel(ROUND * 4);
     let (delivered, deliveries) = mpsc::channel(ROUND * 4);
+    let (reports, reported) = mpsc::channel(ROUND * 4);
     tokio::spawn(read_states(pool, asks));
-    tokio::spawn(note_deliveries(writer, deliveries));
-    (states, delivered)
+    tokio::spawn(note_deliveries(writer.clone(), deliveries));
+    tokio::spawn(note_reports(writer, reported));
+    Fanout { states, delivered, reports }
 }
 
 async fn read_states(pool: Pool, mut asks: mpsc::Receiver<StateAsk>) {
@@ -120,6 +133,91 @@ async fn note_deliveries(writer: mpsc::Sender<Box<dyn Job>>, mut notes: mpsc::Re
             Err(e) => {
                 let text = e.to_string();
                 batch.into_iter().for_each(|d| drop(d.reply.send(Err(backend(text.clone())))));
+            }
+        }
+    }
+}
+
+/// Reports of a round, decided one by one (as `join::report` decides them, each on the agent as
+/// the previous report left it) and written with one read and one update: each answered with
+/// its own outcome, a refusal with its `Failed` audit record.
+async fn note_reports(writer: mpsc::Sender<Box<dyn Job>>, mut reports: mpsc::Receiver<Report>) {
+    let mut round = Vec::with_capacity(ROUND);
+    while reports.recv_many(&mut round, ROUND).await > 0 {
+        let batch = std::mem::take(&mut round);
+        let asks: Vec<(String, AgentReport)> = batch.iter().map(|r| (r.id.clone(), r.report.clone())).collect();
+        let written = crate::writer::submit(&writer, move |ctx| {
+            Box::pin(async move {
+                let ids: Vec<&str> = asks.iter().map(|(id, _)| id.as_str()).collect();
+                let mut known: HashMap<String, join::Reported> = HashMap::new();
+                let sql = "SELECT id, applied_revision, nft_usable, delivered_revision FROM agents \
+                           WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+                for r in ctx.db.rows(sql, &[&ids]).await? {
+                    let reported =
+                        join::Reported { applied: r.try_get(1)?, usable: r.try_get(2)?, delivered: r.try_get(3)? };
+                    known.insert(r.try_get(0)?, reported);
+                }
+                let mut outcomes = Vec::with_capacity(asks.len());
+                // The latest of each agent: (last seen, applied, usable, error).
+                let mut latest: HashMap<String, (i64, i64, bool, Option<String>)> = HashMap::new();
+                for (id, report) in &asks {
+                    let Some(before) = known.get_mut(id) else {
+                        let m = format!("agent {id} is not known");
+                        outcomes.push(Err(Invalid::not_found(join::AGENT_NOT_FOUND, m)));
+                        continue;
+                    };
+                    let nft_error = report.nft_error.as_deref();
+                    match join::report(id, *before, report.revision, report.now, report.nft_usable, nft_error) {
+                        join::Reporting::Refused { event, invalid } => {
+                            ctx.audit(event.failed(invalid.message.clone()));
+                            outcomes.push(Err(invalid));
+                        }
+                        join::Reporting::Accepted(audited) => {
+                            if let Some(event) = audited {
+                                ctx.audit(event);
+                            }
+                            let revision = i64::try_from(report.revision).unwrap_or(i64::MAX);
+                            before.applied = before.applied.max(revision);
+                            before.usable = Some(report.nft_usable);
+                            let entry = (nanos(report.now), before.applied, report.nft_usable, report.nft_error.clone());
+                            latest.insert(id.clone(), entry);
+                            outcomes.push(Ok(()));
+                        }
+                    }
+                }
+                if !latest.is_empty() {
+                    let (mut ids, mut seen, mut applied) = (Vec::new(), Vec::new(), Vec::new());
+                    let (mut usable, mut errors) = (Vec::new(), Vec::new());
+                    for (id, (s, a, u, e)) in latest {
+                        ids.push(id);
+                        seen.push(s);
+                        applied.push(a);
+                        usable.push(u);
+                        errors.push(e);
+                    }
+                    ctx.db
+                        .exec(
+                            "UPDATE agents a SET last_seen = u.seen, applied_revision = greatest(a.applied_revision, u.applied), \
+                             nft_usable = u.usable, nft_error = u.error \
+                             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::text[]) \
+                             AS u(id, seen, applied, usable, error) WHERE a.id = u.id",
+                            &[&ids, &seen, &applied, &usable, &errors],
+                        )
+                        .await?;
+                }
+                Ok::<_, Error>(outcomes)
+            })
+        })
+        .await;
+        match written {
+            Ok(outcomes) => {
+                for (r, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = r.reply.send(outcome.map_err(StoreError::Rejected));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                batch.into_iter().for_each(|r| drop(r.reply.send(Err(backend(text.clone())))));
             }
         }
     }

@@ -296,9 +296,8 @@ pub struct PgStore {
     origin: Arc<str>,
     /// Where changes go to be committed (see [`writer`]).
     writer: tokio::sync::mpsc::Sender<Box<dyn writer::Job>>,
-    /// Where agents' state reads and delivery notes are gathered (see [`fanout`]).
-    states: tokio::sync::mpsc::Sender<fanout::StateAsk>,
-    delivered: tokio::sync::mpsc::Sender<fanout::Delivered>,
+    /// Where agents' state reads, delivery notes and reports are gathered (see [`fanout`]).
+    fanout: fanout::Fanout,
     /// Where the connection that listens for other replicas' changes goes.
     config: tokio_postgres::Config,
 }
@@ -380,8 +379,8 @@ impl PgStore {
         let changes = Arc::new(watch::channel(revision).0);
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let writer = writer::start(pool.clone(), changes.clone(), origin.clone());
-        let (states, delivered) = fanout::start(pool.clone(), writer.clone());
-        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, states, delivered, config })
+        let fanout = fanout::start(pool.clone(), writer.clone());
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, fanout, config })
     }
 
     /// What the open did to the webhook secrets (sealed, re-sealed, already current).

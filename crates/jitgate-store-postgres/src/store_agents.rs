@@ -316,7 +316,7 @@ impl AgentStore for PgStore {
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let ask = fanout::StateAsk { id: agent_id.to_owned(), now, reply };
-        self.states.send(ask).await.map_err(|_| backend("the store's state reader has stopped"))?;
+        self.fanout.states.send(ask).await.map_err(|_| backend("the store's state reader has stopped"))?;
         answer.await.map_err(|_| backend("the store's state reader stopped before answering"))?
     }
 
@@ -325,58 +325,16 @@ impl AgentStore for PgStore {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let revision = i64::try_from(revision).unwrap_or(i64::MAX);
         let note = fanout::Delivered { id: agent_id.to_owned(), revision, reply };
-        self.delivered.send(note).await.map_err(|_| backend("the store's delivery writer has stopped"))?;
+        self.fanout.delivered.send(note).await.map_err(|_| backend("the store's delivery writer has stopped"))?;
         answer.await.map_err(|_| backend("the store's delivery writer stopped before answering"))?
     }
 
+    /// Gathered with the other agents' reports of the moment (see `fanout`).
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()> {
-        let id = agent_id.to_owned();
-        self.write(move |ctx| {
-            Box::pin(async move {
-                let before = ctx
-                    .db
-                    .opt(
-                        "SELECT applied_revision, nft_usable, delivered_revision FROM agents WHERE id = $1 FOR UPDATE",
-                        &[&id],
-                    )
-                    .await?;
-                let Some(before) = before else {
-                    return Err(Error::Store(StoreError::Rejected(Invalid::not_found(
-                        join::AGENT_NOT_FOUND,
-                        format!("agent {id} is not known"),
-                    ))));
-                };
-                let before = join::Reported {
-                    applied: before.try_get(0)?,
-                    usable: before.try_get(1)?,
-                    delivered: before.try_get(2)?,
-                };
-                let audited = match join::report(
-                    &id,
-                    before,
-                    report.revision,
-                    report.now,
-                    report.nft_usable,
-                    report.nft_error.as_deref(),
-                ) {
-                    join::Reporting::Accepted(audited) => audited,
-                    join::Reporting::Refused { event, invalid } => return reject(ctx, event, invalid),
-                };
-                let revision = i64::try_from(report.revision).unwrap_or(i64::MAX);
-                ctx.db
-                    .exec(
-                        "UPDATE agents SET last_seen = $2, applied_revision = greatest(applied_revision, $3), \
-                         nft_usable = $4, nft_error = $5 WHERE id = $1",
-                        &[&id, &nanos(report.now), &revision, &report.nft_usable, &report.nft_error],
-                    )
-                    .await?;
-                if let Some(event) = audited {
-                    ctx.audit(event);
-                }
-                Ok(())
-            })
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = fanout::Report { id: agent_id.to_owned(), report, reply };
+        self.fanout.reports.send(ask).await.map_err(|_| backend("the store's report writer has stopped"))?;
+        answer.await.map_err(|_| backend("the store's report writer stopped before answering"))?
     }
 
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>> {

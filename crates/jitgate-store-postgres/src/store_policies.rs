@@ -332,7 +332,9 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         // Behind a gateway the grant carries the connection details: the gateway's public
         // address and the mapped port (when the policy port maps one).
         let reach = match vms.get(&g.vm_id.key()) {
-            Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.as_ref().and_then(|a| a.public_address)),
+            Some(vm) => {
+                Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.as_ref().and_then(|a| a.public_address))
+            }
             None => Reach::default(),
         };
         let grant = requested.add(g, state, reach);
