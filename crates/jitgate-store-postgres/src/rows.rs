@@ -118,11 +118,23 @@ pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<
     for r in db.rows(sql, &[&keys]).await? {
         hosts.insert(r.try_get::<_, String>("vm_key_")?, agent_from_row(&r)?);
     }
+    // Many VMs behind one gateway: it is looked up once.
+    let mut gateways: std::collections::HashMap<(String, String), Option<AgentRecord>> = Default::default();
     for r in db.rows("SELECT * FROM vms WHERE key = ANY($1)", &[&keys]).await? {
         let key: String = r.try_get("key")?;
         let mut vm = vm_from_row(&r)?;
         vm.agent = match &vm.spec.gateway {
-            Some(gw) => gateway_agent(db, vm.spec.id.subscription(), gw).await?,
+            Some(gw) => {
+                let at = (vm.spec.id.subscription().to_ascii_lowercase(), gw.to_ascii_lowercase());
+                match gateways.get(&at) {
+                    Some(found) => found.clone(),
+                    None => {
+                        let found = gateway_agent(db, vm.spec.id.subscription(), gw).await?;
+                        gateways.insert(at, found.clone());
+                        found
+                    }
+                }
+            }
             None => hosts.remove(&key),
         };
         out.insert(key, vm);

@@ -341,10 +341,13 @@ impl AgentStore for PgStore {
         let keys: Vec<String> = vm_ids.iter().map(|v| v.to_ascii_lowercase()).collect();
         self.read(move |db| {
             Box::pin(async move {
+                // Two statements for any number of VMs (one more per gateway), in the order asked.
+                let mut vms = rows::get_vms(db, &keys).await?;
+                let mut seen = std::collections::HashSet::new();
                 let mut out: Vec<AgentRecord> = Vec::new();
-                for key in keys {
-                    if let Some(agent) = rows::get_vm(db, &key).await?.and_then(|vm| vm.agent) {
-                        if !out.iter().any(|a| a.id == agent.id) {
+                for key in &keys {
+                    if let Some(agent) = vms.remove(key).and_then(|vm| vm.agent) {
+                        if seen.insert(agent.id.clone()) {
                             out.push(agent);
                         }
                     }
