@@ -285,25 +285,38 @@ impl App {
         &self,
         vm_ids: &[String],
     ) -> Result<Vec<(String, jitgate_core::inventory::EnforcementState)>, ApiError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        // Duplicates (in any case) left out, the order kept.
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<String> = vm_ids.iter().filter(|id| seen.insert(id.to_ascii_lowercase())).cloned().collect();
+        // A request over many VMs: their enforcement points are looked up several at a time.
+        let futures: Vec<_> = unique
+            .into_iter()
+            .map(|id| {
+                let app = self.clone();
+                async move { app.enforcement_of_one(id).await }
+            })
+            .collect();
+        stream::iter(futures).buffered(8).try_collect().await
+    }
+
+    /// How one VM is enforced now (see [`App::enforcement_of`]).
+    async fn enforcement_of_one(
+        &self,
+        id: String,
+    ) -> Result<(String, jitgate_core::inventory::EnforcementState), ApiError> {
         use jitgate_core::inventory::EnforcementState;
-        let mut out: Vec<(String, EnforcementState)> = Vec::new();
-        for id in vm_ids {
-            if out.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(id)) {
-                continue;
-            }
-            let agents = self.store.agents_for_vms(std::slice::from_ref(id)).await?;
-            let state = if agents.is_empty() {
-                EnforcementState::NotEnforced
-            } else if agents.iter().any(|a| a.nft_usable == Some(false)) {
-                EnforcementState::Unusable
-            } else if agents.iter().any(|a| self.is_stale(a)) {
-                EnforcementState::Stale
-            } else {
-                EnforcementState::Enforced
-            };
-            out.push((id.clone(), state));
-        }
-        Ok(out)
+        let agents = self.store.agents_for_vms(std::slice::from_ref(&id)).await?;
+        let state = if agents.is_empty() {
+            EnforcementState::NotEnforced
+        } else if agents.iter().any(|a| a.nft_usable == Some(false)) {
+            EnforcementState::Unusable
+        } else if agents.iter().any(|a| self.is_stale(a)) {
+            EnforcementState::Stale
+        } else {
+            EnforcementState::Enforced
+        };
+        Ok((id, state))
     }
 
     /// A `Started` audit event for this request, to be completed by the store or [`App::refuse`].
