@@ -141,10 +141,12 @@ pub async fn supersede_older(db: &Db, pid: i64, supersede_key: &str) -> Res<usiz
 
 /// [`supersede_older`] for several supersede keys in one statement (none: nothing to do).
 pub async fn supersede_older_many(db: &Db, pid: i64, keys: &[String]) -> Res<usize> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    transition_where(db, Filter::Keys(pid, keys), &lifecycle::SUPERSEDABLE, lifecycle::supersede, By::Nobody).await
+    let filter = match keys {
+        [] => return Ok(0),
+        [one] => Filter::Key(pid, one),
+        many => Filter::Keys(pid, many),
+    };
+    transition_where(db, filter, &lifecycle::SUPERSEDABLE, lifecycle::supersede, By::Nobody).await
 }
 
 /// A request's new grants, gathered to be written in one statement.

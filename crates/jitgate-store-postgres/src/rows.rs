@@ -109,8 +109,15 @@ pub async fn get_vm(db: &Db, key: &str) -> Res<Option<Vm>> {
 /// read in one statement; a gateway's looked up by name).
 pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<String, Vm>> {
     let mut out = std::collections::HashMap::new();
-    if keys.is_empty() {
-        return Ok(out);
+    match keys {
+        [] => return Ok(out),
+        [one] => {
+            if let Some(vm) = get_vm(db, one).await? {
+                out.insert(one.clone(), vm);
+            }
+            return Ok(out);
+        }
+        _ => {}
     }
     let mut hosts = std::collections::HashMap::new();
     let sql = "SELECT v.key AS vm_key_, a.* FROM vms v JOIN agents a ON a.id = v.agent_id \
