@@ -35,6 +35,7 @@ mod store_audit;
 mod store_identity;
 mod store_policies;
 mod store_requests;
+mod store_sessions;
 mod store_webhooks;
 pub mod testdb;
 mod writer;

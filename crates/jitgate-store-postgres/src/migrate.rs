@@ -40,6 +40,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_initial.sql"),
     migration!(2, "0002_decision_reasons.sql"),
     migration!(3, "0003_replica_signals_and_leases.sql"),
+    migration!(4, "0004_ephemeral.sql"),
 ];
 
 /// The schema this build writes: the last migration's version.

@@ -18,6 +18,7 @@ mod store_identity;
 mod store_policies;
 mod store_replica;
 mod store_requests;
+mod store_sessions;
 mod store_webhooks;
 mod writer;
 
@@ -49,7 +50,9 @@ use jitgate_store::{
     PolicyRecord, Principal, RoleAssignment, SecurityPolicy, StoreError, StoreResult, TokenAuth, TokenOrigin,
     TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
-use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, Signal, WebhookStore};
+use jitgate_store::{
+    AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, SessionStore, Signal, WebhookStore,
+};
 
 use crate::grants::{By, STATE_COLUMNS};
 use crate::migrate::migrate;

@@ -41,6 +41,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_agents_and_gateways.sql"),
     migration!(6, "0006_decision_reasons.sql"),
     migration!(7, "0007_leases.sql"),
+    migration!(8, "0008_ephemeral.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.

@@ -1,8 +1,8 @@
 //! The storage boundary of jitgate.
 //!
 //! The store is one trait per concern — [`PolicyStore`], [`AgentStore`], [`IdentityStore`],
-//! [`AuditStore`], [`WebhookStore`], [`ReplicaStore`] — which [`Store`] combines: any type
-//! implementing all six is a `Store`. There is one method per use case. Every method that changes state also appends its
+//! [`AuditStore`], [`WebhookStore`], [`ReplicaStore`], [`SessionStore`] — which [`Store`]
+//! combines: any type implementing all seven is a `Store`. There is one method per use case. Every method that changes state also appends its
 //! audit record, in the same transaction as the change; a refusal decided inside the transaction
 //! (for example an initiate outside the policy) appends a `Failed` record and changes nothing
 //! else. Backends implement the traits and run the shared [`conformance`] suite.
@@ -373,13 +373,21 @@ pub const EXPIRING_SOON: time::Duration = time::Duration::minutes(5);
 /// The whole store: every concern's trait. Implemented by any type that implements them all;
 /// callers hold an `Arc<dyn Store>` and import the sub-traits whose methods they call
 /// (`use jitgate_store::prelude::*`).
-pub trait Store: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore + ReplicaStore {}
+pub trait Store:
+    PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore + ReplicaStore + SessionStore
+{
+}
 
-impl<T: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore + ReplicaStore> Store for T {}
+impl<T: PolicyStore + AgentStore + IdentityStore + AuditStore + WebhookStore + ReplicaStore + SessionStore> Store
+    for T
+{
+}
 
 /// The store traits, for a glob import where their methods are called.
 pub mod prelude {
-    pub use crate::{AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, Store, WebhookStore};
+    pub use crate::{
+        AgentStore, AuditStore, IdentityStore, PolicyStore, ReplicaStore, SessionStore, Store, WebhookStore,
+    };
 }
 
 /// Policies, access requests and their grants: the decisions of `jitgate_core::initiate` and
@@ -663,4 +671,28 @@ pub trait ReplicaStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Gives the lease up, if `holder` holds it, so another server takes it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+}
+
+/// Short-lived state the portal keeps between a browser's requests — signed-in sessions and SSO
+/// sign-ins in flight — kept in the store, so that any replica serves any request. Entries are
+/// found by `kind` and `key` (the server passes a hash of the browser's secret, never the secret),
+/// and are gone once `expires` has passed.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Keeps `value` under (`kind`, `key`) from `created` until `expires`, replacing what was
+    /// there. Entries of `kind` that have expired by `created` go; past `limit` live entries of
+    /// `kind`, the oldest go.
+    async fn put_ephemeral(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &str,
+        created: OffsetDateTime,
+        expires: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<()>;
+    /// The value under (`kind`, `key`), unless it has expired by `now`.
+    async fn get_ephemeral(&self, kind: &str, key: &str, now: OffsetDateTime) -> StoreResult<Option<String>>;
+    /// Removes the entry and returns its value, unless it had expired by `now` (it goes anyway).
+    async fn take_ephemeral(&self, kind: &str, key: &str, now: OffsetDateTime) -> StoreResult<Option<String>>;
 }

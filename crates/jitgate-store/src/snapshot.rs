@@ -4,8 +4,8 @@
 //! Every lasting table of the stores has a typed record here, field for field: ids, sequence numbers,
 //! hashes and times (Unix nanoseconds) are kept exactly as stored, webhook secrets stay sealed
 //! under the key that sealed them. Only [`EPHEMERAL`] tables are left out: the leases replicas hold
-//! on background tasks, which lapse within seconds anyway (portal sessions live in the server's
-//! memory, never in a store). Two counters come along as [`Sequence`] records:
+//! on background tasks, which lapse within seconds anyway, and the portal's sessions and SSO
+//! sign-ins in flight (the browsers sign in again on the new store). Two counters come along as [`Sequence`] records:
 //! the last id handed out for policies and for webhook deliveries, which are never reused even
 //! after their rows are deleted.
 //!
@@ -306,8 +306,9 @@ tables! {
 }
 
 /// Tables a snapshot leaves out: `leases` (which replica runs a background task, held for
-/// seconds; a new store's replicas take them afresh).
-pub const EPHEMERAL: &[&str] = &["leases"];
+/// seconds; a new store's replicas take them afresh) and `ephemeral` (the portal's sessions and
+/// SSO sign-ins in flight: the browsers sign in again).
+pub const EPHEMERAL: &[&str] = &["leases", "ephemeral"];
 
 /// The tables with a counter of ids handed out (AUTOINCREMENT, a sequence) that is kept apart
 /// from their rows: [`Sequence`] records carry it.

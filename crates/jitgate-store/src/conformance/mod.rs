@@ -89,6 +89,10 @@
 //! | `listen` | `leases_are_held_by_one_holder_at_a_time` |
 //! | `try_lease` | `leases_are_held_by_one_holder_at_a_time` |
 //! | `release_lease` | `leases_are_held_by_one_holder_at_a_time` |
+//! | **SessionStore** | |
+//! | `put_ephemeral` | `ephemeral_entries_expire_and_are_taken_once` |
+//! | `get_ephemeral` | `ephemeral_entries_expire_and_are_taken_once` |
+//! | `take_ephemeral` | `ephemeral_entries_expire_and_are_taken_once` |
 //!
 //! It is a test suite compiled only with the `conformance` feature (by backends' tests), so a
 //! failed expectation is meant to panic.
@@ -119,6 +123,7 @@ pub mod literals;
 pub mod migrations;
 mod replica;
 mod requests;
+mod sessions;
 
 use agents::*;
 use audit_hooks::*;
@@ -126,6 +131,7 @@ pub use fill::{fill_every_kind, write_one_of_each};
 use identity::*;
 use replica::*;
 use requests::*;
+use sessions::*;
 
 pub const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
 
@@ -230,6 +236,7 @@ pub async fn run_all(store: &dyn Store) {
     audit_queries_inventory_facts_and_security_policies(store).await;
     webhook_deliveries_are_isolated_and_claimed_once(store).await;
     leases_are_held_by_one_holder_at_a_time(store).await;
+    ephemeral_entries_expire_and_are_taken_once(store).await;
 }
 
 async fn vms(store: &dyn Store) {
