@@ -175,7 +175,7 @@ pub struct App {
     pub limits: Arc<limits::Limits>,
     /// The state long-polls waiting, per agent.
     pub long_polls: Arc<longpoll::LongPolls>,
-    /// The portal's signed-in browsers.
+    /// The portal's signed-in browsers (kept in the store).
     pub sessions: Arc<web::session::Sessions>,
     /// The portal's inventory snapshot (see [`web::inventory`]).
     pub portal_inventory: Arc<web::inventory::Cache>,
@@ -213,6 +213,7 @@ struct Correlation {
 impl App {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: ServerConfig) -> Self {
         App {
+            sessions: Arc::new(web::session::Sessions::new(store.clone())),
             store,
             clock,
             limits: Arc::new(limits::Limits::new(&config.limits)),
@@ -224,7 +225,6 @@ impl App {
             authz: Arc::new(authz::Authz::default()),
             oidc: None,
             deliveries: Arc::new(Notify::new()),
-            sessions: Arc::new(web::session::Sessions::default()),
             portal_inventory: Arc::new(web::inventory::Cache::default()),
             replica: replicas::replica_name().into(),
         }

@@ -175,3 +175,60 @@ async fn readiness_follows_the_database() {
     let listed = s.send(Method::GET, &s.url("/api/v1/vms"), None).await;
     assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
 }
+
+/// The portal on two replicas: a browser signed in through replica A is signed in on replica B
+/// (sessions live in the shared store), and signing out on B ends the session on A too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_session_made_on_one_replica_is_served_by_the_other() {
+    let db = match TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip("a_portal_session_made_on_one_replica_is_served_by_the_other", &why),
+    };
+    let (a, b) = replicas(&db);
+    // A browser: no redirects followed, cookies by hand, trusting both replicas' certificates.
+    let mut builder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    for s in [&a, &b] {
+        let pem = std::fs::read(&s.server.ca_cert).expect("certificate");
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"));
+    }
+    let browser = builder.build().expect("client");
+    let cookie_of = |resp: &reqwest::Response, name: &str| -> Option<String> {
+        resp.headers().get_all(reqwest::header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|v| {
+            v.strip_prefix(&format!("{name}=")).map(|rest| rest.split(';').next().unwrap_or("").to_owned())
+        })
+    };
+    let hidden = |body: &str, name: &str| -> Option<String> {
+        let marker = format!(r#"name="{name}" value=""#);
+        let at = body.find(&marker)? + marker.len();
+        Some(body[at..].split('"').next()?.to_owned())
+    };
+    let form = browser.get(a.url("/signin")).send().await.expect("sign-in form");
+    let pre = cookie_of(&form, "__Host-jitgate_signin").expect("sign-in cookie");
+    let csrf = hidden(&form.text().await.expect("body"), "csrf").expect("csrf");
+    let signed = browser
+        .post(a.url("/signin"))
+        .header("Cookie", format!("__Host-jitgate_signin={pre}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&next=%2Fjit&token={}", a.server.token))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed.status(), StatusCode::SEE_OTHER);
+    let session = cookie_of(&signed, "__Host-jitgate_session").expect("a session cookie");
+    let cookie = format!("__Host-jitgate_session={session}");
+
+    let on_b = browser.get(b.url("/jit")).header("Cookie", &cookie).send().await.expect("page on b");
+    assert_eq!(on_b.status(), StatusCode::OK, "replica b serves the session made on a");
+    let csrf = hidden(&on_b.text().await.expect("body"), "csrf").expect("the session's csrf token");
+    let out = browser
+        .post(b.url("/signout"))
+        .header("Cookie", &cookie)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .expect("sign out on b");
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let on_a = browser.get(a.url("/jit")).header("Cookie", &cookie).send().await.expect("page on a");
+    assert_eq!(on_a.status(), StatusCode::SEE_OTHER, "signed out everywhere");
+}

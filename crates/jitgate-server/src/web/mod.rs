@@ -125,7 +125,7 @@ pub(crate) fn ctx_of_parts(parts: &axum::http::request::Parts) -> RequestCtx {
 pub(crate) async fn viewer_of(app: &App, parts: &axum::http::request::Parts) -> Result<Option<Viewer>, ApiError> {
     let Some(id) = session::cookie(&parts.headers, session::COOKIE) else { return Ok(None) };
     let now = app.clock.now();
-    let Some(s) = app.sessions.get(id, now) else { return Ok(None) };
+    let Some(s) = app.sessions.get(id, now).await? else { return Ok(None) };
     let proved = match &s.proof {
         Proof::Token { hash } => app
             .store
@@ -142,7 +142,7 @@ pub(crate) async fn viewer_of(app: &App, parts: &axum::http::request::Parts) -> 
             Ok(Some(Viewer { ctx: ctx_of_parts(parts), principal, credential, csrf: s.csrf }))
         }
         None => {
-            app.sessions.remove(id);
+            app.sessions.remove(id, now).await?;
             Ok(None)
         }
     }

@@ -4,11 +4,14 @@
 //! A session never outlives what created it: it expires no later than its credential, and every
 //! request re-checks the credential (an API token by its hash through the same
 //! `Store::authenticate` as the API; an ID token's principal by name), so revoking the token or
-//! deleting the principal ends the session at its next request. Sessions live in memory: a
-//! restart signs everybody out.
+//! deleting the principal ends the session at its next request. Sessions (and SSO sign-ins in
+//! flight) live in the store (`SessionStore`), found by the hash of their id: any replica on a
+//! shared database serves a signed-in browser, and a restart signs nobody out.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
+
+use jitgate_store::{Store, StoreResult};
+use serde::{Deserialize, Serialize};
 
 use base64::Engine;
 use rand::RngCore;
@@ -43,12 +46,15 @@ pub struct Session {
     pub expires: OffsetDateTime,
 }
 
-/// The sessions of this process, by the SHA-256 of their id; and the SSO sign-ins under way,
-/// by the SHA-256 of their `state`.
-#[derive(Debug, Default)]
+/// Where sessions and SSO sign-ins in flight are kept: the store.
 pub struct Sessions {
-    map: Mutex<HashMap<[u8; 32], Session>>,
-    sso: Mutex<HashMap<[u8; 32], SsoStart>>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sessions")
+    }
 }
 
 /// The cookie that binds an SSO sign-in to the browser that started it (SameSite=Lax: it must
@@ -75,8 +81,9 @@ pub fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn digest(id: &str) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
+/// What the store keeps an entry under: the SHA-256 of the browser's secret, in hex.
+fn key(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
 }
 
 /// Compares two secrets in time independent of where they differ.
@@ -85,66 +92,104 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Kinds of entries in the store.
+const SESSION: &str = "session";
+const SSO: &str = "sso";
+
+/// A session as stored (times in Unix nanoseconds; the token's hash for a token's session).
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    principal: String,
+    token_hash: Option<String>,
+    csrf: String,
+    created: i128,
+    expires: i128,
+}
+
+/// An SSO sign-in as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredSso {
+    nonce: String,
+    verifier: String,
+    redirect_uri: String,
+    token_endpoint: String,
+    next: String,
+    started: i128,
+}
+
+fn at(nanos: i128) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
 impl Sessions {
-    /// Starts a session; returns its id (for the cookie only: it is not kept).
-    pub fn create(&self, session: Session) -> String {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Sessions { store }
+    }
+
+    /// Keeps `session`; returns its new random id (for the cookie). Past [`MAX_SESSIONS`], the
+    /// oldest sessions end.
+    pub async fn create(&self, session: Session) -> StoreResult<String> {
         let id = random_id();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_SESSIONS {
-            let now = session.created;
-            map.retain(|_, s| s.expires > now);
-            if map.len() >= MAX_SESSIONS {
-                if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) {
-                    map.remove(&oldest);
-                }
-            }
-        }
-        map.insert(digest(&id), session);
-        id
+        let stored = StoredSession {
+            principal: session.principal,
+            token_hash: match session.proof {
+                Proof::Token { hash } => Some(hash),
+                Proof::IdToken => None,
+            },
+            csrf: session.csrf,
+            created: session.created.unix_timestamp_nanos(),
+            expires: session.expires.unix_timestamp_nanos(),
+        };
+        let value = serde_json::to_string(&stored).unwrap_or_default();
+        self.store.put_ephemeral(SESSION, &key(&id), &value, session.created, session.expires, MAX_SESSIONS).await?;
+        Ok(id)
     }
 
-    /// The live session with this id; an expired one is removed.
-    pub fn get(&self, id: &str, now: OffsetDateTime) -> Option<Session> {
-        let key = digest(id);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&key) {
-            Some(s) if s.expires > now => Some(s.clone()),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
+    /// The session of `id`, unless it has expired by `now` (or was never made).
+    pub async fn get(&self, id: &str, now: OffsetDateTime) -> StoreResult<Option<Session>> {
+        let Some(value) = self.store.get_ephemeral(SESSION, &key(id), now).await? else { return Ok(None) };
+        let Ok(s) = serde_json::from_str::<StoredSession>(&value) else { return Ok(None) };
+        let (Some(created), Some(expires)) = (at(s.created), at(s.expires)) else { return Ok(None) };
+        let proof = match s.token_hash {
+            Some(hash) => Proof::Token { hash },
+            None => Proof::IdToken,
+        };
+        Ok(Some(Session { principal: s.principal, proof, csrf: s.csrf, created, expires }))
     }
 
-    /// Ends the session with this id, returning it.
-    pub fn remove(&self, id: &str) -> Option<Session> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest(id))
+    /// Ends the session of `id`.
+    pub async fn remove(&self, id: &str, now: OffsetDateTime) -> StoreResult<()> {
+        self.store.take_ephemeral(SESSION, &key(id), now).await.map(drop)
     }
 
-    /// Remembers an SSO sign-in under `state`.
-    pub fn start_sso(&self, state: &str, start: SsoStart) {
-        let mut map = self.sso.lock().unwrap_or_else(|e| e.into_inner());
-        let now = start.started;
-        map.retain(|_, s| s.started + SSO_WINDOW > now);
-        if map.len() < MAX_SESSIONS {
-            map.insert(digest(state), start);
-        }
+    /// Remembers an SSO sign-in under its `state` for [`SSO_WINDOW`].
+    pub async fn start_sso(&self, state: &str, start: SsoStart) -> StoreResult<()> {
+        let stored = StoredSso {
+            nonce: start.nonce,
+            verifier: start.verifier,
+            redirect_uri: start.redirect_uri,
+            token_endpoint: start.token_endpoint,
+            next: start.next,
+            started: start.started.unix_timestamp_nanos(),
+        };
+        let value = serde_json::to_string(&stored).unwrap_or_default();
+        let until = start.started + SSO_WINDOW;
+        self.store.put_ephemeral(SSO, &key(state), &value, start.started, until, MAX_SESSIONS).await
     }
 
-    /// Takes the SSO sign-in of `state` (once), if it is still in its window.
-    pub fn take_sso(&self, state: &str, now: OffsetDateTime) -> Option<SsoStart> {
-        let start = self.sso.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest(state))?;
-        (start.started + SSO_WINDOW > now).then_some(start)
-    }
-
-    /// How many sessions are kept (expired ones included until they are next looked at).
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The SSO sign-in of `state`, once: taken, unless its window has passed by `now`.
+    pub async fn take_sso(&self, state: &str, now: OffsetDateTime) -> StoreResult<Option<SsoStart>> {
+        let Some(value) = self.store.take_ephemeral(SSO, &key(state), now).await? else { return Ok(None) };
+        let Ok(s) = serde_json::from_str::<StoredSso>(&value) else { return Ok(None) };
+        let Some(started) = at(s.started) else { return Ok(None) };
+        Ok(Some(SsoStart {
+            nonce: s.nonce,
+            verifier: s.verifier,
+            redirect_uri: s.redirect_uri,
+            token_endpoint: s.token_endpoint,
+            next: s.next,
+            started,
+        }))
     }
 }
 
@@ -180,18 +225,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sessions_are_found_by_id_until_they_expire() {
+    #[tokio::test]
+    async fn sessions_are_found_by_id_until_they_expire_and_sso_sign_ins_are_taken_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = jitgate_store::secrets::Keyring::generate().expect("key");
+        let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db"), keys).expect("store");
+        let s = Sessions::new(Arc::new(store));
         let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
-        let s = Sessions::default();
-        let id = s.create(session(now, time::Duration::minutes(5)));
-        assert_eq!(s.get(&id, now).map(|x| x.principal), Some("alice".into()));
-        assert!(s.get("other", now).is_none());
-        assert!(s.get(&id, now + time::Duration::minutes(5)).is_none(), "expired");
-        assert!(s.is_empty(), "an expired session is dropped when seen");
-        let id = s.create(session(now, time::Duration::minutes(5)));
-        assert!(s.remove(&id).is_some());
-        assert!(s.get(&id, now).is_none());
+        let id = s.create(session(now, time::Duration::minutes(5))).await.expect("create");
+        let got = s.get(&id, now).await.expect("get").expect("found");
+        assert_eq!((got.principal.as_str(), got.proof), ("alice", Proof::IdToken));
+        assert!(s.get("other", now).await.expect("get").is_none());
+        assert!(s.get(&id, now + time::Duration::minutes(5)).await.expect("get").is_none(), "expired");
+        let id = s.create(session(now, time::Duration::minutes(5))).await.expect("create");
+        s.remove(&id, now).await.expect("remove");
+        assert!(s.get(&id, now).await.expect("get").is_none());
+
+        let start = SsoStart {
+            nonce: "n".into(),
+            verifier: "v".into(),
+            redirect_uri: "https://jit/cb".into(),
+            token_endpoint: "https://idp/token".into(),
+            next: "/jit".into(),
+            started: now,
+        };
+        s.start_sso("state-1", start).await.expect("start");
+        let taken = s.take_sso("state-1", now).await.expect("take").expect("found");
+        assert_eq!((taken.verifier.as_str(), taken.started), ("v", now));
+        assert!(s.take_sso("state-1", now).await.expect("take").is_none(), "taken once");
     }
 
     #[test]

@@ -115,7 +115,10 @@ pub async fn submit(State(app): State<App>, headers: HeaderMap, req: axum::extra
     }
     let s = super::new_session(&app, &principal.name, proof, credential.expires());
     let max_age = (s.expires - s.created).whole_seconds();
-    let id = app.sessions.create(s);
+    let id = match app.sessions.create(s).await {
+        Ok(id) => id,
+        Err(e) => return super::error_page(None, ApiError::from(e)),
+    };
     let mut resp = redirect(&next);
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(session::COOKIE, &id, max_age)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
@@ -132,7 +135,9 @@ pub async fn sign_out(State(app): State<App>, viewer: Viewer, headers: HeaderMap
         return refused;
     }
     if let Some(id) = session::cookie(&headers, session::COOKIE) {
-        app.sessions.remove(id);
+        if let Err(e) = app.sessions.remove(id, app.clock.now()).await {
+            return super::error_page(None, ApiError::from(e));
+        }
     }
     let event = app.audit(&viewer.ctx, &viewer.principal.name, ops::SIGN_OUT, "/signout").succeeded();
     if let Err(e) = app.store.record(event).await {

@@ -58,7 +58,10 @@ pub async fn start(State(app): State<App>, headers: HeaderMap, uri: Uri) -> Resp
     let sep = if authorize.contains('?') { '&' } else { '?' };
     let location = format!("{authorize}{sep}{query}");
     let now = app.clock.now();
-    app.sessions.start_sso(&state, SsoStart { nonce, verifier, redirect_uri, token_endpoint, next, started: now });
+    let start = SsoStart { nonce, verifier, redirect_uri, token_endpoint, next, started: now };
+    if let Err(e) = app.sessions.start_sso(&state, start).await {
+        return super::error_page(None, ApiError::from(e));
+    }
     let mut resp = super::redirect(&location);
     let cookie = format!(
         "{}={state}; Max-Age={}; Path=/; Secure; HttpOnly; SameSite=Lax",
@@ -79,7 +82,13 @@ pub async fn callback(State(app): State<App>, req: axum::extract::Request) -> Re
     let state = f.get("state").unwrap_or("");
     let bound = session::cookie(&parts.headers, session::SSO_COOKIE).is_some_and(|c| session::same_secret(c, state));
     let now = app.clock.now();
-    let start = if bound { app.sessions.take_sso(state, now) } else { None };
+    let start = match bound {
+        true => match app.sessions.take_sso(state, now).await {
+            Ok(start) => start,
+            Err(e) => return super::error_page(None, ApiError::from(e)),
+        },
+        false => None,
+    };
     let (Some(start), Some(oidc)) = (start, app.oidc.clone()) else {
         let msg = "This sign-in did not start in this browser or took too long. Try again.";
         return refused(&app, "/jit", msg, StatusCode::BAD_REQUEST);
@@ -112,7 +121,10 @@ pub async fn callback(State(app): State<App>, req: axum::extract::Request) -> Re
     };
     let s = super::new_session(&app, &principal.name, Proof::IdToken, Some(expires));
     let max_age = (s.expires - s.created).whole_seconds();
-    let id = app.sessions.create(s);
+    let id = match app.sessions.create(s).await {
+        Ok(id) => id,
+        Err(e) => return super::error_page(None, ApiError::from(e)),
+    };
     // A page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that
     // began at the identity provider would not send it.
     let body = html! {
