@@ -185,25 +185,30 @@ fn ssh(require_approval: bool) -> PortDraft {
 async fn two_replicas(db: &TestDatabase, require_approval: bool) -> (Arc<PgStore>, Arc<PgStore>) {
     let a = Arc::new(PgStore::open(db.url(), keys()).await.expect("replica a"));
     let b = Arc::new(PgStore::open(db.url(), keys()).await.expect("replica b"));
+    vm_under_policy(&a, "vm1", "p", require_approval).await;
+    (a, b)
+}
+
+/// Registers VM `name` and puts it under policy `policy` (port 22).
+async fn vm_under_policy(store: &PgStore, name: &str, policy: &str, require_approval: bool) {
     let spec = VmSpec {
-        id: vm("vm1"),
+        id: vm(name),
         os_type: OsType::Linux,
         location: "westeurope".into(),
         address: None,
         gateway: None,
         classic: false,
     };
-    a.put_vm(spec, event("vm")).await.expect("vm");
+    store.put_vm(spec, event("vm")).await.expect("vm");
     let draft = PolicyDraft {
         kind: None,
         vms: vec![VmDraft {
-            id: vm("vm1").as_str().into(),
+            id: vm(name).as_str().into(),
             ports: Some(vec![ssh(require_approval)]),
             public_ip_address: None,
         }],
     };
-    a.put_policy(validate(policy_ref("p"), draft).expect("valid"), event("put")).await.expect("policy");
-    (a, b)
+    store.put_policy(validate(policy_ref(policy), draft).expect("valid"), event("put")).await.expect("policy");
 }
 
 fn initiate(source: &str, requestor: &str) -> InitiateCommand {
@@ -610,20 +615,7 @@ async fn batches_of_many_policies_from_two_replicas_never_deadlock() {
     let (a, b) = two_replicas(&db, false).await;
     let names = ["q1", "q2", "q3", "q4"];
     for name in names {
-        let spec = VmSpec {
-            id: vm(name),
-            os_type: OsType::Linux,
-            location: "westeurope".into(),
-            address: None,
-            gateway: None,
-            classic: false,
-        };
-        a.put_vm(spec, event("vm")).await.expect("vm");
-        let draft = PolicyDraft {
-            kind: None,
-            vms: vec![VmDraft { id: vm(name).as_str().into(), ports: Some(vec![ssh(false)]), public_ip_address: None }],
-        };
-        a.put_policy(validate(policy_ref(name), draft).expect("valid"), event("put")).await.expect("policy");
+        vm_under_policy(&a, name, name, false).await;
     }
     let mut tasks = Vec::new();
     for i in 0..200usize {

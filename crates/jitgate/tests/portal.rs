@@ -99,7 +99,13 @@ async fn scenario(w: &World, dir: &Path) {
     let new_port = b.css("input[name$='.number'][value='']").await;
     new_port.send_keys("2222").await.expect("type the port");
     b.control("button", "Save").await.click().await.expect("save");
-    b.control("tab", "Configured").await;
+    // The page the save answers with (the panel's own page has a Configured tab too).
+    b.wait_until(
+        "the Configured tab selected after the save",
+        "return [...document.querySelectorAll('[role=tab][aria-selected=true]')]\
+           .some(t => t.textContent.includes('Configured')) && !document.querySelector('input[name$=\".number\"]')",
+    )
+    .await;
     let text = b.text().await;
     assert!(text.contains("vm1") && text.contains("2222"), "vm1 configured with port 2222:\n{text}");
     assert!(w.probe(A, 2222, "closed", 5000)["reached"] == true, "the agent closed port 2222");
