@@ -20,6 +20,7 @@ use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
+pub use signal::Signal;
 
 pub mod chain;
 #[cfg(feature = "conformance")]
@@ -27,6 +28,7 @@ pub mod conformance;
 #[cfg(test)]
 mod coverage;
 pub mod secrets;
+mod signal;
 pub mod snapshot;
 pub mod stored;
 
@@ -631,24 +633,6 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>>;
     /// The earliest pending delivery.
     async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>>;
-}
-
-/// What a change committed by another replica means for this one. A store shared by several
-/// servers sends these as its changes commit; a store only one server writes has none to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// The enforcement revision moved to this value: agents' long-polls wake, the expiry sweep
-    /// looks again.
-    Changed(u64),
-    /// An agent reported a revision applied: `?wait=applied` looks again.
-    Applied,
-    /// Webhook deliveries were queued.
-    Deliveries,
-    /// Roles or role assignments changed: cached authorizations are no longer true.
-    Roles,
-    /// The signals may have had a gap (the listening connection was lost and made again):
-    /// everything that waits on a signal looks again.
-    Resync,
 }
 
 /// Several servers on one store: signals from the others, and leases, so that a background
