@@ -99,13 +99,7 @@ async fn scenario(w: &World, dir: &Path) {
     let new_port = b.css("input[name$='.number'][value='']").await;
     new_port.send_keys("2222").await.expect("type the port");
     b.control("button", "Save").await.click().await.expect("save");
-    // The page the save answers with (the panel's own page has a Configured tab too).
-    b.wait_until(
-        "the Configured tab selected after the save",
-        "return [...document.querySelectorAll('[role=tab][aria-selected=true]')]\
-           .some(t => t.textContent.includes('Configured')) && !document.querySelector('input[name$=\".number\"]')",
-    )
-    .await;
+    saved(&b).await;
     let text = b.text().await;
     assert!(text.contains("vm1") && text.contains("2222"), "vm1 configured with port 2222:\n{text}");
     assert!(w.probe(A, 2222, "closed", 5000)["reached"] == true, "the agent closed port 2222");
@@ -123,7 +117,7 @@ async fn scenario(w: &World, dir: &Path) {
     hours.send_keys("2").await.expect("type hours");
     pages.check("06-edit-panel").await;
     b.control("button", "Save").await.click().await.expect("save");
-    b.control("tab", "Configured").await;
+    saved(&b).await;
     let policy = get_policy(w);
     let edited = policy["properties"]["virtualMachines"][0]["ports"]
         .as_array()
@@ -213,6 +207,17 @@ async fn scenario(w: &World, dir: &Path) {
 }
 
 /// The policy as the API returns it (default policy of rg in westeurope).
+/// Waits for the page a panel's Save answers with: the Configured tab selected and the panel
+/// gone (the panel's own page has the tabs too: finding a tab alone could read the old page).
+async fn saved(b: &Browser) {
+    b.wait_until(
+        "the Configured tab selected after the save",
+        "return [...document.querySelectorAll('[role=tab][aria-selected=true]')]\
+           .some(t => t.textContent.includes('Configured')) && !document.querySelector('input[name$=\".number\"]')",
+    )
+    .await;
+}
+
 fn get_policy(w: &World) -> Value {
     let (status, body) = w.api("GET", &w.policy_path(), None);
     assert_eq!(status, 200, "{body}");
