@@ -126,6 +126,32 @@ impl Browser {
         panic!("open {url}: the browser shows a network error page");
     }
 
+    /// Whether the browser shows its own network error page (say, after a form was posted while
+    /// Chromium saw the namespace's interfaces change).
+    pub async fn on_error_page(&self) -> bool {
+        let uri = self.client.execute("return document.documentURI", vec![]).await.unwrap_or(Value::Null);
+        uri.as_str().is_some_and(|u| u.starts_with("chrome-error:"))
+    }
+
+    /// Waits until the page has a control with this role and name (`Some`), or the browser shows
+    /// its network error page (`None`).
+    pub async fn control_or_error_page(&self, role: &str, name: &str) -> Option<fantoccini::elements::Element> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(e) = self.find_control(role, name).await {
+                return Some(e);
+            }
+            if self.on_error_page().await {
+                return None;
+            }
+            if Instant::now() > deadline {
+                let html = self.client.source().await.unwrap_or_default();
+                panic!("no {role} named {name:?} on the page:\n{html}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The element matching the CSS selector, waited for.
     pub async fn css(&self, selector: &str) -> fantoccini::elements::Element {
         self.client
