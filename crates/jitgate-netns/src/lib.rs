@@ -69,12 +69,20 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// A new namespace named `jg<tag><unique>`, with `lo` up.
+    /// A new namespace named `jg<tag><unique>`, with `lo` up and IPv6 duplicate address
+    /// detection off.
     pub fn new(tag: &str) -> io::Result<Self> {
         let name = format!("jg{tag}{}", unique());
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // IPv6 addresses valid at once: a link-local address finishing duplicate address
+        // detection a second or two after its link came up is an address change in the middle
+        // of a test (Chromium, for one, fails the requests in flight on it: ERR_NETWORK_CHANGED).
+        // Best effort: a kernel without IPv6 has nothing to detect.
+        for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+            let _ = ns.sysctl(key, "0");
+        }
         Ok(ns)
     }
 
