@@ -339,9 +339,9 @@ async fn a_redirect_with_a_forged_state_is_refused() {
 
 // ---------- TLS ----------
 
-/// An HTTPS server on 127.0.0.1 with a fresh self-signed certificate for `localhost` that
-/// answers every request with the principals; returns its URL and the certificate (PEM).
-async fn tls_server() -> (String, String) {
+/// A TLS acceptor with a fresh self-signed certificate for `localhost`, and that certificate
+/// (PEM) for the client to trust.
+pub(crate) fn self_signed_localhost() -> (tokio_rustls::TlsAcceptor, String) {
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = rcgen::KeyPair::generate().unwrap();
@@ -353,7 +353,13 @@ async fn tls_server() -> (String, String) {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], key_der.into())
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert.pem())
+}
+
+/// An HTTPS server on 127.0.0.1 with a fresh self-signed certificate for `localhost` that
+/// answers every request with the principals; returns its URL and the certificate (PEM).
+async fn tls_server() -> (String, String) {
+    let (acceptor, pem) = self_signed_localhost();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -376,7 +382,7 @@ async fn tls_server() -> (String, String) {
             let _ = tls.shutdown().await;
         }
     });
-    (format!("https://localhost:{port}"), cert.pem())
+    (format!("https://localhost:{port}"), pem)
 }
 
 #[tokio::test]

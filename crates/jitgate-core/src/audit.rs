@@ -212,6 +212,22 @@ pub fn first_invalid<'a>(
     None
 }
 
+/// A `Failed` record of operation `op` by `me` on `/r` at `time`: the event core's unit tests
+/// hand to the functions that complete it.
+#[cfg(test)]
+pub(crate) fn test_event(time: time::OffsetDateTime) -> AuditEvent {
+    AuditEvent {
+        time,
+        operation: "op".into(),
+        status: AuditStatus::Failed,
+        caller: "me".into(),
+        caller_ip: None,
+        resource_id: "/r".into(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

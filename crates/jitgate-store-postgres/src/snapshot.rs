@@ -192,18 +192,6 @@ async fn export_all(db: &Db, sink: &mut dyn RecordSink) -> StoreResult<Counts> {
     Ok(counts)
 }
 
-fn insert_sql(table: &Table) -> String {
-    let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
-    let marks: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-    let mut sql = format!("INSERT INTO {} ({}) VALUES ({})", table.name, columns.join(", "), marks.join(", "));
-    if table.upsert {
-        let set: Vec<String> =
-            columns.iter().filter(|c| !table.key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
-        sql.push_str(&format!(" ON CONFLICT ({}) DO UPDATE SET {}", table.key.join(", "), set.join(", ")));
-    }
-    sql
-}
-
 /// The values of one column for a batch of rows.
 enum ColumnValues {
     Int(Vec<Option<i64>>),
@@ -325,7 +313,7 @@ async fn import_all(db: &Db, records: &mut RecordSource<'_>) -> StoreResult<Coun
                         r.values().into_iter().zip(table.columns).map(|(v, c)| param(v, c.ty)).collect();
                     let refs: Vec<&(dyn ToSql + Sync)> =
                         params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-                    db.exec(&insert_sql(table), &refs)
+                    db.exec(&table.insert_sql('$'), &refs)
                         .await
                         .map_err(|e| backend(format!("importing a {} record: {}", table.kind, StoreError::from(e))))?;
                     continue;

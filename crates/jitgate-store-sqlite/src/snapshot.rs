@@ -202,18 +202,6 @@ fn export_all(conn: &Connection, sink: &mut dyn RecordSink) -> StoreResult<Count
     Ok(counts)
 }
 
-fn insert_sql(table: &Table) -> String {
-    let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
-    let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
-    let mut sql = format!("INSERT INTO {} ({}) VALUES ({})", table.name, columns.join(", "), marks.join(", "));
-    if table.upsert {
-        let set: Vec<String> =
-            columns.iter().filter(|c| !table.key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
-        sql.push_str(&format!(" ON CONFLICT ({}) DO UPDATE SET {}", table.key.join(", "), set.join(", ")));
-    }
-    sql
-}
-
 fn import_all(conn: &Connection, records: &mut RecordSource<'_>) -> StoreResult<Counts> {
     for table in TABLES.iter().filter(|t| !t.upsert) {
         let any: bool = conn
@@ -249,7 +237,7 @@ fn import_all(conn: &Connection, records: &mut RecordSource<'_>) -> StoreResult<
             r => {
                 let Some(table) = r.table() else { continue };
                 let values: Vec<rusqlite::types::Value> = r.values().iter().map(write_value).collect();
-                conn.prepare_cached(&insert_sql(table))
+                conn.prepare_cached(&table.insert_sql('?'))
                     .and_then(|mut s| s.execute(params_from_iter(values.iter())))
                     .map_err(|e| backend(format!("importing a {} record: {e}", table.kind)))?;
             }

@@ -128,6 +128,20 @@ pub struct Table {
 }
 
 impl Table {
+    /// The statement that inserts one row of this table (an upsert for `upsert` tables), its
+    /// parameters written `{mark}1`, `{mark}2`, … (`$` for PostgreSQL, `?` for SQLite).
+    pub fn insert_sql(&self, mark: char) -> String {
+        let columns: Vec<&str> = self.columns.iter().map(|c| c.name).collect();
+        let marks: Vec<String> = (1..=columns.len()).map(|i| format!("{mark}{i}")).collect();
+        let mut sql = format!("INSERT INTO {} ({}) VALUES ({})", self.name, columns.join(", "), marks.join(", "));
+        if self.upsert {
+            let set: Vec<String> =
+                columns.iter().filter(|c| !self.key.contains(c)).map(|c| format!("{c} = excluded.{c}")).collect();
+            sql.push_str(&format!(" ON CONFLICT ({}) DO UPDATE SET {}", self.key.join(", "), set.join(", ")));
+        }
+        sql
+    }
+
     /// The type of column `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)

@@ -25,18 +25,8 @@ struct Tls {
 
 impl Tls {
     fn new() -> Tls {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key_der.into())
-            .unwrap();
-        Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), pem: cert.pem() }
+        let (acceptor, pem) = crate::tests::self_signed_localhost();
+        Tls { acceptor, pem }
     }
 
     /// Serves `router` over HTTPS on a port of its own; returns the base URL.

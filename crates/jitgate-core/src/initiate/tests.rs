@@ -235,16 +235,7 @@ fn the_requested_grants_make_the_record_and_the_audit_event() {
     let g = requested.add(&plan.grants[0], &state, Reach::default());
     assert_eq!((g.number, g.status), (22, GrantStatus::Initiated));
     assert!(requested.opened());
-    let audit = crate::audit::AuditEvent {
-        time: now(),
-        operation: "op".into(),
-        status: crate::audit::AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: "/r".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    };
+    let audit = crate::audit::test_event(now());
     let event = requested.event(audit, 7, &plan);
     assert_eq!(event.status, crate::audit::AuditStatus::Succeeded);
     assert_eq!(event.properties["ports"], "vm1:22");

@@ -68,16 +68,7 @@ fn a_registered_vm_is_bound_only_with_a_token_for_it_and_not_behind_a_gateway() 
 
 #[test]
 fn the_join_and_removal_records_say_what_happened() {
-    let audit = AuditEvent {
-        time: now(),
-        operation: "op".into(),
-        status: AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: "/r".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    };
+    let audit = crate::audit::test_event(now());
     let a = agent(AgentMode::Host, "vm1", false);
     assert_eq!(vm_address(&a).as_deref(), Some("10.0.0.4"));
     let event = rebound(joined(&audit, "a1", &a), Some("a0".into()), None, vm_address(&a));
@@ -111,16 +102,7 @@ fn a_report_is_refused_past_what_was_delivered_and_audited_only_when_something_c
 
 #[test]
 fn a_join_token_record_names_its_vm_when_it_has_one() {
-    let audit = AuditEvent {
-        time: now(),
-        operation: "op".into(),
-        status: AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: "/r".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    };
+    let audit = crate::audit::test_event(now());
     let event = token_created(audit.clone(), AgentMode::Host, "westeurope", now(), Some("vm1"));
     assert_eq!((event.properties["mode"].as_str(), event.properties["vm"].as_str()), ("host", "vm1"));
     assert!(!token_created(audit, AgentMode::Gateway, "westeurope", now(), None).properties.contains_key("vm"));

@@ -416,16 +416,7 @@ fn the_sweep_records_name_the_grant_and_what_happened() {
 
 #[test]
 fn the_records_of_a_persons_changes_say_what_was_decided() {
-    let audit = crate::audit::AuditEvent {
-        time: now(),
-        operation: "op".into(),
-        status: crate::audit::AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: String::new(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    };
+    let audit = crate::audit::AuditEvent { resource_id: String::new(), ..crate::audit::test_event(now()) };
     assert_eq!(request_not_found(3).code, codes::REQUEST_NOT_FOUND);
     let revoked = revoked_event(audit.clone(), 3, "/p".into(), 2);
     assert_eq!((revoked.resource_id.as_str(), revoked.properties["revokedGrants"].as_str()), ("/p", "2"));

@@ -32,16 +32,7 @@ fn an_attempt_delivers_retries_or_gives_up() {
 
 #[test]
 fn a_webhook_record_names_whose_requests_it_hears() {
-    let audit = crate::audit::AuditEvent {
-        time: OffsetDateTime::UNIX_EPOCH,
-        operation: "op".into(),
-        status: crate::audit::AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: "/r".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    };
+    let audit = crate::audit::test_event(OffsetDateTime::UNIX_EPOCH);
     let event = webhook_created(audit, "w1", "https://hooks.example", None, Some("alice"));
     assert_eq!(event.status, crate::audit::AuditStatus::Succeeded);
     assert_eq!((event.properties["subscription"].as_str(), event.properties["principal"].as_str()), ("", "alice"));

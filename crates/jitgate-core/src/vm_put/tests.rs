@@ -2,16 +2,7 @@ use super::*;
 use crate::audit::AuditStatus;
 
 fn audit() -> AuditEvent {
-    AuditEvent {
-        time: time::OffsetDateTime::UNIX_EPOCH,
-        operation: "op".into(),
-        status: AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: "/r".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    }
+    crate::audit::test_event(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 fn vm() -> VmId {

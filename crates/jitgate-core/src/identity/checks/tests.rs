@@ -6,16 +6,7 @@ fn now() -> OffsetDateTime {
 }
 
 fn audit() -> AuditEvent {
-    AuditEvent {
-        time: now(),
-        operation: "op".into(),
-        status: AuditStatus::Failed,
-        caller: "me".into(),
-        caller_ip: None,
-        resource_id: "/r".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    }
+    crate::audit::test_event(now())
 }
 
 #[test]
