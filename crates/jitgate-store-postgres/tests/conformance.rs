@@ -352,13 +352,13 @@ async fn edits_and_extensions_race_with_initiates_without_lost_updates() {
     assert!(a.verify_audit().await.expect("verify").valid);
 }
 
-/// 2,000 audit records written at once from two replicas: one chain, every record in it once.
+/// 10,000 audit records written at once from two replicas: one chain, every record in it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_concurrent_audit_writes_from_two_replicas_form_one_chain() {
     let Some(db) = database("thousands_of_concurrent_audit_writes").await else { return };
     let a = Arc::new(PgStore::open(db.url(), keys()).await.expect("a"));
     let b = Arc::new(PgStore::open(db.url(), keys()).await.expect("b"));
-    const N: usize = 2_000;
+    const N: usize = 10_000;
     let started = std::time::Instant::now();
     let mut tasks = Vec::with_capacity(N);
     for i in 0..N {

@@ -3,6 +3,7 @@
 //! - The yardstick, measured first in the same run: PostgreSQL's own commit rate for a
 //!   transaction of an initiate's shape (lock the chain head, insert a grant and a chained audit
 //!   row, move the head), serial and from as many connections as there are clients.
+//! - The audit chain under concurrent appends from two store handles (two replicas' writers).
 //! - Initiates per second and their latency with 1 and 2 replicas on one fresh database, the
 //!   clients spread over the replicas.
 //! - Fan-out: simulated agents (no firewall: each reports what it is sent) long-poll the two
@@ -90,6 +91,16 @@ pub async fn run(args: ReplicasArgs) -> anyhow::Result<()> {
     println!(
         "yardstick: PostgreSQL commits of an initiate-shaped transaction: serial {serial:.0}/s, {} connections {parallel:.0}/s",
         args.concurrency
+    );
+
+    let db = TestDatabase::create_on(&args.postgres).await.map_err(|e| anyhow!("{e}"))?;
+    let (took, valid) = audit_appends(db.url(), 10_000).await?;
+    drop(db);
+    println!(
+        "audit chain: 10,000 records appended at once through two store handles (two replicas' pools) in {:.2} s ({:.0}/s), chain {}",
+        took.as_secs_f64(),
+        10_000.0 / took.as_secs_f64().max(1e-9),
+        if valid { "verifies" } else { "BROKEN" }
     );
 
     for n in [1usize, 2] {
@@ -365,6 +376,37 @@ where
         t.await??;
     }
     Ok(())
+}
+
+/// Appends `n` audit records at once through two store handles on `url` (what two replicas'
+/// writers do); returns how long it took and whether the chain verifies afterwards.
+async fn audit_appends(url: &str, n: usize) -> anyhow::Result<(Duration, bool)> {
+    use jitgate_core::audit::{AuditEvent, AuditStatus};
+    use jitgate_store::prelude::*;
+    let keys = jitgate_store::secrets::Keyring::generate()?;
+    let a = Arc::new(jitgate_store_postgres::PgStore::open(url, keys.clone()).await.map_err(|e| anyhow!("{e}"))?);
+    let b = Arc::new(jitgate_store_postgres::PgStore::open(url, keys).await.map_err(|e| anyhow!("{e}"))?);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let event = AuditEvent {
+            time: time::OffsetDateTime::now_utc(),
+            operation: format!("bench/{i}"),
+            status: AuditStatus::Succeeded,
+            caller: "bench".into(),
+            caller_ip: None,
+            resource_id: "/bench".into(),
+            correlation_id: format!("bench-{i}"),
+            properties: Default::default(),
+        };
+        tasks.push(tokio::spawn(async move { store.record(event).await }));
+    }
+    for t in tasks {
+        t.await?.map_err(|e| anyhow!("{e}"))?;
+    }
+    let took = started.elapsed();
+    Ok((took, a.verify_audit().await.map_err(|e| anyhow!("{e}"))?.valid))
 }
 
 /// PostgreSQL's commit rate for an initiate-shaped transaction on `url`: serially on one
