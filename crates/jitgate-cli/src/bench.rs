@@ -179,7 +179,9 @@ pub struct InitiateBenchArgs {
 
 /// The server a benchmark starts drives one principal as fast as it can from one address: the
 /// initiate rate limit and the per-source connection cap would measure themselves instead.
-pub const BENCH_SERVER_FLAGS: &[&str] = &["--rate-limit-initiate", "off", "--max-connections-per-source", "0"];
+/// It also reports where each request's time went (`Server-Timing`).
+pub const BENCH_SERVER_FLAGS: &[&str] =
+    &["--rate-limit-initiate", "off", "--max-connections-per-source", "0", "--server-timing"];
 
 const SUB: &str = "b0000000-0000-4000-8000-000000000001";
 const RG: &str = "bench-rg";

@@ -218,6 +218,11 @@ pub struct ServeArgs {
     /// or audit retention without renewing its lease; a replica that dies hands them on after it.
     #[arg(long, env = "JITGATE_LEASE_TTL", default_value = "15s", value_parser = seconds)]
     pub lease_ttl: std::time::Duration,
+    /// Answer every request with a `Server-Timing` header: the milliseconds it spent in each
+    /// stage (parse, authn, authz, queue, write, commit, read, other, total). For benchmarks and
+    /// diagnosis; off by default, since it tells clients how the server spends its time.
+    #[arg(long, env = "JITGATE_SERVER_TIMING")]
+    pub server_timing: bool,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "JITGATE_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,

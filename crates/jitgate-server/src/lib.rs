@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub limits: limits::LimitConfig,
     /// How long a background task's lease lasts unrenewed (several replicas on one store).
     pub lease_ttl: std::time::Duration,
+    /// Whether answers carry a `Server-Timing` header (see [`jitgate_store::timing`]).
+    pub server_timing: bool,
 }
 
 impl ServerConfig {
@@ -115,6 +117,7 @@ impl Default for ServerConfig {
             max_token_lifetime: Some(Self::DEFAULT_MAX_TOKEN_LIFETIME),
             limits: Default::default(),
             lease_ttl: replicas::DEFAULT_LEASE_TTL,
+            server_timing: false,
         }
     }
 }
@@ -160,7 +163,7 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ServerConfig>,
     /// Wakes the expiry sweeper when a grant may have moved the next expiry earlier.
-    pub sweeper: Arc<Notify>,
+    pub sweeper: Arc<sweeper::Wake>,
     /// Ticks on every change an agent must see; wakes the state long-polls.
     pub changes: Arc<watch::Sender<u64>>,
     /// Wakes whoever waits for agents to apply a revision (`?wait=applied`).
@@ -219,7 +222,7 @@ impl App {
             limits: Arc::new(limits::Limits::new(&config.limits)),
             long_polls: Arc::new(longpoll::LongPolls::new(config.limits.long_polls_per_agent)),
             config: Arc::new(config),
-            sweeper: Arc::new(Notify::new()),
+            sweeper: Arc::new(sweeper::Wake::default()),
             changes: Arc::new(watch::channel(0).0),
             applied: Arc::new(Notify::new()),
             authz: Arc::new(authz::Authz::default()),
@@ -482,7 +485,17 @@ async fn correlate(mut req: Request, next: Next) -> Response {
     let correlation_id = client_request_id.clone().unwrap_or_else(|| request_id.clone());
     req.extensions_mut().insert(Correlation { correlation_id: correlation_id.clone(), client_request_id });
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let mut resp = next.run(req).await;
+    let timed = req.extensions().get::<Arc<ServerConfig>>().is_some_and(|c| c.server_timing);
+    let mut resp = if timed {
+        let stages = Arc::new(jitgate_store::timing::Stages::default());
+        let mut resp = jitgate_store::timing::scope(stages.clone(), next.run(req)).await;
+        if let Ok(v) = HeaderValue::from_str(&stages.header(started.elapsed())) {
+            resp.headers_mut().insert("server-timing", v);
+        }
+        resp
+    } else {
+        next.run(req).await
+    };
     for (name, value) in [("x-ms-request-id", &request_id), ("x-ms-correlation-request-id", &correlation_id)] {
         if let Ok(v) = HeaderValue::from_str(value) {
             resp.headers_mut().insert(name, v);

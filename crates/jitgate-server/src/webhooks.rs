@@ -54,6 +54,9 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a claimed delivery stays out of other passes: longer than any attempt takes.
 const LEASE: time::Duration = time::Duration::seconds(60);
 const PARALLEL: usize = 16;
+/// The shortest time between two looks at the queue: every change wakes the worker, and under a
+/// stream of changes it looks at most this often instead of once per change.
+const MIN_GAP: Duration = Duration::from_millis(20);
 /// Secrets: at least this long (guessable ones make the signature worthless), at most that.
 const SECRET_MIN: usize = 16;
 const SECRET_MAX: usize = 256;
@@ -477,7 +480,15 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         }
     };
     let limit = Arc::new(Semaphore::new(PARALLEL));
+    let mut last: Option<std::time::Instant> = None;
     loop {
+        if let Some(gap) = last.map(|l| MIN_GAP.saturating_sub(l.elapsed())).filter(|g| !g.is_zero()) {
+            tokio::select! {
+                _ = tokio::time::sleep(gap) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        last = Some(std::time::Instant::now());
         let now = app.clock.now();
         let next = app.store.next_delivery().await.ok().flatten();
         let free = limit.available_permits();

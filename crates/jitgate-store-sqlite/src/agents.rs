@@ -50,7 +50,7 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
     let mut grant_stmt = conn.prepare_cached(&format!(
         "SELECT rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
          WHERE vm_key = ?1 AND {} AND end_time > ?2 ORDER BY gid",
-        crate::grants::status_in("status", 3, &jitgate_core::lifecycle::LIVE)
+        crate::grants::status_in("status", &jitgate_core::lifecycle::LIVE)
     ))?;
     for (key, address) in targets {
         state.next_vm();
@@ -66,9 +66,7 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
                 mapped_port: r.get(4)?,
             });
         }
-        let live = &jitgate_core::lifecycle::LIVE;
-        let mut rows_ =
-            grant_stmt.query(crate::grants::bind([Value::Text(key.clone()), Value::Integer(nanos(now))], live))?;
+        let mut rows_ = grant_stmt.query(crate::grants::bind([Value::Text(key.clone()), Value::Integer(nanos(now))]))?;
         while let Some(r) = rows_.next()? {
             let proto: String = r.get(2)?;
             let form: String = r.get(4)?;

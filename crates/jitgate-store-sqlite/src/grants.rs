@@ -1,6 +1,6 @@
 //! Grants and their life cycle in SQLite: loads the facts a `jitgate_core::lifecycle` transition
 //! reads, and writes back the states it decides. No status or reason is decided here: the words
-//! are bound as parameters from the core types.
+//! come from the core types (bound as parameters, or written into a statement by [`status_in`]).
 
 use jitgate_core::initiate::{GrantStatus, StatusReason};
 use jitgate_core::lifecycle::{self, GrantState, PendingExtension, RequestFacts, RequestGrant};
@@ -13,21 +13,23 @@ use crate::rows::{corrupt, from_nanos, nanos};
 /// The columns [`state_from_row`] reads, in its order.
 pub const STATE_COLUMNS: &str = "status, status_reason, end_time, opens_at, window_ns";
 
-/// The condition "`column` has a status of `set`", over parameters `?first, ?first+1, …` (bind
-/// them with [`bind`]). A single status is compared with `=`: SQLite then re-plans the statement
-/// with the bound word and can use a partial index (the schema's `grants_live_key` and the like),
-/// which it does not for `IN (?)`.
-pub fn status_in(column: &str, first: usize, set: &[GrantStatus]) -> String {
-    if set.len() == 1 {
-        return format!("{column} = ?{first}");
+/// The condition "`column` has a status of `set`", with the stored words of the core statuses
+/// written into the statement (they are fixed words of a closed enum, never input). A statement
+/// with the words in its text is planned once, cached, and can use the schema's partial indexes
+/// (`grants_live_key`, `grants_expiring_end` and the like, whose conditions are the same words):
+/// with a bound status SQLite would re-compile the statement at every run to consider them, and an
+/// `IN` over bound words could use none of them.
+pub fn status_in(column: &str, set: &[GrantStatus]) -> String {
+    let words: Vec<String> = set.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    match words.as_slice() {
+        [one] => format!("{column} = {one}"),
+        _ => format!("{column} IN ({})", words.join(", ")),
     }
-    let list: Vec<String> = (first..first + set.len()).map(|i| format!("?{i}")).collect();
-    format!("{column} IN ({})", list.join(", "))
 }
 
-/// The parameters `lead`, then the stored words of the statuses of `set` (for [`placeholders`]).
-pub fn bind(lead: impl IntoIterator<Item = Value>, set: &[GrantStatus]) -> ParamsFromIter<Vec<Value>> {
-    params_from_iter(lead.into_iter().chain(set.iter().map(|s| Value::Text(s.as_str().to_owned()))).collect::<Vec<_>>())
+/// The parameters `lead`, numbered from 1.
+pub fn bind(lead: impl IntoIterator<Item = Value>) -> ParamsFromIter<Vec<Value>> {
+    params_from_iter(lead.into_iter().collect::<Vec<_>>())
 }
 
 /// The stored length of a pending grant's window.
@@ -85,11 +87,11 @@ pub fn transition_where(
 ) -> rusqlite::Result<usize> {
     let sql = format!(
         "SELECT gid, {STATE_COLUMNS} FROM grants WHERE {filter} AND {} ORDER BY gid",
-        status_in("status", lead.len() + 1, set)
+        status_in("status", set)
     );
     let found: Vec<(i64, GrantState)> = conn
         .prepare_cached(&sql)?
-        .query_map(bind(lead, set), |r| Ok((r.get(0)?, state_from_row(r, 1)?)))?
+        .query_map(bind(lead), |r| Ok((r.get(0)?, state_from_row(r, 1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut changed = 0;
     for (gid, state) in found {
@@ -154,43 +156,69 @@ pub fn request_facts(conn: &Connection, rid: i64) -> rusqlite::Result<Option<(Re
 mod tests {
     use super::*;
 
-    /// Binding the status keeps the partial indexes (`grants_live_key` and the like, over one word, in
-    /// the schema) usable: SQLite re-plans a statement with the bound value.
+    /// The plan SQLite makes for `sql` (with `params`).
+    fn plan(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql]) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("prepare");
+        let rows = stmt
+            .query_map(params, |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .expect("rows");
+        rows.join("; ")
+    }
+
+    /// The statuses are words of the statement, so the partial indexes over the same words answer
+    /// the hot statements (no table scan, whatever the table holds), planned once at prepare.
     #[test]
-    fn a_bound_status_still_uses_the_partial_indexes() {
+    fn the_status_words_meet_the_partial_indexes() {
         let conn = Connection::open_in_memory().expect("open");
         crate::migrate(&conn).expect("schema");
-        let plan = |sql: &str, status: GrantStatus| -> String {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("prepare");
-            let rows = stmt
-                .query_map(params![1, "k", status.as_str()], |r| r.get::<_, String>(3))
-                .expect("plan")
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .expect("rows");
-            rows.join("; ")
-        };
-        let live_key = format!(
-            "SELECT gid FROM grants WHERE pid = ?1 AND supersede_key = ?2 AND {} ORDER BY gid",
-            status_in("status", 3, &lifecycle::SUPERSEDABLE)
-        );
-        let live_key = live_key.as_str();
-        assert!(
-            plan(live_key, GrantStatus::Initiated).contains("grants_live_key"),
-            "{}",
-            plan(live_key, GrantStatus::Initiated)
-        );
-        // The index answers only for the word it was built with.
-        assert!(!plan(live_key, GrantStatus::Pending).contains("grants_live_key"));
-        let scheduled = format!(
-            "SELECT gid FROM grants WHERE opens_at <= ?1 AND ?2 = ?2 AND {}",
-            status_in("status", 3, &lifecycle::OPENING)
-        );
-        let scheduled = scheduled.as_str();
-        assert!(
-            plan(scheduled, GrantStatus::Scheduled).contains("grants_scheduled"),
-            "{}",
-            plan(scheduled, GrantStatus::Scheduled)
-        );
+        let cases = [
+            (
+                format!(
+                    "SELECT gid FROM grants WHERE pid = ?1 AND supersede_key = ?2 AND {}",
+                    status_in("status", &lifecycle::SUPERSEDABLE)
+                ),
+                "grants_live_key",
+            ),
+            (
+                format!("SELECT gid FROM grants WHERE {} AND end_time <= ?1", status_in("status", &lifecycle::EXPIRING)),
+                "grants_expiring_end",
+            ),
+            (
+                format!("SELECT min(end_time) FROM grants WHERE {} AND ?1 = ?1", status_in("status", &lifecycle::EXPIRING)),
+                "grants_expiring_end",
+            ),
+            (
+                format!("SELECT gid FROM grants WHERE {} AND opens_at <= ?1", status_in("status", &lifecycle::OPENING)),
+                "grants_scheduled",
+            ),
+            (
+                format!(
+                    "SELECT gid FROM grants WHERE {} AND warned = 0 AND end_time <= ?1",
+                    status_in("status", &lifecycle::LIVE)
+                ),
+                "grants_unwarned_end",
+            ),
+        ];
+        for (sql, index) in &cases {
+            let params: Vec<&dyn rusqlite::ToSql> =
+                if sql.contains("?2") { vec![&1i64, &"k"] } else { vec![&1i64] };
+            let plan = plan(&conn, sql, &params);
+            assert!(plan.contains(index), "{sql}: {plan}");
+        }
+    }
+
+    /// What is written into a statement is a fixed word: letters only, never a quote.
+    #[test]
+    fn status_words_are_plain_words() {
+        let all = [GrantStatus::Initiated, GrantStatus::Revoked, GrantStatus::Pending, GrantStatus::Scheduled];
+        for s in all {
+            assert!(s.as_str().chars().all(|c| c.is_ascii_alphabetic()), "{s:?}");
+        }
+        let (live, pending, q) = (GrantStatus::Initiated.as_str(), GrantStatus::Pending.as_str(), '\'');
+        assert_eq!(status_in("g.status", &lifecycle::EXPIRING), format!("g.status IN ({q}{live}{q}, {q}{pending}{q})"));
+        assert_eq!(status_in("status", &lifecycle::LIVE), format!("status = {q}{live}{q}"));
     }
 
     /// No status or reason of a grant is written into this crate's Rust source: the store binds

@@ -42,6 +42,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_decision_reasons.sql"),
     migration!(7, "0007_leases.sql"),
     migration!(8, "0008_ephemeral.sql"),
+    migration!(9, "0009_sweep_indexes.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.

@@ -141,9 +141,9 @@ impl IdentityStore for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT DISTINCT g.rid FROM grants g JOIN requests r ON r.rid = g.rid \
                      WHERE lower(r.principal) = lower(?1) AND {}",
-                    grants::status_in("g.status", 2, ending)
+                    grants::status_in("g.status", ending)
                 ))
-                .and_then(|mut s| s.query_map(grants::bind([Value::Text(p.name.clone())], ending), |r| r.get(0))?.collect())
+                .and_then(|mut s| s.query_map(grants::bind([Value::Text(p.name.clone())]), |r| r.get(0))?.collect())
                 .map_err(backend)?;
             let mut ended = 0;
             for rid in &requests {

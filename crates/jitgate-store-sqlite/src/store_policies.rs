@@ -261,10 +261,10 @@ impl PolicyStore for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT gid, rid, policy_id, vm_id, number, sources, {STATE_COLUMNS} FROM grants \
                      WHERE {} AND end_time <= ?1 ORDER BY end_time",
-                    grants::status_in("status", 2, &lifecycle::EXPIRING)
+                    grants::status_in("status", &lifecycle::EXPIRING)
                 ))
                 .and_then(|mut s| {
-                    s.query_map(grants::bind([Value::Integer(nanos(now))], &lifecycle::EXPIRING), |r| {
+                    s.query_map(grants::bind([Value::Integer(nanos(now))]), |r| {
                         Ok((
                             r.get(0)?,
                             r.get(1)?,
@@ -296,10 +296,10 @@ impl PolicyStore for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT gid, rid, pid, supersede_key, policy_id, {STATE_COLUMNS} FROM grants \
                      WHERE {} AND opens_at <= ?1",
-                    grants::status_in("status", 2, &lifecycle::OPENING)
+                    grants::status_in("status", &lifecycle::OPENING)
                 ))
                 .and_then(|mut s| {
-                    s.query_map(grants::bind([Value::Integer(nanos(now))], &lifecycle::OPENING), |r| {
+                    s.query_map(grants::bind([Value::Integer(nanos(now))]), |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, grants::state_from_row(r, 5)?))
                     })?
                     .collect()
@@ -323,11 +323,11 @@ impl PolicyStore for SqliteStore {
                 .conn
                 .prepare_cached(&format!(
                     "SELECT gid, rid FROM grants WHERE {} AND warned = 0 AND end_time <= ?1",
-                    grants::status_in("status", 2, &lifecycle::LIVE)
+                    grants::status_in("status", &lifecycle::LIVE)
                 ))
                 .and_then(|mut s| {
                     let warn_from = nanos(now + jitgate_store::EXPIRING_SOON);
-                    s.query_map(grants::bind([Value::Integer(warn_from)], &lifecycle::LIVE), |r| {
+                    s.query_map(grants::bind([Value::Integer(warn_from)]), |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?
                     .collect()
@@ -352,19 +352,12 @@ impl PolicyStore for SqliteStore {
                     "SELECT min(t) FROM (SELECT min(end_time) AS t FROM grants WHERE {} \
                      UNION ALL SELECT min(opens_at) FROM grants WHERE {} \
                      UNION ALL SELECT min(end_time) - ?1 FROM grants WHERE {} AND warned = 0)",
-                    grants::status_in("status", 2, &lifecycle::EXPIRING),
-                    grants::status_in("status", 2 + lifecycle::EXPIRING.len(), &lifecycle::OPENING),
-                    grants::status_in(
-                        "status",
-                        2 + lifecycle::EXPIRING.len() + lifecycle::OPENING.len(),
-                        &lifecycle::LIVE
-                    ),
+                    grants::status_in("status", &lifecycle::EXPIRING),
+                    grants::status_in("status", &lifecycle::OPENING),
+                    grants::status_in("status", &lifecycle::LIVE),
                 ))?
                 .query_row(
-                    grants::bind(
-                        [Value::Integer(jitgate_store::EXPIRING_SOON.whole_nanoseconds() as i64)],
-                        &[&lifecycle::EXPIRING[..], &lifecycle::OPENING[..], &lifecycle::LIVE[..]].concat(),
-                    ),
+                    grants::bind([Value::Integer(jitgate_store::EXPIRING_SOON.whole_nanoseconds() as i64)]),
                     |r| r.get(0),
                 )?;
             n.map(from_nanos).transpose()

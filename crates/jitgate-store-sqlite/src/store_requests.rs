@@ -13,11 +13,10 @@ impl SqliteStore {
         self.read(move |c| {
             let set = [GrantStatus::Initiated, GrantStatus::Pending, GrantStatus::Scheduled];
             let by = if requestor.is_some() { " AND r.requestor = ?2" } else { "" };
-            let first = if requestor.is_some() { 3 } else { 2 };
             let sql = format!(
                 "SELECT DISTINCT r.rid, r.policy_id FROM requests r JOIN grants g ON g.rid = r.rid \
                  WHERE {}{by} ORDER BY r.rid DESC LIMIT ?1",
-                grants::status_in("g.status", first, &set)
+                grants::status_in("g.status", &set)
             );
             let mut lead = vec![rusqlite::types::Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX))];
             if let Some(r) = requestor {
@@ -25,7 +24,7 @@ impl SqliteStore {
             }
             let found: Vec<(i64, String)> = c
                 .prepare_cached(&sql)?
-                .query_map(grants::bind(lead, &set), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(grants::bind(lead), |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let mut out = Vec::with_capacity(found.len());
             for (rid, policy) in found {

@@ -6,11 +6,14 @@
 //! and only then answers each caller. Nobody hears "done" before the data is durable.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use jitgate_core::audit::{chain_hash, AuditEvent, GENESIS};
+use jitgate_store::timing::{self, Stage, Stages};
 use jitgate_store::{StoreError, StoreResult};
 
 /// The most jobs committed together.
@@ -71,8 +74,8 @@ impl WriteCtx<'_> {
 pub trait Job: Send {
     /// Runs inside the batch transaction. Returns false when its changes must be rolled back.
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
-    /// Called once the batch is committed (or failed to commit).
-    fn finish(self: Box<Self>, committed: Result<(), String>);
+    /// Called once the batch is committed (or failed to commit) after `commit`.
+    fn finish(self: Box<Self>, committed: Result<(), String>, commit: Duration);
 }
 
 /// A job made from a closure, answering on a oneshot channel.
@@ -80,6 +83,9 @@ pub struct FnJob<T, F> {
     f: Option<F>,
     out: Option<StoreResult<T>>,
     reply: oneshot::Sender<StoreResult<T>>,
+    /// The timing record of the request the job serves, and when the job was queued.
+    stages: Option<Arc<Stages>>,
+    queued: Instant,
 }
 
 impl<T, F> FnJob<T, F>
@@ -89,7 +95,8 @@ where
 {
     pub fn boxed(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
         let (reply, rx) = oneshot::channel();
-        (Box::new(FnJob { f: Some(f), out: None, reply }), rx)
+        let job = FnJob { f: Some(f), out: None, reply, stages: timing::current(), queued: Instant::now() };
+        (Box::new(job), rx)
     }
 }
 
@@ -100,14 +107,22 @@ where
 {
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
         let Some(f) = self.f.take() else { return false };
+        let started = Instant::now();
         let out = catch_unwind(AssertUnwindSafe(|| f(ctx)))
             .unwrap_or_else(|_| Err(StoreError::Backend("internal error: a store job panicked".into())));
+        if let Some(s) = &self.stages {
+            s.add(Stage::Queue, started.saturating_duration_since(self.queued));
+            s.add(Stage::Write, started.elapsed());
+        }
         let keep = !matches!(out, Err(StoreError::Backend(_)));
         self.out = Some(out);
         keep
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), String>) {
+    fn finish(self: Box<Self>, committed: Result<(), String>, commit: Duration) {
+        if let Some(s) = &self.stages {
+            s.add(Stage::Commit, commit);
+        }
         let result = match committed {
             Ok(()) => self.out.unwrap_or_else(|| Err(StoreError::Backend("the job did not run".into()))),
             Err(e) => Err(StoreError::Backend(e.into())),
@@ -139,7 +154,7 @@ pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Jo
                 Err(_) => break,
             }
         }
-        let result = run_batch(&conn, &mut chain, &mut batch);
+        let (result, commit) = run_batch(&conn, &mut chain, &mut batch);
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept");
             if let Ok(c) = load_chain(&conn) {
@@ -147,31 +162,36 @@ pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Jo
             }
         }
         for job in batch.drain(..) {
-            job.finish(result.clone());
+            job.finish(result.clone(), commit);
         }
     }
 }
 
-fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+/// Runs the batch in one transaction; returns the outcome and how long the commit took.
+fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -> (Result<(), String>, Duration) {
     let start = *chain;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string())?;
+    let mut commit = Duration::ZERO;
     let outcome = (|| -> rusqlite::Result<()> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         for job in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT job")?;
+            conn.prepare_cached("SAVEPOINT job")?.execute([])?;
             let before = *chain;
             let keep = job.run(&mut WriteCtx { conn, chain });
-            if keep {
-                conn.execute_batch("RELEASE job")?;
-            } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            if !keep {
+                conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
                 *chain = before;
             }
+            conn.prepare_cached("RELEASE job")?.execute([])?;
         }
-        conn.execute_batch("COMMIT")
+        let committing = Instant::now();
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        commit = committing.elapsed();
+        Ok(())
     })();
-    outcome.map_err(|e| {
+    let outcome = outcome.map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         *chain = start;
         e.to_string()
-    })
+    });
+    (outcome, commit)
 }

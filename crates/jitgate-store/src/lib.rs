@@ -22,6 +22,7 @@ use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 pub use signal::Signal;
 
+pub mod timing;
 pub mod chain;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -186,6 +186,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         webhooks,
         max_token_lifetime,
         lease_ttl: args.lease_ttl,
+        server_timing: args.server_timing,
     };
     let listener = ServerListener::new(listener, tls_config, conn_limit)?;
     let shutdown = shutdown_signal();

@@ -3,6 +3,7 @@
 
 pub mod route;
 
+use jitgate_store::timing::{self, timed, Stage};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -47,10 +48,10 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
         ArmRoute::Get(r) | ArmRoute::Put(r) | ArmRoute::Delete(r) | ArmRoute::Initiate(r) => r.id(),
         ArmRoute::List(_) => parts.uri.path().to_owned(),
     };
-    let principal = app.authenticate(&parts.headers, &ctx, &resource_id).await?;
+    let principal = timed(Stage::Authenticate, app.authenticate(&parts.headers, &ctx, &resource_id)).await?;
     let mut audit = app.audit(&ctx, &principal.name, route.operation(), &resource_id);
     if let ArmRoute::Initiate(_) = route {
-        app.rate_limit(crate::limits::Action::Initiate, &principal.name, &audit).await?;
+        timed(Stage::Authorize, app.rate_limit(crate::limits::Action::Initiate, &principal.name, &audit)).await?;
     }
     let query = Query::parse(parts.uri.query());
     if let Err(e) = check_api_version(&query) {
@@ -86,10 +87,13 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
         }
         ArmRoute::Delete(r) => delete(app, &r, audit).await,
         ArmRoute::Initiate(r) => {
-            let parsed = read_body(app, body).await.and_then(|b| {
-                let wait = wait_option(&query)?;
-                Ok((wait, parse_json::<InitiateIn>(&b).and_then(InitiateIn::into_draft)?))
-            });
+            let parsed = timed(Stage::Parse, async {
+                read_body(app, body).await.and_then(|b| {
+                    let wait = wait_option(&query)?;
+                    Ok((wait, parse_json::<InitiateIn>(&b).and_then(InitiateIn::into_draft)?))
+                })
+            })
+            .await;
             let (wait, draft) = match parsed {
                 Ok((wait, draft)) => (wait, Ok(draft)),
                 Err(e) => (None, Err(e)),
@@ -97,7 +101,7 @@ async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<R
             let outcome = initiate_request(app, &ctx, &principal, r, draft, audit).await?;
             let mut body = dto::request_out(&outcome.request);
             let vms: Vec<String> = outcome.request.grants.iter().map(|g| g.vm_id.clone()).collect();
-            let states = app.enforcement_of(&vms).await?;
+            let states = timed(Stage::Read, app.enforcement_of(&vms)).await?;
             mark_request(&mut body, &states);
             match wait {
                 None => Ok(with_enforcement_header(json(StatusCode::ACCEPTED, &body), &states)),
@@ -277,6 +281,7 @@ pub async fn initiate_request(
     draft: Result<InitiateDraft, ApiError>,
     mut audit: AuditEvent,
 ) -> Result<InitiateOutcome, ApiError> {
+    let authorizing = std::time::Instant::now();
     app.authorize_change(principal, actions::POLICY_INITIATE, &r.id(), &mut audit).await?;
     let draft = match draft {
         Ok(d) => d,
@@ -286,6 +291,7 @@ pub async fn initiate_request(
     for vm in &draft.vms {
         app.authorize_change(principal, actions::VM_READ, vm.id.trim_end_matches('/'), &mut audit).await?;
     }
+    timing::since(Stage::Authorize, authorizing);
     let cmd = InitiateCommand {
         policy: r,
         draft,
@@ -296,7 +302,7 @@ pub async fn initiate_request(
     };
     let outcome = app.store.initiate(cmd, audit).await?;
     if !outcome.replayed {
-        app.sweeper.notify_one();
+        app.sweeper.for_request(&outcome.request);
         app.changed();
     }
     Ok(outcome)
