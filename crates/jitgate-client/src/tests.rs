@@ -396,13 +396,16 @@ async fn a_custom_ca_is_trusted_and_an_unknown_certificate_is_not() {
     assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
 }
 
+/// What the server saw of a call: the authorization, the request id, the body.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>, String)>>>;
+
 #[tokio::test]
 async fn post_json_sends_the_body_token_and_a_request_id_and_reads_the_answer() {
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>, String)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let router = Router::new()
         .route(
             "/bare",
-            post(|State(seen): State<Arc<Mutex<Vec<_>>>>, headers: HeaderMap, body: String| async move {
+            post(|State(seen): State<Seen>, headers: HeaderMap, body: String| async move {
                 let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 seen.lock().unwrap().push((h("authorization"), h("x-ms-client-request-id"), body));
                 json(StatusCode::ACCEPTED, r#"{"ok":true}"#)

@@ -247,7 +247,8 @@ fn group_commit(conn: Connection, mut rx: mpsc::Receiver<oneshot::Sender<bool>>)
             conn.execute_batch("BEGIN IMMEDIATE")?;
             for _ in 0..batch.len() {
                 conn.execute_batch("SAVEPOINT job")?;
-                write_item(&conn, &mut chain, chain.seq)?;
+                let n = chain.seq;
+                write_item(&conn, &mut chain, n)?;
                 conn.execute_batch("RELEASE job")?;
             }
             conn.execute_batch("COMMIT")

@@ -106,7 +106,8 @@ impl Floor {
         let line = |what: &str, f: Figures| format!("yardstick: {what}: p50 {:.3} ms  p99 {:.3} ms\n", f.p50, f.p99);
         let mut out = format!("yardsticks measured in the same run, {} samples each:\n", self.samples);
         out += &line("one fsync (write + fdatasync of 512 bytes in the temporary directory)", self.fsync);
-        out += &line("one loopback HTTPS round trip (bare axum + rustls server, jitgate's client, keep-alive)", self.rtt);
+        out +=
+            &line("one loopback HTTPS round trip (bare axum + rustls server, jitgate's client, keep-alive)", self.rtt);
         out += &line("one netlink element add into an nft set of 10 grants (jitgate's encoder)", self.netlink_add);
         let floor = self.sum();
         out += &format!("floor = fsync + 2 RTT + netlink add: p50 {:.3} ms  p99 {:.3} ms\n", floor.p50, floor.p99);

@@ -180,7 +180,10 @@ mod tests {
         assert!(out.contains(": 1000 commits/s"), "{out}");
         assert!(out.contains("4000 initiate-shaped writes/s in 400 commits/s (10.0 per commit)"), "{out}");
         assert!(out.contains("8000 requests/s, 0 failed; latency ms p50 2.00  p99 2.00"), "{out}");
-        assert!(out.ends_with("ratios: 2.00× the serial SQLite commit rate, 0.50× the batched rate, 0.25× bare HTTPS\n"), "{out}");
+        assert!(
+            out.ends_with("ratios: 2.00× the serial SQLite commit rate, 0.50× the batched rate, 0.25× bare HTTPS\n"),
+            "{out}"
+        );
         assert_eq!(times(1.0, 0.0), "n/a");
     }
 }

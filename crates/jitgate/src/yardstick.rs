@@ -84,10 +84,6 @@ impl Samples {
         Samples(v)
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The `p` quantile (0..=1); zero when there are none.
     pub fn pct(&self, p: f64) -> Duration {
         let n = self.0.len();
@@ -250,7 +246,8 @@ mod tests {
 
     use super::*;
 
-    const CPUINFO: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)  CPU @ 2.20GHz\n\n\
+    const CPUINFO: &str =
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)  CPU @ 2.20GHz\n\n\
                            processor\t: 1\nmodel name\t: Intel(R) Xeon(R)  CPU @ 2.20GHz\n";
 
     #[test]
@@ -261,7 +258,9 @@ mod tests {
         assert_eq!(m.cores, 2);
         assert_eq!(m.kernel, "6.1.0-13-amd64");
         assert_eq!(m.date, "2026-12-01 05:07 UTC");
-        assert!(m.to_string().starts_with("machine: Intel(R) Xeon(R) CPU @ 2.20GHz, 2 cores, Linux 6.1.0-13-amd64; 2026-12-01 05:07 UTC;"));
+        assert!(m.to_string().starts_with(
+            "machine: Intel(R) Xeon(R) CPU @ 2.20GHz, 2 cores, Linux 6.1.0-13-amd64; 2026-12-01 05:07 UTC;"
+        ));
         let bare = Machine::from_proc("", "", now);
         assert_eq!((bare.cpu.as_str(), bare.kernel.as_str()), ("unknown CPU", "unknown"));
         assert!(bare.cores >= 1);
@@ -271,7 +270,7 @@ mod tests {
     fn fsync_latencies_are_positive_and_the_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let s = fsync_latencies(dir.path(), 20).unwrap();
-        assert_eq!(s.len(), 20);
+        assert_eq!(s.0.len(), 20);
         assert!(s.pct(0.5) > Duration::ZERO && s.pct(0.5) <= s.pct(0.99));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -279,7 +278,10 @@ mod tests {
     #[test]
     fn quantiles_of_samples() {
         let s = Samples::new((1..=100).rev().map(Duration::from_millis).collect());
-        assert_eq!((s.pct(0.5), s.pct(0.99), s.pct(1.0)), (Duration::from_millis(50), Duration::from_millis(99), Duration::from_millis(100)));
+        assert_eq!(
+            (s.pct(0.5), s.pct(0.99), s.pct(1.0)),
+            (Duration::from_millis(50), Duration::from_millis(99), Duration::from_millis(100))
+        );
         assert_eq!(Samples::default().pct(0.5), Duration::ZERO);
     }
 
@@ -288,20 +290,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = tokio::task::block_in_place(|| BareHttps::start(dir.path())).unwrap();
         let client = server.client(&Settings::new("https://unused").token("t")).unwrap();
-        let resp = client
-            .http()
-            .post(format!("{}{BARE_PATH}", server.url))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let resp = client.http().post(format!("{}{BARE_PATH}", server.url)).body("{}").send().await.unwrap();
         assert_eq!(resp.status(), 202);
         assert_eq!(resp.text().await.unwrap(), BARE_BODY);
         let m = https_rate(&client, "/vm", 4, Duration::from_millis(50), Duration::from_millis(200)).await.unwrap();
         assert!(!m.latencies.is_empty() && m.errors == 0, "{} ok, {} failed", m.latencies.len(), m.errors);
         assert!(m.rate().is_finite() && m.rate() > 0.0);
         let rtt = round_trips(&client, 10).await.unwrap();
-        assert_eq!(rtt.len(), 10);
+        assert_eq!(rtt.0.len(), 10);
         assert!(rtt.pct(0.5) > Duration::ZERO);
         drop(client);
         tokio::task::block_in_place(|| drop(server));
