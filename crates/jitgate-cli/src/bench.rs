@@ -359,3 +359,48 @@ where
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn bench(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["jitgate", "bench"].iter().chain(args))?;
+        let Command::Bench(b) = cli.command else { panic!("bench expected") };
+        Ok(b)
+    }
+
+    #[test]
+    fn yardstick_flags_parse_with_defaults_and_bounds() {
+        let b = bench(&[]).expect("defaults");
+        assert!(b.command.is_none());
+        assert_eq!((b.initiate.concurrency, b.initiate.yardstick_seconds), (16, 3));
+        assert_eq!(bench(&["--yardstick-seconds", "0"]).expect("off").initiate.yardstick_seconds, 0);
+        let b = bench(&["initiate", "--yardstick-seconds", "5", "--concurrency", "4"]).expect("initiate");
+        let Some(BenchCommand::Initiate(a)) = b.command else { panic!("initiate expected") };
+        assert_eq!((a.yardstick_seconds, a.concurrency), (5, 4));
+        assert!(bench(&["--yardstick-seconds", "601"]).is_err());
+        assert!(bench(&["--yardstick-seconds", "-1"]).is_err());
+
+        let b = bench(&["open-latency"]).expect("open-latency");
+        let Some(BenchCommand::OpenLatency(a)) = b.command else { panic!("open-latency expected") };
+        assert_eq!((a.grants, a.yardstick_samples), (200, 1000));
+        let b = bench(&["open-latency", "--yardstick-samples", "0"]).expect("no yardsticks");
+        let Some(BenchCommand::OpenLatency(a)) = b.command else { panic!("open-latency expected") };
+        assert_eq!(a.yardstick_samples, 0);
+        assert!(bench(&["open-latency", "--yardstick-samples", "100001"]).is_err());
+    }
+
+    #[test]
+    fn the_help_names_the_yardsticks() {
+        let mut cmd = Cli::command();
+        let bench = cmd.find_subcommand_mut("bench").expect("bench");
+        let help = bench.render_long_help().to_string();
+        assert!(help.contains("--yardstick-seconds"), "{help}");
+        let open = bench.find_subcommand_mut("open-latency").expect("open-latency").render_long_help().to_string();
+        assert!(open.contains("--yardstick-samples"), "{open}");
+    }
+}

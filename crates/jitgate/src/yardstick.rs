@@ -64,12 +64,12 @@ impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "machine: {}, {} cores, Linux {}; {}; {} build",
+            "machine: {}, {} cores, Linux {}; {}; {}",
             self.cpu,
             self.cores,
             self.kernel,
             self.date,
-            if cfg!(debug_assertions) { "DEBUG (figures are not representative)" } else { "release" }
+            if cfg!(debug_assertions) { "debug build: figures are not representative" } else { "release build" }
         )
     }
 }
