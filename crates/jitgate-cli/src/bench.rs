@@ -1,6 +1,7 @@
-//! `jitgate bench`: initiate throughput and latency over HTTPS with keep-alive and several
-//! concurrent clients, against a server it starts (embedded SQLite, fsync on every commit,
-//! audit included) or one named with --url.
+//! `jitgate bench`: its command line, and the parts of the initiate benchmark the other
+//! benchmarks share: the bench VM and policy, and the driver that runs concurrent clients and
+//! times their calls. The benchmarks themselves run in the `jitgate` binary, which owns the
+//! server, the store and the kernel interfaces they measure against.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +13,7 @@ use clap::Args;
 use jitgate_api_types::arm::{PolicyIn, PolicyPropertiesIn, PolicyVmIn, PortRuleIn};
 use jitgate_api_types::native::VmIn;
 use jitgate_client::arm::PolicyRef;
-use jitgate_client::local::LocalServer;
-use jitgate_client::{Client, Settings};
+use jitgate_client::Client;
 
 use crate::output::{exit, fail};
 use crate::CliError;
@@ -30,11 +30,15 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
-    /// Initiate throughput and latency over HTTPS (the default).
-    #[command(after_help = "Example:\n  jitgate bench initiate --concurrency 16 --seconds 10")]
+    /// Initiate throughput and latency over HTTPS (the default), beside yardsticks measured in
+    /// the same run: SQLite's commit rate for the same writes and a bare HTTPS server's rate.
+    #[command(
+        after_help = "Example:\n  jitgate bench initiate --concurrency 16 --seconds 10\n  jitgate bench --yardstick-seconds 0   # jitgate alone"
+    )]
     Initiate(InitiateBenchArgs),
     /// In network namespaces: time from the initiate call to the first TCP connect through the
-    /// new grant, and how late ports close after endTimeUtc (needs root and nft).
+    /// new grant, and how late ports close after endTimeUtc (needs root and nft); beside it the
+    /// floor measured in the same run: one fsync, two loopback HTTPS round trips, a netlink add.
     #[command(after_help = "Example:\n  sudo jitgate bench open-latency --grants 200")]
     OpenLatency(OpenLatencyArgs),
     /// In a network namespace: nftables batch and update times at scale, and the TCP connect
@@ -79,6 +83,10 @@ pub struct OpenLatencyArgs {
     /// How many short grants to watch expire.
     #[arg(long, default_value_t = 10)]
     pub expiries: u32,
+    /// Samples of each yardstick measured in the same run (one fsync, one loopback HTTPS round
+    /// trip, one netlink element add); 0 leaves them out.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub yardstick_samples: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -135,7 +143,7 @@ pub struct AuthzArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct InnerArgs {
-    /// Which part: open, connect-rate, nft-setup, nft-fill.
+    /// Which part: open, connect-rate, nft-setup, nft-fill, nft-remove, nft-one.
     pub part: String,
     #[arg(long)]
     pub url: Option<String>,
@@ -175,6 +183,10 @@ pub struct InitiateBenchArgs {
     /// Seconds of warm-up before measuring.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// Seconds for each yardstick measured in the same run on this machine (SQLite commits of an
+    /// initiate's shape, serial and batched; bare HTTPS requests); 0 leaves them out.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub yardstick_seconds: u64,
 }
 
 /// The server a benchmark starts drives one principal as fast as it can from one address: the
@@ -235,12 +247,12 @@ pub async fn bench_target(client: &Client) -> Result<BenchTarget, CliError> {
     Ok(BenchTarget { vm_id, initiate: policy.id() })
 }
 
-/// What a run of initiates measured: the latencies of those that succeeded (sorted), and how
-/// many failed.
+/// What a run of calls measured: the latencies of those that succeeded (sorted), how many
+/// failed, and over how long.
 pub struct Measured {
     pub latencies: Vec<Duration>,
     pub errors: u64,
-    pub seconds: u64,
+    pub window: Duration,
 }
 
 impl Measured {
@@ -253,8 +265,9 @@ impl Measured {
         self.latencies[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
     }
 
+    /// Successful calls per second.
     pub fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.seconds.max(1) as f64
+        self.latencies.len() as f64 / self.window.as_secs_f64().max(1e-3)
     }
 }
 
@@ -267,17 +280,52 @@ pub async fn drive(
     warmup: u64,
     seconds: u64,
 ) -> Result<Measured, CliError> {
+    let initiate = Arc::new(target.initiate.clone());
+    let vm_id = Arc::new(target.vm_id.clone());
+    let call = move |client: Client, n: u64| {
+        let body = initiate_body(&vm_id, n);
+        let initiate = initiate.clone();
+        async move { client.arm().initiate(&initiate, &body, false).await.is_ok() }
+    };
+    let (warmup, seconds) = (Duration::from_secs(warmup), Duration::from_secs(seconds));
+    let m = drive_with(clients, concurrency, warmup, seconds, call).await?;
+    if m.latencies.is_empty() {
+        return Err(fail(exit::ERROR, format!("no initiate succeeded ({} failed)", m.errors)));
+    }
+    Ok(m)
+}
+
+/// The body of the `n`-th initiate of the benchmark: port 22 of `vm_id` for an hour, from a
+/// source address of its own (10.x.y.z).
+pub fn initiate_body(vm_id: &str, n: u64) -> jitgate_api_types::arm::InitiateIn {
+    let source = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+    crate::access::initiate_body(vm_id, &[22], &source, None, Some("PT1H".to_owned()), Some("bench".to_owned()))
+}
+
+/// Runs `concurrency` clients, each making `call(client, n)` (`n` counts calls across all of
+/// them; the future answers whether the call succeeded) one after the other as fast as it can
+/// for `measure` after `warmup`; client `i` uses `clients[i % clients.len()]`. What `call` does
+/// before it returns its future is not timed. The latencies may be empty (nothing succeeded).
+pub async fn drive_with<F, Fut>(
+    clients: &[Client],
+    concurrency: u64,
+    warmup: Duration,
+    measure: Duration,
+    call: F,
+) -> Result<Measured, CliError>
+where
+    F: Fn(Client, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let counter = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let measure_from = start + Duration::from_secs(warmup);
-    let end = measure_from + Duration::from_secs(seconds);
-    let initiate = Arc::new(target.initiate.clone());
+    let measure_from = start + warmup;
+    let end = measure_from + measure;
     let mut tasks = Vec::new();
     for i in 0..concurrency {
         let Some(client) = clients.get(i as usize % clients.len().max(1)).cloned() else { break };
-        let (counter, errors, initiate, vm_id) =
-            (counter.clone(), errors.clone(), initiate.clone(), target.vm_id.clone());
+        let (counter, errors, call) = (counter.clone(), errors.clone(), call.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(16_384);
             loop {
@@ -286,17 +334,9 @@ pub async fn drive(
                     break;
                 }
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let source = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
-                let body = crate::access::initiate_body(
-                    &vm_id,
-                    &[22],
-                    &source,
-                    None,
-                    Some("PT1H".to_owned()),
-                    Some("bench".to_owned()),
-                );
+                let pending = call(client.clone(), n);
                 let sent = Instant::now();
-                let ok = client.arm().initiate(&initiate, &body, false).await.is_ok();
+                let ok = pending.await;
                 let took = sent.elapsed();
                 if sent >= measure_from {
                     if ok {
@@ -314,11 +354,7 @@ pub async fn drive(
         all.extend(t.await?);
     }
     all.sort_unstable();
-    let errors = errors.load(Ordering::Relaxed);
-    if all.is_empty() {
-        return Err(fail(exit::ERROR, format!("no initiate succeeded ({errors} failed)")));
-    }
-    Ok(Measured { latencies: all, errors, seconds })
+    Ok(Measured { latencies: all, errors: errors.load(Ordering::Relaxed), window: measure })
 }
 
 /// Milliseconds, for printing.
@@ -326,42 +362,47 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-pub async fn run(args: InitiateBenchArgs) -> Result<(), CliError> {
-    let (_local, url, token, ca) = match &args.url {
-        Some(url) => {
-            (None, url.trim_end_matches('/').to_owned(), args.token.clone().unwrap_or_default(), args.ca_cert.clone())
-        }
-        None => {
-            let exe =
-                std::env::current_exe().map_err(|e| fail(exit::ERROR, format!("locating the jitgate binary: {e}")))?;
-            let server = tokio::task::spawn_blocking(move || LocalServer::start(&exe, BENCH_SERVER_FLAGS)).await??;
-            let (url, token, ca) = (server.url.clone(), server.token.clone(), Some(server.ca_cert.clone()));
-            (Some(server), url, token, ca)
-        }
-    };
-    let client = Client::new(Settings::new(url.as_str()).token(token).ca_cert_path(ca.as_deref()))?;
-    let target = bench_target(&client).await?;
-    let m = drive(std::slice::from_ref(&client), &target, args.concurrency, args.warmup, args.seconds).await?;
-    println!(
-        "jitgate bench: initiate over HTTPS (keep-alive), {} clients, {} s measured after {} s warm-up",
-        args.concurrency, args.seconds, args.warmup
-    );
-    println!(
-        "server: {url}{}",
-        if args.url.is_none() {
-            " (started for this run: embedded SQLite, WAL, fsync per commit, audit chain; initiate rate limit and per-source connection cap off)"
-        } else {
-            " (its --rate-limit-initiate applies: turn it off there to measure throughput)"
-        }
-    );
-    println!("initiates: {} ok, {} failed", m.latencies.len(), m.errors);
-    println!("throughput: {:.0} initiates/s", m.rate());
-    println!(
-        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-        ms(m.pct(0.50)),
-        ms(m.pct(0.90)),
-        ms(m.pct(0.99)),
-        ms(m.pct(1.0))
-    );
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::{Cli, Command};
+
+    fn bench(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["jitgate", "bench"].iter().chain(args))?;
+        let Command::Bench(b) = cli.command else { panic!("bench expected") };
+        Ok(b)
+    }
+
+    #[test]
+    fn yardstick_flags_parse_with_defaults_and_bounds() {
+        let b = bench(&[]).expect("defaults");
+        assert!(b.command.is_none());
+        assert_eq!((b.initiate.concurrency, b.initiate.yardstick_seconds), (16, 3));
+        assert_eq!(bench(&["--yardstick-seconds", "0"]).expect("off").initiate.yardstick_seconds, 0);
+        let b = bench(&["initiate", "--yardstick-seconds", "5", "--concurrency", "4"]).expect("initiate");
+        let Some(BenchCommand::Initiate(a)) = b.command else { panic!("initiate expected") };
+        assert_eq!((a.yardstick_seconds, a.concurrency), (5, 4));
+        assert!(bench(&["--yardstick-seconds", "601"]).is_err());
+        assert!(bench(&["--yardstick-seconds", "-1"]).is_err());
+
+        let b = bench(&["open-latency"]).expect("open-latency");
+        let Some(BenchCommand::OpenLatency(a)) = b.command else { panic!("open-latency expected") };
+        assert_eq!((a.grants, a.yardstick_samples), (200, 1000));
+        let b = bench(&["open-latency", "--yardstick-samples", "0"]).expect("no yardsticks");
+        let Some(BenchCommand::OpenLatency(a)) = b.command else { panic!("open-latency expected") };
+        assert_eq!(a.yardstick_samples, 0);
+        assert!(bench(&["open-latency", "--yardstick-samples", "100001"]).is_err());
+    }
+
+    #[test]
+    fn the_help_names_the_yardsticks() {
+        let mut cmd = Cli::command();
+        let bench = cmd.find_subcommand_mut("bench").expect("bench");
+        let help = bench.render_long_help().to_string();
+        assert!(help.contains("--yardstick-seconds"), "{help}");
+        let open = bench.find_subcommand_mut("open-latency").expect("open-latency").render_long_help().to_string();
+        assert!(open.contains("--yardstick-samples"), "{open}");
+    }
 }

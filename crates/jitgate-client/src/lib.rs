@@ -361,6 +361,14 @@ impl Client {
         agent::Agent { client: self }
     }
 
+    /// POSTs `body` as JSON to `path` the way the API calls are sent (the bearer token, a fresh
+    /// `x-ms-client-request-id`, retries) and reads the answer as `T`: for a tool that measures
+    /// the transport itself against a server of its own (the bare HTTPS yardstick of `jitgate
+    /// bench`).
+    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ClientError> {
+        self.json(Call::new(Method::POST, self.at(path)).json(body).idempotency_key()).await
+    }
+
     /// `path` on whichever server answers; an absolute URL (a `nextLink`) on one of the servers
     /// becomes its path, so that it too may go to another; any other is kept as it is.
     pub(crate) fn at(&self, path: &str) -> String {

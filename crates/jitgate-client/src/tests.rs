@@ -395,3 +395,29 @@ async fn a_custom_ca_is_trusted_and_an_unknown_certificate_is_not() {
     let err = stranger.native().principals().await.expect_err("an unknown certificate");
     assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
 }
+
+/// What the server saw of a call: the authorization, the request id, the body.
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>, String)>>>;
+
+#[tokio::test]
+async fn post_json_sends_the_body_token_and_a_request_id_and_reads_the_answer() {
+    let seen: Seen = Arc::default();
+    let router = Router::new()
+        .route(
+            "/bare",
+            post(|State(seen): State<Seen>, headers: HeaderMap, body: String| async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                seen.lock().unwrap().push((h("authorization"), h("x-ms-client-request-id"), body));
+                json(StatusCode::ACCEPTED, r#"{"ok":true}"#)
+            }),
+        )
+        .with_state(seen.clone());
+    let c = client(&serve(router).await);
+    let out: serde_json::Value = c.post_json("/bare", &serde_json::json!({"n": 1})).await.unwrap();
+    assert_eq!(out, serde_json::json!({"ok": true}));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0.as_deref(), Some("Bearer t0k"));
+    assert!(seen[0].1.as_deref().is_some_and(|id| id.len() == 36), "{:?}", seen[0].1);
+    assert_eq!(seen[0].2, r#"{"n":1}"#);
+}

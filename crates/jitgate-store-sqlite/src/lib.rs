@@ -21,6 +21,7 @@ mod store_requests;
 mod store_sessions;
 mod store_webhooks;
 mod writer;
+pub mod yardstick;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -65,6 +66,10 @@ const READERS: usize = 4;
 /// blocking pool: a burst of readers (every agent's long-poll waking on one change) must not
 /// become hundreds of threads and connections.
 const READ_CONCURRENCY: usize = 8;
+
+/// How the writer's connection is set up: WAL, and an fsync on every commit.
+const WRITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
 
 /// A database file that could not be opened or read; the driver's error is the source.
 #[derive(Debug, thiserror::Error)]
@@ -146,10 +151,7 @@ impl SqliteStore {
     /// a secret that `keys` cannot open fails the open with an error naming the key.
     pub fn open(path: &Path, keys: Keyring) -> StoreResult<Self> {
         let conn = Connection::open(path).map_err(backend)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(backend)?;
+        conn.execute_batch(WRITE_PRAGMAS).map_err(backend)?;
         migrate(&conn)?;
         let sealed = hooks::seal_all(&conn, &keys).map_err(|e| backend(format!("webhook secrets: {e}")))?;
         if sealed.sealed + sealed.resealed > 0 {

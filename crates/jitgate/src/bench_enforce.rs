@@ -21,10 +21,12 @@ use jitgate_enforce::{Desired, ElemOp, GrantKey, Mode, Protected, L4};
 use jitgate_enforce_nft::NftFirewall;
 use jitgate_netns::{self as netns, veth, KillOnDrop, Netns};
 
+use crate::bench_floor::{figures_line, split_figures, Figures, Floor};
+
 const SUB: &str = "b0000000-0000-4000-8000-000000000002";
 const CLIENT: &str = "10.9.0.1";
 const VM: &str = "10.9.0.2";
-const PORT: u16 = 2222;
+pub(crate) const PORT: u16 = 2222;
 
 fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the jitgate binary")
@@ -41,7 +43,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-fn summary(label: &str, mut v: Vec<f64>, unit: &str) {
+/// Prints the line for `v`; returns its p50 and p99.
+fn summary(label: &str, mut v: Vec<f64>, unit: &str) -> Figures {
     v.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{label}: n={} p50 {:.3} {unit}  p99 {:.3} {unit}  max {:.3} {unit}",
@@ -50,6 +53,7 @@ fn summary(label: &str, mut v: Vec<f64>, unit: &str) {
         pct(&v, 0.99),
         v.last().copied().unwrap_or(f64::NAN)
     );
+    Figures { p50: pct(&v, 0.5), p99: pct(&v, 0.99) }
 }
 
 /// Two namespaces joined by a veth: C (client, 10.9.0.1) and V (the VM, 10.9.0.2) with an
@@ -68,7 +72,7 @@ fn pair() -> anyhow::Result<(Netns, Netns, KillOnDrop)> {
     Ok((c, v, listener))
 }
 
-fn run_inner(ns: &Netns, args: &[String]) -> anyhow::Result<String> {
+pub(crate) fn run_inner(ns: &Netns, args: &[String]) -> anyhow::Result<String> {
     let out = ns.cmd(exe()?).args(["bench", "inner"]).args(args).output()?;
     if !out.status.success() {
         bail!("bench inner {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -77,13 +81,18 @@ fn run_inner(ns: &Netns, args: &[String]) -> anyhow::Result<String> {
 }
 
 pub async fn open_latency(args: OpenLatencyArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || open_latency_blocking(args)).await?
-}
-
-fn open_latency_blocking(args: OpenLatencyArgs) -> anyhow::Result<()> {
     println!("jitgate bench open-latency: server and agent as real processes; client and VM in network namespaces joined by a veth");
-    let (report, agent) = open_run(args.grants, args.expiries)?;
+    println!("{}", crate::yardstick::Machine::detect());
+    let floor = match args.yardstick_samples {
+        0 => None,
+        n => Some(Floor::measure(n).await?),
+    };
+    let (report, agent) = tokio::task::spawn_blocking(move || open_run(args.grants, args.expiries)).await??;
+    let (report, figures) = split_figures(&report);
     print!("{report}");
+    if let Some(floor) = floor {
+        print!("{}", floor.report(figures.get("open").copied()));
+    }
     println!("agent memory after the run: {agent}");
     Ok(())
 }
@@ -202,6 +211,11 @@ fn filler(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0b00_0000u32 + n))
 }
 
+/// A grant to the benchmark port from the `n`-th filler address.
+pub(crate) fn filler_grant(n: u32) -> GrantKey {
+    grant(filler(n))
+}
+
 fn grant(source: IpAddr) -> GrantKey {
     GrantKey { source: source.into(), dest: None, proto: L4::Tcp, port: PORT }
 }
@@ -212,6 +226,7 @@ pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
         "open" => inner_open(args).await,
         "connect-rate" => inner_connect_rate(args).await,
         "nft-setup" | "nft-fill" | "nft-remove" => tokio::task::spawn_blocking(move || inner_nft(args)).await?,
+        "nft-one" => tokio::task::spawn_blocking(move || crate::bench_floor::inner_nft_one(args.count)).await?,
         other => bail!("unknown bench part {other}"),
     }
 }
@@ -339,8 +354,10 @@ async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
         client.native().revoke(id, true).await.context("revoke")?;
         wait_until(from, to, false, Duration::from_secs(5)).await.context("revoke never closed the port")?;
     }
-    summary("initiate → first TCP connect through the new grant", opens, "ms");
-    summary("initiate → 202 answer (recorded and audited, fsync included)", answers, "ms");
+    let open = summary("initiate → first TCP connect through the new grant", opens, "ms");
+    let answer = summary("initiate → 202 answer (recorded and audited, fsync included)", answers, "ms");
+    println!("{}", figures_line("open", open));
+    println!("{}", figures_line("answer", answer));
     let mut lateness = Vec::new();
     let mut seen = BTreeSet::new();
     for _ in 0..args.extra {

@@ -5,6 +5,8 @@
 mod agent;
 mod bench_authz;
 mod bench_enforce;
+mod bench_floor;
+mod bench_initiate;
 mod bench_portal;
 mod bench_replicas;
 mod common;
@@ -12,6 +14,7 @@ mod quickstart;
 mod secrets;
 mod serve;
 mod storage;
+mod yardstick;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
@@ -64,8 +67,8 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(*args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Bench(args) => match args.command {
-                None => client_result(jitgate_cli::bench::run(args.initiate).await),
-                Some(BenchCommand::Initiate(a)) => client_result(jitgate_cli::bench::run(a).await),
+                None => bench_initiate::run(args.initiate).await,
+                Some(BenchCommand::Initiate(a)) => bench_initiate::run(a).await,
                 Some(BenchCommand::OpenLatency(a)) => bench_enforce::open_latency(a).await,
                 Some(BenchCommand::Kernel(a)) => bench_enforce::kernel(a).await,
                 Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
