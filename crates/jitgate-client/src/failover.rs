@@ -118,6 +118,11 @@ impl Client {
                 let url = format!("{}{}", base(i), call.url);
                 let failure = match self.attempt(&call, &url).await {
                     Ok(resp) if !is_transient(resp.status()) => {
+                        if let Some(hook) = &self.on_server_timing {
+                            if let Some(v) = resp.headers().get("server-timing").and_then(|v| v.to_str().ok()) {
+                                (hook.0)(v);
+                            }
+                        }
                         if !fixed {
                             servers.settle(start, i, &tried);
                         }

@@ -118,6 +118,18 @@ pub struct Settings {
     pub backoff: Duration,
     /// Called when a call lands on another server than the one the client was using.
     pub on_switch: Option<SwitchHook>,
+    /// Called with the `Server-Timing` header of every answer that has one.
+    pub on_server_timing: Option<TimingHook>,
+}
+
+/// What [`Settings::on_server_timing`] calls.
+#[derive(Clone)]
+pub struct TimingHook(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for TimingHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TimingHook")
+    }
 }
 
 /// Default [`Settings::timeout`].
@@ -148,7 +160,15 @@ impl Settings {
             retries: DEFAULT_RETRIES,
             backoff: DEFAULT_BACKOFF,
             on_switch: None,
+            on_server_timing: None,
         }
+    }
+
+    /// Calls `hook` with the `Server-Timing` header of each answer that carries one (a server
+    /// started with `--server-timing`).
+    pub fn on_server_timing(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_server_timing = Some(TimingHook(std::sync::Arc::new(hook)));
+        self
     }
 
     /// Calls `hook` each time a call lands on another server than the one in use.
@@ -227,6 +247,7 @@ pub struct Client {
     token: Option<String>,
     retries: u32,
     backoff: Duration,
+    on_server_timing: Option<TimingHook>,
 }
 
 /// One call: what [`Client::send`] needs.
@@ -323,6 +344,7 @@ impl Client {
             token: settings.token,
             retries: settings.retries,
             backoff: settings.backoff,
+            on_server_timing: settings.on_server_timing,
         })
     }
 

@@ -360,6 +360,8 @@ impl AgentStore for SqliteStore {
                 None => Ok(None),
             })
             .await?;
+        // An agent opens ports from this: only once what it read is on disk.
+        self.durability.wait().await?;
         state.ok_or_else(|| StoreError::Rejected(join::agent_removed(agent_id)))
     }
 

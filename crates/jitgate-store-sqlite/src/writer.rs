@@ -2,15 +2,23 @@
 //!
 //! Every change is a job sent to one thread that owns the write connection. The thread takes
 //! all jobs waiting (up to [`MAX_BATCH`]) into one transaction, runs each inside its own
-//! savepoint (a failing job rolls back alone), commits once — one fsync for the whole batch —
-//! and only then answers each caller. Nobody hears "done" before the data is durable.
+//! savepoint (a failing job rolls back alone) and commits once. The commit writes the log (WAL)
+//! but does not wait for the disk: a second thread, the syncer, makes the log durable with
+//! `fdatasync` and only then answers each caller of the batches it covered. While one batch's
+//! log is being synced the writer already runs the next, so one fsync covers every batch
+//! committed meanwhile, and the disk's latency no longer bounds how many changes a second go
+//! through. Nobody hears "done" before the data is durable; readers that feed enforcement wait
+//! for the log they read to be durable too ([`Durability::wait`]): a port never opens for a
+//! grant a crash could still take back.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use jitgate_core::audit::{chain_hash, AuditEvent, GENESIS};
 use jitgate_store::timing::{self, Stage, Stages};
@@ -143,8 +151,77 @@ pub fn load_chain(conn: &Connection) -> rusqlite::Result<Chain> {
     })
 }
 
-/// The writer thread's loop: runs until every sender is gone.
-pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Job>>) {
+/// How far the log is durable: commits are numbered as the writer makes them; the syncer
+/// publishes the last one an fsync covered (or that the disk failed).
+#[derive(Debug)]
+pub struct Durability {
+    committed: AtomicU64,
+    durable: watch::Sender<Synced>,
+}
+
+/// What the syncer has made durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Synced {
+    upto: u64,
+    /// An fsync failed: nothing written since may be on disk, and nothing more is accepted.
+    failed: bool,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability { committed: AtomicU64::new(0), durable: watch::channel(Synced::default()).0 }
+    }
+}
+
+impl Durability {
+    /// Waits until every commit made before this call is durable. A read that feeds
+    /// enforcement calls it after reading: what it saw then cannot be lost in a crash.
+    pub async fn wait(&self) -> StoreResult<()> {
+        let upto = self.committed.load(Ordering::Acquire);
+        let mut rx = self.durable.subscribe();
+        let synced = rx
+            .wait_for(|s| s.failed || s.upto >= upto)
+            .await
+            .map(|s| *s)
+            .map_err(|_| StoreError::Backend("the store writer has stopped".into()))?;
+        if synced.failed {
+            return Err(disk_failed());
+        }
+        Ok(())
+    }
+
+    fn failed(&self) -> bool {
+        self.durable.borrow().failed
+    }
+}
+
+fn disk_failed() -> StoreError {
+    StoreError::Backend("the store's log could not be synced to disk (fsync failed); restart jitgate once the disk is sound".into())
+}
+
+/// A committed batch waiting for its fsync.
+struct Committed {
+    seq: u64,
+    jobs: Vec<Box<dyn Job>>,
+    commit: Duration,
+}
+
+/// The writer thread's loop: runs until every sender is gone, then waits for the syncer to
+/// answer the last batches. `log` is the file the commits write (the database's `-wal`).
+pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Job>>, log: PathBuf, durability: Arc<Durability>) {
+    let (to_syncer, synced) = std_mpsc::channel::<Committed>();
+    let syncer = {
+        let durability = durability.clone();
+        std::thread::Builder::new().name("jitgate-sqlite-sync".into()).spawn(move || sync_loop(synced, log, durability))
+    };
+    let (to_syncer, syncer) = match syncer {
+        Ok(handle) => (Some(to_syncer), Some(handle)),
+        Err(e) => {
+            tracing::error!(error = %e, "no syncer thread: every commit is synced by the writer");
+            (None, None)
+        }
+    };
+    let mut seq = 0u64;
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -154,16 +231,94 @@ pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Jo
                 Err(_) => break,
             }
         }
+        if durability.failed() {
+            for job in batch.drain(..) {
+                job.finish(Err(disk_failed().to_string()), Duration::ZERO);
+            }
+            continue;
+        }
         let (result, commit) = run_batch(&conn, &mut chain, &mut batch);
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept");
             if let Ok(c) = load_chain(&conn) {
                 chain = c;
             }
+            for job in batch.drain(..) {
+                job.finish(result.clone(), commit);
+            }
+            continue;
         }
-        for job in batch.drain(..) {
-            job.finish(result.clone(), commit);
+        seq += 1;
+        durability.committed.store(seq, Ordering::Release);
+        let committed = Committed { seq, jobs: std::mem::take(&mut batch), commit };
+        match &to_syncer {
+            Some(tx) => {
+                if let Err(std_mpsc::SendError(c)) = tx.send(committed) {
+                    sync_and_answer(vec![c], &log_of(&conn), &durability);
+                }
+            }
+            None => sync_and_answer(vec![committed], &log_of(&conn), &durability),
         }
+        batch = Vec::with_capacity(MAX_BATCH);
+    }
+    drop(to_syncer);
+    // The syncer ends once it has answered everything sent to it; the store's Drop joins this
+    // thread, so nothing is left unanswered or unsynced when the store is gone.
+    if let Some(h) = syncer {
+        let _ = h.join();
+    }
+}
+
+/// The `-wal` file of the connection's database.
+fn log_of(conn: &Connection) -> PathBuf {
+    PathBuf::from(format!("{}-wal", conn.path().unwrap_or_default()))
+}
+
+/// The syncer's loop: takes every batch committed since the last fsync, syncs the log once for
+/// all of them, then answers their jobs.
+fn sync_loop(rx: std_mpsc::Receiver<Committed>, log: PathBuf, durability: Arc<Durability>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        sync_and_answer(group, &log, &durability);
+    }
+}
+
+fn sync_and_answer(group: Vec<Committed>, log: &std::path::Path, durability: &Durability) {
+    let started = Instant::now();
+    let synced = sync_log(log);
+    let took = started.elapsed();
+    let upto = group.iter().map(|c| c.seq).max().unwrap_or(0);
+    let result = match &synced {
+        Ok(()) => {
+            durability.durable.send_modify(|s| s.upto = s.upto.max(upto));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, log = %log.display(), "fsync of the store's log failed; refusing further changes");
+            durability.durable.send_modify(|s| s.failed = true);
+            Err(disk_failed().to_string())
+        }
+    };
+    for c in group {
+        for job in c.jobs {
+            job.finish(result.clone(), c.commit + took);
+        }
+    }
+}
+
+/// Makes the log durable. Opened afresh each time, so it is always the file SQLite writes (a
+/// log truncated by a checkpoint keeps its inode; one not there means the commits went to the
+/// database file itself, which is then synced).
+fn sync_log(log: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).open(log) {
+        Ok(f) => f.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let db = log.to_string_lossy();
+            let db = db.strip_suffix("-wal").unwrap_or(&db);
+            std::fs::OpenOptions::new().write(true).open(db)?.sync_data()
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -194,4 +349,73 @@ fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -
         e.to_string()
     });
     (outcome, commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer on `db` whose log is `log`: its job sender, thread and durability.
+    fn writer_on(
+        db: &std::path::Path,
+        log: PathBuf,
+    ) -> (mpsc::Sender<Box<dyn Job>>, std::thread::JoinHandle<()>, Arc<Durability>) {
+        let conn = Connection::open(db).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; CREATE TABLE t (x INTEGER);")
+            .expect("schema");
+        let (tx, rx) = mpsc::channel(64);
+        let durability = Arc::new(Durability::default());
+        let d = durability.clone();
+        let handle = std::thread::spawn(move || run(conn, Chain { seq: 0, hash: GENESIS }, rx, log, d));
+        (tx, handle, durability)
+    }
+
+    async fn insert(tx: &mpsc::Sender<Box<dyn Job>>, x: i64) -> StoreResult<()> {
+        let (job, rx) = FnJob::boxed(move |ctx: &mut WriteCtx<'_>| {
+            ctx.conn.execute("INSERT INTO t (x) VALUES (?1)", [x]).map_err(|e| StoreError::Backend(e.into()))?;
+            Ok(())
+        });
+        tx.send(job).await.map_err(|_| StoreError::Backend("closed".into()))?;
+        rx.await.map_err(|_| StoreError::Backend("dropped".into()))?
+    }
+
+    #[tokio::test]
+    async fn every_answer_comes_after_the_sync_that_covers_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        let (tx, handle, durability) = writer_on(&db, PathBuf::from(format!("{}-wal", db.display())));
+        let writes: Vec<_> = (0..50)
+            .map(|i| {
+                let tx = tx.clone();
+                tokio::spawn(async move { insert(&tx, i).await })
+            })
+            .collect();
+        for w in writes {
+            w.await.expect("join").expect("write");
+        }
+        let committed = durability.committed.load(Ordering::Acquire);
+        assert!(committed >= 1);
+        assert!(durability.durable.borrow().upto >= committed, "answered before its sync");
+        durability.wait().await.expect("durable");
+        drop(tx);
+        handle.join().expect("writer ends, after its syncer");
+        let conn = Connection::open(&db).expect("reopen");
+        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
+        assert_eq!(n, 50);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_fails_its_changes_and_refuses_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        // A log that cannot be opened stands for a disk whose fsync fails.
+        let (tx, handle, durability) = writer_on(&db, dir.path().join("missing-dir").join("w.db-wal"));
+        let first = insert(&tx, 1).await.expect_err("not durable, not done");
+        assert!(first.to_string().contains("fsync failed"), "{first}");
+        let next = insert(&tx, 2).await.expect_err("refused after a failed sync");
+        assert!(next.to_string().contains("fsync failed"), "{next}");
+        assert!(durability.wait().await.is_err());
+        drop(tx);
+        handle.join().expect("writer ends");
+    }
 }

@@ -11,7 +11,10 @@
 //!   axum) whose handler does nothing but answer 202, driven by the same client with the same
 //!   concurrency.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,7 +47,9 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
         }
     };
     let settings = Settings::new(url.as_str()).token(token).ca_cert_path(ca.as_deref());
-    let client = Client::new(settings.clone())?;
+    let stages = Arc::new(StageSums::default());
+    let sink = stages.clone();
+    let client = Client::new(settings.clone().on_server_timing(move |h| sink.add(h)))?;
     let target = bench_target(&client).await?;
     // The server's temporary directory: the disk its database is on.
     let disk: PathBuf = match local.as_ref().and_then(|s| s.data_dir.parent()) {
@@ -55,7 +60,16 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
         0 => None,
         s => Some(yardsticks(&disk, &settings, &target.vm_id, &args, Duration::from_secs(s)).await?),
     };
+    let measuring = {
+        let (stages, warmup) = (stages.clone(), Duration::from_secs(args.warmup));
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            stages.measuring.store(true, Ordering::Relaxed);
+        })
+    };
     let m = drive(std::slice::from_ref(&client), &target, args.concurrency, args.warmup, args.seconds).await?;
+    measuring.abort();
+    stages.measuring.store(false, Ordering::Relaxed);
     println!(
         "jitgate bench: initiate over HTTPS (keep-alive), {} clients, {} s measured after {} s warm-up",
         args.concurrency, args.seconds, args.warmup
@@ -78,10 +92,45 @@ pub async fn run(args: InitiateBenchArgs) -> anyhow::Result<()> {
         ms(m.pct(0.99)),
         ms(m.pct(1.0))
     );
+    print!("{}", stages.report());
     if let Some(y) = yardsticks {
         print!("{}", report(&y, &m, &args, args.url.is_some(), &disk));
     }
     Ok(())
+}
+
+/// The sums of the `Server-Timing` stages of the measured answers.
+#[derive(Default)]
+struct StageSums {
+    measuring: AtomicBool,
+    sums: Mutex<(u64, BTreeMap<String, f64>)>,
+}
+
+impl StageSums {
+    fn add(&self, header: &str) {
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut sums = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        sums.0 += 1;
+        for (name, ms) in jitgate_store::timing::parse_header(header) {
+            *sums.1.entry(name).or_default() += ms;
+        }
+    }
+
+    /// `stages (server, mean ms per initiate): parse 0.010 (1%) …`, in path order; nothing
+    /// when the server sent no timings.
+    fn report(&self) -> String {
+        let sums = self.sums.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, by) = (&sums.0, &sums.1);
+        let Some(total) = by.get("total").filter(|t| *n > 0 && **t > 0.0) else { return String::new() };
+        let names = jitgate_store::timing::Stage::ALL.iter().map(|s| s.name()).chain(["other", "total"]);
+        let parts: Vec<String> = names
+            .filter_map(|name| by.get(name).map(|v| (name, v)))
+            .map(|(name, v)| format!("{name} {:.3} ({:.0}%)", v / *n as f64, 100.0 * v / total))
+            .collect();
+        format!("stages (server side, mean ms per initiate over {n}): {}\n", parts.join("  "))
+    }
 }
 
 /// Measures the three yardsticks, one after the other, `each` long.
