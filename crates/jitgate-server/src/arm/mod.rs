@@ -215,7 +215,7 @@ async fn list(
 
 /// The base of absolute links: the configured public URL, else the scheme and `Host` (HTTP/1.1)
 /// or `:authority` (HTTP/2) of the request.
-fn base_url(app: &App, headers: &HeaderMap, uri: &Uri) -> String {
+pub(crate) fn base_url(app: &App, headers: &HeaderMap, uri: &Uri) -> String {
     if let Some(u) = &app.config.public_url {
         return u.trim_end_matches('/').to_owned();
     }
