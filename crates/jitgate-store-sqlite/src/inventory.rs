@@ -17,7 +17,11 @@ fn keys_param(keys: &[String]) -> rusqlite::Result<String> {
 }
 
 /// `vm_access` of each key, in one statement answered from `grants_vm_rid`.
-pub fn access_many(c: &Connection, keys: &[String], since: OffsetDateTime) -> rusqlite::Result<HashMap<String, VmAccess>> {
+pub fn access_many(
+    c: &Connection,
+    keys: &[String],
+    since: OffsetDateTime,
+) -> rusqlite::Result<HashMap<String, VmAccess>> {
     let mut out: HashMap<String, VmAccess> = keys.iter().map(|k| (k.clone(), VmAccess::default())).collect();
     if keys.is_empty() {
         return Ok(out);
@@ -62,7 +66,8 @@ pub fn policies_many(c: &Connection, keys: &[String]) -> rusqlite::Result<HashMa
     while let Some(r) = rows.next()? {
         let key: String = r.get(0)?;
         let id: String = r.get(3)?;
-        let policy = PolicyRef { subscription: r.get(5)?, resource_group: r.get(6)?, location: r.get(7)?, name: r.get(8)? };
+        let policy =
+            PolicyRef { subscription: r.get(5)?, resource_group: r.get(6)?, location: r.get(7)?, name: r.get(8)? };
         let vm = PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.get(4)? };
         at.insert((r.get(1)?, r.get(2)?), key.clone());
         out.insert(key, VmPolicy { policy, vm });

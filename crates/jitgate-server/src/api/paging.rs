@@ -136,7 +136,11 @@ impl ListParams {
             };
             pairs.push(format!("view={name}"));
         }
-        for (k, v) in [("subscription", &self.subscription), ("resourceGroup", &self.resource_group), ("location", &self.location)] {
+        for (k, v) in [
+            ("subscription", &self.subscription),
+            ("resourceGroup", &self.resource_group),
+            ("location", &self.location),
+        ] {
             if let Some(v) = v {
                 pairs.push(format!("{k}={}", enc(v)));
             }
@@ -242,7 +246,13 @@ mod tests {
     fn skip_tokens_hold_a_vm_key_and_nothing_else() {
         let key = "/subscriptions/b0000000-0000-4000-8000-000000000001/resourcegroups/rg1/providers/microsoft.compute/virtualmachines/vm1";
         assert_eq!(read_skip_token(&skip_token(key)).ok().as_deref(), Some(key));
-        for bad in ["%%%", "not base64!", &TOKEN.encode("/etc/passwd"), &TOKEN.encode(key.to_uppercase()), &TOKEN.encode([0xff, 0xfe])] {
+        for bad in [
+            "%%%",
+            "not base64!",
+            &TOKEN.encode("/etc/passwd"),
+            &TOKEN.encode(key.to_uppercase()),
+            &TOKEN.encode([0xff, 0xfe]),
+        ] {
             let e = read_skip_token(bad).err().map(|e| e.code);
             assert_eq!(e.as_deref(), Some("InvalidSkipToken"), "{bad}");
         }

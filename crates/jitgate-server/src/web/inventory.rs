@@ -40,7 +40,8 @@ pub struct Snapshot {
 fn view_of(app: &App, vm: &Vm, configured: bool, disabled: &[String]) -> View {
     let enforcer = vm.agent.as_ref().map(|a| crate::api::enforcer_of(app, a));
     let gap = enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref());
-    let facts = VmFacts { id: vm.spec.id.as_str(), classic: vm.spec.classic, configured, enforcement_gap: gap.as_deref() };
+    let facts =
+        VmFacts { id: vm.spec.id.as_str(), classic: vm.spec.classic, configured, enforcement_gap: gap.as_deref() };
     classify(&facts, disabled).0
 }
 
