@@ -61,8 +61,10 @@ fn location(group: usize) -> &'static str {
 
 fn vm_id(group: usize, i: usize) -> anyhow::Result<VmId> {
     let sub = SUBS[group % SUBS.len()];
-    VmId::parse(&format!("/subscriptions/{sub}/resourceGroups/rg{group}/providers/Microsoft.Compute/virtualMachines/vm{i:06}"))
-        .map_err(anyhow::Error::msg)
+    VmId::parse(&format!(
+        "/subscriptions/{sub}/resourceGroups/rg{group}/providers/Microsoft.Compute/virtualMachines/vm{i:06}"
+    ))
+    .map_err(anyhow::Error::msg)
 }
 
 fn percentile(sorted: &[f64], p: usize) -> f64 {
@@ -131,7 +133,9 @@ async fn populate(store: &Arc<SqliteStore>, per_group: usize) -> anyhow::Result<
                 id: vm_id(g, i)?,
                 os_type: OsType::Linux,
                 location: location(g).into(),
-                address: gateway.as_ref().map(|_| std::net::IpAddr::from([10, (g / 250) as u8, (i / 250) as u8, (i % 250) as u8 + 1])),
+                address: gateway
+                    .as_ref()
+                    .map(|_| std::net::IpAddr::from([10, (g / 250) as u8, (i / 250) as u8, (i % 250) as u8 + 1])),
                 gateway,
                 classic: i % 20 == 19,
             });
@@ -156,7 +160,8 @@ async fn populate(store: &Arc<SqliteStore>, per_group: usize) -> anyhow::Result<
         let vms = (0..per_group.div_ceil(2))
             .map(|i| Ok(VmDraft { id: vm_id(g, i)?.as_str().into(), ports: None, public_ip_address: None }))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let policy = validate(r.clone(), PolicyDraft { kind: None, vms }).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let policy =
+            validate(r.clone(), PolicyDraft { kind: None, vms }).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         store.put_policy(policy, event("policy")).await?;
         let opened = (0..per_group.div_ceil(2).min(5))
             .map(|i| {
@@ -237,7 +242,10 @@ pub async fn run(args: InventoryArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let (status, _) = get(&router, &first, &token).await?;
     ensure!(status == StatusCode::OK, "{first} answered {status}");
-    println!("first page after a change (reads and places all {total} VMs): {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "first page after a change (reads and places all {total} VMs): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 
     let sub = SUBS[(GROUPS / 2) % SUBS.len()];
     let mut pages: Vec<(String, String)> = Vec::new();
