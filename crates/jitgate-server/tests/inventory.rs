@@ -239,7 +239,7 @@ impl Harness {
 /// Page sizes of a walk of `total` items by `top`: full pages, then the rest.
 fn full_pages(total: usize, top: usize) -> Vec<usize> {
     let mut out = vec![top; total / top];
-    if total % top != 0 || total == 0 {
+    if !total.is_multiple_of(top) || total == 0 {
         out.push(total % top);
     }
     out
