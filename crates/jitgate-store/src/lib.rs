@@ -23,7 +23,6 @@ pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 pub use signal::Signal;
 pub use vms::{Vm, VmAccess, VmPolicy, VmSpec};
 
-pub mod timing;
 pub mod chain;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -33,6 +32,7 @@ pub mod secrets;
 mod signal;
 pub mod snapshot;
 pub mod stored;
+pub mod timing;
 mod vms;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.

@@ -3,12 +3,12 @@
 
 pub mod route;
 
-use jitgate_store::timing::{self, timed, Stage};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use jitgate_store::timing::{self, timed, Stage};
 use percent_encoding::percent_decode_str;
 
 use jitgate_api_types::arm::{self as dto, InitiateIn, PolicyIn, PolicyListOut};
