@@ -228,6 +228,16 @@ pub struct ListOut<T> {
     pub value: Vec<T>,
 }
 
+/// One page of a paged list, as Azure's list APIs answer: the items and, when more follow, the
+/// absolute URL of the next page.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageOut<T> {
+    pub value: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

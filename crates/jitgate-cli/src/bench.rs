@@ -54,6 +54,10 @@ pub enum BenchCommand {
     /// The server's time to render the portal's JIT VM access page over many VMs, and its size.
     #[command(after_help = "Example:\n  jitgate bench portal --vms 10000")]
     Portal(PortalArgs),
+    /// A page of 100 VMs of each inventory view of `GET /api/v1/vms` (first and middle page)
+    /// over many registered VMs, beside a bare request through the same router.
+    #[command(after_help = "Example:\n  jitgate bench inventory --vms 100000")]
+    Inventory(InventoryArgs),
     /// PostgreSQL scale-out: initiates per second with 1 and 2 replicas on one database, the
     /// fan-out of one initiate to many long-polling agents across the replicas, and memory.
     #[command(
@@ -73,6 +77,19 @@ pub struct PortalArgs {
     /// Renders of each page measured.
     #[arg(long, default_value_t = 200)]
     pub renders: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InventoryArgs {
+    /// Registered VMs (over 100 resource groups; half of them configured, some unsupported).
+    #[arg(long, default_value_t = 10_000)]
+    pub vms: usize,
+    /// Requests of each page measured.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// VMs per page (`$top`).
+    #[arg(long, default_value_t = 100)]
+    pub top: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -58,6 +58,9 @@ pub struct Native<'c> {
     pub(crate) client: &'c Client,
 }
 
+/// The page size the VM list is read in.
+const VM_PAGE: &str = "1000";
+
 impl<'c> Native<'c> {
     fn call(&self, method: Method, path: &str) -> Call {
         Call::new(method, self.client.at(path))
@@ -67,14 +70,15 @@ impl<'c> Native<'c> {
         Ok(self.client.json::<ListOut<T>>(call).await?.value)
     }
 
-    /// The registered VMs, or one inventory view of them.
+    /// The registered VMs, or one inventory view of them: every page, following `nextLink`.
     pub async fn vms(&self, view: Option<VmView>) -> Result<Vec<VmOut>, ClientError> {
-        let call = self.call(Method::GET, "/api/v1/vms");
-        self.list(match view {
-            Some(v) => call.query("view", v.as_str()),
-            None => call,
-        })
-        .await
+        let call = self.call(Method::GET, "/api/v1/vms").query("$top", VM_PAGE);
+        self.client
+            .all_pages(match view {
+                Some(v) => call.query("view", v.as_str()),
+                None => call,
+            })
+            .await
     }
 
     /// One VM by its ARM id.

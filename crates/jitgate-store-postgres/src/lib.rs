@@ -25,6 +25,7 @@ mod chain;
 mod fanout;
 mod grants;
 mod hooks;
+mod inventory;
 mod migrate;
 mod rbac;
 mod replica;

@@ -41,6 +41,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_decision_reasons.sql"),
     migration!(3, "0003_replica_signals_and_leases.sql"),
     migration!(4, "0004_ephemeral.sql"),
+    migration!(5, "0005_inventory_indexes.sql"),
 ];
 
 /// The schema this build writes: the last migration's version.

@@ -68,7 +68,7 @@ pub fn protocol(s: &str) -> Res<Protocol> {
     Protocol::parse(s).ok_or_else(|| corrupt(format!("protocol {s}")))
 }
 
-fn vm_id(s: &str) -> Res<VmId> {
+pub fn vm_id(s: &str) -> Res<VmId> {
     VmId::parse(s).map_err(corrupt)
 }
 
@@ -286,6 +286,27 @@ pub async fn load_policy_only(db: &Db, key: &str) -> Res<Option<(i64, Policy)>> 
     Ok(Some((pid, load_policy_body(db, pid, reference, kind).await?)))
 }
 
+/// The port rule in a row with the columns of `policy_ports` (by name).
+pub fn port_rule_of(r: &Row) -> Res<PortRule> {
+    let proto: String = r.try_get("protocol")?;
+    let form: String = r.try_get("source_form")?;
+    let sources: String = r.try_get("sources")?;
+    let max: String = r.try_get("max_duration")?;
+    Ok(PortRule {
+        number: port(r, "number")?,
+        protocol: protocol(&proto)?,
+        sources: decode_sources(&form, &sources)?,
+        max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
+        cut_sessions: r.try_get("cut_sessions")?,
+        mapped_port: opt_port(r, "mapped_port")?,
+        require_approval: r.try_get("require_approval")?,
+        approval_timeout: r
+            .try_get::<_, Option<String>>("approval_timeout")?
+            .map(|t| AccessDuration::parse(&t).map_err(|e| corrupt(e.0)))
+            .transpose()?,
+    })
+}
+
 async fn load_policy_body(db: &Db, pid: i64, reference: PolicyRef, kind: String) -> Res<Policy> {
     let mut vms: Vec<PolicyVm> = Vec::new();
     for r in db.rows("SELECT vm_id, public_ip FROM policy_vms WHERE pid = $1 ORDER BY ord", &[&pid]).await? {
@@ -301,23 +322,7 @@ async fn load_policy_body(db: &Db, pid: i64, reference: PolicyRef, kind: String)
         .await?;
     for r in rows {
         let vm_ord: i64 = r.try_get(0)?;
-        let proto: String = r.try_get(2)?;
-        let form: String = r.try_get(3)?;
-        let sources: String = r.try_get(4)?;
-        let max: String = r.try_get(5)?;
-        let rule = PortRule {
-            number: port(&r, "number")?,
-            protocol: protocol(&proto)?,
-            sources: decode_sources(&form, &sources)?,
-            max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
-            cut_sessions: r.try_get(6)?,
-            mapped_port: opt_port(&r, "mapped_port")?,
-            require_approval: r.try_get(8)?,
-            approval_timeout: r
-                .try_get::<_, Option<String>>(9)?
-                .map(|t| AccessDuration::parse(&t).map_err(|e| corrupt(e.0)))
-                .transpose()?,
-        };
+        let rule = port_rule_of(&r)?;
         usize::try_from(vm_ord)
             .ok()
             .and_then(|i| vms.get_mut(i))

@@ -403,6 +403,23 @@ impl AgentStore for PgStore {
         .await
     }
 
+    async fn vm_access_many(
+        &self,
+        vms: &[VmId],
+        since: OffsetDateTime,
+    ) -> StoreResult<std::collections::HashMap<String, VmAccess>> {
+        let keys: Vec<String> = vms.iter().map(VmId::key).collect();
+        self.read(move |db| Box::pin(async move { crate::inventory::access_many(db, &keys, since).await })).await
+    }
+
+    async fn policies_of_vms(
+        &self,
+        vms: &[VmId],
+    ) -> StoreResult<std::collections::HashMap<String, jitgate_store::VmPolicy>> {
+        let keys: Vec<String> = vms.iter().map(VmId::key).collect();
+        self.read(move |db| Box::pin(async move { crate::inventory::policies_many(db, &keys).await })).await
+    }
+
     async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
         self.read(move |db| {
             Box::pin(async move {

@@ -66,7 +66,8 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
                 mapped_port: r.get(4)?,
             });
         }
-        let mut rows_ = grant_stmt.query(crate::grants::bind([Value::Text(key.clone()), Value::Integer(nanos(now))]))?;
+        let mut rows_ =
+            grant_stmt.query(crate::grants::bind([Value::Text(key.clone()), Value::Integer(nanos(now))]))?;
         while let Some(r) = rows_.next()? {
             let proto: String = r.get(2)?;
             let form: String = r.get(4)?;

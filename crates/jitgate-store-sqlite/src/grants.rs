@@ -85,10 +85,8 @@ pub fn transition_where(
     transition: impl Fn(GrantState) -> Option<GrantState>,
     by: By<'_>,
 ) -> rusqlite::Result<usize> {
-    let sql = format!(
-        "SELECT gid, {STATE_COLUMNS} FROM grants WHERE {filter} AND {} ORDER BY gid",
-        status_in("status", set)
-    );
+    let sql =
+        format!("SELECT gid, {STATE_COLUMNS} FROM grants WHERE {filter} AND {} ORDER BY gid", status_in("status", set));
     let found: Vec<(i64, GrantState)> = conn
         .prepare_cached(&sql)?
         .query_map(bind(lead), |r| Ok((r.get(0)?, state_from_row(r, 1)?)))?
@@ -182,11 +180,17 @@ mod tests {
                 "grants_live_key",
             ),
             (
-                format!("SELECT gid FROM grants WHERE {} AND end_time <= ?1", status_in("status", &lifecycle::EXPIRING)),
+                format!(
+                    "SELECT gid FROM grants WHERE {} AND end_time <= ?1",
+                    status_in("status", &lifecycle::EXPIRING)
+                ),
                 "grants_expiring_end",
             ),
             (
-                format!("SELECT min(end_time) FROM grants WHERE {} AND ?1 = ?1", status_in("status", &lifecycle::EXPIRING)),
+                format!(
+                    "SELECT min(end_time) FROM grants WHERE {} AND ?1 = ?1",
+                    status_in("status", &lifecycle::EXPIRING)
+                ),
                 "grants_expiring_end",
             ),
             (
@@ -202,8 +206,7 @@ mod tests {
             ),
         ];
         for (sql, index) in &cases {
-            let params: Vec<&dyn rusqlite::ToSql> =
-                if sql.contains("?2") { vec![&1i64, &"k"] } else { vec![&1i64] };
+            let params: Vec<&dyn rusqlite::ToSql> = if sql.contains("?2") { vec![&1i64, &"k"] } else { vec![&1i64] };
             let plan = plan(&conn, sql, &params);
             assert!(plan.contains(index), "{sql}: {plan}");
         }

@@ -9,6 +9,7 @@ mod agents;
 mod auditq;
 mod grants;
 mod hooks;
+mod inventory;
 mod migrate;
 mod rbac;
 mod rows;

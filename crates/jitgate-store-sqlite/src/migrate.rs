@@ -43,6 +43,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(7, "0007_leases.sql"),
     migration!(8, "0008_ephemeral.sql"),
     migration!(9, "0009_sweep_indexes.sql"),
+    migration!(10, "0010_inventory_indexes.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.

@@ -44,7 +44,7 @@ fn protocol(s: &str) -> rusqlite::Result<Protocol> {
     Protocol::parse(s).ok_or_else(|| corrupt(format!("protocol {s}")))
 }
 
-fn vm_id(s: &str) -> rusqlite::Result<VmId> {
+pub fn vm_id(s: &str) -> rusqlite::Result<VmId> {
     VmId::parse(s).map_err(corrupt)
 }
 
@@ -317,27 +317,33 @@ fn load_policy_body(conn: &Connection, pid: i64, reference: PolicyRef, kind: Str
     let mut rows = stmt.query([pid])?;
     while let Some(r) = rows.next()? {
         let vm_ord: usize = r.get(0)?;
-        let number: u16 = r.get(1)?;
-        let proto: String = r.get(2)?;
-        let form: String = r.get(3)?;
-        let sources: String = r.get(4)?;
-        let max: String = r.get(5)?;
-        let rule = PortRule {
-            number,
-            protocol: protocol(&proto)?,
-            sources: decode_sources(&form, &sources)?,
-            max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
-            cut_sessions: r.get(6)?,
-            mapped_port: r.get(7)?,
-            require_approval: r.get(8)?,
-            approval_timeout: r
-                .get::<_, Option<String>>(9)?
-                .map(|t| AccessDuration::parse(&t).map_err(|e| corrupt(e.0)))
-                .transpose()?,
-        };
+        let rule = port_rule_at(r, 1)?;
         vms.get_mut(vm_ord).ok_or_else(|| corrupt(format!("port of missing vm {vm_ord}")))?.ports.push(rule);
     }
     Ok(Policy { reference, kind, vms })
+}
+
+/// The port rule in the columns `number, protocol, source_form, sources, max_duration,
+/// cut_sessions, mapped_port, require_approval, approval_timeout` of `policy_ports`, from `first` on.
+pub fn port_rule_at(r: &Row<'_>, first: usize) -> rusqlite::Result<PortRule> {
+    let number: u16 = r.get(first)?;
+    let proto: String = r.get(first + 1)?;
+    let form: String = r.get(first + 2)?;
+    let sources: String = r.get(first + 3)?;
+    let max: String = r.get(first + 4)?;
+    Ok(PortRule {
+        number,
+        protocol: protocol(&proto)?,
+        sources: decode_sources(&form, &sources)?,
+        max_duration: AccessDuration::parse(&max).map_err(|e| corrupt(e.0))?,
+        cut_sessions: r.get(first + 5)?,
+        mapped_port: r.get(first + 6)?,
+        require_approval: r.get(first + 7)?,
+        approval_timeout: r
+            .get::<_, Option<String>>(first + 8)?
+            .map(|t| AccessDuration::parse(&t).map_err(|e| corrupt(e.0)))
+            .transpose()?,
+    })
 }
 
 /// A request without its grants, from `rid, requestor, start_time, justification, ext_end,

@@ -478,6 +478,23 @@ impl AgentStore for SqliteStore {
         .await
     }
 
+    async fn vm_access_many(
+        &self,
+        vms: &[VmId],
+        since: OffsetDateTime,
+    ) -> StoreResult<std::collections::HashMap<String, VmAccess>> {
+        let keys: Vec<String> = vms.iter().map(VmId::key).collect();
+        self.read(move |c| crate::inventory::access_many(c, &keys, since)).await
+    }
+
+    async fn policies_of_vms(
+        &self,
+        vms: &[VmId],
+    ) -> StoreResult<std::collections::HashMap<String, jitgate_store::VmPolicy>> {
+        let keys: Vec<String> = vms.iter().map(VmId::key).collect();
+        self.read(move |c| crate::inventory::policies_many(c, &keys)).await
+    }
+
     async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>> {
         self.read(|c| {
             let keys = c

@@ -327,10 +327,7 @@ impl PolicyStore for SqliteStore {
                 ))
                 .and_then(|mut s| {
                     let warn_from = nanos(now + jitgate_store::EXPIRING_SOON);
-                    s.query_map(grants::bind([Value::Integer(warn_from)]), |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?
-                    .collect()
+                    s.query_map(grants::bind([Value::Integer(warn_from)]), |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
                 })
                 .map_err(backend)?;
             let mut announced = std::collections::HashSet::new();

@@ -17,12 +17,12 @@ use jitgate_core::enforcement::{AgentMode, EnforcementState, JoiningAgent};
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::rbac::RoleDefinition;
-use jitgate_core::{Invalid, OsType, PolicyRef, VmId};
+use jitgate_core::{Invalid, PolicyRef, VmId};
 
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 pub use signal::Signal;
+pub use vms::{Vm, VmAccess, VmPolicy, VmSpec};
 
-pub mod timing;
 pub mod chain;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -32,6 +32,8 @@ pub mod secrets;
 mod signal;
 pub mod snapshot;
 pub mod stored;
+pub mod timing;
+mod vms;
 
 /// How many of a policy's most recent requests a read returns in `properties.requests`.
 pub const REQUEST_HISTORY_LIMIT: usize = 100;
@@ -190,15 +192,6 @@ pub struct SecurityPolicy {
     pub updated: OffsetDateTime,
 }
 
-/// Access statistics of one VM.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VmAccess {
-    /// Requests that opened a port of the VM since the given time.
-    pub approved_since: u64,
-    pub last_access: Option<OffsetDateTime>,
-    pub last_user: Option<String>,
-}
-
 /// A webhook: where events about requests are sent, signed with `secret` (which the store keeps
 /// sealed at rest; see [`secrets`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,29 +224,6 @@ pub struct Delivery {
     pub last_error: Option<String>,
     pub created: OffsetDateTime,
     pub delivered: Option<OffsetDateTime>,
-}
-
-/// A VM registration as an operator sends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmSpec {
-    pub id: VmId,
-    pub os_type: OsType,
-    pub location: String,
-    pub address: Option<IpAddr>,
-    /// The gateway agent (by name) in front of the VM; `address` is then its inner address.
-    pub gateway: Option<String>,
-    /// A classic (non-ARM) deployment: JIT cannot protect it.
-    pub classic: bool,
-}
-
-/// A registered VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vm {
-    pub spec: VmSpec,
-    pub created: OffsetDateTime,
-    pub updated: OffsetDateTime,
-    /// The enforcement point: the host agent on the VM, or the gateway agent in front of it.
-    pub agent: Option<AgentRecord>,
 }
 
 /// A one-time join token's scope, as its creator asked for it.
@@ -469,6 +439,15 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess>;
     /// The policy that protects a VM, if one does.
     async fn policy_of_vm(&self, vm: &VmId) -> StoreResult<Option<jitgate_core::Policy>>;
+    /// [`AgentStore::vm_access`] of many VMs in one read, by VM key; every VM asked for is in it.
+    async fn vm_access_many(
+        &self,
+        vms: &[VmId],
+        since: OffsetDateTime,
+    ) -> StoreResult<std::collections::HashMap<String, VmAccess>>;
+    /// The policy naming each of these VMs with the VM's own entry, in one read, by VM key; a VM
+    /// no policy names is absent.
+    async fn policies_of_vms(&self, vms: &[VmId]) -> StoreResult<std::collections::HashMap<String, VmPolicy>>;
     /// The keys (lower-cased ids) of every VM a policy names, in one read: what the portal's
     /// inventory needs to place thousands of VMs without a query per VM.
     async fn configured_vm_keys(&self) -> StoreResult<std::collections::HashSet<String>>;

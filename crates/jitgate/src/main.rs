@@ -7,6 +7,7 @@ mod bench_authz;
 mod bench_enforce;
 mod bench_floor;
 mod bench_initiate;
+mod bench_inventory;
 mod bench_portal;
 mod bench_replicas;
 mod common;
@@ -75,6 +76,7 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Authz(a)) => bench_authz::run(a).await,
                 Some(BenchCommand::Audit(a)) => bench_authz::audit(a).await,
                 Some(BenchCommand::Portal(a)) => bench_portal::run(a).await,
+                Some(BenchCommand::Inventory(a)) => bench_inventory::run(a).await,
                 Some(BenchCommand::Replicas(a)) => bench_replicas::run(a).await,
             },
             Command::Agent(args) => match args.command {

@@ -2,7 +2,8 @@
 //! handler takes the [`crate::Caller`] extractor.
 //!
 //! - `PUT /api/v1/vms` `{"id","osType","location","address"?}` → 201 new, 200 replaced
-//! - `GET /api/v1/vms` → `{"value":[…]}`; `GET /api/v1/vms?id=…` → one VM or 404
+//! - `GET /api/v1/vms[?view=…&subscription=…&resourceGroup=…&location=…&name=…&$top=…&$skipToken=…]`
+//!   → `{"value":[…],"nextLink"?}`; `GET /api/v1/vms?id=…` → one VM or 404
 //! - `DELETE /api/v1/vms?id=…` → 200 with the removed VM; 404 unknown; 409 while a policy names it
 //! - `POST /api/v1/agentTokens` → 201 a one-time join token; `GET /api/v1/agents`;
 //!   `DELETE /api/v1/agents/{id}` → 200 the revoked and removed agent
@@ -10,6 +11,7 @@
 
 mod agents;
 mod inventory;
+mod paging;
 mod requests;
 mod vms;
 

@@ -2,11 +2,11 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 
 use jitgate_api_types::datetime;
-use jitgate_api_types::native::{EnforcementOut, ListOut, VmIn, VmOut};
+use jitgate_api_types::native::{EnforcementOut, VmIn, VmOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::invalid::codes;
@@ -16,7 +16,7 @@ use jitgate_core::VmId;
 use jitgate_store::{AgentRecord, Vm, VmSpec};
 
 use super::agents::agent_scope;
-use super::inventory::{inventory, parse_view};
+use super::inventory::list;
 use crate::arm::{read_body, Query};
 use crate::error::{json, ApiError};
 use crate::{App, Caller};
@@ -52,26 +52,16 @@ fn id_param(q: &Query) -> Result<Option<VmId>, ApiError> {
     }
 }
 
-/// `GET /api/v1/vms[?id=…][&view=…]`: the VMs the caller may read, one VM, or an inventory view.
+/// `GET /api/v1/vms[?id=…]`: one VM, or the VMs the caller may read (an inventory view of them,
+/// filtered and paged: see [`super::inventory::list`]).
 pub(super) async fn get_vms(
     State(app): State<App>,
     Caller { principal, query, .. }: Caller,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Result<Response, ApiError> {
     match id_param(&query)? {
-        None => {
-            let list = app.store.list_vms().await?;
-            let grants = app.authz.grants(app.store.as_ref(), &principal).await?;
-            let visible: Vec<&Vm> =
-                list.iter().filter(|v| grants.permits(actions::VM_READ, v.spec.id.as_str())).collect();
-            let value = match query.get("view") {
-                None | Some("") => visible.iter().map(|v| vm_out(&app, v)).collect(),
-                Some(view) => {
-                    let view = parse_view(view)?;
-                    inventory(&app, &visible, view).await?
-                }
-            };
-            Ok(json(StatusCode::OK, &ListOut { value }))
-        }
+        None => list(&app, &principal, &query, &headers, &uri).await,
         Some(id) => {
             app.authorize(&principal, actions::VM_READ, id.as_str()).await?;
             let found = app.store.get_vm(&id).await?;

@@ -3,12 +3,12 @@
 
 pub mod route;
 
-use jitgate_store::timing::{self, timed, Stage};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use jitgate_store::timing::{self, timed, Stage};
 use percent_encoding::percent_decode_str;
 
 use jitgate_api_types::arm::{self as dto, InitiateIn, PolicyIn, PolicyListOut};
@@ -215,7 +215,7 @@ async fn list(
 
 /// The base of absolute links: the configured public URL, else the scheme and `Host` (HTTP/1.1)
 /// or `:authority` (HTTP/2) of the request.
-fn base_url(app: &App, headers: &HeaderMap, uri: &Uri) -> String {
+pub(crate) fn base_url(app: &App, headers: &HeaderMap, uri: &Uri) -> String {
     if let Some(u) = &app.config.public_url {
         return u.trim_end_matches('/').to_owned();
     }

@@ -1,5 +1,6 @@
-//! The facts the JIT page places VMs with — every VM with its enforcement point, the keys of the
-//! VMs a policy names, the scopes where a security policy disables JIT — read together and kept:
+//! The facts the JIT page and the inventory views of `GET /api/v1/vms` place VMs with — every VM
+//! with its enforcement point, the keys of the VMs a policy names, the scopes where a security
+//! policy disables JIT — read together, placed in their views once, and kept:
 //! while the enforcement revision (bumped by every VM, policy, grant and agent-join change) stays
 //! the same, pages reuse them instead of reading 10,000 VMs again, and a snapshot older than
 //! [`FRESH_FOR`] is read again in the background. Agents' reports do not bump the revision: what
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jitgate_core::inventory::{classify, enforcement_gap, View, VmFacts};
 use jitgate_store::Vm;
 
 use crate::error::ApiError;
@@ -23,10 +25,24 @@ pub const FRESH_FOR: Duration = Duration::from_secs(2);
 pub struct Snapshot {
     pub revision: u64,
     pub taken: Instant,
+    /// In the order of their keys.
     pub vms: Vec<Vm>,
+    /// The key of each VM of `vms` (sorted).
+    pub keys: Vec<String>,
+    /// The view each VM of `vms` is in.
+    pub views: Vec<View>,
     pub configured: HashSet<String>,
     /// Scopes where a security policy disables JIT.
     pub disabled: Vec<String>,
+}
+
+/// The view of a VM (which depends on whether its agent can program nftables, not on staleness).
+fn view_of(app: &App, vm: &Vm, configured: bool, disabled: &[String]) -> View {
+    let enforcer = vm.agent.as_ref().map(|a| crate::api::enforcer_of(app, a));
+    let gap = enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref());
+    let facts =
+        VmFacts { id: vm.spec.id.as_str(), classic: vm.spec.classic, configured, enforcement_gap: gap.as_deref() };
+    classify(&facts, disabled).0
 }
 
 /// The last snapshot, and at most one load at a time.
@@ -70,11 +86,18 @@ impl Cache {
 
     async fn load(&self, app: &App, revision: u64) -> Result<Arc<Snapshot>, ApiError> {
         let taken = Instant::now();
-        let vms = app.store.list_vms().await?;
+        let mut vms = app.store.list_vms().await?;
         let configured = app.store.configured_vm_keys().await?;
-        let disabled =
+        let disabled: Vec<String> =
             app.store.list_security_policies().await?.into_iter().filter(|p| !p.jit_enabled).map(|p| p.scope).collect();
-        let snapshot = Arc::new(Snapshot { revision, taken, vms, configured, disabled });
+        let mut keys: Vec<String> = vms.iter().map(|v| v.spec.id.key()).collect();
+        if !keys.is_sorted() {
+            let mut both: Vec<(String, Vm)> = keys.into_iter().zip(vms).collect();
+            both.sort_by(|a, b| a.0.cmp(&b.0));
+            (keys, vms) = both.into_iter().unzip();
+        }
+        let views = vms.iter().zip(&keys).map(|(vm, k)| view_of(app, vm, configured.contains(k), &disabled)).collect();
+        let snapshot = Arc::new(Snapshot { revision, taken, vms, keys, views, configured, disabled });
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         // A background refresh that finished after a newer load leaves the newer one.
         if last.as_ref().is_none_or(|l| l.revision <= revision) {

@@ -1,7 +1,7 @@
 //! The JIT VM access page: the Configured, Not configured and Unsupported tabs with search,
 //! filters and paging. Placing VMs in tabs needs no query per VM (the VMs, the configured VM
 //! keys and the security policies are three reads); only the rows of the page shown are looked
-//! up further (their policy and access statistics).
+//! up further (their policy entries and access statistics, one read each for the page).
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -13,8 +13,8 @@ use maud::{html, Markup};
 use jitgate_core::enforcement::AgentMode;
 use jitgate_core::inventory::{classify, enforcement_gap, View, VmFacts};
 use jitgate_core::rbac::actions;
-use jitgate_core::{Policy, PolicyRef};
-use jitgate_store::Vm;
+use jitgate_core::PolicyRef;
+use jitgate_store::{Vm, VmPolicy};
 
 use super::inventory::Snapshot;
 use super::layout::{self, chip, Nav, Tone};
@@ -259,24 +259,17 @@ fn port_text(r: &jitgate_core::PortRule) -> String {
 
 async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> Result<Markup, ApiError> {
     let since = app.clock.now() - time::Duration::days(7);
-    let mut details: Vec<(Option<Policy>, jitgate_store::VmAccess)> = Vec::with_capacity(rows.len());
-    // VMs of one policy usually sit together: a policy read for one row serves the others.
-    let mut policies: Vec<Policy> = Vec::new();
-    for p in rows {
-        let key = p.vm.spec.id.key();
-        let policy = match policies.iter().find(|pol| pol.vm(&key).is_some()) {
-            Some(pol) => Some(pol.clone()),
-            None => {
-                let found = app.store.policy_of_vm(&p.vm.spec.id).await?;
-                policies.extend(found.clone());
-                found
-            }
-        };
-        let access = app.store.vm_access(&p.vm.spec.id, since).await?;
-        details.push((policy, access));
-    }
+    // The policy entries and access statistics of the rows shown: one read each for the page.
+    let ids: Vec<jitgate_core::VmId> = rows.iter().map(|p| p.vm.spec.id.clone()).collect();
+    let (mut policies, mut access) = if ids.is_empty() {
+        Default::default()
+    } else {
+        (app.store.policies_of_vms(&ids).await?, app.store.vm_access_many(&ids, since).await?)
+    };
+    let details: Vec<(Option<VmPolicy>, jitgate_store::VmAccess)> =
+        ids.iter().map(|id| (policies.remove(&id.key()), access.remove(&id.key()).unwrap_or_default())).collect();
     let may_initiate =
-        |p: &Option<Policy>| p.as_ref().is_some_and(|p| grants.permits(actions::POLICY_INITIATE, &p.reference.id()));
+        |p: &Option<VmPolicy>| p.as_ref().is_some_and(|p| grants.permits(actions::POLICY_INITIATE, &p.policy.id()));
     let any_initiate = details.iter().any(|(p, _)| may_initiate(p));
     Ok(html! {
         form method="get" action="/jit/request" data-count-button {
@@ -306,13 +299,13 @@ async fn configured_table(app: &App, grants: &Grants, rows: &[&Placed<'_>]) -> R
                                 td { @match access.last_access { Some(t) => (layout::when(t)), None => span.muted { "Never" } } }
                                 td {
                                     (enforcement_icon(vm))
-                                    @if let Some(ports) = policy.as_ref().and_then(|pol| pol.vm(&vm.spec.id.key())) {
-                                        br; span.muted { "Ports " (ports.ports.iter().map(port_text).collect::<Vec<_>>().join(", ")) }
+                                    @if let Some(entry) = policy {
+                                        br; span.muted { "Ports " (entry.vm.ports.iter().map(port_text).collect::<Vec<_>>().join(", ")) }
                                     }
                                 }
                                 td { @match &access.last_user { Some(u) => (u), None => span.muted { "None" } } }
                                 td {
-                                    @if policy.as_ref().is_some_and(|p| grants.permits(actions::POLICY_WRITE, &p.reference.id())) {
+                                    @if policy.as_ref().is_some_and(|p| grants.permits(actions::POLICY_WRITE, &p.policy.id())) {
                                         a href={ "/jit/configure?vm=" (enc(vm.spec.id.as_str())) } { "Edit" }
                                     }
                                 }

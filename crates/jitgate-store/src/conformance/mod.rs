@@ -27,8 +27,10 @@
 //! | `list_vms` | `vms` |
 //! | `get_vm` | `vms`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
 //! | `delete_vm` | `vms`, `agent_bindings_revocation_and_gateway_scope` |
-//! | `vm_access` | `audit_queries_inventory_facts_and_security_policies` |
-//! | `policy_of_vm` | `audit_queries_inventory_facts_and_security_policies` |
+//! | `vm_access` | `audit_queries_inventory_facts_and_security_policies`, `inventory_facts_of_many_vms_at_once` |
+//! | `policy_of_vm` | `audit_queries_inventory_facts_and_security_policies`, `inventory_facts_of_many_vms_at_once` |
+//! | `vm_access_many` | `inventory_facts_of_many_vms_at_once` |
+//! | `policies_of_vms` | `inventory_facts_of_many_vms_at_once` |
 //! | `configured_vm_keys` | `audit_queries_inventory_facts_and_security_policies` |
 //! | `open_requests` | `audit_queries_inventory_facts_and_security_policies` |
 //! | `put_security_policy` | `audit_queries_inventory_facts_and_security_policies` |
@@ -119,6 +121,7 @@ mod agents;
 mod audit_hooks;
 mod fill;
 mod identity;
+mod inventory;
 pub mod literals;
 pub mod migrations;
 mod replica;
@@ -129,6 +132,7 @@ use agents::*;
 use audit_hooks::*;
 pub use fill::{fill_every_kind, write_one_of_each};
 use identity::*;
+use inventory::*;
 use replica::*;
 use requests::*;
 use sessions::*;
@@ -234,6 +238,7 @@ pub async fn run_all(store: &dyn Store) {
     oversized_audit_fields_are_bounded(store).await;
     audit_chain_is_intact(store).await;
     audit_queries_inventory_facts_and_security_policies(store).await;
+    inventory_facts_of_many_vms_at_once(store).await;
     webhook_deliveries_are_isolated_and_claimed_once(store).await;
     leases_are_held_by_one_holder_at_a_time(store).await;
     ephemeral_entries_expire_and_are_taken_once(store).await;
