@@ -135,6 +135,12 @@ pub const DELIVERY_SELECT: &str =
 /// Queues `event` about request `rid` for every webhook that wants it: those of the policy's
 /// subscription, and the requester's own.
 pub fn enqueue(conn: &Connection, event: &str, rid: i64, now: OffsetDateTime) -> rusqlite::Result<usize> {
+    // Most stores have no webhook at all: one look at the (small) table, and done.
+    let any: Option<i64> =
+        conn.prepare_cached("SELECT 1 FROM webhooks LIMIT 1")?.query_row([], |r| r.get(0)).optional()?;
+    if any.is_none() {
+        return Ok(0);
+    }
     let Some((policy_id, requestor)): Option<(String, String)> = conn
         .prepare_cached("SELECT policy_id, requestor FROM requests WHERE rid = ?1")?
         .query_row([rid], |r| Ok((r.get(0)?, r.get(1)?)))

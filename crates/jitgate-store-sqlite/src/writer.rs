@@ -196,7 +196,9 @@ impl Durability {
 }
 
 fn disk_failed() -> StoreError {
-    StoreError::Backend("the store's log could not be synced to disk (fsync failed); restart jitgate once the disk is sound".into())
+    StoreError::Backend(
+        "the store's log could not be synced to disk (fsync failed); restart jitgate once the disk is sound".into(),
+    )
 }
 
 /// A committed batch waiting for its fsync.
@@ -208,7 +210,13 @@ struct Committed {
 
 /// The writer thread's loop: runs until every sender is gone, then waits for the syncer to
 /// answer the last batches. `log` is the file the commits write (the database's `-wal`).
-pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Job>>, log: PathBuf, durability: Arc<Durability>) {
+pub fn run(
+    conn: Connection,
+    mut chain: Chain,
+    mut rx: mpsc::Receiver<Box<dyn Job>>,
+    log: PathBuf,
+    durability: Arc<Durability>,
+) {
     let (to_syncer, synced) = std_mpsc::channel::<Committed>();
     let syncer = {
         let durability = durability.clone();
@@ -221,6 +229,20 @@ pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Jo
             (None, None)
         }
     };
+    let (to_checkpointer, ticks) = std_mpsc::channel::<()>();
+    let checkpointer = match conn.path().map(PathBuf::from) {
+        Some(db) if !db.as_os_str().is_empty() => std::thread::Builder::new()
+            .name("jitgate-sqlite-ckpt".into())
+            .spawn(move || checkpoint_loop(&db, ticks))
+            .map_err(|e| tracing::warn!(error = %e, "no checkpoint thread: the writer checkpoints"))
+            .ok(),
+        _ => None,
+    };
+    if checkpointer.is_some() {
+        // The checkpoint thread copies the log into the database beside the writer; the writer
+        // itself checkpoints only if the log ever grows past this (64 MiB of pages).
+        let _ = conn.execute_batch("PRAGMA wal_autocheckpoint = 16384;");
+    }
     let mut seq = 0u64;
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -250,6 +272,7 @@ pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Jo
         }
         seq += 1;
         durability.committed.store(seq, Ordering::Release);
+        let _ = to_checkpointer.send(());
         let committed = Committed { seq, jobs: std::mem::take(&mut batch), commit };
         match &to_syncer {
             Some(tx) => {
@@ -261,11 +284,41 @@ pub fn run(conn: Connection, mut chain: Chain, mut rx: mpsc::Receiver<Box<dyn Jo
         }
         batch = Vec::with_capacity(MAX_BATCH);
     }
+    drop(to_checkpointer);
+    if let Some(h) = checkpointer {
+        let _ = h.join();
+    }
     drop(to_syncer);
     // The syncer ends once it has answered everything sent to it; the store's Drop joins this
     // thread, so nothing is left unanswered or unsynced when the store is gone.
     if let Some(h) = syncer {
         let _ = h.join();
+    }
+}
+
+/// The log size (bytes) past which the checkpoint thread copies it into the database: SQLite's
+/// own default of 1,000 pages.
+const CHECKPOINT_AT: u64 = 1000 * 4096;
+
+/// The checkpoint thread: after commits (`ticks`), at most every 100 ms, copies what the log
+/// gained into the database (`PASSIVE`: it never waits for, nor blocks, the writer or readers),
+/// once the log file has reached [`CHECKPOINT_AT`] (SQLite then reuses it from the start).
+/// Ends when the writer does.
+fn checkpoint_loop(db: &std::path::Path, ticks: std_mpsc::Receiver<()>) {
+    let conn = match Connection::open(db) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "checkpoint thread: cannot open the database"),
+    };
+    let _ = conn.execute_batch("PRAGMA busy_timeout = 5000;");
+    let log = PathBuf::from(format!("{}-wal", db.display()));
+    while ticks.recv().is_ok() {
+        while ticks.try_recv().is_ok() {}
+        if std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) >= CHECKPOINT_AT {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "checkpoint failed; the writer checkpoints later");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
