@@ -272,6 +272,13 @@ impl App {
     /// Says that enforcement-relevant state changed: agents' long-polls wake at once (and the
     /// webhook worker looks for queued events).
     pub fn changed(&self) {
+        self.portal_inventory.changed();
+        self.grants_changed();
+    }
+
+    /// Like [`App::changed`], for a change of grants only (an initiate, approval, revocation,
+    /// extension, a scheduled start): the inventory views keep their snapshot.
+    pub fn grants_changed(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
         self.deliveries.notify_one();
     }

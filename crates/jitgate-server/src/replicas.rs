@@ -49,6 +49,7 @@ pub async fn listen(app: App, mut stop: watch::Receiver<bool>) {
 pub fn wake(app: &App, signal: Signal) {
     match signal {
         Signal::Changed(_) => {
+            app.portal_inventory.changed();
             app.changes.send_modify(|v| *v = v.wrapping_add(1));
             app.sweeper.notify_one();
             app.deliveries.notify_one();
@@ -57,6 +58,7 @@ pub fn wake(app: &App, signal: Signal) {
         Signal::Deliveries => app.deliveries.notify_one(),
         Signal::Roles => app.authz.invalidate(),
         Signal::Resync => {
+            app.portal_inventory.changed();
             app.authz.invalidate();
             app.changes.send_modify(|v| *v = v.wrapping_add(1));
             app.applied.notify_waiters();

@@ -126,7 +126,7 @@ pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError
     }
     if swept.activated > 0 {
         tracing::info!(opened = swept.activated, "scheduled grants opened");
-        app.changed();
+        app.grants_changed();
     }
     let Some(next) = app.store.next_expiry().await? else { return Ok(MAX_SLEEP) };
     let wait = next - app.clock.now();

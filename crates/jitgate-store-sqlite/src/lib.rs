@@ -212,6 +212,19 @@ impl SqliteStore {
         rx.await.map_err(|_| backend("the store writer has stopped"))?
     }
 
+    /// Like [`SqliteStore::write`] for a job answered at its commit, before the fsync
+    /// ([`writer::Job::at_commit`] says when that is sound).
+    async fn write_at_commit<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let (job, rx) = FnJob::boxed_at_commit(f);
+        let jobs = self.jobs.as_ref().ok_or_else(|| backend("the store is closed"))?;
+        jobs.send(job).await.map_err(|_| backend("the store writer has stopped"))?;
+        rx.await.map_err(|_| backend("the store writer has stopped"))?
+    }
+
     async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -84,6 +84,12 @@ pub trait Job: Send {
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
     /// Called once the batch is committed (or failed to commit) after `commit`.
     fn finish(self: Box<Self>, committed: Result<(), String>, commit: Duration);
+    /// Whether the job may be answered at its commit, before the fsync: a note whose loss in a
+    /// crash loses nothing anyone relies on, because everything that depends on it comes in a
+    /// later job, which a crash would take back too (the syncer makes commits durable in order).
+    fn at_commit(&self) -> bool {
+        false
+    }
 }
 
 /// A job made from a closure, answering on a oneshot channel.
@@ -94,6 +100,7 @@ pub struct FnJob<T, F> {
     /// The timing record of the request the job serves, and when the job was queued.
     stages: Option<Arc<Stages>>,
     queued: Instant,
+    at_commit: bool,
 }
 
 impl<T, F> FnJob<T, F>
@@ -103,7 +110,16 @@ where
 {
     pub fn boxed(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
         let (reply, rx) = oneshot::channel();
-        let job = FnJob { f: Some(f), out: None, reply, stages: timing::current(), queued: Instant::now() };
+        let job =
+            FnJob { f: Some(f), out: None, reply, stages: timing::current(), queued: Instant::now(), at_commit: false };
+        (Box::new(job), rx)
+    }
+
+    /// A job answered at its commit (see [`Job::at_commit`]).
+    pub fn boxed_at_commit(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>) {
+        let (reply, rx) = oneshot::channel();
+        let job =
+            FnJob { f: Some(f), out: None, reply, stages: timing::current(), queued: Instant::now(), at_commit: true };
         (Box::new(job), rx)
     }
 }
@@ -125,6 +141,10 @@ where
         let keep = !matches!(out, Err(StoreError::Backend(_)));
         self.out = Some(out);
         keep
+    }
+
+    fn at_commit(&self) -> bool {
+        self.at_commit
     }
 
     fn finish(self: Box<Self>, committed: Result<(), String>, commit: Duration) {
@@ -273,7 +293,11 @@ pub fn run(
         seq += 1;
         durability.committed.store(seq, Ordering::Release);
         let _ = to_checkpointer.send(());
-        let committed = Committed { seq, jobs: std::mem::take(&mut batch), commit };
+        let (now, later): (Vec<_>, Vec<_>) = batch.drain(..).partition(|j| j.at_commit());
+        for job in now {
+            job.finish(Ok(()), commit);
+        }
+        let committed = Committed { seq, jobs: later, commit };
         match &to_syncer {
             Some(tx) => {
                 if let Err(std_mpsc::SendError(c)) = tx.send(committed) {
@@ -282,7 +306,6 @@ pub fn run(
             }
             None => sync_and_answer(vec![committed], &log_of(&conn), &durability),
         }
-        batch = Vec::with_capacity(MAX_BATCH);
     }
     drop(to_checkpointer);
     if let Some(h) = checkpointer {
@@ -455,6 +478,24 @@ mod tests {
         let conn = Connection::open(&db).expect("reopen");
         let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).expect("count");
         assert_eq!(n, 50);
+    }
+
+    #[tokio::test]
+    async fn a_note_answered_at_commit_does_not_wait_for_the_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("w.db");
+        // The log cannot be synced: only a job answered at its commit can succeed.
+        let (tx, handle, _durability) = writer_on(&db, dir.path().join("missing-dir").join("w.db-wal"));
+        let (job, rx) = FnJob::boxed_at_commit(|ctx: &mut WriteCtx<'_>| {
+            ctx.conn.execute("INSERT INTO t (x) VALUES (7)", []).map_err(|e| StoreError::Backend(e.into()))?;
+            Ok(())
+        });
+        tx.send(job).await.expect("send");
+        rx.await.expect("answer").expect("answered at its commit");
+        let synced = insert(&tx, 8).await.expect_err("a synced job waits for the failing sync");
+        assert!(synced.to_string().contains("fsync failed"), "{synced}");
+        drop(tx);
+        handle.join().expect("writer ends");
     }
 
     #[tokio::test]

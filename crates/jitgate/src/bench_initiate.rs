@@ -208,6 +208,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stage_sums_count_only_the_measured_answers_and_report_means_in_path_order() {
+        let sums = StageSums::default();
+        sums.add("parse;dur=9, total;dur=9");
+        assert_eq!(sums.report(), "", "nothing before the measurement starts");
+        sums.measuring.store(true, Ordering::Relaxed);
+        sums.add("queue;dur=2.0, parse;dur=0.5, commit;dur=1.5, other;dur=0, total;dur=4.0");
+        sums.add("queue;dur=4.0, parse;dur=0.5, commit;dur=1.5, other;dur=2, total;dur=8.0");
+        let out = sums.report();
+        assert_eq!(
+            out,
+            "stages (server side, mean ms per initiate over 2): parse 0.500 (8%)  queue 3.000 (50%)  commit 1.500 (25%)  other 1.000 (17%)  total 6.000 (100%)\n"
+        );
+    }
+
+    #[test]
     fn the_report_prints_each_yardstick_and_the_ratios() {
         let rate = |items, commits| CommitRate { items, commits, elapsed: Duration::from_secs(1) };
         let lat = |n: usize| Measured {

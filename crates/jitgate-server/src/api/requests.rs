@@ -68,7 +68,7 @@ pub(crate) async fn revoke_request(
         app.authorize_change(principal, action, &policy, &mut audit).await?;
     }
     let request = app.store.revoke_request(id, &principal.name, audit).await?;
-    app.changed();
+    app.grants_changed();
     Ok(request)
 }
 
@@ -133,7 +133,7 @@ pub(crate) async fn decide_request(
         app.authorize_change(principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
     }
     let request = app.store.decide_request(id, approve, &principal.name, reason, app.clock.now(), audit).await?;
-    app.changed();
+    app.grants_changed();
     app.sweeper.notify_one();
     Ok(request)
 }
@@ -183,7 +183,7 @@ pub(crate) async fn extend_request(
         app.authorize_change(principal, action, &policy, &mut audit).await?;
     }
     let request = app.store.extend_request(id, new_end, app.clock.now(), audit).await?;
-    app.changed();
+    app.grants_changed();
     app.sweeper.notify_one();
     Ok(request)
 }

@@ -316,7 +316,7 @@ pub async fn initiate_request(
     let outcome = app.store.initiate(cmd, audit).await?;
     if !outcome.replayed {
         app.sweeper.for_request(&outcome.request);
-        app.changed();
+        app.grants_changed();
     }
     Ok(outcome)
 }

@@ -1,13 +1,13 @@
 //! The facts the JIT page and the inventory views of `GET /api/v1/vms` place VMs with — every VM
 //! with its enforcement point, the keys of the VMs a policy names, the scopes where a security
 //! policy disables JIT — read together, placed in their views once, and kept:
-//! while the enforcement revision (bumped by every VM, policy, grant and agent-join change) stays
+//! while no VM, policy, agent or security policy changed ([`Cache::changed`]; grants do not count) stays
 //! the same, pages reuse them instead of reading 10,000 VMs again, and a snapshot older than
 //! [`FRESH_FOR`] is read again in the background. Agents' reports do not bump the revision: what
 //! they change (staleness, nftables usable) shows within about [`FRESH_FOR`] plus one read.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,11 @@ pub struct Cache {
     last: Mutex<Option<Arc<Snapshot>>>,
     loading: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
+    /// Counts the changes that can move a VM between views (VMs, policies, agents joining or
+    /// leaving, security policies; any change on another replica): a snapshot serves pages
+    /// while it stays the same. Grants (initiates, approvals, expiries) do not count: under a
+    /// stream of initiates the pages keep their snapshot.
+    generation: AtomicU64,
 }
 
 impl Cache {
@@ -59,7 +64,7 @@ impl Cache {
     /// reports change), so no page waits for 10,000 VMs to be read unless the revision moved:
     /// then the page waits, and sees the change it may just have made.
     pub async fn get(&self, app: &App) -> Result<Arc<Snapshot>, ApiError> {
-        let revision = app.store.revision().await?;
+        let revision = self.generation.load(Ordering::Acquire);
         if let Some(s) = self.at(revision) {
             if s.taken.elapsed() >= FRESH_FOR && !self.refreshing.swap(true, Ordering::AcqRel) {
                 let app = app.clone();
@@ -106,8 +111,15 @@ impl Cache {
         Ok(snapshot)
     }
 
+    /// Says that VMs, policies, agents or security policies changed (after the change is
+    /// committed): the next page reads a new snapshot, and sees the change.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Forgets the snapshot (a change that does not bump the revision, such as a security policy).
     pub fn clear(&self) {
+        self.changed();
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
