@@ -1,10 +1,10 @@
 //! The facts the JIT page and the inventory views of `GET /api/v1/vms` place VMs with — every VM
 //! with its enforcement point, the keys of the VMs a policy names, the scopes where a security
-//! policy disables JIT — read together, placed in their views once, and kept:
-//! while no VM, policy, agent or security policy changed ([`Cache::changed`]; grants do not count) stays
-//! the same, pages reuse them instead of reading 10,000 VMs again, and a snapshot older than
-//! [`FRESH_FOR`] is read again in the background. Agents' reports do not bump the revision: what
-//! they change (staleness, nftables usable) shows within about [`FRESH_FOR`] plus one read.
+//! policy disables JIT — read together, placed in their views once, and kept while no VM, policy,
+//! agent or security policy changes ([`Cache::changed`]; grants do not count): pages reuse them
+//! instead of reading 10,000 VMs again. A snapshot older than [`FRESH_FOR`] has its agents read
+//! again in the background: what agents report (staleness, nftables usable) changes no
+//! generation, and shows within about [`FRESH_FOR`] plus one read.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,9 +68,10 @@ impl Cache {
         if let Some(s) = self.at(revision) {
             if s.taken.elapsed() >= FRESH_FOR && !self.refreshing.swap(true, Ordering::AcqRel) {
                 let app = app.clone();
+                let base = s.clone();
                 tokio::spawn(async move {
                     let cache = app.portal_inventory.clone();
-                    let _ = cache.load(&app, revision).await;
+                    let _ = cache.refresh(&app, &base).await;
                     cache.refreshing.store(false, Ordering::Release);
                 });
             }
@@ -109,6 +110,45 @@ impl Cache {
             *last = Some(snapshot.clone());
         }
         Ok(snapshot)
+    }
+
+    /// The snapshot `base` with its agents read again: what changes without a new generation is
+    /// only what agents report (last seen, nftables usable), so the VMs, policies and scopes are
+    /// kept and only the agents are read (one read of the agents instead of every VM).
+    async fn refresh(&self, app: &App, base: &Snapshot) -> Result<(), ApiError> {
+        let taken = Instant::now();
+        let agents: std::collections::HashMap<String, jitgate_store::AgentRecord> =
+            app.store.list_agents().await?.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let vms: Vec<Vm> = base
+            .vms
+            .iter()
+            .map(|vm| {
+                let mut vm = vm.clone();
+                if let Some(a) = &vm.agent {
+                    vm.agent = agents.get(&a.id).cloned();
+                }
+                vm
+            })
+            .collect();
+        let views = vms
+            .iter()
+            .zip(&base.keys)
+            .map(|(vm, k)| view_of(app, vm, base.configured.contains(k), &base.disabled))
+            .collect();
+        let snapshot = Arc::new(Snapshot {
+            revision: base.revision,
+            taken,
+            vms,
+            keys: base.keys.clone(),
+            views,
+            configured: base.configured.clone(),
+            disabled: base.disabled.clone(),
+        });
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref().is_none_or(|l| l.revision <= base.revision) {
+            *last = Some(snapshot);
+        }
+        Ok(())
     }
 
     /// Says that VMs, policies, agents or security policies changed (after the change is
