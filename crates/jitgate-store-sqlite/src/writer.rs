@@ -51,31 +51,35 @@ impl WriteCtx<'_> {
             bounded = event.clone().bounded();
             &bounded
         };
-        let seq = self.chain.seq + 1;
-        let hash = chain_hash(&self.chain.hash, seq, event);
-        let properties = serde_json::to_string(&event.properties).unwrap_or_else(|_| "{}".into());
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (seq, time, operation, status, caller, caller_ip, resource_id, correlation_id, \
-                 properties, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(rusqlite::params![
-                seq as i64,
-                crate::rows::nanos(event.time),
-                event.operation,
-                event.status.as_str(),
-                event.caller,
-                event.caller_ip,
-                event.resource_id,
-                event.correlation_id,
-                properties,
-                hex::encode(self.chain.hash),
-                hex::encode(hash),
-            ])?;
-        self.chain.seq = seq;
-        self.chain.hash = hash;
-        Ok(seq)
+        append_audit(self.conn, self.chain, event)
     }
+}
+
+/// Inserts `event` as the record after `chain`'s head, chained to it, and moves the head.
+pub(crate) fn append_audit(conn: &Connection, chain: &mut Chain, event: &AuditEvent) -> rusqlite::Result<u64> {
+    let seq = chain.seq + 1;
+    let hash = chain_hash(&chain.hash, seq, event);
+    let properties = serde_json::to_string(&event.properties).unwrap_or_else(|_| "{}".into());
+    conn.prepare_cached(
+        "INSERT INTO audit (seq, time, operation, status, caller, caller_ip, resource_id, correlation_id, \
+         properties, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(rusqlite::params![
+        seq as i64,
+        crate::rows::nanos(event.time),
+        event.operation,
+        event.status.as_str(),
+        event.caller,
+        event.caller_ip,
+        event.resource_id,
+        event.correlation_id,
+        properties,
+        hex::encode(chain.hash),
+        hex::encode(hash),
+    ])?;
+    chain.seq = seq;
+    chain.hash = hash;
+    Ok(seq)
 }
 
 /// A unit of work for the writer.

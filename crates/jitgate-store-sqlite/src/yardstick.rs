@@ -18,11 +18,12 @@ use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use jitgate_core::audit::{chain_hash, AuditEvent, AuditStatus, GENESIS};
+use jitgate_core::audit::{AuditEvent, AuditStatus, GENESIS};
 use jitgate_core::initiate::{GrantStatus, StatusReason};
 use jitgate_store::StoreResult;
 
 use crate::rows::nanos;
+use crate::writer::Chain;
 use crate::{backend, WRITE_PRAGMAS};
 
 /// What a yardstick run measured.
@@ -79,12 +80,6 @@ fn open(dir: &Path) -> StoreResult<(Connection, Scratch)> {
     Ok((conn, scratch))
 }
 
-/// The head of the yardstick's audit chain.
-struct Chain {
-    seq: u64,
-    hash: [u8; 32],
-}
-
 const POLICY: &str = "/subscriptions/b0000000-0000-4000-8000-000000000001/resourceGroups/bench-rg/providers/\
                       Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/bench";
 const VM: &str = "/subscriptions/b0000000-0000-4000-8000-000000000001/resourceGroups/bench-rg/providers/\
@@ -139,28 +134,7 @@ fn write_item(conn: &Connection, chain: &mut Chain, n: u64) -> rusqlite::Result<
         .into_iter()
         .collect(),
     };
-    let seq = chain.seq + 1;
-    let hash = chain_hash(&chain.hash, seq, &event);
-    let properties = serde_json::to_string(&event.properties).unwrap_or_else(|_| "{}".into());
-    conn.prepare_cached(
-        "INSERT INTO audit (seq, time, operation, status, caller, caller_ip, resource_id, correlation_id, \
-         properties, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        seq as i64,
-        nanos(event.time),
-        event.operation,
-        event.status.as_str(),
-        event.caller,
-        event.caller_ip,
-        event.resource_id,
-        event.correlation_id,
-        properties,
-        hex::encode(chain.hash),
-        hex::encode(hash),
-    ])?;
-    chain.seq = seq;
-    chain.hash = hash;
+    crate::writer::append_audit(conn, chain, &event)?;
     Ok(())
 }
 

@@ -12,24 +12,13 @@ use jitgate_server::authz::Authz;
 use jitgate_store::Store;
 use jitgate_store_sqlite::SqliteStore;
 
-fn event() -> AuditEvent {
-    AuditEvent {
-        time: time::OffsetDateTime::now_utc(),
-        operation: "bench".into(),
-        status: AuditStatus::Started,
-        caller: "bench".into(),
-        caller_ip: None,
-        resource_id: "/".into(),
-        correlation_id: "bench".into(),
-        properties: Default::default(),
-    }
-}
+use crate::bench_portal::event;
 
 pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&dir.path().join("bench.db"), bench_keys()?).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let principal = store.create_principal("bench", "User", event()).await?;
+    let principal = store.create_principal("bench", "User", event("bench")).await?;
     // Custom roles with several patterns each, assigned at many resource-group scopes; the one
     // assignment that allows the checked action is the last.
     for r in 0..10 {
@@ -46,7 +35,7 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
             assignable_scopes: vec!["/".into()],
             built_in: false,
         };
-        store.put_role_definition(role, event()).await?;
+        store.put_role_definition(role, event("bench")).await?;
     }
     let sub = "b0000000-0000-4000-8000-000000000003";
     let mut tasks = Vec::new();
@@ -58,7 +47,7 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
                     "bench",
                     &format!("role{}", i % 10),
                     &format!("/subscriptions/{sub}/resourceGroups/rg{i}"),
-                    event(),
+                    event("bench"),
                 )
                 .await
         }));
@@ -71,7 +60,7 @@ pub async fn run(args: AuthzArgs) -> anyhow::Result<()> {
             "bench",
             "JIT Network Access Requester",
             &format!("/subscriptions/{sub}/resourceGroups/target"),
-            event(),
+            event("bench"),
         )
         .await?;
     let authz = Authz::default();
@@ -124,7 +113,7 @@ pub async fn audit(args: jitgate_cli::bench::AuditBenchArgs) -> anyhow::Result<(
     while n < args.records {
         let chunk: Vec<AuditEvent> = (n..(n + 10_000).min(args.records))
             .map(|i| {
-                let mut e = event();
+                let mut e = event("bench");
                 e.time = start + step * i as i32;
                 e.operation = "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action".into();
                 e.status = AuditStatus::Succeeded;

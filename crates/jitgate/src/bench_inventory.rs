@@ -22,7 +22,6 @@ use axum::Router;
 use tower::ServiceExt;
 
 use jitgate_cli::bench::InventoryArgs;
-use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_core::enforcement::{AgentMode, JoiningAgent};
 use jitgate_core::initiate::{InitiateDraft, InitiatePortDraft, InitiateVmDraft};
 use jitgate_core::policy::{validate, PolicyDraft, VmDraft};
@@ -33,23 +32,12 @@ use jitgate_store::prelude::*;
 use jitgate_store::{AgentJoin, AgentReport, InitiateCommand, JoinTokenSpec, VmSpec};
 use jitgate_store_sqlite::SqliteStore;
 
+use crate::bench_portal::event;
+
 const SUBS: [&str; 2] = ["c0000000-0000-4000-8000-000000000001", "c0000000-0000-4000-8000-000000000002"];
 const GROUPS: usize = 100;
 /// VMs registered at once (the writer batches what waits).
 const IN_FLIGHT: usize = 4000;
-
-fn event(what: &str) -> AuditEvent {
-    AuditEvent {
-        time: time::OffsetDateTime::now_utc(),
-        operation: what.into(),
-        status: AuditStatus::Started,
-        caller: "bench".into(),
-        caller_ip: None,
-        resource_id: "/".into(),
-        correlation_id: "bench".into(),
-        properties: Default::default(),
-    }
-}
 
 fn location(group: usize) -> &'static str {
     if group.is_multiple_of(3) {

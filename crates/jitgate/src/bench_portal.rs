@@ -27,7 +27,8 @@ use jitgate_store_sqlite::SqliteStore;
 const SUBS: [&str; 2] = ["b0000000-0000-4000-8000-000000000001", "b0000000-0000-4000-8000-000000000002"];
 const PER_GROUP: usize = 100;
 
-fn event(what: &str) -> AuditEvent {
+/// A `Started` audit event of the benchmarks, for changes they make through the store directly.
+pub(crate) fn event(what: &str) -> AuditEvent {
     AuditEvent {
         time: time::OffsetDateTime::now_utc(),
         operation: what.into(),
