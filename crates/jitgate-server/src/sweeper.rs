@@ -29,14 +29,14 @@ const RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Wake {
     notify: Notify,
-    /// Unix nanoseconds of the next planned sweep; `i64::MIN` while a sweep runs (or before the
+    /// Unix nanoseconds of the next planned sweep; `i64::MAX` while a sweep runs (or before the
     /// first), when every change wakes it.
     at: AtomicI64,
 }
 
 impl Default for Wake {
     fn default() -> Self {
-        Wake { notify: Notify::new(), at: AtomicI64::new(i64::MIN) }
+        Wake { notify: Notify::new(), at: AtomicI64::new(i64::MAX) }
     }
 }
 
@@ -76,7 +76,7 @@ impl Wake {
 
     /// A sweep begins: until it plans the next, every change wakes it again afterwards.
     fn sweeping(&self) {
-        self.at.store(i64::MIN, Ordering::Release);
+        self.at.store(i64::MAX, Ordering::Release);
     }
 
     /// The sweep ended; the next is planned `after` from `now`.
@@ -133,4 +133,57 @@ pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError
     let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
     // A millisecond past the end time, so the sweep after waking finds the grant due.
     Ok(wait.min(MAX_SLEEP) + Duration::from_millis(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jitgate_core::initiate::StatusReason;
+    use jitgate_core::policy::{Protocol, SourceSpec};
+    use jitgate_core::prefix::SourcePrefix;
+    use jitgate_core::records::GrantRecord;
+
+    async fn woken(wake: &Wake) -> bool {
+        tokio::time::timeout(Duration::from_millis(5), wake.notified()).await.is_ok()
+    }
+
+    fn request(status: GrantStatus, end: OffsetDateTime) -> AccessRequestRecord {
+        AccessRequestRecord {
+            id: 1,
+            requestor: "r".into(),
+            start_time: end - time::Duration::hours(1),
+            justification: None,
+            grants: vec![GrantRecord {
+                vm_id: "vm".into(),
+                number: 22,
+                protocol: Protocol::Tcp,
+                sources: SourceSpec::Single(SourcePrefix::from_ip([10, 0, 0, 1].into())),
+                end_time: end,
+                status,
+                status_reason: StatusReason::UserRequested,
+                mapped_port: None,
+                public_ip: None,
+            }],
+            pending_extension: None,
+            decision_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_wakes_the_sweeper_only_when_it_needs_a_sweep_before_the_planned_one() {
+        let wake = Wake::default();
+        let now = OffsetDateTime::now_utc();
+        wake.due(now + time::Duration::days(1));
+        assert!(woken(&wake).await, "before the first plan every change wakes it");
+        wake.planned(now, Duration::from_secs(60));
+        wake.for_request(&request(GrantStatus::Initiated, now + time::Duration::hours(1)));
+        assert!(!woken(&wake).await, "an hour's grant is warned of long after the planned sweep");
+        wake.for_request(&request(GrantStatus::Initiated, now + time::Duration::minutes(5)));
+        assert!(woken(&wake).await, "a grant whose warning is due now");
+        wake.for_request(&request(GrantStatus::Pending, now + time::Duration::hours(1)));
+        assert!(woken(&wake).await, "a pending or scheduled grant always wakes it");
+        wake.sweeping();
+        wake.for_request(&request(GrantStatus::Initiated, now + time::Duration::hours(1)));
+        assert!(woken(&wake).await, "while it sweeps, a change wakes it again afterwards");
+    }
 }

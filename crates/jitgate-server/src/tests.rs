@@ -101,3 +101,57 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(caller_ip(ip("10.0.0.5"), Some("garbage"), &trusted), ip("10.0.0.5"));
     assert_eq!(caller_ip(ip("::ffff:198.51.100.1"), None, &[]), ip("198.51.100.1"));
 }
+
+#[tokio::test]
+async fn server_timing_is_sent_only_when_asked_and_names_the_stages_a_request_went_through() {
+    use tower::ServiceExt;
+    let routes: Router<()> = Router::new().route(
+        "/work",
+        get(|| async {
+            jitgate_store::timing::since(jitgate_store::timing::Stage::Parse, std::time::Instant::now());
+            jitgate_store::timing::timed(
+                jitgate_store::timing::Stage::Write,
+                tokio::time::sleep(std::time::Duration::from_millis(2)),
+            )
+            .await;
+            "done"
+        }),
+    );
+    for on in [false, true] {
+        let config = ServerConfig { server_timing: on, ..Default::default() };
+        let req = Request::builder().uri("/work").body(axum::body::Body::empty()).expect("request");
+        let resp = layers(routes.clone(), Arc::new(config)).oneshot(req).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let header = resp.headers().get("server-timing").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if !on {
+            assert_eq!(header, None, "off by default: it tells clients how the server spends its time");
+            continue;
+        }
+        let header = header.expect("a Server-Timing header");
+        let stages = jitgate_store::timing::parse_header(&header);
+        let get = |n: &str| stages.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert!(get("write").is_some_and(|w| w >= 2.0), "{header}");
+        assert!(get("total").is_some_and(|t| t >= get("write").unwrap_or(0.0)), "{header}");
+        assert_eq!(get("queue"), None, "a stage the request did not go through is left out: {header}");
+    }
+}
+
+#[tokio::test]
+async fn inventory_snapshots_survive_grant_changes_and_not_inventory_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = jitgate_store::secrets::Keyring::generate().expect("keys");
+    let store = jitgate_store_sqlite::SqliteStore::open(&dir.path().join("db"), keys).expect("store");
+    let app = App::new(Arc::new(store), Arc::new(SystemClock), ServerConfig::default());
+    let first = app.portal_inventory.get(&app).await.expect("snapshot");
+    let again = app.portal_inventory.get(&app).await.expect("snapshot");
+    assert!(Arc::ptr_eq(&first, &again), "unchanged: the same snapshot");
+    app.grants_changed();
+    let after_grants = app.portal_inventory.get(&app).await.expect("snapshot");
+    assert!(Arc::ptr_eq(&first, &after_grants), "an initiate does not make pages read every VM");
+    app.changed();
+    let after_change = app.portal_inventory.get(&app).await.expect("snapshot");
+    assert!(!Arc::ptr_eq(&first, &after_change), "a VM, policy or agent change is read again");
+    crate::replicas::wake(&app, jitgate_store::Signal::Changed(7));
+    let after_signal = app.portal_inventory.get(&app).await.expect("snapshot");
+    assert!(!Arc::ptr_eq(&after_change, &after_signal), "a change on another replica is read again");
+}
