@@ -182,7 +182,7 @@ impl SqliteStore {
         let log = PathBuf::from(format!("{}-wal", path.display()));
         let for_writer = durability.clone();
         let handle = std::thread::Builder::new()
-            .name("jitgate-sqlite-writer".into())
+            .name("jg-sqlite-write".into())
             .spawn(move || writer::run(conn, chain, rx, log, for_writer))
             .map_err(backend)?;
         Ok(SqliteStore {

@@ -244,7 +244,7 @@ pub fn run(
     let (to_syncer, synced) = std_mpsc::channel::<Committed>();
     let syncer = {
         let durability = durability.clone();
-        std::thread::Builder::new().name("jitgate-sqlite-sync".into()).spawn(move || sync_loop(synced, log, durability))
+        std::thread::Builder::new().name("jg-sqlite-sync".into()).spawn(move || sync_loop(synced, log, durability))
     };
     let (to_syncer, syncer) = match syncer {
         Ok(handle) => (Some(to_syncer), Some(handle)),
@@ -256,7 +256,7 @@ pub fn run(
     let (to_checkpointer, ticks) = std_mpsc::channel::<()>();
     let checkpointer = match conn.path().map(PathBuf::from) {
         Some(db) if !db.as_os_str().is_empty() => std::thread::Builder::new()
-            .name("jitgate-sqlite-ckpt".into())
+            .name("jg-sqlite-ckpt".into())
             .spawn(move || checkpoint_loop(&db, ticks))
             .map_err(|e| tracing::warn!(error = %e, "no checkpoint thread: the writer checkpoints"))
             .ok(),
