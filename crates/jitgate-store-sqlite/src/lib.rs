@@ -206,10 +206,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let (job, rx) = FnJob::boxed(f);
-        let jobs = self.jobs.as_ref().ok_or_else(|| backend("the store is closed"))?;
-        jobs.send(job).await.map_err(|_| backend("the store writer has stopped"))?;
-        rx.await.map_err(|_| backend("the store writer has stopped"))?
+        self.submit(FnJob::boxed(f)).await
     }
 
     /// Like [`SqliteStore::write`] for a job answered at its commit, before the fsync
@@ -219,7 +216,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
     {
-        let (job, rx) = FnJob::boxed_at_commit(f);
+        self.submit(FnJob::boxed_at_commit(f)).await
+    }
+
+    /// Hands `job` to the writer and waits for its answer on `rx`.
+    async fn submit<T>(
+        &self,
+        (job, rx): (Box<dyn Job>, tokio::sync::oneshot::Receiver<StoreResult<T>>),
+    ) -> StoreResult<T> {
         let jobs = self.jobs.as_ref().ok_or_else(|| backend("the store is closed"))?;
         jobs.send(job).await.map_err(|_| backend("the store writer has stopped"))?;
         rx.await.map_err(|_| backend("the store writer has stopped"))?
