@@ -61,10 +61,11 @@ pub use jitgate_client::ClientError;
 
 impl HttpControl {
     /// A client for the servers at `servers` (`https://host:port` each, or comma lists), tried in
-    /// this order, trusting `ca_cert` too.
-    pub fn new<S: AsRef<str>>(servers: &[S], ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+    /// this order, trusting `ca_cert` too, or only the servers `pins` name when there are any.
+    pub fn new<S: AsRef<str>>(servers: &[S], ca_cert: Option<&Path>, pins: Vec<[u8; 32]>) -> Result<Self, ClientError> {
         let settings = jitgate_client::Settings::with_urls(servers)
             .ca_cert_path(ca_cert)
+            .pins(pins)
             .retries(0, Duration::ZERO)
             .on_switch(|s| tracing::warn!(from = %s.from, "switched to {} after {}", s.to, s.after));
         Ok(HttpControl { client: jitgate_client::Client::new(settings)? })

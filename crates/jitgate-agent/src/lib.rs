@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub servers: Vec<String>,
     pub join_token: Option<String>,
     pub ca_cert: Option<PathBuf>,
+    /// Trust the server by these SHA-256 fingerprints (certificate or public key) instead of a CA.
+    pub pins: Vec<[u8; 32]>,
     pub state_dir: PathBuf,
     pub mode: Mode,
     pub vm_name: Option<String>,
@@ -62,6 +64,26 @@ pub struct Credential {
     pub mode: String,
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
+    /// The SHA-256 fingerprints the server is trusted by (`AB:CD:…`), when given instead of a CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_fingerprints: Vec<String>,
+}
+
+impl Credential {
+    /// The stored fingerprints; one that cannot be read is an error naming the file.
+    fn pins(&self, state_dir: &Path) -> Result<Vec<[u8; 32]>, AgentError> {
+        self.server_fingerprints
+            .iter()
+            .map(|p| {
+                jitgate_core::certinfo::parse_pin(p)
+                    .map_err(|e| AgentError::BadFingerprint { path: state_dir.join(CREDENTIAL_FILE), message: e })
+            })
+            .collect()
+    }
+}
+
+fn pin_texts(pins: &[[u8; 32]]) -> Vec<String> {
+    pins.iter().map(|p| jitgate_core::certinfo::colon_hex(p)).collect()
 }
 
 /// The last state the agent applied, with the wall-clock time it was fetched (to restore after
@@ -101,6 +123,9 @@ pub enum AgentError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored server fingerprint is not one.
+    #[error("reading {}: {message}", .path.display())]
+    BadFingerprint { path: PathBuf, message: String },
     /// The HTTP client could not be built.
     #[error("setting up the connection to the server")]
     Client(#[from] ClientError),
@@ -205,6 +230,9 @@ pub fn stored_credential(cfg: &AgentConfig) -> Result<Option<Credential>, AgentE
     if cfg.ca_cert.is_some() {
         c.ca_cert = cfg.ca_cert.clone();
     }
+    if !cfg.pins.is_empty() {
+        c.server_fingerprints = pin_texts(&cfg.pins);
+    }
     Ok(Some(c))
 }
 
@@ -257,6 +285,7 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
         name: out.name,
         mode: out.mode,
         ca_cert: cfg.ca_cert.clone(),
+        server_fingerprints: pin_texts(&cfg.pins),
     };
     write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &to_json(&c))?;
     tracing::info!(agent = %c.agent_id, name = %c.name, vm = ?out.vm_id, "joined");
@@ -311,15 +340,15 @@ pub async fn run<F: Firewall>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let stored = stored_credential(&cfg)?;
-    let (servers, ca_cert) = match &stored {
-        Some(c) if c.servers.is_empty() => (vec![c.server.clone()], c.ca_cert.clone()),
-        Some(c) => (c.servers.clone(), c.ca_cert.clone()),
-        None => (given_servers(&cfg), cfg.ca_cert.clone()),
+    let (servers, ca_cert, pins) = match &stored {
+        Some(c) if c.servers.is_empty() => (vec![c.server.clone()], c.ca_cert.clone(), c.pins(&cfg.state_dir)?),
+        Some(c) => (c.servers.clone(), c.ca_cert.clone(), c.pins(&cfg.state_dir)?),
+        None => (given_servers(&cfg), cfg.ca_cert.clone(), cfg.pins.clone()),
     };
     if servers.is_empty() {
         return Err(AgentError::NoServer);
     }
-    let control = HttpControl::new(&servers, ca_cert.as_deref())?;
+    let control = HttpControl::new(&servers, ca_cert.as_deref(), pins)?;
     run_with(cfg, &control, firewall, shutdown).await
 }
 

@@ -83,6 +83,7 @@ fn config(dir: &Path, join_token: Option<&str>) -> AgentConfig {
         servers: join_token.map(|_| "https://jit.example:8443/".to_owned()).into_iter().collect(),
         join_token: join_token.map(str::to_owned),
         ca_cert: None,
+        pins: Vec::new(),
         state_dir: dir.to_owned(),
         mode: Mode::Host,
         vm_name: Some("vm1".into()),
@@ -261,6 +262,33 @@ async fn the_server_list_is_stored_at_join_and_a_later_start_with_another_list_r
     let c = stored_credential(&other).expect("read").expect("stored");
     assert_eq!((c.server.as_str(), c.servers.as_slice()), ("https://d:8443", &["https://d:8443".to_owned()][..]));
     assert_eq!(c.credential, "cred-1", "the same credential: it is valid on every replica");
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_fingerprints_are_stored_at_join_and_a_later_start_may_replace_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_answers, answers_rx) = mpsc::unbounded_channel();
+    let (calls_tx, _calls) = mpsc::unbounded_channel();
+    let control = FakeControl { answers: Mutex::new(answers_rx), calls: calls_tx };
+    let mut cfg = config(dir.path(), Some("join-token-1"));
+    cfg.pins = vec![[0xAB; 32]];
+    let joined = credential(&cfg, &control).await.expect("joined");
+    assert_eq!(joined.server_fingerprints, vec![["AB"; 32].join(":")]);
+    let file = std::fs::read_to_string(dir.path().join(CREDENTIAL_FILE)).expect("stored");
+    assert!(file.contains("serverFingerprints"), "{file}");
+
+    // A later start without the flag trusts the stored pins; one with it replaces them.
+    let stored = stored_credential(&config(dir.path(), None)).expect("read").expect("stored");
+    assert_eq!(stored.pins(dir.path()).expect("pins"), vec![[0xAB; 32]]);
+    let mut other = config(dir.path(), None);
+    other.pins = vec![[1; 32], [2; 32]];
+    let c = stored_credential(&other).expect("read").expect("stored");
+    assert_eq!(c.pins(dir.path()).expect("pins"), vec![[1; 32], [2; 32]]);
+    // A stored pin that is not one is named with its file.
+    let mut broken = c.clone();
+    broken.server_fingerprints = vec!["zz".into()];
+    let e = broken.pins(dir.path()).expect_err("not a pin").to_string();
+    assert!(e.contains(CREDENTIAL_FILE) && e.contains("64 hex digits"), "{e}");
 }
 
 #[tokio::test(start_paused = true)]

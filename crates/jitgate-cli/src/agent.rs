@@ -50,6 +50,11 @@ pub struct AgentRunArgs {
     /// The CA (or self-signed) certificate of the server, PEM.
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Trust the server by the SHA-256 fingerprint of its certificate or of its public key (as
+    /// `jitgate serve` prints them) instead of --ca-cert; repeat or comma-separate to accept a
+    /// change. Kept with the credential for later starts.
+    #[arg(long, value_delimiter = ',', value_parser = crate::pin)]
+    pub server_fingerprint: Vec<[u8; 32]>,
     /// Where the agent keeps its credential (0600) and its last applied state.
     #[arg(long, required = true)]
     pub state_dir: Option<PathBuf>,

@@ -137,6 +137,15 @@ pub struct ConnArgs {
     /// The CA (or self-signed) certificate of the server, PEM.
     #[arg(long = "ca-cert", env = "JITGATE_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// Trust the server by the SHA-256 fingerprint of its certificate or of its public key (as
+    /// `jitgate serve` prints them) instead of a CA; repeat or comma-separate to accept a change.
+    #[arg(long, env = "JITGATE_SERVER_FINGERPRINT", global = true, value_delimiter = ',', value_parser = pin)]
+    pub server_fingerprint: Vec<[u8; 32]>,
+}
+
+/// A SHA-256 fingerprint, 64 hex digits with or without colons.
+pub fn pin(text: &str) -> Result<[u8; 32], String> {
+    jitgate_core::certinfo::parse_pin(text)
 }
 
 impl ConnArgs {
@@ -158,7 +167,9 @@ impl ConnArgs {
             output::fail(output::exit::USAGE, "no token: set --token or JITGATE_TOKEN, or run `jitgate login`")
         })?;
         let ca = self.ca_cert.clone().or(profile.ca_cert);
-        Ok(Client::new(Settings::with_urls(urls).token(token).ca_cert_path(ca.as_deref()))?)
+        let settings =
+            Settings::with_urls(urls).token(token).ca_cert_path(ca.as_deref()).pins(self.server_fingerprint.clone());
+        Ok(Client::new(settings)?)
     }
 
     /// The servers given by flags or the environment: each `--url`, comma lists split.

@@ -13,6 +13,7 @@ mod failover;
 pub mod local;
 pub mod native;
 pub mod oidc;
+pub mod pin;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS configuration for pinned fingerprints could not be made.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     /// The CA certificate is not PEM.
     #[error("parsing {what}")]
     CaCertParse {
@@ -107,6 +111,9 @@ pub struct Settings {
     pub token: Option<String>,
     /// Trusted besides the system's roots.
     pub ca_cert: Option<CaCert>,
+    /// When not empty: trust exactly the servers whose certificate, or its public key, has one of
+    /// these SHA-256 fingerprints (no CA, no name check; [`pin`]).
+    pub pins: Vec<[u8; 32]>,
     /// How long a TCP + TLS connect may take.
     pub connect_timeout: Duration,
     /// How long a whole call may take (a call may ask for more, like the agent's long-poll).
@@ -155,6 +162,7 @@ impl Settings {
             urls: urls.into_iter().flat_map(|u| split_urls(u.as_ref())).collect(),
             token: None,
             ca_cert: None,
+            pins: Vec::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
             retries: DEFAULT_RETRIES,
@@ -192,6 +200,13 @@ impl Settings {
         self.ca_cert(path.map(|p| CaCert::Path(p.to_owned())))
     }
 
+    /// Trust exactly the servers whose certificate or public key has one of these SHA-256
+    /// fingerprints (none: the CA trust of [`Settings::ca_cert`] and the system).
+    pub fn pins(mut self, pins: Vec<[u8; 32]>) -> Self {
+        self.pins = pins;
+        self
+    }
+
     pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
         self.retries = retries;
         self.backoff = backoff;
@@ -212,6 +227,10 @@ impl Settings {
             .timeout(self.timeout)
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true);
+        if !self.pins.is_empty() {
+            let tls = pin::client_config(&self.pins).map_err(|e| ClientError::Tls(e.to_string()))?;
+            return builder.use_preconfigured_tls(tls).build().map_err(ClientError::Build);
+        }
         let pem = match &self.ca_cert {
             None => None,
             Some(CaCert::Pem(pem)) => Some(("the CA certificate".to_owned(), pem.clone())),

@@ -421,3 +421,37 @@ async fn post_json_sends_the_body_token_and_a_request_id_and_reads_the_answer() 
     assert!(seen[0].1.as_deref().is_some_and(|id| id.len() == 36), "{:?}", seen[0].1);
     assert_eq!(seen[0].2, r#"{"n":1}"#);
 }
+
+#[tokio::test]
+async fn a_pinned_server_is_trusted_by_its_certificate_or_key_and_no_other() {
+    use rustls::pki_types::pem::PemObject;
+    let (url, pem) = tls_server().await;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let info = jitgate_core::certinfo::CertInfo::from_der(der.as_ref()).unwrap();
+    // The pin names the server: an address the certificate does not cover is fine.
+    let by_address = url.replace("localhost", "127.0.0.1");
+    for pin in [info.sha256, info.spki_sha256] {
+        let pinned = Settings::new(by_address.as_str()).token("t").pins(vec![[0u8; 32], pin]);
+        let list = Client::new(pinned).unwrap().native().principals().await.expect("the pin is trusted");
+        assert_eq!(list[0].name, "alice");
+    }
+    let wrong = Settings::new(url.as_str()).token("t").retries(0, Duration::ZERO).pins(vec![[7u8; 32]]);
+    let err = Client::new(wrong).unwrap().native().principals().await.expect_err("another server's pin");
+    let chain = {
+        let mut s = err.to_string();
+        let mut e: Option<&dyn std::error::Error> = std::error::Error::source(&err);
+        while let Some(inner) = e {
+            s.push_str(&format!(": {inner}"));
+            e = inner.source();
+        }
+        s
+    };
+    assert!(chain.contains("matches no --server-fingerprint"), "{chain}");
+    assert!(chain.contains(&info.key_fingerprint()), "names what the server has: {chain}");
+    // Pins do not fall back to the CA: the certificate trusted as a CA does not help.
+    let both = Settings::new(url.as_str())
+        .retries(0, Duration::ZERO)
+        .ca_cert(Some(CaCert::Pem(pem.into_bytes())))
+        .pins(vec![[7u8; 32]]);
+    assert!(Client::new(both).unwrap().native().principals().await.is_err());
+}

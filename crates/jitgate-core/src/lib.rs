@@ -5,6 +5,7 @@
 //! parameter (`now`). A domain "no" is a value ([`Invalid`]), never a panic.
 
 pub mod audit;
+pub mod certinfo;
 pub mod destination;
 pub mod duration;
 pub mod enforcement;

@@ -11,6 +11,7 @@ pub mod api_audit;
 pub mod api_rbac;
 pub mod arm;
 pub mod auth;
+pub mod certs;
 pub mod authz;
 mod caller;
 pub mod conn;

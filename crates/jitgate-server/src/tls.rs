@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use jitgate_core::certinfo::CertInfo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -42,6 +43,9 @@ pub struct CertFiles {
     /// When a self-signed certificate was made again because it did not cover a name or
     /// address it must: the old one's SHA-256 fingerprint and the names it lacked.
     pub replaced: Option<Replaced>,
+    /// When the self-signed certificate was made again because it was due to end: the end
+    /// of the old one.
+    pub renewed: Option<time::OffsetDateTime>,
 }
 
 /// The self-signed certificate a new one replaced.
@@ -54,10 +58,18 @@ pub struct Replaced {
 /// The names and addresses every self-signed certificate covers.
 pub const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// Makes `dir/cert.pem` and `dir/key.pem` (mode 0600) unless both exist and the certificate
-/// covers every name in `sans`. SANs: localhost, 127.0.0.1, ::1 and `sans` (names or
-/// addresses). A certificate that lacks one is made again (the answer says which it replaced).
+/// Makes `dir/cert.pem` and `dir/key.pem` (mode 0600) unless both exist, the certificate
+/// covers every name in `sans` and it does not end within [`crate::certs::RENEW_BEFORE`]. SANs:
+/// localhost, 127.0.0.1, ::1 and `sans` (names or addresses). A certificate that lacks one, or
+/// that is due to end, is made again (the answer says why) with the key it had: the issuer name
+/// and the key stay, so a client that trusts the old cert.pem or pins its public key trusts
+/// the new one.
 pub fn ensure_self_signed(dir: &Path, sans: &[String]) -> Result<CertFiles, TlsError> {
+    ensure_self_signed_at(dir, sans, time::OffsetDateTime::now_utc())
+}
+
+/// [`ensure_self_signed`] as if the time were `now`.
+pub fn ensure_self_signed_at(dir: &Path, sans: &[String], now: time::OffsetDateTime) -> Result<CertFiles, TlsError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let mut wanted: Vec<String> = DEFAULT_SANS.iter().map(|s| (*s).to_owned()).collect();
@@ -68,12 +80,22 @@ pub fn ensure_self_signed(dir: &Path, sans: &[String]) -> Result<CertFiles, TlsE
         }
     }
     let mut replaced = None;
+    let mut renewed = None;
+    let mut old_key = None;
     if cert.exists() && key.exists() {
         let missing = not_covered(&cert, &wanted)?;
-        if missing.is_empty() {
-            return Ok(CertFiles { cert, key, generated: false, replaced: None });
+        let ends = read_certs(&cert)?.first().and_then(|c| CertInfo::from_der(c.as_ref())).map(|i| i.not_after);
+        let due = ends.is_none_or(|end| crate::certs::due_for_renewal(end, now));
+        if missing.is_empty() && !due {
+            return Ok(CertFiles { cert, key, generated: false, replaced: None, renewed: None });
         }
-        replaced = Some(Replaced { old_fingerprint: fingerprint(&cert)?, missing });
+        if missing.is_empty() {
+            renewed = ends;
+        } else {
+            replaced = Some(Replaced { old_fingerprint: fingerprint(&cert)?, missing });
+        }
+        // The key stays when it can be read: clients trusting the old certificate keep working.
+        old_key = std::fs::read_to_string(&key).ok().and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok());
     }
     let io_err = |path: &Path| {
         let path = path.to_owned();
@@ -84,16 +106,24 @@ pub fn ensure_self_signed(dir: &Path, sans: &[String]) -> Result<CertFiles, TlsE
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, "jitgate self-signed");
     params.distinguished_name.push(rcgen::DnType::OrganizationName, "jitgate");
-    let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(825);
+    params.not_after = now + SELF_SIGNED_LIFETIME;
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key_pair = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let key_pair = match old_key {
+        Some(k) => k,
+        None => rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?,
+    };
     let certificate = params.self_signed(&key_pair).map_err(|e| TlsError::Generate(e.to_string()))?;
+    // The certificate goes through a temporary file and a rename: a reader never sees half of it.
     write_private(&key, key_pair.serialize_pem().as_bytes()).map_err(io_err(&key))?;
-    std::fs::write(&cert, certificate.pem()).map_err(io_err(&cert))?;
-    Ok(CertFiles { cert, key, generated: true, replaced })
+    let tmp = dir.join("cert.pem.new");
+    std::fs::write(&tmp, certificate.pem()).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &cert).map_err(io_err(&cert))?;
+    Ok(CertFiles { cert, key, generated: true, replaced, renewed })
 }
+
+/// How long a self-signed certificate is valid (825 days, the longest clients accept).
+pub const SELF_SIGNED_LIFETIME: time::Duration = time::Duration::days(825);
 
 /// The names and addresses in `names` that the certificate in `cert` (PEM) is not valid for.
 pub fn not_covered(cert: &Path, names: &[String]) -> Result<Vec<String>, TlsError> {
@@ -133,7 +163,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file, the leaf first; an error when there is none.
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_owned(), source })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
@@ -147,26 +178,21 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// The SHA-256 fingerprint of the first certificate in a PEM file, as `AB:CD:…`.
 pub fn fingerprint(cert: &Path) -> Result<String, TlsError> {
     let certs = read_certs(cert)?;
-    let digest = Sha256::digest(certs[0].as_ref());
-    Ok(digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+    Ok(jitgate_core::certinfo::colon_hex(&Sha256::digest(certs[0].as_ref())))
 }
 
-/// A rustls server configuration from PEM files, with HTTP/2 and HTTP/1.1 offered.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = read_certs(cert)?;
+/// The private key of a PEM file.
+pub(crate) fn read_key(key: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = std::fs::read(key).map_err(|source| TlsError::Io { path: key.to_owned(), source })?;
-    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut data.as_slice())
+    rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(|source| TlsError::Io { path: key.to_owned(), source })?
-        .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+        .ok_or_else(|| TlsError::NoKey(key.to_owned()))
+}
+
+/// A rustls server configuration from PEM files, with HTTP/2 and HTTP/1.1 offered (one that
+/// can be reloaded: [`crate::certs::Reloadable`]).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    crate::certs::Reloadable::load(cert, key)?.server_config()
 }
 
 /// Any connection the server speaks HTTP over.

@@ -73,6 +73,7 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         servers: args.server,
         join_token: args.join_token,
         ca_cert: args.ca_cert,
+        pins: args.server_fingerprint,
         state_dir: args.state_dir.ok_or_else(|| anyhow::anyhow!("--state-dir is required"))?,
         mode: args.mode,
         vm_name: args.vm_name,

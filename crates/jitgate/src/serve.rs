@@ -16,6 +16,7 @@ use jitgate_cli::{ServeArgs, TlsMode};
 use crate::common::{init_logging, shutdown_signal};
 use crate::secrets;
 use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_server::certs::{self, Reloadable};
 use jitgate_server::oidc::{Oidc, OidcConfig};
 use jitgate_server::tls::{self, ServerListener};
 use jitgate_server::{auth, ServerConfig, SystemClock};
@@ -64,7 +65,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    let (tls_config, cert_path) = match args.tls {
+    let (tls_config, certs) = match args.tls {
         TlsMode::Off => {
             tracing::warn!("TLS IS OFF: serving plain HTTP. Bearer tokens cross the network in clear text. Only do this behind a TLS-terminating proxy on the same host.");
             eprintln!(
@@ -73,32 +74,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (None, None)
         }
         TlsMode::On => {
+            let self_signed = args.tls_cert.is_none();
             let files = match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => {
-                    tls::CertFiles { cert: cert.clone(), key: key.clone(), generated: false, replaced: None }
-                }
+                (Some(cert), Some(key)) => tls::CertFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    generated: false,
+                    replaced: None,
+                    renewed: None,
+                },
                 _ => tls::ensure_self_signed(&data_dir.join("tls"), &certificate_names(&args))?,
             };
-            if let Some(old) = &files.replaced {
-                tracing::warn!(
-                    cert = %files.cert.display(),
-                    old_fingerprint = %old.old_fingerprint,
-                    missing = %old.missing.join(","),
-                    "made a new self-signed TLS certificate: the old one did not cover every listen address and --tls-san; clients that trusted the old one need the new cert.pem"
-                );
-                eprintln!(
-                    "jitgate: made a new self-signed certificate: the old one (SHA-256 {}) did not cover {}. \
-                     Give clients the new {}.",
-                    old.old_fingerprint,
-                    old.missing.join(", "),
-                    files.cert.display()
-                );
-            } else if files.generated {
-                tracing::info!(cert = %files.cert.display(), "made a self-signed TLS certificate");
-            }
-            (Some(tls::server_config(&files.cert, &files.key)?), Some(files.cert))
+            report_self_signed(&files);
+            let reloadable = Reloadable::load(&files.cert, &files.key)?;
+            let names = self_signed.then(|| (data_dir.join("tls"), certificate_names(&args)));
+            (Some(reloadable.server_config()?), Some((reloadable, names)))
         }
     };
+    let cert_path = certs.as_ref().map(|(r, _)| r.cert_path().to_owned());
 
     let listener = TcpListener::bind(args.listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -118,8 +111,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let login = login_url(scheme, local, cert_path.as_deref());
 
     let max_token_lifetime = max_token_lifetime(&args.max_token_lifetime)?;
-    if let Some(cert) = &cert_path {
-        println!("TLS certificate: {} (SHA-256 {})", cert.display(), tls::fingerprint(cert)?);
+    if let Some((reloadable, _)) = &certs {
+        let info = reloadable.info();
+        println!("TLS certificate: {} (SHA-256 {})", reloadable.cert_path().display(), info.fingerprint());
+        println!(
+            "TLS public key: SHA-256 {} (agents and the CLI may pin it: --server-fingerprint; it stays when the certificate is renewed)",
+            info.key_fingerprint()
+        );
+        warn_if_ending(&info, reloadable.cert_path());
+    }
+    if let Some((reloadable, names)) = certs {
+        tokio::spawn(keep_certificate(reloadable, names));
     }
     bootstrap(store.as_ref(), &args, max_token_lifetime, &login, &url, cert_path.as_deref()).await?;
     if local.ip().is_unspecified() {
@@ -197,6 +199,95 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     drop(store);
     tracing::info!("jitgate stopped");
     Ok(())
+}
+
+/// Says what [`tls::ensure_self_signed`] did: made, replaced or renewed the certificate.
+fn report_self_signed(files: &tls::CertFiles) {
+    if let Some(old) = &files.replaced {
+        tracing::warn!(
+            cert = %files.cert.display(),
+            old_fingerprint = %old.old_fingerprint,
+            missing = %old.missing.join(","),
+            "made a new self-signed TLS certificate: the old one did not cover every listen address and --tls-san"
+        );
+        eprintln!(
+            "jitgate: made a new self-signed certificate: the old one (SHA-256 {}) did not cover {}. It keeps the \
+             old key, so clients that pin the public key keep working; clients that pinned the certificate's own \
+             fingerprint need the new one, and clients should be given the new {}.",
+            old.old_fingerprint,
+            old.missing.join(", "),
+            files.cert.display()
+        );
+    } else if let Some(ended) = files.renewed {
+        tracing::info!(
+            cert = %files.cert.display(),
+            old_end = %jitgate_core::rfc3339(ended),
+            "renewed the self-signed TLS certificate before its end, with the same key"
+        );
+    } else if files.generated {
+        tracing::info!(cert = %files.cert.display(), "made a self-signed TLS certificate");
+    }
+}
+
+/// Warns when the certificate in use ends within [`certs::RENEW_BEFORE`].
+fn warn_if_ending(info: &jitgate_core::certinfo::CertInfo, path: &Path) {
+    let now = time::OffsetDateTime::now_utc();
+    if certs::due_for_renewal(info.not_after, now) {
+        tracing::warn!(
+            cert = %path.display(),
+            not_after = %jitgate_core::rfc3339(info.not_after),
+            "the TLS certificate ends within 30 days: replace the files and send SIGHUP (systemctl reload jitgate)"
+        );
+    }
+}
+
+/// How often the server looks whether its certificate is due for renewal.
+const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// Keeps the certificate current while the server runs: on SIGHUP it reads the certificate and
+/// key files again (the self-signed one is first renewed or widened when due), and every 12
+/// hours it renews the self-signed one when it ends within 30 days (or warns about an
+/// operator's). A file that cannot be used leaves the certificate in use as it was.
+async fn keep_certificate(reloadable: Arc<Reloadable>, self_signed: Option<(std::path::PathBuf, Vec<String>)>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP cannot be caught: the TLS certificate is read at start only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK);
+    tick.tick().await;
+    loop {
+        let asked = tokio::select! {
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = tick.tick() => false,
+        };
+        if let Some((dir, names)) = &self_signed {
+            match tls::ensure_self_signed(dir, names) {
+                Ok(files) if files.generated => report_self_signed(&files),
+                Ok(_) if !asked => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the self-signed TLS certificate failed; the one in use stays");
+                    continue;
+                }
+            }
+        } else if !asked {
+            warn_if_ending(&reloadable.info(), reloadable.cert_path());
+            continue;
+        }
+        match reloadable.reload() {
+            Ok(info) => tracing::info!(
+                cert = %reloadable.cert_path().display(),
+                fingerprint = %info.fingerprint(),
+                public_key = %info.key_fingerprint(),
+                not_after = %jitgate_core::rfc3339(info.not_after),
+                "TLS certificate loaded; new connections get it, open ones keep theirs"
+            ),
+            Err(e) => tracing::error!(error = %e, "reloading the TLS certificate failed; the one in use stays"),
+        }
+    }
 }
 
 /// The names and addresses the self-signed certificate must cover: the listen address (every

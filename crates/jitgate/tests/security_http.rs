@@ -518,3 +518,116 @@ async fn a_credential_holds_at_most_four_long_polls_and_the_oldest_answers() {
         assert_eq!(a.status, StatusCode::OK);
     }
 }
+
+// ---- the server's certificate: reloaded on SIGHUP, renewed before its end, pinned ----
+
+/// A self-signed certificate for `localhost` written over `cert` and `key`; its facts.
+fn write_certificate(cert: &Path, key: &Path) -> jitgate_core::certinfo::CertInfo {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let made = params.self_signed(&pair).unwrap();
+    jitgate_server::tls::write_private(key, pair.serialize_pem().as_bytes()).unwrap();
+    std::fs::write(cert, made.pem()).unwrap();
+    jitgate_core::certinfo::CertInfo::from_der(made.der()).unwrap()
+}
+
+/// A TLS connection to `addr` that trusts only the server whose public key has `pin`.
+async fn pinned(addr: &str, pin: [u8; 32]) -> std::io::Result<Tls> {
+    let mut config = jitgate_client::pin::client_config(&[pin]).expect("TLS config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+}
+
+async fn healthz(conn: &mut Tls) -> u16 {
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("request");
+    read_answer(conn).await.0
+}
+
+fn hangup(server: &jitgate_client::local::LocalServer) {
+    let pid = server.pid().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_connections_and_clients_pin_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let first = write_certificate(&cert, &key);
+    let c = cert.to_str().unwrap();
+    let k = key.to_str().unwrap();
+    let server = jitgate_client::local::LocalServer::start(Path::new(BIN), &["--tls-cert", c, "--tls-key", k])
+        .expect("jitgate serve starts");
+    let out = server.stdout();
+    assert!(out.contains(&format!("TLS public key: SHA-256 {}", first.key_fingerprint())), "{out}");
+    let addr = server.url.trim_start_matches("https://").to_owned();
+
+    let mut open = pinned(&addr, first.spki_sha256).await.expect("the first certificate");
+    assert_eq!(healthz(&mut open).await, 200);
+
+    // New files, then SIGHUP: new connections get the new certificate.
+    let second = write_certificate(&cert, &key);
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut fresh = loop {
+        if let Ok(conn) = pinned(&addr, second.spki_sha256).await {
+            break conn;
+        }
+        assert!(Instant::now() < deadline, "the new certificate was never presented");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(healthz(&mut fresh).await, 200);
+    // The connection opened before the reload still serves requests.
+    assert_eq!(healthz(&mut open).await, 200, "an open connection survives the reload");
+    assert!(pinned(&addr, first.spki_sha256).await.is_err(), "the old certificate is gone for new connections");
+
+    // A key that is not the certificate's: the reload is refused and the certificate stays.
+    jitgate_server::tls::write_private(&key, rcgen::KeyPair::generate().unwrap().serialize_pem().as_bytes()).unwrap();
+    hangup(&server);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut still = pinned(&addr, second.spki_sha256).await.expect("the second certificate stays");
+    assert_eq!(healthz(&mut still).await, 200);
+
+    // The CLI trusts the server by its fingerprint, at an address the certificate does not cover.
+    let by_ip = server.url.replace("localhost", "127.0.0.1");
+    let whoami = |pin: &str| {
+        std::process::Command::new(BIN)
+            .args(["whoami", "--url", &by_ip, "--token", &server.token, "--server-fingerprint", pin])
+            .env_remove("JITGATE_CA_CERT")
+            .output()
+            .unwrap()
+    };
+    let ok = whoami(&second.key_fingerprint());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("owner"), "{}", String::from_utf8_lossy(&ok.stdout));
+    let refused = whoami(&first.fingerprint());
+    assert!(!refused.status.success());
+    let bad = whoami("not-a-fingerprint");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("64 hex digits"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
+fn a_self_signed_certificate_near_its_end_is_renewed_at_start_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tls = data.join("tls");
+    let now = time::OffsetDateTime::now_utc();
+    // Made 820 days ago: it ends in five days.
+    jitgate_server::tls::ensure_self_signed_at(&tls, &["127.0.0.1".to_owned()], now - time::Duration::days(820))
+        .unwrap();
+    let read = |p: &Path| {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_file(p).unwrap();
+        jitgate_core::certinfo::CertInfo::from_der(der.as_ref()).unwrap()
+    };
+    let before = read(&tls.join("cert.pem"));
+    assert!(before.not_after - now < time::Duration::days(6));
+    let server = jitgate_client::local::LocalServer::start_in(Path::new(BIN), &data, &[]).expect("serve starts");
+    let after = read(&tls.join("cert.pem"));
+    assert_eq!(after.spki_sha256, before.spki_sha256, "the key stays");
+    assert!(after.not_after - now > time::Duration::days(800), "{:?}", after.not_after);
+    assert!(server.stdout().contains(&after.fingerprint()), "the new one is the one served");
+    drop(server);
+}
