@@ -38,6 +38,10 @@ pub struct LoginArgs {
     /// The CA (or self-signed) certificate of the server, PEM.
     #[arg(long = "ca-cert", env = "JITGATE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Trust the server by the SHA-256 fingerprint of its certificate or public key instead of a
+    /// CA (saved in the profile); repeat or comma-separate.
+    #[arg(long, env = "JITGATE_SERVER_FINGERPRINT", value_delimiter = ',', value_parser = crate::pin)]
+    pub server_fingerprint: Vec<[u8; 32]>,
     /// The subscription commands use when given none.
     #[arg(long, env = "JITGATE_SUBSCRIPTION")]
     pub subscription: Option<String>,
@@ -78,7 +82,8 @@ fn open_browser(link: &str) {
 /// Checks the settings against the server, then writes the profile (0600).
 pub async fn login(a: LoginArgs) -> Result<(), CliError> {
     let ca = a.ca_cert.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let client = Client::new(Settings::with_urls(&a.url).ca_cert_path(ca.as_deref()))?;
+    let pins = a.server_fingerprint.clone();
+    let client = Client::new(Settings::with_urls(&a.url).ca_cert_path(ca.as_deref()).pins(pins.clone()))?;
     if client.urls().is_empty() {
         return Err(fail(exit::USAGE, "no server: --url is empty"));
     }
@@ -99,6 +104,7 @@ pub async fn login(a: LoginArgs) -> Result<(), CliError> {
         url: Some(url.clone()),
         token: Some(token),
         ca_cert: ca,
+        server_fingerprints: pins.iter().map(|p| jitgate_core::certinfo::colon_hex(p)).collect(),
         subscription: a.subscription,
     })?;
     println!("logged in to {url}; settings saved in {}", path.display());

@@ -167,8 +167,15 @@ impl ConnArgs {
             output::fail(output::exit::USAGE, "no token: set --token or JITGATE_TOKEN, or run `jitgate login`")
         })?;
         let ca = self.ca_cert.clone().or(profile.ca_cert);
-        let settings =
-            Settings::with_urls(urls).token(token).ca_cert_path(ca.as_deref()).pins(self.server_fingerprint.clone());
+        let pins = if self.server_fingerprint.is_empty() {
+            let stored: Result<Vec<_>, _> = profile.server_fingerprints.iter().map(|p| pin(p)).collect();
+            stored.map_err(|e| {
+                output::fail(output::exit::USAGE, format!("the profile {}: {e}", profile::path().display()))
+            })?
+        } else {
+            self.server_fingerprint.clone()
+        };
+        let settings = Settings::with_urls(urls).token(token).ca_cert_path(ca.as_deref()).pins(pins);
         Ok(Client::new(settings)?)
     }
 

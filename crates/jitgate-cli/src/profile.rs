@@ -11,6 +11,9 @@ pub struct Profile {
     pub url: Option<String>,
     pub token: Option<String>,
     pub ca_cert: Option<PathBuf>,
+    /// SHA-256 fingerprints the server is trusted by instead of a CA (`AB:CD:…`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_fingerprints: Vec<String>,
     pub subscription: Option<String>,
 }
 

@@ -99,9 +99,12 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-/// One DER element at the start of `input`: its tag, its contents, the whole element (tag and
-/// length included) and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+/// One DER element at the start of some input: its tag, its contents, the whole element (tag
+/// and length included) and what follows it.
+type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// The DER element at the start of `input`.
+fn element(input: &[u8]) -> Option<Element<'_>> {
     let (&tag, rest) = input.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {

@@ -37,12 +37,7 @@ impl Reloadable {
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Reloadable>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = read(cert, key, &provider)?;
-        Ok(Arc::new(Reloadable {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            provider,
-            current: RwLock::new(current),
-        }))
+        Ok(Arc::new(Reloadable { cert: cert.to_owned(), key: key.to_owned(), provider, current: RwLock::new(current) }))
     }
 
     /// Reads both files again and presents them to every new connection. On an error the
@@ -87,9 +82,8 @@ fn read(cert: &Path, key: &Path, provider: &rustls::crypto::CryptoProvider) -> R
     let info = CertInfo::from_der(certs[0].as_ref())
         .ok_or_else(|| TlsError::Config(format!("{}: the first certificate cannot be read", cert.display())))?;
     let key_der = read_key(key)?;
-    let certified = CertifiedKey::from_der(certs, key_der, provider).map_err(|e| {
-        TlsError::Config(format!("{} and {} do not go together: {e}", cert.display(), key.display()))
-    })?;
+    let certified = CertifiedKey::from_der(certs, key_der, provider)
+        .map_err(|e| TlsError::Config(format!("{} and {} do not go together: {e}", cert.display(), key.display())))?;
     Ok(Current { key: Arc::new(certified), info })
 }
 
@@ -182,16 +176,8 @@ mod tests {
         let leaf = tls::read_certs(&files.cert).unwrap().remove(0);
         let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
         let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        ee.verify_for_usage(
-            algs.all,
-            &anchors,
-            &[],
-            now_pki,
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .expect("the renewed certificate chains to the old one's trust anchor");
+        ee.verify_for_usage(algs.all, &anchors, &[], now_pki, webpki::KeyUsage::server_auth(), None, None)
+            .expect("the renewed certificate chains to the old one's trust anchor");
     }
 
     #[test]

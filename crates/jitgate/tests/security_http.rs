@@ -606,6 +606,24 @@ async fn sighup_reloads_the_certificate_without_dropping_connections_and_clients
     assert!(!refused.status.success());
     let bad = whoami("not-a-fingerprint");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("64 hex digits"), "{}", String::from_utf8_lossy(&bad.stderr));
+    // `jitgate login` keeps the fingerprint in the profile for later commands.
+    let profile = dir.path().join("profile.json");
+    let login = std::process::Command::new(BIN)
+        .args(["login", "--url", &by_ip, "--token", &server.token, "--server-fingerprint", &second.key_fingerprint()])
+        .env("JITGATE_CONFIG", &profile)
+        .env_remove("JITGATE_CA_CERT")
+        .output()
+        .unwrap();
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    let later = std::process::Command::new(BIN)
+        .arg("whoami")
+        .env("JITGATE_CONFIG", &profile)
+        .env_remove("JITGATE_CA_CERT")
+        .env_remove("JITGATE_URL")
+        .env_remove("JITGATE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(later.status.success(), "{}", String::from_utf8_lossy(&later.stderr));
 }
 
 #[test]
