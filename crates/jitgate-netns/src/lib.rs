@@ -43,7 +43,10 @@ pub fn skip(test: &str, why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} cannot run: {why}. CI=true requires it; .ci/run must install what it needs");
     }
-    eprintln!("SKIPPED {test}: {why}");
+    // Written to the process's stderr itself, not through `eprintln!`, which the test harness
+    // captures and shows only for failures: a skip must be seen in the output of `cargo test`.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
 
 /// Why namespace tests cannot run here, if they cannot: not root, or `ip`/`nft` missing.

@@ -152,11 +152,14 @@ async fn every_built_in_role_on_every_operation_inside_and_outside_its_scope() {
 async fn escalation_attempts_all_fail() {
     let s = TestServer::start(BIN, &[]);
     let vm = s.register_vm("inside", "vm", "Linux").await;
-    s.json(Method::PUT, &s.policy_url("inside", "westeurope", "default"), &policy_body(&vm)).await;
+    // Every setup step is checked: a refusal below proves something only if the setup held.
+    let put = s.json(Method::PUT, &s.policy_url("inside", "westeurope", "default"), &policy_body(&vm)).await;
+    assert!(put.status.is_success(), "{put:?}");
 
     // A requester cannot assign itself (or anyone) a role.
     let alice = s.principal("alice").await;
-    s.assign("alice", "JIT Network Access Requester", &rg_scope("inside")).await;
+    let a = s.assign("alice", "JIT Network Access Requester", &rg_scope("inside")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     let a = as_user(
         &s,
         &alice,
@@ -172,7 +175,8 @@ async fn escalation_attempts_all_fail() {
 
     // An owner of a resource group cannot define a role for the whole subscription.
     let bob = s.principal("bob").await;
-    s.assign("bob", "Owner", &rg_scope("inside")).await;
+    let a = s.assign("bob", "Owner", &rg_scope("inside")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     let broad = json!({"Name": "Broad", "Actions": ["*"], "AssignableScopes": [format!("/subscriptions/{SUB}")]});
     let a = as_user(&s, &bob, Method::PUT, &s.url("/api/v1/roleDefinitions/Broad"), Some(&broad)).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
@@ -204,7 +208,8 @@ async fn escalation_attempts_all_fail() {
         StatusCode::CREATED
     );
     let carol = s.principal("carol").await;
-    s.assign("carol", "No Initiate", &rg_scope("inside")).await;
+    let a = s.assign("carol", "No Initiate", &rg_scope("inside")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
     let a = as_user(
         &s,
         &carol,
@@ -239,7 +244,8 @@ async fn escalation_attempts_all_fail() {
     // A token of subscription A cannot act on subscription B.
     let other_sub = "11111111-2222-3333-4444-555555555555";
     let dave = s.principal("dave").await;
-    s.assign("dave", "Owner", &format!("/subscriptions/{other_sub}")).await;
+    let a = s.assign("dave", "Owner", &format!("/subscriptions/{other_sub}")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "dave owns the other subscription: {a:?}");
     let a = as_user(&s, &dave, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     let a = as_user(&s, &dave, Method::PUT, &s.policy_url("inside", "westeurope", "default"), Some(&policy_body(&vm)))
@@ -327,7 +333,8 @@ async fn oidc_id_tokens_sign_humans_in_and_bad_ones_are_refused() {
     let issuer = serve_jwks(json!({"keys": [jwk]}));
     let s = TestServer::start(BIN, &["--oidc-issuer", &issuer, "--oidc-audience", "jitgate-test"]);
     let vm = s.register_vm("rg1", "vm", "Linux").await;
-    s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy_body(&vm)).await;
+    let put = s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy_body(&vm)).await;
+    assert!(put.status.is_success(), "{put:?}");
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = |patch: Value| {
         let mut c = json!({"iss": issuer, "aud": "jitgate-test", "sub": "u-1", "preferred_username": "erin", "iat": now, "nbf": now - 5, "exp": now + 300});
@@ -388,7 +395,8 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     for (flags, expected) in [(vec!["--trusted-proxy", "127.0.0.1/32"], "203.0.113.9"), (vec![], "127.0.0.1")] {
         let s = TestServer::start(BIN, &flags);
         let vm = s.register_vm("rg1", "vm", "Linux").await;
-        s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy_body(&vm)).await;
+        let put = s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy_body(&vm)).await;
+        assert!(put.status.is_success(), "{put:?}");
         let auth = format!("Bearer {}", s.server.token);
         let text = body(&vm).to_string();
         let a = s
@@ -431,7 +439,20 @@ async fn the_cli_creates_the_least_privileged_role_and_assigns_it() {
     assert_eq!(printed["Name"], "JIT Access Role");
     assert_eq!(printed["AssignableScopes"], json!([scope]));
     let actions: Vec<&str> = printed["Actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    assert_eq!(actions, jitgate_core::rbac::REQUESTER_ACTIONS);
+    // Written out, not taken from the code that made them: the seed's least-privileged list
+    // (Set-JitLeastPrivilegedRole), the policy read, and the notification of one's own requests.
+    assert_eq!(
+        actions,
+        [
+            "Microsoft.Security/locations/jitNetworkAccessPolicies/initiate/action",
+            "Microsoft.Security/locations/jitNetworkAccessPolicies/*/read",
+            "Microsoft.Security/locations/jitNetworkAccessPolicies/read",
+            "Microsoft.Compute/virtualMachines/read",
+            "Microsoft.Network/networkInterfaces/*/read",
+            "Microsoft.Network/publicIPAddresses/read",
+            "Microsoft.Security/webhooks/notifyOwn/action",
+        ]
+    );
     assert!(run(&["role", "list"]).contains("JIT Access Role"));
     s.principal("frank").await;
     let assigned: Value = serde_json::from_str(&run(&[

@@ -23,7 +23,7 @@ fn section(heading: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_as_written() {
     if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("SKIPPED the_readme_walkthrough_runs_as_written: curl is not installed");
+        jitgate_netns::skip("the_readme_walkthrough_runs_as_written", "curl is not installed (apt-get install curl)");
         return;
     }
     let s = TestServer::start(BIN, &[]);

@@ -120,6 +120,14 @@ fn the_end_time_must_be_in_the_future_and_within_the_ports_maximum() {
     let mut within_leeway = port(22, Some("*"), 180);
     within_leeway.end_time = within_leeway.end_time.map(|t| t + Duration::seconds(10));
     assert!(decide_one(within_leeway).is_ok());
+    // The leeway's edge, to the nanosecond: the maximum plus exactly 30 s is allowed, a
+    // nanosecond more is not.
+    let mut at_edge = port(22, Some("*"), 180);
+    at_edge.end_time = at_edge.end_time.map(|t| t + END_TIME_LEEWAY);
+    assert!(decide_one(at_edge.clone()).is_ok(), "exactly the maximum and the leeway");
+    at_edge.end_time = at_edge.end_time.map(|t| t + Duration::nanoseconds(1));
+    let err = decide_one(at_edge).expect_err("past the leeway");
+    assert!(err.message.contains("longer than the port's maximum"), "{}", err.message);
 }
 
 #[test]

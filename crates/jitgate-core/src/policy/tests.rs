@@ -137,6 +137,27 @@ fn max_duration_must_be_iso8601_within_5_minutes_and_24_hours() {
 }
 
 #[test]
+fn approval_timeout_must_be_iso8601_positive_and_at_most_seven_days() {
+    let with = |t: &str| {
+        let mut p = port(22);
+        p.require_approval = Some(true);
+        p.approval_timeout = Some(t.into());
+        p
+    };
+    for ok in ["PT1S", "PT1H", "P7D", "PT168H"] {
+        assert_eq!(check_port(with(ok)), Ok(()), "{ok}");
+    }
+    for bad in ["PT0S", "P7DT1S", "PT168H1S", "P8D", "soon", "", "-PT1H"] {
+        let target = check_port(with(bad)).expect_err(bad);
+        assert!(target.ends_with("approvalTimeout"), "{bad}: {target}");
+    }
+    // The value is kept as given.
+    let v = validate(reference("default"), draft_with(with("PT30M"))).expect("valid");
+    let kept = v.vms[0].ports[0].approval_timeout.as_ref().map(|d| d.duration());
+    assert_eq!(kept, Some(Duration::minutes(30)));
+}
+
+#[test]
 fn policy_and_vm_names_together_may_not_exceed_56_characters() {
     let vm = "v".repeat(49);
     let ok = PolicyDraft { kind: None, vms: vec![VmDraft { id: vm_id(&vm), ports: None, public_ip_address: None }] };
