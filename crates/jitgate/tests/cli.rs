@@ -307,6 +307,18 @@ async fn connect_runs_the_command_with_the_details_and_revokes_after() {
     assert_eq!(cli.run(&["access", "approve", &first]).status.code(), Some(3), "no self-approval");
     let approved = as_boss(&["access", "approve", &first, "--reason", "ok", "-o", "json"]);
     assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    // What the server holds afterwards, not only the exit code.
+    let port_of = |id: &str| {
+        let s = &s;
+        let id = id.to_owned();
+        async move {
+            let a = s.send(reqwest::Method::GET, &s.url(&format!("/api/v1/requests/{id}")), None).await;
+            assert_eq!(a.status, reqwest::StatusCode::OK, "{a:?}");
+            a.body["virtualMachines"][0]["ports"][0].clone()
+        }
+    };
+    let p = port_of(&first).await;
+    assert_eq!((p["status"].as_str(), p["statusReason"].as_str()), (Some("Initiated"), Some("Approved")), "{p}");
     let second = cli.json(&[
         "access",
         "request",
@@ -321,11 +333,26 @@ async fn connect_runs_the_command_with_the_details_and_revokes_after() {
     ])["id"]
         .to_string();
     assert!(as_boss(&["access", "deny", &second, "--reason", "no"]).status.success());
+    let p = port_of(&second).await;
+    assert_eq!((p["status"].as_str(), p["statusReason"].as_str()), (Some("Revoked"), Some("Denied")), "{p}");
     let open =
         cli.json(&["access", "request", "--vm", "web1", "--port", "2222", "--source", "203.0.113.52", "--for", "30m"])
             ["id"]
             .to_string();
+    let end_of = |port: &serde_json::Value| {
+        let text = port["endTimeUtc"].as_str().unwrap_or_default().to_owned();
+        time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("endTimeUtc {text:?}: {e}"))
+    };
+    let before = end_of(&port_of(&open).await);
+    let asked_at = time::OffsetDateTime::now_utc();
     let extended = cli.json(&["access", "extend", &open, "--for", "2h"]);
     assert_eq!(extended["virtualMachines"][0]["ports"][0]["status"], "Initiated");
+    let after = end_of(&port_of(&open).await);
+    // Two hours from when it was asked (not 30 minutes, and not two hours past the old end).
+    let want = asked_at + time::Duration::hours(2);
+    assert!(after > before + time::Duration::minutes(80), "{before} → {after}");
+    assert!((after - want).abs() < time::Duration::seconds(30), "{after} vs {want}");
     assert_eq!(cli.run(&["access", "extend", &open, "--for", "5h"]).status.code(), Some(1), "beyond the maximum");
+    assert_eq!(end_of(&port_of(&open).await), after, "a refused extension changes nothing");
 }
