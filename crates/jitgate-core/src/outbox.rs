@@ -68,6 +68,16 @@ pub const DELIVERED: &str = "Delivered";
 /// A delivery given up on.
 pub const FAILED: &str = "Failed";
 
+/// Attempts before a delivery is given up (backoff 1 s, 2 s, 4 s … between them).
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// When a delivery is tried again after its `attempts`-th attempt (counting from 1) at `now`:
+/// never after a success or the last attempt, else after 1 s, 2 s, 4 s … doubling (at most
+/// 1,024 s).
+pub fn retry_at(attempts: u32, ok: bool, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    (!ok && attempts < MAX_ATTEMPTS).then(|| now + time::Duration::seconds(1 << attempts.saturating_sub(1).min(10)))
+}
+
 /// The state of a delivery after an attempt at `now`, and when it is next due: delivered (`ok`),
 /// pending until `next` (a retry), or failed (no retry left).
 pub fn attempted(ok: bool, next: Option<OffsetDateTime>, now: OffsetDateTime) -> (&'static str, OffsetDateTime) {

@@ -48,8 +48,7 @@ use crate::{auth, App, Caller};
 
 pub use jitgate_core::rbac::actions::{WEBHOOK_DELETE, WEBHOOK_NOTIFY_OWN, WEBHOOK_READ, WEBHOOK_WRITE};
 pub const EVENTS: [&str; 7] = jitgate_core::outbox::EVENTS;
-/// Attempts before a delivery is given up (backoff 1 s, 2 s, 4 s … between them).
-pub const MAX_ATTEMPTS: u32 = 8;
+pub use jitgate_core::outbox::MAX_ATTEMPTS;
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a claimed delivery stays out of other passes: longer than any attempt takes.
 const LEASE: time::Duration = time::Duration::seconds(60);
@@ -586,8 +585,7 @@ async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery) {
     }
     let attempts = d.attempts + 1;
     let ok = outcome.is_ok();
-    let next = (!ok && attempts < MAX_ATTEMPTS)
-        .then(|| app.clock.now() + time::Duration::seconds(1 << (attempts - 1).min(10)));
+    let next = jitgate_core::outbox::retry_at(attempts, ok, app.clock.now());
     let error = outcome.err().map(|f| f.to_string());
     if let Err(e) = app.store.delivery_attempted(d.id, ok, error, next, app.clock.now()).await {
         tracing::warn!(error = %e, delivery = d.id, "could not record a webhook delivery");

@@ -31,6 +31,35 @@ fn an_attempt_delivers_retries_or_gives_up() {
 }
 
 #[test]
+fn failed_deliveries_back_off_doubling_and_fail_after_the_last_attempt() {
+    let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("valid time");
+    // Every attempt fails: seven retries 1, 2, 4 … 64 s apart, then Failed.
+    let mut at = now;
+    let mut gaps = Vec::new();
+    let mut state = PENDING;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let next = retry_at(attempt, false, at);
+        let (s, due) = attempted(false, next, at);
+        state = s;
+        if let Some(next) = next {
+            gaps.push((next - at).whole_seconds());
+            at = due;
+        } else {
+            assert_eq!(attempt, MAX_ATTEMPTS, "gave up early, at attempt {attempt}");
+        }
+    }
+    assert_eq!(gaps, [1, 2, 4, 8, 16, 32, 64]);
+    assert_eq!(state, FAILED);
+    assert_eq!(MAX_ATTEMPTS, 8);
+    // A success at any attempt ends it; so does an attempt past the limit.
+    assert_eq!(retry_at(3, true, now), None);
+    assert_eq!(attempted(true, retry_at(3, true, now), now), (DELIVERED, now));
+    assert_eq!(retry_at(MAX_ATTEMPTS + 5, false, now), None);
+    // A nonsensical attempt 0 does not underflow.
+    assert_eq!(retry_at(0, false, now), Some(now + time::Duration::seconds(1)));
+}
+
+#[test]
 fn a_webhook_record_names_whose_requests_it_hears() {
     let audit = crate::audit::test_event(OffsetDateTime::UNIX_EPOCH);
     let event = webhook_created(audit, "w1", "https://hooks.example", None, Some("alice"));
