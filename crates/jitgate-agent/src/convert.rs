@@ -17,14 +17,20 @@ fn protocols(p: &str) -> &'static [L4] {
     }
 }
 
-/// Source prefixes as networks; `*` is every IPv4 and every IPv6 address.
-fn sources(texts: &[String], mode: Mode) -> Vec<IpNet> {
+/// Source prefixes as networks. On a host (`dest`: `None`) `*` is every IPv4 and every IPv6
+/// address. Behind a gateway (`dest`: the VM's address) a source reaches the VM only in the
+/// VM's own address family (there is no NAT64): `*` is every address of that family, and a
+/// source of the other family is skipped (the server refuses such requests).
+fn sources(texts: &[String], dest: Option<IpAddr>) -> Vec<IpNet> {
+    let any4 = IpNet::V4(Default::default());
+    let any6 = IpNet::V6(Default::default());
     let mut out = Vec::new();
     for t in texts {
         if t == "*" {
-            out.push("0.0.0.0/0".parse().unwrap_or(IpNet::V4(Default::default())));
-            if mode == Mode::Host {
-                out.push("::/0".parse().unwrap_or(IpNet::V6(Default::default())));
+            match dest {
+                None => out.extend([any4, any6]),
+                Some(IpAddr::V4(_)) => out.push(any4),
+                Some(IpAddr::V6(_)) => out.push(any6),
             }
             continue;
         }
@@ -33,12 +39,12 @@ fn sources(texts: &[String], mode: Mode) -> Vec<IpNet> {
         } else {
             t.parse::<IpAddr>().ok().map(IpNet::from)
         };
-        match net {
-            Some(n) if mode == Mode::Gateway && matches!(n, IpNet::V6(_)) => {
-                tracing::warn!(source = %t, "IPv6 sources are not enforced in gateway mode; skipped");
+        match (net, dest) {
+            (Some(n), Some(d)) if n.addr().is_ipv4() != d.is_ipv4() => {
+                tracing::warn!(source = %t, vm = %d, "a source of the other address family than the VM's cannot reach it through the gateway (no NAT64); skipped");
             }
-            Some(n) => out.push(n),
-            None => tracing::warn!(source = %t, "unreadable source prefix; skipped"),
+            (Some(n), _) => out.push(n),
+            (None, _) => tracing::warn!(source = %t, "unreadable source prefix; skipped"),
         }
     }
     out
@@ -71,7 +77,7 @@ pub fn desired(state: &StateOut, mode: Mode, asked: Instant, already_elapsed: Du
         } else {
             None
         };
-        for source in sources(&g.sources, mode) {
+        for source in sources(&g.sources, dest) {
             for proto in protocols(&g.protocol) {
                 let key = GrantKey { source, dest, proto: *proto, port: g.port };
                 let slot = d.grants.entry(key).or_insert(end);
@@ -160,10 +166,27 @@ mod tests {
         let d = desired(&state("gateway", Some("10.2.0.7")), Mode::Gateway, asked, Duration::ZERO);
         let vm: IpAddr = "10.2.0.7".parse().expect("ip");
         assert!(d.protected.iter().all(|p| p.dest == Some(vm)));
-        assert_eq!(d.grants.len(), 2, "IPv6 * left out in gateway mode");
+        assert_eq!(d.grants.len(), 2, "the address, and * as 0.0.0.0/0 only: ::/0 cannot reach an IPv4 VM");
         let (target, _) = d.dnat.values().next().expect("a DNAT mapping");
         assert_eq!((target.addr, target.port), (vm, 22));
         assert!(d.dnat.keys().all(|k| k.public_port == 50022));
+    }
+
+    #[test]
+    fn behind_a_gateway_sources_keep_to_the_vms_address_family() {
+        let asked = Instant::now();
+        let mut s = state("gateway", Some("fd00:2::7"));
+        s.grants[0].sources = vec!["2001:db8::5".into(), "2001:db8:1::/48".into(), "203.0.113.5".into(), "*".into()];
+        let d = desired(&s, Mode::Gateway, asked, Duration::ZERO);
+        let vm: IpAddr = "fd00:2::7".parse().expect("ip");
+        assert!(d.protected.iter().all(|p| p.dest == Some(vm)), "an IPv6 VM is protected at its address");
+        let mut got: Vec<String> = d.grants.keys().map(|k| k.source.to_string()).collect();
+        got.sort();
+        assert_eq!(got, ["2001:db8:1::/48", "2001:db8::5/128", "::/0"], "the IPv4 source is skipped, * is ::/0");
+        assert!(d.grants.keys().all(|k| k.dest == Some(vm)));
+        assert_eq!(d.dnat.len(), 3, "one DNAT mapping per source");
+        assert!(d.dnat.values().all(|(t, _)| t.addr == vm && t.port == 22));
+        assert!(d.dnat.keys().all(|k| k.source.addr().is_ipv6()));
     }
 
     #[test]

@@ -9,8 +9,9 @@ use ipnet::IpNet;
 use jitgate_enforce::{DnatKey, DnatTarget, ElemOp, GrantKey, Protected, L4};
 
 use crate::{
-    NftError, MAP_DNAT4, MAP_DNAT4_NET, SET_ALLOW4, SET_ALLOW4_NET, SET_ALLOW6, SET_ALLOW6_NET, SET_CUT, SET_GW_ALLOW4,
-    SET_GW_ALLOW4_NET, SET_GW_CUT, SET_GW_PROTECTED, SET_PROTECTED,
+    NftError, MAP_DNAT4, MAP_DNAT4_NET, MAP_DNAT6, MAP_DNAT6_NET, SET_ALLOW4, SET_ALLOW4_NET, SET_ALLOW6,
+    SET_ALLOW6_NET, SET_CUT, SET_GW_ALLOW4, SET_GW_ALLOW4_NET, SET_GW_ALLOW6, SET_GW_ALLOW6_NET, SET_GW_CUT,
+    SET_GW_CUT6, SET_GW_PROTECTED, SET_GW_PROTECTED6, SET_PROTECTED,
 };
 
 /// One component of a concatenated key or value.
@@ -103,49 +104,55 @@ pub fn dnat_map(key: &DnatKey) -> Result<String, NftError> {
 
 pub(crate) fn grant_elem(key: &GrantKey) -> Result<Elem, String> {
     let tail = [Field::Proto(key.proto), Field::Port(key.port)];
-    match (key.dest, key.source) {
-        (None, IpNet::V4(_)) => {
-            let (set, src) = source_set(&key.source, SET_ALLOW4, SET_ALLOW4_NET);
-            Ok(Elem { set, key: [src].into_iter().chain(tail).collect(), data: None })
-        }
-        (None, IpNet::V6(_)) => {
-            let (set, src) = source_set(&key.source, SET_ALLOW6, SET_ALLOW6_NET);
-            Ok(Elem { set, key: [src].into_iter().chain(tail).collect(), data: None })
-        }
-        (Some(IpAddr::V4(dest)), IpNet::V4(_)) => {
-            let (set, src) = source_set(&key.source, SET_GW_ALLOW4, SET_GW_ALLOW4_NET);
-            Ok(Elem { set, key: [src, Field::V4(dest)].into_iter().chain(tail).collect(), data: None })
-        }
-        (Some(IpAddr::V4(dest)), IpNet::V6(_)) => {
-            Err(format!("grant from IPv6 source {} to IPv4 address {dest}: no packet can match", key.source))
-        }
-        (Some(IpAddr::V6(dest)), _) => Err(format!("gateway grant to {dest}: gateway mode supports IPv4 only")),
-    }
+    let (exact, net, dest) = match (key.dest, key.source) {
+        (None, IpNet::V4(_)) => (SET_ALLOW4, SET_ALLOW4_NET, None),
+        (None, IpNet::V6(_)) => (SET_ALLOW6, SET_ALLOW6_NET, None),
+        (Some(IpAddr::V4(dest)), IpNet::V4(_)) => (SET_GW_ALLOW4, SET_GW_ALLOW4_NET, Some(Field::V4(dest))),
+        (Some(IpAddr::V6(dest)), IpNet::V6(_)) => (SET_GW_ALLOW6, SET_GW_ALLOW6_NET, Some(Field::V6(dest))),
+        (Some(dest), source) => return Err(mixed("grant from", &source, "to", dest)),
+    };
+    let (set, src) = source_set(&key.source, exact, net);
+    Ok(Elem { set, key: [src].into_iter().chain(dest).chain(tail).collect(), data: None })
+}
+
+/// The refusal of an entry that mixes the address families: no packet can match it, and the
+/// gateway translates no family into the other (no NAT64).
+fn mixed(what: &str, source: &IpNet, to: &str, dest: IpAddr) -> String {
+    let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+    format!(
+        "{what} {} source {source} {to} {} address {dest}: a gateway forwards each family to its own (no NAT64)",
+        family(matches!(source, IpNet::V4(_))),
+        family(dest.is_ipv4())
+    )
 }
 
 pub(crate) fn dnat_elem(key: &DnatKey, target: Option<&DnatTarget>) -> Result<Elem, String> {
-    let IpNet::V4(_) = key.source else {
-        return Err(format!("DNAT from {}: gateway mode supports IPv4 only", key.source));
+    let (exact, net) = match key.source {
+        IpNet::V4(_) => (MAP_DNAT4, MAP_DNAT4_NET),
+        IpNet::V6(_) => (MAP_DNAT6, MAP_DNAT6_NET),
     };
     let data = match target {
         None => None,
-        Some(DnatTarget { addr: IpAddr::V4(a), port }) => Some(vec![Field::V4(*a), Field::Port(*port)]),
-        Some(DnatTarget { addr: IpAddr::V6(a), .. }) => {
-            return Err(format!("DNAT to {a}: gateway mode supports IPv4 only"));
+        Some(DnatTarget { addr: IpAddr::V4(a), port }) if key.source.addr().is_ipv4() => {
+            Some(vec![Field::V4(*a), Field::Port(*port)])
         }
+        Some(DnatTarget { addr: IpAddr::V6(a), port }) if key.source.addr().is_ipv6() => {
+            Some(vec![Field::V6(*a), Field::Port(*port)])
+        }
+        Some(t) => return Err(mixed("DNAT from", &key.source, "to", t.addr)),
     };
-    let (set, src) = source_set(&key.source, MAP_DNAT4, MAP_DNAT4_NET);
+    let (set, src) = source_set(&key.source, exact, net);
     Ok(Elem { set, key: vec![src, Field::Proto(key.proto), Field::Port(key.public_port)], data })
 }
 
 /// The sets a protected port goes into: the protected set, and the cut set when sessions end
 /// with their grant.
-pub(crate) fn protected_elem(p: &Protected) -> Result<(&'static str, &'static str, Vec<Field>), String> {
+pub(crate) fn protected_elem(p: &Protected) -> (&'static str, &'static str, Vec<Field>) {
     let tail = [Field::Proto(p.proto), Field::Port(p.port)];
     match p.dest {
-        None => Ok((SET_PROTECTED, SET_CUT, tail.to_vec())),
-        Some(IpAddr::V4(a)) => Ok((SET_GW_PROTECTED, SET_GW_CUT, [Field::V4(a)].into_iter().chain(tail).collect())),
-        Some(IpAddr::V6(a)) => Err(format!("protected port on {a}: gateway mode supports IPv4 only")),
+        None => (SET_PROTECTED, SET_CUT, tail.to_vec()),
+        Some(IpAddr::V4(a)) => (SET_GW_PROTECTED, SET_GW_CUT, [Field::V4(a)].into_iter().chain(tail).collect()),
+        Some(IpAddr::V6(a)) => (SET_GW_PROTECTED6, SET_GW_CUT6, [Field::V6(a)].into_iter().chain(tail).collect()),
     }
 }
 
@@ -206,8 +213,46 @@ mod tests {
         assert_eq!(grant_set(&gk("2001:db8::/64", None, 22)).ok().as_deref(), Some("allow6net_64"));
         assert_eq!(grant_set(&gk("10.0.0.1/32", Some("10.9.0.2"), 22)).ok().as_deref(), Some("gw_allow4"));
         assert_eq!(grant_set(&gk("10.0.0.0/8", Some("10.9.0.2"), 22)).ok().as_deref(), Some("gw_allow4net_8"));
-        assert!(grant_set(&gk("2001:db8::1/128", Some("10.9.0.2"), 22)).is_err());
-        assert!(grant_set(&gk("10.0.0.1/32", Some("fd00::2"), 22)).is_err());
+        assert_eq!(grant_set(&gk("2001:db8::1/128", Some("fd00::2"), 22)).ok().as_deref(), Some("gw_allow6"));
+        assert_eq!(grant_set(&gk("2001:db8::/48", Some("fd00::2"), 22)).ok().as_deref(), Some("gw_allow6net_48"));
+        assert_eq!(grant_set(&gk("::/0", Some("fd00::2"), 22)).ok().as_deref(), Some("gw_allow6net_0"));
+    }
+
+    #[test]
+    fn mixed_families_are_refused_in_words() {
+        let e = grant_set(&gk("2001:db8::1/128", Some("10.9.0.2"), 22)).expect_err("IPv6 to IPv4");
+        assert_eq!(
+            e.to_string(),
+            "not supported by the nftables backend: grant from IPv6 source 2001:db8::1/128 to IPv4 address \
+             10.9.0.2: a gateway forwards each family to its own (no NAT64)"
+        );
+        let e = grant_set(&gk("10.0.0.1/32", Some("fd00::2"), 22)).expect_err("IPv4 to IPv6");
+        assert!(e.to_string().contains("IPv4 source 10.0.0.1/32 to IPv6 address fd00::2"), "{e}");
+        let key = DnatKey { source: "10.0.0.1/32".parse().expect("net"), proto: L4::Tcp, public_port: 50022 };
+        let target = DnatTarget { addr: "fd00::2".parse().expect("addr"), port: 22 };
+        let e = dnat_elem(&key, Some(&target)).expect_err("IPv4 DNAT to IPv6");
+        assert!(e.contains("DNAT from IPv4 source 10.0.0.1/32 to IPv6 address fd00::2"), "{e}");
+        // A delete names no target: the map follows the source's family.
+        assert_eq!(dnat_map(&key).ok().as_deref(), Some("dnat4"));
+    }
+
+    #[test]
+    fn ipv6_gateway_entries_are_keyed_like_ipv4_ones() {
+        let e = grant_elem(&gk("2001:db8:1:2::77/64", Some("fd00::2"), 22)).expect("elem");
+        assert_eq!(e.set, "gw_allow6net_64");
+        assert_eq!(fields_text(&e.key), "2001:db8:1:2:: . fd00::2 . tcp . 22");
+        assert_eq!(fields_bytes(&e.key).len(), 16 + 16 + 4 + 4);
+        let key = DnatKey { source: "2001:db8::5/128".parse().expect("net"), proto: L4::Tcp, public_port: 50022 };
+        let target = DnatTarget { addr: "fd00::2".parse().expect("addr"), port: 22 };
+        let e = dnat_elem(&key, Some(&target)).expect("elem");
+        assert_eq!(e.set, "dnat6");
+        assert_eq!(fields_text(&e.key), "2001:db8::5 . tcp . 50022");
+        assert_eq!(e.data.as_deref().map(fields_text).as_deref(), Some("fd00::2 . 22"));
+        let ranged = DnatKey { source: "2001:db8::/32".parse().expect("net"), ..key };
+        assert_eq!(dnat_map(&ranged).ok().as_deref(), Some("dnat6net_32"));
+        let p = Protected { dest: Some("fd00::2".parse().expect("addr")), proto: L4::Udp, port: 53, cut_sessions: true };
+        let (set, cut, fields) = protected_elem(&p);
+        assert_eq!((set, cut, fields_text(&fields).as_str()), ("gw_protected6", "gw_cut6", "fd00::2 . udp . 53"));
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl NftFirewall {
 
     /// Replaces `table inet jitgate` with `desired` in one transaction (`nft -f -` with
     /// [`ruleset`]). Refuses, before touching anything, a state with entries this backend
-    /// cannot express (IPv6 in gateway mode).
+    /// cannot express (gateway entries that mix IPv4 and IPv6: there is no NAT64).
     pub fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), NftError> {
         let bad = unsupported(desired);
         if !bad.is_empty() {
@@ -270,27 +270,29 @@ fn sample_state(now: Instant) -> Desired {
     let net = |s: &str| s.parse::<ipnet::IpNet>().ok();
     let mut d = Desired::empty(Mode::Gateway);
     d.protected.insert(Protected { dest: None, proto: L4::Tcp, port: 22, cut_sessions: true });
-    d.protected.insert(Protected {
-        dest: Some(IpAddr::from([192, 0, 2, 10])),
-        proto: L4::Udp,
-        port: 53,
-        cut_sessions: true,
-    });
+    let vm4 = IpAddr::from([192, 0, 2, 10]);
+    let vm6 = IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10]);
+    for dest in [vm4, vm6] {
+        d.protected.insert(Protected { dest: Some(dest), proto: L4::Udp, port: 53, cut_sessions: true });
+    }
     for (source, dest) in [
         ("192.0.2.1/32", None),
         ("192.0.2.0/24", None),
         ("2001:db8::1/128", None),
         ("2001:db8::/64", None),
-        ("192.0.2.1/32", Some(IpAddr::from([192, 0, 2, 10]))),
-        ("0.0.0.0/0", Some(IpAddr::from([192, 0, 2, 10]))),
+        ("192.0.2.1/32", Some(vm4)),
+        ("0.0.0.0/0", Some(vm4)),
+        ("2001:db8::1/128", Some(vm6)),
+        ("::/0", Some(vm6)),
     ] {
         if let Some(source) = net(source) {
             d.grants.insert(GrantKey { source, dest, proto: L4::Tcp, port: 22 }, end);
         }
     }
-    let target = DnatTarget { addr: IpAddr::from([192, 0, 2, 10]), port: 22 };
-    for source in ["192.0.2.1/32", "192.0.2.0/24"] {
+    for (source, addr) in [("192.0.2.1/32", vm4), ("192.0.2.0/24", vm4), ("2001:db8::1/128", vm6), ("2001:db8::/64", vm6)]
+    {
         if let Some(source) = net(source) {
+            let target = DnatTarget { addr, port: 22 };
             d.dnat.insert(DnatKey { source, proto: L4::Tcp, public_port: 50022 }, (target, end));
         }
     }
@@ -304,6 +306,7 @@ mod tests {
     #[test]
     fn the_dry_run_sample_holds_every_kind_of_element() {
         let d = sample_state(Instant::now());
-        assert_eq!((d.protected.len(), d.grants.len(), d.dnat.len()), (2, 6, 2));
+        assert_eq!((d.protected.len(), d.grants.len(), d.dnat.len()), (3, 8, 4));
+        assert!(unsupported(&d).is_empty(), "{:?}", unsupported(&d));
     }
 }

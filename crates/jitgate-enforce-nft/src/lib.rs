@@ -44,29 +44,52 @@
 //! protected ports that are not part of an established session (or of any session on a port
 //! that cuts sessions): at most 33 lookups for IPv4, 129 for IPv6.
 //!
-//! Gateway mode adds, for IPv4 only (forwarded IPv6 is left alone):
+//! Gateway mode adds the same for IPv4 and for IPv6, one family beside the other (a packet is
+//! only ever checked against the sets of its own family; there is no NAT64):
 //! ```text
-//!   set gw_protected { type ipv4_addr . inet_proto . inet_service; }   # vm address . proto . port
-//!   set gw_cut       { ... }
+//!   set gw_protected  { type ipv4_addr . inet_proto . inet_service; }  # vm address . proto . port
+//!   set gw_cut        { ... }
 //!   set gw_allow4 / gw_allow4net_N { type ipv4_addr . ipv4_addr . inet_proto . inet_service; flags timeout; }
 //!   map dnat4 / dnat4net_N { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags timeout; }
+//!   set gw_protected6 { type ipv6_addr . inet_proto . inet_service; }  # the same for IPv6 VMs
+//!   set gw_cut6       { ... }
+//!   set gw_allow6 / gw_allow6net_N { type ipv6_addr . ipv6_addr . inet_proto . inet_service; flags timeout; }
+//!   map dnat6 / dnat6net_N { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; flags timeout; }
 //!   chain forward { type filter hook forward priority filter - 10; policy accept;
-//!     meta nfproto ipv4 jump gw_forward4 }
+//!     meta nfproto ipv4 jump gw_forward4
+//!     meta nfproto ipv6 jump gw_forward6 }
 //!   chain gw_forward4 {
 //!     ip daddr . meta l4proto . th dport != @gw_protected accept
 //!     ip daddr . meta l4proto . th dport != @gw_cut ct state established,related accept
 //!     ip saddr . ip daddr . meta l4proto . th dport @gw_allow4 accept
 //!     ip saddr & MASK . ip daddr . meta l4proto . th dport @gw_allow4net_N accept   # N = 0, 31..=1
 //!     drop }
+//!   chain gw_forward6 {
+//!     ip6 daddr . meta l4proto . th dport != @gw_protected6 accept
+//!     ip6 daddr . meta l4proto . th dport != @gw_cut6 ct state established,related accept
+//!     ip6 saddr . ip6 daddr . meta l4proto . th dport @gw_allow6 accept
+//!     ip6 saddr & MASK . ip6 daddr . meta l4proto . th dport @gw_allow6net_N accept  # N = 0, 127..=1
+//!     drop }
 //!   chain prerouting { type nat hook prerouting priority dstnat; policy accept;
-//!     meta nfproto ipv4 fib daddr type local jump gw_dnat4 }
+//!     meta nfproto ipv4 fib daddr type local jump gw_dnat4
+//!     meta nfproto ipv6 fib daddr type local jump gw_dnat6 }
 //!   chain gw_dnat4 {
 //!     dnat ip to ip saddr . meta l4proto . th dport map @dnat4
 //!     dnat ip to ip saddr & MASK . meta l4proto . th dport map @dnat4net_N   # longest prefix first
 //!   }
+//!   chain gw_dnat6 {
+//!     dnat ip6 to ip6 saddr . meta l4proto . th dport map @dnat6
+//!     dnat ip6 to ip6 saddr & MASK . meta l4proto . th dport map @dnat6net_N # longest prefix first
+//!   }
 //! ```
 //! The forward check sees the translated destination, so a DNAT'ed connection needs a grant
-//! for (source, vm address, proto, vm port) as well as the DNAT element.
+//! for (source, vm address, proto, vm port) as well as the DNAT element. The IPv6 part is there
+//! in every gateway table, used or not, so that the first IPv6 grant is an element batch like
+//! any other, never a rebuild of the table. An IPv4 packet ends in `gw_forward4` (every path
+//! there has a verdict), so the IPv6 rules cost IPv4 forwarding nothing; in the NAT chain an
+//! IPv4 connection that no DNAT element maps meets one more `meta nfproto` comparison. A mixed
+//! entry (an IPv6 source towards an IPv4 VM, or the reverse) cannot match any packet and is
+//! refused as not expressible.
 
 mod elements;
 mod firewall;
@@ -97,9 +120,9 @@ pub const SET_ALLOW4_NET: &str = "allow4net_";
 pub const SET_ALLOW6: &str = "allow6";
 /// Host mode: grants from IPv6 ranges, one set per prefix length: `allow6net_64` holds the /64s.
 pub const SET_ALLOW6_NET: &str = "allow6net_";
-/// Gateway mode: the protected (vm address . proto . port) triples.
+/// Gateway mode: the protected (IPv4 vm address . proto . port) triples.
 pub const SET_GW_PROTECTED: &str = "gw_protected";
-/// Gateway mode: the protected triples whose sessions end with their grant.
+/// Gateway mode: the protected IPv4 triples whose sessions end with their grant.
 pub const SET_GW_CUT: &str = "gw_cut";
 /// Gateway mode: grants from exact IPv4 sources to a VM address.
 pub const SET_GW_ALLOW4: &str = "gw_allow4";
@@ -109,6 +132,18 @@ pub const SET_GW_ALLOW4_NET: &str = "gw_allow4net_";
 pub const MAP_DNAT4: &str = "dnat4";
 /// Gateway mode: DNAT from IPv4 ranges, one map per prefix length (`dnat4net_24`).
 pub const MAP_DNAT4_NET: &str = "dnat4net_";
+/// Gateway mode: the protected (IPv6 vm address . proto . port) triples.
+pub const SET_GW_PROTECTED6: &str = "gw_protected6";
+/// Gateway mode: the protected IPv6 triples whose sessions end with their grant.
+pub const SET_GW_CUT6: &str = "gw_cut6";
+/// Gateway mode: grants from exact IPv6 sources to an IPv6 VM address.
+pub const SET_GW_ALLOW6: &str = "gw_allow6";
+/// Gateway mode: grants from IPv6 ranges, one set per prefix length (`gw_allow6net_64`).
+pub const SET_GW_ALLOW6_NET: &str = "gw_allow6net_";
+/// Gateway mode: DNAT from an exact IPv6 source and public port to an IPv6 VM address and port.
+pub const MAP_DNAT6: &str = "dnat6";
+/// Gateway mode: DNAT from IPv6 ranges, one map per prefix length (`dnat6net_64`).
+pub const MAP_DNAT6_NET: &str = "dnat6net_";
 
 /// The base chain on the input hook (host mode).
 pub const CHAIN_INPUT: &str = "input";
@@ -120,10 +155,14 @@ pub const CHAIN_INPUT6: &str = "input6";
 pub const CHAIN_FORWARD: &str = "forward";
 /// Regular chain: the IPv4 checks of [`CHAIN_FORWARD`].
 pub const CHAIN_GW_FORWARD4: &str = "gw_forward4";
+/// Regular chain: the IPv6 checks of [`CHAIN_FORWARD`].
+pub const CHAIN_GW_FORWARD6: &str = "gw_forward6";
 /// The base NAT chain on the prerouting hook (gateway mode).
 pub const CHAIN_PREROUTING: &str = "prerouting";
-/// Regular chain: the DNAT lookups of [`CHAIN_PREROUTING`].
+/// Regular chain: the IPv4 DNAT lookups of [`CHAIN_PREROUTING`].
 pub const CHAIN_GW_DNAT4: &str = "gw_dnat4";
+/// Regular chain: the IPv6 DNAT lookups of [`CHAIN_PREROUTING`].
+pub const CHAIN_GW_DNAT6: &str = "gw_dnat6";
 
 /// Priority of [`CHAIN_INPUT`]: just before the usual `filter` chains.
 pub const PRIORITY_INPUT: &str = "filter - 10";

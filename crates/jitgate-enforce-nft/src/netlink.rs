@@ -148,7 +148,7 @@ enum Kind {
 /// gets the new timeout), deletes are `DESTROYSETELEM` (Linux ≥ 6.3: deleting an element that
 /// has already expired is not an error). Every element message asks for an ACK.
 ///
-/// Operations the backend cannot express (IPv6 in gateway mode) are left out;
+/// Operations the backend cannot express (gateway entries that mix IPv4 and IPv6) are left out;
 /// [`crate::NftFirewall::apply`] refuses them before encoding.
 pub fn encode_batch(ops: &[ElemOp], seq: u32) -> Vec<u8> {
     encode(ops, seq).bytes

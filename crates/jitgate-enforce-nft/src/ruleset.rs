@@ -9,10 +9,11 @@ use jitgate_enforce::{Desired, Mode};
 
 use crate::elements::{dnat_elem, fields_text, grant_elem, protected_elem};
 use crate::{
-    CHAIN_FORWARD, CHAIN_GW_DNAT4, CHAIN_GW_FORWARD4, CHAIN_INPUT, CHAIN_INPUT4, CHAIN_INPUT6, CHAIN_PREROUTING,
-    FAMILY, MAP_DNAT4, MAP_DNAT4_NET, PRIORITY_FORWARD, PRIORITY_INPUT, PRIORITY_PREROUTING, SET_ALLOW4,
-    SET_ALLOW4_NET, SET_ALLOW6, SET_ALLOW6_NET, SET_CUT, SET_GW_ALLOW4, SET_GW_ALLOW4_NET, SET_GW_CUT,
-    SET_GW_PROTECTED, SET_PROTECTED, TABLE,
+    CHAIN_FORWARD, CHAIN_GW_DNAT4, CHAIN_GW_DNAT6, CHAIN_GW_FORWARD4, CHAIN_GW_FORWARD6, CHAIN_INPUT, CHAIN_INPUT4,
+    CHAIN_INPUT6, CHAIN_PREROUTING, FAMILY, MAP_DNAT4, MAP_DNAT4_NET, MAP_DNAT6, MAP_DNAT6_NET, PRIORITY_FORWARD,
+    PRIORITY_INPUT, PRIORITY_PREROUTING, SET_ALLOW4, SET_ALLOW4_NET, SET_ALLOW6, SET_ALLOW6_NET, SET_CUT,
+    SET_GW_ALLOW4, SET_GW_ALLOW4_NET, SET_GW_ALLOW6, SET_GW_ALLOW6_NET, SET_GW_CUT, SET_GW_CUT6, SET_GW_PROTECTED,
+    SET_GW_PROTECTED6, SET_PROTECTED, TABLE,
 };
 
 const TYPE_HOST_PORT: &str = "inet_proto . inet_service";
@@ -21,6 +22,65 @@ const TYPE_ALLOW6: &str = "ipv6_addr . inet_proto . inet_service";
 const TYPE_GW_PORT: &str = "ipv4_addr . inet_proto . inet_service";
 const TYPE_GW_ALLOW4: &str = "ipv4_addr . ipv4_addr . inet_proto . inet_service";
 const TYPE_DNAT4: &str = "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service";
+const TYPE_GW_PORT6: &str = "ipv6_addr . inet_proto . inet_service";
+const TYPE_GW_ALLOW6: &str = "ipv6_addr . ipv6_addr . inet_proto . inet_service";
+const TYPE_DNAT6: &str = "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service";
+
+/// The names and types of one address family's part of a gateway table.
+struct GwFamily {
+    nfproto: &'static str,
+    /// The payload keyword: `ip` or `ip6`.
+    ip: &'static str,
+    bits: u8,
+    mask: fn(u8) -> IpAddr,
+    protected: &'static str,
+    cut: &'static str,
+    allow: &'static str,
+    allow_net: &'static str,
+    dnat: &'static str,
+    dnat_net: &'static str,
+    forward: &'static str,
+    dnat_chain: &'static str,
+    port_type: &'static str,
+    allow_type: &'static str,
+    dnat_type: &'static str,
+}
+
+const GW4: GwFamily = GwFamily {
+    nfproto: "ipv4",
+    ip: "ip",
+    bits: 32,
+    mask: mask4,
+    protected: SET_GW_PROTECTED,
+    cut: SET_GW_CUT,
+    allow: SET_GW_ALLOW4,
+    allow_net: SET_GW_ALLOW4_NET,
+    dnat: MAP_DNAT4,
+    dnat_net: MAP_DNAT4_NET,
+    forward: CHAIN_GW_FORWARD4,
+    dnat_chain: CHAIN_GW_DNAT4,
+    port_type: TYPE_GW_PORT,
+    allow_type: TYPE_GW_ALLOW4,
+    dnat_type: TYPE_DNAT4,
+};
+
+const GW6: GwFamily = GwFamily {
+    nfproto: "ipv6",
+    ip: "ip6",
+    bits: 128,
+    mask: mask6,
+    protected: SET_GW_PROTECTED6,
+    cut: SET_GW_CUT6,
+    allow: SET_GW_ALLOW6,
+    allow_net: SET_GW_ALLOW6_NET,
+    dnat: MAP_DNAT6,
+    dnat_net: MAP_DNAT6_NET,
+    forward: CHAIN_GW_FORWARD6,
+    dnat_chain: CHAIN_GW_DNAT6,
+    port_type: TYPE_GW_PORT6,
+    allow_type: TYPE_GW_ALLOW6,
+    dnat_type: TYPE_DNAT6,
+};
 
 /// Whether the state needs the gateway part of the table (forward and NAT chains).
 pub(crate) fn wants_gateway(desired: &Desired) -> bool {
@@ -30,16 +90,11 @@ pub(crate) fn wants_gateway(desired: &Desired) -> bool {
         || desired.grants.keys().any(|k| k.dest.is_some())
 }
 
-/// Everything in `desired` that this backend cannot express (IPv6 in gateway mode), as
-/// messages. [`crate::NftFirewall::replace`] refuses a state with any; [`ruleset`] leaves such
+/// Everything in `desired` that this backend cannot express (a gateway entry that mixes the
+/// address families: an IPv6 source towards an IPv4 VM, or the reverse), as messages. [`crate::NftFirewall::replace`] refuses a state with any; [`ruleset`] leaves such
 /// entries out (as comments).
 pub(crate) fn unsupported(desired: &Desired) -> Vec<String> {
     let mut out = Vec::new();
-    for p in &desired.protected {
-        if let Err(e) = protected_elem(p) {
-            out.push(e);
-        }
-    }
     for k in desired.grants.keys() {
         if let Err(e) = grant_elem(k) {
             out.push(e);
@@ -59,7 +114,7 @@ pub(crate) fn unsupported(desired: &Desired) -> Vec<String> {
 /// with its sets, chains and elements; nft sends all of it as one transaction. Grants and DNAT
 /// entries carry their remaining lifetime at `now` as `timeout Nms` (rounded down, so never
 /// longer than the deadline); what has ended (less than 1 ms left) is left out. Entries that the
-/// backend cannot express (IPv6 in gateway mode) are left out as comments; `replace` refuses
+/// backend cannot express (mixed address families in gateway mode) are left out as comments; `replace` refuses
 /// them before it gets here. The gateway part is present in gateway mode and whenever the state
 /// holds a gateway entry.
 pub fn ruleset(desired: &Desired, now: Instant) -> String {
@@ -67,16 +122,12 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
     let mut elems: BTreeMap<String, SetElems> = BTreeMap::new();
     let mut skipped = Vec::new();
     for p in &desired.protected {
-        match protected_elem(p) {
-            Ok((set, cut, key)) => {
-                let text = fields_text(&key);
-                if p.cut_sessions {
-                    elems.entry(cut.to_string()).or_default().insert(text.clone(), None, None);
-                }
-                elems.entry(set.to_string()).or_default().insert(text, None, None);
-            }
-            Err(e) => skipped.push(e),
+        let (set, cut, key) = protected_elem(p);
+        let text = fields_text(&key);
+        if p.cut_sessions {
+            elems.entry(cut.to_string()).or_default().insert(text.clone(), None, None);
         }
+        elems.entry(set.to_string()).or_default().insert(text, None, None);
     }
     let remaining_ms = |end: Instant| {
         let ms = end.saturating_duration_since(now).as_millis();
@@ -144,49 +195,62 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
     let _ = writeln!(w, "\t}}");
 
     if gateway {
-        set(w, &mut elems, "set", SET_GW_PROTECTED, TYPE_GW_PORT, false);
-        set(w, &mut elems, "set", SET_GW_CUT, TYPE_GW_PORT, false);
-        set(w, &mut elems, "set", SET_GW_ALLOW4, TYPE_GW_ALLOW4, true);
-        for len in 0..32 {
-            set(w, &mut elems, "set", &format!("{SET_GW_ALLOW4_NET}{len}"), TYPE_GW_ALLOW4, true);
-        }
-        set(w, &mut elems, "map", MAP_DNAT4, TYPE_DNAT4, true);
-        for len in 0..32 {
-            set(w, &mut elems, "map", &format!("{MAP_DNAT4_NET}{len}"), TYPE_DNAT4, true);
+        for f in [&GW4, &GW6] {
+            set(w, &mut elems, "set", f.protected, f.port_type, false);
+            set(w, &mut elems, "set", f.cut, f.port_type, false);
+            set(w, &mut elems, "set", f.allow, f.allow_type, true);
+            for len in 0..f.bits {
+                set(w, &mut elems, "set", &format!("{}{len}", f.allow_net), f.allow_type, true);
+            }
+            set(w, &mut elems, "map", f.dnat, f.dnat_type, true);
+            for len in 0..f.bits {
+                set(w, &mut elems, "map", &format!("{}{len}", f.dnat_net), f.dnat_type, true);
+            }
         }
 
         let _ = writeln!(w, "\tchain {CHAIN_FORWARD} {{");
         let _ = writeln!(w, "\t\ttype filter hook forward priority {PRIORITY_FORWARD}; policy accept;");
-        let _ = writeln!(w, "\t\tmeta nfproto ipv4 jump {CHAIN_GW_FORWARD4}");
-        let _ = writeln!(w, "\t}}");
-        let _ = writeln!(w, "\tchain {CHAIN_GW_FORWARD4} {{");
-        let _ = writeln!(w, "\t\tip daddr . meta l4proto . th dport != @{SET_GW_PROTECTED} accept");
-        let _ =
-            writeln!(w, "\t\tip daddr . meta l4proto . th dport != @{SET_GW_CUT} ct state established,related accept");
-        let _ = writeln!(w, "\t\tip saddr . ip daddr . meta l4proto . th dport @{SET_GW_ALLOW4} accept");
-        for len in allow_order(32) {
-            let _ = writeln!(
-                w,
-                "\t\tip saddr & {} . ip daddr . meta l4proto . th dport @{SET_GW_ALLOW4_NET}{len} accept",
-                mask4(len)
-            );
+        for f in [&GW4, &GW6] {
+            let _ = writeln!(w, "\t\tmeta nfproto {} jump {}", f.nfproto, f.forward);
         }
-        let _ = writeln!(w, "\t\tdrop");
         let _ = writeln!(w, "\t}}");
+        for f in [&GW4, &GW6] {
+            let (ip, mask) = (f.ip, f.mask);
+            let _ = writeln!(w, "\tchain {} {{", f.forward);
+            let _ = writeln!(w, "\t\t{ip} daddr . meta l4proto . th dport != @{} accept", f.protected);
+            let _ = writeln!(w, "\t\t{ip} daddr . meta l4proto . th dport != @{} ct state established,related accept", f.cut);
+            let _ = writeln!(w, "\t\t{ip} saddr . {ip} daddr . meta l4proto . th dport @{} accept", f.allow);
+            for len in allow_order(f.bits) {
+                let _ = writeln!(
+                    w,
+                    "\t\t{ip} saddr & {} . {ip} daddr . meta l4proto . th dport @{}{len} accept",
+                    mask(len),
+                    f.allow_net
+                );
+            }
+            let _ = writeln!(w, "\t\tdrop");
+            let _ = writeln!(w, "\t}}");
+        }
         let _ = writeln!(w, "\tchain {CHAIN_PREROUTING} {{");
         let _ = writeln!(w, "\t\ttype nat hook prerouting priority {PRIORITY_PREROUTING}; policy accept;");
-        let _ = writeln!(w, "\t\tmeta nfproto ipv4 fib daddr type local jump {CHAIN_GW_DNAT4}");
-        let _ = writeln!(w, "\t}}");
-        let _ = writeln!(w, "\tchain {CHAIN_GW_DNAT4} {{");
-        let _ = writeln!(w, "\t\tdnat ip to ip saddr . meta l4proto . th dport map @{MAP_DNAT4}");
-        for len in dnat_order() {
-            let _ = writeln!(
-                w,
-                "\t\tdnat ip to ip saddr & {} . meta l4proto . th dport map @{MAP_DNAT4_NET}{len}",
-                mask4(len)
-            );
+        for f in [&GW4, &GW6] {
+            let _ = writeln!(w, "\t\tmeta nfproto {} fib daddr type local jump {}", f.nfproto, f.dnat_chain);
         }
         let _ = writeln!(w, "\t}}");
+        for f in [&GW4, &GW6] {
+            let ip = f.ip;
+            let _ = writeln!(w, "\tchain {} {{", f.dnat_chain);
+            let _ = writeln!(w, "\t\tdnat {ip} to {ip} saddr . meta l4proto . th dport map @{}", f.dnat);
+            for len in dnat_order(f.bits) {
+                let _ = writeln!(
+                    w,
+                    "\t\tdnat {ip} to {ip} saddr & {} . meta l4proto . th dport map @{}{len}",
+                    (f.mask)(len),
+                    f.dnat_net
+                );
+            }
+            let _ = writeln!(w, "\t}}");
+        }
     }
     let _ = writeln!(w, "}}");
     out
@@ -254,8 +318,8 @@ fn allow_order(max: u8) -> impl Iterator<Item = u8> {
 }
 
 /// The order of the DNAT lookups: longest prefix first, so the most specific entry wins.
-fn dnat_order() -> impl Iterator<Item = u8> {
-    (0..32).rev()
+fn dnat_order(max: u8) -> impl Iterator<Item = u8> {
+    (0..max).rev()
 }
 
 fn mask4(len: u8) -> IpAddr {
@@ -276,8 +340,10 @@ mod tests {
     fn lookup_orders() {
         assert_eq!(allow_order(4).collect::<Vec<_>>(), [0, 3, 2, 1]);
         assert_eq!(allow_order(128).count(), 128);
-        assert_eq!(dnat_order().next(), Some(31));
-        assert_eq!(dnat_order().last(), Some(0));
+        assert_eq!(dnat_order(32).next(), Some(31));
+        assert_eq!(dnat_order(32).last(), Some(0));
+        assert_eq!(dnat_order(128).next(), Some(127));
+        assert_eq!(dnat_order(128).count(), 128);
     }
 
     #[test]

@@ -281,11 +281,17 @@ fn a_batch_is_all_or_nothing_and_the_error_names_the_operation() {
     h.apply(&[add("10.0.0.1/32", L4::Tcp, 22, MINUTE)]);
     assert_eq!(h.server.elements("allow4").len(), 1);
 
-    // Gateway-only and IPv6-gateway operations: refused before anything is sent.
-    let v6gw =
-        GrantKey { source: "fd00::1/128".parse().expect("net"), dest: Some(ip("fd00::2")), proto: L4::Tcp, port: 22 };
-    let err = h.fw.apply(&[ElemOp::AddGrant { key: v6gw, timeout: MINUTE }]).expect_err("unsupported");
+    // A gateway operation that mixes the families: refused before anything is sent.
+    let mixed =
+        GrantKey { source: "fd00::1/128".parse().expect("net"), dest: Some(ip("10.0.0.9")), proto: L4::Tcp, port: 22 };
+    let err = h.fw.apply(&[ElemOp::AddGrant { key: mixed, timeout: MINUTE }]).expect_err("unsupported");
     assert!(matches!(err, NftError::Unsupported(_)), "{err}");
+    // A gateway operation on a host's table: the kernel has no such set, and the error names it.
+    let v6gw = GrantKey { dest: Some(ip("fd00::2")), ..mixed };
+    let err = h.fw.apply(&[ElemOp::AddGrant { key: v6gw, timeout: MINUTE }]).expect_err("no gateway sets on a host");
+    assert!(matches!(err, NftError::Kernel { .. }), "{err}");
+    assert!(err.to_string().contains("gw_allow6"), "{err}");
+    assert_eq!(h.server.elements("allow4").len(), 1, "the earlier element is untouched");
 }
 
 #[test]

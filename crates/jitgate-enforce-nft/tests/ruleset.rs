@@ -57,6 +57,23 @@ fn gateway_state(now: Instant) -> Desired {
     d
 }
 
+/// The IPv4 gateway state with an IPv6 VM beside it: exact and range grants, DNAT entries.
+fn dual_stack_gateway_state(now: Instant) -> Desired {
+    let mut d = gateway_state(now);
+    let vm = Some("fd00:9:2::2");
+    d.protected.insert(Protected { dest: vm.map(ip), proto: L4::Tcp, port: 22, cut_sessions: false });
+    d.protected.insert(Protected { dest: vm.map(ip), proto: L4::Udp, port: 53, cut_sessions: true });
+    let end = now + Duration::from_secs(600);
+    d.grants.insert(grant("2001:db8:5::7/128", vm, L4::Tcp, 22), end);
+    d.grants.insert(grant("2001:db8:5::/48", vm, L4::Udp, 53), end);
+    d.grants.insert(grant("::/0", vm, L4::Tcp, 22), now + Duration::from_secs(60));
+    let target = |port| DnatTarget { addr: ip("fd00:9:2::2"), port };
+    let key = |s: &str, proto, public_port| DnatKey { source: s.parse().expect("net"), proto, public_port };
+    d.dnat.insert(key("2001:db8:5::7/128", L4::Tcp, 50122), (target(22), end));
+    d.dnat.insert(key("2001:db8:5::/48", L4::Udp, 50153), (target(53), end));
+    d
+}
+
 fn snapshot(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
@@ -86,6 +103,39 @@ fn host_ruleset_snapshot() {
 fn gateway_ruleset_snapshot() {
     let now = Instant::now();
     snapshot("gateway.nft", &ruleset(&gateway_state(now), now));
+}
+
+#[test]
+fn dual_stack_gateway_ruleset_snapshot() {
+    let now = Instant::now();
+    snapshot("gateway6.nft", &ruleset(&dual_stack_gateway_state(now), now));
+}
+
+#[test]
+fn the_ipv6_gateway_part_adds_to_the_ipv4_one_and_changes_none_of_it() {
+    let now = Instant::now();
+    let v4 = ruleset(&gateway_state(now), now);
+    let dual = ruleset(&dual_stack_gateway_state(now), now);
+    // Every line of the IPv4 state's table outside the IPv6 gateway part is in the dual-stack
+    // one, in the same order.
+    let v6_part = ["gw_protected6", "gw_cut6", "gw_allow6", "dnat6", "gw_forward6", "gw_dnat6"];
+    let mut lines = dual.lines();
+    for line in v4.lines().filter(|l| !v6_part.iter().any(|n| l.contains(n))) {
+        assert!(lines.any(|l| l == line), "{line:?} is missing or out of order");
+    }
+    assert!(dual.contains("\t\tmeta nfproto ipv4 jump gw_forward4\n\t\tmeta nfproto ipv6 jump gw_forward6\n"));
+    assert!(dual.contains("\t\t\t2001:db8:5:: . fd00:9:2::2 . udp . 53 timeout 600000ms\n"), "{dual}");
+    assert!(dual.contains("\t\t\t2001:db8:5::7 . tcp . 50122 timeout 600000ms : fd00:9:2::2 . 22\n"), "{dual}");
+    assert!(dual.contains("\t\t\t:: . fd00:9:2::2 . tcp . 22 timeout 60000ms\n"), "::/0 is gw_allow6net_0: {dual}");
+    assert_eq!(dual.matches("@gw_allow6net_").count(), 128, "one lookup per IPv6 prefix length");
+    assert_eq!(dual.matches("map @dnat6net_").count(), 128);
+    let first = dual.find("@dnat6net_127").expect("dnat6net_127");
+    assert!(first < dual.find("@dnat6net_0\n").expect("dnat6net_0"), "longest prefix first");
+    // The IPv6 part is there in every gateway table, so that an IPv6 grant is an element batch.
+    let empty = ruleset(&Desired::empty(Mode::Gateway), now);
+    for name in ["set gw_protected6 ", "set gw_cut6 ", "set gw_allow6 ", "map dnat6 ", "chain gw_forward6 ", "chain gw_dnat6 "] {
+        assert!(empty.contains(name), "{name}");
+    }
 }
 
 #[test]
@@ -129,10 +179,14 @@ fn entries_that_are_one_element_are_written_once() {
 fn unsupported_entries_are_left_out_as_comments() {
     let now = Instant::now();
     let mut d = gateway_state(now);
-    d.protected.insert(Protected { dest: Some(ip("fd00::2")), proto: L4::Tcp, port: 22, cut_sessions: false });
+    d.grants.insert(grant("2001:db8::1/128", Some("10.9.2.2"), L4::Tcp, 22), now + Duration::from_secs(60));
     let text = ruleset(&d, now);
     assert!(text.starts_with("# jitgate: inet jitgate, gateway mode"), "{text}");
-    assert!(text.contains("# left out (not supported): protected port on fd00::2: gateway mode supports IPv4 only\n"));
+    assert!(text.contains(
+        "# left out (not supported): grant from IPv6 source 2001:db8::1/128 to IPv4 address 10.9.2.2: \
+         a gateway forwards each family to its own (no NAT64)\n"
+    ));
+    assert!(!text.contains("2001:db8::1 . 10.9.2.2"), "{text}");
 }
 
 #[test]
@@ -145,6 +199,7 @@ fn the_scripts_pass_nft_check() {
         ("empty gateway", Desired::empty(Mode::Gateway)),
         ("host", host_state(now)),
         ("gateway", gateway_state(now)),
+        ("dual-stack gateway", dual_stack_gateway_state(now)),
     ] {
         let script = ruleset(&d, now);
         let path = std::env::temp_dir().join(format!("jg{}r.nft", jitgate_netns::unique()));

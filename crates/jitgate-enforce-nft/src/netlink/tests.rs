@@ -273,11 +273,64 @@ fn an_empty_batch_is_begin_and_end() {
 }
 
 #[test]
+fn ipv6_gateway_grants_and_dnat_entries() {
+    let g = grant("2001:db8::5/128", Some("fd08::2"), L4::Tcp, 22);
+    let r = grant("2001:db8::/32", Some("fd08::2"), L4::Tcp, 22);
+    let dk = DnatKey { source: "2001:db8::5/128".parse().expect("net"), proto: L4::Tcp, public_port: 50022 };
+    let target = DnatTarget { addr: "fd08::2".parse().expect("addr"), port: 22 };
+    let ops = [
+        add(g, 60_000),
+        add(r, 60_000),
+        ElemOp::AddDnat { key: dk, target, timeout: Duration::from_secs(60) },
+        ElemOp::DelDnat { key: dk },
+    ];
+    let src: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    let net: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let vm: [u8; 16] = [0xfd, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    let key = |s: &[u8; 16], tail: &[u8]| [&s[..], tail].concat();
+    let tcp22 = [6, 0, 0, 0, 0, 22, 0, 0];
+    let mut expected = begin(1);
+    expected.extend(msg(
+        ADD,
+        ADD_FLAGS,
+        2,
+        INET,
+        &elements("gw_allow6", vec![elem(key(&src, &[&vm[..], &tcp22].concat()), None, Some(60_000))]),
+    ));
+    expected.extend(msg(
+        ADD,
+        ADD_FLAGS,
+        3,
+        INET,
+        &elements("gw_allow6net_32", vec![elem(key(&net, &[&vm[..], &tcp22].concat()), None, Some(60_000))]),
+    ));
+    // As `nft --debug=mnl add element inet jitgate dnat6 { 2001:db8::5 . tcp . 50022 timeout 60s
+    // : fd08::2 . 22 }` shows it: a 24-byte key (16 + 4 + 4) and a 20-byte value (16 + 4).
+    let dnat_key = key(&src, &[6, 0, 0, 0, 0xc3, 0x66, 0, 0]);
+    expected.extend(msg(
+        ADD,
+        ADD_FLAGS,
+        4,
+        INET,
+        &elements("dnat6", vec![elem(dnat_key.clone(), Some(key(&vm, &[0, 22, 0, 0])), Some(60_000))]),
+    ));
+    expected.extend(msg(DESTROY, DEL_FLAGS, 5, INET, &elements("dnat6", vec![elem(dnat_key, None, None)])));
+    expected.extend(end(6));
+    let batch = encode(&ops, 1);
+    assert_eq!(batch.bytes, expected);
+    assert_eq!(batch.messages[2].what, "add 1 element to map dnat6");
+}
+
+#[test]
 fn unsupported_operations_are_left_out() {
-    let v6gw = grant("2001:db8::1/128", Some("fd00::2"), L4::Tcp, 22);
+    // No packet is both IPv6 and bound for an IPv4 VM; there is no NAT64 either.
+    let mixed = grant("2001:db8::1/128", Some("10.9.2.2"), L4::Tcp, 22);
+    let dk = DnatKey { source: "10.1.0.5/32".parse().expect("net"), proto: L4::Tcp, public_port: 50022 };
+    let to6 = DnatTarget { addr: "fd08::2".parse().expect("addr"), port: 22 };
+    let ops = [add(mixed, 1000), ElemOp::AddDnat { key: dk, target: to6, timeout: Duration::from_secs(1) }];
     let mut expected = begin(1);
     expected.extend(end(2));
-    assert_eq!(encode_batch(&[add(v6gw, 1000)], 1), expected);
+    assert_eq!(encode_batch(&ops, 1), expected);
 }
 
 /// Walks the messages of a batch: (type, seq, number of elements, length of the ELEMENTS nest).
