@@ -305,6 +305,28 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         Ok(plan) => plan,
         Err(invalid) => return reject(ctx, audit, invalid),
     };
+    // Behind a gateway a grant carries the connection details: the gateway's public address and
+    // the mapped port (when the policy port maps one); and its sources must be of the VM's
+    // address family. The request's VMs are read in one statement, before anything is written.
+    let vm_keys: Vec<String> = plan.grants.iter().map(|g| g.vm_id.key()).collect();
+    let vms = rows::get_vms(&ctx.db, &vm_keys).await?;
+    let mut reaches = Vec::with_capacity(plan.grants.len());
+    for g in &plan.grants {
+        let reach = match vms.get(&g.vm_id.key()) {
+            Some(vm) => Reach::of(
+                &policy,
+                g,
+                vm.spec.gateway.is_some(),
+                vm.spec.address,
+                vm.agent.as_ref().and_then(|a| a.public_address),
+            ),
+            None => Ok(Reach::default()),
+        };
+        match reach {
+            Ok(reach) => reaches.push(reach),
+            Err(invalid) => return reject(ctx, audit, invalid),
+        }
+    }
     let policy_id = policy.reference.id();
     let rid: i64 = ctx
         .db
@@ -317,26 +339,16 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         .try_get(0)?;
     // Set-based for a request over many VMs: the grants it opens supersede older ones in one
     // statement (a request names each VM and port once, so its own grants never meet there),
-    // its VMs are read in one, and its grants are written in one.
+    // its VMs were read in one, and its grants are written in one.
     let states: Vec<_> = plan.grants.iter().map(|g| lifecycle::start(g, cmd.now)).collect();
     // A grant that needs approval waits (and opens nothing), a scheduled one opens later: each
     // supersedes older grants only once it opens.
     let opening: Vec<String> =
         plan.grants.iter().zip(&states).filter(|(_, st)| st.is_live()).map(|(g, _)| g.supersede_key()).collect();
     grants::supersede_older_many(&ctx.db, pid, &opening).await?;
-    let vm_keys: Vec<String> = plan.grants.iter().map(|g| g.vm_id.key()).collect();
-    let vms = rows::get_vms(&ctx.db, &vm_keys).await?;
     let mut requested = Requested::default();
     let mut rows_ = grants::NewGrants::default();
-    for (ord, (g, state)) in plan.grants.iter().zip(&states).enumerate() {
-        // Behind a gateway the grant carries the connection details: the gateway's public
-        // address and the mapped port (when the policy port maps one).
-        let reach = match vms.get(&g.vm_id.key()) {
-            Some(vm) => {
-                Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.as_ref().and_then(|a| a.public_address))
-            }
-            None => Reach::default(),
-        };
+    for (ord, ((g, state), reach)) in plan.grants.iter().zip(&states).zip(reaches).enumerate() {
         let grant = requested.add(g, state, reach);
         rows_.push(ord, g, state, grant.mapped_port, grant.public_ip.clone());
     }

@@ -183,6 +183,26 @@ impl PolicyStore for SqliteStore {
                 Ok(plan) => plan,
                 Err(invalid) => return reject(ctx, audit, invalid),
             };
+            // Behind a gateway a grant carries the connection details: the gateway's public
+            // address and the mapped port (when the policy port maps one); and its sources must
+            // be of the VM's address family. Decided before anything is written.
+            let mut reaches = Vec::with_capacity(plan.grants.len());
+            for g in &plan.grants {
+                let reach = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
+                    Some(vm) => Reach::of(
+                        &policy,
+                        g,
+                        vm.spec.gateway.is_some(),
+                        vm.spec.address,
+                        vm.agent.and_then(|a| a.public_address),
+                    ),
+                    None => Ok(Reach::default()),
+                };
+                match reach {
+                    Ok(reach) => reaches.push(reach),
+                    Err(invalid) => return reject(ctx, audit, invalid),
+                }
+            }
             let policy_id = policy.reference.id();
             ctx.conn
                 .prepare_cached(
@@ -195,7 +215,7 @@ impl PolicyStore for SqliteStore {
                 .map_err(backend)?;
             let rid = ctx.conn.last_insert_rowid();
             let mut requested = Requested::default();
-            for (ord, g) in plan.grants.iter().enumerate() {
+            for (ord, (g, reach)) in plan.grants.iter().zip(reaches).enumerate() {
                 let skey = g.supersede_key();
                 // A grant that needs approval waits (and opens nothing), a scheduled one opens
                 // later: each supersedes older grants only once it opens.
@@ -204,12 +224,6 @@ impl PolicyStore for SqliteStore {
                     grants::supersede_older(ctx.conn, pid, &skey).map_err(backend)?;
                 }
                 let (form, texts) = encode_sources(&g.sources);
-                // Behind a gateway the grant carries the connection details: the gateway's public
-                // address and the mapped port (when the policy port maps one).
-                let reach = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
-                    Some(vm) => Reach::of(&policy, g, vm.spec.gateway.is_some(), vm.agent.and_then(|a| a.public_address)),
-                    None => Reach::default(),
-                };
                 let grant = requested.add(g, &state, reach);
                 ctx.conn
                     .prepare_cached(

@@ -30,17 +30,61 @@ pub struct Reach {
 
 impl Reach {
     /// The reach of `grant` of `policy` to a VM registered behind a gateway (`behind_gateway`)
-    /// whose agent has the public address `public_address`; a VM not behind a gateway (or not
-    /// registered) is reached directly.
-    pub fn of(policy: &Policy, grant: &GrantPlan, behind_gateway: bool, public_address: Option<IpAddr>) -> Reach {
+    /// at the inner address `inner`, whose agent has the public address `public_address`; a VM
+    /// not behind a gateway (or not registered) is reached directly.
+    ///
+    /// A gateway forwards each address family only to its own (there is no NAT64): a grant
+    /// with a source of the other family than the VM's address is refused, naming the source,
+    /// and a public address of the other family is not shown (a requester could not use it).
+    pub fn of(
+        policy: &Policy,
+        grant: &GrantPlan,
+        behind_gateway: bool,
+        inner: Option<IpAddr>,
+        public_address: Option<IpAddr>,
+    ) -> Result<Reach, Invalid> {
         if !behind_gateway {
-            return Reach::default();
+            return Ok(Reach::default());
         }
-        Reach {
+        if let Some(inner) = inner {
+            check_family(grant, inner)?;
+        }
+        let same_family = |a: &IpAddr| inner.is_none_or(|i| i.is_ipv4() == a.is_ipv4());
+        Ok(Reach {
             mapped_port: policy.vm(&grant.vm_id.key()).and_then(|v| v.port(grant.number)).and_then(|r| r.mapped_port),
-            public_ip: public_address.map(|a| a.to_string()),
-        }
+            public_ip: public_address.filter(same_family).map(|a| a.to_string()),
+        })
     }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// Refuses `grant` when one of its sources is of the other address family than `inner`, the
+/// address of its VM behind a gateway. `*` means every source of the VM's family.
+fn check_family(grant: &GrantPlan, inner: IpAddr) -> Result<(), Invalid> {
+    let Some(other) = grant.sources.prefixes().iter().find(|p| p.net().is_some_and(|n| n.addr().is_ipv4() != inner.is_ipv4()))
+    else {
+        return Ok(());
+    };
+    let (theirs, ours) = (family(other.net().map_or(inner, |n| n.addr())), family(inner));
+    Err(Invalid::input(
+        codes::INVALID_INITIATE,
+        Some("allowedSourceAddressPrefix".into()),
+        format!(
+            "port {} of virtual machine '{}': source {} is {theirs}, but the VM sits behind a gateway at the {ours} \
+             address {inner}, and a gateway forwards each address family only to its own (no NAT64); request \
+             access from an {ours} source",
+            grant.number,
+            grant.vm_id.name(),
+            other.text()
+        ),
+    ))
 }
 
 /// The grants of an accepted initiate as they are recorded, in request order, with what its

@@ -229,10 +229,50 @@ fn a_grant_behind_a_gateway_carries_its_address_and_mapped_port() {
     let plan = decide(&mapped, &request(port(22, Some("203.0.113.5"), 60)), caller(), now()).expect("granted");
     let g = &plan.grants[0];
     let gateway: Option<IpAddr> = Some("192.0.2.1".parse().expect("ip"));
-    assert_eq!(Reach::of(&mapped, g, false, gateway), Reach::default(), "reached directly");
-    let reach = Reach::of(&mapped, g, true, gateway);
+    let inner: Option<IpAddr> = Some("10.8.0.2".parse().expect("ip"));
+    assert_eq!(Reach::of(&mapped, g, false, None, gateway), Ok(Reach::default()), "reached directly");
+    let reach = Reach::of(&mapped, g, true, inner, gateway).expect("same family");
     assert_eq!((reach.mapped_port, reach.public_ip.as_deref()), (Some(2201), Some("192.0.2.1")));
-    assert_eq!(Reach::of(&policy(), g, true, None), Reach::default(), "no mapped port, no address");
+    assert_eq!(Reach::of(&policy(), g, true, inner, None), Ok(Reach::default()), "no mapped port, no address");
+}
+
+#[test]
+fn behind_a_gateway_a_source_must_be_of_the_vms_address_family() {
+    let mut mapped = policy();
+    mapped.vms[0].ports[0].mapped_port = Some(2201);
+    let inner4: Option<IpAddr> = Some("10.8.0.2".parse().expect("ip"));
+    let inner6: Option<IpAddr> = Some("fd08::2".parse().expect("ip"));
+    let public4: Option<IpAddr> = Some("192.0.2.1".parse().expect("ip"));
+    let public6: Option<IpAddr> = Some("2001:db8::1".parse().expect("ip"));
+    let grant = |source: &str| {
+        let plan = decide(&mapped, &request(port(22, Some(source), 60)), caller(), now()).expect("granted");
+        plan.grants[0].clone()
+    };
+
+    // IPv6 to an IPv6 VM, IPv4 to an IPv4 VM, and `*` to either.
+    let reach = Reach::of(&mapped, &grant("2001:db8:5::/48"), true, inner6, public6).expect("IPv6 to IPv6");
+    assert_eq!((reach.mapped_port, reach.public_ip.as_deref()), (Some(2201), Some("2001:db8::1")));
+    assert!(Reach::of(&mapped, &grant("*"), true, inner6, public6).is_ok());
+    assert!(Reach::of(&mapped, &grant("*"), true, inner4, public4).is_ok());
+
+    // A public address of the other family is of no use to the requester: not shown.
+    let reach = Reach::of(&mapped, &grant("2001:db8:5::7"), true, inner6, public4).expect("IPv6 to IPv6");
+    assert_eq!((reach.mapped_port, reach.public_ip), (Some(2201), None));
+
+    // Mixed: refused in words, naming the source, the VM's address and why.
+    let refused = Reach::of(&mapped, &grant("2001:db8:5::7"), true, inner4, public4).expect_err("IPv6 to IPv4");
+    assert_eq!(refused.code, codes::INVALID_INITIATE);
+    assert_eq!(refused.target.as_deref(), Some("allowedSourceAddressPrefix"));
+    assert_eq!(
+        refused.message,
+        "port 22 of virtual machine 'vm1': source 2001:db8:5::7 is IPv6, but the VM sits behind a gateway at the IPv4 \
+         address 10.8.0.2, and a gateway forwards each address family only to its own (no NAT64); request access \
+         from an IPv4 source"
+    );
+    let refused = Reach::of(&mapped, &grant("203.0.113.5"), true, inner6, public6).expect_err("IPv4 to IPv6");
+    assert!(refused.message.contains("source 203.0.113.5 is IPv4"), "{}", refused.message);
+    // A host-mode VM is reached directly, whatever the family.
+    assert!(Reach::of(&mapped, &grant("2001:db8:5::7"), false, inner4, None).is_ok());
 }
 
 #[test]

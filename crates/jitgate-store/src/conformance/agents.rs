@@ -75,6 +75,8 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
         classic: false,
     };
     store.put_vm(behind.clone(), audit("vm")).await.expect("attach");
+    let behind6 = VmSpec { id: vm_id("agents", "inner6"), address: Some("fd00:2::7".parse().expect("ip")), ..behind.clone() };
+    store.put_vm(behind6, audit("vm")).await.expect("attach an IPv6 VM");
     let mut unknown_gw = behind.clone();
     unknown_gw.gateway = Some("nope".into());
     assert!(matches!(store.put_vm(unknown_gw, audit("vm")).await, Err(StoreError::Rejected(_))));
@@ -90,7 +92,12 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
             VmDraft { id: vm_id("agents", "hostvm").as_str().into(), ports: None, public_ip_address: None },
             VmDraft {
                 id: vm_id("agents", "inner").as_str().into(),
-                ports: Some(vec![mapped]),
+                ports: Some(vec![mapped.clone()]),
+                public_ip_address: None,
+            },
+            VmDraft {
+                id: vm_id("agents", "inner6").as_str().into(),
+                ports: Some(vec![PortDraft { mapped_port: Some(50023), ..mapped }]),
                 public_ip_address: None,
             },
         ],
@@ -107,6 +114,24 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
     assert_eq!(g2.request.grants[0].mapped_port, Some(50022), "connection details: mapped port");
     assert_eq!(g2.request.grants[0].public_ip.as_deref(), Some("203.0.113.1"), "connection details: gateway address");
     assert_eq!(g1.request.grants[0].public_ip, None);
+    // Behind a gateway a source reaches a VM of its own address family only (no NAT64): refused
+    // before anything is written.
+    let rev = store.revision().await.expect("revision");
+    let mixed = store.initiate(initiate_cmd(&r, &vm_id("agents", "inner"), "2001:db8:5::7", 30, None), audit("i")).await;
+    match mixed {
+        Err(StoreError::Rejected(i)) => {
+            assert_eq!(i.code, codes::INVALID_INITIATE);
+            assert!(i.message.contains("no NAT64") && i.message.contains("10.2.0.7"), "{}", i.message);
+        }
+        other => panic!("an IPv6 source towards an IPv4 VM must be refused, got {other:?}"),
+    }
+    assert_eq!(store.revision().await.expect("revision"), rev, "nothing recorded");
+    let g6 = store
+        .initiate(initiate_cmd(&r, &vm_id("agents", "inner6"), "2001:db8:5::/48", 30, None), audit("i"))
+        .await
+        .expect("an IPv6 grant to an IPv6 VM behind the gateway");
+    assert_eq!(g6.request.grants[0].mapped_port, Some(50023));
+    assert_eq!(g6.request.grants[0].public_ip, None, "the gateway's public address is IPv4: of no use to IPv6");
 
     let hs = store.agent_state("a-host", now()).await.expect("host state");
     assert_eq!(hs.mode, AgentMode::Host);
@@ -115,10 +140,14 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
     assert_eq!(hs.grants.len(), 1);
     assert_eq!(hs.grants[0].sources.prefixes()[0].text(), "198.51.100.4");
     let gs = store.agent_state("a-gw", now()).await.expect("gateway state");
-    assert_eq!(gs.ports.len(), 1);
-    assert_eq!(gs.ports[0].address, Some("10.2.0.7".parse().expect("ip")));
-    assert!(gs.ports[0].cut_sessions);
-    assert_eq!(gs.grants[0].mapped_port, Some(50022));
+    assert_eq!(gs.ports.len(), 2);
+    let mut addresses: Vec<_> = gs.ports.iter().map(|p| p.address.map(|a| a.to_string())).collect();
+    addresses.sort();
+    assert_eq!(addresses, [Some("10.2.0.7".to_string()), Some("fd00:2::7".to_string())]);
+    assert!(gs.ports.iter().all(|p| p.cut_sessions));
+    let mut grants: Vec<_> = gs.grants.iter().map(|g| (g.mapped_port, g.address.map(|a| a.to_string()))).collect();
+    grants.sort();
+    assert_eq!(grants, [(Some(50022), Some("10.2.0.7".into())), (Some(50023), Some("fd00:2::7".into()))]);
     // Expired grants are not sent.
     assert!(store.agent_state("a-host", now() + Duration::hours(1)).await.expect("later").grants.is_empty());
 
