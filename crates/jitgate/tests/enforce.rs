@@ -4,7 +4,9 @@
 //! otherwise (`.ci/run` installs them and runs as root).
 //!
 //! Topology: namespace C holds the control plane and the clients (source A = 10.9.0.1, source
-//! B = 10.9.0.3); namespace V is the VM with the agent (10.9.0.2) and echo listeners.
+//! B = 10.9.0.3); namespace V is the VM with the agent (10.9.0.2) and echo listeners. In gateway
+//! mode the agent runs on the gateway G (10.9.0.2, fd09::2) in front of the VM (10.8.0.2,
+//! fd08::2); the dual-stack world gives C the IPv6 sources A6 = fd09::1 and B6 = fd09::3.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
 
@@ -183,6 +185,75 @@ fn gateway_mode_forwards_only_the_granted_source_through_the_mapped_port() {
     let (status, _) = w.api("DELETE", &w.policy_path(), None);
     assert_eq!(status, 200);
     assert_eq!(w.probe_to(B, INNER, 2222, "open", 5000)["reached"], true, "pre-JIT state after delete");
+}
+
+#[test]
+fn gateway_mode_forwards_ipv6_requesters_to_an_ipv6_vm_beside_ipv4() {
+    skip_unless_netns!("gateway_mode_forwards_ipv6_requesters_to_an_ipv6_vm_beside_ipv4");
+    let w = World::new_gateway_dual_stack(&[2222]);
+    let open_to = |from: &str, to: &str, port: u16| w.probe_to(from, to, port, "open", 0)["open"] == true;
+    // A second VM behind the same gateway, at the VM namespace's IPv6 address.
+    let vm6 = json!({"id": vm_id("rg", "vm6"), "osType": "Linux", "location": "westeurope", "address": INNER6, "gateway": "gw1"});
+    let (status, b) = w.api("PUT", "/api/v1/vms", Some(&vm6));
+    assert_eq!(status, 201, "attach an IPv6 VM behind the gateway: {b}");
+    assert!(open_to(A6, INNER6, 2222), "before enabling: the IPv6 VM is reachable through the gateway");
+
+    // One policy for both: a mapped port for each (a gateway's public ports are its own).
+    let rule = |mapped: u16| {
+        let mut r = ssh_like(2222);
+        r["mappedPort"] = json!(mapped);
+        r
+    };
+    let policy = json!({"properties": {"virtualMachines": [
+        {"id": vm_id("rg", "vm1"), "ports": [rule(52222)]},
+        {"id": vm_id("rg", "vm6"), "ports": [rule(52223)]}]}});
+    let (status, b) = w.api("PUT", &w.policy_path(), Some(&policy));
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(w.probe_to(A6, INNER6, 2222, "closed", 5000)["reached"], true, "after enabling: closed over IPv6");
+    assert!(!open_to(A6, GW6, 52223), "no mapping before a grant");
+
+    // An IPv6 requester for the IPv4 VM: refused in words (the gateway has no NAT64).
+    let initiate = |vm: &str, source: &str, duration: &str| {
+        let body = json!({"virtualMachines": [{"id": vm_id("rg", vm), "ports": [
+            {"number": 2222, "allowedSourceAddressPrefix": source, "duration": duration}]}]});
+        let path = w.policy_path().replace("?api-version", "/initiate?api-version") + "&wait=applied";
+        w.api("POST", &path, Some(&body))
+    };
+    let (status, refused) = initiate("vm1", A6, "PT10M");
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "InvalidInitiateInput", "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap_or("").contains("no NAT64"), "{refused}");
+
+    // The IPv6 grant: A6 reaches the VM's listener through gateway:52223 (DNAT to [fd08::2]:2222).
+    let (status, granted) = initiate("vm6", A6, "PT10M");
+    assert_eq!(status, 202, "{granted}");
+    let vm = &granted["virtualMachines"][0];
+    assert_eq!(vm["ports"][0]["mappedPort"], 52223, "connection details: the mapped port: {granted}");
+    assert!(vm["publicIpAddress"].is_null(), "the gateway's public address is IPv4, of no use here: {granted}");
+    assert!(open_to(A6, GW6, 52223), "A6 reaches the VM through the mapped gateway port");
+    assert!(open_to(A6, INNER6, 2222), "and directly through the gateway");
+    assert!(!open_to(B6, GW6, 52223), "B6, outside the granted range, does not");
+    assert!(!open_to(B6, INNER6, 2222), "nor directly");
+
+    // An IPv4 grant through the same gateway, alongside.
+    let v4 = w.initiate(A, 2222, "PT10M");
+    assert_eq!(v4["virtualMachines"][0]["publicIpAddress"], VM, "{v4}");
+    assert!(open_to(A, VM, 52222), "IPv4 through the gateway");
+    assert!(open_to(A6, GW6, 52223), "IPv6 still open");
+
+    // Revoke the IPv6 grant: closed again; the IPv4 one carries on.
+    let id = granted["id"].as_i64().expect("request id");
+    let (status, b) = w.api("POST", &format!("/api/v1/requests/{id}/revoke?wait=applied"), None);
+    assert_eq!(status, 200, "{b}");
+    assert!(!open_to(A6, GW6, 52223), "closed right after revoke");
+    assert!(!open_to(A6, INNER6, 2222), "routed path closed too");
+    assert!(open_to(A, VM, 52222), "the IPv4 grant is untouched");
+
+    // A range grant that expires: the kernel closes it.
+    let (status, b) = initiate("vm6", "fd09::/64", "PT2S");
+    assert_eq!(status, 202, "{b}");
+    assert!(open_to(B6, GW6, 52223), "the /64 covers B6");
+    assert_eq!(w.probe_to(B6, GW6, 52223, "closed", 5000)["reached"], true, "closed at expiry");
 }
 
 #[test]

@@ -49,6 +49,12 @@ pub struct World {
 
 /// Gateway mode addresses: the gateway's public side is VM (10.9.0.2), the VM behind it INNER.
 pub const INNER: &str = "10.8.0.2";
+/// A dual-stack gateway world adds IPv6: clients A6 and B6 in C, the gateway's public side GW6,
+/// and INNER6 on the VM behind it.
+pub const A6: &str = "fd09::1";
+pub const B6: &str = "fd09::3";
+pub const GW6: &str = "fd09::2";
+pub const INNER6: &str = "fd08::2";
 
 impl World {
     pub fn new(ports: &[u16]) -> World {
@@ -59,18 +65,38 @@ impl World {
         Self::build(ports, true)
     }
 
+    /// A gateway world with IPv6 beside IPv4: the VM behind the gateway listens on INNER6 too.
+    pub fn new_gateway_dual_stack(ports: &[u16]) -> World {
+        Self::build_with(ports, true, true)
+    }
+
     pub fn build(ports: &[u16], gateway: bool) -> World {
+        Self::build_with(ports, gateway, false)
+    }
+
+    fn build_with(ports: &[u16], gateway: bool, ipv6: bool) -> World {
         let tmp = tempfile::tempdir().expect("tempdir");
         let c = Netns::new("c").expect("netns c");
         let v = Netns::new(if gateway { "g" } else { "v" }).expect("netns v");
-        let (cif, _) = veth(&c, "10.9.0.1/24", &v, "10.9.0.2/24").expect("veth");
+        let (cif, vif) = veth(&c, "10.9.0.1/24", &v, "10.9.0.2/24").expect("veth");
         c.ip(&["addr", "add", "10.9.0.3/24", "dev", &cif]).expect("second client address");
         let inner = if gateway {
             let inner = Netns::new("i").expect("netns inner");
-            veth(&v, "10.8.0.1/24", &inner, "10.8.0.2/24").expect("inner veth");
+            let (gif, iif) = veth(&v, "10.8.0.1/24", &inner, "10.8.0.2/24").expect("inner veth");
             v.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
             c.ip(&["route", "add", "10.8.0.0/24", "via", VM]).expect("route to the inner network");
             inner.ip(&["route", "add", "default", "via", "10.8.0.1"]).expect("default route");
+            if ipv6 {
+                for (ns, dev, a) in
+                    [(&c, &cif, "fd09::1/64"), (&c, &cif, "fd09::3/64"), (&v, &vif, "fd09::2/64"), (&v, &gif, "fd08::1/64")]
+                {
+                    ns.addr(dev, a).expect("IPv6 address");
+                }
+                inner.addr(&iif, "fd08::2/64").expect("IPv6 address");
+                v.sysctl("net.ipv6.conf.all.forwarding", "1").expect("IPv6 forwarding");
+                c.ip(&["-6", "route", "add", "fd08::/64", "via", GW6]).expect("IPv6 route to the inner network");
+                inner.ip(&["-6", "route", "add", "default", "via", "fd08::1"]).expect("IPv6 default route");
+            }
             Some(inner)
         } else {
             None
@@ -79,6 +105,9 @@ impl World {
         listen.args(["probe", "listen"]);
         for p in ports {
             listen.args(["--tcp", &format!("0.0.0.0:{p}"), "--udp", &format!("0.0.0.0:{p}")]);
+            if ipv6 {
+                listen.args(["--tcp", &format!("[{INNER6}]:{p}")]);
+            }
         }
         let mut listener = KillOnDrop::spawn(listen).expect("listener");
         listener.wait_for_line("listening").expect("listener ready");
@@ -186,10 +215,11 @@ impl World {
     }
 
     pub fn probe_to(&self, from: &str, to: &str, port: u16, expect: &str, within_ms: u64) -> Value {
+        let to = if to.contains(':') { format!("[{to}]:{port}") } else { format!("{to}:{port}") };
         let out = self
             .c
             .cmd(BIN)
-            .args(["probe", "connect", "--from", from, "--to", &format!("{to}:{port}"), "--expect", expect])
+            .args(["probe", "connect", "--from", from, "--to", &to, "--expect", expect])
             .args(["--within-ms", &within_ms.to_string(), "--attempt-ms", "150"])
             .output()
             .expect("probe runs");
