@@ -183,8 +183,8 @@ pub fn print_request_at<T: serde::Serialize>(
             let name = name_of(&vm.id);
             for p in &vm.ports {
                 let connect = match (&vm.public_ip_address, p.mapped_port) {
-                    (Some(ip), Some(m)) => format!("{ip}:{m}"),
-                    _ => format!("{}:{}", address.unwrap_or(&name), p.number),
+                    (Some(ip), Some(m)) => host_port(ip, m),
+                    _ => host_port(address.unwrap_or(&name), p.number),
                 };
                 rows.push(vec![name.clone(), p.number.to_string(), p.status.clone(), p.end_time_utc.clone(), connect]);
             }
@@ -313,4 +313,23 @@ pub async fn list(args: ListArgs, format: OutputFormat) -> Result<(), CliError> 
         crate::output::table(&["ID", "VM", "PORT", "STATUS", "REASON", "REQUESTOR", "UNTIL"], &rows);
     });
     Ok(())
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[2001:db8::1]:22`).
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(super::host_port("203.0.113.10", 52222), "203.0.113.10:52222");
+        assert_eq!(super::host_port("2001:db8::10", 52222), "[2001:db8::10]:52222");
+        assert_eq!(super::host_port("web1", 22), "web1:22");
+    }
 }

@@ -137,8 +137,9 @@ async fn fragment(app: &App, viewer: &Viewer, w: &Watch) -> Result<(Markup, bool
 fn connect_to(g: &jitgate_core::records::GrantRecord, vm: Option<&jitgate_store::Vm>) -> Option<String> {
     let gateway = vm.and_then(|v| v.agent.as_ref()).is_some_and(|a| a.mode == AgentMode::Gateway);
     if gateway {
-        let ip = g.public_ip.clone()?;
-        return Some(format!("{ip}:{}", g.mapped_port.unwrap_or(g.number)));
+        let ip = g.public_ip.as_deref()?;
+        let port = g.mapped_port.unwrap_or(g.number);
+        return Some(if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") });
     }
     let addr = vm.and_then(|v| v.spec.address)?;
     Some(match addr {
