@@ -250,7 +250,8 @@ mod tests {
         assert_eq!(e.data.as_deref().map(fields_text).as_deref(), Some("fd00::2 . 22"));
         let ranged = DnatKey { source: "2001:db8::/32".parse().expect("net"), ..key };
         assert_eq!(dnat_map(&ranged).ok().as_deref(), Some("dnat6net_32"));
-        let p = Protected { dest: Some("fd00::2".parse().expect("addr")), proto: L4::Udp, port: 53, cut_sessions: true };
+        let p =
+            Protected { dest: Some("fd00::2".parse().expect("addr")), proto: L4::Udp, port: 53, cut_sessions: true };
         let (set, cut, fields) = protected_elem(&p);
         assert_eq!((set, cut, fields_text(&fields).as_str()), ("gw_protected6", "gw_cut6", "fd00::2 . udp . 53"));
     }

@@ -289,7 +289,8 @@ fn sample_state(now: Instant) -> Desired {
             d.grants.insert(GrantKey { source, dest, proto: L4::Tcp, port: 22 }, end);
         }
     }
-    for (source, addr) in [("192.0.2.1/32", vm4), ("192.0.2.0/24", vm4), ("2001:db8::1/128", vm6), ("2001:db8::/64", vm6)]
+    for (source, addr) in
+        [("192.0.2.1/32", vm4), ("192.0.2.0/24", vm4), ("2001:db8::1/128", vm6), ("2001:db8::/64", vm6)]
     {
         if let Some(source) = net(source) {
             let target = DnatTarget { addr, port: 22 };

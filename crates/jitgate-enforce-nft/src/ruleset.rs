@@ -218,7 +218,11 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
             let (ip, mask) = (f.ip, f.mask);
             let _ = writeln!(w, "\tchain {} {{", f.forward);
             let _ = writeln!(w, "\t\t{ip} daddr . meta l4proto . th dport != @{} accept", f.protected);
-            let _ = writeln!(w, "\t\t{ip} daddr . meta l4proto . th dport != @{} ct state established,related accept", f.cut);
+            let _ = writeln!(
+                w,
+                "\t\t{ip} daddr . meta l4proto . th dport != @{} ct state established,related accept",
+                f.cut
+            );
             let _ = writeln!(w, "\t\t{ip} saddr . {ip} daddr . meta l4proto . th dport @{} accept", f.allow);
             for len in allow_order(f.bits) {
                 let _ = writeln!(

@@ -133,7 +133,9 @@ fn the_ipv6_gateway_part_adds_to_the_ipv4_one_and_changes_none_of_it() {
     assert!(first < dual.find("@dnat6net_0\n").expect("dnat6net_0"), "longest prefix first");
     // The IPv6 part is there in every gateway table, so that an IPv6 grant is an element batch.
     let empty = ruleset(&Desired::empty(Mode::Gateway), now);
-    for name in ["set gw_protected6 ", "set gw_cut6 ", "set gw_allow6 ", "map dnat6 ", "chain gw_forward6 ", "chain gw_dnat6 "] {
+    for name in
+        ["set gw_protected6 ", "set gw_cut6 ", "set gw_allow6 ", "map dnat6 ", "chain gw_forward6 ", "chain gw_dnat6 "]
+    {
         assert!(empty.contains(name), "{name}");
     }
 }

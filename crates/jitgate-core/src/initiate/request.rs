@@ -68,7 +68,8 @@ fn family(ip: IpAddr) -> &'static str {
 /// Refuses `grant` when one of its sources is of the other address family than `inner`, the
 /// address of its VM behind a gateway. `*` means every source of the VM's family.
 fn check_family(grant: &GrantPlan, inner: IpAddr) -> Result<(), Invalid> {
-    let Some(other) = grant.sources.prefixes().iter().find(|p| p.net().is_some_and(|n| n.addr().is_ipv4() != inner.is_ipv4()))
+    let Some(other) =
+        grant.sources.prefixes().iter().find(|p| p.net().is_some_and(|n| n.addr().is_ipv4() != inner.is_ipv4()))
     else {
         return Ok(());
     };

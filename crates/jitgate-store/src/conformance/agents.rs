@@ -75,7 +75,8 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
         classic: false,
     };
     store.put_vm(behind.clone(), audit("vm")).await.expect("attach");
-    let behind6 = VmSpec { id: vm_id("agents", "inner6"), address: Some("fd00:2::7".parse().expect("ip")), ..behind.clone() };
+    let behind6 =
+        VmSpec { id: vm_id("agents", "inner6"), address: Some("fd00:2::7".parse().expect("ip")), ..behind.clone() };
     store.put_vm(behind6, audit("vm")).await.expect("attach an IPv6 VM");
     let mut unknown_gw = behind.clone();
     unknown_gw.gateway = Some("nope".into());
@@ -117,7 +118,8 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
     // Behind a gateway a source reaches a VM of its own address family only (no NAT64): refused
     // before anything is written.
     let rev = store.revision().await.expect("revision");
-    let mixed = store.initiate(initiate_cmd(&r, &vm_id("agents", "inner"), "2001:db8:5::7", 30, None), audit("i")).await;
+    let mixed =
+        store.initiate(initiate_cmd(&r, &vm_id("agents", "inner"), "2001:db8:5::7", 30, None), audit("i")).await;
     match mixed {
         Err(StoreError::Rejected(i)) => {
             assert_eq!(i.code, codes::INVALID_INITIATE);

@@ -87,9 +87,12 @@ impl World {
             c.ip(&["route", "add", "10.8.0.0/24", "via", VM]).expect("route to the inner network");
             inner.ip(&["route", "add", "default", "via", "10.8.0.1"]).expect("default route");
             if ipv6 {
-                for (ns, dev, a) in
-                    [(&c, &cif, "fd09::1/64"), (&c, &cif, "fd09::3/64"), (&v, &vif, "fd09::2/64"), (&v, &gif, "fd08::1/64")]
-                {
+                for (ns, dev, a) in [
+                    (&c, &cif, "fd09::1/64"),
+                    (&c, &cif, "fd09::3/64"),
+                    (&v, &vif, "fd09::2/64"),
+                    (&v, &gif, "fd08::1/64"),
+                ] {
                     ns.addr(dev, a).expect("IPv6 address");
                 }
                 inner.addr(&iif, "fd08::2/64").expect("IPv6 address");
