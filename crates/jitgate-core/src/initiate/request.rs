@@ -57,12 +57,9 @@ impl Reach {
     }
 }
 
-fn family(ip: IpAddr) -> &'static str {
-    if ip.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
+/// `IPv4` or `IPv6`.
+fn family(ip: IpAddr) -> String {
+    format!("IPv{}", if ip.is_ipv4() { 4 } else { 6 })
 }
 
 /// Refuses `grant` when one of its sources is of the other address family than `inner`, the
