@@ -14,7 +14,6 @@
 mod world;
 
 use serde_json::{json, Value};
-use std::time::Duration;
 use world::*;
 
 #[test]
