@@ -9,6 +9,7 @@
 //! If the server is unreachable it keeps what it applied and retries with backoff; grants expire
 //! in the kernel regardless.
 
+mod cache;
 pub mod control;
 pub mod convert;
 #[cfg(test)]
@@ -440,6 +441,8 @@ pub async fn run_with<F: Firewall>(
     }
     let mut after: Option<u64> = None;
     let mut backoff = FIRST_BACKOFF;
+    // Dropped when the loop ends, which waits until the last state saved is on disk.
+    let cache_writer = cache::CacheWriter::start(cfg.state_dir.join(STATE_FILE));
     tokio::pin!(shutdown);
     loop {
         let answer = tokio::select! {
@@ -493,9 +496,7 @@ pub async fn run_with<F: Firewall>(
                             state,
                         };
                         if let Ok(data) = serde_json::to_vec(&cache) {
-                            if let Err(e) = write_private(&cfg.state_dir.join(STATE_FILE), &data) {
-                                tracing::warn!(error = %e, "could not save the applied state");
-                            }
+                            cache_writer.save(data, &cfg.state_dir.join(STATE_FILE));
                         }
                         (true, None)
                     }
