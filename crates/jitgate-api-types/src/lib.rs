@@ -10,6 +10,7 @@ pub mod agent;
 pub mod arm;
 pub mod audit;
 pub mod datetime;
+pub mod doctor;
 pub mod error;
 pub mod native;
 pub mod rbac;

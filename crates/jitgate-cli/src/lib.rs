@@ -7,6 +7,7 @@ pub mod agent;
 pub mod audit;
 pub mod bench;
 pub mod connect;
+pub mod doctor;
 pub mod output;
 pub mod policy;
 pub mod probe;
@@ -93,6 +94,9 @@ pub enum Command {
     /// Shows every command it runs; removes everything it made at the end (Ctrl-C too).
     #[command(after_help = "Examples:\n  sudo jitgate quickstart\n  sudo jitgate quickstart --seconds 5")]
     Quickstart(QuickstartArgs),
+    /// Check this host and explain what is wrong: the server side (store, audit chain, TLS
+    /// certificate, disk) and the agent side (kernel, nftables table, server, clock, disk).
+    Doctor(doctor::DoctorArgs),
     /// Measure initiate throughput and latency over HTTPS (starts a server unless --url is given).
     Bench(bench::BenchArgs),
     /// The key that seals webhook secrets at rest: rotate it, or make a new one.

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod arm;
 mod failover;
+pub mod health;
 #[cfg(feature = "local-server")]
 pub mod local;
 pub mod native;
@@ -221,6 +222,11 @@ impl Settings {
 
     /// The reqwest client these settings describe (rustls, keep-alive, the CA trusted).
     pub fn http_client(&self) -> Result<reqwest::Client, ClientError> {
+        self.http_builder()?.build().map_err(ClientError::Build)
+    }
+
+    /// The builder of [`Settings::http_client`], for a client that needs one more setting.
+    pub(crate) fn http_builder(&self) -> Result<reqwest::ClientBuilder, ClientError> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(self.connect_timeout)
@@ -247,7 +253,7 @@ impl Settings {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        builder.build().map_err(ClientError::Build)
+        Ok(builder)
     }
 }
 

@@ -12,6 +12,10 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use rustix::net::sockopt;
 
 use crate::elements::{describe, op_elem};
+use crate::inspect::{
+    elements_in, encode_get_elements, encode_get_sets, encode_get_tables, parse_replies, set_of, table_of, Reply,
+    TableContents, TableName,
+};
 use crate::netlink::{encode, encode_delete_table, encode_probe, parse_acks, Ack, Batch};
 use crate::ruleset::{ruleset, unsupported};
 use crate::NftError;
@@ -153,6 +157,62 @@ impl NftFirewall {
                 errno: a.errno,
                 message: a.message.clone(),
             }),
+        }
+    }
+
+    /// Every table the kernel holds, in every family (a netlink dump: it works when nftables
+    /// is there and this process may use it).
+    pub fn tables(&mut self) -> Result<Vec<TableName>, NftError> {
+        let seq = self.next_seq();
+        let replies = self.dump(&encode_get_tables(seq), seq, "listing tables")?;
+        Ok(replies.iter().filter_map(table_of).collect())
+    }
+
+    /// What `table inet jitgate` holds (its sets with their element counts, expired elements
+    /// not counted), or `None` when there is no such table.
+    pub fn inspect(&mut self) -> Result<Option<TableContents>, NftError> {
+        let seq = self.next_seq();
+        let sets: Vec<String> = match self.dump(&encode_get_sets(seq), seq, "listing the sets of our table") {
+            Ok(replies) => replies.iter().filter_map(set_of).collect(),
+            Err(NftError::Kernel { errno: ENOENT, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut contents = TableContents::default();
+        for set in sets {
+            let seq = self.next_seq();
+            let replies = self.dump(&encode_get_elements(seq, &set), seq, "listing the elements of a set")?;
+            contents.sets.push((set, replies.iter().map(elements_in).sum()));
+        }
+        Ok(Some(contents))
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        seq
+    }
+
+    /// Sends one dump request and reads its answer to the end (`NLMSG_DONE`).
+    fn dump(&mut self, request: &[u8], seq: u32, what: &'static str) -> Result<Vec<Reply>, NftError> {
+        self.socket.send(request, 0).map_err(|source| NftError::Socket { what: "send", source })?;
+        let mut out = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(source) => return Err(NftError::Socket { what: "recv (a dump)", source }),
+            }
+            for reply in parse_replies(&buf, seq).map_err(NftError::Protocol)? {
+                match reply {
+                    Reply::Done => return Ok(out),
+                    Reply::Error(errno) => {
+                        return Err(NftError::Kernel { what: what.to_owned(), errno, message: None });
+                    }
+                    object => out.push(object),
+                }
+            }
         }
     }
 

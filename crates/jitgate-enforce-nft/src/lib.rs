@@ -93,6 +93,7 @@
 
 mod elements;
 mod firewall;
+mod inspect;
 mod netlink;
 mod ruleset;
 
@@ -100,6 +101,7 @@ use jitgate_enforce::FirewallError;
 
 pub use elements::{describe, dnat_map, grant_set};
 pub use firewall::NftFirewall;
+pub use inspect::{TableContents, TableName};
 pub use netlink::encode_batch;
 pub use ruleset::ruleset;
 

@@ -24,6 +24,7 @@ mod auditq;
 mod chain;
 mod fanout;
 mod grants;
+mod health;
 mod hooks;
 mod inventory;
 mod migrate;
@@ -73,6 +74,7 @@ use jitgate_store::{
     TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
+pub use health::inspect;
 pub use migrate::{MigrationReport, SCHEMA_VERSION};
 
 use crate::grants::By;

@@ -13,6 +13,7 @@ mod inventory;
 mod migrate;
 mod rbac;
 mod rows;
+mod health;
 pub mod snapshot;
 mod store_agents;
 mod store_audit;
@@ -46,6 +47,7 @@ use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{join, outbox, vm_put};
 use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
+pub use health::inspect_file;
 pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,

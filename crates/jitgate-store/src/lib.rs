@@ -24,6 +24,7 @@ pub use signal::Signal;
 pub use vms::{Vm, VmAccess, VmPolicy, VmSpec};
 
 pub mod chain;
+pub mod health;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]

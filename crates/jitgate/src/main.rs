@@ -11,6 +11,7 @@ mod bench_inventory;
 mod bench_portal;
 mod bench_replicas;
 mod common;
+mod doctor;
 mod quickstart;
 mod secrets;
 mod serve;
@@ -123,6 +124,11 @@ fn main() -> std::process::ExitCode {
                     Ok(false) => std::process::exit(1),
                     Err(e) => Err(e),
                 },
+            },
+            Command::Doctor(args) => match doctor::run(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => Err(e),
             },
             Command::Migrate(args) => storage::migrate(args).await,
             Command::Export(args) => storage::export(args).await,
