@@ -356,3 +356,39 @@ fn apply_timing_for_one_element_and_ten_thousand() {
     assert_eq!(h.server.elements("allow4").len(), 10_000);
     assert_eq!(h.server.elements("allow4net_24").len(), 0, "replace started afresh");
 }
+
+#[test]
+fn the_table_reads_back_with_its_sets_and_element_counts() {
+    require_kernel!();
+    let mut h = host(&[2222]);
+    assert_eq!(h.fw.inspect().expect("inspect"), None, "no table yet");
+    let before = h.fw.tables().expect("tables");
+    assert!(!before.iter().any(|t| t.name == jitgate_enforce_nft::TABLE), "{before:?}");
+
+    h.replace(&protected(&[(L4::Tcp, 2222, false), (L4::Udp, 2222, true)]));
+    h.apply(&[
+        add("10.77.0.1/32", L4::Tcp, 2222, MINUTE),
+        add("10.77.0.3/32", L4::Tcp, 2222, MINUTE),
+        add("10.77.0.0/24", L4::Udp, 2222, MINUTE),
+        add("fd77::1/128", L4::Tcp, 2222, MINUTE),
+    ]);
+    let tables = h.fw.tables().expect("tables");
+    assert!(tables.iter().any(|t| t.describe() == "inet jitgate"), "{tables:?}");
+    let c = h.fw.inspect().expect("inspect").expect("our table");
+    let count = |set: &str| c.sets.iter().find(|(s, _)| s == set).map(|(_, n)| *n);
+    assert_eq!(count("protected"), Some(2));
+    assert_eq!(count("cut"), Some(1));
+    assert_eq!(count("allow4"), Some(2));
+    assert_eq!(count("allow4net_24"), Some(1));
+    assert_eq!(count("allow6"), Some(1));
+    assert_eq!((c.protected(), c.grants(), c.dnat(), c.elements()), (3, 4, 0, 7));
+
+    // An element the kernel expired is no longer counted.
+    h.apply(&[add("10.77.0.9/32", L4::Tcp, 2222, Duration::from_millis(300))]);
+    assert_eq!(h.fw.inspect().expect("inspect").expect("table").grants(), 5);
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(h.fw.inspect().expect("inspect").expect("table").grants(), 4);
+
+    h.server.inside(|| h.fw.remove()).expect("remove");
+    assert_eq!(h.fw.inspect().expect("inspect"), None, "gone");
+}

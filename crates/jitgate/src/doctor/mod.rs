@@ -17,7 +17,9 @@ const CERT_WARN_DAYS: i64 = 30;
 
 /// Runs the checks the arguments name, prints the report; `Ok(true)` when no check failed.
 pub async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
-    let plan = args.plan(|p| Path::new(p).exists()).map_err(|e| anyhow::anyhow!(e))?;
+    let plan = args
+        .plan(|p| Path::new(p).exists())
+        .map_err(|e| jitgate_cli::output::fail(jitgate_cli::output::exit::USAGE, e))?;
     let mut checks = Vec::new();
     if let Some(s) = plan.server {
         checks.extend(server::checks(s).await);

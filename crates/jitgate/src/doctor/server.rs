@@ -146,7 +146,8 @@ fn store_checks(store: &str, h: &StoreHealth, named: &str) -> Vec<CheckOut> {
     let archived =
         h.audit.archived_through.map(|n| format!(" after the archives through #{n}")).unwrap_or_default();
     let c = if h.audit.valid {
-        ok("audit", format!("chain verified: {} records{archived}, {head}", h.audit.records))
+        let n = h.audit.records;
+        ok("audit", format!("chain verified: {n} record{}{archived}, {head}", if n == 1 { "" } else { "s" }))
     } else {
         let at = h.audit.first_invalid.map_or_else(|| "its end (records missing)".to_owned(), |n| format!("record #{n}"));
         fail(
