@@ -221,10 +221,7 @@ pub fn render(report: &DoctorOut) -> String {
     if failed == 0 && warned == 0 {
         out.push_str(&format!("all {} checks passed\n", report.checks.len()));
     } else {
-        out.push_str(&format!(
-            "{failed} failed, {warned} warned, {} passed\n",
-            report.checks.len() - failed - warned
-        ));
+        out.push_str(&format!("{failed} failed, {warned} warned, {} passed\n", report.checks.len() - failed - warned));
     }
     out
 }

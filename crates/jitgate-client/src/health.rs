@@ -54,11 +54,8 @@ pub async fn health(settings: &Settings, url: &str, verify: bool) -> Result<Heal
         .get(reqwest::header::DATE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    let peer_certificate = resp
-        .extensions()
-        .get::<reqwest::tls::TlsInfo>()
-        .and_then(|i| i.peer_certificate())
-        .map(<[u8]>::to_vec);
+    let peer_certificate =
+        resp.extensions().get::<reqwest::tls::TlsInfo>().and_then(|i| i.peer_certificate()).map(<[u8]>::to_vec);
     Ok(Health { url: base.to_owned(), status: resp.status().as_u16(), date, local_midpoint, elapsed, peer_certificate })
 }
 

@@ -85,7 +85,8 @@ impl TableContents {
 /// One dump request: `GETTABLE` of every family.
 pub(crate) fn encode_get_tables(seq: u32) -> Vec<u8> {
     let mut w = Writer::default();
-    let m = w.begin_msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_UNSPEC, 0);
+    let m =
+        w.begin_msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_UNSPEC, 0);
     w.end_msg(m);
     w.buf
 }

@@ -55,6 +55,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+pub use health::inspect;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::identity::checks;
@@ -74,7 +75,6 @@ use jitgate_store::{
     TokenRecord, Vm, VmAccess, VmSpec, Webhook,
 };
 use jitgate_store::{AgentStore, AuditStore, IdentityStore, PolicyStore, WebhookStore};
-pub use health::inspect;
 pub use migrate::{MigrationReport, SCHEMA_VERSION};
 
 use crate::grants::By;

@@ -52,7 +52,10 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         crate::migrate::migrate(&conn).unwrap();
         let h = inspect_file(&path).unwrap();
-        assert_eq!((h.schema, h.expected, h.integrity.clone(), h.head.clone()), (SCHEMA_VERSION, SCHEMA_VERSION, Some(vec![]), None));
+        assert_eq!(
+            (h.schema, h.expected, h.integrity.clone(), h.head.clone()),
+            (SCHEMA_VERSION, SCHEMA_VERSION, Some(vec![]), None)
+        );
         assert!(h.audit.valid);
         assert!(inspect_file(&dir.path().join("absent.db")).is_err());
     }

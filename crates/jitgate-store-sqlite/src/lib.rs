@@ -8,12 +8,12 @@
 mod agents;
 mod auditq;
 mod grants;
+mod health;
 mod hooks;
 mod inventory;
 mod migrate;
 mod rbac;
 mod rows;
-mod health;
 pub mod snapshot;
 mod store_agents;
 mod store_audit;
@@ -36,6 +36,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+pub use health::inspect_file;
 use jitgate_core::audit::AuditEvent;
 use jitgate_core::enforcement::{check_mapped_ports, AgentMode, EnforcementState, MappedClaim};
 use jitgate_core::identity::checks;
@@ -47,7 +48,6 @@ use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{join, outbox, vm_put};
 use jitgate_core::{Invalid, PolicyRef, VmId};
 use jitgate_store::secrets::Keyring;
-pub use health::inspect_file;
 pub use jitgate_store::secrets::SealReport;
 use jitgate_store::{
     AccessRequestRecord, AgentJoin, AgentRecord, AgentReport, AuditFilter, AuditRecord, AuditVerification, Delivery,

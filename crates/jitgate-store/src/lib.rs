@@ -24,11 +24,11 @@ pub use signal::Signal;
 pub use vms::{Vm, VmAccess, VmPolicy, VmSpec};
 
 pub mod chain;
-pub mod health;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]
 mod coverage;
+pub mod health;
 pub mod secrets;
 mod signal;
 pub mod snapshot;

@@ -74,8 +74,11 @@ fn the_units_pass_systemd_analyze_verify_and_keep_their_hardening() {
 
     // The same tool finds a broken unit (so the check above can fail).
     let broken = dir.path().join("broken.service");
-    std::fs::write(&broken, std::fs::read_to_string(&serve).unwrap().replace("NoNewPrivileges=yes", "NoNewPrivileges=maybe"))
-        .unwrap();
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&serve).unwrap().replace("NoNewPrivileges=yes", "NoNewPrivileges=maybe"),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&broken).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("broken.service") && said.contains("maybe"), "a bad value is reported: {said}");
@@ -249,7 +252,11 @@ fn the_package_builds_from_this_binary_and_installs_the_expected_files() {
         ("etc/jitgate/jitgate.toml", "etc/jitgate.toml"),
         ("etc/jitgate/agent.toml", "etc/agent.toml"),
     ] {
-        assert_eq!(std::fs::read(root.join(packaged)).unwrap(), std::fs::read(packaging(source)).unwrap(), "{packaged}");
+        assert_eq!(
+            std::fs::read(root.join(packaged)).unwrap(),
+            std::fs::read(packaging(source)).unwrap(),
+            "{packaged}"
+        );
     }
     let sysusers = std::fs::read_to_string(root.join("usr/lib/sysusers.d/jitgate.conf")).unwrap();
     assert!(sysusers.starts_with("u jitgate "), "{sysusers}");

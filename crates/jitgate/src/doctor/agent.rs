@@ -15,9 +15,10 @@ use super::{cert, certificate, disk, fact, fail, ok, pick, warn, Settings};
 const DEFAULT_STATE_DIR: &str = "/var/lib/jitgate-agent";
 /// The first release with `NFT_MSG_DESTROYSETELEM`.
 const MIN_KERNEL: (u32, u32) = (6, 3);
-/// A clock this far from the server's (beyond the round trip) is a warning, ten times as far a
-/// failure.
+/// A clock this far from the server's (beyond the header's second and half the round trip) is a
+/// warning; past [`CLOCK_FAIL_SECS`] a failure.
 const CLOCK_WARN_SECS: f64 = 5.0;
+const CLOCK_FAIL_SECS: f64 = 60.0;
 
 const AS_ROOT: &str =
     "run the doctor as root (sudo jitgate doctor agent): reading nftables needs CAP_NET_ADMIN, as the agent has";
@@ -243,7 +244,7 @@ fn clock(url: &str, offset: f64, rtt: f64) -> CheckOut {
                durations, but audit times, certificates and tokens need the right time";
     let c = if off <= CLOCK_WARN_SECS {
         ok("clock", format!("within {:.0} s of {url}'s clock", offset.abs().max(1.0)))
-    } else if off <= CLOCK_WARN_SECS * 10.0 {
+    } else if off <= CLOCK_FAIL_SECS {
         warn("clock", detail, fix)
     } else {
         fail("clock", detail, fix)

@@ -46,7 +46,11 @@ pub fn from_der(der: &[u8]) -> Result<CertInfo, String> {
         Some(ASN1Block::UTCTime(_, t) | ASN1Block::GeneralizedTime(_, t)) => Ok(t.assume_utc()),
         _ => Err("not a certificate (a validity time is missing)".to_string()),
     };
-    Ok(CertInfo { not_before: time(validity.first())?, not_after: time(validity.get(1))?, fingerprint: fingerprint(der) })
+    Ok(CertInfo {
+        not_before: time(validity.first())?,
+        not_after: time(validity.get(1))?,
+        fingerprint: fingerprint(der),
+    })
 }
 
 /// The first certificate of a PEM file.

@@ -122,7 +122,11 @@ pub(crate) fn disk(dir: &Path, what: &str) -> CheckOut {
     let st = match rustix::fs::statvfs(existing) {
         Ok(st) => st,
         Err(e) => {
-            return fail("disk", format!("statvfs {}: {e}", existing.display()), "run the doctor as a user that can read it")
+            return fail(
+                "disk",
+                format!("statvfs {}: {e}", existing.display()),
+                "run the doctor as a user that can read it",
+            )
         }
     };
     let free = st.f_bavail.saturating_mul(st.f_frsize);
@@ -166,11 +170,19 @@ pub(crate) fn certificate(what: &str, info: Result<cert::CertInfo, String>, rene
     } else if info.not_before > now {
         fail(
             "tls",
-            format!("{what} is valid only from {} (SHA-256 {})", jitgate_core::rfc3339(info.not_before), info.fingerprint),
+            format!(
+                "{what} is valid only from {} (SHA-256 {})",
+                jitgate_core::rfc3339(info.not_before),
+                info.fingerprint
+            ),
             "check this host's clock, or the certificate's dates",
         )
     } else if days < CERT_WARN_DAYS {
-        warn("tls", format!("{what} expires on {until}, in {days} days (SHA-256 {})", info.fingerprint), renew.to_owned())
+        warn(
+            "tls",
+            format!("{what} expires on {until}, in {days} days (SHA-256 {})", info.fingerprint),
+            renew.to_owned(),
+        )
     } else {
         ok("tls", format!("{what} valid until {until} ({days} days), SHA-256 {}", info.fingerprint))
     };
@@ -193,7 +205,8 @@ mod tests {
     fn settings_files_give_strings_and_lists() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("agent.toml");
-        std::fs::write(&file, "state_dir = \"/s\"\nserver = [\"https://a\", \"https://b\"]\n# ca_cert = \"x\"\n").unwrap();
+        std::fs::write(&file, "state_dir = \"/s\"\nserver = [\"https://a\", \"https://b\"]\n# ca_cert = \"x\"\n")
+            .unwrap();
         let (s, c) = Settings::load(Some(&file), "/nonexistent");
         assert_eq!(c.unwrap().status, CheckStatus::Ok);
         assert_eq!(s.string("state_dir").as_deref(), Some("/s"));

@@ -143,13 +143,13 @@ fn store_checks(store: &str, h: &StoreHealth, named: &str) -> Vec<CheckOut> {
         Some((seq, hash)) => format!("head #{seq} {}…", hash.get(..16).unwrap_or(hash)),
         None => "empty log".into(),
     };
-    let archived =
-        h.audit.archived_through.map(|n| format!(" after the archives through #{n}")).unwrap_or_default();
+    let archived = h.audit.archived_through.map(|n| format!(" after the archives through #{n}")).unwrap_or_default();
     let c = if h.audit.valid {
         let n = h.audit.records;
         ok("audit", format!("chain verified: {n} record{}{archived}, {head}", if n == 1 { "" } else { "s" }))
     } else {
-        let at = h.audit.first_invalid.map_or_else(|| "its end (records missing)".to_owned(), |n| format!("record #{n}"));
+        let at =
+            h.audit.first_invalid.map_or_else(|| "its end (records missing)".to_owned(), |n| format!("record #{n}"));
         fail(
             "audit",
             format!("chain BROKEN at {at} ({} records verified before it), {head}", h.audit.records),
