@@ -44,6 +44,9 @@ pub struct DoctorArgs {
     /// The CA (or self-signed) certificate of the server, PEM (agent side).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Trust the server by this SHA-256 fingerprint of its certificate or public key (agent side).
+    #[arg(long, value_delimiter = ',', value_parser = crate::pin)]
+    pub server_fingerprint: Vec<[u8; 32]>,
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -116,6 +119,10 @@ pub struct AgentDoctorArgs {
     /// The CA (or self-signed) certificate of the server, PEM (default: from the credential).
     #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Trust the server by this SHA-256 fingerprint of its certificate or public key, as the
+    /// agent may (default: from the credential); repeat or comma-separate.
+    #[arg(long, value_delimiter = ',', value_parser = crate::pin)]
+    pub server_fingerprint: Vec<[u8; 32]>,
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -128,12 +135,17 @@ pub struct AgentCheckArgs {
     pub state_dir: Option<PathBuf>,
     pub server: Vec<String>,
     pub ca_cert: Option<PathBuf>,
+    pub pins: Vec<[u8; 32]>,
 }
 
 impl AgentCheckArgs {
     /// Whether anything names the agent side.
     pub fn given(&self) -> bool {
-        self.config.is_some() || self.state_dir.is_some() || !self.server.is_empty() || self.ca_cert.is_some()
+        self.config.is_some()
+            || self.state_dir.is_some()
+            || !self.server.is_empty()
+            || self.ca_cert.is_some()
+            || !self.pins.is_empty()
     }
 }
 
@@ -169,6 +181,7 @@ impl DoctorArgs {
                     state_dir: a.state_dir,
                     server: a.server,
                     ca_cert: a.ca_cert,
+                    pins: a.server_fingerprint,
                 }),
                 json: a.json,
             }),
@@ -178,6 +191,7 @@ impl DoctorArgs {
                     state_dir: self.state_dir,
                     server: self.agent_server,
                     ca_cert: self.ca_cert,
+                    pins: self.server_fingerprint,
                 };
                 let (mut server, mut agent) =
                     (self.server.given().then_some(self.server), agent.given().then_some(agent));

@@ -235,7 +235,7 @@ impl Settings {
             .tcp_nodelay(true);
         if !self.pins.is_empty() {
             let tls = pin::client_config(&self.pins).map_err(|e| ClientError::Tls(e.to_string()))?;
-            return builder.use_preconfigured_tls(tls).build().map_err(ClientError::Build);
+            return Ok(builder.use_preconfigured_tls(tls));
         }
         let pem = match &self.ca_cert {
             None => None,

@@ -173,6 +173,25 @@ fn doctor_agent_finds_the_table_with_its_elements_and_fails_without_it_or_the_se
     assert!(check(&report, "server")["detail"].as_str().unwrap().starts_with(&w.server.url), "{report:#}");
     assert!(check(&report, "clock")["facts"]["offsetSeconds"].as_f64().unwrap().abs() <= 2.0);
 
+    // Trusting the server by its public key's fingerprint instead of a CA certificate, as an agent
+    // may: the right one passes, another fails and says how to trust the server.
+    let key = w
+        .server
+        .stdout()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("TLS public key: SHA-256 ").and_then(|r| r.split_whitespace().next()).map(str::to_owned)
+        })
+        .expect("the server prints its public key's fingerprint");
+    let (out, report) = agent_doctor(&w, &["--server-fingerprint", &key]);
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(check(&report, "tls")["facts"]["keyFingerprint"], key.as_str());
+    let (out, report) = agent_doctor(&w, &["--server-fingerprint", &["00"; 32].join(":")]);
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    let server = check(&report, "server");
+    assert_eq!(server["status"], "fail", "{server}");
+    assert!(server["fix"].as_str().unwrap().contains("--server-fingerprint"), "{server}");
+
     // A second grant is one more pair of elements.
     w.initiate(B, 2222, "PT10M");
     let (_, report) = agent_doctor(&w, &[]);

@@ -86,6 +86,25 @@ pub async fn checks(args: AgentCheckArgs) -> Vec<CheckOut> {
         .ca_cert
         .or_else(|| pick(None, "JITGATE_CA_CERT", &settings, "ca_cert").map(PathBuf::from))
         .or_else(|| credential.as_ref().and_then(|c| c.ca_cert.clone()));
+    let mut pins = args.pins;
+    if pins.is_empty() {
+        let texts = settings.strings("server_fingerprint");
+        let texts = if texts.is_empty() {
+            credential.as_ref().map(|c| c.server_fingerprints.clone()).unwrap_or_default()
+        } else {
+            texts
+        };
+        for t in texts {
+            match jitgate_core::certinfo::parse_pin(&t) {
+                Ok(p) => pins.push(p),
+                Err(e) => out.push(fail(
+                    "server",
+                    format!("the server fingerprint {t:?} cannot be read: {e}"),
+                    "write it as jitgate serve prints it (64 hex digits, colons allowed)",
+                )),
+            }
+        }
+    }
     if servers.is_empty() {
         out.push(fail(
             "server",
@@ -97,6 +116,7 @@ pub async fn checks(args: AgentCheckArgs) -> Vec<CheckOut> {
     for url in &servers {
         let settings = jitgate_client::Settings::new(url.as_str())
             .ca_cert_path(ca_cert.as_deref())
+            .pins(pins.clone())
             .timeouts(std::time::Duration::from_secs(5), std::time::Duration::from_secs(10));
         match jitgate_client::health::health(&settings, url, true).await {
             Ok(h) if h.status == 200 => {
@@ -110,8 +130,12 @@ pub async fn checks(args: AgentCheckArgs) -> Vec<CheckOut> {
             )),
             Err(e) => {
                 let text = error_chain(&e);
-                let fix = if text.contains("certificate") || text.contains("UnknownIssuer") {
-                    "the server's certificate is not trusted: give its cert.pem (or the CA's) with --ca-cert or ca_cert"
+                let fix = if text.contains("certificate")
+                    || text.contains("UnknownIssuer")
+                    || text.contains("fingerprint")
+                {
+                    "the server's certificate is not trusted: give its cert.pem (or the CA's) with --ca-cert or ca_cert, \
+                     or the fingerprint it prints with --server-fingerprint"
                 } else {
                     "check the URL, that jitgate serve runs there (jitgate doctor server on that host), and that no \
                      firewall between the hosts drops its port"

@@ -163,30 +163,18 @@ pub(crate) fn certificate(what: &str, info: Result<cert::CertInfo, String>, rene
         Err(e) => return fail("tls", e, renew.to_owned()),
     };
     let now = time::OffsetDateTime::now_utc();
-    let days = info.days_left(now);
+    let days = cert::days_left(&info, now);
     let until = jitgate_core::rfc3339(info.not_after);
+    let prints = format!("SHA-256 {}, public key SHA-256 {}", info.fingerprint(), info.key_fingerprint());
     let c = if info.not_after <= now {
-        fail("tls", format!("{what} expired on {until} (SHA-256 {})", info.fingerprint), renew.to_owned())
-    } else if info.not_before > now {
-        fail(
-            "tls",
-            format!(
-                "{what} is valid only from {} (SHA-256 {})",
-                jitgate_core::rfc3339(info.not_before),
-                info.fingerprint
-            ),
-            "check this host's clock, or the certificate's dates",
-        )
+        fail("tls", format!("{what} expired on {until} ({prints})"), renew.to_owned())
     } else if days < CERT_WARN_DAYS {
-        warn(
-            "tls",
-            format!("{what} expires on {until}, in {days} days (SHA-256 {})", info.fingerprint),
-            renew.to_owned(),
-        )
+        warn("tls", format!("{what} expires on {until}, in {days} days ({prints})"), renew.to_owned())
     } else {
-        ok("tls", format!("{what} valid until {until} ({days} days), SHA-256 {}", info.fingerprint))
+        ok("tls", format!("{what} valid until {until} ({days} days), {prints}"))
     };
-    fact(fact(c, "daysLeft", days), "fingerprint", info.fingerprint)
+    let c = fact(fact(c, "daysLeft", days), "fingerprint", info.fingerprint());
+    fact(c, "keyFingerprint", info.key_fingerprint())
 }
 
 #[cfg(test)]
@@ -236,14 +224,15 @@ mod tests {
     fn certificates_warn_within_thirty_days_and_fail_when_expired() {
         let now = time::OffsetDateTime::now_utc();
         let info = |days: i64| cert::CertInfo {
-            not_before: now - time::Duration::days(400),
             not_after: now + time::Duration::days(days) + time::Duration::hours(1),
-            fingerprint: "AB:CD".into(),
+            sha256: [0xAB; 32],
+            spki_sha256: [0xCD; 32],
         };
         assert_eq!(certificate("c", Ok(info(90)), "renew").status, CheckStatus::Ok);
         let soon = certificate("c", Ok(info(10)), "renew");
         assert_eq!((soon.status, soon.fix.as_deref()), (CheckStatus::Warn, Some("renew")));
-        assert!(soon.detail.contains("in 10 days") && soon.detail.contains("AB:CD"), "{}", soon.detail);
+        assert!(soon.detail.contains("in 10 days") && soon.detail.contains("AB:AB:AB"), "{}", soon.detail);
+        assert!(soon.detail.contains("public key SHA-256 CD:CD"), "{}", soon.detail);
         assert_eq!(certificate("c", Ok(info(-2)), "renew").status, CheckStatus::Fail);
         assert_eq!(certificate("c", Err("unreadable".into()), "renew").status, CheckStatus::Fail);
     }

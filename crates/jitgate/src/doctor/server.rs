@@ -75,11 +75,12 @@ pub async fn checks(args: ServerCheckArgs) -> Vec<CheckOut> {
         ));
     } else {
         let info = cert::from_pem_file(&cert_path);
-        expected_fingerprint = info.as_ref().ok().map(|i| i.fingerprint.clone());
+        expected_fingerprint = info.as_ref().ok().map(|i| i.fingerprint());
         let renew = if own_cert {
             "renew the certificate with your CA, replace the file, then reload the server (systemctl reload jitgate)"
         } else {
-            "remove the self-signed cert.pem and key.pem from DATA_DIR/tls and restart the server (it makes new ones; give agents the new cert.pem)"
+            "restart the server: it renews its self-signed certificate (same key) when it ends within 30 days; \
+             agents that trust the certificate itself need the new cert.pem, those pinning the public key do not"
         };
         out.push(certificate(&cert_path.display().to_string(), info, renew));
     }
@@ -186,7 +187,7 @@ async fn running(url: &str, expected: Option<&str>, cert: &Path) -> CheckOut {
         ),
         Ok(h) => {
             let ms = h.elapsed.as_millis();
-            let presented = h.peer_certificate.as_deref().map(cert::fingerprint);
+            let presented = h.peer_certificate.as_deref().and_then(cert::CertInfo::from_der).map(|i| i.fingerprint());
             match (expected, presented) {
                 (Some(want), Some(got)) if want != got => warn(
                     "server",
