@@ -41,7 +41,7 @@ pub async fn inspect(url: &str) -> StoreResult<StoreHealth> {
         .await
         .and_then(|r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, String>(1)?)))
         .map_err(StoreError::from)?;
-    let head = (head.0 > 0).then(|| (head.0 as u64, head.1));
+    let head = (head.0 > 0).then_some((head.0 as u64, head.1));
     let audit = crate::auditq::verify(&db).await.map_err(StoreError::from)?;
     Ok(StoreHealth { schema, expected: SCHEMA_VERSION, integrity: None, head, audit })
 }

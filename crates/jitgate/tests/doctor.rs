@@ -220,3 +220,44 @@ fn doctor_agent_finds_the_table_with_its_elements_and_fails_without_it_or_the_se
     assert_eq!(status(&report, "nftables"), "ok", "nftables itself still works");
     assert_eq!(status(&report, "server"), "ok", "the server still answers");
 }
+
+#[tokio::test]
+async fn doctor_server_checks_a_postgresql_store() {
+    let test = "doctor_server_checks_a_postgresql_store";
+    let db = match jitgate_store_postgres::testdb::TestDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => return jitgate_netns::skip(test, &why),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str| {
+        doctor(
+            Command::new(BIN)
+                .args(["doctor", "server", "--json", "--database-url", url])
+                .arg("--data-dir")
+                .arg(dir.path()),
+        )
+    };
+
+    // A database no server has opened: reachable, but no schema.
+    let (out, report) = run(db.url());
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert!(check(&report, "database")["detail"].as_str().unwrap().contains("no jitgate schema"), "{report:#}");
+
+    // After `jitgate migrate`: the schema is this build's and the (empty) chain verifies.
+    let migrated = Command::new(BIN).args(["migrate", "--database-url", db.url()]).output().unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let (out, report) = run(db.url());
+    assert!(out.status.success(), "{report:#}");
+    let database = check(&report, "database");
+    assert_eq!(database["status"], "ok");
+    assert!(database["detail"].as_str().unwrap().starts_with("PostgreSQL postgres://"), "{database}");
+    assert_eq!(database["facts"]["schema"], database["facts"]["expectedSchema"]);
+    assert_eq!(check(&report, "audit")["status"], "ok");
+
+    // Nobody answering: the failure says where to look, and no password is shown.
+    let (out, report) = run("postgres://jitgate:secret@127.0.0.1:1/jitgate");
+    assert_eq!(out.status.code(), Some(1));
+    let database = check(&report, "database");
+    assert!(!database["detail"].as_str().unwrap().contains("secret"), "{database}");
+    assert!(database["fix"].as_str().unwrap().contains("PostgreSQL runs"), "{database}");
+}
