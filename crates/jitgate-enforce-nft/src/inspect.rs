@@ -270,9 +270,9 @@ mod tests {
 
     #[test]
     fn a_dump_answer_names_tables_and_sets_and_counts_elements() {
-        let mut dgram = message((10 << 8) | 0, 5, 1, &attr(1, b"jitgate\0"));
-        dgram.extend(message((10 << 8) | 0, 5, 2, &attr(1, b"filter\0")));
-        dgram.extend(message((10 << 8) | 0, 4, 2, &attr(1, b"late\0"))); // another request's
+        let mut dgram = message((10 << 8) | NFT_MSG_NEWTABLE, 5, 1, &attr(1, b"jitgate\0"));
+        dgram.extend(message((10 << 8) | NFT_MSG_NEWTABLE, 5, 2, &attr(1, b"filter\0")));
+        dgram.extend(message((10 << 8) | NFT_MSG_NEWTABLE, 4, 2, &attr(1, b"late\0"))); // another request's
         let mut done = Vec::new();
         done.extend_from_slice(&20u32.to_ne_bytes());
         done.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
