@@ -7,7 +7,10 @@ use crate::netlink::{
     Writer, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NLA_TYPE_MASK, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_REQUEST,
 };
-use crate::TABLE;
+use crate::{
+    MAP_DNAT4, MAP_DNAT4_NET, MAP_DNAT6, MAP_DNAT6_NET, SET_CUT, SET_GW_CUT, SET_GW_CUT6, SET_GW_PROTECTED,
+    SET_GW_PROTECTED6, SET_PROTECTED, TABLE,
+};
 
 // linux/netlink.h
 pub(crate) const NLM_F_DUMP: u16 = 0x300;
@@ -62,14 +65,18 @@ impl TableContents {
     }
 
     /// Elements of the sets that say which ports are protected (`protected`, `cut`,
-    /// `gw_protected`, `gw_cut`).
+    /// `gw_protected`, `gw_cut`, `gw_protected6`, `gw_cut6`).
     pub fn protected(&self) -> usize {
-        self.count(|s| s.ends_with("protected") || s.ends_with("cut"))
+        self.count(|s| {
+            [SET_PROTECTED, SET_CUT, SET_GW_PROTECTED, SET_GW_CUT, SET_GW_PROTECTED6, SET_GW_CUT6].contains(&s)
+        })
     }
 
-    /// Elements of the DNAT maps.
+    /// Elements of the DNAT maps (`dnat4`, `dnat6`, and their per-prefix-length maps).
     pub fn dnat(&self) -> usize {
-        self.count(|s| s.starts_with("dnat"))
+        self.count(|s| {
+            [MAP_DNAT4, MAP_DNAT6].contains(&s) || s.starts_with(MAP_DNAT4_NET) || s.starts_with(MAP_DNAT6_NET)
+        })
     }
 
     /// Elements of the grant sets (everything else: `allow4`, `allow6net_24`, `gw_allow4` …).
@@ -328,8 +335,13 @@ mod tests {
                 ("gw_allow4".into(), 5),
                 ("dnat4".into(), 6),
                 ("dnat4net_16".into(), 1),
+                ("gw_protected6".into(), 2),
+                ("gw_cut6".into(), 1),
+                ("gw_allow6net_64".into(), 3),
+                ("dnat6".into(), 2),
+                ("dnat6net_64".into(), 1),
             ],
         };
-        assert_eq!((c.elements(), c.protected(), c.grants(), c.dnat()), (23, 7, 9, 7));
+        assert_eq!((c.elements(), c.protected(), c.grants(), c.dnat()), (32, 10, 12, 10));
     }
 }
