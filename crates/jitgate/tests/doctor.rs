@@ -261,3 +261,21 @@ async fn doctor_server_checks_a_postgresql_store() {
     assert!(!database["detail"].as_str().unwrap().contains("secret"), "{database}");
     assert!(database["fix"].as_str().unwrap().contains("PostgreSQL runs"), "{database}");
 }
+
+#[test]
+fn doctor_agent_on_a_gateway_counts_its_dnat_mappings() {
+    skip_unless_netns!("doctor_agent_on_a_gateway_counts_its_dnat_mappings");
+    let w = World::new_gateway(&[2222]);
+    let mut rule = ssh_like(2222);
+    rule["mappedPort"] = json!(52222);
+    w.put_policy(json!([rule]));
+    assert_eq!(w.probe_to(A, INNER, 2222, "closed", 5000)["reached"], true);
+    w.initiate(A, 2222, "PT10M");
+    let (out, report) = doctor(w.v.cmd(BIN).args(["doctor", "agent", "--json", "--state-dir"]).arg(&w.state_dir));
+    assert!(out.status.success(), "{report:#}");
+    let table = check(&report, "table");
+    let fact = |k: &str| table["facts"][k].as_u64().unwrap_or(0);
+    assert!(fact("dnat") >= 1 && fact("grants") >= 1 && fact("protected") >= 1, "{table}");
+    assert_eq!(fact("elements"), fact("dnat") + fact("grants") + fact("protected"), "{table}");
+    assert!(check(&report, "credential")["detail"].as_str().unwrap().contains("gateway mode"), "{report:#}");
+}
