@@ -112,8 +112,7 @@ pub(crate) fn pick(flag: Option<String>, env: &str, settings: &Settings, key: &s
     flag.or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty())).or_else(|| settings.string(key))
 }
 
-/// Free space on the filesystem holding `dir`: a failure below 256 MiB or 2 %, a warning
-/// below 1 GiB or 10 %.
+/// Free space on the filesystem holding `dir` ([`disk_status`]).
 pub(crate) fn disk(dir: &Path, what: &str) -> CheckOut {
     // The directory itself, or the nearest parent that exists (it may not be made yet).
     let Some(existing) = dir.ancestors().find(|p| p.exists()) else {
@@ -136,14 +135,24 @@ pub(crate) fn disk(dir: &Path, what: &str) -> CheckOut {
     let fix = format!(
         "free space on that filesystem or move the {what} to a larger one: the database, its log and the audit archives grow there"
     );
-    let c = if free < 256 << 20 || percent < 2.0 {
-        fail("disk", detail, fix)
-    } else if free < 1 << 30 || percent < 10.0 {
-        warn("disk", detail, fix)
-    } else {
-        ok("disk", detail)
+    let c = match disk_status(free, total) {
+        CheckStatus::Fail => fail("disk", detail, fix),
+        CheckStatus::Warn => warn("disk", detail, fix),
+        CheckStatus::Ok => ok("disk", detail),
     };
     fact(fact(c, "freeBytes", free), "totalBytes", total)
+}
+
+/// A failure below 256 MiB or 1 % free, a warning below 1 GiB or 5 %.
+fn disk_status(free: u64, total: u64) -> CheckStatus {
+    let percent = free as f64 * 100.0 / total.max(1) as f64;
+    if free < 256 << 20 || percent < 1.0 {
+        CheckStatus::Fail
+    } else if free < 1 << 30 || percent < 5.0 {
+        CheckStatus::Warn
+    } else {
+        CheckStatus::Ok
+    }
 }
 
 fn bytes(n: u64) -> String {
@@ -187,6 +196,12 @@ mod tests {
         let c = disk(&dir.path().join("not-yet/made"), "data directory");
         assert!(c.facts["freeBytes"].as_u64().unwrap() > 0, "{c:?}");
         assert!(c.detail.contains("free of"), "{}", c.detail);
+        const GIB: u64 = 1 << 30;
+        assert_eq!(disk_status(50 * GIB, 100 * GIB), CheckStatus::Ok);
+        assert_eq!(disk_status(4 * GIB, 100 * GIB), CheckStatus::Warn, "under 5 %");
+        assert_eq!(disk_status(GIB / 2, 2 * GIB), CheckStatus::Warn, "under 1 GiB");
+        assert_eq!(disk_status(GIB / 2, 100 * GIB), CheckStatus::Fail, "under 1 %");
+        assert_eq!(disk_status(100 << 20, GIB), CheckStatus::Fail, "under 256 MiB");
     }
 
     #[test]
