@@ -281,3 +281,37 @@ fn doctor_agent_on_a_gateway_counts_its_dnat_mappings() {
     assert_eq!(fact("elements"), fact("dnat") + fact("grants") + fact("protected"), "{table}");
     assert!(check(&report, "credential")["detail"].as_str().unwrap().contains("gateway mode"), "{report:#}");
 }
+
+/// jitgate-agent.service runs the agent as an unprivileged user holding CAP_NET_ADMIN alone
+/// (ambient, so `nft` inherits it): that is enough for everything the agent does to nftables,
+/// and without it the doctor says what is missing.
+#[test]
+fn nftables_works_with_cap_net_admin_alone_as_the_unit_gives_it() {
+    skip_unless_netns!("nftables_works_with_cap_net_admin_alone_as_the_unit_gives_it");
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        return jitgate_netns::skip(
+            "nftables_works_with_cap_net_admin_alone_as_the_unit_gives_it",
+            "needs setpriv (apt-get install util-linux)",
+        );
+    }
+    let ns = Netns::new("cap").expect("netns");
+    let dir = tempfile::tempdir().unwrap();
+    let as_nobody = |caps: &str| {
+        let mut cmd = ns.cmd("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps=-all{caps}"))
+            .arg(format!("--ambient-caps=-all{caps}"))
+            .arg(format!("--bounding-set=-all{caps}"))
+            .args([BIN, "doctor", "agent", "--json", "--server", "https://127.0.0.1:1", "--state-dir"])
+            .arg(dir.path());
+        doctor(&mut cmd).1
+    };
+    let report = as_nobody(",+net_admin");
+    assert_eq!(status(&report, "nftables"), "ok", "{report:#}");
+    assert_eq!(status(&report, "table"), "fail", "no agent made one here");
+    let report = as_nobody("");
+    let nft = check(&report, "nftables");
+    assert_eq!(nft["status"], "fail", "{report:#}");
+    assert!(nft["detail"].as_str().unwrap().contains("Operation not permitted"), "{nft}");
+    assert!(nft["fix"].as_str().unwrap().contains("CAP_NET_ADMIN"), "{nft}");
+}

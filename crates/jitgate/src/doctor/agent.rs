@@ -200,7 +200,7 @@ fn nftables() -> Vec<CheckOut> {
             } else {
                 "the kernel has no nftables (nf_tables module): load it (modprobe nf_tables) or use a kernel with it"
             };
-            return vec![fail("nftables", format!("netlink: {e}"), fix)];
+            return vec![fail("nftables", e.to_string(), fix)];
         }
     };
     let names: Vec<String> = tables.iter().map(|t| t.describe()).collect();
