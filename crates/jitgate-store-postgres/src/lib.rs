@@ -304,6 +304,8 @@ pub struct PgStore {
     fanout: fanout::Fanout,
     /// Where the connection that listens for other replicas' changes goes.
     config: tokio_postgres::Config,
+    /// Told of every commit of the writer (metrics).
+    observer: jitgate_store::observe::Observer,
 }
 
 /// Splits jitgate's own settings off a database URL: `pool_size=N`. The rest is libpq's
@@ -382,9 +384,10 @@ impl PgStore {
         let revision = rows::revision(&db).await.map_err(StoreError::from)?;
         let changes = Arc::new(watch::channel(revision).0);
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
-        let writer = writer::start(pool.clone(), changes.clone(), origin.clone());
+        let observer = jitgate_store::observe::Observer::default();
+        let writer = writer::start(pool.clone(), changes.clone(), origin.clone(), observer.clone());
         let fanout = fanout::start(pool.clone(), writer.clone());
-        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, fanout, config })
+        Ok(PgStore { pool, keys: Arc::new(keys), sealed, migrated, changes, origin, writer, fanout, config, observer })
     }
 
     /// What the open did to the webhook secrets (sealed, re-sealed, already current).

@@ -99,4 +99,8 @@ impl AuditStore for PgStore {
         })
         .await
     }
+
+    fn observe_commits(&self, observer: Arc<dyn jitgate_store::observe::CommitObserver>) {
+        self.observer.set(observer);
+    }
 }

@@ -187,6 +187,22 @@ impl PolicyStore for PgStore {
         .await
     }
 
+    async fn live_grants(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.read(move |db| {
+            Box::pin(async move {
+                let n: i64 = db
+                    .one(
+                        "SELECT count(*) FROM grants WHERE status = ANY($1) AND end_time > $2",
+                        &[&words(&lifecycle::LIVE), &rows::nanos(now)],
+                    )
+                    .await?
+                    .try_get(0)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+        })
+        .await
+    }
+
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord> {
         let revoked_by = revoked_by.to_owned();
         self.write(move |ctx| {

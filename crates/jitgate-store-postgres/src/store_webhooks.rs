@@ -150,4 +150,15 @@ impl WebhookStore for PgStore {
         })
         .await
     }
+
+    async fn pending_deliveries(&self) -> StoreResult<u64> {
+        self.read(|db| {
+            Box::pin(async move {
+                let n: i64 =
+                    db.one("SELECT count(*) FROM deliveries WHERE state = 'Pending'", &[]).await?.try_get(0)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+        })
+        .await
+    }
 }

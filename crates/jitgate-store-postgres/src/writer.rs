@@ -21,6 +21,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use jitgate_store::observe::Observer;
 use jitgate_store::{StoreError, StoreResult};
 
 use crate::{backend, Ctx, Db, Error, Fut};
@@ -103,12 +104,14 @@ pub(crate) async fn run(
     mut queue: mpsc::Receiver<Box<dyn Job>>,
     changes: Arc<watch::Sender<u64>>,
     origin: Arc<str>,
+    observer: Observer,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         // Each batch on a task of its own: a panic in one change fails its batch, not the writer.
-        let task = tokio::spawn(commit_batch(pool.clone(), jobs, changes.clone(), origin.clone()));
+        let task =
+            tokio::spawn(commit_batch(pool.clone(), jobs, changes.clone(), origin.clone(), observer.clone()));
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a batch of store changes failed");
         }
@@ -127,7 +130,13 @@ fn each(e: &Error) -> impl Fn() -> StoreError + '_ {
 
 /// Runs `jobs` in one transaction; publishes the revision it moved to, if it did, before any
 /// caller learns the end.
-async fn commit_batch(pool: Pool, jobs: Vec<Box<dyn Job>>, changes: Arc<watch::Sender<u64>>, origin: Arc<str>) {
+async fn commit_batch(
+    pool: Pool,
+    jobs: Vec<Box<dyn Job>>,
+    changes: Arc<watch::Sender<u64>>,
+    origin: Arc<str>,
+    observer: Observer,
+) {
     let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => {
@@ -183,12 +192,14 @@ async fn commit_batch(pool: Pool, jobs: Vec<Box<dyn Job>>, changes: Arc<watch::S
         undone.into_iter().for_each(|f| f(None));
         return;
     }
+    let (audit_records, committing) = (ctx.events.len(), std::time::Instant::now());
     let committed = match fatal {
         Some(e) => Err(e),
         None => ctx.commit().await,
     };
     match committed {
         Ok(revision) => {
+            observer.committed(kept.len(), audit_records, committing.elapsed());
             if let Some(r) = revision {
                 changes.send_if_modified(|v| {
                     let newer = r > *v;
@@ -212,8 +223,13 @@ async fn commit_batch(pool: Pool, jobs: Vec<Box<dyn Job>>, changes: Arc<watch::S
 }
 
 /// Starts the writer of a store on `pool`; returns where changes are handed to it.
-pub(crate) fn start(pool: Pool, changes: Arc<watch::Sender<u64>>, origin: Arc<str>) -> mpsc::Sender<Box<dyn Job>> {
+pub(crate) fn start(
+    pool: Pool,
+    changes: Arc<watch::Sender<u64>>,
+    origin: Arc<str>,
+    observer: Observer,
+) -> mpsc::Sender<Box<dyn Job>> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, rx, changes, origin));
+    tokio::spawn(run(pool, rx, changes, origin, observer));
     tx
 }

@@ -104,6 +104,8 @@ pub struct SqliteStore {
     read_slots: Arc<tokio::sync::Semaphore>,
     /// How far the writer's commits are durable.
     durability: Arc<writer::Durability>,
+    /// Told of every commit (metrics).
+    observer: jitgate_store::observe::Observer,
 }
 
 struct ReadPool {
@@ -182,10 +184,11 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(4096);
         let durability = Arc::new(writer::Durability::default());
         let log = PathBuf::from(format!("{}-wal", path.display()));
-        let for_writer = durability.clone();
+        let observer = jitgate_store::observe::Observer::default();
+        let (for_writer, observed) = (durability.clone(), observer.clone());
         let handle = std::thread::Builder::new()
             .name("jg-sqlite-write".into())
-            .spawn(move || writer::run(conn, chain, rx, log, for_writer))
+            .spawn(move || writer::run(conn, chain, rx, log, for_writer, observed))
             .map_err(backend)?;
         Ok(SqliteStore {
             jobs: Some(tx),
@@ -195,6 +198,7 @@ impl SqliteStore {
             sealed,
             read_slots: Arc::new(tokio::sync::Semaphore::new(READ_CONCURRENCY)),
             durability,
+            observer,
         })
     }
 

@@ -81,4 +81,8 @@ impl AuditStore for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
+
+    fn observe_commits(&self, observer: Arc<dyn jitgate_store::observe::CommitObserver>) {
+        self.observer.set(observer);
+    }
 }

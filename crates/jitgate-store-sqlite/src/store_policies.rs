@@ -376,6 +376,19 @@ impl PolicyStore for SqliteStore {
         .await
     }
 
+    async fn live_grants(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.read(move |c| {
+            let n: i64 = c
+                .prepare_cached(&format!(
+                    "SELECT count(*) FROM grants WHERE {} AND end_time > ?1",
+                    grants::status_in("status", &lifecycle::LIVE),
+                ))?
+                .query_row([crate::rows::nanos(now)], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord> {
         let revoked_by = revoked_by.to_owned();
         self.write(move |ctx| {

@@ -21,6 +21,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use jitgate_core::audit::{chain_hash, AuditEvent, GENESIS};
+use jitgate_store::observe::Observer;
 use jitgate_store::timing::{self, Stage, Stages};
 use jitgate_store::{StoreError, StoreResult};
 
@@ -230,6 +231,9 @@ struct Committed {
     seq: u64,
     jobs: Vec<Box<dyn Job>>,
     commit: Duration,
+    /// The changes the batch carried and the audit records it appended (for the observer).
+    changes: usize,
+    audit_records: usize,
 }
 
 /// The writer thread's loop: runs until every sender is gone, then waits for the syncer to
@@ -240,11 +244,14 @@ pub fn run(
     mut rx: mpsc::Receiver<Box<dyn Job>>,
     log: PathBuf,
     durability: Arc<Durability>,
+    observer: Observer,
 ) {
     let (to_syncer, synced) = std_mpsc::channel::<Committed>();
     let syncer = {
-        let durability = durability.clone();
-        std::thread::Builder::new().name("jg-sqlite-sync".into()).spawn(move || sync_loop(synced, log, durability))
+        let (durability, observer) = (durability.clone(), observer.clone());
+        std::thread::Builder::new()
+            .name("jg-sqlite-sync".into())
+            .spawn(move || sync_loop(synced, log, durability, observer))
     };
     let (to_syncer, syncer) = match syncer {
         Ok(handle) => (Some(to_syncer), Some(handle)),
@@ -283,6 +290,7 @@ pub fn run(
             }
             continue;
         }
+        let audit_from = chain.seq;
         let (result, commit) = run_batch(&conn, &mut chain, &mut batch);
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept");
@@ -297,18 +305,19 @@ pub fn run(
         seq += 1;
         durability.committed.store(seq, Ordering::Release);
         let _ = to_checkpointer.send(());
+        let (changes, audit_records) = (batch.len(), chain.seq.saturating_sub(audit_from) as usize);
         let (now, later): (Vec<_>, Vec<_>) = batch.drain(..).partition(|j| j.at_commit());
         for job in now {
             job.finish(Ok(()), commit);
         }
-        let committed = Committed { seq, jobs: later, commit };
+        let committed = Committed { seq, jobs: later, commit, changes, audit_records };
         match &to_syncer {
             Some(tx) => {
                 if let Err(std_mpsc::SendError(c)) = tx.send(committed) {
-                    sync_and_answer(vec![c], &log_of(&conn), &durability);
+                    sync_and_answer(vec![c], &log_of(&conn), &durability, &observer);
                 }
             }
-            None => sync_and_answer(vec![committed], &log_of(&conn), &durability),
+            None => sync_and_answer(vec![committed], &log_of(&conn), &durability, &observer),
         }
     }
     drop(to_checkpointer);
@@ -356,15 +365,17 @@ fn log_of(conn: &Connection) -> PathBuf {
 
 /// The syncer's loop: takes every batch committed since the last fsync, syncs the log once for
 /// all of them, then answers their jobs.
-fn sync_loop(rx: std_mpsc::Receiver<Committed>, log: PathBuf, durability: Arc<Durability>) {
+fn sync_loop(rx: std_mpsc::Receiver<Committed>, log: PathBuf, durability: Arc<Durability>, observer: Observer) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
-        sync_and_answer(group, &log, &durability);
+        sync_and_answer(group, &log, &durability, &observer);
     }
 }
 
-fn sync_and_answer(group: Vec<Committed>, log: &std::path::Path, durability: &Durability) {
+/// Syncs the log once for `group`, tells the observer of each batch it made durable (before
+/// anyone hears "done"), then answers their jobs.
+fn sync_and_answer(group: Vec<Committed>, log: &std::path::Path, durability: &Durability, observer: &Observer) {
     let started = Instant::now();
     let synced = sync_log(log);
     let took = started.elapsed();
@@ -381,6 +392,9 @@ fn sync_and_answer(group: Vec<Committed>, log: &std::path::Path, durability: &Du
         }
     };
     for c in group {
+        if result.is_ok() {
+            observer.committed(c.changes, c.audit_records, c.commit + took);
+        }
         for job in c.jobs {
             job.finish(result.clone(), c.commit + took);
         }
@@ -446,7 +460,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let durability = Arc::new(Durability::default());
         let d = durability.clone();
-        let handle = std::thread::spawn(move || run(conn, Chain { seq: 0, hash: GENESIS }, rx, log, d));
+        let handle =
+            std::thread::spawn(move || run(conn, Chain { seq: 0, hash: GENESIS }, rx, log, d, Observer::default()));
         (tx, handle, durability)
     }
 

@@ -29,6 +29,7 @@ pub mod conformance;
 #[cfg(test)]
 mod coverage;
 pub mod health;
+pub mod observe;
 pub mod secrets;
 mod signal;
 pub mod snapshot;
@@ -389,6 +390,9 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep>;
     /// The earliest end time of a live grant.
     async fn next_expiry(&self) -> StoreResult<Option<OffsetDateTime>>;
+    /// How many grants are open at `now` (`Initiated`, ending after `now`), for the live-grants
+    /// gauge.
+    async fn live_grants(&self, now: OffsetDateTime) -> StoreResult<u64>;
     /// Ends a request's live grants before their end time (`Revoked`/`UserRequested`).
     async fn revoke_request(&self, id: i64, revoked_by: &str, audit: AuditEvent) -> StoreResult<AccessRequestRecord>;
     /// Approves (the window starts now) or denies a request's pending grants, or else its pending
@@ -557,7 +561,7 @@ pub trait IdentityStore: Send + Sync + 'static {
 }
 
 /// The audit log: standalone records, reads and queries, verification, sealed archives; and
-/// the readiness round trip.
+/// the readiness round trip and the commit observer.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
     /// Appends a standalone audit record (a refusal decided before the store was asked).
@@ -583,6 +587,10 @@ pub trait AuditStore: Send + Sync + 'static {
     ) -> StoreResult<usize>;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
+    /// Tells `observer` of every transaction the store commits from now on (for metrics: the
+    /// commit latency, the group-commit batch size, the audit records written). The first
+    /// observer installed stays.
+    fn observe_commits(&self, observer: std::sync::Arc<dyn observe::CommitObserver>);
 }
 
 /// Webhooks and the delivery outbox (deliveries are queued by the changes that cause them).
@@ -614,6 +622,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn list_deliveries(&self, webhook_id: &str, limit: usize) -> StoreResult<Vec<Delivery>>;
     /// The earliest pending delivery.
     async fn next_delivery(&self) -> StoreResult<Option<OffsetDateTime>>;
+    /// How many deliveries are waiting to be sent or retried (the outbox's depth).
+    async fn pending_deliveries(&self) -> StoreResult<u64>;
 }
 
 /// Several servers on one store: signals from the others, and leases, so that a background

@@ -18,6 +18,7 @@
 //! | `initiate` | `initiate_supersede_and_replay`, `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `expiry`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake`, `audit_queries_inventory_facts_and_security_policies`, `webhook_deliveries_are_isolated_and_claimed_once` |
 //! | `expire_due` | `expiry` |
 //! | `next_expiry` | `expiry` |
+//! | `live_grants` | `gauges_and_observed_commits` |
 //! | `revoke_request` | `agents_and_enforcement_state` |
 //! | `decide_request` | `approvals_and_extensions` |
 //! | `extend_request` | `approvals_and_extensions` |
@@ -87,6 +88,7 @@
 //! | `delivery_attempted` | `webhook_deliveries_are_isolated_and_claimed_once` |
 //! | `list_deliveries` | `approvals_and_extensions`, `webhook_deliveries_are_isolated_and_claimed_once` |
 //! | `next_delivery` | `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `pending_deliveries` | `gauges_and_observed_commits` |
 //! | **ReplicaStore** | |
 //! | `listen` | `leases_are_held_by_one_holder_at_a_time` |
 //! | `try_lease` | `leases_are_held_by_one_holder_at_a_time` |
@@ -124,6 +126,7 @@ mod identity;
 mod inventory;
 pub mod literals;
 pub mod migrations;
+mod observe;
 mod replica;
 mod requests;
 mod sessions;
@@ -133,6 +136,7 @@ use audit_hooks::*;
 pub use fill::{fill_every_kind, write_one_of_each};
 use identity::*;
 use inventory::*;
+use observe::*;
 use replica::*;
 use requests::*;
 use sessions::*;
@@ -242,6 +246,7 @@ pub async fn run_all(store: &dyn Store) {
     webhook_deliveries_are_isolated_and_claimed_once(store).await;
     leases_are_held_by_one_holder_at_a_time(store).await;
     ephemeral_entries_expire_and_are_taken_once(store).await;
+    gauges_and_observed_commits(store).await;
 }
 
 async fn vms(store: &dyn Store) {
