@@ -27,6 +27,12 @@ pub mod actions {
     pub const PRINCIPAL_WRITE: &str = "Microsoft.Authorization/principals/write";
     /// Reading the audit log (Azure's Activity Log read action).
     pub const AUDIT_READ: &str = "Microsoft.Insights/eventtypes/values/read";
+    /// Reading the server's Prometheus metrics (`GET /metrics`) from an address
+    /// `--metrics-allow` does not name (Azure Monitor's metrics read action). Checked at `/`:
+    /// the metrics count everything the server does, whatever its scope. Reader, Security
+    /// Reader, Security Admin, Contributor and Owner allow it (`*/read`, `Microsoft.Insights/*/read`,
+    /// `*`); the JIT requester does not.
+    pub const METRICS_READ: &str = "Microsoft.Insights/metrics/read";
     /// jitgate's own: webhooks about every request in a subscription (checked at the
     /// subscription), and reading their delivery details.
     pub const WEBHOOK_READ: &str = "Microsoft.Security/webhooks/read";
@@ -335,6 +341,10 @@ mod tests {
                 assert!(r.allows(a), "{role}: {a}");
             }
         }
+        for role in ["Owner", "Contributor", "Reader", "Security Admin", "Security Reader"] {
+            assert!(find(role).allows(actions::METRICS_READ), "{role} reads metrics");
+        }
+        assert!(!r.allows(actions::METRICS_READ), "the requester does not read metrics");
         let lp = least_privileged_role("JIT Access Role", "/subscriptions/s", "id");
         assert_eq!(lp.actions, r.actions);
         assert!(lp.assignable_at("/subscriptions/s/resourceGroups/rg"));

@@ -233,6 +233,7 @@ async fn state(State(app): State<App>, AgentCaller { agent, query: q, .. }: Agen
         // The agent may report this revision as applied only once it was sent to it.
         if state.revision > agent.delivered_revision {
             app.store.agent_delivered(&agent.id, state.revision).await.map_err(agent_error)?;
+            app.metrics.state_delivered(&agent.id, state.revision);
         }
         return Ok(json(StatusCode::OK, &state_out(&state, app.clock.now())));
     }
@@ -300,6 +301,7 @@ async fn applied(
         now: app.clock.now(),
     };
     app.store.agent_report(&agent.id, report).await.map_err(agent_error)?;
+    app.metrics.state_applied(&agent.id, input.revision);
     app.applied.notify_waiters();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

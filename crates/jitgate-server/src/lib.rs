@@ -17,9 +17,11 @@ pub mod certs;
 pub mod conn;
 pub mod error;
 pub mod failures;
+mod layers;
 pub mod limits;
 pub mod longpoll;
 pub mod oidc;
+pub mod prom;
 pub mod ratelimit;
 pub mod replicas;
 pub mod retention;
@@ -34,12 +36,9 @@ pub mod webhooks;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
-
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -52,6 +51,7 @@ use jitgate_store::{OidcSignIn, Principal, Store, StoreError, TokenOrigin};
 
 use crate::error::{json, ApiError};
 use crate::tls::{PeerAddr, ServerListener};
+pub(crate) use layers::layers;
 
 /// Where the current time comes from (a fixed or stepped clock in tests).
 pub trait Clock: Send + Sync + 'static {
@@ -94,6 +94,8 @@ pub struct ServerConfig {
     pub lease_ttl: std::time::Duration,
     /// Whether answers carry a `Server-Timing` header (see [`jitgate_store::timing`]).
     pub server_timing: bool,
+    /// Who may read `GET /metrics` without a token (see [`prom`]).
+    pub metrics_allow: Vec<ipnet::IpNet>,
 }
 
 impl ServerConfig {
@@ -104,7 +106,8 @@ impl ServerConfig {
 }
 
 /// The defaults of `jitgate serve`'s flags: TLS, 100 policies a page, 1 MiB bodies, no proxy
-/// trusted, no retention, public https webhooks only, tokens of at most 90 days, default limits.
+/// trusted, no retention, public https webhooks only, tokens of at most 90 days, default limits,
+/// metrics readable without a token from loopback.
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -119,6 +122,7 @@ impl Default for ServerConfig {
             limits: Default::default(),
             lease_ttl: replicas::DEFAULT_LEASE_TTL,
             server_timing: false,
+            metrics_allow: prom::default_allow(),
         }
     }
 }
@@ -185,6 +189,8 @@ pub struct App {
     pub portal_inventory: Arc<web::inventory::Cache>,
     /// This server's name among the replicas on its store (the holder of its leases).
     pub replica: Arc<str>,
+    /// The Prometheus metrics (see [`prom`]).
+    pub metrics: Arc<prom::ServerMetrics>,
 }
 
 /// How long an agent may stay silent before it counts as stale (two long-polls and a margin).
@@ -216,7 +222,10 @@ struct Correlation {
 
 impl App {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: ServerConfig) -> Self {
+        let metrics = Arc::new(prom::ServerMetrics::new());
+        store.observe_commits(metrics.commit_observer());
         App {
+            metrics,
             sessions: Arc::new(web::session::Sessions::new(store.clone())),
             store,
             clock,
@@ -244,7 +253,9 @@ impl App {
     /// it ("Role at scope"); a refusal of a state-changing call is audited by the caller.
     pub async fn authorize(&self, principal: &Principal, action: &str, scope: &str) -> Result<String, ApiError> {
         let grants = self.authz.grants(self.store.as_ref(), principal).await?;
-        grants.allowing(action, scope).ok_or_else(|| authz::denied(&principal.label(), action, scope))
+        let allowed = grants.allowing(action, scope);
+        self.metrics.authorization(allowed.is_some());
+        allowed.ok_or_else(|| authz::denied(&principal.label(), action, scope))
     }
 
     /// Like [`App::authorize`] for a state-changing call: a refusal is recorded in the audit log
@@ -267,7 +278,9 @@ impl App {
 
     /// Whether `principal` may perform `action` over `scope` (for filtering lists).
     pub async fn can(&self, principal: &Principal, action: &str, scope: &str) -> Result<bool, ApiError> {
-        Ok(self.authz.grants(self.store.as_ref(), principal).await?.permits(action, scope))
+        let allowed = self.authz.grants(self.store.as_ref(), principal).await?.permits(action, scope);
+        self.metrics.authorization(allowed);
+        Ok(allowed)
     }
 
     /// Says that enforcement-relevant state changed: agents' long-polls wake at once (and the
@@ -480,49 +493,6 @@ fn request_ctx(caller_ip: IpAddr, correlation: Option<&Correlation>) -> RequestC
     }
 }
 
-/// Sets `x-ms-request-id` and `x-ms-correlation-request-id` on every answer and logs it.
-async fn correlate(mut req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let client_request_id = req
-        .headers()
-        .get("x-ms-client-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned);
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let correlation_id = client_request_id.clone().unwrap_or_else(|| request_id.clone());
-    req.extensions_mut().insert(Correlation { correlation_id: correlation_id.clone(), client_request_id });
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let timed = req.extensions().get::<Arc<ServerConfig>>().is_some_and(|c| c.server_timing);
-    let mut resp = if timed {
-        let stages = Arc::new(jitgate_store::timing::Stages::default());
-        let mut resp = jitgate_store::timing::scope(stages.clone(), next.run(req)).await;
-        if let Ok(v) = HeaderValue::from_str(&stages.header(started.elapsed())) {
-            resp.headers_mut().insert("server-timing", v);
-        }
-        resp
-    } else {
-        next.run(req).await
-    };
-    for (name, value) in [("x-ms-request-id", &request_id), ("x-ms-correlation-request-id", &correlation_id)] {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            resp.headers_mut().insert(name, v);
-        }
-    }
-    if let Some(Panicked(message)) = resp.extensions_mut().remove::<Panicked>() {
-        tracing::error!(%method, path, request_id, correlation_id, panic = message, "a request handler panicked");
-    }
-    tracing::info!(
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        correlation_id,
-        "request"
-    );
-    resp
-}
-
 /// `GET /api/v1/auth/config` (no token): how humans sign in, for `jitgate login --oidc`.
 async fn auth_config(State(app): State<App>) -> Response {
     let value = match &app.oidc {
@@ -556,85 +526,6 @@ async fn fallback(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAdd
     ApiError::not_found("NotFound", format!("no route for {} {}", req.method(), req.uri().path())).into_response()
 }
 
-/// Gives every error answer Azure's error body: axum's own answers (405 with `Allow`, a path
-/// parameter that does not parse, …) come without one or as plain text. A body that is already
-/// JSON (or a portal page) is kept.
-async fn error_bodies(req: Request, next: Next) -> Response {
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let text = jitgate_core::audit::truncate_field(text.trim(), 512);
-    let allow = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let path = jitgate_core::audit::truncate_field(&path, 256);
-    let (code, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => (
-            "MethodNotAllowed",
-            format!("{method} is not supported on '{path}'; allowed: {}", allow.as_deref().unwrap_or("none")),
-        ),
-        StatusCode::NOT_FOUND => ("NotFound", format!("no route for {method} {path}")),
-        StatusCode::PAYLOAD_TOO_LARGE => ("RequestBodyTooLarge", "the request body is too large".to_owned()),
-        StatusCode::REQUEST_TIMEOUT => ("RequestTimeout", "the request did not arrive in time".to_owned()),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", "the request body must be JSON".to_owned()),
-        StatusCode::TOO_MANY_REQUESTS => ("TooManyRequests", "too many requests".to_owned()),
-        s if s.is_server_error() => {
-            let mut e = ApiError::internal();
-            e.status = s;
-            return e.into_response();
-        }
-        _ => (
-            "BadRequest",
-            if text.is_empty() { format!("{method} {path} is not a valid request") } else { text.into_owned() },
-        ),
-    };
-    let mut err = ApiError::new(status, code, message);
-    err.allow = allow;
-    let mut out = err.into_response();
-    for (name, value) in parts.headers.iter() {
-        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
-            out.headers_mut().entry(name.clone()).or_insert_with(|| value.clone());
-        }
-    }
-    out
-}
-
-/// A panic's message, carried on the 500 answer from [`panic_response`] to [`correlate`], which
-/// logs it with the request id.
-#[derive(Debug, Clone)]
-struct Panicked(String);
-
-fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let message = match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
-        (Some(s), _) => (*s).to_owned(),
-        (None, Some(s)) => s.clone(),
-        (None, None) => "(a panic without a message)".to_owned(),
-    };
-    let mut resp = ApiError::internal().into_response();
-    resp.extensions_mut().insert(Panicked(message));
-    resp
-}
-
-/// The layers around every route, innermost first: Azure error bodies, the catch-panic layer
-/// (inside `correlate`, so a panic's 500 carries the request ids and its message is logged with
-/// them), `correlate`, the server config.
-fn layers<S: Clone + Send + Sync + 'static>(routes: Router<S>, config: Arc<ServerConfig>) -> Router<S> {
-    routes
-        .layer(axum::middleware::from_fn(error_bodies))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn(correlate))
-        .layer(axum::Extension(config))
-}
-
 /// Every route of the control plane.
 pub fn router(app: App) -> Router {
     let config = app.config.clone();
@@ -642,6 +533,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/auth/config", get(auth_config))
+        .route("/metrics", get(prom::handler))
         .merge(api::router())
         .merge(agent_api::router())
         .merge(api_rbac::router())
@@ -649,7 +541,8 @@ pub fn router(app: App) -> Router {
         .merge(webhooks::router())
         .merge(web::router())
         .fallback(fallback);
-    layers(routes, config).with_state(app)
+    let metrics = app.metrics.clone();
+    layers(routes, config).layer(axum::Extension(metrics)).with_state(app)
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes, then drains in-flight
@@ -673,6 +566,7 @@ pub async fn run(
         .map(|(keep, dir)| tokio::spawn(retention::run(app.clone(), keep, dir, stop_rx)));
     let summaries = tokio::spawn(limits::run(app.clone(), stop_tx.subscribe()));
     let signals = tokio::spawn(replicas::listen(app.clone(), stop_tx.subscribe()));
+    let upkeep = tokio::spawn(prom::upkeep(app.metrics.clone(), stop_tx.subscribe()));
     let header_timeout = app.config.limits.header_timeout;
     conn::serve(listener, router(app), header_timeout, shutdown).await;
     let _ = stop_tx.send(true);
@@ -680,6 +574,7 @@ pub async fn run(
     let _ = hooks.await;
     let _ = summaries.await;
     let _ = signals.await;
+    let _ = upkeep.await;
     if let Some(r) = retention {
         let _ = r.await;
     }

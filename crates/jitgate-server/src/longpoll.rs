@@ -63,6 +63,11 @@ impl LongPolls {
     pub fn waiting(&self, agent: &str) -> usize {
         self.lock().get(agent).map_or(0, VecDeque::len)
     }
+
+    /// How many agents have a long-poll waiting (the agents connected to this server).
+    pub fn agents(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 impl Ticket {
@@ -96,6 +101,7 @@ mod tests {
         let b = polls.enter("agent-1");
         let other = polls.enter("agent-2");
         assert_eq!(polls.waiting("agent-1"), 2);
+        assert_eq!(polls.agents(), 2, "two agents, whatever their polls");
         let c = polls.enter("agent-1");
         assert_eq!(polls.waiting("agent-1"), 2);
         tokio::time::timeout(Duration::from_secs(5), a.replaced()).await.expect("the oldest is told to answer");
@@ -105,8 +111,10 @@ mod tests {
         drop((a, b, c));
         assert_eq!(polls.waiting("agent-1"), 0);
         assert_eq!(polls.waiting("agent-2"), 1);
+        assert_eq!(polls.agents(), 1);
         drop(other);
         assert!(polls.lock().is_empty(), "nothing is kept for agents without long-polls");
+        assert_eq!(polls.agents(), 0);
     }
 
     #[tokio::test]

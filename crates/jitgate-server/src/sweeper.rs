@@ -117,6 +117,7 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
 /// One sweep; returns how long to sleep before the next.
 pub async fn sweep_once(app: &App) -> Result<Duration, jitgate_store::StoreError> {
     let swept = app.store.expire_due(app.clock.now()).await?;
+    app.metrics.expired(swept.expired);
     if swept.expired > 0 {
         tracing::info!(expired = swept.expired, "grants expired");
         app.deliveries.notify_one();

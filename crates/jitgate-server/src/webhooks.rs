@@ -590,6 +590,11 @@ async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery) {
     if let Err(e) = app.store.delivery_attempted(d.id, ok, error, next, app.clock.now()).await {
         tracing::warn!(error = %e, delivery = d.id, "could not record a webhook delivery");
     }
+    app.metrics.delivery(match (ok, next) {
+        (true, _) => crate::prom::DeliveryOutcome::Delivered,
+        (false, Some(_)) => crate::prom::DeliveryOutcome::Failed,
+        (false, None) => crate::prom::DeliveryOutcome::Abandoned,
+    });
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ pub(crate) async fn revoke_request(
         app.authorize_change(principal, action, &policy, &mut audit).await?;
     }
     let request = app.store.revoke_request(id, &principal.name, audit).await?;
+    app.metrics.revoked();
     app.grants_changed();
     Ok(request)
 }
@@ -133,6 +134,7 @@ pub(crate) async fn decide_request(
         app.authorize_change(principal, actions::POLICY_APPROVE, &policy, &mut audit).await?;
     }
     let request = app.store.decide_request(id, approve, &principal.name, reason, app.clock.now(), audit).await?;
+    app.metrics.decided(approve);
     app.grants_changed();
     app.sweeper.notify_one();
     Ok(request)

@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use jitgate_api_types::arm::{self as dto, InitiateIn, PolicyIn, PolicyListOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::AuditEvent;
-use jitgate_core::initiate::InitiateDraft;
+use jitgate_core::initiate::{GrantStatus, InitiateDraft};
 use jitgate_core::inventory::EnforcementState;
 use jitgate_core::policy::validate;
 use jitgate_core::policy::PolicyDraft;
@@ -32,18 +32,28 @@ use self::route::ArmRoute;
 /// The api-versions whose shapes jitgate serves (the preview has the same shapes).
 pub const API_VERSIONS: [&str; 2] = [dto::API_VERSION, "2015-06-01-preview"];
 
-/// Handles one request under `/subscriptions/`.
+/// Handles one request under `/subscriptions/`; the answer carries the route's name for the
+/// metrics (`arm.unknown` for a path that is none of the API's).
 pub async fn handle(app: App, peer: PeerAddr, req: Request<Body>) -> Response {
-    match handle_inner(&app, peer, req).await {
+    let mut name = "arm.unknown";
+    let mut resp = match handle_inner(&app, peer, req, &mut name).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
-    }
+    };
+    resp.extensions_mut().insert(crate::prom::RouteName(name));
+    resp
 }
 
-async fn handle_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Response, ApiError> {
+async fn handle_inner(
+    app: &App,
+    peer: PeerAddr,
+    req: Request<Body>,
+    name: &mut &'static str,
+) -> Result<Response, ApiError> {
     let ctx = crate::ctx_of(peer, &req);
     let (parts, body) = req.into_parts();
     let route = route::parse(&parts.method, parts.uri.path())?;
+    *name = route.name();
     let resource_id = match &route {
         ArmRoute::Get(r) | ArmRoute::Put(r) | ArmRoute::Delete(r) | ArmRoute::Initiate(r) => r.id(),
         ArmRoute::List(_) => parts.uri.path().to_owned(),
@@ -287,6 +297,27 @@ async fn delete(app: &App, r: &PolicyRef, audit: AuditEvent) -> Result<Response,
 /// inside the store, audit and wake-ups of `initiate`, the one code path of the ARM API and the
 /// portal's Request access. `draft` is the parsed body, or why it could not be read.
 pub async fn initiate_request(
+    app: &App,
+    ctx: &RequestCtx,
+    principal: &Principal,
+    r: PolicyRef,
+    draft: Result<InitiateDraft, ApiError>,
+    audit: AuditEvent,
+) -> Result<InitiateOutcome, ApiError> {
+    use crate::prom::InitiateResult;
+    let outcome = initiate_checked(app, ctx, principal, r, draft, audit).await;
+    let result = match &outcome {
+        Ok(o) if o.replayed => return outcome,
+        Ok(o) if o.request.grants.iter().all(|g| g.status == GrantStatus::Initiated) => InitiateResult::Granted,
+        Ok(_) => InitiateResult::Pending,
+        Err(e) if e.status.is_server_error() => InitiateResult::Failed,
+        Err(_) => InitiateResult::Refused,
+    };
+    app.metrics.initiate(result);
+    outcome
+}
+
+async fn initiate_checked(
     app: &App,
     ctx: &RequestCtx,
     principal: &Principal,

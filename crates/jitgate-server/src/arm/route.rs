@@ -34,6 +34,17 @@ impl ArmRoute {
         }
     }
 
+    /// The route's name in metrics (`arm.list`, `arm.get`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ArmRoute::List(_) => "arm.list",
+            ArmRoute::Get(_) => "arm.get",
+            ArmRoute::Put(_) => "arm.put",
+            ArmRoute::Delete(_) => "arm.delete",
+            ArmRoute::Initiate(_) => "arm.initiate",
+        }
+    }
+
     pub fn is_mutation(&self) -> bool {
         !matches!(self, ArmRoute::List(_) | ArmRoute::Get(_))
     }
