@@ -12,17 +12,20 @@
 mod cache;
 pub mod control;
 pub mod convert;
+pub mod prom;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use jitgate_api_types::agent::{AppliedIn, JoinIn, StateOut};
 use jitgate_enforce::{plan, Desired, Firewall, Mode, Plan};
+use prom::ApplyKind;
 
 pub use control::{CallError, ClientError, Control, HttpControl};
 
@@ -48,6 +51,8 @@ pub struct AgentConfig {
     pub poll_wait: Duration,
     /// Replace the stored credential with a new one before running.
     pub rotate_credential: bool,
+    /// Where the loop counts what it does (served by `--metrics-listen`).
+    pub metrics: Arc<prom::AgentMetrics>,
 }
 
 /// The agent's own credential, as stored in the state directory.
@@ -424,19 +429,26 @@ pub async fn run_with<F: Firewall>(
     if let Err(e) = &health {
         tracing::error!(error = %e, "nftables is not usable here; reporting it to the server");
     }
+    let metrics = cfg.metrics.clone();
     let mut applied: Option<Desired> = None;
     // Restore what was last applied, with the time that has passed since, until the server answers.
     if health.is_ok() {
         if let Some(cache) = load_cache(&cfg.state_dir) {
             let elapsed = unix_ms().saturating_sub(cache.fetched_unix_ms);
             let desired = convert::desired(&cache.state, mode, now(), Duration::from_millis(elapsed));
-            match firewall.replace(&desired, now()) {
+            metrics.reconciled();
+            let started = Instant::now();
+            let result = firewall.replace(&desired, now());
+            metrics.applied(ApplyKind::Replace, result.is_ok(), started);
+            match result {
                 Ok(()) => {
                     tracing::info!(revision = cache.state.revision, "restored the last applied state");
+                    metrics.revision(cache.state.revision);
                     applied = Some(desired);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not restore the last applied state"),
             }
+            metrics.table(applied.as_ref(), now());
         }
     }
     let mut after: Option<u64> = None;
@@ -449,6 +461,7 @@ pub async fn run_with<F: Firewall>(
             r = control.state(&cred.credential, after, cfg.poll_wait) => r,
             _ = &mut shutdown => return Ok(()),
         };
+        metrics.server(reached(&answer));
         let state = match answer {
             Ok(state) => state,
             Err(CallError::Unauthorized) => return Err(refused()),
@@ -479,16 +492,29 @@ pub async fn run_with<F: Firewall>(
                     convert::keep_applied_ends(&mut desired, applied);
                 }
                 let at = now();
+                metrics.reconciled();
+                let replace = |firewall: &mut F, d: &Desired, at: Instant| {
+                    let started = Instant::now();
+                    let result = firewall.replace(d, at);
+                    metrics.applied(ApplyKind::Replace, result.is_ok(), started);
+                    result.inspect(|()| log_replaced(revision, d, at))
+                };
                 let result = match plan(applied.as_ref(), &desired, at) {
                     Plan::Nothing => Ok(()),
-                    Plan::Replace(d) => firewall.replace(&d, at).inspect(|()| log_replaced(revision, &d, at)),
-                    Plan::Batch(ops) => firewall.apply(&ops).map(|()| log_ops(revision, &ops)).or_else(|e| {
-                        tracing::warn!(error = %e, "batch failed; replacing the table instead");
-                        firewall.replace(&desired, now()).inspect(|()| log_replaced(revision, &desired, now()))
-                    }),
+                    Plan::Replace(d) => replace(&mut firewall, &d, at),
+                    Plan::Batch(ops) => {
+                        let started = Instant::now();
+                        let batch = firewall.apply(&ops);
+                        metrics.applied(ApplyKind::Batch, batch.is_ok(), started);
+                        batch.map(|()| log_ops(revision, &ops)).or_else(|e| {
+                            tracing::warn!(error = %e, "batch failed; replacing the table instead");
+                            replace(&mut firewall, &desired, now())
+                        })
+                    }
                 };
                 match result {
                     Ok(()) => {
+                        metrics.revision(revision);
                         applied = Some(desired);
                         let cache = CachedState {
                             fetched_unix_ms: unix_ms()
@@ -508,8 +534,12 @@ pub async fn run_with<F: Firewall>(
                 }
             }
         };
+        metrics.table(applied.as_ref(), now());
         let report = AppliedIn { revision, nftables_usable: usable, nftables_error: error };
-        match control.applied(&cred.credential, &report).await {
+        let reported = control.applied(&cred.credential, &report).await;
+        metrics.server(reached(&reported));
+        metrics.upkeep();
+        match reported {
             Ok(()) => {}
             Err(CallError::Unauthorized) => return Err(refused()),
             Err(CallError::Status { status, .. }) => {
@@ -522,6 +552,16 @@ pub async fn run_with<F: Firewall>(
         } else if let Wake::Shutdown = sleep_or_stop(&mut backoff, &mut shutdown).await {
             return Ok(());
         }
+    }
+}
+
+/// Whether a call reached a working server: it answered, if only with a refusal (a 5xx or no
+/// answer is not reaching it).
+fn reached<T>(r: &Result<T, CallError>) -> bool {
+    match r {
+        Ok(_) | Err(CallError::Unauthorized) => true,
+        Err(CallError::Status { status, .. }) => !status.is_server_error(),
+        Err(CallError::Unreachable(_) | CallError::Unreadable(_)) => false,
     }
 }
 

@@ -90,6 +90,7 @@ fn config(dir: &Path, join_token: Option<&str>) -> AgentConfig {
         public_address: None,
         poll_wait: Duration::from_secs(30),
         rotate_credential: false,
+        metrics: Default::default(),
     }
 }
 
@@ -452,4 +453,63 @@ async fn a_refused_credential_stops_the_agent_with_the_way_back() {
     let err = agent.task.await.expect("task").expect_err("refused");
     assert!(matches!(err, AgentError::Refused { .. }));
     assert!(err.to_string().contains(&dir.path().join(CREDENTIAL_FILE).display().to_string()), "{err}");
+}
+
+/// The value of the sample `series` in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_metrics_count_applies_reconciles_elements_and_the_servers_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fw, _h) = firewall();
+    let cfg = config(dir.path(), Some("join-token-1"));
+    let metrics = cfg.metrics.clone();
+    let mut agent = Agent::start(cfg, fw);
+    let Call::Join(_) = agent.next().await else { panic!("the agent joins first") };
+    agent.poll().await;
+    agent.answer(Ok(state(1, &[("10.0.0.1", 60)])));
+    agent.report().await;
+    agent.poll().await;
+    agent.answer(Ok(state(2, &[("10.0.0.1", 60), ("10.0.0.0/24", 30)])));
+    agent.report().await;
+    // Nothing changed: a reconcile, but no apply.
+    agent.poll().await;
+    agent.answer(Ok(state(3, &[("10.0.0.1", 60), ("10.0.0.0/24", 30)])));
+    agent.report().await;
+    let text = metrics.render();
+    for (series, value) in [
+        ("jitgate_agent_applies_total{kind=\"replace\",result=\"ok\"}", 1.0),
+        ("jitgate_agent_applies_total{kind=\"batch\",result=\"ok\"}", 1.0),
+        ("jitgate_agent_applies_total{kind=\"batch\",result=\"failed\"}", 0.0),
+        ("jitgate_agent_apply_duration_seconds_count{kind=\"batch\"}", 1.0),
+        ("jitgate_agent_reconciles_total", 3.0),
+        ("jitgate_agent_table_elements{kind=\"protected\"}", 1.0),
+        ("jitgate_agent_table_elements{kind=\"grant\"}", 2.0),
+        ("jitgate_agent_table_elements{kind=\"dnat\"}", 0.0),
+        ("jitgate_agent_applied_revision", 3.0),
+        ("jitgate_agent_server_reachable", 1.0),
+        ("jitgate_agent_server_failures_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    // The server goes away; the /24 grant's time runs out in the table.
+    agent.poll().await;
+    tokio::time::advance(Duration::from_secs(31)).await;
+    agent.answer(unreachable());
+    agent.poll().await;
+    let text = metrics.render();
+    assert_eq!(sample(&text, "jitgate_agent_server_reachable"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "jitgate_agent_server_failures_total"), Some(1.0), "{text}");
+    agent.answer(Ok(state(3, &[("10.0.0.1", 29)])));
+    agent.report().await;
+    let text = metrics.render();
+    assert_eq!(sample(&text, "jitgate_agent_server_reachable"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "jitgate_agent_table_elements{kind=\"grant\"}"), Some(1.0), "expired: {text}");
+    for name in prom::names::ALL {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} is described: {text}");
+    }
+    jitgate_netns::promtool::check("agent_metrics_pass_promtool", &text);
+    agent.stop().await.expect("a clean stop");
 }

@@ -34,6 +34,7 @@ const AGENT_EXAMPLES: &str = "Examples:
   jitgate agent --server https://jit.example.com:8443 --join-token $TOKEN --ca-cert cert.pem --state-dir /var/lib/jitgate-agent
   jitgate agent --state-dir /var/lib/jitgate-agent          # later starts: the stored credential is used
   jitgate agent --state-dir /var/lib/jitgate-agent --rotate-credential   # a new credential first
+  jitgate agent --state-dir /var/lib/jitgate-agent --metrics-listen 127.0.0.1:9465   # Prometheus metrics
   jitgate agent list
   jitgate agent rm 3f6c…                                    # revoke an agent's credential";
 
@@ -76,6 +77,10 @@ pub struct AgentRunArgs {
     /// one stops working at once).
     #[arg(long)]
     pub rotate_credential: bool,
+    /// Serve the agent's Prometheus metrics at http://ADDR/metrics (plain HTTP, no token: give
+    /// a loopback or management address). Off by default.
+    #[arg(long, env = "JITGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -212,7 +212,8 @@ const SERVE_EXAMPLES: &str = "Examples:
   jitgate serve --listen 0.0.0.0:8443 --tls-san jit.example.com
   jitgate serve --tls-cert /etc/jitgate/cert.pem --tls-key /etc/jitgate/key.pem
   jitgate serve --tls off --listen 127.0.0.1:8080  # behind a TLS-terminating proxy
-  jitgate serve --secrets-key-file /etc/jitgate/secrets.key --webhook-allow-range 10.20.0.0/16";
+  jitgate serve --secrets-key-file /etc/jitgate/secrets.key --webhook-allow-range 10.20.0.0/16
+  jitgate serve --metrics-allow 127.0.0.0/8,10.20.0.0/16   # Prometheus scrapes GET /metrics from there";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
@@ -281,6 +282,11 @@ pub struct ServeArgs {
     /// Proxies (CIDR) whose X-Forwarded-For is believed for the caller's address (repeat or comma-separate).
     #[arg(long, env = "JITGATE_TRUSTED_PROXY", value_delimiter = ',')]
     pub trusted_proxy: Vec<String>,
+    /// Addresses (CIDR) that may read GET /metrics without a token (repeat or comma-separate;
+    /// `none`: a token always). The caller's address is resolved through --trusted-proxy; from
+    /// elsewhere a token whose principal may Microsoft.Insights/metrics/read is needed.
+    #[arg(long, env = "JITGATE_METRICS_ALLOW", value_delimiter = ',', default_value = "127.0.0.0/8,::1/128")]
+    pub metrics_allow: Vec<String>,
     /// OIDC issuer whose ID tokens sign humans in (its discovery document gives the JWKS).
     #[arg(long, env = "JITGATE_OIDC_ISSUER", requires = "oidc_audience")]
     pub oidc_issuer: Option<String>,

@@ -14,6 +14,8 @@ use std::os::fd::AsFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod promtool;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call (pid and counter in hex), short enough that

@@ -1,7 +1,9 @@
 //! `jitgate agent`: the enforcement point, with the nftables backend.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jitgate_agent::prom::AgentMetrics;
 use jitgate_agent::AgentConfig;
 use jitgate_cli::agent::{AgentRunArgs, AgentUninstallArgs};
 use jitgate_cli::LogFormat;
@@ -67,9 +69,39 @@ pub fn uninstall(args: AgentUninstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves the agent's metrics at `http://ADDR/metrics` until the returned task is aborted.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<AgentMetrics>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {addr} (--metrics-listen): {e}"))?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, jitgate_agent::prom::CONTENT_TYPE)], metrics.render()) }
+        }),
+    );
+    tracing::info!(url = %format!("http://{local}/metrics"), "serving the agent's metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    }))
+}
+
 pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text);
+    let metrics = Arc::new(AgentMetrics::new());
+    let listener = match args.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, metrics.clone()).await?),
+        None => None,
+    };
     let cfg = AgentConfig {
+        metrics,
         servers: args.server,
         join_token: args.join_token,
         ca_cert: args.ca_cert,
@@ -82,5 +114,9 @@ pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
         rotate_credential: args.rotate_credential,
     };
     let fw = Nft { fw: NftFirewall::open().map_err(|e| e.to_string()) };
-    Ok(jitgate_agent::run(cfg, fw, shutdown_signal()).await?)
+    let result = jitgate_agent::run(cfg, fw, shutdown_signal()).await;
+    if let Some(l) = listener {
+        l.abort();
+    }
+    Ok(result?)
 }

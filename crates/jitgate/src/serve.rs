@@ -189,6 +189,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_token_lifetime,
         lease_ttl: args.lease_ttl,
         server_timing: args.server_timing,
+        metrics_allow: if args.metrics_allow.iter().any(|a| a.trim().eq_ignore_ascii_case("none")) {
+            Vec::new()
+        } else {
+            ranges("--metrics-allow", &args.metrics_allow)?
+        },
     };
     let listener = ServerListener::new(listener, tls_config, conn_limit)?;
     let shutdown = shutdown_signal();
