@@ -49,8 +49,8 @@ pub mod names {
     pub const AGENTS: &str = "jitgate_agents";
     pub const AGENTS_CONNECTED: &str = "jitgate_agents_connected";
     pub const AGENTS_BEHIND: &str = "jitgate_agents_behind";
-    pub const AGENT_LAG_MAX: &str = "jitgate_agent_revision_lag_max";
-    pub const AGENT_APPLY: &str = "jitgate_agent_apply_duration_seconds";
+    pub const AGENT_LAG_MAX: &str = "jitgate_agents_revision_lag_max";
+    pub const AGENT_APPLY: &str = "jitgate_agents_apply_latency_seconds";
     pub const AUTHZ: &str = "jitgate_authorization_decisions_total";
 
     /// Every name, for the README check.
@@ -541,7 +541,7 @@ mod tests {
     #[test]
     fn apply_latency_runs_from_the_first_delivery_to_the_report() {
         let m = ServerMetrics::new();
-        let count = |m: &ServerMetrics| sample(&m.render(), "jitgate_agent_apply_duration_seconds_count");
+        let count = |m: &ServerMetrics| sample(&m.render(), "jitgate_agents_apply_latency_seconds_count");
         m.state_applied("a", 3); // nothing was delivered: nothing to measure
         assert_eq!(count(&m), Some(0.0));
         m.state_delivered("a", 4);
