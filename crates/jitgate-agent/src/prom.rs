@@ -52,6 +52,7 @@ impl ApplyKind {
 }
 
 /// The agent's metrics.
+#[derive(Debug)]
 pub struct AgentMetrics {
     handle: PrometheusHandle,
     /// [kind][ok, failed]
@@ -63,12 +64,6 @@ pub struct AgentMetrics {
     reachable: Gauge,
     server_failures: Counter,
     applied_revision: Gauge,
-}
-
-impl std::fmt::Debug for AgentMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentMetrics").finish_non_exhaustive()
-    }
 }
 
 impl Default for AgentMetrics {

@@ -140,6 +140,7 @@ impl DeliveryOutcome {
 }
 
 /// What the store's writer reports, recorded as metrics (see [`CommitObserver`]).
+#[derive(Debug)]
 struct Commits {
     duration: Histogram,
     batch: Histogram,
@@ -155,6 +156,7 @@ impl CommitObserver for Commits {
 }
 
 /// The control plane's metrics: the recorder and the handles registered on it.
+#[derive(Debug)]
 pub struct ServerMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -177,12 +179,6 @@ pub struct ServerMetrics {
     /// Per agent, the revision a state answer first delivered to it and when: its report of
     /// that revision ends the agent's apply latency.
     delivered: Mutex<HashMap<String, (u64, Instant)>>,
-}
-
-impl std::fmt::Debug for ServerMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerMetrics").finish_non_exhaustive()
-    }
 }
 
 /// A recorder whose histograms have `SECONDS` buckets, or the `overrides` given per name.
