@@ -85,6 +85,8 @@ async fn serve_metrics(
             async move { ([(axum::http::header::CONTENT_TYPE, jitgate_agent::prom::CONTENT_TYPE)], metrics.render()) }
         }),
     );
+    // On stdout, like the server's address: with port 0 this says which port was picked.
+    println!("jitgate agent metrics on http://{local}/metrics");
     tracing::info!(url = %format!("http://{local}/metrics"), "serving the agent's metrics");
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -162,3 +162,35 @@ async fn from_elsewhere_the_metrics_need_a_token_that_may_read_them() {
     assert_eq!(scrape(&s, None, None).await.0, StatusCode::FORBIDDEN);
     assert_eq!(scrape(&s, None, Some(&s.server.token)).await.0, StatusCode::OK);
 }
+
+/// `jitgate agent --metrics-listen 127.0.0.1:0` serves its metrics over plain HTTP while the
+/// server is away. (nftables is kept out of reach with `JITGATE_NFT` pointing nowhere: the agent
+/// then reports it unusable and never touches this host's firewall.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_metrics_where_metrics_listen_says() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let credential = json!({"server": "http://127.0.0.1:9", "agentId": "a1", "credential": "jga_x", "name": "vm1", "mode": "host"});
+    std::fs::write(dir.path().join("agent.json"), credential.to_string()).expect("credential");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["agent", "--state-dir"]).arg(dir.path()).args(["--metrics-listen", "127.0.0.1:0"]);
+    cmd.env("JITGATE_NFT", dir.path().join("no-nft")).env_remove("JITGATE_METRICS_LISTEN");
+    let mut agent = jitgate_netns::KillOnDrop::spawn(cmd).expect("agent starts");
+    let line = agent.wait_for_line("metrics on").expect("the metrics address");
+    let url = line.split_whitespace().last().expect("url").to_owned();
+    let client = reqwest::Client::new();
+    let mut text = String::new();
+    let failed = jitgate_testkit::eventually(std::time::Duration::from_secs(10), async || {
+        let resp = client.get(&url).send().await.expect("scrape");
+        assert_eq!(resp.status(), StatusCode::OK);
+        text = resp.text().await.expect("body");
+        samples(&text).get("jitgate_agent_server_failures_total").is_some_and(|n| *n >= 1.0)
+    })
+    .await;
+    assert!(failed, "the unreachable server is counted:\n{text}");
+    let now = samples(&text);
+    assert_eq!(now.get("jitgate_agent_server_reachable"), Some(&0.0), "{text}");
+    assert_eq!(now.get("jitgate_agent_applies_total{kind=\"replace\",result=\"ok\"}"), Some(&0.0), "{text}");
+    jitgate_netns::promtool::check("agent_binary_metrics_pass_promtool", &text);
+    let other = client.get(url.replace("/metrics", "/other")).send().await.expect("other path");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+}
