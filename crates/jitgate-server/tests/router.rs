@@ -249,3 +249,24 @@ async fn agent_routes_take_an_agent_credential_and_audit_refusals() {
     let s = h.send(Method::GET, "/agent/v1/state", Some(fresh), Body::empty()).await;
     assert_eq!(s.status, StatusCode::OK, "{:?}", s.body);
 }
+
+#[tokio::test]
+async fn metrics_answer_a_peer_outside_the_allowed_ranges_only_with_a_token() {
+    let h = harness().await;
+    let a = h.send(Method::GET, "/metrics", None, Body::empty()).await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"), "{:?}", a.body);
+    assert!(a.body["error"]["message"].as_str().unwrap_or_default().contains("192.0.2.7"), "{:?}", a.body);
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri("/metrics")
+        .header(header::AUTHORIZATION, format!("Bearer {}", h.token))
+        .body(Body::empty())
+        .expect("request");
+    req.extensions_mut().insert(ConnectInfo(PeerAddr(SocketAddr::from(([192, 0, 2, 7], 40000)))));
+    let resp = h.router.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    let text = String::from_utf8_lossy(&text);
+    let refused = "jitgate_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"403\"} 1";
+    assert!(text.lines().any(|l| l == refused), "the refusal is counted under its route:\n{text}");
+}
