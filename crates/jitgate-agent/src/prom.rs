@@ -88,10 +88,25 @@ impl AgentMetrics {
                 _ => r.describe_histogram(name, unit, help),
             }
         };
-        describe('c', APPLIES, None, "Changes applied to the firewall, by kind (batch, replace) and result (ok, failed).");
+        describe(
+            'c',
+            APPLIES,
+            None,
+            "Changes applied to the firewall, by kind (batch, replace) and result (ok, failed).",
+        );
         describe('h', APPLY_DURATION, Some(Unit::Seconds), "Time one change of the firewall took, by kind.");
-        describe('g', ELEMENTS, None, "Elements in the agent's table as last applied: protected ports, grants, DNAT mappings.");
-        describe('c', RECONCILES, None, "Reconcile runs: a state from the server (or the restored one) planned against the table.");
+        describe(
+            'g',
+            ELEMENTS,
+            None,
+            "Elements in the agent's table as last applied: protected ports, grants, DNAT mappings.",
+        );
+        describe(
+            'c',
+            RECONCILES,
+            None,
+            "Reconcile runs: a state from the server (or the restored one) planned against the table.",
+        );
         describe('g', REACHABLE, None, "1 when the server answered the last call, else 0.");
         describe('c', SERVER_FAILURES, None, "Calls to the server that got no usable answer.");
         describe('g', APPLIED_REVISION, None, "The revision of the state last applied.");
@@ -104,8 +119,9 @@ impl AgentMetrics {
                 r.register_counter(&key, &META)
             })
         });
-        let durations = [ApplyKind::Batch, ApplyKind::Replace]
-            .map(|kind| r.register_histogram(&Key::from_parts(APPLY_DURATION, labels(&[("kind", kind.as_str())])), &META));
+        let durations = [ApplyKind::Batch, ApplyKind::Replace].map(|kind| {
+            r.register_histogram(&Key::from_parts(APPLY_DURATION, labels(&[("kind", kind.as_str())])), &META)
+        });
         let elements = ["protected", "grant", "dnat"]
             .map(|kind| r.register_gauge(&Key::from_parts(ELEMENTS, labels(&[("kind", kind)])), &META));
         AgentMetrics {

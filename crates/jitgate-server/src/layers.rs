@@ -144,4 +144,3 @@ pub(crate) fn layers<S: Clone + Send + Sync + 'static>(routes: Router<S>, config
         .layer(axum::middleware::from_fn(correlate))
         .layer(axum::Extension(config))
 }
-

@@ -33,15 +33,15 @@ mod waits;
 pub mod web;
 pub mod webhooks;
 
-use std::future::Future;
-use std::net::IpAddr;
-use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 

@@ -110,8 +110,7 @@ pub(crate) async fn run(
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         // Each batch on a task of its own: a panic in one change fails its batch, not the writer.
-        let task =
-            tokio::spawn(commit_batch(pool.clone(), jobs, changes.clone(), origin.clone(), observer.clone()));
+        let task = tokio::spawn(commit_batch(pool.clone(), jobs, changes.clone(), origin.clone(), observer.clone()));
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a batch of store changes failed");
         }

@@ -131,8 +131,9 @@ impl WebhookStore for SqliteStore {
 
     async fn pending_deliveries(&self) -> StoreResult<u64> {
         self.read(|c| {
-            let n: i64 =
-                c.prepare_cached("SELECT count(*) FROM deliveries WHERE state = 'Pending'")?.query_row([], |r| r.get(0))?;
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM deliveries WHERE state = 'Pending'")?
+                .query_row([], |r| r.get(0))?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
         .await

@@ -169,7 +169,8 @@ async fn from_elsewhere_the_metrics_need_a_token_that_may_read_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_serves_its_metrics_where_metrics_listen_says() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let credential = json!({"server": "http://127.0.0.1:9", "agentId": "a1", "credential": "jga_x", "name": "vm1", "mode": "host"});
+    let credential =
+        json!({"server": "http://127.0.0.1:9", "agentId": "a1", "credential": "jga_x", "name": "vm1", "mode": "host"});
     std::fs::write(dir.path().join("agent.json"), credential.to_string()).expect("credential");
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["agent", "--state-dir"]).arg(dir.path()).args(["--metrics-listen", "127.0.0.1:0"]);
