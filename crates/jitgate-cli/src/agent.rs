@@ -40,47 +40,53 @@ const AGENT_EXAMPLES: &str = "Examples:
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentRunArgs {
+    #[command(flatten)]
+    pub config: crate::ConfigArgs,
     /// The control plane's URL (needed to join; later taken from the stored credential). Give
     /// it several times, or as a comma list, for replicas sharing one database: the agent moves
     /// to the next when one stops answering.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "JITGATE_SERVER", value_delimiter = ',')]
     pub server: Vec<String>,
     /// The one-time join token (`jitgate agent token create`); needed only the first time.
     #[arg(long, env = "JITGATE_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
     /// The CA (or self-signed) certificate of the server, PEM.
-    #[arg(long)]
+    #[arg(long, env = "JITGATE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Trust the server by the SHA-256 fingerprint of its certificate or of its public key (as
     /// `jitgate serve` prints them) instead of --ca-cert; repeat or comma-separate to accept a
     /// change. Kept with the credential for later starts.
-    #[arg(long, value_delimiter = ',', value_parser = crate::pin)]
+    #[arg(long, env = "JITGATE_SERVER_FINGERPRINT", value_delimiter = ',', value_parser = crate::pin)]
     pub server_fingerprint: Vec<[u8; 32]>,
     /// Where the agent keeps its credential (0600) and its last applied state.
-    #[arg(long, required = true)]
+    #[arg(long, env = "JITGATE_STATE_DIR", required = true)]
     pub state_dir: Option<PathBuf>,
     /// Host (protect this host) or gateway (protect VMs behind it).
-    #[arg(long, value_parser = mode_parser(), default_value = "host")]
+    #[arg(long, env = "JITGATE_MODE", value_parser = mode_parser(), default_value = "host")]
     pub mode: AgentMode,
     /// The VM's name (host mode; its ARM id is built from the join token's subscription and
     /// resource group) or the gateway's name. Default: the VM the join token was made for
     /// (`agent token create --vm`), else the hostname.
-    #[arg(long)]
+    #[arg(long, env = "JITGATE_VM_NAME")]
     pub vm_name: Option<String>,
     /// Gateway mode: the address clients connect to, shown to requesters as publicIpAddress.
-    #[arg(long)]
+    #[arg(long, env = "JITGATE_PUBLIC_ADDRESS")]
     pub public_address: Option<IpAddr>,
     /// How long the server may hold one state request open, in seconds.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
+    #[arg(long, env = "JITGATE_POLL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub poll_seconds: u64,
     /// Before running, replace the stored credential with a new one from the server (the old
     /// one stops working at once).
-    #[arg(long)]
+    #[arg(long, env = "JITGATE_ROTATE_CREDENTIAL")]
     pub rotate_credential: bool,
     /// Serve the agent's Prometheus metrics at http://ADDR/metrics (plain HTTP, no token: give
     /// a loopback or management address). Off by default.
     #[arg(long, env = "JITGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format on stderr (level from JITGATE_LOG or RUST_LOG, default info); every line
+    /// carries the agent's id and VM.
+    #[arg(long, env = "JITGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::LogFormat,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod bench;
+pub mod config;
 pub mod connect;
 pub mod doctor;
 pub mod output;
@@ -227,8 +228,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--config` and `--print-config`, of `serve` and `agent`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// A TOML file of settings: each key is a long flag with `-` written `_` (`data_dir =
+    /// "/var/lib/jitgate"`, `tls_san = ["a", "b"]`, `server_timing = true`). Flags and `JITGATE_…`
+    /// variables win over it.
+    #[arg(long = "config", id = "config", env = "JITGATE_CONFIG_FILE", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print the effective settings as TOML (valid `--config` input), each with where it came
+    /// from (flag, env, file or default), secrets masked; then exit without starting.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Directory of the SQLite database and of tls/cert.pem + tls/key.pem.
     #[arg(long, env = "JITGATE_DATA_DIR", default_value = "./jitgate-data")]
     pub data_dir: PathBuf,

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use jitgate_agent::prom::AgentMetrics;
 use jitgate_agent::AgentConfig;
 use jitgate_cli::agent::{AgentRunArgs, AgentUninstallArgs};
-use jitgate_cli::LogFormat;
 use jitgate_enforce::{Desired, ElemOp, Firewall, FirewallError};
 use jitgate_enforce_nft::NftFirewall;
 
@@ -96,7 +95,7 @@ async fn serve_metrics(
 }
 
 pub async fn run(args: AgentRunArgs) -> anyhow::Result<()> {
-    init_logging(LogFormat::Text);
+    init_logging(args.log_format);
     let metrics = Arc::new(AgentMetrics::new());
     let listener = match args.metrics_listen {
         Some(addr) => Some(serve_metrics(addr, metrics.clone()).await?),

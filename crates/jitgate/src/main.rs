@@ -26,6 +26,7 @@ use jitgate_cli::access::AccessCommand;
 use jitgate_cli::agent::{AgentCommand, TokenCommand};
 use jitgate_cli::audit::{AuditCommand, VerifyArgs};
 use jitgate_cli::bench::BenchCommand;
+use jitgate_cli::config::ParseError;
 use jitgate_cli::policy::PolicyCommand;
 use jitgate_cli::secrets::SecretsCommand;
 use jitgate_cli::{Cli, CliError, Command};
@@ -50,7 +51,19 @@ fn policy_set_order(m: &ArgMatches) -> Vec<(bool, String)> {
 }
 
 fn main() -> std::process::ExitCode {
-    let matches = Cli::command().get_matches();
+    // Flags, then JITGATE_… variables, then `serve`'s and `agent`'s config file, then defaults.
+    let (matches, settings) = match jitgate_cli::config::parse(Cli::command(), std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::Config(e)) => {
+            eprintln!("jitgate: error: {e}");
+            return std::process::ExitCode::from(jitgate_cli::output::exit::USAGE as u8);
+        }
+    };
+    if let Some(settings) = settings.as_ref().filter(|s| s.print) {
+        print!("{}", jitgate_cli::config::render(&Cli::command(), &matches, settings));
+        return std::process::ExitCode::SUCCESS;
+    }
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
