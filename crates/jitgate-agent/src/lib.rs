@@ -412,8 +412,21 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The agent's loop against any [`Control`]: join (or load the credential), restore the last
-/// applied state, then long-poll, apply and report until `shutdown` completes.
+/// applied state, then long-poll, apply and report until `shutdown` completes. Every line it
+/// logs once it has its credential is inside the span `agent{agent_id vm mode}`.
 pub async fn run_with<F: Firewall>(
+    cfg: AgentConfig,
+    control: &impl Control,
+    firewall: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    use tracing::Instrument;
+    let span =
+        tracing::info_span!("agent", agent_id = tracing::field::Empty, vm = tracing::field::Empty, mode = tracing::field::Empty);
+    run_agent(cfg, control, firewall, shutdown).instrument(span).await
+}
+
+async fn run_agent<F: Firewall>(
     cfg: AgentConfig,
     control: &impl Control,
     mut firewall: F,
@@ -423,6 +436,10 @@ pub async fn run_with<F: Firewall>(
     if cfg.rotate_credential {
         cred = rotate(&cfg, &cred, control).await?;
     }
+    let span = tracing::Span::current();
+    span.record("agent_id", cred.agent_id.as_str());
+    span.record("vm", cred.name.as_str());
+    span.record("mode", cred.mode.as_str());
     let refused = || AgentError::Refused { state_dir: cfg.state_dir.clone() };
     let mode = Mode::parse(&cred.mode).unwrap_or(cfg.mode);
     let health = firewall.usable().map_err(|e| e.to_string());

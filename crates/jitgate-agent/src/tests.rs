@@ -513,3 +513,43 @@ async fn the_metrics_count_applies_reconciles_elements_and_the_servers_answers()
     jitgate_netns::promtool::check("agent_metrics_pass_promtool", &text);
     agent.stop().await.expect("a clean stop");
 }
+
+/// A log writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_line_the_agent_logs_names_its_agent_id_and_vm() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fw, _h) = firewall();
+    let mut agent = Agent::start(config(dir.path(), Some("join-token-1")), fw);
+    let Call::Join(_) = agent.next().await else { panic!("the agent joins first") };
+    agent.poll().await;
+    agent.answer(Ok(state(1, &[("203.0.113.7/32", 60)])));
+    assert!(agent.report().await.nftables_usable);
+    agent.stop().await.expect("stops cleanly");
+    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let applied: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["fields"]["message"] == "applied the whole table").collect();
+    assert_eq!(applied.len(), 1, "{text}");
+    let span = &applied[0]["span"];
+    assert_eq!((span["name"].as_str(), span["agent_id"].as_str()), (Some("agent"), Some("agent-1")), "{text}");
+    assert_eq!((span["vm"].as_str(), span["mode"].as_str()), (Some("vm1"), Some("host")), "{text}");
+}

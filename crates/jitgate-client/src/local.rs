@@ -70,6 +70,17 @@ impl LocalServer {
         Self::start_with(&[], binary, data_dir, "127.0.0.1:0", extra)
     }
 
+    /// Starts `binary serve` with `extra` arguments in a new temporary directory, logging at
+    /// level `info` into the file `log` (its stderr).
+    pub fn start_logging(binary: &Path, extra: &[&str], log: &Path) -> LocalResult<Self> {
+        let dir = tempfile::tempdir().map_err(io("creating a temporary directory"))?;
+        let file = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+        let data_dir = dir.path().join("data");
+        let mut server = Self::spawn(&[], binary, &data_dir, "127.0.0.1:0", extra, Some(file))?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
     /// Starts `prefix… binary serve --listen listen` on `data_dir` (kept when dropped); the
     /// prefix runs it elsewhere, e.g. `ip netns exec NS`.
     pub fn start_with(
@@ -78,6 +89,18 @@ impl LocalServer {
         data_dir: &Path,
         listen: &str,
         extra: &[&str],
+    ) -> LocalResult<Self> {
+        Self::spawn(prefix, binary, data_dir, listen, extra, None)
+    }
+
+    /// Starts the server; its stderr goes to `log` (at level `info`) or is inherited.
+    fn spawn(
+        prefix: &[&str],
+        binary: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        log: Option<std::fs::File>,
     ) -> LocalResult<Self> {
         let token_file = data_dir.with_extension("admin-token");
         let mut command = match prefix.split_first() {
@@ -96,10 +119,13 @@ impl LocalServer {
             .arg("--bootstrap-token-file")
             .arg(&token_file)
             .args(extra)
-            .env("JITGATE_LOG", std::env::var("JITGATE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("JITGATE_LOG", match &log {
+                Some(_) => "info".into(),
+                None => std::env::var("JITGATE_LOG").unwrap_or_else(|_| "warn".into()),
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log.map_or_else(Stdio::inherit, Stdio::from))
             .spawn()
             .map_err(io(format!("starting {}", binary.display())))?;
         let stdout = child.stdout.take().ok_or(LocalServerError::NoStdout)?;

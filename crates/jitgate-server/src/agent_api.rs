@@ -51,7 +51,7 @@ async fn read_small_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestBodyTooLarge",
+            "RequestEntityTooLarge",
             format!("an agent request body is at most {limit} bytes"),
         )
     })
@@ -117,6 +117,7 @@ impl FromRequestParts<App> for AgentCaller {
         };
         match found {
             Some((agent, token)) => {
+                crate::trace::record_caller(&format!("agent:{}", agent.id));
                 let credential = token.to_owned();
                 Ok(AgentCaller { ctx, agent, credential, query: Query::parse(parts.uri.query()) })
             }

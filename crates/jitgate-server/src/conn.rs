@@ -1,7 +1,8 @@
 //! Serving HTTP on accepted connections, with time limits on slow clients: the first bytes of a
 //! connection decide HTTP/1.1 or HTTP/2 within the header timeout; HTTP/1.1 must then deliver
 //! each request's headers within it (hyper's `header_read_timeout`, which also ends a keep-alive
-//! connection idle that long); bodies have their own timeout in [`crate::arm::read_body`].
+//! connection idle that long); bodies have their own timeout in [`crate::arm::read_body`], and
+//! what a handler leaves unread is drained before the answer ([`crate::drain`]).
 //! Shutdown is graceful: accepting stops, in-flight requests finish.
 
 use std::future::Future;
@@ -18,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
+use crate::drain;
 use crate::tls::{Conn, PeerAddr, ServerListener};
 
 /// What an HTTP/2 connection starts with (RFC 9113 §3.4).
@@ -86,10 +88,17 @@ async fn sniff(mut io: Box<dyn Conn>) -> io::Result<(Protocol, Replay)> {
 
 /// Serves `router` on the connections of `listener` until `shutdown` completes, then lets the
 /// open connections finish their requests.
+/// How long a client may take to send a request's headers, and its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub body: Duration,
+}
+
 pub async fn serve(
     mut listener: ServerListener,
     router: Router,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let graceful = GracefulShutdown::new();
@@ -98,7 +107,7 @@ pub async fn serve(
         tokio::select! {
             next = listener.accept() => match next {
                 Some((io, peer)) => {
-                    tokio::spawn(serve_connection(io, peer, router.clone(), header_timeout, graceful.watcher()));
+                    tokio::spawn(serve_connection(io, peer, router.clone(), timeouts, graceful.watcher()));
                 }
                 None => break,
             },
@@ -109,13 +118,8 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-async fn serve_connection(
-    io: Box<dyn Conn>,
-    peer: PeerAddr,
-    router: Router,
-    header_timeout: Duration,
-    watcher: Watcher,
-) {
+async fn serve_connection(io: Box<dyn Conn>, peer: PeerAddr, router: Router, timeouts: Timeouts, watcher: Watcher) {
+    let header_timeout = timeouts.header;
     let (protocol, io) = match tokio::time::timeout(header_timeout, sniff(io)).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return tracing::debug!(peer = %peer.0, error = %e, "connection closed before a request"),
@@ -124,7 +128,18 @@ async fn serve_connection(
     let io = TokioIo::new(io);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        tower::ServiceExt::oneshot(router.clone(), req.map(Body::new))
+        let version = req.version();
+        let (req, leftover) = {
+            let (parts, body) = req.into_parts();
+            let (tracked, leftover) = drain::track(body);
+            (hyper::Request::from_parts(parts, Body::new(tracked)), leftover)
+        };
+        let router = router.clone();
+        async move {
+            let mut answer = tower::ServiceExt::oneshot(router, req).await?;
+            leftover.drain(version, timeouts.body, &mut answer).await;
+            Ok::<_, std::convert::Infallible>(answer)
+        }
     });
     let served = match protocol {
         Protocol::Http1 => {

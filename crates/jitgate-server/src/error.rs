@@ -88,7 +88,15 @@ impl From<StoreError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The answer, logged inside the request's span (see [`crate::trace`]), so a refusal names
+    /// the request, its route and its caller.
     fn into_response(self) -> Response {
+        let status = self.status.as_u16();
+        if self.status.is_server_error() {
+            tracing::error!(status, code = %self.code, detail = %self.message, "failed");
+        } else {
+            tracing::info!(status, code = %self.code, detail = %self.message, "refused");
+        }
         let body = ErrorBody::new(self.code, self.message, self.target);
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (self.status, bytes).into_response();

@@ -1,5 +1,5 @@
-//! The layers around every route: request ids and the access log (`correlate`, which also
-//! counts each answer in the metrics), Azure error bodies for answers without one, and the
+//! The layers around every route: request ids, the request's tracing span and the access log
+//! (`correlate`, which also counts each answer in the metrics), Azure error bodies for answers without one, and the
 //! catch-panic layer.
 
 use std::sync::Arc;
@@ -10,9 +10,11 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::prom::{self, ServerMetrics};
+use crate::trace;
 use crate::{Correlation, ServerConfig};
 
 /// Sets `x-ms-request-id` and `x-ms-correlation-request-id` on every answer, logs it and counts
@@ -31,38 +33,34 @@ async fn correlate(mut req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let timed = req.extensions().get::<Arc<ServerConfig>>().is_some_and(|c| c.server_timing);
     let metrics = req.extensions().get::<Arc<ServerMetrics>>().cloned();
-    let matched = metrics.as_ref().and(req.extensions().get::<MatchedPath>().cloned());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    // Everything logged while the request is served names it (see `trace`).
+    let span = trace::request_span(&method, matched.as_ref().map(|p| p.as_str()), &request_id, &correlation_id);
     let mut resp = if timed {
         let stages = Arc::new(jitgate_store::timing::Stages::default());
-        let mut resp = jitgate_store::timing::scope(stages.clone(), next.run(req)).await;
+        let mut resp = jitgate_store::timing::scope(stages.clone(), next.run(req)).instrument(span.clone()).await;
         if let Ok(v) = HeaderValue::from_str(&stages.header(started.elapsed())) {
             resp.headers_mut().insert("server-timing", v);
         }
         resp
     } else {
-        next.run(req).await
+        next.run(req).instrument(span.clone()).await
     };
     for (name, value) in [("x-ms-request-id", &request_id), ("x-ms-correlation-request-id", &correlation_id)] {
         if let Ok(v) = HeaderValue::from_str(value) {
             resp.headers_mut().insert(name, v);
         }
     }
+    let _inside = span.enter();
     if let Some(Panicked(message)) = resp.extensions_mut().remove::<Panicked>() {
-        tracing::error!(%method, path, request_id, correlation_id, panic = message, "a request handler panicked");
+        tracing::error!(path, panic = message, "a request handler panicked");
     }
     let elapsed = started.elapsed();
     if let Some(m) = metrics {
         let route = prom::route_of(resp.extensions().get::<prom::RouteName>(), matched.as_ref().map(|p| p.as_str()));
         m.http(route, &method, resp.status(), elapsed);
     }
-    tracing::info!(
-        %method,
-        path,
-        status = resp.status().as_u16(),
-        elapsed_us = elapsed.as_micros() as u64,
-        correlation_id,
-        "request"
-    );
+    tracing::info!(path, status = resp.status().as_u16(), elapsed_us = elapsed.as_micros() as u64, "request");
     resp
 }
 
@@ -93,7 +91,7 @@ async fn error_bodies(req: Request, next: Next) -> Response {
             format!("{method} is not supported on '{path}'; allowed: {}", allow.as_deref().unwrap_or("none")),
         ),
         StatusCode::NOT_FOUND => ("NotFound", format!("no route for {method} {path}")),
-        StatusCode::PAYLOAD_TOO_LARGE => ("RequestBodyTooLarge", "the request body is too large".to_owned()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("RequestEntityTooLarge", "the request body is too large".to_owned()),
         StatusCode::REQUEST_TIMEOUT => ("RequestTimeout", "the request did not arrive in time".to_owned()),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", "the request body must be JSON".to_owned()),
         StatusCode::TOO_MANY_REQUESTS => ("TooManyRequests", "too many requests".to_owned()),

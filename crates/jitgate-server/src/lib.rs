@@ -15,6 +15,7 @@ pub mod authz;
 mod caller;
 pub mod certs;
 pub mod conn;
+mod drain;
 pub mod error;
 pub mod failures;
 mod layers;
@@ -29,6 +30,7 @@ pub mod sweeper;
 pub use caller::Caller;
 pub(crate) use caller::{ctx_from, ctx_of};
 pub mod tls;
+pub mod trace;
 mod waits;
 pub mod web;
 pub mod webhooks;
@@ -213,7 +215,7 @@ pub struct RequestCtx {
     pub client_request_id: Option<String>,
 }
 
-/// Correlation ids put into request extensions by [`correlate`].
+/// Correlation ids put into request extensions by `layers::correlate`.
 #[derive(Debug, Clone)]
 struct Correlation {
     correlation_id: String,
@@ -393,7 +395,10 @@ impl App {
                 match oidc {
                     Some(o) => match o.validate(token).await {
                         Ok(id) => match self.oidc_sign_in(&o, token, id, ctx).await? {
-                            Ok(signed_in) => return Ok(signed_in),
+                            Ok(signed_in) => {
+                                trace::record_caller(&signed_in.principal.name);
+                                return Ok(signed_in);
+                            }
                             Err(e) => e,
                         },
                         Err(why) => ApiError::unauthorized("InvalidAuthenticationToken", why.to_string()),
@@ -403,6 +408,7 @@ impl App {
             }
             Ok(token) => match self.store.authenticate(&auth::hash_token(token), self.clock.now()).await? {
                 Some(t) => {
+                    trace::record_caller(&t.principal.name);
                     let credential = Credential::Token { id: t.token_id, expires: t.expires };
                     return Ok(SignedIn { principal: t.principal, credential });
                 }
@@ -523,6 +529,7 @@ async fn fallback(State(app): State<App>, ConnectInfo(peer): ConnectInfo<PeerAdd
     if req.uri().path().to_ascii_lowercase().starts_with("/subscriptions/") {
         return arm::handle(app, peer, req).await;
     }
+    trace::record_route("unmatched");
     ApiError::not_found("NotFound", format!("no route for {} {}", req.method(), req.uri().path())).into_response()
 }
 
@@ -567,8 +574,8 @@ pub async fn run(
     let summaries = tokio::spawn(limits::run(app.clone(), stop_tx.subscribe()));
     let signals = tokio::spawn(replicas::listen(app.clone(), stop_tx.subscribe()));
     let upkeep = tokio::spawn(prom::upkeep(app.metrics.clone(), stop_tx.subscribe()));
-    let header_timeout = app.config.limits.header_timeout;
-    conn::serve(listener, router(app), header_timeout, shutdown).await;
+    let timeouts = conn::Timeouts { header: app.config.limits.header_timeout, body: app.config.limits.body_timeout };
+    conn::serve(listener, router(app), timeouts, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     let _ = hooks.await;

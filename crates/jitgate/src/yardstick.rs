@@ -160,8 +160,9 @@ impl BareHttps {
                     }
                 };
                 let _ = ready.send(Ok(listener.local_addr()));
-                let header_timeout = Duration::from_secs(10);
-                jitgate_server::conn::serve(listener, router(), header_timeout, async move {
+                let timeouts =
+                    jitgate_server::conn::Timeouts { header: Duration::from_secs(10), body: Duration::from_secs(30) };
+                jitgate_server::conn::serve(listener, router(), timeouts, async move {
                     let _ = stopped.await;
                 })
                 .await;

@@ -380,7 +380,7 @@ async fn an_agent_cannot_claim_revisions_it_was_never_sent() {
     // A report body has a size limit of its own.
     let huge = json!({"revision": revision, "nftablesUsable": false, "nftablesError": "e".repeat(200_000)});
     let a = agent_call(&s, &c, Method::POST, "/agent/v1/applied", Some(huge)).await;
-    assert_eq!((a.status, a.code()), (StatusCode::PAYLOAD_TOO_LARGE, "RequestBodyTooLarge"), "{a:?}");
+    assert_eq!((a.status, a.code()), (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"), "{a:?}");
 }
 
 // Finding 16 (fields): a 900 kB join name wrote a 900 kB audit record.
@@ -390,7 +390,7 @@ async fn every_join_field_is_bounded_and_refused_joins_are_audited_compactly() {
     let t = join_token(&s, SUB, "prod", "host", json!({})).await;
     let big = "x".repeat(900_000);
     let a = join(&s, &t, &big, "host", json!({})).await;
-    assert_eq!((a.status, a.code()), (StatusCode::PAYLOAD_TOO_LARGE, "RequestBodyTooLarge"), "{a:?}");
+    assert_eq!((a.status, a.code()), (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"), "{a:?}");
     let inside = "y".repeat(60_000);
     let cases: Vec<(Value, &str)> = vec![
         (json!({"name": inside}), "name"),

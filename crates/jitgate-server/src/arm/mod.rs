@@ -38,7 +38,12 @@ pub async fn handle(app: App, peer: PeerAddr, req: Request<Body>) -> Response {
     let mut name = "arm.unknown";
     let mut resp = match handle_inner(&app, peer, req, &mut name).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if name == "arm.unknown" {
+                crate::trace::record_route(name);
+            }
+            e.into_response()
+        }
     };
     resp.extensions_mut().insert(crate::prom::RouteName(name));
     resp
@@ -54,6 +59,7 @@ async fn handle_inner(
     let (parts, body) = req.into_parts();
     let route = route::parse(&parts.method, parts.uri.path())?;
     *name = route.name();
+    crate::trace::record_route(name);
     let resource_id = match &route {
         ArmRoute::Get(r) | ArmRoute::Put(r) | ArmRoute::Delete(r) | ArmRoute::Initiate(r) => r.id(),
         ArmRoute::List(_) => parts.uri.path().to_owned(),
@@ -188,7 +194,7 @@ pub async fn read_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> 
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(_)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestBodyTooLarge",
+            "RequestEntityTooLarge",
             format!("the request body is larger than {limit} bytes"),
         )),
         Err(_) => Err(ApiError::new(

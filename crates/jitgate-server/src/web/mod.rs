@@ -139,6 +139,7 @@ pub(crate) async fn viewer_of(app: &App, parts: &axum::http::request::Parts) -> 
     };
     match proved {
         Some((principal, credential)) => {
+            crate::trace::record_caller(&principal.name);
             Ok(Some(Viewer { ctx: ctx_of_parts(parts), principal, credential, csrf: s.csrf }))
         }
         None => {
