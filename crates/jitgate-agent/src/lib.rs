@@ -421,8 +421,12 @@ pub async fn run_with<F: Firewall>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     use tracing::Instrument;
-    let span =
-        tracing::info_span!("agent", agent_id = tracing::field::Empty, vm = tracing::field::Empty, mode = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "agent",
+        agent_id = tracing::field::Empty,
+        vm = tracing::field::Empty,
+        mode = tracing::field::Empty
+    );
     run_agent(cfg, control, firewall, shutdown).instrument(span).await
 }
 

@@ -119,10 +119,13 @@ impl LocalServer {
             .arg("--bootstrap-token-file")
             .arg(&token_file)
             .args(extra)
-            .env("JITGATE_LOG", match &log {
-                Some(_) => "info".into(),
-                None => std::env::var("JITGATE_LOG").unwrap_or_else(|_| "warn".into()),
-            })
+            .env(
+                "JITGATE_LOG",
+                match &log {
+                    Some(_) => "info".into(),
+                    None => std::env::var("JITGATE_LOG").unwrap_or_else(|_| "warn".into()),
+                },
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log.map_or_else(Stdio::inherit, Stdio::from))

@@ -38,6 +38,17 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
+    /// Logs the answer: `refused` for a 4xx, `failed` for a 5xx. Inside the request's span (see
+    /// [`crate::trace`]), so the line names the request, its route and its caller.
+    pub fn log(&self) {
+        let status = self.status.as_u16();
+        if self.status.is_server_error() {
+            tracing::error!(status, code = %self.code, detail = %self.message, "failed");
+        } else {
+            tracing::info!(status, code = %self.code, detail = %self.message, "refused");
+        }
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,15 +99,9 @@ impl From<StoreError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
-    /// The answer, logged inside the request's span (see [`crate::trace`]), so a refusal names
-    /// the request, its route and its caller.
+    /// The answer, logged (see [`ApiError::log`]).
     fn into_response(self) -> Response {
-        let status = self.status.as_u16();
-        if self.status.is_server_error() {
-            tracing::error!(status, code = %self.code, detail = %self.message, "failed");
-        } else {
-            tracing::info!(status, code = %self.code, detail = %self.message, "refused");
-        }
+        self.log();
         let body = ErrorBody::new(self.code, self.message, self.target);
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (self.status, bytes).into_response();

@@ -214,9 +214,8 @@ async fn a_refusal_in_the_json_log_names_its_request_route_and_caller() {
 /// A client that trusts the server's certificate, HTTP/1.1 only or HTTP/2 as the server offers.
 fn client(ca: &Path, http1_only: bool) -> reqwest::Client {
     let pem = std::fs::read(ca).unwrap();
-    let builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+    let builder =
+        reqwest::Client::builder().use_rustls_tls().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
     let builder = if http1_only { builder.http1_only() } else { builder };
     builder.build().unwrap()
 }

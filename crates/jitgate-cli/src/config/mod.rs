@@ -213,20 +213,22 @@ fn scalar_text(v: &toml::Value) -> Option<String> {
 
 /// The values of a key, as text for the flag's parser.
 fn values_of(arg: &Arg, path: &Path, key: &str, value: &toml::Value) -> Result<Vec<String>, ConfigError> {
-    let wrong = |expected, found| ConfigError::WrongType { path: path.to_owned(), key: key.to_owned(), expected, found };
+    let wrong =
+        |expected, found| ConfigError::WrongType { path: path.to_owned(), key: key.to_owned(), expected, found };
     match kind(arg) {
         Kind::Bool => match value {
             toml::Value::Boolean(b) => Ok(vec![b.to_string()]),
             other => Err(wrong("true or false", type_name(other))),
         },
         Kind::List => match value {
-            toml::Value::Array(items) => items
-                .iter()
-                .map(|i| scalar_text(i).ok_or_else(|| wrong("an array of strings", type_name(i))))
-                .collect(),
+            toml::Value::Array(items) => {
+                items.iter().map(|i| scalar_text(i).ok_or_else(|| wrong("an array of strings", type_name(i)))).collect()
+            }
             other => scalar_text(other).map(|s| vec![s]).ok_or_else(|| wrong("an array of strings", type_name(other))),
         },
-        Kind::Scalar => scalar_text(value).map(|s| vec![s]).ok_or_else(|| wrong("a string or a number", type_name(value))),
+        Kind::Scalar => {
+            scalar_text(value).map(|s| vec![s]).ok_or_else(|| wrong("a string or a number", type_name(value)))
+        }
     }
 }
 
@@ -246,7 +248,8 @@ fn check(arg: &Arg, value: &str) -> Result<(), String> {
     if kind(arg) == Kind::Bool {
         return Ok(());
     }
-    let mut probe = Arg::new("value").long("value").action(ArgAction::Append).value_parser(arg.get_value_parser().clone());
+    let mut probe =
+        Arg::new("value").long("value").action(ArgAction::Append).value_parser(arg.get_value_parser().clone());
     if let Some(d) = arg.get_value_delimiter() {
         probe = probe.value_delimiter(d);
     }
@@ -269,7 +272,9 @@ fn parser_message(e: &clap::Error, value: &str) -> String {
             None => format!("invalid value '{bad}'"),
         },
         ErrorKind::InvalidValue => match e.get(ContextKind::ValidValue) {
-            Some(ContextValue::Strings(valid)) => format!("invalid value '{bad}' (possible values: {})", valid.join(", ")),
+            Some(ContextValue::Strings(valid)) => {
+                format!("invalid value '{bad}' (possible values: {})", valid.join(", "))
+            }
             _ => format!("invalid value '{bad}'"),
         },
         _ => {

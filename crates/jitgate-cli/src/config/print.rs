@@ -102,7 +102,9 @@ fn mask_query(tail: &str) -> String {
     let params: Vec<String> = query
         .split('&')
         .map(|p| match p.split_once('=') {
-            Some((k, _)) if ["password", "secret", "token", "key"].iter().any(|s| k.to_ascii_lowercase().contains(s)) => {
+            Some((k, _))
+                if ["password", "secret", "token", "key"].iter().any(|s| k.to_ascii_lowercase().contains(s)) =>
+            {
                 format!("{k}={MASK}")
             }
             _ => p.to_owned(),

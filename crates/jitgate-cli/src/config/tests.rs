@@ -235,10 +235,14 @@ fn printed(args: &[&str]) -> String {
 
 #[test]
 fn print_config_shows_sources_masks_secrets_and_reads_back() {
-    let f = file("list_page_size = 7\ndatabase_url = \"postgres://jit:s3cret-pw@db.example:5432/jit?sslmode=require\"\n");
+    let f =
+        file("list_page_size = 7\ndatabase_url = \"postgres://jit:s3cret-pw@db.example:5432/jit?sslmode=require\"\n");
     let out = printed(&["serve", "--config", f.path.to_str().unwrap(), "--print-config", "--listen", "127.0.0.1:1"]);
     assert!(!out.contains("s3cret-pw"), "{out}");
-    assert!(out.contains("database_url = \"postgres://jit:********@db.example:5432/jit?sslmode=require\"  # file, masked"), "{out}");
+    assert!(
+        out.contains("database_url = \"postgres://jit:********@db.example:5432/jit?sslmode=require\"  # file, masked"),
+        "{out}"
+    );
     assert!(out.contains("list_page_size = 7  # file\n"), "{out}");
     assert!(out.contains("listen = \"127.0.0.1:1\"  # flag\n"), "{out}");
     assert!(out.contains("data_dir = \"./jitgate-data\"  # default\n"), "{out}");

@@ -279,6 +279,7 @@ pub(crate) fn redirect(to: &str) -> Response {
 
 /// An error as a page (inside the layout when someone is signed in).
 pub(crate) fn error_page(viewer: Option<&Viewer>, e: ApiError) -> Response {
+    e.log();
     let body = maud::html! {
         div.notice.error role="alert" {
             h1 { (e.status.canonical_reason().unwrap_or("Error")) }
