@@ -9,7 +9,12 @@ pub const SPAN: &str = "request";
 
 /// The span of one request, with its route when the router matched one by its pattern (else
 /// the handler names it with [`record_route`]) and the caller left to [`record_caller`].
-pub fn request_span(method: &axum::http::Method, route: Option<&str>, request_id: &str, correlation_id: &str) -> tracing::Span {
+pub fn request_span(
+    method: &axum::http::Method,
+    route: Option<&str>,
+    request_id: &str,
+    correlation_id: &str,
+) -> tracing::Span {
     let span = tracing::info_span!(
         SPAN,
         %method,

@@ -30,7 +30,10 @@ fn row(arg: &Arg) -> String {
     let id = arg.get_id().as_str();
     let flag = arg.get_long().map(|l| format!("`--{l}`")).unwrap_or_default();
     let env = arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())).unwrap_or_default();
-    let defaults: Vec<String> = arg.get_default_values().iter().map(|d| d.to_string_lossy().into_owned()).collect();
+    let mut defaults: Vec<String> = arg.get_default_values().iter().map(|d| d.to_string_lossy().into_owned()).collect();
+    if let (Kind::List, Some(d)) = (kind(arg), arg.get_value_delimiter()) {
+        defaults = defaults.iter().flat_map(|v| v.split(d).map(str::to_owned).collect::<Vec<_>>()).collect();
+    }
     let default = match kind(arg) {
         Kind::Bool => "`false`".to_owned(),
         _ if defaults.is_empty() => String::new(),
