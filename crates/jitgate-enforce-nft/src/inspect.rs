@@ -4,8 +4,9 @@
 //! socket calls are [`crate::NftFirewall::tables`] and [`crate::NftFirewall::inspect`].
 
 use crate::netlink::{
-    Writer, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NLA_TYPE_MASK, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_REQUEST,
+    align4, messages, u16_at, u32_at, Message, Writer, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NLA_TYPE_MASK, NLMSG_ERROR,
+    NLMSG_HDRLEN, NLM_F_REQUEST,
 };
 use crate::{
     MAP_DNAT4, MAP_DNAT4_NET, MAP_DNAT6, MAP_DNAT6_NET, SET_CUT, SET_GW_CUT, SET_GW_CUT6, SET_GW_PROTECTED,
@@ -130,32 +131,11 @@ pub(crate) enum Reply {
     Error(i32),
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// The messages of one datagram that answer the request numbered `seq` (others are late
 /// answers to something else, and skipped).
 pub(crate) fn parse_replies(buf: &[u8], seq: u32) -> Result<Vec<Reply>, String> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while at + NLMSG_HDRLEN <= buf.len() {
-        let len = u32_at(buf, at).unwrap_or(0) as usize;
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            return Err(format!("malformed netlink message (length {len} at offset {at} of {})", buf.len()));
-        }
-        let ty = u16_at(buf, at + 4).unwrap_or(0);
-        let msg_seq = u32_at(buf, at + 8).unwrap_or(0);
-        let msg = &buf[at..at + len];
-        at += align4(len);
+    for Message { ty, seq: msg_seq, bytes: msg, .. } in messages(buf)? {
         if msg_seq != seq {
             continue;
         }

@@ -54,7 +54,7 @@ pub(crate) struct Writer {
     pub buf: Vec<u8>,
 }
 
-fn align4(n: usize) -> usize {
+pub(crate) fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
@@ -332,28 +332,48 @@ pub(crate) struct Ack {
     pub offset: Option<u32>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(crate) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Parses the acknowledgements in one datagram from the kernel; other message types are
-/// skipped.
-pub(crate) fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
-    let mut acks = Vec::new();
+/// One netlink message of a datagram: its type, flags, sequence number and the whole message
+/// (header included).
+pub(crate) struct Message<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub bytes: &'a [u8],
+}
+
+/// The messages of one datagram, in order; a length that does not fit ends it with an error.
+pub(crate) fn messages(buf: &[u8]) -> Result<Vec<Message<'_>>, String> {
+    let mut out = Vec::new();
     let mut at = 0;
     while at + NLMSG_HDRLEN <= buf.len() {
         let len = u32_at(buf, at).unwrap_or(0) as usize;
         if len < NLMSG_HDRLEN || at + len > buf.len() {
             return Err(format!("malformed netlink message (length {len} at offset {at} of {})", buf.len()));
         }
-        let ty = u16_at(buf, at + 4).unwrap_or(0);
-        let flags = u16_at(buf, at + 6).unwrap_or(0);
-        let seq = u32_at(buf, at + 8).unwrap_or(0);
-        let msg = &buf[at..at + len];
+        out.push(Message {
+            ty: u16_at(buf, at + 4).unwrap_or(0),
+            flags: u16_at(buf, at + 6).unwrap_or(0),
+            seq: u32_at(buf, at + 8).unwrap_or(0),
+            bytes: &buf[at..at + len],
+        });
+        at += align4(len);
+    }
+    Ok(out)
+}
+
+/// Parses the acknowledgements in one datagram from the kernel; other message types are
+/// skipped.
+pub(crate) fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
+    let mut acks = Vec::new();
+    for Message { ty, flags, seq, bytes: msg } in messages(buf)? {
         if ty == NLMSG_ERROR {
             let err = i32::from_ne_bytes(
                 msg.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4)
@@ -387,7 +407,6 @@ pub(crate) fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
             }
             acks.push(ack);
         }
-        at += align4(len);
     }
     Ok(acks)
 }
