@@ -198,3 +198,29 @@ pub async fn as_user(s: &TestServer, token: &str, method: Method, url: &str, bod
 pub fn vm_id(rg: &str, name: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}")
 }
+
+/// Reads one HTTP/1.1 answer from a raw connection: its head (status line and headers) and its
+/// body of `Content-Length` bytes. An end of the stream before that is `UnexpectedEof`.
+pub async fn read_http_answer<R: tokio::io::AsyncRead + Unpin>(conn: &mut R) -> std::io::Result<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return Ok((head, data[end + 4..end + 4 + length].to_vec()));
+            }
+        }
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}

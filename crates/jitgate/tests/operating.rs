@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use jitgate_testkit::{as_user, LocalServer, TestServer};
@@ -305,27 +305,8 @@ async fn put_then_read(s: &TestServer, url: &str, chunked: bool) -> std::io::Res
         conn.write_all(b"0\r\n\r\n").await?;
     }
     conn.flush().await?;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&data[..end]).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if data.len() >= end + 4 + length {
-                let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned();
-                return Ok((head, body));
-            }
-        }
-        let n = conn.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        data.extend_from_slice(&buf[..n]);
-    }
+    let (head, body) = jitgate_testkit::read_http_answer(&mut conn).await?;
+    Ok((head, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,28 +390,14 @@ async fn held_for(conn: Tls, head: &[u8], every: Duration, limit: Duration) -> D
     start.elapsed()
 }
 
-/// Reads one HTTP/1.1 answer: status and body.
+/// Reads one HTTP/1.1 answer: status and body (0 and `Null` when the connection ended first).
 async fn read_answer(conn: &mut Tls) -> (u16, Value) {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&data[..end]).to_string();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if data.len() >= end + 4 + length {
-                let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-                let body = serde_json::from_slice(&data[end + 4..end + 4 + length]).unwrap_or(Value::Null);
-                return (status, body);
-            }
-        }
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return (0, Value::Null),
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-        }
+    match jitgate_testkit::read_http_answer(conn).await {
+        Ok((head, body)) => (
+            head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        ),
+        Err(_) => (0, Value::Null),
     }
 }
 
