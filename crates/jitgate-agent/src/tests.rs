@@ -534,7 +534,13 @@ async fn every_line_the_agent_logs_names_its_agent_id_and_vm() {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+    // Tests on other threads run the agent with no subscriber. While only one scoped subscriber
+    // exists, tracing asks just the registering thread's subscriber whether a new callsite is
+    // enabled, so another test's thread could disable the agent's span for this one too. A
+    // second subscriber, kept alive, makes it ask them all; then every callsite is asked again.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     let dir = tempfile::tempdir().expect("tempdir");
     let (fw, _h) = firewall();
     let mut agent = Agent::start(config(dir.path(), Some("join-token-1")), fw);
