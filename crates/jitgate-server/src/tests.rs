@@ -32,7 +32,11 @@ async fn a_panic_answers_500_with_the_request_ids_and_its_message_is_logged_with
     use tower::ServiceExt;
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
+    // Other tests' threads serve requests with no subscriber: a second live subscriber makes
+    // tracing ask this one too when they register the request span (see the agent's log test).
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     let routes: Router<()> = Router::new().route("/boom", get(|| async { boom() }));
     let config = ServerConfig { list_page_size: 10, max_body_bytes: 1024, ..Default::default() };
     let req = Request::builder().uri("/boom").body(axum::body::Body::empty()).expect("request");
