@@ -224,3 +224,26 @@ pub async fn read_http_answer<R: tokio::io::AsyncRead + Unpin>(conn: &mut R) -> 
         data.extend_from_slice(&buf[..n]);
     }
 }
+
+/// A raw TLS connection speaking HTTP/1.1 to the server, trusting its certificate (for tests
+/// that write requests byte by byte).
+pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a [`RawTls`] connection to `s`, as `localhost`.
+pub async fn raw_tls(s: &TestServer) -> std::io::Result<RawTls> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&s.server.ca_cert).expect("CA file") {
+        roots.add(cert.expect("certificate")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.server.url.trim_start_matches("https://")).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await
+}

@@ -5,10 +5,8 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use jitgate_testkit::{as_user, LocalServer, TestServer};
 use reqwest::{Method, StatusCode};
@@ -262,29 +260,11 @@ async fn a_ten_megabyte_body_is_answered_413_not_reset() {
     }
 }
 
-/// A TLS connection speaking HTTP/1.1 to the server, trusting its certificate.
-async fn tls_connect(s: &TestServer) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&s.server.ca_cert).expect("CA file") {
-        roots.add(cert.expect("certificate")).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(s.server.url.trim_start_matches("https://")).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await
-}
-
 /// Writes a whole 10 MB PUT (with Content-Length, or chunked) before reading anything, as a
 /// simple client does, then reads the answer: its head and body.
 async fn put_then_read(s: &TestServer, url: &str, chunked: bool) -> std::io::Result<(String, String)> {
     let path = url.trim_start_matches(&s.server.url);
-    let mut conn = tls_connect(s).await?;
+    let mut conn = jitgate_testkit::raw_tls(s).await?;
     let length = if chunked { "Transfer-Encoding: chunked".to_owned() } else { format!("Content-Length: {TEN_MB}") };
     let head = format!(
         "PUT {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{length}\r\n\r\n",

@@ -332,28 +332,10 @@ async fn every_wrong_method_gets_an_azure_error_body_and_allow() {
 
 // ---- slow clients: raw TLS connections ----
 
-fn connector(ca: &Path) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("certificate")).expect("root");
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+type Tls = jitgate_testkit::RawTls;
 
 async fn tls_connect(s: &TestServer) -> std::io::Result<Tls> {
-    let addr = s.server.url.trim_start_matches("https://").to_owned();
-    let tcp = TcpStream::connect(&addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    connector(&s.server.ca_cert).connect(name, tcp).await
+    jitgate_testkit::raw_tls(s).await
 }
 
 /// Sends `head` and then one more byte every `every` (never finishing the request); returns
