@@ -21,11 +21,19 @@ use jitgate_store_sqlite::SqliteStore;
 
 const MAX_BODY: usize = 1024;
 
-struct FixedClock(OffsetDateTime);
+/// The test's clock: it stands still until the test moves it.
+struct TestClock(std::sync::Mutex<OffsetDateTime>);
 
-impl Clock for FixedClock {
+impl TestClock {
+    fn advance(&self, by: time::Duration) {
+        let mut now = self.0.lock().unwrap();
+        *now += by;
+    }
+}
+
+impl Clock for TestClock {
     fn now(&self) -> OffsetDateTime {
-        self.0
+        *self.0.lock().unwrap()
     }
 }
 
@@ -34,6 +42,7 @@ struct Harness {
     store: Arc<SqliteStore>,
     router: Router,
     token: String,
+    clock: Arc<TestClock>,
 }
 
 async fn harness() -> Harness {
@@ -54,8 +63,9 @@ async fn harness() -> Harness {
     };
     assert!(store.bootstrap("owner", &auth::hash_token(&token), None, audit).await.expect("bootstrap"));
     let config = ServerConfig { list_page_size: 10, max_body_bytes: MAX_BODY, ..Default::default() };
-    let app = App::new(store.clone(), Arc::new(FixedClock(now)), config);
-    Harness { _dir: dir, store, router: jitgate_server::router(app), token }
+    let clock = Arc::new(TestClock(std::sync::Mutex::new(now)));
+    let app = App::new(store.clone(), clock.clone(), config);
+    Harness { _dir: dir, store, router: jitgate_server::router(app), token, clock }
 }
 
 struct Answer {
@@ -269,4 +279,25 @@ async fn metrics_answer_a_peer_outside_the_allowed_ranges_only_with_a_token() {
     let text = String::from_utf8_lossy(&text);
     let refused = "jitgate_http_requests_total{route=\"/metrics\",method=\"GET\",status=\"403\"} 1";
     assert!(text.lines().any(|l| l == refused), "the refusal is counted under its route:\n{text}");
+}
+
+#[tokio::test]
+async fn a_token_works_until_its_end_and_not_a_moment_after() {
+    let h = harness().await;
+    let made = h
+        .owner(Method::POST, "/api/v1/principals/owner/tokens", r#"{"expiresIn":"PT1H"}"#)
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.body);
+    let token = made.body["token"].as_str().expect("token").to_owned();
+    let call = async |h: &Harness| h.send(Method::GET, "/api/v1/vms", Some(&token), Body::empty()).await;
+    assert_eq!(call(&h).await.status, StatusCode::OK);
+    // One second before its end it still works; at its end it does not.
+    h.clock.advance(time::Duration::hours(1) - time::Duration::seconds(1));
+    assert_eq!(call(&h).await.status, StatusCode::OK, "a second before the end");
+    h.clock.advance(time::Duration::seconds(1));
+    let a = call(&h).await;
+    assert_eq!((a.status, a.code()), (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken"), "{:?}", a.body);
+    assert!(!h.refusals(ops::SIGN_IN).await.is_empty(), "the refused sign-in is audited");
+    // The owner's own token (no end) is unaffected.
+    assert_eq!(h.owner(Method::GET, "/api/v1/vms", Body::empty()).await.status, StatusCode::OK);
 }

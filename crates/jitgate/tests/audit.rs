@@ -490,7 +490,7 @@ async fn approvals_open_nothing_until_another_principal_approves() {
     let a = as_user(&s, &alice, Method::POST, &s.url(&format!("/api/v1/requests/{id}/approve")), None).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{a:?}");
     // Carol approves: the window starts now and lasts what was asked.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = time::OffsetDateTime::now_utc();
     let approved = as_user(
         &s,
         &carol,
@@ -512,9 +512,13 @@ async fn approvals_open_nothing_until_another_principal_approves() {
         &time::format_description::well_known::Rfc3339,
     )
     .expect("start");
+    let after = time::OffsetDateTime::now_utc();
+    // The request was made before `before`: a window counted from the request would end before
+    // `before` + 30 min.
+    assert!(start < before, "the request's time {start} is before the approval {before}");
     assert!(
-        end - start >= time::Duration::minutes(30) + time::Duration::milliseconds(250),
-        "the window starts at approval: {start} → {end}"
+        end >= before + time::Duration::minutes(30) && end <= after + time::Duration::minutes(30),
+        "the window starts at approval ({before} … {after}): {start} → {end}"
     );
     let again = as_user(&s, &carol, Method::POST, &s.url(&format!("/api/v1/requests/{id}/approve")), None).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "already decided");

@@ -224,8 +224,9 @@ async fn escalation_attempts_all_fail() {
         StatusCode::OK
     );
 
-    // Revoked and expired tokens are refused.
-    let t = s.json(Method::POST, &s.url("/api/v1/principals/carol/tokens"), &json!({"expiresIn": "PT1S"})).await;
+    // A revoked token is refused; the principal's other token is not. (A token's end is tested on
+    // a test clock in jitgate-server's router tests.)
+    let t = s.json(Method::POST, &s.url("/api/v1/principals/carol/tokens"), &json!({"expiresIn": "PT1H"})).await;
     let short = t.body["token"].as_str().expect("token").to_owned();
     assert_eq!(
         as_user(&s, &short, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await.status,
@@ -237,9 +238,8 @@ async fn escalation_attempts_all_fail() {
     assert_eq!(s.send(Method::DELETE, &s.url(&format!("/api/v1/tokens/{first}")), None).await.status, StatusCode::OK);
     let a = as_user(&s, &carol, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "revoked: {a:?}");
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let a = as_user(&s, &short, Method::GET, &s.policy_url("inside", "westeurope", "default"), None).await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "expired: {a:?}");
+    assert_eq!(a.status, StatusCode::OK, "carol's other token still works: {a:?}");
 
     // A token of subscription A cannot act on subscription B.
     let other_sub = "11111111-2222-3333-4444-555555555555";
