@@ -232,6 +232,10 @@ mod tests {
         let target = DnatTarget { addr: "fd00::2".parse().expect("addr"), port: 22 };
         let e = dnat_elem(&key, Some(&target)).expect_err("IPv4 DNAT to IPv6");
         assert!(e.contains("DNAT from IPv4 source 10.0.0.1/32 to IPv6 address fd00::2"), "{e}");
+        let six = DnatKey { source: "2001:db8::1/128".parse().expect("net"), ..key };
+        let e = dnat_elem(&six, Some(&DnatTarget { addr: "10.9.0.2".parse().expect("addr"), port: 22 }))
+            .expect_err("IPv6 DNAT to IPv4");
+        assert!(e.contains("DNAT from IPv6 source 2001:db8::1/128 to IPv4 address 10.9.0.2"), "{e}");
         // A delete names no target: the map follows the source's family.
         assert_eq!(dnat_map(&key).ok().as_deref(), Some("dnat4"));
     }
