@@ -330,4 +330,49 @@ mod tests {
         assert!(cut.starts_with("éé"));
         assert_eq!(truncate_field("abc", 3), "abc");
     }
+
+    #[test]
+    fn statuses_read_back_as_written() {
+        for s in [AuditStatus::Started, AuditStatus::Succeeded, AuditStatus::Failed] {
+            assert_eq!(AuditStatus::parse(s.as_str()), Some(s), "{}", s.as_str());
+        }
+        assert_eq!(AuditStatus::parse("succeeded"), None, "the stored words are exact");
+        assert_eq!(AuditStatus::parse(""), None);
+    }
+
+    #[test]
+    fn every_field_alone_can_make_an_event_unbounded_and_bounded_fixes_it() {
+        let long = |n: usize| "x".repeat(n);
+        let mut cases: Vec<AuditEvent> = Vec::new();
+        let mut e = event("op");
+        e.operation = long(MAX_NAME_CHARS + 1);
+        cases.push(e);
+        let mut e = event("op");
+        e.caller = long(MAX_NAME_CHARS + 1);
+        cases.push(e);
+        let mut e = event("op");
+        e.caller_ip = Some(long(MAX_NAME_CHARS + 1));
+        cases.push(e);
+        let mut e = event("op");
+        e.resource_id = long(MAX_RESOURCE_ID_CHARS + 1);
+        cases.push(e);
+        let mut e = event("op");
+        e.correlation_id = long(MAX_NAME_CHARS + 1);
+        cases.push(e);
+        // A long property name with a short value, and a short name with a long value.
+        let mut e = event("op");
+        e.properties.insert(long(MAX_NAME_CHARS + 1), "v".into());
+        cases.push(e);
+        let mut e = event("op");
+        e.properties.insert("k".into(), long(MAX_VALUE_CHARS + 1));
+        cases.push(e);
+        for (i, e) in cases.into_iter().enumerate() {
+            assert!(!e.is_bounded(), "case {i} is over a bound");
+            let b = e.bounded();
+            assert!(b.is_bounded(), "case {i} bounded: {b:?}");
+        }
+        let fine = event("op");
+        assert!(fine.is_bounded());
+        assert_eq!(fine.clone().bounded(), fine, "a bounded event is left as it is");
+    }
 }

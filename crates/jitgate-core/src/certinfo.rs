@@ -221,4 +221,28 @@ mod tests {
             assert!(e.contains("64 hex digits"), "{e}");
         }
     }
+
+    #[test]
+    fn fingerprints_and_pins_name_this_certificate_only() {
+        let c = cert((0x17, "280315123456Z"), &[7u8; 40]);
+        let info = CertInfo::from_der(&c).expect("a certificate");
+        assert_eq!(info.fingerprint(), colon_hex(&Sha256::digest(&c)));
+        assert_eq!(info.fingerprint().len(), 32 * 3 - 1);
+        assert!(info.matches(&info.sha256), "the certificate's own fingerprint");
+        assert!(info.matches(&info.spki_sha256), "its public key's");
+        assert!(!info.matches(&[0u8; 32]), "nothing else");
+        let other = CertInfo::from_der(&cert((0x17, "280315123456Z"), &[8u8; 40])).expect("another");
+        assert!(!info.matches(&other.sha256) && !info.matches(&other.spki_sha256));
+    }
+
+    #[test]
+    fn lengths_of_one_to_four_bytes_are_read_and_longer_ones_refused() {
+        // 0x84: a four-byte length (the longest read).
+        let four = [0x04, 0x84, 0, 0, 0, 2, 0xAA, 0xBB];
+        assert_eq!(element(&four).map(|(tag, body, ..)| (tag, body.to_vec())), Some((0x04, vec![0xAA, 0xBB])));
+        let five = [0x04, 0x85, 0, 0, 0, 0, 2, 0xAA, 0xBB];
+        assert!(element(&five).is_none(), "a five-byte length is refused");
+        assert!(element(&[0x04, 0x80]).is_none(), "an indefinite length is refused");
+        assert!(element(&[0x04, 0x03, 1, 2]).is_none(), "a length past the end is refused");
+    }
 }

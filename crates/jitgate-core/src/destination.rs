@@ -209,6 +209,8 @@ mod tests {
             ("::ffff:7f00:1", "loopback"),
             ("64:ff9b::a9fe:a9fe", "link-local"),
             ("2002:a9fe:a9fe::1", "link-local"),
+            ("64:ff9b:1::1", "local-use NAT64"),
+            ("3fff::1", "documentation"),
             ("10.1.2.3", "private"),
             ("172.16.0.1", "private"),
             ("172.31.255.255", "private"),
