@@ -174,12 +174,13 @@ impl World {
             .expect("server restarted on the same address");
     }
 
-    /// Cuts the agent off from the server: the agent's side drops every packet to the server's
-    /// port (a table of the test's own, beside jitgate's), until [`World::heal`].
+    /// Cuts the agent off from the server: the agent's side drops every packet to and from the
+    /// server's port (a table of the test's own, beside jitgate's), until [`World::heal`].
     pub fn partition(&self) {
         let port = self.server.url.rsplit(':').next().unwrap_or("0").trim_end_matches('/').to_owned();
         let script = format!(
-            "table inet faults {{ chain out {{ type filter hook output priority 0; ip daddr {A} tcp dport {port} drop; }} }}"
+            "table inet faults {{\n chain out {{\n type filter hook output priority 0;\n ip daddr {A} tcp dport {port} drop\n }}\n \
+             chain in {{\n type filter hook input priority 0;\n ip saddr {A} tcp sport {port} drop\n }}\n}}\n"
         );
         let out = self.v.cmd("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut c| {
             use std::io::Write;
