@@ -473,7 +473,8 @@ async fn approvals_in_flight_when_the_server_is_stopped_are_done_or_not_never_ha
 
 /// The receiver holds the first delivery unanswered; the server is killed (or stopped) while
 /// it is in flight. After the restart the delivery is made again, with the same delivery id and
-/// body: at least once, once its claim (60 s) runs out.
+/// body: at least once. A stop records the cut attempt (`Interrupted`, due again a second
+/// later); after a kill the attempt is not recorded, and the delivery waits out its claim (60 s).
 async fn a_delivery_in_flight_is_made_after_a_restart(kill9: bool) {
     let secret = "fault-matrix-webhook-secret-0123";
     let (url, seen) = receiver_stalling_first(secret);
@@ -507,11 +508,13 @@ async fn a_delivery_in_flight_is_made_after_a_restart(kill9: bool) {
     assert_eq!(all[0].body["requestId"], granted.body["id"]);
     let hooks = as_user(&s, &admin, Method::GET, &s.url("/api/v1/webhooks"), None).await;
     let hook = hooks.body["value"][0]["id"].as_str().expect("webhook id").to_owned();
-    let delivered = async || {
+    let delivery = async || {
         let d = as_user(&s, &admin, Method::GET, &s.url(&format!("/api/v1/webhooks/{hook}/deliveries")), None).await;
-        d.body["value"][0]["state"] == "Delivered"
+        d.body["value"][0].clone()
     };
-    assert!(eventually(Duration::from_secs(10), delivered).await, "recorded as delivered");
+    assert!(eventually(Duration::from_secs(10), async || delivery().await["state"] == "Delivered").await);
+    let recorded = if kill9 { 1 } else { 2 };
+    assert_eq!(delivery().await["attempts"], recorded, "attempts recorded: {}", delivery().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
