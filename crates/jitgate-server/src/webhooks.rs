@@ -389,8 +389,8 @@ impl FailureKind {
             FailureKind::Interrupted,
         ]
         .into_iter()
-            .find(|k| k.as_str() == head)
-            .unwrap_or(FailureKind::Failed)
+        .find(|k| k.as_str() == head)
+        .unwrap_or(FailureKind::Failed)
     }
 }
 

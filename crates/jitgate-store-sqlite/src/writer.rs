@@ -354,7 +354,9 @@ pub fn run(
                     jobs = batch.len(),
                     "the data directory is full: changes are refused until space is freed; nothing of them was kept"
                 ),
-                _ => tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept"),
+                _ => {
+                    tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept")
+                }
             }
             if let Ok(c) = load_chain(&conn) {
                 chain = c;

@@ -48,7 +48,8 @@ async fn initiate(s: &TestServer, token: &str, vm: &str, source: &str, client_id
 
 /// A server on `data` with VM `vm` of rg1 under policy `default`; returns it and the VM's id.
 async fn serve_with_policy(data: &Path, prefix: &[&str], extra: &[&str], approval: bool) -> (TestServer, String) {
-    let s = TestServer::from(LocalServer::start_with(prefix, Path::new(BIN), data, "127.0.0.1:0", extra).expect("start"));
+    let s =
+        TestServer::from(LocalServer::start_with(prefix, Path::new(BIN), data, "127.0.0.1:0", extra).expect("start"));
     let vm = s.register_vm("rg1", "vm", "Linux").await;
     let a = s.json(Method::PUT, &s.policy_url("rg1", "westeurope", "default"), &policy(&vm, approval)).await;
     assert_eq!(a.status, StatusCode::OK, "{a:?}");
@@ -249,7 +250,8 @@ async fn a_failed_fsync_refuses_every_change_until_a_restart_and_nothing_goes_un
         Err(why) => return jitgate_netns::skip(test, &why),
     };
     let flag = dir.path().join("fail-fsync");
-    let (preload, fail) = (format!("LD_PRELOAD={}", lib.display()), format!("JITGATE_TEST_FAIL_FSYNC={}", flag.display()));
+    let (preload, fail) =
+        (format!("LD_PRELOAD={}", lib.display()), format!("JITGATE_TEST_FAIL_FSYNC={}", flag.display()));
     let data = dir.path().join("data");
     let (s, vm) = serve_with_policy(&data, &["env", &preload, &fail], &[], false).await;
     let admin = s.server.token.clone();
@@ -482,8 +484,9 @@ async fn a_delivery_in_flight_is_made_after_a_restart(kill9: bool) {
     let data = dir.path().join("data");
     let (s, vm) = serve_with_policy(&data, &[], &LOOPBACK_RECEIVERS, false).await;
     let admin = s.server.token.clone();
-    let made = create_webhook(&s, &admin, json!({"subscription": SUB, "url": url, "secret": secret, "events": ["opened"]}))
-        .await;
+    let made =
+        create_webhook(&s, &admin, json!({"subscription": SUB, "url": url, "secret": secret, "events": ["opened"]}))
+            .await;
     assert_eq!(made.status, StatusCode::CREATED, "{made:?}");
     let granted = initiate(&s, &admin, &vm, "10.5.0.1", "hooked").await;
     assert_eq!(granted.status, StatusCode::ACCEPTED, "{granted:?}");
