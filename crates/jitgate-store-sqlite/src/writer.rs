@@ -273,6 +273,14 @@ impl Durability {
     fn failed(&self) -> bool {
         self.durable.borrow().failed
     }
+
+    /// An error after an fsync failed (nothing more can be made durable), else `Ok`.
+    pub fn check(&self) -> StoreResult<()> {
+        if self.failed() {
+            return Err(disk_failed());
+        }
+        Ok(())
+    }
 }
 
 fn disk_failed() -> StoreError {

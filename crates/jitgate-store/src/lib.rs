@@ -69,13 +69,6 @@ pub enum StoreError {
     DiskFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl StoreError {
-    /// Whether the change was refused for a reason of the disk (full, or failing to sync).
-    pub fn is_disk(&self) -> bool {
-        matches!(self, StoreError::Full(_) | StoreError::DiskFailed(_))
-    }
-}
-
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A principal: who a token belongs to. Local principals are found by their name; OIDC

@@ -269,6 +269,8 @@ async fn a_failed_fsync_refuses_every_change_until_a_restart_and_nothing_goes_un
     std::fs::remove_file(&flag).expect("the disk is sound again");
     let still = initiate(&s, &admin, &vm, "10.1.0.3", "later").await;
     assert_eq!(still.status, StatusCode::SERVICE_UNAVAILABLE, "refused until a restart: {still:?}");
+    let ready = s.send(Method::GET, &s.url("/readyz"), None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "not ready after a failed fsync: {ready:?}");
     // What an agent reads must be durable: it gets no state built on the unsynced change.
     assert!(state(&s, &agent).await.status.is_server_error(), "no state past a failed sync");
     // A change whose sync failed may be seen by readers, but never without its audit record.
@@ -283,6 +285,7 @@ async fn a_failed_fsync_refuses_every_change_until_a_restart_and_nothing_goes_un
     server.stop().expect("stops");
     let s = TestServer::from(LocalServer::start_in(Path::new(BIN), &data, &[]).expect("restart"));
     assert!(verify(&s).await.0, "the audit chain verifies after the restart");
+    assert_eq!(s.send(Method::GET, &s.url("/readyz"), None).await.status, StatusCode::OK);
     let retried = initiate(&s, &admin, &vm, "10.1.0.2", "unsynced").await;
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{retried:?}");
     assert_eq!(initiate(&s, &admin, &vm, "10.1.0.3", "later").await.status, StatusCode::ACCEPTED);
