@@ -140,6 +140,7 @@ async fn a_full_data_directory_refuses_changes_with_503_audits_nothing_half_and_
     let (_, agent) = joined(&s, &token, "vm", "host", json!({})).await;
     let first = initiate(&s, &admin, &vm, "10.1.0.1", "before-full").await;
     assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+    assert_eq!(state(&s, &agent).await.status, StatusCode::OK);
 
     let ballast = disk.path().join("ballast");
     assert!(fill(&ballast) > 0, "the disk took some ballast");
@@ -179,6 +180,11 @@ async fn a_full_data_directory_refuses_changes_with_503_audits_nothing_half_and_
     let port = &p.body["properties"]["virtualMachines"][0]["ports"][0];
     assert!(port["number"] == 22 && port["requireApproval"] != true, "edit not made: {p:?}");
     assert!(s.send(Method::GET, &s.url("/healthz"), None).await.status.is_success(), "the server is up");
+    // The agent goes on being served what it was given (reads need no space).
+    let st = state(&s, &agent).await;
+    assert_eq!(st.status, StatusCode::OK, "{st:?}");
+    assert_eq!(st.body["grants"].as_array().map(Vec::len), Some(granted), "{st:?}");
+    assert!(!st.body.to_string().contains(&source), "{st:?}");
 
     // Space returns: the same request succeeds, without a restart (the writer thread lives on).
     std::fs::remove_file(&ballast).expect("ballast removed");
