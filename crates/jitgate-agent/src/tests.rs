@@ -11,6 +11,8 @@ use tokio::time::Instant as TokioInstant;
 
 use super::*;
 
+mod outage;
+
 #[derive(Debug)]
 enum Call {
     Join(JoinIn),

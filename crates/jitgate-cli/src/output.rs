@@ -57,6 +57,12 @@ pub fn hint(api: Option<(u16, &str)>, text: &str) -> Option<&'static str> {
             "EnforcementTimeout" => Some(
                 "the grant is recorded; an enforcement point did not apply it in time: jitgate agent list shows when each last reported",
             ),
+            "StorageFull" => Some(
+                "the server's data directory is full: free space on its disk (jitgate doctor on the server shows it); nothing was changed, so the same command then succeeds",
+            ),
+            "StorageFailed" => Some(
+                "the server's disk failed an fsync: check the disk, restart jitgate serve, then repeat the command",
+            ),
             "InvalidJoinToken" => Some(
                 "join tokens are single-use and expire: make a new one with jitgate agent token create … (--vm NAME for a VM that is already registered)",
             ),
@@ -349,5 +355,13 @@ mod tests {
         assert!(pg.is_some_and(|h| h.contains("--database-url")), "{pg:?}");
         let api = hint(None, "error sending request for url (https://127.0.0.1:1/): Connection refused");
         assert!(api.is_some_and(|h| h.contains("jitgate serve")), "{api:?}");
+    }
+
+    #[test]
+    fn a_full_or_failed_disk_says_what_to_do_on_the_server() {
+        let full = hint(Some((503, "StorageFull")), "");
+        assert!(full.is_some_and(|h| h.contains("free space")), "{full:?}");
+        let failed = hint(Some((503, "StorageFailed")), "");
+        assert!(failed.is_some_and(|h| h.contains("restart")), "{failed:?}");
     }
 }

@@ -207,6 +207,16 @@ impl LocalServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would (it finishes nothing),
+    /// and waits until it is gone; the data directory is kept.
+    pub fn kill(&mut self) -> LocalResult<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().map_err(io("killing jitgate serve"))?;
+            child.wait().map_err(io("waiting for jitgate serve"))?;
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub fn stop(&mut self) -> LocalResult<bool> {
         let Some(mut child) = self.child.take() else { return Ok(true) };

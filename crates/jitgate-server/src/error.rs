@@ -8,14 +8,15 @@ use jitgate_core::invalid::InvalidKind;
 use jitgate_core::Invalid;
 use jitgate_store::StoreError;
 
-/// An error answer. Only a 429 carries `Retry-After`: other 4xx answers must not be retried.
+/// An error answer. Only a 429 and a 503 carry `Retry-After`: other 4xx answers must not be
+/// retried.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
     pub target: Option<String>,
-    /// Seconds for `Retry-After` (429 only).
+    /// Seconds for `Retry-After` (429 and 503 only).
     pub retry_after: Option<u64>,
     /// The methods of a 405's `Allow` header.
     pub allow: Option<String>,
@@ -86,6 +87,28 @@ impl From<StoreError> for ApiError {
                     "the database cannot be reached at the moment; try again shortly",
                 )
             }
+            StoreError::Full(source) => {
+                tracing::error!(error = %source, "the data directory is full; the change was refused");
+                ApiError {
+                    retry_after: Some(FULL_RETRY_AFTER),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "StorageFull",
+                        "the data directory is full: jitgate cannot write this change and its audit record, so \
+                         nothing was changed. Free space on the server's disk; the same request then succeeds.",
+                    )
+                }
+            }
+            StoreError::DiskFailed(source) => {
+                tracing::error!(error = %source, "the data directory's disk failed; changes are refused");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "StorageFailed",
+                    "the server's disk failed to store changes (fsync failed): jitgate accepts no change until it \
+                     is restarted on a sound disk. A change answered with this error may or may not have been \
+                     kept; repeat it with the same x-ms-client-request-id to find out.",
+                )
+            }
             StoreError::Conflict(source) => {
                 tracing::warn!(error = %source, "store conflict with a concurrent change");
                 ApiError::new(
@@ -109,7 +132,8 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"jitgate\""));
         }
-        if let Some(secs) = self.retry_after.filter(|_| self.status == StatusCode::TOO_MANY_REQUESTS) {
+        let retryable = matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
+        if let Some(secs) = self.retry_after.filter(|_| retryable) {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(v) = self.allow.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
@@ -118,6 +142,9 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// The `Retry-After` of a change refused because the data directory is full (seconds).
+pub const FULL_RETRY_AFTER: u64 = 30;
 
 /// A JSON answer with the given status.
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
@@ -144,5 +171,17 @@ mod conflict_tests {
         let e = ApiError::from(StoreError::Conflict("serialization failure".into()));
         assert_eq!((e.status, e.code.as_str()), (StatusCode::CONFLICT, "Conflict"));
         assert!(e.message.contains("try again"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_full_disk_is_a_503_with_retry_after_and_a_failed_fsync_a_503_without() {
+        let full = ApiError::from(StoreError::Full("database or disk is full".into()));
+        assert_eq!((full.status, full.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "StorageFull"));
+        assert!(full.message.starts_with("the data directory is full"), "{}", full.message);
+        let resp = full.into_response();
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("30"));
+        let failed = ApiError::from(StoreError::DiskFailed("fsync failed".into()));
+        assert_eq!((failed.status, failed.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "StorageFailed"));
+        assert!(failed.into_response().headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -359,6 +359,9 @@ pub enum FailureKind {
     ConnectionFailed,
     /// The receiver answered, but not with 2xx (a redirect included: redirects are not followed).
     HttpStatus,
+    /// The server stopped during the attempt (the receiver may have got it); tried again soon
+    /// after the restart.
+    Interrupted,
     /// A failure recorded before categories existed.
     Failed,
 }
@@ -370,6 +373,7 @@ impl FailureKind {
             FailureKind::Timeout => "Timeout",
             FailureKind::ConnectionFailed => "ConnectionFailed",
             FailureKind::HttpStatus => "HttpStatus",
+            FailureKind::Interrupted => "Interrupted",
             FailureKind::Failed => "Failed",
         }
     }
@@ -377,10 +381,16 @@ impl FailureKind {
     /// The category of a stored `lastError`.
     pub fn of(last_error: &str) -> FailureKind {
         let head = last_error.split(':').next().unwrap_or("");
-        [FailureKind::Blocked, FailureKind::Timeout, FailureKind::ConnectionFailed, FailureKind::HttpStatus]
-            .into_iter()
-            .find(|k| k.as_str() == head)
-            .unwrap_or(FailureKind::Failed)
+        [
+            FailureKind::Blocked,
+            FailureKind::Timeout,
+            FailureKind::ConnectionFailed,
+            FailureKind::HttpStatus,
+            FailureKind::Interrupted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == head)
+        .unwrap_or(FailureKind::Failed)
     }
 }
 
@@ -469,7 +479,9 @@ pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
 
 /// The delivery worker: runs until `stop`. Each pass claims what is due (at most as many as may
 /// run at once); a claimed delivery is out of later passes until its attempt is recorded, so no
-/// memory of what was tried is kept here.
+/// memory of what was tried is kept here. At `stop` the attempts in flight are cut short and
+/// recorded as `Interrupted` (due again a second later) before the worker ends: a delivery cut
+/// off unrecorded would wait out its claim ([`LEASE`]) after a restart.
 pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
     let client = match delivery_client(&app.config.webhooks) {
         Ok(c) => c,
@@ -484,7 +496,7 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         if let Some(gap) = last.map(|l| MIN_GAP.saturating_sub(l.elapsed())).filter(|g| !g.is_zero()) {
             tokio::select! {
                 _ = tokio::time::sleep(gap) => {}
-                _ = stop.changed() => return,
+                _ = stop.changed() => break,
             }
         }
         last = Some(std::time::Instant::now());
@@ -496,9 +508,9 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
                 Ok(due) => {
                     for d in due {
                         let Ok(permit) = limit.clone().acquire_owned().await else { return };
-                        let (app, client) = (app.clone(), client.clone());
+                        let (app, client, stop) = (app.clone(), client.clone(), stop.clone());
                         tokio::spawn(async move {
-                            deliver(&app, &client, &d).await;
+                            deliver(&app, &client, &d, stop).await;
                             drop(permit);
                             app.deliveries.notify_one();
                         });
@@ -516,8 +528,17 @@ pub async fn run(app: App, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = app.deliveries.notified() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
+    }
+    // The attempts in flight end at once (see `deliver`); only their records are waited for.
+    let _ = tokio::time::timeout(TIMEOUT, limit.acquire_many(PARALLEL as u32)).await;
+}
+
+/// Completes once `stop` says the server stops (never, if its sender is gone without saying so).
+async fn stopping(mut stop: watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -578,8 +599,14 @@ async fn attempt(app: &App, client: &reqwest::Client, d: &Delivery) -> Result<()
     }
 }
 
-async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery) {
-    let outcome = attempt(app, client, d).await;
+async fn deliver(app: &App, client: &reqwest::Client, d: &Delivery, stop: watch::Receiver<bool>) {
+    let outcome = tokio::select! {
+        outcome = attempt(app, client, d) => outcome,
+        () = stopping(stop) => Err(Failure {
+            kind: FailureKind::Interrupted,
+            detail: "jitgate stopped during the attempt; it is made again after the restart".into(),
+        }),
+    };
     if let Err(f) = &outcome {
         tracing::info!(delivery = d.id, webhook = %d.webhook_id, error = %f, "webhook delivery failed");
     }

@@ -115,6 +115,11 @@ fn is_conflict(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| codes.contains(c))
 }
 
+/// Whether the database server's disk is full (`disk_full`, 53100): nothing was written.
+pub(crate) fn is_full(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::DISK_FULL)
+}
+
 /// Whether the database gave no answer at all: the connection is closed, or talking to the
 /// server failed (an I/O error). A statement the server refused, or a value that does not
 /// convert, is something else.
@@ -158,6 +163,7 @@ impl From<Error> for StoreError {
         match e {
             Error::Store(s) => s,
             Error::Db(e) if is_conflict(&e) => StoreError::Conflict(DriverError::new(e)),
+            Error::Db(e) if is_full(&e) => StoreError::Full(DriverError::new(e)),
             // No answer from the database at all (a closed connection, no server): it may be
             // failing over; the call can be repeated.
             Error::Db(e) if unreachable(&e) => StoreError::Unavailable(DriverError::new(e)),

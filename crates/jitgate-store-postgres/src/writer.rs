@@ -121,6 +121,7 @@ pub(crate) async fn run(
 fn each(e: &Error) -> impl Fn() -> StoreError + '_ {
     move || match e {
         Error::Db(d) if crate::is_conflict(d) => StoreError::Conflict(e.to_string().into()),
+        Error::Db(d) if crate::is_full(d) => StoreError::Full(e.to_string().into()),
         Error::Db(d) if crate::unreachable(d) => StoreError::Unavailable(e.to_string().into()),
         Error::Pool(_) => StoreError::Unavailable(e.to_string().into()),
         _ => backend(format!("the change was not committed: {e}")),

@@ -144,8 +144,15 @@ impl ReadPool {
     }
 }
 
+/// A failure of the database: [`StoreError::Full`] when SQLite found the disk full, otherwise
+/// [`StoreError::Backend`]; the driver's error is kept as the source either way.
 fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
-    StoreError::Backend(e.into())
+    let e = e.into();
+    if e.downcast_ref::<rusqlite::Error>().is_some_and(writer::is_full) {
+        StoreError::Full(e)
+    } else {
+        StoreError::Backend(e)
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +162,17 @@ fn a_backend_failure_keeps_the_driver_error_as_its_source() {
     assert_eq!(e.to_string(), format!("storage failure: {}", rusqlite::Error::QueryReturnedNoRows));
     let source = std::error::Error::source(&e).expect("a source");
     assert!(matches!(source.downcast_ref::<rusqlite::Error>(), Some(rusqlite::Error::QueryReturnedNoRows)));
+}
+
+#[cfg(test)]
+#[test]
+fn a_full_disk_is_its_own_error_and_keeps_the_driver_error() {
+    let full = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None);
+    let e = backend(full);
+    assert!(matches!(e, StoreError::Full(_)), "{e:?}");
+    assert!(e.to_string().starts_with("the data directory is full"), "{e}");
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(source.downcast_ref::<rusqlite::Error>().is_some_and(writer::is_full));
 }
 
 impl SqliteStore {

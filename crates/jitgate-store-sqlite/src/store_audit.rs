@@ -78,8 +78,11 @@ impl AuditStore for SqliteStore {
         .await
     }
 
+    /// The database answers, and the writer can still make changes durable (after a failed
+    /// fsync it cannot until a restart: the server is then not ready).
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await?;
+        self.durability.check()
     }
 
     fn observe_commits(&self, observer: Arc<dyn jitgate_store::observe::CommitObserver>) {

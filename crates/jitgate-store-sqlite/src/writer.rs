@@ -88,7 +88,11 @@ pub trait Job: Send {
     /// Runs inside the batch transaction. Returns false when its changes must be rolled back.
     fn run(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
     /// Called once the batch is committed (or failed to commit) after `commit`.
-    fn finish(self: Box<Self>, committed: Result<(), String>, commit: Duration);
+    fn finish(self: Box<Self>, committed: Result<(), Failure>, commit: Duration);
+    /// Whether the job's changes were undone because the disk is full.
+    fn full(&self) -> bool {
+        false
+    }
     /// Whether the job may be answered at its commit, before the fsync: a note whose loss in a
     /// crash loses nothing anyone relies on, because everything that depends on it comes in a
     /// later job, which a crash would take back too (the syncer makes commits durable in order).
@@ -143,7 +147,8 @@ where
             s.add(Stage::Queue, started.saturating_duration_since(self.queued));
             s.add(Stage::Write, started.elapsed());
         }
-        let keep = !matches!(out, Err(StoreError::Backend(_)));
+        // A refusal keeps its `Failed` audit record; any other failure undoes the job.
+        let keep = matches!(out, Ok(_) | Err(StoreError::Rejected(_)));
         self.out = Some(out);
         keep
     }
@@ -152,16 +157,66 @@ where
         self.at_commit
     }
 
-    fn finish(self: Box<Self>, committed: Result<(), String>, commit: Duration) {
+    fn full(&self) -> bool {
+        matches!(self.out, Some(Err(StoreError::Full(_))))
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), Failure>, commit: Duration) {
         if let Some(s) = &self.stages {
             s.add(Stage::Commit, commit);
         }
         let result = match committed {
             Ok(()) => self.out.unwrap_or_else(|| Err(StoreError::Backend("the job did not run".into()))),
-            Err(e) => Err(StoreError::Backend(e.into())),
+            Err(e) => Err(e.error()),
         };
         let _ = self.reply.send(result);
     }
+}
+
+/// Why a batch's changes were not kept (or not made durable), told to each of its jobs.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// The disk is full: nothing of the batch was kept; the same change succeeds once space
+    /// is freed.
+    Full(String),
+    /// An fsync failed (see [`disk_failed`]).
+    Disk,
+    /// Any other failure of the transaction.
+    Other(String),
+}
+
+impl Failure {
+    /// The error a job's caller gets.
+    pub fn error(&self) -> StoreError {
+        match self {
+            Failure::Full(e) => StoreError::Full(e.clone().into()),
+            Failure::Disk => disk_failed(),
+            Failure::Other(e) => StoreError::Backend(e.clone().into()),
+        }
+    }
+
+    /// The failure of a statement or commit: `Full` when SQLite found the disk full.
+    fn of(e: &rusqlite::Error) -> Failure {
+        if is_full(e) {
+            Failure::Full(e.to_string())
+        } else {
+            Failure::Other(e.to_string())
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Full(e) | Failure::Other(e) => f.write_str(e),
+            Failure::Disk => write!(f, "{}", disk_failed()),
+        }
+    }
+}
+
+/// Whether SQLite refused a write because the disk (or the filesystem's quota) is full.
+pub(crate) fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 /// Reads the head of the audit chain from the database.
@@ -218,10 +273,18 @@ impl Durability {
     fn failed(&self) -> bool {
         self.durable.borrow().failed
     }
+
+    /// An error after an fsync failed (nothing more can be made durable), else `Ok`.
+    pub fn check(&self) -> StoreResult<()> {
+        if self.failed() {
+            return Err(disk_failed());
+        }
+        Ok(())
+    }
 }
 
 fn disk_failed() -> StoreError {
-    StoreError::Backend(
+    StoreError::DiskFailed(
         "the store's log could not be synced to disk (fsync failed); restart jitgate once the disk is sound".into(),
     )
 }
@@ -286,14 +349,23 @@ pub fn run(
         }
         if durability.failed() {
             for job in batch.drain(..) {
-                job.finish(Err(disk_failed().to_string()), Duration::ZERO);
+                job.finish(Err(Failure::Disk), Duration::ZERO);
             }
             continue;
         }
         let audit_from = chain.seq;
         let (result, commit) = run_batch(&conn, &mut chain, &mut batch);
         if let Err(e) = &result {
-            tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept");
+            match e {
+                Failure::Full(_) => tracing::error!(
+                    error = %e,
+                    jobs = batch.len(),
+                    "the data directory is full: changes are refused until space is freed; nothing of them was kept"
+                ),
+                _ => {
+                    tracing::error!(error = %e, jobs = batch.len(), "store transaction failed; nothing of it was kept")
+                }
+            }
             if let Ok(c) = load_chain(&conn) {
                 chain = c;
             }
@@ -388,7 +460,7 @@ fn sync_and_answer(group: Vec<Committed>, log: &std::path::Path, durability: &Du
         Err(e) => {
             tracing::error!(error = %e, log = %log.display(), "fsync of the store's log failed; refusing further changes");
             durability.durable.send_modify(|s| s.failed = true);
-            Err(disk_failed().to_string())
+            Err(Failure::Disk)
         }
     };
     for c in group {
@@ -417,9 +489,12 @@ fn sync_log(log: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Runs the batch in one transaction; returns the outcome and how long the commit took.
-fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -> (Result<(), String>, Duration) {
+fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -> (Result<(), Failure>, Duration) {
     let start = *chain;
     let mut commit = Duration::ZERO;
+    // A job undone because the disk is full may have ended the whole transaction (SQLite rolls
+    // back on SQLITE_FULL): the batch then fails for the same reason.
+    let mut full = false;
     let outcome = (|| -> rusqlite::Result<()> {
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         for job in batch.iter_mut() {
@@ -427,6 +502,7 @@ fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -
             let before = *chain;
             let keep = job.run(&mut WriteCtx { conn, chain });
             if !keep {
+                full |= job.full();
                 conn.prepare_cached("ROLLBACK TO job")?.execute([])?;
                 *chain = before;
             }
@@ -440,7 +516,11 @@ fn run_batch(conn: &Connection, chain: &mut Chain, batch: &mut [Box<dyn Job>]) -
     let outcome = outcome.map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         *chain = start;
-        e.to_string()
+        if full {
+            Failure::Full(e.to_string())
+        } else {
+            Failure::of(&e)
+        }
     });
     (outcome, commit)
 }

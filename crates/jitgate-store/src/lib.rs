@@ -58,6 +58,15 @@ pub enum StoreError {
     /// changed, or a change whose commit went unanswered is found on retry (idempotency keys).
     #[error("storage unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The disk holding the data is full: the change and its audit record could not be written,
+    /// so nothing was changed. The same call succeeds once space is freed, without a restart.
+    #[error("the data directory is full: {0}")]
+    Full(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The disk failed to make committed changes durable (an fsync failed). The change may or
+    /// may not survive a crash (a retry with the same idempotency key finds it if it did); the
+    /// store refuses every later change until the server is restarted on a sound disk.
+    #[error("the data directory's disk failed: {0}")]
+    DiskFailed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -20,6 +20,8 @@ pub const LOOPBACK_RECEIVERS: [&str; 3] = ["--webhook-allow-http", "--webhook-al
 pub struct Received {
     /// `X-Jitgate-Event`.
     pub event: String,
+    /// `X-Jitgate-Delivery`: the delivery's id, the same on every attempt.
+    pub delivery: String,
     /// Whether `X-Jitgate-Signature` is the HMAC-SHA256 of `timestamp.body` under the secret.
     pub valid: bool,
     /// `X-Jitgate-Timestamp` (0 when missing).
@@ -38,46 +40,71 @@ pub fn receiver(secret: &'static str) -> (String, Seen) {
 
 /// A receiver that records each POST and answers with `answer` (a whole HTTP head).
 pub fn receiver_answering(secret: &'static str, answer: String) -> (String, Seen) {
+    serve_receiver(secret, move |_| Some(answer.clone()))
+}
+
+/// A receiver that records each POST, holds the first one's connection open without ever
+/// answering (a delivery in flight for as long as the test likes) and answers the others 204.
+pub fn receiver_stalling_first(secret: &'static str) -> (String, Seen) {
+    let ok = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned();
+    serve_receiver(secret, move |n| (n > 0).then(|| ok.clone()))
+}
+
+/// Accepts POSTs on loopback, records each, and writes `answer(n)` for the `n`-th (from 0);
+/// `None` keeps that connection open, unanswered, for the receiver's life.
+fn serve_receiver(secret: &'static str, answer: impl Fn(usize) -> Option<String> + Send + 'static) -> (String, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     let seen: Seen = Default::default();
     let out = seen.clone();
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
+        let mut held = Vec::new();
+        for (n, stream) in listener.incoming().flatten().enumerate() {
             let mut reader = BufReader::new(stream);
-            let mut headers = HashMap::new();
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                }
-            }
-            let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
-            let mut body = vec![0u8; len.min(1 << 20)];
-            let _ = reader.read_exact(&mut body);
-            let body = String::from_utf8_lossy(&body).into_owned();
-            let ts = headers.get("x-jitgate-timestamp").cloned().unwrap_or_default();
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-            mac.update(format!("{ts}.{body}").as_bytes());
-            let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-            let received = Received {
-                event: headers.get("x-jitgate-event").cloned().unwrap_or_default(),
-                valid: headers.get("x-jitgate-signature") == Some(&expected),
-                timestamp: ts.parse().unwrap_or(0),
-                body: serde_json::from_str(&body).unwrap_or(Value::Null),
-            };
+            let received = read_post(&mut reader, secret);
             if let Ok(mut v) = out.lock() {
                 v.push(received);
             }
-            let _ = reader.get_mut().write_all(answer.as_bytes());
+            match answer(n) {
+                Some(a) => {
+                    let _ = reader.get_mut().write_all(a.as_bytes());
+                }
+                None => held.push(reader),
+            }
         }
     });
     (url, seen)
+}
+
+/// Reads one POST and checks its signature under `secret`.
+fn read_post(reader: &mut BufReader<std::net::TcpStream>, secret: &str) -> Received {
+    let mut headers = HashMap::new();
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    let len: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len.min(1 << 20)];
+    let _ = reader.read_exact(&mut body);
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let ts = headers.get("x-jitgate-timestamp").cloned().unwrap_or_default();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("{ts}.{body}").as_bytes());
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    Received {
+        event: headers.get("x-jitgate-event").cloned().unwrap_or_default(),
+        delivery: headers.get("x-jitgate-delivery").cloned().unwrap_or_default(),
+        valid: headers.get("x-jitgate-signature") == Some(&expected),
+        timestamp: ts.parse().unwrap_or(0),
+        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+    }
 }
 
 /// A receiver that accepts connections and never answers.

@@ -160,6 +160,47 @@ impl World {
         self.agent = Some(KillOnDrop::spawn(cmd).expect("agent"));
     }
 
+    /// Stops the server — SIGKILL, or SIGTERM and a clean exit — and starts it again on the same
+    /// data directory and address, where the agent keeps looking for it.
+    pub fn restart_server(&mut self, kill9: bool) {
+        let listen = self.server.url.trim_start_matches("https://").to_owned();
+        let data = self.server.data_dir.clone();
+        if kill9 {
+            self.server.kill().expect("server killed");
+        } else {
+            assert!(self.server.stop().expect("the server stops within 20 s"), "SIGTERM: a clean exit");
+        }
+        self.server = LocalServer::start_with(&self.c.prefix(), Path::new(BIN), &data, &listen, &["--tls-san", A])
+            .expect("server restarted on the same address");
+    }
+
+    /// Cuts the agent off from the server: the agent's side drops every packet to and from the
+    /// server's port (a table of the test's own, beside jitgate's), until [`World::heal`].
+    pub fn partition(&self) {
+        let port = self.server.url.rsplit(':').next().unwrap_or("0").trim_end_matches('/').to_owned();
+        let script = format!(
+            "table inet faults {{\n chain out {{\n type filter hook output priority 0;\n ip daddr {A} tcp dport {port} drop\n }}\n \
+             chain in {{\n type filter hook input priority 0;\n ip saddr {A} tcp sport {port} drop\n }}\n}}\n"
+        );
+        let out = self.v.cmd("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().map(|mut i| i.write_all(script.as_bytes())).transpose()?;
+            c.wait_with_output()
+        });
+        assert!(out.is_ok_and(|o| o.status.success()), "partition installed");
+    }
+
+    /// Ends [`World::partition`].
+    pub fn heal(&self) {
+        let out = self.v.cmd("nft").args(["delete", "table", "inet", "faults"]).output().expect("nft runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Whether the agent process is still running.
+    pub fn agent_alive(&mut self) -> bool {
+        self.agent.as_mut().is_some_and(|a| matches!(a.0.try_wait(), Ok(None)))
+    }
+
     /// A join token for resource group `rg`, made with the CLI inside C.
     pub fn join_token(&self, mode: &str) -> String {
         self.server.create_join_token(self.c.cmd(BIN), SUB, "rg", "westeurope", &["--mode", mode]).expect("join token")
@@ -204,9 +245,15 @@ impl World {
 
     /// Initiates for `source` on `port`, waiting until the agent applied it. Returns the answer.
     pub fn initiate(&self, source: &str, port: u16, duration: &str) -> Value {
+        self.initiate_with(source, port, duration, "&wait=applied")
+    }
+
+    /// Initiates for `source` on `port` with `query` (e.g. `&wait=applied&timeout=60`, or empty:
+    /// no waiting). Returns the answer.
+    pub fn initiate_with(&self, source: &str, port: u16, duration: &str, query: &str) -> Value {
         let body = json!({"virtualMachines": [{"id": vm_id("rg", "vm1"), "ports": [
             {"number": port, "allowedSourceAddressPrefix": source, "duration": duration}]}]});
-        let path = self.policy_path().replace("?api-version", "/initiate?api-version") + "&wait=applied";
+        let path = self.policy_path().replace("?api-version", "/initiate?api-version") + query;
         let (status, b) = self.api("POST", &path, Some(&body));
         assert_eq!(status, 202, "{b}");
         b
