@@ -205,7 +205,8 @@ mod tests {
     #[test]
     fn amounts_past_any_counter_are_refused_however_many_there_are() {
         let huge = "9".repeat(290);
-        for text in [format!("P{huge}D"), format!("P{huge}DT{huge}H"), format!("P{huge}W{huge}DT{huge}H{huge}M{huge}S")] {
+        for text in [format!("P{huge}D"), format!("P{huge}DT{huge}H"), format!("P{huge}W{huge}DT{huge}H{huge}M{huge}S")]
+        {
             let e = AccessDuration::parse(&text).expect_err("too large");
             assert!(e.0.ends_with("the amount is too large"), "{e}");
         }

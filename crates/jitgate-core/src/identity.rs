@@ -391,6 +391,9 @@ mod tests {
         let first = "x".repeat(MAX_DISPLAY_NAME - 1);
         assert_eq!(display_name(&format!("{first} yes")).as_deref(), Ok(first.as_str()));
         assert_eq!(display_name(&format!("{first} \u{200B} yes")).as_deref(), Ok(first.as_str()));
+        // Many short words: spaces count like any other character.
+        let words = display_name(&"ab ".repeat(40)).expect("words");
+        assert_eq!(words, "ab ".repeat(22)[..MAX_DISPLAY_NAME]);
         // No room at all.
         let full = "x".repeat(MAX_DISPLAY_NAME);
         assert_eq!(display_name(&format!("{full} yes")).as_deref(), Ok(full.as_str()));
