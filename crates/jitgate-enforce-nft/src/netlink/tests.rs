@@ -431,6 +431,29 @@ fn acks_are_parsed_with_the_kernels_message_and_offset() {
 }
 
 #[test]
+fn a_message_of_a_bare_header_is_read_and_a_shorter_length_is_refused() {
+    let header = |len: u32, ty: u16, seq: u32| {
+        let mut h = Vec::new();
+        h.extend_from_slice(&len.to_ne_bytes());
+        h.extend_from_slice(&ty.to_ne_bytes());
+        h.extend_from_slice(&0u16.to_ne_bytes());
+        h.extend_from_slice(&seq.to_ne_bytes());
+        h.extend_from_slice(&0u32.to_ne_bytes());
+        h
+    };
+    // NLMSG_NOOP (1) with no payload, then a 20-byte message.
+    let mut buf = header(16, 1, 3);
+    buf.extend(begin(4));
+    let read = messages(&buf).map(|m| m.iter().map(|m| (m.ty, m.seq, m.bytes.len())).collect::<Vec<_>>());
+    assert_eq!(read, Ok(vec![(1, 3, 16), (0x10, 4, 20)]));
+    for short in [0, 4, 15] {
+        let mut buf = header(short, 1, 3);
+        buf.extend(begin(4));
+        assert!(messages(&buf).is_err(), "length {short}");
+    }
+}
+
+#[test]
 fn an_error_offset_names_the_operation() {
     let a = grant("10.0.0.1/32", None, L4::Tcp, 22);
     let b = grant("10.0.0.2/32", None, L4::Tcp, 22);
