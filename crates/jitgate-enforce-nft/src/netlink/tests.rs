@@ -430,6 +430,41 @@ fn acks_are_parsed_with_the_kernels_message_and_offset() {
     assert!(parse_acks(&buf[..30]).is_err(), "a truncated message is an error");
 }
 
+/// An `NLMSG_ERROR` message for `seq`: the errno, what it carries of the original message, then
+/// `tlvs`.
+fn error_message(flags: u16, seq: u32, errno: i32, original: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((16 + 4 + original.len() + tlvs.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&1234u32.to_ne_bytes());
+    out.extend_from_slice(&(-errno).to_ne_bytes());
+    out.extend_from_slice(original);
+    out.extend_from_slice(tlvs);
+    out
+}
+
+#[test]
+fn an_error_that_quotes_the_whole_refused_message_is_read_past_it() {
+    // Without NLM_F_CAPPED the kernel sends the refused message back whole; the attributes
+    // start after it.
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &elements("allow4", vec![elem(vec![10, 0, 0, 1], None, Some(1000))]));
+    let tlvs = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap")), N::A(NLMSGERR_ATTR_OFFS, 40u32.to_ne_bytes().to_vec())]);
+    let buf = error_message(NLM_F_ACK_TLVS, 9, 17, &refused, &tlvs);
+    assert_eq!(parse_acks(&buf), Ok(vec![Ack { seq: 9, errno: 17, message: Some("overlap".into()), offset: Some(40) }]));
+}
+
+#[test]
+fn attributes_after_an_error_are_read_only_when_the_kernel_flags_them() {
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &[]);
+    let tlvs = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap"))]);
+    let buf = error_message(NLM_F_CAPPED, 9, 17, &refused[..16], &tlvs);
+    assert_eq!(parse_acks(&buf), Ok(vec![Ack { seq: 9, errno: 17, message: None, offset: None }]));
+    let buf = error_message(NLM_F_CAPPED | NLM_F_ACK_TLVS, 9, 17, &refused[..16], &tlvs);
+    assert_eq!(parse_acks(&buf).map(|a| a[0].message.clone()), Ok(Some("overlap".into())));
+}
+
 #[test]
 fn a_message_of_a_bare_header_is_read_and_a_shorter_length_is_refused() {
     let header = |len: u32, ty: u16, seq: u32| {
