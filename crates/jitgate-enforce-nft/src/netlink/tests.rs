@@ -452,7 +452,10 @@ fn an_error_that_quotes_the_whole_refused_message_is_read_past_it() {
     let refused = msg(ADD, ADD_FLAGS, 9, INET, &elements("allow4", vec![elem(vec![10, 0, 0, 1], None, Some(1000))]));
     let tlvs = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap")), N::A(NLMSGERR_ATTR_OFFS, 40u32.to_ne_bytes().to_vec())]);
     let buf = error_message(NLM_F_ACK_TLVS, 9, 17, &refused, &tlvs);
-    assert_eq!(parse_acks(&buf), Ok(vec![Ack { seq: 9, errno: 17, message: Some("overlap".into()), offset: Some(40) }]));
+    assert_eq!(
+        parse_acks(&buf),
+        Ok(vec![Ack { seq: 9, errno: 17, message: Some("overlap".into()), offset: Some(40) }])
+    );
 }
 
 #[test]
@@ -463,6 +466,23 @@ fn attributes_after_an_error_are_read_only_when_the_kernel_flags_them() {
     assert_eq!(parse_acks(&buf), Ok(vec![Ack { seq: 9, errno: 17, message: None, offset: None }]));
     let buf = error_message(NLM_F_CAPPED | NLM_F_ACK_TLVS, 9, 17, &refused[..16], &tlvs);
     assert_eq!(parse_acks(&buf).map(|a| a[0].message.clone()), Ok(Some("overlap".into())));
+}
+
+#[test]
+fn a_malformed_attribute_after_an_error_ends_the_reading() {
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &[]);
+    let flags = NLM_F_CAPPED | NLM_F_ACK_TLVS;
+    let first = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap"))]);
+    // An attribute longer than what is left of the message, and one of length 0.
+    for len in [200u16, 0] {
+        let bad = [&len.to_ne_bytes()[..], &NLMSGERR_ATTR_OFFS.to_ne_bytes(), &[1, 0, 0, 0]].concat();
+        let buf = error_message(flags, 9, 17, &refused[..16], &[&first[..], &bad[..]].concat());
+        assert_eq!(
+            parse_acks(&buf),
+            Ok(vec![Ack { seq: 9, errno: 17, message: Some("overlap".into()), offset: None }]),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
