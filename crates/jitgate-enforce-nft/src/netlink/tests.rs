@@ -486,6 +486,15 @@ fn a_malformed_attribute_after_an_error_ends_the_reading() {
 }
 
 #[test]
+fn an_empty_attribute_after_an_error_is_skipped() {
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &[]);
+    // A flag-like attribute without payload (type 5, not one we read), then the message.
+    let tlvs = ser(&[N::A(5, vec![]), N::A(NLMSGERR_ATTR_MSG, s("overlap"))]);
+    let buf = error_message(NLM_F_CAPPED | NLM_F_ACK_TLVS, 9, 17, &refused[..16], &tlvs);
+    assert_eq!(parse_acks(&buf).map(|a| a[0].message.clone()), Ok(Some("overlap".into())));
+}
+
+#[test]
 fn a_message_of_a_bare_header_is_read_and_a_shorter_length_is_refused() {
     let header = |len: u32, ty: u16, seq: u32| {
         let mut h = Vec::new();
