@@ -193,4 +193,23 @@ mod tests {
         assert_eq!(format_iso8601(Duration::ZERO), "PT0S");
         assert_eq!(AccessDuration::from_seconds(3 * 3600).text(), "PT3H");
     }
+
+    #[test]
+    fn a_refusal_reads_as_its_reason() {
+        let e = AccessDuration::parse("P1Y").expect_err("years");
+        assert_eq!(e.to_string(), e.0);
+        assert!(e.to_string().contains("'P1Y' is not an ISO-8601 duration"), "{e}");
+        assert!(e.to_string().contains("years and months have no fixed length"), "{e}");
+    }
+
+    #[test]
+    fn amounts_past_any_counter_are_refused_however_many_there_are() {
+        let huge = "9".repeat(290);
+        for text in [format!("P{huge}D"), format!("P{huge}DT{huge}H"), format!("P{huge}W{huge}DT{huge}H{huge}M{huge}S")]
+        {
+            let e = AccessDuration::parse(&text).expect_err("too large");
+            assert!(e.0.ends_with("the amount is too large"), "{e}");
+        }
+        assert!(AccessDuration::parse(&format!("PT{}S", "9".repeat(400))).is_err(), "past f64");
+    }
 }

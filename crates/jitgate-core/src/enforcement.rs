@@ -394,6 +394,15 @@ mod tests {
     }
 
     #[test]
+    fn a_hostname_of_the_dns_maximum_joins_and_one_more_character_does_not() {
+        let longest = "h".repeat(limits::HOSTNAME);
+        let joined = check_join(JoinDraft { hostname: longest.clone(), ..draft() }).expect("255 characters");
+        assert_eq!(joined.agent.hostname, longest);
+        let e = refused(JoinDraft { hostname: format!("{longest}h"), ..draft() });
+        assert_eq!(e.target.as_deref(), Some("hostname"));
+    }
+
+    #[test]
     fn printable_text_has_no_control_or_reordering_characters_and_is_bounded() {
         assert_eq!(printable("nft:\u{1b}[31m failed\r\n\tnow", 100), "nft: [31m failed now");
         assert_eq!(printable("a\u{202e}b", 10), "a b");

@@ -157,7 +157,11 @@ pub fn display_name(raw: &str) -> Result<String, String> {
         if count == MAX_DISPLAY_NAME {
             break;
         }
-        if pending_space && count + 1 < MAX_DISPLAY_NAME {
+        if pending_space {
+            if count + 1 == MAX_DISPLAY_NAME {
+                // Room for the space alone: end with the word before it rather than join two.
+                break;
+            }
             out.push(' ');
             count += 1;
         }
@@ -366,5 +370,32 @@ mod tests {
         assert_eq!(token_expiry(Some(Duration::days(36_500)), now, unlimited), Ok(Some(now + Duration::days(36_500))));
         let bounded = TokenLimits { max: None, parent_expires: Some(now + day) };
         assert_eq!(token_expiry(None, now, bounded), Ok(Some(now + day)));
+    }
+
+    #[test]
+    fn shown_names_are_escaped_and_cut_after_eighty_characters() {
+        assert_eq!(shown("alice"), "alice");
+        assert_eq!(shown("o\u{202E}wner\n"), "o\\u{202e}wner\\n");
+        let at_limit = "a".repeat(MAX_LOCAL_NAME + 16);
+        assert_eq!(shown(&at_limit), at_limit, "80 characters are shown whole");
+        assert_eq!(shown(&"a".repeat(MAX_LOCAL_NAME + 17)), format!("{at_limit}..."));
+        assert_eq!(shown(&"a".repeat(5000)), format!("{at_limit}..."));
+    }
+
+    #[test]
+    fn a_display_name_cut_at_its_bound_keeps_words_apart() {
+        // The second word fits exactly.
+        let fits = format!("{} y", "x".repeat(MAX_DISPLAY_NAME - 3));
+        assert_eq!(display_name(&fits).as_deref(), Ok(fits.as_str()));
+        // Room for the space alone: the name ends with the first word, never "xx…xy".
+        let first = "x".repeat(MAX_DISPLAY_NAME - 1);
+        assert_eq!(display_name(&format!("{first} yes")).as_deref(), Ok(first.as_str()));
+        assert_eq!(display_name(&format!("{first} \u{200B} yes")).as_deref(), Ok(first.as_str()));
+        // Many short words: spaces count like any other character.
+        let words = display_name(&"ab ".repeat(40)).expect("words");
+        assert_eq!(words, "ab ".repeat(22)[..MAX_DISPLAY_NAME]);
+        // No room at all.
+        let full = "x".repeat(MAX_DISPLAY_NAME);
+        assert_eq!(display_name(&format!("{full} yes")).as_deref(), Ok(full.as_str()));
     }
 }

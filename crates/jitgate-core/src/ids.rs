@@ -267,6 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn policy_refs_differing_only_in_case_share_one_key() {
+        let p = PolicyRef::new(SUB, "rg1", "westeurope", "default").expect("valid");
+        let q = PolicyRef::new(&SUB.to_ascii_uppercase(), "RG1", "WestEurope", "Default").expect("valid");
+        assert_ne!(p.id(), q.id(), "each keeps its casing");
+        assert_eq!(p.key(), q.key());
+        assert_eq!(p.key(), p.id().to_ascii_lowercase());
+        let other = PolicyRef::new(SUB, "rg1", "westeurope", "other").expect("valid");
+        assert_ne!(p.key(), other.key());
+    }
+
+    #[test]
     fn names_that_would_change_how_an_id_splits_are_refused() {
         // A '/' in a name would put the resource below another one's scope; '..' navigates.
         for bad in ["h/1", "h\\1", "h%2F1", "a?b", "a#b", ".", "..", "...", "a\u{202E}b", "a\u{200B}", "a\nb", ""] {

@@ -69,3 +69,16 @@ pub mod codes {
     pub const REQUEST_NOT_PENDING: &str = "RequestNotPending";
     pub const SELF_APPROVAL: &str = "SelfApprovalNotAllowed";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_code_target_and_message() {
+        let with_target = Invalid::input(codes::INVALID_INITIATE, Some("virtualMachines[0].id".to_string()), "unknown");
+        assert_eq!(with_target.to_string(), "InvalidInitiateInput (virtualMachines[0].id): unknown");
+        let without = Invalid::not_found(codes::POLICY_NOT_FOUND, "policy 'p' does not exist");
+        assert_eq!(without.to_string(), "PolicyNotFound: policy 'p' does not exist");
+    }
+}

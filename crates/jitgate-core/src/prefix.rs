@@ -194,5 +194,24 @@ mod tests {
         assert_eq!((old.text(), old.canonical().as_str()), ("10.0.0.7/24", "10.0.0.0/24"));
         assert_eq!(SourcePrefix::parse_stored("10.0.0.0/24").expect("strict form").text(), "10.0.0.0/24");
         assert_eq!(SourcePrefix::parse_stored("*").map(|p| p.is_any()), Ok(true));
+        // A valid prefix in another spelling keeps the stored text, and means the same network.
+        let upper = SourcePrefix::parse_stored(" 2001:DB8::1 ").expect("valid");
+        assert_eq!((upper.text(), upper.net()), ("2001:DB8::1", p("2001:db8::1").net()));
+    }
+
+    #[test]
+    fn a_refusal_names_the_text_and_the_accepted_forms() {
+        for bad in ["any", "10.0.0", "10.0.0.0/33x"] {
+            let e = SourcePrefix::parse(bad).expect_err(bad);
+            if bad.contains('/') {
+                assert!(e.contains("the prefix length must be a number from 0 to 32"), "{e}");
+            } else {
+                assert_eq!(e, format!("'{bad}' is not '*', an IP address or a CIDR range such as 10.0.0.0/24"));
+            }
+        }
+        assert_eq!(
+            SourcePrefix::parse_stored("nope").expect_err("not even lenient"),
+            "'nope' is not '*', an IP address or a CIDR range such as 10.0.0.0/24"
+        );
     }
 }

@@ -273,6 +273,10 @@ mod tests {
         assert!(!action_matches("Microsoft.Compute/virtualMachines/read", "Microsoft.Compute/virtualMachines/readx"));
         assert!(action_matches("a*b*c", "aXXbYYc"));
         assert!(!action_matches("a*b*c", "aXXbYY"));
+        // A star matches nothing too, also at the end of the pattern, past the end of the action.
+        assert!(action_matches("Microsoft.Compute/virtualMachines/read*", "Microsoft.Compute/virtualMachines/read"));
+        assert!(action_matches("a**", "a"));
+        assert!(!action_matches("a**b", "a"));
     }
 
     #[test]

@@ -284,9 +284,7 @@ async fn metrics_answer_a_peer_outside_the_allowed_ranges_only_with_a_token() {
 #[tokio::test]
 async fn a_token_works_until_its_end_and_not_a_moment_after() {
     let h = harness().await;
-    let made = h
-        .owner(Method::POST, "/api/v1/principals/owner/tokens", r#"{"expiresIn":"PT1H"}"#)
-        .await;
+    let made = h.owner(Method::POST, "/api/v1/principals/owner/tokens", r#"{"expiresIn":"PT1H"}"#).await;
     assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.body);
     let token = made.body["token"].as_str().expect("token").to_owned();
     let call = async |h: &Harness| h.send(Method::GET, "/api/v1/vms", Some(&token), Body::empty()).await;

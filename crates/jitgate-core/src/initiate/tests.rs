@@ -203,6 +203,14 @@ fn a_request_may_be_scheduled_and_its_window_counts_from_its_start() {
     let plan = decide(&policy(), &later, caller(), now()).expect("scheduled");
     assert_eq!(plan.grants[0].opens_at, now() + Duration::hours(5));
     assert_eq!(plan.grants[0].end_time, now() + Duration::hours(8), "the full maximum, counted from the start");
+    later.start_time = Some(now() + MAX_SCHEDULE_AHEAD);
+    assert_eq!(
+        decide(&policy(), &later, caller(), now()).expect("exactly 7 days ahead").grants[0].opens_at,
+        now() + MAX_SCHEDULE_AHEAD
+    );
+    later.start_time = Some(now() + MAX_SCHEDULE_AHEAD + Duration::seconds(1));
+    let err = decide(&policy(), &later, caller(), now()).expect_err("more than 7 days ahead");
+    assert_eq!(err.target.as_deref(), Some("startTimeUtc"));
     later.start_time = Some(now() + Duration::days(8));
     assert!(decide(&policy(), &later, caller(), now()).is_err(), "at most 7 days ahead");
     let mut past = request(port(22, Some("*"), 60));
@@ -291,4 +299,57 @@ fn the_requested_grants_make_the_record_and_the_audit_event() {
     assert_eq!(event.properties["justification"], "maintenance");
     let record = requested.into_record(7, "alice".into(), plan);
     assert_eq!((record.id, record.grants.len(), record.justification.as_deref()), (7, 1, Some("maintenance")));
+}
+
+#[test]
+fn a_port_number_past_65535_is_refused_not_wrapped_onto_a_configured_port() {
+    // 65558 is 22 modulo 65536, and 22 is open to `*` in the policy.
+    for n in [65_558, 22 - 65_536, 0] {
+        let err = decide_one(port(n, Some("*"), 30)).expect_err("outside 1..65535");
+        assert_eq!(err.target.as_deref(), Some("virtualMachines[0].ports[0].number"));
+        assert!(err.message.contains(&format!("port {n} is outside 1..65535")), "{}", err.message);
+    }
+    assert_eq!(decide_one(port(22, Some("*"), 30)).expect("granted").number, 22);
+}
+
+#[test]
+fn grant_states_and_reasons_keep_azures_words_and_read_back() {
+    let statuses = [GrantStatus::Initiated, GrantStatus::Revoked, GrantStatus::Pending, GrantStatus::Scheduled];
+    let words: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    assert_eq!(words, ["Initiated", "Revoked", "Pending", "Scheduled"]);
+    for s in statuses {
+        assert_eq!(GrantStatus::parse(s.as_str()), Some(s), "{}", s.as_str());
+    }
+    assert_eq!(GrantStatus::parse("initiated"), None, "the stored words are exact");
+    assert_eq!(GrantStatus::parse(""), None);
+
+    let reasons = [
+        StatusReason::UserRequested,
+        StatusReason::Expired,
+        StatusReason::NewerRequestInitiated,
+        StatusReason::PolicyDeleted,
+        StatusReason::ApprovalRequired,
+        StatusReason::Approved,
+        StatusReason::Denied,
+        StatusReason::ApprovalExpired,
+    ];
+    let words: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+    assert_eq!(
+        words,
+        [
+            "UserRequested",
+            "Expired",
+            "NewerRequestInitiated",
+            "PolicyDeleted",
+            "ApprovalRequired",
+            "Approved",
+            "Denied",
+            "ApprovalExpired"
+        ]
+    );
+    for r in reasons {
+        assert_eq!(StatusReason::parse(r.as_str()), Some(r), "{}", r.as_str());
+    }
+    assert_eq!(StatusReason::parse("expired"), None);
+    assert_eq!(StatusReason::parse(""), None);
 }

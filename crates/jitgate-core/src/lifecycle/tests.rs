@@ -231,8 +231,9 @@ fn deciding_an_extension() {
     let short = state(Initiated, UserRequested, 30);
     let long = state(Initiated, UserRequested, 120);
     let ended = state(Initiated, UserRequested, 0);
-    let f = with_extension(facts(&[(22, short), (80, long), (443, ended)]), 90, "alice");
-    // Only the open grants that end earlier get the new end.
+    let already = state(Initiated, UserRequested, 90);
+    let f = with_extension(facts(&[(22, short), (80, long), (443, ended), (8443, already)]), 90, "alice");
+    // Only the open grants that end earlier get the new end; one that ends at it is left as it is.
     let want = vec![(0, GrantState { end_time: at(90), ..short })];
     assert_eq!(
         decide(&f, true, "bob", now()),

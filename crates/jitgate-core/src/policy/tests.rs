@@ -267,3 +267,28 @@ fn extension_fields_cut_sessions_and_mapped_port() {
     assert!(validate(reference("default"), tcp_and("*")).is_err(), "* and TCP claim the same gateway port");
     assert!(validate(reference("default"), tcp_and("UDP")).is_ok(), "TCP and UDP are separate gateway ports");
 }
+
+#[test]
+fn a_gateways_public_address_is_kept_and_must_be_an_address() {
+    let with_ip = |ip: &str| PolicyDraft {
+        kind: None,
+        vms: vec![VmDraft { id: vm_id("vm1"), ports: None, public_ip_address: Some(ip.into()) }],
+    };
+    for ip in ["203.0.113.9", "2001:db8::9"] {
+        let v = validate(reference("default"), with_ip(ip)).expect("an address");
+        assert_eq!(v.vms[0].public_ip_address.as_deref(), Some(ip));
+    }
+    let e = validate(reference("default"), with_ip("gateway.example")).expect_err("not an address");
+    assert_eq!(e.target.as_deref(), Some("properties.virtualMachines[0].publicIpAddress"));
+    assert!(e.message.contains("'gateway.example' is not an IP address"), "{}", e.message);
+}
+
+#[test]
+fn os_types_keep_azures_words_and_read_back() {
+    assert_eq!((OsType::Linux.as_str(), OsType::Windows.as_str()), ("Linux", "Windows"));
+    for os in [OsType::Linux, OsType::Windows] {
+        assert_eq!(OsType::parse(os.as_str()), Some(os));
+    }
+    assert_eq!(OsType::parse("WINDOWS"), Some(OsType::Windows), "read case-insensitively");
+    assert_eq!(OsType::parse("macOS"), None);
+}

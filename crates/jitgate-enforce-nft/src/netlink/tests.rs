@@ -430,6 +430,93 @@ fn acks_are_parsed_with_the_kernels_message_and_offset() {
     assert!(parse_acks(&buf[..30]).is_err(), "a truncated message is an error");
 }
 
+/// An `NLMSG_ERROR` message for `seq`: the errno, what it carries of the original message, then
+/// `tlvs`.
+fn error_message(flags: u16, seq: u32, errno: i32, original: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((16 + 4 + original.len() + tlvs.len()) as u32).to_ne_bytes());
+    out.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&1234u32.to_ne_bytes());
+    out.extend_from_slice(&(-errno).to_ne_bytes());
+    out.extend_from_slice(original);
+    out.extend_from_slice(tlvs);
+    out
+}
+
+#[test]
+fn an_error_that_quotes_the_whole_refused_message_is_read_past_it() {
+    // Without NLM_F_CAPPED the kernel sends the refused message back whole; the attributes
+    // start after it.
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &elements("allow4", vec![elem(vec![10, 0, 0, 1], None, Some(1000))]));
+    let tlvs = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap")), N::A(NLMSGERR_ATTR_OFFS, 40u32.to_ne_bytes().to_vec())]);
+    let buf = error_message(NLM_F_ACK_TLVS, 9, 17, &refused, &tlvs);
+    assert_eq!(
+        parse_acks(&buf),
+        Ok(vec![Ack { seq: 9, errno: 17, message: Some("overlap".into()), offset: Some(40) }])
+    );
+}
+
+#[test]
+fn attributes_after_an_error_are_read_only_when_the_kernel_flags_them() {
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &[]);
+    let tlvs = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap"))]);
+    let buf = error_message(NLM_F_CAPPED, 9, 17, &refused[..16], &tlvs);
+    assert_eq!(parse_acks(&buf), Ok(vec![Ack { seq: 9, errno: 17, message: None, offset: None }]));
+    let buf = error_message(NLM_F_CAPPED | NLM_F_ACK_TLVS, 9, 17, &refused[..16], &tlvs);
+    assert_eq!(parse_acks(&buf).map(|a| a[0].message.clone()), Ok(Some("overlap".into())));
+}
+
+#[test]
+fn a_malformed_attribute_after_an_error_ends_the_reading() {
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &[]);
+    let flags = NLM_F_CAPPED | NLM_F_ACK_TLVS;
+    let first = ser(&[N::A(NLMSGERR_ATTR_MSG, s("overlap"))]);
+    // An attribute longer than what is left of the message, and one of length 0.
+    for len in [200u16, 0] {
+        let bad = [&len.to_ne_bytes()[..], &NLMSGERR_ATTR_OFFS.to_ne_bytes(), &[1, 0, 0, 0]].concat();
+        let buf = error_message(flags, 9, 17, &refused[..16], &[&first[..], &bad[..]].concat());
+        assert_eq!(
+            parse_acks(&buf),
+            Ok(vec![Ack { seq: 9, errno: 17, message: Some("overlap".into()), offset: None }]),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_attribute_after_an_error_is_skipped() {
+    let refused = msg(ADD, ADD_FLAGS, 9, INET, &[]);
+    // A flag-like attribute without payload (type 5, not one we read), then the message.
+    let tlvs = ser(&[N::A(5, vec![]), N::A(NLMSGERR_ATTR_MSG, s("overlap"))]);
+    let buf = error_message(NLM_F_CAPPED | NLM_F_ACK_TLVS, 9, 17, &refused[..16], &tlvs);
+    assert_eq!(parse_acks(&buf).map(|a| a[0].message.clone()), Ok(Some("overlap".into())));
+}
+
+#[test]
+fn a_message_of_a_bare_header_is_read_and_a_shorter_length_is_refused() {
+    let header = |len: u32, ty: u16, seq: u32| {
+        let mut h = Vec::new();
+        h.extend_from_slice(&len.to_ne_bytes());
+        h.extend_from_slice(&ty.to_ne_bytes());
+        h.extend_from_slice(&0u16.to_ne_bytes());
+        h.extend_from_slice(&seq.to_ne_bytes());
+        h.extend_from_slice(&0u32.to_ne_bytes());
+        h
+    };
+    // NLMSG_NOOP (1) with no payload, then a 20-byte message.
+    let mut buf = header(16, 1, 3);
+    buf.extend(begin(4));
+    let read = messages(&buf).map(|m| m.iter().map(|m| (m.ty, m.seq, m.bytes.len())).collect::<Vec<_>>());
+    assert_eq!(read, Ok(vec![(1, 3, 16), (0x10, 4, 20)]));
+    for short in [0, 4, 15] {
+        let mut buf = header(short, 1, 3);
+        buf.extend(begin(4));
+        assert!(messages(&buf).is_err(), "length {short}");
+    }
+}
+
 #[test]
 fn an_error_offset_names_the_operation() {
     let a = grant("10.0.0.1/32", None, L4::Tcp, 22);
