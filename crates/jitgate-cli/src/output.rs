@@ -80,6 +80,8 @@ pub fn hint(api: Option<(u16, &str)>, text: &str) -> Option<&'static str> {
         || text.contains("unable to get local issuer")
     {
         Some("the server's certificate is not trusted here: give its certificate with --ca-cert DATA_DIR/tls/cert.pem (or JITGATE_CA_CERT), copied from the server's data directory")
+    } else if text.contains("certificate not valid yet") || text.contains("certificate expired") {
+        Some("the server's certificate is not valid at this host's clock (the error has both times, in Unix seconds): if this host's clock is wrong, set it (timedatectl set-ntp true); an agent may instead trust the server by its key with --server-fingerprint, which does not depend on the clock")
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         Some("the server's certificate does not cover the host in the URL: use a name or address it covers, or restart the server with --tls-san HOST (or --listen on that address); its self-signed certificate is then made again")
     } else if (text.contains("Connection refused") || text.contains("connection refused"))
