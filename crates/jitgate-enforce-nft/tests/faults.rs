@@ -87,7 +87,7 @@ fn the_watch_rings_at_once_for_others_changes_to_our_table_and_never_for_ours() 
     nft(&ns, &["add", "element", "inet", "jitgate", "allow4", "{ 10.0.0.9 . tcp . 22 timeout 1m }"]);
     let t = alarms.recv_timeout(ALARM_WAIT).expect("an alarm for the element");
     assert!(t.what.starts_with("table inet jitgate changed (1 × element added) by nft"), "{t:?}");
-    nft(&ns, &["delete", "rule", "inet", "jitgate", "input", "handle", &first_rule_handle(&ns)]);
+    nft(&ns, &["delete", "rule", "inet", "jitgate", "input", "handle", &rule_handle(&ns, "input", "")]);
     let t = alarms.recv_timeout(ALARM_WAIT).expect("an alarm for the rule");
     assert!(t.what.starts_with("table inet jitgate changed (1 × rule deleted)"), "{t:?}");
     nft(&ns, &["delete", "table", "inet", "jitgate"]);
@@ -100,12 +100,14 @@ fn the_watch_rings_at_once_for_others_changes_to_our_table_and_never_for_ours() 
     assert_eq!(alarms.recv_timeout(ALARM_WAIT), Err(mpsc::RecvTimeoutError::Disconnected));
 }
 
-fn first_rule_handle(ns: &Netns) -> String {
-    let out = ns.must_exec("nft", &["-a", "list", "chain", "inet", "jitgate", "input"]);
+/// The handle of the first rule of our `chain` whose text contains `containing`.
+fn rule_handle(ns: &Netns, chain: &str, containing: &str) -> String {
+    let out = ns.must_exec("nft", &["-a", "list", "chain", "inet", "jitgate", chain]);
     out.lines()
+        .filter(|l| !l.contains("chain ") && l.contains(containing))
         .find_map(|l| l.split("# handle ").nth(1))
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|| panic!("no rule in the input chain: {out}"))
+        .unwrap_or_else(|| panic!("no rule with {containing:?} in chain {chain}: {out}"))
 }
 
 #[test]
@@ -122,6 +124,8 @@ fn a_batch_refused_at_its_last_operation_leaves_every_earlier_one_undone_and_a_r
     // The next state: .1 revoked, .3 and a /24 granted, and last a /16 — whose set someone
     // removed under the agent, so the kernel refuses the batch's last message.
     let desired = state(now, &["10.0.0.2/32", "10.0.0.3/32", "10.0.5.0/24", "10.0.6.0/24", "10.1.0.0/16"]);
+    let rule = rule_handle(&ns, "input4", "@allow4net_16");
+    nft(&ns, &["delete", "rule", "inet", "jitgate", "input4", "handle", &rule]);
     nft(&ns, &["delete", "set", "inet", "jitgate", "allow4net_16"]);
     let Plan::Batch(ops) = plan(Some(&applied), &desired, Instant::now()) else { panic!("a batch") };
     assert!(matches!(ops.last(), Some(ElemOp::AddGrant { key, .. }) if key.source.prefix_len() == 16), "{ops:?}");
