@@ -26,8 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use jitgate_api_types::agent::{AppliedIn, JoinIn, StateOut};
 use enforcer::Enforcer;
+use jitgate_api_types::agent::{AppliedIn, JoinIn, StateOut};
 use jitgate_enforce::{Firewall, Mode};
 
 pub use control::{CallError, ClientError, Control, HttpControl};

@@ -290,10 +290,7 @@ impl Monitor {
                 };
                 let mut generations = Generations::default();
                 loop {
-                    let mut fds = [
-                        PollFd::new(&events.socket, PollFlags::IN),
-                        PollFd::new(&stopped, PollFlags::IN),
-                    ];
+                    let mut fds = [PollFd::new(&events.socket, PollFlags::IN), PollFd::new(&stopped, PollFlags::IN)];
                     match rustix::event::poll(&mut fds, None) {
                         Ok(_) => {}
                         Err(rustix::io::Errno::INTR) => continue,

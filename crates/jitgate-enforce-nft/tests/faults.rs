@@ -135,7 +135,17 @@ fn a_batch_refused_at_its_last_operation_leaves_every_earlier_one_undone_and_a_r
     assert_eq!((sources(&ns, "allow4"), sources(&ns, "allow4net_24")), before, "nothing of the batch stayed");
 
     // An element the kernel refuses (a timeout out of range) as the last operation: the same.
-    nft(&ns, &["add", "set", "inet", "jitgate", "allow4net_16", "{ type ipv4_addr . inet_proto . inet_service; flags timeout; }"]);
+    nft(
+        &ns,
+        &[
+            "add",
+            "set",
+            "inet",
+            "jitgate",
+            "allow4net_16",
+            "{ type ipv4_addr . inet_proto . inet_service; flags timeout; }",
+        ],
+    );
     let mut refused = ops.clone();
     refused.push(ElemOp::AddGrant { key: key("10.2.0.0/16", 22), timeout: Duration::from_secs(u64::MAX / 1000) });
     let err = fw.apply(&refused).expect_err("out of range");

@@ -98,8 +98,7 @@ pub async fn inner_grants(args: InnerArgs) -> anyhow::Result<()> {
     wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
     for i in 0..args.count.max(1) {
         let source = if i == 0 { from.to_string() } else { format!("10.200.{}.{}", i / 250, i % 250 + 1) };
-        let body =
-            jitgate_cli::access::initiate_body(&vm, &[to.port()], &source, None, Some("PT1H".to_owned()), None);
+        let body = jitgate_cli::access::initiate_body(&vm, &[to.port()], &source, None, Some("PT1H".to_owned()), None);
         client.arm().initiate(&policy.id(), &body, false).await?;
     }
     wait_until(from, to, true, Duration::from_secs(10)).await.context("the grant never opened")?;
@@ -145,7 +144,11 @@ pub fn inner_flush(count: u32, metrics: Option<String>) -> anyhow::Result<()> {
         let flushed_at = flushed_at.context("the flush was not seen")?;
         windows.push((back_at - flushed_at).as_secs_f64() * 1000.0);
     }
-    summary("nft flush ruleset → table inet jitgate back, put back by the agent (protected ports open to all meanwhile)", windows, "ms");
+    summary(
+        "nft flush ruleset → table inet jitgate back, put back by the agent (protected ports open to all meanwhile)",
+        windows,
+        "ms",
+    );
     if let Some(addr) = metrics {
         let text = get_metrics(&addr)?;
         let restores = text

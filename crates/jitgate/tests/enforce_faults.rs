@@ -5,7 +5,7 @@
 //! - The agent's clock is off by an hour or a day (libfaketime): grants still last exactly as
 //!   long in the kernel and close on time, because the agent programs remaining times.
 //!
-//! Needs root, `ip`, `nft` and (for the clock) `faketime`; skips with a printed reason otherwise.
+//! Needs root, `ip`, `nft` and (for the clock) libfaketime; skips with a printed reason otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
 
@@ -27,7 +27,8 @@ async fn a_flushed_ruleset_or_a_deleted_table_is_put_back_at_once_with_the_grant
     let end = end_ms(&w.initiate(A, 2222, "PT10M"));
     assert!(w.is_open(A, 2222) && !w.is_open(B, 2222));
     // Let the grant age in the kernel, so that a restore with a fresh, full timeout would show.
-    let aged = eventually(Duration::from_secs(10), async || w.element(A, 2222).is_some_and(|e| e.expires_ms <= 597_000));
+    let aged =
+        eventually(Duration::from_secs(10), async || w.element(A, 2222).is_some_and(|e| e.expires_ms <= 597_000));
     assert!(aged.await, "{:?}", w.element(A, 2222));
 
     for how in [&["flush", "ruleset"][..], &["delete", "table", "inet", "jitgate"]] {
@@ -44,13 +45,22 @@ async fn a_flushed_ruleset_or_a_deleted_table_is_put_back_at_once_with_the_grant
     }
 }
 
-/// Whether libfaketime's `faketime` is here; else the test is skipped, saying so.
-fn faketime(test: &str) -> bool {
-    let found = std::process::Command::new("faketime").arg("--version").output().is_ok();
-    if !found {
-        jitgate_netns::skip(test, "faketime (libfaketime) is not installed");
+/// libfaketime's library for multi-threaded programs (Debian's `libfaketime`, which `faketime`
+/// pulls in); `None` (and the test skipped, saying so) when it is not installed. It is preloaded
+/// into the agent itself rather than run through the `faketime` wrapper, which would stand
+/// between the agent and the signal that stops it.
+fn libfaketime(test: &str) -> Option<String> {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .chain([std::path::PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")])
+        .find(|p| p.is_file());
+    if found.is_none() {
+        jitgate_netns::skip(test, "libfaketime is not installed (Debian: apt-get install faketime)");
     }
-    found
+    found.map(|p| p.display().to_string())
 }
 
 /// The agent runs with its clock `offset` away (libfaketime's `+1h`, `-1d` …); its monotonic
@@ -58,11 +68,12 @@ fn faketime(test: &str) -> bool {
 /// `--ca-cert`. A 3-second grant must be programmed with 3 seconds and close at its end.
 fn a_grant_lasts_its_length_with_the_agents_clock(test: &str, offset: &str, wall_only: bool, pin: bool) {
     skip_unless_netns!(test);
-    if !faketime(test) {
-        return;
+    let Some(lib) = libfaketime(test) else { return };
+    let mut env = vec![("LD_PRELOAD", lib.as_str()), ("FAKETIME", offset)];
+    if wall_only {
+        env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
     }
-    let env: &[(&str, &str)] = if wall_only { &[("FAKETIME_DONT_FAKE_MONOTONIC", "1")] } else { &[] };
-    let w = World::new_with_agent(&[2222], &["faketime", "-f", offset], env, pin);
+    let w = World::new_with_agent(&[2222], &env, pin);
     w.put_policy(json!([ssh_like(2222)]));
     assert_eq!(w.probe(A, 2222, "closed", 5000)["reached"], true);
     let end = end_ms(&w.initiate(A, 2222, "PT3S"));
@@ -100,4 +111,32 @@ fn an_agent_clock_a_day_behind_keeps_grants_to_their_length_when_it_trusts_a_pin
 #[test]
 fn an_agent_whose_monotonic_clock_is_shifted_too_keeps_grants_to_their_length() {
     a_grant_lasts_its_length_with_the_agents_clock("an_agent_whose_monotonic_clock_is_shifted", "-1d", false, true);
+}
+
+#[test]
+fn an_agent_clock_a_day_behind_refuses_a_ca_verified_certificate_and_says_to_set_the_clock() {
+    let test = "an_agent_clock_a_day_behind_refuses_a_ca_verified_certificate";
+    skip_unless_netns!(test);
+    let Some(lib) = libfaketime(test) else { return };
+    let w = World::new(&[2222]);
+    // A second agent on the same host, a day behind, trusting the server's self-signed
+    // certificate (valid from an hour before the server made it): no join can succeed.
+    let token = w.join_token("host");
+    let out =
+        w.v.cmd(BIN)
+            .env("LD_PRELOAD", &lib)
+            .env("FAKETIME", "-1d")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["agent", "--server", &w.server.url, "--join-token", &token, "--vm-name", "vm2", "--state-dir"])
+            .arg(w.state_dir.with_file_name("agent-behind"))
+            .arg("--ca-cert")
+            .arg(&w.server.ca_cert)
+            .output()
+            .expect("the agent runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("a day behind, trusting a CA certificate:\n{stderr}");
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("certificate not valid yet"), "{stderr}");
+    assert!(stderr.contains("timedatectl set-ntp true") && stderr.contains("--server-fingerprint"), "{stderr}");
+    assert!(!w.state_dir.with_file_name("agent-behind").join("agent.json").exists(), "not joined");
 }

@@ -22,7 +22,11 @@ fn name(s: &str) -> Vec<u8> {
 }
 
 fn generation(w: &mut Writer, port: u32, id: u32, pid: u32, process: &str) {
-    let attrs = [(NFTA_GEN_ID, id.to_be_bytes().to_vec()), (NFTA_GEN_PROC_PID, pid.to_be_bytes().to_vec()), (NFTA_GEN_PROC_NAME, name(process))];
+    let attrs = [
+        (NFTA_GEN_ID, id.to_be_bytes().to_vec()),
+        (NFTA_GEN_PROC_PID, pid.to_be_bytes().to_vec()),
+        (NFTA_GEN_PROC_NAME, name(process)),
+    ];
     event(w, NFT_MSG_NEWGEN, port, 0, &attrs);
 }
 

@@ -45,8 +45,7 @@ pub struct World {
     _listener: KillOnDrop,
     pub state_dir: std::path::PathBuf,
     pub gateway: bool,
-    /// What the agent is started under (e.g. `faketime -f +1d`), and its extra environment.
-    pub agent_wrap: Vec<String>,
+    /// Added to the agent's environment (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
     pub agent_env: Vec<(String, String)>,
     /// Trust the server by its public key's fingerprint (`--server-fingerprint`), not `--ca-cert`.
     pub agent_pin: bool,
@@ -79,24 +78,23 @@ impl World {
         Self::build_with(ports, gateway, false)
     }
 
-    /// A host world whose agent runs under `wrap` (a command that runs the rest of its command
-    /// line, like `faketime -f +1h`) with `env` added to its environment.
-    /// With `pin`, the agent trusts the server by its key's fingerprint instead of `--ca-cert`.
-    pub fn new_with_agent(ports: &[u16], wrap: &[&str], env: &[(&str, &str)], pin: bool) -> World {
-        let wrap = wrap.iter().map(|s| s.to_string()).collect();
+    /// A host world whose agent has `env` added to its environment; with `pin`, it trusts the
+    /// server by its key's fingerprint instead of `--ca-cert`.
+    pub fn new_with_agent(ports: &[u16], env: &[(&str, &str)], pin: bool) -> World {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::build_full(ports, false, false, (wrap, env, pin))
+        Self::build_full(ports, false, false, env, pin)
     }
 
     fn build_with(ports: &[u16], gateway: bool, ipv6: bool) -> World {
-        Self::build_full(ports, gateway, ipv6, (Vec::new(), Vec::new(), false))
+        Self::build_full(ports, gateway, ipv6, Vec::new(), false)
     }
 
     fn build_full(
         ports: &[u16],
         gateway: bool,
         ipv6: bool,
-        (agent_wrap, agent_env, agent_pin): (Vec<String>, Vec<(String, String)>, bool),
+        agent_env: Vec<(String, String)>,
+        agent_pin: bool,
     ) -> World {
         let tmp = tempfile::tempdir().expect("tempdir");
         let c = Netns::new("c").expect("netns c");
@@ -156,7 +154,6 @@ impl World {
             _listener: listener,
             state_dir,
             gateway,
-            agent_wrap,
             agent_env,
             agent_pin,
         };
@@ -178,14 +175,7 @@ impl World {
     }
 
     pub fn start_agent(&mut self, token: Option<&str>) {
-        let mut cmd = match self.agent_wrap.split_first() {
-            Some((wrap, args)) => {
-                let mut c = self.v.cmd(wrap);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => self.v.cmd(BIN),
-        };
+        let mut cmd = self.v.cmd(BIN);
         cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         cmd.args(["agent", "--server", &self.server.url, "--state-dir"])
             .arg(&self.state_dir)
