@@ -177,7 +177,7 @@ pub struct AuthzArgs {
 #[derive(Debug, Clone, Args)]
 pub struct InnerArgs {
     /// Which part: open, connect-rate, nft-setup, nft-fill, nft-remove, nft-one, restore-grants,
-    /// restore-flush.
+    /// restore-flush, restore-floor.
     pub part: String,
     #[arg(long)]
     pub url: Option<String>,

@@ -228,6 +228,9 @@ pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
         "nft-setup" | "nft-fill" | "nft-remove" => tokio::task::spawn_blocking(move || inner_nft(args)).await?,
         "nft-one" => tokio::task::spawn_blocking(move || crate::bench_floor::inner_nft_one(args.count)).await?,
         "restore-grants" => crate::bench_restore::inner_grants(args).await,
+        "restore-floor" => {
+            tokio::task::spawn_blocking(move || crate::bench_restore::inner_floor(args.count, args.extra)).await?
+        }
         "restore-flush" => {
             tokio::task::spawn_blocking(move || crate::bench_restore::inner_flush(args.count, args.url)).await?
         }

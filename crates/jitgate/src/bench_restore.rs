@@ -68,6 +68,39 @@ fn run_blocking(args: RestoreArgs) -> anyhow::Result<()> {
     print!("{}", run_inner(&c, &grants)?);
     let flush = ["restore-flush", "--count", &args.flushes.to_string(), "--url", metrics].map(String::from);
     print!("{}", run_inner(&v, &flush)?);
+    // The yardstick: the replacement alone, in a namespace of its own with nobody watching.
+    let floor = jitgate_netns::Netns::new("br")?;
+    let replace = ["restore-floor", "--count", &args.grants.to_string(), "--extra", &args.flushes.to_string()];
+    print!("{}", run_inner(&floor, &replace.map(String::from))?);
+    Ok(())
+}
+
+/// `bench inner restore-floor`: `extra` times the table with `count` grants replaced as the
+/// agent replaces it (`nft -f`), timed; then the table is removed.
+pub fn inner_floor(count: u32, times: u32) -> anyhow::Result<()> {
+    use jitgate_enforce::{Desired, Mode, Protected, L4};
+    let mut fw = jitgate_enforce_nft::NftFirewall::open().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = Instant::now();
+    let mut d = Desired::empty(Mode::Host);
+    d.protected.insert(Protected { dest: None, proto: L4::Tcp, port: PORT, cut_sessions: false });
+    for i in 0..count.max(1) {
+        d.grants.insert(crate::bench_enforce::filler_grant(i), now + Duration::from_secs(3600));
+    }
+    let mut took = Vec::with_capacity(times as usize);
+    for _ in 0..times.max(1) {
+        let t = Instant::now();
+        fw.replace(&d, Instant::now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    fw.remove().map_err(|e| anyhow::anyhow!("{e}"))?;
+    summary(
+        &format!(
+            "yardstick: the replacement alone (nft -f of the table with {} grants, nobody watching)",
+            count.max(1)
+        ),
+        took,
+        "ms",
+    );
     Ok(())
 }
 
@@ -150,13 +183,21 @@ pub fn inner_flush(count: u32, metrics: Option<String>) -> anyhow::Result<()> {
         "ms",
     );
     if let Some(addr) = metrics {
-        let text = get_metrics(&addr)?;
-        let restores = text
-            .lines()
-            .find_map(|l| l.strip_prefix("jitgate_agent_restores_total{result=\"ok\"} "))
-            .unwrap_or("?")
-            .trim();
-        println!("the agent counted {restores} restores (jitgate_agent_restores_total)");
+        // The agent counts a restore once its nft has exited, a moment after the table is back.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let sample = |text: &str, result: &str| {
+            let series = format!("jitgate_agent_restores_total{{result=\"{result}\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+        };
+        let (ok, failed) = loop {
+            let text = get_metrics(&addr)?;
+            let (ok, failed) = (sample(&text, "ok"), sample(&text, "failed"));
+            if ok + failed >= f64::from(count) || Instant::now() > deadline {
+                break (ok, failed);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        println!("the agent counted {ok} restores, {failed} failed (jitgate_agent_restores_total)");
     }
     Ok(())
 }
