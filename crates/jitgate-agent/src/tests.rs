@@ -633,3 +633,12 @@ async fn a_flush_while_the_server_is_unreachable_is_put_back_and_a_failed_put_ba
     assert_eq!(sample(&text, "jitgate_agent_restores_total{result=\"failed\"}"), Some(1.0), "{text}");
     agent.stop().await.expect("a clean stop");
 }
+
+#[test]
+fn a_certificate_refused_for_its_dates_gets_the_clock_hint_and_nothing_else_does() {
+    let refused = "https://jit:8443: invalid peer certificate: certificate not valid yet: verification time 1 (UNIX)";
+    assert!(clock_hint(refused).is_some_and(|h| h.contains("--server-fingerprint")));
+    assert!(clock_hint("invalid peer certificate: certificate expired: verification time 9 (UNIX)").is_some());
+    assert_eq!(clock_hint("https://jit:8443: Connection refused"), None);
+    assert_eq!(clock_hint("invalid peer certificate: UnknownIssuer"), None);
+}

@@ -352,4 +352,14 @@ mod tests {
         let api = hint(None, "error sending request for url (https://127.0.0.1:1/): Connection refused");
         assert!(api.is_some_and(|h| h.contains("jitgate serve")), "{api:?}");
     }
+
+    #[test]
+    fn a_certificate_refused_for_its_dates_is_blamed_on_the_clock() {
+        let early = "invalid peer certificate: certificate not valid yet: verification time 1796041862 (UNIX), but certificate is not valid before 1796124661 (82799 seconds in future)";
+        let late = "invalid peer certificate: certificate expired: verification time 9 (UNIX), but certificate is not valid after 1";
+        for text in [early, late] {
+            let h = hint(None, text);
+            assert!(h.is_some_and(|h| h.contains("clock") && h.contains("--server-fingerprint")), "{h:?}");
+        }
+    }
 }

@@ -251,7 +251,7 @@ impl EventSocket {
     }
 
     /// The next datagram's events; `Ok(None)` when events were lost (`ENOBUFS`). Blocks.
-    pub fn next(&mut self) -> Result<Option<Vec<Event>>, NftError> {
+    pub fn receive(&mut self) -> Result<Option<Vec<Event>>, NftError> {
         loop {
             self.buf.clear();
             match self.socket.recv(&mut self.buf, 0) {
@@ -302,7 +302,7 @@ impl Monitor {
                     if !fds[1].revents().is_empty() {
                         return;
                     }
-                    match events.next() {
+                    match events.receive() {
                         Ok(Some(list)) => {
                             for event in &list {
                                 let told = generations.feed(event, &lock_own(&own));

@@ -152,7 +152,7 @@ pub fn inner_flush(count: u32, metrics: Option<String>) -> anyhow::Result<()> {
             .context("running nft flush ruleset")?;
         let (mut deleted, mut flushed_at, mut created) = (false, None, false);
         let back_at = loop {
-            let Some(list) = events.next().map_err(|e| anyhow::anyhow!("{e}"))? else {
+            let Some(list) = events.receive().map_err(|e| anyhow::anyhow!("{e}"))? else {
                 bail!("nftables events were lost: the window cannot be timed");
             };
             let at = Instant::now();
