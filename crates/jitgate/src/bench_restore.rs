@@ -129,10 +129,13 @@ pub async fn inner_grants(args: InnerArgs) -> anyhow::Result<()> {
     }
     jitgate_cli::bench::put_bench_policy(&client, &policy, &vm, to.port()).await?;
     wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
-    for i in 0..args.count.max(1) {
+    let count = args.count.max(1);
+    for i in 0..count {
         let source = if i == 0 { from.to_string() } else { format!("10.200.{}.{}", i / 250, i % 250 + 1) };
         let body = jitgate_cli::access::initiate_body(&vm, &[to.port()], &source, None, Some("PT1H".to_owned()), None);
-        client.arm().initiate(&policy.id(), &body, false).await?;
+        // The last one waits until the agent has applied it, and so every one before it: the
+        // flushes must meet a table that no later grant will change.
+        client.arm().initiate(&policy.id(), &body, i + 1 == count).await?;
     }
     wait_until(from, to, true, Duration::from_secs(10)).await.context("the grant never opened")?;
     println!("{} live grants of an hour in the agent's table", args.count.max(1));
