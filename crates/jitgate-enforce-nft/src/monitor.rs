@@ -311,7 +311,8 @@ impl Monitor {
                                 }
                             }
                         }
-                        Ok(None) => ring(generations.lost()),
+                        // Lost or unreadable: what the kernel told is unknown, so it rings.
+                        Ok(None) | Err(NftError::Protocol(_)) => ring(generations.lost()),
                         Err(e) => {
                             ring(Tampered { what: format!("the watch of nftables stopped: {e}") });
                             return;
