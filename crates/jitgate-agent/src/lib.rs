@@ -2,16 +2,19 @@
 //!
 //! It joins once with a one-time token and keeps its own credential in the state directory
 //! (mode 0600); from then on it starts from that credential. It long-polls its desired state,
-//! turns it into a [`Desired`] (each grant's deadline from the *remaining* time the server sent,
+//! turns it into a [`Desired`](jitgate_enforce::Desired) (each grant's deadline from the *remaining* time the server sent,
 //! counted from the arrival of the answer, so clock skew between hosts never moves a window; at
 //! most the one-way network latency is added), plans the change
 //! against what it applied last, applies it in one atomic step, and reports the revision.
 //! If the server is unreachable it keeps what it applied and retries with backoff; grants expire
-//! in the kernel regardless.
+//! in the kernel regardless. It watches the firewall too: when someone else deletes or changes
+//! its table (`nft flush ruleset`, a firewall reload), it puts the last applied state back at
+//! once, each grant with the time it has left.
 
 mod cache;
 pub mod control;
 pub mod convert;
+mod enforcer;
 pub mod prom;
 #[cfg(test)]
 mod tests;
@@ -23,9 +26,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use enforcer::Enforcer;
 use jitgate_api_types::agent::{AppliedIn, JoinIn, StateOut};
-use jitgate_enforce::{plan, Desired, Firewall, Mode, Plan};
-use prom::ApplyKind;
+use jitgate_enforce::{Firewall, Mode};
 
 pub use control::{CallError, ClientError, Control, HttpControl};
 
@@ -98,6 +101,12 @@ fn pin_texts(pins: &[[u8; 32]]) -> Vec<String> {
 #[serde(rename_all = "camelCase")]
 struct CachedState {
     fetched_unix_ms: u64,
+    /// The boot the state was fetched in, and the time since that boot then (see
+    /// `cache::elapsed_ms`); absent in files of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fetched_boot_ms: Option<u64>,
     state: StateOut,
 }
 
@@ -358,55 +367,6 @@ pub async fn run<F: Firewall>(
     run_with(cfg, &control, firewall, shutdown).await
 }
 
-/// One log line per grant the agent opened or closed (a port's own expiry is the kernel's and
-/// is not seen here).
-fn log_ops(revision: u64, ops: &[jitgate_enforce::ElemOp]) {
-    use jitgate_enforce::ElemOp;
-    for op in ops {
-        match op {
-            ElemOp::AddGrant { key, timeout } => tracing::info!(
-                revision,
-                source = %key.source,
-                port = key.port,
-                proto = ?key.proto,
-                dest = ?key.dest,
-                closes_in_ms = timeout.as_millis() as u64,
-                "opened"
-            ),
-            ElemOp::DelGrant { key } => {
-                tracing::info!(revision, source = %key.source, port = key.port, proto = ?key.proto, dest = ?key.dest, "closed")
-            }
-            ElemOp::AddDnat { key, target, timeout } => tracing::info!(
-                revision,
-                source = %key.source,
-                public_port = key.public_port,
-                to = %format!("{}:{}", target.addr, target.port),
-                closes_in_ms = timeout.as_millis() as u64,
-                "mapped"
-            ),
-            ElemOp::DelDnat { key } => {
-                tracing::info!(revision, source = %key.source, public_port = key.public_port, "unmapped")
-            }
-        }
-    }
-}
-
-/// The log line of a whole-table replace: what is protected and open now.
-fn log_replaced(revision: u64, d: &Desired, at: std::time::Instant) {
-    tracing::info!(revision, protected = d.protected.len(), grants = d.grants.len(), "applied the whole table");
-    for (key, end) in &d.grants {
-        tracing::info!(
-            revision,
-            source = %key.source,
-            port = key.port,
-            proto = ?key.proto,
-            dest = ?key.dest,
-            closes_in_ms = end.saturating_duration_since(at).as_millis() as u64,
-            "open"
-        );
-    }
-}
-
 /// The first backoff after a failure; it doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -433,7 +393,7 @@ pub async fn run_with<F: Firewall>(
 async fn run_agent<F: Firewall>(
     cfg: AgentConfig,
     control: &impl Control,
-    mut firewall: F,
+    firewall: F,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let mut cred = credential(&cfg, control).await?;
@@ -451,25 +411,22 @@ async fn run_agent<F: Firewall>(
         tracing::error!(error = %e, "nftables is not usable here; reporting it to the server");
     }
     let metrics = cfg.metrics.clone();
-    let mut applied: Option<Desired> = None;
+    // Watching from the start: a table deleted by someone else is put back at once.
+    let mut fw = Enforcer::new(firewall, metrics.clone(), health.is_ok());
     // Restore what was last applied, with the time that has passed since, until the server answers.
     if health.is_ok() {
         if let Some(cache) = load_cache(&cfg.state_dir) {
-            let elapsed = unix_ms().saturating_sub(cache.fetched_unix_ms);
+            let saved = (cache.boot_id.as_deref(), cache.fetched_boot_ms, cache.fetched_unix_ms);
+            let boot = cache::boot_clock();
+            let elapsed = cache::elapsed_ms(saved, boot.as_ref().map(|(id, ms)| (id.as_str(), *ms)), unix_ms());
             let desired = convert::desired(&cache.state, mode, now(), Duration::from_millis(elapsed));
-            metrics.reconciled();
-            let started = Instant::now();
-            let result = firewall.replace(&desired, now());
-            metrics.applied(ApplyKind::Replace, result.is_ok(), started);
-            match result {
+            match fw.restore(desired) {
                 Ok(()) => {
                     tracing::info!(revision = cache.state.revision, "restored the last applied state");
                     metrics.revision(cache.state.revision);
-                    applied = Some(desired);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not restore the last applied state"),
             }
-            metrics.table(applied.as_ref(), now());
         }
     }
     let mut after: Option<u64> = None;
@@ -477,10 +434,22 @@ async fn run_agent<F: Firewall>(
     // Dropped when the loop ends, which waits until the last state saved is on disk.
     let cache_writer = cache::CacheWriter::start(cfg.state_dir.join(STATE_FILE));
     tokio::pin!(shutdown);
-    loop {
-        let answer = tokio::select! {
-            r = control.state(&cred.credential, after, cfg.poll_wait) => r,
-            _ = &mut shutdown => return Ok(()),
+    'poll: loop {
+        let poll = control.state(&cred.credential, after, cfg.poll_wait);
+        tokio::pin!(poll);
+        // The long-poll stays in flight while the table is put back.
+        let answer = loop {
+            tokio::select! {
+                r = &mut poll => break r,
+                what = fw.tampered() => {
+                    if !fw.put_back(&what) {
+                        // Ask for the whole state at once: its replacement is the next try.
+                        after = None;
+                        continue 'poll;
+                    }
+                }
+                _ = &mut shutdown => return Ok(()),
+            }
         };
         metrics.server(reached(&answer));
         let state = match answer {
@@ -492,9 +461,12 @@ async fn run_agent<F: Firewall>(
                     CallError::Status { status, .. } => {
                         tracing::warn!(status = %status, "state request failed; keeping the applied state")
                     }
-                    _ => tracing::warn!(error = %e, "server unreachable; keeping the applied state"),
+                    _ => match clock_hint(&e.to_string()) {
+                        Some(hint) => tracing::warn!(error = %e, hint, "server unreachable; keeping the applied state"),
+                        None => tracing::warn!(error = %e, "server unreachable; keeping the applied state"),
+                    },
                 }
-                match sleep_or_stop(&mut backoff, &mut shutdown).await {
+                match sleep_or_stop(&mut backoff, &mut shutdown, &mut fw).await {
                     Wake::Retry => continue,
                     Wake::Shutdown => return Ok(()),
                 }
@@ -507,55 +479,28 @@ async fn run_agent<F: Firewall>(
         let revision = state.revision;
         let (usable, error) = match &health {
             Err(e) => (false, Some(e.clone())),
-            Ok(()) => {
-                let mut desired = convert::desired(&state, mode, received, Duration::ZERO);
-                if let Some(applied) = &applied {
-                    convert::keep_applied_ends(&mut desired, applied);
+            Ok(()) => match fw.reconcile(convert::desired(&state, mode, received, Duration::ZERO), revision) {
+                Ok(()) => {
+                    metrics.revision(revision);
+                    let ago = now().saturating_duration_since(received).as_millis() as u64;
+                    let boot = cache::boot_clock();
+                    let cache = CachedState {
+                        fetched_unix_ms: unix_ms().saturating_sub(ago),
+                        fetched_boot_ms: boot.as_ref().map(|(_, ms)| ms.saturating_sub(ago)),
+                        boot_id: boot.map(|(id, _)| id),
+                        state,
+                    };
+                    if let Ok(data) = serde_json::to_vec(&cache) {
+                        cache_writer.save(data, &cfg.state_dir.join(STATE_FILE));
+                    }
+                    (true, None)
                 }
-                let at = now();
-                metrics.reconciled();
-                let replace = |firewall: &mut F, d: &Desired, at: Instant| {
-                    let started = Instant::now();
-                    let result = firewall.replace(d, at);
-                    metrics.applied(ApplyKind::Replace, result.is_ok(), started);
-                    result.inspect(|()| log_replaced(revision, d, at))
-                };
-                let result = match plan(applied.as_ref(), &desired, at) {
-                    Plan::Nothing => Ok(()),
-                    Plan::Replace(d) => replace(&mut firewall, &d, at),
-                    Plan::Batch(ops) => {
-                        let started = Instant::now();
-                        let batch = firewall.apply(&ops);
-                        metrics.applied(ApplyKind::Batch, batch.is_ok(), started);
-                        batch.map(|()| log_ops(revision, &ops)).or_else(|e| {
-                            tracing::warn!(error = %e, "batch failed; replacing the table instead");
-                            replace(&mut firewall, &desired, now())
-                        })
-                    }
-                };
-                match result {
-                    Ok(()) => {
-                        metrics.revision(revision);
-                        applied = Some(desired);
-                        let cache = CachedState {
-                            fetched_unix_ms: unix_ms()
-                                .saturating_sub(now().saturating_duration_since(received).as_millis() as u64),
-                            state,
-                        };
-                        if let Ok(data) = serde_json::to_vec(&cache) {
-                            cache_writer.save(data, &cfg.state_dir.join(STATE_FILE));
-                        }
-                        (true, None)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "applying the state failed");
-                        applied = None;
-                        (false, Some(e.to_string()))
-                    }
+                Err(e) => {
+                    tracing::error!(error = %e, "applying the state failed");
+                    (false, Some(e.to_string()))
                 }
-            }
+            },
         };
-        metrics.table(applied.as_ref(), now());
         let report = AppliedIn { revision, nftables_usable: usable, nftables_error: error };
         let reported = control.applied(&cred.credential, &report).await;
         metrics.server(reached(&reported));
@@ -570,10 +515,18 @@ async fn run_agent<F: Firewall>(
         }
         if usable {
             after = Some(revision);
-        } else if let Wake::Shutdown = sleep_or_stop(&mut backoff, &mut shutdown).await {
+        } else if let Wake::Shutdown = sleep_or_stop(&mut backoff, &mut shutdown, &mut fw).await {
             return Ok(());
         }
     }
+}
+
+/// What to do when the server's certificate is refused for its dates: with a CA certificate,
+/// TLS checks them against this host's wall clock (grants themselves never depend on it).
+pub fn clock_hint(error: &str) -> Option<&'static str> {
+    (error.contains("certificate not valid yet") || error.contains("certificate expired")).then_some(
+        "the server's certificate is not valid at this host's clock: set the clock (timedatectl set-ntp true), or trust the server with --server-fingerprint, which does not depend on the clock",
+    )
 }
 
 /// Whether a call reached a working server: it answered, if only with a refusal (a 5xx or no
@@ -592,15 +545,23 @@ enum Wake {
     Shutdown,
 }
 
-/// Sleeps for the backoff (doubling it up to [`MAX_BACKOFF`]), or less if shutdown comes first.
-async fn sleep_or_stop(
+/// Sleeps for the backoff (doubling it up to [`MAX_BACKOFF`]), or less if shutdown comes first;
+/// a table changed by someone else meanwhile is put back at once.
+async fn sleep_or_stop<F: Firewall>(
     backoff: &mut Duration,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    fw: &mut Enforcer<F>,
 ) -> Wake {
-    let wait = *backoff;
+    let wait = tokio::time::sleep(*backoff);
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => Wake::Retry,
-        _ = shutdown.as_mut() => Wake::Shutdown,
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            _ = &mut wait => return Wake::Retry,
+            _ = shutdown.as_mut() => return Wake::Shutdown,
+            what = fw.tampered() => {
+                fw.put_back(&what);
+            }
+        }
     }
 }

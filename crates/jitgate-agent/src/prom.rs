@@ -18,9 +18,10 @@ pub mod names {
     pub const REACHABLE: &str = "jitgate_agent_server_reachable";
     pub const SERVER_FAILURES: &str = "jitgate_agent_server_failures_total";
     pub const APPLIED_REVISION: &str = "jitgate_agent_applied_revision";
+    pub const RESTORES: &str = "jitgate_agent_restores_total";
 
-    pub const ALL: [&str; 7] =
-        [APPLIES, APPLY_DURATION, ELEMENTS, RECONCILES, REACHABLE, SERVER_FAILURES, APPLIED_REVISION];
+    pub const ALL: [&str; 8] =
+        [APPLIES, APPLY_DURATION, ELEMENTS, RECONCILES, REACHABLE, SERVER_FAILURES, APPLIED_REVISION, RESTORES];
 }
 
 use names::*;
@@ -64,6 +65,8 @@ pub struct AgentMetrics {
     reachable: Gauge,
     server_failures: Counter,
     applied_revision: Gauge,
+    /// [ok, failed]
+    restores: [Counter; 2],
 }
 
 impl Default for AgentMetrics {
@@ -110,6 +113,12 @@ impl AgentMetrics {
         describe('g', REACHABLE, None, "1 when the server answered the last call, else 0.");
         describe('c', SERVER_FAILURES, None, "Calls to the server that got no usable answer.");
         describe('g', APPLIED_REVISION, None, "The revision of the state last applied.");
+        describe(
+            'c',
+            RESTORES,
+            None,
+            "Tables put back after someone else changed or deleted them (nft flush ruleset, a reload), by result.",
+        );
         let labels = |pairs: &[(&'static str, &'static str)]| -> Vec<Label> {
             pairs.iter().map(|(k, v)| Label::new(*k, *v)).collect()
         };
@@ -132,6 +141,8 @@ impl AgentMetrics {
             reachable: r.register_gauge(&Key::from_static_name(REACHABLE), &META),
             server_failures: r.register_counter(&Key::from_static_name(SERVER_FAILURES), &META),
             applied_revision: r.register_gauge(&Key::from_static_name(APPLIED_REVISION), &META),
+            restores: ["ok", "failed"]
+                .map(|result| r.register_counter(&Key::from_parts(RESTORES, labels(&[("result", result)])), &META)),
             handle: r.handle(),
         }
     }
@@ -140,6 +151,11 @@ impl AgentMetrics {
     pub fn applied(&self, kind: ApplyKind, ok: bool, started: Instant) {
         self.applies[kind as usize][usize::from(!ok)].increment(1);
         self.durations[kind as usize].record(started.elapsed().as_secs_f64());
+    }
+
+    /// The table was put back after someone else changed it (`ok`), or could not be.
+    pub fn restored(&self, ok: bool) {
+        self.restores[usize::from(!ok)].increment(1);
     }
 
     pub fn reconciled(&self) {

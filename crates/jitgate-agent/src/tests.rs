@@ -561,3 +561,86 @@ async fn every_line_the_agent_logs_names_its_agent_id_and_vm() {
     assert_eq!((span["name"].as_str(), span["agent_id"].as_str()), (Some("agent"), Some("agent-1")), "{text}");
     assert_eq!((span["vm"].as_str(), span["mode"].as_str()), (Some("vm1"), Some("host")), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flushed_table_is_put_back_at_once_with_the_time_left_and_the_long_poll_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fw, h) = firewall();
+    let cfg = config(dir.path(), Some("join-token-1"));
+    let metrics = cfg.metrics.clone();
+    let mut agent = Agent::start(cfg, fw);
+    assert!(matches!(agent.next().await, Call::Join(_)));
+    agent.poll().await;
+    assert!(h.watched(), "the agent watches its firewall");
+    agent.answer(Ok(state(1, &[("10.0.0.1", 600)])));
+    agent.report().await;
+    assert_eq!(agent.poll().await.1, Some(1), "held by the server");
+
+    // 100 s later an operator flushes the ruleset: the grant comes back with 500 s, not 600.
+    tokio::time::advance(Duration::from_secs(100)).await;
+    assert!(h.flush());
+    assert_eq!(h.table(), None);
+    let back = async {
+        while h.table().is_none() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_millis(1), back).await.expect("put back at once");
+    assert_eq!(h.remaining(&key("10.0.0.1/32")), Some(Duration::from_secs(500)));
+    assert_eq!(h.counts(), (2, 0), "one replacement put it back");
+    let text = metrics.render();
+    assert_eq!(sample(&text, "jitgate_agent_restores_total{result=\"ok\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "jitgate_agent_table_elements{kind=\"grant\"}"), Some(1.0), "{text}");
+
+    // The long-poll was not given up: its answer is still the next thing the agent acts on.
+    agent.answer(Ok(state(2, &[("10.0.0.1", 500), ("10.0.0.2", 60)])));
+    assert_eq!(agent.report().await.revision, 2);
+    assert_eq!(h.counts(), (2, 1), "then one batch, as before the flush");
+    assert!(h.allows(&key("10.0.0.2/32")));
+    agent.stop().await.expect("a clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flush_while_the_server_is_unreachable_is_put_back_and_a_failed_put_back_asks_for_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fw, h) = firewall();
+    let cfg = config(dir.path(), Some("join-token-1"));
+    let metrics = cfg.metrics.clone();
+    let mut agent = Agent::start(cfg, fw);
+    assert!(matches!(agent.next().await, Call::Join(_)));
+    agent.poll().await;
+    agent.answer(Ok(state(1, &[("10.0.0.1", 600)])));
+    agent.report().await;
+    assert_eq!(agent.poll().await.1, Some(1));
+    // The server is gone; while the agent waits out its backoff the table is flushed.
+    agent.answer(unreachable());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(h.flush());
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(h.allows(&key("10.0.0.1/32")), "put back while the server is unreachable");
+    let (_, after, _) = agent.poll().await;
+    assert_eq!(after, Some(1), "the loop carries on with what it applied");
+
+    // A put-back that fails: the agent asks the server for the whole state at once.
+    h.fail_replaces(1);
+    assert!(h.flush());
+    let (_, after, _) = agent.poll().await;
+    assert_eq!(after, None, "the whole state, not a wait for the next revision");
+    assert_eq!(h.table(), None, "nothing could be put back");
+    agent.answer(Ok(state(1, &[("10.0.0.1", 400)])));
+    assert_eq!(agent.report().await.revision, 1);
+    assert_eq!(h.remaining(&key("10.0.0.1/32")), Some(Duration::from_secs(400)), "the answer replaced the table");
+    let text = metrics.render();
+    assert_eq!(sample(&text, "jitgate_agent_restores_total{result=\"ok\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "jitgate_agent_restores_total{result=\"failed\"}"), Some(1.0), "{text}");
+    agent.stop().await.expect("a clean stop");
+}
+
+#[test]
+fn a_certificate_refused_for_its_dates_gets_the_clock_hint_and_nothing_else_does() {
+    let refused = "https://jit:8443: invalid peer certificate: certificate not valid yet: verification time 1 (UNIX)";
+    assert!(clock_hint(refused).is_some_and(|h| h.contains("--server-fingerprint")));
+    assert!(clock_hint("invalid peer certificate: certificate expired: verification time 9 (UNIX)").is_some());
+    assert_eq!(clock_hint("https://jit:8443: Connection refused"), None);
+    assert_eq!(clock_hint("invalid peer certificate: UnknownIssuer"), None);
+}

@@ -45,6 +45,12 @@ pub enum BenchCommand {
     /// rate through a table of 10 versus many live grants (needs root and nft).
     #[command(after_help = "Example:\n  sudo jitgate bench kernel --elements 100000")]
     Kernel(KernelArgs),
+    /// In network namespaces, with a real server and agent holding live grants: `nft flush
+    /// ruleset` run again and again, timed from the flush's commit to the agent's table being
+    /// back (the window in which the protected ports were open), read from nftables' own events
+    /// (needs root and nft).
+    #[command(after_help = "Example:\n  sudo jitgate bench restore --flushes 200 --grants 100")]
+    Restore(RestoreArgs),
     /// The cost of an authorization check for a principal holding many role assignments.
     #[command(after_help = "Example:\n  jitgate bench authz --assignments 1000")]
     Authz(AuthzArgs),
@@ -117,6 +123,16 @@ pub struct KernelArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// How many times to flush the ruleset.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub flushes: u32,
+    /// Live grants in the agent's table (each one element the agent must put back).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub grants: u32,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct ReplicasArgs {
     /// The PostgreSQL server (no database: the benchmark makes its own and drops it).
     #[arg(long, env = "JITGATE_BENCH_PG", default_value = "postgres://postgres@127.0.0.1:5432")]
@@ -160,7 +176,8 @@ pub struct AuthzArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct InnerArgs {
-    /// Which part: open, connect-rate, nft-setup, nft-fill, nft-remove, nft-one.
+    /// Which part: open, connect-rate, nft-setup, nft-fill, nft-remove, nft-one, restore-grants,
+    /// restore-flush, restore-floor.
     pub part: String,
     #[arg(long)]
     pub url: Option<String>,

@@ -86,6 +86,8 @@ pub fn hint(api: Option<(u16, &str)>, text: &str) -> Option<&'static str> {
         || text.contains("unable to get local issuer")
     {
         Some("the server's certificate is not trusted here: give its certificate with --ca-cert DATA_DIR/tls/cert.pem (or JITGATE_CA_CERT), copied from the server's data directory")
+    } else if text.contains("certificate not valid yet") || text.contains("certificate expired") {
+        Some("the server's certificate is not valid at this host's clock (the error has both times, in Unix seconds): if this host's clock is wrong, set it (timedatectl set-ntp true); an agent may instead trust the server by its key with --server-fingerprint, which does not depend on the clock")
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         Some("the server's certificate does not cover the host in the URL: use a name or address it covers, or restart the server with --tls-san HOST (or --listen on that address); its self-signed certificate is then made again")
     } else if (text.contains("Connection refused") || text.contains("connection refused"))
@@ -363,5 +365,15 @@ mod tests {
         assert!(full.is_some_and(|h| h.contains("free space")), "{full:?}");
         let failed = hint(Some((503, "StorageFailed")), "");
         assert!(failed.is_some_and(|h| h.contains("restart")), "{failed:?}");
+    }
+
+    #[test]
+    fn a_certificate_refused_for_its_dates_is_blamed_on_the_clock() {
+        let early = "invalid peer certificate: certificate not valid yet: verification time 1796041862 (UNIX), but certificate is not valid before 1796124661 (82799 seconds in future)";
+        let late = "invalid peer certificate: certificate expired: verification time 9 (UNIX), but certificate is not valid after 1";
+        for text in [early, late] {
+            let h = hint(None, text);
+            assert!(h.is_some_and(|h| h.contains("clock") && h.contains("--server-fingerprint")), "{h:?}");
+        }
     }
 }

@@ -5,9 +5,12 @@ use std::io::{ErrorKind, Write as _};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jitgate_enforce::{Desired, DnatKey, DnatTarget, ElemOp, Firewall, FirewallError, GrantKey, Mode, Protected, L4};
+use jitgate_enforce::{
+    Alarm, Desired, DnatKey, DnatTarget, ElemOp, Firewall, FirewallError, GrantKey, Mode, Protected, L4,
+};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use rustix::net::sockopt;
 
@@ -16,6 +19,7 @@ use crate::inspect::{
     elements_in, encode_get_elements, encode_get_sets, encode_get_tables, parse_replies, set_of, table_of, Reply,
     TableContents, TableName,
 };
+use crate::monitor::{lock_own, Monitor, Own, SharedOwn};
 use crate::netlink::{encode, encode_delete_table, encode_probe, parse_acks, Ack, Batch};
 use crate::ruleset::{ruleset, unsupported};
 use crate::NftError;
@@ -44,11 +48,18 @@ const NFT_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin",
 pub struct NftFirewall {
     socket: Socket,
     seq: u32,
+    /// The netlink ports of our own changes (this socket, our `nft` processes).
+    own: SharedOwn,
+    /// Watching for changes others make (see [`NftFirewall::watch`]).
+    monitor: Option<Monitor>,
 }
 
 impl std::fmt::Debug for NftFirewall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NftFirewall").field("seq", &self.seq).finish_non_exhaustive()
+        f.debug_struct("NftFirewall")
+            .field("seq", &self.seq)
+            .field("watching", &self.monitor.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +71,7 @@ impl NftFirewall {
     /// Opens a `NETLINK_NETFILTER` socket in the current network namespace.
     pub fn open() -> Result<Self, NftError> {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(sock("socket(NETLINK_NETFILTER)"))?;
-        socket.bind_auto().map_err(sock("bind"))?;
+        let local = socket.bind_auto().map_err(sock("bind"))?;
         socket.connect(&SocketAddr::new(0, 0)).map_err(sock("connect"))?;
         // Acks without a copy of the request, with the kernel's message and the offset of the
         // attribute it refused (to name the operation).
@@ -77,7 +88,8 @@ impl NftFirewall {
         sockopt::set_socket_timeout(&socket, sockopt::Timeout::Recv, Some(ACK_TIMEOUT))
             .map_err(|e| NftError::Socket { what: "setsockopt(SO_RCVTIMEO)", source: e.into() })?;
         let seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(1);
-        Ok(NftFirewall { socket, seq })
+        let own = Arc::new(Mutex::new(Own::new(local.port_number())));
+        Ok(NftFirewall { socket, seq, own, monitor: None })
     }
 
     /// Whether nftables can be programmed here: the `nft` binary is present, a dry run
@@ -88,7 +100,7 @@ impl NftFirewall {
         let nft = nft_binary()
             .ok_or_else(|| FirewallError::Unusable("the nft binary was not found (PATH, /usr/sbin, /sbin)".into()))?;
         let now = Instant::now();
-        run_nft(&nft, &["-c", "-f", "-"], &ruleset(&sample_state(now), now), "checking the table (nft -c)")
+        run_nft(&nft, &["-c", "-f", "-"], &ruleset(&sample_state(now), now), "checking the table (nft -c)", |_| {})
             .map_err(unusable)?;
         let mut fw = NftFirewall::open().map_err(unusable)?;
         let batch = encode_probe(fw.seq);
@@ -115,7 +127,22 @@ impl NftFirewall {
             return Err(NftError::Unsupported(bad.join("; ")));
         }
         let nft = nft_binary().ok_or_else(|| NftError::NftMissing("not found (PATH, /usr/sbin, /sbin)".into()))?;
-        run_nft(&nft, &["-f", "-"], &ruleset(desired, now), "replacing the table")
+        let own = &self.own;
+        run_nft(&nft, &["-f", "-"], &ruleset(desired, now), "replacing the table", |pid| lock_own(own).child(pid))
+    }
+
+    /// Starts watching nftables in the network namespace of the calling thread (call it from
+    /// the one the firewall was opened in): `alarm` rings, from the watch's own thread, after
+    /// every transaction in which someone else changed `table inet jitgate` (deleted it, flushed
+    /// the ruleset, changed a chain, rule, set or element), and when events were lost. Our own
+    /// changes through this firewall never ring it. A second call only replaces the alarm. The
+    /// watch stops when the firewall is dropped.
+    pub fn watch(&mut self, alarm: Alarm) -> Result<(), NftError> {
+        match &self.monitor {
+            Some(m) => *m.alarm.lock().unwrap_or_else(|p| p.into_inner()) = alarm,
+            None => self.monitor = Some(Monitor::start(self.own.clone(), alarm)?),
+        }
+        Ok(())
     }
 
     /// Applies `ops` in one netlink batch and waits for the kernel's acknowledgements: either
@@ -283,6 +310,10 @@ impl Firewall for NftFirewall {
     fn apply(&mut self, ops: &[ElemOp]) -> Result<(), FirewallError> {
         NftFirewall::apply(self, ops).map_err(FirewallError::from)
     }
+
+    fn watch(&mut self, alarm: Alarm) -> Result<(), FirewallError> {
+        NftFirewall::watch(self, alarm).map_err(FirewallError::from)
+    }
 }
 
 /// The `nft` binary: `JITGATE_NFT` when set (and then only that), else the first `nft` on the
@@ -296,7 +327,15 @@ fn nft_binary() -> Option<PathBuf> {
     std::env::split_paths(&path).chain(NFT_DIRS.iter().map(PathBuf::from)).map(|d| d.join("nft")).find(|p| p.is_file())
 }
 
-fn run_nft(nft: &PathBuf, args: &[&str], script: &str, what: &'static str) -> Result<(), NftError> {
+/// Runs `nft ARGS` with `script` on its standard input; `spawned` is told its pid before it is
+/// given the script (so before it can commit anything).
+fn run_nft(
+    nft: &PathBuf,
+    args: &[&str],
+    script: &str,
+    what: &'static str,
+    spawned: impl FnOnce(u32),
+) -> Result<(), NftError> {
     let mut child = Command::new(nft)
         .args(args)
         .stdin(Stdio::piped())
@@ -304,6 +343,7 @@ fn run_nft(nft: &PathBuf, args: &[&str], script: &str, what: &'static str) -> Re
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| NftError::NftMissing(format!("{}: {e}", nft.display())))?;
+    spawned(child.id());
     let stdin = child.stdin.take();
     let output = std::thread::scope(|s| {
         // Write from another thread so that a chatty nft cannot deadlock us.

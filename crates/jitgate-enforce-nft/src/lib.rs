@@ -94,6 +94,7 @@
 mod elements;
 mod firewall;
 mod inspect;
+pub mod monitor;
 mod netlink;
 mod ruleset;
 

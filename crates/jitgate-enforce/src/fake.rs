@@ -4,13 +4,16 @@
 //!
 //! The firewall is moved into the code under test; a [`FakeHandle`] (from
 //! [`FakeFirewall::handle`]) stays with the test to look at the table, count the changes and
-//! make the next ones fail.
+//! make the next ones fail, or to play an operator who flushes the ruleset under the agent
+//! ([`FakeHandle::flush`]: the table is gone and the watch's alarm rings, as nftables' would).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{Desired, DnatKey, DnatTarget, ElemOp, Firewall, FirewallError, GrantKey, Mode, Protected};
+use crate::{
+    Alarm, Desired, DnatKey, DnatTarget, ElemOp, Firewall, FirewallError, GrantKey, Mode, Protected, Tampered,
+};
 
 /// The clock the elements' timeouts run on.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
@@ -24,14 +27,29 @@ pub struct FakeTable {
     pub dnat: BTreeMap<DnatKey, (DnatTarget, Instant)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     table: Option<FakeTable>,
+    alarm: Option<Alarm>,
     unusable: Option<String>,
     fail_replaces: usize,
     fail_applies: usize,
     replaces: usize,
     applies: usize,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("table", &self.table)
+            .field("watched", &self.alarm.is_some())
+            .field("unusable", &self.unusable)
+            .field("fail_replaces", &self.fail_replaces)
+            .field("fail_applies", &self.fail_applies)
+            .field("replaces", &self.replaces)
+            .field("applies", &self.applies)
+            .finish()
+    }
 }
 
 /// A [`Firewall`] that keeps its table in memory. Clones share the table, as two handles on
@@ -104,6 +122,28 @@ impl FakeHandle {
     /// The next `n` batches fail, changing nothing.
     pub fn fail_applies(&self, n: usize) {
         self.0.lock().fail_applies = n;
+    }
+
+    /// Someone else deletes the table (`nft flush ruleset`): it is gone, and the watch's alarm
+    /// rings (on this thread) if anyone watches. Returns whether someone did.
+    pub fn flush(&self) -> bool {
+        let alarm = {
+            let mut inner = self.0.lock();
+            inner.table = None;
+            inner.alarm.clone()
+        };
+        match alarm {
+            Some(alarm) => {
+                alarm(Tampered { what: "table deleted by the test (a flush)".into() });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether [`Firewall::watch`] was called.
+    pub fn watched(&self) -> bool {
+        self.0.lock().alarm.is_some()
     }
 }
 
@@ -188,6 +228,12 @@ impl Firewall for FakeFirewall {
         }
         inner.table = Some(next);
         inner.applies += 1;
+        Ok(())
+    }
+
+    /// Rings on [`FakeHandle::flush`].
+    fn watch(&mut self, alarm: Alarm) -> Result<(), FirewallError> {
+        self.lock().alarm = Some(alarm);
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -196,6 +197,17 @@ pub enum FirewallError {
     Failed(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// What a firewall's watch saw: someone else changed what the firewall holds (an operator's
+/// `nft flush ruleset`, a firewall reload, a deleted table, chain, set or element).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tampered {
+    /// What was changed and by whom, for the log (e.g. "table inet jitgate deleted by nft (pid 4242)").
+    pub what: String,
+}
+
+/// Told of every [`Tampered`], on the watch's own thread, as soon as the change is committed.
+pub type Alarm = Arc<dyn Fn(Tampered) + Send + Sync>;
+
 /// A firewall that can hold a [`Desired`] state. The nftables backend implements it for real;
 /// tests use [`fake::FakeFirewall`].
 pub trait Firewall: Send {
@@ -205,6 +217,15 @@ pub trait Firewall: Send {
     fn replace(&mut self, desired: &Desired, now: Instant) -> Result<(), FirewallError>;
     /// Applies element changes in one atomic batch.
     fn apply(&mut self, ops: &[ElemOp]) -> Result<(), FirewallError>;
+    /// Starts watching for changes that others make to what this firewall holds: `alarm` is
+    /// called after each (never for this firewall's own [`replace`](Firewall::replace) and
+    /// [`apply`](Firewall::apply)), from another thread, until the firewall is dropped. A second
+    /// call replaces the alarm. `Err(Unsupported)`: this firewall cannot be watched (the
+    /// default); nothing then notices a table deleted under the agent until its next change.
+    fn watch(&mut self, alarm: Alarm) -> Result<(), FirewallError> {
+        drop(alarm);
+        Err(FirewallError::Unsupported("this firewall cannot be watched for changes made by others".into()))
+    }
 }
 
 #[cfg(test)]

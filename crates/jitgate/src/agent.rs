@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use jitgate_agent::prom::AgentMetrics;
 use jitgate_agent::AgentConfig;
 use jitgate_cli::agent::{AgentRunArgs, AgentUninstallArgs};
-use jitgate_enforce::{Desired, ElemOp, Firewall, FirewallError};
+use jitgate_enforce::{Alarm, Desired, ElemOp, Firewall, FirewallError};
 use jitgate_enforce_nft::NftFirewall;
 
 use crate::common::{init_logging, shutdown_signal};
@@ -34,6 +34,14 @@ impl Firewall for Nft {
     fn apply(&mut self, ops: &[ElemOp]) -> Result<(), FirewallError> {
         match &mut self.fw {
             Ok(fw) => Firewall::apply(fw, ops),
+            Err(e) => Err(FirewallError::Unusable(e.clone())),
+        }
+    }
+
+    /// The agent runs in the network namespace it protects, so the watch is opened there.
+    fn watch(&mut self, alarm: Alarm) -> Result<(), FirewallError> {
+        match &mut self.fw {
+            Ok(fw) => Firewall::watch(fw, alarm),
             Err(e) => Err(FirewallError::Unusable(e.clone())),
         }
     }

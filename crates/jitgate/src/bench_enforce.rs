@@ -23,12 +23,12 @@ use jitgate_netns::{self as netns, veth, KillOnDrop, Netns};
 
 use crate::bench_floor::{figures_line, split_figures, Figures, Floor};
 
-const SUB: &str = "b0000000-0000-4000-8000-000000000002";
-const CLIENT: &str = "10.9.0.1";
-const VM: &str = "10.9.0.2";
+pub(crate) const SUB: &str = "b0000000-0000-4000-8000-000000000002";
+pub(crate) const CLIENT: &str = "10.9.0.1";
+pub(crate) const VM: &str = "10.9.0.2";
 pub(crate) const PORT: u16 = 2222;
 
-fn exe() -> anyhow::Result<PathBuf> {
+pub(crate) fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the jitgate binary")
 }
 
@@ -44,7 +44,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Prints the line for `v`; returns its p50 and p99.
-fn summary(label: &str, mut v: Vec<f64>, unit: &str) -> Figures {
+pub(crate) fn summary(label: &str, mut v: Vec<f64>, unit: &str) -> Figures {
     v.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{label}: n={} p50 {:.3} {unit}  p99 {:.3} {unit}  max {:.3} {unit}",
@@ -58,7 +58,7 @@ fn summary(label: &str, mut v: Vec<f64>, unit: &str) -> Figures {
 
 /// Two namespaces joined by a veth: C (client, 10.9.0.1) and V (the VM, 10.9.0.2) with an
 /// echo listener on the benchmark port.
-fn pair() -> anyhow::Result<(Netns, Netns, KillOnDrop)> {
+pub(crate) fn pair() -> anyhow::Result<(Netns, Netns, KillOnDrop)> {
     if let Some(why) = netns::unavailable() {
         bail!("this benchmark {why}");
     }
@@ -227,6 +227,13 @@ pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
         "connect-rate" => inner_connect_rate(args).await,
         "nft-setup" | "nft-fill" | "nft-remove" => tokio::task::spawn_blocking(move || inner_nft(args)).await?,
         "nft-one" => tokio::task::spawn_blocking(move || crate::bench_floor::inner_nft_one(args.count)).await?,
+        "restore-grants" => crate::bench_restore::inner_grants(args).await,
+        "restore-floor" => {
+            tokio::task::spawn_blocking(move || crate::bench_restore::inner_floor(args.count, args.extra)).await?
+        }
+        "restore-flush" => {
+            tokio::task::spawn_blocking(move || crate::bench_restore::inner_flush(args.count, args.url)).await?
+        }
         other => bail!("unknown bench part {other}"),
     }
 }
@@ -378,7 +385,7 @@ async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
 
 /// Tries connects until the port is open (`open`) or closed; returns the wall-clock ms at which
 /// the attempt that first showed it started.
-async fn wait_until(from: IpAddr, to: SocketAddr, open: bool, within: Duration) -> anyhow::Result<u64> {
+pub(crate) async fn wait_until(from: IpAddr, to: SocketAddr, open: bool, within: Duration) -> anyhow::Result<u64> {
     let deadline = Instant::now() + within;
     loop {
         let at = unix_ms();

@@ -10,6 +10,7 @@ mod bench_initiate;
 mod bench_inventory;
 mod bench_portal;
 mod bench_replicas;
+mod bench_restore;
 mod common;
 mod doctor;
 mod quickstart;
@@ -86,6 +87,7 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Initiate(a)) => bench_initiate::run(a).await,
                 Some(BenchCommand::OpenLatency(a)) => bench_enforce::open_latency(a).await,
                 Some(BenchCommand::Kernel(a)) => bench_enforce::kernel(a).await,
+                Some(BenchCommand::Restore(a)) => bench_restore::run(a).await,
                 Some(BenchCommand::Inner(a)) => bench_enforce::inner(a).await,
                 Some(BenchCommand::Authz(a)) => bench_authz::run(a).await,
                 Some(BenchCommand::Audit(a)) => bench_authz::audit(a).await,

@@ -130,9 +130,9 @@ pub async fn checks(args: AgentCheckArgs) -> Vec<CheckOut> {
             )),
             Err(e) => {
                 let text = error_chain(&e);
-                let fix = if text.contains("certificate")
-                    || text.contains("UnknownIssuer")
-                    || text.contains("fingerprint")
+                let fix = if let Some(hint) = jitgate_agent::clock_hint(&text) {
+                    hint
+                } else if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("fingerprint")
                 {
                     "the server's certificate is not trusted: give its cert.pem (or the CA's) with --ca-cert or ca_cert, \
                      or the fingerprint it prints with --server-fingerprint"

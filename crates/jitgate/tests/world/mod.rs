@@ -45,6 +45,10 @@ pub struct World {
     _listener: KillOnDrop,
     pub state_dir: std::path::PathBuf,
     pub gateway: bool,
+    /// Added to the agent's environment (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
+    pub agent_env: Vec<(String, String)>,
+    /// Trust the server by its public key's fingerprint (`--server-fingerprint`), not `--ca-cert`.
+    pub agent_pin: bool,
 }
 
 /// Gateway mode addresses: the gateway's public side is VM (10.9.0.2), the VM behind it INNER.
@@ -74,7 +78,24 @@ impl World {
         Self::build_with(ports, gateway, false)
     }
 
+    /// A host world whose agent has `env` added to its environment; with `pin`, it trusts the
+    /// server by its key's fingerprint instead of `--ca-cert`.
+    pub fn new_with_agent(ports: &[u16], env: &[(&str, &str)], pin: bool) -> World {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::build_full(ports, false, false, env, pin)
+    }
+
     fn build_with(ports: &[u16], gateway: bool, ipv6: bool) -> World {
+        Self::build_full(ports, gateway, ipv6, Vec::new(), false)
+    }
+
+    fn build_full(
+        ports: &[u16],
+        gateway: bool,
+        ipv6: bool,
+        agent_env: Vec<(String, String)>,
+        agent_pin: bool,
+    ) -> World {
         let tmp = tempfile::tempdir().expect("tempdir");
         let c = Netns::new("c").expect("netns c");
         let v = Netns::new(if gateway { "g" } else { "v" }).expect("netns v");
@@ -123,8 +144,19 @@ impl World {
         )
         .expect("server in C");
         let state_dir = tmp.path().join("agent");
-        let mut w =
-            World { _tmp: tmp, c, v, _inner: inner, server, agent: None, _listener: listener, state_dir, gateway };
+        let mut w = World {
+            _tmp: tmp,
+            c,
+            v,
+            _inner: inner,
+            server,
+            agent: None,
+            _listener: listener,
+            state_dir,
+            gateway,
+            agent_env,
+            agent_pin,
+        };
         let mode = if gateway { "gateway" } else { "host" };
         let token = w.join_token(mode);
         assert!(token.starts_with("jgj_"), "join token printed alone: {token:?}");
@@ -144,6 +176,7 @@ impl World {
 
     pub fn start_agent(&mut self, token: Option<&str>) {
         let mut cmd = self.v.cmd(BIN);
+        cmd.envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         cmd.args(["agent", "--server", &self.server.url, "--state-dir"])
             .arg(&self.state_dir)
             .args(["--poll-seconds", "5"]);
@@ -152,7 +185,11 @@ impl World {
         } else {
             cmd.args(["--vm-name", "vm1"]);
         }
-        cmd.arg("--ca-cert").arg(&self.server.ca_cert);
+        if self.agent_pin {
+            cmd.args(["--server-fingerprint", &self.server_key()]);
+        } else {
+            cmd.arg("--ca-cert").arg(&self.server.ca_cert);
+        }
         if let Some(t) = token {
             cmd.args(["--join-token", t]);
         }
@@ -199,6 +236,17 @@ impl World {
     /// Whether the agent process is still running.
     pub fn agent_alive(&mut self) -> bool {
         self.agent.as_mut().is_some_and(|a| matches!(a.0.try_wait(), Ok(None)))
+    }
+
+    /// The SHA-256 fingerprint of the server's public key, as `jitgate serve` printed it.
+    pub fn server_key(&self) -> String {
+        self.server
+            .stdout()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("TLS public key: SHA-256 ").and_then(|r| r.split_whitespace().next()).map(str::to_owned)
+            })
+            .expect("the server prints its public key's fingerprint")
     }
 
     /// A join token for resource group `rg`, made with the CLI inside C.
@@ -280,6 +328,17 @@ impl World {
         self.probe(from, port, "open", 0)["open"] == true
     }
 
+    /// The element of `source`'s TCP grant to `port` in the agent's table, as the kernel has it
+    /// now (`nft list set`, to the millisecond); `None` when there is none (or no table).
+    pub fn element(&self, source: &str, port: u16) -> Option<Element> {
+        let out = self.v.cmd("nft").args(["list", "set", "inet", "jitgate", "allow4"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let at = text.find(&format!("{source} . tcp . {port} "))?;
+        let elem = text[at..].split([',', '}']).next()?;
+        let after = |word: &str| elem.split(word).nth(1)?.split_whitespace().next().and_then(nft_duration_ms);
+        Some(Element { timeout_ms: after(" timeout ")?, expires_ms: after(" expires ")? })
+    }
+
     pub fn wait_for(&self, check: impl Fn(&World) -> bool) {
         for _ in 0..200 {
             if check(self) {
@@ -289,6 +348,35 @@ impl World {
         }
         panic!("condition not reached within 10 s");
     }
+}
+
+/// A grant's element in the kernel: the timeout it was given and the time it has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element {
+    pub timeout_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// An nft duration (`9m59s996ms`, `1d2h`, `600s`) in milliseconds.
+pub fn nft_duration_ms(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        total += n * match &rest[..unit] {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1000,
+            "ms" => 1,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+    }
+    Some(total)
 }
 
 pub fn end_ms(answer: &Value) -> u64 {
