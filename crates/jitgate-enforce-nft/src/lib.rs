@@ -91,6 +91,7 @@
 //! entry (an IPv6 source towards an IPv4 VM, or the reverse) cannot match any packet and is
 //! refused as not expressible.
 
+pub mod decode;
 mod elements;
 mod firewall;
 mod inspect;
