@@ -1,16 +1,11 @@
 //! The agent protocol: what the server reads from agents (a join, a report) and what an agent
 //! reads from the server (its state, which it turns into a plan and a netlink batch).
 
-use std::time::{Duration, Instant};
-
-use jitgate_agent::convert;
 use jitgate_api_types::agent::{AppliedIn, JoinIn, JoinOut, RotateOut, StateOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::enforcement::{check_join, limits, printable, report_error, JoinDraft};
 use jitgate_core::ids::validate_vm_name;
-use jitgate_enforce::{plan, Desired, ElemOp, Mode, Plan};
-use jitgate_enforce_nft::decode::decode_batch;
-use jitgate_enforce_nft::{encode_batch, ruleset};
+use jitgate_enforce::Mode;
 
 use crate::MESSAGE_LIMIT;
 
@@ -70,14 +65,31 @@ fn applied(body: &[u8]) {
     assert_eq!(printable(&shown, limits::REPORT_ERROR), shown, "cleaning {error:?} twice changes it");
 }
 
-/// A state as the agent reads it (after 1.5 s on the way), planned from nothing and from the
-/// state it planned, and encoded: the batch reads back as the plan's operations.
+/// A state as the agent reads it: the JSON reads back as the same state, and (with the `agent`
+/// feature) the agent's plan for it encodes and decodes.
 fn state(body: &[u8], mode: Mode) {
     let Ok(state) = serde_json::from_slice::<StateOut>(body) else { return };
     let bytes = serde_json::to_vec(&state).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(serde_json::from_slice::<StateOut>(&bytes).ok().as_ref(), Some(&state), "the state reads back");
+    #[cfg(feature = "agent")]
+    enforce(&state, mode);
+    #[cfg(not(feature = "agent"))]
+    let _ = mode;
+}
+
+/// The state as the agent enforces it (after 1.5 s on the way): its desired state, the table's
+/// script, and the batch that adds every live element to a table with the same ports.
+#[cfg(feature = "agent")]
+fn enforce(state: &StateOut, mode: Mode) {
+    use std::time::{Duration, Instant};
+
+    use jitgate_agent::convert;
+    use jitgate_enforce::{plan, Desired, ElemOp, Plan};
+    use jitgate_enforce_nft::decode::decode_batch;
+    use jitgate_enforce_nft::{encode_batch, ruleset};
+
     let asked = Instant::now();
-    let desired = convert::desired(&state, mode, asked, Duration::from_millis(1500));
+    let desired = convert::desired(state, mode, asked, Duration::from_millis(1500));
     assert_eq!(desired.mode, mode);
     for (key, end) in &desired.grants {
         assert_eq!(key.source.trunc(), key.source, "{key:?}: a source with host bits");
@@ -89,7 +101,6 @@ fn state(body: &[u8], mode: Mode) {
     for (key, (target, _)) in &desired.dnat {
         assert_eq!(key.source.addr().is_ipv4(), target.addr.is_ipv4(), "{key:?} → {target:?}");
     }
-    // The table replaces the firewall's state in one script naming every live element.
     let script = ruleset(&desired, asked);
     assert!(script.contains("table inet jitgate"));
     // From a table with the same ports and no element, a batch adding every live element; from

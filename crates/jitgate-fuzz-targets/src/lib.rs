@@ -48,9 +48,10 @@ pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
-/// The longest error message a parser of names, times and addresses may give: they quote what
-/// they refuse only in part, so that a long input never makes a long answer or log line.
-pub(crate) const MESSAGE_LIMIT: usize = 1200;
+/// The longest error message a parser of names, times and addresses may give, whatever the
+/// length of its input: they quote what they refuse only in part (at most a few hundred
+/// characters, escaped), so that a long input never makes a long answer or log line.
+pub(crate) const MESSAGE_LIMIT: usize = 4096;
 
 /// Splits `data` at its first `\n` (the rest is empty when there is none).
 pub(crate) fn split_line(data: &[u8]) -> (&[u8], &[u8]) {
