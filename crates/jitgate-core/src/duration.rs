@@ -187,7 +187,7 @@ mod tests {
         {
             assert!(AccessDuration::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        // Found by fuzzing: the message quoted all of a long input.
+        // Found by the duration fuzz target: the message quoted all of a long input.
         for long in [format!("PT{}Q", "1".repeat(2000)), format!("PT{}", "1.".repeat(2000))] {
             assert!(AccessDuration::parse(&long).expect_err("long").0.len() < 400);
         }
