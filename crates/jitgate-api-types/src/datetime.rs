@@ -102,8 +102,8 @@ mod tests {
 
     #[test]
     fn an_offset_cannot_move_a_time_out_of_the_years_it_can_be_written_in() {
-        // Found by the datetime fuzz target: the first panicked (out of `time`'s range), the second was accepted
-        // and written as the year -001, which nothing reads back.
+        // Found by the datetime fuzz target: the first panicked (out of `time`'s range), the
+        // second was accepted and written as the year -001, which nothing reads back.
         for edge in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
             let e = parse(edge).expect_err("out of range in UTC");
             assert!(e.contains("0000 to 9999"), "{e}");
