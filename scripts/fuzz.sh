@@ -37,7 +37,6 @@ echo "fuzz: building the harness (release, instrumented) in $build_dir"
 CARGO_TARGET_DIR="$build_dir" cargo afl build --release --locked --quiet --manifest-path fuzz/Cargo.toml "${features[@]}"
 
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_FAST_CAL=1
-export AFL_SKIP_BIN_CHECK=1 AFL_QUIET=1
 
 run() {
     local target=$1 out="$out_root/$1"
@@ -60,10 +59,12 @@ done
 wait
 
 found=0
+failed=0
 printf '%-18s %12s %8s %8s %8s\n' target execs corpus crashes hangs
 for target in "${targets[@]}"; do
     dir="$out_root/$target/default"
     stat() { sed -n "s/^$1 *: *//p" "$dir/fuzzer_stats" 2>/dev/null | head -n 1; }
+    [ -f "$dir/fuzzer_stats" ] || failed=1
     printf '%-18s %12s %8s %8s %8s\n' "$target" "$(stat execs_done)" "$(stat corpus_count)" \
         "$(stat saved_crashes)" "$(stat saved_hangs)"
     for crash in "$dir"/crashes/id:*; do
@@ -77,6 +78,10 @@ for target in "${targets[@]}"; do
         found=1
     done
 done
+if [ "$failed" -ne 0 ]; then
+    echo "fuzz: a target did not run (see its afl.log under $out_root)"
+    exit 1
+fi
 if [ "$found" -ne 0 ]; then
     echo "fuzz: crashes found; replay them with: cargo test -p jitgate-fuzz-targets --test corpus"
     exit 1
