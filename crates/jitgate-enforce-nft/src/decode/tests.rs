@@ -110,3 +110,18 @@ fn answers_are_read_by_the_socket_parsers() {
     assert_eq!(a.errors, [17]);
     assert!(read_answer(&[200, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0], 3).is_err());
 }
+
+#[test]
+fn an_error_of_i32_min_is_read_without_overflowing() {
+    // Found by the netlink_answers fuzz target: negating the error overflowed.
+    let mut ack = Vec::new();
+    ack.extend_from_slice(&36u32.to_ne_bytes());
+    ack.extend_from_slice(&2u16.to_ne_bytes());
+    ack.extend_from_slice(&0x100u16.to_ne_bytes());
+    ack.extend_from_slice(&4u32.to_ne_bytes());
+    ack.extend_from_slice(&[0; 4]);
+    ack.extend_from_slice(&i32::MIN.to_ne_bytes());
+    ack.extend_from_slice(&[0; 16]);
+    let a = read_answer(&ack, 4).expect("reads");
+    assert_eq!((a.acks[0].errno, a.errors.as_slice()), (i32::MAX, &[i32::MAX][..]));
+}
