@@ -103,6 +103,10 @@ fn enforce(state: &StateOut, mode: Mode) {
     }
     let script = ruleset(&desired, asked);
     assert!(script.contains("table inet jitgate"));
+    // nft reads at most eight digits in each part of a time.
+    for t in script.split(" timeout ").skip(1).filter_map(|rest| rest.split([' ', ',', '\n']).next()) {
+        assert!(t.split(|c: char| !c.is_ascii_digit()).all(|digits| digits.len() <= 8), "timeout {t}");
+    }
     // From a table with the same ports and no element, a batch adding every live element; from
     // the state it makes, nothing.
     let bare = Desired { grants: Default::default(), dnat: Default::default(), ..desired.clone() };
