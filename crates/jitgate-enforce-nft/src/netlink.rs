@@ -243,9 +243,10 @@ fn element_message(
             w.end_nest(d);
         }
         if let ElemOp::AddGrant { timeout, .. } | ElemOp::AddDnat { timeout, .. } = op {
-            // Never 0: in a set with timeouts and no default, 0 means "never expires"; never
-            // past what the kernel takes.
-            let ms = u64::try_from((*timeout).min(crate::MAX_TIMEOUT).as_millis()).unwrap_or(u64::MAX).max(1);
+            // Never 0: in a set with timeouts and no default, 0 means "never expires". Not cut
+            // to `MAX_TIMEOUT`: the kernel refuses 2^64 ns and more (ERANGE), the batch fails
+            // whole and the agent replaces the table, whose script cuts it.
+            let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
             w.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
         }
         w.end_nest(e);

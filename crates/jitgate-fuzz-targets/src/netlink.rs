@@ -7,7 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jitgate_enforce::{DnatKey, DnatTarget, ElemOp, GrantKey, L4};
 use jitgate_enforce_nft::decode::{decode_batch, describe_refusal, element_offsets, read_answer};
-use jitgate_enforce_nft::{describe, dnat_map, encode_batch, grant_set, MAX_TIMEOUT};
+use jitgate_enforce_nft::{describe, dnat_map, encode_batch, grant_set};
 
 /// Reads the fuzzer's bytes as numbers, zeros once they run out.
 struct Bytes<'a>(&'a [u8]);
@@ -110,11 +110,10 @@ fn set_of(op: &ElemOp) -> Option<String> {
     }
 }
 
-/// The operation as the kernel holds it: a range's network address, a timeout of whole
-/// milliseconds, at least one and at most `MAX_TIMEOUT`.
+/// The operation as the kernel reads it: a range's network address, a timeout of whole
+/// milliseconds, at least one.
 fn normalised(op: &ElemOp) -> ElemOp {
-    let ms =
-        |t: &Duration| Duration::from_millis(u64::try_from(t.min(&MAX_TIMEOUT).as_millis()).unwrap_or(u64::MAX).max(1));
+    let ms = |t: &Duration| Duration::from_millis(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
     match *op {
         ElemOp::AddGrant { key, timeout } => {
             ElemOp::AddGrant { key: GrantKey { source: key.source.trunc(), ..key }, timeout: ms(&timeout) }
