@@ -20,7 +20,12 @@ pub fn parse(s: &str) -> Result<OffsetDateTime, String> {
         ));
     }
     if let Ok(dt) = OffsetDateTime::parse(t, &Rfc3339) {
-        return Ok(dt.to_offset(UtcOffset::UTC));
+        // An offset can move a time of the year 0000 or 9999 out of the years RFC 3339 (and
+        // the wire form) can write in UTC.
+        return dt
+            .checked_to_offset(UtcOffset::UTC)
+            .filter(|u| (0..=9999).contains(&u.year()))
+            .ok_or_else(|| format!("'{}' is outside the years 0000 to 9999 once in UTC", shown()));
     }
     let zoneless = t.len() > 10 && !t[10..].contains(['Z', 'z', '+', '-']);
     if zoneless {
@@ -93,6 +98,19 @@ mod tests {
         let e = parse("2026-12-01 10:00:00").expect_err("space");
         assert!(e.contains("'T'"), "{e}");
         assert!(parse(&"2026-12-01T10:00:00".repeat(5000)).expect_err("long").len() < 300);
+    }
+
+    #[test]
+    fn an_offset_cannot_move_a_time_out_of_the_years_it_can_be_written_in() {
+        // Found by the datetime fuzz target: the first panicked (out of `time`'s range), the
+        // second was accepted and written as the year -001, which nothing reads back.
+        for edge in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            let e = parse(edge).expect_err("out of range in UTC");
+            assert!(e.contains("0000 to 9999"), "{e}");
+        }
+        let last = parse("9999-12-31T23:59:59.9999999+00:00").expect("the last time");
+        assert_eq!(format(last), "9999-12-31T23:59:59.9999999Z");
+        assert_eq!(parse("0000-01-01T00:30:00-00:30").map(format), Ok("0000-01-01T01:00:00.0000000Z".into()));
     }
 
     #[test]

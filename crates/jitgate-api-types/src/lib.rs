@@ -12,6 +12,7 @@ pub mod audit;
 pub mod datetime;
 pub mod doctor;
 pub mod error;
+pub mod idtoken;
 pub mod native;
 pub mod rbac;
 pub mod webhook;

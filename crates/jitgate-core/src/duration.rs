@@ -53,7 +53,10 @@ impl fmt::Display for AccessDuration {
 }
 
 fn parse_iso8601(text: &str) -> Result<Duration, DurationError> {
-    let bad = |why: &str| DurationError(format!("'{text}' is not an ISO-8601 duration such as PT3H or PT30M: {why}"));
+    let bad = |why: &str| {
+        let shown = crate::ids::shown(text);
+        DurationError(format!("'{shown}' is not an ISO-8601 duration such as PT3H or PT30M: {why}"))
+    };
     let upper = text.trim().to_ascii_uppercase();
     let rest = upper.strip_prefix('P').ok_or_else(|| bad("it must start with 'P'"))?;
     if rest.is_empty() {
@@ -122,7 +125,8 @@ fn components(s: &str) -> Result<Vec<(f64, char)>, String> {
             if number.is_empty() {
                 return Err(format!("unit '{c}' has no number before it"));
             }
-            let amount: f64 = number.parse().map_err(|_| format!("'{number}' is not a number"))?;
+            let amount: f64 =
+                number.parse().map_err(|_| format!("'{}' is not a number", crate::ids::shown(&number)))?;
             out.push((amount, c));
             number.clear();
         } else {
@@ -130,7 +134,7 @@ fn components(s: &str) -> Result<Vec<(f64, char)>, String> {
         }
     }
     if !number.is_empty() {
-        return Err(format!("'{number}' has no unit after it"));
+        return Err(format!("'{}' has no unit after it", crate::ids::shown(&number)));
     }
     Ok(out)
 }
@@ -182,6 +186,10 @@ mod tests {
             ["", "P", "PT", "3H", "three hours", "PT3", "PTH", "P1Y", "P2M", "PT3M2H", "PT1H1H", "PT-1H", "PT1X", "P1H"]
         {
             assert!(AccessDuration::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        // Found by the duration fuzz target: the message quoted all of a long input.
+        for long in [format!("PT{}Q", "1".repeat(2000)), format!("PT{}", "1.".repeat(2000))] {
+            assert!(AccessDuration::parse(&long).expect_err("long").0.len() < 400);
         }
     }
 

@@ -145,7 +145,7 @@ pub(crate) fn parse_replies(buf: &[u8], seq: u32) -> Result<Vec<Reply>, String> 
                 let err = u32_at(msg, NLMSG_HDRLEN).ok_or("truncated error message")? as i32;
                 // An error of 0 is an acknowledgement, not an answer of a dump.
                 if err != 0 {
-                    out.push(Reply::Error(-err));
+                    out.push(Reply::Error(err.saturating_neg()));
                 }
             }
             _ if ty >> 8 == NFNL_SUBSYS_NFTABLES => {

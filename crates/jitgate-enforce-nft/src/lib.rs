@@ -91,6 +91,7 @@
 //! entry (an IPv6 source towards an IPv4 VM, or the reverse) cannot match any packet and is
 //! refused as not expressible.
 
+pub mod decode;
 mod elements;
 mod firewall;
 mod inspect;
@@ -105,6 +106,13 @@ pub use firewall::NftFirewall;
 pub use inspect::{TableContents, TableName};
 pub use netlink::encode_batch;
 pub use ruleset::ruleset;
+
+/// The longest timeout [`ruleset`] gives an element: a year. A longer lifetime (none that the
+/// server gives: a grant lasts at most a day) is cut to it, so that no element makes `nft -f`
+/// refuse the whole table (the kernel takes at most 2^64 ns). Cut, an element closes early,
+/// never late. A netlink batch sends what it is given: the kernel refuses it whole, and the
+/// agent then replaces the table.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// The table we own, in the `inet` family. Nothing outside it is ever touched.
 pub const TABLE: &str = "jitgate";

@@ -243,7 +243,9 @@ fn element_message(
             w.end_nest(d);
         }
         if let ElemOp::AddGrant { timeout, .. } | ElemOp::AddDnat { timeout, .. } = op {
-            // Never 0: in a set with timeouts and no default, 0 means "never expires".
+            // Never 0: in a set with timeouts and no default, 0 means "never expires". Not cut
+            // to `MAX_TIMEOUT`: the kernel refuses 2^64 ns and more (ERANGE), the batch fails
+            // whole and the agent replaces the table, whose script cuts it.
             let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
             w.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
         }
@@ -385,7 +387,9 @@ pub(crate) fn parse_acks(buf: &[u8]) -> Result<Vec<Ack>, String> {
             let orig = NLMSG_HDRLEN + 4;
             let orig_len = u32_at(msg, orig).ok_or("truncated error message")? as usize;
             let mut tlv = if flags & NLM_F_CAPPED != 0 { orig + NLMSG_HDRLEN } else { orig + align4(orig_len) };
-            let mut ack = Ack { seq, errno: -err, message: None, offset: None };
+            // The kernel sends a negative errno; any other value is taken as it comes, without
+            // overflowing on `i32::MIN`.
+            let mut ack = Ack { seq, errno: err.saturating_neg(), message: None, offset: None };
             if flags & NLM_F_ACK_TLVS != 0 {
                 while tlv + 4 <= msg.len() {
                     let alen = u16_at(msg, tlv).unwrap_or(0) as usize;

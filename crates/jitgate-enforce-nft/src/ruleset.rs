@@ -113,7 +113,7 @@ pub(crate) fn unsupported(desired: &Desired) -> Vec<String> {
 /// The script adds the table (so that the delete cannot fail), deletes it and declares it again
 /// with its sets, chains and elements; nft sends all of it as one transaction. Grants and DNAT
 /// entries carry their remaining lifetime at `now` as `timeout Nms` (rounded down, so never
-/// longer than the deadline); what has ended (less than 1 ms left) is left out. Entries that the
+/// longer than the deadline; at most [`crate::MAX_TIMEOUT`]); what has ended (less than 1 ms left) is left out. Entries that the
 /// backend cannot express (mixed address families in gateway mode) are left out as comments; `replace` refuses
 /// them before it gets here. The gateway part is present in gateway mode and whenever the state
 /// holds a gateway entry.
@@ -130,7 +130,7 @@ pub fn ruleset(desired: &Desired, now: Instant) -> String {
         elems.entry(set.to_string()).or_default().insert(text, None, None);
     }
     let remaining_ms = |end: Instant| {
-        let ms = end.saturating_duration_since(now).as_millis();
+        let ms = end.saturating_duration_since(now).min(crate::MAX_TIMEOUT).as_millis();
         (ms > 0).then_some(ms)
     };
     for (k, end) in &desired.grants {
@@ -303,7 +303,7 @@ fn set(w: &mut String, elems: &mut BTreeMap<String, SetElems>, kind: &str, name:
     for (i, (key, ms, data)) in set.list.iter().enumerate() {
         let _ = write!(w, "\t\t\t{key}");
         if let Some(ms) = ms {
-            let _ = write!(w, " timeout {ms}ms");
+            let _ = write!(w, " timeout {}", nft_time(*ms));
         }
         if let Some(data) = data {
             let _ = write!(w, " : {data}");
@@ -312,6 +312,18 @@ fn set(w: &mut String, elems: &mut BTreeMap<String, SetElems>, kind: &str, name:
     }
     let _ = writeln!(w, "\t\t}}");
     let _ = writeln!(w, "\t}}");
+}
+
+/// A timeout as nft reads it: `Nms`, or `Ns` and `Nms` past eight digits of milliseconds (nft
+/// refuses a part of a time with more: `100000000ms` is "value too large", `100000s` is not).
+fn nft_time(ms: u128) -> String {
+    if ms < 100_000_000 {
+        return format!("{ms}ms");
+    }
+    match ms % 1000 {
+        0 => format!("{}s", ms / 1000),
+        rest => format!("{}s{rest}ms", ms / 1000),
+    }
 }
 
 /// The order of the range lookups in the allow chains: `/0` (a policy's `*`, the most common

@@ -191,6 +191,26 @@ fn unsupported_entries_are_left_out_as_comments() {
     assert!(!text.contains("2001:db8::1 . 10.9.2.2"), "{text}");
 }
 
+/// Lifetimes past what nft writes in milliseconds (eight digits: 27.7 hours) and past the
+/// kernel's limit (2^64 ns, 584 years).
+fn long_state(now: Instant) -> Desired {
+    let mut d = host_state(now);
+    let day = Duration::from_secs(86_400);
+    d.grants.insert(grant("203.0.113.1/32", None, L4::Tcp, 22), now + day * 2 + Duration::from_millis(7));
+    d.grants.insert(grant("203.0.113.2/32", None, L4::Tcp, 22), now + day * 365 * 1000);
+    d
+}
+
+#[test]
+fn long_lifetimes_are_written_as_nft_reads_them_and_cut_to_the_longest_timeout() {
+    let now = Instant::now();
+    let text = ruleset(&long_state(now), now);
+    assert!(text.contains("203.0.113.1 . tcp . 22 timeout 172800s7ms"), "{text}");
+    let year = jitgate_enforce_nft::MAX_TIMEOUT.as_secs();
+    assert!(text.contains(&format!("203.0.113.2 . tcp . 22 timeout {year}s")), "{text}");
+    assert!(text.contains("timeout 10800000ms"), "shorter ones stay in milliseconds: {text}");
+}
+
 #[test]
 fn the_scripts_pass_nft_check() {
     require_kernel!();
@@ -202,6 +222,7 @@ fn the_scripts_pass_nft_check() {
         ("host", host_state(now)),
         ("gateway", gateway_state(now)),
         ("dual-stack gateway", dual_stack_gateway_state(now)),
+        ("long lifetimes", long_state(now)),
     ] {
         let script = ruleset(&d, now);
         let path = std::env::temp_dir().join(format!("jg{}r.nft", jitgate_netns::unique()));

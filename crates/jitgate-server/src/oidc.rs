@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, DecodingKey, Validation};
 
+use jitgate_api_types::idtoken::{read_claims, ClaimError};
 use jitgate_core::identity;
 use jitgate_store::OidcIdentity;
 
@@ -182,30 +183,19 @@ impl Oidc {
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<serde_json::Value>(token, &key, &v).map_err(OidcError::Refused)?;
-        let claims = data.claims;
-        let subject = claims["sub"].as_str().ok_or(OidcError::NoSubject)?;
-        identity::validate_subject(subject).map_err(OidcError::BadSubject)?;
-        let expires = claims["exp"]
-            .as_i64()
-            .or_else(|| claims["exp"].as_f64().map(|f| f as i64))
-            .and_then(|e| time::OffsetDateTime::from_unix_timestamp(e).ok())
-            .ok_or(OidcError::BadExpiry)?;
-        let display = match &self.config.claim {
-            Some(c) => claims[c.as_str()].as_str(),
-            None => ["preferred_username", "email"].iter().find_map(|c| claims[*c].as_str()),
-        };
-        let display = match display {
-            None => Ok(None),
-            Some(raw) => identity::display_name(raw).map(Some),
-        };
+        let claims = read_claims(&data.claims, self.config.claim.as_deref()).map_err(|e| match e {
+            ClaimError::NoSubject => OidcError::NoSubject,
+            ClaimError::BadSubject(m) => OidcError::BadSubject(m),
+            ClaimError::BadExpiry => OidcError::BadExpiry,
+        })?;
         Ok(IdToken {
             identity: OidcIdentity {
                 issuer: identity::issuer_key(&self.config.issuer).to_owned(),
-                subject: subject.into(),
+                subject: claims.subject,
             },
-            display,
-            expires,
-            nonce: claims["nonce"].as_str().map(str::to_owned),
+            display: claims.display,
+            expires: claims.expires,
+            nonce: claims.nonce,
         })
     }
 }
