@@ -8,8 +8,12 @@ mod bench_enforce;
 mod bench_floor;
 mod bench_initiate;
 mod bench_inventory;
+mod bench_fwknop;
 mod bench_portal;
 mod bench_replicas;
+mod bench_rules;
+mod bench_soak;
+mod bench_soak_watch;
 mod common;
 mod doctor;
 mod quickstart;
@@ -92,6 +96,9 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Portal(a)) => bench_portal::run(a).await,
                 Some(BenchCommand::Inventory(a)) => bench_inventory::run(a).await,
                 Some(BenchCommand::Replicas(a)) => bench_replicas::run(a).await,
+                Some(BenchCommand::Soak(a)) => bench_soak::run(a).await,
+                Some(BenchCommand::Rules(a)) => bench_rules::run(a).await,
+                Some(BenchCommand::Fwknop(a)) => bench_fwknop::run(a).await,
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
