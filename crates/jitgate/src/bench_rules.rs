@@ -70,18 +70,18 @@ fn blocking(args: RulesArgs) -> anyhow::Result<()> {
                 .and_then(|o| Row::parse(&o))
                 .and_then(|row| connect(&c, args.seconds).map(|rate| Row { rate, ..row }));
             match measured {
-                Ok(row) => {
-                    println!("{n} grants, {}: {}", approach_name(approach), row);
-                    match &jitgate {
-                        None => jitgate = Some(row),
-                        Some(j) => println!(
-                            "{n} grants, {} against jitgate: add one {:.0}× slower (p50), connect rate {:.2}×",
-                            approach_name(approach),
-                            row.add_p50 / j.add_p50.max(1e-9),
-                            row.rate / j.rate.max(1e-9)
-                        ),
+                Ok(row) => match &jitgate {
+                    None => {
+                        println!("{n} grants, {}: {row}", approach_name(approach));
+                        jitgate = Some(row);
                     }
-                }
+                    Some(j) => println!(
+                        "{n} grants, {}: {row} (against jitgate's sets at {n}: add one {:.0}× slower at p50, connect rate {:.2}×)",
+                        approach_name(approach),
+                        row.add_p50 / j.add_p50.max(1e-9),
+                        row.rate / j.rate.max(1e-9)
+                    ),
+                },
                 Err(e) => println!("{n} grants, {}: failed: {}", approach_name(approach), one_line(&e.to_string())),
             }
             let _ = v.exec("nft", &["flush", "ruleset"]);
