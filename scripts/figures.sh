@@ -38,10 +38,13 @@ bench() {
     local cmd="jitgate $*"
     echo "== $cmd" >&2
     local started=$SECONDS
+    local load
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
     "$JITGATE_BIN" "$@" > "$logs/$name.out" 2> "$logs/$name.err"
     local status=$?
     echo "   $((SECONDS - started)) s, exit $status" >&2
     printf '%s\n' "$cmd" > "$logs/$name.cmd"
+    printf 'load average before: %s; took %s s; exit %s\n' "$load" "$((SECONDS - started))" "$status" > "$logs/$name.took"
     if [ "$status" -ne 0 ]; then
         local why
         why=$(grep -v '^\s*$' "$logs/$name.err" | tail -n 1)
@@ -78,7 +81,7 @@ bench inventory 'KiB|^first page after a change' '^yardstick' \
     bench inventory --vms 10000
 bench replicas '^(audit chain|1 replica|2 replicas|fan-out|replica [0-9]|agent)' '^yardstick' \
     bench replicas --agents 1000 --vms 10000
-bench soak '^(server RSS|server open fds|SQLite WAL|real agent RSS|expiry lateness|revoke →|at the end|soak summary|soak: )' '^bounds' \
+bench soak '^(server RSS|server open fds|SQLite WAL|real agent RSS|expiry lateness|endTimeUtc →|revoke →|at the end|soak summary|soak: )' '^bounds' \
     bench soak --duration 2m --agents 100 --real-agents 3
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
@@ -93,6 +96,7 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     echo "- machine: ${cpu:-unknown CPU}, $(nproc) cores, ${mem}, Linux $(uname -r)"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- binary: \`$("$JITGATE_BIN" --version 2>/dev/null || echo jitgate)\`, release build; client, server, agents and kernel share the cores"
+    echo "- load: the machine's load average before each benchmark is under its output below (other work on a shared machine slows every figure, the yardsticks too)"
     echo
     echo "| benchmark | figure | yardstick / ratio (same run) | command |"
     echo "|---|---|---|---|"
@@ -103,6 +107,8 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
         name=$(basename "$f" .out)
         echo
         echo "### \`$(cat "$logs/$name.cmd")\`"
+        echo
+        cat "$logs/$name.took"
         echo
         echo '```text'
         cat "$f"

@@ -96,7 +96,8 @@ fn blocking(args: FwknopArgs) -> anyhow::Result<()> {
 
     // jitgate: the server in C, the agent in V.
     let flags = [&["--tls-san", CLIENT], BENCH_SERVER_FLAGS].concat();
-    let mut server = LocalServer::start_with(&c.prefix(), &exe()?, &tmp.path().join("server"), &format!("{CLIENT}:0"), &flags)?;
+    let mut server =
+        LocalServer::start_with(&c.prefix(), &exe()?, &tmp.path().join("server"), &format!("{CLIENT}:0"), &flags)?;
     let token = server.create_join_token(c.cmd(exe()?), SUB, "bench", "westeurope", &[])?;
     let state = tmp.path().join("agent");
     let mut jg_agent = agent(&v, &server, &state, &token)?;
@@ -289,10 +290,8 @@ pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
             );
             let answer = client.arm().initiate(&policy.id(), &body, false).await?;
             let end = answer.virtual_machines.first().and_then(|v| v.ports.first()).map(|p| p.end_time_utc.clone());
-            let end = time::OffsetDateTime::parse(
-                &end.unwrap_or_default(),
-                &time::format_description::well_known::Rfc3339,
-            )?;
+            let end =
+                time::OffsetDateTime::parse(&end.unwrap_or_default(), &time::format_description::well_known::Rfc3339)?;
             wait_until(from, to, true, Duration::from_secs(10)).await.context("the grant never opened")?;
             println!("{}", end.unix_timestamp_nanos() / 1_000_000);
             Ok(())

@@ -579,7 +579,9 @@ impl Report {
         if !server_alive {
             failures.push("the server is no longer running".into());
         }
-        lines.push("samples (t · server RSS · fds · WAL · live grants (API) · elements (firewalls) · real agent RSS):".into());
+        lines.push(
+            "samples (t · server RSS · fds · WAL · live grants (API) · elements (firewalls) · real agent RSS):".into(),
+        );
         let step = (samples.len() / 12).max(1);
         for s in samples.iter().step_by(step).chain(std::iter::once(&last)) {
             lines.push(format!(
@@ -621,6 +623,7 @@ impl Report {
         let now = w::unix_ms();
         let t = lock(&world.tracker);
         let (mut fake_late, mut real_late, mut revoke_late) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fake_gone, mut real_gone) = (Vec::new(), Vec::new());
         let (mut faults, mut never_opened, mut expired) = (Vec::new(), 0u64, 0u64);
         let real = |g: &Tracked| g.fw >= world.fakes;
         for (id, g) in &t.grants {
@@ -641,6 +644,9 @@ impl Report {
                 (_, Some(d)) => {
                     expired += 1;
                     if real(g) { &mut real_late } else { &mut fake_late }.push((d - close) as f64);
+                    if let Some(gone) = g.gone_ms {
+                        if real(g) { &mut real_gone } else { &mut fake_gone }.push((gone - close) as f64);
+                    }
                 }
                 _ => {}
             }
@@ -650,8 +656,22 @@ impl Report {
             "expiry lateness, fake firewalls (element's timeout − endTimeUtc): {}",
             w::spread(fake_late.clone())
         ));
-        lines.push(format!("expiry lateness, real agents on nftables (nft's expires − endTimeUtc): {}", w::spread(real_late.clone())));
-        lines.push(format!("revoke → element gone (looked at every 100 ms fake, 300 ms real): {}", w::spread(revoke_late)));
+        lines.push(format!(
+            "expiry lateness, real agents on nftables (nft's expires − endTimeUtc): {}",
+            w::spread(real_late.clone())
+        ));
+        lines.push(format!(
+            "endTimeUtc → element found gone, by the looks (every 100 ms): fake firewalls {}",
+            w::spread(fake_gone)
+        ));
+        lines.push(format!(
+            "endTimeUtc → element found gone, by the looks (every 300 ms, nft list): real agents {}",
+            w::spread(real_gone)
+        ));
+        lines.push(format!(
+            "revoke → element gone (looked at every 100 ms fake, 300 ms real): {}",
+            w::spread(revoke_late)
+        ));
         lines.push(format!(
             "at the end: live grants (API) {}, elements in the firewalls {}",
             last.live_grants.map(|v| format!("{v:.0}")).unwrap_or_else(|| "unreadable".into()),
@@ -669,7 +689,11 @@ impl Report {
         }
         if !faults.is_empty() {
             faults.sort();
-            failures.push(format!("{} grants broke the 1 s bound: {}", faults.len(), faults.iter().take(5).cloned().collect::<Vec<_>>().join(", ")));
+            failures.push(format!(
+                "{} grants broke the 1 s bound: {}",
+                faults.len(),
+                faults.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ));
         }
         let worst = fake_late.iter().chain(&real_late).copied().fold(f64::NAN, f64::max);
         lines.push(format!(

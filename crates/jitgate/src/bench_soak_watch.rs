@@ -58,7 +58,9 @@ impl Fw {
                     table
                         .grants
                         .iter()
-                        .map(|(k, end)| (k.source.addr(), now_ms + end.saturating_duration_since(now).as_millis() as i64))
+                        .map(|(k, end)| {
+                            (k.source.addr(), now_ms + end.saturating_duration_since(now).as_millis() as i64)
+                        })
                         .collect(),
                 )
             }
@@ -70,7 +72,11 @@ impl Fw {
                     .await
                     .ok()?;
                 // No table yet (the agent has not applied a state) is an empty firewall.
-                Some(if out.status.success() { nft_elements(&String::from_utf8_lossy(&out.stdout), now_ms) } else { Look::new() })
+                Some(if out.status.success() {
+                    nft_elements(&String::from_utf8_lossy(&out.stdout), now_ms)
+                } else {
+                    Look::new()
+                })
             }
         }
     }
@@ -153,7 +159,8 @@ impl Tracked {
 
     /// Nothing more can be learnt about this grant.
     fn settled(&self, now_ms: i64) -> bool {
-        self.gone_ms.is_some() || self.close_ms().is_some_and(|c| now_ms > c + 2 * LATE_LIMIT_MS && self.first_seen_ms.is_none())
+        self.gone_ms.is_some()
+            || self.close_ms().is_some_and(|c| now_ms > c + 2 * LATE_LIMIT_MS && self.first_seen_ms.is_none())
     }
 
     fn saw(&mut self, look: Option<&i64>, at: i64) {
@@ -214,7 +221,12 @@ pub async fn watch(fws: Vec<Fw>, tracker: Shared, mut stop: tokio::sync::watch::
         let mut t = lock(&tracker);
         t.unreadable_looks += unreadable;
         let count = |real: bool| {
-            fws.iter().zip(&looks).filter(|(f, _)| f.is_real() == real).filter_map(|(_, l)| l.as_ref()).map(HashMap::len).sum()
+            fws.iter()
+                .zip(&looks)
+                .filter(|(f, _)| f.is_real() == real)
+                .filter_map(|(_, l)| l.as_ref())
+                .map(HashMap::len)
+                .sum()
         };
         t.fake_elements = count(false);
         if real_round {
@@ -361,7 +373,8 @@ mod tests {
         assert!(fault(&held, 20_000).is_some());
         let stuck = Tracked { gone_ms: None, last_seen_ms: Some(10_900), ..ok.clone() };
         assert!(fault(&stuck, 20_000).is_some_and(|f| f.contains("never removed")));
-        let revoked = Tracked { revoked_ms: Some(5_000), last_seen_ms: Some(5_400), gone_ms: Some(5_500), ..ok.clone() };
+        let revoked =
+            Tracked { revoked_ms: Some(5_000), last_seen_ms: Some(5_400), gone_ms: Some(5_500), ..ok.clone() };
         assert_eq!(fault(&revoked, 20_000), None, "the deadline of a revoked grant's element is not its close");
         let missed_revoke = Tracked { last_seen_ms: Some(6_200), ..revoked };
         assert!(fault(&missed_revoke, 20_000).is_some());
