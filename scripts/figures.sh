@@ -44,6 +44,7 @@ bench() {
     local status=$?
     echo "   $((SECONDS - started)) s, exit $status" >&2
     printf '%s\n' "$cmd" > "$logs/$name.cmd"
+    echo "$name" >> "$logs/order"
     printf 'load average before: %s; took %s s; exit %s\n' "$load" "$((SECONDS - started))" "$status" > "$logs/$name.took"
     if [ "$status" -ne 0 ]; then
         local why
@@ -95,7 +96,7 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     echo
     echo "- machine: ${cpu:-unknown CPU}, $(nproc) cores, ${mem}, Linux $(uname -r)"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- binary: \`$("$JITGATE_BIN" --version 2>/dev/null || echo jitgate)\`, release build; client, server, agents and kernel share the cores"
+    echo "- binary: the release build of commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); client, server, agents and kernel share the cores"
     echo "- load: the machine's load average before each benchmark is under its output below (other work on a shared machine slows every figure, the yardsticks too)"
     echo
     echo "| benchmark | figure | yardstick / ratio (same run) | command |"
@@ -103,8 +104,8 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     cat "$rows"
     echo
     echo "## Each benchmark's output"
-    for f in "$logs"/*.out; do
-        name=$(basename "$f" .out)
+    while IFS= read -r name; do
+        f="$logs/$name.out"
         echo
         echo "### \`$(cat "$logs/$name.cmd")\`"
         echo
@@ -114,6 +115,6 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
         cat "$f"
         grep -v '^\s*$' "$logs/$name.err" | grep -vE '^soak: [0-9]+ s,' | tail -n 5
         echo '```'
-    done
+    done < "$logs/order"
 } > "$out"
 echo "wrote $out" >&2
