@@ -14,10 +14,10 @@
 //!   three times), each grant's element followed from its first sighting to its removal; every
 //!   `--sample-every` the server's RSS, open descriptors, WAL size and live grants (`/metrics`)
 //!   beside the elements in the firewalls.
-//! - Verdict: failure (exit 1) on an element alive more than 1 s past its grant's close, an
-//!   element of a grant that was never approved, live grants or elements left after the last
-//!   end, an agent that stopped, a failed (5xx or unanswered) call, or growth over the second
-//!   half beyond the bounds in `bench_soak_watch`.
+//! - Verdict: failure (exit 1) on an element alive more than 1 s past its grant's end (2 s past
+//!   its revoke), an element of a grant that was never approved, live grants or elements left
+//!   after the last end, an agent that stopped, a failed (5xx or unanswered) call, or growth over
+//!   the second half beyond the bounds in `bench_soak_watch`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -708,8 +708,9 @@ impl Report {
             t.unreadable_looks,
         ));
         lines.push(format!(
-            "bounds: an element alive > {} ms past its close fails; growth over the second half (median of its last eighth − median of its first eighth): RSS ≤ max({:.0} MiB, {:.0} %), fds ≤ {:.0}, WAL ≤ {:.0} MiB",
+            "bounds: an element alive > {} ms past its grant's end, or > {} ms after its revoke was answered, fails; growth over the second half (median of its last eighth − median of its first eighth): RSS ≤ max({:.0} MiB, {:.0} %), fds ≤ {:.0}, WAL ≤ {:.0} MiB",
             w::LATE_LIMIT_MS,
+            w::REVOKE_LIMIT_MS,
             w::RSS_GROWTH_KIB / 1024.0,
             w::RSS_GROWTH_SHARE * 100.0,
             w::FD_GROWTH,

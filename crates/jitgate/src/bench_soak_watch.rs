@@ -15,8 +15,11 @@ use jitgate_enforce::fake::FakeHandle;
 
 /// How often the firewalls are looked at.
 pub const LOOK_EVERY: Duration = Duration::from_millis(100);
-/// An element alive this long past its grant's close is a missed expiry (or a missed revoke).
+/// An element alive this long past its grant's end is a missed expiry.
 pub const LATE_LIMIT_MS: i64 = 1000;
+/// An element alive this long after its grant's revoke was answered is a missed revoke (the
+/// revoke travels through the server, a long-poll and the agent; an expiry is the kernel's).
+pub const REVOKE_LIMIT_MS: i64 = 2000;
 /// Server (and real agent) memory may grow over the second half by at most this much …
 pub const RSS_GROWTH_KIB: f64 = 8.0 * 1024.0;
 /// … or this share of the value at the middle, whichever is larger.
@@ -283,11 +286,14 @@ pub fn fault(g: &Tracked, now_ms: i64) -> Option<String> {
     let Some(close) = g.close_ms() else {
         return seen.then(|| format!("opened although {}", if g.denied { "denied" } else { "never approved" }));
     };
-    if let Some(last) = g.last_seen_ms.filter(|l| *l - close > LATE_LIMIT_MS) {
-        return Some(format!("element still there {} ms after the grant closed", last - close));
+    let revoked = g.revoked_ms.is_some_and(|r| r <= close);
+    let limit = if revoked { REVOKE_LIMIT_MS } else { LATE_LIMIT_MS };
+    let closed = if revoked { "was revoked" } else { "ended" };
+    if let Some(last) = g.last_seen_ms.filter(|l| *l - close > limit) {
+        return Some(format!("element still there {} ms after the grant {closed}", last - close));
     }
-    if seen && g.gone_ms.is_none() && now_ms - close > LATE_LIMIT_MS {
-        return Some(format!("element never removed ({} ms after the grant closed)", now_ms - close));
+    if seen && g.gone_ms.is_none() && now_ms - close > limit {
+        return Some(format!("element never removed ({} ms after the grant {closed})", now_ms - close));
     }
     if g.revoked_ms.is_none() {
         if let Some(d) = g.deadline_ms.filter(|d| *d - close > LATE_LIMIT_MS) {
@@ -368,7 +374,7 @@ mod tests {
         };
         assert_eq!(fault(&ok, 20_000), None);
         let late = Tracked { last_seen_ms: Some(11_200), ..ok.clone() };
-        assert!(fault(&late, 20_000).is_some_and(|f| f.contains("1200 ms")));
+        assert!(fault(&late, 20_000).is_some_and(|f| f.contains("1200 ms after the grant ended")));
         let held = Tracked { deadline_ms: Some(12_000), ..ok.clone() };
         assert!(fault(&held, 20_000).is_some());
         let stuck = Tracked { gone_ms: None, last_seen_ms: Some(10_900), ..ok.clone() };
@@ -376,8 +382,10 @@ mod tests {
         let revoked =
             Tracked { revoked_ms: Some(5_000), last_seen_ms: Some(5_400), gone_ms: Some(5_500), ..ok.clone() };
         assert_eq!(fault(&revoked, 20_000), None, "the deadline of a revoked grant's element is not its close");
-        let missed_revoke = Tracked { last_seen_ms: Some(6_200), ..revoked };
-        assert!(fault(&missed_revoke, 20_000).is_some());
+        let slow_revoke = Tracked { last_seen_ms: Some(6_200), gone_ms: Some(6_300), ..revoked.clone() };
+        assert_eq!(fault(&slow_revoke, 20_000), None, "within the revoke's bound");
+        let missed_revoke = Tracked { last_seen_ms: Some(7_200), ..revoked };
+        assert!(fault(&missed_revoke, 20_000).is_some_and(|f| f.contains("after the grant was revoked")));
         let denied = Tracked { denied: true, end_ms: None, ..ok.clone() };
         assert!(fault(&denied, 20_000).is_some_and(|f| f.contains("denied")));
         let never_opened = Tracked { first_seen_ms: None, last_seen_ms: None, deadline_ms: None, gone_ms: None, ..ok };
