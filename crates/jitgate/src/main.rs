@@ -13,6 +13,7 @@ mod bench_portal;
 mod bench_replicas;
 mod bench_rules;
 mod bench_soak;
+mod bench_soak_report;
 mod bench_soak_watch;
 mod common;
 mod doctor;
