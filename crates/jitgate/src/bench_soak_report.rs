@@ -162,7 +162,7 @@ impl Report {
             t.unreadable_looks,
         ));
         lines.push(format!(
-            "bounds: an element alive > {} ms past its grant's end, or > {} ms after its revoke was answered, fails; growth over the second half (median of its last eighth − median of its first eighth): RSS ≤ max({:.0} MiB, {:.0} %), fds ≤ {:.0}, WAL ≤ {:.0} MiB",
+            "bounds: an element alive > {} ms past its grant's end, or > {} ms after its revoke was answered, fails; growth over the second half (median of the run's last eighth − median of the eighth after its middle): RSS ≤ max({:.0} MiB, {:.0} %), fds ≤ {:.0}, WAL ≤ {:.0} MiB",
             w::LATE_LIMIT_MS,
             w::REVOKE_LIMIT_MS,
             w::RSS_GROWTH_KIB / 1024.0,
