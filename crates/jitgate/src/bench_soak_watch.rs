@@ -274,8 +274,9 @@ pub fn window_median(samples: &[(f64, f64)], run_s: f64, from: f64, to: f64) -> 
     Some(inside[inside.len() / 2])
 }
 
-/// Growth over the second half of the run: the median of its last eighth against the median of
-/// its first quarter (the eighth after the middle). `(middle, end)`.
+/// Growth over the second half of the run: the median of the run's last eighth against the
+/// median of the eighth after its middle (medians, so that one spike is not growth).
+/// `(middle, end)`.
 pub fn second_half(samples: &[(f64, f64)], run_s: f64) -> Option<(f64, f64)> {
     Some((window_median(samples, run_s, 0.5, 0.625)?, window_median(samples, run_s, 0.875, 1.0)?))
 }
