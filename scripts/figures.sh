@@ -82,7 +82,7 @@ bench inventory 'KiB|^first page after a change' '^yardstick' \
     bench inventory --vms 10000
 bench replicas '^(audit chain|1 replica|2 replicas|fan-out|replica [0-9]|agent)' '^yardstick' \
     bench replicas --agents 1000 --vms 10000
-bench soak '^(server RSS|server open fds|SQLite WAL|real agent RSS|expiry lateness|endTimeUtc →|revoke →|live grants|at the end|soak summary|soak: )' '^bounds' \
+bench soak '^(server VmRSS|server heap|real agent heap|server RSS|server open fds|SQLite WAL|real agent RSS|expiry lateness|endTimeUtc →|revoke →|live grants|at the end|soak summary|soak: )' '^bounds' \
     bench soak --duration 2m --agents 100 --real-agents 3
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')

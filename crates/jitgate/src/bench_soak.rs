@@ -52,6 +52,8 @@ const POLICIES: usize = 10;
 const REQUESTER: &str = "soak-requester";
 const EDIT_EVERY: Duration = Duration::from_secs(15);
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn vm_id(name: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/{name}")
 }
@@ -88,11 +90,19 @@ struct RealNs {
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     println!(
-        "jitgate bench soak: {} of traffic; jitgate serve (SQLite) as a real process, {} agents in this process on fake firewalls, {} real agents on nftables in network namespaces",
+        "jitgate bench soak: {} of traffic; jitgate serve (SQLite) as a real process; agents: {} in this process on fake firewalls, {} real ones on nftables in network namespaces",
         human(args.duration),
         args.agents,
         args.real_agents
     );
+    // Ctrl-C ends the traffic early; the grants are still watched to their end and the
+    // namespaces removed, and the run counts as failed.
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("soak: interrupted; watching the last grants to their end, then stopping");
+            INTERRUPTED.store(true, Relaxed);
+        }
+    });
     println!("{}", crate::yardstick::Machine::detect());
     let report = if args.real_agents == 0 {
         soak(&args, &[]).await?
@@ -103,6 +113,9 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || in_namespaces(&args)).await??
     };
     report.print();
+    if INTERRUPTED.load(Relaxed) {
+        bail!("the soak was interrupted");
+    }
     match report.failures.is_empty() {
         true => Ok(()),
         false => Err(anyhow!("the soak failed: {}", report.failures.join("; "))),
@@ -443,7 +456,7 @@ async fn soak(args: &SoakArgs, real: &[RealNs]) -> anyhow::Result<Report> {
     let sample_every = Duration::from_secs(args.sample_every);
     let (mut next_request, mut next_sample, mut next_edit) = (started, started, started + EDIT_EVERY);
     let (mut count, mut edits, mut next_progress) = (0u64, 0u64, started + Duration::from_secs(60));
-    while started.elapsed() < args.duration {
+    while started.elapsed() < args.duration && !INTERRUPTED.load(Relaxed) {
         let now = Instant::now();
         if now >= next_sample {
             samples.push(sampler.sample(started, &world.tracker).await);
@@ -537,6 +550,7 @@ struct Sampler {
 impl Sampler {
     async fn sample(&self, started: Instant, tracker: &Shared) -> Sample {
         let rss = Rss::of(self.pid).map(|r| r.now_kib as f64).unwrap_or(f64::NAN);
+        let anon = w::anon_kib(self.pid).unwrap_or(f64::NAN);
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map(|d| d.count() as f64).unwrap_or(f64::NAN);
         let wal = std::fs::metadata(&self.wal).map(|m| m.len() as f64).unwrap_or(0.0);
         let live_grants = match self.http.get(&self.metrics_url).send().await {
@@ -546,10 +560,11 @@ impl Sampler {
             Err(_) => None,
         };
         let t = lock(tracker);
-        let agent_rss_kib = self.agents.iter().filter_map(|p| Rss::of(*p)).map(|r| r.now_kib as f64).reduce(f64::max);
+        let agent_rss_kib = self.agents.iter().filter_map(|p| w::anon_kib(*p)).reduce(f64::max);
         Sample {
             t_s: started.elapsed().as_secs_f64(),
             rss_kib: rss,
+            anon_kib: anon,
             fds,
             wal_bytes: wal,
             live_grants,

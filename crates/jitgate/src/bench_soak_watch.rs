@@ -251,14 +251,25 @@ pub async fn watch(fws: Vec<Fw>, tracker: Shared, mut stop: tokio::sync::watch::
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     pub t_s: f64,
+    /// `VmRSS`: the heap and the pages of files mapped (SQLite maps the database, so this part
+    /// grows with the database).
     pub rss_kib: f64,
+    /// `RssAnon`: the heap alone, where a leak shows.
+    pub anon_kib: f64,
     pub fds: f64,
     pub wal_bytes: f64,
     /// `jitgate_live_grants` at the server's `/metrics`.
     pub live_grants: Option<f64>,
     pub elements: usize,
-    /// The largest real agent's memory.
+    /// The largest real agent's heap (`RssAnon`).
     pub agent_rss_kib: Option<f64>,
+}
+
+/// A process's resident anonymous memory (`RssAnon`: its heap and stacks, no mapped files), KiB.
+pub fn anon_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let v = status.lines().find_map(|l| l.strip_prefix("RssAnon:"))?;
+    v.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Median of a window of the run: the samples taken between `from` and `to` (shares of
