@@ -98,6 +98,10 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- binary: the release build of commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); client, server, agents and kernel share the cores"
     echo "- load: the machine's load average before each benchmark is under its output below (other work on a shared machine slows every figure, the yardsticks too)"
+    busiest=$(cut -d' ' -f4 "$logs"/*.took 2>/dev/null | sed 's/;//' | sort -g | tail -n 1)
+    if awk -v l="${busiest:-0}" -v c="$(nproc)" 'BEGIN { exit !(l > c) }'; then
+        echo "- **a busy machine**: the load average reached ${busiest} on $(nproc) cores during this run, so these figures are slower than the same build's on an idle machine; compare ratios to the yardsticks, not absolute figures"
+    fi
     echo
     echo "| benchmark | figure | yardstick / ratio (same run) | command |"
     echo "|---|---|---|---|"
