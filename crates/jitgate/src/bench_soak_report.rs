@@ -152,7 +152,7 @@ impl Report {
         if !faults.is_empty() {
             faults.sort();
             failures.push(format!(
-                "{} grants broke the 1 s bound: {}",
+                "{} grants broke the bounds: {}",
                 faults.len(),
                 faults.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
             ));

@@ -46,42 +46,49 @@ pub enum Fw {
 /// millisecond at which it times out.
 pub type Look = HashMap<IpAddr, i64>;
 
+/// One look at a firewall and when it was taken: the elements were there at some instant
+/// between `from_ms` (judging an element seen, the earliest: its lateness is never
+/// overstated) and `to_ms` (judging one gone, the latest).
+pub struct Sighting {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub elements: Look,
+}
+
 impl Fw {
     pub fn is_real(&self) -> bool {
         matches!(self, Fw::Real(_))
     }
 
     /// The grant elements now; `None` when the firewall could not be read.
-    pub async fn look(&self) -> Option<Look> {
-        match self {
+    pub async fn look(&self) -> Option<Sighting> {
+        let from_ms = unix_ms();
+        let elements = match self {
             Fw::Fake(h) => {
-                let (now, now_ms) = (Instant::now(), unix_ms());
+                let now = Instant::now();
                 let table = h.table()?;
-                Some(
-                    table
-                        .grants
-                        .iter()
-                        .map(|(k, end)| {
-                            (k.source.addr(), now_ms + end.saturating_duration_since(now).as_millis() as i64)
-                        })
-                        .collect(),
-                )
+                table
+                    .grants
+                    .iter()
+                    .map(|(k, end)| (k.source.addr(), from_ms + end.saturating_duration_since(now).as_millis() as i64))
+                    .collect()
             }
             Fw::Real(ns) => {
-                let now_ms = unix_ms();
                 let out = tokio::process::Command::new("ip")
                     .args(["netns", "exec", ns, "nft", "list", "table", "inet", jitgate_enforce_nft::TABLE])
                     .output()
                     .await
                     .ok()?;
-                // No table yet (the agent has not applied a state) is an empty firewall.
-                Some(if out.status.success() {
-                    nft_elements(&String::from_utf8_lossy(&out.stdout), now_ms)
+                // No table yet (the agent has not applied a state) is an empty firewall. The
+                // times left are counted from the start of the look: the earliest reading.
+                if out.status.success() {
+                    nft_elements(&String::from_utf8_lossy(&out.stdout), from_ms)
                 } else {
                     Look::new()
-                })
+                }
             }
-        }
+        };
+        Some(Sighting { from_ms, to_ms: unix_ms(), elements })
     }
 }
 
@@ -166,15 +173,16 @@ impl Tracked {
             || self.close_ms().is_some_and(|c| now_ms > c + 2 * LATE_LIMIT_MS && self.first_seen_ms.is_none())
     }
 
-    fn saw(&mut self, look: Option<&i64>, at: i64) {
-        match look {
+    fn saw(&mut self, look: &Sighting) {
+        let Some(source) = self.source else { return };
+        match look.elements.get(&source) {
             Some(deadline) => {
-                self.first_seen_ms.get_or_insert(at);
-                self.last_seen_ms = Some(at);
+                self.first_seen_ms.get_or_insert(look.from_ms);
+                self.last_seen_ms = Some(look.from_ms);
                 self.gone_ms = None;
                 self.deadline_ms = Some(*deadline);
             }
-            None if self.first_seen_ms.is_some() && self.gone_ms.is_none() => self.gone_ms = Some(at),
+            None if self.first_seen_ms.is_some() && self.gone_ms.is_none() => self.gone_ms = Some(look.to_ms),
             None => {}
         }
     }
@@ -207,9 +215,9 @@ pub async fn watch(fws: Vec<Fw>, tracker: Shared, mut stop: tokio::sync::watch::
             _ = tick.tick() => {}
             _ = stop.changed() => {}
         }
-        let real_round = round % 3 == 0 || last;
+        let real_round = round.is_multiple_of(3) || last;
         round += 1;
-        let mut looks: Vec<Option<Look>> = Vec::with_capacity(fws.len());
+        let mut looks: Vec<Option<Sighting>> = Vec::with_capacity(fws.len());
         let mut unreadable = 0;
         for fw in &fws {
             if fw.is_real() && !real_round {
@@ -228,7 +236,7 @@ pub async fn watch(fws: Vec<Fw>, tracker: Shared, mut stop: tokio::sync::watch::
                 .zip(&looks)
                 .filter(|(f, _)| f.is_real() == real)
                 .filter_map(|(_, l)| l.as_ref())
-                .map(HashMap::len)
+                .map(|l| l.elements.len())
                 .sum()
         };
         t.fake_elements = count(false);
@@ -236,8 +244,8 @@ pub async fn watch(fws: Vec<Fw>, tracker: Shared, mut stop: tokio::sync::watch::
             t.real_elements = count(true);
         }
         for g in t.grants.values_mut().filter(|g| !g.settled(at)) {
-            if let (Some(Some(look)), Some(source)) = (looks.get(g.fw), g.source) {
-                g.saw(look.get(&source), at);
+            if let Some(Some(look)) = looks.get(g.fw) {
+                g.saw(look);
             }
         }
         drop(t);
