@@ -70,9 +70,86 @@ pub enum BenchCommand {
         after_help = "Example:\n  jitgate bench replicas --agents 1000 --vms 10000\n  sudo jitgate bench replicas   # also the memory of a real agent, in a network namespace"
     )]
     Replicas(ReplicasArgs),
+    /// A long run of mixed traffic against a real server (SQLite): in-process agents on fake
+    /// firewalls and real agents on nftables in network namespaces; grants opening, expiring,
+    /// approved, denied and revoked, policies edited. Samples the server's memory, descriptors,
+    /// WAL size, live grants against firewall elements and expiry lateness, and fails (exit 1)
+    /// on growth, a leak or a missed expiry.
+    #[command(
+        after_help = "Example:\n  sudo jitgate bench soak                      # one hour, 100 agents, 3 real ones\n  sudo jitgate bench soak --duration 2m --agents 20\n  jitgate bench soak --duration 10m --real-agents 0   # no root: fake firewalls only"
+    )]
+    Soak(SoakArgs),
+    /// In network namespaces: jitgate's sets with per-element timeouts against one nftables
+    /// rule per grant (and one iptables rule per grant, when iptables is installed) at 10, 1,000
+    /// and 100,000 grants: time to add and remove one grant, and the TCP connect rate.
+    #[command(after_help = "Example:\n  sudo jitgate bench rules\n  sudo jitgate bench rules --grants 10,1000")]
+    Rules(RulesArgs),
+    /// In network namespaces: jitgate against fwknop (Debian's fwknop-server and fwknop-client):
+    /// time from the request to the open port, and whether an open grant closes at its end when
+    /// each daemon is killed with SIGKILL during it.
+    #[command(after_help = "Example:\n  sudo jitgate bench fwknop --rounds 20")]
+    Fwknop(FwknopArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
     Inner(InnerArgs),
+}
+
+/// `--duration` of the soak: `1h`, `90m`, `2m`, `30s`.
+pub fn soak_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim().to_ascii_lowercase();
+    match t.strip_suffix('h') {
+        Some(hours) => hours
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|h| h.is_finite() && *h > 0.0 && *h <= 24.0)
+            .map(|h| Duration::from_secs_f64(h * 3600.0))
+            .ok_or_else(|| format!("'{text}' is not a duration such as 1h, 90m or 2m")),
+        None => crate::seconds(&t),
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// How long the traffic runs (then the last grants are watched to their end): 1h, 10m, 2m.
+    #[arg(long, default_value = "1h", value_parser = soak_duration)]
+    pub duration: Duration,
+    /// Agents in this process, each on a fake firewall of its own (one VM each).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    pub agents: u32,
+    /// Real `jitgate agent` processes on nftables, each in a network namespace (needs root and
+    /// nft; 0: none).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub real_agents: u32,
+    /// Initiates per second, over all VMs (a quarter of them to the real agents' VMs).
+    #[arg(long, default_value_t = 4.0)]
+    pub rate: f64,
+    /// Seconds between two samples of the server.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub sample_every: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RulesArgs {
+    /// The table sizes measured (live grants), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10u32, 1_000, 100_000])]
+    pub grants: Vec<u32>,
+    /// Seconds of TCP connects per connect-rate measurement.
+    #[arg(long, default_value_t = 2)]
+    pub seconds: u64,
+    /// Single adds and removes timed at each size.
+    #[arg(long, default_value_t = 100)]
+    pub updates: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FwknopArgs {
+    /// Requests timed for each of jitgate and fwknop.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// The window of the grants watched while a daemon is killed, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub window: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -32,7 +32,7 @@ pub(crate) fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the jitgate binary")
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -59,17 +59,25 @@ pub(crate) fn summary(label: &str, mut v: Vec<f64>, unit: &str) -> Figures {
 /// Two namespaces joined by a veth: C (client, 10.9.0.1) and V (the VM, 10.9.0.2) with an
 /// echo listener on the benchmark port.
 pub(crate) fn pair() -> anyhow::Result<(Netns, Netns, KillOnDrop)> {
+    pair_on(&[PORT]).map(|(c, v, listener, _)| (c, v, listener))
+}
+
+/// [`pair`] with echo listeners on each of `ports`; also returns the client's interface.
+pub(crate) fn pair_on(ports: &[u16]) -> anyhow::Result<(Netns, Netns, KillOnDrop, String)> {
     if let Some(why) = netns::unavailable() {
         bail!("this benchmark {why}");
     }
     let c = Netns::new("bc")?;
     let v = Netns::new("bv")?;
-    veth(&c, &format!("{CLIENT}/24"), &v, &format!("{VM}/24"))?;
+    let (c_if, _) = veth(&c, &format!("{CLIENT}/24"), &v, &format!("{VM}/24"))?;
     let mut listen = v.cmd(exe()?);
-    listen.args(["probe", "listen", "--tcp", &format!("0.0.0.0:{PORT}")]);
+    listen.args(["probe", "listen"]);
+    for port in ports {
+        listen.args(["--tcp", &format!("0.0.0.0:{port}")]);
+    }
     let mut listener = KillOnDrop::spawn(listen)?;
     listener.wait_for_line("listening")?;
-    Ok((c, v, listener))
+    Ok((c, v, listener, c_if))
 }
 
 pub(crate) fn run_inner(ns: &Netns, args: &[String]) -> anyhow::Result<String> {
@@ -227,13 +235,8 @@ pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
         "connect-rate" => inner_connect_rate(args).await,
         "nft-setup" | "nft-fill" | "nft-remove" => tokio::task::spawn_blocking(move || inner_nft(args)).await?,
         "nft-one" => tokio::task::spawn_blocking(move || crate::bench_floor::inner_nft_one(args.count)).await?,
-        "restore-grants" => crate::bench_restore::inner_grants(args).await,
-        "restore-floor" => {
-            tokio::task::spawn_blocking(move || crate::bench_restore::inner_floor(args.count, args.extra)).await?
-        }
-        "restore-flush" => {
-            tokio::task::spawn_blocking(move || crate::bench_restore::inner_flush(args.count, args.url)).await?
-        }
+        p if p.starts_with("rules-") => crate::bench_rules::inner(args).await,
+        p if p.starts_with("fwknop-") || p == "jg-grant" => crate::bench_fwknop::inner(args).await,
         other => bail!("unknown bench part {other}"),
     }
 }

@@ -6,11 +6,16 @@ mod agent;
 mod bench_authz;
 mod bench_enforce;
 mod bench_floor;
+mod bench_fwknop;
 mod bench_initiate;
 mod bench_inventory;
 mod bench_portal;
 mod bench_replicas;
 mod bench_restore;
+mod bench_rules;
+mod bench_soak;
+mod bench_soak_report;
+mod bench_soak_watch;
 mod common;
 mod doctor;
 mod quickstart;
@@ -94,6 +99,9 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Portal(a)) => bench_portal::run(a).await,
                 Some(BenchCommand::Inventory(a)) => bench_inventory::run(a).await,
                 Some(BenchCommand::Replicas(a)) => bench_replicas::run(a).await,
+                Some(BenchCommand::Soak(a)) => bench_soak::run(a).await,
+                Some(BenchCommand::Rules(a)) => bench_rules::run(a).await,
+                Some(BenchCommand::Fwknop(a)) => bench_fwknop::run(a).await,
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {
