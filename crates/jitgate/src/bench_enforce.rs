@@ -235,6 +235,13 @@ pub async fn inner(args: InnerArgs) -> anyhow::Result<()> {
         "connect-rate" => inner_connect_rate(args).await,
         "nft-setup" | "nft-fill" | "nft-remove" => tokio::task::spawn_blocking(move || inner_nft(args)).await?,
         "nft-one" => tokio::task::spawn_blocking(move || crate::bench_floor::inner_nft_one(args.count)).await?,
+        "restore-grants" => crate::bench_restore::inner_grants(args).await,
+        "restore-floor" => {
+            tokio::task::spawn_blocking(move || crate::bench_restore::inner_floor(args.count, args.extra)).await?
+        }
+        "restore-flush" => {
+            tokio::task::spawn_blocking(move || crate::bench_restore::inner_flush(args.count, args.url)).await?
+        }
         p if p.starts_with("rules-") => crate::bench_rules::inner(args).await,
         p if p.starts_with("fwknop-") || p == "jg-grant" => crate::bench_fwknop::inner(args).await,
         other => bail!("unknown bench part {other}"),
