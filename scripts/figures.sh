@@ -107,6 +107,11 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     echo "|---|---|---|---|"
     cat "$rows"
     echo
+    # Mutation testing takes hours, so it is not run here: its figures are those of the last
+    # scripts/mutants.sh run, kept in docs/mutants.md.
+    echo "## Mutation testing (from docs/mutants.md)"
+    echo
+    sed -n '/^## Figures$/,/^## Survivors explained$/p' docs/mutants.md | sed '1d;$d'
     echo "## Each benchmark's output"
     while IFS= read -r name; do
         f="$logs/$name.out"
