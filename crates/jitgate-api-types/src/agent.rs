@@ -70,6 +70,22 @@ pub struct JoinIn {
     pub name_is_hostname: bool,
 }
 
+/// What the domain checks of a join (`jitgate_core::enforcement::check_join`).
+impl From<JoinIn> for jitgate_core::enforcement::JoinDraft {
+    fn from(input: JoinIn) -> Self {
+        jitgate_core::enforcement::JoinDraft {
+            join_token: input.join_token,
+            name: input.name,
+            mode: input.mode,
+            os_type: input.os_type,
+            addresses: input.addresses,
+            public_address: input.public_address,
+            hostname: input.hostname,
+            name_is_hostname: input.name_is_hostname,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinOut {

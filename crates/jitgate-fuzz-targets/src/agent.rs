@@ -28,16 +28,7 @@ pub fn agent_messages(data: &[u8]) {
 
 fn join(body: &[u8]) {
     let Ok(input) = parse_json::<JoinIn>(body) else { return };
-    let draft = JoinDraft {
-        join_token: input.join_token,
-        name: input.name,
-        mode: input.mode,
-        os_type: input.os_type,
-        addresses: input.addresses,
-        public_address: input.public_address,
-        hostname: input.hostname,
-        name_is_hostname: input.name_is_hostname,
-    };
+    let draft = JoinDraft::from(input);
     let checked = match check_join(draft) {
         Ok(c) => c,
         Err(e) => {

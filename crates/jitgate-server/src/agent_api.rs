@@ -163,16 +163,7 @@ async fn join_inner(app: &App, peer: PeerAddr, req: Request<Body>) -> Result<Res
     let checked = async {
         let body = read_small_body(app, req.into_body()).await?;
         let input = parse_json::<JoinIn>(&body)?;
-        let draft = JoinDraft {
-            join_token: input.join_token,
-            name: input.name,
-            mode: input.mode,
-            os_type: input.os_type,
-            addresses: input.addresses,
-            public_address: input.public_address,
-            hostname: input.hostname,
-            name_is_hostname: input.name_is_hostname,
-        };
+        let draft = JoinDraft::from(input);
         check_join(draft).map_err(|invalid| join_token_unauthorized(invalid.into()))
     }
     .await;
