@@ -319,7 +319,18 @@ fn inner_nft(args: InnerArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
+/// What an inner benchmark part works on: the API client, the client's address, the port it
+/// connects to, the benchmark VM and its policy.
+pub(crate) struct BenchTarget {
+    pub client: Client,
+    pub from: std::net::IpAddr,
+    pub to: SocketAddr,
+    pub vm: String,
+    pub policy: PolicyRef,
+}
+
+/// The part's target from its flags, once the agent has joined and registered its VM.
+pub(crate) async fn joined_target(args: &InnerArgs) -> anyhow::Result<BenchTarget> {
     let url = args.url.clone().context("--url")?;
     let token = args.token.clone().context("--token")?;
     let settings = Settings::new(url).token(token).ca_cert_path(args.ca_cert.as_deref().map(Path::new));
@@ -333,18 +344,18 @@ async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
         location: "westeurope".to_owned(),
         name: "bench".to_owned(),
     };
-    // Wait for the agent to have joined and registered its VM.
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = client.native().vm(&vm).await.ok().and_then(|v| v.enforcement).and_then(|e| e.last_seen);
-        if seen.is_some() {
-            break;
-        }
+    while client.native().vm(&vm).await.ok().and_then(|v| v.enforcement).and_then(|e| e.last_seen).is_none() {
         if Instant::now() > deadline {
             bail!("the agent did not join within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(BenchTarget { client, from, to, vm, policy })
+}
+
+async fn inner_open(args: InnerArgs) -> anyhow::Result<()> {
+    let BenchTarget { client, from, to, vm, policy } = joined_target(&args).await?;
     jitgate_cli::bench::put_bench_policy(&client, &policy, &vm, to.port()).await?;
     wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
     let initiate = |duration: &str| {

@@ -7,21 +7,20 @@
 //! the moment the agent's replacement that re-creates `table inet jitgate` is told.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use jitgate_cli::bench::{InnerArgs, RestoreArgs};
-use jitgate_client::arm::PolicyRef;
 use jitgate_client::local::LocalServer;
-use jitgate_client::{Client, Settings};
 use jitgate_enforce_nft::monitor::{Event, EventSocket};
 use jitgate_netns::KillOnDrop;
 
-use crate::bench_enforce::{exe, pair, run_inner, summary, wait_until, CLIENT, PORT, SUB, VM};
+use crate::bench_enforce::{
+    exe, joined_target, pair, run_inner, summary, wait_until, BenchTarget, CLIENT, PORT, SUB, VM,
+};
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     println!(
@@ -107,26 +106,7 @@ pub fn inner_floor(count: u32, times: u32) -> anyhow::Result<()> {
 /// `bench inner restore-grants` (in C): waits for the agent, protects the port, opens `count`
 /// grants of an hour (the client's and fillers'), and waits until the client gets through.
 pub async fn inner_grants(args: InnerArgs) -> anyhow::Result<()> {
-    let url = args.url.clone().context("--url")?;
-    let token = args.token.clone().context("--token")?;
-    let settings = Settings::new(url).token(token).ca_cert_path(args.ca_cert.as_deref().map(Path::new));
-    let client = Client::new(settings)?;
-    let from = args.from.context("--from")?;
-    let to: SocketAddr = args.to.context("--to")?;
-    let vm = format!("/subscriptions/{SUB}/resourceGroups/bench/providers/Microsoft.Compute/virtualMachines/benchvm");
-    let policy = PolicyRef {
-        subscription: SUB.to_owned(),
-        resource_group: "bench".to_owned(),
-        location: "westeurope".to_owned(),
-        name: "bench".to_owned(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.native().vm(&vm).await.ok().and_then(|v| v.enforcement).and_then(|e| e.last_seen).is_none() {
-        if Instant::now() > deadline {
-            bail!("the agent did not join within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let BenchTarget { client, from, to, vm, policy } = joined_target(&args).await?;
     jitgate_cli::bench::put_bench_policy(&client, &policy, &vm, to.port()).await?;
     wait_until(from, to, false, Duration::from_secs(10)).await.context("the port never closed")?;
     let count = args.count.max(1);
