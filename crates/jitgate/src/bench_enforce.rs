@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -131,23 +132,32 @@ impl std::fmt::Display for Rss {
     }
 }
 
-/// Server in namespace C, a real agent enforcing on V: opens `grants` grants one after the
-/// other (timing each to the first TCP connect) and watches `expiries` short ones close.
-/// Returns the measurements and the agent's memory afterwards.
-pub fn open_run(grants: u32, expiries: u32) -> anyhow::Result<(String, Rss)> {
-    let (c, v, _listener) = pair()?;
-    let tmp = tempfile::tempdir()?;
+/// `jitgate serve` in C on the benchmark address (data under `dir/server`), and the command of a
+/// `jitgate agent` in V joined to it as the benchmark VM (state under `dir/agent`), for the caller
+/// to finish and spawn.
+pub(crate) fn server_and_agent(c: &Netns, v: &Netns, dir: &Path) -> anyhow::Result<(LocalServer, Command)> {
     let server = LocalServer::start_with(
         &c.prefix(),
         &exe()?,
-        &tmp.path().join("server"),
+        &dir.join("server"),
         &format!("{CLIENT}:0"),
         &[&["--tls-san", CLIENT], jitgate_cli::bench::BENCH_SERVER_FLAGS].concat(),
     )?;
     let token = server.create_join_token(c.cmd(exe()?), SUB, "bench", "westeurope", &[])?;
     let mut agent = v.cmd(exe()?);
     agent.args(["agent", "--server", &server.url, "--join-token", &token, "--vm-name", "benchvm", "--state-dir"]);
-    agent.arg(tmp.path().join("agent")).arg("--ca-cert").arg(&server.ca_cert).env("JITGATE_LOG", "warn");
+    agent.arg(dir.join("agent")).arg("--ca-cert").arg(&server.ca_cert);
+    Ok((server, agent))
+}
+
+/// Server in namespace C, a real agent enforcing on V: opens `grants` grants one after the
+/// other (timing each to the first TCP connect) and watches `expiries` short ones close.
+/// Returns the measurements and the agent's memory afterwards.
+pub fn open_run(grants: u32, expiries: u32) -> anyhow::Result<(String, Rss)> {
+    let (c, v, _listener) = pair()?;
+    let tmp = tempfile::tempdir()?;
+    let (server, mut agent) = server_and_agent(&c, &v, tmp.path())?;
+    agent.env("JITGATE_LOG", "warn");
     let agent = KillOnDrop::spawn(agent)?;
     let inner = vec![
         "open".to_string(),

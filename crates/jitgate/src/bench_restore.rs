@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use jitgate_cli::bench::{InnerArgs, RestoreArgs};
-use jitgate_client::local::LocalServer;
 use jitgate_enforce_nft::monitor::{Event, EventSocket};
 use jitgate_netns::KillOnDrop;
 
 use crate::bench_enforce::{
-    exe, joined_target, pair, run_inner, summary, wait_until, BenchTarget, CLIENT, PORT, SUB, VM,
+    joined_target, pair, run_inner, server_and_agent, summary, wait_until, BenchTarget, CLIENT, PORT, VM,
 };
 
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
@@ -33,17 +32,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
 fn run_blocking(args: RestoreArgs) -> anyhow::Result<()> {
     let (c, v, _listener) = pair()?;
     let tmp = tempfile::tempdir()?;
-    let server = LocalServer::start_with(
-        &c.prefix(),
-        &exe()?,
-        &tmp.path().join("server"),
-        &format!("{CLIENT}:0"),
-        &[&["--tls-san", CLIENT], jitgate_cli::bench::BENCH_SERVER_FLAGS].concat(),
-    )?;
-    let token = server.create_join_token(c.cmd(exe()?), SUB, "bench", "westeurope", &[])?;
-    let mut agent = v.cmd(exe()?);
-    agent.args(["agent", "--server", &server.url, "--join-token", &token, "--vm-name", "benchvm", "--state-dir"]);
-    agent.arg(tmp.path().join("agent")).arg("--ca-cert").arg(&server.ca_cert);
+    let (server, mut agent) = server_and_agent(&c, &v, tmp.path())?;
     agent.args(["--metrics-listen", "127.0.0.1:0"]).env("JITGATE_LOG", "error");
     let mut agent = KillOnDrop::spawn(agent)?;
     let line = agent.wait_for_line("jitgate agent metrics on ")?;
