@@ -22,6 +22,22 @@ pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The audit record of the first start's Owner principal `owner`, created at `now` (the store's
+/// `bootstrap` completes it).
+pub fn bootstrap_event(owner: &str, now: time::OffsetDateTime) -> jitgate_core::audit::AuditEvent {
+    use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+    AuditEvent {
+        time: now,
+        operation: ops::PRINCIPAL_WRITE.into(),
+        status: AuditStatus::Started,
+        caller: "jitgate".into(),
+        caller_ip: None,
+        resource_id: format!("/principals/{owner}"),
+        correlation_id: "bootstrap".into(),
+        properties: Default::default(),
+    }
+}
+
 /// The bearer token of a request, or the 401 to answer.
 pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {

@@ -13,7 +13,7 @@ use axum::Router;
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::{ops, AuditStatus};
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, Clock, ServerConfig};
 use jitgate_store::prelude::*;
@@ -51,16 +51,7 @@ async fn harness() -> Harness {
     let store = Arc::new(SqliteStore::open(&dir.path().join("db"), keys).expect("store"));
     let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
     let token = auth::new_token();
-    let audit = AuditEvent {
-        time: now,
-        operation: ops::PRINCIPAL_WRITE.into(),
-        status: AuditStatus::Started,
-        caller: "jitgate".into(),
-        caller_ip: None,
-        resource_id: "/principals/owner".into(),
-        correlation_id: "bootstrap".into(),
-        properties: Default::default(),
-    };
+    let audit = auth::bootstrap_event("owner", now);
     assert!(store.bootstrap("owner", &auth::hash_token(&token), None, audit).await.expect("bootstrap"));
     let config = ServerConfig { list_page_size: 10, max_body_bytes: MAX_BODY, ..Default::default() };
     let clock = Arc::new(TestClock(std::sync::Mutex::new(now)));

@@ -20,7 +20,6 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
 use jitgate_core::outbox::{DELIVERED, FAILED, MAX_ATTEMPTS, PENDING};
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, Clock, ServerConfig};
@@ -103,16 +102,7 @@ async fn world() -> World {
     let store = Arc::new(SqliteStore::open(&dir.path().join("db"), keys).expect("store"));
     let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("time");
     let token = auth::new_token();
-    let audit = AuditEvent {
-        time: now,
-        operation: ops::PRINCIPAL_WRITE.into(),
-        status: AuditStatus::Started,
-        caller: "jitgate".into(),
-        caller_ip: None,
-        resource_id: "/principals/owner".into(),
-        correlation_id: "bootstrap".into(),
-        properties: Default::default(),
-    };
+    let audit = auth::bootstrap_event("owner", now);
     assert!(store.bootstrap("owner", &auth::hash_token(&token), None, audit).await.expect("bootstrap"));
     let mut config = ServerConfig::default();
     config.webhooks.allow_http = true;

@@ -15,7 +15,7 @@ use jitgate_cli::{ServeArgs, TlsMode};
 
 use crate::common::{init_logging, shutdown_signal};
 use crate::secrets;
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::AuditEvent;
 use jitgate_server::certs::{self, Reloadable};
 use jitgate_server::oidc::{Oidc, OidcConfig};
 use jitgate_server::tls::{self, ServerListener};
@@ -361,16 +361,7 @@ async fn bootstrap(
     let token = auth::new_token();
     let now = time::OffsetDateTime::now_utc();
     let expires = max_lifetime.map(|m| now + m);
-    let audit = AuditEvent {
-        time: now,
-        operation: ops::PRINCIPAL_WRITE.into(),
-        status: AuditStatus::Started,
-        caller: "jitgate".into(),
-        caller_ip: None,
-        resource_id: format!("/principals/{OWNER}"),
-        correlation_id: "bootstrap".into(),
-        properties: Default::default(),
-    };
+    let audit = auth::bootstrap_event(OWNER, now);
     let headline = if store.bootstrap(OWNER, &auth::hash_token(&token), expires, audit.clone()).await? {
         format!("first start. Created the Owner principal \"{OWNER}\"")
     } else if args.reissue_owner_token {

@@ -14,7 +14,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
-use jitgate_core::audit::{ops, AuditEvent, AuditStatus};
+use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_server::tls::PeerAddr;
 use jitgate_server::{auth, App, Clock, ServerConfig};
 use jitgate_store::prelude::*;
@@ -101,16 +101,7 @@ impl Harness {
         let store = Arc::new(SqliteStore::open(&dir.path().join("db"), keys).expect("store"));
         let now = OffsetDateTime::now_utc();
         let token = auth::new_token();
-        let audit = AuditEvent {
-            time: now,
-            operation: ops::PRINCIPAL_WRITE.into(),
-            status: AuditStatus::Started,
-            caller: "jitgate".into(),
-            caller_ip: None,
-            resource_id: "/principals/owner".into(),
-            correlation_id: "bootstrap".into(),
-            properties: Default::default(),
-        };
+        let audit = auth::bootstrap_event("owner", now);
         assert!(store.bootstrap("owner", &auth::hash_token(&token), None, audit).await.expect("bootstrap"));
         let app =
             App::new(store.clone(), Arc::new(jitgate_server::SystemClock), ServerConfig::default()).with_oidc(oidc);
