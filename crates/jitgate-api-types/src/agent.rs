@@ -191,3 +191,111 @@ pub struct AgentOut {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub nftables_error: Option<String>,
 }
+
+/// `PUT /agent/v1/inventory` (cloud connectors only): every instance the connector found, at
+/// once. The server registers each as a VM in the connector's subscription, enforced by the
+/// connector; a VM it registered before and that is missing now becomes Unsupported ("not found
+/// by the connector"), never deleted (a policy may still name it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryIn {
+    pub vms: Vec<CloudVmIn>,
+}
+
+/// One instance a cloud connector found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudVmIn {
+    /// The VM's name: the cloud's own id of the instance (`i-0123456789abcdef0`), unique in the
+    /// account and region, so two instances never share a VM.
+    pub name: String,
+    /// The resource group the operator's mapping chose (a tag's value, or the VPC's mapping);
+    /// absent: the join token's resource group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// `Linux` or `Windows` (from the instance's platform).
+    pub os_type: String,
+    /// The private address (what a grant's rule protects; shown in the inventory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<String>,
+    /// Why JIT cannot protect this instance (no security group, terminated, a VPC the
+    /// connector does not manage); absent when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported_reason: Option<String>,
+    /// The cloud's facts, shown in the inventory as they are.
+    #[serde(default)]
+    pub cloud: CloudFacts,
+}
+
+/// What the cloud says of an instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudFacts {
+    /// `aws`.
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    /// The instance's security groups (ids), the connector's own group excluded.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// The instance's `Name` tag, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// The answer to `PUT /agent/v1/inventory`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryOut {
+    /// VMs registered or updated by this report.
+    pub registered: u32,
+    /// VMs of this connector now Unsupported (as reported, or no longer found).
+    pub unsupported: u32,
+    /// The revision after the report (the connector's next state read waits past it).
+    pub revision: u64,
+}
+
+/// `POST /agent/v1/enforcement` (cloud connectors only): rules the connector removed since its
+/// last report, each written to the audit log, and the VMs whose enforcement fails now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcementReportIn {
+    #[serde(default)]
+    pub removals: Vec<RemovalIn>,
+    /// Every VM of this connector whose rules could not be changed (a removal that failed
+    /// included): the whole list, replacing the previous report's. Empty: none fails.
+    #[serde(default)]
+    pub failures: Vec<VmFailureIn>,
+}
+
+/// One grant rule the connector removed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovalIn {
+    pub request_id: i64,
+    pub vm_id: String,
+    /// `TCP`, `UDP` or `*`.
+    pub protocol: String,
+    pub port: u16,
+    /// The rule's source prefix.
+    pub source: String,
+    /// `expired`, `revoked` (no longer in the desired state before its end) or `stale` (found
+    /// expired at the connector's start).
+    pub reason: String,
+    /// When the rule was removed (RFC 3339).
+    pub removed_at: String,
+}
+
+/// A VM whose rules the connector could not change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmFailureIn {
+    pub vm_id: String,
+    /// What failed, as the cloud said it.
+    pub error: String,
+}
