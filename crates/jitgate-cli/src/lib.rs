@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod connect;
+pub mod connector;
 pub mod doctor;
 pub mod output;
 pub mod policy;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Run an enforcement point (`jitgate agent --server … --join-token … --state-dir …`), or
     /// manage agent join tokens (`jitgate agent token create …`).
     Agent(agent::AgentArgs),
+    /// Run a cloud connector (`jitgate connector aws --server … --join-token … --region …`):
+    /// protects cloud instances through their security groups, with nothing installed on them.
+    Connector(connector::ConnectorArgs),
     /// Access requests: request access to ports, revoke a grant before its end time.
     Access(access::AccessArgs),
     /// Request access, wait until open, run a command with the connection details, revoke after.
