@@ -70,9 +70,16 @@ pub fn resource_group(instance: &Instance, mapping: &Mapping) -> Option<String> 
     tagged.map(str::to_owned).or_else(|| instance.vpc_id.as_ref().and_then(|v| mapping.vpcs.get(v)).cloned())
 }
 
-/// A tag value bounded for the server (EC2's own limit is 256 characters).
+/// The longest fact the server keeps (an id, a display name), in characters.
+pub const FACT_CHARS: usize = 255;
+/// The most security groups the server keeps of one instance.
+pub const GROUPS_PER_VM: usize = 64;
+/// The most VMs one inventory may hold.
+pub const MAX_VMS: usize = 10_000;
+
+/// A fact bounded for the server: printable, at most [`FACT_CHARS`].
 fn bounded(text: &str) -> String {
-    text.trim().chars().filter(|c| !c.is_control()).take(256).collect()
+    text.trim().chars().filter(|c| !c.is_control()).take(FACT_CHARS).collect()
 }
 
 /// Every instance as a VM; instances whose id is no EC2 instance id are left out.
@@ -104,6 +111,7 @@ pub fn discover(instances: &[Instance], mapping: &Mapping) -> Vec<CloudVmIn> {
                     .iter()
                     .filter(|g| g.group_name != jg)
                     .map(|g| bounded(&g.group_id))
+                    .take(GROUPS_PER_VM)
                     .collect(),
                 display_name: i.tag("Name").map(bounded).filter(|n| !n.is_empty()),
             },
@@ -111,6 +119,13 @@ pub fn discover(instances: &[Instance], mapping: &Mapping) -> Vec<CloudVmIn> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
+    if out.len() > MAX_VMS {
+        tracing::error!(
+            found = out.len(),
+            "more instances than one inventory holds ({MAX_VMS}): the rest are not registered; give --vpc to split the region between connectors"
+        );
+        out.truncate(MAX_VMS);
+    }
     out
 }
 

@@ -10,7 +10,7 @@ use jitgate_aws::{Ec2, Ec2Error, Filter, Instance, SecurityGroup};
 use crate::apply::apply;
 use crate::desired::{rfc3339_ms, DesiredVm, UnixSecs};
 use crate::discovery::{is_instance_id, Mapping};
-use crate::plan::{plan, Observed, Removal, TAG_INSTANCE, TAG_VM};
+use crate::plan::{plan, Action, Observed, Removal, Target, TAG_INSTANCE, TAG_VM};
 use crate::sweep::managed_filter;
 
 /// EC2 takes at most this many values in one filter.
@@ -71,12 +71,38 @@ pub async fn reconcile(
         }
     }
     let none = DesiredVm::default();
+    let wants = |inst: &Instance| match desired.get(&inst.instance_id) {
+        Some(d) if !crate::discovery::is_gone(inst) => d,
+        _ => &none,
+    };
+    // Instances no longer protected first: what they put back into a group they share with a
+    // protected instance is taken away again by that instance's plan in this same round.
+    let mut mine = mine;
+    mine.sort_by_key(|i| !wants(i).ports.is_empty());
+    // Groups changed this round, read again before the next instance in them is planned.
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
     for inst in mine {
         let jg = by_instance.get(&inst.instance_id);
-        let d = match desired.get(&inst.instance_id) {
-            Some(d) if !crate::discovery::is_gone(inst) => d,
-            _ => &none,
-        };
+        let d = wants(inst);
+        let stale: Vec<String> =
+            inst.security_groups.iter().map(|g| g.group_id.clone()).filter(|id| dirty.contains(id)).collect();
+        if !stale.is_empty() {
+            match ec2.describe_security_groups(&[Filter::new("group-id", stale.iter().cloned())]).await {
+                Ok(fresh) => {
+                    for g in fresh {
+                        groups.insert(g.group_id.clone(), g);
+                    }
+                    dirty.retain(|id| !stale.contains(id));
+                }
+                Err(e) => {
+                    tracing::error!(instance = %inst.instance_id, error = %e, "reading its security groups failed");
+                    if !d.vm_id.is_empty() {
+                        round.failures.insert(d.vm_id.clone(), format!("reading its security groups: {e}"));
+                    }
+                    continue;
+                }
+            }
+        }
         let vm_id = if d.vm_id.is_empty() {
             jg.and_then(|g| g.tag(TAG_VM)).unwrap_or(&inst.instance_id).to_owned()
         } else {
@@ -87,6 +113,14 @@ pub async fn reconcile(
             continue;
         }
         let mut failures = p.failures.clone();
+        for a in &p.actions {
+            if let Action::Authorize { target: Target::Id(id), .. } | Action::Revoke { target: Target::Id(id), .. } = a
+            {
+                if jg.is_none_or(|g| &g.group_id != id) {
+                    dirty.insert(id.clone());
+                }
+            }
+        }
         match apply(ec2, &p.actions).await {
             Ok(_) => round.removals.extend(p.removals),
             Err(e) => {
@@ -120,9 +154,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Queues removals made at `now_ms`.
+    /// Queues removals made at `now_ms`. A removal of a rule that names no VM id the server could
+    /// know (a group tagged by hand) is only logged.
     pub fn removed(&mut self, removals: impl IntoIterator<Item = Removal>, now_ms: i64) {
         for r in removals {
+            if !r.vm_id.contains("/virtualMachines/") {
+                tracing::warn!(vm = %r.vm_id, request = r.request_id, port = r.port, source = %r.source, reason = r.reason.as_str(), "removed a rule of no VM the server knows; not reported");
+                continue;
+            }
             if self.removals.len() >= MAX_PENDING {
                 self.removals.pop_front();
                 self.dropped += 1;
@@ -171,9 +210,19 @@ impl Outbox {
 
     /// `report` (from [`Outbox::next`]) was taken by the server.
     pub fn sent(&mut self, report: &EnforcementReportIn) {
-        let n = report.removals.len().min(self.removals.len());
+        self.forget(report.removals.len());
+        self.failures_sent(&report.failures);
+    }
+
+    /// The `n` oldest removals are done with (taken, or refused for good).
+    pub fn forget(&mut self, n: usize) {
+        let n = n.min(self.removals.len());
         self.removals.drain(..n);
-        self.sent = Some(report.failures.iter().map(|f| (f.vm_id.clone(), f.error.clone())).collect());
+    }
+
+    /// The server has (or refused for good) this failure list.
+    pub fn failures_sent(&mut self, failures: &[VmFailureIn]) {
+        self.sent = Some(failures.iter().map(|f| (f.vm_id.clone(), f.error.clone())).collect());
     }
 }
 
@@ -185,7 +234,7 @@ mod tests {
 
     fn removal(n: i64) -> Removal {
         Removal {
-            vm_id: "vm".into(),
+            vm_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/i-1".into(),
             request_id: n,
             proto: Proto::Tcp,
             port: 22,
@@ -220,5 +269,10 @@ mod tests {
         assert_eq!((o.pending(), o.dropped), (MAX_PENDING, 5));
         assert_eq!(o.next().unwrap().removals.len(), REPORT_BATCH);
         assert_eq!(o.next().unwrap().removals[0].request_id, 5, "the oldest were dropped");
+        o.forget(MAX_PENDING - 1);
+        assert_eq!(o.pending(), 1);
+        let mut foreign = Outbox::default();
+        foreign.removed([Removal { vm_id: "i-1".into(), ..removal(1) }], 0);
+        assert_eq!(foreign.pending(), 0, "no VM id the server knows");
     }
 }

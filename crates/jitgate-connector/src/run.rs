@@ -2,12 +2,12 @@
 //! until shutdown — sweep every `sweep_interval`, discover every `discovery_interval` and put the
 //! inventory, long-poll the state, enforce it, report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jitgate_api_types::agent::{InventoryIn, StateOut};
+use jitgate_api_types::agent::{EnforcementReportIn, InventoryIn, StateOut};
 use jitgate_aws::Ec2;
 
 use crate::desired::by_instance;
@@ -64,12 +64,19 @@ fn secs(ms: i64) -> i64 {
     ms.div_euclid(1000)
 }
 
-/// Sends what the server has yet to hear; a 401 ends the loop.
-async fn flush(outbox: &mut Outbox, server: &impl Server, credential: &str) -> Result<(), CallError> {
+/// Sends what the server has yet to hear; a 401 ends the loop. What could not be sent is kept
+/// for the next try.
+pub async fn flush(outbox: &mut Outbox, server: &impl Server, credential: &str) -> Result<(), CallError> {
     while let Some(report) = outbox.next() {
         match server.report_enforcement(credential, &report).await {
             Ok(()) => outbox.sent(&report),
             Err(CallError::Unauthorized) => return Err(CallError::Unauthorized),
+            Err(CallError::Status { status, body }) if status.is_client_error() => {
+                tracing::warn!(%status, error = %body, "the server refused the report; sending its parts one by one");
+                if !isolate(outbox, server, credential, report).await? {
+                    return Ok(());
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, pending = outbox.pending(), "could not report removals; kept for the next try");
                 return Ok(());
@@ -80,6 +87,43 @@ async fn flush(outbox: &mut Outbox, server: &impl Server, credential: &str) -> R
         }
     }
     Ok(())
+}
+
+/// Sends a refused report's parts one at a time, so that one the server refuses for good (a VM
+/// another connector enforces, say) is dropped — logged — instead of holding back the others.
+/// `Ok(false)` when the server could not be reached meanwhile (the rest is kept).
+async fn isolate(
+    outbox: &mut Outbox,
+    server: &impl Server,
+    credential: &str,
+    report: EnforcementReportIn,
+) -> Result<bool, CallError> {
+    let refused = |e: &CallError| matches!(e, CallError::Status { status, .. } if status.is_client_error());
+    let alone = EnforcementReportIn { removals: vec![], failures: report.failures.clone() };
+    let failures = match server.report_enforcement(credential, &alone).await {
+        Ok(()) => report.failures.clone(),
+        Err(CallError::Unauthorized) => return Err(CallError::Unauthorized),
+        Err(e) if refused(&e) => {
+            tracing::error!(error = %e, "the server refuses the list of failing VMs; it is not reported");
+            vec![]
+        }
+        Err(_) => return Ok(false),
+    };
+    for r in report.removals {
+        let one = EnforcementReportIn { removals: vec![r.clone()], failures: failures.clone() };
+        match server.report_enforcement(credential, &one).await {
+            Ok(()) => {}
+            Err(CallError::Unauthorized) => return Err(CallError::Unauthorized),
+            Err(e) if refused(&e) => tracing::error!(
+                error = %e, vm = %r.vm_id, request = r.request_id, port = r.port, source = %r.source, reason = %r.reason,
+                "the server refuses this removal; it is dropped"
+            ),
+            Err(_) => return Ok(false),
+        }
+        outbox.forget(1);
+    }
+    outbox.failures_sent(&report.failures);
+    Ok(true)
 }
 
 /// The loop over any [`Ec2`] and [`Server`]; `Ok(())` when `shutdown` completes.
@@ -116,6 +160,8 @@ pub async fn run_with(
     let credential = cred.credential.as_str();
     let mut sweep_failures: BTreeMap<String, String> = BTreeMap::new();
     let mut round_failures: BTreeMap<String, String> = BTreeMap::new();
+    // The VMs of the last state: the only ones whose failures the server takes.
+    let mut known: BTreeSet<String> = BTreeSet::new();
     let mut after: Option<u64> = None;
     let mut delay = Duration::ZERO;
     let mut backoff = FIRST_BACKOFF;
@@ -146,7 +192,7 @@ pub async fn run_with(
                         }
                         Err(e) => tracing::warn!(error = %e, "the sweep failed; trying again at the next"),
                     }
-                    outbox.failing(merged(&round_failures, &sweep_failures));
+                    outbox.failing(merged(&round_failures, &sweep_failures, &known));
                     if let Err(CallError::Unauthorized) = flush(&mut outbox, server, credential).await {
                         return Err(refused());
                     }
@@ -179,6 +225,7 @@ pub async fn run_with(
         };
         let received = clock.now_ms();
         let desired = by_instance(&state, received);
+        known = desired.values().map(|d| d.vm_id.clone()).collect();
         let now = secs(clock.now_ms());
         let round = tokio::select! {
             r = reconcile(ec2, &desired, &cfg.mapping, now) => r,
@@ -199,18 +246,25 @@ pub async fn run_with(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        outbox.failing(merged(&round_failures, &sweep_failures));
+        outbox.failing(merged(&round_failures, &sweep_failures, &known));
         if let Err(CallError::Unauthorized) = flush(&mut outbox, server, credential).await {
             return Err(refused());
         }
     }
 }
 
-fn merged(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+/// The failing VMs to report: those of the state the server sent (it refuses a report naming
+/// a VM this connector does not enforce); the others are only logged where they fail.
+fn merged(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+    known: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
     let mut out = a.clone();
     for (vm, e) in b {
         out.entry(vm.clone()).and_modify(|x| *x = format!("{x}; {e}")).or_insert_with(|| e.clone());
     }
+    out.retain(|vm, _| known.contains(vm));
     out
 }
 

@@ -2,10 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use jitgate_aws::IpPermission;
+
 use super::world::*;
-use crate::desired::describe;
+use crate::desired::{describe, DesiredVm};
+use crate::discovery::Mapping;
 use crate::memory;
 use crate::plan::{plan, Action, Observed, Reason, RULE_LIMIT, TAG_INSTANCE, TAG_MANAGED, TAG_VM};
+use crate::reconcile::reconcile;
 use crate::rules::Proto;
 use crate::sweep::sweep;
 
@@ -162,7 +166,7 @@ async fn policy_edits_converge_and_disable_restores_exactly_even_without_local_s
     let jg = w.jitgate().expect("group");
     assert_eq!(memory::decode(&jg.tags).0.len(), 1, "only the office rule is still remembered");
     // Disabled, by a round that has nothing but EC2 (as after losing the connector's machine).
-    let round = w.round(&crate::desired::DesiredVm::default(), NOW).await;
+    let round = w.round(&DesiredVm::default(), NOW).await;
     assert!(round.failures.is_empty(), "{:?}", round.failures);
     assert_eq!(w.rules(&w.web), original, "exactly what was there");
     assert!(w.jitgate().is_none(), "deleted");
@@ -185,7 +189,7 @@ async fn an_all_traffic_rule_is_cut_into_tcp_udp_and_icmp_and_restored_whole() {
             ("icmp".into(), Some(-1), Some(-1)),
         ]
     );
-    w.round(&crate::desired::DesiredVm::default(), NOW).await;
+    w.round(&DesiredVm::default(), NOW).await;
     assert_eq!(w.rules(&w.web), original);
 }
 
@@ -203,7 +207,7 @@ async fn a_rule_added_behind_the_connector_is_taken_away_and_remembered_too() {
     let vendor: Vec<_> =
         w.rules(&w.web).into_iter().filter(|r| r.source.text() == "198.51.100.0/24").map(|r| (r.from, r.to)).collect();
     assert_eq!(vendor, [(Some(20), Some(21)), (Some(23), Some(30))]);
-    w.round(&crate::desired::DesiredVm::default(), NOW).await;
+    w.round(&DesiredVm::default(), NOW).await;
     let back: Vec<_> = w.rules(&w.web).into_iter().filter(|r| r.source.text() == "198.51.100.0/24").collect();
     assert_eq!(back, with_vendor);
 }
@@ -263,7 +267,7 @@ async fn a_failed_step_is_reported_and_the_next_round_finishes_the_work() {
     assert!(w.rules(&w.web).iter().all(|r| !r.allows(&(Proto::Tcp, 22))));
     w.ec2.fail_next("DeleteSecurityGroup", "DependencyViolation");
     w.ec2.fail_next("DeleteSecurityGroup", "DependencyViolation");
-    let round = w.round(&crate::desired::DesiredVm::default(), NOW).await;
+    let round = w.round(&DesiredVm::default(), NOW).await;
     assert!(round.failures.is_empty(), "a group just detached is waited for: {:?}", round.failures);
     assert!(w.jitgate().is_none());
 }
@@ -313,4 +317,51 @@ fn the_plan_for_a_new_instance_in_order() {
     let empty = BTreeMap::new();
     let p = plan(Observed { instance: &inst, groups: &empty, jitgate: None }, &d, NOW);
     assert!(p.actions.is_empty() && p.failures[0].contains("could not be read"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_group_keeps_the_port_closed_while_any_instance_in_it_is_protected() {
+    const OTHER: &str = "i-0fedcba9876543210";
+    let w = World::new();
+    w.ec2.add_instance(OTHER, "vpc-1", "10.0.0.6", &[w.web.as_str()]);
+    let original = w.rules(&w.web);
+    let other = DesiredVm { vm_id: VM.replace(INSTANCE, OTHER), ..protect(&[(Proto::Tcp, 22)], vec![]) };
+    let mapping = Mapping::default();
+    let both = BTreeMap::from([
+        (INSTANCE.to_owned(), protect(&[(Proto::Tcp, 22)], vec![])),
+        (OTHER.to_owned(), other.clone()),
+    ]);
+    reconcile(&w.ec2, &both, &mapping, NOW).await.expect("round");
+    assert!(w.rules(&w.web).iter().all(|r| !r.allows(&(Proto::Tcp, 22))));
+    // The first instance is no longer protected; the second still is, in the same group.
+    let round = reconcile(&w.ec2, &BTreeMap::from([(OTHER.to_owned(), other)]), &mapping, NOW).await.expect("round");
+    assert!(round.failures.is_empty(), "{:?}", round.failures);
+    assert!(w.jitgate().is_none());
+    assert!(w.rules(&w.web).iter().all(|r| !r.allows(&(Proto::Tcp, 22))), "{:?}", w.rules(&w.web));
+    let theirs = w.ec2.groups().into_iter().find(|g| g.group_name == crate::plan::group_name(OTHER)).expect("group");
+    assert_eq!(memory::decode(&theirs.tags).0.len(), 2, "the second instance remembers them now");
+    // And when nothing is protected any more, the group is as it was.
+    reconcile(&w.ec2, &BTreeMap::new(), &mapping, NOW).await.expect("round");
+    assert_eq!(w.rules(&w.web), original);
+    assert!(w.ec2.groups().iter().all(|g| !g.group_name.starts_with("jitgate-")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rule_allowing_a_security_group_is_taken_away_and_restored_too() {
+    let w = World::new();
+    let peer = IpPermission {
+        protocol: "tcp".into(),
+        from_port: Some(22),
+        to_port: Some(22),
+        ipv4_ranges: vec![],
+        ipv6_ranges: vec![],
+        source_groups: vec!["sg-0000000000000abcd".into()],
+        prefix_lists: vec!["pl-0123abcd".into()],
+    };
+    w.ec2.add_rules(&w.web, &[peer]);
+    let original = w.rules(&w.web);
+    w.round(&protect(&[(Proto::Tcp, 22)], vec![]), NOW).await;
+    assert!(w.rules(&w.web).iter().all(|r| !r.allows(&(Proto::Tcp, 22))));
+    w.round(&DesiredVm::default(), NOW).await;
+    assert_eq!(w.rules(&w.web), original);
 }

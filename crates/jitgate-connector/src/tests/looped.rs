@@ -1,7 +1,7 @@
 //! The loop against a fake server and the fake EC2, on the runtime's paused clock: the test waits
 //! for what the server hears, never for time.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ struct FakeServer {
     heard: watch::Sender<Heard>,
     refuse: AtomicBool,
     failing_reports: AtomicUsize,
+    /// A report holding a removal of this request is refused (a VM of another connector).
+    foreign_request: AtomicI64,
 }
 
 impl FakeServer {
@@ -46,6 +48,7 @@ impl FakeServer {
             heard: watch::channel(Heard::default()).0,
             refuse: AtomicBool::new(false),
             failing_reports: AtomicUsize::new(0),
+            foreign_request: AtomicI64::new(0),
         }
     }
 
@@ -117,6 +120,13 @@ impl Server for FakeServer {
         if self.failing_reports.load(Ordering::SeqCst) > 0 {
             self.failing_reports.fetch_sub(1, Ordering::SeqCst);
             return Err(CallError::Unreachable("injected".into()));
+        }
+        let foreign = self.foreign_request.load(Ordering::SeqCst);
+        if body.removals.iter().any(|r| r.request_id == foreign) {
+            return Err(CallError::Status {
+                status: reqwest::StatusCode::BAD_REQUEST,
+                body: "InvalidEnforcementReport: not enforced by this connector".into(),
+            });
         }
         self.heard.send_modify(|h| h.reports.push(body.clone()));
         Ok(())
@@ -277,4 +287,38 @@ async fn nothing_is_joined_or_applied_until_the_start_sweep_succeeds() {
     })
     .await;
     assert!(r.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_the_server_refuses_is_dropped_without_holding_back_the_others() {
+    let world = World::new();
+    world
+        .round(&protect(&[(Proto::Tcp, 22)], vec![grant(5, Proto::Tcp, 22, &["198.51.100.5/32"], NOW + 10)]), NOW)
+        .await;
+    // Another connector's group, with a rule past its end: this one sweeps it too.
+    let theirs = world.ec2.add_group("vpc-2", "jitgate-i-0aaaaaaaaaaaaaaaa", &[]);
+    let their_vm = VM.replace(INSTANCE, "i-0aaaaaaaaaaaaaaaa").replace("resourceGroups/rg", "resourceGroups/other");
+    world
+        .ec2
+        .add_rules(&theirs, &[perm("tcp", 22, 22, "192.0.2.1/32", Some(&crate::desired::describe(666, NOW + 10)))]);
+    let tags = [
+        jitgate_aws::Tag::new(crate::plan::TAG_MANAGED, "true"),
+        jitgate_aws::Tag::new(crate::plan::TAG_INSTANCE, "i-0aaaaaaaaaaaaaaaa"),
+        jitgate_aws::Tag::new(crate::plan::TAG_VM, &their_vm),
+    ];
+    jitgate_aws::Ec2::create_tags(&world.ec2, std::slice::from_ref(&theirs), &tags).await.expect("tags");
+    let ec2 = Arc::new(world.ec2);
+    let server = FakeServer::new(ec2.clone(), vec![port22()]);
+    server.foreign_request.store(666, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("dir");
+    let r = with_loop(&ec2, &server, config(dir.path()), (NOW + 100) * 1000, async {
+        let heard = server.until(|h| h.reports.iter().any(|r| !r.removals.is_empty())).await;
+        let removed: Vec<i64> = heard.reports.iter().flat_map(|r| &r.removals).map(|r| r.request_id).collect();
+        assert_eq!(removed, [5]);
+        assert!(ec2.group(&theirs).is_some_and(|g| g.ingress.is_empty()), "swept all the same");
+        let states = server.heard.borrow().states;
+        server.until(|h| h.states > states).await;
+    })
+    .await;
+    assert!(r.is_ok(), "{r:?}");
 }
