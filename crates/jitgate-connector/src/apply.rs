@@ -60,12 +60,15 @@ pub async fn apply(ec2: &impl Ec2, actions: &[Action]) -> Result<Option<String>,
             Action::CreateGroup { name, description, vpc_id, tags } => {
                 let id = match ec2.create_security_group(name, description, vpc_id, tags).await {
                     Ok(id) => id,
-                    // Made by an earlier round whose answer was lost: use it.
+                    // Made before (an earlier round's answer lost, or by hand): use it.
                     Err(e) if e.code() == Some("InvalidGroup.Duplicate") => {
                         let filters =
                             [Filter::new("group-name", [name.as_str()]), Filter::new("vpc-id", [vpc_id.as_str()])];
                         let found = ec2.describe_security_groups(&filters).await.map_err(fail)?;
-                        found.into_iter().next().map(|g| g.group_id).ok_or_else(|| fail(e))?
+                        let id = found.into_iter().next().map(|g| g.group_id).ok_or_else(|| fail(e))?;
+                        // This plan's tags, the memory above all, before anything relies on them.
+                        ec2.create_tags(std::slice::from_ref(&id), tags).await.map_err(fail)?;
+                        id
                     }
                     Err(e) => return Err(fail(e)),
                 };

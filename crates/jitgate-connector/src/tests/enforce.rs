@@ -365,3 +365,17 @@ async fn a_rule_allowing_a_security_group_is_taken_away_and_restored_too() {
     w.round(&DesiredVm::default(), NOW).await;
     assert_eq!(w.rules(&w.web), original);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_group_of_the_jitgate_name_made_by_hand_is_taken_over_with_the_memory_written_first() {
+    let w = World::new();
+    let original = w.rules(&w.web);
+    let by_hand = w.ec2.add_group("vpc-1", &crate::plan::group_name(INSTANCE), &[]);
+    w.round(&protect(&[(Proto::Tcp, 22)], vec![]), NOW).await;
+    let jg = w.jitgate().expect("group");
+    assert_eq!(jg.group_id, by_hand);
+    assert_eq!(jg.tag(TAG_MANAGED), Some("true"));
+    assert_eq!(memory::decode(&jg.tags).0.len(), 2);
+    w.round(&DesiredVm::default(), NOW).await;
+    assert_eq!(w.rules(&w.web), original);
+}
