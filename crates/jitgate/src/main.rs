@@ -17,6 +17,7 @@ mod bench_soak;
 mod bench_soak_report;
 mod bench_soak_watch;
 mod common;
+mod connector;
 mod doctor;
 mod quickstart;
 mod secrets;
@@ -115,6 +116,7 @@ fn main() -> std::process::ExitCode {
                 Some(AgentCommand::Uninstall(a)) => agent::uninstall(a),
                 None => agent::run(args.run).await,
             },
+            Command::Connector(args) => connector::run(args).await,
             Command::Probe(args) => match jitgate_cli::probe::run(args).await {
                 Ok(0) => Ok(()),
                 Ok(code) => std::process::exit(code),

@@ -1,0 +1,268 @@
+//! The AWS connector end to end: moto's EC2 server, a real jitgate server, and `jitgate connector
+//! aws` as a child process — enable, grant, revoke, expiry, disable, a connector killed with -9
+//! mid-grant and started again after the grant's end, and the rule limit.
+
+#![cfg(feature = "aws")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jitgate_aws::testing::Moto;
+use jitgate_aws::{Ec2, Ec2Client, Filter, IpPermission, IpRange, SecurityGroup, Tag};
+use jitgate_netns::KillOnDrop;
+use jitgate_testkit::{agents, eventually, vm_id, TestServer, SUB};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
+const RG: &str = "aws";
+const LOCATION: &str = "westeurope";
+/// How long a change may take to reach EC2 (the connector long-polls; moto answers at once).
+const SOON: Duration = Duration::from_secs(30);
+/// The audit operation of a grant's rule the connector removed.
+const RULE_REMOVED: &str = "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/rule/remove/action";
+
+fn perm(proto: &str, from: i32, to: i32, cidr: &str, description: Option<&str>) -> IpPermission {
+    IpPermission {
+        protocol: proto.into(),
+        from_port: Some(from),
+        to_port: Some(to),
+        ipv4_ranges: vec![IpRange { cidr: cidr.into(), description: description.map(Into::into) }],
+        ipv6_ranges: vec![],
+        source_groups: vec![],
+        prefix_lists: vec![],
+    }
+}
+
+/// (protocol, from, to, cidr, description) of every IPv4 rule of a group, sorted.
+fn rules(g: &SecurityGroup) -> Vec<(String, Option<i32>, Option<i32>, String, Option<String>)> {
+    let mut out: Vec<_> = g
+        .ingress
+        .iter()
+        .flat_map(|p| {
+            p.ipv4_ranges
+                .iter()
+                .map(|r| (p.protocol.clone(), p.from_port, p.to_port, r.cidr.clone(), r.description.clone()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An instance in its own VPC, in a group `web` that allows SSH from anywhere, every TCP port
+/// from the office, and HTTPS.
+struct Aws {
+    ec2: Ec2Client,
+    instance: String,
+    web: String,
+}
+
+impl Aws {
+    async fn new(moto: &Moto) -> Aws {
+        let ec2 = moto.client();
+        let vpc = ec2.create_vpc("10.0.0.0/16").await.expect("vpc");
+        let subnet = ec2.create_subnet(&vpc, "10.0.1.0/24").await.expect("subnet");
+        let web = ec2.create_security_group("web", "web", &vpc, &[]).await.expect("group");
+        let original = [
+            perm("tcp", 22, 22, "0.0.0.0/0", Some("ssh")),
+            perm("tcp", 0, 65_535, "10.0.0.0/8", Some("office")),
+            perm("tcp", 443, 443, "0.0.0.0/0", None),
+        ];
+        ec2.authorize_ingress(&web, &original).await.expect("rules");
+        let instance = ec2.run_instances(&subnet, 1, &[Tag::new("Name", "web1")]).await.expect("instance").remove(0);
+        ec2.set_instance_groups(&instance, std::slice::from_ref(&web)).await.expect("groups");
+        Aws { ec2, instance, web }
+    }
+
+    async fn group(&self, id: &str) -> Option<SecurityGroup> {
+        let found = self.ec2.describe_security_groups(&[Filter::new("group-id", [id])]).await.expect("describe");
+        found.into_iter().next()
+    }
+
+    /// The instance's jitgate group, when there is one.
+    async fn jitgate(&self) -> Option<SecurityGroup> {
+        let filters = [Filter::new("tag:jitgate:instance", [self.instance.as_str()])];
+        self.ec2.describe_security_groups(&filters).await.expect("describe").into_iter().next()
+    }
+
+    async fn instance_groups(&self) -> Vec<String> {
+        let found = self
+            .ec2
+            .describe_instances(&[Filter::new("instance-id", [self.instance.as_str()])])
+            .await
+            .expect("describe");
+        found.into_iter().flat_map(|i| i.security_groups).map(|g| g.group_id).collect()
+    }
+}
+
+/// `jitgate connector aws` against moto, sweeping every second.
+fn connector(s: &TestServer, moto: &Moto, token: Option<&str>, state_dir: &Path) -> KillOnDrop {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["connector", "aws", "--server", &s.server.url, "--region", "us-east-1"])
+        .arg("--ca-cert")
+        .arg(&s.server.ca_cert)
+        .args(["--endpoint-url", moto.url().as_str()])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--sweep-interval", "1s", "--discovery-interval", "1s", "--poll-seconds", "2"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(t) = token {
+        cmd.args(["--join-token", t]);
+    }
+    KillOnDrop(cmd.spawn().expect("the connector starts"))
+}
+
+/// Protects the instance's SSH (the Linux default: port 22, any protocol and source, PT3H),
+/// once the connector has registered it.
+async fn protect(s: &TestServer, instance: &str) -> String {
+    let vm = vm_id(RG, instance);
+    let body = json!({"properties": {"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}]}]}});
+    let url = s.policy_url(RG, LOCATION, "default");
+    let put = eventually(SOON, async || s.json(Method::PUT, &url, &body).await.status == StatusCode::OK).await;
+    assert!(put, "the policy could not be put on the discovered VM");
+    vm
+}
+
+async fn initiate(s: &TestServer, vm: &str, source: &str, duration: &str) -> i64 {
+    let body = json!({"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "duration": duration, "allowedSourceAddressPrefix": source}]}]});
+    let a = s.json(Method::POST, &s.initiate_url(RG, LOCATION, "default"), &body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+    a.body["id"].as_i64().expect("request id")
+}
+
+/// Whether the jitgate group holds a rule for `source` on TCP 22 described with request `id`.
+fn has_grant(g: &Option<SecurityGroup>, id: i64, source: &str) -> bool {
+    let want = format!("jitgate req={id} exp=");
+    g.as_ref().is_some_and(|g| {
+        rules(g).iter().any(|(p, f, t, c, d)| {
+            p == "tcp"
+                && *f == Some(22)
+                && *t == Some(22)
+                && c == source
+                && d.as_deref().is_some_and(|d| d.starts_with(&want))
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_grant_revoke_expire_and_disable_on_ec2() {
+    let Some(moto) = Moto::start("enable_grant_revoke_expire_and_disable_on_ec2") else { return };
+    let s = TestServer::start(BIN, &[]);
+    let aws = Aws::new(&moto).await;
+    let original = rules(&aws.group(&aws.web).await.expect("web"));
+    let token = agents::join_token(&s, SUB, RG, "cloud", json!({})).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let _connector = connector(&s, &moto, Some(&token), dir.path());
+
+    // Enable: the jitgate group is attached, SSH is taken away, the office range cut around it.
+    let vm = protect(&s, &aws.instance).await;
+    let enabled = eventually(SOON, async || {
+        let web = aws.group(&aws.web).await.expect("web");
+        aws.jitgate().await.is_some()
+            && rules(&web).iter().all(|(_, f, t, ..)| !(f.unwrap_or(0) <= 22 && 22 <= t.unwrap_or(0)))
+    })
+    .await;
+    assert!(enabled, "{:?}", aws.group(&aws.web).await);
+    let jg = aws.jitgate().await.expect("jitgate group");
+    assert_eq!(aws.instance_groups().await, [aws.web.clone(), jg.group_id.clone()]);
+    assert_eq!(
+        rules(&aws.group(&aws.web).await.expect("web")),
+        [
+            ("tcp".into(), Some(0), Some(21), "10.0.0.0/8".into(), Some("office".into())),
+            ("tcp".into(), Some(23), Some(65_535), "10.0.0.0/8".into(), Some("office".into())),
+            ("tcp".into(), Some(443), Some(443), "0.0.0.0/0".into(), None),
+        ]
+    );
+
+    // Grant: the exact rule appears. Revoke: it goes.
+    let id = initiate(&s, &vm, "203.0.113.7", "PT1H").await;
+    assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, id, "203.0.113.7/32")).await);
+    let revoked = s.send(Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await;
+    assert!(revoked.status.is_success(), "{revoked:?}");
+    assert!(eventually(SOON, async || aws.jitgate().await.is_some_and(|g| g.ingress.is_empty())).await);
+
+    // Expiry: a grant of three seconds is swept soon after its end.
+    let id = initiate(&s, &vm, "203.0.113.8", "PT3S").await;
+    assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, id, "203.0.113.8/32")).await);
+    assert!(eventually(SOON, async || aws.jitgate().await.is_some_and(|g| g.ingress.is_empty())).await);
+
+    // Disable: the policy goes, the original rules come back exactly, the group is deleted.
+    let deleted = s.send(Method::DELETE, &s.policy_url(RG, LOCATION, "default"), None).await;
+    assert!(deleted.status.is_success(), "{deleted:?}");
+    assert!(eventually(SOON, async || aws.jitgate().await.is_none()).await);
+    assert_eq!(rules(&aws.group(&aws.web).await.expect("web")), original);
+    assert_eq!(aws.instance_groups().await, [aws.web.clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_killed_mid_grant_removes_the_stale_rule_at_its_next_start() {
+    let Some(moto) = Moto::start("a_connector_killed_mid_grant_removes_the_stale_rule_at_its_next_start") else {
+        return;
+    };
+    let s = TestServer::start(BIN, &[]);
+    let aws = Aws::new(&moto).await;
+    let token = agents::join_token(&s, SUB, RG, "cloud", json!({})).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut first = connector(&s, &moto, Some(&token), dir.path());
+    let vm = protect(&s, &aws.instance).await;
+    let stale = initiate(&s, &vm, "203.0.113.9", "PT3S").await;
+    assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, stale, "203.0.113.9/32")).await);
+    first.0.kill().expect("kill -9");
+    first.0.wait().expect("reaped");
+    // The grant ends while no connector runs: its rule stays in EC2.
+    let ended = eventually(SOON, async || {
+        let p = s.send(Method::GET, &s.policy_url(RG, LOCATION, "default"), None).await;
+        p.body["properties"]["requests"][0]["virtualMachines"][0]["ports"][0]["status"] == "Expired"
+    })
+    .await;
+    assert!(ended, "the server did not mark the grant expired");
+    assert!(has_grant(&aws.jitgate().await, stale, "203.0.113.9/32"), "nobody swept it");
+    let fresh = initiate(&s, &vm, "198.51.100.1", "PT1H").await;
+    // Started again (with its stored credential): the stale rule goes, the new grant comes.
+    let _second = connector(&s, &moto, None, dir.path());
+    assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, fresh, "198.51.100.1/32")).await);
+    assert!(!has_grant(&aws.jitgate().await, stale, "203.0.113.9/32"));
+    // Reported as stale, and written to the audit log.
+    let removed = eventually(SOON, async || {
+        let records = s.audit(&format!("operation={RULE_REMOVED}")).await;
+        records
+            .iter()
+            .any(|r| r["properties"]["reason"] == "stale" && r["properties"]["requestId"] == stale.to_string())
+    })
+    .await;
+    assert!(removed, "{:#?}", s.audit(&format!("operation={RULE_REMOVED}")).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_rules_stop_at_the_security_group_limit() {
+    let Some(moto) = Moto::start("grant_rules_stop_at_the_security_group_limit") else { return };
+    let s = TestServer::start(BIN, &[]);
+    let aws = Aws::new(&moto).await;
+    let token = agents::join_token(&s, SUB, RG, "cloud", json!({})).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let _connector = connector(&s, &moto, Some(&token), dir.path());
+    let vm = protect(&s, &aws.instance).await;
+    let sources: Vec<String> = (1..=60).map(|n| format!("203.0.113.{n}")).collect();
+    let body = json!({"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "duration": "PT1H", "allowedSourceAddressPrefixes": sources}]}]});
+    let a = s.json(Method::POST, &s.initiate_url(RG, LOCATION, "default"), &body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+    assert!(eventually(SOON, async || aws.jitgate().await.is_some_and(|g| rules(&g).len() == 60)).await);
+    // One more source would be a 61st rule: refused, and nothing changes in EC2.
+    let one_more = json!({"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "duration": "PT1H", "allowedSourceAddressPrefix": "198.51.100.61"}]}]});
+    let refused = s.json(Method::POST, &s.initiate_url(RG, LOCATION, "default"), &one_more).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
+    assert!(refused.body["error"]["message"].as_str().is_some_and(|m| m.contains("60")), "{refused:?}");
+    assert_eq!(aws.jitgate().await.map(|g| rules(&g).len()), Some(60));
+}
