@@ -129,13 +129,22 @@ impl Ec2Client {
     pub(crate) async fn call(&self, action: &str, params: &Params) -> Result<Element, Ec2Error> {
         let body = params.body(action);
         let mut attempt = 1;
+        let mut renewed = false;
         loop {
             let err = match self.attempt(&body).await {
                 Ok(root) => return Ok(root),
                 Err(e) => e,
             };
-            if matches!(err.code(), Some("ExpiredToken" | "RequestExpired")) {
+            // Temporary credentials that expired in EC2's eyes before ours: renew them once.
+            if matches!(err.code(), Some("ExpiredToken" | "RequestExpired")) && !renewed {
+                tracing::debug!(
+                    action,
+                    code = err.code().unwrap_or(""),
+                    "EC2 refused the credentials as expired; renewing them"
+                );
                 self.credentials.forget().await;
+                renewed = true;
+                continue;
             }
             if !retry::retryable(&err) || !self.retry.another_after(attempt) {
                 return Err(err);

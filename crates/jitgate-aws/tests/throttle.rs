@@ -13,9 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use url::Url;
 
-const THROTTLED: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
-    <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors>\
-    <RequestID>throttled-by-test</RequestID></Response>";
+/// EC2's error answer with `code`.
+fn refusal(code: &str) -> Vec<u8> {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+         <Message>refused by the test</Message></Error></Errors><RequestID>throttled-by-test</RequestID></Response>"
+    )
+    .into_bytes()
+}
 
 /// The proxy: its URL, and how many requests it refused.
 struct Throttle {
@@ -60,6 +65,11 @@ async fn read_request(conn: &mut TcpStream) -> Option<(Vec<(String, String)>, Ve
 }
 
 async fn throttle(upstream: Option<Url>, refuse_first: usize) -> Throttle {
+    refuse(upstream, refuse_first, 503, "RequestLimitExceeded").await
+}
+
+/// A proxy that answers `status` with EC2's error `code` to the first `refuse_first` requests.
+async fn refuse(upstream: Option<Url>, refuse_first: usize, status: u16, code: &'static str) -> Throttle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
     let refused = Arc::new(AtomicUsize::new(0));
@@ -89,7 +99,7 @@ async fn throttle(upstream: Option<Url>, refuse_first: usize) -> Throttle {
                             .unwrap();
                         (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
                     }
-                    _ => (503, THROTTLED.as_bytes().to_vec()),
+                    _ => (status, refusal(code)),
                 };
                 let head = format!(
                     "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -145,4 +155,27 @@ async fn an_unreachable_endpoint_is_a_transport_error_after_retries() {
     let e = ec2.delete_security_group("sg-1").await.unwrap_err();
     assert!(matches!(e, Ec2Error::Transport(_)), "{e:?}");
     assert!(e.to_string().contains(&port.to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn internal_errors_are_retried_and_expired_credentials_renewed_once() {
+    let Some(moto) = Moto::start("internal_errors_are_retried_and_expired_credentials_renewed_once") else { return };
+    let vpc = moto.client().create_vpc("10.70.0.0/16").await.unwrap();
+    let by_vpc = [Filter::new("vpc-id", [vpc.as_str()])];
+    let failing = refuse(Some(moto.url()), 2, 500, "InternalError").await;
+    assert_eq!(client(&failing.url, 3).describe_security_groups(&by_vpc).await.unwrap().len(), 1);
+    assert_eq!(failing.refused.load(Ordering::SeqCst), 2);
+    // An expired token is renewed and the call made again at once, outside the attempts.
+    let expired = refuse(Some(moto.url()), 1, 400, "ExpiredToken").await;
+    assert_eq!(client(&expired.url, 1).describe_security_groups(&by_vpc).await.unwrap().len(), 1);
+    assert_eq!(expired.refused.load(Ordering::SeqCst), 1);
+    // Twice is final.
+    let still = refuse(Some(moto.url()), 2, 400, "ExpiredToken").await;
+    let e = client(&still.url, 3).describe_security_groups(&by_vpc).await.unwrap_err();
+    assert_eq!(e.code(), Some("ExpiredToken"));
+    // A refusal that is not transient is not retried.
+    let denied = refuse(Some(moto.url()), 5, 403, "UnauthorizedOperation").await;
+    let e = client(&denied.url, 4).describe_security_groups(&by_vpc).await.unwrap_err();
+    assert_eq!(e.code(), Some("UnauthorizedOperation"));
+    assert_eq!(denied.refused.load(Ordering::SeqCst), 1);
 }
