@@ -132,7 +132,7 @@ impl Ec2Client {
         let mut renewed = false;
         loop {
             let err = match self.attempt(&body).await {
-                Ok(root) => return Ok(root),
+                Ok(root) => return answer_of(action, root),
                 Err(e) => e,
             };
             // Temporary credentials that expired in EC2's eyes before ours: renew them once.
@@ -224,6 +224,17 @@ impl Ec2Client {
     }
 }
 
+/// `root` when it is the answer to `action` (`<{action}Response>`): anything else (a proxy's
+/// page that happens to be XML) must not read as an empty list.
+fn answer_of(action: &str, root: Element) -> Result<Element, Ec2Error> {
+    let expected = format!("{action}Response");
+    if root.name == expected {
+        Ok(root)
+    } else {
+        Err(Ec2Error::Decode(format!("expected <{expected}>, the answer is <{}>", root.name)))
+    }
+}
+
 /// An error with its sources (reqwest's own message omits the cause, e.g. "connection refused").
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -303,6 +314,15 @@ impl Ec2 for Ec2Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_action_s_answer_is_taken() {
+        let root = |xml: &str| crate::xml::parse(xml.as_bytes()).unwrap();
+        assert!(answer_of("DescribeInstances", root("<DescribeInstancesResponse/>")).is_ok());
+        let e = answer_of("DescribeInstances", root("<html><body/></html>")).unwrap_err();
+        assert_eq!(e.to_string(), "unreadable EC2 answer: expected <DescribeInstancesResponse>, the answer is <html>");
+        assert!(answer_of("DescribeInstances", root("<DescribeSecurityGroupsResponse/>")).is_err());
+    }
 
     #[test]
     fn regions_and_endpoints() {
