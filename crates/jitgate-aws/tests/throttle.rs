@@ -1,6 +1,8 @@
 //! Throttling: a loopback proxy answers `RequestLimitExceeded` (503, EC2's XML) to the first N
 //! requests and forwards the rest to moto. The client retries through it; with its attempts
-//! spent the error is EC2's code.
+//! spent the error is EC2's code. The same proxy plays EC2's internal errors, credentials it
+//! calls expired and refusals that are final; loopback servers play answers that must not be
+//! believed (a page repeating its NextToken, a page that is not EC2's).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -178,4 +180,37 @@ async fn internal_errors_are_retried_and_expired_credentials_renewed_once() {
     let e = client(&denied.url, 4).describe_security_groups(&by_vpc).await.unwrap_err();
     assert_eq!(e.code(), Some("UnauthorizedOperation"));
     assert_eq!(denied.refused.load(Ordering::SeqCst), 1);
+}
+
+/// A server answering every request with `answer` (status 200).
+async fn always(answer: &'static str) -> Url {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                if read_request(&mut conn).await.is_none() {
+                    return;
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", answer.len());
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_page_repeating_its_token_or_another_answer_is_an_error_not_a_loop() {
+    let looping =
+        always("<DescribeInstancesResponse><reservationSet/><nextToken>again</nextToken></DescribeInstancesResponse>")
+            .await;
+    let e = client(&looping, 1).describe_instances(&[]).await.unwrap_err();
+    assert!(matches!(&e, Ec2Error::Decode(m) if m.contains("same NextToken")), "{e:?}");
+    let portal = always("<html><body>Sign in to the guest network</body></html>").await;
+    let e = client(&portal, 1).describe_security_groups(&[]).await.unwrap_err();
+    assert!(matches!(&e, Ec2Error::Decode(m) if m.contains("<html>")), "{e:?}");
 }
