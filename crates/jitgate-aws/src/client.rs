@@ -14,6 +14,8 @@ use crate::{parse, sign, Ec2, Ec2Error};
 
 /// The most pages one describe call follows.
 const MAX_PAGES: usize = 1000;
+/// The most items one describe call collects over its pages.
+const MAX_ITEMS: usize = 100_000;
 const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 /// How to reach EC2.
@@ -212,6 +214,11 @@ impl Ec2Client {
         for _ in 0..MAX_PAGES {
             let root = self.call(action, &params(token.as_deref())).await?;
             all.extend(items(&root)?);
+            if all.len() > MAX_ITEMS {
+                return Err(Ec2Error::Decode(format!(
+                    "{action} answered more than {MAX_ITEMS} items; narrow the filters"
+                )));
+            }
             match parse::next_token(&root) {
                 Some(next) if Some(&next) == token.as_ref() => {
                     return Err(Ec2Error::Decode(format!("{action} answered the same NextToken twice")));
