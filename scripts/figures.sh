@@ -4,7 +4,8 @@
 # machine and the date, and each benchmark's whole output after it.
 #
 #   sudo scripts/figures.sh              # builds the release binary first
-#   sudo JITGATE_BIN=/path/to/jitgate scripts/figures.sh
+#   sudo JITGATE_BIN=/path/to/jitgate JITGATE_BIN_COMMIT=abc1234 scripts/figures.sh
+#   scripts/figures.sh --refresh-mutants # only copies docs/mutants.md's figures into FIGURES.md
 #
 # The namespace benchmarks need root, `ip` and `nft`; `bench replicas` a PostgreSQL server
 # (JITGATE_BENCH_PG, default postgres://postgres@127.0.0.1:5432); `bench fwknop` Debian's
@@ -12,16 +13,51 @@
 # A benchmark that cannot run here gets a row saying why; the script goes on with the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+out=${FIGURES_OUT:-FIGURES.md}
+
+# Mutation testing takes hours, so it is not run here: its figures are those of the last
+# scripts/mutants.sh run, kept in docs/mutants.md.
+mutants_section() {
+    echo "## Mutation testing (from docs/mutants.md)"
+    echo
+    sed -n '/^## Figures$/,/^## Survivors explained$/p' docs/mutants.md | sed '1d;$d'
+}
+
+if [ "${1:-}" = "--refresh-mutants" ]; then
+    [ -f "$out" ] || { echo "no $out to refresh: run scripts/figures.sh first" >&2; exit 1; }
+    new=$(mktemp)
+    SECTION="$(mutants_section)" awk '
+        /^## Mutation testing / { print ENVIRON["SECTION"]; print ""; skip = 1; next }
+        skip && /^## / { skip = 0 }
+        !skip { print }
+    ' "$out" > "$new" && mv "$new" "$out"
+    echo "refreshed the mutation testing figures in $out" >&2
+    exit 0
+fi
 
 if [ -z "${JITGATE_BIN:-}" ]; then
     cargo build --release -p jitgate || exit 1
     JITGATE_BIN="${CARGO_TARGET_DIR:-target}/release/jitgate"
+    JITGATE_BIN_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git diff --quiet HEAD 2>/dev/null || JITGATE_BIN_COMMIT="$JITGATE_BIN_COMMIT with uncommitted changes"
 fi
-out=${FIGURES_OUT:-FIGURES.md}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 rows="$logs/rows.md"
 : > "$rows"
+
+# The share of the machine's CPU time (all cores) that other processes used over one second,
+# sampled between two benchmarks, when none of ours runs. The load average would mostly show the
+# tail of the benchmark before.
+others_cpu() {
+    local a b
+    read -r _ a1 a2 a3 a4 a5 a6 a7 a8 _ < /proc/stat
+    sleep 1
+    read -r _ b1 b2 b3 b4 b5 b6 b7 b8 _ < /proc/stat
+    local busy=$(( (b1 + b2 + b3 + b6 + b7 + b8) - (a1 + a2 + a3 + a6 + a7 + a8) ))
+    local idle=$(( (b4 + b5) - (a4 + a5) ))
+    echo $(( busy * 100 / (busy + idle > 0 ? busy + idle : 1) ))
+}
 
 # A table cell: one line, pipes escaped.
 cell() { tr -s ' \t' ' ' <<< "$1" | sed -e 's/^ //' -e 's/ $//' -e 's/|/\\|/g'; }
@@ -38,14 +74,15 @@ bench() {
     local cmd="jitgate $*"
     echo "== $cmd" >&2
     local started=$SECONDS
-    local load
+    local load others
     load=$(cut -d' ' -f1-3 /proc/loadavg)
+    others=$(others_cpu)
     "$JITGATE_BIN" "$@" > "$logs/$name.out" 2> "$logs/$name.err"
     local status=$?
     echo "   $((SECONDS - started)) s, exit $status" >&2
     printf '%s\n' "$cmd" > "$logs/$name.cmd"
     echo "$name" >> "$logs/order"
-    printf 'load average before: %s; took %s s; exit %s\n' "$load" "$((SECONDS - started))" "$status" > "$logs/$name.took"
+    printf 'other processes before: %s %% CPU; load average before: %s; took %s s; exit %s\n' "$others" "$load" "$((SECONDS - started))" "$status" > "$logs/$name.took"
     if [ "$status" -ne 0 ]; then
         local why
         why=$(grep -v '^\s*$' "$logs/$name.err" | tail -n 1)
@@ -96,22 +133,20 @@ mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
     echo
     echo "- machine: ${cpu:-unknown CPU}, $(nproc) cores, ${mem}, Linux $(uname -r)"
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "- binary: the release build of commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); client, server, agents and kernel share the cores"
-    echo "- load: the machine's load average before each benchmark is under its output below (other work on a shared machine slows every figure, the yardsticks too)"
-    busiest=$(cut -d' ' -f4 "$logs"/*.took 2>/dev/null | sed 's/;//' | sort -g | tail -n 1)
-    if awk -v l="${busiest:-0}" -v c="$(nproc)" 'BEGIN { exit !(l > c) }'; then
-        echo "- **a busy machine**: the load average reached ${busiest} on $(nproc) cores during this run, so these figures are slower than the same build's on an idle machine; compare ratios to the yardsticks, not absolute figures"
+    echo "- binary: the release build of commit ${JITGATE_BIN_COMMIT:-unknown (JITGATE_BIN given without JITGATE_BIN_COMMIT)}; client, server, agents and kernel share the cores"
+    echo "- load: the CPU other processes used in the second before each benchmark (when none of ours ran) is under its output below, with the load average (which mostly shows the tail of the benchmark before)"
+    busiest=$(cut -d' ' -f4 "$logs"/*.took 2>/dev/null | sort -g | tail -n 1)
+    if [ "${busiest:-0}" -gt 20 ]; then
+        echo "- **a busy machine**: other processes used up to ${busiest} % of the CPU between benchmarks, so these figures are slower than the same build's on an idle machine; compare ratios to the yardsticks, not absolute figures"
+    else
+        echo "- an idle machine: other processes used at most ${busiest:-0} % of the CPU between benchmarks"
     fi
     echo
     echo "| benchmark | figure | yardstick / ratio (same run) | command |"
     echo "|---|---|---|---|"
     cat "$rows"
     echo
-    # Mutation testing takes hours, so it is not run here: its figures are those of the last
-    # scripts/mutants.sh run, kept in docs/mutants.md.
-    echo "## Mutation testing (from docs/mutants.md)"
-    echo
-    sed -n '/^## Figures$/,/^## Survivors explained$/p' docs/mutants.md | sed '1d;$d'
+    mutants_section
     echo "## Each benchmark's output"
     while IFS= read -r name; do
         f="$logs/$name.out"

@@ -118,7 +118,7 @@ pub fn validate_scope(scope: &str) -> Result<(), String> {
         return Ok(());
     }
     if scope.len() > 1024 {
-        return Err(format!("a scope is at most 1024 characters; this one has {}", scope.len()));
+        return Err(format!("a scope is at most 1024 bytes (UTF-8); this one has {}", scope.len()));
     }
     let parts: Vec<&str> = scope.trim_end_matches('/').split('/').collect();
     let bad = || {

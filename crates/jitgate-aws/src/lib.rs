@@ -1,12 +1,31 @@
 //! The EC2 calls jitgate's cloud connector makes, as the [`Ec2`] trait over plain data
 //! ([`model`]). The connector is written against the trait, so its logic is tested on a fake
 //! and against a real EC2 endpoint through the same calls.
+//!
+//! [`Ec2Client`] is that endpoint's client: the EC2 Query API (`query`: each call's form
+//! parameters) signed with SigV4 (`sign`, the `aws-sigv4` crate) with credentials from the
+//! environment, the shared files or the instance role (`creds`, `provider`), answers read with
+//! quick-xml (`xml`, `parse`), throttling retried with backoff and jitter (`retry`).
+//! `testing::Moto` (feature `testing`) runs moto's EC2 server for tests.
 
 use std::future::Future;
 
+mod client;
+pub mod creds;
 pub mod model;
+mod parse;
+pub mod provider;
+pub mod query;
+pub mod retry;
+pub mod sign;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod xml;
 
+pub use client::{Config, Ec2Client};
+pub use creds::Credentials;
 pub use model::{Filter, GroupRef, Instance, IpPermission, IpRange, SecurityGroup, Tag};
+pub use retry::Backoff;
 
 /// Why an EC2 call failed.
 #[derive(Debug, thiserror::Error)]
