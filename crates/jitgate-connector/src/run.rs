@@ -198,16 +198,8 @@ pub async fn run_with(
                     }
                 }
                 _ = discoveries.tick() => {
-                    match ec2.describe_instances(&[]).await {
-                        Ok(instances) => {
-                            let body = InventoryIn { vms: discover(&instances, &cfg.mapping) };
-                            match server.put_inventory(credential, &body).await {
-                                Ok(out) => tracing::info!(registered = out.registered, unsupported = out.unsupported, "inventory sent"),
-                                Err(CallError::Unauthorized) => return Err(refused()),
-                                Err(e) => tracing::warn!(error = %e, "could not send the inventory; trying again at the next discovery"),
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "discovery failed; trying again at the next"),
+                    if let Err(CallError::Unauthorized) = inventory(ec2, server, credential, &cfg.mapping).await {
+                        return Err(refused());
                     }
                 }
                 _ = &mut shutdown => return Ok(()),
@@ -251,6 +243,40 @@ pub async fn run_with(
             return Err(refused());
         }
     }
+}
+
+/// Discovers the instances and registers them. When the server refuses because another
+/// enforcement point has some of them (`409`), and `--vpc` limits this connector, they are sent
+/// again without the instances of the VPCs it does not manage (another connector's).
+pub async fn inventory(
+    ec2: &impl Ec2,
+    server: &impl Server,
+    credential: &str,
+    mapping: &Mapping,
+) -> Result<(), CallError> {
+    let instances = match ec2.describe_instances(&[]).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "discovery failed; trying again at the next");
+            return Ok(());
+        }
+    };
+    let vms = discover(&instances, mapping);
+    let mut answer = server.put_inventory(credential, &InventoryIn { vms: vms.clone() }).await;
+    if let Err(CallError::Status { status, body }) = &answer {
+        if status.as_u16() == 409 && !mapping.vpcs.is_empty() {
+            tracing::warn!(error = %body, "the server refused the inventory; sending only the instances of the VPCs given with --vpc");
+            let own =
+                vms.into_iter().filter(|v| v.cloud.vpc_id.as_ref().is_some_and(|id| mapping.vpcs.contains_key(id)));
+            answer = server.put_inventory(credential, &InventoryIn { vms: own.collect() }).await;
+        }
+    }
+    match answer {
+        Ok(out) => tracing::info!(registered = out.registered, unsupported = out.unsupported, "inventory sent"),
+        Err(CallError::Unauthorized) => return Err(CallError::Unauthorized),
+        Err(e) => tracing::warn!(error = %e, "could not send the inventory; trying again at the next discovery"),
+    }
+    Ok(())
 }
 
 /// The failing VMs to report: those of the state the server sent (it refuses a report naming

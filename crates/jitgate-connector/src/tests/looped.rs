@@ -112,6 +112,13 @@ impl Server for FakeServer {
     }
 
     async fn put_inventory(&self, _: &str, body: &InventoryIn) -> Result<InventoryOut, CallError> {
+        // Instances of vpc-2 are another connector's.
+        if body.vms.iter().any(|v| v.cloud.vpc_id.as_deref() == Some("vpc-2")) {
+            return Err(CallError::Status {
+                status: reqwest::StatusCode::CONFLICT,
+                body: "VirtualMachineEnforcedElsewhere: another agent enforces it".into(),
+            });
+        }
         self.heard.send_modify(|h| h.inventories.push(body.clone()));
         Ok(InventoryOut { registered: body.vms.len() as u32, unsupported: 0, revision: 1 })
     }
@@ -318,6 +325,26 @@ async fn a_removal_the_server_refuses_is_dropped_without_holding_back_the_others
         assert!(ec2.group(&theirs).is_some_and(|g| g.ingress.is_empty()), "swept all the same");
         let states = server.heard.borrow().states;
         server.until(|h| h.states > states).await;
+    })
+    .await;
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_of_another_connector_s_vpc_are_left_out_when_the_server_says_so() {
+    let world = World::new();
+    let other = world.ec2.add_group("vpc-2", "db", &[]);
+    world.ec2.add_instance("i-0bbbbbbbbbbbbbbbb", "vpc-2", "10.9.0.5", &[other.as_str()]);
+    let ec2 = Arc::new(world.ec2);
+    let server = FakeServer::new(ec2.clone(), vec![]);
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = config(dir.path());
+    cfg.mapping.vpcs = std::collections::BTreeMap::from([("vpc-1".to_owned(), "rg".to_owned())]);
+    let r = with_loop(&ec2, &server, cfg, NOW * 1000, async {
+        let heard = server.until(|h| !h.inventories.is_empty()).await;
+        let names: Vec<&str> = heard.inventories[0].vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, [INSTANCE]);
+        assert_eq!(heard.inventories[0].vms[0].resource_group.as_deref(), Some("rg"));
     })
     .await;
     assert!(r.is_ok(), "{r:?}");
