@@ -261,7 +261,7 @@ impl AgentStore for PgStore {
                     return reject(ctx, audit, join::agent_not_found(&id));
                 };
                 let vms: Vec<String> = match agent.mode {
-                    AgentMode::Host => {
+                    AgentMode::Host | AgentMode::Cloud => {
                         ctx.db.rows("SELECT id FROM vms WHERE agent_id = $1 ORDER BY key", &[&id]).await?
                     }
                     AgentMode::Gateway => ctx
@@ -356,6 +356,27 @@ impl AgentStore for PgStore {
             })
         })
         .await
+    }
+
+    async fn put_cloud_inventory(
+        &self,
+        agent_id: &str,
+        vms: Vec<jitgate_core::cloud::CloudVm>,
+        audit: AuditEvent,
+    ) -> StoreResult<jitgate_store::Inventoried> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| Box::pin(async move { crate::store_cloud::put_inventory(ctx, &id, vms, audit).await }))
+            .await
+    }
+
+    async fn report_cloud_enforcement(
+        &self,
+        agent_id: &str,
+        report: jitgate_core::cloud::EnforcementReport,
+        audit: AuditEvent,
+    ) -> StoreResult<bool> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| Box::pin(async move { crate::store_cloud::report(ctx, &id, report, audit).await })).await
     }
 
     async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {

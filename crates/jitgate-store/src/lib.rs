@@ -19,11 +19,14 @@ use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, PolicyRef, VmId};
 
+pub use cloud::Inventoried;
+use jitgate_core::cloud::{CloudVm, EnforcementReport};
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 pub use signal::Signal;
 pub use vms::{Vm, VmAccess, VmPolicy, VmSpec};
 
 pub mod chain;
+pub mod cloud;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]
@@ -511,6 +514,23 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()>;
     /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
+    /// A cloud connector's whole inventory (see [`cloud`]): registers or updates each VM as
+    /// enforced by it, and marks its earlier VMs missing now Unsupported; refused whole
+    /// (`VirtualMachineEnforcedElsewhere`) when another enforcement point holds one.
+    async fn put_cloud_inventory(
+        &self,
+        agent_id: &str,
+        vms: Vec<CloudVm>,
+        audit: AuditEvent,
+    ) -> StoreResult<Inventoried>;
+    /// A cloud connector's enforcement report: one audit record per removal, its failing VMs
+    /// replaced (true: they changed); refused whole (400) when it names a VM not the connector's.
+    async fn report_cloud_enforcement(
+        &self,
+        agent_id: &str,
+        report: EnforcementReport,
+        audit: AuditEvent,
+    ) -> StoreResult<bool>;
 }
 
 /// Principals (local and OIDC), API tokens, custom role definitions and role assignments.
