@@ -6,6 +6,7 @@
 //! call, and map any failure through [`error::ApiError`] to Azure's error body.
 
 pub mod agent_api;
+mod agent_cloud;
 pub mod api;
 pub mod api_audit;
 pub mod api_rbac;

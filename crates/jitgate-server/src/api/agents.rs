@@ -86,13 +86,17 @@ pub(crate) async fn create_join_token(
         jitgate_core::ids::validate_location(&location).map_err(|m| bad("location", m))?;
         let mode_text = input.mode.unwrap_or_else(|| "host".into());
         let mode = AgentMode::parse(&mode_text).ok_or_else(|| {
-            bad("mode", format!("mode '{}' is not host or gateway", jitgate_core::enforcement::quote(&mode_text)))
+            bad(
+                "mode",
+                format!("mode '{}' is not host, gateway or cloud", jitgate_core::enforcement::quote(&mode_text)),
+            )
         })?;
         if let Some(vm) = &input.vm {
             if mode != AgentMode::Host {
                 return Err(bad(
                     "vm",
-                    "only host-mode tokens are made for one VM; a gateway joins under its own name".into(),
+                    "only host-mode tokens are made for one VM; a gateway or a cloud connector joins under its own name"
+                        .into(),
                 ));
             }
             validate_vm_name(vm).map_err(|_| {
