@@ -195,4 +195,8 @@ pub(super) async fn cloud_connectors_inventory_state_and_reports(store: &dyn Sto
     // The same source again aggregates.
     store.initiate(initiate_cmd(&r, &vm_id("cloud", "i-1"), "198.51.100.7", 30, None), audit("i")).await.expect("same");
     assert!(store.list_vms().await.expect("list").iter().any(|v| v.cloud.is_some()));
+    // A failure is left in place, so that a store filled by this suite has one of every column.
+    let failing = Failure { vm: vm_id("cloud", "i-1"), error: "RequestLimitExceeded".into() };
+    let report = EnforcementReport { removals: vec![], failures: vec![failing] };
+    assert!(store.report_cloud_enforcement("c-aws", report, audit("r")).await.expect("report"));
 }
