@@ -260,6 +260,10 @@ async fn a_connectors_vms_are_registered_enforced_reported_and_bounded() {
     let i1 = configured.iter().find(|v| v["name"] == json!("i-1")).expect("configured");
     assert_eq!(i1["enforcementState"], json!("Failed"), "{i1:?}");
     assert_eq!(i1["warning"], json!("UnauthorizedOperation: not allowed to modify sg-app"), "{i1:?}");
+    // An initiate answer marks the failing VM too.
+    let a = h.owner(Method::POST, &url, initiate(sixty[..1].to_vec())).await;
+    assert!(a.status.is_success(), "{:?}", a.body);
+    assert_eq!(a.body["virtualMachines"][0]["enforcement"], json!("Failed"), "{:?}", a.body);
     // An empty list clears it.
     let a = h.send(Method::POST, "/agent/v1/enforcement", Some(&connector), "{}").await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{:?}", a.body);
