@@ -286,3 +286,24 @@ async fn the_unsupported_view_lists_a_connectors_unsupported_vms_with_their_reas
     let not_configured = h.view("notConfigured").await;
     assert!(not_configured.iter().any(|v| v["name"] == json!("i-1")), "{not_configured:?}");
 }
+
+#[tokio::test]
+async fn a_cloud_join_token_needs_the_right_to_write_vms_in_the_whole_subscription() {
+    let h = harness().await;
+    let a = h.owner(Method::POST, "/api/v1/principals", json!({"name": "rg-admin", "type": "User"}).to_string()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let scope = format!("/subscriptions/{SUB}/resourceGroups/aws-prod");
+    let assignment = json!({"principal": "rg-admin", "role": "Contributor", "scope": scope});
+    let a = h.owner(Method::POST, "/api/v1/roleAssignments", assignment.to_string()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let a = h.owner(Method::POST, "/api/v1/principals/rg-admin/tokens", "{}").await;
+    let token = a.body["token"].as_str().expect("token").to_owned();
+    let body = |mode: &str| {
+        json!({"subscription": SUB, "resourceGroup": "aws-prod", "location": "eastus", "mode": mode}).to_string()
+    };
+    let a = h.send(Method::POST, "/api/v1/agentTokens", Some(&token), body("host")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    let a = h.send(Method::POST, "/api/v1/agentTokens", Some(&token), body("cloud")).await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "AuthorizationFailed"), "{:?}", a.body);
+    assert!(a.message().contains(&format!("/subscriptions/{SUB}")), "{}", a.message());
+}
