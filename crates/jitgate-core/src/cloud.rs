@@ -20,6 +20,14 @@ use crate::prefix::SourcePrefix;
 /// port) rules stay within this.
 pub const CLOUD_RULE_LIMIT: usize = 60;
 
+/// The grants whose rules a VM's security group holds or will hold: live ones, and those that
+/// open later without another check (approved, or their scheduled window beginning).
+pub const HOLDING: [crate::initiate::GrantStatus; 3] = [
+    crate::initiate::GrantStatus::Initiated,
+    crate::initiate::GrantStatus::Pending,
+    crate::initiate::GrantStatus::Scheduled,
+];
+
 /// Why a VM the connector registered earlier is Unsupported once a report leaves it out.
 pub const NOT_FOUND_REASON: &str = "not found by the connector (terminated or out of its scope)";
 
@@ -427,7 +435,8 @@ pub fn check_rule_limit(vm: &VmId, in_use: &BTreeSet<Rule>, requested: &BTreeSet
 }
 
 /// Refuses a request whose grants on `vm` (those of `plan` for it), with the `live` grants there
-/// now (sources, protocol, port), would overflow the VM's security group.
+/// now (sources, protocol, port; those of [`HOLDING`] grants), would overflow the VM's security
+/// group.
 pub fn check_request_rules(
     vm: &VmId,
     live: &[(SourceSpec, Protocol, u16)],

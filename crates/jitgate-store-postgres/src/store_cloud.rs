@@ -201,14 +201,14 @@ pub(crate) async fn report(ctx: &mut Ctx, agent_id: &str, report: EnforcementRep
     Ok(!unchanged)
 }
 
-/// The live grants (sources, protocol, port) on each VM of `keys` at `now`, by VM key: the
-/// rules their security groups hold.
+/// The grants (sources, protocol, port) on each VM of `keys` at `now` whose rules their security
+/// groups hold or will hold (`jitgate_core::cloud::HOLDING`), by VM key.
 pub(crate) async fn live_rules(
     db: &Db,
     keys: &[String],
     now: OffsetDateTime,
 ) -> Res<HashMap<String, Vec<(SourceSpec, Protocol, u16)>>> {
-    let live = crate::grants::words(&lifecycle::LIVE);
+    let live = crate::grants::words(&cloud::HOLDING);
     let sql = "SELECT vm_key, source_form, sources, protocol, number FROM grants \
                WHERE vm_key = ANY($1) AND status = ANY($2) AND end_time > $3";
     let mut out: HashMap<String, Vec<(SourceSpec, Protocol, u16)>> = HashMap::new();

@@ -199,8 +199,8 @@ pub(crate) fn report(
     Ok(!unchanged)
 }
 
-/// The live grants (sources, protocol, port) on VM `key` at `now`: the rules its security group
-/// holds.
+/// The grants (sources, protocol, port) on VM `key` at `now` whose rules its security group holds
+/// or will hold (`jitgate_core::cloud::HOLDING`).
 pub(crate) fn live_rules(
     conn: &Connection,
     key: &str,
@@ -208,7 +208,7 @@ pub(crate) fn live_rules(
 ) -> rusqlite::Result<Vec<(SourceSpec, Protocol, u16)>> {
     let sql = format!(
         "SELECT source_form, sources, protocol, number FROM grants WHERE vm_key = ?1 AND {} AND end_time > ?2",
-        crate::grants::status_in("status", &lifecycle::LIVE)
+        crate::grants::status_in("status", &cloud::HOLDING)
     );
     let mut st = conn.prepare_cached(&sql)?;
     let found = st.query_map(crate::grants::bind([Value::Text(key.to_owned()), Value::Integer(nanos(now))]), |r| {

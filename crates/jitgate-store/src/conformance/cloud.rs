@@ -185,10 +185,18 @@ pub(super) async fn cloud_connectors_inventory_state_and_reports(store: &dyn Sto
     assert_eq!(vm.cloud.and_then(|c| c.failure), None);
     assert!(!store.report_cloud_enforcement("c-aws", EnforcementReport::default(), audit("r")).await.expect("again"));
 
-    // The security group's rule limit: 60 distinct rules, the 61st refused.
+    // The security group's rule limit: 60 distinct rules, the 61st refused. A scheduled grant
+    // holds its rule already: it opens later without another check.
     for i in 1..CLOUD_RULE_LIMIT {
         let source = format!("198.51.{}.{}", 100 + i / 200, i % 200 + 8);
-        store.initiate(initiate_cmd(&r, &vm_id("cloud", "i-1"), &source, 30, None), audit("i")).await.expect("fits");
+        let mut cmd = initiate_cmd(&r, &vm_id("cloud", "i-1"), &source, 30, None);
+        if i + 1 == CLOUD_RULE_LIMIT {
+            cmd.draft.start_time = Some(now() + Duration::hours(1));
+            cmd.draft.vms[0].ports[0].end_time = Some(now() + Duration::hours(2));
+        }
+        let done = store.initiate(cmd, audit("i")).await.expect("fits");
+        let scheduled = done.request.grants[0].status == GrantStatus::Scheduled;
+        assert_eq!(scheduled, i + 1 == CLOUD_RULE_LIMIT, "{:?}", done.request.grants[0]);
     }
     let full = store.initiate(initiate_cmd(&r, &vm_id("cloud", "i-1"), "192.0.2.1", 30, None), audit("i")).await;
     assert_eq!(code_of(full), jitgate_core::cloud::RULE_LIMIT_REACHED);
