@@ -238,6 +238,18 @@ pub fn may_register(
     }
 }
 
+/// A VM cloud connector `connector` enforces is not attached to a gateway: the connector would
+/// refuse to report it again, and its security group would still hold its rules.
+pub fn gateway_for_cloud_vm(vm: &VmId, connector: &str) -> Invalid {
+    Invalid::conflict(
+        VM_ENFORCED_ELSEWHERE,
+        format!(
+            "virtual machine '{vm}' is enforced by cloud connector '{connector}'; leave it out of the connector's \
+             scope (or remove the connector) before attaching it to a gateway"
+        ),
+    )
+}
+
 /// Who enforces a registered VM, as [`enforced_elsewhere`] names it.
 pub fn enforcer_name(gateway: Option<&str>, agent: Option<(&str, AgentMode, &str)>) -> Option<String> {
     match (gateway, agent) {

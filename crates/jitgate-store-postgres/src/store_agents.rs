@@ -14,6 +14,11 @@ impl AgentStore for PgStore {
                 ctx.db.opt("SELECT key FROM vms WHERE key = $1 FOR UPDATE", &[&key]).await?;
                 let existing = rows::get_vm(&ctx.db, &key).await?;
                 let address = vm.address.map(|a| a.to_string());
+                let connector =
+                    existing.as_ref().and_then(|e| e.agent.as_ref()).filter(|a| a.mode == AgentMode::Cloud);
+                if let (Some(_), Some(c)) = (&vm.gateway, connector) {
+                    return reject(ctx, audit, jitgate_core::cloud::gateway_for_cloud_vm(&vm.id, &c.name));
+                }
                 if let Some(gw) = &vm.gateway {
                     let sub = vm.id.subscription();
                     let joined = rows::gateway_agent(&ctx.db, sub, gw).await?.is_some();

@@ -11,6 +11,10 @@ impl AgentStore for SqliteStore {
             let now = nanos(audit.time);
             let existing = rows::get_vm(ctx.conn, &key).map_err(backend)?;
             let address = vm.address.map(|a| a.to_string());
+            let connector = existing.as_ref().and_then(|e| e.agent.as_ref()).filter(|a| a.mode == AgentMode::Cloud);
+            if let (Some(_), Some(c)) = (&vm.gateway, connector) {
+                return reject(ctx, audit, jitgate_core::cloud::gateway_for_cloud_vm(&vm.id, &c.name));
+            }
             if let Some(gw) = &vm.gateway {
                 let sub = vm.id.subscription();
                 let joined = rows::gateway_agent(ctx.conn, sub, gw).map_err(backend)?.is_some();

@@ -382,7 +382,8 @@ pub trait PolicyStore: Send + Sync + 'static {
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
     /// Registers or replaces a VM. Returns the VM and whether it was new. A gateway is looked up
-    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`).
+    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`);
+    /// a VM a cloud connector enforces is not attached to one (`VirtualMachineEnforcedElsewhere`).
     async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
     async fn list_vms(&self) -> StoreResult<Vec<Vm>>;
     async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>>;

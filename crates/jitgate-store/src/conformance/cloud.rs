@@ -133,6 +133,16 @@ pub(super) async fn cloud_connectors_inventory_state_and_reports(store: &dyn Sto
     assert_eq!(code_of(clash.await), jitgate_core::cloud::VM_ENFORCED_ELSEWHERE);
     assert!(store.get_vm(&vm_id("cloud", "i-10")).await.expect("get").is_none(), "nothing of it stored");
     assert_eq!(store.revision().await.expect("revision"), rev);
+    // A connector's VM is not attached to a gateway behind its back.
+    let attach = VmSpec {
+        id: vm_id("cloud", "i-1"),
+        os_type: OsType::Linux,
+        location: "eastus".into(),
+        address: Some("10.9.0.1".parse().expect("ip")),
+        gateway: Some("gw-any".into()),
+        classic: false,
+    };
+    assert_eq!(code_of(store.put_vm(attach, audit("vm")).await), jitgate_core::cloud::VM_ENFORCED_ELSEWHERE);
     // A host agent does not join as a connector's VM, and only connectors send inventories.
     cloud_token(store, "jt-cloud-2").await;
     let host_token = JoinTokenSpec {

@@ -24,7 +24,7 @@
 //! | `extend_request` | `approvals_and_extensions` |
 //! | `get_request` | `approvals_and_extensions`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
 //! | **AgentStore** | |
-//! | `put_vm` | `vms`, `agents_and_enforcement_state`; every case through `register` |
+//! | `put_vm` | `vms`, `agents_and_enforcement_state`; every case through `register`, `cloud_connectors_inventory_state_and_reports` |
 //! | `list_vms` | `vms`, `cloud_connectors_inventory_state_and_reports` |
 //! | `get_vm` | `vms`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `cloud_connectors_inventory_state_and_reports` |
 //! | `delete_vm` | `vms`, `agent_bindings_revocation_and_gateway_scope` |
