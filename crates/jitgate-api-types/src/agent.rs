@@ -10,7 +10,7 @@ pub struct JoinTokenIn {
     pub subscription: Option<String>,
     pub resource_group: Option<String>,
     pub location: Option<String>,
-    /// `host` (default) or `gateway`.
+    /// `host` (default), `gateway` or `cloud` (a cloud connector).
     pub mode: Option<String>,
     /// ISO-8601 lifetime of the token (default `PT1H`, at most `P7D`).
     pub ttl: Option<String>,
@@ -298,4 +298,53 @@ pub struct VmFailureIn {
     pub vm_id: String,
     /// What failed, as the cloud said it.
     pub error: String,
+}
+
+/// What the domain checks of an inventory entry (`jitgate_core::cloud::check_inventory`).
+impl From<CloudVmIn> for jitgate_core::cloud::CloudVmDraft {
+    fn from(vm: CloudVmIn) -> Self {
+        jitgate_core::cloud::CloudVmDraft {
+            name: vm.name,
+            resource_group: vm.resource_group,
+            os_type: vm.os_type,
+            address: vm.address,
+            public_address: vm.public_address,
+            unsupported_reason: vm.unsupported_reason,
+            facts: jitgate_core::cloud::CloudFacts {
+                provider: vm.cloud.provider,
+                instance_id: vm.cloud.instance_id,
+                vpc_id: vm.cloud.vpc_id,
+                security_groups: vm.cloud.security_groups,
+                display_name: vm.cloud.display_name,
+            },
+        }
+    }
+}
+
+/// The wire form of stored cloud facts.
+impl From<&jitgate_core::cloud::CloudFacts> for CloudFacts {
+    fn from(f: &jitgate_core::cloud::CloudFacts) -> Self {
+        CloudFacts {
+            provider: f.provider.clone(),
+            instance_id: f.instance_id.clone(),
+            vpc_id: f.vpc_id.clone(),
+            security_groups: f.security_groups.clone(),
+            display_name: f.display_name.clone(),
+        }
+    }
+}
+
+/// What the domain checks of a removal (`jitgate_core::cloud::check_report`).
+impl From<RemovalIn> for jitgate_core::cloud::RemovalDraft {
+    fn from(r: RemovalIn) -> Self {
+        jitgate_core::cloud::RemovalDraft {
+            request_id: r.request_id,
+            vm_id: r.vm_id,
+            protocol: r.protocol,
+            port: r.port,
+            source: r.source,
+            reason: r.reason,
+            removed_at: r.removed_at,
+        }
+    }
 }

@@ -213,7 +213,8 @@ pub struct PolicyVmOut {
     pub public_ip_address: Option<String>,
     /// jitgate extension, in the answers to a policy PUT and to initiate: `NotEnforced` (no
     /// enforcement point: nothing closes or opens the ports), `Stale` (its agent stopped
-    /// reporting) or `Unusable` (its agent cannot program nftables); absent when enforced.
+    /// reporting), `Unusable` (its agent cannot program nftables) or `Failed` (its cloud
+    /// connector cannot change the VM's rules); absent when enforced.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub enforcement: Option<String>,
     /// jitgate extension: what `enforcement` means for this VM and what to do.

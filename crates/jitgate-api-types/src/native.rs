@@ -91,7 +91,8 @@ pub struct VmOut {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub policy_id: Option<String>,
     /// Inventory views: `Enforced`, `NotEnforced` (nothing closes the ports), `Stale` (the
-    /// enforcement point stopped reporting) or `Unusable` (it cannot program nftables).
+    /// enforcement point stopped reporting), `Unusable` (it cannot program nftables) or `Failed`
+    /// (a cloud connector cannot change the VM's rules; `warning` is its error).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub enforcement_state: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -104,6 +105,12 @@ pub struct VmOut {
     pub last_user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub connection_details: Option<ConnectionDetailsOut>,
+    /// A VM a cloud connector registered: what the cloud says of it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cloud: Option<crate::agent::CloudFacts>,
+    /// A cloud VM's public address, as its connector reported it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_address: Option<String>,
 }
 
 /// How to reach a configured VM: its JIT ports and the enforcement point in front of them.
@@ -169,6 +176,8 @@ impl VmOut {
             last_access: None,
             last_user: None,
             connection_details: None,
+            cloud: None,
+            public_address: None,
         }
     }
 }

@@ -20,6 +20,12 @@ fn mode_parser() -> impl TypedValueParser<Value = AgentMode> {
         .map(|s| AgentMode::parse(&s).unwrap_or(AgentMode::Host))
 }
 
+/// What a join token may join: `host`, `gateway` or `cloud` (a cloud connector).
+fn token_mode_parser() -> impl TypedValueParser<Value = AgentMode> {
+    clap::builder::PossibleValuesParser::new(["host", "gateway", "cloud"])
+        .map(|s| AgentMode::parse(&s).unwrap_or(AgentMode::Host))
+}
+
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, after_help = AGENT_EXAMPLES)]
 pub struct AgentArgs {
@@ -258,8 +264,9 @@ pub struct TokenCreateArgs {
     /// Their location.
     #[arg(long)]
     pub location: String,
-    /// What agents joining with the token do: protect their own host, or VMs behind them (gateway).
-    #[arg(long, value_parser = mode_parser(), default_value = "host")]
+    /// What agents joining with the token do: protect their own host, VMs behind them (gateway),
+    /// or a cloud account's instances through its security groups (cloud: a cloud connector).
+    #[arg(long, value_parser = token_mode_parser(), default_value = "host")]
     pub mode: AgentMode,
     /// How long the token may be used: 30m, 1h, 2d or ISO-8601.
     #[arg(long, default_value = "1h")]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use jitgate_api_types::agent::{AppliedIn, JoinIn, JoinOut, RotateOut, StateOut};
+use jitgate_api_types::agent::{
+    AppliedIn, EnforcementReportIn, InventoryIn, InventoryOut, JoinIn, JoinOut, RotateOut, StateOut,
+};
 
 use crate::{Bearer, Call, Client, ClientError};
 
@@ -54,6 +56,20 @@ impl Agent<'_> {
     /// Reports what was applied (a report may be repeated, on another replica too).
     pub async fn applied(&self, credential: &str, report: &AppliedIn) -> Result<(), ClientError> {
         let call = self.call(Method::POST, "/agent/v1/applied", Some(credential)).json(report).repeatable();
+        self.client.send(call).await.map(drop)
+    }
+
+    /// A cloud connector's whole inventory (`PUT /agent/v1/inventory`); safe to repeat, on
+    /// another replica too: the same inventory changes nothing the second time.
+    pub async fn put_inventory(&self, credential: &str, inventory: &InventoryIn) -> Result<InventoryOut, ClientError> {
+        let call = self.call(Method::PUT, "/agent/v1/inventory", Some(credential)).json(inventory).repeatable();
+        self.client.json(call).await
+    }
+
+    /// A cloud connector's enforcement report (`POST /agent/v1/enforcement`). Not repeated after
+    /// a lost answer: each removal would be audited again.
+    pub async fn report_enforcement(&self, credential: &str, report: &EnforcementReportIn) -> Result<(), ClientError> {
+        let call = self.call(Method::POST, "/agent/v1/enforcement", Some(credential)).json(report);
         self.client.send(call).await.map(drop)
     }
 }

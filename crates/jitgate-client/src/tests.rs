@@ -455,3 +455,41 @@ async fn a_pinned_server_is_trusted_by_its_certificate_or_key_and_no_other() {
         .pins(vec![[7u8; 32]]);
     assert!(Client::new(both).unwrap().native().principals().await.is_err());
 }
+
+#[tokio::test]
+async fn a_cloud_connector_puts_its_inventory_again_after_a_503_but_never_repeats_a_report() {
+    use jitgate_api_types::agent::{EnforcementReportIn, InventoryIn};
+    let inventories = Arc::new(AtomicUsize::new(0));
+    let reports = Arc::new(AtomicUsize::new(0));
+    let (i, r) = (inventories.clone(), reports.clone());
+    let router = Router::new()
+        .route(
+            "/agent/v1/inventory",
+            axum::routing::put(move |headers: HeaderMap, body: String| {
+                let i = i.clone();
+                async move {
+                    assert_eq!(headers.get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer jga_c"));
+                    assert!(body.contains(r#""vms":[]"#), "{body}");
+                    if i.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":{"code":"Busy","message":"later"}}"#);
+                    }
+                    json(StatusCode::OK, r#"{"registered":0,"unsupported":0,"revision":7}"#)
+                }
+            }),
+        )
+        .route(
+            "/agent/v1/enforcement",
+            post(move || {
+                let r = r.clone();
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":{"code":"Busy","message":"later"}}"#)
+                }
+            }),
+        );
+    let c = client(&serve(router).await);
+    let out = c.agent().put_inventory("jga_c", &InventoryIn { vms: vec![] }).await.expect("the second try");
+    assert_eq!((out.revision, inventories.load(Ordering::SeqCst)), (7, 2));
+    let e = c.agent().report_enforcement("jga_c", &EnforcementReportIn::default()).await.expect_err("503");
+    assert_eq!((e.status(), reports.load(Ordering::SeqCst)), (Some(503), 1), "each removal is audited once");
+}

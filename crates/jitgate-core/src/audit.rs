@@ -31,6 +31,13 @@ pub mod ops {
     pub const AGENT_APPLIED: &str = "jitgate/agents/applied/action";
     pub const AGENT_DELETE: &str = "jitgate/agents/delete";
     pub const AGENT_ROTATE: &str = "jitgate/agents/rotate/action";
+    /// A cloud connector's inventory (`PUT /agent/v1/inventory`).
+    pub const AGENT_INVENTORY: &str = "jitgate/agents/inventory/write";
+    /// A cloud connector's enforcement report (`POST /agent/v1/enforcement`): its failing VMs.
+    pub const AGENT_ENFORCEMENT: &str = "jitgate/agents/enforcement/action";
+    /// A grant's rule that a cloud connector removed from a VM's security group.
+    pub const GRANT_RULE_REMOVE: &str =
+        "Microsoft.Security/locations/jitNetworkAccessPolicies/requests/rule/remove/action";
 }
 
 /// The outcome of an operation, as Azure's Activity Log names it.

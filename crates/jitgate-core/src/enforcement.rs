@@ -16,6 +16,9 @@ pub enum AgentMode {
     Host,
     /// On a gateway in front of VMs (Azure's firewall case), with DNAT.
     Gateway,
+    /// A cloud connector: enforces through the cloud's own firewall (security groups), with
+    /// nothing on the instances; it registers the VMs it finds (`PUT /agent/v1/inventory`).
+    Cloud,
 }
 
 impl AgentMode {
@@ -23,6 +26,7 @@ impl AgentMode {
         match self {
             AgentMode::Host => "host",
             AgentMode::Gateway => "gateway",
+            AgentMode::Cloud => "cloud",
         }
     }
 
@@ -31,6 +35,8 @@ impl AgentMode {
             Some(AgentMode::Host)
         } else if s.eq_ignore_ascii_case("gateway") {
             Some(AgentMode::Gateway)
+        } else if s.eq_ignore_ascii_case("cloud") {
+            Some(AgentMode::Cloud)
         } else {
             None
         }
@@ -195,7 +201,7 @@ pub struct CheckedJoin {
 /// What a joining agent says about itself, checked and bounded: what the store records of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoiningAgent {
-    /// The VM name (host mode) or the gateway's name (gateway mode).
+    /// The VM name (host mode), the gateway's name (gateway mode) or the connector's (cloud mode).
     pub name: String,
     pub mode: AgentMode,
     pub os_type: OsType,
@@ -218,7 +224,7 @@ pub fn check_join(draft: JoinDraft) -> Result<CheckedJoin, Invalid> {
         return Err(Invalid::input("InvalidJoinToken", None, "the join token is unknown"));
     }
     let mode = AgentMode::parse(&draft.mode)
-        .ok_or_else(|| bad("mode", format!("mode '{}' is not host or gateway", quote(&draft.mode))))?;
+        .ok_or_else(|| bad("mode", format!("mode '{}' is not host, gateway or cloud", quote(&draft.mode))))?;
     let os_type = OsType::parse(&draft.os_type)
         .ok_or_else(|| bad("osType", format!("osType '{}' is not Linux or Windows", quote(&draft.os_type))))?;
     let name_ok = crate::ids::validate_vm_name(&draft.name).is_ok() && !draft.name.chars().any(unsafe_char);

@@ -55,6 +55,16 @@ pub fn enforcement_gap(gateway: Option<&str>, enforcer: Option<&Enforcer<'_>>) -
     }
 }
 
+/// [`enforcement_gap`] of a VM a cloud connector registered: the reason the connector gave (or
+/// [`crate::cloud::NOT_FOUND_REASON`]) first, then a connector that is gone or cannot work.
+pub fn cloud_gap(unsupported_reason: Option<&str>, enforcer: Option<&Enforcer<'_>>) -> Option<String> {
+    match (unsupported_reason, enforcer) {
+        (Some(reason), _) => Some(reason.to_owned()),
+        (None, None) => Some("no enforcement point: the cloud connector that registered it was removed".into()),
+        (None, Some(_)) => enforcement_gap(None, enforcer),
+    }
+}
+
 /// The facts that place a VM in a view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmFacts<'a> {
@@ -92,6 +102,8 @@ pub enum EnforcementState {
     NotEnforced,
     Unusable,
     Stale,
+    /// A cloud connector reports that it cannot change the VM's rules (the warning is its error).
+    Failed,
     Enforced,
 }
 
@@ -106,9 +118,21 @@ impl EnforcementState {
         }
     }
 
+    /// The state of a VM a cloud connector registered: `NotEnforced` while it is `unsupported`
+    /// (the connector does not enforce it), `Failed` while the connector reports `failure` for
+    /// it, else [`EnforcementState::of`].
+    pub fn of_cloud(enforcer: Option<&Enforcer<'_>>, unsupported: bool, failure: Option<&str>) -> Self {
+        match (EnforcementState::of(enforcer), failure) {
+            _ if unsupported => EnforcementState::NotEnforced,
+            (EnforcementState::Enforced | EnforcementState::Stale, Some(_)) => EnforcementState::Failed,
+            (state, _) => state,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             EnforcementState::NotEnforced => "NotEnforced",
+            EnforcementState::Failed => "Failed",
             EnforcementState::Unusable => "Unusable",
             EnforcementState::Stale => "Stale",
             EnforcementState::Enforced => "Enforced",
@@ -125,6 +149,7 @@ impl EnforcementState {
                 Some("the enforcement point cannot program nftables: these ports are not closed")
             }
             EnforcementState::Stale => Some("the enforcement point stopped reporting: its state is unknown"),
+            EnforcementState::Failed => Some("the cloud connector cannot change this VM's security group rules"),
             EnforcementState::Enforced => None,
         }
     }
@@ -215,5 +240,21 @@ mod tests {
             assert_eq!(state.as_str(), text);
             assert_eq!(state.warning().is_some(), warns, "{state:?}");
         }
+    }
+
+    #[test]
+    fn a_cloud_vm_fails_while_its_connector_says_so_and_is_unenforced_while_unsupported() {
+        let live = enforcer(Some(true), false);
+        let of = |e: Option<&Enforcer<'_>>, unsupported, failure| EnforcementState::of_cloud(e, unsupported, failure);
+        assert_eq!(of(Some(&live), false, None), EnforcementState::Enforced);
+        assert_eq!(of(Some(&live), false, Some("denied")), EnforcementState::Failed);
+        assert_eq!(of(Some(&enforcer(Some(true), true)), false, Some("denied")), EnforcementState::Failed);
+        assert_eq!(of(Some(&enforcer(Some(true), true)), false, None), EnforcementState::Stale);
+        assert_eq!(of(None, false, Some("denied")), EnforcementState::NotEnforced);
+        assert_eq!(of(Some(&live), true, Some("denied")), EnforcementState::NotEnforced);
+        assert_eq!(EnforcementState::Failed.as_str(), "Failed");
+        assert_eq!(cloud_gap(Some("terminated"), Some(&live)).as_deref(), Some("terminated"));
+        assert!(cloud_gap(None, None).is_some_and(|g| g.contains("cloud connector")));
+        assert_eq!(cloud_gap(None, Some(&live)), None);
     }
 }

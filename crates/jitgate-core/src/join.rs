@@ -132,6 +132,26 @@ pub fn gateway_exists(subscription: &str, name: &str, id: &str) -> Invalid {
 /// VM changes its enforcement point only with a token made for it (`token_for_vm`), never as
 /// a side effect of some other host token, and not while a gateway enforces it.
 pub fn may_rebind(vm: &VmId, token_for_vm: bool, gateway: Option<&str>) -> Result<(), Invalid> {
+    may_rebind_from(vm, token_for_vm, gateway, None)
+}
+
+/// [`may_rebind`], also refusing a VM a cloud connector enforces (`connector`: its name): the
+/// connector registered it and keeps its security group; it is not taken over by a join.
+pub fn may_rebind_from(
+    vm: &VmId,
+    token_for_vm: bool,
+    gateway: Option<&str>,
+    connector: Option<&str>,
+) -> Result<(), Invalid> {
+    if let Some(connector) = connector {
+        return Err(Invalid::conflict(
+            VM_BEHIND_GATEWAY,
+            format!(
+                "virtual machine '{vm}' is enforced by cloud connector '{connector}'; leave it out of the \
+                 connector's scope (or remove the connector) before a host agent joins as it"
+            ),
+        ));
+    }
     if !token_for_vm {
         return Err(Invalid::conflict(
             VM_EXISTS,
@@ -186,13 +206,19 @@ pub fn rebound(
         .with("address", address.unwrap_or_default())
 }
 
-/// The audit record of an agent's removal, naming the VMs it no longer enforces (the first
-/// [`LISTED_VMS`], then how many more).
-pub fn removed(audit: AuditEvent, id: &str, name: &str, mode: AgentMode, vms: &[String]) -> AuditEvent {
+/// VMs as an audit record names them: the first [`LISTED_VMS`], then how many more.
+pub fn listed(vms: &[String]) -> String {
     let mut listed = vms.iter().take(LISTED_VMS).cloned().collect::<Vec<_>>().join(" ");
     if vms.len() > LISTED_VMS {
         listed.push_str(&format!(" (and {} more)", vms.len() - LISTED_VMS));
     }
+    listed
+}
+
+/// The audit record of an agent's removal, naming the VMs it no longer enforces (the first
+/// [`LISTED_VMS`], then how many more).
+pub fn removed(audit: AuditEvent, id: &str, name: &str, mode: AgentMode, vms: &[String]) -> AuditEvent {
+    let listed = listed(vms);
     audit
         .succeeded()
         .with("agentId", id.to_owned())

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod certinfo;
+pub mod cloud;
 pub mod destination;
 pub mod duration;
 pub mod enforcement;

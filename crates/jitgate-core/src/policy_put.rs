@@ -23,6 +23,7 @@ pub const VM_IN_ANOTHER_POLICY: &str = "VirtualMachineInAnotherPolicy";
 pub struct KnownVms {
     os: HashMap<String, OsType>,
     gateway: HashMap<String, String>,
+    cloud: std::collections::HashSet<String>,
 }
 
 impl KnownVms {
@@ -32,6 +33,26 @@ impl KnownVms {
             self.gateway.insert(key.clone(), gw);
         }
         self.os.insert(key, os);
+    }
+
+    /// Records that a cloud connector enforces the registered VM `key`.
+    pub fn add_cloud(&mut self, key: String) {
+        self.cloud.insert(key);
+    }
+
+    /// Refuses the first mapped port on a VM a cloud connector enforces (a security group
+    /// forwards nothing).
+    pub fn check_cloud_ports(&self, policy: &Policy) -> Result<(), Invalid> {
+        for (i, vm) in policy.vms.iter().enumerate() {
+            if !self.cloud.contains(&vm.id.key()) {
+                continue;
+            }
+            if let Some((j, p)) = vm.ports.iter().enumerate().find(|(_, p)| p.mapped_port.is_some()) {
+                let target = format!("properties.virtualMachines[{i}].ports[{j}].mappedPort");
+                return Err(crate::cloud::no_mapped_port(&vm.id, p.number, target));
+            }
+        }
+        Ok(())
     }
 
     /// Completes the policy against these VMs (every VM must be registered; a VM with no ports

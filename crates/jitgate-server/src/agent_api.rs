@@ -1,6 +1,7 @@
 //! The agent protocol: `POST /agent/v1/join`, `GET /agent/v1/state` (long-poll),
-//! `POST /agent/v1/applied` and `POST /agent/v1/rotate`. An agent authenticates with its own
-//! credential and only ever sees its own state. Everything an agent sends is bounded
+//! `POST /agent/v1/applied` and `POST /agent/v1/rotate`, and a cloud connector's
+//! `PUT /agent/v1/inventory` and `POST /agent/v1/enforcement` (`crate::agent_cloud`). An agent
+//! authenticates with its own credential and only ever sees its own state. Everything an agent sends is bounded
 //! (`jitgate_core::enforcement::limits`) before it is stored, audited or shown.
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use jitgate_api_types::agent::{AppliedIn, GrantOut, JoinIn, JoinOut, PortOut, RotateOut, StateOut};
@@ -39,6 +40,8 @@ pub fn router() -> Router<App> {
         .route("/agent/v1/state", get(state))
         .route("/agent/v1/applied", post(applied))
         .route("/agent/v1/rotate", post(rotate))
+        .route("/agent/v1/inventory", put(crate::agent_cloud::inventory))
+        .route("/agent/v1/enforcement", post(crate::agent_cloud::enforcement))
 }
 
 /// What an agent is told when its credential is refused.
@@ -59,14 +62,14 @@ async fn read_small_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError
 
 /// An error whose message may quote what an unauthenticated caller sent: kept printable and
 /// short, for the answer and for the audit record.
-fn bounded(mut e: ApiError) -> ApiError {
+pub(crate) fn bounded(mut e: ApiError) -> ApiError {
     e.message = printable(&e.message, 300);
     e.target = e.target.map(|t| printable(&t, 100));
     e
 }
 
 /// A removed agent's calls are answered as an unknown credential.
-fn agent_error(e: StoreError) -> ApiError {
+pub(crate) fn agent_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Rejected(i) if i.code == jitgate_core::join::AGENT_NOT_FOUND => {
             ApiError::unauthorized("InvalidAuthenticationToken", REVOKED)
@@ -76,12 +79,12 @@ fn agent_error(e: StoreError) -> ApiError {
 }
 
 /// How an agent is named as the caller of its audit records.
-fn agent_caller(agent: &AgentRecord) -> String {
+pub(crate) fn agent_caller(agent: &AgentRecord) -> String {
     format!("agent:{}", agent.id)
 }
 
 /// An agent's resource id in audit records.
-fn agent_resource(agent: &AgentRecord) -> String {
+pub(crate) fn agent_resource(agent: &AgentRecord) -> String {
     format!("/agents/{}", agent.id)
 }
 

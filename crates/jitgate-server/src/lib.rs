@@ -6,6 +6,7 @@
 //! call, and map any failure through [`error::ApiError`] to Azure's error body.
 
 pub mod agent_api;
+mod agent_cloud;
 pub mod api;
 pub mod api_audit;
 pub mod api_rbac;
@@ -306,7 +307,8 @@ impl App {
 
     /// How each of `vm_ids` is enforced now: no enforcement point, an agent that stopped
     /// reporting (silent for longer than [`STALE_AFTER`], past any long-poll window), one that
-    /// cannot program nftables, or enforced. In the order given, duplicates left out.
+    /// cannot program nftables, a cloud connector that cannot change the VM's rules (`Failed`),
+    /// or enforced. In the order given, duplicates left out.
     pub async fn enforcement_of(
         &self,
         vm_ids: &[String],
@@ -332,16 +334,12 @@ impl App {
         id: String,
     ) -> Result<(String, jitgate_core::inventory::EnforcementState), ApiError> {
         use jitgate_core::inventory::EnforcementState;
-        let agents = self.store.agents_for_vms(std::slice::from_ref(&id)).await?;
-        let state = if agents.is_empty() {
-            EnforcementState::NotEnforced
-        } else if agents.iter().any(|a| a.nft_usable == Some(false)) {
-            EnforcementState::Unusable
-        } else if agents.iter().any(|a| self.is_stale(a)) {
-            EnforcementState::Stale
-        } else {
-            EnforcementState::Enforced
+        let vm = match jitgate_core::VmId::parse(&id) {
+            Ok(vm) => self.store.get_vm(&vm).await?,
+            Err(_) => None,
         };
+        // A cloud connector's VM is also unenforced while Unsupported, and Failed while it says so.
+        let state = vm.map_or(EnforcementState::NotEnforced, |vm| api::state_of(self, &vm).0);
         Ok((id, state))
     }
 

@@ -36,6 +36,18 @@ pub async fn states(db: &Db, agents: &[AgentRecord], now: OffsetDateTime) -> Res
             }
         }
     }
+    // Cloud connectors: the VMs each registered that JIT can protect, with their private addresses.
+    let clouds: Vec<&str> = agents.iter().filter(|a| a.mode == AgentMode::Cloud).map(|a| a.id.as_str()).collect();
+    if !clouds.is_empty() {
+        let sql = "SELECT agent_id, key, address FROM vms WHERE agent_id = ANY($1) AND gateway IS NULL \
+                   AND unsupported_reason IS NULL ORDER BY key";
+        for r in db.rows(sql, &[&clouds]).await? {
+            let (agent, key, address): (String, String, Option<String>) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            if let Some(id) = clouds.iter().find(|c| **c == agent) {
+                targets.entry(id).or_default().push((key, address.and_then(|a| a.parse().ok())));
+            }
+        }
+    }
     // Gateways: the VMs of the gateway's own subscription attached to it by name.
     for agent in agents.iter().filter(|a| a.mode == AgentMode::Gateway) {
         let rows_ = db
@@ -154,6 +166,8 @@ pub async fn join_agent(ctx: &mut Ctx, join: AgentJoin, audit: AuditEvent) -> Re
             }
             None
         }
+        // A connector registers its VMs later, with its inventory.
+        AgentMode::Cloud => None,
     };
     if let Some(vm) = &vm {
         let address = join::vm_address(&join.agent);
@@ -169,7 +183,10 @@ pub async fn join_agent(ctx: &mut Ctx, join: AgentJoin, audit: AuditEvent) -> Re
                     .await?;
             }
             Some(existing) => {
-                if let Err(invalid) = join::may_rebind(vm, for_vm.is_some(), existing.spec.gateway.as_deref()) {
+                let connector = existing.agent.as_ref().filter(|a| a.mode == AgentMode::Cloud).map(|a| a.name.as_str());
+                if let Err(invalid) =
+                    join::may_rebind_from(vm, for_vm.is_some(), existing.spec.gateway.as_deref(), connector)
+                {
                     return reject(ctx, audit, invalid);
                 }
                 // The explicit re-bind: new agent and address; location and OS stay.

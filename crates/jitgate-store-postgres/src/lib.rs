@@ -34,6 +34,7 @@ mod rows;
 pub mod snapshot;
 mod store_agents;
 mod store_audit;
+mod store_cloud;
 mod store_identity;
 mod store_policies;
 mod store_requests;

@@ -42,6 +42,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_replica_signals_and_leases.sql"),
     migration!(4, "0004_ephemeral.sql"),
     migration!(5, "0005_inventory_indexes.sql"),
+    migration!(6, "0006_cloud_connectors.sql"),
 ];
 
 /// The schema this build writes: the last migration's version.

@@ -84,6 +84,13 @@ pub fn vm_from_row(r: &Row) -> Res<Vm> {
     let id: String = r.try_get("id")?;
     let os: String = r.try_get("os_type")?;
     let address: Option<String> = r.try_get("address")?;
+    let cloud = match r.try_get::<_, Option<String>>("cloud")? {
+        Some(text) => Some(
+            jitgate_store::stored::decode_cloud(&text, r.try_get("unsupported_reason")?, r.try_get("cloud_failure")?)
+                .map_err(corrupt)?,
+        ),
+        None => None,
+    };
     Ok(Vm {
         spec: VmSpec {
             id: vm_id(&id)?,
@@ -96,6 +103,7 @@ pub fn vm_from_row(r: &Row) -> Res<Vm> {
         created: time_at(r, "created")?,
         updated: time_at(r, "updated")?,
         agent: None,
+        cloud,
     })
 }
 
@@ -121,7 +129,7 @@ pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<
     }
     let mut hosts = std::collections::HashMap::new();
     let sql = "SELECT v.key AS vm_key_, a.* FROM vms v JOIN agents a ON a.id = v.agent_id \
-               WHERE v.key = ANY($1) AND a.mode = 'host'";
+               WHERE v.key = ANY($1) AND a.mode <> 'gateway'";
     for r in db.rows(sql, &[&keys]).await? {
         hosts.insert(r.try_get::<_, String>("vm_key_")?, agent_from_row(&r)?);
     }
@@ -156,7 +164,7 @@ pub async fn with_agent(db: &Db, mut vm: Vm, key: &str) -> Res<Vm> {
         Some(gw) => gateway_agent(db, vm.spec.id.subscription(), gw).await?,
         None => db
             .opt(
-                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = $1 AND a.mode = 'host'",
+                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = $1 AND a.mode <> 'gateway'",
                 &[&key],
             )
             .await?

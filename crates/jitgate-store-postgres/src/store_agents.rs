@@ -14,6 +14,11 @@ impl AgentStore for PgStore {
                 ctx.db.opt("SELECT key FROM vms WHERE key = $1 FOR UPDATE", &[&key]).await?;
                 let existing = rows::get_vm(&ctx.db, &key).await?;
                 let address = vm.address.map(|a| a.to_string());
+                let connector =
+                    existing.as_ref().and_then(|e| e.agent.as_ref()).filter(|a| a.mode == AgentMode::Cloud);
+                if let (Some(_), Some(c)) = (&vm.gateway, connector) {
+                    return reject(ctx, audit, jitgate_core::cloud::gateway_for_cloud_vm(&vm.id, &c.name));
+                }
                 if let Some(gw) = &vm.gateway {
                     let sub = vm.id.subscription();
                     let joined = rows::gateway_agent(&ctx.db, sub, gw).await?.is_some();
@@ -261,7 +266,7 @@ impl AgentStore for PgStore {
                     return reject(ctx, audit, join::agent_not_found(&id));
                 };
                 let vms: Vec<String> = match agent.mode {
-                    AgentMode::Host => {
+                    AgentMode::Host | AgentMode::Cloud => {
                         ctx.db.rows("SELECT id FROM vms WHERE agent_id = $1 ORDER BY key", &[&id]).await?
                     }
                     AgentMode::Gateway => ctx
@@ -356,6 +361,27 @@ impl AgentStore for PgStore {
             })
         })
         .await
+    }
+
+    async fn put_cloud_inventory(
+        &self,
+        agent_id: &str,
+        vms: Vec<jitgate_core::cloud::CloudVm>,
+        audit: AuditEvent,
+    ) -> StoreResult<jitgate_store::Inventoried> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| Box::pin(async move { crate::store_cloud::put_inventory(ctx, &id, vms, audit).await }))
+            .await
+    }
+
+    async fn report_cloud_enforcement(
+        &self,
+        agent_id: &str,
+        report: jitgate_core::cloud::EnforcementReport,
+        audit: AuditEvent,
+    ) -> StoreResult<bool> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| Box::pin(async move { crate::store_cloud::report(ctx, &id, report, audit).await })).await
     }
 
     async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {

@@ -15,10 +15,13 @@ impl PolicyStore for PgStore {
                 let mut known = KnownVms::default();
                 for vm in &policy.vms {
                     if let Some(v) = rows::get_vm(&ctx.db, &vm.id.key()).await? {
+                        if v.cloud.is_some() {
+                            known.add_cloud(vm.id.key());
+                        }
                         known.add(vm.id.key(), v.spec.os_type, v.spec.gateway);
                     }
                 }
-                let resolved = match known.resolve(policy) {
+                let resolved = match known.resolve(policy).and_then(|p| known.check_cloud_ports(&p).map(|()| p)) {
                     Ok(p) => p,
                     Err(invalid) => return reject(ctx, audit, invalid),
                 };
@@ -341,6 +344,19 @@ async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res
         match reach {
             Ok(reach) => reaches.push(reach),
             Err(invalid) => return reject(ctx, audit, invalid),
+        }
+    }
+    // A cloud connector keeps a VM's grants in one security group of bounded size.
+    let mut cloud_vms: Vec<&VmId> = vms.values().filter(|v| v.cloud.is_some()).map(|v| &v.spec.id).collect();
+    cloud_vms.sort_by_key(|v| v.key());
+    if !cloud_vms.is_empty() {
+        let keys: Vec<String> = cloud_vms.iter().map(|v| v.key()).collect();
+        let live = crate::store_cloud::live_rules(&ctx.db, &keys, cmd.now).await?;
+        for vm in cloud_vms {
+            let rules = live.get(&vm.key()).map(Vec::as_slice).unwrap_or_default();
+            if let Err(invalid) = jitgate_core::cloud::check_request_rules(vm, rules, &plan.grants) {
+                return reject(ctx, audit, invalid);
+            }
         }
     }
     let policy_id = policy.reference.id();

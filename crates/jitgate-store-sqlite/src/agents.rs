@@ -41,6 +41,17 @@ pub fn state(conn: &Connection, agent: &AgentRecord, now: OffsetDateTime) -> rus
             .filter_map(|r| r.ok())
             .filter_map(|(k, a)| a.parse().ok().map(|ip| (k, Some(ip))))
             .collect(),
+        // The VMs the connector registered that JIT can protect, with their private addresses.
+        AgentMode::Cloud => conn
+            .prepare_cached(
+                "SELECT key, address FROM vms WHERE agent_id = ?1 AND gateway IS NULL AND unsupported_reason IS NULL \
+                 ORDER BY key",
+            )?
+            .query_map([&agent.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .map(|(k, a)| (k, a.and_then(|a| a.parse().ok())))
+            .collect(),
     };
     let mut state = StateBuilder::default();
     let mut port_stmt = conn.prepare_cached(

@@ -44,6 +44,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(8, "0008_ephemeral.sql"),
     migration!(9, "0009_sweep_indexes.sql"),
     migration!(10, "0010_inventory_indexes.sql"),
+    migration!(11, "0011_cloud_connectors.sql"),
 ];
 
 /// The schema this build writes (`PRAGMA user_version`): the last migration's version.

@@ -63,6 +63,9 @@ pub struct VmCols {
     classic: usize,
     created: usize,
     updated: usize,
+    cloud: usize,
+    unsupported_reason: usize,
+    cloud_failure: usize,
 }
 
 impl VmCols {
@@ -76,6 +79,9 @@ impl VmCols {
             classic: stmt.column_index("classic")?,
             created: stmt.column_index("created")?,
             updated: stmt.column_index("updated")?,
+            cloud: stmt.column_index("cloud")?,
+            unsupported_reason: stmt.column_index("unsupported_reason")?,
+            cloud_failure: stmt.column_index("cloud_failure")?,
         })
     }
 }
@@ -84,6 +90,14 @@ fn vm_at(r: &Row<'_>, c: &VmCols) -> rusqlite::Result<Vm> {
     let id: String = r.get(c.id)?;
     let os: String = r.get(c.os_type)?;
     let address: Option<String> = r.get(c.address)?;
+    let cloud: Option<String> = r.get(c.cloud)?;
+    let cloud = match cloud {
+        Some(text) => Some(
+            jitgate_store::stored::decode_cloud(&text, r.get(c.unsupported_reason)?, r.get(c.cloud_failure)?)
+                .map_err(corrupt)?,
+        ),
+        None => None,
+    };
     Ok(Vm {
         spec: VmSpec {
             id: vm_id(&id)?,
@@ -96,6 +110,7 @@ fn vm_at(r: &Row<'_>, c: &VmCols) -> rusqlite::Result<Vm> {
         created: from_nanos(r.get(c.created)?)?,
         updated: from_nanos(r.get(c.updated)?)?,
         agent: None,
+        cloud,
     })
 }
 
@@ -141,13 +156,14 @@ pub fn all_vms(conn: &Connection) -> rusqlite::Result<Vec<Vm>> {
 }
 
 /// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or
-/// the host agent bound to this very VM row (a VM registered again has none until one joins).
+/// the host agent (or cloud connector) bound to this very VM row (a VM registered again has none
+/// until one joins).
 pub fn with_agent(conn: &Connection, mut vm: Vm, key: &str) -> rusqlite::Result<Vm> {
     vm.agent = match &vm.spec.gateway {
         Some(gw) => gateway_agent(conn, vm.spec.id.subscription(), gw)?,
         None => conn
             .prepare_cached(
-                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = ?1 AND a.mode = 'host'",
+                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = ?1 AND a.mode <> 'gateway'",
             )?
             .query_row([key], agent_from_row)
             .optional()?,

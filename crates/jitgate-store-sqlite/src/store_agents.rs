@@ -11,6 +11,10 @@ impl AgentStore for SqliteStore {
             let now = nanos(audit.time);
             let existing = rows::get_vm(ctx.conn, &key).map_err(backend)?;
             let address = vm.address.map(|a| a.to_string());
+            let connector = existing.as_ref().and_then(|e| e.agent.as_ref()).filter(|a| a.mode == AgentMode::Cloud);
+            if let (Some(_), Some(c)) = (&vm.gateway, connector) {
+                return reject(ctx, audit, jitgate_core::cloud::gateway_for_cloud_vm(&vm.id, &c.name));
+            }
             if let Some(gw) = &vm.gateway {
                 let sub = vm.id.subscription();
                 let joined = rows::gateway_agent(ctx.conn, sub, gw).map_err(backend)?.is_some();
@@ -204,6 +208,8 @@ impl AgentStore for SqliteStore {
                     }
                     None
                 }
+                // A connector registers its VMs later, with its inventory.
+                AgentMode::Cloud => None,
             };
             if let Some(vm) = &vm {
                 let address = join::vm_address(&join.agent);
@@ -218,7 +224,10 @@ impl AgentStore for SqliteStore {
                             .map_err(backend)?;
                     }
                     Some(existing) => {
-                        if let Err(invalid) = join::may_rebind(vm, for_vm.is_some(), existing.spec.gateway.as_deref()) {
+                        let connector = existing.agent.as_ref().filter(|a| a.mode == AgentMode::Cloud).map(|a| a.name.as_str());
+                        if let Err(invalid) =
+                            join::may_rebind_from(vm, for_vm.is_some(), existing.spec.gateway.as_deref(), connector)
+                        {
                             return reject(ctx, audit, invalid);
                         }
                         // The explicit re-bind: new agent and address; location and OS stay.
@@ -303,7 +312,7 @@ impl AgentStore for SqliteStore {
                 return reject(ctx, audit, join::agent_not_found(&id));
             };
             let vms: Vec<String> = match agent.mode {
-                AgentMode::Host => ctx
+                AgentMode::Host | AgentMode::Cloud => ctx
                     .conn
                     .prepare_cached("SELECT id FROM vms WHERE agent_id = ?1 ORDER BY key")
                     .and_then(|mut st| st.query_map([&id], |r| r.get(0))?.collect()),
@@ -445,6 +454,26 @@ impl AgentStore for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn put_cloud_inventory(
+        &self,
+        agent_id: &str,
+        vms: Vec<jitgate_core::cloud::CloudVm>,
+        audit: AuditEvent,
+    ) -> StoreResult<jitgate_store::Inventoried> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| crate::store_cloud::put_inventory(ctx, &id, vms, audit)).await
+    }
+
+    async fn report_cloud_enforcement(
+        &self,
+        agent_id: &str,
+        report: jitgate_core::cloud::EnforcementReport,
+        audit: AuditEvent,
+    ) -> StoreResult<bool> {
+        let id = agent_id.to_owned();
+        self.write(move |ctx| crate::store_cloud::report(ctx, &id, report, audit)).await
     }
 
     async fn vm_access(&self, vm: &VmId, since: OffsetDateTime) -> StoreResult<VmAccess> {

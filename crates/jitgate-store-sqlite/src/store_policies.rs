@@ -11,10 +11,13 @@ impl PolicyStore for SqliteStore {
             let mut known = KnownVms::default();
             for vm in &policy.vms {
                 if let Some(v) = rows::get_vm(ctx.conn, &vm.id.key()).map_err(backend)? {
+                    if v.cloud.is_some() {
+                        known.add_cloud(vm.id.key());
+                    }
                     known.add(vm.id.key(), v.spec.os_type, v.spec.gateway);
                 }
             }
-            let resolved = match known.resolve(policy) {
+            let resolved = match known.resolve(policy).and_then(|p| known.check_cloud_ports(&p).map(|()| p)) {
                 Ok(p) => p,
                 Err(invalid) => return reject(ctx, audit, invalid),
             };
@@ -187,20 +190,33 @@ impl PolicyStore for SqliteStore {
             // address and the mapped port (when the policy port maps one); and its sources must
             // be of the VM's address family. Decided before anything is written.
             let mut reaches = Vec::with_capacity(plan.grants.len());
+            let mut cloud_vms: Vec<VmId> = Vec::new();
             for g in &plan.grants {
                 let reach = match rows::get_vm(ctx.conn, &g.vm_id.key()).map_err(backend)? {
-                    Some(vm) => Reach::of(
+                    Some(vm) => {
+                        if vm.cloud.is_some() && !cloud_vms.contains(&vm.spec.id) {
+                            cloud_vms.push(vm.spec.id.clone());
+                        }
+                        Reach::of(
                         &policy,
                         g,
                         vm.spec.gateway.is_some(),
                         vm.spec.address,
                         vm.agent.and_then(|a| a.public_address),
-                    ),
+                        )
+                    }
                     None => Ok(Reach::default()),
                 };
                 match reach {
                     Ok(reach) => reaches.push(reach),
                     Err(invalid) => return reject(ctx, audit, invalid),
+                }
+            }
+            // A cloud connector keeps a VM's grants in one security group of bounded size.
+            for vm in &cloud_vms {
+                let live = crate::store_cloud::live_rules(ctx.conn, &vm.key(), cmd.now).map_err(backend)?;
+                if let Err(invalid) = jitgate_core::cloud::check_request_rules(vm, &live, &plan.grants) {
+                    return reject(ctx, audit, invalid);
                 }
             }
             let policy_id = policy.reference.id();

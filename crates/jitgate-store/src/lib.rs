@@ -13,17 +13,22 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use jitgate_core::audit::AuditEvent;
-use jitgate_core::enforcement::{AgentMode, EnforcementState, JoiningAgent};
+use jitgate_core::enforcement::EnforcementState;
 use jitgate_core::initiate::InitiateDraft;
 use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, PolicyRef, VmId};
 
+pub use agents::{AgentJoin, AgentRecord, AgentReport, JoinTokenRecord, JoinTokenSpec};
+pub use cloud::Inventoried;
+use jitgate_core::cloud::{CloudVm, EnforcementReport};
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
 pub use signal::Signal;
 pub use vms::{Vm, VmAccess, VmPolicy, VmSpec};
 
+mod agents;
 pub mod chain;
+pub mod cloud;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 #[cfg(test)]
@@ -237,71 +242,6 @@ pub struct Delivery {
     pub delivered: Option<OffsetDateTime>,
 }
 
-/// A one-time join token's scope, as its creator asked for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinTokenSpec {
-    pub subscription: String,
-    pub resource_group: String,
-    pub location: String,
-    pub mode: AgentMode,
-    pub expires: OffsetDateTime,
-    /// Host mode: the one VM (by name, in the token's resource group) the token may join as. An
-    /// agent joins as a VM that is already registered only with a token made for it, and then
-    /// takes over its enforcement point (an explicit re-bind, audited).
-    pub vm: Option<String>,
-}
-
-/// A join token as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinTokenRecord {
-    pub spec: JoinTokenSpec,
-    pub created: OffsetDateTime,
-    pub created_by: String,
-    pub used: Option<OffsetDateTime>,
-}
-
-/// An agent joining with a join token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentJoin {
-    pub token_hash: String,
-    pub credential_hash: String,
-    pub id: String,
-    pub agent: JoiningAgent,
-    pub now: OffsetDateTime,
-}
-
-/// An enforcement point as the server knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentRecord {
-    pub id: String,
-    pub name: String,
-    pub mode: AgentMode,
-    pub subscription: String,
-    pub resource_group: String,
-    pub location: String,
-    /// Host mode: the VM the agent runs on.
-    pub vm_id: Option<String>,
-    pub addresses: Vec<IpAddr>,
-    pub public_address: Option<IpAddr>,
-    pub joined: OffsetDateTime,
-    pub last_seen: Option<OffsetDateTime>,
-    pub applied_revision: u64,
-    /// The latest revision a state answer delivered to the agent; it cannot report more.
-    pub delivered_revision: u64,
-    /// What the agent last said about nftables: `None` before its first report.
-    pub nft_usable: Option<bool>,
-    pub nft_error: Option<String>,
-}
-
-/// What an agent reports after applying a revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentReport {
-    pub revision: u64,
-    pub nft_usable: bool,
-    pub nft_error: Option<String>,
-    pub now: OffsetDateTime,
-}
-
 /// The four list scopes of the Azure API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListScope {
@@ -442,7 +382,8 @@ pub trait PolicyStore: Send + Sync + 'static {
 #[async_trait]
 pub trait AgentStore: Send + Sync + 'static {
     /// Registers or replaces a VM. Returns the VM and whether it was new. A gateway is looked up
-    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`).
+    /// by name in the VM's own subscription; its mapped ports must stay unique (`MappedPortInUse`);
+    /// a VM a cloud connector enforces is not attached to one (`VirtualMachineEnforcedElsewhere`).
     async fn put_vm(&self, vm: VmSpec, audit: AuditEvent) -> StoreResult<(Vm, bool)>;
     async fn list_vms(&self) -> StoreResult<Vec<Vm>>;
     async fn get_vm(&self, id: &VmId) -> StoreResult<Option<Vm>>;
@@ -511,6 +452,23 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn agent_report(&self, agent_id: &str, report: AgentReport) -> StoreResult<()>;
     /// The agents that enforce the given VMs (host agents on them, gateways in front of them).
     async fn agents_for_vms(&self, vm_ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
+    /// A cloud connector's whole inventory (see [`cloud`]): registers or updates each VM as
+    /// enforced by it, and marks its earlier VMs missing now Unsupported; refused whole
+    /// (`VirtualMachineEnforcedElsewhere`) when another enforcement point holds one.
+    async fn put_cloud_inventory(
+        &self,
+        agent_id: &str,
+        vms: Vec<CloudVm>,
+        audit: AuditEvent,
+    ) -> StoreResult<Inventoried>;
+    /// A cloud connector's enforcement report: one audit record per removal, its failing VMs
+    /// replaced (true: they changed); refused whole (400) when it names a VM not the connector's.
+    async fn report_cloud_enforcement(
+        &self,
+        agent_id: &str,
+        report: EnforcementReport,
+        audit: AuditEvent,
+    ) -> StoreResult<bool>;
 }
 
 /// Principals (local and OIDC), API tokens, custom role definitions and role assignments.

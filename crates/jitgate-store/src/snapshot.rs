@@ -237,6 +237,7 @@ tables! {
     Vm "vm" "vms" key ["key"] {
         key: String, id: String, os_type: String, location: String, address: Option<String>,
         gateway: Option<String>, classic: bool, agent_id: Option<String>, created: i64, updated: i64,
+        cloud: Option<String>, unsupported_reason: Option<String>, cloud_failure: Option<String>,
     }
     /// A JIT policy (its VMs and ports follow as their own records).
     Policy "policy" "policies" key ["pid"] {

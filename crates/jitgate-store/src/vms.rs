@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use time::OffsetDateTime;
 
+use jitgate_core::cloud::CloudState;
 use jitgate_core::{OsType, PolicyRef, PolicyVm, VmId};
 
 use crate::AgentRecord;
@@ -27,8 +28,11 @@ pub struct Vm {
     pub spec: VmSpec,
     pub created: OffsetDateTime,
     pub updated: OffsetDateTime,
-    /// The enforcement point: the host agent on the VM, or the gateway agent in front of it.
+    /// The enforcement point: the host agent on the VM, the gateway agent in front of it, or the
+    /// cloud connector that registered it.
     pub agent: Option<AgentRecord>,
+    /// A VM a cloud connector registered: what it reported of it.
+    pub cloud: Option<CloudState>,
 }
 
 /// Access statistics of one VM.

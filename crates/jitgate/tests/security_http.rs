@@ -264,6 +264,8 @@ const NATIVE_ROUTES: &[(&str, &[&str])] = &[
     ("/agent/v1/join", &["POST"]),
     ("/agent/v1/state", &["GET"]),
     ("/agent/v1/applied", &["POST"]),
+    ("/agent/v1/inventory", &["PUT"]),
+    ("/agent/v1/enforcement", &["POST"]),
 ];
 
 fn allowed_set(header: &str) -> Vec<String> {

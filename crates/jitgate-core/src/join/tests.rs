@@ -109,3 +109,12 @@ fn a_join_token_record_names_its_vm_when_it_has_one() {
     assert_eq!(credential_replaced("a1").code, AGENT_NOT_FOUND);
     assert!(agent_removed("a1").message.contains("removed"));
 }
+
+#[test]
+fn a_host_agent_never_takes_over_a_cloud_connectors_vm() {
+    let vm = host_vm_id("20ff7fc3-e762-44dd-bd96-b71116dcdc23", "rg", "i-1").expect("id");
+    let e = may_rebind_from(&vm, true, None, Some("aws-prod")).expect_err("a connector's VM");
+    assert!(e.message.contains("cloud connector 'aws-prod'"), "{}", e.message);
+    assert!(may_rebind_from(&vm, true, None, None).is_ok());
+    assert_eq!(may_rebind_from(&vm, false, None, None), may_rebind(&vm, false, None));
+}

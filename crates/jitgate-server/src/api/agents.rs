@@ -86,13 +86,17 @@ pub(crate) async fn create_join_token(
         jitgate_core::ids::validate_location(&location).map_err(|m| bad("location", m))?;
         let mode_text = input.mode.unwrap_or_else(|| "host".into());
         let mode = AgentMode::parse(&mode_text).ok_or_else(|| {
-            bad("mode", format!("mode '{}' is not host or gateway", jitgate_core::enforcement::quote(&mode_text)))
+            bad(
+                "mode",
+                format!("mode '{}' is not host, gateway or cloud", jitgate_core::enforcement::quote(&mode_text)),
+            )
         })?;
         if let Some(vm) = &input.vm {
             if mode != AgentMode::Host {
                 return Err(bad(
                     "vm",
-                    "only host-mode tokens are made for one VM; a gateway joins under its own name".into(),
+                    "only host-mode tokens are made for one VM; a gateway or a cloud connector joins under its own name"
+                        .into(),
                 ));
             }
             validate_vm_name(vm).map_err(|_| {
@@ -140,6 +144,11 @@ pub(crate) async fn create_join_token(
 
 /// Where a join token registers VMs: its resource group, or the one VM it was made for.
 fn token_scope(spec: &JoinTokenSpec) -> String {
+    // A cloud connector registers VMs in any resource group of its subscription (its mapping
+    // chooses them): its token is made at the subscription.
+    if spec.mode == AgentMode::Cloud {
+        return format!("/subscriptions/{}", spec.subscription);
+    }
     let rg = format!("/subscriptions/{}/resourceGroups/{}", spec.subscription, spec.resource_group);
     match &spec.vm {
         Some(vm) => format!("{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"),
@@ -147,8 +156,12 @@ fn token_scope(spec: &JoinTokenSpec) -> String {
     }
 }
 
-/// Where an agent is managed: its VM (host mode) or the resource group it joined (gateway).
+/// Where an agent is managed: its VM (host mode), the resource group it joined (gateway) or
+/// its subscription (a cloud connector, whose VMs may be in any of its resource groups).
 pub(crate) fn agent_scope(a: &AgentRecord) -> String {
+    if a.mode == AgentMode::Cloud {
+        return format!("/subscriptions/{}", a.subscription);
+    }
     a.vm_id.clone().unwrap_or_else(|| format!("/subscriptions/{}/resourceGroups/{}", a.subscription, a.resource_group))
 }
 

@@ -17,12 +17,12 @@ use axum::response::Response;
 use jitgate_api_types::datetime;
 use jitgate_api_types::native::{ConnectionDetailsOut, ConnectionPortOut, PageOut, VmOut};
 use jitgate_core::enforcement::AgentMode;
-use jitgate_core::inventory::{classify, EnforcementState, View, VmFacts};
+use jitgate_core::inventory::{classify, View, VmFacts};
 use jitgate_core::VmId;
 use jitgate_store::{AgentRecord, Principal, Vm, VmAccess, VmPolicy};
 
 use super::paging::{select, ListParams};
-use super::vms::{enforcer, vm_out};
+use super::vms::vm_out;
 use crate::arm::Query;
 use crate::error::{json, ApiError};
 use crate::web::inventory::Snapshot;
@@ -125,9 +125,9 @@ fn entry(app: &App, snapshot: &Snapshot, vm: &Vm, policy: Option<&VmPolicy>, acc
     entry.approved_requests_last7_days = Some(access.approved_since);
     entry.last_access = access.last_access.map(datetime::format);
     entry.last_user = access.last_user;
-    let state = EnforcementState::of(vm.agent.as_ref().map(|a| enforcer(app, a)).as_ref());
+    let (state, warning) = super::state_of(app, vm);
     entry.enforcement_state = Some(state.as_str().into());
-    entry.warning = state.warning().map(Into::into);
+    entry.warning = warning;
     entry.connection_details = Some(ConnectionDetailsOut {
         ports: p
             .vm
@@ -143,12 +143,15 @@ fn entry(app: &App, snapshot: &Snapshot, vm: &Vm, policy: Option<&VmPolicy>, acc
             .collect(),
         enforcement_point: vm.agent.as_ref().map(|a| a.name.clone()),
         mode: vm.agent.as_ref().map(|a| a.mode.as_str().to_owned()),
-        public_ip_address: vm
-            .agent
-            .as_ref()
-            .filter(|a| a.mode == AgentMode::Gateway)
-            .and_then(|a| a.public_address)
-            .map(|a| a.to_string()),
+        public_ip_address: match &vm.cloud {
+            Some(c) => c.public_address.map(|a| a.to_string()),
+            None => vm
+                .agent
+                .as_ref()
+                .filter(|a| a.mode == AgentMode::Gateway)
+                .and_then(|a| a.public_address)
+                .map(|a| a.to_string()),
+        },
     });
     entry
 }

@@ -18,6 +18,8 @@ mod vms;
 use axum::routing::{get, post};
 use axum::Router;
 
+use jitgate_store::Vm;
+
 use crate::App;
 
 pub use agents::JOIN_TOKEN_PREFIX;
@@ -28,6 +30,35 @@ pub(crate) use requests::{decide_request, extend_request, request_id, revoke_req
 /// What the inventory rules of core see of an agent (stale or not, nftables usable or not).
 pub fn enforcer_of<'a>(app: &App, a: &'a jitgate_store::AgentRecord) -> jitgate_core::inventory::Enforcer<'a> {
     vms::enforcer(app, a)
+}
+
+/// Why JIT cannot protect `vm` now, if it cannot: its cloud connector's reason, or what its
+/// enforcement point lacks.
+pub fn gap_of(app: &App, vm: &Vm) -> Option<String> {
+    let enforcer = vm.agent.as_ref().map(|a| enforcer_of(app, a));
+    match &vm.cloud {
+        Some(c) => jitgate_core::inventory::cloud_gap(c.unsupported_reason.as_deref(), enforcer.as_ref()),
+        None => jitgate_core::inventory::enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref()),
+    }
+}
+
+/// How `vm`'s ports are enforced, with the warning shown (a cloud connector's own error when it
+/// fails).
+pub fn state_of(app: &App, vm: &Vm) -> (jitgate_core::inventory::EnforcementState, Option<String>) {
+    use jitgate_core::inventory::EnforcementState;
+    let enforcer = vm.agent.as_ref().map(|a| enforcer_of(app, a));
+    let failure = vm.cloud.as_ref().and_then(|c| c.failure.as_deref());
+    let unsupported = vm.cloud.as_ref().and_then(|c| c.unsupported_reason.as_deref());
+    let state = match &vm.cloud {
+        Some(_) => EnforcementState::of_cloud(enforcer.as_ref(), unsupported.is_some(), failure),
+        None => EnforcementState::of(enforcer.as_ref()),
+    };
+    let warning = match (state, failure, unsupported) {
+        (EnforcementState::Failed, Some(f), _) => Some(f.to_owned()),
+        (EnforcementState::NotEnforced, _, Some(r)) => Some(format!("not enforced: {r}")),
+        _ => state.warning().map(str::to_owned),
+    };
+    (state, warning)
 }
 
 pub fn router() -> Router<App> {

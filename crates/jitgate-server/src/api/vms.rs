@@ -10,7 +10,7 @@ use jitgate_api_types::native::{EnforcementOut, VmIn, VmOut};
 use jitgate_api_types::parse_json;
 use jitgate_core::audit::ops;
 use jitgate_core::invalid::codes;
-use jitgate_core::inventory::{enforcement_gap, Enforcer};
+use jitgate_core::inventory::Enforcer;
 use jitgate_core::rbac::actions;
 use jitgate_core::VmId;
 use jitgate_store::{AgentRecord, Vm, VmSpec};
@@ -25,8 +25,11 @@ pub(super) fn vm_out(app: &App, vm: &Vm) -> VmOut {
     let s = &vm.spec;
     let mut out = VmOut::new(&s.id, s.os_type, &s.location, s.address, vm.created, vm.updated);
     out.gateway = s.gateway.clone();
-    let agent = vm.agent.as_ref().map(|a| enforcer(app, a));
-    out.unsupported_reason = enforcement_gap(s.gateway.as_deref(), agent.as_ref());
+    out.unsupported_reason = super::gap_of(app, vm);
+    if let Some(c) = &vm.cloud {
+        out.cloud = Some((&c.facts).into());
+        out.public_address = c.public_address.map(|a| a.to_string());
+    }
     out.enforcement = vm.agent.as_ref().map(|a| EnforcementOut {
         agent: a.name.clone(),
         mode: a.mode.as_str().into(),

@@ -216,11 +216,15 @@ async fn points_page(
             div.notice.ok role="status" {
                 p { strong { "Join token created." } " It is shown only now and works once, until " (t.expires_on) "." }
                 code.secret { (t.token) }
-                p { "Run on the " (if t.mode == "gateway" { "gateway" } else { "VM" }) " (as root, with the server's certificate in cert.pem):" }
-                @let cmd = format!("jitgate agent --server {url} --join-token {} --ca-cert cert.pem --state-dir /var/lib/jitgate-agent{}",
-                    t.token, if t.mode == "gateway" { " --mode gateway" } else { "" });
-                code.secret { (cmd) }
-                button type="button" data-copy=(cmd) { "Copy command" }
+                @if t.mode == "cloud" {
+                    p { "Give it to the cloud connector: it joins with it once, then finds the account's instances itself." }
+                } @else {
+                    p { "Run on the " (if t.mode == "gateway" { "gateway" } else { "VM" }) " (as root, with the server's certificate in cert.pem):" }
+                    @let cmd = format!("jitgate agent --server {url} --join-token {} --ca-cert cert.pem --state-dir /var/lib/jitgate-agent{}",
+                        t.token, if t.mode == "gateway" { " --mode gateway" } else { "" });
+                    code.secret { (cmd) }
+                    button type="button" data-copy=(cmd) { "Copy command" }
+                }
             }
         }
         @if let Some(e) = error { div.notice.error role="alert" { (e.message) } }
@@ -233,7 +237,7 @@ async fn points_page(
                         div.field { label for="jt-sub" { "Subscription" } input #jt-sub name="subscription" value=(sub) required; }
                         div.field { label for="jt-rg" { "Resource group" } input #jt-rg name="resourceGroup" required; }
                         div.field { label for="jt-loc" { "Location" } input #jt-loc name="location" value="westeurope" required; }
-                        div.field { label for="jt-mode" { "Mode" } select #jt-mode name="mode" { option value="host" { "Host" } option value="gateway" { "Gateway" } } }
+                        div.field { label for="jt-mode" { "Mode" } select #jt-mode name="mode" { option value="host" { "Host" } option value="gateway" { "Gateway" } option value="cloud" { "Cloud connector" } } }
                         div.field { label for="jt-vm" { "VM name (host mode, optional)" } input #jt-vm name="vm"; }
                     }
                     button.primary type="submit" { "Create join token" }

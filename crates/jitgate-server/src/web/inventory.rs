@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jitgate_core::inventory::{classify, enforcement_gap, View, VmFacts};
+use jitgate_core::inventory::{classify, View, VmFacts};
 use jitgate_store::Vm;
 
 use crate::error::ApiError;
@@ -38,8 +38,7 @@ pub struct Snapshot {
 
 /// The view of a VM (which depends on whether its agent can program nftables, not on staleness).
 fn view_of(app: &App, vm: &Vm, configured: bool, disabled: &[String]) -> View {
-    let enforcer = vm.agent.as_ref().map(|a| crate::api::enforcer_of(app, a));
-    let gap = enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref());
+    let gap = crate::api::gap_of(app, vm);
     let facts =
         VmFacts { id: vm.spec.id.as_str(), classic: vm.spec.classic, configured, enforcement_gap: gap.as_deref() };
     classify(&facts, disabled).0

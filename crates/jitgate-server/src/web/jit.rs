@@ -11,7 +11,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 
 use jitgate_core::enforcement::AgentMode;
-use jitgate_core::inventory::{classify, enforcement_gap, View, VmFacts};
+use jitgate_core::inventory::{classify, View, VmFacts};
 use jitgate_core::rbac::actions;
 use jitgate_core::PolicyRef;
 use jitgate_store::{Vm, VmPolicy};
@@ -114,8 +114,7 @@ pub fn place_all<'a>(app: &App, snapshot: &'a Snapshot, grants: &Grants) -> Vec<
 }
 
 pub fn place<'a>(app: &App, vm: &'a Vm, configured: &HashSet<String>, disabled: &[String]) -> Placed<'a> {
-    let enforcer = vm.agent.as_ref().map(|a| crate::api::enforcer_of(app, a));
-    let gap = enforcement_gap(vm.spec.gateway.as_deref(), enforcer.as_ref());
+    let gap = crate::api::gap_of(app, vm);
     let facts = VmFacts {
         id: vm.spec.id.as_str(),
         classic: vm.spec.classic,
@@ -241,6 +240,12 @@ pub fn enforcement_icon(vm: &Vm) -> Markup {
         Some(a) if a.mode == AgentMode::Gateway => html! {
             span role="img" aria-label="Gateway enforcement" title="Gateway enforcement" { "⇄" } " gateway " (a.name)
             @if let Some(ip) = a.public_address { " (" (ip) ")" }
+        },
+        Some(a) if a.mode == AgentMode::Cloud => html! {
+            span role="img" aria-label="Cloud enforcement" title="Cloud enforcement" { "☁" } " cloud " (a.name)
+            @if let Some(f) = vm.cloud.as_ref().and_then(|c| c.failure.as_deref()) {
+                " " span title=(f) { (chip(Tone::Bad, "Failed")) } " " (f)
+            }
         },
         Some(a) => {
             html! { span role="img" aria-label="Host enforcement" title="Host enforcement" { "▣" } " host " (a.name) }

@@ -11,11 +11,11 @@
 //! | method | case(s) |
 //! |---|---|
 //! | **PolicyStore** | |
-//! | `put_policy` | `policies_and_lists`, `refusals_change_nothing_but_the_audit`; every case through `put` |
+//! | `put_policy` | `policies_and_lists`, `refusals_change_nothing_but_the_audit`; every case through `put`, `cloud_connectors_inventory_state_and_reports` |
 //! | `get_policy` | `policies_and_lists`, `initiate_supersede_and_replay`, `refusals_change_nothing_but_the_audit`, `expiry` |
 //! | `list_policies` | `policies_and_lists` |
 //! | `delete_policy` | `vms`, `policies_and_lists`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
-//! | `initiate` | `initiate_supersede_and_replay`, `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `expiry`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake`, `audit_queries_inventory_facts_and_security_policies`, `webhook_deliveries_are_isolated_and_claimed_once` |
+//! | `initiate` | `initiate_supersede_and_replay`, `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `expiry`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake`, `audit_queries_inventory_facts_and_security_policies`, `webhook_deliveries_are_isolated_and_claimed_once`, `cloud_connectors_inventory_state_and_reports` |
 //! | `expire_due` | `expiry` |
 //! | `next_expiry` | `expiry` |
 //! | `live_grants` | `gauges_and_observed_commits` |
@@ -24,9 +24,9 @@
 //! | `extend_request` | `approvals_and_extensions` |
 //! | `get_request` | `approvals_and_extensions`, `agents_and_enforcement_state`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
 //! | **AgentStore** | |
-//! | `put_vm` | `vms`, `agents_and_enforcement_state`; every case through `register` |
-//! | `list_vms` | `vms` |
-//! | `get_vm` | `vms`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `put_vm` | `vms`, `agents_and_enforcement_state`; every case through `register`, `cloud_connectors_inventory_state_and_reports` |
+//! | `list_vms` | `vms`, `cloud_connectors_inventory_state_and_reports` |
+//! | `get_vm` | `vms`, `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `cloud_connectors_inventory_state_and_reports` |
 //! | `delete_vm` | `vms`, `agent_bindings_revocation_and_gateway_scope` |
 //! | `vm_access` | `audit_queries_inventory_facts_and_security_policies`, `inventory_facts_of_many_vms_at_once` |
 //! | `policy_of_vm` | `audit_queries_inventory_facts_and_security_policies`, `inventory_facts_of_many_vms_at_once` |
@@ -36,20 +36,22 @@
 //! | `open_requests` | `audit_queries_inventory_facts_and_security_policies` |
 //! | `put_security_policy` | `audit_queries_inventory_facts_and_security_policies` |
 //! | `list_security_policies` | `audit_queries_inventory_facts_and_security_policies` |
-//! | `revision` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `a_deleted_principal_leaves_nothing_to_its_namesake` |
-//! | `create_join_token` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `revision` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `a_deleted_principal_leaves_nothing_to_its_namesake`, `cloud_connectors_inventory_state_and_reports` |
+//! | `create_join_token` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `cloud_connectors_inventory_state_and_reports` |
 //! | `list_join_tokens` | `agents_and_enforcement_state` |
-//! | `join_agent` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `oversized_audit_fields_are_bounded` |
+//! | `join_agent` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `oversized_audit_fields_are_bounded`, `cloud_connectors_inventory_state_and_reports` |
 //! | `agent_by_credential` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
 //! | `list_agents` | `agents_and_enforcement_state` |
 //! | `get_agent` | `agents_and_enforcement_state` |
 //! | `gateway_agent` | `agent_bindings_revocation_and_gateway_scope` |
 //! | `delete_agent` | `agent_bindings_revocation_and_gateway_scope` |
 //! | `rotate_agent_credential` | `agent_bindings_revocation_and_gateway_scope` |
-//! | `agent_state` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope` |
+//! | `agent_state` | `agents_and_enforcement_state`, `agent_bindings_revocation_and_gateway_scope`, `cloud_connectors_inventory_state_and_reports` |
 //! | `agent_delivered` | `agents_and_enforcement_state` |
 //! | `agent_report` | `agents_and_enforcement_state` |
 //! | `agents_for_vms` | `agents_and_enforcement_state` |
+//! | `put_cloud_inventory` | `cloud_connectors_inventory_state_and_reports` |
+//! | `report_cloud_enforcement` | `cloud_connectors_inventory_state_and_reports` |
 //! | **IdentityStore** | |
 //! | `bootstrap` | `bootstrap_and_tokens` |
 //! | `authenticate` | `bootstrap_and_tokens`, `principals_tokens_roles_and_assignments`, `tokens_never_outlive_what_created_them` |
@@ -73,7 +75,7 @@
 //! | **AuditStore** | |
 //! | `record` | `oversized_audit_fields_are_bounded` |
 //! | `record_many` | `oversized_audit_fields_are_bounded` |
-//! | `audit_records` | `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `agent_bindings_revocation_and_gateway_scope`, `tokens_never_outlive_what_created_them`, `oversized_audit_fields_are_bounded`, `audit_chain_is_intact`, `audit_queries_inventory_facts_and_security_policies` |
+//! | `audit_records` | `refusals_change_nothing_but_the_audit`, `approvals_and_extensions`, `agent_bindings_revocation_and_gateway_scope`, `tokens_never_outlive_what_created_them`, `oversized_audit_fields_are_bounded`, `audit_chain_is_intact`, `audit_queries_inventory_facts_and_security_policies`, `cloud_connectors_inventory_state_and_reports` |
 //! | `query_audit` | `audit_queries_inventory_facts_and_security_policies` |
 //! | `verify_audit` | `audit_queries_inventory_facts_and_security_policies` |
 //! | `audit_before` | `audit_queries_inventory_facts_and_security_policies` |
@@ -121,6 +123,7 @@ use crate::{
 
 mod agents;
 mod audit_hooks;
+mod cloud;
 mod fill;
 mod identity;
 mod inventory;
@@ -133,6 +136,7 @@ mod sessions;
 
 use agents::*;
 use audit_hooks::*;
+use cloud::*;
 pub use fill::{fill_every_kind, write_one_of_each};
 use identity::*;
 use inventory::*;
@@ -247,6 +251,7 @@ pub async fn run_all(store: &dyn Store) {
     leases_are_held_by_one_holder_at_a_time(store).await;
     ephemeral_entries_expire_and_are_taken_once(store).await;
     gauges_and_observed_commits(store).await;
+    cloud_connectors_inventory_state_and_reports(store).await;
 }
 
 async fn vms(store: &dyn Store) {
