@@ -140,6 +140,10 @@ pub fn removal_of(rule: &Rule, vm_id: &str, now: UnixSecs, live: &BTreeSet<i64>)
     } else if live.contains(&note.request_id) {
         // Replaced by a rule of the same request (a new end): nothing ended.
         return None;
+    } else if note.end <= now + END_TOLERANCE {
+        // No longer desired within a second or two of its end (which was rounded up to a whole
+        // second): the grant ended.
+        Reason::Expired
     } else {
         Reason::Revoked
     };

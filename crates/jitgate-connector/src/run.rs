@@ -163,6 +163,7 @@ pub async fn run_with(
     // The VMs of the last state: the only ones whose failures the server takes.
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut after: Option<u64> = None;
+    let mut first_round = true;
     let mut delay = Duration::ZERO;
     let mut backoff = FIRST_BACKOFF;
     let start = tokio::time::Instant::now();
@@ -224,7 +225,14 @@ pub async fn run_with(
             _ = &mut shutdown => return Ok(()),
         };
         match round {
-            Ok(round) => {
+            Ok(mut round) => {
+                if first_round {
+                    // Past their end when this connector started: left by one that stopped.
+                    for r in round.removals.iter_mut().filter(|r| r.reason == Reason::Expired) {
+                        r.reason = Reason::Stale;
+                    }
+                    first_round = false;
+                }
                 outbox.removed(round.removals, clock.now_ms());
                 round_failures = round.failures;
                 after = Some(state.revision);

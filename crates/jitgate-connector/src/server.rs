@@ -57,40 +57,6 @@ impl HttpServer {
             .on_switch(|s| tracing::warn!(from = %s.from, "switched to {} after {}", s.to, s.after));
         Ok(HttpServer { client: jitgate_client::Client::new(settings)? })
     }
-
-    /// One call with a JSON body and the connector's credential.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        credential: &str,
-        body: &impl serde::Serialize,
-    ) -> Result<reqwest::Response, CallError> {
-        let url = format!("{}{path}", self.client.url());
-        let answer = self
-            .client
-            .http()
-            .request(method, &url)
-            .bearer_auth(credential)
-            .json(body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable(e.into()))?;
-        let status = answer.status();
-        if status.is_success() {
-            return Ok(answer);
-        }
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(CallError::Unauthorized);
-        }
-        let text = answer.text().await.unwrap_or_default();
-        let body = match serde_json::from_str::<jitgate_api_types::error::ErrorBody>(&text) {
-            Ok(e) => format!("{}: {}", e.error.code, e.error.message),
-            Err(_) => text.chars().take(500).collect(),
-        };
-        Err(CallError::Status { status, body })
-    }
 }
 
 /// A failed call as the loop sees it.
@@ -123,13 +89,11 @@ impl Server for HttpServer {
     }
 
     async fn put_inventory(&self, credential: &str, body: &InventoryIn) -> Result<InventoryOut, CallError> {
-        let answer = self.send(reqwest::Method::PUT, "/agent/v1/inventory", credential, body).await?;
-        let bytes = answer.bytes().await.map_err(|e| CallError::Unreadable(e.into()))?;
-        serde_json::from_slice(&bytes).map_err(|e| CallError::Unreadable(e.into()))
+        self.client.agent().put_inventory(credential, body).await.map_err(call_error)
     }
 
     async fn report_enforcement(&self, credential: &str, body: &EnforcementReportIn) -> Result<(), CallError> {
-        self.send(reqwest::Method::POST, "/agent/v1/enforcement", credential, body).await.map(drop)
+        self.client.agent().report_enforcement(credential, body).await.map_err(call_error)
     }
 
     fn server(&self) -> Option<&str> {

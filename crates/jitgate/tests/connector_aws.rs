@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use jitgate_aws::testing::Moto;
 use jitgate_aws::{Ec2, Ec2Client, Filter, IpPermission, IpRange, SecurityGroup, Tag};
+use jitgate_connector::desired::parse_note;
 use jitgate_netns::KillOnDrop;
 use jitgate_testkit::{agents, eventually, vm_id, TestServer, SUB};
 use reqwest::{Method, StatusCode};
@@ -224,10 +225,19 @@ async fn a_connector_killed_mid_grant_removes_the_stale_rule_at_its_next_start()
     // The grant ends while no connector runs: its rule stays in EC2.
     let ended = eventually(SOON, async || {
         let p = s.send(Method::GET, &s.policy_url(RG, LOCATION, "default"), None).await;
-        p.body["properties"]["requests"][0]["virtualMachines"][0]["ports"][0]["status"] == "Expired"
+        p.body["properties"]["requests"][0]["virtualMachines"][0]["ports"][0]["statusReason"] == "Expired"
     })
     .await;
     assert!(ended, "the server did not mark the grant expired");
+    // …and the rule's own end (its description's, rounded up to a second) has passed too.
+    let rule_end = aws
+        .jitgate()
+        .await
+        .and_then(|g| rules(&g).into_iter().find_map(|r| r.4.as_deref().and_then(parse_note)))
+        .expect("the rule's end")
+        .end;
+    let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    assert!(eventually(SOON, async || unix() >= rule_end).await);
     assert!(has_grant(&aws.jitgate().await, stale, "203.0.113.9/32"), "nobody swept it");
     let fresh = initiate(&s, &vm, "198.51.100.1", "PT1H").await;
     // Started again (with its stored credential): the stale rule goes, the new grant comes.

@@ -379,3 +379,13 @@ async fn a_group_of_the_jitgate_name_made_by_hand_is_taken_over_with_the_memory_
     w.round(&DesiredVm::default(), NOW).await;
     assert_eq!(w.rules(&w.web), original);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_gone_within_a_second_or_two_of_its_end_is_reported_expired() {
+    let w = World::new();
+    let g = grant(3, Proto::Tcp, 22, &["203.0.113.3/32"], NOW + 60);
+    w.round(&protect(&[(Proto::Tcp, 22)], vec![g]), NOW).await;
+    // The server's grant ended a little before the rule's end, which was rounded up.
+    let round = w.round(&protect(&[(Proto::Tcp, 22)], vec![]), NOW + 59).await;
+    assert_eq!((round.removals[0].request_id, round.removals[0].reason), (3, Reason::Expired));
+}
