@@ -188,16 +188,32 @@ async fn enable_grant_revoke_expire_and_disable_on_ec2() {
     );
 
     // Grant: the exact rule appears. Revoke: it goes.
-    let id = initiate(&s, &vm, "203.0.113.7", "PT1H").await;
+    let revoked_id = initiate(&s, &vm, "203.0.113.7", "PT1H").await;
+    let id = revoked_id;
     assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, id, "203.0.113.7/32")).await);
     let revoked = s.send(Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await;
     assert!(revoked.status.is_success(), "{revoked:?}");
     assert!(eventually(SOON, async || aws.jitgate().await.is_some_and(|g| g.ingress.is_empty())).await);
 
     // Expiry: a grant of three seconds is swept soon after its end.
-    let id = initiate(&s, &vm, "203.0.113.8", "PT3S").await;
+    let expired_id = initiate(&s, &vm, "203.0.113.8", "PT3S").await;
+    let id = expired_id;
     assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, id, "203.0.113.8/32")).await);
     assert!(eventually(SOON, async || aws.jitgate().await.is_some_and(|g| g.ingress.is_empty())).await);
+
+    // Each removal is in the audit log, with its reason.
+    let audited = eventually(SOON, async || {
+        let records = s.audit(&format!("operation={RULE_REMOVED}")).await;
+        let reason = |id: i64| {
+            records
+                .iter()
+                .find(|r| r["properties"]["requestId"].as_str() == Some(id.to_string().as_str()))
+                .map(|r| r["properties"]["reason"].clone())
+        };
+        reason(revoked_id) == Some(json!("revoked")) && reason(expired_id) == Some(json!("expired"))
+    })
+    .await;
+    assert!(audited, "{:#?}", s.audit(&format!("operation={RULE_REMOVED}")).await);
 
     // Disable: the policy goes, the original rules come back exactly, the group is deleted.
     let deleted = s.send(Method::DELETE, &s.policy_url(RG, LOCATION, "default"), None).await;
