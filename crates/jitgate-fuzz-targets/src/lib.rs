@@ -15,12 +15,14 @@
 
 mod agent;
 mod bodies;
+mod cloud;
 mod jwt;
 mod netlink;
 mod text;
 
 pub use agent::agent_messages;
 pub use bodies::{initiate, policy_put, role_definition};
+pub use cloud::cloud_reports;
 pub use jwt::jwt;
 pub use netlink::{netlink, netlink_answers};
 pub use text::{arm_id, datetime, duration, prefix};
@@ -38,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("arm_id", arm_id),
     ("role_definition", role_definition),
     ("agent_messages", agent_messages),
+    ("cloud_reports", cloud_reports),
     ("jwt", jwt),
     ("netlink", netlink),
     ("netlink_answers", netlink_answers),

@@ -86,6 +86,7 @@ replays!(
     arm_id,
     role_definition,
     agent_messages,
+    cloud_reports,
     jwt,
     netlink,
     netlink_answers,
