@@ -1,6 +1,6 @@
 //! The AWS connector end to end: moto's EC2 server, a real jitgate server, and `jitgate connector
 //! aws` as a child process — enable, grant, revoke, expiry, disable, a connector killed with -9
-//! mid-grant and started again after the grant's end, and the rule limit.
+//! mid-grant and started again after the grant's end, the rule limit, and discovery over VPCs.
 
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -102,6 +102,11 @@ impl Aws {
 
 /// `jitgate connector aws` against moto, sweeping every second.
 fn connector(s: &TestServer, moto: &Moto, token: Option<&str>, state_dir: &Path) -> KillOnDrop {
+    connector_with(s, moto, token, state_dir, &[])
+}
+
+/// The same, with more flags.
+fn connector_with(s: &TestServer, moto: &Moto, token: Option<&str>, state_dir: &Path, extra: &[&str]) -> KillOnDrop {
     let mut cmd = Command::new(BIN);
     cmd.args(["connector", "aws", "--server", &s.server.url, "--region", "us-east-1"])
         .arg("--ca-cert")
@@ -110,6 +115,7 @@ fn connector(s: &TestServer, moto: &Moto, token: Option<&str>, state_dir: &Path)
         .arg("--state-dir")
         .arg(state_dir)
         .args(["--sweep-interval", "1s", "--discovery-interval", "1s", "--poll-seconds", "2"])
+        .args(extra)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env_remove("AWS_PROFILE")
@@ -294,4 +300,76 @@ async fn grant_rules_stop_at_the_security_group_limit() {
     assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
     assert!(refused.body["error"]["message"].as_str().is_some_and(|m| m.contains("60")), "{refused:?}");
     assert_eq!(aws.jitgate().await.map(|g| rules(&g).len()), Some(60));
+}
+
+/// One instance in its own group in `vpc`, tagged.
+async fn instance_in(ec2: &Ec2Client, vpc: &str, cidr: &str, name: &str, tags: &[Tag]) -> (String, String) {
+    let subnet = ec2.create_subnet(vpc, cidr).await.expect("subnet");
+    let group = ec2.create_security_group(name, name, vpc, &[]).await.expect("group");
+    let mut all = vec![Tag::new("Name", name)];
+    all.extend_from_slice(tags);
+    let id = ec2.run_instances(&subnet, 1, &all).await.expect("instance").remove(0);
+    ec2.set_instance_groups(&id, std::slice::from_ref(&group)).await.expect("groups");
+    let found = ec2.describe_instances(&[Filter::new("instance-id", [id.as_str()])]).await.expect("describe");
+    let address = found.first().and_then(|i| i.private_ip).expect("a private address").to_string();
+    (id, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_of_two_managed_vpcs_are_registered_by_tag_and_vpc_and_a_third_vpc_is_unsupported() {
+    let Some(moto) = Moto::start("instances_of_two_managed_vpcs_are_registered_by_tag_and_vpc") else { return };
+    let s = TestServer::start(BIN, &[]);
+    let ec2 = moto.client();
+    let (vpc_a, vpc_b, vpc_c) = (
+        ec2.create_vpc("10.1.0.0/16").await.expect("vpc a"),
+        ec2.create_vpc("10.2.0.0/16").await.expect("vpc b"),
+        ec2.create_vpc("10.3.0.0/16").await.expect("vpc c"),
+    );
+    let tagged = [Tag::new("jitgate:resource-group", "payments")];
+    let (a1, a1_address) = instance_in(&ec2, &vpc_a, "10.1.1.0/24", "a1", &tagged).await;
+    let (a2, _) = instance_in(&ec2, &vpc_a, "10.1.2.0/24", "a2", &[]).await;
+    let (b1, _) = instance_in(&ec2, &vpc_b, "10.2.1.0/24", "b1", &[]).await;
+    let (c1, _) = instance_in(&ec2, &vpc_c, "10.3.1.0/24", "c1", &[]).await;
+    let token = agents::join_token(&s, SUB, RG, "cloud", json!({})).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (map_a, map_b) = (format!("{vpc_a}=team-a"), format!("{vpc_b}=team-b"));
+    let _connector = connector_with(&s, &moto, Some(&token), dir.path(), &["--vpc", &map_a, "--vpc", &map_b]);
+
+    let vm = |rg: &str, name: &str| vm_id(rg, name);
+    let get = async |id: &str| {
+        let a = s.send(Method::GET, &s.url(&format!("/api/v1/vms?id={id}")), None).await;
+        (a.status == StatusCode::OK).then_some(a.body)
+    };
+    // The tag wins over the VPC's mapping; an untagged instance goes to its VPC's group.
+    let expected = [vm("payments", &a1), vm("team-a", &a2), vm("team-b", &b1), vm(RG, &c1)];
+    let registered = eventually(SOON, async || {
+        for id in &expected {
+            if get(id).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        registered,
+        "not every instance was registered: {:?}",
+        s.send(Method::GET, &s.url("/api/v1/vms"), None).await
+    );
+    let first = get(&expected[0]).await.expect("a1");
+    assert_eq!(first["address"], json!(a1_address), "{first:#}");
+    assert_eq!(first["enforcement"]["mode"], json!("cloud"), "{first:#}");
+    assert!(first.get("unsupportedReason").is_none(), "{first:#}");
+    for id in &expected[1..3] {
+        let vm = get(id).await.expect("registered");
+        assert!(vm.get("unsupportedReason").is_none(), "{vm:#}");
+    }
+    // The third VPC is not the connector's: registered, in the token's group, and Unsupported.
+    let third = get(&expected[3]).await.expect("c1");
+    let reason = third["unsupportedReason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&vpc_c) && reason.contains("does not manage"), "{third:#}");
+    let unsupported = s.send(Method::GET, &s.url("/api/v1/vms?view=unsupported"), None).await;
+    let listed = unsupported.body["value"].as_array().cloned().unwrap_or_default();
+    assert!(listed.iter().any(|v| v["name"] == json!(c1)), "{unsupported:?}");
+    assert!(!listed.iter().any(|v| v["name"] == json!(a1)), "{unsupported:?}");
 }
