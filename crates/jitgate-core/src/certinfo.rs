@@ -198,6 +198,19 @@ mod tests {
     }
 
     #[test]
+    fn a_two_digit_year_reads_as_rfc_5280_says_and_other_time_forms_are_refused() {
+        let year = |t: &str| CertInfo::from_der(&cert((0x17, t), &[1])).map(|i| i.not_after.year());
+        assert_eq!(year("500101000000Z"), Some(1950), "50 to 99 are the 1900s");
+        assert_eq!(year("991231235959Z"), Some(1999));
+        assert_eq!(year("000101000000Z"), Some(2000), "00 to 49 are the 2000s");
+        // Only YYMMDDHHMMSSZ: no local time, no fraction, nothing after the Z.
+        for bad in ["2803151234567", "280315123456.5Z", "280315123456ZZ", "280315123456+0100"] {
+            assert_eq!(year(bad), None, "{bad}");
+        }
+        assert!(CertInfo::from_der(&cert((0x18, "20280315123456.5Z"), &[1])).is_none());
+    }
+
+    #[test]
     fn what_is_not_a_certificate_is_none() {
         assert!(CertInfo::from_der(&[]).is_none());
         assert!(CertInfo::from_der(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());

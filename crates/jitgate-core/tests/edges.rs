@@ -1,0 +1,101 @@
+//! Each rule at its edge: the longest value it keeps, the first it refuses, and the messages and
+//! records that show what was cut or left out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
+use std::borrow::Cow;
+
+use jitgate_core::audit::{truncate_field, AuditEvent, AuditStatus, MAX_NAME_CHARS, MAX_VALUE_CHARS};
+use jitgate_core::enforcement::AgentMode;
+use jitgate_core::identity::{validate_subject, MAX_SUBJECT};
+use jitgate_core::ids::{shown, validate_subscription, VmId};
+use jitgate_core::join::{removed, LISTED_VMS};
+use jitgate_core::rbac::{actions, Denied};
+use time::OffsetDateTime;
+
+const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
+
+fn audit() -> AuditEvent {
+    AuditEvent {
+        time: OffsetDateTime::UNIX_EPOCH,
+        operation: "op".into(),
+        status: AuditStatus::Started,
+        caller: "me".into(),
+        caller_ip: None,
+        resource_id: "/r".into(),
+        correlation_id: "c".into(),
+        properties: Default::default(),
+    }
+}
+
+#[test]
+fn an_oidc_subject_of_the_longest_allowed_length_is_accepted() {
+    assert!(validate_subject(&"s".repeat(MAX_SUBJECT)).is_ok(), "OpenID Connect allows 255 characters");
+    assert!(validate_subject(&"s".repeat(MAX_SUBJECT + 1)).is_err());
+}
+
+#[test]
+fn an_agents_removal_record_names_up_to_fifty_vms_and_counts_the_rest() {
+    let vms = |n: usize| (0..n).map(|i| format!("vm{i}")).collect::<Vec<_>>();
+    let all = removed(audit(), "a1", "gw", AgentMode::Gateway, &vms(LISTED_VMS));
+    assert_eq!(all.properties["unenforcedVms"], vms(LISTED_VMS).join(" "), "fifty are listed whole");
+    let more = removed(audit(), "a1", "gw", AgentMode::Gateway, &vms(LISTED_VMS + 1));
+    assert_eq!(more.properties["unenforcedVms"], format!("{} (and 1 more)", vms(LISTED_VMS).join(" ")));
+}
+
+#[test]
+fn a_subscription_id_is_one_whole_guid() {
+    assert!(validate_subscription(SUB).is_ok());
+    for bad in [
+        "20ff7fc3",
+        "20ff7fc3-e762-44dd-bd96",
+        "20ff7fc3-e762-44dd-bd96-b71116dcdc2",
+        "20ff7fc3-e762-44dd-bd96-b71116dcdc23-0000",
+        "20ff7fc3-e762-44dd-bd96-b71116dcdc2g",
+        "20ff7fc3e762-44dd-bd96-b71116dcdc23-",
+    ] {
+        assert!(validate_subscription(bad).is_err(), "{bad}");
+        let vm = format!("/subscriptions/{bad}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1");
+        assert!(VmId::parse(&vm).is_err(), "{vm}");
+    }
+}
+
+#[test]
+fn a_name_quoted_in_a_message_is_cut_after_eighty_characters_with_a_mark() {
+    let eighty = "a".repeat(80);
+    assert_eq!(shown(&eighty), eighty, "eighty are shown whole");
+    for long in [81, 500] {
+        assert_eq!(shown(&"a".repeat(long)), format!("{eighty}…"), "{long} characters");
+    }
+    let m = validate_subscription(&"b".repeat(500)).expect_err("not a GUID");
+    assert!(m.contains(&format!("'{}…'", "b".repeat(80))), "{m}");
+}
+
+#[test]
+fn a_field_within_its_bound_in_characters_is_kept_whole_however_many_bytes_it_has() {
+    let accented = "é".repeat(MAX_NAME_CHARS);
+    assert!(accented.len() > MAX_NAME_CHARS);
+    assert_eq!(truncate_field(&accented, MAX_NAME_CHARS), Cow::Borrowed(accented.as_str()));
+    let mut event = audit().with("reason", "ü".repeat(MAX_VALUE_CHARS));
+    event.caller = accented.clone();
+    assert!(event.is_bounded());
+    let bounded = event.clone().bounded();
+    assert_eq!(bounded, event, "nothing is cut");
+}
+
+#[test]
+fn a_refusal_names_the_caller_the_action_and_the_scope_as_azure_does() {
+    let denied = Denied {
+        principal: "alice".into(),
+        action: actions::POLICY_WRITE.into(),
+        scope: format!("/subscriptions/{SUB}/resourceGroups/rg1"),
+    };
+    assert_eq!(
+        denied.to_string(),
+        format!(
+            "The client 'alice' does not have authorization to perform action '{}' over scope \
+             '/subscriptions/{SUB}/resourceGroups/rg1' or the scope is invalid.",
+            actions::POLICY_WRITE
+        )
+    );
+}
