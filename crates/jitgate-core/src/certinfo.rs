@@ -211,6 +211,14 @@ mod tests {
     }
 
     #[test]
+    fn a_long_form_length_whose_bytes_end_the_input_is_read() {
+        // An empty element at the very end, its length in two bytes (BER allows the long form).
+        let (tag, body, whole, rest) = element(&[0x05, 0x82, 0x00, 0x00]).expect("an empty element");
+        assert_eq!((tag, body.len(), whole.len(), rest.len()), (0x05, 0, 4, 0));
+        assert!(element(&[0x05, 0x82, 0x00]).is_none(), "one length byte short");
+    }
+
+    #[test]
     fn what_is_not_a_certificate_is_none() {
         assert!(CertInfo::from_der(&[]).is_none());
         assert!(CertInfo::from_der(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());

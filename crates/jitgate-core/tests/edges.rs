@@ -6,11 +6,13 @@
 use std::borrow::Cow;
 
 use jitgate_core::audit::{truncate_field, AuditEvent, AuditStatus, MAX_NAME_CHARS, MAX_VALUE_CHARS};
-use jitgate_core::enforcement::AgentMode;
-use jitgate_core::identity::{validate_subject, MAX_SUBJECT};
+use jitgate_core::destination::{check_url, Host, Rules};
+use jitgate_core::enforcement::{check_join, limits, AgentMode, JoinDraft};
+use jitgate_core::identity::{display_name, validate_subject, MAX_SUBJECT};
 use jitgate_core::ids::{shown, validate_subscription, VmId};
 use jitgate_core::join::{removed, LISTED_VMS};
 use jitgate_core::rbac::{actions, Denied};
+use jitgate_core::AccessDuration;
 use time::OffsetDateTime;
 
 const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -98,4 +100,59 @@ fn a_refusal_names_the_caller_the_action_and_the_scope_as_azure_does() {
             actions::POLICY_WRITE
         )
     );
+}
+
+#[test]
+fn a_refused_webhook_destination_says_what_the_address_is_and_how_to_allow_it() {
+    let message = check_url("https", false, Some(Host::Ip("169.254.169.254".parse().unwrap())), &Rules::default())
+        .expect_err("link-local");
+    assert!(message.starts_with("169.254.169.254 is a link-local address (169.254.0.0/16)"), "{message}");
+    assert!(message.contains("unless the operator allows the range"), "{message}");
+    let localhost =
+        check_url("https", false, Some(Host::Domain("localhost")), &Rules::default()).expect_err("loopback");
+    assert!(localhost.starts_with("127.0.0.1 is a loopback address (127.0.0.0/8)"), "{localhost}");
+}
+
+#[test]
+fn a_duration_reads_back_as_it_was_written() {
+    for text in ["PT3H", "pt90m", "P1DT2H", "PT0,5H"] {
+        let d = AccessDuration::parse(text).unwrap();
+        assert_eq!(d.to_string(), text);
+    }
+    assert_eq!(AccessDuration::from_seconds(5400).to_string(), "PT1H30M");
+}
+
+#[test]
+fn the_body_limit_holds_the_largest_join_the_field_limits_accept() {
+    // Every field at its bound: the join is accepted, and its text alone (before any JSON quoting
+    // or field names) fits in the body an agent may send.
+    let longest_address = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+    assert_eq!(longest_address.len(), limits::ADDRESS_TEXT);
+    let draft = JoinDraft {
+        join_token: "t".repeat(limits::JOIN_TOKEN),
+        name: "v".repeat(64),
+        mode: "gateway".into(),
+        os_type: "Windows".into(),
+        addresses: vec![longest_address.to_owned(); limits::ADDRESSES],
+        public_address: Some(longest_address.to_owned()),
+        hostname: "h".repeat(limits::HOSTNAME),
+        name_is_hostname: true,
+    };
+    let text: usize = draft.join_token.len()
+        + draft.name.len()
+        + draft.mode.len()
+        + draft.os_type.len()
+        + draft.addresses.iter().map(String::len).sum::<usize>()
+        + draft.public_address.as_ref().map_or(0, String::len)
+        + draft.hostname.len();
+    let joined = check_join(draft).expect("every field at its bound is accepted");
+    assert_eq!(joined.agent.public_address, Some(longest_address.parse().unwrap()));
+    assert!(text < limits::BODY_BYTES, "{text} bytes of fields, a body of at most {}", limits::BODY_BYTES);
+}
+
+#[test]
+fn a_display_name_after_a_long_run_of_spaces_or_invisible_characters_is_found() {
+    for padding in [" ".repeat(100), "\u{200B}".repeat(100), "\t \n".repeat(40)] {
+        assert_eq!(display_name(&format!("{padding}Erin Smith")).as_deref(), Ok("Erin Smith"), "{padding:?}");
+    }
 }
