@@ -11,8 +11,9 @@ use jitgate_core::enforcement::{check_join, limits, AgentMode, JoinDraft};
 use jitgate_core::identity::{display_name, validate_subject, MAX_SUBJECT};
 use jitgate_core::ids::{shown, validate_subscription, VmId};
 use jitgate_core::join::{removed, LISTED_VMS};
+use jitgate_core::policy::{validate, PolicyDraft, DEFAULT_KIND};
 use jitgate_core::rbac::{actions, Denied};
-use jitgate_core::AccessDuration;
+use jitgate_core::{AccessDuration, PolicyRef, SourcePrefix};
 use time::OffsetDateTime;
 
 const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
@@ -155,4 +156,25 @@ fn a_display_name_after_a_long_run_of_spaces_or_invisible_characters_is_found() 
     for padding in [" ".repeat(100), "\u{200B}".repeat(100), "\t \n".repeat(40)] {
         assert_eq!(display_name(&format!("{padding}Erin Smith")).as_deref(), Ok("Erin Smith"), "{padding:?}");
     }
+}
+
+#[test]
+fn a_policy_keeps_the_kind_it_was_sent_and_a_blank_one_is_basic() {
+    let reference = PolicyRef::new(SUB, "rg1", "westeurope", "default").unwrap();
+    let kind_of = |kind: Option<&str>| {
+        let draft = PolicyDraft { kind: kind.map(str::to_owned), vms: Vec::new() };
+        validate(reference.clone(), draft).unwrap().kind
+    };
+    assert_eq!(kind_of(Some("Standard")), "Standard");
+    for blank in [None, Some(""), Some("  ")] {
+        assert_eq!(kind_of(blank), DEFAULT_KIND, "{blank:?}");
+    }
+}
+
+#[test]
+fn a_source_prefix_reads_as_it_is_kept() {
+    for (text, kept) in [("*", "*"), ("10.0.0.0/24", "10.0.0.0/24"), (" 2001:DB8::1 ", "2001:db8::1")] {
+        assert_eq!(SourcePrefix::parse(text).unwrap().to_string(), kept);
+    }
+    assert_eq!(SourcePrefix::parse_stored("10.0.0.7/24").unwrap().to_string(), "10.0.0.7/24", "as stored");
 }

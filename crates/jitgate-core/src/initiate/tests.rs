@@ -182,6 +182,17 @@ fn empty_lists_and_repeats_are_refused() {
 }
 
 #[test]
+fn a_justification_is_optional_without_an_approver_and_may_use_its_whole_length() {
+    // Neither port of the policy needs an approver: as in Azure, a request may say nothing.
+    for justification in [None, Some(String::new()), Some("  ".into()), Some("x".repeat(MAX_JUSTIFICATION))] {
+        let mut draft = request(port(22, Some("*"), 30));
+        draft.justification = justification.clone();
+        let plan = decide(&policy(), &draft, caller(), now()).unwrap_or_else(|e| panic!("{justification:?}: {e}"));
+        assert_eq!((plan.grants.len(), plan.justification), (1, justification));
+    }
+}
+
+#[test]
 fn the_supersede_key_ignores_prefix_spelling() {
     let a = decide_one(port(22, Some("203.0.113.5"), 60)).expect("granted");
     let b = decide_one(port(22, Some("203.0.113.5/32"), 30)).expect("granted");
