@@ -178,3 +178,11 @@ fn a_source_prefix_reads_as_it_is_kept() {
     }
     assert_eq!(SourcePrefix::parse_stored("10.0.0.7/24").unwrap().to_string(), "10.0.0.7/24", "as stored");
 }
+
+#[test]
+fn only_a_star_means_any_source() {
+    assert!(SourcePrefix::parse("*").unwrap().is_any());
+    for text in ["10.0.0.4", "0.0.0.0/0", "::/0", "2001:db8::/32"] {
+        assert!(!SourcePrefix::parse(text).unwrap().is_any(), "{text}");
+    }
+}

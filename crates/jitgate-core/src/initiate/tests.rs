@@ -313,6 +313,20 @@ fn the_requested_grants_make_the_record_and_the_audit_event() {
 }
 
 #[test]
+fn a_request_opened_nothing_until_one_of_its_grants_is_live() {
+    assert!(!Requested::default().opened(), "no grant yet");
+    let mut later = request(port(22, Some("*"), 0));
+    later.vms[0].ports[0].end_time = None;
+    later.vms[0].ports[0].duration = Some("PT1H".into());
+    later.start_time = Some(now() + Duration::hours(2));
+    let plan = decide(&policy(), &later, caller(), now()).expect("scheduled");
+    let mut requested = Requested::default();
+    let state = crate::lifecycle::start(&plan.grants[0], now());
+    assert_eq!(requested.add(&plan.grants[0], &state, Reach::default()).status, GrantStatus::Scheduled);
+    assert!(!requested.opened(), "a scheduled grant opens nothing yet: no opened delivery");
+}
+
+#[test]
 fn a_port_number_past_65535_is_refused_not_wrapped_onto_a_configured_port() {
     // 65558 is 22 modulo 65536, and 22 is open to `*` in the policy.
     for n in [65_558, 22 - 65_536, 0] {
