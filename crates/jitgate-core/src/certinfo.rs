@@ -219,6 +219,27 @@ mod tests {
     }
 
     #[test]
+    fn the_key_fingerprint_names_the_public_key_and_survives_a_renewal() {
+        let key = [7u8; 40];
+        let first = CertInfo::from_der(&cert((0x17, "280315123456Z"), &key)).expect("a certificate");
+        let renewed = CertInfo::from_der(&cert((0x17, "290315123456Z"), &key)).expect("renewed, same key");
+        assert_eq!(first.key_fingerprint(), colon_hex(&first.spki_sha256));
+        assert_eq!(first.key_fingerprint(), renewed.key_fingerprint(), "same key, same pin");
+        assert_ne!(first.fingerprint(), renewed.fingerprint(), "another certificate");
+        assert_eq!(parse_pin(&first.key_fingerprint()).map(|pin| renewed.matches(&pin)), Ok(true));
+    }
+
+    #[test]
+    fn an_indefinite_length_is_refused_even_with_bytes_after_it() {
+        let mut indefinite = vec![0x04, 0x80];
+        indefinite.extend_from_slice(&[0xAA; 200]);
+        assert!(element(&indefinite).is_none(), "0x80 is not a length of 128");
+        let mut short = vec![0x04, 0x7F];
+        short.extend_from_slice(&[0xAA; 200]);
+        assert_eq!(element(&short).map(|(_, body, ..)| body.len()), Some(127), "0x7f is");
+    }
+
+    #[test]
     fn what_is_not_a_certificate_is_none() {
         assert!(CertInfo::from_der(&[]).is_none());
         assert!(CertInfo::from_der(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());

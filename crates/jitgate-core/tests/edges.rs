@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use jitgate_core::audit::{truncate_field, AuditEvent, AuditStatus, MAX_NAME_CHARS, MAX_VALUE_CHARS};
-use jitgate_core::destination::{check_url, Host, Rules};
+use jitgate_core::destination::{check_url, denied_range, Host, Rules};
 use jitgate_core::enforcement::{check_join, limits, AgentMode, JoinDraft};
 use jitgate_core::identity::{display_name, validate_subject, MAX_SUBJECT};
 use jitgate_core::ids::{shown, validate_subscription, VmId};
@@ -184,5 +184,76 @@ fn only_a_star_means_any_source() {
     assert!(SourcePrefix::parse("*").unwrap().is_any());
     for text in ["10.0.0.4", "0.0.0.0/0", "::/0", "2001:db8::/32"] {
         assert!(!SourcePrefix::parse(text).unwrap().is_any(), "{text}");
+    }
+}
+
+/// Every range the webhook deny list names, with what it is.
+const DENIED: [(&str, &str); 27] = [
+    ("0.0.0.0/8", "unspecified (\"this network\")"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared (carrier-grade NAT)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "IETF protocol assignment"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("240.0.0.0/4", "reserved"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("64:ff9b:1::/48", "local-use NAT64"),
+    ("100::/64", "discard-only"),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+    ("fc00::/7", "unique local (private)"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+];
+
+#[test]
+fn every_denied_range_is_denied_from_its_first_address_to_its_last() {
+    for (range, kind) in DENIED {
+        let net: ipnet::IpNet = range.parse().unwrap();
+        for ip in [net.network(), net.broadcast()] {
+            let d = denied_range(ip).unwrap_or_else(|| panic!("{ip} in {range} is denied"));
+            // Where two ranges meet, the address is named by the first: `::` is unspecified before it
+            // is IPv4-compatible, 255.255.255.255 the broadcast address before it is reserved.
+            let named_by_another =
+                (range == "::/96" && ip == net.network()) || (range == "240.0.0.0/4" && ip == net.broadcast());
+            if !named_by_another {
+                assert_eq!((d.range, d.kind), (range, kind), "{ip}");
+            }
+        }
+    }
+    for public in [
+        "11.0.0.0",
+        "100.128.0.0",
+        "128.0.0.0",
+        "169.255.0.0",
+        "172.32.0.0",
+        "192.0.1.0",
+        "192.0.3.0",
+        "192.88.100.0",
+        "192.169.0.0",
+        "198.20.0.0",
+        "198.51.101.0",
+        "203.0.114.0",
+        "223.255.255.255",
+        "64:ff9b:2::",
+        "100:0:0:1::",
+        "2001:db9::",
+        "3fff:1000::",
+        "fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "fe00::",
+    ] {
+        assert_eq!(denied_range(public.parse().unwrap()), None, "{public} is public");
     }
 }
