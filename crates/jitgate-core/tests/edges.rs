@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use jitgate_core::audit::{truncate_field, AuditEvent, AuditStatus, MAX_NAME_CHARS, MAX_VALUE_CHARS};
 use jitgate_core::destination::{check_url, denied_range, Host, Rules};
+use jitgate_core::duration::format_iso8601;
 use jitgate_core::enforcement::{check_join, limits, AgentMode, JoinDraft};
 use jitgate_core::identity::{display_name, validate_subject, MAX_SUBJECT};
 use jitgate_core::ids::{shown, validate_subscription, VmId};
@@ -255,5 +256,14 @@ fn every_denied_range_is_denied_from_its_first_address_to_its_last() {
         "fe00::",
     ] {
         assert_eq!(denied_range(public.parse().unwrap()), None, "{public} is public");
+    }
+}
+
+#[test]
+fn a_duration_in_whole_seconds_is_written_with_each_part_that_is_not_zero() {
+    for (secs, text) in [(45, "PT45S"), (3725, "PT1H2M5S"), (3605, "PT1H5S"), (60, "PT1M"), (0, "PT0S")] {
+        assert_eq!(format_iso8601(time::Duration::seconds(secs)), text);
+        assert_eq!(AccessDuration::from_seconds(secs).to_string(), text);
+        assert_eq!(AccessDuration::parse(text).unwrap().duration().whole_seconds(), secs, "{text} reads back");
     }
 }
