@@ -9,13 +9,13 @@ use jitgate_core::audit::{truncate_field, AuditEvent, AuditStatus, MAX_NAME_CHAR
 use jitgate_core::destination::{check_url, denied_range, Host, Rules};
 use jitgate_core::duration::format_iso8601;
 use jitgate_core::enforcement::{check_join, limits, AgentMode, JoinDraft};
-use jitgate_core::identity::{display_name, validate_subject, MAX_SUBJECT};
+use jitgate_core::identity::{display_name, token_expiry, validate_subject, TokenLimits, MAX_SUBJECT};
 use jitgate_core::ids::{shown, validate_subscription, VmId};
 use jitgate_core::join::{removed, LISTED_VMS};
 use jitgate_core::policy::{validate, PolicyDraft, DEFAULT_KIND};
 use jitgate_core::rbac::{actions, Denied};
 use jitgate_core::{AccessDuration, PolicyRef, SourcePrefix};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 const SUB: &str = "20ff7fc3-e762-44dd-bd96-b71116dcdc23";
 
@@ -125,7 +125,7 @@ fn a_duration_reads_back_as_it_was_written() {
 }
 
 #[test]
-fn the_body_limit_holds_the_largest_join_the_field_limits_accept() {
+fn a_join_with_every_field_at_its_bound_is_accepted_and_fits_the_body_limit() {
     // Every field at its bound: the join is accepted, and its text alone (before any JSON quoting
     // or field names) fits in the body an agent may send.
     let longest_address = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
@@ -262,8 +262,33 @@ fn every_denied_range_is_denied_from_its_first_address_to_its_last() {
 #[test]
 fn a_duration_in_whole_seconds_is_written_with_each_part_that_is_not_zero() {
     for (secs, text) in [(45, "PT45S"), (3725, "PT1H2M5S"), (3605, "PT1H5S"), (60, "PT1M"), (0, "PT0S")] {
-        assert_eq!(format_iso8601(time::Duration::seconds(secs)), text);
+        assert_eq!(format_iso8601(Duration::seconds(secs)), text);
         assert_eq!(AccessDuration::from_seconds(secs).to_string(), text);
         assert_eq!(AccessDuration::parse(text).unwrap().duration().whole_seconds(), secs, "{text} reads back");
     }
+}
+
+#[test]
+fn a_token_may_live_exactly_the_maximum_or_exactly_as_long_as_its_parent() {
+    let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+    let max = Duration::days(90);
+    let limits = TokenLimits { max: Some(max), parent_expires: None };
+    assert_eq!(token_expiry(Some(max), now, limits), Ok(Some(now + max)), "the maximum itself");
+    let parent = TokenLimits { max: Some(max), parent_expires: Some(now + Duration::hours(36)) };
+    assert_eq!(token_expiry(Some(Duration::hours(36)), now, parent), Ok(Some(now + Duration::hours(36))));
+}
+
+#[test]
+fn a_lifetime_in_a_refusal_is_in_days_only_when_it_is_whole_days() {
+    let now = OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+    let refusal = |max: Duration, parent: Option<Duration>| {
+        let limits = TokenLimits { max: Some(max), parent_expires: parent.map(|p| now + p) };
+        token_expiry(Some(Duration::days(400)), now, limits).unwrap_err().message
+    };
+    assert!(refusal(Duration::days(90), None).contains("(P90D, --max-token-lifetime)"));
+    assert!(refusal(Duration::hours(36), None).contains("(PT36H, --max-token-lifetime)"));
+    assert!(refusal(Duration::ZERO, None).contains("(PT0S, --max-token-lifetime)"), "no time at all");
+    // A parent with less than a second left: nothing whole is left of it.
+    let parent = refusal(Duration::days(500), Some(Duration::milliseconds(500)));
+    assert!(parent.contains("(in PT0S)"), "{parent}");
 }
