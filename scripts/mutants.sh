@@ -3,8 +3,9 @@
 # the pure core, the enforcement plan and the nftables netlink encoder. Each mutant is built with
 # the `mutants` profile (no debug info) and tested with its own crate's unit and integration tests.
 #
-#   scripts/mutants.sh                 # everything (jitgate-core alone is ~850 mutants, hours on 2 cores)
-#   scripts/mutants.sh --shard 1/4     # core: every fourth mutant (a deterministic sample); plan and encoder in full
+#   scripts/mutants.sh                 # everything (jitgate-core alone is ~850 mutants, about an hour on 2 cores)
+#   scripts/mutants.sh --shard 1/4     # core: every fourth mutant (a deterministic sample; the shards are 0/4 to 3/4);
+#                                      # plan and encoder in full
 #
 # Results: target/mutants/<scope>/mutants.out/{caught,missed,timeout,unviable}.txt, and one summary
 # line per scope on stdout.

@@ -198,6 +198,48 @@ mod tests {
     }
 
     #[test]
+    fn a_two_digit_year_reads_as_rfc_5280_says_and_other_time_forms_are_refused() {
+        let year = |t: &str| CertInfo::from_der(&cert((0x17, t), &[1])).map(|i| i.not_after.year());
+        assert_eq!(year("500101000000Z"), Some(1950), "50 to 99 are the 1900s");
+        assert_eq!(year("991231235959Z"), Some(1999));
+        assert_eq!(year("000101000000Z"), Some(2000), "00 to 49 are the 2000s");
+        // Only YYMMDDHHMMSSZ: no local time, no fraction, nothing after the Z.
+        for bad in ["2803151234567", "280315123456.5Z", "280315123456ZZ", "280315123456+0100"] {
+            assert_eq!(year(bad), None, "{bad}");
+        }
+        assert!(CertInfo::from_der(&cert((0x18, "20280315123456.5Z"), &[1])).is_none());
+    }
+
+    #[test]
+    fn a_long_form_length_whose_bytes_end_the_input_is_read() {
+        // An empty element at the very end, its length in two bytes (BER allows the long form).
+        let (tag, body, whole, rest) = element(&[0x05, 0x82, 0x00, 0x00]).expect("an empty element");
+        assert_eq!((tag, body.len(), whole.len(), rest.len()), (0x05, 0, 4, 0));
+        assert!(element(&[0x05, 0x82, 0x00]).is_none(), "one length byte short");
+    }
+
+    #[test]
+    fn the_key_fingerprint_names_the_public_key_and_survives_a_renewal() {
+        let key = [7u8; 40];
+        let first = CertInfo::from_der(&cert((0x17, "280315123456Z"), &key)).expect("a certificate");
+        let renewed = CertInfo::from_der(&cert((0x17, "290315123456Z"), &key)).expect("renewed, same key");
+        assert_eq!(first.key_fingerprint(), colon_hex(&first.spki_sha256));
+        assert_eq!(first.key_fingerprint(), renewed.key_fingerprint(), "same key, same pin");
+        assert_ne!(first.fingerprint(), renewed.fingerprint(), "another certificate");
+        assert_eq!(parse_pin(&first.key_fingerprint()).map(|pin| renewed.matches(&pin)), Ok(true));
+    }
+
+    #[test]
+    fn an_indefinite_length_is_refused_even_with_bytes_after_it() {
+        let mut indefinite = vec![0x04, 0x80];
+        indefinite.extend_from_slice(&[0xAA; 200]);
+        assert!(element(&indefinite).is_none(), "0x80 is not a length of 128");
+        let mut short = vec![0x04, 0x7F];
+        short.extend_from_slice(&[0xAA; 200]);
+        assert_eq!(element(&short).map(|(_, body, ..)| body.len()), Some(127), "0x7f is");
+    }
+
+    #[test]
     fn what_is_not_a_certificate_is_none() {
         assert!(CertInfo::from_der(&[]).is_none());
         assert!(CertInfo::from_der(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());

@@ -182,6 +182,17 @@ fn empty_lists_and_repeats_are_refused() {
 }
 
 #[test]
+fn a_justification_is_optional_without_an_approver_and_may_use_its_whole_length() {
+    // Neither port of the policy needs an approver: as in Azure, a request may say nothing.
+    for justification in [None, Some(String::new()), Some("  ".into()), Some("x".repeat(MAX_JUSTIFICATION))] {
+        let mut draft = request(port(22, Some("*"), 30));
+        draft.justification = justification.clone();
+        let plan = decide(&policy(), &draft, caller(), now()).unwrap_or_else(|e| panic!("{justification:?}: {e}"));
+        assert_eq!((plan.grants.len(), plan.justification), (1, justification));
+    }
+}
+
+#[test]
 fn the_supersede_key_ignores_prefix_spelling() {
     let a = decide_one(port(22, Some("203.0.113.5"), 60)).expect("granted");
     let b = decide_one(port(22, Some("203.0.113.5/32"), 30)).expect("granted");
@@ -299,6 +310,20 @@ fn the_requested_grants_make_the_record_and_the_audit_event() {
     assert_eq!(event.properties["justification"], "maintenance");
     let record = requested.into_record(7, "alice".into(), plan);
     assert_eq!((record.id, record.grants.len(), record.justification.as_deref()), (7, 1, Some("maintenance")));
+}
+
+#[test]
+fn a_request_opened_nothing_until_one_of_its_grants_is_live() {
+    assert!(!Requested::default().opened(), "no grant yet");
+    let mut later = request(port(22, Some("*"), 0));
+    later.vms[0].ports[0].end_time = None;
+    later.vms[0].ports[0].duration = Some("PT1H".into());
+    later.start_time = Some(now() + Duration::hours(2));
+    let plan = decide(&policy(), &later, caller(), now()).expect("scheduled");
+    let mut requested = Requested::default();
+    let state = crate::lifecycle::start(&plan.grants[0], now());
+    assert_eq!(requested.add(&plan.grants[0], &state, Reach::default()).status, GrantStatus::Scheduled);
+    assert!(!requested.opened(), "a scheduled grant opens nothing yet: no opened delivery");
 }
 
 #[test]
