@@ -1,6 +1,7 @@
 //! The AWS connector end to end: moto's EC2 server, a real jitgate server, and `jitgate connector
 //! aws` as a child process — enable, grant, revoke, expiry, disable, a connector killed with -9
-//! mid-grant and started again after the grant's end, and the rule limit.
+//! mid-grant and started again after the grant's end, and the rule limit; and `jitgate bench
+//! connector` run small.
 
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -294,4 +295,31 @@ async fn grant_rules_stop_at_the_security_group_limit() {
     assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
     assert!(refused.body["error"]["message"].as_str().is_some_and(|m| m.contains("60")), "{refused:?}");
     assert_eq!(aws.jitgate().await.map(|g| rules(&g).len()), Some(60));
+}
+
+/// `jitgate bench connector`, small: it prints each of its figures and exits 0.
+#[test]
+fn the_connector_benchmark_prints_its_figures() {
+    let venv = jitgate_aws::testing::venv();
+    if !venv.join("bin/moto_server").is_file() {
+        let why = format!("{} has no moto_server (run scripts/moto-venv.sh)", venv.display());
+        jitgate_netns::skip("the_connector_benchmark_prints_its_figures", &why);
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "connector", "--grants", "5", "--expired", "20", "--calls", "10"])
+        .env("JITGATE_MOTO_VENV", &venv)
+        .output()
+        .expect("running jitgate bench connector");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the benchmark failed:\n{stdout}\n{stderr}");
+    for start in
+        ["machine: ", "grants through the connector: ", "grant latency ms ", "restart: ", "yardstick: ", "ratios: "]
+    {
+        assert!(stdout.lines().any(|l| l.starts_with(start)), "no `{start}` line:\n{stdout}");
+    }
+    assert!(stdout.contains("5 rules visible in EC2"), "{stdout}");
+    assert!(stdout.contains("last of 20 expired rules gone"), "{stdout}");
+    assert!(stdout.contains("grants/s") && stdout.contains("rules/s") && stdout.contains("calls/s"), "{stdout}");
 }
