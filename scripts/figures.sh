@@ -9,7 +9,8 @@
 #
 # The namespace benchmarks need root, `ip` and `nft`; `bench replicas` a PostgreSQL server
 # (JITGATE_BENCH_PG, default postgres://postgres@127.0.0.1:5432); `bench fwknop` Debian's
-# fwknop-server and fwknop-client; `bench rules` compares with iptables too when it is installed.
+# fwknop-server and fwknop-client; `bench connector` moto's EC2 server (scripts/moto-venv.sh);
+# `bench rules` compares with iptables too when it is installed.
 # A benchmark that cannot run here gets a row saying why; the script goes on with the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -109,6 +110,8 @@ bench rules ' grants, [^:]*: load ' '' \
     bench rules --grants 10,1000,100000
 bench fwknop '^  (jitgate|fwknop)' '' \
     bench fwknop --rounds 20 --window 10
+bench connector '^(enable:|grants through|grant latency|restart:)' '^(yardstick|ratios)' \
+    bench connector --grants 200 --expired 1000 --calls 200
 bench authz 'check|resolving' '' \
     bench authz --assignments 1000
 bench audit '^(first page|verify)' '' \

@@ -89,6 +89,14 @@ pub enum BenchCommand {
     /// each daemon is killed with SIGKILL during it.
     #[command(after_help = "Example:\n  sudo jitgate bench fwknop --rounds 20")]
     Fwknop(FwknopArgs),
+    /// The AWS connector against moto's EC2 server (from `scripts/moto-venv.sh`): grants per
+    /// second from initiate to the rule in the security group, and the time a restarted
+    /// connector takes to remove expired rules a stopped one left behind, beside the bare EC2
+    /// call rate of the same moto.
+    #[command(
+        after_help = "Example:\n  jitgate bench connector\n  jitgate bench connector --grants 500 --expired 2000\n  JITGATE_MOTO_VENV=/opt/moto jitgate bench connector --grants 5 --expired 20"
+    )]
+    Connector(ConnectorBenchArgs),
     /// Internal: the parts of `open-latency` and `kernel` that run inside a namespace.
     #[command(hide = true)]
     Inner(InnerArgs),
@@ -150,6 +158,25 @@ pub struct FwknopArgs {
     /// The window of the grants watched while a daemon is killed, in seconds.
     #[arg(long, default_value_t = 10)]
     pub window: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectorBenchArgs {
+    /// Initiates through the connector, each from its own source address (spread over
+    /// instances of at most 50 grants, below EC2's 60 rules per security group).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub grants: u32,
+    /// Initiates in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+    /// Expired rules put into the jitgate groups while the connector is stopped (60 a group),
+    /// timed until the restarted connector has removed the last (0: not measured).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=20_000))]
+    pub expired: u32,
+    /// Serial AuthorizeSecurityGroupIngress + RevokeSecurityGroupIngress pairs of the bare EC2
+    /// yardstick (0: not measured).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub calls: u32,
 }
 
 #[derive(Debug, Clone, Args)]

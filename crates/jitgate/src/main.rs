@@ -4,6 +4,8 @@
 
 mod agent;
 mod bench_authz;
+#[cfg(feature = "aws")]
+mod bench_connector;
 mod bench_enforce;
 mod bench_floor;
 mod bench_fwknop;
@@ -103,6 +105,12 @@ fn main() -> std::process::ExitCode {
                 Some(BenchCommand::Soak(a)) => bench_soak::run(a).await,
                 Some(BenchCommand::Rules(a)) => bench_rules::run(a).await,
                 Some(BenchCommand::Fwknop(a)) => bench_fwknop::run(a).await,
+                #[cfg(feature = "aws")]
+                Some(BenchCommand::Connector(a)) => bench_connector::run(a).await,
+                #[cfg(not(feature = "aws"))]
+                Some(BenchCommand::Connector(_)) => {
+                    anyhow::bail!("this jitgate was built without the AWS connector (cargo feature `aws`)")
+                }
             },
             Command::Agent(args) => match args.command {
                 Some(AgentCommand::Token { command: TokenCommand::Create(a) }) => {

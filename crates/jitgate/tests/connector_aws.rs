@@ -1,6 +1,7 @@
 //! The AWS connector end to end: moto's EC2 server, a real jitgate server, and `jitgate connector
 //! aws` as a child process — enable, grant, revoke, expiry, disable, a connector killed with -9
-//! mid-grant and started again after the grant's end, the rule limit, and discovery over VPCs.
+//! mid-grant and started again after the grant's end, the rule limit, discovery over VPCs; and
+//! `jitgate bench connector` run small.
 
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -372,4 +373,31 @@ async fn instances_of_two_managed_vpcs_are_registered_by_tag_and_vpc_and_a_third
     let listed = unsupported.body["value"].as_array().cloned().unwrap_or_default();
     assert!(listed.iter().any(|v| v["name"] == json!(c1)), "{unsupported:?}");
     assert!(!listed.iter().any(|v| v["name"] == json!(a1)), "{unsupported:?}");
+}
+
+/// `jitgate bench connector`, small: it prints each of its figures and exits 0.
+#[test]
+fn the_connector_benchmark_prints_its_figures() {
+    let venv = jitgate_aws::testing::venv();
+    if !venv.join("bin/moto_server").is_file() {
+        let why = format!("{} has no moto_server (run scripts/moto-venv.sh)", venv.display());
+        jitgate_netns::skip("the_connector_benchmark_prints_its_figures", &why);
+        return;
+    }
+    let out = Command::new(BIN)
+        .args(["bench", "connector", "--grants", "5", "--expired", "20", "--calls", "10"])
+        .env("JITGATE_MOTO_VENV", &venv)
+        .output()
+        .expect("running jitgate bench connector");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the benchmark failed:\n{stdout}\n{stderr}");
+    for start in
+        ["machine: ", "grants through the connector: ", "grant latency ms ", "restart: ", "yardstick: ", "ratios: "]
+    {
+        assert!(stdout.lines().any(|l| l.starts_with(start)), "no `{start}` line:\n{stdout}");
+    }
+    assert!(stdout.contains("5 rules visible in EC2"), "{stdout}");
+    assert!(stdout.contains("last of 20 expired rules gone"), "{stdout}");
+    assert!(stdout.contains("grants/s") && stdout.contains("rules/s") && stdout.contains("calls/s"), "{stdout}");
 }
