@@ -180,3 +180,100 @@ fn a_security_group_holds_sixty_rules_and_equal_rules_count_once() {
     let theirs = plan(&elsewhere, &["203.0.113.1", "203.0.113.2", "203.0.113.3"], Protocol::Tcp, 22);
     assert!(check_request_rules(&vm, &live, &[theirs]).is_ok());
 }
+
+#[test]
+fn each_removal_reason_reads_back() {
+    for reason in [RemovalReason::Expired, RemovalReason::Revoked, RemovalReason::Stale] {
+        assert_eq!(RemovalReason::parse(reason.as_str()), Some(reason));
+    }
+    assert_eq!(RemovalReason::parse("Expired"), None, "reasons are lower case on the wire");
+}
+
+#[test]
+fn facts_are_kept_as_sent_up_to_their_bound() {
+    let longest = "f".repeat(limits::FACT);
+    let mut d = draft("i-0123456789abcdef0");
+    d.facts.vpc_id = Some(longest.clone());
+    d.facts.security_groups = vec!["sg-0aa".into(); limits::SECURITY_GROUPS];
+    let vms = check_inventory(vec![d], SUB, "aws-prod").expect("at the bounds");
+    assert_eq!(vms[0].facts.vpc_id.as_deref(), Some(longest.as_str()));
+    assert_eq!(vms[0].facts.instance_id.as_deref(), Some("i-0123456789abcdef0"));
+    assert_eq!(vms[0].facts.security_groups.len(), limits::SECURITY_GROUPS);
+    let over = |edit: &dyn Fn(&mut CloudVmDraft)| {
+        let mut d = draft("i-0123456789abcdef0");
+        edit(&mut d);
+        refused(vec![d]).target
+    };
+    assert_eq!(over(&|d| d.facts.vpc_id = Some(format!("{longest}f"))).as_deref(), Some("vms[0].cloud.vpcId"));
+    assert_eq!(over(&|d| d.facts.provider = "a\u{7}ws".into()).as_deref(), Some("vms[0].cloud.provider"));
+    assert_eq!(
+        over(&|d| d.facts.security_groups = vec!["sg-0aa".into(); limits::SECURITY_GROUPS + 1]).as_deref(),
+        Some("vms[0].cloud.securityGroups")
+    );
+}
+
+#[test]
+fn an_address_is_read_up_to_the_longest_text_an_address_has() {
+    // The longest IPv6 text (an IPv4 tail) is 45 characters.
+    let longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+    assert_eq!(longest.len(), crate::enforcement::limits::ADDRESS_TEXT);
+    assert_eq!(address("a", longest), Ok(longest.parse().expect("ip")));
+    assert_eq!(address("a", &format!(" {longest}")).expect_err("longer").target.as_deref(), Some("a"));
+}
+
+#[test]
+fn an_inventory_holds_ten_thousand_vms_and_not_one_more() {
+    let drafts: Vec<_> = (0..limits::VMS).map(|n| draft(&format!("i-{n:08x}"))).collect();
+    assert_eq!(check_inventory(drafts.clone(), SUB, "aws-prod").map(|v| v.len()), Ok(limits::VMS));
+    let mut more = drafts;
+    more.push(draft("i-ffffffff"));
+    assert_eq!(refused(more).target.as_deref(), Some("vms"));
+}
+
+#[test]
+fn a_report_holds_its_most_removals_and_failures_and_not_one_more() {
+    let vm = removal("i-1").vm_id;
+    let removals = vec![removal("i-1"); limits::REMOVALS];
+    let failures = vec![(vm.clone(), "e".to_owned()); limits::FAILURES];
+    let report = check_report(removals, failures.clone()).expect("at the bounds");
+    assert_eq!((report.removals.len(), report.failures.len()), (limits::REMOVALS, limits::FAILURES));
+    let mut more = failures;
+    more.push((vm, "e".into()));
+    assert_eq!(check_report(vec![], more).expect_err("too many").target.as_deref(), Some("failures"));
+}
+
+#[test]
+fn the_body_limits_hold_the_largest_inventory_and_report() {
+    // The largest inventory EC2 can give: 10,000 instances with ids at EC2's longest (17 hex
+    // digits), five security groups (EC2's default maximum per interface), a 256-character Name
+    // tag, the longest resource group, both addresses at their longest and a reason.
+    let address = "\"ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255\"";
+    let group = format!("\"sg-{}\"", "f".repeat(17));
+    let entry = format!(
+        "{{\"name\":\"i-{hex}\",\"resourceGroup\":\"{rg}\",\"osType\":\"Windows\",\"address\":{address},\
+         \"publicAddress\":{address},\"unsupportedReason\":\"{reason}\",\"cloud\":{{\"provider\":\"aws\",\
+         \"instanceId\":\"i-{hex}\",\"vpcId\":\"vpc-{hex}\",\"securityGroups\":[{groups}],\"displayName\":\"{name}\"}}}},",
+        hex = "f".repeat(17),
+        rg = "r".repeat(90),
+        reason = "r".repeat(limits::REASON),
+        groups = vec![group; 5].join(","),
+        name = "n".repeat(256),
+    );
+    assert!(entry.len() * limits::VMS < limits::INVENTORY_BODY_BYTES, "{} bytes an entry", entry.len());
+    assert!(limits::INVENTORY_BODY_BYTES >= 16 << 20);
+    // The largest report: every removal and every failure at its longest.
+    let vm = format!(
+        "/subscriptions/{SUB}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
+        "r".repeat(90),
+        "n".repeat(64)
+    );
+    let removal = format!(
+        "{{\"requestId\":-9223372036854775808,\"vmId\":\"{vm}\",\"protocol\":\"TCP\",\"port\":65535,\
+         \"source\":\"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\",\"reason\":\"expired\",\
+         \"removedAt\":\"2026-12-01T10:00:00.123456789+23:59\"}},"
+    );
+    let failure = format!("{{\"vmId\":\"{vm}\",\"error\":\"{}\"}},", "e".repeat(limits::REASON));
+    let report = removal.len() * limits::REMOVALS + failure.len() * limits::FAILURES;
+    assert!(report < limits::REPORT_BODY_BYTES, "{report} bytes");
+    assert!(limits::REPORT_BODY_BYTES >= 8 << 20);
+}

@@ -93,3 +93,19 @@ fn the_claims_of_one_vm_and_the_port_summary() {
     assert!(claims_of_vm(&policy, &vm_id("vm2").key()).is_empty());
     assert_eq!(port_summary(&policy), "vm1:22/*,vm1:80/TCP,vm2:3389/*");
 }
+
+#[test]
+fn a_mapped_port_is_refused_only_on_a_vm_a_cloud_connector_enforces() {
+    let policy = known(None).resolve(validated()).expect("resolves");
+    // vm1 has port 22 mapped to 2201: fine behind a gateway or on a host …
+    assert_eq!(known(None).check_cloud_ports(&policy), Ok(()));
+    // … and refused, naming the port, once a cloud connector enforces vm1.
+    let mut cloud = known(None);
+    cloud.add_cloud(vm_id("vm1").key());
+    let e = cloud.check_cloud_ports(&policy).expect_err("a security group forwards nothing");
+    assert_eq!(e.target.as_deref(), Some("properties.virtualMachines[0].ports[0].mappedPort"));
+    // A cloud VM without mapped ports passes.
+    let mut vm2_in_cloud = known(None);
+    vm2_in_cloud.add_cloud(vm_id("vm2").key());
+    assert_eq!(vm2_in_cloud.check_cloud_ports(&policy), Ok(()));
+}
