@@ -72,8 +72,8 @@ impl HttpControl {
     }
 }
 
-/// A failed call as the agent loop sees it.
-fn call_error(e: ClientError) -> CallError {
+/// A failed call as the agent loop (or a cloud connector's) sees it.
+pub fn call_error(e: ClientError) -> CallError {
     match e {
         ClientError::Api { status: 401, .. } => CallError::Unauthorized,
         ClientError::Api { status, code, message } => CallError::Status {
@@ -85,16 +85,21 @@ fn call_error(e: ClientError) -> CallError {
     }
 }
 
+/// A failed join: a 401 here is the join token's refusal, with the server's reason, not a
+/// credential's.
+pub fn join_error(e: ClientError) -> CallError {
+    match e {
+        ClientError::Api { status: 401, code, message } => CallError::Status {
+            status: reqwest::StatusCode::UNAUTHORIZED,
+            body: if code.is_empty() { message } else { format!("{code}: {message}") },
+        },
+        e => call_error(e),
+    }
+}
+
 impl Control for HttpControl {
     async fn join(&self, body: &JoinIn) -> Result<JoinOut, CallError> {
-        // A refused join keeps the server's reason (a 401 here is the join token's, not a credential's).
-        self.client.agent().join(body).await.map_err(|e| match e {
-            ClientError::Api { status: 401, code, message } => CallError::Status {
-                status: reqwest::StatusCode::UNAUTHORIZED,
-                body: if code.is_empty() { message } else { format!("{code}: {message}") },
-            },
-            e => call_error(e),
-        })
+        self.client.agent().join(body).await.map_err(join_error)
     }
 
     async fn rotate(&self, credential: &str) -> Result<RotateOut, CallError> {

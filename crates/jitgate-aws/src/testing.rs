@@ -14,7 +14,7 @@ use jitgate_netns::KillOnDrop;
 use url::Url;
 
 use crate::query::Params;
-use crate::{Backoff, Config, Credentials, Ec2Client, Ec2Error, Tag};
+use crate::{Backoff, Config, Credentials, Ec2, Ec2Client, Ec2Error, IpPermission, IpRange, SecurityGroup, Tag};
 
 /// The image moto runs instances from: one of the AMIs it knows, a Linux one (Amazon Linux).
 pub const IMAGE_ID: &str = "ami-760aaa0f";
@@ -85,6 +85,55 @@ impl Moto {
     pub fn client(&self) -> Ec2Client {
         Ec2Client::new(Moto::config_for(self.url())).expect("a client of moto")
     }
+}
+
+/// One inbound rule of one IPv4 range: a test's shorthand.
+pub fn ipv4_rule(proto: &str, from: i32, to: i32, cidr: &str, description: Option<&str>) -> IpPermission {
+    IpPermission {
+        protocol: proto.into(),
+        from_port: Some(from),
+        to_port: Some(to),
+        ipv4_ranges: vec![IpRange { cidr: cidr.into(), description: description.map(Into::into) }],
+        ipv6_ranges: vec![],
+        source_groups: vec![],
+        prefix_lists: vec![],
+    }
+}
+
+/// A rule as tests compare them: (protocol, from port, to port, IPv4 range, description).
+pub type RuleShape = (String, Option<i32>, Option<i32>, String, Option<String>);
+
+/// Every IPv4 rule of a group, one per range, sorted.
+pub fn ipv4_rules(g: &SecurityGroup) -> Vec<RuleShape> {
+    let mut out: Vec<RuleShape> = g
+        .ingress
+        .iter()
+        .flat_map(|p| {
+            p.ipv4_ranges
+                .iter()
+                .map(|r| (p.protocol.clone(), p.from_port, p.to_port, r.cidr.clone(), r.description.clone()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An instance (`Name` web1) in a VPC of its own, in one group `web` that allows SSH from
+/// anywhere ("ssh"), every TCP port from 10.0.0.0/8 ("office"), and HTTPS: (instance, group).
+pub async fn web_instance(ec2: &Ec2Client) -> Result<(String, String), Ec2Error> {
+    let vpc = ec2.create_vpc("10.0.0.0/16").await?;
+    let subnet = ec2.create_subnet(&vpc, "10.0.1.0/24").await?;
+    let web = ec2.create_security_group("web", "web", &vpc, &[]).await?;
+    let original = [
+        ipv4_rule("tcp", 22, 22, "0.0.0.0/0", Some("ssh")),
+        ipv4_rule("tcp", 0, 65_535, "10.0.0.0/8", Some("office")),
+        ipv4_rule("tcp", 443, 443, "0.0.0.0/0", None),
+    ];
+    ec2.authorize_ingress(&web, &original).await?;
+    let mut launched = ec2.run_instances(&subnet, 1, &[Tag::new("Name", "web1")]).await?;
+    let instance = launched.pop().ok_or_else(|| Ec2Error::Decode("RunInstances launched nothing".into()))?;
+    ec2.set_instance_groups(&instance, std::slice::from_ref(&web)).await?;
+    Ok((instance, web))
 }
 
 fn text(root: &crate::xml::Element, path: &[&str]) -> Result<String, Ec2Error> {

@@ -11,6 +11,7 @@ use jitgate_api_types::agent::{EnforcementReportIn, InventoryIn, InventoryOut, J
 use jitgate_client::ClientError;
 
 pub use jitgate_agent::control::CallError;
+use jitgate_agent::control::{call_error, join_error};
 
 /// The agent protocol's calls a cloud connector makes.
 pub trait Server: Send + Sync {
@@ -59,29 +60,9 @@ impl HttpServer {
     }
 }
 
-/// A failed call as the loop sees it.
-fn call_error(e: ClientError) -> CallError {
-    match e {
-        ClientError::Api { status: 401, .. } => CallError::Unauthorized,
-        ClientError::Api { status, code, message } => CallError::Status {
-            status: reqwest::StatusCode::from_u16(status).unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR),
-            body: if code.is_empty() { message } else { format!("{code}: {message}") },
-        },
-        e @ (ClientError::Body(_) | ClientError::Decode { .. }) => CallError::Unreadable(e.into()),
-        e => CallError::Unreachable(e.into()),
-    }
-}
-
 impl Server for HttpServer {
     async fn join(&self, body: &JoinIn) -> Result<JoinOut, CallError> {
-        self.client.agent().join(body).await.map_err(|e| match e {
-            // At join a 401 is the join token's refusal, with its reason.
-            ClientError::Api { status: 401, code, message } => CallError::Status {
-                status: reqwest::StatusCode::UNAUTHORIZED,
-                body: if code.is_empty() { message } else { format!("{code}: {message}") },
-            },
-            e => call_error(e),
-        })
+        self.client.agent().join(body).await.map_err(join_error)
     }
 
     async fn state(&self, credential: &str, after: Option<u64>, wait: Duration) -> Result<StateOut, CallError> {

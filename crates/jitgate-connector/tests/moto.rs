@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jitgate_aws::testing::Moto;
-use jitgate_aws::{Ec2, Ec2Client, Filter, IpPermission, IpRange, SecurityGroup, Tag};
+use jitgate_aws::testing::{ipv4_rules as rules, web_instance, Moto};
+use jitgate_aws::{Ec2, Ec2Client, Filter, SecurityGroup};
 use jitgate_connector::desired::{describe, DesiredGrant, DesiredVm};
 use jitgate_connector::discovery::{discover, Mapping};
 use jitgate_connector::memory;
@@ -21,34 +21,6 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-fn perm(proto: &str, from: i32, to: i32, cidr: &str, description: Option<&str>) -> IpPermission {
-    IpPermission {
-        protocol: proto.into(),
-        from_port: Some(from),
-        to_port: Some(to),
-        ipv4_ranges: vec![IpRange { cidr: cidr.into(), description: description.map(Into::into) }],
-        ipv6_ranges: vec![],
-        source_groups: vec![],
-        prefix_lists: vec![],
-    }
-}
-
-type Shape = (String, Option<i32>, Option<i32>, String, Option<String>);
-
-fn rules(g: &SecurityGroup) -> Vec<Shape> {
-    let mut out: Vec<Shape> = g
-        .ingress
-        .iter()
-        .flat_map(|p| {
-            p.ipv4_ranges
-                .iter()
-                .map(|r| (p.protocol.clone(), p.from_port, p.to_port, r.cidr.clone(), r.description.clone()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 struct Aws {
     ec2: Ec2Client,
     instance: String,
@@ -58,17 +30,7 @@ struct Aws {
 impl Aws {
     async fn new(moto: &Moto) -> Aws {
         let ec2 = moto.client();
-        let vpc = ec2.create_vpc("10.0.0.0/16").await.expect("vpc");
-        let subnet = ec2.create_subnet(&vpc, "10.0.1.0/24").await.expect("subnet");
-        let web = ec2.create_security_group("web", "web", &vpc, &[]).await.expect("group");
-        let original = [
-            perm("tcp", 22, 22, "0.0.0.0/0", Some("ssh")),
-            perm("tcp", 0, 65_535, "10.0.0.0/8", Some("office")),
-            perm("tcp", 443, 443, "0.0.0.0/0", None),
-        ];
-        ec2.authorize_ingress(&web, &original).await.expect("rules");
-        let instance = ec2.run_instances(&subnet, 1, &[Tag::new("Name", "web1")]).await.expect("instance").remove(0);
-        ec2.set_instance_groups(&instance, std::slice::from_ref(&web)).await.expect("groups");
+        let (instance, web) = web_instance(&ec2).await.expect("an instance in its group");
         Aws { ec2, instance, web }
     }
 
