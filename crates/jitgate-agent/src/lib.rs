@@ -79,6 +79,27 @@ pub struct Credential {
 }
 
 impl Credential {
+    /// What a join answered, kept with the server that answered it, every replica given (when
+    /// there are several), the CA certificate and the server fingerprints trusted.
+    pub fn joined(
+        out: jitgate_api_types::agent::JoinOut,
+        server: String,
+        servers: Vec<String>,
+        ca_cert: Option<PathBuf>,
+        server_fingerprints: Vec<String>,
+    ) -> Self {
+        Credential {
+            server,
+            servers: if servers.len() > 1 { servers } else { Vec::new() },
+            agent_id: out.agent_id,
+            credential: out.credential,
+            name: out.name,
+            mode: out.mode,
+            ca_cert,
+            server_fingerprints,
+        }
+    }
+
     /// The stored fingerprints; one that cannot be read is an error naming the file.
     fn pins(&self, state_dir: &Path) -> Result<Vec<[u8; 32]>, AgentError> {
         self.server_fingerprints
@@ -292,18 +313,11 @@ pub async fn credential(cfg: &AgentConfig, control: &impl Control) -> Result<Cre
         }
         source => AgentError::Call { what: "joining", source },
     })?;
-    let c = Credential {
-        server: control.server().unwrap_or(&servers[0]).to_owned(),
-        servers: if servers.len() > 1 { servers } else { Vec::new() },
-        agent_id: out.agent_id,
-        credential: out.credential,
-        name: out.name,
-        mode: out.mode,
-        ca_cert: cfg.ca_cert.clone(),
-        server_fingerprints: pin_texts(&cfg.pins),
-    };
+    let server = control.server().unwrap_or(&servers[0]).to_owned();
+    let vm = out.vm_id.clone();
+    let c = Credential::joined(out, server, servers, cfg.ca_cert.clone(), pin_texts(&cfg.pins));
     write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &to_json(&c))?;
-    tracing::info!(agent = %c.agent_id, name = %c.name, vm = ?out.vm_id, "joined");
+    tracing::info!(agent = %c.agent_id, name = %c.name, vm = ?vm, "joined");
     Ok(c)
 }
 

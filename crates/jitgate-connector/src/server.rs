@@ -226,16 +226,8 @@ pub async fn credential(cfg: &JoinSettings, server: &impl Server) -> Result<Cred
         }
         source => ConnectorError::Call { what: "joining", source },
     })?;
-    let c = Credential {
-        server: server.server().unwrap_or(&servers[0]).to_owned(),
-        servers: if servers.len() > 1 { servers } else { Vec::new() },
-        agent_id: out.agent_id,
-        credential: out.credential,
-        name: out.name,
-        mode: out.mode,
-        ca_cert: cfg.ca_cert.clone(),
-        server_fingerprints: vec![],
-    };
+    let answered = server.server().unwrap_or(&servers[0]).to_owned();
+    let c = Credential::joined(out, answered, servers, cfg.ca_cert.clone(), Vec::new());
     let data = serde_json::to_vec_pretty(&c).unwrap_or_default();
     write_private(&cfg.state_dir.join(CREDENTIAL_FILE), &data)?;
     tracing::info!(connector = %c.agent_id, name = %c.name, "joined");
