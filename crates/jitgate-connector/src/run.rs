@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jitgate_api_types::agent::{EnforcementReportIn, InventoryIn, StateOut};
+use jitgate_api_types::agent::{AppliedIn, EnforcementReportIn, InventoryIn, StateOut};
 use jitgate_aws::Ec2;
 
 use crate::desired::by_instance;
@@ -236,6 +236,17 @@ pub async fn run_with(
                 outbox.removed(round.removals, clock.now_ms());
                 round_failures = round.failures;
                 after = Some(state.revision);
+                // The revision's rules are in EC2 (a VM that could not get them is reported
+                // failing on its own): the server marks the connector seen and wakes
+                // `?wait=applied`.
+                let report = AppliedIn { revision: state.revision, nftables_usable: true, nftables_error: None };
+                match server.applied(credential, &report).await {
+                    Ok(()) => {}
+                    Err(CallError::Unauthorized) => return Err(refused()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, revision = state.revision, "reporting the applied revision failed")
+                    }
+                }
                 delay = Duration::ZERO;
                 backoff = FIRST_BACKOFF;
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jitgate_agent::Credential;
-use jitgate_api_types::agent::{EnforcementReportIn, InventoryIn, InventoryOut, JoinIn, JoinOut, StateOut};
+use jitgate_api_types::agent::{AppliedIn, EnforcementReportIn, InventoryIn, InventoryOut, JoinIn, JoinOut, StateOut};
 use jitgate_client::ClientError;
 
 pub use jitgate_agent::control::CallError;
@@ -37,6 +37,9 @@ pub trait Server: Send + Sync {
         credential: &str,
         body: &EnforcementReportIn,
     ) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// Reports the revision whose rules are in EC2 (`POST /agent/v1/applied`): what keeps the
+    /// connector from looking stale, and what `?wait=applied` waits for.
+    fn applied(&self, credential: &str, report: &AppliedIn) -> impl Future<Output = Result<(), CallError>> + Send;
     /// The server in use, when there is one to name.
     fn server(&self) -> Option<&str> {
         None
@@ -75,6 +78,10 @@ impl Server for HttpServer {
 
     async fn report_enforcement(&self, credential: &str, body: &EnforcementReportIn) -> Result<(), CallError> {
         self.client.agent().report_enforcement(credential, body).await.map_err(call_error)
+    }
+
+    async fn applied(&self, credential: &str, report: &AppliedIn) -> Result<(), CallError> {
+        self.client.agent().applied(credential, report).await.map_err(call_error)
     }
 
     fn server(&self) -> Option<&str> {

@@ -159,6 +159,22 @@ async fn enable_grant_revoke_expire_and_disable_on_ec2() {
     let revoked_id = initiate(&s, &vm, "203.0.113.7", "PT1H").await;
     let id = revoked_id;
     assert!(eventually(SOON, async || has_grant(&aws.jitgate().await, id, "203.0.113.7/32")).await);
+    // The connector reports what it applied: it is seen, and an initiate may wait for it.
+    let seen = eventually(SOON, async || {
+        let a = s.send(Method::GET, &s.url(&format!("/api/v1/vms?id={vm}")), None).await;
+        a.body["enforcement"]["lastSeen"].is_string() && a.body["enforcement"]["stale"] == json!(false)
+    })
+    .await;
+    assert!(seen, "{:?}", s.send(Method::GET, &s.url(&format!("/api/v1/vms?id={vm}")), None).await);
+    let body = json!({"virtualMachines": [{"id": vm, "ports": [
+        {"number": 22, "duration": "PT1H", "allowedSourceAddressPrefix": "203.0.113.77"}]}]});
+    let url = format!("{}&wait=applied", s.initiate_url(RG, LOCATION, "default"));
+    let waited = s.json(Method::POST, &url, &body).await;
+    assert_eq!(waited.status, StatusCode::ACCEPTED, "{waited:?}");
+    let waited_id = waited.body["id"].as_i64().expect("request id");
+    assert!(has_grant(&aws.jitgate().await, waited_id, "203.0.113.77/32"), "answered before the rule was in EC2");
+    let revoked = s.send(Method::POST, &s.url(&format!("/api/v1/requests/{waited_id}/revoke")), None).await;
+    assert!(revoked.status.is_success(), "{revoked:?}");
     let revoked = s.send(Method::POST, &s.url(&format!("/api/v1/requests/{id}/revoke")), None).await;
     assert!(revoked.status.is_success(), "{revoked:?}");
     assert!(eventually(SOON, async || aws.jitgate().await.is_some_and(|g| g.ingress.is_empty())).await);

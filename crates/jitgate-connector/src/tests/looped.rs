@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jitgate_api_types::agent::{
-    EnforcementReportIn, GrantOut, InventoryIn, InventoryOut, JoinIn, JoinOut, PortOut, StateOut,
+    AppliedIn, EnforcementReportIn, GrantOut, InventoryIn, InventoryOut, JoinIn, JoinOut, PortOut, StateOut,
 };
 use tokio::sync::watch;
 
@@ -26,6 +26,8 @@ struct Heard {
     applied: Option<u64>,
     inventories: Vec<InventoryIn>,
     reports: Vec<EnforcementReportIn>,
+    /// The revisions reported applied (`POST /agent/v1/applied`).
+    reported: Vec<u64>,
 }
 
 struct FakeServer {
@@ -121,6 +123,11 @@ impl Server for FakeServer {
         }
         self.heard.send_modify(|h| h.inventories.push(body.clone()));
         Ok(InventoryOut { registered: body.vms.len() as u32, unsupported: 0, revision: 1 })
+    }
+
+    async fn applied(&self, _: &str, report: &AppliedIn) -> Result<(), CallError> {
+        self.heard.send_modify(|h| h.reported.push(report.revision));
+        Ok(())
     }
 
     async fn report_enforcement(&self, _: &str, body: &EnforcementReportIn) -> Result<(), CallError> {
@@ -231,6 +238,9 @@ async fn stale_rules_go_before_the_join_and_grants_are_enforced_and_reported() {
         server.until(|h| h.applied >= Some(revision)).await;
         let rules = ec2.group(&jg).map(|g| g.ingress).unwrap_or_default();
         assert_eq!(rules.len(), 1, "{rules:?}");
+        // …and the revision is reported applied, once its rule is in EC2.
+        let heard = server.until(|h| h.reported.contains(&revision)).await;
+        assert!(heard.reported.windows(2).all(|w| w[0] <= w[1]), "{:?}", heard.reported);
         assert_eq!(rules[0].ipv4_ranges[0].cidr, "203.0.113.9/32");
         // Its end passes while the server says nothing new: the sweep removes it and reports it.
         let heard = server.until(|h| h.reports.iter().any(|r| r.removals.iter().any(|x| x.reason == "expired"))).await;
