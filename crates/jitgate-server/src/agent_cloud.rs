@@ -18,24 +18,6 @@ use crate::agent_api::{agent_caller, agent_error, agent_resource, bounded, Agent
 use crate::error::{json, ApiError};
 use crate::App;
 
-/// A body of at most `limit` bytes, within the body timeout.
-async fn read_limited(app: &App, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    let timeout = app.config.limits.body_timeout;
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!("this body is at most {limit} bytes; nothing was stored"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "RequestTimeout",
-            format!("the request body did not arrive within {} s", timeout.as_secs()),
-        )),
-    }
-}
-
 /// `PUT /agent/v1/inventory` `{"vms":[…]}`: 200 `{"registered","unsupported","revision"}`.
 pub(crate) async fn inventory(
     State(app): State<App>,
@@ -46,7 +28,7 @@ pub(crate) async fn inventory(
     let audit = app.audit(&ctx, &agent_caller(&agent), ops::AGENT_INVENTORY, &agent_resource(&agent));
     let checked = async {
         cloud::require_cloud(agent.mode, "PUT /agent/v1/inventory")?;
-        let body = read_limited(app, body, cloud::limits::INVENTORY_BODY_BYTES).await?;
+        let body = crate::arm::read_body_within(app, body, cloud::limits::INVENTORY_BODY_BYTES).await?;
         let input = parse_json::<InventoryIn>(&body).map_err(|e| bounded(e.into()))?;
         let drafts = input.vms.into_iter().map(CloudVmDraft::from).collect();
         cloud::check_inventory(drafts, &agent.subscription, &agent.resource_group).map_err(|i| bounded(i.into()))
@@ -75,7 +57,7 @@ pub(crate) async fn enforcement(
     let audit = app.audit(&ctx, &agent_caller(&agent), ops::AGENT_ENFORCEMENT, &agent_resource(&agent));
     let checked = async {
         cloud::require_cloud(agent.mode, "POST /agent/v1/enforcement")?;
-        let body = read_limited(app, body, cloud::limits::REPORT_BODY_BYTES).await?;
+        let body = crate::arm::read_body_within(app, body, cloud::limits::REPORT_BODY_BYTES).await?;
         let input = parse_json::<EnforcementReportIn>(&body).map_err(|e| bounded(e.into()))?;
         let removals = input.removals.into_iter().map(RemovalDraft::from).collect();
         let failures = input.failures.into_iter().map(|f| (f.vm_id, f.error)).collect();

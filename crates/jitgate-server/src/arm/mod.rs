@@ -188,7 +188,12 @@ fn check_api_version(q: &Query) -> Result<(), ApiError> {
 /// Reads the whole body, refusing more than the configured limit with 413 and a body that does
 /// not arrive within the body timeout with 408.
 pub async fn read_body(app: &App, body: Body) -> Result<bytes::Bytes, ApiError> {
-    let limit = app.config.max_body_bytes;
+    read_body_within(app, body, app.config.max_body_bytes).await
+}
+
+/// [`read_body`] with another size limit (a cloud connector's inventory is larger than any ARM
+/// body).
+pub(crate) async fn read_body_within(app: &App, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     let timeout = app.config.limits.body_timeout;
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
