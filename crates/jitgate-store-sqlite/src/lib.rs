@@ -234,14 +234,24 @@ impl SqliteStore {
         self.submit(FnJob::boxed(f)).await
     }
 
-    /// Like [`SqliteStore::write`] for a job answered at its commit, before the fsync
-    /// ([`writer::Job::at_commit`] says when that is sound).
-    async fn write_at_commit<T, F>(&self, f: F) -> StoreResult<T>
+    /// Hands a job to the writer that is answered at its commit, before the fsync
+    /// ([`writer::Job::at_commit`] says when that is sound), and returns once it is in the
+    /// writer's queue (so it runs before any change handed over later), without waiting for it
+    /// to run. A failure is logged, not returned. For notes that only need to precede later
+    /// changes.
+    async fn queue_at_commit<F>(&self, what: &'static str, f: F) -> StoreResult<()>
     where
-        T: Send + 'static,
-        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<()> + Send + 'static,
     {
-        self.submit(FnJob::boxed_at_commit(f)).await
+        let (job, rx) = FnJob::boxed_at_commit(f);
+        let jobs = self.jobs.as_ref().ok_or_else(|| backend("the store is closed"))?;
+        jobs.send(job).await.map_err(|_| backend("the store writer has stopped"))?;
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = rx.await {
+                tracing::warn!(error = %e, "{what} was not kept");
+            }
+        });
+        Ok(())
     }
 
     /// Hands `job` to the writer and waits for its answer on `rx`.

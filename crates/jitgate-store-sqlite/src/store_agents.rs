@@ -377,10 +377,12 @@ impl AgentStore for SqliteStore {
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()> {
         let id = agent_id.to_owned();
         let revision = i64::try_from(revision).unwrap_or(i64::MAX);
-        // On the open path, between the agent's state read and its answer: committed, not yet
-        // synced. The agent's report of this revision is a later job of the same writer, so a
-        // crash that took this note back would take the report back too.
-        self.write_at_commit(move |ctx| {
+        // On the open path, between the agent's state read and its answer: queued, not waited
+        // for (the answer goes out while the writer runs it). The agent's report of this
+        // revision can only follow the answer, so it is a later job of the same writer, which
+        // runs its jobs in order: the report finds this note, and a crash that took the note
+        // back would take the report back too.
+        self.queue_at_commit("the note of a state delivered to an agent", move |ctx| {
             ctx.conn
                 .execute(
                     "UPDATE agents SET delivered_revision = max(delivered_revision, ?2) WHERE id = ?1",

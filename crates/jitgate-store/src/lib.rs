@@ -445,7 +445,9 @@ pub trait AgentStore: Send + Sync + 'static {
     ) -> StoreResult<AgentRecord>;
     /// What one agent must enforce now (`AgentNotFound` once it was removed).
     async fn agent_state(&self, agent_id: &str, now: OffsetDateTime) -> StoreResult<EnforcementState>;
-    /// Notes that a state answer at `revision` was delivered to the agent.
+    /// Notes that a state answer at `revision` was delivered to the agent. A store may return
+    /// before the note is written, once it is ordered before every change handed to it later
+    /// (the agent's report of that revision among them): reads may not see it yet.
     async fn agent_delivered(&self, agent_id: &str, revision: u64) -> StoreResult<()>;
     /// Records an agent's report (last seen, revision applied, nftables health). A revision never
     /// delivered to that agent is refused (`RevisionNotDelivered`, audited).
