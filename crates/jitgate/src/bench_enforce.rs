@@ -485,3 +485,25 @@ pub(crate) fn wait_open(from: IpAddr, to: SocketAddr, within: Duration) -> anyho
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_watch_sees_a_listening_port_and_gives_up_on_a_closed_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let open = listener.local_addr().expect("address");
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let before = unix_ms();
+        let at = wait_open(lo, open, Duration::from_secs(5)).expect("a listening port is open");
+        assert!(at >= before, "the try that connected started during the watch");
+        // A port nobody listens on answers with a reset: never open, and the watch ends at its limit.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("address")
+        };
+        let e = wait_open(lo, closed, Duration::from_millis(30)).expect_err("a closed port never opens");
+        assert!(e.to_string().contains("not open within"), "{e}");
+    }
+}
