@@ -7,9 +7,7 @@
 //! `fdatasync` and only then answers each caller of the batches it covered. While one batch's
 //! log is being synced the writer already runs the next, so one fsync covers every batch
 //! committed meanwhile, and the disk's latency no longer bounds how many changes a second go
-//! through. A batch with nothing behind it (no job waiting, the syncer idle) is synced by the
-//! writer itself, which saves a lone change one hand-over between threads. Nobody hears "done"
-//! before the data is durable; readers that feed enforcement wait
+//! through. Nobody hears "done" before the data is durable; readers that feed enforcement wait
 //! for the log they read to be durable too ([`Durability::wait`]): a port never opens for a
 //! grant a crash could still take back.
 
@@ -312,14 +310,11 @@ pub fn run(
     observer: Observer,
 ) {
     let (to_syncer, synced) = std_mpsc::channel::<Committed>();
-    // Batches handed to the syncer and not yet answered by it.
-    let at_syncer = Arc::new(AtomicU64::new(0));
     let syncer = {
-        let (durability, observer, at_syncer, log) =
-            (durability.clone(), observer.clone(), at_syncer.clone(), log.clone());
+        let (durability, observer) = (durability.clone(), observer.clone());
         std::thread::Builder::new()
             .name("jg-sqlite-sync".into())
-            .spawn(move || sync_loop(synced, log, durability, observer, &at_syncer))
+            .spawn(move || sync_loop(synced, log, durability, observer))
     };
     let (to_syncer, syncer) = match syncer {
         Ok(handle) => (Some(to_syncer), Some(handle)),
@@ -388,18 +383,13 @@ pub fn run(
             job.finish(Ok(()), commit);
         }
         let committed = Committed { seq, jobs: later, commit, changes, audit_records };
-        // A batch with nothing behind it (no job waiting, the syncer idle) is synced here: one
-        // hand-over between threads less for a lone change, and nothing waits meanwhile.
-        let alone = rx.is_empty() && at_syncer.load(Ordering::Acquire) == 0;
         match &to_syncer {
-            Some(tx) if !alone => {
-                at_syncer.fetch_add(1, Ordering::AcqRel);
+            Some(tx) => {
                 if let Err(std_mpsc::SendError(c)) = tx.send(committed) {
-                    at_syncer.fetch_sub(1, Ordering::AcqRel);
-                    sync_and_answer(vec![c], &log, &durability, &observer);
+                    sync_and_answer(vec![c], &log_of(&conn), &durability, &observer);
                 }
             }
-            _ => sync_and_answer(vec![committed], &log, &durability, &observer),
+            None => sync_and_answer(vec![committed], &log_of(&conn), &durability, &observer),
         }
     }
     drop(to_checkpointer);
@@ -440,21 +430,18 @@ fn checkpoint_loop(db: &std::path::Path, ticks: std_mpsc::Receiver<()>) {
     }
 }
 
+/// The `-wal` file of the connection's database.
+fn log_of(conn: &Connection) -> PathBuf {
+    PathBuf::from(format!("{}-wal", conn.path().unwrap_or_default()))
+}
+
 /// The syncer's loop: takes every batch committed since the last fsync, syncs the log once for
 /// all of them, then answers their jobs.
-fn sync_loop(
-    rx: std_mpsc::Receiver<Committed>,
-    log: PathBuf,
-    durability: Arc<Durability>,
-    observer: Observer,
-    at_syncer: &AtomicU64,
-) {
+fn sync_loop(rx: std_mpsc::Receiver<Committed>, log: PathBuf, durability: Arc<Durability>, observer: Observer) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
-        let n = group.len() as u64;
         sync_and_answer(group, &log, &durability, &observer);
-        at_syncer.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
