@@ -124,8 +124,11 @@ pub async fn enqueue(db: &Db, event: &str, rid: i64, now: OffsetDateTime) -> Res
 /// (`id, events`): those of the policy's subscription, and the requester's own.
 pub async fn interested(db: &Db, policy_id: &str, requestor: &str) -> Res<Vec<Row>> {
     let subscription = outbox::subscription_of(policy_id);
-    db.rows("SELECT id, events FROM webhooks WHERE lower(subscription) = $1 OR principal = $2", &[&subscription, &requestor])
-        .await
+    db.rows(
+        "SELECT id, events FROM webhooks WHERE lower(subscription) = $1 OR principal = $2",
+        &[&subscription, &requestor],
+    )
+    .await
 }
 
 /// Queues each of `events` about request `rid` of policy `policy_id` for the webhooks among

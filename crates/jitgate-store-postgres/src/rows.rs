@@ -358,7 +358,8 @@ pub async fn lock_policy_only(db: &Db, key: &str) -> Res<Option<(i64, Policy)>> 
     let [head, vms, ports] = LOCK_POLICY_SQL;
     db.prepare(&LOCK_POLICY_SQL).await?;
     let by_key: crate::Params<'_> = &[&key];
-    let (head, vms, ports) = tokio::try_join!(biased; db.opt(head, by_key), db.rows(vms, by_key), db.rows(ports, by_key))?;
+    let (head, vms, ports) =
+        tokio::try_join!(biased; db.opt(head, by_key), db.rows(vms, by_key), db.rows(ports, by_key))?;
     let Some(r) = head else { return Ok(None) };
     let pid: i64 = r.try_get(0)?;
     let reference = PolicyRef {

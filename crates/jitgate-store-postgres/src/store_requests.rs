@@ -85,7 +85,8 @@ pub(crate) async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEv
     // address family. The request's VMs are read before anything is written, together with
     // the grants the request would supersede (locked now, written below).
     let vm_keys: Vec<String> = plan.grants.iter().map(|g| g.vm_id.key()).collect();
-    let (vms, older) = tokio::try_join!(biased; rows::get_vms(db, &vm_keys), grants::lock_supersedable(db, pid, &opening))?;
+    let (vms, older) =
+        tokio::try_join!(biased; rows::get_vms(db, &vm_keys), grants::lock_supersedable(db, pid, &opening))?;
     let mut reaches = Vec::with_capacity(plan.grants.len());
     for g in &plan.grants {
         let reach = match vms.get(&g.vm_id.key()) {
