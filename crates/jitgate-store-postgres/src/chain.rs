@@ -9,14 +9,19 @@
 use jitgate_core::audit::{chain_hash, AuditEvent};
 
 use crate::rows::{hash_from_hex, nanos};
+use tokio_postgres::Row;
+
 use crate::{Db, Res};
 
-/// Appends `events`, in order, to the chain (inside the caller's transaction).
-pub async fn append(db: &Db, events: Vec<AuditEvent>) -> Res<()> {
+/// Locks the head of the chain (until the transaction ends) and reads it.
+pub const LOCK_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE";
+
+/// Appends `events`, in order, to the chain (inside the caller's transaction), after the head
+/// `head` (a row of [`LOCK_HEAD`], read in this transaction).
+pub async fn append(db: &Db, head: Row, events: Vec<AuditEvent>) -> Res<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let head = db.one("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE", &[]).await?;
     let mut seq: i64 = head.try_get(0)?;
     let mut prev = hash_from_hex(&head.try_get::<_, String>(1)?)?;
     let n = events.len();
@@ -43,25 +48,29 @@ pub async fn append(db: &Db, events: Vec<AuditEvent>) -> Res<()> {
         hashes.push(hex::encode(hash));
         prev = hash;
     }
-    db.exec(
+    let (next, next_hash) = (seq, hex::encode(prev));
+    let columns: crate::Params<'_> = &[
+        &seqs,
+        &times,
+        &operations,
+        &statuses,
+        &callers,
+        &ips,
+        &resources,
+        &correlations,
+        &properties,
+        &prevs,
+        &hashes,
+    ];
+    let insert = db.exec(
         "INSERT INTO audit (seq, time, operation, status, caller, caller_ip, resource_id, correlation_id, properties, \
          prev_hash, hash) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])",
-        &[
-            &seqs,
-            &times,
-            &operations,
-            &statuses,
-            &callers,
-            &ips,
-            &resources,
-            &correlations,
-            &properties,
-            &prevs,
-            &hashes,
-        ],
-    )
-    .await?;
-    db.exec("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", &[&seq, &hex::encode(prev)]).await?;
+        columns,
+    );
+    // Both sent at once: the server runs the insert, then moves the head.
+    let moved_to: crate::Params<'_> = &[&next, &next_hash];
+    let moved = db.exec("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", moved_to);
+    tokio::try_join!(biased; insert, moved)?;
     Ok(())
 }

@@ -85,43 +85,7 @@ pub async fn transition_where(
     transition: impl Fn(GrantState) -> Option<GrantState>,
     by: By<'_>,
 ) -> Res<usize> {
-    let set = words(set);
-    let found = match filter {
-        Filter::Policy(pid) => {
-            db.rows(
-                &format!("SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND status = ANY($2) ORDER BY gid FOR UPDATE"),
-                &[&pid, &set],
-            )
-            .await?
-        }
-        Filter::Request(rid) => {
-            db.rows(
-                &format!("SELECT gid, {STATE_COLUMNS} FROM grants WHERE rid = $1 AND status = ANY($2) ORDER BY gid FOR UPDATE"),
-                &[&rid, &set],
-            )
-            .await?
-        }
-        Filter::Keys(pid, keys) => {
-            db.rows(
-                &format!(
-                    "SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND supersede_key = ANY($2) AND status = ANY($3) \
-                     ORDER BY gid FOR UPDATE"
-                ),
-                &[&pid, &keys, &set],
-            )
-            .await?
-        }
-        Filter::Key(pid, key) => {
-            db.rows(
-                &format!(
-                    "SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND supersede_key = $2 AND status = ANY($3) \
-                     ORDER BY gid FOR UPDATE"
-                ),
-                &[&pid, &key, &set],
-            )
-            .await?
-        }
-    };
+    let found = lock_where(db, filter, set).await?;
     let mut changed = 0;
     for r in &found {
         let gid: i64 = r.try_get("gid")?;
@@ -133,20 +97,97 @@ pub async fn transition_where(
     Ok(changed)
 }
 
+/// Locks (`FOR UPDATE`, in id order) the grants of `filter` whose status is in `set`, and reads
+/// their `gid` and [`STATE_COLUMNS`].
+pub async fn lock_where(db: &Db, filter: Filter<'_>, set: &[GrantStatus]) -> Res<Vec<Row>> {
+    let set = words(set);
+    match filter {
+        Filter::Policy(pid) => {
+            db.rows(
+                &format!("SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND status = ANY($2) ORDER BY gid FOR UPDATE"),
+                &[&pid, &set],
+            )
+            .await
+        }
+        Filter::Request(rid) => {
+            db.rows(
+                &format!("SELECT gid, {STATE_COLUMNS} FROM grants WHERE rid = $1 AND status = ANY($2) ORDER BY gid FOR UPDATE"),
+                &[&rid, &set],
+            )
+            .await
+        }
+        Filter::Keys(pid, keys) => {
+            db.rows(
+                &format!(
+                    "SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND supersede_key = ANY($2) AND status = ANY($3) \
+                     ORDER BY gid FOR UPDATE"
+                ),
+                &[&pid, &keys, &set],
+            )
+            .await
+        }
+        Filter::Key(pid, key) => {
+            db.rows(
+                &format!(
+                    "SELECT gid, {STATE_COLUMNS} FROM grants WHERE pid = $1 AND supersede_key = $2 AND status = ANY($3) \
+                     ORDER BY gid FOR UPDATE"
+                ),
+                &[&pid, &key, &set],
+            )
+            .await
+        }
+    }
+}
+
+/// Locks the grants of policy `pid` that a newer grant with one of `keys` replaces once it opens
+/// (as [`supersede_older`] does for one key), in one statement, for [`superseded`].
+pub async fn lock_supersedable(db: &Db, pid: i64, keys: &[String]) -> Res<Vec<Row>> {
+    let filter = match keys {
+        [] => return Ok(Vec::new()),
+        [one] => Filter::Key(pid, one),
+        many => Filter::Keys(pid, many),
+    };
+    lock_where(db, filter, &lifecycle::SUPERSEDABLE).await
+}
+
+/// The grants among `locked` (rows of [`lock_supersedable`]) that are superseded, with their new
+/// states, to be written with [`persist_all`].
+pub fn superseded(locked: &[Row]) -> Res<Vec<(i64, GrantState)>> {
+    let mut out = Vec::with_capacity(locked.len());
+    for r in locked {
+        if let Some(new) = lifecycle::supersede(state_from_row(r)?) {
+            out.push((r.try_get("gid")?, new));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the new states of grants that nobody in particular moved, in one statement.
+pub async fn persist_all(db: &Db, changed: &[(i64, GrantState)]) -> Res<()> {
+    match changed {
+        [] => Ok(()),
+        [(gid, state)] => persist(db, *gid, state, By::Nobody).await,
+        many => {
+            let gids: Vec<i64> = many.iter().map(|(g, _)| *g).collect();
+            let statuses: Vec<&str> = many.iter().map(|(_, s)| s.status.as_str()).collect();
+            let reasons: Vec<&str> = many.iter().map(|(_, s)| s.reason.as_str()).collect();
+            let ends: Vec<i64> = many.iter().map(|(_, s)| nanos(s.end_time)).collect();
+            db.exec(
+                "UPDATE grants g SET status = u.status, status_reason = u.reason, end_time = u.end_time \
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) AS u(gid, status, reason, end_time) \
+                 WHERE g.gid = u.gid",
+                &[&gids, &statuses, &reasons, &ends],
+            )
+            .await
+            .map(drop)
+        }
+    }
+}
+
 /// A newer grant with this key opened: the older ones it replaces are revoked.
 pub async fn supersede_older(db: &Db, pid: i64, supersede_key: &str) -> Res<usize> {
     transition_where(db, Filter::Key(pid, supersede_key), &lifecycle::SUPERSEDABLE, lifecycle::supersede, By::Nobody)
         .await
-}
-
-/// [`supersede_older`] for several supersede keys in one statement (none: nothing to do).
-pub async fn supersede_older_many(db: &Db, pid: i64, keys: &[String]) -> Res<usize> {
-    let filter = match keys {
-        [] => return Ok(0),
-        [one] => Filter::Key(pid, one),
-        many => Filter::Keys(pid, many),
-    };
-    transition_where(db, filter, &lifecycle::SUPERSEDABLE, lifecycle::supersede, By::Nobody).await
 }
 
 /// A request's new grants, gathered to be written in one statement.
@@ -197,44 +238,59 @@ impl NewGrants {
         self.opens_at.push(nanos(g.opens_at));
     }
 
-    /// Writes them as grants of request `rid` of policy `pid`.
-    pub async fn insert(&self, db: &Db, rid: i64, pid: i64, policy_id: &str) -> Res<()> {
-        if self.ord.is_empty() {
-            return Ok(());
-        }
-        db.exec(
-            "INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
-             supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
-             SELECT $1, $2, u.ord, $3, u.vm_id, u.vm_key, u.number, u.protocol, u.form, u.sources, u.skey, u.end_time, \
-             u.status, u.reason, u.mapped_port, u.public_ip, u.window_ns, u.opens_at \
-             FROM unnest($4::bigint[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], \
-             $11::text[], $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[], $17::bigint[], $18::bigint[]) \
-             AS u(ord, vm_id, vm_key, number, protocol, form, sources, skey, end_time, status, reason, mapped_port, \
-             public_ip, window_ns, opens_at)",
-            &[
-                &rid,
-                &pid,
-                &policy_id,
-                &self.ord,
-                &self.vm_id,
-                &self.vm_key,
-                &self.number,
-                &self.protocol,
-                &self.form,
-                &self.sources,
-                &self.supersede_key,
-                &self.end_time,
-                &self.status,
-                &self.reason,
-                &self.mapped_port,
-                &self.public_ip,
-                &self.window,
-                &self.opens_at,
-            ],
-        )
-        .await
-        .map(drop)
+    /// Inserts `request` and these as its grants, in one statement; returns the request's id.
+    pub async fn insert_with_request(&self, db: &Db, request: &NewRequest<'_>) -> Res<i64> {
+        let row = db
+            .one(
+                "WITH r AS (INSERT INTO requests (pid, policy_id, requestor, principal, start_time, justification, \
+                 client_request_id) VALUES ($1, $2, $3, $3, $4, $5, $6) RETURNING rid), \
+                 g AS (INSERT INTO grants (rid, pid, ord, policy_id, vm_id, vm_key, number, protocol, source_form, sources, \
+                 supersede_key, end_time, status, status_reason, mapped_port, public_ip, window_ns, opens_at) \
+                 SELECT r.rid, $1, u.ord, $2, u.vm_id, u.vm_key, u.number, u.protocol, u.form, u.sources, u.skey, \
+                 u.end_time, u.status, u.reason, u.mapped_port, u.public_ip, u.window_ns, u.opens_at \
+                 FROM r, unnest($7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::text[], \
+                 $14::text[], $15::bigint[], $16::text[], $17::text[], $18::bigint[], $19::text[], $20::bigint[], \
+                 $21::bigint[]) AS u(ord, vm_id, vm_key, number, protocol, form, sources, skey, end_time, status, reason, \
+                 mapped_port, public_ip, window_ns, opens_at)) \
+                 SELECT rid FROM r",
+                &[
+                    &request.pid,
+                    &request.policy_id,
+                    &request.requestor,
+                    &request.start_time,
+                    &request.justification,
+                    &request.client_request_id,
+                    &self.ord,
+                    &self.vm_id,
+                    &self.vm_key,
+                    &self.number,
+                    &self.protocol,
+                    &self.form,
+                    &self.sources,
+                    &self.supersede_key,
+                    &self.end_time,
+                    &self.status,
+                    &self.reason,
+                    &self.mapped_port,
+                    &self.public_ip,
+                    &self.window,
+                    &self.opens_at,
+                ],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
     }
+}
+
+/// A request row, as [`NewGrants::insert_with_request`] writes it.
+pub struct NewRequest<'a> {
+    pub pid: i64,
+    pub policy_id: &'a str,
+    pub requestor: &'a str,
+    /// Nanoseconds since the epoch.
+    pub start_time: i64,
+    pub justification: &'a Option<String>,
+    pub client_request_id: &'a Option<String>,
 }
 
 /// Writes the changes a request transition decided, naming grants by their index in `gids`.

@@ -116,30 +116,50 @@ pub async fn enqueue(db: &Db, event: &str, rid: i64, now: OffsetDateTime) -> Res
         return Ok(0);
     };
     let (policy_id, requestor): (String, String) = (head.try_get(0)?, head.try_get(1)?);
-    let subscription = outbox::subscription_of(&policy_id);
-    let hooks = db
-        .rows(
-            "SELECT id, events FROM webhooks WHERE lower(subscription) = $1 OR principal = $2",
-            &[&subscription, &requestor],
-        )
-        .await?;
-    if hooks.is_empty() {
+    let hooks = interested(db, &policy_id, &requestor).await?;
+    enqueue_to(db, &hooks, &[event], rid, &policy_id, now).await
+}
+
+/// The webhooks that may want events about a request of `requestor` on policy `policy_id`
+/// (`id, events`): those of the policy's subscription, and the requester's own.
+pub async fn interested(db: &Db, policy_id: &str, requestor: &str) -> Res<Vec<Row>> {
+    let subscription = outbox::subscription_of(policy_id);
+    db.rows(
+        "SELECT id, events FROM webhooks WHERE lower(subscription) = $1 OR principal = $2",
+        &[&subscription, &requestor],
+    )
+    .await
+}
+
+/// Queues each of `events` about request `rid` of policy `policy_id` for the webhooks among
+/// `hooks` (rows of [`interested`]) that want it.
+pub async fn enqueue_to(
+    db: &Db,
+    hooks: &[Row],
+    events: &[&str],
+    rid: i64,
+    policy_id: &str,
+    now: OffsetDateTime,
+) -> Res<usize> {
+    if hooks.is_empty() || events.is_empty() {
         return Ok(0);
     }
     let request = crate::rows::load_request(db, rid).await?;
-    let payload = WebhookPayload::new(event, &policy_id, &request, now).to_json();
     let mut n = 0;
-    for h in hooks {
-        let (id, events): (String, String) = (h.try_get(0)?, h.try_get(1)?);
-        if !outbox::wants(&events, event) {
-            continue;
+    for event in events {
+        let payload = WebhookPayload::new(event, policy_id, &request, now).to_json();
+        for h in hooks {
+            let (id, wanted): (String, String) = (h.try_get(0)?, h.try_get(1)?);
+            if !outbox::wants(&wanted, event) {
+                continue;
+            }
+            db.exec(
+                "INSERT INTO deliveries (webhook_id, event, payload, state, next_attempt, created) VALUES ($1, $2, $3, 'Pending', $4, $4)",
+                &[&id, event, &payload, &nanos(now)],
+            )
+            .await?;
+            n += 1;
         }
-        db.exec(
-            "INSERT INTO deliveries (webhook_id, event, payload, state, next_attempt, created) VALUES ($1, $2, $3, 'Pending', $4, $4)",
-            &[&id, &event, &payload, &nanos(now)],
-        )
-        .await?;
-        n += 1;
     }
     Ok(n)
 }

@@ -188,47 +188,120 @@ fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError
 /// One pooled connection, with the statements it runs prepared once and cached. A connection
 /// dropped inside a transaction (a panic, a failed `COMMIT`) never goes back to the pool: it is
 /// closed instead, so no later user finds a transaction half done.
+///
+/// Statements issued together (`tokio::try_join!(biased; …)` over several calls) are pipelined:
+/// the driver sends each as soon as it is first polled, in the order written, and the server runs
+/// them one after the other, each seeing what the ones before it did; the first failure in that
+/// order is the one reported. Where the order matters, [`Db::prepare`] first makes sure every
+/// statement of the pipeline is prepared, so none waits for its preparation and falls behind a
+/// later one.
 pub(crate) struct Db {
     client: Option<Object>,
     in_transaction: bool,
+    /// The change's savepoint, when it is to be set in front of the next statement.
+    lead: std::sync::Mutex<Lead>,
 }
+
+/// Where the savepoint of the change running stands (see [`Db::savepoint_ahead`]).
+pub(crate) enum Lead {
+    /// No savepoint asked for, or the one asked for was never needed (no statement ran).
+    None,
+    /// To be sent in front of the change's first statement, in the same round trip.
+    Due,
+    /// Set: the change can be rolled back to it.
+    Set,
+    /// The server refused it: the batch cannot go on.
+    Failed(Error),
+}
+
+/// The name of the savepoint each change of a batch runs inside (see [`writer`]).
+const SAVEPOINT: &str = "SAVEPOINT change";
 
 impl Db {
     fn new(client: Object) -> Self {
-        Db { client: Some(client), in_transaction: false }
+        Db { client: Some(client), in_transaction: false, lead: std::sync::Mutex::new(Lead::None) }
     }
 
     fn client(&self) -> Res<&Object> {
         self.client.as_ref().ok_or_else(|| Error::Corrupt("the connection was closed".into()))
     }
 
+    fn lead(&self) -> std::sync::MutexGuard<'_, Lead> {
+        self.lead.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks for the change's savepoint in front of its first statement: it costs no round trip
+    /// of its own. A change that runs no statement never sets it (nothing to roll back).
+    pub(crate) fn savepoint_ahead(&self) {
+        *self.lead() = Lead::Due;
+    }
+
+    /// Where the savepoint asked for by [`Db::savepoint_ahead`] ended; forgets it.
+    pub(crate) fn savepoint_taken(&self) -> Lead {
+        std::mem::replace(&mut *self.lead(), Lead::None)
+    }
+
+    /// Runs `q`, behind the change's savepoint if it is still due (both sent at once).
+    async fn send<T>(&self, c: &Object, q: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Res<T> {
+        let due = {
+            let mut lead = self.lead();
+            let due = matches!(*lead, Lead::Due);
+            if due {
+                *lead = Lead::Set;
+            }
+            due
+        };
+        if !due {
+            return Ok(q.await?);
+        }
+        let (set, out) = tokio::join!(biased; c.batch_execute(SAVEPOINT), q);
+        if let Err(e) = set {
+            // The writer ends the batch; the change is told the same failure.
+            let e = Error::Db(e);
+            let told = Error::Store(writer::each(&e)());
+            *self.lead() = Lead::Failed(e);
+            return Err(told);
+        }
+        Ok(out?)
+    }
+
+    /// Prepares (once per connection) the statements a pipeline is about to send.
+    pub async fn prepare(&self, sqls: &[&str]) -> Res<()> {
+        let c = self.client()?;
+        for sql in sqls {
+            c.prepare_cached(sql).await?;
+        }
+        Ok(())
+    }
+
     pub async fn rows(&self, sql: &str, p: Params<'_>) -> Res<Vec<Row>> {
         let c = self.client()?;
         let stmt = c.prepare_cached(sql).await?;
-        Ok(c.query(&stmt, p).await?)
+        self.send(c, c.query(&stmt, p)).await
     }
 
     pub async fn opt(&self, sql: &str, p: Params<'_>) -> Res<Option<Row>> {
         let c = self.client()?;
         let stmt = c.prepare_cached(sql).await?;
-        Ok(c.query_opt(&stmt, p).await?)
+        self.send(c, c.query_opt(&stmt, p)).await
     }
 
     pub async fn one(&self, sql: &str, p: Params<'_>) -> Res<Row> {
         let c = self.client()?;
         let stmt = c.prepare_cached(sql).await?;
-        Ok(c.query_one(&stmt, p).await?)
+        self.send(c, c.query_one(&stmt, p)).await
     }
 
     pub async fn exec(&self, sql: &str, p: Params<'_>) -> Res<u64> {
         let c = self.client()?;
         let stmt = c.prepare_cached(sql).await?;
-        Ok(c.execute(&stmt, p).await?)
+        self.send(c, c.execute(&stmt, p)).await
     }
 
     /// Statements without parameters, sent as one simple query.
     pub async fn batch(&self, sql: &str) -> Res<()> {
-        Ok(self.client()?.batch_execute(sql).await?)
+        let c = self.client()?;
+        self.send(c, c.batch_execute(sql)).await
     }
 
     /// Opens a transaction (`BEGIN …`).
@@ -278,10 +351,26 @@ impl Ctx {
     /// Bumps the revision if asked, appends the audit records to the chain, and commits.
     /// Returns the new revision when it moved.
     async fn commit(&mut self) -> Res<Option<u64>> {
-        let revision = if self.bump { Some(rows::bump_revision(&self.db).await?) } else { None };
-        // The revision's trigger notifies other replicas when this commits (migration 3).
         let events = std::mem::take(&mut self.events);
-        chain::append(&self.db, events).await?;
+        let (db, bump) = (&self.db, self.bump);
+        // The revision moved and the chain's head locked in one round trip. The revision's
+        // trigger notifies other replicas when this commits (migration 3).
+        let revision = async {
+            match bump {
+                true => rows::bump_revision(db).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let head = async {
+            match events.is_empty() {
+                true => Ok(None),
+                false => db.one(chain::LOCK_HEAD, &[]).await.map(Some),
+            }
+        };
+        let (revision, head) = tokio::try_join!(biased; revision, head)?;
+        if let Some(head) = head {
+            chain::append(db, head, events).await?;
+        }
         self.db.end("COMMIT").await?;
         Ok(revision)
     }

@@ -107,14 +107,28 @@ pub fn vm_from_row(r: &Row) -> Res<Vm> {
     })
 }
 
-/// A VM with its enforcement point (host agent, or gateway agent by name).
+/// The host agent bound to the VM row of `key` (a gateway agent is looked up by name instead).
+const HOST_AGENT: &str =
+    "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = $1 AND a.mode <> 'gateway'";
+
+/// A VM with its enforcement point (host agent, or gateway agent by name). The VM and its host
+/// agent are read in one round trip; a VM behind a gateway needs a second (the gateway's).
 pub async fn get_vm(db: &Db, key: &str) -> Res<Option<Vm>> {
-    let Some(row) = db.opt("SELECT * FROM vms WHERE key = $1", &[&key]).await? else { return Ok(None) };
-    Ok(Some(with_agent(db, vm_from_row(&row)?, key).await?))
+    let sql = "SELECT * FROM vms WHERE key = $1";
+    db.prepare(&[sql, HOST_AGENT]).await?;
+    let by_key: crate::Params<'_> = &[&key];
+    let (row, host) = tokio::try_join!(biased; db.opt(sql, by_key), db.opt(HOST_AGENT, by_key))?;
+    let Some(row) = row else { return Ok(None) };
+    let mut vm = vm_from_row(&row)?;
+    vm.agent = match &vm.spec.gateway {
+        Some(gw) => gateway_agent(db, vm.spec.id.subscription(), gw).await?,
+        None => host.map(|r| agent_from_row(&r)).transpose()?,
+    };
+    Ok(Some(vm))
 }
 
 /// The VMs of `keys` that are registered, by key, each with its enforcement point (host agents
-/// read in one statement; a gateway's looked up by name).
+/// read in one statement, sent with the VMs' in one round trip; a gateway's looked up by name).
 pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<String, Vm>> {
     let mut out = std::collections::HashMap::new();
     match keys {
@@ -128,14 +142,20 @@ pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<
         _ => {}
     }
     let mut hosts = std::collections::HashMap::new();
-    let sql = "SELECT v.key AS vm_key_, a.* FROM vms v JOIN agents a ON a.id = v.agent_id \
-               WHERE v.key = ANY($1) AND a.mode <> 'gateway'";
-    for r in db.rows(sql, &[&keys]).await? {
+    let (hosts_sql, vms_sql) = (
+        "SELECT v.key AS vm_key_, a.* FROM vms v JOIN agents a ON a.id = v.agent_id \
+         WHERE v.key = ANY($1) AND a.mode <> 'gateway'",
+        "SELECT * FROM vms WHERE key = ANY($1)",
+    );
+    db.prepare(&[hosts_sql, vms_sql]).await?;
+    let by_keys: crate::Params<'_> = &[&keys];
+    let (host_rows, vm_rows) = tokio::try_join!(biased; db.rows(hosts_sql, by_keys), db.rows(vms_sql, by_keys))?;
+    for r in host_rows {
         hosts.insert(r.try_get::<_, String>("vm_key_")?, agent_from_row(&r)?);
     }
     // Many VMs behind one gateway: it is looked up once.
     let mut gateways: std::collections::HashMap<(String, String), Option<AgentRecord>> = Default::default();
-    for r in db.rows("SELECT * FROM vms WHERE key = ANY($1)", &[&keys]).await? {
+    for r in vm_rows {
         let key: String = r.try_get("key")?;
         let mut vm = vm_from_row(&r)?;
         vm.agent = match &vm.spec.gateway {
@@ -155,23 +175,6 @@ pub async fn get_vms(db: &Db, keys: &[String]) -> Res<std::collections::HashMap<
         out.insert(key, vm);
     }
     Ok(out)
-}
-
-/// Fills in the VM's enforcement point: the gateway of that name in the VM's subscription, or
-/// the host agent bound to this very VM row (a VM registered again has none until one joins).
-pub async fn with_agent(db: &Db, mut vm: Vm, key: &str) -> Res<Vm> {
-    vm.agent = match &vm.spec.gateway {
-        Some(gw) => gateway_agent(db, vm.spec.id.subscription(), gw).await?,
-        None => db
-            .opt(
-                "SELECT a.* FROM vms v JOIN agents a ON a.id = v.agent_id WHERE v.key = $1 AND a.mode <> 'gateway'",
-                &[&key],
-            )
-            .await?
-            .map(|r| agent_from_row(&r))
-            .transpose()?,
-    };
-    Ok(vm)
 }
 
 /// The gateway agent named `name` in `subscription` (both compare case-insensitively).
@@ -316,21 +319,28 @@ pub fn port_rule_of(r: &Row) -> Res<PortRule> {
 }
 
 async fn load_policy_body(db: &Db, pid: i64, reference: PolicyRef, kind: String) -> Res<Policy> {
-    let mut vms: Vec<PolicyVm> = Vec::new();
-    for r in db.rows("SELECT vm_id, public_ip FROM policy_vms WHERE pid = $1 ORDER BY ord", &[&pid]).await? {
-        let id: String = r.try_get(0)?;
-        vms.push(PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.try_get(1)? });
-    }
-    let rows = db
+    let vms = db.rows("SELECT vm_id, public_ip FROM policy_vms WHERE pid = $1 ORDER BY ord", &[&pid]).await?;
+    let ports = db
         .rows(
             "SELECT vm_ord, number, protocol, source_form, sources, max_duration, cut_sessions, mapped_port, require_approval, \
              approval_timeout FROM policy_ports WHERE pid = $1 ORDER BY vm_ord, ord",
             &[&pid],
         )
         .await?;
-    for r in rows {
+    policy_of(reference, kind, &vms, &ports)
+}
+
+/// A policy from its VM rows (`vm_id, public_ip`, in order) and its port rows (`vm_ord` first,
+/// then the columns of `policy_ports` by name, in order).
+fn policy_of(reference: PolicyRef, kind: String, vm_rows: &[Row], port_rows: &[Row]) -> Res<Policy> {
+    let mut vms: Vec<PolicyVm> = Vec::with_capacity(vm_rows.len());
+    for r in vm_rows {
+        let id: String = r.try_get(0)?;
+        vms.push(PolicyVm { id: vm_id(&id)?, ports: Vec::new(), public_ip_address: r.try_get(1)? });
+    }
+    for r in port_rows {
         let vm_ord: i64 = r.try_get(0)?;
-        let rule = port_rule_of(&r)?;
+        let rule = port_rule_of(r)?;
         usize::try_from(vm_ord)
             .ok()
             .and_then(|i| vms.get_mut(i))
@@ -340,6 +350,35 @@ async fn load_policy_body(db: &Db, pid: i64, reference: PolicyRef, kind: String)
     }
     Ok(Policy { reference, kind, vms })
 }
+
+/// Locks the row of policy `key` (`FOR UPDATE`) and reads it, then its VMs and ports: three
+/// statements sent at once, the reads run after the lock is held. The statements, to be
+/// prepared ahead of a pipeline that starts with them: [`LOCK_POLICY_SQL`].
+pub async fn lock_policy_only(db: &Db, key: &str) -> Res<Option<(i64, Policy)>> {
+    let [head, vms, ports] = LOCK_POLICY_SQL;
+    db.prepare(&LOCK_POLICY_SQL).await?;
+    let by_key: crate::Params<'_> = &[&key];
+    let (head, vms, ports) =
+        tokio::try_join!(biased; db.opt(head, by_key), db.rows(vms, by_key), db.rows(ports, by_key))?;
+    let Some(r) = head else { return Ok(None) };
+    let pid: i64 = r.try_get(0)?;
+    let reference = PolicyRef {
+        subscription: r.try_get(1)?,
+        resource_group: r.try_get(2)?,
+        location: r.try_get(3)?,
+        name: r.try_get(4)?,
+    };
+    Ok(Some((pid, policy_of(reference, r.try_get(5)?, &vms, &ports)?)))
+}
+
+/// What [`lock_policy_only`] sends, in order.
+pub const LOCK_POLICY_SQL: [&str; 3] = [
+    "SELECT pid, subscription, resource_group, location, name, kind FROM policies WHERE key = $1 FOR UPDATE",
+    "SELECT v.vm_id, v.public_ip FROM policy_vms v JOIN policies p ON p.pid = v.pid WHERE p.key = $1 ORDER BY v.ord",
+    "SELECT pp.vm_ord, pp.number, pp.protocol, pp.source_form, pp.sources, pp.max_duration, pp.cut_sessions, \
+     pp.mapped_port, pp.require_approval, pp.approval_timeout FROM policy_ports pp JOIN policies p ON p.pid = pp.pid \
+     WHERE p.key = $1 ORDER BY pp.vm_ord, pp.ord",
+];
 
 /// A request without its grants, from `rid, requestor, start_time, justification, ext_end,
 /// decision_reason`.

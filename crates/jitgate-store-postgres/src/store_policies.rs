@@ -162,7 +162,7 @@ impl PolicyStore for PgStore {
     }
 
     async fn initiate(&self, cmd: InitiateCommand, audit: AuditEvent) -> StoreResult<InitiateOutcome> {
-        self.write(move |ctx| Box::pin(initiate(ctx, cmd, audit))).await
+        self.write(move |ctx| Box::pin(crate::store_requests::initiate(ctx, cmd, audit))).await
     }
 
     async fn expire_due(&self, now: OffsetDateTime) -> StoreResult<ExpirySweep> {
@@ -297,102 +297,6 @@ impl PolicyStore for PgStore {
         })
         .await
     }
-}
-
-async fn initiate(ctx: &mut Ctx, cmd: InitiateCommand, audit: AuditEvent) -> Res<InitiateOutcome> {
-    let key = cmd.policy.key();
-    // Initiates of one policy run one after the other: each decides against the policy and the
-    // grants as the one before left them (supersede, replay).
-    grants::lock_policy_key(&ctx.db, &key).await?;
-    let Some((pid, policy)) = rows::load_policy_only(&ctx.db, &key).await? else {
-        return reject(ctx, audit, policy_not_found(&cmd.policy));
-    };
-    if let Some(client_id) = &cmd.client_request_id {
-        let earlier = ctx
-            .db
-            .opt(
-                "SELECT rid FROM requests WHERE pid = $1 AND principal = $2 AND client_request_id = $3",
-                &[&pid, &cmd.requestor, client_id],
-            )
-            .await?;
-        if let Some(earlier) = earlier {
-            let request = rows::load_request(&ctx.db, earlier.try_get(0)?).await?;
-            return Ok(InitiateOutcome { request, replayed: true });
-        }
-    }
-    let plan = match decide(&policy, &cmd.draft, cmd.caller, cmd.now) {
-        Ok(plan) => plan,
-        Err(invalid) => return reject(ctx, audit, invalid),
-    };
-    // Behind a gateway a grant carries the connection details: the gateway's public address and
-    // the mapped port (when the policy port maps one); and its sources must be of the VM's
-    // address family. The request's VMs are read in one statement, before anything is written.
-    let vm_keys: Vec<String> = plan.grants.iter().map(|g| g.vm_id.key()).collect();
-    let vms = rows::get_vms(&ctx.db, &vm_keys).await?;
-    let mut reaches = Vec::with_capacity(plan.grants.len());
-    for g in &plan.grants {
-        let reach = match vms.get(&g.vm_id.key()) {
-            Some(vm) => Reach::of(
-                &policy,
-                g,
-                vm.spec.gateway.is_some(),
-                vm.spec.address,
-                vm.agent.as_ref().and_then(|a| a.public_address),
-            ),
-            None => Ok(Reach::default()),
-        };
-        match reach {
-            Ok(reach) => reaches.push(reach),
-            Err(invalid) => return reject(ctx, audit, invalid),
-        }
-    }
-    // A cloud connector keeps a VM's grants in one security group of bounded size.
-    let mut cloud_vms: Vec<&VmId> = vms.values().filter(|v| v.cloud.is_some()).map(|v| &v.spec.id).collect();
-    cloud_vms.sort_by_key(|v| v.key());
-    if !cloud_vms.is_empty() {
-        let keys: Vec<String> = cloud_vms.iter().map(|v| v.key()).collect();
-        let live = crate::store_cloud::live_rules(&ctx.db, &keys, cmd.now).await?;
-        for vm in cloud_vms {
-            let rules = live.get(&vm.key()).map(Vec::as_slice).unwrap_or_default();
-            if let Err(invalid) = jitgate_core::cloud::check_request_rules(vm, rules, &plan.grants) {
-                return reject(ctx, audit, invalid);
-            }
-        }
-    }
-    let policy_id = policy.reference.id();
-    let rid: i64 = ctx
-        .db
-        .one(
-            "INSERT INTO requests (pid, policy_id, requestor, principal, start_time, justification, client_request_id) \
-             VALUES ($1, $2, $3, $3, $4, $5, $6) RETURNING rid",
-            &[&pid, &policy_id, &cmd.requestor, &nanos(plan.start_time), &plan.justification, &cmd.client_request_id],
-        )
-        .await?
-        .try_get(0)?;
-    // Set-based for a request over many VMs: the grants it opens supersede older ones in one
-    // statement (a request names each VM and port once, so its own grants never meet there),
-    // its VMs were read in one, and its grants are written in one.
-    let states: Vec<_> = plan.grants.iter().map(|g| lifecycle::start(g, cmd.now)).collect();
-    // A grant that needs approval waits (and opens nothing), a scheduled one opens later: each
-    // supersedes older grants only once it opens.
-    let opening: Vec<String> =
-        plan.grants.iter().zip(&states).filter(|(_, st)| st.is_live()).map(|(g, _)| g.supersede_key()).collect();
-    grants::supersede_older_many(&ctx.db, pid, &opening).await?;
-    let mut requested = Requested::default();
-    let mut rows_ = grants::NewGrants::default();
-    for (ord, ((g, state), reach)) in plan.grants.iter().zip(&states).zip(reaches).enumerate() {
-        let grant = requested.add(g, state, reach);
-        rows_.push(ord, g, state, grant.mapped_port, grant.public_ip.clone());
-    }
-    rows_.insert(&ctx.db, rid, pid, &policy_id).await?;
-    let event = requested.event(audit, rid, &plan);
-    ctx.bump_revision();
-    ctx.audit(event);
-    for event in outbox::on_initiate(requested.opened()) {
-        hooks::enqueue(&ctx.db, event, rid, cmd.now).await?;
-    }
-    let request = requested.into_record(rid, cmd.requestor, plan);
-    Ok(InitiateOutcome { request, replayed: false })
 }
 
 /// The expiry sweep. Grants another change holds are skipped (`SKIP LOCKED`): that change

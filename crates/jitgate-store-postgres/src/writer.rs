@@ -9,6 +9,12 @@
 //! transaction would), a change that fails is rolled back to its savepoint without touching the
 //! others, and nothing is answered before the commit.
 //!
+//! Round trips are what a batch's changes cost, one after another: a change's savepoint is sent
+//! with its first statement, and a change sends the statements that do not wait for each other's
+//! answers together (see [`Db`](crate::Db)); a change that ran no statement set no savepoint and
+//! has nothing to undo. The commit sends the revision's move with the lock of the chain's head,
+//! and the chain's records with the head's move.
+//!
 //! A batch holds the locks of all its changes until it commits, so two batches on two replicas
 //! that lock the same rows in different orders would deadlock. Every batch therefore first takes
 //! one advisory lock ([`BATCH_LOCK`]): the replicas' batches run one at a time, each carrying
@@ -24,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use jitgate_store::observe::Observer;
 use jitgate_store::{StoreError, StoreResult};
 
-use crate::{backend, Ctx, Db, Error, Fut};
+use crate::{backend, Ctx, Db, Error, Fut, Lead};
 
 /// The advisory lock every batch holds until it commits (`jitgate` in ASCII, then 3).
 pub(crate) const BATCH_LOCK: i64 = 0x6a69_7467_6174_6503;
@@ -118,7 +124,7 @@ pub(crate) async fn run(
 }
 
 /// A failure that ends the whole batch, for each caller in it.
-fn each(e: &Error) -> impl Fn() -> StoreError + '_ {
+pub(crate) fn each(e: &Error) -> impl Fn() -> StoreError + '_ {
     move || match e {
         Error::Db(d) if crate::is_conflict(d) => StoreError::Conflict(e.to_string().into()),
         Error::Db(d) if crate::is_full(d) => StoreError::Full(e.to_string().into()),
@@ -164,12 +170,23 @@ async fn commit_batch(
         let Some(job) = jobs.next() else { break None };
         let (events, bump) = (ctx.events.len(), ctx.bump);
         if !alone {
-            if let Err(e) = ctx.db.batch("SAVEPOINT change").await {
-                job.fail(each(&e)());
-                break Some(e);
-            }
+            // Sent with the change's first statement, in the same round trip.
+            ctx.db.savepoint_ahead();
         }
         let ran = job.run(&mut ctx).await;
+        let set = match ctx.db.savepoint_taken() {
+            Lead::Failed(e) => {
+                // Without its savepoint the change cannot be undone alone: the batch ends.
+                if ran.keep {
+                    kept.push(ran.finish);
+                } else {
+                    undone.push(ran.finish);
+                }
+                break Some(e);
+            }
+            Lead::Set => true,
+            Lead::None | Lead::Due => false,
+        };
         if ran.keep {
             // The savepoint stays (released at commit): one round trip less per change. A batch
             // nests at most MAX_BATCH of them, within PostgreSQL's per-transaction cache.
@@ -182,8 +199,12 @@ async fn commit_batch(
         if alone {
             break None;
         }
-        if let Err(e) = ctx.db.batch("ROLLBACK TO SAVEPOINT change").await {
-            break Some(e);
+        // A change that ran no statement left nothing to undo (its savepoint was never set, and
+        // rolling back to the name would undo the change before it).
+        if set {
+            if let Err(e) = ctx.db.batch("ROLLBACK TO SAVEPOINT change").await {
+                break Some(e);
+            }
         }
     };
     // Nothing left to keep (one change alone failed): roll back and answer.
@@ -232,4 +253,66 @@ pub(crate) fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(run(pool, rx, changes, origin, observer));
     tx
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests may panic on a failed expectation.
+
+    use super::*;
+    use crate::testdb::TestDatabase;
+    use jitgate_store::secrets::Keyring;
+    use jitgate_store::IdentityStore;
+
+    fn job<T, F>(f: F) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<T>>)
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Ctx) -> Fut<'c, T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        (Box::new(Typed { f, reply }), answer)
+    }
+
+    /// A change that inserts principal `name`, then fails if `fail`.
+    fn insert(name: &'static str, fail: bool) -> (Box<dyn Job>, oneshot::Receiver<StoreResult<()>>) {
+        job(move |ctx| {
+            Box::pin(async move {
+                ctx.db.exec("INSERT INTO principals (name, kind, created) VALUES ($1, 'User', 0)", &[&name]).await?;
+                match fail {
+                    true => Err(Error::Store(backend("undone after it wrote"))),
+                    false => Ok(()),
+                }
+            })
+        })
+    }
+
+    /// One batch of changes, some of them failing — one after it wrote, one before it ran any
+    /// statement (its savepoint was never set) — and one that runs none and is kept: each
+    /// failure is undone alone, every other change is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_one_batch_a_failed_change_is_undone_alone_even_one_that_ran_no_statement() {
+        let db = match TestDatabase::create().await {
+            Ok(db) => db,
+            Err(why) => return jitgate_netns::skip("a_failed_change_is_undone_alone", &why),
+        };
+        let store = crate::PgStore::open(db.url(), Keyring::generate().expect("random")).await.expect("open");
+        let (a, a_said) = insert("a", false);
+        let (none, none_said) =
+            job(|_ctx| Box::pin(async { Err::<(), _>(Error::Store(backend("refused before any statement"))) }));
+        let (c, c_said) = insert("c", true);
+        let (quiet, quiet_said) = job(|_ctx| Box::pin(async { Ok(()) }));
+        let (d, d_said) = insert("d", false);
+        let jobs = vec![a, none, c, quiet, d];
+        commit_batch(store.pool.clone(), jobs, store.changes.clone(), store.origin.clone(), store.observer.clone())
+            .await;
+        assert!(a_said.await.expect("answered").is_ok());
+        assert!(none_said.await.expect("answered").is_err());
+        assert!(c_said.await.expect("answered").is_err());
+        assert!(quiet_said.await.expect("answered").is_ok());
+        assert!(d_said.await.expect("answered").is_ok());
+        let names: Vec<String> = store.list_principals().await.expect("list").into_iter().map(|p| p.name).collect();
+        assert!(names.contains(&"a".to_string()), "{names:?}");
+        assert!(names.contains(&"d".to_string()), "{names:?}");
+        assert!(!names.contains(&"c".to_string()), "{names:?}");
+    }
 }

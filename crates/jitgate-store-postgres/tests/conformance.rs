@@ -606,6 +606,56 @@ async fn a_refused_change_in_a_batch_leaves_the_others_committed() {
     assert!(store.verify_audit().await.expect("verify").valid);
 }
 
+/// An initiate that fails inside a batch with a database error (a trigger refuses its request
+/// row, sent in one round trip with the superseding of its neighbour's grant) is undone alone:
+/// its neighbours, on both replicas, are committed, the grant it superseded is live again, and
+/// it leaves no audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_initiate_in_a_batch_is_undone_alone() {
+    let Some(db) = database("a_failed_initiate_in_a_batch_is_undone_alone").await else { return };
+    let (a, b) = two_replicas(&db, false).await;
+    let (raw, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.expect("raw connect");
+    tokio::spawn(conn);
+    raw.batch_execute(
+        "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.justification = 'refuse me' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_marked BEFORE INSERT ON requests FOR EACH ROW EXECUTE FUNCTION refuse_marked()",
+    )
+    .await
+    .expect("trigger");
+    let before = a.audit_records(0, 1 << 20).await.expect("audit").len();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let mut cmd = initiate("203.0.113.7", "alice");
+        if i % 3 == 1 {
+            cmd.draft.justification = Some("refuse me".into());
+        }
+        tasks.push(tokio::spawn(async move { s.initiate(cmd, event("init")).await }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        match t.await.expect("join") {
+            Ok(_) => ok += 1,
+            Err(e @ StoreError::Backend(_)) => {
+                assert!(e.to_string().contains("refused by the test"), "{e}");
+                failed += 1;
+            }
+            Err(e) => panic!("an initiate failed otherwise: {e}"),
+        }
+    }
+    assert_eq!((ok, failed), (40, 20));
+    let record = b.get_policy(&policy_ref("p")).await.expect("get").expect("found");
+    let grants: Vec<_> = record.requests.iter().flat_map(|r| r.grants.iter()).collect();
+    assert_eq!(grants.len(), 40, "the failed initiates left no request or grant");
+    let live = grants.iter().filter(|g| g.status == GrantStatus::Initiated).count();
+    assert_eq!(live, 1, "the newest grant is live, whatever a failed initiate superseded: {grants:?}");
+    assert_eq!(grants.last().map(|g| g.status), Some(GrantStatus::Initiated));
+    let records = a.audit_records(0, 1 << 20).await.expect("audit");
+    assert_eq!(records.len() - before, 40, "one record per committed initiate");
+    assert!(a.verify_audit().await.expect("verify").valid);
+}
+
 /// Changes spread over several policies, from two replicas at once: each replica's batches hold
 /// the locks of many policies, in whatever order the changes arrived; batches take turns, so
 /// none deadlocks and every change succeeds.
