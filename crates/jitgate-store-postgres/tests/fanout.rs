@@ -106,23 +106,23 @@ async fn agents_calling_together_each_get_their_own_answer() {
     let mut calls = Vec::new();
     for i in 0..AGENTS {
         for _ in 0..2 {
-            let store = store.clone();
+            let store_ = store.clone();
             calls.push(tokio::spawn(async move {
-                let found = store.agent_by_credential(&format!("cred-{i}")).await.expect("look-up");
+                let found = store_.agent_by_credential(&format!("cred-{i}")).await.expect("look-up");
                 assert_eq!(found.map(|a| a.id), Some(format!("id-{i}")), "credential {i}");
             }));
         }
-        let store = store.clone();
+        let store_ = store.clone();
         calls.push(tokio::spawn(async move {
-            let state = store.agent_state(&format!("id-{i}"), OffsetDateTime::now_utc()).await.expect("state");
+            let state = store_.agent_state(&format!("id-{i}"), OffsetDateTime::now_utc()).await.expect("state");
             let ports: Vec<(String, u16)> =
                 state.ports.iter().map(|p| (p.vm_id.to_ascii_lowercase(), p.number)).collect();
             let own = vm_id(&format!("agent-{i}")).to_ascii_lowercase();
             assert_eq!(ports, vec![(own, 1000 + i)], "agent {i} sees its own VM only");
         }));
-        let store = store.clone();
+        let store_ = store.clone();
         calls.push(tokio::spawn(async move {
-            assert!(store.agent_by_credential(&format!("stranger-{i}")).await.expect("look-up").is_none());
+            assert!(store_.agent_by_credential(&format!("stranger-{i}")).await.expect("look-up").is_none());
         }));
     }
     for call in calls {
