@@ -259,6 +259,10 @@ pub struct ReplicasArgs {
     /// Initiates touching every agent's VM, timed until all agents report them applied.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub rounds: u64,
+    /// Only the fan-out and the replicas' memory: no commit yardstick, audit chain, initiate
+    /// rates or real agent.
+    #[arg(long)]
+    pub fan_out_only: bool,
 }
 
 #[derive(Debug, Clone, Args)]

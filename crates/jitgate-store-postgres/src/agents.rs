@@ -69,13 +69,18 @@ pub async fn states(db: &Db, agents: &[AgentRecord], now: OffsetDateTime) -> Res
     }
     let keys: Vec<&str> = targets.values().flatten().map(|(k, _)| k.as_str()).collect();
     let mut ports_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
+    // The policies' ports by a join on the keys (see `fanout`: `= ANY` of many keys is matched
+    // key by key against every row of policy_vms).
     let mut grants_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
     if !keys.is_empty() {
-        let sql =
-            "SELECT v.vm_key, v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port FROM policy_vms v \
-                   JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord WHERE v.vm_key = ANY($1) \
-                   ORDER BY v.vm_key, pp.ord";
-        for r in db.rows(sql, &[&keys]).await? {
+        let sql = "SELECT v.vm_key, v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port \
+                   FROM unnest($1::text[]) AS u(key) JOIN policy_vms v ON v.vm_key = u.key \
+                   JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord ORDER BY v.vm_key, pp.ord";
+        // Each key once: a VM two agents enforce would otherwise have its ports twice.
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        for r in db.rows(sql, &[&unique]).await? {
             ports_of.entry(r.try_get(0)?).or_default().push(r);
         }
         let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);

@@ -1,7 +1,13 @@
 //! Many agents at once. A change wakes every agent's long-poll together; each then reads its
-//! state and has its delivery noted. Those calls are gathered here: whatever has arrived while
+//! state and has its delivery noted, reports what it applied and polls again, every call
+//! authenticated by its credential. Those calls are gathered here: whatever has arrived while
 //! the previous round ran is served by one read (a fixed number of statements for any number of
-//! agents) and one write, instead of one transaction per agent.
+//! agents) or one write, instead of one transaction per agent. A call is answered from a read
+//! or write that began after it arrived, so it sees every change committed before it.
+//!
+//! A round's rows are found by joining `unnest($1)` of the keys asked for, not by `= ANY($1)`:
+//! in a prepared statement's generic plan, `= ANY` of a parameter array is checked element by
+//! element against every row scanned, a thousand comparisons per row in a round of a thousand.
 
 use std::collections::HashMap;
 
@@ -11,13 +17,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use jitgate_core::enforcement::EnforcementState;
 use jitgate_core::{join, Invalid};
-use jitgate_store::{AgentReport, StoreError, StoreResult};
+use jitgate_store::{AgentRecord, AgentReport, StoreError, StoreResult};
 
 use crate::writer::Job;
 use crate::{agents, backend, nanos, rows, Db, Error, Res};
 
 /// The most calls one round serves.
 const ROUND: usize = 1024;
+
+/// The agent a credential belongs to (by the credential's hash), asked for.
+pub(crate) struct CredentialAsk {
+    pub hash: String,
+    pub reply: oneshot::Sender<StoreResult<Option<AgentRecord>>>,
+}
 
 /// One agent's state, asked for.
 pub(crate) struct StateAsk {
@@ -42,20 +54,77 @@ pub(crate) struct Report {
 
 /// Where a store's agents' calls are gathered.
 pub(crate) struct Fanout {
+    pub credentials: mpsc::Sender<CredentialAsk>,
     pub states: mpsc::Sender<StateAsk>,
     pub delivered: mpsc::Sender<Delivered>,
     pub reports: mpsc::Sender<Report>,
 }
 
-/// Starts the state reader, the delivery writer and the report writer of a store.
+/// Starts the credential reader, the state reader, the delivery writer and the report writer
+/// of a store.
 pub(crate) fn start(pool: Pool, writer: mpsc::Sender<Box<dyn Job>>) -> Fanout {
+    let (credentials, credential_asks) = mpsc::channel(ROUND * 4);
     let (states, asks) = mpsc::channel(ROUND * 4);
     let (delivered, deliveries) = mpsc::channel(ROUND * 4);
     let (reports, reported) = mpsc::channel(ROUND * 4);
+    tokio::spawn(read_credentials(pool.clone(), credential_asks));
     tokio::spawn(read_states(pool, asks));
     tokio::spawn(note_deliveries(writer.clone(), deliveries));
     tokio::spawn(note_reports(writer, reported));
-    Fanout { states, delivered, reports }
+    Fanout { credentials, states, delivered, reports }
+}
+
+/// Credentials are looked up a round at a time: one statement for all the hashes asked for.
+async fn read_credentials(pool: Pool, mut asks: mpsc::Receiver<CredentialAsk>) {
+    let mut round = Vec::with_capacity(ROUND);
+    while asks.recv_many(&mut round, ROUND).await > 0 {
+        let batch = std::mem::take(&mut round);
+        let mut hashes: Vec<String> = batch.iter().map(|a| a.hash.clone()).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        let pool = pool.clone();
+        let read = tokio::spawn(async move { agents_by_credential(&pool, hashes).await }).await;
+        match read {
+            Ok(Ok(found)) => {
+                for ask in batch {
+                    let _ = ask.reply.send(Ok(found.get(&ask.hash).cloned()));
+                }
+            }
+            Ok(Err(e)) => {
+                let e = StoreError::from(e);
+                batch.into_iter().for_each(|a| drop(a.reply.send(Err(same_kind(&e)))));
+            }
+            Err(e) => {
+                let text = format!("looking up agents' credentials: {e}");
+                batch.into_iter().for_each(|a| drop(a.reply.send(Err(backend(text.clone())))));
+            }
+        }
+    }
+}
+
+/// A failure of a round, for each call in it: of the same kind (an unreachable database stays
+/// `Unavailable`), with the same message.
+fn same_kind(e: &StoreError) -> StoreError {
+    let text = |source: &(dyn std::error::Error + Send + Sync)| source.to_string().into();
+    match e {
+        StoreError::Rejected(i) => StoreError::Rejected(i.clone()),
+        StoreError::Backend(s) => StoreError::Backend(text(s.as_ref())),
+        StoreError::Conflict(s) => StoreError::Conflict(text(s.as_ref())),
+        StoreError::Unavailable(s) => StoreError::Unavailable(text(s.as_ref())),
+        StoreError::Full(s) => StoreError::Full(text(s.as_ref())),
+        StoreError::DiskFailed(s) => StoreError::DiskFailed(text(s.as_ref())),
+    }
+}
+
+/// The agents holding the credentials `hashes` (one statement: one snapshot), by hash.
+async fn agents_by_credential(pool: &Pool, hashes: Vec<String>) -> Res<HashMap<String, AgentRecord>> {
+    let db = Db::new(pool.get().await?);
+    let mut found = HashMap::with_capacity(hashes.len());
+    let sql = "SELECT a.* FROM unnest($1::text[]) AS u(hash) JOIN agents a ON a.credential_hash = u.hash";
+    for r in db.rows(sql, &[&hashes]).await? {
+        found.insert(r.try_get("credential_hash")?, rows::agent_from_row(&r)?);
+    }
+    Ok(found)
 }
 
 async fn read_states(pool: Pool, mut asks: mpsc::Receiver<StateAsk>) {
@@ -95,7 +164,7 @@ async fn states_of(pool: &Pool, ids: Vec<String>, now: OffsetDateTime) -> Res<Ha
     let mut db = Db::new(pool.get().await?);
     db.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
     let found = db
-        .rows("SELECT * FROM agents WHERE id = ANY($1)", &[&ids])
+        .rows("SELECT a.* FROM unnest($1::text[]) AS u(id) JOIN agents a ON a.id = u.id", &[&ids])
         .await?
         .iter()
         .map(rows::agent_from_row)
@@ -148,10 +217,12 @@ async fn note_reports(writer: mpsc::Sender<Box<dyn Job>>, mut reports: mpsc::Rec
         let asks: Vec<(String, AgentReport)> = batch.iter().map(|r| (r.id.clone(), r.report.clone())).collect();
         let written = crate::writer::submit(&writer, move |ctx| {
             Box::pin(async move {
-                let ids: Vec<&str> = asks.iter().map(|(id, _)| id.as_str()).collect();
+                let mut ids: Vec<&str> = asks.iter().map(|(id, _)| id.as_str()).collect();
+                ids.sort_unstable();
+                ids.dedup();
                 let mut known: HashMap<String, join::Reported> = HashMap::new();
-                let sql = "SELECT id, applied_revision, nft_usable, delivered_revision FROM agents \
-                           WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+                let sql = "SELECT a.id, a.applied_revision, a.nft_usable, a.delivered_revision \
+                           FROM unnest($1::text[]) AS u(id) JOIN agents a ON a.id = u.id ORDER BY a.id FOR UPDATE OF a";
                 for r in ctx.db.rows(sql, &[&ids]).await? {
                     let reported =
                         join::Reported { applied: r.try_get(1)?, usable: r.try_get(2)?, delivered: r.try_get(3)? };

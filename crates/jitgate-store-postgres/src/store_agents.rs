@@ -221,17 +221,12 @@ impl AgentStore for PgStore {
         self.write(move |ctx| Box::pin(agents::join_agent(ctx, join, audit))).await
     }
 
+    /// Gathered with the other agents' credential look-ups of the moment (see `fanout`).
     async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>> {
-        let hash = credential_hash.to_owned();
-        self.read(move |db| {
-            Box::pin(async move {
-                db.opt("SELECT * FROM agents WHERE credential_hash = $1", &[&hash])
-                    .await?
-                    .map(|r| rows::agent_from_row(&r))
-                    .transpose()
-            })
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let ask = fanout::CredentialAsk { hash: credential_hash.to_owned(), reply };
+        self.fanout.credentials.send(ask).await.map_err(|_| backend("the store's credential reader has stopped"))?;
+        answer.await.map_err(|_| backend("the store's credential reader stopped before answering"))?
     }
 
     async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>> {

@@ -85,6 +85,27 @@ pub async fn run(args: ReplicasArgs) -> anyhow::Result<()> {
         jitgate_store_postgres::redact(&args.postgres),
         if cfg!(debug_assertions) { "NO (debug build: figures are not representative)" } else { "yes" }
     );
+    if !args.fan_out_only {
+        rates(&args).await?;
+    }
+    let db = TestDatabase::create_on(&args.postgres).await.map_err(|e| anyhow!("{e}"))?;
+    let replicas = Replicas::start(2, db.url()).await?;
+    fan_out(&replicas, &args).await?;
+    drop(replicas);
+
+    if args.fan_out_only {
+        println!("agent memory: not measured (--fan-out-only)");
+    } else if rustix::process::geteuid().is_root() {
+        let (_, agent) = tokio::task::spawn_blocking(|| crate::bench_enforce::open_run(100, 0)).await??;
+        println!("agent (a real jitgate agent on nftables, in a network namespace, after 100 grants): {agent}");
+    } else {
+        println!("agent memory: not measured (run as root: a real agent programs nftables in a network namespace)");
+    }
+    Ok(())
+}
+
+/// The commit yardstick, the audit chain under two writers, and initiates with 1 and 2 replicas.
+async fn rates(args: &ReplicasArgs) -> anyhow::Result<()> {
     let yard = TestDatabase::create_on(&args.postgres).await.map_err(|e| anyhow!("{e}"))?;
     let (serial, parallel) = commit_yardstick(yard.url(), args.concurrency as usize).await?;
     drop(yard);
@@ -120,17 +141,6 @@ pub async fn run(args: ReplicasArgs) -> anyhow::Result<()> {
         );
     }
 
-    let db = TestDatabase::create_on(&args.postgres).await.map_err(|e| anyhow!("{e}"))?;
-    let replicas = Replicas::start(2, db.url()).await?;
-    fan_out(&replicas, &args).await?;
-    drop(replicas);
-
-    if rustix::process::geteuid().is_root() {
-        let (_, agent) = tokio::task::spawn_blocking(|| crate::bench_enforce::open_run(100, 0)).await??;
-        println!("agent (a real jitgate agent on nftables, in a network namespace, after 100 grants): {agent}");
-    } else {
-        println!("agent memory: not measured (run as root: a real agent programs nftables in a network namespace)");
-    }
     Ok(())
 }
 
@@ -268,6 +278,17 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
 
     let mut took = Vec::new();
     let (mut first_wake, mut last_wake, mut last_report) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut half_wake, mut most_wake) = (Vec::new(), Vec::new());
+    // CPU time used during the measured rounds: this process (the simulated agents), each
+    // replica, PostgreSQL.
+    let pids: Vec<Option<u32>> = replicas.servers.iter().map(|s| s.pid()).collect();
+    let cpu_now = || {
+        let mut v = vec![crate::bench_cpu::own().unwrap_or_default()];
+        v.extend(pids.iter().map(|p| p.and_then(crate::bench_cpu::of).unwrap_or_default()));
+        v.push(crate::bench_cpu::postgres());
+        v
+    };
+    let mut cpu = vec![Duration::ZERO; pids.len() + 2];
     for round in 0..=args.rounds {
         let source = format!("198.18.{}.{}/32", (round >> 8) & 0xff, round & 0xff);
         let body = InitiateIn {
@@ -291,15 +312,24 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
         if let Ok(mut w) = woken.lock() {
             w.clear();
         }
+        let cpu_before = cpu_now();
         let sent = Instant::now();
         client.arm().initiate(&policy.id(), &body, true).await.map_err(|e| anyhow!("round {round}: {e}"))?;
         // Round 0 warms up (the first state every agent reads in full).
         if round > 0 {
             took.push(sent.elapsed());
+            for (total, (after, before)) in cpu.iter_mut().zip(cpu_now().into_iter().zip(cpu_before)) {
+                *total += after.saturating_sub(before);
+            }
             if let Ok(w) = woken.lock() {
                 let since = |t: &Instant| t.saturating_duration_since(sent);
-                first_wake.push(w.iter().map(|(g, _)| since(g)).min().unwrap_or_default());
-                last_wake.push(w.iter().map(|(g, _)| since(g)).max().unwrap_or_default());
+                let mut wakes: Vec<Duration> = w.iter().map(|(g, _)| since(g)).collect();
+                wakes.sort_unstable();
+                let at = |p: f64| wakes.get(((wakes.len() as f64 * p) as usize).min(wakes.len().saturating_sub(1)));
+                first_wake.push(wakes.first().copied().unwrap_or_default());
+                half_wake.push(at(0.5).copied().unwrap_or_default());
+                most_wake.push(at(0.9).copied().unwrap_or_default());
+                last_wake.push(wakes.last().copied().unwrap_or_default());
                 last_report.push(w.iter().map(|(_, r)| since(r)).max().unwrap_or_default());
             }
         }
@@ -319,10 +349,20 @@ async fn fan_out(replicas: &Replicas, args: &ReplicasArgs) -> anyhow::Result<()>
         ms(pct(1.0))
     );
     println!(
-        "fan-out stages (medians, from the initiate sent): first agent woken {:.1} ms, last agent woken {:.1} ms, last report answered {:.1} ms",
+        "fan-out stages (medians, from the initiate sent): first agent woken {:.1} ms, half {:.1} ms, 90% {:.1} ms, last {:.1} ms; last report answered {:.1} ms",
         ms(median(&mut first_wake)),
+        ms(median(&mut half_wake)),
+        ms(median(&mut most_wake)),
         ms(median(&mut last_wake)),
         ms(median(&mut last_report))
+    );
+    let rounds = took.len().max(1) as u32;
+    let per_round: Vec<String> = cpu.iter().map(|c| format!("{:.0}", ms(*c / rounds))).collect();
+    println!(
+        "fan-out CPU time per round (ms; 2 cores give 2 ms per ms): benchmark's simulated agents {}, replicas {}, PostgreSQL {}",
+        per_round.first().map(String::as_str).unwrap_or("?"),
+        per_round.get(1..per_round.len().saturating_sub(1)).map(|r| r.join(" + ")).unwrap_or_default(),
+        per_round.last().map(String::as_str).unwrap_or("?"),
     );
     for (i, rss) in replicas.rss().iter().enumerate() {
         match rss {

@@ -6,6 +6,7 @@ mod agent;
 mod bench_authz;
 #[cfg(feature = "aws")]
 mod bench_connector;
+mod bench_cpu;
 mod bench_enforce;
 mod bench_floor;
 mod bench_fwknop;
