@@ -286,15 +286,21 @@ pub async fn load_policy_only(db: &Db, key: &str) -> Res<Option<(i64, Policy)>> 
     else {
         return Ok(None);
     };
-    let pid: i64 = r.try_get(0)?;
+    let (pid, reference) = policy_head(&r)?;
+    let kind: String = r.try_get(5)?;
+    Ok(Some((pid, load_policy_body(db, pid, reference, kind).await?)))
+}
+
+/// The row id and the reference in a policy row read as `pid, subscription, resource_group,
+/// location, name, …`.
+fn policy_head(r: &Row) -> Res<(i64, PolicyRef)> {
     let reference = PolicyRef {
         subscription: r.try_get(1)?,
         resource_group: r.try_get(2)?,
         location: r.try_get(3)?,
         name: r.try_get(4)?,
     };
-    let kind: String = r.try_get(5)?;
-    Ok(Some((pid, load_policy_body(db, pid, reference, kind).await?)))
+    Ok((r.try_get(0)?, reference))
 }
 
 /// The port rule in a row with the columns of `policy_ports` (by name).
@@ -361,13 +367,7 @@ pub async fn lock_policy_only(db: &Db, key: &str) -> Res<Option<(i64, Policy)>> 
     let (head, vms, ports) =
         tokio::try_join!(biased; db.opt(head, by_key), db.rows(vms, by_key), db.rows(ports, by_key))?;
     let Some(r) = head else { return Ok(None) };
-    let pid: i64 = r.try_get(0)?;
-    let reference = PolicyRef {
-        subscription: r.try_get(1)?,
-        resource_group: r.try_get(2)?,
-        location: r.try_get(3)?,
-        name: r.try_get(4)?,
-    };
+    let (pid, reference) = policy_head(&r)?;
     Ok(Some((pid, policy_of(reference, r.try_get(5)?, &vms, &ports)?)))
 }
 
