@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
-use jitgate_core::audit::{AuditEvent, AuditStatus};
+use jitgate_core::audit::AuditStatus;
 use jitgate_core::initiate::{GrantStatus, InitiateDraft, InitiatePortDraft, InitiateVmDraft, StatusReason};
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef, VmId};
-use jitgate_store::conformance::SUB;
+use jitgate_store::conformance::{event, SUB};
 use jitgate_store::prelude::*;
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{InitiateCommand, StoreError, VmSpec};
@@ -37,19 +37,6 @@ async fn database(test: &str) -> Option<TestDatabase> {
             jitgate_netns::skip(test, &why);
             None
         }
-    }
-}
-
-fn event(operation: impl Into<String>) -> AuditEvent {
-    AuditEvent {
-        time: OffsetDateTime::now_utc(),
-        operation: operation.into(),
-        status: AuditStatus::Succeeded,
-        caller: "t".into(),
-        caller_ip: None,
-        resource_id: "/".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
     }
 }
 

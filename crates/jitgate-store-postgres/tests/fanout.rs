@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
-use jitgate_core::audit::{AuditEvent, AuditStatus};
 use jitgate_core::enforcement::{AgentMode, JoiningAgent};
 use jitgate_core::policy::{validate, PolicyDraft, PortDraft, VmDraft};
 use jitgate_core::{OsType, PolicyRef};
-use jitgate_store::conformance::SUB;
+use jitgate_store::conformance::{event, SUB};
 use jitgate_store::prelude::*;
 use jitgate_store::secrets::Keyring;
 use jitgate_store::{AgentJoin, JoinTokenSpec};
@@ -23,19 +22,6 @@ use jitgate_store_postgres::testdb::TestDatabase;
 use jitgate_store_postgres::PgStore;
 
 const AGENTS: u16 = 40;
-
-fn event(operation: &str) -> AuditEvent {
-    AuditEvent {
-        time: OffsetDateTime::now_utc(),
-        operation: operation.into(),
-        status: AuditStatus::Succeeded,
-        caller: "t".into(),
-        caller_ip: None,
-        resource_id: "/".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    }
-}
 
 fn vm_id(name: &str) -> String {
     format!("/subscriptions/{SUB}/resourceGroups/fanout/providers/Microsoft.Compute/virtualMachines/{name}")

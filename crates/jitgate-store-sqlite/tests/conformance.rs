@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use jitgate_core::audit::{first_invalid, AuditEvent, AuditStatus, GENESIS};
+use jitgate_core::audit::{first_invalid, GENESIS};
+use jitgate_store::conformance::event;
 use jitgate_store::prelude::*;
 use jitgate_store::secrets::Keyring;
 use jitgate_store_sqlite::SqliteStore;
@@ -14,19 +15,6 @@ use jitgate_store_sqlite::SqliteStore;
 fn keys() -> Keyring {
     static KEYS: std::sync::OnceLock<Keyring> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| Keyring::generate().expect("random")).clone()
-}
-
-fn event(operation: impl Into<String>) -> AuditEvent {
-    AuditEvent {
-        time: time::OffsetDateTime::now_utc(),
-        operation: operation.into(),
-        status: AuditStatus::Succeeded,
-        caller: "t".into(),
-        caller_ip: None,
-        resource_id: "/".into(),
-        correlation_id: "c".into(),
-        properties: Default::default(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
