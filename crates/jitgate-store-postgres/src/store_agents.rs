@@ -247,6 +247,18 @@ impl AgentStore for PgStore {
         self.read(move |db| Box::pin(async move { agents::agent_by_id(db, &id).await })).await
     }
 
+    async fn get_agents(&self, ids: &[String]) -> StoreResult<Vec<AgentRecord>> {
+        let ids = jitgate_store::unique_in_order(ids);
+        self.read(move |db| {
+            Box::pin(async move {
+                let sql = "SELECT a.* FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) \
+                           JOIN agents a ON a.id = u.id ORDER BY u.n";
+                db.rows(sql, &[&ids]).await?.iter().map(rows::agent_from_row).collect()
+            })
+        })
+        .await
+    }
+
     async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>> {
         let (sub, name) = (subscription.to_owned(), name.to_owned());
         self.read(move |db| Box::pin(async move { rows::gateway_agent(db, &sub, &name).await })).await

@@ -300,6 +300,18 @@ impl AgentStore for SqliteStore {
         self.read(move |c| agents::agent_by_id(c, &id)).await
     }
 
+    async fn get_agents(&self, ids: &[String]) -> StoreResult<Vec<AgentRecord>> {
+        let ids = jitgate_store::unique_in_order(ids);
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                out.extend(agents::agent_by_id(c, id)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>> {
         let (sub, name) = (subscription.to_owned(), name.to_owned());
         self.read(move |c| rows::gateway_agent(c, &sub, &name)).await

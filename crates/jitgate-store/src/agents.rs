@@ -70,3 +70,9 @@ pub struct AgentReport {
     pub nft_error: Option<String>,
     pub now: OffsetDateTime,
 }
+
+/// `ids` without repeats, in the order each was first asked for.
+pub fn unique_in_order(ids: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect()
+}

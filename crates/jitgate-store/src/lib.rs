@@ -19,7 +19,7 @@ use jitgate_core::policy::ValidatedPolicy;
 use jitgate_core::rbac::RoleDefinition;
 use jitgate_core::{Invalid, PolicyRef, VmId};
 
-pub use agents::{AgentJoin, AgentRecord, AgentReport, JoinTokenRecord, JoinTokenSpec};
+pub use agents::{unique_in_order, AgentJoin, AgentRecord, AgentReport, JoinTokenRecord, JoinTokenSpec};
 pub use cloud::Inventoried;
 use jitgate_core::cloud::{CloudVm, EnforcementReport};
 pub use jitgate_core::records::{AccessRequestRecord, GrantRecord, PolicyRecord};
@@ -429,6 +429,8 @@ pub trait AgentStore: Send + Sync + 'static {
     async fn agent_by_credential(&self, credential_hash: &str) -> StoreResult<Option<AgentRecord>>;
     async fn list_agents(&self) -> StoreResult<Vec<AgentRecord>>;
     async fn get_agent(&self, id: &str) -> StoreResult<Option<AgentRecord>>;
+    /// The agents of `ids` that exist, in the order asked, each once (one read for any number).
+    async fn get_agents(&self, ids: &[String]) -> StoreResult<Vec<AgentRecord>>;
     /// The gateway agent of this name in this subscription (names compare case-insensitively).
     async fn gateway_agent(&self, subscription: &str, name: &str) -> StoreResult<Option<AgentRecord>>;
     /// Revokes and removes an agent: its credential stops working at once and the VMs it

@@ -196,7 +196,16 @@ pub(super) async fn agents_and_enforcement_state(store: &dyn Store) {
     let for_vms = store
         .agents_for_vms(&[vm_id("agents", "inner").as_str().into(), vm_id("agents", "hostvm").as_str().into()])
         .await;
-    assert_eq!(for_vms.expect("agents").len(), 2);
+    let for_vms = for_vms.expect("agents");
+    assert_eq!(for_vms.len(), 2);
+    // Several agents by id in one read: in the order asked, each once, the unknown left out.
+    let ids: Vec<String> = for_vms.iter().rev().map(|a| a.id.clone()).collect();
+    let asked = [ids.clone(), vec!["no-such-agent".into()], ids.clone()].concat();
+    let got = store.get_agents(&asked).await.expect("agents by id");
+    assert_eq!(got.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), ids);
+    let host = got.iter().find(|a| a.id == "a-host").expect("the host agent by id");
+    assert_eq!((host.applied_revision, host.delivered_revision, host.nft_usable), (7, 7, Some(false)));
+    assert!(store.get_agents(&[]).await.expect("none asked").is_empty());
     // Deleting the policy removes the protection.
     store.delete_policy(&r, audit("del")).await.expect("delete");
     assert!(store.agent_state("a-gw", now()).await.expect("state").ports.is_empty());

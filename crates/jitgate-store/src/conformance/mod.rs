@@ -50,6 +50,7 @@
 //! | `agent_delivered` | `agents_and_enforcement_state` |
 //! | `agent_report` | `agents_and_enforcement_state` |
 //! | `agents_for_vms` | `agents_and_enforcement_state` |
+//! | `get_agents` | `agents_and_enforcement_state` |
 //! | `put_cloud_inventory` | `cloud_connectors_inventory_state_and_reports` |
 //! | `report_cloud_enforcement` | `cloud_connectors_inventory_state_and_reports` |
 //! | **IdentityStore** | |
