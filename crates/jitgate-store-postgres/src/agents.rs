@@ -67,27 +67,29 @@ pub async fn states(db: &Db, agents: &[AgentRecord], now: OffsetDateTime) -> Res
             .collect();
         targets.insert(agent.id.as_str(), list);
     }
-    let keys: Vec<&str> = targets.values().flatten().map(|(k, _)| k.as_str()).collect();
-    let mut ports_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
+    // Each key once: a VM two agents enforce would otherwise have its rows twice.
+    let mut keys: Vec<&str> = targets.values().flatten().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
     // The policies' ports by a join on the keys (see `fanout`: `= ANY` of many keys is matched
-    // key by key against every row of policy_vms).
+    // key by key against every row of policy_vms). The live grants by the index of each VM's
+    // grants by status and end (`grants_vm_status_end`).
+    let mut ports_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
     let mut grants_of: HashMap<String, Vec<tokio_postgres::Row>> = HashMap::new();
     if !keys.is_empty() {
-        let sql = "SELECT v.vm_key, v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port \
-                   FROM unnest($1::text[]) AS u(key) JOIN policy_vms v ON v.vm_key = u.key \
-                   JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord ORDER BY v.vm_key, pp.ord";
-        // Each key once: a VM two agents enforce would otherwise have its ports twice.
-        let mut unique = keys.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        for r in db.rows(sql, &[&unique]).await? {
+        let ports = "SELECT v.vm_key, v.vm_id, pp.number, pp.protocol, pp.cut_sessions, pp.mapped_port \
+                     FROM unnest($1::text[]) AS u(key) JOIN policy_vms v ON v.vm_key = u.key \
+                     JOIN policy_ports pp ON pp.pid = v.pid AND pp.vm_ord = v.ord ORDER BY v.vm_key, pp.ord";
+        let grants = "SELECT vm_key, rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port \
+                      FROM grants WHERE vm_key = ANY($1) AND status = ANY($2) AND end_time > $3 ORDER BY gid";
+        db.prepare(&[ports, grants]).await?;
+        let (live, now) = (crate::grants::words(&jitgate_core::lifecycle::LIVE), nanos(now));
+        let (by_keys, live_now): (crate::Params<'_>, crate::Params<'_>) = (&[&keys], &[&keys, &live, &now]);
+        let (port_rows, grant_rows) = tokio::try_join!(biased; db.rows(ports, by_keys), db.rows(grants, live_now))?;
+        for r in port_rows {
             ports_of.entry(r.try_get(0)?).or_default().push(r);
         }
-        let live = crate::grants::words(&jitgate_core::lifecycle::LIVE);
-        let sql =
-            "SELECT vm_key, rid, vm_id, protocol, number, source_form, sources, end_time, mapped_port FROM grants \
-                   WHERE vm_key = ANY($1) AND status = ANY($2) AND end_time > $3 ORDER BY gid";
-        for r in db.rows(sql, &[&keys, &live, &nanos(now)]).await? {
+        for r in grant_rows {
             grants_of.entry(r.try_get(0)?).or_default().push(r);
         }
     }

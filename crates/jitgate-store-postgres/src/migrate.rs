@@ -43,6 +43,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_ephemeral.sql"),
     migration!(5, "0005_inventory_indexes.sql"),
     migration!(6, "0006_cloud_connectors.sql"),
+    migration!(7, "0007_live_grants.sql"),
 ];
 
 /// The schema this build writes: the last migration's version.
