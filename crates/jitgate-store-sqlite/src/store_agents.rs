@@ -456,12 +456,12 @@ impl AgentStore for SqliteStore {
         let keys: Vec<String> = vm_ids.iter().map(|v| v.to_ascii_lowercase()).collect();
         self.read(move |c| {
             let mut out: Vec<AgentRecord> = Vec::new();
+            // A gateway serves many VMs: each agent once, found by id however many there are.
+            let mut seen = std::collections::HashSet::new();
             for key in keys {
-                if let Some(vm) = rows::get_vm(c, &key)? {
-                    if let Some(agent) = vm.agent {
-                        if !out.iter().any(|a| a.id == agent.id) {
-                            out.push(agent);
-                        }
+                if let Some(agent) = rows::get_vm(c, &key)?.and_then(|vm| vm.agent) {
+                    if seen.insert(agent.id.clone()) {
+                        out.push(agent);
                     }
                 }
             }
