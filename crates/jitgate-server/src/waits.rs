@@ -83,25 +83,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use jitgate_core::audit::{AuditEvent, AuditStatus};
     use jitgate_core::enforcement::{AgentMode, JoiningAgent};
     use jitgate_core::OsType;
+    use jitgate_store::conformance::event;
     use jitgate_store::{AgentJoin, AgentReport, AgentStore, JoinTokenSpec};
 
     use crate::{App, EnforcementWait, ServerConfig, SystemClock};
-
-    fn event(operation: &str) -> AuditEvent {
-        AuditEvent {
-            time: time::OffsetDateTime::now_utc(),
-            operation: operation.into(),
-            status: AuditStatus::Succeeded,
-            caller: "t".into(),
-            caller_ip: None,
-            resource_id: "/".into(),
-            correlation_id: "c".into(),
-            properties: Default::default(),
-        }
-    }
 
     /// An app on a fresh store with host agents `names` joined; their VMs' ids, in order.
     async fn with_agents(dir: &std::path::Path, names: &[&str]) -> (App, Vec<String>) {
@@ -141,6 +128,17 @@ mod tests {
         (app, vms)
     }
 
+    /// Waits in a task of its own for the agents of `vms` to apply `revision`.
+    fn waiting(
+        app: &App,
+        vms: &[String],
+        revision: u64,
+        timeout: Duration,
+    ) -> tokio::task::JoinHandle<Result<Result<Vec<String>, EnforcementWait>, crate::ApiError>> {
+        let (app, vms) = (app.clone(), vms.to_vec());
+        tokio::spawn(async move { app.wait_applied(&vms, revision, timeout).await })
+    }
+
     /// Delivers `revision` to the agent `name` and records its report of it.
     async fn report(app: &App, name: &str, revision: u64) {
         let id = format!("id-{name}");
@@ -155,10 +153,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (app, vms) = with_agents(dir.path(), &["w1", "w2", "w3"]).await;
         let revision = app.store.revision().await.expect("revision");
-        let waiter = {
-            let (app, vms) = (app.clone(), vms.clone());
-            tokio::spawn(async move { app.wait_applied(&vms, revision, Duration::from_secs(20)).await })
-        };
+        let waiter = waiting(&app, &vms, revision, Duration::from_secs(20));
         report(&app, "w1", revision).await;
         report(&app, "w3", revision).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -173,10 +168,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (app, vms) = with_agents(dir.path(), &["r1", "r2"]).await;
         let revision = app.store.revision().await.expect("revision");
-        let waiter = {
-            let (app, vms) = (app.clone(), vms.clone());
-            tokio::spawn(async move { app.wait_applied(&vms, revision, Duration::from_secs(20)).await })
-        };
+        let waiter = waiting(&app, &vms, revision, Duration::from_secs(20));
         report(&app, "r1", revision).await;
         app.store.delete_agent("id-r2", event("delete")).await.expect("delete");
         app.applied.notify_waiters();
@@ -189,10 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (app, vms) = with_agents(dir.path(), &["t1", "t2", "t3"]).await;
         let revision = app.store.revision().await.expect("revision");
-        let waiter = {
-            let (app, vms) = (app.clone(), vms.clone());
-            tokio::spawn(async move { app.wait_applied(&vms, revision, Duration::from_millis(300)).await })
-        };
+        let waiter = waiting(&app, &vms, revision, Duration::from_millis(300));
         report(&app, "t2", revision).await;
         match waiter.await.expect("the wait").expect("no API error") {
             Err(EnforcementWait::TimedOut(names)) => assert_eq!(names, ["t1", "t3"]),
