@@ -128,15 +128,23 @@ mod tests {
         (app, vms)
     }
 
-    /// Waits in a task of its own for the agents of `vms` to apply `revision`.
-    fn waiting(
-        app: &App,
-        vms: &[String],
-        revision: u64,
+    /// The result of a wait, as its task ends.
+    type Waited = Result<Result<Vec<String>, EnforcementWait>, crate::ApiError>;
+
+    /// Host agents `names` joined on a fresh store, and a wait (in a task of its own, at most
+    /// `timeout`) for their VMs to apply the store's current revision; that revision.
+    async fn waiting_for(
+        dir: &std::path::Path,
+        names: &[&str],
         timeout: Duration,
-    ) -> tokio::task::JoinHandle<Result<Result<Vec<String>, EnforcementWait>, crate::ApiError>> {
-        let (app, vms) = (app.clone(), vms.to_vec());
-        tokio::spawn(async move { app.wait_applied(&vms, revision, timeout).await })
+    ) -> (App, u64, tokio::task::JoinHandle<Waited>) {
+        let (app, vms) = with_agents(dir, names).await;
+        let revision = app.store.revision().await.expect("revision");
+        let waiter = {
+            let app = app.clone();
+            tokio::spawn(async move { app.wait_applied(&vms, revision, timeout).await })
+        };
+        (app, revision, waiter)
     }
 
     /// Delivers `revision` to the agent `name` and records its report of it.
@@ -151,9 +159,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_ends_when_the_last_agent_it_waits_for_has_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (app, vms) = with_agents(dir.path(), &["w1", "w2", "w3"]).await;
-        let revision = app.store.revision().await.expect("revision");
-        let waiter = waiting(&app, &vms, revision, Duration::from_secs(20));
+        let (app, revision, waiter) = waiting_for(dir.path(), &["w1", "w2", "w3"], Duration::from_secs(20)).await;
         report(&app, "w1", revision).await;
         report(&app, "w3", revision).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -166,9 +172,7 @@ mod tests {
     #[tokio::test]
     async fn an_agent_removed_during_a_wait_is_no_longer_waited_for() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (app, vms) = with_agents(dir.path(), &["r1", "r2"]).await;
-        let revision = app.store.revision().await.expect("revision");
-        let waiter = waiting(&app, &vms, revision, Duration::from_secs(20));
+        let (app, revision, waiter) = waiting_for(dir.path(), &["r1", "r2"], Duration::from_secs(20)).await;
         report(&app, "r1", revision).await;
         app.store.delete_agent("id-r2", event("delete")).await.expect("delete");
         app.applied.notify_waiters();
@@ -179,9 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_that_times_out_names_only_the_agents_still_waited_for() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (app, vms) = with_agents(dir.path(), &["t1", "t2", "t3"]).await;
-        let revision = app.store.revision().await.expect("revision");
-        let waiter = waiting(&app, &vms, revision, Duration::from_millis(300));
+        let (app, revision, waiter) = waiting_for(dir.path(), &["t1", "t2", "t3"], Duration::from_millis(300)).await;
         report(&app, "t2", revision).await;
         match waiter.await.expect("the wait").expect("no API error") {
             Err(EnforcementWait::TimedOut(names)) => assert_eq!(names, ["t1", "t3"]),
